@@ -1,0 +1,122 @@
+"""Periodic and standalone evaluation: val loss, greedy reports, finding-level F1."""
+import json
+import os
+
+import grain
+import jax
+import numpy as np
+
+from radjax.data import pipeline, schema, templates
+from radjax.eval import findings as findings_lib
+from radjax.eval import generate as generate_lib
+from radjax.train import step as step_lib
+
+OBSERVATION_TO_FINDING = {
+    'Cardiomegaly': 'cardiomegaly', 'Pleural Effusion': 'pleural_effusion',
+    'Pneumothorax': 'pneumothorax', 'Lung Lesion': 'nodule', 'Consolidation': 'consolidation',
+}
+
+
+def true_findings(example: dict) -> set[str]:
+  """From the record's labels where it has them, else from its reference report."""
+  labels = example.get('labels') or {}
+  if any(k in labels for k in OBSERVATION_TO_FINDING):
+    return {f for obs, f in OBSERVATION_TO_FINDING.items() if labels.get(obs) == 1}
+  report = example.get('report') or {}
+  return findings_lib.extract_findings(f"{report.get('findings', '')} "
+                                       f"{report.get('impression', '')}")
+
+
+class Evaluator:
+
+  def __init__(self, exp, split: str):
+    self.exp = exp
+    cfg = exp.config
+    self.split = split
+    self.records = grain.sources.ArrayRecordDataSource(pipeline.split_files(cfg.data.dir, split))
+    with exp.context():
+      eval_step = step_lib.make_eval_step(exp.model)
+      self._eval_step = jax.jit(
+          eval_step, in_shardings=(exp.state_shardings.params, exp.batch_shardings))
+
+  def val_loss(self, params) -> dict:
+    cfg = self.exp.config
+    ds = pipeline.eval_dataset(cfg, self.exp.processor, self.split, cfg.eval.batch_size)
+    totals = None
+    for i, batch in enumerate(ds):
+      if cfg.eval.num_loss_batches and i >= cfg.eval.num_loss_batches:
+        break
+      with self.exp.context():
+        sums = self._eval_step(params, pipeline.to_global(batch, self.exp.batch_shardings))
+      totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+    if totals is None:
+      raise ValueError(f'eval split {self.split!r} has fewer than config.eval.batch_size '
+                       f'({cfg.eval.batch_size}) records')
+    w = max(float(totals['weight_sum']), 1.0)
+    return {'val_loss': float(totals['loss_sum']) / w,
+            'val_accuracy': float(totals['correct_sum']) / w}
+
+  def generate(self, params, examples: list[dict]) -> list[str]:
+    """Greedy reports for `examples` (padded to whole batches by repetition)."""
+    exp, cfg = self.exp, self.exp.config
+    bs = cfg.eval.batch_size
+    enc, proc = exp.encoder, exp.processor
+    outs = []
+    for start in range(0, len(examples), bs):
+      chunk = examples[start:start + bs]
+      chunk = chunk + [chunk[-1]] * (bs - len(chunk))
+      prompts, pixels = [], []
+      for ex in chunk:
+        instruction = templates.EVAL_INSTRUCTIONS[cfg.data.task]
+        imgs, mask = proc.images(ex, None)
+        prompts.append(enc.prompt(instruction, int(mask.sum())))
+        pixels.append(imgs)
+      length = -(-max(len(p) for p in prompts) // 16) * 16  # few distinct compiled shapes
+      toks, mask = generate_lib.left_pad(prompts, length, enc.ids['pad'])
+      batch = {'tokens': toks, 'image_mask': mask, 'images': np.stack(pixels)}
+      g = pipeline.to_global(batch, exp.batch_shardings)
+      with exp.context():
+        ids = generate_lib.greedy_generate(exp.model, params, g['tokens'], g['image_mask'],
+                                           g['images'], cfg.eval.max_new_tokens,
+                                           (enc.ids['end'], enc.ids['eos']))
+      ids = np.asarray(jax.device_get(ids))
+      outs.extend(enc.decode_answer(row) for row in ids[:len(examples) - start])
+    return outs
+
+  def run(self, params, step: int, writer=None, out_dir: str | None = None) -> dict:
+    cfg = self.exp.config
+    metrics = self.val_loss(params)
+    n = min(cfg.eval.num_generate, len(self.records))
+    examples = [schema.decode(self.records[i]) for i in range(n)]
+    generated = self.generate(params, examples) if n else []
+    predicted = [findings_lib.extract_findings(g) for g in generated]
+    truth = [true_findings(ex) for ex in examples]
+    if n:
+      scores = findings_lib.finding_scores(predicted, truth)
+      metrics.update({f'finding_{k}': v for k, v in scores.items()})
+      metrics['empty_generations'] = float(sum(not g for g in generated))
+    metrics = {f'eval/{k}': v for k, v in metrics.items()}
+    if writer is not None and n:
+      k = min(cfg.eval.num_logged_examples, n)
+      imgs = np.stack([self.exp.processor.images(ex, None)[0][0] for ex in examples[:k]])
+      imgs = (imgs - imgs.min()) / max(float(imgs.max() - imgs.min()), 1e-6)
+      writer.write_images(step, {'eval/images': imgs})
+      writer.write_texts(step, {f'eval/report_{i}': f'GENERATED: {generated[i]}\n\n'
+                                f'REFERENCE: {_reference(examples[i])}' for i in range(k)})
+    if out_dir is not None and jax.process_index() == 0:
+      os.makedirs(out_dir, exist_ok=True)
+      with open(os.path.join(out_dir, 'predictions.jsonl'), 'w') as f:
+        for ex, g, p, t in zip(examples, generated, predicted, truth):
+          f.write(json.dumps({'id': ex['id'], 'generated': g, 'reference': _reference(ex),
+                              'predicted_findings': sorted(p),
+                              'true_findings': sorted(t)}) + '\n')
+      with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
+        json.dump({'step': step, **metrics}, f, indent=1)
+    return metrics
+
+
+def _reference(example: dict) -> str:
+  try:
+    return templates.report_text(example)
+  except schema.SchemaError:
+    return ''

@@ -1,0 +1,172 @@
+"""Building blocks shared by the vision towers and the decoders.
+
+Every parameter carries logical axis names; activations are constrained with
+logical names too. Which mesh axis a logical name lands on is decided by the
+config's rules (radjax/sharding.py), never here.
+"""
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+Dtype = Any
+default_init = nn.initializers.normal(stddev=0.02)
+
+
+def constrain(x, axes: Sequence[Optional[str]]):
+  """Logical sharding constraint; a no-op outside a mesh/rules context."""
+  return nn.with_logical_constraint(x, tuple(axes))
+
+
+def param_init(init: Callable, axes: Sequence[Optional[str]]):
+  return nn.with_logical_partitioning(init, tuple(axes))
+
+
+class Dense(nn.Module):
+  """`x @ kernel (+ bias)` over the last axis, kernel shape (in, *features)."""
+  features: tuple[int, ...]
+  axes: tuple[Optional[str], ...]  # logical names of the kernel, input axis first
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+  kernel_init: Callable = default_init
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', param_init(self.kernel_init, self.axes),
+                        (x.shape[-1], *self.features), jnp.float32)
+    y = jnp.einsum('...i,i' + 'jkl'[:len(self.features)] + '->...'
+                   + 'jkl'[:len(self.features)],
+                   x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      bias = self.param('bias', param_init(nn.initializers.zeros, self.axes[1:]),
+                        self.features, jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class DenseOut(nn.Module):
+  """Contracts the trailing `len(kernel_shape) - 1` axes, e.g. heads and head_dim."""
+  features: int
+  axes: tuple[Optional[str], ...]
+  contract: int = 2
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    shape = (*x.shape[-self.contract:], self.features)
+    kernel = self.param('kernel', param_init(default_init, self.axes), shape, jnp.float32)
+    in_letters = 'hd'[:self.contract] if self.contract == 2 else 'h'
+    y = jnp.einsum(f'...{in_letters},{in_letters}e->...e', x.astype(self.dtype),
+                   kernel.astype(self.dtype))
+    if self.use_bias:
+      bias = self.param('bias', param_init(nn.initializers.zeros, self.axes[-1:]),
+                        (self.features,), jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class RMSNorm(nn.Module):
+  """LLaMA RMSNorm; statistics in f32, then the f32 scale, then cast back."""
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param('scale', param_init(nn.initializers.ones, ('norm',)),
+                       (x.shape[-1],), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * scale).astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm with bias (CLIP, SigLIP, GPT-NeoX); computed in f32."""
+  eps: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    features = x.shape[-1]
+    scale = self.param('scale', param_init(nn.initializers.ones, ('norm',)),
+                       (features,), jnp.float32)
+    bias = self.param('bias', param_init(nn.initializers.zeros, ('norm',)),
+                      (features,), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * scale + bias).astype(self.dtype)
+
+
+ACTIVATIONS = {
+    'silu': jax.nn.silu,
+    'gelu': lambda x: jax.nn.gelu(x, approximate=False),
+    'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True),
+    'quick_gelu': lambda x: x * jax.nn.sigmoid(1.702 * x),
+}
+
+
+def rope(x, positions, theta: float, rotary_dim: Optional[int] = None):
+  """Rotate-half rotary embedding (the HF convention) on the first `rotary_dim` dims.
+
+  x: [B, T, H, D]; positions: [B, T] int. Computed in f32.
+  """
+  dim = x.shape[-1] if rotary_dim is None else rotary_dim
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, dim/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  x32 = x.astype(jnp.float32)
+  rot, rest = x32[..., :dim], x32[..., dim:]
+  half = dim // 2
+  rotated = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+  out = rot * cos + rotated * sin
+  return jnp.concatenate([out, rest], axis=-1).astype(x.dtype)
+
+
+def attention(q, k, v, *, mask=None, is_causal=False, implementation=None):
+  """q: [B, T, H, D], k/v: [B, S, K, D] (H a multiple of K: grouped-query attention).
+
+  `implementation` is 'cudnn' (flash attention on GPU), 'xla' or None (JAX picks).
+  An explicit `mask` ([B, 1|H, T, S], True = attend) is used for cached decoding.
+  """
+  q = checkpoint_name(q, 'query')
+  k = checkpoint_name(k, 'key')
+  v = checkpoint_name(v, 'value')
+  if mask is not None and implementation == 'cudnn':
+    implementation = None  # cuDNN's masked path is narrower; let JAX choose
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                     implementation=implementation)
+  return checkpoint_name(out, 'attention_out')
+
+
+REMAT_POLICIES = {
+    'none': None,  # no rematerialisation
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    'attention_out': jax.checkpoint_policies.save_only_these_names('attention_out'),
+    'qkv_and_attention_out': jax.checkpoint_policies.save_only_these_names(
+        'query', 'key', 'value', 'attention_out'),
+}
+
+
+def stack_layers(block_cls, *, num_layers: int, remat_policy: str, scan: bool,
+                 in_axes: tuple = (), static_argnums: tuple = ()):
+  """Wraps a block in remat (by policy name) and, if `scan`, in `nn.scan` over layers.
+
+  The block's signature is `(carry, xs, *broadcast_args) -> (carry, ys)`.
+  """
+  if remat_policy not in REMAT_POLICIES:
+    raise ValueError(f'config: unknown remat_policy {remat_policy!r}; '
+                     f'choose from {sorted(REMAT_POLICIES)}')
+  if remat_policy != 'none':
+    block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[remat_policy],
+                         prevent_cse=not scan, static_argnums=static_argnums)
+  if not scan:
+    return block_cls
+  return nn.scan(block_cls, variable_axes={'params': 0}, split_rngs={'params': True},
+                 in_axes=(0, *in_axes), length=num_layers,
+                 metadata_params={nn.PARTITION_NAME: 'layers'})

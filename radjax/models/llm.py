@@ -1,0 +1,184 @@
+"""LLaMA-family decoder (LLaMA / Vicuna, Qwen2 via q/k/v bias) with a KV cache.
+
+HF conventions are kept inside the model (rotate-half RoPE, separate q/k/v,
+RMSNorm eps, tied or untied head) so HF conversion is reshapes and transposes.
+"""
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from radjax.models import layers
+
+BATCH_LEN_EMBED = ('act_batch', 'act_len', 'act_embed')
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMConfig:
+  vocab_size: int
+  embed_dim: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  mlp_dim: int
+  head_dim: Optional[int] = None  # default embed_dim // num_heads
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-6
+  qkv_bias: bool = False  # True for Qwen2
+  tie_embeddings: bool = False
+  activation: str = 'silu'
+  dtype: Any = jnp.bfloat16
+  attention_impl: Optional[str] = None  # 'cudnn' | 'xla' | None
+  remat_policy: str = 'none'
+  scan_layers: bool = True
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim or self.embed_dim // self.num_heads
+
+  def __post_init__(self):
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f'config.model.llm: num_heads={self.num_heads} is not a multiple '
+                       f'of num_kv_heads={self.num_kv_heads}')
+
+
+def init_cache(cfg: LLMConfig, batch: int, max_len: int, dtype=None) -> dict:
+  """Zeroed KV cache [layers, batch, max_len, kv_heads, head_dim] for k and v."""
+  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.dim_per_head)
+  dtype = dtype or cfg.dtype
+  return {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
+
+
+class Attention(nn.Module):
+  cfg: LLMConfig
+
+  @nn.compact
+  def __call__(self, x, positions, layer_cache, cache_index, mask):
+    cfg = self.cfg
+    hd = cfg.dim_per_head
+    q = layers.Dense((cfg.num_heads, hd), ('embed', 'heads', 'kv'), cfg.qkv_bias,
+                     cfg.dtype, name='q')(x)
+    k = layers.Dense((cfg.num_kv_heads, hd), ('embed', 'kv_heads', 'kv'), cfg.qkv_bias,
+                     cfg.dtype, name='k')(x)
+    v = layers.Dense((cfg.num_kv_heads, hd), ('embed', 'kv_heads', 'kv'), cfg.qkv_bias,
+                     cfg.dtype, name='v')(x)
+    q = layers.constrain(q, ('act_batch', 'act_len', 'act_heads', 'act_kv'))
+    q = layers.rope(q, positions, cfg.rope_theta)
+    k = layers.rope(k, positions, cfg.rope_theta)
+    if layer_cache is None:
+      out = layers.attention(q, k, v, is_causal=True, implementation=cfg.attention_impl)
+      new_cache = None
+    else:
+      ck = jax.lax.dynamic_update_slice_in_dim(layer_cache['k'], k.astype(
+          layer_cache['k'].dtype), cache_index, axis=1)
+      cv = jax.lax.dynamic_update_slice_in_dim(layer_cache['v'], v.astype(
+          layer_cache['v'].dtype), cache_index, axis=1)
+      new_cache = {'k': ck, 'v': cv}
+      out = layers.attention(q, ck.astype(cfg.dtype), cv.astype(cfg.dtype), mask=mask,
+                             implementation=cfg.attention_impl)
+    out = layers.DenseOut(cfg.embed_dim, ('heads', 'kv', 'embed'), 2, False, cfg.dtype,
+                          name='o')(out)
+    return out, new_cache
+
+
+class Mlp(nn.Module):
+  """Gated MLP (SwiGLU for silu)."""
+  cfg: LLMConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    gate = layers.Dense((cfg.mlp_dim,), ('embed', 'mlp'), dtype=cfg.dtype, name='gate')(x)
+    up = layers.Dense((cfg.mlp_dim,), ('embed', 'mlp'), dtype=cfg.dtype, name='up')(x)
+    h = layers.ACTIVATIONS[cfg.activation](gate) * up
+    h = layers.constrain(h, ('act_batch', 'act_len', 'act_mlp'))
+    return layers.DenseOut(cfg.embed_dim, ('mlp', 'embed'), 1, False, cfg.dtype,
+                           name='down')(h)
+
+
+class DecoderBlock(nn.Module):
+  cfg: LLMConfig
+
+  @nn.compact
+  def __call__(self, x, layer_cache, positions, cache_index, mask):
+    cfg = self.cfg
+    x = layers.constrain(x, BATCH_LEN_EMBED)
+    h = layers.RMSNorm(cfg.norm_eps, cfg.dtype, name='attn_norm')(x)
+    h, new_cache = Attention(cfg, name='attn')(h, positions, layer_cache, cache_index, mask)
+    x = x + h
+    h = layers.RMSNorm(cfg.norm_eps, cfg.dtype, name='mlp_norm')(x)
+    x = x + Mlp(cfg, name='mlp')(h)
+    return layers.constrain(x, BATCH_LEN_EMBED), new_cache
+
+
+class Decoder(nn.Module):
+  """Token embeddings in, logits out. `__call__` accepts ready embeddings so a VLM
+  can splice image features in before the first layer."""
+  cfg: LLMConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embedder = nn.Embed(
+        cfg.vocab_size, cfg.embed_dim, dtype=cfg.dtype, param_dtype=jnp.float32,
+        embedding_init=layers.param_init(layers.default_init, ('vocab', 'embed')))
+    block = layers.stack_layers(DecoderBlock, num_layers=cfg.num_layers,
+                                remat_policy=cfg.remat_policy, scan=cfg.scan_layers,
+                                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast))
+    if cfg.scan_layers:
+      self.layers = block(cfg, name='layers')
+    else:
+      self.layers = [block(cfg, name=f'layers_{i}') for i in range(cfg.num_layers)]
+    self.final_norm = layers.RMSNorm(cfg.norm_eps, cfg.dtype)
+    if not cfg.tie_embeddings:
+      self.lm_head = layers.Dense((cfg.vocab_size,), ('embed', 'vocab'), dtype=cfg.dtype)
+
+  def embed(self, tokens):
+    return self.embedder(tokens)
+
+  def __call__(self, embeds, positions, cache=None, cache_index=0, key_mask=None):
+    """embeds [B, T, E]; positions [B, T].
+
+    Without `cache`: causal training/scoring forward. With `cache` (see
+    `init_cache`): writes this chunk's k/v at `cache_index` and attends over the
+    cache, where `key_mask` [B, S] marks valid (non-padding) cache slots.
+    Returns (logits f32 [B, T, V], aux with 'cache' and 'hidden').
+    """
+    cfg = self.cfg
+    if self.is_initializing():
+      self.embedder(jnp.zeros((1, 1), jnp.int32))  # create the table when init skips embed()
+    x = layers.constrain(embeds.astype(cfg.dtype), BATCH_LEN_EMBED)
+    mask = None
+    if cache is not None:
+      mask = decode_mask(key_mask, cache_index, embeds.shape[1])
+    if cfg.scan_layers:
+      x, new_cache = self.layers(x, cache, positions, cache_index, mask)
+    else:
+      per_layer = []
+      for i, blk in enumerate(self.layers):
+        layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
+        x, c = blk(x, layer_cache, positions, cache_index, mask)
+        per_layer.append(c)
+      new_cache = None if cache is None else jax.tree.map(
+          lambda *c: jnp.stack(c), *per_layer)
+    hidden = self.final_norm(x)
+    if cfg.tie_embeddings:
+      logits = self.embedder.attend(hidden)
+    else:
+      logits = self.lm_head(hidden)
+    logits = layers.constrain(logits.astype(jnp.float32), ('act_batch', 'act_len', 'act_vocab'))
+    return logits, {'cache': new_cache, 'hidden': hidden}
+
+
+def decode_mask(key_mask, cache_index, num_queries):
+  """[B, 1, T, S] bool: query t (at absolute slot cache_index + t) sees valid slots <= it."""
+  slots = jnp.arange(key_mask.shape[1])
+  query_slots = cache_index + jnp.arange(num_queries)
+  causal = slots[None, :] <= query_slots[:, None]  # [T, S]
+  return (key_mask[:, None, None, :].astype(bool) & causal[None, None])
+
+
+def positions_from_mask(mask):
+  """Positions that skip left padding: 0 at each row's first valid token."""
+  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)

@@ -1,0 +1,64 @@
+"""What `main.py --mode=...` does: train, evaluate a checkpoint, or report on images."""
+import os
+
+import jax
+from absl import logging
+
+from radjax import experiment as experiment_lib
+from radjax.eval import evaluator as evaluator_lib
+from radjax.train import checkpoint as checkpoint_lib
+from radjax.train import loop
+from radjax.train import writers
+
+
+def load_trained(config, workdir: str):
+  """The experiment with its state restored from the workdir's latest checkpoint."""
+  exp = experiment_lib.build(config)
+  ckpt = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints, use_async=False)
+  state, step = loop.restore_or_keep(exp, ckpt)
+  ckpt.close()
+  if step == 0:
+    raise FileNotFoundError(f'no checkpoint in {ckpt.directory}; train first')
+  exp.state = state
+  return exp, step
+
+
+def evaluate(config, workdir: str) -> dict:
+  exp, step = load_trained(config, workdir)
+  evaluator = evaluator_lib.Evaluator(exp, config.eval.split)
+  writer = writers.make_writer(workdir, resume_step=None)
+  out_dir = os.path.join(workdir, 'eval', str(step))
+  metrics = evaluator.run(exp.state.params, step, writer, out_dir=out_dir)
+  writer.write_scalars(step, metrics)
+  writer.flush()
+  logging.info('eval at step %d: %s', step, metrics)
+  print(f'wrote {out_dir}/metrics.json: ' + ', '.join(f'{k}={v:.4g}' for k, v in metrics.items()))
+  return metrics
+
+
+def generate(config, workdir: str, image_paths: list[str]) -> list[str]:
+  if not image_paths:
+    raise ValueError('--mode=generate needs --images=a.png[,b.png]')
+  exp, _ = load_trained(config, workdir)
+  evaluator = evaluator_lib.Evaluator(exp, config.eval.split)
+  examples = []
+  for path in image_paths:
+    with open(path, 'rb') as f:
+      data = f.read()
+    fmt = 'png' if data.startswith(b'\x89PNG') else 'jpeg'
+    examples.append({'id': path, 'images': [{'data': data, 'format': fmt, 'kind': '2d'}]})
+  reports = evaluator.generate(exp.state.params, examples)
+  for path, report in zip(image_paths, reports):
+    print(f'== {path}\n{report}\n')
+  return reports
+
+
+def main(config, workdir: str, mode: str, images: list[str] | None = None):
+  logging.info('JAX devices: %s', jax.devices())
+  if mode == 'train':
+    return loop.train(config, workdir)
+  if mode == 'eval':
+    return evaluate(config, workdir)
+  if mode == 'generate':
+    return generate(config, workdir, images or [])
+  raise ValueError(f'--mode={mode!r}')

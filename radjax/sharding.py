@@ -1,0 +1,100 @@
+"""Mesh from config, logical axis rules, born-sharded state, replicated-param check."""
+import contextlib
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('act_batch',)
+
+
+def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
+  sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f'config.mesh: only one of {MESH_AXES} may be -1, got {sizes}')
+  if -1 in sizes:
+    known = math.prod(s for s in sizes if s != -1)
+    if num_devices % known:
+      raise ValueError(f'config.mesh: {num_devices} devices are not divisible by {known}')
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f'config.mesh: data*fsdp*tensor = {math.prod(sizes)} but there are '
+                     f'{num_devices} devices')
+  return tuple(sizes)
+
+
+def make_mesh(mesh_cfg, devices: Sequence[Any] | None = None) -> Mesh:
+  devices = list(devices if devices is not None else jax.devices())
+  shape = mesh_shape(mesh_cfg, len(devices))
+  # Auto axes: the compiler propagates shardings from our logical constraints.
+  axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  try:
+    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+  except ValueError:  # device-topology helpers refuse some CPU device subsets
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
+
+
+def rules_from_config(rules) -> tuple:
+  out = []
+  for name, axes in rules:
+    if isinstance(axes, list):
+      axes = tuple(axes)
+    for a in (axes if isinstance(axes, tuple) else (axes,)):
+      if a is not None and a not in MESH_AXES:
+        raise ValueError(f'config.sharding.rules: {name!r} maps to unknown mesh axis {a!r}')
+    out.append((name, axes))
+  return tuple(out)
+
+
+@contextlib.contextmanager
+def activation_rules(mesh: Mesh, rules):
+  """Context under which model code's logical constraints resolve to this mesh."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
+def logical_shardings(abstract_tree, mesh: Mesh, rules):
+  """NamedShardings for a tree of (possibly LogicallyPartitioned) abstract values."""
+  specs = nn.get_partition_spec(abstract_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
+  """Leading axis over the batch mesh axes, the rest replicated."""
+  spec = nn.logical_to_mesh_axes(('act_batch',) + (None,) * (ndim - 1), rules)
+  return NamedSharding(mesh, spec)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def born_sharded(init_fn: Callable, mesh: Mesh, rules, *args):
+  """Runs `init_fn(*args)` under jit so each leaf is created directly in its shard.
+
+  Returns (state, shardings); the state never exists whole on one device.
+  """
+  with activation_rules(mesh, rules):
+    abstract = jax.eval_shape(init_fn, *args)
+    shardings = logical_shardings(abstract, mesh, rules)
+    state = jax.jit(init_fn, out_shardings=shardings)(*args)
+  return state, shardings
+
+
+def warn_replicated(params, shardings, warn_mib: float) -> list[str]:
+  """Names big parameters that every device holds whole (a sharding-rule mistake)."""
+  flagged = []
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  shard_leaves = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+  for (path, leaf), sh in zip(leaves, shard_leaves):
+    mib = leaf.size * leaf.dtype.itemsize / 2**20
+    if mib > warn_mib and sh.is_fully_replicated and sh.mesh.size > 1:
+      name = jax.tree_util.keystr(path)
+      flagged.append(name)
+      logging.warning('parameter %s (%.1f MiB) is replicated on every device', name, mib)
+  return flagged

@@ -1,0 +1,145 @@
+"""The training loop: resume, step, log one step late, checkpoint, evaluate."""
+import json
+import os
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from clu import periodic_actions
+
+from radjax import experiment as experiment_lib
+from radjax.data import pipeline
+from radjax.eval import evaluator as evaluator_lib
+from radjax.train import checkpoint as checkpoint_lib
+from radjax.train import state as state_lib
+from radjax.train import step as step_lib
+from radjax.train import writers
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+def save_config(config, workdir: str):
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=1))
+
+
+def restore_or_keep(exp, ckpt: checkpoint_lib.Checkpointer, data_iterator=None):
+  """Resume order: latest checkpoint in the workdir, else the fresh state."""
+  step = ckpt.latest_step()
+  if step is None:
+    return exp.state, 0
+  logging.info('resuming from step %d in %s', step, ckpt.directory)
+  target = state_lib.abstract_state(exp.state_shardings, exp.state)
+  return ckpt.restore(step, target, data_iterator), step
+
+
+def train(config, workdir: str, devices=None) -> dict:
+  """Runs (or resumes) training to config.train.num_steps; returns the last eval metrics."""
+  exp = experiment_lib.build(config, devices)
+  save_config(config, workdir)
+  tc = config.train
+  train_ds = pipeline.train_dataset(config, exp.processor, config.data.train_split)
+  data_iter = pipeline.make_iterator(train_ds, config.data.worker_threads)
+  ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoint)
+  state, start = restore_or_keep(exp, ckpt, data_iter)
+  exp.state = None  # the restored state replaces it; don't hold two copies
+
+  writer = writers.make_writer(workdir, start)
+  if start == 0:
+    writer.write_hparams(_flat_hparams(config))
+  progress = periodic_actions.ReportProgress(num_train_steps=tc.num_steps, writer=writer,
+                                             every_steps=tc.log_every)
+  evaluator = evaluator_lib.Evaluator(exp, config.eval.split)
+
+  with exp.context():
+    train_step = jax.jit(
+        step_lib.make_train_step(exp.model, exp.tx,
+                                 jax.tree.map(lambda lab: lab != 'frozen', exp.labels),
+                                 exp.schedule, config.optim.grad_accum),
+        in_shardings=(exp.state_shardings, exp.batch_shardings),
+        out_shardings=(exp.state_shardings, None), donate_argnums=0)
+
+  tokens_per_step = tc.batch_size * config.data.max_len
+  pending = None  # (step, device metrics, host extras) of the previous step
+  last_eval = {}
+  t_log, steps_since_log = time.time(), 0
+  for step in range(start + 1, tc.num_steps + 1):
+    host_batch = next(data_iter)
+    truncated = float(np.mean(host_batch['truncated']))
+    batch = pipeline.to_global(host_batch, exp.batch_shardings)
+    with exp.context():
+      state, metrics = train_step(state, batch)
+    steps_since_log += 1
+    # Read the previous step's metrics now: the device is busy with this one.
+    if pending is not None:
+      _log(writer, pending[0], _read(pending, ckpt, state, workdir))
+    extras = {'truncated_frac': truncated}
+    if step % tc.log_every == 0 or step == tc.num_steps:
+      dt = time.time() - t_log
+      extras['tokens_per_sec'] = tokens_per_step * steps_since_log / max(dt, 1e-9)
+      t_log, steps_since_log = time.time(), 0
+    pending = (step, metrics, extras, step % tc.log_every == 0 or step == tc.num_steps)
+    progress(step)
+
+    if step % tc.checkpoint_every == 0 or step == tc.num_steps:
+      ckpt.save(step, state, data_iter, force=True)
+    elif ckpt.reached_preemption(step):
+      ckpt.save(step, state, data_iter, force=True)
+      ckpt.wait()
+      logging.warning('preempted at step %d; checkpoint saved', step)
+      break
+    if (tc.eval_every and step % tc.eval_every == 0) or step == tc.num_steps:
+      scalars = _read(pending, ckpt, state, workdir)
+      pending = None
+      last_eval = evaluator.run(state.params, step, writer)
+      _log(writer, step, {**scalars, **last_eval})
+      logging.info('step %d eval: %s', step, json.dumps(last_eval))
+  if pending is not None:
+    _log(writer, pending[0], _read(pending, ckpt, state, workdir))
+  ckpt.wait()
+  ckpt.close()
+  writer.flush()
+  return last_eval
+
+
+def _log(writer, step, scalars):
+  if scalars:
+    writer.write_scalars(step, scalars)
+
+
+def _read(pending, ckpt, state, workdir) -> dict:
+  """Checks the loss of a finished step; returns its scalars if it is a logged step."""
+  step, metrics, extras, log = pending
+  loss = float(metrics['loss'])
+  if not np.isfinite(loss) or not np.isfinite(float(metrics['grad_norm'])):
+    path = os.path.join(os.path.abspath(workdir), 'nonfinite_state')
+    ckpt.wait()
+    ocp.StandardCheckpointer().save(path, state, force=True)
+    raise NonFiniteLossError(
+        f'non-finite loss ({loss}) or grad norm at step {step}; the state after it is saved '
+        f'in {path} for inspection. Lower config.optim.lr or check the data.')
+  if not log:
+    return {}
+  scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  scalars.update(extras)
+  return {f'train/{k}': v for k, v in scalars.items()}
+
+
+def _flat_hparams(config) -> dict:
+  out = {}
+
+  def walk(prefix, node):
+    for k, v in node.items():
+      key = f'{prefix}{k}'
+      if hasattr(v, 'items'):
+        walk(key + '.', v)
+      elif isinstance(v, (int, float, str, bool)):
+        out[key] = v
+  walk('', config)
+  return out

@@ -1,0 +1,19 @@
+"""Masked next-token cross-entropy, summed (callers divide once by the token count)."""
+import jax
+import jax.numpy as jnp
+
+
+def token_losses(logits, targets, weights):
+  """logits [B, T, V] f32 predicting targets [B, T]; weights [B, T] (0 = ignore).
+
+  Returns sums, so accumulation over micro-batches divides once at the end.
+  """
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  weights = weights.astype(jnp.float32)
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  return {
+      'loss_sum': jnp.sum(nll * weights),
+      'correct_sum': jnp.sum(correct * weights),
+      'weight_sum': jnp.sum(weights),
+  }

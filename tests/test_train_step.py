@@ -1,0 +1,89 @@
+"""The train step: sharded == single device, accumulation == big batch, freezing."""
+import jax
+import numpy as np
+import pytest
+
+from radjax import experiment
+from radjax.train import step as step_lib
+from tests.conftest import tiny_config
+
+
+def synthetic_batch(config, seed: int, batch_size: int):
+  rng = np.random.default_rng(seed)
+  t, v = config.data.max_len, config.model.vision
+  n_img = (v.image_size // v.patch_size) ** 2
+  tokens = rng.integers(10, 200, (batch_size, t)).astype(np.int32)
+  tokens[:, 1:1 + n_img] = config.model.image_token_id
+  targets = np.roll(tokens, -1, axis=1)
+  mask = np.zeros((batch_size, t), np.float32)
+  for i in range(batch_size):  # answers of different lengths: token-count normalisation matters
+    mask[i, n_img + 2: n_img + 2 + rng.integers(3, t - n_img - 2)] = 1
+  images = rng.normal(size=(batch_size, 1, v.image_size, v.image_size, 3)).astype(np.float32)
+  return {'tokens': tokens, 'targets': targets, 'loss_mask': mask, 'images': images,
+          'image_mask': np.ones((batch_size, 1), bool)}
+
+
+def run_steps(config, devices, batches):
+  parts = experiment.build_model_and_state(config, devices)
+  trainable = jax.tree.map(lambda lab: lab != 'frozen', parts['labels'])
+  from radjax import sharding
+  with sharding.activation_rules(parts['mesh'], parts['rules']):
+    fn = jax.jit(step_lib.make_train_step(parts['model'], parts['tx'], trainable,
+                                          parts['schedule'], config.optim.grad_accum),
+                 in_shardings=(parts['state_shardings'], parts['batch_shardings']),
+                 out_shardings=(parts['state_shardings'], None), donate_argnums=0)
+    state, losses = parts['state'], []
+    initial = jax.device_get(state.params)
+    for b in batches:
+      g = {k: jax.device_put(v, parts['batch_shardings'][k]) for k, v in b.items()}
+      state, metrics = fn(state, g)
+      losses.append(float(metrics['loss']))
+  return losses, initial, jax.device_get(state), parts
+
+
+def test_mesh_2x2x2_matches_one_device():
+  config = tiny_config()
+  config.model.dtype = 'float32'
+  batches = [synthetic_batch(config, i, 8) for i in range(3)]
+  single, *_ = run_steps(config, jax.devices()[:1], batches)
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+  sharded, _, _, parts = run_steps(config, jax.devices()[:8], batches)
+  # Big parameters really are split, not replicated.
+  spec = parts['state_shardings'].params['llm']['layers']['mlp']['gate']['kernel'].spec
+  assert spec == jax.sharding.PartitionSpec(None, 'fsdp', 'tensor')
+  np.testing.assert_allclose(sharded, single, rtol=0, atol=1e-5)
+  assert single[-1] < single[0]
+
+
+def test_accumulated_microbatches_equal_one_big_batch():
+  config = tiny_config()
+  batches = [synthetic_batch(config, i, 8) for i in range(2)]
+  big, _, big_state, _ = run_steps(config, jax.devices()[:1], batches)
+  config.optim.grad_accum = 4
+  acc, _, acc_state, _ = run_steps(config, jax.devices()[:1], batches)
+  np.testing.assert_allclose(acc, big, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(acc_state.params), jax.tree.leaves(big_state.params)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_frozen_groups_stay_identical_and_hold_no_optimizer_state():
+  config = tiny_config()
+  config.optim.param_groups = (('vision/.*', 'frozen'), ('llm/.*', 'frozen'), ('.*', 1.0))
+  batches = [synthetic_batch(config, i, 8) for i in range(2)]
+  losses, initial, final, parts = run_steps(config, jax.devices()[:1], batches)
+  for tower in ('vision', 'llm'):
+    for a, b in zip(jax.tree.leaves(initial[tower]), jax.tree.leaves(final.params[tower])):
+      np.testing.assert_array_equal(a, b)
+  assert any(np.abs(a - b).max() > 0 for a, b in zip(
+      jax.tree.leaves(initial['projector']), jax.tree.leaves(final.params['projector'])))
+  n_projector = sum(x.size for x in jax.tree.leaves(initial['projector']))
+  n_state = sum(x.size for x in jax.tree.leaves(final.opt_state) if np.ndim(x) > 0)
+  assert n_state == 2 * n_projector  # Adam's two moments, for the projector only
+  assert parts['model'].cfg.freeze_vision
+
+
+def test_every_parameter_must_match_a_group():
+  config = tiny_config()
+  config.optim.param_groups = (('vision/.*', 1.0),)
+  with pytest.raises(ValueError, match='matches no rule'):
+    experiment.build_model_and_state(config, jax.devices()[:1])
