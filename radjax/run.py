@@ -7,8 +7,7 @@ from absl import logging
 from radjax import experiment as experiment_lib
 from radjax.eval import evaluator as evaluator_lib
 from radjax.train import checkpoint as checkpoint_lib
-from radjax.train import loop
-from radjax.train import writers
+from radjax.train import loop, writers
 
 
 def load_trained(config, workdir: str):
@@ -26,7 +25,7 @@ def load_trained(config, workdir: str):
 def evaluate(config, workdir: str) -> dict:
   exp, step = load_trained(config, workdir)
   evaluator = evaluator_lib.Evaluator(exp, config.eval.split)
-  writer = writers.make_writer(workdir, resume_step=None)
+  writer, _ = writers.make_writers(workdir, resume_step=None)
   out_dir = os.path.join(workdir, 'eval', str(step))
   metrics = evaluator.run(exp.state.params, step, writer, out_dir=out_dir)
   writer.write_scalars(step, metrics)
@@ -53,8 +52,17 @@ def generate(config, workdir: str, image_paths: list[str]) -> list[str]:
   return reports
 
 
+def maybe_initialize_distributed():
+  """Multi-host runs (SLURM GPU pods, TPU VM pods) set RADJAX_DISTRIBUTED=1; JAX
+  reads the coordinator, process count and id from the cluster environment."""
+  if os.environ.get('RADJAX_DISTRIBUTED') == '1' and not jax.distributed.is_initialized():
+    jax.distributed.initialize()
+
+
 def main(config, workdir: str, mode: str, images: list[str] | None = None):
-  logging.info('JAX devices: %s', jax.devices())
+  maybe_initialize_distributed()
+  logging.info('process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
+               jax.devices())
   if mode == 'train':
     return loop.train(config, workdir)
   if mode == 'eval':

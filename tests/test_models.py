@@ -46,12 +46,13 @@ def test_left_padding_matches_unpadded():
   tokens = jax.random.randint(jax.random.key(0), (1, 12), 5, cfg.vocab_size)
   params = model.init(jax.random.key(1), jnp.zeros((1, 12, cfg.embed_dim)),
                       jnp.arange(12)[None])
-  embed = lambda x: model.apply(params, x, method=model.embed)
-  ref, _ = model.apply(params, embed(tokens), jnp.arange(12)[None])
+  embed = jax.jit(lambda x: model.apply(params, x, method=model.embed))
+  apply = jax.jit(model.apply)
+  ref, _ = apply(params, embed(tokens), jnp.arange(12)[None])
   padded = jnp.concatenate([jnp.zeros((1, 4), jnp.int32), tokens], 1)
   mask = jnp.arange(16)[None] >= 4
   cache = llm.init_cache(cfg, 1, 16)
-  out, _ = model.apply(params, embed(padded), llm.positions_from_mask(mask), cache, 0, mask)
+  out, _ = apply(params, embed(padded), llm.positions_from_mask(mask), cache, 0, mask)
   np.testing.assert_allclose(out[:, 4:], ref, atol=2e-5)
 
 
@@ -61,14 +62,14 @@ def test_vit_select_layer_runs_fewer_layers_and_keeps_the_rest():
   full = vit.ViT(vit.ViTConfig(**kw, select_layer=-1))
   pen = vit.ViT(vit.ViTConfig(**kw, select_layer=-2))
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-  p_full = full.init(jax.random.key(1), x)
-  p_pen = pen.init(jax.random.key(1), x)
+  p_full = jax.jit(full.init)(jax.random.key(1), x)
+  p_pen = jax.jit(pen.init)(jax.random.key(1), x)
   n_full = sum(v.size for v in jax.tree.leaves(p_full))
   n_pen = sum(v.size for v in jax.tree.leaves(p_pen))
   assert n_full == n_pen  # the unused layer is kept for export
-  feats, aux = pen.apply(p_pen, x)
+  feats, aux = jax.jit(pen.apply)(p_pen, x)
   assert feats.shape == (2, 16, 32)  # class token dropped
-  _, aux_full = full.apply(p_full, x)
+  _, aux_full = jax.jit(full.apply)(p_full, x)
   assert 'pooled' in aux_full and 'pooled' not in aux
 
 
@@ -77,9 +78,9 @@ def test_siglip_has_no_class_token():
                       num_layers=2, num_heads=2, mlp_dim=64, dtype=jnp.float32)
   model = vit.ViT(cfg)
   x = jnp.zeros((1, 32, 32, 3))
-  params = model.init(jax.random.key(0), x)
+  params = jax.jit(model.init)(jax.random.key(0), x)
   assert 'class_embed' not in params['params']
-  assert model.apply(params, x)[0].shape == (1, 16, 32)
+  assert jax.jit(model.apply)(params, x)[0].shape == (1, 16, 32)
 
 
 def test_splice_places_features_in_order():
@@ -101,7 +102,7 @@ def test_frozen_vision_gets_no_gradient():
   model = vlm.VLM(cfg)
   tokens = jnp.array([[1, 7, 7, 7, 7, 3]])
   images = jnp.ones((1, 1, 16, 16, 3))
-  params = nn.meta.unbox(model.init(jax.random.key(0), tokens, images))
-  grads = jax.grad(lambda p: model.apply(p, tokens, images)[0].sum())(params)
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), tokens, images))
+  grads = jax.jit(jax.grad(lambda p: model.apply(p, tokens, images)[0].sum()))(params)
   assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads['params']['vision']))
   assert float(jnp.abs(grads['params']['projector']['fc1']['kernel']).max()) > 0

@@ -34,10 +34,9 @@ def random_resized_crop(img: Image.Image, size: int, scale: tuple[float, float],
   return img.resize((size, size), Image.BICUBIC)
 
 
-def to_array(img: Image.Image, mean, std, num_channels: int) -> np.ndarray:
-  x = np.asarray(img, np.float32) / 255.0
-  if x.ndim == 2:
-    x = x[..., None]
+def normalise(x: np.ndarray, mean, std, num_channels: int) -> np.ndarray:
+  """[0, 1] pixels (H, W[, C]) -> (x - mean) / std with a channel axis."""
+  x = x[..., None] if x.ndim == 2 else x
   mean = np.asarray(mean[:num_channels], np.float32)
   std = np.asarray(std[:num_channels], np.float32)
   return (x - mean) / std
@@ -49,13 +48,10 @@ def preprocess(image: dict, *, size: int, num_channels: int, mean, std, record_i
   """Decoded, resized (random crop + intensity jitter when `rng` is given), normalised."""
   img = decode_image(image, num_channels, record_id)
   if rng is None:
-    img = img.resize((size, size), Image.BICUBIC)
-    return to_array(img, mean, std, num_channels)
+    x = np.asarray(img.resize((size, size), Image.BICUBIC), np.float32) / 255.0
+    return normalise(x, mean, std, num_channels)
   img = random_resized_crop(img, size, tuple(crop_scale), rng)
   x = np.asarray(img, np.float32) / 255.0
   # Exposure varies between scanners: small contrast/brightness jitter.
   x = np.clip((x - 0.5) * rng.uniform(0.9, 1.1) + 0.5 + rng.uniform(-0.05, 0.05), 0, 1)
-  x = x[..., None] if x.ndim == 2 else x
-  mean = np.asarray(mean[:num_channels], np.float32)
-  std = np.asarray(std[:num_channels], np.float32)
-  return (x - mean) / std
+  return normalise(x, mean, std, num_channels)

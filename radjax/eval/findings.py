@@ -8,7 +8,8 @@ import re
 import numpy as np
 
 FINDING_PATTERNS = {
-    'cardiomegaly': r'cardiomegaly|(heart|cardiac)[^.;]{0,40}enlarg|enlarg[^.;]{0,30}(heart|cardiac)',
+    'cardiomegaly': (r'cardiomegaly|(heart|cardiac)[^.;]{0,40}enlarg'
+                     r'|enlarg[^.;]{0,30}(heart|cardiac)'),
     'pleural_effusion': r'effusion',
     'pneumothorax': r'pneumothora',
     'nodule': r'nodul|\bmass(es)?\b',

@@ -40,3 +40,11 @@ class Checkpointer:
 
   def close(self):
     self.manager.close()
+
+
+def save_for_inspection(path: str, state):
+  """A one-off synchronous save outside the manager (e.g. the state that went NaN)."""
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(path, state, force=True)
+  checkpointer.wait_until_finished()
+  checkpointer.close()

@@ -5,7 +5,6 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from clu import periodic_actions
 
@@ -50,11 +49,11 @@ def train(config, workdir: str, devices=None) -> dict:
   state, start = restore_or_keep(exp, ckpt, data_iter)
   exp.state = None  # the restored state replaces it; don't hold two copies
 
-  writer = writers.make_writer(workdir, start)
+  writer, progress_writer = writers.make_writers(workdir, start)
   if start == 0:
     writer.write_hparams(_flat_hparams(config))
-  progress = periodic_actions.ReportProgress(num_train_steps=tc.num_steps, writer=writer,
-                                             every_steps=tc.log_every)
+  progress = periodic_actions.ReportProgress(num_train_steps=tc.num_steps,
+                                             writer=progress_writer, every_steps=tc.log_every)
   evaluator = evaluator_lib.Evaluator(exp, config.eval.split)
 
   with exp.context():
@@ -69,42 +68,45 @@ def train(config, workdir: str, devices=None) -> dict:
   pending = None  # (step, device metrics, host extras) of the previous step
   last_eval = {}
   t_log, steps_since_log = time.time(), 0
-  for step in range(start + 1, tc.num_steps + 1):
-    host_batch = next(data_iter)
-    truncated = float(np.mean(host_batch['truncated']))
-    batch = pipeline.to_global(host_batch, exp.batch_shardings)
-    with exp.context():
-      state, metrics = train_step(state, batch)
-    steps_since_log += 1
-    # Read the previous step's metrics now: the device is busy with this one.
+  try:
+    for step in range(start + 1, tc.num_steps + 1):
+      host_batch = next(data_iter)
+      truncated = float(np.mean(host_batch['truncated']))
+      batch = pipeline.to_global(host_batch, exp.batch_shardings)
+      with exp.context():
+        state, metrics = train_step(state, batch)
+      steps_since_log += 1
+      # Read the previous step's metrics now: the device is busy with this one.
+      if pending is not None:
+        _log(writer, pending[0], _read(pending, ckpt, state, workdir))
+      extras = {'truncated_frac': truncated}
+      if step % tc.log_every == 0 or step == tc.num_steps:
+        dt = time.time() - t_log
+        extras['tokens_per_sec'] = tokens_per_step * steps_since_log / max(dt, 1e-9)
+        extras['steps_per_sec'] = steps_since_log / max(dt, 1e-9)
+        t_log, steps_since_log = time.time(), 0
+      pending = (step, metrics, extras, step % tc.log_every == 0 or step == tc.num_steps)
+      progress(step)
+
+      if step % tc.checkpoint_every == 0 or step == tc.num_steps:
+        ckpt.save(step, state, data_iter, force=True)
+      elif ckpt.reached_preemption(step):
+        ckpt.save(step, state, data_iter, force=True)
+        ckpt.wait()
+        logging.warning('preempted at step %d; checkpoint saved', step)
+        break
+      if (tc.eval_every and step % tc.eval_every == 0) or step == tc.num_steps:
+        scalars = _read(pending, ckpt, state, workdir)
+        pending = None
+        last_eval = evaluator.run(state.params, step, writer)
+        _log(writer, step, {**scalars, **last_eval})
+        logging.info('step %d eval: %s', step, json.dumps(last_eval))
     if pending is not None:
       _log(writer, pending[0], _read(pending, ckpt, state, workdir))
-    extras = {'truncated_frac': truncated}
-    if step % tc.log_every == 0 or step == tc.num_steps:
-      dt = time.time() - t_log
-      extras['tokens_per_sec'] = tokens_per_step * steps_since_log / max(dt, 1e-9)
-      t_log, steps_since_log = time.time(), 0
-    pending = (step, metrics, extras, step % tc.log_every == 0 or step == tc.num_steps)
-    progress(step)
-
-    if step % tc.checkpoint_every == 0 or step == tc.num_steps:
-      ckpt.save(step, state, data_iter, force=True)
-    elif ckpt.reached_preemption(step):
-      ckpt.save(step, state, data_iter, force=True)
-      ckpt.wait()
-      logging.warning('preempted at step %d; checkpoint saved', step)
-      break
-    if (tc.eval_every and step % tc.eval_every == 0) or step == tc.num_steps:
-      scalars = _read(pending, ckpt, state, workdir)
-      pending = None
-      last_eval = evaluator.run(state.params, step, writer)
-      _log(writer, step, {**scalars, **last_eval})
-      logging.info('step %d eval: %s', step, json.dumps(last_eval))
-  if pending is not None:
-    _log(writer, pending[0], _read(pending, ckpt, state, workdir))
-  ckpt.wait()
-  ckpt.close()
-  writer.flush()
+  finally:  # an error still lets queued checkpoint writes finish
+    ckpt.wait()
+    ckpt.close()
+    writer.flush()
   return last_eval
 
 
@@ -120,7 +122,7 @@ def _read(pending, ckpt, state, workdir) -> dict:
   if not np.isfinite(loss) or not np.isfinite(float(metrics['grad_norm'])):
     path = os.path.join(os.path.abspath(workdir), 'nonfinite_state')
     ckpt.wait()
-    ocp.StandardCheckpointer().save(path, state, force=True)
+    checkpoint_lib.save_for_inspection(path, state)
     raise NonFiniteLossError(
         f'non-finite loss ({loss}) or grad norm at step {step}; the state after it is saved '
         f'in {path} for inspection. Lower config.optim.lr or check the data.')

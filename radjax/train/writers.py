@@ -67,11 +67,13 @@ class JsonlWriter(metric_writers.MetricWriter):
     self._file.close()
 
 
-def make_writer(workdir: str, resume_step: int | None) -> metric_writers.MetricWriter:
-  """TensorBoard events + console on process 0; metrics.jsonl on process 0 only."""
+def make_writers(workdir: str, resume_step: int | None):
+  """(all writers, TensorBoard + console only). The loop writes each step's scalars
+  in one call to the first; progress reports (steps/s, ETA) go to the second so
+  metrics.jsonl keeps one row per logged step. metrics.jsonl is process 0's."""
   lead = jax.process_index() == 0
   tb = metric_writers.create_default_writer(workdir, just_logging=not lead, asynchronous=True)
   if not lead:
-    return tb
-  return metric_writers.MultiWriter([tb, JsonlWriter(os.path.join(workdir, 'metrics.jsonl'),
-                                                     resume_step)])
+    return tb, tb
+  jsonl = JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), resume_step)
+  return metric_writers.MultiWriter([tb, jsonl]), tb

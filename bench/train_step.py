@@ -1,0 +1,116 @@
+r"""Train-step benchmark for any recipe: step time, tokens/s, analytic TFLOPs, MFU.
+
+  python bench/train_step.py --config configs/demo.py --peak_tflops 1.0 \
+      [--steps 20] [--config.train.batch_size=8 --config.data.max_len=2048 ...]
+
+Synthetic batches of the config's static shapes (no dataset needed). FLOPs are
+analytic (PaLM-style, 6N per token plus attention), per tower; a frozen tower
+counts its forward pass only.
+"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from radjax import experiment, sharding  # noqa: E402
+from radjax.train import optimizer as optimizer_lib  # noqa: E402
+from radjax.train import step as step_lib  # noqa: E402
+
+config_flags.DEFINE_config_file('config', None, 'Recipe config.', lock_config=True)
+flags.DEFINE_integer('steps', 10, 'Timed steps (after 2 warm-up steps).')
+flags.DEFINE_float('peak_tflops', 0.0, 'Peak dense TFLOP/s of ONE device (e.g. 989 for '
+                   'H100 SXM bf16); 0 skips MFU.')
+FLAGS = flags.FLAGS
+
+
+def _count(tree) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def analytic_flops(config, params, labels) -> dict:
+  """Training FLOPs per step by tower (forward x3 when trained, x1 when frozen)."""
+  b, t = config.train.batch_size, config.data.max_len
+  v, lm = config.model.vision, config.model.llm
+  n_img = b * config.data.max_images
+  patches = (v.image_size // v.patch_size) ** 2 + int(v.variant == 'clip')
+
+  def trained(tower):
+    return any(lab != optimizer_lib.FROZEN for lab in jax.tree.leaves(labels[tower]))
+
+  n_llm = _count(params['llm']) - (0 if lm.tie_embeddings else lm.vocab_size * lm.embed_dim)
+  hd = lm.head_dim or lm.embed_dim // lm.num_heads
+  llm_fwd = 2 * n_llm * b * t + 4 * lm.num_layers * lm.num_heads * hd * t * t * b
+  n_vit = _count(params['vision'])
+  vit_fwd = 2 * n_vit * patches * n_img + 4 * v.num_layers * v.embed_dim * patches ** 2 * n_img
+  proj_fwd = 2 * _count(params['projector']) * patches * n_img
+  # Backward = activation grads (needed if anything upstream trains) + weight grads.
+  upstream = {'vision': False, 'projector': trained('vision'),
+              'llm': trained('vision') or trained('projector')}
+  mult = {k: 1 + int(upstream[k] or trained(k)) + int(trained(k)) for k in upstream}
+  out = {'llm': llm_fwd * mult['llm'], 'vision': vit_fwd * mult['vision'],
+         'projector': proj_fwd * mult['projector']}
+  out['total'] = sum(out.values())
+  return out
+
+
+def synthetic_batch(config, rng):
+  b, t = config.train.batch_size, config.data.max_len
+  v = config.model.vision
+  return {
+      'tokens': rng.integers(10, 1000, (b, t)).astype(np.int32),
+      'targets': rng.integers(10, 1000, (b, t)).astype(np.int32),
+      'loss_mask': np.ones((b, t), np.float32),
+      'images': rng.normal(size=(b, config.data.max_images, v.image_size, v.image_size,
+                                 v.num_channels)).astype(np.float32),
+      'image_mask': np.ones((b, config.data.max_images), bool),
+  }
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  parts = experiment.build_model_and_state(config)
+  trainable = jax.tree.map(lambda lab: lab != optimizer_lib.FROZEN, parts['labels'])
+  with sharding.activation_rules(parts['mesh'], parts['rules']):
+    step = jax.jit(step_lib.make_train_step(parts['model'], parts['tx'], trainable,
+                                            parts['schedule'], config.optim.grad_accum),
+                   in_shardings=(parts['state_shardings'], parts['batch_shardings']),
+                   out_shardings=(parts['state_shardings'], None), donate_argnums=0)
+    batch = {k: jax.device_put(v, parts['batch_shardings'][k])
+             for k, v in synthetic_batch(config, np.random.default_rng(0)).items()}
+    state = parts['state']
+    for _ in range(2):
+      state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for _ in range(FLAGS.steps):
+      state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    dt = (time.perf_counter() - t0) / FLAGS.steps
+
+  flops = analytic_flops(config, jax.device_get(state.params), parts['labels'])
+  n_dev = jax.device_count()
+  tokens = config.train.batch_size * config.data.max_len
+  params = _count(state.params)
+  print(f'devices: {n_dev} x {jax.devices()[0].device_kind}  mesh: {dict(parts["mesh"].shape)}')
+  print(f'params: {params / 1e6:.2f}M  batch: {config.train.batch_size} x '
+        f'{config.data.max_len} tokens  dtype: {config.model.dtype}  '
+        f'attention: {config.model.attention_impl}  remat: {config.model.remat_policy}')
+  print(f'step time: {dt * 1e3:.1f} ms')
+  print(f'tokens/s: {tokens / dt:,.0f}  ({tokens / dt / n_dev:,.0f} per device)')
+  print('TFLOPs per step: ' + ', '.join(f'{k} {v / 1e12:.4f}' for k, v in flops.items()))
+  achieved = flops['total'] / dt / 1e12 / n_dev
+  print(f'TFLOP/s per device: {achieved:.3f}')
+  if FLAGS.peak_tflops:
+    print(f'MFU: {100 * achieved / FLAGS.peak_tflops:.1f}% of {FLAGS.peak_tflops} TFLOP/s')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

@@ -1,0 +1,255 @@
+"""The one Example schema shared by every dataset and every task.
+
+A record is a plain dict serialised with msgpack (never pickle), so shards can be
+read by any language and a corrupt or hostile file cannot execute code. Converters
+fill what their dataset has; task templates in radjax/data turn an Example into a
+prompt and a target.
+
+    id            str, non-empty, unique within a dataset
+    source        str, dataset name ("demo", "mimic-cxr", ...)
+    split         "train" | "val" | "test"
+    images        [{"data": bytes, "format": "png"|"jpeg"|"npy",
+                    "kind": "2d"|"3d", "spacing": [float, ...] | None}]
+    report        {"findings": str, "impression": str}
+    labels        {CheXpert observation: 1 | 0 | -1}   (absent = not mentioned)
+    boxes         [{"box": [x1, y1, x2, y2] in [0, 1], "label": str, "phrase": str}]
+    conversation  [{"role": "user"|"assistant"|"system", "text": str}]
+    codes         [int] | None   (precomputed VQ-GAN token ids)
+    schema_version int
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import msgpack
+import numpy as np
+from PIL import Image
+
+SCHEMA_VERSION = 1
+
+SPLITS = ("train", "val", "test")
+IMAGE_FORMATS = ("png", "jpeg", "npy")
+IMAGE_KINDS = ("2d", "3d")
+ROLES = ("user", "assistant", "system")
+LABEL_VALUES = (1, 0, -1)
+
+CHEXPERT_OBSERVATIONS = (
+  "No Finding",
+  "Enlarged Cardiomediastinum",
+  "Cardiomegaly",
+  "Lung Opacity",
+  "Lung Lesion",
+  "Edema",
+  "Consolidation",
+  "Pneumonia",
+  "Atelectasis",
+  "Pneumothorax",
+  "Pleural Effusion",
+  "Pleural Other",
+  "Fracture",
+  "Support Devices",
+)
+
+# Top-level keys and the Python types a decoded record must have.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+  "schema_version": (int,),
+  "id": (str,),
+  "source": (str,),
+  "split": (str,),
+  "images": (list,),
+  "report": (dict,),
+  "labels": (dict,),
+  "boxes": (list,),
+  "conversation": (list,),
+  "codes": (list, type(None)),
+}
+
+
+class SchemaError(ValueError):
+  """A record that does not follow the Example schema."""
+
+
+def make_example(**fields: Any) -> dict:
+  """Returns a complete Example: given fields over empty defaults.
+
+  Unknown field names are an error, so a typo in a converter fails loudly
+  instead of writing a field no reader looks at.
+  """
+  unknown = set(fields) - set(_FIELD_TYPES)
+  if unknown:
+    raise SchemaError(f"record {fields.get('id')!r}: unknown fields {sorted(unknown)}")
+  example = {
+    "schema_version": SCHEMA_VERSION,
+    "id": "",
+    "source": "",
+    "split": "train",
+    "images": [],
+    "report": {"findings": "", "impression": ""},
+    "labels": {},
+    "boxes": [],
+    "conversation": [],
+    "codes": None,
+  }
+  example.update(fields)
+  report = dict(example["report"] or {})
+  example["report"] = {
+    "findings": report.get("findings") or "",
+    "impression": report.get("impression") or "",
+  }
+  return example
+
+
+def encode(example: dict) -> bytes:
+  """Serialises an Example to msgpack bytes (bytes stay bytes: use_bin_type)."""
+  return msgpack.packb(example, use_bin_type=True)
+
+
+def decode(raw: bytes) -> dict:
+  """Parses msgpack bytes into an Example, checking version, keys and types.
+
+  Only the cheap structural checks run here (this is on the input pipeline's
+  hot path); `validate` does the deep checks at write time.
+  """
+  try:
+    example = msgpack.unpackb(raw, raw=False)
+  except Exception as e:  # msgpack raises several unrelated types.
+    raise SchemaError(f"record <unparseable>: msgpack: {e}") from e
+  if not isinstance(example, dict):
+    raise SchemaError(f"record <unknown>: top level is {type(example).__name__}, not a map")
+  rid = example.get("id", "<unknown>")
+  version = example.get("schema_version")
+  if version != SCHEMA_VERSION:
+    raise SchemaError(
+      f"record {rid!r}: schema_version: got {version!r}, this code reads {SCHEMA_VERSION}"
+    )
+  _check_structure(example, rid)
+  return example
+
+
+def _check_structure(example: dict, rid: Any) -> None:
+  for key, types in _FIELD_TYPES.items():
+    if key not in example:
+      raise SchemaError(f"record {rid!r}: {key}: missing")
+    if not isinstance(example[key], types) or isinstance(example[key], bool):
+      raise SchemaError(
+        f"record {rid!r}: {key}: expected {'/'.join(t.__name__ for t in types)}, "
+        f"got {type(example[key]).__name__}"
+      )
+
+
+def _fail(rid: Any, field: str, reason: str) -> SchemaError:
+  return SchemaError(f"record {rid!r}: {field}: {reason}")
+
+
+def _check_image(rid: Any, i: int, image: Any) -> None:
+  field = f"images[{i}]"
+  if not isinstance(image, dict):
+    raise _fail(rid, field, "not a map")
+  data, fmt, kind = image.get("data"), image.get("format"), image.get("kind")
+  if not isinstance(data, bytes) or not data:
+    raise _fail(rid, f"{field}.data", "missing or not bytes")
+  if fmt not in IMAGE_FORMATS:
+    raise _fail(rid, f"{field}.format", f"{fmt!r} not in {IMAGE_FORMATS}")
+  if kind not in IMAGE_KINDS:
+    raise _fail(rid, f"{field}.kind", f"{kind!r} not in {IMAGE_KINDS}")
+  spacing = image.get("spacing")
+  if spacing is not None and not (
+    isinstance(spacing, list) and all(isinstance(s, (int, float)) for s in spacing)
+  ):
+    raise _fail(rid, f"{field}.spacing", "must be a list of numbers or None")
+  # Actually decode: a truncated PNG passes every header check and then kills a
+  # training run hours later inside a Grain worker.
+  try:
+    if fmt == "npy":
+      array = np.load(io.BytesIO(data), allow_pickle=False)
+      ndim = array.ndim
+    else:
+      with Image.open(io.BytesIO(data)) as im:
+        if im.format is None or im.format.lower() != fmt:
+          raise ValueError(f"bytes are {im.format}, declared {fmt}")
+        im.load()
+        ndim = 2
+  except Exception as e:
+    raise _fail(rid, f"{field}.data", f"does not decode as {fmt}: {e}") from e
+  if kind == "3d" and ndim < 3:
+    raise _fail(rid, f"{field}.kind", f"declared 3d but array has {ndim} dims")
+
+
+def _check_box(rid: Any, i: int, box: Any) -> None:
+  field = f"boxes[{i}]"
+  if not isinstance(box, dict):
+    raise _fail(rid, field, "not a map")
+  coords = box.get("box")
+  if not (
+    isinstance(coords, list)
+    and len(coords) == 4
+    and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in coords)
+  ):
+    raise _fail(rid, f"{field}.box", f"expected 4 numbers, got {coords!r}")
+  x1, y1, x2, y2 = coords
+  if not all(0.0 <= c <= 1.0 for c in coords):
+    raise _fail(rid, f"{field}.box", f"{coords} outside [0, 1]")
+  if x2 <= x1 or y2 <= y1:
+    raise _fail(rid, f"{field}.box", f"{coords} has x2<=x1 or y2<=y1")
+  for key in ("label", "phrase"):
+    if not isinstance(box.get(key, ""), str):
+      raise _fail(rid, f"{field}.{key}", "not a string")
+
+
+def validate(example: dict, *, require_text: bool = True) -> None:
+  """Raises SchemaError("record 'id': field: reason") unless `example` is valid.
+
+  Every converter calls this (through data_prep.writer) before writing, so bad
+  records are rejected with a reason rather than silently dropped or written.
+  `require_text=False` is for label- or box-only datasets (e.g. CheXpert
+  labels, VinDr boxes) whose examples legitimately carry no report.
+  """
+  if not isinstance(example, dict):
+    raise SchemaError(f"record <unknown>: not a dict but {type(example).__name__}")
+  rid = example.get("id", "<unknown>")
+  if example.get("schema_version") != SCHEMA_VERSION:
+    raise _fail(rid, "schema_version", f"{example.get('schema_version')!r} != {SCHEMA_VERSION}")
+  _check_structure(example, rid)
+  if not example["id"]:
+    raise _fail(rid, "id", "empty")
+  if example["split"] not in SPLITS:
+    raise _fail(rid, "split", f"{example['split']!r} not in {SPLITS}")
+
+  for i, image in enumerate(example["images"]):
+    _check_image(rid, i, image)
+
+  report = example["report"]
+  for key in ("findings", "impression"):
+    if not isinstance(report.get(key), str):
+      raise _fail(rid, f"report.{key}", "missing or not a string")
+  extra = set(report) - {"findings", "impression"}
+  if extra:
+    raise _fail(rid, "report", f"unknown sections {sorted(extra)}")
+
+  for name, value in example["labels"].items():
+    if name not in CHEXPERT_OBSERVATIONS:
+      raise _fail(rid, f"labels[{name!r}]", "unknown CheXpert observation")
+    if isinstance(value, bool) or value not in LABEL_VALUES:
+      raise _fail(rid, f"labels[{name!r}]", f"value {value!r} not in {LABEL_VALUES}")
+
+  for i, box in enumerate(example["boxes"]):
+    _check_box(rid, i, box)
+
+  for i, turn in enumerate(example["conversation"]):
+    if not isinstance(turn, dict):
+      raise _fail(rid, f"conversation[{i}]", "not a map")
+    if turn.get("role") not in ROLES:
+      raise _fail(rid, f"conversation[{i}].role", f"{turn.get('role')!r} not in {ROLES}")
+    if not isinstance(turn.get("text"), str):
+      raise _fail(rid, f"conversation[{i}].text", "missing or not a string")
+
+  codes = example["codes"]
+  if codes is not None and not all(isinstance(c, int) and not isinstance(c, bool) for c in codes):
+    raise _fail(rid, "codes", "must be a list of ints or None")
+
+  # An example must teach something: a report, or a conversation to answer.
+  no_report = not report["findings"].strip() and not report["impression"].strip()
+  if require_text and no_report and not example["conversation"]:
+    raise _fail(rid, "report", "findings and impression both empty and no conversation")

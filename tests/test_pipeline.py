@@ -1,0 +1,64 @@
+"""The Grain pipeline and the token layout: masks, truncation, sharding, bad records."""
+import os
+
+import numpy as np
+import pytest
+
+from radjax.data import pipeline, schema, tokens
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope='module')
+def processor(demo_data):
+  config = tiny_config(demo_data)
+  enc = tokens.TurnEncoder(tokens.load_tokenizer(os.path.join(demo_data, 'tokenizer.json')), 16)
+  return config, pipeline.make_processor(config, enc)
+
+
+def test_loss_mask_covers_exactly_the_answer(processor):
+  config, proc = processor
+  enc = proc.encoder
+  arrays = enc.training_arrays('Describe.', 'Heart size is normal.', 1, 64, 'r1')
+  prompt = enc.prompt('Describe.', 1)
+  answer = enc.answer('Heart size is normal.')
+  mask = arrays['loss_mask']
+  assert mask.sum() == len(answer)
+  # Loss sits where the *target* is an answer token: target index i is seq i + 1.
+  first = len(prompt) - 1
+  assert mask[:first].sum() == 0 and mask[first:first + len(answer)].all()
+  np.testing.assert_array_equal(arrays['targets'][first:first + len(answer)], answer)
+  assert (arrays['tokens'][2:2 + 16] == enc.ids['image']).all()  # after <s> <|user|>
+  assert arrays['truncated'] == 0
+
+
+def test_long_answers_are_cut_and_long_prompts_fail(processor):
+  _, proc = processor
+  enc = proc.encoder
+  arrays = enc.training_arrays('Describe.', 'word ' * 200, 1, 40, 'r2')
+  assert arrays['tokens'].shape == (40,) and arrays['truncated'] == 1
+  with pytest.raises(schema.SchemaError, match="record 'r3'.*max_len=20"):
+    enc.training_arrays('Describe.', 'ok', 1, 20, 'r3')
+
+
+def test_corrupt_image_names_the_record(processor):
+  _, proc = processor
+  ex = schema.make_example(id='bad-1', split='train', report={'findings': 'x', 'impression': ''},
+                           images=[{'data': b'\x89PNG not really', 'format': 'png',
+                                    'kind': '2d', 'spacing': None}])
+  with pytest.raises(schema.SchemaError, match="record 'bad-1': images"):
+    proc(schema.encode(ex), None)
+
+
+def test_batches_have_static_shapes_and_processes_get_disjoint_records(processor):
+  config, proc = processor
+  config.data.shuffle = False
+  config.data.augment = True
+  ds0 = pipeline.train_dataset(config, proc, 'train', process_index=0, process_count=2)
+  ds1 = pipeline.train_dataset(config, proc, 'train', process_index=1, process_count=2)
+  b0, b1 = ds0[0], ds1[0]
+  assert b0['tokens'].shape == (4, config.data.max_len)
+  assert b0['images'].shape == (4, 1, 32, 32, 3) and b0['image_mask'].all()
+  assert not any((b0['tokens'][i] == b1['tokens'][j]).all() and
+                 np.allclose(b0['images'][i], b1['images'][j]) for i in range(4) for j in range(4))
+  # Augmentation is a function of (seed, index): the same batch twice is identical.
+  np.testing.assert_array_equal(ds0[0]['images'], b0['images'])
