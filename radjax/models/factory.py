@@ -1,4 +1,5 @@
 """Turns the `config.model` section into frozen model dataclasses (derived once)."""
+import jax
 import jax.numpy as jnp
 
 from radjax.models import llm, projector, vit, vlm
@@ -13,6 +14,9 @@ def _common(model_cfg) -> dict:
   if model_cfg.attention_impl not in ATTENTION_IMPLS:
     raise ValueError(f'config.model.attention_impl: {model_cfg.attention_impl!r} not in '
                      f'{sorted(ATTENTION_IMPLS)}')
+  if model_cfg.attention_impl == 'cudnn' and jax.default_backend() != 'gpu':
+    raise ValueError("config.model.attention_impl='cudnn' needs an NVIDIA GPU; use 'xla' on "
+                     f'{jax.default_backend()}')
   return dict(dtype=DTYPES[model_cfg.dtype],
               attention_impl=ATTENTION_IMPLS[model_cfg.attention_impl],
               remat_policy=model_cfg.remat_policy, scan_layers=model_cfg.scan_layers)
