@@ -1,0 +1,163 @@
+"""Reversible tensor transforms and a table-driven converter shared by model families.
+
+A family describes itself as a list of `Rule`s (our param path <-> HF tensor name,
+plus a transform id). Per-layer rules carry `{i}`; the engine handles both radjax
+layouts: unscanned (`layers_{i}/...`) and scanned (`layers/...`, leading layer axis).
+Transforms only reshape/transpose, so they are written with array methods and work
+on numpy arrays and on `jax.ShapeDtypeStruct`s (via `jax.eval_shape`) alike, which is
+how expected HF shapes are derived without materialising anything.
+"""
+import dataclasses
+import re
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+  to_ours: Callable  # HF array -> our array
+  to_hf: Callable  # our array -> HF array
+
+
+IDENTITY = Transform(lambda x: x, lambda x: x)
+# torch Linear weight is (out, in); our Dense kernel is (in, out).
+LINEAR = Transform(lambda w: w.T, lambda k: k.T)
+
+
+def linear_out_heads(heads: int, head_dim: int) -> Transform:
+  """q/k/v projection: HF (heads*head_dim, embed) <-> ours (embed, heads, head_dim)."""
+  return Transform(
+      lambda w: w.reshape(heads, head_dim, w.shape[-1]).transpose(2, 0, 1),
+      lambda k: k.transpose(1, 2, 0).reshape(heads * head_dim, k.shape[0]))
+
+
+def linear_in_heads(heads: int, head_dim: int) -> Transform:
+  """Output projection: HF (embed, heads*head_dim) <-> ours (heads, head_dim, embed)."""
+  return Transform(
+      lambda w: w.reshape(w.shape[0], heads, head_dim).transpose(1, 2, 0),
+      lambda k: k.transpose(2, 0, 1).reshape(k.shape[2], heads * head_dim))
+
+
+def bias_heads(heads: int, head_dim: int) -> Transform:
+  """Projection bias: HF (heads*head_dim,) <-> ours (heads, head_dim)."""
+  return Transform(lambda b: b.reshape(heads, head_dim),
+                   lambda b: b.reshape(heads * head_dim))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  ours: str  # '/'-joined path; per-layer rules start with `layers_{i}/`
+  hf: str  # HF state-dict name; per-layer names contain `{i}`
+  transform: str  # key into the family's transform dict
+  when: Optional[str] = None  # config predicate name; the rule applies only if true
+
+
+LAYER_PREFIX, SCANNED_PREFIX = 'layers_{i}/', 'layers/'
+
+
+class ConversionError(ValueError):
+  pass
+
+
+def flatten(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in tree.items():
+    path = f'{prefix}{k}'
+    if isinstance(v, dict):
+      out.update(flatten(v, path + '/'))
+    else:
+      out[path] = v
+  return out
+
+
+def unflatten(flat: dict) -> dict:
+  tree = {}
+  for path, v in flat.items():
+    *parents, leaf = path.split('/')
+    node = tree
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = v
+  return tree
+
+
+def _hf_shape(t: Transform, shape: tuple) -> tuple:
+  return tuple(jax.eval_shape(t.to_hf, jax.ShapeDtypeStruct(shape, np.float32)).shape)
+
+
+def _expand(rules, num_layers: int):
+  """Yields (rule, layer index or None, HF name)."""
+  for r in rules:
+    if '{i}' in r.hf:
+      for i in range(num_layers):
+        yield r, i, r.hf.format(i=i)
+    else:
+      yield r, None, r.hf
+
+
+def to_ours(state_dict: dict, rules, transforms: dict, expected: dict, num_layers: int,
+            scan: bool, ignore: str = r'$^') -> dict:
+  """HF state dict -> flat {our path: f32 array}; `expected` maps our paths to shapes
+  in the target layout. Every HF tensor must be used (bar names matching `ignore`) and
+  every expected param produced."""
+  used, per_layer, flat = set(), {}, {}
+  for r, i, name in _expand(rules, num_layers):
+    if name not in state_dict:
+      raise ConversionError(f'HF tensor {name!r} is missing from the checkpoint')
+    t = transforms[r.transform]
+    ours_path = r.ours.format(i=i) if i is not None else r.ours
+    layer_path = ours_path if not scan or i is None else r.ours.replace(
+        LAYER_PREFIX, SCANNED_PREFIX)
+    want = expected.get(layer_path)
+    if want is None:
+      raise ConversionError(f'HF tensor {name!r} maps to {ours_path!r}, which the model '
+                            'does not have')
+    if scan and i is not None:
+      want = want[1:]
+    hf_want = _hf_shape(t, want)
+    arr = np.asarray(state_dict[name])
+    if arr.shape != hf_want:
+      raise ConversionError(f'HF tensor {name!r} has shape {arr.shape}, expected {hf_want} '
+                            f'for {ours_path!r}')
+    used.add(name)
+    val = np.ascontiguousarray(t.to_ours(arr.astype(np.float32)))
+    if scan and i is not None:
+      per_layer.setdefault(layer_path, [None] * num_layers)[i] = val
+    else:
+      flat[layer_path] = val
+  for path, vals in per_layer.items():
+    flat[path] = np.stack(vals)
+  unused = sorted(n for n in state_dict if n not in used and not re.search(ignore, n))
+  if unused:
+    raise ConversionError(f'HF tensors not used by the conversion: {unused}')
+  missing = sorted(set(expected) - set(flat))
+  if missing:
+    raise ConversionError(f'model params not produced by the conversion: {missing}')
+  return flat
+
+
+def to_hf(flat: dict, rules, transforms: dict, expected: dict, num_layers: int) -> dict:
+  """Flat {our path: array} (either layout; detected from the paths) -> HF state dict."""
+  scan = any(p.startswith(SCANNED_PREFIX) for p in flat)
+  for path, want in expected.items():
+    if path not in flat:
+      raise ConversionError(f'model param {path!r} is missing')
+    if tuple(flat[path].shape) != tuple(want):
+      raise ConversionError(f'model param {path!r} has shape {tuple(flat[path].shape)}, '
+                            f'expected {tuple(want)}')
+  extra = sorted(set(flat) - set(expected))
+  if extra:
+    raise ConversionError(f'model params not covered by the conversion: {extra}')
+  out = {}
+  for r, i, name in _expand(rules, num_layers):
+    if i is None:
+      arr = flat[r.ours]
+    elif scan:
+      arr = flat[r.ours.replace(LAYER_PREFIX, SCANNED_PREFIX)][i]
+    else:
+      arr = flat[r.ours.format(i=i)]
+    out[name] = np.ascontiguousarray(transforms[r.transform].to_hf(
+        np.asarray(arr, np.float32)))
+  return out
