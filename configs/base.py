@@ -127,5 +127,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval.num_loss_batches = 8  # val-loss batches (0: the whole split)
   c.eval.num_generate = 32  # held-out examples to generate reports for
   c.eval.max_new_tokens = 96
+  c.eval.meteor = True  # METEOR starts a Java process (pycocoevalcap); False skips it
   c.eval.num_logged_examples = 4  # images + generated reports sent to TensorBoard
   return c

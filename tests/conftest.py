@@ -40,6 +40,7 @@ def tiny_config(data_dir: str = ''):
   c.eval.num_loss_batches = 1
   c.eval.num_generate = 8
   c.eval.max_new_tokens = 8
+  c.eval.meteor = False
   return c
 
 

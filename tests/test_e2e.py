@@ -79,7 +79,9 @@ def test_eval_mode_writes_metrics_and_predictions(demo_data, tmp_path):
   run_lib.main(config, workdir, 'train')
   metrics = run_lib.main(config, workdir, 'eval')
   assert np.isfinite(metrics['eval/val_loss'])
-  assert 'eval/finding_micro_f1' in metrics
+  for key in ('finding_micro_f1', 'clinical_f1_micro_14', 'BLEU-4', 'ROUGE-L', 'CIDEr',
+              'num_empty_generations'):
+    assert f'eval/{key}' in metrics, key
   with open(os.path.join(workdir, 'eval', '2', 'predictions.jsonl')) as f:
     rows = [json.loads(line) for line in f]
   assert len(rows) == config.eval.num_generate

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from radjax.eval.clinical import clinical_scores
+from radjax.eval import scoring
 from radjax.eval.labeler import label_report
 
 
@@ -53,13 +53,9 @@ def cmd_label(args) -> None:
 
 
 def cmd_score(args) -> None:
-  from radjax.eval.nlg_metrics import nlg_scores
   rows = read_jsonl(args.predictions, ("id", "generated", "reference"))
-  generated = [r["generated"] for r in rows]
-  references = [r["reference"] for r in rows]
-  metrics = clinical_scores([label_report(g) for g in generated],
-                            [label_report(r) for r in references])
-  metrics.update(nlg_scores(generated, references, meteor=args.meteor))
+  metrics = scoring.score_reports([r["generated"] for r in rows],
+                                  [r["reference"] for r in rows], meteor=args.meteor)
   with open(args.out, "w", encoding="utf-8") as f:
     json.dump(metrics, f, indent=2, sort_keys=True)
   print(json.dumps(metrics, indent=2, sort_keys=True))

@@ -9,6 +9,7 @@ import numpy as np
 from radjax.data import pipeline, schema, templates
 from radjax.eval import findings as findings_lib
 from radjax.eval import generate as generate_lib
+from radjax.eval import scoring
 from radjax.train import step as step_lib
 
 OBSERVATION_TO_FINDING = {
@@ -94,7 +95,8 @@ class Evaluator:
     if n:
       scores = findings_lib.finding_scores(predicted, truth)
       metrics.update({f'finding_{k}': v for k, v in scores.items()})
-      metrics['empty_generations'] = float(sum(not g for g in generated))
+      metrics.update(scoring.score_reports(generated, [_reference(ex) for ex in examples],
+                                           meteor=cfg.eval.meteor))
     metrics = {f'eval/{k}': v for k, v in metrics.items()}
     if writer is not None and n:
       k = min(cfg.eval.num_logged_examples, n)
