@@ -58,7 +58,7 @@ LAYER_PREFIX, SCANNED_PREFIX = 'layers_{i}/', 'layers/'
 
 
 class ConversionError(ValueError):
-  pass
+  """A tensor that does not fit the mapping (name, shape, vocab or family)."""
 
 
 def flatten(tree: dict, prefix: str = '') -> dict:

@@ -14,7 +14,7 @@ _ACTS = {'silu': 'silu', 'swish': 'silu', 'gelu': 'gelu', 'gelu_pytorch_tanh': '
 
 
 class UnsupportedConfig(ValueError):
-  pass
+  """An HF config setting radjax cannot represent; the message names the field."""
 
 
 def _rope_theta(hf) -> float:

@@ -194,9 +194,8 @@ def _mask(clause: str) -> str:
 
 def _in_scope(cues, before: str) -> bool:
   """Whether the last cue in `before` reaches its end (no breaker in between)."""
-  last = None
-  for last in cues.finditer(before):
-    pass
+  matches = list(cues.finditer(before))
+  last = matches[-1] if matches else None
   return last is not None and not _BREAK.search(before[last.end():])
 
 

@@ -18,7 +18,7 @@ from radjax.train import writers
 
 
 class NonFiniteLossError(RuntimeError):
-  pass
+  """Loss or gradient norm became NaN/inf; the state is saved for inspection."""
 
 
 def save_config(config, workdir: str):
