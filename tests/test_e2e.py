@@ -94,3 +94,22 @@ def test_nonfinite_loss_stops_with_a_clear_message(demo_data, tmp_path):
   with pytest.raises(Exception, match='non-finite loss'):
     run_lib.main(config, str(tmp_path / 'nan'), 'train')
   assert os.path.isdir(tmp_path / 'nan' / 'nonfinite_state')
+
+
+def test_generate_mode_reports_on_image_files(demo_data, tmp_path, capsys):
+  from data_prep import writer
+  from radjax.data import schema
+  config = tiny_config(demo_data)
+  config.train.num_steps = 1
+  workdir = str(tmp_path / 'g')
+  run_lib.main(config, workdir, 'train')
+  ex = schema.decode(writer.read_records(os.path.join(demo_data,
+                                                      'test-00000-of-00001.array_record'))[0])
+  path = str(tmp_path / 'cxr.png')
+  with open(path, 'wb') as f:
+    f.write(ex['images'][0]['data'])
+  reports = run_lib.main(config, workdir, 'generate', [path])
+  assert len(reports) == 1 and isinstance(reports[0], str)
+  assert f'== {path}' in capsys.readouterr().out
+  with pytest.raises(ValueError, match='--images'):
+    run_lib.main(config, workdir, 'generate', [])
