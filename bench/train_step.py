@@ -20,7 +20,6 @@ from ml_collections import config_flags  # noqa: E402
 
 from radjax import experiment, sharding  # noqa: E402
 from radjax.train import optimizer as optimizer_lib  # noqa: E402
-from radjax.train import step as step_lib  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'Recipe config.', lock_config=True)
 flags.DEFINE_integer('steps', 10, 'Timed steps (after 2 warm-up steps).')
@@ -76,12 +75,8 @@ def main(argv):
   del argv
   config = FLAGS.config
   parts = experiment.build_model_and_state(config)
-  trainable = jax.tree.map(lambda lab: lab != optimizer_lib.FROZEN, parts['labels'])
   with sharding.activation_rules(parts['mesh'], parts['rules']):
-    step = jax.jit(step_lib.make_train_step(parts['model'], parts['tx'], trainable,
-                                            parts['schedule'], config.optim.grad_accum),
-                   in_shardings=(parts['state_shardings'], parts['batch_shardings']),
-                   out_shardings=(parts['state_shardings'], None), donate_argnums=0)
+    step = experiment.jit_train_step(config, parts)
     batch = {k: jax.device_put(v, parts['batch_shardings'][k])
              for k, v in synthetic_batch(config, np.random.default_rng(0)).items()}
     state = parts['state']

@@ -14,6 +14,7 @@ from radjax.data import pipeline, tokens
 from radjax.models import factory, vlm
 from radjax.train import optimizer as optimizer_lib
 from radjax.train import state as state_lib
+from radjax.train import step as step_lib
 
 BATCH_KEYS_NDIM = {'tokens': 2, 'targets': 2, 'loss_mask': 2, 'images': 5, 'image_mask': 2}
 
@@ -79,6 +80,16 @@ def build_model_and_state(config, devices=None) -> dict:
                      for k, n in BATCH_KEYS_NDIM.items()}
   return dict(mesh=mesh, rules=rules, model=model, labels=labels, tx=tx, schedule=schedule,
               state=state, state_shardings=state_shardings, batch_shardings=batch_shardings)
+
+
+def jit_train_step(config, parts: dict):
+  """The one jitted train step (explicit shardings, donated state) for
+  `build_model_and_state`'s parts; the loop, the benchmark and the tests share it."""
+  trainable = optimizer_lib.trainable_mask(parts['labels'])
+  step = step_lib.make_train_step(parts['model'], parts['tx'], trainable, parts['schedule'],
+                                  config.optim.grad_accum)
+  return jax.jit(step, in_shardings=(parts['state_shardings'], parts['batch_shardings']),
+                 out_shardings=(parts['state_shardings'], None), donate_argnums=0)
 
 
 def build(config, devices=None) -> Experiment:

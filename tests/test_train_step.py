@@ -3,8 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from radjax import experiment
-from radjax.train import step as step_lib
+from radjax import experiment, sharding
 from tests.conftest import tiny_config
 
 
@@ -25,13 +24,8 @@ def synthetic_batch(config, seed: int, batch_size: int):
 
 def run_steps(config, devices, batches):
   parts = experiment.build_model_and_state(config, devices)
-  trainable = jax.tree.map(lambda lab: lab != 'frozen', parts['labels'])
-  from radjax import sharding
   with sharding.activation_rules(parts['mesh'], parts['rules']):
-    fn = jax.jit(step_lib.make_train_step(parts['model'], parts['tx'], trainable,
-                                          parts['schedule'], config.optim.grad_accum),
-                 in_shardings=(parts['state_shardings'], parts['batch_shardings']),
-                 out_shardings=(parts['state_shardings'], None), donate_argnums=0)
+    fn = experiment.jit_train_step(config, parts)
     state, losses = parts['state'], []
     initial = jax.device_get(state.params)
     for b in batches:

@@ -74,10 +74,13 @@ class Evaluator:
         pixels.append(imgs)
       length = -(-max(len(p) for p in prompts) // 16) * 16  # few distinct compiled shapes
       toks, mask = generate_lib.left_pad(prompts, length, enc.ids['pad'])
-      batch = {'tokens': toks, 'image_mask': mask, 'images': np.stack(pixels)}
-      g = pipeline.to_global(batch, exp.batch_shardings)
+      shardings = {'tokens': exp.batch_shardings['tokens'],
+                   'prompt_mask': exp.batch_shardings['tokens'],
+                   'images': exp.batch_shardings['images']}
+      batch = {'tokens': toks, 'prompt_mask': mask, 'images': np.stack(pixels)}
+      g = pipeline.to_global(batch, shardings)
       with exp.context():
-        ids = generate_lib.greedy_generate(exp.model, params, g['tokens'], g['image_mask'],
+        ids = generate_lib.greedy_generate(exp.model, params, g['tokens'], g['prompt_mask'],
                                            g['images'], cfg.eval.max_new_tokens,
                                            (enc.ids['end'], enc.ids['eos']))
       ids = np.asarray(jax.device_get(ids))

@@ -13,7 +13,6 @@ from radjax.data import pipeline
 from radjax.eval import evaluator as evaluator_lib
 from radjax.train import checkpoint as checkpoint_lib
 from radjax.train import state as state_lib
-from radjax.train import step as step_lib
 from radjax.train import writers
 
 
@@ -57,12 +56,7 @@ def train(config, workdir: str, devices=None) -> dict:
   evaluator = evaluator_lib.Evaluator(exp, config.eval.split)
 
   with exp.context():
-    train_step = jax.jit(
-        step_lib.make_train_step(exp.model, exp.tx,
-                                 jax.tree.map(lambda lab: lab != 'frozen', exp.labels),
-                                 exp.schedule, config.optim.grad_accum),
-        in_shardings=(exp.state_shardings, exp.batch_shardings),
-        out_shardings=(exp.state_shardings, None), donate_argnums=0)
+    train_step = experiment_lib.jit_train_step(config, vars(exp))
 
   tokens_per_step = tc.batch_size * config.data.max_len
   pending = None  # (step, device metrics, host extras) of the previous step
