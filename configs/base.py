@@ -60,6 +60,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   # ---- model ------------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
+  # 'vlm' (vision tower + projector + LLM; what training builds), 'llm' or 'vision'
+  # (a single tower, e.g. imported by `python -m radjax.convert from-hf`).
+  c.model.kind = 'vlm'
   c.model.dtype = 'bfloat16'  # compute dtype; parameters stay float32
   c.model.attention_impl = 'xla'  # 'cudnn' (flash attention on GPU) | 'xla' | 'auto'
   c.model.remat_policy = 'none'  # radjax/models/layers.py REMAT_POLICIES
@@ -78,6 +81,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.vision.norm_eps = 1e-5
   c.model.vision.select_layer = -2  # HF hidden_states index of the features (LLaVA: -2)
   c.model.vision.keep_class_token = False
+  # Start from pretrained weights: an HF model directory (CLIP/SigLIP vision, or a
+  # Llava whose tower is taken) or a radjax workdir. '' = random init.
+  c.model.vision.init_from = ''
 
   c.model.projector = ml_collections.ConfigDict()
   c.model.projector.kind = 'mlp'  # 'linear' | 'mlp'
@@ -94,6 +100,16 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.llm.norm_eps = 1e-5
   c.model.llm.qkv_bias = False
   c.model.llm.tie_embeddings = False
+  # An HF model directory (LLaMA/Vicuna, Qwen2, GPT-NeoX, or a Llava whose decoder is
+  # taken) or a radjax workdir. A vocab_size above the source's grows the embeddings
+  # (new rows start at the mean of the old ones). '' = random init.
+  c.model.llm.init_from = ''
+  c.model.llm.activation = 'silu'  # 'silu' | 'gelu' | 'gelu_tanh' | 'quick_gelu'
+  c.model.llm.norm = 'rms'  # 'rms' (LLaMA/Qwen2) | 'layer' (LayerNorm with bias, GPT-NeoX)
+  c.model.llm.mlp = 'gated'  # 'gated' (SwiGLU gate/up/down) | 'plain' (up -> act -> down)
+  c.model.llm.linear_bias = False  # bias on o and the MLP linears too (GPT-NeoX)
+  c.model.llm.parallel_residual = False  # x + attn(norm1(x)) + mlp(norm2(x)) (GPT-NeoX)
+  c.model.llm.rotary_pct = 1.0  # fraction of each head's dims that get RoPE (dolly-v2: 0.25)
 
   # ---- optimizer --------------------------------------------------------------
   c.optim = ml_collections.ConfigDict()
@@ -127,6 +143,16 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval.num_loss_batches = 8  # val-loss batches (0: the whole split)
   c.eval.num_generate = 32  # held-out examples to generate reports for
   c.eval.max_new_tokens = 96
+  # Report decoding (radjax/eval/generate.py): 'greedy' | 'sample' | 'beam'. Greedy and
+  # beam search reproduce HF transformers' generate(); 'sample' with temperature 0 is greedy.
+  c.eval.decoding = 'greedy'
+  c.eval.temperature = 1.0  # sample: logits / temperature, then top-k, then top-p
+  c.eval.top_k = 0  # sample: keep the k most likely tokens (0: off; HF's default is 50)
+  c.eval.top_p = 1.0  # sample: nucleus mass to keep (1.0: off)
+  c.eval.num_beams = 4  # beam: beams per prompt
+  c.eval.length_penalty = 1.0  # beam: score = sum(log p) / generated_length ** length_penalty
+  c.eval.early_stopping = 'false'  # beam: 'false' | 'true' | 'never' (HF's False/True/'never')
+  c.eval.stop_strings = ()  # reports are cut before the first of these (after decoding)
   c.eval.meteor = True  # METEOR starts a Java process (pycocoevalcap); False skips it
   c.eval.num_logged_examples = 4  # images + generated reports sent to TensorBoard
   return c

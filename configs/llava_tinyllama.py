@@ -4,7 +4,13 @@ CLIP ViT-L/14-224 (penultimate layer) + 2-layer MLP projector + a 1.1B LLaMA
 
   python bench/train_step.py --config configs/llava_tinyllama.py --peak_tflops 989
   python main.py --config configs/llava_tinyllama.py --workdir DIR \
-      --config.data.dir=DIR_WITH_ARRAY_RECORDS_AND_TOKENIZER
+      --config.data.dir=DIR_WITH_ARRAY_RECORDS_AND_TOKENIZER \
+      --config.model.vision.init_from=HF_DIR/clip-vit-large-patch14 \
+      --config.model.llm.init_from=HF_DIR/TinyLlama-1.1B-Chat-v1.0
+
+The pretrained towers are local HF directories (or workdirs from
+`python -m radjax.convert from-hf`); a tokenizer with radjax's chat specials added
+needs --config.model.llm.vocab_size set to its length, which grows the embeddings.
 
 Sizes are configs/base.py's defaults; this file only sets the run shape.
 """

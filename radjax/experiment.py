@@ -13,6 +13,7 @@ from radjax import sharding as sharding_lib
 from radjax.data import pipeline, tokens
 from radjax.models import factory, vlm
 from radjax.train import optimizer as optimizer_lib
+from radjax.train import pretrained as pretrained_lib
 from radjax.train import state as state_lib
 from radjax.train import step as step_lib
 
@@ -61,8 +62,14 @@ def _dummy_inputs(config):
                     jnp.float32))
 
 
-def build_model_and_state(config, devices=None) -> dict:
-  """Mesh, model, optimizer and born-sharded state: everything but the data."""
+def build_model_and_state(config, devices=None, pretrained: bool = True) -> dict:
+  """Mesh, model, optimizer and born-sharded state: everything but the data.
+
+  `pretrained=False` skips `init_from` loading (the state is about to be restored).
+  """
+  if config.model.kind != 'vlm':
+    raise ValueError(f"config.model.kind={config.model.kind!r}: runs build a 'vlm'; a single "
+                     'tower is for export (`python -m radjax.convert to-hf`) or init_from')
   mesh = sharding_lib.make_mesh(config.mesh, devices)
   rules = sharding_lib.rules_from_config(config.sharding.rules)
   model = vlm.VLM(factory.vlm_config(config.model))
@@ -73,7 +80,8 @@ def build_model_and_state(config, devices=None) -> dict:
     model = vlm.VLM(factory.vlm_config(config.model, freeze_vision=True))
   tx, schedule = optimizer_lib.make_optimizer(config.optim, config.train.num_steps, labels)
   state, state_shardings = state_lib.create_train_state(
-      model, _dummy_inputs(config), tx, jax.random.key(config.seed), mesh, rules)
+      model, _dummy_inputs(config), tx, jax.random.key(config.seed), mesh, rules,
+      pretrained_lib.loaders(config) if pretrained else None)
   sharding_lib.warn_replicated(state.params, state_shardings.params,
                                config.sharding.replicated_warn_mib)
   batch_shardings = {k: sharding_lib.batch_sharding(mesh, rules, n)
@@ -92,8 +100,10 @@ def jit_train_step(config, parts: dict):
                  out_shardings=(parts['state_shardings'], None), donate_argnums=0)
 
 
-def build(config, devices=None) -> Experiment:
-  ensure_data(config)
+def build(config, devices=None, pretrained: bool = True, need_data: bool = True) -> Experiment:
+  """`need_data=False` (reporting on given images) only needs the tokenizer."""
+  if need_data:
+    ensure_data(config)
   tokenizer = tokens.load_tokenizer(config.data.tokenizer or
                                     os.path.join(config.data.dir, 'tokenizer.json'))
   if len(tokenizer) > config.model.llm.vocab_size:
@@ -103,7 +113,7 @@ def build(config, devices=None) -> Experiment:
   if image_token != config.model.image_token_id:
     raise ValueError(f'config.model.image_token_id={config.model.image_token_id} but the '
                      f'tokenizer has <image> = {image_token}')
-  parts = build_model_and_state(config, devices)
+  parts = build_model_and_state(config, devices, pretrained)
   encoder = tokens.TurnEncoder(tokenizer, parts['model'].cfg.vision.num_tokens)
   processor = pipeline.make_processor(config, encoder)
   return Experiment(config=config, encoder=encoder, processor=processor, **parts)

@@ -5,20 +5,19 @@ import jax
 from absl import logging
 
 from radjax import experiment as experiment_lib
+from radjax import workdir as workdir_lib
 from radjax.eval import evaluator as evaluator_lib
-from radjax.train import checkpoint as checkpoint_lib
 from radjax.train import loop, writers
+from radjax.train import state as state_lib
 
 
-def load_trained(config, workdir: str):
-  """The experiment with its state restored from the workdir's latest checkpoint."""
-  exp = experiment_lib.build(config)
-  ckpt = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints, use_async=False)
-  state, step = loop.restore_or_keep(exp, ckpt)
-  ckpt.close()
-  if step == 0:
-    raise FileNotFoundError(f'no checkpoint in {ckpt.directory}; train first')
-  exp.state = state
+def load_trained(config, workdir: str, step: int | None = None, need_data: bool = True):
+  """The experiment with the params of the workdir's checkpoint (default: latest),
+  restored straight into their shards; optimizer moments are never read."""
+  exp = experiment_lib.build(config, pretrained=False, need_data=need_data)
+  step = workdir_lib.latest_step(workdir) if step is None else step
+  target = state_lib.abstract_state(exp.state_shardings.params, exp.state.params)
+  exp.state = exp.state.replace(params=workdir_lib.load_params(workdir, step, target=target))
   return exp, step
 
 
@@ -35,10 +34,15 @@ def evaluate(config, workdir: str) -> dict:
   return metrics
 
 
-def generate(config, workdir: str, image_paths: list[str]) -> list[str]:
+def generate(config, workdir: str, image_paths: list[str], prompt: str = '') -> list[str]:
+  if config.model.kind == 'llm':
+    from radjax.eval import text_generation
+    texts = text_generation.generate_text(config, workdir, [prompt])
+    print(f'== {prompt}\n{texts[0]}\n')
+    return texts
   if not image_paths:
     raise ValueError('--mode=generate needs --images=a.png[,b.png]')
-  exp, _ = load_trained(config, workdir)
+  exp, _ = load_trained(config, workdir, need_data=False)
   evaluator = evaluator_lib.Evaluator(exp, config.eval.split)
   examples = []
   for path in image_paths:
@@ -59,7 +63,7 @@ def maybe_initialize_distributed():
     jax.distributed.initialize()
 
 
-def main(config, workdir: str, mode: str, images: list[str] | None = None):
+def main(config, workdir: str, mode: str, images: list[str] | None = None, prompt: str = ''):
   maybe_initialize_distributed()
   logging.info('process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
@@ -68,5 +72,5 @@ def main(config, workdir: str, mode: str, images: list[str] | None = None):
   if mode == 'eval':
     return evaluate(config, workdir)
   if mode == 'generate':
-    return generate(config, workdir, images or [])
+    return generate(config, workdir, images or [], prompt)
   raise ValueError(f'--mode={mode!r}')

@@ -85,7 +85,15 @@ def test_eval_mode_writes_metrics_and_predictions(demo_data, tmp_path):
   with open(os.path.join(workdir, 'eval', '2', 'predictions.jsonl')) as f:
     rows = [json.loads(line) for line in f]
   assert len(rows) == config.eval.num_generate
-  assert {'id', 'generated', 'reference'} <= set(rows[0])
+  assert {'id', 'prompt', 'generated', 'reference', 'BLEU-4', 'ROUGE-L', 'CIDEr',
+          'labels_generated', 'labels_reference', 'clinical_agreement_14',
+          'predicted_findings', 'true_findings'} <= set(rows[0])
+  from radjax.data import templates
+  assert rows[0]['prompt'] == templates.EVAL_INSTRUCTIONS[config.data.task]
+  assert all(0 <= r['clinical_agreement_14'] <= 1 for r in rows)
+  for key in ('finding_cardiomegaly/f1', 'finding_nodule/recall', 'finding_macro_f1',
+              'finding_baseline_all_positive_micro_f1'):
+    assert f'eval/{key}' in metrics, key
 
 
 def test_nonfinite_loss_stops_with_a_clear_message(demo_data, tmp_path):

@@ -1,15 +1,18 @@
 """Reversible tensor transforms and a table-driven converter shared by model families.
 
 A family describes itself as a list of `Rule`s (our param path <-> HF tensor name,
-plus a transform id). Per-layer rules carry `{i}`; the engine handles both radjax
-layouts: unscanned (`layers_{i}/...`) and scanned (`layers/...`, leading layer axis).
+plus a transform id). Per-layer rules carry `{i}` and are written for a stack named
+`layers`; the engine handles both radjax layouts: unscanned (`layers_{i}/...`) and scanned
+(`layers/...`, leading layer axis). A model whose HF layers are split over several of our
+stacks (the ViT keeps the layers past its selected one in `layers_unused`) passes `Stack`s
+saying which HF layer range each stack holds.
 Transforms only reshape/transpose, so they are written with array methods and work
 on numpy arrays and on `jax.ShapeDtypeStruct`s (via `jax.eval_shape`) alike, which is
 how expected HF shapes are derived without materialising anything.
 """
 import dataclasses
 import re
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -57,6 +60,24 @@ class Rule:
 LAYER_PREFIX, SCANNED_PREFIX = 'layers_{i}/', 'layers/'
 
 
+@dataclasses.dataclass(frozen=True)
+class Stack:
+  """Our layer stack `name` holds HF layers `hf_start .. hf_start + count - 1`."""
+  name: str
+  count: int
+  hf_start: int = 0
+
+  def path(self, ours: str, i: int, scan: bool) -> str:
+    """Our path of per-layer rule path `ours` (written as `layers_{i}/...`) for layer i."""
+    if scan:
+      return ours.replace(LAYER_PREFIX, f'{self.name}/')
+    return ours.replace(LAYER_PREFIX, f'{self.name}_{{i}}/').format(i=i)
+
+
+def _stacks(num_layers: int, stacks: Optional[Sequence[Stack]]) -> tuple:
+  return tuple(stacks) if stacks is not None else (Stack('layers', num_layers),)
+
+
 class ConversionError(ValueError):
   """A tensor that does not fit the mapping (name, shape, vocab or family)."""
 
@@ -87,34 +108,34 @@ def _hf_shape(t: Transform, shape: tuple) -> tuple:
   return tuple(jax.eval_shape(t.to_hf, jax.ShapeDtypeStruct(shape, np.float32)).shape)
 
 
-def _expand(rules, num_layers: int):
-  """Yields (rule, layer index or None, HF name)."""
+def _expand(rules, stacks):
+  """Yields (rule, stack or None, our layer index or None, HF name)."""
   for r in rules:
     if '{i}' in r.hf:
-      for i in range(num_layers):
-        yield r, i, r.hf.format(i=i)
+      for st in stacks:
+        for i in range(st.count):
+          yield r, st, i, r.hf.format(i=st.hf_start + i)
     else:
-      yield r, None, r.hf
+      yield r, None, None, r.hf
 
 
 def to_ours(state_dict: dict, rules, transforms: dict, expected: dict, num_layers: int,
-            scan: bool, ignore: str = r'$^') -> dict:
+            scan: bool, ignore: str = r'$^', stacks: Optional[Sequence[Stack]] = None) -> dict:
   """HF state dict -> flat {our path: f32 array}; `expected` maps our paths to shapes
   in the target layout. Every HF tensor must be used (bar names matching `ignore`) and
-  every expected param produced."""
+  every expected param produced. `stacks` defaults to one stack `layers` of `num_layers`."""
   used, per_layer, flat = set(), {}, {}
-  for r, i, name in _expand(rules, num_layers):
+  for r, st, i, name in _expand(rules, _stacks(num_layers, stacks)):
     if name not in state_dict:
       raise ConversionError(f'HF tensor {name!r} is missing from the checkpoint')
     t = transforms[r.transform]
-    ours_path = r.ours.format(i=i) if i is not None else r.ours
-    layer_path = ours_path if not scan or i is None else r.ours.replace(
-        LAYER_PREFIX, SCANNED_PREFIX)
+    ours_path = st.path(r.ours, i, scan=False) if st is not None else r.ours
+    layer_path = st.path(r.ours, i, scan) if st is not None else r.ours
     want = expected.get(layer_path)
     if want is None:
       raise ConversionError(f'HF tensor {name!r} maps to {ours_path!r}, which the model '
                             'does not have')
-    if scan and i is not None:
+    if scan and st is not None:
       want = want[1:]
     hf_want = _hf_shape(t, want)
     arr = np.asarray(state_dict[name])
@@ -123,8 +144,8 @@ def to_ours(state_dict: dict, rules, transforms: dict, expected: dict, num_layer
                             f'for {ours_path!r}')
     used.add(name)
     val = np.ascontiguousarray(t.to_ours(arr.astype(np.float32)))
-    if scan and i is not None:
-      per_layer.setdefault(layer_path, [None] * num_layers)[i] = val
+    if scan and st is not None:
+      per_layer.setdefault(layer_path, [None] * st.count)[i] = val
     else:
       flat[layer_path] = val
   for path, vals in per_layer.items():
@@ -138,9 +159,11 @@ def to_ours(state_dict: dict, rules, transforms: dict, expected: dict, num_layer
   return flat
 
 
-def to_hf(flat: dict, rules, transforms: dict, expected: dict, num_layers: int) -> dict:
+def to_hf(flat: dict, rules, transforms: dict, expected: dict, num_layers: int,
+          stacks: Optional[Sequence[Stack]] = None) -> dict:
   """Flat {our path: array} (either layout; detected from the paths) -> HF state dict."""
-  scan = any(p.startswith(SCANNED_PREFIX) for p in flat)
+  stacks = _stacks(num_layers, stacks)
+  scan = any(p.startswith(f'{st.name}/') for st in stacks for p in flat)
   for path, want in expected.items():
     if path not in flat:
       raise ConversionError(f'model param {path!r} is missing')
@@ -151,13 +174,13 @@ def to_hf(flat: dict, rules, transforms: dict, expected: dict, num_layers: int) 
   if extra:
     raise ConversionError(f'model params not covered by the conversion: {extra}')
   out = {}
-  for r, i, name in _expand(rules, num_layers):
-    if i is None:
+  for r, st, i, name in _expand(rules, stacks):
+    if st is None:
       arr = flat[r.ours]
     elif scan:
-      arr = flat[r.ours.replace(LAYER_PREFIX, SCANNED_PREFIX)][i]
+      arr = flat[st.path(r.ours, i, scan)][i]
     else:
-      arr = flat[r.ours.format(i=i)]
+      arr = flat[st.path(r.ours, i, scan)]
     out[name] = np.ascontiguousarray(transforms[r.transform].to_hf(
         np.asarray(arr, np.float32)))
   return out

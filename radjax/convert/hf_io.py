@@ -8,7 +8,7 @@ import ml_dtypes
 import numpy as np
 from safetensors import numpy as st_numpy
 
-_DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}  # never float16
+DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}  # never float16
 
 
 def load_hf_dir(path: str):
@@ -35,10 +35,10 @@ def load_hf_dir(path: str):
 
 def save_hf_dir(path: str, hf_config, state_dict: dict, dtype: str = 'float32') -> None:
   """Writes model.safetensors + config.json loadable by `*ForCausalLM.from_pretrained`."""
-  if dtype not in _DTYPES:
-    raise ValueError(f'dtype={dtype!r} is not supported; choose from {sorted(_DTYPES)}')
+  if dtype not in DTYPES:
+    raise ValueError(f'dtype={dtype!r} is not supported; choose from {sorted(DTYPES)}')
   os.makedirs(path, exist_ok=True)
-  np_dtype = _DTYPES[dtype]
+  np_dtype = DTYPES[dtype]
   tensors = {k: np.ascontiguousarray(np.asarray(v, np.float32).astype(np_dtype))
              for k, v in state_dict.items()}
   st_numpy.save_file(tensors, os.path.join(path, 'model.safetensors'),

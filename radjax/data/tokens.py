@@ -9,6 +9,17 @@ from radjax.data import schema
 SPECIALS = {'pad': '<pad>', 'bos': '<s>', 'eos': '</s>', 'image': '<image>',
             'user': '<|user|>', 'assistant': '<|assistant|>', 'end': '<|end|>'}
 
+# The TurnEncoder layout as a Jinja chat template, so an exported model's HF processor
+# builds the prompts the model was trained on: images first, then the instruction.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'user' %}<|user|>{% else %}<|assistant|>{% endif %}"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] if c['type'] == 'image' %}<image>{% endfor %}"
+    "{% for c in m['content'] if c['type'] == 'text' %}{{ '\\n' ~ c['text'] }}{% endfor %}"
+    "{% endif %}<|end|>{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
   return PreTrainedTokenizerFast(tokenizer_file=path, bos_token='<s>', eos_token='</s>',

@@ -3,8 +3,11 @@
   python -m radjax.eval label --reports R.jsonl --out L.jsonl
       R rows {"id", "text"} -> L rows {"id", "labels": {observation: 1|0|-1|null}}
   python -m radjax.eval score --predictions P.jsonl --out M.json [--no-meteor]
+        [--per-sample S.jsonl] [--chexbert DIR] [--radgraph A.jsonl]
       P rows {"id", "generated", "reference"} -> flat JSON of clinical-efficacy
-      (labeler agreement) and captioning metrics
+      (labeler agreement) and captioning metrics. Rows may also carry reference
+      "boxes" [{"label", "box": [x1, y1, x2, y2] in [0, 1]}] (adds grounding metrics on
+      boxes parsed from "generated") and "labels" [str] (adds classification metrics).
 """
 
 from __future__ import annotations
@@ -14,34 +17,8 @@ import json
 import sys
 
 from radjax.eval import scoring
+from radjax.eval.jsonl import InputError, read_jsonl
 from radjax.eval.labeler import label_report
-
-
-class InputError(ValueError):
-  """A malformed input row; the message names file and line."""
-
-
-def read_jsonl(path: str, required: tuple[str, ...]) -> list[dict]:
-  """Rows of a JSON-lines file; blank lines are skipped, bad rows are an InputError."""
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise InputError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-      if not isinstance(row, dict):
-        raise InputError(f"{path}:{n}: expected a JSON object")
-      missing = [k for k in required if k not in row]
-      if missing:
-        raise InputError(f"{path}:{n}: missing {', '.join(missing)}")
-      bad = [k for k in required if k != "id" and not isinstance(row[k], str)]
-      if bad:
-        raise InputError(f"{path}:{n}: {', '.join(bad)} must be a string")
-      rows.append(row)
-  return rows
 
 
 def cmd_label(args) -> None:
@@ -52,12 +29,46 @@ def cmd_label(args) -> None:
   print(f"labeled {len(rows)} reports -> {args.out}")
 
 
+def _check_references(row: dict) -> str | None:
+  """Why the optional reference "boxes" / "labels" of a prediction row are bad, if they are."""
+  boxes = row.get("boxes", [])
+  if not isinstance(boxes, list):
+    return "boxes must be a list"
+  for i, b in enumerate(boxes):
+    c = b.get("box") if isinstance(b, dict) else None
+    if not (isinstance(c, list) and len(c) == 4 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in c)):
+      return f"boxes[{i}]: expected {{\"label\", \"box\": [x1, y1, x2, y2]}}"
+    if not (all(0 <= x <= 1 for x in c) and c[0] < c[2] and c[1] < c[3]):
+      return f"boxes[{i}]: {c} is not x1 < x2, y1 < y2 in [0, 1]"
+    if not isinstance(b.get("label", ""), (str, type(None))):
+      return f"boxes[{i}].label must be a string"
+  labels = row.get("labels", [])
+  if not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+    return "labels must be a list of strings"
+  return None
+
+
 def cmd_score(args) -> None:
-  rows = read_jsonl(args.predictions, ("id", "generated", "reference"))
-  metrics = scoring.score_reports([r["generated"] for r in rows],
-                                  [r["reference"] for r in rows], meteor=args.meteor)
+  rows = read_jsonl(args.predictions, ("id", "generated", "reference"), _check_references)
+  radgraph = None
+  if args.radgraph:
+    from radjax.eval import radgraph as radgraph_lib
+    try:
+      radgraph = radgraph_lib.read_annotations(args.radgraph)
+    except ValueError as e:
+      raise InputError(str(e)) from None
+  try:
+    metrics, per_row = scoring.score_rows(rows, meteor=args.meteor, chexbert=args.chexbert,
+                                          radgraph=radgraph)
+  except (FileNotFoundError, ValueError) as e:
+    raise InputError(str(e)) from None
   with open(args.out, "w", encoding="utf-8") as f:
     json.dump(metrics, f, indent=2, sort_keys=True)
+  if args.per_sample:
+    with open(args.per_sample, "w", encoding="utf-8") as f:
+      for row, scores in zip(rows, per_row):
+        f.write(json.dumps({"id": row["id"], **scores}) + "\n")
   print(json.dumps(metrics, indent=2, sort_keys=True))
 
 
@@ -75,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
   score.add_argument("--out", required=True, help="flat metrics JSON")
   score.add_argument("--no-meteor", dest="meteor", action="store_false",
                      help="skip METEOR (needs Java)")
+  score.add_argument("--per-sample", help="JSONL of per-row scores")
+  score.add_argument("--chexbert", metavar="DIR",
+                     help="CheXbert checkpoint directory: adds chexbert_* F1 (needs torch)")
+  score.add_argument("--radgraph", metavar="FILE",
+                     help="JSONL of RadGraph annotations per id: adds radgraph_f1_*")
   score.set_defaults(func=cmd_score)
   args = parser.parse_args(argv)
   try:

@@ -27,7 +27,8 @@ def _positive(labels: list[dict], observations, uncertain_as_positive: bool) -> 
                   dtype=bool).reshape(len(labels), len(observations))
 
 
-def _prf(tp, fp, fn):
+def prf(tp, fp, fn):
+  """Precision, recall, F1 (elementwise; 0 where undefined) from counts."""
   tp, fp, fn = (np.asarray(x, dtype=float) for x in (tp, fp, fn))
   p = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
   r = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=(tp + fn) > 0)
@@ -49,8 +50,8 @@ def clinical_scores(generated_labels: list[dict], reference_labels: list[dict],
     pred = _positive(generated_labels, observations, uncertain_as_positive)
     true = _positive(reference_labels, observations, uncertain_as_positive)
     tp, fp, fn = (pred & true).sum(0), (pred & ~true).sum(0), (~pred & true).sum(0)
-    micro = _prf(tp.sum(), fp.sum(), fn.sum())
-    macro = [float(np.mean(m)) if len(observations) else 0.0 for m in _prf(tp, fp, fn)]
+    micro = prf(tp.sum(), fp.sum(), fn.sum())
+    macro = [float(np.mean(m)) if len(observations) else 0.0 for m in prf(tp, fp, fn)]
     for i, name in enumerate(("precision", "recall", "f1")):
       out[f"clinical_{name}_micro_{suffix}"] = float(micro[i])
       out[f"clinical_{name}_macro_{suffix}"] = macro[i]

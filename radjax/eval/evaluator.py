@@ -1,4 +1,5 @@
-"""Periodic and standalone evaluation: val loss, greedy reports, finding-level F1."""
+"""Periodic and standalone evaluation: val loss, generated reports, finding-level F1."""
+import functools
 import json
 import os
 
@@ -7,9 +8,9 @@ import jax
 import numpy as np
 
 from radjax.data import pipeline, schema, templates
-from radjax.eval import findings as findings_lib
+from radjax.eval import classification, scoring
 from radjax.eval import generate as generate_lib
-from radjax.eval import scoring
+from radjax.eval.labeler import label_report
 from radjax.train import step as step_lib
 
 OBSERVATION_TO_FINDING = {
@@ -18,23 +19,43 @@ OBSERVATION_TO_FINDING = {
 }
 
 
+def report_findings(text: str) -> set[str]:
+  """The demo findings the rule-based labeler reads as positive or uncertain in `text`."""
+  labels = label_report(text)
+  return {f for obs, f in OBSERVATION_TO_FINDING.items() if labels[obs] in (1, -1)}
+
+
 def true_findings(example: dict) -> set[str]:
   """From the record's labels where it has them, else from its reference report."""
   labels = example.get('labels') or {}
   if any(k in labels for k in OBSERVATION_TO_FINDING):
     return {f for obs, f in OBSERVATION_TO_FINDING.items() if labels.get(obs) == 1}
   report = example.get('report') or {}
-  return findings_lib.extract_findings(f"{report.get('findings', '')} "
-                                       f"{report.get('impression', '')}")
+  return report_findings(f"{report.get('findings', '')}. {report.get('impression', '')}")
+
+
+def finding_scores(predicted: list[set[str]], truth: list[set[str]]) -> dict[str, float]:
+  """Per-finding and micro/macro P/R/F1 over the 5 demo findings, plus a constant
+  baseline: the micro F1 of always predicting every finding (the best constant
+  predictor for F1)."""
+  findings = list(OBSERVATION_TO_FINDING.values())
+  out = classification.multilabel_scores(predicted, truth, labels=findings)
+  pos, size = sum(len(set(t) & set(findings)) for t in truth), len(truth) * len(findings)
+  out['baseline_all_positive_micro_f1'] = 2 * pos / (pos + size) if size else 0.0
+  return out
 
 
 class Evaluator:
 
+  @functools.cached_property
+  def records(self):
+    """The split's records, opened on first use (reporting on given images needs none)."""
+    return grain.sources.ArrayRecordDataSource(
+        pipeline.split_files(self.exp.config.data.dir, self.split))
+
   def __init__(self, exp, split: str):
     self.exp = exp
-    cfg = exp.config
     self.split = split
-    self.records = grain.sources.ArrayRecordDataSource(pipeline.split_files(cfg.data.dir, split))
     with exp.context():
       eval_step = step_lib.make_eval_step(exp.model)
       self._eval_step = jax.jit(
@@ -58,10 +79,14 @@ class Evaluator:
             'val_accuracy': float(totals['correct_sum']) / w}
 
   def generate(self, params, examples: list[dict]) -> list[str]:
-    """Greedy reports for `examples` (padded to whole batches by repetition)."""
+    """Reports for `examples` decoded as config.eval says (padded to whole batches by
+    repetition)."""
     exp, cfg = self.exp, self.exp.config
     bs = cfg.eval.batch_size
     enc, proc = exp.encoder, exp.processor
+    gen_cfg = generate_lib.config_from_eval(cfg.eval, (enc.ids['end'], enc.ids['eos']),
+                                            enc.ids['pad'])
+    rng = jax.random.key(cfg.seed) if gen_cfg.strategy == 'sample' else None
     outs = []
     for start in range(0, len(examples), bs):
       chunk = examples[start:start + bs]
@@ -79,12 +104,14 @@ class Evaluator:
                    'images': exp.batch_shardings['images']}
       batch = {'tokens': toks, 'prompt_mask': mask, 'images': np.stack(pixels)}
       g = pipeline.to_global(batch, shardings)
+      key = None if rng is None else jax.random.fold_in(rng, start)
       with exp.context():
-        ids = generate_lib.greedy_generate(exp.model, params, g['tokens'], g['prompt_mask'],
-                                           g['images'], cfg.eval.max_new_tokens,
-                                           (enc.ids['end'], enc.ids['eos']))
+        ids, _ = generate_lib.generate(exp.model, params, g['tokens'], g['prompt_mask'],
+                                       g['images'], gen_cfg, key)
       ids = np.asarray(jax.device_get(ids))
-      outs.extend(enc.decode_answer(row) for row in ids[:len(examples) - start])
+      outs.extend(generate_lib.cut_at_stop_strings(enc.decode_answer(row),
+                                                   gen_cfg.stop_strings).strip()
+                  for row in ids[:len(examples) - start])
     return outs
 
   def run(self, params, step: int, writer=None, out_dir: str | None = None) -> dict:
@@ -93,13 +120,14 @@ class Evaluator:
     n = min(cfg.eval.num_generate, len(self.records))
     examples = [schema.decode(self.records[i]) for i in range(n)]
     generated = self.generate(params, examples) if n else []
-    predicted = [findings_lib.extract_findings(g) for g in generated]
+    references = [_reference(ex) for ex in examples]
+    predicted = [report_findings(g) for g in generated]
     truth = [true_findings(ex) for ex in examples]
+    per_sample = scoring.per_sample_scores(generated, references)
     if n:
-      scores = findings_lib.finding_scores(predicted, truth)
+      scores = finding_scores(predicted, truth)
       metrics.update({f'finding_{k}': v for k, v in scores.items()})
-      metrics.update(scoring.score_reports(generated, [_reference(ex) for ex in examples],
-                                           meteor=cfg.eval.meteor))
+      metrics.update(scoring.score_reports(generated, references, meteor=cfg.eval.meteor))
     metrics = {f'eval/{k}': v for k, v in metrics.items()}
     if writer is not None and n:
       k = min(cfg.eval.num_logged_examples, n)
@@ -110,11 +138,13 @@ class Evaluator:
                                 f'REFERENCE: {_reference(examples[i])}' for i in range(k)})
     if out_dir is not None and jax.process_index() == 0:
       os.makedirs(out_dir, exist_ok=True)
+      prompt = templates.EVAL_INSTRUCTIONS[cfg.data.task]
       with open(os.path.join(out_dir, 'predictions.jsonl'), 'w') as f:
-        for ex, g, p, t in zip(examples, generated, predicted, truth):
-          f.write(json.dumps({'id': ex['id'], 'generated': g, 'reference': _reference(ex),
-                              'predicted_findings': sorted(p),
-                              'true_findings': sorted(t)}) + '\n')
+        for ex, g, r, p, t, s in zip(examples, generated, references, predicted, truth,
+                                     per_sample):
+          f.write(json.dumps({'id': ex['id'], 'prompt': prompt, 'generated': g, 'reference': r,
+                              'predicted_findings': sorted(p), 'true_findings': sorted(t),
+                              **s}) + '\n')
       with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
         json.dump({'step': step, **metrics}, f, indent=1)
     return metrics

@@ -1,15 +1,92 @@
-"""Batched greedy generation with a KV cache, static shapes under jit.
+"""Batched generation with a KV cache and static shapes under jit: greedy, sampling
+(temperature, top-k, top-p) and beam search, for the VLM and for a bare Decoder.
 
 Prompts are left-padded so every row's next token lands in the same cache slot;
-positions skip the padding, so a row sees exactly what it saw in training.
+positions skip the padding, so a row sees exactly what it saw in training. Greedy and
+beam search reproduce HF transformers' `generate` token for token (tests/test_generate.py).
 """
+import dataclasses
 import functools
+from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from radjax.eval import beam_search as beam_lib
+from radjax.eval import sampling
 from radjax.models import llm as llm_lib
+
+DECODINGS = ('greedy', 'sample', 'beam')
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+  """Hashable, so it is a static argument of the jitted `generate`.
+
+  decoding: 'greedy' | 'sample' | 'beam'; 'sample' with temperature 0 is greedy.
+  top_k 0 and top_p 1.0 switch those filters off (HF defaults top_k to 50; we do not).
+  length_penalty / early_stopping: as HF (early_stopping True | False | 'never').
+  pad_id: what finished rows emit; None keeps the old behaviour of repeating stop_ids[0].
+  stop_strings are applied after decoding (see `apply_stop_strings`).
+  """
+  max_new_tokens: int = 96
+  decoding: str = 'greedy'
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  num_beams: int = 1
+  length_penalty: float = 1.0
+  early_stopping: Union[bool, str] = False
+  stop_ids: tuple[int, ...] = ()
+  stop_strings: tuple[str, ...] = ()
+  pad_id: Optional[int] = None
+
+  def __post_init__(self):
+    if self.decoding not in DECODINGS:
+      raise ValueError(f'decoding: {self.decoding!r} not in {DECODINGS}')
+    if self.max_new_tokens < 1 or self.num_beams < 1:
+      raise ValueError('max_new_tokens and num_beams must be >= 1')
+    if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+      raise ValueError(f'need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got '
+                       f'{self.temperature}, {self.top_k}, {self.top_p}')
+    if self.early_stopping not in (True, False, 'never'):
+      raise ValueError(f"early_stopping: {self.early_stopping!r} not in (True, False, 'never')")
+
+  @property
+  def strategy(self) -> str:
+    if self.decoding == 'sample' and self.temperature == 0:
+      return 'greedy'
+    return self.decoding
+
+  @property
+  def fill_id(self) -> int:
+    if self.pad_id is not None:
+      return self.pad_id
+    return self.stop_ids[0] if self.stop_ids else 0
+
+
+def _early_stopping(value) -> Union[bool, str]:
+  """Config strings 'true' / 'false' / 'never' (or bools) -> HF's True / False / 'never'."""
+  if isinstance(value, str):
+    table = {'true': True, 'false': False, 'never': 'never'}
+    if value.lower() not in table:
+      raise ValueError(f"config.eval.early_stopping: {value!r} not in {sorted(table)}")
+    return table[value.lower()]
+  return bool(value)
+
+
+def config_from_eval(eval_cfg, stop_ids: tuple[int, ...], pad_id: Optional[int]
+                     ) -> GenerationConfig:
+  """GenerationConfig from the `config.eval` section."""
+  return GenerationConfig(
+      max_new_tokens=int(eval_cfg.max_new_tokens), decoding=eval_cfg.get('decoding', 'greedy'),
+      temperature=float(eval_cfg.get('temperature', 1.0)), top_k=int(eval_cfg.get('top_k', 0)),
+      top_p=float(eval_cfg.get('top_p', 1.0)), num_beams=int(eval_cfg.get('num_beams', 1)),
+      length_penalty=float(eval_cfg.get('length_penalty', 1.0)),
+      early_stopping=_early_stopping(eval_cfg.get('early_stopping', False)),
+      stop_ids=tuple(int(i) for i in stop_ids),
+      stop_strings=tuple(eval_cfg.get('stop_strings', ())), pad_id=pad_id)
 
 
 def left_pad(prompts: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -23,30 +100,142 @@ def left_pad(prompts: list[list[int]], length: int, pad_id: int) -> tuple[np.nda
   return tokens, mask
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6))
-def greedy_generate(model, params, prompt_tokens, prompt_mask, images, max_new_tokens: int,
-                    stop_ids: tuple[int, ...]):
-  """Returns generated ids [B, max_new_tokens]; after a stop token, rows emit stop ids."""
-  cfg = model.cfg.llm
+def _llm_cfg(model) -> llm_lib.LLMConfig:
+  return getattr(model.cfg, 'llm', model.cfg)
+
+
+def _prefill(model, params, prompt_tokens, prompt_mask, images, max_new_tokens: int):
+  """Runs the prompt into a fresh cache. Images go through the VLM's `__call__`; a bare
+  Decoder (images None) takes the prompt through `decode_step`."""
   b, p = prompt_tokens.shape
-  cache = llm_lib.init_cache(cfg, b, p + max_new_tokens)
+  cache = llm_lib.init_cache(_llm_cfg(model), b, p + max_new_tokens)
   key_mask = jnp.zeros((b, p + max_new_tokens), bool).at[:, :p].set(prompt_mask)
   positions = llm_lib.positions_from_mask(prompt_mask)
-  logits, aux = model.apply({'params': params}, prompt_tokens, images, positions,
-                            cache, 0, key_mask)
-  first = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
-  stops = jnp.asarray(stop_ids, jnp.int32)
+  if images is None:
+    logits, aux = model.apply({'params': params}, prompt_tokens, positions, cache, 0, key_mask,
+                              method=model.decode_step)
+  else:
+    logits, aux = model.apply({'params': params}, prompt_tokens, images, positions, cache, 0,
+                              key_mask)
+  return logits[:, -1], aux['cache'], key_mask, positions[:, -1] + 1
+
+
+def _decoder(model, params) -> Callable:
+  def decode(tokens, positions, cache, index, key_mask):
+    logits, aux = model.apply({'params': params}, tokens[:, None], positions[:, None], cache,
+                              index, key_mask, method=model.decode_step)
+    return logits[:, -1], aux['cache']
+  return decode
+
+
+def _token_loop(decode, logits, cache, key_mask, positions, p: int, cfg: GenerationConfig, rng,
+                fill):
+  """Greedy or sampling; finished rows emit `fill`. Scores: summed log-probs
+  (of the unwarped distribution) of each row's tokens up to its stop token."""
+  stops = jnp.asarray(cfg.stop_ids, jnp.int32)
+  greedy = cfg.strategy == 'greedy'
 
   def step(carry, i):
-    cache, tok, pos, key_mask, done = carry
-    key_mask = key_mask.at[:, p + i].set(True)
-    logits, aux = model.apply({'params': params}, tok[:, None], pos[:, None], cache, p + i,
-                              key_mask, method=model.decode_step)
-    nxt = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+    cache, logits, key_mask, positions, done, score = carry
+    if greedy:
+      tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    else:
+      tok = sampling.sample(jax.random.fold_in(rng, i), logits, cfg.temperature, cfg.top_k,
+                            cfg.top_p)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)), tok[:, None],
+                               axis=-1)[:, 0]
+    score = score + jnp.where(done, 0.0, logp)
+    tok = jnp.where(done, fill, tok)
     done = done | jnp.isin(tok, stops)
-    nxt = jnp.where(done, stops[0], nxt)
-    return (aux['cache'], nxt, pos + 1, key_mask, done), tok
+    key_mask = key_mask.at[:, p + i].set(True)
+    logits, cache = decode(tok, positions, cache, p + i, key_mask)
+    return (cache, logits, key_mask, positions + 1, done, score), tok
 
-  init = (aux['cache'], first, positions[:, -1] + 1, key_mask, jnp.zeros((b,), bool))
-  _, out = jax.lax.scan(step, init, jnp.arange(max_new_tokens))
-  return out.T
+  b = logits.shape[0]
+  init = (cache, logits, key_mask, positions, jnp.zeros((b,), bool), jnp.zeros((b,), jnp.float32))
+  (*_, score), out = jax.lax.scan(step, init, jnp.arange(cfg.max_new_tokens))
+  return out.T, score
+
+
+def generate(model, params, prompt_tokens, prompt_mask, images, gen_cfg: GenerationConfig,
+             rng=None):
+  """Generates `gen_cfg.max_new_tokens` ids per left-padded prompt (jitted).
+
+  prompt_tokens / prompt_mask [B, P]; images [B, M, H, W, C] for a VLM, None for a bare
+  Decoder; rng: a PRNG key, needed when sampling (step i uses fold_in(rng, i)).
+  Returns (ids [B, max_new_tokens], scores [B]): for beam search the best finished
+  hypothesis and its HF `sequences_scores`; otherwise summed token log-probs.
+  Stop strings are not applied here (see `apply_stop_strings`).
+  """
+  if gen_cfg.strategy == 'sample' and rng is None:
+    raise ValueError("decoding='sample' needs an rng key")
+  return _generate(model, params, prompt_tokens, prompt_mask, images, _canonical(gen_cfg),
+                   rng if gen_cfg.strategy == 'sample' else None, jnp.int32(gen_cfg.fill_id))
+
+
+def _canonical(cfg: GenerationConfig) -> GenerationConfig:
+  """Resets the knobs the strategy ignores (and the fill id, an argument), so equivalent
+  configs share one compilation."""
+  kw = dict(decoding=cfg.strategy, stop_strings=())
+  if cfg.strategy != 'sample':
+    kw.update(temperature=1.0, top_k=0, top_p=1.0)
+  if cfg.strategy != 'beam':
+    kw.update(num_beams=1, length_penalty=1.0, early_stopping=False)
+  return dataclasses.replace(cfg, pad_id=None, **kw)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _generate(model, params, prompt_tokens, prompt_mask, images, cfg: GenerationConfig, rng,
+              fill):
+  p = prompt_tokens.shape[1]
+  logits, cache, key_mask, positions = _prefill(model, params, prompt_tokens, prompt_mask,
+                                                images, cfg.max_new_tokens)
+  decode = _decoder(model, params)
+  if cfg.strategy == 'beam':
+    return beam_lib.beam_search(decode, logits, cache, key_mask, positions, p,
+                                cfg.max_new_tokens, cfg.num_beams, cfg.length_penalty,
+                                cfg.early_stopping, cfg.stop_ids, fill)
+  return _token_loop(decode, logits, cache, key_mask, positions, p, cfg, rng, fill)
+
+
+def greedy_generate(model, params, prompt_tokens, prompt_mask, images, max_new_tokens: int,
+                    stop_ids: tuple[int, ...]):
+  """Returns generated ids [B, max_new_tokens]; after a stop token, rows emit stop_ids[0]."""
+  cfg = GenerationConfig(max_new_tokens=max_new_tokens, stop_ids=tuple(stop_ids))
+  return generate(model, params, prompt_tokens, prompt_mask, images, cfg)[0]
+
+
+def stop_string_length(ids, decode: Callable[[list[int]], str],
+                       stop_strings: tuple[str, ...]) -> Optional[int]:
+  """Tokens HF's StopStringCriteria would have kept: the shortest prefix whose text
+  contains a stop string (its last token completes it), or None if none occurs."""
+  ids = [int(t) for t in ids]
+  if not stop_strings or not any(s in decode(ids) for s in stop_strings):
+    return None
+  for t in range(1, len(ids) + 1):
+    text = decode(ids[:t])
+    if any(s in text for s in stop_strings):
+      return t
+  return None
+
+
+def apply_stop_strings(ids, decode: Callable[[list[int]], str], stop_strings: tuple[str, ...],
+                       pad_id: int) -> np.ndarray:
+  """Post-hoc stop strings on generated ids [B, N]: each row keeps the tokens up to the
+  one that completes a stop string and is padded after, which is what HF's greedy and
+  sampling output holds (earlier tokens never depend on later ones). HF also matches
+  across the prompt/answer boundary; here only the generated tokens are searched. Beam
+  search would rank hypotheses differently had they stopped early, so there it is only
+  a truncation."""
+  out = np.array(ids, copy=True)
+  for row in out:
+    t = stop_string_length(row, decode, stop_strings)
+    if t is not None:
+      row[t:] = pad_id
+  return out
+
+
+def cut_at_stop_strings(text: str, stop_strings: tuple[str, ...]) -> str:
+  """Text before the first occurrence of any stop string (which is dropped)."""
+  cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=len(text))
+  return text[:cut]

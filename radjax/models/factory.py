@@ -1,4 +1,6 @@
 """Turns the `config.model` section into frozen model dataclasses (derived once)."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -41,3 +43,15 @@ def vlm_config(model_cfg, freeze_vision: bool = False) -> vlm.VLMConfig:
                                    dtype=lm.dtype)
   return vlm.VLMConfig(vision=vit_config(model_cfg), projector=proj, llm=lm,
                        image_token_id=model_cfg.image_token_id, freeze_vision=freeze_vision)
+
+
+# Fields of the model dataclasses that come from config.model itself, not its towers.
+_RUNTIME_FIELDS = ('dtype', 'attention_impl', 'remat_policy', 'scan_layers')
+
+
+def tower_fields(cfg) -> dict:
+  """An LLMConfig / ViTConfig as `config.model.llm|vision` values (inverse of above)."""
+  out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUNTIME_FIELDS}
+  if 'head_dim' in out:
+    out['head_dim'] = out['head_dim'] or 0
+  return out

@@ -1,7 +1,8 @@
-"""LLaMA-family decoder (LLaMA / Vicuna, Qwen2 via q/k/v bias) with a KV cache.
+"""Decoder-only LM with a KV cache: LLaMA / Vicuna, Qwen2 (q/k/v bias) and GPT-NeoX
+(dolly-v2: LayerNorm, plain GELU MLP, biases everywhere, partial rotary, parallel residual).
 
 HF conventions are kept inside the model (rotate-half RoPE, separate q/k/v,
-RMSNorm eps, tied or untied head) so HF conversion is reshapes and transposes.
+norm eps, tied or untied head) so HF conversion is reshapes and transposes.
 """
 import dataclasses
 from typing import Any, Optional
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 from radjax.models import layers
 
 BATCH_LEN_EMBED = ('act_batch', 'act_len', 'act_embed')
+NORMS = {'rms': layers.RMSNorm, 'layer': layers.LayerNorm}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,15 +35,35 @@ class LLMConfig:
   attention_impl: Optional[str] = None  # 'cudnn' | 'xla' | None
   remat_policy: str = 'none'
   scan_layers: bool = True
+  norm: str = 'rms'  # 'rms' (RMSNorm) | 'layer' (LayerNorm with bias, GPT-NeoX)
+  mlp: str = 'gated'  # 'gated' (act(gate) * up -> down) | 'plain' (up -> act -> down)
+  linear_bias: bool = False  # bias on o and the MLP linears (q/k/v follow qkv_bias)
+  parallel_residual: bool = False  # x + attn(attn_norm(x)) + mlp(mlp_norm(x))
+  rotary_pct: float = 1.0  # RoPE on the first int(head_dim * rotary_pct) dims of a head
 
   @property
   def dim_per_head(self) -> int:
     return self.head_dim or self.embed_dim // self.num_heads
 
+  @property
+  def rotary_dim(self) -> int:
+    return int(self.dim_per_head * self.rotary_pct)
+
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f'config.model.llm: num_heads={self.num_heads} is not a multiple '
                        f'of num_kv_heads={self.num_kv_heads}')
+    if self.norm not in NORMS:
+      raise ValueError(f'config.model.llm.norm: {self.norm!r} not in {sorted(NORMS)}')
+    if self.mlp not in ('gated', 'plain'):
+      raise ValueError(f"config.model.llm.mlp: {self.mlp!r} not in ['gated', 'plain']")
+    if self.activation not in layers.ACTIVATIONS:
+      raise ValueError(f'config.model.llm.activation: {self.activation!r} not in '
+                       f'{sorted(layers.ACTIVATIONS)}')
+    if not 0.0 < self.rotary_pct <= 1.0 or self.rotary_dim % 2:
+      raise ValueError(f'config.model.llm.rotary_pct: {self.rotary_pct} must be in (0, 1] '
+                       f'and give an even number of rotary dims (head_dim '
+                       f'{self.dim_per_head} -> {self.rotary_dim})')
 
 
 def init_cache(cfg: LLMConfig, batch: int, max_len: int, dtype=None) -> dict:
@@ -65,8 +87,8 @@ class Attention(nn.Module):
     v = layers.Dense((cfg.num_kv_heads, hd), ('embed', 'kv_heads', 'kv'), cfg.qkv_bias,
                      cfg.dtype, name='v')(x)
     q = layers.constrain(q, ('act_batch', 'act_len', 'act_heads', 'act_kv'))
-    q = layers.rope(q, positions, cfg.rope_theta)
-    k = layers.rope(k, positions, cfg.rope_theta)
+    q = layers.rope(q, positions, cfg.rope_theta, cfg.rotary_dim)
+    k = layers.rope(k, positions, cfg.rope_theta, cfg.rotary_dim)
     if layer_cache is None:
       out = layers.attention(q, k, v, is_causal=True, implementation=cfg.attention_impl)
       new_cache = None
@@ -78,23 +100,28 @@ class Attention(nn.Module):
       new_cache = {'k': ck, 'v': cv}
       out = layers.attention(q, ck.astype(cfg.dtype), cv.astype(cfg.dtype), mask=mask,
                              implementation=cfg.attention_impl)
-    out = layers.DenseOut(cfg.embed_dim, ('heads', 'kv', 'embed'), 2, False, cfg.dtype,
-                          name='o')(out)
+    out = layers.DenseOut(cfg.embed_dim, ('heads', 'kv', 'embed'), 2, cfg.linear_bias,
+                          cfg.dtype, name='o')(out)
     return out, new_cache
 
 
 class Mlp(nn.Module):
-  """Gated MLP (SwiGLU for silu)."""
+  """Gated MLP (SwiGLU for silu) or plain up -> act -> down (GPT-NeoX)."""
   cfg: LLMConfig
 
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
-    gate = layers.Dense((cfg.mlp_dim,), ('embed', 'mlp'), dtype=cfg.dtype, name='gate')(x)
-    up = layers.Dense((cfg.mlp_dim,), ('embed', 'mlp'), dtype=cfg.dtype, name='up')(x)
-    h = layers.ACTIVATIONS[cfg.activation](gate) * up
+    act = layers.ACTIVATIONS[cfg.activation]
+    dense = lambda name: layers.Dense((cfg.mlp_dim,), ('embed', 'mlp'), cfg.linear_bias,
+                                      cfg.dtype, name=name)(x)
+    if cfg.mlp == 'gated':
+      gate = dense('gate')
+      h = act(gate) * dense('up')
+    else:
+      h = act(dense('up'))
     h = layers.constrain(h, ('act_batch', 'act_len', 'act_mlp'))
-    return layers.DenseOut(cfg.embed_dim, ('mlp', 'embed'), 1, False, cfg.dtype,
+    return layers.DenseOut(cfg.embed_dim, ('mlp', 'embed'), 1, cfg.linear_bias, cfg.dtype,
                            name='down')(h)
 
 
@@ -104,12 +131,18 @@ class DecoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x, layer_cache, positions, cache_index, mask):
     cfg = self.cfg
+    norm = NORMS[cfg.norm]
     x = layers.constrain(x, BATCH_LEN_EMBED)
-    h = layers.RMSNorm(cfg.norm_eps, cfg.dtype, name='attn_norm')(x)
-    h, new_cache = Attention(cfg, name='attn')(h, positions, layer_cache, cache_index, mask)
-    x = x + h
-    h = layers.RMSNorm(cfg.norm_eps, cfg.dtype, name='mlp_norm')(x)
-    x = x + Mlp(cfg, name='mlp')(h)
+    h = norm(cfg.norm_eps, cfg.dtype, name='attn_norm')(x)
+    attn, new_cache = Attention(cfg, name='attn')(h, positions, layer_cache, cache_index, mask)
+    if cfg.parallel_residual:
+      h = norm(cfg.norm_eps, cfg.dtype, name='mlp_norm')(x)
+      # HF GPT-NeoX sums mlp + attn first, then adds the residual.
+      x = (Mlp(cfg, name='mlp')(h) + attn) + x
+    else:
+      x = x + attn
+      h = norm(cfg.norm_eps, cfg.dtype, name='mlp_norm')(x)
+      x = x + Mlp(cfg, name='mlp')(h)
     return layers.constrain(x, BATCH_LEN_EMBED), new_cache
 
 
@@ -130,12 +163,17 @@ class Decoder(nn.Module):
       self.layers = block(cfg, name='layers')
     else:
       self.layers = [block(cfg, name=f'layers_{i}') for i in range(cfg.num_layers)]
-    self.final_norm = layers.RMSNorm(cfg.norm_eps, cfg.dtype)
+    self.final_norm = NORMS[cfg.norm](cfg.norm_eps, cfg.dtype)
     if not cfg.tie_embeddings:
       self.lm_head = layers.Dense((cfg.vocab_size,), ('embed', 'vocab'), dtype=cfg.dtype)
 
   def embed(self, tokens):
     return self.embedder(tokens)
+
+  def decode_step(self, tokens, positions, cache, cache_index, key_mask):
+    """Tokens in (a prompt chunk or one new token per row) with the KV cache; the
+    same signature as `VLM.decode_step`, so generation serves both."""
+    return self(self.embed(tokens), positions, cache, cache_index, key_mask)
 
   def __call__(self, embeds, positions, cache=None, cache_index=0, key_mask=None):
     """embeds [B, T, E]; positions [B, T].

@@ -2,6 +2,8 @@
 import os
 
 import grain
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -48,3 +50,32 @@ def save_for_inspection(path: str, state):
   checkpointer.save(path, state, force=True)
   checkpointer.wait_until_finished()
   checkpointer.close()
+
+
+def restore_params(directory: str, step: int, path: tuple[str, ...] = (), target=None):
+  """Only `params/<path...>` of a saved state (a training state or an imported one).
+
+  `target` (ShapeDtypeStructs with shardings) restores each leaf straight into its
+  shards; without it leaves come back as host numpy arrays. Optimizer moments are
+  never read.
+  """
+  item_dir = os.path.join(directory, str(step), 'state')
+  saved = ocp.PyTreeCheckpointer().metadata(item_dir).item_metadata.tree
+  node, keys = saved, ('params', *path)
+  for k in keys:
+    if not isinstance(node, dict) or k not in node:
+      raise KeyError(f'{item_dir}: no {"/".join(keys)} in the checkpoint')
+    node = node[k]
+  if target is None:
+    target = node
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), node)
+  else:
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+  for k in reversed(keys):
+    target, restore_args = {k: target}, {k: restore_args}
+  out = ocp.PyTreeCheckpointer().restore(
+      item_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                            partial_restore=True))
+  for k in keys:
+    out = out[k]
+  return out

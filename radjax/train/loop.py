@@ -9,6 +9,7 @@ from absl import logging
 from clu import periodic_actions
 
 from radjax import experiment as experiment_lib
+from radjax import workdir as workdir_lib
 from radjax.data import pipeline
 from radjax.eval import evaluator as evaluator_lib
 from radjax.train import checkpoint as checkpoint_lib
@@ -18,13 +19,6 @@ from radjax.train import writers
 
 class NonFiniteLossError(RuntimeError):
   """Loss or gradient norm became NaN/inf; the state is saved for inspection."""
-
-
-def save_config(config, workdir: str):
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=1))
 
 
 def restore_or_keep(exp, ckpt: checkpoint_lib.Checkpointer, data_iterator=None):
@@ -39,12 +33,13 @@ def restore_or_keep(exp, ckpt: checkpoint_lib.Checkpointer, data_iterator=None):
 
 def train(config, workdir: str, devices=None) -> dict:
   """Runs (or resumes) training to config.train.num_steps; returns the last eval metrics."""
-  exp = experiment_lib.build(config, devices)
-  save_config(config, workdir)
   tc = config.train
+  ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoint)
+  # init_from weights only matter for a fresh run; a resumed one restores everything.
+  exp = experiment_lib.build(config, devices, pretrained=ckpt.latest_step() is None)
+  workdir_lib.save_config(config, workdir)
   train_ds = pipeline.train_dataset(config, exp.processor, config.data.train_split)
   data_iter = pipeline.make_iterator(train_ds, config.data.worker_threads)
-  ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoint)
   state, start = restore_or_keep(exp, ckpt, data_iter)
   exp.state = None  # the restored state replaces it; don't hold two copies
 

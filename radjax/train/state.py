@@ -5,6 +5,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding
 
 from radjax import sharding as sharding_lib
@@ -38,8 +39,13 @@ def _suffix_sharding(opt_abstract, param_shardings, param_shapes, mesh):
   return jax.tree_util.tree_map_with_path(pick, opt_abstract)
 
 
-def create_train_state(model, init_inputs: tuple, tx, rng, mesh, rules):
+def create_train_state(model, init_inputs: tuple, tx, rng, mesh, rules, pretrained=None):
   """Abstract first, then every leaf created directly in its shard.
+
+  `pretrained` maps top-level param names (e.g. 'llm', 'vision') to loaders that take
+  that subtree's abstract target (ShapeDtypeStructs with shardings) and return its
+  arrays. Those subtrees are loaded, not initialised: the jitted init only returns
+  the other leaves, so XLA never computes (or holds) random values for them.
 
   Returns (state, state_shardings).
   """
@@ -57,6 +63,11 @@ def create_train_state(model, init_inputs: tuple, tx, rng, mesh, rules):
       opt_state=_suffix_sharding(opt_abstract, param_shardings, params_abstract, mesh),
       rng=sharding_lib.replicated(mesh))
 
+  if pretrained:
+    state = _state_with_pretrained(init_params, param_key, state_key, tx, pretrained,
+                                   params_abstract, state_shardings, mesh, rules)
+    return state, state_shardings
+
   def init_state(key):
     params = nn.meta.unbox(init_params(key))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -65,6 +76,52 @@ def create_train_state(model, init_inputs: tuple, tx, rng, mesh, rules):
   with sharding_lib.activation_rules(mesh, rules):
     state = jax.jit(init_state, out_shardings=state_shardings)(param_key)
   return state, state_shardings
+
+
+def _state_with_pretrained(init_params, param_key, state_key, tx, pretrained, params_abstract,
+                           state_shardings, mesh, rules):
+  unknown = sorted(set(pretrained) - set(params_abstract))
+  if unknown:
+    raise ValueError(f'pretrained parts {unknown} are not in the model ({sorted(params_abstract)})')
+  fresh = [k for k in params_abstract if k not in pretrained]
+
+  def init_fresh(key):
+    params = nn.meta.unbox(init_params(key))
+    return {k: params[k] for k in fresh}
+
+  with sharding_lib.activation_rules(mesh, rules):
+    params = jax.jit(init_fresh, out_shardings={k: state_shardings.params[k] for k in fresh})(
+        param_key)
+  for name, load in pretrained.items():
+    target = abstract_state(state_shardings.params[name], params_abstract[name])
+    params[name] = place(load(target), target, name)
+  opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
+  return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), state_shardings.step),
+                    params=params, opt_state=opt_state,
+                    rng=jax.device_put(state_key, state_shardings.rng))
+
+
+def place(tree, target, name: str):
+  """Host or device arrays -> arrays with the target's shapes, dtypes and shardings."""
+  keystr = jax.tree_util.keystr
+  given = dict(jax.tree_util.tree_flatten_with_path(tree)[0])
+  wanted = jax.tree_util.tree_flatten_with_path(target)[0]
+  missing = sorted(keystr(p) for p, _ in wanted if p not in given)
+  extra = sorted(keystr(p) for p in set(given) - {p for p, _ in wanted})
+  if missing or extra:
+    raise ValueError(f'pretrained {name}: missing params {missing}, unexpected {extra}')
+  out = []
+  for path, want in wanted:
+    arr = given[path]
+    if tuple(arr.shape) != tuple(want.shape):
+      raise ValueError(f'pretrained {name}{keystr(path)} has shape {tuple(arr.shape)}, the '
+                       f'model needs {tuple(want.shape)}')
+    if isinstance(arr, jax.Array) and arr.sharding == want.sharding:
+      out.append(arr.astype(want.dtype))
+    else:
+      host = np.asarray(arr, want.dtype)
+      out.append(jax.make_array_from_callback(want.shape, want.sharding, lambda i, h=host: h[i]))
+  return jax.tree.unflatten(jax.tree.structure(target), out)
 
 
 def abstract_state(state_shardings, state):

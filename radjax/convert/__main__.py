@@ -1,0 +1,82 @@
+r"""Hugging Face <-> radjax workdir conversion.
+
+  python -m radjax.convert from-hf --family {llama,qwen2,gpt_neox,clip_vision,siglip_vision,llava}
+      --hf_dir DIR --out WORKDIR [--unscanned]
+  python -m radjax.convert to-hf --workdir WORKDIR [--step N] --out DIR
+      [--dtype float32|bfloat16]
+
+A WORKDIR is an ordinary radjax workdir (config.json + orbax checkpoint), accepted by
+`to-hf`, `main.py --config configs/workdir.py:WORKDIR --mode=generate` and
+`config.model.<tower>.init_from`.
+"""
+import argparse
+import os
+import shutil
+import sys
+
+from radjax.convert import export, hf_io
+from radjax.convert.common import ConversionError
+from radjax.convert.hf_config import UnsupportedConfig
+
+# --family -> the HF model_type(s) it accepts (full CLIP/SigLIP models give their tower).
+FAMILIES = {'llama': ('llama',), 'qwen2': ('qwen2',), 'gpt_neox': ('gpt_neox',),
+            'clip_vision': ('clip_vision_model', 'clip'),
+            'siglip_vision': ('siglip_vision_model', 'siglip'), 'llava': ('llava',)}
+
+
+def cmd_from_hf(args) -> None:
+  hf_cfg, state_dict = hf_io.load_hf_dir(args.hf_dir)
+  if hf_cfg.model_type not in FAMILIES[args.family]:
+    raise ConversionError(f'--family={args.family} but {args.hf_dir}/config.json has '
+                          f'model_type={hf_cfg.model_type!r}')
+  config, params = export.import_hf(args.family, hf_cfg, state_dict, scan=not args.unscanned)
+  if config.model.kind != 'llm':
+    export.image_stats_from_dir(config, args.hf_dir)
+  tokenizer = os.path.join(args.hf_dir, 'tokenizer.json')
+  if os.path.exists(tokenizer):
+    os.makedirs(args.out, exist_ok=True)
+    shutil.copy(tokenizer, os.path.join(args.out, 'tokenizer.json'))
+    config.data.tokenizer = os.path.abspath(os.path.join(args.out, 'tokenizer.json'))
+  from radjax import workdir
+  workdir.save_params(args.out, config, params)
+  print(f'wrote {args.out} ({config.model.kind}, {export.count(params) / 1e6:.2f}M params)')
+
+
+def cmd_to_hf(args) -> None:
+  from radjax import workdir
+  config = workdir.load_config(args.workdir)
+  step = workdir.latest_step(args.workdir) if args.step is None else args.step
+  params = workdir.load_params(args.workdir, step)
+  export.export_hf(config, params, args.out, args.dtype)
+  print(f'wrote {args.out} from {args.workdir} step {step} ({config.model.kind}, '
+        f'{args.dtype})')
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m radjax.convert',
+                                   description=__doc__.splitlines()[0])
+  sub = parser.add_subparsers(dest='command', required=True)
+  p = sub.add_parser('from-hf', help='HF model directory -> radjax workdir')
+  p.add_argument('--family', required=True, choices=sorted(FAMILIES))
+  p.add_argument('--hf_dir', required=True)
+  p.add_argument('--out', required=True, help='the new workdir')
+  p.add_argument('--unscanned', action='store_true',
+                 help='store layers as layers_{i} (config.model.scan_layers=False)')
+  p.set_defaults(func=cmd_from_hf)
+  p = sub.add_parser('to-hf', help='radjax workdir -> HF model directory')
+  p.add_argument('--workdir', required=True)
+  p.add_argument('--step', type=int, default=None, help='default: the latest checkpoint')
+  p.add_argument('--out', required=True)
+  p.add_argument('--dtype', default='float32', choices=sorted(hf_io.DTYPES))
+  p.set_defaults(func=cmd_to_hf)
+  args = parser.parse_args(argv)
+  try:
+    args.func(args)
+  except (ConversionError, UnsupportedConfig, FileNotFoundError, FileExistsError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

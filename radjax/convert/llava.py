@@ -1,0 +1,293 @@
+"""radjax VLM <-> HF `LlavaForConditionalGeneration` (config, weights and processor).
+
+The tensors are converted by the tower tables (radjax.convert.vit for the vision
+tower, radjax.convert.llm_families for the decoder) plus the two projector linears.
+Checkpoints name the towers in several ways (transformers 5 in memory:
+`model.language_model.*`, `model.vision_tower.*`, `lm_head.weight`; saved by
+transformers 5 and on the hub: `language_model.model.*`, `language_model.lm_head.weight`,
+`vision_tower[.vision_model].*`); all are read. Export writes the hub layout
+(`vision_tower.vision_model.*`, `multi_modal_projector.*`, `language_model.model.*`,
+`language_model.lm_head.weight`), which every transformers version with Llava loads.
+"""
+import dataclasses
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from radjax.convert import common, hf_config, llm_families
+from radjax.convert import vit as vit_convert
+from radjax.convert.common import ConversionError, Rule
+from radjax.convert.hf_config import UnsupportedConfig
+from radjax.models import projector as projector_lib
+from radjax.models import vlm
+
+VISION_PREFIX = 'vision_tower.vision_model.'
+PROJECTOR_PREFIX = 'multi_modal_projector.'
+# Per HF text model_type: (base-model prefix, head) in its standalone *ForCausalLM naming,
+# which is what the decoder tables in radjax.convert read and write.
+_TEXT_NAMES = {'llama': ('model.', 'lm_head.weight'), 'qwen2': ('model.', 'lm_head.weight'),
+               'gpt_neox': ('gpt_neox.', 'embed_out.weight')}
+_RUNTIME = ('dtype', 'attention_impl', 'remat_policy', 'scan_layers')
+_TOKEN_FIELDS = ('bos_token_id', 'eos_token_id', 'pad_token_id')
+
+PROJECTOR_RULES = (
+    Rule('fc1/kernel', PROJECTOR_PREFIX + 'linear_1.weight', 'linear'),
+    Rule('fc1/bias', PROJECTOR_PREFIX + 'linear_1.bias', 'identity'),
+    Rule('fc2/kernel', PROJECTOR_PREFIX + 'linear_2.weight', 'linear'),
+    Rule('fc2/bias', PROJECTOR_PREFIX + 'linear_2.bias', 'identity'),
+)
+_PROJECTOR_TRANSFORMS = {'identity': common.IDENTITY, 'linear': common.LINEAR}
+
+
+def vlm_config_from_hf(hf, **overrides) -> vlm.VLMConfig:
+  """VLMConfig for an HF `LlavaConfig`. `overrides`: radjax runtime fields (dtype,
+  scan_layers, attention_impl, remat_policy) go to every tower; VLMConfig fields
+  (freeze_vision, ...) to the VLM."""
+  layer = hf.vision_feature_layer
+  if not isinstance(layer, int):
+    raise UnsupportedConfig(f'HF config field vision_feature_layer={layer!r} is not supported '
+                            '(only a single layer)')
+  strategy = hf.vision_feature_select_strategy
+  variant = getattr(hf.vision_config, 'model_type', None)
+  if strategy not in ('default', 'full') or (
+      strategy == 'default' and variant == 'siglip_vision_model'):
+    # 'default' drops token 0; SigLIP has no class token, so that would drop a patch.
+    raise UnsupportedConfig(f'HF config field vision_feature_select_strategy={strategy!r} is '
+                            f'not supported for {variant}')
+  if hf.projector_hidden_act != 'gelu':
+    raise UnsupportedConfig(f'HF config field projector_hidden_act={hf.projector_hidden_act!r}'
+                            " is not supported (radjax's mlp projector uses exact 'gelu')")
+  if not getattr(hf, 'multimodal_projector_bias', True):
+    raise UnsupportedConfig('HF config field multimodal_projector_bias=False is not supported')
+  runtime = {k: overrides.pop(k) for k in _RUNTIME if k in overrides}
+  vision = vit_convert.vit_config_from_hf(
+      hf.vision_config, select_layer=layer,
+      keep_class_token=variant == 'clip_vision_model' and strategy == 'full', **runtime)
+  llm = hf_config.llm_config_from_hf(hf.text_config, **runtime)
+  if getattr(hf, 'tie_word_embeddings', False):
+    llm = dataclasses.replace(llm, tie_embeddings=True)
+  proj = projector_lib.ProjectorConfig(kind='mlp', out_dim=llm.embed_dim, dtype=llm.dtype)
+  cfg = vlm.VLMConfig(vision=vision, projector=proj, llm=llm, image_token_id=hf.image_token_id)
+  return dataclasses.replace(cfg, **overrides)
+
+
+def hf_config_from_vlm(cfg: vlm.VLMConfig, text_family: str, max_position_embeddings: int = 4096,
+                       **extra):
+  """`LlavaConfig` for `cfg`. bos/eos/pad token ids in `extra` go to the text config (where
+  generation reads them) and the Llava config; everything else to the Llava config."""
+  import transformers
+  if cfg.projector.kind != 'mlp':
+    raise UnsupportedConfig(f'ProjectorConfig field kind={cfg.projector.kind!r} has no Llava '
+                            "equivalent (Llava's projector is 'mlp')")
+  tokens = {k: extra[k] for k in _TOKEN_FIELDS if k in extra}
+  text = hf_config.hf_config_from_llm(cfg.llm, text_family, max_position_embeddings,
+                                     **tokens)
+  full = cfg.vision.variant == 'siglip' or cfg.vision.keep_class_token
+  kwargs = dict(
+      vision_config=vit_convert.hf_config_from_vit(cfg.vision), text_config=text,
+      image_token_index=cfg.image_token_id, image_seq_length=cfg.vision.num_tokens,
+      projector_hidden_act='gelu', multimodal_projector_bias=True,
+      vision_feature_select_strategy='full' if full else 'default',
+      vision_feature_layer=cfg.vision.select_layer, tie_word_embeddings=cfg.llm.tie_embeddings)
+  kwargs.update(extra)
+  return transformers.LlavaConfig(architectures=['LlavaForConditionalGeneration'], **kwargs)
+
+
+def _text_names(model_type: str) -> tuple[str, str]:
+  if model_type not in _TEXT_NAMES:
+    raise UnsupportedConfig(f'HF config field text_config.model_type={model_type!r} is not '
+                            f'supported; expected one of {sorted(_TEXT_NAMES)}')
+  return _TEXT_NAMES[model_type]
+
+
+def _split(state_dict: dict, text_model_type: str) -> tuple[dict, dict, dict]:
+  """(vision, projector, text) tensors; vision names as `VISION_PREFIX + module path`,
+  text names as the standalone *ForCausalLM has them."""
+  base, head = _text_names(text_model_type)
+  parts, unknown = ({}, {}, {}), []
+  for name, value in state_dict.items():
+    key, new_layout = name, False
+    if key.startswith('model.') and key[6:].startswith(
+        ('vision_tower.', 'multi_modal_projector.', 'language_model.')):
+      key, new_layout = key[6:], True
+    if key.startswith('vision_tower.'):
+      rest = key[len('vision_tower.'):]
+      part, key = 0, VISION_PREFIX + rest.removeprefix(vit_convert.PREFIX)
+    elif key.startswith(PROJECTOR_PREFIX):
+      part = 1
+    elif key == 'lm_head.weight':
+      part, key = 2, head
+    elif key.startswith('language_model.'):
+      rest, part = key[len('language_model.'):], 2
+      if new_layout:  # model.language_model.X: X is the base model's own name
+        key = base + rest
+      elif rest in ('lm_head.weight', head):
+        key = head
+      elif rest.startswith('model.'):  # what transformers 5 writes for any text family
+        key = base + rest[len('model.'):]
+      else:  # older Llava checkpoints: the standalone *ForCausalLM names
+        key = rest
+    else:
+      unknown.append(name)
+      continue
+    if key in parts[part]:
+      raise ConversionError(f'HF tensor {name!r} appears twice under different prefixes')
+    parts[part][key] = value
+  if unknown:
+    raise ConversionError(f'HF tensors not used by the conversion: {sorted(unknown)}')
+  return parts
+
+
+def tower_state_dict(hf, state_dict: dict, tower: str):
+  """(HF config, tensors) of one Llava tower in its standalone naming: 'vision' as
+  `CLIPVisionModel`/`SiglipVisionModel`, 'llm' as the text *ForCausalLM."""
+  vision, _, text = _split(state_dict, hf.text_config.model_type)
+  if tower == 'vision':
+    return hf.vision_config, {vit_convert.PREFIX + k[len(VISION_PREFIX):]: v
+                              for k, v in vision.items()}
+  if tower == 'llm':
+    return hf.text_config, text
+  raise ValueError(f"tower={tower!r} is not 'vision' or 'llm'")
+
+
+@functools.lru_cache(maxsize=16)
+def projector_shapes(cfg: projector_lib.ProjectorConfig, in_dim: int) -> dict:
+  init = lambda: projector_lib.make_projector(cfg).init(jax.random.PRNGKey(0),
+                                                        jnp.zeros((1, 1, in_dim)))
+  tree = nn.meta.unbox(jax.eval_shape(init))['params']
+  return {p: tuple(s.shape) for p, s in common.flatten(tree).items()}
+
+
+def _check_projector(cfg: vlm.VLMConfig) -> None:
+  if cfg.projector.kind != 'mlp':
+    raise ConversionError(f'projector kind {cfg.projector.kind!r} has no Llava tensors')
+
+
+def _text_error(e: ConversionError, family: str) -> ConversionError:
+  base, head = _TEXT_NAMES[family]
+  return ConversionError(f'language model: {e} (names as in the standalone model; in Llava '
+                         f'{base}* is language_model.model.* and {head} is lm_head.weight)')
+
+
+def params_from_hf(state_dict: dict, cfg: vlm.VLMConfig, scan: bool) -> dict:
+  """HF Llava state dict (any of the layouts above) -> radjax f32 VLM params tree."""
+  _check_projector(cfg)
+  family = hf_config.export_family(cfg.llm)
+  vision, proj, text = _split(state_dict, family)
+  flat = common.to_ours(proj, PROJECTOR_RULES, _PROJECTOR_TRANSFORMS,
+                        projector_shapes(cfg.projector, cfg.vision.embed_dim), 0, scan)
+  try:
+    llm_params = llm_families.params_from_hf(text, cfg.llm, scan)
+  except ConversionError as e:
+    raise _text_error(e, family) from e
+  return {'vision': vit_convert.params_from_hf(vision, cfg.vision, scan, prefix=VISION_PREFIX),
+          'projector': common.unflatten(flat), 'llm': llm_params}
+
+
+def hf_from_params(params: dict, cfg: vlm.VLMConfig) -> dict:
+  """radjax VLM params tree (scanned or not; 'params' wrapper optional) -> HF Llava state
+  dict in the hub layout."""
+  if set(params) == {'params'}:
+    params = params['params']
+  params = nn.meta.unbox(params)
+  _check_projector(cfg)
+  family = hf_config.export_family(cfg.llm)
+  base, head = _TEXT_NAMES[family]
+  missing = sorted({'vision', 'projector', 'llm'} - set(params))
+  if missing:
+    raise ConversionError(f'model params {missing} are missing')
+  out = vit_convert.hf_from_params(params['vision'], cfg.vision, prefix=VISION_PREFIX)
+  out.update(common.to_hf(common.flatten(params['projector']), PROJECTOR_RULES,
+                          _PROJECTOR_TRANSFORMS,
+                          projector_shapes(cfg.projector, cfg.vision.embed_dim), 0))
+  try:
+    text = llm_families.hf_from_params(params['llm'], cfg.llm)
+  except ConversionError as e:
+    raise _text_error(e, family) from e
+  for name, value in text.items():
+    if name == head:
+      out['language_model.lm_head.weight'] = value
+    elif name.startswith(base):
+      out['language_model.model.' + name[len(base):]] = value
+    else:
+      raise ConversionError(f'decoder tensor {name!r} is outside {base}*')
+  return out
+
+
+def _image_token_layout(image_size: int, num_image_tokens: int, variant: str,
+                        patch_size: int | None) -> dict:
+  """LlavaProcessor counts (size // patch)^2 + num_additional_image_tokens, minus one for
+  the 'default' strategy; these settings make that `num_image_tokens`."""
+  cls_tokens = {'clip': 1, 'siglip': 0}[variant]
+  if patch_size is None:  # CLIP: n patches ('default') or n + 1 ('full'); SigLIP: n
+    for patches in (num_image_tokens, num_image_tokens - cls_tokens):
+      side = math.isqrt(max(patches, 0))
+      if patches > 0 and side * side == patches and image_size % side == 0:
+        patch_size = image_size // side
+        break
+    else:
+      raise ValueError(f'num_image_tokens={num_image_tokens} is not a square patch grid of a '
+                       f'{image_size}px {variant} image')
+  patches = (image_size // patch_size) ** 2
+  if num_image_tokens == patches:
+    strategy = 'default' if cls_tokens else 'full'
+  elif cls_tokens and num_image_tokens == patches + 1:
+    strategy = 'full'
+  else:
+    raise ValueError(f'num_image_tokens={num_image_tokens} does not fit {patches} patches of '
+                     f'a {variant} tower')
+  return dict(patch_size=patch_size, num_additional_image_tokens=cls_tokens,
+              vision_feature_select_strategy=strategy)
+
+
+def save_processor(out_dir: str, tokenizer_json: str, image_size: int, mean, std,
+                   num_image_tokens: int, variant: str, chat_template: str | None = None,
+                   patch_size: int | None = None):
+  """Writes a `LlavaProcessor` reproducing radjax's eval preprocessing and prompt layout.
+
+  `tokenizer_json` is a tokenizer.json path (or its JSON text) with radjax's special
+  tokens; `<image>` expands to `num_image_tokens` placeholders. Images: RGB, resized to
+  exactly (image_size, image_size) with PIL bicubic (no crop), /255, (x - mean) / std.
+  transformers picks its torchvision backend when torchvision is installed; pass
+  `backend='pil'` to `from_pretrained` there for pixel-exact radjax preprocessing.
+  """
+  import transformers
+  from tokenizers import Tokenizer
+
+  from radjax.data import tokens
+  cls = {'clip': transformers.CLIPImageProcessorPil,
+         'siglip': transformers.SiglipImageProcessorPil}.get(variant)
+  if cls is None:
+    raise ValueError(f"variant={variant!r} is not 'clip' or 'siglip'")
+  if tokenizer_json.lstrip().startswith('{'):
+    tok = Tokenizer.from_str(tokenizer_json)
+  else:
+    with open(tokenizer_json) as f:
+      tok = Tokenizer.from_str(f.read())
+  vocab = tok.get_vocab(with_added_tokens=True)
+  missing = [t for k, t in tokens.SPECIALS.items() if k in ('pad', 'bos', 'eos', 'image')
+             and t not in vocab]
+  if missing:
+    raise ValueError(f'tokenizer {tokenizer_json[:200]!r} lacks special tokens {missing}')
+  sp = tokens.SPECIALS
+  tokenizer = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, bos_token=sp['bos'], eos_token=sp['eos'], pad_token=sp['pad'],
+      unk_token='<unk>' if '<unk>' in vocab else None,
+      extra_special_tokens={'image_token': sp['image']})
+  if chat_template is not None:
+    tokenizer.chat_template = chat_template
+  size = {'height': image_size, 'width': image_size}
+  image_kw = dict(do_resize=True, size=size, resample=3,  # PIL.Image.BICUBIC
+                  do_center_crop=False, crop_size=size, do_rescale=True, rescale_factor=1 / 255,
+                  do_normalize=True, image_mean=list(mean)[:3], image_std=list(std)[:3],
+                  do_convert_rgb=True)
+  processor = transformers.LlavaProcessor(
+      image_processor=cls(**image_kw), tokenizer=tokenizer, chat_template=chat_template,
+      image_token=sp['image'],
+      **_image_token_layout(image_size, num_image_tokens, variant, patch_size))
+  processor.save_pretrained(out_dir)
+  return processor
+

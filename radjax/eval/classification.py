@@ -1,0 +1,123 @@
+"""Multi-label classification metrics: label lists parsed from text, P/R/F1 per label.
+
+Answers look like RadVLM's "The following abnormalities are identified: Cardiomegaly,
+Edema and Pleural Effusion." Text up to a colon is dropped, the rest is split on
+commas, semicolons, newlines, " and " and " or "; each item is matched
+case-insensitively to a vocabulary name, else to every vocabulary name it contains,
+else to the CheXpert observations the labeler's mention patterns find ("enlarged
+heart" -> Cardiomegaly). Negated items ("no pneumothorax") and "none" / "no
+abnormalities" assert no label. Items matching nothing are returned as unknown (and
+kept, lower-cased, when there is no vocabulary).
+
+Averages (sklearn's definitions): per-label and macro with 0/0 = 0 (sklearn's
+zero_division=0); micro pools every (example, label) decision; example-based
+("samples") averages per-example P/R/F1, where an example with no true and no
+predicted label scores 1 (it is exactly right) and other 0/0 are 0.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from radjax.data.schema import CHEXPERT_OBSERVATIONS
+from radjax.eval import labeler
+from radjax.eval.clinical import prf
+
+_SPLIT = re.compile(r"[,;\n]|\band\b|\bor\b|&", re.IGNORECASE)
+_STRIP = " \t.\"'`*-•()"
+_ARTICLE = re.compile(r"^(?:a|an|the|some|mild|small|moderate|large|possible)\s+", re.IGNORECASE)
+_NEGATED = re.compile(r"^(?:no|not|without|negative\s+for|absence\s+of)\b", re.IGNORECASE)
+_NONE = re.compile(r"^(?:none|nothing|normal|no(?:\s+\w+)?\s+(?:abnormalit\w*|findings?|lesions?"
+                   r"|disease|pathology))$|^no$", re.IGNORECASE)
+
+
+def _items(text: str) -> list[str]:
+  body = (text or "").split(":", 1)[-1] if ":" in (text or "") else (text or "")
+  items = []
+  for raw in _SPLIT.split(body):
+    item = raw.strip(_STRIP)
+    while _ARTICLE.match(item):
+      item = _ARTICLE.sub("", item, count=1).strip(_STRIP)
+    if item:
+      items.append(item)
+  return items
+
+
+def parse_labels(text: str, vocab=None) -> tuple[list[str], list[str]]:
+  """(labels in order of first mention, unknown items) from a label-list answer."""
+  names = {v.strip().lower(): v for v in (vocab or ()) if v and v.strip()}
+  labels, unknown = [], []
+  for item in _items(text):
+    low = item.lower()
+    if low not in names and (_NONE.match(low) or _NEGATED.match(low)):
+      continue
+    found = [names[low]] if low in names else [
+        name for key, name in sorted(names.items(), key=lambda kv: -len(kv[0]))
+        if re.search(rf"(?<!\w){re.escape(key)}(?!\w)", low)]
+    if not found:
+      found = [obs for obs, pattern in labeler._MENTIONS.items()
+               if pattern.search(low) and (not names or obs.lower() in names)]
+      found = [names.get(obs.lower(), obs) for obs in found]
+    if not found:
+      unknown.append(item)
+      if not names:
+        found = [low]
+    labels.extend(f for f in found if f not in labels)
+  return labels, unknown
+
+
+def multilabel_scores(predicted: list, truth: list, labels=None) -> dict[str, float]:
+  """P/R/F1 per label ("<label>/precision", ..., "<label>/support") and averaged
+  ("{micro,macro,samples}_{precision,recall,f1}", "exact_match", "num_examples").
+
+  `predicted` and `truth` are per-example collections of label names; `labels` fixes
+  the label set and order (default: every label seen, sorted). Labels outside
+  `labels` are ignored.
+  """
+  if len(predicted) != len(truth):
+    raise ValueError(f"{len(predicted)} predictions vs {len(truth)} references")
+  if labels is None:
+    labels = sorted({x for row in list(predicted) + list(truth) for x in row})
+  labels = list(labels)
+  pred = np.array([[x in set(p) for x in labels] for p in predicted], bool)
+  true = np.array([[x in set(t) for x in labels] for t in truth], bool)
+  pred, true = pred.reshape(len(predicted), len(labels)), true.reshape(len(truth), len(labels))
+  tp, fp, fn = (pred & true).sum(0), (pred & ~true).sum(0), (~pred & true).sum(0)
+  out: dict[str, float] = {"num_examples": float(len(truth))}
+  per = prf(tp, fp, fn)
+  for i, x in enumerate(labels):
+    out[f"{x}/precision"], out[f"{x}/recall"], out[f"{x}/f1"] = (float(m[i]) for m in per)
+    out[f"{x}/support"] = float(true[:, i].sum())
+  micro = prf(tp.sum(), fp.sum(), fn.sum())
+  etp, efp, efn = (pred & true).sum(1), (pred & ~true).sum(1), (~pred & true).sum(1)
+  sample = prf(etp, efp, efn)
+  both_empty = (etp + efp + efn) == 0
+  for i, name in enumerate(("precision", "recall", "f1")):
+    out[f"micro_{name}"] = float(micro[i])
+    out[f"macro_{name}"] = float(np.mean(per[i])) if labels else 0.0
+    s = np.where(both_empty, 1.0, sample[i])
+    out[f"samples_{name}"] = float(np.mean(s)) if len(s) else 0.0
+  out["exact_match"] = float(np.mean((pred == true).all(1))) if len(truth) else 0.0
+  return out
+
+
+def classification_scores(generated: list[str], reference_labels: list, vocab=None) -> dict:
+  """Flat "classification_*" metrics for answers in `generated` against reference label
+  lists. Answers are parsed with `vocab`, default the 14 CheXpert observations (their
+  spelling wins; a wrongly named observation is then a false positive) plus every
+  reference label. Scores are over the labels in references or parsed answers."""
+  if len(generated) != len(reference_labels):
+    raise ValueError(f"{len(generated)} answers vs {len(reference_labels)} references")
+  if vocab is None:
+    vocab = list(CHEXPERT_OBSERVATIONS) + [x for row in reference_labels for x in row]
+  canon: dict[str, str] = {}
+  for v in vocab:
+    canon.setdefault(v.strip().lower(), v.strip())
+  truth = [[canon.get(x.strip().lower(), x.strip()) for x in row] for row in reference_labels]
+  parsed = [parse_labels(g, canon.values()) for g in generated]
+  scores = multilabel_scores([p for p, _ in parsed], truth)
+  out = {f"classification_{k}": v for k, v in scores.items()}
+  out["classification_num_unknown_labels"] = float(sum(len(u) for _, u in parsed))
+  return out

@@ -1,0 +1,183 @@
+"""`python -m radjax.convert from-hf / to-hf` for every family: HF dir -> workdir -> HF dir.
+
+Only the CLI converts here. The workdir is an ordinary radjax workdir: its config and
+params give HF's outputs, and `to-hf` gives back an HF model with the original's outputs.
+(test_convert_*.py check each family's conversion in depth, in memory.)
+"""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+transformers = pytest.importorskip('transformers')
+
+from radjax import workdir  # noqa: E402
+from radjax.convert import __main__ as convert_cli  # noqa: E402
+from radjax.convert import hf_io  # noqa: E402
+from radjax.models import factory, llm, vit, vlm  # noqa: E402
+from tests import hf_models  # noqa: E402
+
+PROMPT_LEN, TOL = 512, 1e-4
+LLAVA_IMAGE_ID, LLAVA_VOCAB = 4, 320
+# family -> (the tiny HF model, extra `from-hf` flags). --unscanned once per model kind.
+CASES = {
+    'llama': (lambda: hf_models.tiny_llama(vocab_size=300, seed=3, eos_token_id=2,
+                                           bos_token_id=1, pad_token_id=0), ()),
+    'qwen2': (hf_models.tiny_qwen2, ('--unscanned',)),  # odd head count, tied embeddings
+    'gpt_neox': (lambda: hf_models.tiny_gpt_neox('parallel'), ()),  # partial rotary
+    'clip_vision': (hf_models.tiny_clip_vision, ()),
+    'siglip_vision': (hf_models.tiny_siglip_vision, ('--unscanned',)),
+    'llava': (lambda: hf_models.tiny_llava(LLAVA_VOCAB, LLAVA_IMAGE_ID), ()),
+}
+
+
+def _tokenizer_json(path: str, vocab_size: int) -> None:
+  """A word-level tokenizer over ids 0..vocab_size-1 with <pad>/<s>/</s> at 0/1/2."""
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  vocab = {'<pad>': 0, '<s>': 1, '</s>': 2, **{f'w{i}': i for i in range(3, vocab_size)}}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token='w3'))
+  tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  tok.save(path)
+
+
+def _cli(*argv) -> None:
+  assert convert_cli.main([str(a) for a in argv]) == 0
+
+
+@pytest.fixture(scope='module')
+def converted(tmp_path_factory):
+  """family -> dict(hf=original model, wd=workdir, config, params, back=re-exported model),
+  each converted once through `from-hf` and `to-hf`."""
+  cache = {}
+
+  def get(family: str) -> dict:
+    if family not in cache:
+      build, flags = CASES[family]
+      root = tmp_path_factory.mktemp(family)
+      hf_dir, wd, out = root / 'hf', root / 'wd', root / 'out'
+      hf = build()
+      hf.save_pretrained(hf_dir)
+      if family == 'llama':
+        _tokenizer_json(str(hf_dir / 'tokenizer.json'), 300)
+      _cli('from-hf', '--family', family, '--hf_dir', hf_dir, '--out', wd, *flags)
+      _cli('to-hf', '--workdir', wd, '--out', out)
+      config = workdir.load_config(str(wd))
+      assert config.model.scan_layers == ('--unscanned' not in flags)
+      assert config.model.dtype == 'float32'  # the HF checkpoints are float32
+      back = getattr(transformers, transformers.AutoConfig.from_pretrained(out)
+                     .architectures[0]).from_pretrained(out, dtype=torch.float32)
+      cache[family] = dict(hf=hf, wd=wd, out=out, config=config, back=back,
+                           params=workdir.load_params(str(wd)))
+    return cache[family]
+
+  return get
+
+
+def _max_diff(a, b) -> float:
+  return float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).max())
+
+
+@pytest.mark.parametrize('family', ['llama', 'qwen2', 'gpt_neox'])
+def test_llm_round_trip(converted, family):
+  c = converted(family)
+  assert c['config'].model.kind == 'llm'
+  cfg = factory.llm_config(c['config'].model)
+  assert cfg.dtype == jnp.float32
+  assert ('layers_0' in c['params']) == (not cfg.scan_layers)
+  tokens = hf_models.random_tokens(cfg.vocab_size, PROMPT_LEN)
+  want = hf_models.hf_logits(c['hf'], tokens)
+  got = hf_models.logits(llm.Decoder(cfg), c['params'], tokens)
+  diff, back_diff = _max_diff(got, want), _max_diff(hf_models.hf_logits(c['back'], tokens), want)
+  print(f'{family} workdir max|dlogits|={diff:.2e} to-hf max|dlogits|={back_diff:.2e}')
+  assert diff <= TOL and back_diff <= TOL
+  assert type(c['back']) is type(c['hf'])
+  assert c['back'].config.tie_word_embeddings == c['hf'].config.tie_word_embeddings
+
+
+def test_llama_workdir_generates_like_hf(converted):
+  c = converted('llama')
+  tok = transformers.AutoTokenizer.from_pretrained(c['out'])
+  assert tok.decode(tok.encode('w5 w6', add_special_tokens=False)) == 'w5 w6'
+
+  # --mode=generate on the imported workdir: greedy text equals HF's.
+  from radjax import run
+  config = workdir.load_config(str(c['wd']))
+  with config.unlocked():
+    config.eval.max_new_tokens = 12
+  text = run.generate(config, str(c['wd']), [], prompt='w10 w11 w12 w13')[0]
+  prompt = np.asarray([[10, 11, 12, 13]], np.int32)
+  hf_ids = hf_models.hf_greedy(c['hf'], prompt, 12)[0].tolist()
+  if 2 in hf_ids:
+    hf_ids = hf_ids[:hf_ids.index(2)]
+  assert text == ' '.join(f'w{i}' for i in hf_ids)
+
+
+@pytest.mark.parametrize('family', ['clip_vision', 'siglip_vision'])
+def test_vision_round_trip(converted, family):
+  c = converted(family)
+  assert c['config'].model.kind == 'vision'
+  cfg = factory.vit_config(c['config'].model)
+  assert (cfg.select_layer, cfg.keep_class_token) == (-1, False)
+  variant = cfg.variant
+  images = np.random.default_rng(0).normal(
+      size=(2, hf_models.VISION_IMAGE_SIZE, hf_models.VISION_IMAGE_SIZE, 3)).astype(np.float32)
+  hidden, last, pooled = hf_models.hf_vision_outputs(c['hf'], images)
+  # Features: the last layer's output (CLIP: patches only); `pooled`: CLIP's
+  # post_layernorm(CLS), SigLIP's last_hidden_state (post_layernorm of every token).
+  feats, aux = vit.ViT(cfg).apply({'params': c['params']}, images)
+  want_pooled = pooled if variant == 'clip' else last
+  diff = max(_max_diff(feats, hf_models.hf_vision_features(hidden, variant, -1)),
+             _max_diff(aux['pooled'], want_pooled))
+  hidden2, last2, pooled2 = hf_models.hf_vision_outputs(c['back'], images)
+  back_diff = max(_max_diff(h2, h) for h2, h in zip(hidden2, hidden))
+  back_diff = max(back_diff, _max_diff(last2, last))
+  if variant == 'clip':
+    back_diff = max(back_diff, _max_diff(pooled2, pooled))
+  else:  # SigLIP's contrastive pooling head is not imported, so not exported
+    assert c['back'].config.vision_use_head is False and pooled2 is None
+  print(f'{family} workdir max|dfeat|={diff:.2e} to-hf max|dhidden|={back_diff:.2e}')
+  assert diff <= TOL and back_diff <= TOL
+  assert type(c['back']) is type(c['hf']) and len(hidden2) == len(hidden)
+
+
+def test_llava_round_trip_and_bf16_export(converted, tmp_path):
+  c = converted('llava')
+  assert c['config'].model.kind == 'vlm'
+  cfg = factory.vlm_config(c['config'].model)
+  assert cfg.image_token_id == LLAVA_IMAGE_ID and cfg.vision.select_layer == -2
+  rng = np.random.default_rng(0)
+  size = hf_models.VISION_IMAGE_SIZE
+  pixels = rng.normal(size=(2, size, size, 3)).astype(np.float32)
+  tokens = hf_models.llava_prompt(rng, PROMPT_LEN + 8, [5, 300], LLAVA_VOCAB, LLAVA_IMAGE_ID)
+  want = hf_models.hf_llava_logits(c['hf'], tokens, pixels)
+  got = hf_models.vlm_logits(vlm.VLM(cfg), c['params'], tokens, pixels[None])
+  diff = _max_diff(got, want)
+  back_diff = _max_diff(hf_models.hf_llava_logits(c['back'], tokens, pixels), want)
+  print(f'llava workdir max|dlogits|={diff:.2e} to-hf max|dlogits|={back_diff:.2e}')
+  assert diff <= TOL and back_diff <= TOL
+  assert type(c['back']) is type(c['hf'])
+
+  # --dtype bfloat16 (and an explicit --step): every tensor is bf16, the f32 export rounded.
+  out = tmp_path / 'bf16'
+  _cli('to-hf', '--workdir', c['wd'], '--step', 0, '--out', out, '--dtype', 'bfloat16')
+  _, saved = hf_io.load_hf_dir(str(out))
+  assert {str(v.dtype) for v in saved.values()} == {'bfloat16'}
+  bf16, info = transformers.LlavaForConditionalGeneration.from_pretrained(
+      out, dtype=torch.bfloat16, output_loading_info=True)
+  assert not info['missing_keys'] and not info['unexpected_keys']
+  f32_state = c['back'].state_dict()
+  for name, value in bf16.state_dict().items():
+    assert value.dtype == torch.bfloat16, name
+    assert torch.equal(value, f32_state[name].to(torch.bfloat16)), name
+
+
+def test_family_mismatch_is_an_error(tmp_path, capsys):
+  hf_models.tiny_llama().save_pretrained(tmp_path / 'hf')
+  rc = convert_cli.main(['from-hf', '--family', 'qwen2', '--hf_dir', str(tmp_path / 'hf'),
+                         '--out', str(tmp_path / 'wd')])
+  assert rc == 2
+  assert "model_type='llama'" in capsys.readouterr().err
+  rc = convert_cli.main(['to-hf', '--workdir', str(tmp_path / 'nowhere'), '--out',
+                         str(tmp_path / 'x')])
+  assert rc == 2
+  assert 'not a radjax workdir' in capsys.readouterr().err

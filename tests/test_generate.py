@@ -1,0 +1,237 @@
+"""Generation: greedy and beam search equal HF generate(); sampling warpers equal HF's;
+stop strings; the VLM path under an 8-device mesh equals one device."""
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+transformers = pytest.importorskip('transformers')
+
+from data_prep import tokenizer as tokenizer_lib  # noqa: E402
+from radjax import sharding  # noqa: E402
+from radjax.eval import generate as gen  # noqa: E402
+from radjax.eval import sampling  # noqa: E402
+from radjax.models import factory, vlm  # noqa: E402
+from tests import hf_models  # noqa: E402
+from tests.conftest import tiny_config  # noqa: E402
+
+PROMPT_LEN, NEW = 12, 16
+PAD = 0
+TEXTS = ['The heart size is normal. No pleural effusion or pneumothorax is seen.',
+         'Mild cardiomegaly with a small left pleural effusion; lungs are otherwise clear.',
+         'There is no focal consolidation, and the mediastinal contours are stable.'] * 4
+
+
+@pytest.fixture(scope='module')
+def lm():
+  hf = hf_models.tiny_llama(vocab_size=300)
+  model, params = hf_models.to_radjax(hf)
+  rng = np.random.default_rng(0)
+  prompts = [list(rng.integers(10, 300, n)) for n in (5, 11, 8)]  # different lengths
+  tokens, mask = gen.left_pad(prompts, PROMPT_LEN, PAD)
+  greedy = gen.GenerationConfig(max_new_tokens=NEW, pad_id=PAD)
+  ids, _ = gen.generate(model, params, tokens, mask, None, greedy)
+  return dict(hf=hf, model=model, params=params, tokens=tokens, mask=mask,
+              greedy=np.asarray(ids))
+
+
+def _run(lm, cfg, rng=None):
+  ids, scores = gen.generate(lm['model'], lm['params'], lm['tokens'], lm['mask'], None, cfg, rng)
+  return np.asarray(ids), np.asarray(scores)
+
+
+def _after_stop_is(ids, stops, fill):
+  """ids with everything after each row's first stop token replaced by `fill`."""
+  out = np.array(ids, copy=True)
+  for row in out:
+    hit = np.flatnonzero(np.isin(row, stops))
+    if hit.size:
+      row[hit[0] + 1:] = fill
+  return out
+
+
+def _hf_new_tokens(out, width=NEW):
+  seq = out.sequences[:, PROMPT_LEN:].numpy()
+  return np.pad(seq, ((0, 0), (0, width - seq.shape[1])), constant_values=PAD)
+
+
+def test_greedy_equals_hf_left_padded(lm):
+  out = hf_models.hf_generate(lm['hf'], lm['tokens'], lm['mask'], do_sample=False,
+                              max_new_tokens=NEW, pad_token_id=PAD)
+  np.testing.assert_array_equal(lm['greedy'], _hf_new_tokens(out))
+  # With a stop token: HF pads finished rows, and so do we.
+  eos = int(lm['greedy'][0, 3])
+  ids, _ = _run(lm, gen.GenerationConfig(max_new_tokens=NEW, stop_ids=(eos,), pad_id=PAD))
+  out = hf_models.hf_generate(lm['hf'], lm['tokens'], lm['mask'], do_sample=False,
+                              max_new_tokens=NEW, pad_token_id=PAD, eos_token_id=eos)
+  np.testing.assert_array_equal(ids, _hf_new_tokens(out))
+  assert (ids[0, 4:] == PAD).all()
+  # The old entry point still repeats the first stop id after a stop.
+  old = gen.greedy_generate(lm['model'], lm['params'], lm['tokens'], lm['mask'], None, NEW,
+                            (eos,))
+  np.testing.assert_array_equal(old, _after_stop_is(ids, [eos], eos))
+
+
+@pytest.mark.parametrize('num_beams,length_penalty,early_stopping,num_stops',
+                         [(3, 0.0, False, 1), (4, 1.5, False, 1), (3, 1.0, True, 2)])
+def test_beam_search_equals_hf(lm, num_beams, length_penalty, early_stopping, num_stops):
+  stops = [int(lm['greedy'][0, 3]), int(lm['greedy'][1, 1])][:num_stops]  # emitted early
+  cfg = gen.GenerationConfig(max_new_tokens=NEW, decoding='beam', num_beams=num_beams,
+                             length_penalty=length_penalty, early_stopping=early_stopping,
+                             stop_ids=tuple(stops), pad_id=PAD)
+  ids, scores = _run(lm, cfg)
+  out = hf_models.hf_generate(lm['hf'], lm['tokens'], lm['mask'], do_sample=False,
+                              num_beams=num_beams, max_new_tokens=NEW, pad_token_id=PAD,
+                              eos_token_id=stops, length_penalty=length_penalty,
+                              early_stopping=early_stopping, output_scores=True)
+  # HF fills finished beams with eos when pad_token_id is 0 (`pad or eos`); compare up to it.
+  want = _after_stop_is(_hf_new_tokens(out), stops, PAD)
+  np.testing.assert_array_equal(ids, want)
+  diff = np.abs(scores - out.sequences_scores.numpy()).max()
+  print(f'beam {num_beams=} {length_penalty=} {early_stopping=}: max|dscore|={diff:.2e}')
+  assert diff <= 1e-4
+  if length_penalty <= 1.0:  # a stop token decides some hypothesis (1.5 favours long ones)
+    assert np.isin(ids, stops).any(axis=1).sum() >= 1
+
+
+def test_sampling_limits_equal_greedy_and_rng_is_deterministic(lm):
+  key = jax.random.key(3)
+  top1, _ = _run(lm, gen.GenerationConfig(max_new_tokens=NEW, decoding='sample', top_k=1,
+                                          pad_id=PAD), key)
+  np.testing.assert_array_equal(top1, lm['greedy'])
+  zero, _ = _run(lm, gen.GenerationConfig(max_new_tokens=NEW, decoding='sample', temperature=0,
+                                          pad_id=PAD))  # greedy; needs no key
+  np.testing.assert_array_equal(zero, lm['greedy'])
+  warm = gen.GenerationConfig(max_new_tokens=NEW, decoding='sample', temperature=1.5, top_k=50,
+                              top_p=0.95, pad_id=PAD)
+  a, b, c = (_run(lm, warm, k)[0] for k in (key, key, jax.random.key(4)))
+  np.testing.assert_array_equal(a, b)
+  assert (a != c).any() and (a != lm['greedy']).any()
+  with pytest.raises(ValueError, match='rng'):
+    _run(lm, warm)
+
+
+@pytest.mark.parametrize('temperature,top_k,top_p', [(1.0, 7, 1.0), (0.7, 0, 0.8),
+                                                     (1.3, 20, 0.6)])
+def test_warpers_equal_hf_and_samples_stay_in_the_allowed_set(temperature, top_k, top_p):
+  logits = np.random.default_rng(1).normal(0, 3, (64, 300)).astype(np.float32)
+  logits[0, :4] = logits[0].max() + 1  # ties at the top-k boundary are kept, as HF keeps them
+  procs = []
+  if temperature != 1.0:
+    procs.append(transformers.TemperatureLogitsWarper(temperature))
+  if top_k:
+    procs.append(transformers.TopKLogitsWarper(top_k))
+  if top_p < 1.0:
+    procs.append(transformers.TopPLogitsWarper(top_p))
+  want = torch.from_numpy(logits)
+  for proc in procs:
+    want = proc(None, want)
+  want = want.numpy()
+  got = np.asarray(sampling.warp(logits, temperature, top_k, top_p))
+  np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+  np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], rtol=1e-6)
+
+  allowed = np.isfinite(want)
+  draws = jax.vmap(lambda k: sampling.sample(k, logits, temperature, top_k, top_p))(
+      jax.random.split(jax.random.key(0), 256))
+  draws = np.asarray(draws)  # [256, 64]
+  assert allowed[np.arange(64)[None], draws].all()
+  assert len(np.unique(draws[:, 1])) > 1  # really sampling, not argmax
+
+
+def test_cold_sampling_is_argmax():
+  logits = np.random.default_rng(2).normal(0, 3, (64, 300)).astype(np.float32)
+  for seed in range(4):
+    cold = sampling.sample(jax.random.key(seed), logits, 1e-4, 0, 1.0)
+    np.testing.assert_array_equal(cold, logits.argmax(-1))
+
+
+def test_stop_strings_truncate_like_hf(lm):
+  tok = tokenizer_lib.train_tokenizer(300, TEXTS)
+  assert tok.get_vocab_size() == 300
+  hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token='<pad>')
+
+  def decode(ids):
+    return hf_tok.decode(ids, clean_up_tokenization_spaces=False)
+
+  # A stop string spanning two printable tokens of a greedy row (a random model mostly
+  # emits stray bytes, which do not decode to text on their own).
+  row, t, stop = next(
+      (r, t, decode([a])[-1] + decode([b])[0]) for r, ids in enumerate(lm['greedy'])
+      for t, (a, b) in enumerate(zip(ids[:-1], ids[1:]), 1)
+      if (decode([a]) + decode([b])).isascii() and decode([a]).strip() and decode([b]).strip()
+      and decode([a])[-1] + decode([b])[0] not in decode(ids[:t]))
+  ids = gen.apply_stop_strings(lm['greedy'], decode, (stop,), PAD)
+  assert (ids[row, t + 1:] == PAD).all() and (ids[row, :t + 1] == lm['greedy'][row, :t + 1]).all()
+  # HF pads rows that stopped only when an eos criterion exists: give it one never emitted.
+  unused = int(np.setdiff1d(np.arange(10, 300), lm['greedy'])[0])
+  out = hf_models.hf_generate(lm['hf'], lm['tokens'], lm['mask'], do_sample=False,
+                              max_new_tokens=NEW, pad_token_id=PAD, stop_strings=[stop],
+                              tokenizer=hf_tok, eos_token_id=unused)
+  np.testing.assert_array_equal(ids, _hf_new_tokens(out))
+
+  text = decode(lm['greedy'][0])
+  assert gen.cut_at_stop_strings(text, (stop, 'never there')) == text[:text.find(stop)]
+  assert gen.cut_at_stop_strings(text, ()) == text
+
+
+def test_config_from_eval_defaults_to_greedy():
+  c = tiny_config().eval
+  cfg = gen.config_from_eval(c, (8, 2), 0)
+  assert cfg.strategy == 'greedy' and cfg.max_new_tokens == c.max_new_tokens
+  assert cfg.stop_ids == (8, 2) and cfg.pad_id == 0
+  c.decoding, c.early_stopping, c.stop_strings = 'beam', 'never', ('Impression:',)
+  cfg = gen.config_from_eval(c, (8, 2), 0)
+  assert cfg.strategy == 'beam' and cfg.early_stopping == 'never'
+  assert cfg.stop_strings == ('Impression:',)
+  hash(cfg)
+  with pytest.raises(ValueError, match='decoding'):
+    gen.GenerationConfig(decoding='nucleus')
+
+
+def _vlm_prompts(config, b: int):
+  v = config.model.vision
+  n_img = (v.image_size // v.patch_size) ** 2
+  rng = np.random.default_rng(0)
+  prompts = [[1, 6] + [config.model.image_token_id] * n_img
+             + list(rng.integers(10, 200, 2 + i % 5)) + [8, 7] for i in range(b)]
+  tokens, mask = gen.left_pad(prompts, n_img + 12, PAD)
+  images = rng.normal(size=(b, 1, v.image_size, v.image_size, 3)).astype(np.float32)
+  return {'tokens': tokens, 'prompt_mask': mask, 'images': images}
+
+
+def _vlm_generate(config, model, boxed, devices, batch, cfgs):
+  """Params and prompts placed as training places them (logical rules, batch-sharded)."""
+  mesh = sharding.make_mesh(config.mesh, devices)
+  rules = sharding.rules_from_config(config.sharding.rules)
+  params = jax.device_put(nn.meta.unbox(boxed),
+                          sharding.logical_shardings(boxed, mesh, rules))
+  g = {k: jax.device_put(v, sharding.batch_sharding(mesh, rules, v.ndim))
+       for k, v in batch.items()}
+  with sharding.activation_rules(mesh, rules):
+    return [jax.device_get(gen.generate(model, params, g['tokens'], g['prompt_mask'],
+                                        g['images'], c)) for c in cfgs]
+
+
+def test_vlm_on_a_mesh_equals_one_device():
+  config = tiny_config()
+  config.model.dtype = 'float32'
+  batch = _vlm_prompts(config, 8)
+  model = vlm.VLM(factory.vlm_config(config.model))
+  # Random values of the right shapes: compiling model.init would double this test's time.
+  shapes = jax.eval_shape(model.init, jax.random.key(0), batch['tokens'][:1],
+                          batch['images'][:1])['params']
+  rng = np.random.default_rng(0)
+  boxed = jax.tree.map(lambda x: rng.normal(0, 0.1, x.shape).astype(x.dtype), shapes)
+  cfgs = [gen.GenerationConfig(max_new_tokens=8, stop_ids=(8, 2), pad_id=PAD),
+          gen.GenerationConfig(max_new_tokens=8, decoding='beam', num_beams=3,
+                               length_penalty=1.5, stop_ids=(8, 2), pad_id=PAD)]
+  single = _vlm_generate(config, model, boxed, jax.devices()[:1], batch, cfgs)
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+  sharded = _vlm_generate(config, model, boxed, jax.devices()[:8], batch, cfgs)
+  for (ids1, s1), (ids8, s8) in zip(single, sharded):
+    np.testing.assert_array_equal(ids8, ids1)
+    np.testing.assert_allclose(s8, s1, atol=1e-5)
+  greedy_ids, beam_scores = single[0][0], single[1][1]
+  assert greedy_ids.shape == (8, 8) and np.all(beam_scores > -1e8)

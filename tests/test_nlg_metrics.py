@@ -1,0 +1,89 @@
+"""Report-text metrics on real OpenI report pairs: pycocoevalcap wired as the literature
+uses it (corpus-level BLEU, sentence-averaged ROUGE-L, lower-cased, no punctuation),
+checked against from-scratch implementations of the two definitions."""
+import collections
+import math
+
+import pytest
+
+pytest.importorskip('pycocoevalcap')
+
+from radjax.eval import nlg_metrics  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def pairs():
+  """(generated, reference): each OpenI report scored against the next one's text."""
+  from data_prep import openi_reports
+  texts = [f"{r['findings']} {r['impression']}".strip() for r in openi_reports.load_reports()]
+  texts = [t for t in texts if t][:301]
+  return texts[:-1], texts[1:]
+
+
+def _ngrams(words, n):
+  return collections.Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+
+
+def corpus_bleu(hyps, refs, max_n=4):
+  """Papineni et al.: clipped n-gram counts summed over the corpus, one brevity penalty."""
+  match, total = [0] * max_n, [0] * max_n
+  hyp_len = ref_len = 0
+  for h, r in zip(hyps, refs):
+    h, r = h.split(), r.split()
+    hyp_len, ref_len = hyp_len + len(h), ref_len + len(r)
+    for n in range(1, max_n + 1):
+      hc, rc = _ngrams(h, n), _ngrams(r, n)
+      match[n - 1] += sum(min(c, rc[g]) for g, c in hc.items())
+      total[n - 1] += max(len(h) - n + 1, 0)
+  bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+  out, log_sum = [], 0.0
+  for n in range(max_n):
+    log_sum += math.log(match[n] / total[n])
+    out.append(bp * math.exp(log_sum / (n + 1)))
+  return out
+
+
+def _lcs(a, b):
+  prev = [0] * (len(b) + 1)
+  for x in a:
+    cur = [0]
+    for j, y in enumerate(b):
+      cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+    prev = cur
+  return prev[-1]
+
+
+def rouge_l(hyps, refs, beta=1.2):
+  """Lin (2004) LCS F-measure per sentence pair, averaged (as the COCO scorer)."""
+  scores = []
+  for h, r in zip(hyps, refs):
+    h, r = h.split(), r.split()
+    lcs = _lcs(h, r)
+    p, rec = lcs / len(h), lcs / len(r)
+    scores.append(0.0 if lcs == 0 else (1 + beta**2) * p * rec / (rec + beta**2 * p))
+  return sum(scores) / len(scores)
+
+
+def test_metrics_match_the_definitions_on_openi_pairs(pairs):
+  generated, references = pairs
+  got = nlg_metrics.nlg_scores(generated, references, meteor=False)
+  hyps = [nlg_metrics.normalize(g) for g in generated]
+  refs = [nlg_metrics.normalize(r) for r in references]
+  for n, want in enumerate(corpus_bleu(hyps, refs), 1):
+    assert got[f'BLEU-{n}'] == pytest.approx(want, abs=1e-6), n
+  assert got['ROUGE-L'] == pytest.approx(rouge_l(hyps, refs), abs=1e-9)
+  # Corpus-level, not the mean of sentence BLEU (which the literature does not report).
+  from pycocoevalcap.bleu.bleu import Bleu
+  _, per_sentence = Bleu(4).compute_score({i: [r] for i, r in enumerate(refs)},
+                                          {i: [h] for i, h in enumerate(hyps)}, verbose=0)
+  assert abs(got['BLEU-4'] - sum(per_sentence[3]) / len(hyps)) > 1e-3
+  assert 0.0 < got['CIDEr'] < 10.0
+
+
+def test_normalisation_is_case_and_punctuation_blind(pairs):
+  generated, references = pairs
+  shouted = [g.upper().replace(' ', ' , ') for g in generated[:50]]
+  a = nlg_metrics.nlg_scores(generated[:50], references[:50], meteor=False)
+  b = nlg_metrics.nlg_scores(shouted, references[:50], meteor=False)
+  for key in ('BLEU-4', 'ROUGE-L', 'CIDEr'):
+    assert a[key] == pytest.approx(b[key], abs=1e-12), key
