@@ -62,10 +62,13 @@ def _dummy_inputs(config):
                     jnp.float32))
 
 
-def build_model_and_state(config, devices=None, pretrained: bool = True) -> dict:
+def build_model_and_state(config, devices=None, pretrained: bool = True,
+                          train: bool = True) -> dict:
   """Mesh, model, optimizer and born-sharded state: everything but the data.
 
   `pretrained=False` skips `init_from` loading (the state is about to be restored).
+  `train=False` allocates nothing: the state holds only the params' abstract target
+  (no optimizer moments), for evaluation or generation to restore into.
   """
   if config.model.kind != 'vlm':
     raise ValueError(f"config.model.kind={config.model.kind!r}: runs build a 'vlm'; a single "
@@ -79,9 +82,15 @@ def build_model_and_state(config, devices=None, pretrained: bool = True) -> dict
   if all(lab == optimizer_lib.FROZEN for lab in jax.tree.leaves(labels['vision'])):
     model = vlm.VLM(factory.vlm_config(config.model, freeze_vision=True))
   tx, schedule = optimizer_lib.make_optimizer(config.optim, config.train.num_steps, labels)
-  state, state_shardings = state_lib.create_train_state(
-      model, _dummy_inputs(config), tx, jax.random.key(config.seed), mesh, rules,
-      pretrained_lib.loaders(config) if pretrained else None)
+  if train:
+    state, state_shardings = state_lib.create_train_state(
+        model, _dummy_inputs(config), tx, jax.random.key(config.seed), mesh, rules,
+        pretrained_lib.loaders(config) if pretrained else None)
+  else:
+    target, shardings = state_lib.abstract_params(model, _dummy_inputs(config), mesh, rules)
+    state = state_lib.TrainState(step=None, params=target, opt_state=None, rng=None)
+    state_shardings = state_lib.TrainState(step=None, params=shardings, opt_state=None,
+                                           rng=None)
   sharding_lib.warn_replicated(state.params, state_shardings.params,
                                config.sharding.replicated_warn_mib)
   batch_shardings = {k: sharding_lib.batch_sharding(mesh, rules, n)
@@ -100,8 +109,10 @@ def jit_train_step(config, parts: dict):
                  out_shardings=(parts['state_shardings'], None), donate_argnums=0)
 
 
-def build(config, devices=None, pretrained: bool = True, need_data: bool = True) -> Experiment:
-  """`need_data=False` (reporting on given images) only needs the tokenizer."""
+def build(config, devices=None, pretrained: bool = True, need_data: bool = True,
+          train: bool = True) -> Experiment:
+  """`need_data=False` (reporting on given images) only needs the tokenizer; for
+  `pretrained` and `train` see build_model_and_state."""
   if need_data:
     ensure_data(config)
   tokenizer = tokens.load_tokenizer(config.data.tokenizer or
@@ -113,7 +124,7 @@ def build(config, devices=None, pretrained: bool = True, need_data: bool = True)
   if image_token != config.model.image_token_id:
     raise ValueError(f'config.model.image_token_id={config.model.image_token_id} but the '
                      f'tokenizer has <image> = {image_token}')
-  parts = build_model_and_state(config, devices, pretrained)
+  parts = build_model_and_state(config, devices, pretrained, train)
   encoder = tokens.TurnEncoder(tokenizer, parts['model'].cfg.vision.num_tokens)
   processor = pipeline.make_processor(config, encoder)
   return Experiment(config=config, encoder=encoder, processor=processor, **parts)

@@ -8,16 +8,15 @@ from radjax import experiment as experiment_lib
 from radjax import workdir as workdir_lib
 from radjax.eval import evaluator as evaluator_lib
 from radjax.train import loop, writers
-from radjax.train import state as state_lib
 
 
 def load_trained(config, workdir: str, step: int | None = None, need_data: bool = True):
   """The experiment with the params of the workdir's checkpoint (default: latest),
   restored straight into their shards; optimizer moments are never read."""
-  exp = experiment_lib.build(config, pretrained=False, need_data=need_data)
+  exp = experiment_lib.build(config, pretrained=False, need_data=need_data, train=False)
   step = workdir_lib.latest_step(workdir) if step is None else step
-  target = state_lib.abstract_state(exp.state_shardings.params, exp.state.params)
-  exp.state = exp.state.replace(params=workdir_lib.load_params(workdir, step, target=target))
+  exp.state = exp.state.replace(params=workdir_lib.load_params(workdir, step,
+                                                               target=exp.state.params))
   return exp, step
 
 

@@ -79,6 +79,8 @@ def test_eval_mode_writes_metrics_and_predictions(demo_data, tmp_path):
   run_lib.main(config, workdir, 'train')
   metrics = run_lib.main(config, workdir, 'eval')
   assert np.isfinite(metrics['eval/val_loss'])
+  exp, step = run_lib.load_trained(config, workdir)
+  assert step == 2 and exp.state.opt_state is None  # eval restores params only
   for key in ('finding_micro_f1', 'clinical_f1_micro_14', 'BLEU-4', 'ROUGE-L', 'CIDEr',
               'num_empty_generations'):
     assert f'eval/{key}' in metrics, key

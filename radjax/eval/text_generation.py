@@ -5,7 +5,6 @@ The params are restored straight into their shards on the configured mesh.
 """
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +13,7 @@ from radjax import sharding as sharding_lib
 from radjax import workdir as workdir_lib
 from radjax.eval import generate as generate_lib
 from radjax.models import factory, llm
+from radjax.train import state as state_lib
 
 
 def load_llm(config, workdir: str):
@@ -22,11 +22,7 @@ def load_llm(config, workdir: str):
   rules = sharding_lib.rules_from_config(config.sharding.rules)
   model = llm.Decoder(factory.llm_config(config.model))
   dummy = (jnp.zeros((1, 1, model.cfg.embed_dim)), jnp.zeros((1, 1), jnp.int32))
-  with sharding_lib.activation_rules(mesh, rules):
-    boxed = jax.eval_shape(lambda k: model.init(k, *dummy)['params'], jax.random.key(0))
-  shardings = sharding_lib.logical_shardings(boxed, mesh, rules)
-  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        nn.meta.unbox(boxed), shardings)
+  target, _ = state_lib.abstract_params(model, dummy, mesh, rules)
   return mesh, rules, model, workdir_lib.load_params(workdir, target=target)
 
 

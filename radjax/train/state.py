@@ -39,6 +39,15 @@ def _suffix_sharding(opt_abstract, param_shardings, param_shapes, mesh):
   return jax.tree_util.tree_map_with_path(pick, opt_abstract)
 
 
+def abstract_params(model, init_inputs: tuple, mesh, rules):
+  """(ShapeDtypeStructs with shardings, shardings) of the model's params; nothing is
+  allocated. The restore target when params come from a checkpoint, not an init."""
+  with sharding_lib.activation_rules(mesh, rules):
+    boxed = jax.eval_shape(lambda k: model.init(k, *init_inputs)['params'], jax.random.key(0))
+  shardings = sharding_lib.logical_shardings(boxed, mesh, rules)
+  return abstract_state(shardings, nn.meta.unbox(boxed)), shardings
+
+
 def create_train_state(model, init_inputs: tuple, tx, rng, mesh, rules, pretrained=None):
   """Abstract first, then every leaf created directly in its shard.
 
@@ -53,10 +62,7 @@ def create_train_state(model, init_inputs: tuple, tx, rng, mesh, rules, pretrain
     return model.init(key, *init_inputs)['params']
 
   param_key, state_key = jax.random.split(rng)
-  with sharding_lib.activation_rules(mesh, rules):
-    boxed = jax.eval_shape(init_params, param_key)
-  param_shardings = sharding_lib.logical_shardings(boxed, mesh, rules)
-  params_abstract = nn.meta.unbox(boxed)
+  params_abstract, param_shardings = abstract_params(model, init_inputs, mesh, rules)
   opt_abstract = jax.eval_shape(tx.init, params_abstract)
   state_shardings = TrainState(
       step=sharding_lib.replicated(mesh), params=param_shardings,
