@@ -87,6 +87,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   c.model.projector = ml_collections.ConfigDict()
   c.model.projector.kind = 'mlp'  # 'linear' | 'mlp'
+  c.model.projector.init_from = ''  # a VLM workdir or HF Llava directory (LLaVA stage 2)
 
   c.model.llm = ml_collections.ConfigDict()
   c.model.llm.vocab_size = 32000

@@ -115,3 +115,20 @@ def test_vision_from_hf_clip_dir(demo_data, tmp_path):
     np.testing.assert_array_equal(a, b)
   pos = 'embeddings.position_embedding.weight'  # v5 keeps no vision_model. prefix in memory
   np.testing.assert_array_equal(got['pos_embed'], sd.get(pos, sd.get('vision_model.' + pos)))
+
+
+def test_stage2_starts_every_part_from_the_stage1_workdir(demo_data, tmp_path):
+  stage1 = tiny_config(demo_data)
+  stage1.seed = 7
+  source = _llm_params(stage1)
+  wd = str(tmp_path / 'stage1')
+  workdir.save_params(wd, stage1, source)
+  stage2 = tiny_config(demo_data)  # seed 0: a fresh init would differ everywhere
+  for part in ('llm', 'vision', 'projector'):
+    stage2.model[part].init_from = wd
+  got = _llm_params(stage2)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(source)):
+    np.testing.assert_array_equal(a, b)
+  stage2.model.projector.kind = 'linear'
+  with pytest.raises(ValueError, match=r'pretrained projector: missing params'):
+    _llm_params(stage2)

@@ -172,19 +172,27 @@ def _text_error(e: ConversionError, family: str) -> ConversionError:
                          f'{base}* is language_model.model.* and {head} is lm_head.weight)')
 
 
+def projector_params_from_hf(state_dict: dict, cfg: vlm.VLMConfig) -> dict:
+  """Only the projector of an HF Llava state dict (e.g. stage-1 weights for stage 2)."""
+  _check_projector(cfg)
+  _, proj, _ = _split(state_dict, hf_config.export_family(cfg.llm))
+  return common.unflatten(common.to_ours(proj, PROJECTOR_RULES, _PROJECTOR_TRANSFORMS,
+                                         projector_shapes(cfg.projector, cfg.vision.embed_dim),
+                                         0, False))
+
+
 def params_from_hf(state_dict: dict, cfg: vlm.VLMConfig, scan: bool) -> dict:
   """HF Llava state dict (any of the layouts above) -> radjax f32 VLM params tree."""
   _check_projector(cfg)
   family = hf_config.export_family(cfg.llm)
   vision, proj, text = _split(state_dict, family)
-  flat = common.to_ours(proj, PROJECTOR_RULES, _PROJECTOR_TRANSFORMS,
-                        projector_shapes(cfg.projector, cfg.vision.embed_dim), 0, scan)
+  projector = projector_params_from_hf(proj, cfg)
   try:
     llm_params = llm_families.params_from_hf(text, cfg.llm, scan)
   except ConversionError as e:
     raise _text_error(e, family) from e
   return {'vision': vit_convert.params_from_hf(vision, cfg.vision, scan, prefix=VISION_PREFIX),
-          'projector': common.unflatten(flat), 'llm': llm_params}
+          'projector': projector, 'llm': llm_params}
 
 
 def hf_from_params(params: dict, cfg: vlm.VLMConfig) -> dict:

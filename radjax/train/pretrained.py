@@ -1,4 +1,8 @@
-"""`config.model.<tower>.init_from`: start a tower from an HF directory or a workdir.
+"""`config.model.<part>.init_from`: start a part from an HF directory or a workdir.
+
+The vision tower and the LLM come from their own HF models, a Llava, or any workdir
+holding them; the projector from a Llava or a VLM workdir (LLaVA's stage 2 starts all
+three from stage 1's workdir).
 
 Each tower becomes a loader for `create_train_state`, which hands it the tower's
 sharded abstract target. A workdir whose tower has exactly the target's layout is
@@ -48,9 +52,30 @@ def _from_hf_dir(tower: str, path: str, target_cfg):
   return _FROM_HF[tower](hf_cfg, state_dict, target_cfg)
 
 
+def _projector(path: str, config):
+  """Projector params (host arrays) from a VLM workdir or an HF Llava directory."""
+  if os.path.exists(os.path.join(path, workdir_lib.CONFIG_FILE)):
+    kind = workdir_lib.load_config(path).model.kind
+    if kind != 'vlm':
+      raise ValueError(f'config.model.projector.init_from={path!r} is a {kind!r} workdir, '
+                       'which has no projector')
+    return workdir_lib.load_params(path, path=('projector',))
+  hf_cfg, state_dict = hf_io.load_hf_dir(path)
+  if hf_cfg.model_type != 'llava':
+    raise ValueError(f'config.model.projector.init_from={path!r}: model_type='
+                     f'{hf_cfg.model_type!r} has no projector (expected llava)')
+  from radjax.convert import llava
+  return llava.projector_params_from_hf(state_dict, factory.vlm_config(config.model))
+
+
 def loaders(config) -> dict:
-  """{tower: load(target) -> params} for every tower with an `init_from`."""
+  """{part: load(target) -> params} for every model part with an `init_from`."""
   out = {}
+  path = config.model.projector.get('init_from', '')
+  if path:
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f'config.model.projector.init_from={path!r} is not a directory')
+    out['projector'] = lambda target, path=path: _projector(path, config)
   for tower in TOWERS:
     path = config.model[tower].get('init_from', '')
     if not path:
