@@ -21,8 +21,8 @@ from radjax.convert import common, hf_config, llm_families
 from radjax.convert import vit as vit_convert
 from radjax.convert.common import ConversionError, Rule
 from radjax.convert.hf_config import UnsupportedConfig
+from radjax.models import factory, vlm
 from radjax.models import projector as projector_lib
-from radjax.models import vlm
 
 VISION_PREFIX = 'vision_tower.vision_model.'
 PROJECTOR_PREFIX = 'multi_modal_projector.'
@@ -30,7 +30,6 @@ PROJECTOR_PREFIX = 'multi_modal_projector.'
 # which is what the decoder tables in radjax.convert read and write.
 _TEXT_NAMES = {'llama': ('model.', 'lm_head.weight'), 'qwen2': ('model.', 'lm_head.weight'),
                'gpt_neox': ('gpt_neox.', 'embed_out.weight')}
-_RUNTIME = ('dtype', 'attention_impl', 'remat_policy', 'scan_layers')
 _TOKEN_FIELDS = ('bos_token_id', 'eos_token_id', 'pad_token_id')
 
 PROJECTOR_RULES = (
@@ -62,7 +61,7 @@ def vlm_config_from_hf(hf, **overrides) -> vlm.VLMConfig:
                             " is not supported (radjax's mlp projector uses exact 'gelu')")
   if not getattr(hf, 'multimodal_projector_bias', True):
     raise UnsupportedConfig('HF config field multimodal_projector_bias=False is not supported')
-  runtime = {k: overrides.pop(k) for k in _RUNTIME if k in overrides}
+  runtime = {k: overrides.pop(k) for k in factory.RUNTIME_FIELDS if k in overrides}
   vision = vit_convert.vit_config_from_hf(
       hf.vision_config, select_layer=layer,
       keep_class_token=variant == 'clip_vision_model' and strategy == 'full', **runtime)

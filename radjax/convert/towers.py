@@ -7,20 +7,17 @@ export and `init_from`.
 import dataclasses
 
 from radjax.convert import hf_config as llm_hf_config
+from radjax.convert import llm_families
 from radjax.convert import vocab as vocab_lib
 from radjax.convert.common import ConversionError
-
-
-def _llm_tables():
-  from radjax import convert
-  return convert.params_from_hf, convert.hf_from_params
+from radjax.models import factory
 
 
 def llm_to_hf(cfg, params, **hf_extra):
   """(transformers config, state dict) of an LLMConfig + its params."""
   family = llm_hf_config.export_family(cfg)
-  _, to_hf = _llm_tables()
-  return llm_hf_config.hf_config_from_llm(cfg, family, **hf_extra), to_hf(params, cfg)
+  return (llm_hf_config.hf_config_from_llm(cfg, family, **hf_extra),
+          llm_families.hf_from_params(params, cfg))
 
 
 def vision_to_hf(cfg, params):
@@ -38,24 +35,22 @@ def _check_same(source, target, section: str, free: tuple[str, ...]) -> None:
                             f'{have!r}')
 
 
-# Fields a config may set differently from the weights it starts from.
-_RUNTIME = ('dtype', 'attention_impl', 'remat_policy', 'scan_layers')
 
 
 def llm_from_hf(hf_cfg, state_dict, target):
   """Params for LLMConfig `target` from an HF decoder; a larger target vocab grows it."""
-  runtime = {k: getattr(target, k) for k in _RUNTIME}
+  runtime = {k: getattr(target, k) for k in factory.RUNTIME_FIELDS}
   source = llm_hf_config.llm_config_from_hf(hf_cfg, **runtime)
   _check_same(source, target, 'config.model.llm', ('vocab_size',))
-  from_hf, _ = _llm_tables()
-  params = from_hf(state_dict, source, target.scan_layers)
+  params = llm_families.params_from_hf(state_dict, source, target.scan_layers)
   return vocab_lib.grow_vocab(params, target.vocab_size)
 
 
 def vision_from_hf(hf_cfg, state_dict, target):
   """Params for ViTConfig `target` from an HF CLIP/SigLIP vision tower."""
   from radjax.convert import vit
-  runtime = {k: getattr(target, k) for k in (*_RUNTIME, 'select_layer', 'keep_class_token')}
+  kept = (*factory.RUNTIME_FIELDS, 'select_layer', 'keep_class_token')  # not in HF's config
+  runtime = {k: getattr(target, k) for k in kept}
   source = vit.vit_config_from_hf(hf_cfg, **runtime)
   _check_same(source, target, 'config.model.vision', ())
   return vit.params_from_hf(state_dict, target, target.scan_layers)

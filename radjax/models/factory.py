@@ -46,12 +46,12 @@ def vlm_config(model_cfg, freeze_vision: bool = False) -> vlm.VLMConfig:
 
 
 # Fields of the model dataclasses that come from config.model itself, not its towers.
-_RUNTIME_FIELDS = ('dtype', 'attention_impl', 'remat_policy', 'scan_layers')
+RUNTIME_FIELDS = ('dtype', 'attention_impl', 'remat_policy', 'scan_layers')
 
 
 def tower_fields(cfg) -> dict:
   """An LLMConfig / ViTConfig as `config.model.llm|vision` values (inverse of above)."""
-  out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUNTIME_FIELDS}
+  out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS}
   if 'head_dim' in out:
     out['head_dim'] = out['head_dim'] or 0
   return out

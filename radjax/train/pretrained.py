@@ -22,11 +22,10 @@ TOWERS = ('llm', 'vision')
 _TO_HF = {'llm': towers.llm_to_hf, 'vision': towers.vision_to_hf}
 _FROM_HF = {'llm': towers.llm_from_hf, 'vision': towers.vision_from_hf}
 _CONFIG = {'llm': factory.llm_config, 'vision': factory.vit_config}
-_RUNTIME = ('dtype', 'attention_impl', 'remat_policy', 'scan_layers')
 
 
 def _structure(cfg):
-  return dataclasses.replace(cfg, **{k: None for k in _RUNTIME})
+  return dataclasses.replace(cfg, **{k: None for k in factory.RUNTIME_FIELDS})
 
 
 def _from_workdir(tower: str, path: str, target_cfg, target):
