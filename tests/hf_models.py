@@ -116,19 +116,35 @@ def tiny_vision(variant: str, seed: int = 0):
 
 
 def tiny_llava(vocab_size: int = 320, image_token_id: int = 4, eos_token_id: int = 2,
-               seed: int = 0) -> 'transformers.LlavaForConditionalGeneration':
-  """tiny_clip_vision's tower (penultimate layer, CLS dropped: 16 image tokens) and a
-  tiny_llama-shaped decoder with bos/eos/pad 1/eos_token_id/0."""
+               seed: int = 0, vision: str = 'clip',
+               text: str = 'llama') -> 'transformers.LlavaForConditionalGeneration':
+  """A tiny Llava, 16 image tokens per image, bos/eos/pad 1/eos_token_id/0.
+
+  vision 'clip': tiny_clip_vision's tower, penultimate layer, CLS dropped ('default');
+  'siglip': last layer, all patches ('full'). text 'llama' (tiny_llama's shape),
+  'qwen2' (3 heads of 16, one kv head) or 'gpt_neox' (parallel residual, rotary 0.25).
+  """
   torch.manual_seed(seed)
-  text = transformers.LlamaConfig(**{**_DECODER, 'vocab_size': vocab_size, 'bos_token_id': 1,
-                                     'eos_token_id': eos_token_id, 'pad_token_id': 0},
-                                  num_attention_heads=4, num_key_value_heads=2,
-                                  rope_parameters=_LLAMA_ROPE, rms_norm_eps=1e-5)
-  cfg = transformers.LlavaConfig(vision_config=transformers.CLIPVisionConfig(**_VISION),
-                                 text_config=text, image_token_index=image_token_id,
+  tokens = {'vocab_size': vocab_size, 'bos_token_id': 1, 'eos_token_id': eos_token_id,
+            'pad_token_id': 0}
+  if text == 'llama':
+    text_cfg = transformers.LlamaConfig(**{**_DECODER, **tokens}, num_attention_heads=4,
+                                        num_key_value_heads=2, rope_parameters=_LLAMA_ROPE,
+                                        rms_norm_eps=1e-5)
+  elif text == 'qwen2':
+    text_cfg = transformers.Qwen2Config(**{**_DECODER, **tokens}, num_attention_heads=3,
+                                        num_key_value_heads=1, head_dim=16, rms_norm_eps=1e-6)
+  else:
+    text_cfg = transformers.GPTNeoXConfig(**{**_DECODER, **tokens},
+                                          **GPT_NEOX_VARIANTS['parallel'])
+  vision_cfg = {'clip': transformers.CLIPVisionConfig,
+                'siglip': transformers.SiglipVisionConfig}[vision](**_VISION)
+  cfg = transformers.LlavaConfig(vision_config=vision_cfg, text_config=text_cfg,
+                                 image_token_index=image_token_id,
                                  image_seq_length=llava_image_tokens(),
-                                 vision_feature_layer=-2,
-                                 vision_feature_select_strategy='default')
+                                 vision_feature_layer=-2 if vision == 'clip' else -1,
+                                 vision_feature_select_strategy=(
+                                     'default' if vision == 'clip' else 'full'))
   return _randomise_norms_and_biases(transformers.LlavaForConditionalGeneration(cfg))
 
 

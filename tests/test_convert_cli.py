@@ -28,6 +28,12 @@ CASES = {
     'clip_vision': (hf_models.tiny_clip_vision, ()),
     'siglip_vision': (hf_models.tiny_siglip_vision, ('--unscanned',)),
     'llava': (lambda: hf_models.tiny_llava(LLAVA_VOCAB, LLAVA_IMAGE_ID), ()),
+    # Other tower mixes a user may bring: SigLIP + Qwen2, CLIP + GPT-NeoX (LLM-CXR's decoder).
+    'llava/siglip_qwen2': (lambda: hf_models.tiny_llava(LLAVA_VOCAB, LLAVA_IMAGE_ID,
+                                                        vision='siglip', text='qwen2'),
+                           ('--unscanned',)),
+    'llava/clip_gpt_neox': (lambda: hf_models.tiny_llava(LLAVA_VOCAB, LLAVA_IMAGE_ID,
+                                                         text='gpt_neox'), ()),
 }
 
 
@@ -53,13 +59,14 @@ def converted(tmp_path_factory):
   def get(family: str) -> dict:
     if family not in cache:
       build, flags = CASES[family]
-      root = tmp_path_factory.mktemp(family)
+      root = tmp_path_factory.mktemp(family.replace('/', '_'))
       hf_dir, wd, out = root / 'hf', root / 'wd', root / 'out'
       hf = build()
       hf.save_pretrained(hf_dir)
       if family == 'llama':
         _tokenizer_json(str(hf_dir / 'tokenizer.json'), 300)
-      _cli('from-hf', '--family', family, '--hf_dir', hf_dir, '--out', wd, *flags)
+      _cli('from-hf', '--family', family.split('/')[0], '--hf_dir', hf_dir, '--out', wd,
+           *flags)
       _cli('to-hf', '--workdir', wd, '--out', out)
       config = workdir.load_config(str(wd))
       assert config.model.scan_layers == ('--unscanned' not in flags)
@@ -169,6 +176,20 @@ def test_llava_round_trip_and_bf16_export(converted, tmp_path):
   for name, value in bf16.state_dict().items():
     assert value.dtype == torch.bfloat16, name
     assert torch.equal(value, f32_state[name].to(torch.bfloat16)), name
+
+
+@pytest.mark.parametrize('case', ['llava/siglip_qwen2', 'llava/clip_gpt_neox'])
+def test_llava_with_other_towers(converted, case):
+  c = converted(case)
+  cfg = factory.vlm_config(c['config'].model)
+  rng = np.random.default_rng(1)
+  size = hf_models.VISION_IMAGE_SIZE
+  pixels = rng.normal(size=(2, size, size, 3)).astype(np.float32)
+  tokens = hf_models.llava_prompt(rng, PROMPT_LEN + 8, [5, 300], LLAVA_VOCAB, LLAVA_IMAGE_ID)
+  want = hf_models.hf_llava_logits(c['hf'], tokens, pixels)
+  got = hf_models.vlm_logits(vlm.VLM(cfg), c['params'], tokens, pixels[None])
+  assert _max_diff(got, want) <= TOL
+  assert _max_diff(hf_models.hf_llava_logits(c['back'], tokens, pixels), want) <= TOL
 
 
 def test_family_mismatch_is_an_error(tmp_path, capsys):
