@@ -115,8 +115,7 @@ def build(config, devices=None, pretrained: bool = True, need_data: bool = True,
   `pretrained` and `train` see build_model_and_state."""
   if need_data:
     ensure_data(config)
-  tokenizer = tokens.load_tokenizer(config.data.tokenizer or
-                                    os.path.join(config.data.dir, 'tokenizer.json'))
+  tokenizer = tokens.load_tokenizer(tokens.tokenizer_path(config))
   if len(tokenizer) > config.model.llm.vocab_size:
     raise ValueError(f'config.model.llm.vocab_size={config.model.llm.vocab_size} is smaller '
                      f'than the tokenizer ({len(tokenizer)} tokens)')

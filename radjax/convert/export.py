@@ -87,9 +87,10 @@ def image_stats_from_dir(config, hf_dir: str) -> None:
 
 
 def _tokenizer_path(config) -> str | None:
-  path = config.data.tokenizer or (config.data.dir and os.path.join(config.data.dir,
-                                                                    'tokenizer.json'))
-  return path if path and os.path.exists(path) else None
+  if not (config.data.tokenizer or config.data.dir):
+    return None
+  path = tokens.tokenizer_path(config)
+  return path if os.path.exists(path) else None
 
 
 def _special_ids(tokenizer) -> dict:

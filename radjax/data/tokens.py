@@ -1,5 +1,6 @@
 """Prompt/target -> fixed-length token arrays with a loss mask on the answer only."""
 import dataclasses
+import os
 
 import numpy as np
 from transformers import PreTrainedTokenizerFast
@@ -19,6 +20,11 @@ CHAT_TEMPLATE = (
     "{% for c in m['content'] if c['type'] == 'text' %}{{ '\\n' ~ c['text'] }}{% endfor %}"
     "{% endif %}<|end|>{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def tokenizer_path(config) -> str:
+  """config.data.tokenizer, else the dataset's own <data.dir>/tokenizer.json."""
+  return config.data.tokenizer or os.path.join(config.data.dir, 'tokenizer.json')
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerFast:

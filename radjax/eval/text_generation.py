@@ -11,6 +11,7 @@ import numpy as np
 
 from radjax import sharding as sharding_lib
 from radjax import workdir as workdir_lib
+from radjax.data import tokens
 from radjax.eval import generate as generate_lib
 from radjax.models import factory, llm
 from radjax.train import state as state_lib
@@ -28,7 +29,7 @@ def load_llm(config, workdir: str):
 
 def tokenizer_for(config):
   from transformers import PreTrainedTokenizerFast
-  path = config.data.tokenizer or os.path.join(config.data.dir, 'tokenizer.json')
+  path = tokens.tokenizer_path(config)
   if not os.path.exists(path):
     raise FileNotFoundError(f'config.data.tokenizer={path!r} does not exist; a text prompt '
                             'needs the tokenizer')
