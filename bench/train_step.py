@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from radjax import experiment, sharding  # noqa: E402
+from radjax import experiment  # noqa: E402
+from radjax.core import sharding  # noqa: E402
 from radjax.train import optimizer as optimizer_lib  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'Recipe config.', lock_config=True)

@@ -2,7 +2,7 @@ r"""The config a workdir was trained or imported with (its config.json over base
 
   python main.py --config configs/workdir.py:WORKDIR --workdir WORKDIR --mode=generate ...
 """
-from radjax import workdir
+from radjax.core import workdir
 
 
 def get_config(arg: str = ''):

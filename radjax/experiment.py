@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from radjax import sharding as sharding_lib
+from radjax.core import sharding as sharding_lib
 from radjax.data import pipeline, tokens
 from radjax.models import factory, vlm
 from radjax.train import optimizer as optimizer_lib

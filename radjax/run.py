@@ -5,7 +5,7 @@ import jax
 from absl import logging
 
 from radjax import experiment as experiment_lib
-from radjax import workdir as workdir_lib
+from radjax.core import workdir as workdir_lib
 from radjax.eval import evaluator as evaluator_lib
 from radjax.train import loop, writers
 

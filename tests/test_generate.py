@@ -9,7 +9,7 @@ torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
 from data_prep import tokenizer as tokenizer_lib  # noqa: E402
-from radjax import sharding  # noqa: E402
+from radjax.core import sharding  # noqa: E402
 from radjax.eval import generate as gen  # noqa: E402
 from radjax.eval import sampling  # noqa: E402
 from radjax.models import factory, vlm  # noqa: E402

@@ -6,7 +6,8 @@ import pytest
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
-from radjax import experiment, workdir  # noqa: E402
+from radjax import experiment  # noqa: E402
+from radjax.core import workdir  # noqa: E402
 from radjax.convert import common  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 

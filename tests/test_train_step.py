@@ -3,7 +3,8 @@ import jax
 import numpy as np
 import pytest
 
-from radjax import experiment, sharding
+from radjax import experiment
+from radjax.core import sharding
 from tests.conftest import tiny_config
 
 

@@ -37,13 +37,13 @@ def cmd_from_hf(args) -> None:
     os.makedirs(args.out, exist_ok=True)
     shutil.copy(tokenizer, os.path.join(args.out, 'tokenizer.json'))
     config.data.tokenizer = os.path.abspath(os.path.join(args.out, 'tokenizer.json'))
-  from radjax import workdir
+  from radjax.core import workdir
   workdir.save_params(args.out, config, params)
   print(f'wrote {args.out} ({config.model.kind}, {export.count(params) / 1e6:.2f}M params)')
 
 
 def cmd_to_hf(args) -> None:
-  from radjax import workdir
+  from radjax.core import workdir
   config = workdir.load_config(args.workdir)
   step = workdir.latest_step(args.workdir) if args.step is None else args.step
   params = workdir.load_params(args.workdir, step)

@@ -1,6 +1,6 @@
 """What `from-hf` and `to-hf` do for each model kind: an LLM, a vision tower, a VLM.
 
-Import fills a radjax config (configs/base.py defaults, the model section from the HF
+Import fills a radjax config (radjax/core/defaults.py, the model section from the HF
 config) and the params; export writes safetensors, config.json, the tokenizer, a
 generation config and, for a VLM, a Llava processor.
 """
@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from configs import base
+from radjax.core import defaults as base
 from radjax.convert import hf_io, towers
 from radjax.convert.hf_config import export_family
 from radjax.data import tokens

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from radjax import sharding as sharding_lib
-from radjax import workdir as workdir_lib
+from radjax.core import sharding as sharding_lib
+from radjax.core import workdir as workdir_lib
 from radjax.data import tokens
 from radjax.eval import generate as generate_lib
 from radjax.models import factory, llm

@@ -2,7 +2,7 @@
 
 Every parameter carries logical axis names; activations are constrained with
 logical names too. Which mesh axis a logical name lands on is decided by the
-config's rules (radjax/sharding.py), never here.
+config's rules (radjax/core/sharding.py), never here.
 """
 from typing import Any, Callable, Optional, Sequence
 

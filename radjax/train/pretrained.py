@@ -14,7 +14,7 @@ import os
 
 from absl import logging
 
-from radjax import workdir as workdir_lib
+from radjax.core import workdir as workdir_lib
 from radjax.convert import hf_io, towers
 from radjax.models import factory
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
-from radjax import sharding as sharding_lib
+from radjax.core import sharding as sharding_lib
 
 
 @flax.struct.dataclass

@@ -10,8 +10,8 @@ import os
 import jax
 import ml_collections
 
-from configs import base
-from radjax.train import checkpoint as checkpoint_lib
+from radjax.core import defaults as base
+from radjax.core import checkpoint as checkpoint_lib
 
 CONFIG_FILE = 'config.json'
 
@@ -50,7 +50,7 @@ def _tuples(value):
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The workdir's config: configs/base.py's defaults overlaid with its config.json."""
+  """The workdir's config: radjax/core/defaults.py's defaults overlaid with its config.json."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} does not exist: {workdir!r} is not a radjax workdir '
