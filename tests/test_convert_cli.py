@@ -11,9 +11,9 @@ import pytest
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
-from radjax.core import workdir  # noqa: E402
 from radjax.convert import __main__ as convert_cli  # noqa: E402
 from radjax.convert import hf_io  # noqa: E402
+from radjax.core import workdir  # noqa: E402
 from radjax.models import factory, llm, vit, vlm  # noqa: E402
 from tests import hf_models  # noqa: E402
 

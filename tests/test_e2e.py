@@ -8,8 +8,8 @@ import pytest
 
 from radjax import experiment
 from radjax import run as run_lib
-from radjax.data import pipeline
 from radjax.core import checkpoint as checkpoint_lib
+from radjax.data import pipeline
 from radjax.train import state as state_lib
 from tests.conftest import tiny_config
 

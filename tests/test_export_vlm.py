@@ -12,8 +12,8 @@ transformers = pytest.importorskip('transformers')
 from PIL import Image  # noqa: E402
 
 from radjax import run as run_lib  # noqa: E402
-from radjax.core import workdir as workdir_lib  # noqa: E402
 from radjax.convert import __main__ as convert_cli  # noqa: E402
+from radjax.core import workdir as workdir_lib  # noqa: E402
 from radjax.data import templates  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 

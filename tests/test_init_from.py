@@ -7,8 +7,8 @@ torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
 from radjax import experiment  # noqa: E402
-from radjax.core import workdir  # noqa: E402
 from radjax.convert import common  # noqa: E402
+from radjax.core import workdir  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 
 HF_VOCAB = 2000  # the demo tokenizer has 2048 ids: init_from must grow the vocab

@@ -11,9 +11,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from radjax.core import defaults as base
 from radjax.convert import hf_io, towers
 from radjax.convert.hf_config import export_family
+from radjax.core import defaults as base
 from radjax.data import tokens
 from radjax.models import factory
 

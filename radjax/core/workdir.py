@@ -10,8 +10,8 @@ import os
 import jax
 import ml_collections
 
-from radjax.core import defaults as base
 from radjax.core import checkpoint as checkpoint_lib
+from radjax.core import defaults as base
 
 CONFIG_FILE = 'config.json'
 

@@ -9,10 +9,10 @@ from absl import logging
 from clu import periodic_actions
 
 from radjax import experiment as experiment_lib
+from radjax.core import checkpoint as checkpoint_lib
 from radjax.core import workdir as workdir_lib
 from radjax.data import pipeline
 from radjax.eval import evaluator as evaluator_lib
-from radjax.core import checkpoint as checkpoint_lib
 from radjax.train import state as state_lib
 from radjax.train import writers
 

@@ -14,8 +14,8 @@ import os
 
 from absl import logging
 
-from radjax.core import workdir as workdir_lib
 from radjax.convert import hf_io, towers
+from radjax.core import workdir as workdir_lib
 from radjax.models import factory
 
 TOWERS = ('llm', 'vision')
