@@ -2,10 +2,15 @@ r"""radjax entry point.
 
   python main.py --config configs/demo.py --workdir runs/demo [--mode=train|eval|generate]
       [--config.train.num_steps=100] [--images a.png,b.png]
+  python main.py --config configs/demo.py:task=lm --workdir runs/demo_lm   # decoder on text
   python main.py --config configs/workdir.py:WORKDIR --workdir WORKDIR --mode=generate \
       [--images a.png | --prompt "text"]   # a trained or imported (from-hf) workdir
 """
-from absl import app, flags
+import importlib
+import os
+
+import jax
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from radjax import run
@@ -19,8 +24,25 @@ flags.DEFINE_string('prompt', '', 'Text prompt for --mode=generate on an LLM-onl
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def ensure_data(config) -> None:
+  """Builds `config.data.dir` with data_prep.<config.data.builder> when it is missing
+  (process 0 builds, the others wait). The library never imports data_prep."""
+  if not config.data.builder or os.path.exists(os.path.join(config.data.dir, 'manifest.json')):
+    return
+  if jax.process_index() == 0:
+    builder = importlib.import_module(f'data_prep.{config.data.builder}')
+    logging.info('building dataset %s into %s', config.data.builder, config.data.dir)
+    builder.ensure_built(config.data.dir, **config.data.builder_kwargs.to_dict())
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('radjax_data_built')
+
+
 def main(argv):
   del argv
+  run.maybe_initialize_distributed()
+  if FLAGS.mode != 'generate':  # generation needs only the tokenizer
+    ensure_data(FLAGS.config)
   run.main(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images, FLAGS.prompt)
 
 

@@ -21,7 +21,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from radjax import experiment  # noqa: E402
 from radjax.core import sharding  # noqa: E402
-from radjax.eval import generate as generate_lib  # noqa: E402
+from radjax.eval.decoding import generate as generate_lib  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'Recipe config.', lock_config=True)
 flags.DEFINE_integer('runs', 3, 'Timed runs (after one compile run).')

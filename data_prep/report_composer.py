@@ -26,15 +26,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from data_prep import openi_reports
+from radjax.data.schema import DEMO_FINDINGS as FINDING_TO_OBSERVATION
 
-FINDINGS = ("cardiomegaly", "pleural_effusion", "pneumothorax", "nodule", "consolidation")
-FINDING_TO_OBSERVATION = {
-  "cardiomegaly": "Cardiomegaly",
-  "pleural_effusion": "Pleural Effusion",
-  "pneumothorax": "Pneumothorax",
-  "nodule": "Lung Lesion",
-  "consolidation": "Consolidation",
-}
+FINDINGS = tuple(FINDING_TO_OBSERVATION)
 # Reading order of a report: heart, lungs, pleura.
 _ORDER = ("cardiomegaly", "consolidation", "nodule", "pleural_effusion", "pneumothorax")
 MAX_WORDS = 60

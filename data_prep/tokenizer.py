@@ -16,19 +16,11 @@ from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-SPECIAL_TOKENS = {
-  "<pad>": 0,
-  "<s>": 1,  # bos
-  "</s>": 2,  # eos
-  "<unk>": 3,
-  "<image>": 4,  # placeholder, overwritten by projected image features
-  "<|system|>": 5,
-  "<|user|>": 6,
-  "<|assistant|>": 7,
-  "<|end|>": 8,  # end of turn
-}
-PAD, BOS, EOS, UNK, IMAGE = "<pad>", "<s>", "</s>", "<unk>", "<image>"
-EXTRA_SPECIAL_TOKENS = ["<image>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+from radjax.data import tokens
+
+# ids 0-8 in radjax's order (radjax/data/tokens.py owns the list).
+SPECIAL_TOKENS = {t: i for i, t in enumerate(tokens.SPECIAL_TOKENS)}
+UNK = tokens.SPECIALS["unk"]
 DEFAULT_VOCAB_SIZE = 2048
 
 

@@ -1,19 +1,29 @@
-"""What `main.py --mode=...` does: train, evaluate a checkpoint, or report on images."""
+"""What `main.py --mode=...` does: train, evaluate a checkpoint, or generate."""
 import os
 
 import jax
 from absl import logging
 
-from radjax import experiment as experiment_lib
+from radjax import tasks
 from radjax.core import workdir as workdir_lib
-from radjax.eval import evaluator as evaluator_lib
-from radjax.train import loop, writers
+from radjax.data import tokens
+from radjax.eval import evaluators
+from radjax.train import loop, setup, writers
 
 
-def load_trained(config, workdir: str, step: int | None = None, need_data: bool = True):
+def make_task(config, name: str | None = None) -> tasks.Task:
+  """The configured task (or `name`) with its tokenizer (config.data.tokenizer or the
+  dataset's)."""
+  tokenizer = tokens.load_tokenizer(tokens.tokenizer_path(config))
+  if name is not None:
+    return tasks.TASKS[name](config, tokenizer)
+  return tasks.make(config, tokenizer)
+
+
+def load_trained(config, workdir: str, step: int | None = None, task=None):
   """The experiment with the params of the workdir's checkpoint (default: latest),
   restored straight into their shards; optimizer moments are never read."""
-  exp = experiment_lib.build(config, pretrained=False, need_data=need_data, train=False)
+  exp = setup.build(config, task or make_task(config), pretrained=False, train=False)
   step = workdir_lib.latest_step(workdir) if step is None else step
   exp.state = exp.state.replace(params=workdir_lib.load_params(workdir, step,
                                                                target=exp.state.params))
@@ -22,10 +32,10 @@ def load_trained(config, workdir: str, step: int | None = None, need_data: bool 
 
 def evaluate(config, workdir: str) -> dict:
   exp, step = load_trained(config, workdir)
-  evaluator = evaluator_lib.Evaluator(exp, config.eval.split)
+  evs = evaluators.make(exp, config.eval.split)
   writer, _ = writers.make_writers(workdir, resume_step=None)
   out_dir = os.path.join(workdir, 'eval', str(step))
-  metrics = evaluator.run(exp.state.params, step, writer, out_dir=out_dir)
+  metrics = evaluators.run_all(evs, exp.state.params, step, writer, out_dir=out_dir)
   writer.write_scalars(step, metrics)
   writer.flush()
   logging.info('eval at step %d: %s', step, metrics)
@@ -34,22 +44,25 @@ def evaluate(config, workdir: str) -> dict:
 
 
 def generate(config, workdir: str, image_paths: list[str], prompt: str = '') -> list[str]:
-  if config.model.kind == 'llm':
-    from radjax.eval import text_generation
-    texts = text_generation.generate_text(config, workdir, [prompt])
+  if config.model.kind == 'llm':  # a bare decoder, whatever task trained it
+    from radjax.eval.decoding import text_generation
+    exp, _ = load_trained(config, workdir, task=make_task(config, 'lm'))
+    texts = text_generation.generate_text(exp.model, exp.state.params, exp.task.tokenizer,
+                                          [prompt], config.eval, exp.mesh, exp.rules,
+                                          config.seed)
     print(f'== {prompt}\n{texts[0]}\n')
     return texts
   if not image_paths:
     raise ValueError('--mode=generate needs --images=a.png[,b.png]')
-  exp, _ = load_trained(config, workdir, need_data=False)
-  evaluator = evaluator_lib.Evaluator(exp, config.eval.split)
+  exp, _ = load_trained(config, workdir)
+  reporter = evaluators.reports.ReportEvaluator(exp, config.eval.split)
   examples = []
   for path in image_paths:
     with open(path, 'rb') as f:
       data = f.read()
     fmt = 'png' if data.startswith(b'\x89PNG') else 'jpeg'
     examples.append({'id': path, 'images': [{'data': data, 'format': fmt, 'kind': '2d'}]})
-  reports = evaluator.generate(exp.state.params, examples)
+  reports = reporter.generate(exp.state.params, examples)
   for path, report in zip(image_paths, reports):
     print(f'== {path}\n{report}\n')
   return reports
@@ -67,7 +80,7 @@ def main(config, workdir: str, mode: str, images: list[str] | None = None, promp
   logging.info('process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   if mode == 'train':
-    return loop.train(config, workdir)
+    return loop.train(config, workdir, make_task(config))
   if mode == 'eval':
     return evaluate(config, workdir)
   if mode == 'generate':

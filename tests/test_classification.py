@@ -2,7 +2,7 @@
 (sklearn is not installed in the venv, so the expected numbers are worked out below)."""
 import pytest
 
-from radjax.eval import classification as cl
+from radjax.eval.metrics import classification as cl
 
 VOCAB = ["Cardiomegaly", "Edema", "Pleural Effusion", "Lung Lesion", "No Finding"]
 

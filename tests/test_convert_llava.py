@@ -15,7 +15,7 @@ from radjax.convert import common, hf_io, llava  # noqa: E402
 from radjax.convert.hf_config import UnsupportedConfig  # noqa: E402
 from radjax.data import images as images_lib  # noqa: E402
 from radjax.data import tokens as tokens_lib  # noqa: E402
-from radjax.eval import generate  # noqa: E402
+from radjax.eval.decoding import generate  # noqa: E402
 from radjax.models import vlm  # noqa: E402
 from tests import hf_models  # noqa: E402
 

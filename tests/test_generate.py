@@ -10,8 +10,8 @@ transformers = pytest.importorskip('transformers')
 
 from data_prep import tokenizer as tokenizer_lib  # noqa: E402
 from radjax.core import sharding  # noqa: E402
-from radjax.eval import generate as gen  # noqa: E402
-from radjax.eval import sampling  # noqa: E402
+from radjax.eval.decoding import generate as gen  # noqa: E402
+from radjax.eval.decoding import sampling  # noqa: E402
 from radjax.models import factory, vlm  # noqa: E402
 from tests import hf_models  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402

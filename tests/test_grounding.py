@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from radjax.eval import grounding
+from radjax.eval.metrics import grounding
 
 
 def box(label, *coords, **kw):

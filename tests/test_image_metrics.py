@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from radjax.eval import image_metrics as im
+from radjax.eval.metrics import image_metrics as im
 
 tf = pytest.importorskip("tensorflow")
 

@@ -5,8 +5,8 @@ import pytest
 
 from radjax.data.schema import CHEXPERT_OBSERVATIONS
 from radjax.eval import __main__ as cli
-from radjax.eval.clinical import clinical_scores
-from radjax.eval.labeler import label_report
+from radjax.eval.metrics.clinical import clinical_scores
+from radjax.eval.metrics.labeler import label_report
 
 
 def mentioned(text):
@@ -117,7 +117,7 @@ def test_cli_malformed_row_names_line(tmp_path, capsys):
 
 
 def test_mesh_agreement_on_held_out_odd_ids():
-  from radjax.eval.mesh_agreement import agreement, mesh_observations
+  from tools.mesh_agreement import agreement, mesh_observations
   assert mesh_observations(["Cardiac Shadow/enlarged/mild", "Cardiac Shadow/borderline",
                             "Thickening/pleura/apex", "normal"]) == {"Cardiomegaly",
                                                                      "Pleural Other"}

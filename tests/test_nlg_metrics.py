@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip('pycocoevalcap')
 
-from radjax.eval import nlg_metrics  # noqa: E402
+from radjax.eval.metrics import nlg_metrics  # noqa: E402
 
 
 @pytest.fixture(scope='module')

@@ -7,7 +7,7 @@ import pytest
 
 from radjax.data.schema import CHEXPERT_OBSERVATIONS
 from radjax.eval import __main__ as cli
-from radjax.eval import radgraph, scoring
+from radjax.eval.metrics import radgraph, scoring
 
 REPORT_KEYS = ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr", "clinical_f1_micro_14",
                "clinical_f1_macro_5", "num_empty_generations")
@@ -144,7 +144,7 @@ def save_tiny_chexbert(path, fmt, forced_classes=None, seed=0):
   that class (zero weights, one-hot bias)."""
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
-  from radjax.eval import chexbert
+  from radjax.eval.metrics import chexbert
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "vocab.txt"), "w") as f:
     f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
@@ -171,7 +171,7 @@ def save_tiny_chexbert(path, fmt, forced_classes=None, seed=0):
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pth"])
 def test_chexbert_loads_and_maps_heads_to_observations(tmp_path, fmt):
-  from radjax.eval import chexbert
+  from radjax.eval.metrics import chexbert
   # Heads 0..12 cycle blank/positive/negative/uncertain; No Finding positive.
   forced = [i % 4 for i in range(13)] + [1]
   save_tiny_chexbert(tmp_path / "ck", fmt, forced)
@@ -187,7 +187,7 @@ def test_chexbert_loads_and_maps_heads_to_observations(tmp_path, fmt):
 
 def test_chexbert_weights_load_exactly(tmp_path):
   torch = pytest.importorskip("torch")
-  from radjax.eval import chexbert
+  from radjax.eval.metrics import chexbert
   model = save_tiny_chexbert(tmp_path / "ck", "safetensors", seed=1)
   loaded = chexbert.CheXbertLabeler(str(tmp_path / "ck"), batch_size=2)
   enc = loaded.tokenizer(["no pleural effusion", "heart is enlarged , lungs are clear"],

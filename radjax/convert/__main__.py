@@ -1,6 +1,7 @@
 r"""Hugging Face <-> radjax workdir conversion.
 
-  python -m radjax.convert from-hf --family {llama,qwen2,gpt_neox,clip_vision,siglip_vision,llava}
+  python -m radjax.convert from-hf --family {llama,qwen2,gpt_neox,clip_vision,siglip_vision,
+      blip2_qformer,llava}
       --hf_dir DIR --out WORKDIR [--unscanned]
   python -m radjax.convert to-hf --workdir WORKDIR [--step N] --out DIR
       [--dtype float32|bfloat16]
@@ -21,7 +22,8 @@ from radjax.convert.hf_config import UnsupportedConfig
 # --family -> the HF model_type(s) it accepts (full CLIP/SigLIP models give their tower).
 FAMILIES = {'llama': ('llama',), 'qwen2': ('qwen2',), 'gpt_neox': ('gpt_neox',),
             'clip_vision': ('clip_vision_model', 'clip'),
-            'siglip_vision': ('siglip_vision_model', 'siglip'), 'llava': ('llava',)}
+            'siglip_vision': ('siglip_vision_model', 'siglip'), 'llava': ('llava',),
+            'blip2_qformer': ('blip-2', 'blip_2_qformer')}
 
 
 def cmd_from_hf(args) -> None:
@@ -30,7 +32,7 @@ def cmd_from_hf(args) -> None:
     raise ConversionError(f'--family={args.family} but {args.hf_dir}/config.json has '
                           f'model_type={hf_cfg.model_type!r}')
   config, params = export.import_hf(args.family, hf_cfg, state_dict, scan=not args.unscanned)
-  if config.model.kind != 'llm':
+  if config.model.kind in ('vision', 'vlm'):
     export.image_stats_from_dir(config, args.hf_dir)
   tokenizer = os.path.join(args.hf_dir, 'tokenizer.json')
   if os.path.exists(tokenizer):
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('--hf_dir', required=True)
   p.add_argument('--out', required=True, help='the new workdir')
   p.add_argument('--unscanned', action='store_true',
-                 help='store layers as layers_{i} (config.model.scan_layers=False)')
+                 help='store layers as layers_{i} (config.runtime.scan_layers=False)')
   p.set_defaults(func=cmd_from_hf)
   p = sub.add_parser('to-hf', help='radjax workdir -> HF model directory')
   p.add_argument('--workdir', required=True)

@@ -4,8 +4,7 @@ A family describes itself as a list of `Rule`s (our param path <-> HF tensor nam
 plus a transform id). Per-layer rules carry `{i}` and are written for a stack named
 `layers`; the engine handles both radjax layouts: unscanned (`layers_{i}/...`) and scanned
 (`layers/...`, leading layer axis). A model whose HF layers are split over several of our
-stacks (the ViT keeps the layers past its selected one in `layers_unused`) passes `Stack`s
-saying which HF layer range each stack holds.
+stacks passes `Stack`s saying which HF layer range each stack holds.
 Transforms only reshape/transpose, so they are written with array methods and work
 on numpy arrays and on `jax.ShapeDtypeStruct`s (via `jax.eval_shape`) alike, which is
 how expected HF shapes are derived without materialising anything.

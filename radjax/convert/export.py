@@ -11,13 +11,16 @@ import jax
 import numpy as np
 from absl import logging
 
-from radjax.convert import hf_io, towers
+from radjax.convert import hf_io, parts
 from radjax.convert.hf_config import export_family
 from radjax.core import defaults as base
 from radjax.data import tokens
 from radjax.models import factory
 
-_LLM_FAMILIES = ('llama', 'qwen2', 'gpt_neox')
+# --family -> (part, kind) for one part alone; 'llava' is the whole VLM.
+FAMILY_PARTS = {'llama': ('llm', 'decoder'), 'qwen2': ('llm', 'decoder'),
+                'gpt_neox': ('llm', 'decoder'), 'clip_vision': ('vision', 'vit'),
+                'siglip_vision': ('vision', 'vit'), 'blip2_qformer': ('projector', 'qformer')}
 
 
 def count(params) -> int:
@@ -33,32 +36,25 @@ def _set(section, values: dict) -> None:
 def import_hf(family: str, hf_cfg, state_dict: dict, scan: bool = True):
   """(radjax config, params) for an HF model of `family` (see __main__.FAMILIES)."""
   config = base.get_config()
-  config.model.scan_layers = scan
+  config.runtime.scan_layers = scan
   # Compute in the precision the weights were published in (bf16 checkpoints stay bf16).
   hf_dtype = str(getattr(hf_cfg, 'dtype', None) or getattr(hf_cfg, 'torch_dtype', None) or '')
-  config.model.dtype = 'bfloat16' if 'bfloat16' in hf_dtype else 'float32'
-  runtime = dict(scan_layers=scan)
-  if family in _LLM_FAMILIES:
-    from radjax.convert import hf_config
-    cfg = hf_config.llm_config_from_hf(hf_cfg, **runtime)
-    config.model.kind = 'llm'
-    _set(config.model.llm, factory.tower_fields(cfg))
-    return config, towers.llm_from_hf(hf_cfg, state_dict, cfg)
-  if family in ('clip_vision', 'siglip_vision'):
-    from radjax.convert import vit
-    hf_cfg, state_dict = vit.vision_part(hf_cfg, state_dict)
-    cfg = vit.vit_config_from_hf(hf_cfg, select_layer=-1, **runtime)
-    config.model.kind = 'vision'
-    _set(config.model.vision, factory.tower_fields(cfg))
-    _set_image_stats(config, cfg.variant)
-    return config, towers.vision_from_hf(hf_cfg, state_dict, cfg)
+  config.runtime.dtype = 'bfloat16' if 'bfloat16' in hf_dtype else 'float32'
+  if family in FAMILY_PARTS:
+    part, kind = FAMILY_PARTS[family]
+    cfg, params = parts.import_part(part, kind, hf_cfg, state_dict, scan)
+    config.model.kind = part
+    _set(config.model[part], factory.part_fields(cfg))
+    if part == 'vision':
+      _set_image_stats(config, cfg.variant)
+    return config, params
   if family == 'llava':
     from radjax.convert import llava
-    vlm_cfg = llava.vlm_config_from_hf(hf_cfg, **runtime)
+    vlm_cfg = llava.vlm_config_from_hf(hf_cfg)
     config.model.kind = 'vlm'
-    _set(config.model.llm, factory.tower_fields(vlm_cfg.llm))
-    _set(config.model.vision, factory.tower_fields(vlm_cfg.vision))
-    config.model.projector.kind = vlm_cfg.projector.kind
+    for part in ('vision', 'projector', 'llm'):
+      _set(config.model[part], factory.part_fields(getattr(vlm_cfg, part)))
+    _set(config.model.projector, dict(in_dim=0, out_dim=0))  # from the towers
     config.model.image_token_id = vlm_cfg.image_token_id
     _set_image_stats(config, vlm_cfg.vision.variant)
     return config, llava.params_from_hf(state_dict, vlm_cfg, scan)
@@ -93,52 +89,48 @@ def _tokenizer_path(config) -> str | None:
   return path if os.path.exists(path) else None
 
 
-def _special_ids(tokenizer) -> dict:
-  vocab = tokenizer.get_vocab()
-  return {k: vocab[t] for k, t in tokens.SPECIALS.items() if t in vocab}
-
-
 def _token_fields(tokenizer) -> dict:
   """bos/eos/pad ids for the HF config; a chat model stops at end-of-turn too."""
-  ids = _special_ids(tokenizer)
+  ids = tokens.special_ids(tokenizer)
   eos = [ids[k] for k in ('end', 'eos') if k in ids]
   return dict(bos_token_id=ids.get('bos'), pad_token_id=ids.get('pad'),
               eos_token_id=eos if len(eos) > 1 else (eos[0] if eos else None))
 
 
 def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
-  """Writes the model `config.model` describes (LLM, vision tower or Llava) to `out`."""
+  """Writes the model `config.model` describes (one part, or the VLM as Llava) to `out`."""
   tok_path = _tokenizer_path(config)
   tokenizer = tokens.load_tokenizer(tok_path) if tok_path else None
   extra = _token_fields(tokenizer) if tokenizer else {}
   kind = config.model.kind
-  if kind == 'llm':
-    cfg = factory.llm_config(config.model)
-    hf_cfg, state_dict = towers.llm_to_hf(cfg, params, **extra)
-  elif kind == 'vision':
-    hf_cfg, state_dict = towers.vision_to_hf(factory.vit_config(config.model), params)
-  elif kind == 'vlm':
+  if kind == 'vlm':
     from radjax.convert import llava
-    vlm_cfg = factory.vlm_config(config.model)
+    image_id = tokens.special_ids(tokenizer).get('image') if tokenizer else None
+    vlm_cfg = factory.vlm_config(config.model, image_id)
     hf_cfg = llava.hf_config_from_vlm(vlm_cfg, export_family(vlm_cfg.llm), **extra)
     state_dict = llava.hf_from_params(params, vlm_cfg)
+  elif kind in factory.PARTS:
+    cfg = factory.part_config(config.model, kind)
+    hf_cfg, state_dict = parts.to_hf(kind, cfg, params, **extra)
   else:
-    raise ValueError(f'config.model.kind={kind!r} is not one of llm, vision, vlm')
+    raise ValueError(f'config.model.kind={kind!r} is not one of vlm, {", ".join(factory.PARTS)}')
   hf_io.save_hf_dir(out, hf_cfg, state_dict, dtype)
+  if kind in ('vision', 'projector'):
+    return
   if tokenizer is None:
     logging.warning('no tokenizer found (config.data.tokenizer / data.dir); exported weights '
                     'only')
     return
-  tokenizer.chat_template = tokens.CHAT_TEMPLATE if 'user' in _special_ids(tokenizer) else None
+  chat = 'user' in tokens.special_ids(tokenizer)
+  tokenizer.chat_template = tokens.CHAT_TEMPLATE if chat else None
   if kind == 'vlm':
-    vision = factory.vit_config(config.model)
+    vision = vlm_cfg.vision
     llava.save_processor(out, tok_path, vision.image_size, tuple(config.data.image_mean),
-                         tuple(config.data.image_std), vision.num_tokens, vision.variant,
+                         tuple(config.data.image_std), vlm_cfg.tokens_per_image, vision.variant,
                          tokenizer.chat_template)
   else:
     tokenizer.save_pretrained(out)
-  if kind != 'vision':
-    _write_generation_config(out, extra)
+  _write_generation_config(out, extra)
 
 
 def _write_generation_config(out: str, token_fields: dict) -> None:

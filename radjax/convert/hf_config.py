@@ -45,8 +45,7 @@ def _require(hf, field: str, ok) -> None:
 
 
 def llm_config_from_hf(hf, **overrides) -> LLMConfig:
-  """LLMConfig for an HF llama/qwen2/gpt_neox config; `overrides` set radjax-only fields
-  (dtype, scan_layers, attention_impl, ...)."""
+  """LLMConfig for an HF llama/qwen2/gpt_neox config; `overrides` replace fields."""
   family = getattr(hf, 'model_type', None)
   if family not in FAMILIES:
     raise UnsupportedConfig(f'HF config field model_type={family!r} is not supported; '

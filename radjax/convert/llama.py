@@ -2,7 +2,6 @@
 
 One table drives both directions; Qwen2 differs only by the q/k/v bias rows.
 """
-import dataclasses
 import functools
 
 import flax.linen as nn
@@ -12,6 +11,7 @@ import jax.numpy as jnp
 from radjax.convert import common
 from radjax.convert.common import Rule
 from radjax.models import llm
+from radjax.models.runtime import Runtime
 
 _L = 'model.layers.{i}.'
 RULES = (
@@ -53,9 +53,9 @@ def _transforms(cfg: llm.LLMConfig) -> dict:
 @functools.lru_cache(maxsize=16)
 def param_shapes(cfg: llm.LLMConfig, scan: bool) -> dict:
   """Flat {path: shape} of `Decoder(cfg)` params in the given layout (nothing allocated)."""
-  cfg = dataclasses.replace(cfg, scan_layers=scan)
-  init = lambda: llm.Decoder(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 1, cfg.embed_dim)),
-                                       jnp.zeros((1, 1), jnp.int32))
+  model = llm.Decoder(cfg, Runtime(scan_layers=scan))
+  init = lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, cfg.embed_dim)),
+                            jnp.zeros((1, 1), jnp.int32))
   tree = nn.meta.unbox(jax.eval_shape(init))['params']
   return {p: tuple(s.shape) for p, s in common.flatten(tree).items()}
 

@@ -21,8 +21,8 @@ from radjax.convert import common, hf_config, llm_families
 from radjax.convert import vit as vit_convert
 from radjax.convert.common import ConversionError, Rule
 from radjax.convert.hf_config import UnsupportedConfig
-from radjax.models import factory, vlm
 from radjax.models import projector as projector_lib
+from radjax.models import registry, vlm
 
 VISION_PREFIX = 'vision_tower.vision_model.'
 PROJECTOR_PREFIX = 'multi_modal_projector.'
@@ -42,9 +42,7 @@ _PROJECTOR_TRANSFORMS = {'identity': common.IDENTITY, 'linear': common.LINEAR}
 
 
 def vlm_config_from_hf(hf, **overrides) -> vlm.VLMConfig:
-  """VLMConfig for an HF `LlavaConfig`. `overrides`: radjax runtime fields (dtype,
-  scan_layers, attention_impl, remat_policy) go to every tower; VLMConfig fields
-  (freeze_vision, ...) to the VLM."""
+  """VLMConfig for an HF `LlavaConfig`; `overrides` replace VLMConfig fields."""
   layer = hf.vision_feature_layer
   if not isinstance(layer, int):
     raise UnsupportedConfig(f'HF config field vision_feature_layer={layer!r} is not supported '
@@ -61,14 +59,14 @@ def vlm_config_from_hf(hf, **overrides) -> vlm.VLMConfig:
                             " is not supported (radjax's mlp projector uses exact 'gelu')")
   if not getattr(hf, 'multimodal_projector_bias', True):
     raise UnsupportedConfig('HF config field multimodal_projector_bias=False is not supported')
-  runtime = {k: overrides.pop(k) for k in factory.RUNTIME_FIELDS if k in overrides}
   vision = vit_convert.vit_config_from_hf(
       hf.vision_config, select_layer=layer,
-      keep_class_token=variant == 'clip_vision_model' and strategy == 'full', **runtime)
-  llm = hf_config.llm_config_from_hf(hf.text_config, **runtime)
+      keep_class_token=variant == 'clip_vision_model' and strategy == 'full')
+  llm = hf_config.llm_config_from_hf(hf.text_config)
   if getattr(hf, 'tie_word_embeddings', False):
     llm = dataclasses.replace(llm, tie_embeddings=True)
-  proj = projector_lib.ProjectorConfig(kind='mlp', out_dim=llm.embed_dim, dtype=llm.dtype)
+  proj = projector_lib.ProjectorConfig(kind='mlp', in_dim=vision.embed_dim,
+                                       out_dim=llm.embed_dim)
   cfg = vlm.VLMConfig(vision=vision, projector=proj, llm=llm, image_token_id=hf.image_token_id)
   return dataclasses.replace(cfg, **overrides)
 
@@ -79,7 +77,7 @@ def hf_config_from_vlm(cfg: vlm.VLMConfig, text_family: str, max_position_embedd
   generation reads them) and the Llava config; everything else to the Llava config."""
   import transformers
   if cfg.projector.kind != 'mlp':
-    raise UnsupportedConfig(f'ProjectorConfig field kind={cfg.projector.kind!r} has no Llava '
+    raise UnsupportedConfig(f'config.model.projector.kind={cfg.projector.kind!r} has no Llava '
                             "equivalent (Llava's projector is 'mlp')")
   tokens = {k: extra[k] for k in _TOKEN_FIELDS if k in extra}
   text = hf_config.hf_config_from_llm(cfg.llm, text_family, max_position_embeddings,
@@ -153,16 +151,16 @@ def tower_state_dict(hf, state_dict: dict, tower: str):
 
 
 @functools.lru_cache(maxsize=16)
-def projector_shapes(cfg: projector_lib.ProjectorConfig, in_dim: int) -> dict:
-  init = lambda: projector_lib.make_projector(cfg).init(jax.random.PRNGKey(0),
-                                                        jnp.zeros((1, 1, in_dim)))
+def projector_shapes(cfg: projector_lib.ProjectorConfig) -> dict:
+  init = lambda: registry.module('projector', cfg).init(jax.random.PRNGKey(0),
+                                                        jnp.zeros((1, 1, cfg.in_dim)))
   tree = nn.meta.unbox(jax.eval_shape(init))['params']
   return {p: tuple(s.shape) for p, s in common.flatten(tree).items()}
 
 
-def _check_projector(cfg: vlm.VLMConfig) -> None:
-  if cfg.projector.kind != 'mlp':
-    raise ConversionError(f'projector kind {cfg.projector.kind!r} has no Llava tensors')
+def _check_projector(cfg) -> None:
+  if cfg.kind != 'mlp':
+    raise ConversionError(f'projector kind {cfg.kind!r} has no Llava tensors')
 
 
 def _text_error(e: ConversionError, family: str) -> ConversionError:
@@ -171,21 +169,21 @@ def _text_error(e: ConversionError, family: str) -> ConversionError:
                          f'{base}* is language_model.model.* and {head} is lm_head.weight)')
 
 
-def projector_params_from_hf(state_dict: dict, cfg: vlm.VLMConfig) -> dict:
+def projector_params_from_hf(state_dict: dict, cfg: projector_lib.ProjectorConfig,
+                             text_family: str) -> dict:
   """Only the projector of an HF Llava state dict (e.g. stage-1 weights for stage 2)."""
   _check_projector(cfg)
-  _, proj, _ = _split(state_dict, hf_config.export_family(cfg.llm))
+  _, proj, _ = _split(state_dict, text_family)
   return common.unflatten(common.to_ours(proj, PROJECTOR_RULES, _PROJECTOR_TRANSFORMS,
-                                         projector_shapes(cfg.projector, cfg.vision.embed_dim),
-                                         0, False))
+                                         projector_shapes(cfg), 0, False))
 
 
 def params_from_hf(state_dict: dict, cfg: vlm.VLMConfig, scan: bool) -> dict:
   """HF Llava state dict (any of the layouts above) -> radjax f32 VLM params tree."""
-  _check_projector(cfg)
+  _check_projector(cfg.projector)
   family = hf_config.export_family(cfg.llm)
   vision, proj, text = _split(state_dict, family)
-  projector = projector_params_from_hf(proj, cfg)
+  projector = projector_params_from_hf(proj, cfg.projector, family)
   try:
     llm_params = llm_families.params_from_hf(text, cfg.llm, scan)
   except ConversionError as e:
@@ -200,7 +198,7 @@ def hf_from_params(params: dict, cfg: vlm.VLMConfig) -> dict:
   if set(params) == {'params'}:
     params = params['params']
   params = nn.meta.unbox(params)
-  _check_projector(cfg)
+  _check_projector(cfg.projector)
   family = hf_config.export_family(cfg.llm)
   base, head = _TEXT_NAMES[family]
   missing = sorted({'vision', 'projector', 'llm'} - set(params))
@@ -209,7 +207,7 @@ def hf_from_params(params: dict, cfg: vlm.VLMConfig) -> dict:
   out = vit_convert.hf_from_params(params['vision'], cfg.vision, prefix=VISION_PREFIX)
   out.update(common.to_hf(common.flatten(params['projector']), PROJECTOR_RULES,
                           _PROJECTOR_TRANSFORMS,
-                          projector_shapes(cfg.projector, cfg.vision.embed_dim), 0))
+                          projector_shapes(cfg.projector), 0))
   try:
     text = llm_families.hf_from_params(params['llm'], cfg.llm)
   except ConversionError as e:

@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 
 from radjax.convert import common
-from radjax.convert.common import Rule, Stack
+from radjax.convert.common import Rule
 from radjax.convert.hf_config import UnsupportedConfig
 from radjax.models import vit
+from radjax.models.runtime import Runtime
 
 PREFIX = 'vision_model.'
 # HF model_type -> (our variant, the only hidden_act our blocks compute for it)
@@ -61,7 +62,7 @@ CONV = common.Transform(lambda w: w.transpose(2, 3, 1, 0), lambda k: k.transpose
 
 def vit_config_from_hf(hf, **overrides) -> vit.ViTConfig:
   """ViTConfig for an HF CLIP/SigLIP vision config; `overrides` set the fields HF does not
-  have (select_layer, keep_class_token, dtype, scan_layers, ...)."""
+  have (select_layer, keep_class_token)."""
   model_type = getattr(hf, 'model_type', None)
   if model_type not in _VARIANTS:
     raise UnsupportedConfig(f'HF config field model_type={model_type!r} is not supported; '
@@ -109,17 +110,11 @@ def _transforms(cfg: vit.ViTConfig) -> dict:
           'o': common.linear_in_heads(h, d)}
 
 
-def _stacks(cfg: vit.ViTConfig) -> tuple:
-  run = cfg.layers_run
-  return (Stack('layers', run), Stack('layers_unused', cfg.num_layers - run, hf_start=run))
-
-
 @functools.lru_cache(maxsize=16)
 def param_shapes(cfg: vit.ViTConfig, scan: bool) -> dict:
   """Flat {path: shape} of `ViT(cfg)` params in the given layout (nothing allocated)."""
-  cfg = dataclasses.replace(cfg, scan_layers=scan)
   images = jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels))
-  init = lambda: vit.ViT(cfg).init(jax.random.PRNGKey(0), images)
+  init = lambda: vit.ViT(cfg, Runtime(scan_layers=scan)).init(jax.random.PRNGKey(0), images)
   tree = nn.meta.unbox(jax.eval_shape(init))['params']
   return {p: tuple(s.shape) for p, s in common.flatten(tree).items()}
 
@@ -142,8 +137,7 @@ def params_from_hf(state_dict: dict, cfg: vit.ViTConfig, scan: bool,
   rules = [dataclasses.replace(r, hf=prefix + r.hf) for r in _rules(cfg)]
   flat = common.to_ours(_with_prefix(state_dict, prefix), rules, _transforms(cfg),
                         param_shapes(cfg, scan), cfg.num_layers, scan,
-                        ignore=f'^{re.escape(prefix)}({_IGNORED[cfg.variant]})$',
-                        stacks=_stacks(cfg))
+                        ignore=f'^{re.escape(prefix)}({_IGNORED[cfg.variant]})$')
   return common.unflatten(flat)
 
 
@@ -152,11 +146,9 @@ def hf_from_params(params: dict, cfg: vit.ViTConfig, prefix: str = PREFIX) -> di
   if set(params) == {'params'}:
     params = params['params']
   flat = common.flatten(nn.meta.unbox(params))
-  scan = any(p.startswith(common.SCANNED_PREFIX) or p.startswith('layers_unused/')
-             for p in flat)
+  scan = any(p.startswith(common.SCANNED_PREFIX) for p in flat)
   rules = [dataclasses.replace(r, hf=prefix + r.hf) for r in _rules(cfg)]
-  return common.to_hf(flat, rules, _transforms(cfg), param_shapes(cfg, scan), cfg.num_layers,
-                      stacks=_stacks(cfg))
+  return common.to_hf(flat, rules, _transforms(cfg), param_shapes(cfg, scan), cfg.num_layers)
 
 
 def vision_part(hf, state_dict: dict):

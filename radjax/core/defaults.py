@@ -28,10 +28,33 @@ DEFAULT_RULES = (
 )
 
 
+def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
+  """`get_config(arg)` arguments: comma-separated `key=value` pairs, e.g.
+  `--config configs/demo.py:task=lm,size=tiny`. Only keys given defaults here are
+  accepted; values take the default's type."""
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (a.strip() for a in (arg or '').split(','))):
+    key, sep, value = item.partition('=')
+    if not sep or key not in defaults:
+      raise ValueError(f'config argument {item!r}: expected key=value with key one of '
+                       f'{sorted(defaults)}')
+    default = defaults[key]
+    if isinstance(default, bool):
+      if value.lower() not in ('true', 'false', '1', '0'):
+        raise ValueError(f'config argument {key}={value!r} is not a boolean')
+      out[key] = value.lower() in ('true', '1')
+    else:
+      out[key] = type(default)(value)
+  return out
+
+
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   del arg
   c = ml_collections.ConfigDict()
   c.seed = 0  # seeds init, data order, dropout; a run is a function of it
+  # What is trained (radjax/tasks): 'vlm' (image(s) + text -> text) or 'lm' (text ->
+  # text with the decoder alone). A task names its batch, model, loss and evaluators.
+  c.task = 'vlm'
 
   # Device mesh: product must equal the device count; one entry may be -1 (the rest).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -47,8 +70,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.builder_kwargs = ml_collections.ConfigDict()
   c.data.tokenizer = ''  # tokenizer.json path; default: <data.dir>/tokenizer.json
   c.data.train_split = 'train'
-  c.data.eval_split = 'val'
-  c.data.task = 'report_generation'  # template in radjax/data/templates.py
+  c.data.template = 'report_generation'  # Example -> prompt/target (radjax/data/templates.py)
   c.data.max_len = 256  # static sequence length (tokens, image placeholders included)
   c.data.max_images = 1  # static image slots per example
   c.data.image_mean = (0.48145466, 0.4578275, 0.40821073)  # CLIP; SigLIP uses 0.5
@@ -59,17 +81,25 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.worker_threads = 0  # Grain read threads (0: read in the main thread)
 
   # ---- model ------------------------------------------------------------------
+  # ---- how the model runs (nothing here changes what is exported) -------------
+  c.runtime = ml_collections.ConfigDict()
+  c.runtime.dtype = 'bfloat16'  # compute dtype; parameters stay float32
+  # 'cudnn' (flash attention, NVIDIA GPUs; checked when a run starts) | 'xla' | 'auto'
+  c.runtime.attention_impl = 'xla'
+  c.runtime.scan_layers = True  # layers under nn.scan (conversion reads both layouts)
+  # Rematerialisation per part, radjax/models/layers.py REMAT_POLICIES.
+  c.runtime.remat = ml_collections.ConfigDict(dict(vision='none', projector='none',
+                                                   llm='none'))
+
+  # ---- model: parts chosen by kind (radjax/models/registry.py) ------------------
   c.model = ml_collections.ConfigDict()
-  # 'vlm' (vision tower + projector + LLM; what training builds), 'llm' or 'vision'
-  # (a single tower, e.g. imported by `python -m radjax.convert from-hf`).
+  # 'vlm' (vision + projector + LLM), or one part alone: 'llm', 'vision', 'projector'
+  # (e.g. imported by `python -m radjax.convert from-hf`, or trained by task 'lm').
   c.model.kind = 'vlm'
-  c.model.dtype = 'bfloat16'  # compute dtype; parameters stay float32
-  c.model.attention_impl = 'xla'  # 'cudnn' (flash attention on GPU) | 'xla' | 'auto'
-  c.model.remat_policy = 'none'  # radjax/models/layers.py REMAT_POLICIES
-  c.model.scan_layers = True
-  c.model.image_token_id = 4  # the tokenizer's <image> id
+  c.model.image_token_id = -1  # -1: the tokenizer's <image>; a set id must agree with it
 
   c.model.vision = ml_collections.ConfigDict()
+  c.model.vision.kind = 'vit'  # 'vit': CLIP/SigLIP-style 2D ViT
   c.model.vision.variant = 'clip'  # 'clip' | 'siglip'
   c.model.vision.image_size = 224
   c.model.vision.patch_size = 14
@@ -79,17 +109,34 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.vision.mlp_dim = 4096
   c.model.vision.num_channels = 3
   c.model.vision.norm_eps = 1e-5
-  c.model.vision.select_layer = -2  # HF hidden_states index of the features (LLaVA: -2)
+  # HF hidden_states index of the features (LLaVA: -2); layers after it stay in the
+  # parameters and the export but never run.
+  c.model.vision.select_layer = -2
   c.model.vision.keep_class_token = False
   # Start from pretrained weights: an HF model directory (CLIP/SigLIP vision, or a
   # Llava whose tower is taken) or a radjax workdir. '' = random init.
   c.model.vision.init_from = ''
 
   c.model.projector = ml_collections.ConfigDict()
-  c.model.projector.kind = 'mlp'  # 'linear' | 'mlp'
-  c.model.projector.init_from = ''  # a VLM workdir or HF Llava directory (LLaVA stage 2)
+  c.model.projector.kind = 'mlp'  # 'linear' | 'mlp' | 'qformer' (BLIP-2, XrayGPT)
+  # Widths: 0 takes them from the towers (vision embed_dim -> llm embed_dim); a
+  # projector-only workdir records them.
+  c.model.projector.in_dim = 0
+  c.model.projector.out_dim = 0
+  # qformer only: learned queries, BERT-style layers, cross-attention every k layers.
+  c.model.projector.num_queries = 32
+  c.model.projector.hidden_dim = 768
+  c.model.projector.num_layers = 12
+  c.model.projector.num_heads = 12
+  c.model.projector.mlp_dim = 3072
+  c.model.projector.cross_attention_every = 2
+  c.model.projector.norm_eps = 1e-12
+  # A VLM workdir, an HF Llava directory (LLaVA stage 2) or, for 'qformer', a BLIP-2
+  # directory or a projector workdir.
+  c.model.projector.init_from = ''
 
   c.model.llm = ml_collections.ConfigDict()
+  c.model.llm.kind = 'decoder'  # LLaMA/Vicuna, Qwen2 and GPT-NeoX by the fields below
   c.model.llm.vocab_size = 32000
   c.model.llm.embed_dim = 2048
   c.model.llm.num_layers = 22
@@ -140,11 +187,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # ---- evaluation -------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()
   c.eval.split = 'val'
+  # Evaluators by name (radjax/eval/evaluators): () runs the task's own list
+  # ('vlm': loss, reports; 'lm': loss).
+  c.eval.evaluators = ()
   c.eval.batch_size = 8
   c.eval.num_loss_batches = 8  # val-loss batches (0: the whole split)
   c.eval.num_generate = 32  # held-out examples to generate reports for
   c.eval.max_new_tokens = 96
-  # Report decoding (radjax/eval/generate.py): 'greedy' | 'sample' | 'beam'. Greedy and
+  # Report decoding (radjax/eval/decoding/generate.py): 'greedy' | 'sample' | 'beam'. Greedy and
   # beam search reproduce HF transformers' generate(); 'sample' with temperature 0 is greedy.
   c.eval.decoding = 'greedy'
   c.eval.temperature = 1.0  # sample: logits / temperature, then top-k, then top-p

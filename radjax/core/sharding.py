@@ -10,7 +10,6 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
-BATCH_AXES = ('act_batch',)
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
@@ -74,16 +73,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def born_sharded(init_fn: Callable, mesh: Mesh, rules, *args):
-  """Runs `init_fn(*args)` under jit so each leaf is created directly in its shard.
-
-  Returns (state, shardings); the state never exists whole on one device.
-  """
+def born_sharded(init_fn: Callable, shardings, mesh: Mesh, rules, *args):
+  """Runs `init_fn(*args)` under jit with `out_shardings=shardings`, so each leaf is
+  created directly in its shard; the result never exists whole on one device."""
   with activation_rules(mesh, rules):
-    abstract = jax.eval_shape(init_fn, *args)
-    shardings = logical_shardings(abstract, mesh, rules)
-    state = jax.jit(init_fn, out_shardings=shardings)(*args)
-  return state, shardings
+    return jax.jit(init_fn, out_shardings=shardings)(*args)
 
 
 def warn_replicated(params, shardings, warn_mib: float) -> list[str]:

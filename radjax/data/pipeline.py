@@ -1,15 +1,10 @@
-"""The Grain pipeline: ArrayRecord shards -> shuffled, process-sharded, decoded,
-augmented, templated, tokenised, padded batches -> global jax.Arrays."""
-import dataclasses
+"""The Grain pipeline: ArrayRecord shards -> shuffled, process-sharded records ->
+a task's processor (radjax/data/processors.py) -> batches -> global jax.Arrays."""
 import glob
 import os
 
 import grain
 import jax
-import numpy as np
-
-from radjax.data import images as images_lib
-from radjax.data import schema, templates, tokens
 
 
 def split_files(data_dir: str, split: str) -> list[str]:
@@ -19,51 +14,7 @@ def split_files(data_dir: str, split: str) -> list[str]:
   return files
 
 
-@dataclasses.dataclass
-class ExampleProcessor:
-  """Record bytes -> arrays for the train/eval step (one Example at a time)."""
-  encoder: tokens.TurnEncoder
-  task: str
-  image_size: int
-  num_channels: int
-  max_images: int
-  max_len: int
-  mean: tuple
-  std: tuple
-  crop_scale: tuple = (0.8, 1.0)
-
-  def images(self, example: dict, rng) -> tuple[np.ndarray, np.ndarray]:
-    imgs = example['images']
-    if len(imgs) > self.max_images:
-      raise schema.SchemaError(f"record {example['id']!r}: images: {len(imgs)} images but "
-                               f'config.data.max_images={self.max_images}')
-    out = np.zeros((self.max_images, self.image_size, self.image_size, self.num_channels),
-                   np.float32)
-    for i, img in enumerate(imgs):
-      out[i] = images_lib.preprocess(img, size=self.image_size, num_channels=self.num_channels,
-                                     mean=self.mean, std=self.std, record_id=example['id'],
-                                     rng=rng, crop_scale=self.crop_scale)
-    mask = np.arange(self.max_images) < len(imgs)
-    return out, mask
-
-  def __call__(self, raw: bytes, rng: np.random.Generator | None) -> dict:
-    example = schema.decode(raw)
-    pixels, mask = self.images(example, rng)
-    instruction, target = templates.get_task(self.task)(example, rng)
-    arrays = self.encoder.training_arrays(instruction, target, int(mask.sum()), self.max_len,
-                                          example['id'])
-    return {**arrays, 'images': pixels, 'image_mask': mask}
-
-
-def make_processor(config, encoder: tokens.TurnEncoder) -> ExampleProcessor:
-  return ExampleProcessor(
-      encoder=encoder, task=config.data.task, image_size=config.model.vision.image_size,
-      num_channels=config.model.vision.num_channels, max_images=config.data.max_images,
-      max_len=config.data.max_len, mean=tuple(config.data.image_mean),
-      std=tuple(config.data.image_std), crop_scale=tuple(config.data.crop_scale))
-
-
-def train_dataset(config, processor: ExampleProcessor, split: str,
+def train_dataset(config, processor, split: str,
                   process_index: int | None = None, process_count: int | None = None
                   ) -> grain.MapDataset:
   """Infinite, reshuffled every epoch, this process's slice, per-process batches.
@@ -86,7 +37,7 @@ def train_dataset(config, processor: ExampleProcessor, split: str,
   return ds.batch(config.train.batch_size // process_count, drop_remainder=True)
 
 
-def eval_dataset(config, processor: ExampleProcessor, split: str, batch_size: int,
+def eval_dataset(config, processor, split: str, batch_size: int,
                  process_index: int | None = None, process_count: int | None = None
                  ) -> grain.MapDataset:
   """One ordered pass, no augmentation; the last partial batch is dropped."""

@@ -52,6 +52,16 @@ CHEXPERT_OBSERVATIONS = (
   "Support Devices",
 )
 
+# The embedded default's rendered findings and the CheXpert observation each one is
+# (data_prep/report_composer.py writes them; the report evaluator scores them).
+DEMO_FINDINGS = {
+  "cardiomegaly": "Cardiomegaly",
+  "pleural_effusion": "Pleural Effusion",
+  "pneumothorax": "Pneumothorax",
+  "nodule": "Lung Lesion",
+  "consolidation": "Consolidation",
+}
+
 # Top-level keys and the Python types a decoded record must have.
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
   "schema_version": (int,),

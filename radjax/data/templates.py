@@ -1,4 +1,4 @@
-"""Task templates: an Example becomes prompt segments and a target text.
+"""Templates: an Example becomes an instruction and a target text.
 
 The token layout of one turn (ids from the tokenizer's special tokens):
   <s> <|user|> <image>*N "\n" instruction <|end|> <|assistant|> target <|end|> </s>
@@ -37,12 +37,18 @@ def report_generation(example: dict, rng: np.random.Generator | None) -> tuple[s
   return REPORT_INSTRUCTIONS[i], report_text(example)
 
 
-TASKS = {'report_generation': report_generation}
+def report_only(example: dict, rng: np.random.Generator | None) -> tuple[str, str]:
+  """('', report text): plain text for a decoder trained on reports alone."""
+  del rng
+  return '', report_text(example)
+
+
+TEMPLATES = {'report_generation': report_generation, 'report_text': report_only}
 # The instruction used at evaluation and for generation from bare images.
-EVAL_INSTRUCTIONS = {'report_generation': REPORT_INSTRUCTIONS[0]}
+EVAL_INSTRUCTIONS = {'report_generation': REPORT_INSTRUCTIONS[0], 'report_text': ''}
 
 
-def get_task(name: str):
-  if name not in TASKS:
-    raise ValueError(f'config.data.task: {name!r} is not one of {sorted(TASKS)}')
-  return TASKS[name]
+def get_template(name: str):
+  if name not in TEMPLATES:
+    raise ValueError(f'config.data.template: {name!r} is not one of {sorted(TEMPLATES)}')
+  return TEMPLATES[name]

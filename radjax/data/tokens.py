@@ -1,14 +1,22 @@
 """Prompt/target -> fixed-length token arrays with a loss mask on the answer only."""
 import dataclasses
 import os
+from typing import Any
 
 import numpy as np
 from transformers import PreTrainedTokenizerFast
 
 from radjax.data import schema
 
-SPECIALS = {'pad': '<pad>', 'bos': '<s>', 'eos': '</s>', 'image': '<image>',
-            'user': '<|user|>', 'assistant': '<|assistant|>', 'end': '<|end|>'}
+# radjax's special tokens, the one list: tokenizers radjax trains give them ids 0-8 in
+# this order (data_prep/tokenizer.py); chat layouts and exports look them up by name.
+SPECIAL_TOKENS = ('<pad>', '<s>', '</s>', '<unk>', '<image>', '<|system|>', '<|user|>',
+                  '<|assistant|>', '<|end|>')
+SPECIALS = {'pad': '<pad>', 'bos': '<s>', 'eos': '</s>', 'unk': '<unk>', 'image': '<image>',
+            'system': '<|system|>', 'user': '<|user|>', 'assistant': '<|assistant|>',
+            'end': '<|end|>'}
+# What a chat layout (TurnEncoder) needs from a tokenizer.
+CHAT_SPECIALS = ('pad', 'bos', 'eos', 'image', 'user', 'assistant', 'end')
 
 # The TurnEncoder layout as a Jinja chat template, so an exported model's HF processor
 # builds the prompts the model was trained on: images first, then the instruction.
@@ -27,23 +35,43 @@ def tokenizer_path(config) -> str:
   return config.data.tokenizer or os.path.join(config.data.dir, 'tokenizer.json')
 
 
-def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
-  return PreTrainedTokenizerFast(tokenizer_file=path, bos_token='<s>', eos_token='</s>',
-                                 pad_token='<pad>', unk_token='<unk>')
+def load_tokenizer(path: str):
+  """The one way radjax opens a tokenizer: a `tokenizer.json` file, or a local HF
+  tokenizer directory (`tokenizer.json`, or a sentencepiece `tokenizer.model` as
+  LLaMA/Vicuna ship it). Never downloads; never runs remote code."""
+  if os.path.isdir(path):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'tokenizer {path!r} does not exist (config.data.tokenizer, or '
+                            'tokenizer.json in config.data.dir)')
+  tokenizer = PreTrainedTokenizerFast(tokenizer_file=path)
+  vocab = tokenizer.get_vocab()
+  # bos/eos/pad/unk by radjax's (and LLaMA's) names, where the vocabulary has them.
+  for attr, name in (('bos_token', 'bos'), ('eos_token', 'eos'), ('pad_token', 'pad'),
+                     ('unk_token', 'unk')):
+    if SPECIALS[name] in vocab:
+      setattr(tokenizer, attr, SPECIALS[name])
+  return tokenizer
+
+
+def special_ids(tokenizer) -> dict:
+  """{name: id} of radjax's specials that the tokenizer has."""
+  vocab = tokenizer.get_vocab()
+  return {k: vocab[t] for k, t in SPECIALS.items() if t in vocab}
 
 
 @dataclasses.dataclass
 class TurnEncoder:
   """Builds the chat layout of radjax/data/templates.py with static lengths."""
-  tokenizer: PreTrainedTokenizerFast
+  tokenizer: Any
   image_tokens: int  # placeholders per image (the vision tower's feature count)
 
   def __post_init__(self):
-    vocab = self.tokenizer.get_vocab()
-    missing = [t for t in SPECIALS.values() if t not in vocab]
+    self.ids = special_ids(self.tokenizer)
+    missing = [SPECIALS[k] for k in CHAT_SPECIALS if k not in self.ids]
     if missing:
       raise ValueError(f'tokenizer lacks special tokens {missing}')
-    self.ids = {k: vocab[t] for k, t in SPECIALS.items()}
 
   def text(self, s: str) -> list[int]:
     return self.tokenizer.encode(s, add_special_tokens=False)
@@ -84,3 +112,30 @@ class TurnEncoder:
         break
       out.append(int(t))
     return self.tokenizer.decode(out, skip_special_tokens=True).strip()
+
+
+@dataclasses.dataclass
+class TextEncoder:
+  """Plain text for a decoder alone: `bos text eos`, loss on every token after bos.
+  Works with any tokenizer that has an eos token (bos and pad where it has them)."""
+  tokenizer: Any
+
+  def __post_init__(self):
+    t = self.tokenizer
+    if t.eos_token_id is None:
+      raise ValueError('the tokenizer has no eos token; text training needs one')
+    self.bos = t.bos_token_id
+    self.eos = t.eos_token_id
+    self.pad = t.pad_token_id if t.pad_token_id is not None else t.eos_token_id
+
+  def training_arrays(self, text: str, max_len: int) -> dict:
+    ids = self.tokenizer.encode(text, add_special_tokens=False)
+    seq = ([self.bos] if self.bos is not None else []) + ids + [self.eos]
+    weights = [0] * (len(seq) - len(ids) - 1) + [1] * (len(ids) + 1)
+    truncated = len(seq) > max_len + 1
+    seq, weights = seq[:max_len + 1], weights[:max_len + 1]
+    pad = max_len + 1 - len(seq)
+    seq = np.asarray(seq + [self.pad] * pad, np.int32)
+    weights = np.asarray(weights + [0] * pad, np.float32)
+    return {'tokens': seq[:-1], 'targets': seq[1:], 'loss_mask': weights[1:],
+            'truncated': np.int32(truncated)}

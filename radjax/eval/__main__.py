@@ -16,9 +16,9 @@ import argparse
 import json
 import sys
 
-from radjax.eval import scoring
-from radjax.eval.jsonl import InputError, read_jsonl
-from radjax.eval.labeler import label_report
+from radjax.eval.metrics import scoring
+from radjax.eval.metrics.jsonl import InputError, read_jsonl
+from radjax.eval.metrics.labeler import label_report
 
 
 def cmd_label(args) -> None:
@@ -53,7 +53,7 @@ def cmd_score(args) -> None:
   rows = read_jsonl(args.predictions, ("id", "generated", "reference"), _check_references)
   radgraph = None
   if args.radgraph:
-    from radjax.eval import radgraph as radgraph_lib
+    from radjax.eval.metrics import radgraph as radgraph_lib
     try:
       radgraph = radgraph_lib.read_annotations(args.radgraph)
     except ValueError as e:

@@ -1,57 +1,116 @@
-"""Turns the `config.model` section into frozen model dataclasses (derived once)."""
+"""`config.model` and `config.runtime` -> the frozen dataclasses model code takes.
+
+Model code never reads the config; this is the one place that does. Architecture
+(what is exported) comes from `config.model.<part>`, how it runs from `config.runtime`.
+"""
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 
-from radjax.models import llm, projector, vit, vlm
+from radjax.models import registry, vlm
+from radjax.models.runtime import ATTENTION_IMPLS, DTYPES, Runtime
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-ATTENTION_IMPLS = {'xla': 'xla', 'cudnn': 'cudnn', 'auto': None}
+PARTS = tuple(registry.PARTS)
 
 
-def _common(model_cfg) -> dict:
-  if model_cfg.dtype not in DTYPES:
-    raise ValueError(f'config.model.dtype: {model_cfg.dtype!r} not in {sorted(DTYPES)}')
-  if model_cfg.attention_impl not in ATTENTION_IMPLS:
-    raise ValueError(f'config.model.attention_impl: {model_cfg.attention_impl!r} not in '
+def runtime(config, part: str, frozen: bool = False) -> Runtime:
+  r = config.runtime
+  if r.dtype not in DTYPES:
+    raise ValueError(f'config.runtime.dtype: {r.dtype!r} not in {sorted(DTYPES)}')
+  if r.attention_impl not in ATTENTION_IMPLS:
+    raise ValueError(f'config.runtime.attention_impl: {r.attention_impl!r} not in '
                      f'{sorted(ATTENTION_IMPLS)}')
-  if model_cfg.attention_impl == 'cudnn' and jax.default_backend() != 'gpu':
-    raise ValueError("config.model.attention_impl='cudnn' needs an NVIDIA GPU; use 'xla' on "
-                     f'{jax.default_backend()}')
-  return dict(dtype=DTYPES[model_cfg.dtype],
-              attention_impl=ATTENTION_IMPLS[model_cfg.attention_impl],
-              remat_policy=model_cfg.remat_policy, scan_layers=model_cfg.scan_layers)
+  if part not in r.remat:
+    raise ValueError(f'config.runtime.remat has no entry for {part!r}')
+  return Runtime(dtype=DTYPES[r.dtype], attention_impl=ATTENTION_IMPLS[r.attention_impl],
+                 remat_policy=r.remat[part], scan_layers=r.scan_layers, frozen=frozen)
 
 
-def llm_config(model_cfg) -> llm.LLMConfig:
-  kw = dict(model_cfg.llm.to_dict())
-  kw.pop('init_from', None)
-  kw['head_dim'] = kw.get('head_dim') or None
-  return llm.LLMConfig(**kw, **_common(model_cfg))
+def vlm_runtime(config, frozen: tuple[str, ...] = ()) -> vlm.VLMRuntime:
+  return vlm.VLMRuntime(**{p: runtime(config, p, p in frozen) for p in PARTS})
 
 
-def vit_config(model_cfg) -> vit.ViTConfig:
-  kw = dict(model_cfg.vision.to_dict())
-  kw.pop('init_from', None)
-  return vit.ViTConfig(**kw, **_common(model_cfg))
+def check_backend(config) -> None:
+  """Run-start check (not at config read, so a GPU workdir still exports on a CPU)."""
+  if config.runtime.attention_impl == 'cudnn' and jax.default_backend() != 'gpu':
+    raise ValueError("config.runtime.attention_impl='cudnn' needs an NVIDIA GPU; use 'xla' "
+                     f'on {jax.default_backend()}')
 
 
-def vlm_config(model_cfg, freeze_vision: bool = False) -> vlm.VLMConfig:
-  lm = llm_config(model_cfg)
-  proj = projector.ProjectorConfig(kind=model_cfg.projector.kind, out_dim=lm.embed_dim,
-                                   dtype=lm.dtype)
-  return vlm.VLMConfig(vision=vit_config(model_cfg), projector=proj, llm=lm,
-                       image_token_id=model_cfg.image_token_id, freeze_vision=freeze_vision)
+def part_config(model_cfg, part: str, **derived):
+  """The architecture dataclass of `config.model.<part>` (its `kind` picks the class).
+
+  `derived` fills widths the composition knows (a projector's in/out dims); a nonzero
+  value in the section that disagrees is an error naming the key.
+  """
+  section = model_cfg[part]
+  cls = registry.kind(part, section.kind).config
+  kw = {}
+  for f in dataclasses.fields(cls):
+    if not f.init or f.name not in section:
+      continue
+    kw[f.name] = section[f.name]
+  if 'head_dim' in kw:
+    kw['head_dim'] = kw['head_dim'] or None
+  for name, value in derived.items():
+    given = kw.get(name)
+    if given and given != value:
+      raise ValueError(f'config.model.{part}.{name}={given} but the model needs {value}')
+    kw[name] = value
+  missing = [f.name for f in dataclasses.fields(cls)
+             if f.init and f.default is dataclasses.MISSING and f.name not in kw]
+  if missing:
+    raise ValueError(f'config.model.{part}: kind {section.kind!r} needs {missing}')
+  return cls(**kw)
 
 
-# Fields of the model dataclasses that come from config.model itself, not its towers.
-RUNTIME_FIELDS = ('dtype', 'attention_impl', 'remat_policy', 'scan_layers')
-
-
-def tower_fields(cfg) -> dict:
-  """An LLMConfig / ViTConfig as `config.model.llm|vision` values (inverse of above)."""
-  out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS}
+def part_fields(cfg) -> dict:
+  """A part's dataclass as `config.model.<part>` values (inverse of part_config)."""
+  out = dataclasses.asdict(cfg)
+  out['kind'] = cfg.kind
   if 'head_dim' in out:
     out['head_dim'] = out['head_dim'] or 0
   return out
+
+
+def llm_config(model_cfg):
+  return part_config(model_cfg, 'llm')
+
+
+def vision_config(model_cfg):
+  return part_config(model_cfg, 'vision')
+
+
+def projector_config(model_cfg, in_dim: int | None = None, out_dim: int | None = None):
+  derived = {k: v for k, v in (('in_dim', in_dim), ('out_dim', out_dim)) if v is not None}
+  return part_config(model_cfg, 'projector', **derived)
+
+
+def vlm_config(model_cfg, image_token_id: int | None = None) -> vlm.VLMConfig:
+  """`image_token_id` (the tokenizer's <image>) is used where config.model.image_token_id
+  is -1; a set id must agree with it."""
+  vision, lm = vision_config(model_cfg), llm_config(model_cfg)
+  token = model_cfg.image_token_id
+  if token < 0:
+    if image_token_id is None:
+      raise ValueError('config.model.image_token_id is -1 (the tokenizer\'s <image>) and no '
+                       'tokenizer was found')
+    token = image_token_id
+  elif image_token_id is not None and image_token_id != token:
+    raise ValueError(f'config.model.image_token_id={token} but the tokenizer has <image> = '
+                     f'{image_token_id}')
+  return vlm.VLMConfig(vision=vision,
+                       projector=projector_config(model_cfg, vision.embed_dim, lm.embed_dim),
+                       llm=lm, image_token_id=token)
+
+
+def parts_of(model_cfg) -> dict:
+  """{part: architecture dataclass} of the parts `config.model.kind` composes."""
+  if model_cfg.kind == 'vlm':
+    vision, lm = vision_config(model_cfg), llm_config(model_cfg)
+    return {'vision': vision, 'llm': lm,
+            'projector': projector_config(model_cfg, vision.embed_dim, lm.embed_dim)}
+  if model_cfg.kind not in PARTS:
+    raise ValueError(f'config.model.kind={model_cfg.kind!r} is not one of vlm, '
+                     f'{", ".join(PARTS)}')
+  return {model_cfg.kind: part_config(model_cfg, model_cfg.kind)}

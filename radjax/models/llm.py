@@ -5,13 +5,14 @@ HF conventions are kept inside the model (rotate-half RoPE, separate q/k/v,
 norm eps, tied or untied head) so HF conversion is reshapes and transposes.
 """
 import dataclasses
-from typing import Any, Optional
+from typing import ClassVar, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from radjax.models import layers
+from radjax.models.runtime import Runtime
 
 BATCH_LEN_EMBED = ('act_batch', 'act_len', 'act_embed')
 NORMS = {'rms': layers.RMSNorm, 'layer': layers.LayerNorm}
@@ -31,15 +32,12 @@ class LLMConfig:
   qkv_bias: bool = False  # True for Qwen2
   tie_embeddings: bool = False
   activation: str = 'silu'
-  dtype: Any = jnp.bfloat16
-  attention_impl: Optional[str] = None  # 'cudnn' | 'xla' | None
-  remat_policy: str = 'none'
-  scan_layers: bool = True
   norm: str = 'rms'  # 'rms' (RMSNorm) | 'layer' (LayerNorm with bias, GPT-NeoX)
   mlp: str = 'gated'  # 'gated' (act(gate) * up -> down) | 'plain' (up -> act -> down)
   linear_bias: bool = False  # bias on o and the MLP linears (q/k/v follow qkv_bias)
   parallel_residual: bool = False  # x + attn(attn_norm(x)) + mlp(mlp_norm(x))
   rotary_pct: float = 1.0  # RoPE on the first int(head_dim * rotary_pct) dims of a head
+  kind: ClassVar[str] = 'decoder'
 
   @property
   def dim_per_head(self) -> int:
@@ -66,31 +64,31 @@ class LLMConfig:
                        f'{self.dim_per_head} -> {self.rotary_dim})')
 
 
-def init_cache(cfg: LLMConfig, batch: int, max_len: int, dtype=None) -> dict:
+def init_cache(cfg: LLMConfig, batch: int, max_len: int, dtype) -> dict:
   """Zeroed KV cache [layers, batch, max_len, kv_heads, head_dim] for k and v."""
   shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.dim_per_head)
-  dtype = dtype or cfg.dtype
   return {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
 
 
 class Attention(nn.Module):
   cfg: LLMConfig
+  rt: Runtime = Runtime()
 
   @nn.compact
   def __call__(self, x, positions, layer_cache, cache_index, mask):
     cfg = self.cfg
     hd = cfg.dim_per_head
     q = layers.Dense((cfg.num_heads, hd), ('embed', 'heads', 'kv'), cfg.qkv_bias,
-                     cfg.dtype, name='q')(x)
+                     self.rt.dtype, name='q')(x)
     k = layers.Dense((cfg.num_kv_heads, hd), ('embed', 'kv_heads', 'kv'), cfg.qkv_bias,
-                     cfg.dtype, name='k')(x)
+                     self.rt.dtype, name='k')(x)
     v = layers.Dense((cfg.num_kv_heads, hd), ('embed', 'kv_heads', 'kv'), cfg.qkv_bias,
-                     cfg.dtype, name='v')(x)
+                     self.rt.dtype, name='v')(x)
     q = layers.constrain(q, ('act_batch', 'act_len', 'act_heads', 'act_kv'))
     q = layers.rope(q, positions, cfg.rope_theta, cfg.rotary_dim)
     k = layers.rope(k, positions, cfg.rope_theta, cfg.rotary_dim)
     if layer_cache is None:
-      out = layers.attention(q, k, v, is_causal=True, implementation=cfg.attention_impl)
+      out = layers.attention(q, k, v, is_causal=True, implementation=self.rt.attention_impl)
       new_cache = None
     else:
       ck = jax.lax.dynamic_update_slice_in_dim(layer_cache['k'], k.astype(
@@ -98,51 +96,54 @@ class Attention(nn.Module):
       cv = jax.lax.dynamic_update_slice_in_dim(layer_cache['v'], v.astype(
           layer_cache['v'].dtype), cache_index, axis=1)
       new_cache = {'k': ck, 'v': cv}
-      out = layers.attention(q, ck.astype(cfg.dtype), cv.astype(cfg.dtype), mask=mask,
-                             implementation=cfg.attention_impl)
+      out = layers.attention(q, ck.astype(self.rt.dtype), cv.astype(self.rt.dtype), mask=mask,
+                             implementation=self.rt.attention_impl)
     out = layers.DenseOut(cfg.embed_dim, ('heads', 'kv', 'embed'), 2, cfg.linear_bias,
-                          cfg.dtype, name='o')(out)
+                          self.rt.dtype, name='o')(out)
     return out, new_cache
 
 
 class Mlp(nn.Module):
   """Gated MLP (SwiGLU for silu) or plain up -> act -> down (GPT-NeoX)."""
   cfg: LLMConfig
+  rt: Runtime = Runtime()
 
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
     act = layers.ACTIVATIONS[cfg.activation]
     dense = lambda name: layers.Dense((cfg.mlp_dim,), ('embed', 'mlp'), cfg.linear_bias,
-                                      cfg.dtype, name=name)(x)
+                                      self.rt.dtype, name=name)(x)
     if cfg.mlp == 'gated':
       gate = dense('gate')
       h = act(gate) * dense('up')
     else:
       h = act(dense('up'))
     h = layers.constrain(h, ('act_batch', 'act_len', 'act_mlp'))
-    return layers.DenseOut(cfg.embed_dim, ('mlp', 'embed'), 1, cfg.linear_bias, cfg.dtype,
+    return layers.DenseOut(cfg.embed_dim, ('mlp', 'embed'), 1, cfg.linear_bias, self.rt.dtype,
                            name='down')(h)
 
 
 class DecoderBlock(nn.Module):
   cfg: LLMConfig
+  rt: Runtime = Runtime()
 
   @nn.compact
   def __call__(self, x, layer_cache, positions, cache_index, mask):
     cfg = self.cfg
     norm = NORMS[cfg.norm]
     x = layers.constrain(x, BATCH_LEN_EMBED)
-    h = norm(cfg.norm_eps, cfg.dtype, name='attn_norm')(x)
-    attn, new_cache = Attention(cfg, name='attn')(h, positions, layer_cache, cache_index, mask)
+    h = norm(cfg.norm_eps, self.rt.dtype, name='attn_norm')(x)
+    attn, new_cache = Attention(cfg, self.rt, name='attn')(h, positions, layer_cache,
+                                                          cache_index, mask)
     if cfg.parallel_residual:
-      h = norm(cfg.norm_eps, cfg.dtype, name='mlp_norm')(x)
+      h = norm(cfg.norm_eps, self.rt.dtype, name='mlp_norm')(x)
       # HF GPT-NeoX sums mlp + attn first, then adds the residual.
-      x = (Mlp(cfg, name='mlp')(h) + attn) + x
+      x = (Mlp(cfg, self.rt, name='mlp')(h) + attn) + x
     else:
       x = x + attn
-      h = norm(cfg.norm_eps, cfg.dtype, name='mlp_norm')(x)
-      x = x + Mlp(cfg, name='mlp')(h)
+      h = norm(cfg.norm_eps, self.rt.dtype, name='mlp_norm')(x)
+      x = x + Mlp(cfg, self.rt, name='mlp')(h)
     return layers.constrain(x, BATCH_LEN_EMBED), new_cache
 
 
@@ -150,25 +151,31 @@ class Decoder(nn.Module):
   """Token embeddings in, logits out. `__call__` accepts ready embeddings so a VLM
   can splice image features in before the first layer."""
   cfg: LLMConfig
+  rt: Runtime = Runtime()
 
   def setup(self):
     cfg = self.cfg
     self.embedder = nn.Embed(
-        cfg.vocab_size, cfg.embed_dim, dtype=cfg.dtype, param_dtype=jnp.float32,
+        cfg.vocab_size, cfg.embed_dim, dtype=self.rt.dtype, param_dtype=jnp.float32,
         embedding_init=layers.param_init(layers.default_init, ('vocab', 'embed')))
     block = layers.stack_layers(DecoderBlock, num_layers=cfg.num_layers,
-                                remat_policy=cfg.remat_policy, scan=cfg.scan_layers,
+                                remat_policy=self.rt.remat_policy, scan=self.rt.scan_layers,
                                 in_axes=(nn.broadcast, nn.broadcast, nn.broadcast))
-    if cfg.scan_layers:
-      self.layers = block(cfg, name='layers')
+    if self.rt.scan_layers:
+      self.layers = block(cfg, self.rt, name='layers')
     else:
-      self.layers = [block(cfg, name=f'layers_{i}') for i in range(cfg.num_layers)]
-    self.final_norm = NORMS[cfg.norm](cfg.norm_eps, cfg.dtype)
+      self.layers = [block(cfg, self.rt, name=f'layers_{i}') for i in range(cfg.num_layers)]
+    self.final_norm = NORMS[cfg.norm](cfg.norm_eps, self.rt.dtype)
     if not cfg.tie_embeddings:
-      self.lm_head = layers.Dense((cfg.vocab_size,), ('embed', 'vocab'), dtype=cfg.dtype)
+      self.lm_head = layers.Dense((cfg.vocab_size,), ('embed', 'vocab'), dtype=self.rt.dtype)
 
   def embed(self, tokens):
     return self.embedder(tokens)
+
+  def logits(self, tokens):
+    """tokens [B, T] -> (logits, aux): the causal forward of text alone."""
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    return self(self.embed(tokens), positions)
 
   def decode_step(self, tokens, positions, cache, cache_index, key_mask):
     """Tokens in (a prompt chunk or one new token per row) with the KV cache; the
@@ -186,11 +193,11 @@ class Decoder(nn.Module):
     cfg = self.cfg
     if self.is_initializing():
       self.embedder(jnp.zeros((1, 1), jnp.int32))  # create the table when init skips embed()
-    x = layers.constrain(embeds.astype(cfg.dtype), BATCH_LEN_EMBED)
+    x = layers.constrain(embeds.astype(self.rt.dtype), BATCH_LEN_EMBED)
     mask = None
     if cache is not None:
       mask = decode_mask(key_mask, cache_index, embeds.shape[1])
-    if cfg.scan_layers:
+    if self.rt.scan_layers:
       x, new_cache = self.layers(x, cache, positions, cache_index, mask)
     else:
       per_layer = []

@@ -1,48 +1,48 @@
-"""Projectors from vision features to the LLM's embedding width."""
+"""Linear and MLP projectors from vision features to the LLM's embedding width
+(the Q-Former projector is in qformer.py)."""
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from radjax.models import layers
+from radjax.models.runtime import Runtime
+
+KINDS = ('linear', 'mlp')
 
 
 @dataclasses.dataclass(frozen=True)
 class ProjectorConfig:
   kind: str  # 'linear' | 'mlp' (LLaVA's mlp2x_gelu)
-  out_dim: int
-  dtype: Any = jnp.bfloat16
+  in_dim: int  # vision feature width
+  out_dim: int  # LLM embedding width
 
   def __post_init__(self):
-    if self.kind not in PROJECTORS:
-      raise ValueError(f'config.model.projector.kind: {self.kind!r} is not one of '
-                       f'{sorted(PROJECTORS)}')
+    if self.kind not in KINDS:
+      raise ValueError(f'config.model.projector.kind: {self.kind!r} is not one of {KINDS}')
+
+  def num_tokens(self, vision_tokens: int) -> int:
+    """Tokens per image handed to the LLM."""
+    return vision_tokens
 
 
 class LinearProjector(nn.Module):
   cfg: ProjectorConfig
+  rt: Runtime = Runtime()
 
   @nn.compact
   def __call__(self, x):
-    return layers.Dense((self.cfg.out_dim,), ('vision_embed', 'embed'), True, self.cfg.dtype,
+    return layers.Dense((self.cfg.out_dim,), ('vision_embed', 'embed'), True, self.rt.dtype,
                         name='fc')(x)
 
 
 class MlpProjector(nn.Module):
   """Linear -> GELU -> Linear, the LLaVA-1.5 / RadVLM projector."""
   cfg: ProjectorConfig
+  rt: Runtime = Runtime()
 
   @nn.compact
   def __call__(self, x):
-    cfg = self.cfg
-    h = layers.Dense((cfg.out_dim,), ('vision_embed', 'mlp'), True, cfg.dtype, name='fc1')(x)
+    cfg, dtype = self.cfg, self.rt.dtype
+    h = layers.Dense((cfg.out_dim,), ('vision_embed', 'mlp'), True, dtype, name='fc1')(x)
     h = layers.ACTIVATIONS['gelu'](h)
-    return layers.DenseOut(cfg.out_dim, ('mlp', 'embed'), 1, True, cfg.dtype, name='fc2')(h)
-
-
-PROJECTORS = {'linear': LinearProjector, 'mlp': MlpProjector}
-
-
-def make_projector(cfg: ProjectorConfig, name: str = 'projector') -> nn.Module:
-  return PROJECTORS[cfg.kind](cfg, name=name)
+    return layers.DenseOut(cfg.out_dim, ('mlp', 'embed'), 1, True, dtype, name='fc2')(h)

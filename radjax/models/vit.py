@@ -5,12 +5,14 @@ Parameter structure mirrors HF `CLIPVisionModel` / `SiglipVisionModel` one to on
 with bias, fc1/fc2, post-norm), so conversion is transposes and reshapes.
 """
 import dataclasses
-from typing import Any, Optional
+from typing import ClassVar
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from radjax.models import layers
+from radjax.models.runtime import Runtime
 
 TOKENS = ('act_batch', 'act_len', 'act_embed')
 
@@ -27,14 +29,11 @@ class ViTConfig:
   num_channels: int = 3
   norm_eps: float = 1e-5
   # Which hidden state feeds the projector, HF `hidden_states` indexing: -1 is the
-  # last layer's output, -2 the penultimate (LLaVA's choice). Layers after it are
-  # kept as parameters (for export) but never run.
+  # last layer's output, -2 the penultimate (LLaVA's choice). A forward-time choice:
+  # every layer stays in the parameters (and the export); those after it never run.
   select_layer: int = -1
   keep_class_token: bool = False  # CLIP only: LLaVA's 'default' strategy drops it
-  dtype: Any = jnp.bfloat16
-  attention_impl: Optional[str] = None
-  remat_policy: str = 'none'
-  scan_layers: bool = True
+  kind: ClassVar[str] = 'vit'
 
   def __post_init__(self):
     if self.variant not in ('clip', 'siglip'):
@@ -63,56 +62,65 @@ class ViTConfig:
 
 class EncoderBlock(nn.Module):
   cfg: ViTConfig
+  rt: Runtime = Runtime()
 
   @nn.compact
   def __call__(self, x, _):
-    cfg = self.cfg
+    cfg, dtype = self.cfg, self.rt.dtype
     hd = cfg.embed_dim // cfg.num_heads
     x = layers.constrain(x, TOKENS)
-    h = layers.LayerNorm(cfg.norm_eps, cfg.dtype, name='norm1')(x)
-    q = layers.Dense((cfg.num_heads, hd), ('embed', 'heads', 'kv'), True, cfg.dtype, name='q')(h)
-    k = layers.Dense((cfg.num_heads, hd), ('embed', 'heads', 'kv'), True, cfg.dtype, name='k')(h)
-    v = layers.Dense((cfg.num_heads, hd), ('embed', 'heads', 'kv'), True, cfg.dtype, name='v')(h)
-    h = layers.attention(q, k, v, implementation=cfg.attention_impl)
-    x = x + layers.DenseOut(cfg.embed_dim, ('heads', 'kv', 'embed'), 2, True, cfg.dtype,
-                            name='o')(h)
-    h = layers.LayerNorm(cfg.norm_eps, cfg.dtype, name='norm2')(x)
-    h = layers.Dense((cfg.mlp_dim,), ('embed', 'mlp'), True, cfg.dtype, name='fc1')(h)
+    h = layers.LayerNorm(cfg.norm_eps, dtype, name='norm1')(x)
+    q = layers.Dense((cfg.num_heads, hd), ('embed', 'heads', 'kv'), True, dtype, name='q')(h)
+    k = layers.Dense((cfg.num_heads, hd), ('embed', 'heads', 'kv'), True, dtype, name='k')(h)
+    v = layers.Dense((cfg.num_heads, hd), ('embed', 'heads', 'kv'), True, dtype, name='v')(h)
+    h = layers.attention(q, k, v, implementation=self.rt.attention_impl)
+    x = x + layers.DenseOut(cfg.embed_dim, ('heads', 'kv', 'embed'), 2, True, dtype, name='o')(h)
+    h = layers.LayerNorm(cfg.norm_eps, dtype, name='norm2')(x)
+    h = layers.Dense((cfg.mlp_dim,), ('embed', 'mlp'), True, dtype, name='fc1')(h)
     act = 'quick_gelu' if cfg.variant == 'clip' else 'gelu_tanh'
     h = layers.constrain(layers.ACTIVATIONS[act](h), ('act_batch', 'act_len', 'act_mlp'))
-    x = x + layers.DenseOut(cfg.embed_dim, ('mlp', 'embed'), 1, True, cfg.dtype, name='fc2')(h)
+    x = x + layers.DenseOut(cfg.embed_dim, ('mlp', 'embed'), 1, True, dtype, name='fc2')(h)
     return layers.constrain(x, TOKENS), None
-
-
-def _run_stack(cfg: ViTConfig, x, count: int, name: str, remat: bool):
-  """Runs `count` encoder blocks, scanned or unrolled; parameter names follow `name`."""
-  if count == 0:
-    return x
-  block = layers.stack_layers(EncoderBlock, num_layers=count,
-                              remat_policy=cfg.remat_policy if remat else 'none',
-                              scan=cfg.scan_layers)
-  if cfg.scan_layers:
-    x, _ = block(cfg, name=name)(x, None)
-    return x
-  for i in range(count):
-    x, _ = block(cfg, name=f'{name}_{i}')(x, None)
-  return x
 
 
 class ViT(nn.Module):
   """images [N, H, W, C] (already normalised) -> (features [N, tokens, E], aux)."""
   cfg: ViTConfig
+  rt: Runtime = Runtime()
+
+  def _encoder(self, x):
+    """Runs the first `layers_run` blocks. Parameters always hold all `num_layers`
+    ('layers' stacked, or 'layers_{i}'), whatever `select_layer` is."""
+    cfg, rt = self.cfg, self.rt
+    total, run = cfg.num_layers, cfg.layers_run
+    if self.is_initializing():
+      run = total  # create every layer's parameters
+    if not rt.scan_layers:
+      block = layers.stack_layers(EncoderBlock, num_layers=1, remat_policy=rt.remat_policy,
+                                  scan=False)
+      for i in range(run):
+        x, _ = block(cfg, rt, name=f'layers_{i}')(x, None)
+      return x
+    if run == 0:
+      return x
+    stack = layers.stack_layers(EncoderBlock, num_layers=run, remat_policy=rt.remat_policy,
+                                scan=True)
+    if run < total:  # read the first `run` slices of the stacked parameters
+      stack = nn.map_variables(stack, 'params', init=False,
+                               trans_in_fn=lambda v: jax.tree.map(lambda a: a[:run], v))
+    x, _ = stack(cfg, rt, name='layers')(x, None)
+    return x
 
   @nn.compact
   def __call__(self, images):
-    cfg = self.cfg
+    cfg, dtype = self.cfg, self.rt.dtype
     x = nn.Conv(cfg.embed_dim, (cfg.patch_size, cfg.patch_size),
                 strides=(cfg.patch_size, cfg.patch_size), padding='VALID',
-                use_bias=cfg.variant == 'siglip', dtype=cfg.dtype, param_dtype=jnp.float32,
+                use_bias=cfg.variant == 'siglip', dtype=dtype, param_dtype=jnp.float32,
                 kernel_init=layers.param_init(nn.initializers.lecun_normal(),
                                               (None, None, None, 'embed')),
                 bias_init=layers.param_init(nn.initializers.zeros, ('embed',)),
-                name='patch_embed')(images.astype(cfg.dtype))
+                name='patch_embed')(images.astype(dtype))
     x = x.reshape(x.shape[0], -1, cfg.embed_dim)
     if cfg.variant == 'clip':
       cls = self.param('class_embed', layers.param_init(layers.default_init, ('embed',)),
@@ -123,20 +131,15 @@ class ViT(nn.Module):
                      (x.shape[1], cfg.embed_dim), jnp.float32)
     x = layers.constrain(x + pos.astype(x.dtype)[None], TOKENS)
     if cfg.variant == 'clip':
-      x = layers.LayerNorm(cfg.norm_eps, cfg.dtype, name='pre_norm')(x)
+      x = layers.LayerNorm(cfg.norm_eps, dtype, name='pre_norm')(x)
 
-    x = _run_stack(cfg, x, cfg.layers_run, 'layers', remat=True)
-    aux = {}
-    unused = cfg.num_layers - cfg.layers_run
-    if unused:
-      # Layers past the selected one exist for a faithful export but never run.
-      if self.is_initializing():
-        _run_stack(cfg, x, unused, 'layers_unused', remat=False)
-        layers.LayerNorm(cfg.norm_eps, cfg.dtype, name='post_norm')(x)
-    else:
-      post = layers.LayerNorm(cfg.norm_eps, cfg.dtype, name='post_norm')
+    x = self._encoder(x)
+    aux = {'hidden': x}
+    post = layers.LayerNorm(cfg.norm_eps, dtype, name='post_norm')
+    if cfg.layers_run == cfg.num_layers:
       aux['pooled'] = post(x[:, 0]) if cfg.variant == 'clip' else post(x)
-    aux['hidden'] = x
+    elif self.is_initializing():
+      post(x)  # exported with the tower, unused by a truncated forward
     if cfg.variant == 'clip' and not cfg.keep_class_token:
       x = x[:, 1:]
     return x, aux

@@ -1,29 +1,40 @@
 """Vision-language model: encode images -> project -> splice at placeholders -> LLM.
 
-Shapes are static: every example carries `max_images` image slots (a mask says
-which are real) and the prompt holds `num_tokens` placeholder tokens per real
-image, in order. The k-th placeholder of a row takes that row's k-th image
-feature vector, so interleaved multi-image prompts need nothing extra.
+The three parts are chosen by kind (radjax/models/registry.py). Shapes are static:
+every example carries `max_images` image slots (a mask says which are real) and the
+prompt holds `tokens_per_image` placeholder tokens per real image, in order. The k-th
+placeholder of a row takes that row's k-th image feature vector, so interleaved
+multi-image prompts need nothing extra.
 """
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from radjax.models import llm as llm_lib
-from radjax.models import projector as projector_lib
-from radjax.models import vit as vit_lib
+from radjax.models import registry
+from radjax.models.runtime import Runtime
 
 
 @dataclasses.dataclass(frozen=True)
 class VLMConfig:
-  vision: vit_lib.ViTConfig
-  projector: projector_lib.ProjectorConfig
+  vision: Any  # a vision kind's config
+  projector: Any  # a projector kind's config
   llm: llm_lib.LLMConfig
   image_token_id: int
-  # No backward pass through a frozen tower: its output is a constant.
-  freeze_vision: bool = False
+
+  @property
+  def tokens_per_image(self) -> int:
+    return self.projector.num_tokens(self.vision.num_tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class VLMRuntime:
+  vision: Runtime = Runtime()
+  projector: Runtime = Runtime()
+  llm: Runtime = Runtime()
 
 
 def splice(text_embeds, image_features, tokens, image_token_id):
@@ -37,21 +48,25 @@ def splice(text_embeds, image_features, tokens, image_token_id):
   return jnp.where(is_image[..., None], gathered.astype(text_embeds.dtype), text_embeds)
 
 
+def _maybe_frozen(x, rt: Runtime):
+  return jax.lax.stop_gradient(x) if rt.frozen else x
+
+
 class VLM(nn.Module):
   cfg: VLMConfig
+  rt: VLMRuntime = VLMRuntime()
 
   def setup(self):
-    self.vision = vit_lib.ViT(self.cfg.vision)
-    self.projector = projector_lib.make_projector(self.cfg.projector)
-    self.llm = llm_lib.Decoder(self.cfg.llm)
+    self.vision = registry.module('vision', self.cfg.vision, self.rt.vision)
+    self.projector = registry.module('projector', self.cfg.projector, self.rt.projector)
+    self.llm = registry.module('llm', self.cfg.llm, self.rt.llm)
 
   def encode_images(self, images):
     """images [B, M, H, W, C] -> projected features [B, M * tokens, E_llm]."""
     b, m = images.shape[:2]
     feats, _ = self.vision(images.reshape(b * m, *images.shape[2:]))
-    if self.cfg.freeze_vision:
-      feats = jax.lax.stop_gradient(feats)
-    feats = self.projector(feats)
+    feats = self.projector(_maybe_frozen(feats, self.rt.vision))
+    feats = _maybe_frozen(feats, self.rt.projector)
     return feats.reshape(b, m * feats.shape[1], feats.shape[-1])
 
   def embed(self, tokens, images):

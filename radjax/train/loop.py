@@ -8,13 +8,12 @@ import numpy as np
 from absl import logging
 from clu import periodic_actions
 
-from radjax import experiment as experiment_lib
 from radjax.core import checkpoint as checkpoint_lib
 from radjax.core import workdir as workdir_lib
 from radjax.data import pipeline
-from radjax.eval import evaluator as evaluator_lib
+from radjax.eval import evaluators as evaluators_lib
+from radjax.train import setup, writers
 from radjax.train import state as state_lib
-from radjax.train import writers
 
 
 class NonFiniteLossError(RuntimeError):
@@ -31,14 +30,15 @@ def restore_or_keep(exp, ckpt: checkpoint_lib.Checkpointer, data_iterator=None):
   return ckpt.restore(step, target, data_iterator), step
 
 
-def train(config, workdir: str, devices=None) -> dict:
-  """Runs (or resumes) training to config.train.num_steps; returns the last eval metrics."""
+def train(config, workdir: str, task, devices=None) -> dict:
+  """Runs (or resumes) `task` (radjax/tasks) to config.train.num_steps; returns the last
+  eval metrics."""
   tc = config.train
   ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoint)
   # init_from weights only matter for a fresh run; a resumed one restores everything.
-  exp = experiment_lib.build(config, devices, pretrained=ckpt.latest_step() is None)
+  exp = setup.build(config, task, devices, pretrained=ckpt.latest_step() is None)
   workdir_lib.save_config(config, workdir)
-  train_ds = pipeline.train_dataset(config, exp.processor, config.data.train_split)
+  train_ds = pipeline.train_dataset(config, task.processor(), config.data.train_split)
   data_iter = pipeline.make_iterator(train_ds, config.data.worker_threads)
   state, start = restore_or_keep(exp, ckpt, data_iter)
   exp.state = None  # the restored state replaces it; don't hold two copies
@@ -48,10 +48,10 @@ def train(config, workdir: str, devices=None) -> dict:
     writer.write_hparams(_flat_hparams(config))
   progress = periodic_actions.ReportProgress(num_train_steps=tc.num_steps,
                                              writer=progress_writer, every_steps=tc.log_every)
-  evaluator = evaluator_lib.Evaluator(exp, config.eval.split)
+  evaluators = evaluators_lib.make(exp, config.eval.split)
 
   with exp.context():
-    train_step = experiment_lib.jit_train_step(config, vars(exp))
+    train_step = setup.jit_train_step(exp)
 
   tokens_per_step = tc.batch_size * config.data.max_len
   pending = None  # (step, device metrics, host extras) of the previous step
@@ -60,7 +60,7 @@ def train(config, workdir: str, devices=None) -> dict:
   try:
     for step in range(start + 1, tc.num_steps + 1):
       host_batch = next(data_iter)
-      truncated = float(np.mean(host_batch['truncated']))
+      truncated = float(np.mean(host_batch.get('truncated', 0)))
       batch = pipeline.to_global(host_batch, exp.batch_shardings)
       with exp.context():
         state, metrics = train_step(state, batch)
@@ -87,7 +87,7 @@ def train(config, workdir: str, devices=None) -> dict:
       if (tc.eval_every and step % tc.eval_every == 0) or step == tc.num_steps:
         scalars = _read(pending, ckpt, state, workdir)
         pending = None
-        last_eval = evaluator.run(state.params, step, writer)
+        last_eval = evaluators_lib.run_all(evaluators, state.params, step, writer)
         _log(writer, step, {**scalars, **last_eval})
         logging.info('step %d eval: %s', step, json.dumps(last_eval))
     if pending is not None:

@@ -14,6 +14,6 @@ def token_losses(logits, targets, weights):
   correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
   return {
       'loss_sum': jnp.sum(nll * weights),
-      'correct_sum': jnp.sum(correct * weights),
+      'accuracy_sum': jnp.sum(correct * weights),
       'weight_sum': jnp.sum(weights),
   }

@@ -10,6 +10,9 @@ from jax.sharding import NamedSharding
 
 from radjax.core import sharding as sharding_lib
 
+# `pretrained` key for a loader of the whole parameter tree.
+WHOLE = ''
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -51,7 +54,8 @@ def abstract_params(model, init_inputs: tuple, mesh, rules):
 def create_train_state(model, init_inputs: tuple, tx, rng, mesh, rules, pretrained=None):
   """Abstract first, then every leaf created directly in its shard.
 
-  `pretrained` maps top-level param names (e.g. 'llm', 'vision') to loaders that take
+  `pretrained` maps top-level param names (e.g. 'llm', 'vision'; WHOLE for the whole
+  tree) to loaders that take
   that subtree's abstract target (ShapeDtypeStructs with shardings) and return its
   arrays. Those subtrees are loaded, not initialised: the jitted init only returns
   the other leaves, so XLA never computes (or holds) random values for them.
@@ -79,28 +83,31 @@ def create_train_state(model, init_inputs: tuple, tx, rng, mesh, rules, pretrain
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params), rng=state_key)
 
-  with sharding_lib.activation_rules(mesh, rules):
-    state = jax.jit(init_state, out_shardings=state_shardings)(param_key)
-  return state, state_shardings
+  return sharding_lib.born_sharded(init_state, state_shardings, mesh, rules, param_key), \
+      state_shardings
 
 
 def _state_with_pretrained(init_params, param_key, state_key, tx, pretrained, params_abstract,
                            state_shardings, mesh, rules):
-  unknown = sorted(set(pretrained) - set(params_abstract))
-  if unknown:
-    raise ValueError(f'pretrained parts {unknown} are not in the model ({sorted(params_abstract)})')
-  fresh = [k for k in params_abstract if k not in pretrained]
+  if WHOLE in pretrained:  # a model that is one part (a bare decoder)
+    target = abstract_state(state_shardings.params, params_abstract)
+    params = place(pretrained[WHOLE](target), target, 'model')
+  else:
+    unknown = sorted(set(pretrained) - set(params_abstract))
+    if unknown:
+      raise ValueError(f'pretrained parts {unknown} are not in the model '
+                       f'({sorted(params_abstract)})')
+    fresh = [k for k in params_abstract if k not in pretrained]
 
-  def init_fresh(key):
-    params = nn.meta.unbox(init_params(key))
-    return {k: params[k] for k in fresh}
+    def init_fresh(key):
+      params = nn.meta.unbox(init_params(key))
+      return {k: params[k] for k in fresh}
 
-  with sharding_lib.activation_rules(mesh, rules):
-    params = jax.jit(init_fresh, out_shardings={k: state_shardings.params[k] for k in fresh})(
-        param_key)
-  for name, load in pretrained.items():
-    target = abstract_state(state_shardings.params[name], params_abstract[name])
-    params[name] = place(load(target), target, name)
+    params = sharding_lib.born_sharded(
+        init_fresh, {k: state_shardings.params[k] for k in fresh}, mesh, rules, param_key)
+    for name, load in pretrained.items():
+      target = abstract_state(state_shardings.params[name], params_abstract[name])
+      params[name] = place(load(target), target, name)
   opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
   return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), state_shardings.step),
                     params=params, opt_state=opt_state,

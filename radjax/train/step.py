@@ -1,4 +1,4 @@
-"""The jitted train and eval steps."""
+"""The train step: one optimizer, gradient accumulation, metrics."""
 from typing import Any, Callable
 
 import jax
@@ -6,14 +6,7 @@ import jax.numpy as jnp
 import optax
 
 from radjax.models import layers
-from radjax.train import loss as loss_lib
 from radjax.train.state import TrainState
-
-
-def forward_losses(model, params, batch, rng=None):
-  logits, _ = model.apply({'params': params}, batch['tokens'], batch['images'],
-                          rngs={'dropout': rng} if rng is not None else None)
-  return loss_lib.token_losses(logits, batch['targets'], batch['loss_mask'])
 
 
 def _split_micro(batch, num_micro: int):
@@ -27,17 +20,21 @@ def _split_micro(batch, num_micro: int):
   return jax.tree.map(split, batch)
 
 
-def make_train_step(model, tx: optax.GradientTransformation, trainable, schedule,
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, trainable, schedule,
                     grad_accum: int = 1) -> Callable[[TrainState, Any], tuple]:
-  """train_step(state, batch) -> (state, metrics). Gradients of summed token losses
-  are accumulated over micro-batches and divided once by the total token count."""
+  """train_step(state, batch) -> (state, metrics) for one optimizer over all params.
+
+  `loss_fn(params, batch, rng)` returns sums ({'loss_sum', 'weight_sum', ...}, a
+  task's loss); gradients of the summed loss are accumulated over micro-batches and
+  divided once by the total weight. A task with several optimizers builds its own step.
+  """
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
 
     def sums_and_grads(micro, key):
       def f(params):
-        sums = forward_losses(model, params, micro, key)
+        sums = loss_fn(params, micro, key)
         return sums['loss_sum'], sums
       (_, sums), grads = jax.value_and_grad(f, has_aux=True)(state.params)
       return sums, grads
@@ -46,8 +43,9 @@ def make_train_step(model, tx: optax.GradientTransformation, trainable, schedule
       sums, grads = sums_and_grads(batch, rng)
     else:
       micro = _split_micro(batch, grad_accum)
-      zero_sums = {k: jnp.zeros((), jnp.float32)
-                   for k in ('loss_sum', 'correct_sum', 'weight_sum')}
+      sums_shape = jax.eval_shape(lambda: loss_fn(state.params, jax.tree.map(
+          lambda x: x[0], micro), rng))
+      zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
       zero = (zero_sums, jax.tree.map(jnp.zeros_like, state.params))
 
       def body(acc, xs):
@@ -62,8 +60,8 @@ def make_train_step(model, tx: optax.GradientTransformation, trainable, schedule
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
-        'loss': sums['loss_sum'] / denom,
-        'accuracy': sums['correct_sum'] / denom,
+        **{k[:-len('_sum')]: v / denom for k, v in sums.items()
+           if k.endswith('_sum') and k != 'weight_sum'},
         'tokens': sums['weight_sum'],
         'grad_norm': optax.tree.norm(grads),
         'update_norm': optax.tree.norm(updates),
@@ -74,9 +72,3 @@ def make_train_step(model, tx: optax.GradientTransformation, trainable, schedule
     return new_state, metrics
 
   return train_step
-
-
-def make_eval_step(model):
-  def eval_step(params, batch):
-    return forward_losses(model, params, batch)
-  return eval_step

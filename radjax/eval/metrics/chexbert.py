@@ -83,7 +83,8 @@ class CheXbertLabeler:
   def __init__(self, path: str, batch_size: int = 16):
     torch, transformers = _torch()
     if not os.path.isdir(path):
-      raise FileNotFoundError(f"--chexbert {path}: not a directory (see radjax/eval/chexbert.py)")
+      raise FileNotFoundError(f"--chexbert {path}: not a directory "
+                              "(see radjax/eval/metrics/chexbert.py)")
     if not any(os.path.exists(os.path.join(path, f)) for f in ("vocab.txt", "tokenizer.json")):
       raise FileNotFoundError(f"{path}: no vocab.txt or tokenizer.json; copy bert-base-uncased's")
     cfg_file = os.path.join(path, "config.json")
@@ -117,7 +118,7 @@ class CheXbertLabeler:
 
 def chexbert_scores(generated: list[str], references: list[str], path: str) -> dict:
   """clinical.py's scores on CheXbert labels, keys "chexbert_{precision,recall,f1}_..."."""
-  from radjax.eval.clinical import clinical_scores
+  from radjax.eval.metrics.clinical import clinical_scores
   model = CheXbertLabeler(path)
   labels = model.label(list(generated) + list(references))
   scores = clinical_scores(labels[:len(generated)], labels[len(generated):])

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from radjax.eval import beam_search as beam_lib
-from radjax.eval import sampling
+from radjax.eval.decoding import beam_search as beam_lib
+from radjax.eval.decoding import sampling
 from radjax.models import llm as llm_lib
 
 DECODINGS = ('greedy', 'sample', 'beam')
@@ -100,15 +100,19 @@ def left_pad(prompts: list[list[int]], length: int, pad_id: int) -> tuple[np.nda
   return tokens, mask
 
 
-def _llm_cfg(model) -> llm_lib.LLMConfig:
-  return getattr(model.cfg, 'llm', model.cfg)
+def _llm(model) -> tuple:
+  """(LLMConfig, Runtime) of a VLM's decoder or of a bare Decoder."""
+  if isinstance(model, llm_lib.Decoder):
+    return model.cfg, model.rt
+  return model.cfg.llm, model.rt.llm
 
 
 def _prefill(model, params, prompt_tokens, prompt_mask, images, max_new_tokens: int):
   """Runs the prompt into a fresh cache. Images go through the VLM's `__call__`; a bare
   Decoder (images None) takes the prompt through `decode_step`."""
   b, p = prompt_tokens.shape
-  cache = llm_lib.init_cache(_llm_cfg(model), b, p + max_new_tokens)
+  cfg, rt = _llm(model)
+  cache = llm_lib.init_cache(cfg, b, p + max_new_tokens, rt.dtype)
   key_mask = jnp.zeros((b, p + max_new_tokens), bool).at[:, :p].set(prompt_mask)
   positions = llm_lib.positions_from_mask(prompt_mask)
   if images is None:

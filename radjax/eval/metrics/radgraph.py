@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from radjax.eval.jsonl import read_jsonl
+from radjax.eval.metrics.jsonl import read_jsonl
 
 
 def _f1(hyp: set, ref: set) -> float:

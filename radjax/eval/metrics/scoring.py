@@ -4,10 +4,10 @@ CheXbert / RadGraph plug-ins."""
 from __future__ import annotations
 
 from radjax.data.schema import CHEXPERT_OBSERVATIONS
-from radjax.eval import classification, grounding
-from radjax.eval.clinical import clinical_scores
-from radjax.eval.labeler import label_report
-from radjax.eval.nlg_metrics import nlg_scores, normalize
+from radjax.eval.metrics import classification, grounding
+from radjax.eval.metrics.clinical import clinical_scores
+from radjax.eval.metrics.labeler import label_report
+from radjax.eval.metrics.nlg_metrics import nlg_scores, normalize
 
 
 def score_reports(generated: list[str], references: list[str], meteor: bool = True) -> dict:
@@ -93,10 +93,10 @@ def score_rows(rows: list[dict], meteor: bool = True, chexbert: str | None = Non
     for i in labelled:
       per_row[i]["pred_labels"] = classification.parse_labels(generated[i], vocab)[0]
   if chexbert:
-    from radjax.eval.chexbert import chexbert_scores
+    from radjax.eval.metrics.chexbert import chexbert_scores
     metrics.update(chexbert_scores(generated, references, chexbert))
   if radgraph is not None:
-    from radjax.eval import radgraph as radgraph_lib
+    from radjax.eval.metrics import radgraph as radgraph_lib
     missing = [r["id"] for r in rows if r["id"] not in radgraph]
     if missing:
       raise ValueError(f"RadGraph annotations missing for ids {missing[:5]}")

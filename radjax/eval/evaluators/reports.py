@@ -1,4 +1,5 @@
-"""Periodic and standalone evaluation: val loss, generated reports, finding-level F1."""
+"""Generated reports: decoding as config.eval says, report metrics, the demo's
+finding-level F1 against the record labels, predictions.jsonl."""
 import functools
 import json
 import os
@@ -8,15 +9,11 @@ import jax
 import numpy as np
 
 from radjax.data import pipeline, schema, templates
-from radjax.eval import classification, scoring
-from radjax.eval import generate as generate_lib
-from radjax.eval.labeler import label_report
-from radjax.train import step as step_lib
+from radjax.eval.decoding import generate as generate_lib
+from radjax.eval.metrics import classification, scoring
+from radjax.eval.metrics.labeler import label_report
 
-OBSERVATION_TO_FINDING = {
-    'Cardiomegaly': 'cardiomegaly', 'Pleural Effusion': 'pleural_effusion',
-    'Pneumothorax': 'pneumothorax', 'Lung Lesion': 'nodule', 'Consolidation': 'consolidation',
-}
+OBSERVATION_TO_FINDING = {obs: f for f, obs in schema.DEMO_FINDINGS.items()}
 
 
 def report_findings(text: str) -> set[str]:
@@ -45,7 +42,7 @@ def finding_scores(predicted: list[set[str]], truth: list[set[str]]) -> dict[str
   return out
 
 
-class Evaluator:
+class ReportEvaluator:
 
   @functools.cached_property
   def records(self):
@@ -56,34 +53,14 @@ class Evaluator:
   def __init__(self, exp, split: str):
     self.exp = exp
     self.split = split
-    with exp.context():
-      eval_step = step_lib.make_eval_step(exp.model)
-      self._eval_step = jax.jit(
-          eval_step, in_shardings=(exp.state_shardings.params, exp.batch_shardings))
-
-  def val_loss(self, params) -> dict:
-    cfg = self.exp.config
-    ds = pipeline.eval_dataset(cfg, self.exp.processor, self.split, cfg.eval.batch_size)
-    totals = None
-    for i, batch in enumerate(ds):
-      if cfg.eval.num_loss_batches and i >= cfg.eval.num_loss_batches:
-        break
-      with self.exp.context():
-        sums = self._eval_step(params, pipeline.to_global(batch, self.exp.batch_shardings))
-      totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-    if totals is None:
-      raise ValueError(f'eval split {self.split!r} has fewer than config.eval.batch_size '
-                       f'({cfg.eval.batch_size}) records')
-    w = max(float(totals['weight_sum']), 1.0)
-    return {'val_loss': float(totals['loss_sum']) / w,
-            'val_accuracy': float(totals['correct_sum']) / w}
+    self.instruction = templates.EVAL_INSTRUCTIONS[exp.config.data.template]
 
   def generate(self, params, examples: list[dict]) -> list[str]:
     """Reports for `examples` decoded as config.eval says (padded to whole batches by
     repetition)."""
     exp, cfg = self.exp, self.exp.config
     bs = cfg.eval.batch_size
-    enc, proc = exp.encoder, exp.processor
+    enc, proc = exp.task.encoder, exp.task.processor()
     gen_cfg = generate_lib.config_from_eval(cfg.eval, (enc.ids['end'], enc.ids['eos']),
                                             enc.ids['pad'])
     rng = jax.random.key(cfg.seed) if gen_cfg.strategy == 'sample' else None
@@ -93,9 +70,8 @@ class Evaluator:
       chunk = chunk + [chunk[-1]] * (bs - len(chunk))
       prompts, pixels = [], []
       for ex in chunk:
-        instruction = templates.EVAL_INSTRUCTIONS[cfg.data.task]
         imgs, mask = proc.images(ex, None)
-        prompts.append(enc.prompt(instruction, int(mask.sum())))
+        prompts.append(enc.prompt(self.instruction, int(mask.sum())))
         pixels.append(imgs)
       length = -(-max(len(p) for p in prompts) // 16) * 16  # few distinct compiled shapes
       toks, mask = generate_lib.left_pad(prompts, length, enc.ids['pad'])
@@ -116,7 +92,7 @@ class Evaluator:
 
   def run(self, params, step: int, writer=None, out_dir: str | None = None) -> dict:
     cfg = self.exp.config
-    metrics = self.val_loss(params)
+    metrics = {}
     n = min(cfg.eval.num_generate, len(self.records))
     examples = [schema.decode(self.records[i]) for i in range(n)]
     generated = self.generate(params, examples) if n else []
@@ -131,22 +107,21 @@ class Evaluator:
     metrics = {f'eval/{k}': v for k, v in metrics.items()}
     if writer is not None and n:
       k = min(cfg.eval.num_logged_examples, n)
-      imgs = np.stack([self.exp.processor.images(ex, None)[0][0] for ex in examples[:k]])
+      proc = self.exp.task.processor()
+      imgs = np.stack([proc.images(ex, None)[0][0] for ex in examples[:k]])
       imgs = (imgs - imgs.min()) / max(float(imgs.max() - imgs.min()), 1e-6)
       writer.write_images(step, {'eval/images': imgs})
       writer.write_texts(step, {f'eval/report_{i}': f'GENERATED: {generated[i]}\n\n'
                                 f'REFERENCE: {_reference(examples[i])}' for i in range(k)})
     if out_dir is not None and jax.process_index() == 0:
       os.makedirs(out_dir, exist_ok=True)
-      prompt = templates.EVAL_INSTRUCTIONS[cfg.data.task]
+      prompt = self.instruction
       with open(os.path.join(out_dir, 'predictions.jsonl'), 'w') as f:
         for ex, g, r, p, t, s in zip(examples, generated, references, predicted, truth,
                                      per_sample):
           f.write(json.dumps({'id': ex['id'], 'prompt': prompt, 'generated': g, 'reference': r,
                               'predicted_findings': sorted(p), 'true_findings': sorted(t),
                               **s}) + '\n')
-      with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
-        json.dump({'step': step, **metrics}, f, indent=1)
     return metrics
 
 

@@ -1,6 +1,6 @@
 """Clinical-efficacy (CE) metrics: labeler agreement between generated and reference reports.
 
-Both sides are labeled with the same rule-based labeler (radjax/eval/labeler.py);
+Both sides are labeled with the same rule-based labeler (radjax/eval/metrics/labeler.py);
 an observation is positive when its label is 1, or -1 with uncertain_as_positive
 (the default, as in most report-generation CE numbers: a hedged finding still
 commits the report to it). 0 and None (not mentioned) are negative.

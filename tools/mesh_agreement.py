@@ -7,14 +7,14 @@ term counts as absent. The labeler predicts positive when it says 1 or -1
 (MeSH indexers annotate hedged findings too), except for DEFINITE_ONLY.
 
 Rules were tuned on even report ids only; agreement(split="odd") is the held-out
-number. Run: python -m radjax.eval.mesh_agreement
+number. Run: python -m tools.mesh_agreement
 """
 
 from __future__ import annotations
 
 import argparse
 
-from radjax.eval.labeler import label_report, report_text
+from radjax.eval.metrics.labeler import label_report, report_text
 
 # MeSH descriptor -> observation. A tuple value also requires one of the
 # qualifiers (the "/..." parts), e.g. "Cardiac Shadow/enlarged" but not

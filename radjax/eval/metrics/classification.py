@@ -22,8 +22,8 @@ import re
 import numpy as np
 
 from radjax.data.schema import CHEXPERT_OBSERVATIONS
-from radjax.eval import labeler
-from radjax.eval.clinical import prf
+from radjax.eval.metrics import labeler
+from radjax.eval.metrics.clinical import prf
 
 _SPLIT = re.compile(r"[,;\n]|\band\b|\bor\b|&", re.IGNORECASE)
 _STRIP = " \t.\"'`*-•()"

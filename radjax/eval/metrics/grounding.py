@@ -30,7 +30,7 @@ import re
 
 import numpy as np
 
-from radjax.eval import labeler
+from radjax.eval.metrics import labeler
 
 BOX = re.compile(r"\[\s*([-+]?\.?\d[-+\d.,\s]*)(\])?")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")

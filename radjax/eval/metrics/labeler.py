@@ -6,7 +6,7 @@ per clause, then classify each mention as negated, uncertain or positive with
 cue phrases whose scope ends at the clause or at a scope breaker.
 
 Rules were developed on even-numbered OpenI reports only; agreement with the
-MeSH annotations of the odd ones is measured in radjax/eval/mesh_agreement.py.
+MeSH annotations of the odd ones is measured in tools/mesh_agreement.py.
 """
 
 from __future__ import annotations

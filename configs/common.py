@@ -1,0 +1,85 @@
+"""What every recipe's `get_config(arg)` shares: its arguments and the tiny form.
+
+  --config configs/<recipe>.py:size=tiny          the recipe shrunk to the embedded
+                                                  default on a CPU (big_vision's runlocal)
+  --config configs/<recipe>.py:task=lm            its decoder alone, on the data's text
+"""
+import os
+
+from radjax.core import defaults
+
+ARGS = dict(size='full', task='')
+DEMO_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'radjax', 'demo_v1')
+
+
+def parse(arg: str):
+  args = defaults.parse_arg(arg, **ARGS)
+  if args.size not in ('full', 'tiny'):
+    raise ValueError(f"config argument size={args.size!r}: 'full' or 'tiny'")
+  if args.task not in ('', 'vlm', 'lm'):
+    raise ValueError(f"config argument task={args.task!r}: 'vlm' or 'lm'")
+  return args
+
+
+def finish(c, args):
+  """Applies the arguments to a recipe's config."""
+  if args.size == 'tiny':
+    tiny(c)
+  if args.task == 'lm':
+    c.task = 'lm'
+    c.model.kind = 'llm'
+    c.data.template = 'report_text'  # the reports as plain text
+  elif args.task == 'vlm':
+    c.task, c.model.kind = 'vlm', 'vlm'
+  return c
+
+
+def tiny(c):
+  """Sizes and run shape for the embedded default on a 2-core CPU; architecture kinds,
+  variants and the rest of the recipe stay as they are."""
+  c.data.dir = DEMO_DIR
+  c.data.builder = 'demo'
+  c.data.builder_kwargs.seed = 0
+  c.data.tokenizer = ''
+  c.data.max_len = 112  # 16 image tokens + prompt + the longest reports (~72 tokens)
+  c.data.max_images = 1
+  # Minutes of CPU leave no room for augmentation to pay off; the tests cover it.
+  c.data.augment = False
+  c.data.image_mean = (0.48145466, 0.4578275, 0.40821073)
+  c.data.image_std = (0.26862954, 0.26130258, 0.27577711)
+
+  c.runtime.dtype = 'float32'  # bf16 matmuls are slow on most CPUs
+  c.runtime.attention_impl = 'xla'
+  c.runtime.remat.vision = c.runtime.remat.projector = c.runtime.remat.llm = 'none'
+  for part in ('vision', 'projector', 'llm'):
+    c.model[part].init_from = ''
+
+  v = c.model.vision
+  v.image_size, v.patch_size, v.embed_dim = 64, 16, 128
+  v.num_layers, v.num_heads, v.mlp_dim = 4, 4, 384
+  p = c.model.projector
+  p.in_dim = p.out_dim = 0
+  p.num_queries, p.hidden_dim, p.num_layers, p.num_heads, p.mlp_dim = 16, 64, 2, 2, 128
+  lm = c.model.llm
+  lm.vocab_size, lm.embed_dim, lm.num_layers = 2048, 128, 2
+  lm.num_heads, lm.num_kv_heads, lm.head_dim, lm.mlp_dim = 4, 2, 0, 384
+  c.model.image_token_id = -1
+
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 50
+  c.optim.weight_decay = 0.1
+  c.optim.b2 = 0.98
+  c.optim.grad_accum = 1
+
+  c.train.num_steps = 1500
+  c.train.batch_size = 16
+  c.train.log_every = 10
+  c.train.checkpoint_every = 100
+  c.train.eval_every = 500
+
+  c.eval.batch_size = 16
+  c.eval.num_loss_batches = 8
+  c.eval.num_generate = 96
+  c.eval.max_new_tokens = 96
+  return c

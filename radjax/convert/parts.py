@@ -1,0 +1,96 @@
+"""HF codecs per model part kind: which table converts a part, both ways.
+
+`CODECS[(part, kind)]` reads the part's config from an HF config, converts its
+weights in both directions and builds the HF config to export. A part's weights
+travel between radjax layouts (scanned or not, grown vocab) through its HF state
+dict, so one path serves `from-hf`, `to-hf` and `init_from`. Adding a part kind with
+an HF equivalent is one entry here plus its table module.
+"""
+import dataclasses
+from typing import Callable
+
+from radjax.convert import hf_config as llm_hf_config
+from radjax.convert import llm_families, qformer, vit
+from radjax.convert import vocab as vocab_lib
+from radjax.convert.common import ConversionError
+from radjax.convert.hf_config import UnsupportedConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Codec:
+  # HF config -> the part's architecture dataclass (`keep` fields HF does not have
+  # come from the target, e.g. the ViT's select_layer).
+  config_from_hf: Callable
+  params_from_hf: Callable  # (state_dict, cfg, scan) -> params
+  to_hf: Callable  # (cfg, params, **token_fields) -> (HF config, state dict)
+  part_of: Callable = lambda hf, sd: (hf, sd)  # a bigger HF model -> this part's config, tensors
+  keep: tuple[str, ...] = ()
+  free: tuple[str, ...] = ()  # target fields a source may differ in (handled by conversion)
+
+
+def _llm_to_hf(cfg, params, **hf_extra):
+  family = llm_hf_config.export_family(cfg)
+  return (llm_hf_config.hf_config_from_llm(cfg, family, **hf_extra),
+          llm_families.hf_from_params(params, cfg))
+
+
+def _llm_params(state_dict, cfg, scan):
+  return llm_families.params_from_hf(state_dict, cfg, scan)
+
+
+CODECS = {
+    ('llm', 'decoder'): Codec(llm_hf_config.llm_config_from_hf, _llm_params, _llm_to_hf,
+                              free=('vocab_size',)),
+    ('vision', 'vit'): Codec(vit.vit_config_from_hf, vit.params_from_hf,
+                             lambda cfg, params, **_: (vit.hf_config_from_vit(cfg),
+                                                       vit.hf_from_params(params, cfg)),
+                             part_of=vit.vision_part, keep=('select_layer', 'keep_class_token')),
+    ('projector', 'qformer'): Codec(qformer.config_from_hf, qformer.params_from_hf,
+                                    lambda cfg, params, **_: (qformer.hf_config(cfg),
+                                                              qformer.hf_from_params(params, cfg))),
+}
+
+
+def codec(part: str, kind: str) -> Codec:
+  if (part, kind) not in CODECS:
+    raise UnsupportedConfig(f'config.model.{part}.kind={kind!r} has no Hugging Face '
+                            f'conversion (have {sorted(CODECS)})')
+  return CODECS[(part, kind)]
+
+
+def to_hf(part: str, cfg, params, **hf_extra):
+  """(HF config, state dict) of one part."""
+  return codec(part, cfg.kind).to_hf(cfg, params, **hf_extra)
+
+
+def import_part(part: str, kind: str, hf_cfg, state_dict, scan: bool):
+  """(cfg, params) of an HF model of this part (or the part inside a bigger one)."""
+  c = codec(part, kind)
+  hf_cfg, state_dict = c.part_of(hf_cfg, state_dict)
+  cfg = c.config_from_hf(hf_cfg)
+  return cfg, c.params_from_hf(state_dict, cfg, scan)
+
+
+def _check_same(source, target, section: str, free: tuple[str, ...]) -> None:
+  for field in dataclasses.fields(target):
+    if field.name in free or not field.init:
+      continue
+    want, have = getattr(target, field.name), getattr(source, field.name)
+    if want != have:
+      raise ConversionError(f'{section}.{field.name}={want!r} but the pretrained model has '
+                            f'{have!r}')
+
+
+def params_for(part: str, hf_cfg, state_dict, target, scan: bool):
+  """Params for the part config `target` from HF tensors of the same part; a decoder's
+  larger target vocab grows it. Any other difference is an error naming the field."""
+  c = codec(part, target.kind)
+  hf_cfg, state_dict = c.part_of(hf_cfg, state_dict)
+  source = c.config_from_hf(hf_cfg)
+  if c.keep:
+    source = dataclasses.replace(source, **{k: getattr(target, k) for k in c.keep})
+  _check_same(source, target, f'config.model.{part}', c.free)
+  params = c.params_from_hf(state_dict, source, scan)
+  if part == 'llm':
+    params = vocab_lib.grow_vocab(params, target.vocab_size)
+  return params

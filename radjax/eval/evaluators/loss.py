@@ -1,0 +1,36 @@
+"""Held-out loss of the task's own objective: val_loss, val_accuracy, val_perplexity."""
+import functools
+
+import jax
+import numpy as np
+
+from radjax.data import pipeline
+
+
+class LossEvaluator:
+
+  def __init__(self, exp, split: str):
+    self.exp = exp
+    self.split = split
+    with exp.context():
+      self._loss = jax.jit(functools.partial(exp.task.loss, exp.model, rng=None),
+                           in_shardings=(exp.state_shardings.params, exp.batch_shardings))
+
+  def run(self, params, step: int, writer=None, out_dir=None) -> dict:
+    del step, writer, out_dir
+    cfg = self.exp.config
+    ds = pipeline.eval_dataset(cfg, self.exp.task.processor(), self.split, cfg.eval.batch_size)
+    totals = None
+    for i, batch in enumerate(ds):
+      if cfg.eval.num_loss_batches and i >= cfg.eval.num_loss_batches:
+        break
+      with self.exp.context():
+        sums = self._loss(params, pipeline.to_global(batch, self.exp.batch_shardings))
+      totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+    if totals is None:
+      raise ValueError(f'eval split {self.split!r} has fewer than config.eval.batch_size '
+                       f'({cfg.eval.batch_size}) records')
+    w = max(float(totals['weight_sum']), 1.0)
+    loss = float(totals['loss_sum']) / w
+    return {'eval/val_loss': loss, 'eval/val_accuracy': float(totals['accuracy_sum']) / w,
+            'eval/val_perplexity': float(np.exp(min(loss, 50.0)))}

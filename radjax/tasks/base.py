@@ -1,0 +1,89 @@
+"""What a task is: its batch, its model composition, its loss, its optimizer and its
+evaluators. The trainer (radjax/train: setup, state, step, loop) only talks to this
+interface, so a new task (e.g. a GAN with two optimizers overriding `optimizer` and
+`train_step`) needs no change to the loop."""
+import dataclasses
+import functools
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from radjax.train import optimizer as optimizer_lib
+from radjax.train import pretrained as pretrained_lib
+from radjax.train import step as step_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchField:
+  shape: tuple[int, ...]  # per example (the batch axis comes first)
+  dtype: Any
+
+
+class Task:
+  name: ClassVar[str]
+  model_kind: ClassVar[str]  # the config.model.kind it trains (what `to-hf` exports)
+  evaluators: ClassVar[tuple[str, ...]]  # default config.eval.evaluators
+  parts: ClassVar[dict]  # model part -> its key in the param tree (init_from, freezing)
+
+  def __init__(self, config, tokenizer):
+    if config.model.kind != self.model_kind:
+      raise ValueError(f'config.task={self.name!r} trains config.model.kind='
+                       f'{self.model_kind!r}, not {config.model.kind!r}')
+    self.config = config
+    self.tokenizer = tokenizer
+    if len(tokenizer) > config.model.llm.vocab_size:
+      raise ValueError(f'config.model.llm.vocab_size={config.model.llm.vocab_size} is smaller '
+                       f'than the tokenizer ({len(tokenizer)} tokens)')
+
+  # ---- data ---------------------------------------------------------------------
+  def batch_spec(self) -> dict[str, BatchField]:
+    """Device arrays of one example, by key (the processor may add host-only keys)."""
+    raise NotImplementedError
+
+  def processor(self):
+    """Record bytes, rng -> the arrays of one example (radjax/data/processors.py)."""
+    raise NotImplementedError
+
+  # ---- model ----------------------------------------------------------------------
+  def model(self, frozen: tuple[str, ...] = ()) -> nn.Module:
+    """The composition; parts in `frozen` get no backward pass."""
+    raise NotImplementedError
+
+  def init_inputs(self) -> tuple:
+    """Dummy arguments of `model.init` (shapes only matter)."""
+    raise NotImplementedError
+
+  def loss(self, model, params, batch, rng) -> dict:
+    """Sums over the batch: {'loss_sum', 'weight_sum', ...}; `<name>_sum / weight_sum`
+    is logged as `<name>`."""
+    raise NotImplementedError
+
+  def parts_frozen(self, labels) -> tuple[str, ...]:
+    """Parts whose every parameter is in a frozen optimizer group."""
+    out = []
+    for part, key in self.parts.items():
+      tree = labels if not key else labels.get(key, {})
+      leaves = jax.tree.leaves(tree)
+      if leaves and all(lab == optimizer_lib.FROZEN for lab in leaves):
+        out.append(part)
+    return tuple(out)
+
+  def pretrained_loaders(self) -> dict:
+    return pretrained_lib.loaders(self.config, self.parts)
+
+  # ---- optimisation ---------------------------------------------------------------
+  def optimizer(self, labels):
+    """(optax transformation, lr schedule) over the whole param tree."""
+    return optimizer_lib.make_optimizer(self.config.optim, self.config.train.num_steps, labels)
+
+  def train_step(self, model, tx, labels, schedule):
+    """train_step(state, batch) -> (state, metrics), to be jitted by the trainer."""
+    return step_lib.make_train_step(functools.partial(self.loss, model), tx,
+                                    optimizer_lib.trainable_mask(labels), schedule,
+                                    self.config.optim.grad_accum)
+
+
+def zeros(spec: dict, keys) -> tuple:
+  return tuple(np.zeros((1, *spec[k].shape), spec[k].dtype) for k in keys)

@@ -1,0 +1,47 @@
+"""Image(s) + text -> text: the VLM trained on templated examples (report generation
+today), loss on the answer tokens."""
+import numpy as np
+
+from radjax.data import processors, tokens
+from radjax.models import factory, vlm
+from radjax.tasks import base
+from radjax.train import loss as loss_lib
+
+
+class ImageTextToText(base.Task):
+  name = 'vlm'
+  model_kind = 'vlm'
+  evaluators = ('loss', 'reports')
+  parts = {'vision': 'vision', 'projector': 'projector', 'llm': 'llm'}
+
+  def __init__(self, config, tokenizer):
+    super().__init__(config, tokenizer)
+    self.model_cfg = factory.vlm_config(config.model,
+                                        tokens.special_ids(tokenizer).get('image'))
+    self.encoder = tokens.TurnEncoder(tokenizer, self.model_cfg.tokens_per_image)
+
+  def batch_spec(self) -> dict:
+    c, v = self.config.data, self.model_cfg.vision
+    seq = base.BatchField((c.max_len,), np.int32)
+    return {'tokens': seq, 'targets': seq, 'loss_mask': base.BatchField((c.max_len,), np.float32),
+            'images': base.BatchField((c.max_images, v.image_size, v.image_size,
+                                       v.num_channels), np.float32),
+            'image_mask': base.BatchField((c.max_images,), np.bool_)}
+
+  def processor(self) -> processors.ImageTextProcessor:
+    c, v = self.config.data, self.model_cfg.vision
+    return processors.ImageTextProcessor(
+        encoder=self.encoder, template=c.template, image_size=v.image_size,
+        num_channels=v.num_channels, max_images=c.max_images, max_len=c.max_len,
+        mean=tuple(c.image_mean), std=tuple(c.image_std), crop_scale=tuple(c.crop_scale))
+
+  def model(self, frozen=()) -> vlm.VLM:
+    return vlm.VLM(self.model_cfg, factory.vlm_runtime(self.config, frozen))
+
+  def init_inputs(self) -> tuple:
+    return base.zeros(self.batch_spec(), ('tokens', 'images'))
+
+  def loss(self, model, params, batch, rng):
+    logits, _ = model.apply({'params': params}, batch['tokens'], batch['images'],
+                            rngs={'dropout': rng} if rng is not None else None)
+    return loss_lib.token_losses(logits, batch['targets'], batch['loss_mask'])

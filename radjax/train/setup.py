@@ -1,0 +1,73 @@
+"""Everything a run needs, built once from the config and a task: mesh, model,
+optimizer, born-sharded state and the jitted train step. Generic over tasks."""
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from radjax.core import sharding as sharding_lib
+from radjax.models import factory
+from radjax.train import optimizer as optimizer_lib
+from radjax.train import state as state_lib
+
+
+@dataclasses.dataclass
+class Experiment:
+  config: Any
+  task: Any  # radjax.tasks.Task
+  mesh: Any
+  rules: tuple
+  model: nn.Module
+  labels: Any
+  tx: Any
+  schedule: Any
+  state: state_lib.TrainState
+  state_shardings: Any
+  batch_shardings: dict
+
+  def context(self):
+    return sharding_lib.activation_rules(self.mesh, self.rules)
+
+
+def build(config, task, devices=None, pretrained: bool = True, train: bool = True
+          ) -> Experiment:
+  """`pretrained=False` skips `init_from` loading (the state is about to be restored).
+  `train=False` allocates nothing: the state holds only the params' abstract target
+  (no optimizer moments), for evaluation or generation to restore into."""
+  factory.check_backend(config)
+  mesh = sharding_lib.make_mesh(config.mesh, devices)
+  rules = sharding_lib.rules_from_config(config.sharding.rules)
+  inputs = task.init_inputs()
+  model = task.model()
+  params_shape = nn.meta.unbox(jax.eval_shape(
+      lambda k: model.init(k, *inputs)['params'], jax.random.key(0)))
+  labels = optimizer_lib.param_labels(params_shape, config.optim.param_groups)
+  frozen = tuple(p for p in task.parts_frozen(labels))
+  if frozen:
+    model = task.model(frozen)
+  tx, schedule = task.optimizer(labels)
+  if train:
+    state, state_shardings = state_lib.create_train_state(
+        model, inputs, tx, jax.random.key(config.seed), mesh, rules,
+        task.pretrained_loaders() if pretrained else None)
+  else:
+    target, shardings = state_lib.abstract_params(model, inputs, mesh, rules)
+    state = state_lib.TrainState(step=None, params=target, opt_state=None, rng=None)
+    state_shardings = state_lib.TrainState(step=None, params=shardings, opt_state=None,
+                                           rng=None)
+  sharding_lib.warn_replicated(state.params, state_shardings.params,
+                               config.sharding.replicated_warn_mib)
+  batch_shardings = {k: sharding_lib.batch_sharding(mesh, rules, len(f.shape) + 1)
+                     for k, f in task.batch_spec().items()}
+  return Experiment(config=config, task=task, mesh=mesh, rules=rules, model=model,
+                    labels=labels, tx=tx, schedule=schedule, state=state,
+                    state_shardings=state_shardings, batch_shardings=batch_shardings)
+
+
+def jit_train_step(exp: Experiment):
+  """The one jitted train step (explicit shardings, donated state) of a task; the
+  loop, the benchmark and the tests share it."""
+  step = exp.task.train_step(exp.model, exp.tx, exp.labels, exp.schedule)
+  return jax.jit(step, in_shardings=(exp.state_shardings, exp.batch_shardings),
+                 out_shardings=(exp.state_shardings, None), donate_argnums=0)
