@@ -18,9 +18,10 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from radjax import experiment  # noqa: E402
+from radjax import tasks  # noqa: E402
 from radjax.core import sharding  # noqa: E402
 from radjax.train import optimizer as optimizer_lib  # noqa: E402
+from radjax.train import setup  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'Recipe config.', lock_config=True)
 flags.DEFINE_integer('steps', 10, 'Timed steps (after 2 warm-up steps).')
@@ -35,13 +36,15 @@ def _count(tree) -> int:
 
 def analytic_flops(config, params, labels) -> dict:
   """Training FLOPs per step by tower (forward x3 when trained, x1 when frozen)."""
+  if config.model.kind == 'llm':  # a bare decoder (task 'lm')
+    params, labels = {'llm': params, 'vision': {}, 'projector': {}}, {'llm': labels}
   b, t = config.train.batch_size, config.data.max_len
   v, lm = config.model.vision, config.model.llm
   n_img = b * config.data.max_images
   patches = (v.image_size // v.patch_size) ** 2 + int(v.variant == 'clip')
 
   def trained(tower):
-    return any(lab != optimizer_lib.FROZEN for lab in jax.tree.leaves(labels[tower]))
+    return any(lab != optimizer_lib.FROZEN for lab in jax.tree.leaves(labels.get(tower, {})))
 
   n_llm = _count(params['llm']) - (0 if lm.tie_embeddings else lm.vocab_size * lm.embed_dim)
   hd = lm.head_dim or lm.embed_dim // lm.num_heads
@@ -59,28 +62,32 @@ def analytic_flops(config, params, labels) -> dict:
   return out
 
 
-def synthetic_batch(config, rng):
-  b, t = config.train.batch_size, config.data.max_len
-  v = config.model.vision
-  return {
-      'tokens': rng.integers(10, 1000, (b, t)).astype(np.int32),
-      'targets': rng.integers(10, 1000, (b, t)).astype(np.int32),
-      'loss_mask': np.ones((b, t), np.float32),
-      'images': rng.normal(size=(b, config.data.max_images, v.image_size, v.image_size,
-                                 v.num_channels)).astype(np.float32),
-      'image_mask': np.ones((b, config.data.max_images), bool),
-  }
+def synthetic_batch(exp, rng):
+  """Random arrays of the task's batch spec (token ids below 1000)."""
+  b = exp.config.train.batch_size
+  out = {}
+  for k, f in exp.task.batch_spec().items():
+    shape = (b, *f.shape)
+    if np.issubdtype(f.dtype, np.integer):
+      out[k] = rng.integers(10, 1000, shape).astype(f.dtype)
+    elif f.dtype == np.bool_ or k == 'loss_mask':
+      out[k] = np.ones(shape, f.dtype)
+    else:
+      out[k] = rng.normal(size=shape).astype(f.dtype)
+  return out
 
 
 def main(argv):
   del argv
   config = FLAGS.config
-  parts = experiment.build_model_and_state(config)
-  with sharding.activation_rules(parts['mesh'], parts['rules']):
-    step = experiment.jit_train_step(config, parts)
-    batch = {k: jax.device_put(v, parts['batch_shardings'][k])
-             for k, v in synthetic_batch(config, np.random.default_rng(0)).items()}
-    state = parts['state']
+  if config.model.image_token_id < 0:  # no tokenizer here: synthetic batches
+    config.model.image_token_id = 4
+  exp = setup.build(config, tasks.TASKS[config.task](config, None))
+  with sharding.activation_rules(exp.mesh, exp.rules):
+    step = setup.jit_train_step(exp)
+    batch = {k: jax.device_put(v, exp.batch_shardings[k])
+             for k, v in synthetic_batch(exp, np.random.default_rng(0)).items()}
+    state = exp.state
     for _ in range(2):
       state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
@@ -90,14 +97,14 @@ def main(argv):
     jax.block_until_ready(metrics)
     dt = (time.perf_counter() - t0) / FLAGS.steps
 
-  flops = analytic_flops(config, jax.device_get(state.params), parts['labels'])
+  flops = analytic_flops(config, jax.device_get(state.params), exp.labels)
   n_dev = jax.device_count()
   tokens = config.train.batch_size * config.data.max_len
   params = _count(state.params)
-  print(f'devices: {n_dev} x {jax.devices()[0].device_kind}  mesh: {dict(parts["mesh"].shape)}')
+  print(f'devices: {n_dev} x {jax.devices()[0].device_kind}  mesh: {dict(exp.mesh.shape)}')
   print(f'params: {params / 1e6:.2f}M  batch: {config.train.batch_size} x '
-        f'{config.data.max_len} tokens  dtype: {config.model.dtype}  '
-        f'attention: {config.model.attention_impl}  remat: {config.model.remat_policy}')
+        f'{config.data.max_len} tokens  dtype: {config.runtime.dtype}  '
+        f'attention: {config.runtime.attention_impl}  remat: {config.runtime.remat.to_dict()}')
   print(f'step time: {dt * 1e3:.1f} ms')
   print(f'tokens/s: {tokens / dt:,.0f}  ({tokens / dt / n_dev:,.0f} per device)')
   print('TFLOPs per step: ' + ', '.join(f'{k} {v / 1e12:.4f}' for k, v in flops.items()))

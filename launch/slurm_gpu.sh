@@ -6,4 +6,4 @@ set -euo pipefail
 config=$1; workdir=$2; shift 2
 export RADJAX_DISTRIBUTED=1  # jax.distributed reads SLURM's variables
 srun .venv/bin/python main.py --config "$config" --workdir "$workdir" \
-  --config.model.attention_impl=cudnn "$@"
+  --config.runtime.attention_impl=cudnn "$@"

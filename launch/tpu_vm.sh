@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 config=$1; workdir=$2; shift 2
 export RADJAX_DISTRIBUTED=1  # jax.distributed discovers the TPU pod by itself
 exec .venv/bin/python main.py --config "$config" --workdir "$workdir" \
-  --config.model.attention_impl=xla "$@"
+  --config.runtime.attention_impl=xla "$@"

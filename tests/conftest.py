@@ -51,3 +51,10 @@ def demo_data(tmp_path_factory):
   out = str(tmp_path_factory.mktemp('data') / 'demo')
   demo_builder.build(out, seed=0, num_train=64, num_val=16, num_test=16)
   return out
+
+
+def build_experiment(config, devices=None, **kwargs):
+  """setup.build for the configured task; the tokenizer comes from config.data.dir."""
+  from radjax import run
+  from radjax.train import setup
+  return setup.build(config, run.make_task(config), devices, **kwargs)

@@ -17,6 +17,7 @@ import transformers
 
 from radjax import convert
 from radjax.models import llm
+from radjax.models.runtime import Runtime
 
 # The decoders' shared shape; each family adds its own heads, norms and embeddings.
 _DECODER = dict(vocab_size=300, hidden_size=64, num_hidden_layers=2, intermediate_size=112,
@@ -176,8 +177,9 @@ def llava_prompt(rng, length: int, image_starts: list[int], vocab_size: int,
 def to_radjax(hf_model, scan: bool = True) -> tuple[llm.Decoder, dict]:
   """(float32 radjax Decoder, its params) converted in memory from an HF model."""
   state_dict = {k: v.detach().float().numpy() for k, v in hf_model.state_dict().items()}
-  cfg = convert.llm_config_from_hf(hf_model.config, dtype=jnp.float32, scan_layers=scan)
-  return llm.Decoder(cfg), convert.params_from_hf(state_dict, cfg, scan=scan)
+  cfg = convert.llm_config_from_hf(hf_model.config)
+  return (llm.Decoder(cfg, Runtime(scan_layers=scan)),
+          convert.params_from_hf(state_dict, cfg, scan=scan))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -274,10 +276,10 @@ def check_decoder_round_trip(path: str, family: str, scan: bool, out_dir: str, l
   """The HF decoder saved at `path`, converted in memory, gives HF's logits; exported to
   `out_dir` as `family`, HF gives the same logits and greedy decoding. Returns its config."""
   hf_config, state_dict = convert.load_hf_dir(path)
-  cfg = convert.llm_config_from_hf(hf_config, dtype=jnp.float32, scan_layers=scan)
+  cfg = convert.llm_config_from_hf(hf_config)
   assert convert.export_family(cfg) == family
   params = convert.params_from_hf(state_dict, cfg, scan=scan)
-  model = llm.Decoder(cfg)
+  model = llm.Decoder(cfg, Runtime(scan_layers=scan))
   hf_model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
   tokens = random_tokens(cfg.vocab_size, prompt_len)
   got = np.asarray(logits(model, params, tokens))
@@ -304,7 +306,7 @@ def check_bf16_export(path: str, family: str, out_dir: str) -> None:
   """The HF decoder at `path`, exported as `family` with dtype='bfloat16', is stored and
   loads in bf16, its embeddings the originals rounded."""
   hf_config, state_dict = convert.load_hf_dir(path)
-  cfg = convert.llm_config_from_hf(hf_config, dtype=jnp.float32)
+  cfg = convert.llm_config_from_hf(hf_config)
   params = convert.params_from_hf(state_dict, cfg, scan=True)
   convert.save_hf_dir(out_dir, convert.hf_config_from_llm(cfg, family),
                       convert.hf_from_params(params, cfg), dtype='bfloat16')

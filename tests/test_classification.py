@@ -71,7 +71,7 @@ def test_classification_scores_end_to_end():
 
 
 def test_demo_finding_scores_read_the_labeler():
-  from radjax.eval import evaluator
+  from radjax.eval.evaluators import reports as evaluator
   assert evaluator.report_findings(
       "Heart is enlarged. No pleural effusion. Possible left lower lobe consolidation. "
       "Right upper lobe nodule.") == {"cardiomegaly", "consolidation", "nodule"}

@@ -69,8 +69,8 @@ def converted(tmp_path_factory):
            *flags)
       _cli('to-hf', '--workdir', wd, '--out', out)
       config = workdir.load_config(str(wd))
-      assert config.model.scan_layers == ('--unscanned' not in flags)
-      assert config.model.dtype == 'float32'  # the HF checkpoints are float32
+      assert config.runtime.scan_layers == ('--unscanned' not in flags)
+      assert config.runtime.dtype == 'float32'  # the HF checkpoints are float32
       back = getattr(transformers, transformers.AutoConfig.from_pretrained(out)
                      .architectures[0]).from_pretrained(out, dtype=torch.float32)
       cache[family] = dict(hf=hf, wd=wd, out=out, config=config, back=back,
@@ -89,11 +89,12 @@ def test_llm_round_trip(converted, family):
   c = converted(family)
   assert c['config'].model.kind == 'llm'
   cfg = factory.llm_config(c['config'].model)
-  assert cfg.dtype == jnp.float32
-  assert ('layers_0' in c['params']) == (not cfg.scan_layers)
+  rt = factory.runtime(c['config'], 'llm')
+  assert rt.dtype == jnp.float32
+  assert ('layers_0' in c['params']) == (not rt.scan_layers)
   tokens = hf_models.random_tokens(cfg.vocab_size, PROMPT_LEN)
   want = hf_models.hf_logits(c['hf'], tokens)
-  got = hf_models.logits(llm.Decoder(cfg), c['params'], tokens)
+  got = hf_models.logits(llm.Decoder(cfg, rt), c['params'], tokens)
   diff, back_diff = _max_diff(got, want), _max_diff(hf_models.hf_logits(c['back'], tokens), want)
   print(f'{family} workdir max|dlogits|={diff:.2e} to-hf max|dlogits|={back_diff:.2e}')
   assert diff <= TOL and back_diff <= TOL
@@ -123,7 +124,7 @@ def test_llama_workdir_generates_like_hf(converted):
 def test_vision_round_trip(converted, family):
   c = converted(family)
   assert c['config'].model.kind == 'vision'
-  cfg = factory.vit_config(c['config'].model)
+  cfg = factory.vision_config(c['config'].model)
   assert (cfg.select_layer, cfg.keep_class_token) == (-1, False)
   variant = cfg.variant
   images = np.random.default_rng(0).normal(
@@ -131,7 +132,8 @@ def test_vision_round_trip(converted, family):
   hidden, last, pooled = hf_models.hf_vision_outputs(c['hf'], images)
   # Features: the last layer's output (CLIP: patches only); `pooled`: CLIP's
   # post_layernorm(CLS), SigLIP's last_hidden_state (post_layernorm of every token).
-  feats, aux = vit.ViT(cfg).apply({'params': c['params']}, images)
+  feats, aux = vit.ViT(cfg, factory.runtime(c['config'], 'vision')).apply(
+      {'params': c['params']}, images)
   want_pooled = pooled if variant == 'clip' else last
   diff = max(_max_diff(feats, hf_models.hf_vision_features(hidden, variant, -1)),
              _max_diff(aux['pooled'], want_pooled))
@@ -155,7 +157,7 @@ def _llava_diffs(c) -> tuple[float, float]:
   pixels = rng.normal(size=(2, size, size, 3)).astype(np.float32)
   tokens = hf_models.llava_prompt(rng, PROMPT_LEN + 8, [5, 300], LLAVA_VOCAB, LLAVA_IMAGE_ID)
   want = hf_models.hf_llava_logits(c['hf'], tokens, pixels)
-  model = vlm.VLM(factory.vlm_config(c['config'].model))
+  model = vlm.VLM(factory.vlm_config(c['config'].model), factory.vlm_runtime(c['config']))
   got = hf_models.vlm_logits(model, c['params'], tokens, pixels[None])
   return (_max_diff(got, want),
           _max_diff(hf_models.hf_llava_logits(c['back'], tokens, pixels), want))

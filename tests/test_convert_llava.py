@@ -2,7 +2,6 @@
 import dataclasses
 import io
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,6 +16,7 @@ from radjax.data import images as images_lib  # noqa: E402
 from radjax.data import tokens as tokens_lib  # noqa: E402
 from radjax.eval.decoding import generate  # noqa: E402
 from radjax.models import vlm  # noqa: E402
+from radjax.models.runtime import Runtime  # noqa: E402
 from tests import hf_models  # noqa: E402
 
 IMAGE_ID, EOS, VOCAB = 4, 2, 320
@@ -47,12 +47,12 @@ def _export_name(name: str) -> str:
 @pytest.mark.parametrize('scan', [True, False], ids=['scanned', 'unscanned'])
 def test_roundtrip_logits_and_generation(hf_dir, scan, tmp_path):
   hf_config, state_dict = hf_io.load_hf_dir(hf_dir)
-  cfg = llava.vlm_config_from_hf(hf_config, dtype=jnp.float32, scan_layers=scan)
+  cfg = llava.vlm_config_from_hf(hf_config)
   assert (cfg.vision.select_layer, cfg.vision.keep_class_token) == (-2, False)
   assert cfg.vision.num_tokens == NUM_TOKENS and cfg.image_token_id == IMAGE_ID
   assert (cfg.llm.num_kv_heads, cfg.projector.kind) == (2, 'mlp')
   params = llava.params_from_hf(state_dict, cfg, scan=scan)
-  model = vlm.VLM(cfg)
+  model = vlm.VLM(cfg, vlm.VLMRuntime(*(Runtime(scan_layers=scan),) * 3))
   hf_model = transformers.LlavaForConditionalGeneration.from_pretrained(hf_dir)
 
   rng = np.random.default_rng(0)
@@ -92,7 +92,7 @@ def test_roundtrip_logits_and_generation(hf_dir, scan, tmp_path):
 
 def test_layouts_towers_and_errors(hf_dir):
   hf_config, state_dict = hf_io.load_hf_dir(hf_dir)
-  cfg = llava.vlm_config_from_hf(hf_config, dtype=jnp.float32)
+  cfg = llava.vlm_config_from_hf(hf_config)
   ref = common.flatten(llava.params_from_hf(state_dict, cfg, scan=True))
   # transformers 5's in-memory names (as `model.state_dict()` gives them) read the same.
   memory = {k: v.numpy() for k, v in _hf_model().state_dict().items()}

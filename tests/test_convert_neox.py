@@ -2,7 +2,6 @@
 logits and greedy decoding. Tiny random HF models are built from configs (no hub access)."""
 import dataclasses
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -35,7 +34,7 @@ def test_tied_head(tmp_path):
   path, out_dir = str(tmp_path / 'hf'), str(tmp_path / 'export')
   hf_models.tiny_gpt_neox('sequential', tie_word_embeddings=True).save_pretrained(path)
   hf_cfg, state_dict = convert.load_hf_dir(path)
-  cfg = convert.llm_config_from_hf(hf_cfg, dtype=jnp.float32)
+  cfg = convert.llm_config_from_hf(hf_cfg)
   assert cfg.tie_embeddings
   params = convert.params_from_hf(state_dict, cfg, scan=True)
   assert 'lm_head' not in params

@@ -1,7 +1,6 @@
 """HF CLIP/SigLIP vision towers <-> radjax ViT, verified by hidden states and pooled outputs."""
 import dataclasses
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -12,6 +11,7 @@ from radjax.convert import common, hf_io  # noqa: E402
 from radjax.convert import vit as vit_convert  # noqa: E402
 from radjax.convert.hf_config import UnsupportedConfig  # noqa: E402
 from radjax.models import vit  # noqa: E402
+from radjax.models.runtime import Runtime  # noqa: E402
 from tests.hf_models import hf_vision_features, hf_vision_outputs, tiny_vision  # noqa: E402
 
 TOL = 1e-4
@@ -36,19 +36,19 @@ def test_import_export_match_hf(hf_dir, images, select_layer, scan, tmp_path):
   hf_config, state_dict = hf_io.load_hf_dir(path)
   hf_model = getattr(transformers, hf_config.architectures[0]).from_pretrained(path)
   hidden, last, pooled = hf_vision_outputs(hf_model, images)
-  cfg = vit_convert.vit_config_from_hf(hf_config, select_layer=select_layer, dtype=jnp.float32,
-                                       scan_layers=scan)
+  cfg = vit_convert.vit_config_from_hf(hf_config, select_layer=select_layer)
+  rt = Runtime(scan_layers=scan)
   assert cfg.variant == variant and cfg.norm_eps == hf_config.layer_norm_eps
   params = vit_convert.params_from_hf(state_dict, cfg, scan=scan)
-  if select_layer == -2:
-    assert ('layers_unused' if scan else 'layers_unused_0') in params
-  feats, aux = vit.ViT(cfg).apply({'params': params}, images)
+  # Every layer is in the params whatever select_layer is; later ones just never run.
+  assert ('layers' in params) if scan else ('layers_2' in params)
+  feats, aux = vit.ViT(cfg, rt).apply({'params': params}, images)
   diff = np.abs(np.asarray(feats) - hf_vision_features(hidden, variant, select_layer)).max()
   print(f'{variant} select={select_layer} scan={scan} import max|dfeat|={diff:.2e}')
   assert feats.shape[1] == cfg.num_tokens and diff <= TOL
   if variant == 'clip':
     keep = dataclasses.replace(cfg, keep_class_token=True)
-    full, _ = vit.ViT(keep).apply({'params': params}, images)
+    full, _ = vit.ViT(keep, rt).apply({'params': params}, images)
     want = hf_vision_features(hidden, variant, select_layer, keep_class_token=True)
     assert np.abs(np.asarray(full) - want).max() <= TOL
   if select_layer == -1:
@@ -79,7 +79,7 @@ def test_import_export_match_hf(hf_dir, images, select_layer, scan, tmp_path):
 def test_prefixed_names_and_errors(hf_dir):
   variant, path = hf_dir
   hf_config, state_dict = hf_io.load_hf_dir(path)
-  cfg = vit_convert.vit_config_from_hf(hf_config, select_layer=-2, dtype=jnp.float32)
+  cfg = vit_convert.vit_config_from_hf(hf_config, select_layer=-2)
   bare = vit_convert.params_from_hf(state_dict, cfg, scan=True)
   legacy = {'vision_model.' + k: v for k, v in state_dict.items()}
   legacy['vision_model.embeddings.position_ids'] = np.arange(17)[None]  # old buffer: ignored
@@ -87,10 +87,10 @@ def test_prefixed_names_and_errors(hf_dir):
   for a, b in zip(common.flatten(bare).values(), common.flatten(prefixed).values()):
     np.testing.assert_array_equal(a, b)
 
-  name = 'encoder.layers.2.mlp.fc1.weight'  # in layers_unused for select_layer=-2
+  name = 'encoder.layers.2.mlp.fc1.weight'  # not run for select_layer=-2, still converted
   wrong = {**state_dict, name: np.zeros((80, 47), np.float32)}
   with pytest.raises(common.ConversionError, match=r'vision_model\.encoder\.layers\.2\.mlp'
-                     r'\.fc1\.weight.*layers_unused_0/fc1/kernel'):
+                     r'\.fc1\.weight.*layers_2/fc1/kernel'):
     vit_convert.params_from_hf(wrong, cfg, scan=True)
   wrong = {**state_dict, 'embeddings.patch_embedding.weight': np.zeros((48, 3, 4, 4))}
   with pytest.raises(common.ConversionError, match=r'embeddings\.patch_embedding\.weight'):
@@ -106,8 +106,8 @@ def test_prefixed_names_and_errors(hf_dir):
     with pytest.raises(common.ConversionError, match='head.probe'):
       vit_convert.params_from_hf(extra, cfg, scan=True)
   params = vit_convert.params_from_hf(state_dict, cfg, scan=False)
-  params['layers_unused_0']['fc2']['bias'] = np.zeros(3, np.float32)
-  with pytest.raises(common.ConversionError, match='layers_unused_0/fc2/bias'):
+  params['layers_2']['fc2']['bias'] = np.zeros(3, np.float32)
+  with pytest.raises(common.ConversionError, match='layers_2/fc2/bias'):
     vit_convert.hf_from_params(params, cfg)
 
 

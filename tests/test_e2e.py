@@ -6,12 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from radjax import experiment
 from radjax import run as run_lib
 from radjax.core import checkpoint as checkpoint_lib
 from radjax.data import pipeline
 from radjax.train import state as state_lib
-from tests.conftest import tiny_config
+from tests.conftest import build_experiment, tiny_config
 
 
 def read_losses(workdir):
@@ -56,15 +55,16 @@ def test_killed_run_resumes_with_identical_losses(demo_data, tmp_path, monkeypat
 
 def test_restored_iterator_yields_the_same_batches(demo_data, tmp_path):
   config = tiny_config(demo_data)
-  exp = experiment.build(config, devices=None)
-  ds = pipeline.train_dataset(config, exp.processor, 'train')
+  exp = build_experiment(config)
+  ds = pipeline.train_dataset(config, exp.task.processor(), 'train')
   it = pipeline.make_iterator(ds, 0)
   for _ in range(3):
     next(it)
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path), 2, use_async=False)
   ckpt.save(3, exp.state, it, force=True)
   expected = [next(it) for _ in range(2)]
-  fresh = pipeline.make_iterator(pipeline.train_dataset(config, exp.processor, 'train'), 0)
+  fresh = pipeline.make_iterator(pipeline.train_dataset(config, exp.task.processor(), 'train'),
+                                 0)
   ckpt.restore(3, state_lib.abstract_state(exp.state_shardings, exp.state), fresh)
   for want in expected:
     got = next(fresh)
@@ -91,7 +91,7 @@ def test_eval_mode_writes_metrics_and_predictions(demo_data, tmp_path):
           'labels_generated', 'labels_reference', 'clinical_agreement_14',
           'predicted_findings', 'true_findings'} <= set(rows[0])
   from radjax.data import templates
-  assert rows[0]['prompt'] == templates.EVAL_INSTRUCTIONS[config.data.task]
+  assert rows[0]['prompt'] == templates.EVAL_INSTRUCTIONS[config.data.template]
   assert all(0 <= r['clinical_agreement_14'] <= 1 for r in rows)
   for key in ('finding_cardiomegaly/f1', 'finding_nodule/recall', 'finding_macro_f1',
               'finding_baseline_all_positive_micro_f1'):

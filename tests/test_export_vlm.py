@@ -52,7 +52,7 @@ def test_demo_model_reports_the_same_in_transformers(demo_data, tmp_path):
   ours = run_lib.main(config, wd, 'generate', [image])[0]
 
   assert convert_cli.main(['to-hf', '--workdir', wd, '--out', hf_dir]) == 0
-  instruction = templates.EVAL_INSTRUCTIONS[config.data.task]
+  instruction = templates.EVAL_INSTRUCTIONS[config.data.template]
   theirs, ids = hf_report(hf_dir, image, instruction, config.eval.max_new_tokens)
   assert len(set(ids.tolist())) > 2, ids  # a real report, not a degenerate repeat
   assert theirs == ours

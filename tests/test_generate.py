@@ -194,7 +194,7 @@ def _vlm_prompts(config, b: int):
   v = config.model.vision
   n_img = (v.image_size // v.patch_size) ** 2
   rng = np.random.default_rng(0)
-  prompts = [[1, 6] + [config.model.image_token_id] * n_img
+  prompts = [[1, 6] + [4] * n_img  # the demo tokenizer's <image>
              + list(rng.integers(10, 200, 2 + i % 5)) + [8, 7] for i in range(b)]
   tokens, mask = gen.left_pad(prompts, n_img + 12, PAD)
   images = rng.normal(size=(b, 1, v.image_size, v.image_size, 3)).astype(np.float32)
@@ -216,9 +216,10 @@ def _vlm_generate(config, model, boxed, devices, batch, cfgs):
 
 def test_vlm_on_a_mesh_equals_one_device():
   config = tiny_config()
-  config.model.dtype = 'float32'
+  config.runtime.dtype = 'float32'
   batch = _vlm_prompts(config, 8)
-  model = vlm.VLM(factory.vlm_config(config.model))
+  model = vlm.VLM(factory.vlm_config(config.model, image_token_id=4),
+                  factory.vlm_runtime(config))
   # Random values of the right shapes: compiling model.init would double this test's time.
   shapes = jax.eval_shape(model.init, jax.random.key(0), batch['tokens'][:1],
                           batch['images'][:1])['params']

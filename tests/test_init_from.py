@@ -6,10 +6,9 @@ import pytest
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
-from radjax import experiment  # noqa: E402
 from radjax.convert import common  # noqa: E402
 from radjax.core import workdir  # noqa: E402
-from tests.conftest import tiny_config  # noqa: E402
+from tests.conftest import build_experiment, tiny_config  # noqa: E402
 
 HF_VOCAB = 2000  # the demo tokenizer has 2048 ids: init_from must grow the vocab
 
@@ -28,16 +27,16 @@ def hf_llama(tmp_path_factory):
 
 
 def _llm_params(config):
-  return experiment.build_model_and_state(config)['state'].params
+  return build_experiment(config).state.params
 
 
 def test_llm_from_hf_dir_grows_vocab(demo_data, hf_llama):
   path, sd = hf_llama
-  scratch = experiment.build_model_and_state(tiny_config(demo_data))['state'].params
+  scratch = build_experiment(tiny_config(demo_data)).state.params
   config = tiny_config(demo_data)
   config.model.llm.init_from = path
-  parts = experiment.build_model_and_state(config)
-  params = parts['state'].params
+  parts = build_experiment(config)
+  params = parts.state.params
   emb = np.asarray(params['llm']['embedder']['embedding'])
   want = sd['model.embed_tokens.weight'].numpy()
   np.testing.assert_array_equal(emb[:HF_VOCAB], want)
@@ -52,7 +51,7 @@ def test_llm_from_hf_dir_grows_vocab(demo_data, hf_llama):
     for a, b in zip(jax.tree.leaves(params[name]), jax.tree.leaves(scratch[name])):
       np.testing.assert_array_equal(a, b)
   # Loaded leaves keep the shardings a scratch state would have.
-  llm_sh = parts['state_shardings'].params['llm']['embedder']['embedding']
+  llm_sh = parts.state_shardings.params['llm']['embedder']['embedding']
   assert params['llm']['embedder']['embedding'].sharding == llm_sh
 
 
@@ -64,7 +63,7 @@ def test_llm_from_workdir_both_layouts(demo_data, tmp_path, hf_llama):
   workdir.save_params(wd, config, source)
   for scan in (True, False):
     target = tiny_config(demo_data)
-    target.model.scan_layers = scan
+    target.runtime.scan_layers = scan
     target.model.llm.init_from = wd
     got = _llm_params(target)['llm']
     if scan:
@@ -110,8 +109,9 @@ def test_vision_from_hf_clip_dir(demo_data, tmp_path):
   got = _llm_params(config)['vision']
   sd = {k: v.numpy() for k, v in transformers.CLIPVisionModel.from_pretrained(path)
         .state_dict().items()}
-  want = vit_convert.params_from_hf(sd, factory.vit_config(config.model), scan=True)
-  assert 'layers_unused' in got  # select_layer -2: the last HF layer is kept for export
+  want = vit_convert.params_from_hf(sd, factory.vision_config(config.model), scan=True)
+  # select_layer -2: the last HF layer is kept (for export), in the one stack
+  assert got['layers']['fc1']['kernel'].shape[0] == 2
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_array_equal(a, b)
   pos = 'embeddings.position_embedding.weight'  # v5 keeps no vision_model. prefix in memory

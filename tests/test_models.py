@@ -7,11 +7,12 @@ import pytest
 
 from radjax.models import llm, vit, vlm
 from radjax.models import projector as projector_lib
+from radjax.models.runtime import Runtime
 
 
 def small_llm(**kw):
   base = dict(vocab_size=101, embed_dim=48, num_layers=3, num_heads=6, num_kv_heads=2,
-              mlp_dim=80, dtype=jnp.float32, rope_theta=500.0)
+              mlp_dim=80, rope_theta=500.0)
   base.update(kw)
   return llm.LLMConfig(**base)
 
@@ -19,8 +20,8 @@ def small_llm(**kw):
 @pytest.mark.parametrize('scan', [True, False])
 @pytest.mark.parametrize('tie,bias', [(False, False), (True, True)])
 def test_kv_cache_decoding_equals_full_forward(scan, tie, bias):
-  cfg = small_llm(scan_layers=scan, tie_embeddings=tie, qkv_bias=bias)
-  model = llm.Decoder(cfg)
+  cfg = small_llm(tie_embeddings=tie, qkv_bias=bias)
+  model = llm.Decoder(cfg, Runtime(scan_layers=scan))
   b, t, split = 3, 40, 17
   tokens = jax.random.randint(jax.random.key(0), (b, t), 0, cfg.vocab_size)
   pos = jnp.broadcast_to(jnp.arange(t), (b, t))
@@ -29,7 +30,7 @@ def test_kv_cache_decoding_equals_full_forward(scan, tie, bias):
   apply = jax.jit(model.apply)
   full, _ = apply(params, embed(tokens), pos)
 
-  cache = llm.init_cache(cfg, b, t + 5)
+  cache = llm.init_cache(cfg, b, t + 5, jnp.float32)
   key_mask = jnp.arange(t + 5)[None, :].repeat(b, 0) < t
   logits, aux = apply(params, embed(tokens[:, :split]), pos[:, :split], cache, 0, key_mask)
   outs = [logits]
@@ -51,31 +52,44 @@ def test_left_padding_matches_unpadded():
   ref, _ = apply(params, embed(tokens), jnp.arange(12)[None])
   padded = jnp.concatenate([jnp.zeros((1, 4), jnp.int32), tokens], 1)
   mask = jnp.arange(16)[None] >= 4
-  cache = llm.init_cache(cfg, 1, 16)
+  cache = llm.init_cache(cfg, 1, 16, jnp.float32)
   out, _ = apply(params, embed(padded), llm.positions_from_mask(mask), cache, 0, mask)
   np.testing.assert_allclose(out[:, 4:], ref, atol=2e-5)
 
 
-def test_vit_select_layer_runs_fewer_layers_and_keeps_the_rest():
-  kw = dict(variant='clip', image_size=32, patch_size=8, embed_dim=32, num_layers=3,
-            num_heads=2, mlp_dim=64, dtype=jnp.float32)
-  full = vit.ViT(vit.ViTConfig(**kw, select_layer=-1))
-  pen = vit.ViT(vit.ViTConfig(**kw, select_layer=-2))
+@pytest.mark.parametrize('scan', [True, False])
+def test_vit_select_layer_is_forward_only(scan):
+  kw = dict(variant='clip', image_size=32, patch_size=8, embed_dim=32, num_heads=2, mlp_dim=64)
+  rt = Runtime(scan_layers=scan)
+  full = vit.ViT(vit.ViTConfig(**kw, num_layers=3, select_layer=-1), rt)
+  pen = vit.ViT(vit.ViTConfig(**kw, num_layers=3, select_layer=-2), rt)
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-  p_full = jax.jit(full.init)(jax.random.key(1), x)
-  p_pen = jax.jit(pen.init)(jax.random.key(1), x)
-  n_full = sum(v.size for v in jax.tree.leaves(p_full))
-  n_pen = sum(v.size for v in jax.tree.leaves(p_pen))
-  assert n_full == n_pen  # the unused layer is kept for export
-  feats, aux = jax.jit(pen.apply)(p_pen, x)
+  params = jax.jit(full.init)(jax.random.key(1), x)
+  # The same parameter tree whatever select_layer is (a forward-time choice).
+  shapes = jax.tree.map(jnp.shape, jax.eval_shape(pen.init, jax.random.key(1), x))
+  assert shapes == jax.tree.map(jnp.shape, params)
+  feats, aux = jax.jit(pen.apply)(params, x)
   assert feats.shape == (2, 16, 32)  # class token dropped
-  _, aux_full = jax.jit(full.apply)(p_full, x)
+  # The penultimate features are a 2-layer tower's output on the first 2 layers.
+  two = vit.ViT(vit.ViTConfig(**kw, num_layers=2, select_layer=-1), rt)
+  p = nn.meta.unbox(params)['params']
+  if scan:
+    p2 = {**p, 'layers': jax.tree.map(lambda a: a[:2], p['layers'])}
+  else:
+    p2 = {k: v for k, v in p.items() if k != 'layers_2'}
+  want, _ = jax.jit(two.apply)({'params': p2}, x)
+  np.testing.assert_allclose(feats, want, atol=1e-6)
+  _, aux_full = jax.jit(full.apply)(params, x)
   assert 'pooled' in aux_full and 'pooled' not in aux
+  # Gradients never reach the layer that does not run.
+  grads = jax.grad(lambda q: pen.apply({'params': q}, x)[0].sum())(p)
+  last = (jax.tree.map(lambda g: g[2], grads['layers']) if scan else grads['layers_2'])
+  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(last))
 
 
 def test_siglip_has_no_class_token():
   cfg = vit.ViTConfig(variant='siglip', image_size=32, patch_size=8, embed_dim=32,
-                      num_layers=2, num_heads=2, mlp_dim=64, dtype=jnp.float32)
+                      num_layers=2, num_heads=2, mlp_dim=64)
   model = vit.ViT(cfg)
   x = jnp.zeros((1, 32, 32, 3))
   params = jax.jit(model.init)(jax.random.key(0), x)
@@ -95,11 +109,10 @@ def test_splice_places_features_in_order():
 
 def test_frozen_vision_gets_no_gradient():
   vcfg = vit.ViTConfig(variant='clip', image_size=16, patch_size=8, embed_dim=16, num_layers=1,
-                       num_heads=2, mlp_dim=32, dtype=jnp.float32)
+                       num_heads=2, mlp_dim=32)
   lcfg = small_llm(embed_dim=16, num_heads=2, num_kv_heads=1, num_layers=1)
-  cfg = vlm.VLMConfig(vcfg, projector_lib.ProjectorConfig('mlp', 16, jnp.float32), lcfg, 7,
-                      freeze_vision=True)
-  model = vlm.VLM(cfg)
+  cfg = vlm.VLMConfig(vcfg, projector_lib.ProjectorConfig('mlp', 16, 16), lcfg, 7)
+  model = vlm.VLM(cfg, vlm.VLMRuntime(vision=Runtime(frozen=True)))
   tokens = jnp.array([[1, 7, 7, 7, 7, 3]])
   images = jnp.ones((1, 1, 16, 16, 3))
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), tokens, images))

@@ -1,18 +1,17 @@
 """The Grain pipeline and the token layout: masks, truncation, sharding, bad records."""
-import os
 
 import numpy as np
 import pytest
 
-from radjax.data import pipeline, schema, tokens
+from radjax.data import pipeline, schema
 from tests.conftest import tiny_config
 
 
 @pytest.fixture(scope='module')
 def processor(demo_data):
+  from radjax import run
   config = tiny_config(demo_data)
-  enc = tokens.TurnEncoder(tokens.load_tokenizer(os.path.join(demo_data, 'tokenizer.json')), 16)
-  return config, pipeline.make_processor(config, enc)
+  return config, run.make_task(config).processor()
 
 
 def test_loss_mask_covers_exactly_the_answer(processor):

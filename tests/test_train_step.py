@@ -3,9 +3,11 @@ import jax
 import numpy as np
 import pytest
 
-from radjax import experiment
 from radjax.core import sharding
-from tests.conftest import tiny_config
+from radjax.train import setup
+from tests.conftest import build_experiment, tiny_config
+
+IMAGE_ID = 4  # the demo tokenizer's <image>
 
 
 def synthetic_batch(config, seed: int, batch_size: int):
@@ -13,7 +15,7 @@ def synthetic_batch(config, seed: int, batch_size: int):
   t, v = config.data.max_len, config.model.vision
   n_img = (v.image_size // v.patch_size) ** 2
   tokens = rng.integers(10, 200, (batch_size, t)).astype(np.int32)
-  tokens[:, 1:1 + n_img] = config.model.image_token_id
+  tokens[:, 1:1 + n_img] = IMAGE_ID
   targets = np.roll(tokens, -1, axis=1)
   mask = np.zeros((batch_size, t), np.float32)
   for i in range(batch_size):  # answers of different lengths: token-count normalisation matters
@@ -24,34 +26,34 @@ def synthetic_batch(config, seed: int, batch_size: int):
 
 
 def run_steps(config, devices, batches):
-  parts = experiment.build_model_and_state(config, devices)
-  with sharding.activation_rules(parts['mesh'], parts['rules']):
-    fn = experiment.jit_train_step(config, parts)
-    state, losses = parts['state'], []
+  exp = build_experiment(config, devices)
+  with sharding.activation_rules(exp.mesh, exp.rules):
+    fn = setup.jit_train_step(exp)
+    state, losses = exp.state, []
     initial = jax.device_get(state.params)
     for b in batches:
-      g = {k: jax.device_put(v, parts['batch_shardings'][k]) for k, v in b.items()}
+      g = {k: jax.device_put(v, exp.batch_shardings[k]) for k, v in b.items()}
       state, metrics = fn(state, g)
       losses.append(float(metrics['loss']))
-  return losses, initial, jax.device_get(state), parts
+  return losses, initial, jax.device_get(state), exp
 
 
-def test_mesh_2x2x2_matches_one_device():
-  config = tiny_config()
-  config.model.dtype = 'float32'
+def test_mesh_2x2x2_matches_one_device(demo_data):
+  config = tiny_config(demo_data)
+  config.runtime.dtype = 'float32'
   batches = [synthetic_batch(config, i, 8) for i in range(3)]
   single, *_ = run_steps(config, jax.devices()[:1], batches)
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
   sharded, _, _, parts = run_steps(config, jax.devices()[:8], batches)
   # Big parameters really are split, not replicated.
-  spec = parts['state_shardings'].params['llm']['layers']['mlp']['gate']['kernel'].spec
+  spec = parts.state_shardings.params['llm']['layers']['mlp']['gate']['kernel'].spec
   assert spec == jax.sharding.PartitionSpec(None, 'fsdp', 'tensor')
   np.testing.assert_allclose(sharded, single, rtol=0, atol=1e-5)
   assert single[-1] < single[0]
 
 
-def test_accumulated_microbatches_equal_one_big_batch():
-  config = tiny_config()
+def test_accumulated_microbatches_equal_one_big_batch(demo_data):
+  config = tiny_config(demo_data)
   batches = [synthetic_batch(config, i, 8) for i in range(2)]
   big, _, big_state, _ = run_steps(config, jax.devices()[:1], batches)
   config.optim.grad_accum = 4
@@ -61,8 +63,8 @@ def test_accumulated_microbatches_equal_one_big_batch():
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_frozen_groups_stay_identical_and_hold_no_optimizer_state():
-  config = tiny_config()
+def test_frozen_groups_stay_identical_and_hold_no_optimizer_state(demo_data):
+  config = tiny_config(demo_data)
   config.optim.param_groups = (('vision/.*', 'frozen'), ('llm/.*', 'frozen'), ('.*', 1.0))
   batches = [synthetic_batch(config, i, 8) for i in range(2)]
   _, initial, final, parts = run_steps(config, jax.devices()[:1], batches)
@@ -74,11 +76,23 @@ def test_frozen_groups_stay_identical_and_hold_no_optimizer_state():
   n_projector = sum(x.size for x in jax.tree.leaves(initial['projector']))
   n_state = sum(x.size for x in jax.tree.leaves(final.opt_state) if np.ndim(x) > 0)
   assert n_state == 2 * n_projector  # Adam's two moments, for the projector only
-  assert parts['model'].cfg.freeze_vision
+  assert parts.model.rt.vision.frozen and parts.model.rt.llm.frozen
+  assert not parts.model.rt.projector.frozen
 
 
-def test_every_parameter_must_match_a_group():
-  config = tiny_config()
+def test_every_parameter_must_match_a_group(demo_data):
+  config = tiny_config(demo_data)
   config.optim.param_groups = (('vision/.*', 1.0),)
   with pytest.raises(ValueError, match='matches no rule'):
-    experiment.build_model_and_state(config, jax.devices()[:1])
+    build_experiment(config, jax.devices()[:1])
+
+
+def test_qformer_projector_trains_from_config(demo_data):
+  config = tiny_config(demo_data)
+  config.model.projector.kind = 'qformer'
+  config.model.projector.num_queries = 16  # as many placeholders as synthetic_batch writes
+  batches = [synthetic_batch(config, 0, 8)] * 4
+  losses, initial, final, exp = run_steps(config, jax.devices()[:1], batches)
+  assert exp.task.model_cfg.tokens_per_image == 16
+  assert set(final.params['projector']) == {'query_tokens', 'qformer', 'out'}
+  assert losses[-1] < losses[0]

@@ -32,8 +32,8 @@ class Task:
       raise ValueError(f'config.task={self.name!r} trains config.model.kind='
                        f'{self.model_kind!r}, not {config.model.kind!r}')
     self.config = config
-    self.tokenizer = tokenizer
-    if len(tokenizer) > config.model.llm.vocab_size:
+    self.tokenizer = tokenizer  # None: a benchmark on synthetic batches (no processor)
+    if tokenizer is not None and len(tokenizer) > config.model.llm.vocab_size:
       raise ValueError(f'config.model.llm.vocab_size={config.model.llm.vocab_size} is smaller '
                        f'than the tokenizer ({len(tokenizer)} tokens)')
 

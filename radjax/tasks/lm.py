@@ -19,7 +19,7 @@ class TextToText(base.Task):
   def __init__(self, config, tokenizer):
     super().__init__(config, tokenizer)
     self.model_cfg = factory.llm_config(config.model)
-    self.encoder = tokens.TextEncoder(tokenizer)
+    self.encoder = tokens.TextEncoder(tokenizer) if tokenizer is not None else None
 
   def batch_spec(self) -> dict:
     seq = base.BatchField((self.config.data.max_len,), np.int32)

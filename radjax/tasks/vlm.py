@@ -16,9 +16,10 @@ class ImageTextToText(base.Task):
 
   def __init__(self, config, tokenizer):
     super().__init__(config, tokenizer)
-    self.model_cfg = factory.vlm_config(config.model,
-                                        tokens.special_ids(tokenizer).get('image'))
-    self.encoder = tokens.TurnEncoder(tokenizer, self.model_cfg.tokens_per_image)
+    image_id = tokens.special_ids(tokenizer).get('image') if tokenizer is not None else None
+    self.model_cfg = factory.vlm_config(config.model, image_id)
+    self.encoder = (tokens.TurnEncoder(tokenizer, self.model_cfg.tokens_per_image)
+                    if tokenizer is not None else None)
 
   def batch_spec(self) -> dict:
     c, v = self.config.data, self.model_cfg.vision
