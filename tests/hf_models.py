@@ -207,7 +207,7 @@ def greedy(model, params, prompt, new_tokens: int):
     return model.apply(variables, tokens, positions, cache, index, key_mask,
                        method=model.decode_step)
 
-  cache = llm.init_cache(model.cfg, b, p + new_tokens)
+  cache = llm.init_cache(model.cfg, b, p + new_tokens, model.rt.dtype)
   out, aux = run(prompt, jnp.broadcast_to(jnp.arange(p), prompt.shape), cache, 0)
   first = jnp.argmax(out[:, -1], -1).astype(jnp.int32)
 

@@ -127,9 +127,8 @@ def test_layouts_towers_and_errors(hf_dir):
 
 def test_config_support():
   hf = _hf_model().config
-  cfg = llava.vlm_config_from_hf(hf, freeze_vision=True)
-  assert cfg.freeze_vision
-  back = llava.vlm_config_from_hf(llava.hf_config_from_vlm(cfg, 'llama'), freeze_vision=True)
+  cfg = llava.vlm_config_from_hf(hf)
+  back = llava.vlm_config_from_hf(llava.hf_config_from_vlm(cfg, 'llama'))
   assert back == cfg
   full = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, keep_class_token=True))
   exported = llava.hf_config_from_vlm(full, 'llama')

@@ -3,7 +3,9 @@ same loop, checkpoints and export as the VLM: losses fall, a killed run resumes
 identically, and `to-hf` gives a LlamaForCausalLM with the same logits."""
 import json
 import os
+import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -79,8 +81,18 @@ def test_lm_workdir_exports_a_llama_with_the_same_logits(trained, tmp_path):
   from radjax.convert import __main__ as convert_cli
   from tests import hf_models
   _, workdir, _ = trained
+  # A workdir trained on a GPU with cuDNN attention exports on this CPU: the backend is
+  # checked when a run starts, not when a config is read.
+  gpu_run = str(tmp_path / 'gpu_run')
+  shutil.copytree(workdir, gpu_run)
+  config = workdir_lib.load_config(gpu_run)
+  config.runtime.attention_impl = 'cudnn'
+  workdir_lib.save_config(config, gpu_run)
   out = str(tmp_path / 'hf')
-  assert convert_cli.main(['to-hf', '--workdir', workdir, '--out', out]) == 0
+  assert convert_cli.main(['to-hf', '--workdir', gpu_run, '--out', out]) == 0
+  if jax.default_backend() != 'gpu':
+    with pytest.raises(ValueError, match="attention_impl='cudnn' needs an NVIDIA GPU"):
+      run_lib.load_trained(config, gpu_run)
   model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
   assert type(model).__name__ == 'LlamaForCausalLM'
   config = workdir_lib.load_config(workdir)
