@@ -58,3 +58,27 @@ def build_experiment(config, devices=None, **kwargs):
   from radjax import run
   from radjax.train import setup
   return setup.build(config, run.make_task(config), devices, **kwargs)
+
+
+class Killed(Exception):
+  """Stands in for a kill: raised inside the training loop."""
+
+
+def train_killed_then_resumed(config, workdir: str, monkeypatch, kill_at_batch: int) -> None:
+  """main's train in-process, dying while it fetches batch `kill_at_batch`, then the same
+  command again (which resumes from the last checkpoint)."""
+  from radjax import run
+  from radjax.data import pipeline
+  real, calls = pipeline.to_global, [0]
+
+  def dying(batch, shardings):
+    calls[0] += 1
+    if calls[0] == kill_at_batch:
+      raise Killed()
+    return real(batch, shardings)
+
+  monkeypatch.setattr(pipeline, 'to_global', dying)
+  with pytest.raises(Killed):
+    run.main(config, workdir, 'train')
+  monkeypatch.setattr(pipeline, 'to_global', real)
+  run.main(config, workdir, 'train')

@@ -10,17 +10,13 @@ from radjax import run as run_lib
 from radjax.core import checkpoint as checkpoint_lib
 from radjax.data import pipeline
 from radjax.train import state as state_lib
-from tests.conftest import build_experiment, tiny_config
+from tests.conftest import build_experiment, tiny_config, train_killed_then_resumed
 
 
 def read_losses(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     rows = [json.loads(line) for line in f]
   return {r['step']: r['train/loss'] for r in rows if 'train/loss' in r}
-
-
-class Killed(Exception):
-  pass
 
 
 def test_killed_run_resumes_with_identical_losses(demo_data, tmp_path, monkeypatch):
@@ -33,21 +29,8 @@ def test_killed_run_resumes_with_identical_losses(demo_data, tmp_path, monkeypat
   full = read_losses(full_dir)
   assert sorted(full) == list(range(1, 9))
 
-  real = pipeline.to_global
-  calls = [0]
-
-  def dying_to_global(batch, shardings):  # the process dies fetching step 6's batch
-    calls[0] += 1
-    if calls[0] == 6:
-      raise Killed()
-    return real(batch, shardings)
-
-  monkeypatch.setattr(pipeline, 'to_global', dying_to_global)
-  with pytest.raises(Killed):
-    run_lib.main(config, cut_dir, 'train')
-  assert checkpoint_lib.Checkpointer(cut_dir, 3).latest_step() == 4
-  monkeypatch.setattr(pipeline, 'to_global', real)
-  run_lib.main(config, cut_dir, 'train')
+  # The process dies fetching step 6's batch; the last checkpoint is step 4's.
+  train_killed_then_resumed(config, cut_dir, monkeypatch, kill_at_batch=6)
   resumed = read_losses(cut_dir)
   assert resumed == full  # exact, float for float, and no duplicated steps
   assert full[8] < full[1]

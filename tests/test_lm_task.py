@@ -12,8 +12,7 @@ import pytest
 from configs import common
 from radjax import run as run_lib
 from radjax.core import workdir as workdir_lib
-from radjax.data import pipeline
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, train_killed_then_resumed
 
 
 def lm_config(demo_data):
@@ -28,10 +27,6 @@ def lm_config(demo_data):
 def read_losses(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return {r['step']: r['train/loss'] for r in map(json.loads, f) if 'train/loss' in r}
-
-
-class Killed(Exception):
-  pass
 
 
 @pytest.fixture(scope='module')
@@ -59,19 +54,7 @@ def test_lm_killed_run_resumes_identically(trained, tmp_path, monkeypatch):
   config, workdir, _ = trained
   full = read_losses(workdir)
   cut = str(tmp_path / 'cut')
-  real, calls = pipeline.to_global, [0]
-
-  def dying(batch, shardings):  # the process dies fetching step 6's batch
-    calls[0] += 1
-    if calls[0] == 6:
-      raise Killed()
-    return real(batch, shardings)
-
-  monkeypatch.setattr(pipeline, 'to_global', dying)
-  with pytest.raises(Killed):
-    run_lib.main(config, cut, 'train')
-  monkeypatch.setattr(pipeline, 'to_global', real)
-  run_lib.main(config, cut, 'train')
+  train_killed_then_resumed(config, cut, monkeypatch, kill_at_batch=6)
   assert read_losses(cut) == full
 
 

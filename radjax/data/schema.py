@@ -187,25 +187,36 @@ def _check_image(rid: Any, i: int, image: Any) -> None:
     raise _fail(rid, f"{field}.kind", f"declared 3d but array has {ndim} dims")
 
 
-def _check_box(rid: Any, i: int, box: Any) -> None:
-  field = f"boxes[{i}]"
+def box_error(box: Any, none_text: bool = False) -> str | None:
+  """Why `box` is not `{"box": [x1, y1, x2, y2] in [0, 1], "label": str, "phrase": str}`
+  (x1 < x2, y1 < y2), or None. The one box rule: records (validate) and reference boxes
+  of scored predictions (python -m radjax.eval score) both use it."""
   if not isinstance(box, dict):
-    raise _fail(rid, field, "not a map")
+    return "not a map"
   coords = box.get("box")
   if not (
     isinstance(coords, list)
     and len(coords) == 4
     and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in coords)
   ):
-    raise _fail(rid, f"{field}.box", f"expected 4 numbers, got {coords!r}")
+    return f"box: expected 4 numbers [x1, y1, x2, y2], got {coords!r}"
   x1, y1, x2, y2 = coords
   if not all(0.0 <= c <= 1.0 for c in coords):
-    raise _fail(rid, f"{field}.box", f"{coords} outside [0, 1]")
+    return f"box: {coords} outside [0, 1]"
   if x2 <= x1 or y2 <= y1:
-    raise _fail(rid, f"{field}.box", f"{coords} has x2<=x1 or y2<=y1")
+    return f"box: {coords} has x2<=x1 or y2<=y1"
   for key in ("label", "phrase"):
-    if not isinstance(box.get(key, ""), str):
-      raise _fail(rid, f"{field}.{key}", "not a string")
+    value = box.get(key, "")
+    if not (isinstance(value, str) or (none_text and value is None)):
+      return f"{key}: not a string"
+  return None
+
+
+def _check_box(rid: Any, i: int, box: Any) -> None:
+  reason = box_error(box)
+  if reason is not None:
+    key, sep, why = reason.partition(": ")
+    raise _fail(rid, f"boxes[{i}].{key}" if sep else f"boxes[{i}]", why if sep else reason)
 
 
 def validate(example: dict, *, require_text: bool = True) -> None:

@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 
+from radjax.data import schema
 from radjax.eval.metrics import scoring
 from radjax.eval.metrics.jsonl import InputError, read_jsonl
 from radjax.eval.metrics.labeler import label_report
@@ -35,14 +36,9 @@ def _check_references(row: dict) -> str | None:
   if not isinstance(boxes, list):
     return "boxes must be a list"
   for i, b in enumerate(boxes):
-    c = b.get("box") if isinstance(b, dict) else None
-    if not (isinstance(c, list) and len(c) == 4 and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) for x in c)):
-      return f"boxes[{i}]: expected {{\"label\", \"box\": [x1, y1, x2, y2]}}"
-    if not (all(0 <= x <= 1 for x in c) and c[0] < c[2] and c[1] < c[3]):
-      return f"boxes[{i}]: {c} is not x1 < x2, y1 < y2 in [0, 1]"
-    if not isinstance(b.get("label", ""), (str, type(None))):
-      return f"boxes[{i}].label must be a string"
+    reason = schema.box_error(b, none_text=True)
+    if reason is not None:
+      return f"boxes[{i}]: {reason}"
   labels = row.get("labels", [])
   if not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
     return "labels must be a list of strings"
