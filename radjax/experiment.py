@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from radjax.core import config_checks
 from radjax.core import sharding as sharding_lib
 from radjax.data import pipeline, tokens
 from radjax.models import factory, vlm
@@ -113,6 +114,7 @@ def build(config, devices=None, pretrained: bool = True, need_data: bool = True,
           train: bool = True) -> Experiment:
   """`need_data=False` (reporting on given images) only needs the tokenizer; for
   `pretrained` and `train` see build_model_and_state."""
+  config_checks.check(config)
   if need_data:
     ensure_data(config)
   tokenizer = tokens.load_tokenizer(tokens.tokenizer_path(config))
