@@ -29,9 +29,14 @@ def read_rows(path: str) -> list[dict]:
 
 
 def eval_logged(path: str, step: int) -> bool:
-  """Whether metrics.jsonl has the evaluation of `step` (a kill during it leaves none)."""
-  return any(r.get('step') == step and any(k.startswith('eval/') for k in r)
-             for r in read_rows(path))
+  """Whether metrics.jsonl has the evaluation of `step` (a kill during it leaves none).
+  Process 0's answer, for every process (only process 0 writes the file)."""
+  found = jax.process_index() != 0 or any(
+      r.get('step') == step and any(k.startswith('eval/') for k in r) for r in read_rows(path))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    found = bool(multihost_utils.broadcast_one_to_all(np.asarray(found)))
+  return found
 
 
 def _ends_mid_line(path: str) -> bool:
