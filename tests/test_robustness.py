@@ -2,6 +2,7 @@
 and wrong flags, each on the real code path (real files, real runs, the CLIs' exit codes)."""
 import glob
 import io
+import json
 import os
 import shutil
 import signal
@@ -327,6 +328,13 @@ def test_to_hf_refuses_out_in_the_workdir_and_a_missing_step(saved_workdir, tmp_
   assert _convert('to-hf', '--workdir', wd, '--out', tmp_path / 'hf', '--step', 7) == 2
   _one_line_error(capsys, 'no checkpoint of step 7', '[2, 4]')
   assert not os.path.exists(tmp_path / 'hf')
+  with open(os.path.join(wd, 'config.json')) as f:
+    values = json.load(f)
+  values['model']['kind'] = 'audio'
+  with open(os.path.join(wd, 'config.json'), 'w') as f:
+    json.dump(values, f)
+  assert _convert('to-hf', '--workdir', wd, '--out', tmp_path / 'hf') == 2
+  _one_line_error(capsys, "config.model.kind='audio'")
 
 
 def test_convert_cli_bad_inputs_are_one_line_errors(tmp_path, capsys):

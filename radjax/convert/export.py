@@ -13,6 +13,7 @@ from absl import logging
 
 from radjax.core import defaults as base
 from radjax.convert import hf_io, towers
+from radjax.convert.common import ConversionError
 from radjax.convert.hf_config import export_family
 from radjax.data import tokens
 from radjax.models import factory
@@ -123,7 +124,7 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
     hf_cfg = llava.hf_config_from_vlm(vlm_cfg, export_family(vlm_cfg.llm), **extra)
     state_dict = llava.hf_from_params(params, vlm_cfg)
   else:
-    raise ValueError(f'config.model.kind={kind!r} is not one of llm, vision, vlm')
+    raise ConversionError(f'config.model.kind={kind!r} is not one of llm, vision, vlm')
   hf_io.save_hf_dir(out, hf_cfg, state_dict, dtype)
   if tokenizer is None:
     logging.warning('no tokenizer found (config.data.tokenizer / data.dir); exported weights '

@@ -49,7 +49,7 @@ def _overlay(node: ml_collections.ConfigDict, values: dict, where: str) -> None:
         try:
           value = type(current)(value)
         except (TypeError, ValueError) as e:
-          raise ValueError(f'{CONFIG_FILE}: {here}={value!r} does not fit the type of the '
+          raise WorkdirError(f'{CONFIG_FILE}: {here}={value!r} does not fit the type of the '
                            f'default {current!r}') from e
       node[key] = value
 
