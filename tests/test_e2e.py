@@ -84,9 +84,12 @@ def test_eval_mode_writes_metrics_and_predictions(demo_data, tmp_path):
 def test_nonfinite_loss_stops_with_a_clear_message(demo_data, tmp_path):
   config = tiny_config(demo_data)
   config.data.image_std = (0.0, 0.0, 0.0)  # every pixel becomes inf
+  config.train.checkpoint_every = 1  # the NaN step is a checkpoint step
   with pytest.raises(Exception, match='non-finite loss'):
     run_lib.main(config, str(tmp_path / 'nan'), 'train')
   assert os.path.isdir(tmp_path / 'nan' / 'nonfinite_state')
+  # ... which never becomes a checkpoint a rerun would resume from.
+  assert checkpoint_lib.Checkpointer(str(tmp_path / 'nan'), 3).latest_step() is None
 
 
 def test_generate_mode_reports_on_image_files(demo_data, tmp_path, capsys):

@@ -44,10 +44,20 @@ def cmd_from_hf(args) -> None:
   print(f'wrote {args.out} ({config.model.kind}, {export.count(params) / 1e6:.2f}M params)')
 
 
+def _check_out(out: str, workdir: str) -> None:
+  """--out may not be the workdir or inside it (its config.json would be overwritten)."""
+  out, workdir = os.path.realpath(out), os.path.realpath(workdir)
+  if os.path.commonpath([out, workdir]) == workdir:
+    raise ConversionError(f'--out={out} is the workdir or inside it ({workdir}); choose a '
+                          'directory outside it')
+
+
 def cmd_to_hf(args) -> None:
   from radjax.core import workdir
+  _check_out(args.out, args.workdir)
   config = workdir.load_config(args.workdir)
-  step = workdir.latest_step(args.workdir) if args.step is None else args.step
+  step = (workdir.latest_step(args.workdir) if args.step is None
+          else workdir.check_step(args.workdir, args.step))
   params = workdir.load_params(args.workdir, step)
   export.export_hf(config, params, args.out, args.dtype)
   print(f'wrote {args.out} from {args.workdir} step {step} ({config.model.kind}, '
@@ -72,10 +82,15 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('--dtype', default='float32', choices=sorted(hf_io.DTYPES))
   p.set_defaults(func=cmd_to_hf)
   args = parser.parse_args(argv)
+  from radjax.core.workdir import WorkdirError
   try:
     args.func(args)
-  except (ConversionError, UnsupportedConfig, FileNotFoundError, FileExistsError) as e:
+  except (ConversionError, UnsupportedConfig, WorkdirError, FileNotFoundError,
+          FileExistsError) as e:
     print(f'error: {e}', file=sys.stderr)
+    return 2
+  except OSError as e:  # unreadable input, unwritable output
+    print(f'error: {e.filename or ""}: {e.strerror or e}', file=sys.stderr)
     return 2
   return 0
 

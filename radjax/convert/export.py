@@ -12,6 +12,7 @@ import numpy as np
 from absl import logging
 
 from radjax.convert import hf_io, parts
+from radjax.convert.common import ConversionError
 from radjax.convert.hf_config import export_family
 from radjax.core import defaults as base
 from radjax.data import tokens
@@ -113,7 +114,8 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
     cfg = factory.part_config(config.model, kind)
     hf_cfg, state_dict = parts.to_hf(kind, cfg, params, **extra)
   else:
-    raise ValueError(f'config.model.kind={kind!r} is not one of vlm, {", ".join(factory.PARTS)}')
+    raise ConversionError(f'config.model.kind={kind!r} is not one of vlm, '
+                          f'{", ".join(factory.PARTS)}')
   hf_io.save_hf_dir(out, hf_cfg, state_dict, dtype)
   if kind in ('vision', 'projector'):
     return

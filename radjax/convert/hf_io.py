@@ -14,11 +14,22 @@ DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}  # never float1
 def load_hf_dir(path: str):
   """(transformers config, {name: numpy array}) from a local HF model directory."""
   import transformers
-  with open(os.path.join(path, 'config.json')) as f:
-    raw = json.load(f)
-  model_type = raw.get('model_type')
+
+  from radjax.convert.common import ConversionError
+  config_path = os.path.join(path, 'config.json')
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'{path}: no such directory')
+  try:
+    with open(config_path, encoding='utf-8') as f:
+      raw = json.load(f)
+  except UnicodeDecodeError as e:
+    raise ConversionError(f'{config_path}: not UTF-8 text (byte {e.start})') from None
+  except json.JSONDecodeError as e:
+    raise ConversionError(f'{config_path}: not valid JSON ({e.msg} at line {e.lineno}); '
+                          'truncated or damaged?') from None
+  model_type = raw.get('model_type') if isinstance(raw, dict) else None
   if model_type not in transformers.CONFIG_MAPPING:
-    raise ValueError(f'{path}/config.json: unknown model_type={model_type!r}')
+    raise ConversionError(f'{config_path}: unknown model_type={model_type!r}')
   # The config class is picked by model_type from transformers itself; no remote code.
   hf_config = transformers.CONFIG_MAPPING[model_type].from_pretrained(path)
   files = sorted(glob.glob(os.path.join(path, '*.safetensors')))

@@ -256,6 +256,9 @@ def save_processor(out_dir: str, tokenizer_json: str, image_size: int, mean, std
   `tokenizer_json` is a tokenizer.json path (or its JSON text) with radjax's special
   tokens; `<image>` expands to `num_image_tokens` placeholders. Images: RGB, resized to
   exactly (image_size, image_size) with PIL bicubic (no crop), /255, (x - mean) / std.
+  High-bit-depth images (16-bit PNGs) must first go through
+  `radjax.data.images.load_image` (or `to_8bit`), radjax's one depth rule; PIL's own
+  conversion, which transformers uses, clips them to white.
   transformers picks its torchvision backend when torchvision is installed; pass
   `backend='pil'` to `from_pretrained` there for pixel-exact radjax preprocessing.
   """

@@ -1,27 +1,103 @@
-"""orbax CheckpointManager over {train state, Grain iterator}: async, atomic, keep-N."""
+"""orbax CheckpointManager over {train state, Grain iterator}: async, atomic, keep-N.
+
+What a checkpoint may never be: non-finite (`save` refuses a state with NaN/inf), or a
+reason a rerun fails (`restore_latest` sets a checkpoint that does not restore aside,
+in `<workdir>/checkpoints_damaged/`, and falls back to the next older one).
+"""
 import os
+import signal
+import threading
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+
+DAMAGED_DIR = 'checkpoints_damaged'
+
+
+class NonFiniteStateError(RuntimeError):
+  """A state with NaN/inf values was about to become a checkpoint."""
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint of a workdir restores."""
+
+
+@jax.jit
+def _all_finite(leaves):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves] or [jnp.bool_(True)]))
+
+
+def all_finite(tree) -> bool:
+  """Whether every floating-point leaf of `tree` is finite (one jitted reduction)."""
+  leaves = [x for x in jax.tree.leaves(tree)
+            if hasattr(x, 'dtype') and jnp.issubdtype(x.dtype, jnp.inexact)]
+  return bool(_all_finite(leaves)) if leaves else True
+
+
+class _SigtermFlag:
+  """SIGTERM (a scheduler's preemption notice) asks the loop to save and stop at the end of
+  the current step; a second SIGTERM terminates at once."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+    self._installed = False
+
+  def install(self):
+    if threading.current_thread() is not threading.main_thread():
+      return
+    self._previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, self._handle)
+    self._installed = True
+
+  def uninstall(self):
+    if self._installed:
+      signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+      self._installed = False
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received:  # asked twice: stop now
+      self.uninstall()
+      signal.raise_signal(signum)
+      return
+    self.received = True
+    logging.warning('SIGTERM: saving a checkpoint after the current step, then exiting')
 
 
 class Checkpointer:
 
-  def __init__(self, workdir: str, keep: int, use_async: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+  def __init__(self, workdir: str, keep: int, use_async: bool = True,
+               handle_sigterm: bool = False):
+    """`keep`: checkpoints kept (0 keeps all). `handle_sigterm`: once the loop first asks
+    `reached_preemption`, SIGTERM makes it true (single-process runs; multi-host runs use
+    orbax's preemption sync, which JAX's distributed runtime drives)."""
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, 'checkpoints')
+    if keep < 0:
+      raise ValueError(f'config.train.keep_checkpoints={keep} must be >= 0 (0 keeps all)')
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=True,
                                            enable_async_checkpointing=use_async)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'data': grain.checkpoint.CheckpointHandler()})
 
+    self._sigterm = _SigtermFlag()
+    self._handle_sigterm = handle_sigterm and jax.process_count() == 1
+
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state, data_iterator=None, force: bool = False) -> bool:
+    """Saves (asynchronously if so configured); a non-finite state is refused."""
+    if not all_finite(state):
+      raise NonFiniteStateError(f'step {step}: the state has NaN/inf values; it is not saved '
+                                f'as a checkpoint in {self.directory}')
     items = {'state': ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -34,13 +110,56 @@ class Checkpointer:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
     return self.manager.restore(step, args=ocp.args.Composite(**items))['state']
 
+  def restore_latest(self, abstract_state, data_iterator=None):
+    """(state, step) of the newest checkpoint that restores; (None, None) when there is none.
+
+    A checkpoint that fails to restore (a truncated file, a missing manifest or iterator
+    state) is moved, never deleted, to `<workdir>/checkpoints_damaged/<step>`, with a
+    warning that says why, and the next older one is tried. Raises CheckpointError when
+    none restores (a rerun then starts from scratch; the damaged ones stay aside).
+    """
+    skipped = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        return self.restore(step, abstract_state, data_iterator), step
+      except Exception as e:  # orbax/tensorstore/grain raise many types for damaged files
+        reason = f'{type(e).__name__}: {" ".join(str(e).split())[:300]}'
+        aside = self._set_aside(step)
+        logging.warning('checkpoint %d does not restore (%s); moved to %s, trying an older one',
+                        step, reason, aside)
+        skipped.append(f'{step} ({reason}) -> {aside}')
+    if skipped:
+      raise CheckpointError(f'no checkpoint in {self.directory} restores; set aside: '
+                            + '; '.join(skipped) + '. Rerun to start from scratch.')
+    return None, None
+
+  def _set_aside(self, step: int) -> str:
+    """Moves a step's directory to <workdir>/checkpoints_damaged/<step>[.N]; returns where."""
+    src = os.path.join(self.directory, str(step))
+    dest_dir = os.path.join(self.workdir, DAMAGED_DIR)
+    dest, n = os.path.join(dest_dir, str(step)), 1
+    if jax.process_index() == 0:
+      os.makedirs(dest_dir, exist_ok=True)
+      while os.path.exists(dest):
+        dest, n = os.path.join(dest_dir, f'{step}.{n}'), n + 1
+      os.rename(src, dest)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f'radjax_set_aside_{step}')
+    self.manager.reload()
+    return dest
+
   def reached_preemption(self, step: int) -> bool:
-    return self.manager.reached_preemption(step)
+    if self._handle_sigterm:  # from the first step the loop asks until close()
+      self._handle_sigterm = False
+      self._sigterm.install()
+    return self._sigterm.received or self.manager.reached_preemption(step)
 
   def wait(self):
     self.manager.wait_until_finished()
 
   def close(self):
+    self._sigterm.uninstall()
     self.manager.close()
 
 

@@ -66,6 +66,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # ---- data -------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
   c.data.dir = ''  # folder with manifest.json, *.array_record and tokenizer.json
+  # Images: 16-bit PNGs are rescaled by bit depth, an image with a side under 8 pixels is
+  # an error, a constant one a warning (radjax/data/images.py).
   c.data.builder = ''  # e.g. 'demo': build c.data.dir with data_prep.<builder> if missing
   c.data.builder_kwargs = ml_collections.ConfigDict()
   c.data.tokenizer = ''  # tokenizer.json path; default: <data.dir>/tokenizer.json
@@ -176,13 +178,19 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   # ---- training loop ----------------------------------------------------------
   c.train = ml_collections.ConfigDict()
+  # Impossible values (num_steps <= 0, batch_size 0, a mesh axis 0, ...) are errors naming
+  # the knob: radjax/core/config_checks.py.
   c.train.num_steps = 1000
   c.train.batch_size = 8  # global batch (all micro-batches, all hosts)
   c.train.log_every = 10
+  # Checkpoints hold the state and the data-iterator position. A non-finite state is never
+  # saved; a checkpoint that does not restore is set aside in <workdir>/checkpoints_damaged
+  # and the run resumes from the next older one. SIGTERM saves one and exits after the step.
   c.train.checkpoint_every = 200
-  c.train.keep_checkpoints = 3
+  c.train.keep_checkpoints = 3  # the newest N are kept; 0 keeps all
   c.train.async_checkpoint = True
-  c.train.eval_every = 500  # 0: only at the end
+  # 0: only at the end. An evaluation lost to a kill is redone when the run resumes.
+  c.train.eval_every = 500
 
   # ---- evaluation -------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()

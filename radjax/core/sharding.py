@@ -14,6 +14,9 @@ MESH_AXES = ('data', 'fsdp', 'tensor')
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
   sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+  for a, s in zip(MESH_AXES, sizes):
+    if s < 1 and s != -1:
+      raise ValueError(f'config.mesh.{a}={s} must be >= 1 (or -1: the remaining devices)')
   if sizes.count(-1) > 1:
     raise ValueError(f'config.mesh: only one of {MESH_AXES} may be -1, got {sizes}')
   if -1 in sizes:

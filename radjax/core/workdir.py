@@ -14,13 +14,23 @@ from radjax.core import checkpoint as checkpoint_lib
 from radjax.core import defaults as base
 
 CONFIG_FILE = 'config.json'
+# config.model knobs that may change between runs of one workdir: where a fresh run's
+# weights come from. (How it runs lives in config.runtime; of that only scan_layers
+# changes what a checkpoint holds.)
+RUNTIME_MODEL_KEYS = ('init_from',)
+
+
+class WorkdirError(ValueError):
+  """A workdir that cannot be read or does not fit the config; the message names the file."""
 
 
 def save_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+    path = os.path.join(workdir, CONFIG_FILE)
+    with open(path + '.tmp', 'w') as f:  # a kill mid-write leaves the old file whole
       f.write(config.to_json_best_effort(indent=1))
+    os.replace(path + '.tmp', path)
 
 
 def _overlay(node: ml_collections.ConfigDict, values: dict, where: str) -> None:
@@ -40,7 +50,7 @@ def _overlay(node: ml_collections.ConfigDict, values: dict, where: str) -> None:
         try:
           value = type(current)(value)
         except (TypeError, ValueError) as e:
-          raise ValueError(f'{CONFIG_FILE}: {here}={value!r} does not fit the type of the '
+          raise WorkdirError(f'{CONFIG_FILE}: {here}={value!r} does not fit the type of the '
                            f'default {current!r}') from e
       node[key] = value
 
@@ -55,8 +65,16 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} does not exist: {workdir!r} is not a radjax workdir '
                             '(train into it or create it with `python -m radjax.convert from-hf`)')
-  with open(path) as f:
-    values = json.load(f)
+  try:
+    with open(path, encoding='utf-8') as f:
+      values = json.load(f)
+  except UnicodeDecodeError as e:
+    raise WorkdirError(f'{path}: not UTF-8 text (byte {e.start})') from None
+  except json.JSONDecodeError as e:
+    raise WorkdirError(f'{path}: not valid JSON ({e.msg} at line {e.lineno}); truncated or '
+                       'damaged?') from None
+  if not isinstance(values, dict):
+    raise WorkdirError(f'{path}: expected a JSON object')
   config = base.get_config()
   _overlay(config, values, '')
   return config
@@ -66,12 +84,65 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
+def has_checkpoints(workdir: str) -> bool:
+  d = checkpoint_dir(workdir)
+  return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
+
+
+def _flat(node, prefix: str = '') -> dict:
+  out = {}
+  for k, v in node.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def _architecture(config) -> dict:
+  """The knobs a checkpoint's contents depend on: the model (but RUNTIME_MODEL_KEYS), the
+  layer layout and the optimizer's parameter groups (they decide which moments exist)."""
+  values = json.loads(config.to_json_best_effort())
+  flat = {f'model.{k}': v for k, v in _flat(values.get('model', {})).items()
+          if k.rsplit('.', 1)[-1] not in RUNTIME_MODEL_KEYS}
+  flat['runtime.scan_layers'] = values.get('runtime', {}).get('scan_layers')
+  flat['optim.param_groups'] = values.get('optim', {}).get('param_groups')
+  return flat
+
+
+def check_resumable(config, workdir: str) -> None:
+  """Before a run writes anything into a workdir that has checkpoints: raises WorkdirError
+  naming every architecture knob (see _architecture) where `config` differs from the
+  workdir's config.json. Reads only."""
+  if not has_checkpoints(workdir) or not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    return
+  saved, new = _architecture(load_config(workdir)), _architecture(config)
+  diffs = [f'{k}: {saved.get(k)!r} in the workdir, {new.get(k)!r} now'
+           for k in sorted(set(saved) | set(new)) if saved.get(k) != new.get(k)]
+  if diffs:
+    raise WorkdirError(f'{os.path.join(workdir, CONFIG_FILE)}: the workdir was trained with a '
+                       f'different model; nothing was written. Differing: {"; ".join(diffs)}. '
+                       'Use a new --workdir, or the workdir\'s own config '
+                       f'(--config configs/workdir.py:{workdir}).')
+
+
 def latest_step(workdir: str) -> int:
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=1, use_async=False)
   step = ckpt.latest_step()
   ckpt.close()
   if step is None:
     raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}')
+  return step
+
+
+def check_step(workdir: str, step: int) -> int:
+  """`step` if the workdir has a checkpoint of it, else FileNotFoundError listing those it has."""
+  ckpt = checkpoint_lib.Checkpointer(workdir, keep=1, use_async=False)
+  steps = sorted(ckpt.manager.all_steps())
+  ckpt.close()
+  if step not in steps:
+    raise FileNotFoundError(f'no checkpoint of step {step} in {checkpoint_dir(workdir)} '
+                            f'(it has steps {steps})')
   return step
 
 

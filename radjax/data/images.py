@@ -1,14 +1,72 @@
-"""Image decoding and transforms: bytes -> normalised float array of the model's size."""
+"""Image decoding and transforms: bytes -> normalised float array of the model's size.
+
+Every image training, evaluation and generation read goes through `decode_image`, and
+`to_8bit` there is the one rule for pixel depth (the HF processor `to-hf` exports
+expects the image `load_image` gives):
+- 8-bit images are used as they are.
+- High-bit-depth grayscale (16-bit PNG: PIL modes 'I;16*', 'I') is rescaled by its bit
+  depth, v -> round(v * 255 / 65535), so an 8-bit image saved as 16-bit (v * 257) gives
+  exactly the same pixels. Not by the image's own range: a dark image stays dark. An image
+  that uses under 1/16 of the 16-bit range (e.g. 12-bit data in a 16-bit file) is used as
+  it is, with a warning.
+Degenerate images: one with a side under MIN_IMAGE_SIDE pixels is an error naming the
+record; a constant image (every pixel the same: blank) is used, with a warning.
+"""
 import io
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from radjax.data import schema
 
+MIN_IMAGE_SIDE = 8
+_HIGH_DEPTH_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
+_MAX_WARNINGS = 20
+_warned = [0]
+
+
+def _warn(msg: str, *args) -> None:
+  """logging.warning for the first _MAX_WARNINGS image warnings of a process."""
+  if _warned[0] < _MAX_WARNINGS:
+    _warned[0] += 1
+    logging.warning(msg, *args)
+
+
+def to_8bit(img: Image.Image, record_id: str = '') -> Image.Image:
+  """An 8-bit-per-sample PIL image; high-bit-depth grayscale rescaled by its bit depth."""
+  if img.mode not in _HIGH_DEPTH_MODES:
+    return img
+  x = np.asarray(img).astype(np.float64)
+  if x.size and x.max() < 4096:
+    _warn('record %r: a %s image whose values all lie below 4096 (12-bit data?); it is '
+          'rescaled by 16-bit depth and will look dark', record_id, img.mode)
+  x = np.clip(np.rint(x * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+  return Image.fromarray(x)  # uint8 (H, W): mode 'L'
+
+
+def load_image(path: str, num_channels: int = 3) -> Image.Image:
+  """An image file as radjax sees it ('L' or 'RGB', 8 bits): what to give the exported HF
+  processor for a 16-bit PNG, whose own conversion would clip it to white."""
+  img = Image.open(path)
+  img.load()
+  return _checked(img, num_channels, path)
+
+
+def _checked(img: Image.Image, num_channels: int, record_id: str) -> Image.Image:
+  if min(img.size) < MIN_IMAGE_SIDE:
+    raise schema.SchemaError(f'record {record_id!r}: images: {img.size[0]}x{img.size[1]} '
+                             f'pixels; images need sides of at least {MIN_IMAGE_SIDE}')
+  img = to_8bit(img, record_id).convert('RGB' if num_channels == 3 else 'L')
+  lo, hi = np.min(img.getextrema()), np.max(img.getextrema())
+  if lo == hi:
+    _warn('record %r: a constant image (every pixel %d)', record_id, int(lo))
+  return img
+
 
 def decode_image(image: dict, num_channels: int, record_id: str) -> Image.Image:
-  """PNG/JPEG bytes -> PIL image in 'L' or 'RGB'. Errors name the record."""
+  """PNG/JPEG bytes -> PIL image in 'L' or 'RGB', 8 bits (see the module docstring for
+  high bit depths and degenerate images). Errors name the record."""
   if image.get('kind', '2d') != '2d' or image.get('format') not in ('png', 'jpeg'):
     raise schema.SchemaError(f'record {record_id!r}: images: a 2D pipeline got '
                              f"{image.get('kind')}/{image.get('format')}")
@@ -17,7 +75,7 @@ def decode_image(image: dict, num_channels: int, record_id: str) -> Image.Image:
     img.load()
   except Exception as e:  # PIL raises many types for corrupt data
     raise schema.SchemaError(f'record {record_id!r}: images: undecodable ({e})') from e
-  return img.convert('RGB' if num_channels == 3 else 'L')
+  return _checked(img, num_channels, record_id)
 
 
 def random_resized_crop(img: Image.Image, size: int, scale: tuple[float, float],

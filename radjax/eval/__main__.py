@@ -45,8 +45,21 @@ def _check_references(row: dict) -> str | None:
   return None
 
 
+def _check_rows(rows: list[dict], path: str) -> None:
+  """Scores of no rows, or of rows whose ids repeat, would be numbers about nothing."""
+  if not rows:
+    raise InputError(f"{path}: no prediction rows")
+  first = {}
+  for n, row in enumerate(rows, 1):
+    key = json.dumps(row["id"])
+    if key in first:
+      raise InputError(f"{path}: duplicate id {row['id']!r} (rows {first[key]} and {n})")
+    first[key] = n
+
+
 def cmd_score(args) -> None:
   rows = read_jsonl(args.predictions, ("id", "generated", "reference"), _check_references)
+  _check_rows(rows, args.predictions)
   radgraph = None
   if args.radgraph:
     from radjax.eval.metrics import radgraph as radgraph_lib
@@ -93,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     args.func(args)
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:  # an output path that cannot be written, a missing plug-in file
+    print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
     return 2
   return 0
 

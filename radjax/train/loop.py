@@ -22,19 +22,21 @@ class NonFiniteLossError(RuntimeError):
 
 def restore_or_keep(exp, ckpt: checkpoint_lib.Checkpointer, data_iterator=None):
   """Resume order: latest checkpoint in the workdir, else the fresh state."""
-  step = ckpt.latest_step()
-  if step is None:
+  if ckpt.latest_step() is None:
     return exp.state, 0
-  logging.info('resuming from step %d in %s', step, ckpt.directory)
   target = state_lib.abstract_state(exp.state_shardings, exp.state)
-  return ckpt.restore(step, target, data_iterator), step
+  state, step = ckpt.restore_latest(target, data_iterator)  # skips damaged ones, kept aside
+  logging.info('resuming from step %d in %s', step, ckpt.directory)
+  return state, step
 
 
 def train(config, workdir: str, task, devices=None) -> dict:
   """Runs (or resumes) `task` (radjax/tasks) to config.train.num_steps; returns the last
   eval metrics."""
   tc = config.train
-  ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoint)
+  workdir_lib.check_resumable(config, workdir)  # before anything is written
+  ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoint,
+                                     handle_sigterm=True)
   # init_from weights only matter for a fresh run; a resumed one restores everything.
   exp = setup.build(config, task, devices, pretrained=ckpt.latest_step() is None)
   workdir_lib.save_config(config, workdir)
@@ -58,6 +60,8 @@ def train(config, workdir: str, task, devices=None) -> dict:
   last_eval = {}
   t_log, steps_since_log = time.time(), 0
   try:
+    if start and _eval_due(tc, start) and not writers.eval_logged(writer_path(workdir), start):
+      last_eval = _evaluate(evaluators, writer, state, start, {})  # lost to a kill: redo it
     for step in range(start + 1, tc.num_steps + 1):
       host_batch = next(data_iter)
       truncated = float(np.mean(host_batch.get('truncated', 0)))
@@ -78,18 +82,18 @@ def train(config, workdir: str, task, devices=None) -> dict:
       progress(step)
 
       if step % tc.checkpoint_every == 0 or step == tc.num_steps:
+        pending = _log_now(writer, pending, ckpt, state, workdir)  # checked before saved
         ckpt.save(step, state, data_iter, force=True)
       elif ckpt.reached_preemption(step):
+        pending = _log_now(writer, pending, ckpt, state, workdir)
         ckpt.save(step, state, data_iter, force=True)
         ckpt.wait()
         logging.warning('preempted at step %d; checkpoint saved', step)
         break
-      if (tc.eval_every and step % tc.eval_every == 0) or step == tc.num_steps:
-        scalars = _read(pending, ckpt, state, workdir)
+      if _eval_due(tc, step):
+        scalars = _read(pending, ckpt, state, workdir) if pending else {}
         pending = None
-        last_eval = evaluators_lib.run_all(evaluators, state.params, step, writer)
-        _log(writer, step, {**scalars, **last_eval})
-        logging.info('step %d eval: %s', step, json.dumps(last_eval))
+        last_eval = _evaluate(evaluators, writer, state, step, scalars)
     if pending is not None:
       _log(writer, pending[0], _read(pending, ckpt, state, workdir))
   finally:  # an error still lets queued checkpoint writes finish
@@ -97,6 +101,29 @@ def train(config, workdir: str, task, devices=None) -> dict:
     ckpt.close()
     writer.flush()
   return last_eval
+
+
+def _eval_due(tc, step: int) -> bool:
+  return bool(tc.eval_every and step % tc.eval_every == 0) or step == tc.num_steps
+
+
+def writer_path(workdir: str) -> str:
+  return os.path.join(workdir, 'metrics.jsonl')
+
+
+def _evaluate(evaluators, writer, state, step: int, scalars: dict) -> dict:
+  metrics = evaluators_lib.run_all(evaluators, state.params, step, writer)
+  _log(writer, step, {**scalars, **metrics})
+  logging.info('step %d eval: %s', step, json.dumps(metrics))
+  return metrics
+
+
+def _log_now(writer, pending, ckpt, state, workdir):
+  """Checks (non-finite: raises) and logs the step about to be checkpointed, so that a
+  checkpoint never exists without its step's row in metrics.jsonl. Returns None."""
+  if pending is not None:
+    _log(writer, pending[0], _read(pending, ckpt, state, workdir))
+  return None
 
 
 def _log(writer, step, scalars):

@@ -6,6 +6,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from radjax.core import config_checks
 from radjax.core import sharding as sharding_lib
 from radjax.models import factory
 from radjax.train import optimizer as optimizer_lib
@@ -35,6 +36,7 @@ def build(config, task, devices=None, pretrained: bool = True, train: bool = Tru
   """`pretrained=False` skips `init_from` loading (the state is about to be restored).
   `train=False` allocates nothing: the state holds only the params' abstract target
   (no optimizer moments), for evaluation or generation to restore into."""
+  config_checks.check(config)
   factory.check_backend(config)
   mesh = sharding_lib.make_mesh(config.mesh, devices)
   rules = sharding_lib.rules_from_config(config.sharding.rules)

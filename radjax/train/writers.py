@@ -4,29 +4,73 @@ import os
 
 import jax
 import numpy as np
+from absl import logging
 from clu import metric_writers
+
+
+def read_rows(path: str) -> list[dict]:
+  """metrics.jsonl's rows. A half-written last line (a kill mid-write) is left out with a
+  warning; a damaged line before it is an error naming the file and line."""
+  if not os.path.exists(path):
+    return []
+  with open(path, 'rb') as f:
+    lines = f.read().split(b'\n')
+  rows = []
+  for n, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line.decode('utf-8')))
+    except ValueError as e:
+      if any(rest.strip() for rest in lines[n:]):
+        raise ValueError(f'{path}:{n}: not a JSON metrics row ({e})') from None
+      logging.warning('%s:%d: dropping a half-written last line', path, n)
+  return rows
+
+
+def eval_logged(path: str, step: int) -> bool:
+  """Whether metrics.jsonl has the evaluation of `step` (a kill during it leaves none).
+  Process 0's answer, for every process (only process 0 writes the file)."""
+  found = jax.process_index() != 0 or any(
+      r.get('step') == step and any(k.startswith('eval/') for k in r) for r in read_rows(path))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    found = bool(multihost_utils.broadcast_one_to_all(np.asarray(found)))
+  return found
+
+
+def _ends_mid_line(path: str) -> bool:
+  if not os.path.exists(path) or os.path.getsize(path) == 0:
+    return False
+  with open(path, 'rb') as f:
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) != b'\n'
+
+
+def _rewrite(path: str, rows: list[dict]) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in rows)
+  os.replace(tmp, path)
 
 
 class JsonlWriter(metric_writers.MetricWriter):
   """One JSON object per `write_scalars` call: {"step": s, name: value, ...}.
 
-  On resume, lines past the restored step are dropped so the file tells one
-  uninterrupted story.
+  On resume, lines past the restored step (and a half-written last line) are dropped so
+  the file tells one uninterrupted story. A checkpointed step's train row is written
+  before its checkpoint, so an evaluation at that step is a second row for the step.
   """
 
   def __init__(self, path: str, resume_step: int | None):
     self.path = path
-    if resume_step is None:  # append only (evaluation runs)
+    if resume_step is None:  # append only (evaluation runs), after any half-written line
+      if _ends_mid_line(path):
+        _rewrite(path, read_rows(path))
       self._file = open(path, 'a')
       return
-    lines = []
-    if resume_step > 0 and os.path.exists(path):
-      with open(path) as f:
-        lines = [ln for ln in f if ln.strip() and json.loads(ln)['step'] <= resume_step]
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(lines)
-    os.replace(tmp, path)
+    rows = [r for r in read_rows(path) if r['step'] <= resume_step] if resume_step > 0 else []
+    _rewrite(path, rows)
     self._file = open(path, 'a')
 
   def write_scalars(self, step, scalars):

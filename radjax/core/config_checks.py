@@ -1,0 +1,51 @@
+"""Checks of a config's values that its types cannot express; errors name the knob.
+
+`check(config)` runs before a run builds anything (radjax/train/setup.py build), so a
+`--config.train.batch_size=0` is a one-line error, not a ZeroDivisionError deep inside.
+"""
+
+# knob -> the smallest value it may take. Knobs a recipe lacks are skipped.
+MINIMUMS = {
+    'train.num_steps': 1, 'train.batch_size': 1, 'train.log_every': 1,
+    'train.checkpoint_every': 1, 'train.keep_checkpoints': 0, 'train.eval_every': 0,
+    'optim.grad_accum': 1, 'optim.warmup_steps': 0, 'optim.lr': 0, 'optim.clip_norm': 0,
+    'eval.batch_size': 1, 'eval.num_loss_batches': 0, 'eval.num_generate': 0,
+    'eval.max_new_tokens': 1, 'eval.num_beams': 1,
+    'data.max_len': 1, 'data.max_images': 1, 'data.worker_threads': 0,
+    'model.vision.image_size': 1, 'model.vision.patch_size': 1,
+}
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+
+def _get(config, dotted: str):
+  node = config
+  for key in dotted.split('.'):
+    if not hasattr(node, 'keys') or key not in node:
+      return None
+    node = node[key]
+  return node
+
+
+def errors(config) -> list[str]:
+  out = []
+  for knob, low in MINIMUMS.items():
+    value = _get(config, knob)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not value >= low:
+      out.append(f'config.{knob}={value!r} must be >= {low}')
+  for axis in MESH_AXES:
+    value = _get(config, f'mesh.{axis}')
+    if isinstance(value, int) and value != -1 and value < 1:
+      out.append(f'config.mesh.{axis}={value} must be >= 1 (or -1: the remaining devices)')
+  batch, accum = _get(config, 'train.batch_size'), _get(config, 'optim.grad_accum')
+  if isinstance(batch, int) and isinstance(accum, int) and batch >= 1 and accum >= 1 \
+      and batch % accum:
+    out.append(f'config.train.batch_size={batch} is not divisible by '
+               f'config.optim.grad_accum={accum}')
+  return out
+
+
+def check(config) -> None:
+  """Raises ValueError naming every knob with an impossible value."""
+  found = errors(config)
+  if found:
+    raise ValueError('; '.join(found))

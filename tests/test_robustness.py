@@ -1,0 +1,390 @@
+"""Nothing lost, nothing silently wrong: damaged inputs, damaged workdirs, unlucky moments
+and wrong flags, each on the real code path (real files, real runs, the CLIs' exit codes)."""
+import glob
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import grain
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from radjax import run as run_lib
+from radjax.core import checkpoint as checkpoint_lib
+from radjax.core import workdir as workdir_lib
+from radjax.data import images, schema
+from radjax.eval import evaluators as evaluators_lib
+from radjax.train import writers
+from tests.conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _png(array: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(array).save(buf, format='PNG')
+  return buf.getvalue()
+
+
+def _losses(workdir):
+  return {r['step']: r['train/loss'] for r in writers.read_rows(
+      os.path.join(workdir, 'metrics.jsonl')) if 'train/loss' in r}
+
+
+# ---- images -----------------------------------------------------------------------------
+
+GREY = np.random.default_rng(0).integers(0, 256, (45, 61)).astype(np.uint8)
+KW = dict(size=32, num_channels=3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25), record_id='r')
+
+
+def test_16_bit_png_gives_the_pixels_of_the_8_bit_one():
+  png8, png16 = _png(GREY), _png(GREY.astype(np.uint16) * 257)
+  assert Image.open(io.BytesIO(png16)).mode.startswith('I')
+  want = images.preprocess({'format': 'png', 'data': png8}, **KW)
+  got = images.preprocess({'format': 'png', 'data': png16}, **KW)
+  np.testing.assert_array_equal(got, want)
+  rng = lambda: np.random.default_rng(3)  # noqa: E731  the training (augmented) path too
+  np.testing.assert_array_equal(images.preprocess({'format': 'png', 'data': png16}, **KW,
+                                                  rng=rng()),
+                                images.preprocess({'format': 'png', 'data': png8}, **KW,
+                                                  rng=rng()))
+
+
+def test_exported_processor_reproduces_16_bit_preprocessing(tmp_path):
+  transformers = pytest.importorskip('transformers')
+  from data_prep import tokenizer as tokenizer_lib
+  from radjax.convert import llava
+  from radjax.data import tokens
+  tok = str(tmp_path / 'tokenizer.json')
+  tokenizer_lib.save_tokenizer(tokenizer_lib.train_tokenizer(
+      300, ['The heart is normal in size. No pleural effusion.'] * 4), tok)
+  llava.save_processor(str(tmp_path / 'p'), tok, 32, KW['mean'], KW['std'], 16, 'clip',
+                       tokens.CHAT_TEMPLATE)
+  processor = transformers.LlavaProcessor.from_pretrained(str(tmp_path / 'p'))
+  path = str(tmp_path / 'x16.png')
+  with open(path, 'wb') as f:
+    f.write(_png(GREY.astype(np.uint16) * 257))
+  got = processor.image_processor(images=images.load_image(path),
+                                  return_tensors='np')['pixel_values'][0].transpose(1, 2, 0)
+  want = images.preprocess({'format': 'png', 'data': _png(GREY)}, **KW)
+  assert np.abs(got - want).max() <= 1e-5
+
+
+def test_degenerate_images_rejected_or_warned(caplog):
+  with pytest.raises(schema.SchemaError, match=r"record 'r'.*1x1 pixels"):
+    images.preprocess({'format': 'png', 'data': _png(np.zeros((1, 1), np.uint8))}, **KW)
+  with pytest.raises(schema.SchemaError, match='64x3 pixels'):
+    images.preprocess({'format': 'png', 'data': _png(np.zeros((3, 64), np.uint8))}, **KW)
+  images._warned[0] = 0
+  with caplog.at_level('WARNING'):
+    images.preprocess({'format': 'png', 'data': _png(np.full((16, 16), 255, np.uint8))}, **KW)
+  assert 'constant image' in caplog.text
+
+
+# ---- checkpoints -------------------------------------------------------------------------
+
+def _three_checkpoints(workdir, keep=0):
+  ckpt = checkpoint_lib.Checkpointer(workdir, keep, use_async=False)
+  it = iter(grain.MapDataset.range(100))
+  for step in (1, 2, 3):
+    next(it)
+    ckpt.save(step, {'params': {'w': jnp.full((64,), float(step))}}, it, force=True)
+  ckpt.close()
+
+
+def _damage(step_dir: str, kind: str):
+  if kind == 'truncated file':
+    for f in glob.glob(os.path.join(step_dir, 'state', '**', 'd', '*'), recursive=True):
+      with open(f, 'r+b') as fh:
+        fh.truncate(os.path.getsize(f) // 2)
+  elif kind == 'missing manifest':
+    for f in glob.glob(os.path.join(step_dir, 'state', '**', 'manifest.ocdbt'), recursive=True):
+      os.remove(f)
+  else:  # missing iterator state
+    for f in glob.glob(os.path.join(step_dir, 'data', 'process_*.json')):
+      os.remove(f)
+
+
+@pytest.mark.parametrize('kind', ['truncated file', 'missing manifest', 'missing iterator state'])
+def test_damaged_newest_checkpoint_falls_back_and_is_kept_aside(tmp_path, kind, caplog):
+  wd = str(tmp_path / 'w')
+  _three_checkpoints(wd)
+  _damage(os.path.join(wd, 'checkpoints', '3'), kind)
+  ckpt = checkpoint_lib.Checkpointer(wd, 0, use_async=False)
+  it = iter(grain.MapDataset.range(100))
+  with caplog.at_level('WARNING'):
+    state, step = ckpt.restore_latest({'params': {'w': jnp.zeros((64,))}}, it)
+  assert step == 2 and float(state['params']['w'][0]) == 2.0 and next(it) == 2
+  assert 'checkpoint 3 does not restore' in caplog.text
+  assert os.listdir(os.path.join(wd, checkpoint_lib.DAMAGED_DIR)) == ['3']  # kept, not deleted
+  assert ckpt.latest_step() == 2
+  ckpt.close()
+
+
+def test_no_restorable_checkpoint_is_an_error_that_keeps_them(tmp_path):
+  wd = str(tmp_path / 'w')
+  _three_checkpoints(wd)
+  for step in (1, 2, 3):
+    _damage(os.path.join(wd, 'checkpoints', str(step)), 'missing iterator state')
+  ckpt = checkpoint_lib.Checkpointer(wd, 0, use_async=False)
+  with pytest.raises(checkpoint_lib.CheckpointError, match='no checkpoint .* restores'):
+    ckpt.restore_latest({'params': {'w': jnp.zeros((64,))}}, iter(grain.MapDataset.range(9)))
+  assert sorted(os.listdir(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))) == ['1', '2', '3']
+
+
+def test_keep_checkpoints_zero_keeps_all(tmp_path):
+  _three_checkpoints(str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1', '2', '3']
+  with pytest.raises(ValueError, match='keep_checkpoints=-1'):
+    checkpoint_lib.Checkpointer(str(tmp_path), -1)
+
+
+def test_nonfinite_state_is_never_saved(tmp_path):
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), 3, use_async=False)
+  with pytest.raises(checkpoint_lib.NonFiniteStateError, match='step 5'):
+    ckpt.save(5, {'params': {'w': jnp.array([1.0, jnp.nan])}}, force=True)
+  ckpt.close()
+  assert not os.listdir(tmp_path / 'checkpoints')
+
+
+def test_sigterm_asks_for_a_checkpoint_and_a_second_one_is_default(tmp_path):
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), 3, use_async=False, handle_sigterm=True)
+  assert not ckpt.reached_preemption(1)
+  os.kill(os.getpid(), signal.SIGTERM)
+  assert ckpt.reached_preemption(1)
+  ckpt.close()
+  assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
+
+
+# ---- metrics.jsonl -----------------------------------------------------------------------
+
+def test_half_written_metrics_line_is_trimmed(tmp_path):
+  path = str(tmp_path / 'metrics.jsonl')
+  with open(path, 'w') as f:
+    f.write('{"step": 1, "train/loss": 2.5}\n{"step": 2, "train/loss": 2.25}\n{"step": 3, "tr')
+  w = writers.JsonlWriter(path, resume_step=2)
+  w.write_scalars(3, {'train/loss': 2.0})
+  w.close()
+  assert [r['step'] for r in writers.read_rows(path)] == [1, 2, 3]
+  with open(path, 'a') as f:  # evaluation runs append after a half line too
+    f.write('{"step": 4')
+  writers.JsonlWriter(path, resume_step=None).close()
+  assert [r['step'] for r in writers.read_rows(path)] == [1, 2, 3]
+  with open(path, 'w') as f:
+    f.write('{"step": 1}\n{"st\n{"step": 3}\n')
+  with pytest.raises(ValueError, match='metrics.jsonl:2'):
+    writers.read_rows(path)
+
+
+# ---- config errors -----------------------------------------------------------------------
+
+@pytest.mark.parametrize('knob,value', [('train.num_steps', 0), ('train.num_steps', -3),
+                                        ('train.batch_size', 0), ('mesh.tensor', 0),
+                                        ('train.checkpoint_every', 0),
+                                        ('train.keep_checkpoints', -1)])
+def test_config_errors_name_the_knob(demo_data, tmp_path, knob, value):
+  config = tiny_config(demo_data)
+  section, key = knob.split('.')
+  config[section][key] = value
+  with pytest.raises(ValueError, match=rf'config\.{knob}={value}'):
+    run_lib.main(config, str(tmp_path / 'w'), 'train')
+
+
+# ---- a run killed during the evaluation after its checkpoint --------------------------
+
+class Killed(Exception):
+  pass
+
+
+@pytest.fixture(scope='module')
+def killed_in_eval(demo_data, tmp_path_factory):
+  """A 4-step run (checkpoints 2, 4) that died in its evaluation at step 4."""
+  config = tiny_config(demo_data)
+  config.train.num_steps = 4
+  wd = str(tmp_path_factory.mktemp('killed') / 'w')
+  real = evaluators_lib.run_all
+
+  def dying(evaluators, params, step, writer=None, out_dir=None):
+    raise Killed()
+
+  evaluators_lib.run_all = dying
+  try:
+    with pytest.raises(Killed):
+      run_lib.main(config, wd, 'train')
+  finally:
+    evaluators_lib.run_all = real
+  return config, wd
+
+
+def _copy(src, tmp_path):
+  dst = str(tmp_path / 'copy')
+  shutil.copytree(src, dst)
+  return dst
+
+
+def test_resume_completes_the_lost_evaluation(killed_in_eval, tmp_path):
+  config, src = killed_in_eval
+  wd = _copy(src, tmp_path)
+  assert checkpoint_lib.Checkpointer(wd, 3).latest_step() == 4
+  assert not writers.eval_logged(os.path.join(wd, 'metrics.jsonl'), 4)
+  assert sorted(_losses(wd)) == [1, 2, 3, 4]  # the checkpointed step's row came first
+  with open(os.path.join(wd, 'metrics.jsonl'), 'a') as f:
+    f.write('{"step": 4, "eval/val_lo')  # and a kill mid-write
+  metrics = run_lib.main(config, wd, 'train')
+  assert np.isfinite(metrics['eval/val_loss'])
+  assert writers.eval_logged(os.path.join(wd, 'metrics.jsonl'), 4)
+  assert _losses(wd) == _losses(src)
+
+
+@pytest.mark.slow
+def test_damaged_newest_checkpoint_run_resumes_from_the_older(killed_in_eval, tmp_path,
+                                                             monkeypatch):
+  config, src = killed_in_eval
+  wd = _copy(src, tmp_path)
+  _damage(os.path.join(wd, 'checkpoints', '4'), 'truncated file')
+  monkeypatch.setattr(evaluators_lib, 'run_all', lambda *a, **k: {'eval/x': 1.0})
+  run_lib.main(config, wd, 'train')
+  assert os.listdir(os.path.join(wd, checkpoint_lib.DAMAGED_DIR)) == ['4']
+  assert _losses(wd) == _losses(src)  # steps 3 and 4 again, float for float
+  assert checkpoint_lib.Checkpointer(wd, 3).latest_step() == 4
+
+
+@pytest.fixture
+def saved_workdir(demo_data, tmp_path):
+  """A workdir as training leaves it: config.json and checkpoints (of stand-in params)."""
+  config = tiny_config(demo_data)
+  wd = str(tmp_path / 'saved')
+  workdir_lib.save_params(wd, config, {'w': np.zeros(3, np.float32)}, step=2)
+  workdir_lib.save_params(wd + '_4', config, {'w': np.zeros(3, np.float32)}, step=4)
+  shutil.move(os.path.join(wd + '_4', 'checkpoints', '4'), os.path.join(wd, 'checkpoints'))
+  return config, wd
+
+
+def test_changed_architecture_writes_nothing(saved_workdir):
+  config, wd = saved_workdir
+  before = {p: open(p, 'rb').read() for p in glob.glob(f'{wd}/**', recursive=True)
+            if os.path.isfile(p)}
+  changed = tiny_config(config.data.dir)
+  changed.train.num_steps = 8
+  changed.model.llm.num_layers = 3
+  changed.model.vision.embed_dim = 48
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=r'model\.llm\.num_layers: 2 .* 3 now; model\.vision\.embed_dim'):
+    run_lib.main(changed, wd, 'train')
+  after = {p: open(p, 'rb').read() for p in glob.glob(f'{wd}/**', recursive=True)
+           if os.path.isfile(p)}
+  assert after == before
+  assert workdir_lib.load_config(wd).model.llm.num_layers == 2
+
+
+@pytest.mark.slow
+def test_8_and_16_bit_png_give_the_same_report(killed_in_eval, tmp_path):
+  config, src = killed_in_eval
+  from data_prep import writer
+  ex = schema.decode(writer.read_records(
+      os.path.join(config.data.dir, 'test-00000-of-00001.array_record'))[0])
+  grey = np.asarray(Image.open(io.BytesIO(ex['images'][0]['data'])).convert('L'))
+  p8, p16 = str(tmp_path / 'a8.png'), str(tmp_path / 'a16.png')
+  with open(p8, 'wb') as f:
+    f.write(_png(grey))
+  with open(p16, 'wb') as f:
+    f.write(_png(grey.astype(np.uint16) * 257))
+  r8, r16 = run_lib.main(config, src, 'generate', [p8, p16])
+  assert r8 == r16
+
+
+# ---- CLIs --------------------------------------------------------------------------------
+
+def _convert(*argv):
+  from radjax.convert import __main__ as convert_cli
+  return convert_cli.main([str(a) for a in argv])
+
+
+def _score(*argv):
+  from radjax.eval import __main__ as eval_cli
+  return eval_cli.main([str(a) for a in argv] + ['--no-meteor'])
+
+
+def _one_line_error(capsys, *fragments):
+  err = capsys.readouterr().err.strip()
+  assert err.startswith('error: ') and '\n' not in err, err
+  for frag in fragments:
+    assert frag in err, (frag, err)
+
+
+def test_to_hf_refuses_out_in_the_workdir_and_a_missing_step(saved_workdir, tmp_path, capsys):
+  _, wd = saved_workdir
+  before = open(os.path.join(wd, 'config.json')).read()
+  for out in (wd, os.path.join(wd, 'hf')):
+    assert _convert('to-hf', '--workdir', wd, '--out', out) == 2
+    _one_line_error(capsys, 'is the workdir or inside it')
+  assert open(os.path.join(wd, 'config.json')).read() == before
+  assert _convert('to-hf', '--workdir', wd, '--out', tmp_path / 'hf', '--step', 7) == 2
+  _one_line_error(capsys, 'no checkpoint of step 7', '[2, 4]')
+  assert not os.path.exists(tmp_path / 'hf')
+  with open(os.path.join(wd, 'config.json')) as f:
+    values = json.load(f)
+  values['model']['kind'] = 'audio'
+  with open(os.path.join(wd, 'config.json'), 'w') as f:
+    json.dump(values, f)
+  assert _convert('to-hf', '--workdir', wd, '--out', tmp_path / 'hf') == 2
+  _one_line_error(capsys, "config.model.kind='audio'")
+
+
+def test_convert_cli_bad_inputs_are_one_line_errors(tmp_path, capsys):
+  assert _convert('to-hf', '--workdir', tmp_path / 'nope', '--out', tmp_path / 'o') == 2
+  _one_line_error(capsys, 'config.json does not exist')
+  wd = tmp_path / 'w'
+  wd.mkdir()
+  (wd / 'config.json').write_text('{"model": {"kind": "vl')
+  assert _convert('to-hf', '--workdir', wd, '--out', tmp_path / 'o') == 2
+  _one_line_error(capsys, f'{wd}/config.json: not valid JSON')
+  hf = tmp_path / 'hf'
+  hf.mkdir()
+  for text, frag in ((b'{"model_type": "llam', 'not valid JSON'),
+                     (b'{"model_type": "\xff\xfe"}', 'not UTF-8'),
+                     (b'{"model_type": "no_such_model"}', "unknown model_type='no_such_model'")):
+    (hf / 'config.json').write_bytes(text)
+    assert _convert('from-hf', '--family', 'llama', '--hf_dir', hf, '--out', tmp_path / 'x') == 2
+    _one_line_error(capsys, f'{hf}/config.json', frag)
+  assert _convert('from-hf', '--family', 'llama', '--hf_dir', tmp_path / 'missing',
+                  '--out', tmp_path / 'x') == 2
+  _one_line_error(capsys, 'missing')
+
+
+def test_score_cli_bad_inputs_are_one_line_errors(tmp_path, capsys):
+  p = tmp_path / 'p.jsonl'
+  out = tmp_path / 'm.json'
+  assert _score('score', '--predictions', tmp_path / 'missing.jsonl', '--out', out) == 2
+  _one_line_error(capsys, 'missing.jsonl')
+  p.write_bytes(b'{"id": 1, "generated": "a", "reference": "b"}\n'
+                b'{"id": 2, "generated": "caf\xe9", "reference": "b"}\n')
+  assert _score('score', '--predictions', p, '--out', out) == 2
+  _one_line_error(capsys, f'{p}:2: not UTF-8')
+  p.write_text('\n')
+  assert _score('score', '--predictions', p, '--out', out) == 2
+  _one_line_error(capsys, 'no prediction rows')
+  p.write_text('{"id": 1, "generated": "No effusion.", "reference": "No effusion."}\n'
+               '{"id": 2, "generated": "a", "reference": "b"}\n'
+               '{"id": 1, "generated": "c", "reference": "d"}\n')
+  assert _score('score', '--predictions', p, '--out', out) == 2
+  _one_line_error(capsys, 'duplicate id 1 (rows 1 and 3)')
+  assert not out.exists()
+
+
+def test_clis_in_a_subprocess_exit_2_without_traceback(tmp_path):
+  bad = tmp_path / 'bad.jsonl'
+  bad.write_bytes(b'\xff\n')
+  for argv in (['radjax.eval', 'score', '--predictions', str(bad), '--out', str(tmp_path / 'm')],
+               ['radjax.convert', 'to-hf', '--workdir', str(tmp_path), '--out',
+                str(tmp_path / 'o')]):
+    proc = subprocess.run([sys.executable, '-m', *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert 'Traceback' not in proc.stderr and proc.stderr.strip().startswith('error: ')
