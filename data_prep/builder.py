@@ -103,8 +103,8 @@ def reject_row(result: dict) -> dict:
   return {k: result[k] for k in ('id', 'split', 'file', 'row', 'reason')}
 
 
-def tfds_example(result: dict) -> tuple[str, dict]:
-  return f"{result['index']:012d}", {'id': result['id'], 'example': result['record']}
+def tfds_example(result: dict) -> tuple[int, dict]:
+  return result['index'], {'id': result['id'], 'example': result['record']}
 
 
 class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

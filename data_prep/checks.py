@@ -7,6 +7,7 @@ manual_dir is not the dataset) with a reason that names the file and what is wro
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 from collections.abc import Iterator
@@ -46,8 +47,11 @@ def read_csv(path: epath.Path, required: tuple[str, ...], root: epath.Path | Non
 
 def read_text(path: epath.Path, rel: str = '') -> str:
   """UTF-8 text (a BOM is dropped); anything else is an error naming the file and byte."""
+  data = path.read_bytes()
+  if path.name.endswith('.gz'):
+    data = gzip.decompress(data)
   try:
-    return path.read_bytes().decode('utf-8-sig')
+    return data.decode('utf-8-sig')
   except UnicodeDecodeError as e:
     raise ManualDirError(f'{rel or path}: not UTF-8 at byte {e.start}') from e
 

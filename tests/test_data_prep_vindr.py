@@ -170,7 +170,7 @@ def test_beam_directrunner_gives_the_same_examples(vindr, tmp_path):
   pytest.importorskip('apache_beam')
   from apache_beam.options.pipeline_options import PipelineOptions
   root, path, _, _ = vindr
-  opts = PipelineOptions(['--direct_num_workers=2', '--direct_running_mode=multi_threading'])
+  opts = PipelineOptions(['--direct_num_workers=2', '--direct_running_mode=multi_processing'])
   beam_path, _ = fx.build('vindr_cxr', root, str(tmp_path), beam_runner='DirectRunner',
                           beam_options=opts)
   assert fx.examples(beam_path, 'train') == fx.examples(path, 'train')
