@@ -57,7 +57,7 @@ def read_dicom(data: bytes, where: str) -> tuple[dict, tuple[int, int], list[flo
     raise Reject(f'{where}: DICOM has no pixel data')
   image = to_uint8(ds, where)
   buf = io.BytesIO()
-  Image.fromarray(image).save(buf, format='PNG')
+  Image.fromarray(image).save(buf, format='PNG', compress_level=1)  # 3x faster than 6, +15% size
   spacing = None
   raw = ds.get('PixelSpacing') or ds.get('ImagerPixelSpacing')
   if raw is not None and len(raw) == 2:
