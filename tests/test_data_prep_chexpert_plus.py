@@ -39,7 +39,8 @@ def test_chexpert_plus(tmp_path):
   path, manifest = fx.build('chexpert_plus', src, str(tmp_path / 'out'))
   train = fx.examples(path, 'train')
   assert [e['id'] for e in train] == [rows[0][0][:-4], rows[1][0][:-4]]
-  assert train[0]['report'] == {'findings': 'Lungs are clear.', 'impression': '1. No acute process.'}
+  assert train[0]['report'] == {'findings': 'Lungs are clear.',
+                                'impression': '1. No acute process.'}
   assert train[0]['labels'] == {'No Finding': 1} and train[1]['labels'] == {}
   (val,) = fx.examples(path, 'val')
   assert val['labels'] == {'Pleural Effusion': 1, 'Edema': -1}
