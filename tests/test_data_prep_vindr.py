@@ -76,6 +76,21 @@ def test_dicom_conversion_rules():
   assert rle[1] == (W, H) and rle[2] == [0.1, 0.2]
 
 
+def test_compressed_dicoms_from_pydicom_decode_like_uncompressed():
+  test_files = os.path.join(os.path.dirname(pydicom.__file__), 'data', 'test_files')
+
+  def read(name):
+    with open(os.path.join(test_files, name), 'rb') as f:
+      return dicom.read_dicom(f.read(), name)
+
+  plain = png_pixels(read('MR_small.dcm')[0])
+  for lossless in ('MR_small_RLE.dcm', 'MR_small_jp2klossless.dcm',
+                   'MR_small_jpeg_ls_lossless.dcm'):
+    np.testing.assert_array_equal(png_pixels(read(lossless)[0]), plain)
+  entry, size, _ = read('JPGExtended.dcm')  # 12-bit extended JPEG, through pylibjpeg
+  assert png_pixels(entry).dtype == np.uint8 and size == (256, 1024)
+
+
 def test_wbf_fuses_per_class_above_iou():
   boxes = [[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.6], [0.7, 0.7, 0.9, 0.9], [0.1, 0.1, 0.5, 0.5]]
   labels = ['Cardiomegaly', 'Cardiomegaly', 'Cardiomegaly', 'Aortic enlargement']
