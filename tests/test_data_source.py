@@ -98,3 +98,18 @@ def test_skipped_records_are_counted_logged_and_deterministic(demo_data, tmp_pat
   over, _ = _datasets(out, max_skipped=1)
   with pytest.raises(source.DataError, match='max_skipped_records=1'):
     over[0]
+
+
+def test_skipping_survives_a_resume(demo_data, tmp_path):
+  raws = writer.read_records(source.split_files(demo_data, 'train')[0])
+  out, _ = _damaged_copy(demo_data, tmp_path, {9: _bad_image(raws[9]), 20: b'\xc1'})
+  train, _ = _datasets(out, max_skipped=3)
+  it = pipeline.make_iterator(train, 0)
+  next(it)
+  state = it.get_state()
+  expected = [next(it)['tokens'] for _ in range(3)]
+  again, _ = _datasets(out, max_skipped=3)
+  resumed = pipeline.make_iterator(again, 0)
+  resumed.set_state(state)
+  for want in expected:
+    np.testing.assert_array_equal(next(resumed)['tokens'], want)
