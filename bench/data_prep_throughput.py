@@ -3,7 +3,8 @@
   python bench/data_prep_throughput.py [--n_jpeg 2000] [--n_dicom 100] [--beam]
 
 Writes synthetic sets in the publishers' layouts into a temp dir (CheXpert-v1.0-small
-JPEGs at 320x390; VinDr-CXR 16-bit MONOCHROME1 DICOMs at 2048x2048), builds each with
+JPEGs at 320x390; VinDr-CXR 12-bit MONOCHROME1 DICOMs at 2048x2048 with a window), builds
+each with
 `data_prep.build`, and prints images/s and images/s per core (local: one process;
 Beam DirectRunner: --direct_num_workers processes). Beam needs launch/beam_venv.sh.
 """
@@ -38,8 +39,12 @@ def chexpert(root, n):
 
 
 def vindr(root, n, side):
+  # Smooth anatomy-like field plus quantum noise: PNG cost depends on the content, and
+  # pure noise would be a worst case no radiograph has.
   rng = np.random.default_rng(0)
-  pixels = rng.integers(0, 4096, (side, side)).astype(np.uint16)
+  y, x = np.mgrid[0:side, 0:side] / side
+  field = 2000 + 1200 * np.sin(6 * x) * np.cos(5 * y) + rng.normal(0, 40, (side, side))
+  pixels = field.clip(0, 4095).astype(np.uint16)
   rows = []
   for i in range(n):
     image_id = f'{i:032x}'
