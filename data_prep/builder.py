@@ -179,7 +179,7 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     for index, item in enumerate(items):
       yield process_item(self, split, index, item)
 
-  def _local_examples(self, split: str, items: list[dict]) -> Iterator[tuple[str, dict]]:
+  def _local_examples(self, split: str, items: list[dict]) -> Iterator[tuple[int, dict]]:
     winners: dict[str, dict] = {}
     rejects = []
     for r in self.process_items(split, items):
