@@ -51,8 +51,15 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, config: str |
           beam_runner=None, beam_options=None, num_shards: int | None = None) -> str:
   """Builds `name` under data_dir from manual_dir; returns the dataset dir."""
   cls = builder_class(name)
+  manual_dir = manual_dir and os.path.abspath(os.path.expanduser(manual_dir))
+  if cls.MANUAL_DOWNLOAD_INSTRUCTIONS and not (manual_dir and os.path.isdir(manual_dir)
+                                                and os.listdir(manual_dir)):
+    # Checked here: TFDS would fail the same way with an AssertionError traceback.
+    raise builder_lib.ManualDirError(
+      f'{name}: --manual_dir {manual_dir or "(not given)"} is not a directory or is empty.\n'
+      f'{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}')
   b = cls(data_dir=os.path.abspath(os.path.expanduser(data_dir)), config=config)
-  return prepare(b, manual_dir=manual_dir and os.path.abspath(os.path.expanduser(manual_dir)),
+  return prepare(b, manual_dir=manual_dir,
                  beam_runner=beam_runner, beam_options=beam_options, num_shards=num_shards)
 
 

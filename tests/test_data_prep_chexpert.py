@@ -95,6 +95,9 @@ def test_rerun_is_a_no_op(built, chexpert_src):
 
 
 def test_wrong_manual_dir_names_the_expected_file(tmp_path):
+  for missing in (tmp_path / 'nonexistent', tmp_path, None):  # tmp_path is empty here
+    with pytest.raises(ManualDirError, match='not a directory or is empty'):
+      build_lib.build('chexpert', str(tmp_path / 'out'), manual_dir=missing and str(missing))
   (tmp_path / 'CheXpert-v1.0-small').mkdir()
   with pytest.raises(ManualDirError, match=r'CheXpert-v1.0-small/train.csv'):
     build_lib.build('chexpert', str(tmp_path / 'out'), manual_dir=str(tmp_path))
