@@ -91,7 +91,9 @@ class ShardSource:
   def _reader(self, shard: int) -> ArrayRecordReader:
     with self._lock:
       if shard not in self._readers:
-        self._readers[shard] = ArrayRecordReader(self.files[shard], 'readahead_buffer_size:0')
+        # As grain's ArrayRecordDataSource: no readahead, small buffer (random access).
+        self._readers[shard] = ArrayRecordReader(self.files[shard], 'readahead_buffer_size:0',
+                                                 file_reader_buffer_size=32768)
       return self._readers[shard]
 
   def __getitem__(self, index: int) -> Record:
