@@ -1,8 +1,8 @@
-"""The shared writer every dataset converter uses.
+"""A flat ArrayRecord writer for hand-made datasets (the builders use TFDS: builder.py).
 
-Converters produce Example dicts; this module validates each one, writes the good
-ones into ArrayRecord shards and records the bad ones with a reason (never a
-silent drop), then publishes the dataset atomically with a manifest.json.
+Validates Example dicts, writes the good ones into ArrayRecord shards and records the
+bad ones with a reason (never a silent drop), then publishes the dataset atomically
+with a manifest.json. radjax/data/source.py reads this layout as well as TFDS's.
 
 Layout of a built dataset:
     {out_dir}/{split}-{i:05d}-of-{n:05d}.array_record

@@ -3,8 +3,8 @@ report composer and the OpenI parser. Small sizes; the whole file runs in ~30 s.
 
 from __future__ import annotations
 
-import glob
 import io
+import json
 import os
 import re
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from data_prep import cxr_renderer, demo, openi_reports, report_composer, writer
 from data_prep import tokenizer as tokenizer_lib
-from radjax.data import schema, tokens
+from radjax.data import schema, source, tokens
 
 SMALL = dict(num_train=40, num_val=8, num_test=8)
 
@@ -40,8 +40,13 @@ def _example(**overrides) -> dict:
 
 
 def _all_records(out_dir: str, split: str) -> list[bytes]:
-  files = sorted(glob.glob(os.path.join(out_dir, f"{split}-*.array_record")))
+  files = source.split_files(out_dir, split)
   return [r for f in files for r in writer.read_records(f)]
+
+
+def _rejects(out_dir: str) -> list[dict]:
+  with open(os.path.join(out_dir, "rejects.jsonl")) as f:
+    return [json.loads(line) for line in f]
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +156,7 @@ def test_builder_rejects_corrupt_examples_and_keeps_the_rest(tmp_path):
 
   out = str(tmp_path / "demo")
   manifest = demo.build(out, seed=0, num_workers=1, corrupt_hook=corrupt, **SMALL)
-  reasons = {r["id"]: (r["split"], r["reason"]) for r in manifest["rejects"]}
+  reasons = {r["id"]: (r["split"], r["reason"]) for r in _rejects(out)}
   assert manifest["num_rejects"] == 3
   assert reasons["demo-train-000003"][0] == "train"
   assert "images[0].data" in reasons["demo-train-000003"][1]
@@ -170,7 +175,10 @@ def test_built_dataset_contents(built):
   out, manifest = built
   assert manifest["counts"] == {"train": 40, "val": 8, "test": 8}
   assert manifest["num_rejects"] == 0 and manifest["seed"] == 0
-  assert len(manifest["files"]["train"]) == 4
+  assert sorted(os.listdir(out)) == sorted(
+    ["dataset_info.json", "features.json", "manifest.json", "rejects.jsonl", "tokenizer.json"]
+    + [f"demo-{s}.array_record-00000-of-00001" for s in ("train", "val", "test")]
+  )
   assert os.path.exists(os.path.join(out, "tokenizer.json"))
   examples = [schema.decode(r) for r in _all_records(out, "train")]
   assert {e["id"] for e in examples} == {f"demo-train-{i:06d}" for i in range(40)}
@@ -215,6 +223,37 @@ def test_ensure_built_only_builds_once(built, tmp_path):
     "val": 1,
     "test": 1,
   }
+
+
+def test_build_never_deletes_a_directory_radjax_did_not_create(built, tmp_path):
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("a user's file")
+  for fn in (demo.build, demo.ensure_built):
+    with pytest.raises(FileExistsError, match="not a radjax dataset"):
+      fn(str(mine), seed=0, num_train=4, num_val=1, num_test=1)
+    assert os.listdir(mine) == ["notes.txt"] and (mine / "notes.txt").read_text() == "a user's file"
+  assert sorted(os.listdir(tmp_path)) == ["mine"]  # no tmp sibling left behind
+  empty = tmp_path / "empty"
+  empty.mkdir()  # an empty dir holds nothing to lose: built into
+  assert demo.ensure_built(str(empty), seed=0, num_train=4, num_val=1, num_test=1)["counts"][
+    "train"] == 4
+  # A radjax dataset is replaced by build(), atomically, and only by build().
+  assert demo.build(str(empty), seed=1, num_train=2, num_val=1, num_test=1)["counts"][
+    "train"] == 2
+
+
+def test_data_prep_show_prints_examples(built):
+  out, _ = built
+  import subprocess
+  import sys
+  proc = subprocess.run([sys.executable, "-m", "data_prep", "show", out, "--split", "val",
+                         "--limit", "3"], capture_output=True, text=True, check=True)
+  rows = [json.loads(line) for line in proc.stdout.splitlines()]
+  assert [r["id"] for r in rows] == ["demo-val-000000", "demo-val-000001", "demo-val-000002"]
+  image = rows[0]["images"][0]
+  assert image["format"] == "png" and image["mode"] == "L" and "data" not in image
+  assert set(rows[0]) >= {"id", "source", "split", "report", "labels", "boxes", "conversation"}
 
 
 # --- tokenizer --------------------------------------------------------------

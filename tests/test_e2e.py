@@ -94,13 +94,12 @@ def test_nonfinite_loss_stops_with_a_clear_message(demo_data, tmp_path):
 
 def test_generate_mode_reports_on_image_files(demo_data, tmp_path, capsys):
   from data_prep import writer
-  from radjax.data import schema
+  from radjax.data import schema, source
   config = tiny_config(demo_data)
   config.train.num_steps = 1
   workdir = str(tmp_path / 'g')
   run_lib.main(config, workdir, 'train')
-  ex = schema.decode(writer.read_records(os.path.join(demo_data,
-                                                      'test-00000-of-00001.array_record'))[0])
+  ex = schema.decode(writer.read_records(source.split_files(demo_data, 'test')[0])[0])
   path = str(tmp_path / 'cxr.png')
   with open(path, 'wb') as f:
     f.write(ex['images'][0]['data'])

@@ -1,7 +1,6 @@
 """A model trained by the demo recipe exports to HF Llava and reports the same text in
 transformers (processor + generate) as in radjax; importing the export back gives a
 workdir that reports the same again."""
-import os
 
 import numpy as np
 import pytest
@@ -20,8 +19,8 @@ from tests.conftest import tiny_config  # noqa: E402
 
 def _test_image(demo_data, path):
   from data_prep import writer
-  from radjax.data import schema
-  records = writer.read_records(os.path.join(demo_data, 'test-00000-of-00001.array_record'))
+  from radjax.data import schema, source
+  records = writer.read_records(source.split_files(demo_data, 'test')[0])
   with open(path, 'wb') as f:
     f.write(schema.decode(records[0])['images'][0]['data'])
   return path

@@ -81,6 +81,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.crop_scale = (0.8, 1.0)  # random resized crop area range
   c.data.shuffle = True
   c.data.worker_threads = 0  # Grain read threads (0: read in the main thread)
+  # Undecodable records a run may skip (each logged with its shard, index and id; the
+  # next good record takes its place, so a resumed run sees the same stream); 0: stop.
+  c.data.max_skipped_records = 0
 
   # ---- model ------------------------------------------------------------------
   # ---- how the model runs (nothing here changes what is exported) -------------

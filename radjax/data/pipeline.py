@@ -1,17 +1,11 @@
-"""The Grain pipeline: ArrayRecord shards -> shuffled, process-sharded records ->
-a task's processor (radjax/data/processors.py) -> batches -> global jax.Arrays."""
-import glob
-import os
-
+"""The Grain pipeline: a dataset's records (radjax/data/source.py) -> shuffled,
+process-sharded -> a task's processor (radjax/data/processors.py) -> batches -> global
+jax.Arrays."""
 import grain
 import jax
 
+from radjax.data import source
 
-def split_files(data_dir: str, split: str) -> list[str]:
-  files = sorted(glob.glob(os.path.join(data_dir, f'{split}-*.array_record')))
-  if not files:
-    raise FileNotFoundError(f'config.data.dir: no {split}-*.array_record files in {data_dir!r}')
-  return files
 
 
 def train_dataset(config, processor, split: str,
@@ -27,13 +21,14 @@ def train_dataset(config, processor, split: str,
   if config.train.batch_size % process_count:
     raise ValueError(f'config.train.batch_size={config.train.batch_size} is not divisible '
                      f'by {process_count} processes')
-  ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(
-      split_files(config.data.dir, split))).seed(config.seed)
+  ds = grain.MapDataset.source(source.open_split(config.data.dir, split)).seed(config.seed)
   if config.data.shuffle:
     ds = ds.shuffle()
   ds = ds.repeat(None)[process_index::process_count]
   augment = config.data.augment
-  ds = ds.random_map(lambda raw, rng: processor(raw, rng if augment else None))
+  ds = ds.random_map(source.locate_errors(
+      lambda raw, rng: processor(raw, rng if augment else None)))
+  ds = source.skip_bad_records(ds, config.data.get('max_skipped_records', 0))
   return ds.batch(config.train.batch_size // process_count, drop_remainder=True)
 
 
@@ -43,10 +38,10 @@ def eval_dataset(config, processor, split: str, batch_size: int,
   """One ordered pass, no augmentation; the last partial batch is dropped."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(
-      split_files(config.data.dir, split)))[process_index::process_count]
-  return ds.map(lambda raw: processor(raw, None)).batch(batch_size // process_count,
-                                                         drop_remainder=True)
+  ds = grain.MapDataset.source(source.open_split(config.data.dir, split))
+  ds = ds[process_index::process_count].map(source.locate_errors(lambda raw: processor(raw, None)))
+  ds = source.skip_bad_records(ds, config.data.get('max_skipped_records', 0))
+  return ds.batch(batch_size // process_count, drop_remainder=True)
 
 
 def make_iterator(ds: grain.MapDataset, worker_threads: int):

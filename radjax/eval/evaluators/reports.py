@@ -4,11 +4,10 @@ import functools
 import json
 import os
 
-import grain
 import jax
 import numpy as np
 
-from radjax.data import pipeline, schema, templates
+from radjax.data import pipeline, schema, source, templates
 from radjax.eval.decoding import generate as generate_lib
 from radjax.eval.metrics import classification, scoring
 from radjax.eval.metrics.labeler import label_report
@@ -47,8 +46,7 @@ class ReportEvaluator:
   @functools.cached_property
   def records(self):
     """The split's records, opened on first use (reporting on given images needs none)."""
-    return grain.sources.ArrayRecordDataSource(
-        pipeline.split_files(self.exp.config.data.dir, self.split))
+    return source.open_split(self.exp.config.data.dir, self.split)
 
   def __init__(self, exp, split: str):
     self.exp = exp

@@ -3,10 +3,12 @@
     python -m data_prep.demo --out data/demo [--seed 0]
 
 Needs nothing beyond the installed packages (the OpenI texts ship inside the
-torchxrayvision wheel). Output, via data_prep.writer:
-    {out}/{split}-XXXXX-of-XXXXX.array_record   Examples (radjax.data.schema)
-    {out}/tokenizer.json                         byte-level BPE, specials 0-8
-    {out}/manifest.json                          counts, rejects, seed, frequencies
+torchxrayvision wheel). A TFDS build (data_prep/demo/demo_dataset_builder.py) whose
+dataset dir becomes {out}:
+    {out}/demo-{split}.array_record-XXXXX-of-XXXXX   Examples (radjax.data.schema)
+    {out}/tokenizer.json                             byte-level BPE, specials 0-8
+    {out}/manifest.json                              counts, rejects, seed, frequencies
+    {out}/rejects.jsonl, dataset_info.json, features.json
 
 Every example draws from its own rng, seeded by (seed, split, index), so the
 records are byte-identical for a seed whatever the number of worker processes.
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import itertools
 import json
 import os
 import subprocess
@@ -30,7 +31,7 @@ import msgpack
 import numpy as np
 from PIL import Image
 
-from data_prep import cxr_renderer, report_composer, writer
+from data_prep import cxr_renderer, report_composer
 from data_prep import tokenizer as tokenizer_lib
 from radjax.data import schema
 
@@ -83,29 +84,26 @@ def make_demo_example(seed: int, split: str, index: int) -> dict:
   )
 
 
-def _work_items(sizes: dict[str, int]) -> list[tuple[str, int]]:
-  """Every (split, index) to render, in the order they are written."""
-  return [(split, i) for split, n in sizes.items() for i in range(n)]
-
-
-def render_range(seed: int, sizes: dict[str, int], start: int, stop: int, path: str) -> None:
-  """Worker entry point: renders work items [start, stop) into a msgpack stream file."""
+def render_items(seed: int, items: list[tuple[str, int]], start: int, stop: int,
+                 path: str) -> None:
+  """Worker entry point: renders items[start:stop] into a msgpack stream file."""
   cxr_renderer.tune_allocator()  # safe: this is a process of our own
   with open(path, "wb") as f:
-    for split, i in _work_items(sizes)[start:stop]:
+    for split, i in items[start:stop]:
       f.write(schema.encode(make_demo_example(seed, split, i)))
 
 
-def _render_in_subprocesses(seed: int, sizes: dict[str, int], num_workers: int) -> Iterator[dict]:
-  """Renders in `python -c` subprocesses, yielding examples in work-item order.
+def render_in_subprocesses(
+  seed: int, items: list[tuple[str, int]], num_workers: int
+) -> Iterator[dict]:
+  """Renders (split, index) items in `python -c` subprocesses, yielding them in order.
 
   Plain subprocesses rather than multiprocessing: no pickling, no re-import of
   the caller's __main__ (an unguarded script would otherwise respawn workers
   forever), and no fork of a process that may hold JAX threads.
   """
-  total = len(_work_items(sizes))
-  bounds = np.linspace(0, total, num_workers + 1).astype(int)
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  bounds = np.linspace(0, len(items), num_workers + 1).astype(int)
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
   with tempfile.TemporaryDirectory(prefix="radjax-demo-") as tmp:
     workers = []
@@ -113,8 +111,8 @@ def _render_in_subprocesses(seed: int, sizes: dict[str, int], num_workers: int) 
       for w, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
         path, log = os.path.join(tmp, f"part-{w}.msgpack"), os.path.join(tmp, f"part-{w}.log")
         code = (
-          "from data_prep.demo import render_range; "
-          f"render_range({seed}, {sizes!r}, {int(lo)}, {int(hi)}, {path!r})"
+          "from data_prep.demo import render_items; "
+          f"render_items({seed}, {items[lo:hi]!r}, 0, {int(hi - lo)}, {path!r})"
         )
         with open(log, "wb") as err:
           proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=err)
@@ -132,31 +130,13 @@ def _render_in_subprocesses(seed: int, sizes: dict[str, int], num_workers: int) 
           proc.wait()
 
 
-def generate(
-  seed: int, sizes: dict[str, int], num_workers: int
-) -> Iterator[tuple[str, Iterator[dict]]]:
-  """Yields (split, its examples in index order); each split must be consumed in turn."""
-  if num_workers <= 1:
-    for split, n in sizes.items():
-      yield split, (make_demo_example(seed, split, i) for i in range(n))
-    return
-  stream = _render_in_subprocesses(seed, sizes, num_workers)
-  try:
-    for split, n in sizes.items():
-      yield split, itertools.islice(stream, n)
-  finally:
-    stream.close()  # stops the workers if the caller gives up early
-
-
-def _count_findings(examples: Iterator[dict], counter: Counter) -> Iterator[dict]:
-  for ex in examples:
-    present = [
-      f
-      for f, obs in report_composer.FINDING_TO_OBSERVATION.items()
-      if ex.get("labels", {}).get(obs) == 1
-    ]
-    counter.update(present or ["normal"])
-    yield ex
+def count_findings(example: dict, counter: Counter) -> None:
+  present = [
+    f
+    for f, obs in report_composer.FINDING_TO_OBSERVATION.items()
+    if example.get("labels", {}).get(obs) == 1
+  ]
+  counter.update(present or ["normal"])
 
 
 def build(
@@ -167,68 +147,43 @@ def build(
   num_test: int = 200,
   vocab_size: int = tokenizer_lib.DEFAULT_VOCAB_SIZE,
   num_workers: int | None = None,
-  num_shards: dict[str, int] | None = None,
   corrupt_hook: Callable[[dict], dict] | None = None,
+  replace: bool = True,
 ) -> dict:
-  """Builds the dataset into out_dir (atomically replacing it) and returns the manifest.
+  """Builds the dataset into out_dir and returns the manifest.
 
-  corrupt_hook(example) -> example runs just before writing; tests use it to
-  inject broken records and check that they are rejected with reasons.
+  An existing demo build at out_dir is replaced atomically (replace=True) or reused;
+  a directory radjax did not create is never touched (an error). corrupt_hook(example)
+  -> example runs just before validation; tests use it to plant broken records.
   """
+  from data_prep import build as build_lib
+  from data_prep.demo import demo_dataset_builder
+
   start = time.perf_counter()
-  sizes = {"train": num_train, "val": num_val, "test": num_test}
+  config = demo_dataset_builder.DemoConfig(
+    name=f"s{seed}-{num_train}-{num_val}-{num_test}-v{vocab_size}", seed=seed,
+    num_train=num_train, num_val=num_val, num_test=num_test, vocab_size=vocab_size)
+  total = num_train + num_val + num_test
   if num_workers is None:
-    num_workers = min(os.cpu_count() or 1, 8) if sum(sizes.values()) >= 500 else 1
-  num_shards = num_shards or {"train": 4, "val": 1, "test": 1}
+    num_workers = min(os.cpu_count() or 1, 8) if total >= 500 else 1
 
-  tok = tokenizer_lib.train_tokenizer(vocab_size)
-  # Filled while the writer consumes the generators; build_dataset serialises
-  # manifest_extra only after every split is written, so it sees final counts.
-  frequencies: dict[str, Counter] = {}
+  def make_builder(data_dir):
+    b = demo_dataset_builder.Builder(data_dir=data_dir, config=config)
+    b.num_workers, b.corrupt_hook = num_workers, corrupt_hook
+    return b
 
-  def examples_by_split():
-    for split, examples in generate(seed, sizes, num_workers):
-      frequencies[split] = Counter()
-      examples = _count_findings(examples, frequencies[split])
-      if corrupt_hook is not None:
-        examples = map(corrupt_hook, examples)
-      yield split, examples
-
-  manifest = writer.build_dataset(
-    out_dir,
-    examples_by_split(),
-    manifest_extra={
-      "dataset": "demo",
-      "source": SOURCE,
-      "generator": "data_prep.demo",
-      "seed": seed,
-      "requested": sizes,
-      "image_format": "png",
-      "image_size_range": list(cxr_renderer.SIZE_RANGE),
-      "findings": list(report_composer.FINDINGS),
-      "finding_to_observation": report_composer.FINDING_TO_OBSERVATION,
-      "finding_frequencies": frequencies,  # of generated examples
-      "tokenizer": "tokenizer.json",
-      "vocab_size": tok.get_vocab_size(),
-      "special_tokens": tokenizer_lib.SPECIAL_TOKENS,
-      "sentence_pools": report_composer.default_pools().sizes(),
-      "license": LICENSE,
-    },
-    num_shards=num_shards,
-    extra_files={"tokenizer.json": tok.to_str()},
-  )
-  manifest["finding_frequencies"] = {k: dict(sorted(c.items())) for k, c in frequencies.items()}
+  manifest = build_lib.build_into(out_dir, make_builder, replace=replace)
   # Reported to the caller, not stored: the manifest stays deterministic.
   manifest["build_seconds"] = round(time.perf_counter() - start, 2)
   return manifest
 
 
 def ensure_built(out_dir: str, **kwargs) -> dict:
-  """Returns the manifest, building the dataset first if it is missing."""
-  path = os.path.join(out_dir, writer.MANIFEST)
-  if os.path.exists(path):
-    return writer.read_manifest(out_dir)
-  return build(out_dir, **kwargs)
+  """Returns the manifest, building the dataset first if it is missing.
+
+  Never deletes or writes into a directory that radjax did not create.
+  """
+  return build(out_dir, replace=False, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,71 @@
+"""Build a dataset from its publisher's files, or show what a build wrote.
+
+  python -m data_prep build <name> --manual_dir SRC --data_dir OUT [--beam_runner R]
+  python -m data_prep show <dataset dir> [--split S] [--limit N]
+
+`build` writes `OUT/<name>/[<config>/]<version>/` (point config.data.dir there) and
+prints its summary; a finished build is reused. `show` prints one JSON object per
+Example, images as format and size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from data_prep import build as build_lib
+
+
+def _parse(argv):
+  parser = argparse.ArgumentParser(prog='python -m data_prep', description=__doc__.split('\n')[0])
+  sub = parser.add_subparsers(dest='command', required=True)
+  b = sub.add_parser('build', help='build a dataset')
+  b.add_argument('name', help=', '.join(build_lib.NAMES))
+  b.add_argument('--manual_dir', default=None,
+                 help="folder the publisher's archives were extracted into")
+  b.add_argument('--data_dir', required=True, help='where datasets are written')
+  b.add_argument('--config', default=None, help="builder config, e.g. mimic_cxr's 'frontal'")
+  b.add_argument('--beam_runner', default=None,
+                 help='run on Apache Beam, e.g. DirectRunner (needs apache-beam installed)')
+  b.add_argument('--beam_options', default=None,
+                 help="Beam pipeline flags, e.g. '--direct_num_workers=2 "
+                 "--direct_running_mode=multi_processing'")
+  b.add_argument('--num_shards', type=int, default=None, help='shards per split')
+  s = sub.add_parser('show', help='print the Examples of a built dataset')
+  s.add_argument('dataset_dir')
+  s.add_argument('--split', default='train')
+  s.add_argument('--limit', type=int, default=None)
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = _parse(argv)
+  if args.command == 'show':
+    from data_prep import show
+    try:
+      show.show(args.dataset_dir, args.split, args.limit, sys.stdout)
+    except (FileNotFoundError, ValueError) as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
+    return 0
+  beam_options = None
+  if args.beam_options:
+    from apache_beam.options.pipeline_options import PipelineOptions
+    beam_options = PipelineOptions(args.beam_options.split())
+  try:
+    path = build_lib.build(args.name, args.data_dir, manual_dir=args.manual_dir,
+                           config=args.config, beam_runner=args.beam_runner,
+                           beam_options=beam_options, num_shards=args.num_shards)
+  except (FileNotFoundError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  manifest = build_lib.read_manifest(path)
+  print(json.dumps({'dataset_dir': path, 'counts': manifest['counts'],
+                    'num_rejects': manifest['num_rejects'],
+                    'rejects': f"{path}/{manifest['rejects_file']}"}, indent=2))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

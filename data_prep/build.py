@@ -1,0 +1,111 @@
+"""Builds a dataset by name: `python -m data_prep build` and the on-first-use demo build.
+
+A built dataset dir is TFDS's version dir (`<data_dir>/<name>/[<config>/]<version>/`):
+shards, `dataset_info.json`, `features.json`, `rejects.jsonl` and `manifest.json` (counts
+and rejects; written last, inside TFDS's atomic rename). It is what `config.data.dir`
+points at. A finished build is reused as it is (TFDS skips it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import uuid
+
+import tensorflow_datasets as tfds
+
+from data_prep import builder as builder_lib
+
+NAMES = ('demo', 'chexpert', 'nih_chest_xray14', 'vindr_cxr', 'mimic_cxr', 'openi',
+         'llava_json', 'dolly', 'xraygpt_captions', 'ms_cxr', 'padchest_gr', 'chexpert_plus')
+
+
+def builder_class(name: str) -> type[builder_lib.RadjaxBuilder]:
+  try:
+    module = importlib.import_module(f'data_prep.{name}.{name}_dataset_builder')
+  except ModuleNotFoundError as e:
+    if e.name and e.name.startswith(f'data_prep.{name}'):
+      available = [n for n in NAMES if importlib.util.find_spec(f'data_prep.{n}') is not None]
+      raise ValueError(f'unknown dataset {name!r}; available: {", ".join(available)}') from e
+    raise
+  return module.Builder
+
+
+def download_config(manual_dir=None, beam_runner=None, beam_options=None, num_shards=None):
+  return tfds.download.DownloadConfig(
+    manual_dir=manual_dir, beam_runner=beam_runner, beam_options=beam_options,
+    num_shards=num_shards, compute_stats=tfds.download.ComputeStatsMode.SKIP,
+    try_download_gcs=False)
+
+
+def prepare(builder: builder_lib.RadjaxBuilder, **config_kwargs) -> str:
+  """Runs (or reuses) the build; returns the dataset dir."""
+  builder.download_and_prepare(download_config=download_config(**config_kwargs),
+                               file_format='array_record')
+  return os.fspath(builder.data_path)
+
+
+def build(name: str, data_dir: str, manual_dir: str | None = None, config: str | None = None,
+          beam_runner=None, beam_options=None, num_shards: int | None = None) -> str:
+  """Builds `name` under data_dir from manual_dir; returns the dataset dir."""
+  cls = builder_class(name)
+  manual_dir = manual_dir and os.path.abspath(os.path.expanduser(manual_dir))
+  if cls.MANUAL_DOWNLOAD_INSTRUCTIONS and not (manual_dir and os.path.isdir(manual_dir)
+                                                and os.listdir(manual_dir)):
+    # Checked here: TFDS would fail the same way with an AssertionError traceback.
+    raise builder_lib.ManualDirError(
+      f'{name}: --manual_dir {manual_dir or "(not given)"} is not a directory or is empty.\n'
+      f'{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+  b = cls(data_dir=os.path.abspath(os.path.expanduser(data_dir)), config=config)
+  return prepare(b, manual_dir=manual_dir,
+                 beam_runner=beam_runner, beam_options=beam_options, num_shards=num_shards)
+
+
+def read_manifest(dataset_dir: str) -> dict:
+  with open(os.path.join(dataset_dir, builder_lib.MANIFEST)) as f:
+    return json.load(f)
+
+
+def is_radjax_dataset(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, builder_lib.MANIFEST))
+
+
+def build_into(out_dir: str, make_builder, replace: bool = False, **config_kwargs) -> dict:
+  """Builds with `make_builder(data_dir=...)` and publishes the dataset dir as out_dir.
+
+  Never deletes what radjax did not create: an out_dir that exists, is not empty and
+  holds no manifest.json is an error. With replace=True an existing radjax dataset
+  there is swapped out atomically; otherwise it is reused. Returns the manifest.
+  """
+  out_dir = os.path.abspath(os.path.expanduser(out_dir))
+  if is_radjax_dataset(out_dir) and not replace:
+    return read_manifest(out_dir)
+  if os.path.exists(out_dir) and not is_radjax_dataset(out_dir):
+    if not os.path.isdir(out_dir) or os.listdir(out_dir):
+      raise FileExistsError(
+        f'{out_dir} exists and is not a radjax dataset (no {builder_lib.MANIFEST}); '
+        'radjax will not delete or write into it. Point config.data.dir elsewhere or '
+        'empty it yourself.')
+    os.rmdir(out_dir)  # empty: nothing of anyone's is lost
+  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+  tmp_root = f'{out_dir}.tmp-{uuid.uuid4().hex[:8]}'
+  try:
+    built = prepare(make_builder(data_dir=tmp_root), **config_kwargs)
+    old = None
+    if os.path.exists(out_dir):  # a radjax dataset, replaced on request
+      old = f'{out_dir}.old-{uuid.uuid4().hex[:8]}'
+      os.rename(out_dir, old)
+    os.rename(built, out_dir)
+    if old:
+      shutil.rmtree(old)
+  finally:
+    shutil.rmtree(tmp_root, ignore_errors=True)
+  return read_manifest(out_dir)
+
+
+def ensure_built(name: str, data_dir: str, **kwargs) -> dict:
+  """Generic on-first-use build for datasets that need no manual_dir (the demo)."""
+  module = importlib.import_module(f'data_prep.{name}')
+  return module.ensure_built(data_dir, **kwargs)

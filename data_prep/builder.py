@@ -1,0 +1,259 @@
+"""The TFDS builder every radiology dataset derives from.
+
+A dataset module `data_prep/<name>/<name>_dataset_builder.py` defines `Builder`, a
+subclass of `RadjaxBuilder` with two methods:
+
+    split_items(root) -> {split: [item, ...]}    cheap metadata only: CSV rows, file paths
+    make_example(item, split) -> Example dict     the expensive part: read and check images
+
+`item` is a plain dict with at least `id`, `file` (source file, relative to the manual
+dir) and `row` (line or row number there); an item carrying `reject` is rejected with
+that reason. Anything `make_example` raises, and every `schema.validate` failure,
+rejects the item: it goes to `rejects.jsonl` with id, split, file, row and reason, is
+counted in `manifest.json`, and the build carries on. A later item with the id of an
+earlier good one is rejected as a duplicate (per split; first in item order wins).
+
+Shards are TFDS ArrayRecord files whose records are msgpack Examples
+(radjax.data.schema), not tf.train.Examples: `MsgpackExampleWriter` unwraps them, so
+radjax reads them without TensorFlow or TFDS (radjax/data/source.py). The same code runs
+locally (a generator) or on Beam (`--beam_runner`), and both give the same records in
+the same order: records are keyed by their item's index and written unshuffled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from radjax.data import schema
+
+MANIFEST = 'manifest.json'
+REJECTS = 'rejects.jsonl'
+_PARTS = '.rejects-parts'
+
+FEATURES = tfds.features.FeaturesDict({
+  'id': tfds.features.Text(doc='Example id, unique within the split'),
+  'example': tfds.features.Tensor(
+    shape=(), dtype=np.object_, doc='msgpack-encoded Example (radjax/data/schema.py)'),
+})
+
+
+class Reject(ValueError):
+  """Raised by make_example: the item is rejected with this reason."""
+
+
+class ManualDirError(FileNotFoundError):
+  """manual_dir does not hold the dataset as its publisher distributes it."""
+
+
+class MsgpackExampleWriter(tfds.core.writer.ExampleWriter):
+  """Writes each record's msgpack Example bytes instead of the tf.train.Example."""
+
+  def write(self, path, examples):
+    from tensorflow_datasets.proto import tf_example_pb2  # build time only
+
+    def unwrap():
+      for key, serialized in examples:
+        proto = tf_example_pb2.Example.FromString(serialized)
+        yield key, proto.features.feature['example'].bytes_list.value[0]
+
+    return super().write(path, unwrap())
+
+
+def process_item(builder: RadjaxBuilder, split: str, index: int, item: dict,
+                 example: dict | None = None) -> dict:
+  """One item (or its ready Example) -> {'record': bytes, ...} or {'reason': str, ...}."""
+  out = {'split': split, 'index': index, 'id': str(item.get('id') or ''),
+         'file': item.get('file', ''), 'row': item.get('row')}
+  try:
+    if item.get('reject'):
+      raise Reject(item['reject'])
+    if example is None:
+      example = builder.make_example(item, split)
+    schema.validate(example, require_text=builder.REQUIRE_TEXT)
+    out['id'] = example['id']
+    out['record'] = schema.encode(example)
+  except Exception as e:  # every failure is a reject with its reason, never a crash
+    out['reason'] = str(e) or type(e).__name__
+  return out
+
+
+def resolve_duplicates(results: Iterable[dict]) -> list[dict]:
+  """Results sharing an id: the first good one (by index) wins, later good ones are rejected."""
+  out, winner = [], None
+  for r in sorted(results, key=lambda r: r['index']):
+    if 'record' in r:
+      if winner is None:
+        winner = r
+      else:
+        r = {k: v for k, v in r.items() if k != 'record'}
+        r['reason'] = (f"record {r['id']!r}: id: duplicate of {winner['file']} "
+                       f"row {winner['row']}")
+    out.append(r)
+  return out
+
+
+def reject_row(result: dict) -> dict:
+  return {k: result[k] for k in ('id', 'split', 'file', 'row', 'reason')}
+
+
+def tfds_example(result: dict) -> tuple[int, dict]:
+  return result['index'], {'id': result['id'], 'example': result['record']}
+
+
+class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base class: manual_dir check, item processing, rejects, manifest."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  SOURCE = ''  # Example.source
+  HOMEPAGE = ''
+  REQUIRED_FILES: tuple[str, ...] = ()  # relative to manual_dir; checked before anything
+  REQUIRE_TEXT = True  # False for label- or box-only datasets
+  DESCRIPTION = ''
+
+  def split_items(self, root: epath.Path) -> dict[str, list[dict]]:
+    raise NotImplementedError
+
+  def make_example(self, item: dict, split: str) -> dict:
+    raise NotImplementedError
+
+  def extra_files(self) -> dict[str, str | bytes]:
+    """Files written beside the shards (e.g. a tokenizer)."""
+    return {}
+
+  def manifest_extra(self) -> dict[str, Any]:
+    return {}
+
+  # --- TFDS hooks ---------------------------------------------------------------
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+      description=self.DESCRIPTION or (self.__doc__ or '').strip(), features=FEATURES,
+      homepage=self.HOMEPAGE or None, disable_shuffling=True)
+
+  def _example_writer(self):
+    return MsgpackExampleWriter(file_format=self.info.file_format)
+
+  def check_manual_dir(self, manual_dir) -> epath.Path:
+    root = epath.Path(manual_dir) if manual_dir else None
+    if root is None or not root.exists():
+      raise ManualDirError(f'{self.name}: manual_dir {manual_dir!s} does not exist.\n'
+                           f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+    for rel in self.REQUIRED_FILES:
+      if not (root / rel).exists():
+        raise ManualDirError(
+          f'{self.name}: {root} does not look like the dataset: expected {rel} in it.\n'
+          f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+    return root
+
+  def _split_generators(self, dl_manager):
+    root = self.check_manual_dir(dl_manager.manual_dir)
+    items = self.split_items(root)
+    for split_items in items.values():
+      for item in split_items:
+        item.setdefault('root', os.fspath(root))  # travels with the item to Beam workers
+    return {split: self._generate_examples(split, split_items)
+            for split, split_items in items.items()}
+
+  def _generate_examples(self, split: str, items: list[dict]):
+    if self._use_beam:
+      return self._beam_examples(split, items)
+    return self._local_examples(split, items)
+
+  def _download_and_prepare(self, dl_manager, download_config):
+    self._use_beam = bool(download_config.beam_runner or download_config.beam_options)
+    super()._download_and_prepare(dl_manager, download_config)
+    self._finalize()
+
+  # --- generation -----------------------------------------------------------------
+
+  def process_items(self, split: str, items: list[dict]) -> Iterator[dict]:
+    """Local path: process_item over the items in order (the demo overrides it)."""
+    for index, item in enumerate(items):
+      yield process_item(self, split, index, item)
+
+  def _local_examples(self, split: str, items: list[dict]) -> Iterator[tuple[int, dict]]:
+    winners: dict[str, dict] = {}
+    rejects = []
+    for r in self.process_items(split, items):
+      if 'record' in r and r['id'] in winners:
+        r = resolve_duplicates([winners[r['id']], r])[1]
+      if 'record' in r:
+        winners[r['id']] = {k: r[k] for k in ('index', 'id', 'file', 'row')} | {'record': b''}
+        yield tfds_example(r)
+      else:
+        rejects.append(reject_row(r))
+    self._write_reject_part(f'{split}.jsonl', rejects)
+    if not winners:
+      raise ValueError(f'{self.name}: every one of the {len(rejects)} records of split {split!r} '
+                       'was rejected, e.g. ' + '; '.join(r['reason'] for r in rejects[:3]))
+
+  def _beam_examples(self, split: str, items: list[dict]):
+    beam = tfds.core.lazy_imports.apache_beam
+    parts = os.fspath(self.data_path / _PARTS / split)
+    builder = self
+
+    @beam.ptransform_fn
+    def generate(pipeline):
+      results = (
+        pipeline
+        | 'items' >> beam.Create(list(enumerate(items)))
+        | 'process' >> beam.MapTuple(lambda i, item: process_item(builder, split, i, item))
+        | 'by_id' >> beam.Map(lambda r: (r['id'], r))
+        | 'group' >> beam.GroupByKey()
+        | 'dedup' >> beam.FlatMap(lambda kv: resolve_duplicates(kv[1])))
+      _ = (results
+           | 'rejected' >> beam.Filter(lambda r: 'record' not in r)
+           | 'reject_rows' >> beam.Map(lambda r: json.dumps(reject_row(r), sort_keys=True))
+           | 'write_rejects' >> beam.io.WriteToText(parts, file_name_suffix='.jsonl'))
+      return (results
+              | 'kept' >> beam.Filter(lambda r: 'record' in r)
+              | 'to_tfds' >> beam.Map(tfds_example))
+
+    return generate()  # pylint: disable=no-value-for-parameter
+
+  def _write_reject_part(self, name: str, rows: list[dict]) -> None:
+    path = self.data_path / _PARTS
+    path.mkdir(parents=True, exist_ok=True)
+    (path / name).write_text(''.join(json.dumps(r, sort_keys=True) + '\n' for r in rows))
+
+  def _finalize(self) -> None:
+    """Merges the reject parts into rejects.jsonl and writes manifest.json and extra files."""
+    parts = self.data_path / _PARTS
+    rows = []
+    if parts.exists():
+      for p in sorted(parts.glob('*.jsonl')):
+        rows += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+      for p in parts.glob('*'):
+        p.unlink()
+      parts.rmdir()
+    order = {s: i for i, s in enumerate(schema.SPLITS)}
+    rows.sort(key=lambda r: (order.get(r['split'], 9), r['file'], r['row'] or 0, r['id']))
+    (self.data_path / REJECTS).write_text(
+      ''.join(json.dumps(r, sort_keys=True) + '\n' for r in rows))
+    for name, content in self.extra_files().items():
+      if isinstance(content, bytes):
+        (self.data_path / name).write_bytes(content)
+      else:
+        (self.data_path / name).write_text(content)
+    splits = self.info.splits
+    manifest = {
+      'dataset': self.name,
+      'version': str(self.version),
+      'config': self.builder_config.name if self.builder_config else None,
+      'source': self.SOURCE,
+      'schema_version': schema.SCHEMA_VERSION,
+      'counts': {name: splits[name].num_examples for name in splits.keys()},
+      'num_rejects': len(rows),
+      'rejects_by_split': {s: sum(r['split'] == s for r in rows) for s in splits.keys()},
+      'rejects_file': REJECTS,
+      **self.manifest_extra(),
+    }
+    (self.data_path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))

@@ -1,0 +1,124 @@
+"""Validators every builder shares: files, CSV headers, images, labels, boxes.
+
+Each raises `builder.Reject` (one record is bad) or `builder.ManualDirError` (the
+manual_dir is not the dataset) with a reason that names the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from collections.abc import Iterator
+
+from etils import epath
+from PIL import Image
+
+from data_prep.builder import ManualDirError, Reject
+
+# Modes a radiograph may have; palette, CMYK, alpha ... are rejected.
+IMAGE_MODES = ('L', 'RGB', 'I;16', 'I;16B', 'I')
+ALPHA_MODES = ('LA', 'RGBA')  # accepted only when fully opaque (some NIH PNGs are RGBA)
+MIN_SIDE = 8  # a smaller image is a thumbnail or a broken export, not a radiograph
+CHEXPERT_VALUES = {'1.0': 1, '1': 1, '0.0': 0, '0': 0, '-1.0': -1, '-1': -1, '': None}
+
+
+def find_one(root: epath.Path, candidates: tuple[str, ...], what: str) -> epath.Path:
+  """The first candidate path that exists under root, else a ManualDirError naming them."""
+  for rel in candidates:
+    if (root / rel).exists():
+      return root / rel
+  raise ManualDirError(f'{root} does not look like {what}: expected '
+                       f'{" or ".join(candidates)} in it')
+
+
+def read_csv(path: epath.Path, required: tuple[str, ...], root: epath.Path | None = None
+             ) -> Iterator[tuple[int, dict]]:
+  """(line number, row) for each data row; a header missing `required` is a ManualDirError."""
+  rel = str(path.relative_to(root)) if root else str(path)
+  reader = csv.DictReader(io.StringIO(read_text(path, rel), newline=''))
+  missing = [c for c in required if c not in (reader.fieldnames or [])]
+  if missing:
+    raise ManualDirError(f'{rel}: header lacks columns {missing} (has {reader.fieldnames})')
+  for row in reader:
+    yield reader.line_num, row
+
+
+def read_text(path: epath.Path, rel: str = '') -> str:
+  """UTF-8 text (a BOM is dropped); anything else is an error naming the file and byte."""
+  data = path.read_bytes()
+  if path.name.endswith('.gz'):
+    data = gzip.decompress(data)
+  try:
+    return data.decode('utf-8-sig')
+  except UnicodeDecodeError as e:
+    raise ManualDirError(f'{rel or path}: not UTF-8 at byte {e.start}') from e
+
+
+def read_jsonl(path: epath.Path) -> Iterator[tuple[int, dict | str]]:
+  """(line number, object) per non-empty line; an unparseable line gives its error text."""
+  for n, line in enumerate(read_text(path).splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      yield n, json.loads(line)
+    except json.JSONDecodeError as e:
+      yield n, f'not JSON: {e}'
+
+
+def check_image_bytes(data: bytes, where: str, formats=('png', 'jpeg')) -> tuple[str, tuple]:
+  """Decodes fully; returns (format, (width, height)). Rejects what training could not read."""
+  if not data:
+    raise Reject(f'{where}: empty file')
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      fmt = (im.format or '').lower()
+      im.load()  # a truncated file passes the header and fails only here
+      mode, size = im.mode, im.size
+      opaque = mode in ALPHA_MODES and im.getchannel('A').getextrema() == (255, 255)
+  except Exception as e:
+    raise Reject(f'{where}: unreadable image: {e}') from e
+  if fmt not in formats:
+    raise Reject(f'{where}: image format {fmt or "unknown"}, expected {"/".join(formats)}')
+  if mode not in IMAGE_MODES and not opaque:
+    raise Reject(f'{where}: image mode {mode} is not a grey or RGB radiograph')
+  if min(size) < MIN_SIDE:
+    raise Reject(f'{where}: degenerate image {size[0]}x{size[1]} (< {MIN_SIDE} px)')
+  return fmt, size
+
+
+def read_image(root: epath.Path, rel: str, formats=('png', 'jpeg')) -> tuple[dict, tuple]:
+  """Image file -> (schema image entry with the file's own bytes, (width, height))."""
+  path = root / rel
+  if not path.exists():
+    raise Reject(f'{rel}: image file missing')
+  data = path.read_bytes()
+  fmt, size = check_image_bytes(data, rel, formats)
+  return {'data': data, 'format': fmt, 'kind': '2d', 'spacing': None}, size
+
+
+def chexpert_label(value: str, column: str) -> int | None:
+  value = (value or '').strip()
+  if value not in CHEXPERT_VALUES:
+    raise Reject(f'{column}: unknown label value {value!r} (expected 1.0, 0.0, -1.0 or blank)')
+  return CHEXPERT_VALUES[value]
+
+
+def pixel_box(x1: float, y1: float, x2: float, y2: float, size: tuple, where: str) -> list[float]:
+  """Pixel corners -> [x1, y1, x2, y2] in [0, 1] of the image; outside or empty is a Reject."""
+  w, h = size
+  if not (x2 > x1 and y2 > y1):
+    raise Reject(f'{where}: empty box {[x1, y1, x2, y2]}')
+  tol = 1.0  # a pixel of slack: annotation tools round to the pixel edge
+  if x1 < -tol or y1 < -tol or x2 > w + tol or y2 > h + tol:
+    raise Reject(f'{where}: box {[x1, y1, x2, y2]} outside the {w}x{h} image')
+  return [min(max(x1 / w, 0.0), 1.0), min(max(y1 / h, 0.0), 1.0),
+          min(max(x2 / w, 0.0), 1.0), min(max(y2 / h, 0.0), 1.0)]
+
+
+def number(value: str, column: str) -> float:
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    raise Reject(f'{column}: not a number: {value!r}') from None

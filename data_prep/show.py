@@ -1,0 +1,51 @@
+"""`python -m data_prep show`: what a build wrote, one JSON object per Example."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import numpy as np
+from PIL import Image
+
+from radjax.data import schema, source
+
+
+def describe_image(image: dict) -> dict:
+  """An image entry as format, kind and size (never its bytes)."""
+  out = {k: image.get(k) for k in ('format', 'kind', 'spacing')}
+  out['num_bytes'] = len(image.get('data') or b'')
+  try:
+    if image.get('format') == 'npy':
+      array = np.load(io.BytesIO(image['data']), allow_pickle=False)
+      out['shape'], out['dtype'] = list(array.shape), str(array.dtype)
+    else:
+      with Image.open(io.BytesIO(image['data'])) as im:
+        out['size'], out['mode'] = list(im.size), im.mode
+  except Exception as e:  # show must still print the rest of the record
+    out['error'] = str(e)
+  return out
+
+
+def describe(example: dict) -> dict:
+  return {**example, 'images': [describe_image(im) for im in example['images']]}
+
+
+def iter_examples(dataset_dir: str, split: str, limit: int | None = None) -> Iterator[dict]:
+  records = source.open_split(dataset_dir, split)
+  n = len(records) if limit is None else min(limit, len(records))
+  for i in range(n):
+    raw = records[i]
+    try:
+      yield schema.decode(raw)
+    except schema.SchemaError as e:
+      raise source.DataError(f'{raw.location}: {e}') from e
+
+
+def show(dataset_dir: str, split: str, limit: int | None, out) -> int:
+  n = 0
+  for example in iter_examples(dataset_dir, split, limit):
+    out.write(json.dumps(describe(example), ensure_ascii=False) + '\n')
+    n += 1
+  return n

@@ -1,0 +1,52 @@
+"""CheXpert-Plus builder on a fixture in the publisher's layout with planted bad records."""
+import json
+import os
+
+from tests import data_prep_fixtures as fx
+
+HEADER = ['path_to_image', 'path_to_dcm', 'frontal_lateral', 'ap_pa', 'deid_patient_id',
+          'patient_report_date_order', 'report', 'section_narrative', 'section_clinical_history',
+          'section_history', 'section_comparison', 'section_technique',
+          'section_procedure_comments', 'section_findings', 'section_impression',
+          'section_end_of_impression', 'section_summary', 'section_accession_number', 'age',
+          'sex', 'race', 'ethnicity', 'interpreter_needed', 'insurance_type', 'recent_bmi',
+          'deceased', 'split']
+
+
+def row(path, view, findings, impression, split='train'):
+  r = dict.fromkeys(HEADER, '')
+  r.update(path_to_image=path, path_to_dcm=path.replace('.jpg', '.dcm'), frontal_lateral=view,
+           section_findings=findings, section_impression=impression, split=split)
+  return [r[h] for h in HEADER]
+
+
+def test_chexpert_plus(tmp_path):
+  src = str(tmp_path / 'src')
+  p = 'train/patient{:05d}/study1/view{}_{}.jpg'
+  rows = [row(p.format(1, 1, 'frontal'), 'Frontal', 'Lungs are clear.', '1. No acute process.'),
+          row(p.format(1, 2, 'lateral'), 'Lateral', 'Lungs are clear.', '1. No acute process.'),
+          row(p.format(2, 1, 'frontal'), 'Frontal', '', '', 'train'),
+          row(p.format(3, 1, 'frontal'), 'Frontal', 'Effusion.', 'Small effusion.', 'valid'),
+          row(p.format(4, 1, 'frontal'), 'Frontal', 'x', 'y', 'holdout')]
+  fx.write_csv(os.path.join(src, 'df_chexpert_plus_240401.csv'), HEADER, rows)
+  for i, r in enumerate(rows):
+    fx.write_file(os.path.join(src, 'PNG', r[0].replace('.jpg', '.png')),
+                  fx.image_bytes(fmt='PNG', seed=i))
+  labels = [{'path_to_image': rows[0][0], 'No Finding': 1.0, 'Edema': None},
+            {'path_to_image': rows[3][0], 'Pleural Effusion': 1.0, 'Edema': -1.0}]
+  fx.write_file(os.path.join(src, 'chexbert_labels/report_fixed.json'),
+                '\n'.join(json.dumps(x) for x in labels).encode())
+  path, manifest = fx.build('chexpert_plus', src, str(tmp_path / 'out'))
+  train = fx.examples(path, 'train')
+  assert [e['id'] for e in train] == [rows[0][0][:-4], rows[1][0][:-4]]
+  assert train[0]['report'] == {'findings': 'Lungs are clear.',
+                                'impression': '1. No acute process.'}
+  assert train[0]['labels'] == {'No Finding': 1} and train[1]['labels'] == {}
+  (val,) = fx.examples(path, 'val')
+  assert val['labels'] == {'Pleural Effusion': 1, 'Edema': -1}
+  rejects = fx.rejects(path)
+  assert 'findings and impression both empty' in rejects[rows[2][0][:-4]]['reason']
+  assert "split: unknown value 'holdout'" in rejects[rows[4][0][:-4]]['reason']
+  frontal, m2 = fx.build('chexpert_plus', src, str(tmp_path / 'out'), config='frontal')
+  assert [e['id'] for e in fx.examples(frontal, 'train')] == [rows[0][0][:-4]]
+  assert m2['filtered_by_view'] == 1

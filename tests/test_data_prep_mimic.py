@@ -1,0 +1,117 @@
+"""MIMIC-CXR-JPG + reports builder on a fixture in PhysioNet's layout, with planted
+bad records; the frontal-only config."""
+import csv
+import gzip
+import io
+import os
+
+import pytest
+
+from data_prep import reports
+from tests import data_prep_fixtures as fx
+
+LABELS = ['Atelectasis', 'Cardiomegaly', 'Consolidation', 'Edema', 'Enlarged Cardiomediastinum',
+          'Fracture', 'Lung Lesion', 'Lung Opacity', 'No Finding', 'Pleural Effusion',
+          'Pleural Other', 'Pneumonia', 'Pneumothorax', 'Support Devices']
+META = ['dicom_id', 'subject_id', 'study_id', 'PerformedProcedureStepDescription', 'ViewPosition',
+        'Rows', 'Columns', 'StudyDate', 'StudyTime', 'ProcedureCodeSequence_CodeMeaning',
+        'ViewCodeSequence_CodeMeaning', 'PatientOrientationCodeSequence_CodeMeaning']
+REPORT = """                                 FINAL REPORT
+ EXAMINATION:  CHEST (PA AND LAT)
+
+ INDICATION:  ___ with cough  // eval for pneumonia
+
+ COMPARISON:  None.
+
+ FINDINGS:
+
+ The lungs are clear without focal consolidation.  No pleural effusion or
+ pneumothorax.  The cardiomediastinal silhouette is {size}.
+
+ IMPRESSION:
+
+ No acute cardiopulmonary process.
+"""
+
+
+def write_gz_csv(path, header, rows):
+  buf = io.StringIO()
+  w = csv.writer(buf)
+  w.writerow(header)
+  w.writerows(rows)
+  with gzip.open(path, 'wt') as f:
+    f.write(buf.getvalue())
+
+
+def dicom_id(i):
+  return f'{i:08x}-bde0afdd-112c0b34-7bc16630-4e384014'
+
+
+@pytest.fixture(scope='module')
+def mimic(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('mimic_src'))
+  studies = [('10000032', '50414267'), ('10000032', '53189527'), ('10000764', '57375967'),
+             ('10000898', '50771383'), ('10000935', '51178377'), ('10001038', '52129462')]
+  split_rows, meta_rows, label_rows = [], [], []
+  for n, (subject, study) in enumerate(studies):
+    for k, view in enumerate(('PA', 'LATERAL')):
+      d = dicom_id(10 * n + k)
+      split = ('train', 'test', 'validate', 'train', 'train', 'train')[n]
+      split_rows.append([d, study, subject, split])
+      meta_rows.append([d, subject, study, 'CHEST (PA AND LAT)', view, 3056, 2544, 21800506,
+                        213014.531, 'CHEST (PA AND LAT)', 'postero-anterior', 'Erect'])
+      fx.write_file(os.path.join(root, f'files/p{subject[:2]}/p{subject}/s{study}/{d}.jpg'),
+                    fx.image_bytes(seed=n))
+    labels = [''] * 14
+    labels[LABELS.index('No Finding')] = '1.0'
+    labels[LABELS.index('Pleural Effusion')] = '-1.0'
+    label_rows.append([subject, study] + labels)
+    text = REPORT.format(size='normal')
+    if n == 3:
+      text = ' WET READ: ___ 9:40 PM  no pneumonia.\n'  # no findings or impression
+    if n != 4:  # study 4 has no report file
+      fx.write_file(os.path.join(root, f'files/p{subject[:2]}/p{subject}/s{study}.txt'),
+                    text.encode())
+  label_rows[5][2 + LABELS.index('Edema')] = 'x'  # unknown label value
+  fx.write_file(os.path.join(root, f'files/p10/p10000764/s57375967/{dicom_id(21)}.jpg'),
+                fx.image_bytes()[:100])  # truncated JPEG
+  write_gz_csv(os.path.join(root, 'mimic-cxr-2.0.0-split.csv.gz'),
+               ['dicom_id', 'study_id', 'subject_id', 'split'], split_rows)
+  write_gz_csv(os.path.join(root, 'mimic-cxr-2.0.0-metadata.csv.gz'), META, meta_rows)
+  write_gz_csv(os.path.join(root, 'mimic-cxr-2.0.0-chexpert.csv.gz'),
+               ['subject_id', 'study_id'] + LABELS, label_rows)
+  return root
+
+
+def test_report_sections():
+  parts = reports.findings_impression(REPORT.format(size='normal'))
+  assert parts == {'findings': 'The lungs are clear without focal consolidation. No pleural '
+                   'effusion or pneumothorax. The cardiomediastinal silhouette is normal.',
+                   'impression': 'No acute cardiopulmonary process.'}
+  assert reports.findings_impression(' WET READ: no pneumonia.') == {
+    'findings': '', 'impression': ''}
+
+
+def test_all_views(mimic, tmp_path):
+  path, manifest = fx.build('mimic_cxr', mimic, str(tmp_path))
+  assert manifest['counts'] == {'train': 2, 'val': 1, 'test': 2}
+  train = fx.examples(path, 'train')
+  assert [e['id'] for e in train] == [dicom_id(0), dicom_id(1)]
+  ex = train[0]
+  assert ex['report']['impression'] == 'No acute cardiopulmonary process.'
+  assert ex['report']['findings'].endswith('The cardiomediastinal silhouette is normal.')
+  assert ex['labels'] == {'No Finding': 1, 'Pleural Effusion': -1}
+  rejects = fx.rejects(path)
+  assert "Edema: unknown label value 'x'" in rejects[dicom_id(50)]['reason']
+  assert 'unreadable image' in rejects[dicom_id(21)]['reason']
+  assert 'no FINDINGS or IMPRESSION' in rejects[dicom_id(30)]['reason']
+  assert 'report file missing' in rejects[dicom_id(40)]['reason']
+  assert rejects[dicom_id(40)]['file'] == 'mimic-cxr-2.0.0-split.csv.gz'
+  assert manifest['num_rejects'] == 7
+
+
+def test_frontal_only(mimic, tmp_path):
+  path, manifest = fx.build('mimic_cxr', mimic, str(tmp_path), config='frontal')
+  assert path.endswith('mimic_cxr/frontal/1.0.0')
+  assert [e['id'] for e in fx.examples(path, 'train')] == [dicom_id(0)]
+  assert manifest['filtered_by_view'] == 6 and manifest['num_rejects'] == 3

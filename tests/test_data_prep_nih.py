@@ -1,0 +1,97 @@
+"""NIH ChestX-ray14 builder on a fixture in the publisher's layout: real rows of
+Data_Entry_2017_v2020.csv and BBox_List_2017.csv from the torchxrayvision wheel."""
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import data_prep_fixtures as fx
+
+
+def png(size=64, mode='L', alpha=255) -> bytes:
+  ramp = np.tile(np.arange(size, dtype=np.uint8), (size, 1))
+  im = Image.fromarray(ramp)
+  if mode == 'RGBA':
+    im = im.convert('RGBA')
+    im.putalpha(alpha)
+  elif mode != 'L':
+    im = im.convert(mode)
+  buf = io.BytesIO()
+  im.save(buf, format='PNG')
+  return buf.getvalue()
+
+
+@pytest.fixture(scope='module')
+def nih(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('nih_src'))
+  header, entries = fx.txv_rows('Data_Entry_2017_v2020.csv.gz')
+  box_header, box_rows = fx.txv_rows('BBox_List_2017.csv.gz', 3)
+  boxed = {r[0] for r in box_rows}
+  rows = entries[:8] + [r for r in entries if r[0] in boxed]
+  good = [r[0] for r in rows]
+  # Planted: unknown label, missing image, palette PNG, transparent RGBA, no split.
+  bad = [list(entries[100 + i]) for i in range(5)]
+  bad[0][1] = 'Cardiomegally'
+  rows += bad
+  for r in rows:
+    if r[0] != bad[1][0]:
+      size = 1024 if r[0] in boxed else 64
+      data = png(size)
+      if r[0] == bad[2][0]:
+        data = png(mode='P')
+      elif r[0] == bad[3][0]:
+        data = png(mode='RGBA', alpha=0)
+      elif r[0] == good[1]:
+        data = png(mode='RGBA')  # opaque RGBA: accepted, as NIH has a few
+      fx.write_file(os.path.join(root, 'images', r[0]), data)
+  fx.write_csv(os.path.join(root, 'Data_Entry_2017_v2020.csv'), header, rows)
+  # Planted box problems: one outside its image, one for an image with no label row.
+  outside = ['00000001_000.png', 'Nodule', '1000', '10', '100', '20']
+  good_outside_image = good[2]
+  outside[0] = good_outside_image
+  orphan = ['99999999_000.png', 'Mass', '1', '2', '3', '4']
+  fx.write_csv(os.path.join(root, 'BBox_List_2017.csv'), box_header, box_rows + [outside, orphan])
+  names = [r[0] for r in rows if r[0] != bad[4][0]]
+  test = good[-3:]
+  with open(os.path.join(root, 'train_val_list.txt'), 'w') as f:
+    f.write('\n'.join(n for n in names if n not in test) + '\n')
+  with open(os.path.join(root, 'test_list.txt'), 'w') as f:
+    f.write('\n'.join(test) + '\n')
+  path, manifest = fx.build('nih_chest_xray14', root, str(tmp_path_factory.mktemp('out')))
+  return path, manifest, rows, box_rows, bad, good
+
+
+def test_examples_labels_and_boxes(nih):
+  path, manifest, rows, box_rows, bad, good = nih
+  examples = {e['id']: e for s in ('train', 'test') for e in fx.examples(path, s)}
+  expected = set(r[0][:-4] for r in rows if r not in bad) - {good[2][:-4]}
+  assert set(examples) == expected
+  assert sum(manifest['counts'].values()) == len(expected)
+  first = examples['00000001_000']  # real row: Cardiomegaly, PA, 2682x2749, 0.143 mm
+  assert first['labels']['Cardiomegaly'] == 1 and first['labels']['No Finding'] == 0
+  assert first['labels']['Pleural Effusion'] == 0 and 'Emphysema' not in first['labels']
+  np.testing.assert_allclose(first['images'][0]['spacing'], [0.143 * 2682 / 64, 0.143 * 2749 / 64])
+  for r in box_rows:
+    ex = examples[r[0][:-4]]
+    x, y, w, h = map(float, r[2:6])
+    (box,) = [b for b in ex['boxes'] if b['phrase'] == r[1]]
+    np.testing.assert_allclose(box['box'], [x / 1024, y / 1024, (x + w) / 1024, (y + h) / 1024])
+    assert box['label'] == {'Atelectasis': 'Atelectasis'}.get(r[1], box['label'])
+
+
+def test_planted_records_rejected_with_reasons(nih):
+  path, manifest, rows, box_rows, bad, good = nih
+  rejects = fx.rejects(path)
+  assert manifest['num_rejects'] == 7
+  ids = [b[0][:-4] for b in bad]
+  assert "unknown label value 'Cardiomegally'" in rejects[ids[0]]['reason']
+  assert 'image file missing' in rejects[ids[1]]['reason']
+  assert 'mode P' in rejects[ids[2]]['reason']
+  assert 'mode RGBA' in rejects[ids[3]]['reason']
+  assert 'neither train_val_list.txt nor test_list.txt' in rejects[ids[4]]['reason']
+  assert 'outside the 64x64 image' in rejects[good[2][:-4]]['reason']
+  assert rejects[good[2][:-4]]['file'] == 'Data_Entry_2017_v2020.csv'
+  orphan = rejects['99999999_000']
+  assert orphan['file'] == 'BBox_List_2017.csv' and orphan['row'] == len(box_rows) + 3

@@ -1,0 +1,195 @@
+"""VinDr-CXR builder: DICOMs written with pydicom (MONOCHROME1/2, 12/16 bit, window,
+rescale, RLE-compressed) and pydicom's own test files; boxes fused per class by WBF."""
+import io
+import os
+import shutil
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+
+from data_prep import dicom, wbf
+from tests import data_prep_fixtures as fx
+
+HEADER = fx.txv_rows('vinbigdata-train.csv.gz', 1)[0]  # the real train.csv header
+W, H = 80, 60
+
+
+def ids(n):
+  return [f'{i:032x}'[-32:].replace('0', 'a', 1) for i in range(1000, 1000 + n)]
+
+
+def make_dicom(pixels, photometric='MONOCHROME2', bits=16, window=None, rescale=None,
+               compress=False, pixel_data=True) -> bytes:
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = '1.2.840.10008.5.1.4.1.1.1.1'
+  meta.MediaStorageSOPInstanceUID = generate_uid()
+  meta.TransferSyntaxUID = ExplicitVRLittleEndian
+  ds = FileDataset('x.dicom', {}, file_meta=meta, preamble=b'\0' * 128)
+  ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+  ds.Modality = 'DX'
+  ds.Rows, ds.Columns = pixels.shape
+  ds.PhotometricInterpretation = photometric
+  ds.SamplesPerPixel = 1
+  ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
+  ds.PixelRepresentation = 0
+  ds.PixelSpacing = [0.2, 0.1]
+  if window:
+    ds.WindowCenter, ds.WindowWidth = window
+  if rescale:
+    ds.RescaleSlope, ds.RescaleIntercept = rescale
+  if pixel_data:
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    if compress:
+      ds.compress(RLELossless)
+  buf = io.BytesIO()
+  ds.save_as(buf, enforce_file_format=True)
+  return buf.getvalue()
+
+
+def ramp(bits=16):
+  x = np.linspace(0, 2 ** bits - 1, W)
+  return np.tile(x, (H, 1)).astype(np.uint16)
+
+
+def png_pixels(entry):
+  return np.asarray(Image.open(io.BytesIO(entry['data'])))
+
+
+def test_dicom_conversion_rules():
+  plain = png_pixels(dicom.read_dicom(make_dicom(ramp(12), bits=12), 'a')[0])
+  assert plain.dtype == np.uint8 and plain[0, 0] == 0 and plain[0, -1] == 255
+  inverted = png_pixels(dicom.read_dicom(make_dicom(ramp(12), 'MONOCHROME1', 12), 'b')[0])
+  np.testing.assert_array_equal(inverted, 255 - plain)  # bone stays bright
+  windowed = png_pixels(dicom.read_dicom(make_dicom(ramp(), window=(30000, 20000)), 'c')[0])
+  x = ramp().astype(float)[0]
+  assert (windowed[0][x < 20000] == 0).all() and (windowed[0][x > 40000] == 255).all()
+  inside = (x > 21000) & (x < 39000)
+  assert (np.diff(windowed[0][inside].astype(int)) >= 0).all() and len(set(windowed[0])) > 20
+  rescaled = png_pixels(dicom.read_dicom(make_dicom(ramp(), rescale=(2, -1024)), 'd')[0])
+  np.testing.assert_array_equal(rescaled, png_pixels(dicom.read_dicom(make_dicom(ramp()), 'e')[0]))
+  rle = dicom.read_dicom(make_dicom(ramp(12), bits=12, compress=True), 'f')
+  np.testing.assert_array_equal(png_pixels(rle[0]), plain)
+  assert rle[1] == (W, H) and rle[2] == [0.1, 0.2]
+
+
+def test_compressed_dicoms_from_pydicom_decode_like_uncompressed():
+  test_files = os.path.join(os.path.dirname(pydicom.__file__), 'data', 'test_files')
+
+  def read(name):
+    with open(os.path.join(test_files, name), 'rb') as f:
+      return dicom.read_dicom(f.read(), name)
+
+  plain = png_pixels(read('MR_small.dcm')[0])
+  for lossless in ('MR_small_RLE.dcm', 'MR_small_jp2klossless.dcm',
+                   'MR_small_jpeg_ls_lossless.dcm'):
+    np.testing.assert_array_equal(png_pixels(read(lossless)[0]), plain)
+  entry, size, _ = read('JPGExtended.dcm')  # 12-bit extended JPEG, through pylibjpeg
+  assert png_pixels(entry).dtype == np.uint8 and size == (256, 1024)
+
+
+def test_wbf_fuses_per_class_above_iou():
+  boxes = [[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.6], [0.7, 0.7, 0.9, 0.9], [0.1, 0.1, 0.5, 0.5]]
+  labels = ['Cardiomegaly', 'Cardiomegaly', 'Cardiomegaly', 'Aortic enlargement']
+  fused = wbf.weighted_boxes_fusion(boxes, labels, iou_thr=0.1)
+  assert [(lab, n) for _, lab, n in fused] == [
+    ('Cardiomegaly', 2), ('Cardiomegaly', 1), ('Aortic enlargement', 1)]
+  np.testing.assert_allclose(fused[0][0], [0.15, 0.15, 0.55, 0.55])
+  # Above the threshold only: IoU of these two is 0.0526 < 0.1, so they stay apart.
+  apart = wbf.weighted_boxes_fusion([[0, 0, 0.4, 0.4], [0.3, 0.3, 0.7, 0.7]], ['a', 'a'])
+  assert len(apart) == 2
+
+
+@pytest.fixture(scope='module')
+def vindr(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('vindr_src'))
+  names = ids(12)
+  files = {
+    names[0]: make_dicom(ramp(12), 'MONOCHROME1', 12, window=(2048, 4096)),
+    names[1]: make_dicom(ramp(), rescale=(1, -1024)),
+    names[2]: make_dicom(ramp(12), bits=12, compress=True),
+    names[3]: make_dicom(ramp()),
+    names[5]: make_dicom(ramp(), pixel_data=False),
+    names[6]: make_dicom(ramp()),
+    names[7]: make_dicom(ramp()),
+    names[8]: make_dicom(ramp(), photometric='RGB'),
+  }
+  test_files = os.path.join(os.path.dirname(pydicom.__file__), 'data', 'test_files')
+  for i, real in ((9, 'CT_small.dcm'), (10, 'MR_small_RLE.dcm'), (11, 'MR_truncated.dcm')):
+    with open(os.path.join(test_files, real), 'rb') as f:
+      files[names[i]] = f.read()
+  for name, data in files.items():  # names[4]: no DICOM at all
+    fx.write_file(os.path.join(root, 'train', f'{name}.dicom'), data)
+  rows = [
+    [names[0], 'Cardiomegaly', 3, 'R8', 10, 10, 50, 40],
+    [names[0], 'Cardiomegaly', 3, 'R9', 14, 12, 54, 42],
+    [names[0], 'Cardiomegaly', 3, 'R10', 12, 8, 52, 44],
+    [names[0], 'Nodule/Mass', 8, 'R10', 60, 5, 70, 15],
+    [names[1], 'No finding', 14, 'R8', '', '', '', ''],
+    [names[1], 'No finding', 14, 'R9', '', '', '', ''],
+    [names[2], 'Pleural effusion', 10, 'R11', 0, 30, 40, 60],
+    [names[2], 'No finding', 14, 'R12', '', '', '', ''],
+    [names[3], 'Aortic enlargement', 0, 'R8', 30, 5, 45, 20],
+    [names[4], 'Cardiomegaly', 3, 'R8', 10, 10, 50, 40],
+    [names[5], 'No finding', 14, 'R8', '', '', '', ''],
+    [names[6], 'Heart too big', 3, 'R8', 10, 10, 50, 40],
+    [names[7], 'Cardiomegaly', 3, 'R8', 10, 10, 95, 40],
+    [names[8], 'No finding', 14, 'R8', '', '', '', ''],
+    [names[9], 'Atelectasis', 1, 'R8', 1, 2, 100, 120],
+    [names[10], 'No finding', 14, 'R8', '', '', '', ''],
+    [names[11], 'No finding', 14, 'R8', '', '', '', ''],
+  ]
+  fx.write_csv(os.path.join(root, 'train.csv'), HEADER, rows)
+  path, manifest = fx.build('vindr_cxr', root, str(tmp_path_factory.mktemp('out')))
+  return root, path, manifest, names
+
+
+def test_examples_boxes_and_labels(vindr):
+  _, path, manifest, names = vindr
+  examples = {e['id']: e for e in fx.examples(path, 'train')}
+  assert set(examples) == {names[i] for i in (0, 1, 2, 3, 9, 10)}
+  a = examples[names[0]]
+  cardio = [b for b in a['boxes'] if b['phrase'] == 'Cardiomegaly']
+  assert len(cardio) == 1 and cardio[0]['label'] == 'Cardiomegaly'
+  np.testing.assert_allclose(cardio[0]['box'], [12 / W, 10 / H, 52 / W, 42 / H])
+  nodule = [b for b in a['boxes'] if b['phrase'] == 'Nodule/Mass']
+  assert nodule[0]['label'] == 'Lung Lesion'
+  assert a['labels']['Cardiomegaly'] == 1 and a['labels']['No Finding'] == 0
+  assert png_pixels(a['images'][0])[0, 0] == 255  # MONOCHROME1: lowest value is white
+  assert examples[names[1]]['boxes'] == [] and examples[names[1]]['labels']['No Finding'] == 1
+  c = examples[names[2]]  # one reader saw an effusion, one saw nothing: the box stays
+  assert [b['label'] for b in c['boxes']] == ['Pleural Effusion']
+  ct = examples[names[9]]  # pydicom's CT_small.dcm: 128x128, signed, rescaled
+  np.testing.assert_allclose(ct['boxes'][0]['box'], [1 / 128, 2 / 128, 100 / 128, 120 / 128])
+  assert png_pixels(ct['images'][0]).shape == (128, 128)
+  assert examples[names[10]]['images'][0]['format'] == 'png'
+
+
+def test_planted_records_rejected(vindr):
+  _, path, manifest, names = vindr
+  rejects = fx.rejects(path)
+  assert manifest['num_rejects'] == 6
+  assert 'image file missing' in rejects[names[4]]['reason']
+  assert 'no pixel data' in rejects[names[5]]['reason']
+  assert "unknown class_name 'Heart too big'" in rejects[names[6]]['reason']
+  assert f'outside the {W}x{H} image' in rejects[names[7]]['reason']
+  assert 'PhotometricInterpretation RGB' in rejects[names[8]]['reason']
+  assert names[11] in rejects  # pydicom's MR_truncated.dcm
+  assert rejects[names[7]]['file'] == 'train.csv' and rejects[names[7]]['row'] == 14
+
+
+def test_beam_directrunner_gives_the_same_examples(vindr, tmp_path):
+  pytest.importorskip('apache_beam')
+  from apache_beam.options.pipeline_options import PipelineOptions
+  root, path, _, _ = vindr
+  opts = PipelineOptions(['--direct_num_workers=2', '--direct_running_mode=multi_processing'])
+  beam_path, _ = fx.build('vindr_cxr', root, str(tmp_path), beam_runner='DirectRunner',
+                          beam_options=opts)
+  assert fx.examples(beam_path, 'train') == fx.examples(path, 'train')
+  with open(os.path.join(path, 'rejects.jsonl')) as a, open(
+      os.path.join(beam_path, 'rejects.jsonl')) as b:
+    assert a.read() == b.read()
+  shutil.rmtree(beam_path)

@@ -1,0 +1,115 @@
+"""Reading damaged datasets from disk: errors name the shard file and record index, and
+config.data.max_skipped_records skips undecodable records deterministically."""
+import logging
+import os
+import shutil
+
+import numpy as np
+import pytest
+from array_record.python.array_record_module import ArrayRecordWriter
+
+from data_prep import writer
+from radjax.data import pipeline, schema, source, tokens
+from tests.conftest import tiny_config
+
+
+def _damaged_copy(demo_data, tmp_path, replace: dict[int, bytes]) -> tuple[str, str]:
+  """A copy of the demo dataset whose train shard has records replaced by index."""
+  out = str(tmp_path / 'damaged')
+  shutil.copytree(demo_data, out)
+  (shard,) = source.split_files(out, 'train')
+  records = writer.read_records(shard)
+  w = ArrayRecordWriter(shard, 'group_size:1')
+  for i, raw in enumerate(records):
+    w.write(replace.get(i, raw))
+  w.close()
+  return out, shard
+
+
+def _bad_image(raw: bytes) -> bytes:
+  ex = schema.decode(raw)
+  ex['images'][0]['data'] = ex['images'][0]['data'][:60]
+  return schema.encode(ex)
+
+
+def _datasets(data_dir, max_skipped=0):
+  config = tiny_config(data_dir)
+  config.data.shuffle = False
+  config.data.augment = False
+  config.data.max_skipped_records = max_skipped
+  enc = tokens.TurnEncoder(tokens.load_tokenizer(os.path.join(data_dir, 'tokenizer.json')), 16)
+  proc = pipeline.make_processor(config, enc)
+  return (pipeline.train_dataset(config, proc, 'train', 0, 1),
+          pipeline.eval_dataset(config, proc, 'train', 8, 0, 1))
+
+
+def test_truncated_shard_names_the_file(demo_data, tmp_path):
+  out = str(tmp_path / 'cut')
+  shutil.copytree(demo_data, out)
+  (shard,) = source.split_files(out, 'train')
+  with open(shard, 'r+b') as f:
+    f.truncate(os.path.getsize(shard) // 2)
+  with pytest.raises(source.DataError, match=f'{shard}: cannot open shard'):
+    _datasets(out)
+
+
+def test_corrupt_chunk_names_the_file_and_record(demo_data, tmp_path):
+  out = str(tmp_path / 'flip')
+  shutil.copytree(demo_data, out)
+  (shard,) = source.split_files(out, 'train')
+  records = source.ShardSource([shard])
+  size = os.path.getsize(shard)
+  with open(shard, 'r+b') as f:  # scribble over the middle of the file
+    f.seek(size // 2)
+    f.write(b'\x00' * 64)
+  records = source.ShardSource([shard])
+  with pytest.raises(source.DataError, match=rf'{shard} record (\d+): cannot read'):
+    for i in range(len(records)):
+      records[i]
+
+
+def test_unparseable_record_names_the_file_and_index(demo_data, tmp_path):
+  out, shard = _damaged_copy(demo_data, tmp_path, {3: b'\xc1 not msgpack'})
+  train, evals = _datasets(out)
+  with pytest.raises(source.DataError, match=rf'{shard} record 3: record <unparseable>'):
+    train[0]
+  with pytest.raises(source.DataError, match=rf'{shard} record 3: record <unparseable>'):
+    evals[0]
+
+
+def test_skipped_records_are_counted_logged_and_deterministic(demo_data, tmp_path, caplog):
+  raws = writer.read_records(source.split_files(demo_data, 'train')[0])
+  bad_id = schema.decode(raws[5])['id']
+  out, shard = _damaged_copy(demo_data, tmp_path, {3: b'\xc1', 5: _bad_image(raws[5])})
+  clean, _ = _datasets(demo_data)
+  with caplog.at_level(logging.WARNING):
+    train, _ = _datasets(out, max_skipped=2)
+    batch = train[0]
+  logged = '\n'.join(r.getMessage() for r in caplog.records)
+  assert f'{shard} record 3' in logged and f"record {bad_id!r}: images: undecodable" in logged
+  # Element 3 is replaced by the next good one (4), element 5 by 6: a function of the
+  # index alone, so a resumed run (or a second pass) sees the very same stream.
+  expected = clean[0]
+  keep = [0, 1, 2, 4, 4, 6, 6, 7]
+  np.testing.assert_array_equal(batch['tokens'], expected['tokens'][keep])
+  again, _ = _datasets(out, max_skipped=2)
+  np.testing.assert_array_equal(again[0]['tokens'], batch['tokens'])
+  # One more bad record than allowed stops the run, naming the knob.
+  over, _ = _datasets(out, max_skipped=1)
+  with pytest.raises(source.DataError, match='max_skipped_records=1'):
+    over[0]
+
+
+def test_skipping_survives_a_resume(demo_data, tmp_path):
+  raws = writer.read_records(source.split_files(demo_data, 'train')[0])
+  out, _ = _damaged_copy(demo_data, tmp_path, {9: _bad_image(raws[9]), 20: b'\xc1'})
+  train, _ = _datasets(out, max_skipped=3)
+  it = pipeline.make_iterator(train, 0)
+  next(it)
+  state = it.get_state()
+  expected = [next(it)['tokens'] for _ in range(3)]
+  again, _ = _datasets(out, max_skipped=3)
+  resumed = pipeline.make_iterator(again, 0)
+  resumed.set_state(state)
+  for want in expected:
+    np.testing.assert_array_equal(next(resumed)['tokens'], want)
