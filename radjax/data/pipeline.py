@@ -7,7 +7,6 @@ import jax
 from radjax.data import source
 
 
-
 def train_dataset(config, processor, split: str,
                   process_index: int | None = None, process_count: int | None = None
                   ) -> grain.MapDataset:
