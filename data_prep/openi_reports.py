@@ -91,3 +91,50 @@ def load_reports(path: str | None = None) -> tuple[dict, ...]:
 def mesh_headings(report: dict) -> list[str]:
   """The MeSH descriptors without qualifiers: "Cardiomegaly/mild" -> "Cardiomegaly"."""
   return [m.split("/")[0].strip() for m in report["mesh"]]
+
+
+# MeSH descriptor -> observation. A tuple value also requires one of the
+# qualifiers (the "/..." parts), e.g. "Cardiac Shadow/enlarged" but not
+# "Cardiac Shadow/borderline".
+MESH_TO_OBSERVATION: dict[str, tuple[str, tuple[str, ...]]] = {
+  "Cardiomegaly": ("Cardiomegaly", ()),
+  "Cardiac Shadow": ("Cardiomegaly", ("enlarged",)),
+  "Mediastinum": ("Enlarged Cardiomediastinum", ("enlarged", "widened", "prominent")),
+  "Opacity": ("Lung Opacity", ()),
+  "Infiltrate": ("Lung Opacity", ()),
+  "Density": ("Lung Opacity", ()),
+  "Airspace Disease": ("Lung Opacity", ()),
+  "Nodule": ("Lung Lesion", ()),
+  "Mass": ("Lung Lesion", ()),
+  "Pulmonary Edema": ("Edema", ()),
+  "Pulmonary Congestion": ("Edema", ()),
+  "Consolidation": ("Consolidation", ()),
+  "Pneumonia": ("Pneumonia", ()),
+  "Pulmonary Atelectasis": ("Atelectasis", ()),
+  "Pneumothorax": ("Pneumothorax", ()),
+  "Hydropneumothorax": ("Pneumothorax", ()),
+  "Hemopneumothorax": ("Pneumothorax", ()),
+  "Pleural Effusion": ("Pleural Effusion", ()),
+  "Costophrenic Angle": ("Pleural Effusion", ("blunted",)),
+  "Thickening": ("Pleural Other", ("pleura",)),
+  "Cicatrix": ("Pleural Other", ("pleura",)),
+  "Calcinosis": ("Pleural Other", ("pleura",)),
+  "Fractures, Bone": ("Fracture", ()),
+  "Catheters, Indwelling": ("Support Devices", ()),
+  "Implanted Medical Device": ("Support Devices", ()),
+  "Medical Device": ("Support Devices", ()),
+  "Surgical Instruments": ("Support Devices", ()),
+  "Tube, Inserted": ("Support Devices", ()),
+  "Stents": ("Support Devices", ()),
+}
+
+
+def mesh_observations(mesh: list[str]) -> set[str]:
+  """CheXpert observations a report's major MeSH terms assert."""
+  out = set()
+  for term in mesh:
+    heading, *qualifiers = [p.strip().lower() for p in term.split("/")]
+    for name, (obs, required) in MESH_TO_OBSERVATION.items():
+      if heading == name.lower() and (not required or set(required) & set(qualifiers)):
+        out.add(obs)
+  return out

@@ -14,42 +14,9 @@ from __future__ import annotations
 
 import argparse
 
+from data_prep.openi_reports import mesh_observations
 from radjax.eval.metrics.labeler import label_report, report_text
 
-# MeSH descriptor -> observation. A tuple value also requires one of the
-# qualifiers (the "/..." parts), e.g. "Cardiac Shadow/enlarged" but not
-# "Cardiac Shadow/borderline".
-MESH_TO_OBSERVATION: dict[str, tuple[str, tuple[str, ...]]] = {
-  "Cardiomegaly": ("Cardiomegaly", ()),
-  "Cardiac Shadow": ("Cardiomegaly", ("enlarged",)),
-  "Mediastinum": ("Enlarged Cardiomediastinum", ("enlarged", "widened", "prominent")),
-  "Opacity": ("Lung Opacity", ()),
-  "Infiltrate": ("Lung Opacity", ()),
-  "Density": ("Lung Opacity", ()),
-  "Airspace Disease": ("Lung Opacity", ()),
-  "Nodule": ("Lung Lesion", ()),
-  "Mass": ("Lung Lesion", ()),
-  "Pulmonary Edema": ("Edema", ()),
-  "Pulmonary Congestion": ("Edema", ()),
-  "Consolidation": ("Consolidation", ()),
-  "Pneumonia": ("Pneumonia", ()),
-  "Pulmonary Atelectasis": ("Atelectasis", ()),
-  "Pneumothorax": ("Pneumothorax", ()),
-  "Hydropneumothorax": ("Pneumothorax", ()),
-  "Hemopneumothorax": ("Pneumothorax", ()),
-  "Pleural Effusion": ("Pleural Effusion", ()),
-  "Costophrenic Angle": ("Pleural Effusion", ("blunted",)),
-  "Thickening": ("Pleural Other", ("pleura",)),
-  "Cicatrix": ("Pleural Other", ("pleura",)),
-  "Calcinosis": ("Pleural Other", ("pleura",)),
-  "Fractures, Bone": ("Fracture", ()),
-  "Catheters, Indwelling": ("Support Devices", ()),
-  "Implanted Medical Device": ("Support Devices", ()),
-  "Medical Device": ("Support Devices", ()),
-  "Surgical Instruments": ("Support Devices", ()),
-  "Tube, Inserted": ("Support Devices", ()),
-  "Stents": ("Support Devices", ()),
-}
 # Observations MeSH indexes consistently enough to score against; No Finding is
 # derived and Enlarged Cardiomediastinum is too rarely indexed to be a reference.
 # MeSH indexers record a hedged "opacity, may represent pneumonia" as the finding
@@ -64,17 +31,6 @@ SCORED = (
   "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
   "Support Devices",
 )
-
-
-def mesh_observations(mesh: list[str]) -> set[str]:
-  """CheXpert observations a report's major MeSH terms assert."""
-  out = set()
-  for term in mesh:
-    heading, *qualifiers = [p.strip().lower() for p in term.split("/")]
-    for name, (obs, required) in MESH_TO_OBSERVATION.items():
-      if heading == name.lower() and (not required or set(required) & set(qualifiers)):
-        out.add(obs)
-  return out
 
 
 def _reports(split: str) -> list[dict]:

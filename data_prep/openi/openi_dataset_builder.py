@@ -20,9 +20,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from data_prep import builder as builder_lib
-from data_prep import checks
+from data_prep import checks, openi_reports
 from radjax.data import schema
-from radjax.eval import mesh_agreement
 
 IMAGE_DIRS = ('', 'NLMCXR_png/', 'png/')
 
@@ -44,7 +43,7 @@ def parse(xml_text: str, rel: str) -> dict:
 def labels_from_mesh(mesh: list[str]) -> dict:
   if [m.lower() for m in mesh] == ['normal']:
     return {'No Finding': 1}
-  return {obs: 1 for obs in sorted(mesh_agreement.mesh_observations(mesh))}
+  return {obs: 1 for obs in sorted(openi_reports.mesh_observations(mesh))}
 
 
 @dataclasses.dataclass(eq=False)
