@@ -27,8 +27,17 @@ def _from_workdir(part: str, path: str, target_cfg, target, scan: bool):
                      f'which has no {part}')
   sub = (part,) if kind == 'vlm' else ()
   source_cfg = factory.parts_of(source.model)[part]
-  if source_cfg == target_cfg and source.runtime.scan_layers == scan:
+  if source_cfg.kind != target_cfg.kind:
+    raise ValueError(f'config.model.{part}.init_from={path!r} holds a {part} of kind '
+                     f'{source_cfg.kind!r}, but config.model.{part}.kind={target_cfg.kind!r}')
+  has_codec = (part, target_cfg.kind) in parts.CODECS
+  if source_cfg == target_cfg and (source.runtime.scan_layers == scan or not has_codec):
     return workdir_lib.load_params(path, path=sub, target=target)
+  if not has_codec:  # no HF layout to convert through
+    diffs = [f'{k}={getattr(target_cfg, k)!r} (the workdir has {getattr(source_cfg, k)!r})'
+             for k in vars(target_cfg) if getattr(target_cfg, k) != getattr(source_cfg, k)]
+    raise ValueError(f'config.model.{part}.init_from={path!r} does not fit: '
+                     f'config.model.{part}.' + ', '.join(diffs))
   hf_cfg, state_dict = parts.to_hf(part, source_cfg, workdir_lib.load_params(path, path=sub))
   return parts.params_for(part, hf_cfg, state_dict, target_cfg, scan)
 
