@@ -9,7 +9,7 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from data_prep import writer
-from radjax.data import pipeline, schema, source, tokens
+from radjax.data import pipeline, schema, source
 from tests.conftest import tiny_config
 
 
@@ -37,8 +37,8 @@ def _datasets(data_dir, max_skipped=0):
   config.data.shuffle = False
   config.data.augment = False
   config.data.max_skipped_records = max_skipped
-  enc = tokens.TurnEncoder(tokens.load_tokenizer(os.path.join(data_dir, 'tokenizer.json')), 16)
-  proc = pipeline.make_processor(config, enc)
+  from radjax import run
+  proc = run.make_task(config).processor()
   return (pipeline.train_dataset(config, proc, 'train', 0, 1),
           pipeline.eval_dataset(config, proc, 'train', 8, 0, 1))
 
