@@ -74,7 +74,7 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int, use_async: bool = True,
                handle_sigterm: bool = False):
     """`keep`: checkpoints kept (0 keeps all). `handle_sigterm`: once the loop first asks
-    `reached_preemption`, SIGTERM makes it true (single-process runs; multi-host runs use
+    `reached_preemption` or saves, SIGTERM makes it true (single-process runs; multi-host runs use
     orbax's preemption sync, which JAX's distributed runtime drives)."""
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, 'checkpoints')
@@ -95,6 +95,7 @@ class Checkpointer:
 
   def save(self, step: int, state, data_iterator=None, force: bool = False) -> bool:
     """Saves (asynchronously if so configured); a non-finite state is refused."""
+    self._watch_sigterm()
     if not all_finite(state):
       raise NonFiniteStateError(f'step {step}: the state has NaN/inf values; it is not saved '
                                 f'as a checkpoint in {self.directory}')
@@ -149,10 +150,13 @@ class Checkpointer:
     self.manager.reload()
     return dest
 
-  def reached_preemption(self, step: int) -> bool:
-    if self._handle_sigterm:  # from the first step the loop asks until close()
+  def _watch_sigterm(self):
+    if self._handle_sigterm:  # from the loop's first step (or save) until close()
       self._handle_sigterm = False
       self._sigterm.install()
+
+  def reached_preemption(self, step: int) -> bool:
+    self._watch_sigterm()
     return self._sigterm.received or self.manager.reached_preemption(step)
 
   def wait(self):
