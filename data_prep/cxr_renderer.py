@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-FINDINGS = ("cardiomegaly", "pleural_effusion", "pneumothorax", "nodule", "consolidation")
+FINDINGS = ('cardiomegaly', 'pleural_effusion', 'pneumothorax', 'nodule', 'consolidation')
 SIZE_RANGE = (224, 256)  # side length, inclusive, drawn per image
 # Nodules below 3 cm are "nodules", larger ones "masses"; with a ~30 cm wide chest
 # spanning ~1.4 normalised units, 3 cm diameter is a radius of ~0.07.
@@ -52,7 +52,7 @@ def _superellipse(x, y, cx, cy, rx, ry, p: int = 2):
 
 def _blur3(img: np.ndarray) -> np.ndarray:
   """Separable [1, 2, 1]/4 blur with edge replication."""
-  p = np.pad(img, 1, mode="edge")
+  p = np.pad(img, 1, mode='edge')
   h = p[:, :-2] + 2 * p[:, 1:-1] + p[:, 2:]
   return (h[:-2] + 2 * h[1:-1] + h[2:]) * _f32(1 / 16)
 
@@ -68,10 +68,10 @@ class _Anatomy:
     self.cp = (cp_right, cp_right + u(0.02, 0.06))  # left dome sits lower
     self.dome = u(0.14, 0.20)  # dome height above the costophrenic angle
     self.med = u(0.03, 0.06)  # medial lung edge
-    ctr = u(0.58, 0.66) if "cardiomegaly" in findings else u(0.38, 0.45)
+    ctr = u(0.58, 0.66) if 'cardiomegaly' in findings else u(0.38, 0.45)
     self.ctr = ctr  # cardiothoracic ratio
     self.heart_hw = ctr * self.W
-    self.heart_hh = u(0.24, 0.27) * (1.15 if "cardiomegaly" in findings else 1.0)
+    self.heart_hh = u(0.24, 0.27) * (1.15 if 'cardiomegaly' in findings else 1.0)
     self.heart_cx = u(0.08, 0.12)
     self.heart_cy = u(0.20, 0.24)
     self.heart_tilt = u(-0.5, -0.35)
@@ -144,7 +144,7 @@ def render(rng: np.random.Generator, findings: set[str]) -> tuple[np.ndarray, di
   findings = set(findings)
   unknown = findings - set(FINDINGS)
   if unknown:
-    raise ValueError(f"unknown findings {sorted(unknown)}; known: {FINDINGS}")
+    raise ValueError(f'unknown findings {sorted(unknown)}; known: {FINDINGS}')
   size = int(rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1))
   a = _Anatomy(rng, findings)
   x, y = _grid(size, a)
@@ -154,16 +154,16 @@ def render(rng: np.random.Generator, findings: set[str]) -> tuple[np.ndarray, di
   cp = a.cp[1] + (a.cp[0] - a.cp[1]) * rf
   e = 2.5 / size  # ~1 pixel soft edge
   meta: dict = {
-    "boxes": [],
-    "sides": {},
-    "zones": {},
-    "severity": {},
-    "ctr": float(a.ctr),
-    "size": size,
-    "nodule_phrase": None,
+    'boxes': [],
+    'sides': {},
+    'zones': {},
+    'severity': {},
+    'ctr': float(a.ctr),
+    'size': size,
+    'nodule_phrase': None,
   }
-  if "cardiomegaly" in findings:
-    meta["severity"]["cardiomegaly"] = "moderate" if a.ctr < 0.62 else "large"
+  if 'cardiomegaly' in findings:
+    meta['severity']['cardiomegaly'] = 'moderate' if a.ctr < 0.62 else 'large'
 
   # --- soft tissue: chest wall following the ribcage, shoulders, abdomen below.
   chest = _superellipse(ax, y, 0.0, cp + 0.45, a.W + 0.15, cp + 0.45 - a.apex + 0.2, p=3)
@@ -181,11 +181,11 @@ def render(rng: np.random.Generator, findings: set[str]) -> tuple[np.ndarray, di
   # space lateral and apical to it holds air without vessel markings.
   ptx = np.zeros_like(x)
   pleural_line = ptx
-  if "pneumothorax" in findings:
+  if 'pneumothorax' in findings:
     side_right = rng.random() < 0.5
-    meta["sides"]["pneumothorax"] = "right" if side_right else "left"
+    meta['sides']['pneumothorax'] = 'right' if side_right else 'left'
     small = rng.random() < 0.4
-    meta["severity"]["pneumothorax"] = "small" if small else "moderate"
+    meta['severity']['pneumothorax'] = 'small' if small else 'moderate'
     kx = rng.uniform(0.70, 0.80) if small else rng.uniform(0.52, 0.68)
     ky = rng.uniform(0.80, 0.88) if small else rng.uniform(0.66, 0.80)
     # Collapse towards the hilum laterally and towards the base vertically:
@@ -199,15 +199,15 @@ def render(rng: np.random.Generator, findings: set[str]) -> tuple[np.ndarray, di
   # Effusion: dependent fluid with a meniscus climbing the lateral chest wall,
   # filling the costophrenic angle and hiding the dome.
   fluid = np.zeros_like(x)
-  if "pleural_effusion" in findings:
-    side = rng.choice(["right", "left", "bilateral"], p=[0.35, 0.35, 0.3])
-    meta["sides"]["pleural_effusion"] = str(side)
-    severity = str(rng.choice(["small", "moderate", "large"], p=[0.35, 0.45, 0.2]))
-    meta["severity"]["pleural_effusion"] = severity
-    level_range = {"small": (0.18, 0.26), "moderate": (0.0, 0.15), "large": (-0.3, -0.05)}
+  if 'pleural_effusion' in findings:
+    side = rng.choice(['right', 'left', 'bilateral'], p=[0.35, 0.35, 0.3])
+    meta['sides']['pleural_effusion'] = str(side)
+    severity = str(rng.choice(['small', 'moderate', 'large'], p=[0.35, 0.45, 0.2]))
+    meta['severity']['pleural_effusion'] = severity
+    level_range = {'small': (0.18, 0.26), 'moderate': (0.0, 0.15), 'large': (-0.3, -0.05)}
     lat = np.clip((ax - a.med) / (a.W - a.med), 0, 1)
     for s_right in (True, False):
-      if side == "bilateral" or (side == "right") == s_right:
+      if side == 'bilateral' or (side == 'right') == s_right:
         meniscus = rng.uniform(0.2, 0.35) * lat * np.sqrt(lat)
         top = rng.uniform(*level_range[severity]) - meniscus
         f = _ramp(y - top, 0.06) * _ramp(pleura + 0.02, e)
@@ -273,9 +273,9 @@ def render(rng: np.random.Generator, findings: set[str]) -> tuple[np.ndarray, di
   )
   # --- lesions inside the lung fields.
   lung_region = (lung > 0.5) & (not_soft > 0.5)
-  if "nodule" in findings:
+  if 'nodule' in findings:
     _nodule(rng, img, x, y, a, lung_region, meta)
-  if "consolidation" in findings:
+  if 'consolidation' in findings:
     _consolidation(rng, img, x, y, a, air, lung_region, meta)
 
   # --- exposure, blur, noise.
@@ -334,7 +334,7 @@ def _pick_lung_point(rng, region, margin_px: int, fallback=None) -> tuple[int, i
 def _zone(cx: float, cy: float, a: _Anatomy) -> str:
   """Upper / middle / lower lung zone of a point, by height between apex and base."""
   t = (cy - a.apex) / (a.cp[0 if cx < 0 else 1] - a.apex)
-  return "upper" if t < 0.4 else "middle" if t < 0.68 else "lower"
+  return 'upper' if t < 0.4 else 'middle' if t < 0.68 else 'lower'
 
 
 def _window(row: int, col: int, half_px: float, size: int) -> tuple[slice, slice]:
@@ -354,23 +354,23 @@ def _nodule(rng, img, x, y, a: _Anatomy, lung_region, meta) -> None:
   win = _window(row, col, 1.15 * r_px, size)
   dx, dy = x[win] - cx, y[win] - cy
   d = np.sqrt(dx * dx + dy * dy)
-  phrase = "mass" if r >= MASS_RADIUS else "nodule"
+  phrase = 'mass' if r >= MASS_RADIUS else 'nodule'
   rr = r
-  if phrase == "mass":
+  if phrase == 'mass':
     rr = r * (1 + 0.08 * np.cos(3 * np.arctan2(dy, dx) + rng.uniform(0, 6.3)))
   q = d / rr
   profile = np.sqrt(np.clip(1 - q * q, 0, 1))
   edge = _ramp(rr - d, 2.0 / size)
   img[win] += 0.30 * (0.35 * edge + 0.65 * profile)
-  meta["nodule_phrase"] = phrase
-  meta["sides"]["nodule"] = "right" if cx < 0 else "left"
-  meta["zones"]["nodule"] = _zone(cx, cy, a)
+  meta['nodule_phrase'] = phrase
+  meta['sides']['nodule'] = 'right' if cx < 0 else 'left'
+  meta['zones']['nodule'] = _zone(cx, cy, a)
   # Box in image coordinates: a disc stays a disc under a similarity transform.
   u, v = _to_image(cx, cy, a)
   rad = r * 1.08 * a.scale  # 1.08 covers the lobulation
   box = [(u - rad + 1) / 2, (v - rad + 1) / 2, (u + rad + 1) / 2, (v + rad + 1) / 2]
   box = [min(max(float(b), 0.0), 1.0) for b in box]
-  meta["boxes"].append({"box": box, "label": "Lung Lesion", "phrase": phrase})
+  meta['boxes'].append({'box': box, 'label': 'Lung Lesion', 'phrase': phrase})
 
 
 def _consolidation(rng, img, x, y, a: _Anatomy, aerated, lung_region, meta) -> None:
@@ -384,8 +384,8 @@ def _consolidation(rng, img, x, y, a: _Anatomy, aerated, lung_region, meta) -> N
   # Keep the centre well inside the lung so the heart does not hide the cloud.
   row, col = _pick_lung_point(rng, lung_region & zone, size // 14, fallback=lung_region)
   cx, cy = float(x[row, col]), float(y[row, col])
-  meta["sides"]["consolidation"] = "right" if cx < 0 else "left"
-  meta["zones"]["consolidation"] = _zone(cx, cy, a)
+  meta['sides']['consolidation'] = 'right' if cx < 0 else 'left'
+  meta['zones']['consolidation'] = _zone(cx, cy, a)
   win = _window(row, col, 0.6 * a.scale * size / 2, size)
   xw, yw = x[win], y[win]
   cloud = np.zeros_like(xw)
@@ -414,7 +414,7 @@ def tune_allocator() -> None:
   import ctypes
 
   try:
-    libc = ctypes.CDLL("libc.so.6")
+    libc = ctypes.CDLL('libc.so.6')
   except OSError:
     return
   m_trim_threshold, m_mmap_threshold = -1, -3

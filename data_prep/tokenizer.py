@@ -20,7 +20,7 @@ from radjax.data import tokens
 
 # ids 0-8 in radjax's order (radjax/data/tokens.py owns the list).
 SPECIAL_TOKENS = {t: i for i, t in enumerate(tokens.SPECIAL_TOKENS)}
-UNK = tokens.SPECIALS["unk"]
+UNK = tokens.SPECIALS['unk']
 DEFAULT_VOCAB_SIZE = 2048
 
 
@@ -30,7 +30,7 @@ def openi_texts() -> list[str]:
 
   texts = []
   for report in openi_reports.load_reports():
-    texts += [t for t in (report["findings"], report["impression"]) if t]
+    texts += [t for t in (report['findings'], report['impression']) if t]
   return texts
 
 
@@ -52,7 +52,7 @@ def train_tokenizer(
   tokenizer.train_from_iterator(list(texts if texts is not None else openi_texts()), trainer)
   for token, idx in SPECIAL_TOKENS.items():
     if tokenizer.token_to_id(token) != idx:
-      raise AssertionError(f"special token {token} got id {tokenizer.token_to_id(token)}")
+      raise AssertionError(f'special token {token} got id {tokenizer.token_to_id(token)}')
   return tokenizer
 
 

@@ -23,14 +23,14 @@ from array_record.python.array_record_module import ArrayRecordReader, ArrayReco
 
 from radjax.data import schema
 
-MANIFEST = "manifest.json"
+MANIFEST = 'manifest.json'
 # group_size:1 makes every record its own chunk, so Grain can read record k
 # without decompressing its neighbours (random access for a global shuffle).
-WRITER_OPTIONS = "group_size:1"
+WRITER_OPTIONS = 'group_size:1'
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
-  return f"{split}-{index:05d}-of-{num_shards:05d}.array_record"
+  return f'{split}-{index:05d}-of-{num_shards:05d}.array_record'
 
 
 class ShardedWriter:
@@ -48,9 +48,9 @@ class ShardedWriter:
     validate: Callable[[dict], None] = schema.validate,
   ):
     if split not in schema.SPLITS:
-      raise ValueError(f"unknown split {split!r}")
+      raise ValueError(f'unknown split {split!r}')
     if num_shards < 1:
-      raise ValueError("num_shards must be >= 1")
+      raise ValueError('num_shards must be >= 1')
     self.split = split
     self.validate = validate
     self.files = [shard_name(split, i, num_shards) for i in range(num_shards)]
@@ -62,16 +62,16 @@ class ShardedWriter:
 
   def write(self, example: dict) -> bool:
     """Writes `example` if valid; returns False (and records why) if not."""
-    rid = example.get("id", "<unknown>") if isinstance(example, dict) else "<unknown>"
+    rid = example.get('id', '<unknown>') if isinstance(example, dict) else '<unknown>'
     try:
-      if example.get("split") != self.split:
+      if example.get('split') != self.split:
         raise schema.SchemaError(
           f"record {rid!r}: split: {example.get('split')!r} written to {self.split!r}"
         )
       self.validate(example)
       raw = schema.encode(example)
     except Exception as e:  # Any failure is a reject, not a crash.
-      self.rejects.append({"id": str(rid), "reason": str(e)})
+      self.rejects.append({'id': str(rid), 'reason': str(e)})
       return False
     shard = self.num_written % len(self._writers)
     self._writers[shard].write(raw)
@@ -99,7 +99,7 @@ def _publish(tmp_dir: str, out_dir: str) -> None:
   """
   old_dir = None
   if os.path.exists(out_dir):
-    old_dir = f"{out_dir}.old-{uuid.uuid4().hex[:8]}"
+    old_dir = f'{out_dir}.old-{uuid.uuid4().hex[:8]}'
     os.rename(out_dir, old_dir)
   os.rename(tmp_dir, out_dir)
   if old_dir:
@@ -124,7 +124,7 @@ def build_dataset(
   out_dir = os.path.abspath(out_dir)
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
-  tmp_dir = f"{out_dir}.tmp-{uuid.uuid4().hex[:8]}"
+  tmp_dir = f'{out_dir}.tmp-{uuid.uuid4().hex[:8]}'
   os.makedirs(tmp_dir)
   try:
     counts, files, shard_counts, rejects = {}, {}, {}, []
@@ -139,23 +139,23 @@ def build_dataset(
       counts[split] = writer.num_written
       files[split] = writer.files
       shard_counts[split] = writer.shard_counts
-      rejects += [{"split": split, **r} for r in writer.rejects]
+      rejects += [{'split': split, **r} for r in writer.rejects]
     for name, content in (extra_files or {}).items():
-      mode = "wb" if isinstance(content, bytes) else "w"
+      mode = 'wb' if isinstance(content, bytes) else 'w'
       with open(os.path.join(tmp_dir, name), mode) as f:
         f.write(content)
     manifest = {
-      "schema_version": schema.SCHEMA_VERSION,
-      "counts": counts,
-      "rejects": rejects,
-      "num_rejects": len(rejects),
-      "files": files,
-      "shard_counts": shard_counts,
+      'schema_version': schema.SCHEMA_VERSION,
+      'counts': counts,
+      'rejects': rejects,
+      'num_rejects': len(rejects),
+      'files': files,
+      'shard_counts': shard_counts,
       **(manifest_extra or {}),
     }
     # Manifest last, through its own tmp + rename: it marks the dir complete.
-    tmp_manifest = os.path.join(tmp_dir, MANIFEST + ".tmp")
-    with open(tmp_manifest, "w") as f:
+    tmp_manifest = os.path.join(tmp_dir, MANIFEST + '.tmp')
+    with open(tmp_manifest, 'w') as f:
       json.dump(manifest, f, indent=2, sort_keys=True)
     os.rename(tmp_manifest, os.path.join(tmp_dir, MANIFEST))
     _publish(tmp_dir, out_dir)

@@ -86,7 +86,7 @@ def test_skipped_records_are_counted_logged_and_deterministic(demo_data, tmp_pat
     train, _ = _datasets(out, max_skipped=2)
     batch = train[0]
   logged = '\n'.join(r.getMessage() for r in caplog.records)
-  assert f'{shard} record 3' in logged and f"record {bad_id!r}: images: undecodable" in logged
+  assert f'{shard} record 3' in logged and f'record {bad_id!r}: images: undecodable' in logged
   # Element 3 is replaced by the next good one (4), element 5 by 6: a function of the
   # index alone, so a resumed run (or a second pass) sees the very same stream.
   expected = clean[0]

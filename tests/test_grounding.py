@@ -8,44 +8,44 @@ from radjax.eval.metrics import grounding
 
 
 def box(label, *coords, **kw):
-  return {"label": label, "box": tuple(coords), **kw}
+  return {'label': label, 'box': tuple(coords), **kw}
 
 
 def test_parse_radvlm_style_and_class_names():
-  text = ("There is a nodule located at the coordinates [0.12, 0.30, 0.25, 0.41] and "
-          "[0.60, 0.20, 0.70, 0.30]; Pleural Effusion [0.5, 0.6, 0.9, 0.85].")
-  boxes, bad = grounding.parse_boxes(text, vocab=["Pleural Effusion", "Lung Lesion"])
+  text = ('There is a nodule located at the coordinates [0.12, 0.30, 0.25, 0.41] and '
+          '[0.60, 0.20, 0.70, 0.30]; Pleural Effusion [0.5, 0.6, 0.9, 0.85].')
+  boxes, bad = grounding.parse_boxes(text, vocab=['Pleural Effusion', 'Lung Lesion'])
   assert bad == 0
   # "nodule" reaches Lung Lesion through the labeler; the second box inherits it.
-  assert [b["label"] for b in boxes] == ["Lung Lesion", "Lung Lesion", "Pleural Effusion"]
-  assert boxes[0]["box"] == (0.12, 0.30, 0.25, 0.41)
+  assert [b['label'] for b in boxes] == ['Lung Lesion', 'Lung Lesion', 'Pleural Effusion']
+  assert boxes[0]['box'] == (0.12, 0.30, 0.25, 0.41)
   # Vocabulary match is case-insensitive and returns the vocabulary's spelling; the
   # longest name wins when two end at the same place.
-  boxes, _ = grounding.parse_boxes("pleural effusion: [0.1, 0.1, 0.2, 0.2]",
-                                   vocab=["Effusion", "Pleural Effusion"])
-  assert boxes[0]["label"] == "Pleural Effusion"
+  boxes, _ = grounding.parse_boxes('pleural effusion: [0.1, 0.1, 0.2, 0.2]',
+                                   vocab=['Effusion', 'Pleural Effusion'])
+  assert boxes[0]['label'] == 'Pleural Effusion'
 
 
 def test_unnamed_box_takes_the_rows_single_class_else_empty():
-  text = "This sentence is located at the coordinates [0.1, 0.2, 0.3, 0.4] on the image."
-  assert grounding.parse_boxes(text, default_label="left lung")[0][0]["label"] == "left lung"
-  assert grounding.parse_boxes(text)[0][0]["label"] == ""
+  text = 'This sentence is located at the coordinates [0.1, 0.2, 0.3, 0.4] on the image.'
+  assert grounding.parse_boxes(text, default_label='left lung')[0][0]['label'] == 'left lung'
+  assert grounding.parse_boxes(text)[0][0]['label'] == ''
   # A named box does not leak its class across other words to the next box.
-  boxes, _ = grounding.parse_boxes("Pneumothorax [0.1, 0.1, 0.2, 0.2]. Also see here "
-                                   "[0.3, 0.3, 0.4, 0.4]", default_label="x")
-  assert [b["label"] for b in boxes] == ["Pneumothorax", "x"]
+  boxes, _ = grounding.parse_boxes('Pneumothorax [0.1, 0.1, 0.2, 0.2]. Also see here '
+                                   '[0.3, 0.3, 0.4, 0.4]', default_label='x')
+  assert [b['label'] for b in boxes] == ['Pneumothorax', 'x']
 
 
-@pytest.mark.parametrize("text", [
-    "[0.5, 0.2, 0.3, 0.4]",          # x2 < x1
-    "[0.1, 0.4, 0.3, 0.4]",          # zero height
-    "[0.1, 0.2, 1.3, 0.4]",          # out of [0, 1]
-    "[-0.1, 0.2, 0.3, 0.4]",
-    "[0.1, 0.2, 0.3]",               # three numbers
-    "[0.1, 0.2, 0.3, 0.4, 0.5]",
-    "[0.1, 0.2, 0.x, 0.4]",          # unparseable
-    "a mass at [0.1, 0.2, 0.3",      # cut off by max_new_tokens
-    "[0.1. 0.2. 0.3. 0.4]",
+@pytest.mark.parametrize('text', [
+    '[0.5, 0.2, 0.3, 0.4]',          # x2 < x1
+    '[0.1, 0.4, 0.3, 0.4]',          # zero height
+    '[0.1, 0.2, 1.3, 0.4]',          # out of [0, 1]
+    '[-0.1, 0.2, 0.3, 0.4]',
+    '[0.1, 0.2, 0.3]',               # three numbers
+    '[0.1, 0.2, 0.3, 0.4, 0.5]',
+    '[0.1, 0.2, 0.x, 0.4]',          # unparseable
+    'a mass at [0.1, 0.2, 0.3',      # cut off by max_new_tokens
+    '[0.1. 0.2. 0.3. 0.4]',
 ])
 def test_malformed_boxes_are_counted_not_scored(text):
   boxes, bad = grounding.parse_boxes(text)
@@ -53,8 +53,8 @@ def test_malformed_boxes_are_counted_not_scored(text):
 
 
 def test_brackets_without_numbers_are_not_box_attempts():
-  assert grounding.parse_boxes("Findings: [redacted] normal.") == ([], 0)
-  assert grounding.parse_boxes("") == ([], 0)
+  assert grounding.parse_boxes('Findings: [redacted] normal.') == ([], 0)
+  assert grounding.parse_boxes('') == ([], 0)
 
 
 def test_iou():
@@ -72,50 +72,50 @@ def test_ap_hand_worked():
   tp = [True, False, True, False]
   assert grounding.average_precision(tp, 3) == pytest.approx(1 / 3 + 1 / 3 * 2 / 3)
   # 101 points: recall thresholds 0..0.33 see 1, 0.34..0.66 see 2/3, the rest 0.
-  assert grounding.average_precision(tp, 3, "coco101") == pytest.approx((34 + 22) / 101)
+  assert grounding.average_precision(tp, 3, 'coco101') == pytest.approx((34 + 22) / 101)
   assert grounding.average_precision([], 3) == 0.0
   assert math.isnan(grounding.average_precision([], 0))
 
 
 def test_scores_hand_worked_example():
-  refs = [[box("A", 0.0, 0.0, 0.5, 0.5), box("B", 0.5, 0.5, 1.0, 1.0)],
-          [box("A", 0.1, 0.1, 0.3, 0.3)]]
-  preds = [[box("A", 0.0, 0.0, 0.5, 0.4),     # IoU 0.8 -> TP
-            box("A", 0.0, 0.0, 0.5, 0.5)],    # duplicate of a matched box -> FP
-           [box("A", 0.5, 0.5, 0.6, 0.6)]]    # misses -> FP
+  refs = [[box('A', 0.0, 0.0, 0.5, 0.5), box('B', 0.5, 0.5, 1.0, 1.0)],
+          [box('A', 0.1, 0.1, 0.3, 0.3)]]
+  preds = [[box('A', 0.0, 0.0, 0.5, 0.4),     # IoU 0.8 -> TP
+            box('A', 0.0, 0.0, 0.5, 0.5)],    # duplicate of a matched box -> FP
+           [box('A', 0.5, 0.5, 0.6, 0.6)]]    # misses -> FP
   s = grounding.grounding_scores(preds, refs)
   # A, by confidence (rank 0 of row 0, rank 0 of row 1, rank 1 of row 0): TP, FP, FP;
   # 2 references -> AP = 1/2. B has a reference and no prediction -> AP 0.
-  assert s["grounding_AP@0.5/A"] == pytest.approx(0.5)
-  assert s["grounding_AP@0.5/B"] == 0.0
-  assert s["grounding_mAP@0.5"] == pytest.approx(0.25)
-  assert s["grounding_precision@0.5"] == pytest.approx(1 / 3)
-  assert s["grounding_recall@0.5"] == pytest.approx(1 / 3)
+  assert s['grounding_AP@0.5/A'] == pytest.approx(0.5)
+  assert s['grounding_AP@0.5/B'] == 0.0
+  assert s['grounding_mAP@0.5'] == pytest.approx(0.25)
+  assert s['grounding_precision@0.5'] == pytest.approx(1 / 3)
+  assert s['grounding_recall@0.5'] == pytest.approx(1 / 3)
   # Row 0: A pairs (0.8 is beaten by the exact duplicate, 1.0), one A pred and B unmatched;
   # row 1: no overlap. Sum 1.0 over 3 + 2 boxes.
-  assert s["grounding_mean_iou"] == pytest.approx(1.0 / 5)
-  assert s["grounding_num_pred_boxes"] == 3 and s["grounding_num_ref_boxes"] == 3
+  assert s['grounding_mean_iou'] == pytest.approx(1.0 / 5)
+  assert s['grounding_num_pred_boxes'] == 3 and s['grounding_num_ref_boxes'] == 3
 
 
 def test_edge_cases_no_predictions_and_no_references():
-  refs = [[box("A", 0.1, 0.1, 0.4, 0.4)], []]
+  refs = [[box('A', 0.1, 0.1, 0.4, 0.4)], []]
   s = grounding.grounding_scores([[], []], refs)
-  assert s["grounding_mAP@0.5"] == 0.0 and s["grounding_precision@0.5"] == 0.0
+  assert s['grounding_mAP@0.5'] == 0.0 and s['grounding_precision@0.5'] == 0.0
   # A class predicted but absent from every reference has no AP and does not drag mAP.
-  s = grounding.grounding_scores([[box("A", 0.1, 0.1, 0.4, 0.4)],
-                                  [box("Z", 0.1, 0.1, 0.4, 0.4)]], refs)
-  assert s["grounding_mAP@0.5"] == 1.0 and "grounding_AP@0.5/Z" not in s
-  assert s["grounding_precision@0.5"] == 0.5
+  s = grounding.grounding_scores([[box('A', 0.1, 0.1, 0.4, 0.4)],
+                                  [box('Z', 0.1, 0.1, 0.4, 0.4)]], refs)
+  assert s['grounding_mAP@0.5'] == 1.0 and 'grounding_AP@0.5/Z' not in s
+  assert s['grounding_precision@0.5'] == 0.5
   s = grounding.grounding_scores([[], []], [[], []])
-  assert "grounding_mAP@0.5" not in s and "grounding_mean_iou" not in s
+  assert 'grounding_mAP@0.5' not in s and 'grounding_mean_iou' not in s
   with pytest.raises(ValueError):
     grounding.grounding_scores([[]], [[], []])
 
 
 def test_labels_match_case_insensitively():
-  s = grounding.grounding_scores([[box("lung lesion", 0.1, 0.1, 0.4, 0.4)]],
-                                 [[box("Lung Lesion", 0.1, 0.1, 0.4, 0.4)]])
-  assert s["grounding_AP@0.5/Lung Lesion"] == 1.0 and s["grounding_mean_iou"] == 1.0
+  s = grounding.grounding_scores([[box('lung lesion', 0.1, 0.1, 0.4, 0.4)]],
+                                 [[box('Lung Lesion', 0.1, 0.1, 0.4, 0.4)]])
+  assert s['grounding_AP@0.5/Lung Lesion'] == 1.0 and s['grounding_mean_iou'] == 1.0
 
 
 def _random_boxes(rng, n):
@@ -125,49 +125,49 @@ def _random_boxes(rng, n):
 
 
 def test_ap_matches_pycocotools():
-  coco_mod = pytest.importorskip("pycocotools.coco")
-  cocoeval_mod = pytest.importorskip("pycocotools.cocoeval")
+  coco_mod = pytest.importorskip('pycocotools.coco')
+  cocoeval_mod = pytest.importorskip('pycocotools.cocoeval')
   rng = np.random.default_rng(0)
-  classes = ["A", "B", "C"]
+  classes = ['A', 'B', 'C']
   refs, preds = [], []
   for _ in range(12):
     r = [box(classes[rng.integers(3)], *b) for b in _random_boxes(rng, rng.integers(0, 4))]
     # Predictions: jittered copies of some references plus random extras.
-    p = [box(b["label"], *np.clip(np.asarray(b["box"]) + rng.normal(0, 0.03, 4), 0, 1),
+    p = [box(b['label'], *np.clip(np.asarray(b['box']) + rng.normal(0, 0.03, 4), 0, 1),
              score=float(rng.uniform())) for b in r if rng.uniform() < 0.8]
     p += [box(classes[rng.integers(3)], *b, score=float(rng.uniform()))
           for b in _random_boxes(rng, rng.integers(0, 3))]
-    p = [b for b in p if b["box"][2] > b["box"][0] and b["box"][3] > b["box"][1]]
+    p = [b for b in p if b['box'][2] > b['box'][0] and b['box'][3] > b['box'][1]]
     refs.append(r)
     preds.append(p)
-  ours = grounding.grounding_scores(preds, refs, method="coco101")
+  ours = grounding.grounding_scores(preds, refs, method='coco101')
 
   scale = 1000.0  # pycocotools' area ranges assume pixels
 
   def xywh(b):
-    x1, y1, x2, y2 = (c * scale for c in b["box"])
+    x1, y1, x2, y2 = (c * scale for c in b['box'])
     return [x1, y1, x2 - x1, y2 - y1]
 
   gt = coco_mod.COCO()
   gt.dataset = {
-      "images": [{"id": i} for i in range(len(refs))],
-      "categories": [{"id": k, "name": c} for k, c in enumerate(classes)],
-      "annotations": [{"id": n + 1, "image_id": i, "category_id": classes.index(b["label"]),
-                       "bbox": xywh(b), "area": xywh(b)[2] * xywh(b)[3], "iscrowd": 0}
+      'images': [{'id': i} for i in range(len(refs))],
+      'categories': [{'id': k, 'name': c} for k, c in enumerate(classes)],
+      'annotations': [{'id': n + 1, 'image_id': i, 'category_id': classes.index(b['label']),
+                       'bbox': xywh(b), 'area': xywh(b)[2] * xywh(b)[3], 'iscrowd': 0}
                       for n, (i, b) in enumerate((i, b) for i, r in enumerate(refs) for b in r)],
   }
   gt.createIndex()
-  dt = gt.loadRes([{"image_id": i, "category_id": classes.index(b["label"]), "bbox": xywh(b),
-                    "score": b["score"]} for i, p in enumerate(preds) for b in p])
-  ev = cocoeval_mod.COCOeval(gt, dt, "bbox")
+  dt = gt.loadRes([{'image_id': i, 'category_id': classes.index(b['label']), 'bbox': xywh(b),
+                    'score': b['score']} for i, p in enumerate(preds) for b in p])
+  ev = cocoeval_mod.COCOeval(gt, dt, 'bbox')
   ev.params.iouThrs = np.array([0.5])
   ev.evaluate()
   ev.accumulate()
-  prec = ev.eval["precision"][0, :, :, 0, -1]  # IoU 0.5, all areas, maxDets 100
+  prec = ev.eval['precision'][0, :, :, 0, -1]  # IoU 0.5, all areas, maxDets 100
   checked = 0
   for k, c in enumerate(classes):
     if (prec[:, k] > -1).any():
-      assert ours[f"grounding_AP@0.5/{c}"] == pytest.approx(prec[:, k].mean(), abs=1e-9)
+      assert ours[f'grounding_AP@0.5/{c}'] == pytest.approx(prec[:, k].mean(), abs=1e-9)
       checked += 1
   assert checked == 3
-  assert ours["grounding_mAP@0.5"] == pytest.approx(prec[prec > -1].mean(), abs=1e-9)
+  assert ours['grounding_mAP@0.5'] == pytest.approx(prec[prec > -1].mean(), abs=1e-9)

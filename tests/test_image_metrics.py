@@ -6,14 +6,14 @@ import pytest
 
 from radjax.eval.metrics import image_metrics as im
 
-tf = pytest.importorskip("tensorflow")
+tf = pytest.importorskip('tensorflow')
 
 
 def _pair(shape, noise, seed=0, scale=1.0):
   rng = np.random.default_rng(seed)
   # Smooth structure plus noise, so SSIM is neither ~0 nor ~1.
   h, w = shape[-3:-1]
-  yy, xx = np.meshgrid(np.linspace(0, 3, h), np.linspace(0, 3, w), indexing="ij")
+  yy, xx = np.meshgrid(np.linspace(0, 3, h), np.linspace(0, 3, w), indexing='ij')
   base = 0.5 + 0.4 * np.sin(xx[..., None] * (1 + np.arange(shape[-1]))) * np.cos(yy[..., None])
   a = np.broadcast_to(base, shape) + rng.normal(0, 0.02, shape)
   b = a + rng.normal(0, noise, shape)
@@ -21,7 +21,7 @@ def _pair(shape, noise, seed=0, scale=1.0):
       np.float32)
 
 
-@pytest.mark.parametrize("shape,data_range", [((4, 32, 32, 3), 1.0), ((2, 3, 24, 40, 1), 1.0),
+@pytest.mark.parametrize('shape,data_range', [((4, 32, 32, 3), 1.0), ((2, 3, 24, 40, 1), 1.0),
                                               ((2, 20, 20, 2), 255.0)])
 def test_matches_tensorflow(shape, data_range):
   for seed, noise in enumerate((0.01, 0.1, 0.3)):
@@ -48,7 +48,7 @@ def test_identical_and_degraded():
 
 
 def test_rejects_small_or_mismatched_images():
-  with pytest.raises(ValueError, match="H, W >= 11"):
+  with pytest.raises(ValueError, match='H, W >= 11'):
     im.ssim(np.zeros((1, 8, 8, 1)), np.zeros((1, 8, 8, 1)))
-  with pytest.raises(ValueError, match="differ"):
+  with pytest.raises(ValueError, match='differ'):
     im.ssim(np.zeros((1, 16, 16, 1)), np.zeros((1, 16, 16, 3)))

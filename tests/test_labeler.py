@@ -14,131 +14,131 @@ def mentioned(text):
 
 
 def test_keys_are_the_14_observations():
-  assert tuple(label_report("Heart size is normal.")) == CHEXPERT_OBSERVATIONS
-  assert set(label_report("").values()) == {None}
+  assert tuple(label_report('Heart size is normal.')) == CHEXPERT_OBSERVATIONS
+  assert set(label_report('').values()) == {None}
 
 
 def test_negated_list_negates_every_item():
-  labels = mentioned("No pleural effusion, pneumothorax, or focal consolidation.")
-  assert labels == {"No Finding": 1, "Pleural Effusion": 0, "Pneumothorax": 0,
-                    "Consolidation": 0}
-  assert mentioned("Negative for pneumothorax or effusion.")["Pleural Effusion"] == 0
-  assert mentioned("Free of infiltrate.")["Lung Opacity"] == 0
+  labels = mentioned('No pleural effusion, pneumothorax, or focal consolidation.')
+  assert labels == {'No Finding': 1, 'Pleural Effusion': 0, 'Pneumothorax': 0,
+                    'Consolidation': 0}
+  assert mentioned('Negative for pneumothorax or effusion.')['Pleural Effusion'] == 0
+  assert mentioned('Free of infiltrate.')['Lung Opacity'] == 0
 
 
 def test_negation_scope_ends_at_clause_and_breaker():
-  labels = mentioned("No pneumothorax, but there is a small left effusion.")
-  assert labels["Pneumothorax"] == 0 and labels["Pleural Effusion"] == 1
-  assert mentioned("No evidence of pneumonia. Small right effusion.")["Pleural Effusion"] == 1
+  labels = mentioned('No pneumothorax, but there is a small left effusion.')
+  assert labels['Pneumothorax'] == 0 and labels['Pleural Effusion'] == 1
+  assert mentioned('No evidence of pneumonia. Small right effusion.')['Pleural Effusion'] == 1
   # "No change" is not a negation.
-  assert mentioned("No change in the small left pleural effusion.")["Pleural Effusion"] == 1
+  assert mentioned('No change in the small left pleural effusion.')['Pleural Effusion'] == 1
 
 
 def test_post_negation():
-  assert mentioned("Effusion is not seen.")["Pleural Effusion"] == 0
-  assert mentioned("Pleural effusions are absent.")["Pleural Effusion"] == 0
-  assert mentioned("The previously seen pneumothorax has resolved.")["Pneumothorax"] == 0
+  assert mentioned('Effusion is not seen.')['Pleural Effusion'] == 0
+  assert mentioned('Pleural effusions are absent.')['Pleural Effusion'] == 0
+  assert mentioned('The previously seen pneumothorax has resolved.')['Pneumothorax'] == 0
 
 
 def test_uncertainty():
-  assert mentioned("Pneumonia cannot be excluded.")["Pneumonia"] == -1
-  assert mentioned("Cannot exclude pneumothorax.")["Pneumothorax"] == -1
-  assert mentioned("Possible small left effusion.")["Pleural Effusion"] == -1
-  labels = mentioned("Right lower lobe opacity which may represent atelectasis.")
-  assert labels["Lung Opacity"] == 1 and labels["Atelectasis"] == -1
+  assert mentioned('Pneumonia cannot be excluded.')['Pneumonia'] == -1
+  assert mentioned('Cannot exclude pneumothorax.')['Pneumothorax'] == -1
+  assert mentioned('Possible small left effusion.')['Pleural Effusion'] == -1
+  labels = mentioned('Right lower lobe opacity which may represent atelectasis.')
+  assert labels['Lung Opacity'] == 1 and labels['Atelectasis'] == -1
   # A negation cue outranks an uncertainty cue inside its scope.
-  assert mentioned("No focal consolidation to suggest pneumonia.")["Pneumonia"] == 0
+  assert mentioned('No focal consolidation to suggest pneumonia.')['Pneumonia'] == 0
 
 
 def test_normal_statements():
-  labels = mentioned("Heart size is normal. The lungs are clear.")
-  assert labels["Cardiomegaly"] == 0
-  for obs in ("Lung Opacity", "Consolidation", "Edema"):
+  labels = mentioned('Heart size is normal. The lungs are clear.')
+  assert labels['Cardiomegaly'] == 0
+  for obs in ('Lung Opacity', 'Consolidation', 'Edema'):
     assert labels[obs] == 0
-  assert mentioned("The heart is not enlarged.")["Cardiomegaly"] == 0
-  assert mentioned("Normal cardiomediastinal silhouette.")["Enlarged Cardiomediastinum"] == 0
+  assert mentioned('The heart is not enlarged.')['Cardiomegaly'] == 0
+  assert mentioned('Normal cardiomediastinal silhouette.')['Enlarged Cardiomediastinum'] == 0
 
 
 def test_positive_beats_uncertain_beats_negative():
-  assert mentioned("No large effusion. Small left effusion.")["Pleural Effusion"] == 1
-  assert mentioned("No effusion on the right. Possible left effusion.")["Pleural Effusion"] == -1
+  assert mentioned('No large effusion. Small left effusion.')['Pleural Effusion'] == 1
+  assert mentioned('No effusion on the right. Possible left effusion.')['Pleural Effusion'] == -1
 
 
 def test_synonyms():
-  assert mentioned("The cardiac silhouette is mildly enlarged.")["Cardiomegaly"] == 1
-  assert mentioned("Mild pulmonary vascular congestion.")["Edema"] == 1
-  assert mentioned("Blunting of the left costophrenic angle.")["Pleural Effusion"] == 1
-  assert mentioned("Left apical pleural thickening.")["Pleural Other"] == 1
-  assert mentioned("Widened mediastinum.")["Enlarged Cardiomediastinum"] == 1
-  assert mentioned("Old healed right rib fractures.")["Fracture"] == 1
-  assert mentioned("Left PICC line with tip in the SVC.")["Support Devices"] == 1
+  assert mentioned('The cardiac silhouette is mildly enlarged.')['Cardiomegaly'] == 1
+  assert mentioned('Mild pulmonary vascular congestion.')['Edema'] == 1
+  assert mentioned('Blunting of the left costophrenic angle.')['Pleural Effusion'] == 1
+  assert mentioned('Left apical pleural thickening.')['Pleural Other'] == 1
+  assert mentioned('Widened mediastinum.')['Enlarged Cardiomediastinum'] == 1
+  assert mentioned('Old healed right rib fractures.')['Fracture'] == 1
+  assert mentioned('Left PICC line with tip in the SVC.')['Support Devices'] == 1
 
 
 def test_no_finding():
-  assert label_report("No acute cardiopulmonary abnormality.")["No Finding"] == 1
+  assert label_report('No acute cardiopulmonary abnormality.')['No Finding'] == 1
   # Support devices do not rule out No Finding; any other positive or uncertain does.
-  assert label_report("Right chest tube in place. No pneumothorax.")["No Finding"] == 1
-  assert label_report("Mild cardiomegaly.")["No Finding"] is None
-  assert label_report("Possible small effusion.")["No Finding"] is None
+  assert label_report('Right chest tube in place. No pneumothorax.')['No Finding'] == 1
+  assert label_report('Mild cardiomegaly.')['No Finding'] is None
+  assert label_report('Possible small effusion.')['No Finding'] is None
 
 
 def test_clinical_scores_hand_computed():
-  gen = [{"Cardiomegaly": 1, "Edema": -1}, {"Pleural Effusion": 1}]
-  ref = [{"Cardiomegaly": 1}, {"Pleural Effusion": 0, "Edema": 1}]
+  gen = [{'Cardiomegaly': 1, 'Edema': -1}, {'Pleural Effusion': 1}]
+  ref = [{'Cardiomegaly': 1}, {'Pleural Effusion': 0, 'Edema': 1}]
   s = clinical_scores(gen, ref)
   # tp: Cardiomegaly@0; fp: Edema@0 (uncertain counts), Effusion@1; fn: Edema@1.
-  assert s["clinical_precision_micro_5"] == pytest.approx(1 / 3)
-  assert s["clinical_recall_micro_5"] == pytest.approx(1 / 2)
-  assert s["clinical_f1_micro_5"] == pytest.approx(0.4)
-  assert s["clinical_f1_micro_14"] == pytest.approx(0.4)
-  assert s["clinical_f1_macro_5"] == pytest.approx(1 / 5)  # only Cardiomegaly scores 1
-  assert s["clinical_f1_macro_14"] == pytest.approx(1 / 14)
+  assert s['clinical_precision_micro_5'] == pytest.approx(1 / 3)
+  assert s['clinical_recall_micro_5'] == pytest.approx(1 / 2)
+  assert s['clinical_f1_micro_5'] == pytest.approx(0.4)
+  assert s['clinical_f1_micro_14'] == pytest.approx(0.4)
+  assert s['clinical_f1_macro_5'] == pytest.approx(1 / 5)  # only Cardiomegaly scores 1
+  assert s['clinical_f1_macro_14'] == pytest.approx(1 / 14)
   strict = clinical_scores(gen, ref, uncertain_as_positive=False)
-  assert strict["clinical_f1_micro_5"] == pytest.approx(0.5)
+  assert strict['clinical_f1_micro_5'] == pytest.approx(0.5)
 
 
 def test_cli_label_round_trip(tmp_path):
-  reports = tmp_path / "r.jsonl"
-  reports.write_text(json.dumps({"id": "a", "text": "Mild cardiomegaly. No effusion."}) + "\n\n"
-                     + json.dumps({"id": 7, "text": ""}) + "\n")
-  out = tmp_path / "l.jsonl"
-  assert cli.main(["label", "--reports", str(reports), "--out", str(out)]) == 0
+  reports = tmp_path / 'r.jsonl'
+  reports.write_text(json.dumps({'id': 'a', 'text': 'Mild cardiomegaly. No effusion.'}) + '\n\n'
+                     + json.dumps({'id': 7, 'text': ''}) + '\n')
+  out = tmp_path / 'l.jsonl'
+  assert cli.main(['label', '--reports', str(reports), '--out', str(out)]) == 0
   rows = [json.loads(line) for line in out.read_text().splitlines()]
-  assert [r["id"] for r in rows] == ["a", 7]
-  assert all(tuple(r["labels"]) == CHEXPERT_OBSERVATIONS for r in rows)
-  assert rows[0]["labels"]["Cardiomegaly"] == 1 and rows[0]["labels"]["Pleural Effusion"] == 0
+  assert [r['id'] for r in rows] == ['a', 7]
+  assert all(tuple(r['labels']) == CHEXPERT_OBSERVATIONS for r in rows)
+  assert rows[0]['labels']['Cardiomegaly'] == 1 and rows[0]['labels']['Pleural Effusion'] == 0
 
 
 def test_cli_malformed_row_names_line(tmp_path, capsys):
-  reports = tmp_path / "r.jsonl"
+  reports = tmp_path / 'r.jsonl'
   reports.write_text('{"id": 1, "text": "ok"}\n{"id": 2}\n')
-  assert cli.main(["label", "--reports", str(reports), "--out", str(tmp_path / "l")]) == 2
-  assert f"{reports}:2: missing text" in capsys.readouterr().err
+  assert cli.main(['label', '--reports', str(reports), '--out', str(tmp_path / 'l')]) == 2
+  assert f'{reports}:2: missing text' in capsys.readouterr().err
 
 
 def test_mesh_agreement_on_held_out_odd_ids():
   from tools.mesh_agreement import agreement, mesh_observations
-  assert mesh_observations(["Cardiac Shadow/enlarged/mild", "Cardiac Shadow/borderline",
-                            "Thickening/pleura/apex", "normal"]) == {"Cardiomegaly",
-                                                                     "Pleural Other"}
-  result = agreement("odd")
-  assert result["reports"] > 1900
-  assert result["micro_f1"] >= 0.90, result
-  assert result["min_f1"] >= 0.75, result
+  assert mesh_observations(['Cardiac Shadow/enlarged/mild', 'Cardiac Shadow/borderline',
+                            'Thickening/pleura/apex', 'normal']) == {'Cardiomegaly',
+                                                                     'Pleural Other'}
+  result = agreement('odd')
+  assert result['reports'] > 1900
+  assert result['micro_f1'] >= 0.90, result
+  assert result['min_f1'] >= 0.75, result
 
 
 def test_cli_score_counts_empty_generations(tmp_path):
-  pytest.importorskip("pycocoevalcap")
-  preds = tmp_path / "p.jsonl"
+  pytest.importorskip('pycocoevalcap')
+  preds = tmp_path / 'p.jsonl'
   preds.write_text(
-    json.dumps({"id": 1, "generated": "Mild cardiomegaly. No effusion.",
-                "reference": "Mild cardiomegaly, no pleural effusion."}) + "\n"
-    + json.dumps({"id": 2, "generated": "", "reference": "The lungs are clear."}) + "\n")
-  out = tmp_path / "m.json"
-  assert cli.main(["score", "--predictions", str(preds), "--out", str(out), "--no-meteor"]) == 0
+    json.dumps({'id': 1, 'generated': 'Mild cardiomegaly. No effusion.',
+                'reference': 'Mild cardiomegaly, no pleural effusion.'}) + '\n'
+    + json.dumps({'id': 2, 'generated': '', 'reference': 'The lungs are clear.'}) + '\n')
+  out = tmp_path / 'm.json'
+  assert cli.main(['score', '--predictions', str(preds), '--out', str(out), '--no-meteor']) == 0
   metrics = json.loads(out.read_text())
-  assert metrics["num_empty_generations"] == 1
-  assert metrics["clinical_f1_micro_5"] == 1.0  # both agree on Cardiomegaly only
-  for key in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"):
+  assert metrics['num_empty_generations'] == 1
+  assert metrics['clinical_f1_micro_5'] == 1.0  # both agree on Cardiomegaly only
+  for key in ('BLEU-1', 'BLEU-4', 'ROUGE-L', 'CIDEr'):
     assert 0.0 <= metrics[key] and isinstance(metrics[key], float)
-  assert 0.0 < metrics["BLEU-1"] <= 1.0
+  assert 0.0 < metrics['BLEU-1'] <= 1.0

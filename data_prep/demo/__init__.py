@@ -35,14 +35,14 @@ from data_prep import cxr_renderer, report_composer
 from data_prep import tokenizer as tokenizer_lib
 from radjax.data import schema
 
-SOURCE = "demo"
-SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+SOURCE = 'demo'
+SPLIT_CODES = {'train': 0, 'val': 1, 'test': 2}
 NORMAL_FRACTION = 0.35
 TWO_FINDINGS_FRACTION = 0.4  # of abnormal images; the rest have one finding
 LICENSE = (
-  "Images: synthetic (procedural renderer, data_prep/cxr_renderer.py). Report "
-  "sentences: Indiana University / OpenI chest X-ray collection, CC BY-NC-ND 4.0 "
-  "(https://creativecommons.org/licenses/by-nc-nd/4.0/); non-commercial use only."
+  'Images: synthetic (procedural renderer, data_prep/cxr_renderer.py). Report '
+  'sentences: Indiana University / OpenI chest X-ray collection, CC BY-NC-ND 4.0 '
+  '(https://creativecommons.org/licenses/by-nc-nd/4.0/); non-commercial use only.'
 )
 
 
@@ -61,7 +61,7 @@ def sample_findings(rng: np.random.Generator) -> set[str]:
 
 def encode_png(image: np.ndarray) -> bytes:
   buf = io.BytesIO()
-  Image.fromarray(image).save(buf, format="PNG")
+  Image.fromarray(image).save(buf, format='PNG')
   return buf.getvalue()
 
 
@@ -72,13 +72,13 @@ def make_demo_example(seed: int, split: str, index: int) -> dict:
   image, meta = cxr_renderer.render(rng, findings)
   report, labels = report_composer.compose(rng, findings, meta)
   return schema.make_example(
-    id=f"demo-{split}-{index:06d}",
+    id=f'demo-{split}-{index:06d}',
     source=SOURCE,
     split=split,
-    images=[{"data": encode_png(image), "format": "png", "kind": "2d", "spacing": None}],
+    images=[{'data': encode_png(image), 'format': 'png', 'kind': '2d', 'spacing': None}],
     report=report,
     labels=labels,
-    boxes=meta["boxes"],
+    boxes=meta['boxes'],
     conversation=[],
     codes=None,
   )
@@ -88,7 +88,7 @@ def render_items(seed: int, items: list[tuple[str, int]], start: int, stop: int,
                  path: str) -> None:
   """Worker entry point: renders items[start:stop] into a msgpack stream file."""
   cxr_renderer.tune_allocator()  # safe: this is a process of our own
-  with open(path, "wb") as f:
+  with open(path, 'wb') as f:
     for split, i in items[start:stop]:
       f.write(schema.encode(make_demo_example(seed, split, i)))
 
@@ -104,24 +104,24 @@ def render_in_subprocesses(
   """
   bounds = np.linspace(0, len(items), num_workers + 1).astype(int)
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-  with tempfile.TemporaryDirectory(prefix="radjax-demo-") as tmp:
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get('PYTHONPATH', '')]))
+  with tempfile.TemporaryDirectory(prefix='radjax-demo-') as tmp:
     workers = []
     try:
       for w, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-        path, log = os.path.join(tmp, f"part-{w}.msgpack"), os.path.join(tmp, f"part-{w}.log")
+        path, log = os.path.join(tmp, f'part-{w}.msgpack'), os.path.join(tmp, f'part-{w}.log')
         code = (
-          "from data_prep.demo import render_items; "
-          f"render_items({seed}, {items[lo:hi]!r}, 0, {int(hi - lo)}, {path!r})"
+          'from data_prep.demo import render_items; '
+          f'render_items({seed}, {items[lo:hi]!r}, 0, {int(hi - lo)}, {path!r})'
         )
-        with open(log, "wb") as err:
-          proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=err)
+        with open(log, 'wb') as err:
+          proc = subprocess.Popen([sys.executable, '-c', code], env=env, stderr=err)
         workers.append((proc, path, log))
       for proc, path, log in workers:  # in order: part 0 is read while part 1 renders
         if proc.wait() != 0:
-          with open(log, errors="replace") as f:
-            raise RuntimeError(f"demo worker failed (exit {proc.returncode}):\n{f.read()[-3000:]}")
-        with open(path, "rb") as f:
+          with open(log, errors='replace') as f:
+            raise RuntimeError(f'demo worker failed (exit {proc.returncode}):\n{f.read()[-3000:]}')
+        with open(path, 'rb') as f:
           yield from msgpack.Unpacker(f, raw=False)
     finally:
       for proc, _, _ in workers:
@@ -134,9 +134,9 @@ def count_findings(example: dict, counter: Counter) -> None:
   present = [
     f
     for f, obs in report_composer.FINDING_TO_OBSERVATION.items()
-    if example.get("labels", {}).get(obs) == 1
+    if example.get('labels', {}).get(obs) == 1
   ]
-  counter.update(present or ["normal"])
+  counter.update(present or ['normal'])
 
 
 def build(
@@ -161,7 +161,7 @@ def build(
 
   start = time.perf_counter()
   config = demo_dataset_builder.DemoConfig(
-    name=f"s{seed}-{num_train}-{num_val}-{num_test}-v{vocab_size}", seed=seed,
+    name=f's{seed}-{num_train}-{num_val}-{num_test}-v{vocab_size}', seed=seed,
     num_train=num_train, num_val=num_val, num_test=num_test, vocab_size=vocab_size)
   total = num_train + num_val + num_test
   if num_workers is None:
@@ -174,7 +174,7 @@ def build(
 
   manifest = build_lib.build_into(out_dir, make_builder, replace=replace)
   # Reported to the caller, not stored: the manifest stays deterministic.
-  manifest["build_seconds"] = round(time.perf_counter() - start, 2)
+  manifest['build_seconds'] = round(time.perf_counter() - start, 2)
   return manifest
 
 
@@ -187,14 +187,14 @@ def ensure_built(out_dir: str, **kwargs) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--num_train", type=int, default=3000)
-  parser.add_argument("--num_val", type=int, default=200)
-  parser.add_argument("--num_test", type=int, default=200)
-  parser.add_argument("--vocab_size", type=int, default=tokenizer_lib.DEFAULT_VOCAB_SIZE)
-  parser.add_argument("--num_workers", type=int, default=None)
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--out', required=True, help='output directory')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--num_train', type=int, default=3000)
+  parser.add_argument('--num_val', type=int, default=200)
+  parser.add_argument('--num_test', type=int, default=200)
+  parser.add_argument('--vocab_size', type=int, default=tokenizer_lib.DEFAULT_VOCAB_SIZE)
+  parser.add_argument('--num_workers', type=int, default=None)
   args = parser.parse_args(argv)
   manifest = build(
     args.out,
@@ -210,5 +210,5 @@ def main(argv: list[str] | None = None) -> None:
   print(f"finding frequencies: {json.dumps(manifest['finding_frequencies'])}")
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   main(sys.argv[1:])

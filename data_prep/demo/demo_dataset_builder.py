@@ -17,7 +17,7 @@ from data_prep import tokenizer as tokenizer_lib
 
 # Train items are written in the order the first demo writer's 4 round-robin shards
 # held them, so runs read the same records in the same order as before.
-_LEGACY_SHARDS = {"train": 4, "val": 1, "test": 1}
+_LEGACY_SHARDS = {'train': 4, 'val': 1, 'test': 1}
 
 
 @dataclasses.dataclass(eq=False)
@@ -32,9 +32,9 @@ class DemoConfig(tfds.core.BuilderConfig):
 class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
   """Synthetic chest radiographs with known findings, reported with real OpenI sentences."""
 
-  name = "demo"
+  name = 'demo'
   SOURCE = demo.SOURCE
-  BUILDER_CONFIGS = [DemoConfig(name="default")]
+  BUILDER_CONFIGS = [DemoConfig(name='default')]
   num_workers = 1
   corrupt_hook = None
 
@@ -47,21 +47,21 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
   def split_items(self, root):
     c = self.builder_config
     out = {}
-    for split, n in (("train", c.num_train), ("val", c.num_val), ("test", c.num_test)):
+    for split, n in (('train', c.num_train), ('val', c.num_val), ('test', c.num_test)):
       k = _LEGACY_SHARDS[split]
       order = [i for shard in range(k) for i in range(shard, n, k)]
-      out[split] = [{"id": f"demo-{split}-{i:06d}", "file": "cxr_renderer", "row": i}
+      out[split] = [{'id': f'demo-{split}-{i:06d}', 'file': 'cxr_renderer', 'row': i}
                     for i in order]
     return out
 
   def make_example(self, item, split):
-    return demo.make_demo_example(self.builder_config.seed, split, item["row"])
+    return demo.make_demo_example(self.builder_config.seed, split, item['row'])
 
   def process_items(self, split, items):
     counter = self._frequencies.setdefault(split, Counter())
     if self.num_workers > 1:
       rendered = demo.render_in_subprocesses(
-        self.builder_config.seed, [(split, it["row"]) for it in items], self.num_workers)
+        self.builder_config.seed, [(split, it['row']) for it in items], self.num_workers)
     else:
       rendered = (self.make_example(it, split) for it in items)
     for index, (item, example) in enumerate(zip(items, rendered)):
@@ -72,23 +72,23 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
 
   def extra_files(self):
     tok = tokenizer_lib.train_tokenizer(self.builder_config.vocab_size)
-    return {"tokenizer.json": tok.to_str()}
+    return {'tokenizer.json': tok.to_str()}
 
   def manifest_extra(self):
     c = self.builder_config
     return {
-      "generator": "data_prep.demo",
-      "seed": c.seed,
-      "requested": {"train": c.num_train, "val": c.num_val, "test": c.num_test},
-      "image_format": "png",
-      "image_size_range": list(cxr_renderer.SIZE_RANGE),
-      "findings": list(report_composer.FINDINGS),
-      "finding_to_observation": report_composer.FINDING_TO_OBSERVATION,
-      "finding_frequencies": {k: dict(sorted(v.items()))
-                              for k, v in getattr(self, "_frequencies", {}).items()},
-      "tokenizer": "tokenizer.json",
-      "vocab_size": c.vocab_size,
-      "special_tokens": tokenizer_lib.SPECIAL_TOKENS,
-      "sentence_pools": report_composer.default_pools().sizes(),
-      "license": demo.LICENSE,
+      'generator': 'data_prep.demo',
+      'seed': c.seed,
+      'requested': {'train': c.num_train, 'val': c.num_val, 'test': c.num_test},
+      'image_format': 'png',
+      'image_size_range': list(cxr_renderer.SIZE_RANGE),
+      'findings': list(report_composer.FINDINGS),
+      'finding_to_observation': report_composer.FINDING_TO_OBSERVATION,
+      'finding_frequencies': {k: dict(sorted(v.items()))
+                              for k, v in getattr(self, '_frequencies', {}).items()},
+      'tokenizer': 'tokenizer.json',
+      'vocab_size': c.vocab_size,
+      'special_tokens': tokenizer_lib.SPECIAL_TOKENS,
+      'sentence_pools': report_composer.default_pools().sizes(),
+      'license': demo.LICENSE,
     }

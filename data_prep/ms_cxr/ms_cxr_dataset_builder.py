@@ -34,7 +34,7 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
   HOMEPAGE = 'https://physionet.org/content/ms-cxr/'
   REQUIRE_TEXT = False
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-    'Download MS-CXR from PhysioNet (credentialed), put (or symlink) MIMIC-CXR-JPG\'s '
+    "Download MS-CXR from PhysioNet (credentialed), put (or symlink) MIMIC-CXR-JPG's "
     'files/ folder into it, and pass that folder.')
 
   def split_items(self, root):

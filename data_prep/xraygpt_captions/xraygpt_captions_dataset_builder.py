@@ -28,7 +28,7 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
   HOMEPAGE = 'https://github.com/mbzuai-oryx/XrayGPT'
   REQUIRED_FILES = (FILE, 'image')
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-    f'Pass the folder that holds XrayGPT\'s {FILE} and its image/ directory (the '
+    f"Pass the folder that holds XrayGPT's {FILE} and its image/ directory (the "
     'build_info.storage of xraygpt/configs/datasets/{mimic,openi}/defaults.yaml).')
 
   def split_items(self, root):

@@ -122,7 +122,7 @@ def check_resumable(config, workdir: str) -> None:
   if diffs:
     raise WorkdirError(f'{os.path.join(workdir, CONFIG_FILE)}: the workdir was trained with a '
                        f'different model; nothing was written. Differing: {"; ".join(diffs)}. '
-                       'Use a new --workdir, or the workdir\'s own config '
+                       "Use a new --workdir, or the workdir's own config "
                        f'(--config configs/workdir.py:{workdir}).')
 
 

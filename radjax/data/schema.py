@@ -29,51 +29,51 @@ from PIL import Image
 
 SCHEMA_VERSION = 1
 
-SPLITS = ("train", "val", "test")
-IMAGE_FORMATS = ("png", "jpeg", "npy")
-IMAGE_KINDS = ("2d", "3d")
-ROLES = ("user", "assistant", "system")
+SPLITS = ('train', 'val', 'test')
+IMAGE_FORMATS = ('png', 'jpeg', 'npy')
+IMAGE_KINDS = ('2d', '3d')
+ROLES = ('user', 'assistant', 'system')
 LABEL_VALUES = (1, 0, -1)
 
 CHEXPERT_OBSERVATIONS = (
-  "No Finding",
-  "Enlarged Cardiomediastinum",
-  "Cardiomegaly",
-  "Lung Opacity",
-  "Lung Lesion",
-  "Edema",
-  "Consolidation",
-  "Pneumonia",
-  "Atelectasis",
-  "Pneumothorax",
-  "Pleural Effusion",
-  "Pleural Other",
-  "Fracture",
-  "Support Devices",
+  'No Finding',
+  'Enlarged Cardiomediastinum',
+  'Cardiomegaly',
+  'Lung Opacity',
+  'Lung Lesion',
+  'Edema',
+  'Consolidation',
+  'Pneumonia',
+  'Atelectasis',
+  'Pneumothorax',
+  'Pleural Effusion',
+  'Pleural Other',
+  'Fracture',
+  'Support Devices',
 )
 
 # The embedded default's rendered findings and the CheXpert observation each one is
 # (data_prep/report_composer.py writes them; the report evaluator scores them).
 DEMO_FINDINGS = {
-  "cardiomegaly": "Cardiomegaly",
-  "pleural_effusion": "Pleural Effusion",
-  "pneumothorax": "Pneumothorax",
-  "nodule": "Lung Lesion",
-  "consolidation": "Consolidation",
+  'cardiomegaly': 'Cardiomegaly',
+  'pleural_effusion': 'Pleural Effusion',
+  'pneumothorax': 'Pneumothorax',
+  'nodule': 'Lung Lesion',
+  'consolidation': 'Consolidation',
 }
 
 # Top-level keys and the Python types a decoded record must have.
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
-  "schema_version": (int,),
-  "id": (str,),
-  "source": (str,),
-  "split": (str,),
-  "images": (list,),
-  "report": (dict,),
-  "labels": (dict,),
-  "boxes": (list,),
-  "conversation": (list,),
-  "codes": (list, type(None)),
+  'schema_version': (int,),
+  'id': (str,),
+  'source': (str,),
+  'split': (str,),
+  'images': (list,),
+  'report': (dict,),
+  'labels': (dict,),
+  'boxes': (list,),
+  'conversation': (list,),
+  'codes': (list, type(None)),
 }
 
 
@@ -91,22 +91,22 @@ def make_example(**fields: Any) -> dict:
   if unknown:
     raise SchemaError(f"record {fields.get('id')!r}: unknown fields {sorted(unknown)}")
   example = {
-    "schema_version": SCHEMA_VERSION,
-    "id": "",
-    "source": "",
-    "split": "train",
-    "images": [],
-    "report": {"findings": "", "impression": ""},
-    "labels": {},
-    "boxes": [],
-    "conversation": [],
-    "codes": None,
+    'schema_version': SCHEMA_VERSION,
+    'id': '',
+    'source': '',
+    'split': 'train',
+    'images': [],
+    'report': {'findings': '', 'impression': ''},
+    'labels': {},
+    'boxes': [],
+    'conversation': [],
+    'codes': None,
   }
   example.update(fields)
-  report = dict(example["report"] or {})
-  example["report"] = {
-    "findings": report.get("findings") or "",
-    "impression": report.get("impression") or "",
+  report = dict(example['report'] or {})
+  example['report'] = {
+    'findings': report.get('findings') or '',
+    'impression': report.get('impression') or '',
   }
   return example
 
@@ -125,14 +125,14 @@ def decode(raw: bytes) -> dict:
   try:
     example = msgpack.unpackb(raw, raw=False)
   except Exception as e:  # msgpack raises several unrelated types.
-    raise SchemaError(f"record <unparseable>: msgpack: {e}") from e
+    raise SchemaError(f'record <unparseable>: msgpack: {e}') from e
   if not isinstance(example, dict):
-    raise SchemaError(f"record <unknown>: top level is {type(example).__name__}, not a map")
-  rid = example.get("id", "<unknown>")
-  version = example.get("schema_version")
+    raise SchemaError(f'record <unknown>: top level is {type(example).__name__}, not a map')
+  rid = example.get('id', '<unknown>')
+  version = example.get('schema_version')
   if version != SCHEMA_VERSION:
     raise SchemaError(
-      f"record {rid!r}: schema_version: got {version!r}, this code reads {SCHEMA_VERSION}"
+      f'record {rid!r}: schema_version: got {version!r}, this code reads {SCHEMA_VERSION}'
     )
   _check_structure(example, rid)
   return example
@@ -141,7 +141,7 @@ def decode(raw: bytes) -> dict:
 def _check_structure(example: dict, rid: Any) -> None:
   for key, types in _FIELD_TYPES.items():
     if key not in example:
-      raise SchemaError(f"record {rid!r}: {key}: missing")
+      raise SchemaError(f'record {rid!r}: {key}: missing')
     if not isinstance(example[key], types) or isinstance(example[key], bool):
       raise SchemaError(
         f"record {rid!r}: {key}: expected {'/'.join(t.__name__ for t in types)}, "
@@ -150,41 +150,41 @@ def _check_structure(example: dict, rid: Any) -> None:
 
 
 def _fail(rid: Any, field: str, reason: str) -> SchemaError:
-  return SchemaError(f"record {rid!r}: {field}: {reason}")
+  return SchemaError(f'record {rid!r}: {field}: {reason}')
 
 
 def _check_image(rid: Any, i: int, image: Any) -> None:
-  field = f"images[{i}]"
+  field = f'images[{i}]'
   if not isinstance(image, dict):
-    raise _fail(rid, field, "not a map")
-  data, fmt, kind = image.get("data"), image.get("format"), image.get("kind")
+    raise _fail(rid, field, 'not a map')
+  data, fmt, kind = image.get('data'), image.get('format'), image.get('kind')
   if not isinstance(data, bytes) or not data:
-    raise _fail(rid, f"{field}.data", "missing or not bytes")
+    raise _fail(rid, f'{field}.data', 'missing or not bytes')
   if fmt not in IMAGE_FORMATS:
-    raise _fail(rid, f"{field}.format", f"{fmt!r} not in {IMAGE_FORMATS}")
+    raise _fail(rid, f'{field}.format', f'{fmt!r} not in {IMAGE_FORMATS}')
   if kind not in IMAGE_KINDS:
-    raise _fail(rid, f"{field}.kind", f"{kind!r} not in {IMAGE_KINDS}")
-  spacing = image.get("spacing")
+    raise _fail(rid, f'{field}.kind', f'{kind!r} not in {IMAGE_KINDS}')
+  spacing = image.get('spacing')
   if spacing is not None and not (
     isinstance(spacing, list) and all(isinstance(s, (int, float)) for s in spacing)
   ):
-    raise _fail(rid, f"{field}.spacing", "must be a list of numbers or None")
+    raise _fail(rid, f'{field}.spacing', 'must be a list of numbers or None')
   # Actually decode: a truncated PNG passes every header check and then kills a
   # training run hours later inside a Grain worker.
   try:
-    if fmt == "npy":
+    if fmt == 'npy':
       array = np.load(io.BytesIO(data), allow_pickle=False)
       ndim = array.ndim
     else:
       with Image.open(io.BytesIO(data)) as im:
         if im.format is None or im.format.lower() != fmt:
-          raise ValueError(f"bytes are {im.format}, declared {fmt}")
+          raise ValueError(f'bytes are {im.format}, declared {fmt}')
         im.load()
         ndim = 2
   except Exception as e:
-    raise _fail(rid, f"{field}.data", f"does not decode as {fmt}: {e}") from e
-  if kind == "3d" and ndim < 3:
-    raise _fail(rid, f"{field}.kind", f"declared 3d but array has {ndim} dims")
+    raise _fail(rid, f'{field}.data', f'does not decode as {fmt}: {e}') from e
+  if kind == '3d' and ndim < 3:
+    raise _fail(rid, f'{field}.kind', f'declared 3d but array has {ndim} dims')
 
 
 def box_error(box: Any, none_text: bool = False) -> str | None:
@@ -192,31 +192,31 @@ def box_error(box: Any, none_text: bool = False) -> str | None:
   (x1 < x2, y1 < y2), or None. The one box rule: records (validate) and reference boxes
   of scored predictions (python -m radjax.eval score) both use it."""
   if not isinstance(box, dict):
-    return "not a map"
-  coords = box.get("box")
+    return 'not a map'
+  coords = box.get('box')
   if not (
     isinstance(coords, list)
     and len(coords) == 4
     and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in coords)
   ):
-    return f"box: expected 4 numbers [x1, y1, x2, y2], got {coords!r}"
+    return f'box: expected 4 numbers [x1, y1, x2, y2], got {coords!r}'
   x1, y1, x2, y2 = coords
   if not all(0.0 <= c <= 1.0 for c in coords):
-    return f"box: {coords} outside [0, 1]"
+    return f'box: {coords} outside [0, 1]'
   if x2 <= x1 or y2 <= y1:
-    return f"box: {coords} has x2<=x1 or y2<=y1"
-  for key in ("label", "phrase"):
-    value = box.get(key, "")
+    return f'box: {coords} has x2<=x1 or y2<=y1'
+  for key in ('label', 'phrase'):
+    value = box.get(key, '')
     if not (isinstance(value, str) or (none_text and value is None)):
-      return f"{key}: not a string"
+      return f'{key}: not a string'
   return None
 
 
 def _check_box(rid: Any, i: int, box: Any) -> None:
   reason = box_error(box)
   if reason is not None:
-    key, sep, why = reason.partition(": ")
-    raise _fail(rid, f"boxes[{i}].{key}" if sep else f"boxes[{i}]", why if sep else reason)
+    key, sep, why = reason.partition(': ')
+    raise _fail(rid, f'boxes[{i}].{key}' if sep else f'boxes[{i}]', why if sep else reason)
 
 
 def validate(example: dict, *, require_text: bool = True) -> None:
@@ -228,49 +228,49 @@ def validate(example: dict, *, require_text: bool = True) -> None:
   labels, VinDr boxes) whose examples legitimately carry no report.
   """
   if not isinstance(example, dict):
-    raise SchemaError(f"record <unknown>: not a dict but {type(example).__name__}")
-  rid = example.get("id", "<unknown>")
-  if example.get("schema_version") != SCHEMA_VERSION:
-    raise _fail(rid, "schema_version", f"{example.get('schema_version')!r} != {SCHEMA_VERSION}")
+    raise SchemaError(f'record <unknown>: not a dict but {type(example).__name__}')
+  rid = example.get('id', '<unknown>')
+  if example.get('schema_version') != SCHEMA_VERSION:
+    raise _fail(rid, 'schema_version', f"{example.get('schema_version')!r} != {SCHEMA_VERSION}")
   _check_structure(example, rid)
-  if not example["id"]:
-    raise _fail(rid, "id", "empty")
-  if example["split"] not in SPLITS:
-    raise _fail(rid, "split", f"{example['split']!r} not in {SPLITS}")
+  if not example['id']:
+    raise _fail(rid, 'id', 'empty')
+  if example['split'] not in SPLITS:
+    raise _fail(rid, 'split', f"{example['split']!r} not in {SPLITS}")
 
-  for i, image in enumerate(example["images"]):
+  for i, image in enumerate(example['images']):
     _check_image(rid, i, image)
 
-  report = example["report"]
-  for key in ("findings", "impression"):
+  report = example['report']
+  for key in ('findings', 'impression'):
     if not isinstance(report.get(key), str):
-      raise _fail(rid, f"report.{key}", "missing or not a string")
-  extra = set(report) - {"findings", "impression"}
+      raise _fail(rid, f'report.{key}', 'missing or not a string')
+  extra = set(report) - {'findings', 'impression'}
   if extra:
-    raise _fail(rid, "report", f"unknown sections {sorted(extra)}")
+    raise _fail(rid, 'report', f'unknown sections {sorted(extra)}')
 
-  for name, value in example["labels"].items():
+  for name, value in example['labels'].items():
     if name not in CHEXPERT_OBSERVATIONS:
-      raise _fail(rid, f"labels[{name!r}]", "unknown CheXpert observation")
+      raise _fail(rid, f'labels[{name!r}]', 'unknown CheXpert observation')
     if isinstance(value, bool) or value not in LABEL_VALUES:
-      raise _fail(rid, f"labels[{name!r}]", f"value {value!r} not in {LABEL_VALUES}")
+      raise _fail(rid, f'labels[{name!r}]', f'value {value!r} not in {LABEL_VALUES}')
 
-  for i, box in enumerate(example["boxes"]):
+  for i, box in enumerate(example['boxes']):
     _check_box(rid, i, box)
 
-  for i, turn in enumerate(example["conversation"]):
+  for i, turn in enumerate(example['conversation']):
     if not isinstance(turn, dict):
-      raise _fail(rid, f"conversation[{i}]", "not a map")
-    if turn.get("role") not in ROLES:
-      raise _fail(rid, f"conversation[{i}].role", f"{turn.get('role')!r} not in {ROLES}")
-    if not isinstance(turn.get("text"), str):
-      raise _fail(rid, f"conversation[{i}].text", "missing or not a string")
+      raise _fail(rid, f'conversation[{i}]', 'not a map')
+    if turn.get('role') not in ROLES:
+      raise _fail(rid, f'conversation[{i}].role', f"{turn.get('role')!r} not in {ROLES}")
+    if not isinstance(turn.get('text'), str):
+      raise _fail(rid, f'conversation[{i}].text', 'missing or not a string')
 
-  codes = example["codes"]
+  codes = example['codes']
   if codes is not None and not all(isinstance(c, int) and not isinstance(c, bool) for c in codes):
-    raise _fail(rid, "codes", "must be a list of ints or None")
+    raise _fail(rid, 'codes', 'must be a list of ints or None')
 
   # An example must teach something: a report, or a conversation to answer.
-  no_report = not report["findings"].strip() and not report["impression"].strip()
-  if require_text and no_report and not example["conversation"]:
-    raise _fail(rid, "report", "findings and impression both empty and no conversation")
+  no_report = not report['findings'].strip() and not report['impression'].strip()
+  if require_text and no_report and not example['conversation']:
+    raise _fail(rid, 'report', 'findings and impression both empty and no conversation')

@@ -23,42 +23,42 @@ from radjax.eval.metrics.labeler import label_report
 
 
 def cmd_label(args) -> None:
-  rows = read_jsonl(args.reports, ("id", "text"))
-  with open(args.out, "w", encoding="utf-8") as f:
+  rows = read_jsonl(args.reports, ('id', 'text'))
+  with open(args.out, 'w', encoding='utf-8') as f:
     for row in rows:
-      f.write(json.dumps({"id": row["id"], "labels": label_report(row["text"])}) + "\n")
-  print(f"labeled {len(rows)} reports -> {args.out}")
+      f.write(json.dumps({'id': row['id'], 'labels': label_report(row['text'])}) + '\n')
+  print(f'labeled {len(rows)} reports -> {args.out}')
 
 
 def _check_references(row: dict) -> str | None:
   """Why the optional reference "boxes" / "labels" of a prediction row are bad, if they are."""
-  boxes = row.get("boxes", [])
+  boxes = row.get('boxes', [])
   if not isinstance(boxes, list):
-    return "boxes must be a list"
+    return 'boxes must be a list'
   for i, b in enumerate(boxes):
     reason = schema.box_error(b, none_text=True)
     if reason is not None:
-      return f"boxes[{i}]: {reason}"
-  labels = row.get("labels", [])
+      return f'boxes[{i}]: {reason}'
+  labels = row.get('labels', [])
   if not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
-    return "labels must be a list of strings"
+    return 'labels must be a list of strings'
   return None
 
 
 def _check_rows(rows: list[dict], path: str) -> None:
   """Scores of no rows, or of rows whose ids repeat, would be numbers about nothing."""
   if not rows:
-    raise InputError(f"{path}: no prediction rows")
+    raise InputError(f'{path}: no prediction rows')
   first = {}
   for n, row in enumerate(rows, 1):
-    key = json.dumps(row["id"])
+    key = json.dumps(row['id'])
     if key in first:
       raise InputError(f"{path}: duplicate id {row['id']!r} (rows {first[key]} and {n})")
     first[key] = n
 
 
 def cmd_score(args) -> None:
-  rows = read_jsonl(args.predictions, ("id", "generated", "reference"), _check_references)
+  rows = read_jsonl(args.predictions, ('id', 'generated', 'reference'), _check_references)
   _check_rows(rows, args.predictions)
   radgraph = None
   if args.radgraph:
@@ -72,40 +72,40 @@ def cmd_score(args) -> None:
                                           radgraph=radgraph)
   except (FileNotFoundError, ValueError) as e:
     raise InputError(str(e)) from None
-  with open(args.out, "w", encoding="utf-8") as f:
+  with open(args.out, 'w', encoding='utf-8') as f:
     json.dump(metrics, f, indent=2, sort_keys=True)
   if args.per_sample:
-    with open(args.per_sample, "w", encoding="utf-8") as f:
+    with open(args.per_sample, 'w', encoding='utf-8') as f:
       for row, scores in zip(rows, per_row):
-        f.write(json.dumps({"id": row["id"], **scores}) + "\n")
+        f.write(json.dumps({'id': row['id'], **scores}) + '\n')
   print(json.dumps(metrics, indent=2, sort_keys=True))
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m radjax.eval",
+  parser = argparse.ArgumentParser(prog='python -m radjax.eval',
                                    description=__doc__.splitlines()[0])
-  sub = parser.add_subparsers(dest="command", required=True)
-  label = sub.add_parser("label", help="CheXpert labels for each report")
-  label.add_argument("--reports", required=True, help='JSONL with {"id", "text"} rows')
-  label.add_argument("--out", required=True, help="JSONL of {id, labels}")
+  sub = parser.add_subparsers(dest='command', required=True)
+  label = sub.add_parser('label', help='CheXpert labels for each report')
+  label.add_argument('--reports', required=True, help='JSONL with {"id", "text"} rows')
+  label.add_argument('--out', required=True, help='JSONL of {id, labels}')
   label.set_defaults(func=cmd_label)
-  score = sub.add_parser("score", help="clinical-efficacy and captioning metrics")
-  score.add_argument("--predictions", required=True,
+  score = sub.add_parser('score', help='clinical-efficacy and captioning metrics')
+  score.add_argument('--predictions', required=True,
                      help='JSONL with {"id", "generated", "reference"} rows')
-  score.add_argument("--out", required=True, help="flat metrics JSON")
-  score.add_argument("--no-meteor", dest="meteor", action="store_false",
-                     help="skip METEOR (needs Java)")
-  score.add_argument("--per-sample", help="JSONL of per-row scores")
-  score.add_argument("--chexbert", metavar="DIR",
-                     help="CheXbert checkpoint directory: adds chexbert_* F1 (needs torch)")
-  score.add_argument("--radgraph", metavar="FILE",
-                     help="JSONL of RadGraph annotations per id: adds radgraph_f1_*")
+  score.add_argument('--out', required=True, help='flat metrics JSON')
+  score.add_argument('--no-meteor', dest='meteor', action='store_false',
+                     help='skip METEOR (needs Java)')
+  score.add_argument('--per-sample', help='JSONL of per-row scores')
+  score.add_argument('--chexbert', metavar='DIR',
+                     help='CheXbert checkpoint directory: adds chexbert_* F1 (needs torch)')
+  score.add_argument('--radgraph', metavar='FILE',
+                     help='JSONL of RadGraph annotations per id: adds radgraph_f1_*')
   score.set_defaults(func=cmd_score)
   args = parser.parse_args(argv)
   try:
     args.func(args)
   except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f'error: {e}', file=sys.stderr)
     return 2
   except OSError as e:  # an output path that cannot be written, a missing plug-in file
     print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
@@ -113,5 +113,5 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   sys.exit(main())

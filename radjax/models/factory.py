@@ -93,7 +93,7 @@ def vlm_config(model_cfg, image_token_id: int | None = None) -> vlm.VLMConfig:
   token = model_cfg.image_token_id
   if token < 0:
     if image_token_id is None:
-      raise ValueError('config.model.image_token_id is -1 (the tokenizer\'s <image>) and no '
+      raise ValueError("config.model.image_token_id is -1 (the tokenizer's <image>) and no "
                        'tokenizer was found')
     token = image_token_id
   elif image_token_id is not None and image_token_id != token:

@@ -71,7 +71,7 @@ def _early_stopping(value) -> Union[bool, str]:
   if isinstance(value, str):
     table = {'true': True, 'false': False, 'never': 'never'}
     if value.lower() not in table:
-      raise ValueError(f"config.eval.early_stopping: {value!r} not in {sorted(table)}")
+      raise ValueError(f'config.eval.early_stopping: {value!r} not in {sorted(table)}')
     return table[value.lower()]
   return bool(value)
 

@@ -21,13 +21,13 @@ import os
 import re
 
 CONDITIONS = (
-  "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-  "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-  "Pleural Other", "Fracture", "Support Devices", "No Finding",
+  'Enlarged Cardiomediastinum', 'Cardiomegaly', 'Lung Opacity', 'Lung Lesion', 'Edema',
+  'Consolidation', 'Pneumonia', 'Atelectasis', 'Pneumothorax', 'Pleural Effusion',
+  'Pleural Other', 'Fracture', 'Support Devices', 'No Finding',
 )
 CLASS_TO_LABEL = {0: None, 1: 1, 2: 0, 3: -1}
 # Buffers some transformers versions save and others rebuild.
-_OPTIONAL_KEYS = re.compile(r"^bert\.embeddings\.position_ids$")
+_OPTIONAL_KEYS = re.compile(r'^bert\.embeddings\.position_ids$')
 
 
 def _torch():
@@ -35,8 +35,8 @@ def _torch():
     import torch
     import transformers
   except ImportError as e:
-    raise ImportError("the CheXbert plug-in needs torch and transformers "
-                      "(pip install torch transformers)") from e
+    raise ImportError('the CheXbert plug-in needs torch and transformers '
+                      '(pip install torch transformers)') from e
   return torch, transformers
 
 
@@ -63,18 +63,18 @@ def build_model(config):
 def read_state_dict(path: str) -> dict:
   """Tensors of the checkpoint in directory `path`, "module." prefixes stripped."""
   torch, _ = _torch()
-  st = os.path.join(path, "model.safetensors")
+  st = os.path.join(path, 'model.safetensors')
   if os.path.exists(st):
     from safetensors.torch import load_file
     state = load_file(st)
   else:
-    found = sorted(glob.glob(os.path.join(path, "*.pth")) + glob.glob(os.path.join(path, "*.pt")))
+    found = sorted(glob.glob(os.path.join(path, '*.pth')) + glob.glob(os.path.join(path, '*.pt')))
     if len(found) != 1:
-      raise FileNotFoundError(f"{path}: expected model.safetensors or exactly one *.pth/*.pt "
-                              f"checkpoint, found {[os.path.basename(f) for f in found]}")
-    state = torch.load(found[0], map_location="cpu", weights_only=True)
-    state = state.get("model_state_dict", state)
-  return {k.removeprefix("module."): v for k, v in state.items()}
+      raise FileNotFoundError(f'{path}: expected model.safetensors or exactly one *.pth/*.pt '
+                              f'checkpoint, found {[os.path.basename(f) for f in found]}')
+    state = torch.load(found[0], map_location='cpu', weights_only=True)
+    state = state.get('model_state_dict', state)
+  return {k.removeprefix('module.'): v for k, v in state.items()}
 
 
 class CheXbertLabeler:
@@ -83,11 +83,11 @@ class CheXbertLabeler:
   def __init__(self, path: str, batch_size: int = 16):
     torch, transformers = _torch()
     if not os.path.isdir(path):
-      raise FileNotFoundError(f"--chexbert {path}: not a directory "
-                              "(see radjax/eval/metrics/chexbert.py)")
-    if not any(os.path.exists(os.path.join(path, f)) for f in ("vocab.txt", "tokenizer.json")):
+      raise FileNotFoundError(f'--chexbert {path}: not a directory '
+                              '(see radjax/eval/metrics/chexbert.py)')
+    if not any(os.path.exists(os.path.join(path, f)) for f in ('vocab.txt', 'tokenizer.json')):
       raise FileNotFoundError(f"{path}: no vocab.txt or tokenizer.json; copy bert-base-uncased's")
-    cfg_file = os.path.join(path, "config.json")
+    cfg_file = os.path.join(path, 'config.json')
     config = (transformers.BertConfig.from_json_file(cfg_file) if os.path.exists(cfg_file)
               else transformers.BertConfig())
     self.tokenizer = transformers.BertTokenizer.from_pretrained(path, local_files_only=True)
@@ -96,8 +96,8 @@ class CheXbertLabeler:
     missing = [k for k in missing if not _OPTIONAL_KEYS.match(k)]
     unexpected = [k for k in unexpected if not _OPTIONAL_KEYS.match(k)]
     if missing or unexpected:
-      raise ValueError(f"{path}: not a CheXbert checkpoint: missing {missing[:5]}, "
-                       f"unexpected {unexpected[:5]}")
+      raise ValueError(f'{path}: not a CheXbert checkpoint: missing {missing[:5]}, '
+                       f'unexpected {unexpected[:5]}')
     self.model.eval()
     self.batch_size = batch_size
     self.max_length = min(512, config.max_position_embeddings)
@@ -106,11 +106,11 @@ class CheXbertLabeler:
     torch, _ = _torch()
     out = []
     for start in range(0, len(texts), self.batch_size):
-      chunk = [re.sub(r"\s+", " ", t or "").strip() for t in texts[start:start + self.batch_size]]
+      chunk = [re.sub(r'\s+', ' ', t or '').strip() for t in texts[start:start + self.batch_size]]
       enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
-                           return_tensors="pt")
+                           return_tensors='pt')
       with torch.inference_mode():
-        logits = self.model(enc["input_ids"], enc["attention_mask"])
+        logits = self.model(enc['input_ids'], enc['attention_mask'])
       classes = torch.stack([x.argmax(-1) for x in logits], 1).tolist()
       out.extend({obs: CLASS_TO_LABEL[c] for obs, c in zip(CONDITIONS, row)} for row in classes)
     return out
@@ -122,4 +122,4 @@ def chexbert_scores(generated: list[str], references: list[str], path: str) -> d
   model = CheXbertLabeler(path)
   labels = model.label(list(generated) + list(references))
   scores = clinical_scores(labels[:len(generated)], labels[len(generated):])
-  return {k.replace("clinical_", "chexbert_", 1): v for k, v in scores.items()}
+  return {k.replace('clinical_', 'chexbert_', 1): v for k, v in scores.items()}

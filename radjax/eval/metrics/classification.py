@@ -25,21 +25,21 @@ from radjax.data.schema import CHEXPERT_OBSERVATIONS
 from radjax.eval.metrics import labeler
 from radjax.eval.metrics.clinical import prf
 
-_SPLIT = re.compile(r"[,;\n]|\band\b|\bor\b|&", re.IGNORECASE)
+_SPLIT = re.compile(r'[,;\n]|\band\b|\bor\b|&', re.IGNORECASE)
 _STRIP = " \t.\"'`*-•()"
-_ARTICLE = re.compile(r"^(?:a|an|the|some|mild|small|moderate|large|possible)\s+", re.IGNORECASE)
-_NEGATED = re.compile(r"^(?:no|not|without|negative\s+for|absence\s+of)\b", re.IGNORECASE)
-_NONE = re.compile(r"^(?:none|nothing|normal|no(?:\s+\w+)?\s+(?:abnormalit\w*|findings?|lesions?"
-                   r"|disease|pathology))$|^no$", re.IGNORECASE)
+_ARTICLE = re.compile(r'^(?:a|an|the|some|mild|small|moderate|large|possible)\s+', re.IGNORECASE)
+_NEGATED = re.compile(r'^(?:no|not|without|negative\s+for|absence\s+of)\b', re.IGNORECASE)
+_NONE = re.compile(r'^(?:none|nothing|normal|no(?:\s+\w+)?\s+(?:abnormalit\w*|findings?|lesions?'
+                   r'|disease|pathology))$|^no$', re.IGNORECASE)
 
 
 def _items(text: str) -> list[str]:
-  body = (text or "").split(":", 1)[-1] if ":" in (text or "") else (text or "")
+  body = (text or '').split(':', 1)[-1] if ':' in (text or '') else (text or '')
   items = []
   for raw in _SPLIT.split(body):
     item = raw.strip(_STRIP)
     while _ARTICLE.match(item):
-      item = _ARTICLE.sub("", item, count=1).strip(_STRIP)
+      item = _ARTICLE.sub('', item, count=1).strip(_STRIP)
     if item:
       items.append(item)
   return items
@@ -55,7 +55,7 @@ def parse_labels(text: str, vocab=None) -> tuple[list[str], list[str]]:
       continue
     found = [names[low]] if low in names else [
         name for key, name in sorted(names.items(), key=lambda kv: -len(kv[0]))
-        if re.search(rf"(?<!\w){re.escape(key)}(?!\w)", low)]
+        if re.search(rf'(?<!\w){re.escape(key)}(?!\w)', low)]
     if not found:
       found = [obs for obs, pattern in labeler._MENTIONS.items()
                if pattern.search(low) and (not names or obs.lower() in names)]
@@ -77,7 +77,7 @@ def multilabel_scores(predicted: list, truth: list, labels=None) -> dict[str, fl
   `labels` are ignored.
   """
   if len(predicted) != len(truth):
-    raise ValueError(f"{len(predicted)} predictions vs {len(truth)} references")
+    raise ValueError(f'{len(predicted)} predictions vs {len(truth)} references')
   if labels is None:
     labels = sorted({x for row in list(predicted) + list(truth) for x in row})
   labels = list(labels)
@@ -85,21 +85,21 @@ def multilabel_scores(predicted: list, truth: list, labels=None) -> dict[str, fl
   true = np.array([[x in set(t) for x in labels] for t in truth], bool)
   pred, true = pred.reshape(len(predicted), len(labels)), true.reshape(len(truth), len(labels))
   tp, fp, fn = (pred & true).sum(0), (pred & ~true).sum(0), (~pred & true).sum(0)
-  out: dict[str, float] = {"num_examples": float(len(truth))}
+  out: dict[str, float] = {'num_examples': float(len(truth))}
   per = prf(tp, fp, fn)
   for i, x in enumerate(labels):
-    out[f"{x}/precision"], out[f"{x}/recall"], out[f"{x}/f1"] = (float(m[i]) for m in per)
-    out[f"{x}/support"] = float(true[:, i].sum())
+    out[f'{x}/precision'], out[f'{x}/recall'], out[f'{x}/f1'] = (float(m[i]) for m in per)
+    out[f'{x}/support'] = float(true[:, i].sum())
   micro = prf(tp.sum(), fp.sum(), fn.sum())
   etp, efp, efn = (pred & true).sum(1), (pred & ~true).sum(1), (~pred & true).sum(1)
   sample = prf(etp, efp, efn)
   both_empty = (etp + efp + efn) == 0
-  for i, name in enumerate(("precision", "recall", "f1")):
-    out[f"micro_{name}"] = float(micro[i])
-    out[f"macro_{name}"] = float(np.mean(per[i])) if labels else 0.0
+  for i, name in enumerate(('precision', 'recall', 'f1')):
+    out[f'micro_{name}'] = float(micro[i])
+    out[f'macro_{name}'] = float(np.mean(per[i])) if labels else 0.0
     s = np.where(both_empty, 1.0, sample[i])
-    out[f"samples_{name}"] = float(np.mean(s)) if len(s) else 0.0
-  out["exact_match"] = float(np.mean((pred == true).all(1))) if len(truth) else 0.0
+    out[f'samples_{name}'] = float(np.mean(s)) if len(s) else 0.0
+  out['exact_match'] = float(np.mean((pred == true).all(1))) if len(truth) else 0.0
   return out
 
 
@@ -109,7 +109,7 @@ def classification_scores(generated: list[str], reference_labels: list, vocab=No
   spelling wins; a wrongly named observation is then a false positive) plus every
   reference label. Scores are over the labels in references or parsed answers."""
   if len(generated) != len(reference_labels):
-    raise ValueError(f"{len(generated)} answers vs {len(reference_labels)} references")
+    raise ValueError(f'{len(generated)} answers vs {len(reference_labels)} references')
   if vocab is None:
     vocab = list(CHEXPERT_OBSERVATIONS) + [x for row in reference_labels for x in row]
   canon: dict[str, str] = {}
@@ -118,6 +118,6 @@ def classification_scores(generated: list[str], reference_labels: list, vocab=No
   truth = [[canon.get(x.strip().lower(), x.strip()) for x in row] for row in reference_labels]
   parsed = [parse_labels(g, canon.values()) for g in generated]
   scores = multilabel_scores([p for p, _ in parsed], truth)
-  out = {f"classification_{k}": v for k, v in scores.items()}
-  out["classification_num_unknown_labels"] = float(sum(len(u) for _, u in parsed))
+  out = {f'classification_{k}': v for k, v in scores.items()}
+  out['classification_num_unknown_labels'] = float(sum(len(u) for _, u in parsed))
   return out

@@ -17,8 +17,8 @@ import numpy as np
 
 from radjax.data.schema import CHEXPERT_OBSERVATIONS
 
-COMMON_5 = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
-GROUPS = {"14": CHEXPERT_OBSERVATIONS, "5": COMMON_5}
+COMMON_5 = ('Atelectasis', 'Cardiomegaly', 'Consolidation', 'Edema', 'Pleural Effusion')
+GROUPS = {'14': CHEXPERT_OBSERVATIONS, '5': COMMON_5}
 
 
 def _positive(labels: list[dict], observations, uncertain_as_positive: bool) -> np.ndarray:
@@ -44,15 +44,15 @@ def clinical_scores(generated_labels: list[dict], reference_labels: list[dict],
   dicts as returned by label_report; missing keys count as not mentioned.
   """
   if len(generated_labels) != len(reference_labels):
-    raise ValueError(f"{len(generated_labels)} generated vs {len(reference_labels)} references")
-  out: dict[str, float] = {"clinical_num_reports": float(len(reference_labels))}
+    raise ValueError(f'{len(generated_labels)} generated vs {len(reference_labels)} references')
+  out: dict[str, float] = {'clinical_num_reports': float(len(reference_labels))}
   for suffix, observations in GROUPS.items():
     pred = _positive(generated_labels, observations, uncertain_as_positive)
     true = _positive(reference_labels, observations, uncertain_as_positive)
     tp, fp, fn = (pred & true).sum(0), (pred & ~true).sum(0), (~pred & true).sum(0)
     micro = prf(tp.sum(), fp.sum(), fn.sum())
     macro = [float(np.mean(m)) if len(observations) else 0.0 for m in prf(tp, fp, fn)]
-    for i, name in enumerate(("precision", "recall", "f1")):
-      out[f"clinical_{name}_micro_{suffix}"] = float(micro[i])
-      out[f"clinical_{name}_macro_{suffix}"] = macro[i]
+    for i, name in enumerate(('precision', 'recall', 'f1')):
+      out[f'clinical_{name}_micro_{suffix}'] = float(micro[i])
+      out[f'clinical_{name}_macro_{suffix}'] = macro[i]
   return out

@@ -32,13 +32,13 @@ import numpy as np
 
 from radjax.eval.metrics import labeler
 
-BOX = re.compile(r"\[\s*([-+]?\.?\d[-+\d.,\s]*)(\])?")
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
-_JOINER = re.compile(r"^\s*(?:,|and|,\s*and|&)?\s*$", re.IGNORECASE)
+BOX = re.compile(r'\[\s*([-+]?\.?\d[-+\d.,\s]*)(\])?')
+_NUMBER = re.compile(r'[-+]?(?:\d+\.?\d*|\.\d+)')
+_JOINER = re.compile(r'^\s*(?:,|and|,\s*and|&)?\s*$', re.IGNORECASE)
 
 
 def _parse_coords(body: str) -> tuple[float, ...] | None:
-  parts = [p.strip() for p in body.split(",")]
+  parts = [p.strip() for p in body.split(',')]
   if len(parts) != 4 or not all(_NUMBER.fullmatch(p) for p in parts):
     return None
   x1, y1, x2, y2 = coords = tuple(float(p) for p in parts)
@@ -52,7 +52,7 @@ def _name_in(phrase: str, vocab: dict[str, str]) -> str | None:
   CheXpert observation by the labeler's mention patterns."""
   low = phrase.lower()
   found = [((m.end(), m.end() - m.start()), name) for key, name in vocab.items()
-           for m in re.finditer(rf"(?<!\w){re.escape(key)}(?!\w)", low)]
+           for m in re.finditer(rf'(?<!\w){re.escape(key)}(?!\w)', low)]
   if not found:
     found = [((m.end(), m.end() - m.start()), obs) for obs, pattern in labeler._MENTIONS.items()
              for m in pattern.finditer(low)]
@@ -64,7 +64,7 @@ def parse_boxes(text: str, vocab=(), default_label: str | None = None
   """([{"label", "box": (x1, y1, x2, y2)}] in order of appearance, number malformed)."""
   vocab = {v.strip().lower(): v for v in vocab if v and v.strip()}
   boxes, malformed, prev_end, prev_label = [], 0, 0, None
-  for m in BOX.finditer(text or ""):
+  for m in BOX.finditer(text or ''):
     phrase = text[prev_end:m.start()]
     coords = _parse_coords(m.group(1)) if m.group(2) else None
     label = _name_in(phrase, vocab)
@@ -74,7 +74,7 @@ def parse_boxes(text: str, vocab=(), default_label: str | None = None
     if coords is None:
       malformed += 1
       continue
-    boxes.append({"label": label or "", "box": coords})
+    boxes.append({'label': label or '', 'box': coords})
   return boxes, malformed
 
 
@@ -90,41 +90,41 @@ def iou_matrix(a, b) -> np.ndarray:
   return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def average_precision(tp, num_gt: int, method: str = "all_points") -> float:
+def average_precision(tp, num_gt: int, method: str = 'all_points') -> float:
   """AP of detections already sorted by descending confidence; `tp` marks true positives."""
   tp = np.asarray(tp, bool)
   if num_gt == 0:
-    return float("nan")
+    return float('nan')
   if tp.size == 0:
     return 0.0
   ctp, cfp = np.cumsum(tp), np.cumsum(~tp)
   recall = ctp / num_gt
   precision = ctp / (ctp + cfp)
   envelope = np.maximum.accumulate(precision[::-1])[::-1]
-  if method == "coco101":
-    idx = np.searchsorted(recall, np.linspace(0, 1, 101), side="left")
+  if method == 'coco101':
+    idx = np.searchsorted(recall, np.linspace(0, 1, 101), side='left')
     return float(np.mean(np.where(idx < len(envelope),
                                   envelope[np.minimum(idx, len(envelope) - 1)], 0.0)))
-  if method != "all_points":
-    raise ValueError(f"method {method!r} is not all_points or coco101")
+  if method != 'all_points':
+    raise ValueError(f'method {method!r} is not all_points or coco101')
   steps = np.diff(np.concatenate([[0.0], recall]))
   return float(np.sum(steps * envelope))
 
 
 def _label(box: dict) -> str:
-  return box.get("label") or ""
+  return box.get('label') or ''
 
 
 def _key(label: str | None) -> str:
-  return (label or "").strip().lower()
+  return (label or '').strip().lower()
 
 
 def _mean_iou_terms(pred: list[dict], ref: list[dict]) -> tuple[float, int]:
   """(sum of IoU over one-to-one same-class pairs, matched + unmatched box count)."""
   total, count = 0.0, 0
   for k in {_key(_label(b)) for b in pred + ref}:
-    p = [b["box"] for b in pred if _key(_label(b)) == k]
-    r = [b["box"] for b in ref if _key(_label(b)) == k]
+    p = [b['box'] for b in pred if _key(_label(b)) == k]
+    r = [b['box'] for b in ref if _key(_label(b)) == k]
     ious = iou_matrix(p, r)
     matched = 0
     # Greedy by IoU: pairs the best-overlapping boxes first.
@@ -138,7 +138,7 @@ def _mean_iou_terms(pred: list[dict], ref: list[dict]) -> tuple[float, int]:
 
 
 def grounding_scores(predictions: list[list[dict]], references: list[list[dict]],
-                     iou_threshold: float = 0.5, method: str = "all_points") -> dict:
+                     iou_threshold: float = 0.5, method: str = 'all_points') -> dict:
   """Flat grounding metrics over rows of predicted and reference boxes.
 
   Each box is {"label", "box": [x1, y1, x2, y2]} with an optional "score" (higher is
@@ -149,8 +149,8 @@ def grounding_scores(predictions: list[list[dict]], references: list[list[dict]]
     grounding_num_pred_boxes, grounding_num_ref_boxes, grounding_num_rows
   """
   if len(predictions) != len(references):
-    raise ValueError(f"{len(predictions)} prediction rows vs {len(references)} references")
-  t = f"{iou_threshold:g}"
+    raise ValueError(f'{len(predictions)} prediction rows vs {len(references)} references')
+  t = f'{iou_threshold:g}'
   names: dict[str, str] = {}
   for rows in (references, predictions):
     for row in rows:
@@ -158,17 +158,17 @@ def grounding_scores(predictions: list[list[dict]], references: list[list[dict]]
         names.setdefault(_key(_label(b)), _label(b))
   num_pred = sum(len(p) for p in predictions)
   num_ref = sum(len(r) for r in references)
-  out = {"grounding_num_rows": float(len(references)),
-         "grounding_num_pred_boxes": float(num_pred),
-         "grounding_num_ref_boxes": float(num_ref)}
+  out = {'grounding_num_rows': float(len(references)),
+         'grounding_num_pred_boxes': float(num_pred),
+         'grounding_num_ref_boxes': float(num_ref)}
   aps, total_tp = {}, 0
   for k in sorted(names):
     dets = []  # (-score, row, rank, box)
     for row, boxes in enumerate(predictions):
       for rank, b in enumerate(x for x in boxes if _key(_label(x)) == k):
-        dets.append((-float(b.get("score", -rank)), row, rank, b["box"]))
+        dets.append((-float(b.get('score', -rank)), row, rank, b['box']))
     dets.sort(key=lambda d: d[:3])
-    refs = [[b["box"] for b in boxes if _key(_label(b)) == k] for boxes in references]
+    refs = [[b['box'] for b in boxes if _key(_label(b)) == k] for boxes in references]
     used = [np.zeros(len(r), bool) for r in refs]
     tp = np.zeros(len(dets), bool)
     for d, (_, row, _, box) in enumerate(dets):
@@ -183,14 +183,14 @@ def grounding_scores(predictions: list[list[dict]], references: list[list[dict]]
     if n_ref:
       aps[names[k]] = average_precision(tp, n_ref, method)
   for name, ap in aps.items():
-    out[f"grounding_AP@{t}/{name}"] = ap
+    out[f'grounding_AP@{t}/{name}'] = ap
   if aps:
-    out[f"grounding_mAP@{t}"] = float(np.mean(list(aps.values())))
-  out[f"grounding_precision@{t}"] = total_tp / num_pred if num_pred else 0.0
+    out[f'grounding_mAP@{t}'] = float(np.mean(list(aps.values())))
+  out[f'grounding_precision@{t}'] = total_tp / num_pred if num_pred else 0.0
   if num_ref:
-    out[f"grounding_recall@{t}"] = total_tp / num_ref
+    out[f'grounding_recall@{t}'] = total_tp / num_ref
   terms = [_mean_iou_terms(p, r) for p, r in zip(predictions, references)]
   count = sum(c for _, c in terms)
   if count:
-    out["grounding_mean_iou"] = float(sum(s for s, _ in terms) / count)
+    out['grounding_mean_iou'] = float(sum(s for s, _ in terms) / count)
   return out

@@ -27,10 +27,10 @@ def _gaussian(size: int, sigma: float) -> jax.Array:
 def _filter(x: jax.Array, g: jax.Array) -> jax.Array:
   """Separable 'valid' Gaussian filter of [N, H, W, C], channel by channel."""
   c, k = x.shape[-1], g.shape[0]
-  dims = ("NHWC", "HWIO", "NHWC")
+  dims = ('NHWC', 'HWIO', 'NHWC')
   for shape in ((k, 1, 1, c), (1, k, 1, c)):
     kernel = jnp.broadcast_to(g.reshape(shape[:2] + (1, 1)), shape)
-    x = jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=dims,
+    x = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=dims,
                                      feature_group_count=c,
                                      precision=jax.lax.Precision.HIGHEST)
   return x
@@ -41,9 +41,9 @@ def ssim(a: jax.Array, b: jax.Array, data_range: float = 1.0, filter_size: int =
   """Structural similarity per image, in (-1, 1]; H and W must be >= filter_size."""
   a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
   if a.shape != b.shape:
-    raise ValueError(f"image shapes differ: {a.shape} vs {b.shape}")
+    raise ValueError(f'image shapes differ: {a.shape} vs {b.shape}')
   if a.ndim < 3 or min(a.shape[-3:-1]) < filter_size:
-    raise ValueError(f"images {a.shape} must be [..., H, W, C] with H, W >= {filter_size}")
+    raise ValueError(f'images {a.shape} must be [..., H, W, C] with H, W >= {filter_size}')
   batch = a.shape[:-3]
   a, b = a.reshape((-1,) + a.shape[-3:]), b.reshape((-1,) + b.shape[-3:])
   g = _gaussian(filter_size, sigma)

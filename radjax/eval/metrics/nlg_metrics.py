@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import re
 
-_PUNCT = re.compile(r"[^\w\s]|_")
+_PUNCT = re.compile(r'[^\w\s]|_')
 
 
 def normalize(text: str) -> str:
   """Lower-case, punctuation to spaces, whitespace collapsed."""
-  return " ".join(_PUNCT.sub(" ", (text or "").lower()).split())
+  return ' '.join(_PUNCT.sub(' ', (text or '').lower()).split())
 
 
 def nlg_scores(generated: list[str], references: list[str], meteor: bool = True) -> dict:
@@ -26,20 +26,20 @@ def nlg_scores(generated: list[str], references: list[str], meteor: bool = True)
   from pycocoevalcap.rouge.rouge import Rouge
 
   if len(generated) != len(references):
-    raise ValueError(f"{len(generated)} generations vs {len(references)} references")
+    raise ValueError(f'{len(generated)} generations vs {len(references)} references')
   res = {i: [normalize(g)] for i, g in enumerate(generated)}
   gts = {i: [normalize(r)] for i, r in enumerate(references)}
   empty = sum(not r[0] for r in res.values())
-  out: dict[str, float] = {"num_reports": float(len(res)), "num_empty_generations": float(empty)}
+  out: dict[str, float] = {'num_reports': float(len(res)), 'num_empty_generations': float(empty)}
   if not res:
     return out
   bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-  out.update({f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)})
-  out["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
-  out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+  out.update({f'BLEU-{n + 1}': float(b) for n, b in enumerate(bleu)})
+  out['ROUGE-L'] = float(Rouge().compute_score(gts, res)[0])
+  out['CIDEr'] = float(Cider().compute_score(gts, res)[0])
   if meteor:
     from pycocoevalcap.meteor.meteor import Meteor
     scorer = Meteor()  # its __del__ ends the Java process
-    out["METEOR"] = float(scorer.compute_score(gts, res)[0])
+    out['METEOR'] = float(scorer.compute_score(gts, res)[0])
     del scorer
   return out

@@ -31,7 +31,7 @@ def per_sample_scores(generated: list[str], references: list[str]) -> list[dict]
   from pycocoevalcap.rouge.rouge import Rouge
 
   if len(generated) != len(references):
-    raise ValueError(f"{len(generated)} generations vs {len(references)} references")
+    raise ValueError(f'{len(generated)} generations vs {len(references)} references')
   if not generated:
     return []
   res = {i: [normalize(g)] for i, g in enumerate(generated)}
@@ -44,10 +44,10 @@ def per_sample_scores(generated: list[str], references: list[str]) -> list[dict]
     lg, lr = label_report(g), label_report(r)
     pg, pr = _positive(lg), _positive(lr)
     agree = sum((o in pg) == (o in pr) for o in CHEXPERT_OBSERVATIONS)
-    out.append({"BLEU-4": float(bleu[i]), "ROUGE-L": float(rouge[i]), "CIDEr": float(cider[i]),
-                "labels_generated": {k: v for k, v in lg.items() if v is not None},
-                "labels_reference": {k: v for k, v in lr.items() if v is not None},
-                "clinical_agreement_14": agree / len(CHEXPERT_OBSERVATIONS)})
+    out.append({'BLEU-4': float(bleu[i]), 'ROUGE-L': float(rouge[i]), 'CIDEr': float(cider[i]),
+                'labels_generated': {k: v for k, v in lg.items() if v is not None},
+                'labels_reference': {k: v for k, v in lr.items() if v is not None},
+                'clinical_agreement_14': agree / len(CHEXPERT_OBSERVATIONS)})
   return out
 
 
@@ -60,49 +60,49 @@ def score_rows(rows: list[dict], meteor: bool = True, chexbert: str | None = Non
   "labels". `chexbert` is a CheXbert checkpoint directory; `radgraph` maps row ids to
   (generated, reference) RadGraph annotations.
   """
-  generated = [r["generated"] for r in rows]
-  references = [r["reference"] for r in rows]
+  generated = [r['generated'] for r in rows]
+  references = [r['reference'] for r in rows]
   metrics = score_reports(generated, references, meteor=meteor)
   per_row = per_sample_scores(generated, references)
-  boxed = [i for i, r in enumerate(rows) if "boxes" in r]
+  boxed = [i for i, r in enumerate(rows) if 'boxes' in r]
   if boxed:
-    classes = sorted({b.get("label") or "" for i in boxed for b in rows[i]["boxes"]} - {""})
+    classes = sorted({b.get('label') or '' for i in boxed for b in rows[i]['boxes']} - {''})
     preds, refs, malformed = [], [], 0
     for i in boxed:
-      ref = [{"label": b.get("label") or "", "box": tuple(b["box"])} for b in rows[i]["boxes"]]
-      own = {b["label"] for b in ref}
+      ref = [{'label': b.get('label') or '', 'box': tuple(b['box'])} for b in rows[i]['boxes']]
+      own = {b['label'] for b in ref}
       boxes, bad = grounding.parse_boxes(generated[i], classes,
                                          default_label=own.pop() if len(own) == 1 else None)
       preds.append(boxes)
       refs.append(ref)
       malformed += bad
       per_row[i].update(
-          {"pred_boxes": [{"label": b["label"], "box": list(b["box"])} for b in boxes],
-           "num_malformed_boxes": bad,
-           **{k.removeprefix("grounding_"): v for k, v in
+          {'pred_boxes': [{'label': b['label'], 'box': list(b['box'])} for b in boxes],
+           'num_malformed_boxes': bad,
+           **{k.removeprefix('grounding_'): v for k, v in
               grounding.grounding_scores([boxes], [ref]).items()
-              if k in ("grounding_mean_iou", "grounding_recall@0.5")}})
+              if k in ('grounding_mean_iou', 'grounding_recall@0.5')}})
     metrics.update(grounding.grounding_scores(preds, refs))
-    metrics["num_malformed_boxes"] = float(malformed)
-  labelled = [i for i, r in enumerate(rows) if "labels" in r]
+    metrics['num_malformed_boxes'] = float(malformed)
+  labelled = [i for i, r in enumerate(rows) if 'labels' in r]
   if labelled:
     answers = [generated[i] for i in labelled]
-    truth = [rows[i]["labels"] for i in labelled]
+    truth = [rows[i]['labels'] for i in labelled]
     metrics.update(classification.classification_scores(answers, truth))
     vocab = list(CHEXPERT_OBSERVATIONS) + [x for t in truth for x in t]
     for i in labelled:
-      per_row[i]["pred_labels"] = classification.parse_labels(generated[i], vocab)[0]
+      per_row[i]['pred_labels'] = classification.parse_labels(generated[i], vocab)[0]
   if chexbert:
     from radjax.eval.metrics.chexbert import chexbert_scores
     metrics.update(chexbert_scores(generated, references, chexbert))
   if radgraph is not None:
     from radjax.eval.metrics import radgraph as radgraph_lib
-    missing = [r["id"] for r in rows if r["id"] not in radgraph]
+    missing = [r['id'] for r in rows if r['id'] not in radgraph]
     if missing:
-      raise ValueError(f"RadGraph annotations missing for ids {missing[:5]}")
-    pairs = [radgraph[r["id"]] for r in rows]
+      raise ValueError(f'RadGraph annotations missing for ids {missing[:5]}')
+    pairs = [radgraph[r['id']] for r in rows]
     metrics.update(radgraph_lib.radgraph_scores(pairs))
     for row, pair in zip(per_row, pairs):
-      row.update(zip(("radgraph_f1_simple", "radgraph_f1_partial", "radgraph_f1_complete"),
+      row.update(zip(('radgraph_f1_simple', 'radgraph_f1_partial', 'radgraph_f1_complete'),
                      radgraph_lib.report_rewards(*pair)))
   return metrics, per_row
