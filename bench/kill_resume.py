@@ -26,31 +26,12 @@ NUM_STEPS, CKPT_EVERY, EVAL_EVERY = 24, 4, 8
 
 def get_config(arg: str = ''):
   from configs import demo
-  c = demo.get_config()
+  c = demo.get_config('size=micro')
   c.data.dir = arg
-  c.data.max_len = 48
-  c.model.vision.image_size = 32
-  c.model.vision.patch_size = 8
-  c.model.vision.embed_dim = 32
-  c.model.vision.num_layers = 2
-  c.model.vision.num_heads = 2
-  c.model.vision.mlp_dim = 64
-  c.model.llm.embed_dim = 32
-  c.model.llm.num_layers = 2
-  c.model.llm.num_heads = 4
-  c.model.llm.num_kv_heads = 2
-  c.model.llm.mlp_dim = 64
-  c.train.batch_size = 8
   c.train.num_steps = NUM_STEPS
-  c.train.log_every = 1
   c.train.checkpoint_every = CKPT_EVERY
   c.train.eval_every = EVAL_EVERY
   c.train.async_checkpoint = True
-  c.eval.batch_size = 8
-  c.eval.num_loss_batches = 1
-  c.eval.num_generate = 8
-  c.eval.max_new_tokens = 8
-  c.eval.meteor = False
   return c
 
 

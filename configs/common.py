@@ -2,6 +2,8 @@
 
   --config configs/<recipe>.py:size=tiny          the recipe shrunk to the embedded
                                                   default on a CPU (big_vision's runlocal)
+  --config configs/<recipe>.py:size=micro         smaller still: seconds per run (tests,
+                                                  the kill/resume bench)
   --config configs/<recipe>.py:task=lm            its decoder alone, on the data's text
 """
 import os
@@ -14,8 +16,8 @@ DEMO_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'radjax', 'demo_v1')
 
 def parse(arg: str):
   args = defaults.parse_arg(arg, **ARGS)
-  if args.size not in ('full', 'tiny'):
-    raise ValueError(f"config argument size={args.size!r}: 'full' or 'tiny'")
+  if args.size not in ('full', 'tiny', 'micro'):
+    raise ValueError(f"config argument size={args.size!r}: 'full', 'tiny' or 'micro'")
   if args.task not in ('', 'vlm', 'lm'):
     raise ValueError(f"config argument task={args.task!r}: 'vlm' or 'lm'")
   return args
@@ -23,8 +25,10 @@ def parse(arg: str):
 
 def finish(c, args):
   """Applies the arguments to a recipe's config."""
-  if args.size == 'tiny':
+  if args.size in ('tiny', 'micro'):
     tiny(c)
+  if args.size == 'micro':
+    micro(c)
   if args.task == 'lm':
     c.task = 'lm'
     c.model.kind = 'llm'
@@ -82,4 +86,23 @@ def tiny(c):
   c.eval.num_loss_batches = 8
   c.eval.num_generate = 96
   c.eval.max_new_tokens = 96
+  return c
+
+
+def micro(c):
+  """The tiny form shrunk to seconds per run: 32 px images, 32-wide towers, 48 tokens,
+  batch 8, one loss batch and 8 short generations per evaluation."""
+  c.data.max_len = 48
+  v = c.model.vision
+  v.image_size, v.patch_size, v.embed_dim, v.num_layers, v.num_heads, v.mlp_dim = (
+      32, 8, 32, 2, 2, 64)
+  lm = c.model.llm
+  lm.embed_dim, lm.num_layers, lm.num_heads, lm.num_kv_heads, lm.mlp_dim = 32, 2, 4, 2, 64
+  c.train.batch_size = 8
+  c.train.log_every = 1
+  c.eval.batch_size = 8
+  c.eval.num_loss_batches = 1
+  c.eval.num_generate = 8
+  c.eval.max_new_tokens = 8
+  c.eval.meteor = False
   return c

@@ -11,36 +11,17 @@ from configs import demo  # noqa: E402
 
 
 def tiny_config(data_dir: str = ''):
-  """The demo recipe shrunk further; same code path."""
-  c = demo.get_config()
+  """The demo recipe at size=micro (configs/common.py); same code path."""
+  c = demo.get_config('size=micro')
   if data_dir:
     c.data.dir = data_dir
-  c.data.max_len = 48
   c.data.builder_kwargs.num_train = 64
   c.data.builder_kwargs.num_val = 16
   c.data.builder_kwargs.num_test = 16
-  c.model.vision.image_size = 32
-  c.model.vision.patch_size = 8
-  c.model.vision.embed_dim = 32
-  c.model.vision.num_layers = 2
-  c.model.vision.num_heads = 2
-  c.model.vision.mlp_dim = 64
-  c.model.llm.embed_dim = 32
-  c.model.llm.num_layers = 2
-  c.model.llm.num_heads = 4
-  c.model.llm.num_kv_heads = 2
-  c.model.llm.mlp_dim = 64
-  c.train.batch_size = 8
   c.train.num_steps = 6
-  c.train.log_every = 1
   c.train.checkpoint_every = 2
   c.train.eval_every = 0
   c.train.async_checkpoint = False
-  c.eval.batch_size = 8
-  c.eval.num_loss_batches = 1
-  c.eval.num_generate = 8
-  c.eval.max_new_tokens = 8
-  c.eval.meteor = False
   return c
 
 

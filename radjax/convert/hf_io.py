@@ -1,12 +1,13 @@
 """Read/write HF model directories (config.json + safetensors) without torch."""
 import copy
 import glob
-import json
 import os
 
 import ml_dtypes
 import numpy as np
 from safetensors import numpy as st_numpy
+
+from radjax.core import files as files_lib
 
 DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}  # never float16
 
@@ -19,14 +20,7 @@ def load_hf_dir(path: str):
   config_path = os.path.join(path, 'config.json')
   if not os.path.isdir(path):
     raise FileNotFoundError(f'{path}: no such directory')
-  try:
-    with open(config_path, encoding='utf-8') as f:
-      raw = json.load(f)
-  except UnicodeDecodeError as e:
-    raise ConversionError(f'{config_path}: not UTF-8 text (byte {e.start})') from None
-  except json.JSONDecodeError as e:
-    raise ConversionError(f'{config_path}: not valid JSON ({e.msg} at line {e.lineno}); '
-                          'truncated or damaged?') from None
+  raw = files_lib.read_json(config_path, ConversionError)
   model_type = raw.get('model_type') if isinstance(raw, dict) else None
   if model_type not in transformers.CONFIG_MAPPING:
     raise ConversionError(f'{config_path}: unknown model_type={model_type!r}')

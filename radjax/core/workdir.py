@@ -12,6 +12,7 @@ import ml_collections
 
 from radjax.core import checkpoint as checkpoint_lib
 from radjax.core import defaults as base
+from radjax.core import files
 
 CONFIG_FILE = 'config.json'
 # config.model knobs that may change between runs of one workdir: where a fresh run's
@@ -65,14 +66,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} does not exist: {workdir!r} is not a radjax workdir '
                             '(train into it or create it with `python -m radjax.convert from-hf`)')
-  try:
-    with open(path, encoding='utf-8') as f:
-      values = json.load(f)
-  except UnicodeDecodeError as e:
-    raise WorkdirError(f'{path}: not UTF-8 text (byte {e.start})') from None
-  except json.JSONDecodeError as e:
-    raise WorkdirError(f'{path}: not valid JSON ({e.msg} at line {e.lineno}); truncated or '
-                       'damaged?') from None
+  values = files.read_json(path, WorkdirError)
   if not isinstance(values, dict):
     raise WorkdirError(f'{path}: expected a JSON object')
   config = base.get_config()
