@@ -92,6 +92,13 @@ def flatten(tree: dict, prefix: str = '') -> dict:
   return out
 
 
+def shapes_of(module, *inputs) -> dict:
+  """Flat {path: shape} of `module`'s params for these example inputs (nothing allocated)."""
+  import flax.linen as nn
+  tree = nn.meta.unbox(jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *inputs)))
+  return {p: tuple(s.shape) for p, s in flatten(tree['params']).items()}
+
+
 def unflatten(flat: dict) -> dict:
   tree = {}
   for path, v in flat.items():

@@ -5,7 +5,6 @@ One table drives both directions; Qwen2 differs only by the q/k/v bias rows.
 import functools
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from radjax.convert import common
@@ -53,11 +52,8 @@ def _transforms(cfg: llm.LLMConfig) -> dict:
 @functools.lru_cache(maxsize=16)
 def param_shapes(cfg: llm.LLMConfig, scan: bool) -> dict:
   """Flat {path: shape} of `Decoder(cfg)` params in the given layout (nothing allocated)."""
-  model = llm.Decoder(cfg, Runtime(scan_layers=scan))
-  init = lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, cfg.embed_dim)),
-                            jnp.zeros((1, 1), jnp.int32))
-  tree = nn.meta.unbox(jax.eval_shape(init))['params']
-  return {p: tuple(s.shape) for p, s in common.flatten(tree).items()}
+  return common.shapes_of(llm.Decoder(cfg, Runtime(scan_layers=scan)),
+                          jnp.zeros((1, 1, cfg.embed_dim)), jnp.zeros((1, 1), jnp.int32))
 
 
 def params_from_hf(state_dict: dict, cfg: llm.LLMConfig, scan: bool) -> dict:

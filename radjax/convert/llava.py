@@ -14,7 +14,6 @@ import functools
 import math
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from radjax.convert import common, hf_config, llm_families
@@ -152,10 +151,7 @@ def tower_state_dict(hf, state_dict: dict, tower: str):
 
 @functools.lru_cache(maxsize=16)
 def projector_shapes(cfg: projector_lib.ProjectorConfig) -> dict:
-  init = lambda: registry.module('projector', cfg).init(jax.random.PRNGKey(0),
-                                                        jnp.zeros((1, 1, cfg.in_dim)))
-  tree = nn.meta.unbox(jax.eval_shape(init))['params']
-  return {p: tuple(s.shape) for p, s in common.flatten(tree).items()}
+  return common.shapes_of(registry.module('projector', cfg), jnp.zeros((1, 1, cfg.in_dim)))
 
 
 def _check_projector(cfg) -> None:

@@ -9,7 +9,6 @@ config.json records `num_query_tokens` and `projection_dim`.
 import functools
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from radjax.convert import common
@@ -100,10 +99,7 @@ def _transforms(cfg: qformer.QFormerConfig) -> dict:
 
 @functools.lru_cache(maxsize=16)
 def param_shapes(cfg: qformer.QFormerConfig) -> dict:
-  init = lambda: qformer.QFormerProjector(cfg).init(jax.random.PRNGKey(0),
-                                                    jnp.zeros((1, 1, cfg.in_dim)))
-  tree = nn.meta.unbox(jax.eval_shape(init))['params']
-  return {p: tuple(s.shape) for p, s in common.flatten(tree).items()}
+  return common.shapes_of(qformer.QFormerProjector(cfg), jnp.zeros((1, 1, cfg.in_dim)))
 
 
 def params_from_hf(state_dict: dict, cfg: qformer.QFormerConfig, scan: bool = True) -> dict:

@@ -10,7 +10,6 @@ import functools
 import re
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from radjax.convert import common
@@ -114,9 +113,7 @@ def _transforms(cfg: vit.ViTConfig) -> dict:
 def param_shapes(cfg: vit.ViTConfig, scan: bool) -> dict:
   """Flat {path: shape} of `ViT(cfg)` params in the given layout (nothing allocated)."""
   images = jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels))
-  init = lambda: vit.ViT(cfg, Runtime(scan_layers=scan)).init(jax.random.PRNGKey(0), images)
-  tree = nn.meta.unbox(jax.eval_shape(init))['params']
-  return {p: tuple(s.shape) for p, s in common.flatten(tree).items()}
+  return common.shapes_of(vit.ViT(cfg, Runtime(scan_layers=scan)), images)
 
 
 def _with_prefix(state_dict: dict, prefix: str) -> dict:
