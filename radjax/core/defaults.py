@@ -72,7 +72,28 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.builder_kwargs = ml_collections.ConfigDict()
   c.data.tokenizer = ''  # tokenizer.json path; default: <data.dir>/tokenizer.json
   c.data.train_split = 'train'
-  c.data.template = 'report_generation'  # Example -> prompt/target (radjax/data/templates.py)
+  # Instruction tasks (radjax/data/instructions.py): each record becomes the turns of one
+  # of these, drawn by its per-record seed among those the record can serve: 'report',
+  # 'report_text', 'classification', 'anatomical_grounding', 'abnormality_grounding',
+  # 'phrase_grounding', 'detection', 'conversation', 'vqa', 'instruction'.
+  c.data.tasks = ('report',)
+  c.data.template = 'report_generation'  # (being replaced by c.data.tasks)
+  c.data.task_options = ml_collections.ConfigDict(dict(
+      report_section='both',  # report: 'findings' | 'impression' | 'both'
+      uncertain_as=1,  # classification / vqa: what a CheXpert -1 counts as (RadVLM: 1)
+  ))
+  # How turns become tokens (radjax/data/chat.py): 'radjax' | 'vicuna' (XrayGPT's ###
+  # turns) | 'chatml' (Qwen2, RadVLM) | 'dolly' (LLM-CXR) | 'plain' (RadFM's Q/A) | 'none'
+  # (no prompt: images then the answer). Loss on every assistant turn and its end marker.
+  c.data.chat_format = 'radjax'
+  c.data.system_prompt = ''  # '' = the chat format's own default
+  # An example longer than max_len: 'drop' (skipped, counted in data/dropped_too_long and
+  # logged) or 'truncate' (cut at max_len; counted in data/truncated).
+  c.data.too_long = 'drop'
+  # Several datasets mixed by weight (radjax/data/mixture.py), by name:
+  #   c.data.mixture.mimic = dict(dir=..., tasks=('report',), weight=0.5, repeat=1)
+  # Empty: config.data.dir alone with config.data.tasks.
+  c.data.mixture = ml_collections.ConfigDict()
   c.data.max_len = 256  # static sequence length (tokens, image placeholders included)
   c.data.max_images = 1  # static image slots per example
   c.data.image_mean = (0.48145466, 0.4578275, 0.40821073)  # CLIP; SigLIP uses 0.5

@@ -81,6 +81,11 @@ class SchemaError(ValueError):
   """A record that does not follow the Example schema."""
 
 
+class TooLong(SchemaError):
+  """A record whose tokens do not fit config.data.max_len (dropped and counted when
+  config.data.too_long='drop')."""
+
+
 def make_example(**fields: Any) -> dict:
   """Returns a complete Example: given fields over empty defaults.
 
