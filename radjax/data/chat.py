@@ -1,0 +1,321 @@
+"""Chat formats: conversation turns -> token ids with a loss mask, for training and for
+generation prompts.
+
+A format is a few pieces per kind of turn. A piece is text (tokenised as is, `{text}`
+replaced by the turn's text) or `Special(token)`, one id of the tokenizer's vocabulary
+(added to a tokenizer that lacks it; BOS / EOS are the tokenizer's own). Loss falls on
+every assistant answer, its closing pieces and the final pieces, nothing else; image
+placeholders never carry loss.
+
+Images: image k goes where the k-th `<image>` mark stands in user text; a conversation
+with no marks gets them at the start of its first user turn (LLaVA's convention), or
+right after the opening pieces when it has no user turn.
+"""
+import dataclasses
+
+import numpy as np
+
+from radjax.data import schema
+
+IMAGE_MARK = '<image>'
+
+
+@dataclasses.dataclass(frozen=True)
+class Special:
+  token: str  # a vocabulary entry, or BOS / EOS for the tokenizer's own
+
+
+BOS, EOS = Special('<bos>'), Special('<eos>')
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatFormat:
+  name: str
+  begin: tuple = (BOS,)  # opens every sequence
+  system: tuple = ()  # a system turn ('' when the format has none)
+  user: tuple = ('{text}',)
+  assistant_open: tuple = ()  # before an answer (prompt side)
+  assistant_close: tuple = ()  # after an answer (trained)
+  separator: tuple = ()  # after assistant_close (not trained)
+  finish: tuple = (EOS,)  # after the last answer (trained)
+  default_system: str = ''
+  stop_strings: tuple = ()  # generation stops at these (besides the stop ids)
+  image_sep: str = '\n'  # between prepended images and the user's text
+
+  @property
+  def specials(self) -> tuple[str, ...]:
+    """Vocabulary entries this format needs, in a fixed order."""
+    out = []
+    for pieces in (self.begin, self.system, self.user, self.assistant_open,
+                   self.assistant_close, self.separator, self.finish):
+      out += [p.token for p in pieces if isinstance(p, Special) and p not in (BOS, EOS)]
+    return tuple(dict.fromkeys(out))
+
+
+# radjax's own layout (the embedded default and every radjax tokenizer).
+RADJAX = ChatFormat(
+    'radjax', system=(Special('<|system|>'), '{text}', Special('<|end|>')),
+    user=(Special('<|user|>'), '{text}', Special('<|end|>')),
+    assistant_open=(Special('<|assistant|>'),), assistant_close=(Special('<|end|>'),))
+# Vicuna v1's '###' turns as XrayGPT trains them: plain text markers, no added tokens.
+VICUNA = ChatFormat(
+    'vicuna', system=('{text}###',), user=('Patient: {text}###',),
+    assistant_open=('Doctor: ',), assistant_close=('###',), finish=(),
+    default_system=('A patient shows a doctor a chest radiograph and asks about it. The '
+                    'doctor reads the image and answers precisely.'),
+    stop_strings=('###',))
+# ChatML with a system prompt (Qwen2, RadVLM).
+CHATML = ChatFormat(
+    'chatml', begin=(),
+    system=(Special('<|im_start|>'), 'system\n{text}', Special('<|im_end|>'), '\n'),
+    user=(Special('<|im_start|>'), 'user\n{text}', Special('<|im_end|>'), '\n'),
+    assistant_open=(Special('<|im_start|>'), 'assistant\n'),
+    assistant_close=(Special('<|im_end|>'),), separator=('\n',), finish=(),
+    default_system='You are a careful assistant who reads medical images.')
+# The Dolly instruction format (LLM-CXR), its markers as single tokens as dolly-v2 has them.
+DOLLY = ChatFormat(
+    'dolly', begin=(), system=('{text}\n\n',),
+    user=(Special('### Instruction:'), '\n{text}\n\n'),
+    assistant_open=(Special('### Response:'), '\n'),
+    assistant_close=('\n\n', Special('### End')), finish=(),
+    default_system=('Follow the instruction below and write the answer it asks for.'))
+# RadFM's plain question and answer: no markers, the answer after a space.
+PLAIN = ChatFormat('plain', user=('{text}',), assistant_open=(' ',))
+# No prompt at all: images then the answer (XrayGPT stage 1, a decoder on plain text).
+NONE = ChatFormat('none', user=('{text}\n',))
+
+FORMATS = {f.name: f for f in (RADJAX, VICUNA, CHATML, DOLLY, PLAIN, NONE)}
+
+
+def get_format(name: str) -> ChatFormat:
+  if name not in FORMATS:
+    raise ValueError(f'config.data.chat_format: {name!r} is not one of {sorted(FORMATS)}')
+  return FORMATS[name]
+
+
+def prepare_tokenizer(tokenizer, fmt: ChatFormat, images: bool):
+  """Adds what `fmt` (and `<image>` for a VLM) needs and the tokenizer lacks, in a fixed
+  order so the same base tokenizer always gets the same ids; a tokenizer without a pad
+  token pads with EOS (padding is masked). Returns the tokenizer (changed in place)."""
+  vocab = tokenizer.get_vocab()
+  needed = list(fmt.specials) + ([IMAGE_MARK] if images else [])
+  missing = [t for t in needed if t not in vocab]
+  if missing:
+    tokenizer.add_tokens(missing, special_tokens=True)
+  if tokenizer.eos_token_id is None:
+    raise ValueError(f'the tokenizer has no EOS token; chat format {fmt.name!r} needs one')
+  if tokenizer.pad_token_id is None:
+    tokenizer.pad_token = tokenizer.eos_token
+  return tokenizer
+
+
+@dataclasses.dataclass
+class ConversationEncoder:
+  """Turns ({'role', 'text'} dicts) -> static-length arrays, in one chat format."""
+  tokenizer: object
+  fmt: ChatFormat
+  image_tokens: int = 0  # placeholders per image (0: a text-only model)
+  system_prompt: str = ''  # '' = the format's default
+  too_long: str = 'drop'  # 'drop' (TooLong) | 'truncate'
+
+  def __post_init__(self):
+    if self.too_long not in ('drop', 'truncate'):
+      raise ValueError(f"config.data.too_long: {self.too_long!r} is not 'drop' or 'truncate'")
+    vocab = self.tokenizer.get_vocab()
+    needed = list(self.fmt.specials) + ([IMAGE_MARK] if self.image_tokens else [])
+    missing = [t for t in needed if t not in vocab]
+    if missing:
+      raise ValueError(f'chat format {self.fmt.name!r}: the tokenizer lacks {missing} '
+                       '(radjax.data.chat.prepare_tokenizer adds them)')
+    self.special_ids = {t: vocab[t] for t in needed}
+    self.image_id = self.special_ids.get(IMAGE_MARK)
+    t = self.tokenizer
+    self.bos, self.eos, self.pad = t.bos_token_id, t.eos_token_id, t.pad_token_id
+    self.system = self.system_prompt or self.fmt.default_system
+    # Generation stops at the end of an answer: the closing special, else EOS.
+    closing = [p for p in self.fmt.assistant_close if isinstance(p, Special)]
+    self.stop_ids = tuple(dict.fromkeys(
+        [self.special_ids[p.token] for p in closing] + [self.eos]))
+
+  # ---- pieces -> segments -> ids ---------------------------------------------------
+  # A segment is text (str) or ids (list). Adjacent text of one weight is tokenised as one
+  # string, so a prompt's ids are those of its rendered text (what HF's chat template gives).
+  def _pieces(self, pieces, text: str = '') -> list:
+    out = []
+    for p in pieces:
+      if p == BOS:
+        out += [] if self.bos is None else [[self.bos]]
+      elif p == EOS:
+        out.append([self.eos])
+      elif isinstance(p, Special):
+        out.append([self.special_ids[p.token]])
+      else:
+        out += self._with_images(p.replace('{text}', text))
+    return out
+
+  def _with_images(self, s: str) -> list:
+    """Text with `<image>` marks: each mark becomes image_tokens placeholders."""
+    parts = s.split(IMAGE_MARK)
+    out = [parts[0]]
+    for part in parts[1:]:
+      out += [[self.image_id] * self.image_tokens, part]
+    return out
+
+  def _tokenize(self, segments: list[tuple]) -> tuple[list[int], list[int]]:
+    ids, weights, text, text_w = [], [], '', 0
+
+    def flush():
+      new = self.tokenizer.encode(text, add_special_tokens=False) if text else []
+      ids.extend(new)
+      weights.extend([text_w] * len(new))
+
+    for seg, w in segments:
+      if isinstance(seg, str):
+        if text and w != text_w:
+          flush()
+          text = ''
+        text, text_w = text + seg, w
+      else:
+        flush()
+        text = ''
+        ids.extend(seg)
+        weights.extend([0 if t == self.image_id else w for t in seg])
+    flush()
+    return ids, weights
+
+  def _place_images(self, turns: list[dict], num_images: int, record_id: str) -> list[dict]:
+    marks = sum(t['text'].count(IMAGE_MARK) for t in turns if t['role'] == 'user')
+    if marks == 0 and num_images:
+      turns = list(turns)
+      lead = IMAGE_MARK * num_images
+      first = next((i for i, t in enumerate(turns) if t['role'] == 'user'), None)
+      if first is None:
+        return [{'role': '_images', 'text': lead}] + turns
+      turns[first] = {**turns[first], 'text': lead + self.fmt.image_sep + turns[first]['text']}
+      return turns
+    if marks != num_images:
+      raise schema.SchemaError(f'record {record_id!r}: conversation has {marks} {IMAGE_MARK} '
+                               f'marks but the record has {num_images} images')
+    return turns
+
+  def encode(self, turns: list[dict], num_images: int, record_id: str,
+             add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    """(ids, weights): the whole conversation; with add_generation_prompt the turns end
+    on a user turn and the ids end where the answer would start."""
+    turns = self._place_images(turns, num_images, record_id)
+    if not self.image_tokens and any(IMAGE_MARK in t['text'] for t in turns):
+      raise schema.SchemaError(f"record {record_id!r}: {IMAGE_MARK} in a text-only model's "
+                               'conversation')
+    segments = []
+
+    def add(new, w):
+      segments.extend((seg, w) for seg in new)
+
+    add(self._pieces(self.fmt.begin), 0)
+    has_system = any(t['role'] == 'system' for t in turns)
+    if self.fmt.system and self.system and not has_system:
+      add(self._pieces(self.fmt.system, self.system), 0)
+    last = max((i for i, t in enumerate(turns) if t['role'] == 'assistant'), default=-1)
+    for i, turn in enumerate(turns):
+      role, text = turn['role'], turn['text']
+      if role == '_images':
+        add(self._with_images(text), 0)
+      elif role == 'system':
+        if self.fmt.system:
+          add(self._pieces(self.fmt.system, text), 0)
+      elif role == 'user':
+        add(self._pieces(self.fmt.user, text), 0)
+      elif role == 'assistant':
+        add(self._pieces(self.fmt.assistant_open), 0)
+        add([text] + self._pieces(self.fmt.assistant_close), 1)
+        if i == last and not add_generation_prompt:
+          add(self._pieces(self.fmt.finish), 1)
+        else:
+          add(self._pieces(self.fmt.separator), 0)
+      else:
+        raise schema.SchemaError(f'record {record_id!r}: turn {i}: unknown role {role!r}')
+    if add_generation_prompt:
+      add(self._pieces(self.fmt.assistant_open), 0)
+    return self._tokenize(segments)
+
+  def prompt(self, turns: list[dict], num_images: int, record_id: str = '<prompt>') -> list[int]:
+    """Ids of a generation prompt: the turns (ending on a user turn), then the opening of
+    the assistant's answer."""
+    return self.encode(turns, num_images, record_id, add_generation_prompt=True)[0]
+
+  def training_arrays(self, turns: list[dict], num_images: int, max_len: int,
+                      record_id: str) -> dict:
+    """tokens / targets (the next tokens) / loss_mask of length max_len, and `truncated`."""
+    seq, weights = self.encode(turns, num_images, record_id)
+    if not any(weights):
+      raise schema.SchemaError(f'record {record_id!r}: no assistant answer to learn')
+    truncated = len(seq) > max_len + 1
+    if truncated and self.too_long == 'drop':
+      raise schema.TooLong(f'record {record_id!r}: {len(seq)} tokens do not fit '
+                           f'config.data.max_len={max_len} (config.data.too_long=drop)')
+    seq, weights = seq[:max_len + 1], weights[:max_len + 1]
+    if truncated and not any(weights[1:]):
+      raise schema.TooLong(f'record {record_id!r}: the prompt alone does not fit '
+                           f'config.data.max_len={max_len}')
+    pad = max_len + 1 - len(seq)
+    seq = np.asarray(seq + [self.pad] * pad, np.int32)
+    weights = np.asarray(weights + [0] * pad, np.float32)
+    return {'tokens': seq[:-1], 'targets': seq[1:], 'loss_mask': weights[1:],
+            'truncated': np.int32(truncated)}
+
+  def decode_answer(self, ids) -> str:
+    """Generated ids -> the answer's text: up to the first stop id, then cut at the
+    format's stop strings."""
+    out = []
+    for t in ids:
+      if int(t) in self.stop_ids:
+        break
+      out.append(int(t))
+    text = self.tokenizer.decode(out, skip_special_tokens=True)
+    for s in self.fmt.stop_strings:
+      text = text.split(s, 1)[0]
+    return text.strip()
+
+
+def chat_template(fmt: ChatFormat, system_prompt: str = '') -> str:
+  """The format as a Jinja chat template for an exported HF tokenizer/processor, so
+  `apply_chat_template` renders the text radjax trains on (images first in a user turn
+  whose content is a list, as HF processors pass them)."""
+  def lit(s):
+    return '{{ ' + repr(s) + ' }}' if s else ''
+
+  def render(pieces, var='text'):
+    out = ''
+    for p in pieces:
+      if p == BOS:
+        out += "{{ bos_token or '' }}"
+      elif p == EOS:
+        out += '{{ eos_token }}'
+      elif isinstance(p, Special):
+        out += lit(p.token)
+      else:
+        before, _, after = p.partition('{text}')
+        out += lit(before) + ('{{ ' + var + ' }}' if '{text}' in p else '') + lit(after)
+    return out
+
+  system = system_prompt or fmt.default_system
+  content = ("{% if m['content'] is string %}{% set text = m['content'] %}{% else %}"
+             "{% set ns = namespace(img='', txt='') %}"
+             "{% for c in m['content'] %}{% if c['type'] == 'image' %}"
+             "{% set ns.img = ns.img ~ " + repr(IMAGE_MARK) + " %}"
+             "{% elif c['type'] == 'text' %}{% set ns.txt = ns.txt ~ c['text'] %}{% endif %}"
+             "{% endfor %}{% set text = ns.img ~ (" + repr(fmt.image_sep) + " if ns.img else '')"
+             " ~ ns.txt %}{% endif %}")
+  t = render(fmt.begin)
+  if fmt.system and system:
+    t += ("{% if messages[0]['role'] != 'system' %}" + render(fmt.system, repr(system))
+          + '{% endif %}')
+  t += '{% for m in messages %}' + content
+  t += "{% if m['role'] == 'system' %}" + render(fmt.system)
+  t += "{% elif m['role'] == 'user' %}" + render(fmt.user)
+  t += ('{% else %}' + render(fmt.assistant_open) + '{{ text }}' + render(fmt.assistant_close)
+        + '{% if loop.last %}' + render(fmt.finish) + '{% else %}' + render(fmt.separator)
+        + '{% endif %}{% endif %}{% endfor %}')
+  t += '{% if add_generation_prompt %}' + render(fmt.assistant_open) + '{% endif %}'
+  return t
+

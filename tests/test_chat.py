@@ -1,0 +1,217 @@
+"""Chat formats: each format's token layout and loss mask on a hand-checked conversation,
+images at their marks, too-long examples, generation prompts, and tokenizers that lack
+the format's specials (a sentencepiece LLaMA tokenizer from a local directory)."""
+import io
+import json
+
+import jinja2
+import numpy as np
+import pytest
+from transformers import PreTrainedTokenizerFast
+
+from data_prep import tokenizer as tokenizer_lib
+from radjax.data import chat, schema, tokens
+
+TURNS = [{'role': 'user', 'text': 'Is there an effusion?'},
+         {'role': 'assistant', 'text': 'Yes, on the left.'},
+         {'role': 'user', 'text': 'Is the heart enlarged?'},
+         {'role': 'assistant', 'text': 'No.'}]
+
+
+@pytest.fixture(scope='module')
+def bpe_json():
+  return tokenizer_lib.train_tokenizer(vocab_size=600).to_str()
+
+
+def _tokenizer(bpe_json, fmt):
+  tok = PreTrainedTokenizerFast(tokenizer_object=__import__('tokenizers').Tokenizer.from_str(
+      bpe_json), bos_token='<s>', eos_token='</s>', pad_token='<pad>', unk_token='<unk>')
+  return chat.prepare_tokenizer(tok, chat.get_format(fmt), images=True)
+
+
+def _render(tok, ids, weights, image_id):
+  """The sequence as text, image placeholders as <image>xN, trained runs in [[...]]."""
+  out, run, run_w = [], [], None
+
+  def flush():
+    if run:
+      text = tok.decode(run, skip_special_tokens=False)
+      out.append(f'[[{text}]]' if run_w else text)
+
+  i = 0
+  while i < len(ids):
+    if ids[i] == image_id:
+      flush()
+      run, run_w = [], None
+      n = 0
+      while i < len(ids) and ids[i] == image_id:
+        n, i = n + 1, i + 1
+      out.append(f'<image>x{n}')
+      continue
+    if weights[i] != run_w:
+      flush()
+      run, run_w = [], weights[i]
+    run.append(ids[i])
+    i += 1
+  flush()
+  return ''.join(out)
+
+
+EXPECTED = {
+    'radjax': ('<s><|system|>SYS<|end|><|user|><image>x3\nIs there an effusion?<|end|>'
+               '<|assistant|>[[Yes, on the left.<|end|>]]<|user|>Is the heart enlarged?<|end|>'
+               '<|assistant|>[[No.<|end|></s>]]'),
+    'vicuna': ('<s>SYS###Patient: <image>x3\nIs there an effusion?###Doctor: '
+               '[[Yes, on the left.###]]Patient: Is the heart enlarged?###Doctor: [[No.###]]'),
+    'chatml': ('<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\n<image>x3\nIs there an '
+               'effusion?<|im_end|>\n<|im_start|>assistant\n[[Yes, on the left.<|im_end|>]]\n'
+               '<|im_start|>user\nIs the heart enlarged?<|im_end|>\n<|im_start|>assistant\n'
+               '[[No.<|im_end|>]]'),
+    'dolly': ('SYS\n\n### Instruction:\n<image>x3\nIs there an effusion?\n\n### Response:\n'
+              '[[Yes, on the left.\n\n### End]]### Instruction:\nIs the heart enlarged?\n\n'
+              '### Response:\n[[No.\n\n### End]]'),
+    'plain': '<s><image>x3\nIs there an effusion? [[Yes, on the left.]]Is the heart enlarged? '
+             '[[No.</s>]]',
+}
+
+
+@pytest.mark.parametrize('fmt', sorted(EXPECTED))
+def test_layout_and_loss_mask(bpe_json, fmt):
+  tok = _tokenizer(bpe_json, fmt)
+  enc = chat.ConversationEncoder(tok, chat.get_format(fmt), image_tokens=3, system_prompt='SYS')
+  ids, weights = enc.encode(TURNS, num_images=1, record_id='r')
+  assert _render(tok, ids, weights, enc.image_id) == EXPECTED[fmt]
+  # The training arrays are the same sequence shifted by one, padded, mask on targets.
+  arrays = enc.training_arrays(TURNS, 1, max_len=len(ids) + 4, record_id='r')
+  assert list(arrays['tokens'][:len(ids) - 1]) == ids[:-1]
+  assert list(arrays['targets'][:len(ids) - 1]) == ids[1:]
+  assert list(arrays['loss_mask'][:len(ids) - 1]) == weights[1:]
+  assert not arrays['loss_mask'][len(ids) - 1:].any() and arrays['truncated'] == 0
+
+
+def test_radjax_format_keeps_the_layout_the_demo_was_trained_on(bpe_json):
+  """Same ids as the one-turn layout radjax always used (demo numbers stay comparable)."""
+  tok = _tokenizer(bpe_json, 'radjax')
+  enc = chat.ConversationEncoder(tok, chat.RADJAX, image_tokens=4)
+  sp = tokens.special_ids(tok)
+  turns = [{'role': 'user', 'text': 'Write the report.'},
+           {'role': 'assistant', 'text': 'Findings: Clear lungs.'}]
+  ids, weights = enc.encode(turns, 2, 'r')
+  text = tok.encode
+  old_prompt = ([sp['bos'], sp['user']] + [sp['image']] * 8
+                + text('\nWrite the report.', add_special_tokens=False) + [sp['end'],
+                                                                           sp['assistant']])
+  old_answer = text('Findings: Clear lungs.', add_special_tokens=False) + [sp['end'], sp['eos']]
+  assert ids == old_prompt + old_answer
+  assert weights == [0] * len(old_prompt) + [1] * len(old_answer)
+  assert enc.prompt(turns[:1], 2) == old_prompt
+
+
+def test_images_at_their_marks(bpe_json):
+  tok = _tokenizer(bpe_json, 'chatml')
+  enc = chat.ConversationEncoder(tok, chat.CHATML, image_tokens=2, system_prompt='S')
+  turns = [{'role': 'user', 'text': 'Old film: <image> new film: <image> Changed?'},
+           {'role': 'assistant', 'text': 'No.'}]
+  ids, w = enc.encode(turns, 2, 'r')
+  assert _render(tok, ids, w, enc.image_id) == (
+      '<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nOld film: <image>x2 new film: '
+      '<image>x2 Changed?<|im_end|>\n<|im_start|>assistant\n[[No.<|im_end|>]]')
+  with pytest.raises(schema.SchemaError, match="record 'r'.*2 <image> marks.*3 images"):
+    enc.encode(turns, 3, 'r')
+
+
+def test_no_user_turn_puts_images_first(bpe_json):
+  """XrayGPT stage 1: the image straight before the caption, no prompt."""
+  tok = _tokenizer(bpe_json, 'none')
+  enc = chat.ConversationEncoder(tok, chat.NONE, image_tokens=3)
+  ids, w = enc.encode([{'role': 'assistant', 'text': 'Clear lungs.'}], 1, 'r')
+  assert _render(tok, ids, w, enc.image_id) == '<s><image>x3[[Clear lungs.</s>]]'
+
+
+def test_too_long_is_dropped_or_truncated(bpe_json):
+  tok = _tokenizer(bpe_json, 'radjax')
+  enc = chat.ConversationEncoder(tok, chat.RADJAX, image_tokens=3)
+  n = len(enc.encode(TURNS, 1, 'r')[0])
+  enc.training_arrays(TURNS, 1, n - 1, 'r')  # exactly fits: n tokens give n - 1 targets
+  with pytest.raises(schema.TooLong, match="record 'long'.*config.data.max_len=12"):
+    enc.training_arrays(TURNS, 1, 12, 'long')
+  cut = chat.ConversationEncoder(tok, chat.RADJAX, image_tokens=3, too_long='truncate')
+  arrays = cut.training_arrays(TURNS, 1, n - 3, 'r')
+  assert arrays['truncated'] == 1 and arrays['loss_mask'].sum() > 0
+  with pytest.raises(schema.TooLong, match='prompt alone'):
+    cut.training_arrays(TURNS, 1, 6, 'r')
+
+
+def test_generation_prompt_and_answer_decoding(bpe_json):
+  tok = _tokenizer(bpe_json, 'vicuna')
+  enc = chat.ConversationEncoder(tok, chat.VICUNA, image_tokens=3, system_prompt='SYS')
+  prompt = enc.prompt(TURNS[:3], 1)
+  full, _ = enc.encode(TURNS, 1, 'r')
+  assert full[:len(prompt)] == prompt  # the prompt is the training prefix
+  answer = tok.encode('No effusion.### Patient: more', add_special_tokens=False)
+  assert enc.decode_answer(answer + [tok.eos_token_id]) == 'No effusion.'
+  radjax = chat.ConversationEncoder(_tokenizer(bpe_json, 'radjax'), chat.RADJAX, 3)
+  end = radjax.special_ids['<|end|>']
+  assert radjax.stop_ids == (end, radjax.eos)
+  assert radjax.decode_answer(radjax.tokenizer.encode('Clear.', add_special_tokens=False)
+                              + [end, 5, 6]) == 'Clear.'
+
+
+@pytest.mark.parametrize('fmt', sorted(EXPECTED))
+def test_exported_chat_template_renders_the_training_text(bpe_json, fmt):
+  """HF's apply_chat_template with the exported template gives the prompt ids radjax
+  generates from (images as content items, as HF processors pass them)."""
+  tok = _tokenizer(bpe_json, fmt)
+  f = chat.get_format(fmt)
+  enc = chat.ConversationEncoder(tok, f, image_tokens=1, system_prompt='SYS')
+  template = jinja2.Environment().from_string(chat.chat_template(f, 'SYS'))
+  messages = [{'role': 'user', 'content': [{'type': 'image'},
+                                           {'type': 'text', 'text': TURNS[0]['text']}]},
+              *({'role': t['role'], 'content': t['text']} for t in TURNS[1:3])]
+  text = template.render(messages=messages, add_generation_prompt=True, bos_token='<s>',
+                         eos_token='</s>')
+  assert tok.encode(text, add_special_tokens=False) == enc.prompt(TURNS[:3], 1)
+  full = template.render(messages=messages + [{'role': 'assistant', 'content': 'No.'}],
+                         add_generation_prompt=False, bos_token='<s>', eos_token='</s>')
+  ids = enc.encode(TURNS, 1, 'r')[0]
+  if fmt in ('plain', 'vicuna'):
+    # Text runs straight into the answer ("Doctor: " + "Yes"): radjax tokenises the answer
+    # on its own, as the model then generates it; the rendered text reads the same.
+    assert tok.decode(tok.encode(full, add_special_tokens=False)) == tok.decode(ids)
+  else:
+    assert tok.encode(full, add_special_tokens=False) == ids
+
+
+def _sentencepiece_dir(tmp_path):
+  import sentencepiece as spm
+  lines = ['The heart is normal in size.', 'There is a small left pleural effusion.',
+           'No pneumothorax.', 'Is there an effusion? Yes, on the left.'] * 20
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model,
+                                 vocab_size=400, model_type='bpe', bos_id=1, eos_id=2, unk_id=0,
+                                 pad_id=-1, byte_fallback=True, minloglevel=2)
+  (tmp_path / 'tokenizer.model').write_bytes(model.getvalue())
+  (tmp_path / 'tokenizer_config.json').write_text(json.dumps(
+      {'tokenizer_class': 'LlamaTokenizer', 'bos_token': '<s>', 'eos_token': '</s>',
+       'unk_token': '<unk>'}))
+  return str(tmp_path)
+
+
+@pytest.mark.parametrize('fmt', ['vicuna', 'chatml', 'dolly'])
+def test_sentencepiece_tokenizer_gets_the_missing_specials(tmp_path, fmt):
+  """A LLaMA/Vicuna tokenizer.model directory: the format's markers and <image> are added
+  after the base vocabulary, always with the same ids; pad falls back to EOS."""
+  path = _sentencepiece_dir(tmp_path)
+  f = chat.get_format(fmt)
+  tok = chat.prepare_tokenizer(tokens.load_tokenizer(path), f, images=True)
+  again = chat.prepare_tokenizer(tokens.load_tokenizer(path), f, images=True)
+  added = list(f.specials) + ['<image>']
+  assert [tok.convert_tokens_to_ids(t) for t in added] == list(range(400, 400 + len(added)))
+  assert again.get_vocab() == tok.get_vocab() and len(tok) == 400 + len(added)
+  assert tok.pad_token_id == tok.eos_token_id == 2
+  enc = chat.ConversationEncoder(tok, f, image_tokens=2)
+  arrays = enc.training_arrays(TURNS[:2], 1, 192, 'r')
+  trained = arrays['targets'][arrays['loss_mask'] > 0]
+  assert 'Yes, on the left.' in tok.decode(trained, skip_special_tokens=True)
+  assert (arrays['tokens'] == enc.image_id).sum() == 2
+  assert not np.isin(arrays['targets'][arrays['loss_mask'] > 0], [enc.image_id]).any()
