@@ -4,7 +4,9 @@ r"""radjax entry point.
       [--config.train.num_steps=100] [--images a.png,b.png]
   python main.py --config configs/demo.py:task=lm --workdir runs/demo_lm   # decoder on text
   python main.py --config configs/workdir.py:WORKDIR --workdir WORKDIR --mode=generate \
-      [--images a.png | --prompt "text"]   # a trained or imported (from-hf) workdir
+      [--images a.png] [--prompt "Is there an effusion?"]   # a trained or imported workdir
+  python main.py --config configs/workdir.py:WORKDIR --workdir WORKDIR --mode=chat \
+      [--images a.png]   # a multi-turn conversation on the command line
 """
 import importlib
 import os
@@ -18,9 +20,10 @@ from radjax import run
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Recipe config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and TensorBoard events go here.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'generate'], 'What to do.')
-flags.DEFINE_list('images', [], 'Image files for --mode=generate.')
-flags.DEFINE_string('prompt', '', 'Text prompt for --mode=generate on an LLM-only workdir.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'generate', 'chat'], 'What to do.')
+flags.DEFINE_list('images', [], 'Image files for --mode=generate / chat.')
+flags.DEFINE_string('prompt', '', 'The question for --mode=generate (a VLM: about each image; '
+                    'default: the report request); a decoder workdir needs one.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -41,7 +44,7 @@ def ensure_data(config) -> None:
 def main(argv):
   del argv
   run.maybe_initialize_distributed()
-  if FLAGS.mode != 'generate':  # generation needs only the tokenizer
+  if FLAGS.mode not in ('generate', 'chat'):  # these need only the tokenizer
     ensure_data(FLAGS.config)
   run.main(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images, FLAGS.prompt)
 

@@ -14,8 +14,9 @@ ARGS = dict(size='full', task='')
 DEMO_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'radjax', 'demo_v1')
 
 
-def parse(arg: str):
-  args = defaults.parse_arg(arg, **ARGS)
+def parse(arg: str, **extra):
+  """The shared arguments and a recipe's own (`extra`: name -> default)."""
+  args = defaults.parse_arg(arg, **ARGS, **extra)
   if args.size not in ('full', 'tiny', 'micro'):
     raise ValueError(f"config argument size={args.size!r}: 'full', 'tiny' or 'micro'")
   if args.task not in ('', 'vlm', 'lm'):
@@ -32,7 +33,8 @@ def finish(c, args):
   if args.task == 'lm':
     c.task = 'lm'
     c.model.kind = 'llm'
-    c.data.template = 'report_text'  # the reports as plain text
+    c.data.tasks = ('report_text',)  # the reports as plain text
+    c.data.chat_format = 'none'
   elif args.task == 'vlm':
     c.task, c.model.kind = 'vlm', 'vlm'
   return c
@@ -90,9 +92,10 @@ def tiny(c):
 
 
 def micro(c):
-  """The tiny form shrunk to seconds per run: 32 px images, 32-wide towers, 48 tokens,
-  batch 8, one loss batch and 8 short generations per evaluation."""
+  """The tiny form shrunk to seconds per run: 32 px images, 32-wide towers, 48 tokens
+  (reports truncated), batch 8, one loss batch and 8 short generations per evaluation."""
   c.data.max_len = 48
+  c.data.too_long = 'truncate'  # 48 tokens hold the start of a report, not all of it
   v = c.model.vision
   v.image_size, v.patch_size, v.embed_dim, v.num_layers, v.num_heads, v.mlp_dim = (
       32, 8, 32, 2, 2, 64)

@@ -6,7 +6,7 @@ from absl import logging
 
 from radjax import tasks
 from radjax.core import workdir as workdir_lib
-from radjax.data import tokens
+from radjax.data import chat, tokens
 from radjax.eval import evaluators
 from radjax.train import loop, setup, writers
 
@@ -43,29 +43,77 @@ def evaluate(config, workdir: str) -> dict:
   return metrics
 
 
-def generate(config, workdir: str, image_paths: list[str], prompt: str = '') -> list[str]:
-  if config.model.kind == 'llm':  # a bare decoder, whatever task trained it
-    from radjax.eval.decoding import text_generation
-    exp, _ = load_trained(config, workdir, task=make_task(config, 'lm'))
-    texts = text_generation.generate_text(exp.model, exp.state.params, exp.task.tokenizer,
-                                          [prompt], config.eval, exp.mesh, exp.rules,
-                                          config.seed)
-    print(f'== {prompt}\n{texts[0]}\n')
-    return texts
-  if not image_paths:
-    raise ValueError('--mode=generate needs --images=a.png[,b.png]')
-  exp, _ = load_trained(config, workdir)
-  reporter = evaluators.reports.ReportEvaluator(exp, config.eval.split)
-  examples = []
+def _answerer(config, workdir: str):
+  """The trained model and its Answerer: a bare decoder (whatever task trained it) or a VLM."""
+  task = make_task(config, 'lm') if config.model.kind == 'llm' else None
+  exp, _ = load_trained(config, workdir, task=task)
+  return exp, evaluators.answers.Answerer(exp)
+
+
+def _image_examples(image_paths: list[str], prompt: str) -> list[dict]:
+  """One example per image, or one with every image when the prompt places several."""
+  images = []
   for path in image_paths:
     with open(path, 'rb') as f:
       data = f.read()
     fmt = 'png' if data.startswith(b'\x89PNG') else 'jpeg'
-    examples.append({'id': path, 'images': [{'data': data, 'format': fmt, 'kind': '2d'}]})
-  reports = reporter.generate(exp.state.params, examples)
-  for path, report in zip(image_paths, reports):
-    print(f'== {path}\n{report}\n')
-  return reports
+    images.append((path, {'data': data, 'format': fmt, 'kind': '2d'}))
+  if prompt.count(chat.IMAGE_MARK) > 1:
+    return [{'id': ','.join(image_paths), 'images': [im for _, im in images]}]
+  return [{'id': path, 'images': [im]} for path, im in images]
+
+
+def generate(config, workdir: str, image_paths: list[str], prompt: str = '') -> list[str]:
+  """Answers `prompt` about each image (a VLM; default: the report request), or continues
+  the conversation `prompt` (a bare decoder), in the workdir's chat format."""
+  exp, answerer = _answerer(config, workdir)
+  if exp.task.image_slots is None:
+    if not prompt:
+      raise ValueError('--mode=generate on a decoder workdir needs --prompt')
+    if image_paths:
+      raise ValueError('--images given, but this workdir is a decoder without a vision tower')
+    items = [({'id': '<prompt>', 'images': []}, [{'role': 'user', 'text': prompt}])]
+    names = [prompt]
+  else:
+    if not image_paths:
+      raise ValueError('--mode=generate needs --images=a.png[,b.png]')
+    examples = _image_examples(image_paths, prompt)
+    reporter = evaluators.reports.ReportEvaluator(exp, config.eval.split)
+    items = [(ex, [{'role': 'user', 'text': prompt}] if prompt else reporter.prompt_turns(ex))
+             for ex in examples]
+    names = [ex['id'] for ex in examples]
+  texts = answerer.answer(exp.state.params, items)
+  for name, text in zip(names, texts):
+    print(f'== {name}\n{text}\n')
+  return texts
+
+
+def chat_loop(config, workdir: str, image_paths: list[str], read=input, write=print) -> list:
+  """`--mode=chat`: a multi-turn conversation on the command line about `image_paths`
+  (shown with the first question). '/reset' starts over; an empty line or EOF ends it."""
+  exp, answerer = _answerer(config, workdir)
+  if image_paths and exp.task.image_slots is None:
+    raise ValueError('--images given, but this workdir is a decoder without a vision tower')
+  example = (_image_examples(image_paths, chat.IMAGE_MARK * len(image_paths))[0]
+             if image_paths else {'id': '<chat>', 'images': []})
+  turns = []
+  write(f'chatting with {workdir} ({config.data.chat_format} format); '
+        "'/reset' starts over, an empty line ends")
+  while True:
+    try:
+      question = read('you> ').strip()
+    except EOFError:
+      break
+    if not question:
+      break
+    if question == '/reset':
+      turns = []
+      continue
+    turns.append({'role': 'user', 'text': question})
+    answer = answerer.answer(exp.state.params, [(example, turns)])[0]
+    turns.append({'role': 'assistant', 'text': answer})
+    write(f'model> {answer}')
+  return turns
 
 
 def maybe_initialize_distributed():
@@ -85,4 +133,6 @@ def main(config, workdir: str, mode: str, images: list[str] | None = None, promp
     return evaluate(config, workdir)
   if mode == 'generate':
     return generate(config, workdir, images or [], prompt)
+  if mode == 'chat':
+    return chat_loop(config, workdir, images or [])
   raise ValueError(f'--mode={mode!r}')

@@ -12,6 +12,7 @@ transformers = pytest.importorskip('transformers')
 from data_prep import tokenizer as tokenizer_lib  # noqa: E402
 from radjax.convert import common, hf_io, llava  # noqa: E402
 from radjax.convert.hf_config import UnsupportedConfig  # noqa: E402
+from radjax.data import chat  # noqa: E402
 from radjax.data import images as images_lib  # noqa: E402
 from radjax.data import tokens as tokens_lib  # noqa: E402
 from radjax.eval.decoding import generate  # noqa: E402
@@ -163,8 +164,9 @@ def tokenizer_path(tmp_path_factory):
 def test_processor_matches_radjax(tokenizer_path, variant, num_tokens, tmp_path):
   mean, std = (0.5, 0.4, 0.3), (0.2, 0.3, 0.25)
   out = str(tmp_path / 'proc')
-  llava.save_processor(out, tokenizer_path, 32, mean, std, num_tokens, variant,
-                       tokens_lib.CHAT_TEMPLATE)
+  tokenizer = tokens_lib.load_tokenizer(tokenizer_path)
+  llava.save_processor(out, tokenizer, 32, mean, std, num_tokens, variant,
+                       chat.chat_template(chat.RADJAX))
   processor = transformers.LlavaProcessor.from_pretrained(out)
 
   buf = io.BytesIO()  # grey and not square: exercises convert-to-RGB and the plain resize
@@ -177,10 +179,10 @@ def test_processor_matches_radjax(tokenizer_path, variant, num_tokens, tmp_path)
   text = processor.apply_chat_template(messages, add_generation_prompt=True)
   batch = processor(images=Image.open(io.BytesIO(png)), text=text, return_tensors='np')
 
-  encoder = tokens_lib.TurnEncoder(tokens_lib.load_tokenizer(tokenizer_path), num_tokens)
+  encoder = chat.ConversationEncoder(tokenizer, chat.RADJAX, num_tokens)
   ids = batch['input_ids'][0]
-  assert (ids == encoder.ids['image']).sum() == num_tokens
-  assert ids.tolist() == encoder.prompt(instruction, 1)
+  assert (ids == encoder.image_id).sum() == num_tokens
+  assert ids.tolist() == encoder.prompt([{'role': 'user', 'text': instruction}], 1)
 
   want = images_lib.preprocess({'kind': '2d', 'format': 'png', 'data': png}, size=32,
                                num_channels=3, mean=mean, std=std, record_id='x')

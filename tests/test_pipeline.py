@@ -1,5 +1,7 @@
 """The Grain pipeline and the token layout: masks, truncation, sharding, bad records."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -14,29 +16,39 @@ def processor(demo_data):
   return config, run.make_task(config).processor()
 
 
+TURNS = [{'role': 'user', 'text': 'Describe.'},
+         {'role': 'assistant', 'text': 'Heart size is normal.'}]
+
+
 def test_loss_mask_covers_exactly_the_answer(processor):
   config, proc = processor
   enc = proc.encoder
-  arrays = enc.training_arrays('Describe.', 'Heart size is normal.', 1, 64, 'r1')
-  prompt = enc.prompt('Describe.', 1)
-  answer = enc.answer('Heart size is normal.')
+  arrays = enc.training_arrays(TURNS, 1, 64, 'r1')
+  prompt = enc.prompt(TURNS[:1], 1)
+  sp = enc.special_ids
+  answer = (enc.tokenizer.encode('Heart size is normal.', add_special_tokens=False)
+            + [sp['<|end|>'], enc.eos])
   mask = arrays['loss_mask']
   assert mask.sum() == len(answer)
   # Loss sits where the *target* is an answer token: target index i is seq i + 1.
   first = len(prompt) - 1
   assert mask[:first].sum() == 0 and mask[first:first + len(answer)].all()
   np.testing.assert_array_equal(arrays['targets'][first:first + len(answer)], answer)
-  assert (arrays['tokens'][2:2 + 16] == enc.ids['image']).all()  # after <s> <|user|>
+  assert (arrays['tokens'][2:2 + 16] == enc.image_id).all()  # after <s> <|user|>
   assert arrays['truncated'] == 0
 
 
-def test_long_answers_are_cut_and_long_prompts_fail(processor):
+def test_long_examples_are_dropped_or_cut(processor):
   _, proc = processor
-  enc = proc.encoder
-  arrays = enc.training_arrays('Describe.', 'word ' * 200, 1, 40, 'r2')
+  enc = dataclasses.replace(proc.encoder, too_long='drop')  # micro truncates
+  long = [TURNS[0], {'role': 'assistant', 'text': 'word ' * 200}]
+  with pytest.raises(schema.TooLong, match="record 'r2'.*max_len=40"):
+    enc.training_arrays(long, 1, 40, 'r2')
+  cut = dataclasses.replace(enc, too_long='truncate')
+  arrays = cut.training_arrays(long, 1, 40, 'r2')
   assert arrays['tokens'].shape == (40,) and arrays['truncated'] == 1
-  with pytest.raises(schema.SchemaError, match="record 'r3'.*max_len=20"):
-    enc.training_arrays('Describe.', 'ok', 1, 20, 'r3')
+  with pytest.raises(schema.TooLong, match="record 'r3'.*prompt alone.*max_len=18"):
+    cut.training_arrays(TURNS, 1, 18, 'r3')
 
 
 def test_corrupt_image_names_the_record(processor):

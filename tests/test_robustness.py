@@ -60,12 +60,12 @@ def test_exported_processor_reproduces_16_bit_preprocessing(tmp_path):
   transformers = pytest.importorskip('transformers')
   from data_prep import tokenizer as tokenizer_lib
   from radjax.convert import llava
-  from radjax.data import tokens
+  from radjax.data import chat, tokens
   tok = str(tmp_path / 'tokenizer.json')
   tokenizer_lib.save_tokenizer(tokenizer_lib.train_tokenizer(
       300, ['The heart is normal in size. No pleural effusion.'] * 4), tok)
-  llava.save_processor(str(tmp_path / 'p'), tok, 32, KW['mean'], KW['std'], 16, 'clip',
-                       tokens.CHAT_TEMPLATE)
+  llava.save_processor(str(tmp_path / 'p'), tokens.load_tokenizer(tok), 32, KW['mean'],
+                       KW['std'], 16, 'clip', chat.chat_template(chat.RADJAX))
   processor = transformers.LlavaProcessor.from_pretrained(str(tmp_path / 'p'))
   path = str(tmp_path / 'x16.png')
   with open(path, 'wb') as f:

@@ -34,6 +34,8 @@ def cmd_from_hf(args) -> None:
   config, params = export.import_hf(args.family, hf_cfg, state_dict, scan=not args.unscanned)
   if config.model.kind in ('vision', 'vlm'):
     export.image_stats_from_dir(config, args.hf_dir)
+  if config.model.kind == 'llm':  # a base decoder continues text; a recipe picks its chat
+    config.data.chat_format = 'none'
   tokenizer = os.path.join(args.hf_dir, 'tokenizer.json')
   if os.path.exists(tokenizer):
     os.makedirs(args.out, exist_ok=True)

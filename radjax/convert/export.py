@@ -15,7 +15,7 @@ from radjax.convert import hf_io, parts
 from radjax.convert.common import ConversionError
 from radjax.convert.hf_config import export_family
 from radjax.core import defaults as base
-from radjax.data import tokens
+from radjax.data import chat, tokens
 from radjax.models import factory
 
 # --family -> (part, kind) for one part alone; 'llava' is the whole VLM.
@@ -90,23 +90,26 @@ def _tokenizer_path(config) -> str | None:
   return path if os.path.exists(path) else None
 
 
-def _token_fields(tokenizer) -> dict:
-  """bos/eos/pad ids for the HF config; a chat model stops at end-of-turn too."""
-  ids = tokens.special_ids(tokenizer)
-  eos = [ids[k] for k in ('end', 'eos') if k in ids]
-  return dict(bos_token_id=ids.get('bos'), pad_token_id=ids.get('pad'),
-              eos_token_id=eos if len(eos) > 1 else (eos[0] if eos else None))
+def _token_fields(tokenizer, fmt) -> dict:
+  """bos/eos/pad ids for the HF config; a chat model stops at its end-of-turn too."""
+  stops = list(chat.ConversationEncoder(tokenizer, fmt).stop_ids)
+  return dict(bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+              eos_token_id=stops if len(stops) > 1 else stops[0])
 
 
 def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
-  """Writes the model `config.model` describes (one part, or the VLM as Llava) to `out`."""
+  """Writes the model `config.model` describes (one part, or the VLM as Llava) to `out`,
+  with the tokenizer the model was trained with and its chat format as a chat template."""
   tok_path = _tokenizer_path(config)
-  tokenizer = tokens.load_tokenizer(tok_path) if tok_path else None
-  extra = _token_fields(tokenizer) if tokenizer else {}
   kind = config.model.kind
+  fmt = chat.get_format(config.data.chat_format)
+  tokenizer = None
+  if tok_path and kind in ('vlm', 'llm'):
+    tokenizer = chat.prepare_tokenizer(tokens.load_tokenizer(tok_path), fmt, kind == 'vlm')
+  extra = _token_fields(tokenizer, fmt) if tokenizer else {}
   if kind == 'vlm':
     from radjax.convert import llava
-    image_id = tokens.special_ids(tokenizer).get('image') if tokenizer else None
+    image_id = tokenizer.convert_tokens_to_ids(chat.IMAGE_MARK) if tokenizer else None
     vlm_cfg = factory.vlm_config(config.model, image_id)
     hf_cfg = llava.hf_config_from_vlm(vlm_cfg, export_family(vlm_cfg.llm), **extra)
     state_dict = llava.hf_from_params(params, vlm_cfg)
@@ -123,11 +126,10 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
     logging.warning('no tokenizer found (config.data.tokenizer / data.dir); exported weights '
                     'only')
     return
-  chat = 'user' in tokens.special_ids(tokenizer)
-  tokenizer.chat_template = tokens.CHAT_TEMPLATE if chat else None
+  tokenizer.chat_template = chat.chat_template(fmt, config.data.system_prompt)
   if kind == 'vlm':
     vision = vlm_cfg.vision
-    llava.save_processor(out, tok_path, vision.image_size, tuple(config.data.image_mean),
+    llava.save_processor(out, tokenizer, vision.image_size, tuple(config.data.image_mean),
                          tuple(config.data.image_std), vlm_cfg.tokens_per_image, vision.variant,
                          tokenizer.chat_template)
   else:

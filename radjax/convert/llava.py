@@ -244,13 +244,13 @@ def _image_token_layout(image_size: int, num_image_tokens: int, variant: str,
               vision_feature_select_strategy=strategy)
 
 
-def save_processor(out_dir: str, tokenizer_json: str, image_size: int, mean, std,
+def save_processor(out_dir: str, tokenizer, image_size: int, mean, std,
                    num_image_tokens: int, variant: str, chat_template: str | None = None,
                    patch_size: int | None = None):
   """Writes a `LlavaProcessor` reproducing radjax's eval preprocessing and prompt layout.
 
-  `tokenizer_json` is a tokenizer.json path (or its JSON text) with radjax's special
-  tokens; `<image>` expands to `num_image_tokens` placeholders. Images: RGB, resized to
+  `tokenizer` is the (fast) tokenizer the model was trained with, `<image>` included;
+  `<image>` expands to `num_image_tokens` placeholders. Images: RGB, resized to
   exactly (image_size, image_size) with PIL bicubic (no crop), /255, (x - mean) / std.
   High-bit-depth images (16-bit PNGs) must first go through
   `radjax.data.images.load_image` (or `to_8bit`), radjax's one depth rule; PIL's own
@@ -259,28 +259,18 @@ def save_processor(out_dir: str, tokenizer_json: str, image_size: int, mean, std
   `backend='pil'` to `from_pretrained` there for pixel-exact radjax preprocessing.
   """
   import transformers
-  from tokenizers import Tokenizer
 
-  from radjax.data import tokens
+  from radjax.data import chat
   cls = {'clip': transformers.CLIPImageProcessorPil,
          'siglip': transformers.SiglipImageProcessorPil}.get(variant)
   if cls is None:
     raise ValueError(f"variant={variant!r} is not 'clip' or 'siglip'")
-  if tokenizer_json.lstrip().startswith('{'):
-    tok = Tokenizer.from_str(tokenizer_json)
-  else:
-    with open(tokenizer_json) as f:
-      tok = Tokenizer.from_str(f.read())
-  vocab = tok.get_vocab(with_added_tokens=True)
-  missing = [t for k, t in tokens.SPECIALS.items() if k in ('pad', 'bos', 'eos', 'image')
-             and t not in vocab]
-  if missing:
-    raise ValueError(f'tokenizer {tokenizer_json[:200]!r} lacks special tokens {missing}')
-  sp = tokens.SPECIALS
+  if chat.IMAGE_MARK not in tokenizer.get_vocab() or tokenizer.eos_token is None:
+    raise ValueError(f'the tokenizer lacks {chat.IMAGE_MARK} or an EOS token')
   tokenizer = transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tok, bos_token=sp['bos'], eos_token=sp['eos'], pad_token=sp['pad'],
-      unk_token='<unk>' if '<unk>' in vocab else None,
-      extra_special_tokens={'image_token': sp['image']})
+      tokenizer_object=tokenizer.backend_tokenizer, bos_token=tokenizer.bos_token,
+      eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token,
+      unk_token=tokenizer.unk_token, extra_special_tokens={'image_token': chat.IMAGE_MARK})
   if chat_template is not None:
     tokenizer.chat_template = chat_template
   size = {'height': image_size, 'width': image_size}
@@ -290,7 +280,7 @@ def save_processor(out_dir: str, tokenizer_json: str, image_size: int, mean, std
                   do_convert_rgb=True)
   processor = transformers.LlavaProcessor(
       image_processor=cls(**image_kw), tokenizer=tokenizer, chat_template=chat_template,
-      image_token=sp['image'],
+      image_token=chat.IMAGE_MARK,
       **_image_token_layout(image_size, num_image_tokens, variant, patch_size))
   processor.save_pretrained(out_dir)
   return processor

@@ -77,7 +77,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # 'report_text', 'classification', 'anatomical_grounding', 'abnormality_grounding',
   # 'phrase_grounding', 'detection', 'conversation', 'vqa', 'instruction'.
   c.data.tasks = ('report',)
-  c.data.template = 'report_generation'  # (being replaced by c.data.tasks)
   c.data.task_options = ml_collections.ConfigDict(dict(
       report_section='both',  # report: 'findings' | 'impression' | 'both'
       uncertain_as=1,  # classification / vqa: what a CheXpert -1 counts as (RadVLM: 1)

@@ -82,7 +82,7 @@ DOLLY = ChatFormat(
 # RadFM's plain question and answer: no markers, the answer after a space.
 PLAIN = ChatFormat('plain', user=('{text}',), assistant_open=(' ',))
 # No prompt at all: images then the answer (XrayGPT stage 1, a decoder on plain text).
-NONE = ChatFormat('none', user=('{text}\n',))
+NONE = ChatFormat('none')
 
 FORMATS = {f.name: f for f in (RADJAX, VICUNA, CHATML, DOLLY, PLAIN, NONE)}
 

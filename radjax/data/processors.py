@@ -1,27 +1,25 @@
-"""Record bytes -> the arrays of one example, per kind of task: decode, template,
-tokenise, pad. Pure functions of (record, rng), so a resumed iterator repeats them."""
+"""Record bytes -> the arrays of one example: decode, draw an instruction task's turns
+(radjax/data/instructions.py), encode them in the chat format (radjax/data/chat.py),
+pad. Pure functions of (record, rng), so a resumed iterator repeats them."""
 import dataclasses
 
 import numpy as np
 
+from radjax.data import chat, instructions, schema
 from radjax.data import images as images_lib
-from radjax.data import schema, templates, tokens
 
 
 @dataclasses.dataclass
-class ImageTextProcessor:
-  """Image(s) + instruction -> answer, in the chat layout of radjax/data/tokens.py."""
-  encoder: tokens.TurnEncoder
-  template: str
+class ImageSlots:
+  """An Example's images -> [max_images, H, W, C] pixels and a mask of the real ones."""
   image_size: int
   num_channels: int
   max_images: int
-  max_len: int
   mean: tuple
   std: tuple
   crop_scale: tuple = (0.8, 1.0)
 
-  def images(self, example: dict, rng) -> tuple[np.ndarray, np.ndarray]:
+  def __call__(self, example: dict, rng) -> tuple[np.ndarray, np.ndarray]:
     imgs = example['images']
     if len(imgs) > self.max_images:
       raise schema.SchemaError(f"record {example['id']!r}: images: {len(imgs)} images but "
@@ -32,28 +30,31 @@ class ImageTextProcessor:
       out[i] = images_lib.preprocess(img, size=self.image_size, num_channels=self.num_channels,
                                      mean=self.mean, std=self.std, record_id=example['id'],
                                      rng=rng, crop_scale=self.crop_scale)
-    mask = np.arange(self.max_images) < len(imgs)
-    return out, mask
-
-  def __call__(self, raw: bytes, rng: np.random.Generator | None) -> dict:
-    example = schema.decode(raw)
-    pixels, mask = self.images(example, rng)
-    instruction, target = templates.get_template(self.template)(example, rng)
-    arrays = self.encoder.training_arrays(instruction, target, int(mask.sum()), self.max_len,
-                                          example['id'])
-    return {**arrays, 'images': pixels, 'image_mask': mask}
+    return out, np.arange(self.max_images) < len(imgs)
 
 
 @dataclasses.dataclass
-class TextProcessor:
-  """Text alone for a decoder: the template's target as plain text (an instruction,
-  where the template gives one, goes first)."""
-  encoder: tokens.TextEncoder
-  template: str
+class ConversationProcessor:
+  """One of `tasks` drawn per record -> turns -> tokens, with the images when `images`
+  is set (a text-only model drops the images and their marks)."""
+  encoder: chat.ConversationEncoder
+  tasks: tuple[str, ...]
+  options: instructions.Options
   max_len: int
+  images: ImageSlots | None = None
+
+  def turns(self, example: dict, rng) -> list[dict]:
+    turns = instructions.make_turns(example, self.tasks, rng, self.options)
+    if self.images is None:
+      turns = [{**t, 'text': t['text'].replace(chat.IMAGE_MARK, '').strip()} for t in turns]
+    return turns
 
   def __call__(self, raw: bytes, rng: np.random.Generator | None) -> dict:
     example = schema.decode(raw)
-    instruction, target = templates.get_template(self.template)(example, rng)
-    text = f'{instruction}\n{target}' if instruction else target
-    return self.encoder.training_arrays(text, self.max_len)
+    out, n = {}, 0
+    if self.images is not None:  # images first: their crops draw from rng before the task
+      out['images'], out['image_mask'] = self.images(example, rng)
+      n = int(out['image_mask'].sum())
+    arrays = self.encoder.training_arrays(self.turns(example, rng), n, self.max_len,
+                                          example['id'])
+    return {**arrays, **out}

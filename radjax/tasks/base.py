@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from radjax.data import chat, instructions, processors
 from radjax.train import optimizer as optimizer_lib
 from radjax.train import pretrained as pretrained_lib
 from radjax.train import step as step_lib
@@ -33,17 +34,23 @@ class Task:
                        f'{self.model_kind!r}, not {config.model.kind!r}')
     self.config = config
     self.tokenizer = tokenizer  # None: a benchmark on synthetic batches (no processor)
-    if tokenizer is not None and len(tokenizer) > config.model.llm.vocab_size:
-      raise ValueError(f'config.model.llm.vocab_size={config.model.llm.vocab_size} is smaller '
-                       f'than the tokenizer ({len(tokenizer)} tokens)')
+
+  def check_vocab(self):
+    """After the chat format's tokens were added: the embeddings must cover them."""
+    n, v = len(self.tokenizer), self.config.model.llm.vocab_size
+    if n > v:
+      raise ValueError(f'config.model.llm.vocab_size={v} is smaller than the tokenizer ({n} '
+                       f'tokens with config.data.chat_format={self.config.data.chat_format!r}'
+                       "'s specials); set it to at least that (new rows start at the mean)")
 
   # ---- data ---------------------------------------------------------------------
   def batch_spec(self) -> dict[str, BatchField]:
     """Device arrays of one example, by key (the processor may add host-only keys)."""
     raise NotImplementedError
 
-  def processor(self):
-    """Record bytes, rng -> the arrays of one example (radjax/data/processors.py)."""
+  def processor(self, tasks=None):
+    """Record bytes, rng -> the arrays of one example (radjax/data/processors.py), for the
+    instruction `tasks` (None: config.data.tasks)."""
     raise NotImplementedError
 
   # ---- model ----------------------------------------------------------------------
@@ -83,6 +90,24 @@ class Task:
     return step_lib.make_train_step(functools.partial(self.loss, model), tx,
                                     optimizer_lib.trainable_mask(labels), schedule,
                                     self.config.optim.grad_accum)
+
+
+def prepare_tokenizer(config, tokenizer, images: bool):
+  """Adds what config.data.chat_format needs (and <image> for a VLM) to the tokenizer."""
+  return chat.prepare_tokenizer(tokenizer, chat.get_format(config.data.chat_format), images)
+
+
+def chat_encoder(config, tokenizer, image_tokens: int) -> chat.ConversationEncoder:
+  c = config.data
+  return chat.ConversationEncoder(tokenizer, chat.get_format(c.chat_format), image_tokens,
+                                  c.system_prompt, c.too_long)
+
+
+def conversation_processor(config, encoder, tasks, images=None):
+  tasks = tuple(config.data.tasks if tasks is None else tasks)
+  return processors.ConversationProcessor(
+      encoder, tasks, instructions.options_from_config(config.data.task_options),
+      config.data.max_len, images)
 
 
 def zeros(spec: dict, keys) -> tuple:

@@ -1,9 +1,9 @@
-"""Text -> text: the decoder alone, trained on text-only examples (LLM-CXR's and
-XrayGPT's text stages). Its workdir is an ordinary LLM workdir (`config.model.kind=
-'llm'`), so `to-hf` exports it as a *ForCausalLM."""
+"""Text -> text: the decoder alone, trained on conversations without images (LLM-CXR's
+and XrayGPT's text stages; images and their marks are dropped). Its workdir is an
+ordinary LLM workdir (`config.model.kind='llm'`), so `to-hf` exports it as a *ForCausalLM."""
 import numpy as np
 
-from radjax.data import processors, tokens
+from radjax.data import processors
 from radjax.models import factory, llm
 from radjax.tasks import base
 from radjax.train import loss as loss_lib
@@ -19,16 +19,20 @@ class TextToText(base.Task):
   def __init__(self, config, tokenizer):
     super().__init__(config, tokenizer)
     self.model_cfg = factory.llm_config(config.model)
-    self.encoder = tokens.TextEncoder(tokenizer) if tokenizer is not None else None
+    self.image_slots = None
+    self.encoder = None
+    if tokenizer is not None:
+      base.prepare_tokenizer(config, tokenizer, images=False)
+      self.check_vocab()
+      self.encoder = base.chat_encoder(config, tokenizer, image_tokens=0)
 
   def batch_spec(self) -> dict:
     seq = base.BatchField((self.config.data.max_len,), np.int32)
     return {'tokens': seq, 'targets': seq,
             'loss_mask': base.BatchField((self.config.data.max_len,), np.float32)}
 
-  def processor(self) -> processors.TextProcessor:
-    return processors.TextProcessor(self.encoder, self.config.data.template,
-                                    self.config.data.max_len)
+  def processor(self, tasks=None) -> processors.ConversationProcessor:
+    return base.conversation_processor(self.config, self.encoder, tasks)
 
   def model(self, frozen=()) -> llm.Decoder:
     return llm.Decoder(self.model_cfg, factory.runtime(self.config, 'llm', 'llm' in frozen))

@@ -1,8 +1,8 @@
-"""Image(s) + text -> text: the VLM trained on templated examples (report generation
-today), loss on the answer tokens."""
+"""Image(s) + text -> text: the VLM trained on conversations drawn from instruction tasks
+(report generation, classification, grounding, ...), loss on the answers."""
 import numpy as np
 
-from radjax.data import processors, tokens
+from radjax.data import chat, processors
 from radjax.models import factory, vlm
 from radjax.tasks import base
 from radjax.train import loss as loss_lib
@@ -16,10 +16,18 @@ class ImageTextToText(base.Task):
 
   def __init__(self, config, tokenizer):
     super().__init__(config, tokenizer)
-    image_id = tokens.special_ids(tokenizer).get('image') if tokenizer is not None else None
+    image_id = self.encoder = None
+    if tokenizer is not None:
+      base.prepare_tokenizer(config, tokenizer, images=True)
+      self.check_vocab()
+      image_id = tokenizer.convert_tokens_to_ids(chat.IMAGE_MARK)
     self.model_cfg = factory.vlm_config(config.model, image_id)
-    self.encoder = (tokens.TurnEncoder(tokenizer, self.model_cfg.tokens_per_image)
-                    if tokenizer is not None else None)
+    if tokenizer is not None:
+      self.encoder = base.chat_encoder(config, tokenizer, self.model_cfg.tokens_per_image)
+    c, v = config.data, self.model_cfg.vision
+    self.image_slots = processors.ImageSlots(
+        image_size=v.image_size, num_channels=v.num_channels, max_images=c.max_images,
+        mean=tuple(c.image_mean), std=tuple(c.image_std), crop_scale=tuple(c.crop_scale))
 
   def batch_spec(self) -> dict:
     c, v = self.config.data, self.model_cfg.vision
@@ -29,12 +37,8 @@ class ImageTextToText(base.Task):
                                        v.num_channels), np.float32),
             'image_mask': base.BatchField((c.max_images,), np.bool_)}
 
-  def processor(self) -> processors.ImageTextProcessor:
-    c, v = self.config.data, self.model_cfg.vision
-    return processors.ImageTextProcessor(
-        encoder=self.encoder, template=c.template, image_size=v.image_size,
-        num_channels=v.num_channels, max_images=c.max_images, max_len=c.max_len,
-        mean=tuple(c.image_mean), std=tuple(c.image_std), crop_scale=tuple(c.crop_scale))
+  def processor(self, tasks=None) -> processors.ConversationProcessor:
+    return base.conversation_processor(self.config, self.encoder, tasks, self.image_slots)
 
   def model(self, frozen=()) -> vlm.VLM:
     return vlm.VLM(self.model_cfg, factory.vlm_runtime(self.config, frozen))

@@ -6,9 +6,10 @@ import os
 
 import jax
 
-from radjax.eval.evaluators import loss, reports
+from radjax.eval.evaluators import instruction, loss, reports
 
-EVALUATORS = {'loss': loss.LossEvaluator, 'reports': reports.ReportEvaluator}
+EVALUATORS = {'loss': loss.LossEvaluator, 'reports': reports.ReportEvaluator,
+              **{name: instruction.make(name) for name in instruction.SCORERS}}
 
 
 def make(exp, split: str) -> list:

@@ -7,8 +7,8 @@ import os
 import jax
 import numpy as np
 
-from radjax.data import pipeline, schema, source, templates
-from radjax.eval.decoding import generate as generate_lib
+from radjax.data import instructions, schema, source
+from radjax.eval.evaluators import answers
 from radjax.eval.metrics import classification, scoring
 from radjax.eval.metrics.labeler import label_report
 
@@ -51,42 +51,20 @@ class ReportEvaluator:
   def __init__(self, exp, split: str):
     self.exp = exp
     self.split = split
-    self.instruction = templates.EVAL_INSTRUCTIONS[exp.config.data.template]
+    self.options = instructions.options_from_config(exp.config.data.task_options)
+    # A model trained on bare report text (no request) is prompted the same way.
+    tasks = tuple(exp.config.data.tasks)
+    self.report_task = 'report_text' if 'report_text' in tasks and 'report' not in tasks \
+        else 'report'
+    self.answerer = answers.Answerer(exp)
+
+  def prompt_turns(self, example: dict) -> list[dict]:
+    """The report request (wording variant 0) for `example`."""
+    return report_request(example, self.options, self.report_task)
 
   def generate(self, params, examples: list[dict]) -> list[str]:
-    """Reports for `examples` decoded as config.eval says (padded to whole batches by
-    repetition)."""
-    exp, cfg = self.exp, self.exp.config
-    bs = cfg.eval.batch_size
-    enc, proc = exp.task.encoder, exp.task.processor()
-    gen_cfg = generate_lib.config_from_eval(cfg.eval, (enc.ids['end'], enc.ids['eos']),
-                                            enc.ids['pad'])
-    rng = jax.random.key(cfg.seed) if gen_cfg.strategy == 'sample' else None
-    outs = []
-    for start in range(0, len(examples), bs):
-      chunk = examples[start:start + bs]
-      chunk = chunk + [chunk[-1]] * (bs - len(chunk))
-      prompts, pixels = [], []
-      for ex in chunk:
-        imgs, mask = proc.images(ex, None)
-        prompts.append(enc.prompt(self.instruction, int(mask.sum())))
-        pixels.append(imgs)
-      length = -(-max(len(p) for p in prompts) // 16) * 16  # few distinct compiled shapes
-      toks, mask = generate_lib.left_pad(prompts, length, enc.ids['pad'])
-      shardings = {'tokens': exp.batch_shardings['tokens'],
-                   'prompt_mask': exp.batch_shardings['tokens'],
-                   'images': exp.batch_shardings['images']}
-      batch = {'tokens': toks, 'prompt_mask': mask, 'images': np.stack(pixels)}
-      g = pipeline.to_global(batch, shardings)
-      key = None if rng is None else jax.random.fold_in(rng, start)
-      with exp.context():
-        ids, _ = generate_lib.generate(exp.model, params, g['tokens'], g['prompt_mask'],
-                                       g['images'], gen_cfg, key)
-      ids = np.asarray(jax.device_get(ids))
-      outs.extend(generate_lib.cut_at_stop_strings(enc.decode_answer(row),
-                                                   gen_cfg.stop_strings).strip()
-                  for row in ids[:len(examples) - start])
-    return outs
+    """Reports for `examples` decoded as config.eval says."""
+    return self.answerer.answer(params, [(ex, self.prompt_turns(ex)) for ex in examples])
 
   def run(self, params, step: int, writer=None, out_dir: str | None = None) -> dict:
     cfg = self.exp.config
@@ -105,26 +83,31 @@ class ReportEvaluator:
     metrics = {f'eval/{k}': v for k, v in metrics.items()}
     if writer is not None and n:
       k = min(cfg.eval.num_logged_examples, n)
-      proc = self.exp.task.processor()
-      imgs = np.stack([proc.images(ex, None)[0][0] for ex in examples[:k]])
+      slots = self.exp.task.image_slots
+      imgs = np.stack([slots(ex, None)[0][0] for ex in examples[:k]])
       imgs = (imgs - imgs.min()) / max(float(imgs.max() - imgs.min()), 1e-6)
       writer.write_images(step, {'eval/images': imgs})
       writer.write_texts(step, {f'eval/report_{i}': f'GENERATED: {generated[i]}\n\n'
                                 f'REFERENCE: {_reference(examples[i])}' for i in range(k)})
     if out_dir is not None and jax.process_index() == 0:
       os.makedirs(out_dir, exist_ok=True)
-      prompt = self.instruction
       with open(os.path.join(out_dir, 'predictions.jsonl'), 'w') as f:
         for ex, g, r, p, t, s in zip(examples, generated, references, predicted, truth,
                                      per_sample):
+          turns = self.prompt_turns(ex)
+          prompt = turns[-1]['text'] if turns else ''
           f.write(json.dumps({'id': ex['id'], 'prompt': prompt, 'generated': g, 'reference': r,
                               'predicted_findings': sorted(p), 'true_findings': sorted(t),
                               **s}) + '\n')
     return metrics
 
 
+def report_request(example: dict, options, task: str = 'report') -> list[dict]:
+  """The prompt turns of a report task (variant 0), whatever the record holds."""
+  stub = {**example, 'report': {'findings': '-', 'impression': '-'}}
+  turns = instructions.TASKS[task](stub, None, options)
+  return instructions.reference(turns)[0]
+
+
 def _reference(example: dict) -> str:
-  try:
-    return templates.report_text(example)
-  except schema.SchemaError:
-    return ''
+  return instructions.report_answer(example) or ''

@@ -1,0 +1,64 @@
+"""Answers to conversations, generated as config.eval says: the one generation path of
+the evaluators, `--mode=generate` and `--mode=chat`, for a VLM and for a bare decoder.
+
+An item is (example, prompt turns): the example's images (none for a decoder) go where
+the turns' `<image>` marks are, or before the first user turn's text."""
+import jax
+import numpy as np
+
+from radjax.data import pipeline
+from radjax.eval.decoding import generate as generate_lib
+
+
+class Answerer:
+
+  def __init__(self, exp):
+    self.exp = exp
+    cfg = exp.config
+    self.encoder = exp.task.encoder
+    self.image_slots = getattr(exp.task, 'image_slots', None)
+    enc = self.encoder
+    self.gen_cfg = generate_lib.config_from_eval(cfg.eval, enc.stop_ids, enc.pad)
+    # The batch axis splits over the mesh: whole batches of config.eval.batch_size.
+    self.batch_size = cfg.eval.batch_size
+
+  def prompts(self, items) -> tuple[list[list[int]], np.ndarray | None]:
+    prompts, pixels = [], []
+    for example, turns in items:
+      n = 0
+      if self.image_slots is not None:
+        imgs, mask = self.image_slots(example, None)
+        pixels.append(imgs)
+        n = int(mask.sum())
+      else:
+        turns = [{**t, 'text': t['text'].replace('<image>', '').strip()} for t in turns]
+      prompts.append(self.encoder.prompt(turns, n, example.get('id', '<prompt>')))
+    return prompts, (np.stack(pixels) if pixels else None)
+
+  def answer(self, params, items: list[tuple[dict, list[dict]]]) -> list[str]:
+    """Generated answer texts, one per item (padded to whole batches by repetition)."""
+    exp, bs = self.exp, self.batch_size
+    rng = jax.random.key(exp.config.seed) if self.gen_cfg.strategy == 'sample' else None
+    outs = []
+    for start in range(0, len(items), bs):
+      chunk = items[start:start + bs]
+      chunk = chunk + [chunk[-1]] * (bs - len(chunk))
+      prompts, pixels = self.prompts(chunk)
+      length = -(-max(len(p) for p in prompts) // 16) * 16  # few distinct compiled shapes
+      toks, mask = generate_lib.left_pad(prompts, length, self.encoder.pad)
+      shardings = {'tokens': exp.batch_shardings['tokens'],
+                   'prompt_mask': exp.batch_shardings['tokens']}
+      batch = {'tokens': toks, 'prompt_mask': mask}
+      if pixels is not None:
+        shardings['images'] = exp.batch_shardings['images']
+        batch['images'] = pixels
+      g = pipeline.to_global(batch, shardings)
+      key = None if rng is None else jax.random.fold_in(rng, start)
+      with exp.context():
+        ids, _ = generate_lib.generate(exp.model, params, g['tokens'], g['prompt_mask'],
+                                       g.get('images'), self.gen_cfg, key)
+      ids = np.asarray(jax.device_get(ids))
+      outs.extend(generate_lib.cut_at_stop_strings(self.encoder.decode_answer(row),
+                                                   self.gen_cfg.stop_strings).strip()
+                  for row in ids[:len(items) - start])
+    return outs

@@ -1,0 +1,105 @@
+"""Evaluators of one instruction task: the first config.eval.num_generate held-out records
+the task can serve are asked its question (wording variant 0), and the answers are
+scored against the reference answer parsed the same way (radjax/data/instructions.py
+writes labels and boxes so the metric parsers read them back exactly).
+
+  classification   CheXpert findings named in the answer: P/R/F1 micro and macro
+  grounding        boxes of one named finding: mAP@0.5, mean IoU
+  detection        every box of every finding: mAP@0.5, mean IoU
+  phrase_grounding boxes of a quoted phrase: mAP@0.5, mean IoU
+  vqa              closed yes/no questions: accuracy
+"""
+import functools
+import json
+import os
+
+import jax
+
+from radjax.data import instructions, schema, source
+from radjax.eval.evaluators import answers
+from radjax.eval.metrics import classification, grounding
+
+
+def _classification(generated, references) -> dict:
+  truth = [classification.parse_labels(r)[0] for r in references]
+  return classification.classification_scores(generated, truth)
+
+
+def _grounding(prefix: str):
+  def score(generated, references) -> dict:
+    refs = [grounding.parse_boxes(r)[0] for r in references]
+    preds = [grounding.parse_boxes(g)[0] for g in generated]
+    out = grounding.grounding_scores(preds, refs)
+    return {k.replace('grounding_', f'{prefix}_', 1): v for k, v in out.items()
+            if '/' not in k}
+  return score
+
+
+def _yes(text: str) -> bool | None:
+  words = text.strip().lower().lstrip('"\'').split()
+  if not words:
+    return None
+  first = words[0].strip('.,;:!')
+  return True if first == 'yes' else False if first == 'no' else None
+
+
+def _vqa(generated, references) -> dict:
+  pairs = [(_yes(g), _yes(r)) for g, r in zip(generated, references)]
+  scored = [(g, r) for g, r in pairs if r is not None]
+  return {'vqa_accuracy': sum(g == r for g, r in scored) / max(len(scored), 1),
+          'vqa_unanswered': float(sum(g is None for g, _ in scored))}
+
+
+# evaluator name -> (instruction task, scorer)
+SCORERS = {
+    'classification': ('classification', _classification),
+    'grounding': ('abnormality_grounding', _grounding('grounding')),
+    'detection': ('detection', _grounding('detection')),
+    'phrase_grounding': ('phrase_grounding', _grounding('phrase_grounding')),
+    'vqa': ('vqa', _vqa),
+}
+
+
+class InstructionEvaluator:
+
+  def __init__(self, exp, split: str, name: str):
+    self.exp, self.split, self.name = exp, split, name
+    self.task, self.score = SCORERS[name]
+    self.options = instructions.options_from_config(exp.config.data.task_options)
+    self.answerer = answers.Answerer(exp)
+
+  @functools.cached_property
+  def items(self) -> list[tuple[dict, list[dict], str]]:
+    """(example, prompt turns, reference answer) of the first records the task serves."""
+    records = source.open_split(self.exp.config.data.dir, self.split)
+    out, want = [], self.exp.config.eval.num_generate
+    for i in range(len(records)):
+      if len(out) >= want:
+        break
+      example = schema.decode(records[i])
+      turns = instructions.TASKS[self.task](example, None, self.options)
+      if turns is not None:
+        prompt, answer = instructions.reference(turns)
+        out.append((example, prompt, answer))
+    return out
+
+  def run(self, params, step: int, writer=None, out_dir: str | None = None) -> dict:
+    del step, writer
+    items = self.items
+    if not items:
+      raise ValueError(f'config.eval.evaluators has {self.name!r} but no record of split '
+                       f'{self.split!r} can serve instruction task {self.task!r}')
+    generated = self.answerer.answer(params, [(ex, p) for ex, p, _ in items])
+    references = [a for _, _, a in items]
+    metrics = {f'eval/{k}': v for k, v in self.score(generated, references).items()}
+    if out_dir is not None and jax.process_index() == 0:
+      os.makedirs(out_dir, exist_ok=True)
+      with open(os.path.join(out_dir, f'predictions_{self.name}.jsonl'), 'w') as f:
+        for (ex, prompt, ref), g in zip(items, generated):
+          f.write(json.dumps({'id': ex['id'], 'prompt': prompt[-1]['text'] if prompt else '',
+                              'generated': g, 'reference': ref}) + '\n')
+    return metrics
+
+
+def make(name: str):
+  return functools.partial(InstructionEvaluator, name=name)
