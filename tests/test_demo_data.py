@@ -148,8 +148,9 @@ def test_builder_rejects_corrupt_examples_and_keeps_the_rest(tmp_path):
   def corrupt(ex):
     if ex['id'] == 'demo-train-000003':
       ex['images'][0]['data'] = ex['images'][0]['data'][:100]  # truncated PNG
-    elif ex['id'] == 'demo-train-000005':
+    elif ex['id'] == 'demo-train-000005':  # nothing to learn: no report, no conversation
       ex['report'] = {'findings': '', 'impression': ''}
+      ex['conversation'] = []
     elif ex['id'] == 'demo-val-000001':
       ex['boxes'] = [{'box': [0.9, 0.1, 0.2, 0.5], 'label': 'Lung Lesion', 'phrase': 'x'}]
     return ex
@@ -184,7 +185,9 @@ def test_built_dataset_contents(built):
   assert {e['id'] for e in examples} == {f'demo-train-{i:06d}' for i in range(40)}
   for ex in examples:
     schema.validate(ex)
-    assert ex['source'] == 'demo' and ex['conversation'] == []
+    assert ex['source'] == 'demo'
+    roles = [t['role'] for t in ex['conversation']]
+    assert 4 <= len(roles) <= 8 and roles == ['user', 'assistant'] * (len(roles) // 2)
     img = Image.open(io.BytesIO(ex['images'][0]['data']))
     assert img.mode == 'L' and img.size[0] == img.size[1]
     assert cxr_renderer.SIZE_RANGE[0] <= img.size[0] <= cxr_renderer.SIZE_RANGE[1]

@@ -11,7 +11,9 @@ dataset dir becomes {out}:
     {out}/rejects.jsonl, dataset_info.json, features.json
 
 Every example draws from its own rng, seeded by (seed, split, index), so the
-records are byte-identical for a seed whatever the number of worker processes.
+records are byte-identical for a seed whatever the number of worker processes. The
+conversation (data_prep/conversation_composer.py) draws from a second stream of the
+same seed, so adding it left the images, reports, labels and boxes as they were.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import msgpack
 import numpy as np
 from PIL import Image
 
-from data_prep import cxr_renderer, report_composer
+from data_prep import conversation_composer, cxr_renderer, report_composer
 from data_prep import tokenizer as tokenizer_lib
 from radjax.data import schema
 
@@ -46,8 +48,15 @@ LICENSE = (
 )
 
 
+CONVERSATION_STREAM = 1  # the conversation's rng: (seed, split, index, this)
+
+
 def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
   return np.random.default_rng([seed, SPLIT_CODES[split], index])
+
+
+def conversation_rng(seed: int, split: str, index: int) -> np.random.Generator:
+  return np.random.default_rng([seed, SPLIT_CODES[split], index, CONVERSATION_STREAM])
 
 
 def sample_findings(rng: np.random.Generator) -> set[str]:
@@ -71,6 +80,8 @@ def make_demo_example(seed: int, split: str, index: int) -> dict:
   findings = sample_findings(rng)
   image, meta = cxr_renderer.render(rng, findings)
   report, labels = report_composer.compose(rng, findings, meta)
+  conversation = conversation_composer.compose(conversation_rng(seed, split, index), findings,
+                                               meta)
   return schema.make_example(
     id=f'demo-{split}-{index:06d}',
     source=SOURCE,
@@ -79,7 +90,7 @@ def make_demo_example(seed: int, split: str, index: int) -> dict:
     report=report,
     labels=labels,
     boxes=meta['boxes'],
-    conversation=[],
+    conversation=conversation,
     codes=None,
   )
 

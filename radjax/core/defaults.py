@@ -80,6 +80,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.task_options = ml_collections.ConfigDict(dict(
       report_section='both',  # report: 'findings' | 'impression' | 'both'
       uncertain_as=1,  # classification / vqa: what a CheXpert -1 counts as (RadVLM: 1)
+      vqa_questions=1,  # vqa: yes/no questions per example, about distinct observations
   ))
   # How turns become tokens (radjax/data/chat.py): 'radjax' | 'vicuna' (XrayGPT's ###
   # turns) | 'chatml' (Qwen2, RadVLM) | 'dolly' (LLM-CXR) | 'plain' (RadFM's Q/A) | 'none'
