@@ -73,8 +73,8 @@ def test_eval_mode_writes_metrics_and_predictions(demo_data, tmp_path):
   assert {'id', 'prompt', 'generated', 'reference', 'BLEU-4', 'ROUGE-L', 'CIDEr',
           'labels_generated', 'labels_reference', 'clinical_agreement_14',
           'predicted_findings', 'true_findings'} <= set(rows[0])
-  from radjax.data import templates
-  assert rows[0]['prompt'] == templates.EVAL_INSTRUCTIONS[config.data.template]
+  from radjax.data import instructions
+  assert rows[0]['prompt'] == instructions.REPORT_INSTRUCTIONS[0]
   assert all(0 <= r['clinical_agreement_14'] <= 1 for r in rows)
   for key in ('finding_cardiomegaly/f1', 'finding_nodule/recall', 'finding_macro_f1',
               'finding_baseline_all_positive_micro_f1'):

@@ -13,7 +13,7 @@ from PIL import Image  # noqa: E402
 from radjax import run as run_lib  # noqa: E402
 from radjax.convert import __main__ as convert_cli  # noqa: E402
 from radjax.core import workdir as workdir_lib  # noqa: E402
-from radjax.data import templates  # noqa: E402
+from radjax.data import instructions  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def test_demo_model_reports_the_same_in_transformers(demo_data, tmp_path):
   ours = run_lib.main(config, wd, 'generate', [image])[0]
 
   assert convert_cli.main(['to-hf', '--workdir', wd, '--out', hf_dir]) == 0
-  instruction = templates.EVAL_INSTRUCTIONS[config.data.template]
+  instruction = instructions.REPORT_INSTRUCTIONS[0]
   theirs, ids = hf_report(hf_dir, image, instruction, config.eval.max_new_tokens)
   assert len(set(ids.tolist())) > 2, ids  # a real report, not a degenerate repeat
   assert theirs == ours

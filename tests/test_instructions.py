@@ -12,7 +12,7 @@ import pytest
 from data_prep import conversation_composer, demo, report_composer
 from radjax.core import defaults
 from radjax.data import instructions as ins
-from radjax.data import schema, templates
+from radjax.data import schema
 from radjax.eval.metrics.classification import parse_labels
 from radjax.eval.metrics.grounding import parse_boxes
 
@@ -62,23 +62,25 @@ def test_report_sections_exact():
   assert ins.report(_example(report={}), None, OPTS) is None
 
 
-def test_report_wording_and_stream_match_the_report_template():
-  assert ins.REPORT_INSTRUCTIONS == templates.REPORT_INSTRUCTIONS
+def test_report_draws_its_wording_as_the_demo_always_did():
+  """One rng.integers(5) draw picks the wording (the demo's stream and numbers depend on
+  it; checked against the old template code when it was replaced)."""
+  first = 'Write the findings and impression for this chest radiograph.'
+  assert ins.REPORT_INSTRUCTIONS[0] == first
   ex = _example()
+  answer = 'Findings: Small left effusion.\nImpression: Effusion.'
   for seed in range(40):
     a, b = np.random.default_rng(seed), np.random.default_rng(seed)
     turns = ins.make_turns(ex, ('report',), a, OPTS)
-    instruction, target = templates.report_generation(ex, b)
-    assert turns == _qa(instruction, target)
-    assert a.random() == b.random()  # the rng advanced exactly as the template's did
-  assert ins.make_turns(ex, ('report',), None, OPTS) == _qa(
-    *templates.report_generation(ex, None))
+    assert turns == _qa(ins.REPORT_INSTRUCTIONS[int(b.integers(5))], answer)
+    assert a.random() == b.random()  # the rng advanced by exactly that one draw
+  assert ins.make_turns(ex, ('report',), None, OPTS) == _qa(ins.REPORT_INSTRUCTIONS[0], answer)
 
 
-def test_report_text_is_the_report_only_target():
+def test_report_text_is_the_report_alone():
   ex = _example()
   assert ins.report_text(ex, None, OPTS) == [
-    {'role': 'assistant', 'text': templates.report_only(ex, None)[1]}]
+    {'role': 'assistant', 'text': 'Findings: Small left effusion.\nImpression: Effusion.'}]
   assert ins.report_text(_example(report={}), None, OPTS) is None
 
 

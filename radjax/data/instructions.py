@@ -83,9 +83,8 @@ def _join(items: list[str]) -> str:
 
 # ---- report --------------------------------------------------------------------------
 
-# Report instructions for findings and impression; the first is the eval wording. These
-# are templates.REPORT_INSTRUCTIONS, moved here, so the demo's training stream and its
-# numbers stay the same.
+# Report instructions for findings and impression; the first is the eval wording. The
+# demo was trained on these (one rng.integers(5) draw), so its numbers stay comparable.
 REPORT_INSTRUCTIONS = (
   'Write the findings and impression for this chest radiograph.',
   'Report on this chest X-ray: findings, then impression.',
