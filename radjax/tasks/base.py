@@ -42,8 +42,9 @@ class Task:
     """Device arrays of one example, by key (the processor may add host-only keys)."""
     raise NotImplementedError
 
-  def processor(self):
-    """Record bytes, rng -> the arrays of one example (radjax/data/processors.py)."""
+  def processor(self, tasks=None):
+    """Record bytes, rng -> the arrays of one example (radjax/data/processors.py), for the
+    instruction `tasks` (None: config.data.tasks)."""
     raise NotImplementedError
 
   # ---- model ----------------------------------------------------------------------

@@ -26,7 +26,7 @@ class TextToText(base.Task):
     return {'tokens': seq, 'targets': seq,
             'loss_mask': base.BatchField((self.config.data.max_len,), np.float32)}
 
-  def processor(self) -> processors.TextProcessor:
+  def processor(self, tasks=None) -> processors.TextProcessor:
     return processors.TextProcessor(self.encoder, self.config.data.template,
                                     self.config.data.max_len)
 

@@ -29,7 +29,7 @@ class ImageTextToText(base.Task):
                                        v.num_channels), np.float32),
             'image_mask': base.BatchField((c.max_images,), np.bool_)}
 
-  def processor(self) -> processors.ImageTextProcessor:
+  def processor(self, tasks=None) -> processors.ImageTextProcessor:
     c, v = self.config.data, self.model_cfg.vision
     return processors.ImageTextProcessor(
         encoder=self.encoder, template=c.template, image_size=v.image_size,
