@@ -38,9 +38,9 @@ def _datasets(data_dir, max_skipped=0):
   config.data.augment = False
   config.data.max_skipped_records = max_skipped
   from radjax import run
-  proc = run.make_task(config).processor()
-  return (pipeline.train_dataset(config, proc, 'train', 0, 1),
-          pipeline.eval_dataset(config, proc, 'train', 8, 0, 1))
+  task = run.make_task(config)
+  return (pipeline.train_dataset(config, task.processor, 'train', 0, 1),
+          pipeline.eval_dataset(config, task.processor(), 'train', 8, 0, 1))
 
 
 def test_truncated_shard_names_the_file(demo_data, tmp_path):

@@ -34,19 +34,24 @@ def test_killed_run_resumes_with_identical_losses(demo_data, tmp_path, monkeypat
   resumed = read_losses(cut_dir)
   assert resumed == full  # exact, float for float, and no duplicated steps
   assert full[8] < full[1]
+  # The host-side data scalars are logged under data/, never sent to the step.
+  with open(os.path.join(full_dir, 'metrics.jsonl')) as f:
+    row = next(r for r in map(json.loads, f) if 'train/loss' in r)
+  assert row['data/dropped_too_long'] == 0 and 0 <= row['data/truncated'] <= 1
+  assert 'train/truncated_frac' not in row and 'train/truncated' not in row
 
 
 def test_restored_iterator_yields_the_same_batches(demo_data, tmp_path):
   config = tiny_config(demo_data)
   exp = build_experiment(config)
-  ds = pipeline.train_dataset(config, exp.task.processor(), 'train')
+  ds = pipeline.train_dataset(config, exp.task.processor, 'train')
   it = pipeline.make_iterator(ds, 0)
   for _ in range(3):
     next(it)
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path), 2, use_async=False)
   ckpt.save(3, exp.state, it, force=True)
   expected = [next(it) for _ in range(2)]
-  fresh = pipeline.make_iterator(pipeline.train_dataset(config, exp.task.processor(), 'train'),
+  fresh = pipeline.make_iterator(pipeline.train_dataset(config, exp.task.processor, 'train'),
                                  0)
   ckpt.restore(3, state_lib.abstract_state(exp.state_shardings, exp.state), fresh)
   for want in expected:

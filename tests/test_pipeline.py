@@ -64,8 +64,8 @@ def test_batches_have_static_shapes_and_processes_get_disjoint_records(processor
   config, proc = processor
   config.data.shuffle = False
   config.data.augment = True
-  ds0 = pipeline.train_dataset(config, proc, 'train', process_index=0, process_count=2)
-  ds1 = pipeline.train_dataset(config, proc, 'train', process_index=1, process_count=2)
+  ds0 = pipeline.train_dataset(config, lambda tasks: proc, 'train', 0, 2)
+  ds1 = pipeline.train_dataset(config, lambda tasks: proc, 'train', 1, 2)
   b0, b1 = ds0[0], ds1[0]
   assert b0['tokens'].shape == (4, config.data.max_len)
   assert b0['images'].shape == (4, 1, 32, 32, 3) and b0['image_mask'].all()

@@ -92,7 +92,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.too_long = 'drop'
   # Several datasets mixed by weight (radjax/data/mixture.py), by name:
   #   c.data.mixture.mimic = dict(dir=..., tasks=('report',), weight=0.5, repeat=1)
-  # Empty: config.data.dir alone with config.data.tasks.
+  # Drawn in proportion to weight x repeat; weight 0 on every component: size x repeat.
+  # Empty: config.data.dir alone with config.data.tasks. Eval reads config.data.dir, or
+  # when that is '' the first component (in name order).
   c.data.mixture = ml_collections.ConfigDict()
   c.data.max_len = 256  # static sequence length (tokens, image placeholders included)
   c.data.max_images = 1  # static image slots per example

@@ -1,16 +1,23 @@
 """The Grain pipeline: a dataset's records (radjax/data/source.py) -> shuffled,
-process-sharded -> a task's processor (radjax/data/processors.py) -> batches -> global
-jax.Arrays."""
+process-sharded -> a task's processor (radjax/data/processors.py) -> mixed with other
+datasets (radjax/data/mixture.py) -> batches -> global jax.Arrays."""
 import grain
 import jax
+import numpy as np
 
-from radjax.data import source
+from radjax.data import mixture, source
 
 
-def train_dataset(config, processor, split: str,
+def train_dataset(config, make_processor, split: str,
                   process_index: int | None = None, process_count: int | None = None
                   ) -> grain.MapDataset:
   """Infinite, reshuffled every epoch, this process's slice, per-process batches.
+
+  make_processor(tasks) -> processor(record, rng) builds the processor for a list of
+  instruction tasks (a Task's `processor`). Without config.data.mixture: config.data.dir
+  with config.data.tasks; with one, each component is its own stream (shuffled, sliced,
+  processed) and grain mixes them by weight (radjax/data/mixture.py). Each example gets a
+  host-only `source`: its component's index in mixture.names(config) (0 without one).
 
   Every transform is a function of (seed, record index), so the iterator state
   (one integer) is all a resumed run needs to continue the same stream.
@@ -20,27 +27,62 @@ def train_dataset(config, processor, split: str,
   if config.train.batch_size % process_count:
     raise ValueError(f'config.train.batch_size={config.train.batch_size} is not divisible '
                      f'by {process_count} processes')
-  ds = grain.MapDataset.source(source.open_split(config.data.dir, split)).seed(config.seed)
+  log = source.RecordLog(config.data.get('max_skipped_records', 0))
+  comps = mixture.components(config)
+  if not comps:
+    records = source.open_split(config.data.dir, split)
+    ds = _stream(config, records, config.seed, make_processor(tuple(config.data.tasks)), 0,
+                 log, process_index, process_count)
+  else:
+    records = [source.open_split(c.dir, split, f'{c.knob}.dir') for c in comps]
+    weights = mixture.weights(comps, [len(r) for r in records])
+    ds = grain.MapDataset.mix(
+        [_stream(config, r, c.seed, make_processor(c.tasks), i, log, process_index,
+                 process_count) for i, (c, r) in enumerate(zip(comps, records))], weights)
+  return ds.batch(config.train.batch_size // process_count, drop_remainder=True)
+
+
+def _stream(config, records, seed: int, processor, index: int, log: source.RecordLog,
+            process_index: int, process_count: int) -> grain.MapDataset:
+  """One dataset's examples: shuffled, repeated, this process's slice, processed; bad and
+  too-long records stepped over (source.skip_records)."""
+  ds = grain.MapDataset.source(records).seed(seed)
   if config.data.shuffle:
     ds = ds.shuffle()
   ds = ds.repeat(None)[process_index::process_count]
   augment = config.data.augment
   ds = ds.random_map(source.locate_errors(
       lambda raw, rng: processor(raw, rng if augment else None)))
-  ds = source.skip_bad_records(ds, config.data.get('max_skipped_records', 0))
-  return ds.batch(config.train.batch_size // process_count, drop_remainder=True)
+  ds = source.skip_records(ds, log)
+  return ds.map(lambda example: {**example, 'source': np.int32(index)})
 
 
 def eval_dataset(config, processor, split: str, batch_size: int,
                  process_index: int | None = None, process_count: int | None = None
                  ) -> grain.MapDataset:
-  """One ordered pass, no augmentation; the last partial batch is dropped."""
+  """One ordered pass over mixture.eval_dir(config) (config.data.dir, or the first
+  mixture component's when that is ''), no augmentation; too-long examples are dropped
+  and the last partial batch too."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  ds = grain.MapDataset.source(source.open_split(config.data.dir, split))
+  ds = grain.MapDataset.source(source.open_split(mixture.eval_dir(config), split))
   ds = ds[process_index::process_count].map(source.locate_errors(lambda raw: processor(raw, None)))
-  ds = source.skip_bad_records(ds, config.data.get('max_skipped_records', 0))
+  ds = source.skip_records(ds, source.RecordLog(config.data.get('max_skipped_records', 0)))
   return ds.batch(batch_size // process_count, drop_remainder=True)
+
+
+def host_scalars(batch: dict, ds: grain.MapDataset, names: tuple[str, ...] = ()) -> dict:
+  """What the loop logs about the data, read from the host batch (never sent to devices):
+  the fraction of examples truncated, too-long records dropped so far in this process
+  and, with a mixture, examples per component in this batch."""
+  out = {'data/truncated': float(np.mean(batch.get('truncated', 0)))}
+  log = source.record_log(ds)
+  if log is not None:
+    out['data/dropped_too_long'] = float(len(log.too_long))
+  if names and 'source' in batch:
+    counts = np.bincount(np.asarray(batch['source']), minlength=len(names))
+    out.update({f'data/examples/{n}': float(c) for n, c in zip(names, counts)})
+  return out
 
 
 def make_iterator(ds: grain.MapDataset, worker_threads: int):
@@ -52,6 +94,7 @@ def make_iterator(ds: grain.MapDataset, worker_threads: int):
 
 
 def to_global(batch: dict, shardings: dict) -> dict:
-  """Host-local numpy batch -> global jax.Arrays sharded over the batch mesh axes."""
+  """Host-local numpy batch -> global jax.Arrays sharded over the batch mesh axes; keys
+  without a sharding (host-only: `source`, `truncated`) stay on the host."""
   return {k: jax.make_array_from_process_local_data(shardings[k], v)
           for k, v in batch.items() if k in shardings}

@@ -4,8 +4,9 @@ Every dataset is read through here, without TensorFlow or TFDS: a TFDS build (a
 `dataset_info.json` beside `<name>-<split>.array_record-XXXXX-of-YYYYY` shards, from
 `python -m data_prep build`) or the older flat layout (`<split>-XXXXX-of-YYYYY.array_record`).
 
-Errors name the shard file and the record index in it. `skip_bad_records` lets a run
-step over up to N undecodable records instead of dying on the first.
+Errors name the shard file and the record index in it. `skip_records` lets a run step
+over up to N undecodable records instead of dying on the first, and drops examples that
+do not fit max_len (schema.TooLong).
 """
 import bisect
 import glob
@@ -26,8 +27,13 @@ class DataError(schema.SchemaError):
   """A record or shard that cannot be read or decoded; the message says where."""
 
 
-def split_files(data_dir: str, split: str) -> list[str]:
-  """The split's shard files, in record order."""
+class TooLongRecord(DataError, schema.TooLong):
+  """schema.TooLong with the shard file and index added: still dropped as too long."""
+
+
+def split_files(data_dir: str, split: str, knob: str = 'config.data.dir') -> list[str]:
+  """The split's shard files, in record order; errors name `knob` (where data_dir came
+  from)."""
   info_path = os.path.join(data_dir, 'dataset_info.json')
   if os.path.exists(info_path):
     with open(info_path) as f:
@@ -42,11 +48,11 @@ def split_files(data_dir: str, split: str) -> list[str]:
                              .replace('{SHARD_X_OF_Y}', f'{i:05d}-of-{n:05d}'))
                 for i in range(n)]
     names = [s['name'] for s in info.get('splits', [])]
-    raise FileNotFoundError(f'config.data.dir: {data_dir!r} has no split {split!r} '
+    raise FileNotFoundError(f'{knob}: {data_dir!r} has no split {split!r} '
                             f'(it has {names})')
   files = sorted(glob.glob(os.path.join(data_dir, f'{split}-*.array_record')))
   if not files:
-    raise FileNotFoundError(f'config.data.dir: no {split}-*.array_record files in {data_dir!r}')
+    raise FileNotFoundError(f'{knob}: no {split}-*.array_record files in {data_dir!r}')
   return files
 
 
@@ -120,8 +126,8 @@ class ShardSource:
     return f'ShardSource({len(self.files)} files, {len(self)} records)'
 
 
-def open_split(data_dir: str, split: str) -> ShardSource:
-  return ShardSource(split_files(data_dir, split))
+def open_split(data_dir: str, split: str, knob: str = 'config.data.dir') -> ShardSource:
+  return ShardSource(split_files(data_dir, split, knob))
 
 
 def locate_errors(fn):
@@ -136,59 +142,106 @@ def locate_errors(fn):
       where = getattr(raw, 'location', '')
       if not where:
         raise
-      raise DataError(f'{where}: {e}') from e
+      kind = TooLongRecord if isinstance(e, schema.TooLong) else DataError
+      raise kind(f'{where}: {e}') from e
 
   return wrapped
 
 
-class _SkipBadRecords(grain.MapDataset):
-  """Element i, or if it fails to read or decode, the next element that does.
+class RecordLog:
+  """The records one pipeline stepped over, by where they are -> why; shared by all of its
+  components, so max_skipped_records bounds the whole run."""
+
+  def __init__(self, limit: int):
+    self.limit = limit
+    self.bad: dict[str, str] = {}  # undecodable: counted against `limit`
+    self.too_long: dict[str, str] = {}  # TooLong: dropped, never counted against it
+    self._lock = threading.Lock()
+
+  def note_bad(self, error: Exception) -> None:
+    message = str(error)
+    with self._lock:
+      if _where(message) not in self.bad:
+        self.bad[_where(message)] = message
+        logging.warning('skipping undecodable record (%d of at most %d): %s',
+                        len(self.bad), self.limit, message)
+      if len(self.bad) > self.limit:
+        raise DataError(f'{message}\n(more than config.data.max_skipped_records='
+                        f'{self.limit} undecodable records)') from error
+
+  def note_too_long(self, error: Exception) -> None:
+    message = str(error)
+    with self._lock:
+      if _where(message) not in self.too_long:
+        self.too_long[_where(message)] = message
+        logging.info('dropping a record longer than config.data.max_len (%d so far): %s',
+                     len(self.too_long), message)
+
+
+def _where(message: str) -> str:
+  return message.split(': ', 1)[0]
+
+
+# Too-long examples in a row that mean max_len fits (almost) nothing: stop, don't spin.
+TOO_LONG_IN_A_ROW = 1000
+
+
+class _SkipRecords(grain.MapDataset):
+  """Element i, or if it cannot be used, the next element that can: one that fails to
+  read or decode (a bad record, at most `log.limit` of them; 0: the error stops the run)
+  or one that does not fit max_len (schema.TooLong: dropped, however many).
 
   The replacement is a function of the index alone, so a resumed run sees the same
-  stream. Distinct bad records are logged once each and counted; one more than
-  `limit` stops the run.
+  stream. Each record stepped over is logged once and counted in `log`.
   """
 
-  def __init__(self, parent: grain.MapDataset, limit: int):
+  def __init__(self, parent: grain.MapDataset, log: RecordLog):
     super().__init__(parent)
-    self._limit = limit
-    self._bad: dict[str, str] = {}
-    self._lock = threading.Lock()
+    self.log = log
 
   def __len__(self) -> int:
     return len(self._parent)
 
   def __str__(self) -> str:
-    return f'SkipBadRecords(limit={self._limit})'
-
-  @property
-  def skipped(self) -> dict[str, str]:
-    """Where each skipped record is -> why it was skipped."""
-    return dict(self._bad)
+    return f'SkipRecords(limit={self.log.limit})'
 
   def __getitem__(self, index):
     if isinstance(index, slice):
       return self.slice(index)
-    for offset in range(self._limit + 1):
+    bad = too_long = 0
+    offset = 0
+    while True:
       try:
         return self._parent[index + offset]
+      except schema.TooLong as e:
+        self.log.note_too_long(e)
+        too_long += 1
+        if too_long >= TOO_LONG_IN_A_ROW:
+          raise DataError(f'{too_long} examples in a row from element {index} are longer than '
+                          f'config.data.max_len (the last: {e}); raise max_len or set '
+                          "config.data.too_long='truncate'") from e
       except schema.SchemaError as e:
-        self._note(e)
-    raise DataError(f'{self._limit + 1} undecodable records in a row from element {index}')
-
-  def _note(self, error: Exception) -> None:
-    message = str(error)
-    where = message.split(': ', 1)[0]
-    with self._lock:
-      if where not in self._bad:
-        self._bad[where] = message
-        logging.warning('skipping undecodable record (%d of at most %d): %s',
-                        len(self._bad), self._limit, message)
-      if len(self._bad) > self._limit:
-        raise DataError(f'{message}\n(more than config.data.max_skipped_records='
-                        f'{self._limit} undecodable records)') from error
+        if not self.log.limit:
+          raise
+        self.log.note_bad(e)
+        bad += 1
+        if bad > self.log.limit:
+          raise DataError(f'{bad} undecodable records in a row from element {index}') from e
+      offset += 1
 
 
-def skip_bad_records(ds: grain.MapDataset, limit: int) -> grain.MapDataset:
-  """ds unchanged when limit is 0 (the first bad record stops the run)."""
-  return _SkipBadRecords(ds, limit) if limit > 0 else ds
+def skip_records(ds: grain.MapDataset, log: RecordLog) -> grain.MapDataset:
+  """Steps over bad records (up to log.limit) and too-long ones; without any, element i
+  is ds[i]."""
+  return _SkipRecords(ds, log)
+
+
+def record_log(ds: grain.MapDataset) -> RecordLog | None:
+  """The RecordLog of a pipeline built with skip_records (searched through its parents)."""
+  todo = [ds]
+  while todo:
+    d = todo.pop()
+    if isinstance(d, _SkipRecords):
+      return d.log
+    todo.extend(getattr(d, 'parents', ()))
+  return None

@@ -4,6 +4,8 @@ import os
 
 from transformers import PreTrainedTokenizerFast
 
+from radjax.data import mixture
+
 # radjax's special tokens, the one list: tokenizers radjax trains give them ids 0-8 in
 # this order (data_prep/tokenizer.py); the radjax chat format uses them.
 SPECIAL_TOKENS = ('<pad>', '<s>', '</s>', '<unk>', '<image>', '<|system|>', '<|user|>',
@@ -14,8 +16,9 @@ SPECIALS = {'pad': '<pad>', 'bos': '<s>', 'eos': '</s>', 'unk': '<unk>', 'image'
 
 
 def tokenizer_path(config) -> str:
-  """config.data.tokenizer, else the dataset's own <data.dir>/tokenizer.json."""
-  return config.data.tokenizer or os.path.join(config.data.dir, 'tokenizer.json')
+  """config.data.tokenizer, else the dataset's own tokenizer.json (of the eval dataset:
+  config.data.dir, or a mixture's first component)."""
+  return config.data.tokenizer or os.path.join(mixture.eval_dir(config), 'tokenizer.json')
 
 
 def load_tokenizer(path: str):

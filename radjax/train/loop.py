@@ -10,7 +10,7 @@ from clu import periodic_actions
 
 from radjax.core import checkpoint as checkpoint_lib
 from radjax.core import workdir as workdir_lib
-from radjax.data import pipeline
+from radjax.data import mixture, pipeline
 from radjax.eval import evaluators as evaluators_lib
 from radjax.train import setup, writers
 from radjax.train import state as state_lib
@@ -40,7 +40,9 @@ def train(config, workdir: str, task, devices=None) -> dict:
   # init_from weights only matter for a fresh run; a resumed one restores everything.
   exp = setup.build(config, task, devices, pretrained=ckpt.latest_step() is None)
   workdir_lib.save_config(config, workdir)
-  train_ds = pipeline.train_dataset(config, task.processor(), config.data.train_split)
+  # The processor for each mixture component's tasks (or config.data.tasks).
+  train_ds = pipeline.train_dataset(config, task.processor, config.data.train_split)
+  sources = mixture.names(config)
   data_iter = pipeline.make_iterator(train_ds, config.data.worker_threads)
   state, start = restore_or_keep(exp, ckpt, data_iter)
   exp.state = None  # the restored state replaces it; don't hold two copies
@@ -64,7 +66,8 @@ def train(config, workdir: str, task, devices=None) -> dict:
       last_eval = _evaluate(evaluators, writer, state, start, {})  # lost to a kill: redo it
     for step in range(start + 1, tc.num_steps + 1):
       host_batch = next(data_iter)
-      truncated = float(np.mean(host_batch.get('truncated', 0)))
+      # Host-only keys (source, truncated) are read here; to_global sends only the task's.
+      extras = pipeline.host_scalars(host_batch, train_ds, sources)
       batch = pipeline.to_global(host_batch, exp.batch_shardings)
       with exp.context():
         state, metrics = train_step(state, batch)
@@ -72,11 +75,10 @@ def train(config, workdir: str, task, devices=None) -> dict:
       # Read the previous step's metrics now: the device is busy with this one.
       if pending is not None:
         _log(writer, pending[0], _read(pending, ckpt, state, workdir))
-      extras = {'truncated_frac': truncated}
       if step % tc.log_every == 0 or step == tc.num_steps:
         dt = time.time() - t_log
-        extras['tokens_per_sec'] = tokens_per_step * steps_since_log / max(dt, 1e-9)
-        extras['steps_per_sec'] = steps_since_log / max(dt, 1e-9)
+        extras['train/tokens_per_sec'] = tokens_per_step * steps_since_log / max(dt, 1e-9)
+        extras['train/steps_per_sec'] = steps_since_log / max(dt, 1e-9)
         t_log, steps_since_log = time.time(), 0
       pending = (step, metrics, extras, step % tc.log_every == 0 or step == tc.num_steps)
       progress(step)
@@ -144,9 +146,8 @@ def _read(pending, ckpt, state, workdir) -> dict:
         f'in {path} for inspection. Lower config.optim.lr or check the data.')
   if not log:
     return {}
-  scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-  scalars.update(extras)
-  return {f'train/{k}': v for k, v in scalars.items()}
+  scalars = {f'train/{k}': float(v) for k, v in jax.device_get(metrics).items()}
+  return {**scalars, **extras}  # extras carry their own prefix (train/, data/)
 
 
 def _flat_hparams(config) -> dict:

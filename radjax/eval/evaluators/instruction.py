@@ -15,7 +15,7 @@ import os
 
 import jax
 
-from radjax.data import instructions, schema, source
+from radjax.data import instructions, mixture, schema, source
 from radjax.eval.evaluators import answers
 from radjax.eval.metrics import classification, grounding
 
@@ -71,7 +71,7 @@ class InstructionEvaluator:
   @functools.cached_property
   def items(self) -> list[tuple[dict, list[dict], str]]:
     """(example, prompt turns, reference answer) of the first records the task serves."""
-    records = source.open_split(self.exp.config.data.dir, self.split)
+    records = source.open_split(mixture.eval_dir(self.exp.config), self.split)
     out, want = [], self.exp.config.eval.num_generate
     for i in range(len(records)):
       if len(out) >= want:

@@ -7,7 +7,7 @@ import os
 import jax
 import numpy as np
 
-from radjax.data import instructions, schema, source
+from radjax.data import instructions, mixture, schema, source
 from radjax.eval.evaluators import answers
 from radjax.eval.metrics import classification, scoring
 from radjax.eval.metrics.labeler import label_report
@@ -46,7 +46,7 @@ class ReportEvaluator:
   @functools.cached_property
   def records(self):
     """The split's records, opened on first use (reporting on given images needs none)."""
-    return source.open_split(self.exp.config.data.dir, self.split)
+    return source.open_split(mixture.eval_dir(self.exp.config), self.split)
 
   def __init__(self, exp, split: str):
     self.exp = exp

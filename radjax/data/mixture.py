@@ -1,0 +1,104 @@
+"""config.data.mixture: several datasets trained together, each with its own instruction
+tasks, mixed by weight (radjax/data/pipeline.py builds the stream).
+
+    config.data.mixture.<name> = dict(dir=..., tasks=(...), weight=0.0, repeat=1)
+
+- dir: a built dataset (its train split is read); required.
+- tasks: the instruction tasks its records become; default config.data.tasks.
+- weight, repeat: component i is drawn with probability proportional to
+      w_i * repeat_i,  w_i = weight_i if weights are given, else the size of its train split.
+  Either every weight is 0 (RadVLM's way: the datasets concatenated, a small one listed
+  `repeat` times) or every weight is positive (a share, normalised over the components;
+  repeat then multiplies it). Mixing the two would compare record counts with shares, so
+  it is an error.
+
+Components are taken in name order (ConfigDict sorts its keys): that order gives each
+one its `source` index in a batch and makes the first one the eval dataset when
+config.data.dir is ''. Each is shuffled with its own seed, a function of config.seed and
+its name, so adding a component leaves the others' orders unchanged.
+"""
+import dataclasses
+import hashlib
+import math
+import os
+
+KEYS = ('dir', 'tasks', 'weight', 'repeat')
+
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+  name: str
+  dir: str
+  tasks: tuple[str, ...]
+  weight: float
+  repeat: int
+  seed: int
+
+  @property
+  def knob(self) -> str:
+    return f'config.data.mixture.{self.name}'
+
+
+def component_seed(seed: int, name: str) -> int:
+  """A stable (not Python's salted hash) function of the run's seed and the name."""
+  digest = hashlib.sha256(f'{seed}/{name}'.encode()).digest()
+  return int.from_bytes(digest[:4], 'little') % 2**31
+
+
+def components(config) -> list[Component]:
+  """The checked components of config.data.mixture; [] when it is empty. Errors name
+  `config.data.mixture.<name>.<key>`."""
+  out = []
+  for name, spec in config.data.mixture.items():
+    knob = f'config.data.mixture.{name}'
+    if not hasattr(spec, 'items'):
+      raise ValueError(f'{knob}: expected dict(dir=..., tasks=(...), weight=..., repeat=...), '
+                       f'got {spec!r}')
+    for key in spec.keys():
+      if key not in KEYS:
+        raise ValueError(f'{knob}.{key}: unknown key (known: {", ".join(KEYS)})')
+    data_dir = spec.get('dir', '')
+    if not data_dir:
+      raise ValueError(f'{knob}.dir: missing (the dataset folder of this component)')
+    if not os.path.isdir(data_dir):
+      raise FileNotFoundError(f'{knob}.dir: {data_dir!r} is not a directory')
+    tasks = spec.get('tasks', config.data.tasks)
+    if isinstance(tasks, str) or not tasks or not all(isinstance(t, str) for t in tasks):
+      raise ValueError(f'{knob}.tasks: expected a non-empty tuple of task names, got {tasks!r}')
+    weight = spec.get('weight', 0.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or \
+        not math.isfinite(weight) or weight < 0:
+      raise ValueError(f'{knob}.weight: expected a finite number >= 0, got {weight!r}')
+    repeat = spec.get('repeat', 1)
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+      raise ValueError(f'{knob}.repeat: expected an integer >= 1, got {repeat!r}')
+    out.append(Component(name, data_dir, tuple(tasks), float(weight), repeat,
+                         component_seed(config.seed, name)))
+  zero = [c for c in out if c.weight == 0]
+  if zero and len(zero) < len(out):
+    raise ValueError(f'{zero[0].knob}.weight: 0 (by size) while '
+                     f'{", ".join(c.name for c in out if c.weight)} have positive weights; '
+                     'give every component a weight, or none (all 0: by size x repeat)')
+  return out
+
+
+def weights(comps: list[Component], sizes: list[int]) -> list[float]:
+  """Each component's sampling probability (module docstring)."""
+  for c, n in zip(comps, sizes):
+    if n == 0:
+      raise ValueError(f'{c.knob}.dir: {c.dir!r} has no records in its train split')
+  raw = [(c.weight or n) * c.repeat for c, n in zip(comps, sizes)]
+  return [w / sum(raw) for w in raw]
+
+
+def names(config) -> tuple[str, ...]:
+  """The components' names by `source` index; () without a mixture."""
+  return tuple(config.data.mixture.keys())
+
+
+def eval_dir(config) -> str:
+  """The eval dataset: config.data.dir, or when that is '' the first component's dir."""
+  if config.data.dir or not config.data.mixture:
+    return config.data.dir
+  first = names(config)[0]
+  return config.data.mixture[first].get('dir', '')
