@@ -1,7 +1,7 @@
 r"""Hugging Face <-> radjax workdir conversion.
 
   python -m radjax.convert from-hf --family {llama,qwen2,gpt_neox,clip_vision,siglip_vision,
-      blip2_qformer,llava}
+      blip2_vision,blip2_qformer,llava}
       --hf_dir DIR --out WORKDIR [--unscanned]
   python -m radjax.convert to-hf --workdir WORKDIR [--step N] --out DIR
       [--dtype float32|bfloat16]
@@ -19,10 +19,12 @@ from radjax.convert import export, hf_io
 from radjax.convert.common import ConversionError
 from radjax.convert.hf_config import UnsupportedConfig
 
-# --family -> the HF model_type(s) it accepts (full CLIP/SigLIP models give their tower).
+# --family -> the HF model_type(s) it accepts (full CLIP/SigLIP/BLIP-2 models give their
+# tower). Weights: safetensors, or PyTorch .bin shards read with weights_only=True.
 FAMILIES = {'llama': ('llama',), 'qwen2': ('qwen2',), 'gpt_neox': ('gpt_neox',),
             'clip_vision': ('clip_vision_model', 'clip'),
             'siglip_vision': ('siglip_vision_model', 'siglip'), 'llava': ('llava',),
+            'blip2_vision': ('blip-2', 'blip_2_vision_model'),
             'blip2_qformer': ('blip-2', 'blip_2_qformer')}
 
 

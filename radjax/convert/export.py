@@ -21,7 +21,8 @@ from radjax.models import factory
 # --family -> (part, kind) for one part alone; 'llava' is the whole VLM.
 FAMILY_PARTS = {'llama': ('llm', 'decoder'), 'qwen2': ('llm', 'decoder'),
                 'gpt_neox': ('llm', 'decoder'), 'clip_vision': ('vision', 'vit'),
-                'siglip_vision': ('vision', 'vit'), 'blip2_qformer': ('projector', 'qformer')}
+                'siglip_vision': ('vision', 'vit'), 'blip2_vision': ('vision', 'vit'),
+                'blip2_qformer': ('projector', 'qformer')}
 
 
 def count(params) -> int:

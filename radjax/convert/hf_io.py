@@ -1,22 +1,110 @@
-"""Read/write HF model directories (config.json + safetensors) without torch."""
+"""Read/write HF model directories (config.json + weights) and single checkpoint files.
+
+Safetensors is preferred and needs no torch. PyTorch `.bin` / `.pth` / `.pt` files are
+read with `torch.load(weights_only=True)` only: tensors, plain containers and numbers.
+A file that needs anything else unpickled is refused, never executed.
+"""
 import copy
 import glob
 import os
+import pickle
+import re
 
 import ml_dtypes
 import numpy as np
 from safetensors import numpy as st_numpy
 
+from radjax.convert.common import ConversionError
 from radjax.core import files as files_lib
 
 DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}  # never float16
+TORCH_SUFFIXES = ('.bin', '.pth', '.pt')
+# Keys under which training code nests the weights (LAVIS / MiniGPT-4: 'model').
+_WRAPPERS = ('model', 'state_dict')
+
+
+def _to_numpy(name: str, path: str, t) -> np.ndarray:
+  import torch
+  if not isinstance(t, torch.Tensor):
+    raise ConversionError(f'{path}: entry {name!r} is a {type(t).__name__}, not a tensor')
+  t = t.detach().cpu().contiguous()
+  if t.dtype == torch.bfloat16:  # numpy has no bf16: reinterpret the bits
+    return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+  return t.numpy()
+
+
+def load_torch_file(path: str) -> dict:
+  """{name: numpy array} of a PyTorch checkpoint file, read with `weights_only=True`.
+  A dict nesting the weights under 'model' or 'state_dict' (LAVIS, MiniGPT-4) is
+  unwrapped; the rest of it (optimizer, epoch, ...) is not read further."""
+  import torch
+  try:
+    obj = torch.load(path, map_location='cpu', weights_only=True)
+  except pickle.UnpicklingError as e:  # weights_only met something beyond tensors
+    text = str(e)
+    found = re.search(r'Unsupported global: GLOBAL ([\w.]+)', text)
+    if found:
+      raise ConversionError(f'{path}: refused, it needs arbitrary unpickling to load '
+                            f'({found.group(1)}); convert it to safetensors where you trust '
+                            'it') from None
+    found = re.search(r'WeightsUnpickler error: \s*(.+)', text)
+    detail = found.group(1).strip() if found else text.splitlines()[0]
+    raise ConversionError(f'{path}: torch.load(weights_only=True) cannot read it ({detail}); '
+                          'if it is a checkpoint you trust, convert it to safetensors') from None
+  except (RuntimeError, EOFError) as e:
+    raise ConversionError(f'{path}: not a readable PyTorch checkpoint ({e})') from None
+  if not isinstance(obj, dict):
+    raise ConversionError(f'{path}: holds a {type(obj).__name__}, not a dict of tensors')
+  if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    inner = [k for k in _WRAPPERS if isinstance(obj.get(k), dict)]
+    if not inner:
+      raise ConversionError(f'{path}: not a dict of tensors, and no {_WRAPPERS} entry holding '
+                            f'one (keys: {sorted(map(str, obj))[:10]})')
+    obj = obj[inner[0]]
+  return {str(k): _to_numpy(str(k), path, v) for k, v in obj.items()}
+
+
+def load_state_dict_file(path: str) -> dict:
+  """{name: numpy array} of one weights file: `.safetensors`, or PyTorch (`.bin`, `.pth`,
+  `.pt`) read safely."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path}: no such file')
+  if path.endswith('.safetensors'):
+    return st_numpy.load_file(path)
+  if path.endswith(TORCH_SUFFIXES):
+    return load_torch_file(path)
+  raise ConversionError(f'{path}: unknown weights format; expected .safetensors or one of '
+                        f'{TORCH_SUFFIXES}')
+
+
+def _weight_files(path: str) -> list[str]:
+  """The directory's weight files: its safetensors, else its `pytorch_model*.bin` (as the
+  index lists them, when there is one)."""
+  files = sorted(glob.glob(os.path.join(path, '*.safetensors')))
+  if files:
+    return files
+  index = os.path.join(path, 'pytorch_model.bin.index.json')
+  if os.path.exists(index):
+    raw = files_lib.read_json(index, ConversionError)
+    weight_map = raw.get('weight_map') if isinstance(raw, dict) else None
+    if not isinstance(weight_map, dict):
+      raise ConversionError(f'{index}: no weight_map')
+    files = [os.path.join(path, f) for f in sorted(set(weight_map.values()))]
+    absent = [f for f in files if not os.path.exists(f)]
+    if absent:
+      raise FileNotFoundError(f'{index} lists shards that are absent: {absent}')
+    return files
+  files = sorted(glob.glob(os.path.join(path, 'pytorch_model*.bin')))
+  if not files:
+    raise FileNotFoundError(f'{path}: no *.safetensors or pytorch_model*.bin weights')
+  return files
 
 
 def load_hf_dir(path: str):
-  """(transformers config, {name: numpy array}) from a local HF model directory."""
+  """(transformers config, {name: numpy array}) from a local HF model directory: its
+  safetensors, else its PyTorch `pytorch_model*.bin` shards (read safely)."""
   import transformers
 
-  from radjax.convert.common import ConversionError
   config_path = os.path.join(path, 'config.json')
   if not os.path.isdir(path):
     raise FileNotFoundError(f'{path}: no such directory')
@@ -26,14 +114,11 @@ def load_hf_dir(path: str):
     raise ConversionError(f'{config_path}: unknown model_type={model_type!r}')
   # The config class is picked by model_type from transformers itself; no remote code.
   hf_config = transformers.CONFIG_MAPPING[model_type].from_pretrained(path)
-  files = sorted(glob.glob(os.path.join(path, '*.safetensors')))
-  if not files:
-    raise FileNotFoundError(f'{path}: no *.safetensors files (pickled .bin is not read)')
   state_dict = {}
-  for fn in files:
-    for name, arr in st_numpy.load_file(fn).items():
+  for fn in _weight_files(path):
+    for name, arr in load_state_dict_file(fn).items():
       if name in state_dict:
-        raise ValueError(f'{path}: tensor {name!r} appears in more than one shard')
+        raise ConversionError(f'{path}: tensor {name!r} appears in more than one shard')
       state_dict[name] = arr
   return hf_config, state_dict
 

@@ -78,6 +78,9 @@ def hf_config_from_vlm(cfg: vlm.VLMConfig, text_family: str, max_position_embedd
   if cfg.projector.kind != 'mlp':
     raise UnsupportedConfig(f'config.model.projector.kind={cfg.projector.kind!r} has no Llava '
                             "equivalent (Llava's projector is 'mlp')")
+  if cfg.vision.variant not in ('clip', 'siglip'):  # Llava reads no post-norm (EVA's)
+    raise UnsupportedConfig(f'config.model.vision.variant={cfg.vision.variant!r} has no Llava '
+                            "equivalent ('clip' or 'siglip')")
   tokens = {k: extra[k] for k in _TOKEN_FIELDS if k in extra}
   text = hf_config.hf_config_from_llm(cfg.llm, text_family, max_position_embeddings,
                                      **tokens)

@@ -7,13 +7,17 @@ dict, so one path serves `from-hf`, `to-hf` and `init_from`. Adding a part kind 
 an HF equivalent is one entry here plus its table module.
 """
 import dataclasses
+import functools
 from typing import Callable
 
+import jax.numpy as jnp
+
+from radjax.convert import common, llm_families, qformer, vit
 from radjax.convert import hf_config as llm_hf_config
-from radjax.convert import llm_families, qformer, vit
 from radjax.convert import vocab as vocab_lib
-from radjax.convert.common import ConversionError
+from radjax.convert.common import ConversionError, Rule
 from radjax.convert.hf_config import UnsupportedConfig
+from radjax.models import projector as projector_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,3 +98,40 @@ def params_for(part: str, hf_cfg, state_dict, target, scan: bool):
   if part == 'llm':
     params = vocab_lib.grow_vocab(params, target.vocab_size)
   return params
+
+
+# A 'linear' projector read from BLIP-2 names: MiniGPT-4 / XrayGPT's `llama_proj`
+# (radjax.convert.lavis renames it) is BLIP-2's language projection.
+_LINEAR_RULES = (Rule('fc/kernel', 'language_projection.weight', 'linear'),
+                 Rule('fc/bias', 'language_projection.bias', 'identity'))
+
+
+@functools.lru_cache(maxsize=16)
+def _linear_shapes(cfg: projector_lib.ProjectorConfig) -> dict:
+  return common.shapes_of(projector_lib.LinearProjector(cfg), jnp.zeros((1, 1, cfg.in_dim)))
+
+
+def params_from_tensors(part: str, state_dict: dict, target, scan: bool,
+                        source: str = 'checkpoint'):
+  """Params for the part config `target` from tensors in HF names that come without an
+  HF config (a `.pth` / `.bin` file, LAVIS names already mapped by radjax.convert.lavis).
+  The target's architecture is taken as given; every tensor's shape is checked against
+  it. Vision: `vision_model.*` (a BLIP-2 file's other tensors are left out); projector
+  'qformer': `qformer.*`, `query_tokens`, `language_projection.*`; projector 'linear':
+  `language_projection.*` alone."""
+  kind = target.kind
+  if (part, kind) == ('vision', 'vit'):
+    tensors = {k: v for k, v in state_dict.items() if k.startswith(vit.PREFIX)}
+    if not tensors:
+      raise ConversionError(f'{source}: no vision tower tensors (vision_model.* or LAVIS '
+                            'visual_encoder.*)')
+    return vit.params_from_hf(tensors, target, scan)
+  if (part, kind) == ('projector', 'qformer'):
+    return qformer.params_from_hf(state_dict, target)
+  if (part, kind) == ('projector', 'linear'):
+    flat = common.to_ours(state_dict, _LINEAR_RULES,
+                          {'linear': common.LINEAR, 'identity': common.IDENTITY},
+                          _linear_shapes(target), 0, scan=False, ignore=r'^vision_model\.')
+    return common.unflatten(flat)
+  raise UnsupportedConfig(f'config.model.{part}.kind={kind!r} cannot start from a single '
+                          f'weights file ({source}); use an HF directory or a workdir')

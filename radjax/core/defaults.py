@@ -127,8 +127,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.image_token_id = -1  # -1: the tokenizer's <image>; a set id must agree with it
 
   c.model.vision = ml_collections.ConfigDict()
-  c.model.vision.kind = 'vit'  # 'vit': CLIP/SigLIP-style 2D ViT
-  c.model.vision.variant = 'clip'  # 'clip' | 'siglip'
+  c.model.vision.kind = 'vit'  # 'vit': CLIP/SigLIP/EVA-style 2D ViT
+  # 'clip' | 'siglip' | 'eva' (BLIP-2's EVA ViT-g, XrayGPT: no k bias, exact GELU, no
+  # pre-norm, post-norm `ln_vision` on the features; norm_eps 1e-6, keep_class_token=True)
+  c.model.vision.variant = 'clip'
   c.model.vision.image_size = 224
   c.model.vision.patch_size = 14
   c.model.vision.embed_dim = 1024
@@ -141,8 +143,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # parameters and the export but never run.
   c.model.vision.select_layer = -2
   c.model.vision.keep_class_token = False
-  # Start from pretrained weights: an HF model directory (CLIP/SigLIP vision, or a
-  # Llava whose tower is taken) or a radjax workdir. '' = random init.
+  # Start from pretrained weights: an HF model directory (CLIP/SigLIP/BLIP-2 vision, or a
+  # Llava whose tower is taken), a BLIP-2 .pth (LAVIS names) or a radjax workdir. '' =
+  # random init.
   c.model.vision.init_from = ''
 
   c.model.projector = ml_collections.ConfigDict()
@@ -159,8 +162,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.projector.mlp_dim = 3072
   c.model.projector.cross_attention_every = 2
   c.model.projector.norm_eps = 1e-12
-  # A VLM workdir, an HF Llava directory (LLaVA stage 2) or, for 'qformer', a BLIP-2
-  # directory or a projector workdir.
+  # A VLM workdir, an HF Llava directory (LLaVA stage 2); for 'qformer', a BLIP-2
+  # directory or .pth (LAVIS names) or a projector workdir; for 'linear', a MiniGPT-4 /
+  # XrayGPT checkpoint .pth (its llama_proj).
   c.model.projector.init_from = ''
 
   c.model.llm = ml_collections.ConfigDict()

@@ -1,8 +1,12 @@
-"""2D ViT vision towers, CLIP-style and SigLIP-style.
+"""2D ViT vision towers: CLIP-style, SigLIP-style and EVA-style (BLIP-2, XrayGPT).
 
-Parameter structure mirrors HF `CLIPVisionModel` / `SiglipVisionModel` one to one
-(patch conv, class token for CLIP, learned positions, pre-norm for CLIP, q/k/v/o
-with bias, fc1/fc2, post-norm), so conversion is transposes and reshapes.
+Parameter structure mirrors HF `CLIPVisionModel` / `SiglipVisionModel` /
+`Blip2VisionModel` (patch conv, class token for CLIP and EVA, learned positions,
+pre-norm for CLIP, q/k/v/o, fc1/fc2, post-norm), so conversion is transposes,
+reshapes and, for EVA's fused qkv, a split.
+
+EVA differs from CLIP in: no k bias, exact-erf GELU, a patch-conv bias, no pre-norm,
+and the post-norm (BLIP-2's `ln_vision`) applied to every feature token handed on.
 """
 import dataclasses
 from typing import ClassVar
@@ -15,11 +19,13 @@ from radjax.models import layers
 from radjax.models.runtime import Runtime
 
 TOKENS = ('act_batch', 'act_len', 'act_embed')
+VARIANTS = ('clip', 'siglip', 'eva')
+_ACTIVATION = {'clip': 'quick_gelu', 'siglip': 'gelu_tanh', 'eva': 'gelu'}
 
 
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
-  variant: str  # 'clip' | 'siglip'
+  variant: str  # 'clip' | 'siglip' | 'eva'
   image_size: int
   patch_size: int
   embed_dim: int
@@ -32,12 +38,14 @@ class ViTConfig:
   # last layer's output, -2 the penultimate (LLaVA's choice). A forward-time choice:
   # every layer stays in the parameters (and the export); those after it never run.
   select_layer: int = -1
-  keep_class_token: bool = False  # CLIP only: LLaVA's 'default' strategy drops it
+  # CLIP and EVA: LLaVA's 'default' strategy drops it; BLIP-2's Q-Former sees it (EVA).
+  keep_class_token: bool = False
   kind: ClassVar[str] = 'vit'
 
   def __post_init__(self):
-    if self.variant not in ('clip', 'siglip'):
-      raise ValueError(f"config.model.vision.variant: {self.variant!r} is not 'clip' or 'siglip'")
+    if self.variant not in VARIANTS:
+      raise ValueError(f'config.model.vision.variant: {self.variant!r} is not one of '
+                       f'{VARIANTS}')
     if self.image_size % self.patch_size:
       raise ValueError(f'config.model.vision: image_size {self.image_size} is not a multiple '
                        f'of patch_size {self.patch_size}')
@@ -50,9 +58,13 @@ class ViTConfig:
     return (self.image_size // self.patch_size) ** 2
 
   @property
+  def has_class_token(self) -> bool:
+    return self.variant in ('clip', 'eva')
+
+  @property
   def num_tokens(self) -> int:
     """Feature tokens handed to the projector per image."""
-    return self.num_patches + int(self.variant == 'clip' and self.keep_class_token)
+    return self.num_patches + int(self.has_class_token and self.keep_class_token)
 
   @property
   def layers_run(self) -> int:
@@ -71,14 +83,18 @@ class EncoderBlock(nn.Module):
     x = layers.constrain(x, TOKENS)
     h = layers.LayerNorm(cfg.norm_eps, dtype, name='norm1')(x)
     q = layers.Dense((cfg.num_heads, hd), ('embed', 'heads', 'kv'), True, dtype, name='q')(h)
-    k = layers.Dense((cfg.num_heads, hd), ('embed', 'heads', 'kv'), True, dtype, name='k')(h)
+    # EVA has no k bias, and we leave it out rather than hold a frozen zero: a bias on
+    # k adds q.b_k to every logit of a query's row, which softmax cancels, so it can never
+    # matter (and would get only rounding-noise gradients).
+    k = layers.Dense((cfg.num_heads, hd), ('embed', 'heads', 'kv'), cfg.variant != 'eva',
+                     dtype, name='k')(h)
     v = layers.Dense((cfg.num_heads, hd), ('embed', 'heads', 'kv'), True, dtype, name='v')(h)
     h = layers.attention(q, k, v, implementation=self.rt.attention_impl)
     x = x + layers.DenseOut(cfg.embed_dim, ('heads', 'kv', 'embed'), 2, True, dtype, name='o')(h)
     h = layers.LayerNorm(cfg.norm_eps, dtype, name='norm2')(x)
     h = layers.Dense((cfg.mlp_dim,), ('embed', 'mlp'), True, dtype, name='fc1')(h)
-    act = 'quick_gelu' if cfg.variant == 'clip' else 'gelu_tanh'
-    h = layers.constrain(layers.ACTIVATIONS[act](h), ('act_batch', 'act_len', 'act_mlp'))
+    h = layers.ACTIVATIONS[_ACTIVATION[cfg.variant]](h)
+    h = layers.constrain(h, ('act_batch', 'act_len', 'act_mlp'))
     x = x + layers.DenseOut(cfg.embed_dim, ('mlp', 'embed'), 1, True, dtype, name='fc2')(h)
     return layers.constrain(x, TOKENS), None
 
@@ -116,13 +132,13 @@ class ViT(nn.Module):
     cfg, dtype = self.cfg, self.rt.dtype
     x = nn.Conv(cfg.embed_dim, (cfg.patch_size, cfg.patch_size),
                 strides=(cfg.patch_size, cfg.patch_size), padding='VALID',
-                use_bias=cfg.variant == 'siglip', dtype=dtype, param_dtype=jnp.float32,
+                use_bias=cfg.variant != 'clip', dtype=dtype, param_dtype=jnp.float32,
                 kernel_init=layers.param_init(nn.initializers.lecun_normal(),
                                               (None, None, None, 'embed')),
                 bias_init=layers.param_init(nn.initializers.zeros, ('embed',)),
                 name='patch_embed')(images.astype(dtype))
     x = x.reshape(x.shape[0], -1, cfg.embed_dim)
-    if cfg.variant == 'clip':
+    if cfg.has_class_token:
       cls = self.param('class_embed', layers.param_init(layers.default_init, ('embed',)),
                        (cfg.embed_dim,), jnp.float32)
       x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, cfg.embed_dim)),
@@ -136,10 +152,15 @@ class ViT(nn.Module):
     x = self._encoder(x)
     aux = {'hidden': x}
     post = layers.LayerNorm(cfg.norm_eps, dtype, name='post_norm')
-    if cfg.layers_run == cfg.num_layers:
+    if cfg.variant == 'eva':
+      # BLIP-2 normalises the selected layer's tokens (`ln_vision`) before the Q-Former.
+      x = post(x)
+      if cfg.layers_run == cfg.num_layers:  # HF's pooler_output norms the CLS token twice
+        aux['pooled'] = post(x[:, 0])
+    elif cfg.layers_run == cfg.num_layers:
       aux['pooled'] = post(x[:, 0]) if cfg.variant == 'clip' else post(x)
     elif self.is_initializing():
       post(x)  # exported with the tower, unused by a truncated forward
-    if cfg.variant == 'clip' and not cfg.keep_class_token:
+    if cfg.has_class_token and not cfg.keep_class_token:
       x = x[:, 1:]
     return x, aux

@@ -2,7 +2,11 @@
 
 The vision tower and the LLM come from their own HF models, a Llava, or any workdir
 holding them; the projector from a Llava, a BLIP-2 directory (Q-Former) or a workdir
-holding one (LLaVA's stage 2 starts all three from stage 1's workdir).
+holding one (LLaVA's stage 2 starts all three from stage 1's workdir). The vision tower
+and the projector may also come from one weights file (`.pth` / `.bin` / `.safetensors`)
+in HF BLIP-2 or LAVIS names: a BLIP-2 `.pth` gives the EVA tower and the Q-Former, a
+MiniGPT-4 / XrayGPT checkpoint's `llama_proj` a 'linear' projector. A file carries no
+config, so the target's architecture is taken as given and every tensor's shape checked.
 
 Each part becomes a loader for `create_train_state`, which hands it the part's
 sharded abstract target. A workdir whose part has exactly the target's architecture
@@ -14,7 +18,7 @@ import os
 
 from absl import logging
 
-from radjax.convert import hf_io, parts
+from radjax.convert import hf_io, lavis, parts
 from radjax.core import workdir as workdir_lib
 from radjax.models import factory
 
@@ -53,6 +57,11 @@ def _from_hf_dir(part: str, path: str, target_cfg, scan: bool):
   return parts.params_for(part, hf_cfg, state_dict, target_cfg, scan)
 
 
+def _from_file(part: str, path: str, target_cfg, scan: bool):
+  state_dict = lavis.hf_names(hf_io.load_state_dict_file(path), path)
+  return parts.params_from_tensors(part, state_dict, target_cfg, scan, source=path)
+
+
 def loaders(config, part_keys: dict) -> dict:
   """{param key: load(target) -> params} for every part with an `init_from`.
 
@@ -65,11 +74,14 @@ def loaders(config, part_keys: dict) -> dict:
     path = config.model[part].get('init_from', '')
     if not path:
       continue
-    if not os.path.isdir(path):
-      raise FileNotFoundError(f'config.model.{part}.init_from={path!r} is not a directory')
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'config.model.{part}.init_from={path!r} is not a directory '
+                              'or a weights file')
 
     def load(target, part=part, path=path, target_cfg=cfgs[part]):
       logging.info('initialising %s from %s', part, path)
+      if os.path.isfile(path):
+        return _from_file(part, path, target_cfg, scan)
       if os.path.exists(os.path.join(path, workdir_lib.CONFIG_FILE)) and os.path.isdir(
           workdir_lib.checkpoint_dir(path)):
         return _from_workdir(part, path, target_cfg, target, scan)
