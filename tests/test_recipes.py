@@ -91,7 +91,11 @@ def test_radvlm_trains_the_mixture_and_scores_every_task(demo_data, tmp_path):
   config = _micro(radvlm.get_config('size=micro'), demo_data, steps=8)
   assert config.data.chat_format == 'chatml' and len(config.data.mixture) == 5
   workdir = str(tmp_path / 'radvlm')
-  metrics = run_lib.main(config, workdir, 'train')
+  trained = run_lib.main(config, workdir, 'train')
+  metrics = run_lib.main(config, workdir, 'eval')  # the same numbers, and predictions
+  assert metrics == pytest.approx(trained)
+  rows = _rows(workdir)
+  assert any(r.get('data/examples/vindr') for r in rows)  # per-component counts logged
   for key in ('val_loss', 'finding_micro_f1', 'classification_micro_f1', 'grounding_mAP@0.5',
               'grounding_mean_iou', 'vqa_accuracy'):
     assert f'eval/{key}' in metrics, (key, sorted(metrics))

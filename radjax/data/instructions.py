@@ -485,9 +485,9 @@ def make_turns(example: dict, tasks: tuple[str, ...], rng: np.random.Generator |
   # A dry run at rng=None tells which tasks apply, without consuming the rng.
   served = [(t, turns) for t in tasks if (turns := TASKS[t](example, None, options))]
   if not served:
-    raise schema.SchemaError(
+    raise schema.NoTask(
       f"record {example.get('id')!r}: serves none of the tasks {list(tasks)} "
-      '(config.data.tasks)')
+      '(config.data.tasks); dropped')
   if rng is None:
     return served[0][1]
   name = served[int(rng.integers(len(served)))][0] if len(served) > 1 else served[0][0]

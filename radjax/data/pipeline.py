@@ -78,7 +78,8 @@ def host_scalars(batch: dict, ds: grain.MapDataset, names: tuple[str, ...] = ())
   out = {'data/truncated': float(np.mean(batch.get('truncated', 0)))}
   log = source.record_log(ds)
   if log is not None:
-    out['data/dropped_too_long'] = float(len(log.too_long))
+    for reason in ('too_long', 'no_task'):
+      out[f'data/dropped_{reason}'] = float(len(log.dropped.get(reason, {})))
   if names and 'source' in batch:
     counts = np.bincount(np.asarray(batch['source']), minlength=len(names))
     out.update({f'data/examples/{n}': float(c) for n, c in zip(names, counts)})

@@ -81,9 +81,21 @@ class SchemaError(ValueError):
   """A record that does not follow the Example schema."""
 
 
-class TooLong(SchemaError):
+class Unusable(SchemaError):
+  """A valid record this run cannot use: stepped over and counted under `reason`."""
+  reason = 'unusable'
+
+
+class TooLong(Unusable):
   """A record whose tokens do not fit config.data.max_len (dropped and counted when
   config.data.too_long='drop')."""
+  reason = 'too_long'
+
+
+class NoTask(Unusable):
+  """A record that serves none of its dataset's instruction tasks (a grounding task on a
+  record without boxes)."""
+  reason = 'no_task'
 
 
 def make_example(**fields: Any) -> dict:

@@ -5,8 +5,9 @@ Every dataset is read through here, without TensorFlow or TFDS: a TFDS build (a
 `python -m data_prep build`) or the older flat layout (`<split>-XXXXX-of-YYYYY.array_record`).
 
 Errors name the shard file and the record index in it. `skip_records` lets a run step
-over up to N undecodable records instead of dying on the first, and drops examples that
-do not fit max_len (schema.TooLong).
+over up to N undecodable records instead of dying on the first, and drops (and counts)
+the examples a run cannot use (schema.Unusable: longer than max_len, or serving none of
+the dataset's tasks).
 """
 import bisect
 import glob
@@ -29,6 +30,13 @@ class DataError(schema.SchemaError):
 
 class TooLongRecord(DataError, schema.TooLong):
   """schema.TooLong with the shard file and index added: still dropped as too long."""
+
+
+class NoTaskRecord(DataError, schema.NoTask):
+  """schema.NoTask with the shard file and index added: still dropped."""
+
+
+_LOCATED = {schema.TooLong: TooLongRecord, schema.NoTask: NoTaskRecord}
 
 
 def split_files(data_dir: str, split: str, knob: str = 'config.data.dir') -> list[str]:
@@ -142,8 +150,7 @@ def locate_errors(fn):
       where = getattr(raw, 'location', '')
       if not where:
         raise
-      kind = TooLongRecord if isinstance(e, schema.TooLong) else DataError
-      raise kind(f'{where}: {e}') from e
+      raise _LOCATED.get(type(e), DataError)(f'{where}: {e}') from e
 
   return wrapped
 
@@ -155,7 +162,8 @@ class RecordLog:
   def __init__(self, limit: int):
     self.limit = limit
     self.bad: dict[str, str] = {}  # undecodable: counted against `limit`
-    self.too_long: dict[str, str] = {}  # TooLong: dropped, never counted against it
+    # schema.Unusable (too long, no task), by reason: dropped, never counted against it
+    self.dropped: dict[str, dict[str, str]] = {}
     self._lock = threading.Lock()
 
   def note_bad(self, error: Exception) -> None:
@@ -169,27 +177,32 @@ class RecordLog:
         raise DataError(f'{message}\n(more than config.data.max_skipped_records='
                         f'{self.limit} undecodable records)') from error
 
-  def note_too_long(self, error: Exception) -> None:
+  @property
+  def too_long(self) -> dict[str, str]:
+    return self.dropped.get(schema.TooLong.reason, {})
+
+  def note_dropped(self, error: schema.Unusable) -> None:
     message = str(error)
     with self._lock:
-      if _where(message) not in self.too_long:
-        self.too_long[_where(message)] = message
-        logging.info('dropping a record longer than config.data.max_len (%d so far): %s',
-                     len(self.too_long), message)
+      seen = self.dropped.setdefault(error.reason, {})
+      if _where(message) not in seen:
+        seen[_where(message)] = message
+        logging.info('dropping a record (%s, %d so far): %s', error.reason, len(seen), message)
 
 
 def _where(message: str) -> str:
   return message.split(': ', 1)[0]
 
 
-# Too-long examples in a row that mean max_len fits (almost) nothing: stop, don't spin.
+# Unusable examples in a row that mean (almost) nothing fits: stop, don't spin.
 TOO_LONG_IN_A_ROW = 1000
 
 
 class _SkipRecords(grain.MapDataset):
   """Element i, or if it cannot be used, the next element that can: one that fails to
   read or decode (a bad record, at most `log.limit` of them; 0: the error stops the run)
-  or one that does not fit max_len (schema.TooLong: dropped, however many).
+  or one this run cannot use (schema.Unusable: too long for max_len, or serving none of
+  its tasks; dropped, however many).
 
   The replacement is a function of the index alone, so a resumed run sees the same
   stream. Each record stepped over is logged once and counted in `log`.
@@ -213,13 +226,15 @@ class _SkipRecords(grain.MapDataset):
     while True:
       try:
         return self._parent[index + offset]
-      except schema.TooLong as e:
-        self.log.note_too_long(e)
+      except schema.Unusable as e:
+        self.log.note_dropped(e)
         too_long += 1
         if too_long >= TOO_LONG_IN_A_ROW:
-          raise DataError(f'{too_long} examples in a row from element {index} are longer than '
-                          f'config.data.max_len (the last: {e}); raise max_len or set '
-                          "config.data.too_long='truncate'") from e
+          hint = ("raise config.data.max_len or set config.data.too_long='truncate'"
+                  if e.reason == schema.TooLong.reason else
+                  'give the dataset tasks its records can serve')
+          raise DataError(f'{too_long} examples in a row from element {index} cannot be used '
+                          f'(the last: {e}); {hint}') from e
       except schema.SchemaError as e:
         if not self.log.limit:
           raise

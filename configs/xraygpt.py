@@ -1,0 +1,78 @@
+r"""XrayGPT's model (the code's, not the paper's): EVA ViT-g/14 (frozen) -> BLIP-2 Q-Former
+(frozen) -> a linear to the LLM width (the only trained part) -> Vicuna-7B (frozen).
+
+  stage=1  image straight before its caption, no prompt (MIMIC filter_cap summaries)
+  stage=2  instructions in Vicuna's '###' turns (OpenI summaries), every part starting
+           from stage 1's workdir (stage1=DIR)
+
+  python main.py --config configs/xraygpt.py --workdir runs/xg1 \
+      --config.data.dir=MIMIC_CAPTIONS_DIR --config.data.tokenizer=VICUNA_DIR \
+      --config.model.vision.init_from=BLIP2_DIR --config.model.projector.init_from=BLIP2_DIR \
+      --config.model.llm.init_from=VICUNA_DIR
+  python main.py --config configs/xraygpt.py:stage=2,stage1=runs/xg1 --workdir runs/xg2 \
+      --config.data.dir=OPENI_CAPTIONS_DIR --config.data.tokenizer=VICUNA_DIR
+On a CPU, the embedded default (RadVicuna, then stages 1 and 2):
+  python main.py --config configs/xraygpt.py:size=tiny,task=lm --workdir runs/xg0
+  python main.py --config configs/xraygpt.py:size=tiny,llm=runs/xg0 --workdir runs/xg1
+  python main.py --config configs/xraygpt.py:size=tiny,stage=2,stage1=runs/xg1 --workdir runs/xg2
+
+BLIP2_DIR: an HF BLIP-2 directory or LAVIS's blip2 .pth (vision + Q-Former); the caption
+sets come from `python -m data_prep build xraygpt_captions`. The text-only "RadVicuna"
+step is `task=lm` (the decoder alone on text conversations, e.g. the dolly builder).
+Arguments: size=full|tiny|micro, task=vlm|lm, stage=1|2, stage1=DIR, llm=DIR (init_from).
+"""
+from configs import base, common
+
+
+def get_config(arg: str = ''):
+  args = common.parse(arg, stage=1, stage1='', llm='')
+  if args.stage not in (1, 2):
+    raise ValueError(f'config argument stage={args.stage}: 1 or 2')
+  if args.stage == 2 and not args.stage1:
+    raise ValueError('config argument stage=2 needs stage1=<stage 1 workdir>')
+  c = base.get_config()
+  v = c.model.vision
+  v.variant, v.image_size, v.patch_size = 'eva', 224, 14
+  v.embed_dim, v.num_layers, v.num_heads, v.mlp_dim = 1408, 39, 16, 6144
+  v.norm_eps, v.select_layer, v.keep_class_token = 1e-6, -1, True
+  p = c.model.projector
+  p.kind = 'qformer'  # BERT-base sized, 32 queries, cross-attention every 2nd layer
+  p.num_queries, p.hidden_dim, p.num_layers, p.num_heads, p.mlp_dim = 32, 768, 12, 12, 3072
+  p.cross_attention_every, p.norm_eps = 2, 1e-12
+  lm = c.model.llm  # Vicuna v1 7B; <image> is the one added token
+  lm.vocab_size, lm.embed_dim, lm.num_layers, lm.num_heads, lm.num_kv_heads = (
+      32001, 4096, 32, 32, 32)
+  lm.mlp_dim, lm.norm_eps, lm.rope_theta = 11008, 1e-6, 10000.0
+  c.optim.param_groups = (('projector/out/.*', 1.0), ('.*', 'frozen'))
+  c.optim.b2, c.optim.weight_decay = 0.999, 0.05
+  c.data.crop_scale = (0.5, 1.0)
+  c.data.max_len = 32 + 224  # image queries + prompt + up to 160 caption tokens
+  c.runtime.dtype = 'bfloat16'
+  if args.stage == 1:
+    c.data.tasks, c.data.chat_format = ('report_text',), 'none'
+    c.optim.lr, c.optim.min_lr_ratio, c.optim.warmup_steps = 1e-4, 0.8, 500
+    c.train.num_steps, c.train.batch_size = 20000, 12
+  else:
+    c.data.tasks, c.data.chat_format = ('report',), 'vicuna'
+    c.optim.lr, c.optim.min_lr_ratio, c.optim.warmup_steps = 3e-5, 1 / 3, 200
+    c.train.num_steps, c.train.batch_size = 2500, 4
+  c.eval.evaluators = ('loss', 'reports')
+  c = common.finish(c, args)
+  if args.size != 'full':
+    c.model.vision.variant = 'eva'  # tiny keeps the tower's kind, shrinks its sizes
+    c.data.max_len = 16 + 96
+    c.train.num_steps = 300 if args.stage == 1 else 200
+    c.optim.warmup_steps = 30
+    c.optim.lr = 1e-3 if args.stage == 1 else 3e-4
+    c.train.eval_every = c.train.num_steps // 2
+  if args.llm:
+    c.model.llm.init_from = args.llm
+  if args.stage == 2:  # every part from stage 1: frozen ones stay bit-identical
+    for part in ('vision', 'projector', 'llm'):
+      c.model[part].init_from = args.stage1
+  if args.task == 'lm':  # RadVicuna: the decoder on radiology text, fully trained
+    c.data.tasks = ('conversation', 'instruction', 'report_text')
+    c.data.chat_format = 'vicuna'
+    c.optim.param_groups = (('.*', 1.0),)
+    c.eval.evaluators = ('loss',)
+  return c
