@@ -475,23 +475,34 @@ def check_tasks(tasks) -> tuple[str, ...]:
   return tasks
 
 
-def make_turns(example: dict, tasks: tuple[str, ...], rng: np.random.Generator | None,
-               options: Options) -> list[dict]:
-  """The turns of one task drawn uniformly with `rng` among the `tasks` this Example can
-  serve (rng None: the first that can). Deterministic given the rng's state; with one
-  servable task the rng only draws that task's wording (the report stream stays as the
-  report template drew it)."""
+def served(example: dict, tasks: tuple[str, ...], options: Options) -> list[tuple]:
+  """[(task, its eval turns)] of the `tasks` this Example can serve, in order; a dry run
+  at rng=None, so the rng is untouched. None served: schema.NoTask (dropped, counted)."""
   tasks = check_tasks(tasks)
-  # A dry run at rng=None tells which tasks apply, without consuming the rng.
-  served = [(t, turns) for t in tasks if (turns := TASKS[t](example, None, options))]
-  if not served:
+  out = [(t, turns) for t in tasks if (turns := TASKS[t](example, None, options))]
+  if not out:
     raise schema.NoTask(
       f"record {example.get('id')!r}: serves none of the tasks {list(tasks)} "
       '(config.data.tasks); dropped')
+  return out
+
+
+def draw(example: dict, served_tasks: list[tuple], rng: np.random.Generator | None,
+         options: Options) -> list[dict]:
+  """The turns of one of `served_tasks` drawn uniformly with `rng` (None: the first).
+  With one task the rng only draws its wording (the report stream stays as the report
+  template drew it)."""
   if rng is None:
-    return served[0][1]
-  name = served[int(rng.integers(len(served)))][0] if len(served) > 1 else served[0][0]
-  return TASKS[name](example, rng, options)
+    return served_tasks[0][1]
+  pick = int(rng.integers(len(served_tasks))) if len(served_tasks) > 1 else 0
+  return TASKS[served_tasks[pick][0]](example, rng, options)
+
+
+def make_turns(example: dict, tasks: tuple[str, ...], rng: np.random.Generator | None,
+               options: Options) -> list[dict]:
+  """The turns of one task drawn uniformly with `rng` among the `tasks` this Example can
+  serve (rng None: the first that can). Deterministic given the rng's state."""
+  return draw(example, served(example, tasks, options), rng, options)
 
 
 def reference(turns: list[dict]) -> tuple[list[dict], str]:

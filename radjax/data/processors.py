@@ -43,18 +43,20 @@ class ConversationProcessor:
   max_len: int
   images: ImageSlots | None = None
 
-  def turns(self, example: dict, rng) -> list[dict]:
-    turns = instructions.make_turns(example, self.tasks, rng, self.options)
+  def turns(self, example: dict, rng, served=None) -> list[dict]:
+    served = served or instructions.served(example, self.tasks, self.options)
+    turns = instructions.draw(example, served, rng, self.options)
     if self.images is None:
       turns = [{**t, 'text': t['text'].replace(chat.IMAGE_MARK, '').strip()} for t in turns]
     return turns
 
   def __call__(self, raw: bytes, rng: np.random.Generator | None) -> dict:
     example = schema.decode(raw)
+    served = instructions.served(example, self.tasks, self.options)  # before decoding images
     out, n = {}, 0
     if self.images is not None:  # images first: their crops draw from rng before the task
       out['images'], out['image_mask'] = self.images(example, rng)
       n = int(out['image_mask'].sum())
-    arrays = self.encoder.training_arrays(self.turns(example, rng), n, self.max_len,
+    arrays = self.encoder.training_arrays(self.turns(example, rng, served), n, self.max_len,
                                           example['id'])
     return {**arrays, **out}

@@ -187,7 +187,9 @@ class RecordLog:
       seen = self.dropped.setdefault(error.reason, {})
       if _where(message) not in seen:
         seen[_where(message)] = message
-        logging.info('dropping a record (%s, %d so far): %s', error.reason, len(seen), message)
+        n = len(seen)
+        if n <= 3 or n & (n - 1) == 0:  # the first few, then at powers of two
+          logging.info('dropping a record (%s, %d so far): %s', error.reason, n, message)
 
 
 def _where(message: str) -> str:
