@@ -315,3 +315,28 @@ def test_minigpt4_checkpoint_initialises_linear_projector(tmp_path):
                         'query_tokens': torch.zeros(1, QUERIES, HIDDEN)}}, pth)
   with pytest.raises(common.ConversionError, match=re.escape("['query_tokens']")):
     pretrained.loaders(config, {'projector': 'projector'})['projector'](None)
+
+
+def test_qformer_from_blip2_and_llama_proj_from_xraygpt(blip2_dir, tmp_path):
+  """init_from='blip2.pth,xraygpt.pth': the Q-Former from BLIP-2, the projection to
+  Vicuna's width from XrayGPT's checkpoint (the later file wins)."""
+  path, hf = blip2_dir
+  blip2 = str(tmp_path / 'blip2.pth')
+  torch.save({'model': _lavis_state_dict(hf)}, blip2)
+  torch.manual_seed(1)
+  proj = torch.nn.Linear(HIDDEN, TEXT + 8)  # a wider LLM than the BLIP-2 one
+  xraygpt = str(tmp_path / 'xraygpt.pth')
+  torch.save({'model': {'llama_proj.weight': proj.weight.detach(),
+                        'llama_proj.bias': proj.bias.detach()}}, xraygpt)
+  hf_cfg, sd = hf_io.load_hf_dir(path)
+  q_cfg = dataclasses.replace(qformer_convert.config_from_hf(hf_cfg), out_dim=TEXT + 8)
+  config = _projector_config(q_cfg)
+  config.model.projector.init_from = f'{blip2},{xraygpt}'
+  got = pretrained.loaders(config, {'projector': 'projector'})['projector'](None)
+  want = parts.params_for('projector', hf_cfg, sd, qformer_convert.config_from_hf(hf_cfg), True)
+  _assert_same_params({k: v for k, v in got.items() if k != 'out'},
+                      {k: v for k, v in want.items() if k != 'out'})
+  np.testing.assert_array_equal(got['out']['kernel'], proj.weight.detach().numpy().T)
+  config.model.projector.init_from = f'{blip2},{tmp_path}/missing.pth'
+  with pytest.raises(FileNotFoundError, match='missing.pth'):
+    pretrained.loaders(config, {'projector': 'projector'})

@@ -57,9 +57,14 @@ def _from_hf_dir(part: str, path: str, target_cfg, scan: bool):
   return parts.params_for(part, hf_cfg, state_dict, target_cfg, scan)
 
 
-def _from_file(part: str, path: str, target_cfg, scan: bool):
-  state_dict = lavis.hf_names(hf_io.load_state_dict_file(path), path)
-  return parts.params_from_tensors(part, state_dict, target_cfg, scan, source=path)
+def _from_files(part: str, paths: list[str], target_cfg, scan: bool):
+  """Weights files merged in order (a later file's tensors replace an earlier's): e.g.
+  XrayGPT's Q-Former from a BLIP-2 .pth and its `llama_proj` from XrayGPT's .pth."""
+  state_dict = {}
+  for path in paths:
+    state_dict.update(lavis.hf_names(hf_io.load_state_dict_file(path), path))
+  return parts.params_from_tensors(part, state_dict, target_cfg, scan,
+                                   source=','.join(paths))
 
 
 def loaders(config, part_keys: dict) -> dict:
@@ -74,14 +79,17 @@ def loaders(config, part_keys: dict) -> dict:
     path = config.model[part].get('init_from', '')
     if not path:
       continue
-    if not os.path.exists(path):
-      raise FileNotFoundError(f'config.model.{part}.init_from={path!r} is not a directory '
-                              'or a weights file')
+    files = path.split(',')
+    for f in files:
+      if not os.path.exists(f) or (len(files) > 1 and not os.path.isfile(f)):
+        raise FileNotFoundError(f'config.model.{part}.init_from={path!r}: {f!r} is not '
+                                + ('a weights file' if len(files) > 1 else
+                                   'a directory or a weights file'))
 
     def load(target, part=part, path=path, target_cfg=cfgs[part]):
       logging.info('initialising %s from %s', part, path)
-      if os.path.isfile(path):
-        return _from_file(part, path, target_cfg, scan)
+      if os.path.isfile(path.split(',')[0]):
+        return _from_files(part, path.split(','), target_cfg, scan)
       if os.path.exists(os.path.join(path, workdir_lib.CONFIG_FILE)) and os.path.isdir(
           workdir_lib.checkpoint_dir(path)):
         return _from_workdir(part, path, target_cfg, target, scan)
