@@ -5,29 +5,43 @@ reports, abnormality classification, grounding, detection, conversations.
   python main.py --config configs/radvlm.py --workdir runs/radvlm \
       --config.data.tokenizer=QWEN2_DIR \
       --config.model.vision.init_from=SIGLIP_DIR --config.model.llm.init_from=QWEN2_DIR \
-      --config.data.mixture.reports.dir=MIMIC_DIR --config.data.mixture.chexpert.dir=CHEXPERT_DIR \
-      --config.data.mixture.vindr.dir=VINDR_DIR --config.data.mixture.phrases.dir=MS_CXR_DIR \
-      --config.data.mixture.conversations.dir=LLAVA_JSON_DIR
+      --config.data.mixture.mimic_reports.dir=MIMIC_DIR \
+      --config.data.mixture.mimic_labels.dir=MIMIC_DIR ...   # one dir per component below
   python main.py --config configs/radvlm.py:size=tiny --workdir runs/radvlm_tiny   # a CPU
 
-One 384-pixel tile per image (729 tokens): LLaVA-OneVision's AnyRes tiling is not
-built. Data dirs come from `python -m data_prep build <name>` (mimic_cxr, chexpert,
-vindr_cxr, ms_cxr, llava_json, ...). At size=tiny every component reads the embedded
-default, whose records carry labels, nodule boxes and short conversations.
+Evaluation reads config.data.dir (set it to the MIMIC build for the report metrics);
+when it is '' the first component by name. One 384-pixel tile per image (729 tokens):
+LLaVA-OneVision's AnyRes tiling is not built. Data dirs come from
+`python -m data_prep build <name>` (mimic_cxr, chexpert, vindr_cxr, ms_cxr, llava_json,
+...). At size=tiny five components read the embedded default, whose records carry
+labels, nodule boxes and short conversations.
 Arguments: size=full|tiny|micro, task=vlm|lm.
 """
 import ml_collections
 
 from configs import base, common
 
-# component -> (instruction tasks, weight, repeat); weights are of the full recipe's
-# ~1.1M examples, small grounding sets repeated 2-4x as RadVLM does.
+# component -> (instruction tasks, repeat). Weights are 0: each component is drawn in
+# proportion to its size x repeat, RadVLM's concatenation with small sets listed 2-4x.
+# A dataset feeding two tasks (MIMIC: reports and labels) is two components on one dir.
 MIXTURE = {
-    'reports': (('report',), 0.40, 1),
-    'chexpert': (('classification',), 0.38, 1),
-    'vindr': (('abnormality_grounding', 'detection'), 0.08, 3),
-    'phrases': (('phrase_grounding',), 0.01, 3),
-    'conversations': (('conversation',), 0.13, 1),
+    'mimic_reports': (('report',), 1),
+    'mimic_labels': (('classification',), 1),
+    'chexpert_plus': (('report',), 1),
+    'chexpert': (('classification',), 1),
+    'vindr_grounding': (('abnormality_grounding',), 3),
+    'vindr_detection': (('detection',), 2),
+    'ms_cxr': (('phrase_grounding',), 3),
+    'padchest_gr': (('phrase_grounding',), 2),
+    'conversations': (('conversation',), 1),
+}
+# size=tiny: five components on the embedded default, by weight (shares of the stream).
+TINY_MIXTURE = {
+    'reports': (('report',), 0.35),
+    'labels': (('classification',), 0.2),
+    'nodules': (('abnormality_grounding',), 0.2),  # the demo's boxes are its nodules
+    'questions': (('vqa',), 0.1),
+    'conversations': (('conversation',), 0.15),
 }
 
 
@@ -48,8 +62,8 @@ def get_config(arg: str = ''):
   c.data.task_options.uncertain_as = 1  # RadVLM counts uncertain findings as present
   c.data.max_len = 4096
   c.data.mixture = ml_collections.ConfigDict({
-      name: dict(dir='', tasks=tasks, weight=weight, repeat=repeat)
-      for name, (tasks, weight, repeat) in MIXTURE.items()})
+      name: dict(dir='', tasks=tasks, weight=0.0, repeat=repeat)
+      for name, (tasks, repeat) in MIXTURE.items()})
   c.optim.lr, c.optim.warmup_steps, c.optim.min_lr_ratio = 1e-5, 130, 0.0
   c.optim.weight_decay, c.optim.b2 = 0.0, 0.999
   c.optim.param_groups = (('vision/.*', 0.2), ('.*', 1.0))
@@ -63,15 +77,10 @@ def get_config(arg: str = ''):
     c.model.vision.variant = 'siglip'
     c.data.image_mean = c.data.image_std = (0.5, 0.5, 0.5)
     c.model.llm.vocab_size = 2048 + 64  # ChatML's two markers join the demo's 2048
-    c.data.max_len = 160
-    # Every component reads the embedded default; small tasks weigh more than in the
-    # full mix so that each is learnt in minutes.
-    tiny_mix = {'reports': 0.35, 'chexpert': 0.2, 'vindr': 0.2, 'phrases': 0.1,
-                'conversations': 0.15}
-    for name, comp in c.data.mixture.items():
-      comp.dir, comp.weight = c.data.dir, tiny_mix[name]
-    c.data.mixture.vindr.tasks = ('abnormality_grounding',)  # the demo's boxes: nodules
-    c.data.mixture.phrases.tasks = ('vqa',)  # no phrase boxes in the demo: closed questions
+    c.data.max_len = 208  # ChatML + 16 image tokens + up to 4 conversation turns
+    c.data.mixture = ml_collections.ConfigDict({
+        name: dict(dir=c.data.dir, tasks=tasks, weight=weight, repeat=1)
+        for name, (tasks, weight) in TINY_MIXTURE.items()})
     c.optim.lr, c.optim.warmup_steps, c.optim.min_lr_ratio = 1e-3, 50, 0.1
   if args.task == 'lm':
     c.data.mixture = ml_collections.ConfigDict()
