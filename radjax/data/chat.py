@@ -20,6 +20,11 @@ from radjax.data import schema
 IMAGE_MARK = '<image>'
 
 
+def without_images(turns: list[dict]) -> list[dict]:
+  """The turns with their `<image>` marks removed (for a text-only model)."""
+  return [{**t, 'text': t['text'].replace(IMAGE_MARK, '').strip()} for t in turns]
+
+
 @dataclasses.dataclass(frozen=True)
 class Special:
   token: str  # a vocabulary entry, or BOS / EOS for the tokenizer's own

@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from radjax.data import schema
+from radjax.data import chat, schema
 
-IMAGE_MARK = '<image>'
+IMAGE_MARK = chat.IMAGE_MARK
 
 # ---- options -------------------------------------------------------------------------
 

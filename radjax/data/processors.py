@@ -47,7 +47,7 @@ class ConversationProcessor:
     served = served or instructions.served(example, self.tasks, self.options)
     turns = instructions.draw(example, served, rng, self.options)
     if self.images is None:
-      turns = [{**t, 'text': t['text'].replace(chat.IMAGE_MARK, '').strip()} for t in turns]
+      turns = chat.without_images(turns)
     return turns
 
   def __call__(self, raw: bytes, rng: np.random.Generator | None) -> dict:

@@ -6,7 +6,7 @@ the turns' `<image>` marks are, or before the first user turn's text."""
 import jax
 import numpy as np
 
-from radjax.data import pipeline
+from radjax.data import chat, pipeline
 from radjax.eval.decoding import generate as generate_lib
 
 
@@ -31,7 +31,7 @@ class Answerer:
         pixels.append(imgs)
         n = int(mask.sum())
       else:
-        turns = [{**t, 'text': t['text'].replace('<image>', '').strip()} for t in turns]
+        turns = chat.without_images(turns)
       prompts.append(self.encoder.prompt(turns, n, example.get('id', '<prompt>')))
     return prompts, (np.stack(pixels) if pixels else None)
 
