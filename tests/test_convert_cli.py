@@ -112,8 +112,9 @@ def test_llama_workdir_generates_like_hf(converted):
   config = workdir.load_config(str(c['wd']))
   with config.unlocked():
     config.eval.max_new_tokens = 12
+  assert config.data.chat_format == 'none'  # an imported decoder continues plain text
   text = run.generate(config, str(c['wd']), [], prompt='w10 w11 w12 w13')[0]
-  prompt = np.asarray([[10, 11, 12, 13]], np.int32)
+  prompt = np.asarray([[1, 10, 11, 12, 13]], np.int32)  # <s> first, as every sequence
   hf_ids = hf_models.hf_greedy(c['hf'], prompt, 12)[0].tolist()
   if 2 in hf_ids:
     hf_ids = hf_ids[:hf_ids.index(2)]
