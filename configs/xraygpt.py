@@ -60,7 +60,9 @@ def get_config(arg: str = ''):
   c = common.finish(c, args)
   if args.size != 'full':
     c.model.vision.variant = 'eva'  # tiny keeps the tower's kind, shrinks its sizes
-    c.data.max_len = 16 + 96
+    # 16 image queries + the demo's reports (up to ~100 tokens); stage 2 adds Vicuna's
+    # system prompt and the request; RadVicuna reads whole conversations.
+    c.data.max_len = {1: 112, 2: 176}[args.stage] if args.task != 'lm' else 240
     c.train.num_steps = 300 if args.stage == 1 else 200
     c.optim.warmup_steps = 30
     c.optim.lr = 1e-3 if args.stage == 1 else 3e-4

@@ -108,8 +108,15 @@ def test_radvlm_trains_the_mixture_and_scores_every_task(demo_data, tmp_path):
   # A question at generation time, in the workdir's ChatML format.
   image = os.path.join(str(tmp_path), 'x.png')
   _write_demo_image(demo_data, image)
-  answers = run_lib.main(config, workdir, 'generate', [image], 'Is there a pleural effusion?')
+  question = 'Is there a pleural effusion?'
+  answers = run_lib.main(config, workdir, 'generate', [image], question)
   assert len(answers) == 1 and isinstance(answers[0], str)
+  # The export speaks the same ChatML (system prompt included): transformers answers alike.
+  from radjax.convert import __main__ as convert_cli
+  from tests.test_export_vlm import hf_report
+  hf_dir = str(tmp_path / 'hf')
+  assert convert_cli.main(['to-hf', '--workdir', workdir, '--out', hf_dir]) == 0
+  assert hf_report(hf_dir, image, question, config.eval.max_new_tokens)[0] == answers[0]
   said = []
   script = iter(['Is the heart enlarged?', 'And the lungs?', ''])
   turns = run_lib.chat_loop(config, workdir, [image], read=lambda _: next(script),
