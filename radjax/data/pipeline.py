@@ -50,9 +50,9 @@ def _stream(config, records, seed: int, processor, index: int, log: source.Recor
   if config.data.shuffle:
     ds = ds.shuffle()
   ds = ds.repeat(None)[process_index::process_count]
-  augment = config.data.augment
-  ds = ds.random_map(source.locate_errors(
-      lambda raw, rng: processor(raw, rng if augment else None)))
+  # The rng draws each record's task and wording; images use it only when
+  # config.data.augment (radjax/data/processors.py ImageSlots).
+  ds = ds.random_map(source.locate_errors(processor))
   ds = source.skip_records(ds, log)
   return ds.map(lambda example: {**example, 'source': np.int32(index)})
 

@@ -18,8 +18,10 @@ class ImageSlots:
   mean: tuple
   std: tuple
   crop_scale: tuple = (0.8, 1.0)
+  augment: bool = False  # random resized crop + jitter from the record's rng (training)
 
   def __call__(self, example: dict, rng) -> tuple[np.ndarray, np.ndarray]:
+    rng = rng if self.augment else None
     imgs = example['images']
     if len(imgs) > self.max_images:
       raise schema.SchemaError(f"record {example['id']!r}: images: {len(imgs)} images but "
@@ -55,6 +57,7 @@ class ConversationProcessor:
     served = instructions.served(example, self.tasks, self.options)  # before decoding images
     out, n = {}, 0
     if self.images is not None:  # images first: their crops draw from rng before the task
+      # (rng None: evaluation; variant 0 of the first task the record serves)
       out['images'], out['image_mask'] = self.images(example, rng)
       n = int(out['image_mask'].sum())
     arrays = self.encoder.training_arrays(self.turns(example, rng, served), n, self.max_len,

@@ -27,7 +27,8 @@ class ImageTextToText(base.Task):
     c, v = config.data, self.model_cfg.vision
     self.image_slots = processors.ImageSlots(
         image_size=v.image_size, num_channels=v.num_channels, max_images=c.max_images,
-        mean=tuple(c.image_mean), std=tuple(c.image_std), crop_scale=tuple(c.crop_scale))
+        mean=tuple(c.image_mean), std=tuple(c.image_std), crop_scale=tuple(c.crop_scale),
+        augment=c.augment)
 
   def batch_spec(self) -> dict:
     c, v = self.config.data, self.model_cfg.vision
