@@ -1,0 +1,299 @@
+"""Volume I/O (data_prep/volumes.py): NIfTI and DICOM files shipped inside nibabel and
+pydicom, series written here with pydicom, .npy; resampling, HU windows, float16 entries."""
+import gzip
+import io
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pydicom.data
+import pytest
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from data_prep import volume_ops, volumes
+from data_prep.builder import Reject
+from radjax.data import schema
+
+NIBABEL_DATA = Path(nib.__file__).parent / 'tests' / 'data'
+PYDICOM_SERIES = Path(pydicom.data.get_testdata_file('CT_small.dcm')).parent / 'dicomdirtests'
+CT_SOP_CLASS = '1.2.840.10008.5.1.4.1.1.2'
+
+
+def write_slice(path, stored, *, position=(0.0, 0.0, 0.0), instance=1, series='1.2.3',
+                orientation=(1, 0, 0, 0, 1, 0), spacing=(0.7, 0.5), rescale=(1, -1024),
+                modality='CT', located=True, between=None):
+  """One CT slice; `stored` are the raw uint16 values, `spacing` is PixelSpacing (row, col)."""
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = CT_SOP_CLASS
+  meta.MediaStorageSOPInstanceUID = generate_uid()
+  meta.TransferSyntaxUID = ExplicitVRLittleEndian
+  ds = FileDataset(str(path), {}, file_meta=meta, preamble=b'\0' * 128)
+  ds.SOPClassUID, ds.SOPInstanceUID = CT_SOP_CLASS, meta.MediaStorageSOPInstanceUID
+  ds.Modality, ds.SeriesInstanceUID, ds.InstanceNumber = modality, series, instance
+  ds.Rows, ds.Columns = stored.shape
+  ds.PhotometricInterpretation, ds.SamplesPerPixel = 'MONOCHROME2', 1
+  ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+  ds.PixelSpacing = list(spacing)
+  ds.RescaleSlope, ds.RescaleIntercept = rescale
+  if located:
+    ds.ImagePositionPatient = list(position)
+    ds.ImageOrientationPatient = list(orientation)
+  if between is not None:
+    ds.SpacingBetweenSlices = between
+  ds.PixelData = stored.astype(np.uint16).tobytes()
+  ds.save_as(path, enforce_file_format=True)
+
+
+def write_series(folder, stored, zs, names=None, **kw):
+  """Slice k of `stored` (rows, cols, slices) at z = zs[k], file names[k]."""
+  folder.mkdir(parents=True, exist_ok=True)
+  names = names or [f's{k:02d}.dcm' for k in range(stored.shape[2])]
+  for k, z in enumerate(zs):
+    write_slice(folder / names[k], stored[..., k], position=(-40.0, -30.0, z), **kw)
+  return folder
+
+
+def stored_volume(shape=(10, 12, 5), seed=0):
+  return np.random.default_rng(seed).integers(0, 2000, shape).astype(np.uint16)
+
+
+# --- NIfTI ----------------------------------------------------------------------------
+
+def test_nifti_from_nibabel_laid_out_as_axial_display():
+  las = nib.load(NIBABEL_DATA / 'anatomical.nii')  # L-A-S: columns already run right to left
+  vol = volumes.load_volume(NIBABEL_DATA / 'anatomical.nii')
+  raw = np.asarray(las.dataobj, np.float32)
+  np.testing.assert_array_equal(vol.array, raw.transpose(1, 0, 2)[::-1, :, :])
+  assert vol.array.dtype == np.float32 and vol.spacing == (2.0, 2.0, 2.0)
+
+  ras = nib.load(NIBABEL_DATA / 'standard.nii.gz')  # R-A-S, anisotropic 1 x 3 x 2 mm
+  vol = volumes.load_volume(NIBABEL_DATA / 'standard.nii.gz')
+  raw = np.asarray(ras.dataobj, np.float32)
+  np.testing.assert_array_equal(vol.array, raw.transpose(1, 0, 2)[::-1, ::-1, :])
+  assert vol.spacing == (1.0, 3.0, 2.0)
+
+
+def test_nifti_time_series_and_truncated_file_rejected(tmp_path):
+  with pytest.raises(Reject, match=r'example4d\.nii\.gz: not a volume: 4D'):
+    volumes.load_volume(NIBABEL_DATA / 'example4d.nii.gz')
+  raw = gzip.decompress((NIBABEL_DATA / 'example4d.nii.gz').read_bytes())
+  broken = tmp_path / 'broken.nii.gz'
+  broken.write_bytes(gzip.compress(raw)[:5000])
+  with pytest.raises(Reject, match=r'broken\.nii\.gz: not a readable NIfTI'):
+    volumes.load_volume(broken)
+
+
+def test_axial_series_and_its_nifti_give_the_same_volume(tmp_path):
+  stored = stored_volume()
+  sx, sy, sz, x0, y0, z0 = 0.5, 0.7, 2.5, -40.0, -30.0, 12.0
+  series = write_series(tmp_path / 'ct', stored, [z0 + k * sz for k in range(5)])
+  # The same scan as a NIfTI: voxel (i=col, j=row, k) at LPS (x0 + i sx, y0 + j sy, ...),
+  # and RAS negates x and y.
+  affine = np.array([[-sx, 0, 0, -x0], [0, -sy, 0, -y0], [0, 0, sz, z0], [0, 0, 0, 1]])
+  hu = stored.astype(np.int16) - 1024
+  nib.save(nib.Nifti1Image(hu.transpose(1, 0, 2), affine), tmp_path / 'ct.nii.gz')
+  from_dicom = volumes.load_volume(series)
+  from_nifti = volumes.load_volume(tmp_path / 'ct.nii.gz')
+  np.testing.assert_array_equal(from_dicom.array, hu)
+  np.testing.assert_array_equal(from_nifti.array, from_dicom.array)
+  np.testing.assert_allclose(from_nifti.spacing, (sx, sy, sz), rtol=1e-6)
+  np.testing.assert_allclose(from_dicom.spacing, (sx, sy, sz), rtol=1e-6)
+  assert from_dicom.modality == 'CT'
+
+
+# --- DICOM series ---------------------------------------------------------------------
+
+def test_real_ct_series_from_pydicom_sorted_by_position():
+  folder = PYDICOM_SERIES / '98892001' / 'CT5N'  # 5 slices, file names run top to bottom
+  vol = volumes.load_volume(folder)
+  slices = [pydicom.dcmread(p) for p in sorted(folder.iterdir())]
+  slices.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
+  expected = np.stack([ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+                       for ds in slices], axis=-1)
+  np.testing.assert_array_equal(vol.array, expected)
+  assert not np.array_equal(vol.array[..., 0], vol.array[..., -1])  # the order is visible
+  np.testing.assert_allclose(vol.spacing, (0.488281, 0.488281, 2.5), rtol=1e-6)
+  assert vol.array.min() < -500  # HU: the intercept was applied
+
+
+def test_real_series_with_missing_slices_rejected():
+  with pytest.raises(Reject, match=r'CT2: uneven slice spacing: 17106 -> 17136 is 202\.500 mm'):
+    volumes.load_volume(PYDICOM_SERIES / '77654033' / 'CT2')
+
+
+def test_written_series_unsorted_files_with_rescale(tmp_path):
+  stored = stored_volume((9, 11, 4), seed=1)
+  zs = [7.5, 2.5, 10.0, 5.0]  # slice k of `stored` at zs[k]; names and numbers scrambled
+  folder = write_series(tmp_path / 's', stored, zs, names=['a', 'd', 'b', 'c'],
+                        rescale=(2, -1024), spacing=(0.8, 0.6))
+  vol = volumes.load_volume(folder)
+  order = np.argsort(zs)
+  np.testing.assert_array_equal(vol.array, stored[..., order].astype(np.float32) * 2 - 1024)
+  np.testing.assert_allclose(vol.spacing, (0.6, 0.8, 2.5))
+
+
+def test_coronal_series_sorted_along_its_normal(tmp_path):
+  stored = stored_volume((8, 8, 3), seed=2)
+  folder = tmp_path / 'cor'
+  folder.mkdir()
+  ys = [4.0, -2.0, 1.0]  # rows along x, columns along -z: the normal is +y
+  for k, y in enumerate(ys):
+    write_slice(folder / f'{k}.dcm', stored[..., k], position=(0.0, y, 50.0),
+                orientation=(1, 0, 0, 0, 0, -1))
+  vol = volumes.load_volume(folder)
+  np.testing.assert_array_equal(vol.array, stored[..., np.argsort(ys)] - 1024.0)
+  assert vol.spacing[2] == pytest.approx(3.0)
+
+
+def test_corrupt_slices_named(tmp_path):
+  folder = write_series(tmp_path / 'garbage', stored_volume(), [0, 1, 2, 3, 4])
+  (folder / 's02.dcm').write_bytes(b'not a dicom at all' * 10)
+  with pytest.raises(Reject, match=r'garbage: slice s02\.dcm: not a readable DICOM'):
+    volumes.load_volume(folder)
+  folder = write_series(tmp_path / 'cut', stored_volume(), [0, 1, 2, 3, 4])
+  data = (folder / 's03.dcm').read_bytes()
+  (folder / 's03.dcm').write_bytes(data[:-60])
+  with pytest.raises(Reject, match=r'cut: slice s03\.dcm: pixel data does not decode'):
+    volumes.load_volume(folder)
+
+
+def test_inconsistent_series_rejected(tmp_path):
+  folder = write_series(tmp_path / 'gap', stored_volume(), [0, 2, 4, 8, 10])
+  with pytest.raises(Reject, match=r'uneven slice spacing: s02\.dcm -> s03\.dcm is 4\.000 mm, '
+                                   r'the series steps 2\.000 mm'):
+    volumes.load_volume(folder)
+  folder = write_series(tmp_path / 'dup', stored_volume(), [0, 2, 4, 4, 6])
+  with pytest.raises(Reject, match=r'slices s02\.dcm and s03\.dcm share position 4\.000'):
+    volumes.load_volume(folder)
+  folder = write_series(tmp_path / 'size', stored_volume(), [0, 1, 2, 3, 4])
+  write_slice(folder / 's04.dcm', stored_volume((10, 10, 1))[..., 0], position=(-40, -30, 4))
+  with pytest.raises(Reject, match=r'size: slice s04\.dcm: Columns 10 differs from 12 in s00'):
+    volumes.load_volume(folder)
+  folder = write_series(tmp_path / 'mixed', stored_volume(), [0, 1, 2, 3, 4])
+  write_slice(folder / 's01.dcm', stored_volume()[..., 0], position=(-40, -30, 1), series='9.9')
+  with pytest.raises(Reject, match=r'mixed: slice s01\.dcm: SeriesInstanceUID 9\.9 differs'):
+    volumes.load_volume(folder)
+  folder = write_series(tmp_path / 'one', stored_volume((10, 12, 1)), [0])
+  with pytest.raises(Reject, match=r'one: 1 slice, not a volume'):
+    volumes.load_volume(folder)
+
+
+def test_series_without_positions_ordered_by_instance_number(tmp_path, caplog):
+  stored = stored_volume((8, 9, 3), seed=3)
+  folder = tmp_path / 'nopos'
+  folder.mkdir()
+  numbers = [3, 1, 2]
+  for k, n in enumerate(numbers):
+    write_slice(folder / f'{k}.dcm', stored[..., k], instance=n, located=False, between=3.0)
+  with caplog.at_level(logging.WARNING):
+    vol = volumes.load_volume(folder)
+  assert 'ordered by InstanceNumber' in caplog.text
+  np.testing.assert_array_equal(vol.array, stored[..., np.argsort(numbers)] - 1024.0)
+  assert vol.spacing == (0.5, 0.7, 3.0)
+
+
+# --- .npy -----------------------------------------------------------------------------
+
+def test_npy_volumes(tmp_path):
+  array = np.random.default_rng(4).normal(size=(6, 7, 5)).astype(np.float32)
+  np.save(tmp_path / 'v.npy', array)
+  vol = volumes.load_volume(tmp_path / 'v.npy', spacing=[1, 1, 3])
+  np.testing.assert_array_equal(vol.array, array)
+  assert vol.spacing == (1.0, 1.0, 3.0)
+  np.save(tmp_path / 'obj.npy', np.array([{'a': 1}], dtype=object), allow_pickle=True)
+  with pytest.raises(Reject, match=r'obj\.npy: not a plain numeric \.npy'):
+    volumes.load_volume(tmp_path / 'obj.npy')
+  np.save(tmp_path / 'flat.npy', array[..., 0])
+  with pytest.raises(Reject, match=r'flat\.npy: not a volume: array of shape \(6, 7\)'):
+    volumes.load_volume(tmp_path / 'flat.npy')
+  with pytest.raises(Reject, match=r'scan\.mha: unknown volume format'):
+    (tmp_path / 'scan.mha').write_bytes(b'x')
+    volumes.load_volume(tmp_path / 'scan.mha')
+
+
+# --- resampling, windows, entries ----------------------------------------------------
+
+def test_resample_keeps_physical_size():
+  vol = volume_ops.Volume(np.zeros((37, 29, 11), np.float32), (0.73, 0.61, 2.5), 'v')
+  for target in [(1.0, 1.0, 1.0), (0.5, 2.0, 3.3), (1.5, 1.5, 5.0)]:
+    out = volume_ops.resample(vol, target)
+    before = np.array(vol.array.shape) * volume_ops.axis_spacing(vol.spacing)
+    after = np.array(out.array.shape) * volume_ops.axis_spacing(out.spacing)
+    np.testing.assert_allclose(after, before, rtol=1e-12)
+    # each axis within half a voxel of the target
+    assert np.all(np.abs(after / volume_ops.axis_spacing(target) - out.array.shape) <= 0.5)
+
+
+def test_resample_exact_for_integer_factors():
+  pattern = np.arange(4 * 6 * 3, dtype=np.float32).reshape(4, 6, 3) ** 1.5  # not linear
+  vol = volume_ops.Volume(pattern, (1.0, 1.0, 2.0), 'v')
+  up = volume_ops.resample(vol, (0.5, 1.0, 1.0), order=0)  # x2 columns, x2 slices
+  np.testing.assert_array_equal(up.array, np.repeat(np.repeat(pattern, 2, axis=1), 2, axis=2))
+  assert up.spacing == (0.5, 1.0, 1.0)
+  down = volume_ops.resample(vol, (2.0, 2.0, 2.0), order=1)  # halve rows and columns
+  np.testing.assert_allclose(down.array, pattern.reshape(2, 2, 3, 2, 3).mean(axis=(1, 3)),
+                             rtol=1e-6)
+  # A one-voxel checkerboard shrunk by 3 aliases to single voxels; antialiasing greys it.
+  board = (np.indices((12, 12, 2)).sum(axis=0) % 2).astype(np.float32)
+  vol = volume_ops.Volume(board, (1.0, 1.0, 1.0), 'b')
+  assert np.ptp(volume_ops.resample(vol, (3.0, 3.0, 1.0)).array) == 1.0
+  smooth = volume_ops.resample(vol, (3.0, 3.0, 1.0), antialias=True).array
+  assert np.ptp(smooth[1:-1, 1:-1]) < 0.2
+
+
+def test_windows_by_hand():
+  hu = np.array([-2000, -1350, -1000, -600, 0, 150, 400], np.float32)
+  np.testing.assert_allclose(volume_ops.window(hu, *volume_ops.WINDOWS['lung']),
+                             [0, 0, 350 / 1500, 0.5, 0.9, 1, 1], atol=1e-7)
+  np.testing.assert_allclose(volume_ops.window(hu, *volume_ops.WINDOWS['mediastinum']),
+                             [0, 0, 0, 0, 0.4, 310 / 400, 1], atol=1e-7)
+  vol = volume_ops.Volume(np.arange(24, dtype=np.float32).reshape(2, 3, 4) + 5, None, 'v')
+  scaled = volume_ops.rescale_range(vol)
+  assert scaled.min() == 0 and scaled.max() == 1 and scaled[0, 0, 1] == pytest.approx(1 / 23)
+  with pytest.raises(Reject, match='v: constant volume'):
+    volume_ops.rescale_range(volume_ops.Volume(np.ones((2, 2, 2), np.float32), None, 'v'))
+  mr = volume_ops.Volume(hu.reshape(1, 7, 1).repeat(2, 0).repeat(2, 2), (1, 1, 1), 'mr', 'MR')
+  with pytest.raises(Reject, match='mr: a MR volume has no Hounsfield units'):
+    volumes.prepare(mr, window_hu='lung')
+
+
+def test_float16_entry_round_trip_through_schema(tmp_path):
+  stored = stored_volume((10, 12, 4), seed=5)
+  vol = volumes.load_volume(write_series(tmp_path / 'ct', stored, [0, 2, 4, 6]))
+  entry = volumes.prepare(vol, target_spacing=(1.0, 1.4, 2.0), window_hu=(-600, 1500))
+  example = schema.make_example(
+    id='ct-1', source='radfm', images=[entry],
+    conversation=[{'role': 'user', 'text': 'Findings?'}, {'role': 'assistant', 'text': 'None.'}])
+  schema.validate(example)
+  decoded = schema.decode(schema.encode(example))['images'][0]
+  array = np.load(io.BytesIO(decoded['data']), allow_pickle=False)
+  expected = volume_ops.window(volume_ops.resample(vol, (1.0, 1.4, 2.0)).array, -600, 1500)
+  assert array.dtype == np.float16 and array.shape == (5, 6, 4) == expected.shape
+  np.testing.assert_array_equal(array, expected.astype(np.float16))
+  assert np.abs(array.astype(np.float32) - expected).max() <= 2.0 ** -11
+  assert decoded['format'] == 'npy' and decoded['kind'] == '3d'
+  assert decoded['spacing'] == [1.0, 1.4, 2.0]
+
+
+def test_convert_volumes_rejects_bad_inputs_and_converts_the_rest(tmp_path):
+  good_series = write_series(tmp_path / 'good', stored_volume(), [0, 1, 2, 3, 4])
+  bad_series = write_series(tmp_path / 'bad', stored_volume(), [0, 1, 2, 3, 4])
+  (bad_series / 's01.dcm').write_bytes(b'')
+  np.save(tmp_path / 'flat.npy', np.zeros((4, 4), np.float32))
+  broken = tmp_path / 'broken.nii'
+  broken.write_bytes((NIBABEL_DATA / 'anatomical.nii').read_bytes()[:400])
+  paths = [NIBABEL_DATA / 'anatomical.nii', bad_series, good_series, tmp_path / 'flat.npy',
+           tmp_path / 'missing.nii.gz', broken]
+  converted, rejects = volumes.convert_volumes(paths, percentiles=(0.5, 99.5))
+  assert [p for p, _ in converted] == [paths[0], good_series]
+  for _, entry in converted:
+    assert entry['kind'] == '3d' and np.load(io.BytesIO(entry['data'])).dtype == np.float16
+  assert [r['row'] for r in rejects] == [1, 3, 4, 5]
+  assert 'bad: slice s01.dcm: empty file' in rejects[0]['reason']
+  assert 'flat.npy: not a volume' in rejects[1]['reason']
+  assert 'missing.nii.gz: no such file' in rejects[2]['reason']
+  assert 'broken.nii: not a readable NIfTI' in rejects[3]['reason']
+  assert all(r['file'] == str(paths[r['row']]) for r in rejects)
