@@ -127,7 +127,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.image_token_id = -1  # -1: the tokenizer's <image>; a set id must agree with it
 
   c.model.vision = ml_collections.ConfigDict()
-  c.model.vision.kind = 'vit'  # 'vit': CLIP/SigLIP/EVA-style 2D ViT
+  # 'vit': CLIP/SigLIP/EVA-style 2D ViT | 'vit3d': RadFM's 3D ViT (volumes [H, W, D, C] and
+  # 2D images [H, W, C], repeated to one depth patch; radjax/models/vit3d.py)
+  c.model.vision.kind = 'vit'
   # 'clip' | 'siglip' | 'eva' (BLIP-2's EVA ViT-g, XrayGPT: no k bias, exact GELU, no
   # pre-norm, post-norm `ln_vision` on the features; norm_eps 1e-6, keep_class_token=True)
   c.model.vision.variant = 'clip'
@@ -143,25 +145,39 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # parameters and the export but never run.
   c.model.vision.select_layer = -2
   c.model.vision.keep_class_token = False
+  # vit3d only (RadFM: image_size 512, patch_size 32, max_depth 512, depth_patch_size 4,
+  # embed_dim 768, 12 layers, 8 heads of head_dim 64, mlp_dim 2048, position_stride True).
+  # Depths up to max_depth in multiples of depth_patch_size; padded slices are masked.
+  c.model.vision.max_depth = 64
+  c.model.vision.depth_patch_size = 4
+  c.model.vision.head_dim = 0  # 0: embed_dim // num_heads
+  # False: depth slot k reads position row k. True: RadFM's stretch of the row, column and
+  # depth tables over a smaller image or a shallower volume (depth counted per image).
+  c.model.vision.position_stride = False
   # Start from pretrained weights: an HF model directory (CLIP/SigLIP/BLIP-2 vision, or a
   # Llava whose tower is taken), a BLIP-2 .pth (LAVIS names) or a radjax workdir. '' =
   # random init.
   c.model.vision.init_from = ''
 
   c.model.projector = ml_collections.ConfigDict()
-  c.model.projector.kind = 'mlp'  # 'linear' | 'mlp' | 'qformer' (BLIP-2, XrayGPT)
+  # 'linear' | 'mlp' | 'qformer' (BLIP-2, XrayGPT) | 'perceiver' (Flamingo's resampler,
+  # RadFM: num_queries 32, num_layers 6, num_heads 8, head_dim 64, mlp_dim 3072, norm_eps
+  # 1e-5; works at the vision width, then a linear to the LLM width)
+  c.model.projector.kind = 'mlp'
   # Widths: 0 takes them from the towers (vision embed_dim -> llm embed_dim); a
   # projector-only workdir records them.
   c.model.projector.in_dim = 0
   c.model.projector.out_dim = 0
-  # qformer only: learned queries, BERT-style layers, cross-attention every k layers.
+  # qformer and perceiver: learned queries (the perceiver's latents), layers, heads, MLP;
+  # qformer only: hidden_dim and cross-attention every k layers.
   c.model.projector.num_queries = 32
   c.model.projector.hidden_dim = 768
   c.model.projector.num_layers = 12
   c.model.projector.num_heads = 12
   c.model.projector.mlp_dim = 3072
   c.model.projector.cross_attention_every = 2
-  c.model.projector.norm_eps = 1e-12
+  c.model.projector.norm_eps = 1e-12  # qformer (BERT); the perceiver's LayerNorms use 1e-5
+  c.model.projector.head_dim = 0  # perceiver: 0 = in_dim // num_heads
   # A VLM workdir, an HF Llava directory (LLaVA stage 2); for 'qformer', a BLIP-2
   # directory or .pth (LAVIS names) or a projector workdir; for 'linear', a MiniGPT-4 /
   # XrayGPT checkpoint .pth (its llama_proj).

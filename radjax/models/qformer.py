@@ -54,7 +54,7 @@ class PostNormAttention(nn.Module):
   rt: Runtime = Runtime()
 
   @nn.compact
-  def __call__(self, x, kv):
+  def __call__(self, x, kv, mask=None):
     cfg, dtype = self.cfg, self.rt.dtype
     hd = cfg.hidden_dim // cfg.num_heads
     q = layers.Dense((cfg.num_heads, hd), ('embed', 'heads', 'kv'), True, dtype, name='q')(x)
@@ -62,7 +62,9 @@ class PostNormAttention(nn.Module):
                      name='k')(kv)
     v = layers.Dense((cfg.num_heads, hd), (self.kv_axis, 'heads', 'kv'), True, dtype,
                      name='v')(kv)
-    h = layers.attention(q, k, v, implementation=self.rt.attention_impl)
+    if mask is not None:
+      mask = mask[:, None, None, :].astype(bool)  # keys only: [B, 1, 1, N]
+    h = layers.attention(q, k, v, mask=mask, implementation=self.rt.attention_impl)
     h = layers.DenseOut(cfg.hidden_dim, ('heads', 'kv', 'embed'), 2, True, dtype, name='o')(h)
     return layers.LayerNorm(cfg.norm_eps, dtype, name='norm')(x + h)
 
@@ -73,12 +75,12 @@ class QFormerLayer(nn.Module):
   rt: Runtime = Runtime()
 
   @nn.compact
-  def __call__(self, x, feats):
+  def __call__(self, x, feats, mask=None):
     cfg, dtype = self.cfg, self.rt.dtype
     x = layers.constrain(x, QUERIES)
     x = PostNormAttention(cfg, 'embed', self.rt, name='self_attn')(x, x)
     if self.cross:
-      x = PostNormAttention(cfg, 'vision_embed', self.rt, name='cross_attn')(x, feats)
+      x = PostNormAttention(cfg, 'vision_embed', self.rt, name='cross_attn')(x, feats, mask)
     h = layers.Dense((cfg.mlp_dim,), ('embed', 'mlp'), True, dtype, name='fc1')(x)
     h = layers.constrain(layers.ACTIVATIONS['gelu'](h), ('act_batch', 'act_len', 'act_mlp'))
     h = layers.DenseOut(cfg.hidden_dim, ('mlp', 'embed'), 1, True, dtype, name='fc2')(h)
@@ -87,32 +89,32 @@ class QFormerLayer(nn.Module):
 
 
 class QFormer(nn.Module):
-  """queries [B, Q, H], feats [B, N, E] -> ([B, Q, H], aux)."""
+  """queries [B, Q, H], feats [B, N, E], mask [B, N] (True: real) -> ([B, Q, H], aux)."""
   cfg: QFormerConfig
   rt: Runtime = Runtime()
 
   @nn.compact
-  def __call__(self, queries, feats):
+  def __call__(self, queries, feats, mask=None):
     cfg = self.cfg
     x = layers.LayerNorm(cfg.norm_eps, self.rt.dtype, name='norm')(queries)
     block = layers.stack_layers(QFormerLayer, num_layers=1, remat_policy=self.rt.remat_policy,
                                 scan=False, static_argnums=())
     for i in range(cfg.num_layers):
-      x = block(cfg, cfg.has_cross_attention(i), self.rt, name=f'layers_{i}')(x, feats)
+      x = block(cfg, cfg.has_cross_attention(i), self.rt, name=f'layers_{i}')(x, feats, mask)
     return x, {'queries': x}
 
 
 class QFormerProjector(nn.Module):
-  """Image features [N, T, E] -> [N, num_queries, out_dim]."""
+  """Image features [N, T, E], mask [N, T] (True: real) -> [N, num_queries, out_dim]."""
   cfg: QFormerConfig
   rt: Runtime = Runtime()
 
   @nn.compact
-  def __call__(self, feats):
+  def __call__(self, feats, mask=None):
     cfg = self.cfg
     query = self.param('query_tokens', layers.param_init(layers.default_init, (None, 'embed')),
                        (cfg.num_queries, cfg.hidden_dim), jnp.float32)
     queries = jnp.broadcast_to(query.astype(self.rt.dtype),
                                (feats.shape[0], cfg.num_queries, cfg.hidden_dim))
-    x, _ = QFormer(cfg, self.rt, name='qformer')(queries, feats.astype(self.rt.dtype))
+    x, _ = QFormer(cfg, self.rt, name='qformer')(queries, feats.astype(self.rt.dtype), mask)
     return layers.Dense((cfg.out_dim,), (None, 'embed'), True, self.rt.dtype, name='out')(x)

@@ -5,7 +5,7 @@ import dataclasses
 
 import flax.linen as nn
 
-from radjax.models import llm, projector, qformer, vit
+from radjax.models import llm, perceiver, projector, qformer, vit, vit3d
 from radjax.models.runtime import Runtime
 
 
@@ -16,10 +16,12 @@ class Kind:
 
 
 PARTS = {
-    'vision': {'vit': Kind(vit.ViTConfig, vit.ViT)},
+    'vision': {'vit': Kind(vit.ViTConfig, vit.ViT),
+               'vit3d': Kind(vit3d.ViT3DConfig, vit3d.ViT3D)},
     'projector': {'linear': Kind(projector.ProjectorConfig, projector.LinearProjector),
                   'mlp': Kind(projector.ProjectorConfig, projector.MlpProjector),
-                  'qformer': Kind(qformer.QFormerConfig, qformer.QFormerProjector)},
+                  'qformer': Kind(qformer.QFormerConfig, qformer.QFormerProjector),
+                  'perceiver': Kind(perceiver.PerceiverConfig, perceiver.PerceiverProjector)},
     'llm': {'decoder': Kind(llm.LLMConfig, llm.Decoder)},
 }
 

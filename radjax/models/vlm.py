@@ -61,24 +61,35 @@ class VLM(nn.Module):
     self.projector = registry.module('projector', self.cfg.projector, self.rt.projector)
     self.llm = registry.module('llm', self.cfg.llm, self.rt.llm)
 
-  def encode_images(self, images):
-    """images [B, M, H, W, C] -> projected features [B, M * tokens, E_llm]."""
+  def encode_images(self, images, depth_mask=None):
+    """images [B, M, H, W, C] (2D) or [B, M, H, W, D, C] (volumes, for a 3D tower);
+    depth_mask [B, M, D] (True: a real slice; None: all real) -> projected features
+    [B, M * tokens, E_llm]. A tower that pads (vit3d) returns `token_mask` in its aux
+    and the projector leaves those tokens out."""
     b, m = images.shape[:2]
-    feats, _ = self.vision(images.reshape(b * m, *images.shape[2:]))
-    feats = self.projector(_maybe_frozen(feats, self.rt.vision))
+    flat = images.reshape(b * m, *images.shape[2:])
+    if depth_mask is None:
+      feats, aux = self.vision(flat)
+    else:
+      feats, aux = self.vision(flat, depth_mask.reshape(b * m, *depth_mask.shape[2:]))
+    feats = _maybe_frozen(feats, self.rt.vision)
+    token_mask = aux.get('token_mask')
+    feats = self.projector(feats) if token_mask is None else self.projector(feats, token_mask)
     feats = _maybe_frozen(feats, self.rt.projector)
     return feats.reshape(b, m * feats.shape[1], feats.shape[-1])
 
-  def embed(self, tokens, images):
+  def embed(self, tokens, images, depth_mask=None):
     text = self.llm.embed(tokens)
-    return splice(text, self.encode_images(images), tokens, self.cfg.image_token_id)
+    return splice(text, self.encode_images(images, depth_mask), tokens,
+                  self.cfg.image_token_id)
 
   def __call__(self, tokens, images, positions=None, cache=None, cache_index=0,
-               key_mask=None):
-    """tokens [B, T]; images [B, M, H, W, C]. Returns (logits [B, T, V], aux)."""
+               key_mask=None, depth_mask=None):
+    """tokens [B, T]; images [B, M, H, W, C] or [B, M, H, W, D, C] with depth_mask
+    [B, M, D]. Returns (logits [B, T, V], aux)."""
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    embeds = self.embed(tokens, images)
+    embeds = self.embed(tokens, images, depth_mask)
     return self.llm(embeds, positions, cache, cache_index, key_mask)
 
   def decode_step(self, tokens, positions, cache, cache_index, key_mask):
