@@ -28,14 +28,23 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def ensure_data(config) -> None:
-  """Builds `config.data.dir` with data_prep.<config.data.builder> when it is missing
-  (process 0 builds, the others wait). The library never imports data_prep."""
-  if not config.data.builder or os.path.exists(os.path.join(config.data.dir, 'manifest.json')):
+  """Builds `config.data.dir` with data_prep.<config.data.builder>, and each mixture
+  component's dir with its `builder`, when missing (process 0 builds, the others wait).
+  The library never imports data_prep."""
+  wanted = [(config.data.builder, config.data.dir, config.data.builder_kwargs.to_dict())]
+  for spec in config.data.mixture.values():
+    kwargs = spec.get('builder_kwargs', {})
+    wanted.append((spec.get('builder', ''), spec.get('dir', ''),
+                   kwargs.to_dict() if hasattr(kwargs, 'to_dict') else dict(kwargs)))
+  missing = {d: (b, kw) for b, d, kw in wanted
+             if b and not os.path.exists(os.path.join(d, 'manifest.json'))}
+  if not missing:
     return
   if jax.process_index() == 0:
-    builder = importlib.import_module(f'data_prep.{config.data.builder}')
-    logging.info('building dataset %s into %s', config.data.builder, config.data.dir)
-    builder.ensure_built(config.data.dir, **config.data.builder_kwargs.to_dict())
+    for data_dir, (name, kwargs) in missing.items():
+      builder = importlib.import_module(f'data_prep.{name}')
+      logging.info('building dataset %s into %s', name, data_dir)
+      builder.ensure_built(data_dir, **kwargs)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices('radjax_data_built')

@@ -51,11 +51,16 @@ def _answerer(config, workdir: str):
 
 
 def _image_examples(image_paths: list[str], prompt: str) -> list[dict]:
-  """One example per image, or one with every image when the prompt places several."""
+  """One example per image, or one with every image when the prompt places several. A
+  `.npy` is a volume as the datasets store it ([rows, cols, slices] in [0, 1]; data_prep's
+  volume readers write one from NIfTI or DICOM), for a 'vit3d' tower."""
   images = []
   for path in image_paths:
     with open(path, 'rb') as f:
       data = f.read()
+    if path.endswith('.npy'):
+      images.append((path, {'data': data, 'format': 'npy', 'kind': '3d'}))
+      continue
     fmt = 'png' if data.startswith(b'\x89PNG') else 'jpeg'
     images.append((path, {'data': data, 'format': fmt, 'kind': '2d'}))
   if prompt.count(chat.IMAGE_MARK) > 1:

@@ -106,9 +106,14 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
   fmt = chat.get_format(config.data.chat_format)
   tokenizer = None
   if tok_path and kind in ('vlm', 'llm'):
-    tokenizer = chat.prepare_tokenizer(tokens.load_tokenizer(tok_path), fmt, kind == 'vlm')
+    tokenizer = chat.prepare_tokenizer(tokens.load_tokenizer(tok_path), fmt, kind == 'vlm',
+                                       config.data.get('image_delimiters', False))
   extra = _token_fields(tokenizer, fmt) if tokenizer else {}
   if kind == 'vlm':
+    if config.data.get('image_delimiters', False):
+      raise ConversionError('config.data.image_delimiters=True wraps each image in '
+                            '<image_begin>/<image_end>, which a Llava processor does not '
+                            'write, so the export would not give the same logits')
     from radjax.convert import llava
     image_id = tokenizer.convert_tokens_to_ids(chat.IMAGE_MARK) if tokenizer else None
     vlm_cfg = factory.vlm_config(config.model, image_id)

@@ -95,9 +95,23 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Drawn in proportion to weight x repeat; weight 0 on every component: size x repeat.
   # Empty: config.data.dir alone with config.data.tasks. Eval reads config.data.dir, or
   # when that is '' the first component (in name order).
+  # A component with kind='volume' (3D scans, a 'vit3d' tower) goes to the volume stream.
   c.data.mixture = ml_collections.ConfigDict()
   c.data.max_len = 256  # static sequence length (tokens, image placeholders included)
   c.data.max_images = 1  # static image slots per example
+  c.data.image_delimiters = False  # <image_begin> placeholders <image_end> (RadFM)
+  # Keyword-weighted loss (RadFM): term files (comma-separated, one term per line; '' = off);
+  # answer tokens of their terms weigh keyword_weight; the loss divides by the summed weights.
+  c.data.keyword_terms = ''
+  c.data.keyword_weight = 3.0
+  # Volumes and images in separate batches (RadFM): volume components of the mixture form
+  # batches of volume_batch_size, images of train.batch_size; a batch is a volume batch
+  # with probability volume_batch_share. A volume batch is padded in depth to the smallest
+  # of depth_buckets that holds its deepest volume (empty: model.vision.max_depth), so only
+  # a few shapes compile.
+  c.data.volume_batch_size = 1
+  c.data.volume_batch_share = 0.5
+  c.data.depth_buckets = ()
   c.data.image_mean = (0.48145466, 0.4578275, 0.40821073)  # CLIP; SigLIP uses 0.5
   c.data.image_std = (0.26862954, 0.26130258, 0.27577711)
   c.data.augment = True  # random resized crop + small intensity jitter (train only)

@@ -9,15 +9,27 @@ placeholders never carry loss.
 
 Images: image k goes where the k-th `<image>` mark stands in user text; a conversation
 with no marks gets them at the start of its first user turn (LLaVA's convention), or
-right after the opening pieces when it has no user turn.
+right after the opening pieces when it has no user turn. With `image_delimiters` each
+image's placeholder run is wrapped in `<image_begin>` ... `<image_end>`, two tokens whose
+embeddings are learned (RadFM's `<image>` / `</image>`).
+
+Keyword weights (RadFM's reweighted loss, radjax/data/keywords.py): answer tokens that
+overlap a listed term get weight w instead of 1; the loss divides by the summed weights.
 """
 import dataclasses
 
 import numpy as np
 
+from radjax.data import keywords as keywords_lib
 from radjax.data import schema
 
 IMAGE_MARK = '<image>'
+IMAGE_BEGIN, IMAGE_END = '<image_begin>', '<image_end>'
+
+
+def image_tokens_needed(images: bool, delimiters: bool = False) -> list[str]:
+  """The vocabulary entries a VLM's prompts use besides the chat format's."""
+  return ([IMAGE_MARK] if images else []) + ([IMAGE_BEGIN, IMAGE_END] if delimiters else [])
 
 
 def without_images(turns: list[dict]) -> list[dict]:
@@ -98,12 +110,13 @@ def get_format(name: str) -> ChatFormat:
   return FORMATS[name]
 
 
-def prepare_tokenizer(tokenizer, fmt: ChatFormat, images: bool):
-  """Adds what `fmt` (and `<image>` for a VLM) needs and the tokenizer lacks, in a fixed
-  order so the same base tokenizer always gets the same ids; a tokenizer without a pad
-  token pads with EOS (padding is masked). Returns the tokenizer (changed in place)."""
+def prepare_tokenizer(tokenizer, fmt: ChatFormat, images: bool, delimiters: bool = False):
+  """Adds what `fmt` (and `<image>`, with `delimiters` also `<image_begin>` /
+  `<image_end>`, for a VLM) needs and the tokenizer lacks, in a fixed order so the same
+  base tokenizer always gets the same ids; a tokenizer without a pad token pads with EOS
+  (padding is masked). Returns the tokenizer (changed in place)."""
   vocab = tokenizer.get_vocab()
-  needed = list(fmt.specials) + ([IMAGE_MARK] if images else [])
+  needed = list(fmt.specials) + image_tokens_needed(images, images and delimiters)
   missing = [t for t in needed if t not in vocab]
   if missing:
     tokenizer.add_tokens(missing, special_tokens=True)
@@ -122,18 +135,26 @@ class ConversationEncoder:
   image_tokens: int = 0  # placeholders per image (0: a text-only model)
   system_prompt: str = ''  # '' = the format's default
   too_long: str = 'drop'  # 'drop' (TooLong) | 'truncate'
+  image_delimiters: bool = False  # <image_begin> placeholders <image_end> per image
+  keywords: keywords_lib.KeywordWeights | None = None  # reweights answer tokens
 
   def __post_init__(self):
     if self.too_long not in ('drop', 'truncate'):
       raise ValueError(f"config.data.too_long: {self.too_long!r} is not 'drop' or 'truncate'")
     vocab = self.tokenizer.get_vocab()
-    needed = list(self.fmt.specials) + ([IMAGE_MARK] if self.image_tokens else [])
+    needed = list(self.fmt.specials) + image_tokens_needed(
+        bool(self.image_tokens), bool(self.image_tokens) and self.image_delimiters)
     missing = [t for t in needed if t not in vocab]
     if missing:
       raise ValueError(f'chat format {self.fmt.name!r}: the tokenizer lacks {missing} '
                        '(radjax.data.chat.prepare_tokenizer adds them)')
     self.special_ids = {t: vocab[t] for t in needed}
     self.image_id = self.special_ids.get(IMAGE_MARK)
+    self.image_run = [self.image_id] * self.image_tokens
+    if self.image_tokens and self.image_delimiters:
+      self.image_run = ([self.special_ids[IMAGE_BEGIN]] + self.image_run
+                        + [self.special_ids[IMAGE_END]])
+    self.image_ids = frozenset(self.image_run)  # never carry loss
     t = self.tokenizer
     self.bos, self.eos, self.pad = t.bos_token_id, t.eos_token_id, t.pad_token_id
     self.system = self.system_prompt or self.fmt.default_system
@@ -159,20 +180,27 @@ class ConversationEncoder:
     return out
 
   def _with_images(self, s: str) -> list:
-    """Text with `<image>` marks: each mark becomes image_tokens placeholders."""
+    """Text with `<image>` marks: each mark becomes image_tokens placeholders (wrapped in
+    the delimiters when the encoder has them)."""
     parts = s.split(IMAGE_MARK)
     out = [parts[0]]
     for part in parts[1:]:
-      out += [[self.image_id] * self.image_tokens, part]
+      out += [list(self.image_run), part]
     return out
 
   def _tokenize(self, segments: list[tuple]) -> tuple[list[int], list[int]]:
     ids, weights, text, text_w = [], [], '', 0
 
     def flush():
-      new = self.tokenizer.encode(text, add_special_tokens=False) if text else []
+      if not text:
+        return
+      if text_w and self.keywords is not None:
+        new, token_w = self.keywords.token_weights(self.tokenizer, text)
+        weights.extend(float(text_w * w) for w in token_w)
+      else:
+        new = self.tokenizer.encode(text, add_special_tokens=False)
+        weights.extend([text_w] * len(new))
       ids.extend(new)
-      weights.extend([text_w] * len(new))
 
     for seg, w in segments:
       if isinstance(seg, str):
@@ -184,7 +212,7 @@ class ConversationEncoder:
         flush()
         text = ''
         ids.extend(seg)
-        weights.extend([0 if t == self.image_id else w for t in seg])
+        weights.extend([0 if t in self.image_ids else w for t in seg])
     flush()
     return ids, weights
 

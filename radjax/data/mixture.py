@@ -1,10 +1,16 @@
 """config.data.mixture: several datasets trained together, each with its own instruction
 tasks, mixed by weight (radjax/data/pipeline.py builds the stream).
 
-    config.data.mixture.<name> = dict(dir=..., tasks=(...), weight=0.0, repeat=1)
+    config.data.mixture.<name> = dict(dir=..., tasks=(...), weight=0.0, repeat=1,
+                                      kind='image', builder='', builder_kwargs={})
 
 - dir: a built dataset (its train split is read); required.
 - tasks: the instruction tasks its records become; default config.data.tasks.
+- kind: 'image' (2D) or 'volume' (3D scans, for a 'vit3d' tower): each kind is mixed
+  apart and batched apart (RadFM's 2D/3D batches), so a batch never holds both; the
+  weights below share out the components of one kind.
+- builder, builder_kwargs: main.py builds `dir` with data_prep.<builder> when missing
+  (like config.data.builder).
 - weight, repeat: component i is drawn with probability proportional to
       w_i * repeat_i,  w_i = weight_i if weights are given, else the size of its train split.
   Either every weight is 0 (RadVLM's way: the datasets concatenated, a small one listed
@@ -22,7 +28,8 @@ import hashlib
 import math
 import os
 
-KEYS = ('dir', 'tasks', 'weight', 'repeat')
+KEYS = ('dir', 'tasks', 'weight', 'repeat', 'kind', 'builder', 'builder_kwargs')
+KINDS = ('image', 'volume')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +40,7 @@ class Component:
   weight: float
   repeat: int
   seed: int
+  kind: str = 'image'
 
   @property
   def knob(self) -> str:
@@ -72,14 +80,28 @@ def components(config) -> list[Component]:
     repeat = spec.get('repeat', 1)
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
       raise ValueError(f'{knob}.repeat: expected an integer >= 1, got {repeat!r}')
+    kind = spec.get('kind', 'image')
+    if kind not in KINDS:
+      raise ValueError(f"{knob}.kind: {kind!r} is not one of {', '.join(KINDS)}")
     out.append(Component(name, data_dir, tuple(tasks), float(weight), repeat,
-                         component_seed(config.seed, name)))
-  zero = [c for c in out if c.weight == 0]
-  if zero and len(zero) < len(out):
-    raise ValueError(f'{zero[0].knob}.weight: 0 (by size) while '
-                     f'{", ".join(c.name for c in out if c.weight)} have positive weights; '
-                     'give every component a weight, or none (all 0: by size x repeat)')
+                         component_seed(config.seed, name), kind))
+  for kind in KINDS:
+    same = [c for c in out if c.kind == kind]
+    zero = [c for c in same if c.weight == 0]
+    if zero and len(zero) < len(same):
+      raise ValueError(f'{zero[0].knob}.weight: 0 (by size) while '
+                       f'{", ".join(c.name for c in same if c.weight)} have positive weights; '
+                       'give every component of a kind a weight, or none (all 0: by size x '
+                       'repeat)')
   return out
+
+
+def by_kind(comps: list[Component]) -> dict[str, list[tuple[int, Component]]]:
+  """(index in mixture.names, component) per kind present, in KINDS order."""
+  out = {}
+  for i, c in enumerate(comps):
+    out.setdefault(c.kind, []).append((i, c))
+  return {k: out[k] for k in KINDS if k in out}
 
 
 def weights(comps: list[Component], sizes: list[int]) -> list[float]:
@@ -102,3 +124,10 @@ def eval_dir(config) -> str:
     return config.data.dir
   first = names(config)[0]
   return config.data.mixture[first].get('dir', '')
+
+
+def eval_kind(config) -> str:
+  """'image' or 'volume': what the eval dataset holds (config.data.dir: images)."""
+  if config.data.dir or not config.data.mixture:
+    return 'image'
+  return config.data.mixture[names(config)[0]].get('kind', 'image')

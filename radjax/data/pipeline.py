@@ -1,11 +1,13 @@
 """The Grain pipeline: a dataset's records (radjax/data/source.py) -> shuffled,
 process-sharded -> a task's processor (radjax/data/processors.py) -> mixed with other
 datasets (radjax/data/mixture.py) -> batches -> global jax.Arrays."""
+import functools
+
 import grain
 import jax
 import numpy as np
 
-from radjax.data import mixture, source
+from radjax.data import mixture, source, volumes
 
 
 def train_dataset(config, make_processor, split: str,
@@ -13,11 +15,14 @@ def train_dataset(config, make_processor, split: str,
                   ) -> grain.MapDataset:
   """Infinite, reshuffled every epoch, this process's slice, per-process batches.
 
-  make_processor(tasks) -> processor(record, rng) builds the processor for a list of
-  instruction tasks (a Task's `processor`). Without config.data.mixture: config.data.dir
-  with config.data.tasks; with one, each component is its own stream (shuffled, sliced,
-  processed) and grain mixes them by weight (radjax/data/mixture.py). Each example gets a
+  make_processor(tasks[, kind]) -> processor(record, rng) builds the processor for a list
+  of instruction tasks (a Task's `processor`; kind 'volume' for volume components).
+  Without config.data.mixture: config.data.dir with config.data.tasks; with one, each
+  component is its own stream (shuffled, sliced, processed) and grain mixes them by
+  weight (radjax/data/mixture.py). Each example gets a
   host-only `source`: its component's index in mixture.names(config) (0 without one).
+  Image and volume components are batched apart and the batches mixed by
+  config.data.volume_batch_share, so no batch holds both kinds.
 
   Every transform is a function of (seed, record index), so the iterator state
   (one integer) is all a resumed run needs to continue the same stream.
@@ -33,13 +38,42 @@ def train_dataset(config, make_processor, split: str,
     records = source.open_split(config.data.dir, split)
     ds = _stream(config, records, config.seed, make_processor(tuple(config.data.tasks)), 0,
                  log, process_index, process_count)
+    return ds.batch(config.train.batch_size // process_count, drop_remainder=True)
+  batched = {}
+  for kind, items in mixture.by_kind(comps).items():
+    records = [source.open_split(c.dir, split, f'{c.knob}.dir') for _, c in items]
+    weights = mixture.weights([c for _, c in items], [len(r) for r in records])
+    make = make_processor if kind == 'image' else functools.partial(make_processor, kind=kind)
+    streams = [_stream(config, r, c.seed, make(c.tasks), i, log, process_index, process_count)
+               for (i, c), r in zip(items, records)]
+    ds = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
+    batched[kind] = _batches(config, ds, kind, process_count)
+  if len(batched) == 1:
+    return next(iter(batched.values()))
+  share = config.data.volume_batch_share
+  if not 0 < share < 1:
+    raise ValueError(f'config.data.volume_batch_share={share}: the mixture has image and '
+                     'volume components, so it must be in (0, 1)')
+  return grain.MapDataset.mix([batched['image'], batched['volume']], [1 - share, share])
+
+
+def _batches(config, ds: grain.MapDataset, kind: str, process_count: int) -> grain.MapDataset:
+  """Per-process batches of one kind; volume batches trimmed to their depth bucket."""
+  if kind == 'image':
+    knob, size = 'config.train.batch_size', config.train.batch_size
   else:
-    records = [source.open_split(c.dir, split, f'{c.knob}.dir') for c in comps]
-    weights = mixture.weights(comps, [len(r) for r in records])
-    ds = grain.MapDataset.mix(
-        [_stream(config, r, c.seed, make_processor(c.tasks), i, log, process_index,
-                 process_count) for i, (c, r) in enumerate(zip(comps, records))], weights)
-  return ds.batch(config.train.batch_size // process_count, drop_remainder=True)
+    knob, size = 'config.data.volume_batch_size', config.data.volume_batch_size
+  if size < 1 or size % process_count:
+    raise ValueError(f'{knob}={size} must be a positive multiple of {process_count} processes')
+  ds = ds.batch(size // process_count, drop_remainder=True)
+  if kind == 'volume':
+    max_depth = config.model.vision.get('max_depth', 0)
+    buckets = tuple(config.data.depth_buckets)
+    if any(b < 1 or b > max_depth for b in buckets):
+      raise ValueError(f'config.data.depth_buckets={buckets}: each must be in [1, '
+                       f'config.model.vision.max_depth={max_depth}]')
+    ds = ds.map(functools.partial(volumes.trim_depth, buckets=buckets, max_depth=max_depth))
+  return ds
 
 
 def _stream(config, records, seed: int, processor, index: int, log: source.RecordLog,

@@ -5,7 +5,7 @@ import dataclasses
 
 import numpy as np
 
-from radjax.data import chat, instructions, schema
+from radjax.data import chat, instructions, schema, volumes
 from radjax.data import images as images_lib
 
 
@@ -20,19 +20,55 @@ class ImageSlots:
   crop_scale: tuple = (0.8, 1.0)
   augment: bool = False  # random resized crop + jitter from the record's rng (training)
 
-  def __call__(self, example: dict, rng) -> tuple[np.ndarray, np.ndarray]:
+  def __call__(self, example: dict, rng) -> dict:
+    """{'images' [max_images, H, W, C], 'image_mask' [max_images]}."""
     rng = rng if self.augment else None
-    imgs = example['images']
-    if len(imgs) > self.max_images:
-      raise schema.SchemaError(f"record {example['id']!r}: images: {len(imgs)} images but "
-                               f'config.data.max_images={self.max_images}')
+    imgs = _checked_count(example, self.max_images)
     out = np.zeros((self.max_images, self.image_size, self.image_size, self.num_channels),
                    np.float32)
     for i, img in enumerate(imgs):
       out[i] = images_lib.preprocess(img, size=self.image_size, num_channels=self.num_channels,
                                      mean=self.mean, std=self.std, record_id=example['id'],
                                      rng=rng, crop_scale=self.crop_scale)
-    return out, np.arange(self.max_images) < len(imgs)
+    return {'images': out, 'image_mask': np.arange(self.max_images) < len(imgs)}
+
+
+def _checked_count(example: dict, max_images: int) -> list:
+  imgs = example['images']
+  if len(imgs) > max_images:
+    raise schema.SchemaError(f"record {example['id']!r}: images: {len(imgs)} images but "
+                             f'config.data.max_images={max_images}')
+  return imgs
+
+
+@dataclasses.dataclass
+class VolumeSlots:
+  """An Example's volumes (and 2D images, repeated to one depth patch) -> [max_images, H,
+  W, max_depth, C] with the real slices marked in a depth mask (radjax/data/volumes.py).
+  No augmentation: RadFM's volumes get none either."""
+  image_size: int
+  num_channels: int
+  max_images: int
+  max_depth: int
+  depth_patch: int
+  mean: tuple
+  std: tuple
+
+  def __call__(self, example: dict, rng) -> dict:
+    """{'images' [M, H, W, D, C], 'image_mask' [M], 'depth_mask' [M, D]}."""
+    del rng
+    imgs = _checked_count(example, self.max_images)
+    s, d = self.image_size, self.max_depth
+    out = np.zeros((self.max_images, s, s, d, self.num_channels), np.float32)
+    depth_mask = np.zeros((self.max_images, d), bool)
+    for i, img in enumerate(imgs):
+      x, depth = volumes.volume_input(img, size=s, max_depth=d, depth_patch=self.depth_patch,
+                                      num_channels=self.num_channels, mean=self.mean,
+                                      std=self.std, record_id=example['id'])
+      out[i, :, :, :depth] = x
+      depth_mask[i, :depth] = True
+    return {'images': out, 'image_mask': np.arange(self.max_images) < len(imgs),
+            'depth_mask': depth_mask}
 
 
 @dataclasses.dataclass
@@ -43,7 +79,7 @@ class ConversationProcessor:
   tasks: tuple[str, ...]
   options: instructions.Options
   max_len: int
-  images: ImageSlots | None = None
+  images: ImageSlots | VolumeSlots | None = None
 
   def turns(self, example: dict, rng, served=None) -> list[dict]:
     served = served or instructions.served(example, self.tasks, self.options)
@@ -58,7 +94,7 @@ class ConversationProcessor:
     out, n = {}, 0
     if self.images is not None:  # images first: their crops draw from rng before the task
       # (rng None: evaluation; variant 0 of the first task the record serves)
-      out['images'], out['image_mask'] = self.images(example, rng)
+      out = self.images(example, rng)
       n = int(out['image_mask'].sum())
     arrays = self.encoder.training_arrays(self.turns(example, rng, served), n, self.max_len,
                                           example['id'])

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from radjax.data import chat, instructions, processors
+from radjax.data import chat, instructions, keywords, processors
 from radjax.train import optimizer as optimizer_lib
 from radjax.train import pretrained as pretrained_lib
 from radjax.train import step as step_lib
@@ -48,9 +48,10 @@ class Task:
     """Device arrays of one example, by key (the processor may add host-only keys)."""
     raise NotImplementedError
 
-  def processor(self, tasks=None):
+  def processor(self, tasks=None, kind: str = ''):
     """Record bytes, rng -> the arrays of one example (radjax/data/processors.py), for the
-    instruction `tasks` (None: config.data.tasks)."""
+    instruction `tasks` (None: config.data.tasks) of a dataset of `kind` ('image' |
+    'volume'; '' = the eval dataset's)."""
     raise NotImplementedError
 
   # ---- model ----------------------------------------------------------------------
@@ -93,14 +94,17 @@ class Task:
 
 
 def prepare_tokenizer(config, tokenizer, images: bool):
-  """Adds what config.data.chat_format needs (and <image> for a VLM) to the tokenizer."""
-  return chat.prepare_tokenizer(tokenizer, chat.get_format(config.data.chat_format), images)
+  """Adds what config.data.chat_format needs (and <image>, with image_delimiters also
+  <image_begin> / <image_end>, for a VLM) to the tokenizer."""
+  return chat.prepare_tokenizer(tokenizer, chat.get_format(config.data.chat_format), images,
+                                config.data.get('image_delimiters', False))
 
 
 def chat_encoder(config, tokenizer, image_tokens: int) -> chat.ConversationEncoder:
   c = config.data
   return chat.ConversationEncoder(tokenizer, chat.get_format(c.chat_format), image_tokens,
-                                  c.system_prompt, c.too_long)
+                                  c.system_prompt, c.too_long,
+                                  c.get('image_delimiters', False), keywords.from_config(c))
 
 
 def conversation_processor(config, encoder, tasks, images=None):

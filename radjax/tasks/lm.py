@@ -31,7 +31,8 @@ class TextToText(base.Task):
     return {'tokens': seq, 'targets': seq,
             'loss_mask': base.BatchField((self.config.data.max_len,), np.float32)}
 
-  def processor(self, tasks=None) -> processors.ConversationProcessor:
+  def processor(self, tasks=None, kind: str = '') -> processors.ConversationProcessor:
+    del kind  # text only: every component's images are dropped
     return base.conversation_processor(self.config, self.encoder, tasks)
 
   def model(self, frozen=()) -> llm.Decoder:

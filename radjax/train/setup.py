@@ -71,5 +71,11 @@ def jit_train_step(exp: Experiment):
   """The one jitted train step (explicit shardings, donated state) of a task; the
   loop, the benchmark and the tests share it."""
   step = exp.task.train_step(exp.model, exp.tx, exp.labels, exp.schedule)
-  return jax.jit(step, in_shardings=(exp.state_shardings, exp.batch_shardings),
+  return jax.jit(step, in_shardings=(exp.state_shardings, batch_prefix_sharding(exp)),
                  out_shardings=(exp.state_shardings, None), donate_argnums=0)
+
+
+def batch_prefix_sharding(exp: Experiment):
+  """One sharding for every array of a batch (leading axis over the batch mesh axes), so
+  batches of different keys (a volume batch's depth_mask) share the jitted function."""
+  return sharding_lib.batch_sharding(exp.mesh, exp.rules, 1)

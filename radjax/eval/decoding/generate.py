@@ -119,8 +119,9 @@ def _prefill(model, params, prompt_tokens, prompt_mask, images, max_new_tokens: 
     logits, aux = model.apply({'params': params}, prompt_tokens, positions, cache, 0, key_mask,
                               method=model.decode_step)
   else:
-    logits, aux = model.apply({'params': params}, prompt_tokens, images, positions, cache, 0,
-                              key_mask)
+    kw = images if isinstance(images, dict) else {'images': images}
+    logits, aux = model.apply({'params': params}, prompt_tokens, positions=positions,
+                              cache=cache, cache_index=0, key_mask=key_mask, **kw)
   return logits[:, -1], aux['cache'], key_mask, positions[:, -1] + 1
 
 
@@ -165,8 +166,9 @@ def generate(model, params, prompt_tokens, prompt_mask, images, gen_cfg: Generat
              rng=None):
   """Generates `gen_cfg.max_new_tokens` ids per left-padded prompt (jitted).
 
-  prompt_tokens / prompt_mask [B, P]; images [B, M, H, W, C] for a VLM, None for a bare
-  Decoder; rng: a PRNG key, needed when sampling (step i uses fold_in(rng, i)).
+  prompt_tokens / prompt_mask [B, P]; images [B, M, H, W, C] for a VLM (or a dict of the
+  VLM's image arguments: images [B, M, H, W, D, C] and depth_mask [B, M, D]), None for a
+  bare Decoder; rng: a PRNG key, needed when sampling (step i uses fold_in(rng, i)).
   Returns (ids [B, max_new_tokens], scores [B]): for beam search the best finished
   hypothesis and its HF `sequences_scores`; otherwise summed token log-probs.
   Stop strings are not applied here (see `apply_stop_strings`).

@@ -22,18 +22,23 @@ class Answerer:
     # The batch axis splits over the mesh: whole batches of config.eval.batch_size.
     self.batch_size = cfg.eval.batch_size
 
-  def prompts(self, items) -> tuple[list[list[int]], np.ndarray | None]:
+  def prompts(self, items) -> tuple[list[list[int]], dict | None]:
+    """Prompt ids per item, and the model's image inputs (images, and depth_mask for
+    volumes) stacked, or None for a decoder."""
     prompts, pixels = [], []
     for example, turns in items:
       n = 0
       if self.image_slots is not None:
-        imgs, mask = self.image_slots(example, None)
-        pixels.append(imgs)
-        n = int(mask.sum())
+        arrays = self.image_slots(example, None)
+        pixels.append(arrays)
+        n = int(arrays['image_mask'].sum())
       else:
         turns = chat.without_images(turns)
       prompts.append(self.encoder.prompt(turns, n, example.get('id', '<prompt>')))
-    return prompts, (np.stack(pixels) if pixels else None)
+    if not pixels:
+      return prompts, None
+    return prompts, {k: np.stack([p[k] for p in pixels]) for k in pixels[0]
+                     if k != 'image_mask'}
 
   def answer(self, params, items: list[tuple[dict, list[dict]]]) -> list[str]:
     """Generated answer texts, one per item (padded to whole batches by repetition)."""
@@ -50,13 +55,14 @@ class Answerer:
                    'prompt_mask': exp.batch_shardings['tokens']}
       batch = {'tokens': toks, 'prompt_mask': mask}
       if pixels is not None:
-        shardings['images'] = exp.batch_shardings['images']
-        batch['images'] = pixels
+        shardings.update({k: exp.batch_shardings['images'] for k in pixels})
+        batch.update(pixels)
       g = pipeline.to_global(batch, shardings)
+      image_inputs = None if pixels is None else {k: g[k] for k in pixels}
       key = None if rng is None else jax.random.fold_in(rng, start)
       with exp.context():
         ids, _ = generate_lib.generate(exp.model, params, g['tokens'], g['prompt_mask'],
-                                       g.get('images'), self.gen_cfg, key)
+                                       image_inputs, self.gen_cfg, key)
       ids = np.asarray(jax.device_get(ids))
       outs.extend(generate_lib.cut_at_stop_strings(self.encoder.decode_answer(row),
                                                    self.gen_cfg.stop_strings).strip()

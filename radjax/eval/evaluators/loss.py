@@ -4,6 +4,7 @@ import functools
 import jax
 import numpy as np
 
+from radjax.core import sharding
 from radjax.data import pipeline
 
 
@@ -14,7 +15,8 @@ class LossEvaluator:
     self.split = split
     with exp.context():
       self._loss = jax.jit(functools.partial(exp.task.loss, exp.model, rng=None),
-                           in_shardings=(exp.state_shardings.params, exp.batch_shardings))
+                           in_shardings=(exp.state_shardings.params,
+                                         sharding.batch_sharding(exp.mesh, exp.rules, 1)))
 
   def run(self, params, step: int, writer=None, out_dir=None) -> dict:
     del step, writer, out_dir

@@ -15,6 +15,14 @@ from radjax.eval.metrics.labeler import label_report
 OBSERVATION_TO_FINDING = {obs: f for f, obs in schema.DEMO_FINDINGS.items()}
 
 
+def _first_view(arrays: dict) -> np.ndarray:
+  """The first image [H, W, C] (a volume: its middle real slice) for TensorBoard."""
+  x = arrays['images'][0]
+  if 'depth_mask' in arrays:
+    x = x[:, :, int(arrays['depth_mask'][0].sum()) // 2]
+  return x
+
+
 def report_findings(text: str) -> set[str]:
   """The demo findings the rule-based labeler reads as positive or uncertain in `text`."""
   labels = label_report(text)
@@ -84,7 +92,7 @@ class ReportEvaluator:
     if writer is not None and n:
       k = min(cfg.eval.num_logged_examples, n)
       slots = self.exp.task.image_slots
-      imgs = np.stack([slots(ex, None)[0][0] for ex in examples[:k]])
+      imgs = np.stack([_first_view(slots(ex, None)) for ex in examples[:k]])
       imgs = (imgs - imgs.min()) / max(float(imgs.max() - imgs.min()), 1e-6)
       writer.write_images(step, {'eval/images': imgs})
       writer.write_texts(step, {f'eval/report_{i}': f'GENERATED: {generated[i]}\n\n'

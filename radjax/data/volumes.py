@@ -1,0 +1,71 @@
+"""3D image entries (kind '3d': float16 `npy` arrays [rows, cols, slices] in [0, 1], as
+data_prep/volume_ops.py `to_entry` stores them) -> model input for a 'vit3d' tower.
+
+A volume is resized in-plane to size x size (linear) and, when deeper than max_depth,
+in depth to max_depth (nearest, as RadFM shrinks deep scans); a shallower one keeps its
+slices and is zero-padded, the depth mask saying which slices are real. A 2D image in a
+volume batch is repeated to one depth patch, as RadFM's nearest resize from depth 1 does.
+"""
+import io
+
+import numpy as np
+from scipy import ndimage
+
+from radjax.data import images as images_lib
+from radjax.data import schema
+
+
+def decode_volume(image: dict, record_id: str) -> np.ndarray:
+  """A 3D entry -> float32 [rows, cols, slices] in [0, 1]. Errors name the record."""
+  if image.get('kind') != '3d' or image.get('format') != 'npy':
+    raise schema.SchemaError(f'record {record_id!r}: images: expected a 3d npy volume, got '
+                             f"{image.get('kind')}/{image.get('format')}")
+  try:
+    vol = np.load(io.BytesIO(image['data']), allow_pickle=False)
+  except Exception as e:  # numpy raises several types for a damaged header
+    raise schema.SchemaError(f'record {record_id!r}: images: undecodable volume ({e})') from e
+  if vol.ndim != 3 or min(vol.shape) < 1:
+    raise schema.SchemaError(f'record {record_id!r}: images: a volume must be [rows, cols, '
+                             f'slices], got shape {vol.shape}')
+  vol = vol.astype(np.float32)
+  if not np.isfinite(vol).all():
+    raise schema.SchemaError(f'record {record_id!r}: images: the volume has NaN or inf voxels')
+  return vol
+
+
+def resize_volume(vol: np.ndarray, size: int, max_depth: int) -> np.ndarray:
+  """[rows, cols, slices] -> [size, size, min(slices, max_depth)]."""
+  rows, cols, depth = vol.shape
+  if (rows, cols) != (size, size):
+    vol = ndimage.zoom(vol, (size / rows, size / cols, 1.0), order=1, grid_mode=True,
+                       mode='nearest')
+  if depth > max_depth:
+    vol = ndimage.zoom(vol, (1.0, 1.0, max_depth / depth), order=0, grid_mode=True,
+                       mode='nearest')
+  return np.clip(vol[:size, :size, :max_depth], 0.0, 1.0)
+
+
+def volume_input(image: dict, *, size: int, max_depth: int, depth_patch: int,
+                 num_channels: int, mean, std, record_id: str) -> tuple[np.ndarray, int]:
+  """One image entry (3D, or 2D repeated to depth_patch) -> ([size, size, depth, C]
+  normalised, its real depth)."""
+  if image.get('kind', '2d') == '2d':
+    x = images_lib.preprocess(image, size=size, num_channels=num_channels, mean=mean, std=std,
+                              record_id=record_id)
+    return np.repeat(x[:, :, None, :], depth_patch, axis=2), depth_patch
+  vol = resize_volume(decode_volume(image, record_id), size, max_depth)
+  x = images_lib.normalise(vol[..., None].repeat(num_channels, -1), mean, std, num_channels)
+  return x, vol.shape[2]
+
+
+def bucket(depth: int, buckets: tuple[int, ...], max_depth: int) -> int:
+  """The smallest bucket >= depth (max_depth when none is)."""
+  return min([b for b in buckets if b >= depth] or [max_depth])
+
+
+def trim_depth(batch: dict, buckets: tuple[int, ...], max_depth: int) -> dict:
+  """A volume batch padded to max_depth -> padded to the bucket of its deepest volume."""
+  real = np.nonzero(batch['depth_mask'].any(axis=(0, 1)))[0]
+  depth = bucket(int(real[-1]) + 1 if real.size else 1, buckets, max_depth)
+  return {**batch, 'images': batch['images'][..., :depth, :],
+          'depth_mask': batch['depth_mask'][..., :depth]}

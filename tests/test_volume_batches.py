@@ -1,0 +1,223 @@
+"""RadFM's data path: volumes and 2D images batched apart and mixed at batch granularity
+(deterministic, resumable, depth-bucketed), volume slots with depth masks, image
+delimiter tokens and the keyword-weighted loss (radjax/data/volumes.py, pipeline.py,
+processors.py, chat.py, keywords.py)."""
+import io
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import PreTrainedTokenizerFast
+
+from data_prep import tokenizer as tokenizer_lib
+from data_prep import writer
+from radjax.core import defaults
+from radjax.data import chat, keywords, pipeline, processors, schema
+from radjax.train import loss as loss_lib
+
+MAX_DEPTH, PATCH = 24, 4
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def _volume_entry(depth: int, seed: int) -> dict:
+  vol = np.random.default_rng(seed).random((12, 10, depth)).astype(np.float16)
+  buf = io.BytesIO()
+  np.save(buf, vol, allow_pickle=False)
+  return {'data': buf.getvalue(), 'format': 'npy', 'kind': '3d', 'spacing': None}
+
+
+def _png_entry(seed: int) -> dict:
+  px = np.random.default_rng(seed).integers(0, 255, (20, 20), dtype=np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(px).save(buf, format='PNG')
+  return {'data': buf.getvalue(), 'format': 'png', 'kind': '2d', 'spacing': None}
+
+
+def _dataset(path, prefix: int, n: int, volumes: bool) -> str:
+  os.makedirs(path, exist_ok=True)
+  with writer.ShardedWriter(path, 'train', 2, validate=lambda ex: None) as w:
+    for i in range(n):
+      image = _volume_entry(3 + (7 * i) % 30, i) if volumes else _png_entry(i)
+      w.write(schema.make_example(id=f'{prefix}-{i}', images=[image]))
+  return path
+
+
+SLOTS = {'image': processors.ImageSlots(16, 3, 1, MEAN, STD),
+         'volume': processors.VolumeSlots(16, 3, 1, MAX_DEPTH, PATCH, MEAN, STD)}
+
+
+def make_processor(tasks, kind='image'):
+  del tasks
+
+  def process(raw, rng):
+    ex = schema.decode(raw)
+    prefix, i = map(int, ex['id'].split('-'))
+    return {'rid': np.int32(prefix * 1000 + i), **SLOTS[kind](ex, rng)}
+
+  return process
+
+
+@pytest.fixture(scope='module')
+def config(tmp_path_factory):
+  root = tmp_path_factory.mktemp('kinds')
+  c = defaults.get_config()
+  c.seed = 5
+  c.train.batch_size = 4
+  c.model.vision.max_depth = MAX_DEPTH
+  c.data.volume_batch_size = 2
+  c.data.volume_batch_share = 0.4
+  c.data.depth_buckets = (8, 16)
+  c.data.mixture.ct = dict(dir=_dataset(str(root / 'ct'), 1, 23, True), kind='volume')
+  c.data.mixture.cxr = dict(dir=_dataset(str(root / 'cxr'), 2, 30, False))
+  c.data.mixture.mr = dict(dir=_dataset(str(root / 'mr'), 3, 9, True), kind='volume')
+  return c
+
+
+def _check_batch(batch):
+  """One kind per batch; a volume batch padded to the bucket of its deepest volume."""
+  if 'depth_mask' not in batch:
+    assert batch['images'].shape == (4, 1, 16, 16, 3)
+    assert set(batch['source'].tolist()) == {1}  # cxr
+    return 'image'
+  assert batch['images'].shape[:4] == (2, 1, 16, 16) and batch['images'].ndim == 6
+  assert set(batch['source'].tolist()) <= {0, 2}  # ct, mr
+  depth = batch['depth_mask'].shape[-1]
+  deepest = int(batch['depth_mask'].sum(-1).max())
+  assert depth == min([b for b in (8, 16) if b >= deepest] or [MAX_DEPTH])
+  assert batch['images'].shape[4] == depth
+  return 'volume'
+
+
+def test_batches_never_mix_kinds_and_follow_the_share(config):
+  ds = pipeline.train_dataset(config, make_processor, 'train', 0, 1)
+  kinds = [_check_batch(ds[i]) for i in range(150)]
+  share = kinds.count('volume') / len(kinds)
+  assert abs(share - 0.4) < 0.1, share
+  depths = {ds[i]['images'].shape[4] for i in range(150) if kinds[i] == 'volume'}
+  assert len(depths) >= 2 and depths <= {8, 16, MAX_DEPTH}  # only the buckets compile
+
+
+def test_mixed_kinds_resume_the_identical_stream(config):
+  def fresh():
+    return pipeline.make_iterator(pipeline.train_dataset(config, make_processor, 'train', 0, 1),
+                                  0)
+  it = fresh()
+  for _ in range(9):
+    next(it)
+  state = it.get_state()
+  expected = [next(it) for _ in range(15)]
+  resumed = fresh()
+  resumed.set_state(state)
+  for want in expected:
+    got = next(resumed)
+    _check_batch(got)
+    assert got.keys() == want.keys()
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_both_kinds_need_a_share(config):
+  bad = config.copy_and_resolve_references()
+  bad.data.volume_batch_share = 1.0
+  with pytest.raises(ValueError, match='volume_batch_share'):
+    pipeline.train_dataset(bad, make_processor, 'train', 0, 1)
+
+
+def test_volume_slots_pad_shrink_and_repeat_2d():
+  slots = SLOTS['volume']
+  ex = schema.make_example(id='v', images=[_volume_entry(7, 0)])
+  out = slots(ex, None)
+  assert out['images'].shape == (1, 16, 16, MAX_DEPTH, 3)
+  np.testing.assert_array_equal(out['depth_mask'][0], np.arange(MAX_DEPTH) < 7)
+  assert not out['images'][0, :, :, 7:].any()  # padding stays zero
+  # In-plane resize keeps the values' range; the grey value goes to every channel.
+  x = out['images'][0, :, :, :7] * STD[0] + MEAN[0]
+  assert x.min() >= 0 and x.max() <= 1 and np.allclose(x[..., 0], x[..., 2])
+  deep = slots(schema.make_example(id='d', images=[_volume_entry(40, 1)]), None)
+  assert deep['depth_mask'].all()  # 40 slices shrunk to 24
+  flat = slots(schema.make_example(id='p', images=[_png_entry(3)]), None)
+  np.testing.assert_array_equal(flat['depth_mask'][0], np.arange(MAX_DEPTH) < PATCH)
+  for k in range(1, PATCH):  # the slice repeated over one depth patch, as RadFM does
+    np.testing.assert_array_equal(flat['images'][0, :, :, k], flat['images'][0, :, :, 0])
+
+
+def test_a_damaged_volume_names_its_record():
+  entry = _volume_entry(5, 0)
+  entry['data'] = entry['data'][:40]
+  with pytest.raises(schema.SchemaError, match="record 'bad'.*undecodable"):
+    SLOTS['volume'](schema.make_example(id='bad', images=[entry]), None)
+  nan = np.full((4, 4, 4), np.nan, np.float16)
+  buf = io.BytesIO()
+  np.save(buf, nan)
+  entry = {'data': buf.getvalue(), 'format': 'npy', 'kind': '3d', 'spacing': None}
+  with pytest.raises(schema.SchemaError, match="record 'nan'.*NaN"):
+    SLOTS['volume'](schema.make_example(id='nan', images=[entry]), None)
+
+
+# ---- tokens: image delimiters and keyword weights ------------------------------------
+@pytest.fixture(scope='module')
+def tokenizer():
+  bpe = tokenizer_lib.train_tokenizer(vocab_size=600).to_str()
+  tok = PreTrainedTokenizerFast(tokenizer_object=__import__('tokenizers').Tokenizer.from_str(
+      bpe), bos_token='<s>', eos_token='</s>', pad_token='<pad>', unk_token='<unk>')
+  return chat.prepare_tokenizer(tok, chat.get_format('plain'), images=True, delimiters=True)
+
+
+TURNS = [{'role': 'user', 'text': 'Is there a <image> pleural effusion?'},
+         {'role': 'assistant', 'text': 'Yes: a small left pleural effusion and a nodule.'}]
+
+
+def test_each_image_is_wrapped_in_learned_delimiters(tokenizer):
+  enc = chat.ConversationEncoder(tokenizer, chat.get_format('plain'), image_tokens=5,
+                                 image_delimiters=True)
+  ids, weights = enc.encode(TURNS, 1, 'r')
+  begin, end = (tokenizer.convert_tokens_to_ids(t) for t in (chat.IMAGE_BEGIN, chat.IMAGE_END))
+  image = tokenizer.convert_tokens_to_ids(chat.IMAGE_MARK)
+  i = ids.index(begin)
+  assert ids[i:i + 7] == [begin] + [image] * 5 + [end]
+  assert ids.count(begin) == ids.count(end) == 1
+  assert not any(weights[i:i + 7])
+  plain = chat.ConversationEncoder(tokenizer, chat.get_format('plain'), image_tokens=5)
+  assert begin not in plain.encode(TURNS, 1, 'r')[0]
+
+
+def test_keyword_tokens_weigh_three_and_the_loss_follows(tokenizer, tmp_path):
+  terms = tmp_path / 'terms.txt'
+  terms.write_text('# MeSH\nPleural Effusion\nnodule\neffusion\n')
+  kw = keywords.KeywordWeights(keywords.read_terms(str(terms)), 3.0)
+  fmt = chat.get_format('plain')
+  weighted = chat.ConversationEncoder(tokenizer, fmt, 5, keywords=kw)
+  plain = chat.ConversationEncoder(tokenizer, fmt, 5)
+  ids_w, w = weighted.encode(TURNS, 1, 'r')
+  ids_p, p = plain.encode(TURNS, 1, 'r')
+  assert ids_w == ids_p  # the same tokens, only their weights differ
+  w, p = np.asarray(w), np.asarray(p)
+  assert set(w[p == 0]) == {0}  # prompt and images still carry no loss
+  heavy = [i for i in range(len(ids_w)) if w[i] == 3]
+  text = tokenizer.decode([ids_w[i] for i in heavy]).replace(' ', '').lower()
+  assert text == 'pleuraleffusionnodule'  # both terms, nothing else, not the question's
+  assert set(w[(p == 1) & (w != 3)]) == {1}
+  # The loss: sum(w * CE) / sum(w) over the answer, against a hand computation.
+  logits = jax.random.normal(jax.random.key(0), (1, len(ids_w) - 1, len(tokenizer)))
+  targets = jnp.asarray([ids_w[1:]])
+  out = loss_lib.token_losses(logits, targets, jnp.asarray([w[1:]]))
+  ce = -jax.nn.log_softmax(logits)[0, jnp.arange(len(ids_w) - 1), targets[0]]
+  want = float(jnp.sum(ce * w[1:]) / w[1:].sum())
+  assert float(out['loss_sum'] / out['weight_sum']) == pytest.approx(want, rel=1e-5)
+  plain_loss = loss_lib.token_losses(logits, targets, jnp.asarray([p[1:]]))
+  assert abs(float(out['loss_sum'] / out['weight_sum'])
+             - float(plain_loss['loss_sum'] / plain_loss['weight_sum'])) > 1e-4
+  # Weight 1: exactly the plain loss.
+  one = chat.ConversationEncoder(tokenizer, fmt, 5, keywords=keywords.KeywordWeights(kw.terms, 1.0))
+  np.testing.assert_array_equal(np.asarray(one.encode(TURNS, 1, 'r')[1]), p)
+
+
+def test_keyword_terms_file_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match='keyword_terms'):
+    keywords.read_terms(str(tmp_path / 'missing.txt'))
+  (tmp_path / 'empty.txt').write_text('# nothing\n\n')
+  with pytest.raises(ValueError, match='lists no terms'):
+    keywords.read_terms(str(tmp_path / 'empty.txt'))
