@@ -12,6 +12,7 @@ from radjax.core import defaults
 
 ARGS = dict(size='full', task='')
 DEMO_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'radjax', 'demo_v2')
+DEMO_CT_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'radjax', 'demo_ct_v1')  # 3D
 
 
 def parse(arg: str, **extra):

@@ -18,8 +18,9 @@ import tensorflow_datasets as tfds
 
 from data_prep import builder as builder_lib
 
-NAMES = ('demo', 'chexpert', 'nih_chest_xray14', 'vindr_cxr', 'mimic_cxr', 'openi',
-         'llava_json', 'dolly', 'xraygpt_captions', 'ms_cxr', 'padchest_gr', 'chexpert_plus')
+NAMES = ('demo', 'demo_ct', 'chexpert', 'nih_chest_xray14', 'vindr_cxr', 'mimic_cxr', 'openi',
+         'llava_json', 'dolly', 'xraygpt_captions', 'ms_cxr', 'padchest_gr', 'chexpert_plus',
+         'radfm')
 
 
 def builder_class(name: str) -> type[builder_lib.RadjaxBuilder]:

@@ -117,7 +117,8 @@ def test_validate_edge_cases():
   np.save(buf, np.zeros((2, 3, 4), np.float16))
   schema.validate(
     _example(
-      images=[{'data': buf.getvalue(), 'format': 'npy', 'kind': '3d', 'spacing': [1.0, 1.0, 2.5]}]
+      images=[{'data': buf.getvalue(), 'format': 'npy', 'kind': '3d', 'spacing': [1.0, 1.0, 2.5]}],
+      boxes=[],  # a 2D box on a volume is an error (tests/test_schema_boxes_3d.py)
     )
   )
 
@@ -177,7 +178,8 @@ def test_built_dataset_contents(built):
   assert manifest['counts'] == {'train': 40, 'val': 8, 'test': 8}
   assert manifest['num_rejects'] == 0 and manifest['seed'] == 0
   assert sorted(os.listdir(out)) == sorted(
-    ['dataset_info.json', 'features.json', 'manifest.json', 'rejects.jsonl', 'tokenizer.json']
+    ['dataset_info.json', 'features.json', 'manifest.json', 'rejects.jsonl', 'terms.txt',
+     'tokenizer.json']
     + [f'demo-{s}.array_record-00000-of-00001' for s in ('train', 'val', 'test')]
   )
   assert os.path.exists(os.path.join(out, 'tokenizer.json'))

@@ -12,7 +12,7 @@ from collections import Counter
 import tensorflow_datasets as tfds
 
 from data_prep import builder as builder_lib
-from data_prep import cxr_renderer, demo, report_composer
+from data_prep import cxr_renderer, demo, openi_reports, report_composer, terms
 from data_prep import tokenizer as tokenizer_lib
 
 # Train items are written in the order the first demo writer's 4 round-robin shards
@@ -29,6 +29,15 @@ class DemoConfig(tfds.core.BuilderConfig):
   vocab_size: int = tokenizer_lib.DEFAULT_VOCAB_SIZE
 
 
+def mesh_terms() -> tuple[str, ...]:
+  """MeSH headings that assert one of the drawn findings by themselves (OpenI's mapping,
+  data_prep/openi_reports.py); those that need a qualifier ("Cardiac Shadow/enlarged",
+  "Costophrenic Angle/blunted") name anatomy, not the finding, and are left out."""
+  drawn = set(report_composer.FINDING_TO_OBSERVATION.values())
+  return tuple(name for name, (obs, qualifiers) in openi_reports.MESH_TO_OBSERVATION.items()
+               if obs in drawn and not qualifiers)
+
+
 class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
   """Synthetic chest radiographs with known findings, reported with real OpenI sentences."""
 
@@ -40,7 +49,7 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to read: everything is rendered
-    self._frequencies = {}
+    self._frequencies, self._terms = {}, terms.TermCounter(mesh_terms())
     return {split: self._generate_examples(split, items)
             for split, items in self.split_items(None).items()}
 
@@ -68,11 +77,14 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
       demo.count_findings(example, counter)
       if self.corrupt_hook is not None:
         example = self.corrupt_hook(example)
-      yield builder_lib.process_item(self, split, index, item, example)
+      result = builder_lib.process_item(self, split, index, item, example)
+      if 'record' in result:
+        self._terms.add_example(example)  # terms.txt: only words the written text uses
+      yield result
 
   def extra_files(self):
     tok = tokenizer_lib.train_tokenizer(self.builder_config.vocab_size)
-    return {'tokenizer.json': tok.to_str()}
+    return {'tokenizer.json': tok.to_str(), terms.FILENAME: self._terms.file_text()}
 
   def manifest_extra(self):
     c = self.builder_config
@@ -87,6 +99,7 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
       'finding_frequencies': {k: dict(sorted(v.items()))
                               for k, v in getattr(self, '_frequencies', {}).items()},
       'tokenizer': 'tokenizer.json',
+      'terms': terms.FILENAME,
       'vocab_size': c.vocab_size,
       'special_tokens': tokenizer_lib.SPECIAL_TOKENS,
       'sentence_pools': report_composer.default_pools().sizes(),

@@ -279,10 +279,20 @@ def format_boxes(boxes: list[dict]) -> str:
   return _join([format_box(b['box']) for b in boxes])
 
 
-def _groups(boxes: list[dict], key: Callable[[dict], str | None]) -> dict[str, list[dict]]:
+def _grounding_boxes(example: dict) -> list[dict] | None:
+  """The boxes the grounding tasks answer with, or None for a record with a 3D image:
+  their answers and the grounding metrics are 2D ([x1, y1, x2, y2] on a radiograph), so
+  a volume's 6-number boxes are not served (the record counts as having no task)."""
+  if any(image.get('kind') == '3d' for image in example.get('images') or []):
+    return None
+  return [b for b in example.get('boxes') or [] if len(b.get('box') or ()) == 4]
+
+
+def _groups(boxes: list[dict] | None,
+            key: Callable[[dict], str | None]) -> dict[str, list[dict]]:
   """Boxes by key, keys in order of first appearance; boxes whose key is None dropped."""
   out: dict[str, list[dict]] = {}
-  for b in boxes:
+  for b in boxes or ():
     k = key(b)
     if k:
       out.setdefault(k, []).append(b)
@@ -314,7 +324,7 @@ def anatomical_grounding(example: dict, rng: np.random.Generator | None,
                          options: Options) -> list | None:
   """One anatomical region (a Chest ImaGenome box label) and its box(es)."""
   del options
-  groups = _groups(example.get('boxes') or [], lambda b: _region(b.get('label')))
+  groups = _groups(_grounding_boxes(example), lambda b: _region(b.get('label')))
   if not groups:
     return None
   region = _pick(tuple(groups), rng)
@@ -342,7 +352,7 @@ def abnormality_grounding(example: dict, rng: np.random.Generator | None,
                           options: Options) -> list | None:
   """One finding class among the boxes (not anatomical regions) and all its boxes."""
   del options
-  groups = _groups(example.get('boxes') or [], _abnormal)
+  groups = _groups(_grounding_boxes(example), _abnormal)
   if not groups:
     return None
   label = _pick(tuple(groups), rng)
@@ -372,7 +382,7 @@ def phrase_grounding(example: dict, rng: np.random.Generator | None,
                      options: Options) -> list | None:
   """A box's phrase quoted by the user; the answer gives the box(es) with that phrase."""
   del options
-  groups = _groups(example.get('boxes') or [], lambda b: ' '.join((b.get('phrase') or '').split()))
+  groups = _groups(_grounding_boxes(example), lambda b: ' '.join((b.get('phrase') or '').split()))
   if not groups:
     return None
   phrase = _pick(tuple(groups), rng)
@@ -408,12 +418,13 @@ def detection(example: dict, rng: np.random.Generator | None, options: Options) 
   answer for an Example labelled No Finding with no boxes. Without boxes and not known
   normal (e.g. a finding that has a label but no box) there is nothing right to say."""
   del options
-  groups = _groups(example.get('boxes') or [], _abnormal)
+  groups = _groups(_grounding_boxes(example), _abnormal)
   question = _pick(DETECTION_QUESTIONS, rng)
   if groups:
     listed = '; '.join(f'{label} {format_boxes(b)}' for label, b in groups.items())
     return _qa(question, _pick(DETECTION_ANSWERS, rng).format(listed))
-  if (example.get('labels') or {}).get('No Finding') == 1 and not example.get('boxes'):
+  if ((example.get('labels') or {}).get('No Finding') == 1 and not example.get('boxes')
+      and _grounding_boxes(example) is not None):
     return _qa(question, _pick(DETECTION_NONE, rng))
   return None
 

@@ -13,6 +13,9 @@ prompt and a target.
     report        {"findings": str, "impression": str}
     labels        {CheXpert observation: 1 | 0 | -1}   (absent = not mentioned)
     boxes         [{"box": [x1, y1, x2, y2] in [0, 1], "label": str, "phrase": str}]
+                  on 3d images 6 numbers [x1, y1, z1, x2, y2, z2]: z along the slices
+                  (the last axis of a (rows, cols, slices) volume), x along columns,
+                  y along rows, each a fraction of the extent
     conversation  [{"role": "user"|"assistant"|"system", "text": str}]
     codes         [int] | None   (precomputed VQ-GAN token ids)
     schema_version int
@@ -204,24 +207,31 @@ def _check_image(rid: Any, i: int, image: Any) -> None:
     raise _fail(rid, f'{field}.kind', f'declared 3d but array has {ndim} dims')
 
 
-def box_error(box: Any, none_text: bool = False) -> str | None:
+# Box coordinates per image kind: a corner's coordinates, then the opposite corner's.
+BOX_AXES = {'2d': ('x', 'y'), '3d': ('x', 'y', 'z')}
+
+
+def box_error(box: Any, none_text: bool = False, kind: str = '2d') -> str | None:
   """Why `box` is not `{"box": [x1, y1, x2, y2] in [0, 1], "label": str, "phrase": str}`
-  (x1 < x2, y1 < y2), or None. The one box rule: records (validate) and reference boxes
-  of scored predictions (python -m radjax.eval score) both use it."""
+  (x1 < x2, y1 < y2; on a `kind` '3d' image [x1, y1, z1, x2, y2, z2], z1 < z2 too), or
+  None. The one box rule: records (validate) and reference boxes of scored predictions
+  (python -m radjax.eval score) both use it."""
   if not isinstance(box, dict):
     return 'not a map'
+  axes = BOX_AXES[kind]
+  names = '[' + ', '.join([f'{a}1' for a in axes] + [f'{a}2' for a in axes]) + ']'
   coords = box.get('box')
   if not (
     isinstance(coords, list)
-    and len(coords) == 4
+    and len(coords) == 2 * len(axes)
     and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in coords)
   ):
-    return f'box: expected 4 numbers [x1, y1, x2, y2], got {coords!r}'
-  x1, y1, x2, y2 = coords
+    return f'box: expected {2 * len(axes)} numbers {names} ({kind} image), got {coords!r}'
   if not all(0.0 <= c <= 1.0 for c in coords):
     return f'box: {coords} outside [0, 1]'
-  if x2 <= x1 or y2 <= y1:
-    return f'box: {coords} has x2<=x1 or y2<=y1'
+  low, high = coords[:len(axes)], coords[len(axes):]
+  if any(b <= a for a, b in zip(low, high)):
+    return f"box: {coords} has {' or '.join(f'{a}2<={a}1' for a in axes)}"
   for key in ('label', 'phrase'):
     value = box.get(key, '')
     if not (isinstance(value, str) or (none_text and value is None)):
@@ -229,8 +239,18 @@ def box_error(box: Any, none_text: bool = False) -> str | None:
   return None
 
 
-def _check_box(rid: Any, i: int, box: Any) -> None:
-  reason = box_error(box)
+def boxes_kind(example: dict) -> str:
+  """The image kind a record's boxes are on: its images' one kind ('2d' without images).
+  A record with both kinds cannot say which image a box is on, so it may carry none."""
+  kinds = {image.get('kind') for image in example['images'] if isinstance(image, dict)}
+  if len(kinds) > 1:
+    raise _fail(example.get('id', '<unknown>'), 'boxes',
+                'the record has both 2d and 3d images: which one a box is on is ambiguous')
+  return kinds.pop() if kinds else '2d'
+
+
+def _check_box(rid: Any, i: int, box: Any, kind: str) -> None:
+  reason = box_error(box, kind=kind)
   if reason is not None:
     key, sep, why = reason.partition(': ')
     raise _fail(rid, f'boxes[{i}].{key}' if sep else f'boxes[{i}]', why if sep else reason)
@@ -272,8 +292,10 @@ def validate(example: dict, *, require_text: bool = True) -> None:
     if isinstance(value, bool) or value not in LABEL_VALUES:
       raise _fail(rid, f'labels[{name!r}]', f'value {value!r} not in {LABEL_VALUES}')
 
-  for i, box in enumerate(example['boxes']):
-    _check_box(rid, i, box)
+  if example['boxes']:
+    kind = boxes_kind(example)
+    for i, box in enumerate(example['boxes']):
+      _check_box(rid, i, box, kind)
 
   for i, turn in enumerate(example['conversation']):
     if not isinstance(turn, dict):

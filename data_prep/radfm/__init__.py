@@ -1,0 +1,1 @@
+"""RadFM data: its published CSV / JSON layouts (radfm_dataset_builder.py)."""

@@ -1,0 +1,88 @@
+"""RadFM's image files -> float16 3D entries of the Example schema, one per scan.
+
+RadFM's Radiopaedia files (seeds_spec §4.3) are `.npy` arrays of shape (S, 3, H, W, z):
+the S scans of a case, each resized to H = W = 512, its slice repeated over 3 channels,
+with no spacing kept. Each scan becomes one (rows, cols, slices) entry from channel 0
+(the channels are copies), min-max rescaled to [0, 1] per scan, as RadFM's loader
+rescales a volume; a (3, H, W, z) or (H, W, z) array is one scan. A NIfTI (the modality
+CSVs) is read by data_prep/volumes.py with its spacing. `size` > 0 resizes each scan
+in-plane to size x size (linear), e.g. 256 as RadFM's collator does for 3D batches of
+one, so a case of 512 x 512 x 64 scans does not make a 32 MB record per scan.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from scipy import ndimage
+
+from data_prep import volumes
+from data_prep.builder import Reject
+from data_prep.volume_ops import Volume
+
+ROWS_COLS_SLICES = 3
+
+
+def _scan_arrays(array: np.ndarray, where: str) -> list[np.ndarray]:
+  if array.ndim == 5:  # (S, C, H, W, z)
+    return [array[s, 0] for s in range(array.shape[0])]
+  if array.ndim == 4:  # (C, H, W, z)
+    return [array[0]]
+  if array.ndim == ROWS_COLS_SLICES:
+    return [array]
+  raise Reject(f"{where}: array of shape {array.shape}; expected RadFM's (S, 3, H, W, z), "
+               '(3, H, W, z) or (H, W, z)')
+
+
+def load_npy_scans(path: str) -> list[Volume]:
+  """A RadFM .npy -> one Volume per scan (no spacing: RadFM kept none)."""
+  try:
+    array = np.load(path, allow_pickle=False)
+  except ValueError as e:
+    if 'pickle' not in str(e):
+      raise Reject(f'{path}: not a readable .npy: {e}') from e
+    raise Reject(f'{path}: not a plain numeric .npy (object arrays need pickle, refused): '
+                 f'{e}') from e
+  except Exception as e:  # truncated header, wrong magic, short data ...
+    raise Reject(f'{path}: not a readable .npy: {e}') from e
+  if not isinstance(array, np.ndarray) or array.dtype.kind not in 'biuf':
+    raise Reject(f'{path}: .npy of dtype {getattr(array, "dtype", None)}, expected numbers')
+  scans = _scan_arrays(array, path)
+  out = []
+  for s, scan in enumerate(scans):
+    where = f'{path} scan {s}' if len(scans) > 1 else path
+    if min(scan.shape) < volumes.MIN_SIDE:
+      raise Reject(f'{where}: scan of shape {scan.shape}, expected at least '
+                   f'{volumes.MIN_SIDE} along each axis')
+    if not np.isfinite(scan).all():  # RadFM swapped such volumes for noise; we reject
+      raise Reject(f'{where}: non-finite voxels (NaN or inf)')
+    out.append(Volume(array=scan.astype(np.float32), spacing=None, where=where))
+  return out
+
+
+def _resize(volume: Volume, size: int) -> Volume:
+  rows, cols, _ = volume.array.shape
+  if size <= 0 or (rows, cols) == (size, size):
+    return volume
+  factors = (size / rows, size / cols, 1.0)
+  array = ndimage.zoom(volume.array, factors, order=1, mode='nearest', grid_mode=True)
+  spacing = volume.spacing
+  if spacing is not None:
+    spacing = (spacing[0] * cols / size, spacing[1] * rows / size, spacing[2])
+  return Volume(array=array.astype(np.float32), spacing=spacing, where=volume.where,
+                modality=volume.modality)
+
+
+def scan_entries(path: str, size: int = 0) -> list[dict]:
+  """Every scan of a RadFM image file (.npy, .nii, .nii.gz) -> schema image entries."""
+  name = os.path.basename(path).lower()
+  if name.endswith('.npy'):
+    scans = load_npy_scans(path)
+  elif name.endswith(volumes.NIFTI_SUFFIXES):
+    scans = [volumes.load_volume(path)]
+  else:
+    raise Reject(f"{path}: unknown image format; expected RadFM's .npy or a NIfTI "
+                 '(.nii, .nii.gz)')
+  # Percentiles (0, 100): RadFM's per-volume min-max; no window, the units are unknown.
+  return [volumes.prepare(_resize(v, size), window_hu=None) for v in scans]

@@ -1,0 +1,153 @@
+"""The RadFM builder on files written here in RadFM's published layouts: the Radiopaedia
+VQA CSV (image_path to an (S, 3, H, W, z) .npy or a NIfTI, question, answer) and the
+caption JSON (npy_path, finding, impression, pat, pre, ...), with RadFM's machine paths
+to rewrite and corrupt, missing and NaN volumes among them."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from data_prep.builder import ManualDirError
+from data_prep.radfm import radfm_dataset_builder, scans
+from radjax.data import schema
+from tests import data_prep_fixtures as fx
+
+FOREIGN = '/mnt/petrelfs/share_data/radiopaedia/processed_images'  # RadFM's machine
+
+
+def _case(src, name, shape, seed=0, nan=False):
+  array = np.random.default_rng(seed).uniform(-1000, 400, shape).astype(np.float32)
+  if nan:
+    array[0, 0, 1, 1, 1] = np.nan
+  path = os.path.join(src, 'processed_images', name)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  np.save(path, array)
+  return array
+
+
+def _volumes(example):
+  return [np.load(io.BytesIO(im['data']), allow_pickle=False) for im in example['images']]
+
+
+@pytest.fixture
+def src(tmp_path):
+  src = str(tmp_path / 'src')
+  arrays = {'c1': _case(src, 'c1_0.npy', (2, 3, 16, 12, 6)),
+            'c2': _case(src, 'c2_0.npy', (1, 3, 16, 16, 4), seed=1)}
+  _case(src, 'nan_0.npy', (1, 3, 8, 8, 4), nan=True)
+  fx.write_file(os.path.join(src, 'processed_images', 'broken_0.npy'), b'\x93NUMPY\x01\x00garbage')
+  nii = np.random.default_rng(2).uniform(0, 300, (10, 9, 5)).astype(np.float32)
+  nib.save(nib.Nifti1Image(nii, np.diag([0.8, 0.8, 3.0, 1.0])),
+           os.path.join(src, 'processed_images', 'mr.nii.gz'))
+  rows = [
+    [0, f'{FOREIGN}/c1_0.npy', 'What abnormality is seen?', 'A left upper lobe mass.'],
+    [1, f'{FOREIGN}/c1_0.npy', 'Which lobe?', 'The left upper lobe.'],
+    [2, f'{FOREIGN}/broken_0.npy', 'Q?', 'A.'],
+    [3, f'{FOREIGN}/nowhere_0.npy', 'Q?', 'A.'],
+    [4, f'{FOREIGN}/nan_0.npy', 'Q?', 'A.'],
+    [5, 'processed_images/mr.nii.gz', 'Which sequence?', 'T1.'],
+    [6, f'{FOREIGN}/c2_0.npy', 'Is there an effusion?', ''],
+  ]
+  fx.write_csv(os.path.join(src, 'data_csv', 'radiology_vqa_train.csv'),
+               ['', 'image_path', 'question', 'answer'], rows)
+  fx.write_csv(os.path.join(src, 'data_csv', 'radiology_vqa_test.csv'),
+               ['', 'image_path', 'question', 'answer'],
+               [[0, f'{FOREIGN}/c2_0.npy', 'Is there an effusion?', 'No.']])
+  captions = [
+    {'npy_path': f'{FOREIGN}/c2_0.npy', 'title': 'Pleural effusion', 'pat': '60 year old man.',
+     'pre': 'Breathless.', 'finding': 'Right pleural effusion.', 'impression': 'Effusion.',
+     'articles': [], 'radiographic_features': []},
+    {'npy_path': f'{FOREIGN}/c1_0.npy', 'pat': '', 'pre': '', 'finding': 'A mass.',
+     'impression': ''},
+    {'npy_path': f'{FOREIGN}/c1_0.npy', 'pat': '', 'pre': '', 'finding': '', 'impression': ''},
+    'not an object',
+  ]
+  fx.write_file(os.path.join(src, 'radiology_article_npy_train.json'),
+                json.dumps(captions).encode())
+  return src, arrays
+
+
+def test_vqa_csv(src, tmp_path):
+  src, arrays = src
+  path, manifest = fx.build('radfm', src, str(tmp_path / 'out'), config='vqa')
+  train = {e['id']: e for e in fx.examples(path, 'train')}
+  assert sorted(train) == ['radiology_vqa_train-0000002', 'radiology_vqa_train-0000003',
+                           'radiology_vqa_train-0000007']
+  first = train['radiology_vqa_train-0000002']
+  schema.validate(first)
+  assert first['conversation'] == [
+    {'role': 'user', 'text': 'What abnormality is seen?'},
+    {'role': 'assistant', 'text': 'A left upper lobe mass.'}]
+  # One float16 (H, W, z) image per scan, channel 0, min-max to [0, 1] per scan.
+  volumes = _volumes(first)
+  assert [v.shape for v in volumes] == [(16, 12, 6), (16, 12, 6)]
+  assert all(im['kind'] == '3d' and im['spacing'] is None for im in first['images'])
+  for s, v in enumerate(volumes):
+    scan = arrays['c1'][s, 0]
+    expected = (scan - scan.min()) / (scan.max() - scan.min())
+    assert v.dtype == np.float16 and np.abs(v.astype(np.float32) - expected).max() < 1e-3
+  mr = train['radiology_vqa_train-0000007']
+  [image] = mr['images']
+  assert image['spacing'] == pytest.approx([0.8, 0.8, 3.0])
+  assert _volumes(mr)[0].shape == (9, 10, 5)  # NIfTI laid out as an axial display
+  assert [e['id'] for e in fx.examples(path, 'test')] == ['radiology_vqa_test-0000002']
+
+  rejects = fx.rejects(path)
+  assert manifest['num_rejects'] == 4 == len(rejects)
+  broken = rejects['radiology_vqa_train-0000004']
+  assert broken['file'] == 'data_csv/radiology_vqa_train.csv' and broken['row'] == 4
+  assert 'processed_images/broken_0.npy: not a readable .npy' in broken['reason']
+  assert 'nowhere_0.npy: image file not found' in rejects['radiology_vqa_train-0000005']['reason']
+  assert 'nan_0.npy: non-finite voxels' in rejects['radiology_vqa_train-0000006']['reason']
+  assert 'empty question or answer' in rejects['radiology_vqa_train-0000008']['reason']
+
+
+def test_caption_json_and_resized_config(src, tmp_path):
+  src, _ = src
+  path, manifest = fx.build('radfm', src, str(tmp_path / 'out'), config='caption_256')
+  train = fx.examples(path, 'train')
+  assert [e['id'] for e in train] == ['radiology_article_npy_train-0000000',
+                                      'radiology_article_npy_train-0000001']
+  first, second = train
+  assert first['report'] == {'findings': 'Right pleural effusion.', 'impression': 'Effusion.'}
+  assert first['conversation'][0]['text'].startswith('60 year old man. Breathless. ')
+  assert first['conversation'][1]['text'] == (
+    'Findings: Right pleural effusion. Impression: Effusion.')
+  assert second['conversation'] == [] and second['report']['findings'] == 'A mass.'
+  assert [v.shape for v in _volumes(second)] == [(256, 256, 6)] * 2
+  rejects = fx.rejects(path)
+  assert 'both empty' in rejects['radiology_article_npy_train-0000002']['reason']
+  assert 'not an object' in rejects['radiology_article_npy_train-0000003']['reason']
+  assert manifest['counts'] == {'train': 2}  # no caption test file: no test split
+
+
+def test_missing_files_name_what_is_expected(tmp_path):
+  empty = tmp_path / 'src'
+  empty.mkdir()
+  (empty / 'unrelated.txt').write_text('x')
+  with pytest.raises(ManualDirError, match='radiology_vqa_train.csv'):
+    fx.build('radfm', str(empty), str(tmp_path / 'out'), config='vqa')
+
+
+def test_resolve_tries_trailing_components(tmp_path):
+  root = tmp_path / 'root'
+  (root / 'a' / 'b').mkdir(parents=True)
+  (root / 'a' / 'b' / 'x.npy').write_bytes(b'')
+  (root / 'y.npy').write_bytes(b'')
+  resolve = radfm_dataset_builder.resolve
+  assert resolve(str(root), '/far/away/a/b/x.npy') == str(root / 'a' / 'b' / 'x.npy')
+  assert resolve(str(root), '/far/away/y.npy') == str(root / 'y.npy')
+  assert resolve(str(root), str(root / 'y.npy')) == str(root / 'y.npy')
+
+
+def test_scan_shapes():
+  assert [s.shape for s in scans._scan_arrays(np.zeros((3, 4, 5, 6, 7)), 'f')] == [(5, 6, 7)] * 3
+  assert [s.shape for s in scans._scan_arrays(np.zeros((3, 5, 6, 7)), 'f')] == [(5, 6, 7)]
+  with pytest.raises(ValueError, match=r"f: array of shape \(5, 6\); expected RadFM's"):
+    scans._scan_arrays(np.zeros((5, 6)), 'f')
