@@ -113,15 +113,19 @@ def main(argv):
             ', '.join(f'{k} {v / GIB:.2f} GiB' for k, v in mem.items()), flush=True)
     rows.append(line)
   base = rows[0]
-  print('\n| devices | params/device | optimizer/device | step args/device | '
-        'step temp/device | shrink (params+opt) |')
-  print('|---|---|---|---|---|---|')
+  # Peak per device: arguments + temp + outputs that do not reuse a donated argument.
+  print('\n| devices | params/device | optimizer/device | step arguments | step temp | '
+        'step peak (args + temp + unaliased out) | shrink params+opt | shrink peak |')
+  print('|---|---|---|---|---|---|---|---|')
+  peak = lambda r: r['argument'] + r['temp'] + r['output'] - r['alias']  # noqa: E731
   for r in rows:
     shrink = (base['params'] + base['opt']) / (r['params'] + r['opt'])
-    args = f'{r["argument"] / GIB:.2f} GiB' if 'argument' in r else '-'
-    temp = f'{r["temp"] / GIB:.2f} GiB' if 'temp' in r else '-'
-    print(f'| {r["n"]} | {r["params"] / GIB:.2f} GiB | {r["opt"] / GIB:.2f} GiB | {args} | '
-          f'{temp} | {shrink:.2f}x |')
+    cells = ['-'] * 4
+    if 'argument' in r:
+      cells = [f'{r["argument"] / GIB:.2f} GiB', f'{r["temp"] / GIB:.2f} GiB',
+               f'{peak(r) / GIB:.2f} GiB', f'{peak(base) / peak(r):.2f}x']
+    print(f'| {r["n"]} | {r["params"] / GIB:.2f} GiB | {r["opt"] / GIB:.2f} GiB | '
+          f'{cells[0]} | {cells[1]} | {cells[2]} | {shrink:.2f}x | {cells[3]} |')
 
 
 if __name__ == '__main__':
