@@ -5,6 +5,8 @@ r"""Hugging Face <-> radjax workdir conversion.
       --hf_dir DIR --out WORKDIR [--unscanned]
   python -m radjax.convert to-hf --workdir WORKDIR [--step N] --out DIR
       [--dtype float32|bfloat16]
+  python -m radjax.convert from-radfm --ckpt pytorch_model.bin --tokenizer LLAMA_DIR
+      --out WORKDIR [--unscanned] [--vision_heads 8 --perceiver_heads 8 ...]
 
 A WORKDIR is an ordinary radjax workdir (config.json + orbax checkpoint), accepted by
 `to-hf`, `main.py --config configs/workdir.py:WORKDIR --mode=generate` and
@@ -48,6 +50,32 @@ def cmd_from_hf(args) -> None:
   print(f'wrote {args.out} ({config.model.kind}, {export.count(params) / 1e6:.2f}M params)')
 
 
+def cmd_from_radfm(args) -> None:
+  """RadFM's single state dict (+ LLaMA's tokenizer dir, and its config.json when there
+  is one, as RadFM's Language_files has) -> a VLM workdir."""
+  from radjax.convert import radfm
+  from radjax.core import workdir
+  from radjax.data import tokens
+  shape = radfm.RadFMShape(depth_patch_size=args.depth_patch_size,
+                           vision_heads=args.vision_heads, perceiver_heads=args.perceiver_heads,
+                           llm_heads=args.llm_heads)
+  hf_llm = None
+  if os.path.exists(os.path.join(args.tokenizer, 'config.json')):
+    hf_llm = hf_io.load_hf_config(args.tokenizer)
+  tokenizer = tokens.load_tokenizer(args.tokenizer)
+  state_dict = hf_io.load_state_dict_file(args.ckpt)
+  config, params = radfm.import_checkpoint(state_dict, tokenizer, shape,
+                                           scan=not args.unscanned, hf_llm_config=hf_llm,
+                                           source=args.ckpt)
+  del state_dict
+  tok_dir = os.path.join(args.out, 'tokenizer')
+  tokenizer.save_pretrained(tok_dir)
+  config.data.tokenizer = os.path.abspath(tok_dir)
+  workdir.save_params(args.out, config, params)
+  print(f'wrote {args.out} (RadFM vlm, {export.count(params) / 1e6:.2f}M params, vocab '
+        f'{config.model.llm.vocab_size})')
+
+
 def _check_out(out: str, workdir: str) -> None:
   """--out may not be the workdir or inside it (its config.json would be overwritten)."""
   out, workdir = os.path.realpath(out), os.path.realpath(workdir)
@@ -85,6 +113,20 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('--out', required=True)
   p.add_argument('--dtype', default='float32', choices=sorted(hf_io.DTYPES))
   p.set_defaults(func=cmd_to_hf)
+  p = sub.add_parser('from-radfm', help="RadFM's pytorch_model.bin -> radjax VLM workdir")
+  p.add_argument('--ckpt', required=True, help='its pytorch_model.bin (or .safetensors)')
+  p.add_argument('--tokenizer', required=True,
+                 help="LLaMA's tokenizer: a directory (RadFM's Language_files) or tokenizer.json")
+  p.add_argument('--out', required=True, help='the new workdir')
+  p.add_argument('--unscanned', action='store_true',
+                 help='store layers as layers_{i} (config.runtime.scan_layers=False)')
+  # What the tensors' shapes do not say; the defaults are RadFM's.
+  p.add_argument('--depth_patch_size', type=int, default=4)
+  p.add_argument('--vision_heads', type=int, default=8)
+  p.add_argument('--perceiver_heads', type=int, default=8)
+  p.add_argument('--llm_heads', type=int, default=0,
+                 help="0: the tokenizer dir's config.json, else hidden size / 128")
+  p.set_defaults(func=cmd_from_radfm)
   args = parser.parse_args(argv)
   from radjax.core.workdir import WorkdirError
   try:

@@ -100,9 +100,9 @@ def _weight_files(path: str) -> list[str]:
   return files
 
 
-def load_hf_dir(path: str):
-  """(transformers config, {name: numpy array}) from a local HF model directory: its
-  safetensors, else its PyTorch `pytorch_model*.bin` shards (read safely)."""
+def load_hf_config(path: str):
+  """The transformers config of a local directory's config.json (its class picked by
+  model_type from transformers itself; no remote code)."""
   import transformers
 
   config_path = os.path.join(path, 'config.json')
@@ -112,8 +112,13 @@ def load_hf_dir(path: str):
   model_type = raw.get('model_type') if isinstance(raw, dict) else None
   if model_type not in transformers.CONFIG_MAPPING:
     raise ConversionError(f'{config_path}: unknown model_type={model_type!r}')
-  # The config class is picked by model_type from transformers itself; no remote code.
-  hf_config = transformers.CONFIG_MAPPING[model_type].from_pretrained(path)
+  return transformers.CONFIG_MAPPING[model_type].from_pretrained(path)
+
+
+def load_hf_dir(path: str):
+  """(transformers config, {name: numpy array}) from a local HF model directory: its
+  safetensors, else its PyTorch `pytorch_model*.bin` shards (read safely)."""
+  hf_config = load_hf_config(path)
   state_dict = {}
   for fn in _weight_files(path):
     for name, arr in load_state_dict_file(fn).items():

@@ -51,6 +51,25 @@ def abstract_params(model, init_inputs: tuple, mesh, rules):
   return abstract_state(shardings, nn.meta.unbox(boxed)), shardings
 
 
+def _state_shardings(tx, params_abstract, param_shardings, mesh) -> TrainState:
+  opt_abstract = jax.eval_shape(tx.init, params_abstract)
+  return TrainState(
+      step=sharding_lib.replicated(mesh), params=param_shardings,
+      opt_state=_suffix_sharding(opt_abstract, param_shardings, params_abstract, mesh),
+      rng=sharding_lib.replicated(mesh))
+
+
+def abstract_train_state(model, init_inputs: tuple, tx, mesh, rules):
+  """(the TrainState as ShapeDtypeStructs carrying their shardings, its shardings), as
+  create_train_state would make it; nothing is allocated (memory analysis of big models)."""
+  params_abstract, param_shardings = abstract_params(model, init_inputs, mesh, rules)
+  shardings = _state_shardings(tx, params_abstract, param_shardings, mesh)
+  shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params_abstract,
+                      opt_state=jax.eval_shape(tx.init, params_abstract),
+                      rng=jax.eval_shape(lambda: jax.random.key(0)))
+  return abstract_state(shardings, shapes), shardings
+
+
 def create_train_state(model, init_inputs: tuple, tx, rng, mesh, rules, pretrained=None):
   """Abstract first, then every leaf created directly in its shard.
 
@@ -67,11 +86,7 @@ def create_train_state(model, init_inputs: tuple, tx, rng, mesh, rules, pretrain
 
   param_key, state_key = jax.random.split(rng)
   params_abstract, param_shardings = abstract_params(model, init_inputs, mesh, rules)
-  opt_abstract = jax.eval_shape(tx.init, params_abstract)
-  state_shardings = TrainState(
-      step=sharding_lib.replicated(mesh), params=param_shardings,
-      opt_state=_suffix_sharding(opt_abstract, param_shardings, params_abstract, mesh),
-      rng=sharding_lib.replicated(mesh))
+  state_shardings = _state_shardings(tx, params_abstract, param_shardings, mesh)
 
   if pretrained:
     state = _state_with_pretrained(init_params, param_key, state_key, tx, pretrained,

@@ -29,6 +29,8 @@ class GenerationConfig:
   length_penalty / early_stopping: as HF (early_stopping True | False | 'never').
   pad_id: what finished rows emit; None keeps the old behaviour of repeating stop_ids[0].
   stop_strings are applied after decoding (see `apply_stop_strings`).
+  suppress_ids: ids never generated (their logits are -inf, as HF's `suppress_tokens`):
+  image placeholders and delimiters, vocabulary padding past the tokenizer.
   """
   max_new_tokens: int = 96
   decoding: str = 'greedy'
@@ -41,6 +43,7 @@ class GenerationConfig:
   stop_ids: tuple[int, ...] = ()
   stop_strings: tuple[str, ...] = ()
   pad_id: Optional[int] = None
+  suppress_ids: tuple[int, ...] = ()
 
   def __post_init__(self):
     if self.decoding not in DECODINGS:
@@ -76,8 +79,8 @@ def _early_stopping(value) -> Union[bool, str]:
   return bool(value)
 
 
-def config_from_eval(eval_cfg, stop_ids: tuple[int, ...], pad_id: Optional[int]
-                     ) -> GenerationConfig:
+def config_from_eval(eval_cfg, stop_ids: tuple[int, ...], pad_id: Optional[int],
+                     suppress_ids: tuple[int, ...] = ()) -> GenerationConfig:
   """GenerationConfig from the `config.eval` section."""
   return GenerationConfig(
       max_new_tokens=int(eval_cfg.max_new_tokens), decoding=eval_cfg.get('decoding', 'greedy'),
@@ -86,7 +89,8 @@ def config_from_eval(eval_cfg, stop_ids: tuple[int, ...], pad_id: Optional[int]
       length_penalty=float(eval_cfg.get('length_penalty', 1.0)),
       early_stopping=_early_stopping(eval_cfg.get('early_stopping', False)),
       stop_ids=tuple(int(i) for i in stop_ids),
-      stop_strings=tuple(eval_cfg.get('stop_strings', ())), pad_id=pad_id)
+      stop_strings=tuple(eval_cfg.get('stop_strings', ())), pad_id=pad_id,
+      suppress_ids=tuple(sorted(int(i) for i in suppress_ids)))
 
 
 def left_pad(prompts: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +135,20 @@ def _decoder(model, params) -> Callable:
                               index, key_mask, method=model.decode_step)
     return logits[:, -1], aux['cache']
   return decode
+
+
+def _suppressed(logits, decode: Callable, ids: tuple[int, ...]):
+  """(logits, decode) with the logits of `ids` at -inf, every step."""
+  banned = jnp.zeros((logits.shape[-1],), bool).at[jnp.asarray(ids)].set(True)
+
+  def suppress(x):
+    return jnp.where(banned, -jnp.inf, x)
+
+  def suppressed_decode(*args):
+    out, cache = decode(*args)
+    return suppress(out), cache
+
+  return suppress(logits), suppressed_decode
 
 
 def _token_loop(decode, logits, cache, key_mask, positions, p: int, cfg: GenerationConfig, rng,
@@ -197,6 +215,8 @@ def _generate(model, params, prompt_tokens, prompt_mask, images, cfg: Generation
   logits, cache, key_mask, positions = _prefill(model, params, prompt_tokens, prompt_mask,
                                                 images, cfg.max_new_tokens)
   decode = _decoder(model, params)
+  if cfg.suppress_ids:
+    logits, decode = _suppressed(logits, decode, cfg.suppress_ids)
   if cfg.strategy == 'beam':
     return beam_lib.beam_search(decode, logits, cache, key_mask, positions, p,
                                 cfg.max_new_tokens, cfg.num_beams, cfg.length_penalty,

@@ -9,6 +9,18 @@ import numpy as np
 from radjax.data import chat, pipeline
 from radjax.eval.decoding import generate as generate_lib
 
+# Image tokens a VLM's prompts hold (radjax/data/chat.py: the placeholder and, with
+# config.data.image_delimiters, the run's delimiters); never an answer token.
+IMAGE_TOKENS = (chat.IMAGE_MARK, '<image_begin>', '<image_end>')
+
+
+def never_generated(tokenizer, vocab_size: int, images: bool) -> tuple[int, ...]:
+  """Ids generation must not produce: a VLM's image tokens, and the embedding rows past
+  the tokenizer (vocabulary padding; e.g. RadFM's head, 32000 wide, has none of them)."""
+  vocab = tokenizer.get_vocab()
+  ids = {vocab[t] for t in IMAGE_TOKENS if t in vocab} if images else set()
+  return tuple(sorted(ids | set(range(len(tokenizer), vocab_size))))
+
 
 class Answerer:
 
@@ -18,7 +30,9 @@ class Answerer:
     self.encoder = exp.task.encoder
     self.image_slots = getattr(exp.task, 'image_slots', None)
     enc = self.encoder
-    self.gen_cfg = generate_lib.config_from_eval(cfg.eval, enc.stop_ids, enc.pad)
+    self.gen_cfg = generate_lib.config_from_eval(
+        cfg.eval, enc.stop_ids, enc.pad,
+        never_generated(enc.tokenizer, cfg.model.llm.vocab_size, self.image_slots is not None))
     # The batch axis splits over the mesh: whole batches of config.eval.batch_size.
     self.batch_size = cfg.eval.batch_size
 

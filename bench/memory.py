@@ -1,0 +1,133 @@
+r"""Per-device memory of a recipe's training, from shapes alone: nothing the size of the
+model is ever allocated, so a 13B RadFM fits the analysis on a laptop.
+
+  python bench/memory.py --config configs/radfm.py --devices 1,8 [--compile_llm_layers 4]
+      [--config.train.batch_size=8 --config.data.max_len=2048 ...]
+
+For each device count n (emulated CPU devices; the script asks XLA for 8), the mesh is
+fsdp=n and the report gives
+  * parameters and optimizer state per device: exact, from the abstract train state's
+    shardings (every leaf's shard shape x its dtype), for the config as it is;
+  * XLA's memory_analysis of the compiled train step (state donated): argument, output,
+    temp (activations, gradients, workspace) and alias bytes per device. With
+    --compile_llm_layers k the step is compiled with the decoder cut to k layers (scanned
+    layers compile alike at any depth, but a CPU compile of 40 takes long); parameter and
+    optimizer bytes above are still the full model's.
+"""
+import os
+import sys
+
+if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
+                             + ' --xla_force_host_platform_device_count=8')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import dataclasses  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from radjax import tasks  # noqa: E402
+from radjax.train import setup  # noqa: E402
+from radjax.train import state as state_lib  # noqa: E402
+
+config_flags.DEFINE_config_file('config', None, 'Recipe config.', lock_config=True)
+flags.DEFINE_string('devices', '1,8', 'Device counts to compare (mesh fsdp = count).')
+flags.DEFINE_integer('compile_llm_layers', 0, 'Decoder layers in the compiled step (0: the '
+                     "config's); parameter/optimizer bytes always use the config's.")
+flags.DEFINE_bool('compile', True, 'Also compile the train step for memory_analysis.')
+FLAGS = flags.FLAGS
+GIB = 2 ** 30
+
+
+def per_device_bytes(tree) -> int:
+  """Bytes one device holds of ShapeDtypeStructs with shardings (the largest shard)."""
+  total = 0
+  for x in jax.tree.leaves(tree):
+    shard = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+    total += math.prod(shard) * x.dtype.itemsize
+  return total
+
+
+def count(tree) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def experiment(config, n: int, llm_layers: int = 0):
+  """The abstract experiment on the first n devices, mesh fsdp=n."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, n, 1
+    if llm_layers:
+      config.model.llm.num_layers = llm_layers
+    if config.model.image_token_id < 0:  # no tokenizer here: synthetic shapes
+      config.model.image_token_id = 4
+  task = tasks.TASKS[config.task](config, None)
+  exp = setup.build(config, task, jax.devices()[:n], pretrained=False, train=False)
+  abstract, shardings = state_lib.abstract_train_state(exp.model, task.init_inputs(), exp.tx,
+                                                       exp.mesh, exp.rules)
+  return dataclasses.replace(exp, state=abstract, state_shardings=shardings)
+
+
+def compiled_memory(exp) -> tuple[dict, float]:
+  b = exp.config.train.batch_size
+  batch = {k: jax.ShapeDtypeStruct((b, *f.shape), f.dtype, sharding=exp.batch_shardings[k])
+           for k, f in exp.task.batch_spec().items()}
+  t0 = time.perf_counter()
+  with exp.context():
+    compiled = setup.jit_train_step(exp).lower(exp.state, batch).compile()
+  m = compiled.memory_analysis()
+  out = {k: getattr(m, f'{k}_size_in_bytes') for k in ('argument', 'output', 'temp', 'alias')}
+  return out, time.perf_counter() - t0
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  cpu = platform.processor() or platform.machine()
+  print(f'machine: {cpu}, {os.cpu_count()} cores, jax {jax.__version__}, '
+        f'{jax.device_count()} emulated {jax.devices()[0].platform} devices')
+  c = config
+  print(f'model: vision {c.model.vision.kind} {c.model.vision.num_layers}L, projector '
+        f'{c.model.projector.kind}, llm {c.model.llm.embed_dim}x{c.model.llm.num_layers}L; '
+        f'batch {c.train.batch_size} x {c.data.max_len} tokens, {c.data.max_images} images; '
+        f'dtype {c.runtime.dtype}, remat {c.runtime.remat.llm}')
+  rows = []
+  for n in (int(x) for x in FLAGS.devices.split(',')):
+    exp = experiment(config, n)
+    params, opt = per_device_bytes(exp.state.params), per_device_bytes(exp.state.opt_state)
+    line = dict(n=n, params=params, opt=opt, count=count(exp.state.params))
+    print(f'[{n} device(s), fsdp={n}] {line["count"] / 1e9:.3f}B params: per device params '
+          f'{params / GIB:.2f} GiB, optimizer {opt / GIB:.2f} GiB', flush=True)
+    if FLAGS.compile:
+      small = experiment(config, n, FLAGS.compile_llm_layers) if FLAGS.compile_llm_layers \
+          else exp
+      mem, secs = compiled_memory(small)
+      line.update(mem, layers=small.config.model.llm.num_layers, secs=secs,
+                  small_state=per_device_bytes(small.state))
+      print(f'  compiled step ({line["layers"]} decoder layers, {secs:.0f} s): ' +
+            ', '.join(f'{k} {v / GIB:.2f} GiB' for k, v in mem.items()), flush=True)
+    rows.append(line)
+  base = rows[0]
+  # Peak per device: arguments + temp + outputs that do not reuse a donated argument.
+  print('\n| devices | params/device | optimizer/device | step arguments | step temp | '
+        'step peak (args + temp + unaliased out) | shrink params+opt | shrink peak |')
+  print('|---|---|---|---|---|---|---|---|')
+  peak = lambda r: r['argument'] + r['temp'] + r['output'] - r['alias']  # noqa: E731
+  for r in rows:
+    shrink = (base['params'] + base['opt']) / (r['params'] + r['opt'])
+    cells = ['-'] * 4
+    if 'argument' in r:
+      cells = [f'{r["argument"] / GIB:.2f} GiB', f'{r["temp"] / GIB:.2f} GiB',
+               f'{peak(r) / GIB:.2f} GiB', f'{peak(base) / peak(r):.2f}x']
+    print(f'| {r["n"]} | {r["params"] / GIB:.2f} GiB | {r["opt"] / GIB:.2f} GiB | '
+          f'{cells[0]} | {cells[1]} | {cells[2]} | {shrink:.2f}x | {cells[3]} |')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

@@ -1,0 +1,77 @@
+r"""RadFM's model: a 3D ViT (32x32x4 patches) -> Perceiver resampler (32 latents per image)
+-> fc -> LLaMA-13B, images interleaved with text, each image's 32 tokens wrapped in
+learned <image_begin> / <image_end> embeddings (RadFM's <image> / </image>).
+
+  python -m radjax.convert from-radfm --ckpt pytorch_model.bin \
+      --tokenizer RadFM/Quick_demo/Language_files --out runs/radfm   # its published weights
+  python main.py --config configs/workdir.py:runs/radfm --workdir runs/radfm \
+      --mode=generate --images scan.png --config.mesh.fsdp=8   # sharded over 8 devices
+  python main.py --config configs/radfm.py --workdir runs/radfm_train \
+      --config.data.tokenizer=LLAMA_DIR --config.data.dir=DATA_DIR
+  python main.py --config configs/radfm.py:size=tiny --workdir runs/radfm_tiny   # a CPU
+
+Arguments: size=full|tiny|micro, task=vlm|lm.
+"""
+from configs import base, common
+
+# LLaMA's 32000 + <image>, <image_begin>, <image_end> (the 'plain' format adds none),
+# padded to a multiple of 64; ids past the tokenizer are never generated.
+VOCAB_SIZE = 32064
+
+
+def radfm_model(model) -> None:
+  """Sets `config.model` to RadFM's published architecture (in place): what
+  `python -m radjax.convert from-radfm` reads from its checkpoint."""
+  v = model.vision
+  v.kind, v.image_size, v.patch_size = 'vit3d', 512, 32
+  # Its position tables are 16 x 16 x 128 (512 slices / 4) and are stretched over smaller
+  # images and shallower volumes: position_stride.
+  v.max_depth, v.depth_patch_size, v.position_stride = 512, 4, True
+  v.embed_dim, v.num_layers, v.num_heads, v.head_dim, v.mlp_dim = 768, 12, 8, 64, 2048
+  v.num_channels, v.norm_eps = 3, 1e-5
+  p = model.projector
+  p.kind, p.in_dim, p.out_dim = 'perceiver', 0, 0  # 768 -> fc -> 5120, from the towers
+  p.num_queries, p.num_layers, p.num_heads, p.head_dim = 32, 6, 8, 64
+  p.mlp_dim, p.norm_eps = 3072, 1e-5
+  lm = model.llm  # LLaMA-13B
+  lm.kind, lm.vocab_size, lm.embed_dim, lm.num_layers = 'decoder', VOCAB_SIZE, 5120, 40
+  lm.num_heads, lm.num_kv_heads, lm.head_dim, lm.mlp_dim = 40, 40, 0, 13824
+  lm.rope_theta, lm.norm_eps, lm.tie_embeddings = 10000.0, 1e-6, False
+
+
+def tiny_model(model, micro: bool = False) -> None:
+  """The same kinds at CPU sizes (vit3d needs embed_dim divisible by 3)."""
+  v = model.vision
+  v.image_size, v.patch_size, v.max_depth, v.depth_patch_size = 64, 16, 16, 4
+  v.embed_dim, v.num_layers, v.num_heads, v.head_dim, v.mlp_dim = 96, 2, 4, 0, 192
+  p = model.projector
+  p.num_queries, p.num_layers, p.num_heads, p.head_dim, p.mlp_dim = 16, 2, 2, 0, 192
+  model.llm.vocab_size = 2048 + 64  # the demo's 2048 + <image>, <image_begin>, <image_end>
+  if micro:
+    v.image_size, v.patch_size, v.embed_dim, v.num_heads, v.mlp_dim = 32, 8, 48, 2, 96
+    p.num_queries, p.mlp_dim = 8, 96
+
+
+def get_config(arg: str = ''):
+  args = common.parse(arg)
+  c = base.get_config()
+  c.task = 'vlm'
+  radfm_model(c.model)
+  c.data.chat_format = 'plain'  # RadFM: the question, then the answer after a space
+  with c.data.unlocked():  # the key is new in radjax/core/defaults.py with the 3D pipeline
+    c.data.image_delimiters = True
+  # RadFM feeds ToTensor() pixels in [0, 1], unnormalised.
+  c.data.image_mean, c.data.image_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+  c.data.max_len = 2048
+  c.data.max_images = 10  # RadFM's test setting (100 in its training)
+  c.mesh.data, c.mesh.fsdp = 1, -1  # 13B: parameters and moments over every device
+  c.optim.lr, c.optim.warmup_steps, c.optim.weight_decay = 2e-5, 100, 0.0
+  c.train.batch_size = 8
+  c.runtime.dtype, c.runtime.attention_impl = 'bfloat16', 'xla'
+  c.runtime.remat.llm = c.runtime.remat.vision = 'qkv_and_attention_out'
+  c.eval.max_new_tokens = 200  # RadFM's generate()
+  c = common.finish(c, args)
+  if args.size != 'full':
+    tiny_model(c.model, micro=args.size == 'micro')
+    c.data.image_mean, c.data.image_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+  return c
