@@ -12,6 +12,8 @@ learned <image_begin> / <image_end> embeddings (RadFM's <image> / </image>).
 
 Arguments: size=full|tiny|micro, task=vlm|lm.
 """
+import os
+
 from configs import base, common
 
 # LLaMA's 32000 + <image>, <image_begin>, <image_end> (the 'plain' format adds none),
@@ -52,14 +54,33 @@ def tiny_model(model, micro: bool = False) -> None:
     p.num_queries, p.mlp_dim = 8, 96
 
 
+def tiny_data(c, micro: bool = False) -> None:
+  """The embedded default: synthetic chest CT volumes (data_prep/demo_ct) and the 2D demo
+  X-rays, batched apart (volumes 8 per batch, X-rays 16) and mixed half and half; eval on
+  the held-out volumes."""
+  c.data.dir, c.data.builder = '', ''  # eval: the first component by name, 'ct'
+  c.data.mixture.ct = dict(dir=common.DEMO_CT_DIR, builder='demo_ct', kind='volume',
+                           tasks=('report', 'conversation'))
+  c.data.mixture.cxr = dict(dir=common.DEMO_DIR, builder='demo', builder_kwargs=dict(seed=0),
+                            tasks=('report', 'vqa'))
+  c.data.keyword_terms = ','.join(os.path.join(d, 'terms.txt')
+                                  for d in (common.DEMO_CT_DIR, common.DEMO_DIR))
+  c.data.volume_batch_size, c.data.volume_batch_share = 8, 0.5
+  c.model.vision.max_depth = 48  # the demo's 16-48 slices, padded to 16, 32 or 48
+  c.data.depth_buckets = (16, 32)
+  c.data.max_len = 64 if micro else 128  # micro: answers truncated
+  c.data.max_images = 1
+  if micro:
+    c.data.volume_batch_size = 4
+
+
 def get_config(arg: str = ''):
   args = common.parse(arg)
   c = base.get_config()
   c.task = 'vlm'
   radfm_model(c.model)
   c.data.chat_format = 'plain'  # RadFM: the question, then the answer after a space
-  with c.data.unlocked():  # the key is new in radjax/core/defaults.py with the 3D pipeline
-    c.data.image_delimiters = True
+  c.data.image_delimiters = True
   # RadFM feeds ToTensor() pixels in [0, 1], unnormalised.
   c.data.image_mean, c.data.image_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
   c.data.max_len = 2048
@@ -74,4 +95,6 @@ def get_config(arg: str = ''):
   if args.size != 'full':
     tiny_model(c.model, micro=args.size == 'micro')
     c.data.image_mean, c.data.image_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if args.task != 'lm':
+      tiny_data(c, micro=args.size == 'micro')
   return c

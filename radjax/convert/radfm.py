@@ -39,8 +39,6 @@ TIED_EMBEDDING = 'embedding_layer.weight'
 FIGURE_TOKENS = 'embedding_layer.figure_token_weight'
 DEAD = re.compile(r'embedding_layer\.(bert_model|bert_projection_fc|transformer_decoder|'
                   r'transformer_decoder_mlp|cls_head|output_upscaling)\.')
-# Our tokens holding figure_token_weight's rows 0 and 1 (radjax/data/chat.py's names).
-IMAGE_BEGIN, IMAGE_END = '<image_begin>', '<image_end>'
 VOCAB_MULTIPLE = 64
 
 _V = VISION + 'transformer.layers.{i}.'
@@ -280,12 +278,9 @@ def prepare_tokenizer(tokenizer, text_rows: int, source: str = 'tokenizer') -> d
   if len(tokenizer) != text_rows:
     raise ConversionError(f"{source}: {len(tokenizer)} tokens, but the checkpoint's LLaMA "
                           f"embedding has {text_rows} rows; pass RadFM's LLaMA tokenizer")
-  chat.prepare_tokenizer(tokenizer, chat.get_format('plain'), images=True)
-  missing = [t for t in (IMAGE_BEGIN, IMAGE_END) if t not in tokenizer.get_vocab()]
-  if missing:
-    tokenizer.add_tokens(missing, special_tokens=True)
+  chat.prepare_tokenizer(tokenizer, chat.get_format('plain'), images=True, delimiters=True)
   vocab = tokenizer.get_vocab()
-  return {t: vocab[t] for t in (chat.IMAGE_MARK, IMAGE_BEGIN, IMAGE_END)}
+  return {t: vocab[t] for t in chat.image_tokens_needed(True, True)}
 
 
 def import_checkpoint(state_dict: dict, tokenizer, shape: RadFMShape = RadFMShape(),
@@ -307,7 +302,8 @@ def import_checkpoint(state_dict: dict, tokenizer, shape: RadFMShape = RadFMShap
   params = {
       'vision': vision_params(towers, vision, scan),
       'projector': projector_params(towers, projector, scan),
-      'llm': llm_params(text, lm, scan, figure, (ids[IMAGE_BEGIN], ids[IMAGE_END]), vocab_size),
+      'llm': llm_params(text, lm, scan, figure, (ids[chat.IMAGE_BEGIN], ids[chat.IMAGE_END]),
+                        vocab_size),
   }
   lm = dataclasses.replace(lm, vocab_size=vocab_size)
   config = defaults.get_config()
@@ -321,9 +317,8 @@ def import_checkpoint(state_dict: dict, tokenizer, shape: RadFMShape = RadFMShap
   config.runtime.attention_impl = 'xla'
   dtypes = {np.asarray(v).dtype.name for v in state_dict.values()}
   config.runtime.dtype = 'bfloat16' if dtypes == {'bfloat16'} else 'float32'
-  with config.data.unlocked():
-    config.data.chat_format = 'plain'
-    config.data.image_delimiters = True
-    config.data.image_mean, config.data.image_std = (0.0,) * 3, (1.0,) * 3  # ToTensor()
+  config.data.chat_format = 'plain'
+  config.data.image_delimiters = True
+  config.data.image_mean, config.data.image_std = (0.0,) * 3, (1.0,) * 3  # ToTensor()
   config.eval.max_new_tokens = 200
   return config, params

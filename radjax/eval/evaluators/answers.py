@@ -11,7 +11,7 @@ from radjax.eval.decoding import generate as generate_lib
 
 # Image tokens a VLM's prompts hold (radjax/data/chat.py: the placeholder and, with
 # config.data.image_delimiters, the run's delimiters); never an answer token.
-IMAGE_TOKENS = (chat.IMAGE_MARK, '<image_begin>', '<image_end>')
+IMAGE_TOKENS = tuple(chat.image_tokens_needed(True, True))
 
 
 def never_generated(tokenizer, vocab_size: int, images: bool) -> tuple[int, ...]:
@@ -69,7 +69,7 @@ class Answerer:
                    'prompt_mask': exp.batch_shardings['tokens']}
       batch = {'tokens': toks, 'prompt_mask': mask}
       if pixels is not None:
-        shardings.update({k: exp.batch_shardings['images'] for k in pixels})
+        shardings.update({k: exp.batch_shardings[k] for k in pixels})
         batch.update(pixels)
       g = pipeline.to_global(batch, shardings)
       image_inputs = None if pixels is None else {k: g[k] for k in pixels}
