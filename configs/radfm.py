@@ -70,8 +70,6 @@ def tiny_data(c, micro: bool = False) -> None:
   c.data.depth_buckets = (16, 32)
   c.data.max_len = 64 if micro else 128  # micro: answers truncated
   c.data.max_images = 1
-  if micro:
-    c.data.volume_batch_size = 4
 
 
 def get_config(arg: str = ''):

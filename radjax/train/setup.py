@@ -40,6 +40,7 @@ def build(config, task, devices=None, pretrained: bool = True, train: bool = Tru
   factory.check_backend(config)
   mesh = sharding_lib.make_mesh(config.mesh, devices)
   rules = sharding_lib.rules_from_config(config.sharding.rules)
+  _check_batch_sizes(config, mesh, rules)
   inputs = task.init_inputs()
   model = task.model()
   params_shape = nn.meta.unbox(jax.eval_shape(
@@ -79,3 +80,21 @@ def batch_prefix_sharding(exp: Experiment):
   """One sharding for every array of a batch (leading axis over the batch mesh axes), so
   batches of different keys (a volume batch's depth_mask) share the jitted function."""
   return sharding_lib.batch_sharding(exp.mesh, exp.rules, 1)
+
+
+def _check_batch_sizes(config, mesh, rules) -> None:
+  """Every batch splits evenly over the mesh axes the batch is sharded on."""
+  axes = sharding_lib.batch_sharding(mesh, rules, 1).spec[0] or ()
+  axes = (axes,) if isinstance(axes, str) else axes
+  shards = 1
+  for a in axes:
+    shards *= mesh.shape[a]
+  knobs = ['train.batch_size', 'eval.batch_size']
+  if any(spec.get('kind') == 'volume' for spec in config.data.mixture.values()):
+    knobs.append('data.volume_batch_size')
+  for knob in knobs:
+    section, key = knob.split('.')
+    value = config[section][key]
+    if value % shards:
+      raise ValueError(f'config.{knob}={value} does not split over the {shards} batch shards '
+                       f'of the mesh ({" x ".join(axes)}); use a multiple of {shards}')
