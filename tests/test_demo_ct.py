@@ -129,3 +129,17 @@ def test_2d_demo_writes_terms_its_reports_use(tmp_path):
   for term in listed:
     assert term.lower() in text
   assert 'Hemopneumothorax' not in listed  # mapped by OpenI, never in the demo's sentences
+
+
+def test_terms_cli_builds_a_file_from_mesh_xml(built, tmp_path):
+  out, _ = built
+  xml = tmp_path / 'desc.xml'
+  xml.write_text('<DescriptorRecordSet>' + ''.join(
+      f'<DescriptorRecord><DescriptorName><String>{n}</String></DescriptorName>'
+      '</DescriptorRecord>' for n in ('Pleural Effusion', 'Nodule', 'Pneumoperitoneum'))
+      + '</DescriptorRecordSet>')
+  dest = tmp_path / 'terms.txt'
+  assert terms.main(['--vocabulary', str(xml), '--data_dir', out, '--out', str(dest)]) == 0
+  assert dest.read_text() == 'Pleural Effusion\nNodule\n'  # never-used headings left out
+  assert terms.main(['--vocabulary', str(tmp_path / 'none.xml'), '--data_dir', out,
+                     '--out', str(dest)]) == 2

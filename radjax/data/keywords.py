@@ -4,9 +4,9 @@ normalises by the summed mask). RadFM computes these weights from scispaCy/UMLS 
 but its released forward returns the plain loss; here they are applied.
 
 The term list is a text file, one term per line ('#' starts a comment), matched
-case-insensitively on word boundaries; a longer term wins over a shorter one inside it.
-`data_prep/keyword_terms.py` builds such a file offline from a vocabulary (MeSH); the
-embedded datasets ship one (`terms.txt`).
+case-insensitively as whole words (plural allowed); a longer term wins over a shorter one
+inside it. `python -m data_prep.terms` builds such a file offline from a vocabulary (e.g.
+MeSH descriptor names) and a built dataset; the embedded datasets ship one (`terms.txt`).
 """
 import dataclasses
 import os
@@ -29,6 +29,16 @@ def read_terms(path: str) -> tuple[str, ...]:
   return tuple(dict.fromkeys(terms))
 
 
+def terms_pattern(terms) -> re.Pattern:
+  """Any of `terms` as whole words, case-insensitive, any whitespace between a term's
+  words, a plural 's'/'es' allowed; the longest term wins where terms overlap."""
+  def one(term):
+    return r'\s+'.join(re.escape(w) for w in term.split()) + '(?:s|es)?'
+  alternatives = sorted(terms, key=len, reverse=True)
+  return re.compile(r'(?<!\w)(?:' + '|'.join(one(t) for t in alternatives) + r')(?!\w)',
+                    re.IGNORECASE)
+
+
 @dataclasses.dataclass
 class KeywordWeights:
   terms: tuple[str, ...]
@@ -37,10 +47,7 @@ class KeywordWeights:
   def __post_init__(self):
     if not self.weight > 0:
       raise ValueError(f'config.data.keyword_weight={self.weight} must be > 0')
-    alternatives = sorted(self.terms, key=len, reverse=True)  # longest first
-    self.pattern = re.compile(
-        r'(?<!\w)(?:' + '|'.join(re.escape(t) for t in alternatives) + r')(?!\w)',
-        re.IGNORECASE)
+    self.pattern = terms_pattern(self.terms)
 
   def spans(self, text: str) -> list[tuple[int, int]]:
     return [m.span() for m in self.pattern.finditer(text)]
