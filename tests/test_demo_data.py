@@ -360,6 +360,25 @@ def test_report_sentences_agree_with_findings():
       assert report['impression'] in pools.normal_impressions
 
 
+def test_reference_reports_reach_the_scoring_ceiling():
+  """The demo's own reports, scored exactly as generated reports are (the report
+  labeler -> findings, against the image's labels), must be right: a model cannot be
+  judged against a ceiling below 0.98. 250 draws."""
+  from radjax.eval.evaluators import reports
+  rng = np.random.default_rng(1)
+  predicted, truth = [], []
+  for i in range(250):
+    findings = demo.sample_findings(np.random.default_rng(10_000 + i))
+    _, meta = cxr_renderer.render(np.random.default_rng(10_000 + i), findings)
+    report, labels = report_composer.compose(rng, findings, meta)
+    predicted.append(reports.report_findings(report['findings'] + ' ' + report['impression']))
+    truth.append(reports.true_findings({'labels': labels}))
+  scores = reports.finding_scores(predicted, truth)
+  assert scores['micro_f1'] >= 0.98, scores
+  for f in report_composer.FINDINGS:
+    assert scores[f'{f}/f1'] >= 0.95, (f, scores)
+
+
 def test_every_pool_sentence_is_real_openi_text():
   pools = report_composer.default_pools()
   corpus = ' '.join(
