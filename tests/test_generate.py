@@ -236,3 +236,23 @@ def test_vlm_on_a_mesh_equals_one_device():
     np.testing.assert_allclose(s8, s1, atol=1e-5)
   greedy_ids, beam_scores = single[0][0], single[1][1]
   assert greedy_ids.shape == (8, 8) and np.all(beam_scores > -1e8)
+
+
+@pytest.mark.parametrize('decoding', ['greedy', 'sample', 'beam'])
+def test_image_span_emits_exactly_its_codes_then_closes(lm, decoding):
+  """LLM-CXR's report -> image: `length` codes from the code range, then the closing id,
+  in one pass; inside the span the choice is the unconstrained model's best code."""
+  first, end, length, close = 100, 164, 10, 7
+  cfg = gen.GenerationConfig(max_new_tokens=NEW, decoding=decoding, num_beams=3,
+                             pad_id=PAD, image_span=(first, end, length, close))
+  ids, _ = _run(lm, cfg, jax.random.key(0) if decoding == 'sample' else None)
+  assert ((ids[:, :length] >= first) & (ids[:, :length] < end)).all(), ids
+  assert (ids[:, length] == close).all(), ids
+  free = _run(lm, gen.GenerationConfig(max_new_tokens=NEW, pad_id=PAD))[0]
+  assert not ((free[:, :length] >= first) & (free[:, :length] < end)).all()  # it did constrain
+  if decoding == 'greedy':  # step 0: the best code by the model's own logits
+    logits, *_ = gen._prefill(lm['model'], lm['params'], lm['tokens'], lm['mask'], None, NEW)
+    want = first + np.argmax(np.asarray(logits)[:, first:end], axis=-1)
+    np.testing.assert_array_equal(ids[:, 0], want)
+  with pytest.raises(ValueError, match='max_new_tokens'):
+    gen.GenerationConfig(max_new_tokens=length, image_span=(first, end, length, close))

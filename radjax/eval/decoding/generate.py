@@ -31,6 +31,10 @@ class GenerationConfig:
   stop_strings are applied after decoding (see `apply_stop_strings`).
   suppress_ids: ids never generated (their logits are -inf, as HF's `suppress_tokens`):
   image placeholders and delimiters, vocabulary padding past the tokenizer.
+  image_span: (first_code, end_code, length, close_id), or () for none: the first
+  `length` new tokens are image codes (ids in [first_code, end_code)), the next is
+  close_id (LLM-CXR: a prompt ending on <image_begin> gets exactly 256 VQ-GAN codes and
+  <image_end>, no retry loop); afterwards decoding is free.
   """
   max_new_tokens: int = 96
   decoding: str = 'greedy'
@@ -44,6 +48,7 @@ class GenerationConfig:
   stop_strings: tuple[str, ...] = ()
   pad_id: Optional[int] = None
   suppress_ids: tuple[int, ...] = ()
+  image_span: tuple[int, ...] = ()
 
   def __post_init__(self):
     if self.decoding not in DECODINGS:
@@ -55,6 +60,14 @@ class GenerationConfig:
                        f'{self.temperature}, {self.top_k}, {self.top_p}')
     if self.early_stopping not in (True, False, 'never'):
       raise ValueError(f"early_stopping: {self.early_stopping!r} not in (True, False, 'never')")
+    if self.image_span:
+      first, end, length, _ = self.image_span
+      if not 0 <= first < end or length < 1:
+        raise ValueError(f'image_span {self.image_span}: need 0 <= first_code < end_code and '
+                         'length >= 1')
+      if self.max_new_tokens < length + 1:
+        raise ValueError(f'image_span of {length} codes needs max_new_tokens >= {length + 1}, '
+                         f'got {self.max_new_tokens}')
 
   @property
   def strategy(self) -> str:
@@ -151,6 +164,25 @@ def _suppressed(logits, decode: Callable, ids: tuple[int, ...]):
   return suppress(logits), suppressed_decode
 
 
+def _constrained_span(logits, decode: Callable, span: tuple[int, ...], p: int):
+  """(logits, decode) allowing only image codes for the first `length` steps, then only
+  the closing id (GenerationConfig.image_span); step k's logits come from the decode at
+  cache index p + k - 1 (step 0's from the prefill)."""
+  first, end, length, close = span
+  ids = jnp.arange(logits.shape[-1])
+  is_code, is_close = (ids >= first) & (ids < end), ids == close
+
+  def constrain(x, k):
+    allowed = jnp.where(k < length, is_code, jnp.where(k == length, is_close, True))
+    return jnp.where(allowed, x, -jnp.inf)
+
+  def constrained_decode(tokens, positions, cache, index, key_mask):
+    out, cache = decode(tokens, positions, cache, index, key_mask)
+    return constrain(out, index - p + 1), cache
+
+  return constrain(logits, 0), constrained_decode
+
+
 def _token_loop(decode, logits, cache, key_mask, positions, p: int, cfg: GenerationConfig, rng,
                 fill):
   """Greedy or sampling; finished rows emit `fill`. Scores: summed log-probs
@@ -217,6 +249,8 @@ def _generate(model, params, prompt_tokens, prompt_mask, images, cfg: Generation
   decode = _decoder(model, params)
   if cfg.suppress_ids:
     logits, decode = _suppressed(logits, decode, cfg.suppress_ids)
+  if cfg.image_span:
+    logits, decode = _constrained_span(logits, decode, cfg.image_span, p)
   if cfg.strategy == 'beam':
     return beam_lib.beam_search(decode, logits, cache, key_mask, positions, p,
                                 cfg.max_new_tokens, cfg.num_beams, cfg.length_penalty,
