@@ -107,7 +107,8 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
   tokenizer = None
   if tok_path and kind in ('vlm', 'llm'):
     tokenizer = chat.prepare_tokenizer(tokens.load_tokenizer(tok_path), fmt, kind == 'vlm',
-                                       config.data.get('image_delimiters', False))
+                                       config.data.get('image_delimiters', False),
+                                       config.data.get('codebook_size', 0))
   extra = _token_fields(tokenizer, fmt) if tokenizer else {}
   if kind == 'vlm':
     if config.data.get('image_delimiters', False):

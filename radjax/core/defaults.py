@@ -100,6 +100,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.max_len = 256  # static sequence length (tokens, image placeholders included)
   c.data.max_images = 1  # static image slots per example
   c.data.image_delimiters = False  # <image_begin> placeholders <image_end> (RadFM)
+  # Images as VQ-GAN codes in the decoder's vocabulary (LLM-CXR): the tokenizer gains
+  # <image_begin>, <image_end> and one token per code; tasks 'report_from_codes' and
+  # 'codes_from_report' read the Examples' `codes`. 0: none.
+  c.data.codebook_size = 0
   # Keyword-weighted loss (RadFM): term files (comma-separated, one term per line; '' = off);
   # answer tokens of their terms weigh keyword_weight; the loss divides by the summed weights.
   c.data.keyword_terms = ''

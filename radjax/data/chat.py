@@ -27,9 +27,38 @@ IMAGE_MARK = '<image>'
 IMAGE_BEGIN, IMAGE_END = '<image_begin>', '<image_end>'
 
 
-def image_tokens_needed(images: bool, delimiters: bool = False) -> list[str]:
-  """The vocabulary entries a VLM's prompts use besides the chat format's."""
-  return ([IMAGE_MARK] if images else []) + ([IMAGE_BEGIN, IMAGE_END] if delimiters else [])
+CODE_TOKEN = '<code_{}>'
+
+
+def image_tokens_needed(images: bool, delimiters: bool = False,
+                        codebook_size: int = 0) -> list[str]:
+  """The vocabulary entries a model's prompts use besides the chat format's: `<image>`
+  for a VLM; the delimiters; and, for a decoder that reads and writes images as VQ-GAN
+  codes (LLM-CXR), the delimiters and one token per code, in code order."""
+  out = [IMAGE_MARK] if images else []
+  if delimiters or codebook_size:
+    out += [IMAGE_BEGIN, IMAGE_END]
+  return out + [CODE_TOKEN.format(k) for k in range(codebook_size)]
+
+
+def render_codes(codes, codebook_size: int, record_id: str = '') -> str:
+  """An image's VQ-GAN codes as text the tokenizer reads as one token each, wrapped in
+  the delimiters: '<image_begin><code_12><code_7>...<image_end>'."""
+  codes = [int(c) for c in codes]
+  bad = [c for c in codes if not 0 <= c < codebook_size]
+  if bad:
+    raise schema.SchemaError(f'record {record_id!r}: codes: {bad[:3]} outside the codebook '
+                             f'(config.data.codebook_size={codebook_size})')
+  return IMAGE_BEGIN + ''.join(CODE_TOKEN.format(c) for c in codes) + IMAGE_END
+
+
+def code_ids(tokenizer, codebook_size: int) -> tuple[int, int]:
+  """[first, end) ids of the code tokens (added in order, so contiguous)."""
+  first = tokenizer.convert_tokens_to_ids(CODE_TOKEN.format(0))
+  last = tokenizer.convert_tokens_to_ids(CODE_TOKEN.format(codebook_size - 1))
+  if last - first != codebook_size - 1:
+    raise ValueError(f"the tokenizer's {codebook_size} code tokens are not contiguous ids")
+  return first, first + codebook_size
 
 
 def without_images(turns: list[dict]) -> list[dict]:
@@ -110,13 +139,16 @@ def get_format(name: str) -> ChatFormat:
   return FORMATS[name]
 
 
-def prepare_tokenizer(tokenizer, fmt: ChatFormat, images: bool, delimiters: bool = False):
+def prepare_tokenizer(tokenizer, fmt: ChatFormat, images: bool, delimiters: bool = False,
+                      codebook_size: int = 0):
   """Adds what `fmt` (and `<image>`, with `delimiters` also `<image_begin>` /
-  `<image_end>`, for a VLM) needs and the tokenizer lacks, in a fixed order so the same
-  base tokenizer always gets the same ids; a tokenizer without a pad token pads with EOS
-  (padding is masked). Returns the tokenizer (changed in place)."""
+  `<image_end>`, for a VLM; the code tokens for `codebook_size`) needs and the tokenizer
+  lacks, in a fixed order so the same base tokenizer always gets the same ids; a
+  tokenizer without a pad token pads with EOS (padding is masked). Returns the tokenizer
+  (changed in place)."""
   vocab = tokenizer.get_vocab()
-  needed = list(fmt.specials) + image_tokens_needed(images, images and delimiters)
+  needed = list(fmt.specials) + image_tokens_needed(images, images and delimiters,
+                                                    codebook_size)
   missing = [t for t in needed if t not in vocab]
   if missing:
     tokenizer.add_tokens(missing, special_tokens=True)

@@ -36,17 +36,19 @@ class Options:
   report_section: str = 'both'  # report, report_text: 'findings' | 'impression' | 'both'
   uncertain_as: int = 1  # classification, vqa: what a CheXpert -1 counts as
   vqa_questions: int = 1  # vqa: closed questions (distinct observations) per example
+  codebook_size: int = 0  # report_from_codes, codes_from_report (config.data.codebook_size)
 
 
-def options_from_config(task_options: Mapping | None) -> Options:
-  """Options from config.data.task_options (a ConfigDict or dict); unknown keys and
-  impossible values are errors naming config.data.task_options.<key>."""
+def options_from_config(task_options: Mapping | None, codebook_size: int = 0) -> Options:
+  """Options from config.data.task_options (a ConfigDict or dict) and
+  config.data.codebook_size; unknown keys and impossible values are errors naming
+  config.data.task_options.<key>."""
   given = dict(task_options or {})
-  known = {f.name for f in dataclasses.fields(Options)}
+  known = {f.name for f in dataclasses.fields(Options)} - {'codebook_size'}
   for key in given:
     if key not in known:
       raise ValueError(f'config.data.task_options.{key}: unknown option; known: {sorted(known)}')
-  options = Options(**given)
+  options = Options(**given, codebook_size=int(codebook_size))
   _check(options.report_section in REPORT_SECTIONS, 'report_section',
          f'{options.report_section!r} is not one of {REPORT_SECTIONS}')
   _check(_is_int(options.uncertain_as) and options.uncertain_as in (0, 1), 'uncertain_as',
@@ -432,6 +434,52 @@ def detection(example: dict, rng: np.random.Generator | None, options: Options) 
 # ---- conversations -------------------------------------------------------------------
 
 
+# ---- images as VQ-GAN codes (LLM-CXR) --------------------------------------------------
+# The Example's `codes` (one image's codebook indices, written by a trained codec) become
+# tokens of the decoder's own vocabulary (radjax/data/chat.py render_codes), so one LLM
+# reads and draws chest X-rays with no vision tower.
+
+CODES_READ_QUESTIONS = (
+  '{}\nWrite the radiology report for this chest X-ray.',
+  '{}\nDescribe the findings of this radiograph.',
+  'Here is a chest X-ray: {}\nWhat does it show?',
+  '{}\nRead this chest radiograph and report on it.',
+  'Report on the following chest film. {}',
+)
+CODES_DRAW_QUESTIONS = (
+  'Generate a chest X-ray that matches this report: {}',
+  'Draw the chest radiograph described here: {}',
+  'Create a frontal chest X-ray for the following findings. {}',
+  'Produce an image consistent with this report: {}',
+  'Synthesise the chest film this report describes: {}',
+)
+
+
+def _codes(example: dict, options: Options) -> str | None:
+  codes = example.get('codes')
+  if not codes or not options.codebook_size:
+    return None
+  return chat.render_codes(codes, options.codebook_size, example.get('id', ''))
+
+
+def report_from_codes(example: dict, rng: np.random.Generator | None,
+                      options: Options) -> list | None:
+  """LLM-CXR's CXR -> report: the image as code tokens, the report as the answer."""
+  codes, answer = _codes(example, options), report_answer(example, options.report_section)
+  if codes is None or not answer:
+    return None
+  return _qa(_pick(CODES_READ_QUESTIONS, rng).format(codes), answer)
+
+
+def codes_from_report(example: dict, rng: np.random.Generator | None,
+                      options: Options) -> list | None:
+  """LLM-CXR's report -> CXR: the report in the question, the codes as the answer."""
+  codes, text = _codes(example, options), report_answer(example, options.report_section)
+  if codes is None or not text:
+    return None
+  return _qa(_pick(CODES_DRAW_QUESTIONS, rng).format(text), codes)
+
+
 def _copy_turns(turns: list[dict]) -> list[dict] | None:
   """Fresh turn dicts, or None unless the turns end with a non-empty assistant answer."""
   if not turns or turns[-1].get('role') != 'assistant' or not turns[-1].get('text', '').strip():
@@ -470,6 +518,8 @@ TASKS: dict[str, Task] = {
   'conversation': conversation,
   'vqa': vqa,
   'instruction': instruction,
+  'report_from_codes': report_from_codes,
+  'codes_from_report': codes_from_report,
 }
 
 

@@ -97,7 +97,8 @@ def prepare_tokenizer(config, tokenizer, images: bool):
   """Adds what config.data.chat_format needs (and <image>, with image_delimiters also
   <image_begin> / <image_end>, for a VLM) to the tokenizer."""
   return chat.prepare_tokenizer(tokenizer, chat.get_format(config.data.chat_format), images,
-                                config.data.get('image_delimiters', False))
+                                config.data.get('image_delimiters', False),
+                                config.data.get('codebook_size', 0))
 
 
 def chat_encoder(config, tokenizer, image_tokens: int) -> chat.ConversationEncoder:
@@ -109,9 +110,9 @@ def chat_encoder(config, tokenizer, image_tokens: int) -> chat.ConversationEncod
 
 def conversation_processor(config, encoder, tasks, images=None):
   tasks = tuple(config.data.tasks if tasks is None else tasks)
-  return processors.ConversationProcessor(
-      encoder, tasks, instructions.options_from_config(config.data.task_options),
-      config.data.max_len, images)
+  options = instructions.options_from_config(config.data.task_options,
+                                             config.data.get('codebook_size', 0))
+  return processors.ConversationProcessor(encoder, tasks, options, config.data.max_len, images)
 
 
 def zeros(spec: dict, keys) -> tuple:

@@ -65,7 +65,8 @@ class InstructionEvaluator:
   def __init__(self, exp, split: str, name: str):
     self.exp, self.split, self.name = exp, split, name
     self.task, self.score = SCORERS[name]
-    self.options = instructions.options_from_config(exp.config.data.task_options)
+    self.options = instructions.options_from_config(
+        exp.config.data.task_options, exp.config.data.get('codebook_size', 0))
     self.answerer = answers.Answerer(exp)
 
   @functools.cached_property

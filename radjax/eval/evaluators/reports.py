@@ -59,7 +59,8 @@ class ReportEvaluator:
   def __init__(self, exp, split: str):
     self.exp = exp
     self.split = split
-    self.options = instructions.options_from_config(exp.config.data.task_options)
+    self.options = instructions.options_from_config(
+        exp.config.data.task_options, exp.config.data.get('codebook_size', 0))
     # A model trained on bare report text (no request) is prompted the same way.
     tasks = tuple(exp.config.data.tasks)
     self.report_task = 'report_text' if 'report_text' in tasks and 'report' not in tasks \

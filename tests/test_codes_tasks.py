@@ -1,0 +1,61 @@
+"""Images as VQ-GAN codes in a decoder's vocabulary (LLM-CXR): the tokenizer gains the
+delimiters and one token per code, both directions' tasks, the loss on the drawn codes,
+and constrained generation's code range (radjax/data/chat.py, instructions.py)."""
+import numpy as np
+import pytest
+from transformers import PreTrainedTokenizerFast
+
+from data_prep import tokenizer as tokenizer_lib
+from radjax.data import chat, instructions, schema
+
+K = 37  # an odd codebook size
+
+
+@pytest.fixture(scope='module')
+def tokenizer():
+  bpe = tokenizer_lib.train_tokenizer(vocab_size=600).to_str()
+  tok = PreTrainedTokenizerFast(tokenizer_object=__import__('tokenizers').Tokenizer.from_str(
+      bpe), bos_token='<s>', eos_token='</s>', pad_token='<pad>', unk_token='<unk>')
+  return chat.prepare_tokenizer(tok, chat.get_format('dolly'), images=False, codebook_size=K)
+
+
+EXAMPLE = schema.make_example(id='c1', codes=[0, 5, 36, 5, 17, 2],
+                              report={'findings': 'Small left pleural effusion.',
+                                      'impression': ''})
+OPTIONS = instructions.Options(codebook_size=K, report_section='findings')
+
+
+def test_code_tokens_are_contiguous_single_ids(tokenizer):
+  first, end = chat.code_ids(tokenizer, K)
+  assert end - first == K
+  text = chat.render_codes(EXAMPLE['codes'], K)
+  ids = tokenizer.encode(text, add_special_tokens=False)
+  begin, close = (tokenizer.convert_tokens_to_ids(t) for t in (chat.IMAGE_BEGIN, chat.IMAGE_END))
+  assert ids == [begin] + [first + c for c in EXAMPLE['codes']] + [close]
+  with pytest.raises(schema.SchemaError, match="record 'x'.*outside the codebook"):
+    chat.render_codes([3, K], K, 'x')
+
+
+def test_both_directions_and_loss_on_the_drawn_codes(tokenizer):
+  first, end = chat.code_ids(tokenizer, K)
+  enc = chat.ConversationEncoder(tokenizer, chat.get_format('dolly'))
+  draw = instructions.codes_from_report(EXAMPLE, None, OPTIONS)
+  assert 'Small left pleural effusion.' in draw[0]['text']
+  ids, w = map(np.asarray, enc.encode(draw, 0, 'c1'))
+  codes = (ids >= first) & (ids < end)
+  np.testing.assert_array_equal(ids[codes] - first, EXAMPLE['codes'])
+  assert (w[codes] == 1).all()  # the drawn image is what the model learns
+  read = instructions.report_from_codes(EXAMPLE, None, OPTIONS)
+  assert read[1]['text'] == 'Small left pleural effusion.'
+  ids, w = map(np.asarray, enc.encode(read, 0, 'c1'))
+  codes = (ids >= first) & (ids < end)
+  assert codes.sum() == len(EXAMPLE['codes']) and (w[codes] == 0).all()  # read, not learnt
+
+
+def test_records_without_codes_serve_neither_task():
+  plain = schema.make_example(id='p', report={'findings': 'Normal.', 'impression': ''})
+  with pytest.raises(schema.NoTask):
+    instructions.served(plain, ('report_from_codes', 'codes_from_report'), OPTIONS)
+  no_codebook = instructions.Options()
+  with pytest.raises(schema.NoTask):
+    instructions.served(EXAMPLE, ('codes_from_report',), no_codebook)
