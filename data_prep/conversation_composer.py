@@ -102,18 +102,27 @@ def answer(topic: str, findings: set[str], meta: dict) -> str:
                    'pneumothorax.'])
 
 
+def qa_turns(rng: np.random.Generator, present: list[str], topics, questions: dict,
+             answer_of, min_turns: int, max_turns: int) -> list[dict]:
+  """min..max user/assistant pairs: every present topic first (then others at random)
+  up to the drawn count, in a random order; each question's wording drawn, its answer
+  `answer_of(topic)`. Shared by the 2D and CT demos' conversations."""
+  others = [t for t in topics if t not in present]
+  others = [others[i] for i in rng.permutation(len(others))]
+  n = int(rng.integers(min_turns, max_turns + 1))
+  chosen = (present + others)[:n]
+  chosen = [chosen[i] for i in rng.permutation(len(chosen))]
+  turns = []
+  for topic in chosen:
+    question = questions[topic][int(rng.integers(len(questions[topic])))]
+    turns += [{'role': 'user', 'text': question},
+              {'role': 'assistant', 'text': answer_of(topic)}]
+  return turns
+
+
 def compose(rng: np.random.Generator, findings: set[str], meta: dict) -> list[dict]:
   """2-4 user/assistant pairs about the image drawn with `findings` and `meta`."""
   findings = set(findings)
   present = [t for t, f in TOPICS.items() if f in findings]
-  others = [t for t in TOPICS if t not in present]
-  others = [others[i] for i in rng.permutation(len(others))]
-  n = int(rng.integers(MIN_TURNS, MAX_TURNS + 1))
-  topics = (present + others)[:n]
-  topics = [topics[i] for i in rng.permutation(len(topics))]
-  turns = []
-  for topic in topics:
-    question = QUESTIONS[topic][int(rng.integers(len(QUESTIONS[topic])))]
-    turns += [{'role': 'user', 'text': question},
-              {'role': 'assistant', 'text': answer(topic, findings, meta)}]
-  return turns
+  return qa_turns(rng, present, TOPICS, QUESTIONS, lambda t: answer(t, findings, meta),
+                  MIN_TURNS, MAX_TURNS)

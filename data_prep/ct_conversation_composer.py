@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_prep import ct_report_composer
+from data_prep import conversation_composer, ct_report_composer
 
 TOPICS = ('nodule', 'pleural_effusion', 'cardiomegaly', 'overall')
 QUESTIONS = {
@@ -40,14 +40,5 @@ def answer(topic: str, meta: dict) -> str:
 def compose(rng: np.random.Generator, meta: dict) -> list[dict]:
   """2-3 user/assistant pairs about the volume described by `meta` (ct_renderer.meta)."""
   present = [t for t in TOPICS if t in meta['findings']]
-  others = [t for t in TOPICS if t not in present]
-  others = [others[i] for i in rng.permutation(len(others))]
-  n = int(rng.integers(MIN_TURNS, MAX_TURNS + 1))
-  topics = (present + others)[:n]
-  topics = [topics[i] for i in rng.permutation(len(topics))]
-  turns = []
-  for topic in topics:
-    question = QUESTIONS[topic][int(rng.integers(len(QUESTIONS[topic])))]
-    turns += [{'role': 'user', 'text': question},
-              {'role': 'assistant', 'text': answer(topic, meta)}]
-  return turns
+  return conversation_composer.qa_turns(rng, present, TOPICS, QUESTIONS,
+                                        lambda t: answer(t, meta), MIN_TURNS, MAX_TURNS)
