@@ -14,7 +14,9 @@ from radjax.train import loop, setup, writers
 def make_task(config, name: str | None = None) -> tasks.Task:
   """The configured task (or `name`) with its tokenizer (config.data.tokenizer or the
   dataset's)."""
-  tokenizer = tokens.load_tokenizer(tokens.tokenizer_path(config))
+  cls = tasks.TASKS.get(name or config.task)
+  needs = cls is None or cls.needs_tokenizer
+  tokenizer = tokens.load_tokenizer(tokens.tokenizer_path(config)) if needs else None
   if name is not None:
     return tasks.TASKS[name](config, tokenizer)
   return tasks.make(config, tokenizer)
