@@ -60,13 +60,14 @@ def tiny(c):
   c.optim.b1, c.optim.b2 = 0.9, 0.99
   c.optim.warmup_steps = 20
   c.optim.min_lr_ratio = 0.1
-  c.vqgan.restart_every = 50
-  c.vqgan.disc_start = 400
+  c.vqgan.restart_every = 25
+  c.vqgan.usage_decay = 0.9  # a code unused for ~30 steps counts as dead
+  c.vqgan.disc_start = 250
   c.vqgan.disc_weight = 0.1
-  c.train.num_steps = 600
+  c.train.num_steps = 400
   c.train.batch_size = 16
   c.train.log_every = 20
-  c.train.checkpoint_every = 200
+  c.train.checkpoint_every = 100
   c.train.eval_every = 200
   c.eval.batch_size = 16
   c.eval.num_loss_batches = 6  # 96 held-out images
@@ -79,6 +80,7 @@ def micro(c):
   m.z_channels, m.codebook_size, m.codebook_dim, m.norm_groups = 8, 32, 8, 4
   m.disc_channels = 8
   c.vqgan.restart_every = 2
+  c.vqgan.usage_decay = 0.5
   c.vqgan.disc_start = 3
   c.train.batch_size = 8
   c.train.log_every = 1

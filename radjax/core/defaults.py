@@ -295,7 +295,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # of the batch. 0: off.
   c.vqgan.restart_every = 0
   c.vqgan.restart_threshold = 0.03
-  c.vqgan.usage_decay = 0.99  # running share of assignments per code (restarts, metrics)
+  c.vqgan.usage_decay = 0.95  # running share of assignments per code (restarts, metrics)
   c.vqgan.disc_weight = 0.8  # Taming: 0.8 (LLM-CXR's unknown)
   c.vqgan.disc_start = 10000  # step the adversarial losses turn on
   c.vqgan.disc_lr = 0.0  # discriminator peak LR (0: optim.lr); same schedule and betas

@@ -325,7 +325,7 @@ class VQGAN(nn.Module):
 
   def decode_codes(self, codes):
     """Code ids [N, h, w] -> images [N, H, W, C] (unclipped)."""
-    e = self.quantize.variables['params']['embedding'][codes]
+    e = nn.meta.unbox(self.quantize.variables['params']['embedding'])[codes]
     if self.cfg.l2_normalize:
       e = _normalize(e)
     return self.decode(e.astype(self.rt.dtype))[0]

@@ -182,7 +182,7 @@ def _train_step(task, model, tx, trainable, schedule, use_gan, state, batch):
   x = batch['images'].astype(jnp.float32)
   params = state.params
   gen, disc = _split(params)
-  gan_on = (state.step >= vc.disc_start).astype(jnp.float32) if use_gan else 0.0
+  gan_on = state.step >= vc.disc_start  # the adversarial terms' switch
 
   def front(g):  # up to the decoder's last conv: (its input features, vq loss), aux
     recon, aux = model.apply({'params': {**g, DISC: disc}}, x)
@@ -196,37 +196,46 @@ def _train_step(task, model, tx, trainable, schedule, use_gan, state, batch):
   rec, d_rec = jax.value_and_grad(lambda y: jnp.mean(task._rec_loss(x, y)))(y)
   disc_apply = lambda p, img: model.apply({'params': {**gen, DISC: p}}, img,
                                           method=vqgan.VQGAN.discriminate)
-  if use_gan:
+  def adversarial(_):
     g_loss, d_g = jax.value_and_grad(lambda y: -jnp.mean(disc_apply(disc, y)))(y)
     w_rec, w_g = tail_vjp(d_rec)[0]['kernel'], tail_vjp(d_g)[0]['kernel']
-    gan_weight = jnp.clip(optax.tree.norm(w_rec) / (optax.tree.norm(w_g) + 1e-4), 0.0, 1e4)
-    gan_weight = jax.lax.stop_gradient(gan_weight) * vc.disc_weight * gan_on
-    d_y = jax.tree.map(lambda a, b: a + gan_weight * b, d_rec, d_g)
-  else:
-    g_loss, gan_weight, d_y = jnp.zeros(()), jnp.zeros(()), d_rec
+    weight = jnp.clip(optax.tree.norm(w_rec) / (optax.tree.norm(w_g) + 1e-4), 0.0, 1e4)
+    weight = jax.lax.stop_gradient(weight) * vc.disc_weight
+    return g_loss, weight, jax.tree.map(lambda a, b: a + weight * b, d_rec, d_g)
+
+  def reconstruction_only(_):
+    return jnp.zeros(()), jnp.zeros(()), d_rec
+
+  # Before disc_start the discriminator is not run at all (lax.cond runs one branch).
+  g_loss, gan_weight, d_y = (jax.lax.cond(gan_on, adversarial, reconstruction_only, None)
+                             if use_gan else reconstruction_only(None))
   d_last, d_h = tail_vjp(d_y)
   (g_gen,) = front_vjp((d_h, jnp.ones_like(vq_loss)))
   g_gen['decoder'] = {**g_gen['decoder'], 'conv_out': jax.tree.map(
       jnp.add, g_gen['decoder']['conv_out'], d_last)}
 
   fake = jax.lax.stop_gradient(y)
-  if use_gan:
+
+  def disc_step(_):
     def d_loss_fn(p):
       real, fake_logits = disc_apply(p, x), disc_apply(p, fake)
       loss = 0.5 * (jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake_logits)))
-      return gan_on * loss, (jnp.mean(real), jnp.mean(fake_logits))
-    (d_loss, (logit_real, logit_fake)), g_disc = jax.value_and_grad(d_loss_fn, has_aux=True)(
-        disc)
-  else:
-    d_loss = logit_real = logit_fake = jnp.zeros(())
-    g_disc = jax.tree.map(jnp.zeros_like, disc)
+      return loss, (jnp.mean(real), jnp.mean(fake_logits))
+    (loss, (real, fake_logits)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(disc)
+    return loss, real, fake_logits, grads
+
+  def disc_idle(_):
+    return (jnp.zeros(()),) * 3 + (jax.tree.map(jnp.zeros_like, disc),)
+
+  d_loss, logit_real, logit_fake, g_disc = (
+      jax.lax.cond(gan_on, disc_step, disc_idle, None) if use_gan else disc_idle(None))
 
   grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), {**g_gen, DISC: g_disc},
                        trainable)
   updates, opt_state = tx.update(grads, state.opt_state, params)
   new_params = optax.apply_updates(params, updates)
   if use_gan:  # the discriminator (and its optimizer) wait for disc_start
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(gan_on > 0, a, b), new, old)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(gan_on, a, b), new, old)
     new_params = {**new_params, DISC: keep(new_params[DISC], params[DISC])}
     opt_state = {**opt_state, DISC: keep(opt_state[DISC], state.opt_state[DISC])}
   quantize, stats = codebook_update(new_params['quantize'], aux['z'], aux['codes'], vc, cfg,
