@@ -126,16 +126,19 @@ def stepped(demo_data):
   c.vqgan.disc_start = 0
   c.optim.clip_norm = 0.0
   task = run_lib.make_task(c)
-  exp = setup.build(c, task)
-  ds = pipeline.eval_dataset(c, task.processor(), 'train', c.train.batch_size)
-  batch = pipeline.to_global(ds[0], exp.batch_shardings)
-  step = setup.jit_train_step(exp)
-  first = jax.device_get(exp.state)  # the step donates its input state
-  states, metrics, state = [first], [], exp.state
-  for _ in range(6):
-    state, m = step(state, batch)
-    states.append(jax.device_get(state))
-    metrics.append(jax.device_get(m))
+  # XLA on CPU compiles partitionable threefry slowly (~6 s per random op); the values
+  # drawn do not matter here.
+  with jax.threefry_partitionable(False):
+    exp = setup.build(c, task)
+    ds = pipeline.eval_dataset(c, task.processor(), 'train', c.train.batch_size)
+    batch = pipeline.to_global(ds[0], exp.batch_shardings)
+    step = setup.jit_train_step(exp)
+    first = jax.device_get(exp.state)  # the step donates its input state
+    states, metrics, state = [first], [], exp.state
+    for _ in range(6):
+      state, m = step(state, batch)
+      states.append(jax.device_get(state))
+      metrics.append(jax.device_get(m))
   return c, exp, batch, states, metrics
 
 

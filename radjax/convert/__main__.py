@@ -6,6 +6,10 @@ r"""Hugging Face <-> radjax workdir conversion.
   python -m radjax.convert to-hf --workdir WORKDIR [--step N] --out DIR
       [--dtype float32|bfloat16]
 
+--family vqgan reads a diffusers VQModel directory, or a Taming VQ-GAN checkpoint file as
+--hf_dir (`last.ckpt`, read with torch.load(weights_only=True), or a `.safetensors` of its
+state dict); `to-hf` of a codec workdir writes a diffusers VQModel directory.
+
 A WORKDIR is an ordinary radjax workdir (config.json + orbax checkpoint), accepted by
 `to-hf`, `main.py --config configs/workdir.py:WORKDIR --mode=generate` and
 `config.model.<tower>.init_from`.

@@ -64,14 +64,20 @@ def import_hf(family: str, hf_cfg, state_dict: dict, scan: bool = True):
 
 
 def import_vqgan(hf_dir: str):
-  """(radjax config, params) of a diffusers VQModel directory (a fresh discriminator)."""
-  from radjax.convert import vqgan
-  raw, state_dict = vqgan.load_dir(hf_dir)
+  """(radjax config, params) of a diffusers VQModel directory, or of a Taming checkpoint
+  file (`.ckpt` read with weights_only=True, or `.safetensors`); a fresh discriminator."""
+  from radjax.convert import taming, vqgan
+  if os.path.isfile(hf_dir):
+    taming_sd = taming.load_state_dict(hf_dir)
+    raw = taming.diffusers_config(taming_sd, source=hf_dir)
+    state_dict = taming.diffusers_names(taming_sd, hf_dir)
+  else:
+    raw, state_dict = vqgan.load_dir(hf_dir)
   config = base.get_config()
   config.task = 'vqgan'
   config.model.kind = 'vqgan'
   config.runtime.dtype = 'float32'
-  cfg = vqgan.config_from_hf(raw, os.path.join(hf_dir, 'config.json'))
+  cfg = vqgan.config_from_hf(raw, hf_dir)
   _set(config.model.vqgan, factory.part_fields(cfg))
   return config, vqgan.params_from_hf(state_dict, cfg, config.seed)
 
