@@ -266,7 +266,7 @@ class Quantizer(nn.Module):
     stat('usage', nn.initializers.constant(1.0 / k), (k,))
     z = z.astype(jnp.float32)
     codes = nearest_codes(z, codebook, cfg.l2_normalize)
-    e = codebook[codes]
+    e = jnp.asarray(codebook)[codes]
     zn = z
     if cfg.l2_normalize:
       zn, e = _normalize(z), _normalize(e)
@@ -325,7 +325,7 @@ class VQGAN(nn.Module):
 
   def decode_codes(self, codes):
     """Code ids [N, h, w] -> images [N, H, W, C] (unclipped)."""
-    e = nn.meta.unbox(self.quantize.variables['params']['embedding'])[codes]
+    e = jnp.asarray(nn.meta.unbox(self.quantize.variables['params']['embedding']))[codes]
     if self.cfg.l2_normalize:
       e = _normalize(e)
     return self.decode(e.astype(self.rt.dtype))[0]
