@@ -133,6 +133,9 @@ def main(config, workdir: str, mode: str, images: list[str] | None = None, promp
     return loop.train(config, workdir, make_task(config))
   if mode == 'eval':
     return evaluate(config, workdir)
+  if mode in ('generate', 'chat') and config.model.kind == 'vqgan':
+    raise ValueError(f'--mode={mode}: a codec workdir answers no prompts; encode images with '
+                     '`python -m data_prep.encode_codes --codec WORKDIR`')
   if mode == 'generate':
     return generate(config, workdir, images or [], prompt)
   if mode == 'chat':

@@ -196,6 +196,7 @@ def _train_step(task, model, tx, trainable, schedule, use_gan, state, batch):
   rec, d_rec = jax.value_and_grad(lambda y: jnp.mean(task._rec_loss(x, y)))(y)
   disc_apply = lambda p, img: model.apply({'params': {**gen, DISC: p}}, img,
                                           method=vqgan.VQGAN.discriminate)
+
   def adversarial(_):
     g_loss, d_g = jax.value_and_grad(lambda y: -jnp.mean(disc_apply(disc, y)))(y)
     w_rec, w_g = tail_vjp(d_rec)[0]['kernel'], tail_vjp(d_g)[0]['kernel']
@@ -260,6 +261,8 @@ def codebook_update(q: dict, z, codes, vc, cfg, step, rng):
   and dead-code restarts (config.vqgan.restart_every). Returns (params, metrics)."""
   k = cfg.codebook_size
   z = jax.lax.stop_gradient(z).reshape(-1, z.shape[-1]).astype(jnp.float32)
+  if cfg.l2_normalize:  # codes live on the sphere: average and restart there
+    z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(z), -1, keepdims=True), 1e-12))
   codes = codes.reshape(-1)
   counts = jnp.bincount(codes, length=k).astype(jnp.float32)
   share = counts / codes.shape[0]
