@@ -14,7 +14,9 @@ from radjax.train import loop, setup, writers
 def make_task(config, name: str | None = None) -> tasks.Task:
   """The configured task (or `name`) with its tokenizer (config.data.tokenizer or the
   dataset's)."""
-  tokenizer = tokens.load_tokenizer(tokens.tokenizer_path(config))
+  cls = tasks.TASKS.get(name or config.task)
+  needs = cls is None or cls.needs_tokenizer
+  tokenizer = tokens.load_tokenizer(tokens.tokenizer_path(config)) if needs else None
   if name is not None:
     return tasks.TASKS[name](config, tokenizer)
   return tasks.make(config, tokenizer)
@@ -136,6 +138,9 @@ def main(config, workdir: str, mode: str, images: list[str] | None = None, promp
     return loop.train(config, workdir, make_task(config))
   if mode == 'eval':
     return evaluate(config, workdir)
+  if mode in ('generate', 'chat') and config.model.kind == 'vqgan':
+    raise ValueError(f'--mode={mode}: a codec workdir answers no prompts; encode images with '
+                     '`python -m data_prep.encode_codes --codec WORKDIR`')
   if mode == 'generate':
     return generate(config, workdir, images or [], prompt)
   if mode == 'chat':

@@ -1,12 +1,16 @@
 r"""Hugging Face <-> radjax workdir conversion.
 
   python -m radjax.convert from-hf --family {llama,qwen2,gpt_neox,clip_vision,siglip_vision,
-      blip2_vision,blip2_qformer,llava}
+      blip2_vision,blip2_qformer,llava,vqgan}
       --hf_dir DIR --out WORKDIR [--unscanned]
   python -m radjax.convert to-hf --workdir WORKDIR [--step N] --out DIR
       [--dtype float32|bfloat16]
   python -m radjax.convert from-radfm --ckpt pytorch_model.bin --tokenizer LLAMA_DIR
       --out WORKDIR [--unscanned] [--vision_heads 8 --perceiver_heads 8 ...]
+
+--family vqgan reads a diffusers VQModel directory, or a Taming VQ-GAN checkpoint file as
+--hf_dir (`last.ckpt`, read with torch.load(weights_only=True), or a `.safetensors` of its
+state dict); `to-hf` of a codec workdir writes a diffusers VQModel directory.
 
 A WORKDIR is an ordinary radjax workdir (config.json + orbax checkpoint), accepted by
 `to-hf`, `main.py --config configs/workdir.py:WORKDIR --mode=generate` and
@@ -27,10 +31,18 @@ FAMILIES = {'llama': ('llama',), 'qwen2': ('qwen2',), 'gpt_neox': ('gpt_neox',),
             'clip_vision': ('clip_vision_model', 'clip'),
             'siglip_vision': ('siglip_vision_model', 'siglip'), 'llava': ('llava',),
             'blip2_vision': ('blip-2', 'blip_2_vision_model'),
-            'blip2_qformer': ('blip-2', 'blip_2_qformer')}
+            'blip2_qformer': ('blip-2', 'blip_2_qformer'),
+            'vqgan': ('VQModel',)}  # a diffusers directory (config.json _class_name)
 
 
 def cmd_from_hf(args) -> None:
+  from radjax.core import workdir
+  if args.family == 'vqgan':
+    config, params = export.import_vqgan(args.hf_dir)
+    workdir.save_params(args.out, config, params)
+    print(f'wrote {args.out} (vqgan, {export.count(params) / 1e6:.2f}M params with a fresh '
+          'discriminator)')
+    return
   hf_cfg, state_dict = hf_io.load_hf_dir(args.hf_dir)
   if hf_cfg.model_type not in FAMILIES[args.family]:
     raise ConversionError(f'--family={args.family} but {args.hf_dir}/config.json has '
@@ -45,7 +57,6 @@ def cmd_from_hf(args) -> None:
     os.makedirs(args.out, exist_ok=True)
     shutil.copy(tokenizer, os.path.join(args.out, 'tokenizer.json'))
     config.data.tokenizer = os.path.abspath(os.path.join(args.out, 'tokenizer.json'))
-  from radjax.core import workdir
   workdir.save_params(args.out, config, params)
   print(f'wrote {args.out} ({config.model.kind}, {export.count(params) / 1e6:.2f}M params)')
 

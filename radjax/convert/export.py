@@ -63,6 +63,25 @@ def import_hf(family: str, hf_cfg, state_dict: dict, scan: bool = True):
   raise ValueError(f'unknown family {family!r}')
 
 
+def import_vqgan(hf_dir: str):
+  """(radjax config, params) of a diffusers VQModel directory, or of a Taming checkpoint
+  file (`.ckpt` read with weights_only=True, or `.safetensors`); a fresh discriminator."""
+  from radjax.convert import taming, vqgan
+  if os.path.isfile(hf_dir):
+    taming_sd = taming.load_state_dict(hf_dir)
+    raw = taming.diffusers_config(taming_sd, source=hf_dir)
+    state_dict = taming.diffusers_names(taming_sd, hf_dir)
+  else:
+    raw, state_dict = vqgan.load_dir(hf_dir)
+  config = base.get_config()
+  config.task = 'vqgan'
+  config.model.kind = 'vqgan'
+  config.runtime.dtype = 'float32'
+  cfg = vqgan.config_from_hf(raw, hf_dir)
+  _set(config.model.vqgan, factory.part_fields(cfg))
+  return config, vqgan.params_from_hf(state_dict, cfg, config.seed)
+
+
 def _set_image_stats(config, variant: str) -> None:
   if variant == 'siglip':  # SigLIP normalises to [-1, 1]
     config.data.image_mean = (0.5, 0.5, 0.5)
@@ -101,8 +120,12 @@ def _token_fields(tokenizer, fmt) -> dict:
 def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
   """Writes the model `config.model` describes (one part, or the VLM as Llava) to `out`,
   with the tokenizer the model was trained with and its chat format as a chat template."""
-  tok_path = _tokenizer_path(config)
   kind = config.model.kind
+  if kind == 'vqgan':  # a diffusers VQModel: no tokenizer, no transformers config
+    from radjax.convert import vqgan
+    vqgan.save_dir(out, factory.part_config(config.model, 'vqgan'), params, hf_io.DTYPES[dtype])
+    return
+  tok_path = _tokenizer_path(config)
   fmt = chat.get_format(config.data.chat_format)
   tokenizer = None
   if tok_path and kind in ('vlm', 'llm'):

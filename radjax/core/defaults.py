@@ -135,7 +135,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.runtime.scan_layers = True  # layers under nn.scan (conversion reads both layouts)
   # Rematerialisation per part, radjax/models/layers.py REMAT_POLICIES.
   c.runtime.remat = ml_collections.ConfigDict(dict(vision='none', projector='none',
-                                                   llm='none'))
+                                                   llm='none', vqgan='none'))
 
   # ---- model: parts chosen by kind (radjax/models/registry.py) ------------------
   c.model = ml_collections.ConfigDict()
@@ -225,6 +225,25 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.llm.parallel_residual = False  # x + attn(norm1(x)) + mlp(norm2(x)) (GPT-NeoX)
   c.model.llm.rotary_pct = 1.0  # fraction of each head's dims that get RoPE (dolly-v2: 0.25)
 
+  # The VQ-GAN image codec (config.model.kind='vqgan', task 'vqgan'; radjax/models/vqgan.py).
+  # Defaults: Taming's f16 / 1024-code model, LLM-CXR's geometry (256 px -> 16 x 16 codes).
+  c.model.vqgan = ml_collections.ConfigDict()
+  c.model.vqgan.kind = 'vqgan'
+  c.model.vqgan.num_channels = 3  # 1: grayscale in and out
+  c.model.vqgan.image_size = 256
+  c.model.vqgan.base_channels = 128
+  c.model.vqgan.channel_mult = (1, 1, 2, 2, 4)  # levels; downsampling 2^(levels - 1)
+  c.model.vqgan.num_res_blocks = 2
+  c.model.vqgan.attn_levels = (4,)  # levels with attention after each residual block
+  c.model.vqgan.z_channels = 256
+  c.model.vqgan.codebook_size = 1024
+  c.model.vqgan.codebook_dim = 256
+  c.model.vqgan.norm_groups = 32
+  c.model.vqgan.l2_normalize = False  # cosine code lookup (not exportable to diffusers)
+  c.model.vqgan.disc_channels = 64  # PatchGAN discriminator
+  c.model.vqgan.disc_layers = 3
+  c.model.vqgan.init_from = ''  # a vqgan workdir (e.g. `from-hf --family vqgan`)
+
   # ---- optimizer --------------------------------------------------------------
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 2e-5  # peak learning rate
@@ -278,4 +297,30 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval.stop_strings = ()  # reports are cut before the first of these (after decoding)
   c.eval.meteor = True  # METEOR starts a Java process (pycocoevalcap); False skips it
   c.eval.num_logged_examples = 4  # images + generated reports sent to TensorBoard
+
+  # ---- the VQ-GAN task's losses and second optimizer (radjax/tasks/vqgan.py) ------
+  # Generator: l1 * |x - x'| + l2 * (x - x')^2 + perceptual * LPIPS + codebook + beta *
+  # commitment + adaptive weight * disc_weight * hinge generator loss (from disc_start).
+  c.vqgan = ml_collections.ConfigDict()
+  c.vqgan.l1_weight = 1.0
+  c.vqgan.l2_weight = 0.0
+  c.vqgan.codebook_weight = 1.0  # ignored with ema (the codebook follows the encoder)
+  c.vqgan.beta = 0.25  # commitment weight
+  c.vqgan.ema = False  # codebook as an EMA of its assigned encoder outputs (no gradient)
+  c.vqgan.ema_decay = 0.99
+  # Dead-code restarts: every restart_every steps, codes whose running share of
+  # assignments is below restart_threshold / codebook_size take a random encoder output
+  # of the batch. 0: off.
+  c.vqgan.restart_every = 0
+  c.vqgan.restart_threshold = 0.03
+  c.vqgan.usage_decay = 0.95  # running share of assignments per code (restarts, metrics)
+  c.vqgan.disc_weight = 0.8  # Taming: 0.8 (LLM-CXR's unknown)
+  c.vqgan.disc_start = 10000  # step the adversarial losses turn on
+  c.vqgan.disc_lr = 0.0  # discriminator peak LR (0: optim.lr); same schedule and betas
+  # LPIPS-style perceptual loss: VGG16 features from a torchvision `vgg16` state dict
+  # (.pth read with weights_only=True, or .safetensors) and, optionally, LPIPS's linear
+  # heads (`lin0..4.model.1.weight`, e.g. lpips' vgg.pth). '' = off (logged once).
+  c.vqgan.perceptual_weight = 1.0
+  c.vqgan.perceptual_weights = ''
+  c.vqgan.lpips_heads = ''
   return c

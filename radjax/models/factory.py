@@ -11,6 +11,7 @@ from radjax.models import registry, vlm
 from radjax.models.runtime import ATTENTION_IMPLS, DTYPES, Runtime
 
 PARTS = tuple(registry.PARTS)
+VLM_PARTS = ('vision', 'projector', 'llm')
 
 
 def runtime(config, part: str, frozen: bool = False) -> Runtime:
@@ -27,7 +28,7 @@ def runtime(config, part: str, frozen: bool = False) -> Runtime:
 
 
 def vlm_runtime(config, frozen: tuple[str, ...] = ()) -> vlm.VLMRuntime:
-  return vlm.VLMRuntime(**{p: runtime(config, p, p in frozen) for p in PARTS})
+  return vlm.VLMRuntime(**{p: runtime(config, p, p in frozen) for p in VLM_PARTS})
 
 
 def check_backend(config) -> None:

@@ -5,7 +5,7 @@ import dataclasses
 
 import flax.linen as nn
 
-from radjax.models import llm, perceiver, projector, qformer, vit, vit3d
+from radjax.models import llm, perceiver, projector, qformer, vit, vit3d, vqgan
 from radjax.models.runtime import Runtime
 
 
@@ -23,6 +23,8 @@ PARTS = {
                   'qformer': Kind(qformer.QFormerConfig, qformer.QFormerProjector),
                   'perceiver': Kind(perceiver.PerceiverConfig, perceiver.PerceiverProjector)},
     'llm': {'decoder': Kind(llm.LLMConfig, llm.Decoder)},
+    # The image codec is a model of its own (config.model.kind='vqgan'), never in a VLM.
+    'vqgan': {'vqgan': Kind(vqgan.VQGANConfig, vqgan.VQGAN)},
 }
 
 

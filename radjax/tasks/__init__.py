@@ -1,8 +1,8 @@
 """Tasks by name (`config.task`)."""
-from radjax.tasks import lm, vlm
+from radjax.tasks import lm, vlm, vqgan
 from radjax.tasks.base import BatchField, Task  # noqa: F401
 
-TASKS = {t.name: t for t in (vlm.ImageTextToText, lm.TextToText)}
+TASKS = {t.name: t for t in (vlm.ImageTextToText, lm.TextToText, vqgan.ImageCodec)}
 
 
 def make(config, tokenizer) -> Task:

@@ -27,6 +27,7 @@ class Task:
   model_kind: ClassVar[str]  # the config.model.kind it trains (what `to-hf` exports)
   evaluators: ClassVar[tuple[str, ...]]  # default config.eval.evaluators
   parts: ClassVar[dict]  # model part -> its key in the param tree (init_from, freezing)
+  needs_tokenizer: ClassVar[bool] = True  # False: an image-only task (the codec)
 
   def __init__(self, config, tokenizer):
     if config.model.kind != self.model_kind:

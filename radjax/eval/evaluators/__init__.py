@@ -6,9 +6,10 @@ import os
 
 import jax
 
-from radjax.eval.evaluators import instruction, loss, reports
+from radjax.eval.evaluators import codec, instruction, loss, reports
 
 EVALUATORS = {'loss': loss.LossEvaluator, 'reports': reports.ReportEvaluator,
+              'codec': codec.CodecEvaluator,
               **{name: instruction.make(name) for name in instruction.SCORERS}}
 
 

@@ -1,0 +1,138 @@
+r"""Fills the Examples' `codes` with a trained codec's token ids (LLM-CXR's 16 x 16 = 256
+codes per image): a copy of a built dataset whose every record carries the codes of its
+first image, row-major. LLM-CXR ships these as a pickle; here they live in the records.
+
+  python -m data_prep.encode_codes --dataset DIR --codec CODEC_WORKDIR --out OUT \
+      [--splits train,val,test] [--batch_size 32] [--step N]
+
+Shard by shard, each written beside its final name and renamed when whole, so a killed
+run resumes by skipping the shards already there; manifest.json is copied last (its
+presence means complete). Records without images keep `codes: None` (counted). No pickle:
+records stay msgpack (radjax/data/schema.py) and the summary is `codes.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+import jax
+import numpy as np
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+
+from data_prep.writer import MANIFEST, WRITER_OPTIONS
+from radjax.core import workdir as workdir_lib
+from radjax.data import schema, source
+from radjax.models import factory, vqgan
+from radjax.tasks import vqgan as vqgan_task
+
+SUMMARY = 'codes.json'
+
+
+class Codec:
+  """A codec workdir's encoder: image records -> code lists."""
+
+  def __init__(self, workdir: str, step: int | None = None):
+    config = workdir_lib.load_config(workdir)
+    if config.model.kind != 'vqgan':
+      raise ValueError(f'--codec={workdir!r} is a {config.model.kind!r} workdir, not a vqgan')
+    self.cfg = factory.part_config(config.model, 'vqgan')
+    self.step = workdir_lib.latest_step(workdir) if step is None else step
+    params = workdir_lib.load_params(workdir, self.step)
+    model = vqgan.VQGAN(self.cfg)
+    self.processor = vqgan_task.ImageProcessor(self.cfg.image_size, self.cfg.num_channels)
+    self._codes = jax.jit(lambda x: model.apply({'params': params}, x,
+                                                method=vqgan.VQGAN.codes))
+
+  def codes(self, images: list[np.ndarray], batch_size: int) -> list[list[int]]:
+    out = []
+    for i in range(0, len(images), batch_size):
+      chunk = np.stack(images[i:i + batch_size])
+      n = len(chunk)
+      if n < batch_size:  # one static shape: pad the last batch
+        chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]),
+                                                chunk.dtype)])
+      grid = np.asarray(self._codes(chunk))[:n]
+      out.extend(g.reshape(-1).tolist() for g in grid)
+    return out
+
+
+def encode_shard(codec: Codec, src: str, dst: str, batch_size: int) -> dict:
+  """One shard: every record with the codes of its first image. Returns counts."""
+  reader = ArrayRecordReader(src)
+  examples = [schema.decode(raw) for raw in reader.read_all()]
+  reader.close()
+  with_images = [ex for ex in examples if ex['images']]
+  images = [codec.processor(schema.encode(ex), None)['images'] for ex in with_images]
+  for ex, codes in zip(with_images, codec.codes(images, batch_size)):
+    ex['codes'] = codes
+  tmp = f'{dst}.tmp-{os.getpid()}'
+  writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
+  for ex in examples:
+    writer.write(schema.encode(ex))
+  writer.close()
+  os.replace(tmp, dst)  # whole or absent: a resumed run trusts what it finds
+  return {'records': len(examples), 'encoded': len(with_images),
+          'without_images': len(examples) - len(with_images)}
+
+
+def encode_dataset(dataset: str, codec_workdir: str, out: str, splits=('train', 'val', 'test'),
+                   batch_size: int = 32, step: int | None = None, log=print) -> dict:
+  if not os.path.exists(os.path.join(dataset, MANIFEST)):
+    raise FileNotFoundError(f'--dataset={dataset!r}: no {MANIFEST} (not a built dataset)')
+  if os.path.abspath(dataset) == os.path.abspath(out):
+    raise ValueError('--out must differ from --dataset (the dataset is never written)')
+  codec = Codec(codec_workdir, step)
+  os.makedirs(out, exist_ok=True)
+  summary = {'codec': os.path.abspath(codec_workdir), 'step': codec.step,
+             'codebook_size': codec.cfg.codebook_size, 'grid': list(codec.cfg.code_grid),
+             'image_size': codec.cfg.image_size, 'splits': {}}
+  for split in splits:
+    totals = {'records': 0, 'encoded': 0, 'without_images': 0, 'shards_reused': 0}
+    for src in source.split_files(dataset, split, '--dataset'):
+      dst = os.path.join(out, os.path.basename(src))
+      if os.path.exists(dst):
+        totals['shards_reused'] += 1
+        n = ArrayRecordReader(dst)
+        totals['records'] += n.num_records()
+        n.close()
+        continue
+      counts = encode_shard(codec, src, dst, batch_size)
+      log(f'{split}: {os.path.basename(dst)}: {counts}')
+      for k, v in counts.items():
+        totals[k] += v
+    summary['splits'][split] = totals
+  for name in sorted(os.listdir(dataset)):  # everything else, the manifest last
+    path = os.path.join(dataset, name)
+    if os.path.isfile(path) and '.array_record' not in name and name != MANIFEST:
+      shutil.copy(path, os.path.join(out, name))
+  with open(os.path.join(out, SUMMARY), 'w') as f:
+    json.dump(summary, f, indent=1)
+  shutil.copy(os.path.join(dataset, MANIFEST), os.path.join(out, MANIFEST))
+  return summary
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog='python -m data_prep.encode_codes',
+                              description=__doc__.splitlines()[0])
+  p.add_argument('--dataset', required=True, help='a built dataset (config.data.dir)')
+  p.add_argument('--codec', required=True, help='a vqgan workdir (trained or from-hf)')
+  p.add_argument('--out', required=True, help='the dataset with codes')
+  p.add_argument('--splits', default='train,val,test')
+  p.add_argument('--batch_size', type=int, default=32)
+  p.add_argument('--step', type=int, default=None, help="the codec's checkpoint (latest)")
+  args = p.parse_args(argv)
+  try:
+    summary = encode_dataset(args.dataset, args.codec, args.out, tuple(args.splits.split(',')),
+                             args.batch_size, args.step)
+  except (FileNotFoundError, ValueError, schema.SchemaError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(json.dumps(summary))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,72 @@
+"""The image codec on held-out images: PSNR and SSIM of its reconstructions (on [0, 1]
+pixels), reconstruction loss, and codebook usage over the whole pass (share of codes
+used, perplexity of the code distribution); a grid of inputs next to their
+reconstructions goes to TensorBoard."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from radjax.data import pipeline
+from radjax.eval.metrics import image_metrics
+
+
+def usage_stats(counts: np.ndarray) -> dict:
+  """Share of codes used and perplexity (exp of the entropy) from per-code counts."""
+  p = counts / max(counts.sum(), 1)
+  nz = p[p > 0]
+  return {'codes_used': float(np.mean(counts > 0)),
+          'perplexity': float(np.exp(-np.sum(nz * np.log(nz))))}
+
+
+def side_by_side(inputs: np.ndarray, recons: np.ndarray) -> np.ndarray:
+  """[N, H, W, C] pairs in [-1, 1] -> one [1, N*H, 2*W, C] image in [0, 1]."""
+  pairs = np.concatenate([inputs, recons], axis=2)
+  return np.clip((pairs.reshape(-1, *pairs.shape[2:]) + 1) / 2, 0, 1)[None]
+
+
+class CodecEvaluator:
+
+  def __init__(self, exp, split: str):
+    self.exp, self.split = exp, split
+    task = exp.task
+
+    def fn(params, batch):
+      x = batch['images']
+      recon, codes = task.reconstruct(exp.model, params, x)
+      sums = task.loss(exp.model, params, batch, None)
+      a, b = (jnp.clip(x, -1, 1) + 1) / 2, (jnp.clip(recon, -1, 1) + 1) / 2
+      return {'psnr': image_metrics.psnr(a, b), 'ssim': image_metrics.ssim(a, b),
+              'rec_loss_sum': sums['rec_loss_sum'], 'loss_sum': sums['loss_sum']}, recon, codes
+    with exp.context():
+      self._fn = jax.jit(fn, in_shardings=(exp.state_shardings.params, exp.batch_shardings))
+
+  def run(self, params, step: int, writer=None, out_dir=None) -> dict:
+    del out_dir
+    cfg, task = self.exp.config, self.exp.task
+    ds = pipeline.eval_dataset(cfg, task.processor(), self.split, cfg.eval.batch_size)
+    psnr, ssim, loss, rec, n = [], [], 0.0, 0.0, 0
+    counts = np.zeros(task.model_cfg.codebook_size, np.int64)
+    for i, batch in enumerate(ds):
+      if cfg.eval.num_loss_batches and i >= cfg.eval.num_loss_batches:
+        break
+      with self.exp.context():
+        m, recon, codes = self._fn(params, pipeline.to_global(batch, self.exp.batch_shardings))
+      m, recon, codes = jax.device_get((m, recon, codes))
+      psnr.append(np.asarray(m['psnr']))
+      ssim.append(np.asarray(m['ssim']))
+      loss, rec = loss + float(m['loss_sum']), rec + float(m['rec_loss_sum'])
+      n += len(m['psnr'])
+      counts += np.bincount(np.asarray(codes).reshape(-1), minlength=counts.size)
+      if i == 0 and writer is not None and cfg.eval.num_logged_examples:
+        k = cfg.eval.num_logged_examples
+        writer.write_images(step, {'eval/inputs_vs_reconstructions': side_by_side(
+            np.asarray(batch['images'][:k]), np.asarray(recon[:k]))})
+    if not n:
+      raise ValueError(f'eval split {self.split!r} has fewer than config.eval.batch_size '
+                       f'({cfg.eval.batch_size}) records')
+    usage = usage_stats(counts)
+    return {'eval/psnr': float(np.mean(np.concatenate(psnr))),
+            'eval/ssim': float(np.mean(np.concatenate(ssim))),
+            'eval/val_loss': loss / n, 'eval/rec_loss': rec / n,
+            'eval/codes_used': usage['codes_used'], 'eval/perplexity': usage['perplexity']}
+

@@ -1,0 +1,70 @@
+"""data_prep/encode_codes.py: a dataset's records get their image's codes from a codec
+workdir (the same codes the codec gives that image), everything else unchanged; a killed
+run resumes by reusing finished shards; the result reads through radjax/data/source.py."""
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from configs import vqgan as vqgan_recipe
+from data_prep import encode_codes
+from radjax.core import workdir as workdir_lib
+from radjax.data import schema, source
+from radjax.models import factory, vqgan
+
+
+def _codec_workdir(path):
+  c = vqgan_recipe.get_config('size=micro')
+  cfg = factory.part_config(c.model, 'vqgan')
+  with jax.threefry_partitionable(False):  # CPU compiles the default threefry slowly
+    params = jax.jit(vqgan.VQGAN(cfg).init)(jax.random.key(0),
+                                            jnp.zeros((1, 32, 32, 1)))['params']
+  workdir_lib.save_params(path, c, jax.device_get(nn.meta.unbox(params)))
+  return cfg
+
+
+def test_codes_fill_the_records_and_a_killed_run_resumes(demo_data, tmp_path, monkeypatch):
+  codec_dir, out = str(tmp_path / 'codec'), str(tmp_path / 'with_codes')
+  cfg = _codec_workdir(codec_dir)
+  summary = encode_codes.encode_dataset(demo_data, codec_dir, out, ('val', 'test'),
+                                        batch_size=6, log=lambda *_: None)
+  assert summary['grid'] == [16, 16] and summary['splits']['val']['encoded'] == 16
+  before = [schema.decode(r) for r in source.open_split(demo_data, 'val')]
+  after = [schema.decode(r) for r in source.open_split(out, 'val')]
+  assert [e['id'] for e in after] == [e['id'] for e in before]
+  for a, b in zip(after, before):
+    assert len(a['codes']) == 256 and all(0 <= c < cfg.codebook_size for c in a['codes'])
+    assert {**a, 'codes': None} == b  # nothing else changed
+  # The stored codes are the codec's codes of the record's image.
+  codec = encode_codes.Codec(codec_dir)
+  image = codec.processor(schema.encode(before[3]), None)['images']
+  assert codec.codes([image], 1)[0] == after[3]['codes']
+  assert os.path.exists(os.path.join(out, 'manifest.json'))
+  with open(os.path.join(out, 'codes.json')) as f:
+    assert json.load(f)['codebook_size'] == cfg.codebook_size
+
+  # A run killed after the val shard: test's shard and the manifest are missing.
+  test_shard = source.split_files(out, 'test')[0]
+  first_codes = [schema.decode(r)['codes'] for r in source.open_split(out, 'test')]
+  os.remove(test_shard)
+  os.remove(os.path.join(out, 'manifest.json'))
+  encoded = []
+  real = encode_codes.encode_shard
+  monkeypatch.setattr(encode_codes, 'encode_shard',
+                      lambda codec, src, dst, bs: encoded.append(dst) or real(codec, src, dst, bs))
+  again = encode_codes.encode_dataset(demo_data, codec_dir, out, ('val', 'test'), batch_size=6,
+                                      log=lambda *_: None)
+  assert encoded == [test_shard]  # val's shard was reused, not recomputed
+  assert again['splits']['val']['shards_reused'] == 1
+  assert [schema.decode(r)['codes'] for r in source.open_split(out, 'test')] == first_codes
+  assert os.path.exists(os.path.join(out, 'manifest.json'))
+
+
+def test_wrong_inputs_are_errors_naming_the_flag(demo_data, tmp_path):
+  assert encode_codes.main(['--dataset', str(tmp_path), '--codec', str(tmp_path),
+                            '--out', str(tmp_path / 'o')]) == 2
+  assert encode_codes.main(['--dataset', demo_data, '--codec', demo_data,
+                            '--out', demo_data]) == 2
+  assert not os.path.exists(os.path.join(demo_data, 'codes.json'))  # never written into

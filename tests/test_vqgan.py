@@ -1,0 +1,241 @@
+"""The VQ-GAN codec (radjax/models/vqgan.py) and its task (radjax/tasks/vqgan.py): LLM-CXR's
+geometry, the quantizer, EMA / restarts, the adaptive GAN weight against plain autodiff,
+LPIPS from user weights, and configs/vqgan.py at size=micro through the generic trainer
+(losses fall, a killed run resumes identically)."""
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from configs import vqgan as vqgan_recipe
+from radjax import run as run_lib
+from radjax.core import workdir as workdir_lib
+from radjax.models import factory, lpips, vqgan
+from radjax.tasks import vqgan as vqgan_task
+from tests.conftest import train_killed_then_resumed
+
+
+def micro_config(demo_data, steps=8):
+  c = vqgan_recipe.get_config('size=micro')
+  c.data.dir = demo_data
+  c.train.num_steps, c.train.checkpoint_every, c.train.eval_every = steps, 4, steps
+  c.train.async_checkpoint = False
+  c.optim.warmup_steps = 1
+  return c
+
+
+def test_full_geometry_is_llm_cxrs_16x16_codes_from_1024():
+  c = vqgan_recipe.get_config('')
+  cfg = factory.part_config(c.model, 'vqgan')
+  assert (cfg.codebook_size, cfg.code_grid, cfg.image_size) == (1024, (16, 16), 256)
+  model = vqgan.VQGAN(cfg)
+  x = jax.ShapeDtypeStruct((2, 256, 256, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  codes = jax.eval_shape(lambda v, x: model.apply(v, x, method=vqgan.VQGAN.codes), variables, x)
+  assert codes.shape == (2, 16, 16) and codes.dtype == jnp.int32
+  images = jax.eval_shape(lambda v, c: model.apply(v, c, method=vqgan.VQGAN.decode_codes),
+                          variables, codes)
+  assert images.shape == (2, 256, 256, 3)
+
+
+def test_bad_geometry_is_an_error_naming_the_knob():
+  with pytest.raises(ValueError, match='norm_groups'):
+    vqgan.VQGANConfig(kind='vqgan', base_channels=12, norm_groups=8)
+  with pytest.raises(ValueError, match='image_size=100'):
+    vqgan.VQGANConfig(kind='vqgan', image_size=100)
+
+
+def test_quantizer_picks_nearest_code_and_passes_gradients_straight_through():
+  cfg = vqgan.VQGANConfig(kind='vqgan', codebook_size=11, codebook_dim=3)
+  q = vqgan.Quantizer(cfg)
+  z = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
+  params = q.init(jax.random.key(0), z)['params']
+  params = {**nn.meta.unbox(params), 'embedding': np.asarray(
+      jax.random.normal(jax.random.key(2), (11, 3)))}
+  zq, codes, _ = q.apply({'params': params}, z)
+  brute = np.argmin(((np.asarray(z)[..., None, :] - params['embedding']) ** 2).sum(-1), -1)
+  np.testing.assert_array_equal(codes, brute)
+  np.testing.assert_allclose(zq, params['embedding'][brute], atol=1e-6)
+  grad = jax.grad(lambda z: jnp.sum(q.apply({'params': params}, z)[0] * 3.0))(z)
+  np.testing.assert_allclose(grad, 3.0, atol=1e-6)  # identity through the lookup
+
+
+def _vc(**kw):
+  base = dict(ema=False, ema_decay=0.5, restart_every=0, restart_threshold=0.6, usage_decay=0.5)
+  return ml_collections.ConfigDict({**base, **kw})
+
+
+def test_ema_moves_codes_to_their_assigned_mean_and_dead_codes_restart():
+  cfg = vqgan.VQGANConfig(kind='vqgan', codebook_size=4, codebook_dim=2)
+  emb = np.array([[0., 0.], [10., 10.], [20., 20.], [30., 30.]], np.float32)
+  q = {'embedding': emb, 'ema_count': np.ones(4, np.float32), 'ema_sum': emb.copy(),
+       'usage': np.full(4, 0.25, np.float32)}
+  z = np.array([[1., 1.], [3., 3.], [11., 11.]], np.float32)
+  codes = np.array([0, 0, 1], np.int32)
+  out, m = vqgan_task.codebook_update(q, z, codes, _vc(ema=True), cfg, 0, jax.random.key(0))
+  # count 0.5*1 + 0.5*2 = 1.5, sum 0.5*0 + 0.5*4 = 2 -> 1.333 (up to Laplace smoothing)
+  np.testing.assert_allclose(out['embedding'][0], [2 / 1.5] * 2, rtol=1e-4)
+  np.testing.assert_allclose(out['embedding'][3], emb[3], rtol=1e-4)  # unused: unchanged
+  assert float(m['codes_used']) == 0.5
+  # Restarts: codes 2 and 3 were never used -> replaced by encoder outputs of the batch.
+  out, _ = vqgan_task.codebook_update(q, z, codes, _vc(restart_every=1), cfg, 0,
+                                      jax.random.key(0))
+  np.testing.assert_array_equal(out['embedding'][:2], emb[:2])
+  for row in np.asarray(out['embedding'][2:]):
+    assert any(np.array_equal(row, zi) for zi in z)
+
+
+def test_lpips_is_zero_on_identical_images_and_reads_a_vgg_state_dict(tmp_path):
+  from safetensors import numpy as st_numpy
+  rng = np.random.default_rng(0)
+  widths = (3, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
+  sd = {}
+  for n, i in enumerate(lpips.VGG16_CONVS):
+    sd[f'features.{i}.weight'] = rng.normal(0, 0.05, (widths[n + 1], widths[n], 3, 3)).astype(
+        np.float32)
+    sd[f'features.{i}.bias'] = np.zeros(widths[n + 1], np.float32)
+  path = str(tmp_path / 'vgg16.safetensors')
+  st_numpy.save_file(sd, path)
+  vc = ml_collections.ConfigDict(dict(perceptual_weights=path, perceptual_weight=1.0,
+                                      lpips_heads=''))
+  weights = vqgan_task.load_perceptual(vc)
+  x = jnp.asarray(rng.uniform(-1, 1, (2, 32, 32, 1)), jnp.float32)
+  same = lpips.distance(x, x, weights)
+  other = lpips.distance(x, x[::-1], weights)
+  np.testing.assert_allclose(same, 0.0, atol=1e-6)
+  assert float(other[0]) > 1e-3
+  with pytest.raises(ValueError, match='not a torchvision vgg16'):
+    lpips.weights_from_state_dict({}, None, 'x.pth')
+  assert vqgan_task.load_perceptual(ml_collections.ConfigDict(
+      dict(perceptual_weights='', perceptual_weight=1.0))) is None
+
+
+@pytest.fixture(scope='module')
+def stepped(demo_data):
+  """The micro codec's jitted train step (adversarial terms on from step 0) and the states
+  of 6 steps on one batch of demo images."""
+  from radjax.data import pipeline
+  from radjax.train import setup
+  c = micro_config(demo_data)
+  c.vqgan.disc_start = 0
+  c.optim.clip_norm = 0.0
+  task = run_lib.make_task(c)
+  # XLA on CPU compiles partitionable threefry slowly (~6 s per random op); the values
+  # drawn do not matter here.
+  with jax.threefry_partitionable(False):
+    exp = setup.build(c, task)
+    ds = pipeline.eval_dataset(c, task.processor(), 'train', c.train.batch_size)
+    batch = pipeline.to_global(ds[0], exp.batch_shardings)
+    step = setup.jit_train_step(exp)
+    first = jax.device_get(exp.state)  # the step donates its input state
+    states, metrics, state = [first], [], exp.state
+    for _ in range(6):
+      state, m = step(state, batch)
+      states.append(jax.device_get(state))
+      metrics.append(jax.device_get(m))
+  return c, exp, batch, states, metrics
+
+
+def test_train_step_reconstruction_improves_with_both_optimizers(stepped):
+  _, _, _, states, metrics = stepped
+  rec = [float(m['rec_loss']) for m in metrics]
+  assert rec[-1] < 0.8 * rec[0], rec
+  assert all(float(m['d_loss']) > 0 and float(m['disc_grad_norm']) > 0 for m in metrics)
+  before, after = states[0].params, states[-1].params
+  for part in ('encoder', 'decoder', 'discriminator'):
+    assert not np.allclose(before[part]['conv_out']['kernel'], after[part]['conv_out']['kernel'])
+  assert set(states[-1].opt_state) == {'generator', 'discriminator'}
+
+
+def test_train_step_gradients_equal_plain_autodiff_with_the_adaptive_weight(stepped):
+  """The step's vjp split at the decoder's last conv gives the same generator gradient as
+  differentiating rec + vq + lambda * gan directly, lambda from separate gradients."""
+  c, exp, batch, states, metrics = stepped
+  task, model, params = exp.task, exp.model, states[0].params
+  x = np.asarray(batch['images'])
+  gen = {k: v for k, v in params.items() if k != 'discriminator'}
+
+  @jax.jit
+  def reference(gen):
+    def parts(g):
+      recon, aux = model.apply({'params': {**g, 'discriminator': params['discriminator']}}, x)
+      rec = jnp.mean(jnp.abs(recon - x))
+      gan = -jnp.mean(model.apply({'params': params}, recon, method=vqgan.VQGAN.discriminate))
+      return rec, gan, task._vq_loss(aux)
+    grad_rec = jax.grad(lambda g: parts(g)[0])(gen)['decoder']['conv_out']['kernel']
+    grad_gan = jax.grad(lambda g: parts(g)[1])(gen)['decoder']['conv_out']['kernel']
+    weight = c.vqgan.disc_weight * jnp.linalg.norm(grad_rec) / (jnp.linalg.norm(grad_gan) + 1e-4)
+    total = jax.grad(lambda g: parts(g)[0] + parts(g)[2] + weight * parts(g)[1])(gen)
+    return weight, optax.tree.norm(total)
+
+  weight, norm = reference(gen)
+  np.testing.assert_allclose(metrics[0]['gan_weight'], weight, rtol=1e-4)
+  np.testing.assert_allclose(metrics[0]['grad_norm'], norm, rtol=1e-4)
+
+
+def test_trained_codec_exports_to_diffusers_with_the_same_codes_and_pixels(stepped, tmp_path):
+  torch = pytest.importorskip('torch')
+  diffusers = pytest.importorskip('diffusers')
+  from radjax.convert import __main__ as convert_cli
+  c, exp, batch, states, _ = stepped
+  workdir, out = str(tmp_path / 'trained'), str(tmp_path / 'hf')
+  workdir_lib.save_params(workdir, c, states[-1].params)
+  assert convert_cli.main(['to-hf', '--workdir', workdir, '--out', out]) == 0
+  hf = diffusers.VQModel.from_pretrained(out).eval()
+  x = np.asarray(batch['images'])
+  model, params = exp.model, states[-1].params
+  codes = np.asarray(jax.jit(lambda p, x: model.apply({'params': p}, x,
+                                                      method=vqgan.VQGAN.codes))(params, x))
+  pixels = np.asarray(jax.jit(lambda p, c: model.apply({'params': p}, c,
+                                                       method=vqgan.VQGAN.decode_codes))(
+      params, codes))
+  with torch.no_grad():
+    h = hf.encode(torch.from_numpy(x).permute(0, 3, 1, 2)).latents
+    ref_codes = hf.quantize(h)[2][2].reshape(codes.shape).numpy()
+    ref_pixels = hf.decode(h).sample.permute(0, 2, 3, 1).numpy()
+  np.testing.assert_array_equal(codes, ref_codes)
+  assert len(np.unique(codes)) > 1
+  np.testing.assert_allclose(pixels, ref_pixels, atol=1e-4)
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return {r['step']: r['train/rec_loss'] for r in map(json.loads, f) if 'train/rec_loss' in r}
+
+
+@pytest.fixture(scope='module')
+def trained(demo_data, tmp_path_factory):
+  config = micro_config(demo_data)
+  workdir = str(tmp_path_factory.mktemp('vqgan') / 'full')
+  metrics = run_lib.main(config, workdir, 'train')
+  return config, workdir, metrics
+
+
+@pytest.mark.slow
+def test_micro_codec_trains_through_the_generic_loop(trained):
+  config, workdir, metrics = trained
+  losses = _losses(workdir)
+  assert sorted(losses) == list(range(1, 9))
+  assert losses[8] < 0.8 * losses[1]
+  for key in ('eval/psnr', 'eval/ssim', 'eval/codes_used', 'eval/perplexity'):
+    assert np.isfinite(metrics[key]), key
+  assert 0 < metrics['eval/codes_used'] <= 1 and metrics['eval/perplexity'] >= 1
+  saved = workdir_lib.load_config(workdir)
+  assert (saved.task, saved.model.kind) == ('vqgan', 'vqgan')
+  params = workdir_lib.load_params(workdir)
+  assert set(params) == {'encoder', 'quant_conv', 'quantize', 'post_quant_conv', 'decoder',
+                         'discriminator'}
+
+
+@pytest.mark.slow
+def test_micro_codec_killed_run_resumes_identically(trained, tmp_path, monkeypatch):
+  config, workdir, _ = trained
+  cut = str(tmp_path / 'cut')
+  train_killed_then_resumed(config, cut, monkeypatch, kill_at_batch=6)
+  assert _losses(cut) == _losses(workdir)
