@@ -48,7 +48,7 @@ def tiny(c):
   c.data.builder = 'demo'
   c.data.builder_kwargs.seed = 0
   c.data.tokenizer = ''
-  c.data.max_len = 112  # 16 image tokens + prompt + the longest reports (~72 tokens)
+  c.data.max_len = 128  # 16 image tokens + prompt + the longest reports (~80 tokens)
   c.data.max_images = 1
   # Minutes of CPU leave no room for augmentation to pay off; the tests cover it.
   c.data.augment = False
