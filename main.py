@@ -10,6 +10,9 @@ r"""radjax entry point.
   python main.py ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
       # one process of a multi-process run (also RADJAX_COORDINATOR / RADJAX_NUM_PROCESSES /
       # RADJAX_PROCESS_ID, or RADJAX_DISTRIBUTED=1 on SLURM and TPU VMs)
+  XLA_FLAGS=--xla_force_host_platform_device_count=64 JAX_PLATFORMS=cpu python main.py \
+      --config configs/radvlm.py --workdir /tmp/x --mode=dry_run --config.mesh.fsdp=8
+      # per-device memory of the compiled train step on 64 emulated devices
 """
 import importlib
 import os
@@ -24,7 +27,9 @@ from radjax.core import distributed
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Recipe config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and TensorBoard events go here.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'generate', 'chat'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'generate', 'chat', 'dry_run'],
+                  'What to do. dry_run: compile the train step for the configured mesh on '
+                  'the visible devices and print per-device memory (bench/memory.py).')
 flags.DEFINE_list('images', [], 'Image files for --mode=generate / chat.')
 flags.DEFINE_string('prompt', '', 'The question for --mode=generate (a VLM: about each image; '
                     'default: the report request); a decoder workdir needs one.')
@@ -63,6 +68,10 @@ def main(argv):
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.mode == 'train':
     distributed.log_to_file(FLAGS.workdir)  # <workdir>/logs/process_<i>.log
+  if FLAGS.mode == 'dry_run':  # shapes only: no data, no tokenizer, nothing allocated
+    from bench import memory
+    memory.dry_run(FLAGS.config)
+    return
   if FLAGS.mode not in ('generate', 'chat'):  # these need only the tokenizer
     ensure_data(FLAGS.config)
   run.main(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images, FLAGS.prompt)

@@ -57,11 +57,13 @@ def count(tree) -> int:
   return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
 
 
-def experiment(config, n: int, llm_layers: int = 0):
-  """The abstract experiment on the first n devices, mesh fsdp=n."""
+def experiment(config, n: int, llm_layers: int = 0, fsdp: bool = True):
+  """The abstract experiment on the first n devices, mesh fsdp=n (fsdp=False: the
+  config's own mesh)."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, n, 1
+    if fsdp:
+      config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, n, 1
     if llm_layers:
       config.model.llm.num_layers = llm_layers
     if config.model.image_token_id < 0:  # no tokenizer here: synthetic shapes
@@ -83,6 +85,30 @@ def compiled_memory(exp) -> tuple[dict, float]:
   m = compiled.memory_analysis()
   out = {k: getattr(m, f'{k}_size_in_bytes') for k in ('argument', 'output', 'temp', 'alias')}
   return out, time.perf_counter() - t0
+
+
+def peak(mem: dict) -> int:
+  """Peak bytes per device of a compiled step: arguments + temp + outputs that do not reuse
+  a donated argument."""
+  return mem['argument'] + mem['temp'] + mem['output'] - mem['alias']
+
+
+def dry_run(config) -> dict:
+  """`main.py --mode=dry_run`: the train step compiled for the configured mesh on every
+  visible device (emulated CPU devices work: XLA_FLAGS=--xla_force_host_platform_device_count=N),
+  per-device memory printed; nothing the size of the model is allocated."""
+  n = jax.device_count()
+  exp = experiment(config, n, fsdp=False)
+  mem, secs = compiled_memory(exp)
+  out = dict(devices=n, mesh=dict(exp.mesh.shape), params=per_device_bytes(exp.state.params),
+             opt=per_device_bytes(exp.state.opt_state), compile_secs=secs, **mem)
+  out['peak'] = peak(mem)
+  print(f'dry run: {count(exp.state.params) / 1e9:.3f}B params on {n} '
+        f'{jax.devices()[0].platform} devices, mesh {out["mesh"]}; per device: params '
+        f'{out["params"] / GIB:.3f} GiB, optimizer {out["opt"] / GIB:.3f} GiB; compiled step '
+        f'({secs:.0f} s): ' + ', '.join(f'{k} {out[k] / GIB:.3f} GiB'
+                                        for k in ('argument', 'output', 'temp', 'alias', 'peak')))
+  return out
 
 
 def main(argv):
@@ -117,7 +143,6 @@ def main(argv):
   print('\n| devices | params/device | optimizer/device | step arguments | step temp | '
         'step peak (args + temp + unaliased out) | shrink params+opt | shrink peak |')
   print('|---|---|---|---|---|---|---|---|')
-  peak = lambda r: r['argument'] + r['temp'] + r['output'] - r['alias']  # noqa: E731
   for r in rows:
     shrink = (base['params'] + base['opt']) / (r['params'] + r['opt'])
     cells = ['-'] * 4
