@@ -35,12 +35,16 @@ from radjax import tasks  # noqa: E402
 from radjax.train import setup  # noqa: E402
 from radjax.train import state as state_lib  # noqa: E402
 
-config_flags.DEFINE_config_file('config', None, 'Recipe config.', lock_config=True)
-flags.DEFINE_string('devices', '1,8', 'Device counts to compare (mesh fsdp = count).')
-flags.DEFINE_integer('compile_llm_layers', 0, 'Decoder layers in the compiled step (0: the '
-                     "config's); parameter/optimizer bytes always use the config's.")
-flags.DEFINE_bool('compile', True, 'Also compile the train step for memory_analysis.')
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """This script's flags (not at import: main.py --mode=dry_run imports the module)."""
+  config_flags.DEFINE_config_file('config', None, 'Recipe config.', lock_config=True)
+  flags.DEFINE_string('devices', '1,8', 'Device counts to compare (mesh fsdp = count).')
+  flags.DEFINE_integer('compile_llm_layers', 0, 'Decoder layers in the compiled step (0: the '
+                       "config's); parameter/optimizer bytes always use the config's.")
+  flags.DEFINE_bool('compile', True, 'Also compile the train step for memory_analysis.')
 GIB = 2 ** 30
 
 
@@ -103,11 +107,12 @@ def dry_run(config) -> dict:
   out = dict(devices=n, mesh=dict(exp.mesh.shape), params=per_device_bytes(exp.state.params),
              opt=per_device_bytes(exp.state.opt_state), compile_secs=secs, **mem)
   out['peak'] = peak(mem)
-  print(f'dry run: {count(exp.state.params) / 1e9:.3f}B params on {n} '
+  size = lambda b: f'{b / GIB:.2f} GiB' if b >= GIB / 10 else f'{b / 2**20:.2f} MiB'  # noqa: E731
+  print(f'dry run: {count(exp.state.params) / 1e6:.1f}M params on {n} '
         f'{jax.devices()[0].platform} devices, mesh {out["mesh"]}; per device: params '
-        f'{out["params"] / GIB:.3f} GiB, optimizer {out["opt"] / GIB:.3f} GiB; compiled step '
-        f'({secs:.0f} s): ' + ', '.join(f'{k} {out[k] / GIB:.3f} GiB'
-                                        for k in ('argument', 'output', 'temp', 'alias', 'peak')))
+        f'{size(out["params"])}, optimizer {size(out["opt"])}; compiled step ({secs:.0f} s): '
+        + ', '.join(f'{k} {size(out[k])}' for k in ('argument', 'output', 'temp', 'alias',
+                                                     'peak')))
   return out
 
 
@@ -154,5 +159,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flags_as_required(['config'])
   app.run(main)
