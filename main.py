@@ -7,6 +7,12 @@ r"""radjax entry point.
       [--images a.png] [--prompt "Is there an effusion?"]   # a trained or imported workdir
   python main.py --config configs/workdir.py:WORKDIR --workdir WORKDIR --mode=chat \
       [--images a.png]   # a multi-turn conversation on the command line
+  python main.py ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
+      # one process of a multi-process run (also RADJAX_COORDINATOR / RADJAX_NUM_PROCESSES /
+      # RADJAX_PROCESS_ID, or RADJAX_DISTRIBUTED=1 on SLURM and TPU VMs)
+  XLA_FLAGS=--xla_force_host_platform_device_count=64 JAX_PLATFORMS=cpu python main.py \
+      --config configs/radvlm.py --workdir /tmp/x --mode=dry_run --config.mesh.fsdp=8
+      # per-device memory of the compiled train step on 64 emulated devices
 """
 import importlib
 import os
@@ -16,14 +22,20 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from radjax import run
+from radjax.core import distributed
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Recipe config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and TensorBoard events go here.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'generate', 'chat'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'generate', 'chat', 'dry_run'],
+                  'What to do. dry_run: compile the train step for the configured mesh on '
+                  'the visible devices and print per-device memory (bench/memory.py).')
 flags.DEFINE_list('images', [], 'Image files for --mode=generate / chat.')
 flags.DEFINE_string('prompt', '', 'The question for --mode=generate (a VLM: about each image; '
                     'default: the report request); a decoder workdir needs one.')
+flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 (multi-process runs).')
+flags.DEFINE_integer('num_processes', 0, 'Processes in the run (multi-process runs).')
+flags.DEFINE_integer('process_id', -1, 'This process, 0 .. num_processes-1.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -52,7 +64,14 @@ def ensure_data(config) -> None:
 
 def main(argv):
   del argv
-  run.maybe_initialize_distributed()
+  # Before anything touches devices.
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if FLAGS.mode == 'train':
+    distributed.log_to_file(FLAGS.workdir)  # <workdir>/logs/process_<i>.log
+  if FLAGS.mode == 'dry_run':  # shapes only: no data, no tokenizer, nothing allocated
+    from bench import memory
+    memory.dry_run(FLAGS.config)
+    return
   if FLAGS.mode not in ('generate', 'chat'):  # these need only the tokenizer
     ensure_data(FLAGS.config)
   run.main(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images, FLAGS.prompt)

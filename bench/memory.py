@@ -35,12 +35,16 @@ from radjax import tasks  # noqa: E402
 from radjax.train import setup  # noqa: E402
 from radjax.train import state as state_lib  # noqa: E402
 
-config_flags.DEFINE_config_file('config', None, 'Recipe config.', lock_config=True)
-flags.DEFINE_string('devices', '1,8', 'Device counts to compare (mesh fsdp = count).')
-flags.DEFINE_integer('compile_llm_layers', 0, 'Decoder layers in the compiled step (0: the '
-                     "config's); parameter/optimizer bytes always use the config's.")
-flags.DEFINE_bool('compile', True, 'Also compile the train step for memory_analysis.')
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """This script's flags (not at import: main.py --mode=dry_run imports the module)."""
+  config_flags.DEFINE_config_file('config', None, 'Recipe config.', lock_config=True)
+  flags.DEFINE_string('devices', '1,8', 'Device counts to compare (mesh fsdp = count).')
+  flags.DEFINE_integer('compile_llm_layers', 0, 'Decoder layers in the compiled step (0: the '
+                       "config's); parameter/optimizer bytes always use the config's.")
+  flags.DEFINE_bool('compile', True, 'Also compile the train step for memory_analysis.')
 GIB = 2 ** 30
 
 
@@ -57,11 +61,13 @@ def count(tree) -> int:
   return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
 
 
-def experiment(config, n: int, llm_layers: int = 0):
-  """The abstract experiment on the first n devices, mesh fsdp=n."""
+def experiment(config, n: int, llm_layers: int = 0, fsdp: bool = True):
+  """The abstract experiment on the first n devices, mesh fsdp=n (fsdp=False: the
+  config's own mesh)."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, n, 1
+    if fsdp:
+      config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, n, 1
     if llm_layers:
       config.model.llm.num_layers = llm_layers
     if config.model.image_token_id < 0:  # no tokenizer here: synthetic shapes
@@ -83,6 +89,31 @@ def compiled_memory(exp) -> tuple[dict, float]:
   m = compiled.memory_analysis()
   out = {k: getattr(m, f'{k}_size_in_bytes') for k in ('argument', 'output', 'temp', 'alias')}
   return out, time.perf_counter() - t0
+
+
+def peak(mem: dict) -> int:
+  """Peak bytes per device of a compiled step: arguments + temp + outputs that do not reuse
+  a donated argument."""
+  return mem['argument'] + mem['temp'] + mem['output'] - mem['alias']
+
+
+def dry_run(config) -> dict:
+  """`main.py --mode=dry_run`: the train step compiled for the configured mesh on every
+  visible device (emulated CPU devices work: XLA_FLAGS=--xla_force_host_platform_device_count=N),
+  per-device memory printed; nothing the size of the model is allocated."""
+  n = jax.device_count()
+  exp = experiment(config, n, fsdp=False)
+  mem, secs = compiled_memory(exp)
+  out = dict(devices=n, mesh=dict(exp.mesh.shape), params=per_device_bytes(exp.state.params),
+             opt=per_device_bytes(exp.state.opt_state), compile_secs=secs, **mem)
+  out['peak'] = peak(mem)
+  size = lambda b: f'{b / GIB:.2f} GiB' if b >= GIB / 10 else f'{b / 2**20:.2f} MiB'  # noqa: E731
+  print(f'dry run: {count(exp.state.params) / 1e6:.1f}M params on {n} '
+        f'{jax.devices()[0].platform} devices, mesh {out["mesh"]}; per device: params '
+        f'{size(out["params"])}, optimizer {size(out["opt"])}; compiled step ({secs:.0f} s): '
+        + ', '.join(f'{k} {size(out[k])}' for k in ('argument', 'output', 'temp', 'alias',
+                                                     'peak')))
+  return out
 
 
 def main(argv):
@@ -117,7 +148,6 @@ def main(argv):
   print('\n| devices | params/device | optimizer/device | step arguments | step temp | '
         'step peak (args + temp + unaliased out) | shrink params+opt | shrink peak |')
   print('|---|---|---|---|---|---|---|---|')
-  peak = lambda r: r['argument'] + r['temp'] + r['output'] - r['alias']  # noqa: E731
   for r in rows:
     shrink = (base['params'] + base['opt']) / (r['params'] + r['opt'])
     cells = ['-'] * 4
@@ -129,5 +159,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flags_as_required(['config'])
   app.run(main)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# TPU VM pod slice: the same command on every worker.
-#   gcloud compute tpus tpu-vm ssh NAME --worker=all --command \
-#     "cd radjax && bash launch/tpu_vm.sh configs/<recipe>.py gs://bucket/runs/x"
+# One worker of a TPU VM pod slice (launch/tpu_pod.sh runs it on every worker):
+#   bash launch/tpu_vm.sh configs/<recipe>.py gs://bucket/runs/x [--config.x=y ...]
+# jax.distributed reads the slice's workers, this worker's id and the coordinator from the
+# TPU VM metadata (RADJAX_DISTRIBUTED=1); one worker alone runs as a single process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config=$1; workdir=$2; shift 2
-export RADJAX_DISTRIBUTED=1  # jax.distributed discovers the TPU pod by itself
+export RADJAX_DISTRIBUTED=1
 exec .venv/bin/python main.py --config "$config" --workdir "$workdir" \
   --config.runtime.attention_impl=xla "$@"

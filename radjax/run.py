@@ -5,6 +5,7 @@ import jax
 from absl import logging
 
 from radjax import tasks
+from radjax.core import distributed
 from radjax.core import workdir as workdir_lib
 from radjax.data import chat, tokens
 from radjax.eval import evaluators
@@ -124,10 +125,9 @@ def chat_loop(config, workdir: str, image_paths: list[str], read=input, write=pr
 
 
 def maybe_initialize_distributed():
-  """Multi-host runs (SLURM GPU pods, TPU VM pods) set RADJAX_DISTRIBUTED=1; JAX
-  reads the coordinator, process count and id from the cluster environment."""
-  if os.environ.get('RADJAX_DISTRIBUTED') == '1' and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+  """Joins a multi-process run the environment describes (radjax/core/distributed.py);
+  main.py has already done so from its flags."""
+  distributed.initialize()
 
 
 def main(config, workdir: str, mode: str, images: list[str] | None = None, prompt: str = ''):

@@ -15,3 +15,36 @@ def test_fsdp_shrinks_params_and_moments_per_device():
            for e in (one, eight)]
   # Small norms and biases stay replicated, so a micro model shrinks a little under 8x.
   assert 6.0 < whole[0] / whole[1] <= 8.0
+
+
+def test_compiled_step_peak_per_device_shrinks_as_fsdp_grows():
+  from configs import demo
+  config = demo.get_config('size=micro,task=lm')  # the decoder alone: 4 compiles in seconds
+  with config.unlocked():
+    config.data.max_len = 128  # activations big enough to show next to the weights
+  peaks = [memory.peak(memory.compiled_memory(memory.experiment(config, n))[0])
+           for n in (1, 2, 4, 8)]
+  assert all(a > b for a, b in zip(peaks, peaks[1:])), peaks
+  assert peaks[0] / peaks[-1] > 3, peaks
+
+
+def test_dry_run_compiles_the_configured_mesh():
+  """main.py --mode=dry_run on 8 emulated devices (a process of its own, as users run it)."""
+  import os
+  import re
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  proc = subprocess.run(
+      [sys.executable, 'main.py', '--config', 'configs/demo.py:size=micro,task=lm',
+       '--workdir', '/nonexistent/dry', '--mode=dry_run', '--config.mesh.data=2',
+       '--config.mesh.fsdp=2', '--config.mesh.tensor=2'],
+      cwd=root, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [x for x in proc.stdout.splitlines() if x.startswith('dry run:')][0]
+  assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in line and 'on 8 cpu devices' in line
+  sizes = dict(re.findall(r'(\w+) ([\d.]+) MiB', line))
+  assert float(sizes['peak']) >= float(sizes['argument']) > float(sizes['params']) > 0
+  assert not os.path.exists('/nonexistent/dry')  # a dry run writes nothing

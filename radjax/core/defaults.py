@@ -57,7 +57,13 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.task = 'vlm'
 
   # Device mesh: product must equal the device count; one entry may be -1 (the rest).
+  # With several hosts (or TPU slices) and any `dcn` size > 1, data/fsdp/tensor are the
+  # sizes within one host (slice) and `dcn` the sizes across hosts: mesh axis = both
+  # multiplied, and dcn's product must equal the number of hosts (slices). The default
+  # puts data parallelism across hosts (mesh.dcn.data = hosts) and keeps fsdp/tensor,
+  # which talk every layer, on the fast links within a host.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.mesh.dcn = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
   c.sharding = ml_collections.ConfigDict()
   c.sharding.rules = DEFAULT_RULES
   # Warn (at startup) about parameters over this many MiB that end up replicated.

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -30,11 +31,45 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
   return tuple(sizes)
 
 
+def dcn_shape(mesh_cfg) -> tuple[int, ...]:
+  """config.mesh.dcn's sizes (all 1 when the config has none)."""
+  dcn = mesh_cfg.get('dcn') or {}
+  sizes = tuple(int(dcn.get(a, 1)) for a in MESH_AXES)
+  for a, s in zip(MESH_AXES, sizes):
+    if s < 1:
+      raise ValueError(f'config.mesh.dcn.{a}={s} must be >= 1')
+  return sizes
+
+
+def hybrid_device_array(mesh_cfg, devices: Sequence[Any]) -> np.ndarray:
+  """Devices laid out as data x fsdp x tensor when config.mesh.dcn spans hosts: hosts
+  (TPU slices where devices have a slice_index, else processes) along the dcn sizes,
+  each host's devices along config.mesh's (within-host) sizes."""
+  dcn = dcn_shape(mesh_cfg)
+  granules = math.prod(dcn)
+  by_slice = devices[0].platform == 'tpu' and getattr(devices[0], 'slice_index', None) is not None
+  unit = 'slices' if by_slice else 'processes'
+  found = len({getattr(d, 'slice_index' if by_slice else 'process_index') for d in devices})
+  if found != granules:
+    raise ValueError(f'config.mesh.dcn: data*fsdp*tensor = {granules} '
+                     f'({dict(zip(MESH_AXES, dcn))}) but the {len(devices)} devices are on '
+                     f'{found} {unit}')
+  try:
+    ici = mesh_shape(mesh_cfg, len(devices) // granules)
+  except ValueError as e:
+    raise ValueError(f'{e} (per one of the {granules} {unit}: config.mesh sizes are within a '
+                     'host when config.mesh.dcn spans hosts)') from None
+  return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=not by_slice,
+                                              allow_split_physical_axes=True)
+
+
 def make_mesh(mesh_cfg, devices: Sequence[Any] | None = None) -> Mesh:
   devices = list(devices if devices is not None else jax.devices())
-  shape = mesh_shape(mesh_cfg, len(devices))
   # Auto axes: the compiler propagates shardings from our logical constraints.
   axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  if math.prod(dcn_shape(mesh_cfg)) > 1:
+    return Mesh(hybrid_device_array(mesh_cfg, devices), MESH_AXES, axis_types=axis_types)
+  shape = mesh_shape(mesh_cfg, len(devices))
   try:
     return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
   except ValueError:  # device-topology helpers refuse some CPU device subsets

@@ -83,12 +83,22 @@ def _stream(config, records, seed: int, processor, index: int, log: source.Recor
   ds = grain.MapDataset.source(records).seed(seed)
   if config.data.shuffle:
     ds = ds.shuffle()
-  ds = ds.repeat(None)[process_index::process_count]
+  ds = ds.repeat(None)
   # The rng draws each record's task and wording; images use it only when
-  # config.data.augment (radjax/data/processors.py ImageSlots).
-  ds = ds.random_map(source.locate_errors(processor))
-  ds = source.skip_records(ds, log)
+  # config.data.augment (radjax/data/processors.py ImageSlots). It is a function of the
+  # element's index in the global stream, and the slice comes after it (map datasets are
+  # lazy: a process still processes only its own elements), so N processes together see
+  # the examples one process sees. The seed is the one grain derived for this map when
+  # the slice came before it, so one-process streams are unchanged.
+  ds = ds.random_map(source.locate_errors(processor),
+                     seed=_map_seed(seed, 4 if config.data.shuffle else 3))
+  ds = source.skip_records(ds, log)[process_index::process_count]
   return ds.map(lambda example: {**example, 'source': np.int32(index)})
+
+
+def _map_seed(seed: int, depth: int) -> int:
+  """grain's default seed for a random map `depth` datasets below `.seed(seed)`."""
+  return int(np.random.SeedSequence([seed, depth]).generate_state(1, dtype=np.uint32)[0])
 
 
 def eval_dataset(config, processor, split: str, batch_size: int,
@@ -126,6 +136,22 @@ def make_iterator(ds: grain.MapDataset, worker_threads: int):
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=worker_threads,
                                                      prefetch_buffer_size=2)))
   return iter(ds)
+
+
+def to_global_from_whole(batch: dict, shardings: dict) -> dict:
+  """Like to_global, for a batch that every process holds whole (the same prompts on every
+  host, as generation has): each process places the rows of its own shards."""
+  return {k: jax.make_array_from_callback(v.shape, shardings[k], lambda index, v=v: v[index])
+          for k, v in batch.items() if k in shardings}
+
+
+def to_host(x) -> np.ndarray:
+  """A global jax.Array whole on this host; with several processes an all-gather (every
+  process must call it)."""
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def to_global(batch: dict, shardings: dict) -> dict:

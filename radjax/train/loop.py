@@ -83,12 +83,13 @@ def train(config, workdir: str, task, devices=None) -> dict:
       pending = (step, metrics, extras, step % tc.log_every == 0 or step == tc.num_steps)
       progress(step)
 
-      if step % tc.checkpoint_every == 0 or step == tc.num_steps:
+      # Asked every step: with several processes the preemption service picks the step at
+      # which all of them stop, and a process that skipped asking at it would run on.
+      preempted = ckpt.reached_preemption(step)
+      if step % tc.checkpoint_every == 0 or step == tc.num_steps or preempted:
         pending = _log_now(writer, pending, ckpt, state, workdir)  # checked before saved
         ckpt.save(step, state, data_iter, force=True)
-      elif ckpt.reached_preemption(step):
-        pending = _log_now(writer, pending, ckpt, state, workdir)
-        ckpt.save(step, state, data_iter, force=True)
+      if preempted:
         ckpt.wait()
         logging.warning('preempted at step %d; checkpoint saved', step)
         break

@@ -71,13 +71,13 @@ class Answerer:
       if pixels is not None:
         shardings.update({k: exp.batch_shardings[k] for k in pixels})
         batch.update(pixels)
-      g = pipeline.to_global(batch, shardings)
+      g = pipeline.to_global_from_whole(batch, shardings)  # every process has all items
       image_inputs = None if pixels is None else {k: g[k] for k in pixels}
       key = None if rng is None else jax.random.fold_in(rng, start)
       with exp.context():
         ids, _ = generate_lib.generate(exp.model, params, g['tokens'], g['prompt_mask'],
                                        image_inputs, self.gen_cfg, key)
-      ids = np.asarray(jax.device_get(ids))
+      ids = pipeline.to_host(ids)
       outs.extend(generate_lib.cut_at_stop_strings(self.encoder.decode_answer(row),
                                                    self.gen_cfg.stop_strings).strip()
                   for row in ids[:len(items) - start])

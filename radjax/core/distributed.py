@@ -1,0 +1,85 @@
+"""Multi-controller runs: one process per host, one global mesh (`jax.distributed`).
+
+`initialize` must run before anything touches devices (jax.devices(), a jit, an array).
+Where the process group comes from, first match wins:
+  1. explicit values (main.py --coordinator_address / --num_processes / --process_id),
+  2. RADJAX_COORDINATOR / RADJAX_NUM_PROCESSES / RADJAX_PROCESS_ID,
+  3. RADJAX_DISTRIBUTED=1: JAX reads the cluster (SLURM's variables, TPU VM metadata).
+Nothing set, or one process: a no-op.
+"""
+import dataclasses
+import logging as std_logging
+import os
+
+import jax
+from absl import logging
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessGroup:
+  coordinator_address: str = ''
+  num_processes: int = 1
+  process_id: int = 0
+  auto: bool = False  # RADJAX_DISTRIBUTED=1: JAX detects the cluster
+
+
+def _env_int(name: str, default: int) -> int:
+  value = os.environ.get(name, '')
+  try:
+    return int(value) if value else default
+  except ValueError:
+    raise ValueError(f'{name}={value!r} is not an integer') from None
+
+
+def process_group(coordinator_address: str = '', num_processes: int = 0,
+                  process_id: int = -1) -> ProcessGroup:
+  """The process group the flags (0 / -1 / '': unset) or the environment ask for."""
+  coordinator = coordinator_address or os.environ.get('RADJAX_COORDINATOR', '')
+  count = num_processes or _env_int('RADJAX_NUM_PROCESSES', 0)
+  index = process_id if process_id >= 0 else _env_int('RADJAX_PROCESS_ID', -1)
+  if not (coordinator or count or index >= 0):
+    return ProcessGroup(auto=os.environ.get('RADJAX_DISTRIBUTED') == '1')
+  if count == 1 and index in (-1, 0):
+    return ProcessGroup()
+  missing = [name for name, unset in (('--coordinator_address (RADJAX_COORDINATOR)',
+                                       not coordinator),
+                                      ('--num_processes (RADJAX_NUM_PROCESSES)', count < 1),
+                                      ('--process_id (RADJAX_PROCESS_ID)', index < 0))
+             if unset]
+  if missing:
+    raise ValueError('a multi-process run needs all three of --coordinator_address, '
+                     '--num_processes and --process_id; missing: ' + ', '.join(missing))
+  if index >= count:
+    raise ValueError(f'--process_id={index} must be below --num_processes={count}')
+  return ProcessGroup(coordinator, count, index)
+
+
+def initialize(coordinator_address: str = '', num_processes: int = 0,
+               process_id: int = -1) -> ProcessGroup:
+  """Joins the process group (see the module doc); a no-op for one process or when
+  already joined. Returns the group asked for."""
+  group = process_group(coordinator_address, num_processes, process_id)
+  if jax.distributed.is_initialized():
+    return group
+  if group.auto:
+    jax.distributed.initialize()
+  elif group.num_processes > 1:
+    jax.distributed.initialize(coordinator_address=group.coordinator_address,
+                               num_processes=group.num_processes,
+                               process_id=group.process_id)
+  return group
+
+
+def log_to_file(workdir: str) -> str:
+  """Also writes this process's absl log to <workdir>/logs/process_<i>.log (every
+  process: the other hosts' errors are otherwise only on their own terminals)."""
+  log_dir = os.path.join(workdir, 'logs')
+  os.makedirs(log_dir, exist_ok=True)
+  path = os.path.join(log_dir, f'process_{jax.process_index()}.log')
+  logger = logging.get_absl_logger()
+  if any(getattr(h, 'baseFilename', None) == os.path.abspath(path) for h in logger.handlers):
+    return path
+  handler = std_logging.FileHandler(path)
+  handler.setFormatter(logging.PythonFormatter())
+  logger.addHandler(handler)
+  return path

@@ -1,0 +1,64 @@
+"""Hybrid meshes: config.mesh sizes within a host, config.mesh.dcn across hosts."""
+import dataclasses
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from radjax.core import sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeDevice:
+  """What the hybrid layout reads of a device: its id, host and kind."""
+  id: int
+  process_index: int
+  platform: str = 'cpu'
+  device_kind: str = 'cpu'
+
+
+def _mesh_cfg(data=-1, fsdp=1, tensor=1, dcn=(1, 1, 1)):
+  cfg = ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
+  cfg.dcn = ml_collections.ConfigDict(dict(zip(sharding.MESH_AXES, dcn)))
+  return cfg
+
+
+def _hosts(n_hosts, per_host):
+  return [FakeDevice(h * 100 + i, h) for h in range(n_hosts) for i in range(per_host)]
+
+
+def test_data_spans_hosts_and_fsdp_tensor_stay_within_one():
+  devices = _hosts(4, 8)
+  arr = sharding.hybrid_device_array(_mesh_cfg(data=1, fsdp=4, tensor=2, dcn=(4, 1, 1)),
+                                     devices)
+  assert arr.shape == (4, 4, 2)
+  for d in range(4):  # each data index is one host, holding all its 8 devices
+    assert {x.process_index for x in arr[d].ravel()} == {d}
+  hosts = np.vectorize(lambda x: x.process_index)(arr)
+  assert (hosts == hosts[:, :1, :1]).all()  # an fsdp/tensor group never leaves its host
+  # -1 fills a host; dcn over fsdp puts the hosts along fsdp instead.
+  assert sharding.hybrid_device_array(_mesh_cfg(dcn=(2, 1, 1)), _hosts(2, 4)).shape == (8, 1, 1)
+  arr = sharding.hybrid_device_array(_mesh_cfg(data=1, fsdp=4, dcn=(1, 2, 1)), _hosts(2, 4))
+  assert arr.shape == (1, 8, 1)
+  assert [x.process_index for x in arr[0, :, 0]] == [0] * 4 + [1] * 4
+
+
+def test_sizes_that_do_not_multiply_out_are_named_errors():
+  with pytest.raises(ValueError, match=r'config\.mesh\.dcn: data\*fsdp\*tensor = 4 .* on 2 '
+                                       'processes'):
+    sharding.hybrid_device_array(_mesh_cfg(dcn=(4, 1, 1)), _hosts(2, 4))
+  with pytest.raises(ValueError, match=r'data\*fsdp\*tensor = 6 but there are 4 devices '
+                                       r'\(per one of the 2 processes'):
+    sharding.hybrid_device_array(_mesh_cfg(data=3, fsdp=2, dcn=(2, 1, 1)), _hosts(2, 4))
+  with pytest.raises(ValueError, match=r'config\.mesh\.dcn\.tensor=0 must be >= 1'):
+    sharding.dcn_shape(_mesh_cfg(dcn=(1, 1, 0)))
+  # One process: a dcn size > 1 has no hosts to span.
+  with pytest.raises(ValueError, match='on 1 processes'):
+    sharding.make_mesh(_mesh_cfg(dcn=(2, 1, 1)), jax.devices())
+
+
+def test_default_dcn_keeps_the_one_host_mesh():
+  mesh = sharding.make_mesh(_mesh_cfg(fsdp=4, tensor=2), jax.devices())
+  assert dict(mesh.shape) == {'data': 1, 'fsdp': 4, 'tensor': 2}
+  assert sharding.dcn_shape(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))) == (1, 1, 1)

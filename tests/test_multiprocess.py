@@ -1,0 +1,223 @@
+"""Multi-controller runs on one machine: two `main.py` processes with 4 emulated CPU devices
+each, joined by jax.distributed on 127.0.0.1, against one process with 8 devices.
+
+Each two-process run takes about 100 s on a loaded 2-core machine (two JAX processes
+compiling at once), so only the parity run is in the default set; the SIGTERM runs are slow.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from radjax import run as run_lib
+from radjax.core import distributed
+from radjax.data import pipeline
+from radjax.train import writers
+from tests.conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 6
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _argv(data_dir: str, workdir: str) -> list[str]:
+  """main.py for tiny_config (tests/conftest.py), which the in-process reference runs."""
+  return [sys.executable, 'main.py', '--config', 'configs/demo.py:size=micro',
+          '--workdir', workdir, f'--config.data.dir={data_dir}',
+          f'--config.train.num_steps={STEPS}', '--config.train.checkpoint_every=2',
+          '--config.train.eval_every=0', '--config.train.async_checkpoint=False']
+
+
+def _env(devices: int) -> dict:
+  # No persistent compilation cache: a process that finds its programs there while another
+  # compiles reaches the first collective long before it, and CPU (gloo) collectives give
+  # up after 30 s.
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  for key in ('RADJAX_DISTRIBUTED', 'RADJAX_COORDINATOR', 'RADJAX_NUM_PROCESSES',
+              'RADJAX_PROCESS_ID'):
+    env.pop(key, None)
+  return env
+
+
+def _start(data_dir: str, workdir: str, processes: int = 2) -> list:
+  """`processes` main.py processes of one run (one: a plain single-process run, 8 devices);
+  each one's output goes to a file (a full pipe would stall it)."""
+  argv, runs = _argv(data_dir, workdir), []
+  port = _free_port()
+  for i in range(processes):
+    # Several processes: a hybrid mesh, data parallel across them (config.mesh.dcn), 4-way
+    # within each; the same 8-way data axis as one process's.
+    flags = [] if processes == 1 else [f'--coordinator_address=127.0.0.1:{port}',
+                                       f'--num_processes={processes}', f'--process_id={i}',
+                                       f'--config.mesh.dcn.data={processes}']
+    out = open(f'{workdir}.{len(os.listdir(os.path.dirname(workdir)))}.out', 'w+')
+    proc = subprocess.Popen(argv + flags, cwd=ROOT, env=_env(8 // processes),
+                            stdout=out, stderr=subprocess.STDOUT, text=True)
+    runs.append((proc, out))
+  return runs
+
+
+def _output(run) -> str:
+  run[1].seek(0)
+  return run[1].read()
+
+
+def _finish(runs, timeout: float = 600) -> list[str]:
+  """Waits for every process; fails with each one's output tail unless all exit 0."""
+  try:
+    for proc, _ in runs:
+      proc.wait(timeout=timeout)
+  finally:
+    for proc, _ in runs:
+      if proc.poll() is None:
+        proc.kill()
+  outs = [_output(r) for r in runs]
+  codes = [proc.returncode for proc, _ in runs]
+  assert codes == [0] * len(runs), '\n\n'.join(o[-3000:] for o in outs) + f'\nexit {codes}'
+  return outs
+
+
+def _rows(workdir: str) -> list[dict]:
+  return writers.read_rows(os.path.join(workdir, 'metrics.jsonl'))
+
+
+def _losses(workdir: str) -> dict:
+  return {r['step']: r['train/loss'] for r in _rows(workdir) if 'train/loss' in r}
+
+
+def _eval_loss(workdir: str) -> float:
+  return [r['eval/val_loss'] for r in _rows(workdir) if 'eval/val_loss' in r][-1]
+
+
+@pytest.fixture(scope='module')
+def one_process_8_devices(demo_data, tmp_path_factory):
+  """The reference: this (8-device) pytest process runs main's train in-process."""
+  wd = str(tmp_path_factory.mktemp('one') / 'w')
+  config = tiny_config(demo_data)
+  config.train.num_steps = STEPS
+  run_lib.main(config, wd, 'train')
+  return wd
+
+
+@pytest.fixture(scope='module')
+def two_processes(demo_data, tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp('two') / 'w')
+  _finish(_start(demo_data, wd))
+  return wd
+
+
+def test_two_processes_log_the_losses_of_one_with_8_devices(one_process_8_devices,
+                                                           two_processes):
+  want, got = _losses(one_process_8_devices), _losses(two_processes)
+  assert sorted(got) == list(range(1, STEPS + 1)) and sorted(want) == sorted(got)
+  np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)],
+                             rtol=0, atol=1e-5)
+  # The final evaluation (loss batches split over the processes) agrees too.
+  assert abs(_eval_loss(two_processes) - _eval_loss(one_process_8_devices)) < 1e-5
+  # metrics.jsonl is process 0's alone (one row per step); each process logs to its file.
+  assert [r['step'] for r in _rows(two_processes) if 'train/loss' in r] == list(
+      range(1, STEPS + 1))
+  logs = sorted(os.listdir(os.path.join(two_processes, 'logs')))
+  assert logs == ['process_0.log', 'process_1.log']
+  for name in logs:
+    with open(os.path.join(two_processes, 'logs', name)) as f:
+      assert 'process %s/2' % name[8] in f.read()
+  # Each process saved its own data-iterator state.
+  data_dir = os.path.join(two_processes, 'checkpoints', str(STEPS), 'data')
+  assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(os.listdir(data_dir))
+
+
+def test_processes_together_read_the_batches_of_one(demo_data):
+  config = tiny_config(demo_data)
+  task = run_lib.make_task(config)
+
+  def batches(index, count):
+    it = iter(pipeline.train_dataset(config, task.processor, 'train', index, count))
+    return [next(it) for _ in range(3)]
+
+  one, two = batches(0, 1), [batches(i, 2) for i in range(2)]
+  for k in range(3):
+    for key in ('tokens', 'targets', 'images'):
+      rows = lambda b: sorted(r.tobytes() for r in np.asarray(b))  # noqa: E731
+      assert rows(one[k][key]) == rows(np.concatenate([two[0][k][key], two[1][k][key]]))
+    assert not set(map(bytes, two[0][k]['tokens'])) & set(map(bytes, two[1][k]['tokens']))
+
+
+def _wait_for_step(workdir: str, procs, step: int, timeout: float = 600):
+  """Until metrics.jsonl has `step`'s row (training is under way, handlers installed)."""
+  end = time.time() + timeout
+  while time.time() < end:
+    if step in _losses(workdir):
+      return
+    if any(proc.poll() is not None for proc, _ in procs):
+      pytest.fail('a process ended before it was signalled:\n' + '\n'.join(
+          _output(r)[-3000:] for r in procs))
+    time.sleep(0.2)
+  pytest.fail(f'no step {step} in {workdir}/metrics.jsonl after {timeout} s')
+
+
+def _sigterm_then_resume(demo_data, workdir, processes: int) -> list[str]:
+  procs = _start(demo_data, workdir, processes)
+  _wait_for_step(workdir, procs, 1)
+  for proc, _ in procs:
+    proc.send_signal(signal.SIGTERM)
+  outs = _finish(procs)  # every process saved and exited 0
+  stopped = max(_losses(workdir))
+  assert stopped < STEPS, 'the run ended before SIGTERM was handled'
+  assert any(f'preempted at step {stopped}' in o for o in outs), outs[0][-3000:]
+  ckpts = os.listdir(os.path.join(workdir, 'checkpoints'))
+  assert str(stopped) in ckpts  # the stop step's own checkpoint: no step is lost
+  _finish(_start(demo_data, workdir, processes))
+  return outs
+
+
+@pytest.mark.slow
+def test_sigterm_to_both_processes_saves_and_the_relaunch_continues(
+    demo_data, tmp_path, two_processes):
+  wd = str(tmp_path / 'w')
+  _sigterm_then_resume(demo_data, wd, 2)
+  assert _losses(wd) == _losses(two_processes)  # the uninterrupted run's curve, bit for bit
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_saves_and_the_relaunch_continues(
+    demo_data, tmp_path, one_process_8_devices):
+  wd = str(tmp_path / 'w')
+  _sigterm_then_resume(demo_data, wd, 1)
+  assert _losses(wd) == _losses(one_process_8_devices)
+
+
+def test_process_group_from_flags_or_environment(monkeypatch):
+  for key in ('RADJAX_DISTRIBUTED', 'RADJAX_COORDINATOR', 'RADJAX_NUM_PROCESSES',
+              'RADJAX_PROCESS_ID'):
+    monkeypatch.delenv(key, raising=False)
+  assert distributed.process_group() == distributed.ProcessGroup()  # one process: no-op
+  assert distributed.process_group('h:1', 1, 0) == distributed.ProcessGroup()
+  assert distributed.process_group('h:1', 4, 3) == distributed.ProcessGroup('h:1', 4, 3)
+  with pytest.raises(ValueError, match=r'missing: --process_id \(RADJAX_PROCESS_ID\)'):
+    distributed.process_group('h:1', 2)
+  with pytest.raises(ValueError, match='--process_id=2 must be below --num_processes=2'):
+    distributed.process_group('h:1', 2, 2)
+  monkeypatch.setenv('RADJAX_COORDINATOR', 'host0:1234')
+  monkeypatch.setenv('RADJAX_NUM_PROCESSES', '8')
+  monkeypatch.setenv('RADJAX_PROCESS_ID', '5')
+  assert distributed.process_group() == distributed.ProcessGroup('host0:1234', 8, 5)
+  assert distributed.process_group(process_id=0).process_id == 0  # a flag beats the env
+  monkeypatch.setenv('RADJAX_NUM_PROCESSES', 'eight')
+  with pytest.raises(ValueError, match="RADJAX_NUM_PROCESSES='eight'"):
+    distributed.process_group()
+  for key in ('RADJAX_COORDINATOR', 'RADJAX_NUM_PROCESSES', 'RADJAX_PROCESS_ID'):
+    monkeypatch.delenv(key)
+  monkeypatch.setenv('RADJAX_DISTRIBUTED', '1')
+  assert distributed.process_group().auto
