@@ -119,3 +119,21 @@ def test_frozen_vision_gets_no_gradient():
   grads = jax.jit(jax.grad(lambda p: model.apply(p, tokens, images)[0].sum()))(params)
   assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads['params']['vision']))
   assert float(jnp.abs(grads['params']['projector']['fc1']['kernel']).max()) > 0
+
+
+def test_vit_drops_the_pixels_past_the_last_whole_patch():
+  """SigLIP so400m/14 at 384 px (RadVLM): 27 x 27 patches, the last 6 pixels unused, as in
+  HF; so the output does not depend on them."""
+  cfg = vit.ViTConfig(variant='siglip', image_size=30, patch_size=8, embed_dim=16,
+                      num_layers=1, num_heads=2, mlp_dim=32)
+  assert cfg.num_patches == 9
+  model = vit.ViT(cfg)
+  x = jax.random.normal(jax.random.key(0), (1, 30, 30, 3))
+  params = model.init(jax.random.key(1), x)
+  out, _ = model.apply(params, x)
+  assert out.shape[1] == 9
+  changed = x.at[:, 24:, :, :].set(5.0).at[:, :, 24:, :].set(-5.0)
+  assert jnp.allclose(model.apply(params, changed)[0], out)
+  with pytest.raises(ValueError, match='smaller than patch_size'):
+    vit.ViTConfig(variant='siglip', image_size=6, patch_size=8, embed_dim=16, num_layers=1,
+                  num_heads=2, mlp_dim=32)

@@ -46,9 +46,11 @@ class ViTConfig:
     if self.variant not in VARIANTS:
       raise ValueError(f'config.model.vision.variant: {self.variant!r} is not one of '
                        f'{VARIANTS}')
-    if self.image_size % self.patch_size:
-      raise ValueError(f'config.model.vision: image_size {self.image_size} is not a multiple '
-                       f'of patch_size {self.patch_size}')
+    # A remainder is allowed and dropped, as HF's stride-`patch` VALID convolution drops
+    # it: SigLIP so400m/14 at 384 px sees 27 x 27 patches (RadVLM's tower).
+    if self.image_size < self.patch_size:
+      raise ValueError(f'config.model.vision: image_size {self.image_size} is smaller than '
+                       f'patch_size {self.patch_size}')
     if not -self.num_layers - 1 <= self.select_layer < self.num_layers + 1:
       raise ValueError(f'config.model.vision.select_layer={self.select_layer} is outside '
                        f'the {self.num_layers} layers')
