@@ -5,7 +5,8 @@ import os
 
 ROOT = os.path.join(os.path.dirname(__file__), '..', 'radjax')
 # Bottom to top; packages on one line are independent of each other.
-LAYERS = (('core',), ('models', 'data'), ('eval', 'convert'), ('train',), ('tasks',), ('run',))
+LAYERS = (('core',), ('models', 'data'), ('eval', 'convert'), ('train',), ('tasks',), ('run',),
+          ('serve',))
 RANK = {p: i for i, layer in enumerate(LAYERS) for p in layer}
 
 

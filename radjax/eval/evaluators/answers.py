@@ -54,10 +54,16 @@ class Answerer:
     return prompts, {k: np.stack([p[k] for p in pixels]) for k in pixels[0]
                      if k != 'image_mask'}
 
-  def answer(self, params, items: list[tuple[dict, list[dict]]]) -> list[str]:
-    """Generated answer texts, one per item (padded to whole batches by repetition)."""
+  def answer(self, params, items: list[tuple[dict, list[dict]]],
+             gen_cfg: generate_lib.GenerationConfig | None = None,
+             seed: int | None = None) -> list[str]:
+    """Generated answer texts, one per item (padded to whole batches by repetition).
+    gen_cfg / seed: decoding knobs and sampling seed for this call (the web demo's);
+    default config.eval's and config.seed."""
     exp, bs = self.exp, self.batch_size
-    rng = jax.random.key(exp.config.seed) if self.gen_cfg.strategy == 'sample' else None
+    gen_cfg = gen_cfg or self.gen_cfg
+    seed = exp.config.seed if seed is None else seed
+    rng = jax.random.key(seed) if gen_cfg.strategy == 'sample' else None
     outs = []
     for start in range(0, len(items), bs):
       chunk = items[start:start + bs]
@@ -76,9 +82,9 @@ class Answerer:
       key = None if rng is None else jax.random.fold_in(rng, start)
       with exp.context():
         ids, _ = generate_lib.generate(exp.model, params, g['tokens'], g['prompt_mask'],
-                                       image_inputs, self.gen_cfg, key)
+                                       image_inputs, gen_cfg, key)
       ids = pipeline.to_host(ids)
       outs.extend(generate_lib.cut_at_stop_strings(self.encoder.decode_answer(row),
-                                                   self.gen_cfg.stop_strings).strip()
+                                                   gen_cfg.stop_strings).strip()
                   for row in ids[:len(items) - start])
     return outs

@@ -1,0 +1,81 @@
+"""DICOM radiograph -> 8-bit grey pixels, the way VinDr-CXR users convert it; shared by
+data_prep (dataset builds) and radjax.serve (uploads in the web demo).
+
+Order: decode (compressed transfer syntaxes through pydicom's pixel handlers), modality
+LUT (Rescale Slope / Intercept or a Modality LUT Sequence), VOI LUT (a VOI LUT Sequence,
+else the first Window Center / Width), MONOCHROME1 inverted so that bone is bright,
+then the image's own min..max scaled to 0..255 (12- to 16-bit data become 8-bit).
+
+`read_dataset` and `modality_values` (decode + modality LUT, e.g. CT numbers in HU) are
+also the first steps of every slice of a 3D series (data_prep/dicom_series.py). Errors
+are schema.SchemaError naming `where` (the file or record).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from radjax.data.schema import SchemaError
+
+MIN_SIDE = 8
+GREYSCALE = ('MONOCHROME1', 'MONOCHROME2')
+
+
+def read_dataset(data: bytes, where: str) -> pydicom.Dataset:
+  """DICOM bytes -> dataset with pixel data."""
+  if not data:
+    raise SchemaError(f'{where}: empty file')
+  try:
+    ds = pydicom.dcmread(io.BytesIO(data))
+  except Exception as e:  # pydicom raises many types for foreign bytes
+    raise SchemaError(f'{where}: not a readable DICOM: {e}') from e
+  if 'PixelData' not in ds:
+    raise SchemaError(f'{where}: DICOM has no pixel data')
+  return ds
+
+
+def frame_count(ds: pydicom.Dataset) -> int:
+  return int(ds.get('NumberOfFrames', 1) or 1)
+
+
+def modality_values(ds: pydicom.Dataset, where: str) -> np.ndarray:
+  """One greyscale frame after the modality LUT (float64; Hounsfield units for CT)."""
+  photometric = str(ds.get('PhotometricInterpretation', ''))
+  if photometric not in GREYSCALE:
+    raise SchemaError(f'{where}: PhotometricInterpretation {photometric or "missing"}, '
+                      'expected MONOCHROME1 or MONOCHROME2')
+  if frame_count(ds) != 1:
+    raise SchemaError(f'{where}: {ds.NumberOfFrames} frames, expected a single frame')
+  try:
+    pixels = ds.pixel_array
+  except Exception as e:  # missing or broken decoders raise many types
+    raise SchemaError(f'{where}: pixel data does not decode: {e}') from e
+  if pixels.ndim != 2 or min(pixels.shape) < MIN_SIDE:
+    raise SchemaError(f'{where}: degenerate pixel array of shape {pixels.shape}')
+  return np.asarray(apply_modality_lut(pixels, ds), np.float64)
+
+
+def to_uint8(ds: pydicom.Dataset, where: str) -> np.ndarray:
+  """The frame as 8-bit grey [rows, columns], bone bright."""
+  values = modality_values(ds, where)
+  if 'VOILUTSequence' in ds or 'WindowCenter' in ds:
+    values = apply_voi_lut(values, ds, index=0)
+  values = values.astype(np.float64)
+  if ds.PhotometricInterpretation == 'MONOCHROME1':
+    values = values.max() - values
+  lo, hi = values.min(), values.max()
+  if not np.isfinite([lo, hi]).all() or hi <= lo:
+    raise SchemaError(f'{where}: blank image (all pixels {lo})')
+  return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def pixel_spacing(ds: pydicom.Dataset) -> list[float] | None:
+  """[x, y] in mm (DICOM gives row (y) spacing first), or None."""
+  raw = ds.get('PixelSpacing') or ds.get('ImagerPixelSpacing')
+  if raw is not None and len(raw) == 2:
+    return [float(raw[1]), float(raw[0])]
+  return None

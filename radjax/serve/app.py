@@ -1,0 +1,132 @@
+"""The Gradio page: upload -> report (streamed to the page) -> the labeler's 14
+observations; decoding knobs; follow-up questions; boxes drawn on the image.
+
+The report is generated whole by the jitted generator (one compiled scan over
+max_new_tokens) and then streamed to the page word by word: what the page shows while it
+streams is the final text, not tokens as they decode. Errors in the input are shown in
+the page (gr.Error), never a stack trace."""
+import os
+import time
+import traceback
+
+os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')  # before gradio is imported
+os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
+
+import gradio as gr  # noqa: E402
+from absl import logging  # noqa: E402
+
+from radjax.eval.decoding import generate as generate_lib  # noqa: E402
+from radjax.serve import drawing, uploads  # noqa: E402
+from radjax.serve import reporter as reporter_lib  # noqa: E402
+
+HEADERS = ['observation', 'report labeler']
+WORD_DELAY_S = 0.01
+# System fonts only: the default theme would fetch Google Fonts from the browser.
+THEME = gr.themes.Default(font=['ui-sans-serif', 'system-ui', 'sans-serif'],
+                          font_mono=['ui-monospace', 'monospace'])
+
+
+def _shown(fn):
+  """Runs a handler; input errors become gr.Error with their message, anything else is
+  logged with its traceback here and shown as one line."""
+  def wrapped(*args):
+    try:
+      yield from fn(*args)
+    except gr.Error:
+      raise
+    except uploads.UploadError as e:
+      raise gr.Error(str(e), print_exception=False) from None
+    except Exception as e:  # the page gets one line, the log gets the traceback
+      logging.error('serve: %s', traceback.format_exc())
+      raise gr.Error(f'internal error ({type(e).__name__}): {e}', print_exception=False) from None
+  wrapped.__name__ = fn.__name__
+  return wrapped
+
+
+def _words(text: str):
+  """Growing prefixes of `text`, a word at a time."""
+  parts = text.split(' ')
+  for i in range(1, len(parts) + 1):
+    yield ' '.join(parts[:i])
+
+
+def build(rep: reporter_lib.Reporter) -> gr.Blocks:
+  d0 = rep.default_decoding()
+  cfg = rep.config
+
+  def knobs(decoding, temperature, top_p, num_beams, seed):
+    return reporter_lib.Decoding(decoding, temperature, top_p, int(num_beams), int(seed))
+
+  @_shown
+  def report(path, decoding, temperature, top_p, num_beams, seed):
+    example, picture = rep.example(path)
+    turns = rep.report_turns(example)
+    text = rep.answer(example, turns, knobs(decoding, temperature, top_p, num_beams, seed))
+    history = [{'role': 'assistant', 'content': text}]
+    for partial in _words(text):
+      yield picture, partial, None, [], []
+      time.sleep(WORD_DELAY_S)
+    shown = drawing.draw_boxes(picture, reporter_lib.boxes_in(text))
+    turns = turns + [{'role': 'assistant', 'text': text}]
+    yield shown, text, reporter_lib.observation_rows(text), turns, history
+
+  @_shown
+  def ask(question, path, turns, history, decoding, temperature, top_p, num_beams, seed):
+    question = (question or '').strip()
+    if not question:
+      raise uploads.UploadError('type a question first')
+    example, picture = rep.example(path)
+    turns = list(turns or []) + [{'role': 'user', 'text': question}]
+    text = rep.answer(example, turns, knobs(decoding, temperature, top_p, num_beams, seed))
+    turns.append({'role': 'assistant', 'text': text})
+    history = list(history or []) + [{'role': 'user', 'content': question},
+                                     {'role': 'assistant', 'content': text}]
+    yield '', history, turns, drawing.draw_boxes(picture, reporter_lib.boxes_in(text))
+
+  with gr.Blocks(title='radjax report demo', analytics_enabled=False) as demo:
+    gr.Markdown(f'## radjax: {os.path.abspath(rep.workdir)} (step {rep.step}, '
+                f'{cfg.data.chat_format} chat format)\nA research model, not a medical device.')
+    turns = gr.State([])
+    with gr.Tab('Report'):
+      with gr.Row():
+        with gr.Column():
+          upload = gr.File(label='Radiograph (PNG, JPEG or DICOM)', type='filepath')
+          picture = gr.Image(label='Image (boxes from the answers drawn on it)', type='pil',
+                             interactive=False)
+        with gr.Column():
+          decoding = gr.Radio(list(generate_lib.DECODINGS), value=d0.decoding, label='Decoding')
+          temperature = gr.Slider(0.0, 2.0, value=d0.temperature, step=0.05,
+                                  label='Temperature (sample)')
+          top_p = gr.Slider(0.05, 1.0, value=d0.top_p, step=0.05, label='Top-p (sample)')
+          num_beams = gr.Slider(1, 8, value=d0.num_beams, step=1, label='Beams (beam)')
+          seed = gr.Number(value=d0.seed, precision=0, label='Seed (sample)')
+          go = gr.Button('Generate report', variant='primary')
+      report_box = gr.Textbox(label='Report', lines=6, interactive=False, elem_id='report')
+      table = gr.Dataframe(headers=HEADERS, label='Report labeler: 14 CheXpert observations',
+                           interactive=False)
+      chatbot = gr.Chatbot(label='Follow-up questions', height=260)
+      with gr.Row():
+        question = gr.Textbox(label='Question', placeholder='Is there a pleural effusion?',
+                              scale=4)
+        ask_button = gr.Button('Ask', scale=1)
+    with gr.Tab('Report → image', interactive=False):
+      gr.Markdown('Needs a workdir with a VQ-GAN codec (LLM-CXR); the codec lands separately.')
+
+    dec = [decoding, temperature, top_p, num_beams, seed]
+    go.click(report, [upload] + dec, [picture, report_box, table, turns, chatbot],
+             api_name='report')
+    ask_args = dict(fn=ask, inputs=[question, upload, turns, chatbot] + dec,
+                    outputs=[question, chatbot, turns, picture])
+    ask_button.click(api_name='ask', **ask_args)
+    question.submit(api_name=False, **ask_args)
+  return demo
+
+
+def launch(rep: reporter_lib.Reporter, host: str = '127.0.0.1', port: int = 7860,
+           block: bool = True) -> gr.Blocks:
+  """Serves the page on host:port (never a share link); block=False returns at once."""
+  demo = build(rep)
+  demo.queue(default_concurrency_limit=1)  # one generation at a time on the accelerator
+  demo.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block,
+              ssr_mode=False, theme=THEME, quiet=not block, show_error=False)
+  return demo

@@ -1,0 +1,83 @@
+"""The model side of the web demo, free of Gradio: a workdir's VLM answering about one
+uploaded image through the one generation path (radjax/eval/evaluators/answers.py), so a
+report with the workdir's own decoding equals `--mode=generate`'s on the same file."""
+import dataclasses
+
+from radjax import run
+from radjax.core import workdir as workdir_lib
+from radjax.data import schema
+from radjax.eval import evaluators
+from radjax.eval.decoding import generate as generate_lib
+from radjax.eval.metrics import grounding, labeler
+from radjax.serve import uploads
+
+LABEL_WORDS = {1: 'positive', 0: 'negative', -1: 'uncertain', None: 'not mentioned'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+  """The page's decoding knobs; temperature and top_p apply to 'sample', beams to 'beam'."""
+  decoding: str = 'greedy'
+  temperature: float = 1.0
+  top_p: float = 1.0
+  num_beams: int = 1
+  seed: int = 0
+
+
+class Reporter:
+  """A trained or imported VLM workdir, loaded once."""
+
+  def __init__(self, workdir: str, step: int | None = None):
+    self.workdir = workdir
+    self.config = workdir_lib.load_config(workdir)
+    if self.config.model.kind != 'vlm':
+      raise workdir_lib.WorkdirError(
+          f'{workdir}/config.json: model.kind={self.config.model.kind!r}; the web demo needs '
+          'a VLM workdir (a bare decoder chats with main.py --mode=chat)')
+    self.exp, self.step = run.load_trained(self.config, workdir, step)
+    self.reports = evaluators.reports.ReportEvaluator(self.exp, self.config.eval.split)
+    self.answerer = self.reports.answerer
+    self.reads_3d = 'volume' in self.exp.task.slots
+
+  def default_decoding(self) -> Decoding:
+    """The workdir's config.eval decoding, which `--mode=generate` uses."""
+    g = self.answerer.gen_cfg
+    return Decoding(g.decoding, g.temperature, g.top_p, g.num_beams, int(self.config.seed))
+
+  def generation_config(self, d: Decoding) -> generate_lib.GenerationConfig:
+    try:
+      return dataclasses.replace(self.answerer.gen_cfg, decoding=d.decoding,
+                                 temperature=float(d.temperature), top_p=float(d.top_p),
+                                 num_beams=int(d.num_beams))
+    except ValueError as e:
+      raise uploads.UploadError(f'decoding knobs: {e}') from e
+
+  def example(self, path: str | None):
+    """(example, RGB preview) of one uploaded file, checked against the vision tower;
+    an undecodable image is refused here, before generation."""
+    entry, name = uploads.read_upload(path)
+    uploads.check_kind(entry, name, self.reads_3d)
+    return {'id': name, 'images': [entry]}, uploads.preview(entry, name)
+
+  def report_turns(self, example: dict) -> list[dict]:
+    """The report request the evaluators and `--mode=generate` send."""
+    return self.reports.prompt_turns(example)
+
+  def answer(self, example: dict, turns: list[dict], d: Decoding) -> str:
+    """The model's next turn after `turns` about the example's image."""
+    gen_cfg = self.generation_config(d)
+    try:
+      return self.answerer.answer(self.exp.state.params, [(example, turns)], gen_cfg,
+                                  int(d.seed))[0]
+    except schema.SchemaError as e:  # the image's decode, e.g. a side under 8 pixels
+      raise uploads.UploadError(str(e)) from e
+
+
+def observation_rows(report: str) -> list[list[str]]:
+  """[observation, what the report labeler reads] for the 14 CheXpert observations."""
+  return [[obs, LABEL_WORDS[value]] for obs, value in labeler.label_report(report).items()]
+
+
+def boxes_in(text: str) -> list[dict]:
+  """Boxes the answer states ([x1, y1, x2, y2] fractions of the image), with their labels."""
+  return grounding.parse_boxes(text)[0]

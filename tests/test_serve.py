@@ -1,0 +1,176 @@
+"""The web demo (`python -m radjax.serve`) through its HTTP API with gradio_client, on a
+tiny workdir: the report equals `--mode=generate`'s, a first question equals
+`--mode=generate --prompt`'s, errors in the input come back as messages.
+
+The workdir holds freshly initialised params at step 0, as `convert from-hf` writes an
+imported one (training even 2 steps costs minutes of compilation on a loaded 2-core CPU;
+tests/test_serve_browser.py serves a trained one)."""
+import io
+import os
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from radjax import run as run_lib
+from radjax.serve import drawing, reporter, uploads
+from tests.conftest import tiny_config
+
+gradio_client = pytest.importorskip('gradio_client')
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def write_demo_image(demo_data, path):
+  from radjax.data import schema, source
+  example = schema.decode(source.open_split(demo_data, 'test')[0])
+  with open(path, 'wb') as f:
+    f.write(example['images'][0]['data'])
+
+
+def step0_workdir(config, workdir: str) -> None:
+  """A workdir of initialised params at step 0 (what `convert from-hf` writes)."""
+  from radjax.core import workdir as workdir_lib
+  from radjax.train import setup
+  exp = setup.build(config, run_lib.make_task(config), pretrained=False)
+  workdir_lib.save_params(workdir, config, exp.state.params)
+
+
+@pytest.fixture(scope='module')
+def served(demo_data, tmp_path_factory):
+  """(client, config, workdir, image path, tmp dir, server) of a served step-0 workdir."""
+  from radjax.serve import app
+  tmp = tmp_path_factory.mktemp('serve')
+  config = tiny_config(demo_data)
+  workdir = str(tmp / 'wd')
+  step0_workdir(config, workdir)
+  image = str(tmp / 'cxr.png')
+  write_demo_image(demo_data, image)
+  port = _free_port()
+  demo = app.launch(reporter.Reporter(workdir), port=port, block=False)
+  client = gradio_client.Client(f'http://127.0.0.1:{port}/', verbose=False)
+  yield client, config, workdir, image, tmp, demo
+  demo.close()
+
+
+def _report(client, path, decoding='greedy', temperature=1.0, top_p=1.0, beams=1, seed=0):
+  upload = gradio_client.handle_file(path) if path else None
+  return client.predict(upload, decoding, temperature, top_p, beams, seed, api_name='/report')
+
+
+def test_binds_localhost_without_share_link(served):
+  *_, demo = served
+  assert demo.server_name == '127.0.0.1' and not demo.share and demo.share_url is None
+  assert os.environ['GRADIO_ANALYTICS_ENABLED'] == 'False'
+
+
+def test_report_equals_generate_mode_and_is_labeled(served):
+  client, config, workdir, image, *_ = served
+  expected = run_lib.main(config, workdir, 'generate', [image])[0]
+  picture, text, table, _ = _report(client, image)
+  assert text == expected
+  assert os.path.exists(picture)
+  rows = [[r[0], r[1]] for r in table['data']]
+  assert rows == reporter.observation_rows(expected) and len(rows) == 14
+
+
+@pytest.mark.slow  # two more compilations of the generator
+def test_decoding_knobs_reach_the_generator(served):
+  """Beam search runs; sampling repeats with its seed and differs from greedy's text."""
+  client, _, _, image, *_ = served
+  assert isinstance(_report(client, image, 'beam', beams=2)[1], str)
+  a = _report(client, image, 'sample', temperature=1.5, top_p=0.9, seed=3)[1]
+  assert a == _report(client, image, 'sample', temperature=1.5, top_p=0.9, seed=3)[1]
+  assert a != _report(client, image)[1]  # an untrained model's sample is not its argmax
+
+
+def test_first_question_equals_generate_with_prompt(served):
+  client, config, workdir, image, *_ = served
+  question = 'Is there a pleural effusion?'
+  expected = run_lib.main(config, workdir, 'generate', [image], question)[0]
+  fresh = gradio_client.Client(client.src, verbose=False)  # a session with no report yet
+  cleared, history, _ = fresh.predict(question, gradio_client.handle_file(image), [], 'greedy',
+                                      1.0, 1.0, 1, 0, api_name='/ask')
+  assert cleared == '' and [m['role'] for m in history] == ['user', 'assistant']
+  # The chat shows the answer as markdown (a tab as spaces); the words are the same.
+  shown = ''.join(part['text'] for part in history[1]['content'])
+  assert shown.split() == expected.split()
+
+
+def _error(client, path) -> str:
+  with pytest.raises(Exception) as info:
+    _report(client, path)
+  message = str(info.value)
+  assert 'Traceback' not in message
+  return message
+
+
+def test_bad_uploads_are_messages(served):
+  client, _, _, _, tmp, _ = served
+  assert 'no file' in _error(client, None)
+  text = tmp / 'notes.txt'
+  text.write_text('not a radiograph')
+  assert 'notes.txt: not an image' in _error(client, str(text))
+  volume = tmp / 'ct.npy'
+  np.save(volume, np.zeros((16, 16, 4), np.float16))
+  assert "ct.npy: a 3D volume, but this workdir's vision tower reads 2D images" in \
+      _error(client, str(volume))
+  small = tmp / 'small.png'
+  Image.new('L', (4, 4)).save(small)
+  assert 'sides of at least 8' in _error(client, str(small))
+  broken = tmp / 'broken.png'
+  broken.write_bytes(b'\x89PNG\r\n\x1a\n' + b'\0' * 20)
+  message = _error(client, str(broken))
+  assert 'broken.png' in message and 'undecodable' in message
+
+
+def _dicom(pixels: np.ndarray, frames: int = 1) -> bytes:
+  import pydicom
+  from pydicom.dataset import FileDataset, FileMetaDataset
+  from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+  meta.MediaStorageSOPInstanceUID = generate_uid()
+  meta.TransferSyntaxUID = ExplicitVRLittleEndian
+  ds = FileDataset('x.dcm', {}, file_meta=meta, preamble=b'\0' * 128)
+  ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+  ds.Modality, ds.PhotometricInterpretation = 'CR', 'MONOCHROME2'
+  ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 12, 11
+  ds.PixelRepresentation = 0
+  ds.Rows, ds.Columns = pixels.shape
+  if frames > 1:
+    ds.NumberOfFrames = frames
+  ds.PixelData = np.tile(pixels.astype(np.uint16), (frames, 1)).tobytes()
+  buf = io.BytesIO()
+  pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+  return buf.getvalue()
+
+
+def test_dicom_upload_reports_like_its_png(served):
+  client, config, workdir, image, tmp, _ = served
+  grey = np.asarray(Image.open(image).convert('L'), np.uint16)
+  grey[0, 0], grey[0, 1] = 0, 255  # the reader stretches min..max to 0..255
+  png = tmp / 'grey.png'
+  Image.fromarray(grey.astype(np.uint8)).save(png)
+  dcm = tmp / 'grey.dcm'
+  dcm.write_bytes(_dicom(grey * 16))  # 12-bit data: v * 16 -> v after the stretch
+  entry = uploads.image_entry(dcm.read_bytes(), 'grey.dcm')
+  np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(entry['data']))), grey)
+  assert _report(client, str(dcm))[1] == run_lib.main(config, workdir, 'generate', [str(png)])[0]
+  stack = tmp / 'stack.dcm'
+  stack.write_bytes(_dicom(grey * 16, frames=3))
+  assert 'multi-frame DICOM (3 frames)' in _error(client, str(stack))
+
+
+def test_boxes_in_an_answer_are_drawn():
+  answer = 'A nodule located at the coordinates [0.25, 0.25, 0.50, 0.75].'
+  boxes = reporter.boxes_in(answer)
+  assert boxes == [{'label': 'Lung Lesion', 'box': (0.25, 0.25, 0.5, 0.75)}]
+  out = np.asarray(drawing.draw_boxes(Image.new('L', (100, 100)), boxes))
+  assert tuple(out[50, 25]) == (255, 59, 48) and tuple(out[50, 40]) == (0, 0, 0)
+  assert tuple(out[25, 40]) == (255, 59, 48) and tuple(out[80, 40]) == (0, 0, 0)
