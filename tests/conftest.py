@@ -63,3 +63,18 @@ def train_killed_then_resumed(config, workdir: str, monkeypatch, kill_at_batch: 
     run.main(config, workdir, 'train')
   monkeypatch.setattr(pipeline, 'to_global', real)
   run.main(config, workdir, 'train')
+
+
+def bpe_tokenizer(fmt: str, **prepare):
+  """A small BPE tokenizer trained on the demo's report text (no hub), prepared for chat
+  format `fmt` with `chat.prepare_tokenizer`'s keyword arguments."""
+  import tokenizers
+  from transformers import PreTrainedTokenizerFast
+
+  from data_prep import tokenizer as tokenizer_lib
+  from radjax.data import chat
+  tok = PreTrainedTokenizerFast(
+      tokenizer_object=tokenizers.Tokenizer.from_str(
+          tokenizer_lib.train_tokenizer(vocab_size=600).to_str()),
+      bos_token='<s>', eos_token='</s>', pad_token='<pad>', unk_token='<unk>')
+  return chat.prepare_tokenizer(tok, chat.get_format(fmt), **prepare)

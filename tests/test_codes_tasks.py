@@ -3,20 +3,16 @@ delimiters and one token per code, both directions' tasks, the loss on the drawn
 and constrained generation's code range (radjax/data/chat.py, instructions.py)."""
 import numpy as np
 import pytest
-from transformers import PreTrainedTokenizerFast
 
-from data_prep import tokenizer as tokenizer_lib
 from radjax.data import chat, instructions, schema
+from tests.conftest import bpe_tokenizer
 
 K = 37  # an odd codebook size
 
 
 @pytest.fixture(scope='module')
 def tokenizer():
-  bpe = tokenizer_lib.train_tokenizer(vocab_size=600).to_str()
-  tok = PreTrainedTokenizerFast(tokenizer_object=__import__('tokenizers').Tokenizer.from_str(
-      bpe), bos_token='<s>', eos_token='</s>', pad_token='<pad>', unk_token='<unk>')
-  return chat.prepare_tokenizer(tok, chat.get_format('dolly'), images=False, codebook_size=K)
+  return bpe_tokenizer('dolly', images=False, codebook_size=K)
 
 
 EXAMPLE = schema.make_example(id='c1', codes=[0, 5, 36, 5, 17, 2],

@@ -10,13 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
-from transformers import PreTrainedTokenizerFast
 
-from data_prep import tokenizer as tokenizer_lib
 from data_prep import writer
 from radjax.core import defaults
 from radjax.data import chat, keywords, pipeline, processors, schema
 from radjax.train import loss as loss_lib
+from tests.conftest import bpe_tokenizer
 
 MAX_DEPTH, PATCH = 24, 4
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -160,10 +159,7 @@ def test_a_damaged_volume_names_its_record():
 # ---- tokens: image delimiters and keyword weights ------------------------------------
 @pytest.fixture(scope='module')
 def tokenizer():
-  bpe = tokenizer_lib.train_tokenizer(vocab_size=600).to_str()
-  tok = PreTrainedTokenizerFast(tokenizer_object=__import__('tokenizers').Tokenizer.from_str(
-      bpe), bos_token='<s>', eos_token='</s>', pad_token='<pad>', unk_token='<unk>')
-  return chat.prepare_tokenizer(tok, chat.get_format('plain'), images=True, delimiters=True)
+  return bpe_tokenizer('plain', images=True, delimiters=True)
 
 
 TURNS = [{'role': 'user', 'text': 'Is there a <image> pleural effusion?'},
