@@ -59,13 +59,20 @@ def conversation_rng(seed: int, split: str, index: int) -> np.random.Generator:
   return np.random.default_rng([seed, SPLIT_CODES[split], index, CONVERSATION_STREAM])
 
 
+def draw_findings(rng: np.random.Generator, names, normal_fraction: float,
+                  two_fraction: float) -> set[str]:
+  """None with probability normal_fraction; otherwise one or (with two_fraction) two
+  distinct `names`, uniformly chosen. Shared by the 2D and CT demos."""
+  if rng.random() < normal_fraction:
+    return set()
+  k = 2 if rng.random() < two_fraction else 1
+  picks = rng.choice(len(names), size=k, replace=False)
+  return {names[i] for i in sorted(picks)}
+
+
 def sample_findings(rng: np.random.Generator) -> set[str]:
   """~35% normal; otherwise one or two distinct findings, uniformly chosen."""
-  if rng.random() < NORMAL_FRACTION:
-    return set()
-  k = 2 if rng.random() < TWO_FINDINGS_FRACTION else 1
-  picks = rng.choice(len(report_composer.FINDINGS), size=k, replace=False)
-  return {report_composer.FINDINGS[i] for i in sorted(picks)}
+  return draw_findings(rng, report_composer.FINDINGS, NORMAL_FRACTION, TWO_FINDINGS_FRACTION)
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -49,11 +49,8 @@ def example_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random
 
 def sample_findings(rng: np.random.Generator) -> set[str]:
   """~30% normal; otherwise one or two distinct findings, uniformly chosen."""
-  if rng.random() < NORMAL_FRACTION:
-    return set()
-  k = 2 if rng.random() < TWO_FINDINGS_FRACTION else 1
-  picks = rng.choice(len(ct_renderer.FINDINGS), size=k, replace=False)
-  return {ct_renderer.FINDINGS[i] for i in sorted(picks)}
+  from data_prep import demo
+  return demo.draw_findings(rng, ct_renderer.FINDINGS, NORMAL_FRACTION, TWO_FINDINGS_FRACTION)
 
 
 def make_example(split: str, index: int, seed: int = 0, rows: int = 64, cols: int = 64,
