@@ -5,6 +5,8 @@ r"""radjax entry point.
   python main.py --config configs/demo.py:task=lm --workdir runs/demo_lm   # decoder on text
   python main.py --config configs/workdir.py:WORKDIR --workdir WORKDIR --mode=generate \
       [--images a.png] [--prompt "Is there an effusion?"]   # a trained or imported workdir
+  python main.py --config configs/llm_cxr.py:size=tiny,codec=C --workdir W --mode=generate \
+      --prompt "<report>" [--out_dir D]   # LLM-CXR draws a PNG; --images x.png: its report
   python main.py --config configs/workdir.py:WORKDIR --workdir WORKDIR --mode=chat \
       [--images a.png]   # a multi-turn conversation on the command line
   python main.py ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
@@ -33,6 +35,8 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'generate', 'chat', 'dry_ru
 flags.DEFINE_list('images', [], 'Image files for --mode=generate / chat.')
 flags.DEFINE_string('prompt', '', 'The question for --mode=generate (a VLM: about each image; '
                     'default: the report request); a decoder workdir needs one.')
+flags.DEFINE_string('out_dir', '', 'Where --mode=generate writes images an LLM-CXR workdir '
+                    'draws from --prompt (default: <workdir>/generated).')
 flags.DEFINE_string('coordinator_address', '', 'host:port of process 0 (multi-process runs).')
 flags.DEFINE_integer('num_processes', 0, 'Processes in the run (multi-process runs).')
 flags.DEFINE_integer('process_id', -1, 'This process, 0 .. num_processes-1.')
@@ -74,7 +78,7 @@ def main(argv):
     return
   if FLAGS.mode not in ('generate', 'chat'):  # these need only the tokenizer
     ensure_data(FLAGS.config)
-  run.main(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images, FLAGS.prompt)
+  run.main(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images, FLAGS.prompt, FLAGS.out_dir)
 
 
 if __name__ == '__main__':

@@ -13,50 +13,24 @@ records stay msgpack (radjax/data/schema.py) and the summary is `codes.json`.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
 import sys
 
-import jax
-import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
 from data_prep.writer import MANIFEST, WRITER_OPTIONS
-from radjax.core import workdir as workdir_lib
 from radjax.data import schema, source
-from radjax.models import factory, vqgan
-from radjax.tasks import vqgan as vqgan_task
+from radjax.eval import llm_cxr
 
 SUMMARY = 'codes.json'
 
 
-class Codec:
-  """A codec workdir's encoder: image records -> code lists."""
-
-  def __init__(self, workdir: str, step: int | None = None):
-    config = workdir_lib.load_config(workdir)
-    if config.model.kind != 'vqgan':
-      raise ValueError(f'--codec={workdir!r} is a {config.model.kind!r} workdir, not a vqgan')
-    self.cfg = factory.part_config(config.model, 'vqgan')
-    self.step = workdir_lib.latest_step(workdir) if step is None else step
-    params = workdir_lib.load_params(workdir, self.step)
-    model = vqgan.VQGAN(self.cfg)
-    self.processor = vqgan_task.ImageProcessor(self.cfg.image_size, self.cfg.num_channels)
-    self._codes = jax.jit(lambda x: model.apply({'params': params}, x,
-                                                method=vqgan.VQGAN.codes))
-
-  def codes(self, images: list[np.ndarray], batch_size: int) -> list[list[int]]:
-    out = []
-    for i in range(0, len(images), batch_size):
-      chunk = np.stack(images[i:i + batch_size])
-      n = len(chunk)
-      if n < batch_size:  # one static shape: pad the last batch
-        chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]),
-                                                chunk.dtype)])
-      grid = np.asarray(self._codes(chunk))[:n]
-      out.extend(g.reshape(-1).tolist() for g in grid)
-    return out
+# A codec workdir's encoder: image records -> code lists (the library's, shared with
+# generation).
+Codec = llm_cxr.Codec
 
 
 def encode_shard(codec: Codec, src: str, dst: str, batch_size: int) -> dict:
@@ -112,6 +86,21 @@ def encode_dataset(dataset: str, codec_workdir: str, out: str, splits=('train', 
     json.dump(summary, f, indent=1)
   shutil.copy(os.path.join(dataset, MANIFEST), os.path.join(out, MANIFEST))
   return summary
+
+
+def ensure_built(out_dir: str, dataset: str, codec: str, source_builder: str = 'demo',
+                 source_kwargs: dict | None = None, splits=('train', 'val', 'test'),
+                 batch_size: int = 32) -> dict:
+  """main.py's hook (a mixture component's `builder`): `out_dir` encoded from `dataset`
+  with `codec`, building `dataset` first with data_prep.<source_builder> when missing.
+  Returns the codes summary."""
+  if not os.path.exists(os.path.join(dataset, MANIFEST)) and source_builder:
+    importlib.import_module(f'data_prep.{source_builder}').ensure_built(
+        dataset, **(source_kwargs or {}))
+  if os.path.exists(os.path.join(out_dir, MANIFEST)):
+    with open(os.path.join(out_dir, SUMMARY)) as f:
+      return json.load(f)
+  return encode_dataset(dataset, codec, out_dir, tuple(splits), batch_size)
 
 
 def main(argv=None) -> int:

@@ -130,7 +130,8 @@ def maybe_initialize_distributed():
   distributed.initialize()
 
 
-def main(config, workdir: str, mode: str, images: list[str] | None = None, prompt: str = ''):
+def main(config, workdir: str, mode: str, images: list[str] | None = None, prompt: str = '',
+         out_dir: str = ''):
   maybe_initialize_distributed()
   logging.info('process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
@@ -141,6 +142,9 @@ def main(config, workdir: str, mode: str, images: list[str] | None = None, promp
   if mode in ('generate', 'chat') and config.model.kind == 'vqgan':
     raise ValueError(f'--mode={mode}: a codec workdir answers no prompts; encode images with '
                      '`python -m data_prep.encode_codes --codec WORKDIR`')
+  if mode == 'generate' and config.model.kind == 'llm' and config.data.get('codebook_size', 0):
+    from radjax.eval import llm_cxr  # a decoder that reads and draws VQ-GAN codes
+    return llm_cxr.generate(config, workdir, images or [], prompt, out_dir)
   if mode == 'generate':
     return generate(config, workdir, images or [], prompt)
   if mode == 'chat':

@@ -81,7 +81,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Instruction tasks (radjax/data/instructions.py): each record becomes the turns of one
   # of these, drawn by its per-record seed among those the record can serve: 'report',
   # 'report_text', 'classification', 'anatomical_grounding', 'abnormality_grounding',
-  # 'phrase_grounding', 'detection', 'conversation', 'vqa', 'instruction'.
+  # 'phrase_grounding', 'detection', 'conversation', 'vqa', 'instruction',
+  # 'report_from_codes', 'codes_from_report' (LLM-CXR), 'impression_from_findings' (text).
   c.data.tasks = ('report',)
   c.data.task_options = ml_collections.ConfigDict(dict(
       report_section='both',  # report: 'findings' | 'impression' | 'both'
@@ -110,6 +111,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # <image_begin>, <image_end> and one token per code; tasks 'report_from_codes' and
   # 'codes_from_report' read the Examples' `codes`. 0: none.
   c.data.codebook_size = 0
+  # The codec whose codes the decoder reads and writes (LLM-CXR): a vqgan workdir.
+  # --mode=generate encodes --images with it and decodes drawn codes to PNGs; '' = none.
+  # Drawing decodes with its own knobs (LLM-CXR samples, top-p 0.92); reading uses eval's.
+  c.codec = ml_collections.ConfigDict(dict(workdir='', step=-1,  # step -1: its latest
+                                           decoding='sample', temperature=1.0, top_p=0.92))
   # Keyword-weighted loss (RadFM): term files (comma-separated, one term per line; '' = off);
   # answer tokens of their terms weigh keyword_weight; the loss divides by the summed weights.
   c.data.keyword_terms = ''

@@ -480,6 +480,30 @@ def codes_from_report(example: dict, rng: np.random.Generator | None,
   return _qa(_pick(CODES_DRAW_QUESTIONS, rng).format(text), codes)
 
 
+# ---- text only: a report's findings -> its impression (LLM-CXR's text share on the demo) --
+
+IMPRESSION_FROM_FINDINGS_QUESTIONS = (
+  'Here are the findings of a chest X-ray report:\n{}\nWrite the impression.',
+  'Summarise these radiology findings as an impression: {}',
+  'Findings: {}\nWhat is the impression?',
+  'A radiologist wrote these findings. Give the matching impression. {}',
+  'Turn the following findings into a one-line conclusion. {}',
+)
+
+
+def impression_from_findings(example: dict, rng: np.random.Generator | None,
+                             options: Options) -> list | None:
+  """Text only: the report's findings in the question, its impression as the answer (no
+  image is shown or needed; a VLM's processor still drops none, so use it with a decoder)."""
+  del options
+  report = example.get('report') or {}
+  findings = (report.get('findings') or '').strip()
+  impression = (report.get('impression') or '').strip()
+  if not findings or not impression:
+    return None
+  return _qa(_pick(IMPRESSION_FROM_FINDINGS_QUESTIONS, rng).format(findings), impression)
+
+
 def _copy_turns(turns: list[dict]) -> list[dict] | None:
   """Fresh turn dicts, or None unless the turns end with a non-empty assistant answer."""
   if not turns or turns[-1].get('role') != 'assistant' or not turns[-1].get('text', '').strip():
@@ -520,6 +544,7 @@ TASKS: dict[str, Task] = {
   'instruction': instruction,
   'report_from_codes': report_from_codes,
   'codes_from_report': codes_from_report,
+  'impression_from_findings': impression_from_findings,
 }
 
 

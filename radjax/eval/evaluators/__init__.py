@@ -6,10 +6,11 @@ import os
 
 import jax
 
-from radjax.eval.evaluators import codec, instruction, loss, reports
+from radjax.eval.evaluators import codec, codes, instruction, loss, reports
 
 EVALUATORS = {'loss': loss.LossEvaluator, 'reports': reports.ReportEvaluator,
-              'codec': codec.CodecEvaluator,
+              'codec': codec.CodecEvaluator, 'codes_loss': codes.CodesLossEvaluator,
+              'codes_reports': codes.CodesReportEvaluator,
               **{name: instruction.make(name) for name in instruction.SCORERS}}
 
 

@@ -60,6 +60,17 @@ class Answerer:
     """Generated answer texts, one per item (padded to whole batches by repetition).
     gen_cfg / seed: decoding knobs and sampling seed for this call (the web demo's);
     default config.eval's and config.seed."""
+    gen_cfg = gen_cfg or self.gen_cfg
+    return [generate_lib.cut_at_stop_strings(self.encoder.decode_answer(row),
+                                             gen_cfg.stop_strings).strip()
+            for row in self.answer_ids(params, items, gen_cfg, seed)]
+
+  def answer_ids(self, params, items: list[tuple[dict, list[dict]]],
+                 gen_cfg: generate_lib.GenerationConfig | None = None,
+                 seed: int | None = None, answer_prefix: tuple[int, ...] = ()) -> list:
+    """The generated ids (np rows of gen_cfg.max_new_tokens) per item; `answer_prefix`:
+    ids every prompt ends with after the assistant's opening (the answer's start, e.g.
+    <image_begin> before a constrained image span)."""
     exp, bs = self.exp, self.batch_size
     gen_cfg = gen_cfg or self.gen_cfg
     seed = exp.config.seed if seed is None else seed
@@ -69,6 +80,7 @@ class Answerer:
       chunk = items[start:start + bs]
       chunk = chunk + [chunk[-1]] * (bs - len(chunk))
       prompts, pixels = self.prompts(chunk)
+      prompts = [p + list(answer_prefix) for p in prompts]
       length = -(-max(len(p) for p in prompts) // 16) * 16  # few distinct compiled shapes
       toks, mask = generate_lib.left_pad(prompts, length, self.encoder.pad)
       shardings = {'tokens': exp.batch_shardings['tokens'],
@@ -83,8 +95,5 @@ class Answerer:
       with exp.context():
         ids, _ = generate_lib.generate(exp.model, params, g['tokens'], g['prompt_mask'],
                                        image_inputs, gen_cfg, key)
-      ids = pipeline.to_host(ids)
-      outs.extend(generate_lib.cut_at_stop_strings(self.encoder.decode_answer(row),
-                                                   gen_cfg.stop_strings).strip()
-                  for row in ids[:len(items) - start])
+      outs.extend(pipeline.to_host(ids)[:len(items) - start])
     return outs

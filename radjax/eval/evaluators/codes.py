@@ -1,0 +1,65 @@
+"""LLM-CXR's evaluators (a decoder reading and writing images as VQ-GAN codes):
+
+  codes_loss     held-out loss of each direction apart: read (CXR -> report, on the
+                 report tokens) and draw (report -> CXR, on the codes), with token accuracy
+  codes_reports  reports generated from held-out images' codes, scored as `reports` is
+                 (finding F1 against the labels, BLEU / ROUGE / ...); code tokens suppressed
+"""
+import dataclasses
+
+from radjax.data import chat
+from radjax.eval import llm_cxr
+from radjax.eval.evaluators import loss, reports
+
+DIRECTIONS = {'read': 'report_from_codes', 'draw': 'codes_from_report'}
+
+
+class _OneTask:
+  """The task with its processor pinned to one instruction task."""
+
+  def __init__(self, task, name: str):
+    self._task, self._name = task, name
+
+  def processor(self, tasks=None, kind: str = ''):
+    del tasks
+    return self._task.processor((self._name,), kind)
+
+  def __getattr__(self, attr):
+    return getattr(self._task, attr)
+
+
+class CodesLossEvaluator:
+
+  def __init__(self, exp, split: str):
+    self.parts = {d: loss.LossEvaluator(dataclasses.replace(exp, task=_OneTask(exp.task, t)),
+                                        split)
+                  for d, t in DIRECTIONS.items()}
+
+  def run(self, params, step: int, writer=None, out_dir=None) -> dict:
+    out = {}
+    for direction, ev in self.parts.items():
+      for key, value in ev.run(params, step).items():
+        out[key.replace('eval/val_', f'eval/{direction}_')] = value
+    return out
+
+
+class CodesReportEvaluator(reports.ReportEvaluator):
+
+  def __init__(self, exp, split: str):
+    super().__init__(exp, split)
+    k = int(exp.config.data.codebook_size)
+    self.codebook_size = k
+    tok = self.answerer.encoder.tokenizer
+    first, end = chat.code_ids(tok, k)
+    image_ids = set(range(first, end)) | {tok.convert_tokens_to_ids(t)
+                                          for t in (chat.IMAGE_BEGIN, chat.IMAGE_END)}
+    gen = self.answerer.gen_cfg
+    self.answerer.gen_cfg = dataclasses.replace(
+        gen, suppress_ids=tuple(sorted(set(gen.suppress_ids) | image_ids)))
+
+  def prompt_turns(self, example: dict) -> list[dict]:
+    return llm_cxr.read_request(example.get('codes') or [], self.codebook_size)
+
+  def run(self, params, step: int, writer=None, out_dir=None) -> dict:
+    del writer  # no image tower to log inputs from; predictions.jsonl has the texts
+    return super().run(params, step, None, out_dir)

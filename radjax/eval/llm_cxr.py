@@ -1,0 +1,214 @@
+"""LLM-CXR at inference: one decoder reads and draws chest X-rays as VQ-GAN codes.
+
+  report -> image   the draw request, then <image_begin>; decoding is held to exactly
+                    the codec's grid of codes and <image_end> (GenerationConfig.image_span,
+                    one pass, no retry loop); the codec decodes them -> [-1, 1] -> PNG
+  image -> report   the codec encodes the image, the codes go in the read request as
+                    tokens, the answer is free text (code tokens never generated)
+
+The one path for `--mode=generate`, the evaluators, the faithfulness tool and the web demo.
+"""
+import dataclasses
+import hashlib
+import os
+
+import jax
+import numpy as np
+from PIL import Image
+
+from radjax.core import workdir as workdir_lib
+from radjax.data import chat, instructions
+from radjax.data import images as images_lib
+from radjax.models import factory, vqgan
+from radjax.tasks import vqgan as vqgan_task
+
+
+class Codec:
+  """A codec workdir's encoder and decoder: images [S, S, C] in [-1, 1] <-> code lists."""
+
+  def __init__(self, workdir: str, step: int | None = None):
+    config = workdir_lib.load_config(workdir)
+    if config.model.kind != 'vqgan':
+      raise ValueError(f'codec {workdir!r} is a {config.model.kind!r} workdir, not a vqgan '
+                       '(config.codec.workdir)')
+    self.workdir = workdir
+    self.cfg = factory.part_config(config.model, 'vqgan')
+    self.step = workdir_lib.latest_step(workdir) if step is None or step < 0 else step
+    params = workdir_lib.load_params(workdir, self.step)
+    model = vqgan.VQGAN(self.cfg)
+    self.processor = vqgan_task.ImageProcessor(self.cfg.image_size, self.cfg.num_channels)
+    self._codes = jax.jit(lambda x: model.apply({'params': params}, x,
+                                                method=vqgan.VQGAN.codes))
+    self._decode = jax.jit(lambda c: model.apply({'params': params}, c,
+                                                 method=vqgan.VQGAN.decode_codes))
+
+  @property
+  def num_codes(self) -> int:
+    h, w = self.cfg.code_grid
+    return h * w
+
+  def load_image(self, path: str) -> np.ndarray:
+    """An image file -> [S, S, C] in [-1, 1], as the codec was trained (resize, no crop)."""
+    with open(path, 'rb') as f:
+      data = f.read()
+    fmt = 'png' if data.startswith(b'\x89PNG') else 'jpeg'
+    return images_lib.preprocess({'data': data, 'format': fmt, 'kind': '2d'},
+                                 size=self.cfg.image_size, num_channels=self.cfg.num_channels,
+                                 mean=(0.5,) * 3, std=(0.5,) * 3, record_id=path)
+
+  def _batched(self, fn, arrays: np.ndarray, batch_size: int) -> np.ndarray:
+    out = []
+    for i in range(0, len(arrays), batch_size):
+      chunk = arrays[i:i + batch_size]
+      n = len(chunk)
+      if n < batch_size:  # one static shape: pad the last batch
+        chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]),
+                                                chunk.dtype)])
+      out.append(np.asarray(fn(chunk))[:n])
+    return np.concatenate(out)
+
+  def codes(self, images: list[np.ndarray], batch_size: int = 8) -> list[list[int]]:
+    """Images -> their codes, row-major (LLM-CXR's order)."""
+    grid = self._batched(self._codes, np.stack(images).astype(np.float32), batch_size)
+    return [g.reshape(-1).tolist() for g in grid]
+
+  def decode(self, codes: list[list[int]], batch_size: int = 8) -> np.ndarray:
+    """Code lists (row-major, num_codes each) -> images [N, S, S, C] clipped to [-1, 1]."""
+    h, w = self.cfg.code_grid
+    arr = np.asarray(codes, np.int32)
+    if arr.ndim != 2 or arr.shape[1] != h * w:
+      raise ValueError(f'codes of shape {arr.shape}: the codec {self.workdir!r} decodes '
+                       f'{h * w} codes ({h} x {w}) per image')
+    if arr.min() < 0 or arr.max() >= self.cfg.codebook_size:
+      raise ValueError(f'codes outside the codebook of {self.cfg.codebook_size}')
+    return np.clip(self._batched(self._decode, arr.reshape(-1, h, w), batch_size), -1.0, 1.0)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+  """[S, S, C] in [-1, 1] -> 8-bit [S, S] (grayscale) or [S, S, 3]."""
+  x = np.round((np.clip(image, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+  return x[..., 0] if x.shape[-1] == 1 else x
+
+
+def save_png(image: np.ndarray, path: str) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(to_uint8(image)).save(path, format='PNG')
+  return path
+
+
+def draw_request(report: str) -> list[dict]:
+  """The report -> CXR request (wording variant 0 of codes_from_report)."""
+  return [{'role': 'user', 'text': instructions.CODES_DRAW_QUESTIONS[0].format(report.strip())}]
+
+
+def read_request(codes, codebook_size: int) -> list[dict]:
+  """The CXR -> report request (wording variant 0 of report_from_codes)."""
+  return [{'role': 'user', 'text': instructions.CODES_READ_QUESTIONS[0].format(
+      chat.render_codes(codes, codebook_size))}]
+
+
+@dataclasses.dataclass
+class Drawn:
+  images: np.ndarray  # [N, S, S, C] in [-1, 1]
+  codes: list[list[int]]
+
+
+class LlmCxr:
+  """A trained LLM-CXR experiment (params loaded) with its Answerer and its codec.
+
+  Drawing decodes as config.codec.decoding / temperature / top_p say (LLM-CXR samples
+  with top-p 0.92); reading as config.eval says, code tokens suppressed."""
+
+  def __init__(self, exp, answerer, codec: Codec):
+    self.exp, self.answerer, self.codec = exp, answerer, codec
+    config, tok = exp.config, answerer.encoder.tokenizer
+    k = int(config.data.codebook_size)
+    if k != codec.cfg.codebook_size:
+      raise ValueError(f'config.data.codebook_size={k} but the codec {codec.workdir!r} has '
+                       f'{codec.cfg.codebook_size} codes (config.codec.workdir)')
+    self.codebook_size, self.num_codes = k, codec.num_codes
+    self.first_code, self.end_code = chat.code_ids(tok, k)
+    self.begin_id, self.close_id = (tok.convert_tokens_to_ids(t)
+                                    for t in (chat.IMAGE_BEGIN, chat.IMAGE_END))
+    base = answerer.gen_cfg
+    image_ids = tuple(range(self.first_code, self.end_code)) + (self.begin_id, self.close_id)
+    self.read_cfg = dataclasses.replace(
+        base, suppress_ids=tuple(sorted(set(base.suppress_ids) | set(image_ids))))
+    c = config.codec
+    self.draw_cfg = dataclasses.replace(
+        base, max_new_tokens=self.num_codes + 1, decoding=c.get('decoding', 'sample'),
+        temperature=float(c.get('temperature', 1.0)), top_k=0,
+        top_p=float(c.get('top_p', 0.92)), num_beams=1,
+        image_span=(self.first_code, self.end_code, self.num_codes, self.close_id))
+
+  @classmethod
+  def load(cls, config, workdir: str, codec_workdir: str = '', step: int | None = None):
+    """The workdir's latest (or `step`) params; the codec of config.codec.workdir unless
+    `codec_workdir` is given."""
+    from radjax import run  # run dispatches here; import late to keep the layers apart
+    codec_dir = codec_workdir or config.codec.workdir
+    if not codec_dir:
+      raise ValueError('config.codec.workdir is empty: this LLM-CXR workdir names no codec '
+                       '(train one with configs/vqgan.py and pass codec=DIR to '
+                       'configs/llm_cxr.py, or set --config.codec.workdir)')
+    if config.model.kind != 'llm' or not config.data.get('codebook_size', 0):
+      raise ValueError('an LLM-CXR workdir is a decoder (config.model.kind=llm) with '
+                       'config.data.codebook_size > 0')
+    codec_step = config.codec.get('step', -1)
+    exp, _ = run.load_trained(config, workdir, step, task=run.make_task(config, 'lm'))
+    from radjax.eval.evaluators import answers
+    return cls(exp, answers.Answerer(exp), Codec(codec_dir, codec_step))
+
+  @property
+  def params(self):
+    return self.exp.state.params
+
+  def draw(self, reports: list[str], seed: int | None = None) -> Drawn:
+    """Reports -> images [N, S, S, C] in [-1, 1] and their codes."""
+    items = [({'id': f'report_{i}', 'images': []}, draw_request(r))
+             for i, r in enumerate(reports)]
+    rows = self.answerer.answer_ids(self.params, items, self.draw_cfg, seed,
+                                    answer_prefix=(self.begin_id,))
+    n, codes = self.num_codes, []
+    for row in rows:
+      span = np.asarray(row[:n]) - self.first_code
+      # The constraint makes these impossible; a failure here is a decoding bug.
+      if span.min() < 0 or span.max() >= self.codebook_size or int(row[n]) != self.close_id:
+        raise AssertionError('constrained decoding left the image span')
+      codes.append(span.tolist())
+    return Drawn(self.codec.decode(codes), codes)
+
+  def read(self, images: list[np.ndarray], seed: int | None = None) -> list[str]:
+    """Images [S, S, C] in [-1, 1] -> generated reports."""
+    return self.read_codes(self.codec.codes(images), seed)
+
+  def read_codes(self, codes: list[list[int]], seed: int | None = None) -> list[str]:
+    items = [({'id': f'image_{i}', 'images': []}, read_request(c, self.codebook_size))
+             for i, c in enumerate(codes)]
+    return self.answerer.answer(self.params, items, self.read_cfg, seed)
+
+
+def png_name(report: str, seed: int) -> str:
+  """A stable file name for the image drawn from `report` with `seed`."""
+  return 'draw_' + hashlib.sha1(f'{seed}\n{report}'.encode()).hexdigest()[:10] + '.png'
+
+
+def generate(config, workdir: str, image_paths: list[str], prompt: str = '',
+             out_dir: str = '', write=print) -> list[str]:
+  """`--mode=generate` on an LLM-CXR workdir: reports for `image_paths`, else a PNG drawn
+  from the report `prompt` under out_dir (default <workdir>/generated). Returns the
+  reports or the PNG paths."""
+  if not image_paths and not prompt:
+    raise ValueError('--mode=generate on an LLM-CXR workdir needs --prompt "<report>" (draw '
+                     'a CXR) or --images x.png (write its report)')
+  model = LlmCxr.load(config, workdir)
+  if image_paths:
+    reports = model.read([model.codec.load_image(p) for p in image_paths])
+    for path, text in zip(image_paths, reports):
+      write(f'== {path}\n{text}\n')
+    return reports
+  drawn = model.draw([prompt], seed=config.seed)
+  path = save_png(drawn.images[0], os.path.join(out_dir or os.path.join(workdir, 'generated'),
+                                                png_name(prompt, config.seed)))
+  write(path)
+  return [path]

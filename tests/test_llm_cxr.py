@@ -1,0 +1,156 @@
+"""configs/llm_cxr.py at size=micro: a micro codec trained for a few steps, the demo's codes
+made from it on first use, one decoder trained on both directions (CXR -> report, report
+-> CXR) and text-only instructions; then report -> PNG (exactly the codec's grid of codes,
+decodable) and image -> report through `--mode=generate` (radjax/eval/llm_cxr.py)."""
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+import main as main_lib
+from configs import llm_cxr as recipe
+from configs import vqgan as vqgan_recipe
+from radjax import run as run_lib
+from radjax.core import workdir as workdir_lib
+from radjax.eval import llm_cxr
+from radjax.eval.evaluators import codes as codes_evaluators
+from radjax.models import factory, vqgan
+
+REPORT = 'Findings: Moderate left pleural effusion.\nImpression: Left effusion.'
+
+
+def _codec_config(demo_data):
+  """The micro codec with an 8 x 8 grid (64 codes from 32 entries)."""
+  c = vqgan_recipe.get_config('size=micro')
+  c.data.dir = demo_data
+  c.model.vqgan.channel_mult, c.model.vqgan.attn_levels = (1, 2, 2), (2,)
+  return c
+
+
+def _initial_codec(demo_data, workdir):
+  """The micro codec at its initial weights (a fast stand-in for a trained one)."""
+  c = _codec_config(demo_data)
+  cfg = factory.part_config(c.model, 'vqgan')
+  with jax.threefry_partitionable(False):  # CPU compiles the default threefry slowly
+    params = jax.jit(vqgan.VQGAN(cfg).init)(
+        jax.random.key(0), jnp.zeros((1, cfg.image_size, cfg.image_size, 1)))['params']
+  workdir_lib.save_params(workdir, c, jax.device_get(nn.meta.unbox(params)))
+
+
+def _trained_codec(demo_data, workdir):
+  """The micro codec trained 2 steps through the generic loop."""
+  c = _codec_config(demo_data)
+  c.train.num_steps, c.train.checkpoint_every, c.train.eval_every = 2, 2, 0
+  c.train.async_checkpoint = False
+  run_lib.main(c, workdir, 'train')
+
+
+def _config(demo_data, codec, tmp, steps):
+  c = recipe.get_config(f'size=micro,codec={codec}')
+  c.data.mixture.cxr.dir = str(tmp / 'codes')
+  c.data.mixture.cxr.builder_kwargs.dataset = demo_data
+  c.data.mixture.text.dir = demo_data
+  c.train.num_steps, c.train.checkpoint_every = steps, steps
+  c.train.async_checkpoint = False
+  c.eval.batch_size = 8
+  return c
+
+
+def _train(demo_data, tmp, make_codec, steps):
+  codec = str(tmp / 'codec')
+  make_codec(demo_data, codec)
+  config = _config(demo_data, codec, tmp, steps=steps)
+  config.optim.lr, config.optim.warmup_steps = 3e-3, 3  # a few steps must show learning
+  main_lib.ensure_data(config)  # encodes the demo with the codec (the mixture's builder)
+  workdir = str(tmp / 'lm')
+  run_lib.main(config, workdir, 'train')
+  return config, workdir, codec
+
+
+@pytest.fixture(scope='module')
+def trained(demo_data, tmp_path_factory):
+  with jax.threefry_partitionable(False):  # CPU compiles the default threefry slowly
+    return _train(demo_data, tmp_path_factory.mktemp('llm_cxr'), _initial_codec, steps=12)
+
+
+def _check_both_directions_learn(config, workdir, factor):
+  """Held-out loss of each direction well under ln(vocab), a random decoder's loss."""
+  exp, _ = run_lib.load_trained(config, workdir)
+  after = codes_evaluators.CodesLossEvaluator(exp, 'val').run(exp.state.params, 1)
+  chance = np.log(config.model.llm.vocab_size)
+  for direction in ('read', 'draw'):
+    assert after[f'eval/{direction}_loss'] < factor * chance, (direction, after)
+
+
+def test_codes_are_built_and_both_directions_learn(trained):
+  config, workdir, codec = trained
+  with open(os.path.join(config.data.mixture.cxr.dir, 'codes.json')) as f:
+    assert json.load(f)['codec'] == os.path.abspath(codec)
+  assert workdir_lib.load_config(workdir).codec.workdir == codec  # generation finds it
+  _check_both_directions_learn(config, workdir, 0.9)
+
+
+@pytest.mark.slow
+def test_chain_with_a_trained_codec(demo_data, tmp_path):
+  """The whole chain as the README runs it: codec trained, codes, 40 LLM steps, a PNG."""
+  config, workdir, _ = _train(demo_data, tmp_path, _trained_codec, steps=40)
+  _check_both_directions_learn(config, workdir, 0.8)
+  path = run_lib.main(config, workdir, 'generate', [], REPORT, str(tmp_path / 'gen'))[0]
+  assert np.asarray(Image.open(path)).shape == (32, 32)
+
+
+def test_report_to_png_has_exactly_the_codec_grid(trained, tmp_path):
+  config, workdir, codec_dir = trained
+  out = str(tmp_path / 'gen')
+  paths = run_lib.main(config, workdir, 'generate', [], REPORT, out)
+  assert len(paths) == 1 and paths[0].startswith(out) and paths[0].endswith('.png')
+  image = np.asarray(Image.open(paths[0]))
+  assert image.shape == (32, 32) and image.dtype == np.uint8  # the codec's size, grayscale
+  model = llm_cxr.LlmCxr.load(config, workdir)
+  for seed in range(3):  # sampled codes: always 64, all in the codebook, then decodable
+    drawn = model.draw([REPORT, 'Normal chest.', 'Large right pneumothorax.'], seed=seed)
+    assert [len(c) for c in drawn.codes] == [64] * 3
+    assert all(0 <= k < 32 for c in drawn.codes for k in c)
+    assert drawn.images.shape == (3, 32, 32, 1) and np.abs(drawn.images).max() <= 1
+  # The PNG is the codec's decoding of the drawn codes.
+  again = model.draw([REPORT], seed=config.seed)
+  np.testing.assert_array_equal(llm_cxr.to_uint8(again.images[0]), image)
+
+
+def test_image_to_report_returns_text(trained, tmp_path, capsys):
+  config, workdir, _ = trained
+  path = str(tmp_path / 'x.png')
+  Image.fromarray(np.full((40, 40), 90, np.uint8)).save(path)
+  sampled = config.copy_and_resolve_references()
+  sampled.eval.decoding = 'sample'  # 12 steps in, greedy may stop at once; sampling writes
+  reports = run_lib.main(sampled, workdir, 'generate', [path])
+  assert len(reports) == 1 and reports[0].strip()
+  assert path in capsys.readouterr().out
+  model = llm_cxr.LlmCxr.load(config, workdir)
+  codes = model.codec.codes([model.codec.load_image(path)])
+  assert len(codes[0]) == 64
+  # Code tokens and the delimiters are never written into a report.
+  items = [({'id': 'x', 'images': []}, llm_cxr.read_request(codes[0], 32))]
+  rows = model.answerer.answer_ids(model.params, items, model.read_cfg, seed=0)
+  assert not any(model.first_code <= t < model.end_code or t in (model.begin_id, model.close_id)
+                 for t in rows[0])
+
+
+def test_tiny_without_a_codec_says_what_to_train():
+  with pytest.raises(ValueError, match=r'configs/vqgan.py:size=tiny.*codec='):
+    recipe.get_config('size=tiny')
+  full = recipe.get_config('')
+  assert (full.model.llm.vocab_size >= 50280 + 2 + 1024 and full.data.codebook_size == 1024
+          and full.optim.lr == 5e-6 and full.optim.warmup_steps == 50
+          and full.optim.min_lr_ratio == 1.0 and full.data.chat_format == 'dolly')
+  assert (full.data.mixture.cxr.weight, full.data.mixture.text.weight) == (0.8, 0.2)
+  two = recipe.get_config('stage=2,stage1=/runs/lc1')
+  assert two.model.llm.init_from == '/runs/lc1'
+  assert two.data.task_options.report_section == 'impression'
+  with pytest.raises(ValueError, match='stage1='):
+    recipe.get_config('stage=2')
