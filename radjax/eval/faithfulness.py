@@ -1,0 +1,180 @@
+r"""Does an image LLM-CXR draws show what its report asked for? A finding classifier
+trained in radjax (task 'classify', configs/classifier.py) scores images drawn from
+held-out reports, the real images of those reports (the reference) and the codec's
+reconstructions of them (what a perfect drawing of the true codes would score).
+
+  python -m radjax.eval.faithfulness --llm_cxr runs/lc1 --classifier runs/cls \
+      --split val --n 128 [--out faithfulness.json] [--seed 0]
+
+Per finding of the classifier (config.data.label_names), over the held-out records:
+  sensitivity  among reports that state the finding (label 1), the share of images the
+               classifier calls positive (probability > 0.5)
+  specificity  among reports that rule it out (label 0), the share called negative
+and the Frechet distance between the classifier's pooled features of the real and the
+drawn images (FID's formula in that feature space; lower: closer distributions).
+"""
+import argparse
+import io
+import json
+import sys
+
+import jax
+import numpy as np
+import scipy.linalg
+from PIL import Image
+
+from radjax.core import workdir as workdir_lib
+from radjax.data import images as images_lib
+from radjax.data import instructions, mixture, schema, source
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+  """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians."""
+  mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+  s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+  covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
+  if not np.isfinite(covmean).all():  # near-singular product: nudge both (as FID does)
+    eps = 1e-6 * np.eye(len(s1))
+    covmean = scipy.linalg.sqrtm((s1 + eps) @ (s2 + eps))
+  covmean = np.real(covmean)
+  return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def feature_distance(a: np.ndarray, b: np.ndarray) -> float:
+  """Frechet distance between the Gaussians fitted to features a [N, D] and b [M, D]."""
+  def stats(x):
+    x = np.asarray(x, np.float64)
+    return x.mean(0), np.cov(x, rowvar=False)
+  return frechet_distance(*stats(a), *stats(b))
+
+
+def finding_rates(probs: np.ndarray, labels: np.ndarray, names) -> dict:
+  """Per finding: sensitivity / specificity of the calls (probs > 0.5) against labels
+  (1 stated, 0 ruled out, anything else unknown), with their counts; and the means."""
+  calls = np.asarray(probs) > 0.5
+  labels = np.asarray(labels)
+  out = {}
+  for j, name in enumerate(names):
+    pos, neg = labels[:, j] == 1, labels[:, j] == 0
+    out[name] = {'sensitivity': float(calls[pos, j].mean()) if pos.any() else float('nan'),
+                 'specificity': float((~calls[neg, j]).mean()) if neg.any() else float('nan'),
+                 'stated': int(pos.sum()), 'ruled_out': int(neg.sum())}
+  for key in ('sensitivity', 'specificity'):
+    out[f'mean_{key}'] = float(np.nanmean([out[n][key] for n in names]))
+  return out
+
+
+class Classifier:
+  """A classify workdir: images as 8-bit arrays -> (probabilities [N, L], pooled [N, D]),
+  preprocessed exactly as it was trained (PNG bytes -> resize -> its mean / std)."""
+
+  def __init__(self, workdir: str):
+    from radjax import run
+    self.config = workdir_lib.load_config(workdir)
+    if self.config.task != 'classify':
+      raise ValueError(f'--classifier={workdir!r} is a {self.config.task!r} workdir, not a '
+                       "finding classifier (task 'classify')")
+    exp, _ = run.load_trained(self.config, workdir)
+    self.names = tuple(self.config.data.label_names)
+    self.vision = exp.task.model_cfg.vision
+    task, model, params = exp.task, exp.model, exp.state.params
+    self._predict = jax.jit(lambda x: task.predict(model, params, x))
+    self.batch_size = int(self.config.eval.batch_size)
+
+  def preprocess(self, image_u8: np.ndarray, record_id: str) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(image_u8).save(buf, format='PNG')
+    d = self.config.data
+    return images_lib.preprocess({'data': buf.getvalue(), 'format': 'png', 'kind': '2d'},
+                                 size=self.vision.image_size,
+                                 num_channels=self.vision.num_channels, mean=d.image_mean,
+                                 std=d.image_std, record_id=record_id)
+
+  def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.stack(images).astype(np.float32)
+    probs, feats, bs = [], [], self.batch_size
+    for i in range(0, len(x), bs):
+      chunk = x[i:i + bs]
+      n = len(chunk)
+      if n < bs:
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - n, 0)])
+      p, f = self._predict(chunk)
+      probs.append(np.asarray(p)[:n])
+      feats.append(np.asarray(f)[:n])
+    return np.concatenate(probs), np.concatenate(feats)
+
+
+def evaluate(llm_cxr_dir: str, classifier_dir: str, split: str = 'val', n: int = 128,
+             seed: int = 0, log=print) -> dict:
+  """The rates for drawn, real and reconstructed images and the Frechet distances."""
+  from radjax.eval import llm_cxr
+  config = workdir_lib.load_config(llm_cxr_dir)
+  model = llm_cxr.LlmCxr.load(config, llm_cxr_dir)
+  scorer = Classifier(classifier_dir)
+  records = source.open_split(mixture.eval_dir(config), split)
+  options = instructions.options_from_config(config.data.task_options,
+                                             config.data.codebook_size)
+  examples = []
+  for i in range(len(records)):
+    ex = schema.decode(records[i])
+    if ex.get('images') and ex.get('codes') and instructions.report_answer(
+        ex, options.report_section):
+      examples.append(ex)
+    if len(examples) == n:
+      break
+  if not examples:
+    raise ValueError(f'split {split!r} of {mixture.eval_dir(config)!r} has no records with '
+                     'an image, codes and a report')
+  reports = [instructions.report_answer(ex, options.report_section) for ex in examples]
+  labels = np.array([[(ex.get('labels') or {}).get(name, -2) for name in scorer.names]
+                     for ex in examples])
+  log(f'drawing {len(examples)} images from {split} reports ...')
+  drawn = model.draw(reports, seed=seed)
+  recon = model.codec.decode([ex['codes'] for ex in examples])
+  sets = {'generated': [llm_cxr.to_uint8(x) for x in drawn.images],
+          # At the codec's size, as the codec reads them: resolution alone must not
+          # separate real from drawn.
+          'real': [llm_cxr.to_uint8(model.codec.processor(schema.encode(ex), None)['images'])
+                   for ex in examples],
+          'reconstructed': [llm_cxr.to_uint8(x) for x in recon]}
+  out = {'split': split, 'n': len(examples), 'seed': seed, 'llm_cxr': llm_cxr_dir,
+         'classifier': classifier_dir, 'report_section': options.report_section}
+  feats = {}
+  for name, images in sets.items():
+    probs, feats[name] = scorer([scorer.preprocess(im, f'{name}_{i}')
+                                 for i, im in enumerate(images)])
+    out[name] = finding_rates(probs, labels, scorer.names)
+  out['frechet_real_vs_generated'] = feature_distance(feats['real'], feats['generated'])
+  out['frechet_real_vs_reconstructed'] = feature_distance(feats['real'], feats['reconstructed'])
+  # The floor: two halves of the real images (finite-sample noise of the distance).
+  half = len(feats['real']) // 2
+  out['frechet_real_half_vs_half'] = feature_distance(feats['real'][:half],
+                                                      feats['real'][half:2 * half])
+  return out
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog='python -m radjax.eval.faithfulness',
+                              description=__doc__.splitlines()[0])
+  p.add_argument('--llm_cxr', required=True, help='an LLM-CXR workdir (configs/llm_cxr.py)')
+  p.add_argument('--classifier', required=True, help='a finding classifier workdir')
+  p.add_argument('--split', default='val')
+  p.add_argument('--n', type=int, default=128, help='held-out reports to draw from')
+  p.add_argument('--seed', type=int, default=0, help='sampling seed of the drawings')
+  p.add_argument('--out', default='', help='also write the numbers here (JSON)')
+  args = p.parse_args(argv)
+  try:
+    result = evaluate(args.llm_cxr, args.classifier, args.split, args.n, args.seed)
+  except (FileNotFoundError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  text = json.dumps(result, indent=1)
+  if args.out:
+    with open(args.out, 'w') as f:
+      f.write(text)
+  print(text)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
