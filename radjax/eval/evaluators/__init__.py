@@ -6,10 +6,10 @@ import os
 
 import jax
 
-from radjax.eval.evaluators import codec, instruction, loss, reports
+from radjax.eval.evaluators import codec, instruction, labels, loss, reports
 
 EVALUATORS = {'loss': loss.LossEvaluator, 'reports': reports.ReportEvaluator,
-              'codec': codec.CodecEvaluator,
+              'codec': codec.CodecEvaluator, 'labels': labels.LabelEvaluator,
               **{name: instruction.make(name) for name in instruction.SCORERS}}
 
 
