@@ -131,6 +131,25 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def manifest_extra(self) -> dict[str, Any]:
     return {}
 
+  def observe_written(self, split: str, example: dict) -> None:
+    """Sees every written Example of each split, in record order, once the shards are
+    written and before extra_files / manifest_extra: summaries of what the shards hold
+    (the demos' finding counts and terms.txt) come out the same on the local path and
+    on Beam, where items are processed in other processes."""
+
+  def _observe_shards(self) -> None:
+    if type(self).observe_written is RadjaxBuilder.observe_written:
+      return  # nothing to summarize: skip reading the shards back
+    from array_record.python.array_record_module import ArrayRecordReader
+    for name, split in self.info.splits.items():
+      for path in split.filepaths:
+        reader = ArrayRecordReader(os.fspath(path))
+        try:
+          for i in range(reader.num_records()):
+            self.observe_written(name, schema.decode(reader.read([i])[0]))
+        finally:
+          reader.close()
+
   # --- TFDS hooks ---------------------------------------------------------------
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -238,6 +257,7 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     rows.sort(key=lambda r: (order.get(r['split'], 9), r['file'], r['row'] or 0, r['id']))
     (self.data_path / REJECTS).write_text(
       ''.join(json.dumps(r, sort_keys=True) + '\n' for r in rows))
+    self._observe_shards()
     for name, content in self.extra_files().items():
       if isinstance(content, bytes):
         (self.data_path / name).write_bytes(content)
