@@ -82,18 +82,26 @@ def raw_records(dataset_dir: str, split: str) -> list[tuple[str, bytes]]:
   return [(schema.decode(records[i])['id'], bytes(records[i])) for i in range(len(records))]
 
 
-def assert_same_dataset(expected: str, actual: str) -> None:
+def assert_same_dataset(expected: str, actual: str, info_may_differ: tuple[str, ...] = ()) -> None:
   """Two builds of one dataset (e.g. local and Beam) wrote the same thing: every file
-  beside the shards byte for byte (rejects.jsonl, manifest.json, dataset_info.json,
-  tokenizer ...), and per split the same ids with the same record bytes, sorted by id
-  and in record order."""
+  beside the shards byte for byte (rejects.jsonl, manifest.json, dataset_info.json but
+  its `info_may_differ` keys, tokenizer ...), and per split the same ids with the same
+  record bytes, sorted by id and in record order."""
   def beside(d):
     return sorted(f for f in os.listdir(d) if '.array_record-' not in f)
 
+  def read(d, name):
+    with open(os.path.join(d, name), 'rb') as f:
+      data = f.read()
+    if name == 'dataset_info.json' and info_may_differ:
+      info = json.loads(data)
+      return {k: v for k, v in info.items() if k not in info_may_differ}
+    return data
+
   assert beside(actual) == beside(expected)
   for name in beside(expected):
-    with open(os.path.join(expected, name), 'rb') as a, open(os.path.join(actual, name), 'rb') as b:
-      assert a.read() == b.read(), f'{name} differs between {expected} and {actual}'
+    assert read(expected, name) == read(actual, name), (
+      f'{name} differs between {expected} and {actual}')
   with open(os.path.join(expected, 'dataset_info.json')) as f:
     splits = [s['name'] for s in json.load(f)['splits']]
   assert splits

@@ -1,9 +1,14 @@
 """The Beam path of the dataset builders gives the dataset the local path gives.
 
-Builds the demo and the CheXpert, NIH ChestX-ray14 and VinDr-CXR fixtures (the builder
-tests' own writers) locally and with `--beam_runner DirectRunner` on 2 worker processes,
-and compares them byte for byte: records (same ids, same bytes), rejects.jsonl,
+Builds the demo and the CheXpert and NIH ChestX-ray14 fixtures (the builder tests' own
+writers; VinDr-CXR's is in tests/test_data_prep_vindr.py) locally and on Beam with 2
+worker processes, through `python -m data_prep build` and TFDS's `tfds build`, and
+compares them byte for byte: records (same ids, same bytes), rejects.jsonl,
 manifest.json, dataset_info.json, tokenizer and terms files.
+
+The runner is FnApiRunner: what `--beam_runner DirectRunner` runs a batch pipeline on
+when it cannot use Prism. Beam 2.77's DirectRunner first tries Prism, downloading its
+binary from GitHub; tests download nothing.
 
 apache-beam's pins (protobuf<7, pyarrow<26) conflict with requirements.txt, so the main
 venv has no Beam and those tests are skipped there. Run them in the Beam venv:
@@ -14,6 +19,7 @@ venv has no Beam and those tests are skipped there. Run them in the Beam venv:
 import importlib.util
 import json
 import os
+import pickle  # as Beam ships a builder to its workers; no data is pickled
 import subprocess
 import sys
 
@@ -28,13 +34,14 @@ needs_beam = pytest.mark.skipif(
   importlib.util.find_spec('apache_beam') is None,
   reason='apache_beam is not importable (its pins conflict with requirements.txt); run '
          'bash launch/beam_venv.sh && .beam-venv/bin/python -m pytest tests/test_beam_build.py')
+RUNNER = 'FnApiRunner'
 TWO_WORKERS = '--direct_num_workers=2 --direct_running_mode=multi_processing'
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def beam_kwargs() -> dict:
   from apache_beam.options.pipeline_options import PipelineOptions
-  return {'beam_runner': 'DirectRunner', 'beam_options': PipelineOptions(TWO_WORKERS.split())}
+  return {'beam_runner': RUNNER, 'beam_options': PipelineOptions(TWO_WORKERS.split())}
 
 
 def test_label_keys_do_not_depend_on_the_hash_seed():
@@ -54,6 +61,28 @@ def test_label_keys_do_not_depend_on_the_hash_seed():
   nih_keys, vindr_keys = json.loads(outs.pop())
   assert nih_keys[:3] == ['Atelectasis', 'Cardiomegaly', 'Pleural Effusion']
   assert vindr_keys[0] == 'Enlarged Cardiomediastinum' and vindr_keys[-1] == 'No Finding'
+
+
+def test_builders_write_array_record_only(tmp_path):
+  cls = build_lib.builder_class('chexpert')
+  # Also when TFDS passes nothing (`tfds build`), whose own default is TFRecord.
+  assert cls(data_dir=str(tmp_path)).info.file_format.value == 'array_record'
+  with pytest.raises(ValueError, match="file_format tfrecord: .* 'array_record' only"):
+    cls(data_dir=str(tmp_path), file_format='tfrecord')
+
+
+def test_builder_imported_by_tfds_build_unpickles_from_data_prep(tmp_path, monkeypatch):
+  """What Beam workers get from a `tfds build data_prep/chexpert` process."""
+  monkeypatch.syspath_prepend(os.path.join(ROOT, 'data_prep'))
+  short = importlib.import_module('chexpert.chexpert_dataset_builder')
+  try:
+    builder = short.Builder(data_dir=str(tmp_path))
+    again = pickle.loads(pickle.dumps(builder))
+  finally:
+    for name in ('chexpert', 'chexpert.chexpert_dataset_builder'):
+      sys.modules.pop(name, None)
+  assert type(again) is build_lib.builder_class('chexpert')
+  assert again.data_dir == builder.data_dir and again.name == 'chexpert'
 
 
 @needs_beam
@@ -81,7 +110,7 @@ def test_chexpert_through_the_cli(tmp_path):
   assert manifest['num_rejects'] == 6
   proc = subprocess.run(
     [sys.executable, '-m', 'data_prep', 'build', 'chexpert', '--manual_dir', str(src),
-     '--data_dir', str(tmp_path / 'beam'), '--beam_runner', 'DirectRunner',
+     '--data_dir', str(tmp_path / 'beam'), '--beam_runner', RUNNER,
      '--beam_options', TWO_WORKERS], capture_output=True, text=True, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   beam = json.loads(proc.stdout[proc.stdout.index('{'):])['dataset_dir']
@@ -89,10 +118,23 @@ def test_chexpert_through_the_cli(tmp_path):
 
 
 @needs_beam
-def test_nih_chest_xray14(tmp_path):
+def test_nih_chest_xray14_through_tfds_build(tmp_path):
+  """`tfds build data_prep/NAME`: TFDS imports the builder as NAME.NAME_dataset_builder,
+  with data_prep/ on sys.path in its own process only; Beam workers must still load it."""
+  tfds_cli = os.path.join(os.path.dirname(sys.executable), 'tfds')
+  if not os.path.exists(tfds_cli) or importlib.util.find_spec('mlcroissant') is None:
+    pytest.skip('no tfds command with mlcroissant beside this Python: run launch/beam_venv.sh')
   src = str(tmp_path / 'src')
   test_data_prep_nih.write_source(src)
   local, manifest = fx.build('nih_chest_xray14', src, str(tmp_path / 'local'))
   assert manifest['num_rejects'] == 7
-  beam, _ = fx.build('nih_chest_xray14', src, str(tmp_path / 'beam'), **beam_kwargs())
-  fx.assert_same_dataset(local, beam)
+  options = f"runner={RUNNER},{TWO_WORKERS.replace(' ', ',').replace('--', '')}"
+  proc = subprocess.run(
+    [tfds_cli, 'build', 'data_prep/nih_chest_xray14', '--manual_dir', src,
+     '--data_dir', str(tmp_path / 'beam'), f'--beam_pipeline_options={options}'],
+    capture_output=True, text=True, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  beam = str(tmp_path / 'beam' / 'nih_chest_xray14' / '1.0.0')
+  assert 'array_record' in ' '.join(os.listdir(beam))  # not TFDS's default TFRecord
+  # moduleName: nih_chest_xray14.nih_chest_xray14_dataset_builder, as TFDS imported it.
+  fx.assert_same_dataset(local, beam, info_may_differ=('moduleName',))
