@@ -27,7 +27,8 @@ def _parse(argv):
   b.add_argument('--data_dir', required=True, help='where datasets are written')
   b.add_argument('--config', default=None, help="builder config, e.g. mimic_cxr's 'frontal'")
   b.add_argument('--beam_runner', default=None,
-                 help='run on Apache Beam, e.g. DirectRunner (needs apache-beam installed)')
+                 help='run on Apache Beam, e.g. DirectRunner or FnApiRunner (local; '
+                 'DirectRunner tries to download Prism first) (needs launch/beam_venv.sh)')
   b.add_argument('--beam_options', default=None,
                  help="Beam pipeline flags, e.g. '--direct_num_workers=2 "
                  "--direct_running_mode=multi_processing'")

@@ -22,6 +22,7 @@ the same order: records are keyed by their item's index and written unshuffled.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -107,6 +108,13 @@ def tfds_example(result: dict) -> tuple[int, dict]:
   return result['index'], {'id': result['id'], 'example': result['record']}
 
 
+def _unpickled_builder(module: str, qualname: str) -> RadjaxBuilder:
+  cls = importlib.import_module(module)
+  for part in qualname.split('.'):
+    cls = getattr(cls, part)
+  return cls.__new__(cls)  # pickle then calls __setstate__, which runs TFDS's __init__
+
+
 class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base class: manual_dir check, item processing, rejects, manifest."""
 
@@ -117,6 +125,23 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   REQUIRED_FILES: tuple[str, ...] = ()  # relative to manual_dir; checked before anything
   REQUIRE_TEXT = True  # False for label- or box-only datasets
   DESCRIPTION = ''
+
+  def __init__(self, *, file_format=None, **kwargs):
+    # radjax reads ArrayRecord shards only; `tfds build` asks for TFDS's default
+    # (TFRecord) unless told otherwise.
+    if file_format not in (None, 'array_record', tfds.core.FileFormat.ARRAY_RECORD):
+      raise ValueError(f'{self.name}: file_format {file_format!s}: radjax datasets are '
+                       "written as 'array_record' only (radjax/data/source.py reads those)")
+    super().__init__(file_format='array_record', **kwargs)
+
+  def __reduce__(self):
+    # `tfds build data_prep/NAME` imports this module as NAME.NAME_dataset_builder, with
+    # data_prep/ on sys.path in its own process only: Beam workers, which unpickle the
+    # builder, import it by its name inside the data_prep package instead.
+    module = type(self).__module__
+    if module == f'{self.name}.{self.name}_dataset_builder':
+      module = f'data_prep.{module}'
+    return _unpickled_builder, (module, type(self).__qualname__), self.__getstate__()
 
   def split_items(self, root: epath.Path) -> dict[str, list[dict]]:
     raise NotImplementedError
@@ -130,6 +155,25 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def manifest_extra(self) -> dict[str, Any]:
     return {}
+
+  def observe_written(self, split: str, example: dict) -> None:
+    """Sees every written Example of each split, in record order, once the shards are
+    written and before extra_files / manifest_extra: summaries of what the shards hold
+    (the demos' finding counts and terms.txt) come out the same on the local path and
+    on Beam, where items are processed in other processes."""
+
+  def _observe_shards(self) -> None:
+    if type(self).observe_written is RadjaxBuilder.observe_written:
+      return  # nothing to summarize: skip reading the shards back
+    from array_record.python.array_record_module import ArrayRecordReader
+    for name, split in self.info.splits.items():
+      for path in split.filepaths:
+        reader = ArrayRecordReader(os.fspath(path))
+        try:
+          for i in range(reader.num_records()):
+            self.observe_written(name, schema.decode(reader.read([i])[0]))
+        finally:
+          reader.close()
 
   # --- TFDS hooks ---------------------------------------------------------------
 
@@ -238,6 +282,7 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     rows.sort(key=lambda r: (order.get(r['split'], 9), r['file'], r['row'] or 0, r['id']))
     (self.data_path / REJECTS).write_text(
       ''.join(json.dumps(r, sort_keys=True) + '\n' for r in rows))
+    self._observe_shards()
     for name, content in self.extra_files().items():
       if isinstance(content, bytes):
         (self.data_path / name).write_bytes(content)

@@ -10,6 +10,7 @@ import csv
 import gzip
 import io
 import json
+import zipfile
 from collections.abc import Iterator
 
 from etils import epath
@@ -50,10 +51,23 @@ def read_text(path: epath.Path, rel: str = '') -> str:
   data = path.read_bytes()
   if path.name.endswith('.gz'):
     data = gzip.decompress(data)
+  elif path.name.endswith('.zip'):  # one zipped file, as PadChest-GR ships master_table.csv
+    data = _only_member(data, rel or str(path))
   try:
     return data.decode('utf-8-sig')
   except UnicodeDecodeError as e:
     raise ManualDirError(f'{rel or path}: not UTF-8 at byte {e.start}') from e
+
+
+def _only_member(data: bytes, rel: str) -> bytes:
+  try:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+      names = [n for n in zf.namelist() if not n.endswith('/') and not n.startswith('__MACOSX/')]
+      if len(names) != 1:
+        raise ManualDirError(f'{rel}: expected one file in the zip archive, found {names}')
+      return zf.read(names[0])
+  except zipfile.BadZipFile as e:
+    raise ManualDirError(f'{rel}: not a readable zip archive ({e})') from e
 
 
 def read_jsonl(path: epath.Path) -> Iterator[tuple[int, dict | str]]:

@@ -74,3 +74,39 @@ def rejects(dataset_dir: str) -> dict[str, dict]:
   with open(os.path.join(dataset_dir, 'rejects.jsonl')) as f:
     rows = [json.loads(line) for line in f]
   return {r['id']: r for r in rows}
+
+
+def raw_records(dataset_dir: str, split: str) -> list[tuple[str, bytes]]:
+  """(id, record bytes) of a split, in record order."""
+  records = source.open_split(dataset_dir, split)
+  return [(schema.decode(records[i])['id'], bytes(records[i])) for i in range(len(records))]
+
+
+def assert_same_dataset(expected: str, actual: str, info_may_differ: tuple[str, ...] = ()) -> None:
+  """Two builds of one dataset (e.g. local and Beam) wrote the same thing: every file
+  beside the shards byte for byte (rejects.jsonl, manifest.json, dataset_info.json but
+  its `info_may_differ` keys, tokenizer ...), and per split the same ids with the same
+  record bytes, sorted by id and in record order."""
+  def beside(d):
+    return sorted(f for f in os.listdir(d) if '.array_record-' not in f)
+
+  def read(d, name):
+    with open(os.path.join(d, name), 'rb') as f:
+      data = f.read()
+    if name == 'dataset_info.json' and info_may_differ:
+      info = json.loads(data)
+      return {k: v for k, v in info.items() if k not in info_may_differ}
+    return data
+
+  assert beside(actual) == beside(expected)
+  for name in beside(expected):
+    assert read(expected, name) == read(actual, name), (
+      f'{name} differs between {expected} and {actual}')
+  with open(os.path.join(expected, 'dataset_info.json')) as f:
+    splits = [s['name'] for s in json.load(f)['splits']]
+  assert splits
+  for split in splits:
+    want, got = raw_records(expected, split), raw_records(actual, split)
+    assert len({i for i, _ in want}) == len(want), f'{split}: duplicate ids in {expected}'
+    assert sorted(got) == sorted(want), f'{split}: records differ'
+    assert got == want, f'{split}: same records, other order'

@@ -13,9 +13,9 @@ from tests import data_prep_fixtures as fx
 N = 12  # real rows
 
 
-@pytest.fixture(scope='module')
-def chexpert_src(tmp_path_factory):
-  root = tmp_path_factory.mktemp('chexpert_src')
+def write_source(root) -> tuple[list[str], list[list[str]]]:
+  """Writes the fixture under root (the folder holding CheXpert-v1.0-small/); returns the
+  CSV header and the N good rows."""
   header, rows = fx.txv_rows('chexpert_train.csv.gz', N)
   bad = [list(r) for r in rows[:6]]
   for r in rows:
@@ -39,6 +39,13 @@ def chexpert_src(tmp_path_factory):
   valid[0][0] = 'CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg'
   fx.write_file(os.path.join(root, valid[0][0]), fx.image_bytes(seed=7))
   fx.write_csv(os.path.join(root, 'CheXpert-v1.0-small/valid.csv'), header, valid)
+  return header, rows
+
+
+@pytest.fixture(scope='module')
+def chexpert_src(tmp_path_factory):
+  root = tmp_path_factory.mktemp('chexpert_src')
+  header, rows = write_source(root)
   return str(root), header, rows
 
 

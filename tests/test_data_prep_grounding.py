@@ -1,10 +1,20 @@
 """MS-CXR and PadChest-GR builders on fixtures in their release formats, with planted
-bad records."""
+bad records.
+
+MS-CXR: the header of MS_CXR_Local_Alignment_v1.1.0.csv as PhysioNet publishes it (dicom_id,
+category_name, label_text, path, x, y, w, h, image_width, image_height, split), paths into
+MIMIC-CXR-JPG's files/ tree. PadChest-GR: the BIMCV release's file and field names."""
+import csv
+import io
 import json
 import os
+import zipfile
 
 import numpy as np
+import pytest
+from PIL import Image
 
+from data_prep.builder import ManualDirError
 from tests import data_prep_fixtures as fx
 
 MS_HEADER = ['dicom_id', 'category_name', 'label_text', 'path', 'x', 'y', 'w', 'h',
@@ -42,34 +52,91 @@ def test_ms_cxr(tmp_path):
   assert 'outside the 64x48 image' in rejects[d[3]]['reason'] and rejects[d[3]]['row'] == 6
 
 
+def padchest_png16(seed: int) -> bytes:
+  """A 16-bit grayscale PNG, as PadChest ships its images."""
+  rng = np.random.default_rng(seed)
+  buf = io.BytesIO()
+  Image.fromarray(rng.integers(0, 4096, (32, 40), dtype=np.uint16)).save(buf, format='PNG')
+  return buf.getvalue()
+
+
+def write_padchest_gr(src: str, images_dir: str = 'Padchest_GR_files/PadChest_GR') -> list[str]:
+  """The BIMCV release: the grounded-report JSON (fields as published: StudyID, ImageID,
+  findings with sentence_en/es, abnormal, boxes, extra_boxes, labels, locations,
+  progression; absent findings without boxes/labels/locations), master_table.csv zipped
+  with one row per (study, label), and the PNGs extracted from PadChest_GR.zip.*."""
+  ids = [f'21639{i}6094306186545{i}_00-115-183.png' for i in range(5)]
+
+  def finding(en, es, boxes=None, labels=None, extra=None):
+    f = {'sentence_en': en, 'sentence_es': es, 'abnormal': boxes is not None,
+         'progression': None}
+    if boxes is not None:  # present finding: the keys absent findings often lack
+      f.update(boxes=boxes, extra_boxes=extra or [], labels=labels, locations=['cardiac'])
+    return f
+
+  reports = [
+    {'StudyID': 'st0', 'ImageID': ids[0], 'findings': [
+      finding('Cardiomegaly.', 'Cardiomegalia.', [[0.3, 0.4, 0.8, 0.75]], ['cardiomegaly'],
+              extra=[[0.31, 0.41, 0.79, 0.74]]),
+      finding('No pleural effusion.', 'Sin derrame pleural.')]},
+    {'StudyID': 'st1', 'ImageID': ids[1], 'findings': [finding(
+      'Left pleural effusion and atelectasis.', 'Derrame pleural izquierdo y atelectasia.',
+      [[0.6, 0.5, 0.9, 0.9], [0.55, 0.6, 0.7, 0.8]], ['pleural effusion', 'atelectasis'])]},
+    {'StudyID': 'st2', 'ImageID': ids[2], 'findings': [
+      finding('Nodule.', 'Nódulo.', [[120, 80, 200, 160]], ['nodule'])]},  # pixels, not [0, 1]
+    {'StudyID': 'st3', 'ImageID': ids[3], 'findings': [finding('Fine.', 'Bien.')]},
+    {'StudyID': 'st4', 'ImageID': ids[4], 'findings': [finding('', '')]},
+  ]
+  fx.write_file(os.path.join(src, 'grounded_reports_20240819.json'),
+                json.dumps(reports, ensure_ascii=False).encode())
+  header = ['StudyID', 'ImageID', 'PatientID', 'PatientSex_DICOM', 'label_group', 'split']
+  rows = [['st0', ids[0], 'p0', 'M', 'cardiomegaly', 'train'],
+          ['st0', ids[0], 'p0', 'M', 'normal', 'train'],
+          ['st1', ids[1], 'p1', 'F', 'pleural effusion', 'validation'],
+          ['st1', ids[1], 'p1', 'F', 'atelectasis', 'validation'],
+          ['st2', ids[2], 'p2', 'F', 'nodule', 'train'],
+          ['st4', ids[4], 'p4', 'M', 'normal', 'train']]  # st3: not in the table
+  table = io.StringIO()
+  csv.writer(table).writerows([header] + rows)
+  buf = io.BytesIO()
+  with zipfile.ZipFile(buf, 'w') as zf:
+    zf.writestr('master_table.csv', table.getvalue())
+  fx.write_file(os.path.join(src, 'master_table.csv.zip'), buf.getvalue())
+  for k, i in enumerate(ids):
+    fx.write_file(os.path.join(src, images_dir, i), padchest_png16(k))
+  return ids
+
+
 def test_padchest_gr(tmp_path):
   src = str(tmp_path / 'src')
-  ids = [f'21639{i}6094306186545{i}_00-115-183.png' for i in range(5)]
-  reports = [
-    {'ImageID': ids[0], 'findings': [
-      {'sentence_en': 'Cardiomegaly.', 'boxes': [[0.3, 0.4, 0.8, 0.75]],
-       'labels': ['cardiomegaly']},
-      {'sentence_en': 'Aortic elongation.', 'boxes': [], 'labels': ['aortic elongation']}]},
-    {'ImageID': ids[1], 'findings': [{'sentence_en': 'Left pleural effusion.',
-                                      'boxes': [[0.6, 0.5, 0.9, 0.9], [0.55, 0.6, 0.7, 0.8]]}]},
-    {'ImageID': ids[2], 'findings': [{'sentence_en': 'Nodule.', 'boxes': [[120, 80, 200, 160]]}]},
-    {'ImageID': ids[3], 'findings': [{'sentence_en': 'Fine.', 'boxes': []}]},
-    {'ImageID': ids[4], 'findings': [{'sentence_en': '', 'boxes': []}]},
-  ]
-  fx.write_file(os.path.join(src, 'grounded_reports_20240819.json'), json.dumps(reports).encode())
-  fx.write_csv(os.path.join(src, 'master_table.csv'), ['ImageID', 'PatientSex_DICOM', 'split'],
-               [[ids[0], 'M', 'train'], [ids[1], 'F', 'validation'], [ids[2], 'F', 'train'],
-                [ids[4], 'M', 'train']])
-  for i in ids:
-    fx.write_file(os.path.join(src, 'images_grounding', i), fx.image_bytes(fmt='PNG'))
+  ids = write_padchest_gr(src)
   out, manifest = fx.build('padchest_gr', src, str(tmp_path / 'out'))
   (ex,) = fx.examples(out, 'train')
-  assert ex['report']['findings'] == 'Cardiomegaly. Aortic elongation.'
-  assert ex['boxes'] == [{'box': [0.3, 0.4, 0.8, 0.75], 'label': 'Cardiomegaly.',
+  assert ex['report']['findings'] == 'Cardiomegaly. No pleural effusion.'
+  # The first reader's boxes only; label = the PadChest label, phrase = the sentence.
+  assert ex['boxes'] == [{'box': [0.3, 0.4, 0.8, 0.75], 'label': 'cardiomegaly',
                           'phrase': 'Cardiomegaly.'}]
+  with open(os.path.join(src, 'Padchest_GR_files/PadChest_GR', ids[0]), 'rb') as f:
+    assert ex['images'][0]['data'] == f.read()  # the 16-bit PNG as published
   (val,) = fx.examples(out, 'val')
-  assert len(val['boxes']) == 2
+  assert [b['label'] for b in val['boxes']] == ['pleural effusion, atelectasis'] * 2
   rejects = fx.rejects(out)
+  assert manifest['num_rejects'] == 3
   assert 'outside [0, 1]' in rejects[ids[2]]['reason']
-  assert 'not in master_table.csv' in rejects[ids[3]]['reason']
+  assert 'not in master_table.csv.zip' in rejects[ids[3]]['reason']
   assert 'sentence_en: missing or empty' in rejects[ids[4]]['reason']
+
+
+@pytest.mark.parametrize('images_dir', ['PadChest_GR', 'Padchest_GR_files', 'images_grounding'])
+def test_padchest_gr_image_folders(tmp_path, images_dir):
+  src = str(tmp_path / 'src')
+  write_padchest_gr(src, images_dir)
+  _, manifest = fx.build('padchest_gr', src, str(tmp_path / 'out'))
+  assert manifest['counts'] == {'train': 1, 'val': 1}
+
+
+def test_padchest_gr_without_images_names_the_folders(tmp_path):
+  src = str(tmp_path / 'src')
+  write_padchest_gr(src, 'elsewhere')
+  with pytest.raises(ManualDirError, match='PadChest_GR/ or Padchest_GR_files/PadChest_GR/'):
+    fx.build('padchest_gr', src, str(tmp_path / 'out'))

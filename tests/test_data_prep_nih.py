@@ -23,9 +23,9 @@ def png(size=64, mode='L', alpha=255) -> bytes:
   return buf.getvalue()
 
 
-@pytest.fixture(scope='module')
-def nih(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp('nih_src'))
+def write_source(root: str):
+  """Writes the fixture under root; returns (rows, box_rows, bad, good): the label rows
+  written, the real box rows, the planted bad label rows and the good image names."""
   header, entries = fx.txv_rows('Data_Entry_2017_v2020.csv.gz')
   box_header, box_rows = fx.txv_rows('BBox_List_2017.csv.gz', 3)
   boxed = {r[0] for r in box_rows}
@@ -59,6 +59,13 @@ def nih(tmp_path_factory):
     f.write('\n'.join(n for n in names if n not in test) + '\n')
   with open(os.path.join(root, 'test_list.txt'), 'w') as f:
     f.write('\n'.join(test) + '\n')
+  return rows, box_rows, bad, good
+
+
+@pytest.fixture(scope='module')
+def nih(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('nih_src'))
+  rows, box_rows, bad, good = write_source(root)
   path, manifest = fx.build('nih_chest_xray14', root, str(tmp_path_factory.mktemp('out')))
   return path, manifest, rows, box_rows, bad, good
 

@@ -67,20 +67,21 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
     return demo.make_demo_example(self.builder_config.seed, split, item['row'])
 
   def process_items(self, split, items):
-    counter = self._frequencies.setdefault(split, Counter())
     if self.num_workers > 1:
       rendered = demo.render_in_subprocesses(
         self.builder_config.seed, [(split, it['row']) for it in items], self.num_workers)
     else:
       rendered = (self.make_example(it, split) for it in items)
     for index, (item, example) in enumerate(zip(items, rendered)):
-      demo.count_findings(example, counter)
       if self.corrupt_hook is not None:
         example = self.corrupt_hook(example)
-      result = builder_lib.process_item(self, split, index, item, example)
-      if 'record' in result:
-        self._terms.add_example(example)  # terms.txt: only words the written text uses
-      yield result
+      yield builder_lib.process_item(self, split, index, item, example)
+
+  def observe_written(self, split, example):
+    # Counts and terms.txt describe what was written (also on Beam, where the items
+    # are rendered in other processes).
+    demo.count_findings(example, self._frequencies.setdefault(split, Counter()))
+    self._terms.add_example(example)
 
   def extra_files(self):
     tok = tokenizer_lib.train_tokenizer(self.builder_config.vocab_size)

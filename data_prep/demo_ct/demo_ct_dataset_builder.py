@@ -62,15 +62,10 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
                                 min_slices=c.min_slices, max_slices=c.max_slices,
                                 window=c.window)
 
-  def process_items(self, split, items):
-    counter = self._frequencies.setdefault(split, Counter())
-    for index, item in enumerate(items):
-      example = self.make_example(item, split)
-      result = builder_lib.process_item(self, split, index, item, example)
-      if 'record' in result:  # what is written is what the counts and terms describe
-        counter.update(_present(example))
-        self._terms.add_example(example)
-      yield result
+  def observe_written(self, split, example):
+    # What is written is what the counts and terms describe, on the local path and on Beam.
+    self._frequencies.setdefault(split, Counter()).update(_present(example))
+    self._terms.add_example(example)
 
   def extra_files(self):
     tok = tokenizer_lib.train_tokenizer(self.builder_config.vocab_size)

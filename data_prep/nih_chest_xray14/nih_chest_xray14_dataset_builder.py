@@ -44,7 +44,8 @@ def parse_labels(text: str) -> dict:
   unknown = [n for n in names if n not in TO_CHEXPERT]
   if unknown or not names:
     raise builder_lib.Reject(f'Finding Labels: unknown label value {text!r}')
-  labels = {obs: 0 for obs in set(TO_CHEXPERT.values()) if obs}
+  # In TO_CHEXPERT's order, not a set's: record bytes must not depend on the hash seed.
+  labels = {obs: 0 for obs in dict.fromkeys(TO_CHEXPERT.values()) if obs}
   for n in names:
     if TO_CHEXPERT[n]:
       labels[TO_CHEXPERT[n]] = 1

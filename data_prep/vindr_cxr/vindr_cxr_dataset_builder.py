@@ -59,6 +59,18 @@ def fuse(rows: list[tuple[int, dict]], size: tuple[int, int], where: str) -> lis
   return out
 
 
+def box_labels(boxes: list[dict]) -> dict:
+  """Each mapped observation 1 when a fused box has it, else 0; No Finding when none.
+  Keys in TO_CHEXPERT's order, not a set's: a record's bytes must not depend on the
+  process's hash seed (Beam workers are other processes)."""
+  labels = {obs: 0 for obs in dict.fromkeys(TO_CHEXPERT.values()) if obs}
+  for b in boxes:
+    if TO_CHEXPERT[b['phrase']]:
+      labels[TO_CHEXPERT[b['phrase']]] = 1
+  labels['No Finding'] = int(not boxes)
+  return labels
+
+
 class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
   """VinDr-CXR radiographs (DICOM) with radiologists' boxes fused per class."""
 
@@ -91,10 +103,5 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
       raise builder_lib.Reject(f"{item['image']}: image file missing")
     image, size, _ = dicom.read_dicom(path.read_bytes(), item['image'])
     boxes = fuse(item['rows'], size, item['file'])
-    labels = {obs: 0 for obs in set(TO_CHEXPERT.values()) if obs}
-    for b in boxes:
-      if TO_CHEXPERT[b['phrase']]:
-        labels[TO_CHEXPERT[b['phrase']]] = 1
-    labels['No Finding'] = int(not boxes)
     return schema.make_example(id=item['id'], source=self.SOURCE, split=split, images=[image],
-                               labels=labels, boxes=boxes)
+                               labels=box_labels(boxes), boxes=boxes)

@@ -120,6 +120,13 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # answer tokens of their terms weigh keyword_weight; the loss divides by the summed weights.
   c.data.keyword_terms = ''
   c.data.keyword_weight = 3.0
+  # CheXpert observations as multi-label targets from the Examples' `labels` (unmentioned
+  # = 0, -1 = task_options.uncertain_as): task 'classify' trains on them; a VLM with
+  # label_loss_weight > 0 adds a label head on its vision tower's pooled features and
+  # that weight x the head's mean sigmoid cross-entropy to its loss (an auxiliary loss
+  # that makes the tower see the findings early).
+  c.data.label_names = ()
+  c.data.label_loss_weight = 0.0
   # Volumes and images in separate batches (RadFM): volume components of the mixture form
   # batches of volume_batch_size, images of train.batch_size; a batch is a volume batch
   # with probability volume_batch_share. A volume batch is padded in depth to the smallest
@@ -151,7 +158,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   # ---- model: parts chosen by kind (radjax/models/registry.py) ------------------
   c.model = ml_collections.ConfigDict()
-  # 'vlm' (vision + projector + LLM), or one part alone: 'llm', 'vision', 'projector'
+  # 'vlm' (vision + projector + LLM), 'classifier' (vision + a label head, task 'classify'),
+  # or one part alone: 'llm', 'vision', 'projector'
   # (e.g. imported by `python -m radjax.convert from-hf`, or trained by task 'lm').
   c.model.kind = 'vlm'
   c.model.image_token_id = -1  # -1: the tokenizer's <image>; a set id must agree with it

@@ -7,6 +7,7 @@ import numpy as np
 
 from radjax.data import chat, instructions, schema, volumes
 from radjax.data import images as images_lib
+from radjax.data import labels as labels_lib
 
 
 @dataclasses.dataclass
@@ -80,6 +81,7 @@ class ConversationProcessor:
   options: instructions.Options
   max_len: int
   images: ImageSlots | VolumeSlots | None = None
+  labels: labels_lib.LabelTargets | None = None  # the auxiliary label loss's targets
 
   def turns(self, example: dict, rng, served=None) -> list[dict]:
     served = served or instructions.served(example, self.tasks, self.options)
@@ -98,4 +100,6 @@ class ConversationProcessor:
       n = int(out['image_mask'].sum())
     arrays = self.encoder.training_arrays(self.turns(example, rng, served), n, self.max_len,
                                           example['id'])
+    if self.labels is not None:
+      out.update(self.labels(example))
     return {**arrays, **out}

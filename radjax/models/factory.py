@@ -87,9 +87,10 @@ def projector_config(model_cfg, in_dim: int | None = None, out_dim: int | None =
   return part_config(model_cfg, 'projector', **derived)
 
 
-def vlm_config(model_cfg, image_token_id: int | None = None) -> vlm.VLMConfig:
+def vlm_config(model_cfg, image_token_id: int | None = None,
+               num_labels: int = 0) -> vlm.VLMConfig:
   """`image_token_id` (the tokenizer's <image>) is used where config.model.image_token_id
-  is -1; a set id must agree with it."""
+  is -1; a set id must agree with it. `num_labels` > 0 adds the auxiliary label head."""
   vision, lm = vision_config(model_cfg), llm_config(model_cfg)
   token = model_cfg.image_token_id
   if token < 0:
@@ -102,7 +103,7 @@ def vlm_config(model_cfg, image_token_id: int | None = None) -> vlm.VLMConfig:
                      f'{image_token_id}')
   return vlm.VLMConfig(vision=vision,
                        projector=projector_config(model_cfg, vision.embed_dim, lm.embed_dim),
-                       llm=lm, image_token_id=token)
+                       llm=lm, image_token_id=token, num_labels=num_labels)
 
 
 def parts_of(model_cfg) -> dict:
@@ -111,7 +112,9 @@ def parts_of(model_cfg) -> dict:
     vision, lm = vision_config(model_cfg), llm_config(model_cfg)
     return {'vision': vision, 'llm': lm,
             'projector': projector_config(model_cfg, vision.embed_dim, lm.embed_dim)}
+  if model_cfg.kind == 'classifier':  # its label head has no part of its own
+    return {'vision': vision_config(model_cfg)}
   if model_cfg.kind not in PARTS:
-    raise ValueError(f'config.model.kind={model_cfg.kind!r} is not one of vlm, '
+    raise ValueError(f'config.model.kind={model_cfg.kind!r} is not one of vlm, classifier, '
                      f'{", ".join(PARTS)}')
   return {model_cfg.kind: part_config(model_cfg, model_cfg.kind)}

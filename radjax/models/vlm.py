@@ -13,8 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from radjax.models import classifier, registry
 from radjax.models import llm as llm_lib
-from radjax.models import registry
 from radjax.models.runtime import Runtime
 
 
@@ -24,6 +24,7 @@ class VLMConfig:
   projector: Any  # a projector kind's config
   llm: llm_lib.LLMConfig
   image_token_id: int
+  num_labels: int = 0  # > 0: a label head on the tower (an auxiliary loss; not exported)
 
   @property
   def tokens_per_image(self) -> int:
@@ -60,33 +61,55 @@ class VLM(nn.Module):
     self.vision = registry.module('vision', self.cfg.vision, self.rt.vision)
     self.projector = registry.module('projector', self.cfg.projector, self.rt.projector)
     self.llm = registry.module('llm', self.cfg.llm, self.rt.llm)
+    if self.cfg.num_labels:
+      self.label_head = classifier.LabelHead(self.cfg.num_labels, self.rt.vision)
 
-  def encode_images(self, images, depth_mask=None):
-    """images [B, M, H, W, C] (2D) or [B, M, H, W, D, C] (volumes, for a 3D tower);
-    depth_mask [B, M, D] (True: a real slice; None: all real) -> projected features
-    [B, M * tokens, E_llm]. A tower that pads (vit3d) returns `token_mask` in its aux
-    and the projector leaves those tokens out."""
+  def _tower(self, images, depth_mask=None):
+    """images [B, M, ...] -> tower features [B * M, T, D] and their token mask."""
     b, m = images.shape[:2]
     flat = images.reshape(b * m, *images.shape[2:])
     if depth_mask is None:
       feats, aux = self.vision(flat)
     else:
       feats, aux = self.vision(flat, depth_mask.reshape(b * m, *depth_mask.shape[2:]))
-    feats = _maybe_frozen(feats, self.rt.vision)
-    token_mask = aux.get('token_mask')
+    return _maybe_frozen(feats, self.rt.vision), aux.get('token_mask')
+
+  def _project(self, feats, token_mask, b: int):
     feats = self.projector(feats) if token_mask is None else self.projector(feats, token_mask)
     feats = _maybe_frozen(feats, self.rt.projector)
-    return feats.reshape(b, m * feats.shape[1], feats.shape[-1])
+    return feats.reshape(b, -1, feats.shape[-1])
+
+  def encode_images(self, images, depth_mask=None):
+    """images [B, M, H, W, C] (2D) or [B, M, H, W, D, C] (volumes, for a 3D tower);
+    depth_mask [B, M, D] (True: a real slice; None: all real) -> projected features
+    [B, M * tokens, E_llm]. A tower that pads (vit3d) returns `token_mask` in its aux
+    and the projector leaves those tokens out."""
+    return self._project(*self._tower(images, depth_mask), images.shape[0])
 
   def embed(self, tokens, images, depth_mask=None):
     text = self.llm.embed(tokens)
     return splice(text, self.encode_images(images, depth_mask), tokens,
                   self.cfg.image_token_id)
 
+  def with_labels(self, tokens, images, depth_mask=None):
+    """(logits [B, T, V], label logits [B, L] of each example's first image): the
+    forward pass of training with the auxiliary label loss, the tower run once."""
+    b, m = images.shape[:2]
+    feats, token_mask = self._tower(images, depth_mask)
+    first = lambda x: None if x is None else x.reshape(b, m, *x.shape[1:])[:, 0]
+    label_logits, _ = self.label_head(first(feats), first(token_mask))
+    embeds = splice(self.llm.embed(tokens), self._project(feats, token_mask, b), tokens,
+                    self.cfg.image_token_id)
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    logits, _ = self.llm(embeds, positions)
+    return logits, label_logits
+
   def __call__(self, tokens, images, positions=None, cache=None, cache_index=0,
                key_mask=None, depth_mask=None):
     """tokens [B, T]; images [B, M, H, W, C] or [B, M, H, W, D, C] with depth_mask
     [B, M, D]. Returns (logits [B, T, V], aux)."""
+    if self.cfg.num_labels and self.is_initializing():  # creates the label head too
+      return self.with_labels(tokens, images, depth_mask)[0], None
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     embeds = self.embed(tokens, images, depth_mask)

@@ -1,8 +1,9 @@
 """Tasks by name (`config.task`)."""
-from radjax.tasks import lm, vlm, vqgan
+from radjax.tasks import classify, lm, vlm, vqgan
 from radjax.tasks.base import BatchField, Task  # noqa: F401
 
-TASKS = {t.name: t for t in (vlm.ImageTextToText, lm.TextToText, vqgan.ImageCodec)}
+TASKS = {t.name: t for t in (vlm.ImageTextToText, lm.TextToText, vqgan.ImageCodec,
+                                 classify.FindingClassifier)}
 
 
 def make(config, tokenizer) -> Task:

@@ -69,6 +69,11 @@ class Task:
     is logged as `<name>`."""
     raise NotImplementedError
 
+  def train_loss(self, model, params, batch, rng) -> dict:
+    """What training minimises (default: `loss`); a task with auxiliary terms adds them
+    here, so held-out `loss` stays the task's own objective."""
+    return self.loss(model, params, batch, rng)
+
   def parts_frozen(self, labels) -> tuple[str, ...]:
     """Parts whose every parameter is in a frozen optimizer group."""
     out = []
@@ -89,7 +94,7 @@ class Task:
 
   def train_step(self, model, tx, labels, schedule):
     """train_step(state, batch) -> (state, metrics), to be jitted by the trainer."""
-    return step_lib.make_train_step(functools.partial(self.loss, model), tx,
+    return step_lib.make_train_step(functools.partial(self.train_loss, model), tx,
                                     optimizer_lib.trainable_mask(labels), schedule,
                                     self.config.optim.grad_accum)
 
@@ -109,11 +114,12 @@ def chat_encoder(config, tokenizer, image_tokens: int) -> chat.ConversationEncod
                                   c.get('image_delimiters', False), keywords.from_config(c))
 
 
-def conversation_processor(config, encoder, tasks, images=None):
+def conversation_processor(config, encoder, tasks, images=None, labels=None):
   tasks = tuple(config.data.tasks if tasks is None else tasks)
   options = instructions.options_from_config(config.data.task_options,
                                              config.data.get('codebook_size', 0))
-  return processors.ConversationProcessor(encoder, tasks, options, config.data.max_len, images)
+  return processors.ConversationProcessor(encoder, tasks, options, config.data.max_len, images,
+                                          labels)
 
 
 def zeros(spec: dict, keys) -> tuple:

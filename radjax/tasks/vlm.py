@@ -1,8 +1,11 @@
 """Image(s) + text -> text: the VLM trained on conversations drawn from instruction tasks
 (report generation, classification, grounding, ...), loss on the answers."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from radjax.data import chat, mixture, processors
+from radjax.data import labels as labels_lib
 from radjax.models import factory, vlm
 from radjax.tasks import base
 from radjax.train import loss as loss_lib
@@ -21,7 +24,14 @@ class ImageTextToText(base.Task):
       base.prepare_tokenizer(config, tokenizer, images=True)
       self.check_vocab()
       image_id = tokenizer.convert_tokens_to_ids(chat.IMAGE_MARK)
-    self.model_cfg = factory.vlm_config(config.model, image_id)
+    # The auxiliary label loss (config.data.label_loss_weight > 0): its targets and head.
+    self.label_weight = float(config.data.get('label_loss_weight', 0.0))
+    self.targets = labels_lib.from_config(config.data) if self.label_weight else None
+    if self.label_weight and self.targets is None:
+      raise ValueError(f'config.data.label_loss_weight={self.label_weight} needs '
+                       'config.data.label_names')
+    self.model_cfg = factory.vlm_config(config.model, image_id,
+                                        len(self.targets.names) if self.targets else 0)
     if tokenizer is not None:
       self.encoder = base.chat_encoder(config, tokenizer, self.model_cfg.tokens_per_image)
     c, v = config.data, self.model_cfg.vision
@@ -51,7 +61,9 @@ class ImageTextToText(base.Task):
                                        v.num_channels), np.float32),
             'image_mask': base.BatchField((c.max_images,), np.bool_),
             **({'depth_mask': base.BatchField((c.max_images, v.max_depth), np.bool_)}
-               if 'volume' in self.slots else {})}
+               if 'volume' in self.slots else {}),
+            **({'labels': base.BatchField((len(self.targets.names),), np.float32),
+                'label_mask': base.BatchField((), np.float32)} if self.targets else {})}
 
   def processor(self, tasks=None, kind: str = '') -> processors.ConversationProcessor:
     """kind: 'image' | 'volume' (default: the eval dataset's)."""
@@ -59,7 +71,7 @@ class ImageTextToText(base.Task):
       raise ValueError(f'a mixture component of kind {kind!r} needs a vision tower that '
                        f'reads it; config.model.vision.kind={self.model_cfg.vision.kind!r}')
     slots = self.slots[kind] if kind else self.image_slots
-    return base.conversation_processor(self.config, self.encoder, tasks, slots)
+    return base.conversation_processor(self.config, self.encoder, tasks, slots, self.targets)
 
   def model(self, frozen=()) -> vlm.VLM:
     return vlm.VLM(self.model_cfg, factory.vlm_runtime(self.config, frozen))
@@ -72,3 +84,20 @@ class ImageTextToText(base.Task):
                             depth_mask=batch.get('depth_mask'),
                             rngs={'dropout': rng} if rng is not None else None)
     return loss_lib.token_losses(logits, batch['targets'], batch['loss_mask'])
+
+  def train_loss(self, model, params, batch, rng):
+    """The report loss, plus label_loss_weight x the label head's mean cross-entropy per
+    labelled example (scaled by tokens per example, as the step divides by tokens)."""
+    if not self.label_weight:
+      return self.loss(model, params, batch, rng)
+    logits, label_logits = model.apply({'params': params}, batch['tokens'], batch['images'],
+                                       depth_mask=batch.get('depth_mask'),
+                                       rngs={'dropout': rng} if rng is not None else None,
+                                       method=vlm.VLM.with_labels)
+    sums = loss_lib.token_losses(logits, batch['targets'], batch['loss_mask'])
+    lab = loss_lib.label_losses(label_logits, batch['labels'], batch['label_mask'])
+    per_example = jax.lax.stop_gradient(sums['weight_sum'] / jnp.maximum(lab['weight_sum'], 1.0))
+    sums['label_loss_sum'] = lab['loss_sum'] * per_example
+    sums['label_accuracy_sum'] = lab['accuracy_sum'] * per_example
+    sums['loss_sum'] = sums['loss_sum'] + self.label_weight * sums['label_loss_sum']
+    return sums

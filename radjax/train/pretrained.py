@@ -26,11 +26,12 @@ from radjax.models import factory
 def _from_workdir(part: str, path: str, target_cfg, target, scan: bool):
   source = workdir_lib.load_config(path)
   kind = source.model.kind
-  if kind not in (part, 'vlm'):
+  source_parts = factory.parts_of(source.model)
+  if part not in source_parts:
     raise ValueError(f'config.model.{part}.init_from={path!r} is a {kind!r} workdir, '
                      f'which has no {part}')
-  sub = (part,) if kind == 'vlm' else ()
-  source_cfg = factory.parts_of(source.model)[part]
+  sub = () if kind == part else (part,)  # a part inside a composition (vlm, classifier)
+  source_cfg = source_parts[part]
   if source_cfg.kind != target_cfg.kind:
     raise ValueError(f'config.model.{part}.init_from={path!r} holds a {part} of kind '
                      f'{source_cfg.kind!r}, but config.model.{part}.kind={target_cfg.kind!r}')

@@ -6,11 +6,11 @@ import os
 
 import jax
 
-from radjax.eval.evaluators import codec, codes, instruction, loss, reports
+from radjax.eval.evaluators import codec, codes, instruction, labels, loss, reports
 
 EVALUATORS = {'loss': loss.LossEvaluator, 'reports': reports.ReportEvaluator,
-              'codec': codec.CodecEvaluator, 'codes_loss': codes.CodesLossEvaluator,
-              'codes_reports': codes.CodesReportEvaluator,
+              'codec': codec.CodecEvaluator, 'labels': labels.LabelEvaluator,
+              'codes_loss': codes.CodesLossEvaluator, 'codes_reports': codes.CodesReportEvaluator,
               **{name: instruction.make(name) for name in instruction.SCORERS}}
 
 

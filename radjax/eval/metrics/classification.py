@@ -121,3 +121,36 @@ def classification_scores(generated: list[str], reference_labels: list, vocab=No
   out = {f'classification_{k}': v for k, v in scores.items()}
   out['classification_num_unknown_labels'] = float(sum(len(u) for _, u in parsed))
   return out
+
+
+def auroc(scores, truth) -> float:
+  """Area under the ROC curve of `scores` for binary `truth` (the Mann-Whitney U
+  statistic, ties counting half); nan when only one class is present."""
+  scores, truth = np.asarray(scores, np.float64), np.asarray(truth, bool)
+  pos, neg = int(truth.sum()), int((~truth).sum())
+  if not pos or not neg:
+    return float('nan')
+  order = np.argsort(scores, kind='mergesort')
+  ranks = np.empty(len(scores), np.float64)
+  sorted_scores = scores[order]
+  # Average ranks over ties (1-based).
+  starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+  ends = np.r_[starts[1:], len(scores)]
+  for s, e in zip(starts, ends):
+    ranks[order[s:e]] = (s + e + 1) / 2
+  return float((ranks[truth].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def probability_scores(probs, truth, names, threshold: float = 0.5) -> dict[str, float]:
+  """Per label AUROC and P/R/F1 at `threshold`, with micro F1 and macro AUROC, for
+  probabilities [N, L] against 0/1 truth [N, L] (names: the L labels)."""
+  probs, truth = np.asarray(probs), np.asarray(truth) > 0.5
+  pred = probs >= threshold
+  as_lists = lambda m: [[n for n, v in zip(names, row) if v] for row in m]
+  out = multilabel_scores(as_lists(pred), as_lists(truth), list(names))
+  aucs = [auroc(probs[:, i], truth[:, i]) for i in range(len(names))]
+  for name, a in zip(names, aucs):
+    out[f'{name}/auroc'] = a
+  valid = [a for a in aucs if a == a]
+  out['macro_auroc'] = float(np.mean(valid)) if valid else float('nan')
+  return out

@@ -1,0 +1,36 @@
+"""A finding classifier on held-out images: per-observation AUROC and P/R/F1 at p = 0.5,
+micro F1 and macro AUROC (radjax/eval/metrics/classification.py)."""
+import jax
+import numpy as np
+
+from radjax.data import pipeline
+from radjax.eval.metrics import classification
+
+
+class LabelEvaluator:
+
+  def __init__(self, exp, split: str):
+    self.exp, self.split = exp, split
+    with exp.context():
+      self._predict = jax.jit(
+          lambda params, batch: (exp.task.predict(exp.model, params, batch['images'])[0],
+                                 batch['labels'], batch['label_mask']),
+          in_shardings=(exp.state_shardings.params, exp.batch_shardings))
+
+  def run(self, params, step: int, writer=None, out_dir=None) -> dict:
+    del step, writer, out_dir
+    cfg, task = self.exp.config, self.exp.task
+    ds = pipeline.eval_dataset(cfg, task.processor(), self.split, cfg.eval.batch_size)
+    probs, truth = [], []
+    for batch in ds:
+      with self.exp.context():
+        out = self._predict(params, pipeline.to_global(batch, self.exp.batch_shardings))
+      p, y, mask = (pipeline.to_host(x) for x in out)  # every process sees every row
+      probs.append(p[mask > 0])
+      truth.append(y[mask > 0])
+    if not probs:
+      raise ValueError(f'eval split {self.split!r} has fewer than config.eval.batch_size '
+                       f'({cfg.eval.batch_size}) records')
+    scores = classification.probability_scores(np.concatenate(probs), np.concatenate(truth),
+                                               task.targets.names)
+    return {f'eval/labels_{k}': float(v) for k, v in scores.items()}

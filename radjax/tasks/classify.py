@@ -1,0 +1,88 @@
+"""Image -> findings: a vision tower with a multi-label head trained on the Examples'
+`labels` (config.data.label_names). It scores generated images for faithfulness (LLM-CXR)
+and is a vision pre-stage a VLM's tower can start from (`model.vision.init_from`)."""
+import dataclasses
+
+import jax
+import numpy as np
+
+from radjax.data import images as images_lib
+from radjax.data import labels as labels_lib
+from radjax.data import schema
+from radjax.models import classifier, factory
+from radjax.tasks import base
+from radjax.train import loss as loss_lib
+
+
+@dataclasses.dataclass
+class LabelledImageProcessor:
+  """Record bytes -> the record's first image and its label targets."""
+  targets: labels_lib.LabelTargets
+  image_size: int
+  num_channels: int
+  mean: tuple
+  std: tuple
+  augment: bool = False
+  crop_scale: tuple = (0.8, 1.0)
+
+  def __call__(self, raw: bytes, rng) -> dict:
+    example = schema.decode(raw)
+    if not example['images']:
+      raise schema.SchemaError(f"record {example['id']!r}: images: none (a finding "
+                               'classifier reads one)')
+    x = images_lib.preprocess(example['images'][0], size=self.image_size,
+                              num_channels=self.num_channels, mean=self.mean, std=self.std,
+                              record_id=example['id'], rng=rng if self.augment else None,
+                              crop_scale=self.crop_scale)
+    return {'images': x.astype(np.float32), **self.targets(example)}
+
+
+def classifier_config(config) -> classifier.ClassifierConfig:
+  targets = labels_lib.from_config(config.data)
+  if targets is None:
+    raise ValueError('config.data.label_names is empty: name the observations to classify')
+  return classifier.ClassifierConfig(factory.vision_config(config.model), len(targets.names))
+
+
+class FindingClassifier(base.Task):
+  name = 'classify'
+  model_kind = 'classifier'
+  evaluators = ('loss', 'labels')
+  parts = {'vision': 'vision'}
+  needs_tokenizer = False
+  image_slots = None  # answers no prompts
+
+  def __init__(self, config, tokenizer):
+    super().__init__(config, tokenizer)
+    self.model_cfg = classifier_config(config)
+    self.targets = labels_lib.from_config(config.data)
+
+  def batch_spec(self) -> dict:
+    v = self.model_cfg.vision
+    return {'images': base.BatchField((v.image_size, v.image_size, v.num_channels), np.float32),
+            'labels': base.BatchField((self.model_cfg.num_labels,), np.float32),
+            'label_mask': base.BatchField((), np.float32)}
+
+  def processor(self, tasks=None, kind: str = '') -> LabelledImageProcessor:
+    del tasks, kind  # images and labels only
+    d, v = self.config.data, self.model_cfg.vision
+    return LabelledImageProcessor(self.targets, v.image_size, v.num_channels,
+                                  tuple(d.image_mean), tuple(d.image_std), d.augment,
+                                  tuple(d.crop_scale))
+
+  def model(self, frozen=()) -> classifier.Classifier:
+    return classifier.Classifier(self.model_cfg,
+                                 factory.runtime(self.config, 'vision', 'vision' in frozen))
+
+  def init_inputs(self) -> tuple:
+    return base.zeros(self.batch_spec(), ('images',))
+
+  def predict(self, model, params, images):
+    """(probabilities [N, L], pooled features [N, D]) of images [N, H, W, C]."""
+    logits, pooled = model.apply({'params': params}, images)
+    return jax.nn.sigmoid(logits), pooled
+
+  def loss(self, model, params, batch, rng):
+    del rng
+    logits, _ = model.apply({'params': params}, batch['images'])
+    return loss_lib.label_losses(logits, batch['labels'], batch['label_mask'])
