@@ -13,13 +13,15 @@ import pytest
 from PIL import Image
 
 import main as main_lib
+from configs import classifier as classifier_recipe
 from configs import llm_cxr as recipe
 from configs import vqgan as vqgan_recipe
 from radjax import run as run_lib
 from radjax.core import workdir as workdir_lib
-from radjax.eval import llm_cxr
+from radjax.eval import faithfulness, llm_cxr
 from radjax.eval.evaluators import codes as codes_evaluators
 from radjax.models import factory, vqgan
+from tests.conftest import build_experiment
 
 REPORT = 'Findings: Moderate left pleural effusion.\nImpression: Left effusion.'
 
@@ -139,6 +141,27 @@ def test_image_to_report_returns_text(trained, tmp_path, capsys):
   rows = model.answerer.answer_ids(model.params, items, model.read_cfg, seed=0)
   assert not any(model.first_code <= t < model.end_code or t in (model.begin_id, model.close_id)
                  for t in rows[0])
+
+
+def test_faithfulness_scores_drawn_real_and_reconstructed_images(trained, demo_data, tmp_path):
+  config, workdir, _ = trained
+  c = classifier_recipe.get_config('size=micro')
+  c.data.dir = demo_data
+  with jax.threefry_partitionable(False):  # an untrained classifier: the wiring, not the rates
+    exp = build_experiment(c)
+  classifier = str(tmp_path / 'cls')
+  workdir_lib.save_params(classifier, c, jax.device_get(exp.state.params))
+  out = faithfulness.evaluate(workdir, classifier, 'val', n=6, log=lambda *_: None)
+  assert out['n'] == 6
+  for images in ('generated', 'real', 'reconstructed'):
+    rates = out[images]
+    assert set(c.data.label_names) <= set(rates)
+    for name in c.data.label_names:
+      r = rates[name]
+      assert r['stated'] + r['ruled_out'] == 6  # the demo states or rules out every finding
+  for key in ('frechet_real_vs_generated', 'frechet_real_vs_reconstructed'):
+    assert np.isfinite(out[key]) and out[key] >= -1e-6
+  assert faithfulness.main(['--llm_cxr', workdir, '--classifier', workdir]) == 2  # not one
 
 
 def test_tiny_without_a_codec_says_what_to_train():

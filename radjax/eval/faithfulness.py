@@ -74,7 +74,8 @@ class Classifier:
     if self.config.task != 'classify':
       raise ValueError(f'--classifier={workdir!r} is a {self.config.task!r} workdir, not a '
                        "finding classifier (task 'classify')")
-    exp, _ = run.load_trained(self.config, workdir)
+    self.exp, _ = run.load_trained(self.config, workdir)
+    exp = self.exp
     self.names = tuple(self.config.data.label_names)
     self.vision = exp.task.model_cfg.vision
     task, model, params = exp.task, exp.model, exp.state.params
@@ -98,7 +99,8 @@ class Classifier:
       n = len(chunk)
       if n < bs:
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - n, 0)])
-      p, f = self._predict(chunk)
+      with self.exp.context():
+        p, f = self._predict(chunk)
       probs.append(np.asarray(p)[:n])
       feats.append(np.asarray(f)[:n])
     return np.concatenate(probs), np.concatenate(feats)
