@@ -164,6 +164,29 @@ def test_faithfulness_scores_drawn_real_and_reconstructed_images(trained, demo_d
   assert faithfulness.main(['--llm_cxr', workdir, '--classifier', workdir]) == 2  # not one
 
 
+def test_web_demo_draws_and_reads_as_generate_mode(trained, tmp_path):
+  gradio_client = pytest.importorskip('gradio_client')
+  from radjax.serve import app, reporter
+  from tests.test_serve import _free_port
+  config, workdir, _ = trained
+  rep = reporter.load(workdir)
+  assert isinstance(rep, reporter.CodesReporter)
+  port = _free_port()
+  demo = app.launch(rep, port=port, block=False)
+  try:
+    client = gradio_client.Client(f'http://127.0.0.1:{port}/', verbose=False)
+    shown = client.predict(REPORT, config.seed, api_name='/draw')
+    png = run_lib.main(config, workdir, 'generate', [], REPORT, str(tmp_path / 'gen'))[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(shown).convert('L')),
+                                  np.asarray(Image.open(png)))
+    _, text, table, _ = client.predict(gradio_client.handle_file(png), 'greedy', 1.0, 1.0, 1,
+                                       0, api_name='/report')
+    assert text == run_lib.main(config, workdir, 'generate', [png])[0]
+    assert len(table['data']) == 14
+  finally:
+    demo.close()
+
+
 def test_tiny_without_a_codec_says_what_to_train():
   with pytest.raises(ValueError, match=r'configs/vqgan.py:size=tiny.*codec='):
     recipe.get_config('size=tiny')

@@ -52,9 +52,13 @@ class Codec:
     with open(path, 'rb') as f:
       data = f.read()
     fmt = 'png' if data.startswith(b'\x89PNG') else 'jpeg'
-    return images_lib.preprocess({'data': data, 'format': fmt, 'kind': '2d'},
-                                 size=self.cfg.image_size, num_channels=self.cfg.num_channels,
-                                 mean=(0.5,) * 3, std=(0.5,) * 3, record_id=path)
+    return self.preprocess({'data': data, 'format': fmt, 'kind': '2d'}, path)
+
+  def preprocess(self, entry: dict, name: str) -> np.ndarray:
+    """An Example's image entry -> [S, S, C] in [-1, 1]."""
+    return images_lib.preprocess(entry, size=self.cfg.image_size,
+                                 num_channels=self.cfg.num_channels, mean=(0.5,) * 3,
+                                 std=(0.5,) * 3, record_id=name)
 
   def _batched(self, fn, arrays: np.ndarray, batch_size: int) -> np.ndarray:
     out = []

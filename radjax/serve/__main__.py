@@ -1,4 +1,4 @@
-r"""The web demo on a trained or imported VLM workdir.
+r"""The web demo on a trained or imported VLM workdir, or an LLM-CXR one (report -> image).
 
   python -m radjax.serve --workdir runs/demo [--host 127.0.0.1] [--port 7860] [--step N]
 """
@@ -17,7 +17,7 @@ def main(argv=None) -> int:
   parser.add_argument('--port', type=int, default=7860)
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
   args = parser.parse_args(argv)
-  app.launch(reporter.Reporter(args.workdir, args.step), args.host, args.port)
+  app.launch(reporter.load(args.workdir, args.step), args.host, args.port)
   return 0
 
 

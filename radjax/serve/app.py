@@ -83,6 +83,10 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
                                      {'role': 'assistant', 'content': text}]
     yield '', history, turns, drawing.draw_boxes(picture, reporter_lib.boxes_in(text))
 
+  @_shown
+  def draw(text, seed):
+    yield rep.draw(text, int(seed or 0))
+
   with gr.Blocks(title='radjax report demo', analytics_enabled=False) as demo:
     gr.Markdown(f'## radjax: {os.path.abspath(rep.workdir)} (step {rep.step}, '
                 f'{cfg.data.chat_format} chat format)\nA research model, not a medical device.')
@@ -109,8 +113,19 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
         question = gr.Textbox(label='Question', placeholder='Is there a pleural effusion?',
                               scale=4)
         ask_button = gr.Button('Ask', scale=1)
-    with gr.Tab('Report → image', interactive=False):
-      gr.Markdown('Needs a workdir with a VQ-GAN codec (LLM-CXR); the codec lands separately.')
+    draws = hasattr(rep, 'draw')  # an LLM-CXR workdir: a decoder with a VQ-GAN codec
+    with gr.Tab('Report → image', interactive=draws):
+      if draws:
+        with gr.Row():
+          with gr.Column():
+            draw_text = gr.Textbox(label='Report', lines=5,
+                                   placeholder='Impression: Moderate left pleural effusion.')
+            draw_seed = gr.Number(value=int(cfg.seed), precision=0, label='Seed')
+            draw_button = gr.Button('Draw chest X-ray', variant='primary')
+          drawn = gr.Image(label='Drawn CXR', type='pil', interactive=False, format='png')
+      else:
+        gr.Markdown('Needs an LLM-CXR workdir: a decoder whose config names a VQ-GAN codec '
+                    '(`configs/llm_cxr.py`, `config.codec.workdir`).')
 
     dec = [decoding, temperature, top_p, num_beams, seed]
     go.click(report, [upload] + dec, [picture, report_box, table, turns, chatbot],
@@ -119,6 +134,8 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
                     outputs=[question, chatbot, turns, picture])
     ask_button.click(api_name='ask', **ask_args)
     question.submit(api_name=False, **ask_args)
+    if draws:
+      draw_button.click(draw, [draw_text, draw_seed], [drawn], api_name='draw')
   return demo
 
 

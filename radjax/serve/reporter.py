@@ -33,7 +33,7 @@ class Reporter:
     if self.config.model.kind != 'vlm':
       raise workdir_lib.WorkdirError(
           f'{workdir}/config.json: model.kind={self.config.model.kind!r}; the web demo needs '
-          'a VLM workdir (a bare decoder chats with main.py --mode=chat)')
+          'a VLM workdir or an LLM-CXR one (a bare decoder chats with main.py --mode=chat)')
     self.exp, self.step = run.load_trained(self.config, workdir, step)
     self.reports = evaluators.reports.ReportEvaluator(self.exp, self.config.eval.split)
     self.answerer = self.reports.answerer
@@ -71,6 +71,67 @@ class Reporter:
                                   int(d.seed))[0]
     except schema.SchemaError as e:  # the image's decode, e.g. a side under 8 pixels
       raise uploads.UploadError(str(e)) from e
+
+
+class CodesReporter(Reporter):
+  """An LLM-CXR workdir (a decoder reading and drawing VQ-GAN codes; config.codec.workdir
+  names its codec): an upload is read through its codes, and reports are drawn."""
+
+  def __init__(self, workdir: str, step: int | None = None):
+    from radjax.eval import llm_cxr
+    self.workdir = workdir
+    self.config = workdir_lib.load_config(workdir)
+    self.model = llm_cxr.LlmCxr.load(self.config, workdir, step=step)
+    self.exp, self.answerer = self.model.exp, self.model.answerer
+    self.step = workdir_lib.latest_step(workdir) if step is None else step
+    self.reads_3d = False
+
+  def default_decoding(self) -> Decoding:
+    g = self.model.read_cfg
+    return Decoding(g.decoding, g.temperature, g.top_p, g.num_beams, int(self.config.seed))
+
+  def generation_config(self, d: Decoding) -> generate_lib.GenerationConfig:
+    try:  # the read configuration: code tokens never written into a report
+      return dataclasses.replace(self.model.read_cfg, decoding=d.decoding,
+                                 temperature=float(d.temperature), top_p=float(d.top_p),
+                                 num_beams=int(d.num_beams))
+    except ValueError as e:
+      raise uploads.UploadError(f'decoding knobs: {e}') from e
+
+  def report_turns(self, example: dict) -> list[dict]:
+    """The read request with the upload's codes (what `--mode=generate --images` sends)."""
+    from radjax.eval import llm_cxr
+    entry = example['images'][0]
+    try:
+      codes = self.model.codec.codes([self.model.codec.preprocess(entry, example['id'])])[0]
+    except schema.SchemaError as e:
+      raise uploads.UploadError(str(e)) from e
+    return llm_cxr.read_request(codes, self.model.codebook_size)
+
+  def answer(self, example: dict, turns: list[dict], d: Decoding) -> str:
+    """The next turn after `turns`; the image is in them as codes."""
+    return self.answerer.answer(self.exp.state.params, [({'id': example['id'], 'images': []},
+                                                         turns)],
+                                self.generation_config(d), int(d.seed))[0]
+
+  def draw(self, report: str, seed: int):
+    """A report -> the drawn CXR as an 8-bit PIL image (what `--mode=generate --prompt`
+    writes with config.seed)."""
+    from PIL import Image
+
+    from radjax.eval import llm_cxr
+    if not (report or '').strip():
+      raise uploads.UploadError('type a report to draw first')
+    drawn = self.model.draw([report.strip()], seed=int(seed))
+    return Image.fromarray(llm_cxr.to_uint8(drawn.images[0]))
+
+
+def load(workdir: str, step: int | None = None) -> Reporter:
+  """The web demo's model side for a workdir: LLM-CXR (a decoder with a codec) or a VLM."""
+  config = workdir_lib.load_config(workdir)
+  if config.model.kind == 'llm' and config.data.get('codebook_size', 0):
+    return CodesReporter(workdir, step)
+  return Reporter(workdir, step)
 
 
 def observation_rows(report: str) -> list[list[str]]:
