@@ -116,3 +116,4 @@ def test_auxiliary_label_loss_trains_the_head_and_leaves_eval_loss_alone(demo_da
            for k in safetensors.numpy.load_file(str(tmp_path / 'hf' / f))]
   assert names and not [n for n in names if 'label' in n]
 
+
