@@ -6,10 +6,17 @@ report synthetic chest radiographs with real OpenI sentences.
   python main.py --config configs/demo.py:task=lm --workdir runs/demo_lm  # decoder on text
 
 Same code path as the 7B configs; only sizes shrink. The dataset is built on
-first use into config.data.dir (about a minute on 2 cores).
+first use into config.data.dir (about a minute on 2 cores). The tower also learns the
+renderer's five findings through an auxiliary label head (config.data.label_loss_weight):
+a tower trained from scratch by the report loss alone is slow to see small findings.
 """
 from configs import llava_tinyllama
+from radjax.data import schema
 
 
 def get_config(arg: str = ''):
-  return llava_tinyllama.get_config(','.join(filter(None, ['size=tiny', arg])))
+  c = llava_tinyllama.get_config(','.join(filter(None, ['size=tiny', arg])))
+  if c.task == 'vlm':
+    c.data.label_names = tuple(schema.DEMO_FINDINGS.values())
+    c.data.label_loss_weight = 1.0
+  return c

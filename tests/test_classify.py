@@ -6,9 +6,11 @@ import os
 import jax
 import numpy as np
 import pytest
+import safetensors.numpy
 
 from configs import classifier as classifier_config
 from radjax import run
+from radjax.convert import export
 from radjax.core import workdir as workdir_lib
 from radjax.data import labels as labels_lib
 from radjax.data import pipeline
@@ -107,3 +109,11 @@ def test_auxiliary_label_loss_trains_the_head_and_leaves_eval_loss_alone(demo_da
   np.testing.assert_allclose(full['loss_sum'] - plain['loss_sum'],
                              full['label_loss_sum'], rtol=1e-5)
   assert 'label_loss_sum' not in plain
+  # The head is training-only: the Llava export leaves it out.
+  assert 'label_head' in params
+  export.export_hf(config, jax.device_get(params), str(tmp_path / 'hf'))
+  names = [k for f in os.listdir(tmp_path / 'hf') if f.endswith('.safetensors')
+           for k in safetensors.numpy.load_file(str(tmp_path / 'hf' / f))]
+  assert names and not [n for n in names if 'label' in n]
+
+

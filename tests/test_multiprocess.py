@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from configs import demo
 from radjax import run as run_lib
 from radjax.core import distributed
 from radjax.data import pipeline
@@ -106,6 +107,8 @@ def one_process_8_devices(demo_data, tmp_path_factory):
   wd = str(tmp_path_factory.mktemp('one') / 'w')
   config = tiny_config(demo_data)
   config.train.num_steps = STEPS
+  # The subprocesses run configs/demo.py itself: its auxiliary label loss on, as there.
+  config.data.label_loss_weight = demo.get_config('size=micro').data.label_loss_weight
   run_lib.main(config, wd, 'train')
   return wd
 

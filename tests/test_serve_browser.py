@@ -1,7 +1,10 @@
 """The web demo in a real browser: headless Chromium (the Debian `chromium` package) loads
 the page served on a tiny trained workdir, uploads a radiograph, presses the button, and
 the report appears, equal to `--mode=generate`'s, with the labeler's table under it.
-RADJAX_SCREENSHOT=path keeps a (palette-compressed) screenshot of the page."""
+RADJAX_SCREENSHOT=path keeps a (palette-compressed) screenshot of the page;
+RADJAX_SERVE_WORKDIR=a trained workdir serves that instead of a 2-step one (the README's
+screenshot: `RADJAX_SERVE_WORKDIR=runs/demo RADJAX_SCREENSHOT=docs/serve.png pytest -m slow
+tests/test_serve_browser.py`)."""
 import io
 import json
 import os
@@ -23,10 +26,15 @@ REPORT = "document.querySelector('#report textarea')"
 @pytest.mark.skipif(BROWSER is None, reason='no chromium on PATH (apt-get install chromium)')
 def test_page_uploads_an_image_and_shows_the_report(demo_data, tmp_path):
   from radjax.serve import app, reporter
-  config = tiny_config(demo_data)
-  config.train.num_steps = 2
-  workdir = str(tmp_path / 'wd')
-  run_lib.main(config, workdir, 'train')
+  workdir = os.environ.get('RADJAX_SERVE_WORKDIR', '')
+  if workdir:
+    from radjax.core import workdir as workdir_lib
+    config = workdir_lib.load_config(workdir)
+  else:
+    config = tiny_config(demo_data)
+    config.train.num_steps = 2
+    workdir = str(tmp_path / 'wd')
+    run_lib.main(config, workdir, 'train')
   image = str(tmp_path / 'cxr.png')
   write_demo_image(demo_data, image)
   expected = run_lib.main(config, workdir, 'generate', [image])[0]

@@ -36,7 +36,8 @@ class LabelHead(nn.Module):
       scores = jnp.where(w > 0, scores, -1e9)
     attn = jax.nn.softmax(scores, axis=1)
     per_label = jnp.einsum('ntl,ntd->nld', attn, h)
-    kernel = self.param('out', layers.param_init(nn.initializers.lecun_normal(), (None, 'vision_embed')),
+    kernel = self.param('out', layers.param_init(nn.initializers.lecun_normal(),
+                                                 (None, 'vision_embed')),
                         (self.num_labels, h.shape[-1]), jnp.float32)
     bias = self.param('bias', layers.param_init(nn.initializers.zeros, (None,)),
                       (self.num_labels,), jnp.float32)
