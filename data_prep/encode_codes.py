@@ -39,7 +39,7 @@ def encode_shard(codec: Codec, src: str, dst: str, batch_size: int) -> dict:
   examples = [schema.decode(raw) for raw in reader.read_all()]
   reader.close()
   with_images = [ex for ex in examples if ex['images']]
-  images = [codec.processor(schema.encode(ex), None)['images'] for ex in with_images]
+  images = [codec.preprocess(ex['images'][0], ex['id']) for ex in with_images]
   for ex, codes in zip(with_images, codec.codes(images, batch_size)):
     ex['codes'] = codes
   tmp = f'{dst}.tmp-{os.getpid()}'

@@ -8,7 +8,7 @@ from radjax import tasks
 from radjax.core import distributed
 from radjax.core import workdir as workdir_lib
 from radjax.data import chat, tokens
-from radjax.eval import evaluators
+from radjax.eval import evaluators, llm_cxr
 from radjax.train import loop, setup, writers
 
 
@@ -124,6 +124,14 @@ def chat_loop(config, workdir: str, image_paths: list[str], read=input, write=pr
   return turns
 
 
+def load_llm_cxr(config, workdir: str, codec_workdir: str = '', step: int | None = None):
+  """An LLM-CXR workdir's decoder (latest or `step` params) with its codec
+  (radjax/eval/llm_cxr.py): the one loader of generate, the web demo and the tools."""
+  llm_cxr.LlmCxr.check(config)
+  exp, _ = load_trained(config, workdir, step, task=make_task(config, 'lm'))
+  return llm_cxr.LlmCxr.from_experiment(exp, codec_workdir)
+
+
 def maybe_initialize_distributed():
   """Joins a multi-process run the environment describes (radjax/core/distributed.py);
   main.py has already done so from its flags."""
@@ -143,8 +151,9 @@ def main(config, workdir: str, mode: str, images: list[str] | None = None, promp
     raise ValueError(f'--mode={mode}: a codec workdir answers no prompts; encode images with '
                      '`python -m data_prep.encode_codes --codec WORKDIR`')
   if mode == 'generate' and config.model.kind == 'llm' and config.data.get('codebook_size', 0):
-    from radjax.eval import llm_cxr  # a decoder that reads and draws VQ-GAN codes
-    return llm_cxr.generate(config, workdir, images or [], prompt, out_dir)
+    llm_cxr.check_request(images or [], prompt)  # a decoder reading and drawing VQ-GAN codes
+    return llm_cxr.generate(load_llm_cxr(config, workdir), workdir, images or [], prompt,
+                            out_dir)
   if mode == 'generate':
     return generate(config, workdir, images or [], prompt)
   if mode == 'chat':

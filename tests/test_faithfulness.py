@@ -1,9 +1,9 @@
-"""radjax/eval/faithfulness.py: the Frechet distance against closed forms, and the
+"""radjax/eval/metrics/faithfulness.py: the Frechet distance against closed forms, and the
 per-finding rates of a classifier's calls against the reports' labels."""
 import numpy as np
 import pytest
 
-from radjax.eval import faithfulness
+from radjax.eval.metrics import faithfulness
 
 
 def test_frechet_distance_matches_closed_forms():

@@ -18,10 +18,11 @@ from configs import llm_cxr as recipe
 from configs import vqgan as vqgan_recipe
 from radjax import run as run_lib
 from radjax.core import workdir as workdir_lib
-from radjax.eval import faithfulness, llm_cxr
+from radjax.eval import llm_cxr
 from radjax.eval.evaluators import codes as codes_evaluators
 from radjax.models import factory, vqgan
 from tests.conftest import build_experiment
+from tools import faithfulness
 
 REPORT = 'Findings: Moderate left pleural effusion.\nImpression: Left effusion.'
 
@@ -113,7 +114,7 @@ def test_report_to_png_has_exactly_the_codec_grid(trained, tmp_path):
   assert len(paths) == 1 and paths[0].startswith(out) and paths[0].endswith('.png')
   image = np.asarray(Image.open(paths[0]))
   assert image.shape == (32, 32) and image.dtype == np.uint8  # the codec's size, grayscale
-  model = llm_cxr.LlmCxr.load(config, workdir)
+  model = run_lib.load_llm_cxr(config, workdir)
   for seed in range(3):  # sampled codes: always 64, all in the codebook, then decodable
     drawn = model.draw([REPORT, 'Normal chest.', 'Large right pneumothorax.'], seed=seed)
     assert [len(c) for c in drawn.codes] == [64] * 3
@@ -133,7 +134,7 @@ def test_image_to_report_returns_text(trained, tmp_path, capsys):
   reports = run_lib.main(sampled, workdir, 'generate', [path])
   assert len(reports) == 1 and reports[0].strip()
   assert path in capsys.readouterr().out
-  model = llm_cxr.LlmCxr.load(config, workdir)
+  model = run_lib.load_llm_cxr(config, workdir)
   codes = model.codec.codes([model.codec.load_image(path)])
   assert len(codes[0]) == 64
   # Code tokens and the delimiters are never written into a report.

@@ -20,7 +20,6 @@ from radjax.core import workdir as workdir_lib
 from radjax.data import chat, instructions
 from radjax.data import images as images_lib
 from radjax.models import factory, vqgan
-from radjax.tasks import vqgan as vqgan_task
 
 
 class Codec:
@@ -36,7 +35,6 @@ class Codec:
     self.step = workdir_lib.latest_step(workdir) if step is None or step < 0 else step
     params = workdir_lib.load_params(workdir, self.step)
     model = vqgan.VQGAN(self.cfg)
-    self.processor = vqgan_task.ImageProcessor(self.cfg.image_size, self.cfg.num_channels)
     self._codes = jax.jit(lambda x: model.apply({'params': params}, x,
                                                 method=vqgan.VQGAN.codes))
     self._decode = jax.jit(lambda c: model.apply({'params': params}, c,
@@ -146,22 +144,23 @@ class LlmCxr:
         image_span=(self.first_code, self.end_code, self.num_codes, self.close_id))
 
   @classmethod
-  def load(cls, config, workdir: str, codec_workdir: str = '', step: int | None = None):
-    """The workdir's latest (or `step`) params; the codec of config.codec.workdir unless
-    `codec_workdir` is given."""
-    from radjax import run  # run dispatches here; import late to keep the layers apart
+  def from_experiment(cls, exp, codec_workdir: str = ''):
+    """An experiment with its params loaded (radjax/run.py load_llm_cxr builds it) and the
+    codec of config.codec.workdir unless `codec_workdir` is given."""
+    config = exp.config
     codec_dir = codec_workdir or config.codec.workdir
     if not codec_dir:
       raise ValueError('config.codec.workdir is empty: this LLM-CXR workdir names no codec '
                        '(train one with configs/vqgan.py and pass codec=DIR to '
                        'configs/llm_cxr.py, or set --config.codec.workdir)')
+    from radjax.eval.evaluators import answers
+    return cls(exp, answers.Answerer(exp), Codec(codec_dir, config.codec.get('step', -1)))
+
+  @staticmethod
+  def check(config):
     if config.model.kind != 'llm' or not config.data.get('codebook_size', 0):
       raise ValueError('an LLM-CXR workdir is a decoder (config.model.kind=llm) with '
                        'config.data.codebook_size > 0')
-    codec_step = config.codec.get('step', -1)
-    exp, _ = run.load_trained(config, workdir, step, task=run.make_task(config, 'lm'))
-    from radjax.eval.evaluators import answers
-    return cls(exp, answers.Answerer(exp), Codec(codec_dir, codec_step))
 
   @property
   def params(self):
@@ -197,15 +196,19 @@ def png_name(report: str, seed: int) -> str:
   return 'draw_' + hashlib.sha1(f'{seed}\n{report}'.encode()).hexdigest()[:10] + '.png'
 
 
-def generate(config, workdir: str, image_paths: list[str], prompt: str = '',
+def check_request(image_paths: list[str], prompt: str) -> None:
+  if not image_paths and not prompt:
+    raise ValueError('--mode=generate on an LLM-CXR workdir needs --prompt "<report>" (draw '
+                     'a CXR) or --images x.png (write its report)')
+
+
+def generate(model: LlmCxr, workdir: str, image_paths: list[str], prompt: str = '',
              out_dir: str = '', write=print) -> list[str]:
   """`--mode=generate` on an LLM-CXR workdir: reports for `image_paths`, else a PNG drawn
   from the report `prompt` under out_dir (default <workdir>/generated). Returns the
   reports or the PNG paths."""
-  if not image_paths and not prompt:
-    raise ValueError('--mode=generate on an LLM-CXR workdir needs --prompt "<report>" (draw '
-                     'a CXR) or --images x.png (write its report)')
-  model = LlmCxr.load(config, workdir)
+  check_request(image_paths, prompt)
+  config = model.exp.config
   if image_paths:
     reports = model.read([model.codec.load_image(p) for p in image_paths])
     for path, text in zip(image_paths, reports):

@@ -78,10 +78,9 @@ class CodesReporter(Reporter):
   names its codec): an upload is read through its codes, and reports are drawn."""
 
   def __init__(self, workdir: str, step: int | None = None):
-    from radjax.eval import llm_cxr
     self.workdir = workdir
     self.config = workdir_lib.load_config(workdir)
-    self.model = llm_cxr.LlmCxr.load(self.config, workdir, step=step)
+    self.model = run.load_llm_cxr(self.config, workdir, step=step)
     self.exp, self.answerer = self.model.exp, self.model.answerer
     self.step = workdir_lib.latest_step(workdir) if step is None else step
     self.reads_3d = False

@@ -3,7 +3,7 @@ trained in radjax (task 'classify', configs/classifier.py) scores images drawn f
 held-out reports, the real images of those reports (the reference) and the codec's
 reconstructions of them (what a perfect drawing of the true codes would score).
 
-  python -m radjax.eval.faithfulness --llm_cxr runs/lc1 --classifier runs/cls \
+  python -m tools.faithfulness --llm_cxr runs/lc1 --classifier runs/cls \
       --split val --n 128 [--out faithfulness.json] [--seed 0]
 
 Per finding of the classifier (config.data.label_names), over the held-out records:
@@ -20,48 +20,14 @@ import sys
 
 import jax
 import numpy as np
-import scipy.linalg
 from PIL import Image
 
+from radjax import run
 from radjax.core import workdir as workdir_lib
 from radjax.data import images as images_lib
 from radjax.data import instructions, mixture, schema, source
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-  """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians."""
-  mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-  s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-  covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
-  if not np.isfinite(covmean).all():  # near-singular product: nudge both (as FID does)
-    eps = 1e-6 * np.eye(len(s1))
-    covmean = scipy.linalg.sqrtm((s1 + eps) @ (s2 + eps))
-  covmean = np.real(covmean)
-  return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
-
-
-def feature_distance(a: np.ndarray, b: np.ndarray) -> float:
-  """Frechet distance between the Gaussians fitted to features a [N, D] and b [M, D]."""
-  def stats(x):
-    x = np.asarray(x, np.float64)
-    return x.mean(0), np.cov(x, rowvar=False)
-  return frechet_distance(*stats(a), *stats(b))
-
-
-def finding_rates(probs: np.ndarray, labels: np.ndarray, names) -> dict:
-  """Per finding: sensitivity / specificity of the calls (probs > 0.5) against labels
-  (1 stated, 0 ruled out, anything else unknown), with their counts; and the means."""
-  calls = np.asarray(probs) > 0.5
-  labels = np.asarray(labels)
-  out = {}
-  for j, name in enumerate(names):
-    pos, neg = labels[:, j] == 1, labels[:, j] == 0
-    out[name] = {'sensitivity': float(calls[pos, j].mean()) if pos.any() else float('nan'),
-                 'specificity': float((~calls[neg, j]).mean()) if neg.any() else float('nan'),
-                 'stated': int(pos.sum()), 'ruled_out': int(neg.sum())}
-  for key in ('sensitivity', 'specificity'):
-    out[f'mean_{key}'] = float(np.nanmean([out[n][key] for n in names]))
-  return out
+from radjax.eval import llm_cxr
+from radjax.eval.metrics.faithfulness import feature_distance, finding_rates
 
 
 class Classifier:
@@ -69,7 +35,6 @@ class Classifier:
   preprocessed exactly as it was trained (PNG bytes -> resize -> its mean / std)."""
 
   def __init__(self, workdir: str):
-    from radjax import run
     self.config = workdir_lib.load_config(workdir)
     if self.config.task != 'classify':
       raise ValueError(f'--classifier={workdir!r} is a {self.config.task!r} workdir, not a '
@@ -109,9 +74,8 @@ class Classifier:
 def evaluate(llm_cxr_dir: str, classifier_dir: str, split: str = 'val', n: int = 128,
              seed: int = 0, log=print) -> dict:
   """The rates for drawn, real and reconstructed images and the Frechet distances."""
-  from radjax.eval import llm_cxr
   config = workdir_lib.load_config(llm_cxr_dir)
-  model = llm_cxr.LlmCxr.load(config, llm_cxr_dir)
+  model = run.load_llm_cxr(config, llm_cxr_dir)
   scorer = Classifier(classifier_dir)
   records = source.open_split(mixture.eval_dir(config), split)
   options = instructions.options_from_config(config.data.task_options,
@@ -136,7 +100,7 @@ def evaluate(llm_cxr_dir: str, classifier_dir: str, split: str = 'val', n: int =
   sets = {'generated': [llm_cxr.to_uint8(x) for x in drawn.images],
           # At the codec's size, as the codec reads them: resolution alone must not
           # separate real from drawn.
-          'real': [llm_cxr.to_uint8(model.codec.processor(schema.encode(ex), None)['images'])
+          'real': [llm_cxr.to_uint8(model.codec.preprocess(ex['images'][0], ex['id']))
                    for ex in examples],
           'reconstructed': [llm_cxr.to_uint8(x) for x in recon]}
   out = {'split': split, 'n': len(examples), 'seed': seed, 'llm_cxr': llm_cxr_dir,
@@ -156,7 +120,7 @@ def evaluate(llm_cxr_dir: str, classifier_dir: str, split: str = 'val', n: int =
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog='python -m radjax.eval.faithfulness',
+  p = argparse.ArgumentParser(prog='python -m tools.faithfulness',
                               description=__doc__.splitlines()[0])
   p.add_argument('--llm_cxr', required=True, help='an LLM-CXR workdir (configs/llm_cxr.py)')
   p.add_argument('--classifier', required=True, help='a finding classifier workdir')
