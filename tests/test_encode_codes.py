@@ -39,7 +39,7 @@ def test_codes_fill_the_records_and_a_killed_run_resumes(demo_data, tmp_path, mo
     assert {**a, 'codes': None} == b  # nothing else changed
   # The stored codes are the codec's codes of the record's image.
   codec = encode_codes.Codec(codec_dir)
-  image = codec.processor(schema.encode(before[3]), None)['images']
+  image = codec.preprocess(before[3]['images'][0], before[3]['id'])
   assert codec.codes([image], 1)[0] == after[3]['codes']
   assert os.path.exists(os.path.join(out, 'manifest.json'))
   with open(os.path.join(out, 'codes.json')) as f:
