@@ -192,6 +192,7 @@ def test_sigterm_to_both_processes_saves_and_the_relaunch_continues(
   assert _losses(wd) == _losses(two_processes)  # the uninterrupted run's curve, bit for bit
 
 
+@pytest.mark.slow  # ~100 s; the two-process SIGTERM test above runs the same path in CI
 def test_sigterm_to_one_process_saves_and_the_relaunch_continues(
     demo_data, tmp_path, one_process_8_devices):
   wd = str(tmp_path / 'w')

@@ -6,9 +6,8 @@ import dataclasses
 import jax
 import numpy as np
 
-from radjax.data import images as images_lib
 from radjax.data import labels as labels_lib
-from radjax.data import schema
+from radjax.data import processors, schema
 from radjax.models import classifier, factory
 from radjax.tasks import base
 from radjax.train import loss as loss_lib
@@ -27,14 +26,10 @@ class LabelledImageProcessor:
 
   def __call__(self, raw: bytes, rng) -> dict:
     example = schema.decode(raw)
-    if not example['images']:
-      raise schema.SchemaError(f"record {example['id']!r}: images: none (a finding "
-                               'classifier reads one)')
-    x = images_lib.preprocess(example['images'][0], size=self.image_size,
-                              num_channels=self.num_channels, mean=self.mean, std=self.std,
-                              record_id=example['id'], rng=rng if self.augment else None,
-                              crop_scale=self.crop_scale)
-    return {'images': x.astype(np.float32), **self.targets(example)}
+    x = processors.first_image(example, 'a finding classifier', size=self.image_size,
+                               num_channels=self.num_channels, mean=self.mean, std=self.std,
+                               rng=rng if self.augment else None, crop_scale=self.crop_scale)
+    return {'images': x, **self.targets(example)}
 
 
 def classifier_config(config) -> classifier.ClassifierConfig:

@@ -18,8 +18,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from radjax.data import images as images_lib
-from radjax.data import schema
+from radjax.data import processors, schema
 from radjax.models import factory, lpips, vqgan
 from radjax.tasks import base
 from radjax.train import optimizer as optimizer_lib
@@ -38,14 +37,10 @@ class ImageProcessor:
 
   def __call__(self, raw: bytes, rng) -> dict:
     example = schema.decode(raw)
-    if not example['images']:
-      raise schema.SchemaError(f"record {example['id']!r}: images: none (the codec trains "
-                               'on images)')
-    x = images_lib.preprocess(example['images'][0], size=self.image_size,
-                              num_channels=self.num_channels, mean=(0.5,) * 3, std=(0.5,) * 3,
-                              record_id=example['id'], rng=rng if self.augment else None,
-                              crop_scale=self.crop_scale)
-    return {'images': x.astype(np.float32)}
+    x = processors.first_image(example, 'the codec', size=self.image_size,
+                               num_channels=self.num_channels, mean=(0.5,) * 3, std=(0.5,) * 3,
+                               rng=rng if self.augment else None, crop_scale=self.crop_scale)
+    return {'images': x}
 
 
 def _split(tree):
