@@ -4,6 +4,7 @@ Every parameter carries logical axis names; activations are constrained with
 logical names too. Which mesh axis a logical name lands on is decided by the
 config's rules (radjax/core/sharding.py), never here.
 """
+import functools
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -24,6 +25,39 @@ def param_init(init: Callable, axes: Sequence[Optional[str]]):
   return nn.with_logical_partitioning(init, tuple(axes))
 
 
+def _contract_fwd_only(x, kernel, n_in: int):
+  return jax.lax.dot_general(x, kernel, (((tuple(range(x.ndim - n_in, x.ndim))),
+                                          tuple(range(n_in))), ((), ())))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def linear(x, kernel, n_in: int):
+  """`x`'s trailing `n_in` axes against `kernel`'s leading ones: what a linear layer does.
+
+  Autodiff's transpose of this dot asks for the kernel gradient as [out, in] and then
+  transposes it, and XLA:CPU turns that into a copy of the whole output gradient (for the
+  LM head, tokens x vocab) before the matmul; the backward below asks for [in, out]
+  directly. Same math on every backend.
+  """
+  return _contract_fwd_only(x, kernel, n_in)
+
+
+def _contract_vjp_fwd(x, kernel, n_in):
+  return _contract_fwd_only(x, kernel, n_in), (x, kernel)
+
+
+def _contract_vjp_bwd(n_in, res, g):
+  x, kernel = res
+  lead = x.ndim - n_in  # batch-like axes of x (and of g)
+  dx = jax.lax.dot_general(g, kernel, ((tuple(range(lead, g.ndim)),
+                                        tuple(range(n_in, kernel.ndim))), ((), ())))
+  dk = jax.lax.dot_general(x, g, ((tuple(range(lead)), tuple(range(lead))), ((), ())))
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+linear.defvjp(_contract_vjp_fwd, _contract_vjp_bwd)
+
+
 class Dense(nn.Module):
   """`x @ kernel (+ bias)` over the last axis, kernel shape (in, *features)."""
   features: tuple[int, ...]
@@ -36,9 +70,7 @@ class Dense(nn.Module):
   def __call__(self, x):
     kernel = self.param('kernel', param_init(self.kernel_init, self.axes),
                         (x.shape[-1], *self.features), jnp.float32)
-    y = jnp.einsum('...i,i' + 'jkl'[:len(self.features)] + '->...'
-                   + 'jkl'[:len(self.features)],
-                   x.astype(self.dtype), kernel.astype(self.dtype))
+    y = linear(x.astype(self.dtype), kernel.astype(self.dtype), 1)
     if self.use_bias:
       bias = self.param('bias', param_init(nn.initializers.zeros, self.axes[1:]),
                         self.features, jnp.float32)
@@ -58,9 +90,7 @@ class DenseOut(nn.Module):
   def __call__(self, x):
     shape = (*x.shape[-self.contract:], self.features)
     kernel = self.param('kernel', param_init(default_init, self.axes), shape, jnp.float32)
-    in_letters = 'hd'[:self.contract] if self.contract == 2 else 'h'
-    y = jnp.einsum(f'...{in_letters},{in_letters}e->...e', x.astype(self.dtype),
-                   kernel.astype(self.dtype))
+    y = linear(x.astype(self.dtype), kernel.astype(self.dtype), self.contract)
     if self.use_bias:
       bias = self.param('bias', param_init(nn.initializers.zeros, self.axes[-1:]),
                         (self.features,), jnp.float32)
