@@ -155,6 +155,13 @@ def test_packed_iterator_resumes_from_its_checkpoint(demo_data, tmp_path):
     for k in want:
       np.testing.assert_array_equal(got[k], want[k], err_msg=k)
   assert np.mean([b['segment_ids'].max(-1).mean() for b in expected]) > 1.5
+  # What the loop logs of a packed batch: its host keys hold -1 in empty example slots.
+  logged = pipeline.host_scalars(expected[0], ds, ('demo',))
+  examples = int((expected[0]['source'] >= 0).sum())
+  assert logged['data/examples/demo'] == examples > config.train.batch_size
+  assert logged['data/examples_per_row'] == examples / config.train.batch_size
+  assert logged['data/padding'] == np.mean(expected[0]['segment_ids'] == 0)
+  assert logged['data/truncated'] == 0.0
 
 
 @pytest.mark.slow
@@ -186,3 +193,10 @@ def test_unsupported_packing_is_a_named_config_error(demo_data):
   config = packed_config(demo_data, 'vlm')
   with pytest.raises(ValueError, match="task 'classify' has no packed form"):
     run_lib.make_task(config, 'classify')
+  config.model.vision.kind = 'vit3d'
+  with pytest.raises(ValueError, match="pack=True packs 2D images only.*'vit3d'"):
+    run_lib.make_task(config)
+  config = packed_config(demo_data)
+  config.data.pack_max_examples = 0
+  with pytest.raises(ValueError, match='config.data.pack_max_examples=0 must be >= 1'):
+    pipeline.train_dataset(config, run_lib.make_task(config).processor, 'train')
