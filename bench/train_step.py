@@ -40,7 +40,9 @@ def analytic_flops(config, params, labels) -> dict:
     params, labels = {'llm': params, 'vision': {}, 'projector': {}}, {'llm': labels}
   b, t = config.train.batch_size, config.data.max_len
   v, lm = config.model.vision, config.model.llm
-  n_img = b * config.data.max_images
+  # Image slots per row; packed rows (config.data.pack) have pack_max_examples times more.
+  n_img = b * config.data.max_images * (config.data.pack_max_examples
+                                        if config.data.get('pack', False) else 1)
   patches = (v.image_size // v.patch_size) ** 2 + int(v.variant == 'clip')
 
   def trained(tower):
@@ -68,7 +70,11 @@ def synthetic_batch(exp, rng):
   out = {}
   for k, f in exp.task.batch_spec().items():
     shape = (b, *f.shape)
-    if np.issubdtype(f.dtype, np.integer):
+    if k == 'segment_ids':  # packed rows (config.data.pack): one example filling each row
+      out[k] = np.ones(shape, f.dtype)
+    elif k == 'positions':
+      out[k] = np.broadcast_to(np.arange(shape[-1], dtype=f.dtype), shape).copy()
+    elif np.issubdtype(f.dtype, np.integer):
       out[k] = rng.integers(10, 1000, shape).astype(f.dtype)
     elif f.dtype == np.bool_ or k == 'loss_mask':
       out[k] = np.ones(shape, f.dtype)

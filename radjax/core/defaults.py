@@ -106,6 +106,15 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.mixture = ml_collections.ConfigDict()
   c.data.max_len = 256  # static sequence length (tokens, image placeholders included)
   c.data.max_images = 1  # static image slots per example
+  # Sequence packing (radjax/data/packing.py; tasks 'lm' and 'vlm' with 2D images): training
+  # rows hold several examples, each with its own segment id and positions from 0, and
+  # attention stays within an example, so each example's loss is the one it has unpacked
+  # while rows carry far less padding. Evaluation stays unpacked. A row holds at most
+  # pack_max_examples examples; a VLM row has pack_max_examples x max_images image slots
+  # (the tower runs on all of them: keep it near the examples per row that fit, which
+  # data/examples_per_row logs). Not with label_loss_weight > 0 or volumes.
+  c.data.pack = False
+  c.data.pack_max_examples = 4
   c.data.image_delimiters = False  # <image_begin> placeholders <image_end> (RadFM)
   # Images as VQ-GAN codes in the decoder's vocabulary (LLM-CXR): the tokenizer gains
   # <image_begin>, <image_end> and one token per code; tasks 'report_from_codes' and

@@ -7,7 +7,7 @@ import grain
 import jax
 import numpy as np
 
-from radjax.data import mixture, source, volumes
+from radjax.data import mixture, packing, source, volumes
 
 
 def train_dataset(config, make_processor, split: str,
@@ -25,7 +25,9 @@ def train_dataset(config, make_processor, split: str,
   config.data.volume_batch_share, so no batch holds both kinds.
 
   Every transform is a function of (seed, record index), so the iterator state
-  (one integer) is all a resumed run needs to continue the same stream.
+  (one integer) is all a resumed run needs to continue the same stream. With
+  config.data.pack the examples are packed into rows first (radjax/data/packing.py; an
+  IterDataset whose state adds the packer's row).
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -36,18 +38,19 @@ def train_dataset(config, make_processor, split: str,
   comps = mixture.components(config)
   if not comps:
     records = source.open_split(config.data.dir, split)
-    ds = _stream(config, records, config.seed, make_processor(tuple(config.data.tasks)), 0,
-                 log, process_index, process_count)
-    return ds.batch(config.train.batch_size // process_count, drop_remainder=True)
+    processor = make_processor(tuple(config.data.tasks))
+    ds = _stream(config, records, config.seed, processor, 0, log, process_index, process_count)
+    return _batches(config, ds, 'image', process_count, _has_images(processor))
   batched = {}
   for kind, items in mixture.by_kind(comps).items():
     records = [source.open_split(c.dir, split, f'{c.knob}.dir') for _, c in items]
     weights = mixture.weights([c for _, c in items], [len(r) for r in records])
     make = make_processor if kind == 'image' else functools.partial(make_processor, kind=kind)
-    streams = [_stream(config, r, c.seed, make(c.tasks), i, log, process_index, process_count)
-               for (i, c), r in zip(items, records)]
+    processors = [make(c.tasks) for _, c in items]
+    streams = [_stream(config, r, c.seed, p, i, log, process_index, process_count)
+               for (i, c), r, p in zip(items, records, processors)]
     ds = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
-    batched[kind] = _batches(config, ds, kind, process_count)
+    batched[kind] = _batches(config, ds, kind, process_count, _has_images(processors[0]))
   if len(batched) == 1:
     return next(iter(batched.values()))
   share = config.data.volume_batch_share
@@ -57,14 +60,25 @@ def train_dataset(config, make_processor, split: str,
   return grain.MapDataset.mix([batched['image'], batched['volume']], [1 - share, share])
 
 
-def _batches(config, ds: grain.MapDataset, kind: str, process_count: int) -> grain.MapDataset:
-  """Per-process batches of one kind; volume batches trimmed to their depth bucket."""
+def _has_images(processor) -> bool:
+  return getattr(processor, 'images', None) is not None
+
+
+def _batches(config, ds: grain.MapDataset, kind: str, process_count: int, images: bool):
+  """Per-process batches of one kind; volume batches trimmed to their depth bucket; image
+  (and text) examples packed into rows first with config.data.pack."""
   if kind == 'image':
     knob, size = 'config.train.batch_size', config.train.batch_size
   else:
     knob, size = 'config.data.volume_batch_size', config.data.volume_batch_size
   if size < 1 or size % process_count:
     raise ValueError(f'{knob}={size} must be a positive multiple of {process_count} processes')
+  if config.data.get('pack', False):
+    if kind != 'image':
+      raise ValueError("config.data.pack=True packs text and 2D-image examples only; the "
+                       "mixture has a 'volume' component")
+    return packing.pack(config, ds, size // process_count, images).batch(
+        size // process_count, drop_remainder=True)
   ds = ds.batch(size // process_count, drop_remainder=True)
   if kind == 'volume':
     max_depth = config.model.vision.get('max_depth', 0)
@@ -118,20 +132,31 @@ def eval_dataset(config, processor, split: str, batch_size: int,
 def host_scalars(batch: dict, ds: grain.MapDataset, names: tuple[str, ...] = ()) -> dict:
   """What the loop logs about the data, read from the host batch (never sent to devices):
   the fraction of examples truncated, too-long records dropped so far in this process
-  and, with a mixture, examples per component in this batch."""
-  out = {'data/truncated': float(np.mean(batch.get('truncated', 0)))}
+  and, with a mixture, examples per component in this batch. A packed batch's host keys
+  hold -1 in the example slots its rows leave empty; it adds examples per row and padding."""
+  truncated = np.asarray(batch.get('truncated', 0))
+  packed = 'segment_ids' in batch
+  if packed:
+    truncated = truncated[truncated >= 0]
+  out = {'data/truncated': float(np.mean(truncated)) if truncated.size else 0.0}
+  if packed:
+    out.update(packing.host_scalars(batch))
   log = source.record_log(ds)
   if log is not None:
     for reason in ('too_long', 'no_task'):
       out[f'data/dropped_{reason}'] = float(len(log.dropped.get(reason, {})))
   if names and 'source' in batch:
-    counts = np.bincount(np.asarray(batch['source']), minlength=len(names))
+    sources = np.asarray(batch['source'])
+    counts = np.bincount(sources[sources >= 0], minlength=len(names))
     out.update({f'data/examples/{n}': float(c) for n, c in zip(names, counts)})
   return out
 
 
 def make_iterator(ds: grain.MapDataset, worker_threads: int):
-  """A checkpointable iterator; threads read and decode ahead of the step."""
+  """A checkpointable iterator; threads read and decode ahead of the step (a packed
+  dataset, already an IterDataset, has its read threads before the packer)."""
+  if isinstance(ds, grain.IterDataset):
+    return iter(ds)
   if worker_threads > 0:
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=worker_threads,
                                                      prefetch_buffer_size=2)))

@@ -157,11 +157,28 @@ def rope(x, positions, theta: float, rotary_dim: Optional[int] = None):
   return jnp.concatenate([out, rest], axis=-1).astype(x.dtype)
 
 
+def segment_mask(segment_ids):
+  """[B, T] segment ids of packed rows (radjax/data/packing.py) -> [B, 1, T, T] bool: a
+  query sees the keys at or before it in its own segment (causal and same-segment).
+  Padding (segment 0) sees only padding, so no row of the mask is empty.
+
+  jax.nn.dot_product_attention takes no segment ids, so the mask is explicit here (an
+  O(T^2) bool per row, fine at our lengths). On a GPU the next step is cuDNN's packed
+  path (segment / per-sequence offsets fused into flash attention), which skips the
+  masked blocks instead of computing them.
+  """
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+  t = segment_ids.shape[1]
+  causal = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]
+  return (same & causal[None])[:, None]
+
+
 def attention(q, k, v, *, mask=None, is_causal=False, implementation=None):
   """q: [B, T, H, D], k/v: [B, S, K, D] (H a multiple of K: grouped-query attention).
 
   `implementation` is 'cudnn' (flash attention on GPU), 'xla' or None (JAX picks).
-  An explicit `mask` ([B, 1|H, T, S], True = attend) is used for cached decoding.
+  An explicit `mask` ([B, 1|H, T, S], True = attend) is used for cached decoding and
+  packed rows (segment_mask).
   """
   q = checkpoint_name(q, 'query')
   k = checkpoint_name(k, 'key')

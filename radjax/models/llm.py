@@ -87,8 +87,9 @@ class Attention(nn.Module):
     q = layers.constrain(q, ('act_batch', 'act_len', 'act_heads', 'act_kv'))
     q = layers.rope(q, positions, cfg.rope_theta, cfg.rotary_dim)
     k = layers.rope(k, positions, cfg.rope_theta, cfg.rotary_dim)
-    if layer_cache is None:
-      out = layers.attention(q, k, v, is_causal=True, implementation=self.rt.attention_impl)
+    if layer_cache is None:  # causal, or within segments (`mask`) for packed rows
+      out = layers.attention(q, k, v, mask=mask, is_causal=mask is None,
+                             implementation=self.rt.attention_impl)
       new_cache = None
     else:
       ck = jax.lax.dynamic_update_slice_in_dim(layer_cache['k'], k.astype(
@@ -172,20 +173,24 @@ class Decoder(nn.Module):
   def embed(self, tokens):
     return self.embedder(tokens)
 
-  def logits(self, tokens):
-    """tokens [B, T] -> (logits, aux): the causal forward of text alone."""
-    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    return self(self.embed(tokens), positions)
+  def logits(self, tokens, positions=None, segment_ids=None):
+    """tokens [B, T] -> (logits, aux): the causal forward of text alone; packed rows pass
+    their positions and segment_ids (see __call__)."""
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    return self(self.embed(tokens), positions, segment_ids=segment_ids)
 
   def decode_step(self, tokens, positions, cache, cache_index, key_mask):
     """Tokens in (a prompt chunk or one new token per row) with the KV cache; the
     same signature as `VLM.decode_step`, so generation serves both."""
     return self(self.embed(tokens), positions, cache, cache_index, key_mask)
 
-  def __call__(self, embeds, positions, cache=None, cache_index=0, key_mask=None):
+  def __call__(self, embeds, positions, cache=None, cache_index=0, key_mask=None,
+               segment_ids=None):
     """embeds [B, T, E]; positions [B, T].
 
-    Without `cache`: causal training/scoring forward. With `cache` (see
+    Without `cache`: causal training/scoring forward; `segment_ids` [B, T] (packed rows:
+    0 = padding, 1.. = examples) keeps attention within each example. With `cache` (see
     `init_cache`): writes this chunk's k/v at `cache_index` and attends over the
     cache, where `key_mask` [B, S] marks valid (non-padding) cache slots.
     Returns (logits f32 [B, T, V], aux with 'cache' and 'hidden').
@@ -197,6 +202,8 @@ class Decoder(nn.Module):
     mask = None
     if cache is not None:
       mask = decode_mask(key_mask, cache_index, embeds.shape[1])
+    elif segment_ids is not None:
+      mask = layers.segment_mask(segment_ids)
     if self.rt.scan_layers:
       x, new_cache = self.layers(x, cache, positions, cache_index, mask)
     else:

@@ -105,15 +105,17 @@ class VLM(nn.Module):
     return logits, label_logits
 
   def __call__(self, tokens, images, positions=None, cache=None, cache_index=0,
-               key_mask=None, depth_mask=None):
+               key_mask=None, depth_mask=None, segment_ids=None):
     """tokens [B, T]; images [B, M, H, W, C] or [B, M, H, W, D, C] with depth_mask
-    [B, M, D]. Returns (logits [B, T, V], aux)."""
+    [B, M, D]; segment_ids [B, T] for packed rows (radjax/data/packing.py: M is then
+    pack_max_examples x max_images, the row's images in order). Returns (logits [B, T, V],
+    aux)."""
     if self.cfg.num_labels and self.is_initializing():  # creates the label head too
       return self.with_labels(tokens, images, depth_mask)[0], None
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     embeds = self.embed(tokens, images, depth_mask)
-    return self.llm(embeds, positions, cache, cache_index, key_mask)
+    return self.llm(embeds, positions, cache, cache_index, key_mask, segment_ids)
 
   def decode_step(self, tokens, positions, cache, cache_index, key_mask):
     """Text-only continuation with the KV cache (the images are in the cache)."""

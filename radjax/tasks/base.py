@@ -28,8 +28,12 @@ class Task:
   evaluators: ClassVar[tuple[str, ...]]  # default config.eval.evaluators
   parts: ClassVar[dict]  # model part -> its key in the param tree (init_from, freezing)
   needs_tokenizer: ClassVar[bool] = True  # False: an image-only task (the codec)
+  packs: ClassVar[bool] = False  # trains on packed rows with config.data.pack
 
   def __init__(self, config, tokenizer):
+    if config.data.get('pack', False) and not self.packs:
+      raise ValueError(f'config.data.pack=True: task {self.name!r} has no packed form '
+                       "(tasks 'lm' and 'vlm' do)")
     if config.model.kind != self.model_kind:
       raise ValueError(f'config.task={self.name!r} trains config.model.kind='
                        f'{self.model_kind!r}, not {config.model.kind!r}')
@@ -120,6 +124,14 @@ def conversation_processor(config, encoder, tasks, images=None, labels=None):
                                              config.data.get('codebook_size', 0))
   return processors.ConversationProcessor(encoder, tasks, options, config.data.max_len, images,
                                           labels)
+
+
+def packed_fields(config) -> dict[str, BatchField]:
+  """With config.data.pack: the rows' segment ids (0 = padding) and per-example positions."""
+  if not config.data.get('pack', False):
+    return {}
+  seq = BatchField((config.data.max_len,), np.int32)
+  return {'segment_ids': seq, 'positions': seq}
 
 
 def zeros(spec: dict, keys) -> tuple:

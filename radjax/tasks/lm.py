@@ -15,6 +15,7 @@ class TextToText(base.Task):
   model_kind = 'llm'
   evaluators = ('loss',)
   parts = {'llm': state_lib.WHOLE}
+  packs = True
 
   def __init__(self, config, tokenizer):
     super().__init__(config, tokenizer)
@@ -29,7 +30,8 @@ class TextToText(base.Task):
   def batch_spec(self) -> dict:
     seq = base.BatchField((self.config.data.max_len,), np.int32)
     return {'tokens': seq, 'targets': seq,
-            'loss_mask': base.BatchField((self.config.data.max_len,), np.float32)}
+            'loss_mask': base.BatchField((self.config.data.max_len,), np.float32),
+            **base.packed_fields(self.config)}
 
   def processor(self, tasks=None, kind: str = '') -> processors.ConversationProcessor:
     del kind  # text only: every component's images are dropped
@@ -43,5 +45,6 @@ class TextToText(base.Task):
 
   def loss(self, model, params, batch, rng):
     del rng
-    logits, _ = model.apply({'params': params}, batch['tokens'], method=llm.Decoder.logits)
+    logits, _ = model.apply({'params': params}, batch['tokens'], batch.get('positions'),
+                            batch.get('segment_ids'), method=llm.Decoder.logits)
     return loss_lib.token_losses(logits, batch['targets'], batch['loss_mask'])

@@ -16,6 +16,7 @@ class ImageTextToText(base.Task):
   model_kind = 'vlm'
   evaluators = ('loss', 'reports')
   parts = {'vision': 'vision', 'projector': 'projector', 'llm': 'llm'}
+  packs = True  # 2D images; rows of up to pack_max_examples examples (radjax/data/packing.py)
 
   def __init__(self, config, tokenizer):
     super().__init__(config, tokenizer)
@@ -30,6 +31,7 @@ class ImageTextToText(base.Task):
     if self.label_weight and self.targets is None:
       raise ValueError(f'config.data.label_loss_weight={self.label_weight} needs '
                        'config.data.label_names')
+    self._check_packable(config)
     self.model_cfg = factory.vlm_config(config.model, image_id,
                                         len(self.targets.names) if self.targets else 0)
     if tokenizer is not None:
@@ -51,15 +53,33 @@ class ImageTextToText(base.Task):
                        "only; use 'vit3d'")
     self.image_slots = self.slots[eval_kind]  # evaluation and generation
 
+  def _check_packable(self, config):
+    if not config.data.get('pack', False):
+      return
+    if self.label_weight:
+      raise ValueError(f'config.data.pack=True and config.data.label_loss_weight='
+                       f'{self.label_weight}: the label head reads one example per row; '
+                       'set label_loss_weight=0 or pack=False')
+    if config.model.vision.kind == 'vit3d':
+      raise ValueError("config.data.pack=True packs 2D images only; config.model.vision.kind="
+                       "'vit3d' reads volumes")
+
+  def image_slots_per_row(self) -> int:
+    """config.data.max_images, times pack_max_examples when rows are packed."""
+    c = self.config.data
+    return c.max_images * (c.pack_max_examples if c.get('pack', False) else 1)
+
   def batch_spec(self) -> dict:
     """Image batches; a volume batch (a 'vit3d' tower) has images [M, H, W, D, C] and a
     depth_mask [M, D] in their place (each kind compiles its own step)."""
     c, v = self.config.data, self.model_cfg.vision
     seq = base.BatchField((c.max_len,), np.int32)
+    m = self.image_slots_per_row()
     return {'tokens': seq, 'targets': seq, 'loss_mask': base.BatchField((c.max_len,), np.float32),
-            'images': base.BatchField((c.max_images, v.image_size, v.image_size,
-                                       v.num_channels), np.float32),
-            'image_mask': base.BatchField((c.max_images,), np.bool_),
+            'images': base.BatchField((m, v.image_size, v.image_size, v.num_channels),
+                                      np.float32),
+            'image_mask': base.BatchField((m,), np.bool_),
+            **base.packed_fields(self.config),
             **({'depth_mask': base.BatchField((c.max_images, v.max_depth), np.bool_)}
                if 'volume' in self.slots else {}),
             **({'labels': base.BatchField((len(self.targets.names),), np.float32),
@@ -81,7 +101,8 @@ class ImageTextToText(base.Task):
 
   def loss(self, model, params, batch, rng):
     logits, _ = model.apply({'params': params}, batch['tokens'], batch['images'],
-                            depth_mask=batch.get('depth_mask'),
+                            positions=batch.get('positions'), depth_mask=batch.get('depth_mask'),
+                            segment_ids=batch.get('segment_ids'),
                             rngs={'dropout': rng} if rng is not None else None)
     return loss_lib.token_losses(logits, batch['targets'], batch['loss_mask'])
 

@@ -1,0 +1,202 @@
+"""Sequence packing (config.data.pack): each packed example has exactly its unpacked loss
+(LLM and VLM), attention never crosses segments, a killed packed run resumes identically,
+and the combinations packing does not support are named config errors."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import common
+from radjax import run as run_lib
+from radjax.data import pipeline
+from radjax.models import layers, llm
+from tests.conftest import tiny_config, train_killed_then_resumed
+
+
+def packed_config(demo_data, task: str = 'lm'):
+  config = tiny_config(demo_data)
+  if task == 'lm':
+    config = common.finish(config, common.parse('task=lm'))
+  config.data.max_len = 128  # room for two or three reports per row
+  config.data.too_long = 'drop'
+  config.data.pack = True
+  config.data.pack_max_examples = 3
+  config.runtime.dtype = 'float32'
+  return config
+
+
+def first_batch(config, task):
+  return next(pipeline.make_iterator(pipeline.train_dataset(config, task.processor, 'train'), 0))
+
+
+def sharp_params(task, seed=0):
+  """Random params, larger than the 0.02 init, so logits depend strongly on what a token
+  attends to (a leak across segments must move a loss by far more than the tolerance).
+  Drawn in numpy over the model's shapes: compiling `init` costs more than the test."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(task.model().init, jax.random.PRNGKey(seed), *task.init_inputs())
+  draw = lambda s: (rng.normal(0, 0.2, s.shape) if len(s.shape) > 1
+                    else 1 + rng.normal(0, 0.1, s.shape)).astype(s.dtype)
+  return jax.tree.map(draw, shapes['params'])
+
+
+def token_nll(task, params, batch):
+  """Per-token masked NLL [B, T] of the task's model on `batch` (packed or not)."""
+  model = task.model()
+
+  @jax.jit
+  def nll(params, batch):
+    if 'images' in batch:
+      logits, _ = model.apply({'params': params}, batch['tokens'], batch['images'],
+                              positions=batch.get('positions'),
+                              segment_ids=batch.get('segment_ids'))
+    else:
+      logits, _ = model.apply({'params': params}, batch['tokens'], batch.get('positions'),
+                              batch.get('segment_ids'), method=llm.Decoder.logits)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    out = -jnp.take_along_axis(logp, batch['targets'][..., None], axis=-1)[..., 0]
+    return out * batch['loss_mask']
+  return np.asarray(nll(params, {k: v for k, v in batch.items() if k in task.batch_spec()}))
+
+
+def per_example_losses(config, task, params):
+  """{tokens of an example: its summed loss} from a packed batch and from the same examples
+  unpacked (the stream's first examples, as many as the packed batch holds)."""
+  packed = first_batch(config, task)
+  nll = token_nll(task, params, packed)
+  seg = packed['segment_ids']
+  from_packed = {}
+  for r in range(seg.shape[0]):
+    for s in range(1, seg[r].max() + 1):
+      at = seg[r] == s
+      assert (packed['positions'][r][at] == np.arange(at.sum())).all()
+      from_packed[packed['tokens'][r][at].tobytes()] = nll[r][at].sum()
+  plain = config.copy_and_resolve_references()
+  plain.data.pack = False
+  plain_task = run_lib.make_task(plain)
+  examples = pipeline.train_dataset(plain, plain_task.processor, 'train').parents[0]
+  n = int((packed['source'] >= 0).sum())
+  unpacked = {k: np.stack([examples[i][k] for i in range(n)]) for k in plain_task.batch_spec()}
+  nll = token_nll(plain_task, params, unpacked)
+  from_unpacked = {}
+  for i in range(n):
+    length = np.flatnonzero(unpacked['loss_mask'][i])[-1] + 1
+    from_unpacked[unpacked['tokens'][i][:length].tobytes()] = nll[i].sum()
+  return packed, from_packed, from_unpacked
+
+
+@pytest.mark.parametrize('task_name', ['lm', 'vlm'])
+def test_packed_examples_have_their_unpacked_losses(demo_data, task_name):
+  config = packed_config(demo_data, task_name)
+  if task_name == 'vlm':
+    config.data.max_len = 256  # its examples (16 image tokens, prompt, report) are 70-115
+  task = run_lib.make_task(config)
+  params = sharp_params(task)
+  packed, from_packed, from_unpacked = per_example_losses(config, task, params)
+  assert packed['segment_ids'].max(axis=-1).mean() > 1.5  # rows really hold several
+  assert from_packed.keys() == from_unpacked.keys()  # the stream's first examples, all
+  for key, loss in from_unpacked.items():
+    np.testing.assert_allclose(from_packed[key], loss, rtol=1e-5, atol=1e-5)
+  if task_name == 'lm':  # sensitivity: the rows without their segments (leaking) differ
+    leaky = token_nll(task, params, {k: v for k, v in packed.items() if k != 'segment_ids'})
+    assert np.abs(leaky - token_nll(task, params, packed)).max() > 1e-2
+  else:  # each row's real images lead its slots, one per example here
+    assert (packed['image_mask'].sum(-1) == packed['segment_ids'].max(-1)).all()
+
+
+def test_no_token_attends_across_segments():
+  cfg = llm.LLMConfig(vocab_size=64, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      mlp_dim=64)
+  model = llm.Decoder(cfg)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(1, 64, (1, 24)).astype(np.int32)
+  segment_ids = np.array([[1] * 10 + [2] * 9 + [0] * 5], np.int32)
+  positions = np.array([list(range(10)) + list(range(9)) + [0] * 5], np.int32)
+  shapes = jax.eval_shape(lambda t: model.init(jax.random.PRNGKey(0), t,
+                                               method=llm.Decoder.logits), tokens)
+  params = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(s.dtype), shapes)
+  logits = jax.jit(lambda t, s: model.apply(params, t, positions, s,
+                                            method=llm.Decoder.logits)[0])
+  run = lambda t, s=segment_ids: np.asarray(logits(t, s))
+  base = run(tokens)
+  changed = tokens.copy()
+  changed[0, :10] = rng.integers(1, 64, 10)  # segment 1 rewritten
+  after = run(changed)
+  np.testing.assert_array_equal(after[0, 10:19], base[0, 10:19])  # segment 2 untouched
+  assert np.abs(after[0, :10] - base[0, :10]).max() > 1e-3
+  # Without segments the same change reaches segment 2: the mask is what stops it.
+  leaky = lambda t: run(t, np.ones_like(segment_ids))
+  assert np.abs(leaky(changed)[0, 10:19] - leaky(tokens)[0, 10:19]).max() > 1e-3
+  mask = np.asarray(layers.segment_mask(jnp.asarray(segment_ids)))[0, 0]
+  assert mask.any(axis=-1).all()  # padding rows see padding: no empty softmax
+  assert not mask[10:19, :10].any() and not mask[:10, 10:].any()
+
+
+def test_packed_iterator_resumes_from_its_checkpoint(demo_data, tmp_path):
+  """The fast form of the test below: the packed iterator, saved through the trainer's
+  Checkpointer mid-stream and restored into a fresh one, continues with the same rows."""
+  from radjax.core import checkpoint as checkpoint_lib
+  config = packed_config(demo_data)
+  task = run_lib.make_task(config)
+  ds = pipeline.train_dataset(config, task.processor, 'train')
+  it = pipeline.make_iterator(ds, 0)
+  for _ in range(2):
+    next(it)
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), keep=1, use_async=False)
+  ckpt.save(2, {'step': np.full((1,), 2, np.int32)}, it)
+  ckpt.wait()
+  expected = [next(it) for _ in range(3)]
+  fresh = pipeline.make_iterator(pipeline.train_dataset(config, task.processor, 'train'), 0)
+  ckpt.restore(2, {'step': np.zeros((1,), np.int32)}, fresh)
+  ckpt.close()
+  for want in expected:
+    got = next(fresh)
+    assert got.keys() == want.keys()
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  assert np.mean([b['segment_ids'].max(-1).mean() for b in expected]) > 1.5
+  # What the loop logs of a packed batch: its host keys hold -1 in empty example slots.
+  logged = pipeline.host_scalars(expected[0], ds, ('demo',))
+  examples = int((expected[0]['source'] >= 0).sum())
+  assert logged['data/examples/demo'] == examples > config.train.batch_size
+  assert logged['data/examples_per_row'] == examples / config.train.batch_size
+  assert logged['data/padding'] == np.mean(expected[0]['segment_ids'] == 0)
+  assert logged['data/truncated'] == 0.0
+
+
+@pytest.mark.slow
+def test_packed_run_killed_and_resumed_has_the_same_losses(demo_data, tmp_path, monkeypatch):
+  import json
+  config = packed_config(demo_data)
+  config.train.num_steps = 6
+  config.train.checkpoint_every = 3
+
+  def losses(workdir):
+    with open(f'{workdir}/metrics.jsonl') as f:
+      rows = [json.loads(line) for line in f]
+    return ({r['step']: r['train/loss'] for r in rows if 'train/loss' in r},
+            [r['data/examples_per_row'] for r in rows if 'data/examples_per_row' in r])
+
+  run_lib.main(config, str(tmp_path / 'full'), 'train')
+  train_killed_then_resumed(config, str(tmp_path / 'cut'), monkeypatch, kill_at_batch=5)
+  full, per_row = losses(tmp_path / 'full')
+  assert sorted(full) == list(range(1, 7)) and min(per_row) > 1.5
+  assert losses(tmp_path / 'cut')[0] == full
+
+
+def test_unsupported_packing_is_a_named_config_error(demo_data):
+  config = packed_config(demo_data, 'vlm')
+  config.data.label_names = ('Cardiomegaly',)
+  config.data.label_loss_weight = 1.0
+  with pytest.raises(ValueError, match='pack=True and config.data.label_loss_weight'):
+    run_lib.make_task(config)
+  config = packed_config(demo_data, 'vlm')
+  with pytest.raises(ValueError, match="task 'classify' has no packed form"):
+    run_lib.make_task(config, 'classify')
+  config.model.vision.kind = 'vit3d'
+  with pytest.raises(ValueError, match="pack=True packs 2D images only.*'vit3d'"):
+    run_lib.make_task(config)
+  config = packed_config(demo_data)
+  config.data.pack_max_examples = 0
+  with pytest.raises(ValueError, match='config.data.pack_max_examples=0 must be >= 1'):
+    pipeline.train_dataset(config, run_lib.make_task(config).processor, 'train')
