@@ -51,6 +51,7 @@ def define_flags():
   flags.DEFINE_integer('warmup', 2, 'Untimed steps per side first (compiles).')
   flags.DEFINE_bool('compile', False, 'Also time HF with torch.compile (forward + loss).')
   flags.DEFINE_bool('dry', False, 'Shapes and parameter counts only; no step runs.')
+  flags.DEFINE_bool('hf_grad_ckpt', False, 'HF gradient checkpointing (whole layers).')
   flags.DEFINE_string('hf_attn', 'sdpa', "HF attn_implementation ('sdpa', 'eager', ...).")
   flags.DEFINE_integer('torch_threads', 0, 'torch intra-op threads (0: its default, the '
                        'core count); 1 is faster on a CPU other jobs share.')
@@ -59,17 +60,18 @@ def define_flags():
 IMAGE_TOKEN_ID = 4  # no tokenizer here: synthetic batches
 
 # name -> (vision, llm, data/train) overrides. 43m: the issue's shape (224 px / patch 16, 6
-# vision + 8 LLM layers, batch 4 x 512 tokens); 100m the same family, wider and deeper.
+# vision + 8 LLM layers, batch 4 x 512 tokens), ViT-S/16 widths and a 512-wide decoder:
+# 43.47M parameters. 100m: the same family, wider and deeper: 102.21M.
 SIZES = {
     '43m': (dict(image_size=224, patch_size=16, embed_dim=384, num_layers=6, num_heads=6,
                  mlp_dim=1536),
             dict(vocab_size=8192, embed_dim=512, num_layers=8, num_heads=8, num_kv_heads=4,
-                 mlp_dim=1792),
+                 mlp_dim=1408),
             dict(batch_size=4, max_len=512)),
     '100m': (dict(image_size=224, patch_size=16, embed_dim=512, num_layers=8, num_heads=8,
                   mlp_dim=2048),
              dict(vocab_size=8192, embed_dim=768, num_layers=10, num_heads=12, num_kv_heads=4,
-                  mlp_dim=2560),
+                  mlp_dim=2048),
              dict(batch_size=4, max_len=512)),
 }
 
@@ -163,13 +165,23 @@ def hf_optimizer(model, optim):
                            lr=optim.lr, betas=(optim.b1, optim.b2), eps=optim.eps, **fused)
 
 
-def hf_side(config, vlm_cfg, params, batch: dict, compiled: bool, device: str,
-            attn: str = 'sdpa') -> dict:
-  model = hf_twin.hf_llava(vlm_cfg, params, device, config.data.max_len, attn)
-  model.train()
-  opt = hf_optimizer(model, config.optim)
+def hf_side(config, vlm_cfg, params, batch: dict, device: str, attn: str = 'sdpa',
+            grad_ckpt: bool = False, eager: dict | None = None) -> dict:
+  """The HF eager side; given `eager` (that side), the torch.compile side on the same model
+  and optimizer (one copy of the weights on the device; its step-0 loss is not taken)."""
+  if eager is None:
+    model = hf_twin.hf_llava(vlm_cfg, params, device, config.data.max_len, attn)
+    if grad_ckpt:  # whole-layer recompute (radjax's configs save q/k/v/attention_out)
+      model.gradient_checkpointing_enable()
+    model.train()
+    opt = hf_optimizer(model, config.optim)
+  else:
+    model, opt = eager['model'], eager['opt']
   loss_fn = hf_loss_fn(model, hf_twin.torch_dtype(config.runtime.dtype), device)
-  if compiled:
+  if eager is not None:
+    # Llava's placeholder check formats a token count into its message (a .item()); captured
+    # as a symbolic scalar, the forward stays one graph instead of breaking there.
+    torch._dynamo.config.capture_scalar_outputs = True
     loss_fn = torch.compile(loss_fn)
   t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).to(device)
   images = batch['images'].reshape(-1, *batch['images'].shape[2:]).transpose(0, 3, 1, 2)
@@ -186,12 +198,17 @@ def hf_side(config, vlm_cfg, params, batch: dict, compiled: bool, device: str,
     hf_twin.sync(device)
     return loss
 
-  return dict(name='HF compile' if compiled else 'HF eager', params=hf_twin.count_torch(model),
-              run=run, first_loss=lambda: float(run().item()), model=model)
+  def first_loss():
+    loss = run()
+    return float(loss.item()) if eager is None else None  # compile: eager stepped first
+
+  return dict(name='HF eager' if eager is None else 'HF torch.compile',
+              params=hf_twin.count_torch(model), run=run, first_loss=first_loss, model=model,
+              opt=opt)
 
 
 def build_sides(config, size: str, compiled: bool = False, attn: str = 'sdpa',
-                label_head: bool = True):
+                label_head: bool = True, grad_ckpt: bool = False):
   """(sized config, batch, sides) of one size, nothing stepped yet; the radjax side
   without the label head first. label_head=False leaves the as-run radjax side out."""
   cfg = sized(config, size)
@@ -205,9 +222,9 @@ def build_sides(config, size: str, compiled: bool = False, attn: str = 'sdpa',
   plain_cfg = sides[0]['exp'].task.model_cfg
   params = sides[0]['exp'].state.params
   device = hf_twin.torch_device()
-  sides.append(hf_side(plain, plain_cfg, params, batch, False, device, attn))
+  sides.append(hf_side(plain, plain_cfg, params, batch, device, attn, grad_ckpt))
   if compiled:
-    sides.append(hf_side(plain, plain_cfg, params, batch, True, device, attn))
+    sides.append(hf_side(plain, plain_cfg, params, batch, device, attn, eager=sides[-1]))
   return cfg, batch, sides
 
 
@@ -240,9 +257,9 @@ def run_sides(cfg, size: str, sides, steps: int, warmup: int = 2) -> list[dict]:
 
 
 def compare(config, size: str, steps: int, warmup: int = 2, compiled: bool = False,
-            attn: str = 'sdpa') -> list[dict]:
+            attn: str = 'sdpa', grad_ckpt: bool = False) -> list[dict]:
   """Every side of one size, built and stepped in turn; one result dict per side."""
-  cfg, _, sides = build_sides(config, size, compiled, attn)
+  cfg, _, sides = build_sides(config, size, compiled, attn, grad_ckpt=grad_ckpt)
   return run_sides(cfg, size, sides, steps, warmup)
 
 
@@ -267,7 +284,8 @@ def table(rows: list[dict]) -> str:
              'step (median)', 'tokens/s', 'speed vs HF eager', 'loss at step 0']
   body = [[r['size'], r['side'], f"{r['params'] / 1e6:.2f}M ({100 * r['params_vs_hf']:+.2f} %)",
            r['shape'], r['image_tokens'], r['dtype'], f"{r['step_s'] * 1e3:,.1f} ms",
-           f"{r['tokens_per_s']:,.0f}", f"{r['vs_hf']:.2f}x", f"{r['loss0']:.4f}"]
+           f"{r['tokens_per_s']:,.0f}", f"{r['vs_hf']:.2f}x",
+           '-' if r['loss0'] is None else f"{r['loss0']:.4f}"]
           for r in rows]
   return hf_twin.markdown(headers, body)
 
@@ -290,7 +308,7 @@ def main(argv):
   rows = []
   for size in FLAGS.sizes:
     rows_size = compare(FLAGS.config, size, FLAGS.steps, FLAGS.warmup, FLAGS.compile,
-                        FLAGS.hf_attn)
+                        FLAGS.hf_attn, FLAGS.hf_grad_ckpt)
     rows += rows_size
     for r in rows_size:
       print(f"  {r['size']} {r['side']}: " + ' '.join(f'{t * 1e3:.0f}' for t in r['times'])
