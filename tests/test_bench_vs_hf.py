@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from bench import vs_hf_generate, vs_hf_train  # noqa: E402
+from bench import hf_twin, vs_hf_generate, vs_hf_train  # noqa: E402
 from configs import demo  # noqa: E402
 from radjax.core import sharding  # noqa: E402
 
@@ -20,6 +20,13 @@ def one_torch_thread():
   torch.set_num_threads(1)
   yield
   torch.set_num_threads(before)
+
+
+def _masked_ce(logits, targets, mask) -> float:
+  z = logits - logits.max(-1, keepdims=True)
+  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+  return float((nll * mask).sum() / mask.sum())
 
 
 def test_train_twin_has_radjax_params_logits_and_loss():
@@ -37,11 +44,24 @@ def test_train_twin_has_radjax_params_logits_and_loss():
     got = hf['model'](input_ids=torch.from_numpy(batch['tokens']).long(),
                       pixel_values=torch.from_numpy(images)).logits.numpy()
   assert np.abs(got - want).max() < 1e-4
+  # The HF step's loss is radjax's token loss of the same logits (targets, mask).
+  loss = _masked_ce(want, batch['targets'], batch['loss_mask'])
+  assert abs(hf['first_loss']() - loss) < 1e-4
+  assert hf_twin.timed(hf['run'], lambda: None) > 0
 
-  rows = vs_hf_train.run_sides(cfg, 'demo', sides, steps=1, warmup=1)
-  plain, theirs = rows
-  # Same initial weights and batch: the first losses are the same number.
+
+@pytest.mark.slow
+def test_train_sides_step_in_turn_from_the_same_loss():
+  """The whole comparison at micro size, the demo's label head included (two radjax steps
+  compile: 85 s of CPU, 2.5 min under load)."""
+  rows = vs_hf_train.compare(demo.get_config('size=micro'), 'demo', steps=1, warmup=1)
+  plain, head, theirs = rows
+  assert [r['side'] for r in rows] == ['radjax, no label head', 'radjax + label head (as run)',
+                                       'HF eager']
+  assert plain['params'] == theirs['params']
+  assert 0 < head['params'] - theirs['params'] < 0.01 * theirs['params']  # the head alone
   assert abs(plain['loss0'] - theirs['loss0']) < 1e-4, (plain['loss0'], theirs['loss0'])
+  assert head['loss0'] > plain['loss0']  # plus the label cross-entropy
   assert all(r['step_s'] > 0 and r['tokens_per_s'] > 0 for r in rows)
   assert theirs['vs_hf'] == 1.0 and plain['params_vs_hf'] == 0.0
   assert '| demo | HF eager |' in vs_hf_train.table(rows)
