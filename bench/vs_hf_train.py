@@ -1,0 +1,322 @@
+r"""radjax's train step vs HF transformers + torch on the same LLaVA-style model, one process.
+
+  python bench/vs_hf_train.py --config configs/demo.py [--sizes demo,43m,100m] [--steps 10] \
+      [--compile] [--config.train.batch_size=8 ...]
+  python bench/vs_hf_train.py --config configs/llava_tinyllama.py --sizes config [--compile]
+  python bench/vs_hf_train.py --config configs/llava_tinyllama.py --sizes config --dry
+
+radjax: setup.build + setup.jit_train_step (as bench/train_step.py). HF:
+`LlavaForConditionalGeneration` built locally from the same shapes (CLIP tower, 2-layer MLP
+projector, LLaMA decoder; radjax/convert gives it the radjax initial weights, so the first
+losses agree), masked next-token cross-entropy, gradient clipping at config.optim.clip_norm,
+`torch.optim.AdamW` (decay on matrices only, as radjax's kernels-only decay); eager and,
+with --compile, `torch.compile` of forward + loss. Same batch, sequence length, image
+tokens and compute dtype: float32 params, bf16 autocast when config.runtime.dtype is
+bfloat16 (radjax: f32 master weights, bf16 compute). The sides step in turn (one round =
+one step of each), so a busy machine slows all of them alike; the table gives the median.
+
+Sizes: `demo` / `config` = the config as given; `43m` and `100m` change the widths (see
+SIZES). A config with an auxiliary label head (configs/demo.py:
+config.data.label_loss_weight=1) is timed twice on the radjax side: as run (with the head)
+and without it (the same function as HF's). --dry builds nothing but abstract shapes and
+a meta-device HF model: parameter counts of both sides, no step.
+"""
+import os
+import sys
+
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')  # torch shares the GPU
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from bench import hf_twin  # noqa: E402
+from radjax import tasks  # noqa: E402
+from radjax.core import sharding  # noqa: E402
+from radjax.train import setup  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """This script's flags (not at import: the tests import both scripts)."""
+  config_flags.DEFINE_config_file('config', None, 'Recipe config.', lock_config=True)
+  flags.DEFINE_list('sizes', ['demo'], "Model sizes: 'demo'/'config' (the config as given), "
+                    "'43m', '100m'.")
+  flags.DEFINE_integer('steps', 10, 'Timed rounds (one step per side each) after warm-up.')
+  flags.DEFINE_integer('warmup', 2, 'Untimed steps per side first (compiles).')
+  flags.DEFINE_bool('compile', False, 'Also time HF with torch.compile (forward + loss).')
+  flags.DEFINE_bool('dry', False, 'Shapes and parameter counts only; no step runs.')
+  flags.DEFINE_bool('hf_grad_ckpt', False, 'HF gradient checkpointing (whole layers).')
+  flags.DEFINE_string('hf_attn', 'sdpa', "HF attn_implementation ('sdpa', 'eager', ...).")
+  flags.DEFINE_integer('torch_threads', 0, 'torch intra-op threads (0: its default, the '
+                       'core count); 1 is faster on a CPU other jobs share.')
+
+
+IMAGE_TOKEN_ID = 4  # no tokenizer here: synthetic batches
+
+# name -> (vision, llm, data/train) overrides. 43m: the issue's shape (224 px / patch 16, 6
+# vision + 8 LLM layers, batch 4 x 512 tokens), ViT-S/16 widths and a 512-wide decoder:
+# 43.47M parameters. 100m: the same family, wider and deeper: 102.21M.
+SIZES = {
+    '43m': (dict(image_size=224, patch_size=16, embed_dim=384, num_layers=6, num_heads=6,
+                 mlp_dim=1536),
+            dict(vocab_size=8192, embed_dim=512, num_layers=8, num_heads=8, num_kv_heads=4,
+                 mlp_dim=1408),
+            dict(batch_size=4, max_len=512)),
+    '100m': (dict(image_size=224, patch_size=16, embed_dim=512, num_layers=8, num_heads=8,
+                  mlp_dim=2048),
+             dict(vocab_size=8192, embed_dim=768, num_layers=10, num_heads=12, num_kv_heads=4,
+                  mlp_dim=2048),
+             dict(batch_size=4, max_len=512)),
+}
+
+
+def sized(config, size: str):
+  """A copy of `config` at `size` (SIZES, or the config as given)."""
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    if c.model.image_token_id < 0:
+      c.model.image_token_id = IMAGE_TOKEN_ID
+    if size in ('demo', 'config'):
+      return c
+    if size not in SIZES:
+      raise ValueError(f'--sizes: {size!r} is not demo, config or one of {sorted(SIZES)}')
+    vision, llm, run = SIZES[size]
+    c.model.vision.update(vision)
+    c.model.llm.update(llm)
+    c.train.batch_size, c.data.max_len = run['batch_size'], run['max_len']
+  return c
+
+
+def without_label_head(config):
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.data.label_loss_weight = 0.0
+  return c
+
+
+def synthetic_batch(config, tokens_per_image: int, num_labels: int, seed: int = 0) -> dict:
+  """One batch of the vlm task's spec: row = BOS, the image placeholders of every image
+  slot, random text ids (10..999); loss on the text; random images and labels."""
+  rng = np.random.default_rng(seed)
+  b, t, m = config.train.batch_size, config.data.max_len, config.data.max_images
+  v = config.model.vision
+  n_img = tokens_per_image * m
+  if n_img + 2 > t:
+    raise ValueError(f'config.data.max_len={t} cannot hold {n_img} image tokens')
+  hi = min(1000, config.model.llm.vocab_size)
+  tokens = rng.integers(10, hi, (b, t)).astype(np.int32)
+  tokens[:, 0] = hf_twin.BOS
+  tokens[:, 1:1 + n_img] = config.model.image_token_id
+  targets = np.concatenate([tokens[:, 1:], rng.integers(10, hi, (b, 1))], 1).astype(np.int32)
+  loss_mask = np.ones((b, t), np.float32)
+  loss_mask[:, :1 + n_img] = 0
+  batch = {'tokens': tokens, 'targets': targets, 'loss_mask': loss_mask,
+           'images': rng.normal(size=(b, m, v.image_size, v.image_size, v.num_channels)
+                                ).astype(np.float32),
+           'image_mask': np.ones((b, m), bool)}
+  if num_labels:
+    batch['labels'] = (rng.random((b, num_labels)) < 0.3).astype(np.float32)
+    batch['label_mask'] = np.ones((b,), np.float32)
+  return batch
+
+
+def radjax_side(config, batch: dict, label: str) -> dict:
+  """A side: its name, parameter count, one-step callable (blocks until done), first loss."""
+  exp = setup.build(config, tasks.TASKS['vlm'](config, None))
+  spec = exp.task.batch_spec()
+  with sharding.activation_rules(exp.mesh, exp.rules):
+    step = setup.jit_train_step(exp)
+  arrays = {k: jax.device_put(batch[k], exp.batch_shardings[k]) for k in spec}
+  box = {'state': exp.state}
+
+  def run():
+    with sharding.activation_rules(exp.mesh, exp.rules):
+      box['state'], metrics = step(box['state'], arrays)
+    return jax.block_until_ready(metrics)
+
+  return dict(name=label, params=hf_twin.count_jax(exp.state.params), run=run,
+              first_loss=lambda: float(run()['loss']), exp=exp)
+
+
+def hf_loss_fn(model, autocast_dtype, device: str):
+  """(input_ids, pixel_values, targets, mask) -> mean masked next-token cross-entropy."""
+  def loss_fn(input_ids, pixel_values, targets, mask):
+    with torch.autocast(device_type=device, dtype=autocast_dtype,
+                        enabled=autocast_dtype != torch.float32):
+      logits = model(input_ids=input_ids, pixel_values=pixel_values).logits
+    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction='none')
+    return (nll * mask.flatten()).sum() / mask.sum().clamp(min=1)
+  return loss_fn
+
+
+def hf_optimizer(model, optim):
+  """AdamW as radjax's: decoupled decay on matrices only, the same betas/eps/lr."""
+  decay = [p for p in model.parameters() if p.ndim >= 2]
+  rest = [p for p in model.parameters() if p.ndim < 2]
+  fused = {'fused': True} if next(model.parameters()).is_cuda else {}
+  return torch.optim.AdamW([{'params': decay, 'weight_decay': optim.weight_decay},
+                            {'params': rest, 'weight_decay': 0.0}],
+                           lr=optim.lr, betas=(optim.b1, optim.b2), eps=optim.eps, **fused)
+
+
+def hf_side(config, vlm_cfg, params, batch: dict, device: str, attn: str = 'sdpa',
+            grad_ckpt: bool = False, eager: dict | None = None) -> dict:
+  """The HF eager side; given `eager` (that side), the torch.compile side on the same model
+  and optimizer (one copy of the weights on the device; its step-0 loss is not taken)."""
+  if eager is None:
+    model = hf_twin.hf_llava(vlm_cfg, params, device, config.data.max_len, attn)
+    if grad_ckpt:  # whole-layer recompute (radjax's configs save q/k/v/attention_out)
+      model.gradient_checkpointing_enable()
+    model.train()
+    opt = hf_optimizer(model, config.optim)
+  else:
+    model, opt = eager['model'], eager['opt']
+  loss_fn = hf_loss_fn(model, hf_twin.torch_dtype(config.runtime.dtype), device)
+  if eager is not None:
+    # Llava's placeholder check formats a token count into its message (a .item()); captured
+    # as a symbolic scalar, the forward stays one graph instead of breaking there.
+    torch._dynamo.config.capture_scalar_outputs = True
+    loss_fn = torch.compile(loss_fn)
+  t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).to(device)
+  images = batch['images'].reshape(-1, *batch['images'].shape[2:]).transpose(0, 3, 1, 2)
+  inputs = (t(batch['tokens']).long(), t(images), t(batch['targets']).long(),
+            t(batch['loss_mask']))
+
+  def run():
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn(*inputs)
+    loss.backward()
+    if config.optim.clip_norm:
+      torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_norm)
+    opt.step()
+    hf_twin.sync(device)
+    return loss
+
+  def first_loss():
+    loss = run()
+    return float(loss.item()) if eager is None else None  # compile: eager stepped first
+
+  return dict(name='HF eager' if eager is None else 'HF torch.compile',
+              params=hf_twin.count_torch(model), run=run, first_loss=first_loss, model=model,
+              opt=opt)
+
+
+def build_sides(config, size: str, compiled: bool = False, attn: str = 'sdpa',
+                label_head: bool = True, grad_ckpt: bool = False):
+  """(sized config, batch, sides) of one size, nothing stepped yet; the radjax side
+  without the label head first. label_head=False leaves the as-run radjax side out."""
+  cfg = sized(config, size)
+  with_head = label_head and cfg.data.get('label_loss_weight', 0.0) > 0
+  plain = without_label_head(cfg)
+  task = tasks.TASKS['vlm'](cfg, None)
+  batch = synthetic_batch(cfg, task.model_cfg.tokens_per_image, task.model_cfg.num_labels)
+  sides = [radjax_side(plain, batch, 'radjax, no label head' if with_head else 'radjax')]
+  if with_head:
+    sides.append(radjax_side(cfg, batch, 'radjax + label head (as run)'))
+  plain_cfg = sides[0]['exp'].task.model_cfg
+  params = sides[0]['exp'].state.params
+  device = hf_twin.torch_device()
+  sides.append(hf_side(plain, plain_cfg, params, batch, device, attn, grad_ckpt))
+  if compiled:
+    sides.append(hf_side(plain, plain_cfg, params, batch, device, attn, eager=sides[-1]))
+  return cfg, batch, sides
+
+
+def run_sides(cfg, size: str, sides, steps: int, warmup: int = 2) -> list[dict]:
+  """Steps the sides in turn (first loss, warm-up, `steps` timed rounds); one result dict
+  per side."""
+  device = hf_twin.torch_device()
+  for s in sides:  # before any step: every side starts from the same weights
+    s['loss0'] = s['first_loss']()
+    for _ in range(warmup - 1):
+      s['run']()
+  times = {s['name']: [] for s in sides}
+  for _ in range(steps):
+    for s in sides:
+      times[s['name']].append(hf_twin.timed(s['run'], lambda: hf_twin.sync(device)))
+  tokens = cfg.train.batch_size * cfg.data.max_len
+  image_tokens = sides[0]['exp'].task.model_cfg.tokens_per_image * cfg.data.max_images
+  out = []
+  for s in sides:
+    dt = hf_twin.median(times[s['name']])
+    out.append(dict(size=size, side=s['name'], params=s['params'], step_s=dt,
+                    times=times[s['name']], tokens_per_s=tokens / dt, loss0=s['loss0'],
+                    shape=f'{cfg.train.batch_size} x {cfg.data.max_len}',
+                    image_tokens=image_tokens, dtype=cfg.runtime.dtype))
+  eager = next(r for r in out if r['side'] == 'HF eager')
+  for r in out:
+    r['vs_hf'] = eager['step_s'] / r['step_s']
+    r['params_vs_hf'] = r['params'] / eager['params'] - 1
+  return out
+
+
+def compare(config, size: str, steps: int, warmup: int = 2, compiled: bool = False,
+            attn: str = 'sdpa', grad_ckpt: bool = False) -> list[dict]:
+  """Every side of one size, built and stepped in turn; one result dict per side."""
+  cfg, _, sides = build_sides(config, size, compiled, attn, grad_ckpt=grad_ckpt)
+  return run_sides(cfg, size, sides, steps, warmup)
+
+
+def dry(config, size: str) -> dict:
+  """Parameter counts of both sides from shapes alone (the full config on any machine)."""
+  cfg = without_label_head(sized(config, size))
+  with cfg.unlocked():
+    if cfg.runtime.attention_impl == 'cudnn' and jax.default_backend() != 'gpu':
+      cfg.runtime.attention_impl = 'xla'  # shapes only; the GPU run uses cudnn
+  exp = setup.build(cfg, tasks.TASKS['vlm'](cfg, None), train=False)
+  ours = hf_twin.count_jax(exp.state.params)
+  model = hf_twin.hf_llava(exp.task.model_cfg, None, 'meta', cfg.data.max_len)
+  theirs = hf_twin.count_torch(model)
+  batch = synthetic_batch(cfg, exp.task.model_cfg.tokens_per_image, 0)
+  shapes = {k: v.shape for k, v in batch.items()}
+  return dict(size=size, radjax=ours, hf=theirs, shapes=shapes, dtype=cfg.runtime.dtype,
+              image_tokens=exp.task.model_cfg.tokens_per_image * cfg.data.max_images)
+
+
+def table(rows: list[dict]) -> str:
+  headers = ['size', 'side', 'params', 'batch x seq', 'image tokens', 'dtype',
+             'step (median)', 'tokens/s', 'speed vs HF eager', 'loss at step 0']
+  body = [[r['size'], r['side'], f"{r['params'] / 1e6:.2f}M ({100 * r['params_vs_hf']:+.2f} %)",
+           r['shape'], r['image_tokens'], r['dtype'], f"{r['step_s'] * 1e3:,.1f} ms",
+           f"{r['tokens_per_s']:,.0f}", f"{r['vs_hf']:.2f}x",
+           '-' if r['loss0'] is None else f"{r['loss0']:.4f}"]
+          for r in rows]
+  return hf_twin.markdown(headers, body)
+
+
+def main(argv):
+  del argv
+  if FLAGS.torch_threads:
+    torch.set_num_threads(FLAGS.torch_threads)
+  device = hf_twin.torch_device()
+  print(f'jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}); '
+        f'torch {torch.__version__} on {device}, {torch.get_num_threads()} threads; '
+        f'HF attention {FLAGS.hf_attn}')
+  if FLAGS.dry:
+    for size in FLAGS.sizes:
+      r = dry(FLAGS.config, size)
+      diff = r['radjax'] / r['hf'] - 1
+      print(f"{size}: radjax {r['radjax']:,} params, HF {r['hf']:,} ({100 * diff:+.3f} %); "
+            f"{r['image_tokens']} image tokens; {r['dtype']}; batch {r['shapes']}")
+    return
+  rows = []
+  for size in FLAGS.sizes:
+    rows_size = compare(FLAGS.config, size, FLAGS.steps, FLAGS.warmup, FLAGS.compile,
+                        FLAGS.hf_attn, FLAGS.hf_grad_ckpt)
+    rows += rows_size
+    for r in rows_size:
+      print(f"  {r['size']} {r['side']}: " + ' '.join(f'{t * 1e3:.0f}' for t in r['times'])
+            + ' ms', flush=True)
+  print(table(rows))
+
+
+if __name__ == '__main__':
+  define_flags()
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

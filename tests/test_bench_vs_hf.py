@@ -1,0 +1,88 @@
+"""bench/vs_hf_train.py and bench/vs_hf_generate.py compare like with like: the HF twin
+has radjax's parameter count and, given the converted weights, radjax's logits, loss and
+greedy ids (micro sizes, CPU)."""
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+pytest.importorskip('transformers')
+
+from bench import hf_twin, vs_hf_generate, vs_hf_train  # noqa: E402
+from configs import demo  # noqa: E402
+from radjax.core import sharding  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+  """The tests share 2 cores with other jobs; OpenMP barriers over 2 threads stall then."""
+  before = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(before)
+
+
+def _masked_ce(logits, targets, mask) -> float:
+  z = logits - logits.max(-1, keepdims=True)
+  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  nll = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+  return float((nll * mask).sum() / mask.sum())
+
+
+def test_train_twin_has_radjax_params_logits_and_loss():
+  config = demo.get_config('size=micro')  # with the demo's label head, left out here
+  cfg, batch, sides = vs_hf_train.build_sides(config, 'demo', label_head=False)
+  ours, hf = sides
+  assert [ours['name'], hf['name']] == ['radjax', 'HF eager']
+  assert ours['params'] == hf['params']
+  exp = ours['exp']
+  with sharding.activation_rules(exp.mesh, exp.rules):
+    want = np.asarray(jax.jit(lambda p, t, i: exp.model.apply({'params': p}, t, i)[0])(
+        exp.state.params, batch['tokens'], batch['images']))
+  images = np.ascontiguousarray(batch['images'][:, 0].transpose(0, 3, 1, 2))
+  with torch.no_grad():
+    got = hf['model'](input_ids=torch.from_numpy(batch['tokens']).long(),
+                      pixel_values=torch.from_numpy(images)).logits.numpy()
+  assert np.abs(got - want).max() < 1e-4
+  # The HF step's loss is radjax's token loss of the same logits (targets, mask).
+  loss = _masked_ce(want, batch['targets'], batch['loss_mask'])
+  assert abs(hf['first_loss']() - loss) < 1e-4
+  assert hf_twin.timed(hf['run'], lambda: None) > 0
+
+
+@pytest.mark.slow
+def test_train_sides_step_in_turn_from_the_same_loss():
+  """The whole comparison at micro size, the demo's label head included (two radjax steps
+  compile: 85 s of CPU, 2.5 min under load)."""
+  rows = vs_hf_train.compare(demo.get_config('size=micro'), 'demo', steps=1, warmup=1)
+  plain, head, theirs = rows
+  assert [r['side'] for r in rows] == ['radjax, no label head', 'radjax + label head (as run)',
+                                       'HF eager']
+  assert plain['params'] == theirs['params']
+  assert 0 < head['params'] - theirs['params'] < 0.01 * theirs['params']  # the head alone
+  assert abs(plain['loss0'] - theirs['loss0']) < 1e-4, (plain['loss0'], theirs['loss0'])
+  assert head['loss0'] > plain['loss0']  # plus the label cross-entropy
+  assert all(r['step_s'] > 0 and r['tokens_per_s'] > 0 for r in rows)
+  assert theirs['vs_hf'] == 1.0 and plain['params_vs_hf'] == 0.0
+  assert '| demo | HF eager |' in vs_hf_train.table(rows)
+
+
+def test_dry_counts_the_full_config_on_both_sides():
+  from configs import llava_tinyllama
+  r = vs_hf_train.dry(llava_tinyllama.get_config(), 'config')
+  assert r['radjax'] == r['hf'] and 1.40e9 < r['hf'] < 1.42e9
+  assert r['image_tokens'] == 256 and r['shapes']['tokens'] == (8, 2048)
+
+
+def test_generate_sides_decode_the_same_ids():
+  config = demo.get_config('size=micro')
+  rows = vs_hf_generate.compare(config, [2], new_tokens=8, runs=1, hbm_gbps=100.0)
+  assert [r['side'] for r in rows] == ['radjax', 'HF dynamic cache', 'HF static cache']
+  assert len({r['params'] for r in rows}) == 1
+  assert all(r['same_ids'] == 1.0 for r in rows)  # float32: the same function
+  cfg = vs_hf_generate.factory.llm_config(config.model)
+  table = cfg.vocab_size * cfg.embed_dim  # untied: the input table is not read per step
+  kv = 2 * cfg.num_layers * 2 * cfg.num_kv_heads * cfg.dim_per_head * (rows[0]['prompt'] + 4)
+  want = 2 * 100e9 / (4 * (rows[0]['params'] - table + kv))
+  assert rows[0]['bound'] == pytest.approx(want)
+  assert '% of bound' in vs_hf_generate.table(rows)
