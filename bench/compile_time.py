@@ -29,12 +29,12 @@ def define_flags():
   flags.DEFINE_enum('scan', 'both', ['both', 'on', 'off'], 'config.runtime.scan_layers.')
 
 
-def compile_row(config, layers: int, scan: bool) -> dict:
+def compile_row(config, layers: int, scan: bool, compile: bool = True) -> dict:
   """Lower and compile seconds of the train step with `layers` decoder layers (one compile:
   a repeat in the same process may hit JAX's cache, so run the script twice instead)."""
   config = compiled_step.with_overrides(
       config, {'model.llm.num_layers': layers, 'runtime.scan_layers': scan})
-  r = compiled_step.lower_and_compile(config)
+  r = compiled_step.lower_and_compile(config, compile=compile)
   del r['compiled']
   return dict(layers=layers, scan=scan, **r)
 

@@ -44,15 +44,16 @@ def abstract_batch(exp) -> dict:
           for k, f in exp.task.batch_spec().items()}
 
 
-def lower_and_compile(config, devices: int = 1) -> dict:
-  """Lowers, then compiles, the train step of `config` on abstract state (mesh fsdp =
-  `devices`). Returns seconds of each phase, the compiled executable and the HLO size."""
+def lower_and_compile(config, devices: int = 1, compile: bool = True) -> dict:
+  """Lowers, then compiles (unless not `compile`), the train step of `config` on abstract
+  state (mesh fsdp = `devices`). Returns seconds of each phase, the compiled executable
+  and the size of the lowered program."""
   exp = memory.experiment(config, devices)
   with exp.context():
     t0 = time.perf_counter()
     lowered = setup.jit_train_step(exp).lower(exp.state, abstract_batch(exp))
     t1 = time.perf_counter()
-    compiled = lowered.compile()
+    compiled = lowered.compile() if compile else None
     t2 = time.perf_counter()
   hlo_lines = lowered.as_text().count('\n')
   return dict(lower_s=t1 - t0, compile_s=t2 - t1, compiled=compiled, hlo_lines=hlo_lines,
