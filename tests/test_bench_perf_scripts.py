@@ -64,3 +64,20 @@ def test_frozen_towers_save_flops_and_temporaries():
   extra = rows['recipe']['flops'] - rows['all frozen']['flops']
   assert 0.8 < extra / frozen.llm_forward_flops(config) < 1.3
   assert rows['recipe']['temp'] < rows['all trained']['temp']
+
+
+def test_llava_state_per_device_on_8_devices_within_the_target():
+  """Issue 15's target from abstract shapes: per-device params on 8 devices <= 1.1x an
+  even split; what is not split evenly is listed (small norms, biases, the projector's
+  first kernel, whose 'vision_embed' input axis is not sharded)."""
+  from bench import memory, replicated
+  from configs import llava_tinyllama
+  config = compiled_step.with_overrides(llava_tinyllama.get_config(),
+                                        {'runtime.attention_impl': 'xla'})
+  exp = memory.experiment(config, 8)
+  per_device = memory.per_device_bytes(exp.state.params)
+  even = 4 * memory.count(exp.state.params) / 8
+  assert per_device <= 1.1 * even, per_device / even
+  leaves = replicated.uneven_leaves(exp.state.params, 8)
+  assert abs(sum(x['excess'] for x in leaves) - (per_device - even)) < 1e-3 * even
+  assert all(x['bytes'] < 16 * 2 ** 20 for x in leaves)  # no big leaf left whole
