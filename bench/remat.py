@@ -39,9 +39,11 @@ def define_flags():
                      '(0: no budget).')
 
 
-def remat_row(config, policy: str, parts=('llm', 'vision'), steps: int = 0) -> dict:
+def remat_row(config, policy: str, parts=('llm', 'vision'), steps: int = 0,
+              hbm_bytes: float = 0.0) -> dict:
   """Memory (and with steps > 0 the measured step seconds) of the train step with remat
-  `policy` on `parts`."""
+  `policy` on `parts`. A policy whose peak exceeds `hbm_bytes` (when given) is not timed:
+  it would not fit the device."""
   if policy not in layers_lib.REMAT_POLICIES:
     raise ValueError(f'--policies: unknown {policy!r}; choose from '
                      f'{sorted(layers_lib.REMAT_POLICIES)}')
@@ -49,7 +51,8 @@ def remat_row(config, policy: str, parts=('llm', 'vision'), steps: int = 0) -> d
   r = compiled_step.lower_and_compile(config)
   row = dict(policy=policy, params=r['params'], compile_s=r['lower_s'] + r['compile_s'],
              flops=compiled_step.flops(r['compiled']), **compiled_step.memory_bytes(r['compiled']))
-  row['step_s'] = compiled_step.measured_step_s(config, steps) if steps else None
+  fits = not hbm_bytes or row['peak'] <= hbm_bytes
+  row['step_s'] = compiled_step.measured_step_s(config, steps) if steps and fits else None
   return row
 
 
@@ -84,18 +87,18 @@ def main(argv):
   print(f'machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, '
         f'{jax.devices()[0].device_kind}; backend overrides: {fallbacks or "none"}')
   parts = tuple(FLAGS.parts.split(','))
-  rows = []
+  rows, budget = [], FLAGS.hbm_gib * compiled_step.GIB
   for policy in FLAGS.policies.split(','):
-    rows.append(remat_row(config, policy, parts, FLAGS.steps))
+    rows.append(remat_row(config, policy, parts, FLAGS.steps, budget))
     print(f'  {policy}: peak {compiled_step.size(rows[-1]["peak"])}', flush=True)
   print(f'\nmodel: {rows[0]["params"] / 1e6:.1f}M params, llm '
         f'{c.model.llm.embed_dim}x{c.model.llm.num_layers}L, vision '
         f'{c.model.vision.embed_dim}x{c.model.vision.num_layers}L; batch {c.train.batch_size} '
         f'x {c.data.max_len} tokens; dtype {c.runtime.dtype}; remat on {", ".join(parts)}')
   print(table(rows))
-  policy, why = recommend(rows, FLAGS.hbm_gib * compiled_step.GIB)
-  budget = f'{FLAGS.hbm_gib:g} GiB' if FLAGS.hbm_gib else 'no budget'
-  print(f'\nrecommended remat ({budget}): {policy or "none fits"} ({why})')
+  policy, why = recommend(rows, budget)
+  budget_text = f'{FLAGS.hbm_gib:g} GiB' if FLAGS.hbm_gib else 'no budget'
+  print(f'\nrecommended remat ({budget_text}): {policy or "none fits"} ({why})')
 
 
 if __name__ == '__main__':
