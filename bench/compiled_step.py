@@ -1,0 +1,117 @@
+"""What the compile-time, remat and frozen-tower benchmarks share: a recipe's train step
+lowered and compiled from abstract shapes (nothing the size of the model allocated, as
+bench/memory.py does), its XLA memory and cost analyses, and a measured step time."""
+import time
+
+import jax
+import numpy as np
+
+from bench import memory
+from radjax import tasks
+from radjax.core import sharding
+from radjax.train import setup
+
+GIB, MIB = 2 ** 30, 2 ** 20
+
+
+def with_overrides(config, overrides: dict):
+  """A copy of `config` with dotted keys set ('model.llm.num_layers': 4)."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for key, value in overrides.items():
+      *path, leaf = key.split('.')
+      section = config
+      for p in path:
+        section = section[p]
+      if leaf not in section:
+        raise ValueError(f'override {key}: config has no such key')
+      section[leaf] = value
+    if config.model.image_token_id < 0:  # no tokenizer here: synthetic batches
+      config.model.image_token_id = 4
+  return config
+
+
+def backend_fallbacks(config) -> dict:
+  """Overrides a CPU needs for a GPU recipe (cuDNN attention -> xla); none on a GPU."""
+  if jax.default_backend() != 'gpu' and config.runtime.attention_impl == 'cudnn':
+    return {'runtime.attention_impl': 'xla'}
+  return {}
+
+
+def abstract_batch(exp) -> dict:
+  b = exp.config.train.batch_size
+  return {k: jax.ShapeDtypeStruct((b, *f.shape), f.dtype, sharding=exp.batch_shardings[k])
+          for k, f in exp.task.batch_spec().items()}
+
+
+def lower_and_compile(config, devices: int = 1, compile: bool = True) -> dict:
+  """Lowers, then compiles (unless not `compile`), the train step of `config` on abstract
+  state (mesh fsdp = `devices`). Returns seconds of each phase, the compiled executable
+  and the size of the lowered program."""
+  exp = memory.experiment(config, devices)
+  with exp.context():
+    t0 = time.perf_counter()
+    lowered = setup.jit_train_step(exp).lower(exp.state, abstract_batch(exp))
+    t1 = time.perf_counter()
+    compiled = lowered.compile() if compile else None
+    t2 = time.perf_counter()
+  hlo_lines = lowered.as_text().count('\n')
+  return dict(lower_s=t1 - t0, compile_s=t2 - t1, compiled=compiled, hlo_lines=hlo_lines,
+              params=memory.count(exp.state.params))
+
+
+def memory_bytes(compiled) -> dict:
+  """XLA's memory_analysis per device; peak = args + temp + outputs not aliased."""
+  m = compiled.memory_analysis()
+  out = {k: getattr(m, f'{k}_size_in_bytes') for k in ('argument', 'output', 'temp', 'alias')}
+  out['peak'] = memory.peak(out)
+  return out
+
+
+def flops(compiled) -> float:
+  """XLA's FLOP count of the compiled step. A while loop's body counts once, whatever its
+  trip count: compare scanned models only to scanned models (or unroll: scan_layers off)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost['flops'])
+
+
+def measured_step_s(config, steps: int) -> float:
+  """Mean seconds of `steps` real train steps (after 2 warm-up steps) on random state and a
+  synthetic batch, on one device."""
+  exp = setup.build(config, tasks.TASKS[config.task](config, None), jax.devices()[:1])
+  with sharding.activation_rules(exp.mesh, exp.rules):
+    step = setup.jit_train_step(exp)
+    batch = {k: jax.device_put(v, exp.batch_shardings[k])
+             for k, v in synthetic_batch(exp).items()}
+    state = exp.state
+    for _ in range(2):
+      state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+  return (time.perf_counter() - t0) / steps
+
+
+def synthetic_batch(exp) -> dict:
+  """Random arrays of the task's batch spec: token ids in [10, 1000), every position a
+  target, one segment per packed row (bench/train_step.py imports flags, so not shared)."""
+  rng, b = np.random.default_rng(0), exp.config.train.batch_size
+  out = {}
+  for k, f in exp.task.batch_spec().items():
+    shape = (b, *f.shape)
+    if k == 'positions':
+      out[k] = np.broadcast_to(np.arange(shape[-1], dtype=f.dtype), shape).copy()
+    elif k in ('segment_ids', 'loss_mask') or f.dtype == np.bool_:
+      out[k] = np.ones(shape, f.dtype)
+    elif np.issubdtype(f.dtype, np.integer):
+      out[k] = rng.integers(10, 1000, shape).astype(f.dtype)
+    else:
+      out[k] = rng.normal(size=shape).astype(f.dtype)
+  return out
+
+
+def size(b: float) -> str:
+  return f'{b / GIB:.2f} GiB' if b >= GIB / 10 else f'{b / MIB:.1f} MiB'
