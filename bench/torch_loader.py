@@ -99,7 +99,7 @@ class ReportFolder(torch.utils.data.Dataset):
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     else:
       img = img.resize((self.size, self.size), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float().div(255)  # ToTensor
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div(255)  # ToTensor (a copy)
     x = (x - self.mean) / self.std  # Normalize
     return x.permute(1, 2, 0)
 
