@@ -41,6 +41,7 @@ from PIL import Image  # noqa: E402
 from bench import torch_loader, train_step  # noqa: E402
 from radjax import run  # noqa: E402
 from radjax.data import chat, instructions, pipeline, schema, source, tokens  # noqa: E402
+from radjax.models import factory  # noqa: E402
 
 FLAGS = flags.FLAGS
 SOURCES = ('demo', 'png512', 'jpeg512')
@@ -64,13 +65,22 @@ def define_flags():
 # ---- configs and sources -------------------------------------------------------------
 
 
+def image_tokens(config) -> int:
+  """Placeholders per image of the config's VLM."""
+  return factory.vlm_config(config.model, 0).tokens_per_image
+
+
 def variant(config, *, image_size: int = 0, augment: bool | None = None, data_dir: str = '',
             tokenizer: str = ''):
-  """A copy of config with the row's image size, augmentation and dataset."""
+  """A copy of config with the row's image size, augmentation and dataset. A new image
+  size changes the placeholders per image; max_len changes by as many, so the text keeps
+  its room (the demo's 64 px -> 224 px: 16 -> 196 placeholders, max_len 128 -> 308)."""
   c = config.copy_and_resolve_references()
   with c.unlocked():
-    if image_size:
+    if image_size and image_size != c.model.vision.image_size:
+      before = image_tokens(c)
       c.model.vision.image_size = image_size
+      c.data.max_len += c.data.max_images * (image_tokens(c) - before)
     if augment is not None:
       c.data.augment = augment
     if data_dir:
@@ -222,15 +232,16 @@ def _fmt(x, spec='{:,.0f}'):
 
 
 def table(rows: list[dict]) -> str:
-  head = ('| source | px | augment | workers | radjax ex/s | radjax ex/s/core | radjax CPU '
-          'ms/ex | torch ex/s | torch ex/s/core | torch CPU ms/ex | radjax/torch ex/s | '
+  head = ('| source | px | max_len | augment | workers | radjax ex/s | radjax ex/s/core | '
+          'radjax CPU ms/ex | torch ex/s | torch ex/s/core | torch CPU ms/ex | radjax/torch ex/s | '
           'torch/radjax CPU | step ex/s | radjax/step |')
   lines = [head, '|' + '---|' * head.count(' | ') + '---|']
   for r in rows:
     cores = max(1, r['workers'])
     ra, to = r['radjax'], r['torch']
     lines.append('| ' + ' | '.join([
-        r['source'], str(r['px']), 'on' if r['augment'] else 'off', str(r['workers']),
+        r['source'], str(r['px']), str(r['max_len']), 'on' if r['augment'] else 'off',
+        str(r['workers']),
         _fmt(ra['examples_per_s']), _fmt(ra['examples_per_s'] / cores),
         _fmt(1e3 * ra['cpu_s_per_example'], '{:.2f}'),
         _fmt(to['examples_per_s']), _fmt(to['examples_per_s'] / cores),
@@ -282,8 +293,8 @@ def main(argv):
                       data_dir='' if name == 'demo' else data_dir, tokenizer=tokenizer)
           ra = measure_radjax(c, w, FLAGS.batches)
           to = measure_torch(c, folder, w, FLAGS.batches)
-          rows.append({'source': name, 'px': px, 'augment': augment, 'workers': w,
-                       'radjax': ra, 'torch': to, 'step': None})
+          rows.append({'source': name, 'px': px, 'max_len': c.data.max_len, 'augment': augment,
+                       'workers': w, 'radjax': ra, 'torch': to, 'step': None})
           print(f'{name} {px}px augment={augment} workers={w}: radjax '
                 f"{ra['examples_per_s']:.0f} ex/s, torch {to['examples_per_s']:.0f} ex/s",
                 file=sys.stderr, flush=True)
