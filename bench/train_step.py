@@ -23,11 +23,15 @@ from radjax.core import sharding  # noqa: E402
 from radjax.train import optimizer as optimizer_lib  # noqa: E402
 from radjax.train import setup  # noqa: E402
 
-config_flags.DEFINE_config_file('config', None, 'Recipe config.', lock_config=True)
-flags.DEFINE_integer('steps', 10, 'Timed steps (after 2 warm-up steps).')
-flags.DEFINE_float('peak_tflops', 0.0, 'Peak dense TFLOP/s of ONE device (e.g. 989 for '
-                   'H100 SXM bf16); 0 skips MFU.')
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """This script's flags (not at import: bench/data_pipeline.py imports the module)."""
+  config_flags.DEFINE_config_file('config', None, 'Recipe config.', lock_config=True)
+  flags.DEFINE_integer('steps', 10, 'Timed steps (after 2 warm-up steps).')
+  flags.DEFINE_float('peak_tflops', 0.0, 'Peak dense TFLOP/s of ONE device (e.g. 989 for '
+                     'H100 SXM bf16); 0 skips MFU.')
 
 
 def _count(tree) -> int:
@@ -83,9 +87,9 @@ def synthetic_batch(exp, rng):
   return out
 
 
-def main(argv):
-  del argv
-  config = FLAGS.config
+def time_step(config, steps: int) -> tuple:
+  """(seconds per jitted train step on one synthetic batch, after 2 warm-up steps; the
+  experiment; its state after the timed steps)."""
   if config.model.image_token_id < 0:  # no tokenizer here: synthetic batches
     config.model.image_token_id = 4
   exp = setup.build(config, tasks.TASKS[config.task](config, None))
@@ -98,11 +102,16 @@ def main(argv):
       state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     t0 = time.perf_counter()
-    for _ in range(FLAGS.steps):
+    for _ in range(steps):
       state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
-    dt = (time.perf_counter() - t0) / FLAGS.steps
+  return (time.perf_counter() - t0) / steps, exp, state
 
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  dt, exp, state = time_step(config, FLAGS.steps)
   flops = analytic_flops(config, jax.device_get(state.params), exp.labels)
   n_dev = jax.device_count()
   tokens = config.train.batch_size * config.data.max_len
@@ -121,5 +130,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flags_as_required(['config'])
   app.run(main)

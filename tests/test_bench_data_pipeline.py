@@ -1,0 +1,70 @@
+"""bench/data_pipeline.py compares like with like: the torch baseline's examples are
+radjax's, token for token and (without augmentation) pixel for pixel, and both sides
+batch to the same shapes."""
+import io
+
+import numpy as np
+from PIL import Image
+
+from bench import data_pipeline, torch_loader
+from radjax import run
+from radjax.data import instructions, source
+from tests.conftest import tiny_config
+
+
+def _config(data_dir, augment=False):
+  config = tiny_config(data_dir)
+  config.data.label_loss_weight = 1.0  # the demo's label head: labels in both batches
+  config.data.label_names = ('Cardiomegaly', 'Pleural Effusion', 'Pneumothorax')
+  config.data.augment = augment
+  return config
+
+
+def test_torch_example_equals_radjax_example(demo_data, tmp_path):
+  config = _config(demo_data)
+  examples = data_pipeline.read_examples(config, 4)
+  folder = torch_loader.write_folder(examples, str(tmp_path / 'folder'))
+  # The eval wording (variant 0) on both sides: radjax's processor without an rng.
+  ours = data_pipeline.torch_dataset(
+      config, folder, prompts=instructions.REPORT_INSTRUCTIONS[:1])
+  processor = run.make_task(config).processor()
+  records = source.open_split(demo_data, 'train')
+  truncated = 0
+  for i in range(len(examples)):
+    want = processor(records[i], None)
+    got = {k: v.numpy() for k, v in ours[i].items()}
+    for key in ('tokens', 'targets', 'loss_mask', 'image_mask', 'labels', 'label_mask'):
+      np.testing.assert_array_equal(got[key], want[key], err_msg=f'record {i}: {key}')
+    np.testing.assert_allclose(got['images'], want['images'], atol=1e-5)
+    truncated += int(want['truncated'])
+  assert truncated  # micro's 48 tokens cut the reports: truncation matches too
+  assert ours.image_tokens == 16 and (want['tokens'] == 4).sum() == 16  # <image> runs
+
+
+def test_both_pipelines_batch_to_the_same_shapes(demo_data, tmp_path):
+  config = _config(demo_data, augment=True)
+  folder = torch_loader.write_folder(data_pipeline.read_examples(config, 16),
+                                     str(tmp_path / 'folder'))
+  ra = data_pipeline.measure_radjax(config, 0, 2)
+  to = data_pipeline.measure_torch(config, folder, 0, 2)
+  device_keys = set(run.make_task(config).batch_spec())
+  assert device_keys <= set(ra['shapes']) and device_keys == set(to['shapes'])
+  assert {k: ra['shapes'][k] for k in device_keys} == to['shapes']
+  assert to['shapes']['images'] == (8, 1, 32, 32, 3)
+  for m in (ra, to):
+    assert m['examples_per_s'] > 0 and m['cpu_s_per_example'] > 0
+
+
+def test_512_sources_keep_the_records():
+  examples = [{'id': 'a', 'images': [{'kind': '2d', 'format': 'png',
+                                      'data': _png(40)}], 'report': {}}]
+  again = data_pipeline.reencoded(examples, 'jpeg', side=64)
+  img = Image.open(io.BytesIO(again[0]['images'][0]['data']))
+  assert img.size == (64, 64) and img.format == 'JPEG'
+  assert again[0]['images'][0]['format'] == 'jpeg' and again[0]['id'] == 'a'
+
+
+def _png(side: int) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(np.arange(side * side, dtype=np.uint8).reshape(side, side)).save(buf, 'PNG')
+  return buf.getvalue()
