@@ -9,12 +9,10 @@ timing `.lower()` and `.compile()` apart, on one device. With `nn.scan` over lay
 compile time grows with depth. On a CPU, cuDNN attention becomes xla (printed).
 """
 import os
-import platform
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -54,11 +52,7 @@ def table(rows) -> str:
 
 def main(argv):
   del argv
-  fallbacks = compiled_step.backend_fallbacks(FLAGS.config)
-  config = compiled_step.with_overrides(FLAGS.config, fallbacks)
-  c = config
-  print(f'machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, '
-        f'{jax.devices()[0].device_kind}; backend overrides: {fallbacks or "none"}')
+  config = c = compiled_step.prepare(FLAGS.config)
   print(f'model: vision {c.model.vision.kind} {c.model.vision.num_layers}L '
         f'{c.model.vision.image_size}px, llm {c.model.llm.embed_dim} wide; batch '
         f'{c.train.batch_size} x {c.data.max_len} tokens; dtype {c.runtime.dtype}, remat '

@@ -1,14 +1,13 @@
 """What the compile-time, remat and frozen-tower benchmarks share: a recipe's train step
 lowered and compiled from abstract shapes (nothing the size of the model allocated, as
 bench/memory.py does), its XLA memory and cost analyses, and a measured step time."""
+import os
+import platform
 import time
 
 import jax
-import numpy as np
 
-from bench import memory
-from radjax import tasks
-from radjax.core import sharding
+from bench import memory, train_step
 from radjax.train import setup
 
 GIB, MIB = 2 ** 30, 2 ** 20
@@ -42,6 +41,14 @@ def abstract_batch(exp) -> dict:
   b = exp.config.train.batch_size
   return {k: jax.ShapeDtypeStruct((b, *f.shape), f.dtype, sharding=exp.batch_shardings[k])
           for k, f in exp.task.batch_spec().items()}
+
+
+def prepare(config):
+  """The config with its backend fallbacks applied, after printing the machine line."""
+  fallbacks = backend_fallbacks(config)
+  print(f'machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, '
+        f'{jax.devices()[0].device_kind}; backend overrides: {fallbacks or "none"}')
+  return with_overrides(config, fallbacks)
 
 
 def lower_and_compile(config, devices: int = 1, compile: bool = True) -> dict:
@@ -79,38 +86,7 @@ def flops(compiled) -> float:
 def measured_step_s(config, steps: int) -> float:
   """Mean seconds of `steps` real train steps (after 2 warm-up steps) on random state and a
   synthetic batch, on one device."""
-  exp = setup.build(config, tasks.TASKS[config.task](config, None), jax.devices()[:1])
-  with sharding.activation_rules(exp.mesh, exp.rules):
-    step = setup.jit_train_step(exp)
-    batch = {k: jax.device_put(v, exp.batch_shardings[k])
-             for k, v in synthetic_batch(exp).items()}
-    state = exp.state
-    for _ in range(2):
-      state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-      state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-  return (time.perf_counter() - t0) / steps
-
-
-def synthetic_batch(exp) -> dict:
-  """Random arrays of the task's batch spec: token ids in [10, 1000), every position a
-  target, one segment per packed row (bench/train_step.py imports flags, so not shared)."""
-  rng, b = np.random.default_rng(0), exp.config.train.batch_size
-  out = {}
-  for k, f in exp.task.batch_spec().items():
-    shape = (b, *f.shape)
-    if k == 'positions':
-      out[k] = np.broadcast_to(np.arange(shape[-1], dtype=f.dtype), shape).copy()
-    elif k in ('segment_ids', 'loss_mask') or f.dtype == np.bool_:
-      out[k] = np.ones(shape, f.dtype)
-    elif np.issubdtype(f.dtype, np.integer):
-      out[k] = rng.integers(10, 1000, shape).astype(f.dtype)
-    else:
-      out[k] = rng.normal(size=shape).astype(f.dtype)
-  return out
+  return train_step.time_step(config, steps, jax.devices()[:1])[0]
 
 
 def size(b: float) -> str:

@@ -16,7 +16,6 @@ attention); a weight gradient of the LLM or any backward through the vision towe
 add as much again.
 """
 import os
-import platform
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -88,11 +87,7 @@ def table(rows, fwd: float) -> str:
 
 def main(argv):
   del argv
-  fallbacks = compiled_step.backend_fallbacks(FLAGS.config)
-  config = compiled_step.with_overrides(FLAGS.config, fallbacks)
-  c = config
-  print(f'machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, '
-        f'{jax.devices()[0].device_kind}; backend overrides: {fallbacks or "none"}')
+  config = c = compiled_step.prepare(FLAGS.config)
   print(f'recipe freeze: param_groups {tuple(c.optim.param_groups)}; batch '
         f'{c.train.batch_size} x {c.data.max_len} tokens, dtype {c.runtime.dtype}')
   rows = []

@@ -21,6 +21,17 @@ def torch_device() -> str:
   return 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
+def start(torch_threads: int, extra: str = '') -> str:
+  """Sets torch's thread count (0: its default), prints both stacks' devices; the torch
+  device."""
+  if torch_threads:
+    torch.set_num_threads(torch_threads)
+  device = torch_device()
+  print(f'jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}); '
+        f'torch {torch.__version__} on {device}, {torch.get_num_threads()} threads{extra}')
+  return device
+
+
 def torch_dtype(name: str) -> torch.dtype:
   return {'float32': torch.float32, 'bfloat16': torch.bfloat16}[name]
 

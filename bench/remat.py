@@ -12,12 +12,10 @@ policy is the fastest whose peak fits --hbm_gib (without times: the one that rec
 least, in the order of --policies). On a CPU, cuDNN attention becomes xla (printed).
 """
 import os
-import platform
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -81,11 +79,7 @@ def table(rows) -> str:
 
 def main(argv):
   del argv
-  fallbacks = compiled_step.backend_fallbacks(FLAGS.config)
-  config = compiled_step.with_overrides(FLAGS.config, fallbacks)
-  c = config
-  print(f'machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, '
-        f'{jax.devices()[0].device_kind}; backend overrides: {fallbacks or "none"}')
+  config = c = compiled_step.prepare(FLAGS.config)
   parts = tuple(FLAGS.parts.split(','))
   rows, budget = [], FLAGS.hbm_gib * compiled_step.GIB
   for policy in FLAGS.policies.split(','):

@@ -87,12 +87,12 @@ def synthetic_batch(exp, rng):
   return out
 
 
-def time_step(config, steps: int) -> tuple:
+def time_step(config, steps: int, devices=None) -> tuple:
   """(seconds per jitted train step on one synthetic batch, after 2 warm-up steps; the
-  experiment; its state after the timed steps)."""
+  experiment; its state after the timed steps). `devices`: default all."""
   if config.model.image_token_id < 0:  # no tokenizer here: synthetic batches
     config.model.image_token_id = 4
-  exp = setup.build(config, tasks.TASKS[config.task](config, None))
+  exp = setup.build(config, tasks.TASKS[config.task](config, None), devices)
   with sharding.activation_rules(exp.mesh, exp.rules):
     step = setup.jit_train_step(exp)
     batch = {k: jax.device_put(v, exp.batch_shardings[k])

@@ -184,11 +184,7 @@ def table(rows) -> str:
 
 def main(argv):
   del argv
-  if FLAGS.torch_threads:
-    torch.set_num_threads(FLAGS.torch_threads)
-  device = hf_twin.torch_device()
-  print(f'jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}); '
-        f'torch {torch.__version__} on {device}, {torch.get_num_threads()} threads')
+  hf_twin.start(FLAGS.torch_threads)
   rows = compare(FLAGS.config, [int(b) for b in FLAGS.batches], FLAGS.new_tokens,
                  FLAGS.prompt_len, FLAGS.runs, FLAGS.params_dtype, FLAGS.hbm_gbps, FLAGS.static)
   for r in rows:

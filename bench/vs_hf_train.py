@@ -292,12 +292,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv):
   del argv
-  if FLAGS.torch_threads:
-    torch.set_num_threads(FLAGS.torch_threads)
-  device = hf_twin.torch_device()
-  print(f'jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}); '
-        f'torch {torch.__version__} on {device}, {torch.get_num_threads()} threads; '
-        f'HF attention {FLAGS.hf_attn}')
+  hf_twin.start(FLAGS.torch_threads, f'; HF attention {FLAGS.hf_attn}')
   if FLAGS.dry:
     for size in FLAGS.sizes:
       r = dry(FLAGS.config, size)

@@ -19,6 +19,9 @@ def read_losses(workdir):
   return {r['step']: r['train/loss'] for r in rows if 'train/loss' in r}
 
 
+# Slow (~90 s): tests/test_lm_task.py's killed-run resume and the restored-iterator
+# test below keep the same path in CI.
+@pytest.mark.slow
 def test_killed_run_resumes_with_identical_losses(demo_data, tmp_path, monkeypatch):
   config = tiny_config(demo_data)
   config.data.worker_threads = 0

@@ -185,6 +185,9 @@ def _sigterm_then_resume(demo_data, workdir, processes: int) -> list[str]:
   return outs
 
 
+# Slow (~140 s): the relaunch after SIGTERM; CI keeps the two-process run and
+# tests/test_robustness.py's SIGTERM checkpoint request.
+@pytest.mark.slow
 def test_sigterm_to_both_processes_saves_and_the_relaunch_continues(
     demo_data, tmp_path, two_processes):
   wd = str(tmp_path / 'w')

@@ -102,6 +102,9 @@ def train(config, workdir: str, task, devices=None) -> dict:
   finally:  # an error still lets queued checkpoint writes finish
     ckpt.wait()
     ckpt.close()
+    # Stop Grain's read threads (they read ahead of an endless stream) with the run.
+    if hasattr(data_iter, 'close'):
+      data_iter.close()
     writer.flush()
   return last_eval
 
