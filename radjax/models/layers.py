@@ -25,8 +25,8 @@ def param_init(init: Callable, axes: Sequence[Optional[str]]):
   return nn.with_logical_partitioning(init, tuple(axes))
 
 
-def _contract_fwd_only(x, kernel, n_in: int):
-  return jax.lax.dot_general(x, kernel, (((tuple(range(x.ndim - n_in, x.ndim))),
+def _linear_forward(x, kernel, n_in: int):
+  return jax.lax.dot_general(x, kernel, ((tuple(range(x.ndim - n_in, x.ndim)),
                                           tuple(range(n_in))), ((), ())))
 
 
@@ -39,14 +39,14 @@ def linear(x, kernel, n_in: int):
   LM head, tokens x vocab) before the matmul; the backward below asks for [in, out]
   directly. Same math on every backend.
   """
-  return _contract_fwd_only(x, kernel, n_in)
+  return _linear_forward(x, kernel, n_in)
 
 
-def _contract_vjp_fwd(x, kernel, n_in):
-  return _contract_fwd_only(x, kernel, n_in), (x, kernel)
+def _linear_vjp_fwd(x, kernel, n_in):
+  return _linear_forward(x, kernel, n_in), (x, kernel)
 
 
-def _contract_vjp_bwd(n_in, res, g):
+def _linear_vjp_bwd(n_in, res, g):
   x, kernel = res
   lead = x.ndim - n_in  # batch-like axes of x (and of g)
   dx = jax.lax.dot_general(g, kernel, ((tuple(range(lead, g.ndim)),
@@ -55,7 +55,7 @@ def _contract_vjp_bwd(n_in, res, g):
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
-linear.defvjp(_contract_vjp_fwd, _contract_vjp_bwd)
+linear.defvjp(_linear_vjp_fwd, _linear_vjp_bwd)
 
 
 class Dense(nn.Module):
