@@ -56,6 +56,20 @@ def test_16_bit_png_gives_the_pixels_of_the_8_bit_one():
                                                   rng=rng()))
 
 
+def test_grayscale_is_resized_before_it_becomes_rgb_with_the_same_pixels():
+  """preprocess resizes a grayscale image before repeating it to 3 channels; that must give
+  exactly the pixels of the RGB copy, on the plain and the augmented path."""
+  png_l = _png(GREY)
+  png_rgb = _png(np.repeat(GREY[..., None], 3, axis=-1))
+  for rng in (lambda: None, lambda: np.random.default_rng(5)):
+    got = images.preprocess({'format': 'png', 'data': png_l}, **KW, rng=rng())
+    want = images.preprocess({'format': 'png', 'data': png_rgb}, **KW, rng=rng())
+    assert got.shape == (32, 32, 3)
+    np.testing.assert_array_equal(got, want)
+  one = images.preprocess({'format': 'png', 'data': png_l}, **{**KW, 'num_channels': 1})
+  assert one.shape == (32, 32, 1)
+
+
 def test_exported_processor_reproduces_16_bit_preprocessing(tmp_path):
   transformers = pytest.importorskip('transformers')
   from data_prep import tokenizer as tokenizer_lib
@@ -287,8 +301,8 @@ def test_changed_architecture_writes_nothing(saved_workdir):
 def test_8_and_16_bit_png_give_the_same_report(killed_in_eval, tmp_path):
   config, src = killed_in_eval
   from data_prep import writer
-  ex = schema.decode(writer.read_records(
-      os.path.join(config.data.dir, 'test-00000-of-00001.array_record'))[0])
+  path, = glob.glob(os.path.join(config.data.dir, '*test.array_record*'))
+  ex = schema.decode(writer.read_records(path)[0])
   grey = np.asarray(Image.open(io.BytesIO(ex['images'][0]['data'])).convert('L'))
   p8, p16 = str(tmp_path / 'a8.png'), str(tmp_path / 'a16.png')
   with open(p8, 'wb') as f:

@@ -53,20 +53,27 @@ def load_image(path: str, num_channels: int = 3) -> Image.Image:
   return _checked(img, num_channels, path)
 
 
-def _checked(img: Image.Image, num_channels: int, record_id: str) -> Image.Image:
+def _checked(img: Image.Image, num_channels: int, record_id: str,
+             keep_gray: bool = False) -> Image.Image:
+  """8-bit 'L' or 'RGB' as num_channels asks; with keep_gray a grayscale image stays 'L'
+  (its RGB form is the gray value three times: resizing it first is 3x less work)."""
   if min(img.size) < MIN_IMAGE_SIDE:
     raise schema.SchemaError(f'record {record_id!r}: images: {img.size[0]}x{img.size[1]} '
                              f'pixels; images need sides of at least {MIN_IMAGE_SIDE}')
-  img = to_8bit(img, record_id).convert('RGB' if num_channels == 3 else 'L')
+  img = to_8bit(img, record_id)
+  gray = keep_gray and img.mode in ('L', 'LA')
+  img = img.convert('L' if num_channels == 1 or gray else 'RGB')
   lo, hi = np.min(img.getextrema()), np.max(img.getextrema())
   if lo == hi:
     _warn('record %r: a constant image (every pixel %d)', record_id, int(lo))
   return img
 
 
-def decode_image(image: dict, num_channels: int, record_id: str) -> Image.Image:
+def decode_image(image: dict, num_channels: int, record_id: str,
+                 keep_gray: bool = False) -> Image.Image:
   """PNG/JPEG bytes -> PIL image in 'L' or 'RGB', 8 bits (see the module docstring for
-  high bit depths and degenerate images). Errors name the record."""
+  high bit depths and degenerate images); with keep_gray a grayscale image stays 'L'
+  whatever num_channels is. Errors name the record."""
   if image.get('kind', '2d') != '2d' or image.get('format') not in ('png', 'jpeg'):
     raise schema.SchemaError(f'record {record_id!r}: images: a 2D pipeline got '
                              f"{image.get('kind')}/{image.get('format')}")
@@ -75,7 +82,7 @@ def decode_image(image: dict, num_channels: int, record_id: str) -> Image.Image:
     img.load()
   except Exception as e:  # PIL raises many types for corrupt data
     raise schema.SchemaError(f'record {record_id!r}: images: undecodable ({e})') from e
-  return _checked(img, num_channels, record_id)
+  return _checked(img, num_channels, record_id, keep_gray)
 
 
 def random_resized_crop(img: Image.Image, size: int, scale: tuple[float, float],
@@ -93,7 +100,8 @@ def random_resized_crop(img: Image.Image, size: int, scale: tuple[float, float],
 
 
 def normalise(x: np.ndarray, mean, std, num_channels: int) -> np.ndarray:
-  """[0, 1] pixels (H, W[, C]) -> (x - mean) / std with a channel axis."""
+  """[0, 1] pixels (H, W[, C]) -> (x - mean) / std with num_channels channels; a
+  grayscale (H, W) image is repeated to each channel."""
   x = x[..., None] if x.ndim == 2 else x
   mean = np.asarray(mean[:num_channels], np.float32)
   std = np.asarray(std[:num_channels], np.float32)
@@ -104,7 +112,7 @@ def preprocess(image: dict, *, size: int, num_channels: int, mean, std, record_i
                rng: np.random.Generator | None = None,
                crop_scale=(0.8, 1.0)) -> np.ndarray:
   """Decoded, resized (random crop + intensity jitter when `rng` is given), normalised."""
-  img = decode_image(image, num_channels, record_id)
+  img = decode_image(image, num_channels, record_id, keep_gray=True)
   if rng is None:
     x = np.asarray(img.resize((size, size), Image.BICUBIC), np.float32) / 255.0
     return normalise(x, mean, std, num_channels)
