@@ -75,7 +75,9 @@ class Attention(nn.Module):
   rt: Runtime = Runtime()
 
   @nn.compact
-  def __call__(self, x, positions, layer_cache, cache_index, mask):
+  def __call__(self, x, positions, cache, layer, cache_index, mask):
+    """`cache`: None (training) or every layer's k/v [L, B, S, KV, hd]; this layer (index
+    `layer`) writes its slot in place and the updated stack is returned."""
     cfg = self.cfg
     hd = cfg.dim_per_head
     q = layers.Dense((cfg.num_heads, hd), ('embed', 'heads', 'kv'), cfg.qkv_bias,
@@ -87,16 +89,18 @@ class Attention(nn.Module):
     q = layers.constrain(q, ('act_batch', 'act_len', 'act_heads', 'act_kv'))
     q = layers.rope(q, positions, cfg.rope_theta, cfg.rotary_dim)
     k = layers.rope(k, positions, cfg.rope_theta, cfg.rotary_dim)
-    if layer_cache is None:  # causal, or within segments (`mask`) for packed rows
+    if cache is None:  # causal, or within segments (`mask`) for packed rows
       out = layers.attention(q, k, v, mask=mask, is_causal=mask is None,
                              implementation=self.rt.attention_impl)
       new_cache = None
     else:
-      ck = jax.lax.dynamic_update_slice_in_dim(layer_cache['k'], k.astype(
-          layer_cache['k'].dtype), cache_index, axis=1)
-      cv = jax.lax.dynamic_update_slice_in_dim(layer_cache['v'], v.astype(
-          layer_cache['v'].dtype), cache_index, axis=1)
-      new_cache = {'k': ck, 'v': cv}
+      # Written into the whole stack, not a per-layer slice that is re-stacked: inside the
+      # decode loop XLA then updates the cache in place instead of copying all of it
+      # every token (at batch 32 that copy cost more than the step's math).
+      new_cache = {n: _write_slot(cache[n], t, layer, cache_index) for n, t in (('k', k),
+                                                                               ('v', v))}
+      ck, cv = (jax.lax.dynamic_index_in_dim(new_cache[n], layer, keepdims=False)
+                for n in ('k', 'v'))
       out = layers.attention(q, ck.astype(self.rt.dtype), cv.astype(self.rt.dtype), mask=mask,
                              implementation=self.rt.attention_impl)
     out = layers.DenseOut(cfg.embed_dim, ('heads', 'kv', 'embed'), 2, cfg.linear_bias,
@@ -130,13 +134,15 @@ class DecoderBlock(nn.Module):
   rt: Runtime = Runtime()
 
   @nn.compact
-  def __call__(self, x, layer_cache, positions, cache_index, mask):
+  def __call__(self, carry, layer, positions, cache_index, mask):
+    """carry: x, or (x, every layer's KV cache) when decoding; layer: this block's index."""
     cfg = self.cfg
+    x, cache = carry if isinstance(carry, tuple) else (carry, None)
     norm = NORMS[cfg.norm]
     x = layers.constrain(x, BATCH_LEN_EMBED)
     h = norm(cfg.norm_eps, self.rt.dtype, name='attn_norm')(x)
-    attn, new_cache = Attention(cfg, self.rt, name='attn')(h, positions, layer_cache,
-                                                          cache_index, mask)
+    attn, cache = Attention(cfg, self.rt, name='attn')(h, positions, cache, layer,
+                                                      cache_index, mask)
     if cfg.parallel_residual:
       h = norm(cfg.norm_eps, self.rt.dtype, name='mlp_norm')(x)
       # HF GPT-NeoX sums mlp + attn first, then adds the residual.
@@ -145,7 +151,8 @@ class DecoderBlock(nn.Module):
       x = x + attn
       h = norm(cfg.norm_eps, self.rt.dtype, name='mlp_norm')(x)
       x = x + Mlp(cfg, self.rt, name='mlp')(h)
-    return layers.constrain(x, BATCH_LEN_EMBED), new_cache
+    x = layers.constrain(x, BATCH_LEN_EMBED)
+    return (x if cache is None else (x, cache)), None
 
 
 class Decoder(nn.Module):
@@ -204,16 +211,13 @@ class Decoder(nn.Module):
       mask = decode_mask(key_mask, cache_index, embeds.shape[1])
     elif segment_ids is not None:
       mask = layers.segment_mask(segment_ids)
+    carry = x if cache is None else (x, cache)
     if self.rt.scan_layers:
-      x, new_cache = self.layers(x, cache, positions, cache_index, mask)
+      carry, _ = self.layers(carry, jnp.arange(cfg.num_layers), positions, cache_index, mask)
     else:
-      per_layer = []
       for i, blk in enumerate(self.layers):
-        layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
-        x, c = blk(x, layer_cache, positions, cache_index, mask)
-        per_layer.append(c)
-      new_cache = None if cache is None else jax.tree.map(
-          lambda *c: jnp.stack(c), *per_layer)
+        carry, _ = blk(carry, i, positions, cache_index, mask)
+    x, new_cache = carry if cache is not None else (carry, None)
     hidden = self.final_norm(x)
     if cfg.tie_embeddings:
       logits = self.embedder.attend(hidden)
@@ -221,6 +225,14 @@ class Decoder(nn.Module):
       logits = self.lm_head(hidden)
     logits = layers.constrain(logits.astype(jnp.float32), ('act_batch', 'act_len', 'act_vocab'))
     return logits, {'cache': new_cache, 'hidden': hidden}
+
+
+def _write_slot(stack, new, layer, cache_index):
+  """stack [L, B, S, KV, hd] with `new` [B, T, KV, hd] at [layer, :, cache_index:+T]."""
+  zero = jnp.zeros((), jnp.int32)
+  start = (jnp.asarray(layer, jnp.int32), zero, jnp.asarray(cache_index, jnp.int32), zero,
+           zero)
+  return jax.lax.dynamic_update_slice(stack, new.astype(stack.dtype)[None], start)
 
 
 def decode_mask(key_mask, cache_index, num_queries):
