@@ -34,7 +34,7 @@ def get_config(arg: str = ''):
     c.model.vision.select_layer = -2  # the demo VLM's tower exactly (init_from restores it)
     c.data.label_names = tuple(schema.DEMO_FINDINGS.values())
     c.train.num_steps, c.train.batch_size, c.train.eval_every = 600, 32, 300
-    c.eval.batch_size, c.eval.num_loss_batches = 40, 5  # the whole val split
+    c.eval.batch_size, c.eval.num_loss_batches = 60, 5  # the whole val split (300)
   if args.size == 'micro':
     common.micro(c)
     c.train.num_steps, c.train.eval_every = 20, 10

@@ -11,7 +11,7 @@ import os
 from radjax.core import defaults
 
 ARGS = dict(size='full', task='')
-DEMO_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'radjax', 'demo_v3')
+DEMO_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'radjax', 'demo_v4')
 DEMO_CT_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'radjax', 'demo_ct_v1')  # 3D
 
 

@@ -161,7 +161,7 @@ def build(
   out_dir: str,
   seed: int = 0,
   num_train: int = 3000,
-  num_val: int = 200,
+  num_val: int = 300,
   num_test: int = 200,
   vocab_size: int = tokenizer_lib.DEFAULT_VOCAB_SIZE,
   num_workers: int | None = None,
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--out', required=True, help='output directory')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--num_train', type=int, default=3000)
-  parser.add_argument('--num_val', type=int, default=200)
+  parser.add_argument('--num_val', type=int, default=300)
   parser.add_argument('--num_test', type=int, default=200)
   parser.add_argument('--vocab_size', type=int, default=tokenizer_lib.DEFAULT_VOCAB_SIZE)
   parser.add_argument('--num_workers', type=int, default=None)

@@ -24,7 +24,7 @@ _LEGACY_SHARDS = {'train': 4, 'val': 1, 'test': 1}
 class DemoConfig(tfds.core.BuilderConfig):
   seed: int = 0
   num_train: int = 3000
-  num_val: int = 200
+  num_val: int = 300
   num_test: int = 200
   vocab_size: int = tokenizer_lib.DEFAULT_VOCAB_SIZE
 
