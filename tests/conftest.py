@@ -7,9 +7,8 @@ import tempfile
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-# One XLA compilation cache per test session, inherited by main.py subprocesses: the tests
-# build the same tiny programs many times over, and compiling them is most of the suite's
-# CPU time (tests/test_train_step.py: 5.0 -> 3.7 CPU minutes).
+# One XLA compilation cache per test session, inherited by main.py subprocesses: many tests
+# compile the same tiny programs (tests/test_train_step.py: 5.0 -> 3.7 CPU minutes).
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   _cache = tempfile.mkdtemp(prefix='radjax_test_xla_cache_')
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
