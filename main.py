@@ -78,6 +78,9 @@ def main(argv):
     return
   if FLAGS.mode not in ('generate', 'chat'):  # these need only the tokenizer
     ensure_data(FLAGS.config)
+  stage = run.pre_stage(FLAGS.config, FLAGS.workdir) if FLAGS.mode == 'train' else None
+  if stage:
+    ensure_data(stage[0])
   run.main(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images, FLAGS.prompt, FLAGS.out_dir)
 
 

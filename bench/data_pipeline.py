@@ -4,7 +4,7 @@ the same work, and against what the train step consumes.
   python bench/data_pipeline.py --config configs/demo.py [--batches 20] [--workers 0,1,2] \
       [--image_sizes 0,224,336] [--sources demo,png512,jpeg512] [--noaugment] [--step_steps 3]
   python bench/data_pipeline.py --config configs/llava_tinyllama.py \
-      --config.data.dir=$HOME/.cache/radjax/demo_v4 --image_sizes 0   # a GPU host
+      --config.data.dir=$HOME/.cache/radjax/demo_v5 --image_sizes 0   # a GPU host
 
 Per row (a source, an image size, augmentation off/on, a worker count):
   * radjax: pipeline.train_dataset + make_iterator with the task's processor (decode,

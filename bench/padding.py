@@ -13,7 +13,6 @@ A recipe with the auxiliary label loss (label_loss_weight > 0, which packing doe
 support) is measured with it off; its data are otherwise the same.
 """
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -23,18 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from radjax import run  # noqa: E402
+from radjax.core import recipe  # noqa: E402
 from radjax.data import pipeline  # noqa: E402
 
 DEFAULT_CONFIGS = ('configs/demo.py', 'configs/demo.py:task=lm', 'configs/radvlm.py:size=tiny')
-
-
-def load_config(spec: str):
-  """'path/to/recipe.py[:arg]' -> its get_config(arg), as --config reads it."""
-  path, _, arg = spec.partition(':')
-  module_spec = importlib.util.spec_from_file_location('recipe', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
 
 
 def measure(config, batches: int) -> dict:
@@ -68,7 +59,7 @@ def main(argv=None):
   rows = []
   for spec in args.config or DEFAULT_CONFIGS:
     for pack in (False, True):
-      config = load_config(spec)
+      config = recipe.load(spec)
       note = ''
       if pack and config.data.get('label_loss_weight', 0.0):
         config.data.label_loss_weight, note = 0.0, ' (label loss off)'

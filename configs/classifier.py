@@ -31,8 +31,9 @@ def get_config(arg: str = ''):
   c.eval.batch_size = 64
   if args.size in ('tiny', 'micro'):
     common.tiny(c)
-    c.model.vision.select_layer = -2  # the demo VLM's tower exactly (init_from restores it)
-    c.data.label_names = tuple(schema.DEMO_FINDINGS.values())
+    # The demo VLM's tower exactly (its pre-stage; init_from restores it).
+    c.model.vision.select_layer, c.model.vision.patch_size = -2, 8
+    common.demo_findings(c)
     c.train.num_steps, c.train.batch_size, c.train.eval_every = 600, 32, 300
     c.eval.batch_size, c.eval.num_loss_batches = 60, 5  # the whole val split (300)
   if args.size == 'micro':

@@ -132,7 +132,9 @@ def render(rng: np.random.Generator, findings: set[str]) -> tuple[np.ndarray, di
   """Draws one radiograph with the given findings (a subset of FINDINGS).
 
   Returns (uint8 HxW array, meta). Deterministic given rng. meta holds:
-    boxes          [{"box": [x1, y1, x2, y2] in [0, 1], "label", "phrase"}] (nodule)
+    boxes          [{"box": [x1, y1, x2, y2] in [0, 1], "label", "phrase"}]: the nodule's,
+                   and the extent of consolidation, pneumothorax and each effusion
+                   (VinDr-CXR boxes these findings too)
     sides          {finding: "left"|"right"|"bilateral"}  (patient's side)
     zones          {finding: "upper"|"middle"|"lower"}    (nodule, consolidation)
     severity       {finding: "small"|"moderate"|"large"}  (effusion, pneumothorax,
@@ -271,6 +273,11 @@ def render(rng: np.random.Generator, findings: set[str]) -> tuple[np.ndarray, di
     - 0.12 * trachea
     + 0.07 * pleural_line * not_soft
   )
+  if 'pneumothorax' in findings:
+    _add_box(meta, ptx > 0.5, 'Pneumothorax', 'pneumothorax')
+  if 'pleural_effusion' in findings:
+    for side_mask in (rf, 1 - rf):
+      _add_box(meta, fluid * side_mask > 0.5, 'Pleural Effusion', 'effusion')
   # --- lesions inside the lung fields.
   lung_region = (lung > 0.5) & (not_soft > 0.5)
   if 'nodule' in findings:
@@ -400,7 +407,22 @@ def _consolidation(rng, img, x, y, a: _Anatomy, aerated, lung_region, meta) -> N
     ang = rng.uniform(0, np.pi)
     tex += np.cos((k * math.cos(ang)) * xw + (k * math.sin(ang)) * yw + rng.uniform(0, 6.3))
   cloud = np.clip(cloud, 0, 1.2) * (0.8 + 0.2 / 3 * tex)
-  img[win] += 0.36 * np.clip(cloud, 0, 1) * aerated[win]
+  opacity = 0.36 * np.clip(cloud, 0, 1) * aerated[win]
+  img[win] += opacity
+  # Box where the cloud adds more than ~5 grey levels (of 255): its visible extent.
+  visible = np.zeros(img.shape, bool)
+  visible[win] = opacity > 0.02
+  _add_box(meta, visible, 'Consolidation', 'consolidation')
+
+
+def _add_box(meta: dict, mask: np.ndarray, label: str, phrase: str) -> None:
+  """Appends the bounding box of the pixels in mask (none: no box) to meta['boxes']."""
+  rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+  if not rows.size:
+    return
+  n = mask.shape[0]
+  box = [cols[0] / n, rows[0] / n, (cols[-1] + 1) / n, (rows[-1] + 1) / n]
+  meta['boxes'].append({'box': [float(b) for b in box], 'label': label, 'phrase': phrase})
 
 
 def tune_allocator() -> None:

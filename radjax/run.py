@@ -2,10 +2,11 @@
 import os
 
 import jax
+import ml_collections
 from absl import logging
 
 from radjax import tasks
-from radjax.core import distributed
+from radjax.core import distributed, recipe
 from radjax.core import workdir as workdir_lib
 from radjax.data import chat, tokens
 from radjax.eval import evaluators, llm_cxr
@@ -132,6 +133,41 @@ def load_llm_cxr(config, workdir: str, codec_workdir: str = '', step: int | None
   return llm_cxr.LlmCxr.from_experiment(exp, codec_workdir)
 
 
+def pre_stage(config, workdir: str):
+  """(config, workdir) of config.train.pre_stage, or None: the recipe with this config's
+  model.<pre_stage_part> architecture and config.train.pre_stage_set applied, trained in
+  <workdir>/pre_stage."""
+  spec = config.train.get('pre_stage', '')
+  if not spec:
+    return None
+  part, stage_dir = config.train.pre_stage_part, os.path.join(workdir, 'pre_stage')
+  stage = recipe.load(spec)
+  if part not in stage.model or part not in config.model:
+    raise ValueError(f'config.train.pre_stage_part={part!r}: not a model part of both this '
+                     f'config and the pre-stage {spec!r}')
+  stage.model[part] = ml_collections.ConfigDict(config.model[part].to_dict())
+  if stage.model[part].init_from == stage_dir:  # this run's own, set after the stage
+    stage.model[part].init_from = ''
+  for key, value in config.train.get('pre_stage_set', ()):
+    recipe.set_value(stage, key, value, f'config.train.pre_stage_set {key!r}')
+  return stage, stage_dir
+
+
+def train_pre_stage(config, workdir: str) -> None:
+  """Trains config.train.pre_stage to its num_steps unless it is there already, then points
+  this config's model.<pre_stage_part>.init_from at it."""
+  got = pre_stage(config, workdir)
+  if got is None:
+    return
+  stage, stage_dir = got
+  done = workdir_lib.has_checkpoints(stage_dir) and (
+      workdir_lib.latest_step(stage_dir) >= stage.train.num_steps)
+  if not done:
+    logging.info('pre-stage %s into %s', config.train.pre_stage, stage_dir)
+    loop.train(stage, stage_dir, make_task(stage))
+  config.model[config.train.pre_stage_part].init_from = stage_dir
+
+
 def maybe_initialize_distributed():
   """Joins a multi-process run the environment describes (radjax/core/distributed.py);
   main.py has already done so from its flags."""
@@ -144,6 +180,7 @@ def main(config, workdir: str, mode: str, images: list[str] | None = None, promp
   logging.info('process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   if mode == 'train':
+    train_pre_stage(config, workdir)
     return loop.train(config, workdir, make_task(config))
   if mode == 'eval':
     return evaluate(config, workdir)

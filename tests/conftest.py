@@ -25,6 +25,7 @@ def tiny_config(data_dir: str = ''):
   """The demo recipe at size=micro (configs/common.py); same code path."""
   c = demo.get_config('size=micro')
   c.data.label_loss_weight = 0.0  # the auxiliary label head: tests/test_classify.py
+  c.data.box_token_weight = 0.0
   if data_dir:
     c.data.dir = data_dir
   c.data.builder_kwargs.num_train = 64

@@ -15,6 +15,7 @@ from radjax.core import workdir as workdir_lib
 from radjax.data import labels as labels_lib
 from radjax.data import pipeline
 from radjax.eval.metrics import classification
+from radjax.train import loss as loss_lib
 from tests.conftest import build_experiment, tiny_config
 
 DEMO_LABELS = ('Cardiomegaly', 'Pleural Effusion', 'Pneumothorax', 'Lung Lesion',
@@ -49,6 +50,52 @@ def test_label_targets_read_chexpert_conventions():
   assert targets({'labels': {}})['label_mask'] == 0  # no labels: masked, not all-negative
   with pytest.raises(ValueError, match='config.data.label_names'):
     labels_lib.check_names(('Cardiomegaly', 'Heart failure'))
+
+
+def test_box_targets_mark_the_patches_under_the_box():
+  targets = labels_lib.LabelTargets(('Cardiomegaly', 'Lung Lesion', 'Pneumothorax'),
+                                    box_labels=('Pneumothorax', 'Lung Lesion'), grid=4)
+  assert targets.box_indices == (2, 1)
+  # Columns 0.30-0.55 overlap patches 1-2 (0.25-0.75); rows 0.05-0.20 patch 0 only.
+  ex = {'labels': {'Lung Lesion': 1},
+        'boxes': [{'box': [0.30, 0.05, 0.55, 0.20], 'label': 'Lung Lesion', 'phrase': ''},
+                  {'box': [0.0, 0.0, 1.0, 1.0], 'label': 'Cardiomegaly', 'phrase': ''}]}
+  out = targets(ex)
+  want = np.zeros((4, 4))
+  want[0, 1:3] = 1
+  np.testing.assert_array_equal(out['box_targets'][:, 1].reshape(4, 4), want)
+  np.testing.assert_array_equal(out['box_targets'][:, 0], 0)  # no pneumothorax: all 0
+  np.testing.assert_array_equal(out['box_mask'], [1, 1])
+  # A positive without a box of its label: where it is is unknown, so it is masked out.
+  assert targets({'labels': {'Pneumothorax': 1}})['box_mask'].tolist() == [0, 1]
+  assert targets({'labels': {}})['box_mask'].tolist() == [0, 0]
+
+
+def test_box_token_loss_is_the_masked_mean_cross_entropy():
+  rng = np.random.default_rng(0)
+  scores = rng.normal(size=(2, 5, 3)).astype(np.float32)  # a class token, then 4 patches
+  targets = (rng.random((2, 4, 2)) < 0.5).astype(np.float32)
+  mask = np.array([[1, 0], [1, 1]], np.float32)
+  got = loss_lib.box_token_losses(scores[..., [2, 0]], targets, mask)['loss_sum']
+  p = 1 / (1 + np.exp(-scores[:, 1:][..., [2, 0]].astype(np.float64)))
+  bce = -(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean(axis=1)
+  np.testing.assert_allclose(got, (bce * mask).sum() / 2, rtol=1e-5)
+
+
+@pytest.mark.parametrize('change,match', [
+    (dict(box_token_labels=('Edema',)), 'box_token_labels'),
+    (dict(augment=True), 'random crop'),
+    (dict(label_loss_weight=0.0), 'label_loss_weight'),
+])
+def test_box_targets_refuse_configs_they_cannot_serve(demo_data, change, match):
+  config = tiny_config(demo_data)
+  config.data.label_names = DEMO_LABELS
+  config.data.label_loss_weight = 1.0
+  config.data.box_token_labels = ('Lung Lesion',)
+  config.data.box_token_weight = 5.0
+  config.data.update(change)
+  with pytest.raises(ValueError, match=match):
+    run.make_task(config)
 
 
 def classifier_micro(data_dir):
@@ -92,22 +139,27 @@ def test_auxiliary_label_loss_trains_the_head_and_leaves_eval_loss_alone(demo_da
   config = tiny_config(demo_data)
   config.data.label_names = DEMO_LABELS
   config.data.label_loss_weight = 1.0
+  config.data.box_token_labels = ('Lung Lesion', 'Consolidation')
+  config.data.box_token_weight = 4.0
   config.train.num_steps, config.train.log_every = 16, 1
   config.optim.warmup_steps = 2
   workdir = str(tmp_path / 'aux')
   run.main(config, workdir, 'train')
   rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
-  label = [r['train/label_loss'] for r in rows if 'train/label_loss' in r]
-  assert len(label) == 16 and np.mean(label[-4:]) < np.mean(label[:4])
-  # train/loss = report loss + weight x label loss; held-out loss is the report loss alone.
+  for key in ('train/label_loss', 'train/box_loss'):
+    values = [r[key] for r in rows if key in r]
+    assert len(values) == 16 and np.mean(values[-4:]) < np.mean(values[:4]), key
+  # train/loss = report loss + weight x (label loss + box weight x box loss); held-out
+  # loss is the report loss alone.
   exp = build_experiment(config, jax.devices()[:1])
   task = exp.task
   batch = next(iter(pipeline.eval_dataset(config, task.processor(), 'val', 8)))
   params = exp.state.params
   plain = task.loss(exp.model, params, batch, None)
   full = task.train_loss(exp.model, params, batch, None)
+  assert full['box_loss_sum'] > 0
   np.testing.assert_allclose(full['loss_sum'] - plain['loss_sum'],
-                             full['label_loss_sum'], rtol=1e-5)
+                             full['label_loss_sum'] + 4.0 * full['box_loss_sum'], rtol=1e-5)
   assert 'label_loss_sum' not in plain
   # The head is training-only: the Llava export leaves it out.
   assert 'label_head' in params
@@ -117,3 +169,35 @@ def test_auxiliary_label_loss_trains_the_head_and_leaves_eval_loss_alone(demo_da
   assert names and not [n for n in names if 'label' in n]
 
 
+
+
+def test_pre_stage_trains_the_tower_first_in_the_same_run(demo_data, tmp_path):
+  config = tiny_config(demo_data)
+  config.train.pre_stage = 'configs/classifier.py:size=micro'
+  config.train.pre_stage_set = (('data.dir', demo_data), ('train.num_steps', 6),
+                                ('train.eval_every', 6), ('eval.batch_size', 8))
+  config.optim.param_groups = (('vision/.*', 'frozen'), ('.*', 1.0))
+  config.train.num_steps = config.train.checkpoint_every = 2
+  config.eval.evaluators = ('loss',)
+  workdir = str(tmp_path / 'vlm')
+  run.main(config, workdir, 'train')
+  stage_dir = os.path.join(workdir, 'pre_stage')
+  assert workdir_lib.latest_step(stage_dir) == 6
+  assert workdir_lib.load_config(workdir).model.vision.init_from == stage_dir
+  # The VLM's (frozen) tower is the pre-stage's, whose head trained on this config's tower.
+  want = workdir_lib.load_params(stage_dir, path=('vision',))
+  got = workdir_lib.load_params(workdir, path=('vision',))
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert np.shape(want['patch_embed']['kernel'])[0] == config.model.vision.patch_size
+  # A resumed run finds the stage done and leaves it alone.
+  stamp = os.path.getmtime(os.path.join(stage_dir, 'metrics.jsonl'))
+  config.train.num_steps = 4
+  run.main(config, workdir, 'train')
+  assert os.path.getmtime(os.path.join(stage_dir, 'metrics.jsonl')) == stamp
+  assert workdir_lib.latest_step(workdir) == 4
+  bad = tiny_config(demo_data)
+  bad.train.pre_stage = 'configs/classifier.py:size=micro'
+  bad.train.pre_stage_set = (('train.num_stepz', 6),)
+  with pytest.raises(KeyError, match='num_stepz'):
+    run.main(bad, str(tmp_path / 'bad'), 'train')

@@ -193,8 +193,9 @@ def test_built_dataset_contents(built):
     img = Image.open(io.BytesIO(ex['images'][0]['data']))
     assert img.mode == 'L' and img.size[0] == img.size[1]
     assert cxr_renderer.SIZE_RANGE[0] <= img.size[0] <= cxr_renderer.SIZE_RANGE[1]
-    has_lesion = ex['labels']['Lung Lesion'] == 1
-    assert (len(ex['boxes']) == 1) == has_lesion
+    for label in ('Lung Lesion', 'Consolidation', 'Pneumothorax', 'Pleural Effusion'):
+      boxed = [b for b in ex['boxes'] if b['label'] == label]
+      assert bool(boxed) == (ex['labels'][label] == 1), (ex['id'], label)
     assert ex['labels']['No Finding'] == int(
       not any(ex['labels'][o] for o in report_composer.FINDING_TO_OBSERVATION.values())
     )
@@ -314,6 +315,28 @@ def test_nodule_box_is_valid_and_bright():
     region = (slice(int(cy - ry), int(cy + ry) + 1), slice(int(cx - rx), int(cx + rx) + 1))
     diff = image[region].astype(float).mean() - normal[region].astype(float).mean()
     assert diff > 20, (seed, diff)
+
+
+@pytest.mark.parametrize('finding,label', [('consolidation', 'Consolidation'),
+                                           ('pneumothorax', 'Pneumothorax'),
+                                           ('pleural_effusion', 'Pleural Effusion')])
+def test_finding_boxes_hold_what_the_finding_changed(finding, label):
+  """The box targets of the label head (config.data.box_token_labels) come from these."""
+  for seed in range(4):
+    normal, _ = cxr_renderer.render(np.random.default_rng(seed), set())
+    image, meta = cxr_renderer.render(np.random.default_rng(seed), {finding})
+    boxes = [b['box'] for b in meta['boxes']]
+    assert boxes and all(b['label'] == label for b in meta['boxes'])
+    h = image.shape[0]
+    inside = np.zeros(image.shape, bool)
+    for x1, y1, x2, y2 in boxes:
+      assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
+      inside[int(y1 * h):int(np.ceil(y2 * h)), int(x1 * h):int(np.ceil(x2 * h))] = True
+    changed = np.abs(image.astype(float) - normal.astype(float)) > 40
+    assert changed.sum() > 0.002 * h * h, (seed, changed.sum())
+    assert changed[inside].sum() >= 0.95 * changed.sum(), (seed, changed[inside].sum(),
+                                                          changed.sum())
+    assert inside.sum() < 0.5 * h * h  # a box, not the whole image
 
 
 def test_render_is_deterministic_and_fast_enough():

@@ -109,6 +109,7 @@ def one_process_8_devices(demo_data, tmp_path_factory):
   config.train.num_steps = STEPS
   # The subprocesses run configs/demo.py itself: its auxiliary label loss on, as there.
   config.data.label_loss_weight = demo.get_config('size=micro').data.label_loss_weight
+  config.data.box_token_weight = demo.get_config('size=micro').data.box_token_weight
   run_lib.main(config, wd, 'train')
   return wd
 

@@ -136,6 +136,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # that makes the tower see the findings early).
   c.data.label_names = ()
   c.data.label_loss_weight = 0.0
+  # Box-supervised label head: for the labels in box_token_labels, each patch token's query
+  # score is also trained (box_token_weight x sigmoid cross-entropy, relative to the label
+  # loss) to be 1 under the Examples' boxes of that label and 0 elsewhere, so a small
+  # finding is learnt where it is rather than from the image label alone.
+  c.data.box_token_labels = ()
+  c.data.box_token_weight = 0.0
   # Volumes and images in separate batches (RadFM): volume components of the mixture form
   # batches of volume_batch_size, images of train.batch_size; a batch is a volume batch
   # with probability volume_batch_share. A volume batch is padded in depth to the smallest
@@ -303,6 +309,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.train.async_checkpoint = True
   # 0: only at the end. An evaluation lost to a kill is redone when the run resumes.
   c.train.eval_every = 500
+  # A first stage in the same command: a recipe spec ('configs/classifier.py:size=tiny')
+  # trained into <workdir>/pre_stage with this config's model.<pre_stage_part> architecture,
+  # before this run starts (skipped once it has reached its num_steps); that part then
+  # starts from it (its init_from). '' = none. pre_stage_set: (dotted key, value) pairs
+  # set on the stage's config, as --config.key=value would (e.g. ('train.num_steps', 800)).
+  c.train.pre_stage = ''
+  c.train.pre_stage_part = 'vision'
+  c.train.pre_stage_set = ()
 
   # ---- evaluation -------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()

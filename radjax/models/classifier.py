@@ -19,10 +19,11 @@ class ClassifierConfig:
 
 
 class LabelHead(nn.Module):
-  """Tokens [N, T, D] -> (logits [N, L], pooled features [N, D]). Each label attends over
-  the tokens with its own query (a small finding lives in one token; a mean would dilute
-  it), then a per-label linear reads its pooled vector. The features are the normed
-  tokens' mean (a Frechet distance's space)."""
+  """Tokens [N, T, D] -> (logits [N, L], pooled features [N, D], token scores [N, T, L]).
+  Each label attends over the tokens with its own query (a small finding lives in one
+  token; a mean would dilute it), then a per-label linear reads its pooled vector. The
+  features are the normed tokens' mean (a Frechet distance's space); the scores are the
+  queries' logits per token, which box targets can supervise (train/loss.py)."""
   num_labels: int
   rt: Runtime = Runtime()
 
@@ -32,9 +33,7 @@ class LabelHead(nn.Module):
     scores = layers.Dense((self.num_labels,), ('vision_embed', None), False, jnp.float32,
                           name='query')(h)  # [N, T, L]
     w = None if token_mask is None else token_mask.astype(jnp.float32)[..., None]
-    if w is not None:
-      scores = jnp.where(w > 0, scores, -1e9)
-    attn = jax.nn.softmax(scores, axis=1)
+    attn = jax.nn.softmax(scores if w is None else jnp.where(w > 0, scores, -1e9), axis=1)
     per_label = jnp.einsum('ntl,ntd->nld', attn, h)
     kernel = self.param('out', layers.param_init(nn.initializers.lecun_normal(),
                                                  (None, 'vision_embed')),
@@ -46,7 +45,7 @@ class LabelHead(nn.Module):
       pooled = jnp.mean(h, axis=1)
     else:
       pooled = jnp.sum(h * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
-    return logits, pooled
+    return logits, pooled, scores
 
 
 class Classifier(nn.Module):
@@ -59,5 +58,9 @@ class Classifier(nn.Module):
 
   def __call__(self, images, depth_mask=None):
     """images [N, H, W, C] -> (logits [N, L], pooled features [N, D])."""
+    return self.with_scores(images, depth_mask)[:2]
+
+  def with_scores(self, images, depth_mask=None):
+    """(logits, pooled features, token scores [N, T, L]): LabelHead's outputs."""
     feats, aux = self.vision(images) if depth_mask is None else self.vision(images, depth_mask)
     return self.head(feats, aux.get('token_mask'))

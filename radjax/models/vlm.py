@@ -92,17 +92,18 @@ class VLM(nn.Module):
                   self.cfg.image_token_id)
 
   def with_labels(self, tokens, images, depth_mask=None):
-    """(logits [B, T, V], label logits [B, L] of each example's first image): the
-    forward pass of training with the auxiliary label loss, the tower run once."""
+    """(logits [B, T, V], (label logits [B, L], token scores [B, T_img, L]) of each
+    example's first image): the forward pass of training with the auxiliary label loss,
+    the tower run once."""
     b, m = images.shape[:2]
     feats, token_mask = self._tower(images, depth_mask)
     first = lambda x: None if x is None else x.reshape(b, m, *x.shape[1:])[:, 0]
-    label_logits, _ = self.label_head(first(feats), first(token_mask))
+    label_logits, _, scores = self.label_head(first(feats), first(token_mask))
     embeds = splice(self.llm.embed(tokens), self._project(feats, token_mask, b), tokens,
                     self.cfg.image_token_id)
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     logits, _ = self.llm(embeds, positions)
-    return logits, label_logits
+    return logits, (label_logits, scores)
 
   def __call__(self, tokens, images, positions=None, cache=None, cache_index=0,
                key_mask=None, depth_mask=None, segment_ids=None):

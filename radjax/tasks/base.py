@@ -11,6 +11,8 @@ import jax
 import numpy as np
 
 from radjax.data import chat, instructions, keywords, processors
+from radjax.data import labels as labels_lib
+from radjax.train import loss as loss_lib
 from radjax.train import optimizer as optimizer_lib
 from radjax.train import pretrained as pretrained_lib
 from radjax.train import step as step_lib
@@ -124,6 +126,30 @@ def conversation_processor(config, encoder, tasks, images=None, labels=None):
                                              config.data.get('codebook_size', 0))
   return processors.ConversationProcessor(encoder, tasks, options, config.data.max_len, images,
                                           labels)
+
+
+def label_targets(config, vision) -> labels_lib.LabelTargets | None:
+  """config.data's label targets; box targets on the 2D tower `vision`'s patch grid."""
+  grid = 0 if vision.kind == 'vit3d' else vision.image_size // vision.patch_size
+  return labels_lib.from_config(config.data, grid)
+
+
+def label_fields(targets: labels_lib.LabelTargets | None) -> dict[str, BatchField]:
+  """The batch fields a label head trains on (none without targets)."""
+  if targets is None:
+    return {}
+  out = {'labels': BatchField((len(targets.names),), np.float32),
+         'label_mask': BatchField((), np.float32)}
+  if targets.box_labels:
+    out['box_targets'] = BatchField((targets.grid ** 2, len(targets.box_labels)), np.float32)
+    out['box_mask'] = BatchField((len(targets.box_labels),), np.float32)
+  return out
+
+
+def label_head_losses(targets, config, logits, scores, batch) -> dict:
+  """train/loss.label_head_losses with the box targets config.data names."""
+  weight = float(config.data.get('box_token_weight', 0.0)) if targets.box_labels else 0.0
+  return loss_lib.label_head_losses(logits, scores, batch, targets.box_indices, weight)
 
 
 def packed_fields(config) -> dict[str, BatchField]:

@@ -10,7 +10,6 @@ from radjax.data import labels as labels_lib
 from radjax.data import processors, schema
 from radjax.models import classifier, factory
 from radjax.tasks import base
-from radjax.train import loss as loss_lib
 
 
 @dataclasses.dataclass
@@ -33,10 +32,11 @@ class LabelledImageProcessor:
 
 
 def classifier_config(config) -> classifier.ClassifierConfig:
-  targets = labels_lib.from_config(config.data)
-  if targets is None:
+  names = tuple(config.data.get('label_names', ()))
+  if not names:
     raise ValueError('config.data.label_names is empty: name the observations to classify')
-  return classifier.ClassifierConfig(factory.vision_config(config.model), len(targets.names))
+  return classifier.ClassifierConfig(factory.vision_config(config.model),
+                                     len(labels_lib.check_names(names)))
 
 
 class FindingClassifier(base.Task):
@@ -50,13 +50,12 @@ class FindingClassifier(base.Task):
   def __init__(self, config, tokenizer):
     super().__init__(config, tokenizer)
     self.model_cfg = classifier_config(config)
-    self.targets = labels_lib.from_config(config.data)
+    self.targets = base.label_targets(config, self.model_cfg.vision)
 
   def batch_spec(self) -> dict:
     v = self.model_cfg.vision
     return {'images': base.BatchField((v.image_size, v.image_size, v.num_channels), np.float32),
-            'labels': base.BatchField((self.model_cfg.num_labels,), np.float32),
-            'label_mask': base.BatchField((), np.float32)}
+            **base.label_fields(self.targets)}
 
   def processor(self, tasks=None, kind: str = '') -> LabelledImageProcessor:
     del tasks, kind  # images and labels only
@@ -79,5 +78,6 @@ class FindingClassifier(base.Task):
 
   def loss(self, model, params, batch, rng):
     del rng
-    logits, _ = model.apply({'params': params}, batch['images'])
-    return loss_lib.label_losses(logits, batch['labels'], batch['label_mask'])
+    logits, _, scores = model.apply({'params': params}, batch['images'],
+                                    method=classifier.Classifier.with_scores)
+    return base.label_head_losses(self.targets, self.config, logits, scores, batch)

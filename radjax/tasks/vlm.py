@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from radjax.data import chat, mixture, processors
-from radjax.data import labels as labels_lib
 from radjax.models import factory, vlm
 from radjax.tasks import base
 from radjax.train import loss as loss_lib
@@ -27,13 +26,16 @@ class ImageTextToText(base.Task):
       image_id = tokenizer.convert_tokens_to_ids(chat.IMAGE_MARK)
     # The auxiliary label loss (config.data.label_loss_weight > 0): its targets and head.
     self.label_weight = float(config.data.get('label_loss_weight', 0.0))
-    self.targets = labels_lib.from_config(config.data) if self.label_weight else None
-    if self.label_weight and self.targets is None:
+    names = tuple(config.data.get('label_names', ())) if self.label_weight else ()
+    if self.label_weight and not names:
       raise ValueError(f'config.data.label_loss_weight={self.label_weight} needs '
                        'config.data.label_names')
+    if config.data.get('box_token_weight', 0.0) and not self.label_weight:
+      raise ValueError('config.data.box_token_weight > 0 supervises the label head, which '
+                       'a VLM has only with config.data.label_loss_weight > 0')
     self._check_packable(config)
-    self.model_cfg = factory.vlm_config(config.model, image_id,
-                                        len(self.targets.names) if self.targets else 0)
+    self.model_cfg = factory.vlm_config(config.model, image_id, len(names))
+    self.targets = base.label_targets(config, self.model_cfg.vision) if names else None
     if tokenizer is not None:
       self.encoder = base.chat_encoder(config, tokenizer, self.model_cfg.tokens_per_image)
     c, v = config.data, self.model_cfg.vision
@@ -82,8 +84,7 @@ class ImageTextToText(base.Task):
             **base.packed_fields(self.config),
             **({'depth_mask': base.BatchField((c.max_images, v.max_depth), np.bool_)}
                if 'volume' in self.slots else {}),
-            **({'labels': base.BatchField((len(self.targets.names),), np.float32),
-                'label_mask': base.BatchField((), np.float32)} if self.targets else {})}
+            **base.label_fields(self.targets)}
 
   def processor(self, tasks=None, kind: str = '') -> processors.ConversationProcessor:
     """kind: 'image' | 'volume' (default: the eval dataset's)."""
@@ -111,14 +112,15 @@ class ImageTextToText(base.Task):
     labelled example (scaled by tokens per example, as the step divides by tokens)."""
     if not self.label_weight:
       return self.loss(model, params, batch, rng)
-    logits, label_logits = model.apply({'params': params}, batch['tokens'], batch['images'],
-                                       depth_mask=batch.get('depth_mask'),
-                                       rngs={'dropout': rng} if rng is not None else None,
-                                       method=vlm.VLM.with_labels)
+    logits, (label_logits, scores) = model.apply(
+        {'params': params}, batch['tokens'], batch['images'], depth_mask=batch.get('depth_mask'),
+        rngs={'dropout': rng} if rng is not None else None, method=vlm.VLM.with_labels)
     sums = loss_lib.token_losses(logits, batch['targets'], batch['loss_mask'])
-    lab = loss_lib.label_losses(label_logits, batch['labels'], batch['label_mask'])
+    lab = base.label_head_losses(self.targets, self.config, label_logits, scores, batch)
     per_example = jax.lax.stop_gradient(sums['weight_sum'] / jnp.maximum(lab['weight_sum'], 1.0))
-    sums['label_loss_sum'] = lab['loss_sum'] * per_example
+    sums['label_loss_sum'] = lab.get('label_loss_sum', lab['loss_sum']) * per_example
     sums['label_accuracy_sum'] = lab['accuracy_sum'] * per_example
-    sums['loss_sum'] = sums['loss_sum'] + self.label_weight * sums['label_loss_sum']
+    if 'box_loss_sum' in lab:
+      sums['box_loss_sum'] = lab['box_loss_sum'] * per_example
+    sums['loss_sum'] = sums['loss_sum'] + self.label_weight * lab['loss_sum'] * per_example
     return sums

@@ -1,6 +1,7 @@
 """Masked next-token cross-entropy, summed (callers divide once by the token count)."""
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def token_losses(logits, targets, weights):
@@ -26,13 +27,36 @@ def token_losses(logits, targets, weights):
   }
 
 
+def box_token_losses(scores, targets, mask):
+  """Per-token sigmoid cross-entropy of a label head's token scores [B, T, L] (the box
+  labels' columns, patch tokens last) against box targets [B, P, L] with mask [B, L]:
+  sums over examples of the mean over labels of each label's mean over patches."""
+  scores = scores[:, -targets.shape[1]:].astype(jnp.float32)
+  per_label = jnp.mean(optax.sigmoid_binary_cross_entropy(scores, targets), axis=1)  # [B, L]
+  return {'loss_sum': jnp.sum(per_label * mask) / targets.shape[-1]}
+
+
 def label_losses(logits, labels, mask):
   """Multi-label sigmoid cross-entropy: logits, labels [B, L]; mask [B] (0 = a record
   without labels). Sums over examples of the per-label mean; accuracy at p = 0.5."""
   logits = logits.astype(jnp.float32)
-  bce = jnp.mean(jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits))),
-                 axis=-1)
+  bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1)
   correct = jnp.mean(((logits > 0) == (labels > 0.5)).astype(jnp.float32), axis=-1)
   mask = mask.astype(jnp.float32)
   return {'loss_sum': jnp.sum(bce * mask), 'accuracy_sum': jnp.sum(correct * mask),
           'weight_sum': jnp.sum(mask)}
+
+
+def label_head_losses(logits, scores, batch, box_indices=(), box_weight=0.0):
+  """A LabelHead's loss: label_losses on logits [B, L], plus box_weight x box_token_losses
+  on the token scores [B, T, L] of the labels at box_indices when box_weight > 0 (then
+  'label_loss_sum' and 'box_loss_sum' are kept apart too)."""
+  out = label_losses(logits, batch['labels'], batch['label_mask'])
+  if not box_weight:
+    return out
+  mask = batch['box_mask'] * batch['label_mask'][:, None]
+  box = box_token_losses(scores[..., jnp.asarray(box_indices)], batch['box_targets'], mask)
+  out['label_loss_sum'] = out['loss_sum']
+  out['box_loss_sum'] = box['loss_sum']
+  out['loss_sum'] = out['loss_sum'] + box_weight * box['loss_sum']
+  return out
