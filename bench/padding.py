@@ -63,6 +63,7 @@ def main(argv=None):
       note = ''
       if pack and config.data.get('label_loss_weight', 0.0):
         config.data.label_loss_weight, note = 0.0, ' (label loss off)'
+        config.data.box_token_weight = 0.0
       config.data.pack = pack
       if args.pack_max_examples:
         config.data.pack_max_examples = args.pack_max_examples
