@@ -71,15 +71,24 @@ def test_box_targets_mark_the_patches_under_the_box():
   assert targets({'labels': {}})['box_mask'].tolist() == [0, 0]
 
 
-def test_box_token_loss_is_the_masked_mean_cross_entropy():
+def test_box_token_loss_balances_the_patches_under_boxes_against_the_rest():
   rng = np.random.default_rng(0)
   scores = rng.normal(size=(2, 5, 3)).astype(np.float32)  # a class token, then 4 patches
-  targets = (rng.random((2, 4, 2)) < 0.5).astype(np.float32)
+  targets = np.zeros((2, 4, 2), np.float32)
+  targets[0, 1, 0] = targets[1, 2:, 1] = 1  # [1, :, 0] and [0, :, 1]: no box there
   mask = np.array([[1, 0], [1, 1]], np.float32)
   got = loss_lib.box_token_losses(scores[..., [2, 0]], targets, mask)['loss_sum']
   p = 1 / (1 + np.exp(-scores[:, 1:][..., [2, 0]].astype(np.float64)))
-  bce = -(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean(axis=1)
-  np.testing.assert_allclose(got, (bce * mask).sum() / 2, rtol=1e-5)
+  bce = -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
+  want = np.empty((2, 2))
+  for b in range(2):
+    for label in range(2):
+      on = targets[b, :, label] > 0
+      want[b, label] = (0.5 * (bce[b, on, label].mean() + bce[b, ~on, label].mean())
+                        if on.any() else bce[b, :, label].mean())
+  np.testing.assert_allclose(got, (want * mask).sum() / 2, rtol=1e-5)
+  # One positive patch weighs as much as all the negatives together.
+  assert abs(want[0, 0] - bce[0, :, 0].mean()) > 1e-3
 
 
 @pytest.mark.parametrize('change,match', [
@@ -142,6 +151,8 @@ def test_auxiliary_label_loss_trains_the_head_and_leaves_eval_loss_alone(demo_da
   config.data.box_token_labels = ('Lung Lesion', 'Consolidation')
   config.data.box_token_weight = 4.0
   config.train.num_steps, config.train.log_every = 16, 1
+  config.train.checkpoint_every = 16
+  config.eval.evaluators = ('loss',)  # generation is tested elsewhere; here only the losses
   config.optim.warmup_steps = 2
   workdir = str(tmp_path / 'aux')
   run.main(config, workdir, 'train')

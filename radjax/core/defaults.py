@@ -97,6 +97,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # An example longer than max_len: 'drop' (skipped, counted in data/dropped_too_long and
   # logged) or 'truncate' (cut at max_len; counted in data/truncated).
   c.data.too_long = 'drop'
+  # > 0: the training loss computes logits only at a row's loss-bearing positions, at most
+  # this many (the answer; HF's logits_to_keep as indices). The vocabulary projection is a
+  # third of a small decoder's step, and a VLM's image and prompt positions carry no loss.
+  # An example with more answer tokens is too long (too_long above). 0: every position.
+  c.data.max_target_tokens = 0
   # Several datasets mixed by weight (radjax/data/mixture.py), by name:
   #   c.data.mixture.mimic = dict(dir=..., tasks=('report',), weight=0.5, repeat=1)
   # Drawn in proportion to weight x repeat; weight 0 on every component: size x repeat.
@@ -138,8 +143,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.label_loss_weight = 0.0
   # Box-supervised label head: for the labels in box_token_labels, each patch token's query
   # score is also trained (box_token_weight x sigmoid cross-entropy, relative to the label
-  # loss) to be 1 under the Examples' boxes of that label and 0 elsewhere, so a small
-  # finding is learnt where it is rather than from the image label alone.
+  # loss; balanced: patches under a box weigh as much as the rest) to be 1 under the
+  # Examples' boxes of that label and 0 elsewhere, so a small finding is learnt where it
+  # is rather than from the image label alone.
   c.data.box_token_labels = ()
   c.data.box_token_weight = 0.0
   # Volumes and images in separate batches (RadFM): volume components of the mixture form

@@ -169,6 +169,7 @@ class ConversationEncoder:
   too_long: str = 'drop'  # 'drop' (TooLong) | 'truncate'
   image_delimiters: bool = False  # <image_begin> placeholders <image_end> per image
   keywords: keywords_lib.KeywordWeights | None = None  # reweights answer tokens
+  max_targets: int = 0  # > 0: at most this many loss-bearing tokens (config.data.max_target_tokens)
 
   def __post_init__(self):
     if self.too_long not in ('drop', 'truncate'):
@@ -322,6 +323,14 @@ class ConversationEncoder:
     if truncated and not any(weights[1:]):
       raise schema.TooLong(f'record {record_id!r}: the prompt alone does not fit '
                            f'config.data.max_len={max_len}')
+    answer = np.flatnonzero(weights[1:])
+    if self.max_targets and len(answer) > self.max_targets:
+      if self.too_long == 'drop':
+        raise schema.TooLong(f'record {record_id!r}: {len(answer)} answer tokens exceed '
+                             f'config.data.max_target_tokens={self.max_targets} '
+                             '(config.data.too_long=drop)')
+      weights = weights[:int(answer[self.max_targets]) + 1]  # the loss stops there
+      seq, truncated = seq[:len(weights)], True
     pad = max_len + 1 - len(seq)
     seq = np.asarray(seq + [self.pad] * pad, np.int32)
     weights = np.asarray(weights + [0] * pad, np.float32)

@@ -180,12 +180,12 @@ class Decoder(nn.Module):
   def embed(self, tokens):
     return self.embedder(tokens)
 
-  def logits(self, tokens, positions=None, segment_ids=None):
+  def logits(self, tokens, positions=None, segment_ids=None, logits_at=None):
     """tokens [B, T] -> (logits, aux): the causal forward of text alone; packed rows pass
     their positions and segment_ids (see __call__)."""
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    return self(self.embed(tokens), positions, segment_ids=segment_ids)
+    return self(self.embed(tokens), positions, segment_ids=segment_ids, logits_at=logits_at)
 
   def decode_step(self, tokens, positions, cache, cache_index, key_mask):
     """Tokens in (a prompt chunk or one new token per row) with the KV cache; the
@@ -193,14 +193,15 @@ class Decoder(nn.Module):
     return self(self.embed(tokens), positions, cache, cache_index, key_mask)
 
   def __call__(self, embeds, positions, cache=None, cache_index=0, key_mask=None,
-               segment_ids=None):
+               segment_ids=None, logits_at=None):
     """embeds [B, T, E]; positions [B, T].
 
     Without `cache`: causal training/scoring forward; `segment_ids` [B, T] (packed rows:
     0 = padding, 1.. = examples) keeps attention within each example. With `cache` (see
     `init_cache`): writes this chunk's k/v at `cache_index` and attends over the
-    cache, where `key_mask` [B, S] marks valid (non-padding) cache slots.
-    Returns (logits f32 [B, T, V], aux with 'cache' and 'hidden').
+    cache, where `key_mask` [B, S] marks valid (non-padding) cache slots. `logits_at`
+    [B, K] (positions): logits there only, [B, K, V] (train/loss.py target_positions).
+    Returns (logits f32 [B, T, V], aux with 'cache' and 'hidden' [B, T, E]).
     """
     cfg = self.cfg
     if self.is_initializing():
@@ -219,10 +220,12 @@ class Decoder(nn.Module):
         carry, _ = blk(carry, i, positions, cache_index, mask)
     x, new_cache = carry if cache is not None else (carry, None)
     hidden = self.final_norm(x)
+    read = hidden if logits_at is None else jnp.take_along_axis(hidden, logits_at[..., None],
+                                                                axis=1)
     if cfg.tie_embeddings:
-      logits = self.embedder.attend(hidden)
+      logits = self.embedder.attend(read)
     else:
-      logits = self.lm_head(hidden)
+      logits = self.lm_head(read)
     logits = layers.constrain(logits.astype(jnp.float32), ('act_batch', 'act_len', 'act_vocab'))
     return logits, {'cache': new_cache, 'hidden': hidden}
 

@@ -91,7 +91,7 @@ class VLM(nn.Module):
     return splice(text, self.encode_images(images, depth_mask), tokens,
                   self.cfg.image_token_id)
 
-  def with_labels(self, tokens, images, depth_mask=None):
+  def with_labels(self, tokens, images, depth_mask=None, logits_at=None):
     """(logits [B, T, V], (label logits [B, L], token scores [B, T_img, L]) of each
     example's first image): the forward pass of training with the auxiliary label loss,
     the tower run once."""
@@ -102,21 +102,21 @@ class VLM(nn.Module):
     embeds = splice(self.llm.embed(tokens), self._project(feats, token_mask, b), tokens,
                     self.cfg.image_token_id)
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    logits, _ = self.llm(embeds, positions)
+    logits, _ = self.llm(embeds, positions, logits_at=logits_at)
     return logits, (label_logits, scores)
 
   def __call__(self, tokens, images, positions=None, cache=None, cache_index=0,
-               key_mask=None, depth_mask=None, segment_ids=None):
+               key_mask=None, depth_mask=None, segment_ids=None, logits_at=None):
     """tokens [B, T]; images [B, M, H, W, C] or [B, M, H, W, D, C] with depth_mask
     [B, M, D]; segment_ids [B, T] for packed rows (radjax/data/packing.py: M is then
-    pack_max_examples x max_images, the row's images in order). Returns (logits [B, T, V],
-    aux)."""
+    pack_max_examples x max_images, the row's images in order); logits_at [B, K]: logits at
+    those positions only (see llm.Decoder). Returns (logits [B, T, V], aux)."""
     if self.cfg.num_labels and self.is_initializing():  # creates the label head too
       return self.with_labels(tokens, images, depth_mask)[0], None
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     embeds = self.embed(tokens, images, depth_mask)
-    return self.llm(embeds, positions, cache, cache_index, key_mask, segment_ids)
+    return self.llm(embeds, positions, cache, cache_index, key_mask, segment_ids, logits_at)
 
   def decode_step(self, tokens, positions, cache, cache_index, key_mask):
     """Text-only continuation with the KV cache (the images are in the cache)."""

@@ -115,9 +115,20 @@ def prepare_tokenizer(config, tokenizer, images: bool):
 
 def chat_encoder(config, tokenizer, image_tokens: int) -> chat.ConversationEncoder:
   c = config.data
+  if c.get('max_target_tokens', 0) and c.get('pack', False):
+    raise ValueError(f'config.data.max_target_tokens={c.max_target_tokens} caps each '
+                     'example, and config.data.pack=True puts several in a row; turn one off')
   return chat.ConversationEncoder(tokenizer, chat.get_format(c.chat_format), image_tokens,
                                   c.system_prompt, c.too_long,
-                                  c.get('image_delimiters', False), keywords.from_config(c))
+                                  c.get('image_delimiters', False), keywords.from_config(c),
+                                  c.get('max_target_tokens', 0))
+
+
+def logits_at(config, batch):
+  """The positions the token loss reads logits at (config.data.max_target_tokens > 0),
+  else None (every position)."""
+  k = config.data.get('max_target_tokens', 0)
+  return loss_lib.target_positions(batch['loss_mask'], k) if k else None
 
 
 def conversation_processor(config, encoder, tasks, images=None, labels=None):

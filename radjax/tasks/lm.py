@@ -45,6 +45,8 @@ class TextToText(base.Task):
 
   def loss(self, model, params, batch, rng):
     del rng
+    at = base.logits_at(self.config, batch)
     logits, _ = model.apply({'params': params}, batch['tokens'], batch.get('positions'),
-                            batch.get('segment_ids'), method=llm.Decoder.logits)
-    return loss_lib.token_losses(logits, batch['targets'], batch['loss_mask'])
+                            batch.get('segment_ids'), at, method=llm.Decoder.logits)
+    return loss_lib.token_losses(logits, *loss_lib.at_positions(at, batch['targets'],
+                                                                batch['loss_mask']))

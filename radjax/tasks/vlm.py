@@ -101,21 +101,26 @@ class ImageTextToText(base.Task):
     return base.zeros(self.batch_spec(), ('tokens', 'images'))
 
   def loss(self, model, params, batch, rng):
+    at = base.logits_at(self.config, batch)
     logits, _ = model.apply({'params': params}, batch['tokens'], batch['images'],
                             positions=batch.get('positions'), depth_mask=batch.get('depth_mask'),
-                            segment_ids=batch.get('segment_ids'),
+                            segment_ids=batch.get('segment_ids'), logits_at=at,
                             rngs={'dropout': rng} if rng is not None else None)
-    return loss_lib.token_losses(logits, batch['targets'], batch['loss_mask'])
+    return loss_lib.token_losses(logits, *loss_lib.at_positions(at, batch['targets'],
+                                                                batch['loss_mask']))
 
   def train_loss(self, model, params, batch, rng):
     """The report loss, plus label_loss_weight x the label head's mean cross-entropy per
     labelled example (scaled by tokens per example, as the step divides by tokens)."""
     if not self.label_weight:
       return self.loss(model, params, batch, rng)
+    at = base.logits_at(self.config, batch)
     logits, (label_logits, scores) = model.apply(
         {'params': params}, batch['tokens'], batch['images'], depth_mask=batch.get('depth_mask'),
-        rngs={'dropout': rng} if rng is not None else None, method=vlm.VLM.with_labels)
-    sums = loss_lib.token_losses(logits, batch['targets'], batch['loss_mask'])
+        logits_at=at, rngs={'dropout': rng} if rng is not None else None,
+        method=vlm.VLM.with_labels)
+    sums = loss_lib.token_losses(logits, *loss_lib.at_positions(at, batch['targets'],
+                                                                batch['loss_mask']))
     lab = base.label_head_losses(self.targets, self.config, label_logits, scores, batch)
     per_example = jax.lax.stop_gradient(sums['weight_sum'] / jnp.maximum(lab['weight_sum'], 1.0))
     sums['label_loss_sum'] = lab.get('label_loss_sum', lab['loss_sum']) * per_example
