@@ -42,6 +42,7 @@ def _xraygpt_micro_unrolled():
                                       {'runtime.scan_layers': False})
 
 
+@pytest.mark.slow  # two unrolled XrayGPT compilations; test_models checks frozen parts
 def test_frozen_llm_gets_activation_gradients_only():
   """XrayGPT's freeze adds to the all-frozen step (the forward) about one LLM forward: the
   activation gradients to the projector, no LLM weight gradients, no vision backward."""

@@ -29,6 +29,7 @@ def _masked_ce(logits, targets, mask) -> float:
   return float((nll * mask).sum() / mask.sum())
 
 
+@pytest.mark.slow  # the bench's twin; logits parity itself is test_convert_llava's
 def test_train_twin_has_radjax_params_logits_and_loss():
   config = demo.get_config('size=micro')  # with the demo's label head, left out here
   cfg, batch, sides = vs_hf_train.build_sides(config, 'demo', label_head=False)

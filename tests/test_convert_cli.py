@@ -84,7 +84,8 @@ def _max_diff(a, b) -> float:
   return float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).max())
 
 
-@pytest.mark.parametrize('family', ['llama', 'qwen2', 'gpt_neox'])
+@pytest.mark.parametrize('family', ['llama', pytest.param('qwen2', marks=pytest.mark.slow),
+                                    pytest.param('gpt_neox', marks=pytest.mark.slow)])
 def test_llm_round_trip(converted, family):
   c = converted(family)
   assert c['config'].model.kind == 'llm'
@@ -121,7 +122,8 @@ def test_llama_workdir_generates_like_hf(converted):
   assert text == ' '.join(f'w{i}' for i in hf_ids)
 
 
-@pytest.mark.parametrize('family', ['clip_vision', 'siglip_vision'])
+@pytest.mark.parametrize('family', ['clip_vision',
+                                    pytest.param('siglip_vision', marks=pytest.mark.slow)])
 def test_vision_round_trip(converted, family):
   c = converted(family)
   assert c['config'].model.kind == 'vision'
@@ -188,7 +190,8 @@ def test_llava_round_trip_and_bf16_export(converted, tmp_path):
     assert torch.equal(value, f32_state[name].to(torch.bfloat16)), name
 
 
-@pytest.mark.parametrize('case', ['llava/siglip_qwen2', 'llava/clip_gpt_neox'])
+@pytest.mark.parametrize('case', ['llava/siglip_qwen2',
+                                  pytest.param('llava/clip_gpt_neox', marks=pytest.mark.slow)])
 def test_llava_with_other_towers(converted, case):
   assert max(_llava_diffs(converted(case))) <= TOL
 

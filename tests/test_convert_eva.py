@@ -86,7 +86,8 @@ def blip2_dir(tmp_path_factory):
   return path, model
 
 
-@pytest.mark.parametrize('scan', [True, False], ids=['scanned', 'unscanned'])
+@pytest.mark.parametrize('scan', [pytest.param(True, marks=pytest.mark.slow), False],
+                         ids=['scanned', 'unscanned'])
 def test_eva_matches_blip2_vision_model(scan, tmp_path):
   hf = _tiny_blip2_vision()
   hf.save_pretrained(tmp_path / 'hf')

@@ -45,7 +45,8 @@ def _export_name(name: str) -> str:
   return name.replace('vision_tower.', 'vision_tower.vision_model.')
 
 
-@pytest.mark.parametrize('scan', [True, False], ids=['scanned', 'unscanned'])
+@pytest.mark.parametrize('scan', [pytest.param(True, marks=pytest.mark.slow), False],
+                         ids=['scanned', 'unscanned'])  # scanned: test_convert_llm's
 def test_roundtrip_logits_and_generation(hf_dir, scan, tmp_path):
   hf_config, state_dict = hf_io.load_hf_dir(hf_dir)
   cfg = llava.vlm_config_from_hf(hf_config)

@@ -26,7 +26,8 @@ def hf_dir(request, tmp_path_factory):
   return request.param, path
 
 
-@pytest.mark.parametrize('scan', [True, False], ids=['scanned', 'unscanned'])
+@pytest.mark.parametrize('scan', [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=['scanned', 'unscanned'])  # unscanned: test_convert_llava's
 def test_roundtrip_logits_and_generation(hf_dir, scan, tmp_path):
   family, path = hf_dir
   cfg = hf_models.check_decoder_round_trip(path, family, scan, str(tmp_path / 'export'),

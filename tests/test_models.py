@@ -17,8 +17,11 @@ def small_llm(**kw):
   return llm.LLMConfig(**base)
 
 
-@pytest.mark.parametrize('scan', [True, False])
-@pytest.mark.parametrize('tie,bias', [(False, False), (True, True)])
+# Each scan mode and each tie/bias setting once in the default run; the rest are slow.
+@pytest.mark.parametrize('scan,tie,bias', [
+    (True, False, False), (False, True, True),
+    pytest.param(False, False, False, marks=pytest.mark.slow),
+    pytest.param(True, True, True, marks=pytest.mark.slow)])
 def test_kv_cache_decoding_equals_full_forward(scan, tie, bias):
   cfg = small_llm(tie_embeddings=tie, qkv_bias=bias)
   model = llm.Decoder(cfg, Runtime(scan_layers=scan))
@@ -57,7 +60,7 @@ def test_left_padding_matches_unpadded():
   np.testing.assert_allclose(out[:, 4:], ref, atol=2e-5)
 
 
-@pytest.mark.parametrize('scan', [True, False])
+@pytest.mark.parametrize('scan', [pytest.param(True, marks=pytest.mark.slow), False])
 def test_vit_select_layer_is_forward_only(scan):
   kw = dict(variant='clip', image_size=32, patch_size=8, embed_dim=32, num_heads=2, mlp_dim=64)
   rt = Runtime(scan_layers=scan)
