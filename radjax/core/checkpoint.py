@@ -4,6 +4,7 @@ What a checkpoint may never be: non-finite (`save` refuses a state with NaN/inf)
 reason a rerun fails (`restore_latest` sets a checkpoint that does not restore aside,
 in `<workdir>/checkpoints_damaged/`, and falls back to the next older one).
 """
+import logging as pylogging
 import os
 import signal
 import threading
@@ -24,14 +25,16 @@ REPLICA_PARALLEL_MIN_BYTES = 1 << 20
 
 
 def _register_array_handler():
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)  # orbax warns on stderr that it overrides its own
+  # orbax warns (on stderr, before absl is set up) that this overrides its own handler;
+  # the absl logger is muted for that call only, its level and handlers left alone.
+  absl_logger = pylogging.getLogger('absl')
+  was_disabled, absl_logger.disabled = absl_logger.disabled, True
   try:
     ocp.type_handlers.register_type_handler(
         jax.Array, ocp.type_handlers.ArrayHandler(
             min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES), override=True)
   finally:
-    logging.set_verbosity(verbosity)
+    absl_logger.disabled = was_disabled
 
 
 _register_array_handler()
