@@ -99,7 +99,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.too_long = 'drop'
   # > 0: the training loss computes logits only at a row's loss-bearing positions, at most
   # this many (the answer; HF's logits_to_keep as indices). The vocabulary projection is a
-  # third of a small decoder's step, and a VLM's image and prompt positions carry no loss.
+  # third of a small decoder's FLOPs, and a VLM's image and prompt positions carry no loss.
   # An example with more answer tokens is too long (too_long above). 0: every position.
   c.data.max_target_tokens = 0
   # Several datasets mixed by weight (radjax/data/mixture.py), by name:
