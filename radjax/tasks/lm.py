@@ -48,5 +48,4 @@ class TextToText(base.Task):
     at = base.logits_at(self.config, batch)
     logits, _ = model.apply({'params': params}, batch['tokens'], batch.get('positions'),
                             batch.get('segment_ids'), at, method=llm.Decoder.logits)
-    return loss_lib.token_losses(logits, *loss_lib.at_positions(at, batch['targets'],
-                                                                batch['loss_mask']))
+    return loss_lib.batch_token_losses(logits, batch, at)

@@ -106,8 +106,7 @@ class ImageTextToText(base.Task):
                             positions=batch.get('positions'), depth_mask=batch.get('depth_mask'),
                             segment_ids=batch.get('segment_ids'), logits_at=at,
                             rngs={'dropout': rng} if rng is not None else None)
-    return loss_lib.token_losses(logits, *loss_lib.at_positions(at, batch['targets'],
-                                                                batch['loss_mask']))
+    return loss_lib.batch_token_losses(logits, batch, at)
 
   def train_loss(self, model, params, batch, rng):
     """The report loss, plus label_loss_weight x the label head's mean cross-entropy per
@@ -119,8 +118,7 @@ class ImageTextToText(base.Task):
         {'params': params}, batch['tokens'], batch['images'], depth_mask=batch.get('depth_mask'),
         logits_at=at, rngs={'dropout': rng} if rng is not None else None,
         method=vlm.VLM.with_labels)
-    sums = loss_lib.token_losses(logits, *loss_lib.at_positions(at, batch['targets'],
-                                                                batch['loss_mask']))
+    sums = loss_lib.batch_token_losses(logits, batch, at)
     lab = base.label_head_losses(self.targets, self.config, label_logits, scores, batch)
     per_example = jax.lax.stop_gradient(sums['weight_sum'] / jnp.maximum(lab['weight_sum'], 1.0))
     sums['label_loss_sum'] = lab.get('label_loss_sum', lab['loss_sum']) * per_example

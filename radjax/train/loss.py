@@ -34,11 +34,13 @@ def target_positions(loss_mask, k: int):
   return jnp.argsort(loss_mask <= 0, axis=1, stable=True)[:, :k].astype(jnp.int32)
 
 
-def at_positions(index, *arrays):
-  """arrays [B, T] read at index [B, K] (None: as they are)."""
-  if index is None:
-    return arrays
-  return tuple(jnp.take_along_axis(a, index, axis=1) for a in arrays)
+def batch_token_losses(logits, batch, index=None):
+  """token_losses against the batch's targets and loss_mask; with `index` [B, K] (the
+  positions logits [B, K, V] were computed at) they are read there too."""
+  targets, weights = batch['targets'], batch['loss_mask']
+  if index is not None:
+    targets, weights = (jnp.take_along_axis(a, index, axis=1) for a in (targets, weights))
+  return token_losses(logits, targets, weights)
 
 
 def box_token_losses(scores, targets, mask):
