@@ -56,6 +56,21 @@ def _hub_to_memory(name: str) -> str:
   raise ValueError(f'HF Llava tensor {name!r} has no in-memory name')
 
 
+# radjax VLM top-level modules -> the in-memory HF Llava modules holding the same weights.
+HF_MODULES = {'vision': ('model.vision_tower',),
+              'projector': ('model.multi_modal_projector',),
+              'llm': ('model.language_model', 'lm_head')}
+
+
+def freeze(model, modules) -> None:
+  """requires_grad=False on the HF modules of the radjax top-level `modules` (what LLaVA's
+  recipes do to a frozen tower: no weight gradient, no optimizer state)."""
+  for name in modules:
+    for hf_name in HF_MODULES[name]:
+      for p in model.get_submodule(hf_name).parameters():
+        p.requires_grad_(False)
+
+
 def _load(model, state_dict: dict) -> None:
   """Strict copy of numpy tensors into an HF model (names must match one to one);
   non-persistent buffers (RoPE frequencies) keep their constructed values."""

@@ -14,6 +14,10 @@ with --compile, `torch.compile` of forward + loss. Same batch, sequence length, 
 tokens and compute dtype: float32 params, bf16 autocast when config.runtime.dtype is
 bfloat16 (radjax: f32 master weights, bf16 compute). The sides step in turn (one round =
 one step of each), so a busy machine slows all of them alike; the table gives the median.
+Modules the config freezes (config.optim.param_groups, e.g. the demo's vision tower) are
+frozen on the HF side too (requires_grad=False, as LLaVA's recipes do). With
+config.data.max_target_tokens the loss covers the last that many tokens of each row, and
+radjax computes logits there only (HF, as its users run it, everywhere).
 
 Sizes: `demo` / `config` = the config as given; `43m` and `100m` change the widths (see
 SIZES). A config with an auxiliary label head (configs/demo.py:
@@ -37,7 +41,7 @@ from ml_collections import config_flags  # noqa: E402
 from bench import hf_twin  # noqa: E402
 from radjax import tasks  # noqa: E402
 from radjax.core import sharding  # noqa: E402
-from radjax.train import setup  # noqa: E402
+from radjax.train import optimizer, setup  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -90,7 +94,25 @@ def sized(config, size: str):
     c.model.vision.update(vision)
     c.model.llm.update(llm)
     c.train.batch_size, c.data.max_len = run['batch_size'], run['max_len']
+    # A generic model of that size: everything trained, logits at every position.
+    c.optim.param_groups = (('.*', 1.0),)
+    c.data.max_target_tokens = 0
   return c
+
+
+def frozen_modules(exp) -> list[str]:
+  """radjax's top-level modules whose every parameter is in a frozen group (the HF side
+  freezes the same); a module frozen only in part has no HF counterpart here."""
+  labels = optimizer.param_labels(exp.state.params, exp.config.optim.param_groups)
+  out = []
+  for name, sub in labels.items():
+    frozen = {lab == optimizer.FROZEN for lab in jax.tree.leaves(sub)}
+    if frozen == {True, False}:
+      raise ValueError(f'config.optim.param_groups freezes part of {name!r}: the HF side '
+                       'cannot follow')
+    if frozen == {True}:
+      out.append(name)
+  return out
 
 
 def without_label_head(config):
@@ -102,7 +124,8 @@ def without_label_head(config):
 
 def synthetic_batch(config, tokens_per_image: int, num_labels: int, seed: int = 0) -> dict:
   """One batch of the vlm task's spec: row = BOS, the image placeholders of every image
-  slot, random text ids (10..999); loss on the text; random images and labels."""
+  slot, random text ids (10..999); loss on the text (its last config.data.max_target_tokens
+  when set); random images and labels."""
   rng = np.random.default_rng(seed)
   b, t, m = config.train.batch_size, config.data.max_len, config.data.max_images
   v = config.model.vision
@@ -116,6 +139,8 @@ def synthetic_batch(config, tokens_per_image: int, num_labels: int, seed: int = 
   targets = np.concatenate([tokens[:, 1:], rng.integers(10, hi, (b, 1))], 1).astype(np.int32)
   loss_mask = np.ones((b, t), np.float32)
   loss_mask[:, :1 + n_img] = 0
+  if config.data.get('max_target_tokens', 0):  # a report after a prompt: radjax's logits
+    loss_mask[:, :t - config.data.max_target_tokens] = 0  # there only, HF's everywhere
   batch = {'tokens': tokens, 'targets': targets, 'loss_mask': loss_mask,
            'images': rng.normal(size=(b, m, v.image_size, v.image_size, v.num_channels)
                                 ).astype(np.float32),
@@ -160,9 +185,11 @@ def hf_loss_fn(model, autocast_dtype, device: str):
 
 
 def hf_optimizer(model, optim):
-  """AdamW as radjax's: decoupled decay on matrices only, the same betas/eps/lr."""
-  decay = [p for p in model.parameters() if p.ndim >= 2]
-  rest = [p for p in model.parameters() if p.ndim < 2]
+  """AdamW as radjax's: decoupled decay on matrices only, the same betas/eps/lr; frozen
+  parameters left out."""
+  trained = [p for p in model.parameters() if p.requires_grad]
+  decay = [p for p in trained if p.ndim >= 2]
+  rest = [p for p in trained if p.ndim < 2]
   fused = {'fused': True} if next(model.parameters()).is_cuda else {}
   return torch.optim.AdamW([{'params': decay, 'weight_decay': optim.weight_decay},
                             {'params': rest, 'weight_decay': 0.0}],
@@ -170,11 +197,13 @@ def hf_optimizer(model, optim):
 
 
 def hf_side(config, vlm_cfg, params, batch: dict, device: str, attn: str = 'sdpa',
-            grad_ckpt: bool = False, eager: dict | None = None) -> dict:
-  """The HF eager side; given `eager` (that side), the torch.compile side on the same model
-  and optimizer (one copy of the weights on the device; its step-0 loss is not taken)."""
+            grad_ckpt: bool = False, eager: dict | None = None, frozen=()) -> dict:
+  """The HF eager side, its `frozen` modules (radjax names) frozen; given `eager` (that
+  side), the torch.compile side on the same model and optimizer (one copy of the weights
+  on the device; its step-0 loss is not taken)."""
   if eager is None:
     model = hf_twin.hf_llava(vlm_cfg, params, device, config.data.max_len, attn)
+    hf_twin.freeze(model, frozen)
     if grad_ckpt:  # whole-layer recompute (radjax's configs save q/k/v/attention_out)
       model.gradient_checkpointing_enable()
     model.train()
@@ -197,7 +226,8 @@ def hf_side(config, vlm_cfg, params, batch: dict, device: str, attn: str = 'sdpa
     loss = loss_fn(*inputs)
     loss.backward()
     if config.optim.clip_norm:
-      torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_norm)
+      torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                     config.optim.clip_norm)
     opt.step()
     hf_twin.sync(device)
     return loss
@@ -226,7 +256,8 @@ def build_sides(config, size: str, compiled: bool = False, attn: str = 'sdpa',
   plain_cfg = sides[0]['exp'].task.model_cfg
   params = sides[0]['exp'].state.params
   device = hf_twin.torch_device()
-  sides.append(hf_side(plain, plain_cfg, params, batch, device, attn, grad_ckpt))
+  sides.append(hf_side(plain, plain_cfg, params, batch, device, attn, grad_ckpt,
+                       frozen=frozen_modules(sides[0]['exp'])))
   if compiled:
     sides.append(hf_side(plain, plain_cfg, params, batch, device, attn, eager=sides[-1]))
   return cfg, batch, sides

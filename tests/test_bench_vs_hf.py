@@ -87,3 +87,27 @@ def test_generate_sides_decode_the_same_ids():
   want = 2 * 100e9 / (4 * (rows[0]['params'] - table + kv))
   assert rows[0]['bound'] == pytest.approx(want)
   assert '% of bound' in vs_hf_generate.table(rows)
+
+
+def test_hf_side_freezes_what_radjax_freezes_and_scores_the_same_targets():
+  """The demo trains the projector and decoder on a frozen tower, with logits at the
+  report's tokens only: the HF side then freezes the same tower, and the loss both sides
+  start from covers the same last max_target_tokens positions."""
+  config = demo.get_config('size=micro')
+  with config.unlocked():
+    config.optim.param_groups = (('vision/.*', 'frozen'), ('.*', 1.0))
+    config.data.max_target_tokens = 7
+  cfg, batch, sides = vs_hf_train.build_sides(config, 'demo', label_head=False)
+  assert batch['loss_mask'].sum(1).tolist() == [7] * len(batch['loss_mask'])
+  ours, theirs = sides
+  model = theirs['model']
+  assert vs_hf_train.frozen_modules(ours['exp']) == ['vision']
+  tower = {n: p.detach().clone() for n, p in model.named_parameters()
+           if n.startswith('model.vision_tower.')}
+  assert tower and not any(p.requires_grad for n, p in model.named_parameters() if n in tower)
+  trained = sum(p.numel() for g in theirs['opt'].param_groups for p in g['params'])
+  assert trained == hf_twin.count_torch(model) - sum(p.numel() for p in tower.values())
+  rows = vs_hf_train.run_sides(cfg, 'demo', sides, steps=1, warmup=1)
+  assert abs(rows[0]['loss0'] - rows[1]['loss0']) < 1e-4, rows
+  after = dict(model.named_parameters())
+  assert all(torch.equal(after[n], p) for n, p in tower.items())

@@ -176,7 +176,8 @@ def segment_mask(segment_ids):
 def attention(q, k, v, *, mask=None, is_causal=False, implementation=None):
   """q: [B, T, H, D], k/v: [B, S, K, D] (H a multiple of K: grouped-query attention).
 
-  `implementation` is 'cudnn' (flash attention on GPU), 'xla' or None (JAX picks).
+  `implementation` is 'cudnn' (flash attention on GPU), 'xla' or None (JAX picks; on CPU
+  and TPU that is XLA).
   An explicit `mask` ([B, 1|H, T, S], True = attend) is used for cached decoding and
   packed rows (segment_mask).
   """
@@ -185,9 +186,14 @@ def attention(q, k, v, *, mask=None, is_causal=False, implementation=None):
   v = checkpoint_name(v, 'value')
   if mask is not None and implementation == 'cudnn':
     implementation = None  # cuDNN's masked path is narrower; let JAX choose
-  out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                     implementation=implementation)
-  return checkpoint_name(out, 'attention_out')
+  attend = functools.partial(jax.nn.dot_product_attention, is_causal=is_causal,
+                             implementation=implementation)
+  if implementation == 'xla' or (implementation is None and jax.default_backend() != 'gpu'):
+    # Plain XLA ops: differentiated as is, the backward would keep every layer's [T, S]
+    # probabilities (under nn.scan a zero-filled stack of them). Recomputed instead, as
+    # flash attention does: 12 % off the CPU step at 512 tokens (BENCHMARKS.md).
+    attend = jax.checkpoint(attend, policy=jax.checkpoint_policies.nothing_saveable)
+  return checkpoint_name(attend(q, k, v, mask=mask), 'attention_out')
 
 
 REMAT_POLICIES = {
