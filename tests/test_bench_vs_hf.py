@@ -89,6 +89,7 @@ def test_generate_sides_decode_the_same_ids():
   assert '% of bound' in vs_hf_generate.table(rows)
 
 
+@pytest.mark.slow  # a bench check (20 s), as the twin's parity above
 def test_hf_side_freezes_what_radjax_freezes_and_scores_the_same_targets():
   """The demo trains the projector and decoder on a frozen tower, with logits at the
   report's tokens only: the HF side then freezes the same tower, and the loss both sides
