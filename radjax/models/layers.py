@@ -191,7 +191,7 @@ def attention(q, k, v, *, mask=None, is_causal=False, implementation=None):
   if implementation == 'xla' or (implementation is None and jax.default_backend() != 'gpu'):
     # Plain XLA ops: differentiated as is, the backward would keep every layer's [T, S]
     # probabilities (under nn.scan a zero-filled stack of them). Recomputed instead, as
-    # flash attention does: 12 % off the CPU step at 512 tokens (BENCHMARKS.md).
+    # flash attention does: 11 % off the CPU step at 512 tokens (BENCHMARKS.md).
     attend = jax.checkpoint(attend, policy=jax.checkpoint_policies.nothing_saveable)
   return checkpoint_name(attend(q, k, v, mask=mask), 'attention_out')
 
