@@ -2,7 +2,8 @@ r"""Data-pipeline throughput: radjax's Grain train pipeline against a torch Data
 the same work, and against what the train step consumes.
 
   python bench/data_pipeline.py --config configs/demo.py [--batches 20] [--workers 0,1,2] \
-      [--image_sizes 0,224,336] [--sources demo,png512,jpeg512] [--noaugment] [--step_steps 3]
+      [--image_sizes 0,224,336] [--sources demo,png512,jpeg512,jpeg_film] [--noaugment] \
+      [--step_steps 3]
   python bench/data_pipeline.py --config configs/llava_tinyllama.py \
       --config.data.dir=$HOME/.cache/radjax/demo_v5 --image_sizes 0   # a GPU host
 
@@ -20,7 +21,9 @@ timed batches) is the honest per-core cost on a shared machine.
 
 Sources: `demo` reads the config's dataset as built (the demo's 224 px grayscale PNGs);
 `png512` / `jpeg512` re-encode its first --records images at 512 x 512 into a flat
-ArrayRecord dataset and the torch folder (upscaled; a real decode cost per image).
+ArrayRecord dataset and the torch folder (upscaled; a real decode cost per image);
+`jpeg_film` at 2,544 x 3,056, the size of a MIMIC-CXR-JPG film (what XrayGPT, LLM-CXR and
+RadVLM train on).
 """
 import functools
 import importlib
@@ -44,7 +47,9 @@ from radjax.data import chat, instructions, pipeline, schema, source, tokens  # 
 from radjax.models import factory  # noqa: E402
 
 FLAGS = flags.FLAGS
-SOURCES = ('demo', 'png512', 'jpeg512')
+# name -> (format, (width, height)) of the re-encoded images; 'demo' reads the dataset as is
+SOURCES = {'demo': None, 'png512': ('png', (512, 512)), 'jpeg512': ('jpeg', (512, 512)),
+           'jpeg_film': ('jpeg', (2544, 3056))}
 
 
 def define_flags():
@@ -55,8 +60,10 @@ def define_flags():
   flags.DEFINE_bool('augment', True, 'Rows with config.data.augment=True as well as off.')
   flags.DEFINE_list('image_sizes', ['0', '224', '336'],
                     "config.model.vision.image_size of the rows (0: the config's).")
-  flags.DEFINE_list('sources', list(SOURCES), f'Images read: {", ".join(SOURCES)}.')
-  flags.DEFINE_integer('records', 256, 'Records in the 512 px sources and the torch folders.')
+  flags.DEFINE_list('sources', ['demo', 'png512', 'jpeg512'],
+                    f'Images read: {", ".join(SOURCES)}.')
+  flags.DEFINE_integer('records', 256, 'Records in the re-encoded sources and the torch '
+                       'folders.')
   flags.DEFINE_integer('step_steps', 3, 'Timed train steps per image size; 0 leaves the '
                        'step column empty (fill it on the accelerator host).')
   flags.DEFINE_string('tmp', '', 'Folder for the written datasets (default: a temp dir).')
@@ -103,15 +110,15 @@ def read_examples(config, n: int) -> list[dict]:
   return [schema.decode(records[i]) for i in range(min(n, len(records)))]
 
 
-def reencoded(examples: list[dict], fmt: str, side: int = 512) -> list[dict]:
-  """The examples with their first image resized to side x side and saved as fmt
-  ('png' | 'jpeg', quality 95)."""
+def reencoded(examples: list[dict], fmt: str, size=(512, 512)) -> list[dict]:
+  """The examples with their first image resized to size (width, height) and saved as
+  fmt ('png' | 'jpeg', quality 95)."""
   out = []
   for ex in examples:
     image = ex['images'][0]
     img = Image.open(io.BytesIO(image['data']))
     buf = io.BytesIO()
-    img.resize((side, side), Image.BICUBIC).save(buf, format=fmt.upper(), quality=95)
+    img.resize(tuple(size), Image.BICUBIC).save(buf, format=fmt.upper(), quality=95)
     out.append({**ex, 'images': [{**image, 'data': buf.getvalue(), 'format': fmt}]
                 + ex['images'][1:]})
   return out
@@ -255,18 +262,17 @@ def table(rows: list[dict]) -> str:
 
 def prepare_sources(config, names, records: int, tmp: str) -> dict:
   """name -> (radjax data dir, torch folder): the demo as built, or its first `records`
-  examples re-encoded at 512 px."""
+  examples re-encoded as SOURCES says."""
   examples = read_examples(config, records)
   out = {}
   for name in names:
     if name not in SOURCES:
-      raise ValueError(f'--sources: {name!r} is not one of {SOURCES}')
+      raise ValueError(f'--sources: {name!r} is not one of {tuple(SOURCES)}')
     if name == 'demo':
       out[name] = (config.data.dir,
                    torch_loader.write_folder(examples, os.path.join(tmp, 'torch_demo')))
       continue
-    fmt = name.removesuffix('512')
-    again = reencoded(examples, fmt)
+    again = reencoded(examples, *SOURCES[name])
     out[name] = (write_dataset(again, os.path.join(tmp, f'radjax_{name}'),
                                config.data.train_split),
                  torch_loader.write_folder(again, os.path.join(tmp, f'torch_{name}')))

@@ -55,12 +55,12 @@ def test_both_pipelines_batch_to_the_same_shapes(demo_data, tmp_path):
     assert m['examples_per_s'] > 0 and m['cpu_s_per_example'] > 0
 
 
-def test_512_sources_keep_the_records():
+def test_reencoded_sources_keep_the_records():
   examples = [{'id': 'a', 'images': [{'kind': '2d', 'format': 'png',
                                       'data': _png(40)}], 'report': {}}]
-  again = data_pipeline.reencoded(examples, 'jpeg', side=64)
+  again = data_pipeline.reencoded(examples, 'jpeg', (64, 80))
   img = Image.open(io.BytesIO(again[0]['images'][0]['data']))
-  assert img.size == (64, 64) and img.format == 'JPEG'
+  assert img.size == (64, 80) and img.format == 'JPEG'
   assert again[0]['images'][0]['format'] == 'jpeg' and again[0]['id'] == 'a'
 
 

@@ -73,3 +73,25 @@ def test_batches_have_static_shapes_and_processes_get_disjoint_records(processor
                  np.allclose(b0['images'][i], b1['images'][j]) for i in range(4) for j in range(4))
   # Augmentation is a function of (seed, index): the same batch twice is identical.
   np.testing.assert_array_equal(ds0[0]['images'], b0['images'])
+
+
+@pytest.mark.parametrize('threads,most', [(0, 1), (2, 5)])
+def test_make_iterator_reads_ahead_only_what_its_threads_ask(threads, most):
+  """worker_threads=0 reads in the calling thread; with threads, a couple of elements ahead.
+  (iter() of a MapDataset is grain's default: 16 threads, 500 elements read ahead.)"""
+  import threading
+  import time
+
+  import grain
+  def readers():
+    return {t for t in threading.enumerate() if t.name.startswith('grain-prefetch')}
+
+  before = readers()
+  calls = []
+  ds = grain.MapDataset.range(10_000).map(lambda i: calls.append(i) or np.full(4, i))
+  it = pipeline.make_iterator(ds, threads)
+  np.testing.assert_array_equal(next(it), np.zeros(4))
+  time.sleep(0.3)  # read-ahead threads, if any, get time to run
+  assert len(calls) <= most, len(calls)
+  assert bool(readers() - before) == bool(threads)
+  assert it.get_state() == {'next_index': 1}

@@ -16,6 +16,8 @@ of the iterator's checkpoint, so a resumed run continues the same packed rows.
 import grain
 import numpy as np
 
+from radjax.data import source
+
 TEXT = ('tokens', 'targets', 'loss_mask')  # [max_len] per example
 IMAGES = ('images', 'image_mask')  # [max_images, ...] per example: only the real ones pack
 HOST = ('source', 'truncated')  # host-only scalars per example -> [pack_max_examples], -1 pads
@@ -55,9 +57,7 @@ def pack(config, ds: grain.MapDataset, rows: int, images: bool) -> grain.IterDat
   (config.data.worker_threads) decode ahead of the packer."""
   c = config.data
   k = max_examples(config)
-  threads = c.worker_threads
-  it = ds.map(trim).to_iter_dataset(grain.ReadOptions(num_threads=threads,
-                                                      prefetch_buffer_size=2 if threads else 0))
+  it = ds.map(trim).to_iter_dataset(source.read_options(c.worker_threads))
   lengths = {**{key: c.max_len for key in TEXT}, **{key: k for key in HOST}}
   padding = {**{key: 0 for key in TEXT}, **{key: -1 for key in HOST}}
   if images:

@@ -153,14 +153,13 @@ def host_scalars(batch: dict, ds: grain.MapDataset, names: tuple[str, ...] = ())
 
 
 def make_iterator(ds: grain.MapDataset, worker_threads: int):
-  """A checkpointable iterator; threads read and decode ahead of the step (a packed
-  dataset, already an IterDataset, has its read threads before the packer)."""
+  """A checkpointable iterator; `worker_threads` threads read and decode ahead of the step,
+  0 reads in the calling thread (a packed dataset, already an IterDataset, has its read
+  threads before the packer). Not iter(ds): that is grain's 16 threads and 500 batches
+  read ahead."""
   if isinstance(ds, grain.IterDataset):
     return iter(ds)
-  if worker_threads > 0:
-    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=worker_threads,
-                                                     prefetch_buffer_size=2)))
-  return iter(ds)
+  return iter(ds.to_iter_dataset(source.read_options(worker_threads)))
 
 
 def to_global_from_whole(batch: dict, shardings: dict) -> dict:

@@ -134,6 +134,13 @@ class ShardSource:
     return f'ShardSource({len(self.files)} files, {len(self)} records)'
 
 
+def read_options(threads: int) -> grain.ReadOptions:
+  """Grain's read options for `threads` read threads; 0 reads in the calling thread.
+  Explicit: grain's defaults (16 threads, 500 elements read ahead) would hold hundreds of
+  batches of pixels in host memory."""
+  return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 if threads else 0)
+
+
 def open_split(data_dir: str, split: str, knob: str = 'config.data.dir') -> ShardSource:
   return ShardSource(split_files(data_dir, split, knob))
 

@@ -46,7 +46,7 @@ class CodecEvaluator:
     ds = pipeline.eval_dataset(cfg, task.processor(), self.split, cfg.eval.batch_size)
     psnr, ssim, loss, rec, n = [], [], 0.0, 0.0, 0
     counts = np.zeros(task.model_cfg.codebook_size, np.int64)
-    for i, batch in enumerate(ds):
+    for i, batch in enumerate(pipeline.make_iterator(ds, cfg.data.worker_threads)):
       if cfg.eval.num_loss_batches and i >= cfg.eval.num_loss_batches:
         break
       with self.exp.context():

@@ -22,7 +22,7 @@ class LabelEvaluator:
     cfg, task = self.exp.config, self.exp.task
     ds = pipeline.eval_dataset(cfg, task.processor(), self.split, cfg.eval.batch_size)
     probs, truth = [], []
-    for batch in ds:
+    for batch in pipeline.make_iterator(ds, cfg.data.worker_threads):
       with self.exp.context():
         out = self._predict(params, pipeline.to_global(batch, self.exp.batch_shardings))
       p, y, mask = (pipeline.to_host(x) for x in out)  # every process sees every row

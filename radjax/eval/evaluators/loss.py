@@ -23,7 +23,7 @@ class LossEvaluator:
     cfg = self.exp.config
     ds = pipeline.eval_dataset(cfg, self.exp.task.processor(), self.split, cfg.eval.batch_size)
     totals = None
-    for i, batch in enumerate(ds):
+    for i, batch in enumerate(pipeline.make_iterator(ds, cfg.data.worker_threads)):
       if cfg.eval.num_loss_batches and i >= cfg.eval.num_loss_batches:
         break
       with self.exp.context():
