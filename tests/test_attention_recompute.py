@@ -1,5 +1,6 @@
-"""On CPU (and TPU) attention runs as plain XLA ops; its backward must recompute the
-[T, S] probabilities instead of keeping them (radjax/models/layers.attention)."""
+"""On CPU (and TPU) attention runs as plain XLA ops (radjax/models/grouped_attention.py);
+its backward must recompute the [T, S] probabilities instead of keeping them, and give
+jax.nn.dot_product_attention's outputs and gradients."""
 import functools
 
 import jax
@@ -35,19 +36,58 @@ def test_attention_backward_keeps_no_score_sized_residual(impl, capsys):
   attend = functools.partial(layers.attention, implementation=impl)
   jax.ad_checkpoint.print_saved_residuals(_loss(attend, None, True), *_qkv())
   ours = capsys.readouterr().out
-  assert f'{T},{T}]' not in ours, ours
+  assert f'{T},{T}]' not in ours and f'{H // K * T},{T}]' not in ours, ours
   # The op-by-op differentiation it replaces keeps [.., T, T] probabilities.
   plain = functools.partial(jax.nn.dot_product_attention, implementation='xla')
   jax.ad_checkpoint.print_saved_residuals(_loss(plain, None, True), *_qkv())
   assert f'{T},{T}]' in capsys.readouterr().out
 
 
+def _per_head_mask():
+  keep = np.random.default_rng(3).random((B, H, T, T)) < 0.7
+  keep[..., 0] = True  # no query without a key
+  return jnp.asarray(keep)
+
+
+def _keys_only_mask():  # [B, 1, 1, S], as the 3D ViT's padded depth
+  return jnp.asarray(np.arange(T)[None, None, None] < np.array([T, T - 7])[:, None, None, None])
+
+
 @pytest.mark.parametrize('mask,is_causal', [(None, True), ('padding', True),
-                                             ('padding', False)])
+                                             ('padding', False), ('per_head', True),
+                                             (None, False), ('keys_only', False)])
 def test_recomputed_attention_has_the_plain_gradients(mask, is_causal):
-  mask = _padding_mask() if mask else None
+  masks = {'padding': _padding_mask, 'per_head': _per_head_mask, 'keys_only': _keys_only_mask}
+  mask = masks[mask]() if mask else None
   plain = functools.partial(jax.nn.dot_product_attention, implementation='xla')
   want = jax.grad(_loss(plain, mask, is_causal), (0, 1, 2))(*_qkv())
   got = jax.jit(jax.grad(_loss(layers.attention, mask, is_causal), (0, 1, 2)))(*_qkv())
   for w, g in zip(want, got):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('heads,kv_heads,s_len', [(4, 4, 24), (4, 1, 24), (4, 2, 7)])
+def test_head_groupings_and_key_lengths_match_the_plain_attention(heads, kv_heads, s_len):
+  """Multi-head (a ViT's), multi-query and cross-attention (queries and keys of different
+  lengths, as the Perceiver and Q-Former have): outputs and gradients."""
+  r = np.random.default_rng(5)
+  q = jnp.asarray(r.normal(size=(B, T, heads, D)), jnp.float32)
+  k, v = (jnp.asarray(r.normal(size=(B, s_len, kv_heads, D)), jnp.float32) for _ in 'kv')
+  w = jnp.asarray(r.normal(size=(B, T, heads, D)), jnp.float32)
+  plain = functools.partial(jax.nn.dot_product_attention, implementation='xla')
+  np.testing.assert_allclose(layers.attention(q, k, v), plain(q, k, v), rtol=1e-5, atol=1e-5)
+  want = jax.grad(lambda *a: jnp.sum(plain(*a) * w), (0, 1, 2))(q, k, v)
+  got = jax.grad(lambda *a: jnp.sum(layers.attention(*a) * w), (0, 1, 2))(q, k, v)
+  for x, y in zip(got, want):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_attention_keeps_its_dtypes_and_values():
+  q, k, v = (x.astype(jnp.bfloat16) for x in _qkv())
+  out = layers.attention(q, k, v, is_causal=True)
+  want = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation='xla')
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(np.float32), want.astype(np.float32), atol=2e-2)
+  grads = jax.grad(lambda *a: jnp.sum(layers.attention(*a, is_causal=True).astype(
+      jnp.float32)), (0, 1, 2))(q, k, v)
+  assert [g.dtype for g in grads] == [jnp.bfloat16] * 3

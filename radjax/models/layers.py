@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from radjax.models import grouped_attention
+
 Dtype = Any
 default_init = nn.initializers.normal(stddev=0.02)
 
@@ -186,14 +188,17 @@ def attention(q, k, v, *, mask=None, is_causal=False, implementation=None):
   v = checkpoint_name(v, 'value')
   if mask is not None and implementation == 'cudnn':
     implementation = None  # cuDNN's masked path is narrower; let JAX choose
-  attend = functools.partial(jax.nn.dot_product_attention, is_causal=is_causal,
-                             implementation=implementation)
-  if implementation == 'xla' or (implementation is None and jax.default_backend() != 'gpu'):
-    # Plain XLA ops: differentiated as is, the backward would keep every layer's [T, S]
-    # probabilities (under nn.scan a zero-filled stack of them). Recomputed instead, as
-    # flash attention does: 11 % off the CPU step at 512 tokens (BENCHMARKS.md).
-    attend = jax.checkpoint(attend, policy=jax.checkpoint_policies.nothing_saveable)
-  return checkpoint_name(attend(q, k, v, mask=mask), 'attention_out')
+  xla = implementation == 'xla' or (implementation is None and jax.default_backend() != 'gpu')
+  if xla and q.shape[1] > 1:
+    # Plain XLA ops with a written-out backward that recomputes the probabilities
+    # (grouped_attention.py): differentiated op by op, the backward kept every layer's
+    # [T, S] probabilities and copied them between layouts (BENCHMARKS.md, issue 15).
+    # A one-query decode step reads the KV cache where it lies instead.
+    out = grouped_attention.attention(q, k, v, mask=mask, is_causal=is_causal)
+  else:
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                       implementation=implementation)
+  return checkpoint_name(out, 'attention_out')
 
 
 REMAT_POLICIES = {
