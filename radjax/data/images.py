@@ -15,8 +15,9 @@ record; a constant image (every pixel the same: blank) is used, with a warning.
 Augmented (training) reads of a JPEG decode at a reduced scale (PIL's draft mode: the
 decoder's 1/2, 1/4 or 1/8 DCT scaling) when the random crop still gets at least the
 model's size in pixels: a 2,544 x 3,056 chest film read for a 224 px crop decodes at
-1/8 scale, 64x fewer pixels (4x less CPU per example: the entropy decoding stays). Evaluation and generation decode at full scale, so their pixels equal the
-exported HF processor's.
+1/8 scale, 64x fewer pixels (4x less CPU per example: the entropy decoding stays).
+Evaluation and generation decode at full scale, so their pixels equal the exported HF
+processor's.
 """
 import io
 
