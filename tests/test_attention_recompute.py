@@ -91,3 +91,29 @@ def test_bfloat16_attention_keeps_its_dtypes_and_values():
   grads = jax.grad(lambda *a: jnp.sum(layers.attention(*a, is_causal=True).astype(
       jnp.float32)), (0, 1, 2))(q, k, v)
   assert [g.dtype for g in grads] == [jnp.bfloat16] * 3
+
+
+def test_causal_block_counts(monkeypatch):
+  from radjax.models import grouped_attention
+  monkeypatch.setattr(grouped_attention, 'MIN_CAUSAL_BLOCK', 4)
+  counts = {t: grouped_attention.causal_blocks(t, t) for t in (7, 8, 17, 18, 20, 24, 64)}
+  assert counts == {7: 1, 8: 2, 17: 1, 18: 2, 20: 4, 24: 4, 64: 16}
+  assert grouped_attention.causal_blocks(24, 30) == 1  # keys beyond the queries: no skip
+
+
+@pytest.mark.parametrize('t', [18, 24])
+def test_causal_attention_in_query_blocks_has_the_plain_outputs_and_gradients(t, monkeypatch):
+  """Blocks that skip the keys after their last query (2 blocks at 18, 4 at 24)."""
+  from radjax.models import grouped_attention
+  monkeypatch.setattr(grouped_attention, 'MIN_CAUSAL_BLOCK', 4)
+  r = np.random.default_rng(7)
+  q = jnp.asarray(r.normal(size=(B, t, H, D)), jnp.float32)
+  k, v = (jnp.asarray(r.normal(size=(B, t, K, D)), jnp.float32) for _ in 'kv')
+  w = jnp.asarray(r.normal(size=(B, t, H, D)), jnp.float32)
+  plain = functools.partial(jax.nn.dot_product_attention, is_causal=True, implementation='xla')
+  ours = functools.partial(layers.attention, is_causal=True)
+  np.testing.assert_allclose(ours(q, k, v), plain(q, k, v), rtol=1e-5, atol=1e-5)
+  want = jax.grad(lambda *a: jnp.sum(plain(*a) * w), (0, 1, 2))(q, k, v)
+  got = jax.jit(jax.grad(lambda *a: jnp.sum(ours(*a) * w), (0, 1, 2)))(q, k, v)
+  for x, y in zip(got, want):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
