@@ -173,6 +173,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # 'cudnn' (flash attention, NVIDIA GPUs; checked when a run starts) | 'xla' | 'auto'
   c.runtime.attention_impl = 'xla'
   c.runtime.scan_layers = True  # layers under nn.scan (conversion reads both layouts)
+  # Scanned (stacked) parameters, but the layers applied one by one: faster on CPU,
+  # slower to compile (BENCHMARKS.md); the parameters and checkpoints are the same.
+  c.runtime.unroll_scan = False
   # Rematerialisation per part, radjax/models/layers.py REMAT_POLICIES.
   c.runtime.remat = ml_collections.ConfigDict(dict(vision='none', projector='none',
                                                    llm='none', vqgan='none'))

@@ -24,7 +24,8 @@ def runtime(config, part: str, frozen: bool = False) -> Runtime:
   if part not in r.remat:
     raise ValueError(f'config.runtime.remat has no entry for {part!r}')
   return Runtime(dtype=DTYPES[r.dtype], attention_impl=ATTENTION_IMPLS[r.attention_impl],
-                 remat_policy=r.remat[part], scan_layers=r.scan_layers, frozen=frozen)
+                 remat_policy=r.remat[part], scan_layers=r.scan_layers,
+                 unroll_scan=r.unroll_scan, frozen=frozen)
 
 
 def vlm_runtime(config, frozen: tuple[str, ...] = ()) -> vlm.VLMRuntime:

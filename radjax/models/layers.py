@@ -228,3 +228,54 @@ def stack_layers(block_cls, *, num_layers: int, remat_policy: str, scan: bool,
   return nn.scan(block_cls, variable_axes={'params': 0}, split_rngs={'params': True},
                  in_axes=(0, *in_axes), length=num_layers,
                  metadata_params={nn.PARTITION_NAME: 'layers'})
+
+
+class _LayerLoop(nn.Module):
+  """`num_layers` blocks applied in turn, as submodules 'layers_{i}'."""
+  block_cls: Any
+  block_args: tuple
+  num_layers: int
+
+  @nn.compact
+  def __call__(self, carry, xs, *broadcast):
+    for i in range(self.num_layers):
+      x = None if xs is None else jax.tree.map(lambda a, i=i: a[i], xs)
+      carry, _ = self.block_cls(*self.block_args, name=f'layers_{i}')(carry, x, *broadcast)
+    return carry, None
+
+
+def _unstack(variables, num_layers: int):
+  """{collection: stacked tree [L, ...]} -> {collection: {'layers_{i}': tree}}. Split,
+  not indexed: the gradient is then one concatenation, not a zero-filled stack per layer."""
+  def per_layer(tree):
+    parts = jax.tree.map(lambda a: [p[0] for p in jnp.split(a, num_layers)], tree)
+    is_parts = lambda x: isinstance(x, list)
+    return {f'layers_{i}': jax.tree.map(lambda ps, i=i: ps[i], parts, is_leaf=is_parts)
+            for i in range(num_layers)}
+  return {col: per_layer(tree) for col, tree in variables.items()}
+
+
+def scanned_stack(module: nn.Module, block_cls, block_args: tuple, *, num_layers: int,
+                  remat_policy: str, loop: bool, in_axes: tuple = (), name: str = 'layers',
+                  run: Optional[int] = None):
+  """`num_layers` blocks whose parameters are one stacked tree ([L, ...] leaves, what
+  nn.scan makes and checkpoints hold), as a submodule of `module` called like a scanned
+  stack: `(carry, xs, *broadcast) -> (carry, None)`. `run`: apply only the first `run`
+  layers (all by default); the parameters hold all of them either way.
+
+  `loop`: the same parameters, but the layers applied one by one from slices of them.
+  XLA:CPU then skips the scan's stacked residual buffers (zero-filled, then written a
+  layer at a time); the program is L times longer to compile (BENCHMARKS.md, issue 15).
+  """
+  run = num_layers if run is None or module.is_initializing() else run
+  if not loop or module.is_initializing():  # parameters are always made by the scan
+    stack = stack_layers(block_cls, num_layers=run, remat_policy=remat_policy, scan=True,
+                         in_axes=in_axes)
+    if run < num_layers:  # the first `run` slices of the stacked parameters
+      stack = nn.map_variables(stack, 'params', init=False,
+                               trans_in_fn=lambda v: jax.tree.map(lambda a: a[:run], v))
+    return stack(*block_args, name=name)
+  block = stack_layers(block_cls, num_layers=run, remat_policy=remat_policy, scan=False)
+  looped = nn.map_variables(_LayerLoop, 'params', init=False,
+                            trans_in_fn=lambda v: _unstack(v, num_layers))
+  return looped(block, block_args, run, name=name)

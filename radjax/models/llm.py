@@ -166,12 +166,14 @@ class Decoder(nn.Module):
     self.embedder = nn.Embed(
         cfg.vocab_size, cfg.embed_dim, dtype=self.rt.dtype, param_dtype=jnp.float32,
         embedding_init=layers.param_init(layers.default_init, ('vocab', 'embed')))
-    block = layers.stack_layers(DecoderBlock, num_layers=cfg.num_layers,
-                                remat_policy=self.rt.remat_policy, scan=self.rt.scan_layers,
-                                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast))
     if self.rt.scan_layers:
-      self.layers = block(cfg, self.rt, name='layers')
+      self.layers = layers.scanned_stack(
+          self, DecoderBlock, (cfg, self.rt), num_layers=cfg.num_layers,
+          remat_policy=self.rt.remat_policy, loop=self.rt.unroll_scan,
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast))
     else:
+      block = layers.stack_layers(DecoderBlock, num_layers=cfg.num_layers,
+                                  remat_policy=self.rt.remat_policy, scan=False)
       self.layers = [block(cfg, self.rt, name=f'layers_{i}') for i in range(cfg.num_layers)]
     self.final_norm = NORMS[cfg.norm](cfg.norm_eps, self.rt.dtype)
     if not cfg.tie_embeddings:

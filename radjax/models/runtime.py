@@ -18,5 +18,8 @@ class Runtime:
   # Layers stacked under nn.scan (one 'layers' entry) or unrolled ('layers_{i}');
   # conversion reads and writes both layouts.
   scan_layers: bool = True
+  # With scan_layers: the same stacked parameters, the layers applied one by one
+  # (layers.scanned_stack): faster on CPU, longer to compile.
+  unroll_scan: bool = False
   # No backward pass through a frozen part: the composition stops gradients at its output.
   frozen: bool = False

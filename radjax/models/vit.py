@@ -12,7 +12,6 @@ import dataclasses
 from typing import ClassVar
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from radjax.models import layers
@@ -121,12 +120,9 @@ class ViT(nn.Module):
       return x
     if run == 0:
       return x
-    stack = layers.stack_layers(EncoderBlock, num_layers=run, remat_policy=rt.remat_policy,
-                                scan=True)
-    if run < total:  # read the first `run` slices of the stacked parameters
-      stack = nn.map_variables(stack, 'params', init=False,
-                               trans_in_fn=lambda v: jax.tree.map(lambda a: a[:run], v))
-    x, _ = stack(cfg, rt, name='layers')(x, None)
+    x, _ = layers.scanned_stack(self, EncoderBlock, (cfg, rt), num_layers=total,
+                                remat_policy=rt.remat_policy, loop=rt.unroll_scan,
+                                run=run)(x, None)
     return x
 
   @nn.compact
