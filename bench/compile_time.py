@@ -30,8 +30,11 @@ def define_flags():
 def compile_row(config, layers: int, scan: bool, compile: bool = True) -> dict:
   """Lower and compile seconds of the train step with `layers` decoder layers (one compile:
   a repeat in the same process may hit JAX's cache, so run the script twice instead)."""
+  # 'scan on' is nn.scan's loop: runtime.unroll_scan (on in CPU-sized configs) would
+  # apply the stacked layers one by one, which compiles like unrolled ones.
   config = compiled_step.with_overrides(
-      config, {'model.llm.num_layers': layers, 'runtime.scan_layers': scan})
+      config, {'model.llm.num_layers': layers, 'runtime.scan_layers': scan,
+               'runtime.unroll_scan': False})
   r = compiled_step.lower_and_compile(config, compile=compile)
   del r['compiled']
   return dict(layers=layers, scan=scan, **r)
