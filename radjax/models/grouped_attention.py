@@ -9,8 +9,7 @@ written in. Only [*, D] operands, 1/G the size or less, are transposed: with aut
 XLA:CPU copied a [B, K, G*T, S] array several times per layer.
 
 The causal and padding masks are applied where the scores are computed, from iota and
-the given mask, so no [B, K, G*T, S] mask is built. The softmax scale is applied to q
-([*, D]) rather than to the scores, for the same reason.
+the given mask, so no [B, K, G*T, S] mask is built.
 
 Long causal self-attention is split into query blocks, each reading only the keys up to
 its last query. The scores it skips are all masked: a quarter of them with 2 blocks, 3/8
@@ -33,8 +32,7 @@ def attention(q, k, v, *, mask=None, is_causal=False):
   b, t, h, d = q.shape
   s_len, kv_heads = k.shape[1], k.shape[2]
   g = h // kv_heads
-  q5 = (q * jnp.asarray(float(d) ** -0.5, q.dtype)).reshape(b, t, kv_heads, g, d)
-  q5 = q5.transpose(0, 2, 3, 1, 4)  # [B, K, G, T, D]
+  q5 = q.reshape(b, t, kv_heads, g, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, D]
   kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   if mask is not None:  # [B|1, 1|H, T|1, S] -> [B|1, 1|K, 1|G, T|1, S], as scores split
     mb, mh, mt, ms = mask.shape
@@ -45,7 +43,8 @@ def attention(q, k, v, *, mask=None, is_causal=False):
   for i in range(blocks):
     keys = s_len if blocks == 1 else (i + 1) * size  # a block sees no later key
     qg = q5[:, :, :, i * size:(i + 1) * size].reshape(b, kv_heads, g * size, d)
-    out = _attend(qg, kt[:, :, :keys], vt[:, :, :keys], mask, (is_causal, g, i * size))
+    out = _attend(qg, kt[:, :, :keys], vt[:, :, :keys], mask,
+                  (float(d) ** -0.5, is_causal, g, i * size))
     outs.append(out.reshape(b, kv_heads, g, size, d))
   out = outs[0] if blocks == 1 else jnp.concatenate(outs, axis=3)
   return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
@@ -62,10 +61,10 @@ def causal_blocks(t: int, s_len: int) -> int:
 
 
 def _probs(qg, kt, mask, static):
-  is_causal, g, q_offset = static
+  scale, is_causal, g, q_offset = static
   b, kv_heads, gt, _ = qg.shape
   s_len = kt.shape[2]
-  s = jnp.einsum('bkqd,bksd->bkqs', qg, kt, preferred_element_type=jnp.float32)
+  s = jnp.einsum('bkqd,bksd->bkqs', qg, kt, preferred_element_type=jnp.float32) * scale
   low = jnp.finfo(jnp.float32).min
   if is_causal:  # row r is query position q_offset + r % T (a 5D view measured slower)
     query = q_offset + jnp.arange(gt)[:, None] % (gt // g)
@@ -78,7 +77,6 @@ def _probs(qg, kt, mask, static):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _attend(qg, kt, vt, mask, static):
-  """qg is already scaled: the scores are qg . k."""
   return jnp.einsum('bkqs,bksd->bkqd', _probs(qg, kt, mask, static).astype(vt.dtype), vt)
 
 
@@ -92,7 +90,7 @@ def _attend_bwd(static, residuals, dout):
   dp = jnp.einsum('bkqd,bksd->bkqs', dout, vt, preferred_element_type=jnp.float32)
   # [D, S] products, transposed after: p and ds stay the right-hand operand as written.
   dvt = jnp.einsum('bkqd,bkqs->bkds', dout, p.astype(dout.dtype)).swapaxes(-1, -2)
-  ds = (p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))).astype(qg.dtype)
+  ds = (p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True)) * static[0]).astype(qg.dtype)
   dq = jnp.einsum('bkqs,bksd->bkqd', ds, kt)
   dkt = jnp.einsum('bkqd,bkqs->bkds', qg, ds).swapaxes(-1, -2)
   return dq, dkt.astype(kt.dtype), dvt.astype(vt.dtype), None
