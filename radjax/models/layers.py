@@ -265,7 +265,8 @@ def scanned_stack(module: nn.Module, block_cls, block_args: tuple, *, num_layers
 
   `loop`: the same parameters, but the layers applied one by one from slices of them.
   XLA:CPU then skips the scan's stacked residual buffers (zero-filled, then written a
-  layer at a time); the program is L times longer to compile (BENCHMARKS.md, issue 15).
+  layer at a time). Compile time then grows with depth, as for unrolled layers
+  (BENCHMARKS.md, issue 15).
   """
   run = num_layers if run is None or module.is_initializing() else run
   if not loop or module.is_initializing():  # parameters are always made by the scan
