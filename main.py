@@ -24,7 +24,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from radjax import run
-from radjax.core import distributed
+from radjax.core import distributed, host_memory
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Recipe config file.', lock_config=True)
@@ -69,6 +69,8 @@ def ensure_data(config) -> None:
 def main(argv):
   del argv
   # Before anything touches devices.
+  if FLAGS.config.runtime.reuse_host_memory:
+    host_memory.reuse_freed_memory()
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.mode == 'train':
     distributed.log_to_file(FLAGS.workdir)  # <workdir>/logs/process_<i>.log

@@ -19,7 +19,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from radjax import tasks  # noqa: E402
-from radjax.core import sharding  # noqa: E402
+from radjax.core import host_memory, sharding  # noqa: E402
 from radjax.train import optimizer as optimizer_lib  # noqa: E402
 from radjax.train import setup  # noqa: E402
 
@@ -111,6 +111,8 @@ def time_step(config, steps: int, devices=None) -> tuple:
 def main(argv):
   del argv
   config = FLAGS.config
+  if config.runtime.reuse_host_memory:  # as main.py: before JAX starts its backend
+    host_memory.reuse_freed_memory()
   dt, exp, state = time_step(config, FLAGS.steps)
   flops = analytic_flops(config, jax.device_get(state.params), exp.labels)
   n_dev = jax.device_count()

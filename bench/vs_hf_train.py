@@ -40,7 +40,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from bench import hf_twin  # noqa: E402
 from radjax import tasks  # noqa: E402
-from radjax.core import sharding  # noqa: E402
+from radjax.core import host_memory, sharding  # noqa: E402
 from radjax.train import optimizer, setup  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -327,7 +327,10 @@ def table(rows: list[dict]) -> str:
 
 def main(argv):
   del argv
-  hf_twin.start(FLAGS.torch_threads, f'; HF attention {FLAGS.hf_attn}')
+  # As main.py does, before JAX starts its backend. One process: HF's side gets it too.
+  reuse = FLAGS.config.runtime.reuse_host_memory and host_memory.reuse_freed_memory()
+  hf_twin.start(FLAGS.torch_threads, f'; HF attention {FLAGS.hf_attn}; host memory: '
+                + ('reused, both sides' if reuse else "glibc's defaults"))
   if FLAGS.dry:
     for size in FLAGS.sizes:
       r = dry(FLAGS.config, size)
