@@ -70,7 +70,7 @@ def main(argv):
   del argv
   # Before anything touches devices.
   if FLAGS.config.runtime.reuse_host_memory:
-    host_memory.reuse_freed_memory()
+    host_memory.restart_reusing_freed_memory()  # returns once the settings are in effect
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.mode == 'train':
     distributed.log_to_file(FLAGS.workdir)  # <workdir>/logs/process_<i>.log

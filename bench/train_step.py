@@ -112,7 +112,7 @@ def main(argv):
   del argv
   config = FLAGS.config
   if config.runtime.reuse_host_memory:  # as main.py: before JAX starts its backend
-    host_memory.reuse_freed_memory()
+    host_memory.restart_reusing_freed_memory()
   dt, exp, state = time_step(config, FLAGS.steps)
   flops = analytic_flops(config, jax.device_get(state.params), exp.labels)
   n_dev = jax.device_count()

@@ -328,7 +328,9 @@ def table(rows: list[dict]) -> str:
 def main(argv):
   del argv
   # As main.py does, before JAX starts its backend. One process: HF's side gets it too.
-  reuse = FLAGS.config.runtime.reuse_host_memory and host_memory.reuse_freed_memory()
+  if FLAGS.config.runtime.reuse_host_memory:
+    host_memory.restart_reusing_freed_memory()
+  reuse = host_memory.in_effect()
   hf_twin.start(FLAGS.torch_threads, f'; HF attention {FLAGS.hf_attn}; host memory: '
                 + ('reused, both sides' if reuse else "glibc's defaults"))
   if FLAGS.dry:

@@ -7,26 +7,43 @@ so each step faults all of it in again: 32k page faults and ~80 ms of kernel tim
 demo step (a third of its CPU time), 400k and 1.1 s per 43M step (BENCHMARKS.md). One
 malloc arena, no mmap and no trimming keep the block in the heap for the next step.
 
+glibc reads these settings from the environment when a process starts. A mallopt call
+from Python comes too late once an imported library has started threads (a thread keeps
+the arena it first got), so the program restarts itself with them set.
+
 The price: every thread shares one malloc lock (Grain's decode threads lose 10-20 %), and
 freed memory stays with the process. So it is for runs whose step runs on the CPU
 (`config.runtime.reuse_host_memory`, on in the CPU-sized configs); on a GPU or TPU the
 step's temporaries live on the device.
 """
 import ctypes
+import os
+import sys
 
-# mallopt(3) parameters (glibc's malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
-_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+SETTINGS = {'MALLOC_ARENA_MAX': '1', 'MALLOC_MMAP_MAX_': '0',
+            'MALLOC_TRIM_THRESHOLD_': str(2**31 - 1)}
 
 
-def reuse_freed_memory() -> bool:
-  """Applies the settings; True where they took (glibc). Call it before JAX starts its
-  backend: a thread keeps the malloc arena it first got."""
+def is_glibc() -> bool:
   try:
-    libc = ctypes.CDLL(None)  # the symbols already loaded into this process
-    libc.gnu_get_libc_version  # noqa: B018 (glibc only: musl and macOS lack it)
+    ctypes.CDLL(None).gnu_get_libc_version  # noqa: B018 (musl and macOS lack it)
   except (OSError, AttributeError):
     return False
-  return all(libc.mallopt(option, value) == 1 for option, value in _SETTINGS)
+  return True
+
+
+def in_effect() -> bool:
+  """Whether this process started with the settings (glibc reads them only then)."""
+  return is_glibc() and all(os.environ.get(k) == v for k, v in SETTINGS.items())
+
+
+def restart_reusing_freed_memory() -> None:
+  """Re-executes this program (same pid, interpreter options and arguments) with the
+  settings in its environment. Returns at once where they are in effect already, or where
+  the C library is not glibc. Call it before starting threads or touching devices."""
+  if in_effect() or not is_glibc():
+    return
+  os.environ.update(SETTINGS)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
