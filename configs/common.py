@@ -60,7 +60,6 @@ def tiny(c):
   c.runtime.attention_impl = 'xla'
   c.runtime.remat.vision = c.runtime.remat.projector = c.runtime.remat.llm = 'none'
   c.runtime.unroll_scan = True  # same parameters; on a CPU the loop beats the scan
-  c.runtime.reuse_host_memory = True  # the step's temporaries are host memory here
   for part in ('vision', 'projector', 'llm'):
     c.model[part].init_from = ''
 

@@ -19,11 +19,6 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 import pytest  # noqa: E402
 
 from configs import demo  # noqa: E402
-from radjax.core import host_memory  # noqa: E402
-
-# main.py runs of the CPU-sized configs restart themselves with these settings; the tests'
-# main.py subprocesses inherit them and so start with them.
-os.environ.update(host_memory.SETTINGS)
 
 
 def tiny_config(data_dir: str = ''):

@@ -176,9 +176,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Scanned (stacked) parameters, but the layers applied one by one: faster on CPU,
   # slower to compile (BENCHMARKS.md); the parameters and checkpoints are the same.
   c.runtime.unroll_scan = False
-  # Keep freed host memory for the next step (glibc malloc settings, applied by main.py
-  # before JAX starts): a CPU step no longer faults its temporaries in afresh each step.
-  # For runs whose step runs on the CPU; radjax/core/host_memory.py says what it costs.
+  # glibc malloc settings (main.py restarts itself with them) that keep a CPU step's
+  # freed temporaries instead of faulting them in afresh: the bare step -25 %, but in
+  # main.py's loop compilation and data threads lose as much (BENCHMARKS.md, session 14).
   c.runtime.reuse_host_memory = False
   # Rematerialisation per part, radjax/models/layers.py REMAT_POLICIES.
   c.runtime.remat = ml_collections.ConfigDict(dict(vision='none', projector='none',

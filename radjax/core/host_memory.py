@@ -11,9 +11,11 @@ glibc reads these settings from the environment when a process starts. A mallopt
 from Python comes too late once an imported library has started threads (a thread keeps
 the arena it first got), so the program restarts itself with them set.
 
-The price: every thread shares one malloc lock (Grain's decode threads lose 10-20 %), and
-freed memory stays with the process. So it is for runs whose step runs on the CPU
-(`config.runtime.reuse_host_memory`, on in the CPU-sized configs); on a GPU or TPU the
+The price: every thread shares one malloc lock, and freed memory stays with the process.
+Grain's decode threads lose 10-27 %, and XLA's compiler threads lose too. In main.py's
+training loop at the demo's size that cancelled the step's gain, so
+`config.runtime.reuse_host_memory` is off by default. It is for long runs whose step runs
+on the CPU, and for measuring the step alone (bench/vs_hf_train.py). On a GPU or TPU the
 step's temporaries live on the device.
 """
 import ctypes
