@@ -18,13 +18,20 @@ r"""radjax entry point.
 """
 import importlib
 import os
+import sys
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from radjax.core import host_memory
 
-from radjax import run
-from radjax.core import distributed, host_memory
+if __name__ == '__main__' and not host_memory.turned_off(sys.argv):
+  # Before the imports below start threads (7 s of imports are not repeated this way).
+  host_memory.restart_with_huge_pages()
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from radjax import run  # noqa: E402
+from radjax.core import distributed  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Recipe config file.', lock_config=True)
@@ -68,9 +75,12 @@ def ensure_data(config) -> None:
 
 def main(argv):
   del argv
-  # Before anything touches devices.
-  if FLAGS.config.runtime.reuse_host_memory:
-    host_memory.restart_reusing_freed_memory()  # returns once the settings are in effect
+  # Before anything touches devices. Done already at the top unless a config file, not the
+  # command line, changed the knob.
+  if FLAGS.config.runtime.host_huge_pages:
+    host_memory.restart_with_huge_pages()
+  logging.info('host huge pages (glibc tunable %s): %s', host_memory.TUNABLE,
+               'in effect' if host_memory.in_effect() else 'off')
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.mode == 'train':
     distributed.log_to_file(FLAGS.workdir)  # <workdir>/logs/process_<i>.log

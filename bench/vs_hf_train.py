@@ -328,11 +328,11 @@ def table(rows: list[dict]) -> str:
 def main(argv):
   del argv
   # As main.py does, before JAX starts its backend. One process: HF's side gets it too.
-  if FLAGS.config.runtime.reuse_host_memory:
-    host_memory.restart_reusing_freed_memory()
-  reuse = host_memory.in_effect()
+  if FLAGS.config.runtime.host_huge_pages:
+    host_memory.restart_with_huge_pages()
+  huge = host_memory.in_effect()
   hf_twin.start(FLAGS.torch_threads, f'; HF attention {FLAGS.hf_attn}; host memory: '
-                + ('reused, both sides' if reuse else "glibc's defaults"))
+                + ('huge pages, both sides' if huge else "glibc's defaults"))
   if FLAGS.dry:
     for size in FLAGS.sizes:
       r = dry(FLAGS.config, size)

@@ -176,10 +176,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Scanned (stacked) parameters, but the layers applied one by one: faster on CPU,
   # slower to compile (BENCHMARKS.md); the parameters and checkpoints are the same.
   c.runtime.unroll_scan = False
-  # glibc malloc settings (main.py restarts itself with them) that keep a CPU step's
-  # freed temporaries instead of faulting them in afresh: the bare step -25 %, but in
-  # main.py's loop compilation and data threads lose as much (BENCHMARKS.md, session 14).
-  c.runtime.reuse_host_memory = False
+  # Transparent huge pages for glibc's large host blocks (main.py restarts itself with
+  # glibc.malloc.hugetlb=1, radjax/core/host_memory.py): a CPU step's temporaries no longer
+  # fault in afresh 4 KB at a time. Demo loop 4.5 -> 6.5 steps/s (BENCHMARKS.md, session 15).
+  c.runtime.host_huge_pages = True
   # Rematerialisation per part, radjax/models/layers.py REMAT_POLICIES.
   c.runtime.remat = ml_collections.ConfigDict(dict(vision='none', projector='none',
                                                    llm='none', vqgan='none'))

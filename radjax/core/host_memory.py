@@ -1,51 +1,82 @@
-"""glibc malloc settings that keep freed host memory for the next train step.
+"""Transparent huge pages for glibc's large host blocks (`config.runtime.host_huge_pages`).
 
 XLA:CPU allocates a step's temporaries afresh every step, as one block (125 MB at the
 demo's shapes, ~1.6 GB at the 43M-parameter bench shape). Asked for from XLA's worker
 threads, a block that large is served by mmap, and munmap returns it when the step ends,
-so each step faults all of it in again: 32k page faults and ~80 ms of kernel time per
-demo step (a third of its CPU time), 400k and 1.1 s per 43M step (BENCHMARKS.md). One
-malloc arena, no mmap and no trimming keep the block in the heap for the next step.
+so each step faults all of it in again in 4 KB pages: 32k page faults and ~80 ms of kernel
+time per demo step (a third of its CPU time), 400k and 1.1 s per 43M step (BENCHMARKS.md).
+glibc's `glibc.malloc.hugetlb=1` tunable (glibc >= 2.35) marks such blocks for the
+kernel's transparent huge pages: 2 MB pages, ~500x fewer faults, each thread keeping its
+own malloc arena. (Keeping the block instead, with one arena and no mmap, saved as much in
+the bare step but made every thread share one malloc lock: the training loop lost it.)
 
-glibc reads these settings from the environment when a process starts. A mallopt call
-from Python comes too late once an imported library has started threads (a thread keeps
-the arena it first got), so the program restarts itself with them set.
-
-The price: every thread shares one malloc lock, and freed memory stays with the process.
-Grain's decode threads lose 10-27 %, and XLA's compiler threads lose too. In main.py's
-training loop at the demo's size that cancelled the step's gain, so
-`config.runtime.reuse_host_memory` is off by default. It is for long runs whose step runs
-on the CPU, and for measuring the step alone (bench/vs_hf_train.py). On a GPU or TPU the
-step's temporaries live on the device.
+glibc reads tunables only when a process starts, so the program restarts itself with the
+tunable set. It does nothing where the kernel's huge pages are off or the C library is not
+glibc. On a GPU or TPU the step's temporaries live on the device; the restart is cheap
+when it comes before the heavy imports (main.py).
 """
 import ctypes
 import os
 import sys
 
-SETTINGS = {'MALLOC_ARENA_MAX': '1', 'MALLOC_MMAP_MAX_': '0',
-            'MALLOC_TRIM_THRESHOLD_': str(2**31 - 1)}
+TUNABLE = 'glibc.malloc.hugetlb=1'
+_THP_MODE = '/sys/kernel/mm/transparent_hugepage/enabled'
+_OFF = ('false', '0', 'no')
 
 
-def is_glibc() -> bool:
+def glibc_version() -> tuple[int, int] | None:
+  """(major, minor) of the running glibc; None for another C library."""
   try:
-    ctypes.CDLL(None).gnu_get_libc_version  # noqa: B018 (musl and macOS lack it)
+    get = ctypes.CDLL(None).gnu_get_libc_version  # musl and macOS lack it
   except (OSError, AttributeError):
-    return False
-  return True
+    return None
+  get.restype = ctypes.c_char_p
+  major, minor = get().decode().split('.')[:2]
+  return int(major), int(minor)
+
+
+def thp_mode(path: str = _THP_MODE) -> str:
+  """The kernel's transparent-huge-page mode ('always', 'madvise', 'never'); 'never' where
+  it cannot be read."""
+  try:
+    with open(path) as f:
+      text = f.read()
+  except OSError:
+    return 'never'
+  return text.split('[', 1)[1].split(']', 1)[0] if '[' in text else 'never'
+
+
+def available() -> bool:
+  """Whether the tunable can take effect here: glibc >= 2.35 and huge pages not off."""
+  version = glibc_version()
+  return version is not None and version >= (2, 35) and thp_mode() in ('always', 'madvise')
 
 
 def in_effect() -> bool:
-  """Whether this process started with the settings (glibc reads them only then)."""
-  return is_glibc() and all(os.environ.get(k) == v for k, v in SETTINGS.items())
+  """Whether this process started with the tunable (glibc reads it only then)."""
+  return available() and TUNABLE in os.environ.get('GLIBC_TUNABLES', '').split(':')
 
 
-def restart_reusing_freed_memory() -> None:
+def turned_off(argv: list[str]) -> bool:
+  """Whether a command line turns `config.runtime.host_huge_pages` off (read before the
+  config is parsed, so that the restart can come before the imports)."""
+  for arg in argv:
+    if arg.startswith('--config.runtime.host_huge_pages='):
+      return arg.split('=', 1)[1].strip().lower() in _OFF
+    if arg == '--config.runtime.host_huge_pages':  # the value is the next argument
+      i = argv.index(arg)
+      return i + 1 < len(argv) and argv[i + 1].strip().lower() in _OFF
+  return False
+
+
+def restart_with_huge_pages() -> None:
   """Re-executes this program (same pid, interpreter options and arguments) with the
-  settings in its environment. Returns at once where they are in effect already, or where
-  the C library is not glibc. Call it before starting threads or touching devices."""
-  if in_effect() or not is_glibc():
+  tunable added to GLIBC_TUNABLES. Returns at once where it is in effect already or cannot
+  take effect. Call it before starting threads or touching devices."""
+  if in_effect() or not available():
     return
-  os.environ.update(SETTINGS)
+  tunables = os.environ.get('GLIBC_TUNABLES', '')
+  os.environ['GLIBC_TUNABLES'] = ':'.join(filter(None, [tunables, TUNABLE]))
   sys.stdout.flush()
   sys.stderr.flush()
   os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
