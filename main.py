@@ -76,8 +76,9 @@ def ensure_data(config) -> None:
 def main(argv):
   del argv
   # Before anything touches devices. Done already at the top unless a config file, not the
-  # command line, changed the knob.
-  if FLAGS.config.runtime.host_huge_pages:
+  # command line, changed the knob. Only as a program: a notebook calling main() keeps its
+  # process.
+  if FLAGS.config.runtime.host_huge_pages and __name__ == '__main__':
     host_memory.restart_with_huge_pages()
   logging.info('host huge pages (glibc tunable %s): %s', host_memory.TUNABLE,
                'in effect' if host_memory.in_effect() else 'off')
