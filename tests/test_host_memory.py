@@ -5,6 +5,8 @@ import sys
 import textwrap
 
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from radjax.core import host_memory
 
@@ -49,14 +51,33 @@ def test_restart_puts_large_blocks_in_huge_pages():
   assert restarted[1] < default[1] / 20, (default, restarted)
 
 
-def test_command_line_turns_it_off():
+def test_command_line_turns_it_off_as_absl_reads_it():
   off = host_memory.turned_off
   assert not off(['main.py', '--config', 'configs/demo.py'])
   assert not off(['main.py', '--config.runtime.host_huge_pages=True'])
   assert off(['main.py', '--config.runtime.host_huge_pages=False'])
   assert off(['main.py', '--config.runtime.host_huge_pages=false', '--workdir', 'w'])
-  assert off(['main.py', '--config.runtime.host_huge_pages', '0'])
-  assert not off(['main.py', '--config.runtime.host_huge_pages', 'true'])
+  assert off(['main.py', '--config.runtime.host_huge_pages=0'])
+  assert off(['main.py', '--noconfig.runtime.host_huge_pages'])
+  # absl: a bare boolean flag is True (a following 'False' is a positional argument).
+  assert not off(['main.py', '--config.runtime.host_huge_pages', 'False'])
+  assert not off(['main.py', '--noconfig.runtime.host_huge_pages',
+                  '--config.runtime.host_huge_pages'])
+
+
+@pytest.mark.parametrize('args', [[], ['--config.runtime.host_huge_pages=False'],
+                                  ['--config.runtime.host_huge_pages=F'],
+                                  ['--noconfig.runtime.host_huge_pages'],
+                                  ['-config.runtime.host_huge_pages=0'],
+                                  ['--config.runtime.host_huge_pages', 'False'],
+                                  ['--config.runtime.host_huge_pages=f',
+                                   '--config.runtime.host_huge_pages=true']])
+def test_early_read_agrees_with_the_parsed_config(args):
+  argv = ['main.py', '--config', 'configs/demo.py:size=micro', *args]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, '', flag_values=values, sys_argv=argv)
+  values(argv)
+  assert host_memory.turned_off(argv) == (not values.config.runtime.host_huge_pages)
 
 
 @pytest.mark.parametrize('text, mode', [('always [madvise] never\n', 'madvise'),

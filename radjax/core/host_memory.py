@@ -17,11 +17,13 @@ when it comes before the heavy imports (main.py).
 """
 import ctypes
 import os
+import re
 import sys
 
 TUNABLE = 'glibc.malloc.hugetlb=1'
 _THP_MODE = '/sys/kernel/mm/transparent_hugepage/enabled'
-_OFF = ('false', '0', 'no')
+_OFF = ('false', 'f', '0')  # absl's boolean parser
+_FLAG = re.compile(r'^--?(no)?config\.runtime\.host_huge_pages(?:=(.*))?$')
 
 
 def glibc_version() -> tuple[int, int] | None:
@@ -58,15 +60,17 @@ def in_effect() -> bool:
 
 
 def turned_off(argv: list[str]) -> bool:
-  """Whether a command line turns `config.runtime.host_huge_pages` off (read before the
-  config is parsed, so that the restart can come before the imports)."""
+  """Whether a command line turns `config.runtime.host_huge_pages` off, as absl reads it
+  (`--config.runtime.host_huge_pages=false|f|0`, `--noconfig.runtime.host_huge_pages`;
+  the last mention wins). Read before the config is parsed, so that the restart can come
+  before the imports."""
+  off = False
   for arg in argv:
-    if arg.startswith('--config.runtime.host_huge_pages='):
-      return arg.split('=', 1)[1].strip().lower() in _OFF
-    if arg == '--config.runtime.host_huge_pages':  # the value is the next argument
-      i = argv.index(arg)
-      return i + 1 < len(argv) and argv[i + 1].strip().lower() in _OFF
-  return False
+    match = _FLAG.match(arg)
+    if match:
+      no, value = match.groups()
+      off = bool(no) if value is None else value.strip().lower() in _OFF
+  return off
 
 
 def restart_with_huge_pages() -> None:
