@@ -51,25 +51,15 @@ def test_restart_puts_large_blocks_in_huge_pages():
   assert restarted[1] < default[1] / 20, (default, restarted)
 
 
-def test_command_line_turns_it_off_as_absl_reads_it():
-  off = host_memory.turned_off
-  assert not off(['main.py', '--config', 'configs/demo.py'])
-  assert not off(['main.py', '--config.runtime.host_huge_pages=True'])
-  assert off(['main.py', '--config.runtime.host_huge_pages=False'])
-  assert off(['main.py', '--config.runtime.host_huge_pages=false', '--workdir', 'w'])
-  assert off(['main.py', '--config.runtime.host_huge_pages=0'])
-  assert off(['main.py', '--noconfig.runtime.host_huge_pages'])
-  # absl: a bare boolean flag is True (a following 'False' is a positional argument).
-  assert not off(['main.py', '--config.runtime.host_huge_pages', 'False'])
-  assert not off(['main.py', '--noconfig.runtime.host_huge_pages',
-                  '--config.runtime.host_huge_pages'])
-
-
 @pytest.mark.parametrize('args', [[], ['--config.runtime.host_huge_pages=False'],
                                   ['--config.runtime.host_huge_pages=F'],
                                   ['--noconfig.runtime.host_huge_pages'],
                                   ['-config.runtime.host_huge_pages=0'],
+                                  # absl: a bare boolean flag is True ('False' is then
+                                  # a positional argument); the last mention wins.
                                   ['--config.runtime.host_huge_pages', 'False'],
+                                  ['--noconfig.runtime.host_huge_pages',
+                                   '--config.runtime.host_huge_pages'],
                                   ['--config.runtime.host_huge_pages=f',
                                    '--config.runtime.host_huge_pages=true']])
 def test_early_read_agrees_with_the_parsed_config(args):
