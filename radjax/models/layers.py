@@ -141,16 +141,25 @@ ACTIVATIONS = {
 }
 
 
-def rope(x, positions, theta: float, rotary_dim: Optional[int] = None):
-  """Rotate-half rotary embedding (the HF convention) on the first `rotary_dim` dims.
-
-  x: [B, T, H, D]; positions: [B, T] int. Computed in f32.
-  """
-  dim = x.shape[-1] if rotary_dim is None else rotary_dim
+def rope_tables(positions, theta: float, dim: int, num_positions: int):
+  """[B, T] int positions -> (cos, sin), each [B, T, 1, dim] f32 (rotate-half layout), read
+  from a [num_positions, dim] table. Built once per forward and shared by every layer: with
+  cos and sin computed from the positions inside q's and k's fusions, XLA:CPU recomputed
+  them for every head, forward and backward (5 % of the demo's step). A position outside
+  the table reads NaN (jnp.take's fill), so a wrong one cannot pass silently."""
   inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
-  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, dim/2]
-  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
-  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  angles = jnp.arange(num_positions, dtype=jnp.float32)[:, None] * inv_freq
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  table = jnp.stack([jnp.cos(angles), jnp.sin(angles)])  # [2, P, dim]
+  cos_sin = jnp.take(table, positions, axis=1)[:, :, :, None]  # [2, B, T, 1, dim]
+  return cos_sin[0], cos_sin[1]
+
+
+def rope(x, tables):
+  """Rotate-half rotary embedding (the HF convention) on the first `dim` dims of x
+  [B, T, H, D], with `tables` from rope_tables. Computed in f32."""
+  cos, sin = tables
+  dim = cos.shape[-1]
   x32 = x.astype(jnp.float32)
   rot, rest = x32[..., :dim], x32[..., dim:]
   half = dim // 2

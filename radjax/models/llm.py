@@ -75,9 +75,10 @@ class Attention(nn.Module):
   rt: Runtime = Runtime()
 
   @nn.compact
-  def __call__(self, x, positions, cache, layer, cache_index, mask):
-    """`cache`: None (training) or every layer's k/v [L, B, S, KV, hd]; this layer (index
-    `layer`) writes its slot in place and the updated stack is returned."""
+  def __call__(self, x, rotary, cache, layer, cache_index, mask):
+    """`rotary`: (cos, sin) from layers.rope_tables. `cache`: None (training) or every
+    layer's k/v [L, B, S, KV, hd]; this layer (index `layer`) writes its slot in place and
+    the updated stack is returned."""
     cfg = self.cfg
     hd = cfg.dim_per_head
     q = layers.Dense((cfg.num_heads, hd), ('embed', 'heads', 'kv'), cfg.qkv_bias,
@@ -87,8 +88,7 @@ class Attention(nn.Module):
     v = layers.Dense((cfg.num_kv_heads, hd), ('embed', 'kv_heads', 'kv'), cfg.qkv_bias,
                      self.rt.dtype, name='v')(x)
     q = layers.constrain(q, ('act_batch', 'act_len', 'act_heads', 'act_kv'))
-    q = layers.rope(q, positions, cfg.rope_theta, cfg.rotary_dim)
-    k = layers.rope(k, positions, cfg.rope_theta, cfg.rotary_dim)
+    q, k = layers.rope(q, rotary), layers.rope(k, rotary)
     if cache is None:  # causal, or within segments (`mask`) for packed rows
       out = layers.attention(q, k, v, mask=mask, is_causal=mask is None,
                              implementation=self.rt.attention_impl)
@@ -134,15 +134,16 @@ class DecoderBlock(nn.Module):
   rt: Runtime = Runtime()
 
   @nn.compact
-  def __call__(self, carry, layer, positions, cache_index, mask):
-    """carry: x, or (x, every layer's KV cache) when decoding; layer: this block's index."""
+  def __call__(self, carry, layer, rotary, cache_index, mask):
+    """carry: x, or (x, every layer's KV cache) when decoding; layer: this block's index;
+    rotary: (cos, sin) of the positions (layers.rope_tables)."""
     cfg = self.cfg
     x, cache = carry if isinstance(carry, tuple) else (carry, None)
     norm = NORMS[cfg.norm]
     x = layers.constrain(x, BATCH_LEN_EMBED)
     h = norm(cfg.norm_eps, self.rt.dtype, name='attn_norm')(x)
-    attn, cache = Attention(cfg, self.rt, name='attn')(h, positions, cache, layer,
-                                                      cache_index, mask)
+    attn, cache = Attention(cfg, self.rt, name='attn')(h, rotary, cache, layer, cache_index,
+                                                      mask)
     if cfg.parallel_residual:
       h = norm(cfg.norm_eps, self.rt.dtype, name='mlp_norm')(x)
       # HF GPT-NeoX sums mlp + attn first, then adds the residual.
@@ -215,11 +216,14 @@ class Decoder(nn.Module):
     elif segment_ids is not None:
       mask = layers.segment_mask(segment_ids)
     carry = x if cache is None else (x, cache)
+    # Positions index the cache's slots when decoding, the row's tokens otherwise.
+    num_positions = embeds.shape[1] if cache is None else cache['k'].shape[2]
+    rotary = layers.rope_tables(positions, cfg.rope_theta, cfg.rotary_dim, num_positions)
     if self.rt.scan_layers:
-      carry, _ = self.layers(carry, jnp.arange(cfg.num_layers), positions, cache_index, mask)
+      carry, _ = self.layers(carry, jnp.arange(cfg.num_layers), rotary, cache_index, mask)
     else:
       for i, blk in enumerate(self.layers):
-        carry, _ = blk(carry, i, positions, cache_index, mask)
+        carry, _ = blk(carry, i, rotary, cache_index, mask)
     x, new_cache = carry if cache is not None else (carry, None)
     hidden = self.final_norm(x)
     read = hidden if logits_at is None else jnp.take_along_axis(hidden, logits_at[..., None],
