@@ -145,7 +145,7 @@ def rope_tables(positions, theta: float, dim: int, num_positions: int):
   """[B, T] int positions -> (cos, sin), each [B, T, 1, dim] f32 (rotate-half layout), read
   from a [num_positions, dim] table. Built once per forward and shared by every layer: with
   cos and sin computed from the positions inside q's and k's fusions, XLA:CPU recomputed
-  them for every head, forward and backward (5 % of the demo's step). A position outside
+  them for every head, forward and backward (3-5 % of the demo's CPU time). A position outside
   the table reads NaN (jnp.take's fill), so a wrong one cannot pass silently."""
   inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
   angles = jnp.arange(num_positions, dtype=jnp.float32)[:, None] * inv_freq
