@@ -148,10 +148,11 @@ def rope_tables(positions, theta: float, dim: int, num_positions: int):
   them for every head, forward and backward (3-5 % of the demo's CPU time). A position outside
   the table reads NaN (jnp.take's fill), so a wrong one cannot pass silently."""
   inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
-  angles = jnp.arange(num_positions, dtype=jnp.float32)[:, None] * inv_freq
-  angles = jnp.concatenate([angles, angles], axis=-1)
-  table = jnp.stack([jnp.cos(angles), jnp.sin(angles)])  # [2, P, dim]
-  cos_sin = jnp.take(table, positions, axis=1)[:, :, :, None]  # [2, B, T, 1, dim]
+  angles = jnp.arange(num_positions, dtype=jnp.float32)[:, None] * inv_freq  # [P, dim/2]
+  table = jnp.stack([jnp.cos(angles), jnp.sin(angles)])  # [2, P, dim/2]
+  # Gathered before the halves are repeated: XLA fuses the table into the gather.
+  half = jnp.take(table, positions, axis=1)[:, :, :, None]  # [2, B, T, 1, dim/2]
+  cos_sin = jnp.concatenate([half, half], axis=-1)
   return cos_sin[0], cos_sin[1]
 
 
