@@ -99,6 +99,15 @@ def test_causal_block_counts(monkeypatch):
   counts = {t: grouped_attention.causal_blocks(t, t) for t in (7, 8, 17, 18, 20, 24, 64)}
   assert counts == {7: 1, 8: 2, 17: 1, 18: 2, 20: 4, 24: 4, 64: 16}
   assert grouped_attention.causal_blocks(24, 30) == 1  # keys beyond the queries: no skip
+  monkeypatch.setattr(grouped_attention, 'MAX_CAUSAL_BLOCKS', 4)
+  assert grouped_attention.causal_blocks(64, 64) == 4
+
+
+def test_causal_block_counts_at_the_measured_lengths():
+  """The demo's 176 tokens, the 43m bench's 512 and llava_tinyllama's 2048."""
+  from radjax.models import grouped_attention
+  counts = {t: grouped_attention.causal_blocks(t, t) for t in (48, 128, 176, 512, 2048)}
+  assert counts == {48: 1, 128: 2, 176: 4, 512: 8, 2048: 16}
 
 
 @pytest.mark.parametrize('t', [18, 24])

@@ -11,9 +11,9 @@ XLA:CPU copied a [B, K, G*T, S] array several times per layer.
 The causal and padding masks are applied where the scores are computed, from iota and
 the given mask, so no [B, K, G*T, S] mask is built.
 
-Long causal self-attention is split into query blocks, each reading only the keys up to
-its last query. The scores it skips are all masked: a quarter of them with 2 blocks, 3/8
-with 4 (flash attention saves the same by skipping masked tiles).
+Causal self-attention is split into query blocks, each reading only the keys up to its
+last query. The scores it skips are all masked: a quarter of them with 2 blocks, 3/8
+with 4, 7/16 with 8 (flash attention saves the same by skipping masked tiles).
 """
 import functools
 
@@ -21,8 +21,13 @@ import jax
 import jax.numpy as jnp
 
 # Causal self-attention of at least 2 x this many queries is split into blocks of at
-# least this many (smaller blocks make smaller, less efficient matmuls).
-MIN_CAUSAL_BLOCK = 128
+# least this many (smaller blocks make smaller, less efficient matmuls), and into at most
+# MAX_CAUSAL_BLOCKS (more would skip little and lengthen the program). Measured on CPU
+# (BENCHMARKS.md, session 17): the demo's 176 tokens in 4 blocks of 44 took 5-9 % less
+# step time than in one; at 512 tokens, 8 blocks of 64 equal 4 of 128, and 16 of 32 are
+# slower.
+MIN_CAUSAL_BLOCK = 40
+MAX_CAUSAL_BLOCKS = 16
 
 
 def attention(q, k, v, *, mask=None, is_causal=False):
@@ -55,7 +60,8 @@ def causal_blocks(t: int, s_len: int) -> int:
   if t != s_len or t < 2 * MIN_CAUSAL_BLOCK:
     return 1
   blocks = 2
-  while t % (2 * blocks) == 0 and t // (2 * blocks) >= MIN_CAUSAL_BLOCK:
+  while (t % (2 * blocks) == 0 and t // (2 * blocks) >= MIN_CAUSAL_BLOCK
+         and 2 * blocks <= MAX_CAUSAL_BLOCKS):
     blocks *= 2
   return blocks if t % blocks == 0 else 1
 
