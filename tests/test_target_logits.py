@@ -17,8 +17,12 @@ def _loss_and_grads(config, method):
   task = exp.task
   batch = next(iter(pipeline.eval_dataset(config, task.processor(), 'val', 8)))
   fn = getattr(task, method)
-  sums = fn(exp.model, exp.state.params, batch, None)
-  grads = jax.grad(lambda p: fn(exp.model, p, batch, None)['loss_sum'])(exp.state.params)
+
+  def loss_sum(params):
+    sums = fn(exp.model, params, batch, None)
+    return sums['loss_sum'], sums
+
+  (_, sums), grads = jax.jit(jax.value_and_grad(loss_sum, has_aux=True))(exp.state.params)
   return batch, sums, grads
 
 
