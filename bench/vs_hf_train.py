@@ -4,6 +4,7 @@ r"""radjax's train step vs HF transformers + torch on the same LLaVA-style model
       [--compile] [--config.train.batch_size=8 ...]
   python bench/vs_hf_train.py --config configs/llava_tinyllama.py --sizes config [--compile]
   python bench/vs_hf_train.py --config configs/llava_tinyllama.py --sizes config --dry
+  python bench/vs_hf_train.py --config configs/demo.py --sizes 43m --isolate  # a process per side
 
 radjax: setup.build + setup.jit_train_step (as bench/train_step.py). HF:
 `LlavaForConditionalGeneration` built locally from the same shapes (CLIP tower, 2-layer MLP
@@ -38,7 +39,7 @@ import torch.nn.functional as F  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bench import hf_twin  # noqa: E402
+from bench import hf_twin, isolated_sides  # noqa: E402
 from radjax import tasks  # noqa: E402
 from radjax.core import host_memory, sharding  # noqa: E402
 from radjax.train import optimizer, setup  # noqa: E402
@@ -59,6 +60,10 @@ def define_flags():
   flags.DEFINE_string('hf_attn', 'sdpa', "HF attn_implementation ('sdpa', 'eager', ...).")
   flags.DEFINE_integer('torch_threads', 0, 'torch intra-op threads (0: its default, the '
                        'core count); 1 is faster on a CPU other jobs share.')
+  flags.DEFINE_bool('isolate', False, 'Each side in a process of its own, still stepped in '
+                    'turn (bench/isolated_sides.py).')
+  flags.DEFINE_string('worker_size', '', 'Internal (--isolate): the size this worker builds.')
+  flags.DEFINE_integer('worker_index', -1, 'Internal (--isolate): the side this worker keeps.')
 
 
 IMAGE_TOKEN_ID = 4  # no tokenizer here: synthetic batches
@@ -275,20 +280,41 @@ def run_sides(cfg, size: str, sides, steps: int, warmup: int = 2) -> list[dict]:
   for _ in range(steps):
     for s in sides:
       times[s['name']].append(hf_twin.timed(s['run'], lambda: hf_twin.sync(device)))
-  tokens = cfg.train.batch_size * cfg.data.max_len
-  image_tokens = sides[0]['exp'].task.model_cfg.tokens_per_image * cfg.data.max_images
-  out = []
-  for s in sides:
-    dt = hf_twin.median(times[s['name']])
-    out.append(dict(size=size, side=s['name'], params=s['params'], step_s=dt,
-                    times=times[s['name']], tokens_per_s=tokens / dt, loss0=s['loss0'],
-                    shape=f'{cfg.train.batch_size} x {cfg.data.max_len}',
-                    image_tokens=image_tokens, dtype=cfg.runtime.dtype))
-  eager = next(r for r in out if r['side'] == 'HF eager')
-  for r in out:
+  return with_ratios([dict(size=size, side=s['name'], params=s['params'],
+                           times=times[s['name']], loss0=s['loss0'],
+                           shape=f'{cfg.train.batch_size} x {cfg.data.max_len}',
+                           image_tokens=image_tokens(cfg, sides),
+                           dtype=cfg.runtime.dtype,
+                           tokens=cfg.train.batch_size * cfg.data.max_len)
+                      for s in sides])
+
+
+def image_tokens(cfg, sides) -> int:
+  return sides[0]['exp'].task.model_cfg.tokens_per_image * cfg.data.max_images
+
+
+def with_ratios(rows: list[dict]) -> list[dict]:
+  """Adds each side's median step, tokens/s and its ratios to HF eager."""
+  for r in rows:
+    r['step_s'] = hf_twin.median(r['times'])
+    r['tokens_per_s'] = r['tokens'] / r['step_s']
+  eager = next(r for r in rows if r['side'] == 'HF eager')
+  for r in rows:
     r['vs_hf'] = eager['step_s'] / r['step_s']
     r['params_vs_hf'] = r['params'] / eager['params'] - 1
-  return out
+  return rows
+
+
+def num_sides(config, size: str, compiled: bool) -> int:
+  """How many sides build_sides makes (without building them)."""
+  with_head = sized(config, size).data.get('label_loss_weight', 0.0) > 0
+  return 2 + with_head + compiled
+
+
+def worker_build(config, size: str, compiled: bool, attn: str, grad_ckpt: bool):
+  """What an --isolate worker builds: (cfg, sides, image tokens)."""
+  cfg, _, sides = build_sides(config, size, compiled, attn, grad_ckpt=grad_ckpt)
+  return cfg, sides, image_tokens(cfg, sides)
 
 
 def compare(config, size: str, steps: int, warmup: int = 2, compiled: bool = False,
@@ -331,8 +357,15 @@ def main(argv):
   if FLAGS.config.runtime.host_huge_pages:
     host_memory.restart_with_huge_pages()
   huge = host_memory.in_effect()
-  hf_twin.start(FLAGS.torch_threads, f'; HF attention {FLAGS.hf_attn}; host memory: '
-                + ('huge pages, both sides' if huge else "glibc's defaults"))
+  device = hf_twin.start(FLAGS.torch_threads, f'; HF attention {FLAGS.hf_attn}; host memory: '
+                         + ('huge pages, both sides' if huge else "glibc's defaults"))
+  if FLAGS.worker_index >= 0:
+    isolated_sides.worker(
+        lambda: worker_build(FLAGS.config, FLAGS.worker_size, FLAGS.compile, FLAGS.hf_attn,
+                             FLAGS.hf_grad_ckpt),
+        FLAGS.worker_index, FLAGS.warmup,
+        lambda run: hf_twin.timed(run, lambda: hf_twin.sync(device)))
+    return
   if FLAGS.dry:
     for size in FLAGS.sizes:
       r = dry(FLAGS.config, size)
@@ -342,8 +375,12 @@ def main(argv):
     return
   rows = []
   for size in FLAGS.sizes:
-    rows_size = compare(FLAGS.config, size, FLAGS.steps, FLAGS.warmup, FLAGS.compile,
-                        FLAGS.hf_attn, FLAGS.hf_grad_ckpt)
+    if FLAGS.isolate:
+      rows_size = with_ratios(isolated_sides.run(
+          sys.argv, size, num_sides(FLAGS.config, size, FLAGS.compile), FLAGS.steps))
+    else:
+      rows_size = compare(FLAGS.config, size, FLAGS.steps, FLAGS.warmup, FLAGS.compile,
+                          FLAGS.hf_attn, FLAGS.hf_grad_ckpt)
     rows += rows_size
     for r in rows_size:
       print(f"  {r['size']} {r['side']}: " + ' '.join(f'{t * 1e3:.0f}' for t in r['times'])
