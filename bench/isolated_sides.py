@@ -17,19 +17,17 @@ PREFIX = '@@side '
 
 
 def worker(build, index: int, warmup: int, timed) -> None:
-  """Runs in a worker: `build()` -> (cfg, sides, image_tokens); keeps sides[index],
-  steps it on each 'step' line of stdin and answers with the seconds it took."""
-  cfg, sides, image_tokens = build()
+  """Runs in a worker: `build()` -> (the row fields every side shares, sides); keeps
+  sides[index], steps it on each 'step' line of stdin and answers with the seconds it
+  took."""
+  fields, sides = build()
   side = sides[index]
   del sides
   gc.collect()  # the other sides' weights and optimizer state go now
   loss0 = side['first_loss']()
   for _ in range(warmup - 1):
     side['run']()
-  tokens = cfg.train.batch_size * cfg.data.max_len
-  _answer(dict(name=side['name'], params=side['params'], loss0=loss0, tokens=tokens,
-               image_tokens=image_tokens, shape=f'{cfg.train.batch_size} x {cfg.data.max_len}',
-               dtype=cfg.runtime.dtype))
+  _answer(dict(name=side['name'], params=side['params'], loss0=loss0, **fields))
   for line in sys.stdin:
     if line.strip() != 'step':
       return
@@ -69,6 +67,5 @@ def run(argv: list[str], size: str, num_sides: int, steps: int) -> list[dict]:
       if p.poll() is None:
         p.stdin.close()
         p.wait()
-  return [dict(size=size, side=info['name'], params=info['params'], times=ts,
-               loss0=info['loss0'], shape=info['shape'], image_tokens=info['image_tokens'],
-               dtype=info['dtype'], tokens=info['tokens']) for info, ts in zip(infos, times)]
+  return [dict(size=size, side=info.pop('name'), times=ts, **info)
+          for info, ts in zip(infos, times)]

@@ -280,17 +280,18 @@ def run_sides(cfg, size: str, sides, steps: int, warmup: int = 2) -> list[dict]:
   for _ in range(steps):
     for s in sides:
       times[s['name']].append(hf_twin.timed(s['run'], lambda: hf_twin.sync(device)))
+  fields = row_fields(cfg, sides)
   return with_ratios([dict(size=size, side=s['name'], params=s['params'],
-                           times=times[s['name']], loss0=s['loss0'],
-                           shape=f'{cfg.train.batch_size} x {cfg.data.max_len}',
-                           image_tokens=image_tokens(cfg, sides),
-                           dtype=cfg.runtime.dtype,
-                           tokens=cfg.train.batch_size * cfg.data.max_len)
+                           times=times[s['name']], loss0=s['loss0'], **fields)
                       for s in sides])
 
 
-def image_tokens(cfg, sides) -> int:
-  return sides[0]['exp'].task.model_cfg.tokens_per_image * cfg.data.max_images
+def row_fields(cfg, sides) -> dict:
+  """The fields of a result row that the config and the built sides fix."""
+  return dict(shape=f'{cfg.train.batch_size} x {cfg.data.max_len}',
+              image_tokens=sides[0]['exp'].task.model_cfg.tokens_per_image
+              * cfg.data.max_images,
+              dtype=cfg.runtime.dtype, tokens=cfg.train.batch_size * cfg.data.max_len)
 
 
 def with_ratios(rows: list[dict]) -> list[dict]:
@@ -312,9 +313,9 @@ def num_sides(config, size: str, compiled: bool) -> int:
 
 
 def worker_build(config, size: str, compiled: bool, attn: str, grad_ckpt: bool):
-  """What an --isolate worker builds: (cfg, sides, image tokens)."""
+  """What an --isolate worker builds: (row_fields, sides)."""
   cfg, _, sides = build_sides(config, size, compiled, attn, grad_ckpt=grad_ckpt)
-  return cfg, sides, image_tokens(cfg, sides)
+  return row_fields(cfg, sides), sides
 
 
 def compare(config, size: str, steps: int, warmup: int = 2, compiled: bool = False,

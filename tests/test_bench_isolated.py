@@ -14,18 +14,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # of its steps so far, so the answers show which worker stepped and in what order.
 WORKER = textwrap.dedent("""
     import sys
-    from types import SimpleNamespace
     sys.path.insert(0, {root!r})
     from bench import isolated_sides
     index = int(sys.argv[-1].split('=')[1])
     print('a line that is not an answer')
     count = []
-    cfg = SimpleNamespace(train=SimpleNamespace(batch_size=2),
-                          data=SimpleNamespace(max_len=8), runtime=SimpleNamespace(dtype='f32'))
+    fields = dict(shape='2 x 8', image_tokens=3, dtype='f32', tokens=16)
     def side(i):
       return dict(name=f'side {{i}}', params=10 + i, first_loss=lambda: 1.5 + i,
                   run=lambda: count.append(1))
-    isolated_sides.worker(lambda: (cfg, [side(0), side(1)], 3), index, 2,
+    isolated_sides.worker(lambda: (fields, [side(0), side(1)]), index, 2,
                           lambda run: (run(), index + len(count))[1])
 """)
 
