@@ -16,10 +16,10 @@ import sys
 PREFIX = '@@side '
 
 
-def worker(build, index: int, warmup: int, timed) -> None:
+def worker(build, index: int, warmup: int, timed, lead: int = 0) -> None:
   """Runs in a worker: `build()` -> (the row fields every side shares, sides); keeps
-  sides[index], steps it on each 'step' line of stdin and answers with the seconds it
-  took."""
+  sides[index]. On each 'step' line of stdin it steps `lead` times untimed, then once
+  timed, and answers with the seconds that step took."""
   fields, sides = build()
   side = sides[index]
   del sides
@@ -31,6 +31,8 @@ def worker(build, index: int, warmup: int, timed) -> None:
   for line in sys.stdin:
     if line.strip() != 'step':
       return
+    for _ in range(lead):
+      side['run']()
     _answer(timed(side['run']))
 
 

@@ -13,8 +13,10 @@ losses agree), masked next-token cross-entropy, gradient clipping at config.opti
 `torch.optim.AdamW` (decay on matrices only, as radjax's kernels-only decay); eager and,
 with --compile, `torch.compile` of forward + loss. Same batch, sequence length, image
 tokens and compute dtype: float32 params, bf16 autocast when config.runtime.dtype is
-bfloat16 (radjax: f32 master weights, bf16 compute). The sides step in turn (one round =
-one step of each), so a busy machine slows all of them alike; the table gives the median.
+bfloat16 (radjax: f32 master weights, bf16 compute). The sides step in turn, so a busy
+machine slows all of them alike; in each round every side takes --lead untimed steps and
+then its timed one, so that the timed step follows a step of its own, as steps do in
+training (bench/idle_gap.py shows why); the table gives the median.
 Modules the config freezes (config.optim.param_groups, e.g. the demo's vision tower) are
 frozen on the HF side too (requires_grad=False, as LLaVA's recipes do). With
 config.data.max_target_tokens the loss covers the last that many tokens of each row, and
@@ -52,8 +54,11 @@ def define_flags():
   config_flags.DEFINE_config_file('config', None, 'Recipe config.', lock_config=True)
   flags.DEFINE_list('sizes', ['demo'], "Model sizes: 'demo'/'config' (the config as given), "
                     "'43m', '100m'.")
-  flags.DEFINE_integer('steps', 10, 'Timed rounds (one step per side each) after warm-up.')
+  flags.DEFINE_integer('steps', 10, 'Timed rounds (one timed step per side each) after warm-up.')
   flags.DEFINE_integer('warmup', 2, 'Untimed steps per side first (compiles).')
+  flags.DEFINE_integer('lead', 1, 'Untimed steps of a side right before each of its timed '
+                       'steps, so that the timed step follows a step of its own, as in '
+                       "training (0: every timed step follows the other sides').")
   flags.DEFINE_bool('compile', False, 'Also time HF with torch.compile (forward + loss).')
   flags.DEFINE_bool('dry', False, 'Shapes and parameter counts only; no step runs.')
   flags.DEFINE_bool('hf_grad_ckpt', False, 'HF gradient checkpointing (whole layers).')
@@ -268,22 +273,38 @@ def build_sides(config, size: str, compiled: bool = False, attn: str = 'sdpa',
   return cfg, batch, sides
 
 
-def run_sides(cfg, size: str, sides, steps: int, warmup: int = 2) -> list[dict]:
-  """Steps the sides in turn (first loss, warm-up, `steps` timed rounds); one result dict
-  per side."""
+def run_sides(cfg, size: str, sides, steps: int, warmup: int = 2, lead: int = 0
+              ) -> list[dict]:
+  """Steps the sides in turn (first loss, warm-up, `steps` timed rounds, each side's
+  timed step after `lead` untimed ones of its own); one result dict per side."""
   device = hf_twin.torch_device()
   for s in sides:  # before any step: every side starts from the same weights
     s['loss0'] = s['first_loss']()
     for _ in range(warmup - 1):
       s['run']()
-  times = {s['name']: [] for s in sides}
-  for _ in range(steps):
-    for s in sides:
-      times[s['name']].append(hf_twin.timed(s['run'], lambda: hf_twin.sync(device)))
+  times = step_in_turn([s['run'] for s in sides], steps, lead,
+                       lambda run: hf_twin.timed(run, lambda: hf_twin.sync(device)))
   fields = row_fields(cfg, sides)
   return with_ratios([dict(size=size, side=s['name'], params=s['params'],
-                           times=times[s['name']], loss0=s['loss0'], **fields)
-                      for s in sides])
+                           times=ts, loss0=s['loss0'], **fields)
+                      for s, ts in zip(sides, times)])
+
+
+def step_in_turn(runs, steps: int, lead: int, timed) -> list[list[float]]:
+  """`steps` rounds; in each, every run in turn steps `lead` times untimed, then once
+  timed by `timed(run)`. The times, per run.
+
+  On a VM whose host reclaims guest memory left free (free page reporting), a side whose
+  step frees its temporaries gets them back cold after the other sides' steps, a cost that
+  back-to-back training steps never pay (BENCHMARKS.md, session 18); `lead` steps keep the
+  timed step warm."""
+  times = [[] for _ in runs]
+  for _ in range(steps):
+    for run, ts in zip(runs, times):
+      for _ in range(lead):
+        run()
+      ts.append(timed(run))
+  return times
 
 
 def row_fields(cfg, sides) -> dict:
@@ -319,10 +340,10 @@ def worker_build(config, size: str, compiled: bool, attn: str, grad_ckpt: bool):
 
 
 def compare(config, size: str, steps: int, warmup: int = 2, compiled: bool = False,
-            attn: str = 'sdpa', grad_ckpt: bool = False) -> list[dict]:
+            attn: str = 'sdpa', grad_ckpt: bool = False, lead: int = 0) -> list[dict]:
   """Every side of one size, built and stepped in turn; one result dict per side."""
   cfg, _, sides = build_sides(config, size, compiled, attn, grad_ckpt=grad_ckpt)
-  return run_sides(cfg, size, sides, steps, warmup)
+  return run_sides(cfg, size, sides, steps, warmup, lead)
 
 
 def dry(config, size: str) -> dict:
@@ -365,7 +386,7 @@ def main(argv):
         lambda: worker_build(FLAGS.config, FLAGS.worker_size, FLAGS.compile, FLAGS.hf_attn,
                              FLAGS.hf_grad_ckpt),
         FLAGS.worker_index, FLAGS.warmup,
-        lambda run: hf_twin.timed(run, lambda: hf_twin.sync(device)))
+        lambda run: hf_twin.timed(run, lambda: hf_twin.sync(device)), FLAGS.lead)
     return
   if FLAGS.dry:
     for size in FLAGS.sizes:
@@ -381,7 +402,7 @@ def main(argv):
           sys.argv, size, num_sides(FLAGS.config, size, FLAGS.compile), FLAGS.steps))
     else:
       rows_size = compare(FLAGS.config, size, FLAGS.steps, FLAGS.warmup, FLAGS.compile,
-                          FLAGS.hf_attn, FLAGS.hf_grad_ckpt)
+                          FLAGS.hf_attn, FLAGS.hf_grad_ckpt, FLAGS.lead)
     rows += rows_size
     for r in rows_size:
       print(f"  {r['size']} {r['side']}: " + ' '.join(f'{t * 1e3:.0f}' for t in r['times'])

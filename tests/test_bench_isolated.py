@@ -24,19 +24,22 @@ WORKER = textwrap.dedent("""
       return dict(name=f'side {{i}}', params=10 + i, first_loss=lambda: 1.5 + i,
                   run=lambda: count.append(1))
     isolated_sides.worker(lambda: (fields, [side(0), side(1)]), index, 2,
-                          lambda run: (run(), index + len(count))[1])
+                          lambda run: (run(), index + len(count))[1], lead={lead})
 """)
 
 
-def test_workers_step_in_turn_and_report_their_own_side(tmp_path, capfd):
+@pytest.mark.parametrize('lead', [0, 1])
+def test_workers_step_in_turn_and_report_their_own_side(tmp_path, capfd, lead):
   script = tmp_path / 'worker.py'
-  script.write_text(WORKER.format(root=ROOT))
+  script.write_text(WORKER.format(root=ROOT, lead=lead))
   rows = isolated_sides.run([str(script)], 'micro', num_sides=2, steps=3)
   assert [r['side'] for r in rows] == ['side 0', 'side 1']
   assert [r['params'] for r in rows] == [10, 11]
   assert [r['loss0'] for r in rows] == [1.5, 2.5]
-  # first_loss is not a step; the warm-up (2) ran one, then 3 timed steps each.
-  assert rows[0]['times'] == [2.0, 3.0, 4.0] and rows[1]['times'] == [3.0, 4.0, 5.0]
+  # first_loss is not a step; the warm-up (2) ran one, then 3 timed steps each, every
+  # one after `lead` untimed steps.
+  counts = [1 + (1 + lead) * k for k in (1, 2, 3)]
+  assert rows[0]['times'] == counts and rows[1]['times'] == [c + 1 for c in counts]
   assert rows[0]['tokens'] == 16 and rows[0]['image_tokens'] == 3
   assert 'a line that is not an answer' in capfd.readouterr().out
 
