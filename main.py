@@ -22,9 +22,9 @@ import sys
 
 from radjax.core import host_memory
 
-if __name__ == '__main__' and not host_memory.turned_off(sys.argv):
+if __name__ == '__main__' and host_memory.requested(sys.argv) in host_memory.ALLOCATORS:
   # Before the imports below start threads (7 s of imports are not repeated this way).
-  host_memory.restart_with_huge_pages()
+  host_memory.restart_with(host_memory.requested(sys.argv))
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
@@ -78,10 +78,11 @@ def main(argv):
   # Before anything touches devices. Done already at the top unless a config file, not the
   # command line, changed the knob. Only as a program: a notebook calling main() keeps its
   # process.
-  if FLAGS.config.runtime.host_huge_pages and __name__ == '__main__':
-    host_memory.restart_with_huge_pages()
-  logging.info('host huge pages (glibc tunable %s): %s', host_memory.TUNABLE,
-               'in effect' if host_memory.in_effect() else 'off')
+  if __name__ == '__main__':
+    host_memory.restart_with(FLAGS.config.runtime.host_allocator)
+  else:
+    host_memory.resolve(FLAGS.config.runtime.host_allocator)  # a wrong name still fails
+  logging.info('host allocator: %s', host_memory.in_effect())
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.mode == 'train':
     distributed.log_to_file(FLAGS.workdir)  # <workdir>/logs/process_<i>.log

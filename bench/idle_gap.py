@@ -74,10 +74,8 @@ def summarise(side: str, gap: float, rows: list[dict]) -> list:
 
 def main(argv):
   del argv
-  if FLAGS.config.runtime.host_huge_pages:  # as vs_hf_train: both sides get it
-    host_memory.restart_with_huge_pages()
-  device = hf_twin.start(FLAGS.torch_threads, '; host memory: ' + (
-      'huge pages' if host_memory.in_effect() else "glibc's defaults"))
+  host_memory.restart_with(FLAGS.config.runtime.host_allocator)  # as vs_hf_train
+  device = hf_twin.start(FLAGS.torch_threads, f'; host allocator: {host_memory.in_effect()}')
   gaps = [float(g) for g in FLAGS.gaps]
   body = []
   for size in FLAGS.sizes:

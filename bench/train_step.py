@@ -111,8 +111,7 @@ def time_step(config, steps: int, devices=None) -> tuple:
 def main(argv):
   del argv
   config = FLAGS.config
-  if config.runtime.host_huge_pages:  # as main.py: before JAX starts its backend
-    host_memory.restart_with_huge_pages()
+  host_memory.restart_with(config.runtime.host_allocator)  # as main.py, before JAX starts
   dt, exp, state = time_step(config, FLAGS.steps)
   flops = analytic_flops(config, jax.device_get(state.params), exp.labels)
   n_dev = jax.device_count()

@@ -376,11 +376,9 @@ def table(rows: list[dict]) -> str:
 def main(argv):
   del argv
   # As main.py does, before JAX starts its backend. One process: HF's side gets it too.
-  if FLAGS.config.runtime.host_huge_pages:
-    host_memory.restart_with_huge_pages()
-  huge = host_memory.in_effect()
+  host_memory.restart_with(FLAGS.config.runtime.host_allocator)
   device = hf_twin.start(FLAGS.torch_threads, f'; HF attention {FLAGS.hf_attn}; host memory: '
-                         + ('huge pages, both sides' if huge else "glibc's defaults"))
+                         + f'{host_memory.in_effect()}, both sides')
   if FLAGS.worker_index >= 0:
     isolated_sides.worker(
         lambda: worker_build(FLAGS.config, FLAGS.worker_size, FLAGS.compile, FLAGS.hf_attn,

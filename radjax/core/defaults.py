@@ -176,10 +176,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Scanned (stacked) parameters, but the layers applied one by one: faster on CPU,
   # slower to compile (BENCHMARKS.md); the parameters and checkpoints are the same.
   c.runtime.unroll_scan = False
-  # Transparent huge pages for glibc's large host blocks (main.py restarts itself with
-  # glibc.malloc.hugetlb=1, radjax/core/host_memory.py): a CPU step's temporaries no longer
-  # fault in afresh 4 KB at a time. Demo loop 4.5 -> 6.5 steps/s (BENCHMARKS.md, session 15).
-  c.runtime.host_huge_pages = True
+  # The host's malloc, set when main.py restarts itself (radjax/core/host_memory.py):
+  # 'mimalloc' keeps a CPU step's temporaries mapped from step to step, 'glibc_huge_pages'
+  # faults them in 2 MB pages, 'glibc' as started. Demo loop 4.5 -> 6.5 steps/s with huge
+  # pages (session 15), 7.2 -> 8.4 with mimalloc (session 18; BENCHMARKS.md).
+  c.runtime.host_allocator = 'mimalloc'
   # Rematerialisation per part, radjax/models/layers.py REMAT_POLICIES.
   c.runtime.remat = ml_collections.ConfigDict(dict(vision='none', projector='none',
                                                    llm='none', vqgan='none'))

@@ -1,29 +1,40 @@
-"""Transparent huge pages for glibc's large host blocks (`config.runtime.host_huge_pages`).
+"""The host's malloc for CPU steps (`config.runtime.host_allocator`), chosen at process start.
 
 XLA:CPU allocates a step's temporaries afresh every step, as one block (125 MB at the
-demo's shapes, ~1.6 GB at the 43M-parameter bench shape). Asked for from XLA's worker
-threads, a block that large is served by mmap, and munmap returns it when the step ends,
-so each step faults all of it in again in 4 KB pages: 32k page faults and ~80 ms of kernel
-time per demo step (a third of its CPU time), 400k and 1.1 s per 43M step (BENCHMARKS.md).
-glibc's `glibc.malloc.hugetlb=1` tunable (glibc >= 2.35) marks such blocks for the
-kernel's transparent huge pages: 2 MB pages, ~500x fewer faults, each thread keeping its
-own malloc arena. (Keeping the block instead, with one arena and no mmap, saved as much in
-the bare step but made every thread share one malloc lock: the training loop lost it.)
+demo's shapes, ~1.6 GB at the 43M-parameter bench shape), from its worker threads. glibc
+serves a block that large with mmap and returns it with munmap when the step ends, so every
+step faults all of it in again and the kernel zeroes it (BENCHMARKS.md, sessions 14-15, 18):
+- 'mimalloc' (default): mimalloc (the `cmeel-mimalloc` wheel) preloaded, told never to hand
+  freed memory back (MIMALLOC_PURGE_DELAY=-1). The next step reuses the block: no faults,
+  no zeroing, and no idle-time loss on VMs whose host reclaims free guest memory. Threads
+  keep their own heaps. The process keeps its peak host memory, as torch's and XLA's GPU
+  allocators keep device memory. Demo loop 7.2 -> 8.4 steps/s (BENCHMARKS.md, session 18).
+- 'glibc_huge_pages': glibc's `glibc.malloc.hugetlb=1` tunable (glibc >= 2.35): the block
+  still comes and goes, but in 2 MB transparent huge pages, ~500x fewer faults.
+- 'glibc': glibc as the process started.
+(Keeping the block with glibc itself, one arena and no mmap, saved as much in the bare step,
+but every thread then shared one malloc lock and the training loop lost it.)
 
-glibc reads tunables only when a process starts, so the program restarts itself with the
-tunable set. It does nothing where the kernel's huge pages are off or the C library is not
-glibc. On a GPU or TPU the step's temporaries live on the device; the restart is cheap
-when it comes before the heavy imports (main.py).
+The C library reads both settings only when a process starts, so the program re-executes
+itself (same pid and arguments) with them in its environment. 'mimalloc' falls back to
+'glibc_huge_pages' where the library is missing or the OS is not Linux, and that to 'glibc'
+where huge pages are off or the C library is not glibc. On a GPU or TPU a step's
+temporaries live on the device; the restart is cheap when it comes before the heavy imports
+(main.py).
 """
 import ctypes
+import importlib.metadata
 import os
 import re
 import sys
 
+ALLOCATORS = ('mimalloc', 'glibc_huge_pages', 'glibc')
+DEFAULT = 'mimalloc'
 TUNABLE = 'glibc.malloc.hugetlb=1'
+MIMALLOC_ENV = {'MIMALLOC_PURGE_DELAY': '-1'}
 _THP_MODE = '/sys/kernel/mm/transparent_hugepage/enabled'
-_OFF = ('false', 'f', '0')  # absl's boolean parser
-_FLAG = re.compile(r'^--?(no)?config\.runtime\.host_huge_pages(?:=(.*))?$')
+_FLAG = re.compile(r'^--?config\.runtime\.host_allocator(?:=(.*))?$')
+_RESTARTED = 'RADJAX_HOST_ALLOCATOR_RESTARTED'  # guards against restarting in a loop
 
 
 def glibc_version() -> tuple[int, int] | None:
@@ -48,39 +59,99 @@ def thp_mode(path: str = _THP_MODE) -> str:
   return text.split('[', 1)[1].split(']', 1)[0] if '[' in text else 'never'
 
 
-def available() -> bool:
-  """Whether the tunable can take effect here: glibc >= 2.35 and huge pages not off."""
+def huge_pages_available() -> bool:
+  """Whether the glibc tunable can take effect here: glibc >= 2.35, huge pages not off."""
   version = glibc_version()
   return version is not None and version >= (2, 35) and thp_mode() in ('always', 'madvise')
 
 
-def in_effect() -> bool:
-  """Whether this process started with the tunable (glibc reads it only then)."""
-  return available() and TUNABLE in os.environ.get('GLIBC_TUNABLES', '').split(':')
+def mimalloc_library() -> str | None:
+  """Path of the `cmeel-mimalloc` wheel's shared library; None where it is not installed
+  or the OS is not Linux (LD_PRELOAD)."""
+  if not sys.platform.startswith('linux'):
+    return None
+  try:
+    files = importlib.metadata.distribution('cmeel-mimalloc').files or []
+  except importlib.metadata.PackageNotFoundError:
+    return None
+  for f in files:
+    if re.search(r'/libmimalloc\.so\.\d+$', str(f)):
+      path = str(f.locate())
+      return path if os.path.exists(path) else None
+  return None
 
 
-def turned_off(argv: list[str]) -> bool:
-  """Whether a command line turns `config.runtime.host_huge_pages` off, as absl reads it
-  (`--config.runtime.host_huge_pages=false|f|0`, `--noconfig.runtime.host_huge_pages`;
-  the last mention wins). Read before the config is parsed, so that the restart can come
-  before the imports."""
-  off = False
-  for arg in argv:
+def resolve(allocator: str) -> str:
+  """The allocator this machine gives for `allocator`, after the fallbacks."""
+  if allocator not in ALLOCATORS:
+    raise ValueError(f'config.runtime.host_allocator={allocator!r}: expected one of '
+                     f'{", ".join(ALLOCATORS)}')
+  if allocator == 'mimalloc' and mimalloc_library() is None:
+    allocator = 'glibc_huge_pages'
+  if allocator == 'glibc_huge_pages' and not huge_pages_available():
+    allocator = 'glibc'
+  return allocator
+
+
+def _mimalloc_loaded() -> bool:
+  try:
+    with open('/proc/self/maps') as f:
+      return 'libmimalloc' in f.read()
+  except OSError:
+    return False
+
+
+def in_effect() -> str:
+  """The allocator this process runs with (the environment it started with)."""
+  if (_mimalloc_loaded() and all(os.environ.get(k) == v for k, v in MIMALLOC_ENV.items())):
+    return 'mimalloc'
+  if huge_pages_available() and TUNABLE in os.environ.get('GLIBC_TUNABLES', '').split(':'):
+    return 'glibc_huge_pages'
+  return 'glibc'
+
+
+def requested(argv: list[str]) -> str:
+  """`config.runtime.host_allocator` as the command line gives it (the last mention wins),
+  else DEFAULT. Read before the config is parsed, so that the restart can come before the
+  imports; a config file that sets it is honoured after parsing (main.py)."""
+  value = DEFAULT
+  for i, arg in enumerate(argv):
     match = _FLAG.match(arg)
     if match:
-      no, value = match.groups()
-      off = bool(no) if value is None else value.strip().lower() in _OFF
-  return off
+      value = match.group(1) if match.group(1) is not None else (
+          argv[i + 1] if i + 1 < len(argv) else value)
+  return value
 
 
-def restart_with_huge_pages() -> None:
-  """Re-executes this program (same pid, interpreter options and arguments) with the
-  tunable added to GLIBC_TUNABLES. Returns at once where it is in effect already or cannot
-  take effect. Call it before starting threads or touching devices."""
-  if in_effect() or not available():
+def _environment(allocator: str) -> dict[str, str]:
+  """os.environ without radjax's allocator settings, plus those of `allocator`."""
+  env = dict(os.environ)
+  preload = [p for p in env.pop('LD_PRELOAD', '').split(':') if p and 'libmimalloc' not in p]
+  tunables = [t for t in env.pop('GLIBC_TUNABLES', '').split(':') if t and t != TUNABLE]
+  for k in MIMALLOC_ENV:
+    env.pop(k, None)
+  if allocator == 'mimalloc':
+    preload.insert(0, mimalloc_library())
+    env.update(MIMALLOC_ENV)
+  elif allocator == 'glibc_huge_pages':
+    tunables.append(TUNABLE)
+  if preload:
+    env['LD_PRELOAD'] = ':'.join(preload)
+  if tunables:
+    env['GLIBC_TUNABLES'] = ':'.join(tunables)
+  return env
+
+
+def restart_with(allocator: str) -> None:
+  """Re-executes this program (same pid, interpreter options and arguments) in the
+  environment `allocator` needs (after resolve's fallbacks). Returns at once where that is
+  in effect already, or where a restart for it has been tried. Call it before starting
+  threads or touching devices."""
+  want = resolve(allocator)
+  if in_effect() == want or os.environ.get(_RESTARTED) == want:
     return
-  tunables = os.environ.get('GLIBC_TUNABLES', '')
-  os.environ['GLIBC_TUNABLES'] = ':'.join(filter(None, [tunables, TUNABLE]))
+  env = _environment(want)
+  env[_RESTARTED] = want
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
