@@ -179,7 +179,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # The host's malloc, set when main.py restarts itself (radjax/core/host_memory.py):
   # 'mimalloc' keeps a CPU step's temporaries mapped from step to step, 'glibc_huge_pages'
   # faults them in 2 MB pages, 'glibc' as started. Demo loop 4.5 -> 6.5 steps/s with huge
-  # pages (session 15), 7.2 -> 8.4 with mimalloc (session 18; BENCHMARKS.md).
+  # pages (session 15), 8.4-8.7 with mimalloc (session 18; BENCHMARKS.md).
   c.runtime.host_allocator = 'mimalloc'
   # Rematerialisation per part, radjax/models/layers.py REMAT_POLICIES.
   c.runtime.remat = ml_collections.ConfigDict(dict(vision='none', projector='none',

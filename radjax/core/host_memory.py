@@ -8,7 +8,8 @@ step faults all of it in again and the kernel zeroes it (BENCHMARKS.md, sessions
   freed memory back (MIMALLOC_PURGE_DELAY=-1). The next step reuses the block: no faults,
   no zeroing, and no idle-time loss on VMs whose host reclaims free guest memory. Threads
   keep their own heaps. The process keeps its peak host memory, as torch's and XLA's GPU
-  allocators keep device memory. Demo loop 7.2 -> 8.4 steps/s (BENCHMARKS.md, session 18).
+  allocators keep device memory. Demo loop 7.9-8.1 -> 8.4-8.7 steps/s (BENCHMARKS.md,
+  session 18).
 - 'glibc_huge_pages': glibc's `glibc.malloc.hugetlb=1` tunable (glibc >= 2.35): the block
   still comes and goes, but in 2 MB transparent huge pages, ~500x fewer faults.
 - 'glibc': glibc as the process started.
