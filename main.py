@@ -22,9 +22,11 @@ import sys
 
 from radjax.core import host_memory
 
-if __name__ == '__main__' and host_memory.requested(sys.argv) in host_memory.ALLOCATORS:
-  # Before the imports below start threads (7 s of imports are not repeated this way).
-  host_memory.restart_with(host_memory.requested(sys.argv))
+_EARLY_ALLOCATOR = host_memory.requested(sys.argv)
+if __name__ == '__main__' and _EARLY_ALLOCATOR in host_memory.ALLOCATORS:
+  # Before the imports below start threads (7 s of imports are not repeated this way). A
+  # wrong name fails in main(), with the parsed config.
+  host_memory.restart_with(_EARLY_ALLOCATOR)
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
