@@ -206,6 +206,37 @@ def hf_optimizer(model, optim):
                            lr=optim.lr, betas=(optim.b1, optim.b2), eps=optim.eps, **fused)
 
 
+GRAPH_BREAK_NAME = 'HF torch.compile (graph break)'
+
+
+def compile_loss(loss_fn, on_fallback=lambda: None):
+  """torch.compile of `loss_fn`, as one graph where this torch allows it.
+
+  Llava's placeholder check formats a token count into its message (an .item()). Captured
+  as a symbolic scalar (capture_scalar_outputs), the forward stays one graph on torch 2.13;
+  torch 2.11, the GPU image's, fails to compile that graph (an unbacked size from
+  masked_scatter). Then the first call compiles it again with a graph break at the count,
+  and `on_fallback` is called."""
+  torch._dynamo.config.capture_scalar_outputs = True
+  state = dict(fn=torch.compile(loss_fn), first=True)
+
+  def call(*args):
+    if not state['first']:
+      return state['fn'](*args)
+    state['first'] = False
+    try:
+      return state['fn'](*args)
+    except torch._dynamo.exc.TorchDynamoException as e:
+      print(f'torch.compile of the one-graph forward failed ({type(e).__name__}); '
+            'compiling it with a graph break at the placeholder count', flush=True)
+      torch._dynamo.reset()
+      torch._dynamo.config.capture_scalar_outputs = False
+      state['fn'] = torch.compile(loss_fn)
+      on_fallback()
+      return state['fn'](*args)
+  return call
+
+
 def hf_side(config, vlm_cfg, params, batch: dict, device: str, attn: str = 'sdpa',
             grad_ckpt: bool = False, eager: dict | None = None, frozen=()) -> dict:
   """The HF eager side, its `frozen` modules (radjax names) frozen; given `eager` (that
@@ -220,12 +251,10 @@ def hf_side(config, vlm_cfg, params, batch: dict, device: str, attn: str = 'sdpa
     opt = hf_optimizer(model, config.optim)
   else:
     model, opt = eager['model'], eager['opt']
+  side = dict(name='HF eager' if eager is None else 'HF torch.compile')
   loss_fn = hf_loss_fn(model, hf_twin.torch_dtype(config.runtime.dtype), device)
   if eager is not None:
-    # Llava's placeholder check formats a token count into its message (a .item()); captured
-    # as a symbolic scalar, the forward stays one graph instead of breaking there.
-    torch._dynamo.config.capture_scalar_outputs = True
-    loss_fn = torch.compile(loss_fn)
+    loss_fn = compile_loss(loss_fn, lambda: side.update(name=GRAPH_BREAK_NAME))
   t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).to(device)
   images = batch['images'].reshape(-1, *batch['images'].shape[2:]).transpose(0, 3, 1, 2)
   inputs = (t(batch['tokens']).long(), t(images), t(batch['targets']).long(),
@@ -246,9 +275,9 @@ def hf_side(config, vlm_cfg, params, batch: dict, device: str, attn: str = 'sdpa
     loss = run()
     return float(loss.item()) if eager is None else None  # compile: eager stepped first
 
-  return dict(name='HF eager' if eager is None else 'HF torch.compile',
-              params=hf_twin.count_torch(model), run=run, first_loss=first_loss, model=model,
+  side.update(params=hf_twin.count_torch(model), run=run, first_loss=first_loss, model=model,
               opt=opt)
+  return side
 
 
 def build_sides(config, size: str, compiled: bool = False, attn: str = 'sdpa',

@@ -112,3 +112,38 @@ def test_hf_side_freezes_what_radjax_freezes_and_scores_the_same_targets():
   assert abs(rows[0]['loss0'] - rows[1]['loss0']) < 1e-4, rows
   after = dict(model.named_parameters())
   assert all(torch.equal(after[n], p) for n, p in tower.items())
+
+
+def test_compile_loss_falls_back_to_a_graph_break_once(monkeypatch):
+  """torch 2.11 (the GPU image's) cannot compile Llava's forward with the placeholder count
+  captured: the first call must recompile without the capture and go on, and say so; a
+  compile that works keeps the capture and never recompiles."""
+  monkeypatch.setattr(torch._dynamo.config, 'capture_scalar_outputs', False)
+  compiles = []
+
+  def fake_compile(fn):  # as torch 2.11 behaves on Llava's forward
+    compiles.append(torch._dynamo.config.capture_scalar_outputs)
+    if torch._dynamo.config.capture_scalar_outputs and fail:
+      def broken(*args):
+        raise torch._dynamo.exc.InternalTorchDynamoError('unbacked symbols')
+      return broken
+    return fn
+
+  monkeypatch.setattr(vs_hf_train.torch, 'compile', fake_compile)
+  square = lambda x: x * x
+  for fail in (True, False):
+    compiles.clear()
+    fallbacks = []
+    loss = vs_hf_train.compile_loss(square, lambda: fallbacks.append(1))
+    assert [loss(torch.tensor(3.0)).item() for _ in range(3)] == [9.0] * 3
+    assert compiles == ([True, False] if fail else [True])
+    assert fallbacks == ([1] if fail else [])
+    assert torch._dynamo.config.capture_scalar_outputs is (not fail)
+
+  def always_broken(fn):
+    def broken(*args):
+      raise torch._dynamo.exc.InternalTorchDynamoError('still broken')
+    return broken
+  monkeypatch.setattr(vs_hf_train.torch, 'compile', always_broken)
+  with pytest.raises(torch._dynamo.exc.InternalTorchDynamoError, match='still broken'):
+    vs_hf_train.compile_loss(square)(torch.tensor(2.0))
