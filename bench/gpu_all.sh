@@ -4,7 +4,8 @@
 # short device lease still returns the first tables.
 #   OUT=/tmp/gpu_tables PEAK=989 HBM=4800 bash bench/gpu_all.sh [name ...]   (default: all)
 # Device time is scarce (15 min a lease, 10 min a command, 8 files back): split the list over
-# calls, e.g. `train_step vs_hf_train` (<= 580 s), then `vs_hf_generate compile_time`.
+# calls, e.g. `vs_hf_train` (<= 540 s: radjax, HF eager and torch.compile, each with its
+# MFU), then `train_step vs_hf_generate`.
 # The image lacks some of radjax's packages: run `bash bench/gpu_wheels.sh` here first and
 # name `.whl` in the call's `carry`; they are installed into /tmp/site below.
 set -uo pipefail
@@ -40,8 +41,9 @@ run() {  # name, seconds, command...
 }
 
 LT=configs/llava_tinyllama.py
+run vs_hf_train 540 $PY bench/vs_hf_train.py --config $LT --sizes config --steps 10 --compile \
+  --peak_tflops "$PEAK" $LT_ARGS
 run train_step 150 $PY bench/train_step.py --config $LT --steps 10 --peak_tflops "$PEAK" $LT_ARGS
-run vs_hf_train 420 $PY bench/vs_hf_train.py --config $LT --sizes config --steps 10 --compile $LT_ARGS
 run vs_hf_generate 300 $PY bench/vs_hf_generate.py --config $LT --batches 1,8,32 --hbm_gbps "$HBM" $LT_ARGS
 run compile_time 240 $PY bench/compile_time.py --config $LT --layers 4,32 --scan on $LT_ARGS
 run remat 420 $PY bench/remat.py --config $LT --steps 5 --hbm_gib 139 $LT_ARGS

@@ -41,7 +41,7 @@ import torch.nn.functional as F  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from bench import hf_twin, isolated_sides  # noqa: E402
+from bench import hf_twin, isolated_sides, train_step  # noqa: E402
 from radjax import tasks  # noqa: E402
 from radjax.core import host_memory, sharding  # noqa: E402
 from radjax.train import optimizer, setup  # noqa: E402
@@ -61,6 +61,8 @@ def define_flags():
                        "training (0: every timed step follows the other sides').")
   flags.DEFINE_bool('compile', False, 'Also time HF with torch.compile (forward + loss).')
   flags.DEFINE_bool('dry', False, 'Shapes and parameter counts only; no step runs.')
+  flags.DEFINE_float('peak_tflops', 0.0, "Peak dense TFLOP/s of the device (989: H100/H200 "
+                     "SXM bf16); adds each side's MFU. 0: no MFU column.")
   flags.DEFINE_bool('hf_grad_ckpt', False, 'HF gradient checkpointing (whole layers).')
   flags.DEFINE_string('hf_attn', 'sdpa', "HF attn_implementation ('sdpa', 'eager', ...).")
   flags.DEFINE_integer('torch_threads', 0, 'torch intra-op threads (0: its default, the '
@@ -337,11 +339,14 @@ def step_in_turn(runs, steps: int, lead: int, timed) -> list[list[float]]:
 
 
 def row_fields(cfg, sides) -> dict:
-  """The fields of a result row that the config and the built sides fix."""
+  """The fields of a result row that the config and the built sides fix; `flops`: the
+  analytic training FLOPs of a step (bench/train_step.py's count; every side computes the
+  same function, frozen towers forward only)."""
+  exp = sides[0]['exp']
   return dict(shape=f'{cfg.train.batch_size} x {cfg.data.max_len}',
-              image_tokens=sides[0]['exp'].task.model_cfg.tokens_per_image
-              * cfg.data.max_images,
-              dtype=cfg.runtime.dtype, tokens=cfg.train.batch_size * cfg.data.max_len)
+              image_tokens=exp.task.model_cfg.tokens_per_image * cfg.data.max_images,
+              dtype=cfg.runtime.dtype, tokens=cfg.train.batch_size * cfg.data.max_len,
+              flops=train_step.analytic_flops(cfg, exp.state.params, exp.labels)['total'])
 
 
 def with_ratios(rows: list[dict]) -> list[dict]:
@@ -349,6 +354,7 @@ def with_ratios(rows: list[dict]) -> list[dict]:
   for r in rows:
     r['step_s'] = hf_twin.median(r['times'])
     r['tokens_per_s'] = r['tokens'] / r['step_s']
+    r['tflops_per_s'] = r['flops'] / r['step_s'] / 1e12
   eager = next(r for r in rows if r['side'] == 'HF eager')
   for r in rows:
     r['vs_hf'] = eager['step_s'] / r['step_s']
@@ -391,14 +397,21 @@ def dry(config, size: str) -> dict:
               image_tokens=exp.task.model_cfg.tokens_per_image * cfg.data.max_images)
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], peak_tflops: float = 0.0) -> str:
+  """The markdown table; with `peak_tflops`, each side's MFU against it."""
   headers = ['size', 'side', 'params', 'batch x seq', 'image tokens', 'dtype',
-             'step (median)', 'tokens/s', 'speed vs HF eager', 'loss at step 0']
-  body = [[r['size'], r['side'], f"{r['params'] / 1e6:.2f}M ({100 * r['params_vs_hf']:+.2f} %)",
-           r['shape'], r['image_tokens'], r['dtype'], f"{r['step_s'] * 1e3:,.1f} ms",
-           f"{r['tokens_per_s']:,.0f}", f"{r['vs_hf']:.2f}x",
-           '-' if r['loss0'] is None else f"{r['loss0']:.4f}"]
-          for r in rows]
+             'step (median)', 'tokens/s', 'TFLOP/s', 'speed vs HF eager', 'loss at step 0']
+  if peak_tflops:
+    headers.insert(9, f'MFU of {peak_tflops:g}')
+  body = []
+  for r in rows:
+    body.append([r['size'], r['side'],
+                 f"{r['params'] / 1e6:.2f}M ({100 * r['params_vs_hf']:+.2f} %)",
+                 r['shape'], r['image_tokens'], r['dtype'], f"{r['step_s'] * 1e3:,.1f} ms",
+                 f"{r['tokens_per_s']:,.0f}", f"{r['tflops_per_s']:.3g}", f"{r['vs_hf']:.2f}x",
+                 '-' if r['loss0'] is None else f"{r['loss0']:.4f}"])
+    if peak_tflops:
+      body[-1].insert(9, f"{100 * r['tflops_per_s'] / peak_tflops:.1f} %")
   return hf_twin.markdown(headers, body)
 
 
@@ -434,7 +447,7 @@ def main(argv):
     for r in rows_size:
       print(f"  {r['size']} {r['side']}: " + ' '.join(f'{t * 1e3:.0f}' for t in r['times'])
             + ' ms', flush=True)
-  print(table(rows))
+  print(table(rows, FLAGS.peak_tflops))
 
 
 if __name__ == '__main__':

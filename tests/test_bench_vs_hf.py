@@ -66,6 +66,24 @@ def test_train_sides_step_in_turn_from_the_same_loss():
   assert all(r['step_s'] > 0 and r['tokens_per_s'] > 0 for r in rows)
   assert theirs['vs_hf'] == 1.0 and plain['params_vs_hf'] == 0.0
   assert '| demo | HF eager |' in vs_hf_train.table(rows)
+  assert plain['flops'] == theirs['flops'] > 0
+
+
+def test_train_table_gives_each_side_its_flop_rate_and_mfu():
+  """The same analytic FLOPs over each side's own median step: a side twice as fast shows
+  twice the TFLOP/s and MFU; the MFU column only with a peak."""
+  fields = dict(shape='8 x 2048', image_tokens=256, dtype='bfloat16', tokens=16384,
+                flops=int(4e14))
+  rows = vs_hf_train.with_ratios([
+      dict(size='config', side='radjax', params=10, times=[1.0, 0.8, 0.9], loss0=1.0, **fields),
+      dict(size='config', side='HF eager', params=10, times=[1.6, 1.8, 2.0], loss0=1.0,
+           **fields)])
+  assert [round(r['tflops_per_s'], 6) for r in rows] == [444.444444, 222.222222]
+  assert rows[0]['vs_hf'] == pytest.approx(2.0)
+  with_peak = vs_hf_train.table(rows, peak_tflops=989)
+  assert '| MFU of 989 |' in with_peak
+  assert '| 444 | 44.9 % | 2.00x |' in with_peak and '| 222 | 22.5 % | 1.00x |' in with_peak
+  assert 'MFU' not in vs_hf_train.table(rows)
 
 
 def test_dry_counts_the_full_config_on_both_sides():
