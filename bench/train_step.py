@@ -54,7 +54,10 @@ def analytic_flops(config, params, labels) -> dict:
 
   n_llm = _count(params['llm']) - (0 if lm.tie_embeddings else lm.vocab_size * lm.embed_dim)
   hd = lm.head_dim or lm.embed_dim // lm.num_heads
-  llm_fwd = 2 * n_llm * b * t + 4 * lm.num_layers * lm.num_heads * hd * t * t * b
+  # The LM head runs where the loss is: the last max_target_tokens positions when set.
+  head, t_head = lm.vocab_size * lm.embed_dim, min(t, config.data.get('max_target_tokens', 0) or t)
+  llm_fwd = (2 * (n_llm - head) * b * t + 2 * head * b * t_head
+             + 4 * lm.num_layers * lm.num_heads * hd * t * t * b)
   n_vit = _count(params['vision'])
   vit_fwd = 2 * n_vit * patches * n_img + 4 * v.num_layers * v.embed_dim * patches ** 2 * n_img
   proj_fwd = 2 * _count(params['projector']) * patches * n_img

@@ -3,7 +3,7 @@ does not grow the program, remat 'full' keeps fewer temporaries than 'none', and
 towers get no backward pass (fewer FLOPs, only the LLM's activation gradients)."""
 import pytest
 
-from bench import compile_time, compiled_step, frozen, remat
+from bench import compile_time, compiled_step, frozen, memory, remat, train_step
 from configs import demo, xraygpt
 
 
@@ -82,3 +82,18 @@ def test_llava_state_per_device_on_8_devices_within_the_target():
   leaves = replicated.uneven_leaves(exp.state.params, 8)
   assert abs(sum(x['excess'] for x in leaves) - (per_device - even)) < 1e-3 * even
   assert all(x['bytes'] < 16 * 2 ** 20 for x in leaves)  # no big leaf left whole
+
+
+@pytest.mark.parametrize('target_tokens', [0, 16])
+def test_analytic_flops_agree_with_xla_and_count_the_head_where_the_loss_is(target_tokens):
+  """bench/train_step.py's MFU rests on the analytic count: it must be XLA's count of the
+  compiled step (unrolled; XLA adds the elementwise ops, attention's causal blocks skip some
+  scores) within 10 %, with the LM head over the last max_target_tokens positions only."""
+  config = compiled_step.with_overrides(
+      demo.get_config('size=micro'),
+      {'runtime.scan_layers': False, 'data.max_len': 96,
+       'data.max_target_tokens': target_tokens})
+  exp = memory.experiment(config, 1)
+  analytic = train_step.analytic_flops(config, exp.state.params, exp.labels)['total']
+  xla = compiled_step.flops(compiled_step.lower_and_compile(config)['compiled'])
+  assert 0.9 < analytic / xla < 1.1, (analytic, xla)
