@@ -129,7 +129,10 @@ def bound_tokens_per_s(cfg, n_params: int, param_bytes: int, batch: int, prompt_
 
 
 def compare(config, batches, new_tokens: int = 0, prompt_len: int = 0, runs: int = 3,
-            params_dtype: str = '', hbm_gbps: float = 0.0, static: bool = True) -> list[dict]:
+            params_dtype: str = '', hbm_gbps: float = 0.0, static: bool = True,
+            on_batch=lambda rows: None) -> list[dict]:
+  """One row per batch size and side; `on_batch(rows)` gets each batch size's rows as soon
+  as they are measured (a run cut at its time limit keeps the finished ones)."""
   device = hf_twin.torch_device()
   new_tokens = new_tokens or config.eval.max_new_tokens
   prompt_len = prompt_len or prompt_length(config)
@@ -164,33 +167,41 @@ def compare(config, batches, new_tokens: int = 0, prompt_len: int = 0, runs: int
                        radjax_vs=dt / ours_dt, bound=bound,
                        same_ids=float(np.mean(ids[name] == ids['radjax'])),
                        prompt=prompt_len, new=new_tokens, dtype=dtype_name))
+    on_batch(rows[-len(sides):])
   return rows
 
 
+HEADERS = ['batch', 'side', 'params', 'prompt + new', 'dtype', 'time (median)',
+           'new tokens/s', 'radjax speed vs this', 'HBM bound tokens/s', '% of bound',
+           'same ids']
+
+
+def cells(r: dict) -> list:
+  bound = f"{r['bound']:,.0f}" if r['bound'] else '-'
+  pct = f"{100 * r['new_tokens_per_s'] / r['bound']:.1f} %" if r['bound'] else '-'
+  return [r['batch'], r['side'], f"{r['params'] / 1e6:.2f}M", f"{r['prompt']} + {r['new']}",
+          r['dtype'], f"{r['seconds'] * 1e3:,.1f} ms", f"{r['new_tokens_per_s']:,.0f}",
+          f"{r['radjax_vs']:.2f}x", bound, pct, f"{r['same_ids']:.3f}"]
+
+
 def table(rows) -> str:
-  headers = ['batch', 'side', 'params', 'prompt + new', 'dtype', 'time (median)',
-             'new tokens/s', 'radjax speed vs this', 'HBM bound tokens/s', '% of bound',
-             'same ids']
-  body = []
+  return hf_twin.markdown(HEADERS, [cells(r) for r in rows])
+
+
+def print_rows(rows):
+  """A batch size's timings and its table rows (under the header main printed)."""
   for r in rows:
-    bound = f"{r['bound']:,.0f}" if r['bound'] else '-'
-    pct = f"{100 * r['new_tokens_per_s'] / r['bound']:.1f} %" if r['bound'] else '-'
-    body.append([r['batch'], r['side'], f"{r['params'] / 1e6:.2f}M",
-                 f"{r['prompt']} + {r['new']}", r['dtype'], f"{r['seconds'] * 1e3:,.1f} ms",
-                 f"{r['new_tokens_per_s']:,.0f}", f"{r['radjax_vs']:.2f}x", bound, pct,
-                 f"{r['same_ids']:.3f}"])
-  return hf_twin.markdown(headers, body)
+    print(f"  batch {r['batch']} {r['side']}: " + ' '.join(f'{t * 1e3:.0f}' for t in r['times'])
+          + ' ms')
+  print(table(rows).split('\n', 2)[2], flush=True)
 
 
 def main(argv):
   del argv
   hf_twin.start(FLAGS.torch_threads)
-  rows = compare(FLAGS.config, [int(b) for b in FLAGS.batches], FLAGS.new_tokens,
-                 FLAGS.prompt_len, FLAGS.runs, FLAGS.params_dtype, FLAGS.hbm_gbps, FLAGS.static)
-  for r in rows:
-    print(f"  batch {r['batch']} {r['side']}: " + ' '.join(f'{t * 1e3:.0f}' for t in r['times'])
-          + ' ms')
-  print(table(rows))
+  print(table([]), flush=True)  # the header; each batch size's rows follow as measured
+  compare(FLAGS.config, [int(b) for b in FLAGS.batches], FLAGS.new_tokens, FLAGS.prompt_len,
+          FLAGS.runs, FLAGS.params_dtype, FLAGS.hbm_gbps, FLAGS.static, on_batch=print_rows)
 
 
 if __name__ == '__main__':
