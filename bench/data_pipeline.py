@@ -28,6 +28,7 @@ RadVLM train on).
 import functools
 import importlib
 import io
+import multiprocessing
 import os
 import resource
 import sys
@@ -57,6 +58,9 @@ def define_flags():
   config_flags.DEFINE_config_file('config', None, 'Recipe config.', lock_config=True)
   flags.DEFINE_integer('batches', 20, 'Timed batches per row (after the warm-up ones).')
   flags.DEFINE_list('workers', ['0', '1', '2'], 'Grain threads / DataLoader processes.')
+  flags.DEFINE_enum('radjax_workers', 'threads', ['threads', 'processes'],
+                    "radjax's workers: read threads (config.data.worker_threads) or worker "
+                    'processes (config.data.worker_processes, each reading in its thread).')
   flags.DEFINE_bool('augment', True, 'Rows with config.data.augment=True as well as off.')
   flags.DEFINE_list('image_sizes', ['0', '224', '336'],
                     "config.model.vision.image_size of the rows (0: the config's).")
@@ -67,6 +71,10 @@ def define_flags():
   flags.DEFINE_integer('step_steps', 3, 'Timed train steps per image size; 0 leaves the '
                        'step column empty (fill it on the accelerator host).')
   flags.DEFINE_string('tmp', '', 'Folder for the written datasets (default: a temp dir).')
+  flags.DEFINE_float('step_mfu', 0, 'Instead of timing the step here: the examples/s of a '
+                     'step at this MFU of --peak_tflops (analytic FLOPs), e.g. 0.55 and 989 '
+                     "for issue 15's H100/H200 target.")
+  flags.DEFINE_float('peak_tflops', 989, "The accelerator's peak TFLOP/s for --step_mfu.")
 
 
 # ---- configs and sources -------------------------------------------------------------
@@ -134,10 +142,13 @@ def write_dataset(examples: list[dict], out_dir: str, split: str) -> str:
 # ---- the two pipelines ---------------------------------------------------------------
 
 
-def radjax_iterator(config, workers: int):
-  """The train pipeline's iterator with `workers` read threads (process 0 of 1)."""
+def radjax_iterator(config, workers: int, processes: bool = False):
+  """The train pipeline's iterator with `workers` read threads, or worker processes
+  (process 0 of 1)."""
   task = run.make_task(config)
   ds = pipeline.train_dataset(config, task.processor, config.data.train_split, 0, 1)
+  if processes:
+    return pipeline.make_iterator(ds, 0, worker_processes=workers)
   return pipeline.make_iterator(ds, workers)
 
 
@@ -204,9 +215,14 @@ def warmup_batches(workers: int) -> int:
   return max(2, 2 * workers)
 
 
-def measure_radjax(config, workers: int, batches: int) -> dict:
-  it = radjax_iterator(config, workers)
-  return timed(it, batches, warmup_batches(workers))
+def measure_radjax(config, workers: int, batches: int, processes: bool = False) -> dict:
+  it = radjax_iterator(config, workers, processes)
+  try:
+    pids = (lambda: [p.pid for p in multiprocessing.active_children()]) if processes else list
+    return timed(it, batches, warmup_batches(workers), pids)
+  finally:
+    if hasattr(it, 'close'):
+      it.close()
 
 
 def measure_torch(config, folder: str, workers: int, batches: int) -> dict:
@@ -231,6 +247,19 @@ def step_examples_per_s(config, steps: int) -> float:
   return config.train.batch_size / seconds
 
 
+def step_examples_per_s_at(config, mfu: float, peak_tflops: float) -> float:
+  """Examples/s a train step at `mfu` of `peak_tflops` per device consumes at the config's
+  shapes, on one device: from the analytic FLOPs of the abstract model (nothing
+  allocated), so a CPU host can size the pipeline for an accelerator's step."""
+  from bench import memory
+  c = variant(config)
+  with c.unlocked():
+    c.runtime.attention_impl = 'xla'  # the same shapes and FLOPs; any host builds it
+  exp = memory.experiment(c, 1)
+  flops = train_step.analytic_flops(exp.config, exp.state.params, exp.labels)['total']
+  return config.train.batch_size * mfu * peak_tflops * 1e12 / flops
+
+
 # ---- the table -----------------------------------------------------------------------
 
 
@@ -248,7 +277,7 @@ def table(rows: list[dict]) -> str:
     ra, to = r['radjax'], r['torch']
     lines.append('| ' + ' | '.join([
         r['source'], str(r['px']), str(r['max_len']), 'on' if r['augment'] else 'off',
-        str(r['workers']),
+        f"{r['workers']}{' proc' if r.get('processes') else ''}",
         _fmt(ra['examples_per_s']), _fmt(ra['examples_per_s'] / cores),
         _fmt(1e3 * ra['cpu_s_per_example'], '{:.2f}'),
         _fmt(to['examples_per_s']), _fmt(to['examples_per_s'] / cores),
@@ -297,26 +326,37 @@ def main(argv):
         for w in workers:
           c = variant(config, image_size=px, augment=augment,
                       data_dir='' if name == 'demo' else data_dir, tokenizer=tokenizer)
-          ra = measure_radjax(c, w, FLAGS.batches)
+          ra = measure_radjax(c, w, FLAGS.batches, FLAGS.radjax_workers == 'processes')
           to = measure_torch(c, folder, w, FLAGS.batches)
           rows.append({'source': name, 'px': px, 'max_len': c.data.max_len, 'augment': augment,
-                       'workers': w, 'radjax': ra, 'torch': to, 'step': None})
+                       'workers': w, 'radjax': ra, 'torch': to, 'step': None,
+                       'processes': FLAGS.radjax_workers == 'processes'})
           print(f'{name} {px}px augment={augment} workers={w}: radjax '
                 f"{ra['examples_per_s']:.0f} ex/s, torch {to['examples_per_s']:.0f} ex/s",
                 file=sys.stderr, flush=True)
   # The step after the pipelines: no JAX threads while the DataLoader forks.
-  steps = {px: step_examples_per_s(variant(config, image_size=px), FLAGS.step_steps)
-           for px in sizes} if FLAGS.step_steps else {}
+  if FLAGS.step_mfu:
+    steps = {px: step_examples_per_s_at(variant(config, image_size=px), FLAGS.step_mfu,
+                                        FLAGS.peak_tflops) for px in sizes}
+  elif FLAGS.step_steps:
+    steps = {px: step_examples_per_s(variant(config, image_size=px), FLAGS.step_steps)
+             for px in sizes}
+  else:
+    steps = {}
   for r in rows:
     r['step'] = steps.get(r['px'])
   import jax
   c = config
   print(f'config: batch {c.train.batch_size} x {c.data.max_len} tokens, '
         f'{c.data.max_images} image(s) per example; {FLAGS.batches} timed batches per row; '
-        f'host: {os.cpu_count()} CPUs, load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f}; '
-        f'step on {jax.device_count()} x {jax.devices()[0].device_kind}')
+        f'host: {os.cpu_count()} CPUs, load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f}'
+        + ('' if FLAGS.step_mfu or not steps else
+           f'; step on {jax.device_count()} x {jax.devices()[0].device_kind}'))
   print(table(rows))
-  if not steps:
+  if FLAGS.step_mfu:
+    print(f'step ex/s: a step at {100 * FLAGS.step_mfu:.0f} % MFU of {FLAGS.peak_tflops:g} '
+          'TFLOP/s (analytic FLOPs), not measured here')
+  elif not steps:
     print('step ex/s = config.train.batch_size / step seconds (bench/train_step.py on the '
           'accelerator host)')
 

@@ -4,9 +4,10 @@ batch to the same shapes."""
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from bench import data_pipeline, torch_loader
+from bench import data_pipeline, memory, torch_loader, train_step
 from radjax import run
 from radjax.data import instructions, source
 from tests.conftest import tiny_config
@@ -53,6 +54,20 @@ def test_both_pipelines_batch_to_the_same_shapes(demo_data, tmp_path):
   assert to['shapes']['images'] == (8, 1, 32, 32, 3)
   for m in (ra, to):
     assert m['examples_per_s'] > 0 and m['cpu_s_per_example'] > 0
+
+
+def test_step_rate_at_a_target_mfu_sizes_a_cudnn_recipe_on_a_cpu(demo_data):
+  """--step_mfu: the examples/s of a step at an MFU, from the analytic FLOPs, for a recipe
+  whose attention is cuDNN's (which cannot be built on a CPU as it stands)."""
+  config = _config(demo_data)
+  config.runtime.attention_impl = 'cudnn'
+  rate = data_pipeline.step_examples_per_s_at(config, 0.5, 100)
+  config.runtime.attention_impl = 'xla'
+  exp = memory.experiment(config, 1)
+  flops = train_step.analytic_flops(config, exp.state.params, exp.labels)['total']
+  assert rate == pytest.approx(config.train.batch_size * 0.5 * 100e12 / flops)
+  larger = data_pipeline.variant(config, image_size=2 * config.model.vision.image_size)
+  assert data_pipeline.step_examples_per_s_at(larger, 0.5, 100) < 0.9 * rate
 
 
 def test_reencoded_sources_keep_the_records():

@@ -162,6 +162,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.crop_scale = (0.8, 1.0)  # random resized crop area range
   c.data.shuffle = True
   c.data.worker_threads = 0  # Grain read threads (0: read in the main thread)
+  # Training batches made in this many processes, each with worker_threads threads (0:
+  # in the training process). For hosts that feed several accelerators: read threads
+  # share the trainer's GIL. Each process keeps its own max_skipped_records count.
+  c.data.worker_processes = 0
   # Undecodable records a run may skip (each logged with its shard, index and id; the
   # next good record takes its place, so a resumed run sees the same stream); 0: stop.
   c.data.max_skipped_records = 0

@@ -19,6 +19,7 @@ model's size in pixels: a 2,544 x 3,056 chest film read for a 224 px crop decode
 Evaluation and generation decode at full scale, so their pixels equal the exported HF
 processor's.
 """
+import functools
 import io
 
 import numpy as np
@@ -70,7 +71,8 @@ def _checked(img: Image.Image, num_channels: int, record_id: str,
   img = to_8bit(img, record_id)
   gray = keep_gray and img.mode in ('L', 'LA')
   img = img.convert('L' if num_channels == 1 or gray else 'RGB')
-  lo, hi = np.min(img.getextrema()), np.max(img.getextrema())
+  extrema = img.getextrema()
+  lo, hi = np.min(extrema), np.max(extrema)
   if lo == hi:
     _warn('record %r: a constant image (every pixel %d)', record_id, int(lo))
   return img
@@ -124,18 +126,48 @@ def normalise(x: np.ndarray, mean, std, num_channels: int) -> np.ndarray:
   return (x - mean) / std
 
 
+def pixel_table(mean, std, num_channels: int, contrast: float | None = None,
+                brightness: float = 0.0) -> np.ndarray:
+  """[256, num_channels] float32: an 8-bit value's normalised value per channel (after the
+  contrast/brightness jitter when given), by the same float32 operations as on a
+  [0, 1] image, so a lookup gives the same floats."""
+  v = np.arange(256, dtype=np.float32) / 255.0
+  if contrast is not None:
+    v = np.clip((v - 0.5) * contrast + 0.5 + brightness, 0, 1)
+  table = normalise(v[:, None], mean, std, num_channels)[:, 0]
+  table.flags.writeable = False
+  return table
+
+
+@functools.lru_cache(maxsize=8)
+def _plain_table(mean: tuple, std: tuple, num_channels: int) -> np.ndarray:
+  return pixel_table(mean, std, num_channels)
+
+
+def lookup(img: Image.Image, table: np.ndarray) -> np.ndarray:
+  """An 8-bit 'L' or 'RGB' image through pixel_table -> (H, W, C) float32. One gather per
+  pixel: normalising the float image instead broadcast (H, W, 1) against C channels, 1 ms
+  of CPU per 224 px image (a third of an example's) against 0.2 ms here."""
+  pixels = np.asarray(img)
+  if pixels.ndim == 2:
+    return np.take(table, pixels, axis=0)
+  out = np.empty(pixels.shape[:2] + table.shape[1:], np.float32)
+  for c in range(table.shape[1]):
+    np.take(table[:, c], pixels[..., c], out=out[..., c], mode='clip')  # uint8: in range
+  return out
+
+
 def preprocess(image: dict, *, size: int, num_channels: int, mean, std, record_id: str,
                rng: np.random.Generator | None = None,
                crop_scale=(0.8, 1.0)) -> np.ndarray:
   """Decoded, resized (random crop + intensity jitter when `rng` is given), normalised."""
   if rng is None:
     img = decode_image(image, num_channels, record_id, keep_gray=True)
-    x = np.asarray(img.resize((size, size), Image.BICUBIC), np.float32) / 255.0
-    return normalise(x, mean, std, num_channels)
+    table = _plain_table(tuple(map(float, mean)), tuple(map(float, std)), num_channels)
+    return lookup(img.resize((size, size), Image.BICUBIC), table)
   img = decode_image(image, num_channels, record_id, keep_gray=True,
                      min_side=crop_source_side(size, crop_scale[0]))
   img = random_resized_crop(img, size, tuple(crop_scale), rng)
-  x = np.asarray(img, np.float32) / 255.0
   # Exposure varies between scanners: small contrast/brightness jitter.
-  x = np.clip((x - 0.5) * rng.uniform(0.9, 1.1) + 0.5 + rng.uniform(-0.05, 0.05), 0, 1)
-  return normalise(x, mean, std, num_channels)
+  contrast, brightness = rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05)
+  return lookup(img, pixel_table(mean, std, num_channels, contrast, brightness))

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from radjax.data import mixture, packing, source, volumes
+from radjax.data import worker_processes as worker_processes_lib
 
 
 def train_dataset(config, make_processor, split: str,
@@ -129,11 +130,12 @@ def eval_dataset(config, processor, split: str, batch_size: int,
   return ds.batch(batch_size // process_count, drop_remainder=True)
 
 
-def host_scalars(batch: dict, ds: grain.MapDataset, names: tuple[str, ...] = ()) -> dict:
+def host_scalars(batch: dict, ds: grain.MapDataset | None, names: tuple[str, ...] = ()) -> dict:
   """What the loop logs about the data, read from the host batch (never sent to devices):
   the fraction of examples truncated, too-long records dropped so far in this process
-  and, with a mixture, examples per component in this batch. A packed batch's host keys
-  hold -1 in the example slots its rows leave empty; it adds examples per row and padding."""
+  (when `ds` was read here) and, with a mixture, examples per component in this batch. A
+  packed batch's host keys hold -1 in the example slots its rows leave empty; it adds
+  examples per row and padding."""
   truncated = np.asarray(batch.get('truncated', 0))
   packed = 'segment_ids' in batch
   if packed:
@@ -141,7 +143,7 @@ def host_scalars(batch: dict, ds: grain.MapDataset, names: tuple[str, ...] = ())
   out = {'data/truncated': float(np.mean(truncated)) if truncated.size else 0.0}
   if packed:
     out.update(packing.host_scalars(batch))
-  log = source.record_log(ds)
+  log = None if ds is None else source.record_log(ds)
   if log is not None:
     for reason in ('too_long', 'no_task'):
       out[f'data/dropped_{reason}'] = float(len(log.dropped.get(reason, {})))
@@ -152,13 +154,20 @@ def host_scalars(batch: dict, ds: grain.MapDataset, names: tuple[str, ...] = ())
   return out
 
 
-def make_iterator(ds: grain.MapDataset, worker_threads: int):
+def make_iterator(ds: grain.MapDataset, worker_threads: int, worker_processes: int = 0):
   """A checkpointable iterator; `worker_threads` threads read and decode ahead of the step,
   0 reads in the calling thread (a packed dataset, already an IterDataset, has its read
   threads before the packer). Not iter(ds): that is grain's 16 threads and 500 batches
-  read ahead."""
+  read ahead. `worker_processes` > 0: that many processes make the batches, each with
+  `worker_threads` threads (radjax/data/worker_processes.py)."""
   if isinstance(ds, grain.IterDataset):
+    if worker_processes:
+      raise ValueError(f'config.data.worker_processes={worker_processes} with '
+                       'config.data.pack=True: packed rows depend on what each process '
+                       'reads; use config.data.worker_threads')
     return iter(ds)
+  if worker_processes:
+    return worker_processes_lib.ProcessIterator(ds, worker_threads, worker_processes)
   return iter(ds.to_iter_dataset(source.read_options(worker_threads)))
 
 

@@ -184,6 +184,13 @@ class RecordLog:
         raise DataError(f'{message}\n(more than config.data.max_skipped_records='
                         f'{self.limit} undecodable records)') from error
 
+  def __getstate__(self):  # sent to Grain's worker processes, each then keeps its own
+    return {k: v for k, v in self.__dict__.items() if k != '_lock'}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
   @property
   def too_long(self) -> dict[str, str]:
     return self.dropped.get(schema.TooLong.reason, {})

@@ -43,8 +43,13 @@ def train(config, workdir: str, task, devices=None) -> dict:
   # The processor for each mixture component's tasks (or config.data.tasks).
   train_ds = pipeline.train_dataset(config, task.processor, config.data.train_split)
   sources = mixture.names(config)
-  data_iter = pipeline.make_iterator(train_ds, config.data.worker_threads)
+  processes = config.data.get('worker_processes', 0)
+  data_iter = pipeline.make_iterator(train_ds, config.data.worker_threads, processes)
   state, start = restore_or_keep(exp, ckpt, data_iter)
+  if processes:
+    data_iter.start_prefetch()  # the workers start while the rest is set up
+  # Records stepped over are counted where they are read; worker processes keep theirs.
+  counted_ds = None if processes else train_ds
   exp.state = None  # the restored state replaces it; don't hold two copies
 
   writer, progress_writer = writers.make_writers(workdir, start)
@@ -67,7 +72,7 @@ def train(config, workdir: str, task, devices=None) -> dict:
     for step in range(start + 1, tc.num_steps + 1):
       host_batch = next(data_iter)
       # Host-only keys (source, truncated) are read here; to_global sends only the task's.
-      extras = pipeline.host_scalars(host_batch, train_ds, sources)
+      extras = pipeline.host_scalars(host_batch, counted_ds, sources)
       batch = pipeline.to_global(host_batch, exp.batch_shardings)
       with exp.context():
         state, metrics = train_step(state, batch)

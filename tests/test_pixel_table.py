@@ -1,0 +1,48 @@
+"""images.preprocess normalises by a 256-entry table per channel: the floats must be
+those of normalising the [0, 1] image elementwise, with and without the training jitter,
+for grayscale and RGB images (the exported HF processor's pixels rest on them)."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from radjax.data import images
+
+MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def _elementwise(img: Image.Image, num_channels: int, jitter=None) -> np.ndarray:
+  x = np.asarray(img, np.float32) / 255.0
+  if jitter is not None:
+    x = np.clip((x - 0.5) * jitter[0] + 0.5 + jitter[1], 0, 1)
+  return images.normalise(x, MEAN, STD, num_channels)
+
+
+def _entry(mode: str) -> dict:
+  rng = np.random.default_rng(1)
+  shape = (90, 70) if mode == 'L' else (90, 70, 3)
+  buf = io.BytesIO()
+  Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(buf, 'PNG')
+  return {'kind': '2d', 'format': 'png', 'data': buf.getvalue()}
+
+
+@pytest.mark.parametrize('mode,num_channels', [('L', 3), ('L', 1), ('RGB', 3)])
+def test_table_gives_the_elementwise_floats(mode, num_channels):
+  entry = _entry(mode)
+  got = images.preprocess(entry, size=48, num_channels=num_channels, mean=list(MEAN),
+                          std=list(STD), record_id='r')
+  img = images.decode_image(entry, num_channels, 'r', keep_gray=True)
+  want = _elementwise(img.resize((48, 48), Image.BICUBIC), num_channels)
+  assert got.dtype == np.float32 and got.shape == (48, 48, num_channels)
+  np.testing.assert_array_equal(got, want)
+
+  # Augmented: the same crop and jitter drawn from the same rng.
+  got = images.preprocess(entry, size=48, num_channels=num_channels, mean=MEAN, std=STD,
+                          record_id='r', rng=np.random.default_rng(7))
+  rng = np.random.default_rng(7)
+  img = images.decode_image(entry, num_channels, 'r', keep_gray=True)
+  crop = images.random_resized_crop(img, 48, (0.8, 1.0), rng)
+  want = _elementwise(crop, num_channels, (rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05)))
+  np.testing.assert_array_equal(got, want)
+  assert not np.array_equal(got, _elementwise(crop, num_channels))  # the jitter is there
