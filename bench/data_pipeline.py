@@ -202,12 +202,13 @@ def timed(it, batches: int, warmup: int, worker_pids=list) -> dict:
   def cpu():
     return _self_cpu_seconds() + sum(_proc_cpu_seconds(p) for p in pids)
 
-  c0, t0, examples = cpu(), time.perf_counter(), 0
+  c0, s0, t0, examples = cpu(), _self_cpu_seconds(), time.perf_counter(), 0
   for _ in range(batches):
     batch = next(it)
     examples += len(batch['tokens'])
-  dt, dc = time.perf_counter() - t0, cpu() - c0
+  dt, dc, ds = time.perf_counter() - t0, cpu() - c0, _self_cpu_seconds() - s0
   return {'examples_per_s': examples / dt, 'cpu_s_per_example': dc / examples,
+          'self_cpu_s_per_example': ds / examples,
           'shapes': {k: tuple(v.shape) for k, v in batch.items()}}
 
 
@@ -332,8 +333,9 @@ def main(argv):
                        'workers': w, 'radjax': ra, 'torch': to, 'step': None,
                        'processes': FLAGS.radjax_workers == 'processes'})
           print(f'{name} {px}px augment={augment} workers={w}: radjax '
-                f"{ra['examples_per_s']:.0f} ex/s, torch {to['examples_per_s']:.0f} ex/s",
-                file=sys.stderr, flush=True)
+                f"{ra['examples_per_s']:.0f} ex/s ({1e3 * ra['self_cpu_s_per_example']:.2f} "
+                f"ms/ex of CPU in this process), torch {to['examples_per_s']:.0f} ex/s "
+                f"({1e3 * to['self_cpu_s_per_example']:.2f})", file=sys.stderr, flush=True)
   # The step after the pipelines: no JAX threads while the DataLoader forks.
   if FLAGS.step_mfu:
     steps = {px: step_examples_per_s_at(variant(config, image_size=px), FLAGS.step_mfu,

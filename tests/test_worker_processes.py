@@ -26,19 +26,26 @@ def _same(got: dict, want: dict):
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
-def test_worker_batches_are_the_in_process_ones_and_resume_across_counts(demo_data, tmp_path):
-  config = tiny_config(demo_data)
+def _in_process_batches(data_dir: str, n: int):
+  """(experiment, train dataset, its first n batches read in this process, that
+  iterator's state after 4 of them)."""
+  config = tiny_config(data_dir)
   config.data.augment = True  # the per-example rng too
   exp = build_experiment(config)
   ds = pipeline.train_dataset(config, exp.task.processor, 'train')
   inproc = pipeline.make_iterator(ds, 0)
-  want = [next(inproc) for _ in range(7)]
+  want = [next(inproc) for _ in range(4)]
+  state = inproc.get_state()
+  return exp, ds, want + [next(inproc) for _ in range(n - 4)], state
 
+
+def test_worker_batches_are_the_in_process_ones_and_resume_across_counts(demo_data, tmp_path):
+  exp, ds, want, state_at_4 = _in_process_batches(demo_data, 7)
   two = pipeline.make_iterator(ds, 0, worker_processes=2)
   try:
     for i in range(4):
       _same(next(two), want[i])
-    assert two.get_state() == inproc.get_state() | {'next_index': 4}
+    assert two.get_state() == state_at_4 == {'next_index': 4}
     ckpt = checkpoint_lib.Checkpointer(str(tmp_path), 2, use_async=False)
     ckpt.save(4, exp.state, two, force=True)
   finally:
@@ -58,11 +65,7 @@ def test_worker_batches_are_the_in_process_ones_and_resume_across_counts(demo_da
 def test_workers_leave_a_sigterm_to_the_trainer(demo_data):
   """SLURM signals every process of the job: a worker that died of it would fail the
   trainer's next batch, before the trainer could save its preemption checkpoint."""
-  config = tiny_config(demo_data)
-  exp = build_experiment(config)
-  ds = pipeline.train_dataset(config, exp.task.processor, 'train')
-  inproc = pipeline.make_iterator(ds, 0)
-  want = [next(inproc) for _ in range(10)]
+  _, ds, want, _ = _in_process_batches(demo_data, 10)
   it = pipeline.make_iterator(ds, 0, worker_processes=2)
   try:
     _same(next(it), want[0])
