@@ -5,7 +5,7 @@
 #   OUT=/tmp/gpu_tables PEAK=989 HBM=4800 bash bench/gpu_all.sh [name ...]   (default: all)
 # Device time is scarce (15 min a lease, 10 min a command, 8 files back): split the list over
 # calls, e.g. `vs_hf_train` (<= 540 s: radjax, HF eager and torch.compile, each with its
-# MFU), then `train_step vs_hf_generate`.
+# MFU), then `vs_hf_generate train_step`.
 # The image lacks some of radjax's packages: run `bash bench/gpu_wheels.sh` here first and
 # name `.whl` in the call's `carry`; they are installed into /tmp/site below.
 set -uo pipefail
@@ -43,8 +43,9 @@ run() {  # name, seconds, command...
 LT=configs/llava_tinyllama.py
 run vs_hf_train 540 $PY bench/vs_hf_train.py --config $LT --sizes config --steps 10 --compile \
   --peak_tflops "$PEAK" $LT_ARGS
-run train_step 150 $PY bench/train_step.py --config $LT --steps 10 --peak_tflops "$PEAK" $LT_ARGS
+# Decode next: its targets are in no other table (vs_hf_train already has radjax's MFU).
 run vs_hf_generate 300 $PY bench/vs_hf_generate.py --config $LT --batches 1,8,32 --hbm_gbps "$HBM" $LT_ARGS
+run train_step 150 $PY bench/train_step.py --config $LT --steps 10 --peak_tflops "$PEAK" $LT_ARGS
 run compile_time 240 $PY bench/compile_time.py --config $LT --layers 4,32 --scan on $LT_ARGS
 run remat 420 $PY bench/remat.py --config $LT --steps 5 --hbm_gib 139 $LT_ARGS
 run frozen 240 $PY bench/frozen.py --config configs/xraygpt.py:size=tiny --steps 10
