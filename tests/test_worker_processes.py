@@ -1,6 +1,7 @@
 """config.data.worker_processes: batches made in Grain worker processes are the batches
 made in the training process, their iterator state resumes with any number of workers,
 and a SIGTERM to the whole process group (SLURM's preemption) still saves a checkpoint."""
+import importlib
 import json
 import multiprocessing
 import os
@@ -8,10 +9,12 @@ import signal
 import subprocess
 import time
 
+import cloudpickle
 import numpy as np
 import pytest
 
 from bench import kill_resume
+from radjax import run as run_lib
 from radjax.core import checkpoint as checkpoint_lib
 from radjax.data import pipeline
 from radjax.train import state as state_lib
@@ -81,6 +84,23 @@ def test_workers_leave_a_sigterm_to_the_trainer(demo_data):
   finally:
     it.close()
   assert not multiprocessing.active_children()  # closing the iterator stops them
+
+
+@pytest.mark.parametrize('recipe', ['demo:size=micro', 'demo:size=micro,task=lm',
+                                    'radvlm:size=micro', 'classifier:size=micro',
+                                    'vqgan:size=micro'])
+def test_recipe_datasets_reach_a_worker_whole(recipe, demo_data):
+  """Grain sends the dataset to each worker with cloudpickle: every recipe's processors
+  must survive it and give the same batches there."""
+  name, arg = recipe.split(':')
+  config = importlib.import_module(f'configs.{name}').get_config(arg)
+  config.data.dir = demo_data
+  for comp in config.data.get('mixture', {}).values():
+    comp.dir = demo_data
+  ds = pipeline.train_dataset(config, run_lib.make_task(config).processor, 'train', 0, 1)
+  there = cloudpickle.loads(cloudpickle.dumps(ds))
+  for i in (0, 5):
+    _same(there[i], ds[i])
 
 
 def test_packing_with_worker_processes_names_both_knobs(demo_data):
