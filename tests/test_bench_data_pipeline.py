@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import data_pipeline, memory, torch_loader, train_step
+from bench import data_pipeline, gil_contention, memory, torch_loader, train_step
 from radjax import run
 from radjax.data import instructions, source
 from tests.conftest import tiny_config
@@ -68,6 +68,13 @@ def test_step_rate_at_a_target_mfu_sizes_a_cudnn_recipe_on_a_cpu(demo_data):
   assert rate == pytest.approx(config.train.batch_size * 0.5 * 100e12 / flops)
   larger = data_pipeline.variant(config, image_size=2 * config.model.vision.image_size)
   assert data_pipeline.step_examples_per_s_at(larger, 0.5, 100) < 0.9 * rate
+
+
+def test_in_process_readers_starve_beside_busy_python(demo_data):
+  """bench/gil_contention.py's premise, at micro size: the reader waits for the GIL after
+  each decode and tokenizer call while another thread runs Python."""
+  row = gil_contention.measure(_config(demo_data), 'inproc', 0, batches=3, repeats=1)
+  assert row['beside'] > 3 * row['alone'], row
 
 
 def test_reencoded_sources_keep_the_records():
