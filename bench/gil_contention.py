@@ -44,22 +44,39 @@ def ms_per_example(it, batches: int, batch_size: int) -> float:
   return 1e3 * (time.perf_counter() - t0) / (batches * batch_size)
 
 
+class BusyPython:
+  """A thread of this process that runs Python without pause while the block runs;
+  `iterations` counts its loops (the proof that it ran beside the reader)."""
+
+  def __init__(self):
+    self.iterations = 0
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._spin, daemon=True)
+
+  def _spin(self):
+    while not self._stop.is_set():
+      self.iterations += 1
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+
+  @property
+  def running(self) -> bool:
+    return self._thread.is_alive()
+
+
 def beside_busy_python(fn):
-  """fn() while another thread of this process runs Python without pause."""
-  stop = threading.Event()
-
-  def busy():
-    n = 0
-    while not stop.is_set():
-      n += 1
-
-  thread = threading.Thread(target=busy, daemon=True)
-  thread.start()
-  try:
-    return fn()
-  finally:
-    stop.set()
-    thread.join()
+  """fn() while another thread of this process runs Python without pause; returns fn()'s
+  result and the busy thread's loop count."""
+  with BusyPython() as busy:
+    out = fn()
+    assert busy.running, 'the busy thread stopped before the reader finished'
+  return out, busy.iterations
 
 
 def measure(config, kind: str, workers: int, batches: int, repeats: int) -> dict:
@@ -71,14 +88,17 @@ def measure(config, kind: str, workers: int, batches: int, repeats: int) -> dict
   try:
     for _ in range(data_pipeline.warmup_batches(workers)):
       next(it)
-    alone, beside = [], []
+    alone, beside, busy_loops = [], [], 0
     for _ in range(repeats):
       alone.append(ms_per_example(it, batches, b))
-      beside.append(beside_busy_python(lambda: ms_per_example(it, batches, b)))
+      ms, loops = beside_busy_python(lambda: ms_per_example(it, batches, b))
+      beside.append(ms)
+      busy_loops += loops
   finally:
     if hasattr(it, 'close'):
       it.close()
-  return {'kind': kind, 'workers': workers, 'alone': min(alone), 'beside': min(beside)}
+  return {'kind': kind, 'workers': workers, 'alone': min(alone), 'beside': min(beside),
+          'busy_loops': busy_loops}
 
 
 def table(rows: list[dict]) -> str:
