@@ -23,7 +23,8 @@ Sources: `demo` reads the config's dataset as built (the demo's 224 px grayscale
 `png512` / `jpeg512` re-encode its first --records images at 512 x 512 into a flat
 ArrayRecord dataset and the torch folder (upscaled; a real decode cost per image);
 `jpeg_film` at 2,544 x 3,056, the size of a MIMIC-CXR-JPG film (what XrayGPT, LLM-CXR and
-RadVLM train on).
+RadVLM train on). `jpeg_film_s512`: the same films, which torch reads as they are (as the
+seeds do) and radjax as `python -m data_prep build ... --max_short_side 512` stores them.
 """
 import functools
 import importlib
@@ -43,14 +44,16 @@ from ml_collections import config_flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench import torch_loader, train_step  # noqa: E402
+from data_prep import downscale  # noqa: E402
 from radjax import run  # noqa: E402
 from radjax.data import chat, instructions, pipeline, schema, source, tokens  # noqa: E402
 from radjax.models import factory  # noqa: E402
 
 FLAGS = flags.FLAGS
-# name -> (format, (width, height)) of the re-encoded images; 'demo' reads the dataset as is
+# name -> (format, (width, height)) of the re-encoded images [, radjax's build-time
+# max_short_side]; 'demo' reads the dataset as is
 SOURCES = {'demo': None, 'png512': ('png', (512, 512)), 'jpeg512': ('jpeg', (512, 512)),
-           'jpeg_film': ('jpeg', (2544, 3056))}
+           'jpeg_film': ('jpeg', (2544, 3056)), 'jpeg_film_s512': ('jpeg', (2544, 3056), 512)}
 
 
 def define_flags():
@@ -302,8 +305,11 @@ def prepare_sources(config, names, records: int, tmp: str) -> dict:
       out[name] = (config.data.dir,
                    torch_loader.write_folder(examples, os.path.join(tmp, 'torch_demo')))
       continue
-    again = reencoded(examples, *SOURCES[name])
-    out[name] = (write_dataset(again, os.path.join(tmp, f'radjax_{name}'),
+    fmt, size, *short_side = SOURCES[name]
+    again = reencoded(examples, fmt, size)
+    stored = [downscale.downscale_example(ex, short_side[0]) for ex in again] if short_side \
+      else again
+    out[name] = (write_dataset(stored, os.path.join(tmp, f'radjax_{name}'),
                                config.data.train_split),
                  torch_loader.write_folder(again, os.path.join(tmp, f'torch_{name}')))
   return out

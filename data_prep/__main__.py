@@ -1,6 +1,7 @@
 """Build a dataset from its publisher's files, or show what a build wrote.
 
-  python -m data_prep build <name> --manual_dir SRC --data_dir OUT [--beam_runner R]
+  python -m data_prep build <name> --manual_dir SRC --data_dir OUT [--beam_runner R] \
+      [--max_short_side 512]
   python -m data_prep show <dataset dir> [--split S] [--limit N]
 
 `build` writes `OUT/<name>/[<config>/]<version>/` (point config.data.dir there) and
@@ -33,6 +34,9 @@ def _parse(argv):
                  help="Beam pipeline flags, e.g. '--direct_num_workers=2 "
                  "--direct_running_mode=multi_processing'")
   b.add_argument('--num_shards', type=int, default=None, help='shards per split')
+  b.add_argument('--max_short_side', type=int, default=None,
+                 help='store 2D images downscaled so their shorter side is at most this '
+                 '(e.g. 512 for 224-384 px models); default: the files as published')
   s = sub.add_parser('show', help='print the Examples of a built dataset')
   s.add_argument('dataset_dir')
   s.add_argument('--split', default='train')
@@ -57,7 +61,8 @@ def main(argv=None) -> int:
   try:
     path = build_lib.build(args.name, args.data_dir, manual_dir=args.manual_dir,
                            config=args.config, beam_runner=args.beam_runner,
-                           beam_options=beam_options, num_shards=args.num_shards)
+                           beam_options=beam_options, num_shards=args.num_shards,
+                           max_short_side=args.max_short_side)
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

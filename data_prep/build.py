@@ -49,8 +49,10 @@ def prepare(builder: builder_lib.RadjaxBuilder, **config_kwargs) -> str:
 
 
 def build(name: str, data_dir: str, manual_dir: str | None = None, config: str | None = None,
-          beam_runner=None, beam_options=None, num_shards: int | None = None) -> str:
-  """Builds `name` under data_dir from manual_dir; returns the dataset dir."""
+          beam_runner=None, beam_options=None, num_shards: int | None = None,
+          max_short_side: int | None = None) -> str:
+  """Builds `name` under data_dir from manual_dir; returns the dataset dir. With
+  max_short_side, 2D images are stored downscaled (data_prep/downscale.py)."""
   cls = builder_class(name)
   manual_dir = manual_dir and os.path.abspath(os.path.expanduser(manual_dir))
   if cls.MANUAL_DOWNLOAD_INSTRUCTIONS and not (manual_dir and os.path.isdir(manual_dir)
@@ -59,9 +61,17 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, config: str |
     raise builder_lib.ManualDirError(
       f'{name}: --manual_dir {manual_dir or "(not given)"} is not a directory or is empty.\n'
       f'{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}')
-  b = cls(data_dir=os.path.abspath(os.path.expanduser(data_dir)), config=config)
-  return prepare(b, manual_dir=manual_dir,
+  b = cls(data_dir=os.path.abspath(os.path.expanduser(data_dir)), config=config,
+          max_short_side=max_short_side)
+  path = prepare(b, manual_dir=manual_dir,
                  beam_runner=beam_runner, beam_options=beam_options, num_shards=num_shards)
+  built_side = read_manifest(path).get('max_short_side')
+  if built_side != max_short_side:  # TFDS reused a finished build made otherwise
+    raise ValueError(
+      f'{path} was built with max_short_side={built_side} and this build asks for '
+      f'{max_short_side}; nothing was changed. Build into another --data_dir, or delete '
+      'that dataset dir first.')
+  return path
 
 
 def read_manifest(dataset_dir: str) -> dict:

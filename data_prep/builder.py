@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from data_prep import downscale
 from radjax.data import schema
 
 MANIFEST = 'manifest.json'
@@ -77,6 +78,7 @@ def process_item(builder: RadjaxBuilder, split: str, index: int, item: dict,
       raise Reject(item['reject'])
     if example is None:
       example = builder.make_example(item, split)
+    example = downscale.downscale_example(example, builder.max_short_side)
     schema.validate(example, require_text=builder.REQUIRE_TEXT)
     out['id'] = example['id']
     out['record'] = schema.encode(example)
@@ -126,13 +128,16 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   REQUIRE_TEXT = True  # False for label- or box-only datasets
   DESCRIPTION = ''
 
-  def __init__(self, *, file_format=None, **kwargs):
+  def __init__(self, *, file_format=None, max_short_side: int | None = None, **kwargs):
     # radjax reads ArrayRecord shards only; `tfds build` asks for TFDS's default
     # (TFRecord) unless told otherwise.
     if file_format not in (None, 'array_record', tfds.core.FileFormat.ARRAY_RECORD):
       raise ValueError(f'{self.name}: file_format {file_format!s}: radjax datasets are '
                        "written as 'array_record' only (radjax/data/source.py reads those)")
+    downscale.check_side(max_short_side, self.name)
     super().__init__(file_format='array_record', **kwargs)
+    self.max_short_side = max_short_side
+    self._original_state['max_short_side'] = max_short_side  # Beam workers unpickle it
 
   def __reduce__(self):
     # `tfds build data_prep/NAME` imports this module as NAME.NAME_dataset_builder, with
@@ -299,6 +304,7 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       'num_rejects': len(rows),
       'rejects_by_split': {s: sum(r['split'] == s for r in rows) for s in splits.keys()},
       'rejects_file': REJECTS,
+      'max_short_side': self.max_short_side,
       **self.manifest_extra(),
     }
     (self.data_path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))

@@ -2,6 +2,7 @@
 radjax's, token for token and (without augmentation) pixel for pixel, and both sides
 batch to the same shapes."""
 import io
+import os
 import threading
 
 import numpy as np
@@ -89,6 +90,20 @@ def test_reencoded_sources_keep_the_records():
   img = Image.open(io.BytesIO(again[0]['images'][0]['data']))
   assert img.size == (64, 80) and img.format == 'JPEG'
   assert again[0]['images'][0]['format'] == 'jpeg' and again[0]['id'] == 'a'
+
+
+def test_downscaled_film_source_gives_torch_the_films_and_radjax_the_build(demo_data, tmp_path):
+  """jpeg_film_s512: torch reads the films as the seeds do; radjax reads what
+  `data_prep build --max_short_side 512` stores."""
+  config = _config(demo_data)
+  sources = data_pipeline.prepare_sources(config, ['jpeg_film_s512'], 2, str(tmp_path))
+  data_dir, folder = sources['jpeg_film_s512']
+  stored = data_pipeline.read_examples(data_pipeline.variant(config, data_dir=data_dir), 2)
+  films = sorted(os.listdir(os.path.join(folder, 'images')))
+  assert len(stored) == len(films) == 2
+  for ex, name in zip(stored, films):
+    assert Image.open(io.BytesIO(ex['images'][0]['data'])).size == (512, 615)
+    assert Image.open(os.path.join(folder, 'images', name)).size == (2544, 3056)
 
 
 def _png(side: int) -> bytes:
