@@ -17,6 +17,7 @@ venv has no Beam and those tests are skipped there. Run them in the Beam venv:
     .beam-venv/bin/python -m pytest -q tests/test_beam_build.py
 """
 import importlib.util
+import io
 import json
 import os
 import pickle  # as Beam ships a builder to its workers; no data is pickled
@@ -24,6 +25,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from data_prep import build as build_lib
 from data_prep.demo import demo_dataset_builder
@@ -103,15 +105,23 @@ def test_demo(tmp_path):
 
 
 @needs_beam
-def test_chexpert_through_the_cli(tmp_path):
+@pytest.mark.parametrize('short_side', [None, 16])
+def test_chexpert_through_the_cli(tmp_path, short_side):
+  """With --max_short_side, Beam workers downscale as the local build does."""
   src = tmp_path / 'src'
   test_data_prep_chexpert.write_source(src)
-  local, manifest = fx.build('chexpert', str(src), str(tmp_path / 'local'))
+  local, manifest = fx.build('chexpert', str(src), str(tmp_path / 'local'),
+                             max_short_side=short_side)
   assert manifest['num_rejects'] == 6
+  if short_side:
+    sides = [min(Image.open(io.BytesIO(e['images'][0]['data'])).size)
+             for e in fx.examples(local, 'train')]
+    assert max(sides) == short_side, sides
   proc = subprocess.run(
     [sys.executable, '-m', 'data_prep', 'build', 'chexpert', '--manual_dir', str(src),
-     '--data_dir', str(tmp_path / 'beam'), '--beam_runner', RUNNER,
-     '--beam_options', TWO_WORKERS], capture_output=True, text=True, cwd=ROOT)
+     '--data_dir', str(tmp_path / 'beam'), '--beam_runner', RUNNER, '--beam_options',
+     TWO_WORKERS] + (['--max_short_side', str(short_side)] if short_side else []),
+    capture_output=True, text=True, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   beam = json.loads(proc.stdout[proc.stdout.index('{'):])['dataset_dir']
   fx.assert_same_dataset(local, beam)
