@@ -61,8 +61,9 @@ def ensure_data(config) -> None:
     kwargs = spec.get('builder_kwargs', {})
     wanted.append((spec.get('builder', ''), spec.get('dir', ''),
                    kwargs.to_dict() if hasattr(kwargs, 'to_dict') else dict(kwargs)))
+  # A dir of '' is unused (a mixture's eval falls back to its first component).
   missing = {d: (b, kw) for b, d, kw in wanted
-             if b and not os.path.exists(os.path.join(d, 'manifest.json'))}
+             if b and d and not os.path.exists(os.path.join(d, 'manifest.json'))}
   if not missing:
     return
   if jax.process_index() == 0:
@@ -100,5 +101,22 @@ def main(argv):
   run.main(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images, FLAGS.prompt, FLAGS.out_dir)
 
 
+def parse_flags(argv):
+  """absl's parse, with a --config.* override that names no key a one-line error (from
+  ml_collections it is a three-part traceback)."""
+  try:
+    return app.parse_flags_with_usage(argv)  # a bad value: absl's message and usage hint
+  except (AttributeError, KeyError) as e:
+    while e.args and isinstance(e.args[0], Exception):
+      e = e.args[0]
+    detail = str(e.args[0] if e.args else e)
+    key = detail.split('\n')[0].strip('\'"')
+    named = [a.split('=')[0] for a in argv[1:]
+             if a.startswith('--config.') and key in a.split('=')[0].split('.')]
+    hint = ' '.join(detail.split('\n')[1:])
+    sys.exit(f"error: {named[0] if named else '--config'}: the config has no key {key!r}"
+             + (f'. {hint}' if hint else ''))
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -102,6 +102,12 @@ def dry_run(config) -> dict:
   visible device (emulated CPU devices work: XLA_FLAGS=--xla_force_host_platform_device_count=N),
   per-device memory printed; nothing the size of the model is allocated."""
   n = jax.device_count()
+  if config.runtime.attention_impl == 'cudnn' and jax.default_backend() != 'gpu':
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.runtime.attention_impl = 'xla'
+    print(f"dry run on {jax.default_backend()}: attention_impl 'cudnn' compiled as 'xla', "
+          'which holds the attention scores: the temp bytes are an upper bound')
   exp = experiment(config, n, fsdp=False)
   mem, secs = compiled_memory(exp)
   out = dict(devices=n, mesh=dict(exp.mesh.shape), params=per_device_bytes(exp.state.params),

@@ -68,6 +68,7 @@ def get_config(arg: str = ''):
   c.optim.weight_decay, c.optim.b2 = 0.0, 0.999
   c.optim.param_groups = (('vision/.*', 0.2), ('.*', 1.0))
   c.train.batch_size, c.train.num_steps = 256, 4355  # one epoch of ~1.1M examples
+  c.eval.batch_size = 64  # a multiple of the batch shards of 8-64 GPUs (data x fsdp)
   c.runtime.dtype, c.runtime.attention_impl = 'bfloat16', 'cudnn'
   c.runtime.remat.llm = c.runtime.remat.vision = 'qkv_and_attention_out'
   c.eval.evaluators = ('loss', 'reports', 'classification', 'grounding', 'vqa')

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     from data_prep import show
     try:
       show.show(args.dataset_dir, args.split, args.limit, sys.stdout)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # a bad path or input: one line, exit 2
       print(f'error: {e}', file=sys.stderr)
       return 2
     return 0
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
                            config=args.config, beam_runner=args.beam_runner,
                            beam_options=beam_options, num_shards=args.num_shards,
                            max_short_side=args.max_short_side)
-  except (FileNotFoundError, ValueError) as e:
+  except (OSError, ValueError) as e:  # a bad path or input: one line, exit 2
     print(f'error: {e}', file=sys.stderr)
     return 2
   manifest = build_lib.read_manifest(path)

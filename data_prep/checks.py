@@ -17,6 +17,7 @@ from etils import epath
 from PIL import Image
 
 from data_prep.builder import ManualDirError, Reject
+from radjax.data import images
 
 # Modes a radiograph may have; palette, CMYK, alpha ... are rejected.
 IMAGE_MODES = ('L', 'RGB', 'I;16', 'I;16B', 'I')
@@ -92,7 +93,7 @@ def check_image_bytes(data: bytes, where: str, formats=('png', 'jpeg')) -> tuple
       mode, size = im.mode, im.size
       opaque = mode in ALPHA_MODES and im.getchannel('A').getextrema() == (255, 255)
   except Exception as e:
-    raise Reject(f'{where}: unreadable image: {e}') from e
+    raise Reject(f'{where}: unreadable image: {images.decode_error(e)}') from e
   if fmt not in formats:
     raise Reject(f'{where}: image format {fmt or "unknown"}, expected {"/".join(formats)}')
   if mode not in IMAGE_MODES and not opaque:

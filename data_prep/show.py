@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import io
 import json
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -33,7 +35,15 @@ def describe(example: dict) -> dict:
 
 
 def iter_examples(dataset_dir: str, split: str, limit: int | None = None) -> Iterator[dict]:
-  records = source.open_split(dataset_dir, split)
+  try:
+    records = source.open_split(dataset_dir, split, 'dataset dir')
+  except FileNotFoundError:
+    below = sorted(glob.glob(os.path.join(dataset_dir, '**', 'manifest.json'), recursive=True))
+    if not os.path.exists(os.path.join(dataset_dir, 'manifest.json')) and below:
+      dirs = ', '.join(os.path.dirname(p) for p in below[:3])
+      raise FileNotFoundError(f'{dataset_dir!r} is not a dataset dir; the ones below it: '
+                              f'{dirs}') from None
+    raise
   n = len(records) if limit is None else min(limit, len(records))
   for i in range(n):
     raw = records[i]

@@ -153,6 +153,16 @@ def pre_stage(config, workdir: str):
   return stage, stage_dir
 
 
+def check_before_pre_stage(config) -> None:
+  """The main stage's checks that need no model: its config, batch sizes over the mesh,
+  data processing and eval split fail now, not after the pre-stage has trained."""
+  task = make_task(config)
+  setup.preflight(config)
+  task.processor()
+  if evaluators.names(config, task):
+    evaluators.check_split(config, config.eval.split)
+
+
 def train_pre_stage(config, workdir: str) -> None:
   """Trains config.train.pre_stage to its num_steps unless it is there already, then points
   this config's model.<pre_stage_part>.init_from at it."""
@@ -180,6 +190,8 @@ def main(config, workdir: str, mode: str, images: list[str] | None = None, promp
   logging.info('process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   if mode == 'train':
+    if pre_stage(config, workdir):
+      check_before_pre_stage(config)
     train_pre_stage(config, workdir)
     return loop.train(config, workdir, make_task(config))
   if mode == 'eval':

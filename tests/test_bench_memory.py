@@ -40,11 +40,13 @@ def test_dry_run_compiles_the_configured_mesh():
   proc = subprocess.run(
       [sys.executable, 'main.py', '--config', 'configs/demo.py:size=micro,task=lm',
        '--workdir', '/nonexistent/dry', '--mode=dry_run', '--config.mesh.data=2',
-       '--config.mesh.fsdp=2', '--config.mesh.tensor=2'],
+       '--config.mesh.fsdp=2', '--config.mesh.tensor=2',
+       '--config.runtime.attention_impl=cudnn'],  # a GPU recipe checked on a CPU
       cwd=root, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [x for x in proc.stdout.splitlines() if x.startswith('dry run:')][0]
   assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in line and 'on 8 cpu devices' in line
   sizes = dict(re.findall(r'(\w+) ([\d.]+) MiB', line))
   assert float(sizes['peak']) >= float(sizes['argument']) > float(sizes['params']) > 0
+  assert "attention_impl 'cudnn' compiled as 'xla'" in proc.stdout
   assert not os.path.exists('/nonexistent/dry')  # a dry run writes nothing

@@ -214,3 +214,20 @@ def test_pre_stage_trains_the_tower_first_in_the_same_run(demo_data, tmp_path):
   bad.train.pre_stage_set = (('train.num_stepz', 6),)
   with pytest.raises(KeyError, match='num_stepz'):
     run.main(bad, str(tmp_path / 'bad'), 'train')
+
+
+@pytest.mark.parametrize('key,value,error', [
+  ('data.too_long', 'cut', "config.data.too_long: 'cut'"),
+  ('eval.batch_size', 4096, r"eval split 'val' .* fewer than config.eval.batch_size \(4096\)")])
+def test_the_main_stage_is_checked_before_its_pre_stage_trains(demo_data, tmp_path, key, value,
+                                                               error):
+  config = tiny_config(demo_data)
+  config.train.pre_stage = 'configs/classifier.py:size=micro'
+  config.train.pre_stage_set = (('data.dir', demo_data), ('train.num_steps', 2),
+                                ('eval.batch_size', 8))
+  section, name = key.split('.')
+  config[section][name] = value
+  workdir = str(tmp_path / 'vlm')
+  with pytest.raises(ValueError, match=error):
+    run.main(config, workdir, 'train')
+  assert not os.path.exists(os.path.join(workdir, 'pre_stage'))  # nothing trained first

@@ -113,3 +113,17 @@ def test_wrong_manual_dir_names_the_expected_file(tmp_path):
                         capture_output=True, text=True)
   assert proc.returncode == 2 and 'CheXpert-v1.0-small/train.csv' in proc.stderr
   assert 'Traceback' not in proc.stderr
+
+
+def test_a_file_that_is_no_image_is_rejected_in_words_that_do_not_change_run_to_run():
+  """PIL's UnidentifiedImageError names the in-memory file's address; rejects.jsonl (and a
+  Beam build's, compared byte for byte) must not."""
+  from data_prep import checks
+  from radjax.data import images, schema
+  with pytest.raises(checks.Reject) as e:
+    checks.check_image_bytes(b'hello world', 'image/x.png')
+  assert str(e.value) == ('image/x.png: unreadable image: cannot identify the image file '
+                          '(not a PNG or JPEG)')
+  with pytest.raises(schema.SchemaError) as e:
+    images.decode_image({'data': b'hello world', 'format': 'png', 'kind': '2d'}, 1, 'r1')
+  assert '0x' not in str(e.value) and "record 'r1': images: undecodable" in str(e.value)

@@ -115,3 +115,17 @@ def test_frontal_only(mimic, tmp_path):
   assert path.endswith('mimic_cxr/frontal/1.0.0')
   assert [e['id'] for e in fx.examples(path, 'train')] == [dicom_id(0)]
   assert manifest['filtered_by_view'] == 6 and manifest['num_rejects'] == 3
+
+
+def test_cli_path_mistakes_are_one_line_errors(mimic, tmp_path, capsys):
+  from data_prep import __main__ as cli
+  path, _ = fx.build('mimic_cxr', mimic, str(tmp_path / 'out'))
+  assert cli.main(['show', str(tmp_path / 'out' / 'mimic_cxr')]) == 2  # the version dir left off
+  err = capsys.readouterr().err
+  assert 'is not a dataset dir; the ones below it: ' + path in err
+  assert cli.main(['show', path, '--split', 'validate']) == 2
+  assert 'dataset dir: ' in capsys.readouterr().err  # not config.data.dir: no config here
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('mine')
+  assert cli.main(['build', 'mimic_cxr', '--manual_dir', mimic, '--data_dir', str(a_file)]) == 2
+  assert 'Not a directory' in capsys.readouterr().err and a_file.read_text() == 'mine'

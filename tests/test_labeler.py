@@ -50,6 +50,16 @@ def test_uncertainty():
   assert mentioned('No focal consolidation to suggest pneumonia.')['Pneumonia'] == 0
 
 
+def test_a_condition_asserts_nothing_up_to_its_comma():
+  for text in ('If there is concern for fracture, obtain rib views.',
+               'Recommend rib series if there is concern for fracture.',
+               'if there is concern for fracture'):
+    assert 'Fracture' not in mentioned(text), text
+  # What follows the condition's comma, and other sentences, still count.
+  assert mentioned('If clinically indicated, there is a small effusion.')['Pleural Effusion'] == 1
+  assert mentioned('If there is concern, CT. Rib fracture is seen.')['Fracture'] == 1
+
+
 def test_normal_statements():
   labels = mentioned('Heart size is normal. The lungs are clear.')
   assert labels['Cardiomegaly'] == 0

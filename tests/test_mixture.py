@@ -221,3 +221,32 @@ def test_nothing_fits_is_a_clear_error(dirs, monkeypatch):
   with pytest.raises(source.DataError,
                      match='100 examples in a row .* config.data.max_len'):
     ds[0]
+
+
+def test_an_unknown_task_names_its_knob_before_a_record_is_read(demo_data):
+  from radjax import run
+  from tests.conftest import tiny_config
+  config = tiny_config(demo_data)
+  config.data.mixture.chexpert = dict(dir=demo_data, tasks=('classificaton',), weight=1.0)
+  processor = run.make_task(config).processor
+  with pytest.raises(ValueError, match=r"config\.data\.mixture\.chexpert\.tasks: unknown "
+                     r"\['classificaton'\]"):
+    pipeline.train_dataset(config, processor, 'train', 0, 1)
+  config = tiny_config(demo_data)
+  config.data.tasks = ('report', 'reprot')
+  with pytest.raises(ValueError, match=r"config\.data\.tasks: unknown \['reprot'\]"):
+    pipeline.train_dataset(config, run.make_task(config).processor, 'train', 0, 1)
+
+
+def test_a_mixture_without_a_data_dir_builds_nothing_in_its_place(demo_data, tmp_path,
+                                                                   monkeypatch):
+  """README's mixture recipe sets config.data.dir = '' on a recipe whose data.builder is
+  the demo's: main.py must not build the demo into '' (the working directory)."""
+  import main as main_lib
+  from tests.conftest import tiny_config
+  config = tiny_config(demo_data)
+  config.data.dir, config.data.builder = '', 'demo'
+  config.data.mixture.a = dict(dir=demo_data, weight=1.0)
+  monkeypatch.chdir(tmp_path)
+  main_lib.ensure_data(config)
+  assert os.listdir(tmp_path) == []

@@ -214,15 +214,18 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--vocab_size', type=int, default=tokenizer_lib.DEFAULT_VOCAB_SIZE)
   parser.add_argument('--num_workers', type=int, default=None)
   args = parser.parse_args(argv)
-  manifest = build(
-    args.out,
-    seed=args.seed,
-    num_train=args.num_train,
-    num_val=args.num_val,
-    num_test=args.num_test,
-    vocab_size=args.vocab_size,
-    num_workers=args.num_workers,
-  )
+  try:
+    manifest = build(
+      args.out,
+      seed=args.seed,
+      num_train=args.num_train,
+      num_val=args.num_val,
+      num_test=args.num_test,
+      vocab_size=args.vocab_size,
+      num_workers=args.num_workers,
+    )
+  except (OSError, ValueError) as e:  # e.g. --out holds someone's files: nothing touched
+    sys.exit(f'error: {e}')
   print(f"wrote {args.out} in {manifest['build_seconds']:.1f} s")
   print(f"counts: {manifest['counts']}  rejects: {manifest['num_rejects']}")
   print(f"finding frequencies: {json.dumps(manifest['finding_frequencies'])}")

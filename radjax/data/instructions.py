@@ -548,16 +548,16 @@ TASKS: dict[str, Task] = {
 }
 
 
-def check_tasks(tasks) -> tuple[str, ...]:
-  """`tasks` as a tuple of known names; else a ValueError naming config.data.tasks."""
+def check_tasks(tasks, key: str = 'config.data.tasks') -> tuple[str, ...]:
+  """`tasks` as a tuple of known names; else a ValueError naming `key`."""
   if isinstance(tasks, str):
     tasks = (tasks,)
   tasks = tuple(tasks or ())
   if not tasks:
-    raise ValueError(f'config.data.tasks: empty; choose from {sorted(TASKS)}')
+    raise ValueError(f'{key}: empty; choose from {sorted(TASKS)}')
   unknown = [t for t in tasks if t not in TASKS]
   if unknown:
-    raise ValueError(f'config.data.tasks: unknown {unknown}; known: {sorted(TASKS)}')
+    raise ValueError(f'{key}: unknown {unknown}; known: {sorted(TASKS)}')
   return tasks
 
 

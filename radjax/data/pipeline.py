@@ -7,7 +7,7 @@ import grain
 import jax
 import numpy as np
 
-from radjax.data import mixture, packing, source, volumes
+from radjax.data import instructions, mixture, packing, source, volumes
 from radjax.data import worker_processes as worker_processes_lib
 
 
@@ -40,6 +40,7 @@ def train_dataset(config, make_processor, split: str,
   if not comps:
     records = source.open_split(config.data.dir, split)
     processor = make_processor(tuple(config.data.tasks))
+    _check_tasks(processor, 'config.data.tasks')
     ds = _stream(config, records, config.seed, processor, 0, log, process_index, process_count)
     return _batches(config, ds, 'image', process_count, _has_images(processor))
   batched = {}
@@ -48,6 +49,8 @@ def train_dataset(config, make_processor, split: str,
     weights = mixture.weights([c for _, c in items], [len(r) for r in records])
     make = make_processor if kind == 'image' else functools.partial(make_processor, kind=kind)
     processors = [make(c.tasks) for _, c in items]
+    for (_, c), p in zip(items, processors):
+      _check_tasks(p, f'{c.knob}.tasks')
     streams = [_stream(config, r, c.seed, p, i, log, process_index, process_count)
                for (i, c), r, p in zip(items, records, processors)]
     ds = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
@@ -114,6 +117,14 @@ def _stream(config, records, seed: int, processor, index: int, log: source.Recor
 def _map_seed(seed: int, depth: int) -> int:
   """grain's default seed for a random map `depth` datasets below `.seed(seed)`."""
   return int(np.random.SeedSequence([seed, depth]).generate_state(1, dtype=np.uint32)[0])
+
+
+def _check_tasks(processor, key: str) -> None:
+  """An instruction processor's task names, checked before any record is read (the
+  error names the knob they came from)."""
+  tasks = getattr(processor, 'tasks', None)
+  if tasks is not None:
+    instructions.check_tasks(tasks, key)
 
 
 def eval_dataset(config, processor, split: str, batch_size: int,

@@ -31,16 +31,23 @@ class Experiment:
     return sharding_lib.activation_rules(self.mesh, self.rules)
 
 
-def build(config, task, devices=None, pretrained: bool = True, train: bool = True
-          ) -> Experiment:
-  """`pretrained=False` skips `init_from` loading (the state is about to be restored).
-  `train=False` allocates nothing: the state holds only the params' abstract target
-  (no optimizer moments), for evaluation or generation to restore into."""
+def preflight(config, devices=None) -> tuple:
+  """(mesh, rules) after the checks that cost nothing: config values, the backend, batch
+  sizes over the mesh."""
   config_checks.check(config)
   factory.check_backend(config)
   mesh = sharding_lib.make_mesh(config.mesh, devices)
   rules = sharding_lib.rules_from_config(config.sharding.rules)
   _check_batch_sizes(config, mesh, rules)
+  return mesh, rules
+
+
+def build(config, task, devices=None, pretrained: bool = True, train: bool = True
+          ) -> Experiment:
+  """`pretrained=False` skips `init_from` loading (the state is about to be restored).
+  `train=False` allocates nothing: the state holds only the params' abstract target
+  (no optimizer moments), for evaluation or generation to restore into."""
+  mesh, rules = preflight(config, devices)
   inputs = task.init_inputs()
   model = task.model()
   params_shape = nn.meta.unbox(jax.eval_shape(

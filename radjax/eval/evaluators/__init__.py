@@ -6,6 +6,7 @@ import os
 
 import jax
 
+from radjax.data import mixture, source
 from radjax.eval.evaluators import codec, codes, instruction, labels, loss, reports
 
 EVALUATORS = {'loss': loss.LossEvaluator, 'reports': reports.ReportEvaluator,
@@ -14,12 +15,30 @@ EVALUATORS = {'loss': loss.LossEvaluator, 'reports': reports.ReportEvaluator,
               **{name: instruction.make(name) for name in instruction.SCORERS}}
 
 
-def make(exp, split: str) -> list:
-  names = tuple(exp.config.eval.evaluators) or exp.task.evaluators
+def names(config, task) -> tuple[str, ...]:
+  names = tuple(config.eval.evaluators) or task.evaluators
   unknown = [n for n in names if n not in EVALUATORS]
   if unknown:
     raise ValueError(f'config.eval.evaluators: {unknown} not in {sorted(EVALUATORS)}')
-  return [EVALUATORS[n](exp, split) for n in names]
+  return names
+
+
+def check_split(config, split: str) -> None:
+  """The eval split holds at least one batch: checked before a run trains, not at its
+  first evaluation."""
+  data_dir = mixture.eval_dir(config)
+  n, b = len(source.open_split(data_dir, split)), config.eval.batch_size
+  if n < b:
+    raise ValueError(f'eval split {split!r} of {data_dir} has {n} records, fewer than '
+                     f'config.eval.batch_size ({b}): nothing to evaluate. Lower '
+                     'config.eval.batch_size or set config.eval.split to a larger split.')
+
+
+def make(exp, split: str) -> list:
+  chosen = names(exp.config, exp.task)
+  if chosen:
+    check_split(exp.config, split)
+  return [EVALUATORS[n](exp, split) for n in chosen]
 
 
 def run_all(evaluators, params, step: int, writer=None, out_dir: str | None = None) -> dict:

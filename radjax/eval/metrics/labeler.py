@@ -166,6 +166,10 @@ _PRE_HYPO = _C(
   r'|obscure)\b'
 )
 _POST_HYPO = _C(r'^[^,]{0,30}?\b(?:may\s+not\s+be|(?:is|are)\s+limited|would\s+be)\b')
+# A condition ("if there is concern for fracture") reaches to its comma: its own "there
+# is" does not end it the way _BREAK ends other cues.
+_IF = _C(r'\bif\b')
+_IF_END = _C(r'[,:]|\bthen\b')
 # Words that end a cue's scope between the cue and the mention.
 _BREAK = _C(
   r'\b(?:is|are|was|were|has|have|shows?|demonstrates?|which|whereas|though'
@@ -199,9 +203,14 @@ def _in_scope(cues, before: str) -> bool:
   return last is not None and not _BREAK.search(before[last.end():])
 
 
+def _in_condition(before: str) -> bool:
+  matches = list(_IF.finditer(before))
+  return bool(matches) and not _IF_END.search(before[matches[-1].end():])
+
+
 def _classify(clause: str, start: int, end: int) -> int | None:
   before, after = clause[:start], clause[end:]
-  if _in_scope(_PRE_HYPO, before) or _POST_HYPO.search(after):
+  if _in_scope(_PRE_HYPO, before) or _POST_HYPO.search(after) or _in_condition(before):
     return None
   if _in_scope(_PRE_NEG, before) or _POST_NEG.search(after):
     return 0
