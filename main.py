@@ -34,6 +34,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from radjax import run  # noqa: E402
 from radjax.core import distributed  # noqa: E402
+from radjax.core import workdir as workdir_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Recipe config file.', lock_config=True)
@@ -76,8 +77,19 @@ def ensure_data(config) -> None:
     multihost_utils.sync_global_devices('radjax_data_built')
 
 
+def expand_home(config) -> None:
+  """'~/...' string values become paths: the shell leaves `--config.x=~/...` alone."""
+  with config.unlocked():
+    for key, value in config.items():
+      if hasattr(value, 'items'):
+        expand_home(value)
+      elif isinstance(value, str) and value.startswith('~'):
+        config[key] = os.path.expanduser(value)
+
+
 def main(argv):
   del argv
+  expand_home(FLAGS.config)
   # Before anything touches devices. Done already at the top unless a config file, not the
   # command line, changed the knob. Only as a program: a notebook calling main() keeps its
   # process.
@@ -88,6 +100,7 @@ def main(argv):
   logging.info('host allocator: %s', host_memory.in_effect())
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.mode == 'train':
+    workdir_lib.check_resumable(FLAGS.config, FLAGS.workdir)  # before the log is opened
     distributed.log_to_file(FLAGS.workdir)  # <workdir>/logs/process_<i>.log
   if FLAGS.mode == 'dry_run':  # shapes only: no data, no tokenizer, nothing allocated
     from bench import memory

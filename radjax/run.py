@@ -36,10 +36,14 @@ def load_trained(config, workdir: str, step: int | None = None, task=None):
 
 def evaluate(config, workdir: str) -> dict:
   exp, step = load_trained(config, workdir)
-  evs = evaluators.make(exp, config.eval.split)
+  split = config.eval.split
+  evs = evaluators.make(exp, split)
   writer, _ = writers.make_writers(workdir, resume_step=None)
-  out_dir = os.path.join(workdir, 'eval', str(step))
-  metrics = evaluators.run_all(evs, exp.state.params, step, writer, out_dir=out_dir)
+  # Another split than training's 'val' gets its own folder and scalar names, so its
+  # scores neither replace nor pass for the val ones.
+  out_dir = os.path.join(workdir, 'eval', str(step) if split == 'val' else f'{step}-{split}')
+  metrics = evaluators.run_all(evs, exp.state.params, step, writer, out_dir=out_dir,
+                               split=split)
   writer.write_scalars(step, metrics)
   writer.flush()
   logging.info('eval at step %d: %s', step, metrics)

@@ -107,6 +107,8 @@ def test_llama_workdir_generates_like_hf(converted):
   c = converted('llama')
   tok = transformers.AutoTokenizer.from_pretrained(c['out'])
   assert tok.decode(tok.encode('w5 w6', add_special_tokens=False)) == 'w5 w6'
+  # A plain encode starts with <s>, as radjax's decoder prompts and LLaMA's tokenizers do.
+  assert tok('w10 w11 w12 w13')['input_ids'] == [1, 10, 11, 12, 13]
 
   # --mode=generate on the imported workdir: greedy text equals HF's.
   from radjax import run

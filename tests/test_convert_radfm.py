@@ -359,3 +359,12 @@ def test_new_ids_are_never_generated(imported):
   assert ids_free[0, 0] == begin  # the doctored column wins when nothing suppresses it
   ids = np.asarray(generate_lib.generate(decoder, params, prompt, mask, None, banned)[0])
   assert not set(ids.ravel().tolist()) & set(suppress), ids
+
+
+def test_a_missing_tokenizer_names_the_flag(tmp_path, capsys):
+  argv = ['from-radfm', '--ckpt', str(tmp_path / 'x.bin'), '--tokenizer', str(tmp_path / 'no'),
+          '--out', str(tmp_path / 'wd')]
+  assert convert_cli.main(argv) == 2
+  err = capsys.readouterr().err
+  assert f"tokenizer '{tmp_path / 'no'}' does not exist (--tokenizer)" in err
+  assert not (tmp_path / 'wd').exists()

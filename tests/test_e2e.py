@@ -87,6 +87,17 @@ def test_eval_mode_writes_metrics_and_predictions(demo_data, tmp_path):
   for key in ('finding_cardiomegaly/f1', 'finding_nodule/recall', 'finding_macro_f1',
               'finding_baseline_all_positive_micro_f1'):
     assert f'eval/{key}' in metrics, key
+  # Another split: its own folder and names; the val results stay as they were.
+  val_json = open(os.path.join(workdir, 'eval', '2', 'metrics.json')).read()
+  config.eval.split = 'test'
+  test = run_lib.main(config, workdir, 'eval')
+  assert 'eval/test_loss' in test and 'eval/test_finding_macro_f1' in test
+  assert not [k for k in test if k.startswith('eval/val_')]
+  with open(os.path.join(workdir, 'eval', '2-test', 'metrics.json')) as f:
+    assert json.load(f)['eval/test_loss'] == test['eval/test_loss']
+  with open(os.path.join(workdir, 'eval', '2-test', 'predictions.jsonl')) as f:
+    assert json.loads(f.readline())['id'].startswith('demo-test-')
+  assert open(os.path.join(workdir, 'eval', '2', 'metrics.json')).read() == val_json
 
 
 def test_nonfinite_loss_stops_with_a_clear_message(demo_data, tmp_path):

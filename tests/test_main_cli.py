@@ -18,3 +18,19 @@ def test_a_misspelt_override_is_one_line_naming_it_and_writes_nothing(tmp_path):
       "error: --config.data.dirr: the config has no key 'dirr'. "
       'Did you mean "dir" instead of "dirr"?')
   assert 'Traceback' not in proc.stderr and not workdir.exists()
+
+
+def test_home_in_a_config_override_becomes_the_path(monkeypatch, tmp_path):
+  """The shell does not expand `--config.model.llm.init_from=~/models/x` (README)."""
+  import main as main_lib
+  from radjax.core import defaults
+  monkeypatch.setenv('HOME', str(tmp_path))
+  config = defaults.get_config()
+  config.model.llm.init_from = '~/models/tinyllama'
+  config.data.mixture.a = dict(dir='~/data/a', weight=1.0)
+  config.data.system_prompt = 'no ~ here'
+  config.lock()
+  main_lib.expand_home(config)
+  assert config.model.llm.init_from == str(tmp_path / 'models' / 'tinyllama')
+  assert config.data.mixture.a.dir == str(tmp_path / 'data' / 'a')
+  assert config.data.system_prompt == 'no ~ here'

@@ -295,6 +295,33 @@ def test_changed_architecture_writes_nothing(saved_workdir):
            if os.path.isfile(p)}
   assert after == before
   assert workdir_lib.load_config(wd).model.llm.num_layers == 2
+  # A decoder-only workdir is compared on its decoder: the vision and projector sections
+  # its config still carries build nothing.
+  lm = tiny_config(config.data.dir)
+  lm.model.kind = 'llm'
+  lm_wd = str(os.path.join(os.path.dirname(wd), 'lm'))
+  workdir_lib.save_params(lm_wd, lm, {'w': np.zeros(3, np.float32)}, step=2)
+  other = tiny_config(config.data.dir)
+  other.model.kind = 'llm'
+  other.model.vision.embed_dim, other.model.projector.hidden_dim = 48, 80
+  workdir_lib.check_resumable(other, lm_wd)
+  other.model.llm.num_layers = 3
+  with pytest.raises(workdir_lib.WorkdirError, match=r'Differing: model\.llm\.num_layers: 2 '
+                     r'in the workdir, 3 now\. Use'):
+    workdir_lib.check_resumable(other, lm_wd)
+
+
+def test_main_py_writes_no_log_into_a_workdir_it_refuses(saved_workdir):
+  import subprocess
+  import sys
+  config, wd = saved_workdir
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      [sys.executable, 'main.py', '--config', f'configs/workdir.py:{wd}', '--workdir', wd,
+       '--config.model.llm.num_layers=3'], cwd=root, capture_output=True, text=True,
+      timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode != 0 and 'model.llm.num_layers: 2 in the workdir' in proc.stderr
+  assert not os.path.exists(os.path.join(wd, 'logs'))
 
 
 @pytest.mark.slow

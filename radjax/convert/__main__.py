@@ -73,7 +73,7 @@ def cmd_from_radfm(args) -> None:
   hf_llm = None
   if os.path.exists(os.path.join(args.tokenizer, 'config.json')):
     hf_llm = hf_io.load_hf_config(args.tokenizer)
-  tokenizer = tokens.load_tokenizer(args.tokenizer)
+  tokenizer = tokens.load_tokenizer(args.tokenizer, '--tokenizer')
   state_dict = hf_io.load_state_dict_file(args.ckpt)
   config, params = radfm.import_checkpoint(state_dict, tokenizer, shape,
                                            scan=not args.unscanned, hf_llm_config=hf_llm,

@@ -163,8 +163,22 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
                          tuple(config.data.image_std), vlm_cfg.tokens_per_image, vision.variant,
                          tokenizer.chat_template)
   else:
+    if fmt.begin[:1] == (chat.BOS,):
+      _add_bos_on_encode(tokenizer)
     tokenizer.save_pretrained(out)
   _write_generation_config(out, extra)
+
+
+def _add_bos_on_encode(tokenizer) -> None:
+  """`tokenizer(text)` starts with BOS, as radjax starts every sequence of this chat format
+  and as HF's LLaMA tokenizers do (apply_chat_template encodes without it, so its BOS
+  stays single)."""
+  bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+  if bos is None or tokenizer('x')['input_ids'][:1] == [bos_id]:
+    return
+  from tokenizers import processors
+  tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+      single=f'{bos} $A', pair=f'{bos} $A {bos} $B', special_tokens=[(bos, bos_id)])
 
 
 def _write_generation_config(out: str, token_fields: dict) -> None:

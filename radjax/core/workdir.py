@@ -93,11 +93,21 @@ def _flat(node, prefix: str = '') -> dict:
   return out
 
 
+# The parts (model.<part> sections with a `kind`) each model kind composes; any other kind
+# is one part of its own name (radjax/models/factory.parts_of).
+_USED_PARTS = {'vlm': ('vision', 'projector', 'llm'), 'classifier': ('vision',)}
+
+
 def _architecture(config) -> dict:
   """The knobs a checkpoint's contents depend on: the model (but RUNTIME_MODEL_KEYS), the
   layer layout and the optimizer's parameter groups (they decide which moments exist)."""
   values = json.loads(config.to_json_best_effort())
-  flat = {f'model.{k}': v for k, v in _flat(values.get('model', {})).items()
+  model = dict(values.get('model', {}))
+  used = _USED_PARTS.get(model.get('kind'), (model.get('kind'),))
+  for name, section in list(model.items()):  # a part the model kind does not compose
+    if isinstance(section, dict) and 'kind' in section and name not in used:
+      del model[name]
+  flat = {f'model.{k}': v for k, v in _flat(model).items()
           if k.rsplit('.', 1)[-1] not in RUNTIME_MODEL_KEYS}
   flat['runtime.scan_layers'] = values.get('runtime', {}).get('scan_layers')
   flat['optim.param_groups'] = values.get('optim', {}).get('param_groups')

@@ -21,7 +21,8 @@ def tokenizer_path(config) -> str:
   return config.data.tokenizer or os.path.join(mixture.eval_dir(config), 'tokenizer.json')
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str,
+                   knob: str = 'config.data.tokenizer, or tokenizer.json in config.data.dir'):
   """The one way radjax opens a tokenizer: a `tokenizer.json` file, or a local HF
   tokenizer directory (`tokenizer.json`, or a sentencepiece `tokenizer.model` as
   LLaMA/Vicuna ship it). Never downloads; never runs remote code."""
@@ -29,8 +30,7 @@ def load_tokenizer(path: str):
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'tokenizer {path!r} does not exist (config.data.tokenizer, or '
-                            'tokenizer.json in config.data.dir)')
+    raise FileNotFoundError(f'tokenizer {path!r} does not exist ({knob})')
   tokenizer = PreTrainedTokenizerFast(tokenizer_file=path)
   vocab = tokenizer.get_vocab()
   # bos/eos/pad/unk by radjax's (and LLaMA's) names, where the vocabulary has them.

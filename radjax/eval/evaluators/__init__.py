@@ -41,10 +41,20 @@ def make(exp, split: str) -> list:
   return [EVALUATORS[n](exp, split) for n in chosen]
 
 
-def run_all(evaluators, params, step: int, writer=None, out_dir: str | None = None) -> dict:
+def split_key(key: str, split: str) -> str:
+  """'eval/val_loss' -> 'eval/test_loss', 'eval/labels_auc' -> 'eval/test_labels_auc'."""
+  name = key.removeprefix('eval/')
+  return f"eval/{split}_{name.removeprefix('val_')}"
+
+
+def run_all(evaluators, params, step: int, writer=None, out_dir: str | None = None,
+            split: str = 'val') -> dict:
+  """Every evaluator's scalars; a split other than 'val' names them (split_key)."""
   metrics = {}
   for ev in evaluators:
     metrics.update(ev.run(params, step, writer, out_dir))
+  if split != 'val':
+    metrics = {split_key(k, split): v for k, v in metrics.items()}
   if out_dir is not None and jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
