@@ -54,6 +54,10 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, config: str |
   """Builds `name` under data_dir from manual_dir; returns the dataset dir. With
   max_short_side, 2D images are stored downscaled (data_prep/downscale.py)."""
   cls = builder_class(name)
+  configs = [c.name for c in cls.BUILDER_CONFIGS]
+  if config is not None and config not in configs:
+    raise ValueError(f'{name}: no config {config!r}; '
+                     + (f'its configs: {", ".join(configs)}' if configs else 'it has none'))
   manual_dir = manual_dir and os.path.abspath(os.path.expanduser(manual_dir))
   if cls.MANUAL_DOWNLOAD_INSTRUCTIONS and not (manual_dir and os.path.isdir(manual_dir)
                                                 and os.listdir(manual_dir)):

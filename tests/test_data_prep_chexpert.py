@@ -127,3 +127,11 @@ def test_a_file_that_is_no_image_is_rejected_in_words_that_do_not_change_run_to_
   with pytest.raises(schema.SchemaError) as e:
     images.decode_image({'data': b'hello world', 'format': 'png', 'kind': '2d'}, 1, 'r1')
   assert '0x' not in str(e.value) and "record 'r1': images: undecodable" in str(e.value)
+
+
+def test_an_unknown_builder_config_is_named_with_the_ones_there_are(tmp_path):
+  with pytest.raises(ValueError, match="chexpert: no config 'frontal'; it has none"):
+    build_lib.build('chexpert', str(tmp_path), manual_dir=str(tmp_path), config='frontal')
+  with pytest.raises(ValueError, match="mimic_cxr: no config 'frontl'; its configs: default, "
+                     'frontal'):
+    build_lib.build('mimic_cxr', str(tmp_path), manual_dir=str(tmp_path), config='frontl')

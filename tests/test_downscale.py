@@ -127,3 +127,4 @@ def test_the_knob_travels_with_a_pickled_builder(tmp_path):
   assert pickle.loads(pickle.dumps(cls(data_dir=str(tmp_path)))).max_short_side is None
   with pytest.raises(ValueError, match='mimic_cxr: max_short_side 0'):
     cls(data_dir=str(tmp_path), max_short_side=0)
+
