@@ -100,6 +100,12 @@ def test_eval_mode_writes_metrics_and_predictions(demo_data, tmp_path):
   assert open(os.path.join(workdir, 'eval', '2', 'metrics.json')).read() == val_json
 
 
+def test_scalars_of_another_split_carry_its_name():
+  from radjax.eval import evaluators
+  assert evaluators.split_key('eval/val_loss', 'test') == 'eval/test_loss'
+  assert evaluators.split_key('eval/labels_auc', 'test') == 'eval/test_labels_auc'
+
+
 def test_nonfinite_loss_stops_with_a_clear_message(demo_data, tmp_path):
   config = tiny_config(demo_data)
   config.data.image_std = (0.0, 0.0, 0.0)  # every pixel becomes inf

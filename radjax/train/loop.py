@@ -68,7 +68,8 @@ def train(config, workdir: str, task, devices=None) -> dict:
   t_log, steps_since_log = time.time(), 0
   try:
     if start and _eval_due(tc, start) and not writers.eval_logged(writer_path(workdir), start):
-      last_eval = _evaluate(evaluators, writer, state, start, {})  # lost to a kill: redo it
+      # The eval of the restored step was lost to a kill: redo it.
+      last_eval = _evaluate(evaluators, writer, state, start, {}, config.eval.split)
     for step in range(start + 1, tc.num_steps + 1):
       host_batch = next(data_iter)
       # Host-only keys (source, truncated) are read here; to_global sends only the task's.
@@ -101,7 +102,7 @@ def train(config, workdir: str, task, devices=None) -> dict:
       if _eval_due(tc, step):
         scalars = _read(pending, ckpt, state, workdir) if pending else {}
         pending = None
-        last_eval = _evaluate(evaluators, writer, state, step, scalars)
+        last_eval = _evaluate(evaluators, writer, state, step, scalars, config.eval.split)
     if pending is not None:
       _log(writer, pending[0], _read(pending, ckpt, state, workdir))
   finally:  # an error still lets queued checkpoint writes finish
@@ -122,8 +123,8 @@ def writer_path(workdir: str) -> str:
   return os.path.join(workdir, 'metrics.jsonl')
 
 
-def _evaluate(evaluators, writer, state, step: int, scalars: dict) -> dict:
-  metrics = evaluators_lib.run_all(evaluators, state.params, step, writer)
+def _evaluate(evaluators, writer, state, step: int, scalars: dict, split: str) -> dict:
+  metrics = evaluators_lib.run_all(evaluators, state.params, step, writer, split=split)
   _log(writer, step, {**scalars, **metrics})
   logging.info('step %d eval: %s', step, json.dumps(metrics))
   return metrics
