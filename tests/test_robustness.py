@@ -224,7 +224,7 @@ def killed_in_eval(demo_data, tmp_path_factory):
   wd = str(tmp_path_factory.mktemp('killed') / 'w')
   real = evaluators_lib.run_all
 
-  def dying(evaluators, params, step, writer=None, out_dir=None):
+  def dying(evaluators, params, step, writer=None, out_dir=None, split='val'):
     raise Killed()
 
   evaluators_lib.run_all = dying
