@@ -35,6 +35,7 @@ from ml_collections import config_flags  # noqa: E402
 from radjax import run  # noqa: E402
 from radjax.core import distributed  # noqa: E402
 from radjax.core import workdir as workdir_lib  # noqa: E402
+from radjax.data import image_files, schema  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Recipe config file.', lock_config=True)
@@ -87,8 +88,20 @@ def expand_home(config) -> None:
         config[key] = os.path.expanduser(value)
 
 
+# Errors about what the user gave (a file, a workdir, a record) whose messages name it:
+# one line, not a traceback.
+INPUT_ERRORS = (image_files.ImageFileError, schema.SchemaError, workdir_lib.WorkdirError)
+
+
 def main(argv):
   del argv
+  try:
+    _main()
+  except INPUT_ERRORS as e:
+    sys.exit(f'error: {e}')
+
+
+def _main():
   expand_home(FLAGS.config)
   # Before anything touches devices. Done already at the top unless a config file, not the
   # command line, changed the knob. Only as a program: a notebook calling main() keeps its

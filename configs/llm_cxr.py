@@ -30,6 +30,7 @@ import os
 
 from configs import base, common
 from radjax.core import workdir as workdir_lib
+from radjax.eval import llm_cxr
 
 CODEBOOK = 1024  # LLM-CXR's codec: 256 px -> 16 x 16 codes from 1,024
 DOLLY_VOCAB = 50280  # dolly-v2-3b's embedding rows (its tokenizer with the ### markers)
@@ -46,6 +47,8 @@ def get_config(arg: str = ''):
     raise ValueError('config argument stage=2 needs stage1=<stage 1 workdir>')
   if not 0.0 <= args.text_share < 1.0:
     raise ValueError(f'config argument text_share={args.text_share}: in [0, 1)')
+  # config.json keeps these: absolute, the workdir serves and generates from any directory.
+  args.codec, args.stage1 = (os.path.abspath(p) if p else '' for p in (args.codec, args.stage1))
   c = base.get_config()
   c.task, c.model.kind = 'lm', 'llm'
   c.seed = 42
@@ -117,6 +120,10 @@ def _tiny(c, args, cxr: dict, text: dict) -> tuple[dict, dict]:
   c.data.dir = ''  # eval reads the first component: the demo's codes
   c.data.too_long = 'drop'
   c.data.codebook_size = vq.codebook_size
+  # The codec's step is the one that made the demo's codes (its latest when they are made
+  # now): a codec trained further later leaves this decoder's codes as they were.
+  made = llm_cxr.codes_summary(codes_dir(args.codec))
+  c.codec.step = made['step'] if made else workdir_lib.latest_step(args.codec)
   # The prompt, the delimiters and a findings + impression report (~100 tokens) or an
   # impression (~40) beside the image's codes.
   c.data.max_len = num_codes + (160 if args.stage == 1 else 96)
@@ -137,7 +144,7 @@ def _tiny(c, args, cxr: dict, text: dict) -> tuple[dict, dict]:
     c.eval.num_generate, c.eval.max_new_tokens = 8, 16
   cxr = dict(cxr, dir=codes_dir(args.codec), builder='encode_codes',
              builder_kwargs=dict(dataset=common.DEMO_DIR, codec=args.codec,
-                                 source_builder='demo'))
+                                 step=c.codec.step, source_builder='demo'))
   # The demo's OpenI report sentences as a text-only task (no image shown).
   text = dict(text, dir=common.DEMO_DIR, builder='demo', tasks=('impression_from_findings',))
   return cxr, text

@@ -8,7 +8,7 @@ from absl import logging
 from radjax import tasks
 from radjax.core import distributed, recipe
 from radjax.core import workdir as workdir_lib
-from radjax.data import chat, tokens
+from radjax.data import chat, image_files, tokens
 from radjax.eval import evaluators, llm_cxr
 from radjax.train import loop, setup, writers
 
@@ -58,22 +58,19 @@ def _answerer(config, workdir: str):
   return exp, evaluators.answers.Answerer(exp)
 
 
-def _image_examples(image_paths: list[str], prompt: str) -> list[dict]:
-  """One example per image, or one with every image when the prompt places several. A
-  `.npy` is a volume as the datasets store it ([rows, cols, slices] in [0, 1]; data_prep's
-  volume readers write one from NIfTI or DICOM), for a 'vit3d' tower."""
+def _image_examples(image_paths: list[str], prompt: str, reads_3d: bool) -> list[dict]:
+  """One example per image, or one with every image when the prompt places several. PNG,
+  JPEG and single-frame DICOM are 2D; a `.npy` is a volume as the datasets store it
+  ([rows, cols, slices] in [0, 1]; data_prep's volume readers write one from NIfTI or
+  DICOM), for a 'vit3d' tower (radjax/data/image_files.py, as the web demo reads)."""
   images = []
   for path in image_paths:
-    with open(path, 'rb') as f:
-      data = f.read()
-    if path.endswith('.npy'):
-      images.append((path, {'data': data, 'format': 'npy', 'kind': '3d'}))
-      continue
-    fmt = 'png' if data.startswith(b'\x89PNG') else 'jpeg'
-    images.append((path, {'data': data, 'format': fmt, 'kind': '2d'}))
+    entry = image_files.read_entry(path)
+    image_files.check_kind(entry, path, reads_3d)
+    images.append(entry)
   if prompt.count(chat.IMAGE_MARK) > 1:
-    return [{'id': ','.join(image_paths), 'images': [im for _, im in images]}]
-  return [{'id': path, 'images': [im]} for path, im in images]
+    return [{'id': ','.join(image_paths), 'images': images}]
+  return [{'id': path, 'images': [im]} for path, im in zip(image_paths, images)]
 
 
 def generate(config, workdir: str, image_paths: list[str], prompt: str = '') -> list[str]:
@@ -90,7 +87,7 @@ def generate(config, workdir: str, image_paths: list[str], prompt: str = '') -> 
   else:
     if not image_paths:
       raise ValueError('--mode=generate needs --images=a.png[,b.png]')
-    examples = _image_examples(image_paths, prompt)
+    examples = _image_examples(image_paths, prompt, 'volume' in exp.task.slots)
     reporter = evaluators.reports.ReportEvaluator(exp, config.eval.split)
     items = [(ex, [{'role': 'user', 'text': prompt}] if prompt else reporter.prompt_turns(ex))
              for ex in examples]
@@ -107,7 +104,8 @@ def chat_loop(config, workdir: str, image_paths: list[str], read=input, write=pr
   exp, answerer = _answerer(config, workdir)
   if image_paths and exp.task.image_slots is None:
     raise ValueError('--images given, but this workdir is a decoder without a vision tower')
-  example = (_image_examples(image_paths, chat.IMAGE_MARK * len(image_paths))[0]
+  example = (_image_examples(image_paths, chat.IMAGE_MARK * len(image_paths),
+                             'volume' in exp.task.slots)[0]
              if image_paths else {'id': '<chat>', 'images': []})
   turns = []
   write(f'chatting with {workdir} ({config.data.chat_format} format); '
@@ -129,12 +127,12 @@ def chat_loop(config, workdir: str, image_paths: list[str], read=input, write=pr
   return turns
 
 
-def load_llm_cxr(config, workdir: str, codec_workdir: str = '', step: int | None = None):
+def load_llm_cxr(config, workdir: str, step: int | None = None):
   """An LLM-CXR workdir's decoder (latest or `step` params) with its codec
   (radjax/eval/llm_cxr.py): the one loader of generate, the web demo and the tools."""
   llm_cxr.LlmCxr.check(config)
   exp, _ = load_trained(config, workdir, step, task=make_task(config, 'lm'))
-  return llm_cxr.LlmCxr.from_experiment(exp, codec_workdir)
+  return llm_cxr.LlmCxr.from_experiment(exp)
 
 
 def pre_stage(config, workdir: str):
@@ -193,6 +191,8 @@ def main(config, workdir: str, mode: str, images: list[str] | None = None, promp
   maybe_initialize_distributed()
   logging.info('process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
+  if mode in ('train', 'eval'):
+    llm_cxr.check_config_codes(config)  # codes the decoder learns or is scored on
   if mode == 'train':
     if pre_stage(config, workdir):
       check_before_pre_stage(config)

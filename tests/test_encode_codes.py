@@ -7,6 +7,7 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import pytest
 
 from configs import vqgan as vqgan_recipe
 from data_prep import encode_codes
@@ -57,14 +58,38 @@ def test_codes_fill_the_records_and_a_killed_run_resumes(demo_data, tmp_path, mo
   again = encode_codes.encode_dataset(demo_data, codec_dir, out, ('val', 'test'), batch_size=6,
                                       log=lambda *_: None)
   assert encoded == [test_shard]  # val's shard was reused, not recomputed
-  assert again['splits']['val']['shards_reused'] == 1
+  assert again['splits']['val'] == {**summary['splits']['val'], 'shards_reused': 1}
   assert [schema.decode(r)['codes'] for r in source.open_split(out, 'test')] == first_codes
   assert os.path.exists(os.path.join(out, 'manifest.json'))
 
 
-def test_wrong_inputs_are_errors_naming_the_flag(demo_data, tmp_path):
+def test_wrong_inputs_are_errors_naming_the_flag(demo_data, tmp_path, capsys):
   assert encode_codes.main(['--dataset', str(tmp_path), '--codec', str(tmp_path),
                             '--out', str(tmp_path / 'o')]) == 2
   assert encode_codes.main(['--dataset', demo_data, '--codec', demo_data,
                             '--out', demo_data]) == 2
   assert not os.path.exists(os.path.join(demo_data, 'codes.json'))  # never written into
+  (tmp_path / 'a_file').write_text('x')
+  assert encode_codes.main(['--dataset', demo_data, '--codec', str(tmp_path),
+                            '--out', str(tmp_path / 'a_file')]) == 2
+  assert 'a_file' in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_another_codec_step_into_the_same_out_is_refused(demo_data, tmp_path):
+  """Reused shards would hold one codec's codes under a summary naming another."""
+  codec_dir, out = str(tmp_path / 'codec'), str(tmp_path / 'with_codes')
+  _codec_workdir(codec_dir)
+  encode_codes.encode_dataset(demo_data, codec_dir, out, ('test',), batch_size=8,
+                              log=lambda *_: None)
+  before = {n: open(os.path.join(out, n), 'rb').read() for n in os.listdir(out)}
+  # Step 0 is the codec's only checkpoint: asking for step 3 names what the codes came from.
+  with pytest.raises(ValueError, match=r'codes\.json: these codes were made by the codec '
+                     r'.*codec at step 0, but .* at step 3'):
+    encode_codes.encode_dataset(demo_data, codec_dir, out, ('test',), step=3)
+  assert encode_codes.main(['--dataset', demo_data, '--codec', codec_dir, '--out', out,
+                            '--splits', 'test', '--step', '3']) == 2
+  assert {n: open(os.path.join(out, n), 'rb').read() for n in os.listdir(out)} == before
+  # A codec step that does not exist, into a new dir: named, before anything is written.
+  with pytest.raises(workdir_lib.NoCheckpoint, match=r'no checkpoint of step 3 .* \[0\]'):
+    encode_codes.encode_dataset(demo_data, codec_dir, str(tmp_path / 'new'), ('test',), step=3)
+  assert not os.path.exists(tmp_path / 'new' / 'codes.json')

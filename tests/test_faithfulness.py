@@ -44,3 +44,23 @@ def test_finding_rates_count_stated_and_ruled_out_reports():
   assert (eff['sensitivity'], eff['specificity'], eff['stated'], eff['ruled_out']) == (
       1.0, 0.5, 1, 2)
   assert out['mean_sensitivity'] == pytest.approx(0.75)
+
+
+def test_a_single_image_has_no_distance():
+  """--n 1: the rates stand; the distance is NaN, not scipy's internal error."""
+  one, many = np.ones((1, 4)), np.random.default_rng(2).normal(size=(8, 4))
+  assert np.isnan(faithfulness.feature_distance(one, many))
+  assert np.isnan(faithfulness.feature_distance(many[:0], many[:0]))
+
+
+def test_a_section_is_scored_on_what_it_states():
+  """Drawn from impressions alone (stage 2), the labels are what each impression says, not
+  the record's labels of the whole report."""
+  from tools import faithfulness as tool
+  names = ('Cardiomegaly', 'Pleural Effusion', 'Pneumothorax')
+  records = [{'labels': {'Cardiomegaly': 1, 'Pleural Effusion': 0, 'Pneumothorax': 0}}] * 2
+  impressions = ['Cardiomegaly. No pneumothorax.', 'Possible small left effusion.']
+  np.testing.assert_array_equal(tool._labels(records, impressions, 'impression', names),
+                                [[1, -2, 0], [-2, -2, -2]])
+  np.testing.assert_array_equal(tool._labels(records, impressions, 'both', names),
+                                [[1, 0, 0], [1, 0, 0]])

@@ -18,6 +18,7 @@ from configs import llm_cxr as recipe
 from configs import vqgan as vqgan_recipe
 from radjax import run as run_lib
 from radjax.core import workdir as workdir_lib
+from radjax.data import dicom, image_files
 from radjax.eval import llm_cxr
 from radjax.eval.evaluators import codes as codes_evaluators
 from radjax.models import factory, vqgan
@@ -125,6 +126,39 @@ def test_report_to_png_has_exactly_the_codec_grid(trained, tmp_path):
   np.testing.assert_array_equal(llm_cxr.to_uint8(again.images[0]), image)
 
 
+def test_codes_stay_with_the_codec_step_that_made_them(trained, tmp_path, monkeypatch):
+  """A codec trained further encodes images otherwise: generation must use the step whose
+  codes the decoder learned, and a run that asks for another step is refused, by name."""
+  config, workdir, codec = trained
+  assert config.codec.step == 0  # pinned when the recipe was read: the codec's latest then
+  other = config.copy_and_resolve_references()
+  other.codec.step = 3
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=r'codes\.json: these codes were made by the codec .* at step 0, '
+                           r'but .* at step 3\. .*--config\.codec\.step=0'):
+    run_lib.main(other, workdir, 'generate', [], REPORT)
+  with pytest.raises(workdir_lib.WorkdirError, match='at step 3'):
+    run_lib.main(other, workdir, 'train')
+  # The recipe pins the step that made the demo's codes, and keeps paths absolute so the
+  # workdir generates from any directory.
+  monkeypatch.chdir(tmp_path)
+  os.makedirs('c2/codes/demo_v5')
+  with open('c2/config.json', 'w') as f, open(os.path.join(codec, 'config.json')) as src:
+    f.write(src.read())
+  with open('c2/codes/demo_v5/codes.json', 'w') as f:
+    json.dump({'codec': str(tmp_path / 'c2'), 'step': 7}, f)
+  c = recipe.get_config('size=micro,codec=c2')
+  assert c.codec.workdir == str(tmp_path / 'c2') and c.codec.step == 7
+  assert c.data.mixture.cxr.builder_kwargs.step == 7
+  assert c.data.mixture.cxr.dir == str(tmp_path / 'c2' / 'codes' / 'demo_v5')
+
+
+def test_a_codec_step_it_does_not_have_is_named(trained):
+  _, _, codec = trained
+  with pytest.raises(workdir_lib.NoCheckpoint, match=r'no checkpoint of step 7 .*\[0\]'):
+    llm_cxr.Codec(codec, 7)
+
+
 def test_image_to_report_returns_text(trained, tmp_path, capsys):
   config, workdir, _ = trained
   path = str(tmp_path / 'x.png')
@@ -137,6 +171,16 @@ def test_image_to_report_returns_text(trained, tmp_path, capsys):
   model = run_lib.load_llm_cxr(config, workdir)
   codes = model.codec.codes([model.codec.load_image(path)])
   assert len(codes[0]) == 64
+  # A DICOM reads as its 8-bit conversion (as the web demo and the datasets read it); a
+  # missing file is named.
+  import pydicom
+  from pydicom.data import get_testdata_file
+  dcm = get_testdata_file('CT_small.dcm')
+  as_png = str(tmp_path / 'ct.png')
+  Image.fromarray(dicom.to_uint8(pydicom.dcmread(dcm), dcm)).save(as_png)
+  np.testing.assert_array_equal(model.codec.load_image(dcm), model.codec.load_image(as_png))
+  with pytest.raises(image_files.ImageFileError, match=r'nothere\.png: no such file'):
+    run_lib.main(config, workdir, 'generate', [str(tmp_path / 'nothere.png')])
   # Code tokens and the delimiters are never written into a report.
   items = [({'id': 'x', 'images': []}, llm_cxr.read_request(codes[0], 32))]
   rows = model.answerer.answer_ids(model.params, items, model.read_cfg, seed=0)

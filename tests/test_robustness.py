@@ -321,6 +321,8 @@ def test_main_py_writes_no_log_into_a_workdir_it_refuses(saved_workdir):
        '--config.model.llm.num_layers=3'], cwd=root, capture_output=True, text=True,
       timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode != 0 and 'model.llm.num_layers: 2 in the workdir' in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith('error: ')  # one line, no traceback
+  assert 'Traceback' not in proc.stderr
   assert not os.path.exists(os.path.join(wd, 'logs'))
 
 

@@ -161,7 +161,10 @@ def test_dicom_upload_reports_like_its_png(served):
   dcm.write_bytes(_dicom(grey * 16))  # 12-bit data: v * 16 -> v after the stretch
   entry = uploads.image_entry(dcm.read_bytes(), 'grey.dcm')
   np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(entry['data']))), grey)
-  assert _report(client, str(dcm))[1] == run_lib.main(config, workdir, 'generate', [str(png)])[0]
+  from_png = run_lib.main(config, workdir, 'generate', [str(png)])[0]
+  assert _report(client, str(dcm))[1] == from_png
+  # --mode=generate reads the DICOM the way the page does (radjax/data/image_files.py).
+  assert run_lib.main(config, workdir, 'generate', [str(dcm)])[0] == from_png
   stack = tmp / 'stack.dcm'
   stack.write_bytes(_dicom(grey * 16, frames=3))
   assert 'multi-frame DICOM (3 frames)' in _error(client, str(stack))

@@ -10,6 +10,9 @@ Per finding of the classifier (config.data.label_names), over the held-out recor
   sensitivity  among reports that state the finding (label 1), the share of images the
                classifier calls positive (probability > 0.5)
   specificity  among reports that rule it out (label 0), the share called negative
+The labels are the records' (they describe the whole report) when the workdir draws from
+whole reports; from one section (stage 2: the impression), they are what that text
+states, read by the report labeler (uncertain and unmentioned findings are not scored).
 and the Frechet distance between the classifier's pooled features of the real and the
 drawn images (FID's formula in that feature space; lower: closer distributions).
 """
@@ -27,6 +30,7 @@ from radjax.core import workdir as workdir_lib
 from radjax.data import images as images_lib
 from radjax.data import instructions, mixture, schema, source
 from radjax.eval import llm_cxr
+from radjax.eval.metrics import labeler
 from radjax.eval.metrics.faithfulness import feature_distance, finding_rates
 
 
@@ -71,6 +75,17 @@ class Classifier:
     return np.concatenate(probs), np.concatenate(feats)
 
 
+def _labels(examples: list[dict], reports: list[str], section: str, names) -> np.ndarray:
+  """[N, L]: 1 stated, 0 ruled out, -2 not scored, of the report text each image is drawn
+  from. A section alone need not state what the record's labels (of the whole report) say."""
+  if section == 'both':
+    return np.array([[(ex.get('labels') or {}).get(name, -2) for name in names]
+                     for ex in examples])
+  said = [labeler.label_report(r) for r in reports]
+  return np.array([[v if (v := s.get(name)) in (0, 1) else -2 for name in names]
+                   for s in said])
+
+
 def evaluate(llm_cxr_dir: str, classifier_dir: str, split: str = 'val', n: int = 128,
              seed: int = 0, log=print) -> dict:
   """The rates for drawn, real and reconstructed images and the Frechet distances."""
@@ -92,8 +107,7 @@ def evaluate(llm_cxr_dir: str, classifier_dir: str, split: str = 'val', n: int =
     raise ValueError(f'split {split!r} of {mixture.eval_dir(config)!r} has no records with '
                      'an image, codes and a report')
   reports = [instructions.report_answer(ex, options.report_section) for ex in examples]
-  labels = np.array([[(ex.get('labels') or {}).get(name, -2) for name in scorer.names]
-                     for ex in examples])
+  labels = _labels(examples, reports, options.report_section, scorer.names)
   log(f'drawing {len(examples)} images from {split} reports ...')
   drawn = model.draw(reports, seed=seed)
   recon = model.codec.decode([ex['codes'] for ex in examples])
@@ -104,7 +118,8 @@ def evaluate(llm_cxr_dir: str, classifier_dir: str, split: str = 'val', n: int =
                    for ex in examples],
           'reconstructed': [llm_cxr.to_uint8(x) for x in recon]}
   out = {'split': split, 'n': len(examples), 'seed': seed, 'llm_cxr': llm_cxr_dir,
-         'classifier': classifier_dir, 'report_section': options.report_section}
+         'classifier': classifier_dir, 'report_section': options.report_section,
+         'labels_from': 'records' if options.report_section == 'both' else 'report labeler'}
   feats = {}
   for name, images in sets.items():
     probs, feats[name] = scorer([scorer.preprocess(im, f'{name}_{i}')

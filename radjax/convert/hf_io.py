@@ -49,10 +49,12 @@ def load_torch_file(path: str) -> dict:
                             'it') from None
     found = re.search(r'WeightsUnpickler error: \s*(.+)', text)
     detail = found.group(1).strip() if found else text.splitlines()[0]
-    raise ConversionError(f'{path}: torch.load(weights_only=True) cannot read it ({detail}); '
-                          'if it is a checkpoint you trust, convert it to safetensors') from None
-  except (RuntimeError, EOFError) as e:
-    raise ConversionError(f'{path}: not a readable PyTorch checkpoint ({e})') from None
+    raise ConversionError(f'{path}: torch.load(weights_only=True) cannot read it ({detail}): '
+                          'not a PyTorch checkpoint, or one that needs more than tensors '
+                          'unpickled (convert that to safetensors where you trust it)') from None
+  except (RuntimeError, EOFError, KeyError, ValueError) as e:  # torch's own words on bytes
+    raise ConversionError(f'{path}: not a readable PyTorch checkpoint '
+                          f'({type(e).__name__}: {e})') from None
   if not isinstance(obj, dict):
     raise ConversionError(f'{path}: holds a {type(obj).__name__}, not a dict of tensors')
   if not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -107,7 +109,8 @@ def load_hf_config(path: str):
 
   config_path = os.path.join(path, 'config.json')
   if not os.path.isdir(path):
-    raise FileNotFoundError(f'{path}: no such directory')
+    raise FileNotFoundError(f'{path}: no such file or directory' if not os.path.exists(path)
+                            else f'{path}: not a directory')
   raw = files_lib.read_json(config_path, ConversionError)
   model_type = raw.get('model_type') if isinstance(raw, dict) else None
   if model_type not in transformers.CONFIG_MAPPING:

@@ -167,7 +167,8 @@ def load_dir(path: str) -> tuple[dict, dict]:
   """(config.json as a dict, state dict) of a diffusers VQModel directory."""
   cfg_path, weights = os.path.join(path, 'config.json'), os.path.join(path, WEIGHTS)
   if not os.path.isdir(path):
-    raise FileNotFoundError(f'{path}: no such directory')
+    raise FileNotFoundError(f'{path}: no such file or directory' if not os.path.exists(path)
+                            else f'{path}: not a directory')
   with open(cfg_path) as f:
     try:
       raw = json.load(f)

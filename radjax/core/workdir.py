@@ -25,6 +25,10 @@ class WorkdirError(ValueError):
   """A workdir that cannot be read or does not fit the config; the message names the file."""
 
 
+class NoCheckpoint(WorkdirError, FileNotFoundError):
+  """A workdir without the checkpoint asked for (any, or of one step)."""
+
+
 def save_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
@@ -135,17 +139,17 @@ def latest_step(workdir: str) -> int:
   step = ckpt.latest_step()
   ckpt.close()
   if step is None:
-    raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}')
+    raise NoCheckpoint(f'no checkpoint in {checkpoint_dir(workdir)}')
   return step
 
 
 def check_step(workdir: str, step: int) -> int:
-  """`step` if the workdir has a checkpoint of it, else FileNotFoundError listing those it has."""
+  """`step` if the workdir has a checkpoint of it, else NoCheckpoint listing those it has."""
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=1, use_async=False)
   steps = sorted(ckpt.manager.all_steps())
   ckpt.close()
   if step not in steps:
-    raise FileNotFoundError(f'no checkpoint of step {step} in {checkpoint_dir(workdir)} '
+    raise NoCheckpoint(f'no checkpoint of step {step} in {checkpoint_dir(workdir)} '
                             f'(it has steps {steps})')
   return step
 
@@ -153,7 +157,7 @@ def check_step(workdir: str, step: int) -> int:
 def load_params(workdir: str, step: int | None = None, path: tuple[str, ...] = (),
                 target=None):
   """`params/<path>` of the given (default: latest) checkpoint; see restore_params."""
-  step = latest_step(workdir) if step is None else step
+  step = latest_step(workdir) if step is None else check_step(workdir, step)
   return checkpoint_lib.restore_params(checkpoint_dir(workdir), step, path, target)
 
 

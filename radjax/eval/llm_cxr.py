@@ -10,6 +10,7 @@ The one path for `--mode=generate`, the evaluators, the faithfulness tool and th
 """
 import dataclasses
 import hashlib
+import json
 import os
 
 import jax
@@ -17,9 +18,51 @@ import numpy as np
 from PIL import Image
 
 from radjax.core import workdir as workdir_lib
-from radjax.data import chat, instructions
+from radjax.data import chat, image_files, instructions
 from radjax.data import images as images_lib
 from radjax.models import factory, vqgan
+
+CODES_SUMMARY = 'codes.json'  # beside a dataset's codes: the codec and step that made them
+
+
+def codes_summary(data_dir: str) -> dict | None:
+  """What data_prep/encode_codes.py recorded of the codes in `data_dir` (None: no codes)."""
+  path = os.path.join(data_dir, CODES_SUMMARY)
+  if not data_dir or not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def codec_step(workdir: str, step: int | None) -> int:
+  """config.codec.step as a checkpoint step (-1 or None: the codec's latest)."""
+  return workdir_lib.latest_step(workdir) if step is None or step < 0 else step
+
+
+def check_codes_made_by(data_dir: str, codec_workdir: str, step: int) -> None:
+  """The codes in `data_dir` were made by this codec at this step. A codec trained further,
+  or another one, gives other codes: the decoder would then read and draw codes it never
+  learned, with no error anywhere else."""
+  made = codes_summary(data_dir)
+  here = os.path.abspath(codec_workdir)
+  if made is None or (os.path.abspath(made['codec']), made['step']) == (here, step):
+    return
+  raise workdir_lib.WorkdirError(
+      f"{os.path.join(data_dir, CODES_SUMMARY)}: these codes were made by the codec "
+      f"{made['codec']} at step {made['step']}, but this run's codec (config.codec) is {here} "
+      f"at step {step}. Use the codec that made them (--config.codec.workdir, "
+      f"--config.codec.step={made['step']}), or encode the dataset with this one into a new "
+      'dir (python -m data_prep.encode_codes)')
+
+
+def check_config_codes(config) -> None:
+  """Every dataset of `config` that holds codes was made by config.codec's codec."""
+  if not config.codec.workdir or not config.data.get('codebook_size', 0):
+    return
+  step = codec_step(config.codec.workdir, config.codec.step)
+  for data_dir in [config.data.dir] + [spec.get('dir', '') for spec in
+                                       config.data.mixture.values()]:
+    check_codes_made_by(data_dir, config.codec.workdir, step)
 
 
 class Codec:
@@ -32,7 +75,7 @@ class Codec:
                        '(config.codec.workdir)')
     self.workdir = workdir
     self.cfg = factory.part_config(config.model, 'vqgan')
-    self.step = workdir_lib.latest_step(workdir) if step is None or step < 0 else step
+    self.step = codec_step(workdir, step)
     params = workdir_lib.load_params(workdir, self.step)
     model = vqgan.VQGAN(self.cfg)
     self._codes = jax.jit(lambda x: model.apply({'params': params}, x,
@@ -46,11 +89,11 @@ class Codec:
     return h * w
 
   def load_image(self, path: str) -> np.ndarray:
-    """An image file -> [S, S, C] in [-1, 1], as the codec was trained (resize, no crop)."""
-    with open(path, 'rb') as f:
-      data = f.read()
-    fmt = 'png' if data.startswith(b'\x89PNG') else 'jpeg'
-    return self.preprocess({'data': data, 'format': fmt, 'kind': '2d'}, path)
+    """An image file (PNG, JPEG, single-frame DICOM) -> [S, S, C] in [-1, 1], as the codec
+    was trained (resize, no crop)."""
+    entry = image_files.read_entry(path)
+    image_files.check_kind(entry, path, reads_3d=False)
+    return self.preprocess(entry, path)
 
   def preprocess(self, entry: dict, name: str) -> np.ndarray:
     """An Example's image entry -> [S, S, C] in [-1, 1]."""
@@ -144,23 +187,24 @@ class LlmCxr:
         image_span=(self.first_code, self.end_code, self.num_codes, self.close_id))
 
   @classmethod
-  def from_experiment(cls, exp, codec_workdir: str = ''):
+  def from_experiment(cls, exp):
     """An experiment with its params loaded (radjax/run.py load_llm_cxr builds it) and the
-    codec of config.codec.workdir unless `codec_workdir` is given."""
+    codec of config.codec, the one that made its datasets' codes."""
     config = exp.config
-    codec_dir = codec_workdir or config.codec.workdir
-    if not codec_dir:
+    if not config.codec.workdir:
       raise ValueError('config.codec.workdir is empty: this LLM-CXR workdir names no codec '
                        '(train one with configs/vqgan.py and pass codec=DIR to '
                        'configs/llm_cxr.py, or set --config.codec.workdir)')
     from radjax.eval.evaluators import answers
-    return cls(exp, answers.Answerer(exp), Codec(codec_dir, config.codec.get('step', -1)))
+    return cls(exp, answers.Answerer(exp), Codec(config.codec.workdir, config.codec.step))
 
   @staticmethod
   def check(config):
+    """Before loading anything: a decoder of codes, whose datasets' codes its codec made."""
     if config.model.kind != 'llm' or not config.data.get('codebook_size', 0):
       raise ValueError('an LLM-CXR workdir is a decoder (config.model.kind=llm) with '
                        'config.data.codebook_size > 0')
+    check_config_codes(config)
 
   @property
   def params(self):

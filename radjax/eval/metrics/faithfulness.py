@@ -18,7 +18,11 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def feature_distance(a: np.ndarray, b: np.ndarray) -> float:
-  """Frechet distance between the Gaussians fitted to features a [N, D] and b [M, D]."""
+  """Frechet distance between the Gaussians fitted to features a [N, D] and b [M, D]; NaN
+  when either has under 2 rows (no covariance to fit)."""
+  if min(len(a), len(b)) < 2:
+    return float('nan')
+
   def stats(x):
     x = np.asarray(x, np.float64)
     return x.mean(0), np.cov(x, rowvar=False)
