@@ -256,6 +256,26 @@ def test_resume_completes_the_lost_evaluation(killed_in_eval, tmp_path):
   assert _losses(wd) == _losses(src)
 
 
+def test_a_knob_that_changes_the_train_state_is_named_and_nothing_moves(killed_in_eval,
+                                                                       tmp_path):
+  """Gradient clipping on/off changes the optimizer state, not the model: the checkpoints
+  are not damaged and must not be set aside; config.json stays as it was."""
+  config, src = killed_in_eval
+  wd = _copy(src, tmp_path)
+  before = {p: open(p, 'rb').read() for p in glob.glob(f'{wd}/**', recursive=True)
+            if os.path.isfile(p)}
+  changed = config.copy_and_resolve_references()
+  changed.optim.clip_norm = 0.0 if config.optim.clip_norm else 1.0
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=r'another train state than its checkpoints hold; nothing was '
+                           r'written or moved\. State: .*opt_state.* Knobs that differ from '
+                           r'config\.json: optim\.clip_norm: '):
+    run_lib.main(changed, wd, 'train')
+  after = {p: open(p, 'rb').read() for p in glob.glob(f'{wd}/**', recursive=True)
+           if os.path.isfile(p)}
+  assert after == before and not os.path.exists(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))
+
+
 @pytest.mark.slow
 def test_damaged_newest_checkpoint_run_resumes_from_the_older(killed_in_eval, tmp_path,
                                                              monkeypatch):

@@ -87,6 +87,7 @@ def test_grounding_and_classification_rows(tmp_path):
     ({'boxes': [{'label': 'x', 'box': [0.1, 0.1]}]}, 'boxes[0]'),
     ({'boxes': 'no'}, 'boxes must be a list'),
     ({'labels': 'Edema'}, 'labels must be a list'),
+    ({'reference': ' ... '}, "reference ' ... ' has no words"),
 ])
 def test_bad_reference_rows_name_file_and_line(tmp_path, capsys, bad, msg):
   good = {'id': 1, 'generated': 'a', 'reference': 'b'}
@@ -126,7 +127,7 @@ def test_radgraph_file_in_the_cli(tmp_path, capsys):
   rc, m, per = run_score(tmp_path, rows, '--radgraph', ann_path)
   assert rc == 0 and m['radgraph_f1_simple'] == 0.5 and m['radgraph_num_reports'] == 2
   assert per[0]['radgraph_f1_complete'] == 1.0
-  rc, _, _ = run_score(tmp_path, rows + [{'id': 'c', 'generated': '', 'reference': ''}],
+  rc, _, _ = run_score(tmp_path, rows + [{'id': 'c', 'generated': '', 'reference': 'z'}],
                        '--radgraph', ann_path)
   assert rc == 2 and "missing for ids ['c']" in capsys.readouterr().err
   bad = write_jsonl(tmp_path / 'bad.jsonl', ['{"id": "a", "generated": {}}'])
@@ -216,7 +217,18 @@ def test_chexbert_in_the_cli_and_clear_errors(tmp_path, capsys):
   assert m['clinical_f1_micro_14'] is not None  # the rule-based scores stay
   rc, _, _ = run_score(tmp_path, rows, '--chexbert', str(tmp_path / 'nowhere'))
   assert rc == 2 and 'not a directory' in capsys.readouterr().err
+  (tmp_path / 'ck' / 'model.safetensors').write_bytes(b'\0' * 64)  # damaged
+  rc, _, _ = run_score(tmp_path, rows, '--chexbert', str(tmp_path / 'ck'))
+  err = capsys.readouterr().err
+  assert rc == 2 and 'model.safetensors: not a readable checkpoint' in err
+  assert 'Traceback' not in err
   os.remove(tmp_path / 'ck' / 'model.safetensors')
+  (tmp_path / 'ck' / 'chexbert.pth').write_bytes(b'not a pickle')
+  rc, _, _ = run_score(tmp_path, rows, '--chexbert', str(tmp_path / 'ck'))
+  err = capsys.readouterr().err
+  assert rc == 2 and 'chexbert.pth: not a readable checkpoint' in err
+  assert 'weights_only=False' not in err
+  os.remove(tmp_path / 'ck' / 'chexbert.pth')
   rc, _, _ = run_score(tmp_path, rows, '--chexbert', str(tmp_path / 'ck'))
   assert rc == 2 and 'model.safetensors' in capsys.readouterr().err
 

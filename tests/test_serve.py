@@ -102,6 +102,22 @@ def test_first_question_equals_generate_with_prompt(served):
   assert shown.split() == expected.split()
 
 
+def test_a_new_image_starts_a_new_conversation(served):
+  """A question about another image than the last report's is not asked on top of that
+  report; an empty seed box decodes as seed 0."""
+  client, config, workdir, image, tmp, _ = served
+  other = str(tmp / 'other.png')
+  Image.open(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
+  question = 'Is there a pleural effusion?'
+  expected = run_lib.main(config, workdir, 'generate', [other], question)[0]
+  session = gradio_client.Client(client.src, verbose=False)
+  assert _report(session, image, seed=None)[1] == _report(session, image)[1]
+  _, history, _ = session.predict(question, gradio_client.handle_file(other), [], 'greedy',
+                                  1.0, 1.0, 1, 0, api_name='/ask')
+  assert [m['role'] for m in history] == ['user', 'assistant']
+  assert ''.join(p['text'] for p in history[1]['content']).split() == expected.split()
+
+
 def _error(client, path) -> str:
   with pytest.raises(Exception) as info:
     _report(client, path)

@@ -1,6 +1,7 @@
 """Reading the small JSON files radjax trusts (workdir and HF configs) with errors that
-name the file."""
+name the file, and writing them whole."""
 import json
+import os
 
 
 def read_json(path: str, error: type[Exception] = ValueError):
@@ -13,3 +14,14 @@ def read_json(path: str, error: type[Exception] = ValueError):
   except json.JSONDecodeError as e:
     raise error(f'{path}: not valid JSON ({e.msg} at line {e.lineno}); truncated or '
                 'damaged?') from None
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """`text` into `path`, whole or not at all: a kill mid-write leaves the old file."""
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+
+
+def write_json_atomic(path: str, value) -> None:
+  write_text_atomic(path, json.dumps(value, indent=1))

@@ -15,6 +15,10 @@ from radjax.core import defaults as base
 from radjax.core import files
 
 CONFIG_FILE = 'config.json'
+# The train state's leaves (path -> shape) the checkpoints hold, written when a run starts:
+# a knob outside the model that changes them (optim.clip_norm, a label head, ...) is then
+# an error naming it, not a checkpoint that "does not restore" and is set aside as damaged.
+STATE_FILE = 'state_structure.json'
 # config.model knobs that may change between runs of one workdir: where a fresh run's
 # weights come from. (How it runs lives in config.runtime; of that only scan_layers
 # changes what a checkpoint holds.)
@@ -25,6 +29,10 @@ class WorkdirError(ValueError):
   """A workdir that cannot be read or does not fit the config; the message names the file."""
 
 
+class NotAWorkdir(WorkdirError, FileNotFoundError):
+  """A directory without config.json."""
+
+
 class NoCheckpoint(WorkdirError, FileNotFoundError):
   """A workdir without the checkpoint asked for (any, or of one step)."""
 
@@ -32,10 +40,8 @@ class NoCheckpoint(WorkdirError, FileNotFoundError):
 def save_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, CONFIG_FILE)
-    with open(path + '.tmp', 'w') as f:  # a kill mid-write leaves the old file whole
-      f.write(config.to_json_best_effort(indent=1))
-    os.replace(path + '.tmp', path)
+    files.write_text_atomic(os.path.join(workdir, CONFIG_FILE),
+                            config.to_json_best_effort(indent=1))
 
 
 def _overlay(node: ml_collections.ConfigDict, values: dict, where: str) -> None:
@@ -68,7 +74,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The workdir's config: radjax/core/defaults.py's defaults overlaid with its config.json."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} does not exist: {workdir!r} is not a radjax workdir '
+    raise NotAWorkdir(f'{path} does not exist: {workdir!r} is not a radjax workdir '
                             '(train into it or create it with `python -m radjax.convert from-hf`)')
   values = files.read_json(path, WorkdirError)
   if not isinstance(values, dict):
@@ -132,6 +138,47 @@ def check_resumable(config, workdir: str) -> None:
                        f'different model; nothing was written. Differing: {"; ".join(diffs)}. '
                        "Use a new --workdir, or the workdir's own config "
                        f'(--config configs/workdir.py:{workdir}).')
+
+
+def _state_structure(abstract_state) -> dict:
+  leaves = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+  return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in leaves}
+
+
+def _config_diffs(config, workdir: str, limit: int = 12) -> list[str]:
+  saved = _flat(json.loads(load_config(workdir).to_json_best_effort()))
+  new = _flat(json.loads(config.to_json_best_effort()))
+  diffs = [f'{k}: {saved.get(k)!r} in the workdir, {new.get(k)!r} now'
+           for k in sorted(set(saved) | set(new)) if saved.get(k) != new.get(k)]
+  return diffs[:limit] + ([f'... ({len(diffs) - limit} more)'] if len(diffs) > limit else [])
+
+
+def check_state(config, workdir: str, abstract_state, fresh: bool) -> None:
+  """A fresh run records its train state's structure (STATE_FILE); a resumed one must build
+  the same, else WorkdirError naming the state paths and the config knobs that differ from
+  config.json, before anything is written or moved."""
+  path = os.path.join(workdir, STATE_FILE)
+  new = _state_structure(abstract_state)
+  if fresh:
+    if jax.process_index() == 0:
+      os.makedirs(workdir, exist_ok=True)
+      files.write_json_atomic(path, new)
+    return
+  if not os.path.exists(path):  # a workdir from before the record
+    return
+  saved = files.read_json(path, WorkdirError)
+  if saved == new:
+    return
+  paths = [f'{k}: {saved.get(k)} in the checkpoints, {new.get(k)} now'
+           for k in sorted(set(saved) | set(new)) if saved.get(k) != new.get(k)]
+  knobs = _config_diffs(config, workdir) if os.path.exists(
+      os.path.join(workdir, CONFIG_FILE)) else []
+  raise WorkdirError(
+      f'{workdir}: this config builds another train state than its checkpoints hold; nothing '
+      f'was written or moved. State: {"; ".join(paths[:6])}'
+      + (f' (+{len(paths) - 6} more)' if len(paths) > 6 else '')
+      + f'. Knobs that differ from {CONFIG_FILE}: {"; ".join(knobs) or "none"}. Use the '
+      f"workdir's own config (--config configs/workdir.py:{workdir}) or a new --workdir.")
 
 
 def latest_step(workdir: str) -> int:

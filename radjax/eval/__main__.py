@@ -20,6 +20,7 @@ from radjax.data import schema
 from radjax.eval.metrics import scoring
 from radjax.eval.metrics.jsonl import InputError, read_jsonl
 from radjax.eval.metrics.labeler import label_report
+from radjax.eval.metrics.nlg_metrics import normalize
 
 
 def cmd_label(args) -> None:
@@ -31,7 +32,11 @@ def cmd_label(args) -> None:
 
 
 def _check_references(row: dict) -> str | None:
-  """Why the optional reference "boxes" / "labels" of a prediction row are bad, if they are."""
+  """Why the reference or the optional reference "boxes" / "labels" of a prediction row are
+  bad, if they are. A reference without words leaves nothing to score against (an empty
+  generation is scored: it is counted in num_empty_generations)."""
+  if not normalize(row['reference']):
+    return f"reference {row['reference']!r} has no words to score against"
   boxes = row.get('boxes', [])
   if not isinstance(boxes, list):
     return 'boxes must be a list'

@@ -17,7 +17,12 @@ def main(argv=None) -> int:
   parser.add_argument('--port', type=int, default=7860)
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
   args = parser.parse_args(argv)
-  app.launch(reporter.load(args.workdir, args.step), args.host, args.port)
+  try:
+    model = reporter.load(args.workdir, args.step)
+  except (ValueError, FileNotFoundError) as e:  # the workdir, its config or step: named
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  app.launch(model, args.host, args.port)
   return 0
 
 

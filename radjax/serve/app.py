@@ -55,7 +55,7 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
   cfg = rep.config
 
   def knobs(decoding, temperature, top_p, num_beams, seed):
-    return reporter_lib.Decoding(decoding, temperature, top_p, int(num_beams), int(seed))
+    return reporter_lib.Decoding(decoding, temperature, top_p, int(num_beams), int(seed or 0))
 
   @_shown
   def report(path, decoding, temperature, top_p, num_beams, seed):
@@ -68,7 +68,8 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
       time.sleep(WORD_DELAY_S)
     shown = drawing.draw_boxes(picture, reporter_lib.boxes_in(text))
     turns = turns + [{'role': 'assistant', 'text': text}]
-    yield shown, text, reporter_lib.observation_rows(text), turns, history
+    yield shown, text, reporter_lib.observation_rows(text), {'image': path, 'turns': turns}, \
+        history
 
   @_shown
   def ask(question, path, turns, history, decoding, temperature, top_p, num_beams, seed):
@@ -76,12 +77,20 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
     if not question:
       raise uploads.UploadError('type a question first')
     example, picture = rep.example(path)
-    turns = list(turns or []) + [{'role': 'user', 'text': question}]
+    if (turns or {}).get('image') != path:  # the conversation was about another image
+      turns, history = {'turns': []}, []
+    turns = list(turns['turns']) + [{'role': 'user', 'text': question}]
     text = rep.answer(example, turns, knobs(decoding, temperature, top_p, num_beams, seed))
     turns.append({'role': 'assistant', 'text': text})
     history = list(history or []) + [{'role': 'user', 'content': question},
                                      {'role': 'assistant', 'content': text}]
-    yield '', history, turns, drawing.draw_boxes(picture, reporter_lib.boxes_in(text))
+    yield ('', history, {'image': path, 'turns': turns},
+           drawing.draw_boxes(picture, reporter_lib.boxes_in(text)))
+
+  def new_image(path):
+    """Another upload: the report, table and conversation of the last one go."""
+    del path
+    return '', None, {}, []
 
   @_shown
   def draw(text, seed):
@@ -90,7 +99,7 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
   with gr.Blocks(title='radjax report demo', analytics_enabled=False) as demo:
     gr.Markdown(f'## radjax: {os.path.abspath(rep.workdir)} (step {rep.step}, '
                 f'{cfg.data.chat_format} chat format)\nA research model, not a medical device.')
-    turns = gr.State([])
+    turns = gr.State({})  # {'image': the upload's path, 'turns': its conversation}
     with gr.Tab('Report'):
       with gr.Row():
         with gr.Column():
@@ -133,6 +142,7 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
     ask_args = dict(fn=ask, inputs=[question, upload, turns, chatbot] + dec,
                     outputs=[question, chatbot, turns, picture])
     ask_button.click(api_name='ask', **ask_args)
+    upload.change(new_image, [upload], [report_box, table, turns, chatbot], api_name=False)
     question.submit(api_name=False, **ask_args)
     if draws:
       draw_button.click(draw, [draw_text, draw_seed], [drawn], api_name='draw')

@@ -38,7 +38,10 @@ def train(config, workdir: str, task, devices=None) -> dict:
   ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoint,
                                      handle_sigterm=True)
   # init_from weights only matter for a fresh run; a resumed one restores everything.
-  exp = setup.build(config, task, devices, pretrained=ckpt.latest_step() is None)
+  fresh = ckpt.latest_step() is None
+  exp = setup.build(config, task, devices, pretrained=fresh)
+  workdir_lib.check_state(config, workdir, state_lib.abstract_state(exp.state_shardings,
+                                                                    exp.state), fresh)
   workdir_lib.save_config(config, workdir)
   # The processor for each mixture component's tasks (or config.data.tasks).
   train_ds = pipeline.train_dataset(config, task.processor, config.data.train_split)

@@ -66,14 +66,25 @@ def read_state_dict(path: str) -> dict:
   st = os.path.join(path, 'model.safetensors')
   if os.path.exists(st):
     from safetensors.torch import load_file
-    state = load_file(st)
+    file, load = st, load_file
   else:
     found = sorted(glob.glob(os.path.join(path, '*.pth')) + glob.glob(os.path.join(path, '*.pt')))
     if len(found) != 1:
       raise FileNotFoundError(f'{path}: expected model.safetensors or exactly one *.pth/*.pt '
                               f'checkpoint, found {[os.path.basename(f) for f in found]}')
-    state = torch.load(found[0], map_location='cpu', weights_only=True)
-    state = state.get('model_state_dict', state)
+    file = found[0]
+
+    def load(f):
+      state = torch.load(f, map_location='cpu', weights_only=True)
+      return state.get('model_state_dict', state) if isinstance(state, dict) else state
+  try:
+    state = load(file)
+  except Exception as e:  # torch and safetensors raise many types for a damaged file
+    raise ValueError(f'{file}: not a readable checkpoint ({type(e).__name__}); a .pth is read '
+                     'with torch.load(weights_only=True) only: convert one you trust to '
+                     'model.safetensors') from None
+  if not isinstance(state, dict):
+    raise ValueError(f'{file}: holds a {type(state).__name__}, not a state dict')
   return {k.removeprefix('module.'): v for k, v in state.items()}
 
 
