@@ -50,3 +50,26 @@ def test_dry_run_compiles_the_configured_mesh():
   assert float(sizes['peak']) >= float(sizes['argument']) > float(sizes['params']) > 0
   assert "attention_impl 'cudnn' compiled as 'xla'" in proc.stdout
   assert not os.path.exists('/nonexistent/dry')  # a dry run writes nothing
+
+
+def test_a_volume_tower_compiles_its_image_and_its_volume_step():
+  """RadFM's batches come in two kinds (2D images, volumes with a depth mask): each
+  compiles, and the volume step, with D slices per image, needs more."""
+  config = radfm.get_config('size=micro')
+  exp = memory.experiment(config, 1)
+  volume = exp.task.batch_spec('volume')
+  assert 'depth_mask' not in exp.task.batch_spec('image')
+  assert volume['images'].shape[-2] == config.model.vision.max_depth
+  mem, _ = memory.compiled_memory(exp)
+  assert memory.peak(mem) > 0
+
+
+def test_vqgan_step_compiles_in_bfloat16():
+  """configs/vqgan.py at full size trains in bf16: both branches of the GAN switch must
+  give the same dtypes."""
+  from configs import vqgan
+  config = vqgan.get_config('size=micro')
+  with config.unlocked():
+    config.runtime.dtype = 'bfloat16'
+  mem, _ = memory.compiled_memory(memory.experiment(config, 1))
+  assert memory.peak(mem) > 0

@@ -368,3 +368,19 @@ def test_a_missing_tokenizer_names_the_flag(tmp_path, capsys):
   err = capsys.readouterr().err
   assert f"tokenizer '{tmp_path / 'no'}' does not exist (--tokenizer)" in err
   assert not (tmp_path / 'wd').exists()
+
+
+def test_imported_workdir_generates_from_a_volume_and_an_image(imported, tmp_path):
+  """The README's RadFM path: from-radfm, then --mode=generate on a .npy volume (an imported
+  workdir has no dataset to say its inputs are volumes) and on a PNG."""
+  from PIL import Image
+
+  from radjax import run as run_lib
+  rng = np.random.default_rng(3)
+  npy, png = str(tmp_path / 'scan.npy'), str(tmp_path / 'x.png')
+  np.save(npy, rng.uniform(0, 1, (SIDE, SIDE, DEPTH)).astype(np.float32))
+  Image.fromarray(rng.integers(0, 255, (SIDE, SIDE), dtype=np.uint8)).save(png)
+  config, wd = imported['config'].copy_and_resolve_references(), str(imported['wd'])
+  config.eval.max_new_tokens = 4
+  texts = run_lib.main(config, wd, 'generate', [npy, png], '<image>w5 w6 w7')
+  assert len(texts) == 2 and all(isinstance(t, str) for t in texts)

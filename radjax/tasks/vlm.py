@@ -71,20 +71,32 @@ class ImageTextToText(base.Task):
     c = self.config.data
     return c.max_images * (c.pack_max_examples if c.get('pack', False) else 1)
 
-  def batch_spec(self) -> dict:
-    """Image batches; a volume batch (a 'vit3d' tower) has images [M, H, W, D, C] and a
-    depth_mask [M, D] in their place (each kind compiles its own step)."""
+  def batch_spec(self, kind: str = '') -> dict:
+    """The batch fields. kind 'image': images [M, H, W, C]; 'volume' (a 'vit3d' tower):
+    images [M, H, W, D, C] and a depth_mask [M, D] (each kind compiles its own step);
+    '': every field of either kind, images 2D (what the batch shardings are made from)."""
     c, v = self.config.data, self.model_cfg.vision
     seq = base.BatchField((c.max_len,), np.int32)
     m = self.image_slots_per_row()
+    depth = (v.max_depth,) if kind == 'volume' else ()
     return {'tokens': seq, 'targets': seq, 'loss_mask': base.BatchField((c.max_len,), np.float32),
-            'images': base.BatchField((m, v.image_size, v.image_size, v.num_channels),
+            'images': base.BatchField((m, v.image_size, v.image_size, *depth, v.num_channels),
                                       np.float32),
             'image_mask': base.BatchField((m,), np.bool_),
             **base.packed_fields(self.config),
             **({'depth_mask': base.BatchField((c.max_images, v.max_depth), np.bool_)}
-               if 'volume' in self.slots else {}),
+               if kind == 'volume' or (not kind and 'volume' in self.slots) else {}),
             **base.label_fields(self.targets)}
+
+  def slots_for(self, examples) -> processors.ImageSlots | processors.VolumeSlots:
+    """The eval kind's slots, or the volume slots when an example holds a volume (they take
+    2D images too, repeated in depth, as RadFM reads them): an imported 'vit3d' workdir
+    has no dataset to say which."""
+    volume = self.slots.get('volume')
+    if volume is not None and any(im.get('kind') == '3d' for ex in examples
+                                  for im in ex.get('images') or []):
+      return volume
+    return self.image_slots
 
   def processor(self, tasks=None, kind: str = '') -> processors.ConversationProcessor:
     """kind: 'image' | 'volume' (default: the eval dataset's)."""

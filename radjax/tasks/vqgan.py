@@ -196,8 +196,10 @@ def _train_step(task, model, tx, trainable, schedule, use_gan, state, batch):
     g_loss, d_g = jax.value_and_grad(lambda y: -jnp.mean(disc_apply(disc, y)))(y)
     w_rec, w_g = tail_vjp(d_rec)[0]['kernel'], tail_vjp(d_g)[0]['kernel']
     weight = jnp.clip(optax.tree.norm(w_rec) / (optax.tree.norm(w_g) + 1e-4), 0.0, 1e4)
-    weight = jax.lax.stop_gradient(weight) * vc.disc_weight
-    return g_loss, weight, jax.tree.map(lambda a, b: a + weight * b, d_rec, d_g)
+    weight = (jax.lax.stop_gradient(weight) * vc.disc_weight).astype(jnp.float32)
+    # Both branches of the cond give the same dtypes (bf16 activations: a bf16 d_y).
+    return (g_loss.astype(jnp.float32), weight,
+            jax.tree.map(lambda a, b: (a + weight * b).astype(a.dtype), d_rec, d_g))
 
   def reconstruction_only(_):
     return jnp.zeros(()), jnp.zeros(()), d_rec
@@ -218,7 +220,7 @@ def _train_step(task, model, tx, trainable, schedule, use_gan, state, batch):
       loss = 0.5 * (jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake_logits)))
       return loss, (jnp.mean(real), jnp.mean(fake_logits))
     (loss, (real, fake_logits)), grads = jax.value_and_grad(d_loss_fn, has_aux=True)(disc)
-    return loss, real, fake_logits, grads
+    return (*(v.astype(jnp.float32) for v in (loss, real, fake_logits)), grads)
 
   def disc_idle(_):
     return (jnp.zeros(()),) * 3 + (jax.tree.map(jnp.zeros_like, disc),)

@@ -40,10 +40,13 @@ class Answerer:
     """Prompt ids per item, and the model's image inputs (images, and depth_mask for
     volumes) stacked, or None for a decoder."""
     prompts, pixels = [], []
+    slots = self.image_slots
+    if slots is not None and hasattr(self.exp.task, 'slots_for'):
+      slots = self.exp.task.slots_for([example for example, _ in items])
     for example, turns in items:
       n = 0
-      if self.image_slots is not None:
-        arrays = self.image_slots(example, None)
+      if slots is not None:
+        arrays = slots(example, None)
         pixels.append(arrays)
         n = int(arrays['image_mask'].sum())
       else:
