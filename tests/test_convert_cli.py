@@ -208,3 +208,70 @@ def test_family_mismatch_is_an_error(tmp_path, capsys):
                          str(tmp_path / 'x')])
   assert rc == 2
   assert 'not a radjax workdir' in capsys.readouterr().err
+
+
+def test_imports_keep_the_whole_tokenizer(tmp_path):
+  """An EOS that only tokenizer_config.json names (Qwen2's way) and a sentencepiece-only
+  directory (Vicuna's) both reach the workdir's tokenizer."""
+  import sentencepiece as spm
+  from radjax.data import tokens
+  hf = hf_models.tiny_llama(vocab_size=300, seed=3)
+  _tokenizer_json(str(tmp_path / 'tok.json'), 300)
+  fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / 'tok.json'),
+                                              eos_token='w7', bos_token='<s>')
+  hf.save_pretrained(tmp_path / 'cfg')
+  fast.save_pretrained(tmp_path / 'cfg')
+  _cli('from-hf', '--family', 'llama', '--hf_dir', tmp_path / 'cfg', '--out', tmp_path / 'a')
+  config = workdir.load_config(str(tmp_path / 'a'))
+  assert tokens.load_tokenizer(config.data.tokenizer).eos_token == 'w7'
+
+  text = tmp_path / 'text.txt'
+  text.write_text('\n'.join(f'the heart is {w} and the lungs are clear {i}'
+                            for i, w in enumerate(['normal', 'enlarged', 'small'] * 40)))
+  spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / 'sp'),
+                                 vocab_size=60, model_type='bpe')
+  hf.save_pretrained(tmp_path / 'sp_only')
+  (tmp_path / 'sp_only' / 'tokenizer.model').write_bytes((tmp_path / 'sp.model').read_bytes())
+  _cli('from-hf', '--family', 'llama', '--hf_dir', tmp_path / 'sp_only', '--out',
+       tmp_path / 'b')
+  config = workdir.load_config(str(tmp_path / 'b'))
+  sp = spm.SentencePieceProcessor(model_file=str(tmp_path / 'sp.model'))
+  tok = tokens.load_tokenizer(config.data.tokenizer)
+  assert tok.convert_ids_to_tokens(list(range(60))) == [sp.id_to_piece(i) for i in range(60)]
+  ids = tok('the heart is enlarged', add_special_tokens=False)['input_ids']
+  assert tok.decode(ids) == 'the heart is enlarged'
+
+
+def test_conversions_never_write_over_a_workdir(converted, tmp_path, capsys):
+  """from-hf into a workdir, or to-hf with another workdir as --out: refused, nothing
+  written (config.json there still describes its checkpoints)."""
+  import glob
+  import os
+  import shutil
+  c = converted('llama')
+  target = str(tmp_path / 'trained')
+  shutil.copytree(c['wd'], target)
+  snapshot = lambda: {p: open(p, 'rb').read()  # noqa: E731
+                      for p in glob.glob(f'{target}/**', recursive=True) if os.path.isfile(p)}
+  before = snapshot()
+  hf_dir = str(tmp_path / 'hf')
+  hf_models.tiny_qwen2().save_pretrained(hf_dir)
+  _tokenizer_json(os.path.join(hf_dir, 'tokenizer.json'), 300)
+  assert convert_cli.main(['from-hf', '--family', 'qwen2', '--hf_dir', hf_dir,
+                           '--out', target]) == 2
+  assert 'is a radjax workdir already' in capsys.readouterr().err
+  assert convert_cli.main(['to-hf', '--workdir', str(c['wd']), '--out', target]) == 2
+  assert 'is a radjax workdir (it has checkpoints)' in capsys.readouterr().err
+  assert snapshot() == before
+
+
+def test_a_format_that_stops_at_a_string_exports_it(converted, tmp_path):
+  """Vicuna's turns end at '###' (XrayGPT's RadVicuna): HF's generate must stop there too."""
+  from radjax.convert import export
+  c = converted('llama')
+  config = c['config'].copy_and_resolve_references()
+  config.data.chat_format = 'vicuna'
+  export.export_hf(config, c['params'], str(tmp_path / 'v'))
+  gen = transformers.GenerationConfig.from_pretrained(tmp_path / 'v')
+  assert gen.stop_strings == ['###']
+  assert transformers.GenerationConfig.from_pretrained(c['out']).stop_strings is None

@@ -35,8 +35,42 @@ FAMILIES = {'llama': ('llama',), 'qwen2': ('qwen2',), 'gpt_neox': ('gpt_neox',),
             'vqgan': ('VQModel',)}  # a diffusers directory (config.json _class_name)
 
 
+def _check_new_workdir(out: str) -> None:
+  """--out of an import: never a workdir already (its config.json and checkpoints would be
+  replaced, or half of them); checked before anything is read or written."""
+  from radjax.core import workdir
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ConversionError(f'--out={out} is a file; choose a new directory')
+  if workdir.has_checkpoints(out) or os.path.exists(os.path.join(out, workdir.CONFIG_FILE)):
+    raise ConversionError(f'--out={out} is a radjax workdir already (config.json or '
+                          'checkpoints); choose a new directory')
+
+
+def _import_tokenizer(hf_dir: str, out: str, config) -> None:
+  """The HF directory's tokenizer into <out>: tokenizer.json alone is copied; with
+  tokenizer_config.json (EOS and chat specials) or only a sentencepiece tokenizer.model
+  (Vicuna), transformers saves it whole into <out>/tokenizer. config.data.tokenizer names it."""
+  has = {name: os.path.exists(os.path.join(hf_dir, name))
+         for name in ('tokenizer.json', 'tokenizer_config.json', 'tokenizer.model')}
+  os.makedirs(out, exist_ok=True)
+  if has['tokenizer_config.json'] or has['tokenizer.model']:
+    from radjax.data import tokens
+    path = os.path.join(out, 'tokenizer')
+    tokens.load_tokenizer(hf_dir, '--hf_dir').save_pretrained(path)
+  elif has['tokenizer.json']:
+    path = os.path.join(out, 'tokenizer.json')
+    shutil.copy(os.path.join(hf_dir, 'tokenizer.json'), path)
+  else:
+    print(f'note: {hf_dir} has no tokenizer (tokenizer.json, tokenizer_config.json or '
+          'tokenizer.model); generation will need --config.data.tokenizer=DIR',
+          file=sys.stderr)
+    return
+  config.data.tokenizer = os.path.abspath(path)
+
+
 def cmd_from_hf(args) -> None:
   from radjax.core import workdir
+  _check_new_workdir(args.out)
   if args.family == 'vqgan':
     config, params = export.import_vqgan(args.hf_dir)
     workdir.save_params(args.out, config, params)
@@ -52,11 +86,8 @@ def cmd_from_hf(args) -> None:
     export.image_stats_from_dir(config, args.hf_dir)
   if config.model.kind == 'llm':  # a base decoder continues text; a recipe picks its chat
     config.data.chat_format = 'none'
-  tokenizer = os.path.join(args.hf_dir, 'tokenizer.json')
-  if os.path.exists(tokenizer):
-    os.makedirs(args.out, exist_ok=True)
-    shutil.copy(tokenizer, os.path.join(args.out, 'tokenizer.json'))
-    config.data.tokenizer = os.path.abspath(os.path.join(args.out, 'tokenizer.json'))
+  if config.model.kind in ('llm', 'vlm'):  # a tower alone reads no text
+    _import_tokenizer(args.hf_dir, args.out, config)
   workdir.save_params(args.out, config, params)
   print(f'wrote {args.out} ({config.model.kind}, {export.count(params) / 1e6:.2f}M params)')
 
@@ -67,6 +98,7 @@ def cmd_from_radfm(args) -> None:
   from radjax.convert import radfm
   from radjax.core import workdir
   from radjax.data import tokens
+  _check_new_workdir(args.out)
   shape = radfm.RadFMShape(depth_patch_size=args.depth_patch_size,
                            vision_heads=args.vision_heads, perceiver_heads=args.perceiver_heads,
                            llm_heads=args.llm_heads)
@@ -88,11 +120,16 @@ def cmd_from_radfm(args) -> None:
 
 
 def _check_out(out: str, workdir: str) -> None:
-  """--out may not be the workdir or inside it (its config.json would be overwritten)."""
-  out, workdir = os.path.realpath(out), os.path.realpath(workdir)
-  if os.path.commonpath([out, workdir]) == workdir:
-    raise ConversionError(f'--out={out} is the workdir or inside it ({workdir}); choose a '
-                          'directory outside it')
+  """--out may not be the workdir, inside it, or another radjax workdir (its config.json
+  would be overwritten)."""
+  from radjax.core import workdir as workdir_lib
+  real_out, real_wd = os.path.realpath(out), os.path.realpath(workdir)
+  if os.path.commonpath([real_out, real_wd]) == real_wd:
+    raise ConversionError(f'--out={real_out} is the workdir or inside it ({real_wd}); choose '
+                          'a directory outside it')
+  if workdir_lib.has_checkpoints(out):
+    raise ConversionError(f'--out={out} is a radjax workdir (it has checkpoints); choose '
+                          'another directory for the HF model')
 
 
 def cmd_to_hf(args) -> None:

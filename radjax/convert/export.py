@@ -166,7 +166,11 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
     if fmt.begin[:1] == (chat.BOS,):
       _add_bos_on_encode(tokenizer)
     tokenizer.save_pretrained(out)
-  _write_generation_config(out, extra)
+  # A format that ends its turns with a string (vicuna's '###'): HF stops there too, given
+  # the tokenizer (`generate(..., tokenizer=tokenizer)`).
+  stop_strings = list(dict.fromkeys((*fmt.stop_strings,
+                                     *config.eval.get('stop_strings', ()))))
+  _write_generation_config(out, {**extra, 'stop_strings': stop_strings or None})
 
 
 def _add_bos_on_encode(tokenizer) -> None:

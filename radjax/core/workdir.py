@@ -210,12 +210,11 @@ def load_params(workdir: str, step: int | None = None, path: tuple[str, ...] = (
 
 def save_params(workdir: str, config, params, step: int = 0) -> None:
   """A workdir holding `config` and one checkpoint with only `{'params': params}`."""
-  save_config(config, workdir)
-  ckpt = checkpoint_lib.Checkpointer(workdir, keep=1, use_async=False)
-  if ckpt.latest_step() is not None:
-    ckpt.close()
+  if has_checkpoints(workdir):  # before config.json is written: nothing of it is replaced
     raise FileExistsError(f'{checkpoint_dir(workdir)} already has checkpoints; '
                           'choose an empty --out')
+  save_config(config, workdir)
+  ckpt = checkpoint_lib.Checkpointer(workdir, keep=1, use_async=False)
   ckpt.save(step, {'params': params}, force=True)
   ckpt.wait()
   ckpt.close()
