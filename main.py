@@ -15,10 +15,13 @@ r"""radjax entry point.
   XLA_FLAGS=--xla_force_host_platform_device_count=64 JAX_PLATFORMS=cpu python main.py \
       --config configs/radvlm.py --workdir /tmp/x --mode=dry_run --config.mesh.fsdp=8
       # per-device memory of the compiled train step on 64 emulated devices
+An error in what was given (a knob, a file, a workdir) is one line; --verbosity=1 also logs
+its traceback.
 """
 import importlib
 import os
 import sys
+import traceback
 
 from radjax.core import host_memory
 
@@ -35,7 +38,6 @@ from ml_collections import config_flags  # noqa: E402
 from radjax import run  # noqa: E402
 from radjax.core import distributed  # noqa: E402
 from radjax.core import workdir as workdir_lib  # noqa: E402
-from radjax.data import image_files, schema  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Recipe config file.', lock_config=True)
@@ -88,16 +90,14 @@ def expand_home(config) -> None:
         config[key] = os.path.expanduser(value)
 
 
-# Errors about what the user gave (a file, a workdir, a record) whose messages name it:
-# one line, not a traceback.
-INPUT_ERRORS = (image_files.ImageFileError, schema.SchemaError, workdir_lib.WorkdirError)
-
-
 def main(argv):
   del argv
   try:
     _main()
-  except INPUT_ERRORS as e:
+  except (ValueError, FileNotFoundError) as e:
+    # What the user gave (a knob, a file, a workdir, a record), named by the message: one
+    # line. --verbosity=1 logs the traceback first.
+    logging.debug('%s', traceback.format_exc())
     sys.exit(f'error: {e}')
 
 

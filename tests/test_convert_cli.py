@@ -214,6 +214,7 @@ def test_imports_keep_the_whole_tokenizer(tmp_path):
   """An EOS that only tokenizer_config.json names (Qwen2's way) and a sentencepiece-only
   directory (Vicuna's) both reach the workdir's tokenizer."""
   import sentencepiece as spm
+
   from radjax.data import tokens
   hf = hf_models.tiny_llama(vocab_size=300, seed=3)
   _tokenizer_json(str(tmp_path / 'tok.json'), 300)

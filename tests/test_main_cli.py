@@ -34,3 +34,29 @@ def test_home_in_a_config_override_becomes_the_path(monkeypatch, tmp_path):
   assert config.model.llm.init_from == str(tmp_path / 'models' / 'tinyllama')
   assert config.data.mixture.a.dir == str(tmp_path / 'data' / 'a')
   assert config.data.system_prompt == 'no ~ here'
+
+
+def _main_py(*args, tmp_path, data):
+  return subprocess.run([sys.executable, 'main.py', '--config', 'configs/demo.py:size=micro',
+                         '--workdir', str(tmp_path / 'w'), f'--config.data.dir={data}',
+                         '--config.train.pre_stage=', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+def test_errors_in_what_was_given_are_one_line(tmp_path, demo_data):
+  """A flag typo, an init_from that is no model, eval of a workdir with no checkpoint: the
+  message alone, and --mode=eval creates nothing."""
+  (tmp_path / 'empty_dir').mkdir()
+  for args, message in [
+      (('--mode=eval',), 'error: no checkpoint in ' + str(tmp_path / 'w' / 'checkpoints')),
+      (('--num_processes=2',), 'error: a multi-process run needs all three'),
+      ((f'--config.model.llm.init_from={tmp_path / "empty_dir"}',),
+       "error: config.model.llm.init_from='" + str(tmp_path / 'empty_dir')
+       + "': a directory without config.json")]:
+    proc = _main_py(*args, tmp_path=tmp_path, data=demo_data)
+    assert proc.returncode == 1, (args, proc.stderr[-2000:])
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), (args, proc.stderr[-500:])
+    assert 'Traceback' not in proc.stderr
+    if args == ('--mode=eval',):
+      assert not (tmp_path / 'w').exists()  # a read-only mode wrote nothing

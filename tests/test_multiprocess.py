@@ -215,6 +215,8 @@ def test_process_group_from_flags_or_environment(monkeypatch):
     distributed.process_group('h:1', 2)
   with pytest.raises(ValueError, match='--process_id=2 must be below --num_processes=2'):
     distributed.process_group('h:1', 2, 2)
+  with pytest.raises(ValueError, match='--process_id=-3 .* count from 0'):  # not "missing"
+    distributed.process_group('h:1', 2, -3)
   monkeypatch.setenv('RADJAX_COORDINATOR', 'host0:1234')
   monkeypatch.setenv('RADJAX_NUM_PROCESSES', '8')
   monkeypatch.setenv('RADJAX_PROCESS_ID', '5')

@@ -34,6 +34,9 @@ def _env_int(name: str, default: int) -> int:
 def process_group(coordinator_address: str = '', num_processes: int = 0,
                   process_id: int = -1) -> ProcessGroup:
   """The process group the flags (0 / -1 / '': unset) or the environment ask for."""
+  if process_id < -1 or num_processes < 0:  # -1 / 0 mean unset; below that is a typo
+    raise ValueError(f'--process_id={process_id} / --num_processes={num_processes}: '
+                     'process ids count from 0, and a run has 1 or more processes')
   coordinator = coordinator_address or os.environ.get('RADJAX_COORDINATOR', '')
   count = num_processes or _env_int('RADJAX_NUM_PROCESSES', 0)
   index = process_id if process_id >= 0 else _env_int('RADJAX_PROCESS_ID', -1)

@@ -182,6 +182,8 @@ def check_state(config, workdir: str, abstract_state, fresh: bool) -> None:
 
 
 def latest_step(workdir: str) -> int:
+  if not has_checkpoints(workdir):  # without opening a manager, which creates the dir
+    raise NoCheckpoint(f'no checkpoint in {checkpoint_dir(workdir)}')
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=1, use_async=False)
   step = ckpt.latest_step()
   ckpt.close()

@@ -86,6 +86,9 @@ def loaders(config, part_keys: dict) -> dict:
         raise FileNotFoundError(f'config.model.{part}.init_from={path!r}: {f!r} is not '
                                 + ('a weights file' if len(files) > 1 else
                                    'a directory or a weights file'))
+      if os.path.isdir(f) and not os.path.exists(os.path.join(f, workdir_lib.CONFIG_FILE)):
+        raise FileNotFoundError(f'config.model.{part}.init_from={path!r}: a directory without '
+                                'config.json, neither a radjax workdir nor an HF model')
 
     def load(target, part=part, path=path, target_cfg=cfgs[part]):
       logging.info('initialising %s from %s', part, path)
