@@ -38,6 +38,26 @@ def test_post_negation():
   assert mentioned('Effusion is not seen.')['Pleural Effusion'] == 0
   assert mentioned('Pleural effusions are absent.')['Pleural Effusion'] == 0
   assert mentioned('The previously seen pneumothorax has resolved.')['Pneumothorax'] == 0
+  # Not resolved: still there.
+  for text in ('Pneumothorax has not resolved.', 'The effusion has not yet resolved.',
+               'Pneumothorax is not yet resolved.'):
+    assert 1 in mentioned(text).values(), text
+
+
+def test_unlikely_negates():
+  assert mentioned('Consolidation is unlikely.')['Consolidation'] == 0
+  assert mentioned('Unlikely pneumonia.')['Pneumonia'] == 0
+
+
+def test_a_graded_item_ends_a_negated_list_unless_the_list_goes_on():
+  labels = mentioned('No pneumothorax, mild cardiomegaly.')
+  assert labels['Pneumothorax'] == 0 and labels['Cardiomegaly'] == 1
+  assert mentioned('No effusion, enlarged heart.')['Cardiomegaly'] == 1
+  # "... large effusion, or pneumothorax": the grade belongs to the negated item.
+  for text in ('No focal consolidation, large pleural effusion, or pneumothorax is seen.',
+               'No evidence of consolidation, large pleural effusion/pneumothorax.'):
+    labels = mentioned(text)
+    assert labels['Pleural Effusion'] == 0 and labels['Pneumothorax'] == 0, text
 
 
 def test_uncertainty():

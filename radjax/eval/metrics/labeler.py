@@ -132,13 +132,16 @@ _NEG_UNCERTAIN = _C(
 _PRE_NEG = _C(
   r'\b(?:no|not|without|negative\s+for|free\s+of|absence\s+of|absent|resolved|resolution\s+of'
   r'|clear\s+of|no\s+longer|removal\s+of|removed|nor|neither|rather\s+than|instead\s+of'
-  r'|does\s+not|do\s+not)\b'
+  r'|does\s+not|do\s+not|unlikely)\b'
 )
+# "Has not resolved" and "not yet cleared" say it is still there: the filler word before
+# resolved / cleared is never a negation.
+_FILLER = r'(?:(?!not\b|yet\b)\w+\s+)?'
 _POST_NEG = _C(
-  r'^[^,:]{0,60}?\b(?:(?:is|are|was|were|has|have)\s+(?:\w+\s+)?(?:not\s+(?:seen|identified'
+  rf'^[^,:]{{0,60}}?\b(?:(?:is|are|was|were|has|have)\s+{_FILLER}(?:not\s+(?:seen|identified'
   r'|present|visualized|appreciated|demonstrated|evident|noted|visible|detected|apparent)'
-  r'|absent|resolved|cleared|gone|no\s+longer)|(?:has|have)\s+(?:\w+\s+)?resolved'
-  r'|resolved|not\s+(?:seen|identified|present|visualized|appreciated|demonstrated|evident'
+  rf'|absent|resolved|cleared|gone|no\s+longer)|(?:has|have)\s+{_FILLER}resolved'
+  r'|(?<!not\s)(?<!yet\s)resolved|unlikely|not\s+(?:seen|identified|present|visualized|appreciated|demonstrated|evident'
   r'|noted|visible|detected|apparent)|not\s+definitely\s+seen|no\s+longer\s+(?:seen|present|visualized|evident|visible)'
   r'|removed|(?:appears?|is|are)\s+(?:within\s+(?:the\s+)?(?:limits\s+of\s+)?normal|normal))\b'
 )
@@ -176,6 +179,12 @@ _BREAK = _C(
   r'|there|with|and\s+(?:a|an|the|there|mild|small|moderate|large|minimal)|while|since'
   r'|consistent|compatible|secondary|due|now|again|noted|seen|present)\b|[:]'
 )
+# A graded item after a comma ("no pneumothorax, mild cardiomegaly") is a finding of its
+# own unless the list goes on to an "or" ("no consolidation, large effusion, or
+# pneumothorax": "no large effusion").
+_GRADED_ITEM = _C(r',\s*(?:mild|mildly|small|moderate|moderately|large|minimal|marked'
+                  r'|markedly|severe|enlarged|increased|new|persistent|trace)\b')
+_LIST_GOES_ON = _C(r'\b(?:or|nor)\b|/')
 
 _SENTENCE = _C(r'(?<!\d)\.(?!\d)|[;?!\n]|\s\d\.\s')
 _CLAUSE = _C(r'\b(?:but|however|although|except|aside\s+from|apart\s+from|other\s+than)\b')
@@ -203,6 +212,18 @@ def _in_scope(cues, before: str) -> bool:
   return last is not None and not _BREAK.search(before[last.end():])
 
 
+def _negated_before(clause: str, start: int, end: int) -> bool:
+  """A negation cue before the mention reaches it: no breaker, and no graded item that
+  ends the negated list (the mention's first word counts: "no effusion, enlarged heart")."""
+  before = clause[:start]
+  if not _in_scope(_PRE_NEG, before):
+    return False
+  cue_end = list(_PRE_NEG.finditer(before))[-1].end()
+  lead = re.match(r'\w*', clause[start:end]).group()
+  item = _GRADED_ITEM.search(before[cue_end:] + lead)
+  return item is None or bool(_LIST_GOES_ON.search(clause[cue_end + item.end():]))
+
+
 def _in_condition(before: str) -> bool:
   matches = list(_IF.finditer(before))
   return bool(matches) and not _IF_END.search(before[matches[-1].end():])
@@ -212,7 +233,7 @@ def _classify(clause: str, start: int, end: int) -> int | None:
   before, after = clause[:start], clause[end:]
   if _in_scope(_PRE_HYPO, before) or _POST_HYPO.search(after) or _in_condition(before):
     return None
-  if _in_scope(_PRE_NEG, before) or _POST_NEG.search(after):
+  if _negated_before(clause, start, end) or _POST_NEG.search(after):
     return 0
   if _in_scope(_PRE_UNC, before) or _POST_UNC.search(after):
     return -1
