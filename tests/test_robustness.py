@@ -256,6 +256,21 @@ def test_resume_completes_the_lost_evaluation(killed_in_eval, tmp_path):
   assert _losses(wd) == _losses(src)
 
 
+def test_eval_names_a_differing_model_and_a_damaged_checkpoint(killed_in_eval, tmp_path):
+  """--mode=eval reads only: another model's config names its knobs; a newest checkpoint
+  that does not restore is named with its step (training, not eval, sets it aside)."""
+  config, src = killed_in_eval
+  wd = _copy(src, tmp_path)
+  changed = config.copy_and_resolve_references()
+  changed.model.llm.num_layers = config.model.llm.num_layers + 1
+  with pytest.raises(workdir_lib.WorkdirError, match=r'Differing: model\.llm\.num_layers'):
+    run_lib.main(changed, wd, 'eval')
+  _damage(os.path.join(wd, 'checkpoints', '4'), 'truncated file')
+  with pytest.raises(workdir_lib.WorkdirError, match=r'checkpoints/4 does not restore'):
+    run_lib.main(config, wd, 'eval')
+  assert not os.path.exists(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))
+
+
 def test_a_knob_that_changes_the_train_state_is_named_and_nothing_moves(killed_in_eval,
                                                                        tmp_path):
   """Gradient clipping on/off changes the optimizer state, not the model: the checkpoints

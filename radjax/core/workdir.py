@@ -207,7 +207,13 @@ def load_params(workdir: str, step: int | None = None, path: tuple[str, ...] = (
                 target=None):
   """`params/<path>` of the given (default: latest) checkpoint; see restore_params."""
   step = latest_step(workdir) if step is None else check_step(workdir, step)
-  return checkpoint_lib.restore_params(checkpoint_dir(workdir), step, path, target)
+  try:
+    return checkpoint_lib.restore_params(checkpoint_dir(workdir), step, path, target)
+  except Exception as e:  # orbax/tensorstore raise many types for a damaged checkpoint
+    raise WorkdirError(
+        f'{checkpoint_dir(workdir)}/{step} does not restore ({type(e).__name__}: '
+        f'{" ".join(str(e).split())[:200]}). Another step of the workdir can be read, and '
+        'rerunning its training sets a damaged newest checkpoint aside') from e
 
 
 def save_params(workdir: str, config, params, step: int = 0) -> None:

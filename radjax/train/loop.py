@@ -40,8 +40,12 @@ def train(config, workdir: str, task, devices=None) -> dict:
   # init_from weights only matter for a fresh run; a resumed one restores everything.
   fresh = ckpt.latest_step() is None
   exp = setup.build(config, task, devices, pretrained=fresh)
-  workdir_lib.check_state(config, workdir, state_lib.abstract_state(exp.state_shardings,
-                                                                    exp.state), fresh)
+  try:
+    workdir_lib.check_state(config, workdir, state_lib.abstract_state(exp.state_shardings,
+                                                                      exp.state), fresh)
+  except workdir_lib.WorkdirError:
+    ckpt.close()  # its async machinery, before the error leaves
+    raise
   workdir_lib.save_config(config, workdir)
   # The processor for each mixture component's tasks (or config.data.tasks).
   train_ds = pipeline.train_dataset(config, task.processor, config.data.train_split)
