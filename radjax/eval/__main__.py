@@ -35,8 +35,9 @@ def _check_references(row: dict) -> str | None:
   """Why the reference or the optional reference "boxes" / "labels" of a prediction row are
   bad, if they are. A reference without words leaves nothing to score against (an empty
   generation is scored: it is counted in num_empty_generations)."""
-  if not normalize(row['reference']):
-    return f"reference {row['reference']!r} has no words to score against"
+  reference = row.get('reference')
+  if isinstance(reference, str) and not normalize(reference):
+    return f'reference {reference!r} has no words to score against'
   boxes = row.get('boxes', [])
   if not isinstance(boxes, list):
     return 'boxes must be a list'
