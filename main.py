@@ -38,6 +38,7 @@ from ml_collections import config_flags  # noqa: E402
 from radjax import run  # noqa: E402
 from radjax.core import distributed  # noqa: E402
 from radjax.core import workdir as workdir_lib  # noqa: E402
+from radjax.data import mixture  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Recipe config file.', lock_config=True)
@@ -60,19 +61,25 @@ def ensure_data(config) -> None:
   """Builds `config.data.dir` with data_prep.<config.data.builder>, and each mixture
   component's dir with its `builder`, when missing (process 0 builds, the others wait).
   The library never imports data_prep."""
-  wanted = [(config.data.builder, config.data.dir, config.data.builder_kwargs.to_dict())]
-  for spec in config.data.mixture.values():
+  mixture.check_specs(config)  # a component that is no dict is named, not an AttributeError
+  wanted = [('config.data', config.data.builder, config.data.dir,
+             config.data.builder_kwargs.to_dict())]
+  for name, spec in config.data.mixture.items():
     kwargs = spec.get('builder_kwargs', {})
-    wanted.append((spec.get('builder', ''), spec.get('dir', ''),
+    wanted.append((f'config.data.mixture.{name}', spec.get('builder', ''), spec.get('dir', ''),
                    kwargs.to_dict() if hasattr(kwargs, 'to_dict') else dict(kwargs)))
   # A dir of '' is unused (a mixture's eval falls back to its first component).
-  missing = {d: (b, kw) for b, d, kw in wanted
+  missing = {d: (knob, b, kw) for knob, b, d, kw in wanted
              if b and d and not os.path.exists(os.path.join(d, 'manifest.json'))}
   if not missing:
     return
   if jax.process_index() == 0:
-    for data_dir, (name, kwargs) in missing.items():
-      builder = importlib.import_module(f'data_prep.{name}')
+    for data_dir, (knob, name, kwargs) in missing.items():
+      try:
+        builder = importlib.import_module(f'data_prep.{name}')
+      except ModuleNotFoundError:
+        raise ValueError(f'{knob}.builder: {name!r} is no module of data_prep/ (it builds '
+                         f'{data_dir!r} when missing)') from None
       logging.info('building dataset %s into %s', name, data_dir)
       builder.ensure_built(data_dir, **kwargs)
   if jax.process_count() > 1:
@@ -128,10 +135,17 @@ def _main():
 
 
 def parse_flags(argv):
-  """absl's parse, with a --config.* override that names no key a one-line error (from
-  ml_collections it is a three-part traceback)."""
+  """absl's parse, with a --config.* override that names no key, and a recipe that refuses
+  its arguments, a one-line error (from ml_collections each is a traceback)."""
   try:
-    return app.parse_flags_with_usage(argv)  # a bad value: absl's message and usage hint
+    return FLAGS(argv)
+  except flags.Error as e:
+    text = str(e)
+    if 'Error whilst parsing config file' in text:  # the recipe's own error, last line
+      last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+      sys.exit(f'error: --config: {last.split(": ", 1)[-1]}')
+    sys.exit(f'FATAL Flags parsing error: {e}\n'
+             'Pass --helpshort or --helpfull to see help on flags.')
   except (AttributeError, KeyError) as e:
     while e.args and isinstance(e.args[0], Exception):
       e = e.args[0]

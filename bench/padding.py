@@ -9,8 +9,9 @@ process (the real Grain pipeline: shuffle, tasks, tokens, mixture) with pack off
 and prints one table: the share of the batch's B x T token slots that hold no real token
 of any example, and examples per row. A token is real up to an example's last
 loss-bearing target (what packing keeps; later tokens change no loss).
-A recipe with the auxiliary label loss (label_loss_weight > 0, which packing does not
-support) is measured with it off; its data are otherwise the same.
+A recipe with the auxiliary label loss or a per-example target cap (label_loss_weight > 0,
+max_target_tokens > 0: packing supports neither) is measured packed with them off; its
+data are otherwise the same.
 """
 import argparse
 import os
@@ -26,6 +27,21 @@ from radjax.core import recipe  # noqa: E402
 from radjax.data import pipeline  # noqa: E402
 
 DEFAULT_CONFIGS = ('configs/demo.py', 'configs/demo.py:task=lm', 'configs/radvlm.py:size=tiny')
+
+
+def with_packing(config, pack: bool, pack_max_examples: int = 0):
+  """(config, note): packing on or off; what packing refuses (the label loss, a target cap
+  per example) is turned off and named in the note. The data are otherwise the same."""
+  note = ''
+  if pack and config.data.get('label_loss_weight', 0.0):
+    config.data.label_loss_weight, note = 0.0, ' (label loss off)'
+    config.data.box_token_weight = 0.0
+  if pack and config.data.get('max_target_tokens', 0):
+    config.data.max_target_tokens, note = 0, note + ' (no target cap)'
+  config.data.pack = pack
+  if pack_max_examples:
+    config.data.pack_max_examples = pack_max_examples
+  return config, note
 
 
 def measure(config, batches: int) -> dict:
@@ -59,14 +75,7 @@ def main(argv=None):
   rows = []
   for spec in args.config or DEFAULT_CONFIGS:
     for pack in (False, True):
-      config = recipe.load(spec)
-      note = ''
-      if pack and config.data.get('label_loss_weight', 0.0):
-        config.data.label_loss_weight, note = 0.0, ' (label loss off)'
-        config.data.box_token_weight = 0.0
-      config.data.pack = pack
-      if args.pack_max_examples:
-        config.data.pack_max_examples = args.pack_max_examples
+      config, note = with_packing(recipe.load(spec), pack, args.pack_max_examples)
       t = time.time()
       m = measure(config, args.batches)
       k = f'<={config.data.pack_max_examples}' if pack else '1'

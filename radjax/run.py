@@ -151,7 +151,11 @@ def pre_stage(config, workdir: str):
   stage.model[part] = ml_collections.ConfigDict(config.model[part].to_dict())
   if stage.model[part].init_from == stage_dir:  # this run's own, set after the stage
     stage.model[part].init_from = ''
-  for key, value in config.train.get('pre_stage_set', ()):
+  for pair in config.train.get('pre_stage_set', ()):
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+      raise ValueError(f'config.train.pre_stage_set: {pair!r} is not a (key, value) pair; '
+                       "write (('train.num_steps', 600), ...)")
+    key, value = pair
     recipe.set_value(stage, key, value, f'config.train.pre_stage_set {key!r}')
   return stage, stage_dir
 

@@ -97,3 +97,21 @@ def test_analytic_flops_agree_with_xla_and_count_the_head_where_the_loss_is(targ
   analytic = train_step.analytic_flops(config, exp.state.params, exp.labels)['total']
   xla = compiled_step.flops(compiled_step.lower_and_compile(config)['compiled'])
   assert 0.9 < analytic / xla < 1.1, (analytic, xla)
+
+
+def test_padding_bench_packs_the_demo_recipes(demo_data):
+  """bench/padding.py on the demo's recipes: packing turns off what it refuses (the demo
+  caps targets per example) and fills the decoder's rows."""
+  from bench import padding
+  from radjax import run
+  rates = {}
+  for pack in (False, True):
+    config, note = padding.with_packing(demo.get_config('task=lm'), pack)
+    config.data.dir = demo_data
+    run.make_task(config)  # the packed config is one the task accepts
+    rates[pack] = padding.measure(config, 2)
+  config, note = padding.with_packing(demo.get_config(''), True)  # the demo as it runs
+  assert config.data.max_target_tokens == 0 and 'no target cap' in note
+  config.data.dir = demo_data
+  run.make_task(config)
+  assert rates[True]['padding'] < rates[False]['padding'] and rates[True]['per_row'] > 1

@@ -212,8 +212,13 @@ def test_pre_stage_trains_the_tower_first_in_the_same_run(demo_data, tmp_path):
   bad = tiny_config(demo_data)
   bad.train.pre_stage = 'configs/classifier.py:size=micro'
   bad.train.pre_stage_set = (('train.num_stepz', 6),)
-  with pytest.raises(KeyError, match='num_stepz'):
+  with pytest.raises(ValueError, match='num_stepz'):
     run.main(bad, str(tmp_path / 'bad'), 'train')
+  for pairs, message in [((('train.num_steps', 'abc'),), "'abc' does not fit"),
+                         (('train.num_steps', 3), 'is not a .key, value. pair')]:
+    bad.train.pre_stage_set = pairs
+    with pytest.raises(ValueError, match=message):
+      run.pre_stage(bad, str(tmp_path / 'bad'))
 
 
 @pytest.mark.parametrize('key,value,error', [

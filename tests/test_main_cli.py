@@ -60,3 +60,14 @@ def test_errors_in_what_was_given_are_one_line(tmp_path, demo_data):
     assert 'Traceback' not in proc.stderr
     if args == ('--mode=eval',):
       assert not (tmp_path / 'w').exists()  # a read-only mode wrote nothing
+
+
+def test_a_recipe_that_refuses_its_argument_is_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, 'main.py', '--config', 'configs/demo.py:sise=tiny', '--workdir',
+       str(tmp_path / 'w')], cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: --config: config argument 'sise=tiny': expected key=value with key one of "
+      "['size', 'task']")

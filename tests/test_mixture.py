@@ -250,3 +250,37 @@ def test_a_mixture_without_a_data_dir_builds_nothing_in_its_place(demo_data, tmp
   monkeypatch.chdir(tmp_path)
   main_lib.ensure_data(config)
   assert os.listdir(tmp_path) == []
+
+
+def test_the_first_component_is_checked_before_its_tokenizer_is_read(demo_data, tmp_path):
+  """With config.data.dir = '' (the README's mixture) the tokenizer comes from the first
+  component: a missing dir, a spec that is no dict, or a misspelt builder is named by its
+  knob, not reported as a missing tokenizer.json or an AttributeError."""
+  import main as main_lib
+  from radjax import run
+  from tests.conftest import tiny_config
+  config = tiny_config(demo_data)
+  config.data.dir, config.data.builder = '', ''
+  config.data.mixture.a = dict(dir=str(tmp_path / 'nowhere'), weight=1.0)
+  with pytest.raises(FileNotFoundError, match=r"config\.data\.mixture\.a\.dir: '.*nowhere' "
+                                              'is not a directory'):
+    run.make_task(config)
+  config.data.mixture.a = dict(dir=demo_data, kind='3d')
+  with pytest.raises(ValueError, match=r"config\.data\.mixture\.a\.kind: '3d'"):
+    run.make_task(config)
+  config.data.mixture.a = dict(dir=str(tmp_path / 'new'), builder='demoo')
+  with pytest.raises(ValueError, match=r"config\.data\.mixture\.a\.builder: 'demoo' is no "
+                                       'module of data_prep'):
+    main_lib.ensure_data(config)
+  with config.unlocked():
+    config.data.mixture.b = '/a/path'
+  with pytest.raises(ValueError, match=r'config\.data\.mixture\.b: expected dict'):
+    main_lib.ensure_data(config)
+
+
+def test_a_negative_target_cap_is_refused(demo_data):
+  from radjax.core import config_checks
+  from tests.conftest import tiny_config
+  config = tiny_config(demo_data)
+  config.data.max_target_tokens = -5
+  assert 'config.data.max_target_tokens=-5 must be >= 0' in config_checks.errors(config)

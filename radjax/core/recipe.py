@@ -16,13 +16,17 @@ def load(spec: str):
 
 
 def set_value(config, key: str, value, where: str) -> None:
-  """config.<dotted key> = value, as --config.key=value sets it; an unknown key is an error."""
-  *parents, leaf = key.split('.')
+  """config.<dotted key> = value, as --config.key=value sets it; an unknown key, or a value
+  of another type, is a ValueError naming `where`."""
+  *parents, leaf = str(key).split('.')
   node = config
   for name in parents:
     if name not in node:
-      raise KeyError(f'{where}: the config has no {name!r} (in {key!r})')
+      raise ValueError(f'{where}: the config has no {name!r} (in {key!r})')
     node = node[name]
   if leaf not in node:
-    raise KeyError(f'{where}: the config has no {leaf!r} (in {key!r})')
-  node[leaf] = value  # ConfigDict refuses a value of another type
+    raise ValueError(f'{where}: the config has no {leaf!r} (in {key!r})')
+  try:
+    node[leaf] = value  # ConfigDict refuses a value of another type
+  except TypeError as e:
+    raise ValueError(f'{where}: {value!r} does not fit {key!r} ({e})') from None

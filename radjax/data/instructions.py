@@ -568,8 +568,8 @@ def served(example: dict, tasks: tuple[str, ...], options: Options) -> list[tupl
   out = [(t, turns) for t in tasks if (turns := TASKS[t](example, None, options))]
   if not out:
     raise schema.NoTask(
-      f"record {example.get('id')!r}: serves none of the tasks {list(tasks)} "
-      '(config.data.tasks); dropped')
+      f"record {example.get('id')!r}: serves none of the tasks {list(tasks)} (its "
+      "dataset's: config.data.tasks, or its mixture component's tasks); dropped")
   return out
 
 

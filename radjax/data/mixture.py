@@ -59,15 +59,7 @@ def components(config) -> list[Component]:
   out = []
   for name, spec in config.data.mixture.items():
     knob = f'config.data.mixture.{name}'
-    if not hasattr(spec, 'items'):
-      raise ValueError(f'{knob}: expected dict(dir=..., tasks=(...), weight=..., repeat=...), '
-                       f'got {spec!r}')
-    for key in spec.keys():
-      if key not in KEYS:
-        raise ValueError(f'{knob}.{key}: unknown key (known: {", ".join(KEYS)})')
-    data_dir = spec.get('dir', '')
-    if not data_dir:
-      raise ValueError(f'{knob}.dir: missing (the dataset folder of this component)')
+    data_dir = check_spec(name, spec)
     if not os.path.isdir(data_dir):
       raise FileNotFoundError(f'{knob}.dir: {data_dir!r} is not a directory')
     tasks = spec.get('tasks', config.data.tasks)
@@ -81,8 +73,6 @@ def components(config) -> list[Component]:
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
       raise ValueError(f'{knob}.repeat: expected an integer >= 1, got {repeat!r}')
     kind = spec.get('kind', 'image')
-    if kind not in KINDS:
-      raise ValueError(f"{knob}.kind: {kind!r} is not one of {', '.join(KINDS)}")
     out.append(Component(name, data_dir, tuple(tasks), float(weight), repeat,
                          component_seed(config.seed, name), kind))
   for kind in KINDS:
@@ -94,6 +84,28 @@ def components(config) -> list[Component]:
                        'give every component of a kind a weight, or none (all 0: by size x '
                        'repeat)')
   return out
+
+
+def check_spec(name: str, spec) -> str:
+  """A component's spec is a dict of known keys with a dir (before its dir is built or
+  read: the errors name config.data.mixture.<name>); returns the dir."""
+  knob = f'config.data.mixture.{name}'
+  if not hasattr(spec, 'items'):
+    raise ValueError(f'{knob}: expected dict(dir=..., tasks=(...), weight=..., repeat=...), '
+                     f'got {spec!r}')
+  for key in spec.keys():
+    if key not in KEYS:
+      raise ValueError(f'{knob}.{key}: unknown key (known: {", ".join(KEYS)})')
+  if not spec.get('dir', ''):
+    raise ValueError(f'{knob}.dir: missing (the dataset folder of this component)')
+  if spec.get('kind', 'image') not in KINDS:
+    raise ValueError(f"{knob}.kind: {spec.get('kind')!r} is not one of {', '.join(KINDS)}")
+  return spec['dir']
+
+
+def check_specs(config) -> None:
+  for name, spec in config.data.mixture.items():
+    check_spec(name, spec)
 
 
 def by_kind(comps: list[Component]) -> dict[str, list[tuple[int, Component]]]:
@@ -123,11 +135,20 @@ def eval_dir(config) -> str:
   if config.data.dir or not config.data.mixture:
     return config.data.dir
   first = names(config)[0]
-  return config.data.mixture[first].get('dir', '')
+  return check_spec(first, config.data.mixture[first])
+
+
+def eval_knob(config) -> str:
+  """The knob that names the eval dataset (for errors)."""
+  if config.data.dir or not config.data.mixture:
+    return 'config.data.dir'
+  return f'config.data.mixture.{names(config)[0]}.dir'
 
 
 def eval_kind(config) -> str:
   """'image' or 'volume': what the eval dataset holds (config.data.dir: images)."""
   if config.data.dir or not config.data.mixture:
     return 'image'
-  return config.data.mixture[names(config)[0]].get('kind', 'image')
+  first = names(config)[0]
+  check_spec(first, config.data.mixture[first])
+  return config.data.mixture[first].get('kind', 'image')

@@ -246,7 +246,8 @@ class _SkipRecords(grain.MapDataset):
         self.log.note_dropped(e)
         too_long += 1
         if too_long >= TOO_LONG_IN_A_ROW:
-          hint = ("raise config.data.max_len or set config.data.too_long='truncate'"
+          hint = ('raise config.data.max_len (or config.data.max_target_tokens, where '
+                  "it is set) or set config.data.too_long='truncate'"
                   if e.reason == schema.TooLong.reason else
                   'give the dataset tasks its records can serve')
           raise DataError(f'{too_long} examples in a row from element {index} cannot be used '

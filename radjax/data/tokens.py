@@ -18,7 +18,12 @@ SPECIALS = {'pad': '<pad>', 'bos': '<s>', 'eos': '</s>', 'unk': '<unk>', 'image'
 def tokenizer_path(config) -> str:
   """config.data.tokenizer, else the dataset's own tokenizer.json (of the eval dataset:
   config.data.dir, or a mixture's first component)."""
-  return config.data.tokenizer or os.path.join(mixture.eval_dir(config), 'tokenizer.json')
+  if config.data.tokenizer:
+    return config.data.tokenizer
+  data_dir = mixture.eval_dir(config)
+  if data_dir and not os.path.isdir(data_dir):  # the dataset, not its tokenizer, is missing
+    raise FileNotFoundError(f'{mixture.eval_knob(config)}: {data_dir!r} is not a directory')
+  return os.path.join(data_dir, 'tokenizer.json')
 
 
 def load_tokenizer(path: str,
