@@ -193,3 +193,12 @@ def test_boxes_in_an_answer_are_drawn():
   out = np.asarray(drawing.draw_boxes(Image.new('L', (100, 100)), boxes))
   assert tuple(out[50, 25]) == (255, 59, 48) and tuple(out[50, 40]) == (0, 0, 0)
   assert tuple(out[25, 40]) == (255, 59, 48) and tuple(out[80, 40]) == (0, 0, 0)
+
+
+def test_a_workdir_that_cannot_be_served_is_one_line(served, tmp_path, capsys):
+  from radjax.serve import __main__ as serve_main
+  _, _, workdir, *_ = served
+  assert serve_main.main(['--workdir', str(tmp_path / 'nowhere')]) == 2
+  assert 'is not a radjax workdir' in capsys.readouterr().err
+  assert serve_main.main(['--workdir', workdir, '--step', '7']) == 2
+  assert 'no checkpoint of step 7' in capsys.readouterr().err
