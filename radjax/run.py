@@ -10,7 +10,7 @@ from radjax.core import distributed, recipe
 from radjax.core import workdir as workdir_lib
 from radjax.data import chat, image_files, tokens
 from radjax.eval import evaluators, llm_cxr
-from radjax.train import loop, setup, writers
+from radjax.train import loop, pretrained, setup, writers
 
 
 def make_task(config, name: str | None = None) -> tasks.Task:
@@ -165,6 +165,7 @@ def check_before_pre_stage(config) -> None:
   data processing and eval split fail now, not after the pre-stage has trained."""
   task = make_task(config)
   setup.preflight(config)
+  pretrained.check_paths(config)
   task.processor()
   if evaluators.names(config, task):
     evaluators.check_split(config, config.eval.split)

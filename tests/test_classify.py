@@ -11,6 +11,7 @@ import safetensors.numpy
 from configs import classifier as classifier_config
 from radjax import run
 from radjax.convert import export
+from radjax.core import recipe
 from radjax.core import workdir as workdir_lib
 from radjax.data import labels as labels_lib
 from radjax.data import pipeline
@@ -223,16 +224,16 @@ def test_pre_stage_trains_the_tower_first_in_the_same_run(demo_data, tmp_path):
 
 @pytest.mark.parametrize('key,value,error', [
   ('data.too_long', 'cut', "config.data.too_long: 'cut'"),
-  ('eval.batch_size', 4096, r"eval split 'val' .* fewer than config.eval.batch_size \(4096\)")])
+  ('eval.batch_size', 4096, r"eval split 'val' .* fewer than config.eval.batch_size \(4096\)"),
+  ('model.llm.init_from', '/no/such/llm', r"config\.model\.llm\.init_from='/no/such/llm'")])
 def test_the_main_stage_is_checked_before_its_pre_stage_trains(demo_data, tmp_path, key, value,
                                                                error):
   config = tiny_config(demo_data)
   config.train.pre_stage = 'configs/classifier.py:size=micro'
   config.train.pre_stage_set = (('data.dir', demo_data), ('train.num_steps', 2),
                                 ('eval.batch_size', 8))
-  section, name = key.split('.')
-  config[section][name] = value
+  recipe.set_value(config, key, value, 'the test')
   workdir = str(tmp_path / 'vlm')
-  with pytest.raises(ValueError, match=error):
+  with pytest.raises((ValueError, FileNotFoundError), match=error):
     run.main(config, workdir, 'train')
   assert not os.path.exists(os.path.join(workdir, 'pre_stage'))  # nothing trained first

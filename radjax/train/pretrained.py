@@ -68,6 +68,28 @@ def _from_files(part: str, paths: list[str], target_cfg, scan: bool):
                                    source=','.join(paths))
 
 
+def check_path(part: str, path: str) -> None:
+  """config.model.<part>.init_from names weights files, a workdir or an HF directory."""
+  files = path.split(',')
+  for f in files:
+    if not os.path.exists(f) or (len(files) > 1 and not os.path.isfile(f)):
+      raise FileNotFoundError(f'config.model.{part}.init_from={path!r}: {f!r} is not '
+                              + ('a weights file' if len(files) > 1 else
+                                 'a directory or a weights file'))
+    if os.path.isdir(f) and not os.path.exists(os.path.join(f, workdir_lib.CONFIG_FILE)):
+      raise FileNotFoundError(f'config.model.{part}.init_from={path!r}: a directory without '
+                              'config.json, neither a radjax workdir nor an HF model')
+
+
+def check_paths(config) -> None:
+  """Every part's init_from exists (a pre-stage's part gets its init_from when it trains)."""
+  staged = config.train.pre_stage_part if config.train.get('pre_stage', '') else None
+  for part in factory.parts_of(config.model):
+    path = config.model[part].get('init_from', '')
+    if path and part != staged:
+      check_path(part, path)
+
+
 def loaders(config, part_keys: dict) -> dict:
   """{param key: load(target) -> params} for every part with an `init_from`.
 
@@ -80,15 +102,7 @@ def loaders(config, part_keys: dict) -> dict:
     path = config.model[part].get('init_from', '')
     if not path:
       continue
-    files = path.split(',')
-    for f in files:
-      if not os.path.exists(f) or (len(files) > 1 and not os.path.isfile(f)):
-        raise FileNotFoundError(f'config.model.{part}.init_from={path!r}: {f!r} is not '
-                                + ('a weights file' if len(files) > 1 else
-                                   'a directory or a weights file'))
-      if os.path.isdir(f) and not os.path.exists(os.path.join(f, workdir_lib.CONFIG_FILE)):
-        raise FileNotFoundError(f'config.model.{part}.init_from={path!r}: a directory without '
-                                'config.json, neither a radjax workdir nor an HF model')
+    check_path(part, path)
 
     def load(target, part=part, path=path, target_cfg=cfgs[part]):
       logging.info('initialising %s from %s', part, path)
