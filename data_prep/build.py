@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shutil
 import uuid
 
@@ -91,8 +92,9 @@ def build_into(out_dir: str, make_builder, replace: bool = False, **config_kwarg
   """Builds with `make_builder(data_dir=...)` and publishes the dataset dir as out_dir.
 
   Never deletes what radjax did not create: an out_dir that exists, is not empty and
-  holds no manifest.json is an error. With replace=True an existing radjax dataset
-  there is swapped out atomically; otherwise it is reused. Returns the manifest.
+  holds no manifest.json is an error. With replace=True an existing build of the same
+  dataset there, holding only what a build writes, is swapped out atomically (another
+  dataset, or other files, is an error); otherwise it is reused. Returns the manifest.
   """
   out_dir = os.path.abspath(os.path.expanduser(out_dir))
   if is_radjax_dataset(out_dir) and not replace:
@@ -107,7 +109,10 @@ def build_into(out_dir: str, make_builder, replace: bool = False, **config_kwarg
   os.makedirs(os.path.dirname(out_dir), exist_ok=True)
   tmp_root = f'{out_dir}.tmp-{uuid.uuid4().hex[:8]}'
   try:
-    built = prepare(make_builder(data_dir=tmp_root), **config_kwargs)
+    builder = make_builder(data_dir=tmp_root)
+    if is_radjax_dataset(out_dir):
+      _check_replaceable(out_dir, builder.name)
+    built = prepare(builder, **config_kwargs)
     old = None
     if os.path.exists(out_dir):  # a radjax dataset, replaced on request
       old = f'{out_dir}.old-{uuid.uuid4().hex[:8]}'
@@ -118,6 +123,22 @@ def build_into(out_dir: str, make_builder, replace: bool = False, **config_kwarg
   finally:
     shutil.rmtree(tmp_root, ignore_errors=True)
   return read_manifest(out_dir)
+
+
+# What a build writes into a dataset dir; anything else there is someone's, kept.
+_BUILT = re.compile(r'.*\.array_record-\d+-of-\d+|(?:manifest|dataset_info|features'
+                    r'|tokenizer)\.json|rejects\.jsonl|terms\.txt')
+
+
+def _check_replaceable(out_dir: str, name: str) -> None:
+  """Replacing swaps out a build of this same dataset holding only what a build writes."""
+  built_by = read_manifest(out_dir).get('dataset')
+  others = [f for f in os.listdir(out_dir) if not _BUILT.fullmatch(f)]
+  if built_by != name or others:
+    why = (f'a {built_by!r} build' if built_by != name else f'files a build does not write: '
+           f'{sorted(others)[:5]}')
+    raise FileExistsError(f'{out_dir} holds {why}; radjax replaces only its own {name!r} '
+                          'builds. Choose another --out or empty it yourself.')
 
 
 def ensure_built(name: str, data_dir: str, **kwargs) -> dict:

@@ -70,17 +70,32 @@ def read_nifti(path: str | os.PathLike) -> Volume:
   return _checked(Volume(array=array, spacing=tuple(zooms), where=where))
 
 
-def read_npy(path: str | os.PathLike, spacing: Sequence[float] | None = None) -> Volume:
-  where = str(path)
+def load_numeric_npy(where: str) -> np.ndarray:
+  """A .npy of numbers, never unpickled; anything else is a Reject that says which."""
+  try:
+    with open(where, 'rb') as f:
+      magic = f.read(6)
+  except OSError as e:
+    raise Reject(f'{where}: cannot be read ({e.strerror or e})') from e
+  if magic != b'\x93NUMPY':
+    raise Reject(f'{where}: not a .npy file (no NumPy header)')
   try:
     array = np.load(where, allow_pickle=False)
   except ValueError as e:
+    if 'pickle' not in str(e):
+      raise Reject(f'{where}: not a readable .npy: {e}') from e
     raise Reject(f'{where}: not a plain numeric .npy (object arrays need pickle, refused): '
                  f'{e}') from e
-  except Exception as e:
+  except Exception as e:  # truncated header, short data ...
     raise Reject(f'{where}: not a readable .npy: {e}') from e
   if not isinstance(array, np.ndarray) or array.dtype.kind not in 'biuf':
     raise Reject(f'{where}: .npy of dtype {getattr(array, "dtype", None)}, expected numbers')
+  return array
+
+
+def read_npy(path: str | os.PathLike, spacing: Sequence[float] | None = None) -> Volume:
+  where = str(path)
+  array = load_numeric_npy(where)
   if spacing is not None and len(spacing) != 3:
     raise Reject(f'{where}: spacing {list(spacing)}: expected [sx, sy, sz]')
   return _checked(Volume(array=array.astype(np.float32), where=where,

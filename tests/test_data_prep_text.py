@@ -88,9 +88,15 @@ def test_llava_json(tmp_path):
       {'from': 'doctor', 'value': 'x'}, {'from': 'gpt', 'value': 'y'}]},
     {'id': 'r1', 'image': 'mimic/b.jpg', 'conversations': [
       {'from': 'human', 'value': '<image> x'}, {'from': 'gpt', 'value': 'y'}]},
+    {'id': 'r7', 'image': 'mimic/a.jpg', 'conversations': [{'from': 'gpt', 'value': 'y'}]},
   ]
   fx.write_file(os.path.join(src, 'all_train.json'), json.dumps(records).encode())
   fx.write_file(os.path.join(src, 'all_test.json'), json.dumps(records[:1]).encode())
+  # A file whose name names no split would be in no split: an error, nothing built.
+  fx.write_file(os.path.join(src, 'conversations.json'), json.dumps(records[:1]).encode())
+  with pytest.raises(ManualDirError, match=r"\['conversations.json'\] name no split"):
+    fx.build('llava_json', src, str(tmp_path / 'out'))
+  os.remove(os.path.join(src, 'conversations.json'))
   path, manifest = fx.build('llava_json', src, str(tmp_path / 'out'))
   train = {e['id']: e for e in fx.examples(path, 'train')}
   assert list(train) == ['r1', 'r2', 'r3'] and manifest['counts']['test'] == 1
@@ -104,3 +110,4 @@ def test_llava_json(tmp_path):
   assert '2 <image> marks for 1 images' in rejects[('r5', 4)]['reason']
   assert "unknown role 'doctor'" in rejects[('r6', 5)]['reason']
   assert 'duplicate' in rejects[('r1', 6)]['reason']
+  assert 'no user turn' in rejects[('r7', 7)]['reason']

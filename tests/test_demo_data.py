@@ -247,6 +247,18 @@ def test_build_never_deletes_a_directory_radjax_did_not_create(built, tmp_path):
   # A radjax dataset is replaced by build(), atomically, and only by build().
   assert demo.build(str(empty), seed=1, num_train=2, num_val=1, num_test=1)['counts'][
     'train'] == 2
+  # Only a demo build holding only what a build writes: a user's file in it, or another
+  # dataset's build, stays.
+  (empty / 'NOTES.txt').write_text('mine')
+  with pytest.raises(FileExistsError, match=r"files a build does not write: \['NOTES.txt'\]"):
+    demo.build(str(empty), seed=2, num_train=2, num_val=1, num_test=1)
+  (empty / 'NOTES.txt').unlink()
+  manifest = json.loads((empty / 'manifest.json').read_text())
+  (empty / 'manifest.json').write_text(json.dumps({**manifest, 'dataset': 'nih_chest_xray14'}))
+  with pytest.raises(FileExistsError, match="holds a 'nih_chest_xray14' build"):
+    demo.build(str(empty), seed=2, num_train=2, num_val=1, num_test=1)
+  assert json.loads((empty / 'manifest.json').read_text())['dataset'] == 'nih_chest_xray14'
+  assert sorted(os.listdir(tmp_path)) == ['empty', 'mine']  # no tmp sibling left behind
 
 
 def test_data_prep_show_prints_examples(built):

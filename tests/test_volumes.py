@@ -206,6 +206,9 @@ def test_npy_volumes(tmp_path):
   np.save(tmp_path / 'obj.npy', np.array([{'a': 1}], dtype=object), allow_pickle=True)
   with pytest.raises(Reject, match=r'obj\.npy: not a plain numeric \.npy'):
     volumes.load_volume(tmp_path / 'obj.npy')
+  (tmp_path / 'junk.npy').write_bytes(b'xx')  # no header: not blamed on pickle
+  with pytest.raises(Reject, match=r'junk\.npy: not a \.npy file \(no NumPy header\)'):
+    volumes.load_volume(tmp_path / 'junk.npy')
   np.save(tmp_path / 'flat.npy', array[..., 0])
   with pytest.raises(Reject, match=r'flat\.npy: not a volume: array of shape \(6, 7\)'):
     volumes.load_volume(tmp_path / 'flat.npy')

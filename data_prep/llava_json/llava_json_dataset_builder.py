@@ -66,11 +66,14 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
     files = sorted(p for p in root.glob('*.json'))
     if not files:
       raise builder_lib.ManualDirError(f'{root}: expected LLaVA *.json files (e.g. all_train.json)')
+    unnamed = [p.name for p in files if split_of(p.name, len(files) == 1) is None]
+    if unnamed:  # their records would be in no split, counted nowhere
+      raise builder_lib.ManualDirError(
+        f'{root}: {unnamed} name no split; each *.json file names train, val (valid, dev) '
+        'or test, or is the only one (train). Rename them, or move them out')
     out: dict[str, list] = {}
     for path in files:
       split = split_of(path.name, len(files) == 1)
-      if split is None:
-        continue
       try:
         records = json.loads(checks.read_text(path, path.name))
         assert isinstance(records, list)
@@ -85,7 +88,7 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
           item['record'] = rec
         out.setdefault(split, []).append(item)
     if not out:
-      raise builder_lib.ManualDirError(f'{root}: no *.json file named for train, val or test')
+      raise builder_lib.ManualDirError(f'{root}: its *.json files hold no records')
     return out
 
   def make_example(self, item, split):
@@ -102,7 +105,9 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
       images.append(checks.read_image(root, rel)[0])
     marks = sum(t['text'].count(IMAGE) for t in turns)
     if images and marks == 0:
-      first = next(t for t in turns if t['role'] == 'user')
+      first = next((t for t in turns if t['role'] == 'user'), None)
+      if first is None:
+        raise builder_lib.Reject('conversations: no user turn to show the image in')
       first['text'] = f'{IMAGE}\n' * len(images) + first['text']
     elif marks != len(images):
       raise builder_lib.Reject(f'{marks} {IMAGE} marks for {len(images)} images')

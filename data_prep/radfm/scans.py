@@ -37,17 +37,7 @@ def _scan_arrays(array: np.ndarray, where: str) -> list[np.ndarray]:
 
 def load_npy_scans(path: str) -> list[Volume]:
   """A RadFM .npy -> one Volume per scan (no spacing: RadFM kept none)."""
-  try:
-    array = np.load(path, allow_pickle=False)
-  except ValueError as e:
-    if 'pickle' not in str(e):
-      raise Reject(f'{path}: not a readable .npy: {e}') from e
-    raise Reject(f'{path}: not a plain numeric .npy (object arrays need pickle, refused): '
-                 f'{e}') from e
-  except Exception as e:  # truncated header, wrong magic, short data ...
-    raise Reject(f'{path}: not a readable .npy: {e}') from e
-  if not isinstance(array, np.ndarray) or array.dtype.kind not in 'biuf':
-    raise Reject(f'{path}: .npy of dtype {getattr(array, "dtype", None)}, expected numbers')
+  array = volumes.load_numeric_npy(str(path))
   scans = _scan_arrays(array, path)
   out = []
   for s, scan in enumerate(scans):
