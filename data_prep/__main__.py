@@ -16,6 +16,7 @@ import json
 import sys
 
 from data_prep import build as build_lib
+from data_prep import builder as builder_lib
 
 
 def _parse(argv):
@@ -64,7 +65,12 @@ def main(argv=None) -> int:
                            beam_options=beam_options, num_shards=args.num_shards,
                            max_short_side=args.max_short_side)
   except (OSError, ValueError) as e:  # a bad path or input: one line, exit 2
-    print(f'error: {e}', file=sys.stderr)
+    message = str(e)
+    if isinstance(e, builder_lib.ManualDirError):  # the files are not as downloaded
+      instructions = build_lib.builder_class(args.name).MANUAL_DOWNLOAD_INSTRUCTIONS or ''
+      if instructions.strip() and instructions.strip() not in message:
+        message = f'{message}\n{instructions.strip()}'
+    print(f'error: {message}', file=sys.stderr)
     return 2
   manifest = build_lib.read_manifest(path)
   print(json.dumps({'dataset_dir': path, 'counts': manifest['counts'],

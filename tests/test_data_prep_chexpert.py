@@ -135,3 +135,16 @@ def test_an_unknown_builder_config_is_named_with_the_ones_there_are(tmp_path):
   with pytest.raises(ValueError, match="mimic_cxr: no config 'frontl'; its configs: default, "
                      'frontal'):
     build_lib.build('mimic_cxr', str(tmp_path), manual_dir=str(tmp_path), config='frontl')
+
+
+def test_a_wrong_manual_dir_gives_the_download_instructions(tmp_path, capsys):
+  """The folder inside the download instead of the one that holds it: the error names the
+  files it looked for, then how the dataset is downloaded."""
+  from data_prep import __main__ as cli
+  inner = tmp_path / 'CheXpert-v1.0-small'
+  inner.mkdir()
+  (inner / 'valid.csv').write_text('Path\n')
+  assert cli.main(['build', 'chexpert', '--manual_dir', str(inner), '--data_dir',
+                   str(tmp_path / 'out')]) == 2
+  err = capsys.readouterr().err
+  assert 'does not look like CheXpert' in err and 'Stanford licence' in err
