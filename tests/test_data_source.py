@@ -113,3 +113,11 @@ def test_skipping_survives_a_resume(demo_data, tmp_path):
   resumed.set_state(state)
   for want in expected:
     np.testing.assert_array_equal(next(resumed)['tokens'], want)
+
+
+def test_a_path_that_is_no_dataset_says_which(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"config\.data\.dir: '.*nowhere' is not a "
+                                              'directory'):
+    source.split_files(str(tmp_path / 'nowhere'), 'train', 'config.data.dir')
+  with pytest.raises(FileNotFoundError, match='is no built dataset'):
+    source.split_files(str(tmp_path), 'train', 'config.data.dir')

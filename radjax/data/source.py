@@ -58,9 +58,14 @@ def split_files(data_dir: str, split: str, knob: str = 'config.data.dir') -> lis
     names = [s['name'] for s in info.get('splits', [])]
     raise FileNotFoundError(f'{knob}: {data_dir!r} has no split {split!r} '
                             f'(it has {names})')
+  if not os.path.isdir(data_dir):
+    raise FileNotFoundError(f'{knob}: {data_dir!r} is not a directory')
   files = sorted(glob.glob(os.path.join(data_dir, f'{split}-*.array_record')))
-  if not files:
+  if not files and glob.glob(os.path.join(data_dir, '*.array_record*')):
     raise FileNotFoundError(f'{knob}: no {split}-*.array_record files in {data_dir!r}')
+  if not files:
+    raise FileNotFoundError(f'{knob}: {data_dir!r} is no built dataset (no dataset_info.json, '
+                            'no *.array_record files)')
   return files
 
 
