@@ -129,3 +129,23 @@ def test_cli_path_mistakes_are_one_line_errors(mimic, tmp_path, capsys):
   a_file.write_text('mine')
   assert cli.main(['build', 'mimic_cxr', '--manual_dir', mimic, '--data_dir', str(a_file)]) == 2
   assert 'Not a directory' in capsys.readouterr().err and a_file.read_text() == 'mine'
+
+
+def test_frontal_only_rejects_an_image_the_metadata_lacks(mimic, tmp_path):
+  """No metadata row: no view to filter by, so a reject naming the CSV (as the default
+  config does), not a silent count in filtered_by_view."""
+  import csv
+  import gzip
+  import shutil
+  root = str(tmp_path / 'src')
+  shutil.copytree(mimic, root)
+  meta = os.path.join(root, 'mimic-cxr-2.0.0-metadata.csv.gz')
+  with gzip.open(meta, 'rt') as f:
+    rows = list(csv.reader(f))
+  frontal_rejects = list(fx.rejects(fx.build('mimic_cxr', mimic, str(tmp_path / 'a'),
+                                             config='frontal')[0]))
+  gone = frontal_rejects[0]
+  write_gz_csv(meta, rows[0], [r for r in rows[1:] if r[0] != gone])
+  path, manifest = fx.build('mimic_cxr', root, str(tmp_path / 'out'), config='frontal')
+  assert 'no row in mimic-cxr-2.0.0-metadata' in fx.rejects(path)[gone]['reason']
+  assert manifest['filtered_by_view'] == 6 and manifest['num_rejects'] == 3

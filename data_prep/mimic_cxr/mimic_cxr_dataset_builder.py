@@ -69,7 +69,7 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
     for line, row in checks.read_csv(
         split_csv, ('dicom_id', 'study_id', 'subject_id', 'split'), root):
       dicom_id, study, subject = row['dicom_id'], row['study_id'], row['subject_id']
-      if keep and views.get(dicom_id) not in keep:
+      if keep and dicom_id in views and views[dicom_id] not in keep:  # no row: rejected
         self._filtered += 1
         continue
       item = {'id': dicom_id, 'file': split_csv.name, 'row': line,
