@@ -75,7 +75,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise NotAWorkdir(f'{path} does not exist: {workdir!r} is not a radjax workdir '
-                            '(train into it or create it with `python -m radjax.convert from-hf`)')
+                      '(train into it or create it with `python -m radjax.convert from-hf`)')
   values = files.read_json(path, WorkdirError)
   if not isinstance(values, dict):
     raise WorkdirError(f'{path}: expected a JSON object')
@@ -194,12 +194,14 @@ def latest_step(workdir: str) -> int:
 
 def check_step(workdir: str, step: int) -> int:
   """`step` if the workdir has a checkpoint of it, else NoCheckpoint listing those it has."""
-  ckpt = checkpoint_lib.Checkpointer(workdir, keep=1, use_async=False)
-  steps = sorted(ckpt.manager.all_steps())
-  ckpt.close()
+  steps = []
+  if has_checkpoints(workdir):  # else no manager, which would create the dir
+    ckpt = checkpoint_lib.Checkpointer(workdir, keep=1, use_async=False)
+    steps = sorted(ckpt.manager.all_steps())
+    ckpt.close()
   if step not in steps:
     raise NoCheckpoint(f'no checkpoint of step {step} in {checkpoint_dir(workdir)} '
-                            f'(it has steps {steps})')
+                       f'(it has steps {steps})')
   return step
 
 
