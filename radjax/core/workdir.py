@@ -108,6 +108,13 @@ def _flat(node, prefix: str = '') -> dict:
 _USED_PARTS = {'vlm': ('vision', 'projector', 'llm'), 'classifier': ('vision',)}
 
 
+def _differing(saved: dict, new: dict, where: str, repr_values: bool = True) -> list[str]:
+  """'key: <saved> in <where>, <new> now' for every key whose values differ."""
+  show = repr if repr_values else str
+  return [f'{k}: {show(saved.get(k))} in {where}, {show(new.get(k))} now'
+          for k in sorted(set(saved) | set(new)) if saved.get(k) != new.get(k)]
+
+
 def _architecture(config) -> dict:
   """The knobs a checkpoint's contents depend on: the model (but RUNTIME_MODEL_KEYS), the
   layer layout and the optimizer's parameter groups (they decide which moments exist)."""
@@ -131,8 +138,7 @@ def check_resumable(config, workdir: str) -> None:
   if not has_checkpoints(workdir) or not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
     return
   saved, new = _architecture(load_config(workdir)), _architecture(config)
-  diffs = [f'{k}: {saved.get(k)!r} in the workdir, {new.get(k)!r} now'
-           for k in sorted(set(saved) | set(new)) if saved.get(k) != new.get(k)]
+  diffs = _differing(saved, new, 'the workdir')
   if diffs:
     raise WorkdirError(f'{os.path.join(workdir, CONFIG_FILE)}: the workdir was trained with a '
                        f'different model; nothing was written. Differing: {"; ".join(diffs)}. '
@@ -148,8 +154,7 @@ def _state_structure(abstract_state) -> dict:
 def _config_diffs(config, workdir: str, limit: int = 12) -> list[str]:
   saved = _flat(json.loads(load_config(workdir).to_json_best_effort()))
   new = _flat(json.loads(config.to_json_best_effort()))
-  diffs = [f'{k}: {saved.get(k)!r} in the workdir, {new.get(k)!r} now'
-           for k in sorted(set(saved) | set(new)) if saved.get(k) != new.get(k)]
+  diffs = _differing(saved, new, 'the workdir')
   return diffs[:limit] + ([f'... ({len(diffs) - limit} more)'] if len(diffs) > limit else [])
 
 
@@ -169,8 +174,7 @@ def check_state(config, workdir: str, abstract_state, fresh: bool) -> None:
   saved = files.read_json(path, WorkdirError)
   if saved == new:
     return
-  paths = [f'{k}: {saved.get(k)} in the checkpoints, {new.get(k)} now'
-           for k in sorted(set(saved) | set(new)) if saved.get(k) != new.get(k)]
+  paths = _differing(saved, new, 'the checkpoints', repr_values=False)
   knobs = _config_diffs(config, workdir) if os.path.exists(
       os.path.join(workdir, CONFIG_FILE)) else []
   raise WorkdirError(

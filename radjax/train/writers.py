@@ -7,6 +7,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
+from radjax.core import files
+
 
 def read_rows(path: str) -> list[dict]:
   """metrics.jsonl's rows. A half-written last line (a kill mid-write) is left out with a
@@ -48,10 +50,7 @@ def _ends_mid_line(path: str) -> bool:
 
 
 def _rewrite(path: str, rows: list[dict]) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.writelines(json.dumps(r) + '\n' for r in rows)
-  os.replace(tmp, path)
+  files.write_text_atomic(path, ''.join(json.dumps(r) + '\n' for r in rows))
 
 
 class JsonlWriter(metric_writers.MetricWriter):
