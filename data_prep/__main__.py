@@ -76,6 +76,9 @@ def main(argv=None) -> int:
   print(json.dumps({'dataset_dir': path, 'counts': manifest['counts'],
                     'num_rejects': manifest['num_rejects'],
                     'rejects': f"{path}/{manifest['rejects_file']}"}, indent=2))
+  for split in manifest.get('empty_splits', []):
+    print(f'warning: every record of split {split!r} was rejected; the dataset has no '
+          f'{split!r} split (reasons in the rejects file)', file=sys.stderr)
   return 0
 
 

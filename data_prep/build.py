@@ -43,10 +43,17 @@ def download_config(manual_dir=None, beam_runner=None, beam_options=None, num_sh
 
 
 def prepare(builder: builder_lib.RadjaxBuilder, **config_kwargs) -> str:
-  """Runs (or reuses) the build; returns the dataset dir."""
-  builder.download_and_prepare(download_config=download_config(**config_kwargs),
-                               file_format='array_record')
-  return os.fspath(builder.data_path)
+  """Runs (or reuses) the build; returns the dataset dir. A split whose every record is
+  rejected (e.g. a partial download) is left out, and the other splits are built again
+  without it (smallest first, so little is redone); all splits empty is an error."""
+  while True:
+    try:
+      builder.download_and_prepare(download_config=download_config(**config_kwargs),
+                                   file_format='array_record')
+      return os.fspath(builder.data_path)
+    except Exception:
+      if not builder.drop_empty_splits():
+        raise
 
 
 def build(name: str, data_dir: str, manual_dir: str | None = None, config: str | None = None,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -138,6 +139,23 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     super().__init__(file_format='array_record', **kwargs)
     self.max_short_side = max_short_side
     self._original_state['max_short_side'] = max_short_side  # Beam workers unpickle it
+    self._split_names: list[str] = []
+    self._empty_splits: dict[str, list[dict]] = {}  # split -> its reject rows
+    self._new_empty_splits: dict[str, list[dict]] = {}
+
+  def drop_empty_splits(self) -> bool:
+    """After a failed local build: True when it failed because splits had every record
+    rejected and others are left; they are then left out of the next try (their rejects
+    kept for rejects.jsonl and the manifest)."""
+    new, self._new_empty_splits = self._new_empty_splits, {}
+    self._empty_splits.update(new)
+    if not new or not set(self._split_names) - set(self._empty_splits):
+      return False
+    for split, rows in new.items():
+      logging.warning('%s: every one of the %d records of split %r was rejected (e.g. %s); '
+                      'building the other splits without it.', self.name, len(rows), split,
+                      rows[0]['reason'])
+    return True
 
   def __reduce__(self):
     # `tfds build data_prep/NAME` imports this module as NAME.NAME_dataset_builder, with
@@ -205,6 +223,12 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     root = self.check_manual_dir(dl_manager.manual_dir)
     items = self.split_items(root)
+    self._split_names = list(items)
+    for split, rows in self._empty_splits.items():  # found empty on an earlier try
+      items.pop(split, None)
+      self._write_reject_part(f'{split}.jsonl', rows)
+    # Smallest split first: a split that turns out empty costs a retry of the smaller ones only.
+    items = dict(sorted(items.items(), key=lambda kv: len(kv[1])))
     for split_items in items.values():
       for item in split_items:
         item.setdefault('root', os.fspath(root))  # travels with the item to Beam workers
@@ -241,6 +265,7 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         rejects.append(reject_row(r))
     self._write_reject_part(f'{split}.jsonl', rejects)
     if not winners:
+      self._new_empty_splits[split] = rejects
       raise ValueError(f'{self.name}: every one of the {len(rejects)} records of split {split!r} '
                        'was rejected, e.g. ' + '; '.join(r['reason'] for r in rejects[:3]))
 
@@ -300,9 +325,12 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       'config': self.builder_config.name if self.builder_config else None,
       'source': self.SOURCE,
       'schema_version': schema.SCHEMA_VERSION,
-      'counts': {name: splits[name].num_examples for name in splits.keys()},
+      'counts': {name: splits[name].num_examples for name in splits.keys()}
+                | {name: 0 for name in self._empty_splits},
+      'empty_splits': sorted(self._empty_splits),
       'num_rejects': len(rows),
-      'rejects_by_split': {s: sum(r['split'] == s for r in rows) for s in splits.keys()},
+      'rejects_by_split': {s: sum(r['split'] == s for r in rows)
+                           for s in [*splits.keys(), *self._empty_splits]},
       'rejects_file': REJECTS,
       'max_short_side': self.max_short_side,
       **self.manifest_extra(),

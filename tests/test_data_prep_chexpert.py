@@ -148,3 +148,36 @@ def test_a_wrong_manual_dir_gives_the_download_instructions(tmp_path, capsys):
                    str(tmp_path / 'out')]) == 2
   err = capsys.readouterr().err
   assert 'does not look like CheXpert' in err and 'Stanford licence' in err
+
+
+def test_a_split_whose_every_record_is_rejected_is_left_out_and_the_others_are_kept(
+    tmp_path, capsys):
+  """A partial download (here: valid/ missing) still builds train; the empty split's
+  rejects are kept, the manifest says it is empty, and reading it names why."""
+  from data_prep import __main__ as cli
+  from radjax.data import source
+  header, rows = write_source(tmp_path / 'src')
+  valid = [list(r) for r in rows[:2]]
+  for i, r in enumerate(valid):
+    r[0] = f'CheXpert-v1.0-small/valid/patient7777{i}/study1/view1_frontal.jpg'  # not there
+  fx.write_csv(str(tmp_path / 'src/CheXpert-v1.0-small/valid.csv'), header, valid)
+  assert cli.main(['build', 'chexpert', '--manual_dir', str(tmp_path / 'src'), '--data_dir',
+                   str(tmp_path / 'out')]) == 0
+  err = capsys.readouterr().err
+  assert "every record of split 'val' was rejected" in err, err[-600:]
+  path = str(tmp_path / 'out/chexpert/1.0.0')
+  manifest = build_lib.read_manifest(path)
+  assert manifest['counts'] == {'train': N, 'val': 0} and manifest['empty_splits'] == ['val']
+  assert manifest['rejects_by_split'] == {'train': 6, 'val': 2}
+  assert [e['id'] for e in fx.examples(path, 'train')] == [r[0].split('/', 1)[1][:-4]
+                                                          for r in rows]
+  val_rejects = [r for r in fx.rejects(path).values() if r['split'] == 'val']
+  assert [(r['row'], 'image file missing' in r['reason']) for r in val_rejects] == [
+    (2, True), (3, True)]
+  with pytest.raises(FileNotFoundError, match="no split 'val'.*every record of it was rejected"):
+    source.split_files(path, 'val')
+  # Every split empty is still an error naming a split and a reason.
+  fx.write_csv(str(tmp_path / 'src/CheXpert-v1.0-small/train.csv'), header, valid)
+  with pytest.raises(ValueError, match='every one of the 2 records of split .*image file missing'):
+    build_lib.build('chexpert', str(tmp_path / 'out2'), manual_dir=str(tmp_path / 'src'))
+  assert not os.path.exists(tmp_path / 'out2/chexpert/1.0.0')

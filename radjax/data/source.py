@@ -56,8 +56,14 @@ def split_files(data_dir: str, split: str, knob: str = 'config.data.dir') -> lis
                              .replace('{SHARD_X_OF_Y}', f'{i:05d}-of-{n:05d}'))
                 for i in range(n)]
     names = [s['name'] for s in info.get('splits', [])]
+    why = ''
+    manifest = os.path.join(data_dir, 'manifest.json')
+    if os.path.exists(manifest):
+      with open(manifest) as f:
+        if split in json.load(f).get('empty_splits', []):
+          why = ': every record of it was rejected at build, see its rejects.jsonl'
     raise FileNotFoundError(f'{knob}: {data_dir!r} has no split {split!r} '
-                            f'(it has {names})')
+                            f'(it has {names}){why}')
   if not os.path.isdir(data_dir):
     raise FileNotFoundError(f'{knob}: {data_dir!r} is not a directory')
   files = sorted(glob.glob(os.path.join(data_dir, f'{split}-*.array_record')))
