@@ -60,6 +60,17 @@ def test_a_graded_item_ends_a_negated_list_unless_the_list_goes_on():
     assert labels['Pleural Effusion'] == 0 and labels['Pneumothorax'] == 0, text
 
 
+def test_an_item_its_own_words_assert_ends_a_negated_list_unless_the_list_goes_on():
+  labels = mentioned('Negative for pneumothorax or effusion, cardiomegaly noted.')
+  assert (labels['Pneumothorax'], labels['Pleural Effusion'], labels['Cardiomegaly']) == (0, 0, 1)
+  assert mentioned('No pneumothorax, a small effusion is seen.')['Pleural Effusion'] == 1
+  for text in ('No pleural effusion, pneumothorax or focal consolidation is seen.',
+               'No effusion, pneumothorax, or consolidation identified.',
+               'No pneumothorax, effusion is not seen.'):
+    labels = mentioned(text)
+    assert {labels['Pleural Effusion'], labels['Pneumothorax']} == {0}, text
+
+
 def test_uncertainty():
   assert mentioned('Pneumonia cannot be excluded.')['Pneumonia'] == -1
   assert mentioned('Cannot exclude pneumothorax.')['Pneumothorax'] == -1

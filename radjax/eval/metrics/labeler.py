@@ -182,9 +182,14 @@ _BREAK = _C(
 # A graded item after a comma ("no pneumothorax, mild cardiomegaly") is a finding of its
 # own unless the list goes on to an "or" ("no consolidation, large effusion, or
 # pneumothorax": "no large effusion").
-_GRADED_ITEM = _C(r',\s*(?:mild|mildly|small|moderate|moderately|large|minimal|marked'
-                  r'|markedly|severe|enlarged|increased|new|persistent|trace)\b')
+_GRADED_ITEM = _C(r',\s*(?:(?:a|an|the)\s+)?(?:mild|mildly|small|moderate|moderately|large'
+                  r'|minimal|marked|markedly|severe|enlarged|increased|new|persistent|trace)\b')
 _LIST_GOES_ON = _C(r'\b(?:or|nor)\b|/')
+# So is an item after a comma that its own words assert ("negative for pneumothorax or
+# effusion, cardiomegaly noted"), when the list does not go on after it.
+_AFTER_COMMA = _C(r',\s*(?:(?:the|a|an)\s+)?$')
+_ASSERTED = _C(r'^[^,]{0,30}?\b(?:noted|seen|present|identified|demonstrated|evident|visible'
+               r'|observed)\b')
 
 _SENTENCE = _C(r'(?<!\d)\.(?!\d)|[;?!\n]|\s\d\.\s')
 _CLAUSE = _C(r'\b(?:but|however|although|except|aside\s+from|apart\s+from|other\s+than)\b')
@@ -221,7 +226,12 @@ def _negated_before(clause: str, start: int, end: int) -> bool:
   cue_end = list(_PRE_NEG.finditer(before))[-1].end()
   lead = re.match(r'\w*', clause[start:end]).group()
   item = _GRADED_ITEM.search(before[cue_end:] + lead)
-  return item is None or bool(_LIST_GOES_ON.search(clause[cue_end + item.end():]))
+  if item is not None:
+    return bool(_LIST_GOES_ON.search(clause[cue_end + item.end():]))
+  after = clause[end:]
+  if _AFTER_COMMA.search(before[cue_end:]) and _ASSERTED.search(after):
+    return bool(_LIST_GOES_ON.search(after))
+  return True
 
 
 def _in_condition(before: str) -> bool:
