@@ -167,8 +167,9 @@ def check_before_pre_stage(config) -> None:
   setup.preflight(config)
   pretrained.check_paths(config)
   task.processor()
-  if evaluators.names(config, task):
-    evaluators.check_split(config, config.eval.split)
+  chosen = evaluators.names(config, task)
+  if chosen:
+    evaluators.check_split(config, config.eval.split, chosen)
 
 
 def train_pre_stage(config, workdir: str) -> None:

@@ -174,6 +174,36 @@ def test_eval_reads_the_first_component_when_data_dir_is_empty(dirs):
   assert mixture.eval_dir(config) == dirs['a']
 
 
+def test_eval_uses_the_first_components_tasks_when_data_dir_is_empty(dirs):
+  """A VQA-only first component is evaluated on its conversations, not on
+  config.data.tasks' reports (which it has none of)."""
+  from radjax.tasks import base
+  config = _config(z=dict(dir=dirs['c']), m=dict(dir=dirs['d'], tasks=('conversation',)))
+  assert mixture.eval_tasks(config) == ('conversation',)
+  assert base.conversation_processor(config, None, None).tasks == ('conversation',)
+  assert base.conversation_processor(config, None, ('report',)).tasks == ('report',)
+  config.data.dir = dirs['a']
+  assert mixture.eval_tasks(config) == ('report',)
+
+
+def test_report_metrics_on_a_split_without_reports_fail_before_training(dirs, tmp_path):
+  from radjax.eval import evaluators
+  qa = str(tmp_path / 'qa')
+  os.makedirs(qa)
+  with writer.ShardedWriter(qa, 'val', 1, validate=lambda ex: None) as w:
+    for i in range(3):
+      w.write(schema.make_example(id=f'q{i}', split='val', conversation=[
+          {'role': 'user', 'text': 'Is there an effusion?'}, {'role': 'assistant', 'text': 'No.'}]))
+  config = _config(qa=dict(dir=qa, tasks=('conversation',)))
+  config.eval.batch_size = 2
+  evaluators.check_split(config, 'val', ('loss',))
+  with pytest.raises(ValueError, match=r"'reports' but none of the first \d+ records of split "
+                     r"'val' of .*qa has a report"):
+    evaluators.check_split(config, 'val', ('loss', 'reports'))
+  config.data.dir = dirs['a']  # records with reports
+  evaluators.check_split(config, 'train', ('loss', 'reports'))
+
+
 def test_too_long_record_is_dropped_counted_and_resumable(dirs, caplog):
   config = _config(batch_size=4)
   config.data.dir = dirs['b']  # record 7 (of 50, in 2 shards) is too long

@@ -138,6 +138,16 @@ def eval_dir(config) -> str:
   return check_spec(first, config.data.mixture[first])
 
 
+def eval_tasks(config) -> tuple[str, ...]:
+  """The eval dataset's instruction tasks: config.data.tasks, or when config.data.dir is ''
+  the first component's (a VQA-only component has no reports to evaluate on)."""
+  if config.data.dir or not config.data.mixture:
+    return tuple(config.data.tasks)
+  first = names(config)[0]
+  check_spec(first, config.data.mixture[first])
+  return tuple(config.data.mixture[first].get('tasks', config.data.tasks))
+
+
 def eval_knob(config) -> str:
   """The knob that names the eval dataset (for errors)."""
   if config.data.dir or not config.data.mixture:

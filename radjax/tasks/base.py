@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from radjax.data import chat, instructions, keywords, processors
+from radjax.data import chat, instructions, keywords, mixture, processors
 from radjax.data import labels as labels_lib
 from radjax.train import loss as loss_lib
 from radjax.train import optimizer as optimizer_lib
@@ -57,8 +57,8 @@ class Task:
 
   def processor(self, tasks=None, kind: str = ''):
     """Record bytes, rng -> the arrays of one example (radjax/data/processors.py), for the
-    instruction `tasks` (None: config.data.tasks) of a dataset of `kind` ('image' |
-    'volume'; '' = the eval dataset's)."""
+    instruction `tasks` (None: the eval dataset's, mixture.eval_tasks) of a dataset of
+    `kind` ('image' | 'volume'; '' = the eval dataset's)."""
     raise NotImplementedError
 
   # ---- model ----------------------------------------------------------------------
@@ -132,7 +132,7 @@ def logits_at(config, batch):
 
 
 def conversation_processor(config, encoder, tasks, images=None, labels=None):
-  tasks = tuple(config.data.tasks if tasks is None else tasks)
+  tasks = mixture.eval_tasks(config) if tasks is None else tuple(tasks)
   options = instructions.options_from_config(config.data.task_options,
                                              config.data.get('codebook_size', 0))
   return processors.ConversationProcessor(encoder, tasks, options, config.data.max_len, images,

@@ -23,21 +23,23 @@ def names(config, task) -> tuple[str, ...]:
   return names
 
 
-def check_split(config, split: str) -> None:
-  """The eval split holds at least one batch: checked before a run trains, not at its
-  first evaluation."""
+def check_split(config, split: str, chosen: tuple[str, ...] = ()) -> None:
+  """The eval split holds at least one batch, and reports when the `chosen` evaluators
+  score them: checked before a run trains, not at its first evaluation."""
   data_dir = mixture.eval_dir(config)
   n, b = len(source.open_split(data_dir, split)), config.eval.batch_size
   if n < b:
     raise ValueError(f'eval split {split!r} of {data_dir} has {n} records, fewer than '
                      f'config.eval.batch_size ({b}): nothing to evaluate. Lower '
                      'config.eval.batch_size or set config.eval.split to a larger split.')
+  if 'reports' in chosen:
+    reports.check_split(config, split)
 
 
 def make(exp, split: str) -> list:
   chosen = names(exp.config, exp.task)
   if chosen:
-    check_split(exp.config, split)
+    check_split(exp.config, split, chosen)
   return [EVALUATORS[n](exp, split) for n in chosen]
 
 

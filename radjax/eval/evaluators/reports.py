@@ -49,6 +49,22 @@ def finding_scores(predicted: list[set[str]], truth: list[set[str]]) -> dict[str
   return out
 
 
+def examples_with_reports(records, n: int) -> list[dict]:
+  """Of the first n records, those with a report to score against (VQA records have none)."""
+  return [ex for ex in map(schema.decode, (records[i] for i in range(min(n, len(records)))))
+          if _reference(ex)]
+
+
+def check_split(config, split: str) -> None:
+  """Before training: the eval split has reports to score generated ones against."""
+  n, data_dir = config.eval.num_generate, mixture.eval_dir(config)
+  if n and not examples_with_reports(source.open_split(data_dir, split), n):
+    raise ValueError(
+      f"config.eval.evaluators has 'reports' but none of the first {n} records of split "
+      f'{split!r} of {data_dir} has a report (findings or impression) to score against; '
+      "evaluate without it, e.g. --config.eval.evaluators=\"('loss',)\"")
+
+
 class ReportEvaluator:
 
   @functools.cached_property
@@ -56,13 +72,17 @@ class ReportEvaluator:
     """The split's records, opened on first use (reporting on given images needs none)."""
     return source.open_split(mixture.eval_dir(self.exp.config), self.split)
 
+  @functools.cached_property
+  def examples(self) -> list[dict]:
+    return examples_with_reports(self.records, self.exp.config.eval.num_generate)
+
   def __init__(self, exp, split: str):
     self.exp = exp
     self.split = split
     self.options = instructions.options_from_config(
         exp.config.data.task_options, exp.config.data.get('codebook_size', 0))
     # A model trained on bare report text (no request) is prompted the same way.
-    tasks = tuple(exp.config.data.tasks)
+    tasks = mixture.eval_tasks(exp.config)
     self.report_task = 'report_text' if 'report_text' in tasks and 'report' not in tasks \
         else 'report'
     self.answerer = answers.Answerer(exp)
@@ -78,8 +98,8 @@ class ReportEvaluator:
   def run(self, params, step: int, writer=None, out_dir: str | None = None) -> dict:
     cfg = self.exp.config
     metrics = {}
-    n = min(cfg.eval.num_generate, len(self.records))
-    examples = [schema.decode(self.records[i]) for i in range(n)]
+    examples = self.examples
+    n = len(examples)
     generated = self.generate(params, examples) if n else []
     references = [_reference(ex) for ex in examples]
     predicted = [report_findings(g) for g in generated]
