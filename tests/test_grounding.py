@@ -171,3 +171,22 @@ def test_ap_matches_pycocotools():
       checked += 1
   assert checked == 3
   assert ours['grounding_mAP@0.5'] == pytest.approx(prec[prec > -1].mean(), abs=1e-9)
+
+
+def test_in_loop_grounding_reads_the_records_own_classes():
+  """VinDr-CXR classes that are no CheXpert observation: a box answered with the wrong
+  class is no hit in the training-time evaluators (as in `radjax.eval score`)."""
+  from radjax.eval.evaluators.instruction import SCORERS
+  box = {'box': [0.1, 0.1, 0.3, 0.3]}
+  examples = [{'boxes': [{**box, 'label': c}]} for c in ('Calcification', 'ILD', 'Emphysema')]
+  refs = ['Calcification at [0.10, 0.10, 0.30, 0.30].', 'ILD at [0.10, 0.10, 0.30, 0.30].',
+          'Emphysema at [0.10, 0.10, 0.30, 0.30].']
+  wrong = ['Emphysema at [0.10, 0.10, 0.30, 0.30].', 'Calcification at [0.10, 0.10, 0.30, 0.30].',
+           'ILD at [0.10, 0.10, 0.30, 0.30].']
+  for name in ('grounding', 'detection'):
+    score = SCORERS[name][1]
+    assert score(refs, refs, examples)[f'{name}_mAP@0.5'] == 1.0
+    assert score(wrong, refs, examples)[f'{name}_mAP@0.5'] == 0.0
+    # An unnamed box takes the record's one class.
+    unnamed = ['At [0.10, 0.10, 0.30, 0.30].'] * 3
+    assert score(unnamed, refs, examples)[f'{name}_mAP@0.5'] == 1.0

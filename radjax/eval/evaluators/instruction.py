@@ -20,15 +20,20 @@ from radjax.eval.evaluators import answers
 from radjax.eval.metrics import classification, grounding
 
 
-def _classification(generated, references) -> dict:
+def _classification(generated, references, examples) -> dict:
+  del examples
   truth = [classification.parse_labels(r)[0] for r in references]
   return classification.classification_scores(generated, truth)
 
 
 def _grounding(prefix: str):
-  def score(generated, references) -> dict:
-    refs = [grounding.parse_boxes(r)[0] for r in references]
-    preds = [grounding.parse_boxes(g)[0] for g in generated]
+  def score(generated, references, examples) -> dict:
+    # Every class the records' boxes have is a name to read (VinDr-CXR's own classes are
+    # no CheXpert observation): a box answered with another class is read as that class.
+    classes = sorted({b.get('label') or '' for ex in examples for b in ex.get('boxes') or []}
+                     - {''})
+    refs = [grounding.parse_boxes(r, classes)[0] for r in references]
+    preds = [grounding.parse_prediction(g, ref, classes)[0] for g, ref in zip(generated, refs)]
     out = grounding.grounding_scores(preds, refs)
     return {k.replace('grounding_', f'{prefix}_', 1): v for k, v in out.items()
             if '/' not in k}
@@ -43,7 +48,8 @@ def _yes(text: str) -> bool | None:
   return True if first == 'yes' else False if first == 'no' else None
 
 
-def _vqa(generated, references) -> dict:
+def _vqa(generated, references, examples) -> dict:
+  del examples
   pairs = [(_yes(g), _yes(r)) for g, r in zip(generated, references)]
   scored = [(g, r) for g, r in pairs if r is not None]
   return {'vqa_accuracy': sum(g == r for g, r in scored) / max(len(scored), 1),
@@ -92,7 +98,8 @@ class InstructionEvaluator:
                        f'{self.split!r} can serve instruction task {self.task!r}')
     generated = self.answerer.answer(params, [(ex, p) for ex, p, _ in items])
     references = [a for _, _, a in items]
-    metrics = {f'eval/{k}': v for k, v in self.score(generated, references).items()}
+    scores = self.score(generated, references, [ex for ex, _, _ in items])
+    metrics = {f'eval/{k}': v for k, v in scores.items()}
     if out_dir is not None and jax.process_index() == 0:
       os.makedirs(out_dir, exist_ok=True)
       with open(os.path.join(out_dir, f'predictions_{self.name}.jsonl'), 'w') as f:

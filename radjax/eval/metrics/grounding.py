@@ -78,6 +78,14 @@ def parse_boxes(text: str, vocab=(), default_label: str | None = None
   return boxes, malformed
 
 
+def parse_prediction(text: str, reference: list[dict], classes) -> tuple[list[dict], int]:
+  """parse_boxes of a generated answer with the vocabulary `classes` (every reference
+  class, so a box given another class is read as that class); an unnamed box takes the
+  reference's class when it has only one."""
+  own = {b['label'] for b in reference}
+  return parse_boxes(text, classes, default_label=own.pop() if len(own) == 1 else None)
+
+
 def iou_matrix(a, b) -> np.ndarray:
   """IoU of every box in `a` (N, 4) with every box in `b` (M, 4), xyxy."""
   a = np.asarray(a, float).reshape(-1, 4)

@@ -70,9 +70,7 @@ def score_rows(rows: list[dict], meteor: bool = True, chexbert: str | None = Non
     preds, refs, malformed = [], [], 0
     for i in boxed:
       ref = [{'label': b.get('label') or '', 'box': tuple(b['box'])} for b in rows[i]['boxes']]
-      own = {b['label'] for b in ref}
-      boxes, bad = grounding.parse_boxes(generated[i], classes,
-                                         default_label=own.pop() if len(own) == 1 else None)
+      boxes, bad = grounding.parse_prediction(generated[i], ref, classes)
       preds.append(boxes)
       refs.append(ref)
       malformed += bad
