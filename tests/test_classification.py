@@ -78,6 +78,10 @@ def test_demo_finding_scores_read_the_labeler():
   assert evaluator.report_findings('') == set()
   ex = {'labels': {'Cardiomegaly': 1, 'Pneumothorax': 0}, 'report': {'findings': 'Effusion.'}}
   assert evaluator.true_findings(ex) == {'cardiomegaly'}
+  # Uncertain counts as positive on both sides: a hedged report of a hedged label is a hit.
+  hedged = {'labels': {'Pleural Effusion': -1}}
+  assert evaluator.true_findings(hedged) == evaluator.report_findings(
+      'Possible small left pleural effusion.') == {'pleural_effusion'}
   assert evaluator.true_findings({'report': {'findings': 'Small left pneumothorax.',
                                              'impression': ''}}) == {'pneumothorax'}
   s = evaluator.finding_scores([{'cardiomegaly'}, set()], [{'cardiomegaly'}, {'nodule'}])

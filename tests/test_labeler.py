@@ -16,6 +16,7 @@ def mentioned(text):
 def test_keys_are_the_14_observations():
   assert tuple(label_report('Heart size is normal.')) == CHEXPERT_OBSERVATIONS
   assert set(label_report('').values()) == {None}
+  assert set(label_report(' . ').values()) == {None}  # no words: the same as empty
 
 
 def test_negated_list_negates_every_item():

@@ -30,10 +30,11 @@ def report_findings(text: str) -> set[str]:
 
 
 def true_findings(example: dict) -> set[str]:
-  """From the record's labels where it has them, else from its reference report."""
+  """From the record's labels where it has them, else from its reference report; an
+  uncertain (-1) label counts as positive, as it does on the generated side."""
   labels = example.get('labels') or {}
   if any(k in labels for k in OBSERVATION_TO_FINDING):
-    return {f for obs, f in OBSERVATION_TO_FINDING.items() if labels.get(obs) == 1}
+    return {f for obs, f in OBSERVATION_TO_FINDING.items() if labels.get(obs) in (1, -1)}
   report = example.get('report') or {}
   return report_findings(f"{report.get('findings', '')}. {report.get('impression', '')}")
 

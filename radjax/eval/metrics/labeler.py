@@ -259,8 +259,8 @@ def _merge(old: int | None, new: int | None) -> int | None:
 def label_report(text: str) -> dict[str, int | None]:
   """CheXpert labels of one report: 1 positive, 0 negative, -1 uncertain, None unmentioned."""
   labels: dict[str, int | None] = {obs: None for obs in CHEXPERT_OBSERVATIONS}
-  if not (text or '').strip():
-    return labels  # an empty report asserts nothing, not even No Finding
+  if not re.search(r'[^\W_]', text or ''):
+    return labels  # a report without words ('', '.') asserts nothing, not even No Finding
   for raw in _clauses(text or ''):
     clause = _mask(raw)
     covered = []
