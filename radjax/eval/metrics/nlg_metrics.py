@@ -1,8 +1,9 @@
-"""Corpus-level captioning metrics for generated reports (the R2Gen convention).
+"""Corpus-level captioning metrics for generated reports.
 
 BLEU-1..4, METEOR, ROUGE-L and CIDEr from pycocoevalcap, one reference per
-report, on lower-cased text with punctuation removed and no PTB tokenizer
-(R2Gen calls the scorers directly). METEOR runs the jar pycocoevalcap ships
+report, on lower-cased text with every punctuation mark turned into a space and no PTB
+tokenizer (pycocoevalcap's scorers called directly, as R2Gen does; R2Gen's own cleaner
+differs: it keeps sentence ends as "." tokens and deletes other marks). METEOR runs the jar pycocoevalcap ships
 with Java; nothing is downloaded (SPICE, which would, is not used).
 """
 
