@@ -61,8 +61,10 @@ EXPECTED = {
     'radjax': ('<s><|system|>SYS<|end|><|user|><image>x3\nIs there an effusion?<|end|>'
                '<|assistant|>[[Yes, on the left.<|end|>]]<|user|>Is the heart enlarged?<|end|>'
                '<|assistant|>[[No.<|end|></s>]]'),
-    'vicuna': ('<s>SYS###Patient: <image>x3\nIs there an effusion?###Doctor: '
-               '[[Yes, on the left.###]]Patient: Is the heart enlarged?###Doctor: [[No.###]]'),
+    # XrayGPT's stage 2 ('###Patient: <Img><ImageHere></Img> q ###Doctor: a###'), with
+    # a system prompt set.
+    'vicuna': ('<s>###SYS###Patient: <Img><image>x3</Img> Is there an effusion? ###Doctor: '
+               '[[Yes, on the left.###]]Patient: Is the heart enlarged? ###Doctor: [[No.###]]'),
     'chatml': ('<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\n<image>x3\nIs there an '
                'effusion?<|im_end|>\n<|im_start|>assistant\n[[Yes, on the left.<|im_end|>]]\n'
                '<|im_start|>user\nIs the heart enlarged?<|im_end|>\n<|im_start|>assistant\n'
@@ -70,8 +72,9 @@ EXPECTED = {
     'dolly': ('SYS\n\n### Instruction:\n<image>x3\nIs there an effusion?\n\n### Response:\n'
               '[[Yes, on the left.\n\n### End]]### Instruction:\nIs the heart enlarged?\n\n'
               '### Response:\n[[No.\n\n### End]]'),
-    'plain': '<s><image>x3\nIs there an effusion? [[Yes, on the left.]]Is the heart enlarged? '
-             '[[No.</s>]]',
+    # The answer is tokenised with its question: byte-level BPE puts the space in it.
+    'plain': '<s><image>x3\nIs there an effusion?[[ Yes, on the left.]]Is the heart enlarged?'
+             '[[ No.</s>]]',
 }
 
 
@@ -118,6 +121,15 @@ def test_images_at_their_marks(bpe_json):
       '<image>x2 Changed?<|im_end|>\n<|im_start|>assistant\n[[No.<|im_end|>]]')
   with pytest.raises(schema.SchemaError, match="record 'r'.*2 <image> marks.*3 images"):
     enc.encode(turns, 3, 'r')
+
+
+def test_vicuna_without_a_system_prompt_is_xraygpts_stage_2_text(bpe_json):
+  tok = _tokenizer(bpe_json, 'vicuna')
+  enc = chat.ConversationEncoder(tok, chat.VICUNA, image_tokens=2)
+  ids, w = enc.encode([{'role': 'user', 'text': 'Describe the image.'},
+                       {'role': 'assistant', 'text': 'Clear lungs.'}], 1, 'r')
+  assert _render(tok, ids, w, enc.image_id) == (
+      '<s>###Patient: <Img><image>x2</Img> Describe the image. ###Doctor: [[Clear lungs.###]]')
 
 
 def test_no_user_turn_puts_images_first(bpe_json):
@@ -174,7 +186,7 @@ def test_exported_chat_template_renders_the_training_text(bpe_json, fmt):
   full = template.render(messages=messages + [{'role': 'assistant', 'content': 'No.'}],
                          add_generation_prompt=False, bos_token='<s>', eos_token='</s>')
   ids = enc.encode(TURNS, 1, 'r')[0]
-  if fmt in ('plain', 'vicuna'):
+  if fmt == 'vicuna':
     # Text runs straight into the answer ("Doctor: " + "Yes"): radjax tokenises the answer
     # on its own, as the model then generates it; the rendered text reads the same.
     assert tok.decode(tok.encode(full, add_special_tokens=False)) == tok.decode(ids)
@@ -195,6 +207,23 @@ def _sentencepiece_dir(tmp_path):
       {'tokenizer_class': 'LlamaTokenizer', 'bos_token': '<s>', 'eos_token': '</s>',
        'unk_token': '<unk>'}))
   return str(tmp_path)
+
+
+def test_plain_format_gives_radfms_ids_with_a_sentencepiece_tokenizer(tmp_path):
+  """RadFM trains on tokenizer(question + ' ' + answer) + EOS with the question's own
+  tokens masked, and prompts with tokenizer(question): no lone space token between."""
+  tok = chat.prepare_tokenizer(tokens.load_tokenizer(_sentencepiece_dir(tmp_path)), chat.PLAIN,
+                               images=False)
+  enc = chat.ConversationEncoder(tok, chat.PLAIN)
+  q, a = 'Is there an effusion?', 'Yes, on the left.'
+  ids, weights = enc.encode([{'role': 'user', 'text': q}, {'role': 'assistant', 'text': a}],
+                            0, 'r')
+  def bos_and(text):  # RadFM's LlamaTokenizer puts BOS first
+    return [tok.bos_token_id] + tok.encode(text, add_special_tokens=False)
+  question = bos_and(q)
+  assert ids == bos_and(q + ' ' + a) + [tok.eos_token_id]
+  assert weights == [0] * len(question) + [1] * (len(ids) - len(question))
+  assert enc.prompt([{'role': 'user', 'text': q}], 0) == question
 
 
 @pytest.mark.parametrize('fmt', ['vicuna', 'chatml', 'dolly'])

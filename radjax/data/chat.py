@@ -17,6 +17,7 @@ Keyword weights (RadFM's reweighted loss, radjax/data/keywords.py): answer token
 overlap a listed term get weight w instead of 1; the loss divides by the summed weights.
 """
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -87,6 +88,10 @@ class ChatFormat:
   default_system: str = ''
   stop_strings: tuple = ()  # generation stops at these (besides the stop ids)
   image_sep: str = '\n'  # between prepended images and the user's text
+  # An answer joined to its question by this text and tokenised with it (RadFM:
+  # tokenizer(question + ' ' + answer)); the generation prompt is the question alone.
+  answer_sep: str = ''
+  image_wrap: tuple = ('', '')  # plain text around each image's placeholders (XrayGPT's <Img>)
 
   @property
   def specials(self) -> tuple[str, ...]:
@@ -103,13 +108,14 @@ RADJAX = ChatFormat(
     'radjax', system=(Special('<|system|>'), '{text}', Special('<|end|>')),
     user=(Special('<|user|>'), '{text}', Special('<|end|>')),
     assistant_open=(Special('<|assistant|>'),), assistant_close=(Special('<|end|>'),))
-# Vicuna v1's '###' turns as XrayGPT trains them: plain text markers, no added tokens.
+# Vicuna v1's '###' turns as XrayGPT's stage 2 trains them ('###Patient: {} ###Doctor: ',
+# the image as '<Img><ImageHere></Img> ' before the instruction, the answer closed by '###',
+# no system prompt): plain text markers, no added tokens. Later turns follow the answer's
+# '###' ('...a1###Patient: q2 ###Doctor: '); a system prompt, when set, comes first.
 VICUNA = ChatFormat(
-    'vicuna', system=('{text}###',), user=('Patient: {text}###',),
-    assistant_open=('Doctor: ',), assistant_close=('###',), finish=(),
-    default_system=('A patient shows a doctor a chest radiograph and asks about it. The '
-                    'doctor reads the image and answers precisely.'),
-    stop_strings=('###',))
+    'vicuna', begin=(BOS, '###'), system=('{text}###',), user=('Patient: {text} ',),
+    assistant_open=('###Doctor: ',), assistant_close=('###',), finish=(),
+    stop_strings=('###',), image_sep=' ', image_wrap=('<Img>', '</Img>'))
 # ChatML with a system prompt (Qwen2, RadVLM).
 CHATML = ChatFormat(
     'chatml', begin=(),
@@ -117,7 +123,7 @@ CHATML = ChatFormat(
     user=(Special('<|im_start|>'), 'user\n{text}', Special('<|im_end|>'), '\n'),
     assistant_open=(Special('<|im_start|>'), 'assistant\n'),
     assistant_close=(Special('<|im_end|>'),), separator=('\n',), finish=(),
-    default_system='You are a careful assistant who reads medical images.')
+    default_system='You are a helpful assistant.')  # RadVLM's (LLaVA-OneVision's qwen_1_5)
 # The Dolly instruction format (LLM-CXR), its markers as single tokens as dolly-v2 has them.
 DOLLY = ChatFormat(
     'dolly', begin=(), system=('{text}\n\n',),
@@ -125,8 +131,9 @@ DOLLY = ChatFormat(
     assistant_open=(Special('### Response:'), '\n'),
     assistant_close=('\n\n', Special('### End')), finish=(),
     default_system=('Follow the instruction below and write the answer it asks for.'))
-# RadFM's plain question and answer: no markers, the answer after a space.
-PLAIN = ChatFormat('plain', user=('{text}',), assistant_open=(' ',))
+# RadFM's plain question and answer: no markers, the answer after a space, the two
+# tokenised as one text (so no lone space token between them).
+PLAIN = ChatFormat('plain', user=('{text}',), answer_sep=' ')
 # No prompt at all: images then the answer (XrayGPT stage 1, a decoder on plain text).
 NONE = ChatFormat('none')
 
@@ -157,6 +164,10 @@ def prepare_tokenizer(tokenizer, fmt: ChatFormat, images: bool, delimiters: bool
   if tokenizer.pad_token_id is None:
     tokenizer.pad_token = tokenizer.eos_token
   return tokenizer
+
+
+class _JoinedAnswer(str):
+  """An answer to tokenise in the context of its question (ChatFormat.answer_sep)."""
 
 
 @dataclasses.dataclass
@@ -216,9 +227,10 @@ class ConversationEncoder:
     """Text with `<image>` marks: each mark becomes image_tokens placeholders (wrapped in
     the delimiters when the encoder has them)."""
     parts = s.split(IMAGE_MARK)
-    out = [parts[0]]
-    for part in parts[1:]:
-      out += [list(self.image_run), part]
+    before, after = self.fmt.image_wrap
+    out = [parts[0] + (before if len(parts) > 1 else '')]
+    for i, part in enumerate(parts[1:], 1):
+      out += [list(self.image_run), after + part + (before if i < len(parts) - 1 else '')]
     return out
 
   def _tokenize(self, segments: list[tuple]) -> tuple[list[int], list[int]]:
@@ -236,6 +248,8 @@ class ConversationEncoder:
       ids.extend(new)
 
     for seg, w in segments:
+      if isinstance(seg, _JoinedAnswer):
+        seg = self._answer_in_context(text if text_w == 0 else '', seg)
       if isinstance(seg, str):
         if text and w != text_w:
           flush()
@@ -293,7 +307,8 @@ class ConversationEncoder:
         add(self._pieces(self.fmt.user, text), 0)
       elif role == 'assistant':
         add(self._pieces(self.fmt.assistant_open), 0)
-        add([text] + self._pieces(self.fmt.assistant_close), 1)
+        answer = _JoinedAnswer(text) if self.fmt.answer_sep else text
+        add([answer] + self._pieces(self.fmt.assistant_close), 1)
         if i == last and not add_generation_prompt:
           add(self._pieces(self.fmt.finish), 1)
         else:
@@ -303,6 +318,19 @@ class ConversationEncoder:
     if add_generation_prompt:
       add(self._pieces(self.fmt.assistant_open), 0)
     return self._tokenize(segments)
+
+  def _answer_in_context(self, before: str, answer: str) -> str:
+    """The answer's text whose own ids are those it gets tokenised after `before` and the
+    format's answer_sep as one string: with a sentencepiece tokenizer the answer alone
+    ('Yes' -> '▁Yes'), with a byte-level BPE the separator and the answer (' Yes')."""
+    sep, enc = self.fmt.answer_sep, functools.partial(self.tokenizer.encode,
+                                                      add_special_tokens=False)
+    before = before or '.'  # after an image run: some text to tokenise against
+    head, full = enc(before), enc(before + sep + answer)
+    for text in (answer, sep + answer):
+      if head + enc(text) == full:
+        return text
+    return sep + answer
 
   def prompt(self, turns: list[dict], num_images: int, record_id: str = '<prompt>') -> list[int]:
     """Ids of a generation prompt: the turns (ending on a user turn), then the opening of
@@ -380,6 +408,9 @@ def chat_template(fmt: ChatFormat, system_prompt: str = '') -> str:
              "{% elif c['type'] == 'text' %}{% set ns.txt = ns.txt ~ c['text'] %}{% endif %}"
              "{% endfor %}{% set text = ns.img ~ (" + repr(fmt.image_sep) + " if ns.img else '')"
              " ~ ns.txt %}{% endif %}")
+  if any(fmt.image_wrap):
+    content += ('{% set text = text | replace(' + repr(IMAGE_MARK) + ', '
+                + repr(fmt.image_wrap[0] + IMAGE_MARK + fmt.image_wrap[1]) + ') %}')
   t = render(fmt.begin)
   if fmt.system and system:
     t += ("{% if messages[0]['role'] != 'system' %}" + render(fmt.system, repr(system))
@@ -387,7 +418,8 @@ def chat_template(fmt: ChatFormat, system_prompt: str = '') -> str:
   t += '{% for m in messages %}' + content
   t += "{% if m['role'] == 'system' %}" + render(fmt.system)
   t += "{% elif m['role'] == 'user' %}" + render(fmt.user)
-  t += ('{% else %}' + render(fmt.assistant_open) + '{{ text }}' + render(fmt.assistant_close)
+  t += ('{% else %}' + render(fmt.assistant_open) + render((fmt.answer_sep,)) + '{{ text }}'
+        + render(fmt.assistant_close)
         + '{% if loop.last %}' + render(fmt.finish) + '{% else %}' + render(fmt.separator)
         + '{% endif %}{% endif %}{% endfor %}')
   t += '{% if add_generation_prompt %}' + render(fmt.assistant_open) + '{% endif %}'

@@ -3,8 +3,8 @@
 BLEU-1..4, METEOR, ROUGE-L and CIDEr from pycocoevalcap, one reference per
 report, on lower-cased text with every punctuation mark turned into a space and no PTB
 tokenizer (pycocoevalcap's scorers called directly, as R2Gen does; R2Gen's own cleaner
-differs: it keeps sentence ends as "." tokens and deletes other marks). METEOR runs the jar pycocoevalcap ships
-with Java; nothing is downloaded (SPICE, which would, is not used).
+differs: it keeps sentence ends as "." tokens and deletes other marks). METEOR runs the
+jar pycocoevalcap ships with Java; nothing is downloaded (SPICE, which would, is not used).
 """
 
 from __future__ import annotations
