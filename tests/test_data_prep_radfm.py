@@ -151,3 +151,16 @@ def test_scan_shapes():
   assert [s.shape for s in scans._scan_arrays(np.zeros((3, 5, 6, 7)), 'f')] == [(5, 6, 7)]
   with pytest.raises(ValueError, match=r"f: array of shape \(5, 6\); expected RadFM's"):
     scans._scan_arrays(np.zeros((5, 6)), 'f')
+
+
+def test_one_slice_scan_is_a_2d_image_kept(tmp_path):
+  # RadFM stores 2D images as z = 1 ([1, 3, H, W, 1]); rows and cols still need 2.
+  path = str(tmp_path / 'xray_0.npy')
+  np.save(path, np.random.default_rng(0).uniform(0, 1, (1, 3, 16, 12, 1)).astype(np.float32))
+  [entry] = scans.scan_entries(path)
+  assert np.load(io.BytesIO(entry['data'])).shape == (16, 12, 1)
+  schema.validate(schema.make_example(id='x', images=[entry], report={'findings': 'F.'}))
+  thin = str(tmp_path / 'thin_0.npy')
+  np.save(thin, np.ones((1, 3, 1, 12, 4), np.float32))
+  with pytest.raises(ValueError, match=r'thin_0.npy: scan of shape \(1, 12, 4\)'):
+    scans.scan_entries(thin)

@@ -143,6 +143,15 @@ def test_volume_slots_pad_shrink_and_repeat_2d():
     np.testing.assert_array_equal(flat['images'][0, :, :, k], flat['images'][0, :, :, 0])
 
 
+def test_one_slice_volume_is_repeated_like_a_2d_image():
+  # RadFM's 2D images are volumes of depth 1: one depth patch of the slice, as a 2D one.
+  one = SLOTS['volume'](schema.make_example(id='z1', images=[_volume_entry(1, 2)]), None)
+  np.testing.assert_array_equal(one['depth_mask'][0], np.arange(MAX_DEPTH) < PATCH)
+  for k in range(1, PATCH):
+    np.testing.assert_array_equal(one['images'][0, :, :, k], one['images'][0, :, :, 0])
+  assert one['images'][0, :, :, 0].std() > 0
+
+
 def test_a_damaged_volume_names_its_record():
   entry = _volume_entry(5, 0)
   entry['data'] = entry['data'][:40]

@@ -2,12 +2,13 @@
 
 RadFM's Radiopaedia files (seeds_spec §4.3) are `.npy` arrays of shape (S, 3, H, W, z):
 the S scans of a case, each resized to H = W = 512, its slice repeated over 3 channels,
-with no spacing kept. Each scan becomes one (rows, cols, slices) entry from channel 0
-(the channels are copies), min-max rescaled to [0, 1] per scan, as RadFM's loader
-rescales a volume; a (3, H, W, z) or (H, W, z) array is one scan. A NIfTI (the modality
-CSVs) is read by data_prep/volumes.py with its spacing. `size` > 0 resizes each scan
-in-plane to size x size (linear), e.g. 256 as RadFM's collator does for 3D batches of
-one, so a case of 512 x 512 x 64 scans does not make a 32 MB record per scan.
+with no spacing kept; a 2D image is a scan of depth z = 1. Each scan becomes one
+(rows, cols, slices) entry from channel 0 (the channels are copies), min-max rescaled to
+[0, 1] per scan, as RadFM's loader rescales a volume; a (3, H, W, z) or (H, W, z) array
+is one scan. A NIfTI (the modality CSVs) is read by data_prep/volumes.py with its
+spacing. `size` > 0 resizes each scan in-plane to size x size (linear), e.g. 256 as
+RadFM's collator does for 3D batches of one, so a case of 512 x 512 x 64 scans does not
+make a 32 MB record per scan.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ def load_npy_scans(path: str) -> list[Volume]:
   out = []
   for s, scan in enumerate(scans):
     where = f'{path} scan {s}' if len(scans) > 1 else path
-    if min(scan.shape) < volumes.MIN_SIDE:
+    # Depth 1 is RadFM's own 2D image (z = 1; its collator repeats the slice in depth).
+    if min(scan.shape[:2]) < volumes.MIN_SIDE or scan.shape[2] < 1:
       raise Reject(f'{where}: scan of shape {scan.shape}, expected at least '
-                   f'{volumes.MIN_SIDE} along each axis')
+                   f'{volumes.MIN_SIDE} rows and cols and 1 slice')
     if not np.isfinite(scan).all():  # RadFM swapped such volumes for noise; we reject
       raise Reject(f'{where}: non-finite voxels (NaN or inf)')
     out.append(Volume(array=scan.astype(np.float32), spacing=None, where=where))

@@ -4,7 +4,8 @@ data_prep/volume_ops.py `to_entry` stores them) -> model input for a 'vit3d' tow
 A volume is resized in-plane to size x size (linear) and, when deeper than max_depth,
 in depth to max_depth (nearest, as RadFM shrinks deep scans); a shallower one keeps its
 slices and is zero-padded, the depth mask saying which slices are real. A 2D image in a
-volume batch is repeated to one depth patch, as RadFM's nearest resize from depth 1 does.
+volume batch is repeated to one depth patch, as RadFM's nearest resize from depth 1 does;
+so is a volume of one slice (RadFM stores 2D images as z = 1).
 """
 import io
 
@@ -54,6 +55,8 @@ def volume_input(image: dict, *, size: int, max_depth: int, depth_patch: int,
                               record_id=record_id)
     return np.repeat(x[:, :, None, :], depth_patch, axis=2), depth_patch
   vol = resize_volume(decode_volume(image, record_id), size, max_depth)
+  if vol.shape[2] == 1:  # a 2D image stored as a volume (RadFM's z = 1): as a 2D one
+    vol = np.repeat(vol, depth_patch, axis=2)
   x = images_lib.normalise(vol[..., None].repeat(num_channels, -1), mean, std, num_channels)
   return x, vol.shape[2]
 
