@@ -17,7 +17,7 @@ Every failure is a Reject (data_prep/builder.py) whose message starts with the f
 For the RadFM builder (next step): its CSVs/JSONs (seeds_spec §4.3) point at .npy files
 of shape (S, 3, 512, 512, z), scans of a case already resized with channels repeated and
 no spacing; it would split S, take one channel, pass `spacing=None` (no resampling) and
-rescale with percentiles (0, 100) as RadFM's loader does, and rewrite the CSVs' absolute
+min-max rescale over the whole case as RadFM's loader does, and rewrite the CSVs' absolute
 image paths relative to the manual dir. Raw NIfTI/DICOM sources go through prepare() with
 a target spacing and a CT window instead.
 """

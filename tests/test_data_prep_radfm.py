@@ -84,13 +84,13 @@ def test_vqa_csv(src, tmp_path):
   assert first['conversation'] == [
     {'role': 'user', 'text': 'What abnormality is seen?'},
     {'role': 'assistant', 'text': 'A left upper lobe mass.'}]
-  # One float16 (H, W, z) image per scan, channel 0, min-max to [0, 1] per scan.
+  # One float16 (H, W, z) image per scan, channel 0, min-max to [0, 1] over the case.
   volumes = _volumes(first)
   assert [v.shape for v in volumes] == [(16, 12, 6), (16, 12, 6)]
   assert all(im['kind'] == '3d' and im['spacing'] is None for im in first['images'])
+  case = arrays['c1']
   for s, v in enumerate(volumes):
-    scan = arrays['c1'][s, 0]
-    expected = (scan - scan.min()) / (scan.max() - scan.min())
+    expected = (case[s, 0] - case.min()) / (case.max() - case.min())
     assert v.dtype == np.float16 and np.abs(v.astype(np.float32) - expected).max() < 1e-3
   mr = train['radiology_vqa_train-0000007']
   [image] = mr['images']
@@ -164,3 +164,20 @@ def test_one_slice_scan_is_a_2d_image_kept(tmp_path):
   np.save(thin, np.ones((1, 3, 1, 12, 4), np.float32))
   with pytest.raises(ValueError, match=r'thin_0.npy: scan of shape \(1, 12, 4\)'):
     scans.scan_entries(thin)
+
+
+def test_scans_of_a_case_share_one_min_max(tmp_path):
+  # RadFM's loaders rescale the whole (S, 3, H, W, z) array: a dim scan stays dim.
+  case = np.zeros((2, 3, 8, 8, 4), np.float32)
+  case[0] = np.linspace(0, 100, 8 * 8 * 4).reshape(8, 8, 4)
+  case[1] = np.linspace(-50, 1000, 8 * 8 * 4).reshape(8, 8, 4)
+  path = str(tmp_path / 'case_0.npy')
+  np.save(path, case)
+  expected = (case - case.min()) / (case.max() - case.min())
+  for s, entry in enumerate(scans.scan_entries(path)):
+    v = np.load(io.BytesIO(entry['data'])).astype(np.float32)
+    np.testing.assert_allclose(v, expected[s, 0], atol=1e-3)
+  assert np.load(io.BytesIO(scans.scan_entries(path, size=16)[0]['data'])).max() < 0.15
+  np.save(path, np.ones((2, 3, 8, 8, 4), np.float32))
+  with pytest.raises(ValueError, match='case_0.npy: constant case'):
+    scans.scan_entries(path)

@@ -2,13 +2,14 @@
 
 RadFM's Radiopaedia files (seeds_spec §4.3) are `.npy` arrays of shape (S, 3, H, W, z):
 the S scans of a case, each resized to H = W = 512, its slice repeated over 3 channels,
-with no spacing kept; a 2D image is a scan of depth z = 1. Each scan becomes one
-(rows, cols, slices) entry from channel 0 (the channels are copies), min-max rescaled to
-[0, 1] per scan, as RadFM's loader rescales a volume; a (3, H, W, z) or (H, W, z) array
-is one scan. A NIfTI (the modality CSVs) is read by data_prep/volumes.py with its
-spacing. `size` > 0 resizes each scan in-plane to size x size (linear), e.g. 256 as
-RadFM's collator does for 3D batches of one, so a case of 512 x 512 x 64 scans does not
-make a 32 MB record per scan.
+with no spacing kept; a 2D image is a scan of depth z = 1. Each scan becomes one (rows,
+cols, slices) entry from channel 0 (the channels are copies), min-max rescaled to [0, 1]
+over the whole case, as RadFM's loaders rescale the (S, 3, H, W, z) array they load
+(`(image - image.min()) / (image.max() - image.min())`), so a dim scan of a case stays dim
+beside a bright one; a (3, H, W, z) or (H, W, z) array is one scan. A NIfTI (the modality
+CSVs) is read by data_prep/volumes.py with its spacing. `size` > 0 resizes each scan
+in-plane to size x size (linear), e.g. 256 as RadFM's collator does for 3D batches of one,
+so a case of 512 x 512 x 64 scans does not make a 32 MB record per scan.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from scipy import ndimage
 
 from data_prep import volumes
 from data_prep.builder import Reject
-from data_prep.volume_ops import Volume
+from data_prep.volume_ops import Volume, to_entry
 
 ROWS_COLS_SLICES = 3
 
@@ -66,6 +67,20 @@ def _resize(volume: Volume, size: int) -> Volume:
                 modality=volume.modality)
 
 
+def _case_range(scans: list[Volume], path: str) -> tuple[float, float]:
+  """RadFM's min-max: one (min, max) over every scan of the file (float64: no overflow)."""
+  lo = min(float(v.array.min()) for v in scans)
+  hi = max(float(v.array.max()) for v in scans)
+  if not hi > lo:
+    raise Reject(f'{path}: constant case (every voxel {lo}), nothing to normalise')
+  return lo, hi
+
+
+def _entry(volume: Volume, lo: float, hi: float) -> dict:
+  values = (volume.array.astype(np.float64) - lo) / (hi - lo)
+  return to_entry(np.clip(values, 0.0, 1.0).astype(np.float32), volume.spacing, volume.where)
+
+
 def scan_entries(path: str, size: int = 0) -> list[dict]:
   """Every scan of a RadFM image file (.npy, .nii, .nii.gz) -> schema image entries."""
   name = os.path.basename(path).lower()
@@ -76,5 +91,7 @@ def scan_entries(path: str, size: int = 0) -> list[dict]:
   else:
     raise Reject(f"{path}: unknown image format; expected RadFM's .npy or a NIfTI "
                  '(.nii, .nii.gz)')
-  # Percentiles (0, 100): RadFM's per-volume min-max; no window, the units are unknown.
-  return [volumes.prepare(_resize(v, size), window_hu=None) for v in scans]
+  # No window: the units are unknown. The range is taken before the (linear) resize, as
+  # RadFM normalises before its collator resizes; linear interpolation stays inside it.
+  lo, hi = _case_range(scans, path)
+  return [_entry(_resize(v, size), lo, hi) for v in scans]
