@@ -63,7 +63,9 @@ def read_nifti(path: str | os.PathLike) -> Volume:
   if data.ndim != 3:
     raise Reject(f'{where}: not a volume: {data.ndim}D NIfTI of shape {data.shape} '
                  '(a time series or a 2D image); expected 3D')
-  zooms = [float(z) for z in image.header.get_zooms()[:3]]
+  # From the affine, as the orientation is: pixdim may disagree (sform set, qform_code 0).
+  # Rounded to 1e-6 mm: a float32 affine gives 0.69999999 for 0.7.
+  zooms = [round(float(z), 6) for z in nib.affines.voxel_sizes(image.affine)[:3]]
   # Canonical axes run to the right, anterior, superior; display rows run anterior to
   # posterior and columns right to left, hence the transpose and both in-plane flips.
   array = np.ascontiguousarray(data.transpose(1, 0, 2)[::-1, ::-1, :])

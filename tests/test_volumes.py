@@ -76,6 +76,21 @@ def test_nifti_from_nibabel_laid_out_as_axial_display():
   assert vol.spacing == (1.0, 3.0, 2.0)
 
 
+def test_nifti_spacing_from_the_affine_not_pixdim(tmp_path):
+  # sform with 0.7 x 0.7 x 5 mm voxels, qform_code 0, pixdim left at 1: nibabel orients by
+  # the sform, so the spacing must come from it too.
+  data = np.random.default_rng(0).uniform(0, 100, (8, 9, 6)).astype(np.float32)
+  header = nib.Nifti1Header()
+  header.set_data_shape(data.shape)
+  header.set_data_dtype(np.float32)
+  header.set_sform(np.diag([0.7, 0.7, 5.0, 1.0]), code=1)
+  header.set_qform(None, code=0)
+  header['pixdim'][1:4] = 1.0
+  nib.save(nib.Nifti1Image(data, None, header), tmp_path / 'sform.nii')
+  assert nib.load(tmp_path / 'sform.nii').header.get_zooms() == (1.0, 1.0, 1.0)
+  assert volumes.load_volume(tmp_path / 'sform.nii').spacing == (0.7, 0.7, 5.0)
+
+
 def test_nifti_time_series_and_truncated_file_rejected(tmp_path):
   with pytest.raises(Reject, match=r'example4d\.nii\.gz: not a volume: 4D'):
     volumes.load_volume(NIBABEL_DATA / 'example4d.nii.gz')
