@@ -35,16 +35,41 @@ def find_one(root: epath.Path, candidates: tuple[str, ...], what: str) -> epath.
                        f'{" or ".join(candidates)} in it')
 
 
+# Python's default (131,072 chars) is plenty for a report, but a long one may pass it; a
+# field over this is a stray unbalanced quote that swallowed the rest of the file.
+CSV_FIELD_LIMIT = 1 << 20
+
+
+def csv_rows(reader, rel: str) -> Iterator[tuple[int, object]]:
+  """(line number, row) of a csv reader; a malformed row is a ManualDirError naming the
+  file and the line it starts on (csv.Error names neither)."""
+  csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+  while True:
+    start = reader.line_num + 1
+    try:
+      row = next(reader)
+    except StopIteration:
+      return
+    except csv.Error as e:
+      hint = ' (an unbalanced quote there?)' if 'field limit' in str(e) else ''
+      raise ManualDirError(f'{rel}: line {start}: malformed CSV: {e}{hint}') from e
+    yield reader.line_num, row
+
+
 def read_csv(path: epath.Path, required: tuple[str, ...], root: epath.Path | None = None
              ) -> Iterator[tuple[int, dict]]:
-  """(line number, row) for each data row; a header missing `required` is a ManualDirError."""
+  """(line number, row) for each data row; a header missing `required` or a malformed row
+  is a ManualDirError."""
   rel = str(path.relative_to(root)) if root else str(path)
   reader = csv.DictReader(io.StringIO(read_text(path, rel), newline=''))
+  rows = csv_rows(reader, rel)
+  first = next(rows, None)  # reads the header, then the first row
   missing = [c for c in required if c not in (reader.fieldnames or [])]
   if missing:
     raise ManualDirError(f'{rel}: header lacks columns {missing} (has {reader.fieldnames})')
-  for row in reader:
-    yield reader.line_num, row
+  if first is not None:
+    yield first
+    yield from rows
 
 
 def read_text(path: epath.Path, rel: str = '') -> str:

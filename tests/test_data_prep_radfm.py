@@ -181,3 +181,24 @@ def test_scans_of_a_case_share_one_min_max(tmp_path):
   np.save(path, np.ones((2, 3, 8, 8, 4), np.float32))
   with pytest.raises(ValueError, match='case_0.npy: constant case'):
     scans.scan_entries(path)
+
+
+def test_malformed_csv_names_file_and_line(src, tmp_path, capsys):
+  # A stray unbalanced quote swallows the rest of the file into one field past csv's
+  # field limit: one error line naming the file and the line the quote opened on.
+  from data_prep import __main__ as cli
+  from data_prep import checks
+  src, _ = src
+  fx.write_file(os.path.join(src, 'data_csv', 'radiology_vqa_train.csv'), (
+    'image_path,question,answer\n'
+    f'{FOREIGN}/c2_0.npy,Q?,A.\n'
+    f'{FOREIGN}/c2_0.npy,"Q?,A.\n' + 'x\n' * 600_000).encode())  # 1.2M chars
+  assert cli.main(['build', 'radfm', '--config', 'vqa', '--manual_dir', src,
+                   '--data_dir', str(tmp_path / 'out')]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: data_csv/radiology_vqa_train.csv: line 3: malformed CSV: '
+                        'field larger than field limit') and 'Traceback' not in err
+  # A long field under the raised limit (Python's default is 131,072) is read.
+  long = tmp_path / 'long.csv'
+  long.write_text('a,b\n1,' + 'y' * 200_000 + '\n')
+  assert [line for line, _ in checks.read_csv(long, ('a', 'b'))] == [2]

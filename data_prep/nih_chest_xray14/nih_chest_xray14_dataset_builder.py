@@ -54,7 +54,7 @@ def parse_labels(text: str) -> dict:
 
 def _rows(path: epath.Path, rel: str) -> list[tuple[int, list[str]]]:
   reader = csv.reader(io.StringIO(checks.read_text(path, rel), newline=''))
-  return [(reader.line_num, row) for row in reader]
+  return list(checks.csv_rows(reader, rel))
 
 
 class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
