@@ -19,6 +19,17 @@ from data_prep import build as build_lib
 from data_prep import builder as builder_lib
 
 
+def _positive(text: str) -> int:
+  """argparse type: an int >= 1 (argparse prints the ValueError as one line)."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'{text!r}: not an integer') from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f'{value}: must be at least 1')
+  return value
+
+
 def _parse(argv):
   parser = argparse.ArgumentParser(prog='python -m data_prep', description=__doc__.split('\n')[0])
   sub = parser.add_subparsers(dest='command', required=True)
@@ -34,7 +45,8 @@ def _parse(argv):
   b.add_argument('--beam_options', default=None,
                  help="Beam pipeline flags, e.g. '--direct_num_workers=2 "
                  "--direct_running_mode=multi_processing'")
-  b.add_argument('--num_shards', type=int, default=None, help='shards per split')
+  b.add_argument('--num_shards', type=_positive, default=None,
+                 help='shards per split (at most one per record)')
   b.add_argument('--max_short_side', type=int, default=None,
                  help='store 2D images downscaled so their shorter side is at most this '
                  '(e.g. 512 for 224-384 px models); default: the files as published')

@@ -61,6 +61,8 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, config: str |
           max_short_side: int | None = None) -> str:
   """Builds `name` under data_dir from manual_dir; returns the dataset dir. With
   max_short_side, 2D images are stored downscaled (data_prep/downscale.py)."""
+  if num_shards is not None and num_shards < 1:
+    raise ValueError(f'{name}: num_shards {num_shards}: must be at least 1')
   cls = builder_class(name)
   configs = [c.name for c in cls.BUILDER_CONFIGS]
   if config is not None and config not in configs:

@@ -22,6 +22,7 @@ the same order: records are keyed by their item's index and written unshuffled.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
@@ -109,6 +110,33 @@ def reject_row(result: dict) -> dict:
 
 def tfds_example(result: dict) -> tuple[int, dict]:
   return result['index'], {'id': result['id'], 'example': result['record']}
+
+
+@dataclasses.dataclass(frozen=True)
+class CappedShardConfig(tfds.core.utils.shard_utils.ShardConfig):
+  """--num_shards at most one shard per record on the local path, where TFDS would fail
+  on a split smaller than it; Beam drops its empty shards by itself (precise=False)."""
+
+  def get_number_shards(self, total_size: int, num_examples: int,
+                        uses_precise_sharding: bool = True) -> int:
+    n = super().get_number_shards(total_size, num_examples, uses_precise_sharding)
+    return min(n, max(num_examples, 1)) if uses_precise_sharding else n
+
+
+@dataclasses.dataclass(eq=False)
+class _CappedDownloadConfig(tfds.download.DownloadConfig):
+
+  def get_shard_config(self):
+    return CappedShardConfig(num_shards=self.num_shards, min_shard_size=self.min_shard_size,
+                             max_shard_size=self.max_shard_size)
+
+
+def capped_shards(config: tfds.download.DownloadConfig) -> tfds.download.DownloadConfig:
+  """`config` whose shard count is capped at a split's records (CappedShardConfig)."""
+  if config.num_shards is not None and config.num_shards < 1:
+    raise ValueError(f'num_shards {config.num_shards}: must be at least 1')
+  return _CappedDownloadConfig(**{f.name: getattr(config, f.name)
+                                  for f in dataclasses.fields(config)})
 
 
 def _unpickled_builder(module: str, qualname: str) -> RadjaxBuilder:
@@ -242,7 +270,7 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _download_and_prepare(self, dl_manager, download_config):
     self._use_beam = bool(download_config.beam_runner or download_config.beam_options)
-    super()._download_and_prepare(dl_manager, download_config)
+    super()._download_and_prepare(dl_manager, capped_shards(download_config))
     self._finalize()
 
   # --- generation -----------------------------------------------------------------

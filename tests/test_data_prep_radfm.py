@@ -202,3 +202,24 @@ def test_malformed_csv_names_file_and_line(src, tmp_path, capsys):
   long = tmp_path / 'long.csv'
   long.write_text('a,b\n1,' + 'y' * 200_000 + '\n')
   assert [line for line, _ in checks.read_csv(long, ('a', 'b'))] == [2]
+
+
+def test_num_shards_capped_at_a_splits_records_and_checked(src, tmp_path, capsys):
+  # TFDS's local writer fails on a split with fewer records than --num_shards (Beam drops
+  # its empty shards): capped at one shard per record, as Beam ends up with.
+  from data_prep import __main__ as cli
+  from data_prep import build as build_lib
+  src, _ = src
+  path, manifest = fx.build('radfm', src, str(tmp_path / 'out'), config='vqa', num_shards=5)
+  assert manifest['counts'] == {'train': 3, 'test': 1}
+  shards = sorted(f for f in os.listdir(path) if '.array_record-' in f)
+  assert shards == ['radfm-test.array_record-00000-of-00001',
+                    *[f'radfm-train.array_record-0000{i}-of-00003' for i in range(3)]]
+  for bad in (0, -1):
+    with pytest.raises(ValueError, match=f'radfm: num_shards {bad}: must be at least 1'):
+      build_lib.build('radfm', str(tmp_path / 'bad'), manual_dir=src, num_shards=bad)
+    with pytest.raises(SystemExit):
+      cli.main(['build', 'radfm', '--manual_dir', src, '--data_dir', str(tmp_path / 'bad'),
+                f'--num_shards={bad}'])
+    assert f'--num_shards: {bad}: must be at least 1' in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / 'bad')
