@@ -89,8 +89,10 @@ def main(argv=None) -> int:
                     'num_rejects': manifest['num_rejects'],
                     'rejects': f"{path}/{manifest['rejects_file']}"}, indent=2))
   for split in manifest.get('empty_splits', []):
-    print(f'warning: every record of split {split!r} was rejected; the dataset has no '
-          f'{split!r} split (reasons in the rejects file)', file=sys.stderr)
+    why = (f'split {split!r} has no records in its source files' if not
+           manifest['rejects_by_split'].get(split) else
+           f'every record of split {split!r} was rejected (reasons in the rejects file)')
+    print(f'warning: {why}; the dataset has no {split!r} split', file=sys.stderr)
   return 0
 
 

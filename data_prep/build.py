@@ -45,7 +45,8 @@ def download_config(manual_dir=None, beam_runner=None, beam_options=None, num_sh
 def prepare(builder: builder_lib.RadjaxBuilder, **config_kwargs) -> str:
   """Runs (or reuses) the build; returns the dataset dir. A split whose every record is
   rejected (e.g. a partial download) is left out, and the other splits are built again
-  without it (smallest first, so little is redone); all splits empty is an error."""
+  without it (smallest first, so little is redone); so is one with no records at all (from
+  the start: RadjaxBuilder._drop_itemless). All splits empty is an error."""
   while True:
     try:
       builder.download_and_prepare(download_config=download_config(**config_kwargs),

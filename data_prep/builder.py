@@ -185,6 +185,20 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                       rows[0]['reason'])
     return True
 
+  def _drop_itemless(self, items: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Splits with no items at all (a header-only CSV) are left out like all-rejected
+    ones, before generation; every split without items is an error."""
+    empty = [split for split, rows in items.items() if not rows]
+    if empty and len(empty) == len(items):
+      raise ValueError(f'{self.name}: no split has records in its source files '
+                       f'({", ".join(empty)})')
+    for split in empty:
+      if split not in self._empty_splits:
+        logging.warning('%s: split %r has no records in its source files; building the '
+                        'other splits without it.', self.name, split)
+      self._empty_splits[split] = []
+    return items
+
   def __reduce__(self):
     # `tfds build data_prep/NAME` imports this module as NAME.NAME_dataset_builder, with
     # data_prep/ on sys.path in its own process only: Beam workers, which unpickle the
@@ -250,7 +264,7 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     root = self.check_manual_dir(dl_manager.manual_dir)
-    items = self.split_items(root)
+    items = self._drop_itemless(self.split_items(root))
     self._split_names = list(items)
     for split, rows in self._empty_splits.items():  # found empty on an earlier try
       items.pop(split, None)

@@ -223,3 +223,28 @@ def test_num_shards_capped_at_a_splits_records_and_checked(src, tmp_path, capsys
                 f'--num_shards={bad}'])
     assert f'--num_shards: {bad}: must be at least 1' in capsys.readouterr().err
   assert not os.path.exists(tmp_path / 'bad')
+
+
+def test_a_split_without_records_is_left_out_in_true_words(src, tmp_path, capsys):
+  # A header-only test CSV: the test split is left out (nothing was rejected), train built.
+  from data_prep import __main__ as cli
+  from radjax.data import source
+  src, _ = src
+  test_csv = os.path.join(src, 'data_csv', 'radiology_vqa_test.csv')
+  fx.write_csv(test_csv, ['', 'image_path', 'question', 'answer'], [])
+  assert cli.main(['build', 'radfm', '--config', 'vqa', '--manual_dir', src,
+                   '--data_dir', str(tmp_path / 'out')]) == 0
+  err = capsys.readouterr().err
+  assert "warning: split 'test' has no records in its source files" in err
+  assert 'rejected' not in err
+  path = str(tmp_path / 'out/radfm/vqa/1.0.0')
+  manifest = fx.build('radfm', src, str(tmp_path / 'out'), config='vqa')[1]
+  assert manifest['counts'] == {'train': 3, 'test': 0} and manifest['empty_splits'] == ['test']
+  assert manifest['rejects_by_split']['test'] == 0
+  with pytest.raises(FileNotFoundError, match="no split 'test'.*source files had no records"):
+    source.split_files(path, 'test')
+  # Every split without records is still an error.
+  fx.write_csv(os.path.join(src, 'data_csv', 'radiology_vqa_train.csv'),
+               ['', 'image_path', 'question', 'answer'], [])
+  with pytest.raises(ValueError, match='radfm: no split has records in its source files'):
+    fx.build('radfm', src, str(tmp_path / 'out2'), config='vqa')

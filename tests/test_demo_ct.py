@@ -106,6 +106,11 @@ def test_ensure_built_reuses_and_bad_arguments_fail(built, tmp_path):
     demo_ct.build(str(tmp_path / 'x'), num_slices=3)
   with pytest.raises(ValueError, match='min_slices'):
     demo_ct.build(str(tmp_path / 'x'), min_slices=30, max_slices=20)
+  with pytest.raises(ValueError, match='demo_ct: num_val=0: every split needs at least 1'):
+    demo_ct.build(str(tmp_path / 'x'), num_val=0)
+  with pytest.raises(SystemExit, match='error: demo: num_test=-1: every split needs'):
+    demo.main(['--out', str(tmp_path / 'y'), '--num_test', '-1'])
+  assert not os.path.exists(tmp_path / 'x') and not os.path.exists(tmp_path / 'y')
   assert common.DEMO_CT_DIR != common.DEMO_DIR
 
 

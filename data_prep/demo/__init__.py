@@ -157,6 +157,13 @@ def count_findings(example: dict, counter: Counter) -> None:
   counter.update(present or ['normal'])
 
 
+def check_counts(name: str, **counts: int) -> None:
+  """Each split needs a record: a split of none would be left out of the dataset."""
+  for knob, n in counts.items():
+    if n < 1:
+      raise ValueError(f'{name}: {knob}={n!r}: every split needs at least 1 record')
+
+
 def build(
   out_dir: str,
   seed: int = 0,
@@ -177,6 +184,7 @@ def build(
   from data_prep import build as build_lib
   from data_prep.demo import demo_dataset_builder
 
+  check_counts('demo', num_train=num_train, num_val=num_val, num_test=num_test)
   start = time.perf_counter()
   config = demo_dataset_builder.DemoConfig(
     name=f's{seed}-{num_train}-{num_val}-{num_test}-v{vocab_size}', seed=seed,

@@ -84,6 +84,8 @@ def build(out_dir: str, replace: bool = True, **kwargs) -> dict:
   if unknown:
     raise TypeError(f'demo_ct: unknown arguments {sorted(unknown)}; known: {sorted(DEFAULTS)}')
   options = {**DEFAULTS, **kwargs}
+  from data_prep import demo
+  demo.check_counts('demo_ct', **{k: options[k] for k in ('num_train', 'num_val', 'num_test')})
   if not 4 <= options['min_slices'] <= options['max_slices']:
     raise ValueError(f"demo_ct: need 4 <= min_slices <= max_slices, got "
                      f"{options['min_slices']}, {options['max_slices']}")

@@ -60,8 +60,10 @@ def split_files(data_dir: str, split: str, knob: str = 'config.data.dir') -> lis
     manifest = os.path.join(data_dir, 'manifest.json')
     if os.path.exists(manifest):
       with open(manifest) as f:
-        if split in json.load(f).get('empty_splits', []):
-          why = ': every record of it was rejected at build, see its rejects.jsonl'
+        m = json.load(f)
+      if split in m.get('empty_splits', []):
+        why = (': its source files had no records' if not m['rejects_by_split'].get(split)
+               else ': every record of it was rejected at build, see its rejects.jsonl')
     raise FileNotFoundError(f'{knob}: {data_dir!r} has no split {split!r} '
                             f'(it has {names}){why}')
   if not os.path.isdir(data_dir):
