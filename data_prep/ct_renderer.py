@@ -31,6 +31,7 @@ FINDINGS = ('nodule', 'pleural_effusion', 'cardiomegaly')
 SIDES = ('right', 'left')  # the patient's
 SLICE_RANGE = (16, 48)  # inclusive; drawn per volume when slices is not given
 MASS_MM = 30.0  # a lung lesion of 3 cm or more is a mass, below it a nodule
+MIN_SIDE, MIN_SLICES = 16, 4  # the smallest volume the anatomy is drawn on
 EFFUSION_DEPTH = {'small': 0.10, 'moderate': 0.20, 'large': 0.30}  # normalised rows
 
 HU = {'air': -1000.0, 'lung': -850.0, 'fat': -100.0, 'fluid': 10.0, 'soft': 40.0,
@@ -115,8 +116,9 @@ def sample_case(rng: np.random.Generator, findings=(), *, rows: int = 64, cols: 
   u = rng.uniform
   if slices is None:
     slices = int(rng.integers(SLICE_RANGE[0], SLICE_RANGE[1] + 1))
-  if min(rows, cols) < 16 or slices < 4:
-    raise ValueError(f'volume ({rows}, {cols}, {slices}) too small: need 16 x 16 x 4 or more')
+  if min(rows, cols) < MIN_SIDE or slices < MIN_SLICES:
+    raise ValueError(f'volume ({rows}, {cols}, {slices}) too small: need {MIN_SIDE} x '
+                     f'{MIN_SIDE} x {MIN_SLICES} or more')
   fov, extent = u(340.0, 390.0), u(260.0, 320.0)  # mm: in-plane field of view, z coverage
   spacing = (fov / cols, fov / rows, extent / slices)
   body = (u(0.86, 0.94), u(0.62, 0.70), u(0.02, 0.08), u(0.05, 0.09))

@@ -108,10 +108,33 @@ def test_ensure_built_reuses_and_bad_arguments_fail(built, tmp_path):
     demo_ct.build(str(tmp_path / 'x'), min_slices=30, max_slices=20)
   with pytest.raises(ValueError, match='demo_ct: num_val=0: every split needs at least 1'):
     demo_ct.build(str(tmp_path / 'x'), num_val=0)
-  with pytest.raises(SystemExit, match='error: demo: num_test=-1: every split needs'):
-    demo.main(['--out', str(tmp_path / 'y'), '--num_test', '-1'])
-  assert not os.path.exists(tmp_path / 'x') and not os.path.exists(tmp_path / 'y')
+  assert not os.path.exists(tmp_path / 'x')
   assert common.DEMO_CT_DIR != common.DEMO_DIR
+
+
+@pytest.mark.parametrize('main,args,message', [
+  (demo.main, ['--num_test', '-1'], 'demo: num_test=-1: every split needs at least 1 record'),
+  (demo_ct.main, ['--num_val', '0'], 'demo_ct: num_val=0: every split needs at least 1'),
+  (demo_ct.main, ['--rows', '8'], 'demo_ct: rows=8: must be at least 16'),
+  (demo_ct.main, ['--window', 'foo'], "demo_ct: window='foo': known windows are bone,"),
+  (demo_ct.main, ['--foreign'], 'exists and is not a radjax dataset'),
+])
+def test_clis_fail_up_front_in_one_line(main, args, message, tmp_path, capsys, monkeypatch):
+  # Checked before rendering anything (a renderer that is called fails the test); the
+  # error is one 'error:' line and exit code 2, never a traceback.
+  monkeypatch.setattr(demo_ct, 'make_example', lambda *a, **k: pytest.fail('rendered'))
+  monkeypatch.setattr(demo, 'make_demo_example', lambda *a, **k: pytest.fail('rendered'))
+  out = tmp_path / 'out'
+  if args == ['--foreign']:
+    out.mkdir()
+    (out / 'notes.txt').write_text('mine')
+    args = []
+  with pytest.raises(SystemExit) as e:
+    main(['--out', str(out), *args])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.startswith('error: ') and message in err
+  assert len(err.strip().splitlines()) == 1
+  assert not out.exists() or os.listdir(out) == ['notes.txt']  # nothing written
 
 
 def test_term_counter_whole_words_plural_case():

@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
       num_workers=args.num_workers,
     )
   except (OSError, ValueError) as e:  # e.g. --out holds someone's files: nothing touched
-    sys.exit(f'error: {e}')
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   print(f"wrote {args.out} in {manifest['build_seconds']:.1f} s")
   print(f"counts: {manifest['counts']}  rejects: {manifest['num_rejects']}")
   print(f"finding frequencies: {json.dumps(manifest['finding_frequencies'])}")

@@ -73,6 +73,21 @@ def make_example(split: str, index: int, seed: int = 0, rows: int = 64, cols: in
                              conversation=conversation)
 
 
+def _check_shape(options: dict) -> None:
+  """Up front: a bad size or window would otherwise reject every record after rendering."""
+  low = ct_renderer.MIN_SLICES
+  if not low <= options['min_slices'] <= options['max_slices']:
+    raise ValueError(f"demo_ct: need {low} <= min_slices <= max_slices, got "
+                     f"{options['min_slices']}, {options['max_slices']}")
+  for knob in ('rows', 'cols'):
+    if options[knob] < ct_renderer.MIN_SIDE:
+      raise ValueError(f'demo_ct: {knob}={options[knob]}: must be at least '
+                       f'{ct_renderer.MIN_SIDE}')
+  if options['window'] not in volume_ops.WINDOWS:
+    raise ValueError(f"demo_ct: window={options['window']!r}: known windows are "
+                     f'{", ".join(sorted(volume_ops.WINDOWS))}')
+
+
 def build(out_dir: str, replace: bool = True, **kwargs) -> dict:
   """Builds the dataset into out_dir (keyword arguments: DEFAULTS) and returns the
   manifest. An existing demo_ct build there is replaced atomically (replace=True) or
@@ -86,9 +101,7 @@ def build(out_dir: str, replace: bool = True, **kwargs) -> dict:
   options = {**DEFAULTS, **kwargs}
   from data_prep import demo
   demo.check_counts('demo_ct', **{k: options[k] for k in ('num_train', 'num_val', 'num_test')})
-  if not 4 <= options['min_slices'] <= options['max_slices']:
-    raise ValueError(f"demo_ct: need 4 <= min_slices <= max_slices, got "
-                     f"{options['min_slices']}, {options['max_slices']}")
+  _check_shape(options)
   start = time.perf_counter()
   config = demo_ct_dataset_builder.DemoCTConfig(
     name='-'.join(f'{k}{v}' for k, v in sorted(options.items())), **options)
@@ -110,7 +123,11 @@ def main(argv: list[str] | None = None) -> None:
   for key, value in DEFAULTS.items():
     parser.add_argument(f'--{key}', type=type(value), default=value)
   args = vars(parser.parse_args(argv))
-  manifest = build(args.pop('out'), **args)
+  try:
+    manifest = build(args.pop('out'), **args)
+  except (OSError, ValueError) as e:  # e.g. --out holds someone's files: nothing touched
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   print(f"built in {manifest['build_seconds']:.1f} s; counts: {manifest['counts']}  "
         f"rejects: {manifest['num_rejects']}")
   print(f"finding frequencies: {json.dumps(manifest['finding_frequencies'])}")
