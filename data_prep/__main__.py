@@ -67,11 +67,12 @@ def main(argv=None) -> int:
       print(f'error: {e}', file=sys.stderr)
       return 2
     return 0
-  beam_options = None
-  if args.beam_options:
-    from apache_beam.options.pipeline_options import PipelineOptions
-    beam_options = PipelineOptions(args.beam_options.split())
   try:
+    build_lib.check_beam(args.beam_runner, args.beam_options)
+    beam_options = None
+    if args.beam_options:
+      from apache_beam.options.pipeline_options import PipelineOptions
+      beam_options = PipelineOptions(args.beam_options.split())
     path = build_lib.build(args.name, args.data_dir, manual_dir=args.manual_dir,
                            config=args.config, beam_runner=args.beam_runner,
                            beam_options=beam_options, num_shards=args.num_shards,

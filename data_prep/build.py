@@ -9,6 +9,7 @@ points at. A finished build is reused as it is (TFDS skips it).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -33,6 +34,16 @@ def builder_class(name: str) -> type[builder_lib.RadjaxBuilder]:
       raise ValueError(f'unknown dataset {name!r}; available: {", ".join(available)}') from e
     raise
   return module.Builder
+
+
+BEAM_MISSING = ('Apache Beam is not installed in this Python: Beam builds run from '
+                '.beam-venv/bin/python (make it with `bash launch/beam_venv.sh`)')
+
+
+def check_beam(beam_runner=None, beam_options=None) -> None:
+  """A Beam build without apache_beam is a ValueError saying where Beam lives."""
+  if (beam_runner or beam_options) and importlib.util.find_spec('apache_beam') is None:
+    raise ValueError(f'--beam_runner/--beam_options: {BEAM_MISSING}')
 
 
 def download_config(manual_dir=None, beam_runner=None, beam_options=None, num_shards=None):
@@ -64,6 +75,7 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, config: str |
   max_short_side, 2D images are stored downscaled (data_prep/downscale.py)."""
   if num_shards is not None and num_shards < 1:
     raise ValueError(f'{name}: num_shards {num_shards}: must be at least 1')
+  check_beam(beam_runner, beam_options)
   cls = builder_class(name)
   configs = [c.name for c in cls.BUILDER_CONFIGS]
   if config is not None and config not in configs:

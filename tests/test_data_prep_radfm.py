@@ -248,3 +248,21 @@ def test_a_split_without_records_is_left_out_in_true_words(src, tmp_path, capsys
                ['', 'image_path', 'question', 'answer'], [])
   with pytest.raises(ValueError, match='radfm: no split has records in its source files'):
     fx.build('radfm', src, str(tmp_path / 'out2'), config='vqa')
+
+
+def test_a_beam_build_without_beam_says_where_beam_is(src, tmp_path, capsys, monkeypatch):
+  import importlib.util
+
+  from data_prep import __main__ as cli
+  src, _ = src
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec',
+                      lambda name, *a: None if name == 'apache_beam' else find_spec(name, *a))
+  monkeypatch.setitem(__import__('sys').modules, 'apache_beam', None)  # import fails too
+  for flag in ('--beam_runner=FnApiRunner', '--beam_options=--direct_num_workers=2'):
+    assert cli.main(['build', 'radfm', '--config', 'vqa', '--manual_dir', src,
+                     '--data_dir', str(tmp_path / 'out'), flag]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: --beam_runner/--beam_options: Apache Beam is not installed')
+    assert 'bash launch/beam_venv.sh' in err and len(err.strip().splitlines()) == 1
+  assert not os.path.exists(tmp_path / 'out')
