@@ -19,15 +19,17 @@ from data_prep import build as build_lib
 from data_prep import builder as builder_lib
 
 
-def _positive(text: str) -> int:
-  """argparse type: an int >= 1 (argparse prints the ValueError as one line)."""
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f'{text!r}: not an integer') from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f'{value}: must be at least 1')
-  return value
+def _int_at_least(low: int):
+  """argparse type: an int >= low (argparse prints the error as one line)."""
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f'{text!r}: not an integer') from None
+    if value < low:
+      raise argparse.ArgumentTypeError(f'{value}: must be at least {low}')
+    return value
+  return parse
 
 
 def _parse(argv):
@@ -45,7 +47,7 @@ def _parse(argv):
   b.add_argument('--beam_options', default=None,
                  help="Beam pipeline flags, e.g. '--direct_num_workers=2 "
                  "--direct_running_mode=multi_processing'")
-  b.add_argument('--num_shards', type=_positive, default=None,
+  b.add_argument('--num_shards', type=_int_at_least(1), default=None,
                  help='shards per split (at most one per record)')
   b.add_argument('--max_short_side', type=int, default=None,
                  help='store 2D images downscaled so their shorter side is at most this '
@@ -53,7 +55,8 @@ def _parse(argv):
   s = sub.add_parser('show', help='print the Examples of a built dataset')
   s.add_argument('dataset_dir')
   s.add_argument('--split', default='train')
-  s.add_argument('--limit', type=int, default=None)
+  s.add_argument('--limit', type=_int_at_least(0), default=None,
+                 help='print at most this many Examples')
   return parser.parse_args(argv)
 
 

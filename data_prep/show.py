@@ -35,6 +35,8 @@ def describe(example: dict) -> dict:
 
 
 def iter_examples(dataset_dir: str, split: str, limit: int | None = None) -> Iterator[dict]:
+  if limit is not None and limit < 0:
+    raise ValueError(f'limit {limit}: must be at least 0')
   try:
     records = source.open_split(dataset_dir, split, 'dataset dir')
   except FileNotFoundError:

@@ -266,3 +266,17 @@ def test_a_beam_build_without_beam_says_where_beam_is(src, tmp_path, capsys, mon
     assert err.startswith('error: --beam_runner/--beam_options: Apache Beam is not installed')
     assert 'bash launch/beam_venv.sh' in err and len(err.strip().splitlines()) == 1
   assert not os.path.exists(tmp_path / 'out')
+
+
+def test_show_limit_must_not_be_negative(src, tmp_path, capsys):
+  from data_prep import __main__ as cli
+  from data_prep import show
+  path, _ = fx.build('radfm', src[0], str(tmp_path / 'out'), config='vqa')
+  capsys.readouterr()  # TFDS's progress output
+  assert cli.main(['show', path, '--limit', '1']) == 0
+  assert len(capsys.readouterr().out.splitlines()) == 1
+  with pytest.raises(SystemExit) as e:
+    cli.main(['show', path, '--limit', '-1'])
+  assert e.value.code == 2 and '--limit: -1: must be at least 0' in capsys.readouterr().err
+  with pytest.raises(ValueError, match='limit -1: must be at least 0'):
+    show.show(path, 'train', -1, io.StringIO())
