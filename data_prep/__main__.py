@@ -92,6 +92,11 @@ def main(argv=None) -> int:
   print(json.dumps({'dataset_dir': path, 'counts': manifest['counts'],
                     'num_rejects': manifest['num_rejects'],
                     'rejects': f"{path}/{manifest['rejects_file']}"}, indent=2))
+  stale = build_lib.stale_incomplete_dirs(path)
+  if stale:
+    print(f'note: {len(stale)} unfinished build dir(s) beside it, from killed builds (or one '
+          f'running now): {", ".join(stale)}; delete them once no build of it runs',
+          file=sys.stderr)
   for split in manifest.get('empty_splits', []):
     why = (f'split {split!r} has no records in its source files' if not
            manifest['rejects_by_split'].get(split) else

@@ -8,6 +8,7 @@ points at. A finished build is reused as it is (TFDS skips it).
 
 from __future__ import annotations
 
+import glob
 import importlib
 import importlib.util
 import json
@@ -99,6 +100,13 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, config: str |
       f'{max_short_side}; nothing was changed. Build into another --data_dir, or delete '
       'that dataset dir first.')
   return path
+
+
+def stale_incomplete_dirs(dataset_dir: str) -> list[str]:
+  """TFDS's `incomplete.XXXXXX_<version>` work dirs beside a dataset dir: left by a killed
+  build (or in use by one still running), never removed by TFDS."""
+  parent, version = os.path.split(os.path.normpath(dataset_dir))
+  return sorted(glob.glob(os.path.join(glob.escape(parent), f'incomplete.*_{version}')))
 
 
 def read_manifest(dataset_dir: str) -> dict:

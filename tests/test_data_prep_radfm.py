@@ -280,3 +280,17 @@ def test_show_limit_must_not_be_negative(src, tmp_path, capsys):
   assert e.value.code == 2 and '--limit: -1: must be at least 0' in capsys.readouterr().err
   with pytest.raises(ValueError, match='limit -1: must be at least 0'):
     show.show(path, 'train', -1, io.StringIO())
+
+
+def test_a_build_names_unfinished_dirs_left_beside_it(src, tmp_path, capsys):
+  # TFDS never removes the incomplete.XXXXXX_<version> dir of a killed build.
+  from data_prep import __main__ as cli
+  stale = tmp_path / 'out/radfm/vqa/incomplete.K1LL3D_1.0.0'
+  stale.mkdir(parents=True)
+  (tmp_path / 'out/radfm/vqa/incomplete.K1LL3D_0.9.0').mkdir()  # another version: not ours
+  assert cli.main(['build', 'radfm', '--config', 'vqa', '--manual_dir', src[0],
+                   '--data_dir', str(tmp_path / 'out')]) == 0
+  notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith('note:')]
+  assert notes == [f'note: 1 unfinished build dir(s) beside it, from killed builds (or one '
+                   f'running now): {stale}; delete them once no build of it runs']
+  assert stale.exists()  # only named: a running build may own it
