@@ -172,19 +172,24 @@ def check_before_pre_stage(config) -> None:
     evaluators.check_split(config, config.eval.split, chosen)
 
 
-def train_pre_stage(config, workdir: str) -> None:
-  """Trains config.train.pre_stage to its num_steps unless it is there already, then points
-  this config's model.<pre_stage_part>.init_from at it."""
+def train_pre_stage(config, workdir: str) -> bool:
+  """Trains (or resumes) config.train.pre_stage to its num_steps, then points this config's
+  model.<pre_stage_part>.init_from at it. A finished stage goes through loop.train too (it
+  returns at once), so a damaged newest checkpoint is set aside and retrained and a lost
+  final eval redone. False when the stage stopped early (preempted): no main stage then."""
   got = pre_stage(config, workdir)
   if got is None:
-    return
+    return True
   stage, stage_dir = got
-  done = workdir_lib.has_checkpoints(stage_dir) and (
-      workdir_lib.latest_step(stage_dir) >= stage.train.num_steps)
-  if not done:
-    logging.info('pre-stage %s into %s', config.train.pre_stage, stage_dir)
-    loop.train(stage, stage_dir, make_task(stage))
+  logging.info('pre-stage %s into %s', config.train.pre_stage, stage_dir)
+  loop.train(stage, stage_dir, make_task(stage))
+  reached = workdir_lib.latest_step(stage_dir)
+  if reached < stage.train.num_steps:
+    logging.warning('pre-stage stopped at step %d of %d (preempted); rerun the same command '
+                    'to go on', reached, stage.train.num_steps)
+    return False
   config.model[config.train.pre_stage_part].init_from = stage_dir
+  return True
 
 
 def maybe_initialize_distributed():
@@ -203,7 +208,8 @@ def main(config, workdir: str, mode: str, images: list[str] | None = None, promp
   if mode == 'train':
     if pre_stage(config, workdir):
       check_before_pre_stage(config)
-    train_pre_stage(config, workdir)
+    if not train_pre_stage(config, workdir):
+      return {}
     return loop.train(config, workdir, make_task(config))
   if mode == 'eval':
     return evaluate(config, workdir)

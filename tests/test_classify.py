@@ -1,4 +1,5 @@
 """Finding classifier (task 'classify'), its metrics, and the VLM's auxiliary label loss."""
+import glob
 import itertools
 import json
 import os
@@ -202,13 +203,16 @@ def test_pre_stage_trains_the_tower_first_in_the_same_run(demo_data, tmp_path):
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
     np.testing.assert_array_equal(a, b)
   assert np.shape(want['patch_embed']['kernel'])[0] == config.model.vision.patch_size
-  # A resumed run finds the stage done and leaves it alone (what run.main does first).
-  stamp = os.path.getmtime(os.path.join(stage_dir, 'metrics.jsonl'))
+  # A resumed run finds the stage done and changes nothing (what run.main does first).
+  def contents():
+    return {p: open(p, 'rb').read() for p in glob.glob(f'{stage_dir}/**', recursive=True)
+            if os.path.isfile(p) and 'events.out' not in p}
+  before = contents()
   again = tiny_config(demo_data)
   again.train.pre_stage = config.train.pre_stage
   again.train.pre_stage_set = config.train.pre_stage_set
-  run.train_pre_stage(again, workdir)
-  assert os.path.getmtime(os.path.join(stage_dir, 'metrics.jsonl')) == stamp
+  assert run.train_pre_stage(again, workdir)
+  assert contents() == before
   assert again.model.vision.init_from == stage_dir
   bad = tiny_config(demo_data)
   bad.train.pre_stage = 'configs/classifier.py:size=micro'
@@ -237,3 +241,26 @@ def test_the_main_stage_is_checked_before_its_pre_stage_trains(demo_data, tmp_pa
   with pytest.raises((ValueError, FileNotFoundError), match=error):
     run.main(config, workdir, 'train')
   assert not os.path.exists(os.path.join(workdir, 'pre_stage'))  # nothing trained first
+
+
+def test_a_pre_stage_that_stops_early_starts_no_main_stage(demo_data, tmp_path, monkeypatch):
+  """Preempted in the pre-stage (here: it stops at step 2 of 6), the run ends there; the
+  main stage does not train on a half-trained tower."""
+  from radjax.train import loop
+  real_train = loop.train
+
+  def stops_at_2(stage, workdir, task, devices=None):
+    stage = stage.copy_and_resolve_references()  # the caller's config still asks for 6
+    stage.train.num_steps = 2
+    return real_train(stage, workdir, task, devices)
+
+  config = tiny_config(demo_data)
+  config.train.pre_stage = 'configs/classifier.py:size=micro'
+  config.train.pre_stage_set = (('data.dir', demo_data), ('train.num_steps', 6),
+                                ('train.checkpoint_every', 2), ('eval.batch_size', 8))
+  config.eval.evaluators = ('loss',)
+  workdir = str(tmp_path / 'vlm')
+  monkeypatch.setattr(run.loop, 'train', stops_at_2)
+  assert run.main(config, workdir, 'train') == {}
+  assert workdir_lib.latest_step(os.path.join(workdir, 'pre_stage')) == 2
+  assert not workdir_lib.has_checkpoints(workdir) and not config.model.vision.init_from

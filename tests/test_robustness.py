@@ -271,20 +271,27 @@ def test_eval_names_a_differing_model_and_a_damaged_checkpoint(killed_in_eval, t
   assert not os.path.exists(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))
 
 
+@pytest.mark.parametrize('knob', ['clip_norm', 'pack'])
 def test_a_knob_that_changes_the_train_state_is_named_and_nothing_moves(killed_in_eval,
-                                                                       tmp_path):
-  """Gradient clipping on/off changes the optimizer state, not the model: the checkpoints
-  are not damaged and must not be set aside; config.json stays as it was."""
+                                                                       tmp_path, knob):
+  """Gradient clipping on/off changes the optimizer state, packing the input iterator's,
+  not the model: the checkpoints are not damaged and must not be set aside; config.json
+  stays as it was."""
   config, src = killed_in_eval
   wd = _copy(src, tmp_path)
   before = {p: open(p, 'rb').read() for p in glob.glob(f'{wd}/**', recursive=True)
             if os.path.isfile(p)}
   changed = config.copy_and_resolve_references()
-  changed.optim.clip_norm = 0.0 if config.optim.clip_norm else 1.0
+  if knob == 'clip_norm':
+    changed.optim.clip_norm = 0.0 if config.optim.clip_norm else 1.0
+    state, knobs = '.*opt_state.*', r'optim\.clip_norm: '
+  else:
+    changed.data.pack, changed.data.max_target_tokens = True, 0
+    state, knobs = 'data iterator: batches in the checkpoints, packed now.*', r'.*data\.pack: '
   with pytest.raises(workdir_lib.WorkdirError,
                      match=r'another train state than its checkpoints hold; nothing was '
-                           r'written or moved\. State: .*opt_state.* Knobs that differ from '
-                           r'config\.json: optim\.clip_norm: '):
+                           rf'written or moved\. State: {state} Knobs that differ from '
+                           rf'config\.json: {knobs}'):
     run_lib.main(changed, wd, 'train')
   after = {p: open(p, 'rb').read() for p in glob.glob(f'{wd}/**', recursive=True)
            if os.path.isfile(p)}

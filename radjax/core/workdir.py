@@ -146,6 +146,9 @@ def check_resumable(config, workdir: str) -> None:
                        f'(--config configs/workdir.py:{workdir}).')
 
 
+_ITERATOR_KEY = 'data iterator'
+
+
 def _state_structure(abstract_state) -> dict:
   leaves = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
   return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in leaves}
@@ -163,7 +166,9 @@ def check_state(config, workdir: str, abstract_state, fresh: bool) -> None:
   the same, else WorkdirError naming the state paths and the config knobs that differ from
   config.json, before anything is written or moved."""
   path = os.path.join(workdir, STATE_FILE)
-  new = _state_structure(abstract_state)
+  # The input iterator's checkpointed state differs between packed and unpacked batches.
+  new = {**_state_structure(abstract_state),
+         _ITERATOR_KEY: 'packed' if config.data.get('pack', False) else 'batches'}
   if fresh:
     if jax.process_index() == 0:
       os.makedirs(workdir, exist_ok=True)
@@ -172,6 +177,8 @@ def check_state(config, workdir: str, abstract_state, fresh: bool) -> None:
   if not os.path.exists(path):  # a workdir from before the record
     return
   saved = files.read_json(path, WorkdirError)
+  if _ITERATOR_KEY not in saved:  # recorded before the iterator was
+    new.pop(_ITERATOR_KEY)
   if saved == new:
     return
   paths = _differing(saved, new, 'the checkpoints', repr_values=False)
