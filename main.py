@@ -101,9 +101,9 @@ def main(argv):
   del argv
   try:
     _main()
-  except (ValueError, FileNotFoundError) as e:
-    # What the user gave (a knob, a file, a workdir, a record), named by the message: one
-    # line. --verbosity=1 logs the traceback first.
+  except (ValueError, OSError) as e:
+    # What the user gave (a knob, a file, a workdir, a record; a path it cannot write),
+    # named by the message: one line. --verbosity=1 logs the traceback first.
     logging.debug('%s', traceback.format_exc())
     sys.exit(f'error: {e}')
 

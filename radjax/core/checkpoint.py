@@ -44,7 +44,7 @@ class NonFiniteStateError(RuntimeError):
   """A state with NaN/inf values was about to become a checkpoint."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RuntimeError, ValueError):  # ValueError: main.py prints one line
   """No checkpoint of a workdir restores."""
 
 

@@ -8,6 +8,7 @@ iterator's, {'next_index': batches read}: a train stream is a function of the ba
 """
 import copy
 import signal
+import sys
 
 import grain
 from absl import flags
@@ -23,6 +24,17 @@ def _leave_stop_signals_to_the_trainer(worker_index: int, worker_count: int) -> 
   del worker_index, worker_count
   signal.signal(signal.SIGTERM, signal.SIG_IGN)
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  _die_with_the_trainer()
+
+
+def _die_with_the_trainer() -> None:
+  """Ignoring SIGTERM, a worker whose trainer was killed (kill -9, OOM) would live on as an
+  orphan: Linux sends it SIGKILL when its parent dies (prctl PR_SET_PDEATHSIG)."""
+  if not sys.platform.startswith('linux'):
+    return
+  import ctypes
+  libc = ctypes.CDLL(None, use_errno=True)
+  libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def _stacked_in_shared_memory(ds: grain.MapDataset) -> grain.MapDataset:
