@@ -249,7 +249,10 @@ def test_resume_completes_the_lost_evaluation(killed_in_eval, tmp_path):
   assert not writers.eval_logged(os.path.join(wd, 'metrics.jsonl'), 4)
   assert sorted(_losses(wd)) == [1, 2, 3, 4]  # the checkpointed step's row came first
   with open(os.path.join(wd, 'metrics.jsonl'), 'a') as f:
+    f.write('{"step": 4, "eval/test_loss": 1.0}\n')  # a --mode=eval of another split
     f.write('{"step": 4, "eval/val_lo')  # and a kill mid-write
+  assert not writers.eval_logged(os.path.join(wd, 'metrics.jsonl'), 4)
+  assert writers.eval_logged(os.path.join(wd, 'metrics.jsonl'), 4, 'test')
   metrics = run_lib.main(config, wd, 'train')
   assert np.isfinite(metrics['eval/val_loss'])
   assert writers.eval_logged(os.path.join(wd, 'metrics.jsonl'), 4)

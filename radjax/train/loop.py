@@ -74,7 +74,8 @@ def train(config, workdir: str, task, devices=None) -> dict:
   last_eval = {}
   t_log, steps_since_log = time.time(), 0
   try:
-    if start and _eval_due(tc, start) and not writers.eval_logged(writer_path(workdir), start):
+    if start and _eval_due(tc, start) and not writers.eval_logged(writer_path(workdir), start,
+                                                                  config.eval.split):
       # The eval of the restored step was lost to a kill: redo it.
       last_eval = _evaluate(evaluators, writer, state, start, {}, config.eval.split)
     for step in range(start + 1, tc.num_steps + 1):

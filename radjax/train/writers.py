@@ -30,11 +30,23 @@ def read_rows(path: str) -> list[dict]:
   return rows
 
 
-def eval_logged(path: str, step: int) -> bool:
-  """Whether metrics.jsonl has the evaluation of `step` (a kill during it leaves none).
-  Process 0's answer, for every process (only process 0 writes the file)."""
+def _of_split(key: str, split: str) -> bool:
+  """A key of `split`'s evaluation: 'eval/<split>_*', or for 'val' any eval key that no
+  other split names (evaluators/__init__.py split_key)."""
+  name = key.removeprefix('eval/')
+  if name == key:
+    return False
+  if split != 'val':
+    return name.startswith(f'{split}_')
+  return not name.startswith(('train_', 'test_'))
+
+
+def eval_logged(path: str, step: int, split: str = 'val') -> bool:
+  """Whether metrics.jsonl has the `split` evaluation of `step` (a kill during it leaves
+  none; a `--mode=eval` of another split does not count). Process 0's answer, for every
+  process (only process 0 writes the file)."""
   found = jax.process_index() != 0 or any(
-      r.get('step') == step and any(k.startswith('eval/') for k in r) for r in read_rows(path))
+      r.get('step') == step and any(_of_split(k, split) for k in r) for r in read_rows(path))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     found = bool(multihost_utils.broadcast_one_to_all(np.asarray(found)))
