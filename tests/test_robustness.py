@@ -274,7 +274,7 @@ def test_eval_names_a_differing_model_and_a_damaged_checkpoint(killed_in_eval, t
   assert not os.path.exists(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))
 
 
-@pytest.mark.parametrize('knob', ['clip_norm', 'pack'])
+@pytest.mark.parametrize('knob', ['clip_norm', 'pack', 'batch_size'])
 def test_a_knob_that_changes_the_train_state_is_named_and_nothing_moves(killed_in_eval,
                                                                        tmp_path, knob):
   """Gradient clipping on/off changes the optimizer state, packing the input iterator's,
@@ -288,9 +288,14 @@ def test_a_knob_that_changes_the_train_state_is_named_and_nothing_moves(killed_i
   if knob == 'clip_norm':
     changed.optim.clip_norm = 0.0 if config.optim.clip_norm else 1.0
     state, knobs = '.*opt_state.*', r'optim\.clip_norm: '
-  else:
+  elif knob == 'pack':
     changed.data.pack, changed.data.max_target_tokens = True, 0
-    state, knobs = 'data iterator: batches in the checkpoints, packed now.*', r'.*data\.pack: '
+    b = config.train.batch_size
+    state = f'data iterator: batches of {b} in the checkpoints, packed batches of {b} now.*'
+    knobs = r'.*data\.pack: '
+  else:  # the iterator's state is a batch index: another size would skip examples
+    changed.train.batch_size = 2 * config.train.batch_size
+    state, knobs = 'data iterator: batches of .*', r'.*train\.batch_size: '
   with pytest.raises(workdir_lib.WorkdirError,
                      match=r'another train state than its checkpoints hold; nothing was '
                            rf'written or moved\. State: {state} Knobs that differ from '

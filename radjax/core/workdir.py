@@ -149,6 +149,16 @@ def check_resumable(config, workdir: str) -> None:
 _ITERATOR_KEY = 'data iterator'
 
 
+def _iterator_layout(config) -> str:
+  """What the input iterator's checkpointed state means: packed batches keep another
+  state, and a batch index resumed with another batch size would skip or repeat examples."""
+  d = config.data
+  out = f"{'packed' if d.get('pack', False) else ''} batches of {config.train.batch_size}"
+  if any(spec.get('kind') == 'volume' for spec in d.mixture.values()):
+    out += f', volume batches of {d.volume_batch_size}'
+  return out.strip()
+
+
 def _state_structure(abstract_state) -> dict:
   leaves = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
   return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in leaves}
@@ -166,9 +176,7 @@ def check_state(config, workdir: str, abstract_state, fresh: bool) -> None:
   the same, else WorkdirError naming the state paths and the config knobs that differ from
   config.json, before anything is written or moved."""
   path = os.path.join(workdir, STATE_FILE)
-  # The input iterator's checkpointed state differs between packed and unpacked batches.
-  new = {**_state_structure(abstract_state),
-         _ITERATOR_KEY: 'packed' if config.data.get('pack', False) else 'batches'}
+  new = {**_state_structure(abstract_state), _ITERATOR_KEY: _iterator_layout(config)}
   if fresh:
     if jax.process_index() == 0:
       os.makedirs(workdir, exist_ok=True)
@@ -225,8 +233,9 @@ def load_params(workdir: str, step: int | None = None, path: tuple[str, ...] = (
   except Exception as e:  # orbax/tensorstore raise many types for a damaged checkpoint
     raise WorkdirError(
         f'{checkpoint_dir(workdir)}/{step} does not restore ({type(e).__name__}: '
-        f'{" ".join(str(e).split())[:200]}). Another step of the workdir can be read, and '
-        'rerunning its training sets a damaged newest checkpoint aside') from e
+        f'{" ".join(str(e).split())[:200]}). `radjax.serve` and `radjax.convert` read '
+        'another step with --step; rerunning the training sets a damaged newest checkpoint '
+        'aside') from e
 
 
 def save_params(workdir: str, config, params, step: int = 0) -> None:
