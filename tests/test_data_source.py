@@ -121,3 +121,25 @@ def test_a_path_that_is_no_dataset_says_which(tmp_path):
     source.split_files(str(tmp_path / 'nowhere'), 'train', 'config.data.dir')
   with pytest.raises(FileNotFoundError, match='is no built dataset'):
     source.split_files(str(tmp_path), 'train', 'config.data.dir')
+
+
+def test_the_skip_count_is_checkpointed_with_the_iterator(demo_data, tmp_path):
+  """Records skipped before a checkpoint still count against max_skipped_records after
+  the resume: rerunning the same command cannot beat the limit."""
+  raws = writer.read_records(source.split_files(demo_data, 'train')[0])
+  out, _ = _damaged_copy(demo_data, tmp_path, {1: _bad_image(raws[1]), 12: b'\xc1'})
+  train, _ = _datasets(out, max_skipped=1)
+  it = pipeline.make_iterator(train, 0)
+  next(it)  # batch 0 holds record 1: one skipped, the limit reached
+  state = it.get_state()
+  assert list(state[source.IteratorWithRecordLog.KEY]['bad']) == [f'{out}/demo-train.'
+                                                                  f'array_record-00000-of-00001'
+                                                                  ' record 1']
+  again, _ = _datasets(out, max_skipped=1)
+  resumed = pipeline.make_iterator(again, 0)
+  resumed.set_state(state)
+  with pytest.raises(source.DataError, match='max_skipped_records=1'):
+    next(resumed)  # batch 1 holds record 12: the second
+  fresh = pipeline.make_iterator(_datasets(out, max_skipped=1)[0], 0)
+  fresh.set_state({k: v for k, v in state.items() if k != source.IteratorWithRecordLog.KEY})
+  next(fresh)  # a checkpoint from before the count was kept: it starts from none

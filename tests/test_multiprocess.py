@@ -5,6 +5,7 @@ All in the default (CI) set: about 4.5 minutes together on an idle 2-core machin
 JAX processes compiling at once), the runs of the parity test shared as fixtures.
 """
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from configs import demo
 from radjax import run as run_lib
+from radjax.core import checkpoint as checkpoint_lib
 from radjax.core import distributed
 from radjax.data import pipeline
 from radjax.train import writers
@@ -140,6 +142,19 @@ def test_two_processes_log_the_losses_of_one_with_8_devices(one_process_8_device
   # Each process saved its own data-iterator state.
   data_dir = os.path.join(two_processes, 'checkpoints', str(STEPS), 'data')
   assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(os.listdir(data_dir))
+
+
+def test_a_checkpoint_one_process_cannot_restore_is_set_aside_by_all(demo_data, two_processes,
+                                                                      tmp_path):
+  """Only process 1 reads its iterator file: without it, both processes must set the
+  newest checkpoint aside and resume from the older one (not process 0 going on alone)."""
+  wd = str(tmp_path / 'w')
+  shutil.copytree(two_processes, wd)
+  os.remove(os.path.join(wd, 'checkpoints', str(STEPS), 'data', 'process_1-of-2.json'))
+  outs = _finish(_start(demo_data, wd))
+  assert all(f'checkpoint {STEPS} does not restore' in o for o in outs), outs[0][-2000:]
+  assert os.path.isdir(os.path.join(wd, checkpoint_lib.DAMAGED_DIR, str(STEPS)))
+  assert _losses(wd) == _losses(two_processes)  # the retrained steps, bit for bit
 
 
 def test_processes_together_read_the_batches_of_one(demo_data):

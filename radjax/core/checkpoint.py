@@ -4,6 +4,7 @@ What a checkpoint may never be: non-finite (`save` refuses a state with NaN/inf)
 reason a rerun fails (`restore_latest` sets a checkpoint that does not restore aside,
 in `<workdir>/checkpoints_damaged/`, and falls back to the next older one).
 """
+import json
 import logging as pylogging
 import os
 import signal
@@ -42,6 +43,13 @@ _register_array_handler()
 
 class NonFiniteStateError(RuntimeError):
   """A state with NaN/inf values was about to become a checkpoint."""
+
+
+def _on_any_process(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 class CheckpointError(RuntimeError, ValueError):  # ValueError: main.py prints one line
@@ -143,18 +151,39 @@ class Checkpointer:
     """
     skipped = []
     for step in sorted(self.manager.all_steps(), reverse=True):
-      try:
-        return self.restore(step, abstract_state, data_iterator), step
-      except Exception as e:  # orbax/tensorstore/grain raise many types for damaged files
-        reason = f'{type(e).__name__}: {" ".join(str(e).split())[:300]}'
-        aside = self._set_aside(step)
-        logging.warning('checkpoint %d does not restore (%s); moved to %s, trying an older one',
-                        step, reason, aside)
-        skipped.append(f'{step} ({reason}) -> {aside}')
+      # A process's own iterator file is checked (and agreed on) before orbax restores,
+      # whose collectives one process failing alone would leave the others waiting in.
+      reason = None if data_iterator is None else self._iterator_file_problem(step)
+      if _on_any_process(reason is not None):
+        restored, reason = None, reason or 'another process cannot read its iterator state'
+      else:
+        try:
+          restored, reason = self.restore(step, abstract_state, data_iterator), None
+        except Exception as e:  # orbax/tensorstore/grain raise many types for damaged files
+          restored, reason = None, f'{type(e).__name__}: {" ".join(str(e).split())[:300]}'
+        # Every process takes the same step.
+        if not _on_any_process(reason is not None):
+          return restored, step
+      reason = reason or 'another process could not restore it'
+      aside = self._set_aside(step)
+      logging.warning('checkpoint %d does not restore (%s); moved to %s, trying an older one',
+                      step, reason, aside)
+      skipped.append(f'{step} ({reason}) -> {aside}')
     if skipped:
       raise CheckpointError(f'no checkpoint in {self.directory} restores; set aside: '
                             + '; '.join(skipped) + '. Rerun to start from scratch.')
     return None, None
+
+  def _iterator_file_problem(self, step: int) -> str | None:
+    """Why this process's Grain iterator state of `step` cannot be read, else None."""
+    path = os.path.join(self.directory, str(step), 'data',
+                        f'process_{jax.process_index()}-of-{jax.process_count()}.json')
+    try:
+      with open(path) as f:
+        json.load(f)
+    except (OSError, ValueError) as e:
+      return f'{path}: {type(e).__name__}: {" ".join(str(e).split())[:200]}'
+    return None
 
   def _set_aside(self, step: int) -> str:
     """Moves a step's directory to <workdir>/checkpoints_damaged/<step>[.N]; returns where."""

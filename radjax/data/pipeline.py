@@ -176,10 +176,13 @@ def make_iterator(ds: grain.MapDataset, worker_threads: int, worker_processes: i
       raise ValueError(f'config.data.worker_processes={worker_processes} with '
                        'config.data.pack=True: packed rows depend on what each process '
                        'reads; use config.data.worker_threads')
-    return iter(ds)
-  if worker_processes:
+    log = source.record_log(ds)
+    return iter(ds) if log is None else source.IteratorWithRecordLog(iter(ds), log)
+  if worker_processes:  # each worker keeps its own RecordLog: not checkpointed
     return worker_processes_lib.ProcessIterator(ds, worker_threads, worker_processes)
-  return iter(ds.to_iter_dataset(source.read_options(worker_threads)))
+  it = iter(ds.to_iter_dataset(source.read_options(worker_threads)))
+  log = source.record_log(ds)
+  return it if log is None else source.IteratorWithRecordLog(it, log)
 
 
 def to_global_from_whole(batch: dict, shardings: dict) -> dict:

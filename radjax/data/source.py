@@ -219,6 +219,46 @@ class RecordLog:
           logging.info('dropping a record (%s, %d so far): %s', error.reason, n, message)
 
 
+class IteratorWithRecordLog(grain.DatasetIterator):
+  """`it` whose checkpointed state also holds the RecordLog, so a resumed run counts the
+  records skipped before it against config.data.max_skipped_records (and data/dropped_*
+  goes on from its count). Records the read-ahead noted past the checkpoint are noted again
+  on resume under the same key, so nothing is counted twice."""
+
+  KEY = 'radjax_record_log'
+
+  def __init__(self, it, log: RecordLog):
+    super().__init__()
+    self._it, self._log = it, log
+
+  def __next__(self):
+    return next(self._it)
+
+  def get_state(self) -> dict:
+    log = self._log
+    with log._lock:
+      saved = {'bad': dict(log.bad), 'dropped': {r: dict(d) for r, d in log.dropped.items()}}
+    return {**self._it.get_state(), self.KEY: saved}
+
+  def set_state(self, state: dict) -> None:
+    state = dict(state)
+    saved = state.pop(self.KEY, None)  # absent in checkpoints from before it was kept
+    self._it.set_state(state)
+    if saved:
+      with self._log._lock:
+        self._log.bad.update(saved['bad'])
+        for reason, seen in saved['dropped'].items():
+          self._log.dropped.setdefault(reason, {}).update(seen)
+
+  def start_prefetch(self) -> None:
+    if hasattr(self._it, 'start_prefetch'):
+      self._it.start_prefetch()
+
+  def close(self) -> None:
+    if hasattr(self._it, 'close'):
+      self._it.close()
+
+
 def _where(message: str) -> str:
   return message.split(': ', 1)[0]
 
