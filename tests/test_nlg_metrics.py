@@ -87,3 +87,26 @@ def test_normalisation_is_case_and_punctuation_blind(pairs):
   b = nlg_metrics.nlg_scores(shouted, references[:50], meteor=False)
   for key in ('BLEU-4', 'ROUGE-L', 'CIDEr'):
     assert a[key] == pytest.approx(b[key], abs=1e-12), key
+
+
+def test_r2gen_text_norm_is_r2gens_cleaner():
+  """R2Gen keeps sentence ends as '.' tokens, deletes other marks ("1.5" -> "15", but '-'
+  stays: its character class has the range ':' to '['), drops list numbering."""
+  text = ('The heart is normal. 1. Lungs: clear, no effusion (small?) measuring 1.5 cm.\n'
+          '2. Left-sided "line" in place..')
+  assert nlg_metrics.normalize(text, 'r2gen') == (
+      'the heart is normal . lungs clear no effusion small measuring 15 cm . left-sided line '
+      'in place .')
+  assert nlg_metrics.normalize(text) == ('the heart is normal 1 lungs clear no effusion small '
+                                         'measuring 1 5 cm 2 left sided line in place')
+  gen, ref = ['The heart is normal. A 1.5 cm nodule.'], ['The heart is normal. 1.5 cm nodule.']
+  r2gen = nlg_metrics.nlg_scores(gen, ref, meteor=False, text_norm='r2gen')
+  ours = nlg_metrics.nlg_scores(gen, ref, meteor=False)
+  assert r2gen['BLEU-1'] != ours['BLEU-1'] and r2gen['num_empty_generations'] == 0
+  with pytest.raises(ValueError, match="text_norm: 'ptb'"):
+    nlg_metrics.normalize(text, 'ptb')
+  from radjax.core import config_checks, defaults
+  config = defaults.get_config()
+  config.eval.text_norm = 'R2Gen'
+  assert config_checks.errors(config) == [
+    "config.eval.text_norm='R2Gen' is not one of ('radjax', 'r2gen')"]

@@ -3,6 +3,7 @@
 `check(config)` runs before a run builds anything (radjax/train/setup.py build), so a
 `--config.train.batch_size=0` is a one-line error, not a ZeroDivisionError deep inside.
 """
+from radjax.eval.metrics import nlg_metrics
 
 # knob -> the smallest value it may take. Knobs a recipe lacks are skipped.
 MINIMUMS = {
@@ -18,6 +19,8 @@ MINIMUMS = {
     'model.vision.max_depth': 1, 'model.vision.depth_patch_size': 1,
 }
 MESH_AXES = ('data', 'fsdp', 'tensor')
+# knob -> the values it may take.
+CHOICES = {'eval.text_norm': nlg_metrics.TEXT_NORMS}
 
 
 def _get(config, dotted: str):
@@ -35,6 +38,10 @@ def errors(config) -> list[str]:
     value = _get(config, knob)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not value >= low:
       out.append(f'config.{knob}={value!r} must be >= {low}')
+  for knob, allowed in CHOICES.items():
+    value = _get(config, knob)
+    if value is not None and value not in allowed:
+      out.append(f'config.{knob}={value!r} is not one of {allowed}')
   for axis in MESH_AXES:
     value = _get(config, f'mesh.{axis}')
     if isinstance(value, int) and value != -1 and value < 1:

@@ -357,6 +357,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval.early_stopping = 'false'  # beam: 'false' | 'true' | 'never' (HF's False/True/'never')
   c.eval.stop_strings = ()  # reports are cut before the first of these (after decoding)
   c.eval.meteor = True  # METEOR starts a Java process (pycocoevalcap); False skips it
+  # Text as the captioning metrics see it: 'radjax' (punctuation to spaces) or 'r2gen'
+  # (R2Gen's cleaner, for numbers comparable with the papers that follow it).
+  c.eval.text_norm = 'radjax'
   c.eval.num_logged_examples = 4  # images + generated reports sent to TensorBoard
 
   # ---- the VQ-GAN task's losses and second optimizer (radjax/tasks/vqgan.py) ------

@@ -17,7 +17,7 @@ import json
 import sys
 
 from radjax.data import schema
-from radjax.eval.metrics import scoring
+from radjax.eval.metrics import nlg_metrics, scoring
 from radjax.eval.metrics.jsonl import InputError, read_jsonl
 from radjax.eval.metrics.labeler import label_report
 from radjax.eval.metrics.nlg_metrics import normalize
@@ -74,7 +74,8 @@ def cmd_score(args) -> None:
     except ValueError as e:
       raise InputError(str(e)) from None
   try:
-    metrics, per_row = scoring.score_rows(rows, meteor=args.meteor, chexbert=args.chexbert,
+    metrics, per_row = scoring.score_rows(rows, meteor=args.meteor, text_norm=args.text_norm,
+                                          chexbert=args.chexbert,
                                           radgraph=radgraph)
   except (FileNotFoundError, ValueError) as e:
     raise InputError(str(e)) from None
@@ -102,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
   score.add_argument('--no-meteor', dest='meteor', action='store_false',
                      help='skip METEOR (needs Java)')
   score.add_argument('--per-sample', help='JSONL of per-row scores')
+  score.add_argument('--text-norm', dest='text_norm', default='radjax',
+                     choices=nlg_metrics.TEXT_NORMS,
+                     help="text the captioning metrics see: 'radjax' (punctuation to spaces) "
+                     "or 'r2gen' (R2Gen's cleaner)")
   score.add_argument('--chexbert', metavar='DIR',
                      help='CheXbert checkpoint directory: adds chexbert_* F1 (needs torch)')
   score.add_argument('--radgraph', metavar='FILE',

@@ -105,11 +105,13 @@ class ReportEvaluator:
     references = [_reference(ex) for ex in examples]
     predicted = [report_findings(g) for g in generated]
     truth = [true_findings(ex) for ex in examples]
-    per_sample = scoring.per_sample_scores(generated, references)
+    norm = cfg.eval.get('text_norm', 'radjax')
+    per_sample = scoring.per_sample_scores(generated, references, norm)
     if n:
       scores = finding_scores(predicted, truth)
       metrics.update({f'finding_{k}': v for k, v in scores.items()})
-      metrics.update(scoring.score_reports(generated, references, meteor=cfg.eval.meteor))
+      metrics.update(scoring.score_reports(generated, references, meteor=cfg.eval.meteor,
+                                           text_norm=norm))
     metrics = {f'eval/{k}': v for k, v in metrics.items()}
     if writer is not None and n:
       k = min(cfg.eval.num_logged_examples, n)

@@ -14,12 +14,37 @@ import re
 _PUNCT = re.compile(r'[^\w\s]|_')
 
 
-def normalize(text: str) -> str:
-  """Lower-case, punctuation to spaces, whitespace collapsed."""
+# R2Gen's report cleaner (R2Gen modules/tokenizers.py, MIMIC-CXR): sentence ends kept as
+# " . " tokens, these marks deleted (its class has the range ':' to '[', so '-' stays).
+_R2GEN_MARKS = re.compile(r'[.,?;*!%^&_+():;<=>@\[\]{}]')
+_R2GEN_NUMBERING = (('1. ', ''), ('. 2. ', '. '), ('. 3. ', '. '), ('. 4. ', '. '),
+                    ('. 5. ', '. '), (' 2. ', '. '), (' 3. ', '. '), (' 4. ', '. '),
+                    (' 5. ', '. '))
+TEXT_NORMS = ('radjax', 'r2gen')
+
+
+def _r2gen(text: str) -> str:
+  text = re.sub(r'_+', '_', (text or '').replace('\n', ' '))
+  text = re.sub(r'\.{2,}', '.', re.sub(r' {2,}', ' ', text))
+  for old, new in _R2GEN_NUMBERING:
+    text = text.replace(old, new)
+  sentences = text.strip().lower().split('. ')
+  cleaned = [_R2GEN_MARKS.sub('', re.sub(r'["/\\\']', '', s).strip()) for s in sentences]
+  return ' '.join((' . '.join(cleaned) + ' .').split())  # empty sentences stay, as there
+
+
+def normalize(text: str, style: str = 'radjax') -> str:
+  """'radjax': lower-case, punctuation to spaces, whitespace collapsed; 'r2gen': R2Gen's
+  cleaner, so scores compare with the papers that follow it."""
+  if style == 'r2gen':
+    return _r2gen(text) if (text or '').strip() else ''
+  if style != 'radjax':
+    raise ValueError(f'config.eval.text_norm: {style!r} is not one of {TEXT_NORMS}')
   return ' '.join(_PUNCT.sub(' ', (text or '').lower()).split())
 
 
-def nlg_scores(generated: list[str], references: list[str], meteor: bool = True) -> dict:
+def nlg_scores(generated: list[str], references: list[str], meteor: bool = True,
+               text_norm: str = 'radjax') -> dict:
   """{"BLEU-1".."BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "num_empty_generations"}: the
   names papers report, so the output reads like their tables."""
   from pycocoevalcap.bleu.bleu import Bleu
@@ -28,9 +53,9 @@ def nlg_scores(generated: list[str], references: list[str], meteor: bool = True)
 
   if len(generated) != len(references):
     raise ValueError(f'{len(generated)} generations vs {len(references)} references')
-  res = {i: [normalize(g)] for i, g in enumerate(generated)}
-  gts = {i: [normalize(r)] for i, r in enumerate(references)}
-  empty = sum(not r[0] for r in res.values())
+  res = {i: [normalize(g, text_norm)] for i, g in enumerate(generated)}
+  gts = {i: [normalize(r, text_norm)] for i, r in enumerate(references)}
+  empty = sum(not normalize(g) for g in generated)
   out: dict[str, float] = {'num_reports': float(len(res)), 'num_empty_generations': float(empty)}
   if not res:
     return out

@@ -10,10 +10,11 @@ from radjax.eval.metrics.labeler import label_report
 from radjax.eval.metrics.nlg_metrics import nlg_scores, normalize
 
 
-def score_reports(generated: list[str], references: list[str], meteor: bool = True) -> dict:
+def score_reports(generated: list[str], references: list[str], meteor: bool = True,
+                  text_norm: str = 'radjax') -> dict:
   metrics = clinical_scores([label_report(g) for g in generated],
                             [label_report(r) for r in references])
-  metrics.update(nlg_scores(generated, references, meteor=meteor))
+  metrics.update(nlg_scores(generated, references, meteor=meteor, text_norm=text_norm))
   return metrics
 
 
@@ -21,7 +22,8 @@ def _positive(labels: dict) -> set[str]:
   return {k for k, v in labels.items() if v in (1, -1)}
 
 
-def per_sample_scores(generated: list[str], references: list[str]) -> list[dict]:
+def per_sample_scores(generated: list[str], references: list[str],
+                      text_norm: str = 'radjax') -> list[dict]:
   """Per report: BLEU-4, ROUGE-L and CIDEr (pycocoevalcap's per-example scores; CIDEr's
   document frequencies come from these references), the labeler's mentioned labels on
   both sides, and clinical_agreement_14: the share of the 14 observations whose
@@ -34,8 +36,8 @@ def per_sample_scores(generated: list[str], references: list[str]) -> list[dict]
     raise ValueError(f'{len(generated)} generations vs {len(references)} references')
   if not generated:
     return []
-  res = {i: [normalize(g)] for i, g in enumerate(generated)}
-  gts = {i: [normalize(r)] for i, r in enumerate(references)}
+  res = {i: [normalize(g, text_norm)] for i, g in enumerate(generated)}
+  gts = {i: [normalize(r, text_norm)] for i, r in enumerate(references)}
   bleu = Bleu(4).compute_score(gts, res, verbose=0)[1][3]
   rouge = Rouge().compute_score(gts, res)[1]
   cider = Cider().compute_score(gts, res)[1]
@@ -52,7 +54,8 @@ def per_sample_scores(generated: list[str], references: list[str]) -> list[dict]
 
 
 def score_rows(rows: list[dict], meteor: bool = True, chexbert: str | None = None,
-               radgraph: dict | None = None) -> tuple[dict, list[dict]]:
+               radgraph: dict | None = None, text_norm: str = 'radjax'
+               ) -> tuple[dict, list[dict]]:
   """(metrics, per-row scores) for rows {"id", "generated", "reference"} with optional
   "boxes" ([{"label", "box"}]) and "labels" ([str]) references.
 
@@ -62,8 +65,8 @@ def score_rows(rows: list[dict], meteor: bool = True, chexbert: str | None = Non
   """
   generated = [r['generated'] for r in rows]
   references = [r['reference'] for r in rows]
-  metrics = score_reports(generated, references, meteor=meteor)
-  per_row = per_sample_scores(generated, references)
+  metrics = score_reports(generated, references, meteor=meteor, text_norm=text_norm)
+  per_row = per_sample_scores(generated, references, text_norm)
   boxed = [i for i, r in enumerate(rows) if 'boxes' in r]
   if boxed:
     classes = sorted({b.get('label') or '' for i in boxed for b in rows[i]['boxes']} - {''})
