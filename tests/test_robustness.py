@@ -194,6 +194,10 @@ def test_half_written_metrics_line_is_trimmed(tmp_path):
     f.write('{"step": 1}\n{"st\n{"step": 3}\n')
   with pytest.raises(ValueError, match='metrics.jsonl:2'):
     writers.read_rows(path)
+  with open(path, 'w') as f:  # a row without its step (edited by hand)
+    f.write('{"step": 1}\n{"train/loss": 2.0}\n{"step": 3}\n')
+  with pytest.raises(ValueError, match='metrics.jsonl:2: .*integer "step"'):
+    writers.JsonlWriter(path, resume_step=3)
 
 
 # ---- config errors -----------------------------------------------------------------------

@@ -22,7 +22,10 @@ def read_rows(path: str) -> list[dict]:
     if not line.strip():
       continue
     try:
-      rows.append(json.loads(line.decode('utf-8')))
+      row = json.loads(line.decode('utf-8'))
+      if not isinstance(row, dict) or not isinstance(row.get('step'), int):
+        raise ValueError('a metrics row is a JSON object with an integer "step"')
+      rows.append(row)
     except ValueError as e:
       if any(rest.strip() for rest in lines[n:]):
         raise ValueError(f'{path}:{n}: not a JSON metrics row ({e})') from None
