@@ -64,8 +64,8 @@ def prepare(builder: builder_lib.RadjaxBuilder, **config_kwargs) -> str:
       builder.download_and_prepare(download_config=download_config(**config_kwargs),
                                    file_format='array_record')
       return os.fspath(builder.data_path)
-    except Exception:
-      if not builder.drop_empty_splits():
+    except Exception as e:
+      if not builder.drop_empty_splits(e):
         raise
 
 

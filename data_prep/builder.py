@@ -27,6 +27,7 @@ import importlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -139,6 +140,16 @@ def capped_shards(config: tfds.download.DownloadConfig) -> tfds.download.Downloa
                                   for f in dataclasses.fields(config)})
 
 
+# How TFDS's Beam writer says a split came out empty.
+_BEAM_EMPTY_SPLIT = re.compile(r'generated examples is 0 for split (\w+)')
+
+
+def _warn_empty(name: str, split: str, rows: list[dict]) -> None:
+  logging.warning('%s: every one of the %d records of split %r was rejected (e.g. %s); '
+                  'building the other splits without it.', name, len(rows), split,
+                  rows[0]['reason'] if rows else '-')
+
+
 def _unpickled_builder(module: str, qualname: str) -> RadjaxBuilder:
   cls = importlib.import_module(module)
   for part in qualname.split('.'):
@@ -171,18 +182,23 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._empty_splits: dict[str, list[dict]] = {}  # split -> its reject rows
     self._new_empty_splits: dict[str, list[dict]] = {}
 
-  def drop_empty_splits(self) -> bool:
-    """After a failed local build: True when it failed because splits had every record
+  def drop_empty_splits(self, error: Exception | None = None) -> bool:
+    """After a failed build: True when it failed because splits had every record
     rejected and others are left; they are then left out of the next try (their rejects
-    kept for rejects.jsonl and the manifest)."""
+    kept for rejects.jsonl and the manifest). On Beam the split is the one TFDS's `error`
+    names; its rejects are found again on the next try (None until then)."""
     new, self._new_empty_splits = self._new_empty_splits, {}
+    found = (_BEAM_EMPTY_SPLIT.search(str(error or ''))
+             if getattr(self, '_use_beam', False) else None)
+    if found and found.group(1) in self._split_names and found.group(1) not in new:
+      new[found.group(1)] = None
+    new = {k: v for k, v in new.items() if k not in self._empty_splits}
     self._empty_splits.update(new)
     if not new or not set(self._split_names) - set(self._empty_splits):
       return False
     for split, rows in new.items():
-      logging.warning('%s: every one of the %d records of split %r was rejected (e.g. %s); '
-                      'building the other splits without it.', self.name, len(rows), split,
-                      rows[0]['reason'])
+      if rows is not None:
+        _warn_empty(self.name, split, rows)
     return True
 
   def _drop_itemless(self, items: dict[str, list[dict]]) -> dict[str, list[dict]]:
@@ -266,14 +282,19 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     root = self.check_manual_dir(dl_manager.manual_dir)
     items = self._drop_itemless(self.split_items(root))
     self._split_names = list(items)
-    for split, rows in self._empty_splits.items():  # found empty on an earlier try
-      items.pop(split, None)
-      self._write_reject_part(f'{split}.jsonl', rows)
-    # Smallest split first: a split that turns out empty costs a retry of the smaller ones only.
-    items = dict(sorted(items.items(), key=lambda kv: len(kv[1])))
     for split_items in items.values():
       for item in split_items:
         item.setdefault('root', os.fspath(root))  # travels with the item to Beam workers
+    for split, rows in self._empty_splits.items():  # found empty on an earlier try
+      split_items = items.pop(split, [])
+      if rows is None:  # on Beam: its rejects again, here (every one of them is one)
+        rows = [reject_row(r) for r in self.process_items(split, split_items)
+                if 'record' not in r]
+        self._empty_splits[split] = rows
+        _warn_empty(self.name, split, rows)
+      self._write_reject_part(f'{split}.jsonl', rows)
+    # Smallest split first: a split that turns out empty costs a retry of the smaller ones only.
+    items = dict(sorted(items.items(), key=lambda kv: len(kv[1])))
     return {split: self._generate_examples(split, split_items)
             for split, split_items in items.items()}
 

@@ -128,6 +128,20 @@ def test_chexpert_through_the_cli(tmp_path, short_side):
 
 
 @needs_beam
+def test_a_split_every_record_of_which_is_rejected_is_left_out_as_locally(tmp_path):
+  src = tmp_path / 'src'
+  header, rows = test_data_prep_chexpert.write_source(src)
+  valid = [list(r) for r in rows[:2]]
+  for i, r in enumerate(valid):
+    r[0] = f'CheXpert-v1.0-small/valid/patient7777{i}/study1/view1_frontal.jpg'  # not there
+  fx.write_csv(str(src / 'CheXpert-v1.0-small/valid.csv'), header, valid)
+  local, manifest = fx.build('chexpert', str(src), str(tmp_path / 'local'))
+  assert manifest['empty_splits'] == ['val'] and manifest['rejects_by_split']['val'] == 2
+  beam, _ = fx.build('chexpert', str(src), str(tmp_path / 'beam'), beam_runner=RUNNER)
+  fx.assert_same_dataset(local, beam)
+
+
+@needs_beam
 def test_nih_chest_xray14_through_tfds_build(tmp_path):
   """`tfds build data_prep/NAME`: TFDS imports the builder as NAME.NAME_dataset_builder,
   with data_prep/ on sys.path in its own process only; Beam workers must still load it."""
