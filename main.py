@@ -105,7 +105,17 @@ def main(argv):
     # What the user gave (a knob, a file, a workdir, a record; a path it cannot write),
     # named by the message: one line. --verbosity=1 logs the traceback first.
     logging.debug('%s', traceback.format_exc())
-    sys.exit(f'error: {e}')
+    sys.exit(f'error: {_config_file_error(str(e))}')
+
+
+def _config_file_error(message: str) -> str:
+  """ml_collections reports a config file it could not load on first use, wrapped in
+  several lines: its own cause, one line."""
+  prefix = 'Configuration is not available because of an earlier failure to load: '
+  if not message.startswith(prefix):
+    return message
+  lines = [line.strip() for line in message[len(prefix):].splitlines() if line.strip()]
+  return f'--config: {lines[-1]}' if lines else message
 
 
 def _main():

@@ -72,7 +72,7 @@ def experiment(config, n: int, llm_layers: int = 0, fsdp: bool = True):
       config.model.llm.num_layers = llm_layers
     if config.model.image_token_id < 0:  # no tokenizer here: synthetic shapes
       config.model.image_token_id = 4
-  task = tasks.TASKS[config.task](config, None)
+  task = tasks.make(config, None)
   exp = setup.build(config, task, jax.devices()[:n], pretrained=False, train=False)
   abstract, shardings = state_lib.abstract_train_state(exp.model, task.init_inputs(), exp.tx,
                                                        exp.mesh, exp.rules)

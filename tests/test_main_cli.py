@@ -71,3 +71,13 @@ def test_a_recipe_that_refuses_its_argument_is_one_line(tmp_path):
   assert proc.stderr.strip().splitlines()[-1] == (
       "error: --config: config argument 'sise=tiny': expected key=value with key one of "
       "['size', 'task']")
+
+
+def test_a_config_file_that_does_not_load_is_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, 'main.py', '--config', 'configs/nonexist.py', '--workdir',
+       str(tmp_path / 'w')], cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+  assert proc.stderr.strip().splitlines() == [
+      "error: --config: [Errno 2] No such file or directory: 'configs/nonexist.py'"]

@@ -4,6 +4,7 @@ import glob
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -212,6 +213,39 @@ def test_config_errors_name_the_knob(demo_data, tmp_path, knob, value):
   config[section][key] = value
   with pytest.raises(ValueError, match=rf'config\.{knob}={value}'):
     run_lib.main(config, str(tmp_path / 'w'), 'train')
+
+
+@pytest.mark.parametrize('knob,value,message', [
+  ('model.llm.num_layers', -1, r'config\.model\.llm\.num_layers=-1 must be >= 1'),
+  ('model.vision.embed_dim', 0, r'config\.model\.vision\.embed_dim=0 must be >= 1'),
+  ('optim.param_groups', ('frozen',), r"config\.optim\.param_groups: expected \(key, value\) "
+                                       r"pairs, got 'frozen'"),
+  ('data.image_mean', (0.5, 0.5), r'config\.data\.image_mean=\(0\.5, 0\.5\): one value, or '
+                                  r'one per channel'),
+])
+def test_model_sizes_pairs_and_channel_values_are_checked_first(knob, value, message):
+  """Each was a ZeroDivisionError, a scan error or a broadcast error deep in a run."""
+  from radjax.core import config_checks, defaults
+  config = defaults.get_config()
+  section, *path = knob.split('.')
+  node = config[section]
+  for key in path[:-1]:
+    node = node[key]
+  node[path[-1]] = value
+  assert any(re.fullmatch(message, e) or re.match(message, e)
+             for e in config_checks.errors(config)), config_checks.errors(config)
+
+
+def test_head_counts_must_divide_the_width_and_recipe_arguments_their_type():
+  from radjax.core import defaults
+  from radjax.models import llm, vit
+  with pytest.raises(ValueError, match='embed_dim 32 is not a multiple of num_heads 3'):
+    vit.ViTConfig('clip', 32, 8, embed_dim=32, num_layers=1, num_heads=3, mlp_dim=8)
+  with pytest.raises(ValueError, match='embed_dim 32 is not a multiple of num_heads 6'):
+    llm.LLMConfig(vocab_size=8, embed_dim=32, num_layers=1, num_heads=6, num_kv_heads=6,
+                  mlp_dim=8)
+  with pytest.raises(ValueError, match="config argument stage='abc' is not of type int"):
+    defaults.parse_arg('stage=abc', stage=1)
 
 
 # ---- a run killed during the evaluation after its checkpoint --------------------------

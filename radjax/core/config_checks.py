@@ -17,7 +17,15 @@ MINIMUMS = {
     'data.pack_max_examples': 1, 'data.max_target_tokens': 0,
     'model.vision.image_size': 1, 'model.vision.patch_size': 1,
     'model.vision.max_depth': 1, 'model.vision.depth_patch_size': 1,
+    **{f'model.{part}.{size}': 1 for part, sizes in (
+        ('llm', ('vocab_size', 'embed_dim', 'num_layers', 'num_heads', 'num_kv_heads',
+                 'mlp_dim')),
+        ('vision', ('embed_dim', 'num_layers', 'num_heads', 'mlp_dim', 'num_channels')),
+        ('projector', ('num_queries', 'num_layers', 'num_heads', 'mlp_dim')))
+       for size in sizes},
 }
+# knob -> a list of (key, value) pairs.
+PAIRS = ('optim.param_groups', 'sharding.rules', 'train.pre_stage_set')
 MESH_AXES = ('data', 'fsdp', 'tensor')
 # knob -> the values it may take.
 CHOICES = {'eval.text_norm': nlg_metrics.TEXT_NORMS}
@@ -42,6 +50,17 @@ def errors(config) -> list[str]:
     value = _get(config, knob)
     if value is not None and value not in allowed:
       out.append(f'config.{knob}={value!r} is not one of {allowed}')
+  for knob in PAIRS:
+    value = _get(config, knob)
+    bad = [p for p in value or () if not (isinstance(p, (tuple, list)) and len(p) == 2)]
+    if bad:
+      out.append(f'config.{knob}: expected (key, value) pairs, got {bad[0]!r}')
+  channels = _get(config, 'model.vision.num_channels')
+  for knob in ('data.image_mean', 'data.image_std'):
+    value = _get(config, knob)
+    if isinstance(channels, int) and value is not None and len(value) not in (1, channels):
+      out.append(f'config.{knob}={tuple(value)!r}: one value, or one per channel '
+                 f'(config.model.vision.num_channels={channels})')
   for axis in MESH_AXES:
     value = _get(config, f'mesh.{axis}')
     if isinstance(value, int) and value != -1 and value < 1:

@@ -44,7 +44,11 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
         raise ValueError(f'config argument {key}={value!r} is not a boolean')
       out[key] = value.lower() in ('true', '1')
     else:
-      out[key] = type(default)(value)
+      try:
+        out[key] = type(default)(value)
+      except ValueError:
+        raise ValueError(f'config argument {key}={value!r} is not of type '
+                         f'{type(default).__name__}') from None
   return out
 
 

@@ -48,6 +48,12 @@ class LLMConfig:
     return int(self.dim_per_head * self.rotary_pct)
 
   def __post_init__(self):
+    if self.num_heads < 1 or self.num_kv_heads < 1:
+      raise ValueError(f'config.model.llm: num_heads={self.num_heads} and num_kv_heads='
+                       f'{self.num_kv_heads} must be >= 1')
+    if not self.head_dim and self.embed_dim % self.num_heads:
+      raise ValueError(f'config.model.llm: embed_dim {self.embed_dim} is not a multiple of '
+                       f'num_heads {self.num_heads} (or set head_dim)')
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f'config.model.llm: num_heads={self.num_heads} is not a multiple '
                        f'of num_kv_heads={self.num_kv_heads}')

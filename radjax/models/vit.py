@@ -50,6 +50,9 @@ class ViTConfig:
     if self.image_size < self.patch_size:
       raise ValueError(f'config.model.vision: image_size {self.image_size} is smaller than '
                        f'patch_size {self.patch_size}')
+    if self.num_heads < 1 or self.embed_dim % self.num_heads:
+      raise ValueError(f'config.model.vision: embed_dim {self.embed_dim} is not a multiple '
+                       f'of num_heads {self.num_heads}')
     if not -self.num_layers - 1 <= self.select_layer < self.num_layers + 1:
       raise ValueError(f'config.model.vision.select_layer={self.select_layer} is outside '
                        f'the {self.num_layers} layers')
