@@ -62,22 +62,22 @@ def test_errors_in_what_was_given_are_one_line(tmp_path, demo_data):
       assert not (tmp_path / 'w').exists()  # a read-only mode wrote nothing
 
 
-def test_a_recipe_that_refuses_its_argument_is_one_line(tmp_path):
+def _config_error(config: str, tmp_path) -> list[str]:
+  """stderr lines of main.py with `--config config`, which must fail without a traceback."""
   proc = subprocess.run(
-      [sys.executable, 'main.py', '--config', 'configs/demo.py:sise=tiny', '--workdir',
-       str(tmp_path / 'w')], cwd=ROOT, capture_output=True, text=True, timeout=300,
+      [sys.executable, 'main.py', '--config', config, '--workdir', str(tmp_path / 'w')],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 1 and 'Traceback' not in proc.stderr
-  assert proc.stderr.strip().splitlines()[-1] == (
+  return proc.stderr.strip().splitlines()
+
+
+def test_a_recipe_that_refuses_its_argument_is_one_line(tmp_path):
+  assert _config_error('configs/demo.py:sise=tiny', tmp_path)[-1] == (
       "error: --config: config argument 'sise=tiny': expected key=value with key one of "
       "['size', 'task']")
 
 
 def test_a_config_file_that_does_not_load_is_one_line(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, 'main.py', '--config', 'configs/nonexist.py', '--workdir',
-       str(tmp_path / 'w')], cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, JAX_PLATFORMS='cpu'))
-  assert proc.returncode == 1 and 'Traceback' not in proc.stderr
-  assert proc.stderr.strip().splitlines() == [
+  assert _config_error('configs/nonexist.py', tmp_path) == [
       "error: --config: [Errno 2] No such file or directory: 'configs/nonexist.py'"]
