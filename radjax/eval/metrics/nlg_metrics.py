@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from radjax.core import config_checks
+
 _PUNCT = re.compile(r'[^\w\s]|_')
 
 
@@ -20,7 +22,7 @@ _R2GEN_MARKS = re.compile(r'[.,?;*!%^&_+():;<=>@\[\]{}]')
 _R2GEN_NUMBERING = (('1. ', ''), ('. 2. ', '. '), ('. 3. ', '. '), ('. 4. ', '. '),
                     ('. 5. ', '. '), (' 2. ', '. '), (' 3. ', '. '), (' 4. ', '. '),
                     (' 5. ', '. '))
-TEXT_NORMS = ('radjax', 'r2gen')
+TEXT_NORMS = config_checks.CHOICES['eval.text_norm']
 
 
 def _r2gen(text: str) -> str:
