@@ -176,11 +176,14 @@ def make_iterator(ds: grain.MapDataset, worker_threads: int, worker_processes: i
       raise ValueError(f'config.data.worker_processes={worker_processes} with '
                        'config.data.pack=True: packed rows depend on what each process '
                        'reads; use config.data.worker_threads')
-    log = source.record_log(ds)
-    return iter(ds) if log is None else source.IteratorWithRecordLog(iter(ds), log)
+    return _with_record_log(iter(ds), ds)
   if worker_processes:  # each worker keeps its own RecordLog: not checkpointed
     return worker_processes_lib.ProcessIterator(ds, worker_threads, worker_processes)
-  it = iter(ds.to_iter_dataset(source.read_options(worker_threads)))
+  return _with_record_log(iter(ds.to_iter_dataset(source.read_options(worker_threads))), ds)
+
+
+def _with_record_log(it, ds):
+  """`it` checkpointing the RecordLog of `ds` too, when it has one."""
   log = source.record_log(ds)
   return it if log is None else source.IteratorWithRecordLog(it, log)
 

@@ -204,6 +204,17 @@ class RecordLog:
     self.__dict__.update(state)
     self._lock = threading.Lock()
 
+  def get_state(self) -> dict:
+    """What has been stepped over, as JSON (checkpointed with the iterator)."""
+    with self._lock:
+      return {'bad': dict(self.bad), 'dropped': {r: dict(d) for r, d in self.dropped.items()}}
+
+  def add_state(self, state: dict) -> None:
+    with self._lock:
+      self.bad.update(state['bad'])
+      for reason, seen in state['dropped'].items():
+        self.dropped.setdefault(reason, {}).update(seen)
+
   @property
   def too_long(self) -> dict[str, str]:
     return self.dropped.get(schema.TooLong.reason, {})
@@ -235,20 +246,14 @@ class IteratorWithRecordLog(grain.DatasetIterator):
     return next(self._it)
 
   def get_state(self) -> dict:
-    log = self._log
-    with log._lock:
-      saved = {'bad': dict(log.bad), 'dropped': {r: dict(d) for r, d in log.dropped.items()}}
-    return {**self._it.get_state(), self.KEY: saved}
+    return {**self._it.get_state(), self.KEY: self._log.get_state()}
 
   def set_state(self, state: dict) -> None:
     state = dict(state)
     saved = state.pop(self.KEY, None)  # absent in checkpoints from before it was kept
     self._it.set_state(state)
     if saved:
-      with self._log._lock:
-        self._log.bad.update(saved['bad'])
-        for reason, seen in saved['dropped'].items():
-          self._log.dropped.setdefault(reason, {}).update(seen)
+      self._log.add_state(saved)
 
   def start_prefetch(self) -> None:
     if hasattr(self._it, 'start_prefetch'):
