@@ -314,3 +314,19 @@ def test_a_negative_target_cap_is_refused(demo_data):
   config = tiny_config(demo_data)
   config.data.max_target_tokens = -5
   assert 'config.data.max_target_tokens=-5 must be >= 0' in config_checks.errors(config)
+
+
+@pytest.mark.parametrize('truncate_helps', [True, False])
+def test_the_nothing_fits_hint_offers_truncation_only_where_it_helps(monkeypatch,
+                                                                      truncate_helps):
+  import grain
+  monkeypatch.setattr(source, 'TOO_LONG_IN_A_ROW', 5)
+
+  def too_long(i):
+    raise schema.TooLong(f'record {i}: the prompt alone does not fit', truncate_helps)
+
+  ds = source.skip_records(grain.MapDataset.range(10).map(too_long),
+                           source.RecordLog(limit=0))
+  with pytest.raises(source.DataError, match='raise config.data.max_len') as e:
+    ds[0]
+  assert ("too_long='truncate'" in str(e.value)) == truncate_helps

@@ -222,6 +222,9 @@ def test_config_errors_name_the_knob(demo_data, tmp_path, knob, value):
                                        r"pairs, got 'frozen'"),
   ('data.image_mean', (0.5, 0.5), r'config\.data\.image_mean=\(0\.5, 0\.5\): one value, or '
                                   r'one per channel'),
+  # ml_collections reads --config.data.crop_scale=0.5 as (0.5,): uniform(0.5) drew [0.5, 1).
+  ('data.crop_scale', (0.5,), r'config\.data\.crop_scale=\(0\.5,\): \(smallest, largest\)'),
+  ('data.crop_scale', (0.9, 0.5), r'config\.data\.crop_scale=\(0\.9, 0\.5\): '),
 ])
 def test_model_sizes_pairs_and_channel_values_are_checked_first(knob, value, message):
   """Each was a ZeroDivisionError, a scan error or a broadcast error deep in a run."""
@@ -542,3 +545,12 @@ def test_saving_a_replicated_state_compiles_no_slice_per_leaf(tmp_path):
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   assert len(compiles) <= 2, compiles  # the finiteness check, not one per leaf
+
+
+def test_a_remat_policy_typo_names_its_knob():
+  from radjax.core import defaults
+  from radjax.models import factory
+  config = defaults.get_config()
+  config.runtime.remat.llm = 'dot'
+  with pytest.raises(ValueError, match=r"config\.runtime\.remat\.llm: 'dot' not in .*'dots'"):
+    factory.runtime(config, 'llm')

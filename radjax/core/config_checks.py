@@ -60,6 +60,10 @@ def errors(config) -> list[str]:
     if isinstance(channels, int) and value is not None and len(value) not in (1, channels):
       out.append(f'config.{knob}={tuple(value)!r}: one value, or one per channel '
                  f'(config.model.vision.num_channels={channels})')
+  crop = _get(config, 'data.crop_scale')
+  if crop is not None and not (len(crop) == 2 and 0 < crop[0] <= crop[1] <= 1):
+    out.append(f'config.data.crop_scale={tuple(crop)!r}: (smallest, largest) area '
+               'fraction kept by the random crop, 0 < smallest <= largest <= 1')
   for axis in MESH_AXES:
     value = _get(config, f'mesh.{axis}')
     if isinstance(value, int) and value != -1 and value < 1:

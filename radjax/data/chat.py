@@ -350,7 +350,7 @@ class ConversationEncoder:
     seq, weights = seq[:max_len + 1], weights[:max_len + 1]
     if truncated and not any(weights[1:]):
       raise schema.TooLong(f'record {record_id!r}: the prompt alone does not fit '
-                           f'config.data.max_len={max_len}')
+                           f'config.data.max_len={max_len}', truncate_helps=False)
     answer = np.flatnonzero(weights[1:])
     if self.max_targets and len(answer) > self.max_targets:
       if self.too_long == 'drop':

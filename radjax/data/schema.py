@@ -94,6 +94,10 @@ class TooLong(Unusable):
   config.data.too_long='drop')."""
   reason = 'too_long'
 
+  def __init__(self, message: str, truncate_helps: bool = True):
+    super().__init__(message)
+    self.truncate_helps = truncate_helps  # False: truncating the answer cannot make it fit
+
 
 class NoTask(Unusable):
   """A record that serves none of its dataset's instruction tasks (a grounding task on a

@@ -170,7 +170,9 @@ def locate_errors(fn):
       where = getattr(raw, 'location', '')
       if not where:
         raise
-      raise _LOCATED.get(type(e), DataError)(f'{where}: {e}') from e
+      located = _LOCATED.get(type(e), DataError)(f'{where}: {e}')
+      located.__dict__.update(vars(e))  # e.g. TooLong.truncate_helps
+      raise located from e
 
   return wrapped
 
@@ -304,10 +306,13 @@ class _SkipRecords(grain.MapDataset):
         self.log.note_dropped(e)
         too_long += 1
         if too_long >= TOO_LONG_IN_A_ROW:
-          hint = ('raise config.data.max_len (or config.data.max_target_tokens, where '
-                  "it is set) or set config.data.too_long='truncate'"
-                  if e.reason == schema.TooLong.reason else
-                  'give the dataset tasks its records can serve')
+          if not isinstance(e, schema.TooLong):
+            hint = 'give the dataset tasks its records can serve'
+          elif e.truncate_helps:
+            hint = ('raise config.data.max_len (or config.data.max_target_tokens, where '
+                    "it is set) or set config.data.too_long='truncate'")
+          else:
+            hint = 'raise config.data.max_len'
           raise DataError(f'{too_long} examples in a row from element {index} cannot be used '
                           f'(the last: {e}); {hint}') from e
       except schema.SchemaError as e:

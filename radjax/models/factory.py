@@ -7,7 +7,7 @@ import dataclasses
 
 import jax
 
-from radjax.models import registry, vlm
+from radjax.models import layers, registry, vlm
 from radjax.models.runtime import ATTENTION_IMPLS, DTYPES, Runtime
 
 PARTS = tuple(registry.PARTS)
@@ -23,6 +23,9 @@ def runtime(config, part: str, frozen: bool = False) -> Runtime:
                      f'{sorted(ATTENTION_IMPLS)}')
   if part not in r.remat:
     raise ValueError(f'config.runtime.remat has no entry for {part!r}')
+  if r.remat[part] not in layers.REMAT_POLICIES:
+    raise ValueError(f'config.runtime.remat.{part}: {r.remat[part]!r} not in '
+                     f'{sorted(layers.REMAT_POLICIES)}')
   return Runtime(dtype=DTYPES[r.dtype], attention_impl=ATTENTION_IMPLS[r.attention_impl],
                  remat_policy=r.remat[part], scan_layers=r.scan_layers,
                  unroll_scan=r.unroll_scan, frozen=frozen)
