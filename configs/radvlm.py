@@ -59,6 +59,8 @@ def get_config(arg: str = ''):
   lm.mlp_dim, lm.norm_eps, lm.rope_theta, lm.qkv_bias = 18944, 1e-6, 1e6, True
   c.data.image_mean = c.data.image_std = (0.5, 0.5, 0.5)
   c.data.chat_format = 'chatml'
+  # RadVLM trains these wherever they stand (LLaVA-NeXT's unmask_tokens_idx).
+  c.data.always_trained = ('\n', '<|im_start|>', '<|im_end|>')
   c.data.task_options.uncertain_as = 1  # RadVLM counts uncertain findings as present
   c.data.max_len = 4096
   c.data.mixture = ml_collections.ConfigDict({

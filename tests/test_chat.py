@@ -92,6 +92,27 @@ def test_layout_and_loss_mask(bpe_json, fmt):
   assert not arrays['loss_mask'][len(ids) - 1:].any() and arrays['truncated'] == 0
 
 
+def test_always_trained_tokens_carry_loss_in_every_turn_as_radvlm_trains_them(bpe_json):
+  tok = _tokenizer(bpe_json, 'chatml')
+  marks = ('\n', '<|im_start|>', '<|im_end|>')
+  plain = chat.ConversationEncoder(tok, chat.CHATML, image_tokens=3, system_prompt='SYS')
+  enc = chat.ConversationEncoder(tok, chat.CHATML, image_tokens=3, system_prompt='SYS',
+                                 always_trained=marks)
+  ids, _ = plain.encode(TURNS, 1, 'r')
+  base = plain.training_arrays(TURNS, 1, len(ids) + 4, 'r')
+  arrays = enc.training_arrays(TURNS, 1, len(ids) + 4, 'r')
+  np.testing.assert_array_equal(arrays['targets'], base['targets'])
+  mark_ids = {tok.convert_tokens_to_ids(m) for m in marks[1:]} | {tok.encode('\n')[0]}
+  is_mark = np.isin(base['targets'], list(mark_ids)) & (np.arange(len(ids) + 4) < len(ids) - 1)
+  # The system and user turns' markers and newlines are trained now, answers as before,
+  # placeholders never.
+  assert is_mark[:12].sum() == 4 and not base['loss_mask'][:12].any()
+  np.testing.assert_array_equal(arrays['loss_mask'], np.maximum(base['loss_mask'], is_mark))
+  assert not arrays['loss_mask'][base['targets'] == enc.image_id].any()
+  with pytest.raises(ValueError, match=r"always_trained: 'effusion\?' is \d+ tokens"):
+    chat.ConversationEncoder(tok, chat.CHATML, always_trained=('effusion?',))
+
+
 def test_radjax_format_keeps_the_layout_the_demo_was_trained_on(bpe_json):
   """Same ids as the one-turn layout radjax always used (demo numbers stay comparable)."""
   tok = _tokenizer(bpe_json, 'radjax')

@@ -98,6 +98,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # (no prompt: images then the answer). Loss on every assistant turn and its end marker.
   c.data.chat_format = 'radjax'
   c.data.system_prompt = ''  # '' = the chat format's own default
+  # Texts of one token each that carry loss wherever they stand, system and user turns
+  # included (RadVLM trains '\n', '<|im_start|>' and '<|im_end|>' so: configs/radvlm.py).
+  c.data.always_trained = ()
   # An example longer than max_len: 'drop' (skipped, counted in data/dropped_too_long and
   # logged) or 'truncate' (cut at max_len; counted in data/truncated).
   c.data.too_long = 'drop'

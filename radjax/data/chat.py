@@ -5,7 +5,7 @@ A format is a few pieces per kind of turn. A piece is text (tokenised as is, `{t
 replaced by the turn's text) or `Special(token)`, one id of the tokenizer's vocabulary
 (added to a tokenizer that lacks it; BOS / EOS are the tokenizer's own). Loss falls on
 every assistant answer, its closing pieces and the final pieces, nothing else; image
-placeholders never carry loss.
+placeholders never carry loss. `always_trained` tokens carry it wherever they stand.
 
 Images: image k goes where the k-th `<image>` mark stands in user text; a conversation
 with no marks gets them at the start of its first user turn (LLaVA's convention), or
@@ -181,6 +181,9 @@ class ConversationEncoder:
   image_delimiters: bool = False  # <image_begin> placeholders <image_end> per image
   keywords: keywords_lib.KeywordWeights | None = None  # reweights answer tokens
   max_targets: int = 0  # > 0: at most this many loss-bearing tokens (config.data.max_target_tokens)
+  # Texts of one token each whose token carries loss wherever it stands, prompt included
+  # (config.data.always_trained; RadVLM's unmask_tokens_idx).
+  always_trained: tuple = ()
 
   def __post_init__(self):
     if self.too_long not in ('drop', 'truncate'):
@@ -202,6 +205,15 @@ class ConversationEncoder:
     t = self.tokenizer
     self.bos, self.eos, self.pad = t.bos_token_id, t.eos_token_id, t.pad_token_id
     self.system = self.system_prompt or self.fmt.default_system
+    self.always_ids = set()
+    for text in self.always_trained:
+      ids = self.tokenizer.encode(text, add_special_tokens=False)
+      if len(ids) != 1:
+        raise ValueError(f'config.data.always_trained: {text!r} is {len(ids)} tokens, not one')
+      if ids[0] in self.image_ids:
+        raise ValueError(f'config.data.always_trained: {text!r} is an image placeholder, '
+                         'which never carries loss')
+      self.always_ids.add(ids[0])
     # Generation stops at the end of an answer: the closing special, else EOS.
     closing = [p for p in self.fmt.assistant_close if isinstance(p, Special)]
     self.stop_ids = tuple(dict.fromkeys(
@@ -343,6 +355,7 @@ class ConversationEncoder:
     seq, weights = self.encode(turns, num_images, record_id)
     if not any(weights):
       raise schema.SchemaError(f'record {record_id!r}: no assistant answer to learn')
+    weights = [max(w, 1) if t in self.always_ids else w for t, w in zip(seq, weights)]
     truncated = len(seq) > max_len + 1
     if truncated and self.too_long == 'drop':
       raise schema.TooLong(f'record {record_id!r}: {len(seq)} tokens do not fit '

@@ -121,7 +121,8 @@ def chat_encoder(config, tokenizer, image_tokens: int) -> chat.ConversationEncod
   return chat.ConversationEncoder(tokenizer, chat.get_format(c.chat_format), image_tokens,
                                   c.system_prompt, c.too_long,
                                   c.get('image_delimiters', False), keywords.from_config(c),
-                                  c.get('max_target_tokens', 0))
+                                  c.get('max_target_tokens', 0),
+                                  tuple(c.get('always_trained', ())))
 
 
 def logits_at(config, batch):
