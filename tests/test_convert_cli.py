@@ -124,6 +124,30 @@ def test_llama_workdir_generates_like_hf(converted):
   assert text == ' '.join(f'w{i}' for i in hf_ids)
 
 
+def test_a_bos_the_tokenizer_never_adds_stays_out_of_prompts(tmp_path):
+  """GPT-NeoX's tokenizers (Pythia, dolly-v2) name a BOS but never add it: the imported
+  workdir prompts as HF's `tokenizer(prompt)` does, so --mode=generate equals HF's."""
+  from radjax import run
+  hf = hf_models.tiny_gpt_neox('parallel')
+  hf_dir = tmp_path / 'hf'
+  hf.save_pretrained(hf_dir)
+  _tokenizer_json(str(tmp_path / 'tok.json'), 300)
+  tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / 'tok.json'),
+                                             bos_token='<s>', eos_token='</s>')
+  tok.save_pretrained(hf_dir)
+  assert tok('w10 w11')['input_ids'] == [10, 11]
+  _cli('from-hf', '--family', 'gpt_neox', '--hf_dir', hf_dir, '--out', tmp_path / 'wd')
+  config = workdir.load_config(str(tmp_path / 'wd'))
+  assert config.data.chat_format == 'text'
+  with config.unlocked():
+    config.eval.max_new_tokens = 8
+  text = run.generate(config, str(tmp_path / 'wd'), [], prompt='w10 w11 w12 w13')[0]
+  hf_ids = hf_models.hf_greedy(hf, np.asarray([[10, 11, 12, 13]], np.int32), 8)[0].tolist()
+  if 2 in hf_ids:
+    hf_ids = hf_ids[:hf_ids.index(2)]
+  assert text == ' '.join(f'w{i}' for i in hf_ids)
+
+
 @pytest.mark.parametrize('family', ['clip_vision',
                                     pytest.param('siglip_vision', marks=pytest.mark.slow)])
 def test_vision_round_trip(converted, family):

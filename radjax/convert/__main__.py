@@ -46,26 +46,37 @@ def _check_new_workdir(out: str) -> None:
                           'checkpoints); choose a new directory')
 
 
-def _import_tokenizer(hf_dir: str, out: str, config) -> None:
+def _import_tokenizer(hf_dir: str, out: str, config):
   """The HF directory's tokenizer into <out>: tokenizer.json alone is copied; with
   tokenizer_config.json (EOS and chat specials) or only a sentencepiece tokenizer.model
-  (Vicuna), transformers saves it whole into <out>/tokenizer. config.data.tokenizer names it."""
+  (Vicuna), transformers saves it whole into <out>/tokenizer. config.data.tokenizer names it.
+  Returns that transformers tokenizer (None when only tokenizer.json was copied, or none)."""
   has = {name: os.path.exists(os.path.join(hf_dir, name))
          for name in ('tokenizer.json', 'tokenizer_config.json', 'tokenizer.model')}
   os.makedirs(out, exist_ok=True)
   if has['tokenizer_config.json'] or has['tokenizer.model']:
     from radjax.data import tokens
     path = os.path.join(out, 'tokenizer')
-    tokens.load_tokenizer(hf_dir, '--hf_dir').save_pretrained(path)
+    tokenizer = tokens.load_tokenizer(hf_dir, '--hf_dir')
+    tokenizer.save_pretrained(path)
   elif has['tokenizer.json']:
     path = os.path.join(out, 'tokenizer.json')
     shutil.copy(os.path.join(hf_dir, 'tokenizer.json'), path)
+    tokenizer = None  # no tokenizer_config.json: HF knows no BOS of it
   else:
     print(f'note: {hf_dir} has no tokenizer (tokenizer.json, tokenizer_config.json or '
           'tokenizer.model); generation will need --config.data.tokenizer=DIR',
           file=sys.stderr)
-    return
+    return None
   config.data.tokenizer = os.path.abspath(path)
+  return tokenizer
+
+
+def _adds_bos(tokenizer) -> bool:
+  """Whether HF's `tokenizer(text)` starts with its BOS (LLaMA's tokenizers), or it has
+  none (Qwen2's); False for a BOS it never adds (GPT-NeoX's <|endoftext|>)."""
+  bos = tokenizer.bos_token_id
+  return bos is None or tokenizer('x')['input_ids'][:1] == [bos]
 
 
 def cmd_from_hf(args) -> None:
@@ -87,7 +98,9 @@ def cmd_from_hf(args) -> None:
   if config.model.kind == 'llm':  # a base decoder continues text; a recipe picks its chat
     config.data.chat_format = 'none'
   if config.model.kind in ('llm', 'vlm'):  # a tower alone reads no text
-    _import_tokenizer(args.hf_dir, args.out, config)
+    tokenizer = _import_tokenizer(args.hf_dir, args.out, config)
+    if config.model.kind == 'llm' and tokenizer is not None and not _adds_bos(tokenizer):
+      config.data.chat_format = 'text'  # prompts as HF encodes them: no BOS first
   workdir.save_params(args.out, config, params)
   print(f'wrote {args.out} ({config.model.kind}, {export.count(params) / 1e6:.2f}M params)')
 

@@ -136,8 +136,12 @@ DOLLY = ChatFormat(
 PLAIN = ChatFormat('plain', user=('{text}',), answer_sep=' ')
 # No prompt at all: images then the answer (XrayGPT stage 1, a decoder on plain text).
 NONE = ChatFormat('none')
+# Plain text as the tokenizer encodes it, with no BOS first: an imported decoder whose
+# tokenizer has a BOS but never adds it (GPT-NeoX / Pythia / dolly-v2), so a prompt's ids
+# are those HF's `tokenizer(prompt)` gives.
+TEXT = ChatFormat('text', begin=())
 
-FORMATS = {f.name: f for f in (RADJAX, VICUNA, CHATML, DOLLY, PLAIN, NONE)}
+FORMATS = {f.name: f for f in (RADJAX, VICUNA, CHATML, DOLLY, PLAIN, NONE, TEXT)}
 
 
 def get_format(name: str) -> ChatFormat:
