@@ -91,6 +91,23 @@ def test_compressed_dicoms_from_pydicom_decode_like_uncompressed():
   assert png_pixels(entry).dtype == np.uint8 and size == (256, 1024)
 
 
+def test_undecodable_pixel_data_is_one_line_naming_the_file(capfd):
+  """Compressed pixel data no plugin decodes: one line (pydicom lists each plugin's
+  failure on a line of its own and logs its traceback), as an upload's error shows it."""
+  from pydicom.encaps import encapsulate
+
+  from radjax.data import image_files
+  ds = pydicom.dcmread(io.BytesIO(make_dicom(ramp(12), bits=12, compress=True)))
+  ds.PixelData = encapsulate([b'\0' * 64])  # RLE without its segments
+  buf = io.BytesIO()
+  ds.save_as(buf)
+  with pytest.raises(image_files.ImageFileError) as e:
+    image_files.image_entry(buf.getvalue(), 'broken.dcm')
+  assert str(e.value).startswith('broken.dcm: pixel data does not decode: ')
+  assert 'RLE segments' in str(e.value) and '\n' not in str(e.value)
+  assert 'Traceback' not in capfd.readouterr().err
+
+
 def test_wbf_fuses_per_class_above_iou():
   boxes = [[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.6], [0.7, 0.7, 0.9, 0.9], [0.1, 0.1, 0.5, 0.5]]
   labels = ['Cardiomegaly', 'Cardiomegaly', 'Cardiomegaly', 'Aortic enlargement']

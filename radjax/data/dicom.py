@@ -13,7 +13,9 @@ are schema.SchemaError naming `where` (the file or record).
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 
 import numpy as np
 import pydicom
@@ -32,10 +34,22 @@ def read_dataset(data: bytes, where: str) -> pydicom.Dataset:
   try:
     ds = pydicom.dcmread(io.BytesIO(data))
   except Exception as e:  # pydicom raises many types for foreign bytes
-    raise SchemaError(f'{where}: not a readable DICOM: {e}') from e
+    raise SchemaError(f'{where}: not a readable DICOM: {" ".join(str(e).split())}') from e
   if 'PixelData' not in ds:
     raise SchemaError(f'{where}: DICOM has no pixel data')
   return ds
+
+
+@contextlib.contextmanager
+def _quiet_decoders():
+  """pydicom's pixel decoders log each plugin's failure with its traceback (ERROR)."""
+  logger = logging.getLogger('pydicom')
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
 
 def frame_count(ds: pydicom.Dataset) -> int:
@@ -51,9 +65,12 @@ def modality_values(ds: pydicom.Dataset, where: str) -> np.ndarray:
   if frame_count(ds) != 1:
     raise SchemaError(f'{where}: {ds.NumberOfFrames} frames, expected a single frame')
   try:
-    pixels = ds.pixel_array
+    with _quiet_decoders():  # the error below says what they log, in one line
+      pixels = ds.pixel_array
   except Exception as e:  # missing or broken decoders raise many types
-    raise SchemaError(f'{where}: pixel data does not decode: {e}') from e
+    # pydicom lists each plugin's failure on a line of its own.
+    raise SchemaError(f'{where}: pixel data does not decode: {" ".join(str(e).split())}'
+                      ) from e
   if pixels.ndim != 2 or min(pixels.shape) < MIN_SIDE:
     raise SchemaError(f'{where}: degenerate pixel array of shape {pixels.shape}')
   return np.asarray(apply_modality_lut(pixels, ds), np.float64)
