@@ -8,7 +8,8 @@ from absl import logging
 from radjax import tasks
 from radjax.core import distributed, recipe
 from radjax.core import workdir as workdir_lib
-from radjax.data import chat, image_files, tokens
+from radjax.data import chat, image_files, tokens, volumes
+from radjax.data import images as images_lib
 from radjax.eval import evaluators, llm_cxr
 from radjax.train import loop, pretrained, setup, writers
 
@@ -59,6 +60,15 @@ def _answerer(config, workdir: str):
   return exp, evaluators.answers.Answerer(exp)
 
 
+def _check_decodes(entry: dict, path: str) -> None:
+  """Every file is decoded before any is answered: one that fails in a later batch would
+  lose the answers of the batches before it (they are printed at the end)."""
+  if entry['kind'] == '2d':
+    images_lib.decode_image(entry, 1, path)
+  else:
+    volumes.decode_volume(entry, path)
+
+
 def _image_examples(image_paths: list[str], prompt: str, reads_3d: bool) -> list[dict]:
   """One example per image, or one with every image when the prompt places several. PNG,
   JPEG and single-frame DICOM are 2D; a `.npy` is a volume as the datasets store it
@@ -68,6 +78,7 @@ def _image_examples(image_paths: list[str], prompt: str, reads_3d: bool) -> list
   for path in image_paths:
     entry = image_files.read_entry(path)
     image_files.check_kind(entry, path, reads_3d)
+    _check_decodes(entry, path)
     images.append(entry)
   if prompt.count(chat.IMAGE_MARK) > 1:
     return [{'id': ','.join(image_paths), 'images': images}]

@@ -417,6 +417,29 @@ def test_main_py_writes_no_log_into_a_workdir_it_refuses(saved_workdir):
   assert not os.path.exists(os.path.join(wd, 'logs'))
 
 
+def test_generate_decodes_every_image_before_answering_any(demo_data, tmp_path, monkeypatch):
+  """A broken file after a whole batch of good ones: refused, naming it, before anything is
+  generated (the reports are printed at the end, so a later failure lost the earlier)."""
+  from radjax.eval.decoding import generate as generate_lib
+  from radjax.train import setup
+  config = tiny_config(demo_data)
+  wd = str(tmp_path / 'wd')
+  exp = setup.build(config, run_lib.make_task(config), pretrained=False)
+  workdir_lib.save_params(wd, config, exp.state.params)
+  good, broken = str(tmp_path / 'good.png'), str(tmp_path / 'broken.png')
+  with open(good, 'wb') as f:
+    f.write(_png(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)))
+  with open(good, 'rb') as f:
+    data = f.read()
+  with open(broken, 'wb') as f:
+    f.write(data[:len(data) // 2])
+  calls = []
+  monkeypatch.setattr(generate_lib, 'generate', lambda *a, **k: calls.append(1) or 1 / 0)
+  with pytest.raises(schema.SchemaError, match=r"'.*broken\.png'.*undecodable"):
+    run_lib.main(config, wd, 'generate', [good] * config.eval.batch_size + [broken])
+  assert not calls
+
+
 @pytest.mark.slow
 def test_8_and_16_bit_png_give_the_same_report(killed_in_eval, tmp_path):
   config, src = killed_in_eval
