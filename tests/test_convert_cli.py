@@ -290,6 +290,31 @@ def test_conversions_never_write_over_a_workdir(converted, tmp_path, capsys):
   assert snapshot() == before
 
 
+@pytest.mark.parametrize('fmt', ['vicuna', 'chatml'])
+def test_a_vlm_chat_format_survives_the_round_trip(converted, tmp_path, fmt, capsys):
+  """to-hf writes the format as the chat template; from-hf reads it back (a VLM imported in
+  another format answers prompts it was never trained on). A template radjax has no
+  format for is said."""
+  from radjax.convert import export
+  c = converted('llava')
+  config = c['config'].copy_and_resolve_references()
+  _tokenizer_json(str(tmp_path / 'tok.json'), 300)
+  config.data.tokenizer = str(tmp_path / 'tok.json')
+  config.data.chat_format = fmt
+  config.model.image_token_id = -1  # the tokenizer's <image>
+  export.export_hf(config, c['params'], str(tmp_path / 'hf'))
+  _cli('from-hf', '--family', 'llava', '--hf_dir', tmp_path / 'hf', '--out', tmp_path / 'wd')
+  assert workdir.load_config(str(tmp_path / 'wd')).data.chat_format == fmt
+  assert 'chat template' not in capsys.readouterr().err
+
+  tok = transformers.AutoTokenizer.from_pretrained(tmp_path / 'hf')
+  tok.chat_template = "{% for m in messages %}USER: {{ m['content'] }} {% endfor %}ASSISTANT:"
+  tok.save_pretrained(tmp_path / 'hf')
+  _cli('from-hf', '--family', 'llava', '--hf_dir', tmp_path / 'hf', '--out', tmp_path / 'wd2')
+  assert workdir.load_config(str(tmp_path / 'wd2')).data.chat_format == 'radjax'
+  assert "chat template is none of radjax's chat formats" in capsys.readouterr().err
+
+
 def test_a_format_that_stops_at_a_string_exports_it(converted, tmp_path):
   """Vicuna's turns end at '###' (XrayGPT's RadVicuna): HF's generate must stop there too."""
   from radjax.convert import export

@@ -79,6 +79,44 @@ def _adds_bos(tokenizer) -> bool:
   return bos is None or tokenizer('x')['input_ids'][:1] == [bos]
 
 
+def _chat_format_of(tokenizer) -> str | None:
+  """The radjax chat format whose template renders conversations as the tokenizer's own
+  chat template does (a VLM that `to-hf` exported: its format comes back), or None."""
+  from radjax.data import chat
+  template = getattr(tokenizer, 'chat_template', None)
+  if not isinstance(template, str):
+    return None
+  first = {'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': 'Q1'}]}
+  conversations = ([first], [first, {'role': 'assistant', 'content': 'A1'},
+                             {'role': 'user', 'content': 'Q2'}])
+
+  def render(t):
+    try:
+      return [tokenizer.apply_chat_template(c, chat_template=t, tokenize=False,
+                                            add_generation_prompt=True) for c in conversations]
+    except Exception:  # a template that needs other fields than these conversations give
+      return None
+
+  want = render(template)
+  if want is None:
+    return None
+  return next((name for name, fmt in chat.FORMATS.items()
+               if render(chat.chat_template(fmt)) == want), None)
+
+
+def _set_chat_format(config, tokenizer, hf_dir: str) -> None:
+  """An imported VLM prompts in the chat format its HF chat template renders; a template
+  that is none of radjax's formats is said, with the format the workdir uses instead."""
+  found = _chat_format_of(tokenizer)
+  if found:
+    config.data.chat_format = found
+  elif getattr(tokenizer, 'chat_template', None):
+    print(f"note: {hf_dir}'s chat template is none of radjax's chat formats (radjax/data/"
+          f'chat.py); the workdir prompts in config.data.chat_format='
+          f'{config.data.chat_format!r}, which the model may not have been trained on',
+          file=sys.stderr)
+
+
 def cmd_from_hf(args) -> None:
   from radjax.core import workdir
   _check_new_workdir(args.out)
@@ -101,6 +139,8 @@ def cmd_from_hf(args) -> None:
     tokenizer = _import_tokenizer(args.hf_dir, args.out, config)
     if config.model.kind == 'llm' and tokenizer is not None and not _adds_bos(tokenizer):
       config.data.chat_format = 'text'  # prompts as HF encodes them: no BOS first
+    if config.model.kind == 'vlm' and tokenizer is not None:
+      _set_chat_format(config, tokenizer, args.hf_dir)
   workdir.save_params(args.out, config, params)
   print(f'wrote {args.out} ({config.model.kind}, {export.count(params) / 1e6:.2f}M params)')
 
