@@ -148,6 +148,35 @@ def test_a_bos_the_tokenizer_never_adds_stays_out_of_prompts(tmp_path):
   assert text == ' '.join(f'w{i}' for i in hf_ids)
 
 
+def test_extra_eos_ids_of_the_generation_config_stop_generation_both_ways(tmp_path):
+  """Llama-3-Instruct ends turns at <|eot_id|>, listed beside its EOS in
+  generation_config.json's eos_token_id: the imported workdir stops where HF stops, and
+  to-hf writes the id back."""
+  import json
+
+  from radjax import run
+  hf = hf_models.tiny_llama()
+  hf_dir = tmp_path / 'hf'
+  hf.save_pretrained(hf_dir)
+  _tokenizer_json(str(hf_dir / 'tokenizer.json'), 300)
+  prompt = np.asarray([[1, 10, 11, 12, 13]], np.int32)
+  free = hf_models.hf_greedy(hf, prompt, 12)[0].tolist()
+  free = free[:free.index(2)] if 2 in free else free
+  k = next(i for i in range(2, len(free)) if free[i] not in free[:i])
+  (hf_dir / 'generation_config.json').write_text(json.dumps(
+      {'bos_token_id': 1, 'eos_token_id': [2, free[k]]}))
+  _cli('from-hf', '--family', 'llama', '--hf_dir', hf_dir, '--out', tmp_path / 'wd')
+  config = workdir.load_config(str(tmp_path / 'wd'))
+  assert tuple(config.eval.stop_tokens) == (f'w{free[k]}',)
+  with config.unlocked():
+    config.eval.max_new_tokens = 12
+  text = run.generate(config, str(tmp_path / 'wd'), [], prompt='w10 w11 w12 w13')[0]
+  assert text == ' '.join(f'w{i}' for i in free[:k])
+  _cli('to-hf', '--workdir', tmp_path / 'wd', '--out', tmp_path / 'out')
+  written = json.loads((tmp_path / 'out' / 'generation_config.json').read_text())
+  assert free[k] in written['eos_token_id'] and 2 in written['eos_token_id']
+
+
 @pytest.mark.parametrize('family', ['clip_vision',
                                     pytest.param('siglip_vision', marks=pytest.mark.slow)])
 def test_vision_round_trip(converted, family):

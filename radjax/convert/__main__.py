@@ -17,6 +17,7 @@ A WORKDIR is an ordinary radjax workdir (config.json + orbax checkpoint), accept
 `config.model.<tower>.init_from`.
 """
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -117,6 +118,28 @@ def _set_chat_format(config, tokenizer, hf_dir: str) -> None:
           file=sys.stderr)
 
 
+def _import_stop_tokens(config, tokenizer, hf_dir: str, hf_cfg) -> None:
+  """The ids generation_config.json (else config.json) ends generations at besides the
+  tokenizer's EOS (Llama-3-Instruct's <|eot_id|>) -> config.eval.stop_tokens."""
+  path = os.path.join(hf_dir, 'generation_config.json')
+  eos = getattr(hf_cfg, 'eos_token_id', None)
+  if os.path.exists(path):
+    with open(path) as f:
+      eos = json.load(f).get('eos_token_id', eos)
+  eos = [eos] if isinstance(eos, int) else list(eos or ())
+  if len(eos) < 2 or not config.data.tokenizer:
+    return
+  if tokenizer is None:
+    from radjax.data import tokens
+    tokenizer = tokens.load_tokenizer(config.data.tokenizer)
+  extra = [i for i in eos if i != tokenizer.eos_token_id]
+  names = tokenizer.convert_ids_to_tokens(extra)
+  if None in names:
+    raise ConversionError(f'{hf_dir}: eos_token_id {extra[names.index(None)]} is not in its '
+                          'tokenizer')
+  config.eval.stop_tokens = tuple(names)
+
+
 def cmd_from_hf(args) -> None:
   from radjax.core import workdir
   _check_new_workdir(args.out)
@@ -141,6 +164,7 @@ def cmd_from_hf(args) -> None:
       config.data.chat_format = 'text'  # prompts as HF encodes them: no BOS first
     if config.model.kind == 'vlm' and tokenizer is not None:
       _set_chat_format(config, tokenizer, args.hf_dir)
+    _import_stop_tokens(config, tokenizer, args.hf_dir, hf_cfg)
   workdir.save_params(args.out, config, params)
   print(f'wrote {args.out} ({config.model.kind}, {export.count(params) / 1e6:.2f}M params)')
 

@@ -110,9 +110,10 @@ def _tokenizer_path(config) -> str | None:
   return path if os.path.exists(path) else None
 
 
-def _token_fields(tokenizer, fmt) -> dict:
-  """bos/eos/pad ids for the HF config; a chat model stops at its end-of-turn too."""
-  stops = list(chat.ConversationEncoder(tokenizer, fmt).stop_ids)
+def _token_fields(tokenizer, fmt, stop_tokens=()) -> dict:
+  """bos/eos/pad ids for the HF config; a chat model stops at its end-of-turn too, and
+  at config.eval.stop_tokens."""
+  stops = list(chat.ConversationEncoder(tokenizer, fmt, stop_tokens=tuple(stop_tokens)).stop_ids)
   return dict(bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
               eos_token_id=stops if len(stops) > 1 else stops[0])
 
@@ -132,7 +133,8 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
     tokenizer = chat.prepare_tokenizer(tokens.load_tokenizer(tok_path), fmt, kind == 'vlm',
                                        config.data.get('image_delimiters', False),
                                        config.data.get('codebook_size', 0))
-  extra = _token_fields(tokenizer, fmt) if tokenizer else {}
+  extra = (_token_fields(tokenizer, fmt, config.eval.get('stop_tokens', ()))
+           if tokenizer else {})
   if kind == 'vlm':
     if config.data.get('image_delimiters', False):
       raise ConversionError('config.data.image_delimiters=True wraps each image in '

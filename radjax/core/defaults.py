@@ -364,6 +364,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval.length_penalty = 1.0  # beam: score = sum(log p) / generated_length ** length_penalty
   c.eval.early_stopping = 'false'  # beam: 'false' | 'true' | 'never' (HF's False/True/'never')
   c.eval.stop_strings = ()  # reports are cut before the first of these (after decoding)
+  # Vocabulary entries that end a generation besides EOS and the chat format's end of turn
+  # (from-hf takes them from generation_config.json's eos_token_id; to-hf writes them there).
+  c.eval.stop_tokens = ()
   c.eval.meteor = True  # METEOR starts a Java process (pycocoevalcap); False skips it
   # Text as the captioning metrics see it: 'radjax' (punctuation to spaces) or 'r2gen'
   # (R2Gen's cleaner, for numbers comparable with the papers that follow it).

@@ -188,6 +188,9 @@ class ConversationEncoder:
   # Texts of one token each whose token carries loss wherever it stands, prompt included
   # (config.data.always_trained; RadVLM's unmask_tokens_idx).
   always_trained: tuple = ()
+  # Vocabulary entries at which generation stops too (config.eval.stop_tokens; Llama-3's
+  # <|eot_id|> beside its EOS).
+  stop_tokens: tuple = ()
 
   def __post_init__(self):
     if self.too_long not in ('drop', 'truncate'):
@@ -220,8 +223,12 @@ class ConversationEncoder:
       self.always_ids.add(ids[0])
     # Generation stops at the end of an answer: the closing special, else EOS.
     closing = [p for p in self.fmt.assistant_close if isinstance(p, Special)]
+    missing = [t for t in self.stop_tokens if t not in vocab]
+    if missing:
+      raise ValueError(f'config.eval.stop_tokens: {missing} not in the tokenizer')
     self.stop_ids = tuple(dict.fromkeys(
-        [self.special_ids[p.token] for p in closing] + [self.eos]))
+        [self.special_ids[p.token] for p in closing] + [self.eos]
+        + [vocab[t] for t in self.stop_tokens]))
 
   # ---- pieces -> segments -> ids ---------------------------------------------------
   # A segment is text (str) or ids (list). Adjacent text of one weight is tokenised as one

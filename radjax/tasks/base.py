@@ -122,7 +122,8 @@ def chat_encoder(config, tokenizer, image_tokens: int) -> chat.ConversationEncod
                                   c.system_prompt, c.too_long,
                                   c.get('image_delimiters', False), keywords.from_config(c),
                                   c.get('max_target_tokens', 0),
-                                  tuple(c.get('always_trained', ())))
+                                  tuple(c.get('always_trained', ())),
+                                  tuple(config.eval.get('stop_tokens', ())))
 
 
 def logits_at(config, batch):
