@@ -165,6 +165,17 @@ def test_a_damaged_volume_names_its_record():
     SLOTS['volume'](schema.make_example(id='nan', images=[entry]), None)
 
 
+@pytest.mark.parametrize('values', [np.linspace(-1000, 2000, 64),  # Hounsfield units
+                                    np.arange(64) * 4.0])  # 8-bit voxels
+def test_a_volume_outside_0_1_is_refused_not_clipped(values):
+  # Clipped to [0, 1] it would reach the tower as a nearly blank scan, with no error.
+  buf = io.BytesIO()
+  np.save(buf, values.reshape(4, 4, 4).astype(np.float32))
+  entry = {'data': buf.getvalue(), 'format': 'npy', 'kind': '3d', 'spacing': None}
+  with pytest.raises(schema.SchemaError, match=r"record 'scan.npy'.*not \[0, 1\]"):
+    SLOTS['volume'](schema.make_example(id='scan.npy', images=[entry]), None)
+
+
 # ---- tokens: image delimiters and keyword weights ------------------------------------
 @pytest.fixture(scope='module')
 def tokenizer():

@@ -31,6 +31,13 @@ def decode_volume(image: dict, record_id: str) -> np.ndarray:
   vol = vol.astype(np.float32)
   if not np.isfinite(vol).all():
     raise schema.SchemaError(f'record {record_id!r}: images: the volume has NaN or inf voxels')
+  # Volumes are stored in [0, 1] (data_prep/volume_ops.py to_entry). Raw Hounsfield units
+  # or 8-bit voxels would otherwise be clipped to [0, 1] below: a silently blank scan.
+  lo, hi = float(vol.min()), float(vol.max())
+  if lo < 0.0 or hi > 1.0:
+    raise schema.SchemaError(
+        f'record {record_id!r}: images: volume values span [{lo:g}, {hi:g}], not [0, 1]; '
+        'window or rescale it to [0, 1] first (data_prep/volumes.py prepare)')
   return vol
 
 
