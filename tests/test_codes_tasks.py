@@ -55,3 +55,17 @@ def test_records_without_codes_serve_neither_task():
   no_codebook = instructions.Options()
   with pytest.raises(schema.NoTask):
     instructions.served(EXAMPLE, ('codes_from_report',), no_codebook)
+
+
+def test_codes_reports_reads_only_records_with_codes():
+  # A record without codes has no image: read from an empty code span, its report would
+  # be scored as if the model had seen the image.
+  from radjax.eval.evaluators import codes as codes_evaluators
+  no_image = schema.make_example(id='n', report={'findings': 'Normal.', 'impression': ''})
+  records = [schema.encode(EXAMPLE), schema.encode(no_image)]
+  assert [ex['id'] for ex in codes_evaluators.examples_with_codes(records, 2)] == ['c1']
+  evaluator = object.__new__(codes_evaluators.CodesReportEvaluator)
+  evaluator.codebook_size = K
+  assert '<code_36>' in evaluator.prompt_turns(EXAMPLE)[0]['text']
+  with pytest.raises(schema.SchemaError, match="record 'n': codes: none"):
+    evaluator.prompt_turns(no_image)

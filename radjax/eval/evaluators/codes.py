@@ -6,8 +6,9 @@
                  (finding F1 against the labels, BLEU / ROUGE / ...); code tokens suppressed
 """
 import dataclasses
+import functools
 
-from radjax.data import chat
+from radjax.data import chat, schema
 from radjax.eval import llm_cxr
 from radjax.eval.evaluators import loss, reports
 
@@ -43,7 +44,17 @@ class CodesLossEvaluator:
     return out
 
 
+def examples_with_codes(records, n: int) -> list[dict]:
+  """Of the first n records, those with a report and an image's codes: a record without
+  codes has no image to read (LLM-CXR drops such samples), so it is not scored."""
+  return [ex for ex in reports.examples_with_reports(records, n) if ex.get('codes')]
+
+
 class CodesReportEvaluator(reports.ReportEvaluator):
+
+  @functools.cached_property
+  def examples(self) -> list[dict]:
+    return examples_with_codes(self.records, self.exp.config.eval.num_generate)
 
   def __init__(self, exp, split: str):
     super().__init__(exp, split)
@@ -58,7 +69,11 @@ class CodesReportEvaluator(reports.ReportEvaluator):
         gen, suppress_ids=tuple(sorted(set(gen.suppress_ids) | image_ids)))
 
   def prompt_turns(self, example: dict) -> list[dict]:
-    return llm_cxr.read_request(example.get('codes') or [], self.codebook_size)
+    codes = example.get('codes')
+    if not codes:
+      raise schema.SchemaError(f"record {example.get('id')!r}: codes: none; codes_reports "
+                               "reads a report from the image's codes")
+    return llm_cxr.read_request(codes, self.codebook_size)
 
   def run(self, params, step: int, writer=None, out_dir=None) -> dict:
     del writer  # no image tower to log inputs from; predictions.jsonl has the texts
