@@ -239,3 +239,23 @@ def test_micro_codec_killed_run_resumes_identically(trained, tmp_path, monkeypat
   cut = str(tmp_path / 'cut')
   train_killed_then_resumed(config, cut, monkeypatch, kill_at_batch=6)
   assert _losses(cut) == _losses(workdir)
+
+
+@pytest.mark.parametrize('ema, per_image', [(False, 0.5 * 2.0 + 0.25 * 4.0), (True, 0.25 * 4.0)])
+def test_held_out_loss_weighs_the_codebook_terms_as_training_does(ema, per_image):
+  c = vqgan_recipe.get_config('size=micro')
+  c.vqgan.codebook_weight, c.vqgan.beta, c.vqgan.ema = 0.5, 0.25, ema
+  task = vqgan_task.ImageCodec(c, None)
+
+  class Model:  # a perfect reconstruction with fixed quantizer losses
+    def apply(self, variables, x):
+      del variables
+      n = x.shape[0]
+      return x, {'codebook_loss': jnp.full((n, 4, 4), 2.0),
+                 'commit_loss': jnp.full((n, 4, 4), 4.0)}
+
+  x = jnp.zeros((2, 32, 32, 1))
+  sums = task.loss(Model(), {}, {'images': x}, None)
+  aux = Model().apply(None, x)[1]
+  np.testing.assert_allclose(sums['loss_sum'], 2 * per_image)
+  np.testing.assert_allclose(task._vq_loss(aux), per_image)  # the train step's term

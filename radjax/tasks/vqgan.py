@@ -134,6 +134,13 @@ class ImageCodec(base.Task):
       loss = loss + vc.perceptual_weight * lpips.distance(x, y, self.perceptual)
     return loss
 
+  def _vq_terms(self, aux):
+    """Codebook + commitment loss per position, weighted as _vq_loss weighs their means
+    in training (with EMA the codebook has no loss term)."""
+    vc = self.config.vqgan
+    codebook = 0.0 if vc.ema else vc.codebook_weight * aux['codebook_loss']
+    return codebook + vc.beta * aux['commit_loss']
+
   def _vq_loss(self, aux):
     vc = self.config.vqgan
     codebook = 0.0 if vc.ema else vc.codebook_weight * jnp.mean(aux['codebook_loss'])
@@ -146,8 +153,7 @@ class ImageCodec(base.Task):
     recon, aux = model.apply({'params': params}, x)
     n = x.shape[0]
     rec = self._rec_loss(x, recon)
-    vq = jnp.mean(aux['codebook_loss'] + self.config.vqgan.beta * aux['commit_loss'],
-                  axis=(1, 2))
+    vq = jnp.mean(self._vq_terms(aux), axis=(1, 2))
     return {'loss_sum': jnp.sum(rec + vq), 'rec_loss_sum': jnp.sum(rec),
             'weight_sum': jnp.asarray(n, jnp.float32)}
 
