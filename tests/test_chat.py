@@ -73,7 +73,7 @@ EXPECTED = {
               '[[Yes, on the left.\n\n### End]]### Instruction:\nIs the heart enlarged?\n\n'
               '### Response:\n[[No.\n\n### End]]'),
     # The answer is tokenised with its question: byte-level BPE puts the space in it.
-    'plain': '<s><image>x3\nIs there an effusion?[[ Yes, on the left.]]Is the heart enlarged?'
+    'plain': '<s><image>x3Is there an effusion?[[ Yes, on the left.]]Is the heart enlarged?'
              '[[ No.</s>]]',
 }
 
@@ -245,6 +245,20 @@ def test_plain_format_gives_radfms_ids_with_a_sentencepiece_tokenizer(tmp_path):
   assert ids == bos_and(q + ' ' + a) + [tok.eos_token_id]
   assert weights == [0] * len(question) + [1] * (len(ids) - len(question))
   assert enc.prompt([{'role': 'user', 'text': q}], 0) == question
+
+
+def test_plain_format_puts_images_straight_before_the_question_as_radfm(tmp_path):
+  """RadFM inserts '<image>' + placeholders + '</image>' into the question's text with
+  nothing between: the question's tokens follow the image's directly."""
+  tok = chat.prepare_tokenizer(tokens.load_tokenizer(_sentencepiece_dir(tmp_path)), chat.PLAIN,
+                               images=True, delimiters=True)
+  enc = chat.ConversationEncoder(tok, chat.PLAIN, image_tokens=2, image_delimiters=True)
+  q, a = 'Is there an effusion?', 'Yes, on the left.'
+  ids, _ = enc.encode([{'role': 'user', 'text': q}, {'role': 'assistant', 'text': a}], 1, 'r')
+  image = [tok.convert_tokens_to_ids(t) for t in
+           (chat.IMAGE_BEGIN, chat.IMAGE_MARK, chat.IMAGE_MARK, chat.IMAGE_END)]
+  text = tok.encode(q + ' ' + a, add_special_tokens=False)
+  assert ids == [tok.bos_token_id] + image + text + [tok.eos_token_id]
 
 
 @pytest.mark.parametrize('fmt', ['vicuna', 'chatml', 'dolly'])

@@ -132,8 +132,9 @@ DOLLY = ChatFormat(
     assistant_close=('\n\n', Special('### End')), finish=(),
     default_system=('Follow the instruction below and write the answer it asks for.'))
 # RadFM's plain question and answer: no markers, the answer after a space, the two
-# tokenised as one text (so no lone space token between them).
-PLAIN = ChatFormat('plain', user=('{text}',), answer_sep=' ')
+# tokenised as one text (so no lone space token between them); images prepended straight
+# before the question, as RadFM inserts its image strings into the text (no separator).
+PLAIN = ChatFormat('plain', user=('{text}',), answer_sep=' ', image_sep='')
 # No prompt at all: images then the answer (XrayGPT stage 1, a decoder on plain text).
 NONE = ChatFormat('none')
 # Plain text as the tokenizer encodes it, with no BOS first: an imported decoder whose
