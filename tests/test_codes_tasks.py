@@ -69,3 +69,19 @@ def test_codes_reports_reads_only_records_with_codes():
   assert '<code_36>' in evaluator.prompt_turns(EXAMPLE)[0]['text']
   with pytest.raises(schema.SchemaError, match="record 'n': codes: none"):
     evaluator.prompt_turns(no_image)
+
+
+def test_decoding_out_of_range_codes_names_the_code_and_the_codec():
+  from radjax.eval import llm_cxr
+  from radjax.models import vqgan
+  codec = object.__new__(llm_cxr.Codec)  # the checks run before any weights are used
+  codec.workdir = 'runs/vqgan'
+  codec.cfg = vqgan.VQGANConfig(kind='vqgan', image_size=32, channel_mult=(1, 2),
+                                codebook_size=K, norm_groups=8, base_channels=8,
+                                attn_levels=(1,))
+  codes = [[0] * 256, [1] * 255 + [K]]
+  with pytest.raises(ValueError, match=rf"code {K} \(image 1, position 255; 1 such\) is "
+                                       rf"outside the codebook of {K} of the codec 'runs/vqgan'"):
+    codec.decode(codes)
+  with pytest.raises(ValueError, match=r'codes of shape \(1, 255\).*256 codes'):
+    codec.decode([[0] * 255])

@@ -124,8 +124,12 @@ class Codec:
     if arr.ndim != 2 or arr.shape[1] != h * w:
       raise ValueError(f'codes of shape {arr.shape}: the codec {self.workdir!r} decodes '
                        f'{h * w} codes ({h} x {w}) per image')
-    if arr.min() < 0 or arr.max() >= self.cfg.codebook_size:
-      raise ValueError(f'codes outside the codebook of {self.cfg.codebook_size}')
+    bad = np.argwhere((arr < 0) | (arr >= self.cfg.codebook_size))
+    if bad.size:
+      i, j = bad[0]
+      raise ValueError(f'code {arr[i, j]} (image {i}, position {j}; {len(bad)} such) is '
+                       f'outside the codebook of {self.cfg.codebook_size} of the codec '
+                       f'{self.workdir!r}')
     return np.clip(self._batched(self._decode, arr.reshape(-1, h, w), batch_size), -1.0, 1.0)
 
 
