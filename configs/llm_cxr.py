@@ -1,5 +1,5 @@
 r"""LLM-CXR: dolly-v2-3b (GPT-NeoX) whose vocabulary grows by the VQ-GAN codebook (1,024
-codes) and <image_begin> / <image_end>, so one decoder reads a chest X-ray (CXR -> report)
+codes, then <image_begin> / <image_end>), so one decoder reads a chest X-ray (CXR -> report)
 and draws one (report -> CXR), with no vision tower. Fully fine-tuned, Dolly prompts;
 80% CXR examples (either direction) and 20% text-only instructions (dolly-15k).
 
@@ -59,7 +59,7 @@ def get_config(arg: str = ''):
       'layer', 'plain', 'gelu', True, True)
   lm.parallel_residual, lm.rotary_pct, lm.rope_theta, lm.norm_eps = True, 0.25, 10000.0, 1e-5
   # Rows for the codes and the two delimiters; new rows start at the mean of the old.
-  lm.vocab_size = _round_up(DOLLY_VOCAB + 2 + CODEBOOK, 128)
+  lm.vocab_size = _round_up(DOLLY_VOCAB + CODEBOOK + 2, 128)  # code k: row 50280 + k
   c.data.codebook_size = CODEBOOK
   c.data.chat_format = 'dolly'
   c.data.tasks = ('report_from_codes', 'codes_from_report')

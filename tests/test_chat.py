@@ -113,6 +113,22 @@ def test_always_trained_tokens_carry_loss_in_every_turn_as_radvlm_trains_them(bp
     chat.ConversationEncoder(tok, chat.CHATML, always_trained=('effusion?',))
 
 
+def test_dolly_tokenizer_keeps_its_markers_and_code_k_is_len_plus_k(bpe_json):
+  """dolly-v2's tokenizer has '### Instruction:', '### Response:\\n' and '### End': the
+  dolly format adds none of its own, and LLM-CXR's code k sits at id len(tokenizer) + k."""
+  tok = PreTrainedTokenizerFast(tokenizer_object=__import__('tokenizers').Tokenizer.from_str(
+      bpe_json), bos_token='<s>', eos_token='</s>', pad_token='<pad>', unk_token='<unk>')
+  tok.add_special_tokens({'additional_special_tokens': [
+      '### End', '### Instruction:', '### Response:\n']})
+  n = len(tok)
+  chat.prepare_tokenizer(tok, chat.DOLLY, images=False, codebook_size=16)
+  assert [tok.convert_tokens_to_ids(f'<code_{k}>') for k in (0, 15)] == [n, n + 15]
+  assert len(tok) == n + 16 + 2  # the codes, then <image_begin> / <image_end>
+  enc = chat.ConversationEncoder(tok, chat.DOLLY)
+  ids = enc.prompt([{'role': 'user', 'text': 'Q'}], 0)
+  assert ids[-1] == tok.convert_tokens_to_ids('### Response:\n')
+
+
 def test_radjax_format_keeps_the_layout_the_demo_was_trained_on(bpe_json):
   """Same ids as the one-turn layout radjax always used (demo numbers stay comparable)."""
   tok = _tokenizer(bpe_json, 'radjax')

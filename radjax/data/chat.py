@@ -35,11 +35,11 @@ def image_tokens_needed(images: bool, delimiters: bool = False,
                         codebook_size: int = 0) -> list[str]:
   """The vocabulary entries a model's prompts use besides the chat format's: `<image>`
   for a VLM; the delimiters; and, for a decoder that reads and writes images as VQ-GAN
-  codes (LLM-CXR), the delimiters and one token per code, in code order."""
+  codes (LLM-CXR), one token per code, in code order, then the delimiters: code k is
+  id len(tokenizer) + k, the row LLM-CXR's checkpoints keep it in."""
   out = [IMAGE_MARK] if images else []
-  if delimiters or codebook_size:
-    out += [IMAGE_BEGIN, IMAGE_END]
-  return out + [CODE_TOKEN.format(k) for k in range(codebook_size)]
+  out += [CODE_TOKEN.format(k) for k in range(codebook_size)]
+  return out + ([IMAGE_BEGIN, IMAGE_END] if delimiters or codebook_size else [])
 
 
 def render_codes(codes, codebook_size: int, record_id: str = '') -> str:
@@ -124,11 +124,12 @@ CHATML = ChatFormat(
     assistant_open=(Special('<|im_start|>'), 'assistant\n'),
     assistant_close=(Special('<|im_end|>'),), separator=('\n',), finish=(),
     default_system='You are a helpful assistant.')  # RadVLM's (LLaVA-OneVision's qwen_1_5)
-# The Dolly instruction format (LLM-CXR), its markers as single tokens as dolly-v2 has them.
+# The Dolly instruction format (LLM-CXR), its markers the single tokens dolly-v2's
+# tokenizer has: '### Instruction:', '### Response:\n' (newline included) and '### End'.
 DOLLY = ChatFormat(
     'dolly', begin=(), system=('{text}\n\n',),
     user=(Special('### Instruction:'), '\n{text}\n\n'),
-    assistant_open=(Special('### Response:'), '\n'),
+    assistant_open=(Special('### Response:\n'),),
     assistant_close=('\n\n', Special('### End')), finish=(),
     default_system=('Follow the instruction below and write the answer it asks for.'))
 # RadFM's plain question and answer: no markers, the answer after a space, the two
