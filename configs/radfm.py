@@ -89,8 +89,11 @@ def get_config(arg: str = ''):
   c.runtime.dtype, c.runtime.attention_impl = 'bfloat16', 'xla'
   c.runtime.remat.llm = c.runtime.remat.vision = 'qkv_and_attention_out'
   c.eval.max_new_tokens = 200  # RadFM's generate()
+  # RadFM's collator keeps at most 64 slices (its depth table reaches 512, stretched).
+  c.data.max_slices = 64
   c = common.finish(c, args)
   if args.size != 'full':
+    c.data.max_slices = 0
     tiny_model(c.model, micro=args.size == 'micro')
     c.data.image_mean, c.data.image_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     if args.task != 'lm':

@@ -237,3 +237,24 @@ def test_keyword_terms_file_errors(tmp_path):
   (tmp_path / 'empty.txt').write_text('# nothing\n\n')
   with pytest.raises(ValueError, match='lists no terms'):
     keywords.read_terms(str(tmp_path / 'empty.txt'))
+
+
+def test_max_slices_caps_volume_batches_below_the_towers_depth(config):
+  """RadFM's tables reach 512 slices but it trains on at most 64: the cap is the data's."""
+  c = config.copy_and_resolve_references()
+  c.data.max_slices, c.data.depth_buckets = 12, (8,)
+  cap = pipeline.max_slices(c)
+  assert cap == 12 and c.model.vision.max_depth == MAX_DEPTH
+  slots = {**SLOTS, 'volume': processors.VolumeSlots(16, 3, 1, cap, PATCH, MEAN, STD)}
+
+  def capped(tasks, kind='image'):
+    del tasks
+    return lambda raw, rng: {'rid': np.int32(0), **slots[kind](schema.decode(raw), rng)}
+
+  ds = pipeline.train_dataset(c, capped, 'train', 0, 1)
+  depths = {ds[i]['images'].shape[4] for i in range(60) if 'depth_mask' in ds[i]}
+  assert 12 in depths and depths <= {8, 12}  # the bucket, else the cap (not the tower's 24)
+  for bad in (28, 10):  # past the tower's table; not a multiple of the depth patch
+    c.data.max_slices = bad
+    with pytest.raises(ValueError, match=f'config.data.max_slices={bad}'):
+      pipeline.max_slices(c)

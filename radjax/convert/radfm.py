@@ -320,5 +320,8 @@ def import_checkpoint(state_dict: dict, tokenizer, shape: RadFMShape = RadFMShap
   config.data.chat_format = 'plain'
   config.data.image_delimiters = True
   config.data.image_mean, config.data.image_std = (0.0,) * 3, (1.0,) * 3  # ToTensor()
+  # RadFM's collator keeps at most 64 slices: deeper volumes would read depth rows of its
+  # stretched table that no RadFM batch trained.
+  config.data.max_slices = min(64, vision.max_depth)
   config.eval.max_new_tokens = 200
   return config, params

@@ -162,6 +162,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # of depth_buckets that holds its deepest volume (empty: model.vision.max_depth), so only
   # a few shapes compile.
   c.data.volume_batch_size = 1
+  # Slices a volume keeps at most (deeper ones are resized to it in depth, nearest); 0: the
+  # tower's max_depth. RadFM trains on at most 64 of its 512-slice tables' reach, so its
+  # stretched depth rows past that were never trained: configs/radfm.py sets 64.
+  c.data.max_slices = 0
   c.data.volume_batch_share = 0.5
   c.data.depth_buckets = ()
   c.data.image_mean = (0.48145466, 0.4578275, 0.40821073)  # CLIP; SigLIP uses 0.5

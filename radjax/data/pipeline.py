@@ -85,13 +85,27 @@ def _batches(config, ds: grain.MapDataset, kind: str, process_count: int, images
         size // process_count, drop_remainder=True)
   ds = ds.batch(size // process_count, drop_remainder=True)
   if kind == 'volume':
-    max_depth = config.model.vision.get('max_depth', 0)
+    max_depth = max_slices(config)
     buckets = tuple(config.data.depth_buckets)
     if any(b < 1 or b > max_depth for b in buckets):
       raise ValueError(f'config.data.depth_buckets={buckets}: each must be in [1, '
-                       f'config.model.vision.max_depth={max_depth}]')
+                       f'{max_depth}] (config.data.max_slices, else '
+                       'config.model.vision.max_depth)')
     ds = ds.map(functools.partial(volumes.trim_depth, buckets=buckets, max_depth=max_depth))
   return ds
+
+
+def max_slices(config) -> int:
+  """The depth a volume batch holds: config.data.max_slices, else the tower's max_depth."""
+  v, cap = config.model.vision, config.data.get('max_slices', 0)
+  tower = v.get('max_depth', 0)
+  if not cap:
+    return tower
+  if cap > tower or cap % v.get('depth_patch_size', 1):
+    raise ValueError(f'config.data.max_slices={cap}: at most config.model.vision.max_depth='
+                     f'{tower} and a multiple of its depth_patch_size '
+                     f"{v.get('depth_patch_size', 1)}")
+  return cap
 
 
 def _stream(config, records, seed: int, processor, index: int, log: source.RecordLog,

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from radjax.data import chat, mixture, processors
+from radjax.data import chat, mixture, pipeline, processors
 from radjax.models import factory, vlm
 from radjax.tasks import base
 from radjax.train import loss as loss_lib
@@ -46,7 +46,8 @@ class ImageTextToText(base.Task):
     if v.kind == 'vit3d':  # volumes too, in batches of their own
       self.slots['volume'] = processors.VolumeSlots(
           image_size=v.image_size, num_channels=v.num_channels, max_images=c.max_images,
-          max_depth=v.max_depth, depth_patch=v.depth_patch_size, mean=tuple(c.image_mean),
+          max_depth=pipeline.max_slices(config), depth_patch=v.depth_patch_size,
+          mean=tuple(c.image_mean),
           std=tuple(c.image_std))
     eval_kind = mixture.eval_kind(config)
     if eval_kind not in self.slots:
