@@ -2,7 +2,9 @@ r"""The VQ-GAN image codec LLM-CXR reads and writes chest X-rays with: 256 x 256
 16 x 16 codes from a 1,024-entry codebook (Taming's f16 model: base 128 channels,
 multipliers 1,1,2,2,4, two residual blocks per level, attention at 16 x 16, 256-wide
 codes). LLM-CXR never released its codec's training code; the losses are Taming's
-(L1 + LPIPS + codebook + commitment beta 0.25 + PatchGAN hinge, adaptive weight 0.8).
+(L1 + LPIPS + codebook and commitment + PatchGAN hinge, adaptive weight 0.8), with
+Taming's quantiser weights: beta 0.25 on the codebook term and 1 on the commitment term
+(the swap its legacy VectorQuantizer keeps; the VQ-VAE paper has them the other way).
 
   python main.py --config configs/vqgan.py --workdir DIR --config.data.dir=DATA \
       --config.vqgan.perceptual_weights=vgg16.pth [--config.vqgan.lpips_heads=vgg.pth]
@@ -37,6 +39,7 @@ def get_config(arg: str = ''):
   c.eval.batch_size = 32
   c.eval.num_loss_batches = 16
   c.vqgan.disc_start = 10_000  # Taming's custom_vqgan.yaml
+  c.vqgan.codebook_weight, c.vqgan.beta = 0.25, 1.0  # Taming's legacy quantiser loss
   if args.size in ('tiny', 'micro'):
     tiny(c)
   if args.size == 'micro':
