@@ -26,6 +26,7 @@ def get_config(arg: str = ''):
   c.model.kind = 'vqgan'  # radjax/core/defaults.py: Taming f16/1024, 256 px RGB
   c.runtime.dtype = 'bfloat16'
   c.data.augment = False  # LLM-CXR: resize + centre crop only
+  c.data.resize = 'crop'  # the shorter side to the size (Lanczos), the centre square
   c.optim.lr = 1e-4
   c.optim.b1, c.optim.b2 = 0.5, 0.9  # Taming's Adam betas, for both optimizers
   c.optim.weight_decay = 0.0

@@ -46,3 +46,25 @@ def test_table_gives_the_elementwise_floats(mode, num_channels):
   want = _elementwise(crop, num_channels, (rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05)))
   np.testing.assert_array_equal(got, want)
   assert not np.array_equal(got, _elementwise(crop, num_channels))  # the jitter is there
+
+
+def test_crop_resize_keeps_proportions_where_square_squeezes():
+  """LLM-CXR's codec input: shorter side to the size, the centre square. A 64 x 128 film
+  with a bright band in its left eighth loses the band; squeezed it keeps it."""
+  px = np.zeros((64, 128), np.uint8)
+  px[:, :16] = 255
+  buf = io.BytesIO()
+  Image.fromarray(px).save(buf, 'PNG')
+  entry = {'kind': '2d', 'format': 'png', 'data': buf.getvalue()}
+  kw = dict(size=32, num_channels=1, mean=(0.5,), std=(0.5,), record_id='r')
+  square = images.preprocess(entry, **kw)
+  crop = images.preprocess(entry, resize='crop', **kw)
+  assert square.shape == crop.shape == (32, 32, 1)
+  assert square[:, :2].mean() > 0.9 and crop.max() < -0.99
+  # A square image is the same both ways up to the filter.
+  Image.fromarray(px[:, :64]).save(buf := io.BytesIO(), 'PNG')
+  entry = {**entry, 'data': buf.getvalue()}
+  np.testing.assert_allclose(images.preprocess(entry, resize='crop', **kw),
+                             images.preprocess(entry, **kw), atol=0.3)
+  with pytest.raises(ValueError, match="config.data.resize: 'pad'"):
+    images.preprocess(entry, resize='pad', **kw)

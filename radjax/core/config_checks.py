@@ -26,8 +26,9 @@ MINIMUMS = {
 # knob -> a list of (key, value) pairs.
 PAIRS = ('optim.param_groups', 'sharding.rules', 'train.pre_stage_set')
 MESH_AXES = ('data', 'fsdp', 'tensor')
-# knob -> the values it may take (text_norm: radjax/eval/metrics/nlg_metrics.py).
-CHOICES = {'eval.text_norm': ('radjax', 'r2gen')}
+# knob -> the values it may take (text_norm: radjax/eval/metrics/nlg_metrics.py; resize:
+# radjax/data/images.py).
+CHOICES = {'eval.text_norm': ('radjax', 'r2gen'), 'data.resize': ('square', 'crop')}
 
 
 def _get(config, dotted: str):

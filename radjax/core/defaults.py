@@ -172,6 +172,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.image_std = (0.26862954, 0.26130258, 0.27577711)
   c.data.augment = True  # random resized crop + small intensity jitter (train only)
   c.data.crop_scale = (0.8, 1.0)  # random resized crop area range
+  # Without augmentation: 'square' resizes to size x size (bicubic); 'crop' takes the
+  # shorter side to size (Lanczos) and the centre square (LLM-CXR's codec input).
+  c.data.resize = 'square'
   c.data.shuffle = True
   c.data.worker_threads = 0  # Grain read threads (0: read in the main thread)
   # Training batches made in this many processes, each with worker_threads threads (0:

@@ -26,6 +26,7 @@ import numpy as np
 from absl import logging
 from PIL import Image, UnidentifiedImageError
 
+from radjax.core import config_checks
 from radjax.data import schema
 
 MIN_IMAGE_SIDE = 8
@@ -166,14 +167,32 @@ def lookup(img: Image.Image, table: np.ndarray) -> np.ndarray:
   return out
 
 
+RESIZES = config_checks.CHOICES['data.resize']
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+  """The shorter side to `size` (Lanczos), then the centre size x size: LLM-CXR's codec
+  input, which keeps a non-square film's proportions."""
+  w, h = img.size
+  side = min(w, h)  # the crop box in source pixels
+  box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+  return img.resize((size, size), Image.LANCZOS, box=box)
+
+
 def preprocess(image: dict, *, size: int, num_channels: int, mean, std, record_id: str,
                rng: np.random.Generator | None = None,
-               crop_scale=(0.8, 1.0)) -> np.ndarray:
-  """Decoded, resized (random crop + intensity jitter when `rng` is given), normalised."""
+               crop_scale=(0.8, 1.0), resize: str = 'square') -> np.ndarray:
+  """Decoded, resized (random crop + intensity jitter when `rng` is given; else
+  `resize`: 'square' squeezes the image to size x size, 'crop' keeps its proportions and
+  crops the centre), normalised."""
+  if resize not in RESIZES:
+    raise ValueError(f'config.data.resize: {resize!r} is not one of {RESIZES}')
   if rng is None:
     img = decode_image(image, num_channels, record_id, keep_gray=True)
     table = _plain_table(tuple(map(float, mean)), tuple(map(float, std)), num_channels)
-    return lookup(img.resize((size, size), Image.BICUBIC), table)
+    img = (center_crop(img, size) if resize == 'crop'
+           else img.resize((size, size), Image.BICUBIC))
+    return lookup(img, table)
   img = decode_image(image, num_channels, record_id, keep_gray=True,
                      min_side=crop_source_side(size, crop_scale[0]))
   img = random_resized_crop(img, size, tuple(crop_scale), rng)

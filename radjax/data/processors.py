@@ -35,14 +35,14 @@ class ImageSlots:
 
 
 def first_image(example: dict, needed_by: str, *, size: int, num_channels: int, mean, std,
-                rng=None, crop_scale=(0.8, 1.0)) -> np.ndarray:
+                rng=None, crop_scale=(0.8, 1.0), resize: str = 'square') -> np.ndarray:
   """The record's first image, preprocessed (augmented when `rng` is given); a record
   without one is an error naming it and what needed it."""
   if not example['images']:
     raise schema.SchemaError(f"record {example['id']!r}: images: none ({needed_by} reads one)")
   return images_lib.preprocess(example['images'][0], size=size, num_channels=num_channels,
                                mean=mean, std=std, record_id=example['id'], rng=rng,
-                               crop_scale=crop_scale).astype(np.float32)
+                               crop_scale=crop_scale, resize=resize).astype(np.float32)
 
 
 def _checked_count(example: dict, max_images: int) -> list:

@@ -75,6 +75,7 @@ class Codec:
                        '(config.codec.workdir)')
     self.workdir = workdir
     self.cfg = factory.part_config(config.model, 'vqgan')
+    self.resize = config.data.get('resize', 'square')  # as the codec was trained
     self.step = codec_step(workdir, step)
     params = workdir_lib.load_params(workdir, self.step)
     model = vqgan.VQGAN(self.cfg)
@@ -89,8 +90,8 @@ class Codec:
     return h * w
 
   def load_image(self, path: str) -> np.ndarray:
-    """An image file (PNG, JPEG, single-frame DICOM) -> [S, S, C] in [-1, 1], as the codec
-    was trained (resize, no crop)."""
+    """An image file (PNG, JPEG, single-frame DICOM) -> [S, S, C] in [-1, 1], resized as
+    the codec was trained (config.data.resize)."""
     entry = image_files.read_entry(path)
     image_files.check_kind(entry, path, reads_3d=False)
     return self.preprocess(entry, path)
@@ -99,7 +100,7 @@ class Codec:
     """An Example's image entry -> [S, S, C] in [-1, 1]."""
     return images_lib.preprocess(entry, size=self.cfg.image_size,
                                  num_channels=self.cfg.num_channels, mean=(0.5,) * 3,
-                                 std=(0.5,) * 3, record_id=name)
+                                 std=(0.5,) * 3, record_id=name, resize=self.resize)
 
   def _batched(self, fn, arrays: np.ndarray, batch_size: int) -> np.ndarray:
     out = []

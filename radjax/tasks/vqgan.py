@@ -34,12 +34,14 @@ class ImageProcessor:
   num_channels: int
   augment: bool = False
   crop_scale: tuple = (0.8, 1.0)
+  resize: str = 'square'  # config.data.resize, when not augmenting
 
   def __call__(self, raw: bytes, rng) -> dict:
     example = schema.decode(raw)
     x = processors.first_image(example, 'the codec', size=self.image_size,
                                num_channels=self.num_channels, mean=(0.5,) * 3, std=(0.5,) * 3,
-                               rng=rng if self.augment else None, crop_scale=self.crop_scale)
+                               rng=rng if self.augment else None, crop_scale=self.crop_scale,
+                               resize=self.resize)
     return {'images': x}
 
 
@@ -109,7 +111,7 @@ class ImageCodec(base.Task):
     del tasks  # images only
     d = self.config.data
     return ImageProcessor(self.model_cfg.image_size, self.model_cfg.num_channels, d.augment,
-                          tuple(d.crop_scale))
+                          tuple(d.crop_scale), d.get('resize', 'square'))
 
   # ---- model --------------------------------------------------------------------
   def model(self, frozen=()) -> vqgan.VQGAN:
