@@ -96,3 +96,12 @@ def test_qformer_projector_trains_from_config(demo_data):
   assert exp.task.model_cfg.tokens_per_image == 16
   assert set(final.params['projector']) == {'query_tokens', 'qformer', 'out'}
   assert losses[-1] < losses[0]
+
+
+def test_heads_the_tensor_axis_does_not_divide_are_one_error_naming_them(demo_data):
+  config = tiny_config(demo_data)  # llm: 4 heads, 2 kv heads
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 2, 4
+  with pytest.raises(ValueError, match=r"parameter llm/layers/attn/k/kernel of shape "
+                     r"\(2, 32, 2, 8\): its axis 2 \('kv_heads', size 2\) is split over mesh "
+                     r"axes tensor=4 .*config\.mesh\.tensor"):
+    build_experiment(config, jax.devices()[:8])

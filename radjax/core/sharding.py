@@ -96,9 +96,36 @@ def activation_rules(mesh: Mesh, rules):
 
 
 def logical_shardings(abstract_tree, mesh: Mesh, rules):
-  """NamedShardings for a tree of (possibly LogicallyPartitioned) abstract values."""
+  """NamedShardings for a tree of (possibly LogicallyPartitioned) abstract values. A leaf
+  axis that its mesh axes do not divide is a ValueError naming the parameter and the knobs
+  (XLA's own error names neither)."""
+  check_divisible(abstract_tree, mesh, rules)
   specs = nn.get_partition_spec(abstract_tree)
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def check_divisible(abstract_tree, mesh: Mesh, rules) -> None:
+  """Every axis of a LogicallyPartitioned leaf splits evenly over the mesh axes its logical
+  name maps to; else a one-line ValueError naming the first leaf that does not."""
+  leaves = jax.tree_util.tree_flatten_with_path(
+      abstract_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
+  for path, leaf in leaves:
+    if not isinstance(leaf, nn.LogicallyPartitioned):
+      continue
+    shape = tuple(leaf.value.shape)
+    spec = nn.logical_to_mesh_axes(leaf.names, rules)
+    for dim, (name, size, axes) in enumerate(zip(leaf.names, shape, spec)):
+      axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+      axes = tuple(a for a in axes if a in mesh.shape)
+      split = math.prod(mesh.shape[a] for a in axes)
+      if size % split:
+        sizes = ' x '.join(f'{a}={mesh.shape[a]}' for a in axes)
+        knobs = ' / '.join(f'config.mesh.{a}' for a in axes)
+        raise ValueError(
+            f'parameter {jax.tree_util.keystr(path, simple=True, separator="/")} of shape '
+            f'{shape}: its axis {dim} ({name!r}, size {size}) is split over mesh axes '
+            f'{sizes} ({split} shards), which do not divide {size}; use a {knobs} that '
+            f'divides {size}, or map {name!r} to None in config.sharding.rules')
 
 
 def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
