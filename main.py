@@ -119,6 +119,7 @@ def _config_file_error(message: str) -> str:
 
 
 def _main():
+  workdir_lib.check_local(FLAGS.workdir)
   expand_home(FLAGS.config)
   # Before anything touches devices. Done already at the top unless a config file, not the
   # command line, changed the knob. Only as a program: a notebook calling main() keeps its

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # A TPU VM pod slice from your workstation: installs radjax on every worker (first time) and
 # starts the same command on all of them.
-#   bash launch/tpu_pod.sh NAME ZONE configs/<recipe>.py gs://bucket/runs/x [--config.x=y ...]
+#   bash launch/tpu_pod.sh NAME ZONE configs/<recipe>.py /mnt/gcs/runs/x [--config.x=y ...]
 # Multislice (several slices): --config.mesh.dcn.data=<slices>. The repo is expected at
-# ~/radjax on each worker (RADJAX_REPO to change; e.g. gcloud ... scp --worker=all).
+# ~/radjax on each worker (RADJAX_REPO to change; e.g. gcloud ... scp --worker=all). The
+# workdir is a path every worker mounts (e.g. a bucket through gcsfuse); a gs:// URL is refused.
 set -euo pipefail
 name=$1; zone=$2; shift 2
 repo=${RADJAX_REPO:-radjax}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One worker of a TPU VM pod slice (launch/tpu_pod.sh runs it on every worker):
-#   bash launch/tpu_vm.sh configs/<recipe>.py gs://bucket/runs/x [--config.x=y ...]
+#   bash launch/tpu_vm.sh configs/<recipe>.py /mnt/gcs/runs/x [--config.x=y ...]
 # jax.distributed reads the slice's workers, this worker's id and the coordinator from the
 # TPU VM metadata (RADJAX_DISTRIBUTED=1); one worker alone runs as a single process.
 set -euo pipefail

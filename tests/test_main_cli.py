@@ -81,3 +81,15 @@ def test_a_recipe_that_refuses_its_argument_is_one_line(tmp_path):
 def test_a_config_file_that_does_not_load_is_one_line(tmp_path):
   assert _config_error('configs/nonexist.py', tmp_path) == [
       "error: --config: [Errno 2] No such file or directory: 'configs/nonexist.py'"]
+
+
+def test_a_url_workdir_is_one_line(tmp_path):
+  """os.path.abspath('gs://b/x') is './gs:/b/x': checkpoints would stay on each host's disk."""
+  proc = subprocess.run(
+      [sys.executable, 'main.py', '--config', 'configs/demo.py:size=micro', '--workdir',
+       'gs://bucket/runs/x', '--mode=eval'], cwd=ROOT, capture_output=True, text=True,
+      timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      'error: --workdir=gs://bucket/runs/x: a URL, not a path'), proc.stderr[-500:]
+  assert 'Traceback' not in proc.stderr

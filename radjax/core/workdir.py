@@ -6,6 +6,7 @@ checkpoint holding only params). Everything that reads a trained or imported mod
 """
 import json
 import os
+import re
 
 import jax
 import ml_collections
@@ -35,6 +36,18 @@ class NotAWorkdir(WorkdirError, FileNotFoundError):
 
 class NoCheckpoint(WorkdirError, FileNotFoundError):
   """A workdir without the checkpoint asked for (any, or of one step)."""
+
+
+def check_local(workdir: str, knob: str = '--workdir') -> None:
+  """A workdir is a path of this machine's filesystem (for several hosts, one every host
+  mounts, e.g. a gcsfuse or NFS mount). A URL such as gs://bucket/x is refused: config.json,
+  metrics.jsonl and the logs are written with open(), and os.path.abspath turns the URL into
+  the local folder './gs:/bucket/x', where each host's checkpoints would stay on its own
+  disk."""
+  if re.match(r'^[A-Za-z][A-Za-z0-9+.-]*://', workdir or ''):
+    raise WorkdirError(f'{knob}={workdir}: a URL, not a path; radjax writes workdirs through '
+                       'the local filesystem. Mount the bucket (e.g. gcsfuse, on every host) '
+                       'and pass the mounted path')
 
 
 def save_config(config, workdir: str) -> None:
