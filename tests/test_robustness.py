@@ -153,6 +153,24 @@ def test_no_restorable_checkpoint_is_an_error_that_keeps_them(tmp_path):
   assert sorted(os.listdir(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))) == ['1', '2', '3']
 
 
+def test_a_checkpoint_of_another_process_count_is_an_error_that_moves_nothing(tmp_path):
+  """Written by 2 processes (a pod), resumed by 1: not damaged, so never set aside."""
+  wd = str(tmp_path / 'w')
+  _three_checkpoints(wd)
+  for step in (1, 2, 3):
+    data = os.path.join(wd, 'checkpoints', str(step), 'data')
+    name = lambda i, n, d=data: os.path.join(d, f'process_{i}-of-{n}.json')
+    os.rename(name(0, 1), name(0, 2))
+    shutil.copy(name(0, 2), name(1, 2))
+  ckpt = checkpoint_lib.Checkpointer(wd, 0, use_async=False)
+  with pytest.raises(checkpoint_lib.CheckpointError,
+                     match=r'checkpoint 3 .* was written by 2 process\(es\) and this run has 1'):
+    ckpt.restore_latest({'params': {'w': jnp.zeros((64,))}}, iter(grain.MapDataset.range(9)))
+  assert not os.path.exists(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))
+  assert ckpt.latest_step() == 3
+  ckpt.close()
+
+
 def test_keep_checkpoints_zero_keeps_all(tmp_path):
   _three_checkpoints(str(tmp_path))
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1', '2', '3']

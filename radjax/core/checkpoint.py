@@ -7,6 +7,7 @@ in `<workdir>/checkpoints_damaged/`, and falls back to the next older one).
 import json
 import logging as pylogging
 import os
+import re
 import signal
 import threading
 
@@ -151,6 +152,8 @@ class Checkpointer:
     """
     skipped = []
     for step in sorted(self.manager.all_steps(), reverse=True):
+      if data_iterator is not None:
+        self._check_process_count(step)
       # A process's own iterator file is checked (and agreed on) before orbax restores,
       # whose collectives one process failing alone would leave the others waiting in.
       reason = None if data_iterator is None else self._iterator_file_problem(step)
@@ -173,6 +176,25 @@ class Checkpointer:
       raise CheckpointError(f'no checkpoint in {self.directory} restores; set aside: '
                             + '; '.join(skipped) + '. Rerun to start from scratch.')
     return None, None
+
+  def _check_process_count(self, step: int) -> None:
+    """A checkpoint whose iterator states were written by another number of processes is
+    not damaged, only not for this run: a CheckpointError saying so, with nothing moved
+    (every process sees the same files, so all of them raise)."""
+    data_dir = os.path.join(self.directory, str(step), 'data')
+    counts = set()
+    for name in (os.listdir(data_dir) if os.path.isdir(data_dir) else ()):
+      m = re.fullmatch(r'process_\d+-of-(\d+)\.json', name)
+      if m:
+        counts.add(int(m.group(1)))
+    if counts and jax.process_count() not in counts:
+      saved = max(counts)
+      raise CheckpointError(
+          f'checkpoint {step} in {self.directory} was written by {saved} process(es) and this '
+          f'run has {jax.process_count()}: its data-iterator state is per process, so it '
+          f'resumes with {saved} only; nothing was moved. Run with {saved} processes, or '
+          'start a new --workdir from its weights (config.model.<part>.init_from='
+          f'{self.workdir})')
 
   def _iterator_file_problem(self, step: int) -> str | None:
     """Why this process's Grain iterator state of `step` cannot be read, else None."""
