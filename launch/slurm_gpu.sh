@@ -20,8 +20,9 @@ export XLA_FLAGS=${XLA_FLAGS:-"--xla_gpu_enable_latency_hiding_scheduler=true \
 --xla_gpu_reduce_scatter_combine_threshold_bytes=134217728"}
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
-# Each task's own SLURM_PROCID becomes its --process_id.
+# Each task's own SLURM_PROCID becomes its --process_id. Attention is the recipe's own
+# (cudnn in the bf16 GPU recipes; a float32 size=tiny run keeps xla, which cudnn refuses).
 srun --kill-on-bad-exit=1 bash -c 'exec .venv/bin/python main.py --config "$0" --workdir "$1" \
   --coordinator_address="$RADJAX_COORDINATOR" --num_processes="$RADJAX_NUM_PROCESSES" \
-  --process_id="$SLURM_PROCID" --config.runtime.attention_impl=cudnn "${@:2}"' \
+  --process_id="$SLURM_PROCID" "${@:2}"' \
   "$config" "$workdir" "$@"

@@ -233,6 +233,17 @@ def test_config_errors_name_the_knob(demo_data, tmp_path, knob, value):
     run_lib.main(config, str(tmp_path / 'w'), 'train')
 
 
+def test_cudnn_attention_in_float32_is_named_at_the_start(monkeypatch):
+  """cuDNN flash attention takes fp16/bf16 only; JAX raised at the first step."""
+  from radjax.models import factory
+  monkeypatch.setattr(factory.jax, 'default_backend', lambda: 'gpu')
+  config = tiny_config()  # float32
+  config.runtime.attention_impl = 'cudnn'
+  with pytest.raises(ValueError, match=r"attention_impl='cudnn' needs config\.runtime\.dtype "
+                                       r"'bfloat16' or 'float16', not 'float32'"):
+    factory.check_backend(config)
+
+
 @pytest.mark.parametrize('knob,value,message', [
   ('model.llm.num_layers', -1, r'config\.model\.llm\.num_layers=-1 must be >= 1'),
   ('model.vision.embed_dim', 0, r'config\.model\.vision\.embed_dim=0 must be >= 1'),

@@ -40,6 +40,12 @@ def check_backend(config) -> None:
   if config.runtime.attention_impl == 'cudnn' and jax.default_backend() != 'gpu':
     raise ValueError("config.runtime.attention_impl='cudnn' needs an NVIDIA GPU; use 'xla' "
                      f'on {jax.default_backend()}')
+  if config.runtime.attention_impl == 'cudnn' and config.runtime.dtype == 'float32':
+    # cuDNN's flash attention takes fp16/bf16 only (else JAX's NotImplementedError, a
+    # traceback at the first step).
+    raise ValueError("config.runtime.attention_impl='cudnn' needs config.runtime.dtype "
+                     "'bfloat16' or 'float16', not 'float32'; use attention_impl 'xla' or "
+                     "'auto' for float32")
 
 
 def part_config(model_cfg, part: str, **derived):
