@@ -62,3 +62,18 @@ def test_default_dcn_keeps_the_one_host_mesh():
   mesh = sharding.make_mesh(_mesh_cfg(fsdp=4, tensor=2), jax.devices())
   assert dict(mesh.shape) == {'data': 1, 'fsdp': 4, 'tensor': 2}
   assert sharding.dcn_shape(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))) == (1, 1, 1)
+
+
+def test_processes_must_lie_along_the_batch_axes():
+  """Each process reads its own half of a batch: hosts along tensor would each hold every
+  row, filled with different examples."""
+  ok = sharding.hybrid_device_array(_mesh_cfg(data=4, dcn=(2, 1, 1)), _hosts(2, 4))
+  sharding.check_batch_over_processes(ok, ('data', 'fsdp'))
+  ok = sharding.hybrid_device_array(_mesh_cfg(data=2, tensor=2, dcn=(1, 2, 1)), _hosts(2, 4))
+  sharding.check_batch_over_processes(ok, ('data', 'fsdp'))
+  bad = sharding.hybrid_device_array(_mesh_cfg(data=4, dcn=(1, 1, 2)), _hosts(2, 4))
+  with pytest.raises(ValueError, match=r'the batch splits into 4 shards over data x fsdp, and '
+                                       r'one of the 2 processes holds 4 of them, not its own 2'):
+    sharding.check_batch_over_processes(bad, ('data', 'fsdp'))
+  sharding.check_batch_over_processes(np.asarray(jax.devices()).reshape(4, 1, 2),
+                                      ('data', 'fsdp'))  # one process: anything goes

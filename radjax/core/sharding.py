@@ -157,3 +157,29 @@ def warn_replicated(params, shardings, warn_mib: float) -> list[str]:
       flagged.append(name)
       logging.warning('parameter %s (%.1f MiB) is replicated on every device', name, mib)
   return flagged
+
+
+def check_batch_over_processes(devices: np.ndarray, batch_axes: tuple[str, ...]) -> None:
+  """Each process reads its own 1/P of every batch (radjax/data/pipeline.py), so the mesh
+  must give each process's devices that many of the batch shards, none of another
+  process's. A mesh whose batch axes stay within a host (the hosts along tensor only)
+  would have every process hold rows that all of them fill with different examples:
+  jax.make_array_from_process_local_data takes them as equal, and the run trains on
+  inconsistent data. `devices`: the mesh's device array (data x fsdp x tensor)."""
+  shape = dict(zip(MESH_AXES, devices.shape))
+  shards = math.prod(shape[a] for a in batch_axes)
+  held: dict[int, set] = {}
+  for pos in np.ndindex(devices.shape):
+    at = dict(zip(MESH_AXES, pos))
+    shard = int(np.ravel_multi_index([at[a] for a in batch_axes],
+                                     [shape[a] for a in batch_axes])) if batch_axes else 0
+    held.setdefault(devices[pos].process_index, set()).add(shard)
+  processes = len(held)
+  if processes > 1 and any(len(s) * processes != shards for s in held.values()):
+    most = max(len(s) for s in held.values())
+    raise ValueError(
+        f'config.mesh: the batch splits into {shards} shards over '
+        f'{" x ".join(batch_axes) or "no mesh axis"}, and one of the {processes} processes '
+        f'holds {most} of them, not its own {shards // processes or "1/" + str(processes)}: '
+        'every process reads different examples, so the processes must lie along the batch '
+        'axes (config.mesh.dcn.data or dcn.fsdp = processes; dcn.tensor = 1)')

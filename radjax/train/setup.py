@@ -96,6 +96,7 @@ def _check_batch_sizes(config, mesh, rules) -> None:
   shards = 1
   for a in axes:
     shards *= mesh.shape[a]
+  sharding_lib.check_batch_over_processes(mesh.devices, tuple(axes))
   knobs = ['train.batch_size', 'eval.batch_size']
   if any(spec.get('kind') == 'volume' for spec in config.data.mixture.values()):
     knobs.append('data.volume_batch_size')
