@@ -63,6 +63,25 @@ def test_accumulated_microbatches_equal_one_big_batch(demo_data):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_accumulation_equals_one_big_batch_with_the_label_loss(demo_data):
+  """The auxiliary label loss is scaled by tokens per labelled example: the whole batch's,
+  not each micro-batch's (which changed the loss and the gradients with grad_accum)."""
+  from radjax import run
+  from radjax.data import pipeline
+  config = tiny_config(demo_data)
+  config.data.label_loss_weight, config.data.box_token_weight = 1.0, 20.0
+  ds = pipeline.train_dataset(config, run.make_task(config).processor, 'train')
+  it = pipeline.make_iterator(ds, 0)
+  batches = [{k: v for k, v in next(it).items() if k not in ('source', 'truncated')}
+             for _ in range(2)]
+  big, _, big_state, _ = run_steps(config, jax.devices()[:1], batches)
+  config.optim.grad_accum = 4
+  acc, _, acc_state, _ = run_steps(config, jax.devices()[:1], batches)
+  np.testing.assert_allclose(acc, big, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(acc_state.params), jax.tree.leaves(big_state.params)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_frozen_groups_stay_identical_and_hold_no_optimizer_state(demo_data):
   config = tiny_config(demo_data)
   config.optim.param_groups = (('vision/.*', 'frozen'), ('llm/.*', 'frozen'), ('.*', 1.0))

@@ -9,6 +9,9 @@ from radjax.models import factory, vlm
 from radjax.tasks import base
 from radjax.train import loss as loss_lib
 
+# A batch key train_step adds under grad_accum: the whole batch's tokens per labelled example.
+LABEL_SCALE = 'label_scale'
+
 
 class ImageTextToText(base.Task):
   name = 'vlm'
@@ -121,6 +124,24 @@ class ImageTextToText(base.Task):
                             rngs={'dropout': rng} if rng is not None else None)
     return loss_lib.batch_token_losses(logits, batch, at)
 
+  def train_step(self, model, tx, labels, schedule):
+    """The generic step; with the label loss and micro-batches, each micro-batch scales it
+    by the whole batch's tokens per labelled example, so that accumulation gives the big
+    batch's loss (each micro-batch's own ratio weighed micro-batches by their tokens)."""
+    step = super().train_step(model, tx, labels, schedule)
+    if not self.label_weight or self.config.optim.grad_accum == 1:
+      return step
+
+    def with_label_scale(state, batch):
+      at = base.logits_at(self.config, batch)
+      weights = batch['loss_mask']
+      if at is not None:
+        weights = jnp.take_along_axis(weights, at, axis=1)
+      ratio = jnp.sum(weights) / jnp.maximum(jnp.sum(batch['label_mask']), 1.0)
+      n = batch['loss_mask'].shape[0]
+      return step(state, {**batch, LABEL_SCALE: jnp.full((n,), ratio, jnp.float32)})
+    return with_label_scale
+
   def train_loss(self, model, params, batch, rng):
     """The report loss, plus label_loss_weight x the label head's mean cross-entropy per
     labelled example (scaled by tokens per example, as the step divides by tokens)."""
@@ -133,7 +154,11 @@ class ImageTextToText(base.Task):
         method=vlm.VLM.with_labels)
     sums = loss_lib.batch_token_losses(logits, batch, at)
     lab = base.label_head_losses(self.targets, self.config, label_logits, scores, batch)
-    per_example = jax.lax.stop_gradient(sums['weight_sum'] / jnp.maximum(lab['weight_sum'], 1.0))
+    if LABEL_SCALE in batch:  # the whole batch's tokens per labelled example (train_step)
+      per_example = batch[LABEL_SCALE][0]
+    else:
+      per_example = sums['weight_sum'] / jnp.maximum(lab['weight_sum'], 1.0)
+    per_example = jax.lax.stop_gradient(per_example)
     sums['label_loss_sum'] = lab.get('label_loss_sum', lab['loss_sum']) * per_example
     sums['label_accuracy_sum'] = lab['accuracy_sum'] * per_example
     if 'box_loss_sum' in lab:
