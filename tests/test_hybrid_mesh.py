@@ -77,3 +77,21 @@ def test_processes_must_lie_along_the_batch_axes():
     sharding.check_batch_over_processes(bad, ('data', 'fsdp'))
   sharding.check_batch_over_processes(np.asarray(jax.devices()).reshape(4, 1, 2),
                                       ('data', 'fsdp'))  # one process: anything goes
+
+
+def test_many_small_replicated_parameters_are_warned_of_as_a_sum():
+  """The codec's convolutions have no logical axes: none alone passes the threshold, but
+  every device holding all of them is worth a warning; sharded ones do not count."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+  mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(8), ('fsdp',))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  split = NamedSharding(mesh, PartitionSpec('fsdp'))
+  conv = jax.ShapeDtypeStruct((256, 1024), np.float32)  # 1 MiB each
+  params = {f'conv{i}': conv for i in range(5)}
+  shardings = {f'conv{i}': replicated for i in range(5)}
+  assert sharding.warn_replicated(params, shardings, warn_mib=4.0) == ['*']
+  assert sharding.warn_replicated(params, shardings, warn_mib=6.0) == []
+  shardings['conv0'] = shardings['conv1'] = split
+  assert sharding.warn_replicated(params, shardings, warn_mib=4.0) == []
+  big = {'embed': jax.ShapeDtypeStruct((8192, 1024), np.float32)}  # 32 MiB: named itself
+  assert sharding.warn_replicated(big, {'embed': replicated}, warn_mib=4.0) == ["['embed']"]

@@ -146,16 +146,27 @@ def born_sharded(init_fn: Callable, shardings, mesh: Mesh, rules, *args):
 
 
 def warn_replicated(params, shardings, warn_mib: float) -> list[str]:
-  """Names big parameters that every device holds whole (a sharding-rule mistake)."""
-  flagged = []
+  """Names big parameters that every device holds whole (a sharding-rule mistake), and
+  says so when many small ones add up past warn_mib (a part without logical axes: the
+  VQ-GAN codec's convolutions). Returns the names it warned of ('*' for the sum)."""
+  flagged, small, total = [], 0, 0.0
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   shard_leaves = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
   for (path, leaf), sh in zip(leaves, shard_leaves):
+    if not (sh.is_fully_replicated and sh.mesh.size > 1):
+      continue
     mib = leaf.size * leaf.dtype.itemsize / 2**20
-    if mib > warn_mib and sh.is_fully_replicated and sh.mesh.size > 1:
+    if mib > warn_mib:
       name = jax.tree_util.keystr(path)
       flagged.append(name)
       logging.warning('parameter %s (%.1f MiB) is replicated on every device', name, mib)
+    else:
+      small, total = small + 1, total + mib
+  if total > warn_mib:
+    flagged.append('*')
+    logging.warning('%d smaller parameters, %.1f MiB in all, are replicated on every device '
+                    '(parameters without logical axes, or rules that map theirs to None)',
+                    small, total)
   return flagged
 
 
