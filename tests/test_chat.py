@@ -113,6 +113,30 @@ def test_always_trained_tokens_carry_loss_in_every_turn_as_radvlm_trains_them(bp
     chat.ConversationEncoder(tok, chat.CHATML, always_trained=('effusion?',))
 
 
+def test_always_trained_prompt_tokens_do_not_keep_an_example_whose_answer_was_cut(bpe_json):
+  """The prompt's always_trained markers are not an answer: an example truncated (or cut
+  at max_target_tokens) before its answer is still TooLong, as without them."""
+  tok = _tokenizer(bpe_json, 'chatml')
+  marks = ('\n', '<|im_start|>', '<|im_end|>')
+  turns = [{'role': 'user', 'text': 'Is there an effusion? ' * 10},
+           {'role': 'assistant', 'text': 'Yes, on the left.'}]
+  for always in ((), marks):
+    enc = chat.ConversationEncoder(tok, chat.CHATML, image_tokens=3, too_long='truncate',
+                                   always_trained=always)
+    with pytest.raises(schema.TooLong, match='prompt alone') as e:
+      enc.training_arrays(turns, 1, max_len=30, record_id='r')
+    assert not e.value.truncate_helps
+  enc = chat.ConversationEncoder(tok, chat.CHATML, image_tokens=3, too_long='truncate',
+                                 always_trained=marks, max_targets=3)
+  with pytest.raises(schema.TooLong, match='always_trained tokens alone fill'):
+    enc.training_arrays(turns, 1, max_len=400, record_id='r')
+  # With room for the answer, the markers and the answer are trained as before.
+  enc = chat.ConversationEncoder(tok, chat.CHATML, image_tokens=3, too_long='truncate',
+                                 always_trained=marks, max_targets=12)
+  arrays = enc.training_arrays(turns, 1, max_len=400, record_id='r')
+  assert 'Yes' in tok.decode(arrays['targets'][arrays['loss_mask'] > 0])
+
+
 def test_dolly_tokenizer_keeps_its_markers_and_code_k_is_len_plus_k(bpe_json):
   """dolly-v2's tokenizer has '### Instruction:', '### Response:\\n' and '### End': the
   dolly format adds none of its own, and LLM-CXR's code k sits at id len(tokenizer) + k."""

@@ -368,23 +368,30 @@ class ConversationEncoder:
     seq, weights = self.encode(turns, num_images, record_id)
     if not any(weights):
       raise schema.SchemaError(f'record {record_id!r}: no assistant answer to learn')
+    # The answers' own weights: what is left of them decides whether a cut example still
+    # has something to learn (always_trained tokens of the prompt alone are not enough).
+    answers = weights
     weights = [max(w, 1) if t in self.always_ids else w for t, w in zip(seq, weights)]
     truncated = len(seq) > max_len + 1
     if truncated and self.too_long == 'drop':
       raise schema.TooLong(f'record {record_id!r}: {len(seq)} tokens do not fit '
                            f'config.data.max_len={max_len} (config.data.too_long=drop)')
     seq, weights = seq[:max_len + 1], weights[:max_len + 1]
-    if truncated and not any(weights[1:]):
+    if truncated and not any(answers[1:max_len + 1]):
       raise schema.TooLong(f'record {record_id!r}: the prompt alone does not fit '
                            f'config.data.max_len={max_len}', truncate_helps=False)
     answer = np.flatnonzero(weights[1:])
     if self.max_targets and len(answer) > self.max_targets:
       if self.too_long == 'drop':
-        raise schema.TooLong(f'record {record_id!r}: {len(answer)} answer tokens exceed '
+        raise schema.TooLong(f'record {record_id!r}: {len(answer)} loss-bearing tokens exceed '
                              f'config.data.max_target_tokens={self.max_targets} '
                              '(config.data.too_long=drop)')
       weights = weights[:int(answer[self.max_targets]) + 1]  # the loss stops there
       seq, truncated = seq[:len(weights)], True
+      if not any(answers[1:len(weights)]):
+        raise schema.TooLong(f"record {record_id!r}: the prompt's config.data.always_trained "
+                             'tokens alone fill config.data.max_target_tokens='
+                             f'{self.max_targets}', truncate_helps=False)
     pad = max_len + 1 - len(seq)
     seq = np.asarray(seq + [self.pad] * pad, np.int32)
     weights = np.asarray(weights + [0] * pad, np.float32)
