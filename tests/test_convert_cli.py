@@ -344,6 +344,21 @@ def test_a_vlm_chat_format_survives_the_round_trip(converted, tmp_path, fmt, cap
   assert "chat template is none of radjax's chat formats" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('fmt', ['radjax', 'vicuna', 'chatml', 'dolly'])
+def test_the_chat_template_of_a_vlm_with_a_system_prompt_gives_format_and_prompt(tmp_path,
+                                                                                fmt):
+  """to-hf renders config.data.system_prompt into the chat template: from-hf recognises
+  the format all the same, and takes the system prompt back (the format's default: '')."""
+  from radjax.data import chat, tokens
+  _tokenizer_json(str(tmp_path / 'tok.json'), 300)
+  tok = chat.prepare_tokenizer(tokens.load_tokenizer(str(tmp_path / 'tok.json')),
+                               chat.get_format(fmt), images=True)
+  for system in ('You are a radiologist.', '', chat.get_format(fmt).default_system):
+    tok.chat_template = chat.chat_template(chat.get_format(fmt), system)
+    assert convert_cli._chat_format_of(tok) == (
+        fmt, '' if system == chat.get_format(fmt).default_system else system)
+
+
 def test_a_format_that_stops_at_a_string_exports_it(converted, tmp_path):
   """Vicuna's turns end at '###' (XrayGPT's RadVicuna): HF's generate must stop there too."""
   from radjax.convert import export

@@ -80,9 +80,11 @@ def _adds_bos(tokenizer) -> bool:
   return bos is None or tokenizer('x')['input_ids'][:1] == [bos]
 
 
-def _chat_format_of(tokenizer) -> str | None:
-  """The radjax chat format whose template renders conversations as the tokenizer's own
-  chat template does (a VLM that `to-hf` exported: its format comes back), or None."""
+def _chat_format_of(tokenizer) -> tuple[str, str] | None:
+  """(format, system prompt): the radjax chat format, and the system prompt ('' for the
+  format's default), whose template renders conversations as the tokenizer's own chat
+  template does (a VLM that `to-hf` exported, with its config.data.system_prompt: both
+  come back), or None."""
   from radjax.data import chat
   template = getattr(tokenizer, 'chat_template', None)
   if not isinstance(template, str):
@@ -90,27 +92,41 @@ def _chat_format_of(tokenizer) -> str | None:
   first = {'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': 'Q1'}]}
   conversations = ([first], [first, {'role': 'assistant', 'content': 'A1'},
                              {'role': 'user', 'content': 'Q2'}])
+  mark = 'RADJAX_SYSTEM_PROMPT'
 
-  def render(t):
+  def render(t, convs=conversations):
     try:
       return [tokenizer.apply_chat_template(c, chat_template=t, tokenize=False,
-                                            add_generation_prompt=True) for c in conversations]
+                                            add_generation_prompt=True) for c in convs]
     except Exception:  # a template that needs other fields than these conversations give
       return None
 
   want = render(template)
   if want is None:
     return None
-  return next((name for name, fmt in chat.FORMATS.items()
-               if render(chat.chat_template(fmt)) == want), None)
+  # The system prompt a conversation without a system turn gets: where an explicit system
+  # turn's text stands (as the format renders it), in the conversation without one.
+  with_system = render(template, ([{'role': 'system', 'content': mark}, first],))
+  for name, fmt in chat.FORMATS.items():
+    system = ''
+    if fmt.system and with_system and with_system[0].count(mark) == 1:
+      before, after = with_system[0].split(mark)
+      if (want[0].startswith(before) and want[0].endswith(after)
+          and len(want[0]) >= len(before) + len(after)):
+        system = want[0][len(before):len(want[0]) - len(after)]
+    system = '' if system == fmt.default_system else system
+    if render(chat.chat_template(fmt, system)) == want:
+      return name, system
+  return None
 
 
 def _set_chat_format(config, tokenizer, hf_dir: str) -> None:
-  """An imported VLM prompts in the chat format its HF chat template renders; a template
-  that is none of radjax's formats is said, with the format the workdir uses instead."""
+  """An imported VLM prompts in the chat format (and with the system prompt) its HF chat
+  template renders; a template that is none of radjax's formats is said, with the format
+  the workdir uses instead."""
   found = _chat_format_of(tokenizer)
   if found:
-    config.data.chat_format = found
+    config.data.chat_format, config.data.system_prompt = found
   elif getattr(tokenizer, 'chat_template', None):
     print(f"note: {hf_dir}'s chat template is none of radjax's chat formats (radjax/data/"
           f'chat.py); the workdir prompts in config.data.chat_format='
