@@ -177,6 +177,24 @@ def test_extra_eos_ids_of_the_generation_config_stop_generation_both_ways(tmp_pa
   assert free[k] in written['eos_token_id'] and 2 in written['eos_token_id']
 
 
+@pytest.mark.parametrize('eos', [7, [7], [2, 7], 2, [2]])
+def test_a_generation_config_eos_that_is_not_the_tokenizers_is_a_stop_token(tmp_path, eos):
+  """A Llama-3-Instruct fine-tune's generation_config.json may name <|eot_id|> alone
+  (eos_token_id: 128009) beside a tokenizer whose EOS is <|end_of_text|>: HF stops there,
+  so the imported workdir must too, one id or several."""
+  import json
+  import types
+
+  from radjax.core import defaults
+  _tokenizer_json(str(tmp_path / 'tokenizer.json'), 300)
+  (tmp_path / 'generation_config.json').write_text(json.dumps({'eos_token_id': eos}))
+  config = defaults.get_config()
+  config.data.tokenizer = str(tmp_path / 'tokenizer.json')
+  convert_cli._import_stop_tokens(config, None, str(tmp_path),
+                                  types.SimpleNamespace(eos_token_id=2))
+  assert tuple(config.eval.stop_tokens) == (() if eos in (2, [2]) else ('w7',))
+
+
 @pytest.mark.parametrize('family', ['clip_vision',
                                     pytest.param('siglip_vision', marks=pytest.mark.slow)])
 def test_vision_round_trip(converted, family):

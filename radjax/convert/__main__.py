@@ -143,12 +143,16 @@ def _import_stop_tokens(config, tokenizer, hf_dir: str, hf_cfg) -> None:
     with open(path) as f:
       eos = json.load(f).get('eos_token_id', eos)
   eos = [eos] if isinstance(eos, int) else list(eos or ())
-  if len(eos) < 2 or not config.data.tokenizer:
+  if not eos or not config.data.tokenizer:
     return
   if tokenizer is None:
     from radjax.data import tokens
     tokenizer = tokens.load_tokenizer(config.data.tokenizer)
+  # One id that is not the tokenizer's EOS stops generation too (a Llama-3-Instruct
+  # fine-tune: eos_token_id 128009, <|eot_id|>, its tokenizer's EOS <|end_of_text|>).
   extra = [i for i in eos if i != tokenizer.eos_token_id]
+  if not extra:
+    return
   names = tokenizer.convert_ids_to_tokens(extra)
   if None in names:
     raise ConversionError(f'{hf_dir}: eos_token_id {extra[names.index(None)]} is not in its '
