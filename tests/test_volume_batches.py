@@ -258,3 +258,19 @@ def test_max_slices_caps_volume_batches_below_the_towers_depth(config):
     c.data.max_slices = bad
     with pytest.raises(ValueError, match=f'config.data.max_slices={bad}'):
       pipeline.max_slices(c)
+
+
+def test_the_volume_batch_spec_is_as_deep_as_the_slots_fill_it():
+  """The dry run (bench/memory.py) compiles the step for batch_spec('volume'): with
+  config.data.max_slices it must be max_slices deep, as the batches training feeds, not
+  the tower's max_depth (RadFM's recipe: 64 slices, not 512)."""
+  from configs import radfm
+  from radjax import tasks
+  c = radfm.get_config('size=micro')
+  c.model.image_token_id = 4  # no tokenizer: synthetic shapes, as the dry run has
+  c.data.max_slices = c.model.vision.depth_patch_size
+  assert c.data.max_slices < c.model.vision.max_depth
+  task = tasks.make(c, None)
+  spec = task.batch_spec('volume')
+  assert spec['images'].shape[3] == spec['depth_mask'].shape[1] == c.data.max_slices
+  assert task.slots['volume'].max_depth == c.data.max_slices

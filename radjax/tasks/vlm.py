@@ -82,13 +82,16 @@ class ImageTextToText(base.Task):
     c, v = self.config.data, self.model_cfg.vision
     seq = base.BatchField((c.max_len,), np.int32)
     m = self.image_slots_per_row()
-    depth = (v.max_depth,) if kind == 'volume' else ()
+    # A volume batch is as deep as its slots make it (config.data.max_slices, else the
+    # tower's max_depth): what training feeds, so the dry run compiles the same step.
+    max_depth = pipeline.max_slices(self.config) if 'volume' in self.slots else v.max_depth
+    depth = (max_depth,) if kind == 'volume' else ()
     return {'tokens': seq, 'targets': seq, 'loss_mask': base.BatchField((c.max_len,), np.float32),
             'images': base.BatchField((m, v.image_size, v.image_size, *depth, v.num_channels),
                                       np.float32),
             'image_mask': base.BatchField((m,), np.bool_),
             **base.packed_fields(self.config),
-            **({'depth_mask': base.BatchField((c.max_images, v.max_depth), np.bool_)}
+            **({'depth_mask': base.BatchField((c.max_images, max_depth), np.bool_)}
                if kind == 'volume' or (not kind and 'volume' in self.slots) else {}),
             **base.label_fields(self.targets)}
 
