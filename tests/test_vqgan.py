@@ -51,6 +51,29 @@ def test_bad_geometry_is_an_error_naming_the_knob():
     vqgan.VQGANConfig(kind='vqgan', image_size=100)
 
 
+def test_remat_knob_rematerialises_the_codec_blocks_with_the_same_gradients():
+  """config.runtime.remat.vqgan reaches the codec: its blocks are recomputed in the
+  backward pass (a remat in the gradient's jaxpr), same parameters and gradients."""
+  c = vqgan_recipe.get_config('size=micro')
+  cfg = factory.part_config(c.model, 'vqgan')
+  x = jax.random.uniform(jax.random.key(1), (2, cfg.image_size, cfg.image_size,
+                                             cfg.num_channels), minval=-1.0, maxval=1.0)
+
+  def model_for(policy):
+    c.runtime.remat.vqgan = policy
+    return vqgan.VQGAN(cfg, factory.runtime(c, 'vqgan'))
+
+  plain, remat = model_for('none'), model_for('full')
+  params = plain.init(jax.random.key(0), x)['params']
+  assert (jax.tree.structure(remat.init(jax.random.key(0), x)['params'])
+          == jax.tree.structure(params))
+  grad = lambda m: jax.grad(lambda p: jnp.mean(jnp.square(m.apply({'params': p}, x)[0] - x)))
+  assert 'remat' not in str(jax.make_jaxpr(grad(plain))(params))
+  assert 'remat' in str(jax.make_jaxpr(grad(remat))(params))
+  for a, b in zip(jax.tree.leaves(grad(plain)(params)), jax.tree.leaves(grad(remat)(params))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_quantizer_picks_nearest_code_and_passes_gradients_straight_through():
   cfg = vqgan.VQGANConfig(kind='vqgan', codebook_size=11, codebook_dim=3)
   q = vqgan.Quantizer(cfg)

@@ -157,16 +157,28 @@ class SpatialAttention(nn.Module):
     return x + out.reshape(x.shape)
 
 
+def _remat(block_cls, policy: str):
+  """`block_cls` rematerialised by `policy` (config.runtime.remat.vqgan; layers.py
+  REMAT_POLICIES): its activations are recomputed in the backward pass, not stored."""
+  if policy not in layers.REMAT_POLICIES:
+    raise ValueError(f'config.runtime.remat.vqgan: {policy!r} not in '
+                     f'{sorted(layers.REMAT_POLICIES)}')
+  return block_cls if policy == 'none' else nn.remat(block_cls,
+                                                     policy=layers.REMAT_POLICIES[policy])
+
+
 class MidBlock(nn.Module):
   groups: int
   dtype: layers.Dtype = jnp.float32
+  remat_policy: str = 'none'
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    x = ResBlock(c, self.groups, self.dtype, name='resnets_0')(x)
-    x = SpatialAttention(self.groups, self.dtype, name='attentions_0')(x)
-    return ResBlock(c, self.groups, self.dtype, name='resnets_1')(x)
+    res, attn = _remat(ResBlock, self.remat_policy), _remat(SpatialAttention, self.remat_policy)
+    x = res(c, self.groups, self.dtype, name='resnets_0')(x)
+    x = attn(self.groups, self.dtype, name='attentions_0')(x)
+    return res(c, self.groups, self.dtype, name='resnets_1')(x)
 
 
 class Level(nn.Module):
@@ -178,13 +190,15 @@ class Level(nn.Module):
   attention: bool
   resample: str  # 'down' | 'up' | ''
   dtype: layers.Dtype = jnp.float32
+  remat_policy: str = 'none'
 
   @nn.compact
   def __call__(self, x):
+    res, attn = _remat(ResBlock, self.remat_policy), _remat(SpatialAttention, self.remat_policy)
     for i in range(self.num_blocks):
-      x = ResBlock(self.features, self.groups, self.dtype, name=f'resnets_{i}')(x)
+      x = res(self.features, self.groups, self.dtype, name=f'resnets_{i}')(x)
       if self.attention:
-        x = SpatialAttention(self.groups, self.dtype, name=f'attentions_{i}')(x)
+        x = attn(self.groups, self.dtype, name=f'attentions_{i}')(x)
     if self.resample == 'down':  # pad right/bottom by one, then a valid stride-2 conv
       x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
       x = Conv(self.features, 3, 2, 'VALID', self.dtype, name='downsamplers_0_conv')(x)
@@ -198,6 +212,7 @@ class Level(nn.Module):
 class Encoder(nn.Module):
   cfg: VQGANConfig
   dtype: layers.Dtype = jnp.float32
+  remat_policy: str = 'none'
 
   @nn.compact
   def __call__(self, x):
@@ -205,8 +220,9 @@ class Encoder(nn.Module):
     x = Conv(chans[0], dtype=self.dtype, name='conv_in')(x)
     for i, c in enumerate(chans):
       x = Level(c, cfg.num_res_blocks, cfg.norm_groups, i in cfg.attn_levels,
-                'down' if i < len(chans) - 1 else '', self.dtype, name=f'down_blocks_{i}')(x)
-    x = MidBlock(cfg.norm_groups, self.dtype, name='mid_block')(x)
+                'down' if i < len(chans) - 1 else '', self.dtype, self.remat_policy,
+                name=f'down_blocks_{i}')(x)
+    x = MidBlock(cfg.norm_groups, self.dtype, self.remat_policy, name='mid_block')(x)
     x = jax.nn.silu(GroupNorm(cfg.norm_groups, dtype=self.dtype, name='conv_norm_out')(x))
     return Conv(cfg.z_channels, dtype=self.dtype, name='conv_out')(x)
 
@@ -216,17 +232,19 @@ class Decoder(nn.Module):
   the gradient at `conv_out` alone."""
   cfg: VQGANConfig
   dtype: layers.Dtype = jnp.float32
+  remat_policy: str = 'none'
 
   @nn.compact
   def __call__(self, z):
     cfg, chans = self.cfg, self.cfg.block_channels
     levels = len(chans)
     x = Conv(chans[-1], dtype=self.dtype, name='conv_in')(z)
-    x = MidBlock(cfg.norm_groups, self.dtype, name='mid_block')(x)
+    x = MidBlock(cfg.norm_groups, self.dtype, self.remat_policy, name='mid_block')(x)
     for j in range(levels):  # up_blocks_0 is the lowest resolution
       level = levels - 1 - j
       x = Level(chans[level], cfg.num_res_blocks + 1, cfg.norm_groups, level in cfg.attn_levels,
-                'up' if j < levels - 1 else '', self.dtype, name=f'up_blocks_{j}')(x)
+                'up' if j < levels - 1 else '', self.dtype, self.remat_policy,
+                name=f'up_blocks_{j}')(x)
     h = jax.nn.silu(GroupNorm(cfg.norm_groups, dtype=self.dtype, name='conv_norm_out')(x))
     return Conv(cfg.num_channels, dtype=self.dtype, name='conv_out')(h), h
 
@@ -304,11 +322,11 @@ class VQGAN(nn.Module):
 
   def setup(self):
     cfg, dtype = self.cfg, self.rt.dtype
-    self.encoder = Encoder(cfg, dtype)
+    self.encoder = Encoder(cfg, dtype, self.rt.remat_policy)
     self.quant_conv = Conv(cfg.codebook_dim, 1, dtype=dtype)
     self.quantize = Quantizer(cfg)
     self.post_quant_conv = Conv(cfg.z_channels, 1, dtype=dtype)
-    self.decoder = Decoder(cfg, dtype)
+    self.decoder = Decoder(cfg, dtype, self.rt.remat_policy)
     self.discriminator = PatchDiscriminator(cfg, dtype)
 
   def encode(self, x):
