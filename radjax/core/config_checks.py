@@ -61,6 +61,12 @@ def errors(config) -> list[str]:
     if isinstance(channels, int) and value is not None and len(value) not in (1, channels):
       out.append(f'config.{knob}={tuple(value)!r}: one value, or one per channel '
                  f'(config.model.vision.num_channels={channels})')
+  # Only the codec's input honours data.resize; a VLM's or a classifier's images are always
+  # squeezed square (as the exported HF processor does), so 'crop' there would be ignored.
+  task, resize = _get(config, 'task'), _get(config, 'data.resize')
+  if task in ('vlm', 'classify') and resize not in (None, 'square'):
+    out.append(f"config.data.resize={resize!r} applies to task 'vqgan' (the codec's input) "
+               f"only; task {task!r} resizes its images 'square'")
   crop = _get(config, 'data.crop_scale')
   if crop is not None and not (len(crop) == 2 and 0 < crop[0] <= crop[1] <= 1):
     out.append(f'config.data.crop_scale={tuple(crop)!r}: (smallest, largest) area '

@@ -56,16 +56,19 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   del arg
   c = ml_collections.ConfigDict()
   c.seed = 0  # seeds init, data order, dropout; a run is a function of it
-  # What is trained (radjax/tasks): 'vlm' (image(s) + text -> text) or 'lm' (text ->
-  # text with the decoder alone). A task names its batch, model, loss and evaluators.
+  # What is trained (radjax/tasks): 'vlm' (image(s) + text -> text), 'lm' (text -> text
+  # with the decoder alone), 'classify' (model.kind 'classifier': findings from an image)
+  # or 'vqgan' (model.kind 'vqgan': the image codec). A task names its batch, model, loss
+  # and evaluators.
   c.task = 'vlm'
 
   # Device mesh: product must equal the device count; one entry may be -1 (the rest).
   # With several hosts (or TPU slices) and any `dcn` size > 1, data/fsdp/tensor are the
   # sizes within one host (slice) and `dcn` the sizes across hosts: mesh axis = both
-  # multiplied, and dcn's product must equal the number of hosts (slices). The default
-  # puts data parallelism across hosts (mesh.dcn.data = hosts) and keeps fsdp/tensor,
-  # which talk every layer, on the fast links within a host.
+  # multiplied, and dcn's product must equal the number of hosts (slices). Set
+  # mesh.dcn.data = hosts to put data parallelism across hosts and keep fsdp/tensor, which
+  # talk every layer, on the fast links within a host. The default (every dcn size 1)
+  # makes no such split: data/fsdp/tensor are then sizes over all devices of all hosts.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.mesh.dcn = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
   c.sharding = ml_collections.ConfigDict()
@@ -157,10 +160,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.box_token_labels = ()
   c.data.box_token_weight = 0.0
   # Volumes and images in separate batches (RadFM): volume components of the mixture form
-  # batches of volume_batch_size, images of train.batch_size; a batch is a volume batch
-  # with probability volume_batch_share. A volume batch is padded in depth to the smallest
-  # of depth_buckets that holds its deepest volume (empty: model.vision.max_depth), so only
-  # a few shapes compile.
+  # batches of volume_batch_size, images of train.batch_size; a share volume_batch_share
+  # of the batches are volume batches (interleaved deterministically, Grain's mix). A
+  # volume batch is padded in depth to the smallest of depth_buckets that holds its deepest
+  # volume (empty: max_slices below, else model.vision.max_depth), so few shapes compile.
   c.data.volume_batch_size = 1
   # Slices a volume keeps at most (deeper ones are resized to it in depth, nearest); 0: the
   # tower's max_depth. RadFM trains on at most 64 of its 512-slice tables' reach, so its
@@ -172,8 +175,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.image_std = (0.26862954, 0.26130258, 0.27577711)
   c.data.augment = True  # random resized crop + small intensity jitter (train only)
   c.data.crop_scale = (0.8, 1.0)  # random resized crop area range
-  # Without augmentation: 'square' resizes to size x size (bicubic); 'crop' takes the
-  # shorter side to size (Lanczos) and the centre square (LLM-CXR's codec input).
+  # Task 'vqgan' only (the codec's input), without augmentation: 'square' resizes to size x
+  # size (bicubic); 'crop' takes the shorter side to size (Lanczos) and the centre square
+  # (LLM-CXR's). Tasks 'vlm' and 'classify' always resize 'square' (as the exported HF
+  # processor does) and refuse 'crop' (radjax/core/config_checks.py).
   c.data.resize = 'square'
   c.data.shuffle = True
   c.data.worker_threads = 0  # Grain read threads (0: read in the main thread)
@@ -193,21 +198,23 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.runtime.attention_impl = 'xla'
   c.runtime.scan_layers = True  # layers under nn.scan (conversion reads both layouts)
   # Scanned (stacked) parameters, but the layers applied one by one: faster on CPU,
-  # slower to compile (BENCHMARKS.md); the parameters and checkpoints are the same.
+  # slower to compile (BENCHMARKS.md); the parameters and checkpoints are the same. The 2D
+  # ViT and the decoder only: vit3d and the perceiver scan (or not) by scan_layers alone.
   c.runtime.unroll_scan = False
   # The host's malloc, set when main.py restarts itself (radjax/core/host_memory.py):
   # 'mimalloc' keeps a CPU step's temporaries mapped from step to step, 'glibc_huge_pages'
   # faults them in 2 MB pages, 'glibc' as started. Demo loop 4.5 -> 6.5 steps/s with huge
   # pages (session 15), 8.4-8.7 with mimalloc (session 18; BENCHMARKS.md).
   c.runtime.host_allocator = 'mimalloc'
-  # Rematerialisation per part, radjax/models/layers.py REMAT_POLICIES.
+  # Rematerialisation per part, radjax/models/layers.py REMAT_POLICIES (the 'linear' and
+  # 'mlp' projectors have no blocks to recompute; vqgan: its residual and attention blocks).
   c.runtime.remat = ml_collections.ConfigDict(dict(vision='none', projector='none',
                                                    llm='none', vqgan='none'))
 
   # ---- model: parts chosen by kind (radjax/models/registry.py) ------------------
   c.model = ml_collections.ConfigDict()
   # 'vlm' (vision + projector + LLM), 'classifier' (vision + a label head, task 'classify'),
-  # or one part alone: 'llm', 'vision', 'projector'
+  # or one part alone: 'llm', 'vision', 'projector', 'vqgan' (task 'vqgan')
   # (e.g. imported by `python -m radjax.convert from-hf`, or trained by task 'lm').
   c.model.kind = 'vlm'
   c.model.image_token_id = -1  # -1: the tokenizer's <image>; a set id must agree with it
@@ -228,7 +235,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.vision.num_channels = 3
   c.model.vision.norm_eps = 1e-5
   # HF hidden_states index of the features (LLaVA: -2); layers after it stay in the
-  # parameters and the export but never run.
+  # parameters and the export but never run. 'vit' only (as are variant and
+  # keep_class_token): vit3d's features are its last layer's.
   c.model.vision.select_layer = -2
   c.model.vision.keep_class_token = False
   # vit3d only (RadFM: image_size 512, patch_size 32, max_depth 512, depth_patch_size 4,
@@ -262,7 +270,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.projector.num_heads = 12
   c.model.projector.mlp_dim = 3072
   c.model.projector.cross_attention_every = 2
-  c.model.projector.norm_eps = 1e-12  # qformer (BERT); the perceiver's LayerNorms use 1e-5
+  # The LayerNorms' eps of qformer (BERT: 1e-12) and perceiver (RadFM: 1e-5, which a
+  # perceiver must set: it reads this knob too).
+  c.model.projector.norm_eps = 1e-12
   c.model.projector.head_dim = 0  # perceiver: 0 = in_dim // num_heads
   # A VLM workdir, an HF Llava directory (LLaVA stage 2); for 'qformer', a BLIP-2
   # directory or .pth (LAVIS names) or a projector workdir; for 'linear', a MiniGPT-4 /
@@ -322,8 +332,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.optim.eps = 1e-8
   c.optim.weight_decay = 0.0  # decoupled, applied to kernels only
   c.optim.clip_norm = 1.0  # global gradient norm clip (0: off)
-  # (regex over 'a/b/c' parameter paths, 'frozen' or an LR multiplier). First
-  # match wins; every parameter must match one rule.
+  # (regex over 'a/b/c' parameter paths, 'frozen' or an LR multiplier). A regex must match
+  # the whole path (re.fullmatch: 'vision/.*', not 'vision'). First match wins; every
+  # parameter must match one rule.
   c.optim.param_groups = (('.*', 1.0),)
   c.optim.grad_accum = 1  # micro-batches per step, accumulated with lax.scan
 
@@ -355,7 +366,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.split = 'val'
   # Evaluators by name (radjax/eval/evaluators): () runs the task's own list
-  # ('vlm': loss, reports; 'lm': loss).
+  # ('vlm': loss, reports; 'lm': loss; 'classify': loss, labels; 'vqgan': codec).
   c.eval.evaluators = ()
   c.eval.batch_size = 8
   c.eval.num_loss_batches = 8  # val-loss batches (0: the whole split)

@@ -1,0 +1,144 @@
+"""Every knob the code and the recipes name is one radjax/core/defaults.py documents.
+
+The config is a plain ConfigDict until main.py locks it, and code reads many knobs with
+`.get(key, default)`: a misspelt key there (or in a recipe, which adds it silently) is a
+knob that does nothing. These tests read the sources and the recipes' configs."""
+import importlib
+import itertools
+import pathlib
+import re
+
+import ml_collections
+import pytest
+
+from radjax.core import config_checks, defaults
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Sections whose keys are the user's (mixture components by name, a builder's kwargs).
+OPEN = ('data.mixture', 'data.builder_kwargs')
+# ConfigDict methods, not keys.
+METHODS = {'get', 'items', 'values', 'keys', 'to_dict', 'unlocked', 'lock', 'unlock',
+           'copy_and_resolve_references', 'update', 'ignore_type', 'to_json',
+           'to_json_best_effort', 'to_yaml', 'get_ref'}
+# A config (or one of its sections) as the code names it, then .key.key... and an optional
+# .get('key'; an alias such as `vc = self.config.vqgan` is followed within its file.
+CHAIN = re.compile(r"\b((?:self\.|exp\.)?config(?:\.(?!get\()[A-Za-z_]\w*)*)"
+                   r"(?:\.get\(\s*'(\w+)')?")
+ALIAS = re.compile(r'^\s*((?:\w+, )*\w+) = ((?:self\.|exp\.)?config\.[\w.]+(?:, [\w.]+)*)\s*$',
+                   re.M)
+# An alias holds until the next def or class.
+SCOPE_END = re.compile(r'^\s*(?:def|class) ', re.M)
+# Parameters that hold one section wherever they appear.
+PARAMS = {'data_cfg': 'data', 'data_config': 'data', 'eval_cfg': 'eval', 'optim_cfg': 'optim',
+          'mesh_cfg': 'mesh', 'vc': 'vqgan', 'tc': 'train'}
+
+
+def _sources():
+  files = [ROOT / 'main.py', *sorted((ROOT / 'radjax').rglob('*.py')),
+           *sorted((ROOT / 'configs').glob('*.py')), *sorted((ROOT / 'bench').glob('*.py'))]
+  return [(f, f.read_text()) for f in files if f.name != 'defaults.py']
+
+
+def _lookup(config, path: list[str]) -> str | None:
+  """None when `path` (after the root) names keys of `config`, else the first bad one."""
+  node, where = config, ''
+  for key in path:
+    if key in METHODS or not isinstance(node, ml_collections.ConfigDict) or where in OPEN:
+      return None
+    if key not in node:
+      return f'{where}.{key}'.lstrip('.')
+    node, where = node[key], f'{where}.{key}'.lstrip('.')
+  return None
+
+
+def _reads(src: str):
+  """(line, dotted path) of each config read in `src`: attribute chains and .get keys."""
+  top = defaults.get_config()
+  # (name, section path, start, end) of each alias's reach in src.
+  aliases = [(name, [section], 0, len(src)) for name, section in PARAMS.items()]
+  for m in ALIAS.finditer(src):
+    names, values = m.group(1).split(', '), m.group(2).split(', ')
+    end = SCOPE_END.search(src, m.end())
+    for name, value in zip(names, values):
+      if value.startswith(('config.', 'self.config.', 'exp.config.')):
+        path = value.split('config.', 1)[1].split('.')
+        if path[0] in top:
+          aliases.append((name, path, m.end(), end.start() if end else len(src)))
+  for m in CHAIN.finditer(src):
+    path = m.group(1).split('config', 1)[1].split('.')[1:]
+    if path and path[0] not in top:  # a model part's own `config` (a dataclass)
+      continue
+    if m.group(2):
+      path = path + [m.group(2)]
+    if path:
+      yield src[:m.start()].count('\n') + 1, path
+  for name, base, start, end in aliases:
+    for m in re.compile(rf"(?<![\w.]){name}\.(?:get\(\s*'(\w+)'|([A-Za-z_]\w*))").finditer(
+        src, start, end):
+      key = m.group(1) or m.group(2)
+      yield src[:m.start()].count('\n') + 1, base + [key]
+
+
+def test_every_config_read_names_a_documented_knob():
+  config = defaults.get_config()
+  bad = []
+  for path, src in _sources():
+    for line, keys in _reads(src):
+      missing = _lookup(config, keys)
+      if missing:
+        bad.append(f'{path.relative_to(ROOT)}:{line}: config.{missing}')
+  assert not bad, 'knobs read but not in radjax/core/defaults.py:\n' + '\n'.join(bad)
+
+
+def test_the_scan_sees_a_misspelt_get():
+  src = "x = config.data.get('box_token_wieght', 0.0)\nd = config.eval\ny = d.num_beam\n"
+  config = defaults.get_config()
+  found = {_lookup(config, keys) for _, keys in _reads(src)} - {None}
+  assert found == {'data.box_token_wieght', 'eval.num_beam'}
+
+
+def _keys(node, prefix=''):
+  for key, value in node.items():
+    if isinstance(value, ml_collections.ConfigDict) and f'{prefix}{key}' not in OPEN:
+      yield from _keys(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}'
+
+
+RECIPES = ('classifier', 'demo', 'llava_tinyllama', 'llm_cxr', 'radfm', 'radvlm', 'vqgan',
+           'xraygpt')
+
+
+@pytest.mark.parametrize('name', RECIPES)
+def test_recipes_set_only_documented_knobs(name):
+  documented = set(_keys(defaults.get_config()))
+  module = importlib.import_module(f'configs.{name}')
+  built = 0
+  for size, task, stage in itertools.product(('full', 'tiny', 'micro'), ('', 'vlm', 'lm'),
+                                             ('', 'stage=2,stage1=/nowhere')):
+    arg = ','.join(filter(None, (f'size={size}', task and f'task={task}', stage)))
+    try:
+      config = module.get_config(arg)
+    except (ValueError, FileNotFoundError):  # an argument the recipe refuses or needs
+      continue
+    built += 1
+    extra = sorted(set(_keys(config)) - documented)
+    assert not extra, f'configs/{name}.py:{arg} sets knobs defaults.py lacks: {extra}'
+  assert built
+
+
+def test_config_checks_name_documented_knobs():
+  config = defaults.get_config()
+  knobs = [*config_checks.MINIMUMS, *config_checks.CHOICES, *config_checks.PAIRS,
+           *(f'mesh.{a}' for a in config_checks.MESH_AXES)]
+  assert [k for k in knobs if config_checks._get(config, k) is None] == []
+
+
+@pytest.mark.parametrize('task', ['vlm', 'classify'])
+def test_resize_crop_is_refused_where_it_would_be_ignored(task):
+  """Only the codec's input honours data.resize; a VLM or a classifier squeezes square."""
+  config = defaults.get_config()
+  config.task, config.data.resize = task, 'crop'
+  assert any('config.data.resize=' in e for e in config_checks.errors(config))
+  config.task = 'vqgan'
+  assert not config_checks.errors(config)
