@@ -159,10 +159,8 @@ class SpatialAttention(nn.Module):
 
 def _remat(block_cls, policy: str):
   """`block_cls` rematerialised by `policy` (config.runtime.remat.vqgan; layers.py
-  REMAT_POLICIES): its activations are recomputed in the backward pass, not stored."""
-  if policy not in layers.REMAT_POLICIES:
-    raise ValueError(f'config.runtime.remat.vqgan: {policy!r} not in '
-                     f'{sorted(layers.REMAT_POLICIES)}')
+  REMAT_POLICIES, checked by factory.runtime): its activations are recomputed in the
+  backward pass, not stored."""
   return block_cls if policy == 'none' else nn.remat(block_cls,
                                                      policy=layers.REMAT_POLICIES[policy])
 
