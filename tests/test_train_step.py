@@ -52,15 +52,19 @@ def test_mesh_2x2x2_matches_one_device(demo_data):
   assert single[-1] < single[0]
 
 
-def test_accumulated_microbatches_equal_one_big_batch(demo_data):
-  config = tiny_config(demo_data)
-  batches = [synthetic_batch(config, i, 8) for i in range(2)]
+def _check_accumulation_equals_one_big_batch(config, batches):
   big, _, big_state, _ = run_steps(config, jax.devices()[:1], batches)
   config.optim.grad_accum = 4
   acc, _, acc_state, _ = run_steps(config, jax.devices()[:1], batches)
   np.testing.assert_allclose(acc, big, atol=1e-5)
   for a, b in zip(jax.tree.leaves(acc_state.params), jax.tree.leaves(big_state.params)):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_accumulated_microbatches_equal_one_big_batch(demo_data):
+  config = tiny_config(demo_data)
+  _check_accumulation_equals_one_big_batch(
+      config, [synthetic_batch(config, i, 8) for i in range(2)])
 
 
 def test_accumulation_equals_one_big_batch_with_the_label_loss(demo_data):
@@ -74,12 +78,7 @@ def test_accumulation_equals_one_big_batch_with_the_label_loss(demo_data):
   it = pipeline.make_iterator(ds, 0)
   batches = [{k: v for k, v in next(it).items() if k not in ('source', 'truncated')}
              for _ in range(2)]
-  big, _, big_state, _ = run_steps(config, jax.devices()[:1], batches)
-  config.optim.grad_accum = 4
-  acc, _, acc_state, _ = run_steps(config, jax.devices()[:1], batches)
-  np.testing.assert_allclose(acc, big, atol=1e-5)
-  for a, b in zip(jax.tree.leaves(acc_state.params), jax.tree.leaves(big_state.params)):
-    np.testing.assert_allclose(a, b, atol=1e-5)
+  _check_accumulation_equals_one_big_batch(config, batches)
 
 
 def test_frozen_groups_stay_identical_and_hold_no_optimizer_state(demo_data):
