@@ -15,6 +15,7 @@ pickle: records stay msgpack (radjax/data/schema.py).
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib
 import json
 import os
@@ -78,8 +79,10 @@ def encode_dataset(dataset: str, codec_workdir: str, out: str, splits=('train', 
     raise ValueError('--out must differ from --dataset (the dataset is never written)')
   if os.path.exists(out) and not os.path.isdir(out):
     raise ValueError(f'--out={out!r} is a file, not a directory')
-  # Shards already in --out are reused: they must be this codec's codes.
-  llm_cxr.check_codes_made_by(out, codec_workdir, llm_cxr.codec_step(codec_workdir, step))
+  # Shards already in --out are reused: they must be this codec's codes. A codes.json
+  # without shards (a run that failed at its first one) has nothing to mix with.
+  if glob.glob(os.path.join(out, '*.array_record*')):
+    llm_cxr.check_codes_made_by(out, codec_workdir, llm_cxr.codec_step(codec_workdir, step))
   codec = Codec(codec_workdir, step)
   os.makedirs(out, exist_ok=True)
   summary = {'codec': os.path.abspath(codec_workdir), 'step': codec.step,

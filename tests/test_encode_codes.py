@@ -93,3 +93,12 @@ def test_another_codec_step_into_the_same_out_is_refused(demo_data, tmp_path):
   with pytest.raises(workdir_lib.NoCheckpoint, match=r'no checkpoint of step 3 .* \[0\]'):
     encode_codes.encode_dataset(demo_data, codec_dir, str(tmp_path / 'new'), ('test',), step=3)
   assert not os.path.exists(tmp_path / 'new' / 'codes.json')
+  # A codes.json alone (a run that failed at its first shard) does not hold --out to its
+  # codec: there are no codes to mix.
+  other, retry = str(tmp_path / 'other_codec'), tmp_path / 'retry'
+  _codec_workdir(other)
+  retry.mkdir()
+  (retry / 'codes.json').write_bytes(before['codes.json'])
+  summary = encode_codes.encode_dataset(demo_data, other, str(retry), ('test',), batch_size=8,
+                                        log=lambda *_: None)
+  assert summary['codec'] == os.path.abspath(other)
