@@ -312,7 +312,8 @@ class _SkipRecords(grain.MapDataset):
             hint = ('raise config.data.max_len (or config.data.max_target_tokens, where '
                     "it is set) or set config.data.too_long='truncate'")
           else:
-            hint = 'raise config.data.max_len'
+            hint = ('raise config.data.max_len (or config.data.max_target_tokens, where '
+                    'it is set)')
           raise DataError(f'{too_long} examples in a row from element {index} cannot be used '
                           f'(the last: {e}); {hint}') from e
       except schema.SchemaError as e:
