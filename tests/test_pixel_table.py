@@ -68,3 +68,27 @@ def test_crop_resize_keeps_proportions_where_square_squeezes():
                              images.preprocess(entry, **kw), atol=0.3)
   with pytest.raises(ValueError, match="config.data.resize: 'pad'"):
     images.preprocess(entry, resize='pad', **kw)
+
+
+@pytest.mark.parametrize('mode', ['RGBA', 'LA', 'P_transparent'])
+def test_transparent_pixels_are_laid_over_white_as_hf_does(mode):
+  """The exported processor's convert_rgb composites transparency onto white; radjax used
+  to drop the alpha channel (up to 2/255 apart on such PNGs)."""
+  from transformers.image_transforms import convert_to_rgb
+  rng = np.random.default_rng(3)
+  if mode == 'P_transparent':
+    img = Image.fromarray(rng.integers(0, 16, (40, 30), dtype=np.uint8), 'L').convert('P')
+    img.info['transparency'] = 5
+  else:
+    shape = (40, 30, len(mode))
+    img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+  buf = io.BytesIO()
+  img.save(buf, 'PNG', **({'transparency': 5} if mode == 'P_transparent' else {}))
+  entry = {'kind': '2d', 'format': 'png', 'data': buf.getvalue()}
+  want = np.asarray(convert_to_rgb(Image.open(io.BytesIO(buf.getvalue()))))
+  got = np.asarray(images.decode_image(entry, 3, 'r'))
+  np.testing.assert_array_equal(got, want)
+  if mode == 'LA':  # a grayscale image stays 'L', with the same values
+    gray = images.decode_image(entry, 3, 'r', keep_gray=True)
+    assert gray.mode == 'L'
+    np.testing.assert_array_equal(np.asarray(gray), want[..., 0])

@@ -9,6 +9,7 @@ expects the image `load_image` gives):
   exactly the same pixels. Not by the image's own range: a dark image stays dark. An image
   that uses under 1/16 of the 16-bit range (e.g. 12-bit data in a 16-bit file) is used as
   it is, with a warning.
+Transparent pixels are laid over white (flatten_alpha), as the exported processor does.
 Degenerate images: one with a side under MIN_IMAGE_SIDE pixels is an error naming the
 record; a constant image (every pixel the same: blank) is used, with a warning.
 
@@ -70,6 +71,17 @@ def load_image(path: str, num_channels: int = 3) -> Image.Image:
   return _checked(img, num_channels, path)
 
 
+def flatten_alpha(img: Image.Image) -> Image.Image:
+  """An image with transparency, over white ('L' stays grayscale): what HF's convert_rgb
+  gives the exported processor, so radjax's pixels equal transformers'."""
+  if img.mode not in ('RGBA', 'LA', 'PA') and 'transparency' not in img.info:
+    return img
+  gray = img.mode in ('LA', 'L')
+  over = Image.alpha_composite(Image.new('RGBA', img.size, (255, 255, 255, 255)),
+                               img.convert('RGBA'))
+  return over.convert('L' if gray else 'RGB')
+
+
 def _checked(img: Image.Image, num_channels: int, record_id: str,
              keep_gray: bool = False) -> Image.Image:
   """8-bit 'L' or 'RGB' as num_channels asks; with keep_gray a grayscale image stays 'L'
@@ -77,8 +89,8 @@ def _checked(img: Image.Image, num_channels: int, record_id: str,
   if min(img.size) < MIN_IMAGE_SIDE:
     raise schema.SchemaError(f'record {record_id!r}: images: {img.size[0]}x{img.size[1]} '
                              f'pixels; images need sides of at least {MIN_IMAGE_SIDE}')
-  img = to_8bit(img, record_id)
-  gray = keep_gray and img.mode in ('L', 'LA')
+  img = flatten_alpha(to_8bit(img, record_id))
+  gray = keep_gray and img.mode == 'L'
   img = img.convert('L' if num_channels == 1 or gray else 'RGB')
   extrema = img.getextrema()
   lo, hi = np.min(extrema), np.max(extrema)
