@@ -371,7 +371,8 @@ class ConversationEncoder:
     # The answers' own weights: what is left of them decides whether a cut example still
     # has something to learn (always_trained tokens of the prompt alone are not enough).
     answers = weights
-    weights = [max(w, 1) if t in self.always_ids else w for t, w in zip(seq, weights)]
+    if self.always_ids:
+      weights = [max(w, 1) if t in self.always_ids else w for t, w in zip(seq, weights)]
     truncated = len(seq) > max_len + 1
     if truncated and self.too_long == 'drop':
       raise schema.TooLong(f'record {record_id!r}: {len(seq)} tokens do not fit '

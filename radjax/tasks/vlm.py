@@ -84,7 +84,7 @@ class ImageTextToText(base.Task):
     m = self.image_slots_per_row()
     # A volume batch is as deep as its slots make it (config.data.max_slices, else the
     # tower's max_depth): what training feeds, so the dry run compiles the same step.
-    max_depth = pipeline.max_slices(self.config) if 'volume' in self.slots else 0
+    max_depth = self.slots['volume'].max_depth if 'volume' in self.slots else 0
     depth = (max_depth,) if kind == 'volume' else ()
     return {'tokens': seq, 'targets': seq, 'loss_mask': base.BatchField((c.max_len,), np.float32),
             'images': base.BatchField((m, v.image_size, v.image_size, *depth, v.num_channels),
