@@ -157,6 +157,21 @@ def test_a_checkpoint_one_process_cannot_restore_is_set_aside_by_all(demo_data, 
   assert _losses(wd) == _losses(two_processes)  # the retrained steps, bit for bit
 
 
+def test_a_two_process_checkpoint_resumes_in_one_process(demo_data, two_processes, tmp_path):
+  """Step 2 of the two-process run, resumed by one process with 8 devices: steps 3-6 log
+  the two-process losses (one unpacked stream: step k is the same examples on any count)."""
+  wd = str(tmp_path / 'w')
+  shutil.copytree(two_processes, wd)
+  for step in range(3, STEPS + 1):
+    shutil.rmtree(os.path.join(wd, 'checkpoints', str(step)), ignore_errors=True)
+  outs = _finish(_start(demo_data, wd, 1))
+  assert 'written by 2 process(es); this run has 1' in outs[0], outs[0][-2000:]
+  want, got = _losses(two_processes), _losses(wd)
+  np.testing.assert_allclose([got[s] for s in range(3, STEPS + 1)],
+                             [want[s] for s in range(3, STEPS + 1)], rtol=0, atol=1e-5)
+  assert not os.path.exists(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))
+
+
 def test_processes_together_read_the_batches_of_one(demo_data):
   config = tiny_config(demo_data)
   task = run_lib.make_task(config)

@@ -153,21 +153,78 @@ def test_no_restorable_checkpoint_is_an_error_that_keeps_them(tmp_path):
   assert sorted(os.listdir(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))) == ['1', '2', '3']
 
 
+def _as_if_two_processes(workdir: str, logs=None):
+  """Each checkpoint's iterator state as two processes would have written it: the same
+  position, and (with `logs`) each its own record log."""
+  for step in (1, 2, 3):
+    data = os.path.join(workdir, 'checkpoints', str(step), 'data')
+    name = lambda i, n, d=data: os.path.join(d, f'process_{i}-of-{n}.json')
+    with open(name(0, 1)) as f:
+      state = json.load(f)
+    os.remove(name(0, 1))
+    for i in range(2):
+      with open(name(i, 2), 'w') as f:
+        json.dump({**state, **({'log': logs[i]} if logs else {})}, f)
+
+
 def test_a_checkpoint_of_another_process_count_is_an_error_that_moves_nothing(tmp_path):
-  """Written by 2 processes (a pod), resumed by 1: not damaged, so never set aside."""
+  """Written by 2 processes (a pod), resumed by 1 where the stream depends on the process
+  count (a mixture, packing): not damaged, so never set aside."""
   wd = str(tmp_path / 'w')
   _three_checkpoints(wd)
-  for step in (1, 2, 3):
-    data = os.path.join(wd, 'checkpoints', str(step), 'data')
-    name = lambda i, n, d=data: os.path.join(d, f'process_{i}-of-{n}.json')
-    os.rename(name(0, 1), name(0, 2))
-    shutil.copy(name(0, 2), name(1, 2))
+  _as_if_two_processes(wd)
   ckpt = checkpoint_lib.Checkpointer(wd, 0, use_async=False)
   with pytest.raises(checkpoint_lib.CheckpointError,
                      match=r'checkpoint 3 .* was written by 2 process\(es\) and this run has 1'):
     ckpt.restore_latest({'params': {'w': jnp.zeros((64,))}}, iter(grain.MapDataset.range(9)))
   assert not os.path.exists(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))
   assert ckpt.latest_step() == 3
+  ckpt.close()
+
+
+class _StateLog(grain.DatasetIterator):
+  """An iterator whose state carries a record-log-like dict, as radjax's does."""
+
+  def __init__(self, it):
+    super().__init__()
+    self.it, self.log = it, {}
+
+  def __next__(self):
+    return next(self.it)
+
+  def get_state(self):
+    return {**self.it.get_state(), 'log': self.log}
+
+  def set_state(self, state):
+    state = dict(state)
+    self.log = state.pop('log', {})
+    self.it.set_state(state)
+
+
+def test_a_checkpoint_of_another_process_count_resumes_from_the_merged_state(tmp_path):
+  wd = str(tmp_path / 'w')
+  _three_checkpoints(wd)
+  _as_if_two_processes(wd, [{'bad': {'a/0': 'x'}, 'dropped': {}},
+                            {'bad': {'a/7': 'y'}, 'dropped': {'too_long': {'a/9': 'z'}}}])
+  ckpt = checkpoint_lib.Checkpointer(wd, 0, use_async=False)
+  it = _StateLog(iter(grain.MapDataset.range(100)))
+  state, step = ckpt.restore_latest({'params': {'w': jnp.zeros((64,))}}, it,
+                                    any_process_count=True)
+  assert step == 3 and float(state['params']['w'][0]) == 3.0
+  assert next(it) == 3  # the saved position, not the start
+  assert it.log == {'bad': {'a/0': 'x', 'a/7': 'y'}, 'dropped': {'too_long': {'a/9': 'z'}}}
+  ckpt.close()
+  # Positions that differ across the files cannot be merged: set aside as damaged.
+  path = os.path.join(wd, 'checkpoints', '3', 'data', 'process_1-of-2.json')
+  with open(path) as f:
+    state = json.load(f)
+  with open(path, 'w') as f:
+    json.dump({**state, 'next_index': 9}, f)
+  ckpt = checkpoint_lib.Checkpointer(wd, 0, use_async=False)
+  _, step = ckpt.restore_latest({'params': {'w': jnp.zeros((64,))}},
+                                _StateLog(iter(grain.MapDataset.range(100))),
+                                any_process_count=True)
+  assert step == 2 and os.listdir(os.path.join(wd, checkpoint_lib.DAMAGED_DIR)) == ['3']
   ckpt.close()
 
 

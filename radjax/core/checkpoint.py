@@ -142,8 +142,14 @@ class Checkpointer:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
     return self.manager.restore(step, args=ocp.args.Composite(**items))['state']
 
-  def restore_latest(self, abstract_state, data_iterator=None):
+  def restore_latest(self, abstract_state, data_iterator=None,
+                     any_process_count: bool = False):
     """(state, step) of the newest checkpoint that restores; (None, None) when there is none.
+
+    `any_process_count`: the iterator's state is the same on every process and means the
+    same global position whatever their number (one unpacked stream: pipeline.py), so a
+    checkpoint written by another number of processes resumes from their merged state
+    (equal values kept, dicts such as the record log merged); else that is an error.
 
     A checkpoint that fails to restore (a truncated file, a missing manifest or iterator
     state) is moved, never deleted, to `<workdir>/checkpoints_damaged/<step>`, with a
@@ -152,16 +158,27 @@ class Checkpointer:
     """
     skipped = []
     for step in sorted(self.manager.all_steps(), reverse=True):
-      if data_iterator is not None:
-        self._check_process_count(step)
+      saved_by = None if data_iterator is None else self._check_process_count(
+          step, any_process_count)
       # A process's own iterator file is checked (and agreed on) before orbax restores,
       # whose collectives one process failing alone would leave the others waiting in.
-      reason = None if data_iterator is None else self._iterator_file_problem(step)
+      merged, reason = None, None
+      if saved_by:
+        merged, reason = self._merged_iterator_state(step, saved_by)
+      elif data_iterator is not None:
+        reason = self._iterator_file_problem(step)
       if _on_any_process(reason is not None):
         restored, reason = None, reason or 'another process cannot read its iterator state'
       else:
         try:
-          restored, reason = self.restore(step, abstract_state, data_iterator), None
+          if saved_by:
+            restored, reason = self.restore(step, abstract_state), None
+            data_iterator.set_state(merged)
+            logging.info('checkpoint %d was written by %d process(es); this run has %d and '
+                         'goes on from their merged iterator state', step, saved_by,
+                         jax.process_count())
+          else:
+            restored, reason = self.restore(step, abstract_state, data_iterator), None
         except Exception as e:  # orbax/tensorstore/grain raise many types for damaged files
           restored, reason = None, f'{type(e).__name__}: {" ".join(str(e).split())[:300]}'
         # Every process takes the same step.
@@ -177,28 +194,50 @@ class Checkpointer:
                             + '; '.join(skipped) + '. Rerun to start from scratch.')
     return None, None
 
-  def _check_process_count(self, step: int) -> None:
-    """A checkpoint whose iterator states were written by another number of processes is
-    not damaged, only not for this run: a CheckpointError saying so, with nothing moved
-    (every process sees the same files, so all of them raise)."""
-    data_dir = os.path.join(self.directory, str(step), 'data')
-    counts = set()
-    for name in (os.listdir(data_dir) if os.path.isdir(data_dir) else ()):
+  def _check_process_count(self, step: int, any_process_count: bool) -> int | None:
+    """The number of processes that wrote `step`'s iterator states when it is not this
+    run's (None when it is). Unless `any_process_count`, that checkpoint is not damaged,
+    only not for this run: a CheckpointError saying so, with nothing moved (every process
+    sees the same files, so all of them raise)."""
+    counts, data_dir = set(), self._data_dir(step)
+    for name in os.listdir(data_dir) if os.path.isdir(data_dir) else ():
       m = re.fullmatch(r'process_\d+-of-(\d+)\.json', name)
       if m:
         counts.add(int(m.group(1)))
-    if counts and jax.process_count() not in counts:
-      saved = max(counts)
-      raise CheckpointError(
-          f'checkpoint {step} in {self.directory} was written by {saved} process(es) and this '
-          f'run has {jax.process_count()}: its data-iterator state is per process, so it '
-          f'resumes with {saved} only; nothing was moved. Run with {saved} processes, or '
-          'start a new --workdir from its weights (config.model.<part>.init_from='
-          f'{self.workdir})')
+    if not counts or jax.process_count() in counts:
+      return None
+    saved = max(counts)
+    if any_process_count:
+      return saved
+    raise CheckpointError(
+        f'checkpoint {step} in {self.directory} was written by {saved} process(es) and this '
+        f'run has {jax.process_count()}: with a data mixture or config.data.pack the input '
+        f'stream depends on the process count, so it resumes with {saved} only; nothing was '
+        f'moved. Run with {saved} processes, or start a new --workdir from its weights '
+        f'(config.model.<part>.init_from={self.workdir})')
+
+  def _data_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step), 'data')
+
+  def _merged_iterator_state(self, step: int, count: int) -> tuple[dict | None, str | None]:
+    """(the merged iterator state of `step`'s `count` per-process files, None), or (None,
+    why they cannot be read or merged)."""
+    states = []
+    for i in range(count):
+      path = os.path.join(self._data_dir(step), f'process_{i}-of-{count}.json')
+      try:
+        with open(path) as f:
+          states.append(json.load(f))
+      except (OSError, ValueError) as e:
+        return None, f'{path}: {type(e).__name__}: {" ".join(str(e).split())[:200]}'
+    try:
+      return merge_iterator_states(states), None
+    except ValueError as e:
+      return None, f'the iterator states of its {count} processes: {e}'
 
   def _iterator_file_problem(self, step: int) -> str | None:
     """Why this process's Grain iterator state of `step` cannot be read, else None."""
-    path = os.path.join(self.directory, str(step), 'data',
+    path = os.path.join(self._data_dir(step),
                         f'process_{jax.process_index()}-of-{jax.process_count()}.json')
     try:
       with open(path) as f:
@@ -238,6 +277,27 @@ class Checkpointer:
   def close(self):
     self._sigterm.uninstall()
     self.manager.close()
+
+
+def merge_iterator_states(states: list, where: str = '') -> dict:
+  """One state from several processes' iterator states: a key's value where all agree,
+  dicts (a record log) merged key by key (a nested key may be in some only); differing
+  values (positions) or a top-level key missing somewhere raise ValueError naming it."""
+  if all(isinstance(s, dict) for s in states):
+    keys = sorted(set().union(*states))
+    out = {}
+    for k in keys:
+      present = [s[k] for s in states if k in s]
+      if len(present) < len(states) and not where:
+        raise ValueError(f'{k} is missing in some: {[s.get(k) for s in states]}')
+      if all(isinstance(v, dict) for v in present):
+        out[k] = merge_iterator_states(present, f'{where}{k}.')
+      elif any(v != present[0] for v in present):
+        raise ValueError(f'{where}{k} differs: {[s.get(k) for s in states]}')
+      else:
+        out[k] = present[0]
+    return out
+  raise ValueError(f'{where or "the state"} is not a dict in every process')
 
 
 def save_for_inspection(path: str, state):

@@ -64,6 +64,15 @@ def train_dataset(config, make_processor, split: str,
   return grain.MapDataset.mix([batched['image'], batched['volume']], [1 - share, share])
 
 
+def resumes_on_any_process_count(config) -> bool:
+  """Whether a checkpoint of this stream resumes with another number of processes: one
+  unpacked stream, whose step k is elements [k B, (k+1) B) of the global stream on any
+  number P of processes (process p takes p, p+P, ...), so every process's iterator state
+  is the same batch index. A mixture draws from each process's slices (its global order
+  depends on P) and packing fills rows from what each process reads."""
+  return len(config.data.mixture) <= 1 and not config.data.get('pack', False)
+
+
 def _has_images(processor) -> bool:
   return getattr(processor, 'images', None) is not None
 
