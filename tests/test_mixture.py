@@ -98,6 +98,20 @@ def test_three_components_follow_their_weights(dirs):
   assert pipeline.to_global(ds[0], {}) == {}
 
 
+def test_processes_together_read_the_mixture_of_one(dirs):
+  """Batch k of a mixture is the same examples (rid and drawn noise) on 1 and 3 processes,
+  so a checkpoint's batch index means the same on any count (test_multiprocess.py)."""
+  config = _config(batch_size=12, a=dict(dir=dirs['a'], weight=0.5),
+                   b=dict(dir=dirs['b'], weight=0.3), c=dict(dir=dirs['c'], weight=0.2))
+  one = pipeline.train_dataset(config, make_processor, 'train', 0, 1)
+  three = [pipeline.train_dataset(config, make_processor, 'train', i, 3) for i in range(3)]
+  for k in (0, 1, 7, 40):
+    want = sorted(zip(one[k]['rid'], one[k]['noise']))
+    got = sorted(x for ds in three for x in zip(ds[k]['rid'], ds[k]['noise']))
+    assert got == want, k
+  assert pipeline.resumes_on_any_process_count(config)
+
+
 def test_weight_zero_is_size_times_repeat(dirs):
   # a: 30 records, c: 20 records listed 3 times, d: 20 records -> 30 : 60 : 20.
   config = _config(a=dict(dir=dirs['a']), c=dict(dir=dirs['c'], repeat=3),

@@ -1,7 +1,7 @@
 """Multi-controller runs on one machine: two `main.py` processes with 4 emulated CPU devices
 each, joined by jax.distributed on 127.0.0.1, against one process with 8 devices.
 
-All in the default (CI) set: about 4.5 minutes together on an idle 2-core machine (two
+All in the default (CI) set: about 5.5 minutes together on an idle 2-core machine (two
 JAX processes compiling at once), the runs of the parity test shared as fixtures.
 """
 import os

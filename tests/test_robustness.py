@@ -169,7 +169,7 @@ def _as_if_two_processes(workdir: str, logs=None):
 
 def test_a_checkpoint_of_another_process_count_is_an_error_that_moves_nothing(tmp_path):
   """Written by 2 processes (a pod), resumed by 1 where the stream depends on the process
-  count (a mixture, packing): not damaged, so never set aside."""
+  count (packing): not damaged, so never set aside."""
   wd = str(tmp_path / 'w')
   _three_checkpoints(wd)
   _as_if_two_processes(wd)

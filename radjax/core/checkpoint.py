@@ -147,7 +147,7 @@ class Checkpointer:
     """(state, step) of the newest checkpoint that restores; (None, None) when there is none.
 
     `any_process_count`: the iterator's state is the same on every process and means the
-    same global position whatever their number (one unpacked stream: pipeline.py), so a
+    same global position whatever their number (unpacked streams: pipeline.py), so a
     checkpoint written by another number of processes resumes from their merged state
     (equal values kept, dicts such as the record log merged); else that is an error.
 
@@ -211,8 +211,8 @@ class Checkpointer:
       return saved
     raise CheckpointError(
         f'checkpoint {step} in {self.directory} was written by {saved} process(es) and this '
-        f'run has {jax.process_count()}: with a data mixture or config.data.pack the input '
-        f'stream depends on the process count, so it resumes with {saved} only; nothing was '
+        f'run has {jax.process_count()}: with config.data.pack the input stream depends on '
+        f'the process count, so it resumes with {saved} only; nothing was '
         f'moved. Run with {saved} processes, or start a new --workdir from its weights '
         f'(config.model.<part>.init_from={self.workdir})')
 

@@ -19,8 +19,8 @@ def train_dataset(config, make_processor, split: str,
   make_processor(tasks[, kind]) -> processor(record, rng) builds the processor for a list
   of instruction tasks (a Task's `processor`; kind 'volume' for volume components).
   Without config.data.mixture: config.data.dir with config.data.tasks; with one, each
-  component is its own stream (shuffled, sliced, processed) and grain mixes them by
-  weight (radjax/data/mixture.py). Each example gets a
+  component is its own stream (shuffled, processed), grain mixes them by weight
+  (radjax/data/mixture.py) and this process takes its slice of the mix. Each example gets a
   host-only `source`: its component's index in mixture.names(config) (0 without one).
   Image and volume components are batched apart and the batches mixed by
   config.data.volume_batch_share, so no batch holds both kinds.
@@ -41,7 +41,8 @@ def train_dataset(config, make_processor, split: str,
     records = source.open_split(config.data.dir, split)
     processor = make_processor(tuple(config.data.tasks))
     _check_tasks(processor, 'config.data.tasks')
-    ds = _stream(config, records, config.seed, processor, 0, log, process_index, process_count)
+    ds = _stream(config, records, config.seed, processor, 0, log)
+    ds = ds[process_index::process_count]
     return _batches(config, ds, 'image', process_count, _has_images(processor))
   batched = {}
   for kind, items in mixture.by_kind(comps).items():
@@ -51,9 +52,13 @@ def train_dataset(config, make_processor, split: str,
     processors = [make(c.tasks) for _, c in items]
     for (_, c), p in zip(items, processors):
       _check_tasks(p, f'{c.knob}.tasks')
-    streams = [_stream(config, r, c.seed, p, i, log, process_index, process_count)
+    streams = [_stream(config, r, c.seed, p, i, log)
                for (i, c), r, p in zip(items, records, processors)]
     ds = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
+    # Mixed, then sliced: element i of the mix is a function of i alone (and lazy), so
+    # the global stream, and what a checkpoint's batch index means, is the same on any
+    # number of processes.
+    ds = ds[process_index::process_count]
     batched[kind] = _batches(config, ds, kind, process_count, _has_images(processors[0]))
   if len(batched) == 1:
     return next(iter(batched.values()))
@@ -65,12 +70,11 @@ def train_dataset(config, make_processor, split: str,
 
 
 def resumes_on_any_process_count(config) -> bool:
-  """Whether a checkpoint of this stream resumes with another number of processes: one
-  unpacked stream, whose step k is elements [k B, (k+1) B) of the global stream on any
-  number P of processes (process p takes p, p+P, ...), so every process's iterator state
-  is the same batch index. A mixture draws from each process's slices (its global order
-  depends on P) and packing fills rows from what each process reads."""
-  return len(config.data.mixture) <= 1 and not config.data.get('pack', False)
+  """Whether a checkpoint of this stream resumes with another number of processes:
+  unpacked, step k is elements [k B, (k+1) B) of the (mixed) global stream on any number
+  P of processes (process p takes p, p+P, ...), so every process's iterator state is the
+  same batch index. Packing fills rows from what each process reads."""
+  return not config.data.get('pack', False)
 
 
 def _has_images(processor) -> bool:
@@ -117,10 +121,11 @@ def max_slices(config) -> int:
   return cap
 
 
-def _stream(config, records, seed: int, processor, index: int, log: source.RecordLog,
-            process_index: int, process_count: int) -> grain.MapDataset:
-  """One dataset's examples: shuffled, repeated, this process's slice, processed; bad and
-  too-long records stepped over (source.skip_records)."""
+def _stream(config, records, seed: int, processor, index: int, log: source.RecordLog
+            ) -> grain.MapDataset:
+  """One dataset's examples, the global stream (train_dataset takes this process's slice):
+  shuffled, repeated, processed; bad and too-long records stepped over
+  (source.skip_records)."""
   ds = grain.MapDataset.source(records).seed(seed)
   if config.data.shuffle:
     ds = ds.shuffle()
@@ -133,8 +138,8 @@ def _stream(config, records, seed: int, processor, index: int, log: source.Recor
   # the slice came before it, so one-process streams are unchanged.
   ds = ds.random_map(source.locate_errors(processor),
                      seed=_map_seed(seed, 4 if config.data.shuffle else 3))
-  ds = source.skip_records(ds, log)[process_index::process_count]
-  return ds.map(lambda example: {**example, 'source': np.int32(index)})
+  return source.skip_records(ds, log).map(
+      lambda example: {**example, 'source': np.int32(index)})
 
 
 def _map_seed(seed: int, depth: int) -> int:
