@@ -21,8 +21,8 @@ MAX_DEPTH, PATCH = 24, 4
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
-def _volume_entry(depth: int, seed: int) -> dict:
-  vol = np.random.default_rng(seed).random((12, 10, depth)).astype(np.float16)
+def _volume_entry(depth: int, seed: int, rows: int = 12, cols: int = 10) -> dict:
+  vol = np.random.default_rng(seed).random((rows, cols, depth)).astype(np.float16)
   buf = io.BytesIO()
   np.save(buf, vol, allow_pickle=False)
   return {'data': buf.getvalue(), 'format': 'npy', 'kind': '3d', 'spacing': None}
@@ -150,6 +150,27 @@ def test_one_slice_volume_is_repeated_like_a_2d_image():
   for k in range(1, PATCH):
     np.testing.assert_array_equal(one['images'][0, :, :, k], one['images'][0, :, :, 0])
   assert one['images'][0, :, :, 0].std() > 0
+
+
+@pytest.mark.parametrize('depth', [2, 3])
+def test_short_volume_is_resized_in_depth_as_radfm_does(depth):
+  # RadFM's collator (src/train.py DataCollator) gives a batch whose deepest image has 1-3
+  # slices target depth 4 and resizes with F.interpolate's default 'nearest' mode; torch
+  # itself is the reference here. In-plane size is the slots' already, so only depth moves.
+  import torch
+  entry = _volume_entry(depth, 5, rows=16, cols=16)
+  vol = np.load(io.BytesIO(entry['data'])).astype(np.float32)  # [rows, cols, depth]
+  ref = torch.nn.functional.interpolate(torch.from_numpy(vol)[None, None],
+                                        size=(16, 16, PATCH))[0, 0].numpy()
+  out = SLOTS['volume'](schema.make_example(id='short', images=[entry]), None)
+  np.testing.assert_array_equal(out['depth_mask'][0], np.arange(MAX_DEPTH) < PATCH)
+  x = out['images'][0, :, :, :PATCH] * np.float32(STD[0]) + np.float32(MEAN[0])
+  for c in range(3):
+    np.testing.assert_allclose(x[..., c], ref, atol=1e-6)
+  assert not out['images'][0, :, :, PATCH:].any()
+  # A volume of a depth patch or more keeps its slices, the rest zero-padded.
+  five = SLOTS['volume'](schema.make_example(id='five', images=[_volume_entry(5, 6)]), None)
+  np.testing.assert_array_equal(five['depth_mask'][0], np.arange(MAX_DEPTH) < 5)
 
 
 def test_a_damaged_volume_names_its_record():

@@ -5,7 +5,11 @@ A volume is resized in-plane to size x size (linear) and, when deeper than max_d
 in depth to max_depth (nearest, as RadFM shrinks deep scans); a shallower one keeps its
 slices and is zero-padded, the depth mask saying which slices are real. A 2D image in a
 volume batch is repeated to one depth patch, as RadFM's nearest resize from depth 1 does;
-so is a volume of one slice (RadFM stores 2D images as z = 1).
+so is a volume of one slice (RadFM stores 2D images as z = 1). A volume of fewer slices
+than one depth patch (2 or 3 of 4) is resized in depth to that patch with the nearest
+slice, as RadFM's collator does (src/train.py DataCollator: a batch whose deepest image
+has 1-3 slices gets target depth 4, and `F.interpolate` in its default 'nearest' mode
+reads slice floor(k * D / 4)), not zero-padded.
 """
 import io
 
@@ -41,8 +45,16 @@ def decode_volume(image: dict, record_id: str) -> np.ndarray:
   return vol
 
 
-def resize_volume(vol: np.ndarray, size: int, max_depth: int) -> np.ndarray:
-  """[rows, cols, slices] -> [size, size, min(slices, max_depth)]."""
+def nearest_slices(depth: int, target: int) -> np.ndarray:
+  """The source slice of each of `target` output slices, as torch's
+  `F.interpolate(mode='nearest')` picks them: floor(k * depth / target)."""
+  return np.minimum(np.arange(target) * depth // target, depth - 1)
+
+
+def resize_volume(vol: np.ndarray, size: int, max_depth: int,
+                  depth_patch: int = 1) -> np.ndarray:
+  """[rows, cols, slices] -> [size, size, min(slices, max_depth)]; fewer slices than
+  depth_patch are resized (nearest) to depth_patch, as RadFM does."""
   rows, cols, depth = vol.shape
   if (rows, cols) != (size, size):
     vol = ndimage.zoom(vol, (size / rows, size / cols, 1.0), order=1, grid_mode=True,
@@ -50,6 +62,8 @@ def resize_volume(vol: np.ndarray, size: int, max_depth: int) -> np.ndarray:
   if depth > max_depth:
     vol = ndimage.zoom(vol, (1.0, 1.0, max_depth / depth), order=0, grid_mode=True,
                        mode='nearest')
+  elif depth < depth_patch:  # 1 slice: repeated; 2 or 3 of 4: RadFM's nearest resize
+    vol = vol[:, :, nearest_slices(depth, depth_patch)]
   return np.clip(vol[:size, :size, :max_depth], 0.0, 1.0)
 
 
@@ -61,9 +75,9 @@ def volume_input(image: dict, *, size: int, max_depth: int, depth_patch: int,
     x = images_lib.preprocess(image, size=size, num_channels=num_channels, mean=mean, std=std,
                               record_id=record_id)
     return np.repeat(x[:, :, None, :], depth_patch, axis=2), depth_patch
-  vol = resize_volume(decode_volume(image, record_id), size, max_depth)
-  if vol.shape[2] == 1:  # a 2D image stored as a volume (RadFM's z = 1): as a 2D one
-    vol = np.repeat(vol, depth_patch, axis=2)
+  # A 2D image stored as a volume (RadFM's z = 1) is repeated to one depth patch, as a
+  # 2D one; 2 or 3 slices fill the patch by nearest slice, as RadFM's collator does.
+  vol = resize_volume(decode_volume(image, record_id), size, max_depth, depth_patch)
   x = images_lib.normalise(vol[..., None].repeat(num_channels, -1), mean, std, num_channels)
   return x, vol.shape[2]
 
