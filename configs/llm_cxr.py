@@ -61,6 +61,7 @@ def get_config(arg: str = ''):
   # Rows for the codes and the two delimiters; new rows start at the mean of the old.
   lm.vocab_size = _round_up(DOLLY_VOCAB + CODEBOOK + 2, 128)  # code k: row 50280 + k
   c.data.codebook_size = CODEBOOK
+  c.data.codes_per_image = 16 * 16  # a record of another count is a data error
   c.data.chat_format = 'dolly'
   c.data.tasks = ('report_from_codes', 'codes_from_report')
   c.data.task_options.report_section = 'both' if args.stage == 1 else 'impression'
@@ -120,6 +121,7 @@ def _tiny(c, args, cxr: dict, text: dict) -> tuple[dict, dict]:
   c.data.dir = ''  # eval reads the first component: the demo's codes
   c.data.too_long = 'drop'
   c.data.codebook_size = vq.codebook_size
+  c.data.codes_per_image = num_codes
   # The codec's step is the one that made the demo's codes (its latest when they are made
   # now): a codec trained further later leaves this decoder's codes as they were.
   made = llm_cxr.codes_summary(codes_dir(args.codec))

@@ -65,8 +65,11 @@ def test_codes_reports_reads_only_records_with_codes():
   records = [schema.encode(EXAMPLE), schema.encode(no_image)]
   assert [ex['id'] for ex in codes_evaluators.examples_with_codes(records, 2)] == ['c1']
   evaluator = object.__new__(codes_evaluators.CodesReportEvaluator)
-  evaluator.codebook_size = K
+  evaluator.codebook_size, evaluator.num_codes = K, len(EXAMPLE['codes'])
   assert '<code_36>' in evaluator.prompt_turns(EXAMPLE)[0]['text']
+  short = schema.make_example(id='s', codes=EXAMPLE['codes'][:-1])
+  with pytest.raises(schema.SchemaError, match="record 's': codes: 5 codes, but an image has 6"):
+    evaluator.prompt_turns(short)
   with pytest.raises(schema.SchemaError, match="record 'n': codes: none"):
     evaluator.prompt_turns(no_image)
 
@@ -85,3 +88,58 @@ def test_decoding_out_of_range_codes_names_the_code_and_the_codec():
     codec.decode(codes)
   with pytest.raises(ValueError, match=r'codes of shape \(1, 255\).*256 codes'):
     codec.decode([[0] * 255])
+
+
+def test_a_record_with_the_wrong_number_of_codes_names_itself_and_its_shard(tokenizer, tmp_path):
+  # A record of 5 codes where the codec makes 6 is a data error naming the record and the
+  # shard it sits in, never a shorter image the decoder learns to read and draw.
+  from data_prep import writer
+  from radjax.core import defaults
+  from radjax.data import pipeline, processors, source
+  options = instructions.Options(codebook_size=K, report_section='findings', num_codes=6)
+  assert instructions.codes_from_report(EXAMPLE, None, options)  # 6 codes: fine
+  wrong = schema.make_example(id='short', codes=[0, 5, 36, 5, 17],
+                              report={'findings': 'Normal.', 'impression': ''})
+  for task in (instructions.codes_from_report, instructions.report_from_codes):
+    with pytest.raises(schema.SchemaError, match=r"record 'short': codes: 5 codes, but an "
+                                                 r'image has 6'):
+      task(wrong, None, options)
+  with writer.ShardedWriter(str(tmp_path), 'val', 1, validate=lambda ex: None) as w:
+    assert w.write({**EXAMPLE, 'split': 'val'}) and w.write({**wrong, 'split': 'val'})
+  config = defaults.get_config()
+  config.data.dir = str(tmp_path)
+  processor = processors.ConversationProcessor(
+      chat.ConversationEncoder(tokenizer, chat.get_format('dolly')),
+      ('codes_from_report',), options, 256)
+  ds = pipeline.eval_dataset(config, processor, 'val', 1, 0, 1)
+  assert ds[0]['tokens'].shape == (1, 256)
+  with pytest.raises(source.DataError, match=r"val.*array_record.* record 1: record 'short': "
+                                             r'codes: 5 codes, but an image has 6'):
+    ds[1]
+
+
+def test_codes_per_image_from_the_config_or_the_codec(tmp_path):
+  import json
+
+  from radjax.core import defaults
+  from radjax.eval import llm_cxr
+  c = defaults.get_config()
+  assert llm_cxr.codes_per_image(c) == 0  # no codes read
+  c.data.codebook_size = K
+  with pytest.raises(ValueError, match='neither config.data.codes_per_image nor config.codec'):
+    llm_cxr.codes_per_image(c)
+  c.data.codes_per_image = 256
+  assert llm_cxr.codes_per_image(c) == 256
+  codec = tmp_path / 'codec'  # a codec workdir's config: 64 px, 2 halvings -> 16 x 16
+  codec.mkdir()
+  (codec / 'config.json').write_text(json.dumps(
+      {'model': {'kind': 'vqgan', 'vqgan': {'image_size': 64, 'channel_mult': [1, 2, 2],
+                                            'attn_levels': [2]}}}))
+  c.codec.workdir = str(codec)
+  assert llm_cxr.codes_per_image(c) == 256
+  c.data.codes_per_image = 0  # e.g. a workdir trained before the knob: the codec's grid
+  assert llm_cxr.codes_per_image(c) == 256
+  c.data.codes_per_image = 255
+  with pytest.raises(ValueError, match=r'codes_per_image=255 but the codec .* makes 256 '
+                                       r'codes \(16 x 16\)'):
+    llm_cxr.codes_per_image(c)

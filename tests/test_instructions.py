@@ -286,8 +286,9 @@ def test_options_from_config():
   c = defaults.get_config()
   options = ins.options_from_config(c.data.task_options)
   assert options == ins.Options()
-  # Every option is a task_options knob, except the codebook (config.data.codebook_size).
-  assert set(c.data.task_options) | {'codebook_size'} == {
+  # Every option is a task_options knob, except the codebook (config.data.codebook_size)
+  # and the codes per image (config.data.codes_per_image, else the codec's grid).
+  assert set(c.data.task_options) | {'codebook_size', 'num_codes'} == {
       f.name for f in dataclasses.fields(ins.Options)}
   assert ins.options_from_config(None, 37).codebook_size == 37
   assert ins.options_from_config(None) == ins.Options()

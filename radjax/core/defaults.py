@@ -136,6 +136,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # <image_begin>, <image_end> and one token per code; tasks 'report_from_codes' and
   # 'codes_from_report' read the Examples' `codes`. 0: none.
   c.data.codebook_size = 0
+  # Codes per image (the codec's grid: LLM-CXR's 16 x 16 = 256): a record whose `codes`
+  # hold another count is a data error naming it (and its shard). 0: config.codec's grid.
+  c.data.codes_per_image = 0
   # The codec whose codes the decoder reads and writes (LLM-CXR): a vqgan workdir.
   # --mode=generate encodes --images with it and decodes drawn codes to PNGs; '' = none.
   # Drawing decodes with its own knobs (LLM-CXR samples, top-p 0.92); reading uses eval's.

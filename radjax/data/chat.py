@@ -42,10 +42,15 @@ def image_tokens_needed(images: bool, delimiters: bool = False,
   return out + ([IMAGE_BEGIN, IMAGE_END] if delimiters or codebook_size else [])
 
 
-def render_codes(codes, codebook_size: int, record_id: str = '') -> str:
+def render_codes(codes, codebook_size: int, record_id: str = '', num_codes: int = 0) -> str:
   """An image's VQ-GAN codes as text the tokenizer reads as one token each, wrapped in
-  the delimiters: '<image_begin><code_12><code_7>...<image_end>'."""
+  the delimiters: '<image_begin><code_12><code_7>...<image_end>'. num_codes > 0: the
+  count an image must have (the codec's grid, LLM-CXR's 16 x 16 = 256); another count
+  is an error naming the record, not a shorter or longer image to train on."""
   codes = [int(c) for c in codes]
+  if num_codes and len(codes) != num_codes:
+    raise schema.SchemaError(f'record {record_id!r}: codes: {len(codes)} codes, but an image '
+                             f"has {num_codes} (the codec's grid; config.data.codes_per_image)")
   bad = [c for c in codes if not 0 <= c < codebook_size]
   if bad:
     raise schema.SchemaError(f'record {record_id!r}: codes: {bad[:3]} outside the codebook '

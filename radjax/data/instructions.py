@@ -37,18 +37,21 @@ class Options:
   uncertain_as: int = 1  # classification, vqa: what a CheXpert -1 counts as
   vqa_questions: int = 1  # vqa: closed questions (distinct observations) per example
   codebook_size: int = 0  # report_from_codes, codes_from_report (config.data.codebook_size)
+  # codes per image (the codec's grid); a record with another count is an error. 0: any.
+  num_codes: int = 0
 
 
-def options_from_config(task_options: Mapping | None, codebook_size: int = 0) -> Options:
-  """Options from config.data.task_options (a ConfigDict or dict) and
-  config.data.codebook_size; unknown keys and impossible values are errors naming
-  config.data.task_options.<key>."""
+def options_from_config(task_options: Mapping | None, codebook_size: int = 0,
+                        num_codes: int = 0) -> Options:
+  """Options from config.data.task_options (a ConfigDict or dict), config.data.codebook_size
+  and the codes per image (radjax/eval/llm_cxr.py codes_per_image); unknown keys and
+  impossible values are errors naming config.data.task_options.<key>."""
   given = dict(task_options or {})
-  known = {f.name for f in dataclasses.fields(Options)} - {'codebook_size'}
+  known = {f.name for f in dataclasses.fields(Options)} - {'codebook_size', 'num_codes'}
   for key in given:
     if key not in known:
       raise ValueError(f'config.data.task_options.{key}: unknown option; known: {sorted(known)}')
-  options = Options(**given, codebook_size=int(codebook_size))
+  options = Options(**given, codebook_size=int(codebook_size), num_codes=int(num_codes))
   _check(options.report_section in REPORT_SECTIONS, 'report_section',
          f'{options.report_section!r} is not one of {REPORT_SECTIONS}')
   _check(_is_int(options.uncertain_as) and options.uncertain_as in (0, 1), 'uncertain_as',
@@ -459,7 +462,8 @@ def _codes(example: dict, options: Options) -> str | None:
   codes = example.get('codes')
   if not codes or not options.codebook_size:
     return None
-  return chat.render_codes(codes, options.codebook_size, example.get('id', ''))
+  return chat.render_codes(codes, options.codebook_size, example.get('id', ''),
+                           options.num_codes)
 
 
 def report_from_codes(example: dict, rng: np.random.Generator | None,

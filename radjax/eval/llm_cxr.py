@@ -55,6 +55,27 @@ def check_codes_made_by(data_dir: str, codec_workdir: str, step: int) -> None:
       'dir (python -m data_prep.encode_codes)')
 
 
+def codes_per_image(config) -> int:
+  """The codes each record's `codes` must hold (0: the config reads no codes):
+  config.data.codes_per_image, else the code grid of config.codec's codec; both given,
+  they must agree."""
+  if not config.data.get('codebook_size', 0):
+    return 0
+  given = int(config.data.get('codes_per_image', 0) or 0)
+  workdir = config.get('codec', {}).get('workdir', '')
+  if not workdir:
+    if not given:
+      raise ValueError(f'config.data.codebook_size={config.data.codebook_size} reads image '
+                       'codes, but neither config.data.codes_per_image nor config.codec.workdir '
+                       "says how many an image has (the codec's grid: LLM-CXR 16 x 16 = 256)")
+    return given
+  h, w = factory.part_config(workdir_lib.load_config(workdir).model, 'vqgan').code_grid
+  if given and given != h * w:
+    raise ValueError(f'config.data.codes_per_image={given} but the codec {workdir!r} '
+                     f'(config.codec.workdir) makes {h * w} codes ({h} x {w}) per image')
+  return h * w
+
+
 def check_config_codes(config) -> None:
   """Every dataset of `config` that holds codes was made by config.codec's codec."""
   if not config.codec.workdir or not config.data.get('codebook_size', 0):
@@ -151,10 +172,12 @@ def draw_request(report: str) -> list[dict]:
   return [{'role': 'user', 'text': instructions.CODES_DRAW_QUESTIONS[0].format(report.strip())}]
 
 
-def read_request(codes, codebook_size: int) -> list[dict]:
-  """The CXR -> report request (wording variant 0 of report_from_codes)."""
+def read_request(codes, codebook_size: int, num_codes: int = 0, record_id: str = ''
+                 ) -> list[dict]:
+  """The CXR -> report request (wording variant 0 of report_from_codes); num_codes > 0:
+  the codes an image must have."""
   return [{'role': 'user', 'text': instructions.CODES_READ_QUESTIONS[0].format(
-      chat.render_codes(codes, codebook_size))}]
+      chat.render_codes(codes, codebook_size, record_id, num_codes))}]
 
 
 @dataclasses.dataclass
@@ -209,6 +232,7 @@ class LlmCxr:
     if config.model.kind != 'llm' or not config.data.get('codebook_size', 0):
       raise ValueError('an LLM-CXR workdir is a decoder (config.model.kind=llm) with '
                        'config.data.codebook_size > 0')
+    codes_per_image(config)  # config.data.codes_per_image agrees with the codec
     check_config_codes(config)
 
   @property
@@ -235,7 +259,8 @@ class LlmCxr:
     return self.read_codes(self.codec.codes(images), seed)
 
   def read_codes(self, codes: list[list[int]], seed: int | None = None) -> list[str]:
-    items = [({'id': f'image_{i}', 'images': []}, read_request(c, self.codebook_size))
+    items = [({'id': f'image_{i}', 'images': []},
+              read_request(c, self.codebook_size, self.num_codes, f'image_{i}'))
              for i, c in enumerate(codes)]
     return self.answerer.answer(self.params, items, self.read_cfg, seed)
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from radjax.data import chat, instructions, keywords, mixture, processors
 from radjax.data import labels as labels_lib
+from radjax.eval import llm_cxr
 from radjax.train import loss as loss_lib
 from radjax.train import optimizer as optimizer_lib
 from radjax.train import pretrained as pretrained_lib
@@ -136,7 +137,8 @@ def logits_at(config, batch):
 def conversation_processor(config, encoder, tasks, images=None, labels=None):
   tasks = mixture.eval_tasks(config) if tasks is None else tuple(tasks)
   options = instructions.options_from_config(config.data.task_options,
-                                             config.data.get('codebook_size', 0))
+                                             config.data.get('codebook_size', 0),
+                                             llm_cxr.codes_per_image(config))
   return processors.ConversationProcessor(encoder, tasks, options, config.data.max_len, images,
                                           labels)
 

@@ -60,6 +60,7 @@ class CodesReportEvaluator(reports.ReportEvaluator):
     super().__init__(exp, split)
     k = int(exp.config.data.codebook_size)
     self.codebook_size = k
+    self.num_codes = llm_cxr.codes_per_image(exp.config)
     tok = self.answerer.encoder.tokenizer
     first, end = chat.code_ids(tok, k)
     image_ids = set(range(first, end)) | {tok.convert_tokens_to_ids(t)
@@ -73,7 +74,7 @@ class CodesReportEvaluator(reports.ReportEvaluator):
     if not codes:
       raise schema.SchemaError(f"record {example.get('id')!r}: codes: none; codes_reports "
                                "reads a report from the image's codes")
-    return llm_cxr.read_request(codes, self.codebook_size)
+    return llm_cxr.read_request(codes, self.codebook_size, self.num_codes, example.get('id'))
 
   def run(self, params, step: int, writer=None, out_dir=None) -> dict:
     del writer  # no image tower to log inputs from; predictions.jsonl has the texts
