@@ -139,6 +139,71 @@ def test_lpips_is_zero_on_identical_images_and_reads_a_vgg_state_dict(tmp_path):
       dict(perceptual_weights='', perceptual_weight=1.0))) is None
 
 
+def _torch_lpips(a, b, sd, heads=None):
+  """LPIPS written here in torch from richzhang/PerceptualSimilarity's forward (lpips/
+  lpips.py, v0.1): ScalingLayer; torchvision's vgg16.features (config 'D') cut after
+  relu1_2 .. relu5_3 (pretrained_networks.py: slices end at 4, 9, 16, 23, 30);
+  normalize_tensor (f / (|f| + 1e-10)); squared differences; channels summed
+  (lpips=False) or weighed by the 1x1 heads; spatial mean; summed over the layers."""
+  import torch
+  layers, c = [], 3
+  for v in (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512):
+    if v == 'M':
+      layers.append(torch.nn.MaxPool2d(2, 2))
+    else:
+      layers += [torch.nn.Conv2d(c, v, 3, padding=1), torch.nn.ReLU()]
+      c = v
+  features = torch.nn.Sequential(*layers)
+  features.load_state_dict({k.removeprefix('features.'): torch.from_numpy(v)
+                            for k, v in sd.items()})
+  shift = torch.tensor([-.030, -.088, -.188])[None, :, None, None]
+  scale = torch.tensor([.458, .448, .450])[None, :, None, None]
+
+  def taps(x):
+    x, out = (torch.from_numpy(x).permute(0, 3, 1, 2) - shift) / scale, []
+    for lo, hi in ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30)):
+      x = features[lo:hi](x)
+      out.append(x)
+    return out
+
+  total = 0
+  with torch.no_grad():
+    for k, (f0, f1) in enumerate(zip(taps(a), taps(b))):
+      n0 = f0 / (torch.sqrt(torch.sum(f0 ** 2, dim=1, keepdim=True)) + 1e-10)
+      n1 = f1 / (torch.sqrt(torch.sum(f1 ** 2, dim=1, keepdim=True)) + 1e-10)
+      diff = (n0 - n1) ** 2
+      if heads is None:
+        layer = diff.sum(dim=1, keepdim=True)
+      else:
+        layer = torch.nn.functional.conv2d(diff, torch.from_numpy(heads[f'lin{k}.model.1.weight']))
+      total = total + layer.mean([2, 3], keepdim=True)
+  return total.reshape(-1).numpy()
+
+
+def test_lpips_matches_a_torch_lpips_with_and_without_heads():
+  rng = np.random.default_rng(1)
+  widths = (3, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
+  sd = {}
+  for n, i in enumerate(lpips.VGG16_CONVS):  # He-scaled, so relu5_3 is not all zero
+    fan_in = widths[n] * 9
+    sd[f'features.{i}.weight'] = rng.normal(0, np.sqrt(2 / fan_in), (
+        widths[n + 1], widths[n], 3, 3)).astype(np.float32)
+    sd[f'features.{i}.bias'] = rng.normal(0, 0.01, widths[n + 1]).astype(np.float32)
+  heads = {f'lin{k}.model.1.weight': rng.uniform(0, 0.1, (1, c, 1, 1)).astype(np.float32)
+           for k, c in enumerate((64, 128, 256, 512, 512))}
+  a = rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  b = np.clip(a + rng.normal(0, 0.3, a.shape), -1, 1).astype(np.float32)
+  for h in (None, heads):
+    ours = np.asarray(lpips.distance(jnp.asarray(a), jnp.asarray(b),
+                                     lpips.weights_from_state_dict(sd, h, 'vgg16')))
+    np.testing.assert_allclose(ours, _torch_lpips(a, b, sd, h), rtol=2e-5)
+  gray = a[..., :1]  # grayscale is read as the same value in all three channels
+  np.testing.assert_allclose(
+      np.asarray(lpips.distance(jnp.asarray(gray), jnp.asarray(b[..., :1]),
+                                lpips.weights_from_state_dict(sd, None, 'vgg16'))),
+      _torch_lpips(np.repeat(gray, 3, -1), np.repeat(b[..., :1], 3, -1), sd), rtol=2e-5)
+
+
 @pytest.fixture(scope='module')
 def stepped(demo_data):
   """The micro codec's jitted train step (adversarial terms on from step 0) and the states

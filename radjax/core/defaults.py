@@ -416,6 +416,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # LPIPS-style perceptual loss: VGG16 features from a torchvision `vgg16` state dict
   # (.pth read with weights_only=True, or .safetensors) and, optionally, LPIPS's linear
   # heads (`lin0..4.model.1.weight`, e.g. lpips' vgg.pth). '' = off (logged once).
+  # Without heads the distance is LPIPS's baseline (lpips=False: channels summed), on a
+  # scale of its own; perceptual_weight 1.0 is Taming's value, which has the heads.
   c.vqgan.perceptual_weight = 1.0
   c.vqgan.perceptual_weights = ''
   c.vqgan.lpips_heads = ''

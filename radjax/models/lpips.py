@@ -4,8 +4,11 @@ a constant of the loss, never part of the trained state.
 
 Weights (given by the user; nothing is downloaded): torchvision's `vgg16` state dict
 (`features.{i}.weight` [O, I, 3, 3], `features.{i}.bias`) and optionally LPIPS's
-linear heads (`lin{k}.model.1.weight` [1, C, 1, 1]); without heads every channel
-weighs the same.
+linear heads (`lin{k}.model.1.weight` [1, C, 1, 1]). Without heads it is LPIPS's
+baseline (`LPIPS(lpips=False)`, richzhang/PerceptualSimilarity lpips/lpips.py forward):
+the squared differences of the unit-normalised features summed over channels, averaged
+over space, summed over the 5 layers (each layer's term in [0, 4]: a scale of its own,
+not the headed distance's).
 """
 import jax
 import jax.numpy as jnp
@@ -65,8 +68,10 @@ def distance(a, b, weights: dict):
                     weights['convs'])
   total = jnp.zeros((n,), jnp.float32)
   for k, f in enumerate(feats):
+    # LPIPS's normalize_tensor, f / (|f| + 1e-10), with the eps inside the root so that
+    # an all-zero feature (ReLU) has a finite gradient; the two differ by < 1e-10 / |f|.
     f = f * jax.lax.rsqrt(jnp.sum(jnp.square(f), -1, keepdims=True) + 1e-20)
     d = jnp.square(f[:n] - f[n:])
-    d = jnp.mean(d, -1) if weights['heads'] is None else d @ weights['heads'][k]
+    d = jnp.sum(d, -1) if weights['heads'] is None else d @ weights['heads'][k]
     total = total + jnp.mean(d, axis=(1, 2))
   return total

@@ -75,7 +75,7 @@ def load_perceptual(vc) -> dict | None:
   heads = hf_io.load_state_dict_file(vc.lpips_heads) if vc.lpips_heads else None
   weights = lpips.weights_from_state_dict(vgg, heads, vc.perceptual_weights)
   logging.info('perceptual loss: VGG16 from %s, heads %s', vc.perceptual_weights,
-               vc.lpips_heads or 'uniform')
+               vc.lpips_heads or "none (LPIPS's baseline: channels summed)")
   return weights
 
 
