@@ -13,6 +13,14 @@ The quantizer keeps, next to its codebook, statistics the train step writes (nev
 given gradients): `ema_count`/`ema_sum` for EMA codebook updates and `usage`, the
 running share of assignments per code (dead-code restarts, metrics). `to-hf` leaves
 them out.
+
+Sharding: a conv kernel [kh, kw, in, out] names its input channels 'embed' (FSDP, as a
+Dense layer's input axis) and leaves its output channels unnamed; tensor-splitting them
+would split the activations, which in a conv net dwarf the weights (256 px, 128 channels:
+8M values per image against 147K per kernel), and GroupNorm's groups with them. A conv
+reading the image (1 or 3 channels) names its output channels instead. The codebook
+[K, D] is ('vocab', 'embed'), as an LLM's embedding table. Biases and norms stay
+replicated (small).
 """
 import dataclasses
 
@@ -86,18 +94,24 @@ def conv2d(x, kernel, bias, stride: int = 1, padding='SAME'):
   return y + bias.astype(x.dtype)
 
 
+# Logical axes of a conv kernel [kh, kw, in, out] (see the module docstring).
+CONV_AXES = (None, None, 'embed', None)
+IMAGE_CONV_AXES = (None, None, None, 'embed')  # the input is the image: 1 or 3 channels
+
+
 class Conv(nn.Module):
   features: int
   kernel_size: int = 3
   stride: int = 1
   padding: object = 'SAME'
   dtype: layers.Dtype = jnp.float32
+  axes: tuple = CONV_AXES
 
   @nn.compact
   def __call__(self, x):
     k = self.kernel_size
     init = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
-    kernel = self.param('kernel', layers.param_init(init, (None, None, None, None)),
+    kernel = self.param('kernel', layers.param_init(init, self.axes),
                         (k, k, x.shape[-1], self.features), jnp.float32)
     bias = self.param('bias', layers.param_init(nn.initializers.zeros, (None,)),
                       (self.features,), jnp.float32)
@@ -149,7 +163,7 @@ class SpatialAttention(nn.Module):
   def __call__(self, x):
     n, hgt, wid, c = x.shape
     h = GroupNorm(self.groups, dtype=self.dtype, name='group_norm')(x).reshape(n, hgt * wid, c)
-    dense = lambda name: layers.Dense((c,), (None, None), True, self.dtype, name=name)
+    dense = lambda name: layers.Dense((c,), ('embed', None), True, self.dtype, name=name)
     q, k, v = dense('to_q')(h), dense('to_k')(h), dense('to_v')(h)
     logits = jnp.einsum('nqc,nkc->nqk', q, k).astype(jnp.float32) / jnp.sqrt(c)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
@@ -215,7 +229,7 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg, chans = self.cfg, self.cfg.block_channels
-    x = Conv(chans[0], dtype=self.dtype, name='conv_in')(x)
+    x = Conv(chans[0], dtype=self.dtype, axes=IMAGE_CONV_AXES, name='conv_in')(x)
     for i, c in enumerate(chans):
       x = Level(c, cfg.num_res_blocks, cfg.norm_groups, i in cfg.attn_levels,
                 'down' if i < len(chans) - 1 else '', self.dtype, self.remat_policy,
@@ -272,11 +286,12 @@ class Quantizer(nn.Module):
     cfg = self.cfg
     k, d = cfg.codebook_size, cfg.codebook_dim
     init = nn.initializers.uniform(2.0 / k)  # diffusers: U(-1/K, 1/K)
+    axes = ('vocab', 'embed')
     codebook = self.param('embedding', layers.param_init(
-        lambda key, shape, dtype: init(key, shape, dtype) - 1.0 / k, (None, None)), (k, d),
+        lambda key, shape, dtype: init(key, shape, dtype) - 1.0 / k, axes), (k, d),
         jnp.float32)
     stat = lambda name, fn, shape: jax.lax.stop_gradient(
-        self.param(name, layers.param_init(fn, (None,) * len(shape)), shape, jnp.float32))
+        self.param(name, layers.param_init(fn, axes[:len(shape)]), shape, jnp.float32))
     stat('ema_count', nn.initializers.ones, (k,))
     stat('ema_sum', lambda key, shape, dtype: codebook, (k, d))
     stat('usage', nn.initializers.constant(1.0 / k), (k,))
@@ -303,7 +318,7 @@ class PatchDiscriminator(nn.Module):
     cfg = self.cfg
     pad = ((1, 1), (1, 1))
     act = lambda y: jax.nn.leaky_relu(y, 0.2)
-    x = act(Conv(cfg.disc_channels, 4, 2, pad, self.dtype, name='conv_0')(x))
+    x = act(Conv(cfg.disc_channels, 4, 2, pad, self.dtype, IMAGE_CONV_AXES, name='conv_0')(x))
     for n in range(1, cfg.disc_layers + 1):
       width = cfg.disc_channels * min(2 ** n, 8)
       stride = 2 if n < cfg.disc_layers else 1
