@@ -80,7 +80,7 @@ def test_processes_must_lie_along_the_batch_axes():
 
 
 def test_many_small_replicated_parameters_are_warned_of_as_a_sum():
-  """The codec's convolutions have no logical axes: none alone passes the threshold, but
+  """Many small parameters without logical axes: none alone passes the threshold, but
   every device holding all of them is worth a warning; sharded ones do not count."""
   from jax.sharding import Mesh, NamedSharding, PartitionSpec
   mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(8), ('fsdp',))

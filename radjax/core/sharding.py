@@ -147,8 +147,9 @@ def born_sharded(init_fn: Callable, shardings, mesh: Mesh, rules, *args):
 
 def warn_replicated(params, shardings, warn_mib: float) -> list[str]:
   """Names big parameters that every device holds whole (a sharding-rule mistake), and
-  says so when many small ones add up past warn_mib (a part without logical axes: the
-  VQ-GAN codec's convolutions). Returns the names it warned of ('*' for the sum)."""
+  says so when many small ones add up past warn_mib (a part whose params were given no
+  logical axes, or whose axes the rules map to None). Returns the names it warned of ('*'
+  for the sum)."""
   flagged, small, total = [], 0, 0.0
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   shard_leaves = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))

@@ -2,6 +2,11 @@
 VQ-GAN loss uses it. Pure functions of a weights dict, so the frozen feature network is
 a constant of the loss, never part of the trained state.
 
+A constant of the jitted step, it has no logical axes: every device holds it whole, on
+purpose. It is small next to what the step shards (VGG16's convs: 14.7M frozen weights,
+56 MiB in f32, with no gradients or optimizer moments; the f16 codec: 75M trained ones,
+each with two Adam moments), and split over fsdp it would be gathered again every step.
+
 Weights (given by the user; nothing is downloaded): torchvision's `vgg16` state dict
 (`features.{i}.weight` [O, I, 3, 3], `features.{i}.bias`) and optionally LPIPS's
 linear heads (`lin{k}.model.1.weight` [1, C, 1, 1]). Without heads it is LPIPS's
