@@ -2,7 +2,10 @@
 geometry, the quantizer, EMA / restarts, the adaptive GAN weight against plain autodiff,
 LPIPS from user weights, and configs/vqgan.py at size=micro through the generic trainer
 (losses fall, a killed run resumes identically)."""
+import copy
+import functools
 import json
+import math
 import os
 
 import flax.linen as nn
@@ -15,9 +18,11 @@ import pytest
 
 from configs import vqgan as vqgan_recipe
 from radjax import run as run_lib
+from radjax.core import sharding
 from radjax.core import workdir as workdir_lib
 from radjax.models import factory, lpips, vqgan
 from radjax.tasks import vqgan as vqgan_task
+from radjax.train import state as state_lib
 from tests.conftest import train_killed_then_resumed
 
 
@@ -265,6 +270,72 @@ def test_train_step_gradients_equal_plain_autodiff_with_the_adaptive_weight(step
   weight, norm = reference(gen)
   np.testing.assert_allclose(metrics[0]['gan_weight'], weight, rtol=1e-4)
   np.testing.assert_allclose(metrics[0]['grad_norm'], norm, rtol=1e-4)
+
+
+def _fsdp8(c):
+  """A copy of config `c` on a data=1 x fsdp=8 mesh."""
+  c = copy.deepcopy(c)
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 8, 1
+  return c
+
+
+def _bytes(leaves, per_device: bool = False) -> int:
+  """Bytes of abstract (sharded) arrays, whole or as one device holds them."""
+  shape = lambda a: a.sharding.shard_shape(a.shape) if per_device else a.shape
+  return sum(math.prod(shape(a)) * a.dtype.itemsize for a in leaves)
+
+
+@pytest.mark.parametrize('size', ['', 'size=tiny'])
+def test_fsdp_shards_the_codec_kernels_and_codebook_over_eight_devices(size):
+  """Every conv / attention kernel and the codebook names a logical axis the default rules
+  put on fsdp: on 8 devices each holds about an eighth of the parameters (all 8 of them
+  whole before), and nothing adds up to the replicated-parameter warning."""
+  c = _fsdp8(vqgan_recipe.get_config(size))
+  task = vqgan_task.ImageCodec(c, None)
+  mesh = sharding.make_mesh(c.mesh, jax.devices()[:8])
+  rules = sharding.rules_from_config(c.sharding.rules)
+  params, shardings = state_lib.abstract_params(task.model(), task.init_inputs(), mesh, rules)
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  for path, a in flat:
+    name = jax.tree_util.keystr(path, simple=True, separator='/')
+    if name.endswith(('kernel', 'embedding', 'ema_sum')):
+      assert a.sharding.shard_shape(a.shape) != a.shape, name
+  spec = lambda *keys: tuple(functools.reduce(lambda t, k: t[k], keys, params).sharding.spec)
+  assert spec('encoder', 'conv_in', 'kernel') == (None, None, None, 'fsdp')  # 1-3 channels in
+  assert spec('decoder', 'up_blocks_0', 'resnets_0', 'conv1', 'kernel') == (
+      None, None, 'fsdp', None)
+  assert spec('quantize', 'embedding') == ('tensor', 'fsdp')  # as an LLM's embedding table
+  total, leaves = _bytes(jax.tree.leaves(params)), jax.tree.leaves(params)
+  assert _bytes(leaves, per_device=True) <= 1.1 * total / 8 + 32 * 1024
+  assert sharding.warn_replicated(params, shardings, c.sharding.replicated_warn_mib) == []
+
+
+def test_train_steps_on_an_fsdp_mesh_equal_one_device(stepped):
+  """The micro codec born sharded over 8 devices (fsdp) starts from the one-device init,
+  and its train steps (adversarial terms on) give the one-device losses and params."""
+  from radjax.data import pipeline
+  from radjax.train import setup
+  c, _, batch, states, metrics = stepped
+  c = _fsdp8(c)
+  with jax.threefry_partitionable(False):  # as `stepped` was initialised
+    exp = setup.build(c, run_lib.make_task(c), jax.devices()[:8])
+    state = exp.state
+    kernel = state.params['decoder']['mid_block']['resnets_0']['conv1']['kernel']
+    assert kernel.addressable_shards[0].data.shape[2] == kernel.shape[2] // 8
+    dev = jax.devices()[0]
+    held = sum(s.data.nbytes for a in jax.tree.leaves(state.params)
+               for s in a.addressable_shards if s.device == dev)
+    assert held < 0.2 * _bytes(jax.tree.leaves(state.params))  # micro: 1/8 + biases, norms
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+                 jax.device_get(state.params), states[0].params)
+    step = setup.jit_train_step(exp)
+    sharded = pipeline.to_global({'images': np.asarray(batch['images'])}, exp.batch_shardings)
+    for i in range(2):
+      state, m = step(state, sharded)
+      for key in ('loss', 'rec_loss', 'g_loss', 'd_loss', 'grad_norm'):
+        np.testing.assert_allclose(m[key], metrics[i][key], rtol=1e-5, err_msg=key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               jax.device_get(state.params), states[2].params)
 
 
 def test_trained_codec_exports_to_diffusers_with_the_same_codes_and_pixels(stepped, tmp_path):
