@@ -49,6 +49,14 @@ def test_full_geometry_is_llm_cxrs_16x16_codes_from_1024():
   assert images.shape == (2, 256, 256, 3)
 
 
+def test_the_codec_task_needs_no_tokenizer(tmp_path):
+  """Images in, images out: a dataset without tokenizer.json trains a codec."""
+  c = vqgan_recipe.get_config('size=micro')
+  c.data.dir = str(tmp_path)
+  task = run_lib.make_task(c)
+  assert isinstance(task, vqgan_task.ImageCodec) and task.tokenizer is None
+
+
 def test_bad_geometry_is_an_error_naming_the_knob():
   with pytest.raises(ValueError, match='norm_groups'):
     vqgan.VQGANConfig(kind='vqgan', base_channels=12, norm_groups=8)

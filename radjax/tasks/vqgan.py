@@ -85,6 +85,7 @@ class ImageCodec(base.Task):
   evaluators = ('codec',)
   parts = {'vqgan': state_lib.WHOLE}
   image_slots = None  # no VLM image slots: generation does not apply
+  needs_tokenizer = False  # images in, images out
 
   def __init__(self, config, tokenizer):
     super().__init__(config, tokenizer)
