@@ -3,6 +3,7 @@
 the radjax config (no downloads), given the radjax weights through radjax/convert, so both
 sides compute the same function. Also the timing and table helpers both scripts share.
 """
+import dataclasses
 import statistics
 import time
 
@@ -88,7 +89,9 @@ def hf_llava(vlm_cfg, params=None, device: str = 'cpu', max_positions: int = 409
              attn_implementation: str = 'sdpa'):
   """float32 `LlavaForConditionalGeneration` of the radjax VLMConfig on `device`, with the
   radjax VLM params (any auxiliary label head is left out) or HF's random init."""
-  hf_cfg = llava.hf_config_from_vlm(vlm_cfg, 'llama', max(max_positions, 4096),
+  llm_cfg = dataclasses.replace(vlm_cfg.llm, max_position_embeddings=max(
+      max_positions, vlm_cfg.llm.max_position_embeddings))
+  hf_cfg = llava.hf_config_from_vlm(dataclasses.replace(vlm_cfg, llm=llm_cfg), 'llama',
                                     bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
   with torch.device(device):  # built where it runs: random init there is fast
     model = transformers.LlavaForConditionalGeneration._from_config(
@@ -106,8 +109,10 @@ def hf_decoder(llm_cfg, params=None, device: str = 'cpu', max_positions: int = 4
                attn_implementation: str = 'sdpa'):
   """float32 `*ForCausalLM` of the radjax LLMConfig (its export family) on `device`."""
   family = convert.export_family(llm_cfg)
-  hf_cfg = convert.hf_config_from_llm(llm_cfg, family, max(max_positions, 4096),
-                                      bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+  llm_cfg = dataclasses.replace(llm_cfg, max_position_embeddings=max(
+      max_positions, llm_cfg.max_position_embeddings))
+  hf_cfg = convert.hf_config_from_llm(llm_cfg, family, bos_token_id=BOS, eos_token_id=EOS,
+                                      pad_token_id=PAD)
   with torch.device(device):
     model = transformers.AutoModelForCausalLM.from_config(
         hf_cfg, attn_implementation=attn_implementation, dtype=torch.float32)

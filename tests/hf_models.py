@@ -288,7 +288,7 @@ def check_decoder_round_trip(path: str, family: str, scan: bool, out_dir: str, l
   assert diff <= 1e-4
 
   # Export back to an HF directory; HF must reproduce the same function.
-  convert.save_hf_dir(out_dir, convert.hf_config_from_llm(cfg, family, 1024),
+  convert.save_hf_dir(out_dir, convert.hf_config_from_llm(cfg, family),
                       convert.hf_from_params(params, cfg))
   exported = transformers.AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
   assert type(exported) is type(hf_model)

@@ -21,8 +21,10 @@ PROMPT_LEN, TOL = 512, 1e-4
 LLAVA_IMAGE_ID, LLAVA_VOCAB = 4, 320
 # family -> (the tiny HF model, extra `from-hf` flags). --unscanned once per model kind.
 CASES = {
+    # A context length other than to-hf's default (4096), as Qwen2's 32768.
     'llama': (lambda: hf_models.tiny_llama(vocab_size=300, seed=3, eos_token_id=2,
-                                           bos_token_id=1, pad_token_id=0), ()),
+                                           bos_token_id=1, pad_token_id=0,
+                                           max_position_embeddings=32768), ()),
     'qwen2': (hf_models.tiny_qwen2, ('--unscanned',)),  # odd head count, tied embeddings
     'gpt_neox': (lambda: hf_models.tiny_gpt_neox('parallel'), ()),  # partial rotary
     'clip_vision': (hf_models.tiny_clip_vision, ()),
@@ -101,6 +103,10 @@ def test_llm_round_trip(converted, family):
   assert diff <= TOL and back_diff <= TOL
   assert type(c['back']) is type(c['hf'])
   assert c['back'].config.tie_word_embeddings == c['hf'].config.tie_word_embeddings
+  # The context length comes back (the tiny models' 1024; llama's 32768), not a default.
+  positions = c['hf'].config.max_position_embeddings
+  assert positions != 4096 and c['config'].model.llm.max_position_embeddings == positions
+  assert c['back'].config.max_position_embeddings == positions
 
 
 def test_llama_workdir_generates_like_hf(converted):
@@ -248,6 +254,8 @@ def test_llava_round_trip_and_bf16_export(converted, tmp_path):
   print(f'llava workdir max|dlogits|={diff:.2e} to-hf max|dlogits|={back_diff:.2e}')
   assert diff <= TOL and back_diff <= TOL
   assert type(c['back']) is type(c['hf'])
+  positions = c['hf'].config.text_config.max_position_embeddings
+  assert positions != 4096 and c['back'].config.text_config.max_position_embeddings == positions
 
   # --dtype bfloat16 (and an explicit --step): every tensor is bf16, the f32 export rounded.
   out = tmp_path / 'bf16'

@@ -69,7 +69,7 @@ def test_roundtrip_logits_and_generation(hf_dir, scan, tmp_path):
   out_dir = str(tmp_path / 'export')
   exported = llava.hf_from_params(params, cfg)
   assert exported.keys() == {_export_name(k) for k in state_dict}
-  hf_io.save_hf_dir(out_dir, llava.hf_config_from_vlm(cfg, 'llama', 1024, bos_token_id=1,
+  hf_io.save_hf_dir(out_dir, llava.hf_config_from_vlm(cfg, 'llama', bos_token_id=1,
                                                       eos_token_id=EOS, pad_token_id=0),
                     exported)
   reloaded, info = transformers.LlavaForConditionalGeneration.from_pretrained(

@@ -93,7 +93,10 @@ def test_config_roundtrip(family):
   cfg = llm.LLMConfig(vocab_size=300, embed_dim=64, num_layers=2, num_heads=heads,
                       num_kv_heads=kv_heads, mlp_dim=112, head_dim=32,
                       rope_theta=5e5, norm_eps=1e-5, qkv_bias=family == 'qwen2',
-                      tie_embeddings=family == 'qwen2')
-  assert convert.llm_config_from_hf(convert.hf_config_from_llm(cfg, family)) == cfg
+                      tie_embeddings=family == 'qwen2',
+                      max_position_embeddings=32768 if family == 'qwen2' else 2048)
+  hf = convert.hf_config_from_llm(cfg, family)
+  assert hf.max_position_embeddings == cfg.max_position_embeddings
+  assert convert.llm_config_from_hf(hf) == cfg
   with pytest.raises(ValueError, match='qkv_bias'):
     convert.hf_config_from_llm(dataclasses.replace(cfg, qkv_bias=not cfg.qkv_bias), family)

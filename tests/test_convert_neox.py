@@ -107,9 +107,11 @@ def test_config_roundtrip(parallel):
   cfg = llm.LLMConfig(vocab_size=300, embed_dim=64, num_layers=2, num_heads=4,
                       num_kv_heads=4, mlp_dim=256, rope_theta=20000.0, norm_eps=1e-5,
                       qkv_bias=True, activation='gelu', norm='layer', mlp='plain',
-                      linear_bias=True, parallel_residual=parallel, rotary_pct=0.25)
+                      linear_bias=True, parallel_residual=parallel, rotary_pct=0.25,
+                      max_position_embeddings=2048)  # GPT-NeoX's, dolly-v2's
   hf = convert.hf_config_from_llm(cfg, 'gpt_neox')
   assert isinstance(hf, transformers.GPTNeoXConfig)
+  assert hf.max_position_embeddings == 2048
   assert hf.architectures == ['GPTNeoXForCausalLM']
   assert convert.llm_config_from_hf(hf) == cfg
   assert convert.export_family(cfg) == 'gpt_neox'

@@ -44,6 +44,17 @@ def _require(hf, field: str, ok) -> None:
                             f'{hf.model_type}')
 
 
+def _max_positions(hf) -> int:
+  """HF's max_position_embeddings (LLMConfig's default where a config has none)."""
+  value = getattr(hf, 'max_position_embeddings', None)
+  if value is None:
+    return LLMConfig.__dataclass_fields__['max_position_embeddings'].default
+  if not isinstance(value, int) or value < 1:
+    raise UnsupportedConfig(f'HF config field max_position_embeddings={value!r} is not '
+                            'supported (a positive integer)')
+  return value
+
+
 def llm_config_from_hf(hf, **overrides) -> LLMConfig:
   """LLMConfig for an HF llama/qwen2/gpt_neox config; `overrides` replace fields."""
   family = getattr(hf, 'model_type', None)
@@ -52,6 +63,7 @@ def llm_config_from_hf(hf, **overrides) -> LLMConfig:
                             f'expected one of {FAMILIES}')
   _require(hf, 'hidden_act', lambda v: v in _ACTS)
   rope_theta, rotary_pct = _rope(hf)
+  overrides = {'max_position_embeddings': _max_positions(hf), **overrides}
   if family == 'gpt_neox':
     return dataclasses.replace(_neox_config_from_hf(hf, rope_theta, rotary_pct), **overrides)
   if rotary_pct != 1.0:
@@ -125,9 +137,9 @@ def _check_exportable(cfg: LLMConfig, family: str) -> None:
                             'gpt_neox (needs embed_dim // num_heads)')
 
 
-def hf_config_from_llm(cfg: LLMConfig, family: str, max_position_embeddings: int = 4096,
-                       **extra):
-  """transformers config for `cfg`; `extra` passes through (bos/eos ids, dtype, ...)."""
+def hf_config_from_llm(cfg: LLMConfig, family: str, **extra):
+  """transformers config for `cfg` (max_position_embeddings its own); `extra` passes
+  through (bos/eos ids, dtype, ...)."""
   import transformers
   if family not in FAMILIES:
     raise UnsupportedConfig(f'family={family!r} is not supported; expected one of {FAMILIES}')
@@ -145,7 +157,7 @@ def hf_config_from_llm(cfg: LLMConfig, family: str, max_position_embeddings: int
     kwargs = dict(
         vocab_size=cfg.vocab_size, hidden_size=cfg.embed_dim, intermediate_size=cfg.mlp_dim,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-        hidden_act=acts[cfg.activation], max_position_embeddings=max_position_embeddings,
+        hidden_act=acts[cfg.activation], max_position_embeddings=cfg.max_position_embeddings,
         layer_norm_eps=cfg.norm_eps, use_parallel_residual=cfg.parallel_residual,
         rope_parameters={'rope_type': 'default', 'rope_theta': float(cfg.rope_theta),
                          'partial_rotary_factor': float(cfg.rotary_pct)},
@@ -156,7 +168,7 @@ def hf_config_from_llm(cfg: LLMConfig, family: str, max_position_embeddings: int
       vocab_size=cfg.vocab_size, hidden_size=cfg.embed_dim, intermediate_size=cfg.mlp_dim,
       num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
       num_key_value_heads=cfg.num_kv_heads, hidden_act=acts[cfg.activation],
-      max_position_embeddings=max_position_embeddings, rms_norm_eps=cfg.norm_eps,
+      max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=cfg.norm_eps,
       rope_parameters={'rope_type': 'default', 'rope_theta': float(cfg.rope_theta)},
       tie_word_embeddings=cfg.tie_embeddings)
   if family == 'llama':

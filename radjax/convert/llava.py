@@ -70,8 +70,7 @@ def vlm_config_from_hf(hf, **overrides) -> vlm.VLMConfig:
   return dataclasses.replace(cfg, **overrides)
 
 
-def hf_config_from_vlm(cfg: vlm.VLMConfig, text_family: str, max_position_embeddings: int = 4096,
-                       **extra):
+def hf_config_from_vlm(cfg: vlm.VLMConfig, text_family: str, **extra):
   """`LlavaConfig` for `cfg`. bos/eos/pad token ids in `extra` go to the text config (where
   generation reads them) and the Llava config; everything else to the Llava config."""
   import transformers
@@ -82,8 +81,7 @@ def hf_config_from_vlm(cfg: vlm.VLMConfig, text_family: str, max_position_embedd
     raise UnsupportedConfig(f'config.model.vision.variant={cfg.vision.variant!r} has no Llava '
                             "equivalent ('clip' or 'siglip')")
   tokens = {k: extra[k] for k in _TOKEN_FIELDS if k in extra}
-  text = hf_config.hf_config_from_llm(cfg.llm, text_family, max_position_embeddings,
-                                     **tokens)
+  text = hf_config.hf_config_from_llm(cfg.llm, text_family, **tokens)
   full = cfg.vision.variant == 'siglip' or cfg.vision.keep_class_token
   kwargs = dict(
       vision_config=vit_convert.hf_config_from_vit(cfg.vision), text_config=text,

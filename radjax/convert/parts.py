@@ -30,6 +30,13 @@ class Codec:
   part_of: Callable = lambda hf, sd: (hf, sd)  # a bigger HF model -> this part's config, tensors
   keep: tuple[str, ...] = ()
   free: tuple[str, ...] = ()  # target fields a source may differ in (handled by conversion)
+  # Fields that describe the model but not its weights (the decoder's context length): a
+  # source and a target may differ in them, and the weights carry over unchanged.
+  meta: tuple[str, ...] = ()
+
+  def same_weights(self, source, target) -> bool:
+    """Whether two configs of this part hold the same weights (they differ at most in `meta`)."""
+    return dataclasses.replace(source, **{k: getattr(target, k) for k in self.meta}) == target
 
 
 def _llm_to_hf(cfg, params, **hf_extra):
@@ -44,7 +51,7 @@ def _llm_params(state_dict, cfg, scan):
 
 CODECS = {
     ('llm', 'decoder'): Codec(llm_hf_config.llm_config_from_hf, _llm_params, _llm_to_hf,
-                              free=('vocab_size',)),
+                              free=('vocab_size',), meta=('max_position_embeddings',)),
     ('vision', 'vit'): Codec(vit.vit_config_from_hf, vit.params_from_hf,
                              lambda cfg, params, **_: (vit.hf_config_from_vit(cfg),
                                                        vit.hf_from_params(params, cfg)),
@@ -93,7 +100,7 @@ def params_for(part: str, hf_cfg, state_dict, target, scan: bool):
   source = c.config_from_hf(hf_cfg)
   if c.keep:
     source = dataclasses.replace(source, **{k: getattr(target, k) for k in c.keep})
-  _check_same(source, target, f'config.model.{part}', c.free)
+  _check_same(source, target, f'config.model.{part}', c.free + c.meta)
   params = c.params_from_hf(state_dict, source, scan)
   if part == 'llm':
     params = vocab_lib.grow_vocab(params, target.vocab_size)

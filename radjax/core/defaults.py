@@ -305,6 +305,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.llm.linear_bias = False  # bias on o and the MLP linears too (GPT-NeoX)
   c.model.llm.parallel_residual = False  # x + attn(norm1(x)) + mlp(norm2(x)) (GPT-NeoX)
   c.model.llm.rotary_pct = 1.0  # fraction of each head's dims that get RoPE (dolly-v2: 0.25)
+  # The context length the model was trained for (HF's max_position_embeddings: LLaMA-2
+  # and Vicuna v1.5 4096, LLaMA-1, TinyLlama and GPT-NeoX 2048, Qwen2-7B-Instruct 32768).
+  # `to-hf` writes it into the exported config and `from-hf` reads it; the decoder itself
+  # does not (RoPE has no position table), nor does a checkpoint depend on it, so init_from
+  # a model with another value is fine (a recipe sets its source model's).
+  c.model.llm.max_position_embeddings = 4096
 
   # The VQ-GAN image codec (config.model.kind='vqgan', task 'vqgan'; radjax/models/vqgan.py).
   # Defaults: Taming's f16 / 1024-code model, LLM-CXR's geometry (256 px -> 16 x 16 codes).

@@ -21,9 +21,9 @@ CONFIG_FILE = 'config.json'
 # an error naming it, not a checkpoint that "does not restore" and is set aside as damaged.
 STATE_FILE = 'state_structure.json'
 # config.model knobs that may change between runs of one workdir: where a fresh run's
-# weights come from. (How it runs lives in config.runtime; of that only scan_layers
-# changes what a checkpoint holds.)
-RUNTIME_MODEL_KEYS = ('init_from',)
+# weights come from, and the decoder's context length, which only `to-hf` reads. (How it
+# runs lives in config.runtime; of that only scan_layers changes what a checkpoint holds.)
+RUNTIME_MODEL_KEYS = ('init_from', 'max_position_embeddings')
 
 
 class WorkdirError(ValueError):

@@ -37,6 +37,9 @@ class LLMConfig:
   linear_bias: bool = False  # bias on o and the MLP linears (q/k/v follow qkv_bias)
   parallel_residual: bool = False  # x + attn(attn_norm(x)) + mlp(mlp_norm(x))
   rotary_pct: float = 1.0  # RoPE on the first int(head_dim * rotary_pct) dims of a head
+  # The context the model was trained for: HF's max_position_embeddings, written by `to-hf`
+  # and read by `from-hf`. Nothing in the decoder reads it (RoPE has no position table).
+  max_position_embeddings: int = 4096
   kind: ClassVar[str] = 'decoder'
 
   @property
@@ -64,6 +67,9 @@ class LLMConfig:
     if self.activation not in layers.ACTIVATIONS:
       raise ValueError(f'config.model.llm.activation: {self.activation!r} not in '
                        f'{sorted(layers.ACTIVATIONS)}')
+    if self.max_position_embeddings < 1:
+      raise ValueError(f'config.model.llm.max_position_embeddings: '
+                       f'{self.max_position_embeddings} must be >= 1')
     if not 0.0 < self.rotary_pct <= 1.0 or self.rotary_dim % 2:
       raise ValueError(f'config.model.llm.rotary_pct: {self.rotary_pct} must be in (0, 1] '
                        f'and give an even number of rotary dims (head_dim '

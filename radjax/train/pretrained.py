@@ -36,7 +36,9 @@ def _from_workdir(part: str, path: str, target_cfg, target, scan: bool):
     raise ValueError(f'config.model.{part}.init_from={path!r} holds a {part} of kind '
                      f'{source_cfg.kind!r}, but config.model.{part}.kind={target_cfg.kind!r}')
   has_codec = (part, target_cfg.kind) in parts.CODECS
-  if source_cfg == target_cfg and (source.runtime.scan_layers == scan or not has_codec):
+  same = (parts.CODECS[(part, target_cfg.kind)].same_weights(source_cfg, target_cfg)
+          if has_codec else source_cfg == target_cfg)
+  if same and (source.runtime.scan_layers == scan or not has_codec):
     return workdir_lib.load_params(path, path=sub, target=target)
   if not has_codec:  # no HF layout to convert through
     diffs = [f'{k}={getattr(target_cfg, k)!r} (the workdir has {getattr(source_cfg, k)!r})'
