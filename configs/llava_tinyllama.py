@@ -22,6 +22,7 @@ def get_config(arg: str = ''):
   c = base.get_config()
   # Tower sizes are radjax/core/defaults.py's (CLIP ViT-L/14-224, TinyLlama 1.1B).
   c.data.max_len = 2048
+  c.model.llm.max_position_embeddings = 2048  # TinyLlama's; what to-hf writes
   c.runtime.dtype = 'bfloat16'
   c.runtime.attention_impl = 'cudnn'
   c.runtime.remat.llm = 'qkv_and_attention_out'

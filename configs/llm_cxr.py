@@ -58,6 +58,7 @@ def get_config(arg: str = ''):
   lm.norm, lm.mlp, lm.activation, lm.linear_bias, lm.qkv_bias = (
       'layer', 'plain', 'gelu', True, True)
   lm.parallel_residual, lm.rotary_pct, lm.rope_theta, lm.norm_eps = True, 0.25, 10000.0, 1e-5
+  lm.max_position_embeddings = 2048  # NeoX's context; what to-hf writes
   # Rows for the codes and the two delimiters; new rows start at the mean of the old.
   lm.vocab_size = _round_up(DOLLY_VOCAB + CODEBOOK + 2, 128)  # code k: row 50280 + k
   c.data.codebook_size = CODEBOOK

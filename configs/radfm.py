@@ -39,6 +39,7 @@ def radfm_model(model) -> None:
   lm.kind, lm.vocab_size, lm.embed_dim, lm.num_layers = 'decoder', VOCAB_SIZE, 5120, 40
   lm.num_heads, lm.num_kv_heads, lm.head_dim, lm.mlp_dim = 40, 40, 0, 13824
   lm.rope_theta, lm.norm_eps, lm.tie_embeddings = 10000.0, 1e-6, False
+  lm.max_position_embeddings = 2048  # LLaMA-1's; what to-hf writes
 
 
 def tiny_model(model, micro: bool = False) -> None:

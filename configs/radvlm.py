@@ -57,6 +57,7 @@ def get_config(arg: str = ''):
   lm.vocab_size, lm.embed_dim, lm.num_layers, lm.num_heads, lm.num_kv_heads = (
       152064, 3584, 28, 28, 4)
   lm.mlp_dim, lm.norm_eps, lm.rope_theta, lm.qkv_bias = 18944, 1e-6, 1e6, True
+  lm.max_position_embeddings = 32768  # what to-hf writes (radjax/core/defaults.py)
   c.data.image_mean = c.data.image_std = (0.5, 0.5, 0.5)
   c.data.chat_format = 'chatml'
   # RadVLM trains these wherever they stand (LLaVA-NeXT's unmask_tokens_idx).

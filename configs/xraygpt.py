@@ -43,6 +43,7 @@ def get_config(arg: str = ''):
   lm.vocab_size, lm.embed_dim, lm.num_layers, lm.num_heads, lm.num_kv_heads = (
       32001, 4096, 32, 32, 32)
   lm.mlp_dim, lm.norm_eps, lm.rope_theta = 11008, 1e-6, 10000.0
+  lm.max_position_embeddings = 2048  # LLaMA-1's; what to-hf writes
   c.optim.param_groups = (('projector/out/.*', 1.0), ('.*', 'frozen'))
   c.optim.b2, c.optim.weight_decay = 0.999, 0.05
   c.data.crop_scale = (0.5, 1.0)

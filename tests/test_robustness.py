@@ -481,6 +481,7 @@ def test_changed_architecture_writes_nothing(saved_workdir):
   other = tiny_config(config.data.dir)
   other.model.kind = 'llm'
   other.model.vision.embed_dim, other.model.projector.hidden_dim = 48, 80
+  other.model.llm.max_position_embeddings = 2048  # only `to-hf` reads it
   workdir_lib.check_resumable(other, lm_wd)
   other.model.llm.num_layers = 3
   with pytest.raises(workdir_lib.WorkdirError, match=r'Differing: model\.llm\.num_layers: 2 '
