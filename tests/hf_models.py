@@ -36,6 +36,21 @@ GPT_NEOX_VARIANTS = {
     'sequential': dict(num_attention_heads=2, rotary_pct=0.5, rotary_emb_base=5000,
                        use_parallel_residual=False, tie_word_embeddings=False),
 }
+# The chat template llava-hf ships with LLaVA-1.5 (and llava-v1.6-vicuna) in its
+# processor's chat_template.json: 'USER: <image>\nq ASSISTANT: a USER: q2 ASSISTANT:', no BOS
+# (the processor's tokenizer adds it), text only from content lists.
+LLAVA_15_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}"
+    "{{ message['role'].upper() + ': '}}{% endif %}"
+    "{# Render all images first #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
 
 
 # --- builders ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerFast
 
 from data_prep import tokenizer as tokenizer_lib
 from radjax.data import chat, schema, tokens
+from tests import hf_models
 
 TURNS = [{'role': 'user', 'text': 'Is there an effusion?'},
          {'role': 'assistant', 'text': 'Yes, on the left.'},
@@ -72,6 +73,11 @@ EXPECTED = {
     'dolly': ('SYS\n\n### Instruction:\n<image>x3\nIs there an effusion?\n\n### Response:\n'
               '[[Yes, on the left.\n\n### End]]### Instruction:\nIs the heart enlarged?\n\n'
               '### Response:\n[[No.\n\n### End]]'),
+    # LLaVA-1.5 as llava-hf's chat template renders it: answers after 'ASSISTANT:' and a
+    # space (in the answer's tokens, tokenised with the text around it), the last one
+    # closed by </s>.
+    'llava': ('<s>SYS USER: <image>x3\nIs there an effusion? ASSISTANT:[[ Yes, on the left.]] '
+              'USER: Is the heart enlarged? ASSISTANT:[[ No.</s>]]'),
     # The answer is tokenised with its question: byte-level BPE puts the space in it.
     'plain': '<s><image>x3Is there an effusion?[[ Yes, on the left.]]Is the heart enlarged?'
              '[[ No.</s>]]',
@@ -301,7 +307,7 @@ def test_plain_format_puts_images_straight_before_the_question_as_radfm(tmp_path
   assert ids == [tok.bos_token_id] + image + text + [tok.eos_token_id]
 
 
-@pytest.mark.parametrize('fmt', ['vicuna', 'chatml', 'dolly'])
+@pytest.mark.parametrize('fmt', ['vicuna', 'llava', 'chatml', 'dolly'])
 def test_sentencepiece_tokenizer_gets_the_missing_specials(tmp_path, fmt):
   """A LLaMA/Vicuna tokenizer.model directory: the format's markers and <image> are added
   after the base vocabulary, always with the same ids; pad falls back to EOS."""
@@ -319,3 +325,44 @@ def test_sentencepiece_tokenizer_gets_the_missing_specials(tmp_path, fmt):
   assert 'Yes, on the left.' in tok.decode(trained, skip_special_tokens=True)
   assert (arrays['tokens'] == enc.image_id).sum() == 2
   assert not np.isin(arrays['targets'][arrays['loss_mask'] > 0], [enc.image_id]).any()
+
+
+def _llava_15_tokenizer(kind: str, bpe_json: str, tmp_path):
+  """A tokenizer that adds BOS when it encodes, as LLaVA-1.5's does, with its HF chat
+  template: the byte-level BPE, or a sentencepiece LLaMA tokenizer in the layout LLaMA's
+  tokenizer.json has (every piece of text after '▁' and with spaces as '▁')."""
+  from tokenizers import normalizers, processors
+  if kind == 'bpe':
+    tok = _tokenizer(bpe_json, 'llava')
+  else:
+    tok = chat.prepare_tokenizer(tokens.load_tokenizer(_sentencepiece_dir(tmp_path)),
+                                 chat.LLAVA, images=True)
+    tok.backend_tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.Prepend('▁'), normalizers.Replace(' ', '▁')])
+    tok.backend_tokenizer.pre_tokenizer = None
+  tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+      single='<s> $A', special_tokens=[('<s>', tok.bos_token_id)])
+  tok.chat_template = hf_models.LLAVA_15_CHAT_TEMPLATE
+  return tok
+
+
+@pytest.mark.parametrize('kind', ['bpe', 'sentencepiece'])
+def test_llava_format_gives_the_ids_of_llava_15s_hf_chat_template(bpe_json, tmp_path, kind):
+  """A multi-turn prompt is the ids LlavaProcessor feeds LLaVA-1.5: its chat template's
+  text, encoded with the BOS its tokenizer adds. Training ends the last answer with </s>
+  where that template leaves a space, and trains only the answers and that </s>."""
+  tok = _llava_15_tokenizer(kind, bpe_json, tmp_path)
+  enc = chat.ConversationEncoder(tok, chat.LLAVA, image_tokens=1)
+  messages = [{'role': t['role'], 'content': [{'type': 'text', 'text': t['text']}]}
+              for t in TURNS]
+  messages[0]['content'].insert(0, {'type': 'image'})
+  prompt = tok.apply_chat_template(messages[:3], tokenize=False, add_generation_prompt=True)
+  assert prompt == ('USER: <image>\nIs there an effusion? ASSISTANT: Yes, on the left. '
+                    'USER: Is the heart enlarged? ASSISTANT:')
+  assert enc.prompt(TURNS[:3], 1) == tok(prompt)['input_ids']
+  full = tok.apply_chat_template(messages, tokenize=False)
+  assert full.endswith('ASSISTANT: No. ')
+  ids, weights = enc.encode(TURNS, 1, 'r')
+  assert ids == tok(full.removesuffix(' '))['input_ids'] + [tok.eos_token_id]
+  trained = [i for i, w in zip(ids, weights) if w]
+  assert tok.decode(trained).strip() == 'Yes, on the left. No.</s>'

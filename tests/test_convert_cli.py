@@ -345,7 +345,7 @@ def test_conversions_never_write_over_a_workdir(converted, tmp_path, capsys):
   assert snapshot() == before
 
 
-@pytest.mark.parametrize('fmt', ['vicuna', 'chatml'])
+@pytest.mark.parametrize('fmt', ['vicuna', 'llava', 'chatml'])
 def test_a_vlm_chat_format_survives_the_round_trip(converted, tmp_path, fmt, capsys):
   """to-hf writes the format as the chat template; from-hf reads it back (a VLM imported in
   another format answers prompts it was never trained on). A template radjax has no
@@ -370,7 +370,7 @@ def test_a_vlm_chat_format_survives_the_round_trip(converted, tmp_path, fmt, cap
   assert "chat template is none of radjax's chat formats" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize('fmt', ['radjax', 'vicuna', 'chatml', 'dolly'])
+@pytest.mark.parametrize('fmt', ['radjax', 'vicuna', 'llava', 'chatml', 'dolly'])
 def test_the_chat_template_of_a_vlm_with_a_system_prompt_gives_format_and_prompt(tmp_path,
                                                                                 fmt):
   """to-hf renders config.data.system_prompt into the chat template: from-hf recognises
@@ -383,6 +383,31 @@ def test_the_chat_template_of_a_vlm_with_a_system_prompt_gives_format_and_prompt
     tok.chat_template = chat.chat_template(chat.get_format(fmt), system)
     assert convert_cli._chat_format_of(tok) == (
         fmt, '' if system == chat.get_format(fmt).default_system else system)
+
+
+def test_llava_15s_own_chat_template_imports_as_the_llava_format(converted, tmp_path, capsys):
+  """llava-hf's LLaVA-1.5 directory: its processor's chat_template.json renders no BOS (the
+  tokenizer adds it when it encodes) and is radjax's `llava` format, with no system prompt."""
+  import json
+
+  from tokenizers import processors
+
+  from radjax.data import tokens
+  hf_dir = tmp_path / 'hf'
+  converted('llava')['hf'].save_pretrained(hf_dir)
+  _tokenizer_json(str(tmp_path / 'tok.json'), 300)
+  tok = tokens.load_tokenizer(str(tmp_path / 'tok.json'))
+  assert convert_cli._chat_format_of(tok, hf_models.LLAVA_15_CHAT_TEMPLATE) is None  # no BOS
+  tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+      single='<s> $A', special_tokens=[('<s>', tok.bos_token_id)])
+  assert tok('w5')['input_ids'] == [1, 5]
+  tok.save_pretrained(hf_dir)
+  (hf_dir / 'chat_template.json').write_text(
+      json.dumps({'chat_template': hf_models.LLAVA_15_CHAT_TEMPLATE}))
+  _cli('from-hf', '--family', 'llava', '--hf_dir', hf_dir, '--out', tmp_path / 'wd')
+  config = workdir.load_config(str(tmp_path / 'wd'))
+  assert (config.data.chat_format, config.data.system_prompt) == ('llava', '')
+  assert 'chat template' not in capsys.readouterr().err
 
 
 def test_a_format_that_stops_at_a_string_exports_it(converted, tmp_path):

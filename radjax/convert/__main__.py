@@ -80,54 +80,77 @@ def _adds_bos(tokenizer) -> bool:
   return bos is None or tokenizer('x')['input_ids'][:1] == [bos]
 
 
-def _chat_format_of(tokenizer) -> tuple[str, str] | None:
+def _chat_format_of(tokenizer, template: str | None = None) -> tuple[str, str] | None:
   """(format, system prompt): the radjax chat format, and the system prompt ('' for the
-  format's default), whose template renders conversations as the tokenizer's own chat
-  template does (a VLM that `to-hf` exported, with its config.data.system_prompt: both
-  come back), or None."""
+  format's default), whose template renders conversations as `template` (default: the
+  tokenizer's own chat template) does (a VLM that `to-hf` exported, with its
+  config.data.system_prompt: both come back), or None. A template without the BOS that the
+  tokenizer adds when it encodes the text (LLaVA-1.5's, through its LlavaProcessor)
+  matches a format that starts with it."""
   from radjax.data import chat
-  template = getattr(tokenizer, 'chat_template', None)
+  template = template or getattr(tokenizer, 'chat_template', None)
   if not isinstance(template, str):
     return None
-  first = {'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': 'Q1'}]}
-  conversations = ([first], [first, {'role': 'assistant', 'content': 'A1'},
-                             {'role': 'user', 'content': 'Q2'}])
+  bos = tokenizer.bos_token
+  adds_bos = bos is not None and tokenizer('x')['input_ids'][:1] == [tokenizer.bos_token_id]
   mark = 'RADJAX_SYSTEM_PROMPT'
 
-  def render(t, convs=conversations):
+  def render(t, convs):
     try:
       return [tokenizer.apply_chat_template(c, chat_template=t, tokenize=False,
                                             add_generation_prompt=True) for c in convs]
     except Exception:  # a template that needs other fields than these conversations give
       return None
 
-  want = render(template)
-  if want is None:
-    return None
-  # The system prompt a conversation without a system turn gets: where an explicit system
-  # turn's text stands (as the format renders it), in the conversation without one.
-  with_system = render(template, ([{'role': 'system', 'content': mark}, first],))
-  for name, fmt in chat.FORMATS.items():
-    system = ''
-    if fmt.system and with_system and with_system[0].count(mark) == 1:
-      before, after = with_system[0].split(mark)
-      if (want[0].startswith(before) and want[0].endswith(after)
-          and len(want[0]) >= len(before) + len(after)):
-        system = want[0][len(before):len(want[0]) - len(after)]
-    system = '' if system == fmt.default_system else system
-    if render(chat.chat_template(fmt, system)) == want:
-      return name, system
+  # Every content a list of items, as HF processors pass it (LLaVA-1.5's template renders
+  # only those), then later turns as plain strings.
+  first = {'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': 'Q1'}]}
+  for text in (lambda t: [{'type': 'text', 'text': t}], lambda t: t):
+    conversations = ([first], [first, {'role': 'assistant', 'content': text('A1')},
+                               {'role': 'user', 'content': text('Q2')}])
+    want = render(template, conversations)
+    if want is None:
+      continue
+    fed = [bos + w if adds_bos and not w.startswith(bos) else w for w in want]
+    # The system prompt a conversation without a system turn gets: where an explicit system
+    # turn's text stands (as the format renders it), in the conversation without one.
+    with_system = render(template, ([{'role': 'system', 'content': text(mark)}, first],))
+    for name, fmt in chat.FORMATS.items():
+      system = ''
+      if fmt.system and with_system and with_system[0].count(mark) == 1:
+        before, after = with_system[0].split(mark)
+        if (want[0].startswith(before) and want[0].endswith(after)
+            and len(want[0]) >= len(before) + len(after)):
+          system = want[0][len(before):len(want[0]) - len(after)]
+      system = '' if system == fmt.default_system else system
+      if render(chat.chat_template(fmt, system), conversations) in (want, fed):
+        return name, system
+  return None
+
+
+def _processor_chat_template(hf_dir: str) -> str | None:
+  """The chat template a processor keeps apart from its tokenizer, in the files
+  transformers before v5 wrote (llava-hf's chat_template.json, or processor_config.json)."""
+  for name in ('chat_template.json', 'processor_config.json'):
+    path = os.path.join(hf_dir, name)
+    if os.path.exists(path):
+      from radjax.core import files
+      raw = files.read_json(path, ConversionError)
+      template = raw.get('chat_template') if isinstance(raw, dict) else None
+      if isinstance(template, str):
+        return template
   return None
 
 
 def _set_chat_format(config, tokenizer, hf_dir: str) -> None:
   """An imported VLM prompts in the chat format (and with the system prompt) its HF chat
-  template renders; a template that is none of radjax's formats is said, with the format
-  the workdir uses instead."""
-  found = _chat_format_of(tokenizer)
+  template renders (the tokenizer's, else the processor's); a template that is none of
+  radjax's formats is said, with the format the workdir uses instead."""
+  template = getattr(tokenizer, 'chat_template', None) or _processor_chat_template(hf_dir)
+  found = _chat_format_of(tokenizer, template)
   if found:
     config.data.chat_format, config.data.system_prompt = found
-  elif getattr(tokenizer, 'chat_template', None):
+  elif template:
     print(f"note: {hf_dir}'s chat template is none of radjax's chat formats (radjax/data/"
           f'chat.py); the workdir prompts in config.data.chat_format='
           f'{config.data.chat_format!r}, which the model may not have been trained on',

@@ -97,7 +97,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       vqa_questions=1,  # vqa: yes/no questions per example, about distinct observations
   ))
   # How turns become tokens (radjax/data/chat.py): 'radjax' | 'vicuna' (XrayGPT's ###
-  # turns) | 'chatml' (Qwen2, RadVLM) | 'dolly' (LLM-CXR) | 'plain' (RadFM's Q/A) | 'none'
+  # turns) | 'llava' (LLaVA-1.5's USER: / ASSISTANT:, as its HF chat template renders them)
+  # | 'chatml' (Qwen2, RadVLM) | 'dolly' (LLM-CXR) | 'plain' (RadFM's Q/A) | 'none'
   # (no prompt: images then the answer) | 'text' ('none' without the BOS). Loss on every
   # assistant turn and its end marker.
   c.data.chat_format = 'radjax'

@@ -94,7 +94,8 @@ class ChatFormat:
   stop_strings: tuple = ()  # generation stops at these (besides the stop ids)
   image_sep: str = '\n'  # between prepended images and the user's text
   # An answer joined to its question by this text and tokenised with it (RadFM:
-  # tokenizer(question + ' ' + answer)); the generation prompt is the question alone.
+  # tokenizer(question + ' ' + answer)), and the text after it tokenised after it (as in
+  # the one string an HF chat template renders); the generation prompt is the question alone.
   answer_sep: str = ''
   image_wrap: tuple = ('', '')  # plain text around each image's placeholders (XrayGPT's <Img>)
 
@@ -121,6 +122,17 @@ VICUNA = ChatFormat(
     'vicuna', begin=(BOS, '###'), system=('{text}###',), user=('Patient: {text} ',),
     assistant_open=('###Doctor: ',), assistant_close=('###',), finish=(),
     stop_strings=('###',), image_sep=' ', image_wrap=('<Img>', '</Img>'))
+# LLaVA-1.5 as its Hugging Face chat template renders it (llava-hf's LlavaProcessor, also
+# llava-v1.6-vicuna): 'USER: <image>\nq ASSISTANT: a USER: q2 ASSISTANT: a2</s>', BOS first
+# (the processor's tokenizer adds it), the answer after 'ASSISTANT:' and a space, tokenised
+# with the text around it; no system prompt unless set ('{system} USER: ...'). Later turns
+# follow an answer after a space, not the '</s>' LLaVA's own training put there; the last
+# answer ends with '</s>'. Set config.data.system_prompt to LLaVA's ('A chat between a
+# curious user and an artificial intelligence assistant. The assistant gives helpful,
+# detailed, and polite answers to the user's questions.') for its training prompt.
+LLAVA = ChatFormat(
+    'llava', system=('{text} ',), user=('USER: {text} ',), assistant_open=('ASSISTANT:',),
+    answer_sep=' ', separator=(' ',))
 # ChatML with a system prompt (Qwen2, RadVLM).
 CHATML = ChatFormat(
     'chatml', begin=(),
@@ -148,7 +160,7 @@ NONE = ChatFormat('none')
 # are those HF's `tokenizer(prompt)` gives.
 TEXT = ChatFormat('text', begin=())
 
-FORMATS = {f.name: f for f in (RADJAX, VICUNA, CHATML, DOLLY, PLAIN, NONE, TEXT)}
+FORMATS = {f.name: f for f in (RADJAX, VICUNA, LLAVA, CHATML, DOLLY, PLAIN, NONE, TEXT)}
 
 
 def get_format(name: str) -> ChatFormat:
@@ -265,6 +277,9 @@ class ConversationEncoder:
 
   def _tokenize(self, segments: list[tuple]) -> tuple[list[int], list[int]]:
     ids, weights, text, text_w = [], [], '', 0
+    # A joined format's (answer_sep) answer text that the pending text directly follows:
+    # that text is tokenised after it, as in the one string HF's chat template renders.
+    after = ''
 
     def flush():
       if not text:
@@ -273,7 +288,8 @@ class ConversationEncoder:
         new, token_w = self.keywords.token_weights(self.tokenizer, text)
         weights.extend(float(text_w * w) for w in token_w)
       else:
-        new = self.tokenizer.encode(text, add_special_tokens=False)
+        new = (self._in_context(after, text) if after and not text_w else
+               self.tokenizer.encode(text, add_special_tokens=False))
         weights.extend([text_w] * len(new))
       ids.extend(new)
 
@@ -283,15 +299,24 @@ class ConversationEncoder:
       if isinstance(seg, str):
         if text and w != text_w:
           flush()
+          after = text if text_w and self.fmt.answer_sep else ''
           text = ''
         text, text_w = text + seg, w
       else:
         flush()
-        text = ''
+        text, after = '', ''
         ids.extend(seg)
         weights.extend([0 if t in self.image_ids else w for t in seg])
     flush()
     return ids, weights
+
+  def _in_context(self, before: str, text: str) -> list[int]:
+    """Ids of `text` as they stand after `before` in one tokenised string (a sentencepiece
+    tokenizer's space before the next 'USER:' is then no extra piece), where that string
+    splits into `before`'s own ids and the rest; else `text`'s own ids."""
+    enc = functools.partial(self.tokenizer.encode, add_special_tokens=False)
+    head, full = enc(before), enc(before + text)
+    return full[len(head):] if full[:len(head)] == head else enc(text)
 
   def _place_images(self, turns: list[dict], num_images: int, record_id: str) -> list[dict]:
     marks = sum(t['text'].count(IMAGE_MARK) for t in turns if t['role'] == 'user')
