@@ -305,8 +305,11 @@ def test_llm_shape_inference_matches_config_json(imported):
   sd = {k[len(radfm.LLM):]: v.numpy() for k, v in imported['ref'].state_dict().items()
         if k.startswith(radfm.LLM)}
   from_shapes = radfm.llm_config(sd, radfm.RadFMShape(llm_heads=4))
-  from_json = radfm.llm_config(sd, radfm.RadFMShape(), imported['ref'].lang_model.config)
-  assert from_shapes == from_json
+  hf = imported['ref'].lang_model.config
+  from_json = radfm.llm_config(sd, radfm.RadFMShape(), hf)
+  assert from_shapes.max_position_embeddings == 2048  # LLaMA-1's, RadFM's 13B
+  assert from_json.max_position_embeddings == hf.max_position_embeddings == 1024
+  assert dataclasses.replace(from_shapes, max_position_embeddings=1024) == from_json
 
 
 def _state_dict(imported) -> dict:

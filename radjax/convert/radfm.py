@@ -98,6 +98,7 @@ class RadFMShape:
   perceiver_heads: int = 8
   llm_heads: int = 0  # 0: embed_dim / 128 (LLaMA's head width; 13B: 40)
   llm_norm_eps: float = 1e-6
+  llm_max_positions: int = 2048  # LLaMA-1's context (RadFM's 13B); what `to-hf` writes
   rope_theta: float = 10000.0
   norm_eps: float = 1e-5  # torch LayerNorm's default, in the ViT and the Perceiver
 
@@ -185,7 +186,8 @@ def llm_config(sd: dict, shape: RadFMShape, hf_config=None) -> llm.LLMConfig:
       num_layers=_count_layers(sd, r'model\.layers\.(\d+)\.input_layernorm\.weight'),
       num_heads=heads, num_kv_heads=kv,
       mlp_dim=_need(sd, 'model.layers.0.mlp.gate_proj.weight').shape[0],
-      rope_theta=shape.rope_theta, norm_eps=shape.llm_norm_eps)
+      rope_theta=shape.rope_theta, norm_eps=shape.llm_norm_eps,
+      max_position_embeddings=shape.llm_max_positions)
 
 
 def _part(sd: dict, rules, transforms: dict, module, inputs: tuple, num_layers: int,
