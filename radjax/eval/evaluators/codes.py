@@ -44,17 +44,19 @@ class CodesLossEvaluator:
     return out
 
 
-def examples_with_codes(records, n: int) -> list[dict]:
-  """Of the first n records, those with a report and an image's codes: a record without
-  codes has no image to read (LLM-CXR drops such samples), so it is not scored."""
-  return [ex for ex in reports.examples_with_reports(records, n) if ex.get('codes')]
+def examples_with_codes(records, n: int, section: str = 'both') -> list[dict]:
+  """Of the first n records, those with a report (of `section`) and an image's codes: a
+  record without codes has no image to read (LLM-CXR drops such samples), so it is not
+  scored."""
+  return [ex for ex in reports.examples_with_reports(records, n, section) if ex.get('codes')]
 
 
 class CodesReportEvaluator(reports.ReportEvaluator):
 
   @functools.cached_property
   def examples(self) -> list[dict]:
-    return examples_with_codes(self.records, self.exp.config.eval.num_generate)
+    return examples_with_codes(self.records, self.exp.config.eval.num_generate,
+                               self.options.report_section)
 
   def __init__(self, exp, split: str):
     super().__init__(exp, split)

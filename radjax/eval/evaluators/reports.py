@@ -50,19 +50,22 @@ def finding_scores(predicted: list[set[str]], truth: list[set[str]]) -> dict[str
   return out
 
 
-def examples_with_reports(records, n: int) -> list[dict]:
-  """Of the first n records, those with a report to score against (VQA records have none)."""
+def examples_with_reports(records, n: int, section: str = 'both') -> list[dict]:
+  """Of the first n records, those with a report (of `section`, the report_section the
+  model was trained to write) to score against (VQA records have none)."""
   return [ex for ex in map(schema.decode, (records[i] for i in range(min(n, len(records)))))
-          if _reference(ex)]
+          if _reference(ex, section)]
 
 
 def check_split(config, split: str) -> None:
   """Before training: the eval split has reports to score generated ones against."""
   n, data_dir = config.eval.num_generate, mixture.eval_dir(config)
-  if n and not examples_with_reports(source.open_split(data_dir, split), n):
+  section = instructions.options_from_config(config.data.task_options).report_section
+  if n and not examples_with_reports(source.open_split(data_dir, split), n, section):
     raise ValueError(
       f"config.eval.evaluators has 'reports' but none of the first {n} records of split "
-      f'{split!r} of {data_dir} has a report (findings or impression) to score against; '
+      f'{split!r} of {data_dir} has a report '
+      f"({'findings or impression' if section == 'both' else section}) to score against; "
       "evaluate without it, e.g. --config.eval.evaluators=\"('loss',)\"")
 
 
@@ -75,7 +78,8 @@ class ReportEvaluator:
 
   @functools.cached_property
   def examples(self) -> list[dict]:
-    return examples_with_reports(self.records, self.exp.config.eval.num_generate)
+    return examples_with_reports(self.records, self.exp.config.eval.num_generate,
+                                 self.options.report_section)
 
   def __init__(self, exp, split: str):
     self.exp = exp
@@ -87,6 +91,12 @@ class ReportEvaluator:
     self.report_task = 'report_text' if 'report_text' in tasks and 'report' not in tasks \
         else 'report'
     self.answerer = answers.Answerer(exp)
+
+  def reference(self, example: dict) -> str:
+    """What the model was trained to write for `example`: the report section(s)
+    config.data.task_options.report_section names (LLM-CXR stage 2: the impression;
+    XrayGPT and RadVLM: the findings), not always both."""
+    return _reference(example, self.options.report_section)
 
   def prompt_turns(self, example: dict) -> list[dict]:
     """The report request (wording variant 0) for `example`."""
@@ -102,7 +112,7 @@ class ReportEvaluator:
     examples = self.examples
     n = len(examples)
     generated = self.generate(params, examples) if n else []
-    references = [_reference(ex) for ex in examples]
+    references = [self.reference(ex) for ex in examples]
     predicted = [report_findings(g) for g in generated]
     truth = [true_findings(ex) for ex in examples]
     norm = cfg.eval.get('text_norm', 'radjax')
@@ -120,7 +130,7 @@ class ReportEvaluator:
       imgs = (imgs - imgs.min()) / max(float(imgs.max() - imgs.min()), 1e-6)
       writer.write_images(step, {'eval/images': imgs})
       writer.write_texts(step, {f'eval/report_{i}': f'GENERATED: {generated[i]}\n\n'
-                                f'REFERENCE: {_reference(examples[i])}' for i in range(k)})
+                                f'REFERENCE: {references[i]}' for i in range(k)})
     if out_dir is not None and jax.process_index() == 0:
       os.makedirs(out_dir, exist_ok=True)
       with open(os.path.join(out_dir, 'predictions.jsonl'), 'w') as f:
@@ -141,5 +151,5 @@ def report_request(example: dict, options, task: str = 'report') -> list[dict]:
   return instructions.reference(turns)[0]
 
 
-def _reference(example: dict) -> str:
-  return instructions.report_answer(example) or ''
+def _reference(example: dict, section: str = 'both') -> str:
+  return instructions.report_answer(example, section) or ''
