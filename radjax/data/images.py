@@ -193,10 +193,10 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
 
 def preprocess(image: dict, *, size: int, num_channels: int, mean, std, record_id: str,
                rng: np.random.Generator | None = None,
-               crop_scale=(0.8, 1.0), resize: str = 'square') -> np.ndarray:
-  """Decoded, resized (random crop + intensity jitter when `rng` is given; else
-  `resize`: 'square' squeezes the image to size x size, 'crop' keeps its proportions and
-  crops the centre), normalised."""
+               crop_scale=(0.8, 1.0), resize: str = 'square', jitter: bool = True) -> np.ndarray:
+  """Decoded, resized (random crop, and with `jitter` an intensity jitter, when `rng` is
+  given; else `resize`: 'square' squeezes the image to size x size, 'crop' keeps its
+  proportions and crops the centre), normalised."""
   if resize not in RESIZES:
     raise ValueError(f'config.data.resize: {resize!r} is not one of {RESIZES}')
   if rng is None:
@@ -208,6 +208,9 @@ def preprocess(image: dict, *, size: int, num_channels: int, mean, std, record_i
   img = decode_image(image, num_channels, record_id, keep_gray=True,
                      min_side=crop_source_side(size, crop_scale[0]))
   img = random_resized_crop(img, size, tuple(crop_scale), rng)
+  if not jitter:  # the crop alone (BLIP-2's train transform, XrayGPT's)
+    return lookup(img, _plain_table(tuple(map(float, mean)), tuple(map(float, std)),
+                                    num_channels))
   # Exposure varies between scanners: small contrast/brightness jitter.
   contrast, brightness = rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05)
   return lookup(img, pixel_table(mean, std, num_channels, contrast, brightness))

@@ -20,6 +20,7 @@ class ImageSlots:
   std: tuple
   crop_scale: tuple = (0.8, 1.0)
   augment: bool = False  # random resized crop + jitter from the record's rng (training)
+  jitter: bool = True  # with augment: the contrast/brightness jitter too
 
   def __call__(self, example: dict, rng) -> dict:
     """{'images' [max_images, H, W, C], 'image_mask' [max_images]}."""
@@ -30,7 +31,8 @@ class ImageSlots:
     for i, img in enumerate(imgs):
       out[i] = images_lib.preprocess(img, size=self.image_size, num_channels=self.num_channels,
                                      mean=self.mean, std=self.std, record_id=example['id'],
-                                     rng=rng, crop_scale=self.crop_scale)
+                                     rng=rng, crop_scale=self.crop_scale,
+                                     jitter=self.jitter)
     return {'images': out, 'image_mask': np.arange(self.max_images) < len(imgs)}
 
 

@@ -45,7 +45,7 @@ class ImageTextToText(base.Task):
     self.slots = {'image': processors.ImageSlots(
         image_size=v.image_size, num_channels=v.num_channels, max_images=c.max_images,
         mean=tuple(c.image_mean), std=tuple(c.image_std), crop_scale=tuple(c.crop_scale),
-        augment=c.augment)}
+        augment=c.augment, jitter=c.get('intensity_jitter', True))}
     if v.kind == 'vit3d':  # volumes too, in batches of their own
       self.slots['volume'] = processors.VolumeSlots(
           image_size=v.image_size, num_channels=v.num_channels, max_images=c.max_images,
