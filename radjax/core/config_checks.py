@@ -9,6 +9,7 @@ MINIMUMS = {
     'train.num_steps': 1, 'train.batch_size': 1, 'train.log_every': 1,
     'train.checkpoint_every': 1, 'train.keep_checkpoints': 0, 'train.eval_every': 0,
     'optim.grad_accum': 1, 'optim.warmup_steps': 0, 'optim.lr': 0, 'optim.clip_norm': 0,
+    'optim.warmup_init_lr': 0,
     'eval.batch_size': 1, 'eval.num_loss_batches': 0, 'eval.num_generate': 0,
     'eval.max_new_tokens': 1, 'eval.num_beams': 1,
     'data.max_len': 1, 'data.max_images': 1, 'data.worker_threads': 0,
@@ -27,8 +28,9 @@ MINIMUMS = {
 PAIRS = ('optim.param_groups', 'sharding.rules', 'train.pre_stage_set')
 MESH_AXES = ('data', 'fsdp', 'tensor')
 # knob -> the values it may take (text_norm: radjax/eval/metrics/nlg_metrics.py; resize:
-# radjax/data/images.py).
-CHOICES = {'eval.text_norm': ('radjax', 'r2gen'), 'data.resize': ('square', 'crop')}
+# radjax/data/images.py; schedule: radjax/train/optimizer.py).
+CHOICES = {'eval.text_norm': ('radjax', 'r2gen'), 'data.resize': ('square', 'crop'),
+           'optim.schedule': ('cosine', 'lavis')}
 
 
 def _get(config, dotted: str):

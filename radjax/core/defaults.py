@@ -339,7 +339,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 2e-5  # peak learning rate
   c.optim.warmup_steps = 100
+  c.optim.warmup_init_lr = 0.0  # the warmup starts here (LAVIS / XrayGPT: warmup_lr 1e-6)
   c.optim.min_lr_ratio = 0.1  # cosine ends at lr * min_lr_ratio
+  # After the warmup: 'cosine' spans the remaining steps (HF's cosine with warmup); 'lavis'
+  # is LAVIS's linear_warmup_cosine_lr (XrayGPT): the cosine over the whole run, read at
+  # the step, so it is already below lr when the warmup ends (radjax/train/optimizer.py).
+  c.optim.schedule = 'cosine'
   c.optim.b1 = 0.9
   c.optim.b2 = 0.95
   c.optim.eps = 1e-8

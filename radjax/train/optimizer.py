@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 FROZEN = 'frozen'
@@ -41,10 +42,29 @@ def is_kernel(path) -> bool:
 
 
 def make_schedule(optim_cfg, num_steps: int) -> optax.Schedule:
+  """Linear warmup from optim.warmup_init_lr to optim.lr, then a cosine down to
+  lr * min_lr_ratio at num_steps. optim.schedule 'cosine': the cosine spans the steps after
+  the warmup (HF's get_cosine_schedule_with_warmup, optax's warmup_cosine_decay).
+  'lavis': LAVIS's linear_warmup_cosine_lr (MiniGPT-4, XrayGPT), the cosine of the whole
+  run read at the step, so the warmup ends below lr (at cos(pi * warmup / num_steps))."""
   warmup = min(optim_cfg.warmup_steps, max(num_steps - 1, 0))
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=optim_cfg.lr, warmup_steps=warmup,
-      decay_steps=max(num_steps, warmup + 1), end_value=optim_cfg.lr * optim_cfg.min_lr_ratio)
+  init = float(optim_cfg.get('warmup_init_lr', 0.0))
+  peak, end = optim_cfg.lr, optim_cfg.lr * optim_cfg.min_lr_ratio
+  kind = optim_cfg.get('schedule', 'cosine')
+  if kind == 'cosine':
+    return optax.warmup_cosine_decay_schedule(
+        init_value=init, peak_value=peak, warmup_steps=warmup,
+        decay_steps=max(num_steps, warmup + 1), end_value=end)
+  if kind != 'lavis':
+    raise ValueError(f"config.optim.schedule: {kind!r} is not 'cosine' or 'lavis'")
+  total = max(num_steps, 1)
+
+  def cosine(count):  # count: steps since the warmup ended
+    t = jnp.asarray(count, jnp.float32) + warmup
+    return end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t / total))
+  if not warmup:
+    return cosine
+  return optax.join_schedules([optax.linear_schedule(init, peak, warmup), cosine], [warmup])
 
 
 def make_optimizer(optim_cfg, num_steps: int, labels) -> tuple[optax.GradientTransformation,
