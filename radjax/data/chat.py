@@ -155,12 +155,16 @@ DOLLY = ChatFormat(
 PLAIN = ChatFormat('plain', user=('{text}',), answer_sep=' ', image_sep='')
 # No prompt at all: images then the answer (XrayGPT stage 1, a decoder on plain text).
 NONE = ChatFormat('none')
+# XrayGPT's stage 1 exactly (MiniGPT-4's first stage): BOS, the images, then the caption
+# closed by end_sym '\n' (tokenised with it, as `tokenizer(caption + end_sym)`), no EOS.
+CAPTION = ChatFormat('caption', finish=('\n',), stop_strings=('\n',))
 # Plain text as the tokenizer encodes it, with no BOS first: an imported decoder whose
 # tokenizer has a BOS but never adds it (GPT-NeoX / Pythia / dolly-v2), so a prompt's ids
 # are those HF's `tokenizer(prompt)` gives.
 TEXT = ChatFormat('text', begin=())
 
-FORMATS = {f.name: f for f in (RADJAX, VICUNA, LLAVA, CHATML, DOLLY, PLAIN, NONE, TEXT)}
+FORMATS = {f.name: f for f in (RADJAX, VICUNA, LLAVA, CHATML, DOLLY, PLAIN, NONE, TEXT,
+                               CAPTION)}
 
 
 def get_format(name: str) -> ChatFormat:
