@@ -108,6 +108,16 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Texts of one token each that carry loss wherever they stand, system and user turns
   # included (RadVLM trains '\n', '<|im_start|>' and '<|im_end|>' so: configs/radvlm.py).
   c.data.always_trained = ()
+  # True: the assistant's whole turn carries loss, its opening ('<|im_start|>assistant\n')
+  # and the separator after it included, and the last turn ends with that separator too
+  # (LLaVA-NeXT's preprocess_qwen, RadVLM). False: the answer and its closing pieces.
+  c.data.train_assistant_turn = False
+  # How the loss averages token losses: 'token' (every trained token of the batch weighs
+  # the same) or 'example' (each example's loss-mask sums to 1, so the loss is the mean of
+  # the examples' own token means: what HF's Trainer and LAVIS compute with one example
+  # per device, as RadVLM and XrayGPT's stage 2 train). The logged 'tokens' then counts
+  # examples.
+  c.data.loss_norm = 'token'
   # An example longer than max_len: 'drop' (skipped, counted in data/dropped_too_long and
   # logged) or 'truncate' (cut at max_len; counted in data/truncated).
   c.data.too_long = 'drop'

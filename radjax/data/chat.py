@@ -214,10 +214,18 @@ class ConversationEncoder:
   # Vocabulary entries at which generation stops too (config.eval.stop_tokens; Llama-3's
   # <|eot_id|> beside its EOS).
   stop_tokens: tuple = ()
+  # The assistant's opening and the separator after its turn carry loss too, and the last
+  # turn gets its separator (config.data.train_assistant_turn; LLaVA-NeXT's preprocess_qwen
+  # trains '<|im_start|>assistant\n...<|im_end|>\n' whole).
+  train_assistant_turn: bool = False
+  # 'token' | 'example': each example's loss mask scaled to sum to 1 (config.data.loss_norm).
+  loss_norm: str = 'token'
 
   def __post_init__(self):
     if self.too_long not in ('drop', 'truncate'):
       raise ValueError(f"config.data.too_long: {self.too_long!r} is not 'drop' or 'truncate'")
+    if self.loss_norm not in ('token', 'example'):
+      raise ValueError(f"config.data.loss_norm: {self.loss_norm!r} is not 'token' or 'example'")
     vocab = self.tokenizer.get_vocab()
     needed = list(self.fmt.specials) + image_tokens_needed(
         bool(self.image_tokens), bool(self.image_tokens) and self.image_delimiters)
@@ -365,13 +373,14 @@ class ConversationEncoder:
       elif role == 'user':
         add(self._pieces(self.fmt.user, text), 0)
       elif role == 'assistant':
-        add(self._pieces(self.fmt.assistant_open), 0)
+        whole = self.train_assistant_turn
+        add(self._pieces(self.fmt.assistant_open), int(whole))
         answer = _JoinedAnswer(text) if self.fmt.answer_sep else text
         add([answer] + self._pieces(self.fmt.assistant_close), 1)
         if i == last and not add_generation_prompt:
-          add(self._pieces(self.fmt.finish), 1)
+          add(self._pieces(self.fmt.separator if whole else ()) + self._pieces(self.fmt.finish), 1)
         else:
-          add(self._pieces(self.fmt.separator), 0)
+          add(self._pieces(self.fmt.separator), int(whole))
       else:
         raise schema.SchemaError(f'record {record_id!r}: turn {i}: unknown role {role!r}')
     if add_generation_prompt:
@@ -430,7 +439,10 @@ class ConversationEncoder:
     pad = max_len + 1 - len(seq)
     seq = np.asarray(seq + [self.pad] * pad, np.int32)
     weights = np.asarray(weights + [0] * pad, np.float32)
-    return {'tokens': seq[:-1], 'targets': seq[1:], 'loss_mask': weights[1:],
+    loss_mask = weights[1:]
+    if self.loss_norm == 'example':  # the example's token mean, whatever its length
+      loss_mask = loss_mask / loss_mask.sum()
+    return {'tokens': seq[:-1], 'targets': seq[1:], 'loss_mask': loss_mask,
             'truncated': np.int32(truncated)}
 
   def decode_answer(self, ids) -> str:

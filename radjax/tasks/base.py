@@ -124,7 +124,9 @@ def chat_encoder(config, tokenizer, image_tokens: int) -> chat.ConversationEncod
                                   c.get('image_delimiters', False), keywords.from_config(c),
                                   c.get('max_target_tokens', 0),
                                   tuple(c.get('always_trained', ())),
-                                  tuple(config.eval.get('stop_tokens', ())))
+                                  tuple(config.eval.get('stop_tokens', ())),
+                                  train_assistant_turn=c.get('train_assistant_turn', False),
+                                  loss_norm=c.get('loss_norm', 'token'))
 
 
 def logits_at(config, batch):
