@@ -2,8 +2,23 @@
 systems' code does (/work/shared/reference/seeds_spec.md; XrayGPT d0baa6a0, RadVLM
 69fe9462): each test names the original's file and the fact it pins. The formulas the
 tests compare with are written here from the originals' behaviour, not copied."""
-from radjax.data import instructions, schema
+import io
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import radvlm, xraygpt
+from radjax.core import config_checks
+from radjax.data import chat, images, instructions, schema, tokens
 from radjax.eval.evaluators import reports
+from radjax.train import optimizer
+from tests.test_chat import _sentencepiece_dir
+
+
+def _xraygpt(stage):
+  return xraygpt.get_config('' if stage == 1 else 'stage=2,stage1=/nowhere')
 
 
 def test_report_references_are_the_section_the_recipe_trains_on():
@@ -21,3 +36,152 @@ def test_report_references_are_the_section_the_recipe_trains_on():
   records = [schema.encode(ex) for ex in (impression_only, both)]
   assert [ex['id'] for ex in reports.examples_with_reports(records, 2, 'findings')] == ['r']
   assert [ex['id'] for ex in reports.examples_with_reports(records, 2)] == ['i', 'r']
+
+
+@pytest.mark.parametrize('recipe', ['xraygpt'])
+def test_full_recipes_answer_with_the_summary_as_it_is(recipe):
+  """XrayGPT's filter_cap.json captions (the xraygpt_captions build stores them as
+  findings) and RadVLM's GPT-4o-filtered findings are the answer verbatim: no
+  'Findings: ' prefix (mimic_dataset.py / openi_dataset.py return ann['caption'])."""
+  config = _xraygpt(1) if recipe == 'xraygpt' else radvlm.get_config('')
+  options = instructions.options_from_config(config.data.task_options)
+  summary = schema.make_example(id='s', report={'findings': 'The heart is normal in size.'})
+  assert instructions.report_text(summary, None, options)[-1]['text'] == (
+      'The heart is normal in size.')
+  assert instructions.report(summary, None, options)[-1]['text'] == (
+      'The heart is normal in size.')
+
+
+def _lavis_lr(step, warmup, total, init_lr, min_lr, warmup_lr):
+  """LAVIS's linear_warmup_cosine_lr (xraygpt/common/optims.py), from its behaviour."""
+  if step < warmup:
+    return min(init_lr, warmup_lr + (init_lr - warmup_lr) * step / max(warmup, 1))
+  return (init_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * step / total)) + min_lr
+
+
+@pytest.mark.parametrize('stage,lr,min_lr,warmup,total', [(1, 1e-4, 8e-5, 500, 4 * 5000),
+                                                          (2, 3e-5, 1e-5, 200, 1 * 2501)])
+def test_xraygpt_schedule_is_lavis_linear_warmup_cosine(stage, lr, min_lr, warmup, total):
+  """train_configs/xraygpt_{mimic_pretrain,openi_finetune}.yaml: init_lr / min_lr /
+  warmup_lr 1e-6 / warmup_steps / max_epoch x iters_per_epoch, LAVIS's schedule."""
+  c = _xraygpt(stage)
+  assert c.train.num_steps == total
+  schedule = optimizer.make_schedule(c.optim, c.train.num_steps)
+  for step in (0, 1, warmup // 2, warmup - 1, warmup, warmup + 1, total // 2, total - 1):
+    np.testing.assert_allclose(float(schedule(step)),
+                               _lavis_lr(step, warmup, total, lr, min_lr, 1e-6), rtol=1e-5)
+  assert not config_checks.errors(c)
+
+
+def test_xraygpt_optimizer_is_lavis_adamw_on_llama_proj_only():
+  """runner_base.py: AdamW(betas 0.9 / 0.999, weight_decay 0.05 on ndim >= 2), no
+  gradient clipping (base_task.py steps the GradScaler straight); only llama_proj trains
+  (freeze_vit, freeze_qformer, the LLM's requires_grad False)."""
+  for stage in (1, 2):
+    c = _xraygpt(stage)
+    assert (c.optim.b1, c.optim.b2, c.optim.eps, c.optim.weight_decay) == (0.9, 0.999, 1e-8,
+                                                                             0.05)
+    assert c.optim.clip_norm == 0.0
+    assert tuple(c.optim.param_groups) == (('projector/out/.*', 1.0), ('.*', 'frozen'))
+  assert (_xraygpt(1).train.batch_size, _xraygpt(2).train.batch_size) == (3 * 4, 1 * 4)
+
+
+def test_xraygpt_images_are_blip2s_crop_with_clip_normalisation():
+  """blip_processors.py: RandomResizedCrop(224, scale (0.5, 1), bicubic), ToTensor,
+  Normalize(CLIP mean / std); no flip, no intensity jitter."""
+  c = _xraygpt(2)
+  assert c.model.vision.image_size == 224 and tuple(c.data.crop_scale) == (0.5, 1.0)
+  assert c.data.augment and not c.data.intensity_jitter
+  np.testing.assert_allclose(c.data.image_mean, (0.48145466, 0.4578275, 0.40821073))
+  np.testing.assert_allclose(c.data.image_std, (0.26862954, 0.26130258, 0.27577711))
+  rng = np.random.default_rng(0)
+  pixels = (rng.uniform(size=(40, 40, 3)) * 255).astype(np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, 'PNG')
+  image = {'kind': '2d', 'format': 'png', 'data': buf.getvalue()}
+  kw = dict(size=16, num_channels=3, mean=c.data.image_mean, std=c.data.image_std,
+            record_id='x', crop_scale=(0.5, 1.0))
+  plain = images.preprocess(image, rng=np.random.default_rng(1), jitter=False, **kw)
+  crop = images.random_resized_crop(Image.fromarray(pixels), 16, (0.5, 1.0),
+                                    np.random.default_rng(1))
+  want = (np.asarray(crop, np.float32) / 255 - np.float32(c.data.image_mean)) / np.float32(
+      c.data.image_std)
+  np.testing.assert_allclose(plain, want, atol=1e-5)
+  jittered = images.preprocess(image, rng=np.random.default_rng(1), jitter=True, **kw)
+  assert not np.allclose(plain, jittered)
+
+
+@pytest.fixture(scope='module')
+def llama_like(tmp_path_factory):
+  """A sentencepiece tokenizer with byte fallback: '\\n' is <0x0A>, as in LLaMA's."""
+  return tokens.load_tokenizer(_sentencepiece_dir(tmp_path_factory.mktemp('sp')))
+
+
+def _encoder(config, tokenizer, image_tokens=32):
+  from radjax.tasks import base
+  chat.prepare_tokenizer(tokenizer, chat.get_format(config.data.chat_format), images=True)
+  return base.chat_encoder(config, tokenizer, image_tokens)
+
+
+def test_xraygpt_stage1_is_bos_queries_and_32_caption_tokens_ended_by_newline(llama_like):
+  """mini_gpt4.py forward: [BOS] + 32 image embeddings + tokenizer(caption + end_sym,
+  truncation at max_txt_len) with end_sym '\\n' and max_txt_len 32 (the code's defaults:
+  xraygpt_mimic_pretrain.yaml sets neither); loss on those caption tokens only."""
+  c = _xraygpt(1)
+  enc = _encoder(c, llama_like)
+  short, long = 'No pneumothorax.', ' '.join(['The heart is normal in size.'] * 8)
+  for caption in (short, long):
+    turns = instructions.report_text(schema.make_example(id='x', report={'findings': caption}),
+                                     None, instructions.options_from_config(c.data.task_options))
+    arrays = enc.training_arrays(turns, 1, c.data.max_len, 'x')
+    want = llama_like.encode(caption + '\n', add_special_tokens=False)[:32]
+    seq = [llama_like.bos_token_id] + [enc.image_id] * 32 + want
+    n = len(seq) - 1
+    assert list(arrays['tokens'][:n]) == seq[:-1] and list(arrays['targets'][:n]) == seq[1:]
+    np.testing.assert_array_equal(arrays['loss_mask'][:n], [0] * 32 + [1] * len(want))
+    assert not arrays['loss_mask'][n:].any()
+    assert arrays['truncated'] == (caption is long)
+  assert llama_like.eos_token_id not in arrays['targets'][arrays['loss_mask'] > 0]
+  assert enc.decode_answer(llama_like.encode('Clear lungs.\nNext', add_special_tokens=False)) \
+      == 'Clear lungs.'
+
+
+def test_xraygpt_stage2_caps_the_caption_at_160_tokens_and_averages_per_example(llama_like):
+  """xraygpt_openi_finetune.yaml: max_txt_len 160 (truncated, not dropped), end_sym '###',
+  batch_size_train 1 per GPU, so the loss is each caption's own token mean."""
+  c = _xraygpt(2)
+  enc = _encoder(c, llama_like)
+  caption = ' '.join(['There is a small left pleural effusion.'] * 40)
+  turns = instructions.report(schema.make_example(id='x', report={'findings': caption}), None,
+                              instructions.options_from_config(c.data.task_options))
+  arrays = enc.training_arrays(turns, 1, c.data.max_len, 'x')
+  trained = arrays['targets'][arrays['loss_mask'] > 0]
+  assert len(trained) == 160 and arrays['truncated'] == 1
+  assert list(trained) == llama_like.encode(caption + '###', add_special_tokens=False)[:160]
+  np.testing.assert_allclose(arrays['loss_mask'].sum(), 1.0, rtol=1e-6)
+  assert _xraygpt(1).data.loss_norm == 'token'  # 3 per GPU: the token mean of the 3
+
+
+def test_xraygpt_eval_decodes_as_minigpt4_test():
+  """mini_gpt4.py MiniGPT4.test / conversation.py Chat.answer: do_sample, top_p 0.9,
+  temperature 1.0, num_beams 1, max_new_tokens 300; the answer is cut at '###'."""
+  for stage in (1, 2):
+    e = _xraygpt(stage).eval
+    assert (e.decoding, e.top_p, e.temperature, e.top_k, e.max_new_tokens) == (
+        'sample', 0.9, 1.0, 0, 300)
+  assert chat.VICUNA.stop_strings == ('###',)
+
+
+def test_xraygpt_towers_are_the_codes_eva_and_qformer():
+  """blip2.py / eva_vit.py / mini_gpt4.py: EVA ViT-g 224/14 (1408 wide, 39 blocks,
+  16 heads, MLP 6144, eps 1e-6), ln_vision; Q-Former of bert-base (12 layers, 768, 12
+  heads, cross-attention every 2nd layer) with 32 queries; llama_proj 768 -> 4096;
+  Vicuna-7B."""
+  c = _xraygpt(1)
+  v, p, lm = c.model.vision, c.model.projector, c.model.llm
+  assert (v.variant, v.image_size, v.patch_size, v.embed_dim, v.num_layers, v.num_heads,
+          v.mlp_dim, v.norm_eps, v.select_layer, v.keep_class_token) == (
+              'eva', 224, 14, 1408, 39, 16, 6144, 1e-6, -1, True)
+  assert (p.kind, p.num_queries, p.hidden_dim, p.num_layers, p.num_heads, p.mlp_dim,
+          p.cross_attention_every, p.norm_eps) == ('qformer', 32, 768, 12, 12, 3072, 2, 1e-12)
+  assert (lm.embed_dim, lm.num_layers, lm.num_heads, lm.mlp_dim) == (4096, 32, 32, 11008)
