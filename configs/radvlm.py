@@ -11,12 +11,15 @@ reports, abnormality classification, grounding, detection, conversations.
 
 Evaluation reads config.data.dir (set it to the MIMIC build for the report metrics);
 when it is '' the first component by name. One 384-pixel tile per image (729 tokens):
-LLaVA-OneVision's AnyRes tiling is not built. Data dirs come from
-`python -m data_prep build <name>` (mimic_cxr, chexpert, vindr_cxr, ms_cxr, llava_json,
-...). At size=tiny five components read the embedded default, whose records carry
-labels, nodule boxes and short conversations.
+LLaVA-OneVision's AnyRes tiling is not built. RadVLM starts from LLaVA-OneVision-7B-si,
+which radjax does not import: here the tower and the LLM start from SigLIP and Qwen2.
+Data dirs come from `python -m data_prep build <name>` (mimic_cxr, chexpert, vindr_cxr,
+ms_cxr, llava_json, ...). At size=tiny five components read the embedded default, whose
+records carry labels, nodule boxes and short conversations.
 Arguments: size=full|tiny|micro, task=vlm|lm.
 """
+import math
+
 import ml_collections
 
 from configs import base, common
@@ -34,6 +37,14 @@ MIXTURE = {
     'ms_cxr': (('phrase_grounding',), 3),
     'padchest_gr': (('phrase_grounding',), 2),
     'conversations': (('conversation',), 1),
+    # RadVLM's create_llava_dataset.py lists these too (its 1,115,021 pairs, so 4355 steps):
+    # 80,000 Chest ImaGenome anatomical-grounding instructions (num_samples=80000) and the
+    # GPT-4o grounded conversations on MS-CXR and PadChest-GR images, x4 each. radjax has no
+    # Chest ImaGenome builder: all three are llava_json builds of all_train.json's records
+    # of that id prefix (chestima-train, conv-grounded-train1, conv-grounded-padchest-train1).
+    'chest_imagenome': (('conversation',), 1),
+    'mscxr_conversations': (('conversation',), 4),
+    'padchest_conversations': (('conversation',), 4),
 }
 # size=tiny: five components on the embedded default, by weight (shares of the stream).
 TINY_MIXTURE = {
@@ -50,8 +61,10 @@ def get_config(arg: str = ''):
   c = base.get_config()
   v = c.model.vision
   v.variant, v.image_size, v.patch_size = 'siglip', 384, 14
-  v.embed_dim, v.num_layers, v.num_heads, v.mlp_dim = 1152, 26, 16, 4304
-  v.norm_eps, v.select_layer = 1e-6, -1
+  # google/siglip-so400m-patch14-384 has 27 layers; LLaVA-NeXT's tower drops the last and
+  # reads the 26th (mm_vision_select_layer -2): -2 here, so init_from takes that checkpoint.
+  v.embed_dim, v.num_layers, v.num_heads, v.mlp_dim = 1152, 27, 16, 4304
+  v.norm_eps, v.select_layer = 1e-6, -2
   c.model.projector.kind = 'mlp'
   lm = c.model.llm  # Qwen2-7B-Instruct
   lm.vocab_size, lm.embed_dim, lm.num_layers, lm.num_heads, lm.num_kv_heads = (
@@ -75,10 +88,9 @@ def get_config(arg: str = ''):
   c.runtime.dtype, c.runtime.attention_impl = 'bfloat16', 'cudnn'
   c.runtime.remat.llm = c.runtime.remat.vision = 'qkv_and_attention_out'
   c.eval.evaluators = ('loss', 'reports', 'classification', 'grounding', 'vqa')
-  c.eval.max_new_tokens = 200
   c = common.finish(c, args)
   if args.size != 'full':
-    c.model.vision.variant = 'siglip'
+    c.model.vision.variant, c.model.vision.select_layer = 'siglip', -1  # every tiny layer
     c.data.image_mean = c.data.image_std = (0.5, 0.5, 0.5)
     c.model.llm.vocab_size = 2048 + 64  # ChatML's two markers join the demo's 2048
     c.data.max_len = 208  # ChatML + 16 image tokens + up to 4 conversation turns
@@ -90,4 +102,25 @@ def get_config(arg: str = ''):
     c.data.mixture = ml_collections.ConfigDict()
     c.data.tasks = ('conversation', 'instruction', 'report_text')
     c.eval.evaluators = ('loss',)
+  if args.size == 'full':
+    as_radvlm_ran(c)
   return c
+
+
+def as_radvlm_ran(c):
+  """What RadVLM's code does at full size (finetuning/scripts/finetune_radio_7b.sh,
+  finetuning/llava/train/train.py, radvlm/evaluation/models_loading_inference.py).
+  size=tiny keeps the demo's own settings (README's measured numbers)."""
+  # LLaVA-NeXT's image processor resizes, nothing more: no crop, no jitter.
+  c.data.augment = False
+  # The reports RadVLM trains on and scores are findings only (GPT-4o-filtered findings).
+  c.data.task_options.report_section = 'findings'
+  # preprocess_qwen trains each assistant turn whole ('<|im_start|>assistant\n' through
+  # '<|im_end|>\n'), besides the markers and newlines everywhere (always_trained above).
+  c.data.train_assistant_turn = True
+  # One example per GPU (x2 accumulation) under a transformers of before 4.46: the loss is
+  # the mean of the examples' own token means.
+  c.data.loss_norm = 'example'
+  # HF's warmup_ratio 0.03: ceil(0.03 x 4355) steps.
+  c.optim.warmup_steps = math.ceil(0.03 * c.train.num_steps)
+  c.eval.max_new_tokens = 1500  # inference_llavaov: greedy, max_new_tokens=1500

@@ -8,11 +8,17 @@ import math
 import numpy as np
 import pytest
 from PIL import Image
+from transformers import PreTrainedTokenizerFast, SiglipVisionConfig
 
 from configs import radvlm, xraygpt
+from data_prep import tokenizer as tokenizer_lib
+from radjax.convert import parts
+from radjax.convert import vit as vit_convert
 from radjax.core import config_checks
 from radjax.data import chat, images, instructions, schema, tokens
 from radjax.eval.evaluators import reports
+from radjax.models import factory
+from radjax.train import loss as loss_lib
 from radjax.train import optimizer
 from tests.test_chat import _sentencepiece_dir
 
@@ -38,7 +44,7 @@ def test_report_references_are_the_section_the_recipe_trains_on():
   assert [ex['id'] for ex in reports.examples_with_reports(records, 2)] == ['i', 'r']
 
 
-@pytest.mark.parametrize('recipe', ['xraygpt'])
+@pytest.mark.parametrize('recipe', ['xraygpt', 'radvlm'])
 def test_full_recipes_answer_with_the_summary_as_it_is(recipe):
   """XrayGPT's filter_cap.json captions (the xraygpt_captions build stores them as
   findings) and RadVLM's GPT-4o-filtered findings are the answer verbatim: no
@@ -71,6 +77,15 @@ def test_xraygpt_schedule_is_lavis_linear_warmup_cosine(stage, lr, min_lr, warmu
     np.testing.assert_allclose(float(schedule(step)),
                                _lavis_lr(step, warmup, total, lr, min_lr, 1e-6), rtol=1e-5)
   assert not config_checks.errors(c)
+
+
+def test_cosine_schedule_is_unchanged_for_the_other_recipes():
+  """'cosine' (the default) is HF's warmup + cosine over the remaining steps."""
+  c = radvlm.get_config('')
+  schedule = optimizer.make_schedule(c.optim, c.train.num_steps)
+  w, n = c.optim.warmup_steps, c.train.num_steps
+  assert float(schedule(0)) == 0.0 and float(schedule(w)) == pytest.approx(1e-5)
+  np.testing.assert_allclose(float(schedule(w + (n - w) // 2)), 0.5e-5, rtol=1e-3)
 
 
 def test_xraygpt_optimizer_is_lavis_adamw_on_llama_proj_only():
@@ -185,3 +200,125 @@ def test_xraygpt_towers_are_the_codes_eva_and_qformer():
   assert (p.kind, p.num_queries, p.hidden_dim, p.num_layers, p.num_heads, p.mlp_dim,
           p.cross_attention_every, p.norm_eps) == ('qformer', 32, 768, 12, 12, 3072, 2, 1e-12)
   assert (lm.embed_dim, lm.num_layers, lm.num_heads, lm.mlp_dim) == (4096, 32, 32, 11008)
+
+
+# ---- RadVLM --------------------------------------------------------------------------
+
+# RadVLM's create_llava_dataset.py dataset_info: (pairs, times listed), README table.
+RADVLM_PAIRS = {
+    'mimic_reports': (230980, 1), 'chexpert_plus': (186463, 1), 'mimic_labels': (237912, 1),
+    'chexpert': (191027, 1), 'chest_imagenome': (80000, 1), 'vindr_grounding': (16089, 3),
+    'vindr_detection': (15000, 2), 'ms_cxr': (971, 3), 'padchest_gr': (4478, 2),
+    'conversations': (86155, 1), 'mscxr_conversations': (862, 4),
+    'padchest_conversations': (2225, 4)}
+
+
+def test_radvlm_mixture_lists_every_dataset_of_create_llava_dataset():
+  c = radvlm.get_config('')
+  assert {k: v.repeat for k, v in c.data.mixture.items()} == {
+      k: r for k, (_, r) in RADVLM_PAIRS.items()}
+  pairs = sum(n * r for n, r in RADVLM_PAIRS.values())
+  assert pairs == 1115021
+  # 128 GPUs x 1 x 2 accumulation, drop_last, 1 epoch; HF warmup_ratio 0.03 rounds up.
+  assert c.train.batch_size == 256 and c.train.num_steps == pairs // 256
+  assert c.optim.warmup_steps == math.ceil(0.03 * c.train.num_steps) == 131
+
+
+def test_radvlm_trains_unaugmented_findings_with_the_scripts_optimizer():
+  """finetune_radio_7b.sh: lr 1e-5 (vision 2e-6), cosine, warmup_ratio 0.03, weight_decay
+  0, bf16, HF AdamW and max_grad_norm 1.0; LLaVA-NeXT's processor only resizes; the eval
+  generates greedily up to 1500 tokens (inference_llavaov)."""
+  c = radvlm.get_config('')
+  assert not c.data.augment
+  assert c.data.task_options.report_section == 'findings'
+  assert (c.optim.lr, c.optim.min_lr_ratio, c.optim.weight_decay, c.optim.clip_norm,
+          c.optim.schedule, c.optim.b2) == (1e-5, 0.0, 0.0, 1.0, 'cosine', 0.999)
+  assert tuple(c.optim.param_groups) == (('vision/.*', 0.2), ('.*', 1.0))
+  assert tuple(c.data.image_mean) == tuple(c.data.image_std) == (0.5, 0.5, 0.5)
+  assert (c.eval.decoding, c.eval.max_new_tokens) == ('greedy', 1500)
+  assert c.runtime.dtype == 'bfloat16' and c.data.loss_norm == 'example'
+
+
+def test_radvlm_tower_takes_siglip_so400m_and_reads_its_26th_layer():
+  """finetune_radio_7b.sh: --vision_tower google/siglip-so400m-patch14-384 (27 layers),
+  --mm_vision_select_layer -2 (siglip_encoder.py deletes the last layer and reads the
+  26th's output, no post-norm, no head); mlp2x_gelu to Qwen2-7B's 3584."""
+  c = radvlm.get_config('')
+  target = factory.part_config(c.model, 'vision')
+  hf = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                          num_attention_heads=16, image_size=384, patch_size=14)
+  source = vit_convert.vit_config_from_hf(hf, select_layer=target.select_layer,
+                                          keep_class_token=target.keep_class_token)
+  parts._check_same(source, target, 'config.model.vision', ())  # init_from=SIGLIP_DIR fits
+  assert target.layers_run == 26 and (target.image_size // target.patch_size) ** 2 == 729
+  assert c.model.projector.kind == 'mlp' and c.model.llm.embed_dim == 3584
+
+
+@pytest.fixture(scope='module')
+def chatml_tokenizer():
+  tok = PreTrainedTokenizerFast(
+      tokenizer_object=__import__('tokenizers').Tokenizer.from_str(
+          tokenizer_lib.train_tokenizer(vocab_size=600).to_str()),
+      bos_token='<s>', eos_token='</s>', pad_token='<pad>', unk_token='<unk>')
+  return chat.prepare_tokenizer(tok, chat.CHATML, images=True)
+
+
+def _preprocess_qwen_targets(tok, turns, image_tokens):
+  """LLaVA-NeXT's preprocess_qwen (finetuning/llava/train/train.py), from its behaviour:
+  each turn rendered '<|im_start|>{role}\\n{text}<|im_end|>\\n' and tokenised whole; the
+  system and user turns ignored, the assistant turns trained whole; then '\\n',
+  <|im_start|> and <|im_end|> trained wherever they stand; image positions ignored."""
+  start, end = (tok.convert_tokens_to_ids(t) for t in ('<|im_start|>', '<|im_end|>'))
+  nl = tok.encode('\n', add_special_tokens=False)[0]
+  image = tok.convert_tokens_to_ids('<image>')
+  ids, trained = [], []
+  turns = [{'role': 'system', 'text': 'You are a helpful assistant.'}] + turns
+  for t in turns:
+    text = t['text'].replace('<image>', '<image>' * image_tokens)
+    new = [start] + tok.encode(f"{t['role']}\n{text}", add_special_tokens=False) + [end] + [nl]
+    ids += new
+    trained += [t['role'] == 'assistant'] * len(new)
+  trained = [(w or i in (nl, start, end)) and i != image for i, w in zip(ids, trained)]
+  return ids, trained
+
+
+def test_radvlm_loss_mask_is_preprocess_qwens(chatml_tokenizer):
+  c = radvlm.get_config('')
+  enc = _encoder(c, chatml_tokenizer, image_tokens=3)
+  turns = [{'role': 'user', 'text': '<image>\nIs there an effusion?'},
+           {'role': 'assistant', 'text': 'Yes, on the left.'},
+           {'role': 'user', 'text': 'Is the heart enlarged?'},
+           {'role': 'assistant', 'text': 'No.'}]
+  want_ids, want_trained = _preprocess_qwen_targets(chatml_tokenizer, turns, 3)
+  arrays = enc.training_arrays(turns, 1, len(want_ids) + 3, 'r')
+  n = len(want_ids) - 1
+  assert list(arrays['tokens'][:n]) == want_ids[:-1]
+  assert list(arrays['targets'][:n]) == want_ids[1:]
+  mask = arrays['loss_mask']
+  np.testing.assert_array_equal(mask[:n] > 0, want_trained[1:])
+  # One example per device: the example's trained tokens share a weight of 1.
+  np.testing.assert_allclose(mask[:n][mask[:n] > 0], 1 / sum(want_trained[1:]), rtol=1e-6)
+  assert not mask[n:].any()
+  # The generation prompt is the training text up to the first answer.
+  head, _ = _preprocess_qwen_targets(chatml_tokenizer, turns[:1], 3)
+  opening = [chatml_tokenizer.convert_tokens_to_ids('<|im_start|>')] + chatml_tokenizer.encode(
+      'assistant\n', add_special_tokens=False)
+  assert enc.prompt(turns[:1], 1) == head + opening == want_ids[:len(head) + len(opening)]
+
+
+def test_example_loss_norm_gives_the_mean_of_per_example_means(chatml_tokenizer):
+  """loss_norm='example': sum(w * nll) / sum(w) over a batch is the mean over examples of
+  each example's own token mean (HF's loss with one example per device, averaged)."""
+  c = radvlm.get_config('')
+  enc = _encoder(c, chatml_tokenizer, image_tokens=2)
+  rows = [enc.training_arrays([{'role': 'user', 'text': q}, {'role': 'assistant', 'text': a}],
+                              1, 64, 'r')
+          for q, a in (('Effusion?', 'Yes.'),
+                       ('Describe.', 'The heart is normal in size. No pneumothorax.'))]
+  nll = np.random.default_rng(0).uniform(size=(2, 64)).astype(np.float32)
+  w = np.stack([r['loss_mask'] for r in rows])
+  per_example = [nll[i][w[i] > 0].mean() for i in range(2)]
+  np.testing.assert_allclose(float((nll * w).sum() / w.sum()), np.mean(per_example), rtol=1e-5)
+  logits = np.log(np.full((2, 64, 3), 1 / 3, np.float32))
+  sums = loss_lib.token_losses(logits, np.zeros((2, 64), np.int32), w)
+  assert float(sums['weight_sum']) == pytest.approx(2.0)
