@@ -153,7 +153,8 @@ DOLLY = ChatFormat(
 # tokenised as one text (so no lone space token between them); images prepended straight
 # before the question, as RadFM inserts its image strings into the text (no separator).
 PLAIN = ChatFormat('plain', user=('{text}',), answer_sep=' ', image_sep='')
-# No prompt at all: images then the answer (XrayGPT stage 1, a decoder on plain text).
+# No prompt at all: images then the answer (a decoder on plain text; XrayGPT stage 1 at
+# size=tiny).
 NONE = ChatFormat('none')
 # XrayGPT's stage 1 exactly (MiniGPT-4's first stage): BOS, the images, then the caption
 # closed by end_sym '\n' (tokenised with it, as `tokenizer(caption + end_sym)`), no EOS.
