@@ -96,7 +96,8 @@ def as_xraygpt_ran(c, stage: int):
   c.data.too_long = 'truncate'
   if stage == 1:
     c.data.chat_format = 'caption'  # end_sym '\n', no EOS
-    c.data.max_len, c.data.max_target_tokens = 1 + 32 + 32 - 1, 32  # BOS, queries, caption
+    # BOS, 32 queries, 32 caption tokens: 65 ids, i.e. 64 inputs and 64 targets.
+    c.data.max_len, c.data.max_target_tokens = 64, 32
   else:
     c.data.max_len, c.data.max_target_tokens = 288, 160  # the prompt (~70) + 160
     c.data.loss_norm = 'example'  # batch_size_train 1 per GPU: each caption's token mean
