@@ -100,8 +100,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # turns) | 'llava' (LLaVA-1.5's USER: / ASSISTANT:, as its HF chat template renders them)
   # | 'chatml' (Qwen2, RadVLM) | 'dolly' (LLM-CXR) | 'plain' (RadFM's Q/A) | 'none'
   # (no prompt: images then the answer) | 'text' ('none' without the BOS) | 'caption'
-  # ('none' closed by '
-', not EOS: XrayGPT's stage 1). Loss on every assistant turn and
+  # ('none' closed by '\n', not EOS: XrayGPT's stage 1). Loss on every assistant turn and
   # its end marker.
   c.data.chat_format = 'radjax'
   c.data.system_prompt = ''  # '' = the chat format's own default
