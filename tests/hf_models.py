@@ -52,6 +52,16 @@ LLAVA_15_CHAT_TEMPLATE = (
     "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
 
+# What the chat template of a converted LLaVA-OneVision renders (transformers'
+# convert_llava_onevision_weights_to_hf.py; RadVLM's HF export): ChatML with each image as
+# '<image>\n' before the text, and no system turn unless one is given.
+LLAVA_ONEVISION_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% for item in message['content'] if item['type'] == 'image' %}{{ '<image>\n' }}"
+    "{% endfor %}{% for item in message['content'] if item['type'] == 'text' %}"
+    "{{ item['text'] }}{% endfor %}{{ '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
 
 # --- builders ----------------------------------------------------------------------------
 

@@ -385,6 +385,23 @@ def test_the_chat_template_of_a_vlm_with_a_system_prompt_gives_format_and_prompt
         fmt, '' if system == chat.get_format(fmt).default_system else system)
 
 
+def test_a_template_without_a_default_system_turn_is_its_format(tmp_path):
+  """LLaVA-OneVision's ChatML writes a system turn only when given one: it is `chatml`
+  (with chatml's default system prompt, as LLaVA-OneVision trains), found only when every
+  conversation opens with a system turn; radjax's own template is found either way."""
+  from radjax.data import chat, tokens
+  _tokenizer_json(str(tmp_path / 'tok.json'), 300)
+  tok = tokens.load_tokenizer(str(tmp_path / 'tok.json'))
+  template = hf_models.LLAVA_ONEVISION_CHAT_TEMPLATE
+  assert convert_cli._chat_format_of(tok, template) is None
+  assert convert_cli._chat_format_of(tok, template, system_turn=True) == ('chatml', '')
+  ours = chat.chat_template(chat.CHATML)
+  assert convert_cli._chat_format_of(tok, ours) == ('chatml', '')
+  assert convert_cli._chat_format_of(tok, ours, system_turn=True) == ('chatml', '')
+  llava_15 = hf_models.LLAVA_15_CHAT_TEMPLATE  # no system turn at all: no format here
+  assert convert_cli._chat_format_of(tok, llava_15, system_turn=True) is None
+
+
 def test_llava_15s_own_chat_template_imports_as_the_llava_format(converted, tmp_path, capsys):
   """llava-hf's LLaVA-1.5 directory: its processor's chat_template.json renders no BOS (the
   tokenizer adds it when it encodes) and is radjax's `llava` format, with no system prompt."""

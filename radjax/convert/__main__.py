@@ -80,13 +80,16 @@ def _adds_bos(tokenizer) -> bool:
   return bos is None or tokenizer('x')['input_ids'][:1] == [bos]
 
 
-def _chat_format_of(tokenizer, template: str | None = None) -> tuple[str, str] | None:
+def _chat_format_of(tokenizer, template: str | None = None,
+                    system_turn: bool = False) -> tuple[str, str] | None:
   """(format, system prompt): the radjax chat format, and the system prompt ('' for the
   format's default), whose template renders conversations as `template` (default: the
   tokenizer's own chat template) does (a VLM that `to-hf` exported, with its
   config.data.system_prompt: both come back), or None. A template without the BOS that the
   tokenizer adds when it encodes the text (LLaVA-1.5's, through its LlavaProcessor)
-  matches a format that starts with it."""
+  matches a format that starts with it. `system_turn`: every conversation opens with a
+  system turn, so a template that writes none unless given one (LLaVA-OneVision's ChatML)
+  matches a format whose default system prompt it leaves out (the prompt is then '')."""
   from radjax.data import chat
   template = template or getattr(tokenizer, 'chat_template', None)
   if not isinstance(template, str):
@@ -108,14 +111,20 @@ def _chat_format_of(tokenizer, template: str | None = None) -> tuple[str, str] |
   for text in (lambda t: [{'type': 'text', 'text': t}], lambda t: t):
     conversations = ([first], [first, {'role': 'assistant', 'content': text('A1')},
                                {'role': 'user', 'content': text('Q2')}])
+    if system_turn:
+      conversations = tuple([{'role': 'system', 'content': text(mark)}, *c]
+                            for c in conversations)
     want = render(template, conversations)
     if want is None:
       continue
     fed = [bos + w if adds_bos and not w.startswith(bos) else w for w in want]
     # The system prompt a conversation without a system turn gets: where an explicit system
     # turn's text stands (as the format renders it), in the conversation without one.
-    with_system = render(template, ([{'role': 'system', 'content': text(mark)}, first],))
+    with_system = None if system_turn else render(
+        template, ([{'role': 'system', 'content': text(mark)}, first],))
     for name, fmt in chat.FORMATS.items():
+      if system_turn and not fmt.default_system:
+        continue  # no default to leave out: the search without system turns decided it
       system = ''
       if fmt.system and with_system and with_system[0].count(mark) == 1:
         before, after = with_system[0].split(mark)
@@ -144,10 +153,20 @@ def _processor_chat_template(hf_dir: str) -> str | None:
 
 def _set_chat_format(config, tokenizer, hf_dir: str) -> None:
   """An imported VLM prompts in the chat format (and with the system prompt) its HF chat
-  template renders (the tokenizer's, else the processor's); a template that is none of
-  radjax's formats is said, with the format the workdir uses instead."""
+  template renders (the tokenizer's, else the processor's); a template that renders a
+  format only when given a system turn (LLaVA-OneVision's ChatML) is that format with its
+  default system prompt, said in a note; a template that is none of radjax's formats is
+  said, with the format the workdir uses instead."""
   template = getattr(tokenizer, 'chat_template', None) or _processor_chat_template(hf_dir)
   found = _chat_format_of(tokenizer, template)
+  if not found and template:
+    found = _chat_format_of(tokenizer, template, system_turn=True)
+    if found:
+      from radjax.data import chat
+      print(f"note: {hf_dir}'s chat template is radjax's {found[0]!r} format except that it "
+            "writes no system turn unless given one; the workdir prompts with the format's "
+            f'default system prompt {chat.get_format(found[0]).default_system!r} (set '
+            'config.data.system_prompt for another)', file=sys.stderr)
   if found:
     config.data.chat_format, config.data.system_prompt = found
   elif template:
