@@ -6,6 +6,7 @@ Builders (seeded; the same call gives the same weights):
   tiny_llama, tiny_qwen2, tiny_gpt_neox(variant)  -- decoders (`*ForCausalLM`)
   tiny_clip_vision, tiny_siglip_vision             -- vision towers (`*VisionModel`)
   tiny_llava                                       -- CLIP + LLaMA Llava
+  tiny_llava_onevision                             -- SigLIP + Qwen2 LLaVA-OneVision
 """
 import functools
 
@@ -172,6 +173,29 @@ def tiny_llava(vocab_size: int = 320, image_token_id: int = 4, eos_token_id: int
                                  vision_feature_select_strategy=(
                                      'default' if vision == 'clip' else 'full'))
   return _randomise_norms_and_biases(transformers.LlavaForConditionalGeneration(cfg))
+
+
+def tiny_llava_onevision(vocab_size: int = 320, image_token_id: int = 303,
+                         seed: int = 0) -> 'transformers.LlavaOnevisionForConditionalGeneration':
+  """A tiny LLaVA-OneVision as llava-onevision-qwen2-7b-si is built: a SigLIP tower without
+  its head read at its last layer, all patches ('full'); Qwen2 with an untied head; 32px
+  tiles in AnyRes grids up to 2x2; `image_newline` random. Qwen2's specials sit below
+  `image_token_id` (<|endoftext|>, <|im_start|>, <|im_end|> = id - 3, - 2, - 1), <video>
+  after it, as in Qwen2's vocabulary."""
+  torch.manual_seed(seed)
+  text_cfg = transformers.Qwen2Config(**{**_DECODER, 'vocab_size': vocab_size},
+                                      num_attention_heads=4, num_key_value_heads=2,
+                                      rms_norm_eps=1e-6, tie_word_embeddings=False)
+  text_cfg.eos_token_id, text_cfg.pad_token_id = image_token_id - 1, image_token_id - 3
+  vision_cfg = transformers.SiglipVisionConfig(**_VISION, vision_use_head=False)
+  tile = _VISION['image_size']
+  cfg = transformers.LlavaOnevisionConfig(
+      vision_config=vision_cfg, text_config=text_cfg, image_token_index=image_token_id,
+      video_token_index=image_token_id + 1, vision_feature_layer=-1,
+      vision_feature_select_strategy='full',
+      image_grid_pinpoints=[[tile * i, tile * j] for i in (1, 2) for j in (1, 2)])
+  model = transformers.LlavaOnevisionForConditionalGeneration(cfg)
+  return _randomise_norms_and_biases(model)
 
 
 def llava_image_tokens() -> int:

@@ -1,12 +1,16 @@
 r"""Hugging Face <-> radjax workdir conversion.
 
   python -m radjax.convert from-hf --family {llama,qwen2,gpt_neox,clip_vision,siglip_vision,
-      blip2_vision,blip2_qformer,llava,vqgan}
+      blip2_vision,blip2_qformer,llava,llava_onevision,vqgan}
       --hf_dir DIR --out WORKDIR [--unscanned]
   python -m radjax.convert to-hf --workdir WORKDIR [--step N] --out DIR
       [--dtype float32|bfloat16]
   python -m radjax.convert from-radfm --ckpt pytorch_model.bin --tokenizer LLAMA_DIR
       --out WORKDIR [--unscanned] [--vision_heads 8 --perceiver_heads 8 ...]
+
+--family llava_onevision reads a LlavaOnevisionForConditionalGeneration (RadVLM's start,
+llava-onevision-qwen2-7b-si) as a Llava: one tile per image, without AnyRes and its
+image_newline (the import says so); `to-hf` of that workdir writes a Llava.
 
 --family vqgan reads a diffusers VQModel directory, or a Taming VQ-GAN checkpoint file as
 --hf_dir (`last.ckpt`, read with torch.load(weights_only=True), or a `.safetensors` of its
@@ -31,6 +35,7 @@ from radjax.convert.hf_config import UnsupportedConfig
 FAMILIES = {'llama': ('llama',), 'qwen2': ('qwen2',), 'gpt_neox': ('gpt_neox',),
             'clip_vision': ('clip_vision_model', 'clip'),
             'siglip_vision': ('siglip_vision_model', 'siglip'), 'llava': ('llava',),
+            'llava_onevision': ('llava_onevision',),
             'blip2_vision': ('blip-2', 'blip_2_vision_model'),
             'blip2_qformer': ('blip-2', 'blip_2_qformer'),
             'vqgan': ('VQModel',)}  # a diffusers directory (config.json _class_name)
@@ -216,6 +221,12 @@ def cmd_from_hf(args) -> None:
     raise ConversionError(f'--family={args.family} but {args.hf_dir}/config.json has '
                           f'model_type={hf_cfg.model_type!r}')
   config, params = export.import_hf(args.family, hf_cfg, state_dict, scan=not args.unscanned)
+  if args.family == 'llava_onevision':
+    from radjax.convert import llava
+    print(f'note: {llava.onevision_note(hf_cfg)}', file=sys.stderr)
+    # LLaVA-OneVision trains in ChatML (LLaVA-NeXT's qwen_1_5): the format the workdir keeps
+    # where the directory's chat template is none of radjax's.
+    config.data.chat_format = 'chatml'
   if config.model.kind in ('vision', 'vlm'):
     export.image_stats_from_dir(config, args.hf_dir)
   if config.model.kind == 'llm':  # a base decoder continues text; a recipe picks its chat

@@ -18,7 +18,8 @@ from radjax.core import defaults as base
 from radjax.data import chat, tokens
 from radjax.models import factory
 
-# --family -> (part, kind) for one part alone; 'llava' is the whole VLM.
+# --family -> (part, kind) for one part alone; 'llava' and 'llava_onevision' are the whole
+# VLM.
 FAMILY_PARTS = {'llama': ('llm', 'decoder'), 'qwen2': ('llm', 'decoder'),
                 'gpt_neox': ('llm', 'decoder'), 'clip_vision': ('vision', 'vit'),
                 'siglip_vision': ('vision', 'vit'), 'blip2_vision': ('vision', 'vit'),
@@ -50,9 +51,10 @@ def import_hf(family: str, hf_cfg, state_dict: dict, scan: bool = True):
     if part == 'vision':
       _set_image_stats(config, cfg.variant)
     return config, params
-  if family == 'llava':
+  if family in ('llava', 'llava_onevision'):
     from radjax.convert import llava
     vlm_cfg = llava.vlm_config_from_hf(hf_cfg)
+    state_dict = llava.without_image_newline(hf_cfg, state_dict)
     config.model.kind = 'vlm'
     for part in ('vision', 'projector', 'llm'):
       _set(config.model[part], factory.part_fields(getattr(vlm_cfg, part)))

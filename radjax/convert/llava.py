@@ -1,4 +1,5 @@
-"""radjax VLM <-> HF `LlavaForConditionalGeneration` (config, weights and processor).
+"""radjax VLM <-> HF `LlavaForConditionalGeneration` (config, weights and processor), and
+HF `LlavaOnevisionForConditionalGeneration` -> radjax VLM (import only; see `ONEVISION`).
 
 The tensors are converted by the tower tables (radjax.convert.vit for the vision
 tower, radjax.convert.llm_families for the decoder) plus the two projector linears.
@@ -8,6 +9,13 @@ transformers 5 and on the hub: `language_model.model.*`, `language_model.lm_head
 `vision_tower[.vision_model].*`); all are read. Export writes the hub layout
 (`vision_tower.vision_model.*`, `multi_modal_projector.*`, `language_model.model.*`,
 `language_model.lm_head.weight`), which every transformers version with Llava loads.
+
+LLaVA-OneVision holds Llava's three parts under the same names plus `image_newline`, the
+learned vector its AnyRes packing appends after each row of tiles (and after a lone
+tile). radjax encodes each image as one tile at the tower's size, the base image that
+OneVision's sequence starts with, so the import leaves that vector out and says so
+(`onevision_note`); its config fields vision_feature_layer / _select_strategy are read as
+Llava's are.
 """
 import dataclasses
 import functools
@@ -30,6 +38,8 @@ PROJECTOR_PREFIX = 'multi_modal_projector.'
 _TEXT_NAMES = {'llama': ('model.', 'lm_head.weight'), 'qwen2': ('model.', 'lm_head.weight'),
                'gpt_neox': ('gpt_neox.', 'embed_out.weight')}
 _TOKEN_FIELDS = ('bos_token_id', 'eos_token_id', 'pad_token_id')
+ONEVISION = 'llava_onevision'  # the HF model_type
+_IMAGE_NEWLINE = ('image_newline', 'model.image_newline')  # saved / in-memory name
 
 PROJECTOR_RULES = (
     Rule('fc1/kernel', PROJECTOR_PREFIX + 'linear_1.weight', 'linear'),
@@ -41,7 +51,8 @@ _PROJECTOR_TRANSFORMS = {'identity': common.IDENTITY, 'linear': common.LINEAR}
 
 
 def vlm_config_from_hf(hf, **overrides) -> vlm.VLMConfig:
-  """VLMConfig for an HF `LlavaConfig`; `overrides` replace VLMConfig fields."""
+  """VLMConfig for an HF `LlavaConfig` or `LlavaOnevisionConfig`; `overrides` replace
+  VLMConfig fields."""
   layer = hf.vision_feature_layer
   if not isinstance(layer, int):
     raise UnsupportedConfig(f'HF config field vision_feature_layer={layer!r} is not supported '
@@ -93,6 +104,24 @@ def hf_config_from_vlm(cfg: vlm.VLMConfig, text_family: str, **extra):
   return transformers.LlavaConfig(architectures=['LlavaForConditionalGeneration'], **kwargs)
 
 
+def without_image_newline(hf, state_dict: dict) -> dict:
+  """A LLaVA-OneVision state dict as Llava's: its `image_newline` left out (see the module
+  doc); any other model's is returned as it is."""
+  if getattr(hf, 'model_type', None) != ONEVISION:
+    return state_dict
+  return {k: v for k, v in state_dict.items() if k not in _IMAGE_NEWLINE}
+
+
+def onevision_note(hf) -> str:
+  """The line an import of a LLaVA-OneVision config says about what radjax leaves out."""
+  vision = hf.vision_config
+  side = vision.image_size // vision.patch_size
+  return (f"LLaVA-OneVision's AnyRes tiling (vision_aspect_ratio={hf.vision_aspect_ratio!r}) "
+          f'and its image_newline vector are not imported: radjax encodes each image as '
+          f'one {vision.image_size}px tile ({side * side} tokens), the base image of '
+          "OneVision's sequence, with no newline after it")
+
+
 def _text_names(model_type: str) -> tuple[str, str]:
   if model_type not in _TEXT_NAMES:
     raise UnsupportedConfig(f'HF config field text_config.model_type={model_type!r} is not '
@@ -139,9 +168,10 @@ def _split(state_dict: dict, text_model_type: str) -> tuple[dict, dict, dict]:
 
 
 def tower_state_dict(hf, state_dict: dict, tower: str):
-  """(HF config, tensors) of one Llava tower in its standalone naming: 'vision' as
-  `CLIPVisionModel`/`SiglipVisionModel`, 'llm' as the text *ForCausalLM."""
-  vision, _, text = _split(state_dict, hf.text_config.model_type)
+  """(HF config, tensors) of one Llava (or LLaVA-OneVision) tower in its standalone
+  naming: 'vision' as `CLIPVisionModel`/`SiglipVisionModel`, 'llm' as the text
+  *ForCausalLM."""
+  vision, _, text = _split(without_image_newline(hf, state_dict), hf.text_config.model_type)
   if tower == 'vision':
     return hf.vision_config, {vit_convert.PREFIX + k[len(VISION_PREFIX):]: v
                               for k, v in vision.items()}

@@ -1,12 +1,13 @@
 """`config.model.<part>.init_from`: start a part from an HF directory or a workdir.
 
-The vision tower and the LLM come from their own HF models, a Llava, or any workdir
-holding them; the projector from a Llava, a BLIP-2 directory (Q-Former) or a workdir
-holding one (LLaVA's stage 2 starts all three from stage 1's workdir). The vision tower
-and the projector may also come from one weights file (`.pth` / `.bin` / `.safetensors`)
-in HF BLIP-2 or LAVIS names: a BLIP-2 `.pth` gives the EVA tower and the Q-Former, a
-MiniGPT-4 / XrayGPT checkpoint's `llama_proj` a 'linear' projector. A file carries no
-config, so the target's architecture is taken as given and every tensor's shape checked.
+The vision tower and the LLM come from their own HF models, a Llava (or LLaVA-OneVision,
+its image_newline left out), or any workdir holding them; the projector from a Llava (or
+LLaVA-OneVision), a BLIP-2 directory (Q-Former) or a workdir holding one (LLaVA's stage 2
+starts all three from stage 1's workdir). The vision tower and the projector may also
+come from one weights file (`.pth` / `.bin` / `.safetensors`) in HF BLIP-2 or LAVIS names:
+a BLIP-2 `.pth` gives the EVA tower and the Q-Former, a MiniGPT-4 / XrayGPT checkpoint's
+`llama_proj` a 'linear' projector. A file carries no config, so the target's architecture
+is taken as given and every tensor's shape checked.
 
 Each part becomes a loader for `create_train_state`, which hands it the part's
 sharded abstract target. A workdir whose part has exactly the target's architecture
@@ -51,8 +52,12 @@ def _from_workdir(part: str, path: str, target_cfg, target, scan: bool):
 
 def _from_hf_dir(part: str, path: str, target_cfg, scan: bool):
   hf_cfg, state_dict = hf_io.load_hf_dir(path)
-  if hf_cfg.model_type == 'llava':
+  if hf_cfg.model_type in ('llava', 'llava_onevision'):
     from radjax.convert import llava
+    if hf_cfg.model_type == llava.ONEVISION:
+      logging.warning('config.model.%s.init_from=%s: %s', part, path,
+                      llava.onevision_note(hf_cfg))
+      state_dict = llava.without_image_newline(hf_cfg, state_dict)
     if part == 'projector':
       return llava.projector_params_from_hf(state_dict, target_cfg,
                                             hf_cfg.text_config.model_type)
