@@ -9,20 +9,33 @@ reports, abnormality classification, grounding, detection, conversations.
       --config.data.mixture.mimic_labels.dir=MIMIC_DIR ...   # one dir per component below
   python main.py --config configs/radvlm.py:size=tiny --workdir runs/radvlm_tiny   # a CPU
 
-Evaluation reads config.data.dir (set it to the MIMIC build for the report metrics);
-when it is '' the first component by name. One 384-pixel tile per image (729 tokens):
-LLaVA-OneVision's AnyRes tiling is not built. RadVLM starts from LLaVA-OneVision-7B-si,
-which radjax does not import: here the tower and the LLM start from SigLIP and Qwen2.
-Data dirs come from `python -m data_prep build <name>` (mimic_cxr, chexpert, vindr_cxr,
-ms_cxr, llava_json, ...). At size=tiny five components read the embedded default, whose
-records carry labels, nodule boxes and short conversations.
-Arguments: size=full|tiny|micro, task=vlm|lm.
+RadVLM starts from LLaVA-OneVision-7B-si (tower, projector and LLM after OneVision's
+training). Import its HF form, then start every part, the architecture and the tokenizer
+from that workdir (init=DIR; the SigLIP tower then has OneVision's 26 layers, read at the
+last, the same features as SigLIP's 27 read at -2; the vocabulary OneVision's):
+
+  python -m radjax.convert from-hf --family llava_onevision \
+      --hf_dir llava-onevision-qwen2-7b-si-hf --out runs/llava_ov
+  python main.py --config configs/radvlm.py:init=runs/llava_ov --workdir runs/radvlm \
+      --config.data.mixture.mimic_reports.dir=MIMIC_DIR ...   # one dir per component
+
+The first command above starts the tower and the LLM from SigLIP and Qwen2 with a fresh
+projector instead. Evaluation reads config.data.dir (set it to the MIMIC build for the
+report metrics); when it is '' the first component by name. One 384-pixel tile per image
+(729 tokens): LLaVA-OneVision's AnyRes tiling and its image_newline are not built (a tile
+is OneVision's base image; the import says what it leaves out). Data dirs come from
+`python -m data_prep build <name>` (mimic_cxr, chexpert, vindr_cxr, ms_cxr, llava_json,
+...). At size=tiny five components read the embedded default, whose records carry labels,
+nodule boxes and short conversations.
+Arguments: size=full|tiny|micro, task=vlm|lm, init=DIR (an imported LLaVA-OneVision).
 """
 import math
+import os
 
 import ml_collections
 
 from configs import base, common
+from radjax.core import workdir as workdir_lib
 
 # component -> (instruction tasks, repeat). Weights are 0: each component is drawn in
 # proportion to its size x repeat, RadVLM's concatenation with small sets listed 2-4x.
@@ -57,7 +70,7 @@ TINY_MIXTURE = {
 
 
 def get_config(arg: str = ''):
-  args = common.parse(arg)
+  args = common.parse(arg, init='')
   c = base.get_config()
   v = c.model.vision
   v.variant, v.image_size, v.patch_size = 'siglip', 384, 14
@@ -104,7 +117,30 @@ def get_config(arg: str = ''):
     c.eval.evaluators = ('loss',)
   if args.size == 'full':
     as_radvlm_ran(c)
+  if args.init:
+    start_from(c, args.init)
   return c
+
+
+def start_from(c, path: str) -> None:
+  """Every part of the model from the VLM workdir `path` (architecture, weights through
+  init_from, and `<image>`'s id), and its tokenizer: RadVLM's start, LLaVA-OneVision-7B-si
+  as `python -m radjax.convert from-hf --family llava_onevision` imports it."""
+  path = os.path.abspath(path)  # config.json keeps it: the run starts from any directory
+  try:
+    source = workdir_lib.load_config(path)
+  except workdir_lib.WorkdirError as e:
+    raise ValueError(f'config argument init={path!r}: {e}') from e
+  if source.model.kind != 'vlm':
+    raise ValueError(f'config argument init={path!r}: a {source.model.kind!r} workdir, not '
+                     'a vlm (python -m radjax.convert from-hf --family llava_onevision)')
+  for part in ('vision', 'projector', 'llm'):
+    for key, value in source.model[part].items():
+      c.model[part][key] = value
+    c.model[part].init_from = path
+  c.model.image_token_id = source.model.image_token_id
+  c.data.tokenizer = source.data.tokenizer
+  c.data.image_mean, c.data.image_std = source.data.image_mean, source.data.image_std
 
 
 def as_radvlm_ran(c):

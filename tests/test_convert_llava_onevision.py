@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
+from configs import radvlm  # noqa: E402
 from radjax.convert import __main__ as convert_cli  # noqa: E402
 from radjax.convert import common  # noqa: E402
 from radjax.core import workdir  # noqa: E402
@@ -182,3 +183,23 @@ def test_init_from_the_hf_directory_gives_the_imported_parts(imported):
     assert got.keys() == want.keys(), part
     for k in want:
       np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_radvlm_starts_from_the_imported_workdir(imported):
+  """configs/radvlm.py:init=WD takes the workdir's architecture, tokenizer and every part's
+  weights (restored as they are stored)."""
+  source = imported['config']
+  c = radvlm.get_config(f"init={imported['wd']}")
+  assert factory.parts_of(c.model) == factory.parts_of(source.model)
+  assert c.model.image_token_id == IMAGE_ID and c.data.tokenizer == source.data.tokenizer
+  assert c.data.chat_format == 'chatml' and c.runtime.scan_layers == source.runtime.scan_layers
+  pretrained.check_paths(c)
+  loaders = pretrained.loaders(c, {part: part for part in factory.VLM_PARTS})
+  assert loaders.keys() == set(factory.VLM_PARTS)
+  for part, load in loaders.items():
+    want, got = common.flatten(imported['params'][part]), common.flatten(load(None))
+    assert got.keys() == want.keys(), part
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+  with pytest.raises(ValueError, match='init=.*not a radjax workdir'):
+    radvlm.get_config(f"init={imported['root'] / 'nowhere'}")
