@@ -95,6 +95,23 @@ def test_beam_search_equals_hf(lm, num_beams, length_penalty, early_stopping, nu
     assert np.isin(ids, stops).any(axis=1).sum() >= 1
 
 
+def test_beam_search_with_suppressed_ids_equals_hf(lm):
+  """Every VLM generation suppresses ids (image tokens, vocabulary padding). HF's beam
+  search masks the log-probs after the softmax, so the other ids' scores are not
+  renormalised; masking the logits first ranked the beams otherwise."""
+  suppress = sorted({int(t) for t in lm['greedy'][:, :6].ravel()})[:8]  # the likely ones
+  stops = [int(lm['greedy'][0, 8])]
+  cfg = gen.GenerationConfig(max_new_tokens=NEW, decoding='beam', num_beams=3,
+                             stop_ids=tuple(stops), pad_id=PAD, suppress_ids=tuple(suppress))
+  ids, scores = _run(lm, cfg)
+  out = hf_models.hf_generate(lm['hf'], lm['tokens'], lm['mask'], do_sample=False,
+                              num_beams=3, max_new_tokens=NEW, pad_token_id=PAD,
+                              eos_token_id=stops, suppress_tokens=suppress, output_scores=True)
+  np.testing.assert_array_equal(ids, _after_stop_is(_hf_new_tokens(out), stops, PAD))
+  np.testing.assert_allclose(scores, out.sequences_scores.numpy(), atol=1e-4)
+  assert not np.isin(ids, suppress).any()
+
+
 def test_sampling_limits_equal_greedy_and_rng_is_deterministic(lm):
   key = jax.random.key(3)
   top1, _ = _run(lm, gen.GenerationConfig(max_new_tokens=NEW, decoding='sample', top_k=1,

@@ -12,7 +12,7 @@ whose search HF would have ended accepts no further hypotheses.
 Rows are batch-major (row = b * num_beams + beam) so the leading axis stays shardable
 on the batch mesh axes; cache reordering is a gather within each prompt's beams.
 """
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,12 +41,15 @@ def reorder_cache(cache, origin):
 
 def beam_search(decode: Callable, logits, cache, key_mask, positions, prompt_len: int,
                 max_new_tokens: int, num_beams: int, length_penalty: float,
-                early_stopping, stop_ids: tuple[int, ...], pad_id: int):
+                early_stopping, stop_ids: tuple[int, ...], pad_id: int,
+                process: Optional[Callable] = None):
   """Beam search from a prefilled prompt.
 
   decode(tokens [R], positions [R], cache, cache_index, key_mask) -> (logits [R, V], cache)
   logits [B, V] (the prompt's last position); cache leaves [L, B, ...]; key_mask [B, S];
   positions [B] (the position of the first generated token).
+  process(log_probs [R, V], step) -> log_probs with the ids that step may not emit at
+  -inf, applied after the softmax as HF applies its logits processors in beam search.
   Returns (ids [B, max_new_tokens] of the best finished hypothesis, pad after its stop
   token; its length-penalised score [B]).
   """
@@ -74,7 +77,10 @@ def beam_search(decode: Callable, logits, cache, key_mask, positions, prompt_len
   )
 
   def step(s, i):
-    logp = jax.nn.log_softmax(s['logits'].astype(jnp.float32), axis=-1).reshape(b, k, v)
+    logp = jax.nn.log_softmax(s['logits'].astype(jnp.float32), axis=-1)
+    if process is not None:
+      logp = process(logp, i)
+    logp = logp.reshape(b, k, v)
     logp = (logp + s['run_scores'][..., None]).reshape(b, k * v)
     top_scores, top_index = jax.lax.top_k(logp, c)
     origin, tokens = top_index // v, (top_index % v).astype(jnp.int32)

@@ -150,41 +150,32 @@ def _decoder(model, params) -> Callable:
   return decode
 
 
-def _suppressed(logits, decode: Callable, ids: tuple[int, ...]):
-  """(logits, decode) with the logits of `ids` at -inf, every step."""
-  banned = jnp.zeros((logits.shape[-1],), bool).at[jnp.asarray(ids)].set(True)
+def _processor(cfg: GenerationConfig, vocab_size: int) -> Optional[Callable]:
+  """process(x [R, V], k) -> x with the ids step k (0: the first new token) may not emit
+  at -inf: `suppress_ids` every step; with `image_span`, only image codes for the first
+  `length` steps, then only the closing id. None when nothing is masked. Greedy and
+  sampling apply it to the logits, beam search to the log-probs, as HF applies its
+  logits processors (so HF's beam scores are not renormalised over what is left)."""
+  if not cfg.suppress_ids and not cfg.image_span:
+    return None
+  ids = jnp.arange(vocab_size)
+  banned = jnp.zeros((vocab_size,), bool)
+  if cfg.suppress_ids:
+    banned = banned.at[jnp.asarray(cfg.suppress_ids)].set(True)
 
-  def suppress(x):
-    return jnp.where(banned, -jnp.inf, x)
-
-  def suppressed_decode(*args):
-    out, cache = decode(*args)
-    return suppress(out), cache
-
-  return suppress(logits), suppressed_decode
-
-
-def _constrained_span(logits, decode: Callable, span: tuple[int, ...], p: int):
-  """(logits, decode) allowing only image codes for the first `length` steps, then only
-  the closing id (GenerationConfig.image_span); step k's logits come from the decode at
-  cache index p + k - 1 (step 0's from the prefill)."""
-  first, end, length, close = span
-  ids = jnp.arange(logits.shape[-1])
-  is_code, is_close = (ids >= first) & (ids < end), ids == close
-
-  def constrain(x, k):
-    allowed = jnp.where(k < length, is_code, jnp.where(k == length, is_close, True))
+  def process(x, k):
+    allowed = ~banned
+    if cfg.image_span:
+      first, end, length, close = cfg.image_span
+      is_code, is_close = (ids >= first) & (ids < end), ids == close
+      allowed = allowed & jnp.where(k < length, is_code, jnp.where(k == length, is_close, True))
     return jnp.where(allowed, x, -jnp.inf)
 
-  def constrained_decode(tokens, positions, cache, index, key_mask):
-    out, cache = decode(tokens, positions, cache, index, key_mask)
-    return constrain(out, index - p + 1), cache
-
-  return constrain(logits, 0), constrained_decode
+  return process
 
 
 def _token_loop(decode, logits, cache, key_mask, positions, p: int, cfg: GenerationConfig, rng,
-                fill):
+                fill, process: Optional[Callable] = None):
   """Greedy or sampling; finished rows emit `fill`. Scores: summed log-probs
   (of the unwarped distribution) of each row's tokens up to its stop token."""
   stops = jnp.asarray(cfg.stop_ids, jnp.int32)
@@ -192,6 +183,8 @@ def _token_loop(decode, logits, cache, key_mask, positions, p: int, cfg: Generat
 
   def step(carry, i):
     cache, logits, key_mask, positions, done, score = carry
+    if process is not None:
+      logits = process(logits, i)
     if greedy:
       tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:
@@ -247,15 +240,12 @@ def _generate(model, params, prompt_tokens, prompt_mask, images, cfg: Generation
   logits, cache, key_mask, positions = _prefill(model, params, prompt_tokens, prompt_mask,
                                                 images, cfg.max_new_tokens)
   decode = _decoder(model, params)
-  if cfg.suppress_ids:
-    logits, decode = _suppressed(logits, decode, cfg.suppress_ids)
-  if cfg.image_span:
-    logits, decode = _constrained_span(logits, decode, cfg.image_span, p)
+  process = _processor(cfg, logits.shape[-1])
   if cfg.strategy == 'beam':
     return beam_lib.beam_search(decode, logits, cache, key_mask, positions, p,
                                 cfg.max_new_tokens, cfg.num_beams, cfg.length_penalty,
-                                cfg.early_stopping, cfg.stop_ids, fill)
-  return _token_loop(decode, logits, cache, key_mask, positions, p, cfg, rng, fill)
+                                cfg.early_stopping, cfg.stop_ids, fill, process)
+  return _token_loop(decode, logits, cache, key_mask, positions, p, cfg, rng, fill, process)
 
 
 def greedy_generate(model, params, prompt_tokens, prompt_mask, images, max_new_tokens: int,
