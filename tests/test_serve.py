@@ -15,6 +15,7 @@ from PIL import Image
 
 from radjax import run as run_lib
 from radjax.serve import drawing, reporter, uploads
+from radjax.serve.uploads import PREVIEW_SIDE
 from tests.conftest import tiny_config
 
 gradio_client = pytest.importorskip('gradio_client')
@@ -116,6 +117,32 @@ def test_a_new_image_starts_a_new_conversation(served):
                                   1.0, 1.0, 1, 0, api_name='/ask')
   assert [m['role'] for m in history] == ['user', 'assistant']
   assert ''.join(p['text'] for p in history[1]['content']).split() == expected.split()
+
+
+def test_a_full_size_radiograph_is_shown_once_and_scaled_down(served, monkeypatch):
+  """A radiograph of 2500 x 3000 pixels: the page gets a picture of at most
+  uploads.PREVIEW_SIDE pixels, sent once while the report streams and once with its boxes
+  (each picture sent is encoded anew: at full size 1.7 s, a word at a time on a 2-core CPU)."""
+  import gradio as gr
+  client, config, workdir, image, tmp, _ = served
+  big = str(tmp / 'big.png')
+  Image.open(image).convert('L').resize((2500, 3000)).save(big)
+  expected = run_lib.main(config, workdir, 'generate', [big])[0]
+  sent, postprocess = [], gr.Image.postprocess
+
+  def counted(self, value):  # the server runs in this process; None: an update without one
+    if value is not None:
+      sent.append(value)
+    return postprocess(self, value)
+
+  monkeypatch.setattr(gr.Image, 'postprocess', counted)
+  job = client.submit(gradio_client.handle_file(big), 'greedy', 1.0, 1.0, 1, 0,
+                      api_name='/report')
+  picture, text, *_ = job.result()
+  assert text == expected  # the model still reads the file itself
+  assert Image.open(picture).size == (PREVIEW_SIDE * 5 // 6, PREVIEW_SIDE)
+  assert len(job.outputs()) >= 3  # the report came word by word
+  assert [v.size for v in sent] == [(PREVIEW_SIDE * 5 // 6, PREVIEW_SIDE)] * 2
 
 
 def _error(client, path) -> str:

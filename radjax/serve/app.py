@@ -63,8 +63,11 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
     turns = rep.report_turns(example)
     text = rep.answer(example, turns, knobs(decoding, temperature, top_p, num_beams, seed))
     history = [{'role': 'assistant', 'content': text}]
+    shown = picture
     for partial in _words(text):
-      yield picture, partial, None, [], []
+      # The picture once: each one sent is encoded again (gr.skip() leaves it as it is).
+      yield shown, partial, None, [], []
+      shown = gr.skip()
       time.sleep(WORD_DELAY_S)
     shown = drawing.draw_boxes(picture, reporter_lib.boxes_in(text))
     turns = turns + [{'role': 'assistant', 'text': text}]
