@@ -143,8 +143,10 @@ def load_llm_cxr(config, workdir: str, step: int | None = None):
   """An LLM-CXR workdir's decoder (latest or `step` params) with its codec
   (radjax/eval/llm_cxr.py): the one loader of generate, the web demo and the tools."""
   llm_cxr.LlmCxr.check(config)
-  exp, _ = load_trained(config, workdir, step, task=make_task(config, 'lm'))
-  return llm_cxr.LlmCxr.from_experiment(exp)
+  exp, step = load_trained(config, workdir, step, task=make_task(config, 'lm'))
+  model = llm_cxr.LlmCxr.from_experiment(exp)
+  model.step = step
+  return model
 
 
 def pre_stage(config, workdir: str):

@@ -245,3 +245,35 @@ def test_tiny_without_a_codec_says_what_to_train():
   assert two.data.task_options.report_section == 'impression'
   with pytest.raises(ValueError, match='stage1='):
     recipe.get_config('stage=2')
+
+
+def test_a_drawing_generated_again_by_another_checkpoint_goes_beside_the_first(tmp_path):
+  """`--mode=generate --prompt` names the PNG by what decides it: the same report drawn by
+  a later checkpoint or with other draw knobs is written beside the earlier drawing, never
+  over it; the same request again gives the same path (nothing new)."""
+  import types
+
+  from radjax.eval.decoding import generate as generate_lib
+
+  def model(step: int, value: float, top_p: float = 0.92):
+    def draw(reports, seed):
+      assert reports == [report] and seed == 5
+      return llm_cxr.Drawn(np.full((1, 8, 8, 1), value, np.float32), [[0] * 4])
+    return types.SimpleNamespace(
+        step=step, exp=types.SimpleNamespace(config=types.SimpleNamespace(seed=5)), draw=draw,
+        codec=types.SimpleNamespace(workdir=str(tmp_path / 'codec'), step=0),
+        draw_cfg=generate_lib.GenerationConfig(decoding='sample', top_p=top_p))
+
+  report = 'Épanchement pleural gauche, 2 cm — cardiomégalie.'
+  first = llm_cxr.generate(model(100, -1.0), str(tmp_path), [], report, write=lambda _: None)[0]
+  assert os.path.dirname(first) == str(tmp_path / 'generated') and first.endswith('.png')
+  assert llm_cxr.generate(model(100, -1.0), str(tmp_path), [], report,
+                          write=lambda _: None) == [first]
+  later = llm_cxr.generate(model(200, 1.0), str(tmp_path), [], report, write=lambda _: None)[0]
+  other = llm_cxr.generate(model(100, 0.0, top_p=0.5), str(tmp_path), [], report,
+                           write=lambda _: None)[0]
+  assert len({first, later, other}) == 3
+  assert np.asarray(Image.open(first)).max() == 0  # still the first checkpoint's drawing
+  assert np.asarray(Image.open(later)).min() == 255
+  assert sorted(os.listdir(tmp_path / 'generated')) == sorted(
+      os.path.basename(p) for p in (first, later, other))  # no temporary files left

@@ -162,8 +162,11 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def save_png(image: np.ndarray, path: str) -> str:
+  """Written whole or not at all: a kill mid-write leaves no truncated PNG at `path`."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(to_uint8(image)).save(path, format='PNG')
+  tmp = f'{path}.tmp-{os.getpid()}'
+  Image.fromarray(to_uint8(image)).save(tmp, format='PNG')
+  os.replace(tmp, path)
   return path
 
 
@@ -191,6 +194,8 @@ class LlmCxr:
 
   Drawing decodes as config.codec.decoding / temperature / top_p say (LLM-CXR samples
   with top-p 0.92); reading as config.eval says, code tokens suppressed."""
+
+  step: int | None = None  # the decoder's checkpoint step (radjax/run.py load_llm_cxr)
 
   def __init__(self, exp, answerer, codec: Codec):
     self.exp, self.answerer, self.codec = exp, answerer, codec
@@ -265,9 +270,18 @@ class LlmCxr:
     return self.answerer.answer(self.params, items, self.read_cfg, seed)
 
 
-def png_name(report: str, seed: int) -> str:
-  """A stable file name for the image drawn from `report` with `seed`."""
-  return 'draw_' + hashlib.sha1(f'{seed}\n{report}'.encode()).hexdigest()[:10] + '.png'
+def png_name(report: str, seed: int, drawer: str = '') -> str:
+  """A stable file name for the image drawn from `report` with `seed` by `drawer` (what
+  else decides it: the decoder's step, the codec, the draw knobs), so another checkpoint's
+  drawing of the same report goes beside an earlier one, not over it."""
+  key = f'{seed}\n{report}' + (f'\n{drawer}' if drawer else '')
+  return 'draw_' + hashlib.sha1(key.encode()).hexdigest()[:10] + '.png'
+
+
+def drawn_by(model: 'LlmCxr') -> str:
+  """What besides the report and seed decides a drawing (png_name)."""
+  return (f'step {model.step}; codec {os.path.abspath(model.codec.workdir)} step '
+          f'{model.codec.step}; {model.draw_cfg}')
 
 
 def check_request(image_paths: list[str], prompt: str) -> None:
@@ -290,6 +304,6 @@ def generate(model: LlmCxr, workdir: str, image_paths: list[str], prompt: str = 
     return reports
   drawn = model.draw([prompt], seed=config.seed)
   path = save_png(drawn.images[0], os.path.join(out_dir or os.path.join(workdir, 'generated'),
-                                                png_name(prompt, config.seed)))
+                                                png_name(prompt, config.seed, drawn_by(model))))
   write(path)
   return [path]
