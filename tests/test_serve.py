@@ -172,6 +172,13 @@ def test_bad_uploads_are_messages(served):
   assert 'broken.png' in message and 'undecodable' in message
 
 
+def test_a_seed_out_of_range_is_a_message(served):
+  client, _, _, image, *_ = served
+  with pytest.raises(Exception) as info:
+    _report(client, image, 'sample', seed=2**70)
+  assert f'seed {2**70}: give a whole number below 2**63' in str(info.value)
+
+
 def _dicom(pixels: np.ndarray, frames: int = 1) -> bytes:
   import pydicom
   from pydicom.dataset import FileDataset, FileMetaDataset

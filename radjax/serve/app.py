@@ -50,12 +50,20 @@ def _words(text: str):
     yield ' '.join(parts[:i])
 
 
+def _seed(value) -> int:
+  """The seed box's number (empty: 0); one JAX takes (a 64-bit integer)."""
+  seed = int(value or 0)
+  if not -2**63 <= seed < 2**63:
+    raise uploads.UploadError(f'seed {seed}: give a whole number below 2**63')
+  return seed
+
+
 def build(rep: reporter_lib.Reporter) -> gr.Blocks:
   d0 = rep.default_decoding()
   cfg = rep.config
 
   def knobs(decoding, temperature, top_p, num_beams, seed):
-    return reporter_lib.Decoding(decoding, temperature, top_p, int(num_beams), int(seed or 0))
+    return reporter_lib.Decoding(decoding, temperature, top_p, int(num_beams), _seed(seed))
 
   @_shown
   def report(path, decoding, temperature, top_p, num_beams, seed):
@@ -97,7 +105,7 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
 
   @_shown
   def draw(text, seed):
-    yield rep.draw(text, int(seed or 0))
+    yield rep.draw(text, _seed(seed))
 
   with gr.Blocks(title='radjax report demo', analytics_enabled=False) as demo:
     gr.Markdown(f'## radjax: {os.path.abspath(rep.workdir)} (step {rep.step}, '
