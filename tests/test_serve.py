@@ -145,6 +145,35 @@ def test_a_full_size_radiograph_is_shown_once_and_scaled_down(served, monkeypatc
   assert [v.size for v in sent] == [(PREVIEW_SIDE * 5 // 6, PREVIEW_SIDE)] * 2
 
 
+def test_one_generation_at_a_time_across_buttons(served, monkeypatch):
+  """A report and a question from two sessions at once: the model answers one, then the
+  other (two at once would hold two KV caches on the accelerator)."""
+  import threading
+  client, _, _, image, *_ = served
+  answer, lock, running, most = reporter.Reporter.answer, threading.Lock(), [0], [0]
+
+  def counted(self, *args):
+    with lock:
+      running[0] += 1
+      most[0] = max(most[0], running[0])
+    try:
+      threading.Event().wait(1.5)  # both requests are in by then
+      return answer(self, *args)
+    finally:
+      with lock:
+        running[0] -= 1
+
+  monkeypatch.setattr(reporter.Reporter, 'answer', counted)  # the server runs in this process
+  sessions = [gradio_client.Client(client.src, verbose=False) for _ in range(2)]
+  jobs = [sessions[0].submit(gradio_client.handle_file(image), 'greedy', 1.0, 1.0, 1, 0,
+                             api_name='/report'),
+          sessions[1].submit('Is there a pleural effusion?', gradio_client.handle_file(image),
+                             [], 'greedy', 1.0, 1.0, 1, 0, api_name='/ask')]
+  for job in jobs:
+    job.result()
+  assert most[0] == 1
+
+
 def _error(client, path) -> str:
   with pytest.raises(Exception) as info:
     _report(client, path)

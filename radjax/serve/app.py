@@ -148,15 +148,18 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
                     '(`configs/llm_cxr.py`, `config.codec.workdir`).')
 
     dec = [decoding, temperature, top_p, num_beams, seed]
+    # Every event that runs the model is one queue: one generation at a time on the
+    # accelerator (a limit alone holds per event, so a report and a question ran together).
+    model = dict(concurrency_id='model', concurrency_limit=1)
     go.click(report, [upload] + dec, [picture, report_box, table, turns, chatbot],
-             api_name='report')
+             api_name='report', **model)
     ask_args = dict(fn=ask, inputs=[question, upload, turns, chatbot] + dec,
-                    outputs=[question, chatbot, turns, picture])
+                    outputs=[question, chatbot, turns, picture], **model)
     ask_button.click(api_name='ask', **ask_args)
     upload.change(new_image, [upload], [report_box, table, turns, chatbot], api_name=False)
     question.submit(api_name=False, **ask_args)
     if draws:
-      draw_button.click(draw, [draw_text, draw_seed], [drawn], api_name='draw')
+      draw_button.click(draw, [draw_text, draw_seed], [drawn], api_name='draw', **model)
   return demo
 
 
@@ -164,7 +167,7 @@ def launch(rep: reporter_lib.Reporter, host: str = '127.0.0.1', port: int = 7860
            block: bool = True) -> gr.Blocks:
   """Serves the page on host:port (never a share link); block=False returns at once."""
   demo = build(rep)
-  demo.queue(default_concurrency_limit=1)  # one generation at a time on the accelerator
+  demo.queue(default_concurrency_limit=1)
   demo.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block,
               ssr_mode=False, theme=THEME, quiet=not block, show_error=False)
   return demo
