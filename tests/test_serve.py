@@ -265,3 +265,24 @@ def test_a_workdir_that_cannot_be_served_is_one_line(served, tmp_path, capsys):
   assert 'is not a radjax workdir' in capsys.readouterr().err
   assert serve_main.main(['--workdir', workdir, '--step', '7']) == 2
   assert 'no checkpoint of step 7' in capsys.readouterr().err
+
+
+def test_the_workdirs_decoding_knobs_fit_the_page():
+  """The knobs start at the workdir's config.eval values, so the sliders reach them: with
+  num_beams=12 the page refused every request, greedy ones too ('Value 12 is greater
+  than maximum value 8')."""
+  import types
+
+  from radjax.serve import app
+  d0 = reporter.Decoding('beam', temperature=3.0, top_p=0.01, num_beams=12, seed=7)
+  rep = types.SimpleNamespace(
+      workdir='wd', step=0, default_decoding=lambda: d0,
+      config=types.SimpleNamespace(data=types.SimpleNamespace(chat_format='radjax'), seed=7))
+  knobs = {c.label: c for c in app.build(rep).blocks.values()
+           if getattr(c, 'label', None) in ('Temperature (sample)', 'Top-p (sample)',
+                                            'Beams (beam)')}
+  assert len(knobs) == 3
+  for component in knobs.values():
+    component.preprocess(component.value)  # within its bounds
+  assert [knobs[k].value for k in ('Temperature (sample)', 'Top-p (sample)',
+                                   'Beams (beam)')] == [3.0, 0.01, 12]

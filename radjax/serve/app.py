@@ -119,10 +119,13 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
                              interactive=False)
         with gr.Column():
           decoding = gr.Radio(list(generate_lib.DECODINGS), value=d0.decoding, label='Decoding')
-          temperature = gr.Slider(0.0, 2.0, value=d0.temperature, step=0.05,
-                                  label='Temperature (sample)')
-          top_p = gr.Slider(0.05, 1.0, value=d0.top_p, step=0.05, label='Top-p (sample)')
-          num_beams = gr.Slider(1, 8, value=d0.num_beams, step=1, label='Beams (beam)')
+          # Ranges that hold the workdir's own values: a default out of range was refused.
+          temperature = gr.Slider(0.0, max(2.0, d0.temperature), value=d0.temperature,
+                                  step=0.05, label='Temperature (sample)')
+          top_p = gr.Slider(min(0.05, d0.top_p), 1.0, value=d0.top_p, step=0.05,
+                            label='Top-p (sample)')
+          num_beams = gr.Slider(1, max(8, d0.num_beams), value=d0.num_beams, step=1,
+                                label='Beams (beam)')
           seed = gr.Number(value=d0.seed, precision=0, label='Seed (sample)')
           go = gr.Button('Generate report', variant='primary')
       report_box = gr.Textbox(label='Report', lines=6, interactive=False, elem_id='report')
