@@ -201,6 +201,27 @@ def test_bad_uploads_are_messages(served):
   assert 'broken.png' in message and 'undecodable' in message
 
 
+def test_an_upload_over_the_limit_is_refused(served):
+  """--max_upload_mb: a file over it never reaches the model (the server goes on)."""
+  from radjax.serve import app
+  client, _, workdir, image, tmp, _ = served
+  port = _free_port()
+  small = app.launch(reporter.Reporter(workdir), port=port, block=False,
+                     max_upload_mb=os.path.getsize(image) / 2**20 / 2)
+  try:
+    limited = gradio_client.Client(f'http://127.0.0.1:{port}/', verbose=False)
+    with pytest.raises(Exception) as info:
+      _report(limited, image)
+    assert 'cxr.png exceeds the maximum file size' in str(info.value), str(info.value)
+    tiny = tmp / 'tiny.png'
+    Image.new('L', (4, 4)).save(tiny)
+    with pytest.raises(Exception) as info:  # under the limit: reaches radjax's own checks
+      _report(limited, str(tiny))
+    assert 'sides of at least 8' in str(info.value)
+  finally:
+    small.close()
+
+
 def test_a_seed_out_of_range_is_a_message(served):
   client, _, _, image, *_ = served
   with pytest.raises(Exception) as info:

@@ -1,6 +1,7 @@
 r"""The web demo on a trained or imported VLM workdir, or an LLM-CXR one (report -> image).
 
   python -m radjax.serve --workdir runs/demo [--host 127.0.0.1] [--port 7860] [--step N]
+      [--max_upload_mb 1024]
 """
 import argparse
 import sys
@@ -16,13 +17,18 @@ def main(argv=None) -> int:
                       help='address to bind (default 127.0.0.1: this machine only)')
   parser.add_argument('--port', type=int, default=7860)
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
+  parser.add_argument('--max_upload_mb', type=float, default=1024,
+                      help='largest upload accepted, in MiB (default 1024: a multi-frame '
+                      'DICOM study fits; a public demo may want less)')
   args = parser.parse_args(argv)
+  if not args.max_upload_mb > 0:
+    parser.error(f'--max_upload_mb={args.max_upload_mb} must be > 0')
   try:
     model = reporter.load(args.workdir, args.step)
   except (ValueError, FileNotFoundError) as e:  # the workdir, its config or step: named
     print(f'error: {e}', file=sys.stderr)
     return 2
-  app.launch(model, args.host, args.port)
+  app.launch(model, args.host, args.port, max_upload_mb=args.max_upload_mb)
   return 0
 
 
