@@ -233,6 +233,9 @@ def main(config, workdir: str, mode: str, images: list[str] | None = None, promp
     llm_cxr.check_request(images or [], prompt)  # a decoder reading and drawing VQ-GAN codes
     return llm_cxr.generate(load_llm_cxr(config, workdir), workdir, images or [], prompt,
                             out_dir)
+  if out_dir:
+    raise ValueError(f'--out_dir={out_dir}: only an LLM-CXR workdir writes files in '
+                     f'--mode=generate (its drawings); --mode={mode} on this workdir prints')
   if mode == 'generate':
     return generate(config, workdir, images or [], prompt)
   if mode == 'chat':

@@ -524,6 +524,8 @@ def test_generate_decodes_every_image_before_answering_any(demo_data, tmp_path, 
   monkeypatch.setattr(generate_lib, 'generate', lambda *a, **k: calls.append(1) or 1 / 0)
   with pytest.raises(schema.SchemaError, match=r"'.*broken\.png'.*undecodable"):
     run_lib.main(config, wd, 'generate', [good] * config.eval.batch_size + [broken])
+  with pytest.raises(ValueError, match='--out_dir=.*only an LLM-CXR workdir writes files'):
+    run_lib.main(config, wd, 'generate', [good], out_dir=str(tmp_path / 'out'))
   assert not calls
 
 
