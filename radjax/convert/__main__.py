@@ -100,7 +100,7 @@ def _chat_format_of(tokenizer, template: str | None = None,
   if not isinstance(template, str):
     return None
   bos = tokenizer.bos_token
-  adds_bos = bos is not None and tokenizer('x')['input_ids'][:1] == [tokenizer.bos_token_id]
+  adds_bos = bos is not None and _adds_bos(tokenizer)
   mark = 'RADJAX_SYSTEM_PROMPT'
 
   def render(t, convs):

@@ -170,8 +170,6 @@ def launch(rep: reporter_lib.Reporter, host: str = '127.0.0.1', port: int = 7860
            block: bool = True, max_upload_mb: float = 1024) -> gr.Blocks:
   """Serves the page on host:port (never a share link); block=False returns at once.
   Uploads over max_upload_mb are refused before they reach the disk's temp folder."""
-  if not max_upload_mb > 0:
-    raise ValueError(f'--max_upload_mb={max_upload_mb} must be > 0')
   demo = build(rep)
   demo.queue(default_concurrency_limit=1)
   demo.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block,
