@@ -1,0 +1,111 @@
+"""AnyRes tiling and packing (radjax/data/anyres.py) against transformers' LLaVA-OneVision:
+the image processor's tiles, the processor's token counts and the model's packed features."""
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers.models.llava_onevision import modeling_llava_onevision as hf_ov
+from transformers.models.llava_onevision import processing_llava_onevision as hf_proc
+from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+  LlavaOnevisionImageProcessorPil,
+)
+
+from radjax.data import anyres, images
+
+TILE, PATCH = 32, 8  # 4 x 4 tokens per tile
+GRIDS = tuple((r, c) for r in range(1, 4) for c in range(1, 4))
+PINPOINTS = [[r * TILE, c * TILE] for r, c in GRIDS]
+# (height, width): square, tall, wide, tiny, and shapes that scale down under max_tiles 2.
+SIZES = [(64, 64), (100, 37), (29, 90), (9, 11), (96, 96), (77, 120), (200, 61), (33, 33)]
+
+
+def _spec(max_tiles=2):
+  return anyres.AnyRes(tile=TILE, side=TILE // PATCH, grids=GRIDS, max_tiles=max_tiles)
+
+
+def _image(h, w, mode='RGB', seed=0):
+  x = np.random.default_rng(seed).integers(0, 256, (h, w, 3), np.uint8)
+  return Image.fromarray(x).convert(mode)
+
+
+def _hf_processor(max_tiles=2):
+  ip = LlavaOnevisionImageProcessorPil(size={'height': TILE, 'width': TILE},
+                                       image_grid_pinpoints=PINPOINTS,
+                                       image_mean=[0.5] * 3, image_std=[0.5] * 3)
+  proc = hf_proc.LlavaOnevisionProcessor.__new__(hf_proc.LlavaOnevisionProcessor)
+  proc.image_processor, proc.num_image_tokens = ip, (TILE // PATCH) ** 2
+  proc.vision_aspect_ratio = f'anyres_max_{max_tiles}'
+  return ip, proc
+
+
+@pytest.mark.parametrize('mode', ['RGB', 'L'])
+def test_tiles_are_the_processors_pixels(mode):
+  ip, _ = _hf_processor()
+  table = images.pixel_table((0.5,) * 3, (0.5,) * 3, 3)
+  spec = _spec()
+  for i, (h, w) in enumerate(SIZES):
+    img = _image(h, w, mode, seed=i)
+    ours = anyres.tiles(img, spec, table)
+    theirs = ip(img.convert('RGB'), return_tensors='np')['pixel_values'][0]
+    n = len(theirs)
+    assert n == 1 + np.prod(anyres.best_grid(h, w, spec))
+    np.testing.assert_array_equal(ours[:n], theirs.transpose(0, 2, 3, 1))
+    assert not ours[n:].any()  # unused slots
+
+
+@pytest.mark.parametrize('max_tiles', [2, 9])
+def test_token_counts_are_the_processors(max_tiles):
+  _, proc = _hf_processor(max_tiles)
+  spec = _spec(max_tiles)
+  scaled = 0
+  for h, w in SIZES + [(1000, 400), (300, 2000)]:
+    _, _, count = anyres.plan(h, w, spec)
+    want = proc._get_number_of_features(h, w, TILE, TILE)
+    assert count == want, (h, w)
+    assert count <= spec.max_tokens
+    scaled += count < spec.tile_tokens + np.prod(anyres.best_grid(h, w, spec)) * (
+        spec.tile_tokens + spec.side)
+  assert scaled, 'no size was cut or scaled down: the test would miss those paths'
+
+
+def test_max_tokens_bounds_every_size_closely():
+  """At RadVLM's size (384 px tiles of 27 x 27 tokens, up to 6 x 6, anyres_max_9): the
+  static length covers every film size and wastes under 1 % of it."""
+  spec = anyres.AnyRes(tile=384, side=27, grids=tuple(
+      (r, c) for r in range(1, 7) for c in range(1, 7)), max_tiles=9)
+  counts = [anyres.plan(h, w, spec)[2] for h in range(300, 4000, 97) for w in range(300, 4000, 89)]
+  assert max(counts) <= spec.max_tokens
+  assert max(counts) >= 0.99 * spec.max_tokens
+
+
+def test_the_plan_packs_features_as_the_model_does():
+  spec = _spec(2)
+  t, e = spec.tile_tokens, 5
+  fake = types.SimpleNamespace(config=types.SimpleNamespace(
+      vision_config=types.SimpleNamespace(image_size=TILE, patch_size=PATCH),
+      image_grid_pinpoints=PINPOINTS))
+  rng = np.random.default_rng(1)
+  newline = rng.normal(size=e).astype(np.float32)
+  for h, w in SIZES:
+    n = 1 + int(np.prod(anyres.best_grid(h, w, spec)))
+    feats = rng.normal(size=(n, t, e)).astype(np.float32)
+    (packed,), _ = hf_ov.LlavaOnevisionModel.pack_image_features(
+        fake, [torch.from_numpy(feats)], torch.tensor([[h, w]]), torch.from_numpy(newline),
+        vision_aspect_ratio='anyres_max_2')
+    index, weight, count = anyres.plan(h, w, spec)
+    table = np.zeros((spec.slots * t + 1, e), np.float32)
+    table[:n * t] = feats.reshape(-1, e)
+    table[-1] = newline
+    ours = np.einsum('nk,nke->ne', weight, table[index])
+    assert count == len(packed)
+    np.testing.assert_allclose(ours[:count], packed.numpy(), atol=1e-5)
+    assert not weight[count:].any()
+
+
+def test_bad_grids_are_named():
+  with pytest.raises(ValueError, match='config.model.anyres_grids'):
+    anyres.AnyRes(tile=TILE, side=4, grids=((0, 2),))
+  with pytest.raises(ValueError, match='config.model.anyres_grids'):
+    anyres.AnyRes(tile=TILE, side=4, grids=())
