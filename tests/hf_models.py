@@ -179,9 +179,10 @@ def tiny_llava_onevision(vocab_size: int = 320, image_token_id: int = 303,
                          seed: int = 0) -> 'transformers.LlavaOnevisionForConditionalGeneration':
   """A tiny LLaVA-OneVision as llava-onevision-qwen2-7b-si is built: a SigLIP tower without
   its head read at its last layer, all patches ('full'); Qwen2 with an untied head; 32px
-  tiles in AnyRes grids up to 2x2; `image_newline` random. Qwen2's specials sit below
-  `image_token_id` (<|endoftext|>, <|im_start|>, <|im_end|> = id - 3, - 2, - 1), <video>
-  after it, as in Qwen2's vocabulary."""
+  tiles in AnyRes grids up to 3x3 whose maps over 2 tiles' tokens are scaled down
+  ('anyres_max_2', so both of AnyRes's paths run); `image_newline` random. Qwen2's
+  specials sit below `image_token_id` (<|endoftext|>, <|im_start|>, <|im_end|> = id - 3,
+  - 2, - 1), <video> after it, as in Qwen2's vocabulary."""
   torch.manual_seed(seed)
   text_cfg = transformers.Qwen2Config(**{**_DECODER, 'vocab_size': vocab_size},
                                       num_attention_heads=4, num_key_value_heads=2,
@@ -192,8 +193,8 @@ def tiny_llava_onevision(vocab_size: int = 320, image_token_id: int = 303,
   cfg = transformers.LlavaOnevisionConfig(
       vision_config=vision_cfg, text_config=text_cfg, image_token_index=image_token_id,
       video_token_index=image_token_id + 1, vision_feature_layer=-1,
-      vision_feature_select_strategy='full',
-      image_grid_pinpoints=[[tile * i, tile * j] for i in (1, 2) for j in (1, 2)])
+      vision_feature_select_strategy='full', vision_aspect_ratio='anyres_max_2',
+      image_grid_pinpoints=[[tile * i, tile * j] for i in (1, 2, 3) for j in (1, 2, 3)])
   model = transformers.LlavaOnevisionForConditionalGeneration(cfg)
   return _randomise_norms_and_biases(model)
 

@@ -1,6 +1,7 @@
-"""HF LLaVA-OneVision -> radjax VLM (`from-hf --family llava_onevision`, RadVLM's start),
-verified by logits: text on a long prompt, and the image path where it is defined (one
-tile: the base image that OneVision's AnyRes sequence starts with)."""
+"""HF LLaVA-OneVision <-> radjax VLM (`from-hf --family llava_onevision`, RadVLM's start,
+and `to-hf` back), verified by logits: text on a long prompt, and prompts holding an image
+of either orientation read through AnyRes (tiles, unpadding, scaling down, newlines) from
+the image file to the logits."""
 import contextlib
 import io
 import json
@@ -8,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -16,6 +18,7 @@ from configs import radvlm  # noqa: E402
 from radjax.convert import __main__ as convert_cli  # noqa: E402
 from radjax.convert import common  # noqa: E402
 from radjax.core import workdir  # noqa: E402
+from radjax.data import processors  # noqa: E402
 from radjax.data import tokens as tokens_lib  # noqa: E402
 from radjax.models import factory, llm, vlm  # noqa: E402
 from radjax.train import pretrained  # noqa: E402
@@ -71,9 +74,10 @@ def _max_diff(a, b) -> float:
   return float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).max())
 
 
-def test_the_import_is_radvlms_model_in_chatml_and_says_what_it_leaves_out(imported):
-  """vision_feature_layer -1 with 'full' is SigLIP's last layer, every patch; the chat
-  template (no system turn unless given) is ChatML; AnyRes and image_newline are said."""
+def test_the_import_is_radvlms_model_in_chatml_with_anyres(imported):
+  """vision_feature_layer -1 with 'full' is SigLIP's last layer, every patch; the pinpoints
+  and anyres_max_2 are the AnyRes knobs and image_newline the projector's; the chat
+  template (no system turn unless given) is ChatML."""
   config = imported['config']
   assert config.model.kind == 'vlm' and config.runtime.scan_layers
   cfg = factory.vlm_config(config.model)
@@ -82,21 +86,22 @@ def test_the_import_is_radvlms_model_in_chatml_and_says_what_it_leaves_out(impor
   assert cfg.vision.num_tokens == TOKENS and cfg.image_token_id == IMAGE_ID
   assert cfg.projector.kind == 'mlp' and cfg.llm.vocab_size == VOCAB
   assert cfg.llm.qkv_bias and not cfg.llm.tie_embeddings
+  assert cfg.anyres_grids == tuple((r, c) for r in (1, 2, 3) for c in (1, 2, 3))
+  assert cfg.anyres_max_tiles == 2 and cfg.projector.image_newline
+  newline = imported['hf'].model.image_newline.detach().numpy()
+  np.testing.assert_array_equal(imported['params']['projector']['image_newline'], newline)
   assert tuple(config.data.image_mean) == tuple(config.data.image_std) == (0.5, 0.5, 0.5)
   assert (config.data.chat_format, config.data.system_prompt) == ('chatml', '')
   tok = tokens_lib.load_tokenizer(config.data.tokenizer)
   assert tok.convert_tokens_to_ids('<image>') == IMAGE_ID
-  assert not any('newline' in k for k in common.flatten(imported['params']))
   lines = [line for line in imported['err'].splitlines() if line.startswith('note:')]
-  assert len(lines) == 2, imported['err']
-  assert 'AnyRes' in lines[0] and 'image_newline' in lines[0]
-  assert f'one {TILE}px tile ({TOKENS} tokens)' in lines[0]
-  assert "'chatml' format" in lines[1] and 'You are a helpful assistant.' in lines[1]
+  assert len(lines) == 1, imported['err']
+  assert "'chatml' format" in lines[0] and 'You are a helpful assistant.' in lines[0]
 
 
 def test_text_logits_match_hf_on_a_long_prompt_and_after_to_hf(imported, tmp_path):
-  """The decoder on a 260-token prompt gives HF's text-only logits; `to-hf` writes a Llava
-  that does too."""
+  """The decoder on a 260-token prompt gives HF's text-only logits; `to-hf` writes a
+  LLaVA-OneVision that does too."""
   cfg = factory.vlm_config(imported['config'].model)
   tokens = hf_models.random_tokens(IMAGE_ID - 3, PROMPT_LEN)  # plain words, no specials
   want = hf_models.hf_logits(imported['hf'], tokens)
@@ -106,52 +111,64 @@ def test_text_logits_match_hf_on_a_long_prompt_and_after_to_hf(imported, tmp_pat
   print(f'llava_onevision text max|dlogits|={diff:.2e}')
   assert diff <= TOL
 
-  out = tmp_path / 'llava'
+  out = tmp_path / 'onevision'
   rc, err = _cli('to-hf', '--workdir', imported['wd'], '--out', out)
   assert rc == 0, err
-  back = transformers.LlavaForConditionalGeneration.from_pretrained(out, dtype=torch.float32)
+  back = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(
+      out, dtype=torch.float32)
   diff = _max_diff(hf_models.hf_logits(back, tokens), want)
-  print(f'llava_onevision -> Llava text max|dlogits|={diff:.2e}')
+  print(f'llava_onevision -> to-hf text max|dlogits|={diff:.2e}')
   assert diff <= TOL
 
 
-def test_image_features_are_hfs_base_tile(imported):
-  """radjax's projected features of one image are HF's vision tower (hidden_states[-1]) and
-  projector on that tile, the first TOKENS rows of HF's AnyRes-packed features when the
-  tile is the base image of a 2x2 grid; a prompt with those features spliced in at its
-  <image> tokens gives the logits of HF's decoder fed the same."""
-  hf = imported['hf']
-  cfg = factory.vlm_config(imported['config'].model)
-  model = vlm.VLM(cfg, factory.vlm_runtime(imported['config']))
-  params = imported['params']
-  rng = np.random.default_rng(0)
-  tiles = rng.normal(size=(5, TILE, TILE, 3)).astype(np.float32)  # base + 2x2 grid
-  ours = np.asarray(model.apply({'params': params}, tiles[None, :1],
-                                method=model.encode_images))[0]
-  assert ours.shape == (TOKENS, cfg.llm.embed_dim)
-  nchw = torch.from_numpy(tiles.transpose(0, 3, 1, 2))
-  with torch.no_grad():
-    hidden = hf.model.vision_tower(nchw[:1], output_hidden_states=True).hidden_states[-1]
-    want = hf.model.multi_modal_projector(hidden)[0].numpy()
-    packed = hf.model.get_image_features(
-        pixel_values=nchw[None], image_sizes=torch.tensor([[2 * TILE, 2 * TILE]]),
-        vision_feature_layer=-1, vision_feature_select_strategy='full').pooler_output[0]
-  diff = _max_diff(ours, want)
-  print(f'llava_onevision image features max|d|={diff:.2e}')
-  assert diff <= TOL
-  assert packed.shape[0] > TOKENS  # the grid and its newlines follow the base tile
-  assert _max_diff(packed[:TOKENS].numpy(), want) <= TOL
+def _film(height: int, width: int, path) -> dict:
+  """A random RGB PNG written to `path`, as a record's image."""
+  x = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), np.uint8)
+  Image.fromarray(x).save(path)
+  return {'data': path.read_bytes(), 'format': 'png', 'kind': '2d'}
 
-  tokens = hf_models.random_tokens(IMAGE_ID - 3, 64, seed=1)
-  tokens[0, 5:5 + TOKENS] = IMAGE_ID
-  got = np.asarray(hf_models.vlm_logits(model, params, tokens, tiles[None, :1]))
-  ids = torch.from_numpy(tokens).long()
+
+def _hf_image_logits(hf, image_path, tokens, mean, std):
+  """HF's logits for `tokens` with the image read by LLaVA-OneVision's own image processor."""
+  from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+    LlavaOnevisionImageProcessorPil,
+  )
+  proc = LlavaOnevisionImageProcessorPil(
+      size={'height': TILE, 'width': TILE}, image_grid_pinpoints=hf.config.image_grid_pinpoints,
+      image_mean=list(mean), image_std=list(std))
+  pixels = proc(Image.open(image_path).convert('RGB'), return_tensors='pt')
   with torch.no_grad():
-    embeds = hf.model.language_model.embed_tokens(ids)
-    embeds[ids == IMAGE_ID] = torch.from_numpy(want)
-    hf_logits = hf.lm_head(hf.model.language_model(inputs_embeds=embeds).last_hidden_state)
-  diff = _max_diff(got, hf_logits.numpy())
-  print(f'llava_onevision image prompt max|dlogits|={diff:.2e}')
+    return hf(input_ids=torch.from_numpy(tokens).long(), pixel_values=pixels['pixel_values'],
+              image_sizes=pixels['image_sizes']).logits.numpy()
+
+
+@pytest.mark.parametrize('height, width', [(45, 70), (100, 37)])
+def test_image_prompts_match_hf_through_anyres(imported, tmp_path, height, width):
+  """A long prompt with one image, from the PNG through radjax's AnyRes slots to the
+  logits, gives the logits HF's processor and model give; the wide film's map is scaled
+  down (anyres_max_2), the tall one's only unpadded."""
+  config = imported['config']
+  cfg = factory.vlm_config(config.model)
+  model = vlm.VLM(cfg, factory.vlm_runtime(config))
+  from radjax.data import anyres
+  spec = anyres.AnyRes(tile=TILE, side=cfg.vision.image_size // cfg.vision.patch_size,
+                       grids=cfg.anyres_grids, max_tiles=cfg.anyres_max_tiles)
+  slots = processors.TileSlots(spec, num_channels=3, max_images=1,
+                               mean=tuple(config.data.image_mean),
+                               std=tuple(config.data.image_std))
+  path = tmp_path / 'film.png'
+  arrays = slots({'id': 'film', 'images': [_film(height, width, path)]}, None)
+  (count,) = processors.image_token_counts(arrays)
+  assert TOKENS < count < spec.max_tokens
+  tokens = hf_models.random_tokens(IMAGE_ID - 3, 200 + count, seed=1)
+  tokens[0, 7:7 + count] = IMAGE_ID
+  got = model.apply({'params': imported['params']}, tokens, arrays['images'][None],
+                    tile_index=arrays['tile_index'][None],
+                    tile_weight=arrays['tile_weight'][None])[0]
+  want = _hf_image_logits(imported['hf'], path, tokens, config.data.image_mean,
+                          config.data.image_std)
+  diff = _max_diff(got, want)
+  print(f'llava_onevision {height}x{width} image prompt max|dlogits|={diff:.2e}')
   assert diff <= TOL
 
 
@@ -174,7 +191,7 @@ def test_what_radjax_cannot_represent_is_refused(imported, tmp_path, field, valu
 
 def test_init_from_the_hf_directory_gives_the_imported_parts(imported):
   """config.model.<part>.init_from=<a LLaVA-OneVision directory> reads each part as the
-  import does (image_newline left out)."""
+  import does (the projector with its image_newline)."""
   cfgs = factory.parts_of(imported['config'].model)
   for part in factory.VLM_PARTS:
     want = common.flatten(imported['params'][part])
@@ -203,3 +220,19 @@ def test_radvlm_starts_from_the_imported_workdir(imported):
       np.testing.assert_array_equal(got[k], want[k])
   with pytest.raises(ValueError, match='init=.*not a radjax workdir'):
     radvlm.get_config(f"init={imported['root'] / 'nowhere'}")
+
+
+def test_a_projector_without_anyres_starts_from_it_without_the_newline(imported, caplog):
+  """init_from into a one-tile projector (anyres_grids empty) takes the two linears and
+  says it leaves image_newline out."""
+  import dataclasses
+  cfg = dataclasses.replace(factory.parts_of(imported['config'].model)['projector'],
+                            image_newline=False)
+  with caplog.at_level('WARNING'):
+    got = common.flatten(pretrained._from_hf_dir('projector', str(imported['hf_dir']), cfg,
+                                                 scan=True))
+  want = common.flatten(imported['params']['projector'])
+  assert set(got) == set(want) - {'image_newline'}
+  for k in got:
+    np.testing.assert_array_equal(got[k], want[k])
+  assert 'image_newline is left out' in caplog.text

@@ -9,8 +9,9 @@ r"""Hugging Face <-> radjax workdir conversion.
       --out WORKDIR [--unscanned] [--vision_heads 8 --perceiver_heads 8 ...]
 
 --family llava_onevision reads a LlavaOnevisionForConditionalGeneration (RadVLM's start,
-llava-onevision-qwen2-7b-si) as a Llava: one tile per image, without AnyRes and its
-image_newline (the import says so); `to-hf` of that workdir writes a Llava.
+llava-onevision-qwen2-7b-si) whole: AnyRes tiling (config.model.anyres_grids,
+anyres_max_tiles) and the projector's image_newline; `to-hf` of that workdir writes a
+LLaVA-OneVision again.
 
 --family vqgan reads a diffusers VQModel directory, or a Taming VQ-GAN checkpoint file as
 --hf_dir (`last.ckpt`, read with torch.load(weights_only=True), or a `.safetensors` of its
@@ -222,8 +223,6 @@ def cmd_from_hf(args) -> None:
                           f'model_type={hf_cfg.model_type!r}')
   config, params = export.import_hf(args.family, hf_cfg, state_dict, scan=not args.unscanned)
   if args.family == 'llava_onevision':
-    from radjax.convert import llava
-    print(f'note: {llava.onevision_note(hf_cfg)}', file=sys.stderr)
     # LLaVA-OneVision trains in ChatML (LLaVA-NeXT's qwen_1_5): the format the workdir keeps
     # where the directory's chat template is none of radjax's.
     config.data.chat_format = 'chatml'

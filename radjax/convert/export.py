@@ -54,8 +54,9 @@ def import_hf(family: str, hf_cfg, state_dict: dict, scan: bool = True):
   if family in ('llava', 'llava_onevision'):
     from radjax.convert import llava
     vlm_cfg = llava.vlm_config_from_hf(hf_cfg)
-    state_dict = llava.without_image_newline(hf_cfg, state_dict)
     config.model.kind = 'vlm'
+    config.model.anyres_grids = vlm_cfg.anyres_grids
+    config.model.anyres_max_tiles = vlm_cfg.anyres_max_tiles
     for part in ('vision', 'projector', 'llm'):
       _set(config.model[part], factory.part_fields(getattr(vlm_cfg, part)))
     _set(config.model.projector, dict(in_dim=0, out_dim=0))  # from the towers

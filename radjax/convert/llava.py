@@ -12,10 +12,11 @@ transformers 5 and on the hub: `language_model.model.*`, `language_model.lm_head
 
 LLaVA-OneVision holds Llava's three parts under the same names plus `image_newline`, the
 learned vector its AnyRes packing appends after each row of tiles (and after a lone
-tile). radjax encodes each image as one tile at the tower's size, the base image that
-OneVision's sequence starts with, so the import leaves that vector out and says so
-(`onevision_note`); its config fields vision_feature_layer / _select_strategy are read as
-Llava's are.
+tile). It imports whole: AnyRes's grids (image_grid_pinpoints / image_size) and
+anyres_max_N (vision_aspect_ratio) become config.model.anyres_grids / anyres_max_tiles and
+`image_newline` the projector's (radjax/data/anyres.py); a VLM with AnyRes exports as
+LLaVA-OneVision, one without as Llava. A part taken into a VLM without AnyRes
+(init_from) leaves the vector out and says so (`onevision_note`).
 """
 import dataclasses
 import functools
@@ -47,6 +48,29 @@ PROJECTOR_RULES = (
     Rule('fc2/kernel', PROJECTOR_PREFIX + 'linear_2.weight', 'linear'),
     Rule('fc2/bias', PROJECTOR_PREFIX + 'linear_2.bias', 'identity'),
 )
+NEWLINE_RULE = Rule('image_newline', _IMAGE_NEWLINE[0], 'identity')
+_ANYRES_MAX = 'anyres_max_'
+
+
+def _projector_rules(cfg) -> tuple:
+  return PROJECTOR_RULES + ((NEWLINE_RULE,) if cfg.image_newline else ())
+
+
+def _anyres_from_hf(hf) -> dict:
+  """VLMConfig's AnyRes fields of a LLaVA-OneVision config (nothing for a Llava)."""
+  if getattr(hf, 'model_type', None) != ONEVISION:
+    return {}
+  tile, ratio = hf.vision_config.image_size, hf.vision_aspect_ratio
+  grids = []
+  for h, w in hf.image_grid_pinpoints:
+    if h % tile or w % tile:
+      raise UnsupportedConfig(f'HF config field image_grid_pinpoints: {[h, w]} is not a grid '
+                              f'of {tile}px tiles')
+    grids.append((h // tile, w // tile))
+  if not ratio.startswith(_ANYRES_MAX) or not ratio[len(_ANYRES_MAX):].isdigit():
+    raise UnsupportedConfig(f'HF config field vision_aspect_ratio={ratio!r} is not '
+                            f"'{_ANYRES_MAX}N'")
+  return dict(anyres_grids=tuple(grids), anyres_max_tiles=int(ratio[len(_ANYRES_MAX):]))
 _PROJECTOR_TRANSFORMS = {'identity': common.IDENTITY, 'linear': common.LINEAR}
 
 
@@ -75,9 +99,11 @@ def vlm_config_from_hf(hf, **overrides) -> vlm.VLMConfig:
   llm = hf_config.llm_config_from_hf(hf.text_config)
   if getattr(hf, 'tie_word_embeddings', False):
     llm = dataclasses.replace(llm, tie_embeddings=True)
+  anyres = _anyres_from_hf(hf)
   proj = projector_lib.ProjectorConfig(kind='mlp', in_dim=vision.embed_dim,
-                                       out_dim=llm.embed_dim)
-  cfg = vlm.VLMConfig(vision=vision, projector=proj, llm=llm, image_token_id=hf.image_token_id)
+                                       out_dim=llm.embed_dim, image_newline=bool(anyres))
+  cfg = vlm.VLMConfig(vision=vision, projector=proj, llm=llm, image_token_id=hf.image_token_id,
+                      **anyres)
   return dataclasses.replace(cfg, **overrides)
 
 
@@ -96,30 +122,29 @@ def hf_config_from_vlm(cfg: vlm.VLMConfig, text_family: str, **extra):
   full = cfg.vision.variant == 'siglip' or cfg.vision.keep_class_token
   kwargs = dict(
       vision_config=vit_convert.hf_config_from_vit(cfg.vision), text_config=text,
-      image_token_index=cfg.image_token_id, image_seq_length=cfg.vision.num_tokens,
+      image_token_index=cfg.image_token_id,
       projector_hidden_act='gelu', multimodal_projector_bias=True,
       vision_feature_select_strategy='full' if full else 'default',
       vision_feature_layer=cfg.vision.select_layer, tie_word_embeddings=cfg.llm.tie_embeddings)
   kwargs.update(extra)
-  return transformers.LlavaConfig(architectures=['LlavaForConditionalGeneration'], **kwargs)
-
-
-def without_image_newline(hf, state_dict: dict) -> dict:
-  """A LLaVA-OneVision state dict as Llava's: its `image_newline` left out (see the module
-  doc); any other model's is returned as it is."""
-  if getattr(hf, 'model_type', None) != ONEVISION:
-    return state_dict
-  return {k: v for k, v in state_dict.items() if k not in _IMAGE_NEWLINE}
+  if cfg.anyres_grids:
+    if not cfg.anyres_max_tiles:
+      raise UnsupportedConfig('config.model.anyres_max_tiles=0 (never scaled) has no '
+                              "LLaVA-OneVision equivalent (vision_aspect_ratio 'anyres_max_N')")
+    tile = cfg.vision.image_size
+    return transformers.LlavaOnevisionConfig(
+        architectures=['LlavaOnevisionForConditionalGeneration'],
+        image_grid_pinpoints=[[r * tile, c * tile] for r, c in cfg.anyres_grids],
+        vision_aspect_ratio=f'{_ANYRES_MAX}{cfg.anyres_max_tiles}', **kwargs)
+  return transformers.LlavaConfig(architectures=['LlavaForConditionalGeneration'],
+                                  image_seq_length=cfg.vision.num_tokens, **kwargs)
 
 
 def onevision_note(hf) -> str:
-  """The line an import of a LLaVA-OneVision config says about what radjax leaves out."""
-  vision = hf.vision_config
-  side = vision.image_size // vision.patch_size
-  return (f"LLaVA-OneVision's AnyRes tiling (vision_aspect_ratio={hf.vision_aspect_ratio!r}) "
-          f'and its image_newline vector are not imported: radjax encodes each image as '
-          f'one {vision.image_size}px tile ({side * side} tokens), the base image of '
-          "OneVision's sequence, with no newline after it")
+  """What a projector without AnyRes leaves out when it starts from a LLaVA-OneVision."""
+  return (f"LLaVA-OneVision's image_newline is left out: the projector has no AnyRes "
+          f'(config.model.anyres_grids is empty, one tile per image); the import '
+          f'(vision_aspect_ratio={hf.vision_aspect_ratio!r}) has it')
 
 
 def _text_names(model_type: str) -> tuple[str, str]:
@@ -136,6 +161,9 @@ def _split(state_dict: dict, text_model_type: str) -> tuple[dict, dict, dict]:
   parts, unknown = ({}, {}, {}), []
   for name, value in state_dict.items():
     key, new_layout = name, False
+    if name in _IMAGE_NEWLINE:  # LLaVA-OneVision's; the projector's in radjax
+      parts[1][_IMAGE_NEWLINE[0]] = value
+      continue
     if key.startswith('model.') and key[6:].startswith(
         ('vision_tower.', 'multi_modal_projector.', 'language_model.')):
       key, new_layout = key[6:], True
@@ -171,7 +199,7 @@ def tower_state_dict(hf, state_dict: dict, tower: str):
   """(HF config, tensors) of one Llava (or LLaVA-OneVision) tower in its standalone
   naming: 'vision' as `CLIPVisionModel`/`SiglipVisionModel`, 'llm' as the text
   *ForCausalLM."""
-  vision, _, text = _split(without_image_newline(hf, state_dict), hf.text_config.model_type)
+  vision, _, text = _split(state_dict, hf.text_config.model_type)
   if tower == 'vision':
     return hf.vision_config, {vit_convert.PREFIX + k[len(VISION_PREFIX):]: v
                               for k, v in vision.items()}
@@ -197,11 +225,18 @@ def _text_error(e: ConversionError, family: str) -> ConversionError:
 
 
 def projector_params_from_hf(state_dict: dict, cfg: projector_lib.ProjectorConfig,
-                             text_family: str) -> dict:
-  """Only the projector of an HF Llava state dict (e.g. stage-1 weights for stage 2)."""
+                             text_family: str, drop_newline: bool = False) -> dict:
+  """Only the projector of an HF Llava state dict (e.g. stage-1 weights for stage 2), with
+  a LLaVA-OneVision's image_newline where `cfg` has one; `drop_newline`: left out where
+  `cfg` has none (init_from; the caller notes it), else that is an unused tensor."""
   _check_projector(cfg)
   _, proj, _ = _split(state_dict, text_family)
-  return common.unflatten(common.to_ours(proj, PROJECTOR_RULES, _PROJECTOR_TRANSFORMS,
+  if _IMAGE_NEWLINE[0] in proj and not cfg.image_newline and drop_newline:
+    del proj[_IMAGE_NEWLINE[0]]
+  elif cfg.image_newline and _IMAGE_NEWLINE[0] not in proj:
+    raise ConversionError('the projector has an image_newline (config.model.anyres_grids) '
+                          'but the HF model has none (a Llava, not a LLaVA-OneVision)')
+  return common.unflatten(common.to_ours(proj, _projector_rules(cfg), _PROJECTOR_TRANSFORMS,
                                          projector_shapes(cfg), 0, False))
 
 
@@ -232,7 +267,7 @@ def hf_from_params(params: dict, cfg: vlm.VLMConfig) -> dict:
   if missing:
     raise ConversionError(f'model params {missing} are missing')
   out = vit_convert.hf_from_params(params['vision'], cfg.vision, prefix=VISION_PREFIX)
-  out.update(common.to_hf(common.flatten(params['projector']), PROJECTOR_RULES,
+  out.update(common.to_hf(common.flatten(params['projector']), _projector_rules(cfg.projector),
                           _PROJECTOR_TRANSFORMS,
                           projector_shapes(cfg.projector), 0))
   try:

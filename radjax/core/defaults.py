@@ -236,6 +236,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # (e.g. imported by `python -m radjax.convert from-hf`, or trained by task 'lm').
   c.model.kind = 'vlm'
   c.model.image_token_id = -1  # -1: the tokenizer's <image>; a set id must agree with it
+  # AnyRes (LLaVA-NeXT / LLaVA-OneVision; radjax/data/anyres.py): besides the base tile,
+  # each image is resized into the best of these (rows, cols) grids of image_size tiles,
+  # and the grid's features follow the base's, a learned newline after each row (the
+  # projector's image_newline). () = one tile per image. RadVLM: every grid up to 6 x 6.
+  c.model.anyres_grids = ()
+  # anyres_max_N: a grid's feature map over ~N tiles' tokens is scaled down (bilinear) to
+  # about N tiles' worth (RadVLM: 9). 0 = never scaled.
+  c.model.anyres_max_tiles = 0
 
   c.model.vision = ml_collections.ConfigDict()
   # 'vit': CLIP/SigLIP/EVA-style 2D ViT | 'vit3d': RadFM's 3D ViT (volumes [H, W, D, C] and
@@ -280,6 +288,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # projector-only workdir records them.
   c.model.projector.in_dim = 0
   c.model.projector.out_dim = 0
+  # 'linear' / 'mlp': the AnyRes newline vector; set from config.model.anyres_grids.
+  c.model.projector.image_newline = False
   # qformer and perceiver: learned queries (the perceiver's latents), layers, heads, MLP;
   # qformer only: hidden_dim and cross-attention every k layers.
   c.model.projector.num_queries = 32

@@ -265,7 +265,7 @@ class ConversationEncoder:
   # ---- pieces -> segments -> ids ---------------------------------------------------
   # A segment is text (str) or ids (list). Adjacent text of one weight is tokenised as one
   # string, so a prompt's ids are those of its rendered text (what HF's chat template gives).
-  def _pieces(self, pieces, text: str = '') -> list:
+  def _pieces(self, pieces, text: str = '', runs=None) -> list:
     out = []
     for p in pieces:
       if p == BOS:
@@ -275,18 +275,36 @@ class ConversationEncoder:
       elif isinstance(p, Special):
         out.append([self.special_ids[p.token]])
       else:
-        out += self._with_images(p.replace('{text}', text))
+        out += self._with_images(p.replace('{text}', text), runs)
     return out
 
-  def _with_images(self, s: str) -> list:
+  def _with_images(self, s: str, runs=None) -> list:
     """Text with `<image>` marks: each mark becomes image_tokens placeholders (wrapped in
-    the delimiters when the encoder has them)."""
+    the delimiters when the encoder has them), or the next of `runs` (an iterator of the
+    images' own runs, in order)."""
     parts = s.split(IMAGE_MARK)
     before, after = self.fmt.image_wrap
     out = [parts[0] + (before if len(parts) > 1 else '')]
     for i, part in enumerate(parts[1:], 1):
-      out += [list(self.image_run), after + part + (before if i < len(parts) - 1 else '')]
+      run = self.image_run if runs is None else next(runs)
+      out += [list(run), after + part + (before if i < len(parts) - 1 else '')]
     return out
+
+  def _image_runs(self, num_images: int, image_tokens, record_id: str):
+    """An iterator of each image's placeholder run when the images' counts differ (AnyRes:
+    `image_tokens`, one count per image), else None (every image's run is image_run)."""
+    if image_tokens is None:
+      return None
+    if len(image_tokens) != num_images:
+      raise ValueError(f'record {record_id!r}: {len(image_tokens)} image token counts for '
+                       f'{num_images} images')
+    runs = []
+    for n in image_tokens:
+      run = [self.image_id] * int(n)
+      if self.image_delimiters:
+        run = [self.special_ids[IMAGE_BEGIN]] + run + [self.special_ids[IMAGE_END]]
+      runs.append(run)
+    return iter(runs)
 
   def _tokenize(self, segments: list[tuple]) -> tuple[list[int], list[int]]:
     ids, weights, text, text_w = [], [], '', 0
@@ -347,10 +365,14 @@ class ConversationEncoder:
     return turns
 
   def encode(self, turns: list[dict], num_images: int, record_id: str,
-             add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+             add_generation_prompt: bool = False, image_tokens=None
+             ) -> tuple[list[int], list[int]]:
     """(ids, weights): the whole conversation; with add_generation_prompt the turns end
-    on a user turn and the ids end where the answer would start."""
+    on a user turn and the ids end where the answer would start. image_tokens: each
+    image's placeholder count, where they differ (AnyRes)."""
     turns = self._place_images(turns, num_images, record_id)
+    runs = self._image_runs(num_images, image_tokens, record_id)
+    pieces = functools.partial(self._pieces, runs=runs)
     if not self.image_tokens and any(IMAGE_MARK in t['text'] for t in turns):
       raise schema.SchemaError(f"record {record_id!r}: {IMAGE_MARK} in a text-only model's "
                                'conversation')
@@ -359,33 +381,33 @@ class ConversationEncoder:
     def add(new, w):
       segments.extend((seg, w) for seg in new)
 
-    add(self._pieces(self.fmt.begin), 0)
+    add(pieces(self.fmt.begin), 0)
     has_system = any(t['role'] == 'system' for t in turns)
     if self.fmt.system and self.system and not has_system:
-      add(self._pieces(self.fmt.system, self.system), 0)
+      add(pieces(self.fmt.system, self.system), 0)
     last = max((i for i, t in enumerate(turns) if t['role'] == 'assistant'), default=-1)
     for i, turn in enumerate(turns):
       role, text = turn['role'], turn['text']
       if role == '_images':
-        add(self._with_images(text), 0)
+        add(self._with_images(text, runs), 0)
       elif role == 'system':
         if self.fmt.system:
-          add(self._pieces(self.fmt.system, text), 0)
+          add(pieces(self.fmt.system, text), 0)
       elif role == 'user':
-        add(self._pieces(self.fmt.user, text), 0)
+        add(pieces(self.fmt.user, text), 0)
       elif role == 'assistant':
         whole = self.train_assistant_turn
-        add(self._pieces(self.fmt.assistant_open), int(whole))
+        add(pieces(self.fmt.assistant_open), int(whole))
         answer = _JoinedAnswer(text) if self.fmt.answer_sep else text
-        add([answer] + self._pieces(self.fmt.assistant_close), 1)
+        add([answer] + pieces(self.fmt.assistant_close), 1)
         if i == last and not add_generation_prompt:
-          add(self._pieces(self.fmt.separator if whole else ()) + self._pieces(self.fmt.finish), 1)
+          add(pieces(self.fmt.separator if whole else ()) + pieces(self.fmt.finish), 1)
         else:
-          add(self._pieces(self.fmt.separator), int(whole))
+          add(pieces(self.fmt.separator), int(whole))
       else:
         raise schema.SchemaError(f'record {record_id!r}: turn {i}: unknown role {role!r}')
     if add_generation_prompt:
-      add(self._pieces(self.fmt.assistant_open), 0)
+      add(pieces(self.fmt.assistant_open), 0)
     return self._tokenize(segments)
 
   def _answer_in_context(self, before: str, answer: str) -> str:
@@ -401,15 +423,17 @@ class ConversationEncoder:
         return text
     return sep + answer
 
-  def prompt(self, turns: list[dict], num_images: int, record_id: str = '<prompt>') -> list[int]:
+  def prompt(self, turns: list[dict], num_images: int, record_id: str = '<prompt>',
+             image_tokens=None) -> list[int]:
     """Ids of a generation prompt: the turns (ending on a user turn), then the opening of
     the assistant's answer."""
-    return self.encode(turns, num_images, record_id, add_generation_prompt=True)[0]
+    return self.encode(turns, num_images, record_id, add_generation_prompt=True,
+                       image_tokens=image_tokens)[0]
 
   def training_arrays(self, turns: list[dict], num_images: int, max_len: int,
-                      record_id: str) -> dict:
+                      record_id: str, image_tokens=None) -> dict:
     """tokens / targets (the next tokens) / loss_mask of length max_len, and `truncated`."""
-    seq, weights = self.encode(turns, num_images, record_id)
+    seq, weights = self.encode(turns, num_images, record_id, image_tokens=image_tokens)
     if not any(weights):
       raise schema.SchemaError(f'record {record_id!r}: no assistant answer to learn')
     # The answers' own weights: what is left of them decides whether a cut example still

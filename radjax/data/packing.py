@@ -20,6 +20,7 @@ from radjax.data import source
 
 TEXT = ('tokens', 'targets', 'loss_mask')  # [max_len] per example
 IMAGES = ('images', 'image_mask')  # [max_images, ...] per example: only the real ones pack
+TILES = ('tile_index', 'tile_weight')  # AnyRes plans, per image slot too
 HOST = ('source', 'truncated')  # host-only scalars per example -> [pack_max_examples], -1 pads
 # Keys a packed example may not have, and the knob that adds them.
 UNPACKABLE = {'labels': 'config.data.label_loss_weight', 'label_mask':
@@ -45,7 +46,7 @@ def trim(example: dict) -> dict:
   out = {k: example[k][:length] for k in TEXT}
   if 'image_mask' in example:
     n = int(np.sum(example['image_mask']))
-    out.update({k: example[k][:n] for k in IMAGES})
+    out.update({k: example[k][:n] for k in IMAGES + TILES if k in example})
   out.update({k: np.asarray([example[k]], np.int32) for k in HOST if k in example})
   return out
 
@@ -61,8 +62,9 @@ def pack(config, ds: grain.MapDataset, rows: int, images: bool) -> grain.IterDat
   lengths = {**{key: c.max_len for key in TEXT}, **{key: k for key in HOST}}
   padding = {**{key: 0 for key in TEXT}, **{key: -1 for key in HOST}}
   if images:
-    lengths.update({key: k * c.max_images for key in IMAGES})
-    padding.update({key: 0 for key in IMAGES})
+    keys = IMAGES + (TILES if config.model.get('anyres_grids', ()) else ())
+    lengths.update({key: k * c.max_images for key in keys})
+    padding.update({key: 0 for key in keys})
   packed = grain.experimental.FirstFitPackIterDataset(
       it, length_struct=lengths, padding_struct=padding, num_packing_bins=rows,
       max_sequences_per_bin=k, shuffle_bins=False)  # the stream is shuffled already

@@ -5,7 +5,7 @@ import dataclasses
 
 import numpy as np
 
-from radjax.data import chat, instructions, schema, volumes
+from radjax.data import anyres, chat, instructions, schema, volumes
 from radjax.data import images as images_lib
 from radjax.data import labels as labels_lib
 
@@ -34,6 +34,41 @@ class ImageSlots:
                                      rng=rng, crop_scale=self.crop_scale,
                                      jitter=self.jitter)
     return {'images': out, 'image_mask': np.arange(self.max_images) < len(imgs)}
+
+
+@dataclasses.dataclass
+class TileSlots:
+  """AnyRes: an Example's images -> their tile slots [max_images, K, H, W, C], plans
+  (tile_index / tile_weight [max_images, N, 4]) and a mask of the real ones. No crop or
+  jitter: LLaVA-NeXT's processor resizes and pads, nothing more."""
+  spec: anyres.AnyRes
+  num_channels: int
+  max_images: int
+  mean: tuple
+  std: tuple
+
+  def __call__(self, example: dict, rng) -> dict:
+    del rng  # the same tiles in training and evaluation
+    imgs = _checked_count(example, self.max_images)
+    s, t = self.spec, self.spec.tile
+    out = np.zeros((self.max_images, s.slots, t, t, self.num_channels), np.float32)
+    index = np.zeros((self.max_images, s.max_tokens, 4), np.int32)
+    weight = np.zeros((self.max_images, s.max_tokens, 4), np.float32)
+    table = images_lib.pixel_table(self.mean, self.std, self.num_channels)
+    for i, img in enumerate(imgs):
+      pil = images_lib.decode_image(img, self.num_channels, example['id'], keep_gray=True)
+      out[i] = anyres.tiles(pil, s, table)
+      index[i], weight[i], _ = anyres.plan(pil.size[1], pil.size[0], s)
+    return {'images': out, 'tile_index': index, 'tile_weight': weight,
+            'image_mask': np.arange(self.max_images) < len(imgs)}
+
+
+def image_token_counts(arrays: dict) -> list[int] | None:
+  """The real images' placeholder counts when they vary (AnyRes plans), else None."""
+  if 'tile_weight' not in arrays:
+    return None
+  n = int(arrays['image_mask'].sum())
+  return [int(c) for c in np.any(arrays['tile_weight'][:n] != 0, axis=-1).sum(-1)]
 
 
 def first_image(example: dict, needed_by: str, *, size: int, num_channels: int, mean, std,
@@ -93,7 +128,7 @@ class ConversationProcessor:
   tasks: tuple[str, ...]
   options: instructions.Options
   max_len: int
-  images: ImageSlots | VolumeSlots | None = None
+  images: ImageSlots | TileSlots | VolumeSlots | None = None
   labels: labels_lib.LabelTargets | None = None  # the auxiliary label loss's targets
 
   def turns(self, example: dict, rng, served=None) -> list[dict]:
@@ -112,7 +147,7 @@ class ConversationProcessor:
       out = self.images(example, rng)
       n = int(out['image_mask'].sum())
     arrays = self.encoder.training_arrays(self.turns(example, rng, served), n, self.max_len,
-                                          example['id'])
+                                          example['id'], image_token_counts(out))
     if self.labels is not None:
       out.update(self.labels(example))
     return {**arrays, **out}

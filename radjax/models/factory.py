@@ -94,6 +94,11 @@ def vision_config(model_cfg):
 
 def projector_config(model_cfg, in_dim: int | None = None, out_dim: int | None = None):
   derived = {k: v for k, v in (('in_dim', in_dim), ('out_dim', out_dim)) if v is not None}
+  if model_cfg.get('anyres_grids', ()):  # a VLM with AnyRes: the newline is the projector's
+    if model_cfg.projector.kind not in ('linear', 'mlp'):
+      raise ValueError(f'config.model.anyres_grids needs a token-wise projector (linear, '
+                       f'mlp); config.model.projector.kind={model_cfg.projector.kind!r}')
+    derived['image_newline'] = True
   return part_config(model_cfg, 'projector', **derived)
 
 
@@ -111,9 +116,15 @@ def vlm_config(model_cfg, image_token_id: int | None = None,
   elif image_token_id is not None and image_token_id != token:
     raise ValueError(f'config.model.image_token_id={token} but the tokenizer has <image> = '
                      f'{image_token_id}')
+  grids = tuple(tuple(int(x) for x in g) for g in model_cfg.get('anyres_grids', ()))
+  if grids and vision.kind != 'vit':
+    raise ValueError(f'config.model.anyres_grids tiles 2D images; config.model.vision.kind='
+                     f'{vision.kind!r}')
   return vlm.VLMConfig(vision=vision,
                        projector=projector_config(model_cfg, vision.embed_dim, lm.embed_dim),
-                       llm=lm, image_token_id=token, num_labels=num_labels)
+                       llm=lm, image_token_id=token, num_labels=num_labels,
+                       anyres_grids=grids,
+                       anyres_max_tiles=int(model_cfg.get('anyres_max_tiles', 0)))
 
 
 def parts_of(model_cfg) -> dict:

@@ -5,6 +5,11 @@ every example carries `max_images` image slots (a mask says which are real) and 
 prompt holds `tokens_per_image` placeholder tokens per real image, in order. The k-th
 placeholder of a row takes that row's k-th image feature vector, so interleaved
 multi-image prompts need nothing extra.
+
+AnyRes (config.model.anyres_grids, radjax/data/anyres.py): each image slot holds its tile
+slots [K, H, W, C] and a plan of up to N tokens, each a weighted sum of 4 of its projected
+tile features or the projector's image_newline; an image gets as many placeholders as its
+plan has tokens, so the k-th placeholder is found through the images' token counts.
 """
 import dataclasses
 from typing import Any
@@ -25,9 +30,14 @@ class VLMConfig:
   llm: llm_lib.LLMConfig
   image_token_id: int
   num_labels: int = 0  # > 0: a label head on the tower (an auxiliary loss; not exported)
+  # AnyRes: the (rows, cols) grids of tiles an image may be fit to (() = one tile), and
+  # anyres_max_N's N (0: a grid's map is never scaled down).
+  anyres_grids: tuple = ()
+  anyres_max_tiles: int = 0
 
   @property
   def tokens_per_image(self) -> int:
+    """Placeholders per image (with AnyRes, the base tile's: its images' plans say more)."""
     return self.projector.num_tokens(self.vision.num_tokens)
 
 
@@ -38,13 +48,20 @@ class VLMRuntime:
   llm: Runtime = Runtime()
 
 
-def splice(text_embeds, image_features, tokens, image_token_id):
+def splice(text_embeds, image_features, tokens, image_token_id, counts=None):
   """Overwrites placeholder positions with image features, in order.
 
-  text_embeds [B, T, E]; image_features [B, M*N, E]; tokens [B, T].
+  text_embeds [B, T, E]; image_features [B, M*N, E]; tokens [B, T]; counts [B, M]: the
+  images' own token counts (each <= N) when they differ (AnyRes), else all N are used.
   """
   is_image = tokens == image_token_id
-  index = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, image_features.shape[1] - 1)
+  index = jnp.cumsum(is_image, axis=1) - 1  # the placeholder's place in the row
+  if counts is not None:  # -> its image m and place j in it: feature m * N + j
+    ends = jnp.cumsum(counts, axis=1)
+    image = jnp.minimum(jnp.sum(ends[:, None, :] <= index[..., None], -1), counts.shape[1] - 1)
+    start = jnp.take_along_axis(ends - counts, image, axis=1)
+    index = image * (image_features.shape[1] // counts.shape[1]) + index - start
+  index = jnp.clip(index, 0, image_features.shape[1] - 1)
   gathered = jnp.take_along_axis(image_features, index[..., None], axis=1)
   return jnp.where(is_image[..., None], gathered.astype(text_embeds.dtype), text_embeds)
 
@@ -86,8 +103,30 @@ class VLM(nn.Module):
     and the projector leaves those tokens out."""
     return self._project(*self._tower(images, depth_mask), images.shape[0])
 
-  def embed(self, tokens, images, depth_mask=None):
+  def encode_tiles(self, images, tile_index, tile_weight):
+    """AnyRes: images [B, M, K, H, W, C]; tile_index / tile_weight [B, M, N, 4] (module
+    doc) -> (features [B, M * N, E_llm], token counts [B, M])."""
+    b, m, k = images.shape[:3]
+    feats = self.encode_images(images.reshape(b, m * k, *images.shape[3:]))
+    feats = feats.reshape(b, m, -1, feats.shape[-1])
+    newline = self.projector.image_newline
+    if newline is None:
+      raise ValueError("AnyRes tiles need the projector's image_newline (a VLMConfig with "
+                       'anyres_grids gives it one)')
+    newline = jnp.broadcast_to(newline.astype(feats.dtype), (b, m, 1, feats.shape[-1]))
+    table = jnp.concatenate([feats, newline], axis=2)
+    out = 0
+    for tap in range(tile_index.shape[-1]):  # one gather per tap: no [.., 4, E] copy
+      picked = jnp.take_along_axis(table, tile_index[..., tap, None], axis=2)
+      out = out + tile_weight[..., tap, None].astype(feats.dtype) * picked
+    counts = jnp.sum(jnp.any(tile_weight != 0, axis=-1), axis=-1)
+    return out.reshape(b, -1, out.shape[-1]), counts
+
+  def embed(self, tokens, images, depth_mask=None, tile_index=None, tile_weight=None):
     text = self.llm.embed(tokens)
+    if tile_index is not None:
+      feats, counts = self.encode_tiles(images, tile_index, tile_weight)
+      return splice(text, feats, tokens, self.cfg.image_token_id, counts)
     return splice(text, self.encode_images(images, depth_mask), tokens,
                   self.cfg.image_token_id)
 
@@ -106,16 +145,18 @@ class VLM(nn.Module):
     return logits, (label_logits, scores)
 
   def __call__(self, tokens, images, positions=None, cache=None, cache_index=0,
-               key_mask=None, depth_mask=None, segment_ids=None, logits_at=None):
+               key_mask=None, depth_mask=None, segment_ids=None, logits_at=None,
+               tile_index=None, tile_weight=None):
     """tokens [B, T]; images [B, M, H, W, C] or [B, M, H, W, D, C] with depth_mask
-    [B, M, D]; segment_ids [B, T] for packed rows (radjax/data/packing.py: M is then
+    [B, M, D], or AnyRes tiles [B, M, K, H, W, C] with their tile_index / tile_weight
+    [B, M, N, 4]; segment_ids [B, T] for packed rows (radjax/data/packing.py: M is then
     pack_max_examples x max_images, the row's images in order); logits_at [B, K]: logits at
     those positions only (see llm.Decoder). Returns (logits [B, T, V], aux)."""
     if self.cfg.num_labels and self.is_initializing():  # creates the label head too
       return self.with_labels(tokens, images, depth_mask)[0], None
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    embeds = self.embed(tokens, images, depth_mask)
+    embeds = self.embed(tokens, images, depth_mask, tile_index, tile_weight)
     return self.llm(embeds, positions, cache, cache_index, key_mask, segment_ids, logits_at)
 
   def decode_step(self, tokens, positions, cache, cache_index, key_mask):

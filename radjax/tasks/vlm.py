@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from radjax.data import chat, mixture, pipeline, processors
+from radjax.data import anyres, chat, mixture, pipeline, processors
 from radjax.models import factory, vlm
 from radjax.tasks import base
 from radjax.train import loss as loss_lib
@@ -42,10 +42,16 @@ class ImageTextToText(base.Task):
     if tokenizer is not None:
       self.encoder = base.chat_encoder(config, tokenizer, self.model_cfg.tokens_per_image)
     c, v = config.data, self.model_cfg.vision
-    self.slots = {'image': processors.ImageSlots(
-        image_size=v.image_size, num_channels=v.num_channels, max_images=c.max_images,
-        mean=tuple(c.image_mean), std=tuple(c.image_std), crop_scale=tuple(c.crop_scale),
-        augment=c.augment, jitter=c.get('intensity_jitter', True))}
+    self.anyres = self._anyres(config)
+    if self.anyres:
+      self.slots = {'image': processors.TileSlots(
+          self.anyres, num_channels=v.num_channels, max_images=c.max_images,
+          mean=tuple(c.image_mean), std=tuple(c.image_std))}
+    else:
+      self.slots = {'image': processors.ImageSlots(
+          image_size=v.image_size, num_channels=v.num_channels, max_images=c.max_images,
+          mean=tuple(c.image_mean), std=tuple(c.image_std), crop_scale=tuple(c.crop_scale),
+          augment=c.augment, jitter=c.get('intensity_jitter', True))}
     if v.kind == 'vit3d':  # volumes too, in batches of their own
       self.slots['volume'] = processors.VolumeSlots(
           image_size=v.image_size, num_channels=v.num_channels, max_images=c.max_images,
@@ -58,6 +64,21 @@ class ImageTextToText(base.Task):
                        f"'volume') but config.model.vision.kind={v.kind!r} reads 2D images "
                        "only; use 'vit3d'")
     self.image_slots = self.slots[eval_kind]  # evaluation and generation
+
+  def _anyres(self, config) -> anyres.AnyRes | None:
+    cfg = self.model_cfg
+    if not cfg.anyres_grids:
+      return None
+    if config.data.augment:
+      raise ValueError('config.model.anyres_grids tiles the whole image (LLaVA-NeXT neither '
+                       'crops nor jitters); set config.data.augment=False')
+    if self.label_weight:
+      raise ValueError(f'config.model.anyres_grids and config.data.label_loss_weight='
+                       f'{self.label_weight}: the label head reads one tile per image; set '
+                       'one of them off')
+    v = cfg.vision
+    return anyres.AnyRes(tile=v.image_size, side=v.image_size // v.patch_size,
+                         grids=cfg.anyres_grids, max_tiles=cfg.anyres_max_tiles)
 
   def _check_packable(self, config):
     if not config.data.get('pack', False):
@@ -86,9 +107,16 @@ class ImageTextToText(base.Task):
     # tower's max_depth): what training feeds, so the dry run compiles the same step.
     max_depth = self.slots['volume'].max_depth if 'volume' in self.slots else 0
     depth = (max_depth,) if kind == 'volume' else ()
+    tiles, plans = (), {}
+    if self.anyres:  # AnyRes: tile slots per image, and each image's plan
+      tiles = (self.anyres.slots,)
+      plan = (m, self.anyres.max_tokens, 4)
+      plans = {'tile_index': base.BatchField(plan, np.int32),
+               'tile_weight': base.BatchField(plan, np.float32)}
     return {'tokens': seq, 'targets': seq, 'loss_mask': base.BatchField((c.max_len,), np.float32),
-            'images': base.BatchField((m, v.image_size, v.image_size, *depth, v.num_channels),
-                                      np.float32),
+            'images': base.BatchField((m, *tiles, v.image_size, v.image_size, *depth,
+                                       v.num_channels), np.float32),
+            **plans,
             'image_mask': base.BatchField((m,), np.bool_),
             **base.packed_fields(self.config),
             **({'depth_mask': base.BatchField((c.max_images, max_depth), np.bool_)}
@@ -117,13 +145,18 @@ class ImageTextToText(base.Task):
     return vlm.VLM(self.model_cfg, factory.vlm_runtime(self.config, frozen))
 
   def init_inputs(self) -> tuple:
-    return base.zeros(self.batch_spec(), ('tokens', 'images'))
+    tokens, images = base.zeros(self.batch_spec(), ('tokens', 'images'))
+    if self.anyres:  # the parameters are those of one tile per image
+      images = images[:, :, 0]
+    return tokens, images
 
   def loss(self, model, params, batch, rng):
     at = base.logits_at(self.config, batch)
     logits, _ = model.apply({'params': params}, batch['tokens'], batch['images'],
                             positions=batch.get('positions'), depth_mask=batch.get('depth_mask'),
                             segment_ids=batch.get('segment_ids'), logits_at=at,
+                            tile_index=batch.get('tile_index'),
+                            tile_weight=batch.get('tile_weight'),
                             rngs={'dropout': rng} if rng is not None else None)
     return loss_lib.batch_token_losses(logits, batch, at)
 

@@ -1,7 +1,7 @@
 """`config.model.<part>.init_from`: start a part from an HF directory or a workdir.
 
-The vision tower and the LLM come from their own HF models, a Llava (or LLaVA-OneVision,
-its image_newline left out), or any workdir holding them; the projector from a Llava (or
+The vision tower and the LLM come from their own HF models, a Llava (or LLaVA-OneVision),
+or any workdir holding them; the projector from a Llava (or
 LLaVA-OneVision), a BLIP-2 directory (Q-Former) or a workdir holding one (LLaVA's stage 2
 starts all three from stage 1's workdir). The vision tower and the projector may also
 come from one weights file (`.pth` / `.bin` / `.safetensors`) in HF BLIP-2 or LAVIS names:
@@ -54,13 +54,13 @@ def _from_hf_dir(part: str, path: str, target_cfg, scan: bool):
   hf_cfg, state_dict = hf_io.load_hf_dir(path)
   if hf_cfg.model_type in ('llava', 'llava_onevision'):
     from radjax.convert import llava
-    if hf_cfg.model_type == llava.ONEVISION:
-      logging.warning('config.model.%s.init_from=%s: %s', part, path,
-                      llava.onevision_note(hf_cfg))
-      state_dict = llava.without_image_newline(hf_cfg, state_dict)
     if part == 'projector':
+      drop = hf_cfg.model_type == llava.ONEVISION and not target_cfg.image_newline
+      if drop:
+        logging.warning('config.model.projector.init_from=%s: %s', path,
+                        llava.onevision_note(hf_cfg))
       return llava.projector_params_from_hf(state_dict, target_cfg,
-                                            hf_cfg.text_config.model_type)
+                                            hf_cfg.text_config.model_type, drop)
     hf_cfg, state_dict = llava.tower_state_dict(hf_cfg, state_dict, part)
   return parts.params_for(part, hf_cfg, state_dict, target_cfg, scan)
 

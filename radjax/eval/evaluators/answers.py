@@ -6,7 +6,7 @@ the turns' `<image>` marks are, or before the first user turn's text."""
 import jax
 import numpy as np
 
-from radjax.data import chat, pipeline
+from radjax.data import chat, pipeline, processors
 from radjax.eval.decoding import generate as generate_lib
 
 # Image tokens a VLM's prompts hold (radjax/data/chat.py: the placeholder and, with
@@ -44,14 +44,14 @@ class Answerer:
     if slots is not None and hasattr(self.exp.task, 'slots_for'):
       slots = self.exp.task.slots_for([example for example, _ in items])
     for example, turns in items:
-      n = 0
+      n, counts = 0, None
       if slots is not None:
         arrays = slots(example, None)
         pixels.append(arrays)
-        n = int(arrays['image_mask'].sum())
+        n, counts = int(arrays['image_mask'].sum()), processors.image_token_counts(arrays)
       else:
         turns = chat.without_images(turns)
-      prompts.append(self.encoder.prompt(turns, n, example.get('id', '<prompt>')))
+      prompts.append(self.encoder.prompt(turns, n, example.get('id', '<prompt>'), counts))
     if not pixels:
       return prompts, None
     return prompts, {k: np.stack([p[k] for p in pixels]) for k in pixels[0]

@@ -16,8 +16,11 @@ OBSERVATION_TO_FINDING = {obs: f for f, obs in schema.DEMO_FINDINGS.items()}
 
 
 def _first_view(arrays: dict) -> np.ndarray:
-  """The first image [H, W, C] (a volume: its middle real slice) for TensorBoard."""
+  """The first image [H, W, C] (a volume: its middle real slice; AnyRes tiles: the base
+  tile) for TensorBoard."""
   x = arrays['images'][0]
+  if 'tile_index' in arrays:
+    x = x[0]
   if 'depth_mask' in arrays:
     x = x[:, :, int(arrays['depth_mask'][0].sum()) // 2]
   return x
