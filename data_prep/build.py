@@ -23,7 +23,7 @@ from data_prep import builder as builder_lib
 
 NAMES = ('demo', 'demo_ct', 'chexpert', 'nih_chest_xray14', 'vindr_cxr', 'mimic_cxr', 'openi',
          'llava_json', 'dolly', 'xraygpt_captions', 'ms_cxr', 'padchest_gr', 'chexpert_plus',
-         'radfm')
+         'radfm', 'chest_imagenome')
 
 
 def builder_class(name: str) -> type[builder_lib.RadjaxBuilder]:
