@@ -131,6 +131,26 @@ def test_weight_zero_is_size_times_repeat(dirs):
   _within_binomial(np.bincount(ex['source'], minlength=2), (0.25, 0.75), 400)
 
 
+def test_max_records_reads_one_fixed_subset(dirs):
+  """RadVLM's num_samples cap: a component with max_records=N reads the same N of its
+  records in every epoch and on any process count, and weighs N records by size."""
+  config = _config(batch_size=12, a=dict(dir=dirs['a'], max_records=10), d=dict(dir=dirs['d']))
+  ex = _examples(pipeline.train_dataset(config, make_processor, 'train', 0, 1), 50)
+  kept = set(ex['rid'][ex['source'] == 0])
+  assert len(kept) == 10 and kept < {1000 + i for i in range(30)}
+  _within_binomial(np.bincount(ex['source'], minlength=2), (1 / 3, 2 / 3), len(ex['source']))
+  three = [_examples(pipeline.train_dataset(config, make_processor, 'train', i, 3), 50)
+           for i in range(3)]
+  assert set().union(*(set(e['rid'][e['source'] == 0]) for e in three)) == kept
+  # A cap at or over the size reads every record; a kept record still names its shard.
+  comp = mixture.components(config)[0]
+  assert mixture.kept_records(comp, 10) is None and len(mixture.kept_records(comp, 30)) == 10
+  records = source.open_split(dirs['a'], 'train')
+  subset = source.SubsetSource(records, [29])
+  assert len(subset) == 1 and subset[0] == records[29]
+  assert subset[0].location == records[29].location != ''
+
+
 @pytest.mark.parametrize('threads', [0, 2])
 def test_mixture_resumes_the_identical_stream(dirs, threads):
   config = _config(batch_size=8, a=dict(dir=dirs['a'], weight=2.0),
@@ -168,6 +188,7 @@ def test_mixture_resumes_the_identical_stream(dirs, threads):
     (dict(dir='A', weight=0.0), r'config\.data\.mixture\.b\.weight: 0 \(by size\)'),
     (dict(dir='A', weight=1.0, repeat=0), r'config\.data\.mixture\.b\.repeat'),
     (dict(dir='A', weight=1.0, tasks='report'), r'config\.data\.mixture\.b\.tasks'),
+    (dict(dir='A', weight=1.0, max_records=-1), r'config\.data\.mixture\.b\.max_records'),
     (dict(dir='val_only', weight=1.0), r'config\.data\.mixture\.b\.dir: no train-\*'),
     (dict(dir='empty', weight=1.0), r'config\.data\.mixture\.b\.dir: .* no records'),
 ])

@@ -128,6 +128,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Several datasets mixed by weight (radjax/data/mixture.py), by name:
   #   c.data.mixture.mimic = dict(dir=..., tasks=('report',), weight=0.5, repeat=1)
   # Drawn in proportion to weight x repeat; weight 0 on every component: size x repeat.
+  # max_records=N (> 0) reads a fixed subset of N of a component's train records (RadVLM's
+  # num_samples); its size is then N.
   # Empty: config.data.dir alone with config.data.tasks. Eval reads config.data.dir, or
   # when that is '' the first component (in name order).
   # A component with kind='volume' (3D scans, a 'vit3d' tower) goes to the volume stream.

@@ -2,7 +2,8 @@
 tasks, mixed by weight (radjax/data/pipeline.py builds the stream).
 
     config.data.mixture.<name> = dict(dir=..., tasks=(...), weight=0.0, repeat=1,
-                                      kind='image', builder='', builder_kwargs={})
+                                      max_records=0, kind='image', builder='',
+                                      builder_kwargs={})
 
 - dir: a built dataset (its train split is read); required.
 - tasks: the instruction tasks its records become; default config.data.tasks.
@@ -11,8 +12,12 @@ tasks, mixed by weight (radjax/data/pipeline.py builds the stream).
   weights below share out the components of one kind.
 - builder, builder_kwargs: main.py builds `dir` with data_prep.<builder> when missing
   (like config.data.builder).
+- max_records: N > 0 reads at most N of its train records: a subset fixed by config.seed
+  and the name (the same on every process, epoch and resume), RadVLM's `num_samples` cap
+  (80,000 of Chest ImaGenome's images). 0 (the default): every record.
 - weight, repeat: component i is drawn with probability proportional to
-      w_i * repeat_i,  w_i = weight_i if weights are given, else the size of its train split.
+      w_i * repeat_i,  w_i = weight_i if weights are given, else the size of its train split
+                             (after max_records).
   Either every weight is 0 (RadVLM's way: the datasets concatenated, a small one listed
   `repeat` times) or every weight is positive (a share, normalised over the components;
   repeat then multiplies it). Mixing the two would compare record counts with shares, so
@@ -28,7 +33,9 @@ import hashlib
 import math
 import os
 
-KEYS = ('dir', 'tasks', 'weight', 'repeat', 'kind', 'builder', 'builder_kwargs')
+import numpy as np
+
+KEYS = ('dir', 'tasks', 'weight', 'repeat', 'max_records', 'kind', 'builder', 'builder_kwargs')
 KINDS = ('image', 'volume')
 
 
@@ -41,6 +48,7 @@ class Component:
   repeat: int
   seed: int
   kind: str = 'image'
+  max_records: int = 0  # 0: every record
 
   @property
   def knob(self) -> str:
@@ -72,9 +80,13 @@ def components(config) -> list[Component]:
     repeat = spec.get('repeat', 1)
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
       raise ValueError(f'{knob}.repeat: expected an integer >= 1, got {repeat!r}')
+    max_records = spec.get('max_records', 0)
+    if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 0:
+      raise ValueError(f'{knob}.max_records: expected an integer >= 0 (0: every record), got '
+                       f'{max_records!r}')
     kind = spec.get('kind', 'image')
     out.append(Component(name, data_dir, tuple(tasks), float(weight), repeat,
-                         component_seed(config.seed, name), kind))
+                         component_seed(config.seed, name), kind, max_records))
   for kind in KINDS:
     same = [c for c in out if c.kind == kind]
     zero = [c for c in same if c.weight == 0]
@@ -106,6 +118,16 @@ def check_spec(name: str, spec) -> str:
 def check_specs(config) -> None:
   for name, spec in config.data.mixture.items():
     check_spec(name, spec)
+
+
+def kept_records(comp: Component, count: int) -> np.ndarray | None:
+  """Which of its `count` train records `comp` reads: None for all of them, or with
+  max_records=N below the count, N indices drawn without replacement by the component's
+  seed (in record order)."""
+  if not comp.max_records or comp.max_records >= count:
+    return None
+  rng = np.random.default_rng(comp.seed)
+  return np.sort(rng.choice(count, size=comp.max_records, replace=False))
 
 
 def by_kind(comps: list[Component]) -> dict[str, list[tuple[int, Component]]]:

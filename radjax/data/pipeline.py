@@ -46,7 +46,7 @@ def train_dataset(config, make_processor, split: str,
     return _batches(config, ds, 'image', process_count, _has_images(processor))
   batched = {}
   for kind, items in mixture.by_kind(comps).items():
-    records = [source.open_split(c.dir, split, f'{c.knob}.dir') for _, c in items]
+    records = [_capped(source.open_split(c.dir, split, f'{c.knob}.dir'), c) for _, c in items]
     weights = mixture.weights([c for _, c in items], [len(r) for r in records])
     make = make_processor if kind == 'image' else functools.partial(make_processor, kind=kind)
     processors = [make(c.tasks) for _, c in items]
@@ -67,6 +67,12 @@ def train_dataset(config, make_processor, split: str,
     raise ValueError(f'config.data.volume_batch_share={share}: the mixture has image and '
                      'volume components, so it must be in (0, 1)')
   return grain.MapDataset.mix([batched['image'], batched['volume']], [1 - share, share])
+
+
+def _capped(records, comp: mixture.Component):
+  """A component's records, or the subset its max_records keeps (mixture.kept_records)."""
+  keep = mixture.kept_records(comp, len(records))
+  return records if keep is None else source.SubsetSource(records, keep)
 
 
 def resumes_on_any_process_count(config) -> bool:

@@ -16,6 +16,7 @@ import os
 import threading
 
 import grain
+import numpy as np
 from absl import logging
 from array_record.python.array_record_module import ArrayRecordReader
 
@@ -145,6 +146,26 @@ class ShardSource:
 
   def __repr__(self) -> str:
     return f'ShardSource({len(self.files)} files, {len(self)} records)'
+
+
+class SubsetSource:
+  """Some records of a source, by their indices there (a mixture component's max_records);
+  each keeps its location, so errors still name its shard and index."""
+
+  def __init__(self, parent, indices):
+    self.parent = parent
+    self.indices = np.asarray(indices, dtype=np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> Record:
+    if not 0 <= index < len(self):
+      raise IndexError(f'record {index} of {len(self)}')
+    return self.parent[int(self.indices[index])]
+
+  def __repr__(self) -> str:
+    return f'SubsetSource({len(self)} of {self.parent!r})'
 
 
 def read_options(threads: int) -> grain.ReadOptions:
