@@ -1,6 +1,7 @@
 r"""RadVLM's model: SigLIP so400m/14-384 -> 2-layer GELU MLP -> Qwen2-7B, fully fine-tuned
 (the vision tower at a fifth of the learning rate) in ChatML on a multi-task mixture:
-reports, abnormality classification, grounding, detection, conversations.
+reports, abnormality classification, abnormality / phrase / anatomical grounding (80,000
+Chest ImaGenome images), detection, conversations.
 
   python main.py --config configs/radvlm.py --workdir runs/radvlm \
       --config.data.tokenizer=QWEN2_DIR \
@@ -24,9 +25,9 @@ projector instead. Evaluation reads config.data.dir (set it to the MIMIC build f
 report metrics); when it is '' the first component by name. One 384-pixel tile per image
 (729 tokens): LLaVA-OneVision's AnyRes tiling and its image_newline are not built (a tile
 is OneVision's base image; the import says what it leaves out). Data dirs come from
-`python -m data_prep build <name>` (mimic_cxr, chexpert, vindr_cxr, ms_cxr, llava_json,
-...). At size=tiny five components read the embedded default, whose records carry labels,
-nodule boxes and short conversations.
+`python -m data_prep build <name>` (mimic_cxr, chexpert, vindr_cxr, ms_cxr,
+chest_imagenome, llava_json, ...). At size=tiny five components read the embedded
+default, whose records carry labels, nodule boxes and short conversations.
 Arguments: size=full|tiny|micro, task=vlm|lm, init=DIR (an imported LLaVA-OneVision).
 """
 import math
@@ -50,15 +51,19 @@ MIXTURE = {
     'ms_cxr': (('phrase_grounding',), 3),
     'padchest_gr': (('phrase_grounding',), 2),
     'conversations': (('conversation',), 1),
-    # RadVLM's create_llava_dataset.py lists these too (its 1,115,021 pairs, so 4355 steps):
-    # 80,000 Chest ImaGenome anatomical-grounding instructions (num_samples=80000) and the
-    # GPT-4o grounded conversations on MS-CXR and PadChest-GR images, x4 each. radjax has no
-    # Chest ImaGenome builder: all three are llava_json builds of all_train.json's records
-    # of that id prefix (chestima-train, conv-grounded-train1, conv-grounded-padchest-train1).
-    'chest_imagenome': (('conversation',), 1),
+    # Chest ImaGenome's silver train split (the chest_imagenome build), one region per
+    # instruction: RadVLM takes 80,000 of its images (num_samples, MAX_RECORDS below).
+    'chest_imagenome': (('anatomical_grounding',), 1),
+    # RadVLM's create_llava_dataset.py (1,115,021 pairs in all, so 4355 steps) also lists
+    # GPT-4o grounded conversations on MS-CXR and PadChest-GR images, x4 each: llava_json
+    # builds of all_train.json's records of that id prefix (conv-grounded-train1,
+    # conv-grounded-padchest-train1).
     'mscxr_conversations': (('conversation',), 4),
     'padchest_conversations': (('conversation',), 4),
 }
+# Components read only a fixed subset of this many train records (config.data.mixture.
+# <name>.max_records; 0 elsewhere: all): RadVLM's num_samples=80000 on Chest ImaGenome.
+MAX_RECORDS = {'chest_imagenome': 80000}
 # size=tiny: five components on the embedded default, by weight (shares of the stream).
 TINY_MIXTURE = {
     'reports': (('report',), 0.35),
@@ -91,7 +96,8 @@ def get_config(arg: str = ''):
   c.data.task_options.uncertain_as = 1  # RadVLM counts uncertain findings as present
   c.data.max_len = 4096
   c.data.mixture = ml_collections.ConfigDict({
-      name: dict(dir='', tasks=tasks, weight=0.0, repeat=repeat)
+      name: dict(dir='', tasks=tasks, weight=0.0, repeat=repeat,
+                 max_records=MAX_RECORDS.get(name, 0))
       for name, (tasks, repeat) in MIXTURE.items()})
   c.optim.lr, c.optim.warmup_steps, c.optim.min_lr_ratio = 1e-5, 130, 0.0
   c.optim.weight_decay, c.optim.b2 = 0.0, 0.999

@@ -224,6 +224,16 @@ def test_radvlm_mixture_lists_every_dataset_of_create_llava_dataset():
   assert c.optim.warmup_steps == math.ceil(0.03 * c.train.num_steps) == 131
 
 
+def test_radvlm_grounds_anatomy_on_80000_chest_imagenome_images():
+  """create_llava_dataset.py: Chest_ImaGenome_Dataset(split='train', pick_one_region=True)
+  with num_samples=80000, one random region per image; the chest_imagenome build serves
+  it through anatomical_grounding, a fixed 80,000 of its train records (max_records)."""
+  m = radvlm.get_config('').data.mixture
+  assert tuple(m.chest_imagenome.tasks) == ('anatomical_grounding',)
+  assert m.chest_imagenome.max_records == RADVLM_PAIRS['chest_imagenome'][0] == 80000
+  assert {k for k, v in m.items() if v.max_records} == {'chest_imagenome'}
+
+
 def test_radvlm_trains_unaugmented_findings_with_the_scripts_optimizer():
   """finetune_radio_7b.sh: lr 1e-5 (vision 2e-6), cosine, warmup_ratio 0.03, weight_decay
   0, bf16, HF AdamW and max_grad_norm 1.0; LLaVA-NeXT's processor only resizes; the eval
