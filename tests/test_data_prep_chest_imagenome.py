@@ -208,3 +208,30 @@ def test_cli_builds_it(built, tmp_path, capsys):
   small = next(e for e in fx.examples(summary['dataset_dir'], 'train') if e['id'] == ids['good'])
   assert Image.open(io.BytesIO(small['images'][0]['data'])).size == (32, 24)
   np.testing.assert_allclose(small['boxes'][0]['box'], [0.125, 0.125, 0.625, 0.625])
+
+
+def test_a_capped_mixture_component_serves_the_build(built):
+  """The build as RadVLM's recipe reads it: a mixture component with tasks
+  ('anatomical_grounding',) and max_records=1 asks about one fixed image's regions."""
+  from radjax.core import defaults
+  from radjax.data import pipeline, schema
+
+  ids, out, _ = built
+  c = defaults.get_config()
+  c.train.batch_size = 4
+  c.data.mixture.chest_imagenome = dict(dir=out, tasks=('anatomical_grounding',),
+                                        max_records=1)
+
+  def make_processor(tasks):
+    def process(raw, rng):
+      ex = schema.decode(raw)
+      turns = getattr(instructions, tasks[0])(ex, rng, instructions.Options())
+      return {'good': np.int32(ex['id'] == ids['good']),
+              'boxed': np.int32(turns[1]['text'].count('[') == 1)}
+    return process
+
+  ds = pipeline.train_dataset(c, make_processor, 'train', 0, 1)
+  batches = [ds[i] for i in range(3)]
+  good = {int(g) for b in batches for g in b['good']}
+  assert len(good) == 1  # one of the two train images, the same one throughout
+  assert all(b['boxed'].all() for b in batches)
