@@ -13,11 +13,11 @@ radjax.data.instructions.ANATOMICAL_REGIONS, which `anatomical_grounding` asks a
 `phrase` ''. A box is the object's `original_x1, original_y1, original_x2, original_y2`
 (pixels of the full-resolution film; `x1..y2` are on the 224-px resampled image and are
 not used) divided by the JPEG's own width and height, as RadVLM divides them by MIMIC's
-Columns and Rows. The silver boxes come from a detector run on a padded 224-px square,
-and mapped back some overhang the film: they are clipped to its edges. A box with no area
-inside the film, an object without numeric coordinates or with an unknown region, a scene
-graph that is missing, not JSON or of another image, and a missing or unreadable JPEG
-reject the image with a reason naming the file.
+Columns and Rows. The silver boxes were found on a padded, resampled 224-px square, and
+mapped back some overhang the film (negative or past its size): they are clipped to it.
+A box with no area inside the film, an object without numeric coordinates or with an
+unknown region, a scene graph that is missing, not JSON or of another image, and a
+missing or unreadable JPEG reject the image with a reason naming the file.
 
 Splits: train, valid -> val, test (the silver splits). Train keeps only the images that
 MIMIC-CXR's own split puts in train, as RadVLM's selection does: the others (MIMIC
