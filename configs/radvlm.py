@@ -22,9 +22,10 @@ last, the same features as SigLIP's 27 read at -2; the vocabulary OneVision's):
 
 The first command above starts the tower and the LLM from SigLIP and Qwen2 with a fresh
 projector instead. Evaluation reads config.data.dir (set it to the MIMIC build for the
-report metrics); when it is '' the first component by name. One 384-pixel tile per image
-(729 tokens): LLaVA-OneVision's AnyRes tiling and its image_newline are not built (a tile
-is OneVision's base image; the import says what it leaves out). Data dirs come from
+report metrics); when it is '' the first component by name. Images are read as
+LLaVA-OneVision reads them (AnyRes, radjax/data/anyres.py): the 384-pixel base tile, then
+the film's grid of tiles, scaled to about 9 tiles' tokens, a newline after each row. Data
+dirs come from
 `python -m data_prep build <name>` (mimic_cxr, chexpert, vindr_cxr, ms_cxr,
 chest_imagenome, llava_json, ...). At size=tiny five components read the embedded
 default, whose records carry labels, nodule boxes and short conversations.
@@ -89,12 +90,16 @@ def get_config(arg: str = ''):
       152064, 3584, 28, 28, 4)
   lm.mlp_dim, lm.norm_eps, lm.rope_theta, lm.qkv_bias = 18944, 1e-6, 1e6, True
   lm.max_position_embeddings = 32768  # what to-hf writes (radjax/core/defaults.py)
+  # LLaVA-OneVision's AnyRes (anyres_max_9, pinpoints (1x1)..(6x6)): a film is the base
+  # tile's 729 tokens and up to ~9 x 729 more from its grid, rows ended by image_newline.
+  c.model.anyres_grids = tuple((r, col) for r in range(1, 7) for col in range(1, 7))
+  c.model.anyres_max_tiles = 9
   c.data.image_mean = c.data.image_std = (0.5, 0.5, 0.5)
   c.data.chat_format = 'chatml'
   # RadVLM trains these wherever they stand (LLaVA-NeXT's unmask_tokens_idx).
   c.data.always_trained = ('\n', '<|im_start|>', '<|im_end|>')
   c.data.task_options.uncertain_as = 1  # RadVLM counts uncertain findings as present
-  c.data.max_len = 4096
+  c.data.max_len = 10240  # up to 8,829 image tokens (AnyRes) and the conversation
   c.data.mixture = ml_collections.ConfigDict({
       name: dict(dir='', tasks=tasks, weight=0.0, repeat=repeat,
                  max_records=MAX_RECORDS.get(name, 0))
@@ -112,7 +117,10 @@ def get_config(arg: str = ''):
     c.model.vision.variant, c.model.vision.select_layer = 'siglip', -1  # every tiny layer
     c.data.image_mean = c.data.image_std = (0.5, 0.5, 0.5)
     c.model.llm.vocab_size = 2048 + 64  # ChatML's two markers join the demo's 2048
-    c.data.max_len = 208  # ChatML + 16 image tokens + up to 4 conversation turns
+    # AnyRes at a tiny scale: grids up to 2 x 2 tiles, scaled down above 2 tiles' tokens
+    # (the demo's square films: 16 base tokens + 30 of the grid and its newlines).
+    c.model.anyres_grids, c.model.anyres_max_tiles = ((1, 1), (1, 2), (2, 1), (2, 2)), 2
+    c.data.max_len = 256  # ChatML + up to 56 image tokens + up to 4 conversation turns
     c.data.mixture = ml_collections.ConfigDict({
         name: dict(dir=c.data.dir, tasks=tasks, weight=weight, repeat=1)
         for name, (tasks, weight) in TINY_MIXTURE.items()})
@@ -145,6 +153,8 @@ def start_from(c, path: str) -> None:
       c.model[part][key] = value
     c.model[part].init_from = path
   c.model.image_token_id = source.model.image_token_id
+  c.model.anyres_grids = source.model.get('anyres_grids', ())
+  c.model.anyres_max_tiles = source.model.get('anyres_max_tiles', 0)
   c.data.tokenizer = source.data.tokenizer
   c.data.image_mean, c.data.image_std = source.data.image_mean, source.data.image_std
 

@@ -37,6 +37,7 @@ def _hf_processor(max_tiles=2):
   proc = hf_proc.LlavaOnevisionProcessor.__new__(hf_proc.LlavaOnevisionProcessor)
   proc.image_processor, proc.num_image_tokens = ip, (TILE // PATCH) ** 2
   proc.vision_aspect_ratio = f'anyres_max_{max_tiles}'
+  proc.vision_feature_select_strategy, proc.image_token = 'full', '<image>'
   return ip, proc
 
 
@@ -109,3 +110,33 @@ def test_bad_grids_are_named():
     anyres.AnyRes(tile=TILE, side=4, grids=((0, 2),))
   with pytest.raises(ValueError, match='config.model.anyres_grids'):
     anyres.AnyRes(tile=TILE, side=4, grids=())
+
+
+def test_several_images_are_one_square_tile_each_as_the_processor_reads_them():
+  """An example with two images: each padded to a square in the mean colour, one tile,
+  its tokens the base's and a newline (the processor's count and the model's packing)."""
+  ip, proc = _hf_processor()
+  spec = _spec()
+  table = images.pixel_table((0.5,) * 3, (0.5,) * 3, 3)
+  pair = [_image(45, 70, seed=1), _image(100, 37, 'L', seed=2)]
+  theirs = ip([[p.convert('RGB') for p in pair]], return_tensors='np')
+  assert list(theirs['batch_num_images']) == [2]
+  for k, img in enumerate(pair):
+    ours = anyres.square_tile(img, spec, table, (0.5,) * 3)
+    np.testing.assert_array_equal(ours[0], theirs['pixel_values'][k, 0].transpose(1, 2, 0))
+    assert not ours[1:].any()
+  index, weight, count = anyres.square_plan(spec)
+  assert count == len(proc.replace_image_token(
+      {'batch_num_images': [2], 'image_sizes': theirs['image_sizes'],
+       'pixel_values': theirs['pixel_values']}, 0)) // len('<image>')
+  fake = types.SimpleNamespace(config=types.SimpleNamespace(
+      vision_config=types.SimpleNamespace(image_size=TILE, patch_size=PATCH),
+      image_grid_pinpoints=PINPOINTS))
+  feats = np.random.default_rng(0).normal(size=(1, spec.tile_tokens, 3)).astype(np.float32)
+  newline = np.ones(3, np.float32)
+  (packed,), _ = hf_ov.LlavaOnevisionModel.pack_image_features(
+      fake, [torch.from_numpy(feats)], torch.tensor([[45, 70]]), torch.from_numpy(newline))
+  table_ = np.zeros((spec.slots * spec.tile_tokens + 1, 3), np.float32)
+  table_[:spec.tile_tokens] = feats[0]
+  table_[-1] = newline
+  np.testing.assert_array_equal(np.einsum('nk,nke->ne', weight, table_[index])[:count], packed)

@@ -26,15 +26,49 @@ def _test_image(demo_data, path):
   return path
 
 
+def _onevision_inputs(hf_dir: str, image_path: str, messages) -> dict:
+  """A LLaVA-OneVision export's inputs, as its processor makes them: its image processor and
+  token count (transformers' own code) and its tokenizer and chat template. (Its
+  LlavaOnevisionProcessor itself needs torchvision for its video half.)"""
+  import json
+  import os
+
+  from transformers.models.llava_onevision import processing_llava_onevision as hf_proc
+  from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+      LlavaOnevisionImageProcessorPil,
+  )
+  with open(os.path.join(hf_dir, 'processor_config.json')) as f:
+    fields = json.load(f)
+  image_fields = {k: v for k, v in fields['image_processor'].items()
+                  if k not in ('image_processor_type', 'processor_class')}
+  images = LlavaOnevisionImageProcessorPil(**image_fields)
+  processor = hf_proc.LlavaOnevisionProcessor.__new__(hf_proc.LlavaOnevisionProcessor)
+  processor.image_processor = images
+  for k in ('num_image_tokens', 'vision_aspect_ratio', 'vision_feature_select_strategy'):
+    setattr(processor, k, fields[k])
+  tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+  prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+  pixels = images(Image.open(image_path).convert('RGB'), return_tensors='pt')
+  (h, w), tile = pixels['image_sizes'][0].tolist(), images.size['height']
+  n = processor._get_number_of_features(h, w, tile, tile)
+  inputs = tokenizer(prompt.replace(fields['image_token'], fields['image_token'] * n),
+                     return_tensors='pt')
+  return {**inputs, 'pixel_values': pixels['pixel_values'],
+          'image_sizes': pixels['image_sizes']}
+
+
 def hf_report(hf_dir: str, image_path: str, instruction: str, max_new_tokens: int):
   """What a transformers user runs on the export (the README's snippet)."""
-  processor = transformers.AutoProcessor.from_pretrained(hf_dir)
-  model = transformers.LlavaForConditionalGeneration.from_pretrained(hf_dir,
-                                                                    dtype=torch.float32)
+  model = transformers.AutoModelForImageTextToText.from_pretrained(hf_dir, dtype=torch.float32)
   messages = [{'role': 'user', 'content': [{'type': 'image'},
                                            {'type': 'text', 'text': instruction}]}]
-  prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-  inputs = processor(images=Image.open(image_path), text=prompt, return_tensors='pt')
+  if model.config.model_type == 'llava_onevision':
+    inputs = _onevision_inputs(hf_dir, image_path, messages)
+    processor = transformers.AutoTokenizer.from_pretrained(hf_dir)
+  else:
+    processor = transformers.AutoProcessor.from_pretrained(hf_dir)
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=Image.open(image_path), text=prompt, return_tensors='pt')
   with torch.no_grad():
     out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
   new = out[0, inputs['input_ids'].shape[1]:]

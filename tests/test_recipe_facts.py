@@ -264,6 +264,21 @@ def test_radvlm_tower_takes_siglip_so400m_and_reads_its_26th_layer():
   assert c.model.projector.kind == 'mlp' and c.model.llm.embed_dim == 3584
 
 
+def test_radvlm_reads_films_as_anyres_max_9_over_grids_up_to_6x6():
+  """finetune_radio_7b.sh: --image_aspect_ratio anyres_max_9, --image_grid_pinpoints
+  (1x1),...,(6x6), --mm_patch_merge_type spatial_unpad: a film of 2,544 x 3,056 gets the
+  base tile's 729 tokens and its 5 x 6 grid scaled to ~9 tiles' worth, with newlines."""
+  from radjax.data import anyres
+  c = radvlm.get_config('')
+  cfg = factory.vlm_config(c.model, image_token_id=0)
+  assert sorted(cfg.anyres_grids) == [(r, k) for r in range(1, 7) for k in range(1, 7)]
+  assert cfg.anyres_max_tiles == 9 and cfg.projector.image_newline
+  spec = anyres.AnyRes(tile=384, side=27, grids=cfg.anyres_grids, max_tiles=9)
+  assert anyres.best_grid(3056, 2544, spec) == (6, 5)
+  count = anyres.plan(3056, 2544, spec)[2]
+  assert 729 + 8 * 729 < count <= 729 + 9 * 729 + 100 and count < c.data.max_len - 512
+
+
 @pytest.fixture(scope='module')
 def chatml_tokenizer():
   tok = PreTrainedTokenizerFast(

@@ -122,7 +122,8 @@ def _token_fields(tokenizer, fmt, stop_tokens=()) -> dict:
 
 
 def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
-  """Writes the model `config.model` describes (one part, or the VLM as Llava) to `out`,
+  """Writes the model `config.model` describes (one part, or the VLM as Llava, or with
+  AnyRes as LLaVA-OneVision) to `out`,
   with the tokenizer the model was trained with and its chat format as a chat template."""
   kind = config.model.kind
   if kind == 'vqgan':  # a diffusers VQModel: no tokenizer, no transformers config
@@ -162,7 +163,10 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
                     'only')
     return
   tokenizer.chat_template = chat.chat_template(fmt, config.data.system_prompt)
-  if kind == 'vlm':
+  if kind == 'vlm' and vlm_cfg.anyres_grids:
+    llava.save_onevision_processor(out, tokenizer, vlm_cfg, tuple(config.data.image_mean),
+                                   tuple(config.data.image_std), tokenizer.chat_template)
+  elif kind == 'vlm':
     vision = vlm_cfg.vision
     llava.save_processor(out, tokenizer, vision.image_size, tuple(config.data.image_mean),
                          tuple(config.data.image_std), vlm_cfg.tokens_per_image, vision.variant,

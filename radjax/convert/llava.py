@@ -331,6 +331,22 @@ def save_processor(out_dir: str, tokenizer, image_size: int, mean, std,
          'siglip': transformers.SiglipImageProcessorPil}.get(variant)
   if cls is None:
     raise ValueError(f"variant={variant!r} is not 'clip' or 'siglip'")
+  tokenizer = _image_tokenizer(tokenizer, chat_template)
+  size = {'height': image_size, 'width': image_size}
+  processor = transformers.LlavaProcessor(
+      image_processor=cls(**_image_kwargs(image_size, mean, std), crop_size=size,
+                          do_center_crop=False),
+      tokenizer=tokenizer, chat_template=chat_template, image_token=chat.IMAGE_MARK,
+      **_image_token_layout(image_size, num_image_tokens, variant, patch_size))
+  processor.save_pretrained(out_dir)
+  return processor
+
+
+def _image_tokenizer(tokenizer, chat_template: str | None):
+  """The (fast) tokenizer as a processor's: `<image>` its image_token."""
+  import transformers
+
+  from radjax.data import chat
   if chat.IMAGE_MARK not in tokenizer.get_vocab() or tokenizer.eos_token is None:
     raise ValueError(f'the tokenizer lacks {chat.IMAGE_MARK} or an EOS token')
   tokenizer = transformers.PreTrainedTokenizerFast(
@@ -339,15 +355,44 @@ def save_processor(out_dir: str, tokenizer, image_size: int, mean, std,
       unk_token=tokenizer.unk_token, extra_special_tokens={'image_token': chat.IMAGE_MARK})
   if chat_template is not None:
     tokenizer.chat_template = chat_template
-  size = {'height': image_size, 'width': image_size}
-  image_kw = dict(do_resize=True, size=size, resample=3,  # PIL.Image.BICUBIC
-                  do_center_crop=False, crop_size=size, do_rescale=True, rescale_factor=1 / 255,
-                  do_normalize=True, image_mean=list(mean)[:3], image_std=list(std)[:3],
-                  do_convert_rgb=True)
-  processor = transformers.LlavaProcessor(
-      image_processor=cls(**image_kw), tokenizer=tokenizer, chat_template=chat_template,
-      image_token=chat.IMAGE_MARK,
-      **_image_token_layout(image_size, num_image_tokens, variant, patch_size))
-  processor.save_pretrained(out_dir)
-  return processor
+  return tokenizer
+
+
+def _image_kwargs(image_size: int, mean, std) -> dict:
+  """radjax's eval preprocessing as an HF image processor's settings: RGB, PIL bicubic to
+  image_size (no crop), /255, (x - mean) / std."""
+  return dict(do_resize=True, size={'height': image_size, 'width': image_size},
+              resample=3,  # PIL.Image.BICUBIC
+              do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+              image_mean=list(mean)[:3], image_std=list(std)[:3], do_convert_rgb=True)
+
+
+def save_onevision_processor(out_dir: str, tokenizer, cfg: vlm.VLMConfig, mean, std,
+                             chat_template: str | None = None) -> None:
+  """Writes the files of a `LlavaOnevisionProcessor` reproducing radjax's AnyRes reads
+  (radjax/data/anyres.py): its image processor (the grids as pinpoints, the tile size,
+  bicubic, mean/std), `num_image_tokens` per tile, anyres_max_N, the tokenizer and chat
+  template. They are laid out as its save_pretrained lays them out; building one here
+  would need torchvision for its video half, which loading it does too."""
+  import json
+  import os
+
+  from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+      LlavaOnevisionImageProcessorPil,
+  )
+
+  from radjax.data import chat
+  tile = cfg.vision.image_size
+  image = LlavaOnevisionImageProcessorPil(
+      **_image_kwargs(tile, mean, std),
+      image_grid_pinpoints=[[r * tile, c * tile] for r, c in cfg.anyres_grids], do_pad=True)
+  tokenizer = _image_tokenizer(tokenizer, chat_template)
+  tokenizer.save_pretrained(out_dir)  # with chat_template.jinja
+  fields = dict(image_processor=image.to_dict(), image_token=chat.IMAGE_MARK,
+                video_token='<video>', num_image_tokens=cfg.vision.num_tokens,
+                vision_aspect_ratio=f'{_ANYRES_MAX}{cfg.anyres_max_tiles}',
+                vision_feature_select_strategy='full',
+                processor_class='LlavaOnevisionProcessor')
+  with open(os.path.join(out_dir, 'processor_config.json'), 'w') as f:
+    json.dump(fields, f, indent=2)
 

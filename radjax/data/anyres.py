@@ -15,6 +15,10 @@ static (config.model.anyres_grids / anyres_max_tiles):
   down bilinearly (torch's align_corners=False) when the map holds more than
   ~max_tiles tiles' tokens, each row followed by a newline. Rows past the image's
   `count` tokens have zero weights; the prompt holds `count` placeholders for the image.
+- An example with several images tiles none of them (LLaVA-OneVision's processor, and
+  LLaVA-NeXT's 'pad' for multi-image samples): each is padded to a square in the mean
+  colour and squeezed into the base tile, and its tokens are the base's and one newline
+  (`square_tile`, `square_plan`).
 """
 import dataclasses
 import functools
@@ -22,6 +26,8 @@ import math
 
 import numpy as np
 from PIL import Image
+
+from radjax.data import images as images_lib
 
 # Tokens of a feature map scaled down only above this multiple of max_tiles' side
 # (LLaVA-OneVision's pack_image_features: ratio > 1.1).
@@ -88,7 +94,6 @@ def fitted_size(height: int, width: int, grid_h: int, grid_w: int) -> tuple[int,
 def tiles(img: Image.Image, spec: AnyRes, table: np.ndarray) -> np.ndarray:
   """A decoded 8-bit image -> [slots, tile, tile, C] normalised pixels (radjax.data.images
   `lookup` through `table`)."""
-  from radjax.data import images as images_lib
   w0, h0 = img.size
   rows, cols = best_grid(h0, w0, spec)
   gh, gw = rows * spec.tile, cols * spec.tile
@@ -169,3 +174,30 @@ def plan(height: int, width: int, spec: AnyRes) -> tuple[np.ndarray, np.ndarray,
   index[:t, 0], weight[:t, 0] = np.arange(t), 1.0
   index[t:count], weight[t:count] = grid_index, grid_weight
   return index, weight, count
+
+
+def square_tile(img: Image.Image, spec: AnyRes, table: np.ndarray, mean) -> np.ndarray:
+  """One image of several -> [slots, tile, tile, C]: padded to a square in the mean colour
+  (8-bit, as the processor's background), resized into slot 0."""
+  w, h = img.size
+  fill = tuple(int(m * 255) for m in mean[:3])
+  if img.mode == 'L' and len(set(fill)) > 1:
+    img = img.convert('RGB')
+  side = max(w, h)
+  square = Image.new(img.mode, (side, side), fill[0] if img.mode == 'L' else fill)
+  square.paste(img, ((side - w) // 2, (side - h) // 2))
+  t = spec.tile
+  out = images_lib.lookup(square.resize((t, t), Image.BICUBIC), table)
+  tiles_ = np.zeros((spec.slots, t, t, out.shape[-1]), np.float32)
+  tiles_[0] = out
+  return tiles_
+
+
+def square_plan(spec: AnyRes) -> tuple[np.ndarray, np.ndarray, int]:
+  """The plan of a `square_tile`: the base's tokens, then one newline."""
+  t = spec.tile_tokens
+  index = np.zeros((spec.max_tokens, 4), np.int32)
+  weight = np.zeros((spec.max_tokens, 4), np.float32)
+  index[:t, 0], index[t, 0] = np.arange(t), spec.slots * t
+  weight[:t + 1, 0] = 1.0
+  return index, weight, t + 1

@@ -57,8 +57,12 @@ class TileSlots:
     table = images_lib.pixel_table(self.mean, self.std, self.num_channels)
     for i, img in enumerate(imgs):
       pil = images_lib.decode_image(img, self.num_channels, example['id'], keep_gray=True)
-      out[i] = anyres.tiles(pil, s, table)
-      index[i], weight[i], _ = anyres.plan(pil.size[1], pil.size[0], s)
+      if len(imgs) > 1:  # several images: one square tile each (anyres module doc)
+        out[i] = anyres.square_tile(pil, s, table, self.mean)
+        index[i], weight[i], _ = anyres.square_plan(s)
+      else:
+        out[i] = anyres.tiles(pil, s, table)
+        index[i], weight[i], _ = anyres.plan(pil.size[1], pil.size[0], s)
     return {'images': out, 'tile_index': index, 'tile_weight': weight,
             'image_mask': np.arange(self.max_images) < len(imgs)}
 
