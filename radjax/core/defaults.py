@@ -419,6 +419,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval.temperature = 1.0  # sample: logits / temperature, then top-k, then top-p
   c.eval.top_k = 0  # sample: keep the k most likely tokens (0: off; HF's default is 50)
   c.eval.top_p = 1.0  # sample: nucleus mass to keep (1.0: off)
+  # Every decoding: HF's repetition penalty on the prompt's and the generated ids, before
+  # temperature / top-k / top-p (> 1 discourages repeats; 1.0: off, the program unchanged).
+  c.eval.repetition_penalty = 1.0
   c.eval.num_beams = 4  # beam: beams per prompt
   c.eval.length_penalty = 1.0  # beam: score = sum(log p) / generated_length ** length_penalty
   c.eval.early_stopping = 'false'  # beam: 'false' | 'true' | 'never' (HF's False/True/'never')

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from radjax.eval.decoding import repetition
+
 NEG = -1.0e9  # HF's "impossible" score; added, not assigned, as HF does
 
 
@@ -42,7 +44,8 @@ def reorder_cache(cache, origin):
 def beam_search(decode: Callable, logits, cache, key_mask, positions, prompt_len: int,
                 max_new_tokens: int, num_beams: int, length_penalty: float,
                 early_stopping, stop_ids: tuple[int, ...], pad_id: int,
-                process: Optional[Callable] = None):
+                process: Optional[Callable] = None, seen=None,
+                repetition_penalty: float = 1.0):
   """Beam search from a prefilled prompt.
 
   decode(tokens [R], positions [R], cache, cache_index, key_mask) -> (logits [R, V], cache)
@@ -50,6 +53,8 @@ def beam_search(decode: Callable, logits, cache, key_mask, positions, prompt_len
   positions [B] (the position of the first generated token).
   process(log_probs [R, V], step) -> log_probs with the ids that step may not emit at
   -inf, applied after the softmax as HF applies its logits processors in beam search.
+  seen [B, V]: the prompt ids the repetition penalty starts from (None: no penalty); each
+  beam's mask follows it through the reordering, as HF penalises its running sequences.
   Returns (ids [B, max_new_tokens] of the best finished hypothesis, pad after its stop
   token; its length-penalised score [B]).
   """
@@ -74,10 +79,13 @@ def beam_search(decode: Callable, logits, cache, key_mask, positions, prompt_len
       fin_scores=jnp.full((b, k), NEG, jnp.float32),
       fin=jnp.zeros((b, k), bool),
       improvable=jnp.ones((b,), bool),
+      seen=None if seen is None else jnp.repeat(seen, k, axis=0),
   )
 
   def step(s, i):
     logp = jax.nn.log_softmax(s['logits'].astype(jnp.float32), axis=-1)
+    if s['seen'] is not None:  # HF's first processor, on the log-probs in beam search
+      logp = repetition.penalize(logp, s['seen'], repetition_penalty)
     if process is not None:
       logp = process(logp, i)
     logp = logp.reshape(b, k, v)
@@ -116,10 +124,14 @@ def beam_search(decode: Callable, logits, cache, key_mask, positions, prompt_len
     cache = reorder_cache(s['cache'], run_origin)
     key_mask = s['key_mask'].at[:, prompt_len + i].set(True)
     next_tokens = run_ids[:, :, i].reshape(b * k)
+    seen = s['seen']
+    if seen is not None:
+      seen = repetition.see(_gather(seen.reshape(b, k, v), run_origin).reshape(b * k, v),
+                            next_tokens)
     logits, cache = decode(next_tokens, s['positions'], cache, prompt_len + i, key_mask)
     return dict(cache=cache, logits=logits, key_mask=key_mask, positions=s['positions'] + 1,
                 run_ids=run_ids, run_scores=run_scores, fin_ids=fin_ids,
-                fin_scores=fin_scores, fin=fin, improvable=improvable), None
+                fin_scores=fin_scores, fin=fin, improvable=improvable, seen=seen), None
 
   state, _ = jax.lax.scan(step, state, jnp.arange(n))
   return state['fin_ids'][:, 0], state['fin_scores'][:, 0]

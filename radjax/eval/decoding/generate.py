@@ -1,5 +1,6 @@
 """Batched generation with a KV cache and static shapes under jit: greedy, sampling
-(temperature, top-k, top-p) and beam search, for the VLM and for a bare Decoder.
+(temperature, top-k, top-p) and beam search, with HF's repetition penalty, for the VLM
+and for a bare Decoder.
 
 Prompts are left-padded so every row's next token lands in the same cache slot;
 positions skip the padding, so a row sees exactly what it saw in training. Greedy and
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from radjax.eval.decoding import beam_search as beam_lib
-from radjax.eval.decoding import sampling
+from radjax.eval.decoding import repetition, sampling
 from radjax.models import llm as llm_lib
 
 DECODINGS = ('greedy', 'sample', 'beam')
@@ -26,6 +27,8 @@ class GenerationConfig:
 
   decoding: 'greedy' | 'sample' | 'beam'; 'sample' with temperature 0 is greedy.
   top_k 0 and top_p 1.0 switch those filters off (HF defaults top_k to 50; we do not).
+  repetition_penalty: HF's, on the ids of the prompt and of the tokens generated so far,
+  before everything else (radjax/eval/decoding/repetition.py); 1.0 is off.
   length_penalty / early_stopping: as HF (early_stopping True | False | 'never').
   pad_id: what finished rows emit; None keeps the old behaviour of repeating stop_ids[0].
   stop_strings are applied after decoding (see `apply_stop_strings`).
@@ -41,6 +44,7 @@ class GenerationConfig:
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
+  repetition_penalty: float = 1.0
   num_beams: int = 1
   length_penalty: float = 1.0
   early_stopping: Union[bool, str] = False
@@ -58,6 +62,7 @@ class GenerationConfig:
     if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
       raise ValueError(f'need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got '
                        f'{self.temperature}, {self.top_k}, {self.top_p}')
+    repetition.validate(self.repetition_penalty)
     if self.early_stopping not in (True, False, 'never'):
       raise ValueError(f"early_stopping: {self.early_stopping!r} not in (True, False, 'never')")
     if self.image_span:
@@ -95,10 +100,13 @@ def _early_stopping(value) -> Union[bool, str]:
 def config_from_eval(eval_cfg, stop_ids: tuple[int, ...], pad_id: Optional[int],
                      suppress_ids: tuple[int, ...] = ()) -> GenerationConfig:
   """GenerationConfig from the `config.eval` section."""
+  penalty = float(eval_cfg.get('repetition_penalty', 1.0))
+  repetition.validate(penalty, 'config.eval.repetition_penalty')
   return GenerationConfig(
       max_new_tokens=int(eval_cfg.max_new_tokens), decoding=eval_cfg.get('decoding', 'greedy'),
       temperature=float(eval_cfg.get('temperature', 1.0)), top_k=int(eval_cfg.get('top_k', 0)),
-      top_p=float(eval_cfg.get('top_p', 1.0)), num_beams=int(eval_cfg.get('num_beams', 1)),
+      top_p=float(eval_cfg.get('top_p', 1.0)), repetition_penalty=penalty,
+      num_beams=int(eval_cfg.get('num_beams', 1)),
       length_penalty=float(eval_cfg.get('length_penalty', 1.0)),
       early_stopping=_early_stopping(eval_cfg.get('early_stopping', False)),
       stop_ids=tuple(int(i) for i in stop_ids),
@@ -175,14 +183,17 @@ def _processor(cfg: GenerationConfig, vocab_size: int) -> Optional[Callable]:
 
 
 def _token_loop(decode, logits, cache, key_mask, positions, p: int, cfg: GenerationConfig, rng,
-                fill, process: Optional[Callable] = None):
+                fill, process: Optional[Callable] = None, seen=None):
   """Greedy or sampling; finished rows emit `fill`. Scores: summed log-probs
-  (of the unwarped distribution) of each row's tokens up to its stop token."""
+  (of the unwarped distribution) of each row's tokens up to its stop token.
+  seen [B, V]: the prompt ids the repetition penalty starts from (None: no penalty)."""
   stops = jnp.asarray(cfg.stop_ids, jnp.int32)
   greedy = cfg.strategy == 'greedy'
 
   def step(carry, i):
-    cache, logits, key_mask, positions, done, score = carry
+    cache, logits, key_mask, positions, done, score, seen = carry
+    if seen is not None:  # first, on the raw logits, as HF orders its processors
+      logits = repetition.penalize(logits, seen, cfg.repetition_penalty)
     if process is not None:
       logits = process(logits, i)
     if greedy:
@@ -194,14 +205,17 @@ def _token_loop(decode, logits, cache, key_mask, positions, p: int, cfg: Generat
                                axis=-1)[:, 0]
     score = score + jnp.where(done, 0.0, logp)
     tok = jnp.where(done, fill, tok)
+    if seen is not None:
+      seen = repetition.see(seen, tok)
     done = done | jnp.isin(tok, stops)
     key_mask = key_mask.at[:, p + i].set(True)
     logits, cache = decode(tok, positions, cache, p + i, key_mask)
-    return (cache, logits, key_mask, positions + 1, done, score), tok
+    return (cache, logits, key_mask, positions + 1, done, score, seen), tok
 
   b = logits.shape[0]
-  init = (cache, logits, key_mask, positions, jnp.zeros((b,), bool), jnp.zeros((b,), jnp.float32))
-  (*_, score), out = jax.lax.scan(step, init, jnp.arange(cfg.max_new_tokens))
+  init = (cache, logits, key_mask, positions, jnp.zeros((b,), bool), jnp.zeros((b,), jnp.float32),
+          seen)
+  (*_, score, _), out = jax.lax.scan(step, init, jnp.arange(cfg.max_new_tokens))
   return out.T, score
 
 
@@ -241,11 +255,16 @@ def _generate(model, params, prompt_tokens, prompt_mask, images, cfg: Generation
                                                 images, cfg.max_new_tokens)
   decode = _decoder(model, params)
   process = _processor(cfg, logits.shape[-1])
+  seen = None  # at 1.0 the program is the one without a penalty
+  if cfg.repetition_penalty != 1.0:
+    seen = repetition.seen_in_prompt(prompt_tokens, prompt_mask, logits.shape[-1])
   if cfg.strategy == 'beam':
     return beam_lib.beam_search(decode, logits, cache, key_mask, positions, p,
                                 cfg.max_new_tokens, cfg.num_beams, cfg.length_penalty,
-                                cfg.early_stopping, cfg.stop_ids, fill, process)
-  return _token_loop(decode, logits, cache, key_mask, positions, p, cfg, rng, fill, process)
+                                cfg.early_stopping, cfg.stop_ids, fill, process, seen,
+                                cfg.repetition_penalty)
+  return _token_loop(decode, logits, cache, key_mask, positions, p, cfg, rng, fill, process,
+                     seen)
 
 
 def greedy_generate(model, params, prompt_tokens, prompt_mask, images, max_new_tokens: int,
