@@ -168,7 +168,10 @@ def test_image_to_report_returns_text(trained, tmp_path, capsys):
   reports = run_lib.main(sampled, workdir, 'generate', [path])
   assert len(reports) == 1 and reports[0].strip()
   assert path in capsys.readouterr().out
-  model = run_lib.load_llm_cxr(config, workdir)
+  penalised = config.copy_and_resolve_references()
+  penalised.eval.repetition_penalty = 1.3  # reads text with it; draws codes without it
+  model = run_lib.load_llm_cxr(penalised, workdir)
+  assert (model.read_cfg.repetition_penalty, model.draw_cfg.repetition_penalty) == (1.3, 1.0)
   codes = model.codec.codes([model.codec.load_image(path)])
   assert len(codes[0]) == 64
   # A DICOM reads as its 8-bit conversion (as the web demo and the datasets read it); a

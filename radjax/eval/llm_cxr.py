@@ -216,7 +216,7 @@ class LlmCxr:
     self.draw_cfg = dataclasses.replace(
         base, max_new_tokens=self.num_codes + 1, decoding=c.get('decoding', 'sample'),
         temperature=float(c.get('temperature', 1.0)), top_k=0,
-        top_p=float(c.get('top_p', 0.92)), num_beams=1,
+        top_p=float(c.get('top_p', 0.92)), repetition_penalty=1.0, num_beams=1,
         image_span=(self.first_code, self.end_code, self.num_codes, self.close_id))
 
   @classmethod
