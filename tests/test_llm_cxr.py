@@ -228,7 +228,7 @@ def test_web_demo_draws_and_reads_as_generate_mode(trained, tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(shown).convert('L')),
                                   np.asarray(Image.open(png)))
     _, text, table, _ = client.predict(gradio_client.handle_file(png), 'greedy', 1.0, 1.0, 1,
-                                       0, api_name='/report')
+                                       1.0, 0, api_name='/report')
     assert text == run_lib.main(config, workdir, 'generate', [png])[0]
     assert len(table['data']) == 14
   finally:

@@ -5,6 +5,7 @@ tiny workdir: the report equals `--mode=generate`'s, a first question equals
 The workdir holds freshly initialised params at step 0, as `convert from-hf` writes an
 imported one (training even 2 steps costs minutes of compilation on a loaded 2-core CPU;
 tests/test_serve_browser.py serves a trained one)."""
+import dataclasses
 import io
 import os
 import socket
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from radjax import run as run_lib
+from radjax.eval.decoding import generate as generate_lib
 from radjax.serve import drawing, reporter, uploads
 from radjax.serve.uploads import PREVIEW_SIDE
 from tests.conftest import tiny_config
@@ -59,9 +61,11 @@ def served(demo_data, tmp_path_factory):
   demo.close()
 
 
-def _report(client, path, decoding='greedy', temperature=1.0, top_p=1.0, beams=1, seed=0):
+def _report(client, path, decoding='greedy', temperature=1.0, top_p=1.0, beams=1, penalty=1.0,
+            seed=0):
   upload = gradio_client.handle_file(path) if path else None
-  return client.predict(upload, decoding, temperature, top_p, beams, seed, api_name='/report')
+  return client.predict(upload, decoding, temperature, top_p, beams, penalty, seed,
+                        api_name='/report')
 
 
 def test_binds_localhost_without_share_link(served):
@@ -80,14 +84,17 @@ def test_report_equals_generate_mode_and_is_labeled(served):
   assert rows == reporter.observation_rows(expected) and len(rows) == 14
 
 
-@pytest.mark.slow  # two more compilations of the generator
+@pytest.mark.slow  # three more compilations of the generator
 def test_decoding_knobs_reach_the_generator(served):
-  """Beam search runs; sampling repeats with its seed and differs from greedy's text."""
+  """Beam search runs; sampling repeats with its seed and differs from greedy's text; a
+  repetition penalty changes it (0.5 rewards the prompt's ids)."""
   client, _, _, image, *_ = served
   assert isinstance(_report(client, image, 'beam', beams=2)[1], str)
   a = _report(client, image, 'sample', temperature=1.5, top_p=0.9, seed=3)[1]
   assert a == _report(client, image, 'sample', temperature=1.5, top_p=0.9, seed=3)[1]
-  assert a != _report(client, image)[1]  # an untrained model's sample is not its argmax
+  greedy = _report(client, image)[1]
+  assert a != greedy  # an untrained model's sample is not its argmax
+  assert _report(client, image, penalty=0.5)[1] != greedy
 
 
 def test_first_question_equals_generate_with_prompt(served):
@@ -96,7 +103,7 @@ def test_first_question_equals_generate_with_prompt(served):
   expected = run_lib.main(config, workdir, 'generate', [image], question)[0]
   fresh = gradio_client.Client(client.src, verbose=False)  # a session with no report yet
   cleared, history, _ = fresh.predict(question, gradio_client.handle_file(image), [], 'greedy',
-                                      1.0, 1.0, 1, 0, api_name='/ask')
+                                      1.0, 1.0, 1, 1.0, 0, api_name='/ask')
   assert cleared == '' and [m['role'] for m in history] == ['user', 'assistant']
   # The chat shows the answer as markdown (a tab as spaces); the words are the same.
   shown = ''.join(part['text'] for part in history[1]['content'])
@@ -114,7 +121,7 @@ def test_a_new_image_starts_a_new_conversation(served):
   session = gradio_client.Client(client.src, verbose=False)
   assert _report(session, image, seed=None)[1] == _report(session, image)[1]
   _, history, _ = session.predict(question, gradio_client.handle_file(other), [], 'greedy',
-                                  1.0, 1.0, 1, 0, api_name='/ask')
+                                  1.0, 1.0, 1, 1.0, 0, api_name='/ask')
   assert [m['role'] for m in history] == ['user', 'assistant']
   assert ''.join(p['text'] for p in history[1]['content']).split() == expected.split()
 
@@ -136,7 +143,7 @@ def test_a_full_size_radiograph_is_shown_once_and_scaled_down(served, monkeypatc
     return postprocess(self, value)
 
   monkeypatch.setattr(gr.Image, 'postprocess', counted)
-  job = client.submit(gradio_client.handle_file(big), 'greedy', 1.0, 1.0, 1, 0,
+  job = client.submit(gradio_client.handle_file(big), 'greedy', 1.0, 1.0, 1, 1.0, 0,
                       api_name='/report')
   picture, text, *_ = job.result()
   assert text == expected  # the model still reads the file itself
@@ -165,10 +172,10 @@ def test_one_generation_at_a_time_across_buttons(served, monkeypatch):
 
   monkeypatch.setattr(reporter.Reporter, 'answer', counted)  # the server runs in this process
   sessions = [gradio_client.Client(client.src, verbose=False) for _ in range(2)]
-  jobs = [sessions[0].submit(gradio_client.handle_file(image), 'greedy', 1.0, 1.0, 1, 0,
+  jobs = [sessions[0].submit(gradio_client.handle_file(image), 'greedy', 1.0, 1.0, 1, 1.0, 0,
                              api_name='/report'),
           sessions[1].submit('Is there a pleural effusion?', gradio_client.handle_file(image),
-                             [], 'greedy', 1.0, 1.0, 1, 0, api_name='/ask')]
+                             [], 'greedy', 1.0, 1.0, 1, 1.0, 0, api_name='/ask')]
   for job in jobs:
     job.result()
   assert most[0] == 1
@@ -295,15 +302,19 @@ def test_the_workdirs_decoding_knobs_fit_the_page():
   import types
 
   from radjax.serve import app
-  d0 = reporter.Decoding('beam', temperature=3.0, top_p=0.01, num_beams=12, seed=7)
+  d0 = reporter.Decoding('beam', temperature=3.0, top_p=0.01, num_beams=12,
+                         repetition_penalty=3.5, seed=7)
   rep = types.SimpleNamespace(
       workdir='wd', step=0, default_decoding=lambda: d0,
       config=types.SimpleNamespace(data=types.SimpleNamespace(chat_format='radjax'), seed=7))
+  labels = ('Temperature (sample)', 'Top-p (sample)', 'Beams (beam)',
+            'Repetition penalty (1: off)')
   knobs = {c.label: c for c in app.build(rep).blocks.values()
-           if getattr(c, 'label', None) in ('Temperature (sample)', 'Top-p (sample)',
-                                            'Beams (beam)')}
-  assert len(knobs) == 3
+           if getattr(c, 'label', None) in labels}
+  assert len(knobs) == 4
   for component in knobs.values():
     component.preprocess(component.value)  # within its bounds
-  assert [knobs[k].value for k in ('Temperature (sample)', 'Top-p (sample)',
-                                   'Beams (beam)')] == [3.0, 0.01, 12]
+  assert [knobs[k].value for k in labels] == [3.0, 0.01, 12, 3.5]
+  assert d0.applied_to(generate_lib.GenerationConfig()).repetition_penalty == 3.5
+  with pytest.raises(uploads.UploadError, match='decoding knobs: repetition_penalty'):
+    dataclasses.replace(d0, repetition_penalty=0.0).applied_to(generate_lib.GenerationConfig())

@@ -62,14 +62,15 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
   d0 = rep.default_decoding()
   cfg = rep.config
 
-  def knobs(decoding, temperature, top_p, num_beams, seed):
-    return reporter_lib.Decoding(decoding, temperature, top_p, int(num_beams), _seed(seed))
+  def knobs(decoding, temperature, top_p, num_beams, repetition_penalty, seed):
+    return reporter_lib.Decoding(decoding, temperature, top_p, int(num_beams),
+                                 repetition_penalty, _seed(seed))
 
   @_shown
-  def report(path, decoding, temperature, top_p, num_beams, seed):
+  def report(path, *dec):
     example, picture = rep.example(path)
     turns = rep.report_turns(example)
-    text = rep.answer(example, turns, knobs(decoding, temperature, top_p, num_beams, seed))
+    text = rep.answer(example, turns, knobs(*dec))
     history = [{'role': 'assistant', 'content': text}]
     shown = picture
     for partial in _words(text):
@@ -83,7 +84,7 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
         history
 
   @_shown
-  def ask(question, path, turns, history, decoding, temperature, top_p, num_beams, seed):
+  def ask(question, path, turns, history, *dec):
     question = (question or '').strip()
     if not question:
       raise uploads.UploadError('type a question first')
@@ -91,7 +92,7 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
     if (turns or {}).get('image') != path:  # the conversation was about another image
       turns, history = {'turns': []}, []
     turns = list(turns['turns']) + [{'role': 'user', 'text': question}]
-    text = rep.answer(example, turns, knobs(decoding, temperature, top_p, num_beams, seed))
+    text = rep.answer(example, turns, knobs(*dec))
     turns.append({'role': 'assistant', 'text': text})
     history = list(history or []) + [{'role': 'user', 'content': question},
                                      {'role': 'assistant', 'content': text}]
@@ -126,6 +127,9 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
                             label='Top-p (sample)')
           num_beams = gr.Slider(1, max(8, d0.num_beams), value=d0.num_beams, step=1,
                                 label='Beams (beam)')
+          penalty = d0.repetition_penalty
+          repetition_penalty = gr.Slider(min(0.5, penalty), max(2.0, penalty), value=penalty,
+                                         step=0.05, label='Repetition penalty (1: off)')
           seed = gr.Number(value=d0.seed, precision=0, label='Seed (sample)')
           go = gr.Button('Generate report', variant='primary')
       report_box = gr.Textbox(label='Report', lines=6, interactive=False, elem_id='report')
@@ -150,7 +154,7 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
         gr.Markdown('Needs an LLM-CXR workdir: a decoder whose config names a VQ-GAN codec '
                     '(`configs/llm_cxr.py`, `config.codec.workdir`).')
 
-    dec = [decoding, temperature, top_p, num_beams, seed]
+    dec = [decoding, temperature, top_p, num_beams, repetition_penalty, seed]
     # Every event that runs the model is one queue: one generation at a time on the
     # accelerator (a limit alone holds per event, so a report and a question ran together).
     model = dict(concurrency_id='model', concurrency_limit=1)

@@ -16,12 +16,27 @@ LABEL_WORDS = {1: 'positive', 0: 'negative', -1: 'uncertain', None: 'not mention
 
 @dataclasses.dataclass(frozen=True)
 class Decoding:
-  """The page's decoding knobs; temperature and top_p apply to 'sample', beams to 'beam'."""
+  """The page's decoding knobs; temperature and top_p apply to 'sample', beams to 'beam',
+  the repetition penalty to every decoding."""
   decoding: str = 'greedy'
   temperature: float = 1.0
   top_p: float = 1.0
   num_beams: int = 1
+  repetition_penalty: float = 1.0
   seed: int = 0
+
+  @classmethod
+  def of(cls, g: generate_lib.GenerationConfig, seed: int) -> 'Decoding':
+    return cls(g.decoding, g.temperature, g.top_p, g.num_beams, g.repetition_penalty, seed)
+
+  def applied_to(self, g: generate_lib.GenerationConfig) -> generate_lib.GenerationConfig:
+    """g with these knobs; a value out of range is the page's error, named."""
+    try:
+      return dataclasses.replace(g, decoding=self.decoding, temperature=float(self.temperature),
+                                 top_p=float(self.top_p), num_beams=int(self.num_beams),
+                                 repetition_penalty=float(self.repetition_penalty))
+    except ValueError as e:
+      raise uploads.UploadError(f'decoding knobs: {e}') from e
 
 
 class Reporter:
@@ -41,16 +56,10 @@ class Reporter:
 
   def default_decoding(self) -> Decoding:
     """The workdir's config.eval decoding, which `--mode=generate` uses."""
-    g = self.answerer.gen_cfg
-    return Decoding(g.decoding, g.temperature, g.top_p, g.num_beams, int(self.config.seed))
+    return Decoding.of(self.answerer.gen_cfg, int(self.config.seed))
 
   def generation_config(self, d: Decoding) -> generate_lib.GenerationConfig:
-    try:
-      return dataclasses.replace(self.answerer.gen_cfg, decoding=d.decoding,
-                                 temperature=float(d.temperature), top_p=float(d.top_p),
-                                 num_beams=int(d.num_beams))
-    except ValueError as e:
-      raise uploads.UploadError(f'decoding knobs: {e}') from e
+    return d.applied_to(self.answerer.gen_cfg)
 
   def example(self, path: str | None):
     """(example, RGB preview) of one uploaded file, checked against the vision tower;
@@ -86,16 +95,10 @@ class CodesReporter(Reporter):
     self.reads_3d = False
 
   def default_decoding(self) -> Decoding:
-    g = self.model.read_cfg
-    return Decoding(g.decoding, g.temperature, g.top_p, g.num_beams, int(self.config.seed))
+    return Decoding.of(self.model.read_cfg, int(self.config.seed))
 
   def generation_config(self, d: Decoding) -> generate_lib.GenerationConfig:
-    try:  # the read configuration: code tokens never written into a report
-      return dataclasses.replace(self.model.read_cfg, decoding=d.decoding,
-                                 temperature=float(d.temperature), top_p=float(d.top_p),
-                                 num_beams=int(d.num_beams))
-    except ValueError as e:
-      raise uploads.UploadError(f'decoding knobs: {e}') from e
+    return d.applied_to(self.model.read_cfg)  # code tokens never written into a report
 
   def report_turns(self, example: dict) -> list[dict]:
     """The read request with the upload's codes (what `--mode=generate --images` sends)."""
