@@ -49,7 +49,9 @@ def token_nll(task, params, batch):
     if 'images' in batch:
       logits, _ = model.apply({'params': params}, batch['tokens'], batch['images'],
                               positions=batch.get('positions'),
-                              segment_ids=batch.get('segment_ids'))
+                              segment_ids=batch.get('segment_ids'),
+                              tile_index=batch.get('tile_index'),
+                              tile_weight=batch.get('tile_weight'))
     else:
       logits, _ = model.apply({'params': params}, batch['tokens'], batch.get('positions'),
                               batch.get('segment_ids'), method=llm.Decoder.logits)
@@ -85,11 +87,16 @@ def per_example_losses(config, task, params):
   return packed, from_packed, from_unpacked
 
 
-@pytest.mark.parametrize('task_name', ['lm', 'vlm'])
+@pytest.mark.parametrize('task_name', ['lm', 'vlm', 'anyres'])
 def test_packed_examples_have_their_unpacked_losses(demo_data, task_name):
-  config = packed_config(demo_data, task_name)
-  if task_name == 'vlm':
+  """'anyres': each image's plan travels with its slot, so the k-th placeholder of a row
+  still finds its image's k-th token."""
+  config = packed_config(demo_data, 'vlm' if task_name == 'anyres' else task_name)
+  if task_name != 'lm':
     config.data.max_len = 256  # its examples (16 image tokens, prompt, report) are 70-115
+  if task_name == 'anyres':  # 46 image tokens each
+    config.model.anyres_grids, config.model.anyres_max_tiles = ((1, 1), (2, 2)), 2
+    config.data.augment, config.data.max_len = False, 320
   task = run_lib.make_task(config)
   params = sharp_params(task)
   packed, from_packed, from_unpacked = per_example_losses(config, task, params)
