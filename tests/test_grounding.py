@@ -190,3 +190,25 @@ def test_in_loop_grounding_reads_the_records_own_classes():
     # An unnamed box takes the record's one class.
     unnamed = ['At [0.10, 0.10, 0.30, 0.30].'] * 3
     assert score(unnamed, refs, examples)[f'{name}_mAP@0.5'] == 1.0
+
+
+def test_anatomical_grounding_scores_chest_imagenome_regions():
+  """RadVLM's region grounding (Chest ImaGenome): the evaluator asks anatomical_grounding
+  (variant 0: the record's first region) and scores the region's box by its name."""
+  from radjax.data import instructions
+  from radjax.eval.evaluators.instruction import SCORERS
+  task, score = SCORERS['anatomical_grounding']
+  assert task == 'anatomical_grounding'
+  example = {'boxes': [{'label': 'right lung', 'box': [0.1, 0.1, 0.4, 0.8]},
+                       {'label': 'left lung', 'box': [0.6, 0.1, 0.9, 0.8]},
+                       {'label': 'cardiac silhouette', 'box': [0.4, 0.4, 0.7, 0.8]}]}
+  options = instructions.options_from_config({})
+  prompt, ref = instructions.reference(instructions.TASKS[task](example, None, options))
+  assert 'right lung' in prompt[-1]['text'] and '[0.10, 0.10, 0.40, 0.80]' in ref
+  out = score([ref], [ref], [example])
+  assert out['anatomical_grounding_mAP@0.5'] == 1.0
+  assert out['anatomical_grounding_mean_iou'] == pytest.approx(1.0)
+  wrong = 'The left lung is at [0.10, 0.10, 0.40, 0.80].'
+  assert score([wrong], [ref], [example])['anatomical_grounding_mAP@0.5'] == 0.0
+  assert score(['At [0.10, 0.10, 0.40, 0.80].'], [ref],
+               [example])['anatomical_grounding_mAP@0.5'] == 1.0

@@ -4,7 +4,9 @@ scored against the reference answer parsed the same way (radjax/data/instruction
 writes labels and boxes so the metric parsers read them back exactly).
 
   classification   CheXpert findings named in the answer: P/R/F1 micro and macro
-  grounding        boxes of one named finding: mAP@0.5, mean IoU
+  grounding        boxes of one named finding (abnormality_grounding): mAP@0.5, mean IoU
+  anatomical_grounding
+                   boxes of one anatomical region (Chest ImaGenome's): mAP@0.5, mean IoU
   detection        every box of every finding: mAP@0.5, mean IoU
   phrase_grounding boxes of a quoted phrase: mAP@0.5, mean IoU
   vqa              closed yes/no questions: accuracy
@@ -60,6 +62,7 @@ def _vqa(generated, references, examples) -> dict:
 SCORERS = {
     'classification': ('classification', _classification),
     'grounding': ('abnormality_grounding', _grounding('grounding')),
+    'anatomical_grounding': ('anatomical_grounding', _grounding('anatomical_grounding')),
     'detection': ('detection', _grounding('detection')),
     'phrase_grounding': ('phrase_grounding', _grounding('phrase_grounding')),
     'vqa': ('vqa', _vqa),
