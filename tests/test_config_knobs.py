@@ -14,8 +14,9 @@ import pytest
 from radjax.core import config_checks, defaults
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-# Sections whose keys are the user's (mixture components by name, a builder's kwargs).
-OPEN = ('data.mixture', 'data.builder_kwargs')
+# Sections whose keys are the user's (mixture components by name, a builder's kwargs, eval
+# datasets by evaluator).
+OPEN = ('data.mixture', 'data.builder_kwargs', 'eval.datasets')
 # ConfigDict methods, not keys.
 METHODS = {'get', 'items', 'values', 'keys', 'to_dict', 'unlocked', 'lock', 'unlock',
            'copy_and_resolve_references', 'update', 'ignore_type', 'to_json',

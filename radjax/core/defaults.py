@@ -131,7 +131,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # max_records=N (> 0) reads a fixed subset of N of a component's train records (RadVLM's
   # num_samples); its size is then N.
   # Empty: config.data.dir alone with config.data.tasks. Eval reads config.data.dir, or
-  # when that is '' the first component (in name order).
+  # when that is '' the first component (in name order), unless config.eval.datasets gives
+  # an evaluator its own.
   # A component with kind='volume' (3D scans, a 'vit3d' tower) goes to the volume stream.
   c.data.mixture = ml_collections.ConfigDict()
   c.data.max_len = 256  # static sequence length (tokens, image placeholders included)
@@ -409,6 +410,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Evaluators by name (radjax/eval/evaluators): () runs the task's own list
   # ('vlm': loss, reports; 'lm': loss; 'classify': loss, labels; 'vqgan': codec).
   c.eval.evaluators = ()
+  # The dataset an evaluator reads (radjax/eval/evaluators/eval_sets.py), by evaluator name:
+  # dict(component=<a config.data.mixture name> | dir=<a built dataset>, split='' (config.
+  # eval.split), max_records=0 (N > 0: N records drawn by seed), seed=0). Empty, and for an
+  # evaluator not listed ('loss' included): config.data.dir, or when '' the first component.
+  c.eval.datasets = ml_collections.ConfigDict()
   c.eval.batch_size = 8
   c.eval.num_loss_batches = 8  # val-loss batches (0: the whole split)
   c.eval.num_generate = 32  # held-out examples to generate reports for

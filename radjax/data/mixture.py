@@ -25,8 +25,10 @@ tasks, mixed by weight (radjax/data/pipeline.py builds the stream).
 
 Components are taken in name order (ConfigDict sorts its keys): that order gives each
 one its `source` index in a batch and makes the first one the eval dataset when
-config.data.dir is ''. Each is shuffled with its own seed, a function of config.seed and
-its name, so adding a component leaves the others' orders unchanged.
+config.data.dir is '' (config.eval.datasets gives an evaluator another, e.g. a component
+by name: radjax/eval/evaluators/eval_sets.py). Each is shuffled with its own seed, a
+function of config.seed and its name, so adding a component leaves the others' orders
+unchanged.
 """
 import dataclasses
 import hashlib
@@ -153,7 +155,8 @@ def names(config) -> tuple[str, ...]:
 
 
 def eval_dir(config) -> str:
-  """The eval dataset: config.data.dir, or when that is '' the first component's dir."""
+  """The default eval dataset: config.data.dir, or when that is '' the first component's
+  dir (what an evaluator reads unless config.eval.datasets names its own)."""
   if config.data.dir or not config.data.mixture:
     return config.data.dir
   first = names(config)[0]

@@ -162,14 +162,17 @@ def _check_tasks(processor, key: str) -> None:
 
 
 def eval_dataset(config, processor, split: str, batch_size: int,
-                 process_index: int | None = None, process_count: int | None = None
-                 ) -> grain.MapDataset:
-  """One ordered pass over mixture.eval_dir(config) (config.data.dir, or the first
-  mixture component's when that is ''), no augmentation; too-long examples are dropped
+                 process_index: int | None = None, process_count: int | None = None,
+                 records=None) -> grain.MapDataset:
+  """One ordered pass over `records` (default: split `split` of mixture.eval_dir(config),
+  config.data.dir or the first mixture component's when that is ''; an evaluator's own,
+  radjax/eval/evaluators/eval_sets.py), no augmentation; too-long examples are dropped
   and the last partial batch too."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  ds = grain.MapDataset.source(source.open_split(mixture.eval_dir(config), split))
+  if records is None:
+    records = source.open_split(mixture.eval_dir(config), split)
+  ds = grain.MapDataset.source(records)
   ds = ds[process_index::process_count].map(source.locate_errors(lambda raw: processor(raw, None)))
   ds = source.skip_records(ds, source.RecordLog(config.data.get('max_skipped_records', 0)))
   return ds.batch(batch_size // process_count, drop_remainder=True)

@@ -108,8 +108,8 @@ class ImageCodec(base.Task):
     s, c = self.model_cfg.image_size, self.model_cfg.num_channels
     return {'images': base.BatchField((s, s, c), np.float32)}
 
-  def processor(self, tasks=None) -> ImageProcessor:
-    del tasks  # images only
+  def processor(self, tasks=None, kind: str = '') -> ImageProcessor:
+    del tasks, kind  # 2D images only
     d = self.config.data
     return ImageProcessor(self.model_cfg.image_size, self.model_cfg.num_channels, d.augment,
                           tuple(d.crop_scale), d.get('resize', 'square'))

@@ -1,18 +1,22 @@
 """Evaluators by name (`config.eval.evaluators`, default: the task's list). Each is
 built from the experiment and split, and `run(params, step, writer, out_dir)` returns
-`eval/*` scalars; `run_all` writes them to `out_dir/metrics.json` too."""
+`eval/*` scalars; `run_all` writes them to `out_dir/metrics.json` too. Each reads the
+default eval dataset or the one config.eval.datasets gives it (eval_sets.py)."""
 import json
 import os
 
 import jax
+from absl import logging
 
-from radjax.data import mixture, source
-from radjax.eval.evaluators import codec, codes, instruction, labels, loss, reports
+from radjax.eval.evaluators import codec, codes, eval_sets, instruction, labels, loss, reports
 
 EVALUATORS = {'loss': loss.LossEvaluator, 'reports': reports.ReportEvaluator,
               'codec': codec.CodecEvaluator, 'labels': labels.LabelEvaluator,
               'codes_loss': codes.CodesLossEvaluator, 'codes_reports': codes.CodesReportEvaluator,
               **{name: instruction.make(name) for name in instruction.SCORERS}}
+# Evaluators that read whole batches of config.eval.batch_size (the others generate for
+# as many records as there are, in padded batches).
+BATCHED = ('loss', 'labels', 'codec', 'codes_loss')
 
 
 def names(config, task) -> tuple[str, ...]:
@@ -20,18 +24,35 @@ def names(config, task) -> tuple[str, ...]:
   unknown = [n for n in names if n not in EVALUATORS]
   if unknown:
     raise ValueError(f'config.eval.evaluators: {unknown} not in {sorted(EVALUATORS)}')
+  eval_sets.check(config, EVALUATORS)
   return names
 
 
+def datasets(config, split: str, chosen: tuple[str, ...]) -> dict:
+  """The datasets the `chosen` evaluators read: EvalSet -> the evaluators reading it."""
+  out = {}
+  for name in chosen:
+    out.setdefault(eval_sets.resolve(config, name, split), []).append(name)
+  return out
+
+
 def check_split(config, split: str, chosen: tuple[str, ...] = ()) -> None:
-  """The eval split holds at least one batch, and reports when the `chosen` evaluators
-  score them: checked before a run trains, not at its first evaluation."""
-  data_dir = mixture.eval_dir(config)
-  n, b = len(source.open_split(data_dir, split)), config.eval.batch_size
-  if n < b:
-    raise ValueError(f'eval split {split!r} of {data_dir} has {n} records, fewer than '
-                     f'config.eval.batch_size ({b}): nothing to evaluate. Lower '
-                     'config.eval.batch_size or set config.eval.split to a larger split.')
+  """Each eval dataset of the `chosen` evaluators holds at least one batch (a dataset
+  config.eval.datasets gives only generating evaluators: one record), and reports when
+  they score them: checked before a run trains, not at its first evaluation."""
+  b = config.eval.batch_size
+  sets = datasets(config, split, chosen) if chosen else {eval_sets.default(config, split): []}
+  for s, readers in sets.items():
+    n = len(s.records())
+    need = b if not s.given or any(r in BATCHED for r in readers) else 1
+    if n < need:
+      by = f' ({s.knob}, read by {", ".join(readers)})' if s.given else ''
+      if need == 1:
+        raise ValueError(f'eval split {s.split!r} of {s.dir}{by} has no records: nothing to '
+                         'evaluate')
+      raise ValueError(f'eval split {s.split!r} of {s.dir}{by} has {n} records, fewer than '
+                       f'config.eval.batch_size ({b}): nothing to evaluate. Lower '
+                       'config.eval.batch_size or set config.eval.split to a larger split.')
   if 'reports' in chosen:
     reports.check_split(config, split)
 
@@ -40,6 +61,8 @@ def make(exp, split: str) -> list:
   chosen = names(exp.config, exp.task)
   if chosen:
     check_split(exp.config, split, chosen)
+    for s, readers in datasets(exp.config, split, chosen).items():
+      logging.info('eval dataset of %s: %s', ', '.join(readers), s.describe(len(s.records())))
   return [EVALUATORS[n](exp, split) for n in chosen]
 
 

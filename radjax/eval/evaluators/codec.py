@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from radjax.data import pipeline
+from radjax.eval.evaluators import eval_sets
 from radjax.eval.metrics import image_metrics
 
 
@@ -28,6 +29,7 @@ class CodecEvaluator:
 
   def __init__(self, exp, split: str):
     self.exp, self.split = exp, split
+    self.eval_set = eval_sets.resolve(exp.config, 'codec', split)
     task = exp.task
 
     def fn(params, batch):
@@ -43,7 +45,9 @@ class CodecEvaluator:
   def run(self, params, step: int, writer=None, out_dir=None) -> dict:
     del out_dir
     cfg, task = self.exp.config, self.exp.task
-    ds = pipeline.eval_dataset(cfg, task.processor(), self.split, cfg.eval.batch_size)
+    s = self.eval_set
+    ds = pipeline.eval_dataset(cfg, s.processor(task), s.split, cfg.eval.batch_size,
+                               records=s.records())
     psnr, ssim, loss, rec, n = [], [], 0.0, 0.0, 0
     counts = np.zeros(task.model_cfg.codebook_size, np.int64)
     for i, batch in enumerate(pipeline.make_iterator(ds, cfg.data.worker_threads)):
@@ -62,8 +66,8 @@ class CodecEvaluator:
         writer.write_images(step, {'eval/inputs_vs_reconstructions': side_by_side(
             np.asarray(batch['images'][:k]), np.asarray(recon[:k]))})
     if not n:
-      raise ValueError(f'eval split {self.split!r} has fewer than config.eval.batch_size '
-                       f'({cfg.eval.batch_size}) records')
+      raise ValueError(f'eval split {s.split!r} of {s.dir} has fewer than '
+                       f'config.eval.batch_size ({cfg.eval.batch_size}) records')
     usage = usage_stats(counts)
     return {'eval/psnr': float(np.mean(np.concatenate(psnr))),
             'eval/ssim': float(np.mean(np.concatenate(ssim))),

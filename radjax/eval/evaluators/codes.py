@@ -33,7 +33,7 @@ class CodesLossEvaluator:
 
   def __init__(self, exp, split: str):
     self.parts = {d: loss.LossEvaluator(dataclasses.replace(exp, task=_OneTask(exp.task, t)),
-                                        split)
+                                        split, 'codes_loss')
                   for d, t in DIRECTIONS.items()}
 
   def run(self, params, step: int, writer=None, out_dir=None) -> dict:
@@ -59,7 +59,7 @@ class CodesReportEvaluator(reports.ReportEvaluator):
                                self.options.report_section)
 
   def __init__(self, exp, split: str):
-    super().__init__(exp, split)
+    super().__init__(exp, split, 'codes_reports')
     k = int(exp.config.data.codebook_size)
     self.codebook_size = k
     self.num_codes = llm_cxr.codes_per_image(exp.config)

@@ -10,6 +10,8 @@ writes labels and boxes so the metric parsers read them back exactly).
   detection        every box of every finding: mAP@0.5, mean IoU
   phrase_grounding boxes of a quoted phrase: mAP@0.5, mean IoU
   vqa              closed yes/no questions: accuracy
+
+Each reads the default eval dataset or its own (config.eval.datasets, eval_sets.py).
 """
 import functools
 import json
@@ -17,8 +19,8 @@ import os
 
 import jax
 
-from radjax.data import instructions, mixture, schema, source
-from radjax.eval.evaluators import answers
+from radjax.data import instructions, schema
+from radjax.eval.evaluators import answers, eval_sets
 from radjax.eval.metrics import classification, grounding
 
 
@@ -74,6 +76,7 @@ class InstructionEvaluator:
   def __init__(self, exp, split: str, name: str):
     self.exp, self.split, self.name = exp, split, name
     self.task, self.score = SCORERS[name]
+    self.eval_set = eval_sets.resolve(exp.config, name, split)
     self.options = instructions.options_from_config(
         exp.config.data.task_options, exp.config.data.get('codebook_size', 0))
     self.answerer = answers.Answerer(exp)
@@ -81,7 +84,7 @@ class InstructionEvaluator:
   @functools.cached_property
   def items(self) -> list[tuple[dict, list[dict], str]]:
     """(example, prompt turns, reference answer) of the first records the task serves."""
-    records = source.open_split(mixture.eval_dir(self.exp.config), self.split)
+    records = self.eval_set.records()
     out, want = [], self.exp.config.eval.num_generate
     for i in range(len(records)):
       if len(out) >= want:
@@ -97,8 +100,10 @@ class InstructionEvaluator:
     del step, writer
     items = self.items
     if not items:
+      s = self.eval_set
       raise ValueError(f'config.eval.evaluators has {self.name!r} but no record of split '
-                       f'{self.split!r} can serve instruction task {self.task!r}')
+                       f'{s.split!r} of {s.dir} ({s.knob}) can serve instruction task '
+                       f'{self.task!r}')
     generated = self.answerer.answer(params, [(ex, p) for ex, p, _ in items])
     references = [a for _, _, a in items]
     scores = self.score(generated, references, [ex for ex, _, _ in items])

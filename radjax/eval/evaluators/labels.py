@@ -4,6 +4,7 @@ import jax
 import numpy as np
 
 from radjax.data import pipeline
+from radjax.eval.evaluators import eval_sets
 from radjax.eval.metrics import classification
 
 
@@ -11,6 +12,7 @@ class LabelEvaluator:
 
   def __init__(self, exp, split: str):
     self.exp, self.split = exp, split
+    self.eval_set = eval_sets.resolve(exp.config, 'labels', split)
     with exp.context():
       self._predict = jax.jit(
           lambda params, batch: (exp.task.predict(exp.model, params, batch['images'])[0],
@@ -20,7 +22,9 @@ class LabelEvaluator:
   def run(self, params, step: int, writer=None, out_dir=None) -> dict:
     del step, writer, out_dir
     cfg, task = self.exp.config, self.exp.task
-    ds = pipeline.eval_dataset(cfg, task.processor(), self.split, cfg.eval.batch_size)
+    s = self.eval_set
+    ds = pipeline.eval_dataset(cfg, s.processor(task), s.split, cfg.eval.batch_size,
+                               records=s.records())
     probs, truth = [], []
     for batch in pipeline.make_iterator(ds, cfg.data.worker_threads):
       with self.exp.context():
@@ -29,8 +33,8 @@ class LabelEvaluator:
       probs.append(p[mask > 0])
       truth.append(y[mask > 0])
     if not probs:
-      raise ValueError(f'eval split {self.split!r} has fewer than config.eval.batch_size '
-                       f'({cfg.eval.batch_size}) records')
+      raise ValueError(f'eval split {s.split!r} of {s.dir} has fewer than '
+                       f'config.eval.batch_size ({cfg.eval.batch_size}) records')
     scores = classification.probability_scores(np.concatenate(probs), np.concatenate(truth),
                                                task.targets.names)
     return {f'eval/labels_{k}': float(v) for k, v in scores.items()}

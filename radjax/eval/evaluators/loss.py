@@ -1,4 +1,5 @@
-"""Held-out loss of the task's own objective: val_loss, val_accuracy, val_perplexity."""
+"""Held-out loss of the task's own objective: val_loss, val_accuracy, val_perplexity; on
+the default eval dataset unless config.eval.datasets.loss gives one (eval_sets.py)."""
 import functools
 
 import jax
@@ -6,13 +7,15 @@ import numpy as np
 
 from radjax.core import sharding
 from radjax.data import pipeline
+from radjax.eval.evaluators import eval_sets
 
 
 class LossEvaluator:
 
-  def __init__(self, exp, split: str):
+  def __init__(self, exp, split: str, name: str = 'loss'):
     self.exp = exp
     self.split = split
+    self.eval_set = eval_sets.resolve(exp.config, name, split)
     with exp.context():
       self._loss = jax.jit(functools.partial(exp.task.loss, exp.model, rng=None),
                            in_shardings=(exp.state_shardings.params,
@@ -21,7 +24,9 @@ class LossEvaluator:
   def run(self, params, step: int, writer=None, out_dir=None) -> dict:
     del step, writer, out_dir
     cfg = self.exp.config
-    ds = pipeline.eval_dataset(cfg, self.exp.task.processor(), self.split, cfg.eval.batch_size)
+    s = self.eval_set
+    ds = pipeline.eval_dataset(cfg, s.processor(self.exp.task), s.split, cfg.eval.batch_size,
+                               records=s.records())
     totals = None
     for i, batch in enumerate(pipeline.make_iterator(ds, cfg.data.worker_threads)):
       if cfg.eval.num_loss_batches and i >= cfg.eval.num_loss_batches:
@@ -30,8 +35,8 @@ class LossEvaluator:
         sums = self._loss(params, pipeline.to_global(batch, self.exp.batch_shardings))
       totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
     if totals is None:
-      raise ValueError(f'eval split {self.split!r} has fewer than config.eval.batch_size '
-                       f'({cfg.eval.batch_size}) records')
+      raise ValueError(f'eval split {s.split!r} of {s.dir} has fewer than '
+                       f'config.eval.batch_size ({cfg.eval.batch_size}) records')
     w = max(float(totals['weight_sum']), 1.0)
     loss = float(totals['loss_sum']) / w
     return {'eval/val_loss': loss, 'eval/val_accuracy': float(totals['accuracy_sum']) / w,

@@ -7,8 +7,8 @@ import os
 import jax
 import numpy as np
 
-from radjax.data import instructions, mixture, schema, source
-from radjax.eval.evaluators import answers
+from radjax.data import instructions, schema
+from radjax.eval.evaluators import answers, eval_sets
 from radjax.eval.metrics import classification, scoring
 from radjax.eval.metrics.labeler import label_report
 
@@ -62,12 +62,12 @@ def examples_with_reports(records, n: int, section: str = 'both') -> list[dict]:
 
 def check_split(config, split: str) -> None:
   """Before training: the eval split has reports to score generated ones against."""
-  n, data_dir = config.eval.num_generate, mixture.eval_dir(config)
+  n, s = config.eval.num_generate, eval_sets.resolve(config, 'reports', split)
   section = instructions.options_from_config(config.data.task_options).report_section
-  if n and not examples_with_reports(source.open_split(data_dir, split), n, section):
+  if n and not examples_with_reports(s.records(), n, section):
     raise ValueError(
       f"config.eval.evaluators has 'reports' but none of the first {n} records of split "
-      f'{split!r} of {data_dir} has a report '
+      f'{s.split!r} of {s.dir} has a report '
       f"({'findings or impression' if section == 'both' else section}) to score against; "
       "evaluate without it, e.g. --config.eval.evaluators=\"('loss',)\"")
 
@@ -77,20 +77,21 @@ class ReportEvaluator:
   @functools.cached_property
   def records(self):
     """The split's records, opened on first use (reporting on given images needs none)."""
-    return source.open_split(mixture.eval_dir(self.exp.config), self.split)
+    return self.eval_set.records()
 
   @functools.cached_property
   def examples(self) -> list[dict]:
     return examples_with_reports(self.records, self.exp.config.eval.num_generate,
                                  self.options.report_section)
 
-  def __init__(self, exp, split: str):
+  def __init__(self, exp, split: str, name: str = 'reports'):
     self.exp = exp
     self.split = split
+    self.eval_set = eval_sets.resolve(exp.config, name, split)
     self.options = instructions.options_from_config(
         exp.config.data.task_options, exp.config.data.get('codebook_size', 0))
     # A model trained on bare report text (no request) is prompted the same way.
-    tasks = mixture.eval_tasks(exp.config)
+    tasks = self.eval_set.tasks
     self.report_task = 'report_text' if 'report_text' in tasks and 'report' not in tasks \
         else 'report'
     self.answerer = answers.Answerer(exp)
@@ -128,7 +129,8 @@ class ReportEvaluator:
     metrics = {f'eval/{k}': v for k, v in metrics.items()}
     if writer is not None and n:
       k = min(cfg.eval.num_logged_examples, n)
-      slots = self.exp.task.image_slots
+      task = self.exp.task
+      slots = task.slots_for(examples[:k]) if hasattr(task, 'slots_for') else task.image_slots
       imgs = np.stack([_first_view(slots(ex, None)) for ex in examples[:k]])
       imgs = (imgs - imgs.min()) / max(float(imgs.max() - imgs.min()), 1e-6)
       writer.write_images(step, {'eval/images': imgs})
