@@ -21,14 +21,22 @@ last, the same features as SigLIP's 27 read at -2; the vocabulary OneVision's):
       --config.data.mixture.mimic_reports.dir=MIMIC_DIR ...   # one dir per component
 
 The first command above starts the tower and the LLM from SigLIP and Qwen2 with a fresh
-projector instead. Evaluation reads config.data.dir (set it to the MIMIC build for the
-report metrics); when it is '' the first component by name. Images are read as
-LLaVA-OneVision reads them (AnyRes, radjax/data/anyres.py): the 384-pixel base tile, then
-the film's grid of tiles, scaled to about 9 tiles' tokens, a newline after each row. Data
-dirs come from
-`python -m data_prep build <name>` (mimic_cxr, chexpert, vindr_cxr, ms_cxr,
-chest_imagenome, llava_json, ...). At size=tiny five components read the embedded
-default, whose records carry labels, nodule boxes and short conversations.
+projector instead. At full size each evaluator reads its task's own dataset, as RadVLM
+scores each task on its own test set (EVAL_SETS below, config.eval.datasets): reports on
+MIMIC, classification on CheXpert, abnormality / anatomical / phrase grounding on VinDr-CXR,
+Chest ImaGenome (2,000 images drawn with seed 4) and MS-CXR; the held-out loss reads
+config.data.dir, or when it is '' the first component by name. Score the test sets with
+
+  python main.py --config configs/radvlm.py --workdir runs/radvlm --mode=eval \
+      --config.eval.split=test --config.eval.num_generate=3314 \
+      --config.eval.datasets.classification.split=val ...   # the dirs of training
+
+Images are read as LLaVA-OneVision reads them (AnyRes, radjax/data/anyres.py): the
+384-pixel base tile, then the film's grid of tiles, scaled to about 9 tiles' tokens, a
+newline after each row. Data dirs come from `python -m data_prep build <name>`
+(mimic_cxr, chexpert, vindr_cxr, ms_cxr, chest_imagenome, llava_json, ...). At size=tiny
+five components read the embedded default, whose records carry labels, nodule boxes and
+short conversations; every evaluator reads it too.
 Arguments: size=full|tiny|micro, task=vlm|lm, init=DIR (an imported LLaVA-OneVision).
 """
 import math
@@ -65,6 +73,27 @@ MIXTURE = {
 # Components read only a fixed subset of this many train records (config.data.mixture.
 # <name>.max_records; 0 elsewhere: all): RadVLM's num_samples=80000 on Chest ImaGenome.
 MAX_RECORDS = {'chest_imagenome': 80000}
+# Full size: evaluator -> (component, split, records drawn, seed) it reads (config.eval.
+# datasets): RadVLM's evaluate_instructions.py load_dataset reads each task's test set.
+# split '': config.eval.split (val while training, --config.eval.split=test after).
+EVAL_SETS = {
+    # MIMIC_Dataset_MM(split='test', only_frontal=True, filtered_reports_dir=...): 3,314.
+    'reports': ('mimic_reports', '', 0, 0),
+    # CheXpert_Dataset_MM(split='test') (frontal): 518. The chexpert build has train and
+    # val (valid.csv) only: at --config.eval.split=test add
+    # --config.eval.datasets.classification.split=val (CheXpert's validation films).
+    'classification': ('chexpert', '', 0, 0),
+    # VinDr_CXR_Single_Label_Dataset(split='test'): 2,108 (image, finding) pairs. VinDr-CXR
+    # has no val split, so this reads test while training too.
+    'grounding': ('vindr_grounding', 'test', 0, 0),
+    # Chest_ImaGenome_Dataset(split='test', seed=4): RadVLM's 2,000 region-grounding items.
+    'anatomical_grounding': ('chest_imagenome', '', 2000, 4),
+    # MS_CXR(split='test', only_frontal=True): 189.
+    'phrase_grounding': ('ms_cxr', '', 0, 0),
+    # RadVLM has no closed-question set; MIMIC's CheXpert labels are what vqa asks about
+    # (the first component, chest_imagenome, has none).
+    'vqa': ('mimic_labels', '', 0, 0),
+}
 # size=tiny: five components on the embedded default, by weight (shares of the stream).
 TINY_MIXTURE = {
     'reports': (('report',), 0.35),
@@ -131,6 +160,8 @@ def get_config(arg: str = ''):
     c.eval.evaluators = ('loss',)
   if args.size == 'full':
     as_radvlm_ran(c)
+    if args.task != 'lm':
+      per_task_eval_sets(c)
   if args.init:
     start_from(c, args.init)
   return c
@@ -157,6 +188,16 @@ def start_from(c, path: str) -> None:
   c.model.anyres_max_tiles = source.model.get('anyres_max_tiles', 0)
   c.data.tokenizer = source.data.tokenizer
   c.data.image_mean, c.data.image_std = source.data.image_mean, source.data.image_std
+
+
+def per_task_eval_sets(c) -> None:
+  """Each task scored on its own dataset, as RadVLM's evaluate_instructions.py does
+  (EVAL_SETS); 'loss' keeps the default eval dataset."""
+  c.eval.evaluators = ('loss', 'reports', 'classification', 'grounding',
+                       'anatomical_grounding', 'phrase_grounding', 'vqa')
+  c.eval.datasets = ml_collections.ConfigDict({
+      name: dict(component=comp, dir='', split=split, max_records=n, seed=seed)
+      for name, (comp, split, n, seed) in EVAL_SETS.items()})
 
 
 def as_radvlm_ran(c):

@@ -234,6 +234,44 @@ def test_radvlm_grounds_anatomy_on_80000_chest_imagenome_images():
   assert {k for k, v in m.items() if v.max_records} == {'chest_imagenome'}
 
 
+def test_radvlm_scores_each_task_on_its_own_test_set():
+  """radvlm/evaluation/evaluate_instructions.py load_dataset: report_generation reads
+  MIMIC_Dataset_MM(split='test', only_frontal=True, filtered_reports_dir=...) (3,314),
+  abnormality_classification CheXpert_Dataset_MM(split='test') (518), abnormality_grounding
+  VinDr_CXR_Single_Label_Dataset(split='test') (2,108), region_grounding
+  Chest_ImaGenome_Dataset(split='test', seed=4) (2,000 in the README's table),
+  phrase_grounding MS_CXR(split='test') (189). Each evaluator reads the component of that
+  dataset (config.eval.datasets; the split is config.eval.split, VinDr's test always: it
+  has no val); the held-out loss keeps the default eval dataset."""
+  from radjax.eval import evaluators
+  from radjax.eval.evaluators import eval_sets
+  from radjax.eval.evaluators.instruction import SCORERS
+  c = radvlm.get_config('')
+  d = c.eval.datasets
+  assert {k: v.component for k, v in d.items()} == {
+      'reports': 'mimic_reports', 'classification': 'chexpert', 'grounding': 'vindr_grounding',
+      'anatomical_grounding': 'chest_imagenome', 'phrase_grounding': 'ms_cxr',
+      'vqa': 'mimic_labels'}
+  assert set(d) < set(c.eval.evaluators) and 'loss' in c.eval.evaluators and 'loss' not in d
+  for name in ('classification', 'grounding', 'anatomical_grounding', 'phrase_grounding'):
+    assert SCORERS[name][0] in c.data.mixture[d[name].component].tasks, name
+  assert tuple(c.data.mixture.mimic_reports.tasks) == ('report',)
+  assert (d.anatomical_grounding.max_records, d.anatomical_grounding.seed) == (2000, 4)
+  assert {k for k, v in d.items() if v.split} == {'grounding'} and d.grounding.split == 'test'
+  assert {k for k, v in d.items() if v.max_records} == {'anatomical_grounding'}
+  for name, comp in c.data.mixture.items():
+    comp.dir = f'/data/{name}'
+  evaluators.names(c, None)  # every entry checked
+  s = eval_sets.resolve(c, 'anatomical_grounding', 'test')
+  assert (s.dir, s.split, s.tasks, s.max_records, s.seed) == (
+      '/data/chest_imagenome', 'test', ('anatomical_grounding',), 2000, 4)
+  assert eval_sets.resolve(c, 'grounding', 'val').split == 'test'
+  assert eval_sets.resolve(c, 'loss', 'val') == eval_sets.default(c, 'val')
+  # size=tiny / micro read the embedded default, and task=lm its text.
+  for arg in ('size=tiny', 'size=micro', 'task=lm'):
+    assert not radvlm.get_config(arg).eval.datasets, arg
+
+
 def test_radvlm_trains_unaugmented_findings_with_the_scripts_optimizer():
   """finetune_radio_7b.sh: lr 1e-5 (vision 2e-6), cosine, warmup_ratio 0.03, weight_decay
   0, bf16, HF AdamW and max_grad_norm 1.0; LLaVA-NeXT's processor only resizes; the eval
