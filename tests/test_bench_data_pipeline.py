@@ -106,6 +106,52 @@ def test_downscaled_film_source_gives_torch_the_films_and_radjax_the_build(demo_
     assert Image.open(os.path.join(folder, 'images', name)).size == (2544, 3056)
 
 
+def test_anyres_rows_read_what_the_hf_processor_reads(demo_data, tmp_path):
+  """--anyres: per file, radjax's tiles are LlavaOnevisionImageProcessorPil's pixels and
+  its placeholders the count LlavaOnevisionProcessor gives; both sides time as many
+  examples. Tall non-square images, so the grid, its black margin and the scaled-down
+  token map (RadVLM's 6 x 6 grids and anyres_max_9 on the micro tower's 32 px tiles)
+  are all in play."""
+  config = data_pipeline.with_anyres(tiny_config(demo_data))
+  spec = data_pipeline.anyres_spec(config)
+  assert spec.grids == data_pipeline.RADVLM_GRIDS and spec.max_tiles == 9
+  examples = data_pipeline.reencoded(data_pipeline.read_examples(config, 8), 'jpeg', (150, 230))
+  c = data_pipeline.variant(config, data_dir=data_pipeline.write_dataset(
+      examples, str(tmp_path / 'radjax'), 'train'), tokenizer=os.path.join(demo_data,
+                                                                          'tokenizer.json'))
+  folder = torch_loader.write_folder(examples, str(tmp_path / 'torch'))
+  image = data_pipeline.anyres_image(c)
+  assert image['size'] == (150, 230) and image['tiles'] == 1 + 6 * 4
+  assert image['tokens'] < spec.tile_tokens + 24 * spec.tile_tokens  # scaled down
+  ours = data_pipeline.torch_dataset(c, folder, prompts=instructions.REPORT_INSTRUCTIONS[:1])
+  assert isinstance(ours, torch_loader.AnyResFolder)
+  processor = run.make_task(c).processor()
+  records = source.open_split(c.data.dir, 'train')
+  image_id = run.make_task(c).model_cfg.image_token_id
+  for i in range(2):
+    want, got = processor(records[i], None), ours[i]
+    n = len(got['images'])
+    assert n == image['tiles']
+    np.testing.assert_array_equal(want['images'][0, :n],
+                                  got['images'].numpy().transpose(0, 2, 3, 1))
+    assert not want['images'][0, n:].any()
+    np.testing.assert_array_equal(want['tokens'], got['tokens'].numpy())
+    assert (want['tokens'] == image_id).sum() == image['tokens']
+  ra = data_pipeline.measure_radjax(c, 0, 2)
+  to = data_pipeline.measure_torch(c, folder, 0, 2)
+  assert ra['examples'] == to['examples'] == 2 * c.train.batch_size
+  assert ra['shapes']['images'] == (8, 1, 37, 32, 32, 3)
+  assert to['shapes']['image_sizes'] == (8, 2)  # its images: a list, as LLaVA-NeXT's
+
+
+def test_radvlm_step_rate_is_its_run_over_its_gpus():
+  """4355 steps x 256 examples in one 12 h job on 32 x 4 GPUs."""
+  assert data_pipeline.stated_step_rate('radvlm_hf') == pytest.approx(0.2016, abs=1e-4)
+  assert data_pipeline.stated_step_rate('1.5') == 1.5
+  with pytest.raises(ValueError, match='--step_rate'):
+    data_pipeline.stated_step_rate('fast')
+
+
 def _png(side: int) -> bytes:
   buf = io.BytesIO()
   Image.fromarray(np.arange(side * side, dtype=np.uint8).reshape(side, side)).save(buf, 'PNG')
