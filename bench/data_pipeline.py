@@ -62,6 +62,7 @@ from PIL import Image  # noqa: E402
 from bench import torch_loader, train_step  # noqa: E402
 from data_prep import downscale  # noqa: E402
 from radjax import run  # noqa: E402
+from radjax.core import host_memory  # noqa: E402
 from radjax.data import anyres, chat, images, instructions, pipeline, schema, source, tokens  # noqa: E402
 from radjax.models import factory  # noqa: E402
 
@@ -103,6 +104,9 @@ def define_flags():
                      'step at this MFU of --peak_tflops (analytic FLOPs), e.g. 0.55 and 989 '
                      "for issue 15's H100/H200 target.")
   flags.DEFINE_float('peak_tflops', 989, "The accelerator's peak TFLOP/s for --step_mfu.")
+  flags.DEFINE_enum('host_allocator', '', ['', *host_memory.ALLOCATORS],
+                    "The process's malloc (config.runtime.host_allocator's choices; main.py's "
+                    "default is mimalloc); '' keeps the one it started with (glibc).")
   flags.DEFINE_bool('anyres', False, "Rows of RadVLM's AnyRes image path (module doc).")
   flags.DEFINE_string('step_rate', '', 'Instead of timing the step: the examples/s one '
                       "device consumes, a number or radvlm_hf (RadVLM's run: "
@@ -435,6 +439,8 @@ def prepare_sources(config, names, records: int, tmp: str) -> dict:
 
 def main(argv):
   del argv
+  if FLAGS.host_allocator:
+    host_memory.restart_with(FLAGS.host_allocator)
   config = with_anyres(FLAGS.config) if FLAGS.anyres else FLAGS.config
   ensure_built(config)
   tokenizer = tokens.tokenizer_path(config)
@@ -482,7 +488,8 @@ def main(argv):
   c = config
   print(f'config: batch {c.train.batch_size} x {c.data.max_len} tokens, '
         f'{c.data.max_images} image(s) per example; {FLAGS.batches} timed batches per row; '
-        f'host: {os.cpu_count()} CPUs, load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f}'
+        f'host: {os.cpu_count()} CPUs, load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f}, '
+        f'host allocator {host_memory.in_effect()}'
         + ('' if FLAGS.step_mfu or FLAGS.step_rate or not steps else
            f'; step on {jax.device_count()} x {jax.devices()[0].device_kind}'))
   print(anyres_table(rows) if FLAGS.anyres else table(rows))
