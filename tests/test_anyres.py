@@ -54,6 +54,10 @@ def test_tiles_are_the_processors_pixels(mode):
     assert n == 1 + np.prod(anyres.best_grid(h, w, spec))
     np.testing.assert_array_equal(ours[:n], theirs.transpose(0, 2, 3, 1))
     assert not ours[n:].any()  # unused slots
+    into = np.zeros((2, *ours.shape), np.float32)  # TileSlots' way: into a slot of its array
+    assert anyres.tiles(img, spec, table, out=into[1]) is not None
+    np.testing.assert_array_equal(into[1], ours)
+    assert not into[0].any()
 
 
 @pytest.mark.parametrize('max_tiles', [2, 9])

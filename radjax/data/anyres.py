@@ -91,22 +91,30 @@ def fitted_size(height: int, width: int, grid_h: int, grid_w: int) -> tuple[int,
   return grid_h, min(math.ceil(width * sh), grid_w)
 
 
-def tiles(img: Image.Image, spec: AnyRes, table: np.ndarray) -> np.ndarray:
+def tiles(img: Image.Image, spec: AnyRes, table: np.ndarray,
+          out: np.ndarray | None = None) -> np.ndarray:
   """A decoded 8-bit image -> [slots, tile, tile, C] normalised pixels (radjax.data.images
-  `lookup` through `table`)."""
+  `lookup_pixels` through `table`), written into `out` when given: zeros (np.zeros), whose
+  slots past the grid are left as they are."""
   w0, h0 = img.size
   rows, cols = best_grid(h0, w0, spec)
-  gh, gw = rows * spec.tile, cols * spec.tile
+  t = spec.tile
+  gh, gw = rows * t, cols * t
   nh, nw = fitted_size(h0, w0, gh, gw)
   canvas = Image.new(img.mode, (gw, gh), 0)  # black margins, as the processor pads
   canvas.paste(img.resize((nw, nh), Image.BICUBIC), ((gw - nw) // 2, (gh - nh) // 2))
-  grid = images_lib.lookup(canvas, table)
-  t = spec.tile
-  grid = grid.reshape(rows, t, cols, t, -1).transpose(0, 2, 1, 3, 4).reshape(-1, t, t,
-                                                                               grid.shape[-1])
-  out = np.zeros((spec.slots, t, t, grid.shape[-1]), np.float32)
-  out[0] = images_lib.lookup(img.resize((t, t), Image.BICUBIC), table)
-  out[1:1 + rows * cols] = grid
+  if out is None:
+    out = np.zeros((spec.slots, t, t, table.shape[1]), np.float32)
+  # The 8-bit canvas is cut into tiles (a byte per pixel moved, not 4 x C), then looked up
+  # once, straight into the slots: a film's float grid is no longer made, moved and copied
+  # (BENCHMARKS.md, session 26).
+  pixels = np.asarray(canvas)
+  gray, extra = pixels.ndim == 2, pixels.shape[2:]
+  cut = pixels.reshape(rows, t, cols, t, *extra).swapaxes(1, 2)
+  cut = np.ascontiguousarray(cut).reshape(rows * cols, t, t, *extra)
+  images_lib.lookup_pixels(cut, table, gray=gray, out=out[1:1 + rows * cols])
+  images_lib.lookup_pixels(np.asarray(img.resize((t, t), Image.BICUBIC)), table, gray=gray,
+                           out=out[0])
   return out
 
 

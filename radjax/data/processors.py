@@ -61,7 +61,7 @@ class TileSlots:
         out[i] = anyres.square_tile(pil, s, table, self.mean)
         index[i], weight[i], _ = anyres.square_plan(s)
       else:
-        out[i] = anyres.tiles(pil, s, table)
+        anyres.tiles(pil, s, table, out=out[i])  # into the batch's zeros, not a copy
         index[i], weight[i], _ = anyres.plan(pil.size[1], pil.size[0], s)
     return {'images': out, 'tile_index': index, 'tile_weight': weight,
             'image_mask': np.arange(self.max_images) < len(imgs)}
