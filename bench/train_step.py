@@ -47,6 +47,9 @@ def analytic_flops(config, params, labels) -> dict:
   # Image slots per row; packed rows (config.data.pack) have pack_max_examples times more.
   n_img = b * config.data.max_images * (config.data.pack_max_examples
                                         if config.data.get('pack', False) else 1)
+  grids = config.model.get('anyres_grids', ())
+  if grids:  # AnyRes: every image slot's tile slots go through the tower
+    n_img *= 1 + max(r * c for r, c in grids)
   patches = (v.image_size // v.patch_size) ** 2 + int(v.variant == 'clip')
 
   def trained(tower):
@@ -81,6 +84,9 @@ def synthetic_batch(exp, rng):
       out[k] = np.ones(shape, f.dtype)
     elif k == 'positions':
       out[k] = np.broadcast_to(np.arange(shape[-1], dtype=f.dtype), shape).copy()
+    elif k in ('tile_index', 'tile_weight'):  # AnyRes plans: every token the base's first
+      out[k] = np.zeros(shape, f.dtype)
+      out[k][..., 0] = 0 if k == 'tile_index' else 1
     elif np.issubdtype(f.dtype, np.integer):
       out[k] = rng.integers(10, 1000, shape).astype(f.dtype)
     elif f.dtype == np.bool_ or k == 'loss_mask':

@@ -99,6 +99,19 @@ def test_analytic_flops_agree_with_xla_and_count_the_head_where_the_loss_is(targ
   assert 0.9 < analytic / xla < 1.1, (analytic, xla)
 
 
+def test_analytic_flops_count_every_anyres_tile():
+  """RadVLM's AnyRes: the tower runs on every tile slot of every image (5 at micro size), so
+  the analytic count stays XLA's within 10 %."""
+  from configs import radvlm
+  config = compiled_step.with_overrides(
+      radvlm.get_config('size=micro'), {'runtime.scan_layers': False, 'data.max_len': 96})
+  assert config.model.anyres_grids
+  exp = memory.experiment(config, 1)
+  analytic = train_step.analytic_flops(config, exp.state.params, exp.labels)
+  xla = compiled_step.flops(compiled_step.lower_and_compile(config)['compiled'])
+  assert 0.9 < analytic['total'] / xla < 1.1, (analytic, xla)
+
+
 def test_padding_bench_packs_the_demo_recipes(demo_data):
   """bench/padding.py on the demo's recipes: packing turns off what it refuses (the demo
   caps targets per example) and fills the decoder's rows."""
