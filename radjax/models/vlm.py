@@ -115,12 +115,14 @@ class VLM(nn.Module):
                        'anyres_grids gives it one)')
     newline = jnp.broadcast_to(newline.astype(feats.dtype), (b, m, 1, feats.shape[-1]))
     table = jnp.concatenate([feats, newline], axis=2)
+    # The taps are weighed and summed in f32 and rounded once, as torch's bilinear
+    # interpolate does in bf16: bf16 weights and sums put ~1/5 of the values off HF's.
     out = 0
     for tap in range(tile_index.shape[-1]):  # one gather per tap: no [.., 4, E] copy
       picked = jnp.take_along_axis(table, tile_index[..., tap, None], axis=2)
-      out = out + tile_weight[..., tap, None].astype(feats.dtype) * picked
+      out = out + tile_weight[..., tap, None].astype(jnp.float32) * picked.astype(jnp.float32)
     counts = jnp.sum(jnp.any(tile_weight != 0, axis=-1), axis=-1)
-    return out.reshape(b, -1, out.shape[-1]), counts
+    return out.astype(feats.dtype).reshape(b, -1, feats.shape[-1]), counts
 
   def embed(self, tokens, images, depth_mask=None, tile_index=None, tile_weight=None):
     text = self.llm.embed(tokens)
