@@ -200,3 +200,21 @@ def test_bf16_tile_features_are_hfs_bilinear_rounded_once():
   off = float(np.mean(ours != want))  # torch sums the taps in another order: a few ulps
   assert off < 0.03, f'{off:.1%} of the values differ from HF bf16'
   np.testing.assert_allclose(ours, want, rtol=2 ** -7, atol=1e-6)
+
+
+def test_a_tower_that_keeps_its_class_token_is_refused():
+  """A plan indexes each tile's (image_size / patch_size)^2 patch tokens (and the newline
+  after every tile's): a tower handing the projector its class token too (CLIP's 'full',
+  EVA) would shift every index past the first tile's, so AnyRes refuses it, named (HF's
+  pack_image_features refuses it too)."""
+  from radjax.core import defaults
+  from radjax.models import factory
+
+  c = defaults.get_config()
+  c.model.anyres_grids, c.model.anyres_max_tiles = ((1, 1), (1, 2)), 2
+  c.model.projector.kind = 'mlp'
+  c.model.vision.variant, c.model.vision.keep_class_token = 'clip', True
+  with pytest.raises(ValueError, match='keep_class_token'):
+    factory.vlm_config(c.model, image_token_id=5)
+  c.model.vision.keep_class_token = False  # CLIP's 'default': patches only
+  assert factory.vlm_config(c.model, image_token_id=5).anyres_grids == ((1, 1), (1, 2))

@@ -120,6 +120,10 @@ def vlm_config(model_cfg, image_token_id: int | None = None,
   if grids and vision.kind != 'vit':
     raise ValueError(f'config.model.anyres_grids tiles 2D images; config.model.vision.kind='
                      f'{vision.kind!r}')
+  if grids and vision.num_tokens != vision.num_patches:  # plans index patch tokens only
+    raise ValueError(f'config.model.anyres_grids reads each tile as its patch tokens; the '
+                     f'{vision.variant!r} tower keeps its class token too (config.model.'
+                     'vision.keep_class_token=True): set it False')
   return vlm.VLMConfig(vision=vision,
                        projector=projector_config(model_cfg, vision.embed_dim, lm.embed_dim),
                        llm=lm, image_token_id=token, num_labels=num_labels,
