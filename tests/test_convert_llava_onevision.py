@@ -236,3 +236,13 @@ def test_a_projector_without_anyres_starts_from_it_without_the_newline(imported,
   for k in got:
     np.testing.assert_array_equal(got[k], want[k])
   assert 'image_newline is left out' in caplog.text
+
+
+def test_the_imported_workdir_builds_its_task_as_it_is(imported):
+  """`--mode=generate`, `--mode=eval` and the web demo read the workdir's own config.json
+  (configs/workdir.py): its task builds, reading images through AnyRes, which neither
+  crops nor jitters (LLaVA-OneVision's processor)."""
+  from radjax import run
+  task = run.make_task(imported['config'])
+  assert isinstance(task.image_slots, processors.TileSlots)
+  assert imported['config'].data.augment is False

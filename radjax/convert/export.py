@@ -57,6 +57,8 @@ def import_hf(family: str, hf_cfg, state_dict: dict, scan: bool = True):
     config.model.kind = 'vlm'
     config.model.anyres_grids = vlm_cfg.anyres_grids
     config.model.anyres_max_tiles = vlm_cfg.anyres_max_tiles
+    if vlm_cfg.anyres_grids:  # its processor neither crops nor jitters (the task refuses it)
+      config.data.augment = False
     for part in ('vision', 'projector', 'llm'):
       _set(config.model[part], factory.part_fields(getattr(vlm_cfg, part)))
     _set(config.model.projector, dict(in_dim=0, out_dim=0))  # from the towers
