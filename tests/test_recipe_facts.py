@@ -317,6 +317,28 @@ def test_radvlm_reads_films_as_anyres_max_9_over_grids_up_to_6x6():
   assert 729 + 8 * 729 < count <= 729 + 9 * 729 + 100 and count < c.data.max_len - 512
 
 
+def test_radvlm_builds_its_films_at_the_size_anyres_reads():
+  """RadVLM reads MIMIC-CXR-JPG's films whole (Chest_ImaGenome_Dataset's imread), so
+  AnyRes fits a 2,544 x 3,056 film to 6 x 5 tiles: the README's build of the
+  chest_imagenome component keeps that plan (a 512-px short side would read a 2 x 2 grid,
+  3,159 tokens instead of 7,241, upsampled)."""
+  import os
+  import re
+
+  from data_prep import downscale
+  from radjax.data import anyres
+  readme = open(os.path.join(os.path.dirname(__file__), '..', 'README.md')).read()
+  command = re.search(r'python -m data_prep build chest_imagenome [^\n]*\n?[^\n]*', readme)
+  assert command, 'the README gives no chest_imagenome build'
+  side = re.search(r'--max_short_side (\d+)', command.group(0))
+  spec = anyres.AnyRes(tile=384, side=27, grids=tuple(
+      (r, k) for r in range(1, 7) for k in range(1, 7)), max_tiles=9)
+  for w, h in [(2544, 3056), (3056, 2544)]:
+    stored = downscale.target_size((w, h), int(side.group(1))) if side else None
+    sw, sh = stored or (w, h)
+    assert anyres.plan(sh, sw, spec)[2] == anyres.plan(h, w, spec)[2], command.group(0)
+
+
 @pytest.fixture(scope='module')
 def chatml_tokenizer():
   tok = PreTrainedTokenizerFast(
