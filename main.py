@@ -25,6 +25,11 @@ import traceback
 
 from radjax.core import host_memory
 
+# TensorFlow (imported by clu's summary writer and tfds; it computes nothing here) turns
+# on its oneDNN ops on Intel CPUs and says so on stderr at import, before absl's logging
+# starts: off, so stderr holds radjax's own messages.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
 _EARLY_ALLOCATOR = host_memory.requested(sys.argv)
 if __name__ == '__main__' and _EARLY_ALLOCATOR in host_memory.ALLOCATORS:
   # Before the imports below start threads (7 s of imports are not repeated this way). A

@@ -190,6 +190,25 @@ def test_images_at_their_marks(bpe_json):
     enc.encode(turns, 3, 'r')
 
 
+def test_each_image_gets_its_own_count_of_placeholders(bpe_json):
+  """AnyRes: image_tokens gives each image's run, in order; a count per image or an error
+  naming the record; a mark the images do not cover (the system prompt's) is named."""
+  tok = _tokenizer(bpe_json, 'chatml')
+  enc = chat.ConversationEncoder(tok, chat.CHATML, image_tokens=2, system_prompt='S')
+  turns = [{'role': 'user', 'text': 'Old film: <image> new film: <image> Changed?'},
+           {'role': 'assistant', 'text': 'No.'}]
+  ids, w = enc.encode(turns, 2, 'r', image_tokens=(5, 3))
+  assert 'Old film: <image>x5 new film: <image>x3 Changed?' in _render(tok, ids, w,
+                                                                        enc.image_id)
+  assert enc.training_arrays(turns, 2, 64, 'r', (5, 3))['tokens'].tolist()[:len(ids) - 1] == (
+      ids[:-1])
+  with pytest.raises(ValueError, match="record 'r': 1 image token counts for 2 images"):
+    enc.encode(turns, 2, 'r', image_tokens=(5,))
+  marked = chat.ConversationEncoder(tok, chat.CHATML, image_tokens=2, system_prompt='S <image>')
+  with pytest.raises(ValueError, match='more <image> marks than images'):
+    marked.encode(turns, 2, 'r', image_tokens=(5, 3))
+
+
 def test_vicuna_without_a_system_prompt_is_xraygpts_stage_2_text(bpe_json):
   tok = _tokenizer(bpe_json, 'vicuna')
   enc = chat.ConversationEncoder(tok, chat.VICUNA, image_tokens=2)

@@ -286,7 +286,10 @@ class ConversationEncoder:
     before, after = self.fmt.image_wrap
     out = [parts[0] + (before if len(parts) > 1 else '')]
     for i, part in enumerate(parts[1:], 1):
-      run = self.image_run if runs is None else next(runs)
+      run = self.image_run if runs is None else next(runs, None)
+      if run is None:
+        raise ValueError(f'more {IMAGE_MARK} marks than images (one in '
+                         'config.data.system_prompt?)')
       out += [list(run), after + part + (before if i < len(parts) - 1 else '')]
     return out
 

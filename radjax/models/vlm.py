@@ -113,6 +113,7 @@ class VLM(nn.Module):
     if newline is None:
       raise ValueError("AnyRes tiles need the projector's image_newline (a VLMConfig with "
                        'anyres_grids gives it one)')
+    newline = _maybe_frozen(newline, self.rt.projector)  # it is the projector's
     newline = jnp.broadcast_to(newline.astype(feats.dtype), (b, m, 1, feats.shape[-1]))
     table = jnp.concatenate([feats, newline], axis=2)
     # The taps are weighed and summed in f32 and rounded once, as torch's bilinear
