@@ -85,6 +85,15 @@ def errors(config) -> list[str]:
   return out
 
 
+def check_keys(knob: str, spec, keys, expected: str) -> None:
+  """A dict-valued knob (a mixture component, an eval dataset): a dict, of known keys."""
+  if not hasattr(spec, 'items'):
+    raise ValueError(f'{knob}: expected {expected}, got {spec!r}')
+  for key in spec.keys():
+    if key not in keys:
+      raise ValueError(f'{knob}.{key}: unknown key (known: {", ".join(keys)})')
+
+
 def check(config) -> None:
   """Raises ValueError naming every knob with an impossible value."""
   found = errors(config)

@@ -37,6 +37,8 @@ import os
 
 import numpy as np
 
+from radjax.core import config_checks
+
 KEYS = ('dir', 'tasks', 'weight', 'repeat', 'max_records', 'kind', 'builder', 'builder_kwargs')
 KINDS = ('image', 'volume')
 
@@ -104,12 +106,8 @@ def check_spec(name: str, spec) -> str:
   """A component's spec is a dict of known keys with a dir (before its dir is built or
   read: the errors name config.data.mixture.<name>); returns the dir."""
   knob = f'config.data.mixture.{name}'
-  if not hasattr(spec, 'items'):
-    raise ValueError(f'{knob}: expected dict(dir=..., tasks=(...), weight=..., repeat=...), '
-                     f'got {spec!r}')
-  for key in spec.keys():
-    if key not in KEYS:
-      raise ValueError(f'{knob}.{key}: unknown key (known: {", ".join(KEYS)})')
+  config_checks.check_keys(knob, spec, KEYS,
+                           'dict(dir=..., tasks=(...), weight=..., repeat=...)')
   if not spec.get('dir', ''):
     raise ValueError(f'{knob}.dir: missing (the dataset folder of this component)')
   if spec.get('kind', 'image') not in KINDS:

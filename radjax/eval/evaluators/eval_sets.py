@@ -31,6 +31,7 @@ import dataclasses
 
 import numpy as np
 
+from radjax.core import config_checks
 from radjax.data import mixture, source
 
 KEYS = ('component', 'dir', 'split', 'max_records', 'seed')
@@ -100,12 +101,7 @@ def check(config, known) -> None:
 
 def _checked(config, name: str, spec) -> dict:
   knob = f'config.eval.datasets.{name}'
-  if not hasattr(spec, 'items'):
-    raise ValueError(f"{knob}: expected dict(component='...') or dict(dir='...'), got "
-                     f'{spec!r}')
-  for key in spec.keys():
-    if key not in KEYS:
-      raise ValueError(f'{knob}.{key}: unknown key (known: {", ".join(KEYS)})')
+  config_checks.check_keys(knob, spec, KEYS, "dict(component='...') or dict(dir='...')")
   out = {k: spec.get(k, d) for k, d in zip(KEYS, ('', '', '', 0, 0))}
   for key in ('component', 'dir', 'split'):
     if not isinstance(out[key], str):
