@@ -8,6 +8,7 @@ import pytest
 
 from data_prep import build as build_lib
 from data_prep.builder import ManualDirError
+from radjax.data import schema
 from tests import data_prep_fixtures as fx
 
 N = 12  # real rows
@@ -181,3 +182,99 @@ def test_a_split_whose_every_record_is_rejected_is_left_out_and_the_others_are_k
   with pytest.raises(ValueError, match='every one of the 2 records of split .*image file missing'):
     build_lib.build('chexpert', str(tmp_path / 'out2'), manual_dir=str(tmp_path / 'src'))
   assert not os.path.exists(tmp_path / 'out2/chexpert/1.0.0')
+
+
+# The test set as CheXlocalize's download holds it: CheXpert/test_labels.csv (Path and the
+# 14 observations, in train.csv's order, each 1 or 0) and CheXpert/test/patientN/studyN/.
+# Patient numbers from 64741 on, as the test studies are numbered; the labels are made up.
+TEST_HEADER = ['Path', 'No Finding', 'Enlarged Cardiomediastinum', 'Cardiomegaly',
+               'Lung Opacity', 'Lung Lesion', 'Edema', 'Consolidation', 'Pneumonia',
+               'Atelectasis', 'Pneumothorax', 'Pleural Effusion', 'Pleural Other', 'Fracture',
+               'Support Devices']
+TEST_ROWS = [
+  ['test/patient64741/study1/view1_frontal.jpg'] + list('01110000000001'),
+  ['test/patient64741/study1/view2_lateral.jpg'] + list('01110000000001'),  # every view kept
+  ['test/patient64742/study1/view1_frontal.jpg', '1.0'] + ['0.0'] * 13,
+]
+
+
+def write_test_set(root) -> None:
+  for i, row in enumerate(TEST_ROWS):
+    fx.write_file(os.path.join(root, 'CheXpert', row[0]), fx.image_bytes(seed=100 + i))
+  bad = [list(TEST_ROWS[0]) for _ in range(4)]
+  bad[0][0] = 'test/patient64743/study1/view1_frontal.jpg'  # image file missing
+  bad[1][0] = 'test/patient64744/study1/view1_frontal.jpg'
+  bad[1][TEST_HEADER.index('Edema')] = '-1.0'  # no uncertain labels in the test set
+  bad[2][0] = 'test/patient64745/study1/view1_frontal.jpg'
+  bad[2][TEST_HEADER.index('Fracture')] = ''  # nor blank ones
+  bad[3][0] = 'valid/patient64541/study1/view1_frontal.jpg'  # not a test image
+  for row in bad[1:]:
+    fx.write_file(os.path.join(root, 'CheXpert', row[0]), fx.image_bytes(seed=7))
+  fx.write_csv(os.path.join(root, 'CheXpert/test_labels.csv'), TEST_HEADER, TEST_ROWS + bad)
+
+
+@pytest.fixture(scope='module')
+def built_with_test(tmp_path_factory):
+  root = tmp_path_factory.mktemp('chexpert_test_src')
+  write_source(root)
+  write_test_set(root)
+  return str(root), fx.build('chexpert', str(root), str(tmp_path_factory.mktemp('out')))
+
+
+def test_the_test_set_builds_as_its_own_split_with_every_label_1_or_0(built_with_test):
+  src, (path, manifest) = built_with_test
+  assert manifest['counts'] == {'train': N, 'val': 1, 'test': 3}
+  assert manifest['rejects_by_split'] == {'train': 6, 'val': 0, 'test': 4}
+  test = fx.examples(path, 'test')
+  assert [e['id'] for e in test] == [r[0][:-4] for r in TEST_ROWS]
+  first = test[0]
+  assert first['id'] == 'test/patient64741/study1/view1_frontal' and first['split'] == 'test'
+  assert first['labels'] == {obs: int(v) for obs, v in zip(TEST_HEADER[1:], TEST_ROWS[0][1:])}
+  assert first['labels']['Cardiomegaly'] == 1 and first['labels']['No Finding'] == 0
+  assert test[2]['labels'] == {'No Finding': 1} | {obs: 0 for obs in TEST_HEADER[2:]}
+  for ex, row in zip(test, TEST_ROWS):
+    assert set(ex['labels']) == set(schema.CHEXPERT_OBSERVATIONS)  # none absent, none -1
+    with open(os.path.join(src, 'CheXpert', row[0]), 'rb') as f:
+      assert ex['images'][0]['data'] == f.read()
+  assert fx.examples(path, 'train')[0]['id'] == 'train/patient00001/study1/view1_frontal'
+
+
+def test_a_bad_test_row_is_rejected_naming_the_file_and_row(built_with_test):
+  _, (path, _) = built_with_test
+  rejects = {k: r for k, r in fx.rejects(path).items() if r['split'] == 'test'}
+  assert {r['file'] for r in rejects.values()} == {'CheXpert/test_labels.csv'}
+  first_bad = len(TEST_ROWS) + 2  # the CSV's line: the header is line 1
+  got = {r['row']: r['reason'] for r in rejects.values()}
+  assert sorted(got) == list(range(first_bad, first_bad + 4))
+  assert got[first_bad] == ('CheXpert/test/patient64743/study1/view1_frontal.jpg: image file '
+                            'missing')
+  assert got[first_bad + 1].startswith("Edema: unknown label value '-1.0' (the test labels are "
+                                       '1.0 or 0.0')
+  assert got[first_bad + 2].startswith("Fracture: unknown label value ''")
+  assert got[first_bad + 3] == ("Path: 'valid/patient64541/study1/view1_frontal.jpg' is not an "
+                                'image below test/')
+
+
+def test_the_test_labels_may_sit_beside_train_csv_with_dataset_folder_paths(tmp_path):
+  """RadVLM's data folder keeps them there as test.csv, with test/ beside train/; a Path
+  with the dataset folder in front (as train.csv's) is read below the CSV's folder too."""
+  write_source(tmp_path)
+  rows = [list(TEST_ROWS[0]), list(TEST_ROWS[2])]
+  rows[1][0] = 'CheXpert-v1.0/' + rows[1][0]
+  for i, row in enumerate(TEST_ROWS[::2]):
+    fx.write_file(str(tmp_path / 'CheXpert-v1.0-small' / row[0]), fx.image_bytes(seed=i))
+  fx.write_csv(str(tmp_path / 'CheXpert-v1.0-small/test.csv'), TEST_HEADER, rows)
+  path, manifest = fx.build('chexpert', str(tmp_path), str(tmp_path / 'out'))
+  assert manifest['counts']['test'] == 2 and manifest['rejects_by_split']['test'] == 0
+  assert [e['id'] for e in fx.examples(path, 'test')] == [
+    'test/patient64741/study1/view1_frontal', 'test/patient64742/study1/view1_frontal']
+
+
+def test_a_test_labels_file_without_an_observation_names_it(tmp_path):
+  write_source(tmp_path)
+  fx.write_csv(str(tmp_path / 'CheXpert/test_labels.csv'), TEST_HEADER[:-1],
+               [r[:-1] for r in TEST_ROWS])
+  with pytest.raises(ManualDirError, match=r"CheXpert/test_labels.csv: header lacks columns "
+                     r"\['Support Devices'\]"):
+    build_lib.build('chexpert', str(tmp_path / 'out'), manual_dir=str(tmp_path))
+  assert not os.path.exists(tmp_path / 'out/chexpert/1.0.0')
