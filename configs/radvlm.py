@@ -28,8 +28,7 @@ Chest ImaGenome (2,000 images drawn with seed 4) and MS-CXR; the held-out loss r
 config.data.dir, or when it is '' the first component by name. Score the test sets with
 
   python main.py --config configs/radvlm.py --workdir runs/radvlm --mode=eval \
-      --config.eval.split=test --config.eval.num_generate=3314 \
-      --config.eval.datasets.classification.split=val ...   # the dirs of training
+      --config.eval.split=test --config.eval.num_generate=3314 ...   # the dirs of training
 
 Images are read as LLaVA-OneVision reads them (AnyRes, radjax/data/anyres.py): the
 384-pixel base tile, then the film's grid of tiles, scaled to about 9 tiles' tokens, a
@@ -79,9 +78,9 @@ MAX_RECORDS = {'chest_imagenome': 80000}
 EVAL_SETS = {
     # MIMIC_Dataset_MM(split='test', only_frontal=True, filtered_reports_dir=...): 3,314.
     'reports': ('mimic_reports', '', 0, 0),
-    # CheXpert_Dataset_MM(split='test') (frontal): 518. The chexpert build has train and
-    # val (valid.csv) only: at --config.eval.split=test add
-    # --config.eval.datasets.classification.split=val (CheXpert's validation films).
+    # CheXpert_Dataset_MM(split='test') (frontal): 518, from the radiologist-labelled test
+    # set: the chexpert build's test split, every view (668 images of 500 studies) when
+    # CheXlocalize's CheXpert/ folder was in its manual_dir; valid.csv (val) while training.
     'classification': ('chexpert', '', 0, 0),
     # VinDr_CXR_Single_Label_Dataset(split='test'): 2,108 (image, finding) pairs. VinDr-CXR
     # has no val split, so this reads test while training too.

@@ -266,6 +266,10 @@ def test_radvlm_scores_each_task_on_its_own_test_set():
   assert (s.dir, s.split, s.tasks, s.max_records, s.seed) == (
       '/data/chest_imagenome', 'test', ('anatomical_grounding',), 2000, 4)
   assert eval_sets.resolve(c, 'grounding', 'val').split == 'test'
+  # CheXpert: valid.csv while training, the chexpert build's test split after.
+  assert [(s.dir, s.split) for s in (eval_sets.resolve(c, 'classification', split)
+                                     for split in ('val', 'test'))] == [
+      ('/data/chexpert', 'val'), ('/data/chexpert', 'test')]
   assert eval_sets.resolve(c, 'loss', 'val') == eval_sets.default(c, 'val')
   # size=tiny / micro read the embedded default, and task=lm its text.
   for arg in ('size=tiny', 'size=micro', 'task=lm'):
