@@ -5,8 +5,9 @@
   python -m data_prep show <dataset dir> [--split S] [--limit N]
 
 `build` writes `OUT/<name>/[<config>/]<version>/` (point config.data.dir there) and
-prints its summary; a finished build is reused. `show` prints one JSON object per
-Example, images as format and size.
+prints its summary (counts, the records it leaves out by design, such as a `frontal`
+config's other views, and rejects); a finished build is reused. `show` prints one JSON
+object per Example, images as format and size.
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ def main(argv=None) -> int:
     print(f'error: {message}', file=sys.stderr)
     return 2
   manifest = build_lib.read_manifest(path)
-  print(json.dumps({'dataset_dir': path, 'counts': manifest['counts'],
+  # Records left out by design (filtered_by_view, filtered_by_mimic_split) are no rejects.
+  filtered = {k: v for k, v in manifest.items() if k.startswith('filtered_by_')}
+  print(json.dumps({'dataset_dir': path, 'counts': manifest['counts'], **filtered,
                     'num_rejects': manifest['num_rejects'],
                     'rejects': f"{path}/{manifest['rejects_file']}"}, indent=2))
   stale = build_lib.stale_incomplete_dirs(path)

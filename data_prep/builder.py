@@ -12,6 +12,9 @@ that reason. Anything `make_example` raises, and every `schema.validate` failure
 rejects the item: it goes to `rejects.jsonl` with id, split, file, row and reason, is
 counted in `manifest.json`, and the build carries on. A later item with the id of an
 earlier good one is rejected as a duplicate (per split; first in item order wins).
+A dataset of several views lists `view_configs(...)` as its BUILDER_CONFIGS (`default`,
+`frontal`) and leaves out of `split_items` the items `keeps_view` says no to: not
+rejects, counted per split in the manifest's `filtered_by_view`.
 
 Shards are TFDS ArrayRecord files whose records are msgpack Examples
 (radjax.data.schema), not tf.train.Examples: `MsgpackExampleWriter` unwraps them, so
@@ -150,6 +153,20 @@ def _warn_empty(name: str, split: str, rows: list[dict]) -> None:
                   rows[0]['reason'] if rows else '-')
 
 
+@dataclasses.dataclass(eq=False)
+class ViewConfig(tfds.core.BuilderConfig):
+  """A config that keeps some views of the films only: `views`, the values of the
+  dataset's own view field kept (empty: every view). RadjaxBuilder.keeps_view applies it."""
+  views: tuple[str, ...] = ()
+
+
+def view_configs(frontal: tuple[str, ...], description: str) -> list[ViewConfig]:
+  """BUILDER_CONFIGS of a dataset of several views: `default`, every view, and `frontal`,
+  the views `frontal` only (written to OUT/<name>/default/ and OUT/<name>/frontal/)."""
+  return [ViewConfig(name='default', description='every view'),
+          ViewConfig(name='frontal', views=frontal, description=description)]
+
+
 def _unpickled_builder(module: str, qualname: str) -> RadjaxBuilder:
   cls = importlib.import_module(module)
   for part in qualname.split('.'):
@@ -181,6 +198,7 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._split_names: list[str] = []
     self._empty_splits: dict[str, list[dict]] = {}  # split -> its reject rows
     self._new_empty_splits: dict[str, list[dict]] = {}
+    self._filtered_by_view: dict[str, int] = {}  # split -> items keeps_view left out
 
   def drop_empty_splits(self, error: Exception | None = None) -> bool:
     """After a failed build: True when it failed because splits had every record
@@ -226,6 +244,17 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def split_items(self, root: epath.Path) -> dict[str, list[dict]]:
     raise NotImplementedError
+
+  def keeps_view(self, view: str, split: str) -> bool:
+    """Whether an item of this view is in the build: False where the config (ViewConfig)
+    keeps other views only. An item left out is not a reject; it is counted per split in
+    the manifest's `filtered_by_view` (and the build's summary). Ask it of items that are
+    not rejected otherwise: a broken row is a reject in every config."""
+    views = getattr(self.builder_config, 'views', ())
+    if not views or view in views:
+      return True
+    self._filtered_by_view[split] = self._filtered_by_view.get(split, 0) + 1
+    return False
 
   def make_example(self, item: dict, split: str) -> dict:
     raise NotImplementedError
@@ -280,6 +309,7 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     root = self.check_manual_dir(dl_manager.manual_dir)
+    self._filtered_by_view = {}  # counted again on every try
     items = self._drop_itemless(self.split_items(root))
     self._split_names = list(items)
     for split_items in items.values():
@@ -356,6 +386,16 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     return generate()  # pylint: disable=no-value-for-parameter
 
+  def _view_manifest(self) -> dict[str, Any]:
+    """A ViewConfig's views and, per split, the items left out for their view."""
+    if not isinstance(self.builder_config, ViewConfig):
+      return {}
+    filtered = self._filtered_by_view
+    return {'views': list(self.builder_config.views),
+            'filtered_by_view': {s: filtered.get(s, 0)
+                                 for s in [*self.info.splits.keys(), *self._empty_splits,
+                                           *filtered]}}
+
   def _write_reject_part(self, name: str, rows: list[dict]) -> None:
     path = self.data_path / _PARTS
     path.mkdir(parents=True, exist_ok=True)
@@ -396,6 +436,7 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                            for s in [*splits.keys(), *self._empty_splits]},
       'rejects_file': REJECTS,
       'max_short_side': self.max_short_side,
+      **self._view_manifest(),
       **self.manifest_extra(),
     }
     (self.data_path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))

@@ -49,4 +49,5 @@ def test_chexpert_plus(tmp_path):
   assert "split: unknown value 'holdout'" in rejects[rows[4][0][:-4]]['reason']
   frontal, m2 = fx.build('chexpert_plus', src, str(tmp_path / 'out'), config='frontal')
   assert [e['id'] for e in fx.examples(frontal, 'train')] == [rows[0][0][:-4]]
-  assert m2['filtered_by_view'] == 1
+  assert m2['filtered_by_view'] == {'train': 1, 'val': 0} and m2['views'] == ['Frontal']
+  assert m2['num_rejects'] == manifest['num_rejects'] == 2  # the lateral is no reject

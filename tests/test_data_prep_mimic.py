@@ -114,7 +114,9 @@ def test_frontal_only(mimic, tmp_path):
   path, manifest = fx.build('mimic_cxr', mimic, str(tmp_path), config='frontal')
   assert path.endswith('mimic_cxr/frontal/1.0.0')
   assert [e['id'] for e in fx.examples(path, 'train')] == [dicom_id(0)]
-  assert manifest['filtered_by_view'] == 6 and manifest['num_rejects'] == 3
+  assert manifest['views'] == ['PA', 'AP']
+  assert manifest['filtered_by_view'] == {'train': 4, 'val': 1, 'test': 1}  # the 6 laterals
+  assert manifest['num_rejects'] == 3
 
 
 def test_cli_path_mistakes_are_one_line_errors(mimic, tmp_path, capsys):
@@ -148,4 +150,5 @@ def test_frontal_only_rejects_an_image_the_metadata_lacks(mimic, tmp_path):
   write_gz_csv(meta, rows[0], [r for r in rows[1:] if r[0] != gone])
   path, manifest = fx.build('mimic_cxr', root, str(tmp_path / 'out'), config='frontal')
   assert 'no row in mimic-cxr-2.0.0-metadata' in fx.rejects(path)[gone]['reason']
-  assert manifest['filtered_by_view'] == 6 and manifest['num_rejects'] == 3
+  assert manifest['filtered_by_view'] == {'train': 4, 'val': 1, 'test': 1}
+  assert manifest['num_rejects'] == 3

@@ -14,10 +14,8 @@ counted in the manifest as filtered). Id: `path_to_image` without its extension.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
-import tensorflow_datasets as tfds
 from etils import epath
 
 from data_prep import builder as builder_lib
@@ -30,11 +28,6 @@ COLUMNS = ('path_to_image', 'split', 'frontal_lateral', 'section_findings', 'sec
 SPLITS = {'train': 'train', 'valid': 'val', 'test': 'test'}
 
 
-@dataclasses.dataclass(eq=False)
-class PlusConfig(tfds.core.BuilderConfig):
-  frontal_only: bool = False
-
-
 class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
   """CheXpert-Plus radiographs with findings and impression sections."""
 
@@ -42,8 +35,7 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
   SOURCE = 'chexpert-plus'
   HOMEPAGE = 'https://stanfordaimi.azurewebsites.net/datasets/5158c524-d3ab-4e02-96e9-6ee9efc110a1'
   REQUIRED_FILES = (CSV,)
-  BUILDER_CONFIGS = [PlusConfig(name='default', description='every view'),
-                     PlusConfig(name='frontal', frontal_only=True, description='frontal only')]
+  BUILDER_CONFIGS = builder_lib.view_configs(('Frontal',), 'frontal only')  # frontal_lateral
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
     f'Download CheXpert-Plus ({CSV}, the PNG images, optionally chexbert_labels/) and '
     'pass the folder that holds them.')
@@ -55,12 +47,8 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
         if isinstance(rec, dict) and isinstance(rec.get('path_to_image'), str):
           labels[rec['path_to_image']] = (line, rec)
     out: dict[str, list] = {}
-    self._filtered = 0
     for line, row in checks.read_csv(root / CSV, COLUMNS, root):
       path = row['path_to_image'].strip()
-      if self.builder_config.frontal_only and row['frontal_lateral'] != 'Frontal':
-        self._filtered += 1
-        continue
       item = {'id': path.rsplit('.', 1)[0], 'file': CSV, 'row': line, 'path': path,
               'report': {'findings': row['section_findings'],
                          'impression': ' '.join(filter(None, (
@@ -68,7 +56,9 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
               'labels': labels.get(path, (None, None))[1]}
       if row['split'] not in SPLITS:
         item['reject'] = f"split: unknown value {row['split']!r}"
-      out.setdefault(SPLITS.get(row['split'], 'train'), []).append(item)
+      split = SPLITS.get(row['split'], 'train')
+      if 'reject' in item or self.keeps_view(row['frontal_lateral'], split):
+        out.setdefault(split, []).append(item)
     return out
 
   def make_example(self, item, split):
@@ -87,7 +77,3 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
     return schema.make_example(id=item['id'], source=self.SOURCE, split=split, images=[image],
                                report=report, labels={k: v for k, v in labels.items()
                                                       if v is not None})
-
-  def manifest_extra(self):
-    return {'frontal_only': self.builder_config.frontal_only,
-            'filtered_by_view': getattr(self, '_filtered', 0)}

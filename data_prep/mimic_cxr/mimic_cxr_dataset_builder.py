@@ -14,9 +14,6 @@ images are counted in the manifest as filtered, not rejected.
 
 from __future__ import annotations
 
-import dataclasses
-
-import tensorflow_datasets as tfds
 from etils import epath
 
 from data_prep import builder as builder_lib
@@ -32,19 +29,13 @@ def csv_path(root: epath.Path, name: str) -> epath.Path:
   return checks.find_one(root, (f'{name}.csv.gz', f'{name}.csv'), 'MIMIC-CXR-JPG')
 
 
-@dataclasses.dataclass(eq=False)
-class MimicConfig(tfds.core.BuilderConfig):
-  views: tuple[str, ...] = ()  # ViewPosition values kept; empty keeps all
-
-
 class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
   """MIMIC-CXR-JPG chest radiographs with report sections and CheXpert labels."""
 
   name = 'mimic_cxr'
   SOURCE = 'mimic-cxr'
   HOMEPAGE = 'https://physionet.org/content/mimic-cxr-jpg/'
-  BUILDER_CONFIGS = [MimicConfig(name='default', description='every view'),
-                     MimicConfig(name='frontal', views=FRONTAL, description='PA and AP only')]
+  BUILDER_CONFIGS = builder_lib.view_configs(FRONTAL, 'PA and AP only')  # ViewPosition
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
     'Download MIMIC-CXR-JPG and the MIMIC-CXR reports (mimic-cxr-reports.zip) from '
     'PhysioNet (credentialed); extract the reports into the MIMIC-CXR-JPG folder and '
@@ -63,24 +54,21 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
              for _, row in checks.read_csv(meta_csv, ('dicom_id', 'ViewPosition'), root)}
     labels = {(row['subject_id'], row['study_id']): (line, row) for line, row in checks.read_csv(
       label_csv, ('subject_id', 'study_id') + schema.CHEXPERT_OBSERVATIONS, root)}
-    keep = self.builder_config.views
     out = {split: [] for split in SPLITS.values()}
-    self._filtered = 0
     for line, row in checks.read_csv(
         split_csv, ('dicom_id', 'study_id', 'subject_id', 'split'), root):
       dicom_id, study, subject = row['dicom_id'], row['study_id'], row['subject_id']
-      if keep and dicom_id in views and views[dicom_id] not in keep:  # no row: rejected
-        self._filtered += 1
-        continue
       item = {'id': dicom_id, 'file': split_csv.name, 'row': line,
               'image': f'files/p{subject[:2]}/p{subject}/s{study}/{dicom_id}.jpg',
               'report': f'{report_root}/p{subject[:2]}/p{subject}/s{study}.txt',
               'labels': labels.get((subject, study), (None, None))[1]}
       if row['split'] not in SPLITS:
         item['reject'] = f"split: unknown value {row['split']!r}"
-      if dicom_id not in views:
+      if dicom_id not in views:  # no view to filter by: a reject in every config
         item['reject'] = f'{dicom_id}: no row in {meta_csv.name}'
-      out[SPLITS.get(row['split'], 'train')].append(item)
+      split = SPLITS.get(row['split'], 'train')
+      if 'reject' in item or self.keeps_view(views[dicom_id], split):
+        out[split].append(item)
     return {k: v for k, v in out.items() if v}
 
   def make_example(self, item, split):
@@ -99,7 +87,3 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
     image, _ = checks.read_image(root, item['image'], formats=('jpeg',))
     return schema.make_example(id=item['id'], source=self.SOURCE, split=split, images=[image],
                                report=report, labels=labels)
-
-  def manifest_extra(self):
-    return {'views': list(self.builder_config.views),
-            'filtered_by_view': getattr(self, '_filtered', 0)}
