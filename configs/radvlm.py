@@ -33,7 +33,9 @@ config.data.dir, or when it is '' the first component by name. Score the test se
 Images are read as LLaVA-OneVision reads them (AnyRes, radjax/data/anyres.py): the
 384-pixel base tile, then the film's grid of tiles, scaled to about 9 tiles' tokens, a
 newline after each row. Data dirs come from `python -m data_prep build <name>`
-(mimic_cxr, chexpert, vindr_cxr, ms_cxr, chest_imagenome, llava_json, ...). At size=tiny
+(mimic_cxr, chexpert, vindr_cxr, ms_cxr, chest_imagenome, llava_json, ...); chexpert's
+is its frontal config, RadVLM's frontal films (--config frontal: OUT/chexpert/frontal/1.0.0).
+At size=tiny
 five components read the embedded default, whose records carry labels, nodule boxes and
 short conversations; every evaluator reads it too.
 Arguments: size=full|tiny|micro, task=vlm|lm, init=DIR (an imported LLaVA-OneVision).
@@ -53,7 +55,7 @@ MIXTURE = {
     'mimic_reports': (('report',), 1),
     'mimic_labels': (('classification',), 1),
     'chexpert_plus': (('report',), 1),
-    'chexpert': (('classification',), 1),
+    'chexpert': (('classification',), 1),  # the frontal config's build: 191,027 images
     'vindr_grounding': (('abnormality_grounding',), 3),
     'vindr_detection': (('detection',), 2),
     'ms_cxr': (('phrase_grounding',), 3),
@@ -78,9 +80,10 @@ MAX_RECORDS = {'chest_imagenome': 80000}
 EVAL_SETS = {
     # MIMIC_Dataset_MM(split='test', only_frontal=True, filtered_reports_dir=...): 3,314.
     'reports': ('mimic_reports', '', 0, 0),
-    # CheXpert_Dataset_MM(split='test') (frontal): 518, from the radiologist-labelled test
-    # set: the chexpert build's test split, every view (668 images of 500 studies) when
-    # CheXlocalize's CheXpert/ folder was in its manual_dir; valid.csv (val) while training.
+    # CheXpert_Dataset_MM(split='test') (only_frontal: Paths ending in frontal.jpg): 518 of
+    # the radiologist-labelled test set's 668 images, the test split of the chexpert
+    # build's frontal config (there when CheXlocalize's CheXpert/ folder was in its
+    # manual_dir); valid.csv's frontal films (val) while training.
     'classification': ('chexpert', '', 0, 0),
     # VinDr_CXR_Single_Label_Dataset(split='test'): 2,108 (image, finding) pairs. VinDr-CXR
     # has no val split, so this reads test while training too.

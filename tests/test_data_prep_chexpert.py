@@ -1,5 +1,6 @@
 """CheXpert builder on a fixture in the publisher's layout (real CSV rows from the
 torchxrayvision wheel), with planted bad records."""
+import csv
 import os
 import subprocess
 import sys
@@ -19,6 +20,8 @@ def write_source(root) -> tuple[list[str], list[list[str]]]:
   CSV header and the N good rows."""
   header, rows = fx.txv_rows('chexpert_train.csv.gz', N)
   bad = [list(r) for r in rows[:6]]
+  for r in bad[:5]:
+    r[header.index('Frontal/Lateral')] = 'Frontal'  # as their file names say (rows[3]: Lateral)
   for r in rows:
     fx.write_file(os.path.join(root, r[0]), fx.image_bytes(seed=len(r[0])))
   # Planted bad records (paths in the real pattern; each one broken in one way).
@@ -96,8 +99,8 @@ def test_every_planted_record_is_rejected_with_its_reason(built, chexpert_src):
 def test_rerun_is_a_no_op(built, chexpert_src):
   path, _ = built
   stamp = {f: os.path.getmtime(os.path.join(path, f)) for f in os.listdir(path)}
-  again = build_lib.build('chexpert', os.path.dirname(os.path.dirname(path)),
-                          manual_dir=chexpert_src[0])
+  data_dir = os.path.dirname(os.path.dirname(os.path.dirname(path)))  # chexpert/default/1.0.0
+  again = build_lib.build('chexpert', data_dir, manual_dir=chexpert_src[0])
   assert again == path
   assert {f: os.path.getmtime(os.path.join(path, f)) for f in os.listdir(path)} == stamp
 
@@ -131,8 +134,12 @@ def test_a_file_that_is_no_image_is_rejected_in_words_that_do_not_change_run_to_
 
 
 def test_an_unknown_builder_config_is_named_with_the_ones_there_are(tmp_path):
-  with pytest.raises(ValueError, match="chexpert: no config 'frontal'; it has none"):
-    build_lib.build('chexpert', str(tmp_path), manual_dir=str(tmp_path), config='frontal')
+  with pytest.raises(ValueError, match="chexpert: no config 'lateral'; its configs: default, "
+                     'frontal'):
+    build_lib.build('chexpert', str(tmp_path), manual_dir=str(tmp_path), config='lateral')
+  with pytest.raises(ValueError, match="nih_chest_xray14: no config 'frontal'; it has none"):
+    build_lib.build('nih_chest_xray14', str(tmp_path), manual_dir=str(tmp_path),
+                    config='frontal')
   with pytest.raises(ValueError, match="mimic_cxr: no config 'frontl'; its configs: default, "
                      'frontal'):
     build_lib.build('mimic_cxr', str(tmp_path), manual_dir=str(tmp_path), config='frontl')
@@ -166,7 +173,7 @@ def test_a_split_whose_every_record_is_rejected_is_left_out_and_the_others_are_k
                    str(tmp_path / 'out')]) == 0
   err = capsys.readouterr().err
   assert "every record of split 'val' was rejected" in err, err[-600:]
-  path = str(tmp_path / 'out/chexpert/1.0.0')
+  path = str(tmp_path / 'out/chexpert/default/1.0.0')  # the default config's dir
   manifest = build_lib.read_manifest(path)
   assert manifest['counts'] == {'train': N, 'val': 0} and manifest['empty_splits'] == ['val']
   assert manifest['rejects_by_split'] == {'train': 6, 'val': 2}
@@ -181,7 +188,7 @@ def test_a_split_whose_every_record_is_rejected_is_left_out_and_the_others_are_k
   fx.write_csv(str(tmp_path / 'src/CheXpert-v1.0-small/train.csv'), header, valid)
   with pytest.raises(ValueError, match='every one of the 2 records of split .*image file missing'):
     build_lib.build('chexpert', str(tmp_path / 'out2'), manual_dir=str(tmp_path / 'src'))
-  assert not os.path.exists(tmp_path / 'out2/chexpert/1.0.0')
+  assert not os.path.exists(tmp_path / 'out2/chexpert/default/1.0.0')
 
 
 # The test set as CheXlocalize's download holds it: CheXpert/test_labels.csv (Path and the
@@ -277,4 +284,111 @@ def test_a_test_labels_file_without_an_observation_names_it(tmp_path):
   with pytest.raises(ManualDirError, match=r"CheXpert/test_labels.csv: header lacks columns "
                      r"\['Support Devices'\]"):
     build_lib.build('chexpert', str(tmp_path / 'out'), manual_dir=str(tmp_path))
-  assert not os.path.exists(tmp_path / 'out/chexpert/1.0.0')
+  assert not os.path.exists(tmp_path / 'out/chexpert/default/1.0.0')
+
+
+# The `frontal` config (RadVLM's CheXpert: frontal films only). The view is the file
+# name's in every split (the test labels have no view column); train.csv's and valid.csv's
+# Frontal/Lateral must agree with it.
+def write_views_source(root) -> tuple[list[str], list[list[str]]]:
+  """write_source's release (3 of its N real train rows lateral) and test set, a lateral
+  valid film, and two train rows whose view is in doubt; returns the two bad rows."""
+  header, rows = write_source(root)
+  write_test_set(root)
+  valid = [list(rows[0]), list(rows[3])]  # rows[3]: a real lateral row
+  valid[0][0] = 'CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg'
+  valid[1][0] = 'CheXpert-v1.0-small/valid/patient64541/study1/view2_lateral.jpg'
+  fx.write_file(os.path.join(root, valid[1][0]), fx.image_bytes(seed=8))
+  fx.write_csv(os.path.join(root, 'CheXpert-v1.0-small/valid.csv'), header, valid)
+  doubt = [list(rows[0]), list(rows[0])]
+  doubt[0][0] = 'CheXpert-v1.0-small/train/patient99996/study1/view1_frontal.jpg'
+  doubt[0][header.index('Frontal/Lateral')] = 'Lateral'  # says otherwise than its name
+  doubt[1][0] = 'CheXpert-v1.0-small/train/patient99997/study1/view1.jpg'  # names no view
+  for r in doubt:
+    fx.write_file(os.path.join(root, r[0]), fx.image_bytes(seed=9))
+  with open(os.path.join(root, 'CheXpert-v1.0-small/train.csv'), 'a', newline='') as f:
+    csv.writer(f).writerows(doubt)  # after write_source's rows
+  return header, doubt
+
+
+@pytest.fixture(scope='module')
+def built_views(tmp_path_factory):
+  """The release built in both configs into one data_dir."""
+  src = tmp_path_factory.mktemp('chexpert_views_src')
+  _, doubt = write_views_source(src)
+  out = str(tmp_path_factory.mktemp('out'))
+  return (str(src), out, doubt, fx.build('chexpert', str(src), out),
+          fx.build('chexpert', str(src), out, config='frontal'))
+
+
+def _ids(path, split):
+  return [e['id'] for e in fx.examples(path, split)]
+
+
+def test_the_frontal_config_leaves_the_lateral_films_of_every_split_out(built_views):
+  _, out, _, (default, m_all), (frontal, m_front) = built_views
+  assert default == os.path.join(out, 'chexpert/default/1.0.0')
+  assert frontal == os.path.join(out, 'chexpert/frontal/1.0.0')
+  assert m_all['config'] == 'default' and m_front['config'] == 'frontal'
+  # Default: every view (N train rows, 3 of them lateral; a lateral in val and in test).
+  assert m_all['counts'] == {'train': N, 'val': 2, 'test': 3}
+  assert (m_all['views'], m_all['filtered_by_view']) == ([], {'train': 0, 'val': 0, 'test': 0})
+  # Frontal: the laterals left out (in train, the planted duplicate of one too), counted
+  # per split, not rejected.
+  assert m_front['counts'] == {'train': N - 3, 'val': 1, 'test': 2}
+  assert m_front['views'] == ['Frontal']
+  assert m_front['filtered_by_view'] == {'train': 4, 'val': 1, 'test': 1}
+  for split in ('train', 'val', 'test'):
+    every = _ids(default, split)
+    assert any(i.endswith('_lateral') for i in every), split
+    assert _ids(frontal, split) == [i for i in every if i.endswith('_frontal')], split
+  assert _ids(frontal, 'test') == ['test/patient64741/study1/view1_frontal',
+                                   'test/patient64742/study1/view1_frontal']
+  assert fx.examples(frontal, 'val') == fx.examples(default, 'val')[:1]  # the same records
+  # The planted duplicate repeats a lateral row: left out with it, so no reject in frontal.
+  assert m_all['rejects_by_split'] == {'train': 8, 'val': 0, 'test': 4}
+  assert m_front['rejects_by_split'] == {'train': 7, 'val': 0, 'test': 4}
+  assert not any('duplicate' in r['reason'] for r in fx.rejects(frontal).values())
+
+
+def test_a_view_in_doubt_is_a_reject_in_every_config_naming_the_file_and_row(built_views):
+  _, _, _, (default, _), (frontal, _) = built_views
+  first = N + 6 + 2  # the CSV's line: the header, N good rows and 6 planted bad ones before
+  for path in (default, frontal):
+    rejects = fx.rejects(path)
+    mismatch = rejects['train/patient99996/study1/view1_frontal']
+    assert (mismatch['file'], mismatch['row']) == ('CheXpert-v1.0-small/train.csv', first)
+    assert mismatch['reason'] == (
+      "Frontal/Lateral: 'Lateral', but the file name "
+      "'CheXpert-v1.0-small/train/patient99996/study1/view1_frontal.jpg' is frontal")
+    no_view = rejects['train/patient99997/study1/view1']
+    assert (no_view['file'], no_view['row']) == ('CheXpert-v1.0-small/train.csv', first + 1)
+    assert no_view['reason'].startswith(
+      "Path: 'CheXpert-v1.0-small/train/patient99997/study1/view1.jpg' names no view")
+
+
+def test_the_build_summary_says_how_many_films_of_each_split_were_left_out(built_views,
+                                                                           capsys):
+  import json
+
+  from data_prep import __main__ as cli
+  src, out, _, _, (frontal, _) = built_views
+  assert cli.main(['build', 'chexpert', '--manual_dir', src, '--data_dir', out,
+                   '--config', 'frontal']) == 0  # finished: reused
+  summary = json.loads(capsys.readouterr().out)
+  assert summary['dataset_dir'] == frontal
+  assert summary['counts'] == {'train': N - 3, 'val': 1, 'test': 2}
+  assert summary['filtered_by_view'] == {'train': 4, 'val': 1, 'test': 1}
+  assert summary['num_rejects'] == 11
+
+
+def test_the_view_is_the_file_names_in_every_split():
+  from data_prep.chexpert import chexpert_dataset_builder as cx
+  assert [cx.image_view(p) for p in (
+    'CheXpert-v1.0-small/train/patient00002/study1/view2_lateral.jpg',
+    'CheXpert/test/patient64741/study1/view1_frontal.jpg', 'test/p/s/view1.jpg',
+    'test/p/s/view1_oblique.jpg')] == ['Lateral', 'Frontal', None, None]
+  assert cx.view_reject('train/p/s/view1_frontal.jpg', 'Frontal') is None
+  assert cx.view_reject('train/p/s/view1_frontal.jpg', '') is None  # blank: the name says
+  assert cx.view_reject('test/p/s/view2_lateral.jpg', None) is None  # test: no column
+  assert 'is lateral' in cx.view_reject('train/p/s/view2_lateral.jpg', 'Frontal')

@@ -266,7 +266,7 @@ def test_radvlm_scores_each_task_on_its_own_test_set():
   assert (s.dir, s.split, s.tasks, s.max_records, s.seed) == (
       '/data/chest_imagenome', 'test', ('anatomical_grounding',), 2000, 4)
   assert eval_sets.resolve(c, 'grounding', 'val').split == 'test'
-  # CheXpert: valid.csv while training, the chexpert build's test split after.
+  # CheXpert: valid.csv while training, the test split after (of the frontal build: below).
   assert [(s.dir, s.split) for s in (eval_sets.resolve(c, 'classification', split)
                                      for split in ('val', 'test'))] == [
       ('/data/chexpert', 'val'), ('/data/chexpert', 'test')]
@@ -274,6 +274,39 @@ def test_radvlm_scores_each_task_on_its_own_test_set():
   # size=tiny / micro read the embedded default, and task=lm its text.
   for arg in ('size=tiny', 'size=micro', 'task=lm'):
     assert not radvlm.get_config(arg).eval.datasets, arg
+
+
+def test_radvlm_chexpert_is_the_frontal_build(tmp_path):
+  """datasets.py CheXpert_Dataset_MM(only_frontal=True) keeps the Paths ending in
+  frontal.jpg: 191,027 of the real train.csv's 223,414 (create_llava_dataset.py's count),
+  518 of the test set's 668. The chexpert builder's frontal config keeps the same films of
+  train.csv (the torchxrayvision wheel's copy), none rejected (Frontal/Lateral agrees with
+  every file name), and the README's RadVLM build is that config, its dir the component's."""
+  import gzip
+  import os
+  import re
+  import shutil
+
+  from etils import epath
+
+  from data_prep import build as build_lib
+  from tests import data_prep_fixtures as fx
+  (tmp_path / 'CheXpert-v1.0-small').mkdir()
+  with gzip.open(fx.txv_data('chexpert_train.csv.gz')) as f, open(
+      tmp_path / 'CheXpert-v1.0-small/train.csv', 'wb') as out:
+    shutil.copyfileobj(f, out)
+  builder = build_lib.builder_class('chexpert')(data_dir=str(tmp_path / 'out'),
+                                                config='frontal')
+  items = builder.split_items(epath.Path(tmp_path))['train']
+  assert not [i for i in items if i.get('reject')]
+  assert len(items) == RADVLM_PAIRS['chexpert'][0] == 191027
+  assert all(i['image'].endswith('frontal.jpg') for i in items)
+  assert builder._filtered_by_view == {'train': 223414 - 191027}
+  readme = open(os.path.join(os.path.dirname(__file__), '..', 'README.md')).read()
+  command = re.search(r'python -m data_prep build chexpert [^\n]*\n[^\n]*\n[^\n]*', readme)
+  assert command, 'the README gives no chexpert build'
+  assert '--config frontal' in command.group(0), command.group(0)
+  assert 'chexpert.dir=OUT/chexpert/frontal/1.0.0' in command.group(0), command.group(0)
 
 
 def test_radvlm_trains_unaugmented_findings_with_the_scripts_optimizer():

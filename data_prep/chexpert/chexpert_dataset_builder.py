@@ -18,6 +18,16 @@ other value (-1.0 too) rejects the row. `Path` is relative to the CSV's folder
 (`test/patient64741/study1/view1_frontal.jpg`); a `CheXpert-v1.0[-small]/` prefix, as
 train.csv's paths carry, is dropped first, and a path outside `test/` is rejected.
 
+Views: config `default` keeps every view, `frontal` the frontal films only (RadVLM's
+191,027 of train.csv's 223,414 images, and 518 of the test set's 668); the others are
+left out, not rejected, and counted per split in the manifest's `filtered_by_view`. One
+rule for every split, since the test labels have no view column: an image's view is its
+file name's, `viewN_frontal.jpg` or `viewN_lateral.jpg` (RadVLM's CheXpert_Dataset_MM
+keeps the `Path`s ending in `frontal.jpg`). Where the CSV has `Frontal/Lateral`
+(train.csv, valid.csv) it must say the same or be blank; a mismatch, or a file name that
+names no view, rejects the row in every config. `AP/PA` is not read: train.csv's 191,027
+frontal films are the ones its `Frontal/Lateral` says, 17 of them marked LL or RL.
+
 Sex, Age and view columns have no place in the Example schema. Example ids are the image
 path below the dataset folder without its extension, e.g.
 `train/patient00001/study1/view1_frontal` or `test/patient64741/study1/view1_frontal`.
@@ -40,6 +50,7 @@ SPLIT_FILES = {'train': 'train.csv', 'val': 'valid.csv'}
 TEST_FILES = ('CheXpert/test_labels.csv', '{dataset}/test_labels.csv', '{dataset}/test.csv')
 TEST_COLUMNS = ('Path',) + schema.CHEXPERT_OBSERVATIONS
 TEST_VALUES = {'1': 1, '1.0': 1, '0': 0, '0.0': 0}
+VIEWS = {'frontal': 'Frontal', 'lateral': 'Lateral'}  # file name's view -> Frontal/Lateral
 
 
 def parse_labels(row: dict, test: bool = False) -> dict:
@@ -71,6 +82,24 @@ def test_image(path: str) -> str:
   return posixpath.normpath(path) if path else path
 
 
+def image_view(path: str) -> str | None:
+  """'Frontal' or 'Lateral' from the file name (`view1_frontal.jpg`); None if it names none."""
+  stem = posixpath.basename(path).rsplit('.', 1)[0]
+  return VIEWS.get(stem.rsplit('_', 1)[-1]) if '_' in stem else None
+
+
+def view_reject(path: str, column: str | None) -> str | None:
+  """Why the row's view is in doubt: a file name naming none, or a `Frontal/Lateral`
+  (`column`; None or blank where the CSV has none) saying otherwise."""
+  view = image_view(path)
+  if view is None:
+    return (f'Path: {path!r} names no view (CheXpert images are viewN_frontal.jpg or '
+            'viewN_lateral.jpg)')
+  if (column or '').strip() not in ('', view):
+    return f'Frontal/Lateral: {column!r}, but the file name {path!r} is {view.lower()}'
+  return None
+
+
 def find_test_csv(root: epath.Path, base: epath.Path) -> epath.Path | None:
   for rel in TEST_FILES:
     path = root / rel.format(dataset=base.name)
@@ -86,6 +115,7 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
   SOURCE = 'chexpert'
   HOMEPAGE = 'https://stanfordmlgroup.github.io/competitions/chexpert/'
   REQUIRE_TEXT = False
+  BUILDER_CONFIGS = builder_lib.view_configs(('Frontal',), 'viewN_frontal.jpg only')
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
     'Download CheXpert-v1.0-small (or CheXpert-v1.0) after accepting the Stanford '
     'licence and extract it; pass the folder that holds CheXpert-v1.0-small/. For the '
@@ -106,11 +136,21 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
       for line, row in checks.read_csv(path, COLUMNS, root):
         image = (row.get('Path') or '').strip()
         rid = image.split('/', 1)[1].rsplit('.', 1)[0] if '/' in image else image
-        out[split].append({'id': rid, 'file': rel, 'row': line, 'image': image, 'csv': row})
+        self.add_item(out[split], split, {'id': rid, 'file': rel, 'row': line, 'image': image,
+                                          'csv': row}, row.get('Frontal/Lateral'))
     test_csv = find_test_csv(root, base)
     if test_csv is not None:
       out['test'] = self.test_items(root, test_csv)
     return out
+
+  def add_item(self, items: list[dict], split: str, item: dict, column: str | None) -> None:
+    """Appends `item` unless the config leaves its view out; a reject (its own, or its
+    view's: view_reject) is kept in every config."""
+    reason = item.get('reject') or view_reject(item['image'], column)
+    if reason:
+      items.append(item | {'reject': reason})
+    elif self.keeps_view(image_view(item['image']), split):
+      items.append(item)
 
   def test_items(self, root: epath.Path, path: epath.Path) -> list[dict]:
     rel = str(path.relative_to(root))
@@ -122,7 +162,7 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
               'image': f'{folder}/{image}', 'csv': row}
       if not image.startswith('test/'):
         item['reject'] = f"Path: {row.get('Path')!r} is not an image below test/"
-      items.append(item)
+      self.add_item(items, 'test', item, None)
     return items
 
   def make_example(self, item, split):
