@@ -50,7 +50,8 @@ config_flags.DEFINE_config_file('config', None, 'Recipe config file.', lock_conf
 flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and TensorBoard events go here.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'generate', 'chat', 'dry_run'],
                   'What to do. dry_run: compile the train step for the configured mesh on '
-                  'the visible devices and print per-device memory (bench/memory.py).')
+                  'the visible devices and print per-device memory (bench/memory.py); '
+                  'from the config alone, no dataset needed.')
 flags.DEFINE_list('images', [], 'Image files for --mode=generate / chat.')
 flags.DEFINE_string('prompt', '', 'The question for --mode=generate (a VLM: about each image; '
                     'default: the report request); a decoder workdir needs one.')

@@ -1,5 +1,7 @@
 r"""Per-device memory of a recipe's training, from shapes alone: nothing the size of the
-model is ever allocated, so a 13B RadFM fits the analysis on a laptop.
+model is ever allocated, so a 13B RadFM fits the analysis on a laptop, and no dataset is
+read (the batch's shapes come from the config: data.max_len, data.max_images, AnyRes's tile
+slots), so a run can be sized before its data is built.
 
   python bench/memory.py --config configs/radfm.py --devices 1,8 [--compile_llm_layers 4]
       [--config.train.batch_size=8 --config.data.max_len=2048 ...]
@@ -116,11 +118,12 @@ def dry_run(config) -> dict:
           'which holds the attention scores: the temp bytes are an upper bound')
   exp = experiment(config, n, fsdp=False)
   mem, secs = compiled_memory(exp)
-  out = dict(devices=n, mesh=dict(exp.mesh.shape), params=per_device_bytes(exp.state.params),
+  out = dict(devices=n, mesh=dict(exp.mesh.shape), count=count(exp.state.params),
+             params=per_device_bytes(exp.state.params),
              opt=per_device_bytes(exp.state.opt_state), compile_secs=secs, **mem)
   out['peak'] = peak(mem)
   size = lambda b: f'{b / GIB:.2f} GiB' if b >= GIB / 10 else f'{b / 2**20:.2f} MiB'  # noqa: E731
-  print(f'dry run: {count(exp.state.params) / 1e6:.1f}M params on {n} '
+  print(f'dry run: {out["count"] / 1e6:.1f}M params on {n} '
         f'{jax.devices()[0].platform} devices, mesh {out["mesh"]}; per device: params '
         f'{size(out["params"])}, optimizer {size(out["opt"])}; compiled step ({secs:.0f} s): '
         + ', '.join(f'{k} {size(out[k])}' for k in ('argument', 'output', 'temp', 'alias',

@@ -1,5 +1,7 @@
 """bench/memory.py's per-device bytes: exact on one device, ~8x less with fsdp=8, from
 abstract shapes (nothing allocated)."""
+import pytest
+
 from bench import memory
 from configs import radfm
 
@@ -73,3 +75,53 @@ def test_vqgan_step_compiles_in_bfloat16():
     config.runtime.dtype = 'bfloat16'
   mem, _ = memory.compiled_memory(memory.experiment(config, 1))
   assert memory.peak(mem) > 0
+
+
+def _radvlm_without_data(tmp_path):
+  """configs/radvlm.py (AnyRes, a five-component mixture) at size=micro, its data unbuilt as
+  a user planning a run has it: the first component's dir unset (as the full recipe ships
+  it), the others' missing."""
+  from configs import radvlm
+  config = radvlm.get_config('size=micro')
+  config.data.dir, config.data.builder = '', ''
+  for i, name in enumerate(config.data.mixture):
+    config.data.mixture[name].dir = '' if i == 0 else str(tmp_path / 'unbuilt' / name)
+  return config
+
+
+def test_a_dry_run_needs_no_data(demo_data, tmp_path):
+  """--mode=dry_run's shapes come from the config alone (max_len, image slots, AnyRes tile
+  slots): with no dataset built it gives what it gives with one, and reads no dir."""
+  from configs import radvlm
+  built = radvlm.get_config('size=micro')
+  built.data.dir = demo_data
+  for name in built.data.mixture:
+    built.data.mixture[name].dir = demo_data
+  unbuilt = _radvlm_without_data(tmp_path)
+  want, got = memory.dry_run(built), memory.dry_run(unbuilt)
+  assert got['count'] == want['count'] > 0
+  assert {k: v for k, v in got.items() if k != 'compile_secs'} == \
+      {k: v for k, v in want.items() if k != 'compile_secs'}
+  assert not (tmp_path / 'unbuilt').exists()
+
+
+def test_training_without_data_is_a_named_error_before_the_model_is_built(demo_data, tmp_path,
+                                                                          monkeypatch):
+  """What a dry run does not need, a train run does: the first component's unset dir is
+  named before the model is built (or its init_from weights read)."""
+  import os
+
+  from radjax import run
+  from radjax.train import setup
+  config = _radvlm_without_data(tmp_path)
+  config.data.tokenizer = os.path.join(demo_data, 'tokenizer.json')  # the task builds
+
+  def no_model(*args, **kwargs):
+    raise AssertionError('the model was built before the data was checked')
+  monkeypatch.setattr(setup, 'build', no_model)
+  with pytest.raises(ValueError, match=r'config\.data\.mixture\.conversations\.dir: missing'):
+    run.main(config, str(tmp_path / 'w'), 'train')
+  config.data.mixture.conversations.dir = demo_data  # the next one is not there
+  with pytest.raises(FileNotFoundError, match=r"config\.data\.mixture\.labels\.dir: '.*"
+                                              r"unbuilt/labels' is not a directory"):
+    run.main(config, str(tmp_path / 'w'), 'train')

@@ -105,14 +105,21 @@ def components(config) -> list[Component]:
 def check_spec(name: str, spec) -> str:
   """A component's spec is a dict of known keys with a dir (before its dir is built or
   read: the errors name config.data.mixture.<name>); returns the dir."""
+  check_shape(name, spec)
+  if not spec.get('dir', ''):
+    raise ValueError(f'config.data.mixture.{name}.dir: missing (the dataset folder of this '
+                     'component)')
+  return spec['dir']
+
+
+def check_shape(name: str, spec) -> None:
+  """What of a spec the batches' shapes depend on (its keys, its kind), with no dir: a
+  dry run (bench/memory.py) needs no data."""
   knob = f'config.data.mixture.{name}'
   config_checks.check_keys(knob, spec, KEYS,
                            'dict(dir=..., tasks=(...), weight=..., repeat=...)')
-  if not spec.get('dir', ''):
-    raise ValueError(f'{knob}.dir: missing (the dataset folder of this component)')
   if spec.get('kind', 'image') not in KINDS:
     raise ValueError(f"{knob}.kind: {spec.get('kind')!r} is not one of {', '.join(KINDS)}")
-  return spec['dir']
 
 
 def check_specs(config) -> None:
@@ -167,7 +174,7 @@ def eval_tasks(config) -> tuple[str, ...]:
   if config.data.dir or not config.data.mixture:
     return tuple(config.data.tasks)
   first = names(config)[0]
-  check_spec(first, config.data.mixture[first])
+  check_shape(first, config.data.mixture[first])
   return tuple(config.data.mixture[first].get('tasks', config.data.tasks))
 
 
@@ -179,9 +186,10 @@ def eval_knob(config) -> str:
 
 
 def eval_kind(config) -> str:
-  """'image' or 'volume': what the eval dataset holds (config.data.dir: images)."""
+  """'image' or 'volume': what the eval dataset holds (config.data.dir: images). From the
+  config alone (the task's slots are built from it before any data is read)."""
   if config.data.dir or not config.data.mixture:
     return 'image'
   first = names(config)[0]
-  check_spec(first, config.data.mixture[first])
+  check_shape(first, config.data.mixture[first])
   return config.data.mixture[first].get('kind', 'image')

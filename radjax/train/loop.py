@@ -39,6 +39,10 @@ def train(config, workdir: str, task, devices=None) -> dict:
   workdir_lib.check_resumable(config, workdir)  # before anything is written
   ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoint,
                                      handle_sigterm=True)
+  # The data's knobs (each mixture component's dir is there, ...) before the model is
+  # built and its init_from weights read: the task needs none of it (a dry run reads no
+  # data), the stream below does.
+  mixture.components(config)
   # init_from weights only matter for a fresh run; a resumed one restores everything.
   fresh = ckpt.latest_step() is None
   exp = setup.build(config, task, devices, pretrained=fresh)
