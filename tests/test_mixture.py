@@ -109,7 +109,6 @@ def test_processes_together_read_the_mixture_of_one(dirs):
     want = sorted(zip(one[k]['rid'], one[k]['noise']))
     got = sorted(x for ds in three for x in zip(ds[k]['rid'], ds[k]['noise']))
     assert got == want, k
-  assert pipeline.resumes_on_any_process_count(config)
 
 
 def test_weight_zero_is_size_times_repeat(dirs):

@@ -171,6 +171,116 @@ def test_packed_iterator_resumes_from_its_checkpoint(demo_data, tmp_path):
   assert logged['data/truncated'] == 0.0
 
 
+def _processes(config, task, count: int) -> list:
+  """The iterators of `count` simulated processes of a run."""
+  return [pipeline.make_iterator(pipeline.train_dataset(config, task.processor, 'train', p,
+                                                        count), 0) for p in range(count)]
+
+
+def _global_batches(iterators, n: int) -> list[dict]:
+  """n global batches: each process's batch, in process order."""
+  out = []
+  for _ in range(n):
+    parts = [next(it) for it in iterators]
+    out.append({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+  return out
+
+
+def _assert_same(got: list[dict], want: list[dict]) -> None:
+  for g, w in zip(got, want, strict=True):
+    assert g.keys() == w.keys()
+    for k in w:
+      np.testing.assert_array_equal(g[k], w[k], err_msg=k)
+
+
+@pytest.mark.parametrize('shards, before, after', [(0, 2, 1), (4, 2, 4), (4, 4, 1)])
+def test_a_packed_run_resumes_on_another_process_count(demo_data, shards, before, after):
+  """k steps on `before` simulated processes, then their iterator states (as checkpointed:
+  JSON, merged as the Checkpointer merges them) resumed on `after` processes: the next
+  batches are the rows the uninterrupted run reads, row for row (config.data.pack_shards;
+  0: the shards are the first run's processes)."""
+  import json
+
+  from radjax.core import checkpoint as checkpoint_lib
+  config = packed_config(demo_data)
+  config.data.pack_shards = shards
+  task = run_lib.make_task(config)
+  run = _processes(config, task, before)
+  _global_batches(run, 3)
+  states = [json.loads(json.dumps(it.get_state())) for it in run]
+  want = _global_batches(run, 4)
+  resumed = _processes(config, task, after)
+  merged = checkpoint_lib.merge_iterator_states(states)
+  for it in resumed:
+    assert it.refuses(states) is None
+    it.set_state(merged)
+  _assert_same(_global_batches(resumed, 4), want)
+  assert np.mean([b['segment_ids'].max(-1).mean() for b in want]) > 1.5  # rows are packed
+  if shards == 0:
+    # Which examples share a row is the shards' packing: a run started on `after`
+    # processes packs other rows, so the resumed rows are not equal by chance.
+    fresh = _processes(config, task, after)
+    _global_batches(fresh, 3)
+    assert any(not np.array_equal(g['tokens'], w['tokens'])
+               for g, w in zip(_global_batches(fresh, 4), want))
+
+
+def test_a_packed_checkpoint_resumes_through_the_checkpointer(demo_data, tmp_path):
+  """Two simulated processes' iterator files in a checkpoint, restored by this one process
+  (the trainer's path): the two-process run's next rows."""
+  import json
+  import os
+
+  from radjax.core import checkpoint as checkpoint_lib
+  config = packed_config(demo_data)
+  task = run_lib.make_task(config)
+  run = _processes(config, task, 2)
+  _global_batches(run, 2)
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), keep=1, use_async=False)
+  ckpt.save(2, {'step': np.full((1,), 2, np.int32)}, run[0])
+  ckpt.wait()
+  data = os.path.join(str(tmp_path), 'checkpoints', '2', 'data')
+  os.remove(os.path.join(data, 'process_0-of-1.json'))
+  for p, it in enumerate(run):
+    with open(os.path.join(data, f'process_{p}-of-2.json'), 'w') as f:
+      json.dump(it.get_state(), f)
+  want = _global_batches(run, 3)
+  fresh = _processes(config, task, 1)
+  state, step = ckpt.restore_latest({'step': np.zeros((1,), np.int32)}, fresh[0])
+  ckpt.close()
+  assert step == 2 and int(state['step'][0]) == 2
+  _assert_same(_global_batches(fresh, 3), want)
+
+
+def test_a_packed_checkpoint_refuses_a_process_count_its_shards_do_not_split_over(demo_data):
+  """2 shards (a 2-process start) cannot be shared by 4 processes; a state saved before
+  packed shards were kept (one packer per process) resumes on its own count only."""
+  import re
+  config = packed_config(demo_data)
+  task = run_lib.make_task(config)
+  run = _processes(config, task, 2)
+  _global_batches(run, 2)
+  states = [it.get_state() for it in run]
+  want = _global_batches(run, 2)
+  four = _processes(config, task, 4)[0]
+  why = four.refuses(states)
+  assert re.search(r'cut into 2 shards .* resume on a process count that divides 2', why)
+  with pytest.raises(ValueError, match='cut into 2 shards'):
+    four.set_state(states[0])
+  # The older state: the process's packer state alone (with the record log beside it).
+  old = [{**{k: v for k, v in s.items() if k not in ('pack_shards', 'shard_states')},
+          **s['shard_states'][str(p)]} for p, s in enumerate(states)]
+  assert 'before radjax kept packed shards' in _processes(config, task, 1)[0].refuses(old)
+  again = _processes(config, task, 2)
+  for it, s in zip(again, old):
+    it.set_state(s)
+  _assert_same(_global_batches(again, 2), want)
+  config.data.pack_shards = 3
+  with pytest.raises(ValueError, match=r'config\.data\.pack_shards=3: a multiple of the 2 '
+                                       r'processes that divides config\.train\.batch_size=8'):
+    pipeline.train_dataset(config, task.processor, 'train', 0, 2)
+
+
 @pytest.mark.slow
 def test_packed_run_killed_and_resumed_has_the_same_losses(demo_data, tmp_path, monkeypatch):
   import json

@@ -167,16 +167,41 @@ def _as_if_two_processes(workdir: str, logs=None):
         json.dump({**state, **({'log': logs[i]} if logs else {})}, f)
 
 
+class _Refusing(grain.DatasetIterator):
+  """An iterator that cannot take another process count's states (as a packed stream whose
+  shards that count cannot share: radjax/data/packing.py)."""
+
+  def __init__(self, it):
+    super().__init__()
+    self.it, self.asked = it, []
+
+  def __next__(self):
+    return next(self.it)
+
+  def get_state(self):
+    return self.it.get_state()
+
+  def set_state(self, state):
+    self.it.set_state(state)
+
+  def refuses(self, states):
+    self.asked.append(states)
+    return 'no way'
+
+
 def test_a_checkpoint_of_another_process_count_is_an_error_that_moves_nothing(tmp_path):
-  """Written by 2 processes (a pod), resumed by 1 where the stream depends on the process
-  count (packing): not damaged, so never set aside."""
+  """Written by 2 processes (a pod), resumed by 1 where the iterator refuses their states:
+  not damaged, so never set aside."""
   wd = str(tmp_path / 'w')
   _three_checkpoints(wd)
   _as_if_two_processes(wd)
   ckpt = checkpoint_lib.Checkpointer(wd, 0, use_async=False)
+  it = _Refusing(iter(grain.MapDataset.range(9)))
   with pytest.raises(checkpoint_lib.CheckpointError,
-                     match=r'checkpoint 3 .* was written by 2 process\(es\) and this run has 1'):
-    ckpt.restore_latest({'params': {'w': jnp.zeros((64,))}}, iter(grain.MapDataset.range(9)))
+                     match=r'checkpoint 3 .* was written by 2 process\(es\) and this run has '
+                           r'1: no way; nothing was moved'):
+    ckpt.restore_latest({'params': {'w': jnp.zeros((64,))}}, it)
+  assert len(it.asked) == 1 and len(it.asked[0]) == 2  # both processes' states
   assert not os.path.exists(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))
   assert ckpt.latest_step() == 3
   ckpt.close()
@@ -208,8 +233,7 @@ def test_a_checkpoint_of_another_process_count_resumes_from_the_merged_state(tmp
                             {'bad': {'a/7': 'y'}, 'dropped': {'too_long': {'a/9': 'z'}}}])
   ckpt = checkpoint_lib.Checkpointer(wd, 0, use_async=False)
   it = _StateLog(iter(grain.MapDataset.range(100)))
-  state, step = ckpt.restore_latest({'params': {'w': jnp.zeros((64,))}}, it,
-                                    any_process_count=True)
+  state, step = ckpt.restore_latest({'params': {'w': jnp.zeros((64,))}}, it)
   assert step == 3 and float(state['params']['w'][0]) == 3.0
   assert next(it) == 3  # the saved position, not the start
   assert it.log == {'bad': {'a/0': 'x', 'a/7': 'y'}, 'dropped': {'too_long': {'a/9': 'z'}}}
@@ -222,8 +246,7 @@ def test_a_checkpoint_of_another_process_count_resumes_from_the_merged_state(tmp
     json.dump({**state, 'next_index': 9}, f)
   ckpt = checkpoint_lib.Checkpointer(wd, 0, use_async=False)
   _, step = ckpt.restore_latest({'params': {'w': jnp.zeros((64,))}},
-                                _StateLog(iter(grain.MapDataset.range(100))),
-                                any_process_count=True)
+                                _StateLog(iter(grain.MapDataset.range(100))))
   assert step == 2 and os.listdir(os.path.join(wd, checkpoint_lib.DAMAGED_DIR)) == ['3']
   ckpt.close()
 

@@ -142,14 +142,15 @@ class Checkpointer:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
     return self.manager.restore(step, args=ocp.args.Composite(**items))['state']
 
-  def restore_latest(self, abstract_state, data_iterator=None,
-                     any_process_count: bool = False):
+  def restore_latest(self, abstract_state, data_iterator=None):
     """(state, step) of the newest checkpoint that restores; (None, None) when there is none.
 
-    `any_process_count`: the iterator's state is the same on every process and means the
-    same global position whatever their number (unpacked streams: pipeline.py), so a
-    checkpoint written by another number of processes resumes from their merged state
-    (equal values kept, dicts such as the record log merged); else that is an error.
+    A checkpoint written by another number of processes resumes from their merged iterator
+    state (equal values kept, dicts such as the record log or the packed shards' states
+    merged): radjax's streams mean the same global position on any count
+    (radjax/data/pipeline.py _batches). An iterator with `refuses(states) -> reason | None`
+    can say that this count cannot take them (a packed stream whose shards it cannot
+    share): an error naming both counts, with nothing moved.
 
     A checkpoint that fails to restore (a truncated file, a missing manifest or iterator
     state) is moved, never deleted, to `<workdir>/checkpoints_damaged/<step>`, with a
@@ -158,13 +159,12 @@ class Checkpointer:
     """
     skipped = []
     for step in sorted(self.manager.all_steps(), reverse=True):
-      saved_by = None if data_iterator is None else self._check_process_count(
-          step, any_process_count)
+      saved_by = None if data_iterator is None else self._other_process_count(step)
       # A process's own iterator file is checked (and agreed on) before orbax restores,
       # whose collectives one process failing alone would leave the others waiting in.
       merged, reason = None, None
       if saved_by:
-        merged, reason = self._merged_iterator_state(step, saved_by)
+        merged, reason = self._merged_iterator_state(step, saved_by, data_iterator)
       elif data_iterator is not None:
         reason = self._iterator_file_problem(step)
       if _on_any_process(reason is not None):
@@ -194,11 +194,9 @@ class Checkpointer:
                             + '; '.join(skipped) + '. Rerun to start from scratch.')
     return None, None
 
-  def _check_process_count(self, step: int, any_process_count: bool) -> int | None:
+  def _other_process_count(self, step: int) -> int | None:
     """The number of processes that wrote `step`'s iterator states when it is not this
-    run's (None when it is). Unless `any_process_count`, that checkpoint is not damaged,
-    only not for this run: a CheckpointError saying so, with nothing moved (every process
-    sees the same files, so all of them raise)."""
+    run's (None when it is)."""
     counts, data_dir = set(), self._data_dir(step)
     for name in os.listdir(data_dir) if os.path.isdir(data_dir) else ():
       m = re.fullmatch(r'process_\d+-of-(\d+)\.json', name)
@@ -206,22 +204,17 @@ class Checkpointer:
         counts.add(int(m.group(1)))
     if not counts or jax.process_count() in counts:
       return None
-    saved = max(counts)
-    if any_process_count:
-      return saved
-    raise CheckpointError(
-        f'checkpoint {step} in {self.directory} was written by {saved} process(es) and this '
-        f'run has {jax.process_count()}: with config.data.pack the input stream depends on '
-        f'the process count, so it resumes with {saved} only; nothing was '
-        f'moved. Run with {saved} processes, or start a new --workdir from its weights '
-        f'(config.model.<part>.init_from={self.workdir})')
+    return max(counts)
 
   def _data_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step), 'data')
 
-  def _merged_iterator_state(self, step: int, count: int) -> tuple[dict | None, str | None]:
+  def _merged_iterator_state(self, step: int, count: int, data_iterator
+                             ) -> tuple[dict | None, str | None]:
     """(the merged iterator state of `step`'s `count` per-process files, None), or (None,
-    why they cannot be read or merged)."""
+    why they cannot be read or merged). States the iterator refuses are no damage, only
+    not for this run: a CheckpointError saying so, with nothing moved (every process sees
+    the same files, so all of them raise)."""
     states = []
     for i in range(count):
       path = os.path.join(self._data_dir(step), f'process_{i}-of-{count}.json')
@@ -230,6 +223,14 @@ class Checkpointer:
           states.append(json.load(f))
       except (OSError, ValueError) as e:
         return None, f'{path}: {type(e).__name__}: {" ".join(str(e).split())[:200]}'
+    refuses = getattr(data_iterator, 'refuses', None)
+    why = refuses(states) if refuses is not None else None
+    if why:
+      raise CheckpointError(
+          f'checkpoint {step} in {self.directory} was written by {count} process(es) and '
+          f'this run has {jax.process_count()}: {why}; nothing was moved. Run with {count} '
+          'processes, or start a new --workdir from its weights '
+          f'(config.model.<part>.init_from={self.workdir})')
     try:
       return merge_iterator_states(states), None
     except ValueError as e:

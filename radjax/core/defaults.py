@@ -146,6 +146,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # data/examples_per_row logs). Not with label_loss_weight > 0 or volumes.
   c.data.pack = False
   c.data.pack_max_examples = 4
+  # Packed rows come from pack_shards shards of the stream, each packed on its own (0: the
+  # process count of the run that starts; a resumed run keeps its checkpoint's). A packed
+  # checkpoint resumes on any process count that divides it: give a run that may grow to
+  # P processes a multiple of P (fewer rows per packer pack a little worse; each of a
+  # process's shards reads with its own worker_threads).
+  c.data.pack_shards = 0
   c.data.image_delimiters = False  # <image_begin> placeholders <image_end> (RadFM)
   # Images as VQ-GAN codes in the decoder's vocabulary (LLM-CXR): the tokenizer gains
   # <image_begin>, <image_end> and one token per code; tasks 'report_from_codes' and

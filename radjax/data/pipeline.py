@@ -28,7 +28,7 @@ def train_dataset(config, make_processor, split: str,
   Every transform is a function of (seed, record index), so the iterator state
   (one integer) is all a resumed run needs to continue the same stream. With
   config.data.pack the examples are packed into rows first (radjax/data/packing.py; an
-  IterDataset whose state adds the packer's row).
+  IterDataset whose state is each shard packer's).
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -42,8 +42,7 @@ def train_dataset(config, make_processor, split: str,
     processor = make_processor(tuple(config.data.tasks))
     _check_tasks(processor, 'config.data.tasks')
     ds = _stream(config, records, config.seed, processor, 0, log)
-    ds = ds[process_index::process_count]
-    return _batches(config, ds, 'image', process_count, _has_images(processor))
+    return _batches(config, ds, 'image', process_index, process_count, _has_images(processor))
   batched = {}
   for kind, items in mixture.by_kind(comps).items():
     records = [_capped(source.open_split(c.dir, split, f'{c.knob}.dir'), c) for _, c in items]
@@ -55,11 +54,11 @@ def train_dataset(config, make_processor, split: str,
     streams = [_stream(config, r, c.seed, p, i, log)
                for (i, c), r, p in zip(items, records, processors)]
     ds = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
-    # Mixed, then sliced: element i of the mix is a function of i alone (and lazy), so
-    # the global stream, and what a checkpoint's batch index means, is the same on any
-    # number of processes.
-    ds = ds[process_index::process_count]
-    batched[kind] = _batches(config, ds, kind, process_count, _has_images(processors[0]))
+    # Mixed, then sliced (_batches): element i of the mix is a function of i alone (and
+    # lazy), so the global stream, and what a checkpoint's batch index means, is the same
+    # on any number of processes.
+    batched[kind] = _batches(config, ds, kind, process_index, process_count,
+                             _has_images(processors[0]))
   if len(batched) == 1:
     return next(iter(batched.values()))
   share = config.data.volume_batch_share
@@ -75,21 +74,21 @@ def _capped(records, comp: mixture.Component):
   return records if keep is None else source.SubsetSource(records, keep)
 
 
-def resumes_on_any_process_count(config) -> bool:
-  """Whether a checkpoint of this stream resumes with another number of processes:
-  unpacked, step k is elements [k B, (k+1) B) of the (mixed) global stream on any number
-  P of processes (process p takes p, p+P, ...), so every process's iterator state is the
-  same batch index. Packing fills rows from what each process reads."""
-  return not config.data.get('pack', False)
-
-
 def _has_images(processor) -> bool:
   return getattr(processor, 'images', None) is not None
 
 
-def _batches(config, ds: grain.MapDataset, kind: str, process_count: int, images: bool):
-  """Per-process batches of one kind; volume batches trimmed to their depth bucket; image
-  (and text) examples packed into rows first with config.data.pack."""
+def _batches(config, ds: grain.MapDataset, kind: str, process_index: int, process_count: int,
+             images: bool):
+  """This process's batches of one kind from the global stream `ds`; volume batches trimmed
+  to their depth bucket; image (and text) examples packed into rows first with
+  config.data.pack.
+
+  A checkpoint resumes on another number of processes: unpacked, step k is elements
+  [k B, (k+1) B) of the global stream on any number P of processes (process p takes p,
+  p+P, ...), so every process's iterator state is the same batch index; packed, step k is
+  the k-th packed group of each of the stream's shards (radjax/data/packing.py), on any P
+  that divides the shard count."""
   if kind == 'image':
     knob, size = 'config.train.batch_size', config.train.batch_size
   else:
@@ -100,9 +99,8 @@ def _batches(config, ds: grain.MapDataset, kind: str, process_count: int, images
     if kind != 'image':
       raise ValueError("config.data.pack=True packs text and 2D-image examples only; the "
                        "mixture has a 'volume' component")
-    return packing.pack(config, ds, size // process_count, images).batch(
-        size // process_count, drop_remainder=True)
-  ds = ds.batch(size // process_count, drop_remainder=True)
+    return packing.sharded(config, ds, process_index, process_count, images)
+  ds = ds[process_index::process_count].batch(size // process_count, drop_remainder=True)
   if kind == 'volume':
     max_depth = max_slices(config)
     buckets = tuple(config.data.depth_buckets)

@@ -278,6 +278,13 @@ class IteratorWithRecordLog(grain.DatasetIterator):
     if saved:
       self._log.add_state(saved)
 
+  def refuses(self, states: list) -> str | None:
+    """The wrapped iterator's reason not to resume from these (other processes') states."""
+    refuses = getattr(self._it, 'refuses', None)
+    if refuses is None:
+      return None
+    return refuses([{k: v for k, v in s.items() if k != self.KEY} for s in states])
+
   def start_prefetch(self) -> None:
     if hasattr(self._it, 'start_prefetch'):
       self._it.start_prefetch()

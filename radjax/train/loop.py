@@ -20,14 +20,13 @@ class NonFiniteLossError(RuntimeError):
   """Loss or gradient norm became NaN/inf; the state is saved for inspection."""
 
 
-def restore_or_keep(exp, ckpt: checkpoint_lib.Checkpointer, data_iterator=None,
-                    any_process_count: bool = False):
+def restore_or_keep(exp, ckpt: checkpoint_lib.Checkpointer, data_iterator=None):
   """Resume order: latest checkpoint in the workdir, else the fresh state."""
   if ckpt.latest_step() is None:
     return exp.state, 0
   target = state_lib.abstract_state(exp.state_shardings, exp.state)
   # Skips damaged ones, kept aside.
-  state, step = ckpt.restore_latest(target, data_iterator, any_process_count)
+  state, step = ckpt.restore_latest(target, data_iterator)
   logging.info('resuming from step %d in %s', step, ckpt.directory)
   return state, step
 
@@ -58,8 +57,7 @@ def train(config, workdir: str, task, devices=None) -> dict:
   sources = mixture.names(config)
   processes = config.data.get('worker_processes', 0)
   data_iter = pipeline.make_iterator(train_ds, config.data.worker_threads, processes)
-  state, start = restore_or_keep(exp, ckpt, data_iter,
-                                 pipeline.resumes_on_any_process_count(config))
+  state, start = restore_or_keep(exp, ckpt, data_iter)
   if processes:
     data_iter.start_prefetch()  # the workers start while the rest is set up
   # Records stepped over are counted where they are read; worker processes keep theirs.
