@@ -33,8 +33,9 @@ config.data.dir, or when it is '' the first component by name. Score the test se
 Images are read as LLaVA-OneVision reads them (AnyRes, radjax/data/anyres.py): the
 384-pixel base tile, then the film's grid of tiles, scaled to about 9 tiles' tokens, a
 newline after each row. Data dirs come from `python -m data_prep build <name>`
-(mimic_cxr, chexpert, vindr_cxr, ms_cxr, chest_imagenome, llava_json, ...); chexpert's
-is its frontal config, RadVLM's frontal films (--config frontal: OUT/chexpert/frontal/1.0.0).
+(mimic_cxr, chexpert, vindr_cxr, ms_cxr, chest_imagenome, llava_json, ...); mimic_cxr's
+and chexpert's are their frontal configs, as RadVLM trains and scores on PA/AP films only
+(--config frontal: OUT/mimic_cxr/frontal/1.0.0, OUT/chexpert/frontal/1.0.0).
 At size=tiny
 five components read the embedded default, whose records carry labels, nodule boxes and
 short conversations; every evaluator reads it too.
@@ -52,7 +53,7 @@ from radjax.core import workdir as workdir_lib
 # proportion to its size x repeat, RadVLM's concatenation with small sets listed 2-4x.
 # A dataset feeding two tasks (MIMIC: reports and labels) is two components on one dir.
 MIXTURE = {
-    'mimic_reports': (('report',), 1),
+    'mimic_reports': (('report',), 1),  # both on the mimic_cxr frontal config's build
     'mimic_labels': (('classification',), 1),
     'chexpert_plus': (('report',), 1),
     'chexpert': (('classification',), 1),  # the frontal config's build: 191,027 images
