@@ -10,8 +10,12 @@ For each device count n (emulated CPU devices; the script asks XLA for 8), the m
 fsdp=n and the report gives
   * parameters and optimizer state per device: exact, from the abstract train state's
     shardings (every leaf's shard shape x its dtype), for the config as it is;
-  * XLA's memory_analysis of the compiled train step (state donated): argument, output,
-    temp (activations, gradients, workspace) and alias bytes per device. With
+  * XLA's memory_analysis of each train step a run of the config executes (state
+    donated): argument, output, temp (activations, gradients, workspace) and alias bytes
+    per device; the table gives the largest. A step per kind of batch the data gives
+    (radjax/data/mixture.py train_kinds): 2D images (and text) in batches of
+    train.batch_size; a mixture's 'volume' components (a 'vit3d' tower) in batches of
+    data.volume_batch_size, as deep as the deepest bucket. With
     --compile_llm_layers k the step is compiled with the decoder cut to k layers (scanned
     layers compile alike at any depth, but a CPU compile of 40 takes long); parameter and
     optimizer bytes above are still the full model's.
@@ -34,6 +38,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from radjax import tasks  # noqa: E402
+from radjax.data import mixture, pipeline  # noqa: E402
 from radjax.train import setup  # noqa: E402
 from radjax.train import state as state_lib  # noqa: E402
 
@@ -81,22 +86,45 @@ def experiment(config, n: int, llm_layers: int = 0, fsdp: bool = True):
   return dataclasses.replace(exp, state=abstract, state_shardings=shardings)
 
 
-def compiled_memory(exp) -> tuple[dict, float]:
-  """The compiled step's memory and compile seconds; a task with batches of several kinds
-  (a 'vit3d' VLM: images and volumes, each its own step) gives its largest."""
-  b = exp.config.train.batch_size
-  kinds = tuple(getattr(exp.task, 'slots', {})) or ('',)
-  t0, outs = time.perf_counter(), []
-  for kind in kinds:
-    spec = exp.task.batch_spec(kind) if kind else exp.task.batch_spec()
-    batch = {k: jax.ShapeDtypeStruct((b, *f.shape), f.dtype, sharding=exp.batch_shardings[k])
-             for k, f in spec.items()}
+def step_batches(exp) -> dict[str, dict]:
+  """The abstract batch of each train step a run of exp.config executes, by kind: one per
+  kind of batch its data gives (mixture.train_kinds: 'image' without a mixture; a
+  mixture's 'image' and / or 'volume' components, each batched apart), at the size the
+  pipeline feeds it (pipeline.batch_size: train.batch_size, data.volume_batch_size) and,
+  for volumes, the deepest depth bucket (config.data.max_slices, else the tower's
+  max_depth)."""
+  out = {}
+  for kind in mixture.train_kinds(exp.config):
+    b = pipeline.batch_size(exp.config, kind)[1]
+    # A task without kinds of batch (text, the codec) has one batch spec for every kind.
+    spec = exp.task.batch_spec(kind) if hasattr(exp.task, 'slots') else exp.task.batch_spec()
+    out[kind] = {k: jax.ShapeDtypeStruct((b, *f.shape), f.dtype,
+                                         sharding=exp.batch_shardings[k])
+                 for k, f in spec.items()}
+  return out
+
+
+def compiled_steps(exp) -> tuple[dict[str, dict], float]:
+  """Each step of step_batches compiled: its memory by kind (with its batch size), and the
+  compile seconds of all."""
+  t0, out = time.perf_counter(), {}
+  for kind, batch in step_batches(exp).items():
     with exp.context():
       compiled = setup.jit_train_step(exp).lower(exp.state, batch).compile()
     m = compiled.memory_analysis()
-    outs.append({k: getattr(m, f'{k}_size_in_bytes')
-                 for k in ('argument', 'output', 'temp', 'alias')})
-  return max(outs, key=peak), time.perf_counter() - t0
+    out[kind] = {k: getattr(m, f'{k}_size_in_bytes')
+                 for k in ('argument', 'output', 'temp', 'alias')}
+    out[kind]['batch'] = next(iter(batch.values())).shape[0]
+  return out, time.perf_counter() - t0
+
+
+def compiled_memory(exp) -> tuple[dict, float]:
+  """The compiled memory of the largest step a run executes (compiled_steps; a 'vit3d'
+  VLM whose mixture has images and volumes runs a step of each), and the compile
+  seconds."""
+  steps, secs = compiled_steps(exp)
+  largest = max(steps.values(), key=peak)
+  return {k: largest[k] for k in ('argument', 'output', 'temp', 'alias')}, secs
 
 
 def peak(mem: dict) -> int:
@@ -117,17 +145,24 @@ def dry_run(config) -> dict:
     print(f"dry run on {jax.default_backend()}: attention_impl 'cudnn' compiled as 'xla', "
           'which holds the attention scores: the temp bytes are an upper bound')
   exp = experiment(config, n, fsdp=False)
-  mem, secs = compiled_memory(exp)
+  steps, secs = compiled_steps(exp)
+  size = lambda b: f'{b / GIB:.2f} GiB' if b >= GIB / 10 else f'{b / 2**20:.2f} MiB'  # noqa: E731
+  keys = ('argument', 'output', 'temp', 'alias', 'peak')
+  for kind, mem in steps.items():
+    mem['peak'] = peak(mem)
+    if len(steps) > 1:
+      print(f'dry run, the {kind} step (batches of {mem["batch"]}): '
+            + ', '.join(f'{k} {size(mem[k])}' for k in keys))
+  kind, largest = max(steps.items(), key=lambda item: item[1]['peak'])
   out = dict(devices=n, mesh=dict(exp.mesh.shape), count=count(exp.state.params),
              params=per_device_bytes(exp.state.params),
-             opt=per_device_bytes(exp.state.opt_state), compile_secs=secs, **mem)
-  out['peak'] = peak(mem)
-  size = lambda b: f'{b / GIB:.2f} GiB' if b >= GIB / 10 else f'{b / 2**20:.2f} MiB'  # noqa: E731
+             opt=per_device_bytes(exp.state.opt_state), compile_secs=secs,
+             **{k: largest[k] for k in keys}, steps=steps)
   print(f'dry run: {out["count"] / 1e6:.1f}M params on {n} '
         f'{jax.devices()[0].platform} devices, mesh {out["mesh"]}; per device: params '
-        f'{size(out["params"])}, optimizer {size(out["opt"])}; compiled step ({secs:.0f} s): '
-        + ', '.join(f'{k} {size(out[k])}' for k in ('argument', 'output', 'temp', 'alias',
-                                                     'peak')))
+        f'{size(out["params"])}, optimizer {size(out["opt"])}; compiled step ({secs:.0f} s; '
+        f'{kind} batches of {largest["batch"]}' + (', the largest' if len(steps) > 1 else '')
+        + '): ' + ', '.join(f'{k} {size(out[k])}' for k in keys))
   return out
 
 
@@ -138,9 +173,11 @@ def main(argv):
   print(f'machine: {cpu}, {os.cpu_count()} cores, jax {jax.__version__}, '
         f'{jax.device_count()} emulated {jax.devices()[0].platform} devices')
   c = config
+  batches = ', '.join(f'{kind} batches of {pipeline.batch_size(c, kind)[1]}'
+                      for kind in mixture.train_kinds(c))
   print(f'model: vision {c.model.vision.kind} {c.model.vision.num_layers}L, projector '
         f'{c.model.projector.kind}, llm {c.model.llm.embed_dim}x{c.model.llm.num_layers}L; '
-        f'batch {c.train.batch_size} x {c.data.max_len} tokens, {c.data.max_images} images; '
+        f'{batches} x {c.data.max_len} tokens, {c.data.max_images} images; '
         f'dtype {c.runtime.dtype}, remat {c.runtime.remat.llm}')
   rows = []
   for n in (int(x) for x in FLAGS.devices.split(',')):
@@ -152,11 +189,17 @@ def main(argv):
     if FLAGS.compile:
       small = experiment(config, n, FLAGS.compile_llm_layers) if FLAGS.compile_llm_layers \
           else exp
-      mem, secs = compiled_memory(small)
-      line.update(mem, layers=small.config.model.llm.num_layers, secs=secs,
+      steps, secs = compiled_steps(small)
+      for kind, mem in steps.items():
+        print(f'  compiled {kind} step ({small.config.model.llm.num_layers} decoder layers, '
+              f'batches of {mem["batch"]}): ' + ', '.join(
+                  f'{k} {mem[k] / GIB:.2f} GiB' for k in ('argument', 'output', 'temp', 'alias'))
+              + f', peak {peak(mem) / GIB:.2f} GiB', flush=True)
+      mem = max(steps.values(), key=peak)  # the table: the largest step
+      line.update({k: mem[k] for k in ('argument', 'output', 'temp', 'alias')},
+                  layers=small.config.model.llm.num_layers, secs=secs,
                   small_state=per_device_bytes(small.state))
-      print(f'  compiled step ({line["layers"]} decoder layers, {secs:.0f} s): ' +
-            ', '.join(f'{k} {v / GIB:.2f} GiB' for k, v in mem.items()), flush=True)
+      print(f'  compiled in {secs:.0f} s', flush=True)
     rows.append(line)
   base = rows[0]
   # Peak per device: arguments + temp + outputs that do not reuse a donated argument.

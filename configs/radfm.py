@@ -9,16 +9,33 @@ learned <image_begin> / <image_end> embeddings (RadFM's <image> / </image>).
   python main.py --config configs/radfm.py --workdir runs/radfm_train \
       --config.data.tokenizer=LLAMA_DIR --config.data.dir=DATA_DIR
   python main.py --config configs/radfm.py:size=tiny --workdir runs/radfm_tiny   # a CPU
+  python main.py --config configs/radfm.py:data=radiopaedia --workdir runs/radfm_3d \
+      --config.data.tokenizer=LLAMA_DIR \
+      --config.data.mixture.radiopaedia_caption.dir=OUT/radfm/caption/1.0.0 \
+      --config.data.mixture.radiopaedia_vqa.dir=OUT/radfm/vqa/1.0.0   # RadFM's 3D sets
 
-Arguments: size=full|tiny|micro, task=vlm|lm.
+Arguments: size=full|tiny|micro, task=vlm|lm, data=dir|radiopaedia (full size: train on
+config.data.dir's 2D images, or on RadFM's Radiopaedia builds, RADIOPAEDIA below).
 """
 import os
+
+import ml_collections
 
 from configs import base, common
 
 # LLaMA's 32000 + <image>, <image_begin>, <image_end> (the 'plain' format adds none),
 # padded to a multiple of 64; ids past the tokenizer are never generated.
 VOCAB_SIZE = 32064
+
+
+# data=radiopaedia: component -> instruction tasks, each a `python -m data_prep build radfm`
+# config (volumes only: the build stores RadFM's 2D images as scans of one slice, so every
+# batch is a volume batch, of data.volume_batch_size). caption's reports are what eval
+# reads (the first component by name).
+RADIOPAEDIA = {
+    'radiopaedia_caption': ('report', 'conversation'),  # radiology_article_npy_*.json
+    'radiopaedia_vqa': ('conversation',),  # radiology_vqa_*.csv
+}
 
 
 def radfm_model(model) -> None:
@@ -74,7 +91,12 @@ def tiny_data(c, micro: bool = False) -> None:
 
 
 def get_config(arg: str = ''):
-  args = common.parse(arg)
+  args = common.parse(arg, data='dir')
+  if args.data not in ('dir', 'radiopaedia'):
+    raise ValueError(f"config argument data={args.data!r}: 'dir' or 'radiopaedia'")
+  if args.data == 'radiopaedia' and (args.size != 'full' or args.task == 'lm'):
+    raise ValueError("config argument data=radiopaedia: the full VLM recipe's data (the "
+                     'tiny sizes train on the embedded CT and X-ray sets)')
   c = base.get_config()
   c.task = 'vlm'
   radfm_model(c.model)
@@ -92,6 +114,10 @@ def get_config(arg: str = ''):
   c.eval.max_new_tokens = 200  # RadFM's generate()
   # RadFM's collator keeps at most 64 slices (its depth table reaches 512, stretched).
   c.data.max_slices = 64
+  if args.data == 'radiopaedia':
+    c.data.mixture = ml_collections.ConfigDict({
+        name: dict(dir='', tasks=tasks, kind='volume') for name, tasks in RADIOPAEDIA.items()})
+    c.data.volume_batch_size = c.train.batch_size  # RadFM publishes no batch size
   c = common.finish(c, args)
   if args.size != 'full':
     c.data.max_slices = 0

@@ -4,6 +4,7 @@ import pytest
 
 from bench import memory
 from configs import radfm
+from radjax.data import mixture
 
 
 def test_fsdp_shrinks_params_and_moments_per_device():
@@ -55,15 +56,56 @@ def test_dry_run_compiles_the_configured_mesh():
 
 
 def test_a_volume_tower_compiles_its_image_and_its_volume_step():
-  """RadFM's batches come in two kinds (2D images, volumes with a depth mask): each
-  compiles, and the volume step, with D slices per image, needs more."""
+  """RadFM's batches come in two kinds (2D images, volumes with a depth mask), each with
+  its own batch size: each compiles with the batches training feeds it (volumes of
+  data.volume_batch_size, as deep as the deepest bucket)."""
+  import math
   config = radfm.get_config('size=micro')
+  assert config.train.batch_size == 8
+  config.data.volume_batch_size = 2
   exp = memory.experiment(config, 1)
   volume = exp.task.batch_spec('volume')
   assert 'depth_mask' not in exp.task.batch_spec('image')
   assert volume['images'].shape[-2] == config.model.vision.max_depth
-  mem, _ = memory.compiled_memory(exp)
-  assert memory.peak(mem) > 0
+  batches = memory.step_batches(exp)
+  assert batches['image']['images'].shape == (8, 1, 32, 32, 3)
+  assert batches['volume']['images'].shape == (2, 1, 32, 32, 48, 3)
+  assert batches['volume']['depth_mask'].shape == (2, 1, 48)
+  steps, _ = memory.compiled_steps(exp)
+  assert {k: m['batch'] for k, m in steps.items()} == {'image': 8, 'volume': 2}
+  # The compiled step's arguments are the state and the batch it was given (XLA prunes
+  # unused inputs, a few bytes here): two volumes, not train.batch_size's eight.
+  state = memory.per_device_bytes(exp.state)
+  one_volume = math.prod(volume['images'].shape) * 4
+  for kind, batch in batches.items():
+    fed = sum(math.prod(x.shape) * x.dtype.itemsize for x in batch.values())
+    assert abs(steps[kind]['argument'] - (state + fed)) < one_volume, kind
+  mem, _ = memory.compiled_memory(exp)  # the largest: here eight images over two volumes
+  assert memory.peak(mem) == memory.peak(steps['image']) > memory.peak(steps['volume']) > 0
+
+
+def test_a_dry_run_compiles_only_the_kinds_the_data_gives():
+  """No volume step without a volume component (a 'vit3d' tower on 2D images), no 2D step
+  when every component holds volumes (RadFM's builds store its 2D images as volumes of
+  one slice), and the 2D step alone without a mixture (config.data.dir)."""
+  config = radfm.get_config('size=micro')
+  config.data.volume_batch_size = 2
+  exp = memory.experiment(config, 1)
+  assert list(memory.step_batches(exp)) == ['image', 'volume']
+  for keep, kinds in (('ct', ['volume']), ('cxr', ['image'])):
+    only = radfm.get_config('size=micro')
+    only.data.volume_batch_size = 2
+    with only.unlocked():
+      only.data.mixture = {keep: only.data.mixture[keep].to_dict()}
+    exp = memory.experiment(only, 1)
+    batches = memory.step_batches(exp)
+    assert list(batches) == kinds
+    assert batches[kinds[0]]['images'].shape[0] == (2 if kinds == ['volume'] else 8)
+  full = radfm.get_config('')  # config.data.dir, no mixture: 2D images
+  assert mixture.train_kinds(full) == ('image',)
+  radiopaedia = radfm.get_config('data=radiopaedia')  # RadFM's 3D builds: volumes only
+  assert mixture.train_kinds(radiopaedia) == ('volume',)
+  assert radiopaedia.data.volume_batch_size == radiopaedia.train.batch_size
 
 
 def test_vqgan_step_compiles_in_bfloat16():
@@ -125,3 +167,4 @@ def test_training_without_data_is_a_named_error_before_the_model_is_built(demo_d
   with pytest.raises(FileNotFoundError, match=r"config\.data\.mixture\.labels\.dir: '.*"
                                               r"unbuilt/labels' is not a directory"):
     run.main(config, str(tmp_path / 'w'), 'train')
+

@@ -145,6 +145,18 @@ def by_kind(comps: list[Component]) -> dict[str, list[tuple[int, Component]]]:
   return {k: out[k] for k in KINDS if k in out}
 
 
+def train_kinds(config) -> tuple[str, ...]:
+  """The kinds of batch a training run is fed (pipeline.train_dataset batches each kind
+  apart), in KINDS order, from the config alone (no dir is read): ('image',) without a
+  mixture (config.data.dir), else the kinds of its components."""
+  if not config.data.mixture:
+    return ('image',)
+  for name, spec in config.data.mixture.items():
+    check_shape(name, spec)
+  present = {spec.get('kind', 'image') for spec in config.data.mixture.values()}
+  return tuple(k for k in KINDS if k in present)
+
+
 def weights(comps: list[Component], sizes: list[int]) -> list[float]:
   """Each component's sampling probability (module docstring)."""
   for c, n in zip(comps, sizes):

@@ -89,10 +89,7 @@ def _batches(config, ds: grain.MapDataset, kind: str, process_index: int, proces
   p+P, ...), so every process's iterator state is the same batch index; packed, step k is
   the k-th packed group of each of the stream's shards (radjax/data/packing.py), on any P
   that divides the shard count."""
-  if kind == 'image':
-    knob, size = 'config.train.batch_size', config.train.batch_size
-  else:
-    knob, size = 'config.data.volume_batch_size', config.data.volume_batch_size
+  knob, size = batch_size(config, kind)
   if size < 1 or size % process_count:
     raise ValueError(f'{knob}={size} must be a positive multiple of {process_count} processes')
   if config.data.get('pack', False):
@@ -110,6 +107,14 @@ def _batches(config, ds: grain.MapDataset, kind: str, process_index: int, proces
                        'config.model.vision.max_depth)')
     ds = ds.map(functools.partial(volumes.trim_depth, buckets=buckets, max_depth=max_depth))
   return ds
+
+
+def batch_size(config, kind: str) -> tuple[str, int]:
+  """(knob, global size) of a training batch of `kind`: 'image' (2D images, or text)
+  batches of config.train.batch_size, 'volume' batches of config.data.volume_batch_size."""
+  if kind == 'image':
+    return 'config.train.batch_size', config.train.batch_size
+  return 'config.data.volume_batch_size', config.data.volume_batch_size
 
 
 def max_slices(config) -> int:

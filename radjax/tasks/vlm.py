@@ -96,10 +96,16 @@ class ImageTextToText(base.Task):
     c = self.config.data
     return c.max_images * (c.pack_max_examples if c.get('pack', False) else 1)
 
+  def _check_kind(self, kind: str) -> None:
+    if kind and kind not in self.slots:
+      raise ValueError(f'a mixture component of kind {kind!r} needs a vision tower that '
+                       f'reads it; config.model.vision.kind={self.model_cfg.vision.kind!r}')
+
   def batch_spec(self, kind: str = '') -> dict:
     """The batch fields. kind 'image': images [M, H, W, C]; 'volume' (a 'vit3d' tower):
     images [M, H, W, D, C] and a depth_mask [M, D] (each kind compiles its own step);
     '': every field of either kind, images 2D (what the batch shardings are made from)."""
+    self._check_kind(kind)
     c, v = self.config.data, self.model_cfg.vision
     seq = base.BatchField((c.max_len,), np.int32)
     m = self.image_slots_per_row()
@@ -135,9 +141,7 @@ class ImageTextToText(base.Task):
 
   def processor(self, tasks=None, kind: str = '') -> processors.ConversationProcessor:
     """kind: 'image' | 'volume' (default: the eval dataset's)."""
-    if kind and kind not in self.slots:
-      raise ValueError(f'a mixture component of kind {kind!r} needs a vision tower that '
-                       f'reads it; config.model.vision.kind={self.model_cfg.vision.kind!r}')
+    self._check_kind(kind)
     slots = self.slots[kind] if kind else self.image_slots
     return base.conversation_processor(self.config, self.encoder, tasks, slots, self.targets)
 

@@ -8,6 +8,7 @@ import jax
 
 from radjax.core import config_checks
 from radjax.core import sharding as sharding_lib
+from radjax.data import mixture
 from radjax.models import factory
 from radjax.train import optimizer as optimizer_lib
 from radjax.train import state as state_lib
@@ -98,7 +99,7 @@ def _check_batch_sizes(config, mesh, rules) -> None:
     shards *= mesh.shape[a]
   sharding_lib.check_batch_over_processes(mesh.devices, tuple(axes))
   knobs = ['train.batch_size', 'eval.batch_size']
-  if any(spec.get('kind') == 'volume' for spec in config.data.mixture.values()):
+  if 'volume' in mixture.train_kinds(config):
     knobs.append('data.volume_batch_size')
   for knob in knobs:
     section, key = knob.split('.')
