@@ -168,3 +168,28 @@ def test_training_without_data_is_a_named_error_before_the_model_is_built(demo_d
                                               r"unbuilt/labels' is not a directory"):
     run.main(config, str(tmp_path / 'w'), 'train')
 
+
+@pytest.mark.parametrize('recipe, mesh', [('radvlm:size=micro', (2, 4, 1)),
+                                          ('demo:size=micro,task=lm', (2, 2, 2))])
+def test_no_device_gathers_the_whole_batch_of_activations(recipe, mesh):
+  """With the batch over data x fsdp (both > 1), the token lookup's gradient once had to go
+  from the batch's layout to the table's (embed over fsdp), which XLA could only do by
+  gathering the whole [B, T, E] on every device ("Involuntary full rematerialization");
+  radjax/models/llm.py Decoder.embed steps through the table's layout with one all-to-all.
+  No all-gather of the compiled step may give a device the global batch's activations."""
+  import importlib
+  import re
+
+  from radjax.train import setup
+  name, _, arg = recipe.partition(':')
+  config = importlib.import_module(f'configs.{name}').get_config(arg)
+  with config.unlocked():
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
+  exp = memory.experiment(config, 8, fsdp=False)
+  batch = memory.step_batches(exp)['image']
+  with exp.context():
+    hlo = setup.jit_train_step(exp).lower(exp.state, batch).compile().as_text()
+  assert 'all-to-all' in hlo
+  b, t = config.train.batch_size, config.data.max_len
+  whole = re.findall(rf'= (?:f32|bf16)\[{b},{t},\d+\]\S* all-gather(?:-start)?\(', hlo)
+  assert not whole, whole

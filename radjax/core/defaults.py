@@ -5,16 +5,14 @@ Run (any recipe): python main.py --config configs/<recipe>.py --workdir DIR \
 """
 import ml_collections
 
-# Logical axis -> mesh axes. Model code only knows the logical names on the left.
+# Logical axis -> mesh axes. Model code only knows the logical names on the left. The
+# order is a priority (flax): where two names of one array map to the same mesh axis, the
+# earlier rule takes it and the other name falls to its next rule that is still free. Only
+# the token lookup's output names a parameter axis beside activation axes: ('act_batch',
+# 'act_len', 'embed'), the table's layout on embed (fsdp) and the batch over what is left
+# (data), the step between the lookup and the activations' ('act_batch', 'act_len',
+# 'act_embed'), see radjax/models/llm.py Decoder.embed.
 DEFAULT_RULES = (
-    # activations
-    ('act_batch', ('data', 'fsdp')),
-    ('act_len', None),
-    ('act_embed', None),
-    ('act_heads', 'tensor'),
-    ('act_kv', None),
-    ('act_mlp', 'tensor'),
-    ('act_vocab', 'tensor'),
     # parameters
     ('layers', None),
     ('embed', 'fsdp'),
@@ -25,6 +23,15 @@ DEFAULT_RULES = (
     ('kv', None),
     ('vocab', 'tensor'),
     ('norm', None),
+    # activations
+    ('act_batch', ('data', 'fsdp')),
+    ('act_batch', 'data'),  # beside 'embed' (fsdp taken): the batch over data alone
+    ('act_len', None),
+    ('act_embed', None),
+    ('act_heads', 'tensor'),
+    ('act_kv', None),
+    ('act_mlp', 'tensor'),
+    ('act_vocab', 'tensor'),
 )
 
 

@@ -15,6 +15,9 @@ from radjax.models import layers
 from radjax.models.runtime import Runtime
 
 BATCH_LEN_EMBED = ('act_batch', 'act_len', 'act_embed')
+# The token lookup's output as the table lays out E ('embed', a parameter axis): the rules
+# give embed its mesh axes first and the batch the rest (radjax/core/defaults.py).
+LOOKUP = ('act_batch', 'act_len', 'embed')
 NORMS = {'rms': layers.RMSNorm, 'layer': layers.LayerNorm}
 
 
@@ -193,7 +196,15 @@ class Decoder(nn.Module):
       self.lm_head = layers.Dense((cfg.vocab_size,), ('embed', 'vocab'), dtype=self.rt.dtype)
 
   def embed(self, tokens):
-    return self.embedder(tokens)
+    """tokens [B, T] -> [B, T, E]. The lookup's output is first laid out as the table
+    (embed's mesh axes on E, the batch over the batch axes left: LOOKUP), then as the
+    activations (BATCH_LEN_EMBED). Between the two is one all-to-all, forward and (the
+    constraints' transpose) backward, where the gradient's scatter into the table wants
+    E as the table has it; without the step, a batch over data x fsdp has no all-to-all
+    to the table's fsdp on E and XLA replicates the whole [B, T, E] cotangent on every
+    device ("Involuntary full rematerialization")."""
+    x = layers.constrain(self.embedder(tokens), LOOKUP)
+    return layers.constrain(x, BATCH_LEN_EMBED)
 
   def logits(self, tokens, positions=None, segment_ids=None, logits_at=None):
     """tokens [B, T] -> (logits, aux): the causal forward of text alone; packed rows pass
