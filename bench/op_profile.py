@@ -100,7 +100,7 @@ def _dot_flops(line: str, shapes: dict) -> int:
 
 
 def radjax_profile(side: dict, arrays: dict, steps: int) -> dict:
-  """Op time (ns) and FLOPs by kind, plus the products, from a jax.profiler trace."""
+  """Op time (ns) and FLOPs by kind, and the slowest ops, from a jax.profiler trace."""
   exp = side['exp']
   with sharding.activation_rules(exp.mesh, exp.rules):
     text = setup.jit_train_step(exp).lower(exp.state, arrays).compile().as_text()
