@@ -13,6 +13,9 @@ the same work, and against what the train step consumes.
 Per row (a source, an image size, augmentation off/on, a worker count):
   * radjax: pipeline.train_dataset + make_iterator with the task's processor (decode,
     augment, instruction template, tokenise, pad, batch), `workers` Grain read threads;
+    its images as config.data.pixels sends them (8-bit and their tables, or float32:
+    `--config.data.pixels=float32` for the host's lookup), whose batch bytes per example
+    are the KB/ex (MB/ex) column;
   * torch: bench/torch_loader.py's Dataset over a folder of the same image files plus a
     JSON of their reports, same transforms and tokenizer, DataLoader with `workers`
     processes;
@@ -51,6 +54,7 @@ import tempfile
 import time
 
 import ml_collections
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')  # the DataLoader forks
@@ -288,6 +292,9 @@ def timed(it, batches: int, warmup: int, worker_pids=list) -> dict:
   return {'examples': examples, 'examples_per_s': examples / dt,
           'cpu_s_per_example': dc / examples,
           'self_cpu_s_per_example': ds / examples,
+          # what a batch holds per example (radjax's arrays: config.data.pixels' images)
+          'bytes_per_example': sum(v.nbytes for v in batch.values()
+                                   if isinstance(v, np.ndarray)) / len(batch['tokens']),
           'shapes': {k: tuple(v.shape) for k, v in batch.items() if hasattr(v, 'shape')}}
 
 
@@ -367,8 +374,8 @@ def _fmt(x, spec='{:,.0f}'):
 
 def table(rows: list[dict]) -> str:
   head = ('| source | px | max_len | augment | workers | radjax ex/s | radjax ex/s/core | '
-          'radjax CPU ms/ex | torch ex/s | torch ex/s/core | torch CPU ms/ex | radjax/torch ex/s | '
-          'torch/radjax CPU | step ex/s | radjax/step |')
+          'radjax CPU ms/ex | radjax KB/ex | torch ex/s | torch ex/s/core | torch CPU ms/ex | '
+          'radjax/torch ex/s | torch/radjax CPU | step ex/s | radjax/step |')
   lines = [head, '|' + '---|' * head.count(' | ') + '---|']
   for r in rows:
     cores = max(1, r['workers'])
@@ -378,6 +385,7 @@ def table(rows: list[dict]) -> str:
         f"{r['workers']}{' proc' if r.get('processes') else ''}",
         _fmt(ra['examples_per_s']), _fmt(ra['examples_per_s'] / cores),
         _fmt(1e3 * ra['cpu_s_per_example'], '{:.2f}'),
+        _fmt(ra['bytes_per_example'] / 1e3, '{:,.1f}'),
         _fmt(to['examples_per_s']), _fmt(to['examples_per_s'] / cores),
         _fmt(1e3 * to['cpu_s_per_example'], '{:.2f}'),
         _fmt(ra['examples_per_s'] / to['examples_per_s'], '{:.2f}×'),
@@ -392,7 +400,7 @@ def anyres_table(rows: list[dict]) -> str:
   of the 1 + 36 slots, placeholders), and the cores that feed one device's step at
   --step_rate: step ex/s x CPU seconds per example."""
   head = ('| source | image (w x h) | tiles | tokens | workers | radjax ex/s | radjax ex/s/core | '
-          'radjax CPU ms/ex | torch ex/s | torch ex/s/core | torch CPU ms/ex | '
+          'radjax CPU ms/ex | radjax MB/ex | torch ex/s | torch ex/s/core | torch CPU ms/ex | '
           'radjax/torch ex/s | torch/radjax CPU | step ex/s/device | radjax/step | '
           'radjax cores/device | torch cores/device |')
   lines = [head, '|' + '---|' * head.count(' | ') + '---|']
@@ -404,6 +412,7 @@ def anyres_table(rows: list[dict]) -> str:
         f"{r['workers']}{' proc' if r.get('processes') else ''}",
         _fmt(ra['examples_per_s'], '{:,.1f}'), _fmt(ra['examples_per_s'] / cores, '{:,.1f}'),
         _fmt(1e3 * ra['cpu_s_per_example'], '{:.1f}'),
+        _fmt(ra['bytes_per_example'] / 1e6, '{:,.2f}'),
         _fmt(to['examples_per_s'], '{:,.2f}'), _fmt(to['examples_per_s'] / cores, '{:,.2f}'),
         _fmt(1e3 * to['cpu_s_per_example'], '{:.1f}'),
         _fmt(ra['examples_per_s'] / to['examples_per_s'], '{:.2f}×'),
@@ -467,7 +476,8 @@ def main(argv):
                        'image': anyres_image(c) if FLAGS.anyres else None})
           print(f'{name} {px}px augment={augment} workers={w}: radjax '
                 f"{ra['examples_per_s']:.0f} ex/s ({1e3 * ra['self_cpu_s_per_example']:.2f} "
-                f"ms/ex of CPU in this process), torch {to['examples_per_s']:.0f} ex/s "
+                f"ms/ex of CPU in this process, {ra['bytes_per_example'] / 1e3:,.1f} KB/ex), "
+                f"torch {to['examples_per_s']:.0f} ex/s "
                 f"({1e3 * to['self_cpu_s_per_example']:.2f})", file=sys.stderr, flush=True)
   # The step after the pipelines: no JAX threads while the DataLoader forks.
   if FLAGS.step_rate:

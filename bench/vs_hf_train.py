@@ -98,6 +98,7 @@ def sized(config, size: str):
   with c.unlocked():
     if c.model.image_token_id < 0:
       c.model.image_token_id = IMAGE_TOKEN_ID
+    c.data.pixels = 'float32'  # both sides take the synthetic batch's float pixels
     if size in ('demo', 'config'):
       return c
     if size not in SIZES:

@@ -25,6 +25,7 @@ def get_config(arg: str = ''):
     return c
   common.demo_findings(c)
   c.data.label_loss_weight = 1.0
+  c.data.pixels = 'gray8'  # the renderer's films are gray: one byte per pixel to the device
   if common.parse(arg).size != 'tiny':
     return c
   c.model.vision.patch_size = 8

@@ -127,6 +127,9 @@ def get_config(arg: str = ''):
   c.model.anyres_grids = tuple((r, col) for r in range(1, 7) for col in range(1, 7))
   c.model.anyres_max_tiles = 9
   c.data.image_mean = c.data.image_std = (0.5, 0.5, 0.5)
+  # Films are gray: their tiles travel as one byte per pixel (5.5 MB per film's 37 tile
+  # slots, 65 MB as float32 RGB) and the device looks them up (radjax/data/pixels.py).
+  c.data.pixels = 'gray8'
   c.data.chat_format = 'chatml'
   # RadVLM trains these wherever they stand (LLaVA-NeXT's unmask_tokens_idx).
   c.data.always_trained = ('\n', '<|im_start|>', '<|im_end|>')

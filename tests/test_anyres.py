@@ -2,6 +2,7 @@
 the image processor's tiles, the processor's token counts and the model's packed features."""
 import types
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,7 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
   LlavaOnevisionImageProcessorPil,
 )
 
-from radjax.data import anyres, images
+from radjax.data import anyres, images, pixels
 
 TILE, PATCH = 32, 8  # 4 x 4 tokens per tile
 GRIDS = tuple((r, c) for r in range(1, 4) for c in range(1, 4))
@@ -43,20 +44,28 @@ def _hf_processor(max_tiles=2):
 
 @pytest.mark.parametrize('mode', ['RGB', 'L'])
 def test_tiles_are_the_processors_pixels(mode):
+  """8-bit tiles, looked up through their tables (zero past the grid) on the host and on
+  the device, are the processor's pixels; unused slots read as zeros."""
   ip, _ = _hf_processor()
   table = images.pixel_table((0.5,) * 3, (0.5,) * 3, 3)
   spec = _spec()
+  device = jax.jit(pixels.lookup)
   for i, (h, w) in enumerate(SIZES):
     img = _image(h, w, mode, seed=i)
-    ours = anyres.tiles(img, spec, table)
+    tiles = anyres.tiles(img, spec)
+    assert tiles.dtype == np.uint8 and tiles.shape[-1] == (1 if mode == 'L' else 3)
+    n = anyres.grid_tiles(h, w, spec)
+    tables = np.zeros((spec.slots, 256, 3), np.float32)
+    tables[:n] = table
+    ours = pixels.lookup(tiles, tables)
     theirs = ip(img.convert('RGB'), return_tensors='np')['pixel_values'][0]
-    n = len(theirs)
-    assert n == 1 + np.prod(anyres.best_grid(h, w, spec))
+    assert n == len(theirs) == 1 + np.prod(anyres.best_grid(h, w, spec))
     np.testing.assert_array_equal(ours[:n], theirs.transpose(0, 2, 3, 1))
     assert not ours[n:].any()  # unused slots
-    into = np.zeros((2, *ours.shape), np.float32)  # TileSlots' way: into a slot of its array
-    assert anyres.tiles(img, spec, table, out=into[1]) is not None
-    np.testing.assert_array_equal(into[1], ours)
+    np.testing.assert_array_equal(np.asarray(device(tiles, tables)), ours)
+    into = np.zeros((2, spec.slots, TILE, TILE, 3), np.uint8)  # TileSlots' way: into a slot
+    assert anyres.tiles(img, spec, out=into[1]) is not None  # (gray: to each channel)
+    np.testing.assert_array_equal(into[1], np.broadcast_to(tiles, into[1].shape))
     assert not into[0].any()
 
 
@@ -126,9 +135,8 @@ def test_several_images_are_one_square_tile_each_as_the_processor_reads_them():
   theirs = ip([[p.convert('RGB') for p in pair]], return_tensors='np')
   assert list(theirs['batch_num_images']) == [2]
   for k, img in enumerate(pair):
-    ours = anyres.square_tile(img, spec, table, (0.5,) * 3)
-    np.testing.assert_array_equal(ours[0], theirs['pixel_values'][k, 0].transpose(1, 2, 0))
-    assert not ours[1:].any()
+    ours = pixels.lookup(anyres.square_tile(img, spec, (0.5,) * 3), table)
+    np.testing.assert_array_equal(ours, theirs['pixel_values'][k, 0].transpose(1, 2, 0))
   index, weight, count = anyres.square_plan(spec)
   assert count == len(proc.replace_image_token(
       {'batch_num_images': [2], 'image_sizes': theirs['image_sizes'],

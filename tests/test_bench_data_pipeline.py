@@ -11,7 +11,7 @@ from PIL import Image
 
 from bench import data_pipeline, gil_contention, memory, torch_loader, train_step
 from radjax import run
-from radjax.data import instructions, source
+from radjax.data import instructions, pixels, source
 from tests.conftest import tiny_config
 
 
@@ -34,7 +34,7 @@ def test_torch_example_equals_radjax_example(demo_data, tmp_path):
   records = source.open_split(demo_data, 'train')
   truncated = 0
   for i in range(len(examples)):
-    want = processor(records[i], None)
+    want = pixels.as_floats(processor(records[i], None))  # the floats the device looks up
     got = {k: v.numpy() for k, v in ours[i].items()}
     for key in ('tokens', 'targets', 'loss_mask', 'image_mask', 'labels', 'label_mask'):
       np.testing.assert_array_equal(got[key], want[key], err_msg=f'record {i}: {key}')
@@ -51,9 +51,14 @@ def test_both_pipelines_batch_to_the_same_shapes(demo_data, tmp_path):
   ra = data_pipeline.measure_radjax(config, 0, 2)
   to = data_pipeline.measure_torch(config, folder, 0, 2)
   device_keys = set(run.make_task(config).batch_spec())
-  assert device_keys <= set(ra['shapes']) and device_keys == set(to['shapes'])
-  assert {k: ra['shapes'][k] for k in device_keys} == to['shapes']
-  assert to['shapes']['images'] == (8, 1, 32, 32, 3)
+  assert device_keys <= set(ra['shapes'])
+  assert device_keys - {'pixel_table'} == set(to['shapes'])
+  # radjax sends the demo's gray films 8-bit, one channel, with their tables (gray8)
+  assert to['shapes'].pop('images') == (8, 1, 32, 32, 3)
+  assert ra['shapes']['images'] == (8, 1, 32, 32, 1)
+  assert ra['shapes']['pixel_table'] == (8, 1, 256, 3)
+  assert {k: ra['shapes'][k] for k in to['shapes']} == to['shapes']
+  assert ra['bytes_per_example'] < ra['shapes']['images'][2] ** 2 * 3 * 4 / 2
   for m in (ra, to):
     assert m['examples_per_s'] > 0 and m['cpu_s_per_example'] > 0
 
@@ -129,7 +134,7 @@ def test_anyres_rows_read_what_the_hf_processor_reads(demo_data, tmp_path):
   records = source.open_split(c.data.dir, 'train')
   image_id = run.make_task(c).model_cfg.image_token_id
   for i in range(2):
-    want, got = processor(records[i], None), ours[i]
+    want, got = pixels.as_floats(processor(records[i], None)), ours[i]
     n = len(got['images'])
     assert n == image['tiles']
     np.testing.assert_array_equal(want['images'][0, :n],
@@ -140,7 +145,7 @@ def test_anyres_rows_read_what_the_hf_processor_reads(demo_data, tmp_path):
   ra = data_pipeline.measure_radjax(c, 0, 2)
   to = data_pipeline.measure_torch(c, folder, 0, 2)
   assert ra['examples'] == to['examples'] == 2 * c.train.batch_size
-  assert ra['shapes']['images'] == (8, 1, 37, 32, 32, 3)
+  assert ra['shapes']['images'] == (8, 1, 37, 32, 32, 1)  # gray8
   assert to['shapes']['image_sizes'] == (8, 2)  # its images: a list, as LLaVA-NeXT's
 
 

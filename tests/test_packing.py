@@ -8,7 +8,7 @@ import pytest
 
 from configs import common
 from radjax import run as run_lib
-from radjax.data import pipeline
+from radjax.data import pipeline, pixels
 from radjax.models import layers, llm
 from tests.conftest import tiny_config, train_killed_then_resumed
 
@@ -46,6 +46,7 @@ def token_nll(task, params, batch):
 
   @jax.jit
   def nll(params, batch):
+    batch = pixels.as_floats(batch)  # 8-bit images and their tables, as the step reads them
     if 'images' in batch:
       logits, _ = model.apply({'params': params}, batch['tokens'], batch['images'],
                               positions=batch.get('positions'),
@@ -107,8 +108,12 @@ def test_packed_examples_have_their_unpacked_losses(demo_data, task_name):
   if task_name == 'lm':  # sensitivity: the rows without their segments (leaking) differ
     leaky = token_nll(task, params, {k: v for k, v in packed.items() if k != 'segment_ids'})
     assert np.abs(leaky - token_nll(task, params, packed)).max() > 1e-2
-  else:  # each row's real images lead its slots, one per example here
+  else:  # each row's real images lead its slots, one per example here, with their tables
     assert (packed['image_mask'].sum(-1) == packed['segment_ids'].max(-1)).all()
+    real = packed['pixel_table'].any(axis=(-1, -2))
+    if task_name == 'anyres':  # an image's tables: its tiles'; padding slots have none
+      real = real.any(-1)
+    np.testing.assert_array_equal(real, packed['image_mask'])
 
 
 def test_no_token_attends_across_segments():

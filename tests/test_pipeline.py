@@ -68,7 +68,8 @@ def test_batches_have_static_shapes_and_processes_get_disjoint_records(processor
   ds1 = pipeline.train_dataset(config, lambda tasks: proc, 'train', 1, 2)
   b0, b1 = ds0[0], ds1[0]
   assert b0['tokens'].shape == (4, config.data.max_len)
-  assert b0['images'].shape == (4, 1, 32, 32, 3) and b0['image_mask'].all()
+  assert b0['images'].shape == (4, 1, 32, 32, 1) and b0['image_mask'].all()  # gray8: 8-bit
+  assert b0['images'].dtype == np.uint8 and b0['pixel_table'].shape == (4, 1, 256, 3)
   assert not any((b0['tokens'][i] == b1['tokens'][j]).all() and
                  np.allclose(b0['images'][i], b1['images'][j]) for i in range(4) for j in range(4))
   # Augmentation is a function of (seed, index): the same batch twice is identical.

@@ -20,6 +20,7 @@ from configs import vqgan as vqgan_recipe
 from radjax import run as run_lib
 from radjax.core import sharding
 from radjax.core import workdir as workdir_lib
+from radjax.data import pixels as pixels_lib
 from radjax.models import factory, lpips, vqgan
 from radjax.tasks import vqgan as vqgan_task
 from radjax.train import state as state_lib
@@ -259,7 +260,7 @@ def test_train_step_gradients_equal_plain_autodiff_with_the_adaptive_weight(step
   differentiating rec + vq + lambda * gan directly, lambda from separate gradients."""
   c, exp, batch, states, metrics = stepped
   task, model, params = exp.task, exp.model, states[0].params
-  x = np.asarray(batch['images'])
+  x = np.array(pixels_lib.as_floats(batch)['images'])  # 8-bit + tables -> the codec's input
   gen = {k: v for k, v in params.items() if k != 'discriminator'}
 
   @jax.jit
@@ -337,7 +338,8 @@ def test_train_steps_on_an_fsdp_mesh_equal_one_device(stepped):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
                  jax.device_get(state.params), states[0].params)
     step = setup.jit_train_step(exp)
-    sharded = pipeline.to_global({'images': np.asarray(batch['images'])}, exp.batch_shardings)
+    sharded = pipeline.to_global({k: np.asarray(v) for k, v in batch.items()},
+                                 exp.batch_shardings)
     for i in range(2):
       state, m = step(state, sharded)
       for key in ('loss', 'rec_loss', 'g_loss', 'd_loss', 'grad_norm'):
@@ -358,7 +360,7 @@ def test_trained_codec_exports_to_diffusers_with_the_same_codes_and_pixels(stepp
   workdir_lib.save_params(workdir, c, states[-1].params)
   assert convert_cli.main(['to-hf', '--workdir', workdir, '--out', out]) == 0
   hf = diffusers.VQModel.from_pretrained(out).eval()
-  x = np.asarray(batch['images'])
+  x = np.array(pixels_lib.as_floats(batch)['images'])  # 8-bit + tables -> the codec's input
   model, params = exp.model, states[-1].params
   codes = np.asarray(jax.jit(lambda p, x: model.apply({'params': p}, x,
                                                       method=vqgan.VQGAN.codes))(params, x))

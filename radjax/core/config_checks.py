@@ -28,9 +28,11 @@ MINIMUMS = {
 PAIRS = ('optim.param_groups', 'sharding.rules', 'train.pre_stage_set')
 MESH_AXES = ('data', 'fsdp', 'tensor')
 # knob -> the values it may take (text_norm: radjax/eval/metrics/nlg_metrics.py; resize:
-# radjax/data/images.py; schedule: radjax/train/optimizer.py; loss_norm: radjax/data/chat.py).
+# radjax/data/images.py; schedule: radjax/train/optimizer.py; loss_norm: radjax/data/chat.py;
+# pixels: radjax/data/pixels.py).
 CHOICES = {'eval.text_norm': ('radjax', 'r2gen'), 'data.resize': ('square', 'crop'),
-           'optim.schedule': ('cosine', 'lavis'), 'data.loss_norm': ('token', 'example')}
+           'optim.schedule': ('cosine', 'lavis'), 'data.loss_norm': ('token', 'example'),
+           'data.pixels': ('uint8', 'gray8', 'float32')}
 
 
 def _get(config, dotted: str):

@@ -6,8 +6,9 @@ The host does everything that depends on the image's size, so the model's shapes
 static (config.model.anyres_grids / anyres_max_tiles):
 - `tiles`: the grid (rows, cols) whose pixels best fit the image (most of the image's
   pixels kept, then least canvas wasted), the image resized into it keeping its
-  proportions and centred on black, cut into tiles; slot 0 is the base tile and slots past
-  the grid are zeros. Every image has `slots` tile slots.
+  proportions and centred on black, cut into 8-bit tiles; slot 0 is the base tile and
+  slots past the grid are zeros (their pixel tables too: radjax/data/pixels.py). Every
+  image has `slots` tile slots.
 - `plan`: which feature vectors make the image's token sequence, as up to 4 (index,
   weight) taps per token into the image's tile features (slot k, token t at k * T + t)
   followed by one extra row, the learned `image_newline` (index slots * T): the base's T
@@ -26,8 +27,6 @@ import math
 
 import numpy as np
 from PIL import Image
-
-from radjax.data import images as images_lib
 
 # Tokens of a feature map scaled down only above this multiple of max_tiles' side
 # (LLaVA-OneVision's pack_image_features: ratio > 1.1).
@@ -91,11 +90,16 @@ def fitted_size(height: int, width: int, grid_h: int, grid_w: int) -> tuple[int,
   return grid_h, min(math.ceil(width * sh), grid_w)
 
 
-def tiles(img: Image.Image, spec: AnyRes, table: np.ndarray,
-          out: np.ndarray | None = None) -> np.ndarray:
-  """A decoded 8-bit image -> [slots, tile, tile, C] normalised pixels (radjax.data.images
-  `lookup_pixels` through `table`), written into `out` when given: zeros (np.zeros), whose
-  slots past the grid are left as they are."""
+def grid_tiles(height: int, width: int, spec: AnyRes) -> int:
+  """Tile slots an image of this size fills: the base and its grid's."""
+  rows, cols = best_grid(height, width, spec)
+  return 1 + rows * cols
+
+
+def tiles(img: Image.Image, spec: AnyRes, out: np.ndarray | None = None) -> np.ndarray:
+  """A decoded 8-bit image -> its 8-bit tiles [slots, tile, tile, P] (P: 1 for 'L', 3 for
+  'RGB'), written into `out` when given (a gray image broadcast to its channels): zeros
+  (np.zeros), whose slots past the grid are left as they are."""
   w0, h0 = img.size
   rows, cols = best_grid(h0, w0, spec)
   t = spec.tile
@@ -103,19 +107,20 @@ def tiles(img: Image.Image, spec: AnyRes, table: np.ndarray,
   nh, nw = fitted_size(h0, w0, gh, gw)
   canvas = Image.new(img.mode, (gw, gh), 0)  # black margins, as the processor pads
   canvas.paste(img.resize((nw, nh), Image.BICUBIC), ((gw - nw) // 2, (gh - nh) // 2))
+  pixels = _planes(np.asarray(canvas))
   if out is None:
-    out = np.zeros((spec.slots, t, t, table.shape[1]), np.float32)
-  # The 8-bit canvas is cut into tiles (a byte per pixel moved, not 4 x C), then looked up
-  # once, straight into the slots: a film's float grid is no longer made, moved and copied
-  # (BENCHMARKS.md, session 26).
-  pixels = np.asarray(canvas)
-  gray, extra = pixels.ndim == 2, pixels.shape[2:]
-  cut = pixels.reshape(rows, t, cols, t, *extra).swapaxes(1, 2)
-  cut = np.ascontiguousarray(cut).reshape(rows * cols, t, t, *extra)
-  images_lib.lookup_pixels(cut, table, gray=gray, out=out[1:1 + rows * cols])
-  images_lib.lookup_pixels(np.asarray(img.resize((t, t), Image.BICUBIC)), table, gray=gray,
-                           out=out[0])
+    out = np.zeros((spec.slots, t, t, pixels.shape[-1]), np.uint8)
+  # The 8-bit canvas is cut into tiles straight into the slots (a byte per pixel moved);
+  # the lookup to floats is the device's (radjax/data/pixels.py).
+  grid = out[1:1 + rows * cols].reshape(rows, cols, t, t, out.shape[-1])  # a view
+  grid[...] = pixels.reshape(rows, t, cols, t, -1).swapaxes(1, 2)
+  out[0] = _planes(np.asarray(img.resize((t, t), Image.BICUBIC)))
   return out
+
+
+def _planes(pixels: np.ndarray) -> np.ndarray:
+  """[H, W] gray or [H, W, 3] RGB -> [H, W, P]."""
+  return pixels.reshape(*pixels.shape[:2], -1)
 
 
 def _unpadded(height: int, width: int, rows: int, cols: int, side: int):
@@ -184,21 +189,23 @@ def plan(height: int, width: int, spec: AnyRes) -> tuple[np.ndarray, np.ndarray,
   return index, weight, count
 
 
-def square_tile(img: Image.Image, spec: AnyRes, table: np.ndarray, mean) -> np.ndarray:
-  """One image of several -> [slots, tile, tile, C]: padded to a square in the mean colour
-  (8-bit, as the processor's background), resized into slot 0."""
+def square_tile(img: Image.Image, spec: AnyRes, mean) -> np.ndarray:
+  """One image of several -> its base tile [tile, tile, P], 8-bit: padded to a square in
+  the mean colour (8-bit, as the processor's background), resized to the tile."""
   w, h = img.size
-  fill = tuple(int(m * 255) for m in mean[:3])
+  fill = square_fill(mean)
   if img.mode == 'L' and len(set(fill)) > 1:
     img = img.convert('RGB')
   side = max(w, h)
   square = Image.new(img.mode, (side, side), fill[0] if img.mode == 'L' else fill)
   square.paste(img, ((side - w) // 2, (side - h) // 2))
   t = spec.tile
-  out = images_lib.lookup(square.resize((t, t), Image.BICUBIC), table)
-  tiles_ = np.zeros((spec.slots, t, t, out.shape[-1]), np.float32)
-  tiles_[0] = out
-  return tiles_
+  return _planes(np.asarray(square.resize((t, t), Image.BICUBIC)))
+
+
+def square_fill(mean) -> tuple:
+  """The 8-bit mean colour square_tile pads with (one value per RGB channel)."""
+  return tuple(int(m * 255) for m in mean[:3])
 
 
 def square_plan(spec: AnyRes) -> tuple[np.ndarray, np.ndarray, int]:

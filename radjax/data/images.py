@@ -1,4 +1,6 @@
-"""Image decoding and transforms: bytes -> normalised float array of the model's size.
+"""Image decoding and transforms: bytes -> 8-bit pixels of the model's size and the table
+that normalises them (radjax/data/pixels.py: the device looks them up, or the host with
+config.data.pixels='float32').
 
 Every image training, evaluation and generation read goes through `decode_image`, and
 `to_8bit` there is the one rule for pixel depth (the HF processor `to-hf` exports
@@ -25,7 +27,7 @@ import io
 
 import numpy as np
 from absl import logging
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageChops, UnidentifiedImageError
 
 from radjax.core import config_checks
 from radjax.data import schema
@@ -168,18 +170,11 @@ def _plain_table(mean: tuple, std: tuple, num_channels: int) -> np.ndarray:
   return pixel_table(mean, std, num_channels)
 
 
-def lookup(img: Image.Image, table: np.ndarray) -> np.ndarray:
-  """An 8-bit 'L' or 'RGB' image through pixel_table -> (H, W, C) float32. One gather per
-  pixel: normalising the float image instead broadcast (H, W, 1) against C channels, 1 ms
-  of CPU per 224 px image (a third of an example's) against 0.2 ms here."""
-  pixels = np.asarray(img)
-  return lookup_pixels(pixels, table, gray=pixels.ndim == 2)
-
-
 def lookup_pixels(pixels: np.ndarray, table: np.ndarray, *, gray: bool,
                   out: np.ndarray | None = None) -> np.ndarray:
   """uint8 pixels, [...] of gray values or [..., 3] RGB, through pixel_table ->
-  [..., C] float32, written into `out` when given (e.g. a slot of a preallocated batch)."""
+  [..., C] float32, written into `out` when given: the host's side of
+  radjax/data/pixels.py `lookup`."""
   shape = (pixels.shape if gray else pixels.shape[:-1]) + table.shape[1:]
   if out is None:
     out = np.empty(shape, np.float32)
@@ -203,26 +198,53 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
   return img.resize((size, size), Image.LANCZOS, box=box)
 
 
-def preprocess(image: dict, *, size: int, num_channels: int, mean, std, record_id: str,
-               rng: np.random.Generator | None = None,
-               crop_scale=(0.8, 1.0), resize: str = 'square', jitter: bool = True) -> np.ndarray:
+def gray_only(img: Image.Image, record_id: str) -> Image.Image:
+  """config.data.pixels='gray8': an 'L' image as it is; an RGB one whose channels are
+  equal (a gray film saved as RGB) as its gray channel (what PIL's 'L' conversion gives it,
+  so its pixels are unchanged); a colour one is an error naming the record."""
+  if img.mode == 'L':
+    return img
+  r, g, b = img.split()
+  if ImageChops.difference(r, g).getbbox() or ImageChops.difference(r, b).getbbox():
+    raise schema.SchemaError(f"record {record_id!r}: images: a colour image, but "
+                             "config.data.pixels='gray8' sends one channel; use 'uint8'")
+  return r
+
+
+def preprocess_pixels(image: dict, *, size: int, num_channels: int, mean, std,
+                      record_id: str, rng: np.random.Generator | None = None,
+                      crop_scale=(0.8, 1.0), resize: str = 'square', jitter: bool = True,
+                      gray: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """Decoded, resized (random crop, and with `jitter` an intensity jitter, when `rng` is
   given; else `resize`: 'square' squeezes the image to size x size, 'crop' keeps its
-  proportions and crops the centre), normalised."""
+  proportions and crops the centre) -> (8-bit pixels [size, size, 1 (gray) or 3 (RGB)],
+  their pixel_table [256, num_channels], the jitter folded in). `gray`: a colour image is
+  an error (gray_only)."""
   if resize not in RESIZES:
     raise ValueError(f'config.data.resize: {resize!r} is not one of {RESIZES}')
+  plain = lambda: _plain_table(tuple(map(float, mean)), tuple(map(float, std)), num_channels)
   if rng is None:
     img = decode_image(image, num_channels, record_id, keep_gray=True)
-    table = _plain_table(tuple(map(float, mean)), tuple(map(float, std)), num_channels)
+    img = gray_only(img, record_id) if gray else img
     img = (center_crop(img, size) if resize == 'crop'
            else img.resize((size, size), Image.BICUBIC))
-    return lookup(img, table)
-  img = decode_image(image, num_channels, record_id, keep_gray=True,
-                     min_side=crop_source_side(size, crop_scale[0]))
-  img = random_resized_crop(img, size, tuple(crop_scale), rng)
-  if not jitter:  # the crop alone (BLIP-2's train transform, XrayGPT's)
-    return lookup(img, _plain_table(tuple(map(float, mean)), tuple(map(float, std)),
-                                    num_channels))
-  # Exposure varies between scanners: small contrast/brightness jitter.
-  contrast, brightness = rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05)
-  return lookup(img, pixel_table(mean, std, num_channels, contrast, brightness))
+    table = plain()
+  else:
+    img = decode_image(image, num_channels, record_id, keep_gray=True,
+                       min_side=crop_source_side(size, crop_scale[0]))
+    img = gray_only(img, record_id) if gray else img
+    img = random_resized_crop(img, size, tuple(crop_scale), rng)
+    if jitter:  # exposure varies between scanners: small contrast/brightness jitter
+      contrast, brightness = rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05)
+      table = pixel_table(mean, std, num_channels, contrast, brightness)
+    else:  # the crop alone (BLIP-2's train transform, XrayGPT's)
+      table = plain()
+  pixels = np.asarray(img)
+  return pixels.reshape(size, size, -1), table
+
+
+def preprocess(image: dict, **kw) -> np.ndarray:
+  """preprocess_pixels, looked up: normalised float32 [size, size, num_channels]."""
+  pixels, table = preprocess_pixels(image, **kw)
+  return lookup_pixels(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, table,
+                       gray=pixels.shape[-1] == 1)

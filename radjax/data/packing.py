@@ -26,10 +26,11 @@ import grain
 import numpy as np
 from absl import logging
 
-from radjax.data import source
+from radjax.data import pixels, source
 
 TEXT = ('tokens', 'targets', 'loss_mask')  # [max_len] per example
-IMAGES = ('images', 'image_mask')  # [max_images, ...] per example: only the real ones pack
+# [max_images, ...] per example: only the real ones pack (a pixel table with its image)
+IMAGES = ('images', 'pixel_table', 'image_mask')
 TILES = ('tile_index', 'tile_weight')  # AnyRes plans, per image slot too
 HOST = ('source', 'truncated')  # host-only scalars per example -> [pack_max_examples], -1 pads
 # Keys a packed example may not have, and the knob that adds them.
@@ -72,7 +73,9 @@ def pack(config, ds: grain.MapDataset, rows: int, images: bool) -> grain.IterDat
   lengths = {**{key: c.max_len for key in TEXT}, **{key: k for key in HOST}}
   padding = {**{key: 0 for key in TEXT}, **{key: -1 for key in HOST}}
   if images:
-    keys = IMAGES + (TILES if config.model.get('anyres_grids', ()) else ())
+    keys = (IMAGES if pixels.mode_of(config) != 'float32' else
+            tuple(k for k in IMAGES if k != pixels.TABLE))
+    keys += TILES if config.model.get('anyres_grids', ()) else ()
     lengths.update({key: k * c.max_images for key in keys})
     padding.update({key: 0 for key in keys})
   packed = grain.experimental.FirstFitPackIterDataset(

@@ -8,11 +8,13 @@ import numpy as np
 from radjax.data import anyres, chat, instructions, schema, volumes
 from radjax.data import images as images_lib
 from radjax.data import labels as labels_lib
+from radjax.data import pixels as pixels_lib
 
 
 @dataclasses.dataclass
 class ImageSlots:
-  """An Example's images -> [max_images, H, W, C] pixels and a mask of the real ones."""
+  """An Example's images -> [max_images, H, W, P] 8-bit pixels, their pixel tables and a
+  mask of the real ones (radjax/data/pixels.py; `pixels`: config.data.pixels)."""
   image_size: int
   num_channels: int
   max_images: int
@@ -21,50 +23,73 @@ class ImageSlots:
   crop_scale: tuple = (0.8, 1.0)
   augment: bool = False  # random resized crop + jitter from the record's rng (training)
   jitter: bool = True  # with augment: the contrast/brightness jitter too
+  pixels: str = 'float32'
 
   def __call__(self, example: dict, rng) -> dict:
-    """{'images' [max_images, H, W, C], 'image_mask' [max_images]}."""
+    """{'images' [max_images, H, W, P], 'pixel_table' [max_images, 256, C] (float32:
+    'images' [max_images, H, W, C] alone), 'image_mask' [max_images]}."""
     rng = rng if self.augment else None
     imgs = _checked_count(example, self.max_images)
-    out = np.zeros((self.max_images, self.image_size, self.image_size, self.num_channels),
-                   np.float32)
+    out = pixels_lib.empty(self.pixels, (self.max_images,), self.image_size, self.num_channels)
     for i, img in enumerate(imgs):
-      out[i] = images_lib.preprocess(img, size=self.image_size, num_channels=self.num_channels,
-                                     mean=self.mean, std=self.std, record_id=example['id'],
-                                     rng=rng, crop_scale=self.crop_scale,
-                                     jitter=self.jitter)
-    return {'images': out, 'image_mask': np.arange(self.max_images) < len(imgs)}
+      out['images'][i], out[pixels_lib.TABLE][i] = images_lib.preprocess_pixels(
+          img, size=self.image_size, num_channels=self.num_channels, mean=self.mean,
+          std=self.std, record_id=example['id'], rng=rng, crop_scale=self.crop_scale,
+          jitter=self.jitter, gray=_gray(self.pixels, self.num_channels))
+    out['image_mask'] = np.arange(self.max_images) < len(imgs)
+    return pixels_lib.finish(out, self.pixels)
 
 
 @dataclasses.dataclass
 class TileSlots:
-  """AnyRes: an Example's images -> their tile slots [max_images, K, H, W, C], plans
-  (tile_index / tile_weight [max_images, N, 4]) and a mask of the real ones. No crop or
-  jitter: LLaVA-NeXT's processor resizes and pads, nothing more."""
+  """AnyRes: an Example's images -> their 8-bit tile slots [max_images, K, H, W, P] and
+  pixel tables [max_images, K, 256, C] (zero past an image's tiles), plans (tile_index /
+  tile_weight [max_images, N, 4]) and a mask of the real ones. No crop or jitter:
+  LLaVA-NeXT's processor resizes and pads, nothing more."""
   spec: anyres.AnyRes
   num_channels: int
   max_images: int
   mean: tuple
   std: tuple
+  pixels: str = 'float32'
+
+  def __post_init__(self):
+    fill = anyres.square_fill(self.mean)
+    if _gray(self.pixels, self.num_channels) and self.num_channels > 1 \
+        and self.max_images > 1 and len(set(fill)) > 1:
+      raise ValueError(f"config.data.pixels='gray8' and AnyRes with config.data.max_images="
+                       f'{self.max_images}: an example of several images pads each in the '
+                       f"mean colour {fill}, which is not gray; use pixels='uint8'")
 
   def __call__(self, example: dict, rng) -> dict:
     del rng  # the same tiles in training and evaluation
     imgs = _checked_count(example, self.max_images)
     s, t = self.spec, self.spec.tile
-    out = np.zeros((self.max_images, s.slots, t, t, self.num_channels), np.float32)
+    out = pixels_lib.empty(self.pixels, (self.max_images, s.slots), t, self.num_channels)
     index = np.zeros((self.max_images, s.max_tokens, 4), np.int32)
     weight = np.zeros((self.max_images, s.max_tokens, 4), np.float32)
     table = images_lib.pixel_table(self.mean, self.std, self.num_channels)
     for i, img in enumerate(imgs):
       pil = images_lib.decode_image(img, self.num_channels, example['id'], keep_gray=True)
+      if _gray(self.pixels, self.num_channels):
+        pil = images_lib.gray_only(pil, example['id'])
       if len(imgs) > 1:  # several images: one square tile each (anyres module doc)
-        out[i] = anyres.square_tile(pil, s, table, self.mean)
+        out['images'][i, 0] = anyres.square_tile(pil, s, self.mean)
         index[i], weight[i], _ = anyres.square_plan(s)
+        used = 1
       else:
-        anyres.tiles(pil, s, table, out=out[i])  # into the batch's zeros, not a copy
+        anyres.tiles(pil, s, out=out['images'][i])  # into the batch's zeros, not a copy
         index[i], weight[i], _ = anyres.plan(pil.size[1], pil.size[0], s)
-    return {'images': out, 'tile_index': index, 'tile_weight': weight,
-            'image_mask': np.arange(self.max_images) < len(imgs)}
+        used = anyres.grid_tiles(pil.size[1], pil.size[0], s)
+      out[pixels_lib.TABLE][i, :used] = table
+    out.update(tile_index=index, tile_weight=weight,
+               image_mask=np.arange(self.max_images) < len(imgs))
+    return pixels_lib.finish(out, self.pixels)
+
+
+def _gray(pixels: str, num_channels: int) -> bool:
+  """Whether `pixels` sends one channel: a colour image is then an error (gray_only)."""
+  return pixels != 'float32' and pixels_lib.channels(pixels, num_channels) == 1
 
 
 def image_token_counts(arrays: dict) -> list[int] | None:
@@ -76,14 +101,19 @@ def image_token_counts(arrays: dict) -> list[int] | None:
 
 
 def first_image(example: dict, needed_by: str, *, size: int, num_channels: int, mean, std,
-                rng=None, crop_scale=(0.8, 1.0), resize: str = 'square') -> np.ndarray:
-  """The record's first image, preprocessed (augmented when `rng` is given); a record
-  without one is an error naming it and what needed it."""
+                rng=None, crop_scale=(0.8, 1.0), resize: str = 'square',
+                pixels: str = 'float32') -> dict:
+  """The record's first image, preprocessed (augmented when `rng` is given), as `pixels`
+  sends it: {'images' [size, size, P] 8-bit, 'pixel_table' [256, C]}, or 'images' float32
+  [size, size, C] alone; a record without one is an error naming it and what needed it."""
   if not example['images']:
     raise schema.SchemaError(f"record {example['id']!r}: images: none ({needed_by} reads one)")
-  return images_lib.preprocess(example['images'][0], size=size, num_channels=num_channels,
-                               mean=mean, std=std, record_id=example['id'], rng=rng,
-                               crop_scale=crop_scale, resize=resize).astype(np.float32)
+  out = pixels_lib.empty(pixels, (), size, num_channels)
+  out['images'][...], out[pixels_lib.TABLE][...] = images_lib.preprocess_pixels(
+      example['images'][0], size=size, num_channels=num_channels, mean=mean, std=std,
+      record_id=example['id'], rng=rng, crop_scale=crop_scale, resize=resize,
+      gray=_gray(pixels, num_channels))
+  return pixels_lib.finish(out, pixels)
 
 
 def _checked_count(example: dict, max_images: int) -> list:

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from radjax.data import chat, instructions, keywords, mixture, processors
+from radjax.data import chat, instructions, keywords, mixture, pixels, processors
 from radjax.data import labels as labels_lib
 from radjax.eval import llm_cxr
 from radjax.train import loss as loss_lib
@@ -175,6 +175,21 @@ def packed_fields(config) -> dict[str, BatchField]:
     return {}
   seq = BatchField((config.data.max_len,), np.int32)
   return {'segment_ids': seq, 'positions': seq}
+
+
+def image_fields(config, lead: tuple, size: int, num_channels: int) -> dict[str, BatchField]:
+  """A batch's 2D image fields as config.data.pixels sends them (radjax/data/pixels.py):
+  8-bit `images` [*lead, size, size, P] and their `pixel_table` [*lead, 256, C], or float32
+  `images` alone."""
+  return {k: BatchField(*f) for k, f in pixels.fields(pixels.mode_of(config), lead, size,
+                                                          num_channels).items()}
+
+
+def model_images(spec: dict) -> np.ndarray:
+  """Zero images [1, ...] of the spec as the model takes them (float32, C channels): the
+  dummy input of `model.init`."""
+  keys = [k for k in ('images', pixels.TABLE) if k in spec]
+  return pixels.as_floats(dict(zip(keys, zeros(spec, keys))))['images']
 
 
 def zeros(spec: dict, keys) -> tuple:

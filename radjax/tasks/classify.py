@@ -4,10 +4,9 @@ and is a vision pre-stage a VLM's tower can start from (`model.vision.init_from`
 import dataclasses
 
 import jax
-import numpy as np
 
 from radjax.data import labels as labels_lib
-from radjax.data import processors, schema
+from radjax.data import pixels, processors, schema
 from radjax.models import classifier, factory
 from radjax.tasks import base
 
@@ -22,13 +21,15 @@ class LabelledImageProcessor:
   std: tuple
   augment: bool = False
   crop_scale: tuple = (0.8, 1.0)
+  pixels: str = 'float32'  # config.data.pixels
 
   def __call__(self, raw: bytes, rng) -> dict:
     example = schema.decode(raw)
     x = processors.first_image(example, 'a finding classifier', size=self.image_size,
                                num_channels=self.num_channels, mean=self.mean, std=self.std,
-                               rng=rng if self.augment else None, crop_scale=self.crop_scale)
-    return {'images': x, **self.targets(example)}
+                               rng=rng if self.augment else None, crop_scale=self.crop_scale,
+                               pixels=self.pixels)
+    return {**x, **self.targets(example)}
 
 
 def classifier_config(config) -> classifier.ClassifierConfig:
@@ -54,7 +55,7 @@ class FindingClassifier(base.Task):
 
   def batch_spec(self) -> dict:
     v = self.model_cfg.vision
-    return {'images': base.BatchField((v.image_size, v.image_size, v.num_channels), np.float32),
+    return {**base.image_fields(self.config, (), v.image_size, v.num_channels),
             **base.label_fields(self.targets)}
 
   def processor(self, tasks=None, kind: str = '') -> LabelledImageProcessor:
@@ -62,14 +63,14 @@ class FindingClassifier(base.Task):
     d, v = self.config.data, self.model_cfg.vision
     return LabelledImageProcessor(self.targets, v.image_size, v.num_channels,
                                   tuple(d.image_mean), tuple(d.image_std), d.augment,
-                                  tuple(d.crop_scale))
+                                  tuple(d.crop_scale), pixels.mode_of(self.config))
 
   def model(self, frozen=()) -> classifier.Classifier:
     return classifier.Classifier(self.model_cfg,
                                  factory.runtime(self.config, 'vision', 'vision' in frozen))
 
   def init_inputs(self) -> tuple:
-    return base.zeros(self.batch_spec(), ('images',))
+    return (base.model_images(self.batch_spec()),)
 
   def predict(self, model, params, images):
     """(probabilities [N, L], pooled features [N, D]) of images [N, H, W, C]."""
@@ -78,6 +79,7 @@ class FindingClassifier(base.Task):
 
   def loss(self, model, params, batch, rng):
     del rng
+    batch = pixels.as_floats(batch)  # the step's first op: 8-bit pixels -> the tower's floats
     logits, _, scores = model.apply({'params': params}, batch['images'],
                                     method=classifier.Classifier.with_scores)
     return base.label_head_losses(self.targets, self.config, logits, scores, batch)

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from radjax.data import anyres, chat, mixture, pipeline, processors
+from radjax.data import anyres, chat, mixture, pipeline, pixels, processors
 from radjax.models import factory, vlm
 from radjax.tasks import base
 from radjax.train import loss as loss_lib
@@ -43,15 +43,16 @@ class ImageTextToText(base.Task):
       self.encoder = base.chat_encoder(config, tokenizer, self.model_cfg.tokens_per_image)
     c, v = config.data, self.model_cfg.vision
     self.anyres = self._anyres(config)
+    mode = pixels.mode_of(config)
     if self.anyres:
       self.slots = {'image': processors.TileSlots(
           self.anyres, num_channels=v.num_channels, max_images=c.max_images,
-          mean=tuple(c.image_mean), std=tuple(c.image_std))}
+          mean=tuple(c.image_mean), std=tuple(c.image_std), pixels=mode)}
     else:
       self.slots = {'image': processors.ImageSlots(
           image_size=v.image_size, num_channels=v.num_channels, max_images=c.max_images,
           mean=tuple(c.image_mean), std=tuple(c.image_std), crop_scale=tuple(c.crop_scale),
-          augment=c.augment, jitter=c.get('intensity_jitter', True))}
+          augment=c.augment, jitter=c.get('intensity_jitter', True), pixels=mode)}
     if v.kind == 'vit3d':  # volumes too, in batches of their own
       self.slots['volume'] = processors.VolumeSlots(
           image_size=v.image_size, num_channels=v.num_channels, max_images=c.max_images,
@@ -102,9 +103,11 @@ class ImageTextToText(base.Task):
                        f'reads it; config.model.vision.kind={self.model_cfg.vision.kind!r}')
 
   def batch_spec(self, kind: str = '') -> dict:
-    """The batch fields. kind 'image': images [M, H, W, C]; 'volume' (a 'vit3d' tower):
-    images [M, H, W, D, C] and a depth_mask [M, D] (each kind compiles its own step);
-    '': every field of either kind, images 2D (what the batch shardings are made from)."""
+    """The batch fields. kind 'image': images [M, H, W, P] and their pixel_table as
+    config.data.pixels sends them (radjax/data/pixels.py); 'volume' (a 'vit3d' tower):
+    float32 images [M, H, W, D, C] and a depth_mask [M, D] (each kind compiles its own
+    step); '': every field of either kind, images 2D (what the batch shardings are made
+    from)."""
     self._check_kind(kind)
     c, v = self.config.data, self.model_cfg.vision
     seq = base.BatchField((c.max_len,), np.int32)
@@ -119,9 +122,13 @@ class ImageTextToText(base.Task):
       plan = (m, self.anyres.max_tokens, 4)
       plans = {'tile_index': base.BatchField(plan, np.int32),
                'tile_weight': base.BatchField(plan, np.float32)}
+    if kind == 'volume':
+      images = {'images': base.BatchField((m, v.image_size, v.image_size, *depth,
+                                           v.num_channels), np.float32)}
+    else:
+      images = base.image_fields(self.config, (m, *tiles), v.image_size, v.num_channels)
     return {'tokens': seq, 'targets': seq, 'loss_mask': base.BatchField((c.max_len,), np.float32),
-            'images': base.BatchField((m, *tiles, v.image_size, v.image_size, *depth,
-                                       v.num_channels), np.float32),
+            **images,
             **plans,
             'image_mask': base.BatchField((m,), np.bool_),
             **base.packed_fields(self.config),
@@ -149,12 +156,14 @@ class ImageTextToText(base.Task):
     return vlm.VLM(self.model_cfg, factory.vlm_runtime(self.config, frozen))
 
   def init_inputs(self) -> tuple:
-    tokens, images = base.zeros(self.batch_spec(), ('tokens', 'images'))
+    spec = self.batch_spec()
+    (tokens,), images = base.zeros(spec, ('tokens',)), base.model_images(spec)
     if self.anyres:  # the parameters are those of one tile per image
       images = images[:, :, 0]
     return tokens, images
 
   def loss(self, model, params, batch, rng):
+    batch = pixels.as_floats(batch)  # the step's first op: 8-bit pixels -> the tower's floats
     at = base.logits_at(self.config, batch)
     logits, _ = model.apply({'params': params}, batch['tokens'], batch['images'],
                             positions=batch.get('positions'), depth_mask=batch.get('depth_mask'),
@@ -187,6 +196,7 @@ class ImageTextToText(base.Task):
     labelled example (scaled by tokens per example, as the step divides by tokens)."""
     if not self.label_weight:
       return self.loss(model, params, batch, rng)
+    batch = pixels.as_floats(batch)
     at = base.logits_at(self.config, batch)
     logits, (label_logits, scores) = model.apply(
         {'params': params}, batch['tokens'], batch['images'], depth_mask=batch.get('depth_mask'),

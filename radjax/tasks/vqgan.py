@@ -14,11 +14,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 
-from radjax.data import processors, schema
+from radjax.data import pixels, processors, schema
 from radjax.models import factory, lpips, vqgan
 from radjax.tasks import base
 from radjax.train import optimizer as optimizer_lib
@@ -29,20 +28,22 @@ DISC = 'discriminator'
 
 @dataclasses.dataclass
 class ImageProcessor:
-  """Record bytes -> {'images': [S, S, C] in [-1, 1]} from the record's first image."""
+  """Record bytes -> the record's first image, [S, S, C] in [-1, 1] once looked up
+  (radjax/data/pixels.py)."""
   image_size: int
   num_channels: int
   augment: bool = False
   crop_scale: tuple = (0.8, 1.0)
   resize: str = 'square'  # config.data.resize, when not augmenting
+  pixels: str = 'float32'  # config.data.pixels
 
   def __call__(self, raw: bytes, rng) -> dict:
     example = schema.decode(raw)
-    x = processors.first_image(example, 'the codec', size=self.image_size,
-                               num_channels=self.num_channels, mean=(0.5,) * 3, std=(0.5,) * 3,
-                               rng=rng if self.augment else None, crop_scale=self.crop_scale,
-                               resize=self.resize)
-    return {'images': x}
+    return processors.first_image(example, 'the codec', size=self.image_size,
+                                  num_channels=self.num_channels, mean=(0.5,) * 3,
+                                  std=(0.5,) * 3, rng=rng if self.augment else None,
+                                  crop_scale=self.crop_scale, resize=self.resize,
+                                  pixels=self.pixels)
 
 
 def _split(tree):
@@ -106,20 +107,21 @@ class ImageCodec(base.Task):
   # ---- data -------------------------------------------------------------------
   def batch_spec(self) -> dict:
     s, c = self.model_cfg.image_size, self.model_cfg.num_channels
-    return {'images': base.BatchField((s, s, c), np.float32)}
+    return base.image_fields(self.config, (), s, c)
 
   def processor(self, tasks=None, kind: str = '') -> ImageProcessor:
     del tasks, kind  # 2D images only
     d = self.config.data
     return ImageProcessor(self.model_cfg.image_size, self.model_cfg.num_channels, d.augment,
-                          tuple(d.crop_scale), d.get('resize', 'square'))
+                          tuple(d.crop_scale), d.get('resize', 'square'),
+                          pixels.mode_of(self.config))
 
   # ---- model --------------------------------------------------------------------
   def model(self, frozen=()) -> vqgan.VQGAN:
     return vqgan.VQGAN(self.model_cfg, factory.runtime(self.config, 'vqgan', 'vqgan' in frozen))
 
   def init_inputs(self) -> tuple:
-    return base.zeros(self.batch_spec(), ('images',))
+    return (base.model_images(self.batch_spec()),)
 
   def reconstruct(self, model, params, images):
     """(reconstructions, codes) of images in [-1, 1]; the codec evaluator's call."""
@@ -152,7 +154,7 @@ class ImageCodec(base.Task):
   def loss(self, model, params, batch, rng):
     """Held-out sums: reconstruction + codebook terms per image (no adversarial term)."""
     del rng
-    x = batch['images']
+    x = pixels.as_floats(batch)['images']
     recon, aux = model.apply({'params': params}, x)
     n = x.shape[0]
     rec = self._rec_loss(x, recon)
@@ -183,7 +185,7 @@ class ImageCodec(base.Task):
 def _train_step(task, model, tx, trainable, schedule, use_gan, state, batch):
   vc, cfg = task.config.vqgan, task.model_cfg
   rng = jax.random.fold_in(state.rng, state.step)
-  x = batch['images'].astype(jnp.float32)
+  x = pixels.as_floats(batch)['images'].astype(jnp.float32)  # the step's first op
   params = state.params
   gen, disc = _split(params)
   gan_on = state.step >= vc.disc_start  # the adversarial terms' switch

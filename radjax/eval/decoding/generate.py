@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from radjax.data import pixels
 from radjax.eval.decoding import beam_search as beam_lib
 from radjax.eval.decoding import repetition, sampling
 from radjax.models import llm as llm_lib
@@ -144,7 +145,8 @@ def _prefill(model, params, prompt_tokens, prompt_mask, images, max_new_tokens: 
     logits, aux = model.apply({'params': params}, prompt_tokens, positions, cache, 0, key_mask,
                               method=model.decode_step)
   else:
-    kw = images if isinstance(images, dict) else {'images': images}
+    # 8-bit pixels and their tables (radjax/data/pixels.py) -> floats, first in the jit
+    kw = pixels.as_floats(images if isinstance(images, dict) else {'images': images})
     logits, aux = model.apply({'params': params}, prompt_tokens, positions=positions,
                               cache=cache, cache_index=0, key_mask=key_mask, **kw)
   return logits[:, -1], aux['cache'], key_mask, positions[:, -1] + 1
@@ -224,7 +226,8 @@ def generate(model, params, prompt_tokens, prompt_mask, images, gen_cfg: Generat
   """Generates `gen_cfg.max_new_tokens` ids per left-padded prompt (jitted).
 
   prompt_tokens / prompt_mask [B, P]; images [B, M, H, W, C] for a VLM (or a dict of the
-  VLM's image arguments: images [B, M, H, W, D, C] and depth_mask [B, M, D]), None for a
+  VLM's image arguments: images [B, M, H, W, D, C] and depth_mask [B, M, D]; 8-bit images
+  with their pixel_table, radjax/data/pixels.py), None for a
   bare Decoder; rng: a PRNG key, needed when sampling (step i uses fold_in(rng, i)).
   Returns (ids [B, max_new_tokens], scores [B]): for beam search the best finished
   hypothesis and its HF `sequences_scores`; otherwise summed token log-probs.

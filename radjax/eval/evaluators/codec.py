@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from radjax.data import pipeline
+from radjax.data import pipeline, pixels
 from radjax.eval.evaluators import eval_sets
 from radjax.eval.metrics import image_metrics
 
@@ -33,7 +33,7 @@ class CodecEvaluator:
     task = exp.task
 
     def fn(params, batch):
-      x = batch['images']
+      x = pixels.as_floats(batch)['images']
       recon, codes = task.reconstruct(exp.model, params, x)
       sums = task.loss(exp.model, params, batch, None)
       a, b = (jnp.clip(x, -1, 1) + 1) / 2, (jnp.clip(recon, -1, 1) + 1) / 2
@@ -64,7 +64,7 @@ class CodecEvaluator:
       if i == 0 and writer is not None and cfg.eval.num_logged_examples:
         k = cfg.eval.num_logged_examples
         writer.write_images(step, {'eval/inputs_vs_reconstructions': side_by_side(
-            np.asarray(batch['images'][:k]), np.asarray(recon[:k]))})
+            pixels.as_floats(batch)['images'][:k], np.asarray(recon[:k]))})
     if not n:
       raise ValueError(f'eval split {s.split!r} of {s.dir} has fewer than '
                        f'config.eval.batch_size ({cfg.eval.batch_size}) records')

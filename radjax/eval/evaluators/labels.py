@@ -3,7 +3,7 @@ micro F1 and macro AUROC (radjax/eval/metrics/classification.py)."""
 import jax
 import numpy as np
 
-from radjax.data import pipeline
+from radjax.data import pipeline, pixels
 from radjax.eval.evaluators import eval_sets
 from radjax.eval.metrics import classification
 
@@ -15,7 +15,8 @@ class LabelEvaluator:
     self.eval_set = eval_sets.resolve(exp.config, 'labels', split)
     with exp.context():
       self._predict = jax.jit(
-          lambda params, batch: (exp.task.predict(exp.model, params, batch['images'])[0],
+          lambda params, batch: (exp.task.predict(exp.model, params,
+                                                  pixels.as_floats(batch)['images'])[0],
                                  batch['labels'], batch['label_mask']),
           in_shardings=(exp.state_shardings.params, exp.batch_shardings))
 

@@ -7,7 +7,7 @@ import os
 import jax
 import numpy as np
 
-from radjax.data import instructions, schema
+from radjax.data import instructions, pixels, schema
 from radjax.eval.evaluators import answers, eval_sets
 from radjax.eval.metrics import classification, scoring
 from radjax.eval.metrics.labeler import label_report
@@ -17,8 +17,8 @@ OBSERVATION_TO_FINDING = {obs: f for f, obs in schema.DEMO_FINDINGS.items()}
 
 def _first_view(arrays: dict) -> np.ndarray:
   """The first image [H, W, C] (a volume: its middle real slice; AnyRes tiles: the base
-  tile) for TensorBoard."""
-  x = arrays['images'][0]
+  tile) for TensorBoard, as the tower sees it."""
+  x = pixels.as_floats(arrays)['images'][0]
   if 'tile_index' in arrays:
     x = x[0]
   if 'depth_mask' in arrays:

@@ -1,0 +1,90 @@
+"""How a batch's 2D images travel (config.data.pixels), and the one lookup that turns them
+into the tower's normalised floats.
+
+'uint8' / 'gray8': `images` holds 8-bit pixels [..., H, W, P] and `pixel_table` one float32
+[256, C] table per H x W plane (an image slot, an AnyRes tile slot): each 8-bit value's
+normalised value per channel, the record's contrast/brightness jitter folded in
+(radjax/data/images.py pixel_table). P is the tower's C ('uint8'), or 1 ('gray8', and any
+1-channel tower): a film's gray value, looked up in each of the C columns. An unused plane
+has a zero table, so it reads as zeros, as the float32 slots did. The device does the
+lookup as the first op of the step, before the tower: 1 byte per pixel crosses from the
+reader to the device instead of 4 x C (RadVLM's 37 AnyRes tiles of 384 px: 5.5 MB gray,
+65 MB as float32 RGB), through Grain's worker processes, prefetch buffers and the
+host-to-device copy.
+'float32': the host does the same lookup, and `images` holds the floats (no table).
+
+The lookup is a gather of floats the host computed, so both sides give the same bits.
+Volumes (VolumeSlots) are not 8-bit and always travel as float32.
+"""
+import jax.numpy as jnp
+import numpy as np
+
+from radjax.core import config_checks
+from radjax.data import images as images_lib
+
+MODES = config_checks.CHOICES['data.pixels']
+TABLE = 'pixel_table'
+LEVELS = 256  # rows of a table: one per 8-bit value
+
+
+def mode_of(config) -> str:
+  """config.data.pixels (a workdir written before the knob: 'uint8', the same floats)."""
+  mode = config.data.get('pixels', 'uint8')
+  if mode not in MODES:
+    raise ValueError(f'config.data.pixels={mode!r} is not one of {MODES}')
+  return mode
+
+
+def channels(mode: str, num_channels: int) -> int:
+  """P: the channels an 8-bit image plane holds."""
+  return 1 if mode == 'gray8' else num_channels
+
+
+def empty(mode: str, lead: tuple, size: int, num_channels: int) -> dict:
+  """Zero planes [*lead, size, size, P] uint8 and zero tables [*lead, 256, C]: what a slot
+  processor fills (planes left as they are read as zeros)."""
+  p = num_channels if mode == 'float32' else channels(mode, num_channels)
+  return {'images': np.zeros((*lead, size, size, p), np.uint8),
+          TABLE: np.zeros((*lead, LEVELS, num_channels), np.float32)}
+
+
+def fields(mode: str, lead: tuple, size: int, num_channels: int) -> dict:
+  """{key: (shape, dtype)} of a batch's image fields, per example."""
+  if mode == 'float32':
+    return {'images': ((*lead, size, size, num_channels), np.float32)}
+  return {'images': ((*lead, size, size, channels(mode, num_channels)), np.uint8),
+          TABLE: ((*lead, LEVELS, num_channels), np.float32)}
+
+
+def lookup(pixels, table):
+  """8-bit planes [..., H, W, P] through their tables [..., 256, C] -> [..., H, W, C]
+  float32. numpy arrays on the host, jax arrays (or tracers) on the device: the same
+  gather, so the same floats."""
+  lead, (h, w, p), c = table.shape[:-2], pixels.shape[-3:], table.shape[-1]
+  n = int(np.prod(lead, dtype=np.int64))
+  flat = pixels.reshape(n, h * w, p)
+  tables = table.reshape(n, LEVELS, c)
+  if isinstance(pixels, np.ndarray) and isinstance(table, np.ndarray):
+    out = np.empty((n, h * w, c), np.float32)
+    for i in range(n):  # np.take into place: no [n, HW, C] index arrays (take_along_axis's)
+      images_lib.lookup_pixels(flat[i, :, 0] if p == 1 else flat[i], tables[i],
+                               gray=p == 1, out=out[i])
+  else:  # P = 1: the index broadcasts over the C columns (the gray -> C repeat)
+    out = jnp.take_along_axis(tables, flat, axis=1, mode='promise_in_bounds')
+  return out.reshape(*lead, h, w, c)
+
+
+def as_floats(batch: dict) -> dict:
+  """A batch (or a model's image inputs) with `images` as the tower's floats and no table;
+  one without a table (float32 pixels, volumes, text) as it is."""
+  if TABLE not in batch:
+    return batch
+  out = {k: v for k, v in batch.items() if k != TABLE}
+  out['images'] = lookup(batch['images'], batch[TABLE])
+  return out
+
+
+def finish(arrays: dict, mode: str) -> dict:
+  """A slot processor's planes and tables as `mode` sends them: 'float32' looks them up
+  here, on the host."""
+  return as_floats(arrays) if mode == 'float32' else arrays
