@@ -44,8 +44,8 @@ def _hf_processor(max_tiles=2):
 
 @pytest.mark.parametrize('mode', ['RGB', 'L'])
 def test_tiles_are_the_processors_pixels(mode):
-  """8-bit tiles, looked up through their tables (zero past the grid) on the host and on
-  the device, are the processor's pixels; unused slots read as zeros."""
+  """8-bit tiles, looked up through their table on the host and on the device, are the
+  processor's pixels."""
   ip, _ = _hf_processor()
   table = images.pixel_table((0.5,) * 3, (0.5,) * 3, 3)
   spec = _spec()
@@ -54,19 +54,12 @@ def test_tiles_are_the_processors_pixels(mode):
     img = _image(h, w, mode, seed=i)
     tiles = anyres.tiles(img, spec)
     assert tiles.dtype == np.uint8 and tiles.shape[-1] == (1 if mode == 'L' else 3)
-    n = anyres.grid_tiles(h, w, spec)
-    tables = np.zeros((spec.slots, 256, 3), np.float32)
-    tables[:n] = table
-    ours = pixels.lookup(tiles, tables)
+    ours = pixels.lookup(tiles, table)
     theirs = ip(img.convert('RGB'), return_tensors='np')['pixel_values'][0]
-    assert n == len(theirs) == 1 + np.prod(anyres.best_grid(h, w, spec))
-    np.testing.assert_array_equal(ours[:n], theirs.transpose(0, 2, 3, 1))
-    assert not ours[n:].any()  # unused slots
+    assert len(tiles) == len(theirs) == 1 + np.prod(anyres.best_grid(h, w, spec))
+    np.testing.assert_array_equal(ours, theirs.transpose(0, 2, 3, 1))
+    tables = np.broadcast_to(table, (len(tiles), *table.shape))
     np.testing.assert_array_equal(np.asarray(device(tiles, tables)), ours)
-    into = np.zeros((2, spec.slots, TILE, TILE, 3), np.uint8)  # TileSlots' way: into a slot
-    assert anyres.tiles(img, spec, out=into[1]) is not None  # (gray: to each channel)
-    np.testing.assert_array_equal(into[1], np.broadcast_to(tiles, into[1].shape))
-    assert not into[0].any()
 
 
 @pytest.mark.parametrize('max_tiles', [2, 9])

@@ -68,8 +68,9 @@ def test_tile_slots_device_floats_are_the_hosts(kind, count):
   example = {'id': 'r', 'images': [_entry(kind, 100, 37, seed=s) for s in range(count)]}
   half = (0.5,) * 3
   host = processors.TileSlots(SPEC, 3, 2, half, half)(example, None)
-  used = 1 if count > 1 else anyres.grid_tiles(100, 37, SPEC)
-  assert 1 < anyres.grid_tiles(100, 37, SPEC) < SPEC.slots
+  grid = 1 + int(np.prod(anyres.best_grid(100, 37, SPEC)))
+  used = 1 if count > 1 else grid
+  assert 1 < grid < SPEC.slots
   assert not host['images'][0, used:].any()
   for mode in _modes(kind):
     sent = processors.TileSlots(SPEC, 3, 2, half, half, pixels=mode)(example, None)

@@ -8,7 +8,7 @@ static (config.model.anyres_grids / anyres_max_tiles):
   pixels kept, then least canvas wasted), the image resized into it keeping its
   proportions and centred on black, cut into 8-bit tiles; slot 0 is the base tile and
   slots past the grid are zeros (their pixel tables too: radjax/data/pixels.py). Every
-  image has `slots` tile slots.
+  image has `slots` tile slots (processors.TileSlots).
 - `plan`: which feature vectors make the image's token sequence, as up to 4 (index,
   weight) taps per token into the image's tile features (slot k, token t at k * T + t)
   followed by one extra row, the learned `image_newline` (index slots * T): the base's T
@@ -90,16 +90,9 @@ def fitted_size(height: int, width: int, grid_h: int, grid_w: int) -> tuple[int,
   return grid_h, min(math.ceil(width * sh), grid_w)
 
 
-def grid_tiles(height: int, width: int, spec: AnyRes) -> int:
-  """Tile slots an image of this size fills: the base and its grid's."""
-  rows, cols = best_grid(height, width, spec)
-  return 1 + rows * cols
-
-
-def tiles(img: Image.Image, spec: AnyRes, out: np.ndarray | None = None) -> np.ndarray:
-  """A decoded 8-bit image -> its 8-bit tiles [slots, tile, tile, P] (P: 1 for 'L', 3 for
-  'RGB'), written into `out` when given (a gray image broadcast to its channels): zeros
-  (np.zeros), whose slots past the grid are left as they are."""
+def tiles(img: Image.Image, spec: AnyRes) -> np.ndarray:
+  """A decoded 8-bit image -> its base tile and its grid's tiles, 8-bit
+  [1 + rows x cols, tile, tile, P] (P: 1 for 'L', 3 for 'RGB')."""
   w0, h0 = img.size
   rows, cols = best_grid(h0, w0, spec)
   t = spec.tile
@@ -108,12 +101,10 @@ def tiles(img: Image.Image, spec: AnyRes, out: np.ndarray | None = None) -> np.n
   canvas = Image.new(img.mode, (gw, gh), 0)  # black margins, as the processor pads
   canvas.paste(img.resize((nw, nh), Image.BICUBIC), ((gw - nw) // 2, (gh - nh) // 2))
   pixels = _planes(np.asarray(canvas))
-  if out is None:
-    out = np.zeros((spec.slots, t, t, pixels.shape[-1]), np.uint8)
-  # The 8-bit canvas is cut into tiles straight into the slots (a byte per pixel moved);
-  # the lookup to floats is the device's (radjax/data/pixels.py).
-  grid = out[1:1 + rows * cols].reshape(rows, cols, t, t, out.shape[-1])  # a view
-  grid[...] = pixels.reshape(rows, t, cols, t, -1).swapaxes(1, 2)
+  out = np.empty((1 + rows * cols, t, t, pixels.shape[-1]), np.uint8)
+  # The 8-bit canvas is cut into tiles (a byte per pixel moved); the lookup to floats is
+  # the device's (radjax/data/pixels.py).
+  out[1:].reshape(rows, cols, t, t, -1)[...] = pixels.reshape(rows, t, cols, t, -1).swapaxes(1, 2)
   out[0] = _planes(np.asarray(img.resize((t, t), Image.BICUBIC)))
   return out
 

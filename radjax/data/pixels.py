@@ -40,37 +40,48 @@ def channels(mode: str, num_channels: int) -> int:
   return 1 if mode == 'gray8' else num_channels
 
 
-def empty(mode: str, lead: tuple, size: int, num_channels: int) -> dict:
-  """Zero planes [*lead, size, size, P] uint8 and zero tables [*lead, 256, C]: what a slot
-  processor fills (planes left as they are read as zeros)."""
-  p = num_channels if mode == 'float32' else channels(mode, num_channels)
-  return {'images': np.zeros((*lead, size, size, p), np.uint8),
-          TABLE: np.zeros((*lead, LEVELS, num_channels), np.float32)}
-
-
 def fields(mode: str, lead: tuple, size: int, num_channels: int) -> dict:
-  """{key: (shape, dtype)} of a batch's image fields, per example."""
+  """{key: (shape, dtype)} of image slots [*lead, size, size, ...] as `mode` sends them:
+  8-bit planes [..., P] and their tables [*lead, 256, C], or float32 images [..., C]."""
   if mode == 'float32':
     return {'images': ((*lead, size, size, num_channels), np.float32)}
   return {'images': ((*lead, size, size, channels(mode, num_channels)), np.uint8),
           TABLE: ((*lead, LEVELS, num_channels), np.float32)}
 
 
-def lookup(pixels, table):
+def empty(mode: str, lead: tuple, size: int, num_channels: int) -> dict:
+  """Zero slots of `fields`: what a slot processor fills; slots left as they are read as
+  zeros (a zero table looks every value up as 0)."""
+  return {k: np.zeros(shape, dtype)
+          for k, (shape, dtype) in fields(mode, lead, size, num_channels).items()}
+
+
+def put(slots: dict, at, planes: np.ndarray, table: np.ndarray) -> None:
+  """One image's 8-bit planes ([n,] H, W, 1 or 3) and its table into `slots` at index `at`:
+  as they are, with the table (a gray plane to each of P channels), or ('float32' slots)
+  looked up here, straight into them."""
+  if TABLE in slots:
+    slots['images'][at] = planes
+    slots[TABLE][at] = table
+  else:
+    lookup(planes, table, out=slots['images'][at])
+
+
+def lookup(pixels, table, out=None):
   """8-bit planes [..., H, W, P] through their tables [..., 256, C] -> [..., H, W, C]
-  float32. numpy arrays on the host, jax arrays (or tracers) on the device: the same
-  gather, so the same floats."""
-  lead, (h, w, p), c = table.shape[:-2], pixels.shape[-3:], table.shape[-1]
-  n = int(np.prod(lead, dtype=np.int64))
-  flat = pixels.reshape(n, h * w, p)
-  tables = table.reshape(n, LEVELS, c)
+  float32: numpy arrays on the host (one table may serve every plane; into `out` when
+  given), jax arrays (or tracers) on the device. The same gather, so the same floats."""
+  lead, (h, w, p), c = pixels.shape[:-3], pixels.shape[-3:], table.shape[-1]
   if isinstance(pixels, np.ndarray) and isinstance(table, np.ndarray):
-    out = np.empty((n, h * w, c), np.float32)
-    for i in range(n):  # np.take into place: no [n, HW, C] index arrays (take_along_axis's)
-      images_lib.lookup_pixels(flat[i, :, 0] if p == 1 else flat[i], tables[i],
+    out = np.empty((*lead, h, w, c), np.float32) if out is None else out
+    tables = np.broadcast_to(table, (*lead, LEVELS, c))
+    for i in np.ndindex(*lead):  # np.take into place, a gray plane contiguous
+      images_lib.lookup_pixels(pixels[i][..., 0] if p == 1 else pixels[i], tables[i],
                                gray=p == 1, out=out[i])
-  else:  # P = 1: the index broadcasts over the C columns (the gray -> C repeat)
-    out = jnp.take_along_axis(tables, flat, axis=1, mode='promise_in_bounds')
+    return out
+  # P = 1: the index broadcasts over the C columns (the gray -> C repeat)
+  flat = pixels.reshape(*lead, h * w, p)
+  out = jnp.take_along_axis(table, flat, axis=-2, mode='promise_in_bounds')
   return out.reshape(*lead, h, w, c)
 
 
@@ -82,9 +93,3 @@ def as_floats(batch: dict) -> dict:
   out = {k: v for k, v in batch.items() if k != TABLE}
   out['images'] = lookup(batch['images'], batch[TABLE])
   return out
-
-
-def finish(arrays: dict, mode: str) -> dict:
-  """A slot processor's planes and tables as `mode` sends them: 'float32' looks them up
-  here, on the host."""
-  return as_floats(arrays) if mode == 'float32' else arrays

@@ -32,12 +32,12 @@ class ImageSlots:
     imgs = _checked_count(example, self.max_images)
     out = pixels_lib.empty(self.pixels, (self.max_images,), self.image_size, self.num_channels)
     for i, img in enumerate(imgs):
-      out['images'][i], out[pixels_lib.TABLE][i] = images_lib.preprocess_pixels(
+      pixels_lib.put(out, i, *images_lib.preprocess_pixels(
           img, size=self.image_size, num_channels=self.num_channels, mean=self.mean,
           std=self.std, record_id=example['id'], rng=rng, crop_scale=self.crop_scale,
-          jitter=self.jitter, gray=_gray(self.pixels, self.num_channels))
+          jitter=self.jitter, gray=self.pixels == 'gray8'))
     out['image_mask'] = np.arange(self.max_images) < len(imgs)
-    return pixels_lib.finish(out, self.pixels)
+    return out
 
 
 @dataclasses.dataclass
@@ -55,8 +55,7 @@ class TileSlots:
 
   def __post_init__(self):
     fill = anyres.square_fill(self.mean)
-    if _gray(self.pixels, self.num_channels) and self.num_channels > 1 \
-        and self.max_images > 1 and len(set(fill)) > 1:
+    if self.pixels == 'gray8' and self.max_images > 1 and len(set(fill)) > 1:
       raise ValueError(f"config.data.pixels='gray8' and AnyRes with config.data.max_images="
                        f'{self.max_images}: an example of several images pads each in the '
                        f"mean colour {fill}, which is not gray; use pixels='uint8'")
@@ -71,25 +70,18 @@ class TileSlots:
     table = images_lib.pixel_table(self.mean, self.std, self.num_channels)
     for i, img in enumerate(imgs):
       pil = images_lib.decode_image(img, self.num_channels, example['id'], keep_gray=True)
-      if _gray(self.pixels, self.num_channels):
+      if self.pixels == 'gray8':
         pil = images_lib.gray_only(pil, example['id'])
       if len(imgs) > 1:  # several images: one square tile each (anyres module doc)
-        out['images'][i, 0] = anyres.square_tile(pil, s, self.mean)
+        tiles = anyres.square_tile(pil, s, self.mean)[None]
         index[i], weight[i], _ = anyres.square_plan(s)
-        used = 1
       else:
-        anyres.tiles(pil, s, out=out['images'][i])  # into the batch's zeros, not a copy
+        tiles = anyres.tiles(pil, s)
         index[i], weight[i], _ = anyres.plan(pil.size[1], pil.size[0], s)
-        used = anyres.grid_tiles(pil.size[1], pil.size[0], s)
-      out[pixels_lib.TABLE][i, :used] = table
+      pixels_lib.put(out, (i, slice(0, len(tiles))), tiles, table)  # the rest stay zeros
     out.update(tile_index=index, tile_weight=weight,
                image_mask=np.arange(self.max_images) < len(imgs))
-    return pixels_lib.finish(out, self.pixels)
-
-
-def _gray(pixels: str, num_channels: int) -> bool:
-  """Whether `pixels` sends one channel: a colour image is then an error (gray_only)."""
-  return pixels != 'float32' and pixels_lib.channels(pixels, num_channels) == 1
+    return out
 
 
 def image_token_counts(arrays: dict) -> list[int] | None:
@@ -109,11 +101,11 @@ def first_image(example: dict, needed_by: str, *, size: int, num_channels: int, 
   if not example['images']:
     raise schema.SchemaError(f"record {example['id']!r}: images: none ({needed_by} reads one)")
   out = pixels_lib.empty(pixels, (), size, num_channels)
-  out['images'][...], out[pixels_lib.TABLE][...] = images_lib.preprocess_pixels(
+  pixels_lib.put(out, (), *images_lib.preprocess_pixels(
       example['images'][0], size=size, num_channels=num_channels, mean=mean, std=std,
       record_id=example['id'], rng=rng, crop_scale=crop_scale, resize=resize,
-      gray=_gray(pixels, num_channels))
-  return pixels_lib.finish(out, pixels)
+      gray=pixels == 'gray8'))
+  return out
 
 
 def _checked_count(example: dict, max_images: int) -> list:
