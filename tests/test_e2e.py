@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from radjax import run as run_lib
 from radjax.core import checkpoint as checkpoint_lib
@@ -131,5 +132,12 @@ def test_generate_mode_reports_on_image_files(demo_data, tmp_path, capsys):
   reports = run_lib.main(config, workdir, 'generate', [path])
   assert len(reports) == 1 and isinstance(reports[0], str)
   assert f'== {path}' in capsys.readouterr().out
+  # A colour photo of a film: the demo trains on gray 8-bit pixels (config.data.pixels
+  # 'gray8'), and generation still reads it, in colour.
+  colour = str(tmp_path / 'photo.jpg')
+  Image.merge('RGB', [Image.open(path).convert('L').point(lambda v: min(255, v + d))
+                      for d in (0, 20, 40)]).save(colour)
+  assert config.data.pixels == 'gray8'
+  assert len(run_lib.main(config, workdir, 'generate', [colour])) == 1
   with pytest.raises(ValueError, match='--images'):
     run_lib.main(config, workdir, 'generate', [])

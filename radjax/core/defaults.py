@@ -220,7 +220,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # through worker processes, prefetch buffers and the host-to-device copy than
   # 'float32', which normalises on the host. 'gray8': one channel (the gray value, looked
   # up in each of the tower's C channels: 4 x C fewer bytes), for radiographs; a colour
-  # image is an error naming its record (an RGB file of equal channels is read as gray).
+  # image in the data is an error naming its record (an RGB file of equal channels is read
+  # as gray); generation reads a user's colour image with the tower's channels.
   # The floats are the same bits either way. Volumes always travel as float32.
   c.data.pixels = 'uint8'
   c.data.shuffle = True

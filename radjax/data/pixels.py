@@ -7,10 +7,10 @@ normalised value per channel, the record's contrast/brightness jitter folded in
 (radjax/data/images.py pixel_table). P is the tower's C ('uint8'), or 1 ('gray8', and any
 1-channel tower): a film's gray value, looked up in each of the C columns. An unused plane
 has a zero table, so it reads as zeros, as the float32 slots did. The device does the
-lookup as the first op of the step, before the tower: 1 byte per pixel crosses from the
-reader to the device instead of 4 x C (RadVLM's 37 AnyRes tiles of 384 px: 5.5 MB gray,
-65 MB as float32 RGB), through Grain's worker processes, prefetch buffers and the
-host-to-device copy.
+lookup as the first op of the step, before the tower (and of generation's prefill): P
+bytes per pixel cross from the reader to the device instead of 4 x C (RadVLM's 37 AnyRes
+tiles of 384 px: 5.5 MB gray, 65 MB as float32 RGB), through Grain's worker processes,
+prefetch buffers and the host-to-device copy.
 'float32': the host does the same lookup, and `images` holds the floats (no table).
 
 The lookup is a gather of floats the host computed, so both sides give the same bits.

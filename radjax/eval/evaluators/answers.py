@@ -3,6 +3,8 @@ the evaluators, `--mode=generate` and `--mode=chat`, for a VLM and for a bare de
 
 An item is (example, prompt turns): the example's images (none for a decoder) go where
 the turns' `<image>` marks are, or before the first user turn's text."""
+import dataclasses
+
 import jax
 import numpy as np
 
@@ -43,6 +45,8 @@ class Answerer:
     slots = self.image_slots
     if slots is not None and hasattr(self.exp.task, 'slots_for'):
       slots = self.exp.task.slots_for([example for example, _ in items])
+    if getattr(slots, 'pixels', '') == 'gray8':  # a user's colour image is read all the same
+      slots = dataclasses.replace(slots, pixels='uint8')  # (the same floats for gray ones)
     for example, turns in items:
       n, counts = 0, None
       if slots is not None:
