@@ -1,4 +1,5 @@
 """The training loop: resume, step, log one step late, checkpoint, evaluate."""
+import collections
 import json
 import os
 import time
@@ -74,10 +75,10 @@ def train(config, workdir: str, task, devices=None) -> dict:
   with exp.context():
     train_step = setup.jit_train_step(exp)
 
-  tokens_per_step = tc.batch_size * config.data.max_len
   pending = None  # (step, device metrics, host extras) of the previous step
   last_eval = {}
   t_log, steps_since_log = time.time(), 0
+  seen = collections.Counter()  # examples and token slots since the last log
   try:
     if start and _eval_due(tc, start) and not writers.eval_logged(writer_path(workdir), start,
                                                                   config.eval.split):
@@ -91,14 +92,16 @@ def train(config, workdir: str, task, devices=None) -> dict:
       with exp.context():
         state, metrics = train_step(state, batch)
       steps_since_log += 1
+      seen.update(_examples_and_tokens(host_batch))
       # Read the previous step's metrics now: the device is busy with this one.
       if pending is not None:
         _log(writer, pending[0], _read(pending, ckpt, state, workdir))
       if step % tc.log_every == 0 or step == tc.num_steps:
         dt = time.time() - t_log
-        extras['train/tokens_per_sec'] = tokens_per_step * steps_since_log / max(dt, 1e-9)
+        extras.update({f'train/{k}_per_sec': v / max(dt, 1e-9) for k, v in seen.items()})
         extras['train/steps_per_sec'] = steps_since_log / max(dt, 1e-9)
         t_log, steps_since_log = time.time(), 0
+        seen.clear()
       pending = (step, metrics, extras, step % tc.log_every == 0 or step == tc.num_steps)
       progress(step)
 
@@ -126,6 +129,21 @@ def train(config, workdir: str, task, devices=None) -> dict:
       data_iter.close()
     writer.flush()
   return last_eval
+
+
+def _examples_and_tokens(host_batch: dict) -> dict:
+  """Global examples and token slots of one step's batch, read from the batch itself: a
+  mixture's volume batches have config.data.volume_batch_size rows, a packed row several
+  examples, a classifier no text."""
+  procs = jax.process_count()
+  if 'segment_ids' in host_batch:  # segments count 1, 2, ... along a row
+    examples = int(np.sum(np.max(host_batch['segment_ids'], axis=-1)))
+  else:
+    examples = len(next(v for v in host_batch.values() if np.ndim(v)))
+  out = {'examples': examples * procs}
+  if 'tokens' in host_batch:
+    out['tokens'] = int(np.size(host_batch['tokens'])) * procs
+  return out
 
 
 def _eval_due(tc, step: int) -> bool:
