@@ -3,7 +3,7 @@ image path) on one film, beside transformers' LlavaOnevisionImageProcessorPil on
 file.
 
   python bench/anyres_stages.py --config configs/radvlm.py \
-      --config.data.dir=$HOME/.cache/radjax/demo_v5 [--sources jpeg_film,png_film] [--repeats 5] \
+      --config.data.dir=$HOME/.cache/radjax/demo_v6 [--sources jpeg_film,png_film] [--repeats 5] \
       [--host_allocator mimalloc]
 
 The film is the dataset's first image re-encoded as bench/data_pipeline.py's sources are

@@ -5,9 +5,9 @@ the same work, and against what the train step consumes.
       [--image_sizes 0,224,336] [--sources demo,png512,jpeg512,jpeg_film] [--noaugment] \
       [--step_steps 3]
   python bench/data_pipeline.py --config configs/llava_tinyllama.py \
-      --config.data.dir=$HOME/.cache/radjax/demo_v5 --image_sizes 0   # a GPU host
+      --config.data.dir=$HOME/.cache/radjax/demo_v6 --image_sizes 0   # a GPU host
   python bench/data_pipeline.py --config configs/radvlm.py --anyres \
-      --config.data.dir=$HOME/.cache/radjax/demo_v5 --config.train.batch_size=4 \
+      --config.data.dir=$HOME/.cache/radjax/demo_v6 --config.train.batch_size=4 \
       --sources jpeg_film,png_film,jpeg_film_s1918 --workers 0 --records 16 --step_rate radvlm_hf
 
 Per row (a source, an image size, augmentation off/on, a worker count):

@@ -2,7 +2,7 @@ r"""The train pipeline beside a Python-busy thread in the trainer process: the G
 convoy effect on read threads, against worker processes.
 
   python bench/gil_contention.py --config configs/llava_tinyllama.py \
-      --config.data.dir=$HOME/.cache/radjax/demo_v5 [--rows inproc:0,threads:2,processes:2]
+      --config.data.dir=$HOME/.cache/radjax/demo_v6 [--rows inproc:0,threads:2,processes:2]
 
 A trainer's own Python (dispatching the step, writing metrics, saving a checkpoint,
 evaluating) holds the GIL while the readers work. A reader that releases the GIL for each

@@ -9,7 +9,7 @@ Same code path as the 7B configs; only sizes shrink. The dataset is built on fir
 into config.data.dir (about a minute on 2 cores). Then two stages in the one command, as
 LLaVA-style recipes start from a tower that already sees: the vision tower first learns
 the renderer's five findings as a classifier (configs/classifier.py, with box targets
-for the four findings the renderer boxes; <workdir>/pre_stage), then the projector and
+for the findings the renderer boxes: all five; <workdir>/pre_stage), then the projector and
 decoder learn the reports on the frozen tower. A from-scratch tower trained by the report
 loss alone misses small findings; 8-pixel patches (64 image tokens) let it see nodules.
 size=micro (the tests' shrink) trains in one stage, the tower with the same label and

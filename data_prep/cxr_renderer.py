@@ -132,9 +132,10 @@ def render(rng: np.random.Generator, findings: set[str]) -> tuple[np.ndarray, di
   """Draws one radiograph with the given findings (a subset of FINDINGS).
 
   Returns (uint8 HxW array, meta). Deterministic given rng. meta holds:
-    boxes          [{"box": [x1, y1, x2, y2] in [0, 1], "label", "phrase"}]: the nodule's,
-                   and the extent of consolidation, pneumothorax and each effusion
-                   (VinDr-CXR boxes these findings too)
+    boxes          [{"box": [x1, y1, x2, y2] in [0, 1], "label", "phrase"}]: the enlarged
+                   heart's silhouette, the nodule's disc, and the extent of
+                   consolidation, pneumothorax and each effusion (VinDr-CXR boxes these
+                   findings too)
     sides          {finding: "left"|"right"|"bilateral"}  (patient's side)
     zones          {finding: "upper"|"middle"|"lower"}    (nodule, consolidation)
     severity       {finding: "small"|"moderate"|"large"}  (effusion, pneumothorax,
@@ -273,6 +274,8 @@ def render(rng: np.random.Generator, findings: set[str]) -> tuple[np.ndarray, di
     - 0.12 * trachea
     + 0.07 * pleural_line * not_soft
   )
+  if 'cardiomegaly' in findings:  # the enlarged silhouette, as VinDr-CXR boxes it
+    _add_box(meta, heart > 0.5, 'Cardiomegaly', 'cardiomegaly')
   if 'pneumothorax' in findings:
     _add_box(meta, ptx > 0.5, 'Pneumothorax', 'pneumothorax')
   if 'pleural_effusion' in findings:

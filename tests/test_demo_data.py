@@ -193,7 +193,7 @@ def test_built_dataset_contents(built):
     img = Image.open(io.BytesIO(ex['images'][0]['data']))
     assert img.mode == 'L' and img.size[0] == img.size[1]
     assert cxr_renderer.SIZE_RANGE[0] <= img.size[0] <= cxr_renderer.SIZE_RANGE[1]
-    for label in ('Lung Lesion', 'Consolidation', 'Pneumothorax', 'Pleural Effusion'):
+    for label in schema.DEMO_FINDINGS.values():  # each finding boxed, where present
       boxed = [b for b in ex['boxes'] if b['label'] == label]
       assert bool(boxed) == (ex['labels'][label] == 1), (ex['id'], label)
     assert ex['labels']['No Finding'] == int(
@@ -329,7 +329,8 @@ def test_nodule_box_is_valid_and_bright():
     assert diff > 20, (seed, diff)
 
 
-@pytest.mark.parametrize('finding,label', [('consolidation', 'Consolidation'),
+@pytest.mark.parametrize('finding,label', [('cardiomegaly', 'Cardiomegaly'),
+                                           ('consolidation', 'Consolidation'),
                                            ('pneumothorax', 'Pneumothorax'),
                                            ('pleural_effusion', 'Pleural Effusion')])
 def test_finding_boxes_hold_what_the_finding_changed(finding, label):

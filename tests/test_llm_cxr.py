@@ -142,15 +142,15 @@ def test_codes_stay_with_the_codec_step_that_made_them(trained, tmp_path, monkey
   # The recipe pins the step that made the demo's codes, and keeps paths absolute so the
   # workdir generates from any directory.
   monkeypatch.chdir(tmp_path)
-  os.makedirs('c2/codes/demo_v5')
+  os.makedirs('c2/codes/demo_v6')
   with open('c2/config.json', 'w') as f, open(os.path.join(codec, 'config.json')) as src:
     f.write(src.read())
-  with open('c2/codes/demo_v5/codes.json', 'w') as f:
+  with open('c2/codes/demo_v6/codes.json', 'w') as f:
     json.dump({'codec': str(tmp_path / 'c2'), 'step': 7}, f)
   c = recipe.get_config('size=micro,codec=c2')
   assert c.codec.workdir == str(tmp_path / 'c2') and c.codec.step == 7
   assert c.data.mixture.cxr.builder_kwargs.step == 7
-  assert c.data.mixture.cxr.dir == str(tmp_path / 'c2' / 'codes' / 'demo_v5')
+  assert c.data.mixture.cxr.dir == str(tmp_path / 'c2' / 'codes' / 'demo_v6')
 
 
 def test_a_codec_step_it_does_not_have_is_named(trained):
