@@ -151,7 +151,8 @@ def load_llm_cxr(config, workdir: str, step: int | None = None):
 
 def pre_stage(config, workdir: str):
   """(config, workdir) of config.train.pre_stage, or None: the recipe with this config's
-  model.<pre_stage_part> architecture and config.train.pre_stage_set applied, trained in
+  model.<pre_stage_part> architecture, this config's data.dir and builder_kwargs where
+  both name the same data.builder, and config.train.pre_stage_set applied, trained in
   <workdir>/pre_stage."""
   spec = config.train.get('pre_stage', '')
   if not spec:
@@ -162,6 +163,11 @@ def pre_stage(config, workdir: str):
     raise ValueError(f'config.train.pre_stage_part={part!r}: not a model part of both this '
                      f'config and the pre-stage {spec!r}')
   stage.model[part] = ml_collections.ConfigDict(config.model[part].to_dict())
+  if stage.data.builder and stage.data.builder == config.data.builder:
+    # The same dataset: where this run reads it (--config.data.dir=...), not the stage
+    # recipe's default place.
+    stage.data.dir = config.data.dir
+    stage.data.builder_kwargs = ml_collections.ConfigDict(config.data.builder_kwargs.to_dict())
   if stage.model[part].init_from == stage_dir:  # this run's own, set after the stage
     stage.model[part].init_from = ''
   for pair in config.train.get('pre_stage_set', ()):

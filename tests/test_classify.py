@@ -187,8 +187,9 @@ def test_auxiliary_label_loss_trains_the_head_and_leaves_eval_loss_alone(demo_da
 def test_pre_stage_trains_the_tower_first_in_the_same_run(demo_data, tmp_path):
   config = tiny_config(demo_data)
   config.train.pre_stage = 'configs/classifier.py:size=micro'
-  config.train.pre_stage_set = (('data.dir', demo_data), ('train.num_steps', 6),
-                                ('train.eval_every', 6), ('eval.batch_size', 8))
+  # No data.dir here: the stage names the same builder, so it reads this run's dataset.
+  config.train.pre_stage_set = (('train.num_steps', 6), ('train.eval_every', 6),
+                                ('eval.batch_size', 8))
   config.optim.param_groups = (('vision/.*', 'frozen'), ('.*', 1.0))
   config.train.num_steps = config.train.checkpoint_every = 2
   config.eval.evaluators = ('loss',)
@@ -224,6 +225,24 @@ def test_pre_stage_trains_the_tower_first_in_the_same_run(demo_data, tmp_path):
     bad.train.pre_stage_set = pairs
     with pytest.raises(ValueError, match=message):
       run.pre_stage(bad, str(tmp_path / 'bad'))
+
+
+def test_pre_stage_reads_this_runs_dataset_where_both_name_its_builder(demo_data, tmp_path):
+  config = tiny_config(demo_data)
+  config.train.pre_stage = 'configs/classifier.py:size=micro'
+  own = classifier_config.get_config('size=micro').data
+  assert own.builder == config.data.builder and own.dir != demo_data
+  stage, _ = run.pre_stage(config, str(tmp_path))
+  assert stage.data.dir == demo_data
+  assert stage.data.builder_kwargs.to_dict() == config.data.builder_kwargs.to_dict() != \
+      own.builder_kwargs.to_dict()
+  config.train.pre_stage_set = (('data.dir', str(tmp_path / 'elsewhere')),)  # it still wins
+  assert run.pre_stage(config, str(tmp_path))[0].data.dir == str(tmp_path / 'elsewhere')
+  config.train.pre_stage_set = ()
+  config.data.builder = 'mimic_cxr'  # another dataset: the stage keeps its own
+  stage, _ = run.pre_stage(config, str(tmp_path))
+  assert stage.data.dir == own.dir and stage.data.builder_kwargs.to_dict() == \
+      own.builder_kwargs.to_dict()
 
 
 @pytest.mark.parametrize('key,value,error', [
