@@ -99,7 +99,7 @@ def demo_findings(c):
   does), and the label head's token scores learn where they are: a tower trained from
   scratch needs that to see small nodules within the demo's minutes, and to put an
   enlarged heart into the patch tokens a VLM reads (with cardiomegaly learnt from the
-  pooled label alone, the decoder never wrote it on this Xeon: finding F1 0.0)."""
+  pooled label alone, the decoder never wrote it on an Intel Xeon: finding F1 0.0)."""
   c.data.label_names = tuple(schema.DEMO_FINDINGS.values())
   c.data.box_token_labels = c.data.label_names
   c.data.box_token_weight = 20.0
