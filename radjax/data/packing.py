@@ -205,7 +205,12 @@ def _rekey(row: dict) -> dict:
   return out
 
 
+def examples_per_row(batch: dict) -> np.ndarray:
+  """[rows]: how many examples each packed row holds (its segments count 1, 2, ...)."""
+  return np.max(batch['segment_ids'], axis=-1)
+
+
 def host_scalars(batch: dict) -> dict:
   """Packed-batch statistics: mean examples per row and the share of padding slots."""
-  return {'data/examples_per_row': float(np.mean(np.max(batch['segment_ids'], axis=-1))),
+  return {'data/examples_per_row': float(np.mean(examples_per_row(batch))),
           'data/padding': float(np.mean(batch['segment_ids'] == 0))}

@@ -11,7 +11,7 @@ from clu import periodic_actions
 
 from radjax.core import checkpoint as checkpoint_lib
 from radjax.core import workdir as workdir_lib
-from radjax.data import mixture, pipeline
+from radjax.data import mixture, packing, pipeline
 from radjax.eval import evaluators as evaluators_lib
 from radjax.train import setup, writers
 from radjax.train import state as state_lib
@@ -136,8 +136,8 @@ def _examples_and_tokens(host_batch: dict) -> dict:
   mixture's volume batches have config.data.volume_batch_size rows, a packed row several
   examples, a classifier no text."""
   procs = jax.process_count()
-  if 'segment_ids' in host_batch:  # segments count 1, 2, ... along a row
-    examples = int(np.sum(np.max(host_batch['segment_ids'], axis=-1)))
+  if 'segment_ids' in host_batch:
+    examples = int(np.sum(packing.examples_per_row(host_batch)))
   else:
     examples = len(next(v for v in host_batch.values() if np.ndim(v)))
   out = {'examples': examples * procs}
