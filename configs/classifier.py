@@ -35,9 +35,9 @@ def get_config(arg: str = ''):
     c.model.vision.select_layer, c.model.vision.patch_size = -2, 8
     common.demo_findings(c)
     c.train.num_steps, c.train.batch_size, c.train.eval_every = 600, 32, 300
-    # 288 of the val split's 300 in 6 batches: a multiple of 8 splits over the batch shards
-    # of up to 8 devices (60 x 5, the whole split, stopped the demo's stage 1 on 8).
-    c.eval.batch_size, c.eval.num_loss_batches = 48, 6
+    # The whole val split (300 images; the 7th batch padded): 48 splits over the batch
+    # shards of up to 8 devices (60 stopped the demo's stage 1 on 8).
+    c.eval.batch_size, c.eval.num_loss_batches = 48, 0
   if args.size == 'micro':
     common.micro(c)
     c.train.num_steps, c.train.eval_every = 20, 10

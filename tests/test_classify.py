@@ -247,7 +247,7 @@ def test_pre_stage_reads_this_runs_dataset_where_both_name_its_builder(demo_data
 
 @pytest.mark.parametrize('key,value,error', [
   ('data.too_long', 'cut', "config.data.too_long: 'cut'"),
-  ('eval.batch_size', 4096, r"eval split 'val' .* fewer than config.eval.batch_size \(4096\)"),
+  ('eval.evaluators', ('bleu',), r"config\.eval\.evaluators: \['bleu'\] not in"),
   ('model.llm.init_from', '/no/such/llm', r"config\.model\.llm\.init_from='/no/such/llm'")])
 def test_the_main_stage_is_checked_before_its_pre_stage_trains(demo_data, tmp_path, key, value,
                                                                error):

@@ -424,7 +424,7 @@ def test_held_out_loss_weighs_the_codebook_terms_as_training_does(ema, per_image
       del variables
       n = x.shape[0]
       return x, {'codebook_loss': jnp.full((n, 4, 4), 2.0),
-                 'commit_loss': jnp.full((n, 4, 4), 4.0)}
+                 'commit_loss': jnp.full((n, 4, 4), 4.0), 'codes': jnp.zeros((n, 4, 4), int)}
 
   x = jnp.zeros((2, 32, 32, 1))
   sums = task.loss(Model(), {}, {'images': x}, None)

@@ -169,16 +169,32 @@ def eval_dataset(config, processor, split: str, batch_size: int,
                  records=None) -> grain.MapDataset:
   """One ordered pass over `records` (default: split `split` of mixture.eval_dir(config),
   config.data.dir or the first mixture component's when that is ''; an evaluator's own,
-  radjax/eval/evaluators/eval_sets.py), no augmentation; too-long examples are dropped
-  and the last partial batch too."""
+  radjax/eval/evaluators/eval_sets.py), no augmentation. Every record counts once: the
+  last batch is padded, and padding rows (source.EVAL_MASK 0: past the end, or in place
+  of a too-long record, which is logged) have their loss and label weights zeroed."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if records is None:
     records = source.open_split(mixture.eval_dir(config), split)
-  ds = grain.MapDataset.source(records)
-  ds = ds[process_index::process_count].map(source.locate_errors(lambda raw: processor(raw, None)))
-  ds = source.skip_records(ds, source.RecordLog(config.data.get('max_skipped_records', 0)))
-  return ds.batch(batch_size // process_count, drop_remainder=True)
+  ds = grain.MapDataset.source(records).map(
+      source.locate_errors(lambda raw: processor(raw, None)))
+  ds = source.eval_pass(ds, source.RecordLog(config.data.get('max_skipped_records', 0)),
+                        batch_size)
+  return ds[process_index::process_count].batch(batch_size // process_count,
+                                                 drop_remainder=True).map(_unweight_padding)
+
+
+# The weights that the tasks' held-out losses and the label evaluator count rows by.
+_ROW_WEIGHTS = ('loss_mask', 'label_mask')
+
+
+def _unweight_padding(batch: dict) -> dict:
+  keep = batch[source.EVAL_MASK]
+  for k in _ROW_WEIGHTS:
+    if k in batch:
+      w = batch[k]
+      batch[k] = w * keep.reshape(-1, *[1] * (w.ndim - 1)).astype(w.dtype)
+  return batch
 
 
 def host_scalars(batch: dict, ds: grain.MapDataset | None, names: tuple[str, ...] = ()) -> dict:

@@ -325,11 +325,15 @@ class _SkipRecords(grain.MapDataset):
   def __getitem__(self, index):
     if isinstance(index, slice):
       return self.slice(index)
+    return self._usable(index)[0]
+
+  def _usable(self, index) -> tuple:
+    """(the first usable element from `index` on, how many were stepped over)."""
     bad = too_long = 0
     offset = 0
     while True:
       try:
-        return self._parent[index + offset]
+        return self._parent[index + offset], offset
       except schema.Unusable as e:
         self.log.note_dropped(e)
         too_long += 1
@@ -352,6 +356,39 @@ class _SkipRecords(grain.MapDataset):
         if bad > self.log.limit:
           raise DataError(f'{bad} undecodable records in a row from element {index}') from e
       offset += 1
+
+
+# Host key of an eval batch: 1 for a row that is a record of the split, 0 for padding.
+EVAL_MASK = 'eval_mask'
+
+
+class _EvalPass(_SkipRecords):
+  """One ordered pass over `parent`, `size` elements (its length rounded up to whole
+  batches): element i is parent[i] with EVAL_MASK 1. Past the end, or where parent[i]
+  cannot be used (logged as _SkipRecords logs it), it is the next usable element with
+  EVAL_MASK 0: a placeholder of the right shapes that evaluators do not count. So each
+  record counts once, and every process has the same number of whole batches."""
+
+  def __init__(self, parent: grain.MapDataset, log: RecordLog, size: int):
+    super().__init__(parent, log)
+    self._size = size
+
+  def __len__(self) -> int:
+    return self._size
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    n = len(self._parent)
+    example, offset = self._usable(index % n)
+    return {**example, EVAL_MASK: np.float32(index < n and not offset)}
+
+
+def eval_pass(ds: grain.MapDataset, log: RecordLog, batch_size: int) -> grain.MapDataset:
+  """`ds` once in order, padded to whole batches of `batch_size` (_EvalPass)."""
+  if not len(ds):
+    raise DataError('the eval split has no records')
+  return _EvalPass(ds, log, -(-len(ds) // batch_size) * batch_size)
 
 
 def skip_records(ds: grain.MapDataset, log: RecordLog) -> grain.MapDataset:

@@ -123,10 +123,13 @@ class ImageCodec(base.Task):
   def init_inputs(self) -> tuple:
     return (base.model_images(self.batch_spec()),)
 
-  def reconstruct(self, model, params, images):
-    """(reconstructions, codes) of images in [-1, 1]; the codec evaluator's call."""
+  def held_out(self, model, params, images):
+    """Of images in [-1, 1]: reconstructions, codes, and per image the reconstruction
+    loss and the loss (reconstruction + codebook terms, no adversarial term); the codec
+    evaluator's call."""
     recon, aux = model.apply({'params': params}, images)
-    return recon, aux['codes']
+    rec = self._rec_loss(images, recon)
+    return recon, aux['codes'], rec, rec + jnp.mean(self._vq_terms(aux), axis=(1, 2))
 
   def _rec_loss(self, x, y):
     """Per-image reconstruction loss (pixels, and LPIPS when weights are given)."""
@@ -155,12 +158,9 @@ class ImageCodec(base.Task):
     """Held-out sums: reconstruction + codebook terms per image (no adversarial term)."""
     del rng
     x = pixels.as_floats(batch)['images']
-    recon, aux = model.apply({'params': params}, x)
-    n = x.shape[0]
-    rec = self._rec_loss(x, recon)
-    vq = jnp.mean(self._vq_terms(aux), axis=(1, 2))
-    return {'loss_sum': jnp.sum(rec + vq), 'rec_loss_sum': jnp.sum(rec),
-            'weight_sum': jnp.asarray(n, jnp.float32)}
+    _, _, rec, loss = self.held_out(model, params, x)
+    return {'loss_sum': jnp.sum(loss), 'rec_loss_sum': jnp.sum(rec),
+            'weight_sum': jnp.asarray(x.shape[0], jnp.float32)}
 
   # ---- optimisation -------------------------------------------------------------
   def optimizer(self, labels):

@@ -14,9 +14,6 @@ EVALUATORS = {'loss': loss.LossEvaluator, 'reports': reports.ReportEvaluator,
               'codec': codec.CodecEvaluator, 'labels': labels.LabelEvaluator,
               'codes_loss': codes.CodesLossEvaluator, 'codes_reports': codes.CodesReportEvaluator,
               **{name: instruction.make(name) for name in instruction.SCORERS}}
-# Evaluators that read whole batches of config.eval.batch_size (the others generate for
-# as many records as there are, in padded batches).
-BATCHED = ('loss', 'labels', 'codec', 'codes_loss')
 
 
 def names(config, task) -> tuple[str, ...]:
@@ -37,22 +34,15 @@ def datasets(config, split: str, chosen: tuple[str, ...]) -> dict:
 
 
 def check_split(config, split: str, chosen: tuple[str, ...] = ()) -> None:
-  """Each eval dataset of the `chosen` evaluators holds at least one batch (a dataset
-  config.eval.datasets gives only generating evaluators: one record), and reports when
-  they score them: checked before a run trains, not at its first evaluation."""
-  b = config.eval.batch_size
+  """Each eval dataset of the `chosen` evaluators has records (a last partial batch is
+  padded, pipeline.eval_dataset), and reports when they score them: checked before a run
+  trains, not at its first evaluation."""
   sets = datasets(config, split, chosen) if chosen else {eval_sets.default(config, split): []}
   for s, readers in sets.items():
-    n = len(s.records())
-    need = b if not s.given or any(r in BATCHED for r in readers) else 1
-    if n < need:
+    if not len(s.records()):
       by = f' ({s.knob}, read by {", ".join(readers)})' if s.given else ''
-      if need == 1:
-        raise ValueError(f'eval split {s.split!r} of {s.dir}{by} has no records: nothing to '
-                         'evaluate')
-      raise ValueError(f'eval split {s.split!r} of {s.dir}{by} has {n} records, fewer than '
-                       f'config.eval.batch_size ({b}): nothing to evaluate. Lower '
-                       'config.eval.batch_size or set config.eval.split to a larger split.')
+      raise ValueError(f'eval split {s.split!r} of {s.dir}{by} has no records: nothing to '
+                       'evaluate')
   if 'reports' in chosen:
     reports.check_split(config, split)
 

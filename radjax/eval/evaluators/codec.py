@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from radjax.data import pipeline, pixels
+from radjax.data import pipeline, pixels, source
 from radjax.eval.evaluators import eval_sets
 from radjax.eval.metrics import image_metrics
 
@@ -34,11 +34,10 @@ class CodecEvaluator:
 
     def fn(params, batch):
       x = pixels.as_floats(batch)['images']
-      recon, codes = task.reconstruct(exp.model, params, x)
-      sums = task.loss(exp.model, params, batch, None)
+      recon, codes, rec, loss = task.held_out(exp.model, params, x)
       a, b = (jnp.clip(x, -1, 1) + 1) / 2, (jnp.clip(recon, -1, 1) + 1) / 2
       return {'psnr': image_metrics.psnr(a, b), 'ssim': image_metrics.ssim(a, b),
-              'rec_loss_sum': sums['rec_loss_sum'], 'loss_sum': sums['loss_sum']}, recon, codes
+              'rec_loss': rec, 'loss': loss}, recon, codes
     with exp.context():
       self._fn = jax.jit(fn, in_shardings=(exp.state_shardings.params, exp.batch_shardings))
 
@@ -48,29 +47,25 @@ class CodecEvaluator:
     s = self.eval_set
     ds = pipeline.eval_dataset(cfg, s.processor(task), s.split, cfg.eval.batch_size,
                                records=s.records())
-    psnr, ssim, loss, rec, n = [], [], 0.0, 0.0, 0
+    rows = {'psnr': [], 'ssim': [], 'loss': [], 'rec_loss': []}
     counts = np.zeros(task.model_cfg.codebook_size, np.int64)
     for i, batch in enumerate(pipeline.make_iterator(ds, cfg.data.worker_threads)):
       if cfg.eval.num_loss_batches and i >= cfg.eval.num_loss_batches:
         break
       with self.exp.context():
         m, recon, codes = self._fn(params, pipeline.to_global(batch, self.exp.batch_shardings))
-      m, recon, codes = jax.device_get((m, recon, codes))
-      psnr.append(np.asarray(m['psnr']))
-      ssim.append(np.asarray(m['ssim']))
-      loss, rec = loss + float(m['loss_sum']), rec + float(m['rec_loss_sum'])
-      n += len(m['psnr'])
-      counts += np.bincount(np.asarray(codes).reshape(-1), minlength=counts.size)
+      m, recon, codes = jax.tree.map(pipeline.to_host, (m, recon, codes))
+      real = pipeline.to_host(batch[source.EVAL_MASK]) > 0  # records, not padding rows
+      for k in rows:
+        rows[k].append(np.asarray(m[k])[real])
+      counts += np.bincount(np.asarray(codes)[real].reshape(-1), minlength=counts.size)
       if i == 0 and writer is not None and cfg.eval.num_logged_examples:
         k = cfg.eval.num_logged_examples
         writer.write_images(step, {'eval/inputs_vs_reconstructions': side_by_side(
-            pixels.as_floats(batch)['images'][:k], np.asarray(recon[:k]))})
-    if not n:
-      raise ValueError(f'eval split {s.split!r} of {s.dir} has fewer than '
-                       f'config.eval.batch_size ({cfg.eval.batch_size}) records')
+            pixels.as_floats(batch)['images'][real][:k], np.asarray(recon[real][:k]))})
     usage = usage_stats(counts)
-    return {'eval/psnr': float(np.mean(np.concatenate(psnr))),
-            'eval/ssim': float(np.mean(np.concatenate(ssim))),
-            'eval/val_loss': loss / n, 'eval/rec_loss': rec / n,
+    means = {k: float(np.mean(np.concatenate(v))) for k, v in rows.items()}
+    return {'eval/psnr': means['psnr'], 'eval/ssim': means['ssim'],
+            'eval/val_loss': means['loss'], 'eval/rec_loss': means['rec_loss'],
             'eval/codes_used': usage['codes_used'], 'eval/perplexity': usage['perplexity']}
 

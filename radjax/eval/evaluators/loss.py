@@ -34,9 +34,6 @@ class LossEvaluator:
       with self.exp.context():
         sums = self._loss(params, pipeline.to_global(batch, self.exp.batch_shardings))
       totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-    if totals is None:
-      raise ValueError(f'eval split {s.split!r} of {s.dir} has fewer than '
-                       f'config.eval.batch_size ({cfg.eval.batch_size}) records')
     w = max(float(totals['weight_sum']), 1.0)
     loss = float(totals['loss_sum']) / w
     return {'eval/val_loss': loss, 'eval/val_accuracy': float(totals['accuracy_sum']) / w,
