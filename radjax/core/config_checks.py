@@ -8,6 +8,7 @@
 MINIMUMS = {
     'train.num_steps': 1, 'train.batch_size': 1, 'train.log_every': 1,
     'train.checkpoint_every': 1, 'train.keep_checkpoints': 0, 'train.eval_every': 0,
+    'train.profile_steps': 0, 'train.profile_first_step': 1,
     'optim.grad_accum': 1, 'optim.warmup_steps': 0, 'optim.lr': 0, 'optim.clip_norm': 0,
     'optim.warmup_init_lr': 0,
     'eval.batch_size': 1, 'eval.num_loss_batches': 0, 'eval.num_generate': 0,

@@ -418,6 +418,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.train.async_checkpoint = True
   # 0: only at the end. An evaluation lost to a kill is redone when the run resumes.
   c.train.eval_every = 500
+  # A profiler trace of the profile_steps steps after step profile_first_step (0: none),
+  # in <workdir>/plugins/profile for TensorBoard's profile tab or XProf (MaxText's
+  # profiler=xplane).
+  c.train.profile_steps = 0
+  c.train.profile_first_step = 10
   # A first stage in the same command: a recipe spec ('configs/classifier.py:size=tiny')
   # trained into <workdir>/pre_stage with this config's model.<pre_stage_part> architecture,
   # before this run starts (skipped once it has reached its num_steps); that part then

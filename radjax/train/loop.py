@@ -71,6 +71,7 @@ def train(config, workdir: str, task, devices=None) -> dict:
   progress = periodic_actions.ReportProgress(num_train_steps=tc.num_steps,
                                              writer=progress_writer, every_steps=tc.log_every)
   evaluators = evaluators_lib.make(exp, config.eval.split)
+  profile = _Trace(workdir, tc.get('profile_first_step', 0), tc.get('profile_steps', 0))
 
   with exp.context():
     train_step = setup.jit_train_step(exp)
@@ -104,6 +105,7 @@ def train(config, workdir: str, task, devices=None) -> dict:
         seen.clear()
       pending = (step, metrics, extras, step % tc.log_every == 0 or step == tc.num_steps)
       progress(step)
+      profile(step)
 
       # Asked every step: with several processes the preemption service picks the step at
       # which all of them stop, and a process that skipped asking at it would run on.
@@ -122,6 +124,7 @@ def train(config, workdir: str, task, devices=None) -> dict:
     if pending is not None:
       _log(writer, pending[0], _read(pending, ckpt, state, workdir))
   finally:  # an error still lets queued checkpoint writes finish
+    profile.close()
     ckpt.wait()
     ckpt.close()
     # Stop Grain's read threads (they read ahead of an endless stream) with the run.
@@ -144,6 +147,29 @@ def _examples_and_tokens(host_batch: dict) -> dict:
   if 'tokens' in host_batch:
     out['tokens'] = int(np.size(host_batch['tokens'])) * procs
   return out
+
+
+class _Trace:
+  """A jax.profiler trace from the dispatch of step `first` to that of step first + n
+  (the steps between ran whole in it: the loop waits for each step's predecessor), in
+  <workdir>/plugins/profile; close() ends one the run outlived."""
+
+  def __init__(self, workdir: str, first: int, n: int):
+    self.workdir, self.first, self.n, self.on = workdir, first, n, False
+
+  def __call__(self, step: int) -> None:
+    if step == self.first and self.n:
+      jax.profiler.start_trace(self.workdir)
+      self.on = True
+      logging.info('profiling steps %d-%d into %s/plugins/profile', step + 1, step + self.n,
+                   self.workdir)
+    elif self.on and step >= self.first + self.n:
+      self.close()
+
+  def close(self) -> None:
+    if self.on:
+      jax.profiler.stop_trace()
+      self.on = False
 
 
 def _eval_due(tc, step: int) -> bool:
