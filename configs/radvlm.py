@@ -37,7 +37,7 @@ newline after each row. Data dirs come from `python -m data_prep build <name>`
 and chexpert's are their frontal configs, as RadVLM trains and scores on PA/AP films only
 (--config frontal: OUT/mimic_cxr/frontal/1.0.0, OUT/chexpert/frontal/1.0.0).
 At size=tiny
-five components read the embedded default, whose records carry labels, nodule boxes and
+five components read the embedded default, whose records carry labels, finding boxes and
 short conversations; every evaluator reads it too.
 Arguments: size=full|tiny|micro, task=vlm|lm, init=DIR (an imported LLaVA-OneVision).
 """
@@ -101,7 +101,7 @@ EVAL_SETS = {
 TINY_MIXTURE = {
     'reports': (('report',), 0.35),
     'labels': (('classification',), 0.2),
-    'nodules': (('abnormality_grounding',), 0.2),  # the demo's boxes are its nodules
+    'boxes': (('abnormality_grounding',), 0.2),  # the demo's finding boxes
     'questions': (('vqa',), 0.1),
     'conversations': (('conversation',), 0.15),
 }

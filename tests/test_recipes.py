@@ -98,7 +98,7 @@ def test_radvlm_trains_the_mixture_and_scores_every_task(demo_data, tmp_path):
   metrics = run_lib.main(config, workdir, 'eval')  # the same numbers, and predictions
   assert metrics == pytest.approx(trained)
   rows = _rows(workdir)
-  assert any(r.get('data/examples/nodules') for r in rows)  # per-component counts logged
+  assert any(r.get('data/examples/boxes') for r in rows)  # per-component counts logged
   for key in ('val_loss', 'finding_micro_f1', 'classification_micro_f1', 'grounding_mAP@0.5',
               'grounding_mean_iou', 'vqa_accuracy'):
     assert f'eval/{key}' in metrics, (key, sorted(metrics))
