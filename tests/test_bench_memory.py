@@ -161,11 +161,11 @@ def test_training_without_data_is_a_named_error_before_the_model_is_built(demo_d
   def no_model(*args, **kwargs):
     raise AssertionError('the model was built before the data was checked')
   monkeypatch.setattr(setup, 'build', no_model)
-  with pytest.raises(ValueError, match=r'config\.data\.mixture\.conversations\.dir: missing'):
+  with pytest.raises(ValueError, match=r'config\.data\.mixture\.boxes\.dir: missing'):
     run.main(config, str(tmp_path / 'w'), 'train')
-  config.data.mixture.conversations.dir = demo_data  # the next one is not there
-  with pytest.raises(FileNotFoundError, match=r"config\.data\.mixture\.labels\.dir: '.*"
-                                              r"unbuilt/labels' is not a directory"):
+  config.data.mixture.boxes.dir = demo_data  # the next one is not there
+  with pytest.raises(FileNotFoundError, match=r"config\.data\.mixture\.conversations\.dir: "
+                                              r"'.*unbuilt/conversations' is not a directory"):
     run.main(config, str(tmp_path / 'w'), 'train')
 
 
