@@ -42,7 +42,6 @@ def test_every_record_once_in_order_and_padding_weighs_nothing(demo_data):
 def test_a_too_long_record_is_left_out_once_not_replaced_by_a_copy(demo_data):
   config = tiny_config(demo_data)
   config.data.too_long = 'drop'
-  task = run.make_task(config)
   records = source.open_split(demo_data, 'val')
 
   def usable(i):

@@ -57,12 +57,12 @@ class CodecEvaluator:
       m, recon, codes = jax.tree.map(pipeline.to_host, (m, recon, codes))
       real = pipeline.to_host(batch[source.EVAL_MASK]) > 0  # records, not padding rows
       for k in rows:
-        rows[k].append(np.asarray(m[k])[real])
-      counts += np.bincount(np.asarray(codes)[real].reshape(-1), minlength=counts.size)
+        rows[k].append(m[k][real])
+      counts += np.bincount(codes[real].reshape(-1), minlength=counts.size)
       if i == 0 and writer is not None and cfg.eval.num_logged_examples:
         k = cfg.eval.num_logged_examples
         writer.write_images(step, {'eval/inputs_vs_reconstructions': side_by_side(
-            pixels.as_floats(batch)['images'][real][:k], np.asarray(recon[real][:k]))})
+            pixels.as_floats(batch)['images'][real][:k], recon[real][:k])})
     usage = usage_stats(counts)
     means = {k: float(np.mean(np.concatenate(v))) for k, v in rows.items()}
     return {'eval/psnr': means['psnr'], 'eval/ssim': means['ssim'],
