@@ -5,15 +5,16 @@
 #   bash bench/gpu_wheels.sh        (~25 MB; versions: the ones installed in .venv)
 # The image (KINDS.md, 2026-11) has jax 0.11.2 with its CUDA plugin, torch 2.11, flax, optax,
 # orbax-checkpoint, transformers 5.17, tokenizers, safetensors, einops; it lacks
-# ml_collections, grain, array_record and portpicker. flax, optax, orbax-checkpoint,
-# transformers and tokenizers travel too, so the bench runs the versions the tests ran.
+# ml_collections, grain, array_record, portpicker and pydicom (radjax.data.dicom, imported by
+# every task through radjax.data.image_files). flax, optax, orbax-checkpoint, transformers and
+# tokenizers travel too, so the bench runs the versions the tests ran.
 # Rehearsed on this machine with a Python 3.12 venv of the image's packages (BENCHMARKS.md,
 # "GPU").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-CARRY=(ml-collections grain array-record portpicker flax optax orbax-checkpoint transformers
-       tokenizers einops cmeel-mimalloc cmeel)
+CARRY=(ml-collections grain array-record portpicker pydicom flax optax orbax-checkpoint
+       transformers tokenizers einops cmeel-mimalloc cmeel)
 pins=()
 for name in "${CARRY[@]}"; do
   pins+=("$name==$($PY -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$name")")
