@@ -2,7 +2,7 @@
 # Every GPU benchmark of issue 15 in one go, most important first. Each appends its table to
 # $OUT/tables.md, keeps its log in $OUT/<name>.log, and is cut at its own time limit, so a
 # short device lease still returns the first tables.
-#   OUT=/tmp/gpu_tables PEAK=989 HBM=4800 bash bench/gpu_all.sh [name ...]   (default: all)
+#   OUT=/tmp/gpu_tables PEAK=989 [HBM=4800] bash bench/gpu_all.sh [name ...]   (default: all)
 # Device time is scarce (15 min a lease, 10 min a command, 8 files back): split the list over
 # calls, e.g. `vs_hf_train` (<= 540 s: radjax, HF eager and torch.compile, each with its
 # MFU), then `vs_hf_generate train_step`.
@@ -12,7 +12,13 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_tables}
 PEAK=${PEAK:-989}  # H100/H200 SXM dense bf16 TFLOP/s
-HBM=${HBM:-4800}  # GB/s: H200 4800, H100 SXM 3350
+# GB/s of HBM, the decode bound's: H200 4800, H100 SXM 3350; read off the GPU's name if not given.
+GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+case "$GPU_NAME" in
+  *H200*) HBM=${HBM:-4800} ;;
+  *H100*) HBM=${HBM:-3350} ;;
+  *) HBM=${HBM:-4800} ;;
+esac
 WANT=" ${*:-all} "
 PY=${PY:-python3}
 # Overrides for every llava_tinyllama command (a rehearsal on a CPU shrinks the model with them).
