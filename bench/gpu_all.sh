@@ -19,6 +19,10 @@ case "$GPU_NAME" in
   *H100*) HBM=${HBM:-3350} ;;
   *) HBM=${HBM:-4800} ;;
 esac
+# GiB of GPU memory, for remat.py's "fits" (H100 ~79, H200 ~140).
+MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
+[[ "$MIB" =~ ^[0-9]+$ ]] || MIB=143771
+HBM_GIB=${HBM_GIB:-$(( MIB / 1024 ))}
 WANT=" ${*:-all} "
 PY=${PY:-python3}
 # Overrides for every llava_tinyllama command (a rehearsal on a CPU shrinks the model with them).
@@ -53,6 +57,6 @@ run vs_hf_train 540 $PY bench/vs_hf_train.py --config $LT --sizes config --steps
 run vs_hf_generate 300 $PY bench/vs_hf_generate.py --config $LT --batches 1,8,32 --hbm_gbps "$HBM" $LT_ARGS
 run train_step 150 $PY bench/train_step.py --config $LT --steps 10 --peak_tflops "$PEAK" $LT_ARGS
 run compile_time 240 $PY bench/compile_time.py --config $LT --layers 4,32 --scan on $LT_ARGS
-run remat 420 $PY bench/remat.py --config $LT --steps 5 --hbm_gib 139 $LT_ARGS
+run remat 420 $PY bench/remat.py --config $LT --steps 5 --hbm_gib "$HBM_GIB" $LT_ARGS
 run frozen 240 $PY bench/frozen.py --config configs/xraygpt.py:size=tiny --steps 10
 run vs_hf_train_small 300 $PY bench/vs_hf_train.py --config configs/demo.py --sizes 43m,100m --steps 10
