@@ -51,8 +51,10 @@ run() {  # name, seconds, command...
 }
 
 LT=configs/llava_tinyllama.py
+# radjax's step, then HF's (eager and torch.compile), each process with the GPU to itself: an
+# 80 GB H100 does not hold both full-size steps (~40 + ~60 GB). No lead steps: no VM here.
 run vs_hf_train 540 $PY bench/vs_hf_train.py --config $LT --sizes config --steps 10 --compile \
-  --peak_tflops "$PEAK" $LT_ARGS
+  --one_at_a_time --lead 0 --peak_tflops "$PEAK" $LT_ARGS
 # Decode next: its targets are in no other table (vs_hf_train already has radjax's MFU).
 run vs_hf_generate 300 $PY bench/vs_hf_generate.py --config $LT --batches 1,8,32 --hbm_gbps "$HBM" $LT_ARGS
 run train_step 150 $PY bench/train_step.py --config $LT --steps 10 --peak_tflops "$PEAK" $LT_ARGS

@@ -5,6 +5,8 @@ r"""radjax's train step vs HF transformers + torch on the same LLaVA-style model
   python bench/vs_hf_train.py --config configs/llava_tinyllama.py --sizes config [--compile]
   python bench/vs_hf_train.py --config configs/llava_tinyllama.py --sizes config --dry
   python bench/vs_hf_train.py --config configs/demo.py --sizes 43m --isolate  # a process per side
+  python bench/vs_hf_train.py --config configs/llava_tinyllama.py --sizes config --compile \
+      --isolate --one_at_a_time --lead 0   # GPU: radjax's, then HF's, each with the GPU alone
 
 radjax: setup.build + setup.jit_train_step (as bench/train_step.py). HF:
 `LlavaForConditionalGeneration` built locally from the same shapes (CLIP tower, 2-layer MLP
@@ -69,8 +71,12 @@ def define_flags():
                        'core count); 1 is faster on a CPU other jobs share.')
   flags.DEFINE_bool('isolate', False, 'Each side in a process of its own, still stepped in '
                     'turn (bench/isolated_sides.py).')
+  flags.DEFINE_bool('one_at_a_time', False, "--isolate, with radjax's sides in one process, "
+                    "HF's in another, the second started when the first has ended, so each "
+                    "has the device's memory to itself (an 80 GB GPU holds radjax's or HF's "
+                    "full-size llava_tinyllama step, not both).")
   flags.DEFINE_string('worker_size', '', 'Internal (--isolate): the size this worker builds.')
-  flags.DEFINE_integer('worker_index', -1, 'Internal (--isolate): the side this worker keeps.')
+  flags.DEFINE_list('worker_sides', [], 'Internal (--isolate): the sides this worker keeps.')
 
 
 IMAGE_TOKEN_ID = 4  # no tokenizer here: synthetic batches
@@ -369,6 +375,21 @@ def num_sides(config, size: str, compiled: bool) -> int:
   return 2 + with_head + compiled
 
 
+def side_groups(config, size: str, compiled: bool, one_at_a_time: bool) -> list[list[int]]:
+  """The --isolate workers' sides: one each, or radjax's together and HF's together."""
+  n = num_sides(config, size, compiled)
+  if not one_at_a_time:
+    return [[i] for i in range(n)]
+  hf = 1 + compiled  # build_sides puts HF eager (and torch.compile) last
+  return [list(range(n - hf)), list(range(n - hf, n))]
+
+
+def release_torch_cache() -> None:
+  """Hands the memory torch has cached back to the GPU (a worker dropped its HF sides)."""
+  if torch.cuda.is_available():
+    torch.cuda.empty_cache()
+
+
 def worker_build(config, size: str, compiled: bool, attn: str, grad_ckpt: bool):
   """What an --isolate worker builds: (row_fields, sides)."""
   cfg, _, sides = build_sides(config, size, compiled, attn, grad_ckpt=grad_ckpt)
@@ -418,16 +439,23 @@ def table(rows: list[dict], peak_tflops: float = 0.0) -> str:
 
 def main(argv):
   del argv
+  worker_sides = [int(i) for i in FLAGS.worker_sides]
+  if worker_sides and worker_sides[0] >= num_sides(FLAGS.config, FLAGS.worker_size,
+                                                   FLAGS.compile) - 1 - FLAGS.compile:
+    # An HF-only worker: radjax's state, built for the twin's weights and then dropped,
+    # goes back to the GPU at once instead of staying in JAX's pool beside HF's step.
+    os.environ['XLA_PYTHON_CLIENT_ALLOCATOR'] = 'platform'
   # As main.py does, before JAX starts its backend. One process: HF's side gets it too.
   host_memory.restart_with(FLAGS.config.runtime.host_allocator)
   device = hf_twin.start(FLAGS.torch_threads, f'; HF attention {FLAGS.hf_attn}; host memory: '
                          + f'{host_memory.in_effect()}, both sides')
-  if FLAGS.worker_index >= 0:
+  if worker_sides:
     isolated_sides.worker(
         lambda: worker_build(FLAGS.config, FLAGS.worker_size, FLAGS.compile, FLAGS.hf_attn,
                              FLAGS.hf_grad_ckpt),
-        FLAGS.worker_index, FLAGS.warmup,
-        lambda run: hf_twin.timed(run, lambda: hf_twin.sync(device)), FLAGS.lead)
+        worker_sides, FLAGS.warmup,
+        lambda run: hf_twin.timed(run, lambda: hf_twin.sync(device)), FLAGS.lead,
+        release=release_torch_cache)
     return
   if FLAGS.dry:
     for size in FLAGS.sizes:
@@ -438,9 +466,10 @@ def main(argv):
     return
   rows = []
   for size in FLAGS.sizes:
-    if FLAGS.isolate:
+    if FLAGS.isolate or FLAGS.one_at_a_time:
       rows_size = with_ratios(isolated_sides.run(
-          sys.argv, size, num_sides(FLAGS.config, size, FLAGS.compile), FLAGS.steps))
+          sys.argv, size, side_groups(FLAGS.config, size, FLAGS.compile, FLAGS.one_at_a_time),
+          FLAGS.steps, FLAGS.one_at_a_time))
     else:
       rows_size = compare(FLAGS.config, size, FLAGS.steps, FLAGS.warmup, FLAGS.compile,
                           FLAGS.hf_attn, FLAGS.hf_grad_ckpt, FLAGS.lead)
