@@ -45,7 +45,8 @@ run() {  # name, seconds, command...
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
   { echo; echo "## $name (rc=$rc, $(date -u +%H:%M:%S))"; echo;
-    grep -E '^\||^recommended|^MFU|^TFLOP|^step time|^tokens/s|^torch.compile' "$OUT/$name.log"; } \
+    grep -E '^\||^recommended|^MFU|^TFLOP|^step time|^tokens/s|^torch.compile|ms; step-0 loss' \
+      "$OUT/$name.log"; } \
     >> "$OUT/tables.md"
   tail -3 "$OUT/$name.log"
 }

@@ -57,11 +57,12 @@ def _read(proc) -> object:
 
 
 def run(argv: list[str], size: str, groups: list[list[int]], steps: int,
-        one_at_a_time: bool = False) -> list[dict]:
+        one_at_a_time: bool = False, report=lambda rows: None) -> list[dict]:
   """Controller: one worker per group of side indices (`argv` + --worker_size and
   --worker_sides), every side stepped `steps` times; one result dict per side (as
   run_sides gives), in the groups' order. The workers are stepped in turn, or with
-  `one_at_a_time` each to its end before the next starts."""
+  `one_at_a_time` each to its end before the next starts; `report` gets each such
+  batch's rows as soon as its workers are done (a run cut short keeps them)."""
   start = lambda group: subprocess.Popen(
       [sys.executable, *argv, f'--worker_size={size}',
        '--worker_sides=' + ','.join(map(str, group))],
@@ -84,7 +85,9 @@ def run(argv: list[str], size: str, groups: list[list[int]], steps: int,
         if p.poll() is None:
           p.stdin.close()
           p.wait()
-    rows += [dict(size=size, side=info.pop('name'), times=t, **info)
-             for group_infos, group_times in zip(infos, times)
-             for info, t in zip(group_infos, group_times)]
+    done = [dict(size=size, side=info.pop('name'), times=t, **info)
+            for group_infos, group_times in zip(infos, times)
+            for info, t in zip(group_infos, group_times)]
+    report(done)
+    rows += done
   return rows

@@ -469,15 +469,20 @@ def main(argv):
     if FLAGS.isolate or FLAGS.one_at_a_time:
       rows_size = with_ratios(isolated_sides.run(
           sys.argv, size, side_groups(FLAGS.config, size, FLAGS.compile, FLAGS.one_at_a_time),
-          FLAGS.steps, FLAGS.one_at_a_time))
+          FLAGS.steps, FLAGS.one_at_a_time, report=print_times))
     else:
       rows_size = compare(FLAGS.config, size, FLAGS.steps, FLAGS.warmup, FLAGS.compile,
                           FLAGS.hf_attn, FLAGS.hf_grad_ckpt, FLAGS.lead)
+      print_times(rows_size)
     rows += rows_size
-    for r in rows_size:
-      print(f"  {r['size']} {r['side']}: " + ' '.join(f'{t * 1e3:.0f}' for t in r['times'])
-            + ' ms', flush=True)
   print(table(rows, FLAGS.peak_tflops))
+
+
+def print_times(rows: list[dict]) -> None:
+  """Each side's timed steps, as soon as they are known."""
+  for r in rows:
+    print(f"  {r['size']} {r['side']}: " + ' '.join(f'{t * 1e3:.0f}' for t in r['times'])
+          + f" ms; step-0 loss {r['loss0']}", flush=True)
 
 
 if __name__ == '__main__':

@@ -54,12 +54,15 @@ def test_workers_step_in_turn_and_report_their_own_side(tmp_path, capfd, lead):
   assert rows[0]['tokens'] == 16 and rows[0]['image_tokens'] == 3
   assert 'a line that is not an answer' in capfd.readouterr().out
   # Both workers were up before either ended: they stepped in turn.
-  assert (tmp_path / 'log').read_text().splitlines()[:2] == ['start [0]', 'start [1]']
+  assert sorted((tmp_path / 'log').read_text().splitlines()[:2]) == ['start [0]', 'start [1]']
 
 
 def test_one_at_a_time_runs_each_group_to_its_end_before_the_next(tmp_path):
+  reported = []
   rows = isolated_sides.run([str(_script(tmp_path, 0))], 'micro', [[0, 2], [1]], steps=2,
-                            one_at_a_time=True)
+                            one_at_a_time=True, report=reported.append)
+  # Each group's rows as soon as its worker is done.
+  assert [[r['side'] for r in batch] for batch in reported] == [['side 0', 'side 2'], ['side 1']]
   assert [r['side'] for r in rows] == ['side 0', 'side 2', 'side 1']
   assert [r['loss0'] for r in rows] == [1.5, 3.5, 2.5]
   # A worker's sides step in turn on its count: side 0 and side 2 each warmed up once.
