@@ -19,10 +19,12 @@ case "$GPU_NAME" in
   *H100*) HBM=${HBM:-3350} ;;
   *) HBM=${HBM:-4800} ;;
 esac
-# GiB of GPU memory, for remat.py's "fits" (H100 ~79, H200 ~140).
+# JAX may take 92 % of the GPU's memory, as launch/slurm_gpu.sh lets training (its default,
+# 75 %, is 60 GiB of an H100's 79.6); remat.py's "fits" is that share (H100 73 GiB, H200 129).
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
 MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
 [[ "$MIB" =~ ^[0-9]+$ ]] || MIB=143771
-HBM_GIB=${HBM_GIB:-$(( MIB / 1024 ))}
+HBM_GIB=${HBM_GIB:-$(python3 -c "print(int($MIB / 1024 * $XLA_PYTHON_CLIENT_MEM_FRACTION))")}
 WANT=" ${*:-all} "
 PY=${PY:-python3}
 # Overrides for every llava_tinyllama command (a rehearsal on a CPU shrinks the model with them).
