@@ -290,9 +290,10 @@ def hf_side(config, vlm_cfg, params, batch: dict, device: str, attn: str = 'sdpa
 
 
 def build_sides(config, size: str, compiled: bool = False, attn: str = 'sdpa',
-                label_head: bool = True, grad_ckpt: bool = False):
+                label_head: bool = True, grad_ckpt: bool = False, hf: bool = True):
   """(sized config, batch, sides) of one size, nothing stepped yet; the radjax side
-  without the label head first. label_head=False leaves the as-run radjax side out."""
+  without the label head first. label_head=False leaves the as-run radjax side out,
+  hf=False the HF sides (which come last)."""
   cfg = sized(config, size)
   with_head = label_head and cfg.data.get('label_loss_weight', 0.0) > 0
   plain = without_label_head(cfg)
@@ -301,6 +302,8 @@ def build_sides(config, size: str, compiled: bool = False, attn: str = 'sdpa',
   sides = [radjax_side(plain, batch, 'radjax, no label head' if with_head else 'radjax')]
   if with_head:
     sides.append(radjax_side(cfg, batch, 'radjax + label head (as run)'))
+  if not hf:
+    return cfg, batch, sides
   plain_cfg = sides[0]['exp'].task.model_cfg
   params = sides[0]['exp'].state.params
   device = hf_twin.torch_device()
@@ -390,9 +393,10 @@ def release_torch_cache() -> None:
     torch.cuda.empty_cache()
 
 
-def worker_build(config, size: str, compiled: bool, attn: str, grad_ckpt: bool):
-  """What an --isolate worker builds: (row_fields, sides)."""
-  cfg, _, sides = build_sides(config, size, compiled, attn, grad_ckpt=grad_ckpt)
+def worker_build(config, size: str, compiled: bool, attn: str, grad_ckpt: bool, hf: bool):
+  """What an --isolate worker builds: (row_fields, sides); the HF sides only if `hf`
+  (a worker keeping only radjax's sides does without the twin)."""
+  cfg, _, sides = build_sides(config, size, compiled, attn, grad_ckpt=grad_ckpt, hf=hf)
   return row_fields(cfg, sides), sides
 
 
@@ -440,11 +444,13 @@ def table(rows: list[dict], peak_tflops: float = 0.0) -> str:
 def main(argv):
   del argv
   worker_sides = [int(i) for i in FLAGS.worker_sides]
-  if worker_sides and worker_sides[0] >= num_sides(FLAGS.config, FLAGS.worker_size,
-                                                   FLAGS.compile) - 1 - FLAGS.compile:
-    # An HF-only worker: radjax's state, built for the twin's weights and then dropped,
-    # goes back to the GPU at once instead of staying in JAX's pool beside HF's step.
-    os.environ['XLA_PYTHON_CLIENT_ALLOCATOR'] = 'platform'
+  if worker_sides:
+    first_hf = num_sides(FLAGS.config, FLAGS.worker_size, FLAGS.compile) - 1 - FLAGS.compile
+    worker_hf = [i >= first_hf for i in worker_sides]
+    if all(worker_hf):
+      # radjax's state, built for the twin's weights and then dropped, goes back to the
+      # GPU at once instead of staying in JAX's pool beside HF's step.
+      os.environ['XLA_PYTHON_CLIENT_ALLOCATOR'] = 'platform'
   # As main.py does, before JAX starts its backend. One process: HF's side gets it too.
   host_memory.restart_with(FLAGS.config.runtime.host_allocator)
   device = hf_twin.start(FLAGS.torch_threads, f'; HF attention {FLAGS.hf_attn}; host memory: '
@@ -452,7 +458,7 @@ def main(argv):
   if worker_sides:
     isolated_sides.worker(
         lambda: worker_build(FLAGS.config, FLAGS.worker_size, FLAGS.compile, FLAGS.hf_attn,
-                             FLAGS.hf_grad_ckpt),
+                             FLAGS.hf_grad_ckpt, hf=any(worker_hf)),
         worker_sides, FLAGS.warmup,
         lambda run: hf_twin.timed(run, lambda: hf_twin.sync(device)), FLAGS.lead,
         release=release_torch_cache)
