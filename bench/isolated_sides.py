@@ -19,16 +19,15 @@ import sys
 PREFIX = '@@side '
 
 
-def worker(build, indices, warmup: int, timed, lead: int = 0, release=lambda: None) -> None:
+def worker(build, indices, warmup: int, timed, lead: int = 0) -> None:
   """Runs in a worker: `build()` -> (the row fields every side shares, sides); keeps the
-  sides at `indices` (an index or a list), then calls `release()` (which can hand freed
-  device memory back). On each 'step' line of stdin it steps each kept side, in order,
-  `lead` times untimed and then once timed, and answers each with the seconds it took."""
+  sides at `indices` (an index or a list). On each 'step' line of stdin it steps each kept
+  side, in order, `lead` times untimed and then once timed, and answers each with the
+  seconds it took."""
   fields, sides = build()
   kept = [sides[i] for i in ([indices] if isinstance(indices, int) else indices)]
   del sides
   gc.collect()  # the other sides' weights and optimizer state go now
-  release()
   for side in kept:
     loss0 = side['first_loss']()
     for _ in range(warmup - 1):

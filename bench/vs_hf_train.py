@@ -387,12 +387,6 @@ def side_groups(config, size: str, compiled: bool, one_at_a_time: bool) -> list[
   return [list(range(n - hf)), list(range(n - hf, n))]
 
 
-def release_torch_cache() -> None:
-  """Hands the memory torch has cached back to the GPU (a worker dropped its HF sides)."""
-  if torch.cuda.is_available():
-    torch.cuda.empty_cache()
-
-
 def worker_build(config, size: str, compiled: bool, attn: str, grad_ckpt: bool, hf: bool):
   """What an --isolate worker builds: (row_fields, sides); the HF sides only if `hf`
   (a worker keeping only radjax's sides does without the twin)."""
@@ -460,8 +454,7 @@ def main(argv):
         lambda: worker_build(FLAGS.config, FLAGS.worker_size, FLAGS.compile, FLAGS.hf_attn,
                              FLAGS.hf_grad_ckpt, hf=any(worker_hf)),
         worker_sides, FLAGS.warmup,
-        lambda run: hf_twin.timed(run, lambda: hf_twin.sync(device)), FLAGS.lead,
-        release=release_torch_cache)
+        lambda run: hf_twin.timed(run, lambda: hf_twin.sync(device)), FLAGS.lead)
     return
   if FLAGS.dry:
     for size in FLAGS.sizes:

@@ -26,11 +26,8 @@ WORKER = textwrap.dedent("""
     def side(i):
       return dict(name=f'side {{i}}', params=10 + i, first_loss=lambda: 1.5 + i,
                   run=lambda: count.append(1))
-    released = []
     isolated_sides.worker(lambda: (fields, [side(0), side(1), side(2)]), indices, 2,
-                          lambda run: (run(), len(count))[1], lead={lead},
-                          release=lambda: released.append(1))
-    assert released == [1]
+                          lambda run: (run(), len(count))[1], lead={lead})
     log('end')
 """)
 
