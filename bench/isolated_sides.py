@@ -3,9 +3,10 @@
 In one process, a side that has just stepped slows the next: at 43m radjax's step took
 16-25 % longer once HF had stepped, alone or in turn (BENCHMARKS.md, session 17). Here the
 controller starts one worker per group of sides (by default a group is one side). Each
-worker builds every side as the in-process mode does, so the HF twin gets radjax's initial
-weights, and keeps only its group's. The controller then tells the workers to step one
-after another, through their stdin, so machine load still hits all sides alike; or, with
+worker builds sides as the in-process mode does (one with an HF side builds radjax's too,
+so that the HF twin gets radjax's initial weights) and keeps only its group's. The
+controller then tells the workers to step one after another, through their stdin, so
+machine load still hits all sides alike; or, with
 `one_at_a_time`, runs each worker's steps to the end and lets it exit before it starts the
 next, so that each group has the device's memory to itself (on an 80 GB GPU the full-size
 radjax and HF steps do not fit together). A worker answers on stdout with lines that start
@@ -19,13 +20,13 @@ import sys
 PREFIX = '@@side '
 
 
-def worker(build, indices, warmup: int, timed, lead: int = 0) -> None:
+def worker(build, indices: list[int], warmup: int, timed, lead: int = 0) -> None:
   """Runs in a worker: `build()` -> (the row fields every side shares, sides); keeps the
-  sides at `indices` (an index or a list). On each 'step' line of stdin it steps each kept
+  sides at `indices`. On each 'step' line of stdin it steps each kept
   side, in order, `lead` times untimed and then once timed, and answers each with the
   seconds it took."""
   fields, sides = build()
-  kept = [sides[i] for i in ([indices] if isinstance(indices, int) else indices)]
+  kept = [sides[i] for i in indices]
   del sides
   gc.collect()  # the other sides' weights and optimizer state go now
   for side in kept:
