@@ -6,11 +6,11 @@ controller starts one worker per group of sides (by default a group is one side)
 worker builds sides as the in-process mode does (one with an HF side builds radjax's too,
 so that the HF twin gets radjax's initial weights) and keeps only its group's. The
 controller then tells the workers to step one after another, through their stdin, so
-machine load still hits all sides alike; or, with
-`one_at_a_time`, runs each worker's steps to the end and lets it exit before it starts the
-next, so that each group has the device's memory to itself (on an 80 GB GPU the full-size
-radjax and HF steps do not fit together). A worker answers on stdout with lines that start
-with PREFIX; anything else it prints passes through.
+machine load still hits all sides alike; or, with `one_at_a_time`, runs each worker's
+steps to the end and lets it exit before it starts the next, so that each group has the
+device's memory to itself (on an 80 GB GPU the full-size radjax and HF steps do not fit
+together). A worker answers on stdout with lines that start with PREFIX; anything else it
+prints passes through.
 """
 import gc
 import json
