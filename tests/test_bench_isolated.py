@@ -10,9 +10,9 @@ from bench import isolated_sides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A worker whose sides are counters: each step's "time" is the side's index plus the count
-# of the worker's steps so far, so the answers show which worker stepped and in what order.
-# Each worker notes its start and its end in LOG.
+# A worker whose sides are counters: each step's "time" is 100 x the index of the side that
+# stepped plus the count of the worker's steps so far, so the answers show which side
+# stepped and in what order. Each worker notes its start and its end in the log.
 WORKER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
@@ -25,9 +25,9 @@ WORKER = textwrap.dedent("""
     fields = dict(shape='2 x 8', image_tokens=3, dtype='f32', tokens=16)
     def side(i):
       return dict(name=f'side {{i}}', params=10 + i, first_loss=lambda: 1.5 + i,
-                  run=lambda: count.append(1))
+                  run=lambda: count.append(i))
     isolated_sides.worker(lambda: (fields, [side(0), side(1), side(2)]), indices, 2,
-                          lambda run: (run(), len(count))[1], lead={lead})
+                          lambda run: (run(), 100 * count[-1] + len(count))[1], lead={lead})
     log('end')
 """)
 
@@ -47,7 +47,7 @@ def test_workers_step_in_turn_and_report_their_own_side(tmp_path, capfd, lead):
   # first_loss is not a step; the warm-up (2) ran one, then 3 timed steps each, every
   # one after `lead` untimed steps.
   counts = [1 + (1 + lead) * k for k in (1, 2, 3)]
-  assert rows[0]['times'] == counts and rows[1]['times'] == counts
+  assert rows[0]['times'] == counts and rows[1]['times'] == [100 + c for c in counts]
   assert rows[0]['tokens'] == 16 and rows[0]['image_tokens'] == 3
   assert 'a line that is not an answer' in capfd.readouterr().out
   # Both workers were up before either ended: they stepped in turn.
@@ -63,8 +63,8 @@ def test_one_at_a_time_runs_each_group_to_its_end_before_the_next(tmp_path):
   assert [r['side'] for r in rows] == ['side 0', 'side 2', 'side 1']
   assert [r['loss0'] for r in rows] == [1.5, 3.5, 2.5]
   # A worker's sides step in turn on its count: side 0 and side 2 each warmed up once.
-  assert rows[0]['times'] == [3, 5] and rows[1]['times'] == [4, 6]
-  assert rows[2]['times'] == [2, 3]
+  assert rows[0]['times'] == [3, 5] and rows[1]['times'] == [204, 206]
+  assert rows[2]['times'] == [102, 103]
   assert (tmp_path / 'log').read_text().splitlines() == [
       'start [0, 2]', 'end [0, 2]', 'start [1]', 'end [1]']
 
