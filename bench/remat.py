@@ -45,7 +45,10 @@ def remat_row(config, policy: str, parts=('llm', 'vision'), steps: int = 0,
   if policy not in layers_lib.REMAT_POLICIES:
     raise ValueError(f'--policies: unknown {policy!r}; choose from '
                      f'{sorted(layers_lib.REMAT_POLICIES)}')
-  config = compiled_step.with_overrides(config, {f'runtime.remat.{p}': policy for p in parts})
+  # Every row scanned, as a remat'd stack always is (layers.scanned_stack), so that the
+  # rows' FLOPs (a scanned body counted once) and times compare.
+  config = compiled_step.with_overrides(
+      config, {'runtime.unroll_scan': False, **{f'runtime.remat.{p}': policy for p in parts}})
   r = compiled_step.lower_and_compile(config)
   row = dict(policy=policy, params=r['params'], compile_s=r['lower_s'] + r['compile_s'],
              flops=compiled_step.flops(r['compiled']), **compiled_step.memory_bytes(r['compiled']))

@@ -244,6 +244,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Scanned (stacked) parameters, but the layers applied one by one: faster on CPU,
   # slower to compile (BENCHMARKS.md); the parameters and checkpoints are the same. The 2D
   # ViT and the decoder only: vit3d and the perceiver scan (or not) by scan_layers alone.
+  # A part with remat scans anyway: XLA:CPU drops the barriers that keep unrolled layers'
+  # recomputation apart, so looped remat saved no memory.
   c.runtime.unroll_scan = False
   # The host's malloc, set when main.py restarts itself (radjax/core/host_memory.py):
   # 'mimalloc' keeps a CPU step's temporaries mapped from step to step, 'glibc_huge_pages'

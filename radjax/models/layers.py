@@ -276,9 +276,13 @@ def scanned_stack(module: nn.Module, block_cls, block_args: tuple, *, num_layers
   `loop`: the same parameters, but the layers applied one by one from slices of them.
   XLA:CPU then skips the scan's stacked residual buffers (zero-filled, then written a
   layer at a time). Compile time then grows with depth, as for unrolled layers
-  (BENCHMARKS.md, issue 15).
+  (BENCHMARKS.md, issue 15). Only without remat: XLA:CPU drops the optimization barriers
+  that keep unrolled layers' recomputation apart, so looped remat layers keep their
+  activations anyway (2-3 % fewer temporaries against the scan's 23-48 %) and pay for
+  the recomputation; the scan's loop keeps them apart on every backend.
   """
   run = num_layers if run is None or module.is_initializing() else run
+  loop = loop and remat_policy == 'none'
   if not loop or module.is_initializing():  # parameters are always made by the scan
     stack = stack_layers(block_cls, num_layers=run, remat_policy=remat_policy, scan=True,
                          in_axes=in_axes)

@@ -19,7 +19,7 @@ class Runtime:
   # conversion reads and writes both layouts.
   scan_layers: bool = True
   # With scan_layers: the same stacked parameters, the layers applied one by one
-  # (layers.scanned_stack): faster on CPU, longer to compile.
+  # (layers.scanned_stack): faster on CPU, longer to compile. Ignored under remat.
   unroll_scan: bool = False
   # No backward pass through a frozen part: the composition stops gradients at its output.
   frozen: bool = False
