@@ -254,6 +254,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.runtime.host_allocator = 'mimalloc'
   # Rematerialisation per part, radjax/models/layers.py REMAT_POLICIES (the 'linear' and
   # 'mlp' projectors have no blocks to recompute; vqgan: its residual and attention blocks).
+  # On XLA:CPU only scanned stacks save memory by it: unrolled blocks (scan_layers=False,
+  # the VQ-GAN's) lose the barriers that keep the recomputation late (BENCHMARKS.md).
   c.runtime.remat = ml_collections.ConfigDict(dict(vision='none', projector='none',
                                                    llm='none', vqgan='none'))
 
