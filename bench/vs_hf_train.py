@@ -378,13 +378,17 @@ def num_sides(config, size: str, compiled: bool) -> int:
   return 2 + with_head + compiled
 
 
+def first_hf_side(config, size: str, compiled: bool) -> int:
+  """build_sides puts HF eager (and torch.compile) last."""
+  return num_sides(config, size, compiled) - 1 - compiled
+
+
 def side_groups(config, size: str, compiled: bool, one_at_a_time: bool) -> list[list[int]]:
   """The --isolate workers' sides: one each, or radjax's together and HF's together."""
-  n = num_sides(config, size, compiled)
+  n, first_hf = num_sides(config, size, compiled), first_hf_side(config, size, compiled)
   if not one_at_a_time:
     return [[i] for i in range(n)]
-  hf = 1 + compiled  # build_sides puts HF eager (and torch.compile) last
-  return [list(range(n - hf)), list(range(n - hf, n))]
+  return [list(range(first_hf)), list(range(first_hf, n))]
 
 
 def worker_build(config, size: str, compiled: bool, attn: str, grad_ckpt: bool, hf: bool):
@@ -439,7 +443,7 @@ def main(argv):
   del argv
   worker_sides = [int(i) for i in FLAGS.worker_sides]
   if worker_sides:
-    first_hf = num_sides(FLAGS.config, FLAGS.worker_size, FLAGS.compile) - 1 - FLAGS.compile
+    first_hf = first_hf_side(FLAGS.config, FLAGS.worker_size, FLAGS.compile)
     worker_hf = [i >= first_hf for i in worker_sides]
     if all(worker_hf):
       # radjax's state, built for the twin's weights and then dropped, goes back to the
