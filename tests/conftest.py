@@ -4,8 +4,12 @@ import os
 import shutil
 import tempfile
 
+# Compiled without LLVM's optimisation passes: most of the suite's time is XLA:CPU compiling
+# small programs once each. The HLO, hence buffer sizes and results up to rounding, is the
+# same; runs timed or trained to a target (tests/test_demo_targets.py) take it out.
+FAST_COMPILE = '--xla_backend_optimization_level=0'
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8')
+                           f' --xla_force_host_platform_device_count=8 {FAST_COMPILE}')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # One XLA compilation cache per test session, inherited by main.py subprocesses: many tests
 # compile the same tiny programs (tests/test_train_step.py: 5.0 -> 3.7 CPU minutes).

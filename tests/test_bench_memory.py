@@ -5,6 +5,7 @@ import pytest
 from bench import memory
 from configs import radfm
 from radjax.data import mixture
+from tests.conftest import FAST_COMPILE
 
 
 def test_fsdp_shrinks_params_and_moments_per_device():
@@ -39,7 +40,7 @@ def test_dry_run_compiles_the_configured_mesh():
   import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+             XLA_FLAGS=f'--xla_force_host_platform_device_count=8 {FAST_COMPILE}')
   proc = subprocess.run(
       [sys.executable, 'main.py', '--config', 'configs/demo.py:size=micro,task=lm',
        '--workdir', '/nonexistent/dry', '--mode=dry_run', '--config.mesh.data=2',

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from radjax.data import schema
+from tests.conftest import FAST_COMPILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,8 +20,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_demo_meets_its_finding_targets(tmp_path):
   workdir, data = str(tmp_path / 'run'), str(tmp_path / 'data')
   # One CPU device, as a user's run has (tests/conftest.py emulates 8 for the rest).
-  env = dict(os.environ, XLA_FLAGS=os.environ.get('XLA_FLAGS', '').replace(
-      '--xla_force_host_platform_device_count=8', '').strip())
+  flags = os.environ.get('XLA_FLAGS', '')
+  for flag in ('--xla_force_host_platform_device_count=8', FAST_COMPILE):
+    flags = flags.replace(flag, '')
+  env = dict(os.environ, XLA_FLAGS=flags.strip())
   proc = subprocess.run([sys.executable, 'main.py', '--config', 'configs/demo.py',
                          '--workdir', workdir, f'--config.data.dir={data}'], cwd=ROOT, env=env,
                         capture_output=True, text=True)

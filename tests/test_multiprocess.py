@@ -21,7 +21,7 @@ from radjax.core import checkpoint as checkpoint_lib
 from radjax.core import distributed
 from radjax.data import pipeline
 from radjax.train import writers
-from tests.conftest import tiny_config
+from tests.conftest import FAST_COMPILE, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
@@ -46,7 +46,7 @@ def _env(devices: int) -> dict:
   # compiles reaches the first collective long before it, and CPU (gloo) collectives give
   # up after 30 s.
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} {FAST_COMPILE}')
   for key in ('RADJAX_DISTRIBUTED', 'RADJAX_COORDINATOR', 'RADJAX_NUM_PROCESSES',
               'RADJAX_PROCESS_ID'):
     env.pop(key, None)
