@@ -4,6 +4,7 @@ each, joined by jax.distributed on 127.0.0.1, against one process with 8 devices
 All in the default (CI) set: about 5.5 minutes together on an idle 2-core machine (two
 JAX processes compiling at once), the runs of the parity test shared as fixtures.
 """
+import glob
 import os
 import shutil
 import signal
@@ -53,10 +54,10 @@ def _env(devices: int) -> dict:
   return env
 
 
-def _start(data_dir: str, workdir: str, processes: int = 2) -> list:
+def _start(data_dir: str, workdir: str, processes: int = 2, extra: tuple = ()) -> list:
   """`processes` main.py processes of one run (one: a plain single-process run, 8 devices);
   each one's output goes to a file (a full pipe would stall it)."""
-  argv, runs = _argv(data_dir, workdir), []
+  argv, runs = _argv(data_dir, workdir) + list(extra), []
   port = _free_port()
   for i in range(processes):
     # Several processes: a hybrid mesh, data parallel across them (config.mesh.dcn), 4-way
@@ -119,8 +120,19 @@ def one_process_8_devices(demo_data, tmp_path_factory):
 @pytest.fixture(scope='module')
 def two_processes(demo_data, tmp_path_factory):
   wd = str(tmp_path_factory.mktemp('two') / 'w')
-  _finish(_start(demo_data, wd))
+  # A profiler trace of step 3 too, which the two processes start within the same second.
+  _finish(_start(demo_data, wd, extra=('--config.train.profile_first_step=2',
+                                       '--config.train.profile_steps=1')))
   return wd
+
+
+def test_each_process_writes_its_own_profiler_trace(two_processes):
+  for i in range(2):
+    (trace,) = glob.glob(os.path.join(two_processes, f'process_{i}', 'plugins', 'profile',
+                                      '*', '*.xplane.pb'))
+    with open(trace, 'rb') as f:
+      assert b'PjitFunction(train_step)' in f.read(), trace
+  assert not os.path.exists(os.path.join(two_processes, 'plugins'))
 
 
 def test_two_processes_log_the_losses_of_one_with_8_devices(one_process_8_devices,

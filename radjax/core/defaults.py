@@ -423,8 +423,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # 0: only at the end. An evaluation lost to a kill is redone when the run resumes.
   c.train.eval_every = 500
   # A profiler trace of the profile_steps steps after step profile_first_step (0: none),
-  # in <workdir>/plugins/profile for TensorBoard's profile tab or XProf (MaxText's
-  # profiler=xplane).
+  # in <workdir>/plugins/profile (<workdir>/process_<i>/... with several processes) for
+  # TensorBoard's profile tab or XProf (MaxText's profiler=xplane).
   c.train.profile_steps = 0
   c.train.profile_first_step = 10
   # A first stage in the same command: a recipe spec ('configs/classifier.py:size=tiny')

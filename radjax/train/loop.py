@@ -152,9 +152,14 @@ def _examples_and_tokens(host_batch: dict) -> dict:
 class _Trace:
   """A jax.profiler trace from the dispatch of step `first` to that of step first + n
   (the steps between ran whole in it: the loop waits for each step's predecessor), in
-  <workdir>/plugins/profile; close() ends one the run outlived."""
+  <workdir>/plugins/profile, or <workdir>/process_<i>/plugins/profile when there are
+  several processes; close() ends one the run outlived."""
 
   def __init__(self, workdir: str, first: int, n: int):
+    # Processes that share a host and start in the same second would write one run
+    # directory's <hostname>.xplane.pb over each other.
+    if jax.process_count() > 1:
+      workdir = os.path.join(workdir, f'process_{jax.process_index()}')
     self.workdir, self.first, self.n, self.on = workdir, first, n, False
 
   def __call__(self, step: int) -> None:
