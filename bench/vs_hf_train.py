@@ -170,17 +170,20 @@ def synthetic_batch(config, tokens_per_image: int, num_labels: int, seed: int = 
   return batch
 
 
-def radjax_side(config, batch: dict, label: str) -> dict:
-  """A side: its name, parameter count, one-step callable (blocks until done), first loss."""
+def radjax_side(config, batch: dict, label: str, compiler_options: dict | None = None) -> dict:
+  """A side: its name, parameter count, one-step callable (blocks until done), first loss.
+  compiler_options: XLA options for this side's compile (bench/xla_options.py)."""
   exp = setup.build(config, tasks.TASKS['vlm'](config, None))
   spec = exp.task.batch_spec()
-  with sharding.activation_rules(exp.mesh, exp.rules):
-    step = setup.jit_train_step(exp)
   b = len(batch['tokens'])
   rng = np.random.default_rng(1)  # fields only this side reads (the box targets): sparse 0/1
   arrays = {k: jax.device_put(batch[k] if k in batch else
                               (rng.random((b, *f.shape)) < 0.1).astype(f.dtype),
                               exp.batch_shardings[k]) for k, f in spec.items()}
+  with sharding.activation_rules(exp.mesh, exp.rules):
+    step = setup.jit_train_step(exp)
+    if compiler_options:
+      step = step.lower(exp.state, arrays).compile(compiler_options=compiler_options)
   box = {'state': exp.state}
 
   def run():

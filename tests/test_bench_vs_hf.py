@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from bench import hf_twin, vs_hf_generate, vs_hf_train  # noqa: E402
+from bench import hf_twin, vs_hf_generate, vs_hf_train, xla_options  # noqa: E402
 from configs import demo  # noqa: E402
 from radjax.core import sharding  # noqa: E402
 
@@ -169,3 +169,17 @@ def test_compile_loss_falls_back_to_a_graph_break_once(monkeypatch):
   monkeypatch.setattr(vs_hf_train.torch, 'compile', always_broken)
   with pytest.raises(torch._dynamo.exc.InternalTorchDynamoError, match='still broken'):
     vs_hf_train.compile_loss(square)(torch.tensor(2.0))
+
+
+def test_xla_option_variants_start_from_the_default_loss_and_bad_ones_are_named():
+  config = demo.get_config('size=micro')
+  rows = xla_options.compare(config, 'demo', ['xla_cpu_enable_fast_min_max=false'], steps=1,
+                             lead=0)
+  assert [r['variant'] for r in rows] == ['default', 'xla_cpu_enable_fast_min_max=false']
+  assert rows[1]['loss0'] == rows[0]['loss0'] and rows[0]['vs_default'] == 1.0
+  assert '| `xla_cpu_enable_fast_min_max=false` |' in xla_options.table(rows)
+  with pytest.raises(Exception, match='xla_cpu_no_such_option'):
+    xla_options.compare(config, 'demo', ['xla_cpu_no_such_option=1'], steps=1)
+  assert xla_options.parse_variant('a=TRUE;b=-3;c=X,Y') == {'a': True, 'b': -3, 'c': 'X,Y'}
+  with pytest.raises(ValueError, match="'oops' is not name=value"):
+    xla_options.parse_variant('a=1;oops')
