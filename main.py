@@ -135,6 +135,8 @@ def _main():
   else:
     host_memory.resolve(FLAGS.config.runtime.host_allocator)  # a wrong name still fails
   logging.info('host allocator: %s', host_memory.in_effect())
+  if FLAGS.config.runtime.compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', FLAGS.config.runtime.compilation_cache_dir)
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.mode == 'train':
     workdir_lib.check_resumable(FLAGS.config, FLAGS.workdir)  # before the log is opened

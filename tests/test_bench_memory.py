@@ -32,8 +32,9 @@ def test_compiled_step_peak_per_device_shrinks_as_fsdp_grows():
   assert peaks[0] / peaks[-1] > 3, peaks
 
 
-def test_dry_run_compiles_the_configured_mesh():
-  """main.py --mode=dry_run on 8 emulated devices (a process of its own, as users run it)."""
+def test_dry_run_compiles_the_configured_mesh(tmp_path):
+  """main.py --mode=dry_run on 8 emulated devices (a process of its own, as users run it),
+  its programs kept in the configured compilation cache."""
   import os
   import re
   import subprocess
@@ -45,7 +46,8 @@ def test_dry_run_compiles_the_configured_mesh():
       [sys.executable, 'main.py', '--config', 'configs/demo.py:size=micro,task=lm',
        '--workdir', '/nonexistent/dry', '--mode=dry_run', '--config.mesh.data=2',
        '--config.mesh.fsdp=2', '--config.mesh.tensor=2',
-       '--config.runtime.attention_impl=cudnn'],  # a GPU recipe checked on a CPU
+       '--config.runtime.attention_impl=cudnn',  # a GPU recipe checked on a CPU
+       f'--config.runtime.compilation_cache_dir={tmp_path}/xla'],
       cwd=root, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [x for x in proc.stdout.splitlines() if x.startswith('dry run:')][0]
@@ -54,6 +56,7 @@ def test_dry_run_compiles_the_configured_mesh():
   assert float(sizes['peak']) >= float(sizes['argument']) > float(sizes['params']) > 0
   assert "attention_impl 'cudnn' compiled as 'xla'" in proc.stdout
   assert not os.path.exists('/nonexistent/dry')  # a dry run writes nothing
+  assert any(name.startswith('jit_train_step') for name in os.listdir(tmp_path / 'xla'))
 
 
 def test_a_volume_tower_compiles_its_image_and_its_volume_step():

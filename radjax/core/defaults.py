@@ -252,6 +252,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # faults them in 2 MB pages, 'glibc' as started. Demo loop 4.5 -> 6.5 steps/s with huge
   # pages (session 15), 8.4-8.7 with mimalloc (session 18; BENCHMARKS.md).
   c.runtime.host_allocator = 'mimalloc'
+  # JAX's persistent compilation cache (MaxText's jax_cache_dir), set by main.py: a resumed
+  # or repeated run (eval, generate, a dry run's programs) loads what took over a second
+  # to compile instead of compiling it again. Keyed by program, jaxlib and devices. '': off,
+  # the default: two CPU processes of one run, one loading while the other compiles, can
+  # miss gloo's 30 s collective timeout (tests/test_multiprocess.py).
+  c.runtime.compilation_cache_dir = ''
   # Rematerialisation per part, radjax/models/layers.py REMAT_POLICIES (the 'linear' and
   # 'mlp' projectors have no blocks to recompute; vqgan: its residual and attention blocks).
   # On XLA:CPU only scanned stacks save memory by it: unrolled blocks (scan_layers=False,
