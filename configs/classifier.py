@@ -29,6 +29,7 @@ def get_config(arg: str = ''):
   c.train.num_steps, c.train.batch_size = 20_000, 64
   c.eval.evaluators = ('loss', 'labels')
   c.eval.batch_size = 64
+  c.mesh.data, c.mesh.fsdp = -1, 1  # 86M parameters: a replica per device, no gathers
   if args.size in ('tiny', 'micro'):
     common.tiny(c)
     # The demo VLM's tower exactly (its pre-stage; init_from restores it).

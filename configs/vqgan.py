@@ -39,6 +39,7 @@ def get_config(arg: str = ''):
   c.train.eval_every = 5000
   c.eval.batch_size = 32
   c.eval.num_loss_batches = 16
+  c.mesh.data, c.mesh.fsdp = -1, 1  # ~90M parameters (both nets): a replica per device
   c.vqgan.disc_start = 10_000  # Taming's custom_vqgan.yaml
   c.vqgan.codebook_weight, c.vqgan.beta = 0.25, 1.0  # Taming's legacy quantiser loss
   if args.size in ('tiny', 'micro'):

@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from radjax.core import recipe as recipe_lib
 from radjax.core import sharding
 
 
@@ -95,3 +96,21 @@ def test_many_small_replicated_parameters_are_warned_of_as_a_sum():
   assert sharding.warn_replicated(params, shardings, warn_mib=4.0) == []
   big = {'embed': jax.ShapeDtypeStruct((8192, 1024), np.float32)}  # 32 MiB: named itself
   assert sharding.warn_replicated(big, {'embed': replicated}, warn_mib=4.0) == ["['embed']"]
+
+
+@pytest.mark.parametrize('recipe, sharded', [
+    ('llava_tinyllama', True), ('radvlm', True), ('xraygpt', True), ('llm_cxr', True),
+    ('radfm', True), ('classifier', False), ('vqgan', False), ('demo', False),
+    ('radvlm:size=tiny', False)])
+def test_billion_parameter_recipes_split_their_state_over_every_device(recipe, sharded):
+  """A 7B recipe launched on 8 GPUs with its defaults must not copy 90 GiB of parameters
+  and AdamW moments onto each (the seeds train them with ZeRO-3); small models replicate."""
+  name, _, arg = recipe.partition(':')
+  config = recipe_lib.load(f'configs/{name}.py' + (f':{arg}' if arg else ''))
+  assert sharding.mesh_shape(config.mesh, 8) == ((1, 8, 1) if sharded else (8, 1, 1))
+
+
+def test_two_remaining_axes_are_named_with_the_fix():
+  with pytest.raises(ValueError, match=r'only one of .* may be -1 .*got data=-1, fsdp=-1, '
+                                       r'tensor=1: .*--config\.mesh\.data=1'):
+    sharding.mesh_shape(_mesh_cfg(data=-1, fsdp=-1), 8)

@@ -76,7 +76,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # mesh.dcn.data = hosts to put data parallelism across hosts and keep fsdp/tensor, which
   # talk every layer, on the fast links within a host. The default (every dcn size 1)
   # makes no such split: data/fsdp/tensor are then sizes over all devices of all hosts.
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Default (MaxText's): fsdp over every device, so a 7B model's parameters and moments are
+  # split as by the seeds' DeepSpeed ZeRO-3 rather than copied whole onto each device; the
+  # batch splits over data x fsdp either way. Small models (the tiny sizes, the classifier,
+  # the VQ-GAN) set data=-1, fsdp=1: replicas, no per-layer gathers.
+  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
   c.mesh.dcn = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
   c.sharding = ml_collections.ConfigDict()
   c.sharding.rules = DEFAULT_RULES

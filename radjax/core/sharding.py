@@ -19,7 +19,10 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
     if s < 1 and s != -1:
       raise ValueError(f'config.mesh.{a}={s} must be >= 1 (or -1: the remaining devices)')
   if sizes.count(-1) > 1:
-    raise ValueError(f'config.mesh: only one of {MESH_AXES} may be -1, got {sizes}')
+    named = ', '.join(f'{a}={s}' for a, s in zip(MESH_AXES, sizes))
+    raise ValueError(f'config.mesh: only one of {MESH_AXES} may be -1 (the remaining '
+                     f'devices), got {named}: give the others sizes, e.g. '
+                     '--config.mesh.data=1 --config.mesh.fsdp=-1')
   if -1 in sizes:
     known = math.prod(s for s in sizes if s != -1)
     if num_devices % known:
