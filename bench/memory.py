@@ -161,7 +161,9 @@ def dry_run(config) -> dict:
   print(f'dry run: {out["count"] / 1e6:.1f}M params on {n} '
         f'{jax.devices()[0].platform} devices, mesh {out["mesh"]}; per device: params '
         f'{size(out["params"])}, optimizer {size(out["opt"])}; compiled step ({secs:.0f} s; '
-        f'{kind} batches of {largest["batch"]}' + (', the largest' if len(steps) > 1 else '')
+        f'{kind} batches of {largest["batch"]}'
+        + (f' in {accum} micro-batches' if (accum := exp.config.optim.grad_accum) > 1 else '')
+        + (', the largest' if len(steps) > 1 else '')
         + '): ' + ', '.join(f'{k} {size(out[k])}' for k in keys))
   return out
 

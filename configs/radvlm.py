@@ -220,6 +220,9 @@ def as_radvlm_ran(c):
   # One example per GPU (x2 accumulation) under a transformers of before 4.46: the loss is
   # the mean of the examples' own token means.
   c.data.loss_norm = 'example'
+  # Its per-device batch 1: the global 256 is 2 micro-batches on RadVLM's 128 GPUs, 32 on 8
+  # (optim.grad_accum derived from the mesh; memory of one 10,240-token example a device).
+  c.train.micro_batch_per_device = 1
   # HF's warmup_ratio 0.03: ceil(0.03 x 4355) steps.
   c.optim.warmup_steps = math.ceil(0.03 * c.train.num_steps)
   c.eval.max_new_tokens = 1500  # inference_llavaov: greedy, max_new_tokens=1500

@@ -324,6 +324,20 @@ def test_radvlm_trains_unaugmented_findings_with_the_scripts_optimizer():
   assert c.runtime.dtype == 'bfloat16' and c.data.loss_norm == 'example'
 
 
+def test_radvlm_batch_is_one_example_per_gpu_twice_accumulated_on_128_gpus():
+  """finetune_radio_7b.sh on 32 nodes x 4 GPUs: per-device batch 1, gradient accumulation
+  2, global 256; parameters and moments split over every GPU (ZeRO-3)."""
+  from radjax.core import sharding
+  from radjax.train import setup
+  c = radvlm.get_config('')
+  assert (c.train.batch_size, c.train.micro_batch_per_device) == (256, 1)
+  assert sharding.mesh_shape(c.mesh, 128) == (1, 128, 1)
+  setup.derive_grad_accum(c, 128)
+  assert c.optim.grad_accum == 2
+  setup.derive_grad_accum(c, 8)
+  assert c.optim.grad_accum == 32
+
+
 def test_radvlm_tower_takes_siglip_so400m_and_reads_its_26th_layer():
   """finetune_radio_7b.sh: --vision_tower google/siglip-so400m-patch14-384 (27 layers),
   --mm_vision_select_layer -2 (siglip_encoder.py deletes the last layer and reads the

@@ -67,6 +67,29 @@ def test_accumulated_microbatches_equal_one_big_batch(demo_data):
       config, [synthetic_batch(config, i, 8) for i in range(2)])
 
 
+def test_micro_batch_per_device_derives_the_accumulation_from_the_mesh(demo_data):
+  """train.micro_batch_per_device=1 on 4 batch shards: a global batch of 8 is 2
+  micro-batches, the same losses as one batch of 8 on one device."""
+  config = tiny_config(demo_data)
+  config.train.batch_size = config.eval.batch_size = 8
+  batches = [synthetic_batch(config, i, 8) for i in range(2)]
+  big, *_ = run_steps(config, jax.devices()[:1], batches)
+  config.train.micro_batch_per_device = 1
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 1
+  acc, _, _, exp = run_steps(config, jax.devices()[:4], batches)
+  assert exp.config.optim.grad_accum == 2
+  np.testing.assert_allclose(acc, big, atol=1e-5)
+  config.train.micro_batch_per_device = 3
+  with pytest.raises(ValueError, match=r"train\.batch_size=8 is not a multiple of config\."
+                     r"train\.micro_batch_per_device=3 x the mesh's 4 batch shards \(12\)"):
+    build_experiment(config, jax.devices()[:4])
+  # An explicit grad_accum whose micro-batches (8 / 4 = 2 rows) do not fill 4 shards.
+  config.train.micro_batch_per_device, config.optim.grad_accum = 0, 4
+  with pytest.raises(ValueError, match=r'config\.train\.batch_size=8 as config\.optim\.'
+                     r'grad_accum=4 micro-batches does not split over the 4 batch shards'):
+    build_experiment(config, jax.devices()[:4])
+
+
 def test_accumulation_equals_one_big_batch_with_the_label_loss(demo_data):
   """The auxiliary label loss is scaled by tokens per labelled example: the whole batch's,
   not each micro-batch's (which changed the loss and the gradients with grad_accum)."""

@@ -8,7 +8,7 @@
 MINIMUMS = {
     'train.num_steps': 1, 'train.batch_size': 1, 'train.log_every': 1,
     'train.checkpoint_every': 1, 'train.keep_checkpoints': 0, 'train.eval_every': 0,
-    'train.profile_steps': 0, 'train.profile_first_step': 1,
+    'train.profile_steps': 0, 'train.profile_first_step': 1, 'train.micro_batch_per_device': 0,
     'optim.grad_accum': 1, 'optim.warmup_steps': 0, 'optim.lr': 0, 'optim.clip_norm': 0,
     'optim.warmup_init_lr': 0,
     'eval.batch_size': 1, 'eval.num_loss_batches': 0, 'eval.num_generate': 0,
@@ -81,8 +81,9 @@ def errors(config) -> list[str]:
     if isinstance(value, int) and value != -1 and value < 1:
       out.append(f'config.mesh.{axis}={value} must be >= 1 (or -1: the remaining devices)')
   batch, accum = _get(config, 'train.batch_size'), _get(config, 'optim.grad_accum')
+  derived = _get(config, 'train.micro_batch_per_device')  # grad_accum set from the mesh
   if isinstance(batch, int) and isinstance(accum, int) and batch >= 1 and accum >= 1 \
-      and batch % accum:
+      and batch % accum and not derived:
     out.append(f'config.train.batch_size={batch} is not divisible by '
                f'config.optim.grad_accum={accum}')
   return out

@@ -423,6 +423,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # the knob: radjax/core/config_checks.py.
   c.train.num_steps = 1000
   c.train.batch_size = 8  # global batch (all micro-batches, all hosts)
+  # >0: examples per device in each micro-batch (LLaVA's per_device_train_batch_size).
+  # optim.grad_accum is then derived from batch_size and the mesh's batch shards, so one
+  # global batch runs on 8 devices or 128 with the memory of this many examples each.
+  c.train.micro_batch_per_device = 0
   c.train.log_every = 10
   # Checkpoints hold the state and the data-iterator position. A non-finite state is never
   # saved; a checkpoint that does not restore is set aside in <workdir>/checkpoints_damaged

@@ -5,6 +5,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+from absl import logging
 
 from radjax.core import config_checks
 from radjax.core import sharding as sharding_lib
@@ -98,6 +99,7 @@ def _check_batch_sizes(config, mesh, rules) -> None:
   for a in axes:
     shards *= mesh.shape[a]
   sharding_lib.check_batch_over_processes(mesh.devices, tuple(axes))
+  derive_grad_accum(config, shards)
   knobs = ['train.batch_size', 'eval.batch_size']
   if 'volume' in mixture.train_kinds(config):
     knobs.append('data.volume_batch_size')
@@ -107,3 +109,32 @@ def _check_batch_sizes(config, mesh, rules) -> None:
     if value % shards:
       raise ValueError(f'config.{knob}={value} does not split over the {shards} batch shards '
                        f'of the mesh ({" x ".join(axes)}); use a multiple of {shards}')
+    accum = config.optim.grad_accum
+    if knob != 'eval.batch_size' and accum > 1 and value % (accum * shards):
+      # XLA would gather such a micro-batch onto every device and split it again.
+      raise ValueError(
+          f'config.{knob}={value} as config.optim.grad_accum={accum} micro-batches does not '
+          f'split over the {shards} batch shards of the mesh ({" x ".join(axes)}): use a '
+          f'multiple of {accum * shards}, another grad_accum, or '
+          'config.train.micro_batch_per_device')
+
+
+def derive_grad_accum(config, shards: int) -> None:
+  """config.optim.grad_accum from config.train.micro_batch_per_device (when > 0): the
+  micro-batches of train.batch_size that give each of the mesh's batch shards that many
+  examples. Overwrites grad_accum, so a workdir's config resumed on another device count
+  derives its own."""
+  per = config.train.get('micro_batch_per_device', 0)
+  if not per:
+    return
+  batch = config.train.batch_size
+  if batch % (per * shards):
+    raise ValueError(
+        f'config.train.batch_size={batch} is not a multiple of config.train.'
+        f"micro_batch_per_device={per} x the mesh's {shards} batch shards ({per * shards}): "
+        'change either, or set micro_batch_per_device=0 and config.optim.grad_accum')
+  accum = batch // (per * shards)
+  if accum != config.optim.grad_accum:
+    logging.info('config.optim.grad_accum=%d: %d examples per step as %d micro-batches of '
+                 '%d per batch shard (train.micro_batch_per_device)', accum, batch, accum, per)
+  config.optim.grad_accum = accum
