@@ -60,10 +60,11 @@ def process_group(coordinator_address: str = '', num_processes: int = 0,
 def initialize(coordinator_address: str = '', num_processes: int = 0,
                process_id: int = -1) -> ProcessGroup:
   """Joins the process group (see the module doc); a no-op for one process or when
-  already joined. Returns the group asked for."""
-  group = process_group(coordinator_address, num_processes, process_id)
+  already joined (then the environment is not read again: SLURM's launcher passes the
+  process id as a flag, not RADJAX_PROCESS_ID). Returns the group asked for, or joined."""
   if jax.distributed.is_initialized():
-    return group
+    return ProcessGroup(coordinator_address, jax.process_count(), jax.process_index())
+  group = process_group(coordinator_address, num_processes, process_id)
   if group.auto:
     jax.distributed.initialize()
   elif group.num_processes > 1:
