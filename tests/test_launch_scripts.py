@@ -2,7 +2,8 @@
 SLURM_PROCID, joined through the coordinator the script takes from `scontrol`. SLURM is
 not on this machine, so `srun` and `scontrol` are two-line stand-ins that do what SLURM
 does with the script's command; everything after them is the script's own (its XLA
-flags, parsed by this jaxlib, its arguments, main.py on two CPU processes)."""
+flags, parsed by this jaxlib, its arguments, main.py on two CPU processes whose state is
+split between them, saved, and resumed by the job resubmitted)."""
 import os
 import stat
 import subprocess
@@ -24,25 +25,35 @@ def _tool(folder, name: str, text: str) -> None:
   path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
-def test_slurm_script_runs_a_two_task_job_with_its_xla_flags(demo_data, tmp_path):
+def _launch(demo_data: str, workdir: str, env: dict, steps: int) -> None:
+  proc = subprocess.run(
+      ['bash', 'launch/slurm_gpu.sh', 'configs/demo.py:size=micro', workdir,
+       f'--config.data.dir={demo_data}', f'--config.train.num_steps={steps}',
+       '--config.train.eval_every=0', '--config.train.async_checkpoint=False',
+       # Parameters and moments split across the two tasks (the 7B recipes' default), so
+       # each task saves and restores only its halves.
+       '--config.mesh.data=1', '--config.mesh.fsdp=-1'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_slurm_script_runs_a_two_task_job_that_resumes_its_split_state(demo_data, tmp_path):
   tools = tmp_path / 'bin'
   tools.mkdir()
   _tool(tools, 'srun', SRUN)
   _tool(tools, 'scontrol', '#!/bin/sh\necho 127.0.0.1; echo 127.0.0.2\n')  # hostnames
-  env = _env(1)
+  env = _env(1)  # one CPU device a task
   env.pop('XLA_FLAGS')  # the script's own GPU flags, which XLA parses on any backend
   env.update(PATH=f'{tools}:{env["PATH"]}', SLURM_NTASKS='2', SLURM_JOB_NODELIST='n[0-1]',
              RADJAX_PORT=str(_free_port()))
   workdir = str(tmp_path / 'w')
-  proc = subprocess.run(
-      ['bash', 'launch/slurm_gpu.sh', 'configs/demo.py:size=micro', workdir,
-       f'--config.data.dir={demo_data}', '--config.train.num_steps=3',
-       '--config.train.eval_every=0', '--config.train.async_checkpoint=False',
-       '--config.mesh.dcn.data=2'],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  assert sorted(_losses(workdir)) == [1, 2, 3]
-  # Each task was its own process of the one job (the dcn mesh needs two to build at all).
+  _launch(demo_data, workdir, env, 3)
+  # Each task was its own process of the one job (fsdp=2 needs both devices).
   assert sorted(os.listdir(os.path.join(workdir, 'logs'))) == ['process_0.log',
                                                                'process_1.log']
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['3']
+  env['RADJAX_PORT'] = str(_free_port())
+  _launch(demo_data, workdir, env, 4)  # the job resubmitted with one more step
+  assert sorted(_losses(workdir)) == [1, 2, 3, 4]
+  assert 'resuming from step 3' in open(os.path.join(workdir, 'logs', 'process_1.log')).read()
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '4']
