@@ -10,7 +10,9 @@
 #SBATCH --signal=TERM@120
 set -euo pipefail
 config=$1; workdir=$2; shift 2
-head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# sed reads every line: `head -n 1` would leave scontrol a closed pipe (SIGPIPE, exit 141,
+# which pipefail makes the job's).
+head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 export RADJAX_COORDINATOR=${RADJAX_COORDINATOR:-$head_node:${RADJAX_PORT:-12355}}
 export RADJAX_NUM_PROCESSES=$SLURM_NTASKS
 # H100/H200: overlap collectives with compute; bigger fused collectives over NVLink/IB.

@@ -41,7 +41,9 @@ def test_slurm_script_runs_a_two_task_job_that_resumes_its_split_state(demo_data
   tools = tmp_path / 'bin'
   tools.mkdir()
   _tool(tools, 'srun', SRUN)
-  _tool(tools, 'scontrol', '#!/bin/sh\necho 127.0.0.1; echo 127.0.0.2\n')  # hostnames
+  # Host names, one per line; the pause leaves a reader that stops at the first line (head
+  # -n 1, as the script had) a second write into a closed pipe: SIGPIPE, the job's exit 141.
+  _tool(tools, 'scontrol', '#!/bin/sh\necho 127.0.0.1; sleep 0.2; echo 127.0.0.2\n')
   env = _env(1)  # one CPU device a task
   env.pop('XLA_FLAGS')  # the script's own GPU flags, which XLA parses on any backend
   env.update(PATH=f'{tools}:{env["PATH"]}', SLURM_NTASKS='2', SLURM_JOB_NODELIST='n[0-1]',
