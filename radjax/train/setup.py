@@ -35,11 +35,12 @@ class Experiment:
 
 def preflight(config, devices=None) -> tuple:
   """(mesh, rules) after the checks that cost nothing: config values, the backend, batch
-  sizes over the mesh."""
+  sizes over the mesh (optim.grad_accum first derived for it: train.micro_batch_per_device)."""
   config_checks.check(config)
   factory.check_backend(config)
   mesh = sharding_lib.make_mesh(config.mesh, devices)
   rules = sharding_lib.rules_from_config(config.sharding.rules)
+  derive_grad_accum(config, _batch_axes(mesh, rules)[1])
   _check_batch_sizes(config, mesh, rules)
   return mesh, rules
 
@@ -91,15 +92,20 @@ def batch_prefix_sharding(exp: Experiment):
   return sharding_lib.batch_sharding(exp.mesh, exp.rules, 1)
 
 
-def _check_batch_sizes(config, mesh, rules) -> None:
-  """Every batch splits evenly over the mesh axes the batch is sharded on."""
+def _batch_axes(mesh, rules) -> tuple[tuple[str, ...], int]:
+  """The mesh axes a batch is sharded on, and how many shards they make."""
   axes = sharding_lib.batch_sharding(mesh, rules, 1).spec[0] or ()
-  axes = (axes,) if isinstance(axes, str) else axes
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
   shards = 1
   for a in axes:
     shards *= mesh.shape[a]
-  sharding_lib.check_batch_over_processes(mesh.devices, tuple(axes))
-  derive_grad_accum(config, shards)
+  return axes, shards
+
+
+def _check_batch_sizes(config, mesh, rules) -> None:
+  """Every batch (and micro-batch) splits evenly over the mesh axes the batch is sharded on."""
+  axes, shards = _batch_axes(mesh, rules)
+  sharding_lib.check_batch_over_processes(mesh.devices, axes)
   knobs = ['train.batch_size', 'eval.batch_size']
   if 'volume' in mixture.train_kinds(config):
     knobs.append('data.volume_batch_size')
