@@ -19,6 +19,7 @@ An error in what was given (a knob, a file, a workdir) is one line; --verbosity=
 its traceback.
 """
 import importlib
+import importlib.util
 import os
 import sys
 import traceback
@@ -80,14 +81,16 @@ def ensure_data(config) -> None:
   if not missing:
     return
   if jax.process_index() == 0:
+    from data_prep import build  # tensorflow_datasets: imported only to build
     for data_dir, (knob, name, kwargs) in missing.items():
-      try:
-        builder = importlib.import_module(f'data_prep.{name}')
-      except ModuleNotFoundError:
+      if importlib.util.find_spec(f'data_prep.{name}') is None:
         raise ValueError(f'{knob}.builder: {name!r} is no module of data_prep/ (it builds '
-                         f'{data_dir!r} when missing)') from None
+                         f'{data_dir!r} when missing)')
       logging.info('building dataset %s into %s', name, data_dir)
-      builder.ensure_built(data_dir, **kwargs)
+      try:
+        build.ensure_built(name, data_dir, **kwargs)
+      except (TypeError, ValueError) as e:  # a bad builder_kwargs: name the knob
+        raise ValueError(f'{knob}: {e}') from e
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices('radjax_data_built')

@@ -44,7 +44,6 @@ No augmentation (LLaVA-NeXT has none). The step: --step_rate (examples/s per dev
 a number, or `radvlm_hf`, RadVLM's own run (radvlm_hf_examples_per_s).
 """
 import functools
-import importlib
 import io
 import multiprocessing
 import os
@@ -64,7 +63,7 @@ from ml_collections import config_flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench import torch_loader, train_step  # noqa: E402
-from data_prep import downscale  # noqa: E402
+from data_prep import build, downscale  # noqa: E402
 from radjax import run  # noqa: E402
 from radjax.core import host_memory  # noqa: E402
 from radjax.data import anyres, chat, images, instructions, pipeline, schema, source, tokens  # noqa: E402
@@ -182,8 +181,8 @@ def ensure_built(config) -> None:
   main.py does before training)."""
   if config.data.builder and not os.path.exists(os.path.join(config.data.dir,
                                                              'manifest.json')):
-    builder = importlib.import_module(f'data_prep.{config.data.builder}')
-    builder.ensure_built(config.data.dir, **config.data.builder_kwargs.to_dict())
+    build.ensure_built(config.data.builder, config.data.dir,
+                       **config.data.builder_kwargs.to_dict())
 
 
 def read_examples(config, n: int) -> list[dict]:

@@ -95,6 +95,13 @@ def main(argv=None) -> int:
   print(json.dumps({'dataset_dir': path, 'counts': manifest['counts'], **filtered,
                     'num_rejects': manifest['num_rejects'],
                     'rejects': f"{path}/{manifest['rejects_file']}"}, indent=2))
+  if args.num_shards:
+    shards = build_lib.shard_counts(path)
+    if any(n != min(args.num_shards, manifest['counts'].get(split, n))
+           for split, n in shards.items()):
+      print(f'note: reused the finished build there, with {shards} shards per split; '
+            '--num_shards applies to a new build (delete that dataset dir, or build into '
+            'another --data_dir)', file=sys.stderr)
   stale = build_lib.stale_incomplete_dirs(path)
   if stale:
     print(f'note: {len(stale)} unfinished build dir(s) beside it, from killed builds (or one '

@@ -74,6 +74,17 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, config: str |
           max_short_side: int | None = None) -> str:
   """Builds `name` under data_dir from manual_dir; returns the dataset dir. With
   max_short_side, 2D images are stored downscaled (data_prep/downscale.py)."""
+  cls, manual_dir = _checked(name, manual_dir, config, beam_runner, beam_options, num_shards)
+  b = cls(data_dir=os.path.abspath(os.path.expanduser(data_dir)), config=config,
+          max_short_side=max_short_side)
+  path = prepare(b, manual_dir=manual_dir,
+                 beam_runner=beam_runner, beam_options=beam_options, num_shards=num_shards)
+  _check_side(path, max_short_side)
+  return path
+
+
+def _checked(name, manual_dir, config, beam_runner, beam_options, num_shards):
+  """(builder class, absolute manual_dir) once the arguments are checked."""
   if num_shards is not None and num_shards < 1:
     raise ValueError(f'{name}: num_shards {num_shards}: must be at least 1')
   check_beam(beam_runner, beam_options)
@@ -89,17 +100,16 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, config: str |
     raise builder_lib.ManualDirError(
       f'{name}: --manual_dir {manual_dir or "(not given)"} is not a directory or is empty.\n'
       f'{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}')
-  b = cls(data_dir=os.path.abspath(os.path.expanduser(data_dir)), config=config,
-          max_short_side=max_short_side)
-  path = prepare(b, manual_dir=manual_dir,
-                 beam_runner=beam_runner, beam_options=beam_options, num_shards=num_shards)
+  return cls, manual_dir
+
+
+def _check_side(path: str, max_short_side: int | None) -> None:
   built_side = read_manifest(path).get('max_short_side')
   if built_side != max_short_side:  # TFDS reused a finished build made otherwise
     raise ValueError(
       f'{path} was built with max_short_side={built_side} and this build asks for '
       f'{max_short_side}; nothing was changed. Build into another --data_dir, or delete '
       'that dataset dir first.')
-  return path
 
 
 def stale_incomplete_dirs(dataset_dir: str) -> list[str]:
@@ -107,6 +117,16 @@ def stale_incomplete_dirs(dataset_dir: str) -> list[str]:
   build (or in use by one still running), never removed by TFDS."""
   parent, version = os.path.split(os.path.normpath(dataset_dir))
   return sorted(glob.glob(os.path.join(glob.escape(parent), f'incomplete.*_{version}')))
+
+
+def shard_counts(dataset_dir: str) -> dict[str, int]:
+  """{split: number of ArrayRecord shards} of a dataset dir."""
+  counts = {}
+  for f in os.listdir(dataset_dir):
+    m = re.fullmatch(r'.+?-(\w+)\.array_record-\d+-of-(\d+)', f)
+    if m:
+      counts[m.group(1)] = int(m.group(2))
+  return dict(sorted(counts.items()))
 
 
 def read_manifest(dataset_dir: str) -> dict:
@@ -171,7 +191,28 @@ def _check_replaceable(out_dir: str, name: str) -> None:
                           'builds. Choose another --out or empty it yourself.')
 
 
-def ensure_built(name: str, data_dir: str, **kwargs) -> dict:
-  """Generic on-first-use build for datasets that need no manual_dir (the demo)."""
+def ensure_built(name: str, out_dir: str, manual_dir: str | None = None,
+                 config: str | None = None, num_shards: int | None = None,
+                 max_short_side: int | None = None, **kwargs) -> dict:
+  """The manifest of the dataset at out_dir, built first with data_prep.<name> when it is
+  missing (main.py's `config.data.builder` and a mixture component's `builder`): the demos
+  build themselves from kwargs; the others from manual_dir, published as out_dir itself."""
   module = importlib.import_module(f'data_prep.{name}')
-  return module.ensure_built(data_dir, **kwargs)
+  if hasattr(module, 'ensure_built'):
+    own = dict(manual_dir=manual_dir, config=config, num_shards=num_shards,
+               max_short_side=max_short_side)
+    given = [k for k, v in own.items() if v is not None]
+    if given:
+      raise ValueError(f'{name} builds itself: builder_kwargs {given} are for datasets '
+                       'built from a manual_dir')
+    return module.ensure_built(out_dir, **kwargs)
+  if kwargs:
+    raise ValueError(f'{name}: unknown builder_kwargs {sorted(kwargs)}; it takes manual_dir, '
+                     'config, num_shards, max_short_side')
+  cls, manual_dir = _checked(name, manual_dir, config, None, None, num_shards)
+  manifest = build_into(
+    out_dir, lambda data_dir: cls(data_dir=data_dir, config=config,
+                                  max_short_side=max_short_side),
+    manual_dir=manual_dir, num_shards=num_shards)
+  _check_side(os.path.abspath(os.path.expanduser(out_dir)), max_short_side)
+  return manifest

@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import zipfile
+import zlib
 from collections.abc import Iterator
 
 from etils import epath
@@ -40,9 +41,9 @@ def find_one(root: epath.Path, candidates: tuple[str, ...], what: str) -> epath.
 CSV_FIELD_LIMIT = 1 << 20
 
 
-def csv_rows(reader, rel: str) -> Iterator[tuple[int, object]]:
-  """(line number, row) of a csv reader; a malformed row is a ManualDirError naming the
-  file and the line it starts on (csv.Error names neither)."""
+def csv_rows(reader, rel: str) -> Iterator[tuple[int, list[str]]]:
+  """(line the row starts on, row) of a csv.reader, blank lines skipped; a malformed row is
+  a ManualDirError naming the file and that line (csv.Error names neither)."""
   csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
   while True:
     start = reader.line_num + 1
@@ -53,30 +54,36 @@ def csv_rows(reader, rel: str) -> Iterator[tuple[int, object]]:
     except csv.Error as e:
       hint = ' (an unbalanced quote there?)' if 'field limit' in str(e) else ''
       raise ManualDirError(f'{rel}: line {start}: malformed CSV: {e}{hint}') from e
-    yield reader.line_num, row
+    if row:
+      yield start, row
 
 
 def read_csv(path: epath.Path, required: tuple[str, ...], root: epath.Path | None = None
              ) -> Iterator[tuple[int, dict]]:
-  """(line number, row) for each data row; a header missing `required` or a malformed row
-  is a ManualDirError."""
+  """(line number, row as a dict) for each data row; a header missing `required` or a
+  malformed row (one with more or fewer fields than the header) is a ManualDirError."""
   rel = str(path.relative_to(root)) if root else str(path)
-  reader = csv.DictReader(io.StringIO(read_text(path, rel), newline=''))
-  rows = csv_rows(reader, rel)
-  first = next(rows, None)  # reads the header, then the first row
-  missing = [c for c in required if c not in (reader.fieldnames or [])]
+  rows = csv_rows(csv.reader(io.StringIO(read_text(path, rel), newline='')), rel)
+  header = next(rows, (0, []))[1]
+  missing = [c for c in required if c not in header]
   if missing:
-    raise ManualDirError(f'{rel}: header lacks columns {missing} (has {reader.fieldnames})')
-  if first is not None:
-    yield first
-    yield from rows
+    raise ManualDirError(f'{rel}: header lacks columns {missing} (has {header})')
+  for line, row in rows:
+    if len(row) != len(header):  # a stray quote swallows the lines after it: a short row
+      raise ManualDirError(f'{rel}: line {line}: malformed CSV: {len(row)} fields where the '
+                           f'header has {len(header)} (an unbalanced quote there?)')
+    yield line, dict(zip(header, row))
 
 
 def read_text(path: epath.Path, rel: str = '') -> str:
   """UTF-8 text (a BOM is dropped); anything else is an error naming the file and byte."""
   data = path.read_bytes()
   if path.name.endswith('.gz'):
-    data = gzip.decompress(data)
+    try:
+      data = gzip.decompress(data)
+    except (EOFError, OSError, zlib.error) as e:  # a cut-off download, or not gzip at all
+      raise ManualDirError(f'{rel or path}: not a complete gzip file ({e}); download it '
+                           'again') from e
   elif path.name.endswith('.zip'):  # one zipped file, as PadChest-GR ships master_table.csv
     data = _only_member(data, rel or str(path))
   try:

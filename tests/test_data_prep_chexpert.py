@@ -392,3 +392,39 @@ def test_the_view_is_the_file_names_in_every_split():
   assert cx.view_reject('train/p/s/view1_frontal.jpg', '') is None  # blank: the name says
   assert cx.view_reject('test/p/s/view2_lateral.jpg', None) is None  # test: no column
   assert 'is lateral' in cx.view_reject('train/p/s/view2_lateral.jpg', 'Frontal')
+
+
+def test_main_builds_a_mixture_component_from_its_manual_dir(chexpert_src, tmp_path, capsys):
+  # README: a component's `builder` + `builder_kwargs` build its dir when it is missing;
+  # for a real dataset that is the manual_dir build, published as `dir` itself.
+  import main as main_lib
+  from configs import classifier
+  from data_prep import __main__ as cli
+  config = classifier.get_config('size=tiny')
+  config.data.dir, config.data.builder = '', ''
+  dest = str(tmp_path / 'data' / 'chexpert')
+  config.data.mixture.cx = dict(dir=dest, builder='chexpert', builder_kwargs=dict(
+    manual_dir=chexpert_src[0], config='frontal'))
+  main_lib.ensure_data(config)
+  manifest = build_lib.read_manifest(dest)
+  assert manifest['dataset'] == 'chexpert' and manifest['counts']['train'] > 0
+  assert manifest['config'] == 'frontal'
+  main_lib.ensure_data(config)  # reused
+  config.data.mixture.cx.dir = str(tmp_path / 'other')
+  config.data.mixture.cx.builder_kwargs.manual_dir = str(tmp_path / 'nothing')
+  with pytest.raises(ManualDirError, match='not a directory or is empty'):
+    main_lib.ensure_data(config)
+  config.data.mixture.cx.builder_kwargs = dict(manual_dir=chexpert_src[0], sed=1)
+  with pytest.raises(ValueError, match=r"config\.data\.mixture\.cx: chexpert: unknown "
+                                       r"builder_kwargs \['sed'\]"):
+    main_lib.ensure_data(config)
+  assert not os.path.exists(str(tmp_path / 'other'))
+  # The CLI on a finished build with another --num_shards says it reused it.
+  data_dir = str(tmp_path / 'cli')
+  assert cli.main(['build', 'chexpert', '--manual_dir', chexpert_src[0], '--data_dir',
+                   data_dir]) == 0
+  capsys.readouterr()
+  assert cli.main(['build', 'chexpert', '--manual_dir', chexpert_src[0], '--data_dir',
+                   data_dir, '--num_shards', '2']) == 0
+  assert "note: reused the finished build there, with {'train': 1, 'val': 1} shards" in (
+    capsys.readouterr().err)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_prep.builder import ManualDirError
 from tests import data_prep_fixtures as fx
 
 
@@ -102,3 +103,20 @@ def test_planted_records_rejected_with_reasons(nih):
   assert rejects[good[2][:-4]]['file'] == 'Data_Entry_2017_v2020.csv'
   orphan = rejects['99999999_000']
   assert orphan['file'] == 'BBox_List_2017.csv' and orphan['row'] == len(box_rows) + 3
+
+
+def test_the_kaggle_layout_builds_and_an_empty_label_file_is_named(tmp_path):
+  # Kaggle's copy spreads the PNGs over images_001/images/ ... with no images/ folder.
+  src = str(tmp_path / 'src')
+  write_source(src)
+  os.rename(os.path.join(src, 'images'), os.path.join(src, 'part'))
+  os.makedirs(os.path.join(src, 'images_001'))
+  os.rename(os.path.join(src, 'part'), os.path.join(src, 'images_001', 'images'))
+  path, manifest = fx.build('nih_chest_xray14', src, str(tmp_path / 'out'))
+  assert manifest['num_rejects'] == 7 and sum(manifest['counts'].values()) > 0
+  open(os.path.join(src, 'Data_Entry_2017_v2020.csv'), 'w').close()  # a failed download
+  with pytest.raises(ManualDirError, match=r'Data_Entry_2017_v2020.csv: empty'):
+    fx.build('nih_chest_xray14', src, str(tmp_path / 'out2'))
+  os.rename(os.path.join(src, 'images_001'), os.path.join(src, 'elsewhere'))
+  with pytest.raises(ManualDirError, match=r"expected images/ \(or Kaggle's"):
+    fx.build('nih_chest_xray14', src, str(tmp_path / 'out3'))

@@ -111,3 +111,7 @@ def test_llava_json(tmp_path):
   assert "unknown role 'doctor'" in rejects[('r6', 5)]['reason']
   assert 'duplicate' in rejects[('r1', 6)]['reason']
   assert 'no user turn' in rejects[('r7', 7)]['reason']
+  # A split file of [] is an empty split: warned of and listed, like a header-only CSV.
+  fx.write_file(os.path.join(src, 'all_val.json'), b'[]')
+  path, manifest = fx.build('llava_json', src, str(tmp_path / 'out_val'))
+  assert manifest['empty_splits'] == ['val'] and manifest['counts']['val'] == 0

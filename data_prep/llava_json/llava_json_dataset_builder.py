@@ -76,9 +76,12 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
       split = split_of(path.name, len(files) == 1)
       try:
         records = json.loads(checks.read_text(path, path.name))
-        assert isinstance(records, list)
-      except (json.JSONDecodeError, AssertionError) as e:
-        raise builder_lib.ManualDirError(f'{path.name}: expected a JSON list of records: {e!r}')
+      except json.JSONDecodeError as e:
+        raise builder_lib.ManualDirError(f'{path.name}: expected a JSON list of records: {e}')
+      if not isinstance(records, list):
+        raise builder_lib.ManualDirError(f'{path.name}: expected a JSON list of records, '
+                                         f'found a {type(records).__name__}')
+      out.setdefault(split, [])  # a file of [] is an empty split, warned of like others
       for k, rec in enumerate(records):
         ok = isinstance(rec, dict) and isinstance(rec.get('id'), (str, int))
         item = {'id': str(rec['id']) if ok else f'{path.stem}-{k}', 'file': path.name, 'row': k}
@@ -87,7 +90,7 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
         else:
           item['record'] = rec
         out.setdefault(split, []).append(item)
-    if not out:
+    if not any(out.values()):
       raise builder_lib.ManualDirError(f'{root}: its *.json files hold no records')
     return out
 

@@ -64,7 +64,7 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
   SOURCE = 'nih-chest-xray14'
   HOMEPAGE = 'https://nihcc.app.box.com/v/ChestXray-NIHCC'
   REQUIRE_TEXT = False
-  REQUIRED_FILES = (BOXES, 'train_val_list.txt', 'test_list.txt', 'images')
+  REQUIRED_FILES = (BOXES, 'train_val_list.txt', 'test_list.txt')  # + images: below
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
     'Download the NIH ChestX-ray14 release (Data_Entry_2017.csv, BBox_List_2017.csv, '
     'train_val_list.txt, test_list.txt and images_001..012.tar.gz), extract the image '
@@ -75,6 +75,10 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
     images = {p.name: f'images/{p.name}' for p in (root / 'images').glob('*.png')}
     for p in root.glob('images_*/images/*.png'):
       images.setdefault(p.name, f'{p.parent.parent.name}/images/{p.name}')
+    if not images and not (root / 'images').is_dir():
+      raise builder_lib.ManualDirError(
+        f'{self.name}: {root} does not look like the dataset: expected images/ (or '
+        f"Kaggle's images_XXX/images/) in it.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     split_of = {}
     for split, name in SPLIT_LISTS.items():
       for line in checks.read_text(root / name, name).split():
@@ -84,6 +88,9 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
       if any(c.strip() for c in row):
         boxes.setdefault(row[0].strip(), []).append((line, row))
     rows = _rows(entry, entry.name)
+    if not rows:
+      raise builder_lib.ManualDirError(f'{entry.name}: empty (no header, no rows); download '
+                                       'it again')
     header = rows[0][1]
     want = ['Image Index', 'Finding Labels', 'View Position', 'OriginalImage[Width', 'Height]',
             'OriginalImagePixelSpacing[x', 'y]']
