@@ -45,6 +45,7 @@ from radjax import run  # noqa: E402
 from radjax.core import distributed  # noqa: E402
 from radjax.core import workdir as workdir_lib  # noqa: E402
 from radjax.data import mixture  # noqa: E402
+from radjax.train import loop  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Recipe config file.', lock_config=True)
@@ -110,9 +111,9 @@ def main(argv):
   del argv
   try:
     _main()
-  except (ValueError, OSError) as e:
-    # What the user gave (a knob, a file, a workdir, a record; a path it cannot write),
-    # named by the message: one line. --verbosity=1 logs the traceback first.
+  except (ValueError, OSError, loop.NonFiniteLossError) as e:
+    # What the user gave (a knob, a file, a workdir, a record; a path it cannot write; an
+    # lr that diverges), named by the message: one line. --verbosity=1 logs the traceback.
     logging.debug('%s', traceback.format_exc())
     sys.exit(f'error: {_config_file_error(str(e))}')
 

@@ -45,15 +45,16 @@ def _main_py(*args, tmp_path, data):
 
 
 def test_errors_in_what_was_given_are_one_line(tmp_path, demo_data):
-  """A flag typo, an init_from that is no model, eval of a workdir with no checkpoint: the
-  message alone, and --mode=eval creates nothing."""
+  """A flag typo, an init_from that is no model, eval of a workdir with no checkpoint, a run
+  that diverges: the message alone, and --mode=eval creates nothing."""
   (tmp_path / 'empty_dir').mkdir()
   for args, message in [
       (('--mode=eval',), 'error: no checkpoint in ' + str(tmp_path / 'w' / 'checkpoints')),
       (('--num_processes=2',), 'error: a multi-process run needs all three'),
       ((f'--config.model.llm.init_from={tmp_path / "empty_dir"}',),
        "error: config.model.llm.init_from='" + str(tmp_path / 'empty_dir')
-       + "': a directory without config.json")]:
+       + "': a directory without config.json"),
+      (('--config.data.image_std=(0.0,0.0,0.0)',), 'error: non-finite loss (nan)')]:
     proc = _main_py(*args, tmp_path=tmp_path, data=demo_data)
     assert proc.returncode == 1, (args, proc.stderr[-2000:])
     assert proc.stderr.strip().splitlines()[-1].startswith(message), (args, proc.stderr[-500:])

@@ -689,3 +689,26 @@ def test_a_remat_policy_typo_names_its_knob():
   config.runtime.remat.llm = 'dot'
   with pytest.raises(ValueError, match=r"config\.runtime\.remat\.llm: 'dot' not in .*'dots'"):
     factory.runtime(config, 'llm')
+
+
+def test_a_damaged_checkpoint_read_for_its_params_is_one_error_and_no_tracebacks(tmp_path):
+  """orbax's failed read leaves tensorstore reads in flight on a closed event loop; each
+  printed an 'Event loop is closed' traceback after the error (most runs: 2 to 16)."""
+  wd = str(tmp_path / 'w')
+  ckpt = checkpoint_lib.Checkpointer(wd, 0, use_async=False)
+  ckpt.save(1, {'params': {f'w{i}': jnp.full((64,), float(i)) for i in range(40)}}, force=True)
+  ckpt.close()
+  for f in glob.glob(os.path.join(wd, 'checkpoints', '1', 'state', '**', 'manifest.ocdbt'),
+                     recursive=True):
+    open(f, 'w').close()  # emptied, as by a full disk
+  code = ('from radjax.core import workdir\n'
+          'for _ in range(4):\n'
+          '  try:\n'
+          f'    workdir.load_params({wd!r})\n'
+          '  except workdir.WorkdirError as e:\n'
+          '    print(e)\n')
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                        timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.count('checkpoints/1 does not restore (ValueError: ') == 4, proc.stdout
+  assert 'its tree metadata' in proc.stdout and 'Traceback' not in proc.stderr, proc.stderr

@@ -9,6 +9,7 @@ import logging as pylogging
 import os
 import re
 import signal
+import sys
 import threading
 
 import grain
@@ -24,6 +25,37 @@ DAMAGED_DIR = 'checkpoints_damaged'
 # the first save of a 180-leaf state on 8 devices compiled for 23 s vs 0.35 s (see
 # BENCHMARKS.md); a slice only pays off for big arrays.
 REPLICA_PARALLEL_MIN_BYTES = 1 << 20
+
+
+# Step dirs radjax has reported as not restoring (see _quiet_failed_reads).
+_REPORTED_DAMAGED: set[str] = set()
+
+
+class _ReportedDamageFilter(pylogging.Filter):
+  def filter(self, record):
+    message = record.getMessage()
+    return not (message.startswith('Task exception was never retrieved')
+                and any(d in message for d in _REPORTED_DAMAGED))
+
+
+def _quiet_failed_reads() -> None:
+  """Reading a damaged checkpoint, orbax's asyncio.run fails and closes its loop while
+  tensorstore still has reads in flight: each then printed an 'Event loop is closed'
+  traceback (an unraisable exception), and asyncio logged the other reads' errors as
+  'never retrieved', after the error radjax reports. Those are dropped (the latter only
+  for checkpoints reported); any other goes on as before."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'radjax_quiet', False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+      previous(unraisable)
+
+  hook.radjax_quiet = True
+  sys.unraisablehook = hook
+  pylogging.getLogger('asyncio').addFilter(_ReportedDamageFilter())
 
 
 def _register_array_handler():
@@ -158,6 +190,7 @@ class Checkpointer:
     none restores (a rerun then starts from scratch; the damaged ones stay aside).
     """
     skipped = []
+    _quiet_failed_reads()
     for step in sorted(self.manager.all_steps(), reverse=True):
       saved_by = None if data_iterator is None else self._other_process_count(step)
       # A process's own iterator file is checked (and agreed on) before orbax restores,
@@ -181,6 +214,7 @@ class Checkpointer:
             restored, reason = self.restore(step, abstract_state, data_iterator), None
         except Exception as e:  # orbax/tensorstore/grain raise many types for damaged files
           restored, reason = None, f'{type(e).__name__}: {" ".join(str(e).split())[:300]}'
+          _REPORTED_DAMAGED.add(os.path.join(self.directory, str(step)))
         # Every process takes the same step.
         if not _on_any_process(reason is not None):
           return restored, step
@@ -317,8 +351,21 @@ def restore_params(directory: str, step: int, path: tuple[str, ...] = (), target
   never read.
   """
   item_dir = os.path.join(directory, str(step), 'state')
-  saved = ocp.PyTreeCheckpointer().metadata(item_dir).item_metadata.tree
-  node, keys = saved, ('params', *path)
+  _quiet_failed_reads()
+  try:
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      return _restore_params(checkpointer, item_dir, path, target)
+  except Exception:
+    _REPORTED_DAMAGED.add(item_dir)
+    raise
+
+
+def _restore_params(checkpointer, item_dir: str, path: tuple[str, ...], target):
+  metadata = checkpointer.metadata(item_dir).item_metadata
+  if metadata is None:  # orbax logs why and returns None: a missing or damaged tree index
+    raise ValueError(f'{item_dir}: its tree metadata (_METADATA, manifest.ocdbt) does not '
+                     'read')
+  node, keys = metadata.tree, ('params', *path)
   for k in keys:
     if not isinstance(node, dict) or k not in node:
       raise KeyError(f'{item_dir}: no {"/".join(keys)} in the checkpoint')
@@ -330,7 +377,7 @@ def restore_params(directory: str, step: int, path: tuple[str, ...] = (), target
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)
   for k in reversed(keys):
     target, restore_args = {k: target}, {k: restore_args}
-  out = ocp.PyTreeCheckpointer().restore(
+  out = checkpointer.restore(
       item_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
                                             partial_restore=True))
   for k in keys:
