@@ -7,6 +7,7 @@ params give HF's outputs, and `to-hf` gives back an HF model with the original's
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -14,6 +15,7 @@ transformers = pytest.importorskip('transformers')
 from radjax.convert import __main__ as convert_cli  # noqa: E402
 from radjax.convert import hf_io  # noqa: E402
 from radjax.core import workdir  # noqa: E402
+from radjax.data import chat  # noqa: E402
 from radjax.models import factory, llm, vit, vlm  # noqa: E402
 from tests import hf_models  # noqa: E402
 
@@ -39,10 +41,14 @@ CASES = {
 }
 
 
-def _tokenizer_json(path: str, vocab_size: int) -> None:
-  """A word-level tokenizer over ids 0..vocab_size-1 with <pad>/<s>/</s> at 0/1/2."""
+def _tokenizer_json(path: str, vocab_size: int, image_id: int | None = None) -> None:
+  """A word-level tokenizer over ids 0..vocab_size-1 with <pad>/<s>/</s> at 0/1/2 (and
+  <image> at image_id)."""
   from tokenizers import Tokenizer, models, pre_tokenizers
-  vocab = {'<pad>': 0, '<s>': 1, '</s>': 2, **{f'w{i}': i for i in range(3, vocab_size)}}
+  vocab = {'<pad>': 0, '<s>': 1, '</s>': 2, **{f'w{i}': i for i in range(3, vocab_size)
+                                               if i != image_id}}
+  if image_id is not None:
+    vocab['<image>'] = image_id
   tok = Tokenizer(models.WordLevel(vocab, unk_token='w3'))
   tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
   tok.save(path)
@@ -412,7 +418,7 @@ def test_llava_15s_own_chat_template_imports_as_the_llava_format(converted, tmp_
   from radjax.data import tokens
   hf_dir = tmp_path / 'hf'
   converted('llava')['hf'].save_pretrained(hf_dir)
-  _tokenizer_json(str(tmp_path / 'tok.json'), 300)
+  _tokenizer_json(str(tmp_path / 'tok.json'), 300, LLAVA_IMAGE_ID)
   tok = tokens.load_tokenizer(str(tmp_path / 'tok.json'))
   assert convert_cli._chat_format_of(tok, hf_models.LLAVA_15_CHAT_TEMPLATE) is None  # no BOS
   tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
@@ -425,6 +431,21 @@ def test_llava_15s_own_chat_template_imports_as_the_llava_format(converted, tmp_
   config = workdir.load_config(str(tmp_path / 'wd'))
   assert (config.data.chat_format, config.data.system_prompt) == ('llava', '')
   assert 'chat template' not in capsys.readouterr().err
+  # Exported back, its processor's two steps (render, then encode with the tokenizer's
+  # specials) give radjax's prompt: one BOS, as the template leaves BOS to the tokenizer.
+  _cli('to-hf', '--workdir', tmp_path / 'wd', '--out', tmp_path / 'back')
+  processor = transformers.AutoProcessor.from_pretrained(tmp_path / 'back')
+  messages = [{'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': 'w7'}]}]
+  prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+  ids = processor(images=Image.new('L', (40, 30)), text=prompt,
+                  return_tensors='np')['input_ids'][0].tolist()
+  tok = tokens.load_tokenizer(tokens.tokenizer_path(config))
+  encoder = chat.ConversationEncoder(tok, chat.FORMATS['llava'],
+                                     hf_models.llava_image_tokens())
+  assert ids[0] == 1 != ids[1] and ids == encoder.prompt([{'role': 'user', 'text': 'w7'}], 1)
+  # ... and HF's generate never picks what radjax's never does.
+  suppress = transformers.GenerationConfig.from_pretrained(tmp_path / 'back').suppress_tokens
+  assert set(suppress) == {encoder.image_id} | set(range(len(tok), config.model.llm.vocab_size))
 
 
 def test_a_format_that_stops_at_a_string_exports_it(converted, tmp_path):

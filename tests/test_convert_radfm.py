@@ -24,9 +24,9 @@ from radjax.convert import __main__ as convert_cli  # noqa: E402
 from radjax.convert import radfm  # noqa: E402
 from radjax.convert.common import ConversionError  # noqa: E402
 from radjax.core import workdir  # noqa: E402
+from radjax.data import chat  # noqa: E402
 from radjax.data import tokens as tokens_lib  # noqa: E402
 from radjax.eval.decoding import generate as generate_lib  # noqa: E402
-from radjax.eval.evaluators import answers  # noqa: E402
 from radjax.models import factory, llm, vlm  # noqa: E402
 
 TEXT_VOCAB, QUERIES, PROMPT_LEN, TOL = 256, 8, 512, 1e-4
@@ -354,7 +354,7 @@ def test_new_ids_are_never_generated(imported):
   begin = tok.get_vocab()['<image_begin>']
   params['lm_head']['kernel'][:, begin] = 100.0 * h / np.linalg.norm(h)
   params['lm_head']['kernel'][:, 300] = 80.0 * h / np.linalg.norm(h)
-  suppress = answers.never_generated(tok, c.model.llm.vocab_size, images=True)
+  suppress = chat.never_generated(tok, c.model.llm.vocab_size, images=True)
   assert set(suppress) == {256, 257, 258} | set(range(259, 320))
   free = generate_lib.GenerationConfig(max_new_tokens=4)
   banned = dataclasses.replace(free, suppress_ids=suppress)

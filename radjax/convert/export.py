@@ -164,7 +164,9 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
     logging.warning('no tokenizer found (config.data.tokenizer / data.dir); exported weights '
                     'only')
     return
-  tokenizer.chat_template = chat.chat_template(fmt, config.data.system_prompt)
+  # A processor encodes the rendered prompt with the tokenizer's own specials.
+  tokenizer.chat_template = chat.chat_template(
+      fmt, config.data.system_prompt, bos=not (kind == 'vlm' and _adds_bos(tokenizer)))
   if kind == 'vlm' and vlm_cfg.anyres_grids:
     llava.save_onevision_processor(out, tokenizer, vlm_cfg, tuple(config.data.image_mean),
                                    tuple(config.data.image_std), tokenizer.chat_template)
@@ -181,7 +183,16 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
   # the tokenizer (`generate(..., tokenizer=tokenizer)`).
   stop_strings = list(dict.fromkeys((*fmt.stop_strings,
                                      *config.eval.get('stop_strings', ()))))
-  _write_generation_config(out, {**extra, 'stop_strings': stop_strings or None})
+  # Ids radjax never generates (an image token, embedding rows past the tokenizer): HF's
+  # greedy pick could otherwise be one, and the reports would part.
+  suppress = chat.never_generated(tokenizer, config.model.llm.vocab_size, kind == 'vlm')
+  _write_generation_config(out, {**extra, 'stop_strings': stop_strings or None,
+                                 'suppress_tokens': list(suppress) or None})
+
+
+def _adds_bos(tokenizer) -> bool:
+  return (tokenizer.bos_token_id is not None
+          and tokenizer('x')['input_ids'][:1] == [tokenizer.bos_token_id])
 
 
 def _add_bos_on_encode(tokenizer) -> None:
@@ -189,7 +200,7 @@ def _add_bos_on_encode(tokenizer) -> None:
   and as HF's LLaMA tokenizers do (apply_chat_template encodes without it, so its BOS
   stays single)."""
   bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
-  if bos is None or tokenizer('x')['input_ids'][:1] == [bos_id]:
+  if bos is None or _adds_bos(tokenizer):
     return
   from tokenizers import processors
   tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(

@@ -42,6 +42,16 @@ def image_tokens_needed(images: bool, delimiters: bool = False,
   return out + ([IMAGE_BEGIN, IMAGE_END] if delimiters or codebook_size else [])
 
 
+def never_generated(tokenizer, vocab_size: int, images: bool) -> tuple[int, ...]:
+  """Ids generation must not produce: a VLM's image tokens (the placeholder and any
+  delimiters its prompts hold), and the embedding rows past the tokenizer (vocabulary
+  padding; e.g. RadFM's head, 32000 wide, has none of them)."""
+  vocab = tokenizer.get_vocab()
+  ids = ({vocab[t] for t in image_tokens_needed(True, True) if t in vocab} if images
+         else set())
+  return tuple(sorted(ids | set(range(len(tokenizer), vocab_size))))
+
+
 def render_codes(codes, codebook_size: int, record_id: str = '', num_codes: int = 0) -> str:
   """An image's VQ-GAN codes as text the tokenizer reads as one token each, wrapped in
   the delimiters: '<image_begin><code_12><code_7>...<image_end>'. num_codes > 0: the
@@ -487,10 +497,12 @@ class ConversationEncoder:
     return text.strip()
 
 
-def chat_template(fmt: ChatFormat, system_prompt: str = '') -> str:
+def chat_template(fmt: ChatFormat, system_prompt: str = '', bos: bool = True) -> str:
   """The format as a Jinja chat template for an exported HF tokenizer/processor, so
   `apply_chat_template` renders the text radjax trains on (images first in a user turn
-  whose content is a list, as HF processors pass them)."""
+  whose content is a list, as HF processors pass them). bos=False leaves the format's BOS
+  to a tokenizer that adds it on encode (LLaVA-1.5's processor: `processor(text=prompt)`
+  would otherwise start with two)."""
   def lit(s):
     return '{{ ' + repr(s) + ' }}' if s else ''
 
@@ -498,7 +510,7 @@ def chat_template(fmt: ChatFormat, system_prompt: str = '') -> str:
     out = ''
     for p in pieces:
       if p == BOS:
-        out += "{{ bos_token or '' }}"
+        out += "{{ bos_token or '' }}" if bos else ''
       elif p == EOS:
         out += '{{ eos_token }}'
       elif isinstance(p, Special):

@@ -11,18 +11,6 @@ import numpy as np
 from radjax.data import chat, pipeline, processors
 from radjax.eval.decoding import generate as generate_lib
 
-# Image tokens a VLM's prompts hold (radjax/data/chat.py: the placeholder and, with
-# config.data.image_delimiters, the run's delimiters); never an answer token.
-IMAGE_TOKENS = tuple(chat.image_tokens_needed(True, True))
-
-
-def never_generated(tokenizer, vocab_size: int, images: bool) -> tuple[int, ...]:
-  """Ids generation must not produce: a VLM's image tokens, and the embedding rows past
-  the tokenizer (vocabulary padding; e.g. RadFM's head, 32000 wide, has none of them)."""
-  vocab = tokenizer.get_vocab()
-  ids = {vocab[t] for t in IMAGE_TOKENS if t in vocab} if images else set()
-  return tuple(sorted(ids | set(range(len(tokenizer), vocab_size))))
-
 
 class Answerer:
 
@@ -34,7 +22,7 @@ class Answerer:
     enc = self.encoder
     self.gen_cfg = generate_lib.config_from_eval(
         cfg.eval, enc.stop_ids, enc.pad,
-        never_generated(enc.tokenizer, cfg.model.llm.vocab_size, self.image_slots is not None))
+        chat.never_generated(enc.tokenizer, cfg.model.llm.vocab_size, self.image_slots is not None))
     # The batch axis splits over the mesh: whole batches of config.eval.batch_size.
     self.batch_size = cfg.eval.batch_size
 
