@@ -13,8 +13,9 @@ r"""radjax entry point.
       # one process of a multi-process run (also RADJAX_COORDINATOR / RADJAX_NUM_PROCESSES /
       # RADJAX_PROCESS_ID, or RADJAX_DISTRIBUTED=1 on SLURM and TPU VMs)
   XLA_FLAGS=--xla_force_host_platform_device_count=64 JAX_PLATFORMS=cpu python main.py \
-      --config configs/radvlm.py --workdir /tmp/x --mode=dry_run --config.mesh.fsdp=8
-      # per-device memory of the compiled train step on 64 emulated devices
+      --config configs/radvlm.py --workdir /tmp/x --mode=dry_run --config.mesh.fsdp=8 \
+      --config.mesh.data=8   # per-device memory of the train step on 64 emulated devices
+      # (without XLA_FLAGS, dry_run emulates 8)
 An error in what was given (a knob, a file, a workdir) is one line; --verbosity=1 also logs
 its traceback.
 """
@@ -52,8 +53,9 @@ config_flags.DEFINE_config_file('config', None, 'Recipe config file.', lock_conf
 flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and TensorBoard events go here.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'generate', 'chat', 'dry_run'],
                   'What to do. dry_run: compile the train step for the configured mesh on '
-                  'the visible devices and print per-device memory (bench/memory.py); '
-                  'from the config alone, no dataset needed.')
+                  'the visible devices (8 emulated CPU devices unless XLA_FLAGS sets '
+                  '--xla_force_host_platform_device_count) and print per-device memory '
+                  '(bench/memory.py); from the config alone, no dataset needed.')
 flags.DEFINE_list('images', [], 'Image files for --mode=generate / chat.')
 flags.DEFINE_string('prompt', '', 'The question for --mode=generate (a VLM: about each image; '
                     'default: the report request); a decoder workdir needs one.')

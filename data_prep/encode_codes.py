@@ -82,7 +82,8 @@ def encode_dataset(dataset: str, codec_workdir: str, out: str, splits=('train', 
   # Shards already in --out are reused: they must be this codec's codes. A codes.json
   # without shards (a run that failed at its first one) has nothing to mix with.
   if glob.glob(os.path.join(out, '*.array_record*')):
-    llm_cxr.check_codes_made_by(out, codec_workdir, llm_cxr.codec_step(codec_workdir, step))
+    llm_cxr.check_codes_made_by(out, codec_workdir, llm_cxr.codec_step(codec_workdir, step),
+                                knobs=('--codec', '--step'))
   codec = Codec(codec_workdir, step)
   os.makedirs(out, exist_ok=True)
   summary = {'codec': os.path.abspath(codec_workdir), 'step': codec.step,

@@ -115,6 +115,9 @@ def chat_loop(config, workdir: str, image_paths: list[str], read=input, write=pr
   (shown with the first question). '/reset' starts over; an empty line or EOF ends it."""
   exp, answerer = _answerer(config, workdir)
   if image_paths and exp.task.image_slots is None:
+    if config.data.get('codebook_size', 0):  # LLM-CXR reads an image as its codes
+      raise ValueError('--mode=chat takes no --images on a decoder that reads images as '
+                       'codes; --mode=generate --images gives their reports')
     raise ValueError('--images given, but this workdir is a decoder without a vision tower')
   example = (_image_examples(image_paths, chat.IMAGE_MARK * len(image_paths),
                              'volume' in exp.task.slots)[0]
@@ -201,7 +204,14 @@ def train_pre_stage(config, workdir: str) -> bool:
     return True
   stage, stage_dir = got
   logging.info('pre-stage %s into %s', config.train.pre_stage, stage_dir)
-  loop.train(stage, stage_dir, make_task(stage))
+  try:
+    loop.train(stage, stage_dir, make_task(stage))
+  except workdir_lib.WorkdirError as e:  # the fix is the run's config, not the stage's
+    message = str(e).replace(f'configs/workdir.py:{stage_dir})',
+                             f'configs/workdir.py:{workdir})')
+    raise workdir_lib.WorkdirError(
+        f'{message.rstrip(".")} (the stage is config.train.pre_stage with pre_stage_set).'
+    ) from e
   reached = workdir_lib.latest_step(stage_dir)
   if reached < stage.train.num_steps:
     logging.warning('pre-stage stopped at step %d of %d (preempted); rerun the same command '
@@ -225,6 +235,7 @@ def main(config, workdir: str, mode: str, images: list[str] | None = None, promp
   if mode in ('train', 'eval'):
     llm_cxr.check_config_codes(config)  # codes the decoder learns or is scored on
   if mode == 'train':
+    pretrained.check_not_this_workdir(config, workdir)
     if pre_stage(config, workdir):
       check_before_pre_stage(config)
     if not train_pre_stage(config, workdir):

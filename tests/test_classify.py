@@ -3,6 +3,7 @@ import glob
 import itertools
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -204,10 +205,11 @@ def test_pre_stage_trains_the_tower_first_in_the_same_run(demo_data, tmp_path):
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
     np.testing.assert_array_equal(a, b)
   assert np.shape(want['patch_embed']['kernel'])[0] == config.model.vision.patch_size
-  # A resumed run finds the stage done and changes nothing (what run.main does first).
+  # A resumed run finds the stage done and writes nothing there (what run.main does first;
+  # a rerun refused for a changed knob of the main stage then says nothing was written).
   def contents():
-    return {p: open(p, 'rb').read() for p in glob.glob(f'{stage_dir}/**', recursive=True)
-            if os.path.isfile(p) and 'events.out' not in p}
+    return {p: (os.path.getmtime(p), open(p, 'rb').read())
+            for p in glob.glob(f'{stage_dir}/**', recursive=True) if os.path.isfile(p)}
   before = contents()
   again = tiny_config(demo_data)
   again.train.pre_stage = config.train.pre_stage
@@ -215,6 +217,12 @@ def test_pre_stage_trains_the_tower_first_in_the_same_run(demo_data, tmp_path):
   assert run.train_pre_stage(again, workdir)
   assert contents() == before
   assert again.model.vision.init_from == stage_dir
+  # A stage knob changed: the fix named is this run's own config, not the stage dir's.
+  again.train.pre_stage_set = config.train.pre_stage_set + (('train.batch_size', 16),)
+  with pytest.raises(workdir_lib.WorkdirError, match=re.escape(
+      f'configs/workdir.py:{workdir}) or a new --workdir (the stage is config.train.pre_stage')):
+    run.train_pre_stage(again, workdir)
+  assert contents() == before
   bad = tiny_config(demo_data)
   bad.train.pre_stage = 'configs/classifier.py:size=micro'
   bad.train.pre_stage_set = (('train.num_stepz', 6),)

@@ -128,6 +128,8 @@ def test_llama_workdir_generates_like_hf(converted):
   with config.unlocked():
     config.eval.max_new_tokens = 12
   assert config.data.chat_format == 'none'  # an imported decoder continues plain text
+  # Its task is the decoder's own (--mode=eval builds it from config.task).
+  assert config.task == 'lm' and run.make_task(config).name == 'lm'
   text = run.generate(config, str(c['wd']), [], prompt='w10 w11 w12 w13')[0]
   prompt = np.asarray([[1, 10, 11, 12, 13]], np.int32)  # <s> first, as every sequence
   hf_ids = hf_models.hf_greedy(c['hf'], prompt, 12)[0].tolist()
@@ -349,6 +351,12 @@ def test_conversions_never_write_over_a_workdir(converted, tmp_path, capsys):
   assert convert_cli.main(['to-hf', '--workdir', str(c['wd']), '--out', target]) == 2
   assert 'is a radjax workdir (it has checkpoints)' in capsys.readouterr().err
   assert snapshot() == before
+  # An HF directory given as the workdir, or a file as --out: named as such.
+  assert convert_cli.main(['to-hf', '--workdir', hf_dir, '--out', str(tmp_path / 'o')]) == 2
+  assert "is a Hugging Face model's config" in capsys.readouterr().err
+  assert convert_cli.main(['to-hf', '--workdir', str(c['wd']), '--out',
+                           os.path.join(hf_dir, 'tokenizer.json')]) == 2
+  assert 'tokenizer.json is a file; choose a directory' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('fmt', ['vicuna', 'llava', 'chatml'])

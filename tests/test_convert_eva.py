@@ -341,3 +341,8 @@ def test_qformer_from_blip2_and_llama_proj_from_xraygpt(blip2_dir, tmp_path):
   config.model.projector.init_from = f'{blip2},{tmp_path}/missing.pth'
   with pytest.raises(FileNotFoundError, match='missing.pth'):
     pretrained.loaders(config, {'projector': 'projector'})
+  # XrayGPT's file alone lacks the Q-Former: the knob, the file and the order are named.
+  config.model.projector.init_from = xraygpt
+  with pytest.raises(common.ConversionError, match=r"config\.model\.projector\.init_from='.*xraygpt"
+                                            r"\.pth': HF tensor .* is missing.*BLIP-2's \.pth"):
+    pretrained.loaders(config, {'projector': 'projector'})['projector'](None)

@@ -70,20 +70,24 @@ def _commands(text: str):
       continue
     spec = re.search(r'\bconfigs/(\w+\.py(?::\S+)?)', line)
     knobs = re.findall(r'--config\.([\w.]+)=(\S+)', line.split(' #')[0])
+    devices = re.search(r'device_count=(\d+)', line)
     if spec and knobs and ('main.py' in line or 'launch/' in line):
-      yield spec.group(1).rstrip('`'), [(k, v.rstrip('`')) for k, v in knobs]
+      yield (spec.group(1).rstrip('`'), [(k, v.rstrip('`')) for k, v in knobs],
+             devices and int(devices.group(1)))
     line = ''
 
 
-def test_readme_commands_give_a_config_that_runs(monkeypatch):
+@pytest.mark.parametrize('document', ['README.md', 'main.py'])
+def test_documented_commands_give_a_config_that_runs(monkeypatch, document):
   """Each command's knobs applied as main.py applies them (ml_collections' parser); the
-  result passes the config checks and leaves at most one mesh axis to -1."""
+  result passes the config checks and leaves at most one mesh axis to -1; where the
+  command sets a device count, its mesh resolves on that many devices."""
   from absl import flags
   from ml_collections import config_flags
 
-  from radjax.core import config_checks
+  from radjax.core import config_checks, sharding
   checked = 0
-  for spec, knobs in _commands(open(os.path.join(ROOT, 'README.md')).read()):
+  for spec, knobs, devices in _commands(open(os.path.join(ROOT, document)).read()):
     if spec.split(':')[0] in ('X.py', 'workdir.py') or any('...' in v for _, v in knobs):
       continue
     argv = ['main.py', f'--config=configs/{spec}'] + [f'--config.{k}={v}' for k, v in knobs]
@@ -99,5 +103,7 @@ def test_readme_commands_give_a_config_that_runs(monkeypatch):
       raise
     config_checks.check(config)
     assert [config.mesh[a] for a in ('data', 'fsdp', 'tensor')].count(-1) <= 1, spec
+    if devices:
+      sharding.mesh_shape(config.mesh, devices)
     checked += 1
-  assert checked >= 3
+  assert checked >= (3 if document == 'README.md' else 1)

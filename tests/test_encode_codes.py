@@ -84,7 +84,7 @@ def test_another_codec_step_into_the_same_out_is_refused(demo_data, tmp_path):
   before = {n: open(os.path.join(out, n), 'rb').read() for n in os.listdir(out)}
   # Step 0 is the codec's only checkpoint: asking for step 3 names what the codes came from.
   with pytest.raises(ValueError, match=r'codes\.json: these codes were made by the codec '
-                     r'.*codec at step 0, but .* at step 3'):
+                     r'.*codec at step 0, but .* at step 3\. .*\(--codec=.*, --step=0\)'):
     encode_codes.encode_dataset(demo_data, codec_dir, out, ('test',), step=3)
   assert encode_codes.main(['--dataset', demo_data, '--codec', codec_dir, '--out', out,
                             '--splits', 'test', '--step', '3']) == 2

@@ -1,4 +1,6 @@
 """config.model.<tower>.init_from: HF directories and workdirs, vocab growth, errors."""
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -6,6 +8,7 @@ import pytest
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
+from radjax import run as run_lib  # noqa: E402
 from radjax.convert import common  # noqa: E402
 from radjax.core import workdir  # noqa: E402
 from tests.conftest import build_experiment, tiny_config  # noqa: E402
@@ -133,3 +136,10 @@ def test_stage2_starts_every_part_from_the_stage1_workdir(demo_data, tmp_path):
   stage2.model.projector.kind = 'linear'
   with pytest.raises(ValueError, match=r"holds a projector of kind 'mlp'.*kind='linear'"):
     _llm_params(stage2)
+  # Stage 2 given stage 1's own dir as --workdir would resume stage 1 and train over it.
+  stage2.model.projector.kind = 'mlp'
+  before = sorted(os.listdir(wd)), open(os.path.join(wd, 'config.json')).read()
+  with pytest.raises(ValueError, match=r"config\.model\.vision\.init_from='.*stage1' is the "
+                                       '--workdir of this run'):
+    run_lib.main(stage2, os.path.join(str(tmp_path), '.', 'stage1'), 'train')
+  assert (sorted(os.listdir(wd)), open(os.path.join(wd, 'config.json')).read()) == before

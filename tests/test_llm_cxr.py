@@ -184,6 +184,8 @@ def test_image_to_report_returns_text(trained, tmp_path, capsys):
   np.testing.assert_array_equal(model.codec.load_image(dcm), model.codec.load_image(as_png))
   with pytest.raises(image_files.ImageFileError, match=r'nothere\.png: no such file'):
     run_lib.main(config, workdir, 'generate', [str(tmp_path / 'nothere.png')])
+  with pytest.raises(ValueError, match='--mode=generate --images gives their reports'):
+    run_lib.main(config, workdir, 'chat', [path])
   # Code tokens and the delimiters are never written into a report.
   items = [({'id': 'x', 'images': []}, llm_cxr.read_request(codes[0], 32))]
   rows = model.answerer.answer_ids(model.params, items, model.read_cfg, seed=0)

@@ -229,7 +229,7 @@ def cmd_from_hf(args) -> None:
   if config.model.kind in ('vision', 'vlm'):
     export.image_stats_from_dir(config, args.hf_dir)
   if config.model.kind == 'llm':  # a base decoder continues text; a recipe picks its chat
-    config.data.chat_format = 'none'
+    config.data.chat_format, config.task = 'none', 'lm'
   if config.model.kind in ('llm', 'vlm'):  # a tower alone reads no text
     tokenizer = _import_tokenizer(args.hf_dir, args.out, config)
     if config.model.kind == 'llm' and tokenizer is not None and not _adds_bos(tokenizer):
@@ -272,6 +272,8 @@ def _check_out(out: str, workdir: str) -> None:
   """--out may not be the workdir, inside it, or another radjax workdir (its config.json
   would be overwritten)."""
   from radjax.core import workdir as workdir_lib
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ConversionError(f'--out={out} is a file; choose a directory for the HF model')
   real_out, real_wd = os.path.realpath(out), os.path.realpath(workdir)
   if os.path.commonpath([real_out, real_wd]) == real_wd:
     raise ConversionError(f'--out={real_out} is the workdir or inside it ({real_wd}); choose '

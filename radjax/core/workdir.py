@@ -51,10 +51,15 @@ def check_local(workdir: str, knob: str = '--workdir') -> None:
 
 
 def save_config(config, workdir: str) -> None:
+  """config.json; the same config again leaves the file as it is."""
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    files.write_text_atomic(os.path.join(workdir, CONFIG_FILE),
-                            config.to_json_best_effort(indent=1))
+    path, text = os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=1)
+    if os.path.exists(path):
+      with open(path) as f:
+        if f.read() == text:
+          return
+    files.write_text_atomic(path, text)
 
 
 def _overlay(node: ml_collections.ConfigDict, values: dict, where: str) -> None:
@@ -92,6 +97,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   values = files.read_json(path, WorkdirError)
   if not isinstance(values, dict):
     raise WorkdirError(f'{path}: expected a JSON object')
+  if 'model' not in values and ({'model_type', 'architectures', '_class_name'} & set(values)):
+    raise NotAWorkdir(f"{path} is a Hugging Face model's config: {workdir!r} is not a radjax "
+                      'workdir (import it with `python -m radjax.convert from-hf`)')
   config = base.get_config()
   _overlay(config, values, '')
   return config

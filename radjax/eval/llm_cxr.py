@@ -39,10 +39,12 @@ def codec_step(workdir: str, step: int | None) -> int:
   return workdir_lib.latest_step(workdir) if step is None or step < 0 else step
 
 
-def check_codes_made_by(data_dir: str, codec_workdir: str, step: int) -> None:
+def check_codes_made_by(data_dir: str, codec_workdir: str, step: int,
+                        knobs: tuple[str, str] = ('--config.codec.workdir',
+                                                  '--config.codec.step')) -> None:
   """The codes in `data_dir` were made by this codec at this step. A codec trained further,
   or another one, gives other codes: the decoder would then read and draw codes it never
-  learned, with no error anywhere else."""
+  learned, with no error anywhere else. `knobs`: the caller's flags for codec and step."""
   made = codes_summary(data_dir)
   here = os.path.abspath(codec_workdir)
   if made is None or (os.path.abspath(made['codec']), made['step']) == (here, step):
@@ -50,8 +52,8 @@ def check_codes_made_by(data_dir: str, codec_workdir: str, step: int) -> None:
   raise workdir_lib.WorkdirError(
       f"{os.path.join(data_dir, CODES_SUMMARY)}: these codes were made by the codec "
       f"{made['codec']} at step {made['step']}, but this run's codec (config.codec) is {here} "
-      f"at step {step}. Use the codec that made them (--config.codec.workdir, "
-      f"--config.codec.step={made['step']}), or encode the dataset with this one into a new "
+      f"at step {step}. Use the codec that made them ({knobs[0]}={made['codec']}, "
+      f"{knobs[1]}={made['step']}), or encode the dataset with this one into a new "
       'dir (python -m data_prep.encode_codes)')
 
 

@@ -59,6 +59,11 @@ def train(config, workdir: str, task, devices=None) -> dict:
   processes = config.data.get('worker_processes', 0)
   data_iter = pipeline.make_iterator(train_ds, config.data.worker_threads, processes)
   state, start = restore_or_keep(exp, ckpt, data_iter)
+  if start >= tc.num_steps and not _eval_lost(tc, workdir, start, config.eval.split):
+    ckpt.close()  # a finished run (a pre-stage, a rerun) writes nothing more
+    if hasattr(data_iter, 'close'):
+      data_iter.close()
+    return {}
   if processes:
     data_iter.start_prefetch()  # the workers start while the rest is set up
   # Records stepped over are counted where they are read; worker processes keep theirs.
@@ -81,9 +86,7 @@ def train(config, workdir: str, task, devices=None) -> dict:
   t_log, steps_since_log = time.time(), 0
   seen = collections.Counter()  # examples and token slots since the last log
   try:
-    if start and _eval_due(tc, start) and not writers.eval_logged(writer_path(workdir), start,
-                                                                  config.eval.split):
-      # The eval of the restored step was lost to a kill: redo it.
+    if _eval_lost(tc, workdir, start, config.eval.split):  # to a kill: redo it
       last_eval = _evaluate(evaluators, writer, state, start, {}, config.eval.split)
     for step in range(start + 1, tc.num_steps + 1):
       host_batch = next(data_iter)
@@ -132,6 +135,12 @@ def train(config, workdir: str, task, devices=None) -> dict:
       data_iter.close()
     writer.flush()
   return last_eval
+
+
+def _eval_lost(tc, workdir: str, step: int, split: str) -> bool:
+  """The restored step was due an eval that its metrics do not hold (killed in it)."""
+  return bool(step) and _eval_due(tc, step) and not writers.eval_logged(
+      writer_path(workdir), step, split)
 
 
 def _examples_and_tokens(host_batch: dict) -> dict:

@@ -20,6 +20,7 @@ import os
 from absl import logging
 
 from radjax.convert import hf_io, lavis, parts
+from radjax.convert.common import ConversionError
 from radjax.core import workdir as workdir_lib
 from radjax.models import factory
 
@@ -71,8 +72,16 @@ def _from_files(part: str, paths: list[str], target_cfg, scan: bool):
   state_dict = {}
   for path in paths:
     state_dict.update(lavis.hf_names(hf_io.load_state_dict_file(path), path))
-  return parts.params_from_tensors(part, state_dict, target_cfg, scan,
-                                   source=','.join(paths))
+  try:
+    return parts.params_from_tensors(part, state_dict, target_cfg, scan,
+                                     source=','.join(paths))
+  except ConversionError as e:
+    hint = ''
+    if target_cfg.kind == 'qformer' and not any(k.startswith('qformer.') for k in state_dict):
+      hint = (" (XrayGPT's .pth holds only its projection: BLIP-2's .pth, with the Q-Former, "
+              'goes first, e.g. init_from=blip2.pth,xraygpt_stage1.pth)')
+    raise ConversionError(f'config.model.{part}.init_from={",".join(paths)!r}: {e}{hint}'
+                          ) from e
 
 
 def check_path(part: str, path: str) -> None:
@@ -86,6 +95,18 @@ def check_path(part: str, path: str) -> None:
     if os.path.isdir(f) and not os.path.exists(os.path.join(f, workdir_lib.CONFIG_FILE)):
       raise FileNotFoundError(f'config.model.{part}.init_from={path!r}: a directory without '
                               'config.json, neither a radjax workdir nor an HF model')
+
+
+def check_not_this_workdir(config, workdir: str) -> None:
+  """A part started from the run's own workdir (XrayGPT's stage 2 given stage 1's dir as
+  --workdir) would resume that run and train over it: an error, before anything is written."""
+  here = os.path.realpath(workdir)
+  for part in factory.parts_of(config.model):
+    path = config.model[part].get('init_from', '')
+    if path and here in (os.path.realpath(f) for f in path.split(',')):
+      raise ValueError(f'config.model.{part}.init_from={path!r} is the --workdir of this run: '
+                       'training would resume that run and overwrite it. Give this run its own '
+                       '--workdir')
 
 
 def check_paths(config) -> None:
