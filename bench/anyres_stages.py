@@ -11,8 +11,8 @@ The film is the dataset's first image re-encoded as bench/data_pipeline.py's sou
 AnyRes as `bench/data_pipeline.py --anyres` sets it (RadVLM's 6 x 6 grids, anyres_max_9,
 unless the config has its own). Each stage is timed alone, as TileSlots calls it (median
 of --repeats, `time.process_time`); two rows are the rest of a whole call:
-  * 'tile cut, lookup, copies' = anyres.tiles - (grid resize + pad + base resize): the
-    normalising lookup, cutting the canvas into tiles and writing them into the slots;
+  * 'tile cut, copies' = anyres.tiles - (grid resize + pad + base resize): cutting the
+    8-bit canvas into tiles (the normalising lookup runs on the device since 010b5fd);
   * "TileSlots' own" = TileSlots - (decode + anyres.tiles + plan): its buffers.
 """
 import io
@@ -36,7 +36,7 @@ from radjax.data import images as images_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 STAGES = ('decode (PIL, + constant check)', 'grid resize (PIL bicubic)', 'pad (PIL paste)',
-          'base resize (PIL bicubic)', 'tile cut, lookup, copies', 'plan', "TileSlots' own",
+          'base resize (PIL bicubic)', 'tile cut, copies', 'plan', "TileSlots' own",
           'TileSlots, whole call', 'HF: open + convert RGB', 'HF: LlavaOnevisionImageProcessorPil',
           'HF, whole')
 
@@ -71,7 +71,6 @@ def stages(config, example: dict, repeats: int) -> dict:
   """Stage -> CPU ms for one example's one image."""
   slots = run.make_task(config).slots['image']
   spec, image = slots.spec, example['images'][0]
-  table = images_lib.pixel_table(slots.mean, slots.std, slots.num_channels)
   pil = images_lib.decode_image(image, slots.num_channels, example['id'], keep_gray=True)
   w0, h0 = pil.size
   rows, cols = anyres.best_grid(h0, w0, spec)
@@ -91,7 +90,7 @@ def stages(config, example: dict, repeats: int) -> dict:
       STAGES[1]: cpu_ms(lambda: pil.resize((nw, nh), Image.BICUBIC), repeats),
       STAGES[2]: cpu_ms(pad, repeats),
       STAGES[3]: cpu_ms(lambda: pil.resize((spec.tile, spec.tile), Image.BICUBIC), repeats),
-      'tiles': cpu_ms(lambda: anyres.tiles(pil, spec, table), repeats),
+      'tiles': cpu_ms(lambda: anyres.tiles(pil, spec), repeats),
       STAGES[5]: cpu_ms(lambda: anyres.plan(h0, w0, spec), repeats),
       STAGES[7]: cpu_ms(lambda: slots(example, None), repeats),
       STAGES[8]: cpu_ms(lambda: Image.open(io.BytesIO(image['data'])).convert('RGB'), repeats),

@@ -50,8 +50,11 @@ def vindr(root, n, side):
     image_id = f'{i:032x}'
     fx.write_file(os.path.join(root, 'train', f'{image_id}.dicom'),
                   make_dicom(np.roll(pixels, i, 0), 'MONOCHROME1', 12, window=(2048, 4096)))
-    rows.append([image_id, 'Cardiomegaly', 3, 'R8', 100, 100, 900, 800])
-    rows.append([image_id, 'Cardiomegaly', 3, 'R9', 110, 90, 920, 810])
+    # Two readers' boxes, as at 1024 px (100-900 x 100-800), scaled to the film's side.
+    rows.append([image_id, 'Cardiomegaly', 3, 'R8',
+                 *(round(v * side / 1024) for v in (100, 100, 900, 800))])
+    rows.append([image_id, 'Cardiomegaly', 3, 'R9',
+                 *(round(v * side / 1024) for v in (110, 90, 920, 810))])
   fx.write_csv(os.path.join(root, 'train.csv'), fx.txv_rows('vinbigdata-train.csv.gz', 1)[0],
                rows)
   return n

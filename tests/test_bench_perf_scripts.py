@@ -128,3 +128,18 @@ def test_padding_bench_packs_the_demo_recipes(demo_data):
   config.data.dir = demo_data
   run.make_task(config)
   assert rates[True]['padding'] < rates[False]['padding'] and rates[True]['per_row'] > 1
+
+
+def test_anyres_stages_times_each_stage_of_a_film(demo_data):
+  """bench/anyres_stages.py on one film at micro size: every stage of its table is timed
+  (it broke once, silently, when anyres.tiles lost an argument)."""
+  from bench import anyres_stages, data_pipeline
+  from configs import radvlm
+  config = radvlm.get_config('size=micro')
+  config.data.dir = demo_data
+  config = data_pipeline.with_anyres(config)
+  results = {'jpeg_film': anyres_stages.stages(
+      config, anyres_stages.film(config, 'jpeg_film'), repeats=1)}
+  assert results['jpeg_film']['film'].startswith('2544 x 3056, grid')
+  table = anyres_stages.table(results)
+  assert all(f'| {stage} | ' in table for stage in anyres_stages.STAGES)
