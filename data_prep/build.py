@@ -153,8 +153,8 @@ def build_into(out_dir: str, make_builder, replace: bool = False, **config_kwarg
     if not os.path.isdir(out_dir) or os.listdir(out_dir):
       raise FileExistsError(
         f'{out_dir} exists and is not a radjax dataset (no {builder_lib.MANIFEST}); '
-        'radjax will not delete or write into it. Point config.data.dir elsewhere or '
-        'empty it yourself.')
+        'radjax will not delete or write into it. Choose another directory (--out, or '
+        'config.data.dir where a run builds it) or empty it yourself.')
     os.rmdir(out_dir)  # empty: nothing of anyone's is lost
   os.makedirs(os.path.dirname(out_dir), exist_ok=True)
   tmp_root = f'{out_dir}.tmp-{uuid.uuid4().hex[:8]}'

@@ -271,3 +271,37 @@ def test_process_group_from_flags_or_environment(monkeypatch):
     monkeypatch.delenv(key)
   monkeypatch.setenv('RADJAX_DISTRIBUTED', '1')
   assert distributed.process_group().auto
+
+
+def test_a_group_that_cannot_form_is_one_error_naming_what_was_given(tmp_path):
+  """JAX's own errors name none of radjax's flags: a coordinator port another program holds,
+  and RADJAX_DISTRIBUTED=1 where no cluster is detected."""
+  holder = socket.socket()  # held by another process, as by a stale run
+  holder.bind(('0.0.0.0', 0))
+  port = holder.getsockname()[1]
+  holder.close()
+  hold = subprocess.Popen([sys.executable, '-c', (
+      'import socket, time\ns = socket.socket()\n'
+      f's.bind(("0.0.0.0", {port}))\ns.listen()\nprint("up", flush=True)\ntime.sleep(120)')],
+      stdout=subprocess.PIPE, text=True)
+  try:
+    assert hold.stdout.readline().strip() == 'up'
+    code = ('from radjax.core import distributed\n'
+            'try:\n'
+            '  distributed.initialize(*{args})\n'
+            'except ValueError as e:\n'
+            '  print(e, flush=True)\n')
+    env = dict(os.environ, JAX_PLATFORMS='cpu')
+    for key in ('RADJAX_COORDINATOR', 'RADJAX_NUM_PROCESSES', 'RADJAX_PROCESS_ID'):
+      env.pop(key, None)
+    for args, extra, message in [
+        ((f'127.0.0.1:{port}', 2, 0), {}, f'--coordinator_address=127.0.0.1:{port} (process 0 '
+                                          'of 2): could not join the process group (process '
+                                          '0 serves on that port: is it in use?)'),
+        ((), {'RADJAX_DISTRIBUTED': '1'}, 'RADJAX_DISTRIBUTED=1: JAX found no cluster')]:
+      proc = subprocess.run([sys.executable, '-c', code.format(args=args)],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT,
+                            env={**env, **extra})
+      assert proc.stdout.startswith(message), (proc.stdout, proc.stderr[-1000:])
+  finally:
+    hold.kill()

@@ -14,6 +14,8 @@ import os
 import jax
 from absl import logging
 
+JOIN_TIMEOUT_S = 300  # jax.distributed's default
+
 
 @dataclasses.dataclass(frozen=True)
 class ProcessGroup:
@@ -66,11 +68,30 @@ def initialize(coordinator_address: str = '', num_processes: int = 0,
     return ProcessGroup(coordinator_address, jax.process_count(), jax.process_index())
   group = process_group(coordinator_address, num_processes, process_id)
   if group.auto:
-    jax.distributed.initialize()
+    try:
+      jax.distributed.initialize()
+    except (RuntimeError, ValueError) as e:  # JAX's own words name none of radjax's knobs
+      raise ValueError(
+          f'RADJAX_DISTRIBUTED=1: JAX found no cluster to join here (SLURM variables, a TPU '
+          f'VM) ({e}); give --coordinator_address, --num_processes and --process_id (or '
+          'RADJAX_COORDINATOR, RADJAX_NUM_PROCESSES, RADJAX_PROCESS_ID) instead') from e
   elif group.num_processes > 1:
-    jax.distributed.initialize(coordinator_address=group.coordinator_address,
-                               num_processes=group.num_processes,
-                               process_id=group.process_id)
+    # JAX waits this long for every process, then aborts the process from C++ with a
+    # message about another task: said here first, with the address.
+    logging.info('process %d of %d: joining the coordinator at %s (waiting up to %d s for '
+                 'all %d processes)', group.process_id, group.num_processes,
+                 group.coordinator_address, JOIN_TIMEOUT_S, group.num_processes)
+    try:
+      jax.distributed.initialize(coordinator_address=group.coordinator_address,
+                                 num_processes=group.num_processes,
+                                 process_id=group.process_id,
+                                 initialization_timeout=JOIN_TIMEOUT_S)
+    except (RuntimeError, ValueError) as e:
+      hint = (' (process 0 serves on that port: is it in use?)' if group.process_id == 0
+              else '')
+      raise ValueError(f'--coordinator_address={group.coordinator_address} (process '
+                       f'{group.process_id} of {group.num_processes}): could not join the '
+                       f'process group{hint}: {e}') from e
   return group
 
 
