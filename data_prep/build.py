@@ -75,12 +75,31 @@ def build(name: str, data_dir: str, manual_dir: str | None = None, config: str |
   """Builds `name` under data_dir from manual_dir; returns the dataset dir. With
   max_short_side, 2D images are stored downscaled (data_prep/downscale.py)."""
   cls, manual_dir = _checked(name, manual_dir, config, beam_runner, beam_options, num_shards)
-  b = cls(data_dir=os.path.abspath(os.path.expanduser(data_dir)), config=config,
-          max_short_side=max_short_side)
-  path = prepare(b, manual_dir=manual_dir,
-                 beam_runner=beam_runner, beam_options=beam_options, num_shards=num_shards)
+  data_dir = os.path.abspath(os.path.expanduser(data_dir))
+  b = cls(data_dir=data_dir, config=config, max_short_side=max_short_side)
+  new = [p for p in (os.path.join(data_dir, 'downloads'), os.path.join(data_dir, b.name))
+         if not os.path.exists(p)]
+  fresh = not os.path.exists(data_dir)
+  try:
+    path = prepare(b, manual_dir=manual_dir,
+                   beam_runner=beam_runner, beam_options=beam_options, num_shards=num_shards)
+  except Exception:
+    for p in new:  # what TFDS made before failing, when it holds no data: gone again
+      _remove_if_bookkeeping(p)
+    if fresh and os.path.isdir(data_dir) and not os.listdir(data_dir):
+      os.rmdir(data_dir)
+    raise
   _check_side(path, max_short_side)
   return path
+
+
+def _remove_if_bookkeeping(path: str) -> None:
+  """Removes `path` if its only files are TFDS's `.config/metadata.json` (none of a split,
+  a shard or an incomplete build)."""
+  for root, _, names in os.walk(path):
+    if names and os.path.basename(root) != '.config':
+      return
+  shutil.rmtree(path, ignore_errors=True)
 
 
 def _checked(name, manual_dir, config, beam_runner, beam_options, num_shards):

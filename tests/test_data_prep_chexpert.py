@@ -112,6 +112,7 @@ def test_wrong_manual_dir_names_the_expected_file(tmp_path):
   (tmp_path / 'CheXpert-v1.0-small').mkdir()
   with pytest.raises(ManualDirError, match=r'CheXpert-v1.0-small/train.csv'):
     build_lib.build('chexpert', str(tmp_path / 'out'), manual_dir=str(tmp_path))
+  assert not (tmp_path / 'out').exists()  # TFDS's empty downloads/ and .config/ removed
   proc = subprocess.run([sys.executable, '-m', 'data_prep', 'build', 'chexpert', '--manual_dir',
                          str(tmp_path), '--data_dir', str(tmp_path / 'out')],
                         capture_output=True, text=True)
