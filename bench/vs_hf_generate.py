@@ -44,6 +44,8 @@ def define_flags():
   """This script's flags (not at import: the tests import both scripts)."""
   config_flags.DEFINE_config_file('config', None, 'Recipe config.', lock_config=True)
   flags.DEFINE_list('batches', ['1', '8', '32'], 'Batch sizes (rows decoded at once).')
+  flags.register_validator('batches', lambda v: all(b.isdigit() and int(b) > 0 for b in v),
+                           '--batches: positive integers, e.g. 1,8,32')
   flags.DEFINE_integer('new_tokens', 0, 'New tokens per row (0: config.eval.max_new_tokens).')
   flags.DEFINE_integer('prompt_len', 0, 'Prompt tokens (0: image tokens + 16, the eval layout).')
   flags.DEFINE_integer('runs', 3, 'Timed rounds (one call per side each) after warm-up.')
