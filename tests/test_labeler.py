@@ -45,6 +45,23 @@ def test_post_negation():
     assert 1 in mentioned(text).values(), text
 
 
+def test_ruled_out_and_structured_answers_negate():
+  for text, obs in (('Pneumonia is ruled out.', 'Pneumonia'),
+                    ('Pneumothorax has been ruled out.', 'Pneumothorax'),
+                    ('Pneumothorax is excluded.', 'Pneumothorax'),
+                    ('Pneumonia is not likely.', 'Pneumonia'),
+                    ('Pneumothorax: none.', 'Pneumothorax'),
+                    ('Pleural effusion: absent.', 'Pleural Effusion'),
+                    ('Pneumothorax? No.', 'Pneumothorax')):
+    assert mentioned(text)[obs] == 0, text
+  assert mentioned('Pneumothorax: small, apical.')['Pneumothorax'] == 1
+  assert mentioned('Pneumothorax? Yes.')['Pneumothorax'] == 1
+  # The same findings said two ways agree.
+  scores = clinical_scores([label_report('No pneumothorax. No pleural effusion.')],
+                           [label_report('Pneumothorax: none. Pleural effusion: none.')])
+  assert scores['clinical_f1_micro_14'] == 1.0
+
+
 def test_unlikely_negates():
   assert mentioned('Consolidation is unlikely.')['Consolidation'] == 0
   assert mentioned('Unlikely pneumonia.')['Pneumonia'] == 0
@@ -75,6 +92,9 @@ def test_an_item_its_own_words_assert_ends_a_negated_list_unless_the_list_goes_o
 def test_uncertainty():
   assert mentioned('Pneumonia cannot be excluded.')['Pneumonia'] == -1
   assert mentioned('Cannot exclude pneumothorax.')['Pneumothorax'] == -1
+  for text in ('Pleural effusion is not excluded.', 'Pneumonia is not ruled out.',
+               'Effusion is not completely excluded.'):
+    assert -1 in mentioned(text).values(), text
   assert mentioned('Possible small left effusion.')['Pleural Effusion'] == -1
   labels = mentioned('Right lower lobe opacity which may represent atelectasis.')
   assert labels['Lung Opacity'] == 1 and labels['Atelectasis'] == -1

@@ -140,10 +140,12 @@ _FILLER = r'(?:(?!not\b|yet\b)\w+\s+)?'
 _POST_NEG = _C(
   rf'^[^,:]{{0,60}}?\b(?:(?:is|are|was|were|has|have)\s+{_FILLER}(?:not\s+(?:seen|identified'
   r'|present|visualized|appreciated|demonstrated|evident|noted|visible|detected|apparent)'
-  rf'|absent|resolved|cleared|gone|no\s+longer)|(?:has|have)\s+{_FILLER}resolved'
+  rf'|absent|resolved|cleared|gone|no\s+longer|ruled\s+out|excluded)|(?:has|have)\s+{_FILLER}resolved'
   r'|(?<!not\s)(?<!yet\s)resolved|unlikely|not\s+(?:seen|identified|present|visualized|appreciated|demonstrated|evident'
-  r'|noted|visible|detected|apparent)|not\s+definitely\s+seen|no\s+longer\s+(?:seen|present|visualized|evident|visible)'
+  r'|noted|visible|detected|apparent|likely)|not\s+definitely\s+seen|no\s+longer\s+(?:seen|present|visualized|evident|visible)'
   r'|removed|(?:appears?|is|are)\s+(?:within\s+(?:the\s+)?(?:limits\s+of\s+)?normal|normal))\b'
+  # A structured line's answer: "Pneumothorax: none.", "Pneumothorax? No."
+  r'|^\s*[:?]\s*(?:none|no|absent|negative)\b'
 )
 _UNCERTAIN = (
   r'\b(?:may|might|possibl[ey]|probabl[ey]|likely|question(?:able)?|questionably|suspicious'
@@ -157,7 +159,7 @@ _PRE_UNC = _C(_UNCERTAIN)
 # "opacity which may represent atelectasis" the opacity stays positive.
 _POST_UNC = _C(
   r'^\s*(?:\([^)]*\)\s*)?(?:versus|vs\.?|or\b|/|(?:is|are|was|were)\s+(?:\w+\s+)?(?:possible'
-  r'|likely|suspected|questioned|questionable|not\s+excluded|considered|uncertain|equivocal)'
+  r'|likely|suspected|questioned|questionable|not\s+excluded|UNCERTAIN|considered|uncertain|equivocal)'
   r'|(?:may|might|could|can)\s+(?:\w+\s+)?(?:be|exist|present)|UNCERTAIN|cannot|can\s*not'
   r'|suspected|questioned|not\s+excluded)'
 )
@@ -191,7 +193,9 @@ _AFTER_COMMA = _C(r',\s*(?:(?:the|a|an)\s+)?$')
 _ASSERTED = _C(r'^[^,]{0,30}?\b(?:noted|seen|present|identified|demonstrated|evident|visible'
                r'|observed)\b')
 
-_SENTENCE = _C(r'(?<!\d)\.(?!\d)|[;?!\n]|\s\d\.\s')
+# A question mark followed by its answer ("Pneumothorax? No.") does not end the sentence.
+_SENTENCE = _C(r'(?<!\d)\.(?!\d)|\?(?!\s*(?:no|none|yes|absent|negative|present)\b)|[;!\n]'
+               r'|\s\d\.\s')
 _CLAUSE = _C(r'\b(?:but|however|although|except|aside\s+from|apart\s+from|other\s+than)\b')
 
 
