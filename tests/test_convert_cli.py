@@ -191,6 +191,21 @@ def test_extra_eos_ids_of_the_generation_config_stop_generation_both_ways(tmp_pa
   assert free[k] in written['eos_token_id'] and 2 in written['eos_token_id']
 
 
+def test_an_export_without_a_tokenizer_names_no_token_ids(tmp_path):
+  """A weights-only HF dir (bos 5, eos 7, no tokenizer) round-trips with no bos/eos ids in
+  config.json, not transformers' class defaults (LLaMA's 1/2), where generate() would stop."""
+  import json
+  hf_models.tiny_llama(vocab_size=300, bos_token_id=5, eos_token_id=7).save_pretrained(
+      tmp_path / 'hf')
+  _cli('from-hf', '--family', 'llama', '--hf_dir', tmp_path / 'hf', '--out', tmp_path / 'wd')
+  _cli('to-hf', '--workdir', tmp_path / 'wd', '--out', tmp_path / 'out')
+  written = json.loads((tmp_path / 'out' / 'config.json').read_text())
+  assert [written.get(k) for k in ('bos_token_id', 'eos_token_id', 'pad_token_id')] == [
+      None] * 3
+  back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'out')
+  assert back.generation_config.eos_token_id is None
+
+
 @pytest.mark.parametrize('eos', [7, [7], [2, 7], 2, [2]])
 def test_a_generation_config_eos_that_is_not_the_tokenizers_is_a_stop_token(tmp_path, eos):
   """A Llama-3-Instruct fine-tune's generation_config.json may name <|eot_id|> alone

@@ -139,8 +139,12 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
     tokenizer = chat.prepare_tokenizer(tokens.load_tokenizer(tok_path), fmt, kind == 'vlm',
                                        config.data.get('image_delimiters', False),
                                        config.data.get('codebook_size', 0))
-  extra = (_token_fields(tokenizer, fmt, config.eval.get('stop_tokens', ()))
-           if tokenizer else {})
+  # Without a tokenizer the ids are unknown: None, not transformers' class defaults (LLaMA's
+  # 1/2), which generate() would stop at.
+  extra = {}
+  if kind in ('vlm', 'llm'):
+    extra = (_token_fields(tokenizer, fmt, config.eval.get('stop_tokens', ())) if tokenizer
+             else dict.fromkeys(('bos_token_id', 'eos_token_id', 'pad_token_id')))
   if kind == 'vlm':
     if config.data.get('image_delimiters', False):
       raise ConversionError('config.data.image_delimiters=True wraps each image in '
@@ -162,7 +166,7 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
     return
   if tokenizer is None:
     logging.warning('no tokenizer found (config.data.tokenizer / data.dir); exported weights '
-                    'only')
+                    'only, with no bos/eos/pad ids in config.json')
     return
   # A processor encodes the rendered prompt with the tokenizer's own specials.
   tokenizer.chat_template = chat.chat_template(
