@@ -121,6 +121,33 @@ def test_config_roundtrip(parallel):
     convert.hf_config_from_llm(cfg, 'llama')
 
 
+def test_exported_config_json_keeps_the_pre_v5_rope_keys(tmp_path):
+  """transformers < 5 ignores rope_parameters and would load base 10000 / its rotary_pct
+  default without a word (other logits); 5.x ignores the top-level keys."""
+  import json
+
+  from radjax.convert import hf_io
+  cfg = llm.LLMConfig(vocab_size=300, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=4,
+                      mlp_dim=256, rope_theta=20000.0, qkv_bias=True, activation='gelu',
+                      norm='layer', mlp='plain', linear_bias=True, rotary_pct=0.5)
+  qwen = dataclasses.replace(cfg, rope_theta=1e6, rotary_pct=1.0, norm='rms', mlp='gated',
+                             linear_bias=False, activation='silu')
+  text = convert.hf_config_from_llm(qwen, 'qwen2')
+  for name, hf in (('neox', convert.hf_config_from_llm(cfg, 'gpt_neox')),
+                   ('llava', transformers.LlavaConfig(text_config=text.to_dict()))):
+    hf_io.save_hf_dir(str(tmp_path / name), hf, {})
+    written = json.loads((tmp_path / name / 'config.json').read_text())
+    if name == 'neox':
+      assert (written['rope_theta'], written['rotary_emb_base'], written['rotary_pct']) == (
+          20000.0, 20000.0, 0.5)
+      assert convert.llm_config_from_hf(
+          transformers.AutoConfig.from_pretrained(tmp_path / name)) == cfg
+    else:
+      assert written['text_config']['rope_theta'] == 1e6
+      back = transformers.AutoConfig.from_pretrained(tmp_path / name).text_config
+      assert back.rope_parameters['rope_theta'] == 1e6
+
+
 def test_legacy_and_unsupported_configs():
   # Pre-v5 dolly-v2 config.json fields.
   hf = transformers.GPTNeoXConfig(rotary_pct=0.25, rotary_emb_base=10000, hidden_size=64,

@@ -144,3 +144,23 @@ def save_hf_dir(path: str, hf_config, state_dict: dict, dtype: str = 'float32') 
   hf_config = copy.deepcopy(hf_config)  # the caller's config stays untouched
   hf_config.dtype = dtype
   hf_config.save_pretrained(path)
+  config_path = os.path.join(path, 'config.json')
+  written = files_lib.read_json(config_path)
+  _add_legacy_rope_keys(written)
+  files_lib.write_json_atomic(config_path, written)
+
+
+def _add_legacy_rope_keys(cfg: dict) -> None:
+  """transformers < 5 ignores `rope_parameters` and reads rope_theta (GPT-NeoX:
+  rotary_emb_base, rotary_pct) at the top level, falling back to its defaults without a
+  word: a Qwen2 (theta 1e6) or GPT-NeoX export would give other logits there. 5.x reads
+  `rope_parameters` and ignores these. Nested configs (Llava's text_config) too."""
+  rope = cfg.get('rope_parameters')
+  if isinstance(rope, dict) and rope.get('rope_type') == 'default' and 'rope_theta' in rope:
+    cfg.setdefault('rope_theta', rope['rope_theta'])
+    if cfg.get('model_type') == 'gpt_neox':
+      cfg.setdefault('rotary_emb_base', rope['rope_theta'])
+      cfg.setdefault('rotary_pct', rope.get('partial_rotary_factor', 1.0))
+  for value in cfg.values():
+    if isinstance(value, dict):
+      _add_legacy_rope_keys(value)
