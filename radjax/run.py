@@ -90,8 +90,8 @@ def generate(config, workdir: str, image_paths: list[str], prompt: str = '') -> 
   the conversation `prompt` (a bare decoder), in the workdir's chat format."""
   exp, answerer = _answerer(config, workdir)
   if exp.task.image_slots is None:
-    if not prompt:
-      raise ValueError('--mode=generate on a decoder workdir needs --prompt')
+    if not prompt.strip():
+      raise ValueError('--mode=generate on a decoder workdir needs --prompt (with words)')
     if image_paths:
       raise ValueError('--images given, but this workdir is a decoder without a vision tower')
     items = [({'id': '<prompt>', 'images': []}, [{'role': 'user', 'text': prompt}])]

@@ -205,6 +205,11 @@ def test_config_from_eval_defaults_to_greedy():
   hash(cfg)
   with pytest.raises(ValueError, match='decoding'):
     gen.GenerationConfig(decoding='nucleus')
+  for t in (float('nan'), float('inf'), -0.5):  # NaN sampled id 0 every step
+    with pytest.raises(ValueError, match='finite temperature'):
+      gen.GenerationConfig(decoding='sample', temperature=t)
+  with pytest.raises(ValueError, match='prompt 1 encodes to no tokens'):
+    gen.left_pad([[5, 6], []], 4, 0)
 
 
 def _vlm_prompts(config, b: int):

@@ -60,8 +60,8 @@ class GenerationConfig:
       raise ValueError(f'decoding: {self.decoding!r} not in {DECODINGS}')
     if self.max_new_tokens < 1 or self.num_beams < 1:
       raise ValueError('max_new_tokens and num_beams must be >= 1')
-    if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-      raise ValueError(f'need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got '
+    if not 0 <= self.temperature < float('inf') or self.top_k < 0 or not 0 < self.top_p <= 1:
+      raise ValueError(f'need a finite temperature >= 0, top_k >= 0, 0 < top_p <= 1; got '
                        f'{self.temperature}, {self.top_k}, {self.top_p}')
     repetition.validate(self.repetition_penalty)
     if self.early_stopping not in (True, False, 'never'):
@@ -121,6 +121,8 @@ def left_pad(prompts: list[list[int]], length: int, pad_id: int) -> tuple[np.nda
   for i, p in enumerate(prompts):
     if len(p) > length:
       raise ValueError(f'prompt {i} has {len(p)} tokens, more than the {length} allowed')
+    if not p:  # nothing to continue from: whitespace with a tokenizer that adds no BOS
+      raise ValueError(f'prompt {i} encodes to no tokens')
     tokens[i, length - len(p):] = p
     mask[i, length - len(p):] = True
   return tokens, mask

@@ -1,4 +1,7 @@
-"""Logits warpers for sampling, in HF's order and with HF's tie and boundary rules."""
+"""Logits warpers for sampling, in HF's order and with HF's boundary rules. Ties: top-k keeps
+every logit tied with the k-th, as HF; top-p sorts stably, where torch's sort orders tied
+logits by an order of its own, so the two may keep different members of a tie at the
+nucleus boundary."""
 import jax
 import jax.numpy as jnp
 
