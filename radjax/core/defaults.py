@@ -290,7 +290,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # 2D images [H, W, C], repeated to one depth patch; radjax/models/vit3d.py)
   c.model.vision.kind = 'vit'
   # 'clip' | 'siglip' | 'eva' (BLIP-2's EVA ViT-g, XrayGPT: no k bias, exact GELU, no
-  # pre-norm, post-norm `ln_vision` on the features; norm_eps 1e-6, keep_class_token=True)
+  # pre-norm, post-norm `ln_vision` on the features; norm_eps 1e-6, keep_class_token=True;
+  # LAVIS's ln_vision runs at torch's 1e-5, HF's port and radjax at the blocks' 1e-6)
   c.model.vision.variant = 'clip'
   c.model.vision.image_size = 224
   c.model.vision.patch_size = 14
