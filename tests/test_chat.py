@@ -3,6 +3,7 @@ images at their marks, too-long examples, generation prompts, and tokenizers tha
 the format's specials (a sentencepiece LLaMA tokenizer from a local directory)."""
 import io
 import json
+import os
 
 import jinja2
 import numpy as np
@@ -293,6 +294,27 @@ def _sentencepiece_dir(tmp_path):
       {'tokenizer_class': 'LlamaTokenizer', 'bos_token': '<s>', 'eos_token': '</s>',
        'unk_token': '<unk>'}))
   return str(tmp_path)
+
+
+@pytest.mark.parametrize('config', ['none', 'blank_specials'])
+def test_a_llama_sentencepiece_dir_encodes_as_sentencepiece(tmp_path, config):
+  """A bare tokenizer.model (AutoTokenizer's generic reading dropped the first word's '▁'),
+  and an early LLaMA export's tokenizer_config.json with '' for bos/eos/unk, as RadFM's
+  Language_files has (transformers recursed on it): both read as LLaMA's tokenizer."""
+  import sentencepiece as spm
+  path = _sentencepiece_dir(tmp_path)
+  if config == 'none':
+    os.remove(os.path.join(path, 'tokenizer_config.json'))
+  else:
+    (tmp_path / 'tokenizer_config.json').write_text(json.dumps(
+        {'tokenizer_class': 'LlamaTokenizer', 'bos_token': '', 'eos_token': '',
+         'unk_token': ''}))
+  tok = tokens.load_tokenizer(path)
+  sp = spm.SentencePieceProcessor(model_file=os.path.join(path, 'tokenizer.model'))
+  text = 'Is there an effusion? The heart is normal in size.'
+  assert tok(text, add_special_tokens=False)['input_ids'] == sp.encode(text)
+  assert (tok.bos_token, tok.eos_token, tok.unk_token) == ('<s>', '</s>', '<unk>')
+  assert (tok.bos_token_id, tok.eos_token_id) == (1, 2)
 
 
 def test_plain_format_gives_radfms_ids_with_a_sentencepiece_tokenizer(tmp_path):

@@ -32,8 +32,14 @@ def load_tokenizer(path: str,
   tokenizer directory (`tokenizer.json`, or a sentencepiece `tokenizer.model` as
   LLaMA/Vicuna ship it). Never downloads; never runs remote code."""
   if os.path.isdir(path):
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    from transformers import AutoTokenizer, LlamaTokenizer
+    has = {n for n in ('tokenizer.json', 'tokenizer_config.json', 'tokenizer.model')
+           if os.path.exists(os.path.join(path, n))}
+    if has == {'tokenizer.model'}:
+      # A bare sentencepiece model is LLaMA's: AutoTokenizer's generic reading of it drops
+      # the '▁' that starts the first word ('Can' 6028 where LLaMA has '▁Can' 1815).
+      return LlamaTokenizer.from_pretrained(path, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True, **_blank_specials(path))
   if not os.path.exists(path):
     raise FileNotFoundError(f'tokenizer {path!r} does not exist ({knob})')
   tokenizer = PreTrainedTokenizerFast(tokenizer_file=path)
@@ -44,6 +50,18 @@ def load_tokenizer(path: str,
     if SPECIALS[name] in vocab:
       setattr(tokenizer, attr, SPECIALS[name])
   return tokenizer
+
+
+def _blank_specials(path: str) -> dict:
+  """LLaMA's names for the bos/eos/unk an early LLaMA export (RadFM's Language_files) left
+  as '' in tokenizer_config.json: transformers recurses on an empty unk token."""
+  config = os.path.join(path, 'tokenizer_config.json')
+  if not (os.path.exists(config) and os.path.exists(os.path.join(path, 'tokenizer.model'))):
+    return {}
+  from radjax.core import files
+  written = files.read_json(config)
+  return {k: v for k, v in (('bos_token', '<s>'), ('eos_token', '</s>'), ('unk_token', '<unk>'))
+          if written.get(k) == ''}
 
 
 def special_ids(tokenizer) -> dict:
