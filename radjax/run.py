@@ -182,9 +182,15 @@ def pre_stage(config, workdir: str):
   return stage, stage_dir
 
 
-def check_before_pre_stage(config) -> None:
+def check_before_pre_stage(config, stage) -> None:
   """The main stage's checks that need no model: its config, batch sizes over the mesh,
-  data processing and eval split fail now, not after the pre-stage has trained."""
+  data processing and eval split fail now, not after the pre-stage has trained; and the
+  stage's own batch sizes, named as the stage's."""
+  try:
+    setup.preflight(stage)
+  except ValueError as e:
+    raise ValueError(f'{e} (in the pre-stage {config.train.pre_stage!r}: set its knobs with '
+                     "config.train.pre_stage_set, e.g. (('train.batch_size', N),))") from e
   task = make_task(config)
   setup.preflight(config)
   pretrained.check_paths(config)
@@ -236,8 +242,9 @@ def main(config, workdir: str, mode: str, images: list[str] | None = None, promp
     llm_cxr.check_config_codes(config)  # codes the decoder learns or is scored on
   if mode == 'train':
     pretrained.check_not_this_workdir(config, workdir)
-    if pre_stage(config, workdir):
-      check_before_pre_stage(config)
+    stage = pre_stage(config, workdir)
+    if stage:
+      check_before_pre_stage(config, stage[0])
     if not train_pre_stage(config, workdir):
       return {}
     return loop.train(config, workdir, make_task(config))

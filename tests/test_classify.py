@@ -233,6 +233,12 @@ def test_pre_stage_trains_the_tower_first_in_the_same_run(demo_data, tmp_path):
     bad.train.pre_stage_set = pairs
     with pytest.raises(ValueError, match=message):
       run.pre_stage(bad, str(tmp_path / 'bad'))
+  # The stage's batch that does not fit the mesh is named as the stage's, before training.
+  bad.train.pre_stage_set = (('train.batch_size', 3),)
+  with pytest.raises(ValueError, match=r"batch_size=3 does not split .* \(in the pre-stage "
+                     r"'configs/classifier.py:size=micro'"):
+    run.main(bad, str(tmp_path / 'bad'), 'train')
+  assert not os.path.exists(tmp_path / 'bad' / 'pre_stage')
 
 
 def test_pre_stage_reads_this_runs_dataset_where_both_name_its_builder(demo_data, tmp_path):

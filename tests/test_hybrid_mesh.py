@@ -96,6 +96,10 @@ def test_many_small_replicated_parameters_are_warned_of_as_a_sum():
   assert sharding.warn_replicated(params, shardings, warn_mib=4.0) == []
   big = {'embed': jax.ShapeDtypeStruct((8192, 1024), np.float32)}  # 32 MiB: named itself
   assert sharding.warn_replicated(big, {'embed': replicated}, warn_mib=4.0) == ["['embed']"]
+  # Replicas by choice (a mesh of data only: configs/classifier.py, eval): nothing to warn.
+  replicas = NamedSharding(Mesh(np.asarray(jax.devices()[:8]).reshape(8, 1), ('data', 'fsdp')),
+                           PartitionSpec())
+  assert sharding.warn_replicated(big, {'embed': replicas}, warn_mib=4.0) == []
 
 
 @pytest.mark.parametrize('recipe, sharded', [

@@ -510,6 +510,11 @@ def test_changed_architecture_writes_nothing(saved_workdir):
   with pytest.raises(workdir_lib.WorkdirError, match=r'Differing: model\.llm\.num_layers: 2 '
                      r'in the workdir, 3 now\. Use'):
     workdir_lib.check_resumable(other, lm_wd)
+  # Schedule knobs resume (a run extended past its num_steps), said since the lr jumps.
+  assert workdir_lib.schedule_changes(lm, lm_wd) == []
+  lm.train.num_steps, lm.optim.lr = lm.train.num_steps * 2, lm.optim.lr / 2
+  assert [c.split(':')[0] for c in workdir_lib.schedule_changes(lm, lm_wd)] == [
+      'optim.lr', 'train.num_steps']
 
 
 def test_main_py_writes_no_log_into_a_workdir_it_refuses(saved_workdir):

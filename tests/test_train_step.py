@@ -88,6 +88,12 @@ def test_micro_batch_per_device_derives_the_accumulation_from_the_mesh(demo_data
   with pytest.raises(ValueError, match=r'config\.train\.batch_size=8 as config\.optim\.'
                      r'grad_accum=4 micro-batches does not split over the 4 batch shards'):
     build_experiment(config, jax.devices()[:4])
+  # Evaluation and generation read eval.batch_size only: a training batch (XrayGPT's 12)
+  # or micro-batch setting that does not fit this mesh is not theirs to refuse.
+  config.train.batch_size, config.train.micro_batch_per_device = 12, 5
+  setup.preflight(config, jax.devices()[:4], train=False)
+  with pytest.raises(ValueError, match=r'train\.batch_size=12'):
+    setup.preflight(config, jax.devices()[:4])
 
 
 def test_accumulation_equals_one_big_batch_with_the_label_loss(demo_data):

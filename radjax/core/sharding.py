@@ -157,7 +157,10 @@ def warn_replicated(params, shardings, warn_mib: float) -> list[str]:
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   shard_leaves = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
   for (path, leaf), sh in zip(leaves, shard_leaves):
-    if not (sh.is_fully_replicated and sh.mesh.size > 1):
+    # A mesh whose only axis over 1 is `data` (replicas, a recipe's or eval's choice) has
+    # nothing to shard parameters over: replication there is no mistake.
+    if not (sh.is_fully_replicated and
+            any(n > 1 for a, n in sh.mesh.shape.items() if a != 'data')):
       continue
     mib = leaf.size * leaf.dtype.itemsize / 2**20
     if mib > warn_mib:

@@ -167,6 +167,21 @@ def check_resumable(config, workdir: str) -> None:
                        f'(--config configs/workdir.py:{workdir}).')
 
 
+SCHEDULE_KNOBS = ('train.num_steps', 'optim.lr', 'optim.warmup_steps', 'optim.warmup_init_lr',
+                  'optim.min_lr_ratio', 'optim.schedule')
+
+
+def schedule_changes(config, workdir: str) -> list[str]:
+  """The learning-rate schedule's knobs where `config` differs from the workdir's
+  config.json: a resumed run reads its schedule from the new values (the lr jumps)."""
+  if not has_checkpoints(workdir) or not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    return []
+  saved = load_config(workdir)
+  def values(c):
+    return {k: c[k.split('.')[0]].get(k.split('.')[1]) for k in SCHEDULE_KNOBS}
+  return _differing(values(saved), values(config), 'the workdir')
+
+
 _ITERATOR_KEY = 'data iterator'
 
 

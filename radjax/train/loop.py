@@ -37,6 +37,11 @@ def train(config, workdir: str, task, devices=None) -> dict:
   eval metrics."""
   tc = config.train
   workdir_lib.check_resumable(config, workdir)  # before anything is written
+  changed = workdir_lib.schedule_changes(config, workdir)
+  if changed:
+    logging.warning('resuming with another learning-rate schedule (%s): it is re-derived from '
+                    'the new values, so the lr at the resumed step jumps; a run meant to end '
+                    'at N steps sets train.num_steps=N from its start', '; '.join(changed))
   ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoint,
                                      handle_sigterm=True)
   # The data's knobs (each mixture component's dir is there, ...) before the model is

@@ -33,15 +33,17 @@ class Experiment:
     return sharding_lib.activation_rules(self.mesh, self.rules)
 
 
-def preflight(config, devices=None) -> tuple:
+def preflight(config, devices=None, train: bool = True) -> tuple:
   """(mesh, rules) after the checks that cost nothing: config values, the backend, batch
-  sizes over the mesh (optim.grad_accum first derived for it: train.micro_batch_per_device)."""
+  sizes over the mesh (optim.grad_accum first derived for it: train.micro_batch_per_device).
+  `train=False` (evaluation, generation) checks eval.batch_size only."""
   config_checks.check(config)
   factory.check_backend(config)
   mesh = sharding_lib.make_mesh(config.mesh, devices)
   rules = sharding_lib.rules_from_config(config.sharding.rules)
-  derive_grad_accum(config, _batch_axes(mesh, rules)[1])
-  _check_batch_sizes(config, mesh, rules)
+  if train:
+    derive_grad_accum(config, _batch_axes(mesh, rules)[1])
+  _check_batch_sizes(config, mesh, rules, train)
   return mesh, rules
 
 
@@ -50,7 +52,7 @@ def build(config, task, devices=None, pretrained: bool = True, train: bool = Tru
   """`pretrained=False` skips `init_from` loading (the state is about to be restored).
   `train=False` allocates nothing: the state holds only the params' abstract target
   (no optimizer moments), for evaluation or generation to restore into."""
-  mesh, rules = preflight(config, devices)
+  mesh, rules = preflight(config, devices, train)
   inputs = task.init_inputs()
   model = task.model()
   params_shape = nn.meta.unbox(jax.eval_shape(
@@ -102,12 +104,12 @@ def _batch_axes(mesh, rules) -> tuple[tuple[str, ...], int]:
   return axes, shards
 
 
-def _check_batch_sizes(config, mesh, rules) -> None:
+def _check_batch_sizes(config, mesh, rules, train: bool = True) -> None:
   """Every batch (and micro-batch) splits evenly over the mesh axes the batch is sharded on."""
   axes, shards = _batch_axes(mesh, rules)
   sharding_lib.check_batch_over_processes(mesh.devices, axes)
-  knobs = ['train.batch_size', 'eval.batch_size']
-  if 'volume' in mixture.train_kinds(config):
+  knobs = ['train.batch_size', 'eval.batch_size'] if train else ['eval.batch_size']
+  if train and 'volume' in mixture.train_kinds(config):
     knobs.append('data.volume_batch_size')
   for knob in knobs:
     section, key = knob.split('.')
