@@ -125,52 +125,51 @@ def test_both_kinds_need_a_share(config):
     pipeline.train_dataset(bad, make_processor, 'train', 0, 1)
 
 
-def test_volume_slots_pad_shrink_and_repeat_2d():
-  slots = SLOTS['volume']
-  ex = schema.make_example(id='v', images=[_volume_entry(7, 0)])
-  out = slots(ex, None)
-  assert out['images'].shape == (1, 16, 16, MAX_DEPTH, 3)
-  np.testing.assert_array_equal(out['depth_mask'][0], np.arange(MAX_DEPTH) < 7)
-  assert not out['images'][0, :, :, 7:].any()  # padding stays zero
-  # In-plane resize keeps the values' range; the grey value goes to every channel.
-  x = out['images'][0, :, :, :7] * STD[0] + MEAN[0]
-  assert x.min() >= 0 and x.max() <= 1 and np.allclose(x[..., 0], x[..., 2])
-  deep = slots(schema.make_example(id='d', images=[_volume_entry(40, 1)]), None)
-  assert deep['depth_mask'].all()  # 40 slices shrunk to 24
-  flat = slots(schema.make_example(id='p', images=[_png_entry(3)]), None)
-  np.testing.assert_array_equal(flat['depth_mask'][0], np.arange(MAX_DEPTH) < PATCH)
-  for k in range(1, PATCH):  # the slice repeated over one depth patch, as RadFM does
-    np.testing.assert_array_equal(flat['images'][0, :, :, k], flat['images'][0, :, :, 0])
+def _radfm_target_depth(max_d: int) -> int:
+  """RadFM's collator (src/train.py DataCollator), written as it is: the depth from
+  range(4, 65, 4) (here up to MAX_DEPTH) strictly nearest the deepest image, from 4."""
+  target = 4
+  for d in range(4, MAX_DEPTH + 1, 4):
+    if abs(d - max_d) < abs(target - max_d):
+      target = d
+  return target
 
 
-def test_one_slice_volume_is_repeated_like_a_2d_image():
-  # RadFM's 2D images are volumes of depth 1: one depth patch of the slice, as a 2D one.
-  one = SLOTS['volume'](schema.make_example(id='z1', images=[_volume_entry(1, 2)]), None)
-  np.testing.assert_array_equal(one['depth_mask'][0], np.arange(MAX_DEPTH) < PATCH)
-  for k in range(1, PATCH):
-    np.testing.assert_array_equal(one['images'][0, :, :, k], one['images'][0, :, :, 0])
-  assert one['images'][0, :, :, 0].std() > 0
-
-
-@pytest.mark.parametrize('depth', [2, 3])
-def test_short_volume_is_resized_in_depth_as_radfm_does(depth):
-  # RadFM's collator (src/train.py DataCollator) gives a batch whose deepest image has 1-3
-  # slices target depth 4 and resizes with F.interpolate's default 'nearest' mode; torch
-  # itself is the reference here. In-plane size is the slots' already, so only depth moves.
+@pytest.mark.parametrize('depth', [1, 2, 3, 5, 6, 7, 10, 13, 40])
+def test_a_volume_is_resized_as_radfms_collator_does(depth):
+  # torch itself is the reference: F.interpolate's default 'nearest' mode over all three
+  # axes, to 16 x 16 in-plane (from 12 x 10) and RadFM's target depth.
   import torch
-  entry = _volume_entry(depth, 5, rows=16, cols=16)
+  entry = _volume_entry(depth, 5)
   vol = np.load(io.BytesIO(entry['data'])).astype(np.float32)  # [rows, cols, depth]
+  target = _radfm_target_depth(depth)
   ref = torch.nn.functional.interpolate(torch.from_numpy(vol)[None, None],
-                                        size=(16, 16, PATCH))[0, 0].numpy()
-  out = SLOTS['volume'](schema.make_example(id='short', images=[entry]), None)
-  np.testing.assert_array_equal(out['depth_mask'][0], np.arange(MAX_DEPTH) < PATCH)
-  x = out['images'][0, :, :, :PATCH] * np.float32(STD[0]) + np.float32(MEAN[0])
-  for c in range(3):
+                                        size=(16, 16, target))[0, 0].numpy()
+  out = SLOTS['volume'](schema.make_example(id='v', images=[entry]), None)
+  assert out['images'].shape == (1, 16, 16, MAX_DEPTH, 3)
+  np.testing.assert_array_equal(out['depth_mask'][0], np.arange(MAX_DEPTH) < target)
+  x = out['images'][0, :, :, :target] * np.float32(STD[0]) + np.float32(MEAN[0])
+  for c in range(3):  # the grey value in every channel
     np.testing.assert_allclose(x[..., c], ref, atol=1e-6)
-  assert not out['images'][0, :, :, PATCH:].any()
-  # A volume of a depth patch or more keeps its slices, the rest zero-padded.
-  five = SLOTS['volume'](schema.make_example(id='five', images=[_volume_entry(5, 6)]), None)
-  np.testing.assert_array_equal(five['depth_mask'][0], np.arange(MAX_DEPTH) < 5)
+  assert not out['images'][0, :, :, target:].any()  # padding stays zero
+
+
+def test_images_of_one_sample_share_the_depth_of_its_deepest_scan():
+  """RadFM resizes every image of a batch to one depth: a 2D image beside a 12-slice scan
+  is repeated to 12 slices (not one depth patch), a one-slice scan too."""
+  ex = schema.make_example(id='s', images=[_png_entry(3), _volume_entry(12, 1),
+                                           _volume_entry(1, 2)])
+  out = processors.VolumeSlots(16, 3, 3, MAX_DEPTH, PATCH, MEAN, STD)(ex, None)
+  np.testing.assert_array_equal(out['depth_mask'], np.broadcast_to(np.arange(MAX_DEPTH) < 12,
+                                                                   (3, MAX_DEPTH)))
+  for i in (0, 2):
+    for k in range(1, 12):
+      np.testing.assert_array_equal(out['images'][i, :, :, k], out['images'][i, :, :, 0])
+    assert out['images'][i, :, :, 0].std() > 0
+  alone = SLOTS['volume'](schema.make_example(id='p', images=[_png_entry(3)]), None)
+  np.testing.assert_array_equal(alone['depth_mask'][0], np.arange(MAX_DEPTH) < PATCH)
+  np.testing.assert_array_equal(alone['images'][0, :, :, :PATCH],
+                                out['images'][0, :, :, :PATCH])
 
 
 def test_a_damaged_volume_names_its_record():

@@ -200,7 +200,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # volume batch is padded in depth to the smallest of depth_buckets that holds its deepest
   # volume (empty: max_slices below, else model.vision.max_depth), so few shapes compile.
   c.data.volume_batch_size = 1
-  # Slices a volume keeps at most (deeper ones are resized to it in depth, nearest); 0: the
+  # Slices a volume keeps at most (deeper ones are resized to it, nearest; below it a scan
+  # goes to the multiple of the depth patch nearest its sample's deepest scan); 0: the
   # tower's max_depth. RadFM trains on at most 64 of its 512-slice tables' reach, so its
   # stretched depth rows past that were never trained: configs/radfm.py sets 64.
   c.data.max_slices = 0

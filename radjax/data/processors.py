@@ -118,8 +118,8 @@ def _checked_count(example: dict, max_images: int) -> list:
 
 @dataclasses.dataclass
 class VolumeSlots:
-  """An Example's volumes (and 2D images, repeated to one depth patch) -> [max_images, H,
-  W, max_depth, C] with the real slices marked in a depth mask (radjax/data/volumes.py).
+  """An Example's volumes (and 2D images, repeated to their depth) -> [max_images, H, W,
+  max_depth, C] with the real slices marked in a depth mask (radjax/data/volumes.py).
   No augmentation: RadFM's volumes get none either."""
   image_size: int
   num_channels: int
@@ -136,10 +136,10 @@ class VolumeSlots:
     s, d = self.image_size, self.max_depth
     out = np.zeros((self.max_images, s, s, d, self.num_channels), np.float32)
     depth_mask = np.zeros((self.max_images, d), bool)
-    for i, img in enumerate(imgs):
-      x, depth = volumes.volume_input(img, size=s, max_depth=d, depth_patch=self.depth_patch,
-                                      num_channels=self.num_channels, mean=self.mean,
-                                      std=self.std, record_id=example['id'])
+    xs, depth = volumes.sample_input(imgs, size=s, max_depth=d, depth_patch=self.depth_patch,
+                                     num_channels=self.num_channels, mean=self.mean,
+                                     std=self.std, record_id=example['id'])
+    for i, x in enumerate(xs):
       out[i, :, :, :depth] = x
       depth_mask[i, :depth] = True
     return {'images': out, 'image_mask': np.arange(self.max_images) < len(imgs),

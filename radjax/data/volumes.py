@@ -1,20 +1,18 @@
 """3D image entries (kind '3d': float16 `npy` arrays [rows, cols, slices] in [0, 1], as
 data_prep/volume_ops.py `to_entry` stores them) -> model input for a 'vit3d' tower.
 
-A volume is resized in-plane to size x size (linear) and, when deeper than max_depth,
-in depth to max_depth (nearest, as RadFM shrinks deep scans); a shallower one keeps its
-slices and is zero-padded, the depth mask saying which slices are real. A 2D image in a
-volume batch is repeated to one depth patch, as RadFM's nearest resize from depth 1 does;
-so is a volume of one slice (RadFM stores 2D images as z = 1). A volume of fewer slices
-than one depth patch (2 or 3 of 4) is resized in depth to that patch with the nearest
-slice, as RadFM's collator does (src/train.py DataCollator: a batch whose deepest image
-has 1-3 slices gets target depth 4, and `F.interpolate` in its default 'nearest' mode
-reads slice floor(k * D / 4)), not zero-padded.
+As RadFM's collators (src/train.py, src/test.py) prepare a sample: every scan is resized
+by nearest voxel (`F.interpolate`'s default mode: output k reads input floor(k * n /
+target) on each axis) to size x size x T, where T is the multiple of the depth patch
+nearest the sample's deepest scan (a tie goes to the smaller; at least one patch, at most
+max_depth: RadFM's 4..64), and a 2D image, or a scan of one slice (RadFM stores 2D images
+as z = 1), is repeated to T. RadFM picks T per batch, radjax per sample: the same for a
+batch of one, as inference runs. Real slices are marked in the depth mask; a batch pads
+its samples to a common depth.
 """
 import io
 
 import numpy as np
-from scipy import ndimage
 
 from radjax.data import images as images_lib
 from radjax.data import schema
@@ -45,41 +43,46 @@ def decode_volume(image: dict, record_id: str) -> np.ndarray:
   return vol
 
 
-def nearest_slices(depth: int, target: int) -> np.ndarray:
-  """The source slice of each of `target` output slices, as torch's
-  `F.interpolate(mode='nearest')` picks them: floor(k * depth / target)."""
-  return np.minimum(np.arange(target) * depth // target, depth - 1)
+def nearest_indices(size: int, target: int) -> np.ndarray:
+  """The source index of each of `target` outputs, as torch's
+  `F.interpolate(mode='nearest')` picks them: floor(k * size / target)."""
+  return np.minimum(np.arange(target) * size // target, size - 1)
 
 
-def resize_volume(vol: np.ndarray, size: int, max_depth: int,
-                  depth_patch: int = 1) -> np.ndarray:
-  """[rows, cols, slices] -> [size, size, min(slices, max_depth)]; fewer slices than
-  depth_patch are resized (nearest) to depth_patch, as RadFM does."""
-  rows, cols, depth = vol.shape
-  if (rows, cols) != (size, size):
-    vol = ndimage.zoom(vol, (size / rows, size / cols, 1.0), order=1, grid_mode=True,
-                       mode='nearest')
-  if depth > max_depth:
-    vol = ndimage.zoom(vol, (1.0, 1.0, max_depth / depth), order=0, grid_mode=True,
-                       mode='nearest')
-  elif depth < depth_patch:  # 1 slice: repeated; 2 or 3 of 4: RadFM's nearest resize
-    vol = vol[:, :, nearest_slices(depth, depth_patch)]
-  return np.clip(vol[:size, :size, :max_depth], 0.0, 1.0)
+def target_depth(depth: int, depth_patch: int, max_depth: int) -> int:
+  """The depth RadFM's collators resize a scan of `depth` slices to: the nearest multiple
+  of depth_patch (a tie goes to the smaller), from one patch to max_depth."""
+  top = max(depth_patch, max_depth // depth_patch * depth_patch)
+  return min(max((2 * depth + depth_patch - 1) // (2 * depth_patch), 1) * depth_patch, top)
 
 
-def volume_input(image: dict, *, size: int, max_depth: int, depth_patch: int,
-                 num_channels: int, mean, std, record_id: str) -> tuple[np.ndarray, int]:
-  """One image entry (3D, or 2D repeated to depth_patch) -> ([size, size, depth, C]
-  normalised, its real depth)."""
-  if image.get('kind', '2d') == '2d':
-    x = images_lib.preprocess(image, size=size, num_channels=num_channels, mean=mean, std=std,
-                              record_id=record_id)
-    return np.repeat(x[:, :, None, :], depth_patch, axis=2), depth_patch
-  # A 2D image stored as a volume (RadFM's z = 1) is repeated to one depth patch, as a
-  # 2D one; 2 or 3 slices fill the patch by nearest slice, as RadFM's collator does.
-  vol = resize_volume(decode_volume(image, record_id), size, max_depth, depth_patch)
-  x = images_lib.normalise(vol[..., None].repeat(num_channels, -1), mean, std, num_channels)
-  return x, vol.shape[2]
+def resize_volume(vol: np.ndarray, size: int, depth: int) -> np.ndarray:
+  """[rows, cols, slices] -> [size, size, depth], each voxel the nearest one."""
+  rows, cols, slices = vol.shape
+  return vol[np.ix_(nearest_indices(rows, size), nearest_indices(cols, size),
+                    nearest_indices(slices, depth))]
+
+
+def sample_input(entries: list[dict], *, size: int, max_depth: int, depth_patch: int,
+                 num_channels: int, mean, std, record_id: str) -> tuple[list[np.ndarray], int]:
+  """One sample's image entries (3D, or 2D) -> ([size, size, depth, C] normalised each,
+  depth): all at the depth its deepest scan is resized to (a 2D image counts as one slice)."""
+  decoded = [images_lib.preprocess(e, size=size, num_channels=num_channels, mean=mean,
+                                   std=std, record_id=record_id)
+             if e.get('kind', '2d') == '2d' else decode_volume(e, record_id)
+             for e in entries]
+  deepest = max([x.shape[2] for x, e in zip(decoded, entries) if e.get('kind', '2d') != '2d']
+                or [1])
+  depth = target_depth(deepest, depth_patch, max_depth)
+  out = []
+  for x, e in zip(decoded, entries):
+    if e.get('kind', '2d') == '2d':
+      out.append(np.repeat(x[:, :, None, :], depth, axis=2))
+    else:
+      vol = resize_volume(x, size, depth)
+      out.append(images_lib.normalise(vol[..., None].repeat(num_channels, -1), mean, std,
+                                      num_channels))
+  return out, depth
 
 
 def bucket(depth: int, buckets: tuple[int, ...], max_depth: int) -> int:

@@ -3,7 +3,8 @@
 Layout: a volume is [H, W, D, C] (RadFM's [C, H, W, D] with channels last), a batch
 [N, H, W, D, C]. A 2D image [H, W, C] (batch [N, H, W, C]) is repeated to one depth
 patch, [H, W, depth_patch_size, C], as RadFM's nearest resize from depth 1 does, so it
-gives H/p * W/p tokens through the same weights.
+gives H/p * W/p tokens through the same weights (the data path repeats it to its sample's
+depth, radjax/data/volumes.py).
 
 Depth varies up to `max_depth`: a batch pads its volumes to a common depth D and says
 which slices are real with `depth_mask` [N, D] (real slices first). A depth patch with
@@ -16,14 +17,9 @@ the order of RadFM's Rearrange, so its patch Linear loads without a permutation.
 Positions are three learned tables (rows, columns, depth slots), each embed_dim / 3
 wide, concatenated, sized for image_size x image_size x max_depth.
 
-RadFM's checkpoint is not imported yet. Its tower has tables for 512 x 512 x 512
-(16, 16, 128 rows) and stretches them, so it loads as image_size 512, max_depth 512,
-position_stride True. Expected names (under embedding_layer.vision_encoder, to check
-against the real state dict): to_patch_embedding.{1,2,3} -> patch_norm, patch_embed,
-embed_norm; pos_embedding.{row,col,dep}_embed -> pos_{row,col,depth};
-transformer.layers.i.0.{norm, fn.to_qkv (split into q, k, v), fn.to_out.0} -> norm1, q,
-k, v, o; transformer.layers.i.1.{norm, fn.net.0, fn.net.3} -> norm2, fc1, fc2. RadFM's
-dropout (0.1) is not modelled; inference is unaffected.
+RadFM's tower (imported by radjax/convert/radfm.py) has tables for 512 x 512 x 512 (16,
+16, 128 rows) and stretches them, so it loads as image_size 512, max_depth 512,
+position_stride True. RadFM's dropout (0.1) is not modelled; inference is unaffected.
 """
 import dataclasses
 from typing import ClassVar, Optional
