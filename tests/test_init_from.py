@@ -58,12 +58,16 @@ def test_llm_from_hf_dir_grows_vocab(demo_data, hf_llama):
   assert params['llm']['embedder']['embedding'].sharding == llm_sh
 
 
-def test_llm_from_workdir_both_layouts(demo_data, tmp_path, hf_llama):
+def test_llm_from_workdir_both_layouts(demo_data, tmp_path, hf_llama, caplog):
   config = tiny_config(demo_data)
   config.model.llm.init_from = hf_llama[0]
   source = _llm_params(config)
   wd = str(tmp_path / 'wd')
   workdir.save_params(wd, config, source)
+  with caplog.at_level('WARNING'):
+    workdir.load_params(wd)
+  # orbax reading the item directory warned on every healthy read that it had no metadata
+  assert 'Metadata file does not exist' not in caplog.text
   for scan in (True, False):
     target = tiny_config(demo_data)
     target.runtime.scan_layers = scan

@@ -352,12 +352,29 @@ def restore_params(directory: str, step: int, path: tuple[str, ...] = (), target
   """
   item_dir = os.path.join(directory, str(step), 'state')
   _quiet_failed_reads()
+  # The step's _CHECKPOINT_METADATA is one level up: orbax, reading the item directory
+  # alone, warned on every healthy read that the item has none.
+  absl_logger = pylogging.getLogger('absl')
+  no_item_metadata = _MessageFilter(
+      f'Metadata file does not exist: {os.path.join(item_dir, "_CHECKPOINT_METADATA")}')
+  absl_logger.addFilter(no_item_metadata)
   try:
     with ocp.PyTreeCheckpointer() as checkpointer:
       return _restore_params(checkpointer, item_dir, path, target)
   except Exception:
     _REPORTED_DAMAGED.add(item_dir)
     raise
+  finally:
+    absl_logger.removeFilter(no_item_metadata)
+
+
+class _MessageFilter(pylogging.Filter):
+  def __init__(self, message: str):
+    super().__init__()
+    self.message = message
+
+  def filter(self, record) -> bool:
+    return record.getMessage() != self.message
 
 
 def _restore_params(checkpointer, item_dir: str, path: tuple[str, ...], target):
