@@ -4,6 +4,7 @@ import os
 
 from transformers import PreTrainedTokenizerFast
 
+from radjax.core import files
 from radjax.data import mixture
 
 # radjax's special tokens, the one list: tokenizers radjax trains give them ids 0-8 in
@@ -58,7 +59,6 @@ def _blank_specials(path: str) -> dict:
   config = os.path.join(path, 'tokenizer_config.json')
   if not (os.path.exists(config) and os.path.exists(os.path.join(path, 'tokenizer.model'))):
     return {}
-  from radjax.core import files
   written = files.read_json(config)
   return {k: v for k, v in (('bos_token', '<s>'), ('eos_token', '</s>'), ('unk_token', '<unk>'))
           if written.get(k) == ''}

@@ -67,16 +67,15 @@ def sample_input(entries: list[dict], *, size: int, max_depth: int, depth_patch:
                  num_channels: int, mean, std, record_id: str) -> tuple[list[np.ndarray], int]:
   """One sample's image entries (3D, or 2D) -> ([size, size, depth, C] normalised each,
   depth): all at the depth its deepest scan is resized to (a 2D image counts as one slice)."""
+  flat = [e.get('kind', '2d') == '2d' for e in entries]
   decoded = [images_lib.preprocess(e, size=size, num_channels=num_channels, mean=mean,
                                    std=std, record_id=record_id)
-             if e.get('kind', '2d') == '2d' else decode_volume(e, record_id)
-             for e in entries]
-  deepest = max([x.shape[2] for x, e in zip(decoded, entries) if e.get('kind', '2d') != '2d']
-                or [1])
+             if is_2d else decode_volume(e, record_id) for e, is_2d in zip(entries, flat)]
+  deepest = max([x.shape[2] for x, is_2d in zip(decoded, flat) if not is_2d] or [1])
   depth = target_depth(deepest, depth_patch, max_depth)
   out = []
-  for x, e in zip(decoded, entries):
-    if e.get('kind', '2d') == '2d':
+  for x, is_2d in zip(decoded, flat):
+    if is_2d:
       out.append(np.repeat(x[:, :, None, :], depth, axis=2))
     else:
       vol = resize_volume(x, size, depth)
