@@ -33,7 +33,7 @@ from radjax.core import workdir as workdir_lib
 from radjax.eval import llm_cxr
 
 CODEBOOK = 1024  # LLM-CXR's codec: 256 px -> 16 x 16 codes from 1,024
-DOLLY_VOCAB = 50280  # dolly-v2-3b's embedding rows (its tokenizer with the ### markers)
+DOLLY_VOCAB = 50280  # dolly-v2-3b's embedding rows (### Instruction: and ### End included)
 
 
 def get_config(arg: str = ''):
@@ -60,7 +60,8 @@ def get_config(arg: str = ''):
   lm.parallel_residual, lm.rotary_pct, lm.rope_theta, lm.norm_eps = True, 0.25, 10000.0, 1e-5
   lm.max_position_embeddings = 2048  # NeoX's context; what to-hf writes
   # Rows for the codes and the two delimiters; new rows start at the mean of the old.
-  lm.vocab_size = _round_up(DOLLY_VOCAB + CODEBOOK + 2, 128)  # code k: row 50280 + k
+  # LLM-CXR adds '### Response:\n' (row 50280), then the codes (code k: row 50281 + k).
+  lm.vocab_size = _round_up(DOLLY_VOCAB + 1 + CODEBOOK + 2, 128)
   c.data.codebook_size = CODEBOOK
   c.data.codes_per_image = 16 * 16  # a record of another count is a data error
   c.data.chat_format = 'dolly'

@@ -144,15 +144,18 @@ def test_always_trained_prompt_tokens_do_not_keep_an_example_whose_answer_was_cu
   assert 'Yes' in tok.decode(arrays['targets'][arrays['loss_mask'] > 0])
 
 
-def test_dolly_tokenizer_keeps_its_markers_and_code_k_is_len_plus_k(bpe_json):
-  """dolly-v2's tokenizer has '### Instruction:', '### Response:\\n' and '### End': the
-  dolly format adds none of its own, and LLM-CXR's code k sits at id len(tokenizer) + k."""
+@pytest.mark.parametrize('has_response', [True, False])
+def test_dolly_tokenizer_keeps_its_markers_and_code_k_is_len_plus_k(bpe_json, has_response):
+  """dolly-v2-3b's tokenizer has '### Instruction:' and '### End' but no '### Response:\\n'
+  (LLM-CXR adds it: id 50280, len 50281): the dolly format adds only a missing marker, and
+  LLM-CXR's code k sits at id len(tokenizer) + k after it (50281 + k)."""
   tok = PreTrainedTokenizerFast(tokenizer_object=__import__('tokenizers').Tokenizer.from_str(
       bpe_json), bos_token='<s>', eos_token='</s>', pad_token='<pad>', unk_token='<unk>')
   tok.add_special_tokens({'additional_special_tokens': [
-      '### End', '### Instruction:', '### Response:\n']})
-  n = len(tok)
+      '### End', '### Instruction:'] + ['### Response:\n'] * has_response})
+  n = len(tok) + (not has_response)
   chat.prepare_tokenizer(tok, chat.DOLLY, images=False, codebook_size=16)
+  assert tok.convert_tokens_to_ids('### Response:\n') == n - 1 or has_response
   assert [tok.convert_tokens_to_ids(f'<code_{k}>') for k in (0, 15)] == [n, n + 15]
   assert len(tok) == n + 16 + 2  # the codes, then <image_begin> / <image_end>
   enc = chat.ConversationEncoder(tok, chat.DOLLY)

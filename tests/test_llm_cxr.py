@@ -241,7 +241,8 @@ def test_tiny_without_a_codec_says_what_to_train():
   with pytest.raises(ValueError, match=r'configs/vqgan.py:size=tiny.*codec='):
     recipe.get_config('size=tiny')
   full = recipe.get_config('')
-  assert (full.model.llm.vocab_size >= 50280 + 2 + 1024 and full.data.codebook_size == 1024
+  # dolly-v2-3b's 50280 rows + LLM-CXR's '### Response:\n' + codes + the two delimiters
+  assert (full.model.llm.vocab_size >= 50281 + 1024 + 2 and full.data.codebook_size == 1024
           and full.optim.lr == 5e-6 and full.optim.warmup_steps == 50
           and full.optim.min_lr_ratio == 1.0 and full.data.chat_format == 'dolly')
   assert (full.data.mixture.cxr.weight, full.data.mixture.text.weight) == (0.8, 0.2)
@@ -250,6 +251,12 @@ def test_tiny_without_a_codec_says_what_to_train():
   assert two.data.task_options.report_section == 'impression'
   with pytest.raises(ValueError, match='stage1='):
     recipe.get_config('stage=2')
+  # Drawing's knobs, named before anything loads (config.eval has knobs of the same names).
+  for key, value in (('top_p', 1.5), ('decoding', 'nucleus'), ('temperature', float('nan'))):
+    bad = recipe.get_config('')
+    bad.codec[key] = value
+    with pytest.raises(ValueError, match=r'config\.codec\.decoding / temperature / top_p'):
+      llm_cxr.check_config_codes(bad)
 
 
 def test_a_drawing_generated_again_by_another_checkpoint_goes_beside_the_first(tmp_path):

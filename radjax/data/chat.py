@@ -151,8 +151,9 @@ CHATML = ChatFormat(
     assistant_open=(Special('<|im_start|>'), 'assistant\n'),
     assistant_close=(Special('<|im_end|>'),), separator=('\n',), finish=(),
     default_system='You are a helpful assistant.')  # RadVLM's (LLaVA-OneVision's qwen_1_5)
-# The Dolly instruction format (LLM-CXR), its markers the single tokens dolly-v2's
-# tokenizer has: '### Instruction:', '### Response:\n' (newline included) and '### End'.
+# The Dolly instruction format (LLM-CXR), its markers single tokens: dolly-v2's
+# '### Instruction:' and '### End', and '### Response:\n' (newline included), which LLM-CXR
+# adds to dolly-v2-3b's tokenizer (id 50280) and prepare_tokenizer adds where missing.
 DOLLY = ChatFormat(
     'dolly', begin=(), system=('{text}\n\n',),
     user=(Special('### Instruction:'), '\n{text}\n\n'),

@@ -20,6 +20,7 @@ from PIL import Image
 from radjax.core import workdir as workdir_lib
 from radjax.data import chat, image_files, instructions
 from radjax.data import images as images_lib
+from radjax.eval.decoding import generate as generate_lib
 from radjax.models import factory, vqgan
 
 CODES_SUMMARY = 'codes.json'  # beside a dataset's codes: the codec and step that made them
@@ -78,9 +79,26 @@ def codes_per_image(config) -> int:
   return h * w
 
 
+def draw_knobs(config) -> dict:
+  """config.codec's decoding of drawn images (LLM-CXR samples with top-p 0.92), checked
+  now with the knobs named (config.eval has knobs of the same names, for reading)."""
+  c = config.codec
+  knobs = dict(decoding=c.get('decoding', 'sample'), temperature=float(c.get('temperature', 1.0)),
+               top_p=float(c.get('top_p', 0.92)))
+  try:
+    generate_lib.GenerationConfig(**knobs)
+  except ValueError as e:
+    raise ValueError(f'config.codec.decoding / temperature / top_p = {knobs}: {e}') from e
+  return knobs
+
+
 def check_config_codes(config) -> None:
-  """Every dataset of `config` that holds codes was made by config.codec's codec."""
-  if not config.codec.workdir or not config.data.get('codebook_size', 0):
+  """Every dataset of `config` that holds codes was made by config.codec's codec, and its
+  drawing knobs are valid."""
+  if not config.data.get('codebook_size', 0):
+    return
+  draw_knobs(config)
+  if not config.codec.workdir:
     return
   step = codec_step(config.codec.workdir, config.codec.step)
   for data_dir in [config.data.dir] + [spec.get('dir', '') for spec in
@@ -214,12 +232,10 @@ class LlmCxr:
     image_ids = tuple(range(self.first_code, self.end_code)) + (self.begin_id, self.close_id)
     self.read_cfg = dataclasses.replace(
         base, suppress_ids=tuple(sorted(set(base.suppress_ids) | set(image_ids))))
-    c = config.codec
     self.draw_cfg = dataclasses.replace(
-        base, max_new_tokens=self.num_codes + 1, decoding=c.get('decoding', 'sample'),
-        temperature=float(c.get('temperature', 1.0)), top_k=0,
-        top_p=float(c.get('top_p', 0.92)), repetition_penalty=1.0, num_beams=1,
-        image_span=(self.first_code, self.end_code, self.num_codes, self.close_id))
+        base, max_new_tokens=self.num_codes + 1, top_k=0, repetition_penalty=1.0,
+        num_beams=1, image_span=(self.first_code, self.end_code, self.num_codes, self.close_id),
+        **draw_knobs(config))
 
   @classmethod
   def from_experiment(cls, exp):

@@ -1,7 +1,8 @@
 """LLM-CXR's evaluators (a decoder reading and writing images as VQ-GAN codes):
 
-  codes_loss     held-out loss of each direction apart: read (CXR -> report, on the
-                 report tokens) and draw (report -> CXR, on the codes), with token accuracy
+  codes_loss     held-out loss of each direction apart, on the tokens each trains: read
+                 (CXR -> report: the report, '\n\n', '### End') and draw (report -> CXR: the
+                 codes with their delimiters, '\n\n', '### End'), with token accuracy
   codes_reports  reports generated from held-out images' codes, scored as `reports` is
                  (finding F1 against the labels, BLEU / ROUGE / ...); code tokens suppressed
 """
