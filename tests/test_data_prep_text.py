@@ -56,7 +56,8 @@ def test_xraygpt_captions(tmp_path):
   examples = fx.examples(path, 'train')
   assert [(e['id'], e['images'][0]['format']) for e in examples] == [
     (anns[0]['image_id'], 'jpeg'), ('1384_1', 'png')]
-  assert examples[0]['report'] == {'findings': 'The lungs are clear. No acute process.',
+  # Verbatim, doubled space and all: XrayGPT trains on ann['caption'] as it is.
+  assert examples[0]['report'] == {'findings': 'The lungs are clear.  No acute process.',
                                    'impression': ''}
   rejects = fx.rejects(path)
   assert 'image file missing' in rejects['1384_2']['reason']

@@ -56,5 +56,6 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
     rel = next((f'{stem}{ext}' for ext in ('.jpg', '.png') if (root / f'{stem}{ext}').exists()),
                f'{stem}.jpg')
     image, _ = checks.read_image(root, rel)
+    # The caption verbatim, as XrayGPT trains on ann['caption'].
     return schema.make_example(id=item['id'], source=self.SOURCE, split=split, images=[image],
-                               report={'findings': ' '.join(item['caption'].split())})
+                               report={'findings': item['caption']})

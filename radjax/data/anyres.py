@@ -116,7 +116,9 @@ def _planes(pixels: np.ndarray) -> np.ndarray:
 
 def _unpadded(height: int, width: int, rows: int, cols: int, side: int):
   """(top, bottom, left, right): the feature map's rows and columns that hold the image,
-  not the black margin (LLaVA-NeXT's unpad_image)."""
+  not the black margin (LLaVA-NeXT's unpad_image, with transformers' rounding to 7 places,
+  so exports give LLaVA-OneVision's logits; LLaVA-NeXT's own int() moves the margin by a
+  row or column where the product lands just under a whole number: 260 of 18.5M sizes)."""
   ch, cw = rows * side, cols * side
   if width / height > cw / ch:
     pad = (ch - int(round(height * (cw / width), 7))) // 2

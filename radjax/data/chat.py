@@ -501,9 +501,10 @@ class ConversationEncoder:
 def chat_template(fmt: ChatFormat, system_prompt: str = '', bos: bool = True) -> str:
   """The format as a Jinja chat template for an exported HF tokenizer/processor, so
   `apply_chat_template` renders the text radjax trains on (images first in a user turn
-  whose content is a list, as HF processors pass them). bos=False leaves the format's BOS
-  to a tokenizer that adds it on encode (LLaVA-1.5's processor: `processor(text=prompt)`
-  would otherwise start with two)."""
+  whose content is a list, as HF processors pass them); the ids where radjax encodes a turn
+  in one piece (vicuna/caption encode segments apart: README, chat formats). bos=False
+  leaves the format's BOS to a tokenizer that adds it on encode (LLaVA-1.5's processor:
+  `processor(text=prompt)` would otherwise start with two)."""
   def lit(s):
     return '{{ ' + repr(s) + ' }}' if s else ''
 
