@@ -295,9 +295,11 @@ def test_a_group_that_cannot_form_is_one_error_naming_what_was_given(tmp_path):
     for key in ('RADJAX_COORDINATOR', 'RADJAX_NUM_PROCESSES', 'RADJAX_PROCESS_ID'):
       env.pop(key, None)
     for args, extra, message in [
+        # Checked before JAX binds it: jaxlib raised, or crashed with SIGSEGV, by version.
         ((f'127.0.0.1:{port}', 2, 0), {}, f'--coordinator_address=127.0.0.1:{port} (process 0 '
-                                          'of 2): could not join the process group (process '
-                                          '0 serves on that port: is it in use?)'),
+                                          f'of 2): port {port} is in use here'),
+        (('127.0.0.1', 2, 0), {}, '--coordinator_address=127.0.0.1 (RADJAX_COORDINATOR): '
+                                  'expected host:port'),
         ((), {'RADJAX_DISTRIBUTED': '1'}, 'RADJAX_DISTRIBUTED=1: JAX found no cluster')]:
       proc = subprocess.run([sys.executable, '-c', code.format(args=args)],
                             capture_output=True, text=True, timeout=120, cwd=ROOT,

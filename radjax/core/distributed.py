@@ -8,8 +8,10 @@ Where the process group comes from, first match wins:
 Nothing set, or one process: a no-op.
 """
 import dataclasses
+import errno
 import logging as std_logging
 import os
+import socket
 
 import jax
 from absl import logging
@@ -56,6 +58,10 @@ def process_group(coordinator_address: str = '', num_processes: int = 0,
                      '--num_processes and --process_id; missing: ' + ', '.join(missing))
   if index >= count:
     raise ValueError(f'--process_id={index} must be below --num_processes={count}')
+  _, _, port = coordinator.rpartition(':')
+  if not (port.isdigit() and 0 < int(port) < 65536):
+    raise ValueError(f'--coordinator_address={coordinator} (RADJAX_COORDINATOR): expected '
+                     'host:port, e.g. 10.0.0.1:12345')
   return ProcessGroup(coordinator, count, index)
 
 
@@ -81,6 +87,8 @@ def initialize(coordinator_address: str = '', num_processes: int = 0,
     logging.info('process %d of %d: joining the coordinator at %s (waiting up to %d s for '
                  'all %d processes)', group.process_id, group.num_processes,
                  group.coordinator_address, JOIN_TIMEOUT_S, group.num_processes)
+    if group.process_id == 0:
+      _check_port_free(group)
     try:
       jax.distributed.initialize(coordinator_address=group.coordinator_address,
                                  num_processes=group.num_processes,
@@ -93,6 +101,23 @@ def initialize(coordinator_address: str = '', num_processes: int = 0,
                        f'{group.process_id} of {group.num_processes}): could not join the '
                        f'process group{hint}: {e}') from e
   return group
+
+
+def _check_port_free(group: ProcessGroup) -> None:
+  """Process 0 serves the coordinator on the address's port. Checked here: jaxlib, failing
+  to bind a port in use, has raised or crashed the process (SIGSEGV) by version."""
+  port = int(group.coordinator_address.rpartition(':')[2])
+  families = [(socket.AF_INET, '0.0.0.0')] + [(socket.AF_INET6, '::')] * socket.has_ipv6
+  for family, host in families:
+    try:
+      with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, port))
+    except OSError as e:
+      if e.errno == errno.EADDRINUSE:
+        raise ValueError(f'--coordinator_address={group.coordinator_address} (process 0 of '
+                         f'{group.num_processes}): port {port} is in use here, and process 0 '
+                         'serves the process group on it; choose a free port') from e
+      # Other errors (no IPv6 on this host): left for JAX to meet.
 
 
 def log_to_file(workdir: str) -> str:
