@@ -1,10 +1,12 @@
 """Weighted boxes fusion (Solovyev et al.), as `ensemble_boxes.weighted_boxes_fusion`
 with conf_type='avg', for fusing several radiologists' boxes of one class.
 
-Boxes are visited by score, highest first (input order among equal scores); each
-joins the cluster of the same label whose fused box it overlaps most, if that IoU is
-above iou_thr, else starts a new cluster. A cluster's box is the score-weighted mean
-of its members. `ensemble_boxes` is not a dependency: it pulls in numba.
+Zero-area boxes are skipped. Per label (labels in order of first appearance), boxes are
+visited by score, highest first, in ensemble_boxes' order: numpy's argsort reversed, so
+equal scores (VinDr's boxes have none) go last box first. Each joins the cluster whose
+fused box it overlaps most, if that IoU is above iou_thr, else starts a new cluster. A
+cluster's box is the score-weighted mean of its members. `ensemble_boxes` is not a
+dependency: it pulls in numba.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ def weighted_boxes_fusion(boxes, labels, scores=None, iou_thr: float = 0.1
   """-> [(fused box, label, number of boxes fused)], clusters in order of creation."""
   boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
   scores = np.ones(len(boxes)) if scores is None else np.asarray(scores, np.float64)
-  order = np.argsort(-scores, kind='stable')
+  kept = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) != 0
+  order = []
+  for label in dict.fromkeys(labels):
+    idx = np.asarray([i for i, lab in enumerate(labels) if lab == label and kept[i]], int)
+    order.extend(idx[np.argsort(scores[idx])[::-1]])
   clusters: list[dict] = []
   for i in order:
     same = [c for c in clusters if c['label'] == labels[i]]

@@ -112,9 +112,17 @@ def test_wbf_fuses_per_class_above_iou():
   boxes = [[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.6], [0.7, 0.7, 0.9, 0.9], [0.1, 0.1, 0.5, 0.5]]
   labels = ['Cardiomegaly', 'Cardiomegaly', 'Cardiomegaly', 'Aortic enlargement']
   fused = wbf.weighted_boxes_fusion(boxes, labels, iou_thr=0.1)
-  assert [(lab, n) for _, lab, n in fused] == [
-    ('Cardiomegaly', 2), ('Cardiomegaly', 1), ('Aortic enlargement', 1)]
-  np.testing.assert_allclose(fused[0][0], [0.15, 0.15, 0.55, 0.55])
+  assert [(lab, n) for _, lab, n in fused] == [  # equal scores: the last box first
+    ('Cardiomegaly', 1), ('Cardiomegaly', 2), ('Aortic enlargement', 1)]
+  np.testing.assert_allclose(fused[1][0], [0.15, 0.15, 0.55, 0.55])
+  # ensemble_boxes' order decides which two of a chain fuse (its argsort()[::-1]: with equal
+  # scores the last box leads); the first-box-first order fused [.1, 0, .5, .4] instead.
+  chain = wbf.weighted_boxes_fusion([[0, 0, .4, .4], [.2, 0, .6, .4], [.4, 0, .8, .4]],
+                                    ['a'] * 3, iou_thr=0.3)
+  assert [(np.round(b, 6).tolist(), n) for b, _, n in chain] == [([.3, 0, .7, .4], 2),
+                                                               ([0, 0, .4, .4], 1)]
+  # Zero-area boxes are skipped, as ensemble_boxes does (two of them never fused: IoU 0/0).
+  assert wbf.weighted_boxes_fusion([[.5, .1, .5, .3], [.5, .1, .5, .3]], ['a', 'a']) == []
   # Above the threshold only: IoU of these two is 0.0526 < 0.1, so they stay apart.
   apart = wbf.weighted_boxes_fusion([[0, 0, 0.4, 0.4], [0.3, 0.3, 0.7, 0.7]], ['a', 'a'])
   assert len(apart) == 2

@@ -133,6 +133,22 @@ def test_radgraph_file_in_the_cli(tmp_path, capsys):
   bad = write_jsonl(tmp_path / 'bad.jsonl', ['{"id": "a", "generated": {}}'])
   rc, _, _ = run_score(tmp_path, rows, '--radgraph', bad)
   assert rc == 2 and 'bad.jsonl:1' in capsys.readouterr().err
+  # An id twice was the last row's, silently; a list id (any JSON id predictions take)
+  # was a TypeError; so was a relation whose type is not a string.
+  twice = write_jsonl(tmp_path / 'twice.jsonl', [{'id': 'a', 'generated': ann, 'reference': ann},
+                                                 {'id': 'a', 'generated': ann, 'reference': ann}])
+  rc, _, _ = run_score(tmp_path, rows, '--radgraph', twice)
+  assert rc == 2 and "twice.jsonl: duplicate id 'a' (rows 1 and 2)" in capsys.readouterr().err
+  listed = write_jsonl(tmp_path / 'list.jsonl', [{'id': [1, 2], 'generated': ann,
+                                                  'reference': ann}])
+  rc, m, _ = run_score(tmp_path, [{'id': [1, 2], 'generated': 'x', 'reference': 'y'}],
+                       '--radgraph', listed)
+  assert rc == 0 and m['radgraph_f1_simple'] == 1.0
+  rel = _ann(('effusion', 'OBS-DP', []))
+  rel['entities']['1']['relations'] = [[['located_at'], '1']]
+  odd = write_jsonl(tmp_path / 'rel.jsonl', [{'id': 'a', 'generated': rel, 'reference': ann}])
+  rc, _, _ = run_score(tmp_path, rows[:1], '--radgraph', odd)
+  assert rc == 2 and 'rel.jsonl:1' in capsys.readouterr().err
 
 
 # ----- CheXbert -----

@@ -8,7 +8,8 @@ where an annotation is what radgraph.RadGraph returns for one report,
   {"text": ..., "entities": {"1": {"tokens": "effusion", "label": "OBS-DP",
                                    "relations": [["located_at", "2"]], ...}, ...}}.
 
-Scores follow radgraph's F1RadGraph rewards (per report, then averaged): simple =
+Scores follow the F1RadGraph rewards of radgraph 0.1.18, the PyPI release (per report,
+then averaged; upstream's unreleased July 2026 change lower-cases every token): simple =
 (tokens, label) sets; partial = (tokens, label, has a relation); complete = each
 relation as (tokens, label, relation, target tokens), lower-cased, and unrelated
 entities as (tokens, label). A report pair with no entities on either side scores 0,
@@ -17,9 +18,11 @@ as in radgraph.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
-from radjax.eval.metrics.jsonl import read_jsonl
+from radjax.eval.metrics.jsonl import InputError, read_jsonl
 
 
 def _f1(hyp: set, ref: set) -> float:
@@ -60,6 +63,8 @@ def _check(ann: dict) -> None:
     if not (isinstance(e['tokens'], str) and isinstance(e['label'], str)):
       raise TypeError('tokens and label must be strings')
     for rel, target in e['relations']:
+      if not isinstance(rel, str) or not isinstance(target, (str, int)):
+        raise TypeError(f'relation [{rel!r}, {target!r}]: expected [type, entity id]')
       if str(target) not in ents:
         raise KeyError(f'relation {rel!r} targets missing entity {target!r}')
 
@@ -74,10 +79,23 @@ def _row_problem(row: dict):
 
 
 def read_annotations(path: str) -> dict:
-  """{id: (generated annotation, reference annotation)} from a JSONL file; a bad row
-  is an InputError (a ValueError) naming file and line."""
+  """{key: (generated annotation, reference annotation)} from a JSONL file, keyed by
+  annotation_key(id); a bad row, or an id given twice, is an InputError (a ValueError)
+  naming the file."""
   rows = read_jsonl(path, ('id', 'generated', 'reference'), _row_problem, strings=())
-  return {row['id']: (row['generated'], row['reference']) for row in rows}
+  out, first = {}, {}
+  for n, row in enumerate(rows, 1):
+    key = annotation_key(row['id'])
+    if key in first:
+      raise InputError(f"{path}: duplicate id {row['id']!r} (rows {first[key]} and {n})")
+    first[key] = n
+    out[key] = (row['generated'], row['reference'])
+  return out
+
+
+def annotation_key(row_id) -> str:
+  """The id as JSON: predictions' ids may be any JSON value (a list too)."""
+  return json.dumps(row_id)
 
 
 def radgraph_scores(pairs: list[tuple[dict, dict]]) -> dict:

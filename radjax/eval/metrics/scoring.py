@@ -98,10 +98,11 @@ def score_rows(rows: list[dict], meteor: bool = True, chexbert: str | None = Non
     metrics.update(chexbert_scores(generated, references, chexbert))
   if radgraph is not None:
     from radjax.eval.metrics import radgraph as radgraph_lib
-    missing = [r['id'] for r in rows if r['id'] not in radgraph]
+    keys = [radgraph_lib.annotation_key(r['id']) for r in rows]
+    missing = [r['id'] for r, k in zip(rows, keys) if k not in radgraph]
     if missing:
       raise ValueError(f'RadGraph annotations missing for ids {missing[:5]}')
-    pairs = [radgraph[r['id']] for r in rows]
+    pairs = [radgraph[k] for k in keys]
     metrics.update(radgraph_lib.radgraph_scores(pairs))
     for row, pair in zip(per_row, pairs):
       row.update(zip(('radgraph_f1_simple', 'radgraph_f1_partial', 'radgraph_f1_complete'),
