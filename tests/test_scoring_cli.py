@@ -247,6 +247,16 @@ def test_chexbert_in_the_cli_and_clear_errors(tmp_path, capsys):
   os.remove(tmp_path / 'ck' / 'chexbert.pth')
   rc, _, _ = run_score(tmp_path, rows, '--chexbert', str(tmp_path / 'ck'))
   assert rc == 2 and 'model.safetensors' in capsys.readouterr().err
+  # bert-base-uncased's own weights copied in beside chexbert.pth: the file read is named,
+  # and the one not read.
+  save_tiny_chexbert(tmp_path / 'ck', 'pth')
+  from safetensors.torch import save_file
+  torch = pytest.importorskip('torch')
+  save_file({'cls.predictions.bias': torch.zeros(3)}, str(tmp_path / 'ck' / 'model.safetensors'))
+  rc, _, _ = run_score(tmp_path, rows, '--chexbert', str(tmp_path / 'ck'))
+  err = capsys.readouterr().err
+  assert rc == 2 and 'model.safetensors: not a CheXbert checkpoint' in err
+  assert 'chexbert.pth not read' in err
 
 
 def test_score_rows_library_entry(tmp_path):

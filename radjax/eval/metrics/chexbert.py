@@ -60,20 +60,25 @@ def build_model(config):
   return CheXbert()
 
 
+def checkpoint_file(path: str) -> str:
+  """The weights file read in directory `path`: model.safetensors, else its one *.pth/*.pt."""
+  st = os.path.join(path, 'model.safetensors')
+  if os.path.exists(st):
+    return st
+  found = sorted(glob.glob(os.path.join(path, '*.pth')) + glob.glob(os.path.join(path, '*.pt')))
+  if len(found) != 1:
+    raise FileNotFoundError(f'{path}: expected model.safetensors or exactly one *.pth/*.pt '
+                            f'checkpoint, found {[os.path.basename(f) for f in found]}')
+  return found[0]
+
+
 def read_state_dict(path: str) -> dict:
   """Tensors of the checkpoint in directory `path`, "module." prefixes stripped."""
   torch, _ = _torch()
-  st = os.path.join(path, 'model.safetensors')
-  if os.path.exists(st):
-    from safetensors.torch import load_file
-    file, load = st, load_file
+  file = checkpoint_file(path)
+  if file.endswith('.safetensors'):
+    from safetensors.torch import load_file as load
   else:
-    found = sorted(glob.glob(os.path.join(path, '*.pth')) + glob.glob(os.path.join(path, '*.pt')))
-    if len(found) != 1:
-      raise FileNotFoundError(f'{path}: expected model.safetensors or exactly one *.pth/*.pt '
-                              f'checkpoint, found {[os.path.basename(f) for f in found]}')
-    file = found[0]
-
     def load(f):
       state = torch.load(f, map_location='cpu', weights_only=True)
       return state.get('model_state_dict', state) if isinstance(state, dict) else state
@@ -107,8 +112,13 @@ class CheXbertLabeler:
     missing = [k for k in missing if not _OPTIONAL_KEYS.match(k)]
     unexpected = [k for k in unexpected if not _OPTIONAL_KEYS.match(k)]
     if missing or unexpected:
-      raise ValueError(f'{path}: not a CheXbert checkpoint: missing {missing[:5]}, '
-                       f'unexpected {unexpected[:5]}')
+      file = checkpoint_file(path)
+      others = [os.path.basename(f) for f in glob.glob(os.path.join(path, '*.pt*'))
+                if f != file]
+      skipped = (f' ({", ".join(others)} not read: model.safetensors comes first; keep the '
+                 'CheXbert weights alone there)' if others else '')
+      raise ValueError(f'{file}: not a CheXbert checkpoint: missing {missing[:5]}, '
+                       f'unexpected {unexpected[:5]}{skipped}')
     self.model.eval()
     self.batch_size = batch_size
     self.max_length = min(512, config.max_position_embeddings)
