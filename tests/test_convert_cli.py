@@ -481,3 +481,20 @@ def test_a_format_that_stops_at_a_string_exports_it(converted, tmp_path):
   gen = transformers.GenerationConfig.from_pretrained(tmp_path / 'v')
   assert gen.stop_strings == ['###']
   assert transformers.GenerationConfig.from_pretrained(c['out']).stop_strings is None
+
+
+def test_an_imported_center_crop_is_said(tmp_path, caplog):
+  """llava-hf's LLaVA-1.5 processor crops the middle square; radjax resizes the whole image
+  to a square: the import keeps mean/std and says the crop is not kept."""
+  import json
+
+  from radjax.convert import export
+  from radjax.core import defaults
+  (tmp_path / 'preprocessor_config.json').write_text(json.dumps(
+      {'do_center_crop': True, 'crop_size': {'height': 336, 'width': 336},
+       'image_mean': [0.1, 0.2, 0.3], 'image_std': [0.4, 0.5, 0.6]}))
+  config = defaults.get_config()
+  with caplog.at_level('WARNING'):
+    export.image_stats_from_dir(config, str(tmp_path))
+  assert config.data.image_mean == (0.1, 0.2, 0.3)
+  assert 'crops the middle square (do_center_crop)' in caplog.text

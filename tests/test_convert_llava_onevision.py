@@ -119,6 +119,11 @@ def test_text_logits_match_hf_on_a_long_prompt_and_after_to_hf(imported, tmp_pat
   diff = _max_diff(hf_models.hf_logits(back, tokens), want)
   print(f'llava_onevision -> to-hf text max|dlogits|={diff:.2e}')
   assert diff <= TOL
+  # AutoProcessor reads the video processor's fields first (then needs torchvision, not
+  # installed here): the export has them, as save_pretrained writes them.
+  from transformers.video_processing_utils import BaseVideoProcessor
+  video, _ = BaseVideoProcessor.get_video_processor_dict(str(out))
+  assert video['video_processor_type'] == 'LlavaOnevisionVideoProcessor'
 
 
 def _film(height: int, width: int, path) -> dict:

@@ -102,6 +102,11 @@ def image_stats_from_dir(config, hf_dir: str) -> None:
     with open(path) as f:
       raw = json.load(f)
     raw = raw.get('image_processor', raw)
+    if raw.get('do_center_crop') and not config.model.get('anyres_grids'):
+      # llava-hf's LLaVA-1.5: shortest side to the tower's size, then the middle square.
+      logging.warning('%s: its image processor crops the middle square (do_center_crop); '
+                      'radjax resizes the whole image to a square, so a non-square image '
+                      'reads otherwise than through that processor (a square one alike)', path)
     if 'image_mean' in raw and 'image_std' in raw:
       config.data.image_mean = tuple(float(x) for x in raw['image_mean'])
       config.data.image_std = tuple(float(x) for x in raw['image_std'])

@@ -372,8 +372,9 @@ def save_onevision_processor(out_dir: str, tokenizer, cfg: vlm.VLMConfig, mean, 
   """Writes the files of a `LlavaOnevisionProcessor` reproducing radjax's AnyRes reads
   (radjax/data/anyres.py): its image processor (the grids as pinpoints, the tile size,
   bicubic, mean/std), `num_image_tokens` per tile, anyres_max_N, the tokenizer and chat
-  template. They are laid out as its save_pretrained lays them out; building one here
-  would need torchvision for its video half, which loading it does too."""
+  template, and its video processor's settings. They are laid out as its save_pretrained
+  lays them out; building one here would need torchvision for its video half, which
+  loading it does too."""
   import json
   import os
 
@@ -388,7 +389,14 @@ def save_onevision_processor(out_dir: str, tokenizer, cfg: vlm.VLMConfig, mean, 
       image_grid_pinpoints=[[r * tile, c * tile] for r, c in cfg.anyres_grids], do_pad=True)
   tokenizer = _image_tokenizer(tokenizer, chat_template)
   tokenizer.save_pretrained(out_dir)  # with chat_template.jinja
-  fields = dict(image_processor=image.to_dict(), image_token=chat.IMAGE_MARK,
+  # The video half AutoProcessor reads first: the image processor's settings (it needs
+  # torchvision to be built, so it is written as save_pretrained writes it).
+  video = {k: v for k, v in image.to_dict().items()
+           if k in ('do_resize', 'size', 'resample', 'do_rescale', 'rescale_factor',
+                    'do_normalize', 'image_mean', 'image_std', 'do_convert_rgb')}
+  video['video_processor_type'] = 'LlavaOnevisionVideoProcessor'
+  fields = dict(image_processor=image.to_dict(), video_processor=video,
+                image_token=chat.IMAGE_MARK,
                 video_token='<video>', num_image_tokens=cfg.vision.num_tokens,
                 vision_aspect_ratio=f'{_ANYRES_MAX}{cfg.anyres_max_tiles}',
                 vision_feature_select_strategy='full',
