@@ -24,6 +24,7 @@ a target spacing and a CT window instead.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -36,6 +37,8 @@ from data_prep.dicom_series import read_series
 from data_prep.volume_ops import WINDOWS, Volume, resample, rescale_range, to_entry, window
 
 MIN_SIDE = 2  # a volume has at least 2 voxels along each axis
+# 4 GiB of float32: a CT of 512 x 512 x 4096 slices; a header can claim 10000^3.
+MAX_VOXELS = 2**30
 NIFTI_SUFFIXES = ('.nii', '.nii.gz')
 
 
@@ -54,10 +57,16 @@ def _checked(volume: Volume) -> Volume:
 def read_nifti(path: str | os.PathLike) -> Volume:
   where = str(path)
   try:
-    image = nib.as_closest_canonical(nib.load(where))
+    image = nib.load(where)
+    if math.prod(image.shape) > MAX_VOXELS:  # the header's claim, before any allocation
+      raise Reject(f'{where}: a NIfTI of shape {image.shape}, over the {MAX_VOXELS:,} voxels '
+                   'a volume may have')
+    image = nib.as_closest_canonical(image)
     data = image.get_fdata(dtype=np.float32)  # applies scl_slope / scl_inter
+  except Reject:
+    raise
   except Exception as e:  # nibabel, gzip and numpy raise many types for a broken file
-    raise Reject(f'{where}: not a readable NIfTI: {e}') from e
+    raise Reject(f'{where}: not a readable NIfTI: {str(e) or type(e).__name__}') from e
   if data.ndim == 4 and data.shape[3] == 1:
     data = data[..., 0]
   if data.ndim != 3:

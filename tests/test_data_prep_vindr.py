@@ -12,6 +12,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from data_prep import dicom, wbf
+from data_prep.builder import Reject
 from tests import data_prep_fixtures as fx
 
 HEADER = fx.txv_rows('vinbigdata-train.csv.gz', 1)[0]  # the real train.csv header
@@ -106,6 +107,41 @@ def test_undecodable_pixel_data_is_one_line_naming_the_file(capfd):
   assert str(e.value).startswith('broken.dcm: pixel data does not decode: ')
   assert 'RLE segments' in str(e.value) and '\n' not in str(e.value)
   assert 'Traceback' not in capfd.readouterr().err
+
+
+def test_hostile_dicom_headers_are_one_line_naming_the_file():
+  """A few-MB compressed file can claim 65535 x 65535 pixels (10 GB decoded in the web
+  demo); a zero window width, a text rescale slope or frame count were tracebacks or errors
+  without the file's name."""
+  from pydicom.dataelem import RawDataElement
+  from pydicom.tag import Tag
+
+  from radjax.data import image_files
+
+  def entry(**changes):
+    """make_dicom's file with `changes`; bytes values go in raw, as a broken exporter writes
+    them (pydicom validates the others)."""
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(ramp())))
+    for k, v in changes.items():
+      if isinstance(v, bytes):
+        tag = Tag(pydicom.datadict.tag_for_keyword(k))
+        ds._dict[tag] = RawDataElement(tag, pydicom.datadict.dictionary_VR(tag), len(v), v, 0,
+                                       False, True)
+      else:
+        setattr(ds, k, v)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+  for changes, reason in [
+      ({'Rows': 20000, 'Columns': 20000}, '20000 x 20000 pixels, over the 89,478,485'),
+      ({'WindowCenter': 100, 'WindowWidth': 0}, 'its Window Center / Width'),
+      ({'RescaleSlope': b'x ', 'RescaleIntercept': b'y '}, 'its Rescale Slope / Intercept'),
+      ({'NumberOfFrames': b'abc '}, "NumberOfFrames 'abc'")]:
+    with pytest.raises(image_files.ImageFileError, match=f'^bad.dcm: {reason}'):
+      image_files.image_entry(entry(**changes), 'bad.dcm')
+    with pytest.raises(Reject, match=f'bad.dcm: {reason}'):
+      dicom.read_dicom(entry(**changes), 'bad.dcm')
 
 
 def test_wbf_fuses_per_class_above_iou():

@@ -72,3 +72,20 @@ def test_augmented_reads_use_the_reduced_scale_and_evaluation_reads_do_not(monke
   want = Image.open(io.BytesIO(data['data'])).convert('RGB').resize((64, 64), Image.BICUBIC)
   want = (np.asarray(want, np.float32) / 255.0 - 0.5) / 0.25
   np.testing.assert_array_equal(images.preprocess(data, **KW), want)
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_it_decodes(monkeypatch, tmp_path):
+  """PIL only warns below twice its limit: a 330 KB 16-bit PNG of 13000 x 13000 took 4.5 GB
+  to read. The limit (PIL's default) is shrunk here so the test stays small."""
+  from radjax.data import schema
+  buf = io.BytesIO()
+  Image.fromarray(np.full((20, 30), 40000, np.uint16)).save(buf, format='PNG')
+  entry = {'data': buf.getvalue(), 'format': 'png', 'kind': '2d'}
+  assert images.decode_image(entry, 1, 'ok').getpixel((0, 0)) == 156  # 40000 / 257, rounded
+  monkeypatch.setattr(images, 'MAX_PIXELS', 599)
+  with pytest.raises(schema.SchemaError, match=r"record 'big': images: 30 x 20 pixels, over "
+                                               r'the 599'):
+    images.decode_image(entry, 1, 'big')
+  (tmp_path / 'big.png').write_bytes(entry['data'])
+  with pytest.raises(schema.SchemaError, match='big.png: 30 x 20 pixels'):
+    images.load_image(str(tmp_path / 'big.png'))

@@ -315,3 +315,14 @@ def test_convert_volumes_rejects_bad_inputs_and_converts_the_rest(tmp_path):
   assert 'missing.nii.gz: no such file' in rejects[2]['reason']
   assert 'broken.nii: not a readable NIfTI' in rejects[3]['reason']
   assert all(r['file'] == str(paths[r['row']]) for r in rejects)
+
+
+def test_a_nifti_header_claiming_a_huge_volume_is_refused_before_reading(tmp_path):
+  """10000^3 voxels in a 352-byte header: nibabel's bare MemoryError had no words."""
+  header = nib.Nifti1Header()
+  header.set_data_shape((10000, 10000, 10000))
+  header.set_data_dtype(np.uint8)
+  path = tmp_path / 'huge.nii'
+  path.write_bytes(header.binaryblock + b'\0' * 4)
+  with pytest.raises(Reject, match=r'huge\.nii: a NIfTI of shape \(10000, 10000, 10000\), over'):
+    volumes.load_volume(path)

@@ -21,6 +21,7 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from radjax.data import images
 from radjax.data.schema import SchemaError
 
 MIN_SIDE = 8
@@ -52,8 +53,22 @@ def _quiet_decoders():
     logger.setLevel(level)
 
 
-def frame_count(ds: pydicom.Dataset) -> int:
-  return int(ds.get('NumberOfFrames', 1) or 1)
+def frame_count(ds: pydicom.Dataset, where: str = 'DICOM') -> int:
+  try:
+    return int(ds.get('NumberOfFrames', 1) or 1)
+  except (TypeError, ValueError) as e:
+    raise SchemaError(f'{where}: NumberOfFrames {ds.get("NumberOfFrames")!r} is not a '
+                      'number') from e
+
+
+@contextlib.contextmanager
+def _header_values(where: str, what: str):
+  """Names the file and the header values pydicom's LUT code fails on (a zero window
+  width, a non-numeric rescale slope)."""
+  try:
+    yield
+  except (TypeError, ValueError, ArithmeticError) as e:
+    raise SchemaError(f'{where}: its {what} do not apply: {" ".join(str(e).split())}') from e
 
 
 def modality_values(ds: pydicom.Dataset, where: str) -> np.ndarray:
@@ -62,8 +77,10 @@ def modality_values(ds: pydicom.Dataset, where: str) -> np.ndarray:
   if photometric not in GREYSCALE:
     raise SchemaError(f'{where}: PhotometricInterpretation {photometric or "missing"}, '
                       'expected MONOCHROME1 or MONOCHROME2')
-  if frame_count(ds) != 1:
+  if frame_count(ds, where) != 1:
     raise SchemaError(f'{where}: {ds.NumberOfFrames} frames, expected a single frame')
+  # A deflated or RLE file of a few MB can claim 65535 x 65535 pixels.
+  images.check_pixel_count(int(ds.get('Columns', 0) or 0), int(ds.get('Rows', 0) or 0), where)
   try:
     with _quiet_decoders():  # the error below says what they log, in one line
       pixels = ds.pixel_array
@@ -73,14 +90,16 @@ def modality_values(ds: pydicom.Dataset, where: str) -> np.ndarray:
                       ) from e
   if pixels.ndim != 2 or min(pixels.shape) < MIN_SIDE:
     raise SchemaError(f'{where}: degenerate pixel array of shape {pixels.shape}')
-  return np.asarray(apply_modality_lut(pixels, ds), np.float64)
+  with _header_values(where, 'Rescale Slope / Intercept (or Modality LUT)'):
+    return np.asarray(apply_modality_lut(pixels, ds), np.float64)
 
 
 def to_uint8(ds: pydicom.Dataset, where: str) -> np.ndarray:
   """The frame as 8-bit grey [rows, columns], bone bright."""
   values = modality_values(ds, where)
   if 'VOILUTSequence' in ds or 'WindowCenter' in ds:
-    values = apply_voi_lut(values, ds, index=0)
+    with _header_values(where, 'Window Center / Width (or VOI LUT)'):
+      values = apply_voi_lut(values, ds, index=0)
   values = values.astype(np.float64)
   if ds.PhotometricInterpretation == 'MONOCHROME1':
     values = values.max() - values
@@ -93,6 +112,10 @@ def to_uint8(ds: pydicom.Dataset, where: str) -> np.ndarray:
 def pixel_spacing(ds: pydicom.Dataset) -> list[float] | None:
   """[x, y] in mm (DICOM gives row (y) spacing first), or None."""
   raw = ds.get('PixelSpacing') or ds.get('ImagerPixelSpacing')
-  if raw is not None and len(raw) == 2:
-    return [float(raw[1]), float(raw[0])]
-  return None
+  try:
+    spacing = [float(raw[1]), float(raw[0])] if raw is not None and len(raw) == 2 else None
+  except (TypeError, ValueError):
+    return None  # unreadable: no spacing, as when the tag is absent
+  if spacing is None or not all(np.isfinite(v) and v > 0 for v in spacing):
+    return None
+  return spacing

@@ -24,8 +24,9 @@ def _is_dicom(data: bytes, name: str) -> bool:
 def _dicom_entry(data: bytes, name: str) -> dict:
   try:
     ds = dicom.read_dataset(data, name)
-    if dicom.frame_count(ds) > 1:
-      return {'kind': '3d', 'format': 'dicom', 'frames': dicom.frame_count(ds)}
+    frames = dicom.frame_count(ds, name)
+    if frames > 1:
+      return {'kind': '3d', 'format': 'dicom', 'frames': frames}
     pixels = dicom.to_uint8(ds, name)
   except schema.SchemaError as e:
     raise ImageFileError(str(e)) from e
@@ -64,6 +65,8 @@ def read_entry(path: str, name: str = '') -> dict:
     raise ImageFileError(f'{name}: no such file') from None
   except IsADirectoryError:
     raise ImageFileError(f'{name}: a directory, not an image file') from None
+  except OSError as e:  # a symlink loop, no permission
+    raise ImageFileError(f'{name}: cannot be read ({e.strerror or e})') from None
   return image_entry(data, name)
 
 
