@@ -76,7 +76,9 @@ def get_config(arg: str = ''):
   text = dict(dir='', tasks=('instruction',), weight=args.text_share)
   c.runtime.dtype = 'bfloat16'
   c.runtime.remat.llm = 'full'  # LLM-CXR trains with gradient checkpointing
-  c.optim.lr, c.optim.warmup_steps, c.optim.min_lr_ratio = 5e-6, 50, 1.0  # WarmupLR: constant
+  # DeepSpeed's WarmupLR as LLM-CXR's config leaves it: a log warmup, then constant.
+  c.optim.lr, c.optim.warmup_steps, c.optim.min_lr_ratio = 5e-6, 50, 1.0
+  c.optim.schedule = 'log_warmup'
   c.optim.b1, c.optim.b2, c.optim.eps, c.optim.weight_decay = 0.9, 0.999, 1e-8, 0.0
   c.optim.clip_norm = 1.0
   c.optim.param_groups = (('.*', 1.0),)  # everything trained

@@ -88,6 +88,19 @@ def test_cosine_schedule_is_unchanged_for_the_other_recipes():
   np.testing.assert_allclose(float(schedule(w + (n - w) // 2)), 0.5e-5, rtol=1e-3)
 
 
+def test_llm_cxr_warms_up_on_deepspeeds_log_curve():
+  """LLM-CXR's ds config: WarmupLR with warmup_num_steps 50 and no warmup_type, so
+  DeepSpeed's default 'log': update k (1-based) at lr * log(k) / log(50), then constant.
+  Written from DeepSpeed's formula, not radjax's code."""
+  from configs import llm_cxr
+  c = llm_cxr.get_config('')
+  schedule = optimizer.make_schedule(c.optim, c.train.num_steps)
+  for update in (1, 2, 5, 10, 25, 49, 50, 51, 1000, c.train.num_steps):
+    want = 5e-6 * min(1.0, math.log(update) / math.log(50))
+    np.testing.assert_allclose(float(schedule(update - 1)), want, rtol=1e-5, atol=1e-12)
+  assert not config_checks.errors(c)
+
+
 def test_xraygpt_optimizer_is_lavis_adamw_on_llama_proj_only():
   """runner_base.py: AdamW(betas 0.9 / 0.999, weight_decay 0.05 on ndim >= 2), no
   gradient clipping (base_task.py steps the GradScaler straight); only llama_proj trains

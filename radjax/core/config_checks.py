@@ -32,7 +32,8 @@ MESH_AXES = ('data', 'fsdp', 'tensor')
 # radjax/data/images.py; schedule: radjax/train/optimizer.py; loss_norm: radjax/data/chat.py;
 # pixels: radjax/data/pixels.py).
 CHOICES = {'eval.text_norm': ('radjax', 'r2gen'), 'data.resize': ('square', 'crop'),
-           'optim.schedule': ('cosine', 'lavis'), 'data.loss_norm': ('token', 'example'),
+           'optim.schedule': ('cosine', 'lavis', 'log_warmup'),
+           'data.loss_norm': ('token', 'example'),
            'data.pixels': ('uint8', 'gray8', 'float32')}
 
 

@@ -123,10 +123,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # (LLaVA-NeXT's preprocess_qwen, RadVLM). False: the answer and its closing pieces.
   c.data.train_assistant_turn = False
   # How the loss averages token losses: 'token' (every trained token of the batch weighs
-  # the same) or 'example' (each example's loss-mask sums to 1, so the loss is the mean of
-  # the examples' own token means: what HF's Trainer and LAVIS compute with one example
-  # per device, as RadVLM and XrayGPT's stage 2 train). The logged 'tokens' then counts
-  # examples.
+  # the same: HF's Trainer since 4.46, which divides by the batch's token count across
+  # micro-batches and devices) or 'example' (each example's loss-mask sums to 1, so the
+  # loss is the mean of the examples' own token means: what LAVIS, and an HF Trainer over a
+  # model whose forward takes no num_items_in_batch (LLaVA-NeXT's), compute with one
+  # example per device, as XrayGPT's stage 2 and RadVLM train). The logged 'tokens' then
+  # counts examples, and eval's val_loss / perplexity are per-example means.
   c.data.loss_norm = 'token'
   # An example longer than max_len: 'drop' (skipped, counted in data/dropped_too_long and
   # logged) or 'truncate' (cut at max_len; counted in data/truncated).
@@ -406,7 +408,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.optim.min_lr_ratio = 0.1  # cosine ends at lr * min_lr_ratio
   # After the warmup: 'cosine' spans the remaining steps (HF's cosine with warmup); 'lavis'
   # is LAVIS's linear_warmup_cosine_lr (XrayGPT): the cosine over the whole run, read at
-  # the step, so it is already below lr when the warmup ends (radjax/train/optimizer.py).
+  # the step, so it is already below lr when the warmup ends; 'log_warmup' climbs on a log
+  # curve (DeepSpeed's WarmupLR default, LLM-CXR) then decays as 'cosine'
+  # (radjax/train/optimizer.py).
   c.optim.schedule = 'cosine'
   c.optim.b1 = 0.9
   c.optim.b2 = 0.95

@@ -4,6 +4,7 @@ A group is either frozen (no optimizer state; its gradients are zeroed, which
 lets XLA drop their computation) or trained with an LR multiplier. Weight decay
 applies to kernels only.
 """
+import math
 import re
 from typing import Any
 
@@ -46,7 +47,9 @@ def make_schedule(optim_cfg, num_steps: int) -> optax.Schedule:
   lr * min_lr_ratio at num_steps. optim.schedule 'cosine': the cosine spans the steps after
   the warmup (HF's get_cosine_schedule_with_warmup, optax's warmup_cosine_decay).
   'lavis': LAVIS's linear_warmup_cosine_lr (MiniGPT-4, XrayGPT), the cosine of the whole
-  run read at the step, so the warmup ends below lr (at cos(pi * warmup / num_steps))."""
+  run read at the step, so the warmup ends below lr (at cos(pi * warmup / num_steps)).
+  'log_warmup': DeepSpeed's WarmupLR default (LLM-CXR), update k of the warmup at
+  log(k) / log(warmup) of the way, then as 'cosine' (constant with min_lr_ratio 1)."""
   warmup = min(optim_cfg.warmup_steps, max(num_steps - 1, 0))
   init = float(optim_cfg.get('warmup_init_lr', 0.0))
   peak, end = optim_cfg.lr, optim_cfg.lr * optim_cfg.min_lr_ratio
@@ -55,8 +58,19 @@ def make_schedule(optim_cfg, num_steps: int) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(
         init_value=init, peak_value=peak, warmup_steps=warmup,
         decay_steps=max(num_steps, warmup + 1), end_value=end)
+  if kind == 'log_warmup':
+    decay = optax.cosine_decay_schedule(peak, max(num_steps - warmup, 1),
+                                        alpha=end / peak if peak else 0.0)
+    if warmup <= 1:  # log(1) = 0: no curve to climb
+      return decay
+
+    def log_warmup(count):
+      return init + (peak - init) * jnp.log(jnp.asarray(count, jnp.float32) + 1) / math.log(
+          warmup)
+    return optax.join_schedules([log_warmup, decay], [warmup])
   if kind != 'lavis':
-    raise ValueError(f"config.optim.schedule: {kind!r} is not 'cosine' or 'lavis'")
+    raise ValueError(f"config.optim.schedule: {kind!r} is not 'cosine', 'lavis' or "
+                     "'log_warmup'")
   total = max(num_steps, 1)
 
   def cosine(count):  # count: steps since the warmup ended
