@@ -52,6 +52,27 @@ def test_ms_cxr(tmp_path):
   assert 'outside the 64x48 image' in rejects[d[3]]['reason'] and rejects[d[3]]['row'] == 6
 
 
+def test_ms_cxr_takes_mimics_split_as_radvlm(tmp_path):
+  """RadVLM's MS_CXR is a MIMIC-CXR subset: with v1.0.0 (no split column) and MIMIC's
+  split CSV beside it, MIMIC's split decides (v1.0.0 alone put every image in test, so the
+  recipe's training component had no train split); two splits for one image is a reject."""
+  src = str(tmp_path / 'src')
+  ids = ['a1', 'b2', 'c3', 'd4']
+  path = 'files/p10/p10000032/s50414267/{}.jpg'
+  rows = [[i, 'Cardiomegaly', 'big heart', path.format(i), 10, 20, 30, 15, 64, 48]
+          for i in ids]
+  for r in rows:
+    fx.write_file(os.path.join(src, r[3]), fx.image_bytes(size=(64, 48)))
+  fx.write_csv(os.path.join(src, 'MS_CXR_Local_Alignment_v1.0.0.csv'), MS_HEADER[:-1], rows)
+  fx.write_csv(os.path.join(src, 'mimic-cxr-2.0.0-split.csv'),
+               ['dicom_id', 'study_id', 'subject_id', 'split'],
+               [['a1', 1, 2, 'train'], ['b2', 1, 2, 'validate'], ['c3', 1, 2, 'test']])
+  out, _ = fx.build('ms_cxr', src, str(tmp_path / 'out'))
+  assert [[e['id'] for e in fx.examples(out, s)] for s in ('train', 'val', 'test')] == [
+      ['a1'], ['b2'], ['c3']]
+  assert 'd4 is not in mimic-cxr-2.0.0-split.csv' in fx.rejects(out)['d4']['reason']
+
+
 def padchest_png16(seed: int) -> bytes:
   """A 16-bit grayscale PNG, as PadChest ships its images."""
   rng = np.random.default_rng(seed)
