@@ -81,7 +81,8 @@ def padchest_png16(seed: int) -> bytes:
   return buf.getvalue()
 
 
-def write_padchest_gr(src: str, images_dir: str = 'Padchest_GR_files/PadChest_GR') -> list[str]:
+def write_padchest_gr(src: str, images_dir: str = 'Padchest_GR_files/PadChest_GR',
+                      conflict: bool = False) -> list[str]:
   """The BIMCV release: the grounded-report JSON (fields as published: StudyID, ImageID,
   findings with sentence_en/es, abnormal, boxes, extra_boxes, labels, locations,
   progression; absent findings without boxes/labels/locations), master_table.csv zipped
@@ -117,6 +118,8 @@ def write_padchest_gr(src: str, images_dir: str = 'Padchest_GR_files/PadChest_GR
           ['st1', ids[1], 'p1', 'F', 'atelectasis', 'validation'],
           ['st2', ids[2], 'p2', 'F', 'nodule', 'train'],
           ['st4', ids[4], 'p4', 'M', 'normal', 'train']]  # st3: not in the table
+  if conflict:  # one image's rows naming two splits
+    rows.append(['st0', ids[0], 'p0', 'M', 'aortic elongation', 'test'])
   table = io.StringIO()
   csv.writer(table).writerows([header] + rows)
   buf = io.BytesIO()
@@ -146,6 +149,15 @@ def test_padchest_gr(tmp_path):
   assert 'outside [0, 1]' in rejects[ids[2]]['reason']
   assert 'not in master_table.csv.zip' in rejects[ids[3]]['reason']
   assert 'sentence_en: missing or empty' in rejects[ids[4]]['reason']
+
+
+def test_padchest_gr_rows_that_disagree_on_a_split_reject_the_image(tmp_path):
+  # The last row's split used to win, silently.
+  src = str(tmp_path / 'src')
+  ids = write_padchest_gr(src, conflict=True)
+  out, manifest = fx.build('padchest_gr', src, str(tmp_path / 'out'))
+  assert manifest['counts'] == {'train': 0, 'val': 1}
+  assert "split 'test', where an earlier row has 'train'" in fx.rejects(out)[ids[0]]['reason']
 
 
 @pytest.mark.parametrize('images_dir', ['PadChest_GR', 'Padchest_GR_files', 'images_grounding'])

@@ -53,8 +53,12 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
       raise builder_lib.ManualDirError(
         f'{root} does not look like PadChest-GR: expected the PNGs in '
         f'{" or ".join(d + "/" for d in IMAGE_DIRS)}\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
-    split_of = {row['ImageID'].strip(): row['split'].strip() for _, row in
-                checks.read_csv(master, ('ImageID', 'split'), root)}
+    split_of, conflicting = {}, {}  # master_table has a row per (study, label)
+    for line, row in checks.read_csv(master, ('ImageID', 'split'), root):
+      image_id, split = row['ImageID'].strip(), row['split'].strip()
+      if split_of.setdefault(image_id, split) != split:
+        conflicting[image_id] = (f'{master.name} row {line}: split {split!r}, where an '
+                                 f'earlier row has {split_of[image_id]!r}')
     try:
       entries = json.loads(checks.read_text(root / REPORTS, REPORTS))
       assert isinstance(entries, list)
@@ -69,6 +73,8 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
       split = SPLITS.get(split_of.get(image_id, ''))
       if not ok:
         item['reject'] = f'{REPORTS}[{k}]: no ImageID'
+      elif image_id in conflicting:
+        item['reject'] = conflicting[image_id]
       elif split is None:
         item['reject'] = (f'{image_id}: not in {master.name}' if image_id not in split_of else
                           f'split: unknown value {split_of[image_id]!r}')
