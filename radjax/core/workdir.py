@@ -152,13 +152,21 @@ def _architecture(config) -> dict:
   return flat
 
 
+def _resumed_config(workdir: str):
+  """The config.json of a workdir that has checkpoints (a run would resume), else None."""
+  if not has_checkpoints(workdir) or not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    return None
+  return load_config(workdir)
+
+
 def check_resumable(config, workdir: str) -> None:
   """Before a run writes anything into a workdir that has checkpoints: raises WorkdirError
   naming every architecture knob (see _architecture) where `config` differs from the
   workdir's config.json. Reads only."""
-  if not has_checkpoints(workdir) or not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+  saved = _resumed_config(workdir)
+  if saved is None:
     return
-  saved, new = _architecture(load_config(workdir)), _architecture(config)
+  saved, new = _architecture(saved), _architecture(config)
   diffs = _differing(saved, new, 'the workdir')
   if diffs:
     raise WorkdirError(f'{os.path.join(workdir, CONFIG_FILE)}: the workdir was trained with a '
@@ -174,9 +182,10 @@ SCHEDULE_KNOBS = ('train.num_steps', 'optim.lr', 'optim.warmup_steps', 'optim.wa
 def schedule_changes(config, workdir: str) -> list[str]:
   """The learning-rate schedule's knobs where `config` differs from the workdir's
   config.json: a resumed run reads its schedule from the new values (the lr jumps)."""
-  if not has_checkpoints(workdir) or not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+  saved = _resumed_config(workdir)
+  if saved is None:
     return []
-  saved = load_config(workdir)
+
   def values(c):
     return {k: c[k.split('.')[0]].get(k.split('.')[1]) for k in SCHEDULE_KNOBS}
   return _differing(values(saved), values(config), 'the workdir')
