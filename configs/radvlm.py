@@ -72,6 +72,9 @@ MIXTURE = {
     'mscxr_conversations': (('conversation',), 4),
     'padchest_conversations': (('conversation',), 4),
 }
+# Components that train on these splits of their build, one set (config.data.mixture.<name>.
+# splits; the rest: train): RadVLM merges MS-CXR's and PadChest-GR's train and validation.
+SPLITS = {'ms_cxr': ('train', 'val'), 'padchest_gr': ('train', 'val')}
 # Components read only a fixed subset of this many train records (config.data.mixture.
 # <name>.max_records; 0 elsewhere: all): RadVLM's num_samples=80000 on Chest ImaGenome.
 MAX_RECORDS = {'chest_imagenome': 80000}
@@ -91,8 +94,9 @@ EVAL_SETS = {
     'grounding': ('vindr_grounding', 'test', 0, 0),
     # Chest_ImaGenome_Dataset(split='test', seed=4): RadVLM's 2,000 region-grounding items.
     'anatomical_grounding': ('chest_imagenome', '', 2000, 4),
-    # MS_CXR(split='test', only_frontal=True): 189.
-    'phrase_grounding': ('ms_cxr', '', 0, 0),
+    # MS_CXR(split='test', only_frontal=True): 189. Its val images train (SPLITS), so this
+    # reads test while training too.
+    'phrase_grounding': ('ms_cxr', 'test', 0, 0),
     # RadVLM has no closed-question set; MIMIC's CheXpert labels are what vqa asks about
     # (the first component, chest_imagenome, has none).
     'vqa': ('mimic_labels', '', 0, 0),
@@ -137,7 +141,7 @@ def get_config(arg: str = ''):
   c.data.max_len = 10240  # up to 8,829 image tokens (AnyRes) and the conversation
   c.data.mixture = ml_collections.ConfigDict({
       name: dict(dir='', tasks=tasks, weight=0.0, repeat=repeat,
-                 max_records=MAX_RECORDS.get(name, 0))
+                 max_records=MAX_RECORDS.get(name, 0), splits=SPLITS.get(name, ()))
       for name, (tasks, repeat) in MIXTURE.items()})
   c.optim.lr, c.optim.warmup_steps, c.optim.min_lr_ratio = 1e-5, 130, 0.0
   c.optim.weight_decay, c.optim.b2 = 0.0, 0.999

@@ -57,6 +57,7 @@ def dirs(tmp_path_factory):
           'd': _dataset(str(root / 'd'), 4, 20),
           'long': _dataset(str(root / 'long'), 5, 12, too_long=set(range(12))),
           'val_only': _dataset(str(root / 'val_only'), 6, 5, split='val'),
+          'both': _dataset(_dataset(str(root / 'both'), 8, 12), 9, 6, split='val'),
           'empty': _dataset(str(root / 'empty'), 7, 0)}
 
 
@@ -150,6 +151,26 @@ def test_max_records_reads_one_fixed_subset(dirs):
   assert subset[0].location == records[29].location != ''
 
 
+def test_splits_train_on_train_and_val_as_one_set(dirs):
+  """RadVLM's MS-CXR and PadChest-GR: a component with splits=('train', 'val') reads both
+  splits' records, weighs them by their joint size, and caps them together."""
+  config = _config(batch_size=12, a=dict(dir=dirs['a']),
+                   both=dict(dir=dirs['both'], splits=('train', 'val')))
+  ex = _examples(pipeline.train_dataset(config, make_processor, 'train', 0, 1), 40)
+  seen = set(ex['rid'][ex['source'] == 1])
+  assert seen == {8000 + i for i in range(12)} | {9000 + i for i in range(6)}
+  _within_binomial(np.bincount(ex['source'], minlength=2), (30 / 48, 18 / 48), 480)
+  # Without `splits` only the run's train split is read.
+  config.data.mixture.both.splits = ()
+  ex = _examples(pipeline.train_dataset(config, make_processor, 'train', 0, 1), 20)
+  assert set(ex['rid'][ex['source'] == 1]) == {8000 + i for i in range(12)}
+  # max_records draws from the splits together.
+  config.data.mixture.both.splits, config.data.mixture.both.max_records = ('val', 'train'), 9
+  ex = _examples(pipeline.train_dataset(config, make_processor, 'train', 0, 1), 40)
+  kept = set(ex['rid'][ex['source'] == 1])
+  assert len(kept) == 9 and kept < seen
+
+
 @pytest.mark.parametrize('threads', [0, 2])
 def test_mixture_resumes_the_identical_stream(dirs, threads):
   config = _config(batch_size=8, a=dict(dir=dirs['a'], weight=2.0),
@@ -190,6 +211,10 @@ def test_mixture_resumes_the_identical_stream(dirs, threads):
     (dict(dir='A', weight=1.0, max_records=-1), r'config\.data\.mixture\.b\.max_records'),
     (dict(dir='val_only', weight=1.0), r'config\.data\.mixture\.b\.dir: no train-\*'),
     (dict(dir='empty', weight=1.0), r'config\.data\.mixture\.b\.dir: .* no records'),
+    (dict(dir='A', weight=1.0, splits='val'), r'config\.data\.mixture\.b\.splits'),
+    (dict(dir='A', weight=1.0, splits=('train', 'train')), r'mixture\.b\.splits: .*distinct'),
+    (dict(dir='A', weight=1.0, splits=('train', 'val')),
+     r"config\.data\.mixture\.b\.dir: .* no split 'val'|mixture\.b\.dir: no val-"),
 ])
 def test_a_bad_component_names_its_key(dirs, spec, match):
   if 'dir' in spec:

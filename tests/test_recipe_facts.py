@@ -3,6 +3,7 @@ systems' code does (/work/shared/reference/seeds_spec.md; XrayGPT d0baa6a0, RadV
 69fe9462): each test names the original's file and the fact it pins. The formulas the
 tests compare with are written here from the originals' behaviour, not copied."""
 import io
+import logging
 import math
 
 import numpy as np
@@ -237,6 +238,24 @@ def test_radvlm_mixture_lists_every_dataset_of_create_llava_dataset():
   assert c.optim.warmup_steps == math.ceil(0.03 * c.train.num_steps) == 131
 
 
+def test_radvlm_trains_phrase_grounding_on_train_and_val(caplog):
+  """seeds_spec: MS-CXR's and PadChest-GR's train and valid are merged for training (971 =
+  MS-CXR v1.0.0's train + validate images under MIMIC-CXR's split); the rest read train."""
+  from radjax.eval.evaluators import eval_sets
+  c = radvlm.get_config('')
+  assert {k: tuple(v.splits) for k, v in c.data.mixture.items() if v.splits} == {
+      'ms_cxr': ('train', 'val'), 'padchest_gr': ('train', 'val')}
+  # Scoring MS-CXR on a split it trains on is named (the recipe reads its test split).
+  c.data.mixture.ms_cxr.dir = '/data/ms_cxr'
+  with caplog.at_level(logging.WARNING):
+    assert eval_sets.resolve(c, 'phrase_grounding', 'val').split == 'test'
+  assert not caplog.records
+  c.eval.datasets.phrase_grounding.split = ''
+  with caplog.at_level(logging.WARNING):
+    eval_sets.resolve(c, 'phrase_grounding', 'val')
+  assert "split 'val' of component 'ms_cxr', which trains on it" in caplog.text
+
+
 def test_radvlm_grounds_anatomy_on_80000_chest_imagenome_images():
   """create_llava_dataset.py: Chest_ImaGenome_Dataset(split='train', pick_one_region=True)
   with num_samples=80000, one random region per image; the chest_imagenome build serves
@@ -254,8 +273,9 @@ def test_radvlm_scores_each_task_on_its_own_test_set():
   VinDr_CXR_Single_Label_Dataset(split='test') (2,108), region_grounding
   Chest_ImaGenome_Dataset(split='test', seed=4) (2,000 in the README's table),
   phrase_grounding MS_CXR(split='test') (189). Each evaluator reads the component of that
-  dataset (config.eval.datasets; the split is config.eval.split, VinDr's test always: it
-  has no val); the held-out loss keeps the default eval dataset."""
+  dataset (config.eval.datasets; the split is config.eval.split, test always for VinDr,
+  which has no val, and MS-CXR, whose val trains); the held-out loss keeps the default
+  eval dataset."""
   from radjax.eval import evaluators
   from radjax.eval.evaluators import eval_sets
   from radjax.eval.evaluators.instruction import SCORERS
@@ -270,7 +290,8 @@ def test_radvlm_scores_each_task_on_its_own_test_set():
     assert SCORERS[name][0] in c.data.mixture[d[name].component].tasks, name
   assert tuple(c.data.mixture.mimic_reports.tasks) == ('report',)
   assert (d.anatomical_grounding.max_records, d.anatomical_grounding.seed) == (2000, 4)
-  assert {k for k, v in d.items() if v.split} == {'grounding'} and d.grounding.split == 'test'
+  assert {k: v.split for k, v in d.items() if v.split} == {
+      'grounding': 'test', 'phrase_grounding': 'test'}
   assert {k for k, v in d.items() if v.max_records} == {'anatomical_grounding'}
   for name, comp in c.data.mixture.items():
     comp.dir = f'/data/{name}'

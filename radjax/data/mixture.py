@@ -2,22 +2,24 @@
 tasks, mixed by weight (radjax/data/pipeline.py builds the stream).
 
     config.data.mixture.<name> = dict(dir=..., tasks=(...), weight=0.0, repeat=1,
-                                      max_records=0, kind='image', builder='',
-                                      builder_kwargs={})
+                                      max_records=0, splits=(), kind='image',
+                                      builder='', builder_kwargs={})
 
 - dir: a built dataset (its train split is read); required.
+- splits: the splits of `dir` it trains on, read one after another as one set (RadVLM
+  trains MS-CXR and PadChest-GR on train + val); () (the default): the run's train split.
 - tasks: the instruction tasks its records become; default config.data.tasks.
 - kind: 'image' (2D) or 'volume' (3D scans, for a 'vit3d' tower): each kind is mixed
   apart and batched apart (RadFM's 2D/3D batches), so a batch never holds both; the
   weights below share out the components of one kind.
 - builder, builder_kwargs: main.py builds `dir` with data_prep.<builder> when missing
   (like config.data.builder).
-- max_records: N > 0 reads at most N of its train records: a subset fixed by config.seed
+- max_records: N > 0 reads at most N of its records: a subset fixed by config.seed
   and the name (the same on every process, epoch and resume), RadVLM's `num_samples` cap
   (80,000 of Chest ImaGenome's images). 0 (the default): every record.
 - weight, repeat: component i is drawn with probability proportional to
-      w_i * repeat_i,  w_i = weight_i if weights are given, else the size of its train split
-                             (after max_records).
+      w_i * repeat_i,  w_i = weight_i if weights are given, else the size of its training
+                             records (its splits, after max_records).
   Either every weight is 0 (RadVLM's way: the datasets concatenated, a small one listed
   `repeat` times) or every weight is positive (a share, normalised over the components;
   repeat then multiplies it). Mixing the two would compare record counts with shares, so
@@ -39,7 +41,8 @@ import numpy as np
 
 from radjax.core import config_checks
 
-KEYS = ('dir', 'tasks', 'weight', 'repeat', 'max_records', 'kind', 'builder', 'builder_kwargs')
+KEYS = ('dir', 'tasks', 'weight', 'repeat', 'max_records', 'splits', 'kind', 'builder',
+        'builder_kwargs')
 KINDS = ('image', 'volume')
 
 
@@ -53,6 +56,7 @@ class Component:
   seed: int
   kind: str = 'image'
   max_records: int = 0  # 0: every record
+  splits: tuple[str, ...] = ()  # (): the run's train split
 
   @property
   def knob(self) -> str:
@@ -88,9 +92,14 @@ def components(config) -> list[Component]:
     if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 0:
       raise ValueError(f'{knob}.max_records: expected an integer >= 0 (0: every record), got '
                        f'{max_records!r}')
+    splits = spec.get('splits', ())
+    if not isinstance(splits, (tuple, list)) or \
+        not all(isinstance(s, str) and s for s in splits) or len(set(splits)) < len(splits):
+      raise ValueError(f"{knob}.splits: expected a tuple of distinct split names (e.g. "
+                       f"('train', 'val')), or () for config.data.train_split; got {splits!r}")
     kind = spec.get('kind', 'image')
     out.append(Component(name, data_dir, tuple(tasks), float(weight), repeat,
-                         component_seed(config.seed, name), kind, max_records))
+                         component_seed(config.seed, name), kind, max_records, tuple(splits)))
   for kind in KINDS:
     same = [c for c in out if c.kind == kind]
     zero = [c for c in same if c.weight == 0]
@@ -128,7 +137,7 @@ def check_specs(config) -> None:
 
 
 def kept_records(comp: Component, count: int) -> np.ndarray | None:
-  """Which of its `count` train records `comp` reads: None for all of them, or with
+  """Which of its `count` training records `comp` reads: None for all of them, or with
   max_records=N below the count, N indices drawn without replacement by the component's
   seed (in record order)."""
   if not comp.max_records or comp.max_records >= count:
@@ -161,7 +170,7 @@ def weights(comps: list[Component], sizes: list[int]) -> list[float]:
   """Each component's sampling probability (module docstring)."""
   for c, n in zip(comps, sizes):
     if n == 0:
-      raise ValueError(f'{c.knob}.dir: {c.dir!r} has no records in its train split')
+      raise ValueError(f'{c.knob}.dir: {c.dir!r} has no records in its training split(s)')
   raw = [(c.weight or n) * c.repeat for c, n in zip(comps, sizes)]
   return [w / sum(raw) for w in raw]
 

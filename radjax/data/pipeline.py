@@ -45,7 +45,7 @@ def train_dataset(config, make_processor, split: str,
     return _batches(config, ds, 'image', process_index, process_count, _has_images(processor))
   batched = {}
   for kind, items in mixture.by_kind(comps).items():
-    records = [_capped(source.open_split(c.dir, split, f'{c.knob}.dir'), c) for _, c in items]
+    records = [_capped(_training_records(c, split), c) for _, c in items]
     weights = mixture.weights([c for _, c in items], [len(r) for r in records])
     make = make_processor if kind == 'image' else functools.partial(make_processor, kind=kind)
     processors = [make(c.tasks) for _, c in items]
@@ -66,6 +66,14 @@ def train_dataset(config, make_processor, split: str,
     raise ValueError(f'config.data.volume_batch_share={share}: the mixture has image and '
                      'volume components, so it must be in (0, 1)')
   return grain.MapDataset.mix([batched['image'], batched['volume']], [1 - share, share])
+
+
+def _training_records(comp: mixture.Component, train_split: str) -> source.ShardSource:
+  """A component's splits (default: the run's train split) as one set, in split order."""
+  files = []
+  for split in comp.splits or (train_split,):
+    files += source.split_files(comp.dir, split, f'{comp.knob}.dir')
+  return source.ShardSource(files)
 
 
 def _capped(records, comp: mixture.Component):

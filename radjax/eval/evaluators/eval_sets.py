@@ -28,6 +28,7 @@ evaluator's dataset once. A name that is no evaluator, a component that is not i
 mixture or an unknown key is an error naming config.eval.datasets.<name>[.<key>].
 """
 import dataclasses
+import logging
 
 import numpy as np
 
@@ -132,6 +133,10 @@ def resolve(config, name: str, split: str) -> EvalSet:
     data_dir = mixture.check_spec(comp, comp_spec)
     tasks = tuple(comp_spec.get('tasks', config.data.tasks))
     kind, knob = comp_spec.get('kind', 'image'), f'config.data.mixture.{comp}.dir'
+    if split in comp_spec.get('splits', ()):
+      logging.warning('%s reads split %r of component %r, which trains on it (its splits: %s);'
+                      ' give config.eval.datasets.%s.split another', name, split, comp,
+                      ', '.join(comp_spec.get('splits')), name)
   elif s['dir']:
     data_dir, tasks = s['dir'], tuple(config.data.tasks)
     kind, knob = 'image', f'config.eval.datasets.{name}.dir'
