@@ -1,14 +1,18 @@
 """Sequence packing (config.data.pack): each packed example has exactly its unpacked loss
 (LLM and VLM), attention never crosses segments, a killed packed run resumes identically,
 and the combinations packing does not support are named config errors."""
+import os
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import common
+from data_prep import writer
 from radjax import run as run_lib
-from radjax.data import pipeline, pixels
+from radjax.data import pipeline, pixels, schema, source
 from radjax.models import layers, llm
 from tests.conftest import tiny_config, train_killed_then_resumed
 
@@ -114,6 +118,47 @@ def test_packed_examples_have_their_unpacked_losses(demo_data, task_name):
     if task_name == 'anyres':  # an image's tables: its tiles'; padding slots have none
       real = real.any(-1)
     np.testing.assert_array_equal(real, packed['image_mask'])
+
+
+def two_image_conversations(demo_data, out: str, n: int = 8) -> str:
+  """Conversations whose second image comes in a later user turn, after a long question."""
+  records = source.open_split(demo_data, 'train')
+  os.makedirs(out)
+  question = ('Here is the prior study of the same patient, a portable film from last '
+              'year; compare the two and describe any interval change: <image>')
+  with writer.ShardedWriter(out, 'train', 1, validate=lambda ex: None) as w:
+    for i in range(n):
+      a, b = schema.decode(records[2 * i]), schema.decode(records[2 * i + 1])
+      w.write(schema.make_example(id=f'conv-{i}', split='train',
+                                  images=a['images'] + b['images'], conversation=[
+          {'role': 'user', 'text': '<image> Is the heart enlarged?'},
+          {'role': 'assistant', 'text': 'Yes.'},
+          {'role': 'user', 'text': question},
+          {'role': 'assistant', 'text': 'No change since the prior study.'}]))
+  shutil.copy(os.path.join(demo_data, 'tokenizer.json'), out)
+  return out
+
+
+@pytest.mark.parametrize('anyres', [False, True])
+def test_a_cut_off_image_leaves_the_packed_row(demo_data, tmp_path, anyres):
+  """max_len cuts through the second image's placeholders (too_long='truncate'): the
+  example keeps its first image only, so in a packed row the next example's placeholders
+  take its own image, not the rest of the cut one (each packed example's loss is still its
+  unpacked one)."""
+  config = packed_config(two_image_conversations(demo_data, str(tmp_path / 'conv')), 'vlm')
+  config.data.tasks, config.data.max_images = ('conversation',), 2
+  config.data.max_len, config.data.too_long = 80, 'truncate'  # in turn 2's image run
+  config.data.pack_max_examples, config.data.shuffle = 2, False
+  if anyres:  # 17 image tokens each (these films' plans), the second image's at 71-87
+    config.model.anyres_grids, config.model.anyres_max_tiles = ((1, 1), (2, 2)), 2
+    config.data.augment, config.data.max_len, config.data.pixels = False, 78, 'uint8'
+  task = run_lib.make_task(config)
+  packed, from_packed, from_unpacked = per_example_losses(config, task, sharp_params(task))
+  assert (packed['truncated'] == 1).sum() == (packed['source'] >= 0).sum() >= 2
+  assert (packed['image_mask'].sum(-1) == packed['segment_ids'].max(-1)).all()
+  assert from_packed.keys() == from_unpacked.keys()
+  for key, loss in from_unpacked.items():
+    np.testing.assert_allclose(from_packed[key], loss, rtol=1e-5, atol=1e-5)
 
 
 def test_no_token_attends_across_segments():

@@ -475,6 +475,9 @@ class ConversationEncoder:
         raise schema.TooLong(f"record {record_id!r}: the prompt's config.data.always_trained "
                              'tokens alone fill config.data.max_target_tokens='
                              f'{self.max_targets}', truncate_helps=False)
+    if truncated and num_images:
+      seq, weights = self._before_split_image(seq, weights, image_tokens or
+                                              [self.image_tokens] * num_images)
     pad = max_len + 1 - len(seq)
     seq = np.asarray(seq + [self.pad] * pad, np.int32)
     weights = np.asarray(weights + [0] * pad, np.float32)
@@ -483,6 +486,18 @@ class ConversationEncoder:
       loss_mask = loss_mask / loss_mask.sum()
     return {'tokens': seq[:-1], 'targets': seq[1:], 'loss_mask': loss_mask,
             'truncated': np.int32(truncated)}
+
+  def _before_split_image(self, seq: list, weights: list, counts) -> tuple[list, list]:
+    """A cut sequence without the image run the cut went through (its placeholders carry
+    no loss): a packed row holds whole images only, so a partial run would hand the next
+    example's placeholders this one's features (radjax/data/packing.py)."""
+    at = [i for i, t in enumerate(seq[:-1]) if t == self.image_id]
+    ends = np.cumsum(counts)
+    if not at or len(at) in ends:
+      return seq, weights
+    whole = int(np.sum(ends < len(at)))  # the images before the split one
+    start = at[int(ends[whole - 1]) if whole else 0] - int(self.image_delimiters)
+    return seq[:start], weights[:start]
 
   def decode_answer(self, ids) -> str:
     """Generated ids -> the answer's text: up to the first stop id, then cut at the

@@ -172,8 +172,19 @@ class ConversationProcessor:
       # (rng None: evaluation; variant 0 of the first task the record serves)
       out = self.images(example, rng)
       n = int(out['image_mask'].sum())
+    counts = image_token_counts(out)
     arrays = self.encoder.training_arrays(self.turns(example, rng, served), n, self.max_len,
-                                          example['id'], image_token_counts(out))
+                                          example['id'], counts)
+    if n and arrays['truncated']:
+      out['image_mask'] = np.arange(self.images.max_images) < self._images_left(
+          arrays['tokens'], counts or [self.encoder.image_tokens] * n)
     if self.labels is not None:
       out.update(self.labels(example))
     return {**arrays, **out}
+
+  def _images_left(self, tokens, counts: list[int]) -> int:
+    """How many images a cut left whole (the encoder drops a split one's run): a packed
+    row keeps only those (radjax/data/packing.py trim), so the next example's placeholders
+    take its own images."""
+    left = int(np.sum(tokens == self.encoder.image_id))
+    return int(np.sum(np.cumsum(counts) <= left))
