@@ -112,8 +112,12 @@ def reject_row(result: dict) -> dict:
   return {k: result[k] for k in ('id', 'split', 'file', 'row', 'reason')}
 
 
-def tfds_example(result: dict) -> tuple[int, dict]:
-  return result['index'], {'id': result['id'], 'example': result['record']}
+def tfds_example(result: dict, count: int) -> tuple[int, dict]:
+  """(key, example): keys keep the items' order (shuffling is off) spread over TFDS's
+  2**128 key range, so a split over TFDS's 1 GB buffer spills into its 1,000 temp buckets
+  evenly; index keys all fell in bucket 0, read back whole (tensorflow/datasets#3491)."""
+  return result['index'] * (2**128 // max(count, 1)), {'id': result['id'],
+                                                       'example': result['record']}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,7 +357,7 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         r = resolve_duplicates([winners[r['id']], r])[1]
       if 'record' in r:
         winners[r['id']] = {k: r[k] for k in ('index', 'id', 'file', 'row')} | {'record': b''}
-        yield tfds_example(r)
+        yield tfds_example(r, len(items))
       else:
         rejects.append(reject_row(r))
     self._write_reject_part(f'{split}.jsonl', rejects)
@@ -382,7 +386,7 @@ class RadjaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
            | 'write_rejects' >> beam.io.WriteToText(parts, file_name_suffix='.jsonl'))
       return (results
               | 'kept' >> beam.Filter(lambda r: 'record' in r)
-              | 'to_tfds' >> beam.Map(tfds_example))
+              | 'to_tfds' >> beam.Map(tfds_example, len(items)))
 
     return generate()  # pylint: disable=no-value-for-parameter
 
