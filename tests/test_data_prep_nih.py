@@ -146,3 +146,24 @@ def test_the_kaggle_layout_builds_and_an_empty_label_file_is_named(tmp_path):
   os.rename(os.path.join(src, 'images_001'), os.path.join(src, 'elsewhere'))
   with pytest.raises(ManualDirError, match=r"expected images/ \(or Kaggle's"):
     fx.build('nih_chest_xray14', src, str(tmp_path / 'out3'))
+
+
+@pytest.mark.parametrize('file, line, edit, match', [
+    # A stray quote swallowed every later row into one field (9,500 of 10,000 lost, exit 0).
+    ('Data_Entry_2017_v2020.csv', 3, lambda s: s.replace(',', ',"', 1), '2 fields where 11'),
+    ('Data_Entry_2017_v2020.csv', 3, lambda s: ',"'.join(s.rsplit(',', 1)), 'a field spans'),
+    ('Data_Entry_2017_v2020.csv', 4, lambda s: s.rsplit(',', 2)[0], '9 fields where 11 are'),
+    ('BBox_List_2017.csv', 2, lambda s: s.replace(',', ',"', 1), '2 fields where 6 are'),
+    ('BBox_List_2017.csv', 3, lambda s: s.rsplit(',', 1)[0], '5 fields where 6 are'),
+])
+def test_a_malformed_row_is_named_not_lost(tmp_path, file, line, edit, match):
+  src = str(tmp_path / 'src')
+  write_source(src)
+  path = os.path.join(src, file)
+  with open(path) as f:
+    lines = f.read().split('\n')
+  lines[line - 1] = edit(lines[line - 1])
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines))
+  with pytest.raises(ManualDirError, match=rf'{file}: line {line}: malformed CSV: {match}'):
+    fx.build('nih_chest_xray14', src, str(tmp_path / 'out'))

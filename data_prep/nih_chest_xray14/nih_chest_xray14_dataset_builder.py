@@ -52,9 +52,22 @@ def parse_labels(text: str) -> dict:
   return labels
 
 
-def _rows(path: epath.Path, rel: str) -> list[tuple[int, list[str]]]:
+def _rows(path: epath.Path, rel: str, min_fields: int = 0) -> list[tuple[int, list[str]]]:
+  """(line, row) of an NIH CSV, header first. Its fields never span lines and its rows
+  have at least `min_fields` (0: the header's count): a stray quote would make csv swallow
+  every later line into one field, so either is an error naming the line. (checks.read_csv
+  wants the header's count exactly: BBox_List_2017.csv's header has 9, its rows 6.)"""
   reader = csv.reader(io.StringIO(checks.read_text(path, rel), newline=''))
-  return list(checks.csv_rows(reader, rel))
+  rows = list(checks.csv_rows(reader, rel))
+  want = min_fields or (len(rows[0][1]) if rows else 0)
+  for line, row in rows:
+    if any('\n' in c or '\r' in c for c in row) or (
+        len(row) < want and any(c.strip() for c in row)):
+      raise builder_lib.ManualDirError(
+        f'{rel}: line {line}: malformed CSV: ' + (
+          'a field spans lines' if len(row) >= want else
+          f'{len(row)} fields where {want} are expected') + ' (an unbalanced quote there?)')
+  return rows
 
 
 class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
@@ -84,7 +97,7 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
       for line in checks.read_text(root / name, name).split():
         split_of[line.strip()] = split
     boxes: dict[str, list] = {}
-    for line, row in _rows(root / BOXES, BOXES)[1:]:
+    for line, row in _rows(root / BOXES, BOXES, min_fields=6)[1:]:
       if any(c.strip() for c in row):
         boxes.setdefault(row[0].strip(), []).append((line, row))
     rows = _rows(entry, entry.name)
