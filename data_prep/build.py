@@ -12,6 +12,7 @@ import glob
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -183,6 +184,10 @@ def build_into(out_dir: str, make_builder, replace: bool = False, **config_kwarg
       _check_replaceable(out_dir, builder.name)
     built = prepare(builder, **config_kwargs)
     old = None
+    if is_radjax_dataset(out_dir) and not replace:
+      # Another run published it while this one built (two runs on one config.data.dir):
+      # theirs is kept and reused, as if it had been there first; it may be in use.
+      return read_manifest(out_dir)
     if os.path.exists(out_dir):  # a radjax dataset, replaced on request
       old = f'{out_dir}.old-{uuid.uuid4().hex[:8]}'
       os.rename(out_dir, old)
@@ -233,5 +238,11 @@ def ensure_built(name: str, out_dir: str, manual_dir: str | None = None,
     out_dir, lambda data_dir: cls(data_dir=data_dir, config=config,
                                   max_short_side=max_short_side),
     manual_dir=manual_dir, num_shards=num_shards)
-  _check_side(os.path.abspath(os.path.expanduser(out_dir)), max_short_side)
+  out_dir = os.path.abspath(os.path.expanduser(out_dir))
+  _check_side(out_dir, max_short_side)
+  leftovers = sorted(glob.glob(f'{glob.escape(out_dir)}.tmp-*'))
+  if leftovers:  # up to the dataset's size each
+    logging.warning('%d unfinished build dir(s) beside %s, from killed builds (or one running '
+                    'now): %s; delete them once no build of it runs', len(leftovers), out_dir,
+                    ', '.join(leftovers))
   return manifest

@@ -167,3 +167,17 @@ def test_a_malformed_row_is_named_not_lost(tmp_path, file, line, edit, match):
     f.write('\n'.join(lines))
   with pytest.raises(ManualDirError, match=rf'{file}: line {line}: malformed CSV: {match}'):
     fx.build('nih_chest_xray14', src, str(tmp_path / 'out'))
+
+
+def test_on_first_use_a_killed_builds_leftover_is_named(tmp_path, caplog):
+  """main.py's build on first use (build.ensure_built): a killed build's `<dir>.tmp-*`
+  (as large as the dataset) is named, as the data_prep command does."""
+  from data_prep import build as build_lib
+  src, out = str(tmp_path / 'src'), str(tmp_path / 'nih')
+  write_source(src)
+  os.makedirs(f'{out}.tmp-0badc0de/partial')
+  with caplog.at_level('WARNING'):
+    manifest = build_lib.ensure_built('nih_chest_xray14', out, manual_dir=src)
+  assert sum(manifest['counts'].values()) == 10
+  assert f'unfinished build dir(s) beside {out}' in caplog.text
+  assert f'{out}.tmp-0badc0de' in caplog.text

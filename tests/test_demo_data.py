@@ -7,11 +7,13 @@ import io
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from data_prep import build as build_lib
 from data_prep import cxr_renderer, demo, openi_reports, report_composer, writer
 from data_prep import tokenizer as tokenizer_lib
 from radjax.data import schema, source, tokens
@@ -229,6 +231,24 @@ def test_ensure_built_only_builds_once(built, tmp_path):
     'val': 1,
     'test': 1,
   }
+
+
+def test_a_build_published_meanwhile_is_reused_not_replaced(built, tmp_path, monkeypatch):
+  """Two runs build one config.data.dir at once: the one that finishes second keeps the
+  first one's dataset (which that run may already be reading) and returns its manifest."""
+  out = str(tmp_path / 'shared')
+  prepare = build_lib.prepare
+
+  def another_run_publishes_first(builder, **kwargs):
+    built_dir = prepare(builder, **kwargs)
+    shutil.copytree(built[0], out)
+    return built_dir
+
+  monkeypatch.setattr(build_lib, 'prepare', another_run_publishes_first)
+  manifest = demo.ensure_built(out, seed=0, num_train=4, num_val=1, num_test=1)
+  assert manifest['counts'] == built[1]['counts'] != {'train': 4, 'val': 1, 'test': 1}
+  assert build_lib.read_manifest(out)['counts'] == built[1]['counts']
+  assert sorted(os.listdir(tmp_path)) == ['shared']  # its own build removed, no tmp left
 
 
 def test_build_never_deletes_a_directory_radjax_did_not_create(built, tmp_path):
