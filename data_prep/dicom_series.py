@@ -2,9 +2,11 @@
 
 Slices are ordered by their ImagePositionPatient projected on the slice normal (the cross
 product of the two ImageOrientationPatient directions), so file names and InstanceNumber
-do not matter and oblique or coronal stacks sort as well as axial ones. A series without
-positions falls back to InstanceNumber, with a warning, and takes its slice spacing from
-SpacingBetweenSlices or SliceThickness.
+do not matter and oblique or coronal stacks sort as well as axial ones; the volume is then
+laid out as an axial series is displayed (volume_ops.display_layout), as a NIfTI of it is.
+A series without any positions falls back to InstanceNumber, with a warning, keeps its
+stored layout and takes its slice spacing from SpacingBetweenSlices or SliceThickness; one
+with positions on some slices only is refused (InstanceNumber may count either way).
 
 Every slice must agree with the first on size, pixel spacing, orientation and series;
 positions must step evenly (a repeated position is a duplicate, a step off the series'
@@ -23,17 +25,19 @@ from absl import logging
 
 from data_prep.builder import Reject
 from data_prep.dicom import modality_values, read_dataset
-from data_prep.volume_ops import Volume
+from data_prep.volume_ops import Volume, display_layout
 
 MIN_SLICES = 2
 DUPLICATE_MM = 1e-3  # positions closer than this are the same slice
 
 
 def _floats(ds: pydicom.Dataset, key: str, n: int) -> np.ndarray | None:
+  """The tag's n finite numbers, or None (missing, another count, NaN/inf)."""
   value = ds.get(key)
   if value is None or len(value) != n:
     return None
-  return np.array([float(v) for v in value], np.float64)
+  out = np.array([float(v) for v in value], np.float64)
+  return out if np.isfinite(out).all() else None
 
 
 def _read_slices(folder: Path) -> list[tuple[str, pydicom.Dataset]]:
@@ -102,11 +106,13 @@ def _order_by_instance(folder: Path, slices) -> tuple[list[int], float]:
   if len(set(numbers)) != len(numbers):
     raise Reject(f'{folder}: repeated InstanceNumber in {sorted(numbers)}, cannot order the series')
   ds0 = slices[0][1]
-  step = ds0.get('SpacingBetweenSlices') or ds0.get('SliceThickness')
-  if not step or float(step) <= 0:
-    raise Reject(f'{folder}: no slice positions, SpacingBetweenSlices or SliceThickness: '
-                 'slice spacing unknown')
-  return [int(i) for i in np.argsort(numbers, kind='stable')], float(step)
+  # SpacingBetweenSlices may be signed (some vendors give the direction with it).
+  steps = [abs(float(v)) for v in (ds0.get('SpacingBetweenSlices'), ds0.get('SliceThickness'))
+           if v not in (None, '') and np.isfinite(float(v)) and float(v) != 0]
+  if not steps:
+    raise Reject(f'{folder}: no slice positions, and no nonzero SpacingBetweenSlices or '
+                 'SliceThickness: slice spacing unknown')
+  return [int(i) for i in np.argsort(numbers, kind='stable')], steps[0]
 
 
 def read_series(folder: str | os.PathLike, *, tolerance: float = 0.05) -> Volume:
@@ -122,14 +128,35 @@ def read_series(folder: str | os.PathLike, *, tolerance: float = 0.05) -> Volume
   pixel_spacing = _floats(ds0, 'PixelSpacing', 2)
   if pixel_spacing is None:
     raise Reject(f'{folder}: slice {slices[0][0]}: no PixelSpacing')
-  positioned = all(_floats(ds, 'ImagePositionPatient', 3) is not None
-                   and _floats(ds, 'ImageOrientationPatient', 6) is not None for _, ds in slices)
-  if positioned:
+  placed = [_floats(ds, 'ImagePositionPatient', 3) is not None
+            and _floats(ds, 'ImageOrientationPatient', 6) is not None for _, ds in slices]
+  if all(placed):
     order, sz = _order_by_position(folder, slices, tolerance)
+  elif any(placed):  # InstanceNumber may count either way: ordering by it could flip
+    name = slices[placed.index(False)][0]
+    raise Reject(f'{folder}: slice {name}: no usable ImagePositionPatient / '
+                 'ImageOrientationPatient (three and six finite numbers) where other slices '
+                 'have them; cannot order the series')
   else:
     order, sz = _order_by_instance(folder, slices)
   planes = [modality_values(slices[i][1], f'{folder}: slice {slices[i][0]}') for i in order]
   array = np.stack(planes, axis=-1).astype(np.float32)
   sy, sx = pixel_spacing  # PixelSpacing is (between rows, between columns)
-  return Volume(array=array, spacing=(float(sx), float(sy), sz), where=str(folder),
+  spacing = (float(sx), float(sy), sz)
+  if all(placed):  # in the display layout of an axial series, whatever the acquisition
+    array, spacing = display_layout(array, _affine(slices[order[0]][1], sx, sy, sz))
+  return Volume(array=array, spacing=spacing, where=str(folder),
                 modality=str(ds0.get('Modality', '')))
+
+
+def _affine(ds: pydicom.Dataset, sx: float, sy: float, sz: float) -> np.ndarray:
+  """Voxel (row, column, slice) -> RAS mm of the sorted stack whose first slice is ds.
+  DICOM's patient axes are LPS; ImageOrientationPatient's first triple is the direction
+  along a row (columns increase), its second down a column (rows increase)."""
+  iop = _floats(ds, 'ImageOrientationPatient', 6)
+  along_row, down_column = iop[:3], iop[3:]
+  normal = np.cross(along_row, down_column)
+  affine = np.eye(4)
+  affine[:3, :3] = np.stack([down_column * sy, along_row * sx, normal * sz], axis=1)
+  affine[:3, 3] = _floats(ds, 'ImagePositionPatient', 3)
+  return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine

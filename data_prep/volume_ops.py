@@ -39,6 +39,22 @@ class Volume:
   modality: str = ''  # DICOM Modality ('CT', 'MR', ...) when known
 
 
+def display_layout(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple]:
+  """A 3D array and its voxel -> RAS mm affine -> (array laid out as an axial DICOM is
+  displayed: rows anterior to posterior, columns patient right to left, slices inferior to
+  superior; its [sx, sy, sz] spacing). Each array axis goes to its closest RAS axis
+  (nibabel's io_orientation, as as_closest_canonical does), so a NIfTI and a DICOM series
+  of one scan, in any acquired orientation, give the same array."""
+  import nibabel as nib  # only volume readers need it
+  ornt = nib.orientations.io_orientation(affine)
+  canonical = nib.orientations.apply_orientation(data, ornt)  # axes run R, A, S
+  # Rounded to 1e-6 mm: a float32 affine gives 0.69999999 for 0.7.
+  sizes = nib.affines.voxel_sizes(affine)[:3]
+  zooms = [round(float(sizes[int(i)]), 6) for i in np.argsort(ornt[:, 0])]
+  array = np.ascontiguousarray(canonical.transpose(1, 0, 2)[::-1, ::-1, :])
+  return array, tuple(zooms)
+
+
 def axis_spacing(spacing: Sequence[float]) -> np.ndarray:
   """[sx, sy, sz] -> spacing per array axis (rows, cols, slices) = [sy, sx, sz]."""
   sx, sy, sz = spacing

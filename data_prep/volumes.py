@@ -5,12 +5,12 @@
     convert_volumes(paths)   both over a list: bad inputs rejected with reasons, rest kept
 
 Arrays are (rows, cols, slices) with spacing [sx, sy, sz] (data_prep/volume_ops.py). A
-DICOM series keeps its acquired in-plane layout, slices ordered along the normal
-(data_prep/dicom_series.py). A NIfTI is first put in its closest canonical (RAS+)
-orientation by nibabel, then laid out as an axial DICOM is displayed: rows anterior to
-posterior, columns patient right to left, slices inferior to superior. So an axial series
-and its NIfTI conversion give the same array. A .npy is taken as (rows, cols, slices)
-already; its spacing is the caller's.
+DICOM series (its slices ordered along the normal, data_prep/dicom_series.py) and a NIfTI
+are both put in their closest canonical (RAS+) orientation, then laid out as an axial
+DICOM is displayed: rows anterior to posterior, columns patient right to left, slices
+inferior to superior (volume_ops.display_layout). So a series, in any acquired
+orientation (prone, coronal, sagittal), and its NIfTI conversion give the same array. A
+.npy is taken as (rows, cols, slices) already; its spacing is the caller's.
 
 Every failure is a Reject (data_prep/builder.py) whose message starts with the file.
 
@@ -34,7 +34,15 @@ import numpy as np
 
 from data_prep.builder import Reject
 from data_prep.dicom_series import read_series
-from data_prep.volume_ops import WINDOWS, Volume, resample, rescale_range, to_entry, window
+from data_prep.volume_ops import (
+  WINDOWS,
+  Volume,
+  display_layout,
+  resample,
+  rescale_range,
+  to_entry,
+  window,
+)
 
 MIN_SIDE = 2  # a volume has at least 2 voxels along each axis
 # 4 GiB of float32: a CT of 512 x 512 x 4096 slices; a header can claim 10000^3.
@@ -61,24 +69,20 @@ def read_nifti(path: str | os.PathLike) -> Volume:
     if math.prod(image.shape) > MAX_VOXELS:  # the header's claim, before any allocation
       raise Reject(f'{where}: a NIfTI of shape {image.shape}, over the {MAX_VOXELS:,} voxels '
                    'a volume may have')
-    image = nib.as_closest_canonical(image)
     data = image.get_fdata(dtype=np.float32)  # applies scl_slope / scl_inter
   except Reject:
     raise
   except Exception as e:  # nibabel, gzip and numpy raise many types for a broken file
     raise Reject(f'{where}: not a readable NIfTI: {str(e) or type(e).__name__}') from e
-  if data.ndim == 4 and data.shape[3] == 1:
+  while data.ndim > 3 and data.shape[-1] == 1:  # one time point (x, y, z, 1[, 1])
     data = data[..., 0]
   if data.ndim != 3:
     raise Reject(f'{where}: not a volume: {data.ndim}D NIfTI of shape {data.shape} '
                  '(a time series or a 2D image); expected 3D')
-  # From the affine, as the orientation is: pixdim may disagree (sform set, qform_code 0).
-  # Rounded to 1e-6 mm: a float32 affine gives 0.69999999 for 0.7.
-  zooms = [round(float(z), 6) for z in nib.affines.voxel_sizes(image.affine)[:3]]
-  # Canonical axes run to the right, anterior, superior; display rows run anterior to
-  # posterior and columns right to left, hence the transpose and both in-plane flips.
-  array = np.ascontiguousarray(data.transpose(1, 0, 2)[::-1, ::-1, :])
-  return _checked(Volume(array=array, spacing=tuple(zooms), where=where))
+  # Spacing from the affine, as the orientation is: pixdim may disagree (sform set,
+  # qform_code 0).
+  array, zooms = display_layout(data, image.affine)
+  return _checked(Volume(array=array, spacing=zooms, where=where))
 
 
 def load_numeric_npy(where: str) -> np.ndarray:

@@ -99,6 +99,10 @@ def test_nifti_time_series_and_truncated_file_rejected(tmp_path):
   broken.write_bytes(gzip.compress(raw)[:5000])
   with pytest.raises(Reject, match=r'broken\.nii\.gz: not a readable NIfTI'):
     volumes.load_volume(broken)
+  # A 3D scan stored with trailing unit dimensions (x, y, z, 1, 1) is a volume.
+  data = stored_volume((8, 9, 6)).astype(np.float32)
+  nib.save(nib.Nifti1Image(data[..., None, None], np.eye(4)), tmp_path / 'five.nii')
+  assert volumes.load_volume(tmp_path / 'five.nii').array.shape == (9, 8, 6)
 
 
 def test_axial_series_and_its_nifti_give_the_same_volume(tmp_path):
@@ -159,8 +163,45 @@ def test_coronal_series_sorted_along_its_normal(tmp_path):
     write_slice(folder / f'{k}.dcm', stored[..., k], position=(0.0, y, 50.0),
                 orientation=(1, 0, 0, 0, 0, -1))
   vol = volumes.load_volume(folder)
-  np.testing.assert_array_equal(vol.array, stored[..., np.argsort(ys)] - 1024.0)
-  assert vol.spacing[2] == pytest.approx(3.0)
+  # Sorted: rows run inferior, columns left, slices posterior; displayed as an axial series:
+  # rows anterior to posterior (the slices), columns right to left, slices inferior up.
+  stack = stored[..., np.argsort(ys)] - 1024.0
+  np.testing.assert_array_equal(vol.array, stack.transpose(2, 1, 0)[:, :, ::-1])
+  assert vol.spacing == pytest.approx((0.5, 3.0, 0.7))
+
+
+@pytest.mark.parametrize('along_row, down_column', [
+    ((1, 0, 0), (0, 1, 0)),  # axial, supine
+    ((-1, 0, 0), (0, -1, 0)),  # axial, prone: the patient's right on the image's right
+    ((1, 0, 0), (0, 0, -1)),  # coronal
+    ((0, 1, 0), (0, 0, -1)),  # sagittal
+])
+def test_a_series_in_any_orientation_is_laid_out_as_axial_display(tmp_path, along_row,
+                                                                 down_column):
+  """An 8 x 9 x 10 mm grid of patient space (LPS), voxel (x, y, z) holding 100 x + 10 y + z,
+  scanned in each orientation: the volume is the grid with rows anterior to posterior (y),
+  columns patient right to left (x), slices inferior to superior (z), as its NIfTI gives
+  (a prone series came out mirrored left-right and front-back)."""
+  extent = np.array([8, 9, 10])
+  x_dir, y_dir = np.array(along_row), np.array(down_column)
+  normal = np.cross(x_dir, y_dir)
+  size = [int(abs(d) @ extent) for d in (y_dir, x_dir, normal)]  # rows, columns, slices
+  corner = np.array([(e - 1) * (d < 0).any() for e, d in zip(
+      extent, np.stack([x_dir, y_dir, normal], 1))])  # each axis starts where it runs from
+  folder = tmp_path / 'series'
+  folder.mkdir()
+  for k in range(size[2]):
+    origin = corner + k * normal
+    i, j = np.meshgrid(np.arange(size[0]), np.arange(size[1]), indexing='ij')
+    p = origin + j[..., None] * x_dir + i[..., None] * y_dir
+    stored = 100 * p[..., 0] + 10 * p[..., 1] + p[..., 2] + 1024
+    write_slice(folder / f'{size[2] - k:02d}.dcm', stored, position=tuple(map(float, origin)),
+                orientation=tuple(along_row) + tuple(down_column), spacing=(1.0, 1.0),
+                instance=size[2] - k)
+  vol = volumes.load_volume(folder)
+  r, c, s = np.meshgrid(*(np.arange(n) for n in (9, 8, 10)), indexing='ij')
+  np.testing.assert_array_equal(vol.array, 100 * c + 10 * r + s)
+  assert vol.spacing == (1.0, 1.0, 1.0)
 
 
 def test_corrupt_slices_named(tmp_path):
@@ -208,6 +249,32 @@ def test_series_without_positions_ordered_by_instance_number(tmp_path, caplog):
   assert 'ordered by InstanceNumber' in caplog.text
   np.testing.assert_array_equal(vol.array, stored[..., np.argsort(numbers)] - 1024.0)
   assert vol.spacing == (0.5, 0.7, 3.0)
+
+
+@pytest.mark.parametrize('position', [None, (0.0, float('nan'), 3.0)])
+def test_a_slice_without_a_usable_position_among_positioned_ones_is_named(tmp_path, position):
+  """Ordering all by InstanceNumber because one slice lacks its position (or has a NaN)
+  could flip the series head to foot; the slice is named instead."""
+  stored = stored_volume((8, 9, 4), seed=4)
+  folder = write_series(tmp_path / 'ct', stored, [0.0, 3.0, 6.0, 9.0])
+  ds = pydicom.dcmread(folder / 's02.dcm')
+  if position is None:
+    del ds.ImagePositionPatient
+  else:
+    ds.ImagePositionPatient = list(position)
+  ds.save_as(folder / 's02.dcm')
+  with pytest.raises(volumes.Reject, match=r'slice s02.dcm: no usable ImagePositionPatient'):
+    volumes.load_volume(folder)
+
+
+def test_a_negative_spacing_between_slices_is_its_size(tmp_path):
+  stored = stored_volume((8, 9, 3), seed=5)
+  folder = tmp_path / 'nopos'
+  folder.mkdir()
+  for k in range(3):
+    write_slice(folder / f'{k}.dcm', stored[..., k], instance=k + 1, located=False,
+                between=-2.0)
+  assert volumes.load_volume(folder).spacing == (0.5, 0.7, 2.0)
 
 
 # --- .npy -----------------------------------------------------------------------------
