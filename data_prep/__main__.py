@@ -3,11 +3,15 @@
   python -m data_prep build <name> --manual_dir SRC --data_dir OUT [--beam_runner R] \
       [--max_short_side 512]
   python -m data_prep show <dataset dir> [--split S] [--limit N]
+  python -m data_prep volume <DICOM series folder | .nii[.gz]> OUT.npy [--window lung] \
+      [--spacing 1,1,2]
 
 `build` writes `OUT/<name>/[<config>/]<version>/` (point config.data.dir there) and
 prints its summary (counts, the records it leaves out by design, such as a `frontal`
 config's other views, and rejects); a finished build is reused. `show` prints one JSON
-object per Example, images as format and size.
+object per Example, images as format and size. `volume` writes one scan as the datasets
+store it (float16 [rows, cols, slices] in [0, 1], data_prep/volumes.py), what
+`main.py --mode=generate --images OUT.npy` gives a 3D model.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+import numpy as np
 
 from data_prep import build as build_lib
 from data_prep import builder as builder_lib
@@ -58,11 +64,41 @@ def _parse(argv):
   s.add_argument('--split', default='train')
   s.add_argument('--limit', type=_int_at_least(0), default=None,
                  help='print at most this many Examples')
+  v = sub.add_parser('volume', help='convert one scan to the .npy volume a 3D model reads')
+  v.add_argument('source', help='a DICOM series folder (single-frame slices) or a NIfTI file')
+  v.add_argument('out', help='the .npy file to write')
+  v.add_argument('--window', default=None,
+                 help='CT window to [0, 1] (lung, mediastinum, bone, brain); default: '
+                 "min-max of the scan, as RadFM's loader")
+  v.add_argument('--spacing', default=None,
+                 help='resample to this spacing in mm, sx,sy,sz (default: as acquired)')
   return parser.parse_args(argv)
+
+
+def _volume(args) -> int:
+  from data_prep import volumes
+  try:
+    spacing = None if args.spacing is None else [float(x) for x in args.spacing.split(',')]
+    if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
+      raise ValueError(f'--spacing {args.spacing!r}: expected three positive mm, sx,sy,sz')
+    if not args.out.endswith('.npy'):
+      raise ValueError(f'{args.out}: the output is a .npy file')
+    entry = volumes.prepare(volumes.load_volume(args.source), target_spacing=spacing,
+                            window_hu=args.window)
+    with open(args.out, 'wb') as f:
+      f.write(entry['data'])
+  except (OSError, ValueError) as e:  # Reject is a ValueError: one line, exit 2
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(json.dumps({'out': args.out, 'shape': list(np.load(args.out).shape),
+                    'spacing': entry['spacing']}))
+  return 0
 
 
 def main(argv=None) -> int:
   args = _parse(argv)
+  if args.command == 'volume':
+    return _volume(args)
   if args.command == 'show':
     from data_prep import show
     try:

@@ -393,3 +393,28 @@ def test_a_nifti_header_claiming_a_huge_volume_is_refused_before_reading(tmp_pat
   path.write_bytes(header.binaryblock + b'\0' * 4)
   with pytest.raises(Reject, match=r'huge\.nii: a NIfTI of shape \(10000, 10000, 10000\), over'):
     volumes.load_volume(path)
+
+
+def test_the_volume_command_writes_what_generate_reads(tmp_path, capsys):
+  """`python -m data_prep volume` (the NIfTI / multi-frame advice of --images points at
+  it): a series folder -> the float16 [0, 1] .npy a 3D model's --images reads, min-max as
+  RadFM's loader, or through a CT window; bad arguments are one line, exit 2."""
+  from data_prep.__main__ import main
+  from radjax.data import image_files
+  stored = stored_volume()
+  series = write_series(tmp_path / 'ct', stored, [2.5 * k for k in range(5)])
+  out = str(tmp_path / 'scan.npy')
+  assert main(['volume', str(series), out]) == 0
+  array = np.load(out)
+  hu = stored.astype(np.float32) - 1024
+  assert array.dtype == np.float16 and array.shape == (10, 12, 5)
+  np.testing.assert_allclose(array, (hu - hu.min()) / (hu.max() - hu.min()), atol=1e-3)
+  assert image_files.read_entry(out)['kind'] == '3d'
+  assert main(['volume', str(series), out, '--window', 'lung', '--spacing', '1,1,5']) == 0
+  assert np.load(out).shape == (7, 6, 2)  # 7 x 6 x 12.5 mm
+  for bad, said in ((['--spacing', '1,1'], 'three positive mm'),
+                    (['--window', 'liver'], "unknown window 'liver'")):
+    assert main(['volume', str(series), out] + bad) == 2
+    assert said in capsys.readouterr().err
+  assert main(['volume', str(tmp_path / 'nothing'), out]) == 2
+  assert 'no such file or folder' in capsys.readouterr().err

@@ -50,8 +50,8 @@ def image_entry(data: bytes, name: str) -> dict:
   if _is_dicom(data, name):
     return _dicom_entry(data, name)
   if name.lower().endswith(('.nii', '.nii.gz')):
-    raise ImageFileError(f'{name}: a NIfTI volume; convert it to .npy first '
-                         '(data_prep/volumes.py) for a 3D model')
+    raise ImageFileError(f'{name}: a NIfTI volume; convert it to .npy first for a 3D '
+                         'model: python -m data_prep volume <it> scan.npy')
   raise ImageFileError(f'{name}: not an image; give {ACCEPTED}')
 
 
@@ -79,4 +79,5 @@ def check_kind(entry: dict, name: str, reads_3d: bool) -> None:
                          'images; give one radiograph (PNG, JPEG or single-frame DICOM)')
   if entry['format'] == 'dicom':
     raise ImageFileError(f'{name}: multi-frame DICOM is not read directly; convert the '
-                         'series to a .npy volume with data_prep (python -m data_prep)')
+                         'scan to a NIfTI (e.g. dcm2niix) or export it as single-frame slices, '
+                         'then to a .npy volume: python -m data_prep volume <it> scan.npy')
