@@ -44,9 +44,13 @@ def decode_volume(image: dict, record_id: str) -> np.ndarray:
 
 
 def nearest_indices(size: int, target: int) -> np.ndarray:
-  """The source index of each of `target` outputs, as torch's
-  `F.interpolate(mode='nearest')` picks them: floor(k * size / target)."""
-  return np.minimum(np.arange(target) * size // target, size - 1)
+  """The source index of each of `target` outputs, as torch's 3D
+  `F.interpolate(mode='nearest')` (RadFM's collator) picks them: floor(k * scale) with
+  scale = size / target and the product in float32 (exact integers differ: 26 -> 44 reads
+  slice 12 at output 22 there, 13 by integers)."""
+  scale = np.float32(size) / np.float32(target)
+  picked = np.floor(np.arange(target, dtype=np.float32) * scale).astype(np.int64)
+  return np.minimum(picked, size - 1)
 
 
 def target_depth(depth: int, depth_patch: int, max_depth: int) -> int:
