@@ -80,6 +80,10 @@ def experiment(config, n: int, llm_layers: int = 0, fsdp: bool = True):
     if config.model.image_token_id < 0:  # no tokenizer here: synthetic shapes
       config.model.image_token_id = 4
   task = tasks.make(config, None)
+  # The train step's checks and micro-batches (optim.grad_accum from
+  # train.micro_batch_per_device), as a run derives them; build(train=False) then
+  # allocates nothing.
+  setup.preflight(config, jax.devices()[:n], train=True)
   exp = setup.build(config, task, jax.devices()[:n], pretrained=False, train=False)
   abstract, shardings = state_lib.abstract_train_state(exp.model, task.init_inputs(), exp.tx,
                                                        exp.mesh, exp.rules)

@@ -32,6 +32,21 @@ def test_compiled_step_peak_per_device_shrinks_as_fsdp_grows():
   assert peaks[0] / peaks[-1] > 3, peaks
 
 
+def test_a_dry_run_steps_in_the_micro_batches_training_does():
+  """RadVLM's micro_batch_per_device=1: a dry run compiles the step in the micro-batches
+  a run derives (it took the batch whole: 4.4x the temporaries on a tiny model), and a
+  batch the mesh cannot split is the training run's named error, not XLA's."""
+  from configs import demo
+  config = demo.get_config('size=micro,task=lm')
+  with config.unlocked():
+    config.train.batch_size, config.train.micro_batch_per_device = 32, 1
+  assert memory.experiment(config, 8).config.optim.grad_accum == 4
+  with config.unlocked():
+    config.train.batch_size, config.train.micro_batch_per_device = 12, 0
+  with pytest.raises(ValueError, match=r'config.train.batch_size=12 does not split over the 8'):
+    memory.experiment(config, 8)
+
+
 def test_dry_run_compiles_the_configured_mesh(tmp_path):
   """main.py --mode=dry_run on 8 emulated devices (a process of its own, as users run it),
   its programs kept in the configured compilation cache."""
