@@ -295,6 +295,27 @@ def test_a_workdir_that_cannot_be_served_is_one_line(served, tmp_path, capsys):
   assert 'no checkpoint of step 7' in capsys.readouterr().err
 
 
+def test_an_address_it_cannot_listen_on_is_named_before_the_model_loads(tmp_path, capsys):
+  """A port in use, or a host not of this machine, is one line naming --host/--port
+  before the workdir is read (it was gradio's traceback after the model's load)."""
+  import socket
+
+  from radjax.serve import __main__ as serve_main
+  nowhere = str(tmp_path / 'nowhere')
+  with socket.socket() as taken:
+    taken.bind(('127.0.0.1', 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    assert serve_main.main(['--workdir', nowhere, '--port', str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f'--port={port}: cannot listen there' in err and 'workdir' not in err
+  assert serve_main.main(['--workdir', nowhere, '--host', '999.1.1.1']) == 2
+  assert '--host=999.1.1.1 --port=7860: cannot listen there' in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    serve_main.main(['--workdir', nowhere, '--port', '99999'])
+  assert '--port=99999: not a TCP port' in capsys.readouterr().err
+
+
 def test_the_workdirs_decoding_knobs_fit_the_page():
   """The knobs start at the workdir's config.eval values, so the sliders reach them: with
   num_beams=12 the page refused every request, greedy ones too ('Value 12 is greater

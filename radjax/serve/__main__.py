@@ -4,6 +4,7 @@ r"""The web demo on a trained or imported VLM workdir, or an LLM-CXR one (report
       [--max_upload_mb 1024]
 """
 import argparse
+import socket
 import sys
 
 from radjax.serve import app, reporter
@@ -23,13 +24,29 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if not args.max_upload_mb > 0:
     parser.error(f'--max_upload_mb={args.max_upload_mb} must be > 0')
+  if not 0 <= args.port <= 65535:
+    parser.error(f'--port={args.port}: not a TCP port (0-65535)')
   try:
+    _check_can_listen(args.host, args.port)  # before the model takes its minute to load
     model = reporter.load(args.workdir, args.step)
   except (ValueError, FileNotFoundError) as e:  # the workdir, its config or step: named
     print(f'error: {e}', file=sys.stderr)
     return 2
   app.launch(model, args.host, args.port, max_upload_mb=args.max_upload_mb)
   return 0
+
+
+def _check_can_listen(host: str, port: int) -> None:
+  """Binds host:port once and lets go: an address in use or not of this machine is named
+  here, not as a server error after the model has loaded."""
+  try:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as probe:
+      probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+      probe.bind(address)
+  except OSError as e:
+    raise ValueError(f'--host={host} --port={port}: cannot listen there '
+                     f'({e.strerror or e}); choose another --port or --host') from e
 
 
 if __name__ == '__main__':
