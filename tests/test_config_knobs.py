@@ -143,3 +143,21 @@ def test_resize_crop_is_refused_where_it_would_be_ignored(task):
   assert any('config.data.resize=' in e for e in config_checks.errors(config))
   config.task = 'vqgan'
   assert not config_checks.errors(config)
+
+
+@pytest.mark.parametrize('knob, value, said', [
+    ('data.image_std', (0.0,), 'config.data.image_std=(0.0,): finite numbers > 0'),
+    ('data.image_std', (0.5, float('nan'), 0.5), 'config.data.image_std=(0.5, nan, 0.5)'),
+    ('data.image_mean', ('abc',), "config.data.image_mean=('abc',): finite numbers"),
+    ('eval.decoding', 'greedyy', "config.eval.decoding='greedyy' is not one of"),
+    ('eval.top_p', 0.0, 'config.eval.top_p=0.0 must be in (0, 1]'),
+    ('eval.temperature', float('inf'), 'config.eval.temperature=inf must be finite'),
+    ('eval.top_k', -1, 'config.eval.top_k=-1 must be >= 0'),
+])
+def test_values_that_would_fail_later_are_named_first(knob, value, said):
+  """A zero std trained one step into a NaN loss that blamed the learning rate; the
+  decoding knobs failed at the first evaluation without their names."""
+  config = defaults.get_config()
+  section, key = knob.split('.')
+  config[section][key] = value
+  assert any(said in e for e in config_checks.errors(config)), config_checks.errors(config)

@@ -12,7 +12,7 @@ MINIMUMS = {
     'optim.grad_accum': 1, 'optim.warmup_steps': 0, 'optim.lr': 0, 'optim.clip_norm': 0,
     'optim.warmup_init_lr': 0,
     'eval.batch_size': 1, 'eval.num_loss_batches': 0, 'eval.num_generate': 0,
-    'eval.max_new_tokens': 1, 'eval.num_beams': 1,
+    'eval.max_new_tokens': 1, 'eval.num_beams': 1, 'eval.top_k': 0,
     'data.max_len': 1, 'data.max_images': 1, 'data.worker_threads': 0,
     'data.worker_processes': 0, 'data.max_slices': 0, 'data.pack_shards': 0,
     'data.pack_max_examples': 1, 'data.max_target_tokens': 0, 'data.codes_per_image': 0,
@@ -30,8 +30,9 @@ PAIRS = ('optim.param_groups', 'sharding.rules', 'train.pre_stage_set')
 MESH_AXES = ('data', 'fsdp', 'tensor')
 # knob -> the values it may take (text_norm: radjax/eval/metrics/nlg_metrics.py; resize:
 # radjax/data/images.py; schedule: radjax/train/optimizer.py; loss_norm: radjax/data/chat.py;
-# pixels: radjax/data/pixels.py).
+# pixels: radjax/data/pixels.py; decoding: radjax/eval/decoding/generate.py).
 CHOICES = {'eval.text_norm': ('radjax', 'r2gen'), 'data.resize': ('square', 'crop'),
+           'eval.decoding': ('greedy', 'sample', 'beam'),
            'optim.schedule': ('cosine', 'lavis', 'log_warmup'),
            'data.loss_norm': ('token', 'example'),
            'data.pixels': ('uint8', 'gray8', 'float32')}
@@ -44,6 +45,10 @@ def _get(config, dotted: str):
       return None
     node = node[key]
   return node
+
+
+def _number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def errors(config) -> list[str]:
@@ -61,12 +66,21 @@ def errors(config) -> list[str]:
     bad = [p for p in value or () if not (isinstance(p, (tuple, list)) and len(p) == 2)]
     if bad:
       out.append(f'config.{knob}: expected (key, value) pairs, got {bad[0]!r}')
+  temperature, top_p = _get(config, 'eval.temperature'), _get(config, 'eval.top_p')
+  if _number(temperature) and not 0 <= temperature < float('inf'):
+    out.append(f'config.eval.temperature={temperature!r} must be finite and >= 0')
+  if _number(top_p) and not 0 < top_p <= 1:
+    out.append(f'config.eval.top_p={top_p!r} must be in (0, 1]')
   channels = _get(config, 'model.vision.num_channels')
   for knob in ('data.image_mean', 'data.image_std'):
     value = _get(config, knob)
     if isinstance(channels, int) and value is not None and len(value) not in (1, channels):
       out.append(f'config.{knob}={tuple(value)!r}: one value, or one per channel '
                  f'(config.model.vision.num_channels={channels})')
+    elif value is not None and not all(_number(v) and abs(v) < float('inf') and
+                                       (v > 0 or knob == 'data.image_mean') for v in value):
+      out.append(f'config.{knob}={tuple(value)!r}: finite numbers'
+                 + (' > 0 (pixels are divided by it)' if knob == 'data.image_std' else ''))
   # Only the codec's input honours data.resize; a VLM's or a classifier's images are always
   # squeezed square (as the exported HF processor does), so 'crop' there would be ignored.
   task, resize = _get(config, 'task'), _get(config, 'data.resize')
