@@ -9,7 +9,8 @@
 #SBATCH --ntasks-per-node=1
 #SBATCH --signal=TERM@120
 set -euo pipefail
-config=$1; workdir=$2; shift 2
+config=${1:?usage: sbatch launch/slurm_gpu.sh CONFIG WORKDIR [--config.x=y ...]}
+workdir=${2:?usage: sbatch launch/slurm_gpu.sh CONFIG WORKDIR [--config.x=y ...]}; shift 2
 # sed reads every line: `head -n 1` would leave scontrol a closed pipe (SIGPIPE, exit 141,
 # which pipefail makes the job's).
 head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)

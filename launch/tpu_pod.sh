@@ -6,7 +6,8 @@
 # ~/radjax on each worker (RADJAX_REPO to change; e.g. gcloud ... scp --worker=all). The
 # workdir is a path every worker mounts (e.g. a bucket through gcsfuse); a gs:// URL is refused.
 set -euo pipefail
-name=$1; zone=$2; shift 2
+name=${1:?usage: launch/tpu_pod.sh NAME ZONE CONFIG WORKDIR [--config.x=y ...]}
+zone=${2:?usage: launch/tpu_pod.sh NAME ZONE CONFIG WORKDIR [--config.x=y ...]}; shift 2
 repo=${RADJAX_REPO:-radjax}
 args=$(printf ' %q' "$@")
 gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all --command \

@@ -5,7 +5,8 @@
 # TPU VM metadata (RADJAX_DISTRIBUTED=1); one worker alone runs as a single process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-config=$1; workdir=$2; shift 2
+config=${1:?usage: launch/tpu_vm.sh CONFIG WORKDIR [--config.x=y ...]}
+workdir=${2:?usage: launch/tpu_vm.sh CONFIG WORKDIR [--config.x=y ...]}; shift 2
 export RADJAX_DISTRIBUTED=1
 exec .venv/bin/python main.py --config "$config" --workdir "$workdir" \
   --config.runtime.attention_impl=xla "$@"

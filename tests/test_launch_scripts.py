@@ -59,3 +59,13 @@ def test_slurm_script_runs_a_two_task_job_that_resumes_its_split_state(demo_data
   assert sorted(_losses(workdir)) == [1, 2, 3, 4]
   assert 'resuming from step 3' in open(os.path.join(workdir, 'logs', 'process_1.log')).read()
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '4']
+
+
+def test_each_launcher_without_its_arguments_prints_its_usage():
+  """Was `$1: unbound variable` (set -u)."""
+  for script, args in (('local.sh', []), ('tpu_vm.sh', ['c.py']), ('tpu_pod.sh', ['name']),
+                       ('slurm_gpu.sh', [])):
+    proc = subprocess.run(['bash', f'launch/{script}', *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode != 0 and 'usage: ' in proc.stderr, (script, proc.stderr)
+    assert script in proc.stderr
