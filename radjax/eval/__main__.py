@@ -25,6 +25,7 @@ from radjax.eval.metrics.nlg_metrics import normalize
 
 def cmd_label(args) -> None:
   rows = read_jsonl(args.reports, ('id', 'text'))
+  _check_rows(rows, args.reports, 'report')
   with open(args.out, 'w', encoding='utf-8') as f:
     for row in rows:
       f.write(json.dumps({'id': row['id'], 'labels': label_report(row['text'])}) + '\n')
@@ -51,10 +52,11 @@ def _check_references(row: dict) -> str | None:
   return None
 
 
-def _check_rows(rows: list[dict], path: str) -> None:
-  """Scores of no rows, or of rows whose ids repeat, would be numbers about nothing."""
+def _check_rows(rows: list[dict], path: str, what: str = 'prediction') -> None:
+  """Scores (or labels) of no rows, or of rows whose ids repeat, would be numbers about
+  nothing, or two answers for one id."""
   if not rows:
-    raise InputError(f'{path}: no prediction rows')
+    raise InputError(f'{path}: no {what} rows')
   first = {}
   for n, row in enumerate(rows, 1):
     key = json.dumps(row['id'])
