@@ -13,7 +13,7 @@ from radjax.serve import app, reporter
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m radjax.serve', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--workdir', required=True, help='a radjax VLM workdir')
+  parser.add_argument('--workdir', required=True, help='a radjax VLM or LLM-CXR workdir')
   parser.add_argument('--host', default='127.0.0.1',
                       help='address to bind (default 127.0.0.1: this machine only)')
   parser.add_argument('--port', type=int, default=7860)
