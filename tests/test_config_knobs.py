@@ -153,6 +153,7 @@ def test_resize_crop_is_refused_where_it_would_be_ignored(task):
     ('eval.top_p', 0.0, 'config.eval.top_p=0.0 must be in (0, 1]'),
     ('eval.temperature', float('inf'), 'config.eval.temperature=inf must be finite'),
     ('eval.top_k', -1, 'config.eval.top_k=-1 must be >= 0'),
+    ('optim.lr', 1e39, 'config.optim.lr=1e+39 is not a finite float32'),
 ])
 def test_values_that_would_fail_later_are_named_first(knob, value, said):
   """A zero std trained one step into a NaN loss that blamed the learning rate; the

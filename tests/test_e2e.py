@@ -109,12 +109,27 @@ def test_scalars_of_another_split_carry_its_name():
 
 def test_nonfinite_loss_stops_with_a_clear_message(demo_data, tmp_path):
   config = tiny_config(demo_data)
-  config.data.image_std = (0.0, 0.0, 0.0)  # every pixel becomes inf
+  config.data.image_mean = (1e38, 1e38, 1e38)  # every pixel becomes -inf
   config.train.checkpoint_every = 1  # the NaN step is a checkpoint step
   with pytest.raises(Exception, match='non-finite loss'):
     run_lib.main(config, str(tmp_path / 'nan'), 'train')
   assert os.path.isdir(tmp_path / 'nan' / 'nonfinite_state')
   # ... which never becomes a checkpoint a rerun would resume from.
+  assert checkpoint_lib.Checkpointer(str(tmp_path / 'nan'), 3).latest_step() is None
+
+
+def test_a_state_gone_nonfinite_under_a_finite_loss_stops_the_same_way(demo_data, tmp_path,
+                                                                       monkeypatch):
+  """The update after a step's finite loss overflows the params (lr 1e39 did): the save
+  refuses the state, and the run stops as for a NaN loss (it was a traceback, with no
+  nonfinite_state)."""
+  config = tiny_config(demo_data)
+  config.train.num_steps, config.train.checkpoint_every = 2, 1
+  monkeypatch.setattr(checkpoint_lib, 'all_finite', lambda state: False)
+  with pytest.raises(run_lib.loop.NonFiniteLossError,
+                     match=r'the state became NaN/inf by step 1 \(its loss was finite\)'):
+    run_lib.main(config, str(tmp_path / 'nan'), 'train')
+  assert os.path.isdir(tmp_path / 'nan' / 'nonfinite_state')
   assert checkpoint_lib.Checkpointer(str(tmp_path / 'nan'), 3).latest_step() is None
 
 
@@ -125,6 +140,13 @@ def test_generate_mode_reports_on_image_files(demo_data, tmp_path, capsys):
   config.train.num_steps = 1
   workdir = str(tmp_path / 'g')
   run_lib.main(config, workdir, 'train')
+  # A rerun of the finished run trains nothing, so it leaves config.json as it was (its
+  # other lr described no training and became what eval and to-hf read).
+  saved = open(os.path.join(workdir, 'config.json')).read()
+  rerun = config.copy_and_resolve_references()
+  rerun.optim.lr = 0.5
+  assert run_lib.main(rerun, workdir, 'train') == {}
+  assert open(os.path.join(workdir, 'config.json')).read() == saved
   ex = schema.decode(writer.read_records(source.split_files(demo_data, 'test')[0])[0])
   path = str(tmp_path / 'cxr.png')
   with open(path, 'wb') as f:

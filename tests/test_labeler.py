@@ -178,7 +178,7 @@ def test_cli_malformed_row_names_line(tmp_path, capsys):
   assert f'{reports}:2: missing text' in capsys.readouterr().err
   reports.write_text('{"id": 1, "text": "ok"}\n{"id": 1, "text": "again"}\n')
   assert cli.main(['label', '--reports', str(reports), '--out', str(tmp_path / 'l')]) == 2
-  assert "duplicate id 1 (rows 1 and 2)" in capsys.readouterr().err
+  assert 'duplicate id 1 (rows 1 and 2)' in capsys.readouterr().err
   assert not (tmp_path / 'l').exists()  # nothing written
 
 

@@ -28,6 +28,7 @@ MINIMUMS = {
 # knob -> a list of (key, value) pairs.
 PAIRS = ('optim.param_groups', 'sharding.rules', 'train.pre_stage_set')
 MESH_AXES = ('data', 'fsdp', 'tensor')
+FLOAT32_MAX = 3.4028234663852886e38
 # knob -> the values it may take (text_norm: radjax/eval/metrics/nlg_metrics.py; resize:
 # radjax/data/images.py; schedule: radjax/train/optimizer.py; loss_norm: radjax/data/chat.py;
 # pixels: radjax/data/pixels.py; decoding: radjax/eval/decoding/generate.py).
@@ -66,6 +67,9 @@ def errors(config) -> list[str]:
     bad = [p for p in value or () if not (isinstance(p, (tuple, list)) and len(p) == 2)]
     if bad:
       out.append(f'config.{knob}: expected (key, value) pairs, got {bad[0]!r}')
+  lr = _get(config, 'optim.lr')
+  if _number(lr) and not abs(lr) <= FLOAT32_MAX:
+    out.append(f'config.optim.lr={lr!r} is not a finite float32')
   temperature, top_p = _get(config, 'eval.temperature'), _get(config, 'eval.top_p')
   if _number(temperature) and not 0 <= temperature < float('inf'):
     out.append(f'config.eval.temperature={temperature!r} must be finite and >= 0')

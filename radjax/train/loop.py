@@ -18,7 +18,7 @@ from radjax.train import state as state_lib
 
 
 class NonFiniteLossError(RuntimeError):
-  """Loss or gradient norm became NaN/inf; the state is saved for inspection."""
+  """Loss, gradient norm or the state became NaN/inf; the state is saved for inspection."""
 
 
 def restore_or_keep(exp, ckpt: checkpoint_lib.Checkpointer, data_iterator=None):
@@ -57,7 +57,6 @@ def train(config, workdir: str, task, devices=None) -> dict:
   except workdir_lib.WorkdirError:
     ckpt.close()  # its async machinery, before the error leaves
     raise
-  workdir_lib.save_config(config, workdir)
   # The processor for each mixture component's tasks (or config.data.tasks).
   train_ds = pipeline.train_dataset(config, task.processor, config.data.train_split)
   sources = mixture.names(config)
@@ -65,10 +64,11 @@ def train(config, workdir: str, task, devices=None) -> dict:
   data_iter = pipeline.make_iterator(train_ds, config.data.worker_threads, processes)
   state, start = restore_or_keep(exp, ckpt, data_iter)
   if start >= tc.num_steps and not _eval_lost(tc, workdir, start, config.eval.split):
-    ckpt.close()  # a finished run (a pre-stage, a rerun) writes nothing more
-    if hasattr(data_iter, 'close'):
+    ckpt.close()  # a finished run (a pre-stage, a rerun) writes nothing more, not even
+    if hasattr(data_iter, 'close'):  # config.json: its knobs would describe no training
       data_iter.close()
     return {}
+  workdir_lib.save_config(config, workdir)
   if processes:
     data_iter.start_prefetch()  # the workers start while the rest is set up
   # Records stepped over are counted where they are read; worker processes keep theirs.
@@ -120,7 +120,11 @@ def train(config, workdir: str, task, devices=None) -> dict:
       preempted = ckpt.reached_preemption(step)
       if step % tc.checkpoint_every == 0 or step == tc.num_steps or preempted:
         pending = _log_now(writer, pending, ckpt, state, workdir)  # checked before saved
-        ckpt.save(step, state, data_iter, force=True)
+        try:
+          ckpt.save(step, state, data_iter, force=True)
+        except checkpoint_lib.NonFiniteStateError:  # params overflowed, the loss did not yet
+          _stop_nonfinite(f'the state became NaN/inf by step {step} (its loss was finite)',
+                          ckpt, state, workdir)
       if preempted:
         ckpt.wait()
         logging.warning('preempted at step %d; checkpoint saved', step)
@@ -224,16 +228,21 @@ def _read(pending, ckpt, state, workdir) -> dict:
   step, metrics, extras, log = pending
   loss = float(metrics['loss'])
   if not np.isfinite(loss) or not np.isfinite(float(metrics['grad_norm'])):
-    path = os.path.join(os.path.abspath(workdir), 'nonfinite_state')
-    ckpt.wait()
-    checkpoint_lib.save_for_inspection(path, state)
-    raise NonFiniteLossError(
-        f'non-finite loss ({loss}) or grad norm at step {step}; the state after it is saved '
-        f'in {path} for inspection. Lower config.optim.lr or check the data.')
+    _stop_nonfinite(f'non-finite loss ({loss}) or grad norm at step {step}', ckpt, state,
+                    workdir)
   if not log:
     return {}
   scalars = {f'train/{k}': float(v) for k, v in jax.device_get(metrics).items()}
   return {**scalars, **extras}  # extras carry their own prefix (train/, data/)
+
+
+def _stop_nonfinite(what: str, ckpt, state, workdir: str):
+  """Saves the state for inspection (never as a checkpoint) and stops the run."""
+  path = os.path.join(os.path.abspath(workdir), 'nonfinite_state')
+  ckpt.wait()
+  checkpoint_lib.save_for_inspection(path, state)
+  raise NonFiniteLossError(f'{what}; the state after it is saved in {path} for inspection. '
+                           'Lower config.optim.lr or check the data.')
 
 
 def _flat_hparams(config) -> dict:
