@@ -717,3 +717,24 @@ def test_a_damaged_checkpoint_read_for_its_params_is_one_error_and_no_tracebacks
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.count('checkpoints/1 does not restore (ValueError: ') == 4, proc.stdout
   assert 'its tree metadata' in proc.stdout and 'Traceback' not in proc.stderr, proc.stderr
+
+
+def test_a_full_disk_names_the_file_and_keeps_what_was_written(tmp_path):
+  """/dev/full answers every write with ENOSPC, as a full disk does: the error names the
+  file being written (it was `[Errno 28] No space left on device` alone), the old
+  config.json stays and no .tmp is left; metrics rows written before stay."""
+  from radjax.core import files
+  path = str(tmp_path / 'config.json')
+  files.write_text_atomic(path, '{"old": 1}')
+  os.symlink('/dev/full', path + '.tmp')  # the next write goes to the full "disk"
+  with pytest.raises(OSError, match=re.escape(f"No space left on device: '{path}'")):
+    files.write_text_atomic(path, '{"new": 2}')
+  assert open(path).read() == '{"old": 1}' and not os.path.lexists(path + '.tmp')
+  metrics = str(tmp_path / 'metrics.jsonl')
+  writer = writers.JsonlWriter(metrics, 0)
+  writer.write_scalars(1, {'train/loss': 2.0})
+  writer._file.close()
+  writer._file = open('/dev/full', 'a')
+  with pytest.raises(OSError, match=re.escape(f"No space left on device: '{metrics}'")):
+    writer.write_scalars(2, {'train/loss': 1.0})
+  assert writers.read_rows(metrics) == [{'step': 1, 'train/loss': 2.0}]

@@ -17,10 +17,23 @@ def read_json(path: str, error: type[Exception] = ValueError):
 
 
 def write_text_atomic(path: str, text: str) -> None:
-  """`text` into `path`, whole or not at all: a kill mid-write leaves the old file."""
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
+  """`text` into `path`, whole or not at all: a kill mid-write leaves the old file. A
+  failed write (a full disk) names the file, and leaves no .tmp."""
+  try:
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+      f.write(text)
+    os.replace(path + '.tmp', path)
+  except OSError as e:
+    if os.path.exists(path + '.tmp'):
+      os.remove(path + '.tmp')
+    raise named(e, path) from e
+
+
+def named(error: OSError, path: str) -> OSError:
+  """An OSError that names `path` (a failed write() carries no file name)."""
+  if error.filename:
+    return error
+  return type(error)(error.errno, error.strerror or str(error), path)
 
 
 def write_json_atomic(path: str, value) -> None:

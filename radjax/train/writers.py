@@ -90,8 +90,11 @@ class JsonlWriter(metric_writers.MetricWriter):
   def write_scalars(self, step, scalars):
     row = {'step': int(step)}
     row.update({k: float(np.asarray(v)) for k, v in scalars.items()})
-    self._file.write(json.dumps(row) + '\n')
-    self._file.flush()
+    try:
+      self._file.write(json.dumps(row) + '\n')
+      self._file.flush()
+    except OSError as e:  # a full disk: named, the rows before it kept
+      raise files.named(e, self.path) from e
 
   # Only scalars belong in the JSON lines file; TensorBoard takes the rest.
   def write_summaries(self, step, values, metadata=None):
