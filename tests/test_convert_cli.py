@@ -189,6 +189,28 @@ def test_extra_eos_ids_of_the_generation_config_stop_generation_both_ways(tmp_pa
   _cli('to-hf', '--workdir', tmp_path / 'wd', '--out', tmp_path / 'out')
   written = json.loads((tmp_path / 'out' / 'generation_config.json').read_text())
   assert free[k] in written['eos_token_id'] and 2 in written['eos_token_id']
+  # and the workdir's budget: HF's generate(**inputs) stopped at its own 20 new tokens.
+  assert written['max_new_tokens'] == workdir.load_config(str(tmp_path / 'wd')).eval[
+      'max_new_tokens'] == 96
+  assert not written['do_sample'] and written['repetition_penalty'] == 1.0
+
+
+@pytest.mark.parametrize('decoding, want', [
+    ('greedy', {}),
+    ('sample', {'do_sample': True, 'temperature': 0.7, 'top_k': 0, 'top_p': 0.9}),
+    ('beam', {'num_beams': 3, 'length_penalty': 1.0, 'early_stopping': 'never'}),
+])
+def test_the_generation_config_decodes_as_eval_does(decoding, want):
+  """XrayGPT samples with top_p 0.9: the export said do_sample false. top_k 0 is written
+  (HF's default would be 50); HF accepts every field set."""
+  from radjax.convert import export
+  from radjax.core import defaults
+  ev = defaults.get_config().eval
+  ev.decoding, ev.temperature, ev.top_p, ev.num_beams = decoding, 0.7, 0.9, 3
+  ev.early_stopping, ev.max_new_tokens = 'never', 300
+  fields = export.decoding_fields(ev)
+  assert fields == {'max_new_tokens': 300, 'repetition_penalty': 1.0, **want}
+  transformers.GenerationConfig(**fields).validate(strict=True)
 
 
 def test_an_export_without_a_tokenizer_names_no_token_ids(tmp_path):

@@ -196,7 +196,8 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
   # greedy pick could otherwise be one, and the reports would part.
   suppress = chat.never_generated(tokenizer, config.model.llm.vocab_size, kind == 'vlm')
   _write_generation_config(out, {**extra, 'stop_strings': stop_strings or None,
-                                 'suppress_tokens': list(suppress) or None})
+                                 'suppress_tokens': list(suppress) or None,
+                                 **decoding_fields(config.eval)})
 
 
 def _adds_bos(tokenizer) -> bool:
@@ -214,6 +215,20 @@ def _add_bos_on_encode(tokenizer) -> None:
   from tokenizers import processors
   tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
       single=f'{bos} $A', pair=f'{bos} $A {bos} $B', special_tokens=[(bos, bos_id)])
+
+
+def decoding_fields(ev) -> dict:
+  """config.eval's decoding as HF's generation_config fields, so `generate(**inputs)`
+  decodes as radjax's eval does (without them HF stops at 20 new tokens, greedy)."""
+  out = {'max_new_tokens': ev.max_new_tokens, 'repetition_penalty': ev.repetition_penalty}
+  if ev.decoding == 'sample' and ev.temperature > 0:  # temperature 0 samples greedily
+    # top_k 0 is off in both; HF's own default would be 50.
+    out.update(do_sample=True, temperature=ev.temperature, top_k=ev.top_k, top_p=ev.top_p)
+  elif ev.decoding == 'beam':
+    stopping = {'false': False, 'true': True, 'never': 'never'}[ev.early_stopping]
+    out.update(num_beams=ev.num_beams, length_penalty=ev.length_penalty,
+               early_stopping=stopping)
+  return out
 
 
 def _write_generation_config(out: str, token_fields: dict) -> None:
