@@ -410,3 +410,30 @@ def test_llava_format_gives_the_ids_of_llava_15s_hf_chat_template(bpe_json, tmp_
   assert ids == tok(full.removesuffix(' '))['input_ids'] + [tok.eos_token_id]
   trained = [i for i, w in zip(ids, weights) if w]
   assert tok.decode(trained).strip() == 'Yes, on the left. No.</s>'
+
+
+@pytest.mark.parametrize('fmt', ['chatml', 'dolly'])
+def test_an_exported_vlm_prompt_of_a_format_without_bos_gets_none(tmp_path, fmt):
+  """A Llava processor encodes the rendered prompt with the tokenizer's specials: a LLaMA
+  tokenizer then prefixed chatml's and dolly's prompt with <s>, which radjax's ids lack.
+  The export's tokenizer adds none for such a format, also once saved and loaded."""
+  import transformers
+
+  from radjax.convert import export
+  folder = _sentencepiece_dir(tmp_path)
+  settings = json.loads((tmp_path / 'tokenizer_config.json').read_text())
+  (tmp_path / 'tokenizer_config.json').write_text(json.dumps({**settings,
+                                                              'add_bos_token': True}))
+  tok = chat.prepare_tokenizer(tokens.load_tokenizer(folder), chat.get_format(fmt), True)
+  assert tok('Hi')['input_ids'][0] == tok.bos_token_id  # LLaMA's tokenizer adds it
+  ours = chat.ConversationEncoder(tok, chat.get_format(fmt), image_tokens=1).prompt(
+      [{'role': 'user', 'text': '<image> Hi'}], 1)
+  export._no_bos_on_encode(tok)
+  tok.chat_template = chat.chat_template(chat.get_format(fmt), '', bos=False)
+  tok.save_pretrained(tmp_path / 'out')
+  back = transformers.AutoTokenizer.from_pretrained(tmp_path / 'out')
+  text = back.apply_chat_template([{'role': 'user', 'content': [
+      {'type': 'image'}, {'type': 'text', 'text': ' Hi'}]}], add_generation_prompt=True,
+      tokenize=False)
+  theirs = back(text)['input_ids']
+  assert theirs[0] == ours[0] != tok.bos_token_id

@@ -173,7 +173,10 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
     logging.warning('no tokenizer found (config.data.tokenizer / data.dir); exported weights '
                     'only, with no bos/eos/pad ids in config.json')
     return
-  # A processor encodes the rendered prompt with the tokenizer's own specials.
+  # A processor encodes the rendered prompt with the tokenizer's own specials: a format
+  # that starts without BOS (chatml, dolly) must not get one from a LLaMA tokenizer.
+  if kind == 'vlm' and fmt.begin[:1] != (chat.BOS,) and _adds_bos(tokenizer):
+    _no_bos_on_encode(tokenizer)
   tokenizer.chat_template = chat.chat_template(
       fmt, config.data.system_prompt, bos=not (kind == 'vlm' and _adds_bos(tokenizer)))
   if kind == 'vlm' and vlm_cfg.anyres_grids:
@@ -229,6 +232,16 @@ def decoding_fields(ev) -> dict:
     out.update(num_beams=ev.num_beams, length_penalty=ev.length_penalty,
                early_stopping=stopping)
   return out
+
+
+def _no_bos_on_encode(tokenizer) -> None:
+  """`tokenizer(text)` adds no BOS, saved so (tokenizer_config's add_bos_token too, which
+  a LLaMA tokenizer rebuilds its post-processor from when loaded)."""
+  if hasattr(tokenizer, 'add_bos_token'):
+    tokenizer.add_bos_token = False
+  from tokenizers import processors
+  tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+      single='$A', pair='$A $B', special_tokens=[])
 
 
 def _write_generation_config(out: str, token_fields: dict) -> None:
