@@ -117,7 +117,11 @@ def main(argv):
     # What the user gave (a knob, a file, a workdir, a record; a path it cannot write; an
     # lr that diverges), named by the message: one line. --verbosity=1 logs the traceback.
     logging.debug('%s', traceback.format_exc())
-    sys.exit(f'error: {_config_file_error(str(e))}')
+    message = f'error: {_config_file_error(str(e))}'
+    # Into logs/process_<i>.log as well: on a pod, another host's error is otherwise only
+    # on its own terminal, while the rest wait in a collective until JAX gives up.
+    distributed.write_to_log_file(message)
+    sys.exit(message)
 
 
 def _config_file_error(message: str) -> str:

@@ -54,13 +54,17 @@ def test_errors_in_what_was_given_are_one_line(tmp_path, demo_data):
       ((f'--config.model.llm.init_from={tmp_path / "empty_dir"}',),
        "error: config.model.llm.init_from='" + str(tmp_path / 'empty_dir')
        + "': a directory without config.json"),
-      (('--config.data.image_std=(0.0,0.0,0.0)',), 'error: non-finite loss (nan)')]:
+      (('--config.data.image_std=(0.0,0.0,0.0)',),
+       'error: config.data.image_std=(0.0, 0.0, 0.0): finite numbers > 0'),
+      (('--config.data.image_mean=(1e38,1e38,1e38)',), 'error: non-finite loss (nan)')]:
     proc = _main_py(*args, tmp_path=tmp_path, data=demo_data)
     assert proc.returncode == 1, (args, proc.stderr[-2000:])
     assert proc.stderr.strip().splitlines()[-1].startswith(message), (args, proc.stderr[-500:])
-    assert 'Traceback' not in proc.stderr
+    assert 'Traceback' not in proc.stderr and proc.stderr.count(message) == 1
     if args == ('--mode=eval',):
       assert not (tmp_path / 'w').exists()  # a read-only mode wrote nothing
+    if 'non-finite' in message:  # a run's error in its log file too (a pod's other hosts)
+      assert message in (tmp_path / 'w' / 'logs' / 'process_0.log').read_text()
 
 
 def _config_error(config: str, tmp_path) -> list[str]:

@@ -133,3 +133,13 @@ def log_to_file(workdir: str) -> str:
   handler.setFormatter(logging.PythonFormatter())
   logger.addHandler(handler)
   return path
+
+
+def write_to_log_file(message: str) -> None:
+  """`message` as an ERROR line into this process's log file (log_to_file) alone: the
+  caller prints it to the terminal itself."""
+  logger = logging.get_absl_logger()
+  for handler in logger.handlers:
+    if isinstance(handler, std_logging.FileHandler):
+      handler.emit(logger.makeRecord(logger.name, std_logging.ERROR, __file__, 0, message,
+                                     None, None))

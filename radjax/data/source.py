@@ -200,7 +200,8 @@ def locate_errors(fn):
 
 class RecordLog:
   """The records one pipeline stepped over, by where they are -> why; shared by all of its
-  components, so max_skipped_records bounds the whole run."""
+  components, so max_skipped_records bounds the process's whole run (each process, and
+  each worker process, counts its own)."""
 
   def __init__(self, limit: int):
     self.limit = limit
