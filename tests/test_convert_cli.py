@@ -396,22 +396,29 @@ def test_conversions_never_write_over_a_workdir(converted, tmp_path, capsys):
   assert 'tokenizer.json is a file; choose a directory' in capsys.readouterr().err
 
 
-@pytest.mark.parametrize('fmt', ['vicuna', 'llava', 'chatml'])
+@pytest.mark.parametrize('fmt', ['vicuna', 'llava', 'chatml', 'caption', 'none'])
 def test_a_vlm_chat_format_survives_the_round_trip(converted, tmp_path, fmt, capsys):
   """to-hf writes the format as the chat template; from-hf reads it back (a VLM imported in
-  another format answers prompts it was never trained on). A template radjax has no
-  format for is said."""
+  another format answers prompts it was never trained on), and config.eval.stop_strings
+  from generation_config.json ('caption' and 'none' render one template: caption's stop at
+  '\\n' tells them apart; caption came back as none and ran on past the report's line). A
+  template radjax has no format for is said."""
   from radjax.convert import export
   c = converted('llava')
   config = c['config'].copy_and_resolve_references()
   _tokenizer_json(str(tmp_path / 'tok.json'), 300)
   config.data.tokenizer = str(tmp_path / 'tok.json')
   config.data.chat_format = fmt
+  config.eval.stop_strings = ('Impression:',) if fmt == 'chatml' else ()
   config.model.image_token_id = -1  # the tokenizer's <image>
   export.export_hf(config, c['params'], str(tmp_path / 'hf'))
   _cli('from-hf', '--family', 'llava', '--hf_dir', tmp_path / 'hf', '--out', tmp_path / 'wd')
-  assert workdir.load_config(str(tmp_path / 'wd')).data.chat_format == fmt
+  back = workdir.load_config(str(tmp_path / 'wd'))
+  assert back.data.chat_format == fmt
+  assert tuple(back.eval.stop_strings) == tuple(config.eval.stop_strings)
   assert 'chat template' not in capsys.readouterr().err
+  if fmt != 'vicuna':
+    return
 
   tok = transformers.AutoTokenizer.from_pretrained(tmp_path / 'hf')
   tok.chat_template = "{% for m in messages %}USER: {{ m['content'] }} {% endfor %}ASSISTANT:"

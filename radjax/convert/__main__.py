@@ -208,6 +208,25 @@ def _import_stop_tokens(config, tokenizer, hf_dir: str, hf_cfg) -> None:
   config.eval.stop_tokens = tuple(names)
 
 
+def _import_stop_strings(config, hf_dir: str) -> None:
+  """generation_config.json's stop_strings -> config.eval.stop_strings, less the chat
+  format's own; a VLM whose template reads as 'none' but stops at '\\n' is 'caption' (the
+  two render one template: only caption's turns end at '\\n', XrayGPT's stage 1)."""
+  from radjax.data import chat
+  path = os.path.join(hf_dir, 'generation_config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    strings = json.load(f).get('stop_strings') or []
+  strings = [strings] if isinstance(strings, str) else list(strings)
+  if config.model.kind == 'vlm' and config.data.chat_format == 'none' and '\n' in strings:
+    config.data.chat_format = 'caption'
+  own = chat.get_format(config.data.chat_format).stop_strings
+  extra = tuple(s for s in strings if s not in own)
+  if extra:
+    config.eval.stop_strings = extra
+
+
 def cmd_from_hf(args) -> None:
   from radjax.core import workdir
   _check_new_workdir(args.out)
@@ -237,6 +256,7 @@ def cmd_from_hf(args) -> None:
     if config.model.kind == 'vlm' and tokenizer is not None:
       _set_chat_format(config, tokenizer, args.hf_dir)
     _import_stop_tokens(config, tokenizer, args.hf_dir, hf_cfg)
+    _import_stop_strings(config, args.hf_dir)
   workdir.save_params(args.out, config, params)
   print(f'wrote {args.out} ({config.model.kind}, {export.count(params) / 1e6:.2f}M params)')
 
