@@ -738,3 +738,18 @@ def test_a_full_disk_names_the_file_and_keeps_what_was_written(tmp_path):
   with pytest.raises(OSError, match=re.escape(f"No space left on device: '{metrics}'")):
     writer.write_scalars(2, {'train/loss': 1.0})
   assert writers.read_rows(metrics) == [{'step': 1, 'train/loss': 2.0}]
+
+
+def test_a_second_run_on_a_training_workdir_is_refused(saved_workdir):
+  """Two runs on one workdir wrote over each other's checkpoints and metrics.jsonl (and a
+  restore raced the other's checkpoint retention). While one trains it holds the lock;
+  another is refused before it writes, and the lock goes with the first run."""
+  config, wd = saved_workdir
+  before = sorted(os.listdir(wd))
+  with workdir_lib.training_lock(wd):
+    holder = open(os.path.join(wd, workdir_lib.LOCK_FILE)).read()
+    assert holder.startswith(f'pid {os.getpid()} on ')
+    with pytest.raises(workdir_lib.WorkdirError, match=rf'another run \({holder}\) is '
+                       'training in this workdir'):
+      run_lib.main(config, wd, 'train')
+  assert sorted(os.listdir(wd)) == before  # nothing written, no lock left

@@ -4,9 +4,12 @@ Training writes one; `python -m radjax.convert from-hf` writes one too (a step-0
 checkpoint holding only params). Everything that reads a trained or imported model
 (`to-hf`, `--mode=eval|generate`, `init_from`) goes through here.
 """
+import contextlib
+import fcntl
 import json
 import os
 import re
+import socket
 
 import jax
 import ml_collections
@@ -16,6 +19,7 @@ from radjax.core import defaults as base
 from radjax.core import files
 
 CONFIG_FILE = 'config.json'
+LOCK_FILE = '.training.lock'  # held while a run trains in the workdir
 # The train state's leaves (path -> shape) the checkpoints hold, written when a run starts:
 # a knob outside the model that changes them (optim.clip_norm, a label head, ...) is then
 # an error naming it, not a checkpoint that "does not restore" and is set aside as damaged.
@@ -48,6 +52,38 @@ def check_local(workdir: str, knob: str = '--workdir') -> None:
     raise WorkdirError(f'{knob}={workdir}: a URL, not a path; radjax writes workdirs through '
                        'the local filesystem. Mount the bucket (e.g. gcsfuse, on every host) '
                        'and pass the mounted path')
+
+
+@contextlib.contextmanager
+def training_lock(workdir: str):
+  """Process 0 holds <workdir>/.training.lock (flock) while a run trains: a second run on
+  the workdir is refused, instead of writing over the first's checkpoints and metrics. A
+  filesystem without locks (some network mounts) goes unguarded."""
+  if jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  held = False
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      held = True
+    except BlockingIOError:
+      holder = os.read(fd, 200).decode(errors='replace').strip() or 'another process'
+      raise WorkdirError(f'{workdir}: another run ({holder}) is training in this workdir; '
+                         'wait for it to end, or choose another --workdir') from None
+    except OSError:
+      pass
+    if held:
+      os.ftruncate(fd, 0)
+      os.write(fd, f'pid {os.getpid()} on {socket.gethostname()}'.encode())
+    yield
+  finally:
+    if held:
+      os.unlink(path)  # before the lock goes with the descriptor
+    os.close(fd)
 
 
 def save_config(config, workdir: str) -> None:

@@ -34,7 +34,12 @@ def restore_or_keep(exp, ckpt: checkpoint_lib.Checkpointer, data_iterator=None):
 
 def train(config, workdir: str, task, devices=None) -> dict:
   """Runs (or resumes) `task` (radjax/tasks) to config.train.num_steps; returns the last
-  eval metrics."""
+  eval metrics. One run at a time in a workdir (workdir.training_lock)."""
+  with workdir_lib.training_lock(workdir):
+    return _train(config, workdir, task, devices)
+
+
+def _train(config, workdir: str, task, devices=None) -> dict:
   tc = config.train
   workdir_lib.check_resumable(config, workdir)  # before anything is written
   changed = workdir_lib.schedule_changes(config, workdir)
