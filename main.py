@@ -122,6 +122,11 @@ def main(argv):
     # on its own terminal, while the rest wait in a collective until JAX gives up.
     distributed.write_to_log_file(message)
     sys.exit(message)
+  except KeyboardInterrupt:  # Ctrl-C: the loop's cleanup has let queued saves finish
+    logging.debug('%s', traceback.format_exc())
+    print('interrupted; the same command resumes from the newest checkpoint',
+          file=sys.stderr)
+    sys.exit(130)
 
 
 def _config_file_error(message: str) -> str:

@@ -753,3 +753,29 @@ def test_a_second_run_on_a_training_workdir_is_refused(saved_workdir):
                        'training in this workdir'):
       run_lib.main(config, wd, 'train')
   assert sorted(os.listdir(wd)) == before  # nothing written, no lock left
+
+
+def test_ctrl_c_ends_a_run_with_one_line_and_it_resumes(demo_data, tmp_path):
+  """SIGINT mid-run: one line saying how to resume (it was two KeyboardInterrupt
+  tracebacks), exit 130, the lock released, and the rerun resumes from the checkpoint."""
+  from bench import kill_resume
+  workdir = str(tmp_path / 'run')
+  cmd = kill_resume.command(demo_data, workdir) + [
+      '--config.train.num_steps=100000', '--config.train.checkpoint_every=2',
+      '--config.train.eval_every=0', '--config.train.log_every=1']
+  proc = subprocess.Popen(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    assert kill_resume.wait_for(proc, lambda: len(kill_resume.losses(workdir)) >= 3), \
+        proc.stdout.read()[-3000:]
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 130, out[-3000:]
+  assert out.strip().splitlines()[-1] == (
+      'interrupted; the same command resumes from the newest checkpoint')
+  assert 'Traceback' not in out and not os.path.exists(
+      os.path.join(workdir, workdir_lib.LOCK_FILE))
+  assert checkpoint_lib.Checkpointer(workdir, 3, use_async=False).latest_step() >= 2
