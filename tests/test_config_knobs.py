@@ -154,6 +154,7 @@ def test_resize_crop_is_refused_where_it_would_be_ignored(task):
     ('eval.temperature', float('inf'), 'config.eval.temperature=inf must be finite'),
     ('eval.top_k', -1, 'config.eval.top_k=-1 must be >= 0'),
     ('optim.lr', 1e39, 'config.optim.lr=1e+39 is not a finite float32'),
+    ('eval.stop_strings', ('###', ''), "config.eval.stop_strings: '' cuts every answer"),
 ])
 def test_values_that_would_fail_later_are_named_first(knob, value, said):
   """A zero std trained one step into a NaN loss that blamed the learning rate; the
@@ -162,3 +163,17 @@ def test_values_that_would_fail_later_are_named_first(knob, value, said):
   section, key = knob.split('.')
   config[section][key] = value
   assert any(said in e for e in config_checks.errors(config)), config_checks.errors(config)
+
+
+@pytest.mark.parametrize('value', [-1, 2, 'ignore'])
+def test_a_classifiers_uncertain_policy_is_zero_or_one(value):
+  """task=classify took -1 as the uncertain labels' target: the label loss had no lower
+  bound (logit -50: loss -50); the VLM path refused it already."""
+  from radjax.data import labels
+  config = defaults.get_config()
+  config.data.label_names = ('Cardiomegaly', 'Edema')
+  config.data.task_options = {'uncertain_as': value}
+  with pytest.raises(ValueError, match=r'config.data.task_options.uncertain_as=.*: 0 .* or 1'):
+    labels.from_config(config.data)
+  config.data.task_options = {'uncertain_as': 0}
+  assert labels.from_config(config.data).uncertain_as == 0

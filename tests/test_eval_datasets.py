@@ -181,3 +181,14 @@ def test_two_evaluators_score_two_datasets(demo_data, tmp_path):
   drawn = {f'other-{i}' for i in eval_sets.subset(5, 3, 1)}
   assert len(vqa) == 3 and {r['id']: r['reference'] for r in vqa} == references(
       other, 'vqa', drawn)
+
+
+def test_the_labels_evaluator_on_a_task_without_label_predictions_is_named(dirs):
+  """A VLM with the auxiliary label head passed names() and crashed at the first
+  evaluation ('ImageTextToText' has no predict)."""
+  config = _config(dirs)
+  config.eval.evaluators = ('loss', 'labels')
+  with pytest.raises(ValueError, match=r"'labels' scores a finding classifier"):
+    evaluators.names(config, TASK)
+  classifier = types.SimpleNamespace(evaluators=('labels',), predict=lambda *a: None)
+  assert evaluators.names(config, classifier) == ('loss', 'labels')

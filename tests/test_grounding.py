@@ -212,3 +212,29 @@ def test_anatomical_grounding_scores_chest_imagenome_regions():
   assert score([wrong], [ref], [example])['anatomical_grounding_mAP@0.5'] == 0.0
   assert score(['At [0.10, 0.10, 0.40, 0.80].'], [ref],
                [example])['anatomical_grounding_mAP@0.5'] == 1.0
+
+
+def test_phrase_grounding_scores_the_box_whatever_finding_the_answer_names():
+  """MS-CXR: the phrase is given, its box is asked. An answer echoing the phrase ('The left
+  lower lobe consolidation is at ...') or naming the finding scored 0 with the exact box,
+  its class read from the name against the unnamed reference."""
+  from radjax.data import instructions
+  from radjax.eval.evaluators.instruction import SCORERS
+  example = {'id': 'x', 'boxes': [{'box': [0.1, 0.2, 0.4, 0.6], 'label': 'Pneumonia',
+                                   'phrase': 'left lower lobe consolidation'}]}
+  ref = instructions.reference(instructions.phrase_grounding(example, None,
+                                                             instructions.Options()))[1]
+  score = SCORERS['phrase_grounding'][1]
+  for answer in (ref, 'The left lower lobe consolidation is at [0.10, 0.20, 0.40, 0.60].',
+                 'Pneumonia at [0.10, 0.20, 0.40, 0.60].'):
+    assert score([answer], [ref], [example])['phrase_grounding_mAP@0.5'] == 1.0, answer
+  assert score(['Pneumonia at [0.50, 0.20, 0.90, 0.60].'], [ref],
+               [example])['phrase_grounding_mAP@0.5'] == 0.0
+
+
+@pytest.mark.parametrize('answer, want', [
+    ('"Yes"', True), ("'No'", False), ('"Yes."', True), ('Yes?', True), ('(Yes)', True),
+    ('**No**', False), ('Yes, there is.', True), ('Maybe.', None), ('', None)])
+def test_vqa_reads_a_quoted_or_marked_up_answer(answer, want):
+  from radjax.eval.evaluators import instruction
+  assert instruction._yes(answer) is want

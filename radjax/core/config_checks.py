@@ -67,6 +67,8 @@ def errors(config) -> list[str]:
     bad = [p for p in value or () if not (isinstance(p, (tuple, list)) and len(p) == 2)]
     if bad:
       out.append(f'config.{knob}: expected (key, value) pairs, got {bad[0]!r}')
+  if '' in (_get(config, 'eval.stop_strings') or ()):
+    out.append("config.eval.stop_strings: '' cuts every answer to nothing")
   lr = _get(config, 'optim.lr')
   if _number(lr) and not abs(lr) <= FLOAT32_MAX:
     out.append(f'config.optim.lr={lr!r} is not a finite float32')

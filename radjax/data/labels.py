@@ -76,6 +76,9 @@ def from_config(data_cfg, grid: int = 0) -> LabelTargets | None:
   if not names:
     return None
   uncertain = dict(data_cfg.get('task_options', {}) or {}).get('uncertain_as', 1)
+  if uncertain not in (0, 1) or isinstance(uncertain, bool):  # -1 made the loss unbounded
+    raise ValueError(f'config.data.task_options.uncertain_as={uncertain!r}: 0 (uncertain is '
+                     'negative, U-Zeros) or 1 (positive, U-Ones)')
   names = check_names(names)
   if not float(data_cfg.get('box_token_weight', 0.0)):
     return LabelTargets(names, int(uncertain))

@@ -21,6 +21,10 @@ def names(config, task) -> tuple[str, ...]:
   unknown = [n for n in names if n not in EVALUATORS]
   if unknown:
     raise ValueError(f'config.eval.evaluators: {unknown} not in {sorted(EVALUATORS)}')
+  if 'labels' in names and task is not None and not hasattr(task, 'predict'):
+    # (a VLM's auxiliary label head is trained, not scored: it failed at the first eval)
+    raise ValueError("config.eval.evaluators: 'labels' scores a finding classifier "
+                     "(config.task='classify'); this task has no label predictions")
   eval_sets.check(config, EVALUATORS)
   return names
 

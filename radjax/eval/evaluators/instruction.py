@@ -30,7 +30,10 @@ def _classification(generated, references, examples) -> dict:
   return classification.classification_scores(generated, truth)
 
 
-def _grounding(prefix: str):
+def _grounding(prefix: str, by_class: bool = True):
+  """by_class=False (phrase grounding: the phrase is given, its box is what is asked):
+  boxes match whatever finding the answer names (one that echoed the phrase, 'The left
+  lower lobe consolidation is at [...]', scored 0 against the unnamed reference)."""
   def score(generated, references, examples) -> dict:
     # Every class the records' boxes have is a name to read (VinDr-CXR's own classes are
     # no CheXpert observation): a box answered with another class is read as that class.
@@ -38,6 +41,9 @@ def _grounding(prefix: str):
                      - {''})
     refs = [grounding.parse_boxes(r, classes)[0] for r in references]
     preds = [grounding.parse_prediction(g, ref, classes)[0] for g, ref in zip(generated, refs)]
+    if not by_class:
+      refs, preds = ([[{**b, 'label': ''} for b in row] for row in rows]
+                     for rows in (refs, preds))
     out = grounding.grounding_scores(preds, refs)
     return {k.replace('grounding_', f'{prefix}_', 1): v for k, v in out.items()
             if '/' not in k}
@@ -45,10 +51,10 @@ def _grounding(prefix: str):
 
 
 def _yes(text: str) -> bool | None:
-  words = text.strip().lower().lstrip('"\'').split()
+  words = text.strip().lower().split()
   if not words:
     return None
-  first = words[0].strip('.,;:!')
+  first = words[0].strip('.,;:!?()[]*"\'`…')  # '"Yes."', '(Yes)', '**Yes**', 'Yes?'
   return True if first == 'yes' else False if first == 'no' else None
 
 
@@ -66,7 +72,7 @@ SCORERS = {
     'grounding': ('abnormality_grounding', _grounding('grounding')),
     'anatomical_grounding': ('anatomical_grounding', _grounding('anatomical_grounding')),
     'detection': ('detection', _grounding('detection')),
-    'phrase_grounding': ('phrase_grounding', _grounding('phrase_grounding')),
+    'phrase_grounding': ('phrase_grounding', _grounding('phrase_grounding', by_class=False)),
     'vqa': ('vqa', _vqa),
 }
 
