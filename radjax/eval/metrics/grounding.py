@@ -20,7 +20,8 @@ AP is per class at one IoU threshold, COCO-style matching (by descending confide
 each prediction takes the best still-unmatched reference box of its class and image
 when IoU >= threshold) and all-point interpolation (VOC 2010+; "coco101" gives
 pycocotools' 101-point variant). Text carries no confidences, so a box's confidence is
-its order of appearance in its report, ties broken by row order. Classes with no
+its order of appearance among its report's boxes of its class (a report's first box of
+each class ranks first), ties broken by row order. Classes with no
 reference box are left out of mAP (torchmetrics and pycocotools do the same).
 """
 
@@ -150,7 +151,8 @@ def grounding_scores(predictions: list[list[dict]], references: list[list[dict]]
   """Flat grounding metrics over rows of predicted and reference boxes.
 
   Each box is {"label", "box": [x1, y1, x2, y2]} with an optional "score" (higher is
-  more confident; absent: order of appearance). Keys, t = iou_threshold:
+  more confident; absent: order of appearance among the row's boxes of its class). Keys,
+  t = iou_threshold:
     grounding_mAP@t, grounding_AP@t/<class>   all-point AP; classes with references
     grounding_precision@t, grounding_recall@t over all boxes, same matching
     grounding_mean_iou   IoU of one-to-one same-class pairs, unmatched boxes scoring 0
