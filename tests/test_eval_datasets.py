@@ -192,3 +192,19 @@ def test_the_labels_evaluator_on_a_task_without_label_predictions_is_named(dirs)
     evaluators.names(config, TASK)
   classifier = types.SimpleNamespace(evaluators=('labels',), predict=lambda *a: None)
   assert evaluators.names(config, classifier) == ('loss', 'labels')
+
+
+def test_vqa_asks_each_record_one_question_whatever_vqa_questions_trains(demo_data,
+                                                                         monkeypatch):
+  """With task_options.vqa_questions=3 the scored prompt held two earlier questions and
+  their reference answers (labels of related findings) before the scored one."""
+  from radjax.core import defaults
+  from radjax.eval.evaluators import answers, instruction
+  monkeypatch.setattr(answers, 'Answerer', lambda exp: None)  # no model: prompts only
+  config = defaults.get_config()
+  config.data.dir, config.eval.num_generate = demo_data, 8
+  config.data.task_options.vqa_questions = 3
+  ev = instruction.InstructionEvaluator(types.SimpleNamespace(config=config), 'val', 'vqa')
+  assert len(ev.items) == 8
+  for _, prompt, answer in ev.items:
+    assert [t['role'] for t in prompt] == ['user'] and answer in ('Yes.', 'No.')

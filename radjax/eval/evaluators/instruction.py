@@ -13,6 +13,7 @@ writes labels and boxes so the metric parsers read them back exactly).
 
 Each reads the default eval dataset or its own (config.eval.datasets, eval_sets.py).
 """
+import dataclasses
 import functools
 import json
 import os
@@ -85,6 +86,9 @@ class InstructionEvaluator:
     self.eval_set = eval_sets.resolve(exp.config, name, split)
     self.options = instructions.options_from_config(
         exp.config.data.task_options, exp.config.data.get('codebook_size', 0))
+    # One question a record: with vqa_questions > 1 the prompt held the earlier questions'
+    # reference answers (labels of related findings) before the one scored.
+    self.options = dataclasses.replace(self.options, vqa_questions=1)
     self.answerer = answers.Answerer(exp)
 
   @functools.cached_property
