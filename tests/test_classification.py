@@ -15,7 +15,7 @@ def test_parse_radvlm_answer():
 
 
 def test_parse_separators_synonyms_negation_and_unknowns():
-  labels, unknown = cl.parse_labels('Nodule; enlarged heart\nno edema, weird thing', VOCAB)
+  labels, unknown = cl.parse_labels('Nodule; enlarged heart\nno edema; weird thing', VOCAB)
   # Synonyms through the labeler's mention patterns; the negated item asserts nothing.
   assert labels == ['Lung Lesion', 'Cardiomegaly']
   assert unknown == ['weird thing']
@@ -27,6 +27,25 @@ def test_parse_separators_synonyms_negation_and_unknowns():
   # Duplicates collapse; a vocabulary name inside a longer item is found.
   assert cl.parse_labels('edema, Edema, small left pleural effusion', VOCAB)[0] == [
       'Edema', 'Pleural Effusion']
+
+
+@pytest.mark.parametrize('answer, want', [
+    # A negation covers the rest of its clause (radiology's "No X, Y, or Z."), and no further.
+    ('There is no pneumothorax.', []),
+    ('No pleural effusion or pneumothorax.', []),
+    ('No focal consolidation, pleural effusion, or edema.', []),
+    ('Negative for edema and consolidation.', []),
+    ('Cardiomegaly. No pleural effusion or pneumothorax.', ['Cardiomegaly']),
+    ('Cardiomegaly without edema.', ['Cardiomegaly']),
+    ('There is cardiomegaly with no edema.', ['Cardiomegaly']),
+    ('Pneumothorax is not seen; edema.', ['Edema']),
+    ('No edema but a pleural effusion.', ['Pleural Effusion']),
+])
+def test_negated_findings_in_free_text_answers_assert_nothing(answer, want):
+  """A base or converted model's answers: each of these read its negated findings as
+  present (only an item starting with 'no' was negated)."""
+  vocab = VOCAB + ['Pneumothorax', 'Consolidation']
+  assert cl.parse_labels(answer, vocab)[0] == want
 
 
 def test_parse_without_vocabulary_keeps_items():

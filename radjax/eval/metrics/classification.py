@@ -5,8 +5,10 @@ Edema and Pleural Effusion." Text up to a colon is dropped, the rest is split on
 commas, semicolons, newlines, " and " and " or "; each item is matched
 case-insensitively to a vocabulary name, else to every vocabulary name it contains,
 else to the CheXpert observations the labeler's mention patterns find ("enlarged
-heart" -> Cardiomegaly). Negated items ("no pneumothorax") and "none" / "no
-abnormalities" assert no label. Items matching nothing are returned as unknown (and
+heart" -> Cardiomegaly). Negated items assert no label: from a negation on to the end of
+its clause (a sentence, or up to ";" or "but": "There is no pneumothorax or effusion",
+"cardiomegaly without edema"), or one ending "is not seen" / "absent"; so do "none" /
+"no abnormalities". Items matching nothing are returned as unknown (and
 kept, lower-cased, when there is no vocabulary).
 
 Averages (sklearn's definitions): per-label and macro with 0/0 = 0 (sklearn's
@@ -25,23 +27,40 @@ from radjax.data.schema import CHEXPERT_OBSERVATIONS
 from radjax.eval.metrics import labeler
 from radjax.eval.metrics.clinical import prf
 
-_SPLIT = re.compile(r'[,;\n]|\band\b|\bor\b|&', re.IGNORECASE)
+# A negation covers the rest of its clause ("no pneumothorax or effusion"), never the next.
+_CLAUSE = re.compile(r'\.(?=\s|$)|[;\n]|\bbut\b|\bhowever\b', re.IGNORECASE)
+_SPLIT = re.compile(r',|\band\b|\bor\b|\bnor\b|&|\bwith\b|(?=\bwithout\b)', re.IGNORECASE)
 _STRIP = " \t.\"'`*-•()"
+_THERE = re.compile(r'^there\s+(?:is|are|was|were)\s+', re.IGNORECASE)
 _ARTICLE = re.compile(r'^(?:a|an|the|some|mild|small|moderate|large|possible)\s+', re.IGNORECASE)
-_NEGATED = re.compile(r'^(?:no|not|without|negative\s+for|absence\s+of)\b', re.IGNORECASE)
+_NEGATED = re.compile(r'^(?:no|not|without|negative\s+for|absence\s+of|free\s+of)\b',
+                      re.IGNORECASE)
+# "pneumothorax is not seen", "edema absent": this item only.
+_NEGATED_AFTER = re.compile(r'\s+(?:(?:is|are)\s+)?(?:not\s+(?:seen|present|identified|'
+                            r'visible|evident|noted)|absent|ruled\s+out|excluded)$',
+                            re.IGNORECASE)
 _NONE = re.compile(r'^(?:none|nothing|normal|no(?:\s+\w+)?\s+(?:abnormalit\w*|findings?|lesions?'
                    r'|disease|pathology))$|^no$', re.IGNORECASE)
 
 
-def _items(text: str) -> list[str]:
+def _items(text: str) -> list[tuple[str, bool]]:
+  """(item, negated) in order: a clause's items from its first negated one on are
+  negated, and an item ending in "is not seen" / "absent" is."""
   body = (text or '').split(':', 1)[-1] if ':' in (text or '') else (text or '')
   items = []
-  for raw in _SPLIT.split(body):
-    item = raw.strip(_STRIP)
-    while _ARTICLE.match(item):
-      item = _ARTICLE.sub('', item, count=1).strip(_STRIP)
-    if item:
-      items.append(item)
+  for clause in _CLAUSE.split(body):
+    negated = False
+    for raw in _SPLIT.split(clause):
+      item = _THERE.sub('', raw.strip(_STRIP)).strip(_STRIP)
+      while _ARTICLE.match(item):
+        item = _ARTICLE.sub('', item, count=1).strip(_STRIP)
+      if not item:
+        continue
+      negated = negated or bool(_NEGATED.match(item))
+      after = _NEGATED_AFTER.search(item)
+      if after:
+        item = item[:after.start()].strip(_STRIP)
+      items.append((item, negated or bool(after)))
   return items
 
 
@@ -49,9 +68,11 @@ def parse_labels(text: str, vocab=None) -> tuple[list[str], list[str]]:
   """(labels in order of first mention, unknown items) from a label-list answer."""
   names = {v.strip().lower(): v for v in (vocab or ()) if v and v.strip()}
   labels, unknown = [], []
-  for item in _items(text):
+  for item, negated in _items(text):
     low = item.lower()
-    if low not in names and (_NONE.match(low) or _NEGATED.match(low)):
+    # A name that reads as a negation itself ("No Finding") is that label.
+    named_negation = low in names and _NEGATED.match(low)
+    if (low not in names and _NONE.match(low)) or (negated and not named_negation):
       continue
     found = [names[low]] if low in names else [
         name for key, name in sorted(names.items(), key=lambda kv: -len(kv[0]))
