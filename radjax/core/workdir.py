@@ -74,8 +74,8 @@ def training_lock(workdir: str):
       holder = os.read(fd, 200).decode(errors='replace').strip() or 'another process'
       raise WorkdirError(f'{workdir}: another run ({holder}) is training in this workdir; '
                          'wait for it to end, or choose another --workdir') from None
-    except OSError:
-      pass
+    except OSError:  # no locks on this filesystem (some network mounts): unguarded
+      held = False
     if held:
       os.ftruncate(fd, 0)
       os.write(fd, f'pid {os.getpid()} on {socket.gethostname()}'.encode())
