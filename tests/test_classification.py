@@ -40,6 +40,11 @@ def test_parse_separators_synonyms_negation_and_unknowns():
     ('There is cardiomegaly with no edema.', ['Cardiomegaly']),
     ('Pneumothorax is not seen; edema.', ['Edema']),
     ('No edema but a pleural effusion.', ['Pleural Effusion']),
+    # "name: value" pairs: each its own label or negation (the colon was read as a preamble).
+    ('Cardiomegaly: present; Edema: absent', ['Cardiomegaly']),
+    ('Findings: Cardiomegaly: yes, Edema: no, Pneumothorax: 1', ['Cardiomegaly', 'Pneumothorax']),
+    ('Edema: negative.\nPleural Effusion: Positive.', ['Pleural Effusion']),
+    ('Impression: no pneumothorax. Cardiomegaly.', ['Cardiomegaly']),
 ])
 def test_negated_findings_in_free_text_answers_assert_nothing(answer, want):
   """A base or converted model's answers: each of these read its negated findings as

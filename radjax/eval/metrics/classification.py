@@ -1,7 +1,9 @@
 """Multi-label classification metrics: label lists parsed from text, P/R/F1 per label.
 
 Answers look like RadVLM's "The following abnormalities are identified: Cardiomegaly,
-Edema and Pleural Effusion." Text up to a colon is dropped, the rest is split on
+Edema and Pleural Effusion." A "name: value" pair ("Cardiomegaly: present; Edema:
+absent", values present/absent, yes/no, positive/negative, true/false, 1/0) reads as the
+name or its negation; then text up to a colon is dropped, the rest is split on
 commas, semicolons, newlines, " and " and " or "; each item is matched
 case-insensitively to a vocabulary name, else to every vocabulary name it contains,
 else to the CheXpert observations the labeler's mention patterns find ("enlarged
@@ -43,10 +45,24 @@ _NONE = re.compile(r'^(?:none|nothing|normal|no(?:\s+\w+)?\s+(?:abnormalit\w*|fi
                    r'|disease|pathology))$|^no$', re.IGNORECASE)
 
 
+_VALUE_POSITIVE = ('present', 'positive', 'yes', 'true', '1')
+_KEY_VALUE = re.compile(r'([^:;,\n]+?)\s*:\s*(present|positive|yes|true|1|absent|not\s+present|'
+                        r'negative|no|false|0|none)\s*(?=[;,\n.]|$)', re.IGNORECASE)
+
+
+def _key_values(text: str) -> str:
+  """'Cardiomegaly: present; Edema: absent' -> 'Cardiomegaly; no Edema;'."""
+  def pair(match):
+    positive = match.group(2).lower() in _VALUE_POSITIVE
+    return f'{match.group(1)};' if positive else f'no {match.group(1).strip()};'
+  return _KEY_VALUE.sub(pair, text)
+
+
 def _items(text: str) -> list[tuple[str, bool]]:
   """(item, negated) in order: a clause's items from its first negated one on are
   negated, and an item ending in "is not seen" / "absent" is."""
-  body = (text or '').split(':', 1)[-1] if ':' in (text or '') else (text or '')
+  text = _key_values(text or '')
+  body = text.split(':', 1)[-1] if ':' in text else text
   items = []
   for clause in _CLAUSE.split(body):
     negated = False
