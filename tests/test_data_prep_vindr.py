@@ -144,6 +144,35 @@ def test_hostile_dicom_headers_are_one_line_naming_the_file():
       dicom.read_dicom(entry(**changes), 'bad.dcm')
 
 
+def test_deflated_dicom_bomb_refused_before_it_inflates(monkeypatch):
+  """Deflated Explicit VR: pydicom inflates the whole dataset before its header is read,
+  so 100 MB of zero pixels (~100 KB on disk) took 100 MB before the pixel-count check;
+  a real deflated file (pydicom's image_dfl.dcm) still reads."""
+  from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+  from radjax.data import dicom as radjax_dicom
+  from radjax.data import image_files
+  test_files = os.path.join(os.path.dirname(pydicom.__file__), 'data', 'test_files')
+  with open(os.path.join(test_files, 'image_dfl.dcm'), 'rb') as f:
+    assert image_files.image_entry(f.read(), 'image_dfl.dcm')['format'] == 'png'
+  pixels = np.zeros((2000, 2000), np.uint16)
+  pixels[:10, :10] = 4000
+  ds = pydicom.dcmread(io.BytesIO(make_dicom(pixels)))
+  ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+  buf = io.BytesIO()
+  ds.save_as(buf, enforce_file_format=True)
+  bomb = buf.getvalue()
+  assert len(bomb) < 20_000  # 8 MB of pixels
+  monkeypatch.setattr(radjax_dicom, 'INFLATED_MAX_BYTES', 1 << 20)
+  with pytest.raises(image_files.ImageFileError, match='^bomb.dcm: a deflated DICOM inflating '
+                     'past 1,048,576 bytes'):
+    image_files.image_entry(bomb, 'bomb.dcm')
+  with pytest.raises(Reject, match='bomb.dcm: a deflated DICOM'):
+    dicom.read_dicom(bomb, 'bomb.dcm')
+  monkeypatch.setattr(radjax_dicom, 'INFLATED_MAX_BYTES', 16 << 20)
+  assert image_files.image_entry(bomb, 'bomb.dcm')['format'] == 'png'
+
+
 def test_wbf_fuses_per_class_above_iou():
   boxes = [[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.6], [0.7, 0.7, 0.9, 0.9], [0.1, 0.1, 0.5, 0.5]]
   labels = ['Cardiomegaly', 'Cardiomegaly', 'Cardiomegaly', 'Aortic enlargement']

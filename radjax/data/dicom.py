@@ -16,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import zlib
 
 import numpy as np
 import pydicom
+from pydicom import filereader
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from radjax.data import images
@@ -26,12 +28,16 @@ from radjax.data.schema import SchemaError
 
 MIN_SIDE = 8
 GREYSCALE = ('MONOCHROME1', 'MONOCHROME2')
+# A deflated dataset is inflated whole before its header can be read: bound it first (a
+# 1 MB file of zeros inflates to 1 GB). Real DICOM deflates 2-10x.
+INFLATED_MAX_BYTES, INFLATED_MAX_RATIO = 256 << 20, 64
 
 
 def read_dataset(data: bytes, where: str) -> pydicom.Dataset:
   """DICOM bytes -> dataset with pixel data."""
   if not data:
     raise SchemaError(f'{where}: empty file')
+  _check_inflated_size(data, where)
   try:
     ds = pydicom.dcmread(io.BytesIO(data))
   except Exception as e:  # pydicom raises many types for foreign bytes
@@ -39,6 +45,32 @@ def read_dataset(data: bytes, where: str) -> pydicom.Dataset:
   if 'PixelData' not in ds:
     raise SchemaError(f'{where}: DICOM has no pixel data')
   return ds
+
+
+def _check_inflated_size(data: bytes, where: str) -> None:
+  """Refuses a Deflated Explicit VR file that inflates past the bound, counting in 1 MB
+  pieces rather than holding them."""
+  fp = io.BytesIO(data)
+  try:
+    filereader.read_preamble(fp, False)
+    meta = filereader._read_file_meta_info(fp)  # pylint: disable=protected-access
+  except Exception:  # no file meta: dcmread names what is wrong
+    return
+  if meta.get('TransferSyntaxUID') != pydicom.uid.DeflatedExplicitVRLittleEndian:
+    return
+  limit = max(INFLATED_MAX_BYTES, INFLATED_MAX_RATIO * len(data))
+  inflater, pending, total = zlib.decompressobj(-zlib.MAX_WBITS), data[fp.tell():], 0
+  try:
+    while not inflater.eof:
+      piece = inflater.decompress(pending, 1 << 20)
+      total, pending = total + len(piece), inflater.unconsumed_tail
+      if total > limit:
+        raise SchemaError(f'{where}: a deflated DICOM inflating past {limit:,} bytes from '
+                          f'{len(data):,} (a decompression bomb?)')
+      if not piece and not pending:
+        break
+  except zlib.error as e:
+    raise SchemaError(f'{where}: not a readable DICOM: its deflated data: {e}') from e
 
 
 @contextlib.contextmanager
