@@ -121,12 +121,20 @@ def main(argv):
     # Into logs/process_<i>.log as well: on a pod, another host's error is otherwise only
     # on its own terminal, while the rest wait in a collective until JAX gives up.
     distributed.write_to_log_file(message)
-    sys.exit(message)
+    distributed.exit_failed(message)
   except KeyboardInterrupt:  # Ctrl-C: the loop's cleanup has let queued saves finish
     logging.debug('%s', traceback.format_exc())
     print('interrupted; the same command resumes from the newest checkpoint',
           file=sys.stderr)
     sys.exit(130)
+  except Exception:  # pylint: disable=broad-except
+    # A failure of the run itself (a bug; a collective whose peer process died): its
+    # traceback; a multi-process run's processes then leave at once (exit_failed).
+    if not distributed.is_multi_process():
+      raise
+    message = traceback.format_exc().rstrip()
+    distributed.write_to_log_file(message)
+    distributed.exit_failed(message)
 
 
 def _config_file_error(message: str) -> str:

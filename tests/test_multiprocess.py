@@ -246,6 +246,31 @@ def test_sigterm_to_one_process_saves_and_the_relaunch_continues(
   assert _losses(wd) == _losses(one_process_8_devices)
 
 
+@pytest.mark.slow  # 2-4 min (two processes compile); the old code took ~10 min to end
+def test_an_error_in_one_process_ends_every_process_of_the_run(demo_data, tmp_path):
+  """Process 1 fails after step 3 (its profiler trace's folder is a file). It used to wait
+  at JAX's shutdown barrier (300 s) while process 0 waited for it in the step's
+  collective, then both aborted after ~10 minutes; now process 1 leaves at once and JAX's
+  heartbeat check (100 s) ends process 0."""
+  wd = str(tmp_path / 'w')
+  os.makedirs(wd)
+  open(os.path.join(wd, 'process_1'), 'w').close()
+  runs = _start(demo_data, wd, extra=('--config.train.profile_first_step=3',
+                                      '--config.train.profile_steps=1'))
+  start = time.monotonic()
+  runs[1][0].wait(timeout=420)
+  failed_at = time.monotonic() - start
+  try:
+    runs[0][0].wait(timeout=200)
+  finally:
+    for proc, _ in runs:
+      if proc.poll() is None:
+        proc.kill()
+  assert time.monotonic() - start - failed_at < 160
+  assert runs[1][0].returncode == 1 and runs[0][0].returncode != 0
+  assert 'process_1 is not a directory' in _output(runs[1])
+
+
 def test_process_group_from_flags_or_environment(monkeypatch):
   for key in ('RADJAX_DISTRIBUTED', 'RADJAX_COORDINATOR', 'RADJAX_NUM_PROCESSES',
               'RADJAX_PROCESS_ID'):

@@ -12,6 +12,7 @@ import errno
 import logging as std_logging
 import os
 import socket
+import sys
 
 import jax
 from absl import logging
@@ -143,3 +144,21 @@ def write_to_log_file(message: str) -> None:
     if isinstance(handler, std_logging.FileHandler):
       handler.emit(logger.makeRecord(logger.name, std_logging.ERROR, __file__, 0, message,
                                      None, None))
+
+
+def is_multi_process() -> bool:
+  return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+def exit_failed(message: str) -> None:
+  """Ends this process with `message` on stderr and exit status 1. In a multi-process run
+  it leaves at once: sys.exit's clean shutdown waits at JAX's shutdown barrier (300 s)
+  while the other processes wait on this one in a collective; gone, their collectives fail
+  (CPU) or JAX's heartbeat check (100 s) ends them."""
+  if not is_multi_process():
+    sys.exit(message)
+  print(message, file=sys.stderr)
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(1)
