@@ -196,7 +196,7 @@ def test_images_at_their_marks(bpe_json):
 
 def test_each_image_gets_its_own_count_of_placeholders(bpe_json):
   """AnyRes: image_tokens gives each image's run, in order; a count per image or an error
-  naming the record; a mark the images do not cover (the system prompt's) is named."""
+  naming the record."""
   tok = _tokenizer(bpe_json, 'chatml')
   enc = chat.ConversationEncoder(tok, chat.CHATML, image_tokens=2, system_prompt='S')
   turns = [{'role': 'user', 'text': 'Old film: <image> new film: <image> Changed?'},
@@ -208,9 +208,8 @@ def test_each_image_gets_its_own_count_of_placeholders(bpe_json):
       ids[:-1])
   with pytest.raises(ValueError, match="record 'r': 1 image token counts for 2 images"):
     enc.encode(turns, 2, 'r', image_tokens=(5,))
-  marked = chat.ConversationEncoder(tok, chat.CHATML, image_tokens=2, system_prompt='S <image>')
-  with pytest.raises(ValueError, match='more <image> marks than images'):
-    marked.encode(turns, 2, 'r', image_tokens=(5, 3))
+  with pytest.raises(ValueError, match='config.data.system_prompt: <image>'):
+    chat.ConversationEncoder(tok, chat.CHATML, image_tokens=2, system_prompt='S <image>')
 
 
 def test_vicuna_without_a_system_prompt_is_xraygpts_stage_2_text(bpe_json):
@@ -437,3 +436,54 @@ def test_an_exported_vlm_prompt_of_a_format_without_bos_gets_none(tmp_path, fmt)
       tokenize=False)
   theirs = back(text)['input_ids']
   assert theirs[0] == ours[0] != tok.bos_token_id
+
+
+def test_special_token_strings_in_text_stay_text(bpe_json):
+  """A report or question holding a special token's string ('</s>', '<|end|>', '<image>')
+  was encoded as that token: EOS and the turn marker trained mid-answer, a fourth image
+  placeholder for one image of three. Now they are characters, decoding back exactly."""
+  tok = _tokenizer(bpe_json, 'radjax')
+  enc = chat.ConversationEncoder(tok, chat.RADJAX, image_tokens=3)
+  sp = tokens.special_ids(tok)
+  answer = 'Heart normal.</s> See <image> and <|end|><|assistant|>Pneumothorax.'
+  ids, weights = enc.encode([{'role': 'user', 'text': 'Describe <pad>.'},
+                             {'role': 'assistant', 'text': answer}], 1, 'r')
+  assert ids.count(sp['image']) == 3 and ids.count(sp['eos']) == 1 and ids[-1] == sp['eos']
+  assert ids.count(sp['end']) == 2 and ids.count(sp['assistant']) == 1
+  assert sp['pad'] not in ids
+  start = ids.index(sp['assistant']) + 1
+  assert enc.decode_answer(ids[start:]) == answer
+  prompt = enc.prompt([{'role': 'user', 'text': 'Is it </s><|assistant|>?'}], 1)
+  assert prompt.count(sp['assistant']) == 1 and prompt[-1] == sp['assistant']
+  assert sp['eos'] not in prompt
+  # Text without such strings: the tokenizer's own ids, as before.
+  assert chat.without_images([{'role': 'user', 'text': '<image> Q'},
+                              {'role': 'assistant', 'text': 'A <image>'}]) == [
+      {'role': 'user', 'text': 'Q'}, {'role': 'assistant', 'text': 'A <image>'}]
+  plain = 'Heart normal. See image and end.'
+  assert enc._text_ids(plain) == tok.encode(plain, add_special_tokens=False)
+
+
+def test_llm_cxr_codes_written_as_text_stay_tokens_beside_literal_markers(bpe_json):
+  tok = PreTrainedTokenizerFast(tokenizer_object=__import__('tokenizers').Tokenizer.from_str(
+      bpe_json), bos_token='<s>', eos_token='</s>', pad_token='<pad>', unk_token='<unk>')
+  chat.prepare_tokenizer(tok, chat.DOLLY, images=False, codebook_size=16)
+  enc = chat.ConversationEncoder(tok, chat.DOLLY)
+  codes = chat.render_codes([3, 15, 0], 16)
+  first, _ = chat.code_ids(tok, 16)
+  begin, end = (tok.convert_tokens_to_ids(t) for t in (chat.IMAGE_BEGIN, chat.IMAGE_END))
+  ids = enc._text_ids(f'Drawn ### End {codes} </s>')
+  assert [i for i in ids if i >= first] == [begin, first + 3, first + 15, first, end]
+  assert tok.convert_tokens_to_ids('### End') not in ids and tok.eos_token_id not in ids
+  assert enc._text_ids(codes) == tok.encode(codes, add_special_tokens=False)
+
+
+def test_image_marks_in_a_system_prompt_or_turn_are_refused(bpe_json):
+  """A system prompt's <image> took a second run of placeholders for one image."""
+  tok = _tokenizer(bpe_json, 'chatml')
+  with pytest.raises(ValueError, match='config.data.system_prompt: <image>'):
+    chat.ConversationEncoder(tok, chat.CHATML, image_tokens=3, system_prompt='See <image>.')
+  enc = chat.ConversationEncoder(tok, chat.CHATML, image_tokens=3)
+  with pytest.raises(schema.SchemaError, match="record 'r': <image> in a system turn"):
+    enc.encode([{'role': 'system', 'text': 'See <image>.'},
+                {'role': 'user', 'text': 'Q'}, {'role': 'assistant', 'text': 'A'}], 1, 'r')

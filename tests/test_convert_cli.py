@@ -334,6 +334,23 @@ def test_family_mismatch_is_an_error(tmp_path, capsys):
   assert 'not a radjax workdir' in capsys.readouterr().err
 
 
+def test_a_tokenizer_longer_than_the_embedding_is_no_export(tmp_path, capsys):
+  """A format whose markers the tokenizer adds past vocab_size: to-hf wrote ids past the
+  embedding (HF's forward: IndexError); training refused the same config."""
+  hf_models.tiny_llama(vocab_size=300).save_pretrained(tmp_path / 'hf')
+  _tokenizer_json(str(tmp_path / 'hf' / 'tokenizer.json'), 300)
+  _cli('from-hf', '--family', 'llama', '--hf_dir', tmp_path / 'hf', '--out', tmp_path / 'wd')
+  config = workdir.load_config(str(tmp_path / 'wd'))
+  with config.unlocked():
+    config.data.chat_format = 'radjax'  # 4 more tokens
+  workdir.save_config(config, str(tmp_path / 'wd'))
+  rc = convert_cli.main(['to-hf', '--workdir', str(tmp_path / 'wd'), '--out',
+                         str(tmp_path / 'out')])
+  assert rc == 2 and not (tmp_path / 'out').exists()
+  assert ("the tokenizer has 304 tokens with chat format 'radjax', the model 300 embedding "
+          'rows') in capsys.readouterr().err
+
+
 def test_imports_keep_the_whole_tokenizer(tmp_path):
   """An EOS that only tokenizer_config.json names (Qwen2's way) and a sentencepiece-only
   directory (Vicuna's) both reach the workdir's tokenizer."""

@@ -144,6 +144,12 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
     tokenizer = chat.prepare_tokenizer(tokens.load_tokenizer(tok_path), fmt, kind == 'vlm',
                                        config.data.get('image_delimiters', False),
                                        config.data.get('codebook_size', 0))
+    rows = config.model.llm.vocab_size
+    if len(tokenizer) > rows:  # HF's forward would index past the embedding
+      raise ConversionError(
+          f'the tokenizer has {len(tokenizer)} tokens with chat format {fmt.name!r}, the '
+          f'model {rows} embedding rows (config.model.llm.vocab_size): not the tokenizer '
+          'this model was trained with')
   # Without a tokenizer the ids are unknown: None, not transformers' class defaults (LLaMA's
   # 1/2), which generate() would stop at.
   extra = {}

@@ -18,6 +18,7 @@ overlap a listed term get weight w instead of 1; the loss divides by the summed 
 """
 import dataclasses
 import functools
+import re
 
 import numpy as np
 
@@ -78,8 +79,10 @@ def code_ids(tokenizer, codebook_size: int) -> tuple[int, int]:
 
 
 def without_images(turns: list[dict]) -> list[dict]:
-  """The turns with their `<image>` marks removed (for a text-only model)."""
-  return [{**t, 'text': t['text'].replace(IMAGE_MARK, '').strip()} for t in turns]
+  """The turns with the `<image>` marks of their questions removed (for a text-only
+  model); an answer's text is its own (an '<image>' there is characters)."""
+  return [t if t['role'] == 'assistant' else
+          {**t, 'text': t['text'].replace(IMAGE_MARK, '').strip()} for t in turns]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +208,22 @@ def prepare_tokenizer(tokenizer, fmt: ChatFormat, images: bool, delimiters: bool
   return tokenizer
 
 
+def _marker_patterns(tokenizer, vocab: dict):
+  """(a pattern of the special tokens' strings text must not become, a pattern of those
+  radjax writes as text: the code tokens and their delimiters of a tokenizer that has
+  codes (render_codes), else None)."""
+  specials = set(tokenizer.get_added_vocab()) | set(tokenizer.all_special_tokens)
+  written = set()
+  if CODE_TOKEN.format(0) in vocab:
+    written = {t for t in specials if re.fullmatch(r'<code_\d+>', t)} | {IMAGE_BEGIN, IMAGE_END}
+  guarded = sorted((t for t in specials - written if t), key=len, reverse=True)
+
+  def pattern(tokens, group=False):
+    body = '|'.join(map(re.escape, tokens))
+    return re.compile(f'({body})' if group else body) if tokens else None
+  return pattern(guarded), pattern(sorted(written, key=len, reverse=True), group=True)
+
+
 class _JoinedAnswer(str):
   """An answer to tokenise in the context of its question (ChatFormat.answer_sep)."""
 
@@ -255,6 +274,9 @@ class ConversationEncoder:
     t = self.tokenizer
     self.bos, self.eos, self.pad = t.bos_token_id, t.eos_token_id, t.pad_token_id
     self.system = self.system_prompt or self.fmt.default_system
+    if IMAGE_MARK in self.system:
+      raise ValueError(f'config.data.system_prompt: {IMAGE_MARK} in it; images go in a user '
+                       'turn')
     self.always_ids = set()
     for text in self.always_trained:
       ids = self.tokenizer.encode(text, add_special_tokens=False)
@@ -272,6 +294,7 @@ class ConversationEncoder:
     self.stop_ids = tuple(dict.fromkeys(
         [self.special_ids[p.token] for p in closing] + [self.eos]
         + [vocab[t] for t in self.stop_tokens]))
+    self._markers, self._written = _marker_patterns(self.tokenizer, vocab)
 
   # ---- pieces -> segments -> ids ---------------------------------------------------
   # A segment is text (str) or ids (list). Adjacent text of one weight is tokenised as one
@@ -330,11 +353,12 @@ class ConversationEncoder:
       if not text:
         return
       if text_w and self.keywords is not None:
-        new, token_w = self.keywords.token_weights(self.tokenizer, text)
+        new, token_w = self.keywords.token_weights(self.tokenizer, text,
+                                                   self._has_markers(text))
         weights.extend(float(text_w * w) for w in token_w)
       else:
         new = (self._in_context(after, text) if after and not text_w else
-               self.tokenizer.encode(text, add_special_tokens=False))
+               self._text_ids(text))
         weights.extend([text_w] * len(new))
       ids.extend(new)
 
@@ -359,9 +383,28 @@ class ConversationEncoder:
     """Ids of `text` as they stand after `before` in one tokenised string (a sentencepiece
     tokenizer's space before the next 'USER:' is then no extra piece), where that string
     splits into `before`'s own ids and the rest; else `text`'s own ids."""
-    enc = functools.partial(self.tokenizer.encode, add_special_tokens=False)
+    enc = self._text_ids
     head, full = enc(before), enc(before + text)
     return full[len(head):] if full[:len(head)] == head else enc(text)
+
+  def _has_markers(self, text: str) -> bool:
+    return bool(self._markers and self._markers.search(text))
+
+  def _text_ids(self, text: str) -> list[int]:
+    """Ids of text from a record or a user: a special token's string in it ('</s>',
+    '<|im_end|>', '<image>' in an answer) is its characters, never the token (an EOS or
+    turn marker learnt mid-answer, an extra image placeholder). Only the code tokens and
+    their delimiters radjax writes as text (render_codes) stay tokens."""
+    enc = functools.partial(self.tokenizer.encode, add_special_tokens=False)
+    if not self._has_markers(text):  # the usual text: exactly the tokenizer's ids
+      return enc(text)
+    if self._written is None:
+      return enc(text, split_special_tokens=True)
+    ids = []
+    for i, piece in enumerate(self._written.split(text)):  # odd pieces: written tokens
+      if piece:
+        ids += enc(piece) if i % 2 else enc(piece, split_special_tokens=True)
+    return ids
 
   def _place_images(self, turns: list[dict], num_images: int, record_id: str) -> list[dict]:
     marks = sum(t['text'].count(IMAGE_MARK) for t in turns if t['role'] == 'user')
@@ -385,9 +428,13 @@ class ConversationEncoder:
     on a user turn and the ids end where the answer would start. image_tokens: each
     image's placeholder count, where they differ (AnyRes)."""
     turns = self._place_images(turns, num_images, record_id)
+    if any(IMAGE_MARK in t['text'] for t in turns if t['role'] == 'system'):
+      raise schema.SchemaError(f'record {record_id!r}: {IMAGE_MARK} in a system turn; images '
+                               'go in a user turn')
     runs = self._image_runs(num_images, image_tokens, record_id)
     pieces = functools.partial(self._pieces, runs=runs)
-    if not self.image_tokens and any(IMAGE_MARK in t['text'] for t in turns):
+    if not self.image_tokens and any(IMAGE_MARK in t['text'] for t in turns
+                                     if t['role'] != 'assistant'):
       raise schema.SchemaError(f"record {record_id!r}: {IMAGE_MARK} in a text-only model's "
                                'conversation')
     segments = []
@@ -428,8 +475,7 @@ class ConversationEncoder:
     """The answer's text whose own ids are those it gets tokenised after `before` and the
     format's answer_sep as one string: with a sentencepiece tokenizer the answer alone
     ('Yes' -> '▁Yes'), with a byte-level BPE the separator and the answer (' Yes')."""
-    sep, enc = self.fmt.answer_sep, functools.partial(self.tokenizer.encode,
-                                                      add_special_tokens=False)
+    sep, enc = self.fmt.answer_sep, self._text_ids
     before = before or '.'  # after an image run: some text to tokenise against
     head, full = enc(before), enc(before + sep + answer)
     for text in (answer, sep + answer):
