@@ -229,6 +229,28 @@ def test_an_upload_over_the_limit_is_refused(served):
     small.close()
 
 
+def test_one_upload_is_one_batch_and_a_long_question_is_a_message(served, tmp_path):
+  """The page decoded config.eval.batch_size copies of its one upload (RadVLM: 64); a
+  question of any length ran (3,000 words: 15 GB for the micro model)."""
+  client, config, _, image, *_ = served
+  config = config.copy_and_resolve_references()
+  config.eval.batch_size = 16
+  workdir = str(tmp_path / 'wd')
+  step0_workdir(config, workdir)
+  rep = reporter.Reporter(workdir)
+  assert rep.answerer.batch_size == 8  # the 8 devices' batch shards
+  example, _ = rep.example(image)
+  words = 'word ' * 5000
+  with pytest.raises(uploads.UploadError, match=r"cxr.png: a prompt of \d+ tokens and 8 new ones "
+                     r"\(config.eval.max_new_tokens\) exceed the model's context of 2048"):
+    rep.answer(example, [{'role': 'user', 'text': words}], rep.default_decoding())
+  with pytest.raises(Exception) as info:
+    gradio_client.Client(client.src, verbose=False).predict(
+        words, gradio_client.handle_file(image), [], 'greedy', 1.0, 1.0, 1, 1.0, 0,
+        api_name='/ask')
+  assert 'a question of 24,999 characters; at most 2,000' in str(info.value)
+
+
 def test_a_seed_out_of_range_is_a_message(served):
   client, _, _, image, *_ = served
   with pytest.raises(Exception) as info:
@@ -311,9 +333,13 @@ def test_an_address_it_cannot_listen_on_is_named_before_the_model_loads(tmp_path
     assert f'--port={port}: cannot listen there' in err and 'workdir' not in err
   assert serve_main.main(['--workdir', nowhere, '--host', '999.1.1.1']) == 2
   assert '--host=999.1.1.1 --port=7860: cannot listen there' in capsys.readouterr().err
-  with pytest.raises(SystemExit):
-    serve_main.main(['--workdir', nowhere, '--port', '99999'])
-  assert '--port=99999: not a TCP port' in capsys.readouterr().err
+  for flags, message in [(['--port', '99999'], '--port=99999: not a TCP port'),
+                         (['--port', '0'], '--port=0: not a TCP port'),
+                         (['--max_upload_mb', 'inf'], '--max_upload_mb=inf: give a finite'),
+                         (['--max_upload_mb', '1e-7'], '--max_upload_mb=1e-07: give a finite')]:
+    with pytest.raises(SystemExit):
+      serve_main.main(['--workdir', nowhere] + flags)
+    assert message in capsys.readouterr().err
 
 
 def test_the_workdirs_decoding_knobs_fit_the_page():

@@ -31,6 +31,7 @@ GREYSCALE = ('MONOCHROME1', 'MONOCHROME2')
 # A deflated dataset is inflated whole before its header can be read: bound it first (a
 # 1 MB file of zeros inflates to 1 GB). Real DICOM deflates 2-10x.
 INFLATED_MAX_BYTES, INFLATED_MAX_RATIO = 256 << 20, 64
+_READ_GROUPS = (0x0018, 0x0020, 0x0028)
 
 
 def read_dataset(data: bytes, where: str) -> pydicom.Dataset:
@@ -40,6 +41,10 @@ def read_dataset(data: bytes, where: str) -> pydicom.Dataset:
   _check_inflated_size(data, where)
   try:
     ds = pydicom.dcmread(io.BytesIO(data))
+    # Parses the groups radjax reads now (acquisition, position, pixel module): a malformed
+    # element there (Columns of 3 bytes) is named; others (private tags) stay unread.
+    for tag in [t for t in ds.keys() if t.group in _READ_GROUPS]:
+      ds[tag]  # pylint: disable=pointless-statement
   except Exception as e:  # pydicom raises many types for foreign bytes
     raise SchemaError(f'{where}: not a readable DICOM: {" ".join(str(e).split())}') from e
   if 'PixelData' not in ds:

@@ -4,6 +4,7 @@ r"""The web demo on a trained or imported VLM workdir, or an LLM-CXR one (report
       [--max_upload_mb 1024]
 """
 import argparse
+import math
 import socket
 import sys
 
@@ -22,10 +23,11 @@ def main(argv=None) -> int:
                       help='largest upload accepted, in MiB (default 1024: a multi-frame '
                       'DICOM study fits; a public demo may want less)')
   args = parser.parse_args(argv)
-  if not args.max_upload_mb > 0:
-    parser.error(f'--max_upload_mb={args.max_upload_mb} must be > 0')
-  if not 0 <= args.port <= 65535:
-    parser.error(f'--port={args.port}: not a TCP port (0-65535)')
+  if not (math.isfinite(args.max_upload_mb) and args.max_upload_mb * 2**20 >= 1024):
+    parser.error(f'--max_upload_mb={args.max_upload_mb}: give a finite size of at least '
+                 '1 KiB (0.001)')
+  if not 1 <= args.port <= 65535:
+    parser.error(f'--port={args.port}: not a TCP port (1-65535)')
   try:
     _check_can_listen(args.host, args.port)  # before the model takes its minute to load
     model = reporter.load(args.workdir, args.step)

@@ -21,6 +21,7 @@ from radjax.serve import reporter as reporter_lib  # noqa: E402
 
 HEADERS = ['observation', 'report labeler']
 WORD_DELAY_S = 0.01
+MAX_QUESTION_CHARS = 2000  # a question's prefill memory grows with its length squared
 # System fonts only: the default theme would fetch Google Fonts from the browser.
 THEME = gr.themes.Default(font=['ui-sans-serif', 'system-ui', 'sans-serif'],
                           font_mono=['ui-monospace', 'monospace'])
@@ -88,6 +89,9 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
     question = (question or '').strip()
     if not question:
       raise uploads.UploadError('type a question first')
+    if len(question) > MAX_QUESTION_CHARS:
+      raise uploads.UploadError(f'a question of {len(question):,} characters; at most '
+                                f'{MAX_QUESTION_CHARS:,}')
     example, picture = rep.example(path)
     if (turns or {}).get('image') != path:  # the conversation was about another image
       turns, history = {'turns': []}, []
@@ -108,7 +112,10 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
   def draw(text, seed):
     yield rep.draw(text, _seed(seed))
 
-  with gr.Blocks(title='radjax report demo', analytics_enabled=False) as demo:
+  # Uploads (a DICOM's headers too) and previews leave Gradio's temp folder an hour after
+  # they came (a later question about an older upload asks for it again), and at exit.
+  with gr.Blocks(title='radjax report demo', analytics_enabled=False,
+                 delete_cache=(900, 3600)) as demo:
     gr.Markdown(f'## radjax: {os.path.abspath(rep.workdir)} (step {rep.step}, '
                 f'{cfg.data.chat_format} chat format)\nA research model, not a medical device.')
     turns = gr.State({})  # {'image': the upload's path, 'turns': its conversation}
@@ -138,7 +145,7 @@ def build(rep: reporter_lib.Reporter) -> gr.Blocks:
       chatbot = gr.Chatbot(label='Follow-up questions', height=260)
       with gr.Row():
         question = gr.Textbox(label='Question', placeholder='Is there a pleural effusion?',
-                              scale=4)
+                              scale=4, max_length=MAX_QUESTION_CHARS)
         ask_button = gr.Button('Ask', scale=1)
     draws = hasattr(rep, 'draw')  # an LLM-CXR workdir: a decoder with a VQ-GAN codec
     with gr.Tab('Report → image', interactive=draws):

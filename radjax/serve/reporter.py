@@ -10,6 +10,7 @@ from radjax.eval import evaluators
 from radjax.eval.decoding import generate as generate_lib
 from radjax.eval.metrics import grounding, labeler
 from radjax.serve import uploads
+from radjax.train import setup
 
 LABEL_WORDS = {1: 'positive', 0: 'negative', -1: 'uncertain', None: 'not mentioned'}
 
@@ -52,6 +53,9 @@ class Reporter:
     self.exp, self.step = run.load_trained(self.config, workdir, step)
     self.reports = evaluators.reports.ReportEvaluator(self.exp, self.config.eval.split)
     self.answerer = self.reports.answerer
+    # One upload a request: the smallest batch the mesh splits, not config.eval.batch_size
+    # copies of it (8x the work and memory at the default).
+    self.answerer.batch_size = setup.batch_shards(self.exp)
     self.reads_3d = 'volume' in self.exp.task.slots
 
   def default_decoding(self) -> Decoding:
@@ -91,6 +95,7 @@ class CodesReporter(Reporter):
     self.config = workdir_lib.load_config(workdir)
     self.model = run.load_llm_cxr(self.config, workdir, step=step)
     self.exp, self.answerer = self.model.exp, self.model.answerer
+    self.answerer.batch_size = setup.batch_shards(self.exp)
     self.step = workdir_lib.latest_step(workdir) if step is None else step
     self.reads_3d = False
 

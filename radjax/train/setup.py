@@ -94,6 +94,11 @@ def batch_prefix_sharding(exp: Experiment):
   return sharding_lib.batch_sharding(exp.mesh, exp.rules, 1)
 
 
+def batch_shards(exp: Experiment) -> int:
+  """How many shards a batch splits into over exp's mesh: the smallest batch it takes."""
+  return _batch_axes(exp.mesh, exp.rules)[1]
+
+
 def _batch_axes(mesh, rules) -> tuple[tuple[str, ...], int]:
   """The mesh axes a batch is sharded on, and how many shards they make."""
   axes = sharding_lib.batch_sharding(mesh, rules, 1).spec[0] or ()

@@ -8,7 +8,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from radjax.data import chat, pipeline, processors
+from radjax.data import chat, pipeline, processors, schema
 from radjax.eval.decoding import generate as generate_lib
 
 
@@ -25,6 +25,7 @@ class Answerer:
         chat.never_generated(enc.tokenizer, cfg.model.llm.vocab_size, self.image_slots is not None))
     # The batch axis splits over the mesh: whole batches of config.eval.batch_size.
     self.batch_size = cfg.eval.batch_size
+    self.context = cfg.model.llm.max_position_embeddings
 
   def prompts(self, items) -> tuple[list[list[int]], dict | None]:
     """Prompt ids per item, and the model's image inputs (images, and depth_mask for
@@ -48,6 +49,16 @@ class Answerer:
       return prompts, None
     return prompts, {k: np.stack([p[k] for p in pixels]) for k in pixels[0]
                      if k != 'image_mask'}
+
+  def _check_context(self, prompts, items, gen_cfg) -> None:
+    """A prompt whose answer would run past the model's context is refused, naming its
+    item: a long one costs memory quadratic in its length (the web demo's question box)."""
+    for p, (example, _) in zip(prompts, items):
+      if len(p) + gen_cfg.max_new_tokens > self.context:
+        raise schema.SchemaError(
+            f"{example.get('id', '<prompt>')}: a prompt of {len(p)} tokens and "
+            f'{gen_cfg.max_new_tokens} new ones (config.eval.max_new_tokens) exceed the '
+            f"model's context of {self.context} (config.model.llm.max_position_embeddings)")
 
   def answer(self, params, items: list[tuple[dict, list[dict]]],
              gen_cfg: generate_lib.GenerationConfig | None = None,
@@ -76,6 +87,7 @@ class Answerer:
       chunk = chunk + [chunk[-1]] * (bs - len(chunk))
       prompts, pixels = self.prompts(chunk)
       prompts = [p + list(answer_prefix) for p in prompts]
+      self._check_context(prompts, chunk, gen_cfg)
       length = -(-max(len(p) for p in prompts) // 16) * 16  # few distinct compiled shapes
       toks, mask = generate_lib.left_pad(prompts, length, self.encoder.pad)
       shardings = {'tokens': exp.batch_shardings['tokens'],
