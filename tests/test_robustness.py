@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import grain
 import jax.numpy as jnp
@@ -258,6 +259,23 @@ def test_keep_checkpoints_zero_keeps_all(tmp_path):
     checkpoint_lib.Checkpointer(str(tmp_path), -1)
 
 
+def test_the_training_run_removes_half_written_checkpoints_a_reader_keeps_them(tmp_path):
+  """A kill during a save at a step never saved again (SIGTERM's) left its tmp dir, a
+  checkpoint's size of disk, for good."""
+  _three_checkpoints(str(tmp_path))
+  os.makedirs(tmp_path / 'checkpoints' / '7.orbax-checkpoint-tmp' / 'state')
+  checkpoint_lib.Checkpointer(str(tmp_path), 3, use_async=False).close()  # eval, to-hf
+  assert '7.orbax-checkpoint-tmp' in os.listdir(tmp_path / 'checkpoints')
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), 3, use_async=False, handle_sigterm=True)
+  for _ in range(100):  # orbax removes them in a thread (its next save waits for it)
+    if len(os.listdir(tmp_path / 'checkpoints')) == 3:
+      break
+    time.sleep(0.1)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1', '2', '3']
+  assert ckpt.latest_step() == 3
+  ckpt.close()
+
+
 def test_nonfinite_state_is_never_saved(tmp_path):
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path), 3, use_async=False)
   with pytest.raises(checkpoint_lib.NonFiniteStateError, match='step 5'):
@@ -384,6 +402,26 @@ def killed_in_eval(demo_data, tmp_path_factory):
   finally:
     evaluators_lib.run_all = real
   return config, wd
+
+
+def test_the_step_after_an_evaluation_logs_the_training_rate(demo_data, tmp_path,
+                                                             monkeypatch):
+  """The eval's time was counted as the next logged step's: 9.6 steps/s, then 0.06."""
+  config = tiny_config(demo_data)
+  config.train.num_steps, config.train.eval_every, config.train.log_every = 4, 2, 1
+  config.train.checkpoint_every = 100
+  real = evaluators_lib.run_all
+
+  def slow(*args, **kwargs):
+    time.sleep(3)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(evaluators_lib, 'run_all', slow)
+  wd = str(tmp_path / 'w')
+  run_lib.main(config, wd, 'train')
+  rate = {r['step']: r['train/steps_per_sec'] for r in writers.read_rows(
+      os.path.join(wd, 'metrics.jsonl')) if 'train/steps_per_sec' in r}
+  assert rate[3] > 1.0, rate  # a micro step takes well under a second; the eval 3 s
 
 
 def _copy(src, tmp_path):

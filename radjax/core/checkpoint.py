@@ -136,15 +136,20 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int, use_async: bool = True,
                handle_sigterm: bool = False):
-    """`keep`: checkpoints kept (0 keeps all). `handle_sigterm`: once the loop first asks
-    `reached_preemption` or saves, SIGTERM makes it true (single-process runs; multi-host runs use
-    orbax's preemption sync, which JAX's distributed runtime drives)."""
+    """`keep`: checkpoints kept (0 keeps all). `handle_sigterm` (the training loop's): once
+    the loop first asks `reached_preemption` or saves, SIGTERM makes it true (single-process
+    runs; multi-host runs use orbax's preemption sync, which JAX's distributed runtime
+    drives), and unfinished saves of an earlier run are removed."""
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, 'checkpoints')
     if keep < 0:
       raise ValueError(f'config.train.keep_checkpoints={keep} must be >= 0 (0 keeps all)')
+    # The training run's own (handle_sigterm) removes the half-written step dirs a kill
+    # left (a SIGTERM save at a step never saved again stayed for good); a reader must not
+    # (a training run's write in progress).
     options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=True,
-                                           enable_async_checkpointing=use_async)
+                                           enable_async_checkpointing=use_async,
+                                           cleanup_tmp_directories=handle_sigterm)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={'state': ocp.StandardCheckpointHandler(),

@@ -93,11 +93,11 @@ def _train(config, workdir: str, task, devices=None) -> dict:
 
   pending = None  # (step, device metrics, host extras) of the previous step
   last_eval = {}
-  t_log, steps_since_log = time.time(), 0
   seen = collections.Counter()  # examples and token slots since the last log
   try:
     if _eval_lost(tc, workdir, start, config.eval.split):  # to a kill: redo it
       last_eval = _evaluate(evaluators, writer, state, start, {}, config.eval.split)
+    t_log, steps_since_log = time.time(), 0
     for step in range(start + 1, tc.num_steps + 1):
       host_batch = next(data_iter)
       # Host-only keys (source, truncated) are read here; to_global sends only the task's.
@@ -137,7 +137,9 @@ def _train(config, workdir: str, task, devices=None) -> dict:
       if _eval_due(tc, step):
         scalars = _read(pending, ckpt, state, workdir) if pending else {}
         pending = None
+        t_eval = time.time()
         last_eval = _evaluate(evaluators, writer, state, step, scalars, config.eval.split)
+        t_log += time.time() - t_eval  # the steps' rates count training time only
     if pending is not None:
       _log(writer, pending[0], _read(pending, ckpt, state, workdir))
   finally:  # an error still lets queued checkpoint writes finish
