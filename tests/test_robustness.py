@@ -462,7 +462,7 @@ def test_eval_names_a_differing_model_and_a_damaged_checkpoint(killed_in_eval, t
   assert not os.path.exists(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))
 
 
-@pytest.mark.parametrize('knob', ['clip_norm', 'pack', 'batch_size'])
+@pytest.mark.parametrize('knob', ['clip_norm', 'pack', 'batch_size', 'seed'])
 def test_a_knob_that_changes_the_train_state_is_named_and_nothing_moves(killed_in_eval,
                                                                        tmp_path, knob):
   """Gradient clipping on/off changes the optimizer state, packing the input iterator's,
@@ -481,9 +481,12 @@ def test_a_knob_that_changes_the_train_state_is_named_and_nothing_moves(killed_i
     b = config.train.batch_size
     state = f'data iterator: batches of {b} in the checkpoints, packed batches of {b} now.*'
     knobs = r'.*data\.pack: '
-  else:  # the iterator's state is a batch index: another size would skip examples
-    changed.train.batch_size = 2 * config.train.batch_size
+  elif knob == 'batch_size':  # the iterator's state is a batch index: another size would
+    changed.train.batch_size = 2 * config.train.batch_size  # skip examples
     state, knobs = 'data iterator: batches of .*', r'.*train\.batch_size: '
+  else:  # another order under the same index: 17 of 64 records repeated in the epoch
+    changed.seed, changed.train.num_steps = config.seed + 1, 8
+    state, knobs = f'data order: seed {config.seed}, shuffled.*', r'seed: '
   with pytest.raises(workdir_lib.WorkdirError,
                      match=r'another train state than its checkpoints hold; nothing was '
                            rf'written or moved\. State: {state} Knobs that differ from '
@@ -492,6 +495,9 @@ def test_a_knob_that_changes_the_train_state_is_named_and_nothing_moves(killed_i
   after = {p: open(p, 'rb').read() for p in glob.glob(f'{wd}/**', recursive=True)
            if os.path.isfile(p)}
   assert after == before and not os.path.exists(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))
+  if knob == 'seed':  # a finished run reads no more data (the demo's tower, reused)
+    changed.train.num_steps = config.train.num_steps
+    assert np.isfinite(run_lib.main(changed, wd, 'train')['eval/val_loss'])
 
 
 @pytest.mark.slow
@@ -549,9 +555,9 @@ def test_changed_architecture_writes_nothing(saved_workdir):
                      r'in the workdir, 3 now\. Use'):
     workdir_lib.check_resumable(other, lm_wd)
   # Schedule knobs resume (a run extended past its num_steps), said since the lr jumps.
-  assert workdir_lib.schedule_changes(lm, lm_wd) == []
+  assert workdir_lib.knob_changes(lm, lm_wd) == []
   lm.train.num_steps, lm.optim.lr = lm.train.num_steps * 2, lm.optim.lr / 2
-  assert [c.split(':')[0] for c in workdir_lib.schedule_changes(lm, lm_wd)] == [
+  assert [c.split(':')[0] for c in workdir_lib.knob_changes(lm, lm_wd)] == [
       'optim.lr', 'train.num_steps']
 
 

@@ -215,19 +215,26 @@ SCHEDULE_KNOBS = ('train.num_steps', 'optim.lr', 'optim.warmup_steps', 'optim.wa
                   'optim.min_lr_ratio', 'optim.schedule')
 
 
-def schedule_changes(config, workdir: str) -> list[str]:
-  """The learning-rate schedule's knobs where `config` differs from the workdir's
-  config.json: a resumed run reads its schedule from the new values (the lr jumps)."""
+# Other data under the same order: the run resumes at its batch index in it (a dataset
+# moved to another disk is the same data).
+DATA_KNOBS = ('data.dir', 'data.tasks', 'data.tokenizer')
+
+
+def knob_changes(config, workdir: str, knobs=SCHEDULE_KNOBS) -> list[str]:
+  """`knobs` where `config` differs from the workdir's config.json, when a run would resume
+  there; by default the learning-rate schedule's, which a resumed run re-derives from the
+  new values (the lr jumps)."""
   saved = _resumed_config(workdir)
   if saved is None:
     return []
 
   def values(c):
-    return {k: c[k.split('.')[0]].get(k.split('.')[1]) for k in SCHEDULE_KNOBS}
+    return {k: c[k.split('.')[0]].get(k.split('.')[1]) for k in knobs}
   return _differing(values(saved), values(config), 'the workdir')
 
 
 _ITERATOR_KEY = 'data iterator'
+_ORDER_KEY = 'data order'
 
 
 def _iterator_layout(config) -> str:
@@ -238,6 +245,18 @@ def _iterator_layout(config) -> str:
   if any(spec.get('kind') == 'volume' for spec in d.mixture.values()):
     out += f', volume batches of {d.volume_batch_size}'
   return out.strip()
+
+
+def _data_order(config) -> str:
+  """What decides which record each resumed batch index reads: another seed, shuffle,
+  split or mixture share would repeat and skip records in the epoch it resumes in."""
+  d = config.data
+  out = (f"seed {config.seed}, {'shuffled' if d.shuffle else 'in order'}, split "
+         f'{d.train_split!r}')
+  for name, spec in sorted(d.mixture.items()):
+    out += (f"; {name}: weight {spec.get('weight', 0.0)}, repeat {spec.get('repeat', 1)}, "
+            f"max_records {spec.get('max_records', 0)}, splits {list(spec.get('splits', ()))}")
+  return out
 
 
 def _state_structure(abstract_state) -> dict:
@@ -252,12 +271,15 @@ def _config_diffs(config, workdir: str, limit: int = 12) -> list[str]:
   return diffs[:limit] + ([f'... ({len(diffs) - limit} more)'] if len(diffs) > limit else [])
 
 
-def check_state(config, workdir: str, abstract_state, fresh: bool) -> None:
-  """A fresh run records its train state's structure (STATE_FILE); a resumed one must build
-  the same, else WorkdirError naming the state paths and the config knobs that differ from
-  config.json, before anything is written or moved."""
+def check_state(config, workdir: str, abstract_state, fresh: bool,
+                finished: bool = False) -> None:
+  """A fresh run records its train state's structure (STATE_FILE) and its data order; a
+  resumed one must build the same, else WorkdirError naming the state paths and the config
+  knobs that differ from config.json, before anything is written or moved. A `finished`
+  run reads no more data: its order may differ (a pre-stage reused under another seed)."""
   path = os.path.join(workdir, STATE_FILE)
-  new = {**_state_structure(abstract_state), _ITERATOR_KEY: _iterator_layout(config)}
+  new = {**_state_structure(abstract_state), _ITERATOR_KEY: _iterator_layout(config),
+         _ORDER_KEY: _data_order(config)}
   if fresh:
     if jax.process_index() == 0:
       os.makedirs(workdir, exist_ok=True)
@@ -266,8 +288,10 @@ def check_state(config, workdir: str, abstract_state, fresh: bool) -> None:
   if not os.path.exists(path):  # a workdir from before the record
     return
   saved = files.read_json(path, WorkdirError)
-  if _ITERATOR_KEY not in saved:  # recorded before the iterator was
-    new.pop(_ITERATOR_KEY)
+  for key in (_ITERATOR_KEY, _ORDER_KEY):
+    if key not in saved or (finished and key == _ORDER_KEY):  # recorded before it was
+      new.pop(key)
+      saved.pop(key, None)
   if saved == new:
     return
   paths = _differing(saved, new, 'the checkpoints', repr_values=False)

@@ -42,23 +42,33 @@ def train(config, workdir: str, task, devices=None) -> dict:
 def _train(config, workdir: str, task, devices=None) -> dict:
   tc = config.train
   workdir_lib.check_resumable(config, workdir)  # before anything is written
-  changed = workdir_lib.schedule_changes(config, workdir)
-  if changed:
+  ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoint,
+                                     handle_sigterm=True)
+  latest = ckpt.latest_step()
+  finished = latest is not None and latest >= tc.num_steps
+  changed = workdir_lib.knob_changes(config, workdir)
+  data_changed = workdir_lib.knob_changes(config, workdir, workdir_lib.DATA_KNOBS)
+  if data_changed and not finished:
+    logging.warning("resuming on other data (%s): the stream goes on at the checkpoint's "
+                    'batch index in it', '; '.join(data_changed))
+  if finished:
+    logging.info('the workdir holds step %d, train.num_steps=%d: nothing to train', latest,
+                 tc.num_steps)
+  elif changed:
     logging.warning('resuming with another learning-rate schedule (%s): it is re-derived from '
                     'the new values, so the lr at the resumed step jumps; a run meant to end '
                     'at N steps sets train.num_steps=N from its start', '; '.join(changed))
-  ckpt = checkpoint_lib.Checkpointer(workdir, tc.keep_checkpoints, tc.async_checkpoint,
-                                     handle_sigterm=True)
   # The data's knobs (each mixture component's dir is there, ...) before the model is
   # built and its init_from weights read: the task needs none of it (a dry run reads no
   # data), the stream below does.
   mixture.components(config)
   # init_from weights only matter for a fresh run; a resumed one restores everything.
-  fresh = ckpt.latest_step() is None
+  fresh = latest is None
   exp = setup.build(config, task, devices, pretrained=fresh)
   try:
     workdir_lib.check_state(config, workdir, state_lib.abstract_state(exp.state_shardings,
-                                                                      exp.state), fresh)
+                                                                      exp.state), fresh,
+                            finished)
   except workdir_lib.WorkdirError:
     ckpt.close()  # its async machinery, before the error leaves
     raise
