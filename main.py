@@ -169,9 +169,11 @@ def _main():
     memory.dry_run(FLAGS.config)
     return
   if FLAGS.mode not in ('generate', 'chat'):  # these need only the tokenizer
+    run.check_config(FLAGS.config)  # before a dataset is built
     ensure_data(FLAGS.config)
   stage = run.pre_stage(FLAGS.config, FLAGS.workdir) if FLAGS.mode == 'train' else None
   if stage:
+    run.check_config(stage[0])
     ensure_data(stage[0])
   run.main(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images, FLAGS.prompt, FLAGS.out_dir)
 

@@ -38,6 +38,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from radjax import tasks  # noqa: E402
+from radjax.core import config_checks  # noqa: E402
 from radjax.data import mixture, pipeline  # noqa: E402
 from radjax.train import setup  # noqa: E402
 from radjax.train import state as state_lib  # noqa: E402
@@ -79,6 +80,7 @@ def experiment(config, n: int, llm_layers: int = 0, fsdp: bool = True):
       config.model.llm.num_layers = llm_layers
     if config.model.image_token_id < 0:  # no tokenizer here: synthetic shapes
       config.model.image_token_id = 4
+  config_checks.check(config)  # a zero size named, before a part divides by it
   task = tasks.make(config, None)
   # The train step's checks and micro-batches (optim.grad_accum from
   # train.micro_batch_per_device), as a run derives them; build(train=False) then

@@ -6,11 +6,12 @@ import ml_collections
 from absl import logging
 
 from radjax import tasks
-from radjax.core import distributed, recipe
+from radjax.core import config_checks, distributed, recipe
 from radjax.core import workdir as workdir_lib
 from radjax.data import chat, image_files, tokens, volumes
 from radjax.data import images as images_lib
 from radjax.eval import evaluators, llm_cxr
+from radjax.models import factory
 from radjax.train import loop, pretrained, setup, writers
 
 
@@ -233,9 +234,19 @@ def maybe_initialize_distributed():
   distributed.initialize()
 
 
+def check_config(config) -> None:
+  """The checks that need neither data nor a tokenizer: the knobs' values and the model's
+  parts (each part's sizes); before a dataset is built or read (a missing one takes hours
+  to build before a one-line size error)."""
+  config_checks.check(config)
+  factory.parts_of(config.model)
+
+
 def main(config, workdir: str, mode: str, images: list[str] | None = None, prompt: str = '',
          out_dir: str = ''):
   maybe_initialize_distributed()
+  if mode in ('train', 'eval'):
+    check_config(config)
   logging.info('process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   if mode in ('train', 'eval'):

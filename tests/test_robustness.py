@@ -366,6 +366,54 @@ def test_model_sizes_pairs_and_channel_values_are_checked_first(knob, value, mes
              for e in config_checks.errors(config)), config_checks.errors(config)
 
 
+@pytest.mark.parametrize('recipe,knob,value,message', [
+  ('radfm.py:size=tiny', 'model.vision.num_heads', 0, r'config\.model\.vision\.num_heads=0'),
+  ('xraygpt.py:size=tiny', 'model.projector.hidden_dim', 0, r'.*projector\.hidden_dim=0'),
+  ('vqgan.py:size=tiny', 'model.vqgan.codebook_size', 0, r'.*vqgan\.codebook_size=0'),
+  # a vit3d tower's token count varies: an mlp copied its last feature into 176 placeholders
+  ('radfm.py:size=tiny', 'model.projector.kind', 'mlp', r".*kind='mlp' hands on each of the "
+                                                        'vit3d'),
+  ('vqgan.py:size=tiny', 'model.vqgan.disc_channels', 24, r'.*disc_channels=24: the '
+                                                          r'discriminator widths \[48\]'),
+  ('vqgan.py:size=tiny', 'model.vqgan.disc_layers', 7, r'.*disc_layers=7: at image_size'),
+  ('demo.py:size=micro', 'model.llm.head_dim', 33, r'config\.model\.llm\.head_dim: rotary'),
+])
+def test_part_sizes_are_named_before_a_model_or_dataset_is_built(recipe, knob, value, message):
+  """Each was a ZeroDivisionError / TypeError traceback, a NaN loss at vqgan.disc_start, a
+  silently wrong model, or a message naming another knob."""
+  from radjax.core import recipe as recipe_lib
+  config = recipe_lib.load(os.path.join(ROOT, 'configs', recipe))
+  section, *path = knob.split('.')
+  node = config[section]
+  for key in path[:-1]:
+    node = node[key]
+  node[path[-1]] = value
+  with pytest.raises(ValueError, match=message):
+    run_lib.check_config(config)
+
+
+def test_a_max_len_that_holds_no_image_is_named_at_the_task():
+  """It trained on: 1,000 examples read, then a hint to truncate, which cannot help."""
+  from radjax import tasks
+  config = tiny_config()
+  config.data.max_len = 8
+  with pytest.raises(ValueError, match=r"config\.data\.max_len=8 does not hold one image's "
+                                       r'\d+ placeholder tokens'):
+    tasks.make(config, None)
+
+
+def test_main_names_a_bad_size_before_it_builds_the_dataset(tmp_path):
+  """A missing dataset was built first (3.5 min for the demo's, hours for MIMIC-CXR)."""
+  data = tmp_path / 'data'
+  proc = subprocess.run(
+      [sys.executable, 'main.py', '--config', 'configs/demo.py:size=micro', '--workdir',
+       str(tmp_path / 'w'), f'--config.data.dir={data}', '--config.model.vision.num_heads=3'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and not data.exists() and not any(tmp_path.glob('data.tmp-*'))
+  assert proc.stderr.strip().splitlines()[-1].startswith('error: config.model.vision: '
+                                                          'embed_dim'), proc.stderr[-2000:]
+
+
 def test_head_counts_must_divide_the_width_and_recipe_arguments_their_type():
   from radjax.core import defaults
   from radjax.models import llm, vit

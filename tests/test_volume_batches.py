@@ -278,6 +278,11 @@ def test_max_slices_caps_volume_batches_below_the_towers_depth(config):
     c.data.max_slices = bad
     with pytest.raises(ValueError, match=f'config.data.max_slices={bad}'):
       pipeline.max_slices(c)
+  # A bucket off the depth patch passed, then failed at the first volume step naming neither.
+  c.data.max_slices, c.data.depth_buckets = 12, (PATCH + 2,)
+  with pytest.raises(ValueError, match=rf'config.data.depth_buckets=\({PATCH + 2},\).*'
+                                       f'depth_patch_size={PATCH}'):
+    pipeline.train_dataset(c, capped, 'train', 0, 1)
 
 
 def test_the_volume_batch_spec_is_as_deep_as_the_slots_fill_it():

@@ -1,7 +1,8 @@
 """Checks of a config's values that its types cannot express; errors name the knob.
 
-`check(config)` runs before a run builds anything (radjax/train/setup.py build), so a
-`--config.train.batch_size=0` is a one-line error, not a ZeroDivisionError deep inside.
+`check(config)` runs before a run reads data or builds anything (radjax/run.py
+check_config), so a `--config.train.batch_size=0` is a one-line error, not a
+ZeroDivisionError deep inside.
 """
 
 # knob -> the smallest value it may take. Knobs a recipe lacks are skipped.
@@ -22,8 +23,11 @@ MINIMUMS = {
         ('llm', ('vocab_size', 'embed_dim', 'num_layers', 'num_heads', 'num_kv_heads',
                  'mlp_dim')),
         ('vision', ('embed_dim', 'num_layers', 'num_heads', 'mlp_dim', 'num_channels')),
-        ('projector', ('num_queries', 'num_layers', 'num_heads', 'mlp_dim')))
+        ('projector', ('num_queries', 'num_layers', 'num_heads', 'mlp_dim', 'hidden_dim')),
+        ('vqgan', ('num_channels', 'image_size', 'base_channels', 'z_channels', 'codebook_size',
+                   'codebook_dim', 'norm_groups', 'disc_channels')))
        for size in sizes},
+    'model.vqgan.num_res_blocks': 0, 'model.vqgan.disc_layers': 0,
 }
 # knob -> a list of (key, value) pairs.
 PAIRS = ('optim.param_groups', 'sharding.rules', 'train.pre_stage_set')

@@ -109,10 +109,12 @@ def _batches(config, ds: grain.MapDataset, kind: str, process_index: int, proces
   if kind == 'volume':
     max_depth = max_slices(config)
     buckets = tuple(config.data.depth_buckets)
-    if any(b < 1 or b > max_depth for b in buckets):
+    patch = config.model.vision.get('depth_patch_size', 1)
+    if any(b < 1 or b > max_depth or b % patch for b in buckets):
       raise ValueError(f'config.data.depth_buckets={buckets}: each must be in [1, '
                        f'{max_depth}] (config.data.max_slices, else '
-                       'config.model.vision.max_depth)')
+                       'config.model.vision.max_depth) and a multiple of '
+                       f'config.model.vision.depth_patch_size={patch}')
     ds = ds.map(functools.partial(volumes.trim_depth, buckets=buckets, max_depth=max_depth))
   return ds
 

@@ -124,19 +124,29 @@ def vlm_config(model_cfg, image_token_id: int | None = None,
     raise ValueError(f'config.model.anyres_grids reads each tile as its patch tokens; the '
                      f'{vision.variant!r} tower keeps its class token too (config.model.'
                      'vision.keep_class_token=True): set it False')
-  return vlm.VLMConfig(vision=vision,
-                       projector=projector_config(model_cfg, vision.embed_dim, lm.embed_dim),
-                       llm=lm, image_token_id=token, num_labels=num_labels,
-                       anyres_grids=grids,
+  projector = projector_config(model_cfg, vision.embed_dim, lm.embed_dim)
+  _check_resampled(vision, projector)
+  return vlm.VLMConfig(vision=vision, projector=projector, llm=lm, image_token_id=token,
+                       num_labels=num_labels, anyres_grids=grids,
                        anyres_max_tiles=int(model_cfg.get('anyres_max_tiles', 0)))
+
+
+def _check_resampled(vision, projector) -> None:
+  """A 3D tower's token count varies with the volume's depth (and a 2D image's is another):
+  a token-wise projector would leave placeholders with no feature of their own."""
+  if vision.kind == 'vit3d' and projector.kind in ('linear', 'mlp'):
+    raise ValueError(f"config.model.projector.kind={projector.kind!r} hands on each of the "
+                     "vit3d tower's tokens, whose count varies with depth; a 3D tower needs "
+                     "a resampling projector ('perceiver' or 'qformer')")
 
 
 def parts_of(model_cfg) -> dict:
   """{part: architecture dataclass} of the parts `config.model.kind` composes."""
   if model_cfg.kind == 'vlm':
     vision, lm = vision_config(model_cfg), llm_config(model_cfg)
-    return {'vision': vision, 'llm': lm,
-            'projector': projector_config(model_cfg, vision.embed_dim, lm.embed_dim)}
+    projector = projector_config(model_cfg, vision.embed_dim, lm.embed_dim)
+    _check_resampled(vision, projector)
+    return {'vision': vision, 'llm': lm, 'projector': projector}
   if model_cfg.kind == 'classifier':  # its label head has no part of its own
     return {'vision': vision_config(model_cfg)}
   if model_cfg.kind not in PARTS:

@@ -73,10 +73,14 @@ class LLMConfig:
     if self.max_position_embeddings < 1:
       raise ValueError(f'config.model.llm.max_position_embeddings: '
                        f'{self.max_position_embeddings} must be >= 1')
-    if not 0.0 < self.rotary_pct <= 1.0 or self.rotary_dim % 2:
-      raise ValueError(f'config.model.llm.rotary_pct: {self.rotary_pct} must be in (0, 1] '
-                       f'and give an even number of rotary dims (head_dim '
-                       f'{self.dim_per_head} -> {self.rotary_dim})')
+    if not 0.0 < self.rotary_pct <= 1.0:
+      raise ValueError(f'config.model.llm.rotary_pct: {self.rotary_pct} must be in (0, 1]')
+    if self.rotary_dim % 2:
+      knob = ('rotary_pct' if self.rotary_pct < 1.0 else
+              'head_dim' if self.head_dim else 'embed_dim / num_heads')
+      raise ValueError(f'config.model.llm.{knob}: rotary embeddings turn pairs of dims, and '
+                       f'head_dim {self.dim_per_head} x rotary_pct {self.rotary_pct} gives '
+                       f'{self.rotary_dim}')
 
 
 def init_cache(cfg: LLMConfig, batch: int, max_len: int, dtype) -> dict:

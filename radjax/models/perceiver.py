@@ -45,8 +45,9 @@ class PerceiverConfig:
       if getattr(self, name) < 1:
         raise ValueError(f'config.model.projector.{name}={getattr(self, name)} must be >= 1')
     if not self.head_dim and self.in_dim % self.num_heads:
-      raise ValueError(f'config.model.projector: in_dim {self.in_dim} is not a multiple of '
-                       f'num_heads {self.num_heads}; set head_dim')
+      raise ValueError(f"config.model.projector: in_dim {self.in_dim} (the vision tower's "
+                       f'embed_dim) is not a multiple of num_heads {self.num_heads}; set '
+                       'config.model.projector.head_dim')
 
   @property
   def dim_per_head(self) -> int:

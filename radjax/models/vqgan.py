@@ -70,6 +70,19 @@ class VQGANConfig:
     if any(not 0 <= i < levels for i in self.attn_levels):
       raise ValueError(f'config.model.vqgan.attn_levels={self.attn_levels}: levels are '
                        f'0..{levels - 1}')
+    widths = [self.disc_channels * min(2 ** n, 8) for n in range(1, self.disc_layers + 1)]
+    bad = [w for w in widths if w % min(32, w)]
+    if bad:  # PatchDiscriminator's GroupNorm(min(32, width))
+      raise ValueError(f'config.model.vqgan.disc_channels={self.disc_channels}: the '
+                       f'discriminator widths {bad} are not divisible into 32 norm groups; '
+                       'use a multiple of 16 (the default is 64)')
+    side = self.image_size  # PatchDiscriminator's 4x4 convs, padding 1
+    for n in range(self.disc_layers + 2):
+      side = (side - 2) // (2 if n < self.disc_layers else 1) + 1
+    if side < 1:
+      raise ValueError(f'config.model.vqgan.disc_layers={self.disc_layers}: at image_size '
+                       f'{self.image_size} the discriminator has no output left (its loss is '
+                       'NaN from vqgan.disc_start on); use fewer layers')
 
   @property
   def block_channels(self) -> tuple[int, ...]:

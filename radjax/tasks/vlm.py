@@ -38,6 +38,9 @@ class ImageTextToText(base.Task):
                        'a VLM has only with config.data.label_loss_weight > 0')
     self._check_packable(config)
     self.model_cfg = factory.vlm_config(config.model, image_id, len(names))
+    if config.data.max_len <= self.model_cfg.tokens_per_image:
+      raise ValueError(f"config.data.max_len={config.data.max_len} does not hold one image's "
+                       f'{self.model_cfg.tokens_per_image} placeholder tokens and an answer')
     self.targets = base.label_targets(config, self.model_cfg.vision) if names else None
     if tokenizer is not None:
       self.encoder = base.chat_encoder(config, tokenizer, self.model_cfg.tokens_per_image)
