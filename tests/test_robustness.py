@@ -396,7 +396,7 @@ def test_a_max_len_that_holds_no_image_is_named_at_the_task():
   """It trained on: 1,000 examples read, then a hint to truncate, which cannot help."""
   from radjax import tasks
   config = tiny_config()
-  config.data.max_len = 8
+  config.data.max_len, config.model.image_token_id = 8, 4  # no tokenizer here
   with pytest.raises(ValueError, match=r"config\.data\.max_len=8 does not hold one image's "
                                        r'\d+ placeholder tokens'):
     tasks.make(config, None)
