@@ -122,9 +122,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # and the separator after it included, and the last turn ends with that separator too
   # (LLaVA-NeXT's preprocess_qwen, RadVLM). False: the answer and its closing pieces.
   c.data.train_assistant_turn = False
-  # How the loss averages token losses: 'token' (every trained token of the batch weighs
-  # the same: HF's Trainer since 4.46, which divides by the batch's token count across
-  # micro-batches and devices) or 'example' (each example's loss-mask sums to 1, so the
+  # How the loss averages token losses: 'token' (every trained token of the global batch
+  # weighs the same: HF's Trainer since 4.46 across micro-batches, and across devices with
+  # average_tokens_across_devices, its later default) or 'example' (each example's loss-mask sums to 1, so the
   # loss is the mean of the examples' own token means: what LAVIS, and an HF Trainer over a
   # model whose forward takes no num_items_in_batch (LLaVA-NeXT's), compute with one
   # example per device, as XrayGPT's stage 2 and RadVLM train). The logged 'tokens' then
