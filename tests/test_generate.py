@@ -1,5 +1,7 @@
 """Generation: greedy and beam search equal HF generate(); sampling warpers equal HF's;
 stop strings; the VLM path under an 8-device mesh equals one device."""
+import dataclasses
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -125,6 +127,12 @@ def test_sampling_limits_equal_greedy_and_rng_is_deterministic(lm):
   a, b, c = (_run(lm, warm, k)[0] for k in (key, key, jax.random.key(4)))
   np.testing.assert_array_equal(a, b)
   assert (a != c).any() and (a != lm['greedy']).any()
+  # Another temperature, top-p or penalty is an argument: the web demo's sliders compiled
+  # the generator again for each new value (10-15 s on the micro model).
+  compiled = gen._generate._cache_size()
+  other = dataclasses.replace(warm, temperature=0.9, top_p=0.8)
+  d = _run(lm, other, key)[0]
+  assert gen._generate._cache_size() == compiled and (d != a).any()
   with pytest.raises(ValueError, match='rng'):
     _run(lm, warm)
 
@@ -146,6 +154,11 @@ def test_warpers_equal_hf_and_samples_stay_in_the_allowed_set(temperature, top_k
     want = proc(None, want)
   want = want.numpy()
   got = np.asarray(sampling.warp(logits, temperature, top_k, top_p))
+  traced = jax.jit(lambda x, v: sampling.warp(x, temperature, top_k, top_p, v))(
+      logits, sampling.knobs(temperature, top_p))  # generate's: the values as arguments
+  np.testing.assert_array_equal(np.isfinite(traced), np.isfinite(got))
+  np.testing.assert_allclose(np.asarray(traced)[np.isfinite(got)], got[np.isfinite(got)],
+                             rtol=1e-6)
   np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
   np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], rtol=1e-6)
 

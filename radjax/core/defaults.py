@@ -124,11 +124,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.train_assistant_turn = False
   # How the loss averages token losses: 'token' (every trained token of the global batch
   # weighs the same: HF's Trainer since 4.46 across micro-batches, and across devices with
-  # average_tokens_across_devices, its later default) or 'example' (each example's loss-mask sums to 1, so the
-  # loss is the mean of the examples' own token means: what LAVIS, and an HF Trainer over a
-  # model whose forward takes no num_items_in_batch (LLaVA-NeXT's), compute with one
-  # example per device, as XrayGPT's stage 2 and RadVLM train). The logged 'tokens' then
-  # counts examples, and eval's val_loss / perplexity are per-example means.
+  # average_tokens_across_devices, its later default) or 'example' (each example's
+  # loss-mask sums to 1, so the loss is the mean of the examples' own token means: what
+  # LAVIS, and an HF Trainer over a model whose forward takes no num_items_in_batch
+  # (LLaVA-NeXT's), compute with one example per device, as XrayGPT's stage 2 and RadVLM
+  # train). The logged 'tokens' then counts examples, and eval's val_loss / perplexity are
+  # per-example means.
   c.data.loss_norm = 'token'
   # An example longer than max_len: 'drop' (skipped, counted in data/dropped_too_long and
   # logged) or 'truncate' (cut at max_len; counted in data/truncated).

@@ -24,7 +24,8 @@ DECODINGS = ('greedy', 'sample', 'beam')
 
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
-  """Hashable, so it is a static argument of the jitted `generate`.
+  """Hashable, so it is a static argument of the jitted `generate` (temperature, top_p
+and repetition_penalty only as whether they apply: their values are arguments).
 
   decoding: 'greedy' | 'sample' | 'beam'; 'sample' with temperature 0 is greedy.
   top_k 0 and top_p 1.0 switch those filters off (HF defaults top_k to 50; we do not).
@@ -187,7 +188,7 @@ def _processor(cfg: GenerationConfig, vocab_size: int) -> Optional[Callable]:
 
 
 def _token_loop(decode, logits, cache, key_mask, positions, p: int, cfg: GenerationConfig, rng,
-                fill, process: Optional[Callable] = None, seen=None):
+                fill, values: dict, process: Optional[Callable] = None, seen=None):
   """Greedy or sampling; finished rows emit `fill`. Scores: summed log-probs
   (of the unwarped distribution) of each row's tokens up to its stop token.
   seen [B, V]: the prompt ids the repetition penalty starts from (None: no penalty)."""
@@ -197,14 +198,14 @@ def _token_loop(decode, logits, cache, key_mask, positions, p: int, cfg: Generat
   def step(carry, i):
     cache, logits, key_mask, positions, done, score, seen = carry
     if seen is not None:  # first, on the raw logits, as HF orders its processors
-      logits = repetition.penalize(logits, seen, cfg.repetition_penalty)
+      logits = repetition.penalize(logits, seen, values['repetition_penalty'])
     if process is not None:
       logits = process(logits, i)
     if greedy:
       tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:
       tok = sampling.sample(jax.random.fold_in(rng, i), logits, cfg.temperature, cfg.top_k,
-                            cfg.top_p)
+                            cfg.top_p, values)
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)), tok[:, None],
                                axis=-1)[:, 0]
     score = score + jnp.where(done, 0.0, logp)
@@ -237,14 +238,23 @@ def generate(model, params, prompt_tokens, prompt_mask, images, gen_cfg: Generat
   """
   if gen_cfg.strategy == 'sample' and rng is None:
     raise ValueError("decoding='sample' needs an rng key")
-  return _generate(model, params, prompt_tokens, prompt_mask, images, _canonical(gen_cfg),
-                   rng if gen_cfg.strategy == 'sample' else None, jnp.int32(gen_cfg.fill_id))
+  canonical = _canonical(gen_cfg)
+  values = sampling.knobs(gen_cfg.temperature if canonical.temperature != 1.0 else 1.0,
+                          gen_cfg.top_p if canonical.top_p != 1.0 else 1.0,
+                          gen_cfg.repetition_penalty)
+  return _generate(model, params, prompt_tokens, prompt_mask, images, canonical,
+                   rng if gen_cfg.strategy == 'sample' else None, jnp.int32(gen_cfg.fill_id),
+                   values)
 
 
 def _canonical(cfg: GenerationConfig) -> GenerationConfig:
   """Resets the knobs the strategy ignores (and the fill id, an argument), so equivalent
-  configs share one compilation."""
-  kw = dict(decoding=cfg.strategy, stop_strings=())
+  configs share one compilation; temperature, top-p and the repetition penalty keep only
+  whether they apply (their values are arguments: a web demo's slider compiles nothing)."""
+  kw = dict(decoding=cfg.strategy, stop_strings=(),
+            temperature=1.0 if cfg.temperature == 1.0 else 2.0,
+            top_p=1.0 if cfg.top_p == 1.0 else 0.5,
+            repetition_penalty=1.0 if cfg.repetition_penalty == 1.0 else 2.0)
   if cfg.strategy != 'sample':
     kw.update(temperature=1.0, top_k=0, top_p=1.0)
   if cfg.strategy != 'beam':
@@ -254,7 +264,7 @@ def _canonical(cfg: GenerationConfig) -> GenerationConfig:
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
 def _generate(model, params, prompt_tokens, prompt_mask, images, cfg: GenerationConfig, rng,
-              fill):
+              fill, values):
   p = prompt_tokens.shape[1]
   logits, cache, key_mask, positions = _prefill(model, params, prompt_tokens, prompt_mask,
                                                 images, cfg.max_new_tokens)
@@ -267,9 +277,9 @@ def _generate(model, params, prompt_tokens, prompt_mask, images, cfg: Generation
     return beam_lib.beam_search(decode, logits, cache, key_mask, positions, p,
                                 cfg.max_new_tokens, cfg.num_beams, cfg.length_penalty,
                                 cfg.early_stopping, cfg.stop_ids, fill, process, seen,
-                                cfg.repetition_penalty)
-  return _token_loop(decode, logits, cache, key_mask, positions, p, cfg, rng, fill, process,
-                     seen)
+                                values['repetition_penalty'])
+  return _token_loop(decode, logits, cache, key_mask, positions, p, cfg, rng, fill, values,
+                     process, seen)
 
 
 def greedy_generate(model, params, prompt_tokens, prompt_mask, images, max_new_tokens: int,

@@ -17,31 +17,42 @@ def apply_top_k(logits, k: int):
   return jnp.where(logits < kth, -jnp.inf, logits)
 
 
-def apply_top_p(logits, top_p: float):
+def apply_top_p(logits, top_p: float, removed_mass=None):
   """Nucleus filter as HF's TopPLogitsWarper: drops the ascending-sorted tokens whose
-  cumulative probability is <= 1 - top_p, always keeping the most likely one."""
+  cumulative probability is <= 1 - top_p, always keeping the most likely one.
+  removed_mass: 1 - top_p as a traced float32 (computed in Python, as HF's threshold is)."""
   order = jnp.argsort(logits, axis=-1)
   ascending = jnp.take_along_axis(logits, order, axis=-1)
   cum = jnp.cumsum(jax.nn.softmax(ascending, axis=-1), axis=-1)
-  remove = (cum <= 1 - top_p).at[..., -1].set(False)
+  threshold = 1 - top_p if removed_mass is None else removed_mass
+  remove = (cum <= threshold).at[..., -1].set(False)
   # Scatter back to vocab order (a second argsort would double the cost of the sort).
   remove = jnp.put_along_axis(jnp.zeros_like(remove), order, remove, axis=-1, inplace=False)
   return jnp.where(remove, -jnp.inf, logits)
 
 
-def warp(logits, temperature: float, top_k: int, top_p: float):
-  """Temperature, then top-k, then top-p: the order HF applies its warpers in."""
+def knobs(temperature: float, top_p: float, repetition_penalty: float = 1.0) -> dict:
+  """The decoding values a compiled generator takes as arguments (a new temperature or
+  top-p compiles nothing): float32 scalars, 1 - top_p computed in Python as HF does."""
+  return {'temperature': jnp.float32(temperature), 'removed_mass': jnp.float32(1 - top_p),
+          'repetition_penalty': jnp.float32(repetition_penalty)}
+
+
+def warp(logits, temperature: float, top_k: int, top_p: float, values: dict | None = None):
+  """Temperature, then top-k, then top-p: the order HF applies its warpers in. The floats
+  decide which apply; `values` (knobs()), when given, are the ones applied."""
   logits = logits.astype(jnp.float32)
   if temperature != 1.0:
-    logits = apply_temperature(logits, temperature)
+    logits = apply_temperature(logits, temperature if values is None else values['temperature'])
   if top_k:
     logits = apply_top_k(logits, top_k)
   if top_p < 1.0:
-    logits = apply_top_p(logits, top_p)
+    logits = apply_top_p(logits, top_p, None if values is None else values['removed_mass'])
   return logits
 
 
-def sample(rng, logits, temperature: float, top_k: int, top_p: float):
+def sample(rng, logits, temperature: float, top_k: int, top_p: float,
+           values: dict | None = None):
   """One token id per row from the warped distribution."""
-  warped = warp(logits, temperature, top_k, top_p)
+  warped = warp(logits, temperature, top_k, top_p, values)
   return jax.random.categorical(rng, warped, axis=-1).astype(jnp.int32)
