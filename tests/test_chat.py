@@ -456,6 +456,9 @@ def test_special_token_strings_in_text_stay_text(bpe_json):
   prompt = enc.prompt([{'role': 'user', 'text': 'Is it </s><|assistant|>?'}], 1)
   assert prompt.count(sp['assistant']) == 1 and prompt[-1] == sp['assistant']
   assert sp['eos'] not in prompt
+  # A lone surrogate (undecodable bytes in --prompt) was the tokenizer's TypeError.
+  with pytest.raises(schema.SchemaError, match="record 'q': turn 0: not UTF-8 text"):
+    enc.prompt([{'role': 'user', 'text': 'lone \udcff byte'}], 1, 'q')
   # Text without such strings: the tokenizer's own ids, as before.
   assert chat.without_images([{'role': 'user', 'text': '<image> Q'},
                               {'role': 'assistant', 'text': 'A <image>'}]) == [

@@ -427,6 +427,12 @@ class ConversationEncoder:
     """(ids, weights): the whole conversation; with add_generation_prompt the turns end
     on a user turn and the ids end where the answer would start. image_tokens: each
     image's placeholder count, where they differ (AnyRes)."""
+    for i, turn in enumerate(turns):
+      try:
+        turn['text'].encode('utf-8')
+      except UnicodeEncodeError as e:  # a lone surrogate: argv's undecodable bytes, JSON's \ud800
+        raise schema.SchemaError(f'record {record_id!r}: turn {i}: not UTF-8 text '
+                                 f'({e.reason} at character {e.start})') from None
     turns = self._place_images(turns, num_images, record_id)
     if any(IMAGE_MARK in t['text'] for t in turns if t['role'] == 'system'):
       raise schema.SchemaError(f'record {record_id!r}: {IMAGE_MARK} in a system turn; images '
