@@ -342,6 +342,20 @@ def test_cudnn_attention_in_float32_is_named_at_the_start(monkeypatch):
     factory.check_backend(config)
 
 
+def test_cudnn_attention_head_dims_are_checked_at_the_start(monkeypatch):
+  """cuDNN's fused attention takes head dims that are multiples of 8 (<= 256): JAX raised
+  NotImplementedError at the first GPU step, which a CPU dry run cannot see."""
+  from radjax.models import factory
+  monkeypatch.setattr(factory.jax, 'default_backend', lambda: 'gpu')
+  config = tiny_config()
+  config.runtime.attention_impl, config.runtime.dtype = 'cudnn', 'bfloat16'
+  factory.check_backend(config)  # the micro demo's heads: 16 and 8 wide
+  config.model.vision.num_heads = config.model.vision.embed_dim // 4
+  with pytest.raises(ValueError, match=r"needs head dims that are multiples of 8 up to 256; "
+                                       r"config\.model has \{'vision': 4\}"):
+    factory.check_backend(config)
+
+
 @pytest.mark.parametrize('knob,value,message', [
   ('model.llm.num_layers', -1, r'config\.model\.llm\.num_layers=-1 must be >= 1'),
   ('model.vision.embed_dim', 0, r'config\.model\.vision\.embed_dim=0 must be >= 1'),

@@ -46,6 +46,26 @@ def check_backend(config) -> None:
     raise ValueError("config.runtime.attention_impl='cudnn' needs config.runtime.dtype "
                      "'bfloat16' or 'float16', not 'float32'; use attention_impl 'xla' or "
                      "'auto' for float32")
+  if config.runtime.attention_impl == 'cudnn':
+    # cuDNN's fused attention takes head dims that are multiples of 8 up to 256 (else JAX's
+    # NotImplementedError at the first step; a CPU dry run, compiled as 'xla', cannot tell).
+    bad = {part: d for part, d in head_dims(config.model).items() if d % 8 or d > 256}
+    if bad:
+      raise ValueError(f"config.runtime.attention_impl='cudnn' needs head dims that are "
+                       f'multiples of 8 up to 256; config.model has {bad}: use '
+                       "attention_impl 'auto' or 'xla'")
+
+
+def head_dims(model_cfg) -> dict[str, int]:
+  """{part: its attention's head dim} of the parts config.model composes."""
+  out = {}
+  for part, cfg in parts_of(model_cfg).items():
+    if hasattr(cfg, 'dim_per_head'):
+      out[part] = cfg.dim_per_head
+    elif hasattr(cfg, 'num_heads'):  # ViT (embed_dim), Q-Former (hidden_dim)
+      out[part] = getattr(cfg, 'hidden_dim', None) or cfg.embed_dim
+      out[part] //= cfg.num_heads
+  return out
 
 
 def part_config(model_cfg, part: str, **derived):
