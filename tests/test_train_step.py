@@ -25,7 +25,9 @@ def synthetic_batch(config, seed: int, batch_size: int):
           'image_mask': np.ones((batch_size, 1), bool)}
 
 
-def run_steps(config, devices, batches):
+def run_steps(config, devices, batches, grad_norms=None):
+  """(losses, initial params, final state, experiment); each step's gradient norm goes
+  into `grad_norms` when given (AdamW's update hides a gradient's scale)."""
   exp = build_experiment(config, devices)
   with sharding.activation_rules(exp.mesh, exp.rules):
     fn = setup.jit_train_step(exp)
@@ -35,6 +37,8 @@ def run_steps(config, devices, batches):
       g = {k: jax.device_put(v, exp.batch_shardings[k]) for k, v in b.items()}
       state, metrics = fn(state, g)
       losses.append(float(metrics['loss']))
+      if grad_norms is not None:
+        grad_norms.append(float(metrics['grad_norm']))
   return losses, initial, jax.device_get(state), exp
 
 
@@ -42,9 +46,11 @@ def test_mesh_2x2x2_matches_one_device(demo_data):
   config = tiny_config(demo_data)
   config.runtime.dtype = 'float32'
   batches = [synthetic_batch(config, i, 8) for i in range(3)]
-  single, *_ = run_steps(config, jax.devices()[:1], batches)
+  single_norms, sharded_norms = [], []
+  single, *_ = run_steps(config, jax.devices()[:1], batches, single_norms)
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
-  sharded, _, _, parts = run_steps(config, jax.devices()[:8], batches)
+  sharded, _, _, parts = run_steps(config, jax.devices()[:8], batches, sharded_norms)
+  np.testing.assert_allclose(sharded_norms, single_norms, rtol=1e-4)
   # Big parameters really are split, not replicated.
   spec = parts.state_shardings.params['llm']['layers']['mlp']['gate']['kernel'].spec
   assert spec == jax.sharding.PartitionSpec(None, 'fsdp', 'tensor')
@@ -53,10 +59,12 @@ def test_mesh_2x2x2_matches_one_device(demo_data):
 
 
 def _check_accumulation_equals_one_big_batch(config, batches):
-  big, _, big_state, _ = run_steps(config, jax.devices()[:1], batches)
+  big_norms, acc_norms = [], []
+  big, _, big_state, _ = run_steps(config, jax.devices()[:1], batches, big_norms)
   config.optim.grad_accum = 4
-  acc, _, acc_state, _ = run_steps(config, jax.devices()[:1], batches)
+  acc, _, acc_state, _ = run_steps(config, jax.devices()[:1], batches, acc_norms)
   np.testing.assert_allclose(acc, big, atol=1e-5)
+  np.testing.assert_allclose(acc_norms, big_norms, rtol=1e-4)  # the gradient, not Adam's step
   for a, b in zip(jax.tree.leaves(acc_state.params), jax.tree.leaves(big_state.params)):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
