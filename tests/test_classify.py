@@ -72,6 +72,14 @@ def test_box_targets_mark_the_patches_under_the_box():
   # A positive without a box of its label: where it is is unknown, so it is masked out.
   assert targets({'labels': {'Pneumothorax': 1}})['box_mask'].tolist() == [0, 1]
   assert targets({'labels': {}})['box_mask'].tolist() == [0, 0]
+  # 70 px in 16 px patches: the tower sees 64 px (4 patches); the box at 0.92-1.0 of the
+  # image lies past the patches (it was put on the last one, 0.69-0.91 of the image).
+  cut = labels_lib.LabelTargets(('Lung Lesion',), box_labels=('Lung Lesion',), grid=4,
+                                patches_per_side=70 / 16)
+  edge = {'labels': {'Lung Lesion': 1},
+          'boxes': [{'box': [0.92, 0.0, 1.0, 0.1], 'label': 'Lung Lesion', 'phrase': ''},
+                    {'box': [0.5, 0.0, 0.6, 0.1], 'label': 'Lung Lesion', 'phrase': ''}]}
+  assert cut(edge)['box_targets'][:, 0].reshape(4, 4)[0].tolist() == [0, 0, 1, 0]
 
 
 def test_box_token_loss_balances_the_patches_under_boxes_against_the_rest():

@@ -31,6 +31,9 @@ class LabelTargets:
   uncertain_as: int = 1
   box_labels: tuple[str, ...] = ()
   grid: int = 0
+  # Patches per image side, fractional where the tower drops the last pixels (image_size
+  # not a multiple of patch_size: 70 px in 16 px patches is 4.375): 0 = grid.
+  patches_per_side: float = 0.0
 
   def __call__(self, example: dict) -> dict:
     """{'labels' [L] float32 in {0, 1}, 'label_mask' [] float32 (1: the record has labels)},
@@ -52,14 +55,17 @@ class LabelTargets:
     negative record's patches are all 0; a positive record without a box of the label
     (its location unknown) is masked out, as is a record without labels."""
     g = self.grid
+    side = self.patches_per_side or g  # box fractions of the image -> patch indices
     targets = np.zeros((g, g, len(self.box_labels)), np.float32)
     known = np.zeros((len(self.box_labels),), np.float32)
     labelled = bool(example.get('labels'))
     for j, name in enumerate(self.box_labels):
       boxes = [b['box'] for b in example.get('boxes') or () if b.get('label') == name]
       for x1, y1, x2, y2 in boxes:  # a patch counts when the box overlaps it
-        c0, c1 = int(np.floor(x1 * g)), max(int(np.ceil(x2 * g)), int(np.floor(x1 * g)) + 1)
-        r0, r1 = int(np.floor(y1 * g)), max(int(np.ceil(y2 * g)), int(np.floor(y1 * g)) + 1)
+        c0, c1 = int(np.floor(x1 * side)), max(int(np.ceil(x2 * side)),
+                                               int(np.floor(x1 * side)) + 1)
+        r0, r1 = int(np.floor(y1 * side)), max(int(np.ceil(y2 * side)),
+                                               int(np.floor(y1 * side)) + 1)
         targets[r0:min(r1, g), c0:min(c1, g), j] = 1.0
       known[j] = labelled and (bool(boxes) or y[name] == 0)
     return {'box_targets': targets.reshape(g * g, -1), 'box_mask': known}
@@ -69,9 +75,11 @@ class LabelTargets:
     return [n for n, v in zip(self.names, y) if v]
 
 
-def from_config(data_cfg, grid: int = 0) -> LabelTargets | None:
+def from_config(data_cfg, grid: int = 0, patches_per_side: float = 0.0
+                ) -> LabelTargets | None:
   """The targets config.data names; grid: the vision tower's patches per side, which
-  box_token_weight > 0 needs (the box targets' grid)."""
+  box_token_weight > 0 needs (the box targets' grid); patches_per_side: image_size /
+  patch_size (the pixels past the grid are dropped)."""
   names = tuple(data_cfg.get('label_names', ()))
   if not names:
     return None
@@ -91,4 +99,4 @@ def from_config(data_cfg, grid: int = 0) -> LabelTargets | None:
                      'box targets do not follow the random crop; set one of them off')
   if grid <= 0:
     raise ValueError('config.data.box_token_weight > 0 needs a 2D patch tower')
-  return LabelTargets(names, int(uncertain), box_labels, grid)
+  return LabelTargets(names, int(uncertain), box_labels, grid, patches_per_side)

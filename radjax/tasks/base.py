@@ -147,8 +147,10 @@ def conversation_processor(config, encoder, tasks, images=None, labels=None):
 
 def label_targets(config, vision) -> labels_lib.LabelTargets | None:
   """config.data's label targets; box targets on the 2D tower `vision`'s patch grid."""
-  grid = 0 if vision.kind == 'vit3d' else vision.image_size // vision.patch_size
-  return labels_lib.from_config(config.data, grid)
+  if vision.kind == 'vit3d':
+    return labels_lib.from_config(config.data)
+  return labels_lib.from_config(config.data, vision.image_size // vision.patch_size,
+                                vision.image_size / vision.patch_size)
 
 
 def label_fields(targets: labels_lib.LabelTargets | None) -> dict[str, BatchField]:
