@@ -62,7 +62,7 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   del arg
   c = ml_collections.ConfigDict()
-  c.seed = 0  # seeds init, data order, dropout; a run is a function of it
+  c.seed = 0  # seeds init, data order, augmentation, sampling; a run is a function of it
   # What is trained (radjax/tasks): 'vlm' (image(s) + text -> text), 'lm' (text -> text
   # with the decoder alone), 'classify' (model.kind 'classifier': findings from an image)
   # or 'vqgan' (model.kind 'vqgan': the image codec). A task names its batch, model, loss
