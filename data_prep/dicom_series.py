@@ -25,7 +25,7 @@ from absl import logging
 
 from data_prep.builder import Reject
 from data_prep.dicom import modality_values, read_dataset
-from data_prep.volume_ops import Volume, display_layout
+from data_prep.volume_ops import Volume, check_voxels, display_layout
 
 MIN_SLICES = 2
 DUPLICATE_MM = 1e-3  # positions closer than this are the same slice
@@ -139,8 +139,15 @@ def read_series(folder: str | os.PathLike, *, tolerance: float = 0.05) -> Volume
                  'have them; cannot order the series')
   else:
     order, sz = _order_by_instance(folder, slices)
-  planes = [modality_values(slices[i][1], f'{folder}: slice {slices[i][0]}') for i in order]
-  array = np.stack(planes, axis=-1).astype(np.float32)
+  rows, cols = int(ds0.Rows), int(ds0.Columns)  # _check_consistent: the same for all
+  check_voxels((rows, cols, len(slices)), str(folder), 'a series')  # before any decode
+  # One float32 stack filled slice by slice, each slice's pixels let go once copied (a
+  # list of float64 planes, then their stack, held the series three times over).
+  array = np.empty((rows, cols, len(order)), np.float32)
+  for k, i in enumerate(order):
+    name, ds = slices[i]
+    array[..., k] = modality_values(ds, f'{folder}: slice {name}')
+    del ds.PixelData  # its bytes and pydicom's decoded copy; the header stays
   sy, sx = pixel_spacing  # PixelSpacing is (between rows, between columns)
   spacing = (float(sx), float(sy), sz)
   if all(placed):  # in the display layout of an axial series, whatever the acquisition

@@ -15,12 +15,24 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from data_prep.builder import Reject
+
+# 4 GiB of float32: a CT of 512 x 512 x 4096 slices; a header can claim 10000^3.
+MAX_VOXELS = 2**30
+
+
+def check_voxels(shape: Sequence[int], where: str, what: str = 'a volume') -> None:
+  """Refuses a shape over MAX_VOXELS, from a header's claim, before anything is allocated."""
+  if math.prod(int(n) for n in shape) > MAX_VOXELS:
+    raise Reject(f'{where}: {what} of shape {tuple(int(n) for n in shape)}, over the '
+                 f'{MAX_VOXELS:,} voxels a volume may have')
+
 
 # Common (centre, width) presets in Hounsfield units.
 WINDOWS = {
@@ -79,6 +91,7 @@ def resample(volume: Volume, target: Sequence[float], *, order: int = 1,
   shape = np.array(volume.array.shape, np.float64)
   extent = shape * axis_spacing(volume.spacing)
   new_shape = np.maximum(1, np.round(extent / axis_spacing(target))).astype(int)
+  check_voxels(new_shape, volume.where, f'resampled to {list(target)} mm, a volume')
   factors = new_shape / shape
   x = volume.array
   if antialias and (factors < 1).any():
@@ -104,7 +117,10 @@ def rescale_range(volume: Volume, percentiles: tuple[float, float] = (0.0, 100.0
   lo, hi = np.percentile(volume.array, percentiles)
   if not hi > lo:
     raise Reject(f'{volume.where}: constant volume (every voxel {lo}), nothing to normalise')
-  return np.clip((volume.array - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+  # float32 bounds: numpy's float64 scalars would promote the whole volume (4x its size).
+  out = volume.array - np.float32(lo)
+  out /= np.float32(hi - lo)
+  return np.clip(out, 0.0, 1.0, out=out)
 
 
 def to_entry(values: np.ndarray, spacing: Sequence[float] | None, where: str = '') -> dict:

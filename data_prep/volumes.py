@@ -24,7 +24,6 @@ a target spacing and a CT window instead.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from data_prep.dicom_series import read_series
 from data_prep.volume_ops import (
   WINDOWS,
   Volume,
+  check_voxels,
   display_layout,
   resample,
   rescale_range,
@@ -45,8 +45,6 @@ from data_prep.volume_ops import (
 )
 
 MIN_SIDE = 2  # a volume has at least 2 voxels along each axis
-# 4 GiB of float32: a CT of 512 x 512 x 4096 slices; a header can claim 10000^3.
-MAX_VOXELS = 2**30
 NIFTI_SUFFIXES = ('.nii', '.nii.gz')
 
 
@@ -66,9 +64,7 @@ def read_nifti(path: str | os.PathLike) -> Volume:
   where = str(path)
   try:
     image = nib.load(where)
-    if math.prod(image.shape) > MAX_VOXELS:  # the header's claim, before any allocation
-      raise Reject(f'{where}: a NIfTI of shape {image.shape}, over the {MAX_VOXELS:,} voxels '
-                   'a volume may have')
+    check_voxels(image.shape, where, 'a NIfTI')  # the header's claim, before any allocation
     data = image.get_fdata(dtype=np.float32)  # applies scl_slope / scl_inter
   except Reject:
     raise
@@ -95,9 +91,15 @@ def load_numeric_npy(where: str) -> np.ndarray:
   if magic != b'\x93NUMPY':
     raise Reject(f'{where}: not a .npy file (no NumPy header)')
   try:
-    array = np.load(where, allow_pickle=False)
+    # The header's shape first (a memory map reads nothing else), then the data.
+    mapped = np.load(where, mmap_mode='r', allow_pickle=False)
+    check_voxels(mapped.shape, where, 'a .npy')
+    array = np.array(mapped)
+    del mapped
+  except Reject:
+    raise
   except ValueError as e:
-    if 'pickle' not in str(e):
+    if 'pickle' not in str(e) and 'Python objects' not in str(e):
       raise Reject(f'{where}: not a readable .npy: {e}') from e
     raise Reject(f'{where}: not a plain numeric .npy (object arrays need pickle, refused): '
                  f'{e}') from e

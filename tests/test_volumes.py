@@ -395,6 +395,31 @@ def test_a_nifti_header_claiming_a_huge_volume_is_refused_before_reading(tmp_pat
     volumes.load_volume(path)
 
 
+def test_series_npy_and_resampling_over_the_voxel_limit_are_refused_first(tmp_path,
+                                                                          monkeypatch):
+  """Only a NIfTI header was checked: a 2.6 MB compressed DICOM series of 8192^2 slices
+  ran out of memory, a 4 GB .npy was read whole, --spacing could ask for 23 GiB."""
+  monkeypatch.setattr(volume_ops, 'MAX_VOXELS', 500)
+  write_series(tmp_path / 'ct', stored_volume((10, 12, 5)), [0, 2, 4, 6, 8])  # 600 voxels
+  with pytest.raises(Reject, match=r'ct: a series of shape \(10, 12, 5\), over the 500'):
+    volumes.load_volume(tmp_path / 'ct')
+  np.save(tmp_path / 'big.npy', np.zeros((10, 10, 6), np.float32))
+  with pytest.raises(Reject, match=r'big\.npy: a \.npy of shape \(10, 10, 6\), over'):
+    volumes.load_volume(tmp_path / 'big.npy')
+  small = volume_ops.Volume(np.zeros((6, 6, 6), np.float32), (1.0, 1.0, 1.0), 'v.npy')
+  with pytest.raises(Reject, match=r'v\.npy: resampled to \[0\.5, 0\.5, 0\.5\] mm, a volume '
+                                   r'of shape \(12, 12, 12\)'):
+    volume_ops.resample(small, (0.5, 0.5, 0.5))
+
+
+def test_min_max_rescale_stays_float32():
+  """numpy's float64 percentile bounds promoted a whole CT to float64 (1.6 GB at 512^2 x 400)."""
+  x = np.random.default_rng(0).normal(size=(8, 9, 10)).astype(np.float32) * 1000
+  out = volume_ops.rescale_range(volume_ops.Volume(x, None, 'v'))
+  assert out.dtype == np.float32 and out.min() == 0 and out.max() == 1
+  np.testing.assert_allclose(out, (x - x.min()) / (x.max() - x.min()), atol=1e-6)
+
+
 def test_the_volume_command_writes_what_generate_reads(tmp_path, capsys):
   """`python -m data_prep volume` (the NIfTI / multi-frame advice of --images points at
   it): a series folder -> the float16 [0, 1] .npy a 3D model's --images reads, min-max as
