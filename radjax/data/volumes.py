@@ -19,7 +19,9 @@ from radjax.data import schema
 
 
 def decode_volume(image: dict, record_id: str) -> np.ndarray:
-  """A 3D entry -> float32 [rows, cols, slices] in [0, 1]. Errors name the record."""
+  """A 3D entry -> [rows, cols, slices] in [0, 1], in its stored dtype (float16: a
+  sample keeps a few of its slices, converted after; a float32 copy of the whole scan
+  doubled a read's memory). Errors name the record."""
   if image.get('kind') != '3d' or image.get('format') != 'npy':
     raise schema.SchemaError(f'record {record_id!r}: images: expected a 3d npy volume, got '
                              f"{image.get('kind')}/{image.get('format')}")
@@ -30,7 +32,8 @@ def decode_volume(image: dict, record_id: str) -> np.ndarray:
   if vol.ndim != 3 or min(vol.shape) < 1:
     raise schema.SchemaError(f'record {record_id!r}: images: a volume must be [rows, cols, '
                              f'slices], got shape {vol.shape}')
-  vol = vol.astype(np.float32)
+  if vol.dtype.kind != 'f':
+    vol = vol.astype(np.float32)
   if not np.isfinite(vol).all():
     raise schema.SchemaError(f'record {record_id!r}: images: the volume has NaN or inf voxels')
   # Volumes are stored in [0, 1] (data_prep/volume_ops.py to_entry). Raw Hounsfield units
@@ -82,7 +85,7 @@ def sample_input(entries: list[dict], *, size: int, max_depth: int, depth_patch:
     if is_2d:
       out.append(np.repeat(x[:, :, None, :], depth, axis=2))
     else:
-      vol = resize_volume(x, size, depth)
+      vol = resize_volume(x, size, depth).astype(np.float32)
       out.append(images_lib.normalise(vol[..., None].repeat(num_channels, -1), mean, std,
                                       num_channels))
   return out, depth
