@@ -169,7 +169,7 @@ def _main():
     memory.dry_run(FLAGS.config)
     return
   if FLAGS.mode not in ('generate', 'chat'):  # these need only the tokenizer
-    run.check_config(FLAGS.config)  # before a dataset is built
+    run.check_config(FLAGS.config, FLAGS.mode == 'train')  # before a dataset is built
     ensure_data(FLAGS.config)
   stage = run.pre_stage(FLAGS.config, FLAGS.workdir) if FLAGS.mode == 'train' else None
   if stage:

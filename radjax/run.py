@@ -234,19 +234,22 @@ def maybe_initialize_distributed():
   distributed.initialize()
 
 
-def check_config(config) -> None:
+def check_config(config, train: bool = True) -> None:
   """The checks that need neither data nor a tokenizer: the knobs' values and the model's
-  parts (each part's sizes); before a dataset is built or read (a missing one takes hours
-  to build before a one-line size error)."""
+  parts (each part's sizes; a codec's discriminator, which only training runs); before a
+  dataset is built or read (a missing one takes hours to build before a one-line size
+  error)."""
   config_checks.check(config)
-  factory.parts_of(config.model)
+  parts = factory.parts_of(config.model)
+  if train and 'vqgan' in parts:
+    parts['vqgan'].check_discriminator()
 
 
 def main(config, workdir: str, mode: str, images: list[str] | None = None, prompt: str = '',
          out_dir: str = ''):
   maybe_initialize_distributed()
   if mode in ('train', 'eval'):
-    check_config(config)
+    check_config(config, train=mode == 'train')
   logging.info('process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   if mode in ('train', 'eval'):

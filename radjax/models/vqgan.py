@@ -76,6 +76,10 @@ class VQGANConfig:
       raise ValueError(f'config.model.vqgan.disc_channels={self.disc_channels}: the '
                        f'discriminator widths {bad} are not divisible into 32 norm groups; '
                        'use a multiple of 16 (the default is 64)')
+
+  def check_discriminator(self) -> None:
+    """For training (an imported codec's image_size is only nominal): the PatchGAN's
+    output at image_size must keep a patch."""
     side = self.image_size  # PatchDiscriminator's 4x4 convs, padding 1
     for n in range(self.disc_layers + 2):
       side = (side - 2) // (2 if n < self.disc_layers else 1) + 1
