@@ -208,3 +208,46 @@ def test_vqa_asks_each_record_one_question_whatever_vqa_questions_trains(demo_da
   assert len(ev.items) == 8
   for _, prompt, answer in ev.items:
     assert [t['role'] for t in prompt] == ['user'] and answer in ('Yes.', 'No.')
+
+
+def test_an_instruction_evaluator_no_record_serves_fails_before_training(dirs):
+  """Grounding on records without boxes failed at the first evaluation, after training."""
+  config = _config(dirs, grounding=dict(component='a'))
+  with pytest.raises(ValueError, match=r"has 'grounding' but no record of split 'val' of "
+                                       r".* can serve instruction task"):
+    evaluators.check_split(config, 'val', ('loss', 'grounding'))
+  evaluators.check_split(config, 'val', ('loss', 'vqa'))  # b's labels serve it
+
+
+def test_reports_scores_the_first_records_that_have_one(tmp_path):
+  """Of the first num_generate records, those with a report: 1 of 4 here, where every other
+  evaluator takes the first 4 it can score (README)."""
+  from radjax.eval.evaluators import reports
+  path = str(tmp_path / 'mixed')
+  os.makedirs(path)
+  with writer.ShardedWriter(path, 'val', 1, validate=lambda ex: None) as w:
+    for i in range(8):
+      text = f'finding {i}.' if i >= 3 else ''
+      w.write(schema.make_example(id=f'm-{i}', split='val',
+                                  report={'findings': text, 'impression': ''}))
+  picked = reports.examples_with_reports(source.open_split(path, 'val'), 4)
+  assert [ex['id'] for ex in picked] == ['m-3', 'm-4', 'm-5', 'm-6']
+
+
+def test_an_evaluation_folder_holds_one_evaluation_and_json_without_nan(tmp_path):
+  """A second --mode=eval of a step left the first one's predictions beside its metrics;
+  a one-class label's AUROC was written as a bare NaN."""
+  from radjax.train import writers
+  out = tmp_path / 'eval' / '4'
+  out.mkdir(parents=True)
+  (out / 'predictions.jsonl').write_text('{"id": "old"}\n')
+  (out / 'predictions_vqa.jsonl').write_text('{"id": "old"}\n')
+  nan = types.SimpleNamespace(run=lambda *a: {'eval/auroc': float('nan'), 'eval/f1': 0.5})
+  evaluators.run_all([nan], None, 4, out_dir=str(out))
+  assert sorted(os.listdir(out)) == ['metrics.json']
+  assert json.loads((out / 'metrics.json').read_text(), parse_constant=pytest.fail) == {
+      'step': 4, 'eval/auroc': None, 'eval/f1': 0.5}
+  w = writers.JsonlWriter(str(tmp_path / 'metrics.jsonl'), resume_step=0)
+  w.write_scalars(4, {'eval/auroc': float('nan')})
+  w.close()
+  assert (tmp_path / 'metrics.jsonl').read_text() == '{"step": 4, "eval/auroc": null}\n'

@@ -1,5 +1,6 @@
 """Metric writers: clu's TensorBoard + console writers plus WORKDIR/metrics.jsonl."""
 import json
+import math
 import os
 
 import jax
@@ -89,7 +90,9 @@ class JsonlWriter(metric_writers.MetricWriter):
 
   def write_scalars(self, step, scalars):
     row = {'step': int(step)}
-    row.update({k: float(np.asarray(v)) for k, v in scalars.items()})
+    for k, v in scalars.items():  # NaN / inf as null: bare NaN is no JSON (TensorBoard keeps it)
+      v = float(np.asarray(v))
+      row[k] = v if math.isfinite(v) else None
     try:
       self._file.write(json.dumps(row) + '\n')
       self._file.flush()

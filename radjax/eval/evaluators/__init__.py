@@ -2,7 +2,9 @@
 built from the experiment and split, and `run(params, step, writer, out_dir)` returns
 `eval/*` scalars; `run_all` writes them to `out_dir/metrics.json` too. Each reads the
 default eval dataset or the one config.eval.datasets gives it (eval_sets.py)."""
+import glob
 import json
+import math
 import os
 
 import jax
@@ -49,6 +51,9 @@ def check_split(config, split: str, chosen: tuple[str, ...] = ()) -> None:
                        'evaluate')
   if 'reports' in chosen:
     reports.check_split(config, split)
+  for name in chosen:
+    if name in instruction.SCORERS:
+      instruction.check_split(config, split, name)
 
 
 def make(exp, split: str) -> list:
@@ -69,6 +74,9 @@ def split_key(key: str, split: str) -> str:
 def run_all(evaluators, params, step: int, writer=None, out_dir: str | None = None,
             split: str = 'val') -> dict:
   """Every evaluator's scalars; a split other than 'val' names them (split_key)."""
+  if out_dir is not None and jax.process_index() == 0:  # one evaluation's files, not two
+    for stale in glob.glob(os.path.join(out_dir, 'predictions*.jsonl')):
+      os.remove(stale)
   metrics = {}
   for ev in evaluators:
     metrics.update(ev.run(params, step, writer, out_dir))
@@ -77,5 +85,10 @@ def run_all(evaluators, params, step: int, writer=None, out_dir: str | None = No
   if out_dir is not None and jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, 'metrics.json'), 'w') as f:
-      json.dump({'step': step, **metrics}, f, indent=1)
+      json.dump({'step': step, **json_numbers(metrics)}, f, indent=1)
   return metrics
+
+
+def json_numbers(metrics: dict) -> dict:
+  """NaN / inf (an AUROC of a one-class label) as null: bare NaN is no JSON."""
+  return {k: (v if math.isfinite(float(v)) else None) for k, v in metrics.items()}

@@ -9,7 +9,7 @@
 import dataclasses
 import functools
 
-from radjax.data import chat, schema
+from radjax.data import chat, instructions, schema
 from radjax.eval import llm_cxr
 from radjax.eval.evaluators import loss, reports
 
@@ -46,10 +46,10 @@ class CodesLossEvaluator:
 
 
 def examples_with_codes(records, n: int, section: str = 'both') -> list[dict]:
-  """Of the first n records, those with a report (of `section`) and an image's codes: a
-  record without codes has no image to read (LLM-CXR drops such samples), so it is not
-  scored."""
-  return [ex for ex in reports.examples_with_reports(records, n, section) if ex.get('codes')]
+  """The first n records with a report (of `section`) and an image's codes: a record
+  without codes has no image to read (LLM-CXR drops such samples), so it is not scored."""
+  return reports.first_examples(
+      records, n, lambda ex: bool(ex.get('codes')) and instructions.report_answer(ex, section))
 
 
 class CodesReportEvaluator(reports.ReportEvaluator):

@@ -78,6 +78,39 @@ SCORERS = {
 }
 
 
+def serving(records, task: str, options, n: int) -> list[tuple[dict, list[dict], str]]:
+  """(example, prompt turns, reference answer) of the first n records `task` serves."""
+  out = []
+  for i in range(len(records)):
+    if len(out) >= n:
+      break
+    example = schema.decode(records[i])
+    turns = instructions.TASKS[task](example, None, options)
+    if turns is not None:
+      prompt, answer = instructions.reference(turns)
+      out.append((example, prompt, answer))
+  return out
+
+
+def unserved(name: str, eval_set) -> str:
+  s = eval_set
+  return (f'config.eval.evaluators has {name!r} but no record of split {s.split!r} of '
+          f'{s.dir} ({s.knob}) can serve instruction task {SCORERS[name][0]!r}')
+
+
+def check_split(config, split: str, name: str) -> None:
+  """Before training: some record of the split serves the evaluator's task (it failed at
+  the first evaluation, after eval_every steps)."""
+  if not config.eval.num_generate:
+    return
+  s = eval_sets.resolve(config, name, split)
+  options = instructions.options_from_config(config.data.task_options,
+                                             config.data.get('codebook_size', 0))
+  if not serving(s.records(), SCORERS[name][0], dataclasses.replace(options, vqa_questions=1),
+                 1):
+    raise ValueError(unserved(name, s))
+
+
 class InstructionEvaluator:
 
   def __init__(self, exp, split: str, name: str):
@@ -94,26 +127,14 @@ class InstructionEvaluator:
   @functools.cached_property
   def items(self) -> list[tuple[dict, list[dict], str]]:
     """(example, prompt turns, reference answer) of the first records the task serves."""
-    records = self.eval_set.records()
-    out, want = [], self.exp.config.eval.num_generate
-    for i in range(len(records)):
-      if len(out) >= want:
-        break
-      example = schema.decode(records[i])
-      turns = instructions.TASKS[self.task](example, None, self.options)
-      if turns is not None:
-        prompt, answer = instructions.reference(turns)
-        out.append((example, prompt, answer))
-    return out
+    return serving(self.eval_set.records(), self.task, self.options,
+                   self.exp.config.eval.num_generate)
 
   def run(self, params, step: int, writer=None, out_dir: str | None = None) -> dict:
     del step, writer
     items = self.items
     if not items:
-      s = self.eval_set
-      raise ValueError(f'config.eval.evaluators has {self.name!r} but no record of split '
-                       f'{s.split!r} of {s.dir} ({s.knob}) can serve instruction task '
-                       f'{self.task!r}')
+      raise ValueError(unserved(self.name, self.eval_set))
     generated = self.answerer.answer(params, [(ex, p) for ex, p, _ in items])
     references = [a for _, _, a in items]
     scores = self.score(generated, references, [ex for ex, _, _ in items])

@@ -53,20 +53,32 @@ def finding_scores(predicted: list[set[str]], truth: list[set[str]]) -> dict[str
   return out
 
 
+def first_examples(records, n: int, keep) -> list[dict]:
+  """The first n records (decoded) for which keep(example) holds, in order."""
+  out = []
+  for i in range(len(records)):
+    if len(out) >= n:
+      break
+    example = schema.decode(records[i])
+    if keep(example):
+      out.append(example)
+  return out
+
+
 def examples_with_reports(records, n: int, section: str = 'both') -> list[dict]:
-  """Of the first n records, those with a report (of `section`, the report_section the
-  model was trained to write) to score against (VQA records have none)."""
-  return [ex for ex in map(schema.decode, (records[i] for i in range(min(n, len(records)))))
-          if _reference(ex, section)]
+  """The first n records with a report (of `section`, the report_section the model was
+  trained to write) to score against (VQA records have none): as the other evaluators
+  take the first n that serve their task (of the first n, those with one: fewer)."""
+  return first_examples(records, n, lambda ex: _reference(ex, section))
 
 
 def check_split(config, split: str) -> None:
   """Before training: the eval split has reports to score generated ones against."""
   n, s = config.eval.num_generate, eval_sets.resolve(config, 'reports', split)
   section = instructions.options_from_config(config.data.task_options).report_section
-  if n and not examples_with_reports(s.records(), n, section):
+  if n and not examples_with_reports(s.records(), 1, section):
     raise ValueError(
-      f"config.eval.evaluators has 'reports' but none of the first {n} records of split "
+      f"config.eval.evaluators has 'reports' but no record of split "
       f'{s.split!r} of {s.dir} has a report '
       f"({'findings or impression' if section == 'both' else section}) to score against; "
       "evaluate without it, e.g. --config.eval.evaluators=\"('loss',)\"")
