@@ -58,7 +58,9 @@ def _answerer(config, workdir: str):
   """The trained model and its Answerer: a bare decoder (whatever task trained it) or a VLM."""
   task = make_task(config, 'lm') if config.model.kind == 'llm' else None
   exp, _ = load_trained(config, workdir, task=task)
-  return exp, evaluators.answers.Answerer(exp)
+  answerer = evaluators.answers.Answerer(exp)
+  answerer.limit_context = True  # prompts a user typed
+  return exp, answerer
 
 
 def _check_decodes(entry: dict, path: str) -> None:

@@ -490,3 +490,32 @@ def test_image_marks_in_a_system_prompt_or_turn_are_refused(bpe_json):
   with pytest.raises(schema.SchemaError, match="record 'r': <image> in a system turn"):
     enc.encode([{'role': 'system', 'text': 'See <image>.'},
                 {'role': 'user', 'text': 'Q'}, {'role': 'assistant', 'text': 'A'}], 1, 'r')
+
+
+def test_literal_marker_text_is_thread_safe_and_plain_added_tokens_stay_text(bpe_json):
+  """split_special_tokens=True on the shared tokenizer flipped a setting every Grain read
+  thread reads: another thread's LLM-CXR codes came out as characters, its '</s>' as EOS
+  (57 of 4,000 encodings). GPT-NeoX's added runs of spaces are not special: ordinary text."""
+  import threading
+  tok = PreTrainedTokenizerFast(tokenizer_object=__import__('tokenizers').Tokenizer.from_str(
+      bpe_json), bos_token='<s>', eos_token='</s>', pad_token='<pad>', unk_token='<unk>')
+  tok.add_tokens(['    '])  # not special, as GPT-NeoX's whitespace runs
+  chat.prepare_tokenizer(tok, chat.DOLLY, images=False, codebook_size=16)
+  enc = chat.ConversationEncoder(tok, chat.DOLLY)
+  assert not enc._has_markers('a    b') and enc._has_markers('a </s> b')
+  texts = [f'{chat.render_codes([k % 16, 3], 16)} done' for k in range(8)] + [
+      f'report {k} </s> ends' for k in range(8)]
+  want = [enc._text_ids(t) for t in texts]
+  bad = []
+
+  def work():
+    for _ in range(40):
+      for t, w in zip(texts, want):
+        if enc._text_ids(t) != w:
+          bad.append(t)
+  threads = [threading.Thread(target=work) for _ in range(3)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not bad and tok.eos_token_id not in want[-1]

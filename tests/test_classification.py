@@ -45,6 +45,10 @@ def test_parse_separators_synonyms_negation_and_unknowns():
     ('Findings: Cardiomegaly: yes, Edema: no, Pneumothorax: 1', ['Cardiomegaly', 'Pneumothorax']),
     ('Edema: negative.\nPleural Effusion: Positive.', ['Pleural Effusion']),
     ('Impression: no pneumothorax. Cardiomegaly.', ['Cardiomegaly']),
+    # A pair's name is its own clause: not the sentence before it.
+    ('Moderate cardiomegaly. Pneumothorax: absent', ['Cardiomegaly']),
+    ('There is cardiomegaly. Edema: no.', ['Cardiomegaly']),
+    ('Cardiomegaly: present; Impression: edema', ['Cardiomegaly', 'Edema']),
 ])
 def test_negated_findings_in_free_text_answers_assert_nothing(answer, want):
   """A base or converted model's answers: each of these read its negated findings as

@@ -16,6 +16,7 @@ embeddings are learned (RadFM's `<image>` / `</image>`).
 Keyword weights (RadFM's reweighted loss, radjax/data/keywords.py): answer tokens that
 overlap a listed term get weight w instead of 1; the loss divides by the summed weights.
 """
+import copy
 import dataclasses
 import functools
 import re
@@ -208,11 +209,24 @@ def prepare_tokenizer(tokenizer, fmt: ChatFormat, images: bool, delimiters: bool
   return tokenizer
 
 
+def literal_copy(tokenizer):
+  """A copy of `tokenizer` that reads special tokens' strings as characters. A copy: the
+  call's split_special_tokens=True flips a setting of the fast tokenizer every Grain read
+  thread shares (another thread's codes then came out as characters)."""
+  literal = copy.deepcopy(tokenizer)
+  literal.split_special_tokens = True
+  if hasattr(literal, '_tokenizer'):  # a fast tokenizer's backend
+    literal._tokenizer.encode_special_tokens = True  # pylint: disable=protected-access
+  return literal
+
+
 def _marker_patterns(tokenizer, vocab: dict):
   """(a pattern of the special tokens' strings text must not become, a pattern of those
   radjax writes as text: the code tokens and their delimiters of a tokenizer that has
-  codes (render_codes), else None)."""
-  specials = set(tokenizer.get_added_vocab()) | set(tokenizer.all_special_tokens)
+  codes (render_codes), else None). Added tokens that are not special (GPT-NeoX's runs of
+  spaces) are ordinary text."""
+  specials = set(tokenizer.all_special_tokens) | {
+      t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
   written = set()
   if CODE_TOKEN.format(0) in vocab:
     written = {t for t in specials if re.fullmatch(r'<code_\d+>', t)} | {IMAGE_BEGIN, IMAGE_END}
@@ -295,6 +309,7 @@ class ConversationEncoder:
         [self.special_ids[p.token] for p in closing] + [self.eos]
         + [vocab[t] for t in self.stop_tokens]))
     self._markers, self._written = _marker_patterns(self.tokenizer, vocab)
+    self._literal = None if self._markers is None else literal_copy(self.tokenizer)
 
   # ---- pieces -> segments -> ids ---------------------------------------------------
   # A segment is text (str) or ids (list). Adjacent text of one weight is tokenised as one
@@ -353,8 +368,8 @@ class ConversationEncoder:
       if not text:
         return
       if text_w and self.keywords is not None:
-        new, token_w = self.keywords.token_weights(self.tokenizer, text,
-                                                   self._has_markers(text))
+        new, token_w = self.keywords.token_weights(
+            self._literal if self._has_markers(text) else self.tokenizer, text)
         weights.extend(float(text_w * w) for w in token_w)
       else:
         new = (self._in_context(after, text) if after and not text_w else
@@ -398,12 +413,13 @@ class ConversationEncoder:
     enc = functools.partial(self.tokenizer.encode, add_special_tokens=False)
     if not self._has_markers(text):  # the usual text: exactly the tokenizer's ids
       return enc(text)
+    literal = functools.partial(self._literal.encode, add_special_tokens=False)
     if self._written is None:
-      return enc(text, split_special_tokens=True)
+      return literal(text)
     ids = []
     for i, piece in enumerate(self._written.split(text)):  # odd pieces: written tokens
       if piece:
-        ids += enc(piece) if i % 2 else enc(piece, split_special_tokens=True)
+        ids += enc(piece) if i % 2 else literal(piece)
     return ids
 
   def _place_images(self, turns: list[dict], num_images: int, record_id: str) -> list[dict]:

@@ -52,13 +52,10 @@ class KeywordWeights:
   def spans(self, text: str) -> list[tuple[int, int]]:
     return [m.span() for m in self.pattern.finditer(text)]
 
-  def token_weights(self, tokenizer, text: str, literal: bool = False
-                    ) -> tuple[list[int], np.ndarray]:
-    """(ids, weights) of `text`: the ids `tokenizer.encode` gives (literal: special tokens'
-    strings as characters), weight `weight` for tokens overlapping a term, 1 elsewhere.
-    Needs a fast tokenizer (character offsets)."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
-                    **({'split_special_tokens': True} if literal else {}))
+  def token_weights(self, tokenizer, text: str) -> tuple[list[int], np.ndarray]:
+    """(ids, weights) of `text`: the ids `tokenizer.encode` gives, weight `weight` for
+    tokens overlapping a term, 1 elsewhere. Needs a fast tokenizer (character offsets)."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc['input_ids'], enc['offset_mapping']
     w = np.ones(len(ids), np.float32)
     for start, end in self.spans(text):

@@ -56,6 +56,7 @@ class Reporter:
     # One upload a request: the smallest batch the mesh splits, not config.eval.batch_size
     # copies of it (8x the work and memory at the default).
     self.answerer.batch_size = setup.batch_shards(self.exp)
+    self.answerer.limit_context = True
     self.reads_3d = 'volume' in self.exp.task.slots
 
   def default_decoding(self) -> Decoding:
@@ -96,6 +97,7 @@ class CodesReporter(Reporter):
     self.model = run.load_llm_cxr(self.config, workdir, step=step)
     self.exp, self.answerer = self.model.exp, self.model.answerer
     self.answerer.batch_size = setup.batch_shards(self.exp)
+    self.answerer.limit_context = True
     self.step = workdir_lib.latest_step(workdir) if step is None else step
     self.reads_3d = False
 

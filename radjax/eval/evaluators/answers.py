@@ -26,6 +26,9 @@ class Answerer:
     # The batch axis splits over the mesh: whole batches of config.eval.batch_size.
     self.batch_size = cfg.eval.batch_size
     self.context = cfg.model.llm.max_position_embeddings
+    # A user's prompt (generate, chat, the web demo) past the model's context is refused;
+    # a dataset's generates as it always did (an evaluation must not end a training run).
+    self.limit_context = False
 
   def prompts(self, items) -> tuple[list[list[int]], dict | None]:
     """Prompt ids per item, and the model's image inputs (images, and depth_mask for
@@ -87,7 +90,8 @@ class Answerer:
       chunk = chunk + [chunk[-1]] * (bs - len(chunk))
       prompts, pixels = self.prompts(chunk)
       prompts = [p + list(answer_prefix) for p in prompts]
-      self._check_context(prompts, chunk, gen_cfg)
+      if self.limit_context:
+        self._check_context(prompts, chunk, gen_cfg)
       length = -(-max(len(p) for p in prompts) // 16) * 16  # few distinct compiled shapes
       toks, mask = generate_lib.left_pad(prompts, length, self.encoder.pad)
       shardings = {'tokens': exp.batch_shardings['tokens'],

@@ -46,15 +46,17 @@ _NONE = re.compile(r'^(?:none|nothing|normal|no(?:\s+\w+)?\s+(?:abnormalit\w*|fi
 
 
 _VALUE_POSITIVE = ('present', 'positive', 'yes', 'true', '1')
-_KEY_VALUE = re.compile(r'([^:;,\n]+?)\s*:\s*(present|positive|yes|true|1|absent|not\s+present|'
+_KEY_VALUE = re.compile(r'([^:;,\n.?!]+?)\s*:\s*(present|positive|yes|true|1|absent|not\s+present|'
                         r'negative|no|false|0|none)\s*(?=[;,\n.]|$)', re.IGNORECASE)
 
 
 def _key_values(text: str) -> str:
   """'Cardiomegaly: present; Edema: absent' -> 'Cardiomegaly; no Edema;'."""
   def pair(match):
-    positive = match.group(2).lower() in _VALUE_POSITIVE
-    return f'{match.group(1)};' if positive else f'no {match.group(1).strip()};'
+    key = match.group(1)
+    if match.group(2).lower() in _VALUE_POSITIVE:
+      return f'{key};'
+    return f'{key[:len(key) - len(key.lstrip())]}no {key.strip()};'  # its space before kept
   return _KEY_VALUE.sub(pair, text)
 
 
@@ -62,7 +64,9 @@ def _items(text: str) -> list[tuple[str, bool]]:
   """(item, negated) in order: a clause's items from its first negated one on are
   negated, and an item ending in "is not seen" / "absent" is."""
   text = _key_values(text or '')
-  body = text.split(':', 1)[-1] if ':' in text else text
+  head, colon, rest = text.partition(':')
+  # A preamble ("The following abnormalities are identified:") is one clause at the start.
+  body = rest if colon and not _CLAUSE.search(head) else text
   items = []
   for clause in _CLAUSE.split(body):
     negated = False
