@@ -31,7 +31,12 @@ GREYSCALE = ('MONOCHROME1', 'MONOCHROME2')
 # A deflated dataset is inflated whole before its header can be read: bound it first (a
 # 1 MB file of zeros inflates to 1 GB). Real DICOM deflates 2-10x.
 INFLATED_MAX_BYTES, INFLATED_MAX_RATIO = 256 << 20, 64
-_READ_GROUPS = (0x0018, 0x0020, 0x0028)
+# Parsed up front (a malformed one named): the pixel module's group and the position and
+# spacing elements radjax reads; other elements (a vendor's broken tag) stay unread.
+_READ_GROUP = 0x0028
+_READ_TAGS = frozenset(pydicom.datadict.tag_for_keyword(k) for k in (
+    'ImagePositionPatient', 'ImageOrientationPatient', 'InstanceNumber', 'SliceThickness',
+    'SpacingBetweenSlices', 'ImagerPixelSpacing', 'SeriesInstanceUID', 'Modality'))
 
 
 def read_dataset(data: bytes, where: str) -> pydicom.Dataset:
@@ -41,9 +46,7 @@ def read_dataset(data: bytes, where: str) -> pydicom.Dataset:
   _check_inflated_size(data, where)
   try:
     ds = pydicom.dcmread(io.BytesIO(data))
-    # Parses the groups radjax reads now (acquisition, position, pixel module): a malformed
-    # element there (Columns of 3 bytes) is named; others (private tags) stay unread.
-    for tag in [t for t in ds.keys() if t.group in _READ_GROUPS]:
+    for tag in [t for t in ds.keys() if t.group == _READ_GROUP or t in _READ_TAGS]:
       ds[tag]  # pylint: disable=pointless-statement
   except Exception as e:  # pydicom raises many types for foreign bytes
     raise SchemaError(f'{where}: not a readable DICOM: {" ".join(str(e).split())}') from e
