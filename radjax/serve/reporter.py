@@ -40,6 +40,15 @@ class Decoding:
       raise uploads.UploadError(f'decoding knobs: {e}') from e
 
 
+def _for_uploads(answerer, exp):
+  """The answerer set for the page: one upload a request decodes as the smallest batch the
+  mesh splits (not config.eval.batch_size copies of it: 8x the work and memory at the
+  default), and a typed prompt past the model's context is refused."""
+  answerer.batch_size = setup.batch_shards(exp)
+  answerer.limit_context = True
+  return answerer
+
+
 class Reporter:
   """A trained or imported VLM workdir, loaded once."""
 
@@ -52,11 +61,7 @@ class Reporter:
           'a VLM workdir or an LLM-CXR one (a bare decoder chats with main.py --mode=chat)')
     self.exp, self.step = run.load_trained(self.config, workdir, step)
     self.reports = evaluators.reports.ReportEvaluator(self.exp, self.config.eval.split)
-    self.answerer = self.reports.answerer
-    # One upload a request: the smallest batch the mesh splits, not config.eval.batch_size
-    # copies of it (8x the work and memory at the default).
-    self.answerer.batch_size = setup.batch_shards(self.exp)
-    self.answerer.limit_context = True
+    self.answerer = _for_uploads(self.reports.answerer, self.exp)
     self.reads_3d = 'volume' in self.exp.task.slots
 
   def default_decoding(self) -> Decoding:
@@ -95,9 +100,7 @@ class CodesReporter(Reporter):
     self.workdir = workdir
     self.config = workdir_lib.load_config(workdir)
     self.model = run.load_llm_cxr(self.config, workdir, step=step)
-    self.exp, self.answerer = self.model.exp, self.model.answerer
-    self.answerer.batch_size = setup.batch_shards(self.exp)
-    self.answerer.limit_context = True
+    self.exp, self.answerer = self.model.exp, _for_uploads(self.model.answerer, self.model.exp)
     self.step = workdir_lib.latest_step(workdir) if step is None else step
     self.reads_3d = False
 

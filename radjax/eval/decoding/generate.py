@@ -238,11 +238,9 @@ def generate(model, params, prompt_tokens, prompt_mask, images, gen_cfg: Generat
   """
   if gen_cfg.strategy == 'sample' and rng is None:
     raise ValueError("decoding='sample' needs an rng key")
-  canonical = _canonical(gen_cfg)
-  values = sampling.knobs(gen_cfg.temperature if canonical.temperature != 1.0 else 1.0,
-                          gen_cfg.top_p if canonical.top_p != 1.0 else 1.0,
-                          gen_cfg.repetition_penalty)
-  return _generate(model, params, prompt_tokens, prompt_mask, images, canonical,
+  # Values a strategy ignores go in too: only the static config decides what applies.
+  values = sampling.knobs(gen_cfg.temperature, gen_cfg.top_p, gen_cfg.repetition_penalty)
+  return _generate(model, params, prompt_tokens, prompt_mask, images, _canonical(gen_cfg),
                    rng if gen_cfg.strategy == 'sample' else None, jnp.int32(gen_cfg.fill_id),
                    values)
 
