@@ -81,8 +81,9 @@ def read_nifti(path: str | os.PathLike) -> Volume:
   return _checked(Volume(array=array, spacing=zooms, where=where))
 
 
-def load_numeric_npy(where: str) -> np.ndarray:
-  """A .npy of numbers, never unpickled; anything else is a Reject that says which."""
+def map_numeric_npy(where: str) -> np.ndarray:
+  """A read-only memory map of a .npy of numbers, never unpickled; its shape is not checked
+  (a caller reading part of it checks what it reads); anything else is a Reject."""
   try:
     with open(where, 'rb') as f:
       magic = f.read(6)
@@ -91,13 +92,7 @@ def load_numeric_npy(where: str) -> np.ndarray:
   if magic != b'\x93NUMPY':
     raise Reject(f'{where}: not a .npy file (no NumPy header)')
   try:
-    # The header's shape first (a memory map reads nothing else), then the data.
     mapped = np.load(where, mmap_mode='r', allow_pickle=False)
-    check_voxels(mapped.shape, where, 'a .npy')
-    array = np.array(mapped)
-    del mapped
-  except Reject:
-    raise
   except ValueError as e:
     if 'pickle' not in str(e) and 'Python objects' not in str(e):
       raise Reject(f'{where}: not a readable .npy: {e}') from e
@@ -105,9 +100,19 @@ def load_numeric_npy(where: str) -> np.ndarray:
                  f'{e}') from e
   except Exception as e:  # truncated header, short data ...
     raise Reject(f'{where}: not a readable .npy: {e}') from e
-  if not isinstance(array, np.ndarray) or array.dtype.kind not in 'biuf':
-    raise Reject(f'{where}: .npy of dtype {getattr(array, "dtype", None)}, expected numbers')
-  return array
+  if not isinstance(mapped, np.ndarray) or mapped.dtype.kind not in 'biuf':
+    raise Reject(f'{where}: .npy of dtype {getattr(mapped, "dtype", None)}, expected numbers')
+  return mapped
+
+
+def load_numeric_npy(where: str) -> np.ndarray:
+  """A .npy of numbers read whole, after its header's shape is checked (nothing else read)."""
+  mapped = map_numeric_npy(where)
+  check_voxels(mapped.shape, where, 'a .npy')
+  try:
+    return np.array(mapped)
+  except OSError as e:
+    raise Reject(f'{where}: not a readable .npy: {e}') from e
 
 
 def read_npy(path: str | os.PathLike, spacing: Sequence[float] | None = None) -> Volume:

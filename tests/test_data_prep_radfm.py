@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tracemalloc
 
 import nibabel as nib
 import numpy as np
@@ -180,6 +181,29 @@ def test_scans_of_a_case_share_one_min_max(tmp_path):
   assert np.load(io.BytesIO(scans.scan_entries(path, size=16)[0]['data'])).max() < 0.15
   np.save(path, np.ones((2, 3, 8, 8, 4), np.float32))
   with pytest.raises(ValueError, match='case_0.npy: constant case'):
+    scans.scan_entries(path)
+
+
+def test_a_case_is_read_one_scan_and_one_channel_at_a_time(tmp_path):
+  # RadFM's files are float64 at times, 3 copies of each slice, several scans a case: the
+  # whole array read at once was 3 GiB for 8 scans of 512 x 512 x 64.
+  scan = np.random.default_rng(0).uniform(-1000, 1000, (4, 1, 64, 64, 32))
+  case = np.repeat(scan, 3, axis=1)  # RadFM's channels are copies
+  path = str(tmp_path / 'case_0.npy')
+  np.save(path, case)
+  tracemalloc.start()
+  try:
+    entries = scans.scan_entries(path)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert len(entries) == 4
+  assert peak < case.nbytes / 4, (peak, case.nbytes)
+  expected = (case[3, 0] - case.min()) / (case.max() - case.min())
+  np.testing.assert_allclose(np.load(io.BytesIO(entries[3]['data'])), expected, atol=1e-3)
+  case[2, 0, 5, 5, 5] = np.nan
+  np.save(path, case)
+  with pytest.raises(ValueError, match=r'case_0.npy scan 2: non-finite voxels'):
     scans.scan_entries(path)
 
 

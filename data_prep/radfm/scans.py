@@ -14,6 +14,7 @@ so a case of 512 x 512 x 64 scans does not make a 32 MB record per scan.
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -21,7 +22,7 @@ from scipy import ndimage
 
 from data_prep import volumes
 from data_prep.builder import Reject
-from data_prep.volume_ops import Volume, to_entry
+from data_prep.volume_ops import Volume, check_voxels, to_entry
 
 ROWS_COLS_SLICES = 3
 
@@ -37,10 +38,10 @@ def _scan_arrays(array: np.ndarray, where: str) -> list[np.ndarray]:
                '(3, H, W, z) or (H, W, z)')
 
 
-def load_npy_scans(path: str) -> list[Volume]:
-  """A RadFM .npy -> one Volume per scan (no spacing: RadFM kept none)."""
-  array = volumes.load_numeric_npy(str(path))
-  scans = _scan_arrays(array, path)
+def _npy_scans(path: str) -> list[tuple[str, np.ndarray]]:
+  """A RadFM .npy -> (where, channel 0 of each scan) as views of its memory map: only the
+  voxels kept are read, one scan at a time, not the file's 3 channels at its own dtype."""
+  scans = _scan_arrays(volumes.map_numeric_npy(str(path)), path)
   out = []
   for s, scan in enumerate(scans):
     where = f'{path} scan {s}' if len(scans) > 1 else path
@@ -48,10 +49,19 @@ def load_npy_scans(path: str) -> list[Volume]:
     if min(scan.shape[:2]) < volumes.MIN_SIDE or scan.shape[2] < 1:
       raise Reject(f'{where}: scan of shape {scan.shape}, expected at least '
                    f'{volumes.MIN_SIDE} rows and cols and 1 slice')
-    if not np.isfinite(scan).all():  # RadFM swapped such volumes for noise; we reject
-      raise Reject(f'{where}: non-finite voxels (NaN or inf)')
-    out.append(Volume(array=scan.astype(np.float32), spacing=None, where=where))
+    check_voxels(scan.shape, where, 'a scan')
+    out.append((where, scan))
   return out
+
+
+def _scan_range(where: str, scan: np.ndarray) -> tuple[float, float]:
+  try:
+    lo, hi = float(scan.min()), float(scan.max())  # NaN propagates through both
+  except OSError as e:
+    raise Reject(f'{where}: not a readable .npy: {e}') from e
+  if not (math.isfinite(lo) and math.isfinite(hi)):  # RadFM swapped such volumes for noise
+    raise Reject(f'{where}: non-finite voxels (NaN or inf)')
+  return lo, hi
 
 
 def _resize(volume: Volume, size: int) -> Volume:
@@ -67,31 +77,36 @@ def _resize(volume: Volume, size: int) -> Volume:
                 modality=volume.modality)
 
 
-def _case_range(scans: list[Volume], path: str) -> tuple[float, float]:
-  """RadFM's min-max: one (min, max) over every scan of the file (float64: no overflow)."""
-  lo = min(float(v.array.min()) for v in scans)
-  hi = max(float(v.array.max()) for v in scans)
+def _case_range(ranges: list[tuple[float, float]], path: str) -> tuple[float, float]:
+  """RadFM's min-max: one (min, max) over every scan of the file."""
+  lo = min(r[0] for r in ranges)
+  hi = max(r[1] for r in ranges)
   if not hi > lo:
     raise Reject(f'{path}: constant case (every voxel {lo}), nothing to normalise')
   return lo, hi
 
 
 def _entry(volume: Volume, lo: float, hi: float) -> dict:
-  values = (volume.array.astype(np.float64) - lo) / (hi - lo)
-  return to_entry(np.clip(values, 0.0, 1.0).astype(np.float32), volume.spacing, volume.where)
+  # float32 in place: the entry is float16, a float64 copy of a 512^2 x 64 scan is 128 MB.
+  values = np.subtract(volume.array, lo, dtype=np.float32)
+  values *= np.float32(1.0 / (hi - lo))
+  return to_entry(np.clip(values, 0.0, 1.0, out=values), volume.spacing, volume.where)
 
 
 def scan_entries(path: str, size: int = 0) -> list[dict]:
   """Every scan of a RadFM image file (.npy, .nii, .nii.gz) -> schema image entries."""
   name = os.path.basename(path).lower()
-  if name.endswith('.npy'):
-    scans = load_npy_scans(path)
-  elif name.endswith(volumes.NIFTI_SUFFIXES):
-    scans = [volumes.load_volume(path)]
-  else:
-    raise Reject(f"{path}: unknown image format; expected RadFM's .npy or a NIfTI "
-                 '(.nii, .nii.gz)')
   # No window: the units are unknown. The range is taken before the (linear) resize, as
   # RadFM normalises before its collator resizes; linear interpolation stays inside it.
-  lo, hi = _case_range(scans, path)
-  return [_entry(_resize(v, size), lo, hi) for v in scans]
+  if name.endswith('.npy'):
+    mapped = _npy_scans(path)
+    lo, hi = _case_range([_scan_range(where, scan) for where, scan in mapped], path)
+    # One scan in float32 at a time (a case of 8 x 3 x 512 x 512 x 64 float64 was 3 GiB).
+    return [_entry(_resize(Volume(array=np.asarray(scan, np.float32), spacing=None,
+                                  where=where), size), lo, hi) for where, scan in mapped]
+  if not name.endswith(volumes.NIFTI_SUFFIXES):
+    raise Reject(f"{path}: unknown image format; expected RadFM's .npy or a NIfTI "
+                 '(.nii, .nii.gz)')
+  scan = volumes.load_volume(path)
+  lo, hi = _case_range([(float(scan.array.min()), float(scan.array.max()))], path)
+  return [_entry(_resize(scan, size), lo, hi)]
