@@ -1,5 +1,7 @@
 """Held-out metrics count every record of the split once, whatever config.eval.batch_size:
 the last batch is padded and padding rows weigh nothing (pipeline.eval_dataset)."""
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -96,6 +98,34 @@ def test_label_metrics_do_not_depend_on_the_eval_batch_size(demo_data):
   config.eval.num_loss_batches = 0
   exp = build_experiment(config, jax.devices()[:1])
   _assert_same(_metrics_by_batch_size(exp, labels.LabelEvaluator(exp, 'val'), (16, 6)))
+
+
+def test_label_predictions_name_each_record_once_whatever_the_batch(demo_data, tmp_path):
+  config = classifier_micro(demo_data)
+  exp = build_experiment(config, jax.devices()[:1])
+  ev = labels.LabelEvaluator(exp, 'val')
+  records = ev.eval_set.records()
+  examples = [schema.decode(records[i]) for i in range(len(records))]
+  files = []
+  for b in (16, 6):
+    exp.config.eval.batch_size = b
+    out = tmp_path / str(b)
+    ev.run(exp.state.params, 0, out_dir=str(out))
+    files.append([json.loads(line) for line in open(out / 'predictions.jsonl')])
+  rows = files[0]
+  assert [r['id'] for r in rows] == [ex['id'] for ex in examples]  # in order, no padding
+  names = exp.task.targets.names
+  for r, ex in zip(rows, examples):
+    assert list(r['probabilities']) == list(names)
+    if ex.get('labels'):
+      assert r['labels'] == dict(zip(names, exp.task.targets(ex)['labels'].astype(int).tolist()))
+    else:
+      assert r['labels'] is None
+  assert sum(sum((r['labels'] or {}).values()) for r in rows) > 0  # some positives
+  for r, other in zip(rows, files[1]):
+    assert r['id'] == other['id'] and r['labels'] == other['labels']
+    np.testing.assert_allclose(list(r['probabilities'].values()),
+                               list(other['probabilities'].values()), atol=1e-5)
 
 
 def test_codec_metrics_do_not_depend_on_the_eval_batch_size(demo_data):

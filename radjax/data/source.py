@@ -359,8 +359,10 @@ class _SkipRecords(grain.MapDataset):
       offset += 1
 
 
-# Host key of an eval batch: 1 for a row that is a record of the split, 0 for padding.
+# Host keys of an eval batch: 1 for a row that is a record of the split, 0 for padding;
+# the row's record index in the split (what an evaluator names it by).
 EVAL_MASK = 'eval_mask'
+EVAL_INDEX = 'eval_index'
 
 
 class _EvalPass(_SkipRecords):
@@ -382,7 +384,8 @@ class _EvalPass(_SkipRecords):
       return self.slice(index)
     n = len(self._parent)
     example, offset = self._usable(index % n)
-    return {**example, EVAL_MASK: np.float32(index < n and not offset)}
+    return {**example, EVAL_MASK: np.float32(index < n and not offset),
+            EVAL_INDEX: np.int32(index % n)}
 
 
 def eval_pass(ds: grain.MapDataset, log: RecordLog, batch_size: int) -> grain.MapDataset:

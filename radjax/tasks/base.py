@@ -32,6 +32,7 @@ class Task:
   parts: ClassVar[dict]  # model part -> its key in the param tree (init_from, freezing)
   needs_tokenizer: ClassVar[bool] = True  # False: an image-only task (the codec)
   packs: ClassVar[bool] = False  # trains on packed rows with config.data.pack
+  token_loss: ClassVar[bool] = False  # loss is cross-entropy per text token (a perplexity)
 
   def __init__(self, config, tokenizer):
     if config.data.get('pack', False) and not self.packs:

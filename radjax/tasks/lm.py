@@ -14,6 +14,7 @@ class TextToText(base.Task):
   name = 'lm'
   model_kind = 'llm'
   evaluators = ('loss',)
+  token_loss = True
   parts = {'llm': state_lib.WHOLE}
   packs = True
 

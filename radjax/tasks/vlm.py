@@ -17,6 +17,7 @@ class ImageTextToText(base.Task):
   name = 'vlm'
   model_kind = 'vlm'
   evaluators = ('loss', 'reports')
+  token_loss = True
   parts = {'vision': 'vision', 'projector': 'projector', 'llm': 'llm'}
   packs = True  # 2D images; rows of up to pack_max_examples examples (radjax/data/packing.py)
 

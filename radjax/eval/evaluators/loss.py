@@ -1,4 +1,5 @@
-"""Held-out loss of the task's own objective: val_loss, val_accuracy, val_perplexity; on
+"""Held-out loss of the task's own objective: val_loss, val_accuracy (where the task has
+one) and, for a loss per text token, val_perplexity (a classifier's is no perplexity); on
 the default eval dataset unless config.eval.datasets.loss gives one (eval_sets.py)."""
 import functools
 
@@ -36,5 +37,9 @@ class LossEvaluator:
       totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
     w = max(float(totals['weight_sum']), 1.0)
     loss = float(totals['loss_sum']) / w
-    return {'eval/val_loss': loss, 'eval/val_accuracy': float(totals['accuracy_sum']) / w,
-            'eval/val_perplexity': float(np.exp(min(loss, 50.0)))}
+    out = {'eval/val_loss': loss}
+    if 'accuracy_sum' in totals:
+      out['eval/val_accuracy'] = float(totals['accuracy_sum']) / w
+    if self.exp.task.token_loss:
+      out['eval/val_perplexity'] = float(np.exp(min(loss, 50.0)))
+    return out
