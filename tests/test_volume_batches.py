@@ -312,3 +312,16 @@ def test_nearest_indices_are_torchs_3d_nearest_for_every_size_pair():
       ref = torch.nn.functional.interpolate(x, size=(1, 1, target))[0, 0, 0, 0].long().numpy()
       np.testing.assert_array_equal(volumes.nearest_indices(size, target), ref,
                                     err_msg=f'{size} -> {target}')
+
+
+def test_depth_buckets_are_refused_where_processes_would_pick_different_depths(config):
+  """Each process pads its own share of a volume batch to its deepest volume's bucket:
+  with two processes, the shares of one global batch came out at different depths (one
+  global array of two shapes). Refused, until the bucket is chosen from the whole batch."""
+  with pytest.raises(ValueError, match=r'config.data.depth_buckets=\(8, 16\).*2 processes'):
+    pipeline.train_dataset(config, make_processor, 'train', 0, 2)
+  c = config.copy_and_resolve_references()
+  c.data.depth_buckets = ()
+  shares = [pipeline.train_dataset(c, make_processor, 'train', p, 2) for p in range(2)]
+  for i in range(40):
+    assert shares[0][i]['images'].shape == shares[1][i]['images'].shape

@@ -201,7 +201,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # batches of volume_batch_size, images of train.batch_size; a share volume_batch_share
   # of the batches are volume batches (interleaved deterministically, Grain's mix). A
   # volume batch is padded in depth to the smallest of depth_buckets that holds its deepest
-  # volume (empty: max_slices below, else model.vision.max_depth), so few shapes compile.
+  # volume (empty: max_slices below, else model.vision.max_depth), so few shapes compile;
+  # on one process only (each would choose from its own share of the batch).
   c.data.volume_batch_size = 1
   # Slices a volume keeps at most (deeper ones are resized to it, nearest; below it a scan
   # goes to the multiple of the depth patch nearest its sample's deepest scan); 0: the

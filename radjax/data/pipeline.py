@@ -115,6 +115,12 @@ def _batches(config, ds: grain.MapDataset, kind: str, process_index: int, proces
                        f'{max_depth}] (config.data.max_slices, else '
                        'config.model.vision.max_depth) and a multiple of '
                        f'config.model.vision.depth_patch_size={patch}')
+    if buckets and process_count > 1:
+      # Each process sees only its share of the batch: its deepest volume is not the
+      # batch's, and shares of one global batch at two depths make no global array.
+      raise ValueError(f'config.data.depth_buckets={buckets} with {process_count} processes: '
+                       "each would pad its share of a batch to its own deepest volume's "
+                       'bucket; leave it () (every volume batch at config.data.max_slices)')
     ds = ds.map(functools.partial(volumes.trim_depth, buckets=buckets, max_depth=max_depth))
   return ds
 
