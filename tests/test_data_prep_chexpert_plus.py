@@ -51,3 +51,14 @@ def test_chexpert_plus(tmp_path):
   assert [e['id'] for e in fx.examples(frontal, 'train')] == [rows[0][0][:-4]]
   assert m2['filtered_by_view'] == {'train': 1, 'val': 0} and m2['views'] == ['Frontal']
   assert m2['num_rejects'] == manifest['num_rejects'] == 2  # the lateral is no reject
+
+
+def test_chexpert_plus_end_of_impression_joins_the_impression(tmp_path):
+  src = str(tmp_path / 'src')
+  r = row('train/patient00001/study1/view1_frontal.jpg', 'Frontal', 'Clear.', '1. Normal.')
+  r[HEADER.index('section_end_of_impression')] = 'Signed by Dr X.'
+  fx.write_csv(os.path.join(src, 'df_chexpert_plus_240401.csv'), HEADER, [r])
+  fx.write_file(os.path.join(src, 'PNG', r[0].replace('.jpg', '.png')), fx.image_bytes(fmt='PNG'))
+  path, _ = fx.build('chexpert_plus', src, str(tmp_path / 'out'))
+  (ex,) = fx.examples(path, 'train')
+  assert ex['report']['impression'] == '1. Normal. Signed by Dr X.'

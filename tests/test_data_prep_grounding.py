@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.builder import ManualDirError
+from data_prep import checks
+from data_prep.builder import ManualDirError, Reject
 from tests import data_prep_fixtures as fx
 
 MS_HEADER = ['dicom_id', 'category_name', 'label_text', 'path', 'x', 'y', 'w', 'h',
@@ -173,3 +174,27 @@ def test_padchest_gr_without_images_names_the_folders(tmp_path):
   write_padchest_gr(src, 'elsewhere')
   with pytest.raises(ManualDirError, match='PadChest_GR/ or Padchest_GR_files/PadChest_GR/'):
     fx.build('padchest_gr', src, str(tmp_path / 'out'))
+
+
+def test_pixel_box_rejects_empty_boxes_and_allows_a_pixel_of_slack():
+  for empty in ((10, 5, 10, 20), (10, 5, 20, 5)):
+    with pytest.raises(Reject, match='empty box'):
+      checks.pixel_box(*empty, (64, 48), 'w')
+  assert checks.pixel_box(-0.5, -1, 64.5, 49, (64, 48), 'w') == [0, 0, 1, 1]
+  with pytest.raises(Reject, match='outside the 64x48 image'):
+    checks.pixel_box(-1.5, 0, 10, 10, (64, 48), 'w')
+
+
+def test_ms_cxr_an_image_whose_rows_name_two_splits_is_rejected(tmp_path):
+  from tests.test_data_prep_grounding import MS_HEADER
+  src = str(tmp_path / 'src')
+  path = 'files/p10/p10000032/s50414267/{}.jpg'
+  rows = [['a1', 'Cardiomegaly', 'big heart', path.format('a1'), 10, 20, 30, 15, 64, 48, 'train'],
+          ['a1', 'Edema', 'edema', path.format('a1'), 5, 5, 10, 10, 64, 48, 'test'],
+          ['b2', 'Edema', 'edema', path.format('b2'), 5, 5, 10, 10, 64, 48, 'train']]
+  for r in rows:
+    fx.write_file(os.path.join(src, r[3]), fx.image_bytes(size=(64, 48)))
+  fx.write_csv(os.path.join(src, 'MS_CXR_Local_Alignment_v1.1.0.csv'), MS_HEADER, rows)
+  out, _ = fx.build('ms_cxr', src, str(tmp_path / 'out'))
+  assert [e['id'] for e in fx.examples(out, 'train')] == ['b2']
+  assert "split 'test', where row 2 said otherwise" in fx.rejects(out)['a1']['reason']

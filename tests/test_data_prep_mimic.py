@@ -152,3 +152,18 @@ def test_frontal_only_rejects_an_image_the_metadata_lacks(mimic, tmp_path):
   assert 'no row in mimic-cxr-2.0.0-metadata' in fx.rejects(path)[gone]['reason']
   assert manifest['filtered_by_view'] == {'train': 4, 'val': 1, 'test': 1}
   assert manifest['num_rejects'] == 3
+
+
+def test_report_sections_edge_cases():
+  f = reports.findings_impression
+  # A header on the first line, its text right after the colon.
+  assert f('FINDINGS:Clear lungs.\nIMPRESSION:Normal.') == {
+    'findings': 'Clear lungs.', 'impression': 'Normal.'}
+  # The first of a repeated header (an addendum's) is kept.
+  assert f('FINDINGS: Clear.\nIMPRESSION: Normal.\nADDENDUM: x\nFINDINGS: Other.')[
+    'findings'] == 'Clear.'
+  # An empty section falls through to the next alias; CONCLUSION is an impression.
+  assert f('FINDINGS: Clear.\nIMPRESSION:\n\nCONCLUSION: No acute process.')[
+    'impression'] == 'No acute process.'
+  assert f('FINDINGS AND IMPRESSION: Normal chest.') == {
+    'findings': 'Normal chest.', 'impression': ''}

@@ -181,3 +181,11 @@ def test_on_first_use_a_killed_builds_leftover_is_named(tmp_path, caplog):
   assert sum(manifest['counts'].values()) == 10
   assert f'unfinished build dir(s) beside {out}' in caplog.text
   assert f'{out}.tmp-0badc0de' in caplog.text
+
+
+def test_nih_mass_and_nodule_are_lung_lesion():
+  from data_prep.nih_chest_xray14 import nih_chest_xray14_dataset_builder as nih
+  for name in ('Mass', 'Nodule', 'Mass|Effusion'):
+    assert nih.parse_labels(name)['Lung Lesion'] == 1
+  labels = nih.parse_labels('Hernia')
+  assert 'Hernia' not in labels and not any(labels.values())

@@ -318,3 +318,10 @@ def test_a_build_names_unfinished_dirs_left_beside_it(src, tmp_path, capsys):
   assert notes == [f'note: 1 unfinished build dir(s) beside it, from killed builds (or one '
                    f'running now): {stale}; delete them once no build of it runs']
   assert stale.exists()  # only named: a running build may own it
+
+
+def test_resize_scales_spacing_per_axis():
+  from data_prep.volume_ops import Volume
+  vol = Volume(array=np.zeros((4, 8, 2), np.float32), spacing=(1.0, 2.0, 3.0), where='v')
+  out = scans._resize(vol, 4)  # 8 columns (sx 1 mm) -> 4; 4 rows (sy 2 mm) stay 4
+  assert out.array.shape == (4, 4, 2) and out.spacing == (2.0, 2.0, 3.0)

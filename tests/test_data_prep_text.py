@@ -116,3 +116,10 @@ def test_llava_json(tmp_path):
   fx.write_file(os.path.join(src, 'all_val.json'), b'[]')
   path, manifest = fx.build('llava_json', src, str(tmp_path / 'out_val'))
   assert manifest['empty_splits'] == ['val'] and manifest['counts']['val'] == 0
+
+
+def test_llava_split_words_start_a_word():
+  from data_prep.llava_json.llava_json_dataset_builder import split_of
+  assert split_of('retrieval_test.json', False) == 'test'
+  assert split_of('all_valid.json', False) == 'val'
+  assert split_of('interval.json', False) is None

@@ -284,3 +284,52 @@ def test_beam_directrunner_gives_the_same_examples(vindr, tmp_path):
                           beam_options=opts)
   fx.assert_same_dataset(path, beam_path)  # record bytes, rejects.jsonl, manifest.json
   shutil.rmtree(beam_path)
+
+
+def test_window_is_in_modality_units_and_monochrome1_inverts_after_it():
+  """The window applies to the rescaled (modality) values, and MONOCHROME1 is inverted
+  after the VOI LUT: a window that covers part of the range tells both orders apart."""
+  x = ramp().astype(float)[0]  # raw 0..65535
+  # Rescale 2, -1024: modality 2x - 1024; window [20000, 40000] in modality units is raw
+  # [10512, 20512]; applied to raw values it would be raw [20000, 40000].
+  img = png_pixels(dicom.read_dicom(make_dicom(ramp(), window=(30000, 20000),
+                                               rescale=(2, -1024)), 'w')[0])[0]
+  assert (img[2 * x - 1024 < 19990] == 0).all() and (img[2 * x - 1024 > 40010] == 255).all()
+  assert (img[(x > 11000) & (x < 20000)] > 0).all()
+  # 12-bit MONOCHROME1, window [512, 1536] of raw values: raw above 1536 is black (0)
+  # after the inversion; inverted first, the window would pick raw [2559, 3583] instead.
+  x12 = ramp(12).astype(float)[0]
+  mono1 = png_pixels(dicom.read_dicom(make_dicom(ramp(12), 'MONOCHROME1', 12,
+                                                 window=(1024, 1024)), 'm')[0])[0]
+  assert (mono1[x12 > 1540] == 0).all() and (mono1[x12 < 508] == 255).all()
+
+
+def test_pixel_spacing_wins_over_imager_pixel_spacing():
+  ds = pydicom.dcmread(io.BytesIO(make_dicom(ramp())))  # PixelSpacing [0.2, 0.1] (rows, cols)
+  ds.ImagerPixelSpacing = [0.3, 0.3]
+  buf = io.BytesIO()
+  ds.save_as(buf)
+  assert dicom.read_dicom(buf.getvalue(), 'a')[2] == [0.1, 0.2]
+  del ds.PixelSpacing
+  buf = io.BytesIO()
+  ds.save_as(buf)
+  assert dicom.read_dicom(buf.getvalue(), 'b')[2] == [0.3, 0.3]
+
+
+def test_wbf_threshold_is_strict_and_scores_weight_the_mean():
+  # IoU exactly 0.25: not above the threshold, so two clusters (ensemble_boxes: iou > thr).
+  assert len(wbf.weighted_boxes_fusion([[0, 0, 1, 1], [0, 0, .25, 1]], ['a', 'a'],
+                                       iou_thr=0.25)) == 2
+  (fused,) = wbf.weighted_boxes_fusion([[0, 0, .4, .4], [0, 0, .8, .8]], ['a', 'a'],
+                                       scores=[3, 1])
+  np.testing.assert_allclose(fused[0], [0, 0, .5, .5])
+
+
+def test_vindr_fuses_readers_boxes_at_iou_above_0_1():
+  from data_prep.vindr_cxr import vindr_cxr_dataset_builder as vindr_builder
+  row = lambda x1, x2: {'class_name': 'Cardiomegaly', 'x_min': str(x1), 'y_min': '0',
+                        'x_max': str(x2), 'y_max': '10'}
+  # IoU 20 / 60 = 0.33: RadVLM's iou_thr=0.1 fuses them (0.5 would not).
+  boxes = vindr_builder.fuse([(2, row(0, 40)), (3, row(20, 60))], (80, 10), 'train.csv')
+  assert len(boxes) == 1
+  np.testing.assert_allclose(boxes[0]['box'], [10 / 80, 0, 50 / 80, 1])
