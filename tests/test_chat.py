@@ -519,3 +519,11 @@ def test_literal_marker_text_is_thread_safe_and_plain_added_tokens_stay_text(bpe
   for t in threads:
     t.join()
   assert not bad and tok.eos_token_id not in want[-1]
+
+
+def test_decoding_stops_at_the_first_stop_id_whatever_follows(bpe_json):
+  enc = chat.ConversationEncoder(_tokenizer(bpe_json, 'radjax'), chat.RADJAX, 3)
+  ids = enc.tokenizer.encode('Clear.', add_special_tokens=False)
+  more = enc.tokenizer.encode(' Large effusion.', add_special_tokens=False)
+  for stop in enc.stop_ids:
+    assert enc.decode_answer(ids + [stop] + more) == 'Clear.'

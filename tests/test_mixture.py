@@ -389,3 +389,17 @@ def test_the_nothing_fits_hint_offers_truncation_only_where_it_helps(monkeypatch
   with pytest.raises(source.DataError, match='raise config.data.max_len') as e:
     ds[0]
   assert ("too_long='truncate'" in str(e.value)) == truncate_helps
+
+
+def test_component_orders_and_subsets_follow_the_seed_and_the_name():
+  """A component's shuffle seed and its max_records subset are functions of config.seed
+  and its name: another run seed, or another name, gives another order and subset."""
+  seeds = {mixture.component_seed(s, n) for s in (0, 1) for n in ('a', 'b')}
+  assert len(seeds) == 4
+
+  def kept(seed, name):
+    comp = mixture.Component(name, '', ('report',), 0.0, 1, mixture.component_seed(seed, name),
+                             max_records=10)
+    return tuple(mixture.kept_records(comp, 1000))
+  assert kept(0, 'a') == kept(0, 'a')
+  assert len({kept(0, 'a'), kept(1, 'a'), kept(0, 'b')}) == 3

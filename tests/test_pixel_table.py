@@ -92,3 +92,14 @@ def test_transparent_pixels_are_laid_over_white_as_hf_does(mode):
     gray = images.decode_image(entry, 3, 'r', keep_gray=True)
     assert gray.mode == 'L'
     np.testing.assert_array_equal(np.asarray(gray), want[..., 0])
+
+
+def test_jittered_table_stays_in_the_pixel_range():
+  """The contrast/brightness jitter clips to [0, 1] before normalising (ColorJitter's
+  clamp): white under the strongest jitter is still normalised white, black still black."""
+  mean, std = (0.5,), (0.25,)
+  for contrast, brightness in ((1.1, 0.05), (1.1, -0.05), (0.9, 0.05)):
+    table = images.pixel_table(mean, std, 1, contrast, brightness)
+    assert table.min() >= (0 - 0.5) / 0.25 and table.max() <= (1 - 0.5) / 0.25
+  table = images.pixel_table(mean, std, 1, 1.1, 0.05)
+  assert table[255, 0] == (1 - 0.5) / 0.25

@@ -147,3 +147,14 @@ def test_the_loss_is_the_float32_batchs(demo_data, mode):
     losses[m] = jax.jit(lambda p, b: task.loss(model, p, b, None))(params, batch)
   for k in losses['float32']:
     np.testing.assert_array_equal(losses[mode][k], losses['float32'][k], err_msg=k)
+
+
+def test_image_slots_mark_only_the_real_images():
+  buf = io.BytesIO()
+  Image.fromarray(np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)).save(buf, 'PNG')
+  image = {'data': buf.getvalue(), 'format': 'png', 'kind': '2d'}
+  slots = processors.ImageSlots(image_size=16, num_channels=3, max_images=3,
+                                mean=(0.5,) * 3, std=(0.25,) * 3, pixels='uint8')
+  for n in (0, 1, 2, 3):
+    out = slots({'id': 'r', 'images': [image] * n}, None)
+    np.testing.assert_array_equal(out['image_mask'], np.arange(3) < n)

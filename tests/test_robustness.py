@@ -885,3 +885,13 @@ def test_ctrl_c_ends_a_run_with_one_line_and_it_resumes(demo_data, tmp_path):
   assert 'Traceback' not in out and not os.path.exists(
       os.path.join(workdir, workdir_lib.LOCK_FILE))
   assert checkpoint_lib.Checkpointer(workdir, 3, use_async=False).latest_step() >= 2
+
+
+def test_16_bit_values_round_to_the_nearest_8_bit_one():
+  """v -> round(v * 255 / 65535), not floor: values between two multiples of 257 (real
+  16-bit films, not 8-bit ones saved as 16-bit) go to the nearer one."""
+  v = np.array([[0, 128, 129, 200, 385, 386, 65407, 65535]], np.uint16)
+  img = Image.fromarray(v, mode='I;16')
+  got = np.asarray(images.to_8bit(img))
+  np.testing.assert_array_equal(got, np.round(v / 257).astype(np.uint8))
+  assert list(got[0]) == [0, 0, 1, 1, 1, 2, 255, 255]

@@ -325,3 +325,21 @@ def test_depth_buckets_are_refused_where_processes_would_pick_different_depths(c
   shares = [pipeline.train_dataset(c, make_processor, 'train', p, 2) for p in range(2)]
   for i in range(40):
     assert shares[0][i]['images'].shape == shares[1][i]['images'].shape
+
+
+def test_depth_trim_keeps_every_real_slice():
+  """A batch is padded to the bucket of its deepest volume: one slice past a bucket goes to
+  the next one (depth_patch_size=1 allows any depth), none of its slices cut."""
+  for deepest, kept in ((4, 4), (5, 8), (1, 4)):
+    mask = np.zeros((2, 1, 8), bool)
+    mask[0, 0, :deepest] = True
+    batch = {'images': np.ones((2, 1, 2, 2, 8, 1), np.float32), 'depth_mask': mask}
+    out = volumes.trim_depth(batch, (4, 8), 8)
+    assert out['images'].shape[-2] == out['depth_mask'].shape[-1] == kept
+    assert out['depth_mask'].sum() == deepest
+
+
+def test_the_longest_term_wins_whatever_the_list_order():
+  text = 'Small pleural effusion.'
+  for terms in (('pleural', 'pleural effusion'), ('pleural effusion', 'pleural')):
+    assert keywords.KeywordWeights(terms).spans(text) == [(6, 22)]
