@@ -77,9 +77,10 @@ def tiny_llama(vocab_size: int = 300, seed: int = 0, **kw) -> 'transformers.Llam
 
 
 def tiny_qwen2(seed: int = 0) -> 'transformers.Qwen2ForCausalLM':
-  """q/k/v bias, tied embeddings, odd head count (hidden 64 / 3 heads is not integral)."""
+  """q/k/v bias, tied embeddings, an odd head count (hidden 64 / 6 heads is not integral),
+  2 KV heads (a KV bias laid out per head)."""
   torch.manual_seed(seed)
-  cfg = transformers.Qwen2Config(num_attention_heads=3, num_key_value_heads=1, head_dim=16,
+  cfg = transformers.Qwen2Config(num_attention_heads=6, num_key_value_heads=2, head_dim=16,
                                  rms_norm_eps=1e-6, tie_word_embeddings=True, **_DECODER)
   model = transformers.Qwen2ForCausalLM(cfg)
   with torch.no_grad():  # HF inits biases to zero; make them matter

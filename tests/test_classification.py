@@ -118,3 +118,8 @@ def test_demo_finding_scores_read_the_labeler():
   assert s['macro_f1'] == pytest.approx(1 / 5)
   # Always predicting all 5: tp 2, fp 8 -> micro F1 2*2 / (2 + 10).
   assert s['baseline_all_positive_micro_f1'] == pytest.approx(4 / 12)
+
+
+def test_support_counts_reference_labels_not_predictions():
+  s = cl.multilabel_scores([{'A'}, {'A'}, {'A'}], [{'A'}, set(), {'B'}])
+  assert s['A/support'] == 1 and s['B/support'] == 1

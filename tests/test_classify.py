@@ -307,3 +307,8 @@ def test_a_pre_stage_that_stops_early_starts_no_main_stage(demo_data, tmp_path, 
   assert run.main(config, workdir, 'train') == {}
   assert workdir_lib.latest_step(os.path.join(workdir, 'pre_stage')) == 2
   assert not workdir_lib.has_checkpoints(workdir) and not config.model.vision.init_from
+
+
+def test_a_probability_at_the_threshold_is_positive():
+  s = classification.probability_scores([[0.5], [0.2]], [[1], [0]], ['A'], threshold=0.5)
+  assert s['A/recall'] == 1.0 and s['A/precision'] == 1.0

@@ -191,3 +191,17 @@ def test_processor_matches_radjax(tokenizer_path, variant, num_tokens, tmp_path)
   diff = np.abs(got - want).max()
   print(f'processor {variant} max|dpixel|={diff:.2e}')
   assert got.shape == want.shape and diff <= 1e-5
+
+
+def test_a_llava_tied_at_its_top_level_imports_tied():
+  from radjax.convert import llava
+  # transformers 5 ties a Llava's head by the top-level flag (LlavaConfig.__post_init__
+  # only copies a True text-config flag up), so a checkpoint may store no lm_head.
+  hf = transformers.LlavaConfig(
+      vision_config=transformers.CLIPVisionConfig(hidden_size=48, num_attention_heads=3,
+                                                  intermediate_size=80, num_hidden_layers=2),
+      text_config=transformers.LlamaConfig(hidden_size=64, num_attention_heads=4,
+                                           intermediate_size=112, num_hidden_layers=2,
+                                           vocab_size=300, tie_word_embeddings=False),
+      tie_word_embeddings=True)
+  assert llava.vlm_config_from_hf(hf).llm.tie_embeddings

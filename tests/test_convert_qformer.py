@@ -9,6 +9,7 @@ transformers = pytest.importorskip('transformers')
 
 from radjax.convert import __main__ as convert_cli  # noqa: E402
 from radjax.convert import common  # noqa: E402
+from radjax.convert import qformer as qformer_convert  # noqa: E402
 from radjax.core import workdir  # noqa: E402
 from radjax.models import factory, qformer  # noqa: E402
 
@@ -104,3 +105,16 @@ def test_qformer_errors_name_the_tensor(tmp_path):
     qformer_convert.params_from_hf({k: v for k, v in sd.items() if k != name}, cfg)
   with pytest.raises(common.ConversionError, match='language_projection'):
     qformer_convert.params_from_hf({**sd, 'language_projection.weight': np.zeros((3, 3))}, cfg)
+
+
+def test_qformer_config_reads_and_writes_layer_norm_eps():
+  qc = transformers.Blip2QFormerConfig(hidden_size=36, num_hidden_layers=1,
+                                       num_attention_heads=3, intermediate_size=52,
+                                       encoder_hidden_size=40, layer_norm_eps=1e-6)
+  tc = transformers.OPTConfig(hidden_size=44, num_hidden_layers=1, ffn_dim=64,
+                              num_attention_heads=2, vocab_size=100, word_embed_proj_dim=44)
+  blip2 = transformers.Blip2Config(qformer_config=qc.to_dict(), text_config=tc.to_dict(),
+                                   num_query_tokens=5)
+  cfg = qformer_convert.config_from_hf(blip2)
+  assert cfg.norm_eps == 1e-6  # not QFormerConfig's default 1e-12
+  assert qformer_convert.config_from_hf(qformer_convert.hf_config(cfg)) == cfg

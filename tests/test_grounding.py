@@ -238,3 +238,10 @@ def test_phrase_grounding_scores_the_box_whatever_finding_the_answer_names():
 def test_vqa_reads_a_quoted_or_marked_up_answer(answer, want):
   from radjax.eval.evaluators import instruction
   assert instruction._yes(answer) is want
+
+
+def test_a_box_at_exactly_the_iou_threshold_is_a_hit():
+  ref = [[{'label': 'A', 'box': (0.0, 0.0, 0.5, 1.0)}]]
+  pred = [[{'label': 'A', 'box': (0.0, 0.0, 1.0, 1.0)}]]  # IoU exactly 0.5
+  s = grounding.grounding_scores(pred, ref, iou_threshold=0.5)
+  assert s['grounding_recall@0.5'] == 1.0 and s['grounding_AP@0.5/A'] == 1.0

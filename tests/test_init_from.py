@@ -147,3 +147,15 @@ def test_stage2_starts_every_part_from_the_stage1_workdir(demo_data, tmp_path):
                                        '--workdir of this run'):
     run_lib.main(stage2, os.path.join(str(tmp_path), '.', 'stage1'), 'train')
   assert (sorted(os.listdir(wd)), open(os.path.join(wd, 'config.json')).read()) == before
+
+
+def test_grow_vocab_starts_new_rows_and_head_columns_at_the_mean():
+  from radjax.convert import vocab
+  rng = np.random.default_rng(0)
+  table, kernel = rng.normal(size=(5, 3)), rng.normal(size=(3, 5))  # (vocab, E), (E, vocab)
+  out = vocab.grow_vocab({'embedder': {'embedding': table}, 'lm_head': {'kernel': kernel}}, 8)
+  np.testing.assert_array_equal(out['lm_head']['kernel'][:, :5], kernel)
+  np.testing.assert_allclose(out['lm_head']['kernel'][:, 5:],
+                             np.repeat(kernel.mean(1, keepdims=True), 3, axis=1))
+  np.testing.assert_allclose(out['embedder']['embedding'][5:],
+                             np.repeat(table.mean(0, keepdims=True), 3, axis=0))

@@ -43,6 +43,7 @@ def test_lm_trains_on_text_and_writes_an_llm_workdir(trained):
   assert sorted(losses) == list(range(1, 9))
   assert losses[8] < losses[1] - 0.5
   assert np.isfinite(metrics['eval/val_loss']) and 'eval/val_perplexity' in metrics
+  assert metrics['eval/val_perplexity'] == pytest.approx(np.exp(metrics['eval/val_loss']))
   assert not any(k.startswith('eval/BLEU') for k in metrics)  # the lm task's evaluators
   saved = workdir_lib.load_config(workdir)
   assert (saved.task, saved.model.kind) == ('lm', 'llm')

@@ -3,6 +3,7 @@ uses it (corpus-level BLEU, sentence-averaged ROUGE-L, lower-cased, no punctuati
 checked against from-scratch implementations of the two definitions."""
 import collections
 import math
+import shutil
 
 import pytest
 
@@ -110,3 +111,41 @@ def test_r2gen_text_norm_is_r2gens_cleaner():
   config.eval.text_norm = 'R2Gen'
   assert config_checks.errors(config) == [
     "config.eval.text_norm='R2Gen' is not one of ('radjax', 'r2gen')"]
+
+
+def test_radjax_norm_drops_the_underscores_of_deidentified_text():
+  # MIMIC-CXR writes '___' for removed names and dates: never a token of its own.
+  assert nlg_metrics.normalize('Compared to ___, the ET_tube is in place') == (
+      'compared to the et tube is in place')
+
+
+def test_a_generation_without_words_counts_as_empty():
+  s = nlg_metrics.nlg_scores(['...', 'heart size is normal'],
+                             ['lungs are clear', 'heart size is normal'], meteor=False)
+  assert s['num_empty_generations'] == 1
+
+
+def test_cider_document_frequencies_come_from_the_references_only():
+  refs = ['heart size is normal', 'small left pleural effusion', 'no pneumothorax is seen']
+  gen1 = 'heart size is normal and the lungs are clear'
+  # Row 2's generation shares no n-gram with its reference either way (its CIDEr is 0), so
+  # only document frequencies taken from the generations could move the corpus score.
+  a = nlg_metrics.nlg_scores([gen1, 'zzz yyy', 'no pneumothorax'], refs, meteor=False)
+  b = nlg_metrics.nlg_scores([gen1, gen1, 'no pneumothorax'], refs, meteor=False)
+  assert a['CIDEr'] == pytest.approx(b['CIDEr'], abs=1e-12) and a['CIDEr'] > 0
+
+
+@pytest.mark.skipif(shutil.which('java') is None, reason='METEOR needs java')
+def test_meteor_weighs_recall_over_precision():
+  long, short = 'the heart size is normal and the lungs are clear', 'heart normal'
+  missing = nlg_metrics.nlg_scores([short], [long])['METEOR']  # recall 2/10, precision 1
+  padded = nlg_metrics.nlg_scores([long], [short])['METEOR']  # recall 1, precision 2/10
+  assert missing < padded
+
+
+def test_identical_texts_score_perfectly_with_either_text_norm():
+  text = ['The heart is normal. A 1.5 cm nodule in the left upper lobe.']
+  for norm in ('radjax', 'r2gen'):
+    s = nlg_metrics.nlg_scores(text, text, meteor=False, text_norm=norm)
+    for key in ('BLEU-1', 'BLEU-4', 'ROUGE-L'):
+      assert s[key] == pytest.approx(1.0), (norm, key)

@@ -263,3 +263,46 @@ def test_score_rows_library_entry(tmp_path):
   m, per = scoring.score_rows([{'id': 0, 'generated': 'Edema.', 'reference': 'Edema.'}],
                               meteor=False)
   assert m['BLEU-1'] == pytest.approx(1.0) and per[0]['ROUGE-L'] == pytest.approx(1.0)
+
+
+def test_chexbert_scores_read_generated_against_reference(monkeypatch):
+  from radjax.eval.metrics import chexbert
+
+  class Fake:  # Edema positive where the text says edema
+    def __init__(self, path):
+      del path
+
+    def label(self, texts):
+      return [{o: (1 if o == 'Edema' and 'edema' in t else None) for o in chexbert.CONDITIONS}
+              for t in texts]
+
+  monkeypatch.setattr(chexbert, 'CheXbertLabeler', Fake)
+  s = chexbert.chexbert_scores(['edema', 'edema'], ['edema', 'clear'], 'unused')
+  assert s['chexbert_precision_micro_14'] == 0.5 and s['chexbert_recall_micro_14'] == 1.0
+
+
+def test_chexbert_head_order_is_the_published_checkpoints():
+  from radjax.eval.metrics import chexbert
+  # stanfordmlgroup/CheXbert src/constants.py CONDITIONS: head i of chexbert.pth.
+  assert chexbert.CONDITIONS == (
+      'Enlarged Cardiomediastinum', 'Cardiomegaly', 'Lung Opacity', 'Lung Lesion', 'Edema',
+      'Consolidation', 'Pneumonia', 'Atelectasis', 'Pneumothorax', 'Pleural Effusion',
+      'Pleural Other', 'Fracture', 'Support Devices', 'No Finding')
+
+
+def test_per_row_agreement_counts_uncertain_as_positive():
+  row, = scoring.per_sample_scores(['Possible pneumothorax.'], ['Pneumothorax.'])
+  assert row['labels_generated']['Pneumothorax'] == -1
+  assert row['clinical_agreement_14'] == 1.0
+
+
+def test_per_row_bleu_is_bleu_4():
+  row, = scoring.per_sample_scores(['lungs clear heart normal'], ['heart normal lungs clear'])
+  assert row['BLEU-4'] < 1e-3  # every unigram matches, no trigram or 4-gram does
+
+
+def test_per_row_labels_are_spelt_as_the_metric_keys():
+  metrics, rows = scoring.score_rows([{'id': 'a', 'generated': 'Cardiomegaly', 'reference': 'x',
+                                       'labels': ['cardiomegaly']}], meteor=False)
+  assert rows[0]['pred_labels'] == ['Cardiomegaly']
+  assert metrics['classification_Cardiomegaly/f1'] == 1.0

@@ -86,7 +86,10 @@ def _items(text: str) -> list[tuple[str, bool]]:
 
 def parse_labels(text: str, vocab=None) -> tuple[list[str], list[str]]:
   """(labels in order of first mention, unknown items) from a label-list answer."""
-  names = {v.strip().lower(): v for v in (vocab or ()) if v and v.strip()}
+  names = {}
+  for v in vocab or ():
+    if v and v.strip():
+      names.setdefault(v.strip().lower(), v.strip())  # the first spelling wins
   labels, unknown = [], []
   for item, negated in _items(text):
     low = item.lower()
