@@ -68,26 +68,21 @@ LLAVA_ONEVISION_CHAT_TEMPLATE = (
 
 
 def tiny_llama(vocab_size: int = 300, seed: int = 0, **kw) -> 'transformers.LlamaForCausalLM':
-  """GQA, untied head, LLaMA-3 style rope_theta; no special token ids configured."""
+  """GQA, untied head, LLaMA-3 style rope_theta, random norms; no special token ids."""
   torch.manual_seed(seed)
   cfg = dict(_DECODER, vocab_size=vocab_size, num_attention_heads=4, num_key_value_heads=2,
              rope_parameters=_LLAMA_ROPE, rms_norm_eps=1e-5, tie_word_embeddings=False)
   cfg.update(kw)
-  return transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg)).eval()
+  return _randomise_norms_and_biases(transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg)))
 
 
 def tiny_qwen2(seed: int = 0) -> 'transformers.Qwen2ForCausalLM':
-  """q/k/v bias, tied embeddings, an odd head count (hidden 64 / 6 heads is not integral),
-  2 KV heads (a KV bias laid out per head)."""
+  """Random q/k/v biases and norms, tied embeddings, an odd head count (hidden 64 / 6 heads
+  is not integral), 2 KV heads (a KV bias laid out per head)."""
   torch.manual_seed(seed)
   cfg = transformers.Qwen2Config(num_attention_heads=6, num_key_value_heads=2, head_dim=16,
                                  rms_norm_eps=1e-6, tie_word_embeddings=True, **_DECODER)
-  model = transformers.Qwen2ForCausalLM(cfg)
-  with torch.no_grad():  # HF inits biases to zero; make them matter
-    for layer in model.model.layers:
-      for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-        proj.bias.normal_(0, 0.1)
-  return model.eval()
+  return _randomise_norms_and_biases(transformers.Qwen2ForCausalLM(cfg))
 
 
 def tiny_gpt_neox(variant: str, seed: int = 0,

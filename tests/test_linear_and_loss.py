@@ -58,3 +58,24 @@ def test_token_losses_match_optax_with_gradients_and_accuracy():
   argmax_right = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
   assert float(sums['accuracy_sum']) == float(jnp.sum(argmax_right * weights)) > 0
   assert float(sums['weight_sum']) == float(weights.sum())
+
+
+def test_rms_norm_of_bf16_is_the_float32_norm_rounded_once():
+  """Statistics, normalisation and scale in f32, one rounding to bf16 at the end."""
+  x = (jax.random.normal(jax.random.key(0), (4, 512)) * 3).astype(jnp.bfloat16)
+  norm = layers.RMSNorm(1e-6, jnp.bfloat16)
+  params = {'params': {'scale': 1 + 0.1 * jax.random.normal(jax.random.key(1), (512,))}}
+  x32 = x.astype(jnp.float32)
+  want = (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + 1e-6)
+          * params['params']['scale']).astype(jnp.bfloat16)
+  np.testing.assert_array_equal(norm.apply(params, x), want)
+
+
+def test_label_losses_leave_out_records_without_labels():
+  """mask 0 (a record without labels): no loss, no accuracy, no weight."""
+  logits = jnp.array([[2.0, -1.0, 0.5], [-3.0, 4.0, 1.0]])
+  labels = jnp.array([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+  out = loss_lib.label_losses(logits, labels, jnp.array([1.0, 0.0]))
+  want = jnp.mean(optax.sigmoid_binary_cross_entropy(logits[0], labels[0]))
+  np.testing.assert_allclose(out['loss_sum'], want, rtol=1e-6)
+  assert float(out['accuracy_sum']) == 1.0 and float(out['weight_sum']) == 1.0

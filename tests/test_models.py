@@ -140,3 +140,16 @@ def test_vit_drops_the_pixels_past_the_last_whole_patch():
   with pytest.raises(ValueError, match='smaller than patch_size'):
     vit.ViTConfig(variant='siglip', image_size=6, patch_size=8, embed_dim=16, num_layers=1,
                   num_heads=2, mlp_dim=32)
+
+
+def test_splice_with_counts_starts_each_image_at_its_own_slots():
+  """AnyRes: images of 2 and 3 tokens in slots of N = 3: placeholders 0-1 take image 0's
+  first two features, 2-4 take image 1's (features 3-5); slot 2, image 0's unused plan
+  token, is never read. A second row with counts [3, 1] checks the boundary the other way."""
+  text = jnp.zeros((2, 8, 2))
+  feats = jnp.arange(2 * 6 * 2, dtype=jnp.float32).reshape(2, 6, 2) + 1
+  tokens = jnp.array([[1, 9, 9, 9, 9, 9, 2, 2], [9, 9, 9, 9, 2, 2, 2, 2]])
+  out = vlm.splice(text, feats, tokens, 9, counts=jnp.array([[2, 3], [3, 1]]))
+  np.testing.assert_array_equal(out[0, 1:6], feats[0, [0, 1, 3, 4, 5]])
+  np.testing.assert_array_equal(out[1, :4], feats[1, [0, 1, 2, 3]])
+  assert float(jnp.abs(out[0, [0, 6, 7]]).sum()) == 0 == float(jnp.abs(out[1, 4:]).sum())

@@ -1,10 +1,15 @@
 """The train step: sharded == single device, accumulation == big batch, freezing."""
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from radjax.core import sharding
-from radjax.train import setup
+from radjax.train import optimizer, setup
+from radjax.train import step as step_lib
+from radjax.train.state import TrainState
 from tests.conftest import build_experiment, tiny_config
 
 IMAGE_ID = 4  # the demo tokenizer's <image>
@@ -160,3 +165,152 @@ def test_heads_the_tensor_axis_does_not_divide_are_one_error_naming_them(demo_da
                      r"\(2, 32, 2, 8\): its axis 2 \('kv_heads', size 2\) is split over mesh "
                      r"axes tensor=4 .*config\.mesh\.tensor"):
     build_experiment(config, jax.devices()[:8])
+
+
+# The step's arithmetic on a linear least-squares problem, no data and no mesh: each pins
+# one number a refactor could change silently.
+def _optim(**kw):
+  c = ml_collections.ConfigDict(dict(
+      lr=0.1, warmup_steps=0, warmup_init_lr=0.0, min_lr_ratio=1.0, schedule='cosine',
+      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, clip_norm=0.0,
+      param_groups=(('.*', 1.0),), grad_accum=1))
+  c.update(kw)
+  return c
+
+
+def _problem(seed=0):
+  """A linear least-squares 'model' with per-token weights, in the loss_fn convention:
+  sums, the step divides once by the total weight."""
+  r = np.random.default_rng(seed)
+  params = {'a': {'kernel': jnp.asarray(r.normal(size=(3, 2)), jnp.float32),
+                  'bias': jnp.asarray(r.normal(size=(2,)), jnp.float32)},
+            'b': {'kernel': jnp.asarray(r.normal(size=(2, 2)), jnp.float32)}}
+  batch = {'x': jnp.asarray(r.normal(size=(4, 3)), jnp.float32),
+           'y': jnp.asarray(r.normal(size=(4, 2)), jnp.float32),
+           'w': jnp.asarray([1.0, 0.0, 2.0, 0.5], jnp.float32)}
+
+  def loss_fn(p, b, rng):
+    del rng
+    h = b['x'] @ p['a']['kernel'] + p['a']['bias']
+    err = jnp.sum((h @ p['b']['kernel'] - b['y']) ** 2, axis=-1)
+    return {'loss_sum': jnp.sum(err * b['w']), 'weight_sum': jnp.sum(b['w'])}
+  return params, batch, loss_fn
+
+
+def _step(optim_cfg, params, loss_fn, batch, accum=1):
+  labels = optimizer.param_labels(params, optim_cfg.param_groups)
+  tx, schedule = optimizer.make_optimizer(optim_cfg, 10, labels)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=tx.init(params), rng=jax.random.key(0))
+  fn = step_lib.make_train_step(loss_fn, tx, optimizer.trainable_mask(labels), schedule, accum)
+  return jax.jit(fn)(state, batch)
+
+
+def _mean_grads(params, loss_fn, batch):
+  def mean(p):
+    s = loss_fn(p, batch, None)
+    return s['loss_sum'] / s['weight_sum']
+  return jax.grad(mean)(params)
+
+
+@pytest.mark.parametrize('accum', [1, 2])
+def test_step_gradient_is_the_weighted_mean_loss_gradient(accum):
+  """grad_norm is that of d(sum w * loss / sum w): the division happens, once, over every
+  micro-batch's weights (Adam hides the gradient's scale; clipping and grad_norm do not)."""
+  params, batch, loss_fn = _problem()
+  _, metrics = _step(_optim(), params, loss_fn, batch, accum)
+  want = optax.tree.norm(_mean_grads(params, loss_fn, batch))
+  np.testing.assert_allclose(float(metrics['grad_norm']), float(want), rtol=1e-5)
+
+
+def test_clip_norm_scales_the_update_to_the_clipped_gradient():
+  """optim.clip_norm rescales the gradient before AdamW. Adam's first step is lr * g /
+  (|g| + eps) elementwise, scale-free while eps << |g|; with eps >> |g| it is ~ lr * g /
+  eps, so the clip (to a tenth of the norm here) shows as a tenth of the step."""
+  params, batch, loss_fn = _problem()
+  grads = _mean_grads(params, loss_fn, batch)
+  norm = float(optax.tree.norm(grads))
+  new, _ = _step(_optim(clip_norm=norm / 10, eps=10.0), params, loss_fn, batch)
+  moved = optax.tree.norm(jax.tree.map(jnp.subtract, params, new.params))
+  want = optax.tree.norm(jax.tree.map(lambda g: 0.1 * (g / 10) / (jnp.abs(g / 10) + 10.0),
+                                      grads))
+  np.testing.assert_allclose(float(moved), float(want), rtol=1e-4)
+
+
+def test_a_frozen_group_neither_moves_nor_counts_in_the_clipped_norm():
+  """Frozen parameters keep their values, and their gradients (non-zero here: 'b' sits on
+  the path of 'a') are left out of grad_norm and so of the global-norm clip."""
+  params, batch, loss_fn = _problem()
+  cfg = _optim(param_groups=(('b/.*', 'frozen'), ('.*', 1.0)), clip_norm=1.0)
+  new, metrics = _step(cfg, params, loss_fn, batch)
+  np.testing.assert_array_equal(new.params['b']['kernel'], params['b']['kernel'])
+  grads = _mean_grads(params, loss_fn, batch)
+  assert float(optax.tree.norm(grads['b'])) > 0
+  np.testing.assert_allclose(float(metrics['grad_norm']), float(optax.tree.norm(grads['a'])),
+                             rtol=1e-5)
+
+
+def test_weight_decay_reaches_kernels_only_and_lr_multipliers_scale_the_step():
+  """A zero gradient leaves only AdamW's decoupled decay: lr x wd x kernel on kernels, none
+  on biases; a group at multiplier 0.5 moves half as far."""
+  params, batch, _ = _problem()
+  zero_loss = lambda p, b, rng: {'loss_sum': 0.0 * sum(jnp.sum(x) for x in
+                                                        jax.tree.leaves(p)),
+                                 'weight_sum': jnp.sum(b['w'])}
+  cfg = _optim(weight_decay=0.5, param_groups=(('b/.*', 0.5), ('.*', 1.0)))
+  new, _ = _step(cfg, params, zero_loss, batch)
+  np.testing.assert_array_equal(new.params['a']['bias'], params['a']['bias'])
+  np.testing.assert_allclose(new.params['a']['kernel'], params['a']['kernel'] * (1 - 0.1 * 0.5),
+                             rtol=1e-6)
+  np.testing.assert_allclose(new.params['b']['kernel'],
+                             params['b']['kernel'] * (1 - 0.05 * 0.5), rtol=1e-6)
+
+
+def test_param_groups_match_whole_paths():
+  """A rule names a whole path (re.fullmatch): 'vision' matches no 'vision/...' parameter,
+  and 'proj/.*' does not catch 'projector/...'."""
+  params = {'vision': {'kernel': 0}, 'projector': {'kernel': 0}}
+  labels = optimizer.param_labels(params, (('proj/.*', 'frozen'), ('.*', 1.0)))
+  assert labels == {'vision': {'kernel': 'group1'}, 'projector': {'kernel': 'group1'}}
+  with pytest.raises(ValueError, match='matches no rule'):
+    optimizer.param_labels(params, (('vision', 'frozen'), ('projector/.*', 1.0)))
+
+
+def test_adam_betas_reach_their_moments():
+  """b1 and b2 are not interchangeable: AdamW's first step is the same for any betas (bias
+  correction), its second is not; compare the second step with optax's own adamw."""
+  params, batch, loss_fn = _problem()
+  cfg = _optim(b1=0.5, b2=0.99)
+  labels = optimizer.param_labels(params, cfg.param_groups)
+  tx, schedule = optimizer.make_optimizer(cfg, 10, labels)
+  fn = jax.jit(step_lib.make_train_step(loss_fn, tx, optimizer.trainable_mask(labels),
+                                        schedule))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     rng=jax.random.key(0))
+  ref, ref_state = params, optax.adamw(0.1, b1=0.5, b2=0.99, eps=1e-8,
+                                       weight_decay=0.0).init(params)
+  for _ in range(2):
+    state, _ = fn(state, batch)
+    updates, ref_state = optax.adamw(0.1, b1=0.5, b2=0.99, eps=1e-8, weight_decay=0.0).update(
+        _mean_grads(ref, loss_fn, batch), ref_state, ref)
+    ref = optax.apply_updates(ref, updates)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_batch_without_loss_tokens_gives_a_zero_finite_step():
+  """A batch whose every weight is 0 (all padding) divides by max(0, 1): zero gradients,
+  no NaN (which would stop the run as a non-finite state)."""
+  params, batch, loss_fn = _problem()
+  new, metrics = _step(_optim(), params, loss_fn, {**batch, 'w': jnp.zeros(4)})
+  assert float(metrics['grad_norm']) == 0.0
+  for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_warmup_longer_than_the_run_ends_at_the_last_step():
+  """optim.warmup_steps >= train.num_steps (a short run with the default 100-step warmup):
+  the warmup is cut to num_steps - 1 steps, so the run's last step is at the peak lr."""
+  sched = optimizer.make_schedule(_optim(lr=1e-3, warmup_steps=100, min_lr_ratio=0.1), 10)
+  assert float(sched(0)) == 0.0
+  assert float(sched(9)) == pytest.approx(1e-3)
