@@ -189,3 +189,17 @@ def test_nih_mass_and_nodule_are_lung_lesion():
     assert nih.parse_labels(name)['Lung Lesion'] == 1
   labels = nih.parse_labels('Hernia')
   assert 'Hernia' not in labels and not any(labels.values())
+
+
+def test_a_film_on_both_split_lists_is_rejected_not_trained_on(tmp_path):
+  # NIH's lists are disjoint; a hand-edited copy that is not put a test film in train.
+  src = str(tmp_path / 'src')
+  _, _, _, good = write_source(src)
+  with open(os.path.join(src, 'train_val_list.txt'), 'a') as f:
+    f.write(good[-1] + '\n')  # a test film, now on both lists
+  path, manifest = fx.build('nih_chest_xray14', src, str(tmp_path / 'out'))
+  assert manifest['num_rejects'] == 8
+  reason = fx.rejects(path)[good[-1][:-4]]['reason']
+  assert 'in both train_val_list.txt and test_list.txt' in reason
+  ids = {e['id'] for split in ('train', 'test') for e in fx.examples(path, split)}
+  assert good[-1][:-4] not in ids

@@ -92,10 +92,11 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
       raise builder_lib.ManualDirError(
         f'{self.name}: {root} does not look like the dataset: expected images/ (or '
         f"Kaggle's images_XXX/images/) in it.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-    split_of = {}
+    split_of, in_both = {}, set()
     for split, name in SPLIT_LISTS.items():
       for line in checks.read_text(root / name, name).split():
-        split_of[line.strip()] = split
+        if split_of.setdefault(line.strip(), split) != split:
+          in_both.add(line.strip())  # a test film in train: its record is rejected
     boxes: dict[str, list] = {}
     for line, row in _rows(root / BOXES, BOXES, min_fields=6)[1:]:
       if any(c.strip() for c in row):
@@ -122,6 +123,8 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
               'image': images.get(name, f'images/{name}'), 'boxes': boxes.get(name, [])}
       if name not in split_of:
         item['reject'] = f'{name}: in neither train_val_list.txt nor test_list.txt'
+      elif name in in_both:
+        item['reject'] = f'{name}: in both train_val_list.txt and test_list.txt'
       out[split_of.get(name, 'train')].append(item)
     for name, rows_ in boxes.items():  # boxes of an image the label file does not have
       if name not in seen:
