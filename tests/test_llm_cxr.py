@@ -221,6 +221,11 @@ def test_web_demo_draws_and_reads_as_generate_mode(trained, tmp_path):
   config, workdir, _ = trained
   rep = reporter.load(workdir)
   assert isinstance(rep, reporter.CodesReporter)
+  # A conversation past the context is the page's one-line message, not an internal error.
+  from radjax.serve import uploads
+  with pytest.raises(uploads.UploadError, match="exceed the model's context"):
+    rep.answer({'id': 'upload'}, [{'role': 'user', 'text': 'effusion ' * 3000}],
+               reporter.Decoding())
   port = _free_port()
   demo = app.launch(rep, port=port, block=False)
   try:

@@ -122,9 +122,12 @@ class CodesReporter(Reporter):
 
   def answer(self, example: dict, turns: list[dict], d: Decoding) -> str:
     """The next turn after `turns`; the image is in them as codes."""
-    return self.answerer.answer(self.exp.state.params, [({'id': example['id'], 'images': []},
-                                                         turns)],
-                                self.generation_config(d), int(d.seed))[0]
+    try:
+      return self.answerer.answer(self.exp.state.params,
+                                  [({'id': example['id'], 'images': []}, turns)],
+                                  self.generation_config(d), int(d.seed))[0]
+    except schema.SchemaError as e:  # a conversation past the model's context
+      raise uploads.UploadError(str(e)) from e
 
   def draw(self, report: str, seed: int):
     """A report -> the drawn CXR as an 8-bit PIL image (what `--mode=generate --prompt`
