@@ -291,3 +291,104 @@ def test_image_span_emits_exactly_its_codes_then_closes(lm, decoding):
     np.testing.assert_array_equal(ids[:, 0], want)
   with pytest.raises(ValueError, match='max_new_tokens'):
     gen.GenerationConfig(max_new_tokens=length, image_span=(first, end, length, close))
+
+
+@pytest.mark.parametrize('length_penalty', [1.5, 0.5])
+def test_beam_search_early_stopping_never_equals_hf(lm, length_penalty):
+  """early_stopping='never' (config.eval.early_stopping: 'never') was never compared with
+  HF: treating it as True, or its best-case length as the current one, went unnoticed."""
+  stops = [int(lm['greedy'][0, 3])]
+  cfg = gen.GenerationConfig(max_new_tokens=NEW, decoding='beam', num_beams=3,
+                             length_penalty=length_penalty, early_stopping='never',
+                             stop_ids=tuple(stops), pad_id=PAD)
+  ids, scores = _run(lm, cfg)
+  out = hf_models.hf_generate(lm['hf'], lm['tokens'], lm['mask'], do_sample=False,
+                              num_beams=3, max_new_tokens=NEW, pad_token_id=PAD,
+                              eos_token_id=stops, length_penalty=length_penalty,
+                              early_stopping='never', output_scores=True)
+  np.testing.assert_array_equal(ids, _after_stop_is(_hf_new_tokens(out), stops, PAD))
+  np.testing.assert_allclose(scores, out.sequences_scores.numpy(), atol=1e-4)
+
+
+def test_greedy_scores_count_tokens_up_to_the_stop_token_only(lm):
+  """generate()'s greedy scores are the summed log-probs of each row's tokens up to its
+  stop token: the fill after it adds nothing (a row that stopped at token 4 of 16 scores
+  what a 4-token run scores)."""
+  eos = int(lm['greedy'][0, 3])
+  long_ids, long_scores = _run(lm, gen.GenerationConfig(max_new_tokens=NEW, stop_ids=(eos,),
+                                                        pad_id=PAD))
+  short_ids, short_scores = _run(lm, gen.GenerationConfig(max_new_tokens=4, stop_ids=(eos,),
+                                                          pad_id=PAD))
+  assert (long_ids[0, 4:] == PAD).all()
+  np.testing.assert_array_equal(long_ids[0, :4], short_ids[0])
+  np.testing.assert_allclose(long_scores[0], short_scores[0], rtol=1e-5)
+  assert np.all(np.isfinite(long_scores)) and np.all(long_scores < 0)
+
+
+def test_top_p_boundary_and_the_most_likely_token_are_hfs():
+  """HF's TopPLogitsWarper drops the tokens whose cumulative probability is <= 1 - top_p
+  (a token exactly at the boundary goes) and always keeps the most likely one (a top_p
+  so small that 1 - top_p rounds to 1.0 in float32 removed every token of most rows)."""
+  flat = np.zeros((2, 4), np.float32)  # probabilities 0.25: cumulative sums are exact
+  want = transformers.TopPLogitsWarper(0.75)(None, torch.from_numpy(flat)).numpy()
+  assert np.isfinite(want).sum(-1).tolist() == [3, 3]
+  for values in (None, sampling.knobs(1.0, 0.75)):
+    got = np.asarray(sampling.warp(flat, 1.0, 0, 0.75, values))
+    assert np.isfinite(got).sum(-1).tolist() == [3, 3]
+  logits = np.random.default_rng(1).normal(0, 3, (64, 300)).astype(np.float32)
+  for values in (None, sampling.knobs(1.0, 1e-9)):
+    got = np.asarray(sampling.warp(logits, 1.0, 0, 1e-9, values))
+    np.testing.assert_array_equal(np.isfinite(got), logits == logits.max(-1, keepdims=True))
+
+
+def test_generation_config_edges():
+  """max_new_tokens and num_beams below 1 are refused; without a pad id finished rows
+  repeat the first stop id; config.eval.early_stopping's strings map to HF's values; a
+  stop string at the very start of an answer cuts all of it."""
+  for kw in (dict(max_new_tokens=0), dict(num_beams=0)):
+    with pytest.raises(ValueError, match='max_new_tokens and num_beams must be >= 1'):
+      gen.GenerationConfig(**kw)
+  assert gen.GenerationConfig(stop_ids=(5, 9)).fill_id == 5
+  assert gen.GenerationConfig(stop_ids=(5, 9), pad_id=0).fill_id == 0
+  c = tiny_config().eval
+  for value, want in [('true', True), ('False', False), ('never', 'never')]:
+    c.early_stopping = value
+    got = gen.config_from_eval(c, (8,), 0).early_stopping
+    assert got == want and type(got) is type(want), (value, got)
+  with pytest.raises(ValueError, match='early_stopping'):
+    c.early_stopping = 'sometimes'
+    gen.config_from_eval(c, (8,), 0)
+  assert gen.cut_at_stop_strings('###Findings: clear.', ('###',)) == ''
+  assert gen.cut_at_stop_strings('a.###b', ('zzz', '###')) == 'a.'
+  decode = lambda ids: ''.join(chr(ord('a') + i) for i in ids)  # noqa: E731
+  assert gen.stop_string_length([0, 1, 2], decode, ('bc',)) == 3  # completed by the last id
+  assert gen.stop_string_length([0, 1, 2], decode, ('cb',)) is None
+
+
+def test_beam_search_keeps_num_beams_running_when_more_stop_ids_than_beams_lead():
+  """HF takes max(2, 1 + len(stop_ids)) * num_beams candidates so that num_beams of them
+  are still running when stop ids fill the top (here 3 stop ids lead the first step with
+  2 beams: with 2 * num_beams candidates the second running beam, token 5, was lost, and
+  with it the best hypothesis [5, 1], which length_penalty=2 favours). early_stopping=
+  'never' bounds a running beam by its score over max_new_tokens ** length_penalty, so the
+  search stays open after step 0 filled the finished set (over the current length it
+  closed there and returned [1])."""
+  import jax.numpy as jnp
+
+  from radjax.eval.decoding import beam_search as beam_lib
+  v, stops = 8, (1, 2, 3)
+  p0 = np.array([0.015, 0.3, 0.25, 0.2, 0.12, 0.08, 0.02, 0.015])
+  after_5 = np.zeros(v, np.float32)
+  after_5[1] = 10.0  # after token 5, stop id 1 is almost certain
+
+  def decode(tokens, positions, cache, index, key_mask):
+    rows = jnp.where((tokens == 5)[:, None], jnp.asarray(after_5), jnp.zeros((v,)))
+    return rows, cache
+
+  logits = jnp.log(jnp.asarray(p0, jnp.float32))[None]
+  ids, score = beam_lib.beam_search(decode, logits, {'c': jnp.zeros((1, 1, 1))},
+                                    jnp.ones((1, 3), bool), jnp.array([1]), 1, 2, 2, 2.0,
+                                    'never', stops, 0)
+  np.testing.assert_array_equal(np.asarray(ids), [[5, 1]])
+  want = (np.log(0.08) + float(jax.nn.log_softmax(jnp.asarray(after_5))[1])) / 2 ** 2
+  np.testing.assert_allclose(np.asarray(score), [want], rtol=1e-5)

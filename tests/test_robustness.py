@@ -895,3 +895,74 @@ def test_16_bit_values_round_to_the_nearest_8_bit_one():
   got = np.asarray(images.to_8bit(img))
   np.testing.assert_array_equal(got, np.round(v / 257).astype(np.uint8))
   assert list(got[0]) == [0, 0, 1, 1, 1, 2, 255, 255]
+
+
+def test_runtime_and_optimizer_knobs_that_change_the_checkpoint_are_refused(tmp_path):
+  """runtime.scan_layers (stacked or per-layer params) and optim.param_groups (which
+  moments exist) change what a checkpoint holds: a resumed run or --mode=eval with
+  another value is refused naming the knob; schedule knobs (incl. the warmup) are named
+  by knob_changes, not refused."""
+  from radjax.core import workdir as workdir_lib
+  config = tiny_config()
+  wd = str(tmp_path / 'w')
+  workdir_lib.save_config(config, wd)
+  os.makedirs(os.path.join(wd, 'checkpoints', '2'))  # a workdir a run would resume
+  workdir_lib.check_resumable(config, wd)
+  for key, value in [('runtime.scan_layers', not config.runtime.scan_layers),
+                     ('optim.param_groups', (('.*llm.*', 1.0), ('.*', 0.1)))]:
+    changed = config.copy_and_resolve_references()
+    section, name = key.split('.')
+    changed[section][name] = value
+    with pytest.raises(workdir_lib.WorkdirError, match=rf'Differing: {re.escape(key)}: '):
+      workdir_lib.check_resumable(changed, wd)
+  changed = config.copy_and_resolve_references()
+  changed.optim.warmup_steps = config.optim.warmup_steps + 1
+  workdir_lib.check_resumable(changed, wd)
+  assert [c.split(':')[0] for c in workdir_lib.knob_changes(changed, wd)] == [
+      'optim.warmup_steps']
+
+
+def test_the_recorded_data_order_covers_each_mixture_share_and_volume_batches(tmp_path):
+  """state_structure.json's data order and iterator layout: a mixture component's weight
+  (another share of each batch index) and data.volume_batch_size (another batch index)
+  are refused on resume, naming the record; a finished run may change the order."""
+  import jax
+
+  from radjax.core import workdir as workdir_lib
+  config = tiny_config()
+  config.data.mixture = {'a': dict(dir='a', tasks=('report',), weight=0.5),
+                         'b': dict(dir='b', kind='volume', tasks=('report',), weight=0.5)}
+  state = {'params': {'w': jax.ShapeDtypeStruct((3,), jnp.float32)}}
+  wd = str(tmp_path / 'w')
+  workdir_lib.check_state(config, wd, state, fresh=True)
+  assert os.path.exists(os.path.join(wd, workdir_lib.STATE_FILE))
+  workdir_lib.check_state(config, wd, state, fresh=False)
+  for change, named in [(lambda c: c.data.mixture['a'].update(weight=0.9),
+                         r'data order: .*a: weight 0\.5, .* in the checkpoints, .*a: weight 0\.9'),
+                        (lambda c: setattr(c.data, 'volume_batch_size', 2),
+                         r'data iterator: .*volume batches of 1 in the checkpoints, .*volume '
+                         r'batches of 2 now')]:
+    changed = config.copy_and_resolve_references()
+    change(changed)
+    with pytest.raises(workdir_lib.WorkdirError, match=named):
+      workdir_lib.check_state(changed, wd, state, fresh=False)
+  changed = config.copy_and_resolve_references()
+  changed.data.mixture['a'].update(weight=0.9)
+  workdir_lib.check_state(changed, wd, state, fresh=False, finished=True)
+
+
+def test_keep_checkpoints_keeps_the_newest_n_and_a_second_damaged_copy_is_numbered(tmp_path):
+  """train.keep_checkpoints=2 of three saves leaves steps 2 and 3; a step set aside twice
+  (a damaged step 3 retrained and damaged again) keeps both copies: 3 and 3.1."""
+  _three_checkpoints(str(tmp_path / 'k'), keep=2)
+  assert sorted(os.listdir(tmp_path / 'k' / 'checkpoints')) == ['2', '3']
+  wd = str(tmp_path / 'w')
+  _three_checkpoints(wd)
+  ckpt = checkpoint_lib.Checkpointer(wd, 0, use_async=False)
+  ckpt._set_aside(3)
+  ckpt.save(3, {'params': {'w': jnp.full((64,), 3.0)}}, force=True)
+  ckpt.wait()
+  ckpt._set_aside(3)
+  assert sorted(os.listdir(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))) == ['3', '3.1']
+  assert ckpt.latest_step() == 2
+  ckpt.close()
