@@ -143,3 +143,89 @@ def test_codes_per_image_from_the_config_or_the_codec(tmp_path):
   with pytest.raises(ValueError, match=r'codes_per_image=255 but the codec .* makes 256 '
                                        r'codes \(16 x 16\)'):
     llm_cxr.codes_per_image(c)
+
+
+def test_llm_cxr_prompts_are_the_trained_variant_0_and_reading_never_writes_codes(tokenizer):
+  """Reading and drawing prompts are the tasks' wording variant 0 (what the evaluators and
+  generation ask); a read never generates a code or a delimiter; a draw is exactly the
+  grid of codes and <image_end>."""
+  import types
+
+  from radjax.core import defaults
+  from radjax.eval import llm_cxr
+  from radjax.eval.decoding import generate as generate_lib
+  ex = {**EXAMPLE, 'report': {'findings': 'Small left pleural effusion.', 'impression': ''}}
+  read = instructions.report_from_codes(ex, None, OPTIONS)[0]['text']
+  assert llm_cxr.read_request(EXAMPLE['codes'], K, 6, 'c1') == [{'role': 'user', 'text': read}]
+  draw = instructions.codes_from_report(ex, None, OPTIONS)[0]['text']
+  assert llm_cxr.draw_request(' Small left pleural effusion. ') == [
+      {'role': 'user', 'text': draw}]
+  config = defaults.get_config()
+  config.data.codebook_size = K
+  answerer = types.SimpleNamespace(encoder=types.SimpleNamespace(tokenizer=tokenizer),
+                                   gen_cfg=generate_lib.GenerationConfig(suppress_ids=(3,)))
+  codec = types.SimpleNamespace(cfg=types.SimpleNamespace(codebook_size=K), num_codes=6,
+                                workdir='codec')
+  model = llm_cxr.LlmCxr(types.SimpleNamespace(config=config), answerer, codec)
+  first, end = chat.code_ids(tokenizer, K)
+  begin, close = (tokenizer.convert_tokens_to_ids(t) for t in (chat.IMAGE_BEGIN, chat.IMAGE_END))
+  assert set(model.read_cfg.suppress_ids) == set(range(first, end)) | {begin, close, 3}
+  assert model.draw_cfg.image_span == (first, end, 6, close)
+  assert model.draw_cfg.max_new_tokens == 7
+
+
+def test_codes_reports_suppresses_codes_and_reads_the_trained_section(tokenizer, monkeypatch):
+  """codes_reports never lets a code or a delimiter into a report, and scores the records
+  that have the section the model was trained to write (LLM-CXR stage 2: the impression)."""
+  import types
+
+  from radjax.core import defaults
+  from radjax.eval.decoding import generate as generate_lib
+  from radjax.eval.evaluators import answers
+  from radjax.eval.evaluators import codes as codes_evaluators
+  monkeypatch.setattr(answers, 'Answerer', lambda exp: types.SimpleNamespace(
+      encoder=types.SimpleNamespace(tokenizer=tokenizer),
+      gen_cfg=generate_lib.GenerationConfig(suppress_ids=(3,))))
+  config = defaults.get_config()
+  config.data.dir, config.eval.num_generate = 'unused', 4
+  config.data.codebook_size, config.data.codes_per_image = K, 6
+  config.data.task_options.report_section = 'impression'
+  ev = codes_evaluators.CodesReportEvaluator(types.SimpleNamespace(config=config), 'val')
+  first, end = chat.code_ids(tokenizer, K)
+  begin, close = (tokenizer.convert_tokens_to_ids(t) for t in (chat.IMAGE_BEGIN, chat.IMAGE_END))
+  assert set(ev.answerer.gen_cfg.suppress_ids) == set(range(first, end)) | {begin, close, 3}
+  findings_only = schema.make_example(id='f', codes=EXAMPLE['codes'],
+                                      report={'findings': 'Effusion.', 'impression': ''})
+  impression = schema.make_example(id='i', codes=EXAMPLE['codes'],
+                                   report={'findings': '', 'impression': 'Effusion.'})
+  ev.records = [schema.encode(findings_only), schema.encode(impression)]
+  assert [ex['id'] for ex in ev.examples] == ['i']
+
+
+def test_codes_loss_names_each_direction_by_the_task_it_reads(monkeypatch):
+  """eval/read_* is the loss of report_from_codes (CXR -> report), eval/draw_* that of
+  codes_from_report; each direction's processor serves its one task."""
+  import dataclasses
+  import types
+
+  from radjax.eval.evaluators import codes as codes_evaluators
+  from radjax.eval.evaluators import loss
+
+  class Fake:
+    def __init__(self, exp, split, name):
+      assert (split, name) == ('val', 'codes_loss')
+      self.tasks = exp.task.processor()
+
+    def run(self, params, step):
+      return {'eval/val_loss': self.tasks, 'eval/val_accuracy': step}
+
+  @dataclasses.dataclass
+  class Exp:
+    config: object
+    task: object
+
+  monkeypatch.setattr(loss, 'LossEvaluator', Fake)
+  task = types.SimpleNamespace(processor=lambda tasks=None, kind='': tasks)
+  out = codes_evaluators.CodesLossEvaluator(Exp(None, task), 'val').run(None, 3)
+  assert out == {'eval/read_loss': ('report_from_codes',), 'eval/read_accuracy': 3,
+                 'eval/draw_loss': ('codes_from_report',), 'eval/draw_accuracy': 3}

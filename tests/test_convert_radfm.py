@@ -387,3 +387,28 @@ def test_imported_workdir_generates_from_a_volume_and_an_image(imported, tmp_pat
   config.eval.max_new_tokens = 4
   texts = run_lib.main(config, wd, 'generate', [npy, png], '<image>w5 w6 w7')
   assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+def test_imported_preprocessing_depth_and_vocab_padding(imported):
+  """What the logits test feeds past: RadFM reads pixels as ToTensor() gives them (no
+  mean/std), at most 64 slices (here the 16 its depth table covers), and the vocabulary is
+  padded to the next multiple of 64 only when it is not one already."""
+  c = imported['config']
+  assert tuple(c.data.image_mean) == (0.0,) * 3 and tuple(c.data.image_std) == (1.0,) * 3
+  assert c.data.max_slices == 16  # min(64, the vision tower's max_depth)
+  assert c.runtime.dtype == 'float32'  # a float32 checkpoint
+  assert [radfm.padded_vocab(n) for n in (1, 64, 256, 257, 320)] == [64, 64, 256, 320, 320]
+
+
+def test_a_bf16_checkpoint_runs_in_bf16(imported, tmp_path):
+  """model.to(torch.bfloat16) leaves integer buffers (the dead upscaler's BatchNorm
+  num_batches_tracked) int64: the checkpoint's float tensors decide the run's dtype."""
+  import copy
+  ref = copy.deepcopy(imported['ref']).to(torch.bfloat16)
+  assert {v.dtype for v in ref.state_dict().values()} == {torch.bfloat16, torch.int64}
+  torch.save(ref.state_dict(), tmp_path / 'bf16.bin')
+  argv = ['from-radfm', '--ckpt', tmp_path / 'bf16.bin', '--tokenizer',
+          imported['wd'].parent / 'tok', '--out', tmp_path / 'wd', '--vision_heads', 2,
+          '--perceiver_heads', 2]
+  assert convert_cli.main([str(a) for a in argv]) == 0
+  assert workdir.load_config(str(tmp_path / 'wd')).runtime.dtype == 'bfloat16'

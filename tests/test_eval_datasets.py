@@ -251,3 +251,24 @@ def test_an_evaluation_folder_holds_one_evaluation_and_json_without_nan(tmp_path
   w.write_scalars(4, {'eval/auroc': float('nan')})
   w.close()
   assert (tmp_path / 'metrics.jsonl').read_text() == '{"step": 4, "eval/auroc": null}\n'
+
+
+def test_a_drawn_subset_is_the_same_from_version_to_version(dirs):
+  """max_records/seed name a fixed subset (RadVLM's 2,000 Chest ImaGenome test images,
+  seed 4): the draw itself is pinned, not only its determinism within one version."""
+  assert eval_sets.subset(12, 5, 4).tolist() == [5, 8, 9, 10, 11]
+  assert eval_sets.subset(50, 7, 0).tolist() == [2, 3, 12, 14, 23, 28, 37]
+  assert eval_sets.subset(12, 0, 4) is None
+  config = _config(dirs, loss=dict(max_records=5, seed=4))
+  assert _ids(eval_sets.resolve(config, 'loss', 'val')) == [f'a-{i}' for i in (5, 8, 9, 10, 11)]
+
+
+def test_a_component_is_read_with_its_kind_and_a_dir_with_config_data_tasks(dirs):
+  """A volume component read by an evaluator is read as volumes; a dir outside the mixture
+  with config.data.tasks, whatever the first component trains."""
+  config = _config(dirs, reports=dict(component='v'), vqa=dict(dir=dirs['c']))
+  config.data.mixture.v = dict(dir=dirs['c'], tasks=('report',), kind='volume')
+  config.data.tasks = ('vqa', 'classification')
+  assert eval_sets.resolve(config, 'reports', 'val').kind == 'volume'
+  assert eval_sets.resolve(config, 'vqa', 'val').tasks == ('vqa', 'classification')
+  assert eval_sets.resolve(config, 'loss', 'val').tasks == ('report',)  # the default: a's

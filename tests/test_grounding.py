@@ -245,3 +245,20 @@ def test_a_box_at_exactly_the_iou_threshold_is_a_hit():
   pred = [[{'label': 'A', 'box': (0.0, 0.0, 1.0, 1.0)}]]  # IoU exactly 0.5
   s = grounding.grounding_scores(pred, ref, iou_threshold=0.5)
   assert s['grounding_recall@0.5'] == 1.0 and s['grounding_AP@0.5/A'] == 1.0
+
+
+def test_in_loop_scorers_score_answers_against_references_not_the_reverse():
+  """A refused / unreadable answer counts as unanswered and wrong; a reference that is no
+  yes/no is not scored; one box too many lowers precision, not recall; one finding
+  missed lowers recall, not precision."""
+  from radjax.eval.evaluators.instruction import SCORERS
+  vqa = SCORERS['vqa'][1]
+  assert vqa(['Yes.', 'Maybe', 'No'], ['Yes.', 'No.', 'Maybe.'], None) == {
+      'vqa_accuracy': 0.5, 'vqa_unanswered': 1.0}
+  cls = SCORERS['classification'][1](['Cardiomegaly.'], ['Cardiomegaly, Edema.'], None)
+  assert (cls['classification_micro_precision'], cls['classification_micro_recall']) == (1.0, 0.5)
+  example = [{'boxes': [{'label': 'Nodule', 'box': [0.1, 0.1, 0.3, 0.3]}]}]
+  two = 'Nodule at [0.10, 0.10, 0.30, 0.30]. Nodule at [0.60, 0.60, 0.90, 0.90].'
+  out = SCORERS['grounding'][1]([two], ['Nodule at [0.10, 0.10, 0.30, 0.30].'], example)
+  assert (out['grounding_precision@0.5'], out['grounding_recall@0.5']) == (0.5, 1.0)
+  assert (out['grounding_num_pred_boxes'], out['grounding_num_ref_boxes']) == (2.0, 1.0)

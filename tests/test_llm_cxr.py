@@ -294,3 +294,60 @@ def test_a_drawing_generated_again_by_another_checkpoint_goes_beside_the_first(t
   assert np.asarray(Image.open(later)).min() == 255
   assert sorted(os.listdir(tmp_path / 'generated')) == sorted(
       os.path.basename(p) for p in (first, later, other))  # no temporary files left
+
+
+def test_codec_codes_are_row_major_and_decode_back_to_its_reconstruction(trained):
+  """Codec.codes flattens the code grid row-major (LLM-CXR's order) and Codec.decode reads
+  it back the same way: decode(codes(x)) is the codec's own reconstruction of x. Column-
+  major codes (self-consistent in data_prep/encode_codes.py) would draw transposed CXRs."""
+  _, _, codec_dir = trained
+  codec = llm_cxr.Codec(codec_dir)
+  rng = np.random.default_rng(0)
+  size, ch = codec.cfg.image_size, codec.cfg.num_channels
+  x = rng.uniform(-1, 1, (2, size, size, ch)).astype(np.float32)
+  x[1] = np.linspace(-1, 1, size)[:, None, None]  # a vertical ramp: not transpose-symmetric
+  params = workdir_lib.load_params(codec_dir, codec.step)
+  model = vqgan.VQGAN(codec.cfg)
+  grid = np.asarray(model.apply({'params': params}, jnp.asarray(x), method=vqgan.VQGAN.codes))
+  codes = codec.codes(list(x))
+  assert codes == [g.reshape(-1).tolist() for g in grid]
+  want = np.asarray(model.apply({'params': params}, jnp.asarray(grid),
+                                method=vqgan.VQGAN.decode_codes))
+  np.testing.assert_allclose(codec.decode(codes), np.clip(want, -1, 1), atol=1e-5)
+  assert not np.array_equal(grid, np.swapaxes(grid, 1, 2))  # the check can see a transpose
+
+
+def test_pixels_map_to_png_bytes_by_rounding_and_files_to_minus_one_one():
+  """[-1, 1] -> uint8 rounds (0 -> 128, a value just under 1 -> 255), one channel is
+  written as grayscale; a PNG is read into [-1, 1] as the codec was trained."""
+  x = np.array([-1.0, -0.999, 0.0, 0.999, 1.0, 2.0], np.float32).reshape(1, 6, 1)
+  assert llm_cxr.to_uint8(x).tolist() == [[0, 0, 128, 255, 255, 255]]
+  assert llm_cxr.to_uint8(np.zeros((2, 2, 3))).shape == (2, 2, 3)
+  codec = object.__new__(llm_cxr.Codec)  # preprocessing needs no weights
+  codec.cfg = vqgan.VQGANConfig(kind='vqgan', image_size=32, channel_mult=(1, 2),
+                                norm_groups=8, base_channels=8, attn_levels=(1,), num_channels=1)
+  codec.resize = 'square'
+  import tempfile
+  with tempfile.TemporaryDirectory() as d:
+    for value, want in ((0, -1.0), (255, 1.0)):
+      path = os.path.join(d, f'{value}.png')
+      Image.fromarray(np.full((40, 40), value, np.uint8)).save(path)
+      np.testing.assert_allclose(codec.load_image(path), np.full((32, 32, 1), want), atol=1e-6)
+
+
+def test_codec_step_zero_is_step_zero_not_the_latest(monkeypatch):
+  """config.codec.step=0 (the recipe pins the step that made the codes) is step 0 even
+  when the codec has been trained further; only None / -1 mean its latest."""
+  monkeypatch.setattr(workdir_lib, 'latest_step', lambda workdir: 40)
+  assert [llm_cxr.codec_step('c', s) for s in (None, -1, 0, 7)] == [40, 40, 0, 7]
+
+
+def test_drawing_samples_by_the_seed_and_each_batch_draws_afresh(trained):
+  """The seed a call passes decides the sampled codes (the web demo's seed box); and the
+  9th report (the second batch of 8) is not a replay of the first batch's key."""
+  config, workdir, _ = trained
+  model = run_lib.load_llm_cxr(config, workdir)
+  first = model.draw([REPORT] * 9, seed=0).codes
+  assert model.draw([REPORT], seed=0).codes[0] == first[0]
+  assert model.draw([REPORT], seed=1).codes[0] != first[0]
+  assert first[8] != first[0]

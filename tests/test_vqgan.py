@@ -433,3 +433,19 @@ def test_held_out_loss_weighs_the_codebook_terms_as_training_does(ema, per_image
   aux = Model().apply(None, x)[1]
   np.testing.assert_allclose(sums['loss_sum'], 2 * per_image)
   np.testing.assert_allclose(task._vq_loss(aux), per_image)  # the train step's term
+
+
+def test_codebook_usage_and_the_logged_grid():
+  from radjax.eval.evaluators import codec
+  u = codec.usage_stats(np.array([2, 2, 0, 0]))
+  assert u['codes_used'] == 0.5 and u['perplexity'] == pytest.approx(2.0)
+  u = codec.usage_stats(np.array([3, 1, 0, 0, 0, 0, 0, 0]))
+  assert u['codes_used'] == 0.25
+  entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+  assert u['perplexity'] == pytest.approx(math.exp(entropy))
+  assert codec.usage_stats(np.zeros(4)) == {'codes_used': 0.0, 'perplexity': 1.0}
+  inputs, recons = -np.ones((2, 3, 4, 1)), np.ones((2, 3, 4, 1))
+  grid = codec.side_by_side(inputs, recons)  # each row: input | reconstruction
+  assert grid.shape == (1, 6, 8, 1)
+  np.testing.assert_array_equal(grid[0, :, :4], 0.0)
+  np.testing.assert_array_equal(grid[0, :, 4:], 1.0)

@@ -317,7 +317,10 @@ def import_checkpoint(state_dict: dict, tokenizer, shape: RadFMShape = RadFMShap
   config.model.image_token_id = ids[chat.IMAGE_MARK]
   config.runtime.scan_layers = scan
   config.runtime.attention_impl = 'xla'
-  dtypes = {np.asarray(v).dtype.name for v in state_dict.values()}
+  # Floating tensors decide: `model.to(bfloat16)` leaves integer buffers (a BatchNorm's
+  # num_batches_tracked) int64, and a bf16 13B checkpoint ran in float32.
+  dtypes = {np.asarray(v).dtype.name for v in state_dict.values()
+            if np.asarray(v).dtype.kind not in 'iub'}
   config.runtime.dtype = 'bfloat16' if dtypes == {'bfloat16'} else 'float32'
   config.data.chat_format = 'plain'
   config.data.image_delimiters = True
