@@ -312,3 +312,22 @@ def test_a_pre_stage_that_stops_early_starts_no_main_stage(demo_data, tmp_path, 
 def test_a_probability_at_the_threshold_is_positive():
   s = classification.probability_scores([[0.5], [0.2]], [[1], [0]], ['A'], threshold=0.5)
   assert s['A/recall'] == 1.0 and s['A/precision'] == 1.0
+
+
+def test_label_loss_weight_scales_the_label_and_box_terms(demo_data):
+  """train/loss = report loss + label_loss_weight x (label loss + box weight x box loss);
+  the test above uses label_loss_weight 1.0, where dropping the weight changes nothing."""
+  config = tiny_config(demo_data)
+  config.data.label_names = DEMO_LABELS
+  config.data.label_loss_weight = 0.5
+  config.data.box_token_labels = ('Lung Lesion', 'Consolidation')
+  config.data.box_token_weight = 4.0
+  exp = build_experiment(config, jax.devices()[:1])
+  task, params = exp.task, exp.state.params
+  batch = next(iter(pipeline.eval_dataset(config, task.processor(), 'val', 8)))
+  plain = task.loss(exp.model, params, batch, None)
+  full = task.train_loss(exp.model, params, batch, None)
+  assert full['box_loss_sum'] > 0 and full['label_loss_sum'] > 0
+  np.testing.assert_allclose(full['loss_sum'] - plain['loss_sum'],
+                             0.5 * (full['label_loss_sum'] + 4.0 * full['box_loss_sum']),
+                             rtol=1e-5)

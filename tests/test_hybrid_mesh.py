@@ -118,3 +118,29 @@ def test_two_remaining_axes_are_named_with_the_fix():
   with pytest.raises(ValueError, match=r'only one of .* may be -1 .*got data=-1, fsdp=-1, '
                                        r'tensor=1: .*--config\.mesh\.data=1'):
     sharding.mesh_shape(_mesh_cfg(data=-1, fsdp=-1), 8)
+
+
+def test_default_rules_resolve_the_models_logical_axes_to_these_specs():
+  """The default rule table, resolved: weights on fsdp x tensor, the vision side of a
+  projector unsplit (its LLM side carries fsdp), norms replicated, the batch over
+  data x fsdp, or over data alone beside an fsdp-split axis. No model test reads a
+  projector's or the LLM embedding's spec, so a rule edit there passed every test."""
+  import flax.linen as nn
+  from jax.sharding import PartitionSpec as P
+
+  from radjax.core import defaults
+  rules = sharding.rules_from_config(defaults.DEFAULT_RULES)
+  want = {
+      ('embed', 'mlp'): P('fsdp', 'tensor'), ('mlp', 'embed'): P('tensor', 'fsdp'),
+      ('vision_embed', 'embed'): P(None, 'fsdp'), ('vision_embed', 'mlp'): P(None, 'tensor'),
+      ('vocab', 'embed'): P('tensor', 'fsdp'),
+      ('embed', 'kv_heads', 'kv'): P('fsdp', 'tensor', None),
+      ('layers', 'embed', 'heads', 'kv'): P(None, 'fsdp', 'tensor', None), ('norm',): P(None),
+      ('act_batch', 'act_len', 'act_embed'): P(('data', 'fsdp'), None, None),
+      ('act_batch', 'embed'): P('data', 'fsdp'),
+      ('act_batch', 'act_len', 'act_mlp'): P(('data', 'fsdp'), None, 'tensor'),
+  }
+  for names, spec in want.items():
+    assert nn.logical_to_mesh_axes(names, rules) == spec, names
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:8]).reshape(2, 2, 2), sharding.MESH_AXES)
+  assert sharding.batch_sharding(mesh, rules, 3).spec == P(('data', 'fsdp'), None, None)

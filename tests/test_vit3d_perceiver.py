@@ -330,3 +330,16 @@ def test_vlm_born_sharded_on_eight_devices_equals_one_device():
   single = jax.device_put(jax.device_get(p), jax.devices()[0])
   want, _ = jax.jit(model.apply)({'params': single}, tokens, images, depth_mask=depth_mask)
   np.testing.assert_allclose(jax.device_get(logits), want, atol=1e-4)
+
+
+def test_a_depth_patch_with_any_real_slice_is_real():
+  """Only a depth patch without a real slice is padding: a volume whose real depth ends
+  inside a depth patch keeps that patch's tokens (and they see the rest)."""
+  cfg, model = _tower()
+  vols = _volumes(1, 6)
+  params = _perturb(jax.jit(model.init)(jax.random.key(1), vols))
+  mask = jnp.arange(6)[None] < 3  # slices 0-2: patch 0 real, patch 1 half real, patch 2 padding
+  feats, aux = jax.jit(model.apply)(params, vols, mask)
+  tokens = aux['token_mask'].reshape(2, 2, 3)
+  assert bool(tokens[:, :, :2].all()) and not bool(tokens[:, :, 2].any())
+  assert float(jnp.abs(feats.reshape(2, 2, 3, 24)[:, :, 1]).min()) > 0

@@ -449,3 +449,153 @@ def test_codebook_usage_and_the_logged_grid():
   assert grid.shape == (1, 6, 8, 1)
   np.testing.assert_array_equal(grid[0, :, :4], 0.0)
   np.testing.assert_array_equal(grid[0, :, 4:], 1.0)
+
+
+def test_ema_and_usage_keep_decay_of_the_old_value_and_restarts_wait_for_their_step():
+  """ema_decay / usage_decay weigh the running value (0.5 in the test above hides which
+  side they weigh); restarts come every restart_every-th step (step + 1), reset the EMA of
+  the codes they replace, and (l2_normalize) average normalised encoder outputs."""
+  cfg = vqgan.VQGANConfig(kind='vqgan', codebook_size=4, codebook_dim=2)
+  emb = np.array([[0., 0.], [10., 10.], [20., 20.], [30., 30.]], np.float32)
+  q = {'embedding': emb, 'ema_count': np.full(4, 2.0, np.float32), 'ema_sum': 2 * emb,
+       'usage': np.full(4, 0.25, np.float32)}
+  z = np.array([[1., 1.], [3., 3.], [11., 11.]], np.float32)
+  codes = np.array([0, 0, 1], np.int32)
+  vc = _vc(ema=True, ema_decay=0.9, usage_decay=0.8)
+  out, _ = vqgan_task.codebook_update(q, z, codes, vc, cfg, 0, jax.random.key(0))
+  np.testing.assert_allclose(out['ema_count'], [0.9 * 2 + 0.1 * 2, 0.9 * 2 + 0.1 * 1, 1.8, 1.8],
+                             rtol=1e-6)
+  np.testing.assert_allclose(out['ema_sum'][:2], [[0.4, 0.4], [0.9 * 20 + 1.1] * 2], rtol=1e-6)
+  np.testing.assert_allclose(out['embedding'][1], [(0.9 * 20 + 1.1) / 1.9] * 2, rtol=1e-4)
+  np.testing.assert_allclose(out['usage'], 0.8 * 0.25 + 0.2 * np.array([2 / 3, 1 / 3, 0, 0]),
+                             rtol=1e-6)
+  # restart_every=2: step 0 is not a restart step, step 1 is (codes 2 and 3 are dead).
+  vc = _vc(ema=True, ema_decay=0.9, restart_every=2)
+  out, _ = vqgan_task.codebook_update(q, z, codes, vc, cfg, 0, jax.random.key(0))
+  np.testing.assert_allclose(out['embedding'][2:], emb[2:], rtol=1e-4)
+  out, _ = vqgan_task.codebook_update(q, z, codes, vc, cfg, 1, jax.random.key(0))
+  for row in np.asarray(out['embedding'][2:]):
+    assert any(np.array_equal(row, zi) for zi in z)
+  np.testing.assert_array_equal(out['ema_sum'][2:], out['embedding'][2:])
+  np.testing.assert_array_equal(out['ema_count'][2:], [1.0, 1.0])  # the EMA starts afresh
+  np.testing.assert_array_equal(out['usage'][2:], [0.25, 0.25])
+  # Cosine codes: the EMA sums unit vectors.
+  cos = vqgan.VQGANConfig(kind='vqgan', codebook_size=4, codebook_dim=2, l2_normalize=True)
+  zz = np.array([[3., 4.]], np.float32)
+  out, _ = vqgan_task.codebook_update(q, zz, np.array([0], np.int32), _vc(ema=True), cos, 0,
+                                      jax.random.key(0))
+  np.testing.assert_allclose(out['ema_sum'][0], [0.3, 0.4], rtol=1e-6)
+
+
+def test_reconstruction_loss_weighs_l1_l2_and_the_perceptual_term_by_their_knobs(monkeypatch):
+  c = vqgan_recipe.get_config('size=micro')
+  c.vqgan.l1_weight, c.vqgan.l2_weight, c.vqgan.perceptual_weight = 2.0, 0.5, 0.3
+  task = vqgan_task.ImageCodec(c, None)
+  task._perceptual, task._perceptual_loaded = {'vgg': 'stand-in'}, True
+  monkeypatch.setattr(lpips, 'distance', lambda x, y, w: jnp.full((x.shape[0],), 2.0))
+  x, y = jnp.zeros((2, 8, 8, 1)), jnp.full((2, 8, 8, 1), 0.5)
+  np.testing.assert_allclose(task._rec_loss(x, y), [2.0 * 0.5 + 0.5 * 0.25 + 0.3 * 2.0] * 2,
+                             rtol=1e-6)
+
+
+def test_step_metrics_are_the_hinge_loss_and_the_weighted_generator_loss(stepped):
+  """d_loss is Taming's hinge on the discriminator's logits of real and reconstructed
+  images (at the step's starting params), and 'loss' sums the generator's weighted terms."""
+  c, exp, batch, states, metrics = stepped
+  model, params, m = exp.model, states[0].params, metrics[0]
+  x = np.array(pixels_lib.as_floats(batch)['images'])
+  recon = jax.jit(lambda p: model.apply({'params': p}, x)[0])(params)
+  disc = jax.jit(lambda p, img: model.apply({'params': p}, img,
+                                            method=vqgan.VQGAN.discriminate))
+  real, fake = np.asarray(disc(params, x)), np.asarray(disc(params, recon))
+  hinge = 0.5 * (np.maximum(1 - real, 0).mean() + np.maximum(1 + fake, 0).mean())
+  np.testing.assert_allclose(m['d_loss'], hinge, rtol=1e-5)
+  np.testing.assert_allclose([m['logits_real'], m['logits_fake']], [real.mean(), fake.mean()],
+                             rtol=1e-5, atol=1e-6)
+  vc = c.vqgan
+  want = (m['rec_loss'] + vc.codebook_weight * m['codebook_loss'] + vc.beta * m['commit_loss']
+          + m['gan_weight'] * m['g_loss'])
+  assert float(m['gan_weight']) > 0 and float(m['g_loss']) != 0
+  np.testing.assert_allclose(m['loss'], want, rtol=1e-5)
+
+
+def test_before_disc_start_the_step_is_reconstruction_only_and_the_discriminator_waits(stepped):
+  """A step before config.vqgan.disc_start (the adversarial terms on later in the run):
+  no adversarial term in the generator's gradient, and the discriminator's params and its
+  optimizer state (Adam's count too) stay as they were."""
+  import copy
+  c, exp, batch, states, _ = stepped
+  late = copy.deepcopy(c)
+  late.vqgan.disc_start = 5  # < num_steps 8: the step compiles the GAN branch
+  task = vqgan_task.ImageCodec(late, None)
+  assert task.uses_gan()
+  with jax.threefry_partitionable(False):
+    step = jax.jit(task.train_step(exp.model, exp.tx, exp.labels, exp.schedule))
+    new, m = jax.device_get(step(states[0], batch))
+  assert float(m['g_loss']) == 0 and float(m['gan_weight']) == 0 and float(m['d_loss']) == 0
+  jax.tree.map(np.testing.assert_array_equal, new.params['discriminator'],
+               states[0].params['discriminator'])
+  jax.tree.map(np.testing.assert_array_equal, new.opt_state['discriminator'],
+               states[0].opt_state['discriminator'])
+  model, params = exp.model, states[0].params
+  x = np.array(pixels_lib.as_floats(batch)['images'])
+  gen = {k: v for k, v in params.items() if k != 'discriminator'}
+
+  def rec_and_vq(g):
+    recon, aux = model.apply({'params': {**g, 'discriminator': params['discriminator']}}, x)
+    return jnp.mean(jnp.abs(recon - x)) + task._vq_loss(aux)
+  grads = jax.jit(jax.grad(rec_and_vq))(gen)
+  norm = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads)))
+  np.testing.assert_allclose(m['grad_norm'], norm, rtol=1e-4)
+
+
+def test_the_discriminator_steps_at_disc_lr_and_the_generator_at_optim_lr():
+  """config.vqgan.disc_lr reaches the discriminator's optimizer (no recipe or test set it)."""
+  from radjax.train import optimizer as optimizer_lib
+  c = vqgan_recipe.get_config('size=micro')
+  c.optim.warmup_steps, c.optim.min_lr_ratio, c.optim.lr, c.vqgan.disc_lr = 0, 1.0, 1e-3, 4e-3
+  task = vqgan_task.ImageCodec(c, None)
+  params = {'decoder': {'bias': jnp.zeros(3)}, 'discriminator': {'bias': jnp.zeros(3)}}
+  tx, _ = task.optimizer(optimizer_lib.param_labels(params, c.optim.param_groups))
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  np.testing.assert_allclose(updates['decoder']['bias'], -1e-3, rtol=1e-4)  # Adam's first step: -lr
+  np.testing.assert_allclose(updates['discriminator']['bias'], -4e-3, rtol=1e-4)
+
+
+def test_codebook_loss_moves_the_codes_and_commitment_loss_the_encoder():
+  """|sg(z) - e|^2 has gradients for the codebook only, |z - sg(e)|^2 for z only."""
+  cfg = vqgan.VQGANConfig(kind='vqgan', codebook_size=11, codebook_dim=3)
+  q = vqgan.Quantizer(cfg)
+  z = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
+  params = {**nn.meta.unbox(q.init(jax.random.key(0), z)['params']),
+            'embedding': jax.random.normal(jax.random.key(2), (11, 3))}
+  codes = q.apply({'params': params}, z)[1]
+  e = params['embedding'][codes]
+  loss = lambda p, z, key: jnp.sum(q.apply({'params': p}, z)[2][key])
+  g_book, g_z = jax.grad(loss, argnums=(0, 1))(params, z, 'codebook_loss')
+  np.testing.assert_array_equal(g_z, 0)
+  want = jax.ops.segment_sum((2 / 3 * (e - z)).reshape(-1, 3), codes.reshape(-1), 11)
+  np.testing.assert_allclose(g_book['embedding'], want, rtol=1e-5, atol=1e-6)
+  g_book, g_z = jax.grad(loss, argnums=(0, 1))(params, z, 'commit_loss')
+  np.testing.assert_array_equal(g_book['embedding'], 0)
+  np.testing.assert_allclose(g_z, 2 / 3 * (z - e), rtol=1e-5, atol=1e-6)
+
+
+def test_cosine_codes_compare_directions_and_decode_as_the_forward_does():
+  """l2_normalize: the lookup compares unit vectors on both sides (the largest cosine, not
+  the nearest raw code), and decode_codes(codes(x)) is the forward's reconstruction."""
+  e = jnp.array([[10.0, 0.0], [0.0, 1.0]])
+  z = jnp.array([[1.0, 0.9]])  # cosine 0.74 with code 0, 0.67 with code 1
+  assert int(vqgan.nearest_codes(z, e, l2_normalize=True)[0]) == 0
+  assert int(vqgan.nearest_codes(z, e)[0]) == 1
+  import dataclasses
+  cfg = factory.part_config(vqgan_recipe.get_config('size=micro').model, 'vqgan')
+  for l2 in (False, True):
+    model = vqgan.VQGAN(dataclasses.replace(cfg, l2_normalize=l2))
+    x = jax.random.uniform(jax.random.key(1), (2, cfg.image_size, cfg.image_size,
+                                               cfg.num_channels), minval=-1.0, maxval=1.0)
+    params = jax.jit(model.init)(jax.random.key(0), x)
+    recon, aux = jax.jit(model.apply)(params, x)
+    again = jax.jit(lambda p, c: model.apply(p, c, method=vqgan.VQGAN.decode_codes))(
+        params, aux['codes'])
+    np.testing.assert_allclose(again, recon, rtol=1e-5, atol=1e-5)
