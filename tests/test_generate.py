@@ -137,6 +137,29 @@ def test_sampling_limits_equal_greedy_and_rng_is_deterministic(lm):
     _run(lm, warm)
 
 
+def test_a_sampled_row_does_not_depend_on_its_batch(lm):
+  """An evaluation's sampled report was a function of its row in the batch (one key drew the
+  whole batch): the same record sampled in another batch size or order got another text."""
+  warm = gen.GenerationConfig(max_new_tokens=NEW, decoding='sample', temperature=1.5,
+                              top_k=50, pad_id=PAD)
+  keys = sampling.row_keys(jax.random.key(5), 3)
+  full, _ = _run(lm, warm, keys)
+  order = [2, 0, 1]
+  shuffled, _ = gen.generate(lm['model'], lm['params'], lm['tokens'][order], lm['mask'][order],
+                             None, warm, keys[np.array(order)])
+  np.testing.assert_array_equal(np.asarray(shuffled), full[order])
+  alone, _ = gen.generate(lm['model'], lm['params'], lm['tokens'][1:2], lm['mask'][1:2], None,
+                          warm, keys[1:2])
+  np.testing.assert_array_equal(np.asarray(alone)[0], full[1])
+  # One key: row r draws with fold_in(key, r); rows differ from each other's streams.
+  np.testing.assert_array_equal(_run(lm, warm, jax.random.key(5))[0], full)
+  np.testing.assert_array_equal(sampling.row_keys(jax.random.key(5), 2, first=1).shape, (2,))
+  assert (jax.random.key_data(sampling.row_keys(jax.random.key(5), 2, first=1))
+          == jax.random.key_data(keys[1:])).all()
+  with pytest.raises(ValueError, match='one per row'):
+    _run(lm, warm, sampling.row_keys(jax.random.key(5), 2))
+
+
 @pytest.mark.parametrize('temperature,top_k,top_p', [(1.0, 7, 1.0), (0.7, 0, 0.8),
                                                      (1.3, 20, 0.6)])
 def test_warpers_equal_hf_and_samples_stay_in_the_allowed_set(temperature, top_k, top_p):

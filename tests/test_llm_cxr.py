@@ -2,6 +2,7 @@
 made from it on first use, one decoder trained on both directions (CXR -> report, report
 -> CXR) and text-only instructions; then report -> PNG (exactly the codec's grid of codes,
 decodable) and image -> report through `--mode=generate` (radjax/eval/llm_cxr.py)."""
+import dataclasses
 import json
 import os
 
@@ -191,6 +192,25 @@ def test_image_to_report_returns_text(trained, tmp_path, capsys):
   rows = model.answerer.answer_ids(model.params, items, model.read_cfg, seed=0)
   assert not any(model.first_code <= t < model.end_code or t in (model.begin_id, model.close_id)
                  for t in rows[0])
+
+
+def test_a_sampled_answer_is_the_same_in_any_batch_size(trained):
+  """Each item draws with its own key (its index in the list): evaluating with another
+  config.eval.batch_size, or on another number of devices, gives the same sampled texts."""
+  config, workdir, _ = trained
+  model = run_lib.load_llm_cxr(config, workdir)
+  cfg = dataclasses.replace(model.read_cfg, decoding='sample', temperature=1.5,
+                            max_new_tokens=8)
+  rng = np.random.default_rng(0)
+  items = [({'id': str(i), 'images': []},
+            llm_cxr.read_request([int(c) for c in rng.integers(0, 16, 64)], 32))
+           for i in range(10)]
+  answerer = model.answerer  # batches of 8 (one a device): items 0-7, then 8-9 and padding
+  in_two = answerer.answer_ids(model.params, items, cfg, seed=1)
+  answerer.batch_size = 16
+  in_one = answerer.answer_ids(model.params, items, cfg, seed=1)
+  np.testing.assert_array_equal(np.stack(in_one), np.stack(in_two))
+  assert len({tuple(r) for r in in_one}) > 1  # sampled, not one text repeated
 
 
 def test_faithfulness_scores_drawn_real_and_reconstructed_images(trained, demo_data, tmp_path):

@@ -204,8 +204,8 @@ def _token_loop(decode, logits, cache, key_mask, positions, p: int, cfg: Generat
     if greedy:
       tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:
-      tok = sampling.sample(jax.random.fold_in(rng, i), logits, cfg.temperature, cfg.top_k,
-                            cfg.top_p, values)
+      tok = sampling.sample_rows(rng, i, logits, cfg.temperature, cfg.top_k, cfg.top_p,
+                                 values)
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)), tok[:, None],
                                axis=-1)[:, 0]
     score = score + jnp.where(done, 0.0, logp)
@@ -231,7 +231,9 @@ def generate(model, params, prompt_tokens, prompt_mask, images, gen_cfg: Generat
   prompt_tokens / prompt_mask [B, P]; images [B, M, H, W, C] for a VLM (or a dict of the
   VLM's image arguments: images [B, M, H, W, D, C] and depth_mask [B, M, D]; 8-bit images
   with their pixel_table, radjax/data/pixels.py), None for a
-  bare Decoder; rng: a PRNG key, needed when sampling (step i uses fold_in(rng, i)).
+  bare Decoder; rng: needed when sampling, a PRNG key per row [B] (row r's step i draws
+  with fold_in(rng[r], i), whatever else is in the batch) or one key (row r's is
+  fold_in(rng, r)).
   Returns (ids [B, max_new_tokens], scores [B]): for beam search the best finished
   hypothesis and its HF `sequences_scores`; otherwise summed token log-probs.
   Stop strings are not applied here (see `apply_stop_strings`).
@@ -240,6 +242,8 @@ def generate(model, params, prompt_tokens, prompt_mask, images, gen_cfg: Generat
     raise ValueError("decoding='sample' needs an rng key")
   # Values a strategy ignores go in too: only the static config decides what applies.
   values = sampling.knobs(gen_cfg.temperature, gen_cfg.top_p, gen_cfg.repetition_penalty)
+  if gen_cfg.strategy == 'sample':
+    rng = sampling.row_keys(rng, prompt_tokens.shape[0])
   return _generate(model, params, prompt_tokens, prompt_mask, images, _canonical(gen_cfg),
                    rng if gen_cfg.strategy == 'sample' else None, jnp.int32(gen_cfg.fill_id),
                    values)

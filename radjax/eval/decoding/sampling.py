@@ -56,3 +56,23 @@ def sample(rng, logits, temperature: float, top_k: int, top_p: float,
   """One token id per row from the warped distribution."""
   warped = warp(logits, temperature, top_k, top_p, values)
   return jax.random.categorical(rng, warped, axis=-1).astype(jnp.int32)
+
+
+def sample_rows(row_keys, step, logits, temperature: float, top_k: int, top_p: float,
+                values: dict | None = None):
+  """One token id per row, row r drawn with fold_in(row_keys[r], step): a row's draws do not
+  depend on which other rows share its batch, or where it sits in it."""
+  warped = warp(logits, temperature, top_k, top_p, values)
+  draw = lambda key, row: jax.random.categorical(jax.random.fold_in(key, step), row)
+  return jax.vmap(draw)(row_keys, warped).astype(jnp.int32)
+
+
+def row_keys(rng, batch: int, first: int = 0):
+  """[batch] keys: `rng` itself when it already holds one key per row, else fold_in(rng, r)
+  for r in first .. first + batch - 1 (an item's index in a list split into batches)."""
+  if rng.shape == (batch,):
+    return rng
+  if rng.shape:
+    raise ValueError(f'sampling needs one PRNG key or one per row ({batch}); got shape '
+                     f'{rng.shape}')
+  return jax.vmap(lambda r: jax.random.fold_in(rng, r))(jnp.arange(first, first + batch))

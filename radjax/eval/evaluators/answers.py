@@ -10,6 +10,7 @@ import numpy as np
 
 from radjax.data import chat, pipeline, processors, schema
 from radjax.eval.decoding import generate as generate_lib
+from radjax.eval.decoding import sampling
 
 
 class Answerer:
@@ -102,7 +103,8 @@ class Answerer:
         batch.update(pixels)
       g = pipeline.to_global_from_whole(batch, shardings)  # every process has all items
       image_inputs = None if pixels is None else {k: g[k] for k in pixels}
-      key = None if rng is None else jax.random.fold_in(rng, start)
+      # One key per item (its index in `items`): its sample does not depend on the batch.
+      key = None if rng is None else sampling.row_keys(rng, bs, first=start)
       with exp.context():
         ids, _ = generate_lib.generate(exp.model, params, g['tokens'], g['prompt_mask'],
                                        image_inputs, gen_cfg, key)
