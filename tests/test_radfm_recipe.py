@@ -4,6 +4,8 @@ on held-out volumes (including a `.npy` given to --mode=generate)."""
 import io
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -58,3 +60,35 @@ def test_held_out_volumes_are_evaluated_and_answered(radfm_run, tmp_path):
   np.save(path, vol)
   texts = run_lib.generate(c, wd, [path], 'Is there a pleural effusion?')
   assert len(texts) == 1 and isinstance(texts[0], str)
+
+
+def test_two_processes_with_depth_buckets_log_the_losses_of_one(radfm_run, demo_data,
+                                                                 tmp_path):
+  """Depth buckets were refused on several processes (each would have padded its share of a
+  volume batch to its own bucket). Now the model picks each slot's bucket from the whole
+  batch in the program: two processes, their volume batches left full depth, log the
+  losses of the one process whose host trimmed its batches (radfm_run), and its eval loss."""
+  from tests import test_multiprocess as mp
+  c, _, ct, rows = radfm_run
+  assert c.data.depth_buckets and c.data.volume_batch_size == 8
+  wd, port = str(tmp_path / 'wd'), mp._free_port()
+  argv = [sys.executable, 'main.py', '--config', 'configs/radfm.py:size=micro', '--workdir',
+          wd, f'--config.data.mixture.ct.dir={ct}', f'--config.data.mixture.cxr.dir={demo_data}',
+          f'--config.data.keyword_terms={os.path.join(ct, "terms.txt")}',
+          f'--config.train.num_steps={STEPS}', f'--config.train.checkpoint_every={STEPS}',
+          f'--config.train.eval_every={STEPS}', '--config.train.async_checkpoint=False',
+          '--config.optim.warmup_steps=2', "--config.eval.evaluators=('loss',)",
+          f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+          '--config.mesh.dcn.data=2']
+  runs = []
+  for i in range(2):
+    out = open(str(tmp_path / f'process_{i}.out'), 'w+')
+    runs.append((subprocess.Popen(argv + [f'--process_id={i}'], cwd=mp.ROOT, env=mp._env(4),
+                                  stdout=out, stderr=subprocess.STDOUT, text=True), out))
+  mp._finish(runs)
+  want = {r['step']: r['train/loss'] for r in rows if 'train/loss' in r}
+  got = mp._losses(wd)
+  assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
+  np.testing.assert_allclose([got[s] for s in want], [want[s] for s in want], atol=2e-4)
+  want_eval = [r['eval/val_loss'] for r in rows if 'eval/val_loss' in r][-1]
+  assert abs(mp._eval_loss(wd) - want_eval) < 2e-4

@@ -1,5 +1,6 @@
 """RadFM's vision parts: the 3D ViT (volumes, 2D images, padded depth) and the Perceiver
 resampler (masking, an independent numpy forward), composed in the VLM and sharded."""
+import dataclasses
 import math
 
 import einops
@@ -299,6 +300,63 @@ def test_vlm_with_vit3d_and_perceiver_runs_on_volumes_and_images():
   flat, _ = apply(params, tokens, real[..., 0, :])
   assert flat.shape == logits.shape and bool(jnp.isfinite(flat).all())
   assert float(jnp.abs(flat[:, -1] - logits[:, -1]).max()) > 1e-3
+
+
+def test_volume_slots_run_at_their_bucket_and_empty_slots_not_at_all(monkeypatch):
+  """RadFM's recipe pads every example to 10 slots and every slot to the batch's depth.
+  The tower now runs slot by slot at the smallest depth bucket holding that slot's deepest
+  volume, and skips a slot no row uses: NaN where it must not read (past a slot's
+  bucket, an unused slot) leaves features and gradients equal to the untrimmed tower's on
+  zeros, and finite (one read NaN would spread through the weight gradients)."""
+  c = _radfm_like_config()
+  cfg = factory.vlm_config(c.model)
+  buckets = (4, 8)
+  model = vlm.VLM(cfg, dataclasses.replace(factory.vlm_runtime(c), depth_buckets=buckets))
+  b, m, d = 2, 3, 12
+  real = np.array([[4, 8, 0], [2, 0, 0]])  # slot 1: bucket 8; slot 2: nobody's
+  depth_mask = np.arange(d)[None, None] < real[..., None]
+  rng = np.random.default_rng(0)
+  zeros = np.where(depth_mask[:, :, None, None, :, None],
+                   rng.normal(size=(b, m, 16, 16, d, 2)), 0).astype(np.float32)
+  past = np.arange(d) >= np.array([4, 8, 0])[:, None]  # [M, D]: never read
+  nan = np.where(past[None, :, None, None, :, None], np.nan, zeros).astype(np.float32)
+  tokens = jnp.ones((b, 4), jnp.int32)
+  params = _perturb(model.init(jax.random.key(0), tokens, zeros[:, :1, ..., :4, :],
+                               depth_mask=depth_mask[:, :1, :4]), scale=0.2)
+  weights = jax.random.normal(jax.random.key(1), (b * m, cfg.vision.num_tokens, 48))
+
+  def tower(p, images, mask, model=model):
+    feats, token_mask = model.apply(p, images, mask, method=vlm.VLM._tower)
+    return jnp.sum(feats * weights), (feats, token_mask)
+
+  grad = jax.jit(jax.grad(tower, has_aux=True))
+  g, (feats, token_mask) = grad(params, nan, depth_mask)
+  # The untrimmed tower: every slot alone (one slot, no buckets: the flat path), on zeros.
+  flat_model = vlm.VLM(cfg, factory.vlm_runtime(c))
+  flat = lambda p: tower(p, zeros.reshape(b * m, 1, *zeros.shape[2:]),
+                         depth_mask.reshape(b * m, 1, d), flat_model)
+  g_want, (f_want, mask_want) = jax.jit(jax.grad(flat, has_aux=True))(params)
+  np.testing.assert_array_equal(token_mask, mask_want)
+  np.testing.assert_allclose(feats, f_want, atol=2e-5)
+  assert np.isfinite(feats).all() and not np.asarray(feats)[2::3].any()  # slot 2: zeros
+  for got, want in zip(jax.tree.leaves(g), jax.tree.leaves(g_want)):
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+  # Without the buckets every slot runs as deep as the batch and reads the NaN; with
+  # runtime.volume_slot_switch off, every slot in one call (the flat path's numbers).
+  g_full, _ = jax.jit(jax.grad(lambda p: tower(p, nan, depth_mask, flat_model),
+                               has_aux=True))(params)
+  assert not np.isfinite(g_full['params']['vision']['patch_embed']['kernel']).all()
+  # The model picks depth buckets on several processes only (one trims on the host).
+  c.data.depth_buckets = buckets
+  assert factory.vlm_runtime(c).depth_buckets == ()
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  assert factory.vlm_runtime(c).depth_buckets == buckets
+  c.runtime.volume_slot_switch = False
+  batched = vlm.VLM(cfg, factory.vlm_runtime(c))
+  features = jax.jit(lambda p, x: tower(p, x, depth_mask, batched)[1][0])
+  np.testing.assert_allclose(features(params, zeros), f_want, atol=2e-5)
+  assert not np.isfinite(features(params, nan)).all()  # it reads every slot and slice
 
 
 def test_vlm_born_sharded_on_eight_devices_equals_one_device():

@@ -201,8 +201,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # batches of volume_batch_size, images of train.batch_size; a share volume_batch_share
   # of the batches are volume batches (interleaved deterministically, Grain's mix). A
   # volume batch is padded in depth to the smallest of depth_buckets that holds its deepest
-  # volume (empty: max_slices below, else model.vision.max_depth), so few shapes compile;
-  # on one process only (each would choose from its own share of the batch).
+  # volume (empty: max_slices below, else model.vision.max_depth), so few shapes compile:
+  # on one process by the host; on several (each sees only its share of the batch) the
+  # model picks the bucket in the program, per image slot (radjax/models/vlm.py).
   c.data.volume_batch_size = 1
   # Slices a volume keeps at most (deeper ones are resized to it, nearest; below it a scan
   # goes to the multiple of the depth patch nearest its sample's deepest scan); 0: the
@@ -256,6 +257,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # A part with remat scans anyway: XLA:CPU drops the barriers that keep unrolled layers'
   # recomputation apart, so looped remat saved no memory.
   c.runtime.unroll_scan = False
+  # Volume batches of several image slots (vit3d; RadFM's recipe has 10): the tower runs
+  # one slot at a time, skipping slots no row of the batch uses (and, on several
+  # processes, each at its depth bucket), rematerialised: one more tower forward per slot
+  # run (bench/volume_slots.py). False: every slot in one tower call, faster when every
+  # example fills every slot.
+  c.runtime.volume_slot_switch = True
   # The host's malloc, set when main.py restarts itself (radjax/core/host_memory.py):
   # 'mimalloc' keeps a CPU step's temporaries mapped from step to step, 'glibc_huge_pages'
   # faults them in 2 MB pages, 'glibc' as started. Demo loop 4.5 -> 6.5 steps/s with huge

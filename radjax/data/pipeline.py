@@ -89,7 +89,8 @@ def _has_images(processor) -> bool:
 def _batches(config, ds: grain.MapDataset, kind: str, process_index: int, process_count: int,
              images: bool):
   """This process's batches of one kind from the global stream `ds`; volume batches trimmed
-  to their depth bucket; image (and text) examples packed into rows first with
+  to their depth bucket on one process (on several the model picks it: the whole batch's,
+  VLM._volume_slots); image (and text) examples packed into rows first with
   config.data.pack.
 
   A checkpoint resumes on another number of processes: unpacked, step k is elements
@@ -115,13 +116,8 @@ def _batches(config, ds: grain.MapDataset, kind: str, process_index: int, proces
                        f'{max_depth}] (config.data.max_slices, else '
                        'config.model.vision.max_depth) and a multiple of '
                        f'config.model.vision.depth_patch_size={patch}')
-    if buckets and process_count > 1:
-      # Each process sees only its share of the batch: its deepest volume is not the
-      # batch's, and shares of one global batch at two depths make no global array.
-      raise ValueError(f'config.data.depth_buckets={buckets} with {process_count} processes: '
-                       "each would pad its share of a batch to its own deepest volume's "
-                       'bucket; leave it () (every volume batch at config.data.max_slices)')
-    ds = ds.map(functools.partial(volumes.trim_depth, buckets=buckets, max_depth=max_depth))
+    if process_count == 1:  # several: each sees only its share of the batch
+      ds = ds.map(functools.partial(volumes.trim_depth, buckets=buckets, max_depth=max_depth))
   return ds
 
 

@@ -32,7 +32,12 @@ def runtime(config, part: str, frozen: bool = False) -> Runtime:
 
 
 def vlm_runtime(config, frozen: tuple[str, ...] = ()) -> vlm.VLMRuntime:
-  return vlm.VLMRuntime(**{p: runtime(config, p, p in frozen) for p in VLM_PARTS})
+  # One process trims each volume batch to its bucket on the host (no recomputation, as
+  # deep as its deepest volume); several cannot (radjax/data/pipeline.py): the model does.
+  buckets = tuple(config.data.get('depth_buckets', ())) if jax.process_count() > 1 else ()
+  return vlm.VLMRuntime(**{p: runtime(config, p, p in frozen) for p in VLM_PARTS},
+                        volume_slot_switch=config.runtime.get('volume_slot_switch', True),
+                        depth_buckets=buckets)
 
 
 def check_backend(config) -> None:

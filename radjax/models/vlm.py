@@ -46,6 +46,13 @@ class VLMRuntime:
   vision: Runtime = Runtime()
   projector: Runtime = Runtime()
   llm: Runtime = Runtime()
+  # Volume slots (depth_mask given; config.runtime.volume_slot_switch): the tower runs
+  # slot by slot, not at all where no row has a volume in the slot, each at the smallest
+  # of depth_buckets (and the batch's own depth) holding the slot's deepest volume in the
+  # whole batch (_volume_slots). The buckets are given on several processes only: one
+  # process trims its batches on the host (factory.vlm_runtime).
+  volume_slot_switch: bool = True
+  depth_buckets: tuple = ()
 
 
 def splice(text_embeds, image_features, tokens, image_token_id, counts=None):
@@ -84,12 +91,60 @@ class VLM(nn.Module):
   def _tower(self, images, depth_mask=None):
     """images [B, M, ...] -> tower features [B * M, T, D] and their token mask."""
     b, m = images.shape[:2]
+    if (depth_mask is not None and self.rt.volume_slot_switch and not self.is_initializing()
+        and (m > 1 or any(d < depth_mask.shape[-1] for d in self.rt.depth_buckets))):
+      feats, token_mask = self._volume_slots(images, depth_mask)
+      return _maybe_frozen(feats, self.rt.vision), token_mask
     flat = images.reshape(b * m, *images.shape[2:])
     if depth_mask is None:
       feats, aux = self.vision(flat)
     else:
       feats, aux = self.vision(flat, depth_mask.reshape(b * m, *depth_mask.shape[2:]))
     return _maybe_frozen(feats, self.rt.vision), aux.get('token_mask')
+
+  def _volume_slots(self, images, depth_mask):
+    """The tower over volume slots one slot at a time (a scan), each slot at a depth chosen
+    inside the program from the whole batch's depth mask: the smallest of
+    rt.depth_buckets that holds its deepest volume, or none at all for a slot no row uses
+    (RadFM's recipe pads every example to 10 slots). Features of the depth not run are
+    zeros with token_mask False, as vit3d gives padding. Chosen in the program, the depth
+    is the global batch's on any number of processes. -> ([B * M, T, D], [B * M, T])."""
+    b, m, depth = images.shape[0], images.shape[1], images.shape[-2]
+    cfg, dtype = self.cfg.vision, self.rt.vision.dtype
+    patch = cfg.depth_patch_size
+    depths = sorted({d for d in self.rt.depth_buckets if d < depth} | {depth})
+    grid = (images.shape[2] // cfg.patch_size) * (images.shape[3] // cfg.patch_size)
+
+    def run_at(d):
+      def branch(mdl, x, mask):
+        feats, aux = mdl.vision(x[..., :d, :], mask[:, :d])
+        pad = lambda a: jnp.pad(a.reshape(b, grid, d // patch, *a.shape[2:]),
+                                [(0, 0), (0, 0), (0, (depth - d) // patch)]
+                                + [(0, 0)] * (a.ndim - 2)).reshape(b, -1, *a.shape[2:])
+        return pad(feats), pad(aux['token_mask'])
+      return branch
+
+    def empty(mdl, x, mask):
+      del mdl, x, mask
+      tokens = grid * (depth // patch)
+      return jnp.zeros((b, tokens, cfg.embed_dim), dtype), jnp.zeros((b, tokens), bool)
+
+    def slot(mdl, carry, x, mask):
+      deepest = jnp.max(jnp.sum(mask, axis=-1))  # real slices come first
+      index = jnp.where(deepest > 0,
+                        1 + jnp.searchsorted(jnp.asarray(depths), deepest, side='left'), 0)
+      # Rematerialised: a switch's backward keeps the residuals of every branch (the
+      # others' zero-filled, written for every slot): slower and larger than a second
+      # forward (bench/volume_slots.py).
+      runs = [nn.remat(run_at(d)) for d in depths]
+      out = nn.switch(index, [empty] + runs, mdl, x, mask)
+      return carry, out
+
+    scan = nn.scan(slot, variable_broadcast='params', split_rngs={'params': False},
+                   in_axes=1, out_axes=1)
+    _, (feats, token_mask) = scan(self, None, images, depth_mask)
+    return (feats.reshape(b * m, *feats.shape[2:]),
+            token_mask.reshape(b * m, token_mask.shape[-1]))
 
   def _project(self, feats, token_mask, b: int):
     feats = self.projector(feats) if token_mask is None else self.projector(feats, token_mask)
