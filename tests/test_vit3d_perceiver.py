@@ -359,6 +359,24 @@ def test_volume_slots_run_at_their_bucket_and_empty_slots_not_at_all(monkeypatch
   assert not np.isfinite(features(params, nan)).all()  # it reads every slot and slice
 
 
+def test_generation_through_the_slot_switch_equals_one_tower_call():
+  """Prefill runs the tower with the decoder's cache mutable: the slot scan must carry it."""
+  from radjax.eval.decoding import generate as generate_lib
+  c = _radfm_like_config()
+  cfg, rt = factory.vlm_config(c.model), factory.vlm_runtime(c)
+  model = vlm.VLM(cfg, rt)
+  tokens, real, padded, depth_mask = _vlm_batch(cfg.tokens_per_image, depth=4, pad_to=10)
+  params = _perturb(jax.jit(model.init)(jax.random.key(0), tokens, real), scale=0.2)['params']
+  gen_cfg = generate_lib.GenerationConfig(max_new_tokens=6, stop_ids=(2,), pad_id=0)
+  images = {'images': padded, 'depth_mask': depth_mask}
+  mask = jnp.ones(tokens.shape, bool)
+  ids, scores = generate_lib.generate(model, params, tokens, mask, images, gen_cfg)
+  one_call = vlm.VLM(cfg, dataclasses.replace(rt, volume_slot_switch=False))
+  want_ids, want_scores = generate_lib.generate(one_call, params, tokens, mask, images, gen_cfg)
+  np.testing.assert_array_equal(ids, want_ids)
+  np.testing.assert_allclose(scores, want_scores, atol=1e-4)
+
+
 def test_vlm_born_sharded_on_eight_devices_equals_one_device():
   c = _radfm_like_config()
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 4, 2
