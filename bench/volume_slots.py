@@ -107,7 +107,7 @@ def main(argv):
   print(f'{b} examples x {m} slots of {v.image_size}^2 x {depth} slices (host-trimmed: '
         f'{host_depth}); used slots {real} slices deep; buckets {buckets}; tower '
         f'{v.num_layers} layers x {v.embed_dim}')
-  bucketed = [min([x for x in buckets if x >= d] or [depth]) for d in real]
+  bucketed = [volumes.bucket(d, buckets, depth) for d in real]
   full, host = (images, mask), (trimmed['images'], trimmed['depth_mask'])
   rows = []
   for name, model, batch, slots in (

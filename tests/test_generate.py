@@ -4,6 +4,7 @@ import dataclasses
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -186,8 +187,9 @@ def test_warpers_equal_hf_and_samples_stay_in_the_allowed_set(temperature, top_k
   np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], rtol=1e-6)
 
   allowed = np.isfinite(want)
-  draws = jax.vmap(lambda k: sampling.sample(k, logits, temperature, top_k, top_p))(
-      jax.random.split(jax.random.key(0), 256))
+  keys = sampling.row_keys(jax.random.key(0), logits.shape[0])
+  draws = jax.vmap(lambda i: sampling.sample_rows(keys, i, logits, temperature, top_k, top_p))(
+      jnp.arange(256))
   draws = np.asarray(draws)  # [256, 64]
   assert allowed[np.arange(64)[None], draws].all()
   assert len(np.unique(draws[:, 1])) > 1  # really sampling, not argmax
@@ -196,7 +198,8 @@ def test_warpers_equal_hf_and_samples_stay_in_the_allowed_set(temperature, top_k
 def test_cold_sampling_is_argmax():
   logits = np.random.default_rng(2).normal(0, 3, (64, 300)).astype(np.float32)
   for seed in range(4):
-    cold = sampling.sample(jax.random.key(seed), logits, 1e-4, 0, 1.0)
+    keys = sampling.row_keys(jax.random.key(seed), logits.shape[0])
+    cold = sampling.sample_rows(keys, 0, logits, 1e-4, 0, 1.0)
     np.testing.assert_array_equal(cold, logits.argmax(-1))
 
 

@@ -51,13 +51,6 @@ def warp(logits, temperature: float, top_k: int, top_p: float, values: dict | No
   return logits
 
 
-def sample(rng, logits, temperature: float, top_k: int, top_p: float,
-           values: dict | None = None):
-  """One token id per row from the warped distribution."""
-  warped = warp(logits, temperature, top_k, top_p, values)
-  return jax.random.categorical(rng, warped, axis=-1).astype(jnp.int32)
-
-
 def sample_rows(row_keys, step, logits, temperature: float, top_k: int, top_p: float,
                 values: dict | None = None):
   """One token id per row, row r drawn with fold_in(row_keys[r], step): a row's draws do not
