@@ -65,3 +65,12 @@ run compile_time 240 $PY bench/compile_time.py --config $LT --layers 4,32 --scan
 run remat 420 $PY bench/remat.py --config $LT --steps 5 --hbm_gib "$HBM_GIB" $LT_ARGS
 run frozen 240 $PY bench/frozen.py --config configs/xraygpt.py:size=tiny --steps 10
 run vs_hf_train_small 300 $PY bench/vs_hf_train.py --config configs/demo.py --sizes 43m,100m --steps 10
+# RadFM's tower at its size (512 x 512 x 64, 12 x 768), 10 slots with 2 used: the volume slot
+# switch (session 39) against one tower call; VS_ARGS shrinks it for a CPU rehearsal.
+VS_ARGS=${VS_ARGS:-"--config.model.vision.image_size=512 --config.model.vision.patch_size=32"}
+run volume_slots 240 $PY bench/volume_slots.py --config configs/radfm.py:size=tiny \
+  --config.model.vision.max_depth=64 --config.model.vision.embed_dim=768 \
+  --config.model.vision.num_layers=12 --config.model.vision.num_heads=8 \
+  --config.model.vision.head_dim=64 --config.model.vision.mlp_dim=2048 \
+  --config.runtime.dtype=bfloat16 $VS_ARGS --slots 10 --depths 32,64 --buckets 16,32 \
+  --batch 1 --steps 5

@@ -133,14 +133,13 @@ class VLM(nn.Module):
       deepest = jnp.max(jnp.sum(mask, axis=-1))  # real slices come first
       index = jnp.where(deepest > 0,
                         1 + jnp.searchsorted(jnp.asarray(depths), deepest, side='left'), 0)
-      # Rematerialised: a switch's backward keeps the residuals of every branch (the
-      # others' zero-filled, written for every slot): slower and larger than a second
-      # forward (bench/volume_slots.py).
-      runs = [nn.remat(run_at(d)) for d in depths]
-      out = nn.switch(index, [empty] + runs, mdl, x, mask)
+      out = nn.switch(index, [empty] + [run_at(d) for d in depths], mdl, x, mask)
       return carry, out
 
-    scan = nn.scan(slot, variable_broadcast='params', split_rngs={'params': False},
+    # Each slot rematerialised whole: a switch's backward keeps the residuals of every
+    # branch (the others' zero-filled) and, inside a scan, a copy of the parameters per
+    # slot; kept only for the slot being differentiated, they cost one more forward.
+    scan = nn.scan(nn.remat(slot), variable_broadcast='params', split_rngs={'params': False},
                    in_axes=1, out_axes=1)
     _, (feats, token_mask) = scan(self, None, images, depth_mask)
     return (feats.reshape(b * m, *feats.shape[2:]),
