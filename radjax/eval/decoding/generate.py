@@ -242,11 +242,9 @@ def generate(model, params, prompt_tokens, prompt_mask, images, gen_cfg: Generat
     raise ValueError("decoding='sample' needs an rng key")
   # Values a strategy ignores go in too: only the static config decides what applies.
   values = sampling.knobs(gen_cfg.temperature, gen_cfg.top_p, gen_cfg.repetition_penalty)
-  if gen_cfg.strategy == 'sample':
-    rng = sampling.row_keys(rng, prompt_tokens.shape[0])
-  return _generate(model, params, prompt_tokens, prompt_mask, images, _canonical(gen_cfg),
-                   rng if gen_cfg.strategy == 'sample' else None, jnp.int32(gen_cfg.fill_id),
-                   values)
+  keys = sampling.row_keys(rng, prompt_tokens.shape[0]) if gen_cfg.strategy == 'sample' else None
+  return _generate(model, params, prompt_tokens, prompt_mask, images, _canonical(gen_cfg), keys,
+                   jnp.int32(gen_cfg.fill_id), values)
 
 
 def _canonical(cfg: GenerationConfig) -> GenerationConfig:
