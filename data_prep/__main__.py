@@ -24,6 +24,7 @@ import numpy as np
 
 from data_prep import build as build_lib
 from data_prep import builder as builder_lib
+from radjax.core import files
 
 
 def _int_at_least(low: int):
@@ -83,6 +84,7 @@ def _volume(args) -> int:
       raise ValueError(f'--spacing {args.spacing!r}: expected three positive mm, sx,sy,sz')
     if not args.out.endswith('.npy'):
       raise ValueError(f'{args.out}: the output is a .npy file')
+    files.check_outputs_apart({'out': args.out}, {'source': args.source})
     entry = volumes.prepare(volumes.load_volume(args.source), target_spacing=spacing,
                             window_hu=args.window)
     with open(args.out, 'wb') as f:

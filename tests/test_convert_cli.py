@@ -413,6 +413,65 @@ def test_conversions_never_write_over_a_workdir(converted, tmp_path, capsys):
   assert 'tokenizer.json is a file; choose a directory' in capsys.readouterr().err
 
 
+def test_to_hf_replaces_a_non_empty_out_only_when_asked_and_whole(converted, tmp_path,
+                                                                  capsys, monkeypatch):
+  """to-hf into a folder holding another model wrote over its config.json beside its old
+  shards (a model neither HF nor radjax could read back). Now refused; --overwrite replaces
+  the folder whole, and an export that fails leaves it as it was."""
+  import os
+  c = converted('llama')
+  out = tmp_path / 'victim'
+  hf_models.tiny_qwen2().save_pretrained(out, max_shard_size='20KB')
+  shards = sorted(p.name for p in out.glob('model-*.safetensors'))
+  assert len(shards) > 1
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  assert convert_cli.main(['to-hf', '--workdir', str(c['wd']), '--out', str(out)]) == 2
+  assert 'is not empty' in capsys.readouterr().err
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+  def fail(*args, **kwargs):
+    raise ConversionError('no space left')
+  from radjax.convert import export
+  from radjax.convert.common import ConversionError
+  monkeypatch.setattr(export, 'export_hf', fail)
+  assert convert_cli.main(['to-hf', '--workdir', str(c['wd']), '--out', str(out),
+                           '--overwrite']) == 2
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+  monkeypatch.undo()
+  _cli('to-hf', '--workdir', c['wd'], '--out', out, '--overwrite')
+  assert sorted(os.listdir(out)) == sorted(os.listdir(c['out']))  # no old shard left
+  assert not [n for n in os.listdir(tmp_path) if '.partial-' in n or '.replaced-' in n]
+  back = transformers.LlamaForCausalLM.from_pretrained(out, dtype=torch.float32)
+  ids = torch.arange(3, 40)[None]
+  np.testing.assert_array_equal(back(ids).logits.detach().numpy(),
+                                c['back'](ids).logits.detach().numpy())
+
+
+def test_a_damaged_or_incomplete_safetensors_download_is_named(tmp_path, capsys):
+  """A cut .safetensors (an interrupted download) was safetensors' traceback; a missing
+  shard of a sharded one was 'HF tensor ... is missing', naming no file."""
+  import os
+  hf_dir = tmp_path / 'hf'
+  hf_models.tiny_llama().save_pretrained(hf_dir, max_shard_size='20KB')
+  shards = sorted(hf_dir.glob('model-*.safetensors'))
+  os.remove(shards[-1])
+  assert convert_cli.main(['from-hf', '--family', 'llama', '--hf_dir', str(hf_dir),
+                           '--out', str(tmp_path / 'wd1')]) == 2
+  err = capsys.readouterr().err
+  assert 'model.safetensors.index.json lists shards that are absent' in err
+  assert shards[-1].name in err
+  cut = tmp_path / 'cut'
+  hf_models.tiny_llama().save_pretrained(cut)
+  weights = cut / 'model.safetensors'
+  with open(weights, 'r+b') as f:
+    f.truncate(weights.stat().st_size // 2)
+  assert convert_cli.main(['from-hf', '--family', 'llama', '--hf_dir', str(cut),
+                           '--out', str(tmp_path / 'wd2')]) == 2
+  err = capsys.readouterr().err
+  assert f'{weights}: not a readable safetensors file' in err
+  assert not (tmp_path / 'wd1').exists() and not (tmp_path / 'wd2').exists()
+
+
 @pytest.mark.parametrize('fmt', ['vicuna', 'llava', 'chatml', 'caption', 'none'])
 def test_a_vlm_chat_format_survives_the_round_trip(converted, tmp_path, fmt, capsys):
   """to-hf writes the format as the chat template; from-hf reads it back (a VLM imported in

@@ -1,6 +1,7 @@
 """Augmented reads decode a large JPEG at a reduced DCT scale; evaluation reads decode it
 whole (radjax/data/images.py)."""
 import io
+import os
 
 import numpy as np
 import pytest
@@ -89,3 +90,15 @@ def test_an_image_over_the_pixel_limit_is_refused_before_it_decodes(monkeypatch,
   (tmp_path / 'big.png').write_bytes(entry['data'])
   with pytest.raises(schema.SchemaError, match='big.png: 30 x 20 pixels'):
     images.load_image(str(tmp_path / 'big.png'))
+  # PIL's own warning at its limit came before radjax's one-line error: no more. (In a
+  # process of its own: pytest resets warning filters around each test.)
+  import subprocess
+  import sys
+  code = ('from PIL import Image; from radjax.data import images, schema\n'
+          'Image.MAX_IMAGE_PIXELS, images.MAX_PIXELS = 500, 599\n'
+          f'try: images.load_image({str(tmp_path / "big.png")!r})\n'
+          'except schema.SchemaError as e: print(e)')
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert 'big.png: 30 x 20 pixels' in proc.stdout, proc.stderr
+  assert 'DecompressionBombWarning' not in proc.stderr, proc.stderr

@@ -98,3 +98,52 @@ def test_a_url_workdir_is_one_line(tmp_path):
   assert proc.stderr.strip().splitlines()[-1].startswith(
       'error: --workdir=gs://bucket/runs/x: a URL, not a path'), proc.stderr[-500:]
   assert 'Traceback' not in proc.stderr
+
+
+def _files(folder) -> dict:
+  return {p: p.read_bytes() for p in folder.rglob('*') if p.is_file()}
+
+
+def test_training_into_a_model_or_dataset_folder_is_refused_and_writes_nothing(tmp_path,
+                                                                              demo_data):
+  """--workdir naming a Hugging Face model's folder (or a built dataset's) trained there:
+  radjax's config.json replaced the model's, checkpoints and logs landed beside its weights."""
+  from tests import hf_models
+  hf_dir = tmp_path / 'hf'
+  hf_models.tiny_llama().save_pretrained(hf_dir)
+  data = tmp_path / 'data'
+  data.mkdir()
+  for p in os.listdir(demo_data):  # a copy: the fixture is shared
+    if os.path.isfile(os.path.join(demo_data, p)):
+      (data / p).write_bytes(open(os.path.join(demo_data, p), 'rb').read())
+  for folder, message in [(hf_dir, "config.json is a Hugging Face model's config"),
+                          (data, 'holds a built dataset')]:
+    before = _files(folder)
+    proc = _main_py(f'--workdir={folder}', tmp_path=tmp_path, data=demo_data)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f'error: {folder}') and message in last, last
+    assert 'nothing was written' in last and 'Traceback' not in proc.stderr
+    assert _files(folder) == before
+
+
+def test_a_tokenizer_that_does_not_load_is_named_with_its_knob(tmp_path):
+  """A cut tokenizer.json was tokenizers' traceback; a folder of one a JSON error naming no
+  file; a model folder without tokenizer files transformers' five lines naming neither.
+  (A ValueError: main.py prints it as one line.)"""
+  import pytest
+  from radjax.data import tokens
+  cut = tmp_path / 'cut.json'
+  cut.write_text('{"version": "1.0", "trunc')
+  (tmp_path / 'cut_dir').mkdir()
+  (tmp_path / 'cut_dir' / 'tokenizer.json').write_text('{"version": "1.0", "trunc')
+  (tmp_path / 'no_tok').mkdir()
+  (tmp_path / 'no_tok' / 'config.json').write_text('{"model_type": "llama"}')
+  for path, why in [(cut, 'does not load: Exception: '),
+                    (tmp_path / 'cut_dir', 'does not load: '),
+                    (tmp_path / 'no_tok', 'does not load: FileNotFoundError: the folder has '
+                                          'no tokenizer.json')]:
+    with pytest.raises(ValueError) as e:
+      tokens.load_tokenizer(str(path), 'config.data.tokenizer')
+    assert str(e.value).startswith(f"tokenizer '{path}' (config.data.tokenizer) {why}"), e.value
+    assert '\n' not in str(e.value)

@@ -361,6 +361,13 @@ def test_cudnn_attention_head_dims_are_checked_at_the_start(monkeypatch):
   ('model.vision.embed_dim', 0, r'config\.model\.vision\.embed_dim=0 must be >= 1'),
   ('optim.param_groups', ('frozen',), r"config\.optim\.param_groups: expected \(key, value\) "
                                        r"pairs, got 'frozen'"),
+  # a traceback (re.error), a float() error naming no knob, and gradient ascent on the tower
+  ('optim.param_groups', (('[', 1.0),), r"config\.optim\.param_groups\[0\]: '\[' is not a "
+                                         r'regular expression'),
+  ('optim.param_groups', (('vision/.*', 'frozn'), ('.*', 1.0)),
+   r"config\.optim\.param_groups\[0\]: 'frozn' must be 'frozen' or a learning-rate multiplier"),
+  ('optim.param_groups', (('.*', 1.0), ('vision/.*', -1.0)),
+   r"config\.optim\.param_groups\[1\]: -1\.0 must be 'frozen' or a learning-rate"),
   ('data.image_mean', (0.5, 0.5), r'config\.data\.image_mean=\(0\.5, 0\.5\): one value, or '
                                   r'one per channel'),
   # ml_collections reads --config.data.crop_scale=0.5 as (0.5,): uniform(0.5) drew [0.5, 1).
@@ -966,3 +973,25 @@ def test_keep_checkpoints_keeps_the_newest_n_and_a_second_damaged_copy_is_number
   assert sorted(os.listdir(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))) == ['3', '3.1']
   assert ckpt.latest_step() == 2
   ckpt.close()
+
+
+def test_a_workdir_holding_something_else_is_refused_and_a_log_folder_is_not(tmp_path):
+  """check_not_foreign (main.py's training path runs it before writing; see
+  test_main_cli.py): weights with no radjax config.json, or a config.json that is not
+  radjax's, is another program's folder; a folder holding only a launcher's log is a
+  workdir to be."""
+  from radjax.core import workdir
+  for name, content, said in [('model.safetensors', b'x', 'holds model weights'),
+                              ('config.json', b'{"seed": 1}', "config.json is not radjax's"),
+                              ('config.json', b'{"_class_name": "VQModel"}',
+                               "a Hugging Face model's config"),
+                              ('foo.array_record-00000-of-00001', b'', 'a built dataset')]:
+    folder = tmp_path / name / str(len(content))
+    folder.mkdir(parents=True)
+    (folder / name).write_bytes(content)
+    with pytest.raises(workdir.WorkdirError, match=re.escape(said)):
+      workdir.check_not_foreign(str(folder))
+  (tmp_path / 'slurm').mkdir()
+  (tmp_path / 'slurm' / 'slurm-123.out').write_text('starting\n')
+  workdir.check_not_foreign(str(tmp_path / 'slurm'))
+  workdir.check_not_foreign(str(tmp_path / 'absent'))

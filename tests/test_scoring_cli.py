@@ -306,3 +306,24 @@ def test_per_row_labels_are_spelt_as_the_metric_keys():
                                        'labels': ['cardiomegaly']}], meteor=False)
   assert rows[0]['pred_labels'] == ['Cardiomegaly']
   assert metrics['classification_Cardiomegaly/f1'] == 1.0
+
+
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(tmp_path, capsys):
+  """`score --out P` with P the predictions (or `--per-sample P`, or `label --out R` with R
+  the reports) replaced hours of generated reports with metrics, exit 0."""
+  rows = [{'id': 'a', 'generated': 'No effusion.', 'reference': 'Small effusion.'}]
+  preds = write_jsonl(tmp_path / 'p.jsonl', rows)
+  before = open(preds).read()
+  for argv, said in [
+      (['score', '--predictions', preds, '--out', preds, '--no-meteor'],
+       f'--out {preds} is the same file as --predictions'),
+      (['score', '--predictions', preds, '--out', str(tmp_path / 'm.json'), '--no-meteor',
+        '--per-sample', os.path.join(str(tmp_path), '.', 'p.jsonl')],
+       'is the same file as --predictions'),
+      (['score', '--predictions', preds, '--out', str(tmp_path / 'm.json'), '--no-meteor',
+        '--per-sample', str(tmp_path / 'm.json')], 'is the same file as --out'),
+      (['label', '--reports', preds, '--out', preds], 'is the same file as --reports')]:
+    assert cli.main(argv) == 2
+    assert said in capsys.readouterr().err
+    assert open(preds).read() == before
+  assert not (tmp_path / 'm.json').exists()

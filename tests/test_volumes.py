@@ -443,3 +443,10 @@ def test_the_volume_command_writes_what_generate_reads(tmp_path, capsys):
     assert said in capsys.readouterr().err
   assert main(['volume', str(tmp_path / 'nothing'), out]) == 2
   assert 'no such file or folder' in capsys.readouterr().err
+  # The output the input itself: the raw scan was replaced by the normalised copy.
+  raw = tmp_path / 'raw.npy'
+  np.save(raw, hu.astype(np.int16))
+  before = raw.read_bytes()
+  assert main(['volume', str(raw), str(raw)]) == 2
+  assert 'out ' + str(raw) + ' is the same file as source' in capsys.readouterr().err
+  assert raw.read_bytes() == before

@@ -4,7 +4,7 @@ r"""Hugging Face <-> radjax workdir conversion.
       blip2_vision,blip2_qformer,llava,llava_onevision,vqgan}
       --hf_dir DIR --out WORKDIR [--unscanned]
   python -m radjax.convert to-hf --workdir WORKDIR [--step N] --out DIR
-      [--dtype float32|bfloat16]
+      [--dtype float32|bfloat16] [--overwrite]
   python -m radjax.convert from-radfm --ckpt pytorch_model.bin --tokenizer LLAMA_DIR
       --out WORKDIR [--unscanned] [--vision_heads 8 --perceiver_heads 8 ...]
 
@@ -303,14 +303,40 @@ def _check_out(out: str, workdir: str) -> None:
                           'another directory for the HF model')
 
 
+def _replace_dir(out: str, write) -> None:
+  """`write(folder)` into a sibling of `out`, then that folder becomes `out`: a failed or
+  killed export leaves `out` as it was, and a replaced one keeps no file of the old model
+  (a stale shard, a processor config) for from_pretrained to pick up."""
+  out = os.path.abspath(out)
+  partial = f'{out}.partial-{os.getpid()}'
+  shutil.rmtree(partial, ignore_errors=True)
+  os.makedirs(partial)
+  try:
+    write(partial)
+  except BaseException:
+    shutil.rmtree(partial, ignore_errors=True)
+    raise
+  old = f'{out}.replaced-{os.getpid()}'
+  if os.path.exists(out):
+    os.rename(out, old)
+  os.rename(partial, out)
+  shutil.rmtree(old, ignore_errors=True)
+
+
 def cmd_to_hf(args) -> None:
   from radjax.core import workdir
   _check_out(args.out, args.workdir)
+  if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
+    names = sorted(os.listdir(args.out))
+    raise FileExistsError(f'--out={args.out} is not empty ({", ".join(names[:4])}'
+                          f'{", ..." if len(names) > 4 else ""}): the export would mix its '
+                          "files with what is there. Choose a new directory, or add "
+                          '--overwrite to replace it whole')
   config = workdir.load_config(args.workdir)
   step = (workdir.latest_step(args.workdir) if args.step is None
           else workdir.check_step(args.workdir, args.step))
   params = workdir.load_params(args.workdir, step)
-  export.export_hf(config, params, args.out, args.dtype)
+  _replace_dir(args.out, lambda out: export.export_hf(config, params, out, args.dtype))
   print(f'wrote {args.out} from {args.workdir} step {step} ({config.model.kind}, '
         f'{args.dtype})')
 
@@ -331,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('--step', type=int, default=None, help='default: the latest checkpoint')
   p.add_argument('--out', required=True)
   p.add_argument('--dtype', default='float32', choices=sorted(hf_io.DTYPES))
+  p.add_argument('--overwrite', action='store_true',
+                 help='replace a non-empty --out whole (else refused)')
   p.set_defaults(func=cmd_to_hf)
   p = sub.add_parser('from-radfm', help="RadFM's pytorch_model.bin -> radjax VLM workdir")
   p.add_argument('--ckpt', required=True, help='its pytorch_model.bin (or .safetensors)')

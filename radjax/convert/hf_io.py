@@ -72,29 +72,48 @@ def load_state_dict_file(path: str) -> dict:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path}: no such file')
   if path.endswith('.safetensors'):
-    return st_numpy.load_file(path)
+    return load_safetensors(path)
   if path.endswith(TORCH_SUFFIXES):
     return load_torch_file(path)
   raise ConversionError(f'{path}: unknown weights format; expected .safetensors or one of '
                         f'{TORCH_SUFFIXES}')
 
 
+def load_safetensors(path: str) -> dict:
+  """{name: numpy array} of a .safetensors file; a damaged one (an interrupted download) is
+  an error naming it."""
+  try:
+    return st_numpy.load_file(path)
+  except Exception as e:  # safetensors' own error class is a bare Exception
+    raise ConversionError(f'{path}: not a readable safetensors file ({e}); a partial '
+                          'download? Fetch it again') from None
+
+
+def _indexed_shards(path: str, index_name: str) -> list[str] | None:
+  """The shards the directory's `index_name` lists (all present), or None without one."""
+  index = os.path.join(path, index_name)
+  if not os.path.exists(index):
+    return None
+  raw = files_lib.read_json(index, ConversionError)
+  weight_map = raw.get('weight_map') if isinstance(raw, dict) else None
+  if not isinstance(weight_map, dict):
+    raise ConversionError(f'{index}: no weight_map')
+  files = [os.path.join(path, f) for f in sorted(set(weight_map.values()))]
+  absent = [os.path.basename(f) for f in files if not os.path.exists(f)]
+  if absent:
+    raise FileNotFoundError(f'{index} lists shards that are absent: {absent}')
+  return files
+
+
 def _weight_files(path: str) -> list[str]:
   """The directory's weight files: its safetensors, else its `pytorch_model*.bin` (as the
-  index lists them, when there is one)."""
+  index lists them, when there is one: a missing shard is named)."""
   files = sorted(glob.glob(os.path.join(path, '*.safetensors')))
   if files:
+    _indexed_shards(path, 'model.safetensors.index.json')
     return files
-  index = os.path.join(path, 'pytorch_model.bin.index.json')
-  if os.path.exists(index):
-    raw = files_lib.read_json(index, ConversionError)
-    weight_map = raw.get('weight_map') if isinstance(raw, dict) else None
-    if not isinstance(weight_map, dict):
-      raise ConversionError(f'{index}: no weight_map')
-    files = [os.path.join(path, f) for f in sorted(set(weight_map.values()))]
-    absent = [f for f in files if not os.path.exists(f)]
-    if absent:
-      raise FileNotFoundError(f'{index} lists shards that are absent: {absent}')
+  files = _indexed_shards(path, 'pytorch_model.bin.index.json')
+  if files:
     return files
   files = sorted(glob.glob(os.path.join(path, 'pytorch_model*.bin')))
   if not files:

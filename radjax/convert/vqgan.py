@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import numpy as st_numpy
 
+from radjax.convert import hf_io
 from radjax.convert.common import ConversionError
 from radjax.models import vqgan
 
@@ -178,7 +179,7 @@ def load_dir(path: str) -> tuple[dict, dict]:
     raise ConversionError(f"{cfg_path}: _class_name={raw.get('_class_name')!r}, not 'VQModel'")
   if not os.path.exists(weights):
     raise FileNotFoundError(f'{weights}: missing (a diffusers VQModel saved with safetensors)')
-  return raw, st_numpy.load_file(weights)
+  return raw, hf_io.load_safetensors(weights)
 
 
 def save_dir(path: str, cfg: vqgan.VQGANConfig, params, dtype=np.float32) -> None:

@@ -4,6 +4,7 @@
 check_config), so a `--config.train.batch_size=0` is a one-line error, not a
 ZeroDivisionError deep inside.
 """
+import re
 
 # knob -> the smallest value it may take. Knobs a recipe lacks are skipped.
 MINIMUMS = {
@@ -71,6 +72,7 @@ def errors(config) -> list[str]:
     bad = [p for p in value or () if not (isinstance(p, (tuple, list)) and len(p) == 2)]
     if bad:
       out.append(f'config.{knob}: expected (key, value) pairs, got {bad[0]!r}')
+  out += _param_group_errors(_get(config, 'optim.param_groups') or ())
   if '' in (_get(config, 'eval.stop_strings') or ()):
     out.append("config.eval.stop_strings: '' cuts every answer to nothing")
   lr = _get(config, 'optim.lr')
@@ -111,6 +113,24 @@ def errors(config) -> list[str]:
       and batch % accum and not derived:
     out.append(f'config.train.batch_size={batch} is not divisible by '
                f'config.optim.grad_accum={accum}')
+  return out
+
+
+def _param_group_errors(groups) -> list[str]:
+  """Each (regex over parameter paths, 'frozen' or an lr multiplier >= 0) rule's faults."""
+  out = []
+  for i, pair in enumerate(groups):
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+      continue  # said above
+    pattern, spec = pair
+    try:
+      re.compile(pattern)
+    except (re.error, TypeError) as e:
+      out.append(f'config.optim.param_groups[{i}]: {pattern!r} is not a regular expression '
+                 f'({e})')
+    if spec != 'frozen' and not (_number(spec) and 0 <= spec < float('inf')):
+      out.append(f"config.optim.param_groups[{i}]: {spec!r} must be 'frozen' or a "
+                 'learning-rate multiplier >= 0')
   return out
 
 

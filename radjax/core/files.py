@@ -1,5 +1,5 @@
 """Reading the small JSON files radjax trusts (workdir and HF configs) with errors that
-name the file, and writing them whole."""
+name the file, writing them whole, and keeping a command's outputs off its inputs."""
 import json
 import os
 
@@ -38,3 +38,25 @@ def named(error: OSError, path: str) -> OSError:
 
 def write_json_atomic(path: str, value) -> None:
   write_text_atomic(path, json.dumps(value, indent=1))
+
+
+def _same_file(a: str, b: str) -> bool:
+  try:
+    return os.path.samefile(a, b)
+  except OSError:  # one does not exist yet
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_outputs_apart(outputs: dict, inputs: dict, error: type[Exception] = ValueError):
+  """Raises `error` when an output path ({flag: path}; None: not given) is one of the
+  inputs or an earlier output: writing it would destroy what the command reads (hours of
+  generated reports) or what it wrote a moment before."""
+  seen = [(flag, path) for flag, path in inputs.items() if path]
+  for flag, path in outputs.items():
+    if not path:
+      continue
+    for other, other_path in seen:
+      if _same_file(path, other_path):
+        raise error(f'{flag} {path} is the same file as {other}; it would be overwritten. '
+                    'Choose another path')
+    seen.append((flag, path))

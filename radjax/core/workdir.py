@@ -195,10 +195,38 @@ def _resumed_config(workdir: str):
   return load_config(workdir)
 
 
+def check_not_foreign(workdir: str) -> None:
+  """Raises WorkdirError when `workdir` holds something other than a radjax workdir: a
+  Hugging Face model (its config.json, weights) or a built dataset. A run would write its
+  config.json over theirs and its checkpoints and logs beside them. Reads only."""
+  if not os.path.isdir(workdir):
+    return
+  names = os.listdir(workdir)
+  advice = 'nothing was written; choose another --workdir'
+  if 'dataset_info.json' in names or any('.array_record-' in n for n in names):
+    raise WorkdirError(f'{workdir} holds a built dataset (dataset_info.json, ArrayRecord '
+                       f'shards), not a radjax workdir; {advice} (the dataset is '
+                       'config.data.dir)')
+  if CONFIG_FILE in names:
+    values = files.read_json(os.path.join(workdir, CONFIG_FILE), WorkdirError)
+    if not (isinstance(values, dict) and 'model' in values):
+      kind = ("a Hugging Face model's" if isinstance(values, dict) and
+              {'model_type', 'architectures', '_class_name'} & set(values) else 'not radjax\'s')
+      raise WorkdirError(f'{os.path.join(workdir, CONFIG_FILE)} is {kind} config: {workdir} '
+                         f'is not a radjax workdir; {advice} (a Hugging Face model enters a '
+                         'run through `python -m radjax.convert from-hf` or init_from)')
+    return
+  weights = sorted(n for n in names if n.endswith(('.safetensors', '.bin', '.pth')))
+  if weights:
+    raise WorkdirError(f'{workdir} holds model weights ({", ".join(weights[:3])}) and no '
+                       f'radjax config.json; {advice}')
+
+
 def check_resumable(config, workdir: str) -> None:
-  """Before a run writes anything into a workdir that has checkpoints: raises WorkdirError
-  naming every architecture knob (see _architecture) where `config` differs from the
-  workdir's config.json. Reads only."""
+  """Before a run writes anything into a workdir (check_not_foreign); where it has
+  checkpoints, raises WorkdirError naming every architecture knob (see _architecture) where
+  `config` differs from the workdir's config.json. Reads only."""
+  check_not_foreign(workdir)
   saved = _resumed_config(workdir)
   if saved is None:
     return

@@ -24,6 +24,7 @@ processor's.
 """
 import functools
 import io
+import warnings
 
 import numpy as np
 from absl import logging
@@ -37,6 +38,9 @@ MIN_IMAGE_SIDE = 8
 # only warns below twice it, and a 330 KB 16-bit PNG of 13000 x 13000 took 4.5 GB to read.
 # Radiographs are up to ~15M pixels.
 MAX_PIXELS = 89_478_485
+# ... and so PIL's own warning at that size, printed before radjax's one-line error, goes.
+# (A filter, not catch_warnings: that is not thread-safe, and Grain decodes in threads.)
+warnings.filterwarnings('ignore', category=Image.DecompressionBombWarning)
 _HIGH_DEPTH_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
 _MAX_WARNINGS = 20
 _warned = [0]

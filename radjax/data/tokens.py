@@ -32,17 +32,32 @@ def load_tokenizer(path: str,
   """The one way radjax opens a tokenizer: a `tokenizer.json` file, or a local HF
   tokenizer directory (`tokenizer.json`, or a sentencepiece `tokenizer.model` as
   LLaMA/Vicuna ship it). Never downloads; never runs remote code."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'tokenizer {path!r} does not exist ({knob})')
+  try:
+    return _load(path)
+  except Exception as e:  # tokenizers' and transformers' own errors name neither path nor knob
+    raise ValueError(f'tokenizer {path!r} ({knob}) does not load: {type(e).__name__}: '
+                     f'{_first_line(e)}') from e
+
+
+def _first_line(e: Exception) -> str:
+  return next((line.strip() for line in str(e).splitlines() if line.strip()), '')
+
+
+def _load(path: str):
   if os.path.isdir(path):
     from transformers import AutoTokenizer, LlamaTokenizer
     has = {n for n in ('tokenizer.json', 'tokenizer_config.json', 'tokenizer.model')
            if os.path.exists(os.path.join(path, n))}
+    if not has:
+      raise FileNotFoundError('the folder has no tokenizer.json, tokenizer_config.json or '
+                              'tokenizer.model')
     if has == {'tokenizer.model'}:
       # A bare sentencepiece model is LLaMA's: AutoTokenizer's generic reading of it drops
       # the '▁' that starts the first word ('Can' 6028 where LLaMA has '▁Can' 1815).
       return LlamaTokenizer.from_pretrained(path, local_files_only=True)
     return AutoTokenizer.from_pretrained(path, local_files_only=True, **_blank_specials(path))
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'tokenizer {path!r} does not exist ({knob})')
   tokenizer = PreTrainedTokenizerFast(tokenizer_file=path)
   vocab = tokenizer.get_vocab()
   # bos/eos/pad/unk by radjax's (and LLaMA's) names, where the vocabulary has them.

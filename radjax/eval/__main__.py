@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 
+from radjax.core import files
 from radjax.data import schema
 from radjax.eval.metrics import nlg_metrics, scoring
 from radjax.eval.metrics.jsonl import InputError, read_jsonl
@@ -24,6 +25,7 @@ from radjax.eval.metrics.nlg_metrics import normalize
 
 
 def cmd_label(args) -> None:
+  files.check_outputs_apart({'--out': args.out}, {'--reports': args.reports}, InputError)
   rows = read_jsonl(args.reports, ('id', 'text'))
   _check_rows(rows, args.reports, 'report')
   with open(args.out, 'w', encoding='utf-8') as f:
@@ -66,6 +68,9 @@ def _check_rows(rows: list[dict], path: str, what: str = 'prediction') -> None:
 
 
 def cmd_score(args) -> None:
+  files.check_outputs_apart({'--out': args.out, '--per-sample': args.per_sample},
+                            {'--predictions': args.predictions, '--radgraph': args.radgraph},
+                            InputError)
   rows = read_jsonl(args.predictions, ('id', 'generated', 'reference'), _check_references)
   _check_rows(rows, args.predictions)
   radgraph = None
