@@ -132,6 +132,7 @@ def test_a_tokenizer_that_does_not_load_is_named_with_its_knob(tmp_path):
   file; a model folder without tokenizer files transformers' five lines naming neither.
   (A ValueError: main.py prints it as one line.)"""
   import pytest
+
   from radjax.data import tokens
   cut = tmp_path / 'cut.json'
   cut.write_text('{"version": "1.0", "trunc')

@@ -330,7 +330,7 @@ def cmd_to_hf(args) -> None:
     names = sorted(os.listdir(args.out))
     raise FileExistsError(f'--out={args.out} is not empty ({", ".join(names[:4])}'
                           f'{", ..." if len(names) > 4 else ""}): the export would mix its '
-                          "files with what is there. Choose a new directory, or add "
+                          'files with what is there. Choose a new directory, or add '
                           '--overwrite to replace it whole')
   config = workdir.load_config(args.workdir)
   step = (workdir.latest_step(args.workdir) if args.step is None

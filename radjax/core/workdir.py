@@ -211,7 +211,7 @@ def check_not_foreign(workdir: str) -> None:
     values = files.read_json(os.path.join(workdir, CONFIG_FILE), WorkdirError)
     if not (isinstance(values, dict) and 'model' in values):
       kind = ("a Hugging Face model's" if isinstance(values, dict) and
-              {'model_type', 'architectures', '_class_name'} & set(values) else 'not radjax\'s')
+              {'model_type', 'architectures', '_class_name'} & set(values) else "not radjax's")
       raise WorkdirError(f'{os.path.join(workdir, CONFIG_FILE)} is {kind} config: {workdir} '
                          f'is not a radjax workdir; {advice} (a Hugging Face model enters a '
                          'run through `python -m radjax.convert from-hf` or init_from)')
