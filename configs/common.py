@@ -42,6 +42,12 @@ def finish(c, args):
   return c
 
 
+def _kv_heads(lm, heads: int) -> int:
+  """Grouped-query attention (half the heads) where the family has it: GPT-NeoX (the
+  LayerNorm, plain-MLP family) has none, and its tiny model must still export."""
+  return heads if lm.norm == 'layer' or lm.mlp == 'plain' else heads // 2
+
+
 def tiny(c):
   """Sizes and run shape for the embedded default on a 2-core CPU; architecture kinds,
   variants and the rest of the recipe stay as they are."""
@@ -71,7 +77,7 @@ def tiny(c):
   p.num_queries, p.hidden_dim, p.num_layers, p.num_heads, p.mlp_dim = 16, 64, 2, 2, 128
   lm = c.model.llm
   lm.vocab_size, lm.embed_dim, lm.num_layers = 2048, 128, 2
-  lm.num_heads, lm.num_kv_heads, lm.head_dim, lm.mlp_dim = 4, 2, 0, 384
+  lm.num_heads, lm.num_kv_heads, lm.head_dim, lm.mlp_dim = 4, _kv_heads(lm, 4), 0, 384
   c.model.image_token_id = -1
 
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
@@ -114,7 +120,8 @@ def micro(c):
   v.image_size, v.patch_size, v.embed_dim, v.num_layers, v.num_heads, v.mlp_dim = (
       32, 8, 32, 2, 2, 64)
   lm = c.model.llm
-  lm.embed_dim, lm.num_layers, lm.num_heads, lm.num_kv_heads, lm.mlp_dim = 32, 2, 4, 2, 64
+  lm.embed_dim, lm.num_layers, lm.num_heads, lm.num_kv_heads, lm.mlp_dim = (
+      32, 2, 4, _kv_heads(lm, 4), 64)
   c.train.batch_size = 8
   c.train.log_every = 1
   c.eval.batch_size = 8

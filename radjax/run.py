@@ -3,6 +3,7 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 from radjax import tasks
@@ -110,6 +111,28 @@ def generate(config, workdir: str, image_paths: list[str], prompt: str = '') -> 
   texts = answerer.answer(exp.state.params, items)
   for name, text in zip(names, texts):
     print(f'== {name}\n{text}\n')
+  return texts
+
+
+def classify(config, workdir: str, image_paths: list[str]) -> list[str]:
+  """`--mode=generate` on a finding classifier (task 'classify'): each image's probability
+  of each of its labels, the images preprocessed as its evaluation reads them."""
+  if not image_paths:
+    raise ValueError('--mode=generate on a classifier workdir needs --images=a.png[,b.png]')
+  examples = _image_examples(image_paths, '', reads_3d=False)
+  exp, _ = load_trained(config, workdir)
+  vision, d = exp.task.model_cfg.vision, config.data
+  x = np.stack([images_lib.preprocess(ex['images'][0], size=vision.image_size,
+                                      num_channels=vision.num_channels, mean=d.image_mean,
+                                      std=d.image_std, record_id=ex['id'])
+                for ex in examples])
+  predict = jax.jit(lambda params, x: exp.task.predict(exp.model, params, x)[0])
+  with exp.context():
+    probs = np.asarray(predict(exp.state.params, x))
+  texts = ['\n'.join(f'{name}: {p:.3f}' for name, p in zip(d.label_names, row))
+           for row in probs]
+  for ex, text in zip(examples, texts):
+    print(f"== {ex['id']}\n{text}\n")
   return texts
 
 
@@ -276,6 +299,12 @@ def main(config, workdir: str, mode: str, images: list[str] | None = None, promp
   if out_dir:
     raise ValueError(f'--out_dir={out_dir}: only an LLM-CXR workdir writes files in '
                      f'--mode=generate (its drawings); --mode={mode} on this workdir prints')
+  if config.task == 'classify':
+    if mode == 'chat' or prompt:
+      raise ValueError(f"--mode={mode}{' --prompt' if prompt else ''}: a finding classifier "
+                       'answers no prompts; --mode=generate --images a.png prints its '
+                       'probability of each finding')
+    return classify(config, workdir, images or [])
   if mode == 'generate':
     return generate(config, workdir, images or [], prompt)
   if mode == 'chat':

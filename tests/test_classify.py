@@ -147,6 +147,36 @@ def test_classifier_trains_and_reports_per_finding_metrics(classifier_workdir):
   assert 'eval/val_perplexity' not in ev and 0 <= ev['eval/val_accuracy'] <= 1
 
 
+def test_generate_on_a_classifier_gives_the_probabilities_its_evaluation_writes(
+    demo_data, classifier_workdir, tmp_path, capsys):
+  """--mode=generate (and chat) on a classifier workdir was an AttributeError traceback. Now
+  generate prints each image file's probabilities: those eval writes for the same record."""
+  from radjax.data import schema, source
+  config = classifier_micro(demo_data)
+  run.main(config, classifier_workdir, 'eval')
+  step = workdir_lib.latest_step(classifier_workdir)
+  with open(os.path.join(classifier_workdir, 'eval', str(step), 'predictions.jsonl')) as f:
+    want = {row['id']: row['probabilities'] for row in map(json.loads, f)}
+  records = source.open_split(demo_data, config.eval.split)
+  paths = []
+  for i in range(3):
+    example = schema.decode(records[i])
+    paths.append(str(tmp_path / f"{example['id']}.png"))
+    with open(paths[-1], 'wb') as f:
+      f.write(example['images'][0]['data'])
+  capsys.readouterr()
+  texts = run.main(config, classifier_workdir, 'generate', paths)
+  assert '== ' + paths[0] in capsys.readouterr().out
+  for path, text in zip(paths, texts):
+    got = dict(line.split(': ') for line in text.splitlines())
+    expected = want[os.path.basename(path)[:-len('.png')]]
+    assert list(got) == list(expected)
+    np.testing.assert_allclose([float(v) for v in got.values()], list(expected.values()),
+                               atol=1e-3)
+  with pytest.raises(ValueError, match='a finding classifier answers no prompts'):
+    run.main(config, classifier_workdir, 'chat', paths[:1])
+
+
 def test_vlm_tower_starts_from_a_classifier_workdir(demo_data, classifier_workdir):
   config = tiny_config(demo_data)
   config.model.vision.init_from = classifier_workdir

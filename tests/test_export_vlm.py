@@ -2,6 +2,7 @@
 transformers (processor + generate) as in radjax; importing the export back gives a
 workdir that reports the same again."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -109,3 +110,67 @@ def _flat(tree, prefix=''):
   for k, v in tree.items():
     out.update(_flat(v, f'{prefix}{k}/') if isinstance(v, dict) else {prefix + k: v})
   return out
+
+
+@pytest.mark.parametrize('stage', [1, 2])
+def test_an_xraygpt_model_exports_as_blip2_with_radjaxs_logits_and_reports(demo_data, tmp_path,
+                                                                          stage):
+  """XrayGPT's VLM (EVA + Q-Former + Vicuna) had no export (`to-hf`: 'qformer has no Llava
+  equivalent'). It is a BLIP-2: its logits on a long prompt with the image's query tokens
+  mid-sequence are radjax's, and the exported tokenizer's chat template with the BLIP image
+  processor give the report radjax writes (stage 1's bare caption, stage 2's Vicuna turns)."""
+  from configs import xraygpt
+  from radjax.data import chat
+  from radjax.eval import evaluators
+  from tests import hf_models
+  from tests.conftest import build_experiment
+  config = xraygpt.get_config('size=micro')
+  config.data.dir = demo_data
+  if stage == 2:
+    config.data.tasks, config.data.chat_format = ('report',), 'vicuna'
+  config.eval.max_new_tokens = 12
+  exp = build_experiment(config)
+  params = jax.device_get(exp.state.params)
+  wd, hf_dir = str(tmp_path / 'w'), str(tmp_path / 'hf')
+  workdir_lib.save_params(wd, config, params)
+  image = _test_image(demo_data, str(tmp_path / 'cxr.png'))
+  ours = run_lib.main(config, wd, 'generate', [image])[0]
+  assert convert_cli.main(['to-hf', '--workdir', wd, '--out', hf_dir]) == 0
+  model = transformers.Blip2ForConditionalGeneration.from_pretrained(hf_dir,
+                                                                     dtype=torch.float32)
+
+  # Logits: 512 tokens, the image's queries at 100.
+  tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+  image_id = tok.convert_tokens_to_ids(chat.IMAGE_MARK)
+  queries = config.model.projector.num_queries
+  tokens = hf_models.random_tokens(len(tok), 512)
+  tokens[tokens == image_id] = 7
+  tokens[0, 100:100 + queries] = image_id
+  rng = np.random.default_rng(0)
+  size = config.model.vision.image_size
+  pixels = rng.normal(size=(1, 1, size, size, 3)).astype(np.float32)
+  want = hf_models.vlm_logits(exp.model, exp.state.params, tokens, pixels)
+  with torch.no_grad():
+    got = model(input_ids=torch.from_numpy(tokens).long(),
+                pixel_values=torch.from_numpy(pixels[:, 0].transpose(0, 3, 1, 2))).logits
+  np.testing.assert_allclose(got.numpy(), np.asarray(want), atol=1e-4, rtol=1e-4)
+
+  # The report: radjax's request as HF messages, the template, the image processor.
+  example = {'id': image, 'images': [{}]}
+  turns = evaluators.reports.ReportEvaluator(exp, config.eval.split).prompt_turns(example)
+  assert len(turns) == (stage == 2)  # a caption follows its image with no request
+  text = turns[0]['text'].replace(chat.IMAGE_MARK, '').strip() if turns else ''
+  content = [{'type': 'image'}] + ([{'type': 'text', 'text': text}] if text else [])
+  ids = tok.apply_chat_template([{'role': 'user', 'content': content}],
+                                add_generation_prompt=True, return_tensors='pt')
+  ids = ids['input_ids'] if hasattr(ids, 'keys') else ids
+  assert int((ids == image_id).sum()) == queries
+  pixel_values = transformers.AutoImageProcessor.from_pretrained(hf_dir)(
+      Image.open(image), return_tensors='pt')['pixel_values']
+  with torch.no_grad():
+    out = model.generate(input_ids=ids, pixel_values=pixel_values, do_sample=False,
+                         max_new_tokens=config.eval.max_new_tokens, tokenizer=tok)
+  theirs = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+  for stop in model.generation_config.stop_strings or ():
+    theirs = theirs.split(stop)[0]
+  assert theirs.strip() == ours

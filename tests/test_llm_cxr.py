@@ -371,3 +371,28 @@ def test_drawing_samples_by_the_seed_and_each_batch_draws_afresh(trained):
   assert model.draw([REPORT], seed=0).codes[0] == first[0]
   assert model.draw([REPORT], seed=1).codes[0] != first[0]
   assert first[8] != first[0]
+
+
+def test_the_decoder_exports_as_gpt_neox_with_its_tokenizer(trained, tmp_path):
+  """The tiny and micro recipes gave the GPT-NeoX decoder grouped-query attention, which
+  HF's GPT-NeoX lacks: `to-hf` refused it. The export also found no tokenizer (data.dir is
+  '' and the codes' dataset holds it): no chat template, no eos for HF's generate."""
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  from radjax.convert import __main__ as convert_cli
+  from radjax.models import llm
+  from tests import hf_models
+  config, workdir, _ = trained
+  assert config.model.llm.num_kv_heads == config.model.llm.num_heads
+  out = str(tmp_path / 'hf')
+  assert convert_cli.main(['to-hf', '--workdir', workdir, '--out', out]) == 0
+  hf = transformers.GPTNeoXForCausalLM.from_pretrained(out, dtype=torch.float32)
+  tok = transformers.AutoTokenizer.from_pretrained(out)
+  assert tok.chat_template and hf.generation_config.eos_token_id is not None
+  assert len(tok) <= hf.config.vocab_size
+  cfg = factory.llm_config(config.model)
+  decoder = llm.Decoder(cfg, factory.runtime(config, 'llm'))
+  tokens = hf_models.random_tokens(len(tok), 512)
+  ours = hf_models.logits(decoder, workdir_lib.load_params(workdir), tokens)
+  np.testing.assert_allclose(hf_models.hf_logits(hf, np.asarray(tokens)), ours, atol=1e-4,
+                             rtol=1e-4)

@@ -15,7 +15,7 @@ from radjax.convert import hf_io, parts
 from radjax.convert.common import ConversionError
 from radjax.convert.hf_config import export_family
 from radjax.core import defaults as base
-from radjax.data import chat, tokens
+from radjax.data import chat, mixture, tokens
 from radjax.models import factory
 
 # --family -> (part, kind) for one part alone; 'llava' and 'llava_onevision' are the whole
@@ -114,9 +114,14 @@ def image_stats_from_dir(config, hf_dir: str) -> None:
 
 
 def _tokenizer_path(config) -> str | None:
-  if not (config.data.tokenizer or config.data.dir):
+  """The tokenizer the model was trained with: config.data.tokenizer, or its eval dataset's
+  (data.dir, or a mixture's first component: LLM-CXR's codes), where it still exists."""
+  if not (config.data.tokenizer or mixture.eval_dir(config)):
     return None
-  path = tokens.tokenizer_path(config)
+  try:
+    path = tokens.tokenizer_path(config)
+  except FileNotFoundError:  # the dataset has moved: exported without it, and said
+    return None
   return path if os.path.exists(path) else None
 
 
@@ -161,11 +166,13 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
       raise ConversionError('config.data.image_delimiters=True wraps each image in '
                             '<image_begin>/<image_end>, which a Llava processor does not '
                             'write, so the export would not give the same logits')
-    from radjax.convert import llava
+    from radjax.convert import blip2, llava
     image_id = tokenizer.convert_tokens_to_ids(chat.IMAGE_MARK) if tokenizer else None
     vlm_cfg = factory.vlm_config(config.model, image_id)
-    hf_cfg = llava.hf_config_from_vlm(vlm_cfg, export_family(vlm_cfg.llm), **extra)
-    state_dict = llava.hf_from_params(params, vlm_cfg)
+    # A Q-Former VLM (XrayGPT) is a BLIP-2; an MLP projector's a Llava.
+    layout = blip2 if vlm_cfg.projector.kind == 'qformer' else llava
+    hf_cfg = layout.hf_config_from_vlm(vlm_cfg, export_family(vlm_cfg.llm), **extra)
+    state_dict = layout.hf_from_params(params, vlm_cfg)
   elif kind in factory.PARTS:
     cfg = factory.part_config(config.model, kind)
     hf_cfg, state_dict = parts.to_hf(kind, cfg, params, **extra)
@@ -179,24 +186,10 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
     logging.warning('no tokenizer found (config.data.tokenizer / data.dir); exported weights '
                     'only, with no bos/eos/pad ids in config.json')
     return
-  # A processor encodes the rendered prompt with the tokenizer's own specials: a format
-  # that starts without BOS (chatml, dolly) must not get one from a LLaMA tokenizer.
-  if kind == 'vlm' and fmt.begin[:1] != (chat.BOS,) and _adds_bos(tokenizer):
-    _no_bos_on_encode(tokenizer)
-  tokenizer.chat_template = chat.chat_template(
-      fmt, config.data.system_prompt, bos=not (kind == 'vlm' and _adds_bos(tokenizer)))
-  if kind == 'vlm' and vlm_cfg.anyres_grids:
-    llava.save_onevision_processor(out, tokenizer, vlm_cfg, tuple(config.data.image_mean),
-                                   tuple(config.data.image_std), tokenizer.chat_template)
-  elif kind == 'vlm':
-    vision = vlm_cfg.vision
-    llava.save_processor(out, tokenizer, vision.image_size, tuple(config.data.image_mean),
-                         tuple(config.data.image_std), vlm_cfg.tokens_per_image, vision.variant,
-                         tokenizer.chat_template)
+  if kind == 'vlm' and vlm_cfg.projector.kind == 'qformer':
+    _save_blip2_inputs(out, tokenizer, fmt, config, vlm_cfg)
   else:
-    if fmt.begin[:1] == (chat.BOS,):
-      _add_bos_on_encode(tokenizer)
-    tokenizer.save_pretrained(out)
+    _save_inputs(out, tokenizer, fmt, config, vlm_cfg if kind == 'vlm' else None)
   # A format that ends its turns with a string (vicuna's '###'): HF stops there too, given
   # the tokenizer (`generate(..., tokenizer=tokenizer)`).
   stop_strings = list(dict.fromkeys((*fmt.stop_strings,
@@ -207,6 +200,49 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
   _write_generation_config(out, {**extra, 'stop_strings': stop_strings or None,
                                  'suppress_tokens': list(suppress) or None,
                                  **decoding_fields(config.eval)})
+
+
+def _save_inputs(out: str, tokenizer, fmt, config, vlm_cfg) -> None:
+  """The tokenizer with the chat format as its template; a VLM's (vlm_cfg given) inside a
+  Llava or LLaVA-OneVision processor."""
+  kind = 'vlm' if vlm_cfg is not None else 'llm'
+  # A processor encodes the rendered prompt with the tokenizer's own specials: a format
+  # that starts without BOS (chatml, dolly) must not get one from a LLaMA tokenizer.
+  if kind == 'vlm' and fmt.begin[:1] != (chat.BOS,) and _adds_bos(tokenizer):
+    _no_bos_on_encode(tokenizer)
+  tokenizer.chat_template = chat.chat_template(
+      fmt, config.data.system_prompt, bos=not (kind == 'vlm' and _adds_bos(tokenizer)))
+  if kind == 'vlm' and vlm_cfg.anyres_grids:
+    from radjax.convert import llava
+    llava.save_onevision_processor(out, tokenizer, vlm_cfg, tuple(config.data.image_mean),
+                                   tuple(config.data.image_std), tokenizer.chat_template)
+  elif kind == 'vlm':
+    from radjax.convert import llava
+    vision = vlm_cfg.vision
+    llava.save_processor(out, tokenizer, vision.image_size, tuple(config.data.image_mean),
+                         tuple(config.data.image_std), vlm_cfg.tokens_per_image, vision.variant,
+                         tokenizer.chat_template)
+  else:
+    if fmt.begin[:1] == (chat.BOS,):
+      _add_bos_on_encode(tokenizer)
+    tokenizer.save_pretrained(out)
+
+
+def _save_blip2_inputs(out: str, tokenizer, fmt, config, vlm_cfg) -> None:
+  """What a BLIP-2 export reads its inputs with: the tokenizer, whose chat template writes
+  each image as num_queries `<image>` tokens where radjax puts them (BLIP-2's processor
+  would prepend them), and a BLIP image processor doing radjax's eval preprocessing."""
+  import transformers
+
+  from radjax.convert import llava
+  if fmt.begin[:1] == (chat.BOS,):
+    _add_bos_on_encode(tokenizer)
+  tokenizer.chat_template = chat.chat_template(
+      fmt, config.data.system_prompt, image_tokens=vlm_cfg.projector.num_queries)
+  tokenizer.save_pretrained(out)
+  transformers.BlipImageProcessorPil(**llava.image_kwargs(
+      vlm_cfg.vision.image_size, config.data.image_mean, config.data.image_std)
+  ).save_pretrained(out)
 
 
 def _adds_bos(tokenizer) -> bool:

@@ -334,7 +334,7 @@ def save_processor(out_dir: str, tokenizer, image_size: int, mean, std,
   tokenizer = _image_tokenizer(tokenizer, chat_template)
   size = {'height': image_size, 'width': image_size}
   processor = transformers.LlavaProcessor(
-      image_processor=cls(**_image_kwargs(image_size, mean, std), crop_size=size,
+      image_processor=cls(**image_kwargs(image_size, mean, std), crop_size=size,
                           do_center_crop=False),
       tokenizer=tokenizer, chat_template=chat_template, image_token=chat.IMAGE_MARK,
       **_image_token_layout(image_size, num_image_tokens, variant, patch_size))
@@ -358,7 +358,7 @@ def _image_tokenizer(tokenizer, chat_template: str | None):
   return tokenizer
 
 
-def _image_kwargs(image_size: int, mean, std) -> dict:
+def image_kwargs(image_size: int, mean, std) -> dict:
   """radjax's eval preprocessing as an HF image processor's settings: RGB, PIL bicubic to
   image_size (no crop), /255, (x - mean) / std."""
   return dict(do_resize=True, size={'height': image_size, 'width': image_size},
@@ -385,7 +385,7 @@ def save_onevision_processor(out_dir: str, tokenizer, cfg: vlm.VLMConfig, mean, 
   from radjax.data import chat
   tile = cfg.vision.image_size
   image = LlavaOnevisionImageProcessorPil(
-      **_image_kwargs(tile, mean, std),
+      **image_kwargs(tile, mean, std),
       image_grid_pinpoints=[[r * tile, c * tile] for r, c in cfg.anyres_grids], do_pad=True)
   tokenizer = _image_tokenizer(tokenizer, chat_template)
   tokenizer.save_pretrained(out_dir)  # with chat_template.jinja

@@ -581,13 +581,16 @@ class ConversationEncoder:
     return text.strip()
 
 
-def chat_template(fmt: ChatFormat, system_prompt: str = '', bos: bool = True) -> str:
+def chat_template(fmt: ChatFormat, system_prompt: str = '', bos: bool = True,
+                  image_tokens: int = 1) -> str:
   """The format as a Jinja chat template for an exported HF tokenizer/processor, so
   `apply_chat_template` renders the text radjax trains on (images first in a user turn
   whose content is a list, as HF processors pass them); the ids where radjax encodes a turn
   in one piece (vicuna/caption encode segments apart: README, chat formats). bos=False
   leaves the format's BOS to a tokenizer that adds it on encode (LLaVA-1.5's processor:
-  `processor(text=prompt)` would otherwise start with two)."""
+  `processor(text=prompt)` would otherwise start with two). image_tokens > 1 writes each
+  image as that many `<image>` tokens (a model without a processor that expands them:
+  BLIP-2's prepends them instead)."""
   def lit(s):
     return '{{ ' + repr(s) + ' }}' if s else ''
 
@@ -611,11 +614,13 @@ def chat_template(fmt: ChatFormat, system_prompt: str = '', bos: bool = True) ->
              "{% for c in m['content'] %}{% if c['type'] == 'image' %}"
              "{% set ns.img = ns.img ~ " + repr(IMAGE_MARK) + " %}"
              "{% elif c['type'] == 'text' %}{% set ns.txt = ns.txt ~ c['text'] %}{% endif %}"
-             "{% endfor %}{% set text = ns.img ~ (" + repr(fmt.image_sep) + " if ns.img else '')"
+             "{% endfor %}{% set text = ns.img ~ (" + repr(fmt.image_sep) + " if ns.img and ns.txt "
+             "else '')"
              " ~ ns.txt %}{% endif %}")
-  if any(fmt.image_wrap):
+  if any(fmt.image_wrap) or image_tokens > 1:
     content += ('{% set text = text | replace(' + repr(IMAGE_MARK) + ', '
-                + repr(fmt.image_wrap[0] + IMAGE_MARK + fmt.image_wrap[1]) + ') %}')
+                + repr(fmt.image_wrap[0] + IMAGE_MARK * image_tokens + fmt.image_wrap[1])
+                + ') %}')
   t = render(fmt.begin)
   if fmt.system and system:
     t += ("{% if messages[0]['role'] != 'system' %}" + render(fmt.system, repr(system))
