@@ -174,3 +174,18 @@ def test_an_xraygpt_model_exports_as_blip2_with_radjaxs_logits_and_reports(demo_
   for stop in model.generation_config.stop_strings or ():
     theirs = theirs.split(stop)[0]
   assert theirs.strip() == ours
+
+  # And back: `from-hf --family blip2` gives the same weights, format and report.
+  back = str(tmp_path / 'back')
+  assert convert_cli.main(['from-hf', '--family', 'blip2', '--hf_dir', hf_dir,
+                           '--out', back]) == 0
+  imported = workdir_lib.load_config(back)
+  assert imported.data.chat_format == config.data.chat_format
+  assert imported.model.projector.kind == 'qformer'
+  with imported.unlocked():  # the recipe's task decides the request (stage 1: none)
+    imported.eval.max_new_tokens = config.eval.max_new_tokens
+    imported.data.tasks = config.data.tasks
+  for a, b in zip(*(sorted(_flat(p).items()) for p in (params, workdir_lib.load_params(back)))):
+    assert a[0] == b[0]
+    np.testing.assert_array_equal(a[1], b[1])
+  assert run_lib.main(imported, back, 'generate', [image])[0] == ours

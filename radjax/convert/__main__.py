@@ -1,7 +1,7 @@
 r"""Hugging Face <-> radjax workdir conversion.
 
   python -m radjax.convert from-hf --family {llama,qwen2,gpt_neox,clip_vision,siglip_vision,
-      blip2_vision,blip2_qformer,llava,llava_onevision,vqgan}
+      blip2_vision,blip2_qformer,blip2,llava,llava_onevision,vqgan}
       --hf_dir DIR --out WORKDIR [--unscanned]
   python -m radjax.convert to-hf --workdir WORKDIR [--step N] --out DIR
       [--dtype float32|bfloat16] [--overwrite]
@@ -12,6 +12,9 @@ r"""Hugging Face <-> radjax workdir conversion.
 llava-onevision-qwen2-7b-si) whole: AnyRes tiling (config.model.anyres_grids,
 anyres_max_tiles) and the projector's image_newline; `to-hf` of that workdir writes a
 LLaVA-OneVision again.
+
+--family blip2 reads a Blip2ForConditionalGeneration with a causal language model whole
+(XrayGPT's layout: EVA, Q-Former, decoder); `to-hf` of a Q-Former VLM writes one.
 
 --family vqgan reads a diffusers VQModel directory, or a Taming VQ-GAN checkpoint file as
 --hf_dir (`last.ckpt`, read with torch.load(weights_only=True), or a `.safetensors` of its
@@ -39,6 +42,7 @@ FAMILIES = {'llama': ('llama',), 'qwen2': ('qwen2',), 'gpt_neox': ('gpt_neox',),
             'llava_onevision': ('llava_onevision',),
             'blip2_vision': ('blip-2', 'blip_2_vision_model'),
             'blip2_qformer': ('blip-2', 'blip_2_qformer'),
+            'blip2': ('blip-2',),  # the whole Blip2ForConditionalGeneration (XrayGPT's VLM)
             'vqgan': ('VQModel',)}  # a diffusers directory (config.json _class_name)
 
 
@@ -86,8 +90,8 @@ def _adds_bos(tokenizer) -> bool:
   return bos is None or tokenizer('x')['input_ids'][:1] == [bos]
 
 
-def _chat_format_of(tokenizer, template: str | None = None,
-                    system_turn: bool = False) -> tuple[str, str] | None:
+def _chat_format_of(tokenizer, template: str | None = None, system_turn: bool = False,
+                    image_tokens: int = 1) -> tuple[str, str] | None:
   """(format, system prompt): the radjax chat format, and the system prompt ('' for the
   format's default), whose template renders conversations as `template` (default: the
   tokenizer's own chat template) does (a VLM that `to-hf` exported, with its
@@ -95,7 +99,8 @@ def _chat_format_of(tokenizer, template: str | None = None,
   tokenizer adds when it encodes the text (LLaVA-1.5's, through its LlavaProcessor)
   matches a format that starts with it. `system_turn`: every conversation opens with a
   system turn, so a template that writes none unless given one (LLaVA-OneVision's ChatML)
-  matches a format whose default system prompt it leaves out (the prompt is then '')."""
+  matches a format whose default system prompt it leaves out (the prompt is then '').
+  `image_tokens`: the template writes each image as that many `<image>` (a BLIP-2's)."""
   from radjax.data import chat
   template = template or getattr(tokenizer, 'chat_template', None)
   if not isinstance(template, str):
@@ -138,7 +143,8 @@ def _chat_format_of(tokenizer, template: str | None = None,
             and len(want[0]) >= len(before) + len(after)):
           system = want[0][len(before):len(want[0]) - len(after)]
       system = '' if system == fmt.default_system else system
-      if render(chat.chat_template(fmt, system), conversations) in (want, fed):
+      if render(chat.chat_template(fmt, system, image_tokens=image_tokens),
+                conversations) in (want, fed):
         return name, system
   return None
 
@@ -164,9 +170,12 @@ def _set_chat_format(config, tokenizer, hf_dir: str) -> None:
   default system prompt, said in a note; a template that is none of radjax's formats is
   said, with the format the workdir uses instead."""
   template = getattr(tokenizer, 'chat_template', None) or _processor_chat_template(hf_dir)
-  found = _chat_format_of(tokenizer, template)
+  # A BLIP-2 has no processor that expands <image>: its template writes every query token.
+  queries = (config.model.projector.num_queries if config.model.projector.kind == 'qformer'
+             else 1)
+  found = _chat_format_of(tokenizer, template, image_tokens=queries)
   if not found and template:
-    found = _chat_format_of(tokenizer, template, system_turn=True)
+    found = _chat_format_of(tokenizer, template, system_turn=True, image_tokens=queries)
     if found:
       from radjax.data import chat
       print(f"note: {hf_dir}'s chat template is radjax's {found[0]!r} format except that it "

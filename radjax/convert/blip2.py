@@ -1,5 +1,6 @@
-"""An EVA + Q-Former + decoder VLM (XrayGPT's, MiniGPT-4's) -> HF
-`Blip2ForConditionalGeneration`.
+"""An EVA + Q-Former + decoder VLM (XrayGPT's, MiniGPT-4's) <-> HF
+`Blip2ForConditionalGeneration` (with a causal language model: LLaMA/Vicuna, Qwen2,
+GPT-NeoX).
 
 The three parts keep their own tables (vit.py's EVA as `Blip2VisionModel`, qformer.py, the
 decoder families); this module only names them inside one BLIP-2 model. transformers'
@@ -9,7 +10,7 @@ for the same ids. Its processor puts the image tokens at the front of the text i
 export therefore ships the tokenizer with a chat template that writes them where radjax
 does (`num_query_tokens` per `<image>`), and a BLIP image processor.
 """
-from radjax.convert import hf_config, llm_families, qformer
+from radjax.convert import hf_config, llm_families, parts, qformer
 from radjax.convert import vit as vit_convert
 from radjax.convert.common import ConversionError
 from radjax.convert.hf_config import UnsupportedConfig
@@ -67,3 +68,19 @@ def hf_from_params(params: dict, cfg: vlm.VLMConfig) -> dict:
   for name, value in llm_families.hf_from_params(params['llm'], cfg.llm).items():
     out[TEXT_PREFIX + name] = value
   return out
+
+
+def import_vlm(hf, state_dict: dict, scan: bool) -> tuple[vlm.VLMConfig, dict]:
+  """(VLMConfig, params) of a `Blip2ForConditionalGeneration`: each part through its own
+  table (parts.py takes it out of the whole model)."""
+  image_id = getattr(hf, 'image_token_id', None)
+  if image_id is None:
+    raise UnsupportedConfig('HF config field image_token_id is unset: this BLIP-2 prepends '
+                            "its queries to the text; radjax's splice needs the tokens they "
+                            'fill (transformers >= 4.47 writes image_token_id)')
+  cfgs, params = {}, {}
+  for part, kind in (('vision', 'vit'), ('projector', 'qformer'), ('llm', 'decoder')):
+    cfgs[part], params[part] = parts.import_part(part, kind, hf, state_dict, scan)
+  cfg = vlm.VLMConfig(image_token_id=image_id, **cfgs)
+  check(cfg)
+  return cfg, params

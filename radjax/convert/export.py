@@ -51,21 +51,31 @@ def import_hf(family: str, hf_cfg, state_dict: dict, scan: bool = True):
     if part == 'vision':
       _set_image_stats(config, cfg.variant)
     return config, params
+  if family == 'blip2':
+    from radjax.convert import blip2
+    vlm_cfg, params = blip2.import_vlm(hf_cfg, state_dict, scan)
+    _set_vlm(config, vlm_cfg)
+    return config, params
   if family in ('llava', 'llava_onevision'):
     from radjax.convert import llava
     vlm_cfg = llava.vlm_config_from_hf(hf_cfg)
-    config.model.kind = 'vlm'
-    config.model.anyres_grids = vlm_cfg.anyres_grids
-    config.model.anyres_max_tiles = vlm_cfg.anyres_max_tiles
+    _set_vlm(config, vlm_cfg)
     if vlm_cfg.anyres_grids:  # its processor neither crops nor jitters (the task refuses it)
       config.data.augment = False
-    for part in ('vision', 'projector', 'llm'):
-      _set(config.model[part], factory.part_fields(getattr(vlm_cfg, part)))
-    _set(config.model.projector, dict(in_dim=0, out_dim=0))  # from the towers
-    config.model.image_token_id = vlm_cfg.image_token_id
-    _set_image_stats(config, vlm_cfg.vision.variant)
     return config, llava.params_from_hf(state_dict, vlm_cfg, scan)
   raise ValueError(f'unknown family {family!r}')
+
+
+def _set_vlm(config, vlm_cfg) -> None:
+  """config.model as the imported VLM's parts and layout."""
+  config.model.kind = 'vlm'
+  config.model.anyres_grids = vlm_cfg.anyres_grids
+  config.model.anyres_max_tiles = vlm_cfg.anyres_max_tiles
+  for part in ('vision', 'projector', 'llm'):
+    _set(config.model[part], factory.part_fields(getattr(vlm_cfg, part)))
+  _set(config.model.projector, dict(in_dim=0, out_dim=0))  # from the towers
+  config.model.image_token_id = vlm_cfg.image_token_id
+  _set_image_stats(config, vlm_cfg.vision.variant)
 
 
 def import_vqgan(hf_dir: str):

@@ -49,9 +49,23 @@ def _llm_params(state_dict, cfg, scan):
   return llm_families.params_from_hf(state_dict, cfg, scan)
 
 
+def _llm_part(hf, state_dict):
+  """A BLIP-2's decoder (its `language_model`, a causal LM) as a model of its own."""
+  if getattr(hf, 'model_type', None) != 'blip-2':
+    return hf, state_dict
+  if not getattr(hf, 'use_decoder_only_language_model', True):
+    raise UnsupportedConfig(f'HF config field text_config.model_type='
+                            f'{hf.text_config.model_type!r}: an encoder-decoder language '
+                            'model; radjax decoders are causal')
+  prefix = 'language_model.'
+  return hf.text_config, {k[len(prefix):]: v for k, v in state_dict.items()
+                          if k.startswith(prefix)}
+
+
 CODECS = {
     ('llm', 'decoder'): Codec(llm_hf_config.llm_config_from_hf, _llm_params, _llm_to_hf,
-                              free=('vocab_size',), meta=('max_position_embeddings',)),
+                              part_of=_llm_part, free=('vocab_size',),
+                              meta=('max_position_embeddings',)),
     ('vision', 'vit'): Codec(vit.vit_config_from_hf, vit.params_from_hf,
                              lambda cfg, params, **_: (vit.hf_config_from_vit(cfg),
                                                        vit.hf_from_params(params, cfg)),
