@@ -289,6 +289,9 @@ def main(config, workdir: str, mode: str, images: list[str] | None = None, promp
     return loop.train(config, workdir, make_task(config))
   if mode == 'eval':
     return evaluate(config, workdir)
+  if prompt and not prompt.strip():  # else a blank user turn, answered as if asked
+    raise ValueError(f'--prompt={prompt!r} has no words; leave it out for the default '
+                     'request')
   if mode in ('generate', 'chat') and config.model.kind == 'vqgan':
     raise ValueError(f'--mode={mode}: a codec workdir answers no prompts; encode images with '
                      '`python -m data_prep.encode_codes --codec WORKDIR`')

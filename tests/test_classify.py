@@ -175,6 +175,9 @@ def test_generate_on_a_classifier_gives_the_probabilities_its_evaluation_writes(
                                atol=1e-3)
   with pytest.raises(ValueError, match='a finding classifier answers no prompts'):
     run.main(config, classifier_workdir, 'chat', paths[:1])
+  # A blank --prompt (any workdir) was a blank user turn, answered as if asked.
+  with pytest.raises(ValueError, match=r"--prompt='  \\n' has no words"):
+    run.main(config, classifier_workdir, 'generate', paths[:1], '  \n')
 
 
 def test_vlm_tower_starts_from_a_classifier_workdir(demo_data, classifier_workdir):

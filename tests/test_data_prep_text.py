@@ -118,6 +118,24 @@ def test_llava_json(tmp_path):
   assert manifest['empty_splits'] == ['val'] and manifest['counts']['val'] == 0
 
 
+def test_llava_jsonl_reads_a_record_a_line_and_rejects_a_bad_line(tmp_path):
+  """LLaVA-NeXT / OneVision sets ship as .jsonl: the builder found no files in them."""
+  src = str(tmp_path / 'src')
+  fx.write_file(os.path.join(src, 'images/a.jpg'), fx.image_bytes())
+  rows = [json.dumps({'id': 'j1', 'image': 'a.jpg', 'conversations': [
+            {'from': 'human', 'value': '<image>\nDescribe it.'},
+            {'from': 'gpt', 'value': 'Clear lungs.'}]}),
+          '', '{"id": "j2", "conversations": [',  # a blank line, then a cut one
+          json.dumps({'id': 'j3', 'conversations': [{'from': 'human', 'value': 'Hi'},
+                                                    {'from': 'gpt', 'value': 'Hello.'}]})]
+  fx.write_file(os.path.join(src, 'train.jsonl'), '\n'.join(rows).encode())
+  path, manifest = fx.build('llava_json', src, str(tmp_path / 'out'))
+  train = {e['id']: e for e in fx.examples(path, 'train')}
+  assert list(train) == ['j1', 'j3'] and len(train['j1']['images']) == 1
+  rejects = [json.loads(line) for line in open(os.path.join(path, 'rejects.jsonl'))]
+  assert len(rejects) == 1 and rejects[0]['reason'].startswith('line 3: not JSON')
+
+
 def test_llava_split_words_start_a_word():
   from data_prep.llava_json.llava_json_dataset_builder import split_of
   assert split_of('retrieval_test.json', False) == 'test'

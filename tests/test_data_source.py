@@ -49,8 +49,10 @@ def test_truncated_shard_names_the_file(demo_data, tmp_path):
   (shard,) = source.split_files(out, 'train')
   with open(shard, 'r+b') as f:
     f.truncate(os.path.getsize(shard) // 2)
-  with pytest.raises(source.DataError, match=f'{shard}: cannot open shard'):
+  with pytest.raises(source.DataError, match=f'{shard}: cannot open shard') as e:
     _datasets(out)
+  # A build finding the folder reuses it: the remedy is said.
+  assert f"the built dataset is damaged: delete '{out}' and build it again" in str(e.value)
 
 
 def test_corrupt_chunk_names_the_file_and_record(demo_data, tmp_path):
@@ -63,9 +65,10 @@ def test_corrupt_chunk_names_the_file_and_record(demo_data, tmp_path):
     f.seek(size // 2)
     f.write(b'\x00' * 64)
   records = source.ShardSource([shard])
-  with pytest.raises(source.DataError, match=rf'{shard} record (\d+): cannot read'):
+  with pytest.raises(source.DataError, match=rf'{shard} record (\d+): cannot read') as e:
     for i in range(len(records)):
       records[i]
+  assert f"delete '{out}' and build it again" in str(e.value)
 
 
 def test_unparseable_record_names_the_file_and_index(demo_data, tmp_path):

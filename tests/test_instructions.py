@@ -77,6 +77,22 @@ def test_report_draws_its_wording_as_the_demo_always_did():
   assert ins.make_turns(ex, ('report',), None, OPTS) == _qa(ins.REPORT_INSTRUCTIONS[0], answer)
 
 
+def test_a_volume_is_asked_about_as_a_scan_not_a_radiograph():
+  """RadFM's CT and MRI volumes were requested as 'this chest radiograph', in training and
+  at --mode=generate. The same one draw picks among as many scan wordings."""
+  volume = _example(images=[{'kind': '3d', 'format': 'npy', 'data': b'x'}])
+  for section in ('both', 'findings', 'impression'):
+    options = ins.Options(report_section=section)
+    question = ins.report(volume, None, options)[0]['text']
+    assert question == ins.VOLUME_INSTRUCTIONS[section][0]
+    assert 'radiograph' not in question and 'X-ray' not in question
+    assert len(ins.VOLUME_INSTRUCTIONS[section]) == len(ins.REPORT_INSTRUCTIONS)
+  a, b = np.random.default_rng(3), np.random.default_rng(3)
+  assert ins.report(volume, a, OPTS)[0]['text'] == ins.VOLUME_INSTRUCTIONS['both'][
+      int(b.integers(5))]
+  assert ins.report(_example(), None, OPTS)[0]['text'] == ins.REPORT_INSTRUCTIONS[0]
+
+
 def test_report_text_is_the_report_alone():
   ex = _example()
   assert ins.report_text(ex, None, OPTS) == [

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import NamedTuple
 
 from etils import epath
 
@@ -53,6 +54,35 @@ def conversation(turns, rid) -> list[dict]:
   return out
 
 
+class _BadLine(NamedTuple):
+  line: int  # 1-based, in the file
+  error: str
+
+
+def _records(path) -> list:
+  """A .json file's list of records, or a .jsonl file's one record a line (a line that is
+  not JSON stays in its place as a _BadLine: rejected with its line number, not fatal)."""
+  text = checks.read_text(path, path.name)
+  if path.name.endswith('.jsonl'):
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+      if not line.strip():
+        continue
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        out.append(_BadLine(number, str(e)))
+    return out
+  try:
+    records = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise builder_lib.ManualDirError(f'{path.name}: expected a JSON list of records: {e}')
+  if not isinstance(records, list):
+    raise builder_lib.ManualDirError(f'{path.name}: expected a JSON list of records, '
+                                     f'found a {type(records).__name__}')
+  return records
+
+
 class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
   """LLaVA-style instruction conversations over chest radiographs."""
 
@@ -63,9 +93,10 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
     'the images at the paths the JSON names.')
 
   def split_items(self, root):
-    files = sorted(p for p in root.glob('*.json'))
+    files = sorted([*root.glob('*.json'), *root.glob('*.jsonl')])
     if not files:
-      raise builder_lib.ManualDirError(f'{root}: expected LLaVA *.json files (e.g. all_train.json)')
+      raise builder_lib.ManualDirError(f'{root}: expected LLaVA *.json (or *.jsonl) files '
+                                       '(e.g. all_train.json)')
     unnamed = [p.name for p in files if split_of(p.name, len(files) == 1) is None]
     if unnamed:  # their records would be in no split, counted nowhere
       raise builder_lib.ManualDirError(
@@ -74,24 +105,20 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
     out: dict[str, list] = {}
     for path in files:
       split = split_of(path.name, len(files) == 1)
-      try:
-        records = json.loads(checks.read_text(path, path.name))
-      except json.JSONDecodeError as e:
-        raise builder_lib.ManualDirError(f'{path.name}: expected a JSON list of records: {e}')
-      if not isinstance(records, list):
-        raise builder_lib.ManualDirError(f'{path.name}: expected a JSON list of records, '
-                                         f'found a {type(records).__name__}')
+      records = _records(path)
       out.setdefault(split, [])  # a file of [] is an empty split, warned of like others
       for k, rec in enumerate(records):
         ok = isinstance(rec, dict) and isinstance(rec.get('id'), (str, int))
         item = {'id': str(rec['id']) if ok else f'{path.stem}-{k}', 'file': path.name, 'row': k}
-        if not ok:
+        if isinstance(rec, _BadLine):
+          item['reject'] = f'line {rec.line}: not JSON ({rec.error})'
+        elif not ok:
           item['reject'] = f'record {k}: not an object with an id'
         else:
           item['record'] = rec
         out.setdefault(split, []).append(item)
     if not any(out.values()):
-      raise builder_lib.ManualDirError(f'{root}: its *.json files hold no records')
+      raise builder_lib.ManualDirError(f'{root}: its *.json / *.jsonl files hold no records')
     return out
 
   def make_example(self, item, split):

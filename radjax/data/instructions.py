@@ -113,6 +113,29 @@ IMPRESSION_INSTRUCTIONS = (
 )
 _SECTION_INSTRUCTIONS = {'both': REPORT_INSTRUCTIONS, 'findings': FINDINGS_INSTRUCTIONS,
                          'impression': IMPRESSION_INSTRUCTIONS}
+# The same requests about a volume (CT, MRI: RadFM's 3D cases), not a radiograph.
+VOLUME_INSTRUCTIONS = {
+  'both': ('Write the findings and impression for this scan.',
+           'Report on this scan: findings, then impression.',
+           'You are reading this study slice by slice. Give the findings and the impression.',
+           'Describe what this scan shows, as a radiology report.',
+           'Draft the radiology report (findings and impression) for this volume.'),
+  'findings': ('Write the findings section for this scan.',
+               'Describe the findings in this volume.',
+               'What does this study show? Give the findings only.',
+               'List the findings of this scan, in report style.',
+               'Report what you observe across these slices, without an impression.'),
+  'impression': ('Give the impression for this scan.',
+                 'What is your overall impression of this study?',
+                 'Summarise this volume as the impression of a radiology report.',
+                 'State the impression a radiologist would write for this scan.',
+                 'In brief, what is the conclusion from this study?'),
+}
+
+
+def _is_volume(example: dict) -> bool:
+  return any(image.get('kind') == '3d' for image in example.get('images') or []
+             if isinstance(image, dict))
 
 
 def report_answer(example: dict, section: str = 'both') -> str | None:
@@ -136,7 +159,8 @@ def report(example: dict, rng: np.random.Generator | None, options: Options) -> 
   if answer is None:
     return None
   # One rng.integers(len(variants)) draw, as the report template always drew.
-  return _qa(_pick(_SECTION_INSTRUCTIONS[options.report_section], rng), answer)
+  wordings = VOLUME_INSTRUCTIONS if _is_volume(example) else _SECTION_INSTRUCTIONS
+  return _qa(_pick(wordings[options.report_section], rng), answer)
 
 
 def report_text(example: dict, rng: np.random.Generator | None, options: Options) -> list | None:
@@ -288,7 +312,7 @@ def _grounding_boxes(example: dict) -> list[dict] | None:
   """The boxes the grounding tasks answer with, or None for a record with a 3D image:
   their answers and the grounding metrics are 2D ([x1, y1, x2, y2] on a radiograph), so
   a volume's 6-number boxes are not served (the record counts as having no task)."""
-  if any(image.get('kind') == '3d' for image in example.get('images') or []):
+  if _is_volume(example):
     return None
   return [b for b in example.get('boxes') or [] if len(b.get('box') or ()) == 4]
 

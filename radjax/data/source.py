@@ -78,6 +78,13 @@ def split_files(data_dir: str, split: str, knob: str = 'config.data.dir') -> lis
   return files
 
 
+def _rebuild(path: str) -> str:
+  """What to do about a damaged shard: a build that finds its folder is reused as it is."""
+  return (f'; the built dataset is damaged: delete {os.path.dirname(path)!r} and build it '
+          'again (main.py rebuilds the embedded default itself, `python -m data_prep build` '
+          'the others)')
+
+
 class Record(bytes):
   """A record's bytes that know where they came from, for error messages."""
   location: str = ''
@@ -98,7 +105,7 @@ class ShardSource:
   @staticmethod
   def _count(path: str) -> int:
     if not os.path.exists(path):
-      raise DataError(f'{path}: shard file missing')
+      raise DataError(f'{path}: shard file missing{_rebuild(path)}')
     try:
       reader = ArrayRecordReader(path, 'readahead_buffer_size:0')
       try:
@@ -106,7 +113,8 @@ class ShardSource:
       finally:
         reader.close()
     except Exception as e:
-      raise DataError(f'{path}: cannot open shard (damaged or not ArrayRecord): {e}') from e
+      raise DataError(f'{path}: cannot open shard (damaged or not ArrayRecord): {e}'
+                      f'{_rebuild(path)}') from e
 
   def __len__(self) -> int:
     return self._starts[-1]
@@ -133,7 +141,7 @@ class ShardSource:
     try:
       raw = self._reader(shard).read([local])[0]
     except Exception as e:
-      raise DataError(f'{where}: cannot read: {e}') from e
+      raise DataError(f'{where}: cannot read: {e}{_rebuild(self.files[shard])}') from e
     record = Record(raw)
     record.location = where
     return record
