@@ -327,3 +327,16 @@ def test_an_output_that_is_an_input_is_refused_and_the_input_kept(tmp_path, caps
     assert said in capsys.readouterr().err
     assert open(preds).read() == before
   assert not (tmp_path / 'm.json').exists()
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
+  """A .jsonl saved by a Windows tool starts with a UTF-8 BOM: its first row was 'not
+  valid JSON'."""
+  rows = [{'id': 'a', 'generated': 'No effusion.', 'reference': 'Small effusion.'}]
+  rc, plain, _ = run_score(tmp_path, rows)
+  path = tmp_path / 'p.jsonl'
+  path.write_bytes(b'\xef\xbb\xbf' + path.read_bytes())
+  out = str(tmp_path / 'bom.json')
+  assert cli.main(['score', '--predictions', str(path), '--out', out, '--no-meteor']) == 0
+  with open(out) as f:
+    assert json.load(f) == plain

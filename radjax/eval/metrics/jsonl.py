@@ -19,7 +19,8 @@ def read_jsonl(path: str, required: tuple[str, ...], check=None,
   rows = []
   try:
     with open(path, 'rb') as f:
-      raw_lines = f.read().split(b'\n')
+      # A byte-order mark (Windows tools write one) is not part of the first row.
+      raw_lines = f.read().removeprefix(b'\xef\xbb\xbf').split(b'\n')
   except OSError as e:
     raise InputError(f'{path}: cannot read ({e.strerror or e})') from None
   for n, raw in enumerate(raw_lines, 1):
