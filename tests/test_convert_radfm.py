@@ -412,3 +412,29 @@ def test_a_bf16_checkpoint_runs_in_bf16(imported, tmp_path):
           '--perceiver_heads', 2]
   assert convert_cli.main([str(a) for a in argv]) == 0
   assert workdir.load_config(str(tmp_path / 'wd')).runtime.dtype == 'bfloat16'
+
+
+def test_to_radfm_writes_radfms_own_tensors_back(imported, tmp_path):
+  """A RadFM workdir had no export at all. `to-radfm` writes RadFM's state dict (fused
+  to_qkv / to_kv, LLaMA's rows, the tied embedding, the figure tokens) as safetensors:
+  equal, tensor for tensor, to the checkpoint imported (but its dead branches), so RadFM's
+  own code loads it and gives the logits it gave."""
+  import json
+
+  from safetensors.torch import load_file
+  out = tmp_path / 'radfm_out'
+  assert convert_cli.main(['to-radfm', '--workdir', str(imported['wd']), '--out',
+                           str(out)]) == 0
+  got = load_file(str(out / radfm.WEIGHTS))
+  want = {k: v for k, v in imported['ref'].state_dict().items() if not radfm.DEAD.match(k)}
+  assert sorted(got) == sorted(want)
+  for name, value in want.items():
+    torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)
+  shape = json.loads((out / radfm.SHAPE_FILE).read_text())
+  assert (shape['vision_heads'], shape['perceiver_heads'], shape['text_rows']) == (
+      2, 2, TEXT_VOCAB)
+  ref = RadFM().eval()
+  ref.load_state_dict(got, strict=False)  # the dead branches stay as initialised
+  ids = torch.from_numpy(np.random.default_rng(2).integers(3, TEXT_VOCAB, (1, 64)))
+  with torch.no_grad():
+    torch.testing.assert_close(ref(ids, []), imported['ref'](ids, []))

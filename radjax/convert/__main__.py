@@ -7,6 +7,8 @@ r"""Hugging Face <-> radjax workdir conversion.
       [--dtype float32|bfloat16] [--overwrite]
   python -m radjax.convert from-radfm --ckpt pytorch_model.bin --tokenizer LLAMA_DIR
       --out WORKDIR [--unscanned] [--vision_heads 8 --perceiver_heads 8 ...]
+  python -m radjax.convert to-radfm --workdir WORKDIR [--step N] --out DIR
+      [--dtype float32|bfloat16] [--overwrite]
 
 --family llava_onevision reads a LlavaOnevisionForConditionalGeneration (RadVLM's start,
 llava-onevision-qwen2-7b-si) whole: AnyRes tiling (config.model.anyres_grids,
@@ -332,7 +334,9 @@ def _replace_dir(out: str, write) -> None:
   shutil.rmtree(old, ignore_errors=True)
 
 
-def cmd_to_hf(args) -> None:
+def _trained(args):
+  """(config, step, params) of an export's --workdir, once its --out is known to be free:
+  not a workdir, and empty unless --overwrite."""
   from radjax.core import workdir
   _check_out(args.out, args.workdir)
   if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
@@ -344,7 +348,20 @@ def cmd_to_hf(args) -> None:
   config = workdir.load_config(args.workdir)
   step = (workdir.latest_step(args.workdir) if args.step is None
           else workdir.check_step(args.workdir, args.step))
-  params = workdir.load_params(args.workdir, step)
+  return config, step, workdir.load_params(args.workdir, step)
+
+
+def cmd_to_radfm(args) -> None:
+  """A RadFM-layout VLM workdir -> RadFM's tensors (model.safetensors) for its own code."""
+  from radjax.convert import radfm
+  config, step, params = _trained(args)
+  _replace_dir(args.out, lambda out: radfm.export_dir(config, params, out, args.dtype))
+  print(f'wrote {args.out}/{radfm.WEIGHTS} from {args.workdir} step {step} (RadFM '
+        f'MultiLLaMAForCausalLM tensors, {args.dtype})')
+
+
+def cmd_to_hf(args) -> None:
+  config, step, params = _trained(args)
   _replace_dir(args.out, lambda out: export.export_hf(config, params, out, args.dtype))
   print(f'wrote {args.out} from {args.workdir} step {step} ({config.model.kind}, '
         f'{args.dtype})')
@@ -361,14 +378,17 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('--unscanned', action='store_true',
                  help='store layers as layers_{i} (config.runtime.scan_layers=False)')
   p.set_defaults(func=cmd_from_hf)
-  p = sub.add_parser('to-hf', help='radjax workdir -> HF model directory')
-  p.add_argument('--workdir', required=True)
-  p.add_argument('--step', type=int, default=None, help='default: the latest checkpoint')
-  p.add_argument('--out', required=True)
-  p.add_argument('--dtype', default='float32', choices=sorted(hf_io.DTYPES))
-  p.add_argument('--overwrite', action='store_true',
-                 help='replace a non-empty --out whole (else refused)')
-  p.set_defaults(func=cmd_to_hf)
+  for name, func, what in (('to-hf', cmd_to_hf, 'radjax workdir -> HF model directory'),
+                           ('to-radfm', cmd_to_radfm,
+                            "RadFM-layout VLM workdir -> RadFM's tensors")):
+    p = sub.add_parser(name, help=what)
+    p.add_argument('--workdir', required=True)
+    p.add_argument('--step', type=int, default=None, help='default: the latest checkpoint')
+    p.add_argument('--out', required=True)
+    p.add_argument('--dtype', default='float32', choices=sorted(hf_io.DTYPES))
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace a non-empty --out whole (else refused)')
+    p.set_defaults(func=func)
   p = sub.add_parser('from-radfm', help="RadFM's pytorch_model.bin -> radjax VLM workdir")
   p.add_argument('--ckpt', required=True, help='its pytorch_model.bin (or .safetensors)')
   p.add_argument('--tokenizer', required=True,

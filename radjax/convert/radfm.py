@@ -1,5 +1,6 @@
-"""RadFM's single checkpoint (`pytorch_model.bin` of `MultiLLaMAForCausalLM`) -> radjax VLM
-params: vision 'vit3d', projector 'perceiver' (with its fc), llm 'decoder'.
+"""RadFM's single checkpoint (`pytorch_model.bin` of `MultiLLaMAForCausalLM`) <-> radjax VLM
+params: vision 'vit3d', projector 'perceiver' (with its fc), llm 'decoder'. `to-radfm`
+writes RadFM's tensors back (safetensors, no pickle) for RadFM's own PyTorch code.
 
 Names read (RadFM's module paths):
   embedding_layer.vision_encoder.*  the 3D ViT (table VISION_RULES; fused to_qkv split)
@@ -23,6 +24,7 @@ import dataclasses
 import math
 import re
 
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -197,21 +199,27 @@ def _part(sd: dict, rules, transforms: dict, module, inputs: tuple, num_layers: 
   return common.unflatten(common.to_ours(tensors, rules, transforms, shapes, num_layers, scan))
 
 
-def vision_params(sd: dict, cfg: vit3d.ViT3DConfig, scan: bool) -> dict:
+def _vision(cfg: vit3d.ViT3DConfig, scan: bool) -> tuple:
+  """(module, example inputs) of the tower: its param shapes."""
   from radjax.models.runtime import Runtime
-  d = cfg.depth_patch_size
-  module = vit3d.ViT3D(cfg, Runtime(scan_layers=scan))
-  return _part(sd, VISION_RULES, _transforms(cfg.num_heads, cfg.dim_per_head), module,
-               (jnp.zeros((1, cfg.patch_size, cfg.patch_size, d, cfg.num_channels)),),
-               cfg.num_layers, scan, (VISION,))
+  return vit3d.ViT3D(cfg, Runtime(scan_layers=scan)), (jnp.zeros(
+      (1, cfg.patch_size, cfg.patch_size, cfg.depth_patch_size, cfg.num_channels)),)
+
+
+def _projector(cfg: perceiver.PerceiverConfig, scan: bool) -> tuple:
+  from radjax.models.runtime import Runtime
+  return (perceiver.PerceiverProjector(cfg, Runtime(scan_layers=scan)),
+          (jnp.zeros((1, 1, cfg.in_dim)),))
+
+
+def vision_params(sd: dict, cfg: vit3d.ViT3DConfig, scan: bool) -> dict:
+  return _part(sd, VISION_RULES, _transforms(cfg.num_heads, cfg.dim_per_head),
+               *_vision(cfg, scan), cfg.num_layers, scan, (VISION,))
 
 
 def projector_params(sd: dict, cfg: perceiver.PerceiverConfig, scan: bool) -> dict:
-  from radjax.models.runtime import Runtime
-  module = perceiver.PerceiverProjector(cfg, Runtime(scan_layers=scan))
-  return _part(sd, PERCEIVER_RULES, _transforms(cfg.num_heads, cfg.dim_per_head), module,
-               (jnp.zeros((1, 1, cfg.in_dim)),), cfg.num_layers, scan,
-               (PERCEIVER, 'embedding_layer.fc.'))
+  return _part(sd, PERCEIVER_RULES, _transforms(cfg.num_heads, cfg.dim_per_head),
+               *_projector(cfg, scan), cfg.num_layers, scan, (PERCEIVER, 'embedding_layer.fc.'))
 
 
 def padded_vocab(n: int) -> int:
@@ -330,3 +338,88 @@ def import_checkpoint(state_dict: dict, tokenizer, shape: RadFMShape = RadFMShap
   config.data.max_slices = min(64, vision.max_depth)
   config.eval.max_new_tokens = 200
   return config, params
+
+
+def _fuse(sd: dict) -> dict:
+  """_split_fused's inverse: q/k/v back into RadFM's to_qkv (ViT) and to_kv (Perceiver)."""
+  out, used = {}, set()
+  for prefix, fused in ((VISION, 'qkv'), (PERCEIVER, 'kv')):
+    first = f'.to_{fused[0]}.'
+    for name in sd:
+      if name.startswith(prefix) and name.endswith(f'{first}weight'):
+        names = [name.replace(first, f'.to_{p}.') for p in fused]
+        out[name.replace(first, f'.to_{fused}.')] = np.concatenate(
+            [np.asarray(sd[n]) for n in names], axis=0)
+        used.update(names)
+  out.update({k: v for k, v in sd.items() if k not in used})
+  return out
+
+
+def export_checkpoint(vision_cfg: vit3d.ViT3DConfig, projector_cfg: perceiver.PerceiverConfig,
+                      llm_cfg: llm.LLMConfig, params: dict, text_rows: int,
+                      delimiter_ids: tuple[int, int]) -> dict:
+  """RadFM's state dict of radjax VLM params: the inverse of import_checkpoint (dead
+  branches aside). The decoder's first `text_rows` embedding rows and head columns are
+  LLaMA's; rows `delimiter_ids` become figure_token_weight; the other added rows (the
+  placeholder `<image>`, the padding) are never read or generated, and are left out."""
+  towers = {}
+  for part, rules, cfg, build in (('vision', VISION_RULES, vision_cfg, _vision),
+                                  ('projector', PERCEIVER_RULES, projector_cfg, _projector)):
+    flat = common.flatten(nn.meta.unbox(params[part]))
+    scan = any(p.startswith(common.SCANNED_PREFIX) for p in flat)
+    module, inputs = build(cfg, scan)
+    towers.update(common.to_hf(flat, rules, _transforms(cfg.num_heads, cfg.dim_per_head),
+                               common.shapes_of(module, *inputs), cfg.num_layers))
+  text = llm_families.hf_from_params(params['llm'], llm_cfg)
+  table = np.asarray(text['model.embed_tokens.weight'])
+  if max(delimiter_ids) >= table.shape[0] or min(delimiter_ids) < text_rows:
+    raise ConversionError(f"the figure token ids {delimiter_ids} are not rows past LLaMA's "
+                          f'{text_rows} of the {table.shape[0]}-row embedding')
+  text['model.embed_tokens.weight'] = table[:text_rows]
+  text['lm_head.weight'] = np.asarray(text['lm_head.weight'])[:text_rows]
+  out = {**_fuse(towers), **{LLM + k: v for k, v in text.items()}}
+  out[TIED_EMBEDDING] = text['model.embed_tokens.weight']
+  out[FIGURE_TOKENS] = table[list(delimiter_ids)]
+  return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+WEIGHTS = 'model.safetensors'
+SHAPE_FILE = 'radfm_shape.json'
+
+
+def export_dir(config, params, out: str, dtype: str = 'float32') -> None:
+  """Writes `out`/model.safetensors, RadFM's MultiLLaMAForCausalLM tensors of a workdir of
+  its layout (vit3d + perceiver + decoder, image delimiters), loadable with
+  `model.load_state_dict(safetensors.torch.load_file(...))`, and radfm_shape.json: what the
+  tensors do not say (heads, depth patch, LLaMA's rows; from-radfm's flags)."""
+  import json
+  import os
+
+  from safetensors import numpy as st_numpy
+
+  from radjax.convert import hf_io
+  from radjax.data import chat, tokens
+  from radjax.models import factory
+  m = config.model
+  if (m.kind, m.vision.kind, m.projector.kind) != ('vlm', 'vit3d', 'perceiver') or not (
+      config.data.get('image_delimiters', False)):
+    raise ConversionError(f'config.model: a {m.kind} of {m.vision.kind} + {m.projector.kind} '
+                          f"(image_delimiters={config.data.get('image_delimiters', False)}) "
+                          "is not RadFM's layout (vlm of vit3d + perceiver, delimiters)")
+  vocab = tokens.load_tokenizer(tokens.tokenizer_path(config)).get_vocab()
+  ids = [vocab.get(t) for t in (chat.IMAGE_MARK, chat.IMAGE_BEGIN, chat.IMAGE_END)]
+  if None in ids or ids != list(range(ids[0], ids[0] + 3)):
+    raise ConversionError(f"the tokenizer does not end LLaMA's rows with {chat.IMAGE_MARK}, "
+                          f"{chat.IMAGE_BEGIN}, {chat.IMAGE_END} (ids {ids}), as RadFM's "
+                          'layout needs')
+  composed = factory.vlm_config(m)
+  vision, projector, lm = composed.vision, composed.projector, composed.llm
+  state = export_checkpoint(vision, projector, lm, params.get('params', params), ids[0],
+                            (ids[1], ids[2]))
+  st_numpy.save_file({k: np.ascontiguousarray(v.astype(hf_io.DTYPES[dtype]))
+                      for k, v in state.items()}, os.path.join(out, WEIGHTS))
+  shape = {'vision_heads': vision.num_heads, 'perceiver_heads': projector.num_heads,
+           'depth_patch_size': vision.depth_patch_size, 'llm_heads': lm.num_heads,
+           'text_rows': ids[0], 'figure_token_ids': ids[1:]}
+  with open(os.path.join(out, SHAPE_FILE), 'w') as f:
+    json.dump(shape, f, indent=1)
