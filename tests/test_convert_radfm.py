@@ -438,3 +438,17 @@ def test_to_radfm_writes_radfms_own_tensors_back(imported, tmp_path):
   ids = torch.from_numpy(np.random.default_rng(2).integers(3, TEXT_VOCAB, (1, 64)))
   with torch.no_grad():
     torch.testing.assert_close(ref(ids, []), imported['ref'](ids, []))
+
+
+def test_to_radfm_refuses_another_layout(imported, tmp_path, capsys):
+  import json
+  import shutil
+  other = tmp_path / 'wd'
+  shutil.copytree(imported['wd'], other)
+  values = json.loads((other / 'config.json').read_text())
+  values['data']['image_delimiters'] = False
+  (other / 'config.json').write_text(json.dumps(values))
+  assert convert_cli.main(['to-radfm', '--workdir', str(other), '--out',
+                           str(tmp_path / 'out')]) == 2
+  assert "is not RadFM's layout" in capsys.readouterr().err
+  assert not (tmp_path / 'out').exists()
