@@ -215,6 +215,7 @@ def export_hf(config, params, out: str, dtype: str = 'float32') -> None:
 def _save_inputs(out: str, tokenizer, fmt, config, vlm_cfg) -> None:
   """The tokenizer with the chat format as its template; a VLM's (vlm_cfg given) inside a
   Llava or LLaVA-OneVision processor."""
+  from radjax.convert import llava
   kind = 'vlm' if vlm_cfg is not None else 'llm'
   # A processor encodes the rendered prompt with the tokenizer's own specials: a format
   # that starts without BOS (chatml, dolly) must not get one from a LLaMA tokenizer.
@@ -223,11 +224,9 @@ def _save_inputs(out: str, tokenizer, fmt, config, vlm_cfg) -> None:
   tokenizer.chat_template = chat.chat_template(
       fmt, config.data.system_prompt, bos=not (kind == 'vlm' and _adds_bos(tokenizer)))
   if kind == 'vlm' and vlm_cfg.anyres_grids:
-    from radjax.convert import llava
     llava.save_onevision_processor(out, tokenizer, vlm_cfg, tuple(config.data.image_mean),
                                    tuple(config.data.image_std), tokenizer.chat_template)
   elif kind == 'vlm':
-    from radjax.convert import llava
     vision = vlm_cfg.vision
     llava.save_processor(out, tokenizer, vision.image_size, tuple(config.data.image_mean),
                          tuple(config.data.image_std), vlm_cfg.tokens_per_image, vision.variant,
