@@ -120,6 +120,13 @@ def test_two_remaining_axes_are_named_with_the_fix():
     sharding.mesh_shape(_mesh_cfg(data=-1, fsdp=-1), 8)
 
 
+def test_a_remaining_axis_without_a_size_names_the_knobs():
+  """'8 devices are not divisible by 3' did not say the 3 was config.mesh.fsdp."""
+  with pytest.raises(ValueError, match=r'8 devices are not divisible by fsdp=3 x tensor=1 '
+                                       r'\(= 3\), so config\.mesh\.data=-1 has no size'):
+    sharding.mesh_shape(_mesh_cfg(data=-1, fsdp=3), 8)
+
+
 def test_default_rules_resolve_the_models_logical_axes_to_these_specs():
   """The default rule table, resolved: weights on fsdp x tensor, the vision side of a
   projector unsplit (its LLM side carries fsdp), norms replicated, the batch over

@@ -26,7 +26,10 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
   if -1 in sizes:
     known = math.prod(s for s in sizes if s != -1)
     if num_devices % known:
-      raise ValueError(f'config.mesh: {num_devices} devices are not divisible by {known}')
+      given = ' x '.join(f'{a}={s}' for a, s in zip(MESH_AXES, sizes) if s != -1)
+      raise ValueError(f'config.mesh: {num_devices} devices are not divisible by {given} '
+                       f'(= {known}), so config.mesh.{MESH_AXES[sizes.index(-1)]}=-1 has no '
+                       'size')
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
     raise ValueError(f'config.mesh: data*fsdp*tensor = {math.prod(sizes)} but there are '
