@@ -62,9 +62,10 @@ class Killed(Exception):
   """Stands in for a kill: raised inside the training loop."""
 
 
-def train_killed_then_resumed(config, workdir: str, monkeypatch, kill_at_batch: int) -> None:
+def train_killed_then_resumed(config, workdir: str, monkeypatch, kill_at_batch: int,
+                              resumed_config=None) -> None:
   """main's train in-process, dying while it fetches batch `kill_at_batch`, then the same
-  command again (which resumes from the last checkpoint)."""
+  command again (which resumes from the last checkpoint; with `resumed_config`, if given)."""
   from radjax import run
   from radjax.data import pipeline
   real, calls = pipeline.to_global, [0]
@@ -79,7 +80,7 @@ def train_killed_then_resumed(config, workdir: str, monkeypatch, kill_at_batch: 
   with pytest.raises(Killed):
     run.main(config, workdir, 'train')
   monkeypatch.setattr(pipeline, 'to_global', real)
-  run.main(config, workdir, 'train')
+  run.main(config if resumed_config is None else resumed_config, workdir, 'train')
 
 
 def bpe_tokenizer(fmt: str, **prepare):

@@ -11,7 +11,7 @@ from radjax import run as run_lib
 from radjax.core import checkpoint as checkpoint_lib
 from radjax.data import pipeline
 from radjax.train import state as state_lib
-from tests.conftest import Killed, build_experiment, tiny_config, train_killed_then_resumed
+from tests.conftest import build_experiment, tiny_config, train_killed_then_resumed
 
 
 def read_losses(workdir):
@@ -174,23 +174,13 @@ def test_a_run_resumes_on_another_mesh_with_the_same_losses(demo_data, tmp_path,
   config.train.num_steps, config.train.checkpoint_every = 4, 2
   full_dir, cut_dir = str(tmp_path / 'full'), str(tmp_path / 'cut')
   run_lib.main(config, full_dir, 'train')
-  real, calls = pipeline.to_global, [0]
-
-  def dying(batch, shardings):
-    calls[0] += 1
-    if calls[0] == 3:
-      raise Killed()
-    return real(batch, shardings)
-
-  monkeypatch.setattr(pipeline, 'to_global', dying)
-  with pytest.raises(Killed):
-    run_lib.main(config, cut_dir, 'train')
-  monkeypatch.setattr(pipeline, 'to_global', real)
-  assert sorted(read_losses(cut_dir)) == [1, 2]
   other = config.copy_and_resolve_references()
   other.mesh.data, other.mesh.fsdp, other.mesh.tensor = 1, 4, 2
-  run_lib.main(other, cut_dir, 'train')
+  train_killed_then_resumed(config, cut_dir, monkeypatch, kill_at_batch=3,
+                            resumed_config=other)
   full, resumed = read_losses(full_dir), read_losses(cut_dir)
-  assert sorted(resumed) == sorted(full) == [1, 2, 3, 4]
+  with open(os.path.join(cut_dir, 'metrics.jsonl')) as f:  # resumed at 3, not begun anew
+    assert [r['step'] for r in map(json.loads, f) if 'train/loss' in r] == [1, 2, 3, 4]
+  assert sorted(full) == [1, 2, 3, 4]
   np.testing.assert_allclose([resumed[s] for s in (3, 4)], [full[s] for s in (3, 4)],
                              rtol=1e-5)
