@@ -21,7 +21,9 @@ MLP and cls_head, the segmentation upscaler) are skipped with one log line; any 
 tensor the tables do not use, or one they need and do not find, is an error naming it.
 """
 import dataclasses
+import json
 import math
+import os
 import re
 
 import flax.linen as nn
@@ -392,9 +394,6 @@ def export_dir(config, params, out: str, dtype: str = 'float32') -> None:
   its layout (vit3d + perceiver + decoder, image delimiters), loadable with
   `model.load_state_dict(safetensors.torch.load_file(...))`, and radfm_shape.json: what the
   tensors do not say (heads, depth patch, LLaMA's rows; from-radfm's flags)."""
-  import json
-  import os
-
   from safetensors import numpy as st_numpy
 
   from radjax.convert import hf_io
