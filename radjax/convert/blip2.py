@@ -77,7 +77,8 @@ def import_vlm(hf, state_dict: dict, scan: bool) -> tuple[vlm.VLMConfig, dict]:
   if image_id is None:
     raise UnsupportedConfig('HF config field image_token_id is unset: this BLIP-2 prepends '
                             "its queries to the text; radjax's splice needs the tokens they "
-                            'fill (transformers >= 4.47 writes image_token_id)')
+                            'fill (re-save it with a current transformers, which writes '
+                            'image_token_id)')
   cfgs, params = {}, {}
   for part, kind in (('vision', 'vit'), ('projector', 'qformer'), ('llm', 'decoder')):
     cfgs[part], params[part] = parts.import_part(part, kind, hf, state_dict, scan)
