@@ -189,3 +189,14 @@ def test_an_xraygpt_model_exports_as_blip2_with_radjaxs_logits_and_reports(demo_
     assert a[0] == b[0]
     np.testing.assert_array_equal(a[1], b[1])
   assert run_lib.main(imported, back, 'generate', [image])[0] == ours
+
+
+def test_a_blip2_whose_queries_go_first_is_refused():
+  """A BLIP-2 saved without image_token_id prepends its queries to the text: no splice
+  site, so `from-hf --family blip2` says so rather than guess."""
+  from radjax.convert import blip2
+  from radjax.convert.hf_config import UnsupportedConfig
+  hf = transformers.Blip2Config()
+  hf.image_token_id = None
+  with pytest.raises(UnsupportedConfig, match='image_token_id is unset: this BLIP-2 prepends'):
+    blip2.import_vlm(hf, {}, scan=True)
