@@ -96,6 +96,22 @@ def test_every_planted_record_is_rejected_with_its_reason(built, chexpert_src):
   assert rejects[pid.format(0)]['row'] == N + 2  # line in the CSV: header is line 1
 
 
+def test_a_path_is_normalised_so_a_dotted_copy_is_a_duplicate_and_none_leaves_the_folder(
+    tmp_path):
+  header, rows = write_source(tmp_path)
+  dotted, outside = list(rows[1]), list(rows[2])
+  dotted[0] = dotted[0].replace('/train/', '/train/../train/./')
+  outside[0] = 'CheXpert-v1.0-small/../../elsewhere/view1_frontal.jpg'
+  with open(tmp_path / 'CheXpert-v1.0-small/train.csv', 'a', newline='') as f:
+    csv.writer(f).writerows([dotted, outside])
+  path, manifest = fx.build('chexpert', str(tmp_path), str(tmp_path / 'out'))
+  assert manifest['counts']['train'] == N and manifest['rejects_by_split']['train'] == 8
+  got = {r['row']: (rid, r['reason']) for rid, r in fx.rejects(path).items()}
+  rid, reason = got[N + 8]  # the dotted row: the same id as row 3's, hence a duplicate
+  assert rid == rows[1][0].split('/', 1)[1][:-4] and 'duplicate' in reason
+  assert got[N + 9][1] == f"Path: {outside[0]!r} is not below the dataset's folder"
+
+
 def test_rerun_is_a_no_op(built, chexpert_src):
   path, _ = built
   stamp = {f: os.path.getmtime(os.path.join(path, f)) for f in os.listdir(path)}

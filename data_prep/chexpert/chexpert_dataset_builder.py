@@ -30,7 +30,9 @@ frontal films are the ones its `Frontal/Lateral` says, 17 of them marked LL or R
 
 Sex, Age and view columns have no place in the Example schema. Example ids are the image
 path below the dataset folder without its extension, e.g.
-`train/patient00001/study1/view1_frontal` or `test/patient64741/study1/view1_frontal`.
+`train/patient00001/study1/view1_frontal` or `test/patient64741/study1/view1_frontal`; a
+`Path` is normalised first (`train/../train/x.jpg` is `train/x.jpg`), and one that leaves
+the dataset's folder is rejected.
 """
 
 from __future__ import annotations
@@ -79,6 +81,13 @@ def test_image(path: str) -> str:
     if path.startswith(root + '/'):
       path = path[len(root) + 1:]
       break
+  return train_image(path)
+
+
+def train_image(path: str) -> str:
+  """train.csv's / valid.csv's Path normalised, so that `a/../a/x.jpg` is `a/x.jpg`: one
+  image, one id (a duplicate row is then found as one)."""
+  path = path.strip()
   return posixpath.normpath(path) if path else path
 
 
@@ -134,10 +143,12 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
       rel = f'{base.name}/{name}'
       out[split] = []
       for line, row in checks.read_csv(path, COLUMNS, root):
-        image = (row.get('Path') or '').strip()
+        image = train_image(row.get('Path') or '')
         rid = image.split('/', 1)[1].rsplit('.', 1)[0] if '/' in image else image
-        self.add_item(out[split], split, {'id': rid, 'file': rel, 'row': line, 'image': image,
-                                          'csv': row}, row.get('Frontal/Lateral'))
+        item = {'id': rid, 'file': rel, 'row': line, 'image': image, 'csv': row}
+        if image.startswith(('../', '/')) or image == '..':
+          item['reject'] = f"Path: {row.get('Path')!r} is not below the dataset's folder"
+        self.add_item(out[split], split, item, row.get('Frontal/Lateral'))
     test_csv = find_test_csv(root, base)
     if test_csv is not None:
       out['test'] = self.test_items(root, test_csv)
