@@ -19,6 +19,11 @@ its largest branch, so rows 3-4 over-count), its temporary bytes, the analytic F
 the slots actually run (forward and backward; the switch's rematerialising forward not
 counted), and the speed-up of 3 over 2 and of 4 over 1. Random weights; the rows'
 features are compared.
+
+--image2d: RadFM's 2D batches (X-rays, each one depth patch; --depths only counts the used
+slots) with the mask the task makes from their image mask (radjax/tasks/vlm.py
+depth_mask), two rows: before session 41, every slot in one call (as the switch off
+runs them; the mask only zeroes the empty slots' features); now, empty slots skipped.
 """
 import os
 import sys
@@ -48,6 +53,7 @@ def define_flags():
   flags.DEFINE_list('buckets', ['16', '32'], 'config.data.depth_buckets for the switch.')
   flags.DEFINE_integer('batch', 2, 'Examples in the batch.')
   flags.DEFINE_integer('steps', 10, 'Timed calls per row after one warm-up.')
+  flags.DEFINE_bool('image2d', False, "2D images (a 2D batch's slots), not volumes.")
 
 
 def tower_flops(v, depths, batch: int) -> float:
@@ -78,7 +84,9 @@ def main(argv):
   c = FLAGS.config
   v = c.model.vision
   depth, b, m = pipeline.max_slices(c), FLAGS.batch, FLAGS.slots
-  real = [int(d) for d in FLAGS.depths]
+  if FLAGS.image2d:
+    depth = v.depth_patch_size
+  real = [depth if FLAGS.image2d else int(d) for d in FLAGS.depths]
   buckets = tuple(int(x) for x in FLAGS.buckets)
   if len(real) > m or max(real) > depth:
     raise ValueError(f'--depths {real}: at most --slots={m} of them, each <= {depth}')
@@ -97,6 +105,8 @@ def main(argv):
   host_depth = trimmed['images'].shape[-2]
   params = jax.jit(batched.init)(jax.random.key(0), jnp.ones((1, 4), jnp.int32),
                                  images[:1, :1], depth_mask=mask[:1, :1])
+  if FLAGS.image2d:  # one slice of each, as a 2D batch holds it
+    images = np.ascontiguousarray(images[..., 0, :])
 
   def loss(model):
     def f(p, x, dm):
@@ -110,13 +120,17 @@ def main(argv):
   bucketed = [volumes.bucket(d, buckets, depth) for d in real]
   full, host = (images, mask), (trimmed['images'], trimmed['depth_mask'])
   rows = []
-  for name, model, batch, slots in (
+  programs = (
+      ('before: every slot, one call', batched, full, [depth] * m),
+      ('now: empty slots skipped', switch, full, [depth] * len(real)),
+  ) if FLAGS.image2d else (
       ('1. several processes, before: every slot, full depth', batched, full, [depth] * m),
       ('2. one process, before: every slot, host-trimmed', batched, host, [host_depth] * m),
       ('3. one process, now: empty slots skipped, host-trimmed', switch, host,
        [host_depth] * len(real)),
       ('4. several processes, now: empty slots skipped, buckets in the program', in_program,
-       full, bucketed)):
+       full, bucketed))
+  for name, model, batch, slots in programs:
     fn = loss(model)
     compiled = fn.lower(params, *batch).compile()
     xla = compiled.cost_analysis()
@@ -128,7 +142,8 @@ def main(argv):
   print('\n| program | step (median) | XLA GFLOPs | temp MiB | analytic GFLOPs run | speed-up |')
   print('|---|---|---|---|---|---|')
   for i, (name, t, xla, temp, flops, _) in enumerate(rows):
-    speed = '' if i < 2 else f'{rows[3 - i][1] / t:.2f}x'  # 3 over 2, 4 over 1
+    before = {1: 0} if FLAGS.image2d else {2: 1, 3: 0}  # now over before
+    speed = f'{rows[before[i]][1] / t:.2f}x' if i in before else ''
     print(f'| {name} | {t * 1e3:.1f} ms | {xla / 1e9:.2f} | {temp / 2**20:.0f} | '
           f'{flops / 1e9:.2f} | {speed} |')
   print('\nsum of squared features: ' + ' vs '.join(f'{r[-1]:.6g}' for r in rows))

@@ -359,6 +359,54 @@ def test_volume_slots_run_at_their_bucket_and_empty_slots_not_at_all(monkeypatch
   assert not np.isfinite(features(params, nan)).all()  # it reads every slot and slice
 
 
+def test_2d_batches_of_a_vit3d_recipe_skip_the_slots_no_row_uses(monkeypatch):
+  """RadFM's 2D batches (X-rays) carry no depth mask; the task makes one from their image
+  mask, each image one depth patch deep, so the tower skips the slots no row uses as it
+  does a volume batch's: loss and gradients equal those of every slot in one call
+  (runtime.volume_slot_switch off), and the tower runs over the used slots only."""
+  from configs import radfm
+  from radjax import tasks
+  c = radfm.get_config('size=micro')
+  c.model.image_token_id = 4  # no tokenizer: synthetic ids
+  c.data.max_images, c.runtime.dtype = 3, 'float32'
+  task = tasks.make(c, None)
+  cfg, v = task.model_cfg, task.model_cfg.vision
+  b, m, n = 2, 3, cfg.tokens_per_image
+  used = np.array([[True, False, False], [True, True, False]])  # slot 2: nobody's
+  rows = [[1] + [4] * n + [7, 8] + [0] * n, [1] + [4] * (2 * n) + [9, 10]]
+  tokens = jnp.array(rows, jnp.int32)
+  images = np.random.default_rng(0).random((b, m, v.image_size, v.image_size, v.num_channels))
+  batch = {'tokens': tokens, 'targets': jnp.roll(tokens, -1, axis=1),
+           'loss_mask': (tokens > 4).astype(jnp.float32), 'image_mask': jnp.asarray(used),
+           'images': jnp.asarray(np.where(used[..., None, None, None], images, 0), jnp.float32)}
+  switch = task.model()
+  one_call = vlm.VLM(cfg, dataclasses.replace(switch.rt, volume_slot_switch=False))
+  params = _perturb(jax.jit(switch.init)(jax.random.key(0), *task.init_inputs()),
+                    scale=0.2)['params']
+  loss = lambda model: jax.jit(jax.value_and_grad(
+      lambda p: task.loss(model, p, batch, None)['loss_sum']))
+  (got, g), (want, g_want) = loss(switch)(params), loss(one_call)(params)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  for a, w in zip(jax.tree.leaves(g), jax.tree.leaves(g_want)):
+    np.testing.assert_allclose(a, w, atol=1e-4, rtol=1e-4)  # summed slot by slot
+  # The rows the tower runs over, counted as the program runs (a skipped branch runs none).
+  calls = []
+  patchify = vit3d.patchify
+
+  def counted(x, *args):
+    jax.debug.callback(lambda r: calls.append(int(r)), jnp.int32(x.shape[0]))
+    return patchify(x, *args)
+  monkeypatch.setattr(vit3d, 'patchify', counted)
+  forward = lambda model: jax.jit(lambda p: task.loss(model, p, batch, None)['loss_sum'])
+  jax.block_until_ready(forward(switch)(params))
+  jax.effects_barrier()
+  assert calls == [b, b]  # slots 0 and 1, a row each
+  calls.clear()
+  jax.block_until_ready(forward(one_call)(params))
+  jax.effects_barrier()
+  assert calls == [b * m]
+
+
 def test_generation_through_the_slot_switch_equals_one_tower_call():
   """Prefill runs the tower with the decoder's cache mutable: the slot scan must carry it."""
   from radjax.eval.decoding import generate as generate_lib

@@ -10,7 +10,8 @@ Depth varies up to `max_depth`: a batch pads its volumes to a common depth D and
 which slices are real with `depth_mask` [N, D] (real slices first). A depth patch with
 no real slice is padding: its tokens are left out of every attention's keys and come
 out as zeros, with `aux['token_mask']` False, so real tokens do not depend on how much
-padding follows them.
+padding follows them. 2D images may take a depth_mask [N, depth_patch_size] too: all
+False marks an empty image slot (radjax/models/vlm.py skips those).
 
 Tokens are ordered (h, w, d), depth fastest, and each patch's pixels (ph, pw, pd, c),
 the order of RadFM's Rearrange, so its patch Linear loads without a permutation.
@@ -201,9 +202,7 @@ class ViT3D(nn.Module):
     grid = (h // cfg.patch_size, w // cfg.patch_size, d // cfg.depth_patch_size)
     if depth_mask is None:
       depth_mask = jnp.ones((n, d), bool)
-    elif images.ndim == 4:
-      raise ValueError('vit3d: 2D images take no depth_mask')
-    elif depth_mask.shape != (n, d):
+    elif depth_mask.shape != (n, d):  # a 2D image's is one depth patch deep
       raise ValueError(f'vit3d: depth_mask shape {depth_mask.shape} does not match '
                        f'the images [N, D] = {(n, d)}')
     patch_mask = depth_mask.reshape(n, grid[2], cfg.depth_patch_size).any(-1)

@@ -46,11 +46,11 @@ class VLMRuntime:
   vision: Runtime = Runtime()
   projector: Runtime = Runtime()
   llm: Runtime = Runtime()
-  # Volume slots (depth_mask given; config.runtime.volume_slot_switch): the tower runs
-  # slot by slot, not at all where no row has a volume in the slot, each at the smallest
-  # of depth_buckets (and the batch's own depth) holding the slot's deepest volume in the
-  # whole batch (_volume_slots). The buckets are given on several processes only: one
-  # process trims its batches on the host (factory.vlm_runtime).
+  # Volume slots (depth_mask given, for 2D images too; config.runtime.volume_slot_switch):
+  # the tower runs slot by slot, not at all where no row has an image in the slot, each at
+  # the smallest of depth_buckets (and the batch's own depth) holding the slot's deepest
+  # volume in the whole batch (_volume_slots). The buckets are given on several processes
+  # only: one process trims its batches on the host (factory.vlm_runtime).
   volume_slot_switch: bool = True
   depth_buckets: tuple = ()
 
@@ -108,8 +108,10 @@ class VLM(nn.Module):
     rt.depth_buckets that holds its deepest volume, or none at all for a slot no row uses
     (RadFM's recipe pads every example to 10 slots). Features of the depth not run are
     zeros with token_mask False, as vit3d gives padding. Chosen in the program, the depth
-    is the global batch's on any number of processes. -> ([B * M, T, D], [B * M, T])."""
-    b, m, depth = images.shape[0], images.shape[1], images.shape[-2]
+    is the global batch's on any number of processes. 2D images [B, M, H, W, C] come with
+    a mask one depth patch deep (each slot runs whole or not at all).
+    -> ([B * M, T, D], [B * M, T])."""
+    b, m, depth = images.shape[0], images.shape[1], depth_mask.shape[-1]
     cfg, dtype = self.cfg.vision, self.rt.vision.dtype
     patch = cfg.depth_patch_size
     depths = sorted({d for d in self.rt.depth_buckets if d < depth} | {depth})
@@ -117,7 +119,7 @@ class VLM(nn.Module):
 
     def run_at(d):
       def branch(mdl, x, mask):
-        feats, aux = mdl.vision(x[..., :d, :], mask[:, :d])
+        feats, aux = mdl.vision(x if d == depth else x[..., :d, :], mask[:, :d])
         pad = lambda a: jnp.pad(a.reshape(b, grid, d // patch, *a.shape[2:]),
                                 [(0, 0), (0, 0), (0, (depth - d) // patch)]
                                 + [(0, 0)] * (a.ndim - 2)).reshape(b, -1, *a.shape[2:])
@@ -152,7 +154,8 @@ class VLM(nn.Module):
 
   def encode_images(self, images, depth_mask=None):
     """images [B, M, H, W, C] (2D) or [B, M, H, W, D, C] (volumes, for a 3D tower);
-    depth_mask [B, M, D] (True: a real slice; None: all real) -> projected features
+    depth_mask [B, M, D] (True: a real slice; None: all real; with 2D images D is the depth
+    patch and all False an empty slot, which the slot switch skips) -> projected features
     [B, M * tokens, E_llm]. A tower that pads (vit3d) returns `token_mask` in its aux
     and the projector leaves those tokens out."""
     return self._project(*self._tower(images, depth_mask), images.shape[0])

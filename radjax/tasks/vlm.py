@@ -166,11 +166,21 @@ class ImageTextToText(base.Task):
       images = images[:, :, 0]
     return tokens, images
 
+  def depth_mask(self, batch):
+    """The batch's depth_mask; a vit3d tower's 2D batch gets one from its image_mask, each
+    image one depth patch deep (all False: an empty slot), so that the tower skips the
+    slots no row of the global batch uses, as it does a volume batch's (VLM._volume_slots)."""
+    if ('depth_mask' in batch or 'volume' not in self.slots or 'image_mask' not in batch
+        or batch['images'].ndim != 5):
+      return batch.get('depth_mask')
+    shape = (*batch['image_mask'].shape, self.model_cfg.vision.depth_patch_size)
+    return jnp.broadcast_to(batch['image_mask'][..., None], shape)
+
   def loss(self, model, params, batch, rng):
     batch = pixels.as_floats(batch)  # the step's first op: 8-bit pixels -> the tower's floats
     at = base.logits_at(self.config, batch)
     logits, _ = model.apply({'params': params}, batch['tokens'], batch['images'],
-                            positions=batch.get('positions'), depth_mask=batch.get('depth_mask'),
+                            positions=batch.get('positions'), depth_mask=self.depth_mask(batch),
                             segment_ids=batch.get('segment_ids'), logits_at=at,
                             tile_index=batch.get('tile_index'),
                             tile_weight=batch.get('tile_weight'),
@@ -203,7 +213,7 @@ class ImageTextToText(base.Task):
     batch = pixels.as_floats(batch)
     at = base.logits_at(self.config, batch)
     logits, (label_logits, scores) = model.apply(
-        {'params': params}, batch['tokens'], batch['images'], depth_mask=batch.get('depth_mask'),
+        {'params': params}, batch['tokens'], batch['images'], depth_mask=self.depth_mask(batch),
         logits_at=at, rngs={'dropout': rng} if rng is not None else None,
         method=vlm.VLM.with_labels)
     sums = loss_lib.batch_token_losses(logits, batch, at)
