@@ -6,6 +6,8 @@ Where the process group comes from, first match wins:
   2. RADJAX_COORDINATOR / RADJAX_NUM_PROCESSES / RADJAX_PROCESS_ID,
   3. RADJAX_DISTRIBUTED=1: JAX reads the cluster (SLURM's variables, TPU VM metadata).
 Nothing set, or one process: a no-op.
+Joined, every process runs a watchdog (radjax/core/watchdog.py): a process that fails
+(exit_failed) ends the others within seconds, with its message.
 """
 import dataclasses
 import errno
@@ -13,9 +15,12 @@ import logging as std_logging
 import os
 import socket
 import sys
+import threading
 
 import jax
 from absl import logging
+
+from radjax.core import watchdog
 
 JOIN_TIMEOUT_S = 300  # jax.distributed's default
 
@@ -72,6 +77,7 @@ def initialize(coordinator_address: str = '', num_processes: int = 0,
   already joined (then the environment is not read again: SLURM's launcher passes the
   process id as a flag, not RADJAX_PROCESS_ID). Returns the group asked for, or joined."""
   if jax.distributed.is_initialized():
+    watchdog.start(_another_failed)  # joined before radjax (SLURM auto-init): once only
     return ProcessGroup(coordinator_address, jax.process_count(), jax.process_index())
   group = process_group(coordinator_address, num_processes, process_id)
   if group.auto:
@@ -101,6 +107,7 @@ def initialize(coordinator_address: str = '', num_processes: int = 0,
       raise ValueError(f'--coordinator_address={group.coordinator_address} (process '
                        f'{group.process_id} of {group.num_processes}): could not join the '
                        f'process group{hint}: {e}') from e
+  watchdog.start(_another_failed)  # nothing for one process
   return group
 
 
@@ -147,18 +154,45 @@ def write_to_log_file(message: str) -> None:
 
 
 def is_multi_process() -> bool:
-  return jax.distributed.is_initialized() and jax.process_count() > 1
+  return watchdog.identity()[1] > 1  # no backend started: a peer may not have its own yet
+
+
+_ENDING = threading.Lock()  # held, never released, by whichever path ends the process
 
 
 def exit_failed(message: str) -> None:
   """Ends this process with `message` on stderr and exit status 1. In a multi-process run
-  it leaves at once: sys.exit's clean shutdown waits at JAX's shutdown barrier (300 s)
-  while the other processes wait on this one in a collective; gone, their collectives fail
-  (CPU) or JAX's heartbeat check (100 s) ends them."""
+  it leaves at once (sys.exit's clean shutdown waits at JAX's shutdown barrier, 300 s),
+  after publishing `message`: the other processes' watchdogs end them within seconds,
+  saying which process failed and why (they would otherwise wait in a collective until
+  JAX's heartbeat check, 100 s, ends them with an error that names neither)."""
   if not is_multi_process():
     sys.exit(message)
   print(message, file=sys.stderr)
+  _flush()
+  with _ENDING:  # this process's watchdog, seeing another failure now, leaves it to us
+    watchdog.publish(watchdog.FAILED, message)
+    os._exit(1)
+
+
+def _another_failed(process_id: int, message: str) -> None:
+  """The watchdog's callback: process `process_id` failed with `message` (a traceback: its
+  last line here, the whole in the log file)."""
+  with _ENDING:
+    try:
+      me, count = watchdog.identity()
+      lines = message.strip().splitlines() or ['']
+      text = (f'error: process {process_id} of {count} failed: '
+              f'{lines[-1].removeprefix("error: ")}; ending this process ({me}) too')
+      print(text, file=sys.stderr)
+      write_to_log_file(text if len(lines) == 1 else f'{text}. Its traceback:\n{message}')
+      _flush()
+      watchdog.publish(watchdog.ENDED, text)
+    finally:
+      os._exit(1)
+
+
+def _flush() -> None:
   logging.flush()
   sys.stdout.flush()
   sys.stderr.flush()
-  os._exit(1)
