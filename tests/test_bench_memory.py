@@ -127,15 +127,38 @@ def test_a_dry_run_compiles_only_the_kinds_the_data_gives():
   assert radiopaedia.data.volume_batch_size == radiopaedia.train.batch_size
 
 
-def test_vqgan_step_compiles_in_bfloat16():
+def test_vqgan_step_compiles_in_bfloat16(monkeypatch):
   """configs/vqgan.py at full size trains in bf16: both branches of the GAN switch must
-  give the same dtypes."""
+  give the same dtypes. Its params (and so the bytes the bench counts) stay float32; every
+  convolution of the step the bench compiles, the codec's and the discriminator's, computes
+  in bf16."""
+  import re
+  import types
+
+  import jax
+
   from configs import vqgan
   config = vqgan.get_config('size=micro')
   with config.unlocked():
     config.runtime.dtype = 'bfloat16'
-  mem, _ = memory.compiled_memory(memory.experiment(config, 1))
+  lowered, jit_step = [], memory.setup.jit_train_step
+
+  def spied(exp):  # the step the bench lowers, kept to read its ops
+    step = jit_step(exp)
+
+    def lower(*args):
+      lowered.append(step.lower(*args))
+      return lowered[-1]
+    return types.SimpleNamespace(lower=lower)
+
+  monkeypatch.setattr(memory.setup, 'jit_train_step', spied)
+  exp = memory.experiment(config, 1)
+  mem, _ = memory.compiled_memory(exp)
   assert memory.peak(mem) > 0
+  assert {x.dtype.name for x in jax.tree.leaves(exp.state.params)} == {'float32'}
+  (step,) = lowered
+  convs = re.findall(r'stablehlo\.convolution.*?-> tensor<[^>]*x(\w+)>', step.as_text())
+  assert len(convs) > 20 and set(convs) == {'bf16'}, convs
 
 
 def _radvlm_without_data(tmp_path):

@@ -186,7 +186,8 @@ def test_vlm_tower_starts_from_a_classifier_workdir(demo_data, classifier_workdi
   exp = build_experiment(config, jax.devices()[:1])
   want = workdir_lib.load_params(classifier_workdir, path=('vision',))
   got = jax.device_get(exp.state.params['vision'])
-  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+  assert jax.tree.structure(got) == jax.tree.structure(want) and jax.tree.leaves(want)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
     np.testing.assert_array_equal(a, b)
 
 

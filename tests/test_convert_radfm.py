@@ -373,20 +373,53 @@ def test_a_missing_tokenizer_names_the_flag(tmp_path, capsys):
   assert not (tmp_path / 'wd').exists()
 
 
-def test_imported_workdir_generates_from_a_volume_and_an_image(imported, tmp_path):
+def _greedy_reference(ref, radfm_ids, images, steps: int) -> list[int]:
+  """RadFM's reference forward, decoded greedily by re-running the whole prompt each step."""
+  ids = torch.from_numpy(radfm_ids)
+  with torch.no_grad():
+    for _ in range(steps):
+      logits = ref(ids, images)[0, -1]
+      top2 = torch.topk(logits, 2).values
+      assert top2[0] - top2[1] > 10 * TOL  # the import's float error cannot flip the argmax
+      ids = torch.cat([ids, logits.argmax()[None, None]], dim=1)
+  return ids[0, radfm_ids.shape[1]:].tolist()
+
+
+def test_imported_workdir_generates_from_a_volume_and_an_image(imported, tmp_path, monkeypatch):
   """The README's RadFM path: from-radfm, then --mode=generate on a .npy volume (an imported
-  workdir has no dataset to say its inputs are volumes) and on a PNG."""
+  workdir has no dataset to say its inputs are volumes) and on a PNG. Each answer is the
+  greedy decoding of RadFM's reference forward on the prompt and pixels generation was fed
+  (the 2D image taken from its first slice and brought to the depth patch as RadFM does)."""
   from PIL import Image
 
   from radjax import run as run_lib
-  rng = np.random.default_rng(3)
+  from radjax.eval.evaluators import answers
+  fed, prompts = [], answers.Answerer.prompts
+  monkeypatch.setattr(answers.Answerer, 'prompts',
+                      lambda self, items: fed.append(prompts(self, items)) or fed[-1])
+  rng = np.random.default_rng(7)  # every step of both answers wins its argmax by > 10 * TOL
   npy, png = str(tmp_path / 'scan.npy'), str(tmp_path / 'x.png')
   np.save(npy, rng.uniform(0, 1, (SIDE, SIDE, DEPTH)).astype(np.float32))
   Image.fromarray(rng.integers(0, 255, (SIDE, SIDE), dtype=np.uint8)).save(png)
   config, wd = imported['config'].copy_and_resolve_references(), str(imported['wd'])
   config.eval.max_new_tokens = 4
   texts = run_lib.main(config, wd, 'generate', [npy, png], '<image>w5 w6 w7')
-  assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+  (ids, pixels), = fed
+  # RadFM's plain prompt: <s>, <image> + its queries + </image>, the words.
+  assert ids[0] == ids[1] == [1, 257] + [256] * QUERIES + [258, 5, 6, 7]
+  radfm_ids = np.asarray(ids[:1], np.int64)
+  radfm_ids[0, 1], radfm_ids[0, QUERIES + 2] = TEXT_VOCAB, TEXT_VOCAB + 1
+  radfm_ids[0, 2:QUERIES + 2] = TEXT_VOCAB + 2 + np.arange(QUERIES)
+  image, depth = torch.from_numpy(pixels['images'][:2, 0]), pixels['depth_mask'][:2, 0]
+  assert depth.sum(1).tolist() == [DEPTH, VIT['depth_patch']]
+  volume = image[0, :, :, :DEPTH].permute(3, 0, 1, 2)
+  flat = F.interpolate(image[1, :, :, 0].permute(2, 0, 1)[None, :, :, :, None],
+                       size=(*image.shape[1:3], VIT['depth_patch']))[0]
+  for text, scan in zip(texts, [volume, flat], strict=True):
+    want = _greedy_reference(imported['ref'], radfm_ids, [scan], 4)
+    assert min(want) >= 3, want  # no end of text: all 4 words are in the answer
+    assert text == ' '.join(f'w{t}' for t in want), (text, want)
+  assert texts[0] != texts[1]  # the image, not the prompt alone, decides the answer
 
 
 def test_imported_preprocessing_depth_and_vocab_padding(imported):
@@ -402,8 +435,12 @@ def test_imported_preprocessing_depth_and_vocab_padding(imported):
 
 def test_a_bf16_checkpoint_runs_in_bf16(imported, tmp_path):
   """model.to(torch.bfloat16) leaves integer buffers (the dead upscaler's BatchNorm
-  num_batches_tracked) int64: the checkpoint's float tensors decide the run's dtype."""
+  num_batches_tracked) int64: the checkpoint's float tensors decide the run's dtype. The
+  params stay float32 holding the checkpoint's bf16 values exactly; the forward computes
+  in bf16 (within bf16's error of RadFM's float32 logits, and past float32's)."""
   import copy
+
+  import ml_dtypes
   ref = copy.deepcopy(imported['ref']).to(torch.bfloat16)
   assert {v.dtype for v in ref.state_dict().values()} == {torch.bfloat16, torch.int64}
   torch.save(ref.state_dict(), tmp_path / 'bf16.bin')
@@ -411,7 +448,35 @@ def test_a_bf16_checkpoint_runs_in_bf16(imported, tmp_path):
           imported['wd'].parent / 'tok', '--out', tmp_path / 'wd', '--vision_heads', 2,
           '--perceiver_heads', 2]
   assert convert_cli.main([str(a) for a in argv]) == 0
-  assert workdir.load_config(str(tmp_path / 'wd')).runtime.dtype == 'bfloat16'
+  c = workdir.load_config(str(tmp_path / 'wd'))
+  assert c.runtime.dtype == 'bfloat16'
+  params = workdir.load_params(str(tmp_path / 'wd'))
+  # Leaf for leaf, the float32 import rounded to bf16 (as torch rounded the checkpoint);
+  # the embedding rows the import adds are the mean of LLaMA's rows, taken in float32.
+  pairs = list(zip(jax.tree.leaves_with_path(params), jax.tree.leaves(imported['params']),
+                   strict=True))
+  assert jax.tree.structure(params) == jax.tree.structure(imported['params']) and pairs
+  for (path, got), f32 in pairs:
+    assert got.dtype == np.float32, path
+    want = np.asarray(f32).astype(ml_dtypes.bfloat16).astype(np.float32)
+    if jax.tree_util.keystr(path) == "['llm']['embedder']['embedding']":
+      want[[TEXT_VOCAB, *range(TEXT_VOCAB + 3, len(want))]] = got[:TEXT_VOCAB].mean(0)
+    np.testing.assert_array_equal(got, want, err_msg=jax.tree_util.keystr(path))
+
+  rng = np.random.default_rng(1)
+  volume = rng.normal(size=(SIDE, SIDE, DEPTH, 3)).astype(np.float32)
+  radfm_ids, ours = (x[:, :64] for x in _prompt(rng, [40], imported['tokenizer'].get_vocab()))
+  with torch.no_grad():  # RadFM in float32: its own weights, and the bf16 ones
+    args = torch.from_numpy(radfm_ids), [torch.from_numpy(volume).permute(3, 0, 1, 2)]
+    f32_logits, rounded_logits = imported['ref'](*args).numpy(), ref.float()(*args).numpy()
+  model = vlm.VLM(factory.vlm_config(c.model), factory.vlm_runtime(c))
+  got = jax.jit(model.apply)({'params': params}, jnp.asarray(ours),
+                             jnp.asarray(volume[None, None]),
+                             depth_mask=jnp.ones((1, 1, DEPTH), bool))[0]
+  got = np.asarray(got, np.float32)[..., :TEXT_VOCAB]
+  assert np.abs(got - f32_logits).max() < 2e-2  # logits of about 0.8: bf16's 8 bits
+  # The same weights in float32 give the rounded ones' logits to TOL: this is bf16's error.
+  assert np.abs(got - rounded_logits).max() > 10 * TOL
 
 
 def test_to_radfm_writes_radfms_own_tensors_back(imported, tmp_path):

@@ -376,7 +376,7 @@ def test_render_is_deterministic_and_fast_enough():
   a, meta_a = cxr_renderer.render(np.random.default_rng(3), {'pleural_effusion', 'nodule'})
   b, meta_b = cxr_renderer.render(np.random.default_rng(3), {'pleural_effusion', 'nodule'})
   assert np.array_equal(a, b) and meta_a == meta_b
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=r"unknown findings \['fracture'\]"):
     cxr_renderer.render(np.random.default_rng(0), {'fracture'})
 
 

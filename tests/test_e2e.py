@@ -133,9 +133,10 @@ def test_a_state_gone_nonfinite_under_a_finite_loss_stops_the_same_way(demo_data
   assert checkpoint_lib.Checkpointer(str(tmp_path / 'nan'), 3).latest_step() is None
 
 
-def test_generate_mode_reports_on_image_files(demo_data, tmp_path, capsys):
+def test_generate_mode_reports_on_image_files(demo_data, tmp_path, capsys, monkeypatch):
   from data_prep import writer
   from radjax.data import schema, source
+  from radjax.eval.evaluators import answers
   config = tiny_config(demo_data)
   config.train.num_steps = 1
   workdir = str(tmp_path / 'g')
@@ -155,12 +156,19 @@ def test_generate_mode_reports_on_image_files(demo_data, tmp_path, capsys):
   assert len(reports) == 1 and isinstance(reports[0], str)
   assert f'== {path}' in capsys.readouterr().out
   # A colour photo of a film: the demo trains on gray 8-bit pixels (config.data.pixels
-  # 'gray8'), and generation still reads it, in colour.
+  # 'gray8', where a colour image is an error), and generation still reads it, in colour.
   colour = str(tmp_path / 'photo.jpg')
   Image.merge('RGB', [Image.open(path).convert('L').point(lambda v: min(255, v + d))
                       for d in (0, 20, 40)]).save(colour)
   assert config.data.pixels == 'gray8'
+  fed, prompts = [], answers.Answerer.prompts
+  monkeypatch.setattr(answers.Answerer, 'prompts',
+                      lambda self, items: fed.append(prompts(self, items)) or fed[-1])
   assert len(run_lib.main(config, workdir, 'generate', [colour])) == 1
+  (_, pixels), = fed
+  planes = pixels['images'][0].reshape(-1, 3)  # 8-bit, a channel each, resized
+  photo = np.asarray(Image.open(colour)).reshape(-1, 3)
+  np.testing.assert_allclose(planes.mean(0), photo.mean(0), atol=0.5)  # not made gray
   with pytest.raises(ValueError, match='--images'):
     run_lib.main(config, workdir, 'generate', [])
 

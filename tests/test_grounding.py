@@ -108,7 +108,7 @@ def test_edge_cases_no_predictions_and_no_references():
   assert s['grounding_precision@0.5'] == 0.5
   s = grounding.grounding_scores([[], []], [[], []])
   assert 'grounding_mAP@0.5' not in s and 'grounding_mean_iou' not in s
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match='1 prediction rows vs 2 references'):
     grounding.grounding_scores([[]], [[], []])
 
 

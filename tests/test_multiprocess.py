@@ -230,8 +230,11 @@ def _sigterm_then_resume(demo_data, workdir, processes: int) -> list[str]:
   return outs
 
 
-# Slow (~140 s): the relaunch after SIGTERM; CI keeps the two-process run and
-# tests/test_robustness.py's SIGTERM checkpoint request.
+# Slow (~140 s), as is the one-process variant below. CI (-m "not slow") signals no
+# multi-process run: it keeps the two-process run without SIGTERM, and SIGTERM in one
+# process (tests/test_robustness.py: the signal asks for a checkpoint;
+# tests/test_worker_processes.py: a run's process group signalled saves and stops). That
+# the processes agree on the step they stop at (orbax's preemption sync) is tested here only.
 @pytest.mark.slow
 def test_sigterm_to_both_processes_saves_and_the_relaunch_continues(
     demo_data, tmp_path, two_processes):
@@ -240,7 +243,7 @@ def test_sigterm_to_both_processes_saves_and_the_relaunch_continues(
   assert _losses(wd) == _losses(two_processes)  # the uninterrupted run's curve, bit for bit
 
 
-@pytest.mark.slow  # ~100 s; the two-process SIGTERM test above runs the same path in CI
+@pytest.mark.slow  # ~100 s; see above for what CI runs of SIGTERM
 def test_sigterm_to_one_process_saves_and_the_relaunch_continues(
     demo_data, tmp_path, one_process_8_devices):
   wd = str(tmp_path / 'w')

@@ -156,9 +156,11 @@ def test_radgraph_file_in_the_cli(tmp_path, capsys):
 WORDS = ('no pleural effusion heart is enlarged normal cardiomegaly lungs are clear . ,').split()
 
 
-def save_tiny_chexbert(path, fmt, forced_classes=None, seed=0):
+def save_tiny_chexbert(path, fmt, forced_classes=None, seed=0, encoder_scale=1.0):
   """A random BERT with CheXbert's heads; `forced_classes[i]` makes head i always pick
-  that class (zero weights, one-hot bias)."""
+  that class (zero weights, one-hot bias). `encoder_scale` multiplies the encoder's
+  matrices: at BERT's init (std 0.02) the [CLS] vector, so every label, is the same
+  whatever the text; x50 makes the labels follow it."""
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
   from radjax.eval.metrics import chexbert
@@ -171,6 +173,10 @@ def save_tiny_chexbert(path, fmt, forced_classes=None, seed=0):
   config.to_json_file(os.path.join(path, 'config.json'))
   torch.manual_seed(seed)
   model = chexbert.build_model(config).eval()
+  with torch.no_grad():
+    for p in model.bert.encoder.parameters():
+      if p.ndim == 2:
+        p.mul_(encoder_scale)
   if forced_classes is not None:
     with torch.no_grad():
       for head, c in zip(model.linear_heads, forced_classes):
@@ -265,20 +271,26 @@ def test_score_rows_library_entry(tmp_path):
   assert m['BLEU-1'] == pytest.approx(1.0) and per[0]['ROUGE-L'] == pytest.approx(1.0)
 
 
-def test_chexbert_scores_read_generated_against_reference(monkeypatch):
+def test_chexbert_scores_read_generated_against_reference(tmp_path):
+  """A random CheXbert whose labels follow the text: the scores are its labels of the
+  generated reports (uncertain as positive) against its labels of the references;
+  swapped, precision and recall trade places."""
   from radjax.eval.metrics import chexbert
-
-  class Fake:  # Edema positive where the text says edema
-    def __init__(self, path):
-      del path
-
-    def label(self, texts):
-      return [{o: (1 if o == 'Edema' and 'edema' in t else None) for o in chexbert.CONDITIONS}
-              for t in texts]
-
-  monkeypatch.setattr(chexbert, 'CheXbertLabeler', Fake)
-  s = chexbert.chexbert_scores(['edema', 'edema'], ['edema', 'clear'], 'unused')
-  assert s['chexbert_precision_micro_14'] == 0.5 and s['chexbert_recall_micro_14'] == 1.0
+  path = str(tmp_path / 'ck')
+  save_tiny_chexbert(path, 'safetensors', seed=1, encoder_scale=50.0)
+  gen = ['heart is enlarged', 'no pleural effusion', 'lungs are clear .']
+  ref = ['normal', 'cardiomegaly , pleural effusion', 'heart is enlarged , lungs are clear']
+  positive = [{o for o, v in labels.items() if v in (1, -1)}
+              for labels in chexbert.CheXbertLabeler(path).label(gen + ref)]
+  assert len({frozenset(p) for p in positive}) > 1  # not the same labels for every text
+  tp = sum(len(g & r) for g, r in zip(positive[:3], positive[3:], strict=True))
+  s = chexbert.chexbert_scores(gen, ref, path)
+  assert s['chexbert_precision_micro_14'] == pytest.approx(tp / sum(map(len, positive[:3])))
+  assert s['chexbert_recall_micro_14'] == pytest.approx(tp / sum(map(len, positive[3:])))
+  assert s['chexbert_precision_micro_14'] != s['chexbert_recall_micro_14']
+  swapped = chexbert.chexbert_scores(ref, gen, path)
+  assert (swapped['chexbert_precision_micro_14'], swapped['chexbert_recall_micro_14']) == (
+      s['chexbert_recall_micro_14'], s['chexbert_precision_micro_14'])
 
 
 def test_chexbert_head_order_is_the_published_checkpoints():

@@ -86,15 +86,56 @@ def test_report_equals_generate_mode_and_is_labeled(served):
 
 @pytest.mark.slow  # three more compilations of the generator
 def test_decoding_knobs_reach_the_generator(served):
-  """Beam search runs; sampling repeats with its seed and differs from greedy's text; a
-  repetition penalty changes it (0.5 rewards the prompt's ids)."""
-  client, _, _, image, *_ = served
-  assert isinstance(_report(client, image, 'beam', beams=2)[1], str)
+  """Beam search gives `--mode=generate`'s beam report; sampling repeats with its seed and
+  differs from greedy's text; a repetition penalty changes it (0.5 rewards the prompt's
+  ids)."""
+  client, config, workdir, image, *_ = served
+  beam_config = config.copy_and_resolve_references()
+  beam_config.eval.decoding, beam_config.eval.num_beams = 'beam', 2
+  beam = run_lib.main(beam_config, workdir, 'generate', [image])[0]
+  assert _report(client, image, 'beam', beams=2)[1] == beam
   a = _report(client, image, 'sample', temperature=1.5, top_p=0.9, seed=3)[1]
   assert a == _report(client, image, 'sample', temperature=1.5, top_p=0.9, seed=3)[1]
   greedy = _report(client, image)[1]
   assert a != greedy  # an untrained model's sample is not its argmax
   assert _report(client, image, penalty=0.5)[1] != greedy
+
+
+def test_the_pages_knobs_set_the_generation_config():
+  """Each of the page's knobs, in the order the page sends them, lands on its field of the
+  GenerationConfig the model decodes with (greedy, sample, beam; a report and a question);
+  the workdir's other fields stay."""
+  import types
+
+  from radjax.serve import app
+  base = generate_lib.GenerationConfig(
+      max_new_tokens=7, decoding='beam', temperature=0.5, top_k=5, top_p=0.8,
+      repetition_penalty=1.1, num_beams=3, length_penalty=0.6, early_stopping=True,
+      stop_ids=(2,), stop_strings=('END',), pad_id=0, suppress_ids=(9,))
+  used = []
+  rep = types.SimpleNamespace(
+      workdir='wd', step=0, default_decoding=lambda: reporter.Decoding.of(base, 7),
+      answerer=types.SimpleNamespace(gen_cfg=base),
+      config=types.SimpleNamespace(data=types.SimpleNamespace(chat_format='radjax'), seed=7),
+      example=lambda path: ({'id': path, 'images': []}, Image.new('RGB', (8, 8))),
+      report_turns=lambda example: [{'role': 'user', 'text': 'Report.'}])
+  rep.answer = lambda example, turns, d: used.append(
+      (reporter.Reporter.generation_config(rep, d), d.seed)) or 'No finding.'
+  handlers = {f.api_name: f.fn for f in app.build(rep).fns.values()}
+  # (decoding, temperature, top_p, beams, penalty, seed) as the page sends them
+  cases = [(('greedy', 1.0, 1.0, 1, 1.0, None), {}, 0),
+           (('sample', 1.5, 0.9, 1, 1.2, 3), dict(temperature=1.5, top_p=0.9,
+                                                 repetition_penalty=1.2), 3),
+           (('beam', 0.7, 0.4, 4.0, 0.9, 12), dict(temperature=0.7, top_p=0.4, num_beams=4,
+                                                  repetition_penalty=0.9), 12)]
+  for knobs, fields, seed in cases:
+    want = dataclasses.replace(base, decoding=knobs[0], **{
+        'temperature': 1.0, 'top_p': 1.0, 'num_beams': 1, 'repetition_penalty': 1.0, **fields})
+    used.clear()
+    list(handlers['report']('x.png', *knobs))
+    list(handlers['ask']('Is there an effusion?', 'x.png', {}, [], *knobs))
+    assert used == [(want, seed)] * 2, (knobs, used)
+    assert type(used[0][0].num_beams) is int  # a static argument of the jitted generator
 
 
 def test_first_question_equals_generate_with_prompt(served):
@@ -158,10 +199,12 @@ def test_one_generation_at_a_time_across_buttons(served, monkeypatch):
   import threading
   client, _, _, image, *_ = served
   answer, lock, running, most = reporter.Reporter.answer, threading.Lock(), [0], [0]
+  entered = [0]
 
   def counted(self, *args):
     with lock:
       running[0] += 1
+      entered[0] += 1
       most[0] = max(most[0], running[0])
     try:
       threading.Event().wait(1.5)  # both requests are in by then
@@ -178,7 +221,7 @@ def test_one_generation_at_a_time_across_buttons(served, monkeypatch):
                              [], 'greedy', 1.0, 1.0, 1, 1.0, 0, api_name='/ask')]
   for job in jobs:
     job.result()
-  assert most[0] == 1
+  assert entered[0] == 2 and most[0] == 1  # both answered, never two at once
 
 
 def _error(client, path) -> str:
