@@ -6,6 +6,7 @@ JAX processes compiling at once), the runs of the parity test shared as fixtures
 """
 import glob
 import os
+import re
 import shutil
 import signal
 import socket
@@ -231,10 +232,11 @@ def _sigterm_then_resume(demo_data, workdir, processes: int) -> list[str]:
 
 
 # Slow (~140 s), as is the one-process variant below. CI (-m "not slow") signals no
-# multi-process run: it keeps the two-process run without SIGTERM, and SIGTERM in one
+# multi-process training run: it keeps the two-process run without SIGTERM, SIGTERM in one
 # process (tests/test_robustness.py: the signal asks for a checkpoint;
-# tests/test_worker_processes.py: a run's process group signalled saves and stops). That
-# the processes agree on the step they stop at (orbax's preemption sync) is tested here only.
+# tests/test_worker_processes.py: a run's process group signalled saves and stops), and
+# two bare processes agreeing on the step they stop at
+# (test_sigterm_to_one_process_stops_both_at_the_same_step, below).
 @pytest.mark.slow
 def test_sigterm_to_both_processes_saves_and_the_relaunch_continues(
     demo_data, tmp_path, two_processes):
@@ -365,6 +367,45 @@ def test_a_failing_process_ends_the_other_within_seconds_naming_itself(failing):
   assert ended_after < 20, (ended_after, outs)  # ~1 s; JAX's heartbeat check took 100 s
   assert (f'error: process {failing} of 2 failed: a bad record in process {failing}; ending '
           f'this process ({1 - failing}) too') in outs[1 - failing], outs
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+  """Two bare processes joined by jax.distributed (no model; ~5 s), stepping a loop that
+  asks the training loop's Checkpointer whether to stop: SIGTERM to process 1 alone stops
+  both, at one step (JAX's preemption sync point, which the multi-process Checkpointer
+  asks instead of its own SIGTERM flag), so they save the same step and leave no collective
+  waiting. The slow tests above run the whole preemption and relaunch."""
+  code = ('import os, signal, sys, time\n'
+          'import jax\n'
+          'from radjax.core import checkpoint, distributed\n'
+          'distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))\n'
+          'jax.devices()\n'
+          'ckpt = checkpoint.Checkpointer(sys.argv[3], keep=1, handle_sigterm=True)\n'
+          'for step in range(600):\n'
+          '  if step == 10 and sys.argv[2] == "1":\n'
+          '    os.kill(os.getpid(), signal.SIGTERM)\n'
+          '  if ckpt.reached_preemption(step):\n'
+          '    print("stopped at", step, flush=True)\n'
+          '    break\n'
+          '  time.sleep(0.05)\n'
+          'else:\n'
+          '  print("never stopped", flush=True)\n')
+  address = f'127.0.0.1:{_free_port()}'
+  procs = [subprocess.Popen([sys.executable, '-c', code, address, str(i), str(tmp_path / f'w{i}')],
+                            cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  try:
+    for proc in procs:
+      proc.wait(timeout=120)
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+  outs = [proc.stdout.read() for proc in procs]
+  stops = [re.findall(r'^stopped at (\d+)$', out, re.M) for out in outs]
+  assert [proc.returncode for proc in procs] == [0, 0], outs
+  assert stops[0] == stops[1] and len(stops[0]) == 1, outs
+  assert int(stops[0][0]) >= 10, outs
 
 
 def test_process_group_from_flags_or_environment(monkeypatch):
