@@ -420,6 +420,13 @@ def test_imported_workdir_generates_from_a_volume_and_an_image(imported, tmp_pat
     assert min(want) >= 3, want  # no end of text: all 4 words are in the answer
     assert text == ' '.join(f'w{t}' for t in want), (text, want)
   assert texts[0] != texts[1]  # the image, not the prompt alone, decides the answer
+  # The PNG alone, in 3 image slots: a 2D batch, whose depth mask (from its image mask, one
+  # depth patch deep) lets prefill skip the empty slots; the same answer.
+  config.data.max_images = 3
+  assert run_lib.main(config, wd, 'generate', [png], '<image>w5 w6 w7') == texts[1:]
+  depth = fed[1][1]['depth_mask']
+  assert fed[1][1]['images'].ndim == 5 and depth.shape[1:] == (3, VIT['depth_patch'])
+  assert depth[:, 0].all() and not depth[:, 1:].any()
 
 
 def test_imported_preprocessing_depth_and_vocab_padding(imported):

@@ -51,8 +51,15 @@ class Answerer:
       prompts.append(self.encoder.prompt(turns, n, example.get('id', '<prompt>'), counts))
     if not pixels:
       return prompts, None
-    return prompts, {k: np.stack([p[k] for p in pixels]) for k in pixels[0]
-                     if k != 'image_mask'}
+    arrays = {k: np.stack([p[k] for p in pixels]) for k in pixels[0]}
+    # A vit3d tower's 2D images get a depth mask from their image mask, as in training
+    # (tasks/vlm.py), so that prefill skips the slots no prompt uses.
+    if 'depth_mask' not in arrays and 'depth_mask' in self.exp.batch_shardings:
+      depth_mask = getattr(self.exp.task, 'depth_mask', lambda _: None)(arrays)
+      if depth_mask is not None:
+        arrays['depth_mask'] = np.asarray(depth_mask)
+    arrays.pop('image_mask', None)
+    return prompts, arrays
 
   def _check_context(self, prompts, items, gen_cfg) -> None:
     """A prompt whose answer would run past the model's context is refused, naming its
