@@ -119,7 +119,7 @@ def publish(directory: str, message: str) -> None:
     try:
       tell()
     except Exception:  # pylint: disable=broad-except
-      pass
+      pass  # the store out of reach: the caller leaves all the same, with its own message
 
   thread = threading.Thread(target=quietly, daemon=True)
   thread.start()
