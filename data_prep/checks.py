@@ -10,6 +10,7 @@ import csv
 import gzip
 import io
 import json
+import posixpath
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -143,6 +144,19 @@ def read_image(root: epath.Path, rel: str, formats=('png', 'jpeg')) -> tuple[dic
   data = path.read_bytes()
   fmt, size = check_image_bytes(data, rel, formats)
   return {'data': data, 'format': fmt, 'kind': '2d', 'spacing': None}, size
+
+
+def relative_path(text: str | None, column: str) -> tuple[str, str | None]:
+  """A CSV's relative file path, normalised (`a/../a/x.jpg` is `a/x.jpg`: one file, one id,
+  so a dotted copy of a row is found as a duplicate), and why it is refused, if it is: a
+  path that leaves the dataset's folder (`..` above it, or absolute) or names nothing."""
+  path = (text or '').strip()
+  if not path:
+    return path, f'{column}: empty'
+  path = posixpath.normpath(path)
+  if path.startswith(('../', '/')) or path == '..':
+    return path, f"{column}: {text!r} is not below the dataset's folder"
+  return path, None
 
 
 def chexpert_label(value: str, column: str) -> int | None:

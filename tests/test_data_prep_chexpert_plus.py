@@ -62,3 +62,24 @@ def test_chexpert_plus_end_of_impression_joins_the_impression(tmp_path):
   path, _ = fx.build('chexpert_plus', src, str(tmp_path / 'out'))
   (ex,) = fx.examples(path, 'train')
   assert ex['report']['impression'] == '1. Normal. Signed by Dr X.'
+
+
+def test_a_dotted_path_is_a_duplicate_and_a_path_outside_the_folder_is_rejected(tmp_path):
+  src = str(tmp_path / 'src')
+  good = row('train/patient00001/study1/view1_frontal.jpg', 'Frontal', 'Clear.', 'Normal.')
+  dotted = row('train/patient00001/../patient00001/./study1/view1_frontal.jpg', 'Frontal',
+               'Clear.', 'Normal.')
+  outside = row('train/../../elsewhere/view1_frontal.jpg', 'Frontal', 'Clear.', 'Normal.')
+  fx.write_csv(os.path.join(src, 'df_chexpert_plus_240401.csv'), HEADER, [good, dotted, outside])
+  fx.write_file(os.path.join(src, 'PNG', good[0].replace('.jpg', '.png')),
+                fx.image_bytes(fmt='PNG'))
+  fx.write_file(str(tmp_path / 'elsewhere/view1_frontal.png'), fx.image_bytes(fmt='PNG', seed=1))
+  fx.write_file(os.path.join(src, 'chexbert_labels/report_fixed.json'),
+                json.dumps({'path_to_image': './' + good[0], 'Edema': 1.0}).encode())
+  path, manifest = fx.build('chexpert_plus', src, str(tmp_path / 'out'))
+  (ex,) = fx.examples(path, 'train')
+  assert ex['id'] == good[0][:-4] and ex['labels'] == {'Edema': 1}
+  got = {r['row']: (rid, r['reason']) for rid, r in fx.rejects(path).items()}
+  assert got[3][0] == good[0][:-4] and 'duplicate' in got[3][1]
+  assert got[4][1] == f"path_to_image: {outside[0]!r} is not below the dataset's folder"
+  assert manifest['num_rejects'] == 2

@@ -81,14 +81,7 @@ def test_image(path: str) -> str:
     if path.startswith(root + '/'):
       path = path[len(root) + 1:]
       break
-  return train_image(path)
-
-
-def train_image(path: str) -> str:
-  """train.csv's / valid.csv's Path normalised, so that `a/../a/x.jpg` is `a/x.jpg`: one
-  image, one id (a duplicate row is then found as one)."""
-  path = path.strip()
-  return posixpath.normpath(path) if path else path
+  return checks.relative_path(path, 'Path')[0]
 
 
 def image_view(path: str) -> str | None:
@@ -143,11 +136,11 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
       rel = f'{base.name}/{name}'
       out[split] = []
       for line, row in checks.read_csv(path, COLUMNS, root):
-        image = train_image(row.get('Path') or '')
+        image, outside = checks.relative_path(row.get('Path'), 'Path')
         rid = image.split('/', 1)[1].rsplit('.', 1)[0] if '/' in image else image
         item = {'id': rid, 'file': rel, 'row': line, 'image': image, 'csv': row}
-        if image.startswith(('../', '/')) or image == '..':
-          item['reject'] = f"Path: {row.get('Path')!r} is not below the dataset's folder"
+        if outside:
+          item['reject'] = outside
         self.add_item(out[split], split, item, row.get('Frontal/Lateral'))
     test_csv = find_test_csv(root, base)
     if test_csv is not None:

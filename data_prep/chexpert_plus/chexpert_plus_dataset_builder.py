@@ -9,7 +9,8 @@ object per line: `path_to_image` and CheXbert's 14 observations, 1 / 0 / -1 / nu
 One Example per image: findings = `section_findings`, impression =
 `section_impression` (plus `section_end_of_impression` where present). Splits: train,
 valid -> val. Config `frontal` keeps `frontal_lateral == Frontal` rows only (the rest
-counted in the manifest as filtered). Id: `path_to_image` without its extension.
+counted in the manifest as filtered). Id: `path_to_image`, normalised, without its
+extension; a path that leaves the folder is rejected.
 """
 
 from __future__ import annotations
@@ -45,17 +46,17 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
     if (root / LABELS).exists():
       for line, rec in checks.read_jsonl(root / LABELS):
         if isinstance(rec, dict) and isinstance(rec.get('path_to_image'), str):
-          labels[rec['path_to_image']] = (line, rec)
+          labels[checks.relative_path(rec['path_to_image'], 'path_to_image')[0]] = (line, rec)
     out: dict[str, list] = {}
     for line, row in checks.read_csv(root / CSV, COLUMNS, root):
-      path = row['path_to_image'].strip()
+      path, refused = checks.relative_path(row['path_to_image'], 'path_to_image')
       item = {'id': path.rsplit('.', 1)[0], 'file': CSV, 'row': line, 'path': path,
               'report': {'findings': row['section_findings'],
                          'impression': ' '.join(filter(None, (
                            row['section_impression'], row.get('section_end_of_impression'))))},
               'labels': labels.get(path, (None, None))[1]}
-      if row['split'] not in SPLITS:
-        item['reject'] = f"split: unknown value {row['split']!r}"
+      if refused or row['split'] not in SPLITS:
+        item['reject'] = refused or f"split: unknown value {row['split']!r}"
       split = SPLITS.get(row['split'], 'train')
       if 'reject' in item or self.keeps_view(row['frontal_lateral'], split):
         out.setdefault(split, []).append(item)
