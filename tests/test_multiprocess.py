@@ -374,24 +374,33 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   asks the training loop's Checkpointer whether to stop: SIGTERM to process 1 alone stops
   both, at one step (JAX's preemption sync point, which the multi-process Checkpointer
   asks instead of its own SIGTERM flag), so they save the same step and leave no collective
-  waiting. The slow tests above run the whole preemption and relaunch."""
+  waiting. There both save the stop step's state, an array split between them, as one
+  checkpoint (orbax's multi-process save, async as in training), which one process then
+  restores whole. The slow tests above run the whole preemption and relaunch."""
   code = ('import os, signal, sys, time\n'
-          'import jax\n'
+          'import jax, numpy as np\n'
+          'from jax.sharding import Mesh, NamedSharding, PartitionSpec\n'
           'from radjax.core import checkpoint, distributed\n'
-          'distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))\n'
-          'jax.devices()\n'
+          'pid = int(sys.argv[2])\n'
+          'distributed.initialize(sys.argv[1], 2, pid)\n'
+          'split = NamedSharding(Mesh(jax.devices(), ("d",)), PartitionSpec("d"))\n'
           'ckpt = checkpoint.Checkpointer(sys.argv[3], keep=1, handle_sigterm=True)\n'
           'for step in range(600):\n'
-          '  if step == 10 and sys.argv[2] == "1":\n'
+          '  if step == 10 and pid == 1:\n'
           '    os.kill(os.getpid(), signal.SIGTERM)\n'
           '  if ckpt.reached_preemption(step):\n'
+          '    half = np.arange(4, dtype=np.float32) + 4 * pid + 100 * step\n'
+          '    x = jax.make_array_from_process_local_data(split, half, (8,))\n'
+          '    ckpt.save(step, {"x": x}, force=True)\n'
+          '    ckpt.close()\n'
           '    print("stopped at", step, flush=True)\n'
           '    break\n'
           '  time.sleep(0.05)\n'
           'else:\n'
           '  print("never stopped", flush=True)\n')
   address = f'127.0.0.1:{_free_port()}'
-  procs = [subprocess.Popen([sys.executable, '-c', code, address, str(i), str(tmp_path / f'w{i}')],
+  workdir = str(tmp_path / 'w')
+  procs = [subprocess.Popen([sys.executable, '-c', code, address, str(i), workdir],
                             cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for i in range(2)]
   try:
@@ -405,7 +414,15 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   stops = [re.findall(r'^stopped at (\d+)$', out, re.M) for out in outs]
   assert [proc.returncode for proc in procs] == [0, 0], outs
   assert stops[0] == stops[1] and len(stops[0]) == 1, outs
-  assert int(stops[0][0]) >= 10, outs
+  step = int(stops[0][0])
+  assert step >= 10, outs
+  reader = checkpoint_lib.Checkpointer(workdir, keep=1, use_async=False)
+  assert reader.latest_step() == step
+  whole = jax.ShapeDtypeStruct((8,), np.float32,
+                               sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  restored = reader.restore(step, {'x': whole})
+  reader.close()
+  np.testing.assert_array_equal(restored['x'], np.arange(8, dtype=np.float32) + 100 * step)
 
 
 def test_process_group_from_flags_or_environment(monkeypatch):
