@@ -75,6 +75,8 @@ def test_ap_hand_worked():
   assert grounding.average_precision(tp, 3, 'coco101') == pytest.approx((34 + 22) / 101)
   assert grounding.average_precision([], 3) == 0.0
   assert math.isnan(grounding.average_precision([], 0))
+  # Equal confidences are one threshold: precision 1/2 at recall 1/3, then 2/4 at 2/3.
+  assert grounding.average_precision(tp, 3, scores=[2, 2, 1, 1]) == pytest.approx(1 / 3)
 
 
 def test_scores_hand_worked_example():
@@ -84,11 +86,12 @@ def test_scores_hand_worked_example():
             box('A', 0.0, 0.0, 0.5, 0.5)],    # duplicate of a matched box -> FP
            [box('A', 0.5, 0.5, 0.6, 0.6)]]    # misses -> FP
   s = grounding.grounding_scores(preds, refs)
-  # A, by confidence (rank 0 of row 0, rank 0 of row 1, rank 1 of row 0): TP, FP, FP;
-  # 2 references -> AP = 1/2. B has a reference and no prediction -> AP 0.
-  assert s['grounding_AP@0.5/A'] == pytest.approx(0.5)
+  # A, by confidence: rank 0 of rows 0 and 1 (TP, FP: one threshold, precision 1/2 at
+  # recall 1/2), then rank 1 of row 0 (FP); 2 references -> AP = 1/4. B has a reference
+  # and no prediction -> AP 0.
+  assert s['grounding_AP@0.5/A'] == pytest.approx(0.25)
   assert s['grounding_AP@0.5/B'] == 0.0
-  assert s['grounding_mAP@0.5'] == pytest.approx(0.25)
+  assert s['grounding_mAP@0.5'] == pytest.approx(0.125)
   assert s['grounding_precision@0.5'] == pytest.approx(1 / 3)
   assert s['grounding_recall@0.5'] == pytest.approx(1 / 3)
   # Row 0: A pairs (0.8 is beaten by the exact duplicate, 1.0), one A pred and B unmatched;
@@ -110,6 +113,18 @@ def test_edge_cases_no_predictions_and_no_references():
   assert 'grounding_mAP@0.5' not in s and 'grounding_mean_iou' not in s
   with pytest.raises(ValueError, match='1 prediction rows vs 2 references'):
     grounding.grounding_scores([[]], [[], []])
+
+
+def test_ap_does_not_depend_on_the_order_of_the_rows():
+  # One box per answer: every detection ranks first in its row, so all tie. Half hit: one
+  # threshold at precision 1/2, recall 1/2, whichever row comes first (ties broken by row
+  # order gave 1/2 with the hits first, 1/4 with them last).
+  hit, miss = [box('A', 0.1, 0.1, 0.3, 0.3)], [box('A', 0.6, 0.6, 0.8, 0.8)]
+  refs = [[box('A', 0.1, 0.1, 0.3, 0.3)]] * 4
+  for preds in ([hit, hit, miss, miss], [miss, miss, hit, hit], [miss, hit, miss, hit]):
+    assert grounding.grounding_scores(preds, refs)['grounding_mAP@0.5'] == pytest.approx(0.25)
+    coco = grounding.grounding_scores(preds, refs, method='coco101')
+    assert coco['grounding_mAP@0.5'] == pytest.approx(51 * 0.5 / 101)  # recall 0..0.5
 
 
 def test_labels_match_case_insensitively():

@@ -21,8 +21,11 @@ each prediction takes the best still-unmatched reference box of its class and im
 when IoU >= threshold) and all-point interpolation (VOC 2010+; "coco101" gives
 pycocotools' 101-point variant). Text carries no confidences, so a box's confidence is
 its order of appearance among its report's boxes of its class (a report's first box of
-each class ranks first), ties broken by row order. Classes with no
-reference box are left out of mAP (torchmetrics and pycocotools do the same).
+each class ranks first). Detections of equal confidence count as one threshold (as
+sklearn's average_precision_score): precision and recall are read after the whole group,
+so the order of the rows does not change AP (pycocotools breaks such ties by image order;
+with distinct scores the two agree). Classes with no reference box are left out of mAP
+(torchmetrics and pycocotools do the same).
 """
 
 from __future__ import annotations
@@ -99,14 +102,19 @@ def iou_matrix(a, b) -> np.ndarray:
   return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def average_precision(tp, num_gt: int, method: str = 'all_points') -> float:
-  """AP of detections already sorted by descending confidence; `tp` marks true positives."""
+def average_precision(tp, num_gt: int, method: str = 'all_points', scores=None) -> float:
+  """AP of detections already sorted by descending confidence; `tp` marks true positives.
+  `scores`, their confidences: a run of equal ones is one threshold, read at its end."""
   tp = np.asarray(tp, bool)
   if num_gt == 0:
     return float('nan')
   if tp.size == 0:
     return 0.0
   ctp, cfp = np.cumsum(tp), np.cumsum(~tp)
+  if scores is not None:
+    scores = np.asarray(scores, float)
+    ends = np.r_[scores[1:] != scores[:-1], True]
+    ctp, cfp = ctp[ends], cfp[ends]
   recall = ctp / num_gt
   precision = ctp / (ctp + cfp)
   envelope = np.maximum.accumulate(precision[::-1])[::-1]
@@ -191,7 +199,7 @@ def grounding_scores(predictions: list[list[dict]], references: list[list[dict]]
     total_tp += int(tp.sum())
     n_ref = sum(len(r) for r in refs)
     if n_ref:
-      aps[names[k]] = average_precision(tp, n_ref, method)
+      aps[names[k]] = average_precision(tp, n_ref, method, [d[0] for d in dets])
   for name, ap in aps.items():
     out[f'grounding_AP@{t}/{name}'] = ap
   if aps:
