@@ -108,6 +108,7 @@ def generate(config, workdir: str, image_paths: list[str], prompt: str = '') -> 
     items = [(ex, [{'role': 'user', 'text': prompt}] if prompt else reporter.prompt_turns(ex))
              for ex in examples]
     names = [ex['id'] for ex in examples]
+  answerer.fit_batch(len(items))
   texts = answerer.answer(exp.state.params, items)
   for name, text in zip(names, texts):
     print(f'== {name}\n{text}\n')
@@ -149,6 +150,7 @@ def chat_loop(config, workdir: str, image_paths: list[str], read=input, write=pr
   example = (_image_examples(image_paths, chat.IMAGE_MARK * len(image_paths),
                              'volume' in exp.task.slots)[0]
              if image_paths else {'id': '<chat>', 'images': []})
+  answerer.fit_batch(1)
   turns = []
   write(f'chatting with {workdir} ({config.data.chat_format} format); '
         "'/reset' starts over, an empty line ends")

@@ -10,7 +10,6 @@ from radjax.eval import evaluators
 from radjax.eval.decoding import generate as generate_lib
 from radjax.eval.metrics import grounding, labeler
 from radjax.serve import uploads
-from radjax.train import setup
 
 LABEL_WORDS = {1: 'positive', 0: 'negative', -1: 'uncertain', None: 'not mentioned'}
 
@@ -40,11 +39,11 @@ class Decoding:
       raise uploads.UploadError(f'decoding knobs: {e}') from e
 
 
-def _for_uploads(answerer, exp):
+def _for_uploads(answerer):
   """The answerer set for the page: one upload a request decodes as the smallest batch the
   mesh splits (not config.eval.batch_size copies of it: 8x the work and memory at the
   default), and a typed prompt past the model's context is refused."""
-  answerer.batch_size = setup.batch_shards(exp)
+  answerer.fit_batch(1)
   answerer.limit_context = True
   return answerer
 
@@ -61,7 +60,7 @@ class Reporter:
           'a VLM workdir or an LLM-CXR one (a bare decoder chats with main.py --mode=chat)')
     self.exp, self.step = run.load_trained(self.config, workdir, step)
     self.reports = evaluators.reports.ReportEvaluator(self.exp, self.config.eval.split)
-    self.answerer = _for_uploads(self.reports.answerer, self.exp)
+    self.answerer = _for_uploads(self.reports.answerer)
     self.reads_3d = 'volume' in self.exp.task.slots
 
   def default_decoding(self) -> Decoding:
@@ -100,7 +99,7 @@ class CodesReporter(Reporter):
     self.workdir = workdir
     self.config = workdir_lib.load_config(workdir)
     self.model = run.load_llm_cxr(self.config, workdir, step=step)
-    self.exp, self.answerer = self.model.exp, _for_uploads(self.model.answerer, self.model.exp)
+    self.exp, self.answerer = self.model.exp, _for_uploads(self.model.answerer)
     self.step = workdir_lib.latest_step(workdir) if step is None else step
     self.reads_3d = False
 
