@@ -9,7 +9,7 @@ from absl import logging
 from radjax import tasks
 from radjax.core import config_checks, distributed, recipe
 from radjax.core import workdir as workdir_lib
-from radjax.data import chat, image_files, tokens, volumes
+from radjax.data import chat, image_files, schema, tokens, volumes
 from radjax.data import images as images_lib
 from radjax.eval import evaluators, llm_cxr
 from radjax.models import factory
@@ -108,6 +108,7 @@ def generate(config, workdir: str, image_paths: list[str], prompt: str = '') -> 
     items = [(ex, [{'role': 'user', 'text': prompt}] if prompt else reporter.prompt_turns(ex))
              for ex in examples]
     names = [ex['id'] for ex in examples]
+  answerer.fit_batch(len(items))
   texts = answerer.answer(exp.state.params, items)
   for name, text in zip(names, texts):
     print(f'== {name}\n{text}\n')
@@ -138,7 +139,8 @@ def classify(config, workdir: str, image_paths: list[str]) -> list[str]:
 
 def chat_loop(config, workdir: str, image_paths: list[str], read=input, write=print) -> list:
   """`--mode=chat`: a multi-turn conversation on the command line about `image_paths`
-  (shown with the first question). '/reset' starts over; an empty line or EOF ends it."""
+  (shown with the first question). '/reset' starts over; an empty line or EOF ends it. A
+  question refused (its answer would pass the context) is said, and left out."""
   exp, answerer = _answerer(config, workdir)
   if image_paths and exp.task.image_slots is None:
     if config.data.get('codebook_size', 0):  # LLM-CXR reads an image as its codes
@@ -148,6 +150,7 @@ def chat_loop(config, workdir: str, image_paths: list[str], read=input, write=pr
   example = (_image_examples(image_paths, chat.IMAGE_MARK * len(image_paths),
                              'volume' in exp.task.slots)[0]
              if image_paths else {'id': '<chat>', 'images': []})
+  answerer.fit_batch(1)
   turns = []
   write(f'chatting with {workdir} ({config.data.chat_format} format); '
         "'/reset' starts over, an empty line ends")
@@ -162,7 +165,12 @@ def chat_loop(config, workdir: str, image_paths: list[str], read=input, write=pr
       turns = []
       continue
     turns.append({'role': 'user', 'text': question})
-    answer = answerer.answer(exp.state.params, [(example, turns)])[0]
+    try:
+      answer = answerer.answer(exp.state.params, [(example, turns)])[0]
+    except schema.SchemaError as e:  # past the context, a stray <image>: the chat goes on
+      turns.pop()
+      write(f"error: {e}; ask another question or '/reset'")
+      continue
     turns.append({'role': 'assistant', 'text': answer})
     write(f'model> {answer}')
   return turns

@@ -213,6 +213,21 @@ def test_the_generation_config_decodes_as_eval_does(decoding, want):
   transformers.GenerationConfig(**fields).validate(strict=True)
 
 
+def test_the_generation_config_takes_every_early_stopping_eval_takes():
+  """--config.eval.early_stopping=True beam-searches as HF's True, but the export stopped on
+  a KeyError: it knew the lower-case strings only."""
+  from radjax.convert import export
+  from radjax.core import defaults
+  from radjax.eval.decoding import generate as generate_lib
+  ev = defaults.get_config().eval
+  ev.decoding = 'beam'
+  for value, want in [('True', True), ('FALSE', False), ('Never', 'never'), ('true', True)]:
+    ev.early_stopping = value
+    assert generate_lib.config_from_eval(ev, (2,), 0).early_stopping == want
+    got = export.decoding_fields(ev)['early_stopping']
+    assert got == want and type(got) is type(want), (value, got)
+
+
 def test_an_export_without_a_tokenizer_names_no_token_ids(tmp_path):
   """A weights-only HF dir (bos 5, eos 7, no tokenizer) round-trips with no bos/eos ids in
   config.json, not transformers' class defaults (LLaMA's 1/2), where generate() would stop."""

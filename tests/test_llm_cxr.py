@@ -262,6 +262,41 @@ def test_web_demo_draws_and_reads_as_generate_mode(trained, tmp_path):
     demo.close()
 
 
+def test_a_first_question_on_the_web_demo_reads_the_uploads_codes(demo_data, tmp_path):
+  """A question asked before any report went to the decoder without the image (only the
+  report request held its codes): every upload got the same answer. The initial weights
+  at 4x scale, so that an answer depends on its prompt."""
+  from radjax.data import chat
+  from radjax.serve import reporter
+  from radjax.train import setup
+  from tests.test_serve import write_demo_image
+  codec, workdir = str(tmp_path / 'codec'), str(tmp_path / 'lm')
+  with jax.threefry_partitionable(False):  # CPU compiles the default threefry slowly
+    _initial_codec(demo_data, codec)
+    config = _config(demo_data, codec, tmp_path, steps=1)
+    main_lib.ensure_data(config)
+    exp = setup.build(config, run_lib.make_task(config), pretrained=False)
+  params = jax.tree.map(lambda x: 4 * np.asarray(x), exp.state.params)
+  workdir_lib.save_params(workdir, config, params)
+  rep = reporter.load(workdir)
+  cxr, noise = str(tmp_path / 'cxr.png'), str(tmp_path / 'noise.png')
+  write_demo_image(demo_data, cxr)
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)).save(noise)
+  question, d = 'Is there a pleural effusion?', rep.default_decoding()
+  answers = []
+  for path in (cxr, noise):
+    example, _ = rep.example(path)
+    answers.append(rep.answer(example, [{'role': 'user', 'text': question}], d))
+    codes = chat.render_codes(rep.model.codec.codes([rep.model.codec.load_image(path)])[0],
+                              config.data.codebook_size)
+    asked = [{'role': 'user', 'text': f'{codes}\n{question}'}]
+    assert answers[-1] == rep.answerer.answer(params, [({'id': path, 'images': []}, asked)],
+                                              rep.generation_config(d), d.seed)[0]
+    report = rep.report_turns(example)  # a report first: its request holds the codes
+    assert rep.with_codes(example, report) == report
+  assert answers[0] != answers[1]
+
+
 def test_tiny_without_a_codec_says_what_to_train():
   with pytest.raises(ValueError, match=r'configs/vqgan.py:size=tiny.*codec='):
     recipe.get_config('size=tiny')

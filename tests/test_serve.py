@@ -294,6 +294,42 @@ def test_one_upload_is_one_batch_and_a_long_question_is_a_message(served, tmp_pa
   assert 'a question of 24,999 characters; at most 2,000' in str(info.value)
 
 
+def test_a_refused_question_in_chat_mode_is_a_message_and_the_chat_goes_on(served):
+  """`--mode=chat` ended, its conversation lost, at a question past the context or with a
+  stray <image> (the page says so and goes on)."""
+  _, config, workdir, image, *_ = served
+  said, script = [], iter(['word ' * 3000, 'Compare <image> and <image>.',
+                           'Is the heart enlarged?', ''])
+  turns = run_lib.chat_loop(config, workdir, [image], read=lambda _: next(script),
+                            write=said.append)
+  assert [t['role'] for t in turns] == ['user', 'assistant']
+  assert turns[0]['text'] == 'Is the heart enlarged?'
+  assert "exceed the model's context of 2048" in said[1]
+  assert 'conversation has 2 <image> marks' in said[2] and said[3].startswith('model> ')
+
+
+def test_generate_and_chat_decode_a_prompt_in_the_smallest_batch(served, tmp_path, monkeypatch):
+  """`--mode=generate` of one image and each `--mode=chat` question decoded
+  config.eval.batch_size copies of their one prompt (RadVLM: 64), as the page once did."""
+  _, config, _, image, *_ = served
+  config = config.copy_and_resolve_references()
+  config.eval.batch_size = 16
+  workdir = str(tmp_path / 'wd')
+  step0_workdir(config, workdir)
+  rows, real = [], generate_lib.generate
+
+  def counted(model, params, tokens, *args, **kwargs):  # the real generator, rows counted
+    rows.append(tokens.shape[0])
+    return real(model, params, tokens, *args, **kwargs)
+
+  monkeypatch.setattr(generate_lib, 'generate', counted)
+  assert len(run_lib.main(config, workdir, 'generate', [image])) == 1
+  assert len(run_lib.main(config, workdir, 'generate', [image] * 9)) == 9
+  script = iter(['Is the heart enlarged?', ''])
+  run_lib.chat_loop(config, workdir, [image], read=lambda _: next(script), write=print)
+  assert rows == [8, 16, 8]  # the 8 devices' batch shards; 9 images: one batch of 16
+
+
 def test_a_seed_out_of_range_is_a_message(served):
   client, _, _, image, *_ = served
   with pytest.raises(Exception) as info:

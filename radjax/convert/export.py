@@ -16,6 +16,7 @@ from radjax.convert.common import ConversionError
 from radjax.convert.hf_config import export_family
 from radjax.core import defaults as base
 from radjax.data import chat, mixture, tokens
+from radjax.eval.decoding import generate as generate_lib
 from radjax.models import factory
 
 # --family -> (part, kind) for one part alone; 'llava' and 'llava_onevision' are the whole
@@ -279,9 +280,9 @@ def decoding_fields(ev) -> dict:
     # top_k 0 is off in both; HF's own default would be 50.
     out.update(do_sample=True, temperature=ev.temperature, top_k=ev.top_k, top_p=ev.top_p)
   elif ev.decoding == 'beam':
-    stopping = {'false': False, 'true': True, 'never': 'never'}[ev.early_stopping]
+    # as generation reads it: 'True', 'FALSE' or a bool are config.eval's values too
     out.update(num_beams=ev.num_beams, length_penalty=ev.length_penalty,
-               early_stopping=stopping)
+               early_stopping=generate_lib.early_stopping_of(ev.early_stopping))
   return out
 
 

@@ -315,6 +315,7 @@ def generate(model: LlmCxr, workdir: str, image_paths: list[str], prompt: str = 
   reports or the PNG paths."""
   check_request(image_paths, prompt)
   config = model.exp.config
+  model.answerer.fit_batch(len(image_paths) or 1)
   if image_paths:
     reports = model.read([model.codec.load_image(p) for p in image_paths])
     for path, text in zip(image_paths, reports):

@@ -5,12 +5,11 @@ import dataclasses
 
 from radjax import run
 from radjax.core import workdir as workdir_lib
-from radjax.data import schema
+from radjax.data import chat, schema
 from radjax.eval import evaluators
 from radjax.eval.decoding import generate as generate_lib
 from radjax.eval.metrics import grounding, labeler
 from radjax.serve import uploads
-from radjax.train import setup
 
 LABEL_WORDS = {1: 'positive', 0: 'negative', -1: 'uncertain', None: 'not mentioned'}
 
@@ -40,11 +39,11 @@ class Decoding:
       raise uploads.UploadError(f'decoding knobs: {e}') from e
 
 
-def _for_uploads(answerer, exp):
+def _for_uploads(answerer):
   """The answerer set for the page: one upload a request decodes as the smallest batch the
   mesh splits (not config.eval.batch_size copies of it: 8x the work and memory at the
   default), and a typed prompt past the model's context is refused."""
-  answerer.batch_size = setup.batch_shards(exp)
+  answerer.fit_batch(1)
   answerer.limit_context = True
   return answerer
 
@@ -61,7 +60,7 @@ class Reporter:
           'a VLM workdir or an LLM-CXR one (a bare decoder chats with main.py --mode=chat)')
     self.exp, self.step = run.load_trained(self.config, workdir, step)
     self.reports = evaluators.reports.ReportEvaluator(self.exp, self.config.eval.split)
-    self.answerer = _for_uploads(self.reports.answerer, self.exp)
+    self.answerer = _for_uploads(self.reports.answerer)
     self.reads_3d = 'volume' in self.exp.task.slots
 
   def default_decoding(self) -> Decoding:
@@ -100,7 +99,7 @@ class CodesReporter(Reporter):
     self.workdir = workdir
     self.config = workdir_lib.load_config(workdir)
     self.model = run.load_llm_cxr(self.config, workdir, step=step)
-    self.exp, self.answerer = self.model.exp, _for_uploads(self.model.answerer, self.model.exp)
+    self.exp, self.answerer = self.model.exp, _for_uploads(self.model.answerer)
     self.step = workdir_lib.latest_step(workdir) if step is None else step
     self.reads_3d = False
 
@@ -110,18 +109,34 @@ class CodesReporter(Reporter):
   def generation_config(self, d: Decoding) -> generate_lib.GenerationConfig:
     return d.applied_to(self.model.read_cfg)  # code tokens never written into a report
 
+  def _codes(self, example: dict) -> list[int]:
+    entry = example['images'][0]
+    try:
+      return self.model.codec.codes([self.model.codec.preprocess(entry, example['id'])])[0]
+    except schema.SchemaError as e:
+      raise uploads.UploadError(str(e)) from e
+
   def report_turns(self, example: dict) -> list[dict]:
     """The read request with the upload's codes (what `--mode=generate --images` sends)."""
     from radjax.eval import llm_cxr
-    entry = example['images'][0]
-    try:
-      codes = self.model.codec.codes([self.model.codec.preprocess(entry, example['id'])])[0]
-    except schema.SchemaError as e:
-      raise uploads.UploadError(str(e)) from e
-    return llm_cxr.read_request(codes, self.model.codebook_size)
+    return llm_cxr.read_request(self._codes(example), self.model.codebook_size)
+
+  def with_codes(self, example: dict, turns: list[dict]) -> list[dict]:
+    """`turns` with the upload's codes before the first user turn's text, as the read
+    request has them, unless they are there (a report asked first): the decoder sees the
+    image nowhere else."""
+    if not example.get('images'):
+      return turns
+    codes = chat.render_codes(self._codes(example), self.model.codebook_size)
+    first = next((i for i, t in enumerate(turns) if t['role'] == 'user'), None)
+    if first is None or turns[first]['text'].startswith(codes):
+      return turns
+    turn = {**turns[first], 'text': f"{codes}\n{turns[first]['text']}"}
+    return turns[:first] + [turn] + turns[first + 1:]
 
   def answer(self, example: dict, turns: list[dict], d: Decoding) -> str:
-    """The next turn after `turns`; the image is in them as codes."""
+    """The next turn after `turns` about the upload, whose codes they hold (with_codes)."""
+    turns = self.with_codes(example, turns)
     try:
       return self.answerer.answer(self.exp.state.params,
                                   [({'id': example['id'], 'images': []}, turns)],

@@ -11,6 +11,7 @@ import numpy as np
 from radjax.data import chat, pipeline, processors, schema
 from radjax.eval.decoding import generate as generate_lib
 from radjax.eval.decoding import sampling
+from radjax.train import setup
 
 
 class Answerer:
@@ -30,6 +31,13 @@ class Answerer:
     # A user's prompt (generate, chat, the web demo) past the model's context is refused;
     # a dataset's generates as it always did (an evaluation must not end a training run).
     self.limit_context = False
+
+  def fit_batch(self, n: int) -> None:
+    """Batches of at most what `n` items fill, in whole batch shards of the mesh: a user's
+    one prompt (generate, chat, the web demo) was decoded config.eval.batch_size times
+    (RadVLM: 64 copies, each with its own KV cache)."""
+    shards = setup.batch_shards(self.exp)
+    self.batch_size = min(self.exp.config.eval.batch_size, -(-n // shards) * shards)
 
   def prompts(self, items) -> tuple[list[list[int]], dict | None]:
     """Prompt ids per item, and the model's image inputs (images, and depth_mask for
