@@ -14,9 +14,9 @@ from absl import logging
 from radjax.convert import hf_io, parts
 from radjax.convert.common import ConversionError
 from radjax.convert.hf_config import export_family
+from radjax.core import config_checks
 from radjax.core import defaults as base
 from radjax.data import chat, mixture, tokens
-from radjax.eval.decoding import generate as generate_lib
 from radjax.models import factory
 
 # --family -> (part, kind) for one part alone; 'llava' and 'llava_onevision' are the whole
@@ -282,7 +282,7 @@ def decoding_fields(ev) -> dict:
   elif ev.decoding == 'beam':
     # as generation reads it: 'True', 'FALSE' or a bool are config.eval's values too
     out.update(num_beams=ev.num_beams, length_penalty=ev.length_penalty,
-               early_stopping=generate_lib.early_stopping_of(ev.early_stopping))
+               early_stopping=config_checks.early_stopping(ev.early_stopping))
   return out
 
 

@@ -148,3 +148,14 @@ def check(config) -> None:
   found = errors(config)
   if found:
     raise ValueError('; '.join(found))
+
+
+def early_stopping(value) -> bool | str:
+  """config.eval.early_stopping, a string 'true' / 'false' / 'never' in any case or a bool,
+  as HF's True / False / 'never': generation and the export read it alike."""
+  if isinstance(value, str):
+    table = {'true': True, 'false': False, 'never': 'never'}
+    if value.lower() not in table:
+      raise ValueError(f'config.eval.early_stopping: {value!r} not in {sorted(table)}')
+    return table[value.lower()]
+  return bool(value)

@@ -140,6 +140,17 @@ def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
   return NamedSharding(mesh, spec)
 
 
+def batch_axes(mesh: Mesh, rules) -> tuple[tuple[str, ...], int]:
+  """The mesh axes a batch is sharded on, and how many shards they make (the smallest
+  batch the mesh takes)."""
+  axes = batch_sharding(mesh, rules, 1).spec[0] or ()
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  shards = 1
+  for a in axes:
+    shards *= mesh.shape[a]
+  return axes, shards
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 

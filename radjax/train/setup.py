@@ -42,7 +42,7 @@ def preflight(config, devices=None, train: bool = True) -> tuple:
   mesh = sharding_lib.make_mesh(config.mesh, devices)
   rules = sharding_lib.rules_from_config(config.sharding.rules)
   if train:
-    derive_grad_accum(config, _batch_axes(mesh, rules)[1])
+    derive_grad_accum(config, sharding_lib.batch_axes(mesh, rules)[1])
   _check_batch_sizes(config, mesh, rules, train)
   return mesh, rules
 
@@ -96,22 +96,12 @@ def batch_prefix_sharding(exp: Experiment):
 
 def batch_shards(exp: Experiment) -> int:
   """How many shards a batch splits into over exp's mesh: the smallest batch it takes."""
-  return _batch_axes(exp.mesh, exp.rules)[1]
-
-
-def _batch_axes(mesh, rules) -> tuple[tuple[str, ...], int]:
-  """The mesh axes a batch is sharded on, and how many shards they make."""
-  axes = sharding_lib.batch_sharding(mesh, rules, 1).spec[0] or ()
-  axes = (axes,) if isinstance(axes, str) else tuple(axes)
-  shards = 1
-  for a in axes:
-    shards *= mesh.shape[a]
-  return axes, shards
+  return sharding_lib.batch_axes(exp.mesh, exp.rules)[1]
 
 
 def _check_batch_sizes(config, mesh, rules, train: bool = True) -> None:
   """Every batch (and micro-batch) splits evenly over the mesh axes the batch is sharded on."""
-  axes, shards = _batch_axes(mesh, rules)
+  axes, shards = sharding_lib.batch_axes(mesh, rules)
   sharding_lib.check_batch_over_processes(mesh.devices, axes)
   knobs = ['train.batch_size', 'eval.batch_size'] if train else ['eval.batch_size']
   if train and 'volume' in mixture.train_kinds(config):

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from radjax.core import config_checks
 from radjax.data import pixels
 from radjax.eval.decoding import beam_search as beam_lib
 from radjax.eval.decoding import repetition, sampling
@@ -89,16 +90,6 @@ and repetition_penalty only as whether they apply: their values are arguments).
     return self.stop_ids[0] if self.stop_ids else 0
 
 
-def early_stopping_of(value) -> Union[bool, str]:
-  """Config strings 'true' / 'false' / 'never' (or bools) -> HF's True / False / 'never'."""
-  if isinstance(value, str):
-    table = {'true': True, 'false': False, 'never': 'never'}
-    if value.lower() not in table:
-      raise ValueError(f'config.eval.early_stopping: {value!r} not in {sorted(table)}')
-    return table[value.lower()]
-  return bool(value)
-
-
 def config_from_eval(eval_cfg, stop_ids: tuple[int, ...], pad_id: Optional[int],
                      suppress_ids: tuple[int, ...] = ()) -> GenerationConfig:
   """GenerationConfig from the `config.eval` section."""
@@ -110,7 +101,7 @@ def config_from_eval(eval_cfg, stop_ids: tuple[int, ...], pad_id: Optional[int],
       top_p=float(eval_cfg.get('top_p', 1.0)), repetition_penalty=penalty,
       num_beams=int(eval_cfg.get('num_beams', 1)),
       length_penalty=float(eval_cfg.get('length_penalty', 1.0)),
-      early_stopping=early_stopping_of(eval_cfg.get('early_stopping', False)),
+      early_stopping=config_checks.early_stopping(eval_cfg.get('early_stopping', False)),
       stop_ids=tuple(int(i) for i in stop_ids),
       stop_strings=tuple(eval_cfg.get('stop_strings', ())), pad_id=pad_id,
       suppress_ids=tuple(sorted(int(i) for i in suppress_ids)))

@@ -8,10 +8,10 @@ import dataclasses
 import jax
 import numpy as np
 
+from radjax.core import sharding
 from radjax.data import chat, pipeline, processors, schema
 from radjax.eval.decoding import generate as generate_lib
 from radjax.eval.decoding import sampling
-from radjax.train import setup
 
 
 class Answerer:
@@ -36,7 +36,7 @@ class Answerer:
     """Batches of at most what `n` items fill, in whole batch shards of the mesh: a user's
     one prompt (generate, chat, the web demo) was decoded config.eval.batch_size times
     (RadVLM: 64 copies, each with its own KV cache)."""
-    shards = setup.batch_shards(self.exp)
+    shards = sharding.batch_axes(self.exp.mesh, self.exp.rules)[1]
     self.batch_size = min(self.exp.config.eval.batch_size, -(-n // shards) * shards)
 
   def prompts(self, items) -> tuple[list[list[int]], dict | None]:
