@@ -183,6 +183,11 @@ def test_a_damaged_volume_names_its_record():
   entry = {'data': buf.getvalue(), 'format': 'npy', 'kind': '3d', 'spacing': None}
   with pytest.raises(schema.SchemaError, match="record 'nan'.*NaN"):
     SLOTS['volume'](schema.make_example(id='nan', images=[entry]), None)
+  buf = io.BytesIO()
+  np.save(buf, np.full((4, 4, 4), '0.5'))  # text, not numbers: astype failed naming nothing
+  entry = {'data': buf.getvalue(), 'format': 'npy', 'kind': '3d', 'spacing': None}
+  with pytest.raises(schema.SchemaError, match="record 'words'.*must be numbers.*<U3"):
+    SLOTS['volume'](schema.make_example(id='words', images=[entry]), None)
 
 
 @pytest.mark.parametrize('values', [np.linspace(-1000, 2000, 64),  # Hounsfield units

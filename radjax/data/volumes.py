@@ -32,6 +32,9 @@ def decode_volume(image: dict, record_id: str) -> np.ndarray:
   if vol.ndim != 3 or min(vol.shape) < 1:
     raise schema.SchemaError(f'record {record_id!r}: images: a volume must be [rows, cols, '
                              f'slices], got shape {vol.shape}')
+  if vol.dtype.kind not in 'fiub':  # strings, complex or structured voxels
+    raise schema.SchemaError(f'record {record_id!r}: images: volume voxels must be numbers, '
+                             f'got dtype {vol.dtype}')
   if vol.dtype.kind != 'f':
     vol = vol.astype(np.float32)
   if not np.isfinite(vol).all():
