@@ -126,6 +126,18 @@ def test_positive_beats_uncertain_beats_negative():
   assert mentioned('No effusion on the right. Possible left effusion.')['Pleural Effusion'] == -1
 
 
+def test_heart_failure_makes_cardiomegaly_uncertain_as_chexperts_aggregator():
+  """CheXpert's aggregator adds an uncertain Cardiomegaly for a positive or uncertain
+  'chf' / 'heart failure' (both Edema mentions there); a stated Cardiomegaly still wins,
+  a negated heart failure adds nothing."""
+  assert mentioned('Findings consistent with CHF.') == {'Edema': 1, 'Cardiomegaly': -1}
+  assert mentioned('Possible heart failure.') == {'Edema': -1, 'Cardiomegaly': -1}
+  assert mentioned('Cardiomegaly. Congestive heart failure.') == {'Edema': 1,
+                                                                 'Cardiomegaly': 1}
+  assert mentioned('No congestive heart failure.') == {'Edema': 0}
+  assert mentioned('Mild pulmonary edema.') == {'Edema': 1}
+
+
 def test_synonyms():
   assert mentioned('The cardiac silhouette is mildly enlarged.')['Cardiomegaly'] == 1
   assert mentioned('Mild pulmonary vascular congestion.')['Edema'] == 1

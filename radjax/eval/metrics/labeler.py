@@ -48,7 +48,8 @@ MENTIONS: dict[str, str] = {
   ),
   'Edema': (
     r'\b(?:o?edema(?:tous)?|(?:vascular|pulmonary|venous|interstitial)\s+(?:congestion|engorgement)'
-    r'|congestive\s+(?:heart\s+)?failure|chf|congestion|cephalization|engorged'
+    r'|(?:congestive\s+)?heart\s+failure|congestive\s+failure|chf|congestion|cephalization'
+    r'|engorged'
     r'|vascular\s+(?:redistribution|prominence|cephalization)'
     r'|(?:increased|prominent)\s+(?:central\s+)?(?:pulmonary\s+|lung\s+)?vascular\w*'
     r'|prominence\s+of\s+the\s+(?:central\s+)?(?:pulmonary\s+)?vascula\w*'
@@ -254,6 +255,11 @@ def _classify(clause: str, start: int, end: int) -> int | None:
   return 1
 
 
+# CheXpert's aggregator: heart failure stated or suspected (an Edema mention) makes
+# Cardiomegaly at least uncertain.
+_HEART_FAILURE = _C(r'\b(?:chf|(?:congestive\s+)?heart\s+failure|congestive\s+failure)\b')
+
+
 def _merge(old: int | None, new: int | None) -> int | None:
   # Precedence across mentions: positive (1) > uncertain (-1) > negative (0).
   rank = {None: -1, 0: 0, -1: 1, 1: 2}  # None: not mentioned
@@ -278,7 +284,10 @@ def label_report(text: str) -> dict[str, int | None]:
         # A mention inside a normal statement ("heart size is normal") is not a finding.
         if any(s <= m.start() and m.end() <= e for s, e in covered):
           continue
-        labels[obs] = _merge(labels[obs], _classify(clause, m.start(), m.end()))
+        label = _classify(clause, m.start(), m.end())
+        labels[obs] = _merge(labels[obs], label)
+        if obs == 'Edema' and label in (1, -1) and _HEART_FAILURE.fullmatch(m.group()):
+          labels['Cardiomegaly'] = _merge(labels['Cardiomegaly'], -1)
   others = [v for k, v in labels.items() if k not in ('No Finding', 'Support Devices')]
   # CheXpert: No Finding is positive when nothing but support devices is positive or uncertain.
   labels['No Finding'] = None if any(v in (1, -1) for v in others) else 1
