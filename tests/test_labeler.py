@@ -134,7 +134,7 @@ def test_heart_failure_makes_cardiomegaly_uncertain_as_chexperts_aggregator():
   assert mentioned('Possible heart failure.') == {'Edema': -1, 'Cardiomegaly': -1}
   assert mentioned('Cardiomegaly. Congestive heart failure.') == {'Edema': 1,
                                                                  'Cardiomegaly': 1}
-  assert mentioned('No congestive heart failure.') == {'Edema': 0}
+  assert mentioned('No congestive heart failure.') == {'Edema': 0, 'No Finding': 1}
   assert mentioned('Mild pulmonary edema.') == {'Edema': 1}
 
 
