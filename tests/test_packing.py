@@ -140,18 +140,22 @@ def two_image_conversations(demo_data, out: str, n: int = 8) -> str:
 
 
 @pytest.mark.parametrize('anyres', [False, True])
-def test_a_cut_off_image_leaves_the_packed_row(demo_data, tmp_path, anyres):
-  """max_len cuts through the second image's placeholders (too_long='truncate'): the
-  example keeps its first image only, so in a packed row the next example's placeholders
-  take its own image, not the rest of the cut one (each packed example's loss is still its
-  unpacked one)."""
+@pytest.mark.parametrize('cut', ['in', 'after'])
+def test_a_cut_off_image_leaves_the_packed_row(demo_data, tmp_path, anyres, cut):
+  """max_len cuts through the second image's placeholders, or just after them, before the
+  answer (too_long='truncate'): the example keeps its first image only (the second one's
+  placeholders are cut, or are past its last target and packing leaves them out), so in a
+  packed row the next example's placeholders take its own image, not the cut one's second
+  (each packed example's loss is still its unpacked one)."""
   config = packed_config(two_image_conversations(demo_data, str(tmp_path / 'conv')), 'vlm')
   config.data.tasks, config.data.max_images = ('conversation',), 2
-  config.data.max_len, config.data.too_long = 80, 'truncate'  # in turn 2's image run
+  # Turn 2's image run is at 70-85; its answer's first target at 88.
+  config.data.max_len, config.data.too_long = {'in': 80, 'after': 87}[cut], 'truncate'
   config.data.pack_max_examples, config.data.shuffle = 2, False
   if anyres:  # 17 image tokens each (these films' plans), the second image's at 71-87
     config.model.anyres_grids, config.model.anyres_max_tiles = ((1, 1), (2, 2)), 2
-    config.data.augment, config.data.max_len, config.data.pixels = False, 78, 'uint8'
+    config.data.augment, config.data.pixels = False, 'uint8'
+    config.data.max_len = {'in': 78, 'after': 89}[cut]
   task = run_lib.make_task(config)
   packed, from_packed, from_unpacked = per_example_losses(config, task, sharp_params(task))
   assert (packed['truncated'] == 1).sum() == (packed['source'] >= 0).sum() >= 2

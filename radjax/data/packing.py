@@ -20,13 +20,14 @@ checkpoint resumes on such a P (the shards' states merged: radjax/core/checkpoin
 iterator's state is each shard packer's (its stream's next index at the last emitted
 group, the row within it) and the shard count, which a resumed run keeps.
 """
+import functools
 from typing import Callable
 
 import grain
 import numpy as np
 from absl import logging
 
-from radjax.data import pixels, source
+from radjax.data import pixels, processors, source
 
 TEXT = ('tokens', 'targets', 'loss_mask')  # [max_len] per example
 # [max_images, ...] per example: only the real ones pack (a pixel table with its image)
@@ -45,9 +46,10 @@ def max_examples(config) -> int:
   return k
 
 
-def trim(example: dict) -> dict:
+def trim(example: dict, image_id: int | None = None) -> dict:
   """A padded example -> its real part: tokens through its last loss-bearing target (later
-  tokens change no loss: attention is causal), its real images, host scalars as [1]."""
+  tokens change no loss: attention is causal), its real images whose placeholders (of
+  `image_id`) those tokens keep, host scalars as [1]."""
   for key, knob in UNPACKABLE.items():
     if key in example:
       raise ValueError(f'config.data.pack=True cannot pack {key!r} (from {knob}); '
@@ -56,23 +58,39 @@ def trim(example: dict) -> dict:
   length = int(weighted[-1]) + 1 if len(weighted) else 1
   out = {k: example[k][:length] for k in TEXT}
   if 'image_mask' in example:
-    n = int(np.sum(example['image_mask']))
+    n = _images_kept(example, out['tokens'], image_id)
     out.update({k: example[k][:n] for k in IMAGES + TILES if k in example})
   out.update({k: np.asarray([example[k]], np.int32) for k in HOST if k in example})
   return out
 
 
-def pack(config, ds: grain.MapDataset, rows: int, images: bool) -> grain.IterDataset:
+def _images_kept(example: dict, kept, image_id: int | None) -> int:
+  """How many of the example's real images have their placeholders in `kept`, its trimmed
+  tokens. One after the last loss-bearing target (max_len cut just after its placeholders,
+  before the answer) leaves with them: in a packed row the next example's would take it."""
+  n = int(np.sum(example['image_mask']))
+  if image_id is None or not n:
+    return n
+  counts = processors.image_token_counts(example)  # AnyRes: each image's own
+  if counts is None:  # the same for every image, whose runs the example holds whole
+    counts = [int(np.sum(example['tokens'] == image_id)) // n] * n
+  return int(np.sum(np.cumsum(counts) <= np.sum(kept == image_id)))
+
+
+def pack(config, ds: grain.MapDataset, rows: int, image_id: int | None
+         ) -> grain.IterDataset:
   """One shard's example stream -> packed rows (an IterDataset, batched by the caller into
   `rows` per batch: the packer fills `rows` bins at a time, so one packed group is one
-  batch). `images`: the examples carry image slots (a VLM's). Read threads
-  (config.data.worker_threads, for each shard) decode ahead of the packer."""
+  batch). `image_id`: the placeholder id of examples with image slots (a VLM's), None
+  without. Read threads (config.data.worker_threads, for each shard) decode ahead of the
+  packer."""
   c = config.data
   k = max_examples(config)
-  it = ds.map(trim).to_iter_dataset(source.read_options(c.worker_threads))
+  it = ds.map(functools.partial(trim, image_id=image_id))
+  it = it.to_iter_dataset(source.read_options(c.worker_threads))
   lengths = {**{key: c.max_len for key in TEXT}, **{key: k for key in HOST}}
   padding = {**{key: 0 for key in TEXT}, **{key: -1 for key in HOST}}
-  if images:
+  if image_id is not None:
     keys = (IMAGES if pixels.mode_of(config) != 'float32' else
             tuple(k for k in IMAGES if k != pixels.TABLE))
     keys += TILES if config.model.get('anyres_grids', ()) else ()
@@ -97,7 +115,7 @@ def shard_count(config, process_count: int) -> int:
 
 
 def sharded(config, ds: grain.MapDataset, process_index: int, process_count: int,
-            images: bool) -> 'ShardedPack':
+            image_id: int | None) -> 'ShardedPack':
   """The global example stream `ds` -> this process's packed batches of
   config.train.batch_size / process_count rows (the module docstring)."""
   max_examples(config)
@@ -105,7 +123,7 @@ def sharded(config, ds: grain.MapDataset, process_index: int, process_count: int
 
   def make(shard: int, shards: int) -> grain.IterDataset:
     rows = batch // shards
-    return pack(config, ds[shard::shards], rows, images).batch(rows, drop_remainder=True)
+    return pack(config, ds[shard::shards], rows, image_id).batch(rows, drop_remainder=True)
 
   return ShardedPack(make, shard_count(config, process_count), process_index, process_count)
 

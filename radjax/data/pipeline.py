@@ -42,7 +42,7 @@ def train_dataset(config, make_processor, split: str,
     processor = make_processor(tuple(config.data.tasks))
     _check_tasks(processor, 'config.data.tasks')
     ds = _stream(config, records, config.seed, processor, 0, log)
-    return _batches(config, ds, 'image', process_index, process_count, _has_images(processor))
+    return _batches(config, ds, 'image', process_index, process_count, _image_id(processor))
   batched = {}
   for kind, items in mixture.by_kind(comps).items():
     records = [_capped(_training_records(c, split), c) for _, c in items]
@@ -58,7 +58,7 @@ def train_dataset(config, make_processor, split: str,
     # lazy), so the global stream, and what a checkpoint's batch index means, is the same
     # on any number of processes.
     batched[kind] = _batches(config, ds, kind, process_index, process_count,
-                             _has_images(processors[0]))
+                             _image_id(processors[0]))
   if len(batched) == 1:
     return next(iter(batched.values()))
   share = config.data.volume_batch_share
@@ -82,12 +82,15 @@ def _capped(records, comp: mixture.Component):
   return records if keep is None else source.SubsetSource(records, keep)
 
 
-def _has_images(processor) -> bool:
-  return getattr(processor, 'images', None) is not None
+def _image_id(processor) -> int | None:
+  """The image placeholder id of a processor's examples, None without image slots."""
+  if getattr(processor, 'images', None) is None:
+    return None
+  return processor.encoder.image_id
 
 
 def _batches(config, ds: grain.MapDataset, kind: str, process_index: int, process_count: int,
-             images: bool):
+             image_id: int | None):
   """This process's batches of one kind from the global stream `ds`; volume batches trimmed
   to their depth bucket on one process (on several the model picks it: the whole batch's,
   VLM._volume_slots); image (and text) examples packed into rows first with
@@ -105,7 +108,7 @@ def _batches(config, ds: grain.MapDataset, kind: str, process_index: int, proces
     if kind != 'image':
       raise ValueError("config.data.pack=True packs text and 2D-image examples only; the "
                        "mixture has a 'volume' component")
-    return packing.sharded(config, ds, process_index, process_count, images)
+    return packing.sharded(config, ds, process_index, process_count, image_id)
   ds = ds[process_index::process_count].batch(size // process_count, drop_remainder=True)
   if kind == 'volume':
     max_depth = max_slices(config)
