@@ -57,10 +57,12 @@ def _env(devices: int) -> dict:
   return env
 
 
-def _start(data_dir: str, workdir: str, processes: int = 2, extra: tuple = ()) -> list:
+def _start(data_dir: str, workdir: str, processes: int = 2, extra: tuple = (),
+           argv: list | None = None) -> list:
   """`processes` main.py processes of one run (one: a plain single-process run, 8 devices);
-  each one's output goes to a file (a full pipe would stall it)."""
-  argv, runs = _argv(data_dir, workdir) + list(extra), []
+  each one's output goes to a file (a full pipe would stall it). `argv`: another command
+  than the demo's (_argv)."""
+  argv, runs = (argv or _argv(data_dir, workdir)) + list(extra), []
   port = _free_port()
   for i in range(processes):
     # Several processes: a hybrid mesh, data parallel across them (config.mesh.dcn), 4-way
@@ -185,6 +187,26 @@ def test_a_two_process_checkpoint_resumes_in_one_process(demo_data, two_processe
   np.testing.assert_allclose([got[s] for s in range(3, STEPS + 1)],
                              [want[s] for s in range(3, STEPS + 1)], rtol=0, atol=1e-5)
   assert not os.path.exists(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))
+
+
+def test_two_processes_evaluate_a_codec_as_one_and_log_its_reconstructions(demo_data,
+                                                                           tmp_path):
+  """The codec evaluator's logged inputs were this process's rows, indexed by the whole
+  batch's mask: an IndexError in every process at the first evaluation. Its metrics, over
+  the gathered batch, are one process's."""
+  def argv(wd):
+    return [sys.executable, 'main.py', '--config', 'configs/vqgan.py:size=micro',
+            '--workdir', wd, f'--config.data.dir={demo_data}', '--config.train.num_steps=1',
+            '--config.train.eval_every=1', '--config.train.async_checkpoint=False']
+
+  runs = {n: str(tmp_path / f'p{n}') for n in (1, 2)}
+  for n, wd in runs.items():
+    _finish(_start(demo_data, wd, n, argv=argv(wd)))
+  evals = {n: next(r for r in _rows(wd) if 'eval/psnr' in r) for n, wd in runs.items()}
+  for key in ('eval/psnr', 'eval/ssim', 'eval/val_loss', 'eval/codes_used'):
+    np.testing.assert_allclose(evals[2][key], evals[1][key], rtol=1e-5, err_msg=key)
+  events = glob.glob(os.path.join(runs[2], '**', 'events.out.tfevents.*'), recursive=True)
+  assert any(b'inputs_vs_reconstructions' in open(f, 'rb').read() for f in events), events
 
 
 def test_processes_together_read_the_batches_of_one(demo_data):

@@ -52,17 +52,23 @@ class CodecEvaluator:
     for i, batch in enumerate(pipeline.make_iterator(ds, cfg.data.worker_threads)):
       if cfg.eval.num_loss_batches and i >= cfg.eval.num_loss_batches:
         break
+      inputs = pipeline.to_global(batch, self.exp.batch_shardings)
       with self.exp.context():
-        m, recon, codes = self._fn(params, pipeline.to_global(batch, self.exp.batch_shardings))
+        m, recon, codes = self._fn(params, inputs)
       m, recon, codes = jax.tree.map(pipeline.to_host, (m, recon, codes))
       real = pipeline.to_host(batch[source.EVAL_MASK]) > 0  # records, not padding rows
       for k in rows:
         rows[k].append(m[k][real])
       counts += np.bincount(codes[real].reshape(-1), minlength=counts.size)
-      if i == 0 and writer is not None and cfg.eval.num_logged_examples:
-        k = cfg.eval.num_logged_examples
-        writer.write_images(step, {'eval/inputs_vs_reconstructions': side_by_side(
-            pixels.as_floats(batch)['images'][real][:k], recon[real][:k])})
+      if i == 0 and cfg.eval.num_logged_examples:
+        # The whole batch's inputs, as `real` and `recon` are (this process's rows alone
+        # did not fit the gathered mask with several processes); every process gathers.
+        images = pixels.as_floats({k: pipeline.to_host(inputs[k])
+                                   for k in ('images', pixels.TABLE) if k in inputs})['images']
+        if writer is not None:
+          k = cfg.eval.num_logged_examples
+          writer.write_images(step, {'eval/inputs_vs_reconstructions': side_by_side(
+              images[real][:k], recon[real][:k])})
     usage = usage_stats(counts)
     means = {k: float(np.mean(np.concatenate(v))) for k, v in rows.items()}
     return {'eval/psnr': means['psnr'], 'eval/ssim': means['ssim'],
