@@ -80,6 +80,35 @@ def test_unparseable_record_names_the_file_and_index(demo_data, tmp_path):
     evals[0]
 
 
+def _malformed(raw: bytes, how: str) -> bytes:
+  """A record another writer made without schema.validate: fields of the right top-level
+  types whose elements are not what the pipeline reads."""
+  ex = schema.decode(raw)
+  if how == 'image':
+    ex['images'][0] = 'cxr.png'
+  elif how == 'turn':
+    ex['conversation'] = [{'role': 'user'}]
+  else:
+    ex['report'] = {'findings': None, 'impression': 'x'}
+  return schema.encode(ex)
+
+
+@pytest.mark.parametrize('how, field', [('image', r'images\[0\]: not a map'),
+                                        ('turn', r'conversation\[0\]\.text'),
+                                        ('report', r'report\.findings')])
+def test_a_malformed_record_names_its_field_and_is_skipped_as_undecodable(demo_data, tmp_path,
+                                                                       how, field):
+  raws = writer.read_records(source.split_files(demo_data, 'train')[0])
+  rid = schema.decode(raws[2])['id']
+  out, shard = _damaged_copy(demo_data, tmp_path, {2: _malformed(raws[2], how)})
+  train, evals = _datasets(out)
+  for ds in (train, evals):
+    with pytest.raises(source.DataError, match=rf'{shard} record 2: record {rid!r}: {field}'):
+      ds[0]
+  skipping, _ = _datasets(out, max_skipped=1)
+  assert skipping[0]['tokens'].shape[0] == 8
+
+
 def test_skipped_records_are_counted_logged_and_deterministic(demo_data, tmp_path, caplog):
   raws = writer.read_records(source.split_files(demo_data, 'train')[0])
   bad_id = schema.decode(raws[5])['id']

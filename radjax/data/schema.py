@@ -159,6 +159,7 @@ def decode(raw: bytes) -> dict:
       f'record {rid!r}: schema_version: got {version!r}, this code reads {SCHEMA_VERSION}'
     )
   _check_structure(example, rid)
+  _check_elements(example, rid)
   return example
 
 
@@ -177,7 +178,34 @@ def _fail(rid: Any, field: str, reason: str) -> SchemaError:
   return SchemaError(f'record {rid!r}: {field}: {reason}')
 
 
-def _check_image(rid: Any, i: int, image: Any) -> None:
+def _check_elements(example: dict, rid: Any) -> None:
+  """The cheap checks of each image entry, report section, label and turn (no decoding):
+  `decode` runs them too, so a record written without `validate` fails naming its field,
+  not with a KeyError deep in the pipeline."""
+  for i, image in enumerate(example['images']):
+    _check_image_entry(rid, i, image)
+  report = example['report']
+  for key in ('findings', 'impression'):
+    if not isinstance(report.get(key), str):
+      raise _fail(rid, f'report.{key}', 'missing or not a string')
+  for name, value in example['labels'].items():
+    if name not in CHEXPERT_OBSERVATIONS:
+      raise _fail(rid, f'labels[{name!r}]', 'unknown CheXpert observation')
+    if isinstance(value, bool) or value not in LABEL_VALUES:
+      raise _fail(rid, f'labels[{name!r}]', f'value {value!r} not in {LABEL_VALUES}')
+  for i, box in enumerate(example['boxes']):
+    if not isinstance(box, dict):
+      raise _fail(rid, f'boxes[{i}]', 'not a map')
+  for i, turn in enumerate(example['conversation']):
+    if not isinstance(turn, dict):
+      raise _fail(rid, f'conversation[{i}]', 'not a map')
+    if turn.get('role') not in ROLES:
+      raise _fail(rid, f'conversation[{i}].role', f"{turn.get('role')!r} not in {ROLES}")
+    if not isinstance(turn.get('text'), str):
+      raise _fail(rid, f'conversation[{i}].text', 'missing or not a string')
+
+
+def _check_image_entry(rid: Any, i: int, image: Any) -> None:
   field = f'images[{i}]'
   if not isinstance(image, dict):
     raise _fail(rid, field, 'not a map')
@@ -188,6 +216,11 @@ def _check_image(rid: Any, i: int, image: Any) -> None:
     raise _fail(rid, f'{field}.format', f'{fmt!r} not in {IMAGE_FORMATS}')
   if kind not in IMAGE_KINDS:
     raise _fail(rid, f'{field}.kind', f'{kind!r} not in {IMAGE_KINDS}')
+
+
+def _check_image(rid: Any, i: int, image: Any) -> None:
+  field = f'images[{i}]'
+  data, fmt, kind = image['data'], image['format'], image['kind']
   spacing = image.get('spacing')
   if spacing is not None and not (
     isinstance(spacing, list) and all(isinstance(s, (int, float)) for s in spacing)
@@ -274,6 +307,7 @@ def validate(example: dict, *, require_text: bool = True) -> None:
   if example.get('schema_version') != SCHEMA_VERSION:
     raise _fail(rid, 'schema_version', f"{example.get('schema_version')!r} != {SCHEMA_VERSION}")
   _check_structure(example, rid)
+  _check_elements(example, rid)
   if not example['id']:
     raise _fail(rid, 'id', 'empty')
   if example['split'] not in SPLITS:
@@ -283,31 +317,14 @@ def validate(example: dict, *, require_text: bool = True) -> None:
     _check_image(rid, i, image)
 
   report = example['report']
-  for key in ('findings', 'impression'):
-    if not isinstance(report.get(key), str):
-      raise _fail(rid, f'report.{key}', 'missing or not a string')
   extra = set(report) - {'findings', 'impression'}
   if extra:
     raise _fail(rid, 'report', f'unknown sections {sorted(extra)}')
-
-  for name, value in example['labels'].items():
-    if name not in CHEXPERT_OBSERVATIONS:
-      raise _fail(rid, f'labels[{name!r}]', 'unknown CheXpert observation')
-    if isinstance(value, bool) or value not in LABEL_VALUES:
-      raise _fail(rid, f'labels[{name!r}]', f'value {value!r} not in {LABEL_VALUES}')
 
   if example['boxes']:
     kind = boxes_kind(example)
     for i, box in enumerate(example['boxes']):
       _check_box(rid, i, box, kind)
-
-  for i, turn in enumerate(example['conversation']):
-    if not isinstance(turn, dict):
-      raise _fail(rid, f'conversation[{i}]', 'not a map')
-    if turn.get('role') not in ROLES:
-      raise _fail(rid, f'conversation[{i}].role', f"{turn.get('role')!r} not in {ROLES}")
-    if not isinstance(turn.get('text'), str):
-      raise _fail(rid, f'conversation[{i}].text', 'missing or not a string')
 
   codes = example['codes']
   if codes is not None and not all(isinstance(c, int) and not isinstance(c, bool) for c in codes):
