@@ -76,6 +76,30 @@ def test_batches_have_static_shapes_and_processes_get_disjoint_records(processor
   np.testing.assert_array_equal(ds0[0]['images'], b0['images'])
 
 
+def test_every_read_thread_reads_at_once():
+  """config.data.worker_threads=6 decodes 6 elements at once (grain uses no more threads
+  than it reads ahead: with 2 ahead, 3 of them were busy)."""
+  import threading
+  import time
+
+  import grain
+  lock, busy, most = threading.Lock(), [0], [0]
+
+  def slow(i):
+    with lock:
+      busy[0] += 1
+      most[0] = max(most[0], busy[0])
+    time.sleep(0.1)  # a film's decode
+    with lock:
+      busy[0] -= 1
+    return np.full(4, i)
+
+  it = pipeline.make_iterator(grain.MapDataset.range(1000).map(slow), 6)
+  for i in range(18):
+    np.testing.assert_array_equal(next(it), np.full(4, i))
+  assert most[0] == 6, most
+
+
 @pytest.mark.parametrize('threads,most', [(0, 1), (2, 5)])
 def test_make_iterator_reads_ahead_only_what_its_threads_ask(threads, most):
   """worker_threads=0 reads in the calling thread; with threads, a couple of elements ahead.
