@@ -330,11 +330,12 @@ def test_generate_and_chat_decode_a_prompt_in_the_smallest_batch(served, tmp_pat
   assert rows == [8, 16, 8]  # the 8 devices' batch shards; 9 images: one batch of 16
 
 
-def test_a_seed_out_of_range_is_a_message(served):
+@pytest.mark.parametrize('seed', [2**32, -1, 2**70])  # 2**32 drew seed 0's sample
+def test_a_seed_out_of_range_is_a_message(served, seed):
   client, _, _, image, *_ = served
   with pytest.raises(Exception) as info:
-    _report(client, image, 'sample', seed=2**70)
-  assert f'seed {2**70}: give a whole number below 2**63' in str(info.value)
+    _report(client, image, 'sample', seed=seed)
+  assert f'seed {seed}: give a whole number from 0 to 2**32 - 1' in str(info.value)
 
 
 def _dicom(pixels: np.ndarray, frames: int = 1) -> bytes:

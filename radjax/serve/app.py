@@ -52,10 +52,11 @@ def _words(text: str):
 
 
 def _seed(value) -> int:
-  """The seed box's number (empty: 0); one JAX takes (a 64-bit integer)."""
+  """The seed box's number (empty: 0). JAX keeps a seed's low 32 bits (without x64), so
+  a larger one would draw another seed's sample: 2**32 is 0's."""
   seed = int(value or 0)
-  if not -2**63 <= seed < 2**63:
-    raise uploads.UploadError(f'seed {seed}: give a whole number below 2**63')
+  if not 0 <= seed < 2**32:
+    raise uploads.UploadError(f'seed {seed}: give a whole number from 0 to 2**32 - 1')
   return seed
 
 
