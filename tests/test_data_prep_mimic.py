@@ -1,6 +1,7 @@
 """MIMIC-CXR-JPG + reports builder on a fixture in PhysioNet's layout, with planted
 bad records; the frontal-only config."""
 import csv
+import glob
 import gzip
 import io
 import os
@@ -167,3 +168,22 @@ def test_report_sections_edge_cases():
     'impression'] == 'No acute process.'
   assert f('FINDINGS AND IMPRESSION: Normal chest.') == {
     'findings': 'Normal chest.', 'impression': ''}
+
+
+def test_reports_extracted_beside_the_images(mimic, tmp_path):
+  """mimic-cxr-reports.zip extracted beside files/ (mimic-cxr-reports/files/...), as the
+  docstring allows: files/ is always there (the JPEGs), so it was taken as the report
+  root and the build failed with 'no reports'."""
+  import shutil
+  root = str(tmp_path / 'src')
+  shutil.copytree(mimic, root)
+  for txt in glob.glob(os.path.join(root, 'files', 'p*', 'p*', 's*.txt')):
+    rel = os.path.relpath(txt, root)
+    os.makedirs(os.path.dirname(os.path.join(root, 'mimic-cxr-reports', rel)), exist_ok=True)
+    shutil.move(txt, os.path.join(root, 'mimic-cxr-reports', rel))
+  path, manifest = fx.build('mimic_cxr', root, str(tmp_path / 'out'))
+  assert manifest['counts'] == {'train': 2, 'val': 1, 'test': 2}
+  assert fx.examples(path, 'train')[0]['report']['impression'] == (
+    'No acute cardiopulmonary process.')
+  assert 'mimic-cxr-reports/files/p10/p10000935/s51178377.txt: report file missing' in (
+    fx.rejects(path)[dicom_id(40)]['reason'])

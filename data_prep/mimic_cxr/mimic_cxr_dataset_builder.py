@@ -22,7 +22,8 @@ from radjax.data import schema
 
 SPLITS = {'train': 'train', 'validate': 'val', 'test': 'test'}
 FRONTAL = ('PA', 'AP')
-REPORT_ROOTS = ('files', 'mimic-cxr-reports/files', 'reports/files')
+# The reports' own folders first: files/ always exists (the JPEGs), reports in it or not.
+REPORT_ROOTS = ('mimic-cxr-reports/files', 'reports/files', 'files')
 
 
 def csv_path(root: epath.Path, name: str) -> epath.Path:
@@ -45,11 +46,11 @@ class Builder(builder_lib.RadjaxBuilder, skip_registration=True):
     split_csv = csv_path(root, 'mimic-cxr-2.0.0-split')
     meta_csv = csv_path(root, 'mimic-cxr-2.0.0-metadata')
     label_csv = csv_path(root, 'mimic-cxr-2.0.0-chexpert')
-    report_root = next((r for r in REPORT_ROOTS if (root / r).exists()), None)
-    if report_root is None or not any((root / report_root).glob('p*/p*/s*.txt')):
+    report_root = next((r for r in REPORT_ROOTS if any((root / r).glob('p*/p*/s*.txt'))), None)
+    if report_root is None:
       raise builder_lib.ManualDirError(
         f'{root}: no reports: expected files/pXX/pSUBJECT/sSTUDY.txt (mimic-cxr-reports.zip '
-        'extracted into this folder)')
+        'extracted into this folder, or beside files/ as mimic-cxr-reports/files/)')
     views = {row['dicom_id']: row['ViewPosition']
              for _, row in checks.read_csv(meta_csv, ('dicom_id', 'ViewPosition'), root)}
     labels = {(row['subject_id'], row['study_id']): (line, row) for line, row in checks.read_csv(
