@@ -11,12 +11,16 @@ IMPRESSION = ('IMPRESSION', 'CONCLUSION', 'IMPRESSIONS', 'SUMMARY')
 
 
 def sections(text: str) -> dict[str, str]:
-  """{HEADER: body with whitespace collapsed}; text before the first header is dropped."""
+  """{HEADER: body with whitespace collapsed}; text before the first header is dropped.
+  A repeated header keeps its first non-empty body (MIMIC-CXR repeats a header with one
+  of them empty)."""
   out = {}
   found = list(_HEADER.finditer(text))
   for m, nxt in zip(found, found[1:] + [None]):
     body = ' '.join(text[m.end():nxt.start() if nxt else len(text)].split())
-    out.setdefault(m.group(1).strip(), body)
+    name = m.group(1).strip()
+    if not out.get(name):
+      out[name] = body
   return out
 
 

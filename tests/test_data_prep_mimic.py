@@ -187,3 +187,25 @@ def test_reports_extracted_beside_the_images(mimic, tmp_path):
     'No acute cardiopulmonary process.')
   assert 'mimic-cxr-reports/files/p10/p10000935/s51178377.txt: report file missing' in (
     fx.rejects(path)[dicom_id(40)]['reason'])
+
+
+def test_an_empty_repeated_section_does_not_hide_its_text():
+  """MIMIC-CXR reports with two FINDINGS headers, one of them empty (MIT-LCP's section
+  parser drops such empty ones: 'when there are multiple findings sections usually one is
+  empty'): the first, empty one was kept and the findings lost."""
+  text = """                                 FINAL REPORT
+ EXAMINATION:  CHEST (PORTABLE AP)
+
+ INDICATION:  ___ year old man with intubation  // ETT position
+
+ FINDINGS:
+
+ FINDINGS:  Endotracheal tube terminates 4 cm above the carina.  Lungs are clear.
+
+ IMPRESSION:
+
+ IMPRESSION:  ET tube in standard position.
+"""
+  assert reports.findings_impression(text) == {
+    'findings': 'Endotracheal tube terminates 4 cm above the carina. Lungs are clear.',
+    'impression': 'ET tube in standard position.'}
