@@ -304,6 +304,32 @@ def test_window_is_in_modality_units_and_monochrome1_inverts_after_it():
   assert (mono1[x12 > 1540] == 0).all() and (mono1[x12 < 508] == 255).all()
 
 
+def test_voi_lut_sequence_of_8_bit_entries_over_a_12_bit_range():
+  """A VOI LUT Sequence of 4096 8-bit entries (LUT Descriptor [4096, 0, 8]), as US or OW:
+  pydicom's apply_voi_lut held the indices in uint8, so index 256 read entry 0 and the
+  film came out as a saw-tooth; values past the last entry take it, not a wrapped one."""
+  from pydicom.dataset import Dataset
+
+  def with_lut(vr, descriptor, data):
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(ramp(12), bits=12)))
+    item = Dataset()
+    item.LUTDescriptor = descriptor
+    item.add_new(0x00283006, vr, data if vr == 'US' else np.asarray(data, '<u2').tobytes())
+    ds.VOILUTSequence = [item]
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return png_pixels(dicom.read_dicom(buf.getvalue(), 'lut.dcm')[0])[0].astype(int)
+
+  plain = png_pixels(dicom.read_dicom(make_dicom(ramp(12), bits=12), 'a')[0])[0].astype(int)
+  for vr in ('US', 'OW'):
+    full = with_lut(vr, [4096, 0, 8], [i // 16 for i in range(4096)])
+    assert np.abs(full - plain).max() <= 2, vr  # a linear LUT keeps the ramp
+    part = with_lut(vr, [256, 1000, 8], list(range(256)))  # maps raw 1000..1255
+    x = ramp(12)[0]
+    assert (part[x <= 1000] == 0).all() and (part[x >= 1255] == 255).all(), vr
+    assert (np.diff(part) >= 0).all(), vr
+
+
 def test_pixel_spacing_wins_over_imager_pixel_spacing():
   ds = pydicom.dcmread(io.BytesIO(make_dicom(ramp())))  # PixelSpacing [0.2, 0.1] (rows, cols)
   ds.ImagerPixelSpacing = [0.3, 0.3]

@@ -137,8 +137,11 @@ def modality_values(ds: pydicom.Dataset, where: str) -> np.ndarray:
 def to_uint8(ds: pydicom.Dataset, where: str) -> np.ndarray:
   """The frame as 8-bit grey [rows, columns], bone bright."""
   values = modality_values(ds, where)
-  if 'VOILUTSequence' in ds or 'WindowCenter' in ds:
-    with _header_values(where, 'Window Center / Width (or VOI LUT)'):
+  if ds.get('VOILUTSequence'):
+    with _header_values(where, 'VOI LUT Sequence'):
+      values = _voi_lut_table(values, ds)
+  elif 'WindowCenter' in ds:
+    with _header_values(where, 'Window Center / Width'):
       values = apply_voi_lut(values, ds, index=0)
   values = values.astype(np.float64)
   if ds.PhotometricInterpretation == 'MONOCHROME1':
@@ -147,6 +150,24 @@ def to_uint8(ds: pydicom.Dataset, where: str) -> np.ndarray:
   if not np.isfinite([lo, hi]).all() or hi <= lo:
     raise SchemaError(f'{where}: blank image (all pixels {lo})')
   return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _voi_lut_table(values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+  """The first VOI LUT looked up with wide indices: pydicom's apply_voi_lut holds them in
+  the LUT's output type, so an 8-bit LUT of 4096 entries wrapped index 256 to 0."""
+  item = ds.VOILUTSequence[0]
+  entries, first, _ = (int(v) for v in item.LUTDescriptor)
+  data = item['LUTData'].value
+  if isinstance(data, bytes):  # OW: 16-bit words in the dataset's byte order
+    little = (ds.original_encoding[1] if ds.original_encoding[1] is not None else True)
+    lut = np.frombuffer(data, '<u2' if little else '>u2')
+  else:
+    lut = np.atleast_1d(np.asarray(data, np.int64))
+  lut = lut[:entries or 2**16]
+  if not lut.size:
+    raise ValueError('LUT Data is empty')
+  index = np.clip(np.floor(values) - first, 0, lut.size - 1).astype(np.intp)
+  return lut[index].astype(np.float64)
 
 
 def pixel_spacing(ds: pydicom.Dataset) -> list[float] | None:
