@@ -6,7 +6,8 @@ import re
 
 # A section header: an upper-case name at the start of a line, then a colon.
 _HEADER = re.compile(r'^[ \t]*([A-Z][A-Z /&,()-]*?)[ \t]*:', re.M)
-FINDINGS = ('FINDINGS', 'FINDINGS AND IMPRESSION', 'FINDING')
+FINDINGS = ('FINDINGS', 'FINDINGS AND IMPRESSION', 'FINDINGS/IMPRESSION', 'FINDINGS/ IMPRESSION',
+            'FINDING')
 IMPRESSION = ('IMPRESSION', 'CONCLUSION', 'IMPRESSIONS', 'SUMMARY')
 
 

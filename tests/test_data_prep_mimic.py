@@ -209,3 +209,13 @@ def test_an_empty_repeated_section_does_not_hide_its_text():
   assert reports.findings_impression(text) == {
     'findings': 'Endotracheal tube terminates 4 cm above the carina. Lungs are clear.',
     'impression': 'ET tube in standard position.'}
+
+
+def test_findings_slash_impression_header():
+  """MIMIC-CXR's 'FINDINGS/IMPRESSION:' header (47 reports by MIT-LCP's count, and one
+  'FINDINGS/ IMPRESSION:') is a combined section like 'FINDINGS AND IMPRESSION:'; a report
+  with it alone was rejected as having neither section."""
+  for header in ('FINDINGS/IMPRESSION', 'FINDINGS/ IMPRESSION'):
+    text = f' INDICATION:  Cough.\n\n {header}:  No acute cardiopulmonary process.\n'
+    assert reports.findings_impression(text)['findings'] == (
+      'No acute cardiopulmonary process.'), header
