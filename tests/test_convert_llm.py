@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from safetensors import numpy as safetensors_numpy
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -84,6 +85,25 @@ def test_load_sharded_dir(hf_dir, tmp_path):
   assert sharded.keys() == single.keys()
   for k, v in single.items():
     np.testing.assert_array_equal(sharded[k], v)
+
+
+@pytest.mark.parametrize('sharded', [False, True], ids=['single', 'indexed'])
+def test_load_reads_the_weights_hf_reads(hf_dir, tmp_path, sharded):
+  """Hub repos often keep other safetensors beside the model (a PEFT adapter a merged
+  fine-tune ships, Mistral's consolidated.safetensors): HF loads model.safetensors or the
+  index's shards only, and so must the import."""
+  _, path = hf_dir
+  _, want = convert.load_hf_dir(path)
+  model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+  model.save_pretrained(str(tmp_path), max_shard_size='40KB' if sharded else '1GB')
+  lora = {'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight':
+          np.zeros((4, 64), np.float32)}
+  safetensors_numpy.save_file(lora, str(tmp_path / 'adapter_model.safetensors'))
+  safetensors_numpy.save_file(want, str(tmp_path / 'consolidated.safetensors'))
+  _, got = convert.load_hf_dir(str(tmp_path))
+  assert got.keys() == want.keys()
+  for k, v in want.items():
+    np.testing.assert_array_equal(got[k], v)
 
 
 @pytest.mark.parametrize('family', ['llama', 'qwen2'])

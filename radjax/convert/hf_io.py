@@ -106,11 +106,18 @@ def _indexed_shards(path: str, index_name: str) -> list[str] | None:
 
 
 def _weight_files(path: str) -> list[str]:
-  """The directory's weight files: its safetensors, else its `pytorch_model*.bin` (as the
-  index lists them, when there is one: a missing shard is named)."""
+  """The directory's weight files as transformers picks them: model.safetensors, else the
+  shards model.safetensors.index.json lists (a missing one is named), else its other
+  safetensors, else its `pytorch_model*.bin` (as their index lists them, when there is
+  one). Other safetensors beside the model (a PEFT adapter, Mistral's consolidated copy)
+  are not read."""
+  if os.path.exists(os.path.join(path, 'model.safetensors')):
+    return [os.path.join(path, 'model.safetensors')]
+  files = _indexed_shards(path, 'model.safetensors.index.json')
+  if files:
+    return files
   files = sorted(glob.glob(os.path.join(path, '*.safetensors')))
   if files:
-    _indexed_shards(path, 'model.safetensors.index.json')
     return files
   files = _indexed_shards(path, 'pytorch_model.bin.index.json')
   if files:
