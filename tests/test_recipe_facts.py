@@ -89,16 +89,33 @@ def test_cosine_schedule_is_unchanged_for_the_other_recipes():
   np.testing.assert_allclose(float(schedule(w + (n - w) // 2)), 0.5e-5, rtol=1e-3)
 
 
+def _deepspeed_warmup_lrs(updates, peak, warmup):
+  """The lr of DeepSpeed's WarmupLR ('log', min lr 0) at each of `updates` updates, from
+  its behaviour: get_lr reads last_batch_iteration (gamma = log(it + 1) / log(warmup),
+  1 from it = warmup on), and the engine calls step() (it += 1) after each optimizer
+  step, so update k runs at it = k - 2 (update 1: the lr before any step(), taken as 0 as
+  DeepSpeed >= 0.15.3 sets it; 0.8.3 left the optimizer's configured lr there)."""
+  lrs, it = [], -1
+  for _ in range(updates):
+    gamma = 0.0 if it < 0 else (1.0 if it >= warmup else math.log(it + 1) / math.log(warmup))
+    lrs.append(peak * gamma)
+    it += 1  # engine.step(): optimizer.step(), then lr_scheduler.step()
+  return lrs
+
+
 def test_llm_cxr_warms_up_on_deepspeeds_log_curve():
   """LLM-CXR's ds config: WarmupLR with warmup_num_steps 50 and no warmup_type, so
-  DeepSpeed's default 'log': update k (1-based) at lr * log(k) / log(50), then constant.
-  Written from DeepSpeed's formula, not radjax's code."""
+  DeepSpeed's default 'log', stepped after each update: update k (1-based) at
+  lr * log(k - 1) / log(50), the peak from update 51, then constant. Written from
+  DeepSpeed's behaviour, not radjax's code."""
   from configs import llm_cxr
   c = llm_cxr.get_config('')
   schedule = optimizer.make_schedule(c.optim, c.train.num_steps)
-  for update in (1, 2, 5, 10, 25, 49, 50, 51, 1000, c.train.num_steps):
-    want = 5e-6 * min(1.0, math.log(update) / math.log(50))
-    np.testing.assert_allclose(float(schedule(update - 1)), want, rtol=1e-5, atol=1e-12)
+  want = _deepspeed_warmup_lrs(1000, 5e-6, 50)
+  for update in (1, 2, 3, 5, 10, 25, 49, 50, 51, 52, 1000):
+    np.testing.assert_allclose(float(schedule(update - 1)), want[update - 1], rtol=1e-5,
+                               atol=1e-12)
+  assert float(schedule(c.train.num_steps - 1)) == pytest.approx(5e-6)
   assert not config_checks.errors(c)
 
 

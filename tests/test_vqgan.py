@@ -58,6 +58,21 @@ def test_the_codec_task_needs_no_tokenizer(tmp_path):
   assert isinstance(task, vqgan_task.ImageCodec) and task.tokenizer is None
 
 
+def test_the_codec_refuses_micro_batches_also_derived_from_the_mesh(tmp_path):
+  """The codec's step takes its batch whole: optim.grad_accum > 1 is an error, also when
+  train.micro_batch_per_device derives it from the mesh after the task was made (the
+  step then ran the whole batch on each device's share, the knob silently ignored)."""
+  from radjax.train import setup
+  c = micro_config(str(tmp_path))
+  c.train.micro_batch_per_device = 1  # a batch of 8 over 4 devices: 2 micro-batches
+  with pytest.raises(ValueError, match=r'grad_accum=2 \(derived from config\.train\.'
+                     r'micro_batch_per_device=1\): the vqgan task takes one batch per step'):
+    setup.build(c, run_lib.make_task(c), jax.devices()[:4])
+  c.train.micro_batch_per_device, c.optim.grad_accum = 0, 2
+  with pytest.raises(ValueError, match=r'grad_accum=2: the vqgan task takes one batch'):
+    setup.build(c, run_lib.make_task(c), jax.devices()[:1])
+
+
 def test_bad_geometry_is_an_error_naming_the_knob():
   with pytest.raises(ValueError, match='norm_groups'):
     vqgan.VQGANConfig(kind='vqgan', base_channels=12, norm_groups=8)

@@ -33,6 +33,7 @@ class Task:
   needs_tokenizer: ClassVar[bool] = True  # False: an image-only task (the codec)
   packs: ClassVar[bool] = False  # trains on packed rows with config.data.pack
   token_loss: ClassVar[bool] = False  # loss is cross-entropy per text token (a perplexity)
+  accumulates: ClassVar[bool] = True  # train_step takes config.optim.grad_accum micro-batches
 
   def __init__(self, config, tokenizer):
     if config.data.get('pack', False) and not self.packs:

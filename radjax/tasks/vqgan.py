@@ -87,13 +87,11 @@ class ImageCodec(base.Task):
   parts = {'vqgan': state_lib.WHOLE}
   image_slots = None  # no VLM image slots: generation does not apply
   needs_tokenizer = False  # images in, images out
+  accumulates = False  # one batch per step (setup.build refuses optim.grad_accum > 1)
 
   def __init__(self, config, tokenizer):
     super().__init__(config, tokenizer)
     self.model_cfg = factory.part_config(config.model, 'vqgan')
-    if config.optim.grad_accum != 1:
-      raise ValueError(f'config.optim.grad_accum={config.optim.grad_accum}: the vqgan task '
-                       'takes one batch per step (raise config.train.batch_size instead)')
     self._perceptual = None
     self._perceptual_loaded = False
 

@@ -48,8 +48,10 @@ def make_schedule(optim_cfg, num_steps: int) -> optax.Schedule:
   the warmup (HF's get_cosine_schedule_with_warmup, optax's warmup_cosine_decay).
   'lavis': LAVIS's linear_warmup_cosine_lr (MiniGPT-4, XrayGPT), the cosine of the whole
   run read at the step, so the warmup ends below lr (at cos(pi * warmup / num_steps)).
-  'log_warmup': DeepSpeed's WarmupLR default (LLM-CXR), update k of the warmup at
-  log(k) / log(warmup) of the way, then as 'cosine' (constant with min_lr_ratio 1)."""
+  'log_warmup': DeepSpeed's WarmupLR default (LLM-CXR), which steps after each update:
+  update k (1-based) at log(k - 1) / log(warmup) of the way (the first two at
+  warmup_init_lr), the peak from update warmup + 1, then as 'cosine' (constant with
+  min_lr_ratio 1)."""
   warmup = min(optim_cfg.warmup_steps, max(num_steps - 1, 0))
   init = float(optim_cfg.get('warmup_init_lr', 0.0))
   peak, end = optim_cfg.lr, optim_cfg.lr * optim_cfg.min_lr_ratio
@@ -64,9 +66,9 @@ def make_schedule(optim_cfg, num_steps: int) -> optax.Schedule:
     if warmup <= 1:  # log(1) = 0: no curve to climb
       return decay
 
-    def log_warmup(count):
-      return init + (peak - init) * jnp.log(jnp.asarray(count, jnp.float32) + 1) / math.log(
-          warmup)
+    def log_warmup(count):  # count = DeepSpeed's last_batch_iteration + 1
+      count = jnp.maximum(jnp.asarray(count, jnp.float32), 1.0)
+      return init + (peak - init) * jnp.log(count) / math.log(warmup)
     return optax.join_schedules([log_warmup, decay], [warmup])
   if kind != 'lavis':
     raise ValueError(f"config.optim.schedule: {kind!r} is not 'cosine', 'lavis' or "

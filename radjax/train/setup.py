@@ -53,6 +53,8 @@ def build(config, task, devices=None, pretrained: bool = True, train: bool = Tru
   `train=False` allocates nothing: the state holds only the params' abstract target
   (no optimizer moments), for evaluation or generation to restore into."""
   mesh, rules = preflight(config, devices, train)
+  if train:  # a codec workdir trained before this check still evaluates
+    _check_accumulation(config, task)
   inputs = task.init_inputs()
   model = task.model()
   params_shape = nn.meta.unbox(jax.eval_shape(
@@ -120,6 +122,20 @@ def _check_batch_sizes(config, mesh, rules, train: bool = True) -> None:
           f'split over the {shards} batch shards of the mesh ({" x ".join(axes)}): use a '
           f'multiple of {accum * shards}, another grad_accum, or '
           'config.train.micro_batch_per_device')
+
+
+def _check_accumulation(config, task) -> None:
+  """A task whose step takes its batch whole refuses micro-batches, also those that
+  train.micro_batch_per_device derives here (after the task was made): it would run the
+  whole batch on each device's share, with none of the memory that knob asked for."""
+  accum = config.optim.grad_accum
+  if accum == 1 or task.accumulates:
+    return
+  per = config.train.get('micro_batch_per_device', 0)
+  how = f' (derived from config.train.micro_batch_per_device={per})' if per else ''
+  raise ValueError(f'config.optim.grad_accum={accum}{how}: the {task.name} task takes one '
+                   'batch per step; set micro_batch_per_device=0 and grad_accum=1, and size '
+                   'config.train.batch_size to the memory instead')
 
 
 def derive_grad_accum(config, shards: int) -> None:
