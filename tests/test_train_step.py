@@ -5,6 +5,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from flax import linen as nn
 
 from radjax.core import sharding
 from radjax.train import optimizer, setup
@@ -264,6 +265,26 @@ def test_weight_decay_reaches_kernels_only_and_lr_multipliers_scale_the_step():
                              rtol=1e-6)
   np.testing.assert_allclose(new.params['b']['kernel'],
                              params['b']['kernel'] * (1 - 0.05 * 0.5), rtol=1e-6)
+
+
+def test_weight_decay_reaches_every_weight_matrix_of_the_label_head():
+  """The label head's per-label linear ('out', not a Dense kernel) is a weight matrix and
+  decays like the query's kernel; its bias and norm scale do not (the kernel-only rule left
+  'out' undecayed in the classifier and the demo's label loss)."""
+  from radjax.models import classifier
+  feats = jnp.ones((2, 5, 8), jnp.float32)
+  params = nn.meta.unbox(classifier.LabelHead(3).init(jax.random.key(0), feats)['params'])
+  params = jax.tree.map(lambda x: x + 1.0, params)  # nonzero, so decay shows
+  zero_loss = lambda p, b, rng: {'loss_sum': 0.0 * sum(jnp.sum(x) for x in
+                                                        jax.tree.leaves(p)),
+                                 'weight_sum': jnp.sum(b['w'])}
+  new, _ = _step(_optim(weight_decay=0.5), params, zero_loss, {'w': jnp.ones(2)})
+  for name in ('out', 'query'):
+    got, was = new.params[name], params[name]
+    got, was = (got['kernel'], was['kernel']) if name == 'query' else (got, was)
+    np.testing.assert_allclose(got, was * (1 - 0.1 * 0.5), rtol=1e-6, err_msg=name)
+  np.testing.assert_array_equal(new.params['bias'], params['bias'])
+  np.testing.assert_array_equal(new.params['norm']['scale'], params['norm']['scale'])
 
 
 def test_param_groups_match_whole_paths():

@@ -2,7 +2,8 @@
 
 A group is either frozen (no optimizer state; its gradients are zeroed, which
 lets XLA drop their computation) or trained with an LR multiplier. Weight decay
-applies to kernels only.
+applies to weight matrices only (big_vision's rule): not biases, norm scales, embeddings,
+position tables or codebooks.
 """
 import math
 import re
@@ -38,8 +39,13 @@ def trainable_mask(labels) -> Any:
   return jax.tree.map(lambda lab: lab != FROZEN, labels)
 
 
-def is_kernel(path) -> bool:
-  return path_str(path).endswith('kernel')
+# The weight matrices: Dense kernels, and the label head's per-label linear ('out', a
+# matrix its einsum reads; it went undecayed under a kernel-only rule).
+_DECAYED = ('kernel', 'out')
+
+
+def decays(path) -> bool:
+  return path_str(path).rsplit('/', 1)[-1] in _DECAYED
 
 
 def make_schedule(optim_cfg, num_steps: int) -> optax.Schedule:
@@ -86,7 +92,7 @@ def make_schedule(optim_cfg, num_steps: int) -> optax.Schedule:
 def make_optimizer(optim_cfg, num_steps: int, labels) -> tuple[optax.GradientTransformation,
                                                                 optax.Schedule]:
   schedule = make_schedule(optim_cfg, num_steps)
-  kernel_mask = lambda p: jax.tree_util.tree_map_with_path(lambda path, _: is_kernel(path), p)
+  decay_mask = lambda p: jax.tree_util.tree_map_with_path(lambda path, _: decays(path), p)
   transforms = {FROZEN: optax.set_to_zero()}
   for i, (_, spec) in enumerate(optim_cfg.param_groups):
     if spec == FROZEN:
@@ -94,7 +100,7 @@ def make_optimizer(optim_cfg, num_steps: int, labels) -> tuple[optax.GradientTra
     scale = float(spec)
     transforms[f'group{i}'] = optax.adamw(
         lambda step, s=scale: schedule(step) * s, b1=optim_cfg.b1, b2=optim_cfg.b2,
-        eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay, mask=kernel_mask)
+        eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay, mask=decay_mask)
   used = set(jax.tree.leaves(labels))
   transforms = {k: v for k, v in transforms.items() if k in used}
   chain = [optax.clip_by_global_norm(optim_cfg.clip_norm)] if optim_cfg.clip_norm else []
