@@ -424,7 +424,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.optim.b1 = 0.9
   c.optim.b2 = 0.95
   c.optim.eps = 1e-8
-  c.optim.weight_decay = 0.0  # decoupled, applied to kernels only
+  c.optim.weight_decay = 0.0  # decoupled, applied to weight matrices only
   c.optim.clip_norm = 1.0  # global gradient norm clip (0: off)
   # (regex over 'a/b/c' parameter paths, 'frozen' or an LR multiplier). A regex must match
   # the whole path (re.fullmatch: 'vision/.*', not 'vision'). First match wins; every
