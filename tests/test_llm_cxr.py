@@ -334,6 +334,7 @@ def test_a_drawing_generated_again_by_another_checkpoint_goes_beside_the_first(t
     return types.SimpleNamespace(
         step=step, exp=types.SimpleNamespace(config=types.SimpleNamespace(seed=5)), draw=draw,
         codec=types.SimpleNamespace(workdir=str(tmp_path / 'codec'), step=0),
+        answerer=types.SimpleNamespace(fit_batch=lambda n: None),
         draw_cfg=generate_lib.GenerationConfig(decoding='sample', top_p=top_p))
 
   report = 'Épanchement pleural gauche, 2 cm — cardiomégalie.'
