@@ -12,7 +12,7 @@ MINIMUMS = {
     'train.checkpoint_every': 1, 'train.keep_checkpoints': 0, 'train.eval_every': 0,
     'train.profile_steps': 0, 'train.profile_first_step': 1, 'train.micro_batch_per_device': 0,
     'optim.grad_accum': 1, 'optim.warmup_steps': 0, 'optim.lr': 0, 'optim.clip_norm': 0,
-    'optim.warmup_init_lr': 0,
+    'optim.warmup_init_lr': 0, 'optim.min_lr_ratio': 0, 'optim.eps': 0, 'optim.weight_decay': 0,
     'eval.batch_size': 1, 'eval.num_loss_batches': 0, 'eval.num_generate': 0,
     'eval.max_new_tokens': 1, 'eval.num_beams': 1, 'eval.top_k': 0,
     'data.max_len': 1, 'data.max_images': 1, 'data.worker_threads': 0,
@@ -75,6 +75,10 @@ def errors(config) -> list[str]:
   out += _param_group_errors(_get(config, 'optim.param_groups') or ())
   if '' in (_get(config, 'eval.stop_strings') or ()):
     out.append("config.eval.stop_strings: '' cuts every answer to nothing")
+  for knob in ('optim.b1', 'optim.b2'):  # 1 divides Adam's bias correction by zero: NaN
+    beta = _get(config, knob)
+    if _number(beta) and not 0 <= beta < 1:
+      out.append(f'config.{knob}={beta!r} must be in [0, 1)')
   lr = _get(config, 'optim.lr')
   if _number(lr) and not abs(lr) <= FLOAT32_MAX:
     out.append(f'config.optim.lr={lr!r} is not a finite float32')
