@@ -882,9 +882,13 @@ def test_ctrl_c_ends_a_run_with_one_line_and_it_resumes(demo_data, tmp_path):
       '--config.train.num_steps=100000', '--config.train.checkpoint_every=2',
       '--config.train.eval_every=0', '--config.train.log_every=1']
   # PYTHONFAULTHANDLER: a process that does not end is made to print every thread's stack.
+  # SIG_DFL before exec: a child inherits an ignored SIGINT and Python then keeps ignoring it
+  # (the run trained on for 300 s, twice in full-suite runs: a test earlier in the same
+  # pytest worker had left SIGINT ignored).
   proc = subprocess.Popen(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=dict(os.environ, PYTHONFAULTHANDLER='1'))
+                          env=dict(os.environ, PYTHONFAULTHANDLER='1'),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   try:
     assert kill_resume.wait_for(proc, lambda: len(kill_resume.losses(workdir)) >= 3), \
         proc.stdout.read()[-3000:]
