@@ -96,11 +96,6 @@ def batch_prefix_sharding(exp: Experiment):
   return sharding_lib.batch_sharding(exp.mesh, exp.rules, 1)
 
 
-def batch_shards(exp: Experiment) -> int:
-  """How many shards a batch splits into over exp's mesh: the smallest batch it takes."""
-  return sharding_lib.batch_axes(exp.mesh, exp.rules)[1]
-
-
 def _check_batch_sizes(config, mesh, rules, train: bool = True) -> None:
   """Every batch (and micro-batch) splits evenly over the mesh axes the batch is sharded on."""
   axes, shards = sharding_lib.batch_axes(mesh, rules)
