@@ -14,6 +14,7 @@ transformers = pytest.importorskip('transformers')
 
 from radjax import convert  # noqa: E402
 from radjax.convert import common  # noqa: E402
+from radjax.convert.hf_config import UnsupportedConfig  # noqa: E402
 from radjax.models import llm  # noqa: E402
 from tests import hf_models  # noqa: E402
 
@@ -120,3 +121,15 @@ def test_config_roundtrip(family):
   assert convert.llm_config_from_hf(hf) == cfg
   with pytest.raises(ValueError, match='qkv_bias'):
     convert.hf_config_from_llm(dataclasses.replace(cfg, qkv_bias=not cfg.qkv_bias), family)
+
+
+def test_qwen2_sliding_window_only_where_a_layer_slides():
+  # Qwen2 checkpoints ship use_sliding_window=True with max_window_layers = num layers:
+  # no layer slides, so they are full attention; one sliding layer is refused by name.
+  base = dict(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, intermediate_size=112, use_sliding_window=True,
+              sliding_window=16)
+  full = transformers.Qwen2Config(max_window_layers=2, **base)
+  assert convert.llm_config_from_hf(full).num_layers == 2
+  with pytest.raises(UnsupportedConfig, match='layer_types'):
+    convert.llm_config_from_hf(transformers.Qwen2Config(max_window_layers=1, **base))

@@ -74,7 +74,8 @@ def llm_config_from_hf(hf, **overrides) -> LLMConfig:
     _require(hf, 'attention_bias', lambda v: not v)
     _require(hf, 'mlp_bias', lambda v: not v)
   else:
-    _require(hf, 'use_sliding_window', lambda v: not v)
+    # Qwen2Config turns use_sliding_window into layer_types (layers from
+    # max_window_layers on slide); a window that no layer uses is full attention.
     _require(hf, 'layer_types', lambda v: v is None or set(v) <= {'full_attention'})
   heads = hf.num_attention_heads
   head_dim = getattr(hf, 'head_dim', None) or hf.hidden_size // heads
