@@ -108,6 +108,7 @@ def get_config(arg: str = ''):
   c.data.max_images = 10  # RadFM's test setting (100 in its training)
   c.mesh.data, c.mesh.fsdp = 1, -1  # 13B: parameters and moments over every device
   c.optim.lr, c.optim.warmup_steps, c.optim.weight_decay = 2e-5, 100, 0.0
+  c.optim.b2 = 0.999  # RadFM trains with HF Trainer's AdamW defaults (0.9, 0.999, 1e-8)
   c.train.batch_size = 8
   c.runtime.dtype, c.runtime.attention_impl = 'bfloat16', 'xla'
   c.runtime.remat.llm = c.runtime.remat.vision = 'qkv_and_attention_out'

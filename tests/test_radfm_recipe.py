@@ -92,3 +92,10 @@ def test_two_processes_with_depth_buckets_log_the_losses_of_one(radfm_run, demo_
   np.testing.assert_allclose([got[s] for s in want], [want[s] for s in want], atol=2e-4)
   want_eval = [r['eval/val_loss'] for r in rows if 'eval/val_loss' in r][-1]
   assert abs(mp._eval_loss(wd) - want_eval) < 2e-4
+
+
+def test_full_recipe_uses_hf_trainer_adamw_defaults():
+  """RadFM's train.py hands HF Trainer its defaults: AdamW betas (0.9, 0.999), eps 1e-8,
+  no weight decay, gradients clipped at norm 1."""
+  o = radfm.get_config('').optim
+  assert (o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm) == (0.9, 0.999, 1e-8, 0.0, 1.0)
