@@ -98,6 +98,21 @@ def test_beam_search_equals_hf(lm, num_beams, length_penalty, early_stopping, nu
     assert np.isin(ids, stops).any(axis=1).sum() >= 1
 
 
+def test_one_beam_is_greedy_as_in_hf(lm):
+  """HF decodes num_beams=1 greedily. A single beam differs: where the stop token ranks
+  first it files that hypothesis and goes on with the runner-up, and early_stopping='never'
+  with a length penalty then keeps a longer one."""
+  stops = [int(lm['greedy'][0, 3]), int(lm['greedy'][1, 1])]  # emitted early
+  cfg = gen.GenerationConfig(max_new_tokens=NEW, decoding='beam', num_beams=1,
+                             length_penalty=2.0, early_stopping='never',
+                             stop_ids=tuple(stops), pad_id=PAD)
+  ids, _ = _run(lm, cfg)
+  out = hf_models.hf_generate(lm['hf'], lm['tokens'], lm['mask'], do_sample=False,
+                              num_beams=1, max_new_tokens=NEW, pad_token_id=PAD,
+                              eos_token_id=stops, length_penalty=2.0, early_stopping='never')
+  np.testing.assert_array_equal(ids, _after_stop_is(_hf_new_tokens(out), stops, PAD))
+
+
 def test_beam_search_with_suppressed_ids_equals_hf(lm):
   """Every VLM generation suppresses ids (image tokens, vocabulary padding). HF's beam
   search masks the log-probs after the softmax, so the other ids' scores are not

@@ -28,7 +28,8 @@ class GenerationConfig:
   """Hashable, so it is a static argument of the jitted `generate` (temperature, top_p
 and repetition_penalty only as whether they apply: their values are arguments).
 
-  decoding: 'greedy' | 'sample' | 'beam'; 'sample' with temperature 0 is greedy.
+  decoding: 'greedy' | 'sample' | 'beam'; 'sample' with temperature 0 and 'beam' with one
+  beam are greedy, as in HF.
   top_k 0 and top_p 1.0 switch those filters off (HF defaults top_k to 50; we do not).
   repetition_penalty: HF's, on the ids of the prompt and of the tokens generated so far,
   before everything else (radjax/eval/decoding/repetition.py); 1.0 is off.
@@ -80,6 +81,10 @@ and repetition_penalty only as whether they apply: their values are arguments).
   @property
   def strategy(self) -> str:
     if self.decoding == 'sample' and self.temperature == 0:
+      return 'greedy'
+    if self.decoding == 'beam' and self.num_beams == 1:
+      # HF decodes one beam greedily; a beam of one would file a hypothesis at a stop token
+      # and go on with the runner-up (early_stopping='never' then keeps a longer one).
       return 'greedy'
     return self.decoding
 
@@ -225,8 +230,8 @@ def generate(model, params, prompt_tokens, prompt_mask, images, gen_cfg: Generat
   bare Decoder; rng: needed when sampling, a PRNG key per row [B] (row r's step i draws
   with fold_in(rng[r], i), whatever else is in the batch) or one key (row r's is
   fold_in(rng, r)).
-  Returns (ids [B, max_new_tokens], scores [B]): for beam search the best finished
-  hypothesis and its HF `sequences_scores`; otherwise summed token log-probs.
+  Returns (ids [B, max_new_tokens], scores [B]): for beam search (two or more beams) the
+  best finished hypothesis and its HF `sequences_scores`; otherwise summed token log-probs.
   Stop strings are not applied here (see `apply_stop_strings`).
   """
   if gen_cfg.strategy == 'sample' and rng is None:
