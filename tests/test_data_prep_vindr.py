@@ -24,7 +24,7 @@ def ids(n):
 
 
 def make_dicom(pixels, photometric='MONOCHROME2', bits=16, window=None, rescale=None,
-               compress=False, pixel_data=True) -> bytes:
+               compress=False, pixel_data=True, presentation_lut=None) -> bytes:
   meta = FileMetaDataset()
   meta.MediaStorageSOPClassUID = '1.2.840.10008.5.1.4.1.1.1.1'
   meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -42,6 +42,8 @@ def make_dicom(pixels, photometric='MONOCHROME2', bits=16, window=None, rescale=
     ds.WindowCenter, ds.WindowWidth = window
   if rescale:
     ds.RescaleSlope, ds.RescaleIntercept = rescale
+  if presentation_lut:
+    ds.PresentationLUTShape = presentation_lut
   if pixel_data:
     ds.PixelData = pixels.astype(np.uint16).tobytes()
     if compress:
@@ -75,6 +77,23 @@ def test_dicom_conversion_rules():
   rle = dicom.read_dicom(make_dicom(ramp(12), bits=12, compress=True), 'f')
   np.testing.assert_array_equal(png_pixels(rle[0]), plain)
   assert rle[1] == (W, H) and rle[2] == [0.1, 0.2]
+
+
+def test_presentation_lut_shape_inverse_inverts_once():
+  """A Presentation LUT Shape of INVERSE shows the lowest value white: alone on a
+  MONOCHROME2 image it inverts it; with MONOCHROME1 (as DX files carry them) it is the
+  same single inversion, not a second one."""
+  plain = png_pixels(dicom.read_dicom(make_dicom(ramp(12), bits=12), 'a')[0])
+  for photometric, shape in (('MONOCHROME2', 'INVERSE'), ('MONOCHROME1', 'INVERSE'),
+                             ('MONOCHROME1', 'IDENTITY')):
+    got = png_pixels(dicom.read_dicom(
+        make_dicom(ramp(12), photometric, 12, presentation_lut=shape), photometric)[0])
+    np.testing.assert_array_equal(got, 255 - plain)
+  same = png_pixels(dicom.read_dicom(make_dicom(ramp(12), bits=12, presentation_lut='IDENTITY'),
+                                     'b')[0])
+  np.testing.assert_array_equal(same, plain)
+  with pytest.raises(Reject, match=r'odd\.dcm: Presentation LUT Shape'):
+    dicom.read_dicom(make_dicom(ramp(12), bits=12, presentation_lut='SIDEWAYS'), 'odd.dcm')
 
 
 def test_compressed_dicoms_from_pydicom_decode_like_uncompressed():
