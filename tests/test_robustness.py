@@ -883,8 +883,8 @@ def test_ctrl_c_ends_a_run_with_one_line_and_it_resumes(demo_data, tmp_path):
       '--config.train.eval_every=0', '--config.train.log_every=1']
   # PYTHONFAULTHANDLER: a process that does not end is made to print every thread's stack.
   # SIG_DFL before exec: a child inherits an ignored SIGINT and Python then keeps ignoring it
-  # (the run trained on for 300 s, twice in full-suite runs: a test earlier in the same
-  # pytest worker had left SIGINT ignored).
+  # (the run trained on for 300 s, twice in full-suite runs). A non-interactive shell starts
+  # `cmd &` with SIGINT ignored, so pytest run in the background passes it on to the run.
   proc = subprocess.Popen(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=dict(os.environ, PYTHONFAULTHANDLER='1'),
