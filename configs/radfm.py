@@ -104,6 +104,9 @@ def get_config(arg: str = ''):
   c.data.image_delimiters = True
   # RadFM feeds ToTensor() pixels in [0, 1], unnormalised.
   c.data.image_mean, c.data.image_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+  # Its 2D transform is RandomResizedCrop(512, scale (0.8, 1), bicubic) then ToTensor():
+  # the crop alone, no intensity jitter.
+  c.data.intensity_jitter = False
   c.data.max_len = 2048
   c.data.max_images = 10  # RadFM's test setting (100 in its training)
   c.mesh.data, c.mesh.fsdp = 1, -1  # 13B: parameters and moments over every device
