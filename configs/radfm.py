@@ -122,7 +122,11 @@ def get_config(arg: str = ''):
         name: dict(dir='', tasks=tasks, kind='volume') for name, tasks in RADIOPAEDIA.items()})
     c.data.volume_batch_size = c.train.batch_size  # RadFM publishes no batch size
   c = common.finish(c, args)
-  if args.size != 'full':
+  if args.size == 'full':
+    # RadFM's tokenizer(question + ' ' + answer, max_length=2048, truncation=True): a
+    # longer example trains cut there (no EOS), not skipped (long case reports, articles).
+    c.data.too_long = 'truncate'
+  else:
     c.data.max_slices = 0
     tiny_model(c.model, micro=args.size == 'micro')
     c.data.image_mean, c.data.image_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)

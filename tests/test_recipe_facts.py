@@ -278,6 +278,30 @@ def test_radfm_crops_its_2d_images_without_intensity_jitter():
                                             3, axis=1))
 
 
+def test_radfm_cuts_a_long_example_at_2048_tokens_rather_than_skipping_it(tmp_path):
+  """multi_dataset.py __getitem__: tokenizer(question + ' ' + answer, max_length=2048,
+  truncation=True, padding='max_length'); the EOS goes into the first pad slot, so a cut
+  example has none; labels mask the question. The example trains on what fits."""
+  from configs import radfm
+  c = radfm.get_config('')
+  assert (c.data.max_len, c.data.too_long) == (2048, 'truncate')
+  from radjax.tasks import base
+  llama_like = tokens.load_tokenizer(_sentencepiece_dir(tmp_path))
+  base.prepare_tokenizer(c, llama_like, images=True)  # <image_begin> / <image_end> too
+  enc = base.chat_encoder(c, llama_like, 32)
+  question, answer = 'Describe the case.', ' '.join(['The lesion enhances.'] * 700)
+  turns = [{'role': 'user', 'text': question}, {'role': 'assistant', 'text': answer}]
+  arrays = enc.training_arrays(turns, 0, c.data.max_len, 'long')
+  ids = [llama_like.bos_token_id] + llama_like.encode(question + ' ' + answer,
+                                                      add_special_tokens=False)
+  assert len(ids) > c.data.max_len + 1 and arrays['truncated'] == 1
+  assert list(arrays['tokens']) == ids[:c.data.max_len]
+  assert list(arrays['targets']) == ids[1:c.data.max_len + 1]
+  assert llama_like.eos_token_id not in arrays['targets']
+  asked = len([llama_like.bos_token_id] + llama_like.encode(question, add_special_tokens=False))
+  assert arrays['loss_mask'][:asked - 1].sum() == 0 and arrays['loss_mask'][asked:].all()
+
+
 # ---- RadVLM --------------------------------------------------------------------------
 
 # RadVLM's create_llava_dataset.py dataset_info: (pairs, times listed), README table.
