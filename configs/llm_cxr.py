@@ -88,7 +88,11 @@ def get_config(arg: str = ''):
   c.eval.evaluators = ('codes_loss', 'codes_reports')
   c.eval.max_new_tokens = 128  # LLM-CXR's CXR -> report budget
   if args.size != 'full':
-    cxr, text = _tiny(c, args, cxr, text)
+    cxr, text = _tiny(c, args, cxr, text)  # greedy reports (README's measured numbers)
+  else:
+    # generate_eval.py reads each report through its InstructionTextGenerationPipeline's
+    # defaults (training/generate.py): do_sample, top_p 0.92, top_k 0, temperature 1.
+    c.eval.decoding, c.eval.top_p, c.eval.top_k, c.eval.temperature = 'sample', 0.92, 0, 1.0
   c.data.mixture.cxr = cxr
   if args.text_share:
     c.data.mixture.text = text

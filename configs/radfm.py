@@ -104,6 +104,9 @@ def get_config(arg: str = ''):
   c.data.image_delimiters = True
   # RadFM feeds ToTensor() pixels in [0, 1], unnormalised.
   c.data.image_mean, c.data.image_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+  # Its 2D transform is RandomResizedCrop(512, scale (0.8, 1), bicubic) then ToTensor():
+  # the crop alone, no intensity jitter.
+  c.data.intensity_jitter = False
   c.data.max_len = 2048
   c.data.max_images = 10  # RadFM's test setting (100 in its training)
   c.mesh.data, c.mesh.fsdp = 1, -1  # 13B: parameters and moments over every device
@@ -120,7 +123,11 @@ def get_config(arg: str = ''):
         name: dict(dir='', tasks=tasks, kind='volume') for name, tasks in RADIOPAEDIA.items()})
     c.data.volume_batch_size = c.train.batch_size  # RadFM publishes no batch size
   c = common.finish(c, args)
-  if args.size != 'full':
+  if args.size == 'full':
+    # RadFM's tokenizer(question + ' ' + answer, max_length=2048, truncation=True): a
+    # longer example trains cut there (no EOS), not skipped (long case reports, articles).
+    c.data.too_long = 'truncate'
+  else:
     c.data.max_slices = 0
     tiny_model(c.model, micro=args.size == 'micro')
     c.data.image_mean, c.data.image_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)

@@ -1,7 +1,8 @@
-"""configs/xraygpt.py and configs/radvlm.py at full size against what the original
-systems' code does (/work/shared/reference/seeds_spec.md; XrayGPT d0baa6a0, RadVLM
-69fe9462): each test names the original's file and the fact it pins. The formulas the
-tests compare with are written here from the originals' behaviour, not copied."""
+"""configs/xraygpt.py, llm_cxr.py, radvlm.py and radfm.py at full size against what the
+original systems' code does (/work/shared/reference/seeds_spec.md; XrayGPT d0baa6a0,
+LLM-CXR 854a2330, RadVLM 69fe9462, RadFM 9efba84c): each test names the original's file
+and the fact it pins. The formulas the tests compare with are written here from the
+originals' behaviour, not copied."""
 import io
 import logging
 import math
@@ -119,6 +120,22 @@ def test_llm_cxr_warms_up_on_deepspeeds_log_curve():
   assert not config_checks.errors(c)
 
 
+def test_llm_cxr_reads_reports_as_generate_eval_samples_them():
+  """generate_eval.py reads each report (max_new_tokens=128) through training/generate.py's
+  InstructionTextGenerationPipeline, whose defaults sample: do_sample=True, top_p 0.92,
+  top_k 0, temperature 1, no repetition penalty; it draws images with the same knobs
+  (config.codec). size=tiny keeps greedy reads (the README's measured numbers)."""
+  from configs import llm_cxr
+  from radjax.eval.decoding import generate as generate_lib
+  for arg in ('', 'stage=2,stage1=/nowhere'):
+    c = llm_cxr.get_config(arg)
+    g = generate_lib.config_from_eval(c.eval, (), 0)
+    assert (g.decoding, g.top_p, g.top_k, g.temperature, g.repetition_penalty,
+            g.max_new_tokens) == ('sample', 0.92, 0, 1.0, 1.0, 128), arg
+    assert (c.codec.decoding, c.codec.top_p, c.codec.temperature) == ('sample', 0.92, 1.0)
+    assert not config_checks.errors(c)
+
+
 def test_xraygpt_optimizer_is_lavis_adamw_on_llama_proj_only():
   """runner_base.py: AdamW(betas 0.9 / 0.999, weight_decay 0.05 on ndim >= 2), no
   gradient clipping (base_task.py steps the GradScaler straight); only llama_proj trains
@@ -231,6 +248,58 @@ def test_xraygpt_towers_are_the_codes_eva_and_qformer():
   assert (p.kind, p.num_queries, p.hidden_dim, p.num_layers, p.num_heads, p.mlp_dim,
           p.cross_attention_every, p.norm_eps) == ('qformer', 32, 768, 12, 12, 3072, 2, 1e-12)
   assert (lm.embed_dim, lm.num_layers, lm.num_heads, lm.mlp_dim) == (4096, 32, 32, 11008)
+
+
+def test_radfm_crops_its_2d_images_without_intensity_jitter():
+  """RadFM's 2D loaders (src/Dataset/dataset/chestxray.py, vqa.py, binary.py, ...):
+  RandomResizedCrop([512, 512], scale (0.8, 1), bicubic) then ToTensor(): pixels in [0, 1],
+  no normalisation, no colour or intensity jitter. The recipe's training image slots give
+  the cropped pixels over that plain table."""
+  from configs import radfm
+  from radjax.tasks import vlm
+  c = radfm.get_config('')
+  assert c.data.augment and tuple(c.data.crop_scale) == (0.8, 1.0)
+  assert c.model.vision.image_size == 512 and not c.data.intensity_jitter
+  c.model.image_token_id = 32000  # RadFM's <image>; no tokenizer is read here
+  slots = vlm.ImageTextToText(c, None).slots['image']
+  pixels = (np.random.default_rng(0).uniform(size=(40, 40, 3)) * 255).astype(np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, 'PNG')
+  example = schema.make_example(id='x', images=[{'kind': '2d', 'format': 'png',
+                                                 'data': buf.getvalue()}])
+  for seed in range(4):
+    out = slots(example, np.random.default_rng(seed))
+    assert out['image_mask'].tolist() == [True] + [False] * (c.data.max_images - 1)
+    crop = images.random_resized_crop(Image.fromarray(pixels), 512, (0.8, 1.0),
+                                      np.random.default_rng(seed))
+    np.testing.assert_array_equal(out['images'][0], np.asarray(crop))
+    np.testing.assert_array_equal(out['pixel_table'][0],
+                                  np.repeat(np.arange(256, dtype=np.float32)[:, None] / 255,
+                                            3, axis=1))
+
+
+def test_radfm_cuts_a_long_example_at_2048_tokens_rather_than_skipping_it(tmp_path):
+  """multi_dataset.py __getitem__: tokenizer(question + ' ' + answer, max_length=2048,
+  truncation=True, padding='max_length'); the EOS goes into the first pad slot, so a cut
+  example has none; labels mask the question. The example trains on what fits."""
+  from configs import radfm
+  c = radfm.get_config('')
+  assert (c.data.max_len, c.data.too_long) == (2048, 'truncate')
+  from radjax.tasks import base
+  llama_like = tokens.load_tokenizer(_sentencepiece_dir(tmp_path))
+  base.prepare_tokenizer(c, llama_like, images=True)  # <image_begin> / <image_end> too
+  enc = base.chat_encoder(c, llama_like, 32)
+  question, answer = 'Describe the case.', ' '.join(['The lesion enhances.'] * 700)
+  turns = [{'role': 'user', 'text': question}, {'role': 'assistant', 'text': answer}]
+  arrays = enc.training_arrays(turns, 0, c.data.max_len, 'long')
+  ids = [llama_like.bos_token_id] + llama_like.encode(question + ' ' + answer,
+                                                      add_special_tokens=False)
+  assert len(ids) > c.data.max_len + 1 and arrays['truncated'] == 1
+  assert list(arrays['tokens']) == ids[:c.data.max_len]
+  assert list(arrays['targets']) == ids[1:c.data.max_len + 1]
+  assert llama_like.eos_token_id not in arrays['targets']
+  asked = len([llama_like.bos_token_id] + llama_like.encode(question, add_special_tokens=False))
+  assert arrays['loss_mask'][:asked - 1].sum() == 0 and arrays['loss_mask'][asked:].all()
 
 
 # ---- RadVLM --------------------------------------------------------------------------
