@@ -99,6 +99,13 @@ def test_nifti_time_series_and_truncated_file_rejected(tmp_path):
   broken.write_bytes(gzip.compress(raw)[:5000])
   with pytest.raises(Reject, match=r'broken\.nii\.gz: not a readable NIfTI'):
     volumes.load_volume(broken)
+  # Whole gzip, short voxel data (the header declares more): nibabel's two-line message,
+  # in one line (the volume command prints it as `error: ...`).
+  cut = tmp_path / 'cut.nii'
+  cut.write_bytes((NIBABEL_DATA / 'anatomical.nii').read_bytes()[:30000])
+  with pytest.raises(Reject, match=r'cut\.nii: not a readable NIfTI: Expected \d+ bytes') as e:
+    volumes.load_volume(cut)
+  assert '\n' not in str(e.value)
   # A 3D scan stored with trailing unit dimensions (x, y, z, 1, 1) is a volume.
   data = stored_volume((8, 9, 6)).astype(np.float32)
   nib.save(nib.Nifti1Image(data[..., None, None], np.eye(4)), tmp_path / 'five.nii')
