@@ -51,6 +51,9 @@ def _read_slices(folder: Path) -> list[tuple[str, pydicom.Dataset]]:
     if int(ds.get('NumberOfFrames', 1) or 1) != 1:
       raise Reject(f'{where}: a multi-frame DICOM ({ds.NumberOfFrames} frames); only '
                    'series of single-frame slices are read')
+    missing = [key for key in ('Rows', 'Columns') if not ds.get(key)]
+    if missing:  # the stack is sized from them before any slice is decoded
+      raise Reject(f'{where}: no {" or ".join(missing)} (the image size)')
     slices.append((path.name, ds))
   if len(slices) < MIN_SLICES:
     raise Reject(f'{folder}: {len(slices)} slice, not a volume (a single image is 2D)')

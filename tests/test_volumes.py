@@ -221,6 +221,15 @@ def test_corrupt_slices_named(tmp_path):
   (folder / 's03.dcm').write_bytes(data[:-60])
   with pytest.raises(Reject, match=r'cut: slice s03\.dcm: pixel data does not decode'):
     volumes.load_volume(folder)
+  # No Rows on any slice (so none differs from the first): a Reject naming the slice, not
+  # an AttributeError from sizing the stack (a traceback from the volume command).
+  folder = write_series(tmp_path / 'sizeless', stored_volume(), [0, 1, 2, 3, 4])
+  for path in folder.iterdir():
+    ds = pydicom.dcmread(path)
+    del ds.Rows
+    ds.save_as(path)
+  with pytest.raises(Reject, match=r'sizeless: slice s00\.dcm: no Rows \(the image size\)'):
+    volumes.load_volume(folder)
 
 
 def test_inconsistent_series_rejected(tmp_path):
