@@ -230,6 +230,15 @@ def test_corrupt_slices_named(tmp_path):
     ds.save_as(path)
   with pytest.raises(Reject, match=r'sizeless: slice s00\.dcm: no Rows \(the image size\)'):
     volumes.load_volume(folder)
+  # A frame count that is no number, as a broken exporter writes it: named, not int()'s
+  # ValueError.
+  folder = write_series(tmp_path / 'frames', stored_volume(), [0, 1, 2, 3, 4])
+  ds = pydicom.dcmread(folder / 's02.dcm')
+  tag = pydicom.tag.Tag('NumberOfFrames')
+  ds._dict[tag] = pydicom.dataelem.RawDataElement(tag, 'IS', 4, b'abc ', 0, False, True)
+  ds.save_as(folder / 's02.dcm')
+  with pytest.raises(Reject, match=r"frames: slice s02\.dcm: NumberOfFrames 'abc' is not a"):
+    volumes.load_volume(folder)
 
 
 def test_inconsistent_series_rejected(tmp_path):
