@@ -61,14 +61,19 @@ def csv_rows(reader, rel: str) -> Iterator[tuple[int, list[str]]]:
 
 def read_csv(path: epath.Path, required: tuple[str, ...], root: epath.Path | None = None
              ) -> Iterator[tuple[int, dict]]:
-  """(line number, row as a dict) for each data row; a header missing `required` or a
-  malformed row (one with more or fewer fields than the header) is a ManualDirError."""
+  """(line number, row as a dict) for each data row; a header missing `required` (or
+  naming one twice) or a malformed row (one with more or fewer fields than the header) is
+  a ManualDirError."""
   rel = str(path.relative_to(root)) if root else str(path)
   rows = csv_rows(csv.reader(io.StringIO(read_text(path, rel), newline='')), rel)
   header = next(rows, (0, []))[1]
   missing = [c for c in required if c not in header]
   if missing:
     raise ManualDirError(f'{rel}: header lacks columns {missing} (has {header})')
+  repeated = [c for c in required if header.count(c) > 1]
+  if repeated:  # a row's dict would keep the last one's value, unsaid
+    raise ManualDirError(f'{rel}: header repeats columns {repeated}: which one to read is '
+                         'ambiguous')
   for line, row in rows:
     if len(row) != len(header):  # a stray quote swallows the lines after it: a short row
       raise ManualDirError(f'{rel}: line {line}: malformed CSV: {len(row)} fields where the '
