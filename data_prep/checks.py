@@ -19,7 +19,7 @@ from etils import epath
 from PIL import Image
 
 from data_prep.builder import ManualDirError, Reject
-from radjax.data import images, jpeg_ends
+from radjax.data import images, jpeg_ends, png_rows
 
 # Modes a radiograph may have; palette, CMYK, alpha ... are rejected.
 IMAGE_MODES = ('L', 'RGB', 'I;16', 'I;16B', 'I')
@@ -131,10 +131,13 @@ def check_image_bytes(data: bytes, where: str, formats=('png', 'jpeg')) -> tuple
       mode, size = im.mode, im.size
       opaque = mode in ALPHA_MODES and im.getchannel('A').getextrema() == (255, 255)
       cut = fmt == 'jpeg' and jpeg_ends.cut_off(data, im)
+      short = fmt == 'png' and png_rows.short_of_rows(data)
   except Exception as e:
     raise Reject(f'{where}: unreadable image: {images.decode_error(e)}') from e
   if cut:
     raise Reject(f'{where}: {jpeg_ends.CUT_OFF}')
+  if short:
+    raise Reject(f'{where}: {png_rows.SHORT}')
   if fmt not in formats:
     raise Reject(f'{where}: image format {fmt or "unknown"}, expected {"/".join(formats)}')
   if mode not in IMAGE_MODES and not opaque:
