@@ -19,7 +19,7 @@ from etils import epath
 from PIL import Image
 
 from data_prep.builder import ManualDirError, Reject
-from radjax.data import images
+from radjax.data import images, jpeg_ends, png_rows
 
 # Modes a radiograph may have; palette, CMYK, alpha ... are rejected.
 IMAGE_MODES = ('L', 'RGB', 'I;16', 'I;16B', 'I')
@@ -61,14 +61,19 @@ def csv_rows(reader, rel: str) -> Iterator[tuple[int, list[str]]]:
 
 def read_csv(path: epath.Path, required: tuple[str, ...], root: epath.Path | None = None
              ) -> Iterator[tuple[int, dict]]:
-  """(line number, row as a dict) for each data row; a header missing `required` or a
-  malformed row (one with more or fewer fields than the header) is a ManualDirError."""
+  """(line number, row as a dict) for each data row; a header missing `required` (or
+  naming one twice) or a malformed row (one with more or fewer fields than the header) is
+  a ManualDirError."""
   rel = str(path.relative_to(root)) if root else str(path)
   rows = csv_rows(csv.reader(io.StringIO(read_text(path, rel), newline='')), rel)
   header = next(rows, (0, []))[1]
   missing = [c for c in required if c not in header]
   if missing:
     raise ManualDirError(f'{rel}: header lacks columns {missing} (has {header})')
+  repeated = [c for c in required if header.count(c) > 1]
+  if repeated:  # a row's dict would keep the last one's value, unsaid
+    raise ManualDirError(f'{rel}: header repeats columns {repeated}: which one to read is '
+                         'ambiguous')
   for line, row in rows:
     if len(row) != len(header):  # a stray quote swallows the lines after it: a short row
       raise ManualDirError(f'{rel}: line {line}: malformed CSV: {len(row)} fields where the '
@@ -125,8 +130,14 @@ def check_image_bytes(data: bytes, where: str, formats=('png', 'jpeg')) -> tuple
       im.load()  # a truncated file passes the header and fails only here
       mode, size = im.mode, im.size
       opaque = mode in ALPHA_MODES and im.getchannel('A').getextrema() == (255, 255)
+      cut = fmt == 'jpeg' and jpeg_ends.cut_off(data, im)
+      short = fmt == 'png' and png_rows.short_of_rows(data)
   except Exception as e:
     raise Reject(f'{where}: unreadable image: {images.decode_error(e)}') from e
+  if cut:
+    raise Reject(f'{where}: {jpeg_ends.CUT_OFF}')
+  if short:
+    raise Reject(f'{where}: {png_rows.SHORT}')
   if fmt not in formats:
     raise Reject(f'{where}: image format {fmt or "unknown"}, expected {"/".join(formats)}')
   if mode not in IMAGE_MODES and not opaque:

@@ -35,6 +35,7 @@ def _rejecting(fn):
 read_dataset = _rejecting(dicom_lib.read_dataset)
 modality_values = _rejecting(dicom_lib.modality_values)
 to_uint8 = _rejecting(dicom_lib.to_uint8)
+frame_count = _rejecting(dicom_lib.frame_count)
 
 
 def read_dicom(data: bytes, where: str) -> tuple[dict, tuple[int, int], list[float] | None]:

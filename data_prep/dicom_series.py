@@ -24,7 +24,7 @@ import pydicom
 from absl import logging
 
 from data_prep.builder import Reject
-from data_prep.dicom import modality_values, read_dataset
+from data_prep.dicom import frame_count, modality_values, read_dataset
 from data_prep.volume_ops import Volume, check_voxels, display_layout
 
 MIN_SLICES = 2
@@ -48,9 +48,12 @@ def _read_slices(folder: Path) -> list[tuple[str, pydicom.Dataset]]:
   for path in files:
     where = f'{folder}: slice {path.name}'
     ds = read_dataset(path.read_bytes(), where)
-    if int(ds.get('NumberOfFrames', 1) or 1) != 1:
+    if frame_count(ds, where) != 1:
       raise Reject(f'{where}: a multi-frame DICOM ({ds.NumberOfFrames} frames); only '
                    'series of single-frame slices are read')
+    missing = [key for key in ('Rows', 'Columns') if not ds.get(key)]
+    if missing:  # the stack is sized from them before any slice is decoded
+      raise Reject(f'{where}: no {" or ".join(missing)} (the image size)')
     slices.append((path.name, ds))
   if len(slices) < MIN_SLICES:
     raise Reject(f'{folder}: {len(slices)} slice, not a volume (a single image is 2D)')

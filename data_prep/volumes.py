@@ -69,7 +69,8 @@ def read_nifti(path: str | os.PathLike) -> Volume:
   except Reject:
     raise
   except Exception as e:  # nibabel, gzip and numpy raise many types for a broken file
-    raise Reject(f'{where}: not a readable NIfTI: {str(e) or type(e).__name__}') from e
+    why = ' '.join(str(e).split()) or type(e).__name__  # nibabel's can span lines
+    raise Reject(f'{where}: not a readable NIfTI: {why}') from e
   while data.ndim > 3 and data.shape[-1] == 1:  # one time point (x, y, z, 1[, 1])
     data = data[..., 0]
   if data.ndim != 3:

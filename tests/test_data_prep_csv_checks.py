@@ -47,3 +47,13 @@ def test_a_cut_off_or_foreign_gzip_names_the_file(tmp_path):
   plain.write_text(HEADER)  # saved unzipped under the .gz name
   with pytest.raises(ManualDirError, match='split.csv.gz: not a complete gzip file'):
     list(checks.read_csv(plain, ('Path',)))
+
+
+def test_a_required_column_named_twice_is_an_error(tmp_path):
+  """Two `Path` columns (an export merged twice): the row dict kept the last one's value,
+  whichever file it named; an unrequired repeat is left alone."""
+  path = tmp_path / 'train.csv'
+  path.write_text('Path,Sex,Path,Age,Age\nfirst.jpg,Male,second.jpg,41,42\n')
+  with pytest.raises(ManualDirError, match=r"train.csv: header repeats columns \['Path'\]"):
+    list(checks.read_csv(path, ('Path', 'Sex')))
+  assert list(checks.read_csv(path, ('Sex',)))[0][1]['Sex'] == 'Male'

@@ -165,6 +165,29 @@ def test_hostile_dicom_headers_are_one_line_naming_the_file():
       dicom.read_dicom(entry(**changes), 'bad.dcm')
 
 
+def test_pixel_data_that_does_not_fit_the_header_is_named():
+  """Two frames' data under a header of one (pydicom returns both) was 'degenerate pixel
+  array of shape (2, H, W)'; an empty Pixel Data element was "object of type 'NoneType'
+  has no len()"."""
+  from radjax.data import image_files
+
+  def with_pixel_data(data: bytes) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(ramp())))
+    ds.PixelData = data
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+  one = pydicom.dcmread(io.BytesIO(make_dicom(ramp()))).PixelData
+  for data, reason in [
+      (one * 2, f'pixel data holds 2 frames of {H} x {W}, but NumberOfFrames is 1'),
+      (b'', 'DICOM pixel data is empty')]:
+    with pytest.raises(image_files.ImageFileError, match=f'^bad.dcm: {reason}'):
+      image_files.image_entry(with_pixel_data(data), 'bad.dcm')
+    with pytest.raises(Reject, match=f'^bad.dcm: {reason}'):
+      dicom.read_dicom(with_pixel_data(data), 'bad.dcm')
+
+
 def test_deflated_dicom_bomb_refused_before_it_inflates(monkeypatch):
   """Deflated Explicit VR: pydicom inflates the whole dataset before its header is read,
   so 100 MB of zero pixels (~100 KB on disk) took 100 MB before the pixel-count check;

@@ -99,6 +99,13 @@ def test_nifti_time_series_and_truncated_file_rejected(tmp_path):
   broken.write_bytes(gzip.compress(raw)[:5000])
   with pytest.raises(Reject, match=r'broken\.nii\.gz: not a readable NIfTI'):
     volumes.load_volume(broken)
+  # Whole gzip, short voxel data (the header declares more): nibabel's two-line message,
+  # in one line (the volume command prints it as `error: ...`).
+  cut = tmp_path / 'cut.nii'
+  cut.write_bytes((NIBABEL_DATA / 'anatomical.nii').read_bytes()[:30000])
+  with pytest.raises(Reject, match=r'cut\.nii: not a readable NIfTI: Expected \d+ bytes') as e:
+    volumes.load_volume(cut)
+  assert '\n' not in str(e.value)
   # A 3D scan stored with trailing unit dimensions (x, y, z, 1, 1) is a volume.
   data = stored_volume((8, 9, 6)).astype(np.float32)
   nib.save(nib.Nifti1Image(data[..., None, None], np.eye(4)), tmp_path / 'five.nii')
@@ -213,6 +220,24 @@ def test_corrupt_slices_named(tmp_path):
   data = (folder / 's03.dcm').read_bytes()
   (folder / 's03.dcm').write_bytes(data[:-60])
   with pytest.raises(Reject, match=r'cut: slice s03\.dcm: pixel data does not decode'):
+    volumes.load_volume(folder)
+  # No Rows on any slice (so none differs from the first): a Reject naming the slice, not
+  # an AttributeError from sizing the stack (a traceback from the volume command).
+  folder = write_series(tmp_path / 'sizeless', stored_volume(), [0, 1, 2, 3, 4])
+  for path in folder.iterdir():
+    ds = pydicom.dcmread(path)
+    del ds.Rows
+    ds.save_as(path)
+  with pytest.raises(Reject, match=r'sizeless: slice s00\.dcm: no Rows \(the image size\)'):
+    volumes.load_volume(folder)
+  # A frame count that is no number, as a broken exporter writes it: named, not int()'s
+  # ValueError.
+  folder = write_series(tmp_path / 'frames', stored_volume(), [0, 1, 2, 3, 4])
+  ds = pydicom.dcmread(folder / 's02.dcm')
+  tag = pydicom.tag.Tag('NumberOfFrames')
+  ds._dict[tag] = pydicom.dataelem.RawDataElement(tag, 'IS', 4, b'abc ', 0, False, True)
+  ds.save_as(folder / 's02.dcm')
+  with pytest.raises(Reject, match=r"frames: slice s02\.dcm: NumberOfFrames 'abc' is not a"):
     volumes.load_volume(folder)
 
 

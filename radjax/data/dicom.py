@@ -52,6 +52,8 @@ def read_dataset(data: bytes, where: str) -> pydicom.Dataset:
     raise SchemaError(f'{where}: not a readable DICOM: {" ".join(str(e).split())}') from e
   if 'PixelData' not in ds:
     raise SchemaError(f'{where}: DICOM has no pixel data')
+  if not ds.PixelData:
+    raise SchemaError(f'{where}: DICOM pixel data is empty')
   return ds
 
 
@@ -128,6 +130,10 @@ def modality_values(ds: pydicom.Dataset, where: str) -> np.ndarray:
     # pydicom lists each plugin's failure on a line of its own.
     raise SchemaError(f'{where}: pixel data does not decode: {" ".join(str(e).split())}'
                       ) from e
+  if pixels.ndim == 3:  # pydicom returns the frames the data holds beyond the header's
+    raise SchemaError(f'{where}: pixel data holds {pixels.shape[0]} frames of '
+                      f'{pixels.shape[1]} x {pixels.shape[2]}, but NumberOfFrames is '
+                      f'{frame_count(ds, where)} (a damaged header?)')
   if pixels.ndim != 2 or min(pixels.shape) < MIN_SIDE:
     raise SchemaError(f'{where}: degenerate pixel array of shape {pixels.shape}')
   with _header_values(where, 'Rescale Slope / Intercept (or Modality LUT)'):

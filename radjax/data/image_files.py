@@ -4,10 +4,11 @@ report is the same whichever way the file came); a single-frame DICOM becomes an
 PNG the way the datasets convert it (radjax/data/dicom.py); a `.npy` volume
 ([rows, cols, slices] in [0, 1], as the datasets store it) is 3D."""
 import io
+import zlib
 
 from PIL import Image
 
-from radjax.data import dicom, schema
+from radjax.data import dicom, images, jpeg_ends, png_rows, schema
 
 PNG_MAGIC, JPEG_MAGIC, NPY_MAGIC = b'\x89PNG', b'\xff\xd8\xff', b'\x93NUMPY'
 ACCEPTED = 'a PNG, JPEG or DICOM image (or a .npy volume for a 3D model)'
@@ -36,14 +37,41 @@ def _dicom_entry(data: bytes, name: str) -> dict:
           'spacing': dicom.pixel_spacing(ds)}
 
 
+def _check_jpeg_ends(data: bytes, name: str) -> None:
+  """A cut-off JPEG that still decodes (it ends with an end marker) is refused; one that
+  does not decode is left to the decoder's error."""
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      if im.size[0] * im.size[1] > images.MAX_PIXELS:
+        return  # decode_image refuses it without decoding it
+      im.load()
+      cut = jpeg_ends.cut_off(data, im)
+  except Exception:  # undecodable: decode_image names the file and says why
+    return
+  if cut:
+    raise ImageFileError(f'{name}: {jpeg_ends.CUT_OFF}')
+
+
+def _check_png_rows(data: bytes, name: str) -> None:
+  """A PNG whose data stops short of its rows, yet decodes, is refused (as above)."""
+  try:
+    short = png_rows.short_of_rows(data)
+  except zlib.error:  # undecodable: decode_image names the file and says why
+    return
+  if short:
+    raise ImageFileError(f'{name}: {png_rows.SHORT}')
+
+
 def image_entry(data: bytes, name: str) -> dict:
   """Schema image entry {'data', 'format', 'kind'} of a file's bytes (a multi-frame
   DICOM gives a data-less '3d' entry: only its kind matters, to refuse it)."""
   if not data:
     raise ImageFileError(f'{name}: empty file; give {ACCEPTED}')
   if data.startswith(PNG_MAGIC):
+    _check_png_rows(data, name)
     return {'data': data, 'format': 'png', 'kind': '2d'}
   if data.startswith(JPEG_MAGIC):
+    _check_jpeg_ends(data, name)
     return {'data': data, 'format': 'jpeg', 'kind': '2d'}
   if data.startswith(NPY_MAGIC):
     return {'data': data, 'format': 'npy', 'kind': '3d'}
