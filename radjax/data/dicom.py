@@ -3,8 +3,9 @@ data_prep (dataset builds) and radjax.serve (uploads in the web demo).
 
 Order: decode (compressed transfer syntaxes through pydicom's pixel handlers), modality
 LUT (Rescale Slope / Intercept or a Modality LUT Sequence), VOI LUT (a VOI LUT Sequence,
-else the first Window Center / Width), MONOCHROME1 inverted so that bone is bright,
-then the image's own min..max scaled to 0..255 (12- to 16-bit data become 8-bit).
+else the first Window Center / Width), MONOCHROME1 (or a Presentation LUT Shape of INVERSE)
+inverted once so that bone is bright, then the image's own min..max scaled to 0..255 (12-
+to 16-bit data become 8-bit).
 
 `read_dataset` and `modality_values` (decode + modality LUT, e.g. CT numbers in HU) are
 also the first steps of every slice of a 3D series (data_prep/dicom_series.py). Errors
@@ -36,7 +37,8 @@ INFLATED_MAX_BYTES, INFLATED_MAX_RATIO = 256 << 20, 64
 _READ_GROUP = 0x0028
 _READ_TAGS = frozenset(pydicom.datadict.tag_for_keyword(k) for k in (
     'ImagePositionPatient', 'ImageOrientationPatient', 'InstanceNumber', 'SliceThickness',
-    'SpacingBetweenSlices', 'ImagerPixelSpacing', 'SeriesInstanceUID', 'Modality'))
+    'SpacingBetweenSlices', 'ImagerPixelSpacing', 'SeriesInstanceUID', 'Modality',
+    'PresentationLUTShape'))
 
 
 def read_dataset(data: bytes, where: str) -> pydicom.Dataset:
@@ -150,12 +152,23 @@ def to_uint8(ds: pydicom.Dataset, where: str) -> np.ndarray:
     with _header_values(where, 'Window Center / Width'):
       values = apply_voi_lut(values, ds, index=0)
   values = values.astype(np.float64)
-  if ds.PhotometricInterpretation == 'MONOCHROME1':
+  if _shown_inverted(ds, where):
     values = values.max() - values
   lo, hi = values.min(), values.max()
   if not np.isfinite([lo, hi]).all() or hi <= lo:
     raise SchemaError(f'{where}: blank image (all pixels {lo})')
   return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _shown_inverted(ds: pydicom.Dataset, where: str) -> bool:
+  """MONOCHROME1, or a Presentation LUT Shape of INVERSE: the lowest value is shown white.
+  DX files carry both together (PS3.3 C.8.11.6), meaning one inversion; some CR and
+  secondary-capture files mark a MONOCHROME2 image INVERSE alone."""
+  shape = str(ds.get('PresentationLUTShape', '') or '').strip().upper()
+  if shape not in ('', 'IDENTITY', 'INVERSE'):
+    raise SchemaError(f'{where}: Presentation LUT Shape {shape!r}, expected IDENTITY or '
+                      'INVERSE')
+  return ds.PhotometricInterpretation == 'MONOCHROME1' or shape == 'INVERSE'
 
 
 def _voi_lut_table(values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
