@@ -102,6 +102,11 @@ def test_decode_rejects_wrong_version_and_missing_key():
     ({'labels': {'Cardiomegaly': 2}}, r"record 'bad-1': labels\['Cardiomegaly'\]: value"),
     ({'labels': {'Heart Big': 1}}, r"record 'bad-1': labels\['Heart Big'\]: unknown"),
     ({'split': 'dev'}, r"record 'bad-1': split"),
+    (  # no in-memory file's address (0x...): a reject reason is the same run to run
+      {'images': [{'data': b'not an image', 'format': 'png', 'kind': '2d', 'spacing': None}]},
+      r"record 'bad-1': images\[0\]\.data: does not decode as png: cannot identify the "
+      r"image file \(not a PNG or JPEG\)$",
+    ),
   ],
 )
 def test_validate_rejects_with_id_and_field(overrides, pattern):

@@ -28,7 +28,7 @@ import warnings
 
 import numpy as np
 from absl import logging
-from PIL import Image, ImageChops, UnidentifiedImageError
+from PIL import Image, ImageChops
 
 from radjax.core import config_checks
 from radjax.data import schema
@@ -51,14 +51,6 @@ def _warn(msg: str, *args) -> None:
   if _warned[0] < _MAX_WARNINGS:
     _warned[0] += 1
     logging.warning(msg, *args)
-
-
-def decode_error(e: Exception) -> str:
-  """PIL's error for undecodable bytes, minus the in-memory file's address that
-  UnidentifiedImageError names (messages, and rejects.jsonl, stay the same run to run)."""
-  if isinstance(e, UnidentifiedImageError):
-    return 'cannot identify the image file (not a PNG or JPEG)'
-  return str(e) or type(e).__name__
 
 
 def to_8bit(img: Image.Image, record_id: str = '') -> Image.Image:
@@ -133,7 +125,7 @@ def decode_image(image: dict, num_channels: int, record_id: str,
   try:
     img = Image.open(io.BytesIO(image['data']))
   except Exception as e:  # PIL raises many types for corrupt data
-    raise schema.SchemaError(f'record {record_id!r}: images: undecodable ({decode_error(e)})'
+    raise schema.SchemaError(f'record {record_id!r}: images: undecodable ({schema.decode_error(e)})'
                              ) from e
   check_pixel_count(*img.size, f'record {record_id!r}: images')
   try:
@@ -141,7 +133,7 @@ def decode_image(image: dict, num_channels: int, record_id: str,
       img.draft('L' if num_channels == 1 or img.mode == 'L' else None, (min_side, min_side))
     img.load()
   except Exception as e:  # PIL raises many types for corrupt data
-    raise schema.SchemaError(f'record {record_id!r}: images: undecodable ({decode_error(e)})'
+    raise schema.SchemaError(f'record {record_id!r}: images: undecodable ({schema.decode_error(e)})'
                              ) from e
   return _checked(img, num_channels, record_id, keep_gray)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 SCHEMA_VERSION = 1
 
@@ -239,9 +239,17 @@ def _check_image(rid: Any, i: int, image: Any) -> None:
         im.load()
         ndim = 2
   except Exception as e:
-    raise _fail(rid, f'{field}.data', f'does not decode as {fmt}: {e}') from e
+    raise _fail(rid, f'{field}.data', f'does not decode as {fmt}: {decode_error(e)}') from e
   if kind == '3d' and ndim < 3:
     raise _fail(rid, f'{field}.kind', f'declared 3d but array has {ndim} dims')
+
+
+def decode_error(e: Exception) -> str:
+  """PIL's error for undecodable bytes, minus the in-memory file's address that
+  UnidentifiedImageError names (messages, and rejects.jsonl, stay the same run to run)."""
+  if isinstance(e, UnidentifiedImageError):
+    return 'cannot identify the image file (not a PNG or JPEG)'
+  return str(e) or type(e).__name__
 
 
 # Box coordinates per image kind: a corner's coordinates, then the opposite corner's.
