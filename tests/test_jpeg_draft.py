@@ -90,6 +90,10 @@ def test_an_image_over_the_pixel_limit_is_refused_before_it_decodes(monkeypatch,
   (tmp_path / 'big.png').write_bytes(entry['data'])
   with pytest.raises(schema.SchemaError, match='big.png: 30 x 20 pixels'):
     images.load_image(str(tmp_path / 'big.png'))
+  # A truncated file is named too (PIL's own error names none).
+  (tmp_path / 'cut.png').write_bytes(entry['data'][:-30])
+  with pytest.raises(schema.SchemaError, match=r'cut\.png: does not decode as an image'):
+    images.load_image(str(tmp_path / 'cut.png'))
   # PIL's own warning at its limit came before radjax's one-line error: no more. (In a
   # process of its own: pytest resets warning filters around each test.)
   import subprocess

@@ -70,10 +70,14 @@ def to_8bit(img: Image.Image, record_id: str = '') -> Image.Image:
 def load_image(path: str, num_channels: int = 3) -> Image.Image:
   """An image file as radjax sees it ('L' or 'RGB', 8 bits): what to give the exported HF
   processor for a 16-bit PNG, whose own conversion would clip it to white."""
-  img = Image.open(path)
-  check_pixel_count(*img.size, path)
-  img.load()
-  return _checked(img, num_channels, path)
+  try:
+    with Image.open(path) as img:
+      check_pixel_count(*img.size, path)
+      img.load()
+      return _checked(img, num_channels, path)
+  except (OSError, ValueError) as e:  # PIL's truncated-file error names no file
+    raise schema.SchemaError(f'{path}: does not decode as an image: '
+                             f'{schema.decode_error(e)}') from e
 
 
 def flatten_alpha(img: Image.Image) -> Image.Image:
