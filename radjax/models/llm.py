@@ -54,6 +54,9 @@ class LLMConfig:
     return int(self.dim_per_head * self.rotary_pct)
 
   def __post_init__(self):
+    if self.head_dim is not None and self.head_dim < 0:  # else a ZeroDivisionError in RoPE
+      raise ValueError(f'config.model.llm.head_dim={self.head_dim} must be >= 0 (0: '
+                       'embed_dim // num_heads)')
     if self.num_heads < 1 or self.num_kv_heads < 1:
       raise ValueError(f'config.model.llm: num_heads={self.num_heads} and num_kv_heads='
                        f'{self.num_kv_heads} must be >= 1')
