@@ -403,6 +403,14 @@ def test_model_sizes_pairs_and_channel_values_are_checked_first(knob, value, mes
                                                           r'discriminator widths \[48\]'),
   ('vqgan.py:size=tiny', 'model.vqgan.disc_layers', 7, r'.*disc_layers=7: at image_size'),
   ('demo.py:size=micro', 'model.llm.head_dim', 33, r'config\.model\.llm\.head_dim: rotary'),
+  # a negative head_dim: a ZeroDivisionError in RoPE, reshape errors in vit3d / perceiver
+  ('demo.py:size=micro', 'model.llm.head_dim', -8, r'config\.model\.llm\.head_dim=-8 must'),
+  ('radfm.py:size=tiny', 'model.vision.head_dim', -8, r'config\.model\.vision\.head_dim=-8'),
+  ('radfm.py:size=tiny', 'model.projector.head_dim', -8,
+   r'config\.model\.projector\.head_dim=-8'),
+  # NaN logits from the first step, naming nothing
+  ('demo.py:size=micro', 'model.llm.rope_theta', 0.0, r'config\.model\.llm\.rope_theta=0\.0'),
+  ('demo.py:size=micro', 'model.llm.norm_eps', -1.0, r'config\.model\.llm\.norm_eps=-1\.0'),
 ])
 def test_part_sizes_are_named_before_a_model_or_dataset_is_built(recipe, knob, value, message):
   """Each was a ZeroDivisionError / TypeError traceback, a NaN loss at vqgan.disc_start, a

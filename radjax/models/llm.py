@@ -54,6 +54,9 @@ class LLMConfig:
     return int(self.dim_per_head * self.rotary_pct)
 
   def __post_init__(self):
+    if self.head_dim is not None and self.head_dim < 0:  # else a ZeroDivisionError in RoPE
+      raise ValueError(f'config.model.llm.head_dim={self.head_dim} must be >= 0 (0: '
+                       'embed_dim // num_heads)')
     if self.num_heads < 1 or self.num_kv_heads < 1:
       raise ValueError(f'config.model.llm: num_heads={self.num_heads} and num_kv_heads='
                        f'{self.num_kv_heads} must be >= 1')
@@ -70,6 +73,10 @@ class LLMConfig:
     if self.activation not in layers.ACTIVATIONS:
       raise ValueError(f'config.model.llm.activation: {self.activation!r} not in '
                        f'{sorted(layers.ACTIVATIONS)}')
+    if not self.rope_theta > 0:  # 0, negative or NaN: every logit NaN, no error
+      raise ValueError(f'config.model.llm.rope_theta={self.rope_theta} must be > 0')
+    if not self.norm_eps >= 0:  # negative: rsqrt of a negative where a row's variance is small
+      raise ValueError(f'config.model.llm.norm_eps={self.norm_eps} must be >= 0')
     if self.max_position_embeddings < 1:
       raise ValueError(f'config.model.llm.max_position_embeddings: '
                        f'{self.max_position_embeddings} must be >= 1')

@@ -44,6 +44,9 @@ class PerceiverConfig:
     for name in ('num_queries', 'num_layers', 'num_heads', 'mlp_dim'):
       if getattr(self, name) < 1:
         raise ValueError(f'config.model.projector.{name}={getattr(self, name)} must be >= 1')
+    if self.head_dim is not None and self.head_dim < 0:  # else a reshape error at init
+      raise ValueError(f'config.model.projector.head_dim={self.head_dim} must be >= 0 (0: '
+                       'in_dim // num_heads)')
     if not self.head_dim and self.in_dim % self.num_heads:
       raise ValueError(f"config.model.projector: in_dim {self.in_dim} (the vision tower's "
                        f'embed_dim) is not a multiple of num_heads {self.num_heads}; set '

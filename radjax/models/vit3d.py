@@ -67,6 +67,9 @@ class ViT3DConfig:
     if self.embed_dim % 3:
       raise ValueError(f'config.model.vision.embed_dim={self.embed_dim}: vit3d splits it into '
                        'three position tables, so it must be a multiple of 3')
+    if self.head_dim is not None and self.head_dim < 0:  # else a reshape error at init
+      raise ValueError(f'config.model.vision.head_dim={self.head_dim} must be >= 0 (0: '
+                       'embed_dim // num_heads)')
     if not self.head_dim and self.embed_dim % self.num_heads:
       raise ValueError(f'config.model.vision: embed_dim {self.embed_dim} is not a multiple of '
                        f'num_heads {self.num_heads}; set head_dim')
