@@ -30,7 +30,8 @@ def make_task(config, name: str | None = None) -> tasks.Task:
 def load_trained(config, workdir: str, step: int | None = None, task=None):
   """The experiment with the params of the workdir's checkpoint (default: latest),
   restored straight into their shards; optimizer moments are never read."""
-  workdir_lib.check_resumable(config, workdir)  # a config of another model: its knobs named
+  # A config of another model: its knobs named.
+  workdir_lib.check_resumable(config, workdir, train=False)
   exp = setup.build(config, task or make_task(config), pretrained=False, train=False)
   step = workdir_lib.latest_step(workdir) if step is None else step
   exp.state = exp.state.replace(params=workdir_lib.load_params(workdir, step,

@@ -587,14 +587,22 @@ def test_damaged_newest_checkpoint_run_resumes_from_the_older(killed_in_eval, tm
   assert checkpoint_lib.Checkpointer(wd, 3).latest_step() == 4
 
 
+def _stand_in_run(workdir: str, config, steps=(2,)) -> None:
+  """config.json and checkpoints of a stand-in training state (params and a step; an
+  import, workdir.save_params, holds params alone)."""
+  workdir_lib.save_config(config, workdir)
+  ckpt = checkpoint_lib.Checkpointer(workdir, 0, use_async=False)
+  for step in steps:
+    ckpt.save(step, {'params': {'w': np.zeros(3, np.float32)}, 'step': np.int32(step)})
+  ckpt.close()
+
+
 @pytest.fixture
 def saved_workdir(demo_data, tmp_path):
-  """A workdir as training leaves it: config.json and checkpoints (of stand-in params)."""
+  """A workdir as training leaves it: config.json and checkpoints (of a stand-in state)."""
   config = tiny_config(demo_data)
   wd = str(tmp_path / 'saved')
-  workdir_lib.save_params(wd, config, {'w': np.zeros(3, np.float32)}, step=2)
-  workdir_lib.save_params(wd + '_4', config, {'w': np.zeros(3, np.float32)}, step=4)
-  shutil.move(os.path.join(wd + '_4', 'checkpoints', '4'), os.path.join(wd, 'checkpoints'))
+  _stand_in_run(wd, config, steps=(2, 4))
   return config, wd
 
 
@@ -618,7 +626,7 @@ def test_changed_architecture_writes_nothing(saved_workdir):
   lm = tiny_config(config.data.dir)
   lm.model.kind = 'llm'
   lm_wd = str(os.path.join(os.path.dirname(wd), 'lm'))
-  workdir_lib.save_params(lm_wd, lm, {'w': np.zeros(3, np.float32)}, step=2)
+  _stand_in_run(lm_wd, lm)
   other = tiny_config(config.data.dir)
   other.model.kind = 'llm'
   other.model.vision.embed_dim, other.model.projector.hidden_dim = 48, 80
@@ -633,6 +641,25 @@ def test_changed_architecture_writes_nothing(saved_workdir):
   lm.train.num_steps, lm.optim.lr = lm.train.num_steps * 2, lm.optim.lr / 2
   assert [c.split(':')[0] for c in workdir_lib.knob_changes(lm, lm_wd)] == [
       'optim.lr', 'train.num_steps']
+
+
+def test_an_imported_model_as_the_workdir_is_refused_and_nothing_moves(saved_workdir):
+  """`--workdir` given an import (`from-hf --out W`: params alone) instead of a new run's
+  directory: training tried to resume it, found no optimizer state or data position, moved
+  the import to checkpoints_damaged and said to rerun, which trained from scratch."""
+  config, wd = saved_workdir
+  imported = wd + '_imported'
+  workdir_lib.save_params(imported, config, {'w': np.zeros(3, np.float32)})
+  before = {p: open(p, 'rb').read() for p in glob.glob(f'{imported}/**', recursive=True)
+            if os.path.isfile(p)}
+  with pytest.raises(workdir_lib.WorkdirError, match=r'checkpoints/0 holds only model params '
+                     r'\(an import.*init_from=.*_imported'):
+    run_lib.main(config, imported, 'train')
+  after = {p: open(p, 'rb').read() for p in glob.glob(f'{imported}/**', recursive=True)
+           if os.path.isfile(p)}
+  assert after == before and not os.path.exists(os.path.join(imported, 'checkpoints_damaged'))
+  workdir_lib.check_resumable(config, imported, train=False)  # eval and generate read it
+  workdir_lib.check_resumable(config, wd)  # a training run's checkpoints resume
 
 
 def test_main_py_writes_no_log_into_a_workdir_it_refuses(saved_workdir):

@@ -4,6 +4,7 @@ What a checkpoint may never be: non-finite (`save` refuses a state with NaN/inf)
 reason a rerun fails (`restore_latest` sets a checkpoint that does not restore aside,
 in `<workdir>/checkpoints_damaged/`, and falls back to the next older one).
 """
+import contextlib
 import json
 import logging as pylogging
 import os
@@ -357,6 +358,31 @@ def restore_params(directory: str, step: int, path: tuple[str, ...] = (), target
   """
   item_dir = os.path.join(directory, str(step), 'state')
   _quiet_failed_reads()
+  try:
+    with _item_reader(item_dir) as checkpointer:
+      return _restore_params(checkpointer, item_dir, path, target)
+  except Exception:
+    _REPORTED_DAMAGED.add(item_dir)
+    raise
+
+
+def saved_state_keys(directory: str, step: int) -> set[str] | None:
+  """The top-level keys of a step's saved state ({'params'} for an imported model, a
+  training state's {'step', 'params', 'opt_state', 'rng'}); None where its tree metadata
+  does not read (a damaged checkpoint: restore_latest says why)."""
+  item_dir = os.path.join(directory, str(step), 'state')
+  try:
+    with _item_reader(item_dir) as checkpointer:
+      metadata = checkpointer.metadata(item_dir).item_metadata
+  except Exception:  # orbax/tensorstore raise many types for damaged files
+    return None
+  tree = getattr(metadata, 'tree', None)
+  return set(tree) if isinstance(tree, dict) else None
+
+
+@contextlib.contextmanager
+def _item_reader(item_dir: str):
+  """A PyTreeCheckpointer for reading one item directory of a step."""
   # The step's _CHECKPOINT_METADATA is one level up: orbax, reading the item directory
   # alone, warned on every healthy read that the item has none.
   absl_logger = pylogging.getLogger('absl')
@@ -365,10 +391,7 @@ def restore_params(directory: str, step: int, path: tuple[str, ...] = (), target
   absl_logger.addFilter(no_item_metadata)
   try:
     with ocp.PyTreeCheckpointer() as checkpointer:
-      return _restore_params(checkpointer, item_dir, path, target)
-  except Exception:
-    _REPORTED_DAMAGED.add(item_dir)
-    raise
+      yield checkpointer
   finally:
     absl_logger.removeFilter(no_item_metadata)
 

@@ -188,6 +188,16 @@ def _architecture(config) -> dict:
   return flat
 
 
+def _params_only_step(workdir: str) -> int | None:
+  """The newest checkpoint's step when it holds params alone (workdir.save_params: an
+  import), else None."""
+  d = checkpoint_dir(workdir)
+  steps = [int(n) for n in os.listdir(d) if n.isdigit()]
+  if steps and checkpoint_lib.saved_state_keys(d, max(steps)) == {'params'}:
+    return max(steps)
+  return None
+
+
 def _resumed_config(workdir: str):
   """The config.json of a workdir that has checkpoints (a run would resume), else None."""
   if not has_checkpoints(workdir) or not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
@@ -222,10 +232,11 @@ def check_not_foreign(workdir: str) -> None:
                        f'radjax config.json; {advice}')
 
 
-def check_resumable(config, workdir: str) -> None:
+def check_resumable(config, workdir: str, train: bool = True) -> None:
   """Before a run writes anything into a workdir (check_not_foreign); where it has
   checkpoints, raises WorkdirError naming every architecture knob (see _architecture) where
-  `config` differs from the workdir's config.json. Reads only."""
+  `config` differs from the workdir's config.json, and (`train`) when they are an imported
+  model's, which training cannot resume. Reads only."""
   check_not_foreign(workdir)
   saved = _resumed_config(workdir)
   if saved is None:
@@ -237,6 +248,15 @@ def check_resumable(config, workdir: str) -> None:
                        f'different model; nothing was written. Differing: {"; ".join(diffs)}. '
                        "Use a new --workdir, or the workdir's own config "
                        f'(--config configs/workdir.py:{workdir}).')
+  imported = _params_only_step(workdir) if train else None
+  if imported is not None:
+    # Resumed, it "did not restore" (no optimizer state, no data position): it was moved
+    # to checkpoints_damaged and a rerun trained from scratch.
+    raise WorkdirError(f'{checkpoint_dir(workdir)}/{imported} holds only model params (an '
+                       'import: `python -m radjax.convert from-hf`), no training state to '
+                       'resume; nothing was written. Train into a new --workdir that starts '
+                       f'from it: config.model.<part>.init_from={workdir} for each part (a '
+                       "recipe's init= argument where it has one)")
 
 
 SCHEDULE_KNOBS = ('train.num_steps', 'optim.lr', 'optim.warmup_steps', 'optim.warmup_init_lr',
