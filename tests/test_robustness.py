@@ -154,9 +154,9 @@ def test_no_restorable_checkpoint_is_an_error_that_keeps_them(tmp_path):
   assert sorted(os.listdir(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))) == ['1', '2', '3']
 
 
-def _as_if_two_processes(workdir: str, logs=None):
+def _as_if_two_processes(workdir: str, logs=None, key: str = 'log'):
   """Each checkpoint's iterator state as two processes would have written it: the same
-  position, and (with `logs`) each its own record log."""
+  position, and (with `logs`) each its own record log under `key`."""
   for step in (1, 2, 3):
     data = os.path.join(workdir, 'checkpoints', str(step), 'data')
     name = lambda i, n, d=data: os.path.join(d, f'process_{i}-of-{n}.json')
@@ -165,7 +165,7 @@ def _as_if_two_processes(workdir: str, logs=None):
     os.remove(name(0, 1))
     for i in range(2):
       with open(name(i, 2), 'w') as f:
-        json.dump({**state, **({'log': logs[i]} if logs else {})}, f)
+        json.dump({**state, **({key: logs[i]} if logs else {})}, f)
 
 
 class _Refusing(grain.DatasetIterator):
@@ -250,6 +250,29 @@ def test_a_checkpoint_of_another_process_count_resumes_from_the_merged_state(tmp
                                 _StateLog(iter(grain.MapDataset.range(100))))
   assert step == 2 and os.listdir(os.path.join(wd, checkpoint_lib.DAMAGED_DIR)) == ['3']
   ckpt.close()
+
+
+def test_a_record_two_processes_dropped_with_different_reasons_is_no_damage(tmp_path):
+  """Resumed on another process count: a record that two processes dropped as too long (a
+  later epoch hands a record to another process, which draws another task for it: another
+  token count in the message) made the merged record log 'differ', so the checkpoint was
+  set aside as damaged and the run went back to an older one."""
+  from radjax.data import source
+  assert source.IteratorWithRecordLog.KEY == checkpoint_lib.RECORD_LOG_KEY
+  wd = str(tmp_path / 'w')
+  _three_checkpoints(wd)
+  where = "record 'a/9'"
+  reasons = [f'{where}: {n} tokens do not fit config.data.max_len=256' for n in (300, 280)]
+  _as_if_two_processes(wd, [{'bad': {}, 'dropped': {'too_long': {where: r}}} for r in reasons],
+                       key=source.IteratorWithRecordLog.KEY)
+  log = source.RecordLog(0)
+  it = source.IteratorWithRecordLog(iter(grain.MapDataset.range(100)), log)
+  ckpt = checkpoint_lib.Checkpointer(wd, 0, use_async=False)
+  _, step = ckpt.restore_latest({'params': {'w': jnp.zeros((64,))}}, it)
+  ckpt.close()
+  assert step == 3 and next(it) == 3
+  assert log.too_long == {where: reasons[0]}
+  assert not os.path.exists(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))
 
 
 def test_keep_checkpoints_zero_keeps_all(tmp_path):
