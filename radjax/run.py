@@ -196,7 +196,7 @@ def pre_stage(config, workdir: str):
   if not spec:
     return None
   part, stage_dir = config.train.pre_stage_part, os.path.join(workdir, 'pre_stage')
-  stage = recipe.load(spec)
+  stage = recipe.load(spec, 'config.train.pre_stage')
   if part not in stage.model or part not in config.model:
     raise ValueError(f'config.train.pre_stage_part={part!r}: not a model part of both this '
                      f'config and the pre-stage {spec!r}')

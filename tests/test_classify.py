@@ -285,6 +285,21 @@ def test_pre_stage_trains_the_tower_first_in_the_same_run(demo_data, tmp_path):
   assert not os.path.exists(tmp_path / 'bad' / 'pre_stage')
 
 
+@pytest.mark.parametrize('spec,message', [
+    ('configs/common.py', r"'configs/common.py' has no get_config\(arg\)"),
+    ('README.md', "'README.md' is not a Python recipe file"),
+    ('configs/classifier.py:size=tny', "config argument size='tny'"),
+    ('configs/no_such.py', "no file 'configs/no_such.py'")])
+def test_a_pre_stage_that_is_no_recipe_is_one_error_naming_the_knob(tmp_path, spec, message):
+  """A helper module or any other file as config.train.pre_stage was an AttributeError
+  traceback; a recipe argument it refuses did not say which knob gave it."""
+  config = tiny_config()
+  config.train.pre_stage = spec
+  with pytest.raises((ValueError, FileNotFoundError),
+                     match=re.escape(f'config.train.pre_stage={spec!r}: ') + message):
+    run.pre_stage(config, str(tmp_path))
+
+
 def test_pre_stage_reads_this_runs_dataset_where_both_name_its_builder(demo_data, tmp_path):
   config = tiny_config(demo_data)
   config.train.pre_stage = 'configs/classifier.py:size=micro'

@@ -192,3 +192,32 @@ def test_a_run_resumes_on_another_mesh_with_the_same_losses(demo_data, tmp_path,
   assert sorted(full) == [1, 2, 3, 4]
   np.testing.assert_allclose([resumed[s] for s in (3, 4)], [full[s] for s in (3, 4)],
                              rtol=1e-5)
+
+
+def test_a_resume_holds_one_train_state_while_it_restores(demo_data, tmp_path, monkeypatch):
+  """The state built for a resumed run is freed before the checkpoint's arrives: both held
+  at once, a resume took twice the state's memory, so a run that trained within memory
+  could fail to resume."""
+  import gc
+
+  import jax
+  config = tiny_config(demo_data)
+  config.data.worker_threads = 0
+  config.train.num_steps = 1
+  workdir = str(tmp_path / 'run')
+  run_lib.main(config, workdir, 'train')
+  held, restore = [], checkpoint_lib.Checkpointer.restore
+
+  def measured(self, step, target, data_iterator=None):
+    gc.collect()
+    held.append((sum(a.nbytes for a in jax.live_arrays()),
+                 sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(target)
+                     if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))))
+    return restore(self, step, target, data_iterator)
+
+  monkeypatch.setattr(checkpoint_lib.Checkpointer, 'restore', measured)
+  config.train.num_steps = 2
+  run_lib.main(config, workdir, 'train')
+  [(live, state)] = held
+  assert state > 10**6 and live < state // 10
+  assert sorted(read_losses(workdir)) == [1, 2]

@@ -154,9 +154,9 @@ def test_no_restorable_checkpoint_is_an_error_that_keeps_them(tmp_path):
   assert sorted(os.listdir(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))) == ['1', '2', '3']
 
 
-def _as_if_two_processes(workdir: str, logs=None):
+def _as_if_two_processes(workdir: str, logs=None, key: str = 'log'):
   """Each checkpoint's iterator state as two processes would have written it: the same
-  position, and (with `logs`) each its own record log."""
+  position, and (with `logs`) each its own record log under `key`."""
   for step in (1, 2, 3):
     data = os.path.join(workdir, 'checkpoints', str(step), 'data')
     name = lambda i, n, d=data: os.path.join(d, f'process_{i}-of-{n}.json')
@@ -165,7 +165,7 @@ def _as_if_two_processes(workdir: str, logs=None):
     os.remove(name(0, 1))
     for i in range(2):
       with open(name(i, 2), 'w') as f:
-        json.dump({**state, **({'log': logs[i]} if logs else {})}, f)
+        json.dump({**state, **({key: logs[i]} if logs else {})}, f)
 
 
 class _Refusing(grain.DatasetIterator):
@@ -250,6 +250,29 @@ def test_a_checkpoint_of_another_process_count_resumes_from_the_merged_state(tmp
                                 _StateLog(iter(grain.MapDataset.range(100))))
   assert step == 2 and os.listdir(os.path.join(wd, checkpoint_lib.DAMAGED_DIR)) == ['3']
   ckpt.close()
+
+
+def test_a_record_two_processes_dropped_with_different_reasons_is_no_damage(tmp_path):
+  """Resumed on another process count: a record that two processes dropped as too long (a
+  later epoch hands a record to another process, which draws another task for it: another
+  token count in the message) made the merged record log 'differ', so the checkpoint was
+  set aside as damaged and the run went back to an older one."""
+  from radjax.data import source
+  assert source.IteratorWithRecordLog.KEY == checkpoint_lib.RECORD_LOG_KEY
+  wd = str(tmp_path / 'w')
+  _three_checkpoints(wd)
+  where = "record 'a/9'"
+  reasons = [f'{where}: {n} tokens do not fit config.data.max_len=256' for n in (300, 280)]
+  _as_if_two_processes(wd, [{'bad': {}, 'dropped': {'too_long': {where: r}}} for r in reasons],
+                       key=source.IteratorWithRecordLog.KEY)
+  log = source.RecordLog(0)
+  it = source.IteratorWithRecordLog(iter(grain.MapDataset.range(100)), log)
+  ckpt = checkpoint_lib.Checkpointer(wd, 0, use_async=False)
+  _, step = ckpt.restore_latest({'params': {'w': jnp.zeros((64,))}}, it)
+  ckpt.close()
+  assert step == 3 and next(it) == 3
+  assert log.too_long == {where: reasons[0]}
+  assert not os.path.exists(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))
 
 
 def test_keep_checkpoints_zero_keeps_all(tmp_path):
@@ -595,14 +618,22 @@ def test_damaged_newest_checkpoint_run_resumes_from_the_older(killed_in_eval, tm
   assert checkpoint_lib.Checkpointer(wd, 3).latest_step() == 4
 
 
+def _stand_in_run(workdir: str, config, steps=(2,)) -> None:
+  """config.json and checkpoints of a stand-in training state (params and a step; an
+  import, workdir.save_params, holds params alone)."""
+  workdir_lib.save_config(config, workdir)
+  ckpt = checkpoint_lib.Checkpointer(workdir, 0, use_async=False)
+  for step in steps:
+    ckpt.save(step, {'params': {'w': np.zeros(3, np.float32)}, 'step': np.int32(step)})
+  ckpt.close()
+
+
 @pytest.fixture
 def saved_workdir(demo_data, tmp_path):
-  """A workdir as training leaves it: config.json and checkpoints (of stand-in params)."""
+  """A workdir as training leaves it: config.json and checkpoints (of a stand-in state)."""
   config = tiny_config(demo_data)
   wd = str(tmp_path / 'saved')
-  workdir_lib.save_params(wd, config, {'w': np.zeros(3, np.float32)}, step=2)
-  workdir_lib.save_params(wd + '_4', config, {'w': np.zeros(3, np.float32)}, step=4)
-  shutil.move(os.path.join(wd + '_4', 'checkpoints', '4'), os.path.join(wd, 'checkpoints'))
+  _stand_in_run(wd, config, steps=(2, 4))
   return config, wd
 
 
@@ -626,7 +657,7 @@ def test_changed_architecture_writes_nothing(saved_workdir):
   lm = tiny_config(config.data.dir)
   lm.model.kind = 'llm'
   lm_wd = str(os.path.join(os.path.dirname(wd), 'lm'))
-  workdir_lib.save_params(lm_wd, lm, {'w': np.zeros(3, np.float32)}, step=2)
+  _stand_in_run(lm_wd, lm)
   other = tiny_config(config.data.dir)
   other.model.kind = 'llm'
   other.model.vision.embed_dim, other.model.projector.hidden_dim = 48, 80
@@ -641,6 +672,25 @@ def test_changed_architecture_writes_nothing(saved_workdir):
   lm.train.num_steps, lm.optim.lr = lm.train.num_steps * 2, lm.optim.lr / 2
   assert [c.split(':')[0] for c in workdir_lib.knob_changes(lm, lm_wd)] == [
       'optim.lr', 'train.num_steps']
+
+
+def test_an_imported_model_as_the_workdir_is_refused_and_nothing_moves(saved_workdir):
+  """`--workdir` given an import (`from-hf --out W`: params alone) instead of a new run's
+  directory: training tried to resume it, found no optimizer state or data position, moved
+  the import to checkpoints_damaged and said to rerun, which trained from scratch."""
+  config, wd = saved_workdir
+  imported = wd + '_imported'
+  workdir_lib.save_params(imported, config, {'w': np.zeros(3, np.float32)})
+  before = {p: open(p, 'rb').read() for p in glob.glob(f'{imported}/**', recursive=True)
+            if os.path.isfile(p)}
+  with pytest.raises(workdir_lib.WorkdirError, match=r'checkpoints/0 holds only model params '
+                     r'\(an import.*init_from=.*_imported'):
+    run_lib.main(config, imported, 'train')
+  after = {p: open(p, 'rb').read() for p in glob.glob(f'{imported}/**', recursive=True)
+           if os.path.isfile(p)}
+  assert after == before and not os.path.exists(os.path.join(imported, 'checkpoints_damaged'))
+  workdir_lib.check_resumable(config, imported, train=False)  # eval and generate read it
+  workdir_lib.check_resumable(config, wd)  # a training run's checkpoints resume
 
 
 def test_main_py_writes_no_log_into_a_workdir_it_refuses(saved_workdir):

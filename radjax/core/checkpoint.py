@@ -320,10 +320,17 @@ class Checkpointer:
     self.manager.close()
 
 
+# The record log's key in an iterator state (radjax/data/source.py IteratorWithRecordLog.KEY):
+# the records a process stepped over, where -> why.
+RECORD_LOG_KEY = 'radjax_record_log'
+
+
 def merge_iterator_states(states: list, where: str = '') -> dict:
   """One state from several processes' iterator states: a key's value where all agree,
   dicts (a record log) merged key by key (a nested key may be in some only); differing
-  values (positions) or a top-level key missing somewhere raise ValueError naming it."""
+  values (positions) or a top-level key missing somewhere raise ValueError naming it. A
+  record in two processes' record logs keeps the first's reason: a later epoch hands it to
+  another process, which may draw another task for it (another token count in the message)."""
   if all(isinstance(s, dict) for s in states):
     keys = sorted(set().union(*states))
     out = {}
@@ -333,7 +340,7 @@ def merge_iterator_states(states: list, where: str = '') -> dict:
         raise ValueError(f'{k} is missing in some: {[s.get(k) for s in states]}')
       if all(isinstance(v, dict) for v in present):
         out[k] = merge_iterator_states(present, f'{where}{k}.')
-      elif any(v != present[0] for v in present):
+      elif any(v != present[0] for v in present) and not where.startswith(RECORD_LOG_KEY + '.'):
         raise ValueError(f'{where}{k} differs: {[s.get(k) for s in states]}')
       else:
         out[k] = present[0]

@@ -4,15 +4,26 @@ import importlib.util
 import os
 
 
-def load(spec: str):
+def load(spec: str, knob: str = ''):
+  """`knob` (e.g. 'config.train.pre_stage'), where given, opens each error's message."""
+  where = f'{knob}={spec!r}' if knob else f'recipe {spec!r}'
   path, _, arg = spec.partition(':')
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'recipe {spec!r}: no file {path!r} (paths are relative to the '
+    raise FileNotFoundError(f'{where}: no file {path!r} (paths are relative to the '
                             'directory main.py runs in)')
+  # spec_from_file_location gives no loader for a file not named .py (README.md, a .yaml).
   module_spec = importlib.util.spec_from_file_location('recipe', path)
+  if module_spec is None or module_spec.loader is None:
+    raise ValueError(f'{where}: {path!r} is not a Python recipe file')
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  if not callable(getattr(module, 'get_config', None)):
+    raise ValueError(f'{where}: {path!r} has no get_config(arg); a recipe is a file such as '
+                     'configs/demo.py')
+  try:
+    return module.get_config(arg) if arg else module.get_config()
+  except ValueError as e:  # a recipe argument it refuses
+    raise ValueError(f'{where}: {e}') from e
 
 
 def set_value(config, key: str, value, where: str) -> None:

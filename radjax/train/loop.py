@@ -26,6 +26,12 @@ def restore_or_keep(exp, ckpt: checkpoint_lib.Checkpointer, data_iterator=None):
   if ckpt.latest_step() is None:
     return exp.state, 0
   target = state_lib.abstract_state(exp.state_shardings, exp.state)
+  # The fresh state goes before the restored one arrives: both held at once, a resume
+  # needed twice the state's memory (a run that trained in memory could fail to resume).
+  for leaf in jax.tree.leaves(exp.state):
+    if isinstance(leaf, jax.Array) and not leaf.is_deleted():
+      leaf.delete()
+  exp.state = None
   # Skips damaged ones, kept aside.
   state, step = ckpt.restore_latest(target, data_iterator)
   logging.info('resuming from step %d in %s', step, ckpt.directory)
