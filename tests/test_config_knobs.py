@@ -131,6 +131,7 @@ def test_recipes_set_only_documented_knobs(name):
 def test_config_checks_name_documented_knobs():
   config = defaults.get_config()
   knobs = [*config_checks.MINIMUMS, *config_checks.CHOICES, *config_checks.PAIRS,
+           *config_checks.RANGES,
            *(f'mesh.{a}' for a in config_checks.MESH_AXES)]
   assert [k for k in knobs if config_checks._get(config, k) is None] == []
 
@@ -155,6 +156,11 @@ def test_resize_crop_is_refused_where_it_would_be_ignored(task):
     ('eval.top_k', -1, 'config.eval.top_k=-1 must be >= 0'),
     ('optim.lr', 1e39, 'config.optim.lr=1e+39 is not a finite float32'),
     ('eval.stop_strings', ('###', ''), "config.eval.stop_strings: '' cuts every answer"),
+    # a negative loss weight trains that loss upwards, silently
+    ('data.label_loss_weight', -1.0, 'config.data.label_loss_weight=-1.0 must be >= 0'),
+    ('data.keyword_weight', -3.0, 'config.data.keyword_weight=-3.0 must be >= 0'),
+    ('vqgan.disc_weight', -0.8, 'config.vqgan.disc_weight=-0.8 must be >= 0'),
+    ('vqgan.ema_decay', 1.5, 'config.vqgan.ema_decay=1.5 must be in [0, 1]'),
 ])
 def test_values_that_would_fail_later_are_named_first(knob, value, said):
   """A zero std trained one step into a NaN loss that blamed the learning rate; the

@@ -29,7 +29,14 @@ MINIMUMS = {
                    'codebook_dim', 'norm_groups', 'disc_channels')))
        for size in sizes},
     'model.vqgan.num_res_blocks': 0, 'model.vqgan.disc_layers': 0,
+    # A negative loss weight would make the step push that loss up, silently.
+    'data.keyword_weight': 0, 'data.label_loss_weight': 0, 'data.box_token_weight': 0,
+    **{f'vqgan.{k}': 0 for k in ('l1_weight', 'l2_weight', 'codebook_weight', 'beta',
+                                 'disc_weight', 'perceptual_weight', 'disc_start', 'disc_lr',
+                                 'restart_every', 'restart_threshold')},
 }
+# knob -> the closed interval it must lie in.
+RANGES = {'vqgan.ema_decay': (0, 1), 'vqgan.usage_decay': (0, 1)}
 # knob -> a list of (key, value) pairs.
 PAIRS = ('optim.param_groups', 'sharding.rules', 'train.pre_stage_set')
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -63,6 +70,10 @@ def errors(config) -> list[str]:
     value = _get(config, knob)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not value >= low:
       out.append(f'config.{knob}={value!r} must be >= {low}')
+  for knob, (low, high) in RANGES.items():
+    value = _get(config, knob)
+    if _number(value) and not low <= value <= high:
+      out.append(f'config.{knob}={value!r} must be in [{low}, {high}]')
   for knob, allowed in CHOICES.items():
     value = _get(config, knob)
     if value is not None and value not in allowed:
