@@ -19,7 +19,7 @@ from etils import epath
 from PIL import Image
 
 from data_prep.builder import ManualDirError, Reject
-from radjax.data import images, jpeg_ends, png_rows
+from radjax.data import jpeg_ends, png_rows, schema
 
 # Modes a radiograph may have; palette, CMYK, alpha ... are rejected.
 IMAGE_MODES = ('L', 'RGB', 'I;16', 'I;16B', 'I')
@@ -133,7 +133,7 @@ def check_image_bytes(data: bytes, where: str, formats=('png', 'jpeg')) -> tuple
       cut = fmt == 'jpeg' and jpeg_ends.cut_off(data, im)
       short = fmt == 'png' and png_rows.short_of_rows(data)
   except Exception as e:
-    raise Reject(f'{where}: unreadable image: {images.decode_error(e)}') from e
+    raise Reject(f'{where}: unreadable image: {schema.decode_error(e)}') from e
   if cut:
     raise Reject(f'{where}: {jpeg_ends.CUT_OFF}')
   if short:

@@ -11,7 +11,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from data_prep import checks
-from radjax.data import image_files, jpeg_ends, png_rows
+from radjax.data import image_files, images, jpeg_ends, png_rows, schema
 
 
 @pytest.fixture(scope='module')
@@ -147,3 +147,22 @@ def test_whole_pngs_of_every_colour_type_and_depth_pass(interlace):
           im.load()  # PIL agrees on the size
         assert not png_rows.short_of_rows(whole), (colour, depth, w, h)
         assert png_rows.short_of_rows(short), (colour, depth, w, h)
+
+
+@pytest.mark.parametrize('fmt', ['PNG', 'JPEG'])
+def test_a_file_cut_anywhere_is_one_error_naming_it(film, fmt):
+  """Cut inside its header, its first chunk or its data (no end marker given back): a
+  Reject or ImageFileError naming the file, never another exception type."""
+  buf = io.BytesIO()
+  film.save(buf, format=fmt)
+  data = buf.getvalue()
+  for keep in (10, 16, 20, 28, 40, 100, len(data) // 2):
+    with pytest.raises(checks.Reject, match=r'^p1/a\.img: '):
+      checks.check_image_bytes(data[:keep], 'p1/a.img')
+    try:
+      entry = image_files.image_entry(data[:keep], 'a.img')
+    except image_files.ImageFileError as e:
+      assert str(e).startswith('a.img: ')
+    else:  # passed on to decoding, which names the record
+      with pytest.raises(schema.SchemaError, match=r"'a\.img'"):
+        images.decode_image(entry, 1, 'a.img')

@@ -41,8 +41,8 @@ def short_of_rows(data: bytes) -> bool:
   stops at the declared size, and an image over images.MAX_PIXELS (which the decoder
   refuses) is not inflated."""
   at = len(SIGNATURE)
-  if not data.startswith(SIGNATURE) or data[at + 4:at + 8] != b'IHDR':
-    return False
+  if not data.startswith(SIGNATURE) or data[at + 4:at + 8] != b'IHDR' or len(data) < at + 21:
+    return False  # not a PNG, or cut inside its header: the decoder names it
   width, height, depth, colour, _, _, interlace = struct.unpack('>IIBBBBB',
                                                                 data[at + 8:at + 21])
   if colour not in CHANNELS or width * height > images.MAX_PIXELS:
