@@ -12,6 +12,7 @@ import sys
 import time
 
 import grain
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -152,6 +153,27 @@ def test_no_restorable_checkpoint_is_an_error_that_keeps_them(tmp_path):
   with pytest.raises(checkpoint_lib.CheckpointError, match='no checkpoint .* restores'):
     ckpt.restore_latest({'params': {'w': jnp.zeros((64,))}}, iter(grain.MapDataset.range(9)))
   assert sorted(os.listdir(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))) == ['1', '2', '3']
+
+
+def test_a_restore_out_of_memory_moves_nothing(tmp_path, monkeypatch):
+  """Device memory running out while a checkpoint is read (a resume on a smaller slice) is
+  no damage: every checkpoint was set aside in turn and the rerun trained from scratch.
+  (No real allocation fails on this CPU: the device's error is raised in its place.)"""
+  wd = str(tmp_path / 'w')
+  _three_checkpoints(wd)
+  ckpt = checkpoint_lib.Checkpointer(wd, 0, use_async=False)
+
+  def out_of_memory(*args, **kwargs):
+    raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to '
+                                     'allocate 268435456 bytes.')
+  monkeypatch.setattr(ckpt, 'restore', out_of_memory)
+  with pytest.raises(checkpoint_lib.CheckpointError,
+                     match=r'checkpoint 3 in .* could not be read \(JaxRuntimeError: '
+                           r'RESOURCE_EXHAUSTED.*nothing was moved'):
+    ckpt.restore_latest({'params': {'w': jnp.zeros((64,))}}, iter(grain.MapDataset.range(9)))
+  assert not os.path.exists(os.path.join(wd, checkpoint_lib.DAMAGED_DIR))
+  assert ckpt.latest_step() == 3
+  ckpt.close()
 
 
 def _as_if_two_processes(workdir: str, logs=None, key: str = 'log'):

@@ -90,6 +90,14 @@ class CheckpointError(RuntimeError, ValueError):  # ValueError: main.py prints o
   """No checkpoint of a workdir restores."""
 
 
+def _not_damage(e: BaseException) -> bool:
+  """A restore that failed for want of memory or permission, not for the files."""
+  if isinstance(e, (MemoryError, PermissionError)):
+    return True
+  text = str(e)
+  return 'RESOURCE_EXHAUSTED' in text or 'Out of memory' in text or 'Permission denied' in text
+
+
 @jax.jit
 def _all_finite(leaves):
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves] or [jnp.bool_(True)]))
@@ -193,7 +201,8 @@ class Checkpointer:
     A checkpoint that fails to restore (a truncated file, a missing manifest or iterator
     state) is moved, never deleted, to `<workdir>/checkpoints_damaged/<step>`, with a
     warning that says why, and the next older one is tried. Raises CheckpointError when
-    none restores (a rerun then starts from scratch; the damaged ones stay aside).
+    none restores (a rerun then starts from scratch; the damaged ones stay aside), and at
+    once, moving nothing, when a read fails for want of memory or permission.
     """
     skipped = []
     _quiet_failed_reads()
@@ -220,6 +229,10 @@ class Checkpointer:
             restored, reason = self.restore(step, abstract_state, data_iterator), None
         except Exception as e:  # orbax/tensorstore/grain raise many types for damaged files
           restored, reason = None, f'{type(e).__name__}: {" ".join(str(e).split())[:300]}'
+          if _not_damage(e):  # set aside, every older one would follow it for no fault
+            raise CheckpointError(f'checkpoint {step} in {self.directory} could not be '
+                                  f'read ({reason}); this is no damage, so nothing was '
+                                  'moved: free memory or fix permissions and rerun') from e
           _REPORTED_DAMAGED.add(os.path.join(self.directory, str(step)))
         # Every process takes the same step.
         if not _on_any_process(reason is not None):
