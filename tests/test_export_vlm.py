@@ -168,8 +168,10 @@ def test_an_xraygpt_model_exports_as_blip2_with_radjaxs_logits_and_reports(demo_
   pixel_values = transformers.AutoImageProcessor.from_pretrained(hf_dir)(
       Image.open(image), return_tensors='pt')['pixel_values']
   with torch.no_grad():
-    out = model.generate(input_ids=ids, pixel_values=pixel_values, do_sample=False,
-                         max_new_tokens=config.eval.max_new_tokens, tokenizer=tok)
+    # As README shows it: BLIP-2 hands generate over to its language model, whose own
+    # defaults (20 tokens, no stop string) apply unless given the export's config.
+    out = model.generate(input_ids=ids, pixel_values=pixel_values, tokenizer=tok,
+                         generation_config=model.generation_config)
   theirs = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
   for stop in model.generation_config.stop_strings or ():
     theirs = theirs.split(stop)[0]

@@ -445,3 +445,42 @@ def test_the_workdirs_decoding_knobs_fit_the_page():
   assert d0.applied_to(generate_lib.GenerationConfig()).repetition_penalty == 3.5
   with pytest.raises(uploads.UploadError, match='decoding knobs: repetition_penalty'):
     dataclasses.replace(d0, repetition_penalty=0.0).applied_to(generate_lib.GenerationConfig())
+
+
+def test_sigterm_closes_the_server_and_removes_the_uploads(served, tmp_path):
+  """`kill`, `docker stop` or systemd end `python -m radjax.serve` as Ctrl-C does, with a
+  page still connected: exit 0, the uploads (a patient's film) gone from Gradio's temp
+  folder. They stayed there for good: Python died on SIGTERM, and after Ctrl-C Gradio's
+  own removal waited for the open page's connection past the process's end."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  _, _, workdir, _, _, _ = served
+  temp, log = tmp_path / 'gradio', tmp_path / 'server.log'
+  port = _free_port()
+  with open(log, 'w') as err:
+    server = subprocess.Popen(
+        [sys.executable, '-m', 'radjax.serve', '--workdir', workdir, '--port', str(port)],
+        env=dict(os.environ, GRADIO_TEMP_DIR=str(temp)), stdout=err, stderr=err)
+  try:
+    deadline = time.monotonic() + 180
+    while True:
+      assert server.poll() is None, log.read_text()[-2000:]
+      try:
+        client = gradio_client.Client(f'http://127.0.0.1:{port}/', verbose=False)
+        break
+      except Exception:  # not up yet
+        assert time.monotonic() < deadline, 'the server did not come up'
+        time.sleep(1)
+    upload = tmp_path / 'patient.txt'
+    upload.write_text('a film')
+    assert 'patient.txt: not an image' in _error(client, str(upload))
+    assert list(temp.rglob('patient.txt'))  # where it waited while the server ran
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=60) == 0, log.read_text()[-2000:]
+    assert not list(temp.rglob('patient.txt'))
+  finally:
+    if server.poll() is None:
+      server.kill()
+      server.wait()

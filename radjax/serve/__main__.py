@@ -5,6 +5,7 @@ r"""The web demo on a trained or imported VLM workdir, or an LLM-CXR one (report
 """
 import argparse
 import math
+import signal
 import socket
 import sys
 
@@ -34,8 +35,17 @@ def main(argv=None) -> int:
   except (ValueError, FileNotFoundError) as e:  # the workdir, its config or step: named
     print(f'error: {e}', file=sys.stderr)
     return 2
+  # SIGTERM (kill, docker stop, systemd) closes the server as Ctrl-C does, so Gradio
+  # removes the uploads (patients' films, DICOM headers) from its temp folder; Python's
+  # default death on SIGTERM left them there for good.
+  signal.signal(signal.SIGTERM, _interrupt)
   app.launch(model, args.host, args.port, max_upload_mb=args.max_upload_mb)
   return 0
+
+
+def _interrupt(signum, frame):
+  del signum, frame
+  raise KeyboardInterrupt
 
 
 def _check_can_listen(host: str, port: int) -> None:

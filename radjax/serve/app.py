@@ -14,6 +14,7 @@ os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
 
 import gradio as gr  # noqa: E402
 from absl import logging  # noqa: E402
+from gradio import route_utils  # noqa: E402
 
 from radjax.eval.decoding import generate as generate_lib  # noqa: E402
 from radjax.serve import drawing, uploads  # noqa: E402
@@ -187,4 +188,8 @@ def launch(rep: reporter_lib.Reporter, host: str = '127.0.0.1', port: int = 7860
   demo.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block,
               ssr_mode=False, theme=THEME, quiet=not block, show_error=False,
               max_file_size=int(max_upload_mb * 2**20))
+  if block:  # the server was stopped (Ctrl-C, SIGTERM): its uploads and previews go now.
+    # Gradio removes them after the server's connections close, which an open page's
+    # stream holds past the 5 s it waits before the process ends: they stayed for good.
+    route_utils.delete_files_created_by_app(demo, age=None)
   return demo
