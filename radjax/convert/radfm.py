@@ -410,7 +410,9 @@ def export_dir(config, params, out: str, dtype: str = 'float32') -> None:
   if None in ids or ids != list(range(ids[0], ids[0] + 3)):
     raise ConversionError(f"the tokenizer does not end LLaMA's rows with {chat.IMAGE_MARK}, "
                           f"{chat.IMAGE_BEGIN}, {chat.IMAGE_END} (ids {ids}), as RadFM's "
-                          'layout needs')
+                          "layout needs: to-radfm exports a model on RadFM's vocabulary (a "
+                          '`from-radfm` import, or a run trained from one); its '
+                          "image-delimiter rows sit just past LLaMA's text rows")
   composed = factory.vlm_config(m)
   vision, projector, lm = composed.vision, composed.projector, composed.llm
   state = export_checkpoint(vision, projector, lm, params.get('params', params), ids[0],
