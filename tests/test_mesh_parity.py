@@ -241,3 +241,19 @@ def test_generation_on_a_mesh_equals_one_device(family, mesh):
     np.testing.assert_array_equal(ids, want_ids, err_msg=c.strategy)
     np.testing.assert_allclose(scores, want_scores, atol=1e-4, err_msg=c.strategy)
   assert len({tuple(r) for r in want[0][0]}) > 1  # prompts that lead somewhere different
+
+
+def test_an_fsdp_size_that_does_not_divide_a_parameter_is_one_error_naming_it():
+  """Six devices on fsdp: the micro decoder's width of 32 does not split six ways. Refused
+  before anything is compiled, naming the parameter, its axis and the knob (XLA's own
+  error names neither); replicating it silently would hide the cost at full size."""
+  c = _config(lambda: xraygpt.get_config('size=micro'))
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 6, 1
+  task = tasks.make(c, None)
+  mesh = sharding.make_mesh(c.mesh, jax.devices()[:6])
+  rules = sharding.rules_from_config(c.sharding.rules)
+  with pytest.raises(ValueError, match=r"^parameter llm/embedder/embedding of shape "
+                     r"\(2048, 32\): its axis 1 \('embed', size 32\) is split over mesh axes "
+                     r"fsdp=6 \(6 shards\), which do not divide 32; use a config\.mesh\.fsdp "
+                     r"that divides 32, or map 'embed' to None in config\.sharding\.rules$"):
+    state_lib.abstract_params(task.model(), task.init_inputs(), mesh, rules)
