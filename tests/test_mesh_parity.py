@@ -257,3 +257,15 @@ def test_an_fsdp_size_that_does_not_divide_a_parameter_is_one_error_naming_it():
                      r"fsdp=6 \(6 shards\), which do not divide 32; use a config\.mesh\.fsdp "
                      r"that divides 32, or map 'embed' to None in config\.sharding\.rules$"):
     state_lib.abstract_params(task.model(), task.init_inputs(), mesh, rules)
+
+
+def test_a_misspelt_rule_name_is_one_error_naming_it():
+  """flax skips a rule whose logical name nothing uses: ('embd', 'fsdp') left every
+  embedding replicated, found (at best) by the replicated-size warning at full size."""
+  c = _config(lambda: xraygpt.get_config('size=micro'))
+  c.sharding.rules = (('embd', 'fsdp'),) + tuple(c.sharding.rules)
+  with pytest.raises(ValueError, match=r"^config\.sharding\.rules: 'embd' names no axis of "
+                                       r"this model's parameters or activations .*act_batch"):
+    setup.build(c, tasks.make(c, None), jax.devices()[:1])
+  c.sharding.rules = c.sharding.rules[1:]  # the default table serves every model
+  setup.build(c, tasks.make(c, None), jax.devices()[:1])

@@ -10,6 +10,8 @@ from absl import logging
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from radjax.core import defaults
+
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
 
@@ -92,6 +94,24 @@ def rules_from_config(rules) -> tuple:
         raise ValueError(f'config.sharding.rules: {name!r} maps to unknown mesh axis {a!r}')
     out.append((name, axes))
   return tuple(out)
+
+
+def check_rule_names(rules, boxed_params, activation_names) -> None:
+  """Each rule names an axis of these parameters (their logical axes), of the
+  activations (`activation_names`) or of the default table (which serves every model):
+  flax skips a rule whose name nothing uses, so a misspelt one ('embd') left its
+  parameters replicated without a word."""
+  used = set(activation_names) | {name for name, _ in defaults.DEFAULT_RULES}
+  for spec in jax.tree.leaves(nn.get_partition_spec(boxed_params),
+                              is_leaf=lambda x: isinstance(x, PartitionSpec)):
+    for entry in spec:
+      used.update(entry if isinstance(entry, tuple) else (entry,))
+  used.discard(None)
+  for name, _ in rules:
+    if name not in used:
+      raise ValueError(f"config.sharding.rules: {name!r} names no axis of this model's "
+                       f'parameters or activations (a misspelling?); they are '
+                       f'{", ".join(sorted(used))}')
 
 
 @contextlib.contextmanager

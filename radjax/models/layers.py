@@ -18,8 +18,17 @@ Dtype = Any
 default_init = nn.initializers.normal(stddev=0.02)
 
 
+# The logical axes activations take (beside parameter axes such as 'embed'): what a
+# config.sharding.rules entry may name besides the parameters' axes.
+ACTIVATION_AXES = ('act_batch', 'act_len', 'act_embed', 'act_heads', 'act_kv', 'act_mlp',
+                   'act_vocab')
+
+
 def constrain(x, axes: Sequence[Optional[str]]):
   """Logical sharding constraint; a no-op outside a mesh/rules context."""
+  unknown = [a for a in axes if a and a.startswith('act_') and a not in ACTIVATION_AXES]
+  if unknown:
+    raise ValueError(f'activation axis {unknown[0]!r} is not in layers.ACTIVATION_AXES')
   return nn.with_logical_constraint(x, tuple(axes))
 
 

@@ -10,7 +10,7 @@ from absl import logging
 from radjax.core import config_checks
 from radjax.core import sharding as sharding_lib
 from radjax.data import mixture
-from radjax.models import factory
+from radjax.models import factory, layers
 from radjax.train import optimizer as optimizer_lib
 from radjax.train import state as state_lib
 
@@ -57,8 +57,9 @@ def build(config, task, devices=None, pretrained: bool = True, train: bool = Tru
     _check_accumulation(config, task)
   inputs = task.init_inputs()
   model = task.model()
-  params_shape = nn.meta.unbox(jax.eval_shape(
-      lambda k: model.init(k, *inputs)['params'], jax.random.key(0)))
+  boxed_shape = jax.eval_shape(lambda k: model.init(k, *inputs)['params'], jax.random.key(0))
+  sharding_lib.check_rule_names(rules, boxed_shape, layers.ACTIVATION_AXES)
+  params_shape = nn.meta.unbox(boxed_shape)
   labels = optimizer_lib.param_labels(params_shape, config.optim.param_groups)
   frozen = tuple(p for p in task.parts_frozen(labels))
   if frozen:
