@@ -58,6 +58,10 @@ def test_left_padding_matches_unpadded():
   cache = llm.init_cache(cfg, 1, 16, jnp.float32)
   out, _ = apply(params, embed(padded), llm.positions_from_mask(mask), cache, 0, mask)
   np.testing.assert_allclose(out[:, 4:], ref, atol=2e-5)
+  # Packed rows' segment ids have no meaning beside a cache: refused, not dropped.
+  with pytest.raises(ValueError, match='segment_ids .* cache-free forward'):
+    model.apply(params, embed(padded), llm.positions_from_mask(mask), cache, 0, mask,
+                segment_ids=mask.astype(jnp.int32))
 
 
 @pytest.mark.parametrize('scan', [pytest.param(True, marks=pytest.mark.slow), False])

@@ -248,6 +248,9 @@ class Decoder(nn.Module):
       self.embedder(jnp.zeros((1, 1), jnp.int32))  # create the table when init skips embed()
     x = layers.constrain(embeds.astype(self.rt.dtype), BATCH_LEN_EMBED)
     mask = None
+    if cache is not None and segment_ids is not None:  # it would be dropped, not applied
+      raise ValueError('segment_ids (packed rows) are for the cache-free forward; decoding '
+                       'with a cache masks by key_mask')
     if cache is not None:
       mask = decode_mask(key_mask, cache_index, embeds.shape[1])
     elif segment_ids is not None:
