@@ -36,10 +36,10 @@ def expected_bytes(width: int, height: int, depth: int, colour: int, interlace: 
 
 
 def short_of_rows(data: bytes) -> bool:
-  """Whether the PNG `data` inflates to less image data than its header (IHDR, the first
-  chunk) declares. Chunks are walked, not checked: the decoder checks them. Inflating
-  stops at the declared size, and an image over images.MAX_PIXELS (which the decoder
-  refuses) is not inflated."""
+  """Whether the PNG `data`'s image data stream closes having inflated to less than its
+  header (IHDR, the first chunk) declares. Chunks are walked, not checked: the decoder
+  checks them. Inflating stops at the declared size, and an image over
+  images.MAX_PIXELS (which the decoder refuses) is not inflated."""
   at = len(SIGNATURE)
   if not data.startswith(SIGNATURE) or data[at + 4:at + 8] != b'IHDR' or len(data) < at + 21:
     return False  # not a PNG, or cut inside its header: the decoder names it
@@ -61,4 +61,5 @@ def short_of_rows(data: bytes) -> bool:
     at += 12 + length
   if got < expected:
     got += len(inflater.flush())  # what the last piece left inside zlib
-  return got < expected
+  # A stream cut without being closed PIL reports itself ('image file is truncated').
+  return inflater.eof and got < expected
