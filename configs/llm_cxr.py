@@ -66,7 +66,9 @@ def get_config(arg: str = ''):
   c.data.codes_per_image = 16 * 16  # a record of another count is a data error
   c.data.chat_format = 'dolly'
   c.data.tasks = ('report_from_codes', 'codes_from_report')
-  c.data.task_options.report_section = 'both' if args.stage == 1 else 'impression'
+  # LLM-CXR's stage 1 trains on FINDINGS + ' ' + IMPRESSION (no labels; _parse_report_fi),
+  # its stage 2 on the impression alone.
+  c.data.task_options.report_section = 'joined' if args.stage == 1 else 'impression'
   c.data.max_len = 2048  # NeoX's context; longer examples are dropped (as LLM-CXR)
   c.data.augment = False
   c.codec.workdir = args.codec

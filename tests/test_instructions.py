@@ -60,6 +60,13 @@ def test_report_sections_exact():
   assert ins.report(only, None, impression) is None
   assert ins.report(only, None, OPTS)[-1]['text'] == 'Findings: Clear lungs.'
   assert ins.report(_example(report={}), None, OPTS) is None
+  # 'joined': LLM-CXR's stage-1 text, the two sections after each other, unlabelled.
+  joined = ins.Options(report_section='joined')
+  assert ins.report(ex, None, joined) == _qa(ins.REPORT_INSTRUCTIONS[0],
+                                             'Small left effusion. Effusion.')
+  assert ins.report(only, None, joined)[-1]['text'] == 'Clear lungs.'
+  assert ins.report_text(ex, None, joined) == [{'role': 'assistant',
+                                                'text': 'Small left effusion. Effusion.'}]
 
 
 def test_report_draws_its_wording_as_the_demo_always_did():
@@ -81,7 +88,7 @@ def test_a_volume_is_asked_about_as_a_scan_not_a_radiograph():
   """RadFM's CT and MRI volumes were requested as 'this chest radiograph', in training and
   at --mode=generate. The same one draw picks among as many scan wordings."""
   volume = _example(images=[{'kind': '3d', 'format': 'npy', 'data': b'x'}])
-  for section in ('both', 'findings', 'impression'):
+  for section in ('both', 'joined', 'findings', 'impression'):
     options = ins.Options(report_section=section)
     question = ins.report(volume, None, options)[0]['text']
     assert question == ins.VOLUME_INSTRUCTIONS[section][0]

@@ -38,7 +38,8 @@ def test_report_references_are_the_section_the_recipe_trains_on():
   impression_only = schema.make_example(id='i', report={'impression': 'Normal.'})
   ev = reports.ReportEvaluator.__new__(reports.ReportEvaluator)
   for section, want in (('findings', 'Clear lungs.'), ('impression', 'No acute process.'),
-                        ('both', 'Findings: Clear lungs.\nImpression: No acute process.')):
+                        ('both', 'Findings: Clear lungs.\nImpression: No acute process.'),
+                        ('joined', 'Clear lungs. No acute process.')):
     ev.options = instructions.options_from_config({'report_section': section})
     assert ev.reference(both) == want
   records = [schema.encode(ex) for ex in (impression_only, both)]
@@ -134,6 +135,19 @@ def test_llm_cxr_reads_reports_as_generate_eval_samples_them():
             g.max_new_tokens) == ('sample', 0.92, 0, 1.0, 1.0, 128), arg
     assert (c.codec.decoding, c.codec.top_p, c.codec.temperature) == ('sample', 0.92, 1.0)
     assert not config_checks.errors(c)
+
+
+def test_llm_cxr_trains_stage_1_on_findings_then_impression_unlabelled():
+  """data/mimic_cxr.py _parse_report_fi: stage 1's text is FINDINGS + ' ' + IMPRESSION
+  (no section labels); _parse_report_i: stage 2's the impression alone."""
+  from configs import llm_cxr
+  ex = schema.make_example(id='r', report={'findings': 'Clear lungs.',
+                                           'impression': 'No acute process.'})
+  for arg, want in (('', 'Clear lungs. No acute process.'),
+                    ('stage=2,stage1=/nowhere', 'No acute process.')):
+    c = llm_cxr.get_config(arg)
+    options = instructions.options_from_config(c.data.task_options)
+    assert instructions.report_answer(ex, options.report_section) == want, arg
 
 
 def test_xraygpt_optimizer_is_lavis_adamw_on_llama_proj_only():

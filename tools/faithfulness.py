@@ -75,10 +75,13 @@ class Classifier:
     return np.concatenate(probs), np.concatenate(feats)
 
 
+WHOLE_REPORT = ('both', 'joined')  # report sections whose text is the whole report
+
+
 def _labels(examples: list[dict], reports: list[str], section: str, names) -> np.ndarray:
   """[N, L]: 1 stated, 0 ruled out, -2 not scored, of the report text each image is drawn
   from. A section alone need not state what the record's labels (of the whole report) say."""
-  if section == 'both':
+  if section in WHOLE_REPORT:
     return np.array([[(ex.get('labels') or {}).get(name, -2) for name in names]
                      for ex in examples])
   said = [labeler.label_report(r) for r in reports]
@@ -119,7 +122,8 @@ def evaluate(llm_cxr_dir: str, classifier_dir: str, split: str = 'val', n: int =
           'reconstructed': [llm_cxr.to_uint8(x) for x in recon]}
   out = {'split': split, 'n': len(examples), 'seed': seed, 'llm_cxr': llm_cxr_dir,
          'classifier': classifier_dir, 'report_section': options.report_section,
-         'labels_from': 'records' if options.report_section == 'both' else 'report labeler'}
+         'labels_from': 'records' if options.report_section in WHOLE_REPORT else
+         'report labeler'}
   feats = {}
   for name, images in sets.items():
     probs, feats[name] = scorer([scorer.preprocess(im, f'{name}_{i}')

@@ -103,7 +103,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # 'report_from_codes', 'codes_from_report' (LLM-CXR), 'impression_from_findings' (text).
   c.data.tasks = ('report',)
   c.data.task_options = ml_collections.ConfigDict(dict(
-      report_section='both',  # report: 'findings' | 'impression' | 'both'
+      # report: 'findings' | 'impression' | 'both' ('Findings: ...\nImpression: ...') |
+      # 'joined' (the two texts after each other, unlabelled: LLM-CXR's stage 1)
+      report_section='both',
       uncertain_as=1,  # classification / vqa: what a CheXpert -1 counts as (RadVLM: 1)
       vqa_questions=1,  # vqa: yes/no questions per example, about distinct observations
   ))

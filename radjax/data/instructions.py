@@ -26,14 +26,15 @@ IMAGE_MARK = chat.IMAGE_MARK
 
 # ---- options -------------------------------------------------------------------------
 
-REPORT_SECTIONS = ('findings', 'impression', 'both')
+REPORT_SECTIONS = ('findings', 'impression', 'both', 'joined')
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
   """The task knobs, from config.data.task_options (documented in radjax/core/defaults.py)."""
 
-  report_section: str = 'both'  # report, report_text: 'findings' | 'impression' | 'both'
+  # report, report_text: 'findings' | 'impression' | 'both' (labelled lines) | 'joined'
+  report_section: str = 'both'
   uncertain_as: int = 1  # classification, vqa: what a CheXpert -1 counts as
   vqa_questions: int = 1  # vqa: closed questions (distinct observations) per example
   codebook_size: int = 0  # report_from_codes, codes_from_report (config.data.codebook_size)
@@ -111,7 +112,8 @@ IMPRESSION_INSTRUCTIONS = (
   'State the impression a radiologist would write for this image.',
   'In brief, what is the conclusion from this radiograph?',
 )
-_SECTION_INSTRUCTIONS = {'both': REPORT_INSTRUCTIONS, 'findings': FINDINGS_INSTRUCTIONS,
+_SECTION_INSTRUCTIONS = {'both': REPORT_INSTRUCTIONS, 'joined': REPORT_INSTRUCTIONS,
+                         'findings': FINDINGS_INSTRUCTIONS,
                          'impression': IMPRESSION_INSTRUCTIONS}
 # The same requests about a volume (CT, MRI: RadFM's 3D cases), not a radiograph.
 VOLUME_INSTRUCTIONS = {
@@ -131,6 +133,7 @@ VOLUME_INSTRUCTIONS = {
                  'State the impression a radiologist would write for this scan.',
                  'In brief, what is the conclusion from this study?'),
 }
+VOLUME_INSTRUCTIONS['joined'] = VOLUME_INSTRUCTIONS['both']
 
 
 def _is_volume(example: dict) -> bool:
@@ -140,7 +143,8 @@ def _is_volume(example: dict) -> bool:
 
 def report_answer(example: dict, section: str = 'both') -> str | None:
   """The report text of `section`; 'both' is 'Findings: ...\\nImpression: ...' (either
-  line alone when the other section is empty). None when there is nothing to write."""
+  line alone when the other section is empty), 'joined' the two texts after each other,
+  unlabelled (LLM-CXR's stage 1). None when there is nothing to write."""
   report = example.get('report') or {}
   findings = (report.get('findings') or '').strip()
   impression = (report.get('impression') or '').strip()
@@ -148,6 +152,8 @@ def report_answer(example: dict, section: str = 'both') -> str | None:
     return findings or None
   if section == 'impression':
     return impression or None
+  if section == 'joined':
+    return ' '.join(t for t in (findings, impression) if t) or None
   parts = ([f'Findings: {findings}'] if findings else []) + (
     [f'Impression: {impression}'] if impression else [])
   return '\n'.join(parts) or None

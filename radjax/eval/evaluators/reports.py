@@ -77,10 +77,10 @@ def check_split(config, split: str) -> None:
   n, s = config.eval.num_generate, eval_sets.resolve(config, 'reports', split)
   section = instructions.options_from_config(config.data.task_options).report_section
   if n and not examples_with_reports(s.records(), 1, section):
+    wanted = 'findings or impression' if section in ('both', 'joined') else section
     raise ValueError(
       f"config.eval.evaluators has 'reports' but no record of split "
-      f'{s.split!r} of {s.dir} has a report '
-      f"({'findings or impression' if section == 'both' else section}) to score against; "
+      f'{s.split!r} of {s.dir} has a report ({wanted}) to score against; '
       "evaluate without it, e.g. --config.eval.evaluators=\"('loss',)\"")
 
 
