@@ -110,6 +110,9 @@ def get_config(arg: str = ''):
   c.data.max_len = 2048
   c.data.max_images = 10  # RadFM's test setting (100 in its training)
   c.mesh.data, c.mesh.fsdp = 1, -1  # 13B: parameters and moments over every device
+  # RadFM's repo publishes no learning rate, warmup, schedule or batch size (its code
+  # defaults are 4 X-rays or 1 volume a device): lr, warmup, the cosine to 0.1 and the
+  # batch of 8 are radjax's choices, to tune for a run.
   c.optim.lr, c.optim.warmup_steps, c.optim.weight_decay = 2e-5, 100, 0.0
   c.optim.b2 = 0.999  # RadFM trains with HF Trainer's AdamW defaults (0.9, 0.999, 1e-8)
   c.train.batch_size = 8

@@ -69,8 +69,9 @@ def test_frozen_towers_save_flops_and_temporaries():
 
 def test_llava_state_per_device_on_8_devices_within_the_target():
   """Issue 15's target from abstract shapes: per-device params on 8 devices <= 1.1x an
-  even split; what is not split evenly is listed (small norms, biases, the projector's
-  first kernel, whose 'vision_embed' input axis is not sharded)."""
+  even split; what is not split evenly is listed: small norms and biases only (the
+  projector's first kernel, 7 MiB beyond its share, was whole while 'vision_embed' mapped
+  to no mesh axis)."""
   from bench import memory, replicated
   from configs import llava_tinyllama
   config = compiled_step.with_overrides(llava_tinyllama.get_config(),
@@ -81,7 +82,8 @@ def test_llava_state_per_device_on_8_devices_within_the_target():
   assert per_device <= 1.1 * even, per_device / even
   leaves = replicated.uneven_leaves(exp.state.params, 8)
   assert abs(sum(x['excess'] for x in leaves) - (per_device - even)) < 1e-3 * even
-  assert all(x['bytes'] < 16 * 2 ** 20 for x in leaves)  # no big leaf left whole
+  assert all(x['bytes'] < 2 ** 20 for x in leaves), leaves  # no big leaf left whole
+  assert sum(x['excess'] for x in leaves) < 0.005 * even
 
 
 @pytest.mark.parametrize('target_tokens', [0, 16])

@@ -128,8 +128,8 @@ def test_a_remaining_axis_without_a_size_names_the_knobs():
 
 
 def test_default_rules_resolve_the_models_logical_axes_to_these_specs():
-  """The default rule table, resolved: weights on fsdp x tensor, the vision side of a
-  projector unsplit (its LLM side carries fsdp), norms replicated, the batch over
+  """The default rule table, resolved: weights on fsdp x tensor, a projector's vision
+  side on fsdp unless its LLM side ('embed') holds it, norms replicated, the batch over
   data x fsdp, or over data alone beside an fsdp-split axis. No model test reads a
   projector's or the LLM embedding's spec, so a rule edit there passed every test."""
   import flax.linen as nn
@@ -139,7 +139,8 @@ def test_default_rules_resolve_the_models_logical_axes_to_these_specs():
   rules = sharding.rules_from_config(defaults.DEFAULT_RULES)
   want = {
       ('embed', 'mlp'): P('fsdp', 'tensor'), ('mlp', 'embed'): P('tensor', 'fsdp'),
-      ('vision_embed', 'embed'): P(None, 'fsdp'), ('vision_embed', 'mlp'): P(None, 'tensor'),
+      ('vision_embed', 'embed'): P(None, 'fsdp'), ('vision_embed', 'mlp'): P('fsdp', 'tensor'),
+      ('vision_embed', 'heads', 'kv'): P('fsdp', 'tensor', None),
       ('vocab', 'embed'): P('tensor', 'fsdp'),
       ('embed', 'kv_heads', 'kv'): P('fsdp', 'tensor', None),
       ('layers', 'embed', 'heads', 'kv'): P(None, 'fsdp', 'tensor', None), ('norm',): P(None),

@@ -16,7 +16,10 @@ DEFAULT_RULES = (
     # parameters
     ('layers', None),
     ('embed', 'fsdp'),
-    ('vision_embed', None),
+    # The vision width entering a projector, the Q-Former's cross-attention or a classifier
+    # head: fsdp unless the kernel's other axis is 'embed', which comes first and takes it
+    # (an MLP projector's fc1 and the Q-Former's K/V were whole on every device).
+    ('vision_embed', 'fsdp'),
     ('mlp', 'tensor'),
     ('heads', 'tensor'),
     ('kv_heads', 'tensor'),

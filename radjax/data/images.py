@@ -75,6 +75,8 @@ def load_image(path: str, num_channels: int = 3) -> Image.Image:
       check_pixel_count(*img.size, path)
       img.load()
       return _checked(img, num_channels, path)
+  except schema.SchemaError:  # radjax's own checks name the file already
+    raise
   except (OSError, ValueError) as e:  # PIL's truncated-file error names no file
     raise schema.SchemaError(f'{path}: does not decode as an image: '
                              f'{schema.decode_error(e)}') from e

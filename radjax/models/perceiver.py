@@ -10,11 +10,7 @@ Padded feature tokens (a volume's depth padding) are left out of the keys by `ma
 the latents do not depend on them. Linears inside the resampler have no bias, as in
 Flamingo; RadFM's fused to_kv is held as separate k and v.
 
-RadFM's checkpoint is not imported yet; expected names (under embedding_layer, to check
-against the real state dict): perceiver.latents; perceiver.layers.i.0.{norm_media,
-norm_latents, to_q, to_kv (split in half: k, v), to_out} -> layers norm_media,
-norm_latents, q, k, v, o; perceiver.layers.i.1.{0, 1, 3} -> mlp_norm, fc1, fc2;
-perceiver.norm -> norm; fc -> fc.
+RadFM's checkpoint names map onto these in radjax/convert/radfm.py.
 """
 import dataclasses
 from typing import ClassVar, Optional

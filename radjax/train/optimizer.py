@@ -57,7 +57,8 @@ def make_schedule(optim_cfg, num_steps: int) -> optax.Schedule:
   'log_warmup': DeepSpeed's WarmupLR default (LLM-CXR), which steps after each update:
   update k (1-based) at log(k - 1) / log(warmup) of the way (the first two at
   warmup_init_lr), the peak from update warmup + 1, then as 'cosine' (constant with
-  min_lr_ratio 1)."""
+  min_lr_ratio 1). A warmup of 0 or 1 starts at the peak (DeepSpeed raises it to 2: two
+  updates at warmup_init_lr)."""
   warmup = min(optim_cfg.warmup_steps, max(num_steps - 1, 0))
   init = float(optim_cfg.get('warmup_init_lr', 0.0))
   peak, end = optim_cfg.lr, optim_cfg.lr * optim_cfg.min_lr_ratio
