@@ -55,3 +55,22 @@ def test_packages_import_only_packages_below():
 
 def test_models_import_no_other_radjax_package():
   assert not [w for p, i, w in _imports() if p == 'models' and i != 'models']
+
+
+def test_readme_layout_table_gives_each_package_its_layer():
+  """README "Layout" is the table a newcomer reads the layering from: every package at its
+  rank here (radjax/serve/ was missing from it)."""
+  import re
+  readme = open(os.path.join(ROOT, '..', 'README.md')).read()
+  rows = re.findall(r'^\| (\d+) \| `radjax/(\w+)(?:/|\.py)` \|', readme, re.M)
+  assert {p: int(n) for n, p in rows} == RANK
+
+
+def test_readme_layout_names_every_evaluator():
+  import re
+
+  from radjax.eval import evaluators
+  readme = open(os.path.join(ROOT, '..', 'README.md')).read()
+  row = re.search(r'^\| 2 \| `radjax/eval/` \|.*$', readme, re.M).group(0)
+  listed = set(re.findall(r'`(\w+)`', row.split('chosen by name:')[1].split(';')[0]))
+  assert listed == set(evaluators.EVALUATORS)

@@ -1,5 +1,6 @@
 """The Gradio page: upload -> report (streamed to the page) -> the labeler's 14
-observations; decoding knobs; follow-up questions; boxes drawn on the image.
+observations; decoding knobs; follow-up questions; boxes drawn on the image; with an
+LLM-CXR workdir, a second tab that draws a chest X-ray from a report.
 
 The report is generated whole by the jitted generator (one compiled scan over
 max_new_tokens) and then streamed to the page word by word: what the page shows while it

@@ -1,6 +1,7 @@
-"""The model side of the web demo, free of Gradio: a workdir's VLM answering about one
-uploaded image through the one generation path (radjax/eval/evaluators/answers.py), so a
-report with the workdir's own decoding equals `--mode=generate`'s on the same file."""
+"""The model side of the web demo, free of Gradio: a workdir's VLM (or LLM-CXR decoder,
+`CodesReporter`) answering about one uploaded image through the one generation path
+(radjax/eval/evaluators/answers.py), so a report with the workdir's own decoding equals
+`--mode=generate`'s on the same file."""
 import dataclasses
 
 from radjax import run
