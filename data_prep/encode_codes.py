@@ -129,7 +129,7 @@ def ensure_built(out_dir: str, dataset: str, codec: str, step: int = -1,
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog='python -m data_prep.encode_codes',
-                              description=__doc__.splitlines()[0])
+                              description=__doc__.split('\n\n')[0])
   p.add_argument('--dataset', required=True, help='a built dataset (config.data.dir)')
   p.add_argument('--codec', required=True, help='a vqgan workdir (trained or from-hf)')
   p.add_argument('--out', required=True, help='the dataset with codes')

@@ -14,12 +14,12 @@ orientation (prone, coronal, sagittal), and its NIfTI conversion give the same a
 
 Every failure is a Reject (data_prep/builder.py) whose message starts with the file.
 
-For the RadFM builder (next step): its CSVs/JSONs (seeds_spec §4.3) point at .npy files
-of shape (S, 3, 512, 512, z), scans of a case already resized with channels repeated and
-no spacing; it would split S, take one channel, pass `spacing=None` (no resampling) and
-min-max rescale over the whole case as RadFM's loader does, and rewrite the CSVs' absolute
-image paths relative to the manual dir. Raw NIfTI/DICOM sources go through prepare() with
-a target spacing and a CT window instead.
+RadFM's own .npy files (seeds_spec §4.3: shape (S, 3, 512, 512, z), scans of a case
+already resized with channels repeated and no spacing) are not read through prepare():
+the RadFM builder (data_prep/radfm/scans.py) splits S, takes one channel and min-max
+rescales over the whole case as RadFM's loader does, and finds the CSVs' absolute image
+paths under the manual dir (data_prep/radfm/radfm_dataset_builder.py). Raw NIfTI/DICOM
+sources go through prepare() with a target spacing and a CT window instead.
 """
 
 from __future__ import annotations

@@ -10,11 +10,11 @@ Per finding of the classifier (config.data.label_names), over the held-out recor
   sensitivity  among reports that state the finding (label 1), the share of images the
                classifier calls positive (probability > 0.5)
   specificity  among reports that rule it out (label 0), the share called negative
+and the Frechet distance between the classifier's pooled features of the real and the
+drawn images (FID's formula in that feature space; lower: closer distributions).
 The labels are the records' (they describe the whole report) when the workdir draws from
 whole reports; from one section (stage 2: the impression), they are what that text
 states, read by the report labeler (uncertain and unmentioned findings are not scored).
-and the Frechet distance between the classifier's pooled features of the real and the
-drawn images (FID's formula in that feature space; lower: closer distributions).
 """
 import argparse
 import io
@@ -140,7 +140,7 @@ def evaluate(llm_cxr_dir: str, classifier_dir: str, split: str = 'val', n: int =
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog='python -m tools.faithfulness',
-                              description=__doc__.splitlines()[0])
+                              description=__doc__.split('\n\n')[0])
   p.add_argument('--llm_cxr', required=True, help='an LLM-CXR workdir (configs/llm_cxr.py)')
   p.add_argument('--classifier', required=True, help='a finding classifier workdir')
   p.add_argument('--split', default='val')
