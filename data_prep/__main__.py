@@ -9,7 +9,8 @@
 `build` writes `OUT/<name>/[<config>/]<version>/` (point config.data.dir there) and
 prints its summary (counts, the records it leaves out by design, such as a `frontal`
 config's other views, and rejects); a finished build is reused. `show` prints one JSON
-object per Example, images as format and size. `volume` writes one scan as the datasets
+object per Example, images as format, mode and size
+(a volume: shape and dtype), never their bytes. `volume` writes one scan as the datasets
 store it (float16 [rows, cols, slices] in [0, 1], data_prep/volumes.py), what
 `main.py --mode=generate --images OUT.npy` gives a 3D model.
 """

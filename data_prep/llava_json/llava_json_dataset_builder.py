@@ -1,8 +1,8 @@
 """LLaVA-format instruction JSON: RadVLM's `all_train.json` or any LLaVA-style set.
 
 manual_dir: a folder with one or more LLaVA JSON files (a list of `{"id", "image"
-(a path or a list of paths, optional), "conversations": [{"from", "value"}, ...]}`)
-and the images, whose paths are relative to that folder (or to an `images/` folder
+(a path or a list of paths, optional), "conversations": [{"from", "value"}, ...]}`; or
+`.jsonl`, one such record a line) and the images, whose paths are relative to that folder (or to an `images/` folder
 in it). The split is taken from the file name: `*train*` -> train, `*val*` / `*valid*`
 -> val, `*test*` -> test; a single file without one of those words is train.
 
