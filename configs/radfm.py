@@ -66,7 +66,8 @@ def tiny_model(model, micro: bool = False) -> None:
   v.embed_dim, v.num_layers, v.num_heads, v.head_dim, v.mlp_dim = 96, 2, 4, 0, 192
   p = model.projector
   p.num_queries, p.num_layers, p.num_heads, p.head_dim, p.mlp_dim = 16, 2, 2, 0, 192
-  model.llm.vocab_size = 2048 + 64  # the demo's 2048 + <image>, <image_begin>, <image_end>
+  # The demo's 2048 (<image> among them) + <image_begin>, <image_end>, padded to 64.
+  model.llm.vocab_size = 2048 + 64
   if micro:
     v.image_size, v.patch_size, v.embed_dim, v.num_heads, v.mlp_dim = 32, 8, 48, 2, 96
     p.num_queries, p.mlp_dim = 8, 96
