@@ -148,6 +148,7 @@ def _config_file_error(message: str) -> str:
 
 
 def _main():
+  run.check_flags(FLAGS.mode, FLAGS.images, FLAGS.prompt, FLAGS.out_dir)  # dry_run's too
   workdir_lib.check_local(FLAGS.workdir)
   expand_home(FLAGS.config)
   # Before anything touches devices. Done already at the top unless a config file, not the

@@ -279,8 +279,22 @@ def check_config(config, train: bool = True) -> None:
     parts['vqgan'].check_discriminator()
 
 
+def check_flags(mode: str, images=(), prompt: str = '', out_dir: str = '') -> None:
+  """--images, --prompt and --out_dir are read by --mode=generate (and --images by chat);
+  a mode that would not read one refuses it instead of running without it."""
+  given = [f for f, v in (('--images', images), ('--prompt', prompt), ('--out_dir', out_dir))
+           if v]
+  if mode in ('train', 'eval', 'dry_run') and given:
+    raise ValueError(f"--mode={mode} reads no {' / '.join(given)} (they are for "
+                     '--mode=generate; --images for --mode=chat too)')
+  if mode == 'chat' and prompt:
+    raise ValueError('--mode=chat asks its questions on the command line, not by --prompt; '
+                     '--mode=generate --prompt answers one')
+
+
 def main(config, workdir: str, mode: str, images: list[str] | None = None, prompt: str = '',
          out_dir: str = ''):
+  check_flags(mode, images, prompt, out_dir)
   maybe_initialize_distributed()
   if mode in ('train', 'eval'):
     check_config(config, train=mode == 'train')

@@ -148,3 +148,32 @@ def test_a_tokenizer_that_does_not_load_is_named_with_its_knob(tmp_path):
       tokens.load_tokenizer(str(path), 'config.data.tokenizer')
     assert str(e.value).startswith(f"tokenizer '{path}' (config.data.tokenizer) {why}"), e.value
     assert '\n' not in str(e.value)
+
+
+def test_flags_a_mode_does_not_read_are_refused(tmp_path):
+  """--prompt is --mode=generate's (main.py's help); --mode=chat dropped it without a word
+  and asked for questions, and train / eval ran with --images, --prompt or --out_dir
+  ignored. Refused before anything is read or written."""
+  import pytest
+
+  from radjax import run
+  from radjax.core import defaults
+  config, workdir = defaults.get_config(), str(tmp_path / 'w')
+  with pytest.raises(ValueError, match='--mode=chat asks its questions on the command line'):
+    run.main(config, workdir, 'chat', [], 'Is there an effusion?')
+  for mode in ('train', 'eval'):
+    with pytest.raises(ValueError, match=f'--mode={mode} reads no --images / --prompt'):
+      run.main(config, workdir, mode, ['a.png'], 'Is there an effusion?')
+  with pytest.raises(ValueError, match='--mode=eval reads no --out_dir'):
+    run.main(config, workdir, 'eval', out_dir=str(tmp_path / 'out'))
+  assert not os.path.exists(workdir)
+  # dry_run does not reach run.main: main.py checks first.
+  proc = subprocess.run(
+      [sys.executable, 'main.py', '--config', 'configs/demo.py:size=micro', '--workdir',
+       workdir, '--mode=dry_run', '--prompt=x'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+      'error: --mode=dry_run reads no --prompt (they are for --mode=generate; --images for '
+      '--mode=chat too)')
