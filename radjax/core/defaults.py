@@ -92,12 +92,15 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   # ---- data -------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
-  c.data.dir = ''  # folder with manifest.json, *.array_record and tokenizer.json
+  c.data.dir = ''  # a built dataset: manifest.json, *.array_record (the demos' tokenizer.json)
   # Images: 16-bit PNGs are rescaled by bit depth, an image with a side under 8 pixels is
   # an error, a constant one a warning (radjax/data/images.py).
   c.data.builder = ''  # e.g. 'demo': build c.data.dir with data_prep.<builder> if missing
   c.data.builder_kwargs = ml_collections.ConfigDict()
-  c.data.tokenizer = ''  # tokenizer.json path; default: <data.dir>/tokenizer.json
+  # A tokenizer.json, or a local HF tokenizer directory (tokenizer.json, or a sentencepiece
+  # tokenizer.model); '': the eval dataset's tokenizer.json (data.dir, or when that is ''
+  # the first mixture component's: the demos ship one, a real dataset's build does not).
+  c.data.tokenizer = ''
   c.data.train_split = 'train'
   # Instruction tasks (radjax/data/instructions.py): each record becomes the turns of one
   # of these, drawn by its per-record seed among those the record can serve: 'report',
@@ -333,8 +336,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # depth tables over a smaller image or a shallower volume (depth counted per image).
   c.model.vision.position_stride = False
   # Start from pretrained weights: an HF model directory (CLIP/SigLIP/BLIP-2 vision, or a
-  # Llava whose tower is taken), a BLIP-2 .pth (LAVIS names) or a radjax workdir. '' =
-  # random init.
+  # Llava / LLaVA-OneVision whose tower is taken), a radjax workdir, or weights files
+  # (.pth / .bin / .safetensors in HF BLIP-2 or LAVIS names, e.g. BLIP-2's .pth;
+  # comma-separated, merged in order: radjax/train/pretrained.py). '' = random init.
   c.model.vision.init_from = ''
 
   c.model.projector = ml_collections.ConfigDict()
@@ -362,7 +366,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.projector.head_dim = 0  # perceiver: 0 = in_dim // num_heads
   # A VLM workdir, an HF Llava directory (LLaVA stage 2); for 'qformer', a BLIP-2
   # directory or .pth (LAVIS names) or a projector workdir; for 'linear', a MiniGPT-4 /
-  # XrayGPT checkpoint .pth (its llama_proj).
+  # XrayGPT checkpoint .pth (its llama_proj). Weights files may be comma-separated, merged
+  # in order: 'blip2.pth,xraygpt_stage1.pth' is BLIP-2's Q-Former with XrayGPT's llama_proj.
   c.model.projector.init_from = ''
 
   c.model.llm = ml_collections.ConfigDict()
