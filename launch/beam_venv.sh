@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A Beam environment layered over the project's .venv, for
 #   .beam-venv/bin/python -m data_prep build NAME ... --beam_runner DirectRunner (or Dataflow ...)
-#   .beam-venv/bin/tfds build data_prep/NAME --manual_dir SRC --data_dir OUT [--beam_runner R]
+#   .beam-venv/bin/tfds build data_prep/NAME --manual_dir SRC --data_dir OUT \
+#       [--beam_pipeline_options=runner=R]   (tfds has no --beam_runner)
 #   .beam-venv/bin/python -m pytest -q tests/test_beam_build.py
 # apache-beam 2.77.0 (the newest; Python 3.11 and 3.12 wheels) requires protobuf<7 and
 # pyarrow<26, and requirements.txt's stack resolves to protobuf 7.x and pyarrow 26.x, so
