@@ -337,6 +337,28 @@ def test_resample_keeps_physical_size():
     assert np.all(np.abs(after / volume_ops.axis_spacing(target) - out.array.shape) <= 0.5)
 
 
+def test_a_non_finite_target_spacing_or_window_is_refused():
+  """inf mm shrank its axis to one voxel without a word; NaN failed in numpy ('negative
+  dimensions'); a non-finite window made every voxel NaN."""
+  vol = volume_ops.Volume(np.random.default_rng(0).random((8, 8, 8), np.float32),
+                          (1.0, 1.0, 1.0), 'v')
+  for bad in (float('inf'), float('nan')):
+    with pytest.raises(ValueError, match='target spacing must be 3 finite positive'):
+      volume_ops.resample(vol, (bad, 1.0, 1.0))
+    with pytest.raises(ValueError, match='must be finite'):
+      volume_ops.window(vol.array, bad, 400.0)
+    with pytest.raises(ValueError, match='must be finite'):
+      volume_ops.window(vol.array, 40.0, bad)
+
+
+def test_the_volume_command_refuses_a_non_finite_spacing(tmp_path, capsys):
+  from data_prep.__main__ import main
+  series = write_series(tmp_path / 'ct', stored_volume(), [2.5 * k for k in range(5)])
+  for spacing in ('inf,1,1', 'nan,1,1'):
+    assert main(['volume', str(series), str(tmp_path / 'x.npy'), '--spacing', spacing]) == 2
+    assert 'each finite' in capsys.readouterr().err
+
+
 def test_resample_exact_for_integer_factors():
   pattern = np.arange(4 * 6 * 3, dtype=np.float32).reshape(4, 6, 3) ** 1.5  # not linear
   vol = volume_ops.Volume(pattern, (1.0, 1.0, 2.0), 'v')
