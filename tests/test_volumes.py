@@ -3,6 +3,7 @@ pydicom, series written here with pydicom, .npy; resampling, HU windows, float16
 import gzip
 import io
 import logging
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -239,6 +240,20 @@ def test_corrupt_slices_named(tmp_path):
   ds.save_as(folder / 's02.dcm')
   with pytest.raises(Reject, match=r"frames: slice s02\.dcm: NumberOfFrames 'abc' is not a"):
     volumes.load_volume(folder)
+
+
+@pytest.mark.parametrize('rescale', [('inf', 0), ('nan', 0), (1, 'inf')])
+def test_a_non_finite_rescale_is_named_with_its_slice(tmp_path, rescale):
+  """It was 'non-finite voxels' of the folder (a series) or a 'blank image' (a radiograph)."""
+  from radjax.data import dicom as dicom_lib
+  series = write_series(tmp_path / 'ct', stored_volume(), [2.5 * k for k in range(5)],
+                        rescale=rescale)
+  said = 'non-finite values (NaN or inf) after the modality LUT (Rescale Slope'
+  with pytest.raises(Reject, match=f'ct: slice s00.dcm: {re.escape(said)}'):
+    volumes.load_volume(series)
+  path = series / 's00.dcm'
+  with pytest.raises(schema.SchemaError, match=f's00.dcm: {re.escape(said)}'):
+    dicom_lib.to_uint8(dicom_lib.read_dataset(path.read_bytes(), str(path)), str(path))
 
 
 def test_inconsistent_series_rejected(tmp_path):
