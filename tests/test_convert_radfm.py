@@ -551,3 +551,21 @@ def test_to_radfm_writes_a_tied_head_and_refuses_a_decoder_radfm_cannot_load(imp
   with pytest.raises(ConversionError, match='exports as qwen2.*LLaMA decoders only'):
     radfm.export_dir(config, params, str(tmp_path))
   assert not list(tmp_path.iterdir())
+
+
+def test_from_radfm_reads_the_shape_file_of_a_to_radfm_export(imported, tmp_path, capsys):
+  """The heads are not in the tensors: an export of 2-head towers came back with RadFM's
+  8 (head width 4 instead of 16) unless the flags were typed again, the radfm_shape.json
+  written for them beside it unread."""
+  out = tmp_path / 'radfm_out'
+  assert convert_cli.main(['to-radfm', '--workdir', str(imported['wd']), '--out',
+                           str(out)]) == 0
+  tok = str(imported['wd'].parent / 'tok')
+  argv = ['from-radfm', '--ckpt', str(out / radfm.WEIGHTS), '--tokenizer', tok]
+  assert convert_cli.main(argv + ['--out', str(tmp_path / 'wd')]) == 0
+  config = workdir.load_config(str(tmp_path / 'wd'))
+  assert (config.model.vision.num_heads, config.model.projector.num_heads) == (2, 2)
+  assert (config.model.vision.head_dim, config.model.projector.head_dim) == (
+      imported['config'].model.vision.head_dim, imported['config'].model.projector.head_dim)
+  assert convert_cli.main(argv + ['--out', str(tmp_path / 'wd2'), '--vision_heads', '8']) == 2
+  assert '--vision_heads 8 contradicts' in capsys.readouterr().err
