@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 import numpy as np
@@ -81,8 +82,10 @@ def _volume(args) -> int:
   from data_prep import volumes
   try:
     spacing = None if args.spacing is None else [float(x) for x in args.spacing.split(',')]
-    if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
-      raise ValueError(f'--spacing {args.spacing!r}: expected three positive mm, sx,sy,sz')
+    if spacing is not None and (len(spacing) != 3 or
+                                not all(math.isfinite(s) and s > 0 for s in spacing)):
+      raise ValueError(f'--spacing {args.spacing!r}: expected three positive mm, sx,sy,sz, '
+                       'each finite')
     if not args.out.endswith('.npy'):
       raise ValueError(f'{args.out}: the output is a .npy file')
     files.check_outputs_apart({'out': args.out}, {'source': args.source})

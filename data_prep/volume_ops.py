@@ -86,8 +86,10 @@ def resample(volume: Volume, target: Sequence[float], *, order: int = 1,
   """
   if volume.spacing is None:
     raise Reject(f'{volume.where}: no spacing known, cannot resample to {list(target)} mm')
-  if len(target) != 3 or min(target) <= 0:
-    raise ValueError(f'target spacing must be 3 positive numbers [sx, sy, sz], got {target}')
+  # inf would shrink its axis to one voxel and NaN fail in numpy: both refused here.
+  if len(target) != 3 or not all(math.isfinite(s) and s > 0 for s in target):
+    raise ValueError(f'target spacing must be 3 finite positive numbers [sx, sy, sz], got '
+                     f'{list(target)}')
   shape = np.array(volume.array.shape, np.float64)
   extent = shape * axis_spacing(volume.spacing)
   new_shape = np.maximum(1, np.round(extent / axis_spacing(target))).astype(int)
@@ -105,8 +107,9 @@ def resample(volume: Volume, target: Sequence[float], *, order: int = 1,
 
 def window(values: np.ndarray, centre: float, width: float) -> np.ndarray:
   """HU -> [0, 1]: centre - width/2 maps to 0, centre + width/2 to 1, clipped outside."""
-  if width <= 0:
-    raise ValueError(f'window width must be positive, got {width}')
+  if not (math.isfinite(centre) and math.isfinite(width) and width > 0):
+    raise ValueError(f'window (centre {centre}, width {width}): both must be finite and the '
+                     'width positive')
   lo = centre - width / 2.0
   return np.clip((values.astype(np.float32) - np.float32(lo)) / np.float32(width), 0.0, 1.0)
 

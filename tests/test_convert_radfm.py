@@ -524,3 +524,48 @@ def test_to_radfm_refuses_another_layout(imported, tmp_path, capsys):
                            str(tmp_path / 'out')]) == 2
   assert "is not RadFM's layout" in capsys.readouterr().err
   assert not (tmp_path / 'out').exists()
+
+
+def test_to_radfm_writes_a_tied_head_and_refuses_a_decoder_radfm_cannot_load(imported,
+                                                                              tmp_path):
+  """A tied LLaMA's export failed with KeyError 'lm_head.weight' (RadFM's LLaMA has a head
+  of its own: the embedding is written as it); a Qwen2 decoder's q/k/v biases were written
+  for RadFM's LlamaForCausalLM, whose strict=False load drops them without a word."""
+  composed = factory.vlm_config(imported['config'].model)
+  ids = [imported['tokenizer'].get_vocab()[t] for t in ('<image_begin>', '<image_end>')]
+  params = {**imported['params'], 'llm': {k: v for k, v in imported['params']['llm'].items()
+                                          if k != 'lm_head'}}
+  tied = dataclasses.replace(composed.llm, tie_embeddings=True)
+  state = radfm.export_checkpoint(composed.vision, composed.projector, tied, params,
+                                  TEXT_VOCAB, tuple(ids))
+  np.testing.assert_array_equal(state['lang_model.lm_head.weight'],
+                                imported['params']['llm']['embedder']['embedding'][:TEXT_VOCAB])
+  from radjax.convert import common, llama
+  config = imported['config'].copy_and_resolve_references()
+  config.model.llm.qkv_bias = True
+  qwen2 = dataclasses.replace(composed.llm, qkv_bias=True)
+  flat = common.flatten(imported['params']['llm'])
+  shapes = llama.param_shapes(qwen2, config.runtime.scan_layers)
+  flat.update({k: np.zeros(v, np.float32) for k, v in shapes.items() if k not in flat})
+  params = {**imported['params'], 'llm': common.unflatten(flat)}
+  with pytest.raises(ConversionError, match='exports as qwen2.*LLaMA decoders only'):
+    radfm.export_dir(config, params, str(tmp_path))
+  assert not list(tmp_path.iterdir())
+
+
+def test_from_radfm_reads_the_shape_file_of_a_to_radfm_export(imported, tmp_path, capsys):
+  """The heads are not in the tensors: an export of 2-head towers came back with RadFM's
+  8 (head width 4 instead of 16) unless the flags were typed again, the radfm_shape.json
+  written for them beside it unread."""
+  out = tmp_path / 'radfm_out'
+  assert convert_cli.main(['to-radfm', '--workdir', str(imported['wd']), '--out',
+                           str(out)]) == 0
+  tok = str(imported['wd'].parent / 'tok')
+  argv = ['from-radfm', '--ckpt', str(out / radfm.WEIGHTS), '--tokenizer', tok]
+  assert convert_cli.main(argv + ['--out', str(tmp_path / 'wd')]) == 0
+  config = workdir.load_config(str(tmp_path / 'wd'))
+  assert (config.model.vision.num_heads, config.model.projector.num_heads) == (2, 2)
+  assert (config.model.vision.head_dim, config.model.projector.head_dim) == (
+      imported['config'].model.vision.head_dim, imported['config'].model.projector.head_dim)
+  assert convert_cli.main(argv + ['--out', str(tmp_path / 'wd2'), '--vision_heads', '8']) == 2
+  assert '--vision_heads 8 contradicts' in capsys.readouterr().err

@@ -3,6 +3,7 @@ pydicom, series written here with pydicom, .npy; resampling, HU windows, float16
 import gzip
 import io
 import logging
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -241,6 +242,20 @@ def test_corrupt_slices_named(tmp_path):
     volumes.load_volume(folder)
 
 
+@pytest.mark.parametrize('rescale', [('inf', 0), ('nan', 0), (1, 'inf')])
+def test_a_non_finite_rescale_is_named_with_its_slice(tmp_path, rescale):
+  """It was 'non-finite voxels' of the folder (a series) or a 'blank image' (a radiograph)."""
+  from radjax.data import dicom as dicom_lib
+  series = write_series(tmp_path / 'ct', stored_volume(), [2.5 * k for k in range(5)],
+                        rescale=rescale)
+  said = 'non-finite values (NaN or inf) after the modality LUT (Rescale Slope'
+  with pytest.raises(Reject, match=f'ct: slice s00.dcm: {re.escape(said)}'):
+    volumes.load_volume(series)
+  path = series / 's00.dcm'
+  with pytest.raises(schema.SchemaError, match=f's00.dcm: {re.escape(said)}'):
+    dicom_lib.to_uint8(dicom_lib.read_dataset(path.read_bytes(), str(path)), str(path))
+
+
 def test_inconsistent_series_rejected(tmp_path):
   folder = write_series(tmp_path / 'gap', stored_volume(), [0, 2, 4, 8, 10])
   with pytest.raises(Reject, match=r'uneven slice spacing: s02\.dcm -> s03\.dcm is 4\.000 mm, '
@@ -335,6 +350,28 @@ def test_resample_keeps_physical_size():
     np.testing.assert_allclose(after, before, rtol=1e-12)
     # each axis within half a voxel of the target
     assert np.all(np.abs(after / volume_ops.axis_spacing(target) - out.array.shape) <= 0.5)
+
+
+def test_a_non_finite_target_spacing_or_window_is_refused():
+  """inf mm shrank its axis to one voxel without a word; NaN failed in numpy ('negative
+  dimensions'); a non-finite window made every voxel NaN."""
+  vol = volume_ops.Volume(np.random.default_rng(0).random((8, 8, 8), np.float32),
+                          (1.0, 1.0, 1.0), 'v')
+  for bad in (float('inf'), float('nan')):
+    with pytest.raises(ValueError, match='target spacing must be 3 finite positive'):
+      volume_ops.resample(vol, (bad, 1.0, 1.0))
+    with pytest.raises(ValueError, match='must be finite'):
+      volume_ops.window(vol.array, bad, 400.0)
+    with pytest.raises(ValueError, match='must be finite'):
+      volume_ops.window(vol.array, 40.0, bad)
+
+
+def test_the_volume_command_refuses_a_non_finite_spacing(tmp_path, capsys):
+  from data_prep.__main__ import main
+  series = write_series(tmp_path / 'ct', stored_volume(), [2.5 * k for k in range(5)])
+  for spacing in ('inf,1,1', 'nan,1,1'):
+    assert main(['volume', str(series), str(tmp_path / 'x.npy'), '--spacing', spacing]) == 2
+    assert 'each finite' in capsys.readouterr().err
 
 
 def test_resample_exact_for_integer_factors():

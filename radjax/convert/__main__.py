@@ -272,6 +272,29 @@ def cmd_from_hf(args) -> None:
   print(f'wrote {args.out} ({config.model.kind}, {export.count(params) / 1e6:.2f}M params)')
 
 
+RADFM_SHAPE_FLAGS = ('depth_patch_size', 'vision_heads', 'perceiver_heads', 'llm_heads')
+
+
+def _radfm_shape_flags(args) -> dict:
+  """The head counts and depth patch: a flag, else the radfm_shape.json that `to-radfm`
+  wrote beside --ckpt (an export of 2-head towers read as RadFM's 8 heads gave other
+  logits without a word), else RadFM's values. A flag that contradicts the file is refused."""
+  from radjax.convert import radfm
+  path = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), radfm.SHAPE_FILE)
+  saved = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+  defaults = radfm.RadFMShape()
+  out = {}
+  for key in RADFM_SHAPE_FLAGS:
+    given = getattr(args, key)
+    if given is not None and key in saved and saved[key] != given:
+      raise ConversionError(f'--{key} {given} contradicts {path}: {key} {saved[key]}')
+    out[key] = given if given is not None else saved.get(key, getattr(defaults, key))
+  return out
+
+
 def cmd_from_radfm(args) -> None:
   """RadFM's single state dict (+ LLaMA's tokenizer dir, and its config.json when there
   is one, as RadFM's Language_files has) -> a VLM workdir."""
@@ -279,9 +302,7 @@ def cmd_from_radfm(args) -> None:
   from radjax.core import workdir
   from radjax.data import tokens
   _check_new_workdir(args.out)
-  shape = radfm.RadFMShape(depth_patch_size=args.depth_patch_size,
-                           vision_heads=args.vision_heads, perceiver_heads=args.perceiver_heads,
-                           llm_heads=args.llm_heads)
+  shape = radfm.RadFMShape(**_radfm_shape_flags(args))
   hf_llm = None
   if os.path.exists(os.path.join(args.tokenizer, 'config.json')):
     hf_llm = hf_io.load_hf_config(args.tokenizer)
@@ -396,11 +417,12 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('--out', required=True, help='the new workdir')
   p.add_argument('--unscanned', action='store_true',
                  help='store layers as layers_{i} (config.runtime.scan_layers=False)')
-  # What the tensors' shapes do not say; the defaults are RadFM's.
-  p.add_argument('--depth_patch_size', type=int, default=4)
-  p.add_argument('--vision_heads', type=int, default=8)
-  p.add_argument('--perceiver_heads', type=int, default=8)
-  p.add_argument('--llm_heads', type=int, default=0,
+  # What the tensors' shapes do not say: default the radfm_shape.json beside --ckpt (a
+  # `to-radfm` export), else RadFM's values (4, 8, 8, 0).
+  p.add_argument('--depth_patch_size', type=int, default=None)
+  p.add_argument('--vision_heads', type=int, default=None)
+  p.add_argument('--perceiver_heads', type=int, default=None)
+  p.add_argument('--llm_heads', type=int, default=None,
                  help="0: the tokenizer dir's config.json, else hidden size / 128")
   p.set_defaults(func=cmd_from_radfm)
   args = parser.parse_args(argv)

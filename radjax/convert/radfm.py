@@ -378,6 +378,8 @@ def export_checkpoint(vision_cfg: vit3d.ViT3DConfig, projector_cfg: perceiver.Pe
     raise ConversionError(f"the figure token ids {delimiter_ids} are not rows past LLaMA's "
                           f'{text_rows} of the {table.shape[0]}-row embedding')
   text['model.embed_tokens.weight'] = table[:text_rows]
+  if llm_cfg.tie_embeddings:  # RadFM's LLaMA keeps a head of its own: the tied one's table
+    text['lm_head.weight'] = table
   text['lm_head.weight'] = np.asarray(text['lm_head.weight'])[:text_rows]
   out = {**_fuse(towers), **{LLM + k: v for k, v in text.items()}}
   out[TIED_EMBEDDING] = text['model.embed_tokens.weight']
@@ -415,6 +417,10 @@ def export_dir(config, params, out: str, dtype: str = 'float32') -> None:
                           "image-delimiter rows sit just past LLaMA's text rows")
   composed = factory.vlm_config(m)
   vision, projector, lm = composed.vision, composed.projector, composed.llm
+  family = llm_families.export_family(lm)
+  if family != 'llama':  # RadFM's strict=False load would drop the tensors LLaMA lacks
+    raise ConversionError(f"config.model.llm exports as {family}, but RadFM's lang_model is "
+                          'a LlamaForCausalLM: to-radfm writes LLaMA decoders only')
   state = export_checkpoint(vision, projector, lm, params.get('params', params), ids[0],
                             (ids[1], ids[2]))
   st_numpy.save_file({k: np.ascontiguousarray(v.astype(hf_io.DTYPES[dtype]))

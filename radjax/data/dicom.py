@@ -139,7 +139,14 @@ def modality_values(ds: pydicom.Dataset, where: str) -> np.ndarray:
   if pixels.ndim != 2 or min(pixels.shape) < MIN_SIDE:
     raise SchemaError(f'{where}: degenerate pixel array of shape {pixels.shape}')
   with _header_values(where, 'Rescale Slope / Intercept (or Modality LUT)'):
-    return np.asarray(apply_modality_lut(pixels, ds), np.float64)
+    values = np.asarray(apply_modality_lut(pixels, ds), np.float64)
+  # An inf or NaN slope / intercept (or float pixels) was reported downstream as a 'blank
+  # image' or as a series' non-finite voxels, the slice unnamed.
+  if not np.isfinite(values).all():
+    raise SchemaError(f'{where}: non-finite values (NaN or inf) after the modality LUT '
+                      f"(Rescale Slope {ds.get('RescaleSlope')}, Intercept "
+                      f"{ds.get('RescaleIntercept')})")
+  return values
 
 
 def to_uint8(ds: pydicom.Dataset, where: str) -> np.ndarray:

@@ -7,8 +7,11 @@ target) on each axis) to size x size x T, where T is the multiple of the depth p
 nearest the sample's deepest scan (a tie goes to the smaller; at least one patch, at most
 max_depth: RadFM's 4..64), and a 2D image, or a scan of one slice (RadFM stores 2D images
 as z = 1), is repeated to T. RadFM picks T per batch, radjax per sample: the same for a
-batch of one, as inference runs. Real slices are marked in the depth mask; a batch pads
-its samples to a common depth.
+batch of one, as inference runs (src/test.py's DataLoader has collate_fn=None, so its
+collator is never called: inference gets stack_images' 512 x 512 x T, as here). Not
+modelled: src/train.py's collator, at a batch of one, also resizes in-plane to 256 when
+T > 4 and keeps T <= 32 for a sample of more than 6 images. Real slices are marked in the
+depth mask; a batch pads its samples to a common depth.
 """
 import io
 
