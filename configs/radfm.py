@@ -131,6 +131,9 @@ def get_config(arg: str = ''):
     # RadFM's tokenizer(question + ' ' + answer, max_length=2048, truncation=True): a
     # longer example trains cut there (no EOS), not skipped (long case reports, articles).
     c.data.too_long = 'truncate'
+    # RadFM's collator resizes each batch to its own depth (a multiple of 4): buckets keep a
+    # shallow batch (a 2D image is one slice, repeated to 4) from running the tower at 64.
+    c.data.depth_buckets = (4, 8, 16, 32)
   else:
     c.data.max_slices = 0
     tiny_model(c.model, micro=args.size == 'micro')

@@ -99,3 +99,21 @@ def test_full_recipe_uses_hf_trainer_adamw_defaults():
   no weight decay, gradients clipped at norm 1."""
   o = radfm.get_config('').optim
   assert (o.b1, o.b2, o.eps, o.weight_decay, o.clip_norm) == (0.9, 0.999, 1e-8, 0.0, 1.0)
+
+
+def test_full_recipe_runs_a_batch_of_2d_images_at_depth_4_not_64():
+  """RadFM's collator sizes each batch's depth to the batch (a 2D image: 4 slices); without
+  depth buckets every batch ran the 3D tower at max_slices = 64, 16x the tokens."""
+  import numpy as np
+
+  from radjax.data import volumes
+  c = radfm.get_config('data=radiopaedia')
+  buckets, max_depth = tuple(c.data.depth_buckets), c.data.max_slices
+  assert all(b % c.model.vision.depth_patch_size == 0 and b < max_depth for b in buckets)
+  depth_mask = np.zeros((2, c.data.max_images, max_depth), bool)
+  depth_mask[:, 0, :4] = True  # one image a row, one slice repeated to the depth patch
+  batch = {'images': np.zeros((2, c.data.max_images, 1, 1, max_depth, 3), np.float32),
+           'depth_mask': depth_mask}
+  assert volumes.trim_depth(batch, buckets, max_depth)['images'].shape[-2] == 4
+  depth_mask[1, 3, :40] = True  # a 40-slice scan in the batch: the 64 bucket
+  assert volumes.trim_depth(batch, buckets, max_depth)['depth_mask'].shape[-1] == 64
