@@ -508,3 +508,24 @@ def test_a_group_that_cannot_form_is_one_error_naming_what_was_given(tmp_path):
       assert proc.stdout.startswith(message), (proc.stdout, proc.stderr[-1000:])
   finally:
     hold.kill()
+
+
+def test_a_given_group_keeps_every_local_gpu_under_slurm():
+  """launch/slurm_gpu.sh runs one process a node with all its GPUs and passes the group as
+  flags. JAX still read SLURM's variables for the devices left unset: local_device_ids =
+  [SLURM_LOCALID], so each process saw GPU 0 alone (jax_cuda_visible_devices '0')."""
+  port = _free_port()
+  code = ('import jax\nfrom radjax.core import distributed\n'
+          f'distributed.initialize("127.0.0.1:{port}", 2, {{i}})\n'
+          'print("visible", jax.config.values["jax_cuda_visible_devices"], flush=True)\n')
+  procs = []
+  for i in range(2):
+    # What srun sets for task i of a 2-node job, one task a node.
+    slurm = dict(SLURM_JOB_ID='77', SLURM_STEP_NODELIST='n[0-1]', SLURM_NTASKS='2',
+                 SLURM_PROCID=str(i), SLURM_LOCALID='0', SLURM_STEP_NUM_NODES='2')
+    procs.append(subprocess.Popen([sys.executable, '-c', code.format(i=i)], cwd=ROOT,
+                                  env={**_env(1), **slurm}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+  outs = [p.communicate(timeout=120)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0 and 'visible all\n' in out, out[-2000:]
