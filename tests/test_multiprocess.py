@@ -529,3 +529,35 @@ def test_a_given_group_keeps_every_local_gpu_under_slurm():
   outs = [p.communicate(timeout=120)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0 and 'visible all\n' in out, out[-2000:]
+
+
+def test_every_process_meets_the_data_barrier_whatever_it_finds(demo_data, tmp_path):
+  """main.ensure_data: a process that found the dataset returned before the barrier process
+  0 waits at while it builds (a per-host path such as the demo's ~/.cache that one host
+  already holds, or a look after process 0 finished), so the two met in different
+  collectives: a name mismatch here, a hang or a crash in the run."""
+  port = _free_port()
+  code = ('import main\nfrom radjax.core import distributed\n'
+          'from jax.experimental import multihost_utils\nfrom configs import demo\n'
+          f'distributed.initialize("127.0.0.1:{port}", 2, {{i}})\n'
+          'c = demo.get_config("size=micro")\n'
+          'c.data.dir = {data!r}\n'
+          'c.data.builder_kwargs.update(dict(num_train=8, num_val=4, num_test=4))\n'
+          'main.ensure_data(c)\n'
+          'multihost_utils.sync_global_devices("after the data")\n'
+          'print("ready", flush=True)\n')
+  # Process 0's copy is missing (it builds it); process 1's is there.
+  dirs = [str(tmp_path / 'built_here'), demo_data]
+  env = {**_env(1), 'TQDM_DISABLE': '1'}  # the build's progress bars
+  procs = [subprocess.Popen([sys.executable, '-c', code.format(i=i, data=d)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True) for i, d in enumerate(dirs)]
+  try:
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0 and 'ready\n' in out, out[-2000:]
+  assert os.path.exists(os.path.join(dirs[0], 'manifest.json'))
