@@ -58,10 +58,10 @@ def _env(devices: int) -> dict:
 
 
 def _start(data_dir: str, workdir: str, processes: int = 2, extra: tuple = (),
-           argv: list | None = None) -> list:
+           argv: list | None = None, across: str = 'data') -> list:
   """`processes` main.py processes of one run (one: a plain single-process run, 8 devices);
   each one's output goes to a file (a full pipe would stall it). `argv`: another command
-  than the demo's (_argv)."""
+  than the demo's (_argv). `across`: the mesh axis the processes lie along (dcn)."""
   argv, runs = (argv or _argv(data_dir, workdir)) + list(extra), []
   port = _free_port()
   for i in range(processes):
@@ -69,7 +69,7 @@ def _start(data_dir: str, workdir: str, processes: int = 2, extra: tuple = (),
     # within each; the same 8-way data axis as one process's.
     flags = [] if processes == 1 else [f'--coordinator_address=127.0.0.1:{port}',
                                        f'--num_processes={processes}', f'--process_id={i}',
-                                       f'--config.mesh.dcn.data={processes}']
+                                       f'--config.mesh.dcn.{across}={processes}']
     out = open(f'{workdir}.{len(os.listdir(os.path.dirname(workdir)))}.out', 'w+')
     proc = subprocess.Popen(argv + flags, cwd=ROOT, env=_env(8 // processes),
                             stdout=out, stderr=subprocess.STDOUT, text=True)
@@ -193,15 +193,19 @@ def test_two_processes_evaluate_a_codec_as_one_and_log_its_reconstructions(demo_
                                                                            tmp_path):
   """The codec evaluator's logged inputs were this process's rows, indexed by the whole
   batch's mask: an IndexError in every process at the first evaluation. Its metrics, over
-  the gathered batch, are one process's."""
+  the gathered batch, are one process's. The processes lie along fsdp (dcn.fsdp=2 x 4-way
+  data within each), so each holds every other batch shard, and the 16 records fill 16 of
+  a batch's 24 rows: the padding mask was gathered process by process, out of the rows'
+  order, and scored padding rows in place of records."""
   def argv(wd):
     return [sys.executable, 'main.py', '--config', 'configs/vqgan.py:size=micro',
             '--workdir', wd, f'--config.data.dir={demo_data}', '--config.train.num_steps=1',
-            '--config.train.eval_every=1', '--config.train.async_checkpoint=False']
+            '--config.train.eval_every=1', '--config.train.async_checkpoint=False',
+            '--config.eval.batch_size=24']
 
   runs = {n: str(tmp_path / f'p{n}') for n in (1, 2)}
   for n, wd in runs.items():
-    _finish(_start(demo_data, wd, n, argv=argv(wd)))
+    _finish(_start(demo_data, wd, n, argv=argv(wd), across='fsdp'))
   evals = {n: next(r for r in _rows(wd) if 'eval/psnr' in r) for n, wd in runs.items()}
   for key in ('eval/psnr', 'eval/ssim', 'eval/val_loss', 'eval/codes_used'):
     np.testing.assert_allclose(evals[2][key], evals[1][key], rtol=1e-5, err_msg=key)
