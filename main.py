@@ -81,9 +81,7 @@ def ensure_data(config) -> None:
   # A dir of '' is unused (a mixture's eval falls back to its first component).
   missing = {d: (knob, b, kw) for knob, b, d, kw in wanted
              if b and d and not os.path.exists(os.path.join(d, 'manifest.json'))}
-  if not missing:
-    return
-  if jax.process_index() == 0:
+  if missing and jax.process_index() == 0:
     from data_prep import build  # tensorflow_datasets: imported only to build
     for data_dir, (knob, name, kwargs) in missing.items():
       if importlib.util.find_spec(f'data_prep.{name}') is None:
@@ -95,6 +93,9 @@ def ensure_data(config) -> None:
       except (TypeError, ValueError) as e:  # a bad builder_kwargs: name the knob
         raise ValueError(f'{knob}: {e}') from e
   if jax.process_count() > 1:
+    # Every process, whatever it found: what each sees on disk may differ (a per-host
+    # path such as the demo's ~/.cache, a process that looked after process 0 finished),
+    # and one that skipped this barrier met process 0's in its next collective.
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices('radjax_data_built')
 

@@ -5,6 +5,7 @@ does with the script's command; everything after them is the script's own (its X
 flags, parsed by this jaxlib, its arguments, main.py on two CPU processes whose state is
 split between them, saved, and resumed by the job resubmitted)."""
 import os
+import shutil
 import stat
 import subprocess
 
@@ -69,3 +70,40 @@ def test_each_launcher_without_its_arguments_prints_its_usage():
                           text=True, timeout=60)
     assert proc.returncode != 0 and 'usage: ' in proc.stderr, (script, proc.stderr)
     assert script in proc.stderr
+
+
+GCLOUD = """#!/usr/bin/env bash
+# gcloud's `compute tpus tpu-vm ssh NAME ... --command CMD`: records its arguments, one
+# file a call, waits until every slice's call has started (as the slices' workers must all
+# join), and fails for a slice named 'bad'.
+printf '%s\\n' "$@" > "$GCLOUD_LOG/$5"
+for _ in $(seq 50); do [ "$(ls "$GCLOUD_LOG" | wc -l)" -ge "$SLICES" ] && break; sleep 0.1; done
+[ "$(ls "$GCLOUD_LOG" | wc -l)" -ge "$SLICES" ] || { echo "$5 alone" >&2; exit 3; }
+[ "$5" != bad ]
+"""
+
+
+def test_tpu_pod_starts_every_slice_of_a_multislice_run_at_once(tmp_path):
+  """Multislice (--config.mesh.dcn.data=<slices>) was documented, but the script took one
+  NAME and ssh'd into that slice's workers alone: they waited for the other slices'
+  processes until JAX gave up. Each name of NAME,NAME... now gets its ssh, side by side."""
+  tools, log = tmp_path / 'bin', tmp_path / 'calls'
+  tools.mkdir()
+  _tool(tools, 'gcloud', GCLOUD)
+  env = dict(os.environ, PATH=f'{tools}:{os.environ["PATH"]}')
+  for names, code in (('q-0,q-1', 0), ('one', 0), ('q-0,bad', 1)):
+    log.mkdir()
+    proc = subprocess.run(
+        ['bash', 'launch/tpu_pod.sh', names, 'us-east5-b', 'configs/radvlm.py', '/mnt/gcs/r',
+         '--config.mesh.dcn.data=2', '--config.data.dir=/mnt/gcs/my data'],
+        cwd=ROOT, env={**env, 'GCLOUD_LOG': str(log), 'SLICES': str(names.count(',') + 1)},
+        capture_output=True, text=True, timeout=60)
+    assert (proc.returncode != 0) == bool(code), (names, proc.stderr)
+    calls = {p.name: p.read_text().splitlines() for p in log.iterdir()}
+    assert sorted(calls) == sorted(names.split(',')), (names, proc.stderr)
+    for name, argv in calls.items():
+      assert argv[:5] == ['compute', 'tpus', 'tpu-vm', 'ssh', name]
+      assert argv[5:9] == ['--zone', 'us-east5-b', '--worker=all', '--command']
+      assert argv[9].endswith(r'bash launch/tpu_vm.sh configs/radvlm.py /mnt/gcs/r '
+                              r'--config.mesh.dcn.data=2 --config.data.dir=/mnt/gcs/my\ data')
+    shutil.rmtree(log)

@@ -58,10 +58,10 @@ def _env(devices: int) -> dict:
 
 
 def _start(data_dir: str, workdir: str, processes: int = 2, extra: tuple = (),
-           argv: list | None = None) -> list:
+           argv: list | None = None, across: str = 'data') -> list:
   """`processes` main.py processes of one run (one: a plain single-process run, 8 devices);
   each one's output goes to a file (a full pipe would stall it). `argv`: another command
-  than the demo's (_argv)."""
+  than the demo's (_argv). `across`: the mesh axis the processes lie along (dcn)."""
   argv, runs = (argv or _argv(data_dir, workdir)) + list(extra), []
   port = _free_port()
   for i in range(processes):
@@ -69,7 +69,7 @@ def _start(data_dir: str, workdir: str, processes: int = 2, extra: tuple = (),
     # within each; the same 8-way data axis as one process's.
     flags = [] if processes == 1 else [f'--coordinator_address=127.0.0.1:{port}',
                                        f'--num_processes={processes}', f'--process_id={i}',
-                                       f'--config.mesh.dcn.data={processes}']
+                                       f'--config.mesh.dcn.{across}={processes}']
     out = open(f'{workdir}.{len(os.listdir(os.path.dirname(workdir)))}.out', 'w+')
     proc = subprocess.Popen(argv + flags, cwd=ROOT, env=_env(8 // processes),
                             stdout=out, stderr=subprocess.STDOUT, text=True)
@@ -193,15 +193,19 @@ def test_two_processes_evaluate_a_codec_as_one_and_log_its_reconstructions(demo_
                                                                            tmp_path):
   """The codec evaluator's logged inputs were this process's rows, indexed by the whole
   batch's mask: an IndexError in every process at the first evaluation. Its metrics, over
-  the gathered batch, are one process's."""
+  the gathered batch, are one process's. The processes lie along fsdp (dcn.fsdp=2 x 4-way
+  data within each), so each holds every other batch shard, and the 16 records fill 16 of
+  a batch's 24 rows: the padding mask was gathered process by process, out of the rows'
+  order, and scored padding rows in place of records."""
   def argv(wd):
     return [sys.executable, 'main.py', '--config', 'configs/vqgan.py:size=micro',
             '--workdir', wd, f'--config.data.dir={demo_data}', '--config.train.num_steps=1',
-            '--config.train.eval_every=1', '--config.train.async_checkpoint=False']
+            '--config.train.eval_every=1', '--config.train.async_checkpoint=False',
+            '--config.eval.batch_size=24']
 
   runs = {n: str(tmp_path / f'p{n}') for n in (1, 2)}
   for n, wd in runs.items():
-    _finish(_start(demo_data, wd, n, argv=argv(wd)))
+    _finish(_start(demo_data, wd, n, argv=argv(wd), across='fsdp'))
   evals = {n: next(r for r in _rows(wd) if 'eval/psnr' in r) for n, wd in runs.items()}
   for key in ('eval/psnr', 'eval/ssim', 'eval/val_loss', 'eval/codes_used'):
     np.testing.assert_allclose(evals[2][key], evals[1][key], rtol=1e-5, err_msg=key)
@@ -508,3 +512,56 @@ def test_a_group_that_cannot_form_is_one_error_naming_what_was_given(tmp_path):
       assert proc.stdout.startswith(message), (proc.stdout, proc.stderr[-1000:])
   finally:
     hold.kill()
+
+
+def test_a_given_group_keeps_every_local_gpu_under_slurm():
+  """launch/slurm_gpu.sh runs one process a node with all its GPUs and passes the group as
+  flags. JAX still read SLURM's variables for the devices left unset: local_device_ids =
+  [SLURM_LOCALID], so each process saw GPU 0 alone (jax_cuda_visible_devices '0')."""
+  port = _free_port()
+  code = ('import jax\nfrom radjax.core import distributed\n'
+          f'distributed.initialize("127.0.0.1:{port}", 2, {{i}})\n'
+          'print("visible", jax.config.values["jax_cuda_visible_devices"], flush=True)\n')
+  procs = []
+  for i in range(2):
+    # What srun sets for task i of a 2-node job, one task a node.
+    slurm = dict(SLURM_JOB_ID='77', SLURM_STEP_NODELIST='n[0-1]', SLURM_NTASKS='2',
+                 SLURM_PROCID=str(i), SLURM_LOCALID='0', SLURM_STEP_NUM_NODES='2')
+    procs.append(subprocess.Popen([sys.executable, '-c', code.format(i=i)], cwd=ROOT,
+                                  env={**_env(1), **slurm}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+  outs = [p.communicate(timeout=120)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0 and 'visible all\n' in out, out[-2000:]
+
+
+def test_every_process_meets_the_data_barrier_whatever_it_finds(demo_data, tmp_path):
+  """main.ensure_data: a process that found the dataset returned before the barrier process
+  0 waits at while it builds (a per-host path such as the demo's ~/.cache that one host
+  already holds, or a look after process 0 finished), so the two met in different
+  collectives: a name mismatch here, a hang or a crash in the run."""
+  port = _free_port()
+  code = ('import main\nfrom radjax.core import distributed\n'
+          'from jax.experimental import multihost_utils\nfrom configs import demo\n'
+          f'distributed.initialize("127.0.0.1:{port}", 2, {{i}})\n'
+          'c = demo.get_config("size=micro")\n'
+          'c.data.dir = {data!r}\n'
+          'c.data.builder_kwargs.update(dict(num_train=8, num_val=4, num_test=4))\n'
+          'main.ensure_data(c)\n'
+          'multihost_utils.sync_global_devices("after the data")\n'
+          'print("ready", flush=True)\n')
+  # Process 0's copy is missing (it builds it); process 1's is there.
+  dirs = [str(tmp_path / 'built_here'), demo_data]
+  env = {**_env(1), 'TQDM_DISABLE': '1'}  # the build's progress bars
+  procs = [subprocess.Popen([sys.executable, '-c', code.format(i=i, data=d)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True) for i, d in enumerate(dirs)]
+  try:
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0 and 'ready\n' in out, out[-2000:]
+  assert os.path.exists(os.path.join(dirs[0], 'manifest.json'))

@@ -97,9 +97,13 @@ def initialize(coordinator_address: str = '', num_processes: int = 0,
     if group.process_id == 0:
       _check_port_free(group)
     try:
+      # 'deactivate': the group is the one given. JAX's detection would otherwise still
+      # run to fill local_device_ids, and under SLURM it makes them [SLURM_LOCALID]: each
+      # process of launch/slurm_gpu.sh (one a node) saw GPU 0 alone of its node's 8.
       jax.distributed.initialize(coordinator_address=group.coordinator_address,
                                  num_processes=group.num_processes,
                                  process_id=group.process_id,
+                                 cluster_detection_method='deactivate',
                                  initialization_timeout=JOIN_TIMEOUT_S)
     except (RuntimeError, ValueError) as e:
       hint = (' (process 0 serves on that port: is it in use?)' if group.process_id == 0

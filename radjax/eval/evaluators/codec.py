@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from radjax.core import sharding
 from radjax.data import pipeline, pixels, source
 from radjax.eval.evaluators import eval_sets
 from radjax.eval.metrics import image_metrics
@@ -40,6 +41,7 @@ class CodecEvaluator:
               'rec_loss': rec, 'loss': loss}, recon, codes
     with exp.context():
       self._fn = jax.jit(fn, in_shardings=(exp.state_shardings.params, exp.batch_shardings))
+    self._rows = sharding.batch_sharding(exp.mesh, exp.rules, 1)
 
   def run(self, params, step: int, writer=None, out_dir=None) -> dict:
     del out_dir
@@ -56,7 +58,10 @@ class CodecEvaluator:
       with self.exp.context():
         m, recon, codes = self._fn(params, inputs)
       m, recon, codes = jax.tree.map(pipeline.to_host, (m, recon, codes))
-      real = pipeline.to_host(batch[source.EVAL_MASK]) > 0  # records, not padding rows
+      # Records, not padding rows: gathered as a global array, in the rows' global order
+      # (each process's rows lie where its devices are, not always one block a process).
+      real = pipeline.to_host(jax.make_array_from_process_local_data(
+          self._rows, batch[source.EVAL_MASK])) > 0
       for k in rows:
         rows[k].append(m[k][real])
       counts += np.bincount(codes[real].reshape(-1), minlength=counts.size)
