@@ -45,6 +45,9 @@ def get_config(arg: str = ''):
     raise ValueError(f'config argument stage={args.stage}: 1 or 2')
   if args.stage == 2 and not args.stage1:
     raise ValueError('config argument stage=2 needs stage1=<stage 1 workdir>')
+  if args.stage1 and args.stage != 2:  # else stage 1 would train again, from dolly
+    raise ValueError(f'config argument stage1={args.stage1!r}: where stage 2 starts; add '
+                     'stage=2')
   if not 0.0 <= args.text_share < 1.0:
     raise ValueError(f'config argument text_share={args.text_share}: in [0, 1)')
   # config.json keeps these: absolute, the workdir serves and generates from any directory.
