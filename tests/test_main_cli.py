@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -98,6 +100,22 @@ def test_a_url_workdir_is_one_line(tmp_path):
   assert proc.stderr.strip().splitlines()[-1].startswith(
       'error: --workdir=gs://bucket/runs/x: a URL, not a path'), proc.stderr[-500:]
   assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('mode', ['train', 'generate'])
+def test_a_workdir_that_is_a_file_is_named(tmp_path, mode):
+  """Training said '[Errno 20] Not a directory: <file>/logs', generate 'no checkpoint in
+  <file>/checkpoints', as if the workdir were a folder to fill."""
+  workdir = tmp_path / 'notes.txt'
+  workdir.write_text('x')
+  proc = subprocess.run(
+      [sys.executable, 'main.py', '--config', 'configs/demo.py:size=micro', '--workdir',
+       str(workdir), f'--mode={mode}'], cwd=ROOT, capture_output=True, text=True,
+      timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f'error: --workdir={workdir} is a file; a workdir is a directory'), proc.stderr[-500:]
+  assert workdir.read_text() == 'x'
 
 
 def _files(folder) -> dict:

@@ -52,6 +52,8 @@ def check_local(workdir: str, knob: str = '--workdir') -> None:
     raise WorkdirError(f'{knob}={workdir}: a URL, not a path; radjax writes workdirs through '
                        'the local filesystem. Mount the bucket (e.g. gcsfuse, on every host) '
                        'and pass the mounted path')
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f'{knob}={workdir} is a file; a workdir is a directory')
 
 
 @contextlib.contextmanager
