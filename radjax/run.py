@@ -279,8 +279,24 @@ def check_config(config, train: bool = True) -> None:
     parts['vqgan'].check_discriminator()
 
 
+def check_flags(mode: str, images=(), prompt: str = '', out_dir: str = '') -> None:
+  """--images, --prompt and --out_dir are generate's (--images chat's too): a mode that
+  would not read one refuses it, not runs as if it were not given."""
+  given = [flag for flag, value in (('--images', images), ('--prompt', prompt),
+                                    ('--out_dir', out_dir)) if value]
+  if mode == 'chat':
+    given = [flag for flag in given if flag != '--images']
+  if given:
+    reads = ('its questions from the terminal' if mode == 'chat' else
+             'config.data.dir' if mode in ('train', 'eval') else 'the config alone')
+    raise ValueError(f'{given[0]}: --mode={mode} reads {reads}, not {given[0]}; '
+                     '--mode=generate takes --images / --prompt / --out_dir')
+
+
 def main(config, workdir: str, mode: str, images: list[str] | None = None, prompt: str = '',
          out_dir: str = ''):
+  if mode != 'generate':
+    check_flags(mode, images, prompt, out_dir)
   maybe_initialize_distributed()
   if mode in ('train', 'eval'):
     check_config(config, train=mode == 'train')

@@ -166,3 +166,20 @@ def test_a_tokenizer_that_does_not_load_is_named_with_its_knob(tmp_path):
       tokens.load_tokenizer(str(path), 'config.data.tokenizer')
     assert str(e.value).startswith(f"tokenizer '{path}' (config.data.tokenizer) {why}"), e.value
     assert '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('mode, flags, said', [
+    ('eval', dict(images=['x.png']), '--images: --mode=eval reads config.data.dir'),
+    ('train', dict(prompt='Is there an effusion?'), '--prompt: --mode=train reads'),
+    ('eval', dict(out_dir='out'), '--out_dir: --mode=eval reads'),
+    ('chat', dict(prompt='Is there an effusion?'), '--prompt: --mode=chat reads its questions'),
+])
+def test_a_flag_the_mode_does_not_read_is_refused(tmp_path, mode, flags, said):
+  """`--mode=eval --images a.png` scored config.data.dir's split as if no image were
+  given; `--mode=chat --prompt` dropped the question; before anything is read or built."""
+  from radjax import run
+  from tests.conftest import tiny_config
+  config = tiny_config(str(tmp_path / 'no_data'))
+  with pytest.raises(ValueError, match=said):
+    run.main(config, str(tmp_path / 'w'), mode, **flags)
+  assert not os.path.exists(tmp_path / 'w')
