@@ -161,6 +161,8 @@ def test_resize_crop_is_refused_where_it_would_be_ignored(task):
     ('data.keyword_weight', -3.0, 'config.data.keyword_weight=-3.0 must be >= 0'),
     ('vqgan.disc_weight', -0.8, 'config.vqgan.disc_weight=-0.8 must be >= 0'),
     ('vqgan.ema_decay', 1.5, 'config.vqgan.ema_decay=1.5 must be in [0, 1]'),
+    # the cosine rose after the warmup, to twice optim.lr, silently
+    ('optim.min_lr_ratio', 2.0, 'config.optim.min_lr_ratio=2.0 must be in [0, 1]'),
 ])
 def test_values_that_would_fail_later_are_named_first(knob, value, said):
   """A zero std trained one step into a NaN loss that blamed the learning rate; the
