@@ -22,6 +22,21 @@ def test_a_misspelt_override_is_one_line_naming_it_and_writes_nothing(tmp_path):
   assert 'Traceback' not in proc.stderr and not workdir.exists()
 
 
+def test_a_key_of_an_open_section_says_to_give_the_section_whole(tmp_path):
+  """--config.data.builder_kwargs.manual_dir=X (README: builder_kwargs=dict(manual_dir=...))
+  was refused as if misspelt; the locked config takes the section whole."""
+  proc = subprocess.run(
+      [sys.executable, 'main.py', '--config', 'configs/demo.py:size=micro', '--workdir',
+       str(tmp_path / 'w'), '--config.data.builder_kwargs.manual_dir=/x'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: --config.data.builder_kwargs.manual_dir: the config has no key 'manual_dir'. "
+      'config.data.builder_kwargs takes no new key alone; give it whole (it holds seed now): '
+      "--config.data.builder_kwargs=\"{'manual_dir': ...}\"")
+
+
 def test_home_in_a_config_override_becomes_the_path(monkeypatch, tmp_path):
   """The shell does not expand `--config.model.llm.init_from=~/models/x` (README)."""
   import main as main_lib
