@@ -138,7 +138,7 @@ def _tiny(c, args, cxr: dict, text: dict) -> tuple[dict, dict]:
   # The codec's step is the one that made the demo's codes (its latest when they are made
   # now): a codec trained further later leaves this decoder's codes as they were.
   made = llm_cxr.codes_summary(codes_dir(args.codec))
-  c.codec.step = made['step'] if made else workdir_lib.latest_step(args.codec)
+  c.codec.step = made['step'] if made else workdir_lib.latest_step_unopened(args.codec)
   # The prompt, the delimiters and a findings + impression report (~100 tokens) or an
   # impression (~40) beside the image's codes.
   c.data.max_len = num_codes + (160 if args.stage == 1 else 96)

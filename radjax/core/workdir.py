@@ -366,6 +366,17 @@ def latest_step(workdir: str) -> int:
   return step
 
 
+def latest_step_unopened(workdir: str) -> int:
+  """latest_step read from the step folders alone: for a config file, which main.py loads
+  before jax.distributed.initialize. A manager starts JAX's backend (orbax asks it for
+  its platform), and a backend started first kept a multi-process run from joining."""
+  import orbax.checkpoint as ocp
+  steps = ocp.utils.checkpoint_steps(checkpoint_dir(workdir)) if has_checkpoints(workdir) else []
+  if not steps:
+    raise NoCheckpoint(f'no checkpoint in {checkpoint_dir(workdir)}')
+  return max(steps)
+
+
 def check_step(workdir: str, step: int) -> int:
   """`step` if the workdir has a checkpoint of it, else NoCheckpoint listing those it has."""
   steps = []
