@@ -197,9 +197,12 @@ def pre_stage(config, workdir: str):
     return None
   part, stage_dir = config.train.pre_stage_part, os.path.join(workdir, 'pre_stage')
   stage = recipe.load(spec, 'config.train.pre_stage')
-  if part not in stage.model or part not in config.model:
+  # Parts each model kind composes: every config has every model.<part> section, so a
+  # classifier stage for 'llm' trained whole and only then failed to start the llm from it.
+  if part not in factory.parts_of(stage.model) or part not in factory.parts_of(config.model):
     raise ValueError(f'config.train.pre_stage_part={part!r}: not a model part of both this '
-                     f'config and the pre-stage {spec!r}')
+                     f'config ({config.model.kind}) and the pre-stage {spec!r} '
+                     f'({stage.model.kind})')
   stage.model[part] = ml_collections.ConfigDict(config.model[part].to_dict())
   if stage.data.builder and stage.data.builder == config.data.builder:
     # The same dataset: where this run reads it (--config.data.dir=...), not the stage
