@@ -211,8 +211,8 @@ OPEN_SECTIONS = ('builder_kwargs', 'mixture', 'datasets')
 
 
 def _open_section_hint(argv, flag: str, key: str) -> str:
-  """How to give a key of an open section (--config.data.builder_kwargs.manual_dir=X was
-  refused like a misspelling, with no word of the form that works)."""
+  """How to give a key of an open section (a builder's manual_dir set as an override of its
+  own was refused like a misspelling, with no word of the form that works)."""
   parts = flag[len('--config.'):].split('.')
   if key not in parts or parts.index(key) == 0:
     return ''
