@@ -149,8 +149,9 @@ def _config_file_error(message: str) -> str:
 
 
 def _main():
-  run.check_flags(FLAGS.mode, FLAGS.images, FLAGS.prompt, FLAGS.out_dir)  # dry_run's too
   workdir_lib.check_local(FLAGS.workdir)
+  if FLAGS.mode != 'generate':
+    run.check_flags(FLAGS.mode, FLAGS.images, FLAGS.prompt, FLAGS.out_dir)
   expand_home(FLAGS.config)
   # Before anything touches devices. Done already at the top unless a config file, not the
   # command line, changed the knob. Only as a program: a notebook calling main() keeps its
@@ -199,9 +200,38 @@ def parse_flags(argv):
     key = detail.split('\n')[0].strip('\'"')
     named = [a.split('=')[0] for a in argv[1:]
              if a.startswith('--config.') and key in a.split('=')[0].split('.')]
-    hint = ' '.join(detail.split('\n')[1:])
+    hint = ' '.join(detail.split('\n')[1:]) or (_open_section_hint(argv, named[0], key)
+                                                 if named else '')
     sys.exit(f"error: {named[0] if named else '--config'}: the config has no key {key!r}"
              + (f'. {hint}' if hint else ''))
+
+
+# Sections whose keys are the user's (a builder's kwargs, mixture components, eval datasets):
+# the locked config takes no new key there one at a time, but takes the section whole.
+OPEN_SECTIONS = ('builder_kwargs', 'mixture', 'datasets')
+
+
+def _open_section_hint(argv, flag: str, key: str) -> str:
+  """How to give a key of an open section (a builder's manual_dir set as an override of its
+  own was refused like a misspelling, with no word of the form that works)."""
+  parts = flag[len('--config.'):].split('.')
+  if key not in parts or parts.index(key) == 0:
+    return ''
+  section = '.'.join(parts[:parts.index(key)])
+  if parts[parts.index(key) - 1] not in OPEN_SECTIONS:
+    return ''
+  now = ''
+  try:  # the recipe's keys there, which the whole section must repeat
+    path = next(a.split('=', 1)[1] if '=' in a else argv[i + 1]
+                for i, a in enumerate(argv) if a.split('=', 1)[0] in ('--config', '-config'))
+    node = FLAGS['config'].parser.parse(path)
+    for part in section.split('.'):
+      node = node[part]
+    now = f" (it holds {', '.join(node.keys()) or 'nothing'} now)"
+  except Exception:  # pylint: disable=broad-except
+    pass
+  return (f'config.{section} takes no new key alone; give it whole{now}: '
+          f"--config.{section}=\"{{'{key}': ...}}\"")
 
 
 if __name__ == '__main__':

@@ -20,6 +20,9 @@ from configs import common, llava_tinyllama
 
 def get_config(arg: str = ''):
   arg = ','.join(filter(None, ['size=tiny', arg]))
+  if common.parse(arg).size == 'full':
+    raise ValueError("config argument size='full': configs/demo.py is the tiny recipe "
+                     '(size=tiny or micro); the full-size model is configs/llava_tinyllama.py')
   c = llava_tinyllama.get_config(arg)
   if c.task != 'vlm':
     return c

@@ -45,6 +45,9 @@ def get_config(arg: str = ''):
     raise ValueError(f'config argument stage={args.stage}: 1 or 2')
   if args.stage == 2 and not args.stage1:
     raise ValueError('config argument stage=2 needs stage1=<stage 1 workdir>')
+  if args.stage1 and args.stage != 2:  # else stage 1 would train again, from dolly
+    raise ValueError(f'config argument stage1={args.stage1!r}: where stage 2 starts; add '
+                     'stage=2')
   if not 0.0 <= args.text_share < 1.0:
     raise ValueError(f'config argument text_share={args.text_share}: in [0, 1)')
   # config.json keeps these: absolute, the workdir serves and generates from any directory.
@@ -135,7 +138,7 @@ def _tiny(c, args, cxr: dict, text: dict) -> tuple[dict, dict]:
   # The codec's step is the one that made the demo's codes (its latest when they are made
   # now): a codec trained further later leaves this decoder's codes as they were.
   made = llm_cxr.codes_summary(codes_dir(args.codec))
-  c.codec.step = made['step'] if made else workdir_lib.latest_step(args.codec)
+  c.codec.step = made['step'] if made else workdir_lib.latest_step_unopened(args.codec)
   # The prompt, the delimiters and a findings + impression report (~100 tokens) or an
   # impression (~40) beside the image's codes.
   c.data.max_len = num_codes + (160 if args.stage == 1 else 96)

@@ -167,6 +167,9 @@ def get_config(arg: str = ''):
   if args.task == 'lm':
     c.data.mixture = ml_collections.ConfigDict()
     c.data.tasks = ('conversation', 'instruction', 'report_text')
+    # Qwen2-Instruct's conversations, as the VLM reads them (and always_trained names
+    # ChatML's markers: under 'none' the demo tokenizer has no such tokens).
+    c.data.chat_format = 'chatml'
     c.eval.evaluators = ('loss',)
   if args.size == 'full':
     as_radvlm_ran(c)

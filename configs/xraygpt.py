@@ -30,6 +30,12 @@ def get_config(arg: str = ''):
     raise ValueError(f'config argument stage={args.stage}: 1 or 2')
   if args.stage == 2 and not args.stage1:
     raise ValueError('config argument stage=2 needs stage1=<stage 1 workdir>')
+  if args.stage1 and args.stage != 2:  # else stage 1 would train again, from scratch
+    raise ValueError(f'config argument stage1={args.stage1!r}: where stage 2 starts; add '
+                     'stage=2')
+  if args.llm and args.stage == 2:  # stage 2's decoder is stage 1's
+    raise ValueError(f'config argument llm={args.llm!r}: stage 2 starts every part, the '
+                     'decoder too, from stage1=; leave llm out')
   c = base.get_config()
   v = c.model.vision
   v.variant, v.image_size, v.patch_size = 'eva', 224, 14

@@ -113,6 +113,9 @@ def _checked(name, manual_dir, config, beam_runner, beam_options, num_shards):
   if config is not None and config not in configs:
     raise ValueError(f'{name}: no config {config!r}; '
                      + (f'its configs: {", ".join(configs)}' if configs else 'it has none'))
+  if manual_dir and not cls.MANUAL_DOWNLOAD_INSTRUCTIONS:  # else dropped without a word
+    raise ValueError(f'{name}: --manual_dir {manual_dir}: {name} reads no downloaded files '
+                     '(it makes its own); leave --manual_dir out')
   manual_dir = manual_dir and os.path.abspath(os.path.expanduser(manual_dir))
   if cls.MANUAL_DOWNLOAD_INSTRUCTIONS and not (manual_dir and os.path.isdir(manual_dir)
                                                 and os.listdir(manual_dir)):

@@ -159,6 +159,9 @@ def prepare(volume: Volume, *, target_spacing: Sequence[float] | None = None,
     if volume.modality and volume.modality != 'CT':
       raise Reject(f'{volume.where}: a {volume.modality} volume has no Hounsfield units; '
                    'use window_hu=None (percentile rescaling)')
+    if 0 <= float(volume.array.min()) and float(volume.array.max()) <= 1:  # a stored .npy
+      raise Reject(f'{volume.where}: values in [0, 1] (normalised already), not Hounsfield '
+                   'units: a CT window maps them all to one grey; use window_hu=None')
     if isinstance(window_hu, str):
       if window_hu not in WINDOWS:
         raise ValueError(f'unknown window {window_hu!r}; known: {sorted(WINDOWS)}')

@@ -197,9 +197,12 @@ def pre_stage(config, workdir: str):
     return None
   part, stage_dir = config.train.pre_stage_part, os.path.join(workdir, 'pre_stage')
   stage = recipe.load(spec, 'config.train.pre_stage')
-  if part not in stage.model or part not in config.model:
+  # Parts each model kind composes: every config has every model.<part> section, so a
+  # classifier stage for 'llm' trained whole and only then failed to start the llm from it.
+  if part not in factory.parts_of(stage.model) or part not in factory.parts_of(config.model):
     raise ValueError(f'config.train.pre_stage_part={part!r}: not a model part of both this '
-                     f'config and the pre-stage {spec!r}')
+                     f'config ({config.model.kind}) and the pre-stage {spec!r} '
+                     f'({stage.model.kind})')
   stage.model[part] = ml_collections.ConfigDict(config.model[part].to_dict())
   if stage.data.builder and stage.data.builder == config.data.builder:
     # The same dataset: where this run reads it (--config.data.dir=...), not the stage
@@ -280,21 +283,23 @@ def check_config(config, train: bool = True) -> None:
 
 
 def check_flags(mode: str, images=(), prompt: str = '', out_dir: str = '') -> None:
-  """--images, --prompt and --out_dir are read by --mode=generate (and --images by chat);
-  a mode that would not read one refuses it instead of running without it."""
-  given = [f for f, v in (('--images', images), ('--prompt', prompt), ('--out_dir', out_dir))
-           if v]
-  if mode in ('train', 'eval', 'dry_run') and given:
-    raise ValueError(f"--mode={mode} reads no {' / '.join(given)} (they are for "
-                     '--mode=generate; --images for --mode=chat too)')
-  if mode == 'chat' and prompt:
-    raise ValueError('--mode=chat asks its questions on the command line, not by --prompt; '
-                     '--mode=generate --prompt answers one')
+  """--images, --prompt and --out_dir are generate's (--images chat's too): a mode that
+  would not read one refuses it, not runs as if it were not given."""
+  given = [flag for flag, value in (('--images', images), ('--prompt', prompt),
+                                    ('--out_dir', out_dir)) if value]
+  if mode == 'chat':
+    given = [flag for flag in given if flag != '--images']
+  if given:
+    reads = ('its questions from the terminal' if mode == 'chat' else
+             'config.data.dir' if mode in ('train', 'eval') else 'the config alone')
+    raise ValueError(f'{given[0]}: --mode={mode} reads {reads}, not {given[0]}; '
+                     '--mode=generate takes --images / --prompt / --out_dir')
 
 
 def main(config, workdir: str, mode: str, images: list[str] | None = None, prompt: str = '',
          out_dir: str = ''):
-  check_flags(mode, images, prompt, out_dir)
+  if mode != 'generate':
+    check_flags(mode, images, prompt, out_dir)
   maybe_initialize_distributed()
   if mode in ('train', 'eval'):
     check_config(config, train=mode == 'train')

@@ -300,6 +300,19 @@ def test_a_pre_stage_that_is_no_recipe_is_one_error_naming_the_knob(tmp_path, sp
     run.pre_stage(config, str(tmp_path))
 
 
+@pytest.mark.parametrize('part', ['llm', 'projector'])
+def test_a_pre_stage_part_the_stage_does_not_train_is_refused_first(demo_data, tmp_path, part):
+  """Every config has every model.<part> section: a classifier stage with
+  pre_stage_part='llm' trained whole (the demo's 600 steps), and only then did the run fail
+  to start its llm from a classifier workdir."""
+  config = tiny_config(demo_data)
+  config.train.pre_stage = 'configs/classifier.py:size=micro'
+  config.train.pre_stage_part = part
+  with pytest.raises(ValueError, match=rf"config.train.pre_stage_part='{part}': not a model "
+                     r'part of both this config \(vlm\) and the pre-stage .*\(classifier\)'):
+    run.pre_stage(config, str(tmp_path))
+
+
 def test_pre_stage_reads_this_runs_dataset_where_both_name_its_builder(demo_data, tmp_path):
   config = tiny_config(demo_data)
   config.train.pre_stage = 'configs/classifier.py:size=micro'

@@ -161,6 +161,8 @@ def test_resize_crop_is_refused_where_it_would_be_ignored(task):
     ('data.keyword_weight', -3.0, 'config.data.keyword_weight=-3.0 must be >= 0'),
     ('vqgan.disc_weight', -0.8, 'config.vqgan.disc_weight=-0.8 must be >= 0'),
     ('vqgan.ema_decay', 1.5, 'config.vqgan.ema_decay=1.5 must be in [0, 1]'),
+    # the cosine rose after the warmup, to twice optim.lr, silently
+    ('optim.min_lr_ratio', 2.0, 'config.optim.min_lr_ratio=2.0 must be in [0, 1]'),
 ])
 def test_values_that_would_fail_later_are_named_first(knob, value, said):
   """A zero std trained one step into a NaN loss that blamed the learning rate; the
@@ -183,3 +185,18 @@ def test_a_classifiers_uncertain_policy_is_zero_or_one(value):
     labels.from_config(config.data)
   config.data.task_options = {'uncertain_as': 0}
   assert labels.from_config(config.data).uncertain_as == 0
+
+
+@pytest.mark.parametrize('recipe, arg, said', [
+    # stage 1 trained again from scratch, the stage 1 workdir unread
+    ('xraygpt', 'size=micro,stage1=/runs/xg1', "stage1='/runs/xg1': where stage 2 starts"),
+    ('llm_cxr', 'stage1=/runs/lc1', "stage1='/runs/lc1': where stage 2 starts"),
+    # stage 2 took its decoder from stage1= whatever llm= said
+    ('xraygpt', 'stage=2,stage1=/runs/xg1,llm=/runs/xg0', "llm='/runs/xg0': stage 2 starts"),
+    # a full-size LLaVA with the demo's box targets, refused by a knob the user never set
+    ('demo', 'size=full', "size='full': configs/demo.py is the tiny recipe"),
+])
+def test_a_recipe_argument_that_would_be_ignored_is_refused(recipe, arg, said):
+  module = importlib.import_module(f'configs.{recipe}')
+  with pytest.raises(ValueError, match=re.escape(said)):
+    module.get_config(arg)

@@ -373,6 +373,28 @@ def test_a_missing_tokenizer_names_the_flag(tmp_path, capsys):
   assert not (tmp_path / 'wd').exists()
 
 
+
+@pytest.mark.parametrize('flags, said', [
+    # ZeroDivisionError tracebacks, or a config error raised past the CLI
+    (['--vision_heads', '0'], 'argument --vision_heads: 0: must be at least 1'),
+    (['--perceiver_heads', '-2'], 'argument --perceiver_heads: -2: must be at least 1'),
+    (['--depth_patch_size', '0'], 'argument --depth_patch_size: 0: must be at least 1'),
+    # the tokenizer dir's config.json decided, and the flag was dropped without a word
+    (['--llm_heads', '3'], '--llm_heads=3, but '),
+])
+def test_a_shape_flag_that_cannot_hold_is_refused_by_name(imported, tmp_path, capsys, flags,
+                                                          said):
+  root = imported['wd'].parent
+  argv = ['from-radfm', '--ckpt', root / 'pytorch_model.bin', '--tokenizer', root / 'tok',
+          '--out', tmp_path / 'wd', '--vision_heads', 2, '--perceiver_heads', 2, *flags]
+  try:
+    assert convert_cli.main([str(a) for a in argv]) == 2
+  except SystemExit as e:  # argparse's own refusal
+    assert e.code == 2
+  assert said in capsys.readouterr().err
+  assert not (tmp_path / 'wd').exists()
+
+
 def _greedy_reference(ref, radfm_ids, images, steps: int) -> list[int]:
   """RadFM's reference forward, decoded greedily by re-running the whole prompt each step."""
   ids = torch.from_numpy(radfm_ids)

@@ -162,6 +162,17 @@ def test_an_unknown_builder_config_is_named_with_the_ones_there_are(tmp_path):
     build_lib.build('mimic_cxr', str(tmp_path), manual_dir=str(tmp_path), config='frontl')
 
 
+def test_a_manual_dir_for_a_builder_that_reads_none_is_refused(tmp_path, capsys):
+  """`python -m data_prep build demo --manual_dir X` built the demo and dropped X without a
+  word (main.py's builder_kwargs refused it already)."""
+  from data_prep.__main__ import main
+  assert main(['build', 'demo', '--data_dir', str(tmp_path / 'out'), '--manual_dir',
+               str(tmp_path)]) == 2
+  assert 'demo: --manual_dir ' + str(tmp_path) + ': demo reads no downloaded files' in (
+      capsys.readouterr().err)
+  assert not (tmp_path / 'out').exists()
+
+
 def test_a_wrong_manual_dir_gives_the_download_instructions(tmp_path, capsys):
   """The folder inside the download instead of the one that holds it: the error names the
   files it looked for, then how the dataset is downloaded."""

@@ -319,6 +319,25 @@ def test_tiny_without_a_codec_says_what_to_train():
       llm_cxr.check_config_codes(bad)
 
 
+def test_a_tiny_config_reads_its_codec_step_without_starting_jax(tmp_path):
+  """main.py loads the config before jax.distributed.initialize: the codec's step, read
+  through a checkpoint manager (orbax asks JAX's backend its platform), started the backend,
+  and every multi-process run of the tiny recipe failed to join ('must be called before any
+  JAX calls'); --mode=dry_run emulated 1 device, not 8."""
+  import subprocess
+  import sys
+  codec = str(tmp_path / 'codec')
+  workdir_lib.save_params(codec, vqgan_recipe.get_config('size=micro'), {'w': jnp.zeros(2)},
+                          step=3)
+  code = ('import sys; from configs import llm_cxr; from jax._src import xla_bridge; '
+          f'c = llm_cxr.get_config("size=micro,codec={codec}"); '
+          'print(c.codec.step, xla_bridge.backends_are_initialized())')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.stdout.split() == ['3', 'False'], proc.stderr[-2000:]
+
+
 def test_a_drawing_generated_again_by_another_checkpoint_goes_beside_the_first(tmp_path):
   """`--mode=generate --prompt` names the PNG by what decides it: the same report drawn by
   a later checkpoint or with other draw knobs is written beside the earlier drawing, never

@@ -88,3 +88,19 @@ def test_lm_workdir_exports_a_llama_with_the_same_logits(trained, tmp_path):
   assert diff <= 1e-4
   tok = transformers.AutoTokenizer.from_pretrained(out)
   assert tok.eos_token == '</s>'
+
+
+@pytest.mark.parametrize('recipe', ['demo', 'llava_tinyllama', 'xraygpt', 'radvlm', 'radfm'])
+def test_every_vlm_recipes_task_lm_reads_the_demo_text(demo_data, recipe):
+  """README: in the VLM recipes `task=lm` trains the decoder alone. radvlm's stopped before
+  its first step: ChatML's markers (config.data.always_trained) under chat_format 'none',
+  which the demo tokenizer does not hold as tokens."""
+  import importlib
+
+  from radjax.data import source
+  config = importlib.import_module(f'configs.{recipe}').get_config('size=micro,task=lm')
+  config.data.dir = demo_data
+  run_lib.check_config(config)
+  processor = run_lib.make_task(config).processor()
+  raw = source.open_split(demo_data, 'train')[0]
+  assert processor(raw, np.random.default_rng(0))

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -18,6 +20,21 @@ def test_a_misspelt_override_is_one_line_naming_it_and_writes_nothing(tmp_path):
       "error: --config.data.dirr: the config has no key 'dirr'. "
       'Did you mean "dir" instead of "dirr"?')
   assert 'Traceback' not in proc.stderr and not workdir.exists()
+
+
+def test_a_key_of_an_open_section_says_to_give_the_section_whole(tmp_path):
+  """--config.data.builder_kwargs.manual_dir=X (README: builder_kwargs=dict(manual_dir=...))
+  was refused as if misspelt; the locked config takes the section whole."""
+  proc = subprocess.run(
+      [sys.executable, 'main.py', '--config', 'configs/demo.py:size=micro', '--workdir',
+       str(tmp_path / 'w'), '--config.data.builder_kwargs.manual_dir=/x'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: --config.data.builder_kwargs.manual_dir: the config has no key 'manual_dir'. "
+      'config.data.builder_kwargs takes no new key alone; give it whole (it holds seed now): '
+      "--config.data.builder_kwargs=\"{'manual_dir': ...}\"")
 
 
 def test_home_in_a_config_override_becomes_the_path(monkeypatch, tmp_path):
@@ -100,6 +117,22 @@ def test_a_url_workdir_is_one_line(tmp_path):
   assert 'Traceback' not in proc.stderr
 
 
+@pytest.mark.parametrize('mode', ['train', 'generate'])
+def test_a_workdir_that_is_a_file_is_named(tmp_path, mode):
+  """Training said '[Errno 20] Not a directory: <file>/logs', generate 'no checkpoint in
+  <file>/checkpoints', as if the workdir were a folder to fill."""
+  workdir = tmp_path / 'notes.txt'
+  workdir.write_text('x')
+  proc = subprocess.run(
+      [sys.executable, 'main.py', '--config', 'configs/demo.py:size=micro', '--workdir',
+       str(workdir), f'--mode={mode}'], cwd=ROOT, capture_output=True, text=True,
+      timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f'error: --workdir={workdir} is a file; a workdir is a directory'), proc.stderr[-500:]
+  assert workdir.read_text() == 'x'
+
+
 def _files(folder) -> dict:
   return {p: p.read_bytes() for p in folder.rglob('*') if p.is_file()}
 
@@ -150,24 +183,26 @@ def test_a_tokenizer_that_does_not_load_is_named_with_its_knob(tmp_path):
     assert '\n' not in str(e.value)
 
 
-def test_flags_a_mode_does_not_read_are_refused(tmp_path):
-  """--prompt is --mode=generate's (main.py's help); --mode=chat dropped it without a word
-  and asked for questions, and train / eval ran with --images, --prompt or --out_dir
-  ignored. Refused before anything is read or written."""
-  import pytest
-
+@pytest.mark.parametrize('mode, flags, said', [
+    ('eval', dict(images=['x.png']), '--images: --mode=eval reads config.data.dir'),
+    ('train', dict(prompt='Is there an effusion?'), '--prompt: --mode=train reads'),
+    ('eval', dict(out_dir='out'), '--out_dir: --mode=eval reads'),
+    ('chat', dict(prompt='Is there an effusion?'), '--prompt: --mode=chat reads its questions'),
+])
+def test_a_flag_the_mode_does_not_read_is_refused(tmp_path, mode, flags, said):
+  """`--mode=eval --images a.png` scored config.data.dir's split as if no image were
+  given; `--mode=chat --prompt` dropped the question; before anything is read or built."""
   from radjax import run
-  from radjax.core import defaults
-  config, workdir = defaults.get_config(), str(tmp_path / 'w')
-  with pytest.raises(ValueError, match='--mode=chat asks its questions on the command line'):
-    run.main(config, workdir, 'chat', [], 'Is there an effusion?')
-  for mode in ('train', 'eval'):
-    with pytest.raises(ValueError, match=f'--mode={mode} reads no --images / --prompt'):
-      run.main(config, workdir, mode, ['a.png'], 'Is there an effusion?')
-  with pytest.raises(ValueError, match='--mode=eval reads no --out_dir'):
-    run.main(config, workdir, 'eval', out_dir=str(tmp_path / 'out'))
-  assert not os.path.exists(workdir)
-  # dry_run does not reach run.main: main.py checks first.
+  from tests.conftest import tiny_config
+  config = tiny_config(str(tmp_path / 'no_data'))
+  with pytest.raises(ValueError, match=said):
+    run.main(config, str(tmp_path / 'w'), mode, **flags)
+  assert not os.path.exists(tmp_path / 'w')
+
+
+def test_dry_run_refuses_a_flag_it_does_not_read():
+  """dry_run does not reach run.main: main.py checks first."""
+  workdir = os.path.join(ROOT, 'no_such_dry_run_workdir')
   proc = subprocess.run(
       [sys.executable, 'main.py', '--config', 'configs/demo.py:size=micro', '--workdir',
        workdir, '--mode=dry_run', '--prompt=x'],
@@ -175,5 +210,6 @@ def test_flags_a_mode_does_not_read_are_refused(tmp_path):
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1] == (
-      'error: --mode=dry_run reads no --prompt (they are for --mode=generate; --images for '
-      '--mode=chat too)')
+      'error: --prompt: --mode=dry_run reads the config alone, not --prompt; '
+      '--mode=generate takes --images / --prompt / --out_dir'), proc.stderr
+  assert not os.path.exists(workdir)

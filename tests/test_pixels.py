@@ -158,3 +158,24 @@ def test_image_slots_mark_only_the_real_images():
   for n in (0, 1, 2, 3):
     out = slots({'id': 'r', 'images': [image] * n}, None)
     np.testing.assert_array_equal(out['image_mask'], np.arange(3) < n)
+
+
+@pytest.mark.parametrize('recipe', ['classifier', 'vqgan'])
+def test_intensity_jitter_off_leaves_a_classifier_and_a_codec_the_crop_alone(recipe):
+  """config.data.intensity_jitter=False was honoured by task 'vlm' alone: the classifier's
+  and the codec's augmented images were still jittered (the knob did nothing there)."""
+  import importlib
+
+  from radjax import tasks
+  config = importlib.import_module(f'configs.{recipe}').get_config('')  # no box targets
+  config.data.augment, config.data.pixels = True, 'uint8'  # the table shows the jitter
+  example = schema.make_example(id='r', images=[_entry('L')],
+                                labels={n: 1 for n in config.data.label_names})
+  raw = schema.encode(example)
+  plain = tasks.make(config, None).processor()(raw, None)['pixel_table']
+  jittered = tasks.make(config, None).processor()(raw, np.random.default_rng(5))
+  assert not np.allclose(jittered['pixel_table'], plain)
+  config.data.intensity_jitter = False
+  cropped = tasks.make(config, None).processor()(raw, np.random.default_rng(5))
+  np.testing.assert_array_equal(cropped['pixel_table'], plain)
+  np.testing.assert_array_equal(cropped['images'], jittered['images'])  # the same crop

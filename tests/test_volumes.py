@@ -407,6 +407,18 @@ def test_windows_by_hand():
     volumes.prepare(mr, window_hu='lung')
 
 
+def test_a_ct_window_on_a_normalised_volume_is_refused(tmp_path, capsys):
+  """`python -m data_prep volume x.npy out.npy --window lung` on a volume stored in [0, 1]
+  (as the datasets keep them) wrote one grey value everywhere (0.9: 'HU' 0 to 1 all sit
+  in the lung window's bright end), exit 0."""
+  from data_prep.__main__ import main
+  stored = tmp_path / 'scan.npy'
+  np.save(stored, np.random.default_rng(0).random((8, 8, 4)).astype(np.float16))
+  assert main(['volume', str(stored), str(tmp_path / 'out.npy'), '--window', 'lung']) == 2
+  assert 'normalised already' in capsys.readouterr().err
+  assert main(['volume', str(stored), str(tmp_path / 'out.npy')]) == 0  # min-max is fine
+
+
 def test_float16_entry_round_trip_through_schema(tmp_path):
   stored = stored_volume((10, 12, 4), seed=5)
   vol = volumes.load_volume(write_series(tmp_path / 'ct', stored, [0, 2, 4, 6]))

@@ -2,9 +2,10 @@
 
 manual_dir: a folder with one or more LLaVA JSON files (a list of `{"id", "image"
 (a path or a list of paths, optional), "conversations": [{"from", "value"}, ...]}`; or
-`.jsonl`, one such record a line) and the images, whose paths are relative to that folder (or to an `images/` folder
-in it). The split is taken from the file name: `*train*` -> train, `*val*` / `*valid*`
--> val, `*test*` -> test; a single file without one of those words is train.
+`.jsonl`, one such record a line) and the images, whose paths are relative to that
+folder (or to an `images/` folder in it). The split is taken from the file name:
+`*train*` -> train, `*val*` / `*valid*` -> val, `*test*` -> test; a single file without
+one of those words is train.
 
 Roles: human -> user, gpt -> assistant, system -> system. Each `<image>` in the text
 marks where image k goes; their count must equal the number of images (LLaVA adds a

@@ -48,6 +48,19 @@ FAMILIES = {'llama': ('llama',), 'qwen2': ('qwen2',), 'gpt_neox': ('gpt_neox',),
             'vqgan': ('VQModel',)}  # a diffusers directory (config.json _class_name)
 
 
+def _int_at_least(low: int):
+  """argparse type: an int >= low (argparse prints the error as one line)."""
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f'{text!r}: not an integer') from None
+    if value < low:
+      raise argparse.ArgumentTypeError(f'{value}: must be at least {low}')
+    return value
+  return parse
+
+
 def _check_new_workdir(out: str) -> None:
   """--out of an import: never a workdir already (its config.json and checkpoints would be
   replaced, or half of them); checked before anything is read or written."""
@@ -306,6 +319,11 @@ def cmd_from_radfm(args) -> None:
   hf_llm = None
   if os.path.exists(os.path.join(args.tokenizer, 'config.json')):
     hf_llm = hf_io.load_hf_config(args.tokenizer)
+    heads = getattr(hf_llm, 'num_attention_heads', None)
+    if args.llm_heads and args.llm_heads != heads:  # the config.json decides
+      raise ConversionError(f'--llm_heads={args.llm_heads}, but '
+                            f'{os.path.join(args.tokenizer, "config.json")} says '
+                            f'num_attention_heads={heads}; leave --llm_heads out')
   tokenizer = tokens.load_tokenizer(args.tokenizer, '--tokenizer')
   state_dict = hf_io.load_state_dict_file(args.ckpt)
   config, params = radfm.import_checkpoint(state_dict, tokenizer, shape,
@@ -419,10 +437,10 @@ def main(argv: list[str] | None = None) -> int:
                  help='store layers as layers_{i} (config.runtime.scan_layers=False)')
   # What the tensors' shapes do not say: default the radfm_shape.json beside --ckpt (a
   # `to-radfm` export), else RadFM's values (4, 8, 8, 0).
-  p.add_argument('--depth_patch_size', type=int, default=None)
-  p.add_argument('--vision_heads', type=int, default=None)
-  p.add_argument('--perceiver_heads', type=int, default=None)
-  p.add_argument('--llm_heads', type=int, default=None,
+  p.add_argument('--depth_patch_size', type=_int_at_least(1), default=None)
+  p.add_argument('--vision_heads', type=_int_at_least(1), default=None)
+  p.add_argument('--perceiver_heads', type=_int_at_least(1), default=None)
+  p.add_argument('--llm_heads', type=_int_at_least(0), default=None,
                  help="0: the tokenizer dir's config.json, else hidden size / 128")
   p.set_defaults(func=cmd_from_radfm)
   args = parser.parse_args(argv)

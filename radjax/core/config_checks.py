@@ -12,7 +12,7 @@ MINIMUMS = {
     'train.checkpoint_every': 1, 'train.keep_checkpoints': 0, 'train.eval_every': 0,
     'train.profile_steps': 0, 'train.profile_first_step': 1, 'train.micro_batch_per_device': 0,
     'optim.grad_accum': 1, 'optim.warmup_steps': 0, 'optim.lr': 0, 'optim.clip_norm': 0,
-    'optim.warmup_init_lr': 0, 'optim.min_lr_ratio': 0, 'optim.eps': 0, 'optim.weight_decay': 0,
+    'optim.warmup_init_lr': 0, 'optim.eps': 0, 'optim.weight_decay': 0,
     'eval.batch_size': 1, 'eval.num_loss_batches': 0, 'eval.num_generate': 0,
     'eval.max_new_tokens': 1, 'eval.num_beams': 1, 'eval.top_k': 0,
     'data.max_len': 1, 'data.max_images': 1, 'data.worker_threads': 0,
@@ -36,7 +36,8 @@ MINIMUMS = {
                                  'restart_every', 'restart_threshold')},
 }
 # knob -> the closed interval it must lie in.
-RANGES = {'vqgan.ema_decay': (0, 1), 'vqgan.usage_decay': (0, 1)}
+# min_lr_ratio > 1 made the 'cosine' rise after the warmup, to a multiple of optim.lr.
+RANGES = {'vqgan.ema_decay': (0, 1), 'vqgan.usage_decay': (0, 1), 'optim.min_lr_ratio': (0, 1)}
 # knob -> a list of (key, value) pairs.
 PAIRS = ('optim.param_groups', 'sharding.rules', 'train.pre_stage_set')
 MESH_AXES = ('data', 'fsdp', 'tensor')

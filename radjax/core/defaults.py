@@ -224,7 +224,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.image_std = (0.26862954, 0.26130258, 0.27577711)
   c.data.augment = True  # random resized crop + small intensity jitter (train only)
   c.data.crop_scale = (0.8, 1.0)  # random resized crop area range
-  # With augment (task 'vlm'): the jitter too, contrast x U(0.9, 1.1) and brightness
+  # With augment (every task): the jitter too, contrast x U(0.9, 1.1) and brightness
   # + U(-0.05, 0.05); False: the crop alone (BLIP-2's train transform, XrayGPT's).
   c.data.intensity_jitter = True
   # Task 'vqgan' only (the codec's input), without augmentation: 'square' resizes to size x

@@ -52,6 +52,8 @@ def check_local(workdir: str, knob: str = '--workdir') -> None:
     raise WorkdirError(f'{knob}={workdir}: a URL, not a path; radjax writes workdirs through '
                        'the local filesystem. Mount the bucket (e.g. gcsfuse, on every host) '
                        'and pass the mounted path')
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f'{knob}={workdir} is a file; a workdir is a directory')
 
 
 @contextlib.contextmanager
@@ -362,6 +364,17 @@ def latest_step(workdir: str) -> int:
   if step is None:
     raise NoCheckpoint(f'no checkpoint in {checkpoint_dir(workdir)}')
   return step
+
+
+def latest_step_unopened(workdir: str) -> int:
+  """latest_step read from the step folders alone: for a config file, which main.py loads
+  before jax.distributed.initialize. A manager starts JAX's backend (orbax asks it for
+  its platform), and a backend started first kept a multi-process run from joining."""
+  import orbax.checkpoint as ocp
+  steps = ocp.utils.checkpoint_steps(checkpoint_dir(workdir)) if has_checkpoints(workdir) else []
+  if not steps:
+    raise NoCheckpoint(f'no checkpoint in {checkpoint_dir(workdir)}')
+  return max(steps)
 
 
 def check_step(workdir: str, step: int) -> int:

@@ -93,9 +93,10 @@ def image_token_counts(arrays: dict) -> list[int] | None:
 
 
 def first_image(example: dict, needed_by: str, *, size: int, num_channels: int, mean, std,
-                rng=None, crop_scale=(0.8, 1.0), resize: str = 'square',
+                rng=None, crop_scale=(0.8, 1.0), resize: str = 'square', jitter: bool = True,
                 pixels: str = 'float32') -> dict:
-  """The record's first image, preprocessed (augmented when `rng` is given), as `pixels`
+  """The record's first image, preprocessed (augmented when `rng` is given: the random
+  crop, and with `jitter` the intensity jitter, config.data.intensity_jitter), as `pixels`
   sends it: {'images' [size, size, P] 8-bit, 'pixel_table' [256, C]}, or 'images' float32
   [size, size, C] alone; a record without one is an error naming it and what needed it."""
   if not example['images']:
@@ -103,7 +104,7 @@ def first_image(example: dict, needed_by: str, *, size: int, num_channels: int, 
   out = pixels_lib.empty(pixels, (), size, num_channels)
   pixels_lib.put(out, (), *images_lib.preprocess_pixels(
       example['images'][0], size=size, num_channels=num_channels, mean=mean, std=std,
-      record_id=example['id'], rng=rng, crop_scale=crop_scale, resize=resize,
+      record_id=example['id'], rng=rng, crop_scale=crop_scale, resize=resize, jitter=jitter,
       gray=pixels == 'gray8'))
   return out
 

@@ -22,13 +22,14 @@ class LabelledImageProcessor:
   augment: bool = False
   crop_scale: tuple = (0.8, 1.0)
   pixels: str = 'float32'  # config.data.pixels
+  jitter: bool = True  # config.data.intensity_jitter, when augmenting
 
   def __call__(self, raw: bytes, rng) -> dict:
     example = schema.decode(raw)
     x = processors.first_image(example, 'a finding classifier', size=self.image_size,
                                num_channels=self.num_channels, mean=self.mean, std=self.std,
                                rng=rng if self.augment else None, crop_scale=self.crop_scale,
-                               pixels=self.pixels)
+                               jitter=self.jitter, pixels=self.pixels)
     return {**x, **self.targets(example)}
 
 
@@ -63,7 +64,8 @@ class FindingClassifier(base.Task):
     d, v = self.config.data, self.model_cfg.vision
     return LabelledImageProcessor(self.targets, v.image_size, v.num_channels,
                                   tuple(d.image_mean), tuple(d.image_std), d.augment,
-                                  tuple(d.crop_scale), pixels.mode_of(self.config))
+                                  tuple(d.crop_scale), pixels.mode_of(self.config),
+                                  d.get('intensity_jitter', True))
 
   def model(self, frozen=()) -> classifier.Classifier:
     return classifier.Classifier(self.model_cfg,

@@ -36,6 +36,7 @@ class ImageProcessor:
   crop_scale: tuple = (0.8, 1.0)
   resize: str = 'square'  # config.data.resize, when not augmenting
   pixels: str = 'float32'  # config.data.pixels
+  jitter: bool = True  # config.data.intensity_jitter, when augmenting
 
   def __call__(self, raw: bytes, rng) -> dict:
     example = schema.decode(raw)
@@ -43,7 +44,7 @@ class ImageProcessor:
                                   num_channels=self.num_channels, mean=(0.5,) * 3,
                                   std=(0.5,) * 3, rng=rng if self.augment else None,
                                   crop_scale=self.crop_scale, resize=self.resize,
-                                  pixels=self.pixels)
+                                  jitter=self.jitter, pixels=self.pixels)
 
 
 def _split(tree):
@@ -112,7 +113,7 @@ class ImageCodec(base.Task):
     d = self.config.data
     return ImageProcessor(self.model_cfg.image_size, self.model_cfg.num_channels, d.augment,
                           tuple(d.crop_scale), d.get('resize', 'square'),
-                          pixels.mode_of(self.config))
+                          pixels.mode_of(self.config), d.get('intensity_jitter', True))
 
   # ---- model --------------------------------------------------------------------
   def model(self, frozen=()) -> vqgan.VQGAN:
