@@ -107,6 +107,8 @@ def as_xraygpt_ran(c, stage: int):
   c.optim.clip_norm = 0.0
   c.optim.schedule, c.optim.warmup_init_lr = 'lavis', 1e-6
   # MiniGPT4.test (test.py) and Chat.answer (demo.py): nucleus sampling, top_p 0.9,
-  # temperature 1.0, up to 300 new tokens, stopped at '###'.
+  # temperature 1.0, up to 300 new tokens, stopped at '###'. Neither passes top_k, so
+  # transformers' default of 50 applies before the nucleus (Vicuna sets none of its own).
   c.eval.decoding, c.eval.top_p, c.eval.temperature = 'sample', 0.9, 1.0
+  c.eval.top_k = 50
   c.eval.max_new_tokens = 300

@@ -241,11 +241,12 @@ def test_xraygpt_stage2_caps_the_caption_at_160_tokens_and_averages_per_example(
 
 def test_xraygpt_eval_decodes_as_minigpt4_test():
   """mini_gpt4.py MiniGPT4.test / conversation.py Chat.answer: do_sample, top_p 0.9,
-  temperature 1.0, num_beams 1, max_new_tokens 300; the answer is cut at '###'."""
+  temperature 1.0, num_beams 1, max_new_tokens 300; the answer is cut at '###'. Neither
+  passes top_k, so generate's default top_k 50 filters before the nucleus."""
   for stage in (1, 2):
     e = _xraygpt(stage).eval
     assert (e.decoding, e.top_p, e.temperature, e.top_k, e.max_new_tokens) == (
-        'sample', 0.9, 1.0, 0, 300)
+        'sample', 0.9, 1.0, 50, 300)
   assert chat.VICUNA.stop_strings == ('###',)
 
 
