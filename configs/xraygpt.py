@@ -51,6 +51,9 @@ def get_config(arg: str = ''):
   c.runtime.dtype = 'bfloat16'
   if args.stage == 1:
     c.data.tasks, c.data.chat_format = ('report_text',), 'none'
+    # llama_proj starts new (MiniGPT4.__init__ builds it after loading BLIP-2's weights):
+    # a BLIP-2 init_from gives the Q-Former, not its projection into T5 / OPT.
+    c.model.projector.init_fresh = 'out/.*'
     c.optim.lr, c.optim.min_lr_ratio, c.optim.warmup_steps = 1e-4, 0.8, 500
     c.train.num_steps, c.train.batch_size = 20000, 12
   else:
