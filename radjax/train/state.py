@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.sharding import NamedSharding
 
 from radjax.core import sharding as sharding_lib
@@ -126,6 +127,8 @@ def _keep_fresh(params, init_params, param_key, fresh: dict, state_shardings, me
     if not shardings[name]:
       raise ValueError(f'config.model.{name or "<part>"}.init_fresh={regex!r} matches none of '
                        'its parameters')
+    logging.warning('config.model.%s.init_fresh=%r: %s start from their initialisation, not '
+                    'from init_from', name or '<part>', regex, sorted(shardings[name]))
 
   def init_some(key):
     full = nn.meta.unbox(init_params(key))
