@@ -57,6 +57,9 @@ def get_config(arg: str = ''):
   c.runtime.dtype = 'bfloat16'
   if args.stage == 1:
     c.data.tasks, c.data.chat_format = ('report_text',), 'none'
+    # llama_proj starts new (MiniGPT4.__init__ builds it after loading BLIP-2's weights):
+    # a BLIP-2 init_from gives the Q-Former, not its projection into T5 / OPT.
+    c.model.projector.init_fresh = 'out/.*'
     c.optim.lr, c.optim.min_lr_ratio, c.optim.warmup_steps = 1e-4, 0.8, 500
     c.train.num_steps, c.train.batch_size = 20000, 12
   else:
@@ -113,6 +116,8 @@ def as_xraygpt_ran(c, stage: int):
   c.optim.clip_norm = 0.0
   c.optim.schedule, c.optim.warmup_init_lr = 'lavis', 1e-6
   # MiniGPT4.test (test.py) and Chat.answer (demo.py): nucleus sampling, top_p 0.9,
-  # temperature 1.0, up to 300 new tokens, stopped at '###'.
+  # temperature 1.0, up to 300 new tokens, stopped at '###'. Neither passes top_k, so
+  # transformers' default of 50 applies before the nucleus (Vicuna sets none of its own).
   c.eval.decoding, c.eval.top_p, c.eval.temperature = 'sample', 0.9, 1.0
+  c.eval.top_k = 50
   c.eval.max_new_tokens = 300

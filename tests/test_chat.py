@@ -64,8 +64,9 @@ EXPECTED = {
                '<|assistant|>[[Yes, on the left.<|end|>]]<|user|>Is the heart enlarged?<|end|>'
                '<|assistant|>[[No.<|end|></s>]]'),
     # XrayGPT's stage 2 ('###Patient: <Img><ImageHere></Img> q ###Doctor: a###'), with
-    # a system prompt set.
-    'vicuna': ('<s>###SYS###Patient: <Img><image>x3</Img> Is there an effusion? ###Doctor: '
+    # a system prompt set: it stands before the first '###', as in XrayGPT's CONV_VISION
+    # ('SYS###Patient: <Img><ImageHere></Img> q###Doctor:').
+    'vicuna': ('<s>SYS###Patient: <Img><image>x3</Img> Is there an effusion? ###Doctor: '
                '[[Yes, on the left.###]]Patient: Is the heart enlarged? ###Doctor: [[No.###]]'),
     'chatml': ('<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\n<image>x3\nIs there an '
                'effusion?<|im_end|>\n<|im_start|>assistant\n[[Yes, on the left.<|im_end|>]]\n'
@@ -219,6 +220,29 @@ def test_vicuna_without_a_system_prompt_is_xraygpts_stage_2_text(bpe_json):
                        {'role': 'assistant', 'text': 'Clear lungs.'}], 1, 'r')
   assert _render(tok, ids, w, enc.image_id) == (
       '<s>###Patient: <Img><image>x2</Img> Describe the image. ###Doctor: [[Clear lungs.###]]')
+
+
+def test_vicuna_system_prompt_stands_before_the_first_separator(bpe_json):
+  """XrayGPT's CONV_VISION (and FastChat's '###' conversations) write 'SYS###Patient: ...';
+  the system prompt went after a leading '###' ('###SYS###Patient: ...'), in training, in
+  generation prompts and in the exported chat template. Without one, '###Patient: ...'."""
+  tok = _tokenizer(bpe_json, 'vicuna')
+  turns = [{'role': 'user', 'text': 'Describe the image.'}]
+  template = jinja2.Environment().from_string(chat.chat_template(chat.VICUNA, 'SYS'))
+  bare = jinja2.Environment().from_string(chat.chat_template(chat.VICUNA))
+  user = {'role': 'user', 'content': [{'type': 'image'},
+                                      {'type': 'text', 'text': 'Describe the image.'}]}
+  for system, messages, want in (
+      ('SYS', [user], '<s>SYS###Patient: '), ('', [user], '<s>###Patient: '),
+      ('', [{'role': 'system', 'content': 'S2'}, user], '<s>S2###Patient: ')):
+    enc = chat.ConversationEncoder(tok, chat.VICUNA, image_tokens=1, system_prompt=system)
+    own = ([{'role': 'system', 'text': messages[0]['content']}] if len(messages) > 1 else []
+           ) + turns
+    rendered = _render(tok, enc.prompt(own, 1), [0] * 99, enc.image_id)
+    assert rendered == want + '<Img><image>x1</Img> Describe the image. ###Doctor: '
+    text = (template if system else bare).render(messages=messages, add_generation_prompt=True,
+                                                 bos_token='<s>', eos_token='</s>')
+    assert text == want + '<Img><image></Img> Describe the image. ###Doctor: '
 
 
 def test_no_user_turn_puts_images_first(bpe_json):

@@ -7,6 +7,7 @@ import io
 import logging
 import math
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -241,11 +242,12 @@ def test_xraygpt_stage2_caps_the_caption_at_160_tokens_and_averages_per_example(
 
 def test_xraygpt_eval_decodes_as_minigpt4_test():
   """mini_gpt4.py MiniGPT4.test / conversation.py Chat.answer: do_sample, top_p 0.9,
-  temperature 1.0, num_beams 1, max_new_tokens 300; the answer is cut at '###'."""
+  temperature 1.0, num_beams 1, max_new_tokens 300; the answer is cut at '###'. Neither
+  passes top_k, so generate's default top_k 50 filters before the nucleus."""
   for stage in (1, 2):
     e = _xraygpt(stage).eval
     assert (e.decoding, e.top_p, e.temperature, e.top_k, e.max_new_tokens) == (
-        'sample', 0.9, 1.0, 0, 300)
+        'sample', 0.9, 1.0, 50, 300)
   assert chat.VICUNA.stop_strings == ('###',)
 
 
@@ -592,3 +594,41 @@ def test_example_loss_norm_gives_the_mean_of_per_example_means(chatml_tokenizer)
   logits = np.log(np.full((2, 64, 3), 1 / 3, np.float32))
   sums = loss_lib.token_losses(logits, np.zeros((2, 64), np.int32), w)
   assert float(sums['weight_sum']) == pytest.approx(2.0)
+
+
+def test_xraygpt_stage1_takes_blip2s_qformer_but_a_new_llama_proj(demo_data, tmp_path):
+  """mini_gpt4.py: MiniGPT4.__init__ loads BLIP-2's .pth (load_from_pretrained, strict=False)
+  before it builds llama_proj, so stage 1 trains a new linear layer; BLIP-2's own projection
+  (into T5 / OPT: `t5_proj`, an HF BLIP-2's language_projection) is never read. Stage 2
+  takes every part, llama_proj included, from stage 1."""
+  from safetensors.numpy import save_file
+
+  from radjax.convert import common
+  from radjax.convert import qformer as qformer_convert
+  from tests.conftest import build_experiment
+
+  def projector(config):
+    return common.flatten(jax.device_get(build_experiment(config).state.params['projector']))
+
+  config = xraygpt.get_config('size=micro')
+  config.data.dir = demo_data
+  new = projector(config)
+  cfg = factory.part_config(config.model, 'projector', in_dim=config.model.vision.embed_dim,
+                            out_dim=config.model.llm.embed_dim)
+  blip2 = {k: v + 1.0 for k, v in new.items()}  # a BLIP-2 whose every tensor differs
+  path = str(tmp_path / 'blip2.safetensors')
+  save_file({k: np.ascontiguousarray(v) for k, v in
+             qformer_convert.hf_from_params(common.unflatten(blip2), cfg).items()}, path)
+  config.model.projector.init_from = path
+  got = projector(config)
+  for name, value in got.items():
+    want = new[name] if name.startswith('out/') else blip2[name]
+    np.testing.assert_array_equal(value, want, err_msg=name)
+  config.model.projector.init_fresh = ''  # stage 2's: llama_proj from the file too
+  got = projector(config)
+  for name, value in got.items():
+    np.testing.assert_array_equal(value, blip2[name], err_msg=name)
+  config.model.projector.init_fresh = 'nothing/.*'
+  with pytest.raises(ValueError, match=r"config\.model\.projector\.init_fresh='nothing/\.\*' "
+                                       'matches none'):
+    projector(config)

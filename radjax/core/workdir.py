@@ -27,7 +27,7 @@ STATE_FILE = 'state_structure.json'
 # config.model knobs that may change between runs of one workdir: where a fresh run's
 # weights come from, and the decoder's context length, which only `to-hf` reads. (How it
 # runs lives in config.runtime; of that only scan_layers changes what a checkpoint holds.)
-RUNTIME_MODEL_KEYS = ('init_from', 'max_position_embeddings')
+RUNTIME_MODEL_KEYS = ('init_from', 'init_fresh', 'max_position_embeddings')
 
 
 class WorkdirError(ValueError):

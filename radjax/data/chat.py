@@ -99,6 +99,7 @@ class ChatFormat:
   name: str
   begin: tuple = (BOS,)  # opens every sequence
   system: tuple = ()  # a system turn ('' when the format has none)
+  no_system: tuple = ()  # in the system turn's place when there is none
   user: tuple = ('{text}',)
   assistant_open: tuple = ()  # before an answer (prompt side)
   assistant_close: tuple = ()  # after an answer (trained)
@@ -117,7 +118,7 @@ class ChatFormat:
   def specials(self) -> tuple[str, ...]:
     """Vocabulary entries this format needs, in a fixed order."""
     out = []
-    for pieces in (self.begin, self.system, self.user, self.assistant_open,
+    for pieces in (self.begin, self.system, self.no_system, self.user, self.assistant_open,
                    self.assistant_close, self.separator, self.finish):
       out += [p.token for p in pieces if isinstance(p, Special) and p not in (BOS, EOS)]
     return tuple(dict.fromkeys(out))
@@ -131,9 +132,12 @@ RADJAX = ChatFormat(
 # Vicuna v1's '###' turns as XrayGPT's stage 2 trains them ('###Patient: {} ###Doctor: ',
 # the image as '<Img><ImageHere></Img> ' before the instruction, the answer closed by '###',
 # no system prompt): plain text markers, no added tokens. Later turns follow the answer's
-# '###' ('...a1###Patient: q2 ###Doctor: '); a system prompt, when set, comes first.
+# '###' ('...a1###Patient: q2 ###Doctor: '); a system prompt, when set, comes first and
+# takes the first '###' ('SYS###Patient: ', as XrayGPT's CONV_VISION and FastChat's '###'
+# conversations write it).
 VICUNA = ChatFormat(
-    'vicuna', begin=(BOS, '###'), system=('{text}###',), user=('Patient: {text} ',),
+    'vicuna', begin=(BOS,), system=('{text}###',), no_system=('###',),
+    user=('Patient: {text} ',),
     assistant_open=('###Doctor: ',), assistant_close=('###',), finish=(),
     stop_strings=('###',), image_sep=' ', image_wrap=('<Img>', '</Img>'))
 # LLaVA-1.5 as its Hugging Face chat template renders it (llava-hf's LlavaProcessor, also
@@ -468,6 +472,8 @@ class ConversationEncoder:
     has_system = any(t['role'] == 'system' for t in turns)
     if self.fmt.system and self.system and not has_system:
       add(pieces(self.fmt.system, self.system), 0)
+    elif not has_system:
+      add(pieces(self.fmt.no_system), 0)
     last = max((i for i, t in enumerate(turns) if t['role'] == 'assistant'), default=-1)
     for i, turn in enumerate(turns):
       role, text = turn['role'], turn['text']
@@ -625,6 +631,8 @@ def chat_template(fmt: ChatFormat, system_prompt: str = '', bos: bool = True,
   if fmt.system and system:
     t += ("{% if messages[0]['role'] != 'system' %}" + render(fmt.system, repr(system))
           + '{% endif %}')
+  elif fmt.no_system:
+    t += ("{% if messages[0]['role'] != 'system' %}" + render(fmt.no_system) + '{% endif %}')
   t += '{% for m in messages %}' + content
   t += "{% if m['role'] == 'system' %}" + render(fmt.system)
   t += "{% elif m['role'] == 'user' %}" + render(fmt.user)

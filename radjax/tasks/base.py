@@ -96,6 +96,9 @@ class Task:
   def pretrained_loaders(self) -> dict:
     return pretrained_lib.loaders(self.config, self.parts)
 
+  def pretrained_fresh(self) -> dict:
+    return pretrained_lib.fresh_paths(self.config, self.parts)
+
   # ---- optimisation ---------------------------------------------------------------
   def optimizer(self, labels):
     """(optax transformation, lr schedule) over the whole param tree."""

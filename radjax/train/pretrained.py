@@ -16,6 +16,7 @@ directory, another layer layout, a smaller vocabulary) goes through the part's H
 state dict on the host.
 """
 import os
+import re
 
 from absl import logging
 
@@ -116,6 +117,22 @@ def check_paths(config) -> None:
     path = config.model[part].get('init_from', '')
     if path and part != staged:
       check_path(part, path)
+
+
+def fresh_paths(config, part_keys: dict) -> dict:
+  """{param key: regex} of the parts whose init_from comes with an init_fresh: those
+  params keep their initialisation (create_train_state's `fresh`)."""
+  out = {}
+  for part, key in part_keys.items():
+    regex = config.model[part].get('init_fresh', '')
+    if regex and config.model[part].get('init_from', ''):
+      try:
+        re.compile(regex)
+      except re.error as e:
+        raise ValueError(f'config.model.{part}.init_fresh={regex!r}: not a regex ({e})'
+                         ) from None
+      out[key] = regex
+  return out
 
 
 def loaders(config, part_keys: dict) -> dict:

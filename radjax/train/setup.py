@@ -68,7 +68,8 @@ def build(config, task, devices=None, pretrained: bool = True, train: bool = Tru
   if train:
     state, state_shardings = state_lib.create_train_state(
         model, inputs, tx, jax.random.key(config.seed), mesh, rules,
-        task.pretrained_loaders() if pretrained else None)
+        task.pretrained_loaders() if pretrained else None,
+        task.pretrained_fresh() if pretrained else None)
   else:
     target, shardings = state_lib.abstract_params(model, inputs, mesh, rules)
     state = state_lib.TrainState(step=None, params=target, opt_state=None, rng=None)

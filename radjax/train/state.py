@@ -1,4 +1,5 @@
 """Train state and its born-sharded creation."""
+import re
 from typing import Any
 
 import flax
@@ -6,9 +7,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.sharding import NamedSharding
 
 from radjax.core import sharding as sharding_lib
+from radjax.train import optimizer as optimizer_lib
 
 # `pretrained` key for a loader of the whole parameter tree.
 WHOLE = ''
@@ -70,7 +73,8 @@ def abstract_train_state(model, init_inputs: tuple, tx, mesh, rules):
   return abstract_state(shardings, shapes), shardings
 
 
-def create_train_state(model, init_inputs: tuple, tx, rng, mesh, rules, pretrained=None):
+def create_train_state(model, init_inputs: tuple, tx, rng, mesh, rules, pretrained=None,
+                       fresh=None):
   """Abstract first, then every leaf created directly in its shard.
 
   `pretrained` maps top-level param names (e.g. 'llm', 'vision'; WHOLE for the whole
@@ -78,6 +82,8 @@ def create_train_state(model, init_inputs: tuple, tx, rng, mesh, rules, pretrain
   that subtree's abstract target (ShapeDtypeStructs with shardings) and return its
   arrays. Those subtrees are loaded, not initialised: the jitted init only returns
   the other leaves, so XLA never computes (or holds) random values for them.
+  `fresh` maps some of those names to a regex of their params ('a/b' paths inside the
+  subtree, re.fullmatch) that keep their initialisation instead of the loaded values.
 
   Returns (state, state_shardings).
   """
@@ -90,7 +96,7 @@ def create_train_state(model, init_inputs: tuple, tx, rng, mesh, rules, pretrain
 
   if pretrained:
     state = _state_with_pretrained(init_params, param_key, state_key, tx, pretrained,
-                                   params_abstract, state_shardings, mesh, rules)
+                                   params_abstract, state_shardings, mesh, rules, fresh or {})
     return state, state_shardings
 
   def init_state(key):
@@ -102,8 +108,47 @@ def create_train_state(model, init_inputs: tuple, tx, rng, mesh, rules, pretrain
       state_shardings
 
 
+def _subtree(tree, name: str):
+  return tree if name == WHOLE else tree[name]
+
+
+def _matching(tree, regex: str) -> dict:
+  """{'a/b' path: leaf} of the leaves whose path fullmatches `regex`."""
+  rx = re.compile(regex)
+  return {optimizer_lib.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+          if rx.fullmatch(optimizer_lib.path_str(p))}
+
+
+def _keep_fresh(params, init_params, param_key, fresh: dict, state_shardings, mesh, rules):
+  """`params` with the leaves `fresh` names ({part: regex}) at their initial values."""
+  shardings = {}
+  for name, regex in fresh.items():
+    shardings[name] = _matching(_subtree(state_shardings.params, name), regex)
+    if not shardings[name]:
+      raise ValueError(f'config.model.{name or "<part>"}.init_fresh={regex!r} matches none of '
+                       'its parameters')
+    logging.warning('config.model.%s.init_fresh=%r: %s start from their initialisation, not '
+                    'from init_from', name or '<part>', regex, sorted(shardings[name]))
+
+  def init_some(key):
+    full = nn.meta.unbox(init_params(key))
+    return {n: _matching(_subtree(full, n), fresh[n]) for n in fresh}
+
+  new = sharding_lib.born_sharded(init_some, shardings, mesh, rules, param_key)
+
+  def pick(name):
+    return lambda p, x: new[name].get(optimizer_lib.path_str(p), x)
+  if WHOLE in fresh:
+    return jax.tree_util.tree_map_with_path(pick(WHOLE), params)
+  return {k: (jax.tree_util.tree_map_with_path(pick(k), v) if k in fresh else v)
+          for k, v in params.items()}
+
+
 def _state_with_pretrained(init_params, param_key, state_key, tx, pretrained, params_abstract,
-                           state_shardings, mesh, rules):
+                           state_shardings, mesh, rules, fresh_leaves: dict):
+  unknown = sorted(set(fresh_leaves) - set(pretrained))
+  if unknown:
+    raise ValueError(f'init_fresh for {unknown}, which nothing is loaded into')
   if WHOLE in pretrained:  # a model that is one part (a bare decoder)
     target = abstract_state(state_shardings.params, params_abstract)
     params = place(pretrained[WHOLE](target), target, 'model')
@@ -123,6 +168,9 @@ def _state_with_pretrained(init_params, param_key, state_key, tx, pretrained, pa
     for name, load in pretrained.items():
       target = abstract_state(state_shardings.params[name], params_abstract[name])
       params[name] = place(load(target), target, name)
+  if fresh_leaves:
+    params = _keep_fresh(params, init_params, param_key, fresh_leaves, state_shardings, mesh,
+                         rules)
   opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
   return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), state_shardings.step),
                     params=params, opt_state=opt_state,
