@@ -405,7 +405,7 @@ def test_cudnn_attention_head_dims_are_checked_at_the_start(monkeypatch):
   ('model.llm.num_layers', -1, r'config\.model\.llm\.num_layers=-1 must be >= 1'),
   ('model.vision.embed_dim', 0, r'config\.model\.vision\.embed_dim=0 must be >= 1'),
   # a negative lr at the schedule's end, NaN moments from the first step, growing weights
-  ('optim.min_lr_ratio', -0.1, r'config\.optim\.min_lr_ratio=-0\.1 must be >= 0'),
+  ('optim.min_lr_ratio', -0.1, r'config\.optim\.min_lr_ratio=-0\.1 must be in \[0, 1\]'),
   ('optim.b2', 1.0, r'config\.optim\.b2=1\.0 must be in \[0, 1\)'),
   ('optim.b1', -0.5, r'config\.optim\.b1=-0\.5 must be in \[0, 1\)'),
   ('optim.weight_decay', -0.01, r'config\.optim\.weight_decay=-0\.01 must be >= 0'),
