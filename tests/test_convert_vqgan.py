@@ -253,3 +253,38 @@ def test_a_taming_checkpoint_encodes_images_as_llm_cxr_does(tmp_path):
                                mean=(0.5,) * 3, std=(0.5,) * 3, record_id='tall',
                                resize='crop')
   np.testing.assert_array_equal(codec.load_image(png), crop)
+
+
+def test_a_lightning_1_0_checkpoint_with_its_callback_class_key_imports(tmp_path, monkeypatch):
+  """Taming's main.py (pytorch-lightning 1.0, LLM-CXR's taming env) keys the callbacks'
+  states by their class: every such .ckpt names pytorch_lightning's ModelCheckpoint, which
+  torch.load(weights_only=True) refuses. Read with an inert stand-in for that class (never
+  imported or run), the weights import; any other class is still refused."""
+  import sys
+  import types
+
+  from radjax.convert import taming
+  fake = {name: types.ModuleType(name) for name in (
+      'pytorch_lightning', 'pytorch_lightning.callbacks',
+      'pytorch_lightning.callbacks.model_checkpoint')}
+  callback = type('ModelCheckpoint', (), {'__module__':
+                                          'pytorch_lightning.callbacks.model_checkpoint'})
+  fake['pytorch_lightning.callbacks.model_checkpoint'].ModelCheckpoint = callback
+  hf = diffusers.VQModel(**{**TAMING_LIKE, 'vq_embed_dim': 4, 'num_vq_embeddings': 8})
+  sd = {k: torch.from_numpy(np.ascontiguousarray(v))
+        for k, v in _taming_names(hf.state_dict(), levels=2).items()}
+  ckpt = str(tmp_path / 'last.ckpt')
+  with monkeypatch.context() as m:  # the class exists only while the file is written
+    for name, module in fake.items():
+      m.setitem(sys.modules, name, module)
+    torch.save({'epoch': 3, 'global_step': 9, 'state_dict': sd,
+                'callbacks': {callback: {'best_model_score': torch.tensor(0.5),
+                                         'best_model_path': 'logs/x.ckpt'}}}, ckpt)
+  assert 'pytorch_lightning' not in sys.modules or sys.modules['pytorch_lightning'] is not \
+      fake['pytorch_lightning']
+  loaded = taming.load_state_dict(ckpt)
+  assert sorted(loaded) == sorted(sd)
+  np.testing.assert_array_equal(loaded['quantize.embedding.weight'],
+                                sd['quantize.embedding.weight'].numpy())
+  assert convert_cli.main(['from-hf', '--family', 'vqgan', '--hf_dir', ckpt,
+                           '--out', str(tmp_path / 'wd')]) == 0
