@@ -168,12 +168,18 @@ def _taming_names(hf_state_dict: dict, levels: int) -> dict:
   return out
 
 
+# A Taming-shaped VQModel (32 norm groups, as every Taming model has), 2 levels.
+TAMING_LIKE = dict(in_channels=3, out_channels=3, block_out_channels=[32, 64],
+                   layers_per_block=1,
+                   down_block_types=['DownEncoderBlock2D', 'AttnDownEncoderBlock2D'],
+                   up_block_types=['AttnUpDecoderBlock2D', 'UpDecoderBlock2D'],
+                   latent_channels=5, vq_embed_dim=7, num_vq_embeddings=37, norm_num_groups=32,
+                   sample_size=256)
+
+
 def test_taming_checkpoint_imports_safely_with_identical_codes_and_pixels(tmp_path, capsys):
   from diffusers.loaders import single_file_utils
-  cfg = dict(in_channels=3, out_channels=3, block_out_channels=[32, 64], layers_per_block=1,
-             down_block_types=['DownEncoderBlock2D', 'AttnDownEncoderBlock2D'],
-             up_block_types=['AttnUpDecoderBlock2D', 'UpDecoderBlock2D'], latent_channels=5,
-             vq_embed_dim=7, num_vq_embeddings=37, norm_num_groups=32, sample_size=256)
+  cfg = TAMING_LIKE
   x = _images(3, n=1, size=16)
   torch.manual_seed(1)
   hf = diffusers.VQModel(**cfg).eval()
@@ -219,3 +225,66 @@ def test_taming_checkpoint_imports_safely_with_identical_codes_and_pixels(tmp_pa
   assert convert_cli.main(['from-hf', '--family', 'vqgan', '--hf_dir', bad,
                            '--out', str(tmp_path / 'wd2')]) == 2
   assert 'refused' in capsys.readouterr().err
+
+
+def test_a_taming_checkpoint_encodes_images_as_llm_cxr_does(tmp_path):
+  """LLM-CXR's encode_cxr_all.py takes the shorter side to 256 and the centre square
+  before its Taming codec: the imported codec (its Codec, encode_codes) must read a
+  non-square radiograph so, not squeeze it to a square."""
+  from PIL import Image
+  from safetensors import numpy as st_numpy
+
+  from radjax.convert import export
+  from radjax.data import image_files
+  from radjax.data import images as images_lib
+  from radjax.eval import llm_cxr
+  hf = diffusers.VQModel(**{**TAMING_LIKE, 'vq_embed_dim': 4, 'num_vq_embeddings': 8})
+  ckpt = str(tmp_path / 'codec.safetensors')
+  st_numpy.save_file({k: np.ascontiguousarray(v) for k, v in
+                      _taming_names(hf.state_dict(), levels=2).items()}, ckpt)
+  config, params = export.import_vqgan(ckpt)
+  workdir = str(tmp_path / 'wd')
+  workdir_lib.save_params(workdir, config, params)
+  codec = llm_cxr.Codec(workdir)
+  png = str(tmp_path / 'tall.png')
+  ramp = np.linspace(0, 255, 400 * 300).reshape(400, 300).astype(np.uint8)
+  Image.fromarray(np.stack([ramp] * 3, -1)).save(png)
+  crop = images_lib.preprocess(image_files.read_entry(png), size=256, num_channels=3,
+                               mean=(0.5,) * 3, std=(0.5,) * 3, record_id='tall',
+                               resize='crop')
+  np.testing.assert_array_equal(codec.load_image(png), crop)
+
+
+def test_a_lightning_1_0_checkpoint_with_its_callback_class_key_imports(tmp_path, monkeypatch):
+  """Taming's main.py (pytorch-lightning 1.0, LLM-CXR's taming env) keys the callbacks'
+  states by their class: every such .ckpt names pytorch_lightning's ModelCheckpoint, which
+  torch.load(weights_only=True) refuses. Read with an inert stand-in for that class (never
+  imported or run), the weights import; any other class is still refused."""
+  import sys
+  import types
+
+  from radjax.convert import taming
+  fake = {name: types.ModuleType(name) for name in (
+      'pytorch_lightning', 'pytorch_lightning.callbacks',
+      'pytorch_lightning.callbacks.model_checkpoint')}
+  callback = type('ModelCheckpoint', (), {'__module__':
+                                          'pytorch_lightning.callbacks.model_checkpoint'})
+  fake['pytorch_lightning.callbacks.model_checkpoint'].ModelCheckpoint = callback
+  hf = diffusers.VQModel(**{**TAMING_LIKE, 'vq_embed_dim': 4, 'num_vq_embeddings': 8})
+  sd = {k: torch.from_numpy(np.ascontiguousarray(v))
+        for k, v in _taming_names(hf.state_dict(), levels=2).items()}
+  ckpt = str(tmp_path / 'last.ckpt')
+  with monkeypatch.context() as m:  # the class exists only while the file is written
+    for name, module in fake.items():
+      m.setitem(sys.modules, name, module)
+    torch.save({'epoch': 3, 'global_step': 9, 'state_dict': sd,
+                'callbacks': {callback: {'best_model_score': torch.tensor(0.5),
+                                         'best_model_path': 'logs/x.ckpt'}}}, ckpt)
+  assert 'pytorch_lightning' not in sys.modules or sys.modules['pytorch_lightning'] is not \
+      fake['pytorch_lightning']
+  loaded = taming.load_state_dict(ckpt)
+  assert sorted(loaded) == sorted(sd)
+  np.testing.assert_array_equal(loaded['quantize.embedding.weight'],
+                                sd['quantize.embedding.weight'].numpy())
+  assert convert_cli.main(['from-hf', '--family', 'vqgan', '--hf_dir', ckpt,
+                           '--out', str(tmp_path / 'wd')]) == 0

@@ -102,3 +102,27 @@ def test_another_codec_step_into_the_same_out_is_refused(demo_data, tmp_path):
   summary = encode_codes.encode_dataset(demo_data, other, str(retry), ('test',), batch_size=8,
                                         log=lambda *_: None)
   assert summary['codec'] == os.path.abspath(other)
+
+
+def test_a_shard_of_records_without_images_is_copied_with_no_codes(demo_data, tmp_path):
+  """A text-only shard (a report-only split, or records whose images were dropped) has
+  nothing to encode: its records keep codes None, as the docstring promises."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  from data_prep.writer import WRITER_OPTIONS
+  codec_dir = str(tmp_path / 'codec')
+  _codec_workdir(codec_dir)
+  records = [schema.decode(r) for r in source.open_split(demo_data, 'val')][:3]
+  src, dst = str(tmp_path / 'val-00000-of-00001.array_record'), str(tmp_path / 'out')
+  writer = ArrayRecordWriter(src, WRITER_OPTIONS)
+  for ex in records:
+    writer.write(schema.encode({**ex, 'images': []}))
+  writer.close()
+  counts = encode_codes.encode_shard(encode_codes.Codec(codec_dir), src, dst, 4)
+  assert counts == {'records': 3, 'encoded': 0, 'without_images': 3}
+  from array_record.python.array_record_module import ArrayRecordReader
+  reader = ArrayRecordReader(dst)
+  out = [schema.decode(r) for r in reader.read_all()]
+  reader.close()
+  assert [e['id'] for e in out] == [e['id'] for e in records]
+  assert all(e.get('codes') is None for e in out)

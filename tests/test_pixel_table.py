@@ -70,6 +70,22 @@ def test_crop_resize_keeps_proportions_where_square_squeezes():
     images.preprocess(entry, resize='pad', **kw)
 
 
+def test_crop_resize_is_llm_cxrs_resize_then_centre_crop_pixel_for_pixel():
+  """LLM-CXR's encode_cxr_all.py: sides scaled by size / shorter side and rounded, Lanczos,
+  then torchvision's center_crop (offsets round((side - size) / 2)); written out here."""
+  rng = np.random.default_rng(0)
+  for w, h in ((636, 764), (764, 636), (625, 512)):
+    smooth = Image.fromarray(rng.uniform(0, 255, (h // 32, w // 32)).astype(np.float32))
+    px = np.clip(np.asarray(smooth.resize((w, h), Image.BICUBIC)), 0, 255).astype(np.uint8)
+    px[h // 3:h // 3 + 10] = 255  # an edge, where a sub-pixel shift shows most
+    img = Image.fromarray(px)
+    r = 64 / min(w, h)
+    ref = img.resize((round(r * w), round(r * h)), Image.LANCZOS)
+    top, left = int(round((ref.height - 64) / 2.0)), int(round((ref.width - 64) / 2.0))
+    ref = np.asarray(ref)[top:top + 64, left:left + 64]
+    np.testing.assert_array_equal(np.asarray(images.center_crop(img, 64)), ref)
+
+
 @pytest.mark.parametrize('mode', ['RGBA', 'LA', 'P_transparent'])
 def test_transparent_pixels_are_laid_over_white_as_hf_does(mode):
   """The exported processor's convert_rgb composites transparency onto white; radjax used

@@ -614,3 +614,28 @@ def test_cosine_codes_compare_directions_and_decode_as_the_forward_does():
     again = jax.jit(lambda p, c: model.apply(p, c, method=vqgan.VQGAN.decode_codes))(
         params, aux['codes'])
     np.testing.assert_allclose(again, recon, rtol=1e-5, atol=1e-5)
+
+
+def test_a_frozen_codebook_is_not_moved_by_ema_or_restarts(demo_data):
+  """config.optim.param_groups freezing the quantizer (a decoder fine-tuned under fixed
+  codes, the ones an LLM-CXR decoder learned) keeps its codebook and statistics through
+  EMA updates and dead-code restarts, which move it without gradients."""
+  from radjax.data import pipeline
+  from radjax.train import setup
+  c = micro_config(demo_data)
+  c.vqgan.ema, c.vqgan.restart_every, c.vqgan.restart_threshold = True, 1, 1.0
+  c.optim.param_groups = (('quantize/.*', 'frozen'), ('.*', 1.0))
+  c.optim.warmup_steps = 0  # the first step trains at the full LR
+  task = run_lib.make_task(c)
+  with jax.threefry_partitionable(False):
+    exp = setup.build(c, task)
+    ds = pipeline.eval_dataset(c, task.processor(), 'train', c.train.batch_size)
+    batch = pipeline.to_global(ds[0], exp.batch_shardings)
+    before = jax.device_get(exp.state.params)
+    state, _ = setup.jit_train_step(exp)(exp.state, batch)
+  after = jax.device_get(state.params)
+  for name, value in before['quantize'].items():
+    np.testing.assert_array_equal(nn.meta.unbox(after['quantize'][name]),
+                                  nn.meta.unbox(value), err_msg=name)
+  assert not np.array_equal(nn.meta.unbox(after['decoder']['conv_out']['kernel']),
+                            nn.meta.unbox(before['decoder']['conv_out']['kernel']))  # trained

@@ -83,13 +83,16 @@ def import_vqgan(hf_dir: str):
   """(radjax config, params) of a diffusers VQModel directory, or of a Taming checkpoint
   file (`.ckpt` read with weights_only=True, or `.safetensors`); a fresh discriminator."""
   from radjax.convert import taming, vqgan
+  config = base.get_config()
   if os.path.isfile(hf_dir):
     taming_sd = taming.load_state_dict(hf_dir)
     raw = taming.diffusers_config(taming_sd, source=hf_dir)
     state_dict = taming.diffusers_names(taming_sd, hf_dir)
+    # LLM-CXR encodes with a Taming codec after taking the shorter side to the size
+    # (Lanczos) and the centre square (encode_cxr_all.py): so do its Codec and encode_codes.
+    config.data.resize = 'crop'
   else:
     raw, state_dict = vqgan.load_dir(hf_dir)
-  config = base.get_config()
   config.task = 'vqgan'
   config.model.kind = 'vqgan'
   config.runtime.dtype = 'float32'

@@ -33,28 +33,60 @@ def _to_numpy(name: str, path: str, t) -> np.ndarray:
   return t.numpy()
 
 
-def load_torch_file(path: str) -> dict:
+class _Inert:
+  """Stands in for a class a checkpoint names but whose instances it never needs (see
+  load_torch_file's `inert_prefixes`): nothing is imported, a call keeps its arguments."""
+
+  def __init__(self, *args, **kwargs):
+    self.args, self.kwargs = args, kwargs
+
+
+def _torch_load(path: str, inert: tuple[str, ...]):
+  """torch.load(weights_only=True), with the classes named in `inert` (full dotted names)
+  read as _Inert."""
+  import torch
+  if not inert:
+    return torch.load(path, map_location='cpu', weights_only=True)
+  with torch.serialization.safe_globals([(_Inert, name) for name in inert]):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def _refused(path: str, e: Exception) -> ConversionError:
+  """What weights_only's refusal of `path` says, in radjax's words."""
+  text = str(e)
+  found = re.search(r'Unsupported global: GLOBAL ([\w.]+)', text)
+  if found:
+    return ConversionError(f'{path}: refused, it needs arbitrary unpickling to load '
+                           f'({found.group(1)}); convert it to safetensors where you trust it')
+  found = re.search(r'WeightsUnpickler error: \s*(.+)', text)
+  detail = found.group(1).strip() if found else text.splitlines()[0]
+  return ConversionError(f'{path}: torch.load(weights_only=True) cannot read it ({detail}): '
+                         'not a PyTorch checkpoint, or one that needs more than tensors '
+                         'unpickled (convert that to safetensors where you trust it)')
+
+
+def load_torch_file(path: str, inert_prefixes: tuple[str, ...] = ()) -> dict:
   """{name: numpy array} of a PyTorch checkpoint file, read with `weights_only=True`.
   A dict nesting the weights under 'model' or 'state_dict' (LAVIS, MiniGPT-4) is
-  unwrapped; the rest of it (optimizer, epoch, ...) is not read further."""
+  unwrapped; the rest of it (optimizer, epoch, ...) is not read further.
+  `inert_prefixes`: classes whose dotted names start so are read as inert stand-ins, never
+  imported or run (Lightning's callback classes, by which old checkpoints key their
+  callbacks' states beside the weights); any other class is refused as before."""
   import torch
-  try:
-    obj = torch.load(path, map_location='cpu', weights_only=True)
-  except pickle.UnpicklingError as e:  # weights_only met something beyond tensors
-    text = str(e)
-    found = re.search(r'Unsupported global: GLOBAL ([\w.]+)', text)
-    if found:
-      raise ConversionError(f'{path}: refused, it needs arbitrary unpickling to load '
-                            f'({found.group(1)}); convert it to safetensors where you trust '
-                            'it') from None
-    found = re.search(r'WeightsUnpickler error: \s*(.+)', text)
-    detail = found.group(1).strip() if found else text.splitlines()[0]
-    raise ConversionError(f'{path}: torch.load(weights_only=True) cannot read it ({detail}): '
-                          'not a PyTorch checkpoint, or one that needs more than tensors '
-                          'unpickled (convert that to safetensors where you trust it)') from None
-  except (RuntimeError, EOFError, KeyError, ValueError) as e:  # torch's own words on bytes
-    raise ConversionError(f'{path}: not a readable PyTorch checkpoint '
-                          f'({type(e).__name__}: {e})') from None
+  inert: tuple[str, ...] = ()
+  while True:
+    try:
+      obj = _torch_load(path, inert)
+      break
+    except pickle.UnpicklingError as e:  # weights_only met something beyond tensors
+      found = re.search(r'Unsupported global: GLOBAL ([\w.]+)', str(e))
+      name = found.group(1) if found else ''
+      if not (inert_prefixes and name.startswith(inert_prefixes)) or name in inert:
+        raise _refused(path, e) from None
+      inert += (name,)  # one more stand-in, then read again
+    except (RuntimeError, EOFError, KeyError, ValueError) as e:  # torch's own words on bytes
+      raise ConversionError(f'{path}: not a readable PyTorch checkpoint '
+                            f'({type(e).__name__}: {e})') from None
   if not isinstance(obj, dict):
     raise ConversionError(f'{path}: holds a {type(obj).__name__}, not a dict of tensors')
   if not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -1,8 +1,10 @@
 """Taming Transformers VQ-GAN weights (`taming.models.vqgan.VQModel`, LLM-CXR's codec)
 -> diffusers VQModel names, from a Lightning `.ckpt` (read with torch.load(weights_only=True);
-a checkpoint that needs anything else unpickled is refused) or a `.safetensors` file of
-its state dict. The checkpoint carries no architecture: it is read from tensor shapes
-(Taming's GroupNorms always have 32 groups; the image size defaults to 256).
+a checkpoint that needs anything else unpickled is refused; Lightning's callback classes,
+which such a checkpoint names beside the weights, are read as inert stand-ins, never
+imported or run) or a `.safetensors` file of its state dict. The checkpoint carries no
+architecture: it is read from tensor shapes (Taming's GroupNorms always have 32 groups;
+the image size defaults to 256).
 
 Taming -> diffusers: `{en,de}coder.down|up.{i}.block.{j}` -> `down_blocks.{i}|up_blocks.{L-1-i}
 .resnets.{j}` (`nin_shortcut` -> `conv_shortcut`), `.attn.{j}.{norm,q,k,v,proj_out}` ->
@@ -20,13 +22,16 @@ from radjax.convert.common import ConversionError
 
 _ATTN = {'norm': 'group_norm', 'q': 'to_q', 'k': 'to_k', 'v': 'to_v', 'proj_out': 'to_out.0'}
 TAMING_GROUPS = 32
+# Taming trains with pytorch-lightning 1.0, whose checkpoints key the callbacks' states by
+# the callback's class (ModelCheckpoint): read as inert stand-ins (hf_io.load_torch_file).
+LIGHTNING_CALLBACKS = ('pytorch_lightning.callbacks.', 'lightning.pytorch.callbacks.')
 
 
 def load_state_dict(path: str) -> dict:
   """{name: array} of a Taming `.ckpt` (Lightning: weights under 'state_dict') or
   `.safetensors`."""
   if path.endswith('.ckpt'):
-    return hf_io.load_torch_file(path)
+    return hf_io.load_torch_file(path, LIGHTNING_CALLBACKS)
   return hf_io.load_state_dict_file(path)
 
 

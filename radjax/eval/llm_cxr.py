@@ -156,6 +156,8 @@ class Codec:
 
   def codes(self, images: list[np.ndarray], batch_size: int = 8) -> list[list[int]]:
     """Images -> their codes, row-major (LLM-CXR's order)."""
+    if not images:  # a shard of text-only records: np.stack has nothing to stack
+      return []
     grid = self._batched(self._codes, np.stack(images).astype(np.float32), batch_size)
     return [g.reshape(-1).tolist() for g in grid]
 

@@ -248,6 +248,10 @@ def _train_step(task, model, tx, trainable, schedule, use_gan, state, batch):
     opt_state = {**opt_state, DISC: keep(opt_state[DISC], state.opt_state[DISC])}
   quantize, stats = codebook_update(new_params['quantize'], aux['z'], aux['codes'], vc, cfg,
                                     state.step, jax.random.fold_in(rng, 1))
+  # A frozen codebook (config.optim.param_groups) stays as it is: EMA and restarts would
+  # move it without a gradient, and the codes a decoder learned with it.
+  quantize = jax.tree.map(lambda new, old, t: new if t else old, quantize,
+                          new_params['quantize'], trainable['quantize'])
   new_params = {**new_params, 'quantize': quantize}
 
   vq_aux = (jnp.mean(aux['codebook_loss']), jnp.mean(aux['commit_loss']))
