@@ -26,20 +26,7 @@ import numpy as np
 
 from data_prep import build as build_lib
 from data_prep import builder as builder_lib
-from radjax.core import files
-
-
-def _int_at_least(low: int):
-  """argparse type: an int >= low (argparse prints the error as one line)."""
-  def parse(text: str) -> int:
-    try:
-      value = int(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f'{text!r}: not an integer') from None
-    if value < low:
-      raise argparse.ArgumentTypeError(f'{value}: must be at least {low}')
-    return value
-  return parse
+from radjax.core import arg_types, files
 
 
 def _parse(argv):
@@ -57,7 +44,7 @@ def _parse(argv):
   b.add_argument('--beam_options', default=None,
                  help="Beam pipeline flags, e.g. '--direct_num_workers=2 "
                  "--direct_running_mode=multi_processing'")
-  b.add_argument('--num_shards', type=_int_at_least(1), default=None,
+  b.add_argument('--num_shards', type=arg_types.int_at_least(1), default=None,
                  help='shards per split (at most one per record)')
   b.add_argument('--max_short_side', type=int, default=None,
                  help='store 2D images downscaled so their shorter side is at most this '
@@ -65,7 +52,7 @@ def _parse(argv):
   s = sub.add_parser('show', help='print the Examples of a built dataset')
   s.add_argument('dataset_dir')
   s.add_argument('--split', default='train')
-  s.add_argument('--limit', type=_int_at_least(0), default=None,
+  s.add_argument('--limit', type=arg_types.int_at_least(0), default=None,
                  help='print at most this many Examples')
   v = sub.add_parser('volume', help='convert one scan to the .npy volume a 3D model reads')
   v.add_argument('source', help='a DICOM series folder (single-frame slices) or a NIfTI file')

@@ -35,6 +35,7 @@ import sys
 from radjax.convert import export, hf_io
 from radjax.convert.common import ConversionError
 from radjax.convert.hf_config import UnsupportedConfig
+from radjax.core import arg_types
 
 # --family -> the HF model_type(s) it accepts (full CLIP/SigLIP/BLIP-2 models give their
 # tower). Weights: safetensors, or PyTorch .bin shards read with weights_only=True.
@@ -46,19 +47,6 @@ FAMILIES = {'llama': ('llama',), 'qwen2': ('qwen2',), 'gpt_neox': ('gpt_neox',),
             'blip2_qformer': ('blip-2', 'blip_2_qformer'),
             'blip2': ('blip-2',),  # the whole Blip2ForConditionalGeneration (XrayGPT's VLM)
             'vqgan': ('VQModel',)}  # a diffusers directory (config.json _class_name)
-
-
-def _int_at_least(low: int):
-  """argparse type: an int >= low (argparse prints the error as one line)."""
-  def parse(text: str) -> int:
-    try:
-      value = int(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f'{text!r}: not an integer') from None
-    if value < low:
-      raise argparse.ArgumentTypeError(f'{value}: must be at least {low}')
-    return value
-  return parse
 
 
 def _check_new_workdir(out: str) -> None:
@@ -437,10 +425,10 @@ def main(argv: list[str] | None = None) -> int:
                  help='store layers as layers_{i} (config.runtime.scan_layers=False)')
   # What the tensors' shapes do not say: default the radfm_shape.json beside --ckpt (a
   # `to-radfm` export), else RadFM's values (4, 8, 8, 0).
-  p.add_argument('--depth_patch_size', type=_int_at_least(1), default=None)
-  p.add_argument('--vision_heads', type=_int_at_least(1), default=None)
-  p.add_argument('--perceiver_heads', type=_int_at_least(1), default=None)
-  p.add_argument('--llm_heads', type=_int_at_least(0), default=None,
+  p.add_argument('--depth_patch_size', type=arg_types.int_at_least(1), default=None)
+  p.add_argument('--vision_heads', type=arg_types.int_at_least(1), default=None)
+  p.add_argument('--perceiver_heads', type=arg_types.int_at_least(1), default=None)
+  p.add_argument('--llm_heads', type=arg_types.int_at_least(0), default=None,
                  help="0: the tokenizer dir's config.json, else hidden size / 128")
   p.set_defaults(func=cmd_from_radfm)
   args = parser.parse_args(argv)
