@@ -5,11 +5,16 @@ r"""The web demo on a trained or imported VLM workdir, or an LLM-CXR one (report
 """
 import argparse
 import math
+import os
 import signal
 import socket
 import sys
 
-from radjax.serve import app, reporter
+# As main.py: TensorFlow (under tfds and clu, computing nothing here) would announce its
+# oneDNN ops on stderr at import, before the demo's own lines.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+from radjax.serve import app, reporter  # noqa: E402
 
 
 def main(argv=None) -> int:
