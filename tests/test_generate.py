@@ -366,6 +366,30 @@ def test_greedy_scores_count_tokens_up_to_the_stop_token_only(lm):
   assert np.all(np.isfinite(long_scores)) and np.all(long_scores < 0)
 
 
+def test_the_token_loop_ends_once_every_row_has_stopped(lm):
+  """Decoding ran all max_new_tokens steps whatever the rows did (XrayGPT's eval: ~300
+  steps where its reports end near 60); it ends when every row has stopped, with the same
+  ids: each row's stop token, then the fill."""
+  first = lm['greedy'][:, 0]
+  cfg = gen.GenerationConfig(max_new_tokens=NEW, stop_ids=tuple(sorted({int(t) for t in first})),
+                             pad_id=PAD)
+  decode, calls = gen._decoder(lm['model'], lm['params']), []
+
+  def counted(*args):
+    jax.debug.callback(lambda: calls.append(1))
+    return decode(*args)
+
+  logits, cache, key_mask, positions = gen._prefill(lm['model'], lm['params'], lm['tokens'],
+                                                    lm['mask'], None, NEW)
+  ids, _ = gen._token_loop(counted, logits, cache, key_mask, positions, PROMPT_LEN, cfg, None,
+                           jnp.int32(PAD), sampling.knobs(1.0, 1.0, 1.0))
+  jax.effects_barrier()
+  assert len(calls) == 1, len(calls)  # the first token's step, not NEW
+  np.testing.assert_array_equal(np.asarray(ids)[:, 0], first)
+  assert (np.asarray(ids)[:, 1:] == PAD).all()
+  np.testing.assert_array_equal(ids, _run(lm, cfg)[0])
+
+
 def test_top_p_boundary_and_the_most_likely_token_are_hfs():
   """HF's TopPLogitsWarper drops the tokens whose cumulative probability is <= 1 - top_p
   (a token exactly at the boundary goes) and always keeps the most likely one (a top_p

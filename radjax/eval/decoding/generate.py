@@ -213,10 +213,21 @@ def _token_loop(decode, logits, cache, key_mask, positions, p: int, cfg: Generat
     logits, cache = decode(tok, positions, cache, p + i, key_mask)
     return (cache, logits, key_mask, positions + 1, done, score, seen), tok
 
-  b = logits.shape[0]
+  b, n = logits.shape[0], cfg.max_new_tokens
   init = (cache, logits, key_mask, positions, jnp.zeros((b,), bool), jnp.zeros((b,), jnp.float32),
           seen)
-  (*_, score, _), out = jax.lax.scan(step, init, jnp.arange(cfg.max_new_tokens))
+
+  def body(state):
+    i, carry, out = state
+    carry, tok = step(carry, i)
+    return i + 1, carry, out.at[i].set(tok)
+
+  def running(state):  # ends once every row has stopped: the rest would all be `fill`
+    i, carry, _ = state
+    return (i < n) & ~jnp.all(carry[4])
+
+  out = jnp.full((n, b), fill, jnp.int32)
+  _, (*_, score, _), out = jax.lax.while_loop(running, body, (jnp.int32(0), init, out))
   return out.T, score
 
 
