@@ -150,8 +150,7 @@ def _config_file_error(message: str) -> str:
 
 def _main():
   workdir_lib.check_local(FLAGS.workdir)
-  if FLAGS.mode != 'generate':
-    run.check_flags(FLAGS.mode, FLAGS.images, FLAGS.prompt, FLAGS.out_dir)
+  run.check_flags(FLAGS.mode, FLAGS.images, FLAGS.prompt, FLAGS.out_dir)
   expand_home(FLAGS.config)
   # Before anything touches devices. Done already at the top unless a config file, not the
   # command line, changed the knob. Only as a program: a notebook calling main() keeps its

@@ -285,6 +285,8 @@ def check_config(config, train: bool = True) -> None:
 def check_flags(mode: str, images=(), prompt: str = '', out_dir: str = '') -> None:
   """--images, --prompt and --out_dir are generate's (--images chat's too): a mode that
   would not read one refuses it, not runs as if it were not given."""
+  if mode == 'generate':
+    return
   given = [flag for flag, value in (('--images', images), ('--prompt', prompt),
                                     ('--out_dir', out_dir)) if value]
   if mode == 'chat':
@@ -298,8 +300,7 @@ def check_flags(mode: str, images=(), prompt: str = '', out_dir: str = '') -> No
 
 def main(config, workdir: str, mode: str, images: list[str] | None = None, prompt: str = '',
          out_dir: str = ''):
-  if mode != 'generate':
-    check_flags(mode, images, prompt, out_dir)
+  check_flags(mode, images, prompt, out_dir)
   maybe_initialize_distributed()
   if mode in ('train', 'eval'):
     check_config(config, train=mode == 'train')
