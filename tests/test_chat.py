@@ -307,10 +307,11 @@ def test_exported_chat_template_renders_the_training_text(bpe_json, fmt):
     assert tok.encode(full, add_special_tokens=False) == ids
 
 
-def _sentencepiece_dir(tmp_path):
+def _sentencepiece_dir(tmp_path, lines=None):
+  """A LLaMA-style sentencepiece tokenizer.model (BPE, byte fallback), trained on `lines`."""
   import sentencepiece as spm
-  lines = ['The heart is normal in size.', 'There is a small left pleural effusion.',
-           'No pneumothorax.', 'Is there an effusion? Yes, on the left.'] * 20
+  lines = lines or ['The heart is normal in size.', 'There is a small left pleural effusion.',
+                    'No pneumothorax.', 'Is there an effusion? Yes, on the left.'] * 20
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model,
                                  vocab_size=400, model_type='bpe', bos_id=1, eos_id=2, unk_id=0,

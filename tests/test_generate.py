@@ -14,7 +14,7 @@ transformers = pytest.importorskip('transformers')
 from data_prep import tokenizer as tokenizer_lib  # noqa: E402
 from radjax.core import sharding  # noqa: E402
 from radjax.eval.decoding import generate as gen  # noqa: E402
-from radjax.eval.decoding import sampling  # noqa: E402
+from radjax.eval.decoding import sampling, stop_strings  # noqa: E402
 from radjax.models import factory, vlm  # noqa: E402
 from tests import hf_models  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
@@ -241,6 +241,16 @@ def test_stop_strings_truncate_like_hf(lm):
                               max_new_tokens=NEW, pad_token_id=PAD, stop_strings=[stop],
                               tokenizer=hf_tok, eos_token_id=unused)
   np.testing.assert_array_equal(ids, _hf_new_tokens(out))
+  # Inside the token loop (the table), greedy and sampling: the same ids.
+  table = jnp.asarray(stop_strings.table(hf_tok, (stop,), 300))
+  cfg = gen.GenerationConfig(max_new_tokens=NEW, pad_id=PAD, stop_strings=(stop,))
+  np.testing.assert_array_equal(gen.generate(lm['model'], lm['params'], lm['tokens'], lm['mask'],
+                                             None, cfg, None, table)[0], ids)
+  cfg = dataclasses.replace(cfg, decoding='sample', temperature=1.5)
+  key = jax.random.key(3)
+  sampled = gen.apply_stop_strings(_run(lm, cfg, key)[0], decode, (stop,), PAD)
+  np.testing.assert_array_equal(gen.generate(lm['model'], lm['params'], lm['tokens'], lm['mask'],
+                                             None, cfg, key, table)[0], sampled)
 
   text = decode(lm['greedy'][0])
   assert gen.cut_at_stop_strings(text, (stop, 'never there')) == text[:text.find(stop)]
@@ -388,6 +398,39 @@ def test_the_token_loop_ends_once_every_row_has_stopped(lm):
   np.testing.assert_array_equal(np.asarray(ids)[:, 0], first)
   assert (np.asarray(ids)[:, 1:] == PAD).all()
   np.testing.assert_array_equal(ids, _run(lm, cfg)[0])
+
+
+def test_the_token_loop_ends_once_every_row_has_met_a_stop_string(lm):
+  """XrayGPT's answers end with '###', not EOS: with the stop strings' table the loop
+  ends when every row has completed one (the step of the last row to), not after
+  max_new_tokens, and each row keeps the token that completed it, then the fill."""
+  hf_tok = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tokenizer_lib.train_tokenizer(300, TEXTS), pad_token='<pad>')
+
+  def decode(ids):
+    return hf_tok.decode(ids, skip_special_tokens=True)
+
+  # One printable character each row emits alone (a random model mostly emits stray bytes).
+  stops = tuple({next(decode([t]) for t in row if decode([t]).isascii()
+                      and decode([t]).strip().isprintable() and decode([t]).strip())
+                 for row in lm['greedy']})
+  ends = [gen.stop_string_length(row, decode, stops) for row in lm['greedy']]
+  assert None not in ends and max(ends) < NEW, ends
+  cfg = gen.GenerationConfig(max_new_tokens=NEW, pad_id=PAD, stop_strings=stops)
+  decoder, calls = gen._decoder(lm['model'], lm['params']), []
+
+  def counted(*args):
+    jax.debug.callback(lambda: calls.append(1))
+    return decoder(*args)
+
+  logits, cache, key_mask, positions = gen._prefill(lm['model'], lm['params'], lm['tokens'],
+                                                    lm['mask'], None, NEW)
+  ids, _ = gen._token_loop(counted, logits, cache, key_mask, positions, PROMPT_LEN, cfg, None,
+                           jnp.int32(PAD), sampling.knobs(1.0, 1.0, 1.0),
+                           stop_table=jnp.asarray(stop_strings.table(hf_tok, stops, 300)))
+  jax.effects_barrier()
+  assert len(calls) == max(ends), (len(calls), ends)
+  np.testing.assert_array_equal(ids, gen.apply_stop_strings(lm['greedy'], decode, stops, PAD))
 
 
 def test_top_p_boundary_and_the_most_likely_token_are_hfs():

@@ -90,6 +90,25 @@ def test_xraygpt_stage2_starts_from_stage1_and_keeps_frozen_parts(xraygpt_runs):
     np.testing.assert_array_equal(start[k], stage1[k], err_msg=k)
 
 
+def test_xraygpt_answers_stop_at_stop_strings_inside_the_token_loop(xraygpt_runs, demo_data,
+                                                                   tmp_path, monkeypatch):
+  """Vicuna's '###' (and config.eval.stop_strings) end a row inside the token loop: the
+  answers are those of decoding every new token and cutting the text after."""
+  from radjax.eval.decoding import stop_strings
+  from radjax.eval.evaluators import answers
+  wd, _, s2 = xraygpt_runs
+  config = s2.copy_and_resolve_references()
+  config.eval.stop_strings = ('e', ' ')  # reached early in every answer
+  image = os.path.join(str(tmp_path), 'x.png')
+  _write_demo_image(demo_data, image)
+  built, table = [], stop_strings.table
+  monkeypatch.setattr(stop_strings, 'table', lambda *a: built.append(a[1]) or table(*a))
+  in_loop = run_lib.main(config, wd['stage2'], 'generate', [image, image])
+  assert built == [('###', 'e', ' ')]
+  monkeypatch.setattr(answers.Answerer, '_stop_table', lambda self, gen_cfg: None)
+  assert run_lib.main(config, wd['stage2'], 'generate', [image, image]) == in_loop
+
+
 def test_radvlm_trains_the_mixture_and_scores_every_task(demo_data, tmp_path):
   config = _micro(radvlm.get_config('size=micro'), demo_data, steps=8)
   assert config.data.chat_format == 'chatml' and len(config.data.mixture) == 5

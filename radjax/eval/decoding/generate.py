@@ -18,6 +18,7 @@ from radjax.core import config_checks
 from radjax.data import pixels
 from radjax.eval.decoding import beam_search as beam_lib
 from radjax.eval.decoding import repetition, sampling
+from radjax.eval.decoding import stop_strings as stop_strings_lib
 from radjax.models import llm as llm_lib
 
 DECODINGS = ('greedy', 'sample', 'beam')
@@ -35,7 +36,8 @@ and repetition_penalty only as whether they apply: their values are arguments).
   before everything else (radjax/eval/decoding/repetition.py); 1.0 is off.
   length_penalty / early_stopping: as HF (early_stopping True | False | 'never').
   pad_id: what finished rows emit; None keeps the old behaviour of repeating stop_ids[0].
-  stop_strings are applied after decoding (see `apply_stop_strings`).
+  stop_strings end a row inside greedy and sampling decoding when `generate` is given
+  their table (radjax/eval/decoding/stop_strings.py); beam search only truncates after.
   suppress_ids: ids never generated (their logits are -inf, as HF's `suppress_tokens`):
   image placeholders and delimiters, vocabulary padding past the tokenizer.
   image_span: (first_code, end_code, length, close_id), or () for none: the first
@@ -184,15 +186,17 @@ def _processor(cfg: GenerationConfig, vocab_size: int) -> Optional[Callable]:
 
 
 def _token_loop(decode, logits, cache, key_mask, positions, p: int, cfg: GenerationConfig, rng,
-                fill, values: dict, process: Optional[Callable] = None, seen=None):
+                fill, values: dict, process: Optional[Callable] = None, seen=None,
+                stop_table=None):
   """Greedy or sampling; finished rows emit `fill`. Scores: summed log-probs
   (of the unwarped distribution) of each row's tokens up to its stop token.
-  seen [B, V]: the prompt ids the repetition penalty starts from (None: no penalty)."""
+  seen [B, V]: the prompt ids the repetition penalty starts from (None: no penalty).
+  stop_table: stop strings' matcher (stop_strings.table), or None."""
   stops = jnp.asarray(cfg.stop_ids, jnp.int32)
   greedy = cfg.strategy == 'greedy'
 
   def step(carry, i):
-    cache, logits, key_mask, positions, done, score, seen = carry
+    cache, logits, key_mask, positions, done, score, seen, matched = carry
     if seen is not None:  # first, on the raw logits, as HF orders its processors
       logits = repetition.penalize(logits, seen, values['repetition_penalty'])
     if process is not None:
@@ -209,13 +213,16 @@ def _token_loop(decode, logits, cache, key_mask, positions, p: int, cfg: Generat
     if seen is not None:
       seen = repetition.see(seen, tok)
     done = done | jnp.isin(tok, stops)
+    if stop_table is not None:  # a finished row's state no longer matters
+      matched = stop_table[matched, tok]
+      done = done | (matched == stop_strings_lib.MATCHED)
     key_mask = key_mask.at[:, p + i].set(True)
     logits, cache = decode(tok, positions, cache, p + i, key_mask)
-    return (cache, logits, key_mask, positions + 1, done, score, seen), tok
+    return (cache, logits, key_mask, positions + 1, done, score, seen, matched), tok
 
   b, n = logits.shape[0], cfg.max_new_tokens
   init = (cache, logits, key_mask, positions, jnp.zeros((b,), bool), jnp.zeros((b,), jnp.float32),
-          seen)
+          seen, jnp.full((b,), stop_strings_lib.START, jnp.int32))
 
   def body(state):
     i, carry, out = state
@@ -227,12 +234,12 @@ def _token_loop(decode, logits, cache, key_mask, positions, p: int, cfg: Generat
     return (i < n) & ~jnp.all(carry[4])
 
   out = jnp.full((n, b), fill, jnp.int32)
-  _, (*_, score, _), out = jax.lax.while_loop(running, body, (jnp.int32(0), init, out))
+  _, (*_, score, _, _), out = jax.lax.while_loop(running, body, (jnp.int32(0), init, out))
   return out.T, score
 
 
 def generate(model, params, prompt_tokens, prompt_mask, images, gen_cfg: GenerationConfig,
-             rng=None):
+             rng=None, stop_table=None):
   """Generates `gen_cfg.max_new_tokens` ids per left-padded prompt (jitted).
 
   prompt_tokens / prompt_mask [B, P]; images [B, M, H, W, C] for a VLM (or a dict of the
@@ -243,15 +250,20 @@ def generate(model, params, prompt_tokens, prompt_mask, images, gen_cfg: Generat
   fold_in(rng, r)).
   Returns (ids [B, max_new_tokens], scores [B]): for beam search (two or more beams) the
   best finished hypothesis and its HF `sequences_scores`; otherwise summed token log-probs.
-  Stop strings are not applied here (see `apply_stop_strings`).
+  stop_table: the stop strings' table (stop_strings.table: the chat format's and
+  gen_cfg.stop_strings) for greedy and sampling rows to stop at them, as HF's
+  StopStringCriteria (the token completing one is kept); without it, or in beam search,
+  they are left to `apply_stop_strings` / the text's cut.
   """
   if gen_cfg.strategy == 'sample' and rng is None:
     raise ValueError("decoding='sample' needs an rng key")
   # Values a strategy ignores go in too: only the static config decides what applies.
   values = sampling.knobs(gen_cfg.temperature, gen_cfg.top_p, gen_cfg.repetition_penalty)
   keys = sampling.row_keys(rng, prompt_tokens.shape[0]) if gen_cfg.strategy == 'sample' else None
+  if gen_cfg.strategy == 'beam':
+    stop_table = None
   return _generate(model, params, prompt_tokens, prompt_mask, images, _canonical(gen_cfg), keys,
-                   jnp.int32(gen_cfg.fill_id), values)
+                   jnp.int32(gen_cfg.fill_id), values, stop_table)
 
 
 def _canonical(cfg: GenerationConfig) -> GenerationConfig:
@@ -271,7 +283,7 @@ def _canonical(cfg: GenerationConfig) -> GenerationConfig:
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
 def _generate(model, params, prompt_tokens, prompt_mask, images, cfg: GenerationConfig, rng,
-              fill, values):
+              fill, values, stop_table):
   p = prompt_tokens.shape[1]
   logits, cache, key_mask, positions = _prefill(model, params, prompt_tokens, prompt_mask,
                                                 images, cfg.max_new_tokens)
@@ -286,7 +298,7 @@ def _generate(model, params, prompt_tokens, prompt_mask, images, cfg: Generation
                                 cfg.early_stopping, cfg.stop_ids, fill, process, seen,
                                 values['repetition_penalty'])
   return _token_loop(decode, logits, cache, key_mask, positions, p, cfg, rng, fill, values,
-                     process, seen)
+                     process, seen, stop_table)
 
 
 def greedy_generate(model, params, prompt_tokens, prompt_mask, images, max_new_tokens: int,

@@ -11,7 +11,7 @@ import numpy as np
 from radjax.core import sharding
 from radjax.data import chat, pipeline, processors, schema
 from radjax.eval.decoding import generate as generate_lib
-from radjax.eval.decoding import sampling
+from radjax.eval.decoding import sampling, stop_strings
 
 
 class Answerer:
@@ -31,6 +31,7 @@ class Answerer:
     # A user's prompt (generate, chat, the web demo) past the model's context is refused;
     # a dataset's generates as it always did (an evaluation must not end a training run).
     self.limit_context = False
+    self._stop_tables = {}
 
   def fit_batch(self, n: int) -> None:
     """Batches of at most what `n` items fill, in whole batch shards of the mesh: a user's
@@ -90,6 +91,19 @@ class Answerer:
                                              gen_cfg.stop_strings).strip()
             for row in self.answer_ids(params, items, gen_cfg, seed)]
 
+  def _stop_table(self, gen_cfg):
+    """The table that ends a row at the chat format's or config.eval's stop strings inside
+    the token loop (both are cut from the text after), built once per set of strings."""
+    strings = tuple(dict.fromkeys((*self.encoder.fmt.stop_strings, *gen_cfg.stop_strings)))
+    if gen_cfg.strategy == 'beam' or not strings:
+      return None
+    if strings not in self._stop_tables:
+      table = stop_strings.table(self.encoder.tokenizer, strings,
+                                 self.exp.config.model.llm.vocab_size)
+      self._stop_tables[strings] = pipeline.to_global_from_whole(
+          {'table': table}, {'table': sharding.replicated(self.exp.mesh)})['table']
+    return self._stop_tables[strings]
+
   def answer_ids(self, params, items: list[tuple[dict, list[dict]]],
                  gen_cfg: generate_lib.GenerationConfig | None = None,
                  seed: int | None = None, answer_prefix: tuple[int, ...] = ()) -> list:
@@ -122,6 +136,6 @@ class Answerer:
       key = None if rng is None else sampling.row_keys(rng, bs, first=start)
       with exp.context():
         ids, _ = generate_lib.generate(exp.model, params, g['tokens'], g['prompt_mask'],
-                                       image_inputs, gen_cfg, key)
+                                       image_inputs, gen_cfg, key, self._stop_table(gen_cfg))
       outs.extend(pipeline.to_host(ids)[:len(items) - start])
     return outs
