@@ -72,6 +72,9 @@ def get_config(arg: str = ''):
   # LLM-CXR's stage 1 trains on FINDINGS + ' ' + IMPRESSION (no labels; _parse_report_fi),
   # its stage 2 on the impression alone.
   c.data.task_options.report_section = 'joined' if args.stage == 1 else 'impression'
+  # MimicCxrVqDataset gives each image one direction for good (even index: CXR -> report,
+  # odd: report -> CXR); radjax picks it by the record id's hash, about half each way.
+  c.data.task_options.task_per_record = True
   c.data.max_len = 2048  # NeoX's context; longer examples are dropped (as LLM-CXR)
   c.data.augment = False
   c.codec.workdir = args.codec

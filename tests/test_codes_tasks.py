@@ -1,6 +1,8 @@
 """Images as VQ-GAN codes in a decoder's vocabulary (LLM-CXR): the tokenizer gains the
 delimiters and one token per code, both directions' tasks, the loss on the drawn codes,
 and constrained generation's code range (radjax/data/chat.py, instructions.py)."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -46,6 +48,27 @@ def test_both_directions_and_loss_on_the_drawn_codes(tokenizer):
   ids, w = map(np.asarray, enc.encode(read, 0, 'c1'))
   codes = (ids >= first) & (ids < end)
   assert codes.sum() == len(EXAMPLE['codes']) and (w[codes] == 0).all()  # read, not learnt
+
+
+@pytest.mark.parametrize('per_record', [False, True])
+def test_a_record_keeps_its_direction_with_task_per_record(per_record):
+  """LLM-CXR gives each image one direction for good (index parity): with
+  task_options.task_per_record a record's id picks it, the same at every visit and about
+  half the records each way; without, each visit draws it."""
+  options = dataclasses.replace(OPTIONS, task_per_record=per_record)
+  tasks = ('report_from_codes', 'codes_from_report')
+  rng = np.random.default_rng(0)
+  drawn = {}
+  for i in range(200):
+    ex = dict(EXAMPLE, id=f'dicom-{i}')
+    served = instructions.served(ex, tasks, options)
+    drawn[i] = {instructions.draw(ex, served, rng, options)[1]['text'] ==
+                'Small left pleural effusion.' for _ in range(6)}  # True: CXR -> report
+  fixed = [d for d in drawn.values() if len(d) == 1]
+  if per_record:
+    assert len(fixed) == 200 and 70 < sum(True in d for d in fixed) < 130
+  else:
+    assert len(fixed) < 20  # six draws of two directions agree 1 time in 32
 
 
 def test_records_without_codes_serve_neither_task():

@@ -326,6 +326,8 @@ def test_options_from_config():
     ins.options_from_config({'uncertain_as': -1})
   with pytest.raises(ValueError, match=r'config\.data\.task_options\.vqa_questions'):
     ins.options_from_config({'vqa_questions': 0})
+  with pytest.raises(ValueError, match=r'config\.data\.task_options\.task_per_record'):
+    ins.options_from_config({'task_per_record': 'yes'})
 
 
 def test_reference_splits_off_the_answer():

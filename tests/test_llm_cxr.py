@@ -309,6 +309,7 @@ def test_tiny_without_a_codec_says_what_to_train():
   two = recipe.get_config('stage=2,stage1=/runs/lc1')
   assert two.model.llm.init_from == '/runs/lc1'
   assert two.data.task_options.report_section == 'impression'
+  assert full.data.task_options.task_per_record and two.data.task_options.task_per_record
   with pytest.raises(ValueError, match='stage1='):
     recipe.get_config('stage=2')
   # Drawing's knobs, named before anything loads (config.eval has knobs of the same names).

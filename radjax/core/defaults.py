@@ -114,6 +114,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       report_section='both',
       uncertain_as=1,  # classification / vqa: what a CheXpert -1 counts as (RadVLM: 1)
       vqa_questions=1,  # vqa: yes/no questions per example, about distinct observations
+      # True: a record serving several tasks always gets the same one (its id's hash
+      # picks it; LLM-CXR: each image in one direction); False: drawn at every visit
+      task_per_record=False,
   ))
   # How turns become tokens (radjax/data/chat.py): 'radjax' | 'vicuna' (XrayGPT's ###
   # turns) | 'llava' (LLaVA-1.5's USER: / ASSISTANT:, as its HF chat template renders them)

@@ -16,6 +16,7 @@ instructions); the wording is ours. Answers are written so the evaluation parser
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -40,6 +41,9 @@ class Options:
   codebook_size: int = 0  # report_from_codes, codes_from_report (config.data.codebook_size)
   # codes per image (the codec's grid); a record with another count is an error. 0: any.
   num_codes: int = 0
+  # True: a record serving several tasks always gets the same one (its id's hash picks it),
+  # as LLM-CXR gives each image one direction by its index's parity; False: drawn per visit.
+  task_per_record: bool = False
 
 
 def options_from_config(task_options: Mapping | None, codebook_size: int = 0,
@@ -59,6 +63,8 @@ def options_from_config(task_options: Mapping | None, codebook_size: int = 0,
          f'{options.uncertain_as!r} is not 0 or 1')
   _check(_is_int(options.vqa_questions) and options.vqa_questions >= 1, 'vqa_questions',
          f'{options.vqa_questions!r} is not an int >= 1')
+  _check(isinstance(options.task_per_record, (bool, np.bool_)), 'task_per_record',
+         f'{options.task_per_record!r} is not True or False')
   return options
 
 
@@ -609,12 +615,16 @@ def served(example: dict, tasks: tuple[str, ...], options: Options) -> list[tupl
 
 def draw(example: dict, served_tasks: list[tuple], rng: np.random.Generator | None,
          options: Options) -> list[dict]:
-  """The turns of one of `served_tasks` drawn uniformly with `rng` (None: the first).
-  With one task the rng only draws its wording (the report stream stays as the report
-  template drew it)."""
+  """The turns of one of `served_tasks` drawn uniformly with `rng` (None: the first), or,
+  with options.task_per_record, the one the record's id picks. With one task the rng only
+  draws its wording (the report stream stays as the report template drew it)."""
   if rng is None:
     return served_tasks[0][1]
-  pick = int(rng.integers(len(served_tasks))) if len(served_tasks) > 1 else 0
+  pick = 0
+  if len(served_tasks) > 1 and options.task_per_record:
+    pick = zlib.crc32(str(example.get('id', '')).encode()) % len(served_tasks)
+  elif len(served_tasks) > 1:
+    pick = int(rng.integers(len(served_tasks)))
   return TASKS[served_tasks[pick][0]](example, rng, options)
 
 
