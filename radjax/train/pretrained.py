@@ -23,6 +23,7 @@ import os
 import re
 
 import jax
+import numpy as np
 from absl import logging
 
 from radjax.convert import common, hf_io, lavis, parts
@@ -47,15 +48,46 @@ def _from_workdir(part: str, path: str, target_cfg, target, scan: bool, fresh: s
   has_codec = (part, target_cfg.kind) in parts.CODECS
   same = (parts.CODECS[(part, target_cfg.kind)].same_weights(source_cfg, target_cfg)
           if has_codec else source_cfg == target_cfg)
-  if same and (source.runtime.scan_layers == scan or not has_codec):
-    return workdir_lib.load_params(path, path=sub, target=target)
+  if same and source.runtime.scan_layers == scan:
+    return _restored(workdir_lib.load_params(path, path=sub, target=target), part, path)
   if not has_codec:  # no HF layout to convert through
     diffs = [f'{k}={getattr(target_cfg, k)!r} (the workdir has {getattr(source_cfg, k)!r})'
              for k in vars(target_cfg) if getattr(target_cfg, k) != getattr(source_cfg, k)]
+    if not diffs:  # only runtime.scan_layers differs
+      return _relayout(workdir_lib.load_params(path, path=sub), scan)
     raise ValueError(f'config.model.{part}.init_from={path!r} does not fit: '
                      f'config.model.{part}.' + ', '.join(diffs))
   hf_cfg, state_dict = parts.to_hf(part, source_cfg, workdir_lib.load_params(path, path=sub))
   return parts.params_for(part, hf_cfg, state_dict, target_cfg, scan, fresh)
+
+
+def _restored(params, part: str, path: str):
+  """`params` restored into a target: orbax's partial restore hands back, unread, the
+  target's leaves the checkpoint lacks (a workdir of an older radjax), an error here."""
+  unread = [optimizer_lib.path_str(p) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+            if isinstance(x, jax.ShapeDtypeStruct)]
+  if unread:
+    raise ValueError(f'config.model.{part}.init_from={path!r}: its checkpoint has no '
+                     f'{unread[:5]}{" ..." if len(unread) > 5 else ""} for this {part}')
+  return params
+
+
+def _relayout(params: dict, scan: bool) -> dict:
+  """A part's host params in the layer layout `scan` asks for: 'layers' (leaves [layers,
+  ...], nn.scan's) <-> 'layers_0', 'layers_1' ... (vit3d, the perceiver; a part without
+  a layer stack is returned as it is)."""
+  unscanned = sorted((k for k in params if re.fullmatch(r'layers_\d+', k)),
+                     key=lambda k: int(k.split('_')[1]))
+  if scan and unscanned:
+    out = {k: v for k, v in params.items() if k not in unscanned}
+    out['layers'] = jax.tree.map(lambda *xs: np.stack(xs), *(params[k] for k in unscanned))
+    return out
+  if not scan and 'layers' in params:
+    out = {k: v for k, v in params.items() if k != 'layers'}
+    for i in range(len(jax.tree.leaves(params['layers'])[0])):
+      out[f'layers_{i}'] = jax.tree.map(lambda x, i=i: x[i], params['layers'])
+    return out
+  return params
 
 
 def _from_hf_dir(part: str, path: str, target_cfg, scan: bool, fresh: str = ''):
