@@ -126,17 +126,23 @@ def _expand(rules, stacks):
 
 
 def to_ours(state_dict: dict, rules, transforms: dict, expected: dict, num_layers: int,
-            scan: bool, ignore: str = r'$^', stacks: Optional[Sequence[Stack]] = None) -> dict:
+            scan: bool, ignore: str = r'$^', stacks: Optional[Sequence[Stack]] = None,
+            skip: str = r'$^') -> dict:
   """HF state dict -> flat {our path: f32 array}; `expected` maps our paths to shapes
   in the target layout. Every HF tensor must be used (bar names matching `ignore`) and
-  every expected param produced. `stacks` defaults to one stack `layers` of `num_layers`."""
+  every expected param produced. `stacks` defaults to one stack `layers` of `num_layers`.
+  Params whose target-layout path fullmatches `skip` (config.model.<part>.init_fresh) are
+  left out: their HF tensors need not be there and may have any shape."""
   used, per_layer, flat = set(), {}, {}
   for r, st, i, name in _expand(rules, _stacks(num_layers, stacks)):
+    ours_path = st.path(r.ours, i, scan=False) if st is not None else r.ours
+    layer_path = st.path(r.ours, i, scan) if st is not None else r.ours
+    if re.fullmatch(skip, layer_path):
+      used.add(name)
+      continue
     if name not in state_dict:
       raise ConversionError(f'HF tensor {name!r} is missing from the checkpoint')
     t = transforms[r.transform]
-    ours_path = st.path(r.ours, i, scan=False) if st is not None else r.ours
-    layer_path = st.path(r.ours, i, scan) if st is not None else r.ours
     want = expected.get(layer_path)
     if want is None:
       raise ConversionError(f'HF tensor {name!r} maps to {ours_path!r}, which the model '
@@ -159,7 +165,7 @@ def to_ours(state_dict: dict, rules, transforms: dict, expected: dict, num_layer
   unused = sorted(n for n in state_dict if n not in used and not re.search(ignore, n))
   if unused:
     raise ConversionError(f'HF tensors not used by the conversion: {unused}')
-  missing = sorted(set(expected) - set(flat))
+  missing = sorted(p for p in set(expected) - set(flat) if not re.fullmatch(skip, p))
   if missing:
     raise ConversionError(f'model params not produced by the conversion: {missing}')
   return flat

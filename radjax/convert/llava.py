@@ -21,6 +21,7 @@ LLaVA-OneVision, one without as Llava. A part taken into a VLM without AnyRes
 import dataclasses
 import functools
 import math
+import re
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -225,19 +226,22 @@ def _text_error(e: ConversionError, family: str) -> ConversionError:
 
 
 def projector_params_from_hf(state_dict: dict, cfg: projector_lib.ProjectorConfig,
-                             text_family: str, drop_newline: bool = False) -> dict:
+                             text_family: str, drop_newline: bool = False,
+                             skip: str = r'$^') -> dict:
   """Only the projector of an HF Llava state dict (e.g. stage-1 weights for stage 2), with
   a LLaVA-OneVision's image_newline where `cfg` has one; `drop_newline`: left out where
-  `cfg` has none (init_from; the caller notes it), else that is an unused tensor."""
+  `cfg` has none (init_from; the caller notes it), else that is an unused tensor. Params
+  `skip` names (init_fresh) are left out (common.to_ours)."""
   _check_projector(cfg)
   _, proj, _ = _split(state_dict, text_family)
   if _IMAGE_NEWLINE[0] in proj and not cfg.image_newline and drop_newline:
     del proj[_IMAGE_NEWLINE[0]]
-  elif cfg.image_newline and _IMAGE_NEWLINE[0] not in proj:
+  elif (cfg.image_newline and _IMAGE_NEWLINE[0] not in proj
+        and not re.fullmatch(skip, 'image_newline')):
     raise ConversionError('the projector has an image_newline (config.model.anyres_grids) '
                           'but the HF model has none (a Llava, not a LLaVA-OneVision)')
   return common.unflatten(common.to_ours(proj, _projector_rules(cfg), _PROJECTOR_TRANSFORMS,
-                                         projector_shapes(cfg), 0, False))
+                                         projector_shapes(cfg), 0, False, skip=skip))
 
 
 def params_from_hf(state_dict: dict, cfg: vlm.VLMConfig, scan: bool) -> dict:

@@ -8,11 +8,12 @@ an HF equivalent is one entry here plus its table module.
 """
 import dataclasses
 import functools
-from typing import Callable
+import re
+from typing import Callable, Optional
 
 import jax.numpy as jnp
 
-from radjax.convert import common, llm_families, qformer, vit
+from radjax.convert import common, llama, llm_families, qformer, vit
 from radjax.convert import hf_config as llm_hf_config
 from radjax.convert import vocab as vocab_lib
 from radjax.convert.common import ConversionError, Rule
@@ -33,6 +34,8 @@ class Codec:
   # Fields that describe the model but not its weights (the decoder's context length): a
   # source and a target may differ in them, and the weights carry over unchanged.
   meta: tuple[str, ...] = ()
+  # (cfg, scan) -> flat {our path: shape}: which params a config field shapes.
+  shapes: Optional[Callable] = None
 
   def same_weights(self, source, target) -> bool:
     """Whether two configs of this part hold the same weights (they differ at most in `meta`)."""
@@ -65,14 +68,16 @@ def _llm_part(hf, state_dict):
 CODECS = {
     ('llm', 'decoder'): Codec(llm_hf_config.llm_config_from_hf, _llm_params, _llm_to_hf,
                               part_of=_llm_part, free=('vocab_size',),
-                              meta=('max_position_embeddings',)),
+                              meta=('max_position_embeddings',), shapes=llama.param_shapes),
     ('vision', 'vit'): Codec(vit.vit_config_from_hf, vit.params_from_hf,
                              lambda cfg, params, **_: (vit.hf_config_from_vit(cfg),
                                                        vit.hf_from_params(params, cfg)),
-                             part_of=vit.vision_part, keep=('select_layer', 'keep_class_token')),
+                             part_of=vit.vision_part, keep=('select_layer', 'keep_class_token'),
+                             shapes=vit.param_shapes),
     ('projector', 'qformer'): Codec(qformer.config_from_hf, qformer.params_from_hf,
                                     lambda cfg, params, **_: (qformer.hf_config(cfg),
-                                                              qformer.hf_from_params(params, cfg))),
+                                                              qformer.hf_from_params(params, cfg)),
+                                    shapes=lambda cfg, scan: qformer.param_shapes(cfg)),
 }
 
 
@@ -96,25 +101,51 @@ def import_part(part: str, kind: str, hf_cfg, state_dict, scan: bool):
   return cfg, c.params_from_hf(state_dict, cfg, scan)
 
 
-def _check_same(source, target, section: str, free: tuple[str, ...]) -> None:
+def _reshaped(c: Codec, target, field: str, value, scan: bool) -> dict:
+  """{path: (shape with `field`=value, shape in target)} of the params that field shapes
+  (None: absent); {} where it shapes none or the codec cannot say."""
+  if c.shapes is None:
+    return {}
+  try:
+    there = c.shapes(dataclasses.replace(target, **{field: value}), scan)
+  except ValueError:  # the value alone is not a valid config (e.g. width vs heads)
+    return {}
+  here = c.shapes(target, scan)
+  return {p: (there.get(p), here.get(p)) for p in sorted(set(there) | set(here))
+          if there.get(p) != here.get(p)}
+
+
+def _check_same(c: Codec, source, target, section: str, scan: bool, fresh: str) -> None:
+  """Every field equal, bar `free` and `meta` ones and those that shape only params
+  `fresh` (init_fresh) names; an error names the field and a param it reshapes."""
   for field in dataclasses.fields(target):
-    if field.name in free or not field.init:
+    if field.name in c.free + c.meta or not field.init:
       continue
     want, have = getattr(target, field.name), getattr(source, field.name)
-    if want != have:
-      raise ConversionError(f'{section}.{field.name}={want!r} but the pretrained model has '
-                            f'{have!r}')
+    if want == have:
+      continue
+    reshaped = _reshaped(c, target, field.name, have, scan)
+    if fresh and reshaped and all(re.fullmatch(fresh, p) for p in reshaped):
+      continue
+    shapes = ''
+    if reshaped:
+      path, (there, here) = next(iter(reshaped.items()))
+      shapes = f': {path} has shape {there} there, {here} here'
+    raise ConversionError(f'{section}.{field.name}={want!r} but the pretrained model has '
+                          f'{have!r}{shapes}')
 
 
-def params_for(part: str, hf_cfg, state_dict, target, scan: bool):
+def params_for(part: str, hf_cfg, state_dict, target, scan: bool, fresh: str = ''):
   """Params for the part config `target` from HF tensors of the same part; a decoder's
-  larger target vocab grows it. Any other difference is an error naming the field."""
+  larger target vocab grows it. A field that shapes only params the regex `fresh`
+  (init_fresh) names may differ: those params come at the source's shapes, for the caller
+  to leave out. Any other difference is an error naming the field."""
   c = codec(part, target.kind)
   hf_cfg, state_dict = c.part_of(hf_cfg, state_dict)
   source = c.config_from_hf(hf_cfg)
   if c.keep:
     source = dataclasses.replace(source, **{k: getattr(target, k) for k in c.keep})
-  _check_same(source, target, f'config.model.{part}', c.free + c.meta)
+  _check_same(c, source, target, f'config.model.{part}', scan, fresh)
   params = c.params_from_hf(state_dict, source, scan)
   if part == 'llm':
     params = vocab_lib.grow_vocab(params, target.vocab_size)
@@ -133,13 +164,15 @@ def _linear_shapes(cfg: projector_lib.ProjectorConfig) -> dict:
 
 
 def params_from_tensors(part: str, state_dict: dict, target, scan: bool,
-                        source: str = 'checkpoint'):
+                        source: str = 'checkpoint', fresh: str = ''):
   """Params for the part config `target` from tensors in HF names that come without an
   HF config (a `.pth` / `.bin` file, LAVIS names already mapped by radjax.convert.lavis).
   The target's architecture is taken as given; every tensor's shape is checked against
   it. Vision: `vision_model.*` (a BLIP-2 file's other tensors are left out); projector
   'qformer': `qformer.*`, `query_tokens`, `language_projection.*`; projector 'linear':
-  `language_projection.*` alone."""
+  `language_projection.*` alone. Projector params the regex `fresh` (init_fresh) names
+  are left out: the file need not hold them, at any shape."""
+  skip = fresh or r'$^'
   kind = target.kind
   if (part, kind) == ('vision', 'vit'):
     tensors = {k: v for k, v in state_dict.items() if k.startswith(vit.PREFIX)}
@@ -148,11 +181,12 @@ def params_from_tensors(part: str, state_dict: dict, target, scan: bool,
                             'visual_encoder.*)')
     return vit.params_from_hf(tensors, target, scan)
   if (part, kind) == ('projector', 'qformer'):
-    return qformer.params_from_hf(state_dict, target)
+    return qformer.params_from_hf(state_dict, target, skip=skip)
   if (part, kind) == ('projector', 'linear'):
     flat = common.to_ours(state_dict, _LINEAR_RULES,
                           {'linear': common.LINEAR, 'identity': common.IDENTITY},
-                          _linear_shapes(target), 0, scan=False, ignore=r'^vision_model\.')
+                          _linear_shapes(target), 0, scan=False, ignore=r'^vision_model\.',
+                          skip=skip)
     return common.unflatten(flat)
   raise UnsupportedConfig(f'config.model.{part}.kind={kind!r} cannot start from a single '
                           f'weights file ({source}); use an HF directory or a workdir')

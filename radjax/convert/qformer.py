@@ -102,13 +102,16 @@ def param_shapes(cfg: qformer.QFormerConfig) -> dict:
   return common.shapes_of(qformer.QFormerProjector(cfg), jnp.zeros((1, 1, cfg.in_dim)))
 
 
-def params_from_hf(state_dict: dict, cfg: qformer.QFormerConfig, scan: bool = True) -> dict:
+def params_from_hf(state_dict: dict, cfg: qformer.QFormerConfig, scan: bool = True,
+                   skip: str = r'$^') -> dict:
   """HF tensors (a Blip2Model's, whose vision and language models are ignored, or our
-  export's) -> the projector's f32 params. The Q-Former is never scanned."""
+  export's) -> the projector's f32 params, bar those `skip` names (common.to_ours). The
+  Q-Former is never scanned."""
   del scan
   prefix = 'qformer.' if any(k.startswith('qformer.') for k in state_dict) else ''
   flat = common.to_ours(state_dict, rules(cfg, prefix), _transforms(cfg), param_shapes(cfg),
-                        cfg.num_layers, scan=False, ignore=r'^(vision_model|language_model)\.')
+                        cfg.num_layers, scan=False, ignore=r'^(vision_model|language_model)\.',
+                        skip=skip)
   return common.unflatten(flat)
 
 

@@ -373,8 +373,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # in order: 'blip2.pth,xraygpt_stage1.pth' is BLIP-2's Q-Former with XrayGPT's llama_proj.
   c.model.projector.init_from = ''
   # Projector params (regex over their 'a/b' paths, e.g. 'out/.*') that keep their fresh
-  # init though init_from holds them: XrayGPT's stage 1 takes BLIP-2's Q-Former but a new
-  # llama_proj, not BLIP-2's projection into its own (T5 / OPT) language model.
+  # init though init_from holds them (at any shape, or not at all): XrayGPT's stage 1 takes
+  # BLIP-2's Q-Former but a new llama_proj, not BLIP-2's projection into its own (T5 / OPT)
+  # language model, whose width may differ from the LLM's.
   c.model.projector.init_fresh = ''
 
   c.model.llm = ml_collections.ConfigDict()

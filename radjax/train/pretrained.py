@@ -14,19 +14,26 @@ sharded abstract target. A workdir whose part has exactly the target's architect
 and layer layout is restored straight into the shards; anything else (an HF
 directory, another layer layout, a smaller vocabulary) goes through the part's HF
 state dict on the host.
+
+Params the part's `init_fresh` names keep their initialisation (create_train_state's
+`fresh`), so the loaders leave them out: the source need not hold them, at any shape
+(XrayGPT's llama_proj from a BLIP-2 OPT, whose projection is 2560 wide, not Vicuna's 4096).
 """
 import os
 import re
 
+import jax
+import numpy as np
 from absl import logging
 
-from radjax.convert import hf_io, lavis, parts
+from radjax.convert import common, hf_io, lavis, parts
 from radjax.convert.common import ConversionError
 from radjax.core import workdir as workdir_lib
 from radjax.models import factory
+from radjax.train import optimizer as optimizer_lib
 
 
-def _from_workdir(part: str, path: str, target_cfg, target, scan: bool):
+def _from_workdir(part: str, path: str, target_cfg, target, scan: bool, fresh: str = ''):
   source = workdir_lib.load_config(path)
   kind = source.model.kind
   source_parts = factory.parts_of(source.model)
@@ -41,18 +48,49 @@ def _from_workdir(part: str, path: str, target_cfg, target, scan: bool):
   has_codec = (part, target_cfg.kind) in parts.CODECS
   same = (parts.CODECS[(part, target_cfg.kind)].same_weights(source_cfg, target_cfg)
           if has_codec else source_cfg == target_cfg)
-  if same and (source.runtime.scan_layers == scan or not has_codec):
-    return workdir_lib.load_params(path, path=sub, target=target)
+  if same and source.runtime.scan_layers == scan:
+    return _restored(workdir_lib.load_params(path, path=sub, target=target), part, path)
   if not has_codec:  # no HF layout to convert through
     diffs = [f'{k}={getattr(target_cfg, k)!r} (the workdir has {getattr(source_cfg, k)!r})'
              for k in vars(target_cfg) if getattr(target_cfg, k) != getattr(source_cfg, k)]
+    if not diffs:  # only runtime.scan_layers differs
+      return _relayout(workdir_lib.load_params(path, path=sub), scan)
     raise ValueError(f'config.model.{part}.init_from={path!r} does not fit: '
                      f'config.model.{part}.' + ', '.join(diffs))
   hf_cfg, state_dict = parts.to_hf(part, source_cfg, workdir_lib.load_params(path, path=sub))
-  return parts.params_for(part, hf_cfg, state_dict, target_cfg, scan)
+  return parts.params_for(part, hf_cfg, state_dict, target_cfg, scan, fresh)
 
 
-def _from_hf_dir(part: str, path: str, target_cfg, scan: bool):
+def _restored(params, part: str, path: str):
+  """`params` restored into a target: orbax's partial restore hands back, unread, the
+  target's leaves the checkpoint lacks (a workdir of an older radjax), an error here."""
+  unread = [optimizer_lib.path_str(p) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+            if isinstance(x, jax.ShapeDtypeStruct)]
+  if unread:
+    raise ValueError(f'config.model.{part}.init_from={path!r}: its checkpoint has no '
+                     f'{unread[:5]}{" ..." if len(unread) > 5 else ""} for this {part}')
+  return params
+
+
+def _relayout(params: dict, scan: bool) -> dict:
+  """A part's host params in the layer layout `scan` asks for: 'layers' (leaves [layers,
+  ...], nn.scan's) <-> 'layers_0', 'layers_1' ... (vit3d, the perceiver; a part without
+  a layer stack is returned as it is)."""
+  unscanned = sorted((k for k in params if re.fullmatch(r'layers_\d+', k)),
+                     key=lambda k: int(k.split('_')[1]))
+  if scan and unscanned:
+    out = {k: v for k, v in params.items() if k not in unscanned}
+    out['layers'] = jax.tree.map(lambda *xs: np.stack(xs), *(params[k] for k in unscanned))
+    return out
+  if not scan and 'layers' in params:
+    out = {k: v for k, v in params.items() if k != 'layers'}
+    for i in range(len(jax.tree.leaves(params['layers'])[0])):
+      out[f'layers_{i}'] = jax.tree.map(lambda x, i=i: x[i], params['layers'])
+    return out
+  return params
+
+
+def _from_hf_dir(part: str, path: str, target_cfg, scan: bool, fresh: str = ''):
   hf_cfg, state_dict = hf_io.load_hf_dir(path)
   if hf_cfg.model_type in ('llava', 'llava_onevision'):
     from radjax.convert import llava
@@ -62,12 +100,13 @@ def _from_hf_dir(part: str, path: str, target_cfg, scan: bool):
         logging.warning('config.model.projector.init_from=%s: %s', path,
                         llava.onevision_note(hf_cfg))
       return llava.projector_params_from_hf(state_dict, target_cfg,
-                                            hf_cfg.text_config.model_type, drop)
+                                            hf_cfg.text_config.model_type, drop,
+                                            skip=fresh or r'$^')
     hf_cfg, state_dict = llava.tower_state_dict(hf_cfg, state_dict, part)
-  return parts.params_for(part, hf_cfg, state_dict, target_cfg, scan)
+  return parts.params_for(part, hf_cfg, state_dict, target_cfg, scan, fresh)
 
 
-def _from_files(part: str, paths: list[str], target_cfg, scan: bool):
+def _from_files(part: str, paths: list[str], target_cfg, scan: bool, fresh: str = ''):
   """Weights files merged in order (a later file's tensors replace an earlier's): e.g.
   XrayGPT's Q-Former from a BLIP-2 .pth and its `llama_proj` from XrayGPT's .pth."""
   state_dict = {}
@@ -75,7 +114,7 @@ def _from_files(part: str, paths: list[str], target_cfg, scan: bool):
     state_dict.update(lavis.hf_names(hf_io.load_state_dict_file(path), path))
   try:
     return parts.params_from_tensors(part, state_dict, target_cfg, scan,
-                                     source=','.join(paths))
+                                     source=','.join(paths), fresh=fresh)
   except ConversionError as e:
     hint = ''
     if target_cfg.kind == 'qformer' and not any(k.startswith('qformer.') for k in state_dict):
@@ -119,18 +158,34 @@ def check_paths(config) -> None:
       check_path(part, path)
 
 
+def _init_fresh(config, part: str) -> str:
+  """config.model.<part>.init_fresh where an init_from comes with it, else ''."""
+  regex = config.model[part].get('init_fresh', '')
+  if not (regex and config.model[part].get('init_from', '')):
+    return ''
+  try:
+    re.compile(regex)
+  except re.error as e:
+    raise ValueError(f'config.model.{part}.init_fresh={regex!r}: not a regex ({e})') from None
+  return regex
+
+
+def _without(params, regex: str):
+  """`params` less the leaves whose 'a/b' path fullmatches `regex` ('' keeps all)."""
+  if not regex:
+    return params
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  return common.unflatten({optimizer_lib.path_str(p): x for p, x in leaves
+                           if not re.fullmatch(regex, optimizer_lib.path_str(p))})
+
+
 def fresh_paths(config, part_keys: dict) -> dict:
   """{param key: regex} of the parts whose init_from comes with an init_fresh: those
   params keep their initialisation (create_train_state's `fresh`)."""
   out = {}
   for part, key in part_keys.items():
-    regex = config.model[part].get('init_fresh', '')
-    if regex and config.model[part].get('init_from', ''):
-      try:
-        re.compile(regex)
-      except re.error as e:
-        raise ValueError(f'config.model.{part}.init_fresh={regex!r}: not a regex ({e})'
-                         ) from None
+    regex = _init_fresh(config, part)
+    if regex:
       out[key] = regex
   return out
 
@@ -149,13 +204,16 @@ def loaders(config, part_keys: dict) -> dict:
       continue
     check_path(part, path)
 
-    def load(target, part=part, path=path, target_cfg=cfgs[part]):
+    def load(target, part=part, path=path, target_cfg=cfgs[part],
+             fresh=_init_fresh(config, part)):
       logging.info('initialising %s from %s', part, path)
       if os.path.isfile(path.split(',')[0]):
-        return _from_files(part, path.split(','), target_cfg, scan)
-      if os.path.exists(os.path.join(path, workdir_lib.CONFIG_FILE)) and os.path.isdir(
+        params = _from_files(part, path.split(','), target_cfg, scan, fresh)
+      elif os.path.exists(os.path.join(path, workdir_lib.CONFIG_FILE)) and os.path.isdir(
           workdir_lib.checkpoint_dir(path)):
-        return _from_workdir(part, path, target_cfg, target, scan)
-      return _from_hf_dir(part, path, target_cfg, scan)
+        params = _from_workdir(part, path, target_cfg, target, scan, fresh)
+      else:
+        params = _from_hf_dir(part, path, target_cfg, scan, fresh)
+      return _without(params, fresh)
     out[key] = load
   return out

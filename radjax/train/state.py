@@ -83,7 +83,8 @@ def create_train_state(model, init_inputs: tuple, tx, rng, mesh, rules, pretrain
   arrays. Those subtrees are loaded, not initialised: the jitted init only returns
   the other leaves, so XLA never computes (or holds) random values for them.
   `fresh` maps some of those names to a regex of their params ('a/b' paths inside the
-  subtree, re.fullmatch) that keep their initialisation instead of the loaded values.
+  subtree, re.fullmatch) that keep their initialisation: a loader may leave them out or
+  hold them at any shape.
 
   Returns (state, state_shardings).
   """
@@ -119,8 +120,8 @@ def _matching(tree, regex: str) -> dict:
           if rx.fullmatch(optimizer_lib.path_str(p))}
 
 
-def _keep_fresh(params, init_params, param_key, fresh: dict, state_shardings, mesh, rules):
-  """`params` with the leaves `fresh` names ({part: regex}) at their initial values."""
+def _fresh_leaves(init_params, param_key, fresh: dict, state_shardings, mesh, rules) -> dict:
+  """{part: {'a/b' path: initial value}} of the leaves `fresh` names ({part: regex})."""
   shardings = {}
   for name, regex in fresh.items():
     shardings[name] = _matching(_subtree(state_shardings.params, name), regex)
@@ -134,14 +135,7 @@ def _keep_fresh(params, init_params, param_key, fresh: dict, state_shardings, me
     full = nn.meta.unbox(init_params(key))
     return {n: _matching(_subtree(full, n), fresh[n]) for n in fresh}
 
-  new = sharding_lib.born_sharded(init_some, shardings, mesh, rules, param_key)
-
-  def pick(name):
-    return lambda p, x: new[name].get(optimizer_lib.path_str(p), x)
-  if WHOLE in fresh:
-    return jax.tree_util.tree_map_with_path(pick(WHOLE), params)
-  return {k: (jax.tree_util.tree_map_with_path(pick(k), v) if k in fresh else v)
-          for k, v in params.items()}
+  return sharding_lib.born_sharded(init_some, shardings, mesh, rules, param_key)
 
 
 def _state_with_pretrained(init_params, param_key, state_key, tx, pretrained, params_abstract,
@@ -149,9 +143,12 @@ def _state_with_pretrained(init_params, param_key, state_key, tx, pretrained, pa
   unknown = sorted(set(fresh_leaves) - set(pretrained))
   if unknown:
     raise ValueError(f'init_fresh for {unknown}, which nothing is loaded into')
+  # Made before loading: the loaded tree need not hold these, at any shape.
+  new = (_fresh_leaves(init_params, param_key, fresh_leaves, state_shardings, mesh, rules)
+         if fresh_leaves else {})
   if WHOLE in pretrained:  # a model that is one part (a bare decoder)
     target = abstract_state(state_shardings.params, params_abstract)
-    params = place(pretrained[WHOLE](target), target, 'model')
+    params = place(pretrained[WHOLE](target), target, 'model', new.get(WHOLE))
   else:
     unknown = sorted(set(pretrained) - set(params_abstract))
     if unknown:
@@ -167,27 +164,30 @@ def _state_with_pretrained(init_params, param_key, state_key, tx, pretrained, pa
         init_fresh, {k: state_shardings.params[k] for k in fresh}, mesh, rules, param_key)
     for name, load in pretrained.items():
       target = abstract_state(state_shardings.params[name], params_abstract[name])
-      params[name] = place(load(target), target, name)
-  if fresh_leaves:
-    params = _keep_fresh(params, init_params, param_key, fresh_leaves, state_shardings, mesh,
-                         rules)
+      params[name] = place(load(target), target, name, new.get(name))
   opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
   return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), state_shardings.step),
                     params=params, opt_state=opt_state,
                     rng=jax.device_put(state_key, state_shardings.rng))
 
 
-def place(tree, target, name: str):
-  """Host or device arrays -> arrays with the target's shapes, dtypes and shardings."""
-  keystr = jax.tree_util.keystr
-  given = dict(jax.tree_util.tree_flatten_with_path(tree)[0])
+def place(tree, target, name: str, fresh: dict | None = None):
+  """Host or device arrays -> arrays with the target's shapes, dtypes and shardings.
+  `fresh` ({'a/b' path: placed array}) gives leaves whatever `tree` holds for them."""
+  keystr, fresh = jax.tree_util.keystr, fresh or {}
+  given = {p: x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+           if optimizer_lib.path_str(p) not in fresh}
   wanted = jax.tree_util.tree_flatten_with_path(target)[0]
-  missing = sorted(keystr(p) for p, _ in wanted if p not in given)
+  missing = sorted(keystr(p) for p, _ in wanted
+                   if p not in given and optimizer_lib.path_str(p) not in fresh)
   extra = sorted(keystr(p) for p in set(given) - {p for p, _ in wanted})
   if missing or extra:
     raise ValueError(f'pretrained {name}: missing params {missing}, unexpected {extra}')
   out = []
   for path, want in wanted:
+    if optimizer_lib.path_str(path) in fresh:
+      out.append(fresh[optimizer_lib.path_str(path)])
+      continue
     arr = given[path]
     if tuple(arr.shape) != tuple(want.shape):
       raise ValueError(f'pretrained {name}{keystr(path)} has shape {tuple(arr.shape)}, the '
