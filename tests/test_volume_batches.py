@@ -301,9 +301,12 @@ def test_the_volume_batch_spec_is_as_deep_as_the_slots_fill_it():
   c.data.max_slices = c.model.vision.depth_patch_size
   assert c.data.max_slices < c.model.vision.max_depth
   task = tasks.make(c, None)
-  spec = task.batch_spec('volume')
-  assert spec['images'].shape[3] == spec['depth_mask'].shape[1] == c.data.max_slices
+  spec = task.batch_spec('volume')  # float16 voxels [M, H, W, D] (config.data.pixels)
+  assert spec['volumes'].shape[3] == spec['depth_mask'].shape[1] == c.data.max_slices
   assert task.slots['volume'].max_depth == c.data.max_slices
+  c.data.pixels = 'float32'  # the floats [M, H, W, D, C]
+  spec = tasks.make(c, None).batch_spec('volume')
+  assert spec['images'].shape[3] == spec['depth_mask'].shape[1] == c.data.max_slices
 
 
 def test_nearest_indices_are_torchs_3d_nearest_for_every_size_pair():
@@ -345,6 +348,12 @@ def test_depth_trim_keeps_every_real_slice():
     out = volumes.trim_depth(batch, (4, 8), 8)
     assert out['images'].shape[-2] == out['depth_mask'].shape[-1] == kept
     assert out['depth_mask'].sum() == deepest
+    # compact slots (radjax/data/pixels.py): the voxels trimmed, the 2D images kept whole
+    compact = {'volumes': np.ones((2, 1, 2, 2, 8), np.float16),
+               'images': np.ones((2, 1, 2, 2, 3), np.uint8), 'depth_mask': mask}
+    out = volumes.trim_depth(compact, (4, 8), 8)
+    assert out['volumes'].shape[-1] == out['depth_mask'].shape[-1] == kept
+    assert out['images'].shape == (2, 1, 2, 2, 3)
 
 
 def test_the_longest_term_wins_whatever_the_list_order():
