@@ -13,7 +13,7 @@ from PIL import Image
 
 from data_prep import writer
 from radjax.core import defaults
-from radjax.data import chat, keywords, pipeline, processors, schema, volumes
+from radjax.data import chat, keywords, pipeline, pixels, processors, schema, volumes
 from radjax.train import loss as loss_lib
 from tests.conftest import bpe_tokenizer
 
@@ -336,6 +336,34 @@ def test_with_several_processes_the_shares_of_a_volume_batch_have_one_depth(conf
       assert a['images'].shape[4] == MAX_DEPTH
       apart += int(a['depth_mask'].sum(-1).max() <= 8 < b['depth_mask'].sum(-1).max())
   assert apart  # shares whose own buckets differ: the case that made two shapes
+
+
+def test_compact_volume_batches_reach_the_tower_as_the_float32_ones(config):
+  """config.data.pixels 'uint8' (the default) sends float16 voxels, trimmed to the depth
+  bucket as the float32 volumes were; the device's floats are the float32 batch's (within
+  1 ulp: tests/test_volume_transport.py)."""
+  compact = processors.VolumeSlots(16, 3, 1, MAX_DEPTH, PATCH, MEAN, STD, pixels='uint8')
+
+  def sends(tasks, kind='image'):
+    del tasks
+    slots = compact if kind == 'volume' else SLOTS[kind]
+    return lambda raw, rng: {'rid': np.int32(0), **slots(schema.decode(raw), rng)}
+
+  floats = pipeline.train_dataset(config, make_processor, 'train', 0, 1)
+  sent = pipeline.train_dataset(config, sends, 'train', 0, 1)
+  device = jax.jit(pixels.as_floats)
+  keys = ('images', 'pixel_table', 'volumes', 'volume_norm', 'depth_mask')
+  depths = set()
+  for i in range(40):
+    want, got = floats[i], sent[i]
+    if 'depth_mask' not in want:
+      continue
+    assert got['volumes'].dtype == np.float16 and got['images'].dtype == np.uint8
+    assert got['volumes'].shape == want['images'].shape[:-1]  # trimmed to the same bucket
+    depths.add(got['volumes'].shape[-1])
+    x = np.asarray(device({k: got[k] for k in keys})['images'])
+    np.testing.assert_array_max_ulp(x, want['images'], maxulp=1)
+  assert len(depths) >= 2
 
 
 def test_depth_trim_keeps_every_real_slice():
