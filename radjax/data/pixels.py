@@ -21,9 +21,11 @@ voxels as stored (float16 in [0, 1], one channel) in `volumes` [..., H, W, D] wi
 per-channel mean and std in `volume_norm` [..., 2, C] (zeros in any other slot: so it
 marks the 3D slots); a 2D slot's image once, as 8-bit planes and a table (`images`,
 `pixel_table`, as above), not repeated along depth. The device repeats and normalises
-(`volume_floats`) by the float32 operations the host's float32 path runs, so the same
-floats: 2 bytes per voxel instead of 4 x C (RadFM's full recipe, 10 slots of 512 x 512 x
-64: 0.34 GB an example instead of 2.0 GB; BENCHMARKS.md).
+(`volume_floats`) as the host's float32 path does: 2 bytes per voxel instead of 4 x C
+(RadFM's full recipe, 10 slots of 512 x 512 x 64: 0.34 GB an example instead of 2.0 GB;
+BENCHMARKS.md). A 2D slot's floats are the host's bits; a scan's are within 1 ulp, as XLA
+computes x / std as x * (1 / std) (exact for RadFM's mean 0, std 1). A float32 `npy`
+volume (data_prep stores float16) is rounded to float16 on the way.
 """
 import jax.numpy as jnp
 import numpy as np
@@ -126,8 +128,9 @@ def volume_floats(batch: dict):
   """Compact volume slots -> the tower's float32 volumes [..., H, W, D, C], as the host's
   float32 path (radjax/data/volumes.py sample_input) builds them: a 3D slot's voxels
   to float32, repeated to C channels, (x - mean) / std; a 2D slot's looked-up image
-  repeated along depth; zero past each slot's depth_mask. numpy arrays on the host, jax
-  arrays (or tracers) on the device: the same float32 operations, so the same floats."""
+  repeated along depth; zero past each slot's depth_mask. numpy arrays on the host (the
+  same bits), jax arrays (or tracers) on the device (a scan's within 1 ulp: XLA divides
+  by a broadcast std as a multiply by its reciprocal)."""
   host = all(isinstance(batch[k], np.ndarray)
              for k in ('images', TABLE, VOLUMES, NORM, 'depth_mask'))
   xp = np if host else jnp
