@@ -125,3 +125,18 @@ def test_the_volume_batch_spec_is_what_the_slots_send():
     for k, v in slots(ex, None).items():
       assert (spec[k].shape, spec[k].dtype) == (v.shape, v.dtype), (mode, k)
     assert ({pixels.VOLUMES, pixels.NORM} <= set(task.batch_spec())) == (mode != 'float32')
+
+
+def test_the_full_recipes_volume_example_shrinks_as_benchmarks_md_says():
+  """bench/volume_bytes.py's numbers at RadFM's full sizes (10 slots of 512 x 512 x 64,
+  C = 3): the float32 volumes' 12 bytes a voxel against 2, plus the 2D planes, tables and
+  norms; 2013.3 -> 343.5 MB, 5.86x."""
+  from bench import volume_bytes
+  from configs import radfm
+  c = radfm.get_config('')
+  got = {t: sum(volume_bytes.spec_bytes(volume_bytes.with_pixels(c, t)).values())
+         for t in volume_bytes.TRANSPORTS}
+  voxels, plane = 10 * 512 * 512 * 64, 10 * 512 * 512
+  assert got['float32'] - got['compact'] == (voxels * 12 - voxels * 2 - plane * 3
+                                             - 10 * 256 * 3 * 4 - 10 * 2 * 3 * 4)
+  assert (round(got['float32'] / 1e6, 1), round(got['compact'] / 1e6, 1)) == (2013.3, 343.5)
