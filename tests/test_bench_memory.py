@@ -85,17 +85,19 @@ def test_a_volume_tower_compiles_its_image_and_its_volume_step():
   exp = memory.experiment(config, 1)
   volume = exp.task.batch_spec('volume')
   assert 'depth_mask' not in exp.task.batch_spec('image')
-  assert volume['images'].shape[-2] == config.model.vision.max_depth
+  assert volume['volumes'].shape[-1] == config.model.vision.max_depth
   batches = memory.step_batches(exp)
   assert batches['image']['images'].shape == (8, 1, 32, 32, 3)
-  assert batches['volume']['images'].shape == (2, 1, 32, 32, 48, 3)
+  # float16 voxels [.., D] and a 2D slot's 8-bit planes (radjax/data/pixels.py)
+  assert batches['volume']['volumes'].shape == (2, 1, 32, 32, 48)
+  assert batches['volume']['images'].shape == (2, 1, 32, 32, 3)
   assert batches['volume']['depth_mask'].shape == (2, 1, 48)
   steps, _ = memory.compiled_steps(exp)
   assert {k: m['batch'] for k, m in steps.items()} == {'image': 8, 'volume': 2}
   # The compiled step's arguments are the state and the batch it was given (XLA prunes
   # unused inputs, a few bytes here): two volumes, not train.batch_size's eight.
   state = memory.per_device_bytes(exp.state)
-  one_volume = math.prod(volume['images'].shape) * 4
+  one_volume = math.prod(volume['volumes'].shape) * 2
   for kind, batch in batches.items():
     fed = sum(math.prod(x.shape) * x.dtype.itemsize for x in batch.values())
     assert abs(steps[kind]['argument'] - (state + fed)) < one_volume, kind

@@ -25,6 +25,7 @@ from radjax.convert import radfm  # noqa: E402
 from radjax.convert.common import ConversionError  # noqa: E402
 from radjax.core import workdir  # noqa: E402
 from radjax.data import chat  # noqa: E402
+from radjax.data import pixels as pixels_lib  # noqa: E402
 from radjax.data import tokens as tokens_lib  # noqa: E402
 from radjax.eval.decoding import generate as generate_lib  # noqa: E402
 from radjax.models import factory, llm, vlm  # noqa: E402
@@ -432,7 +433,9 @@ def test_imported_workdir_generates_from_a_volume_and_an_image(imported, tmp_pat
   radfm_ids = np.asarray(ids[:1], np.int64)
   radfm_ids[0, 1], radfm_ids[0, QUERIES + 2] = TEXT_VOCAB, TEXT_VOCAB + 1
   radfm_ids[0, 2:QUERIES + 2] = TEXT_VOCAB + 2 + np.arange(QUERIES)
-  image, depth = torch.from_numpy(pixels['images'][:2, 0]), pixels['depth_mask'][:2, 0]
+  floats = pixels_lib.as_floats(pixels)['images']  # what prefill's first op makes of them
+  assert pixels['volumes'].dtype == np.float16  # the scan crossed as its voxels
+  image, depth = torch.from_numpy(floats[:2, 0]), pixels['depth_mask'][:2, 0]
   assert depth.sum(1).tolist() == [DEPTH, VIT['depth_patch']]
   volume = image[0, :, :, :DEPTH].permute(3, 0, 1, 2)
   flat = F.interpolate(image[1, :, :, 0].permute(2, 0, 1)[None, :, :, :, None],

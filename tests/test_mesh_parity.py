@@ -90,6 +90,8 @@ def _batch(task, config, rng, kind: str = '') -> dict:
       out[k] = rng.uniform(size=shape).astype(f.dtype)
     elif k == 'images' and np.issubdtype(f.dtype, np.integer):  # 8-bit pixels
       out[k] = rng.integers(0, 256, shape).astype(f.dtype)
+    elif k in ('volumes', 'volume_norm'):  # volume slots' voxels, each slot a scan
+      out[k] = _volume_field(k, shape, rng)
     elif np.issubdtype(f.dtype, np.integer):
       out[k] = rng.integers(10, 1000, shape).astype(f.dtype)
     elif k == 'loss_mask':
@@ -103,6 +105,16 @@ def _batch(task, config, rng, kind: str = '') -> dict:
     out['tokens'][:, 1:1 + n] = IMAGE_ID
     out['targets'] = np.roll(out['tokens'], -1, axis=1)
   return out
+
+
+def _volume_field(k: str, shape, rng) -> np.ndarray:
+  """Compact volume slots (radjax/data/pixels.py): voxels in [0, 1], every slot a scan
+  (its norm rows mean 0, std 1)."""
+  if k == 'volumes':
+    return rng.uniform(size=shape).astype(np.float16)
+  norm = np.zeros(shape, np.float32)
+  norm[..., 1, :] = 1
+  return norm
 
 
 def _steps(config, devices, batches):
@@ -229,9 +241,11 @@ def test_generation_on_a_mesh_equals_one_device(family, mesh):
     spec = task.batch_spec('volume')
     depth = spec['depth_mask'].shape[-1]
     depth_mask = np.arange(depth)[None, None] < rng.integers(depth // 2, depth + 1, (b, 1, 1))
-    batch['images'] = {
-        'images': rng.normal(size=(b, *spec['images'].shape)).astype(np.float32),
-        'depth_mask': depth_mask}
+    shape = lambda k: (b, *spec[k].shape)
+    batch['images'] = {  # volume slots as they travel: float16 voxels, 8-bit 2D planes
+        **{k: _volume_field(k, shape(k), rng) for k in ('volumes', 'volume_norm')},
+        'images': np.zeros(shape('images'), np.uint8),
+        'pixel_table': np.zeros(shape('pixel_table'), np.float32), 'depth_mask': depth_mask}
   cfgs = [gen.GenerationConfig(max_new_tokens=8, pad_id=0),
           gen.GenerationConfig(max_new_tokens=8, decoding='sample', temperature=1.5, pad_id=0),
           gen.GenerationConfig(max_new_tokens=8, decoding='beam', num_beams=3, pad_id=0)]

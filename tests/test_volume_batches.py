@@ -13,7 +13,7 @@ from PIL import Image
 
 from data_prep import writer
 from radjax.core import defaults
-from radjax.data import chat, keywords, pipeline, processors, schema, volumes
+from radjax.data import chat, keywords, pipeline, pixels, processors, schema, volumes
 from radjax.train import loss as loss_lib
 from tests.conftest import bpe_tokenizer
 
@@ -301,9 +301,12 @@ def test_the_volume_batch_spec_is_as_deep_as_the_slots_fill_it():
   c.data.max_slices = c.model.vision.depth_patch_size
   assert c.data.max_slices < c.model.vision.max_depth
   task = tasks.make(c, None)
-  spec = task.batch_spec('volume')
-  assert spec['images'].shape[3] == spec['depth_mask'].shape[1] == c.data.max_slices
+  spec = task.batch_spec('volume')  # float16 voxels [M, H, W, D] (config.data.pixels)
+  assert spec['volumes'].shape[3] == spec['depth_mask'].shape[1] == c.data.max_slices
   assert task.slots['volume'].max_depth == c.data.max_slices
+  c.data.pixels = 'float32'  # the floats [M, H, W, D, C]
+  spec = tasks.make(c, None).batch_spec('volume')
+  assert spec['images'].shape[3] == spec['depth_mask'].shape[1] == c.data.max_slices
 
 
 def test_nearest_indices_are_torchs_3d_nearest_for_every_size_pair():
@@ -335,6 +338,34 @@ def test_with_several_processes_the_shares_of_a_volume_batch_have_one_depth(conf
   assert apart  # shares whose own buckets differ: the case that made two shapes
 
 
+def test_compact_volume_batches_reach_the_tower_as_the_float32_ones(config):
+  """config.data.pixels 'uint8' (the default) sends float16 voxels, trimmed to the depth
+  bucket as the float32 volumes were; the device's floats are the float32 batch's (within
+  1 ulp: tests/test_volume_transport.py)."""
+  compact = processors.VolumeSlots(16, 3, 1, MAX_DEPTH, PATCH, MEAN, STD, pixels='uint8')
+
+  def sends(tasks, kind='image'):
+    del tasks
+    slots = compact if kind == 'volume' else SLOTS[kind]
+    return lambda raw, rng: {'rid': np.int32(0), **slots(schema.decode(raw), rng)}
+
+  floats = pipeline.train_dataset(config, make_processor, 'train', 0, 1)
+  sent = pipeline.train_dataset(config, sends, 'train', 0, 1)
+  device = jax.jit(pixels.as_floats)
+  keys = ('images', 'pixel_table', 'volumes', 'volume_norm', 'depth_mask')
+  depths = set()
+  for i in range(40):
+    want, got = floats[i], sent[i]
+    if 'depth_mask' not in want:
+      continue
+    assert got['volumes'].dtype == np.float16 and got['images'].dtype == np.uint8
+    assert got['volumes'].shape == want['images'].shape[:-1]  # trimmed to the same bucket
+    depths.add(got['volumes'].shape[-1])
+    x = np.asarray(device({k: got[k] for k in keys})['images'])
+    np.testing.assert_array_max_ulp(x, want['images'], maxulp=1)
+  assert len(depths) >= 2
+
+
 def test_depth_trim_keeps_every_real_slice():
   """A batch is padded to the bucket of its deepest volume: one slice past a bucket goes to
   the next one (depth_patch_size=1 allows any depth), none of its slices cut."""
@@ -345,6 +376,12 @@ def test_depth_trim_keeps_every_real_slice():
     out = volumes.trim_depth(batch, (4, 8), 8)
     assert out['images'].shape[-2] == out['depth_mask'].shape[-1] == kept
     assert out['depth_mask'].sum() == deepest
+    # compact slots (radjax/data/pixels.py): the voxels trimmed, the 2D images kept whole
+    compact = {'volumes': np.ones((2, 1, 2, 2, 8), np.float16),
+               'images': np.ones((2, 1, 2, 2, 3), np.uint8), 'depth_mask': mask}
+    out = volumes.trim_depth(compact, (4, 8), 8)
+    assert out['volumes'].shape[-1] == out['depth_mask'].shape[-1] == kept
+    assert out['images'].shape == (2, 1, 2, 2, 3)
 
 
 def test_the_longest_term_wins_whatever_the_list_order():

@@ -243,7 +243,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # up in each of the tower's C channels: 4 x C fewer bytes), for radiographs; a colour
   # image in the data is an error naming its record (an RGB file of equal channels is read
   # as gray); generation reads a user's colour image with the tower's channels.
-  # The floats are the same bits either way. Volumes always travel as float32.
+  # The floats are the same bits either way. A vit3d recipe's volume slots travel as the
+  # scans' float16 voxels and 8-bit 2D images, repeated and normalised on the device
+  # (a scan's floats within 1 ulp: radjax/data/pixels.py), or as floats with 'float32'.
   c.data.pixels = 'uint8'
   c.data.shuffle = True
   c.data.worker_threads = 0  # Grain read threads (0: read in the main thread)

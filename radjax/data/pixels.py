@@ -1,4 +1,4 @@
-"""How a batch's 2D images travel (config.data.pixels), and the one lookup that turns them
+"""How a batch's images travel (config.data.pixels), and the one lookup that turns them
 into the tower's normalised floats.
 
 'uint8' / 'gray8': `images` holds 8-bit pixels [..., H, W, P] and `pixel_table` one float32
@@ -14,7 +14,18 @@ prefetch buffers and the host-to-device copy.
 'float32': the host does the same lookup, and `images` holds the floats (no table).
 
 The lookup is a gather of floats the host computed, so both sides give the same bits.
-Volumes (VolumeSlots) are not 8-bit and always travel as float32.
+
+Volume slots (VolumeSlots, a 'vit3d' tower's volume batches: [..., H, W, D, C] floats,
+zero past each slot's depth_mask) travel compactly too, unless 'float32': a 3D slot's
+voxels as stored (float16 in [0, 1], one channel) in `volumes` [..., H, W, D] with its
+per-channel mean and std in `volume_norm` [..., 2, C] (zeros in any other slot: so it
+marks the 3D slots); a 2D slot's image once, as 8-bit planes and a table (`images`,
+`pixel_table`, as above), not repeated along depth. The device repeats and normalises
+(`volume_floats`) as the host's float32 path does: 2 bytes per voxel instead of 4 x C
+(RadFM's full recipe, 10 slots of 512 x 512 x 64: 0.34 GB an example instead of 2.0 GB;
+BENCHMARKS.md). A 2D slot's floats are the host's bits; a scan's are within 1 ulp, as XLA
+computes x / std as x * (1 / std) (exact for RadFM's mean 0, std 1). A float32 `npy`
+volume (data_prep stores float16) is rounded to float16 on the way.
 """
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +36,8 @@ from radjax.data import images as images_lib
 MODES = config_checks.CHOICES['data.pixels']
 TABLE = 'pixel_table'
 LEVELS = 256  # rows of a table: one per 8-bit value
+VOLUMES = 'volumes'  # a volume batch's 3D slots, float16 [..., H, W, D]
+NORM = 'volume_norm'  # their mean and std per channel [..., 2, C]; zeros: not a 3D slot
 
 
 def mode_of(config) -> str:
@@ -85,11 +98,60 @@ def lookup(pixels, table, out=None):
   return out.reshape(*lead, h, w, c)
 
 
+def volume_fields(mode: str, lead: tuple, size: int, depth: int, num_channels: int) -> dict:
+  """{key: (shape, dtype)} of volume slots [*lead, size, size, depth, C] as `mode` sends
+  them: a 2D slot's 8-bit planes and table (`fields`), a 3D slot's float16 voxels and its
+  mean and std; or float32 volumes [..., C] alone. The depth_mask is the caller's."""
+  if mode == 'float32':
+    return {'images': ((*lead, size, size, depth, num_channels), np.float32)}
+  return {**fields(mode, lead, size, num_channels),
+          VOLUMES: ((*lead, size, size, depth), np.float16),
+          NORM: ((*lead, 2, num_channels), np.float32)}
+
+
+def empty_volumes(mode: str, lead: tuple, size: int, depth: int, num_channels: int) -> dict:
+  """Zero slots of `volume_fields`: slots left as they are read as zeros."""
+  return {k: np.zeros(shape, dtype) for k, (shape, dtype)
+          in volume_fields(mode, lead, size, depth, num_channels).items()}
+
+
+def put_volume(slots: dict, at, vol: np.ndarray, mean, std) -> None:
+  """A scan resized to [H, W, d] (d <= the slots' depth; voxels in [0, 1]) into the
+  compact volume slots at index `at`: its voxels as float16 (what data_prep stores: a
+  float32 npy is rounded to it), its mean and std rows."""
+  c = slots[NORM].shape[-1]
+  slots[VOLUMES][at][..., :vol.shape[-1]] = vol
+  slots[NORM][at] = (np.asarray(mean[:c], np.float32), np.asarray(std[:c], np.float32))
+
+
+def volume_floats(batch: dict):
+  """Compact volume slots -> the tower's float32 volumes [..., H, W, D, C], as the host's
+  float32 path (radjax/data/volumes.py sample_input) builds them: a 3D slot's voxels
+  to float32, repeated to C channels, (x - mean) / std; a 2D slot's looked-up image
+  repeated along depth; zero past each slot's depth_mask. numpy arrays on the host (the
+  same bits), jax arrays (or tracers) on the device (a scan's within 1 ulp: XLA divides
+  by a broadcast std as a multiply by its reciprocal)."""
+  host = all(isinstance(batch[k], np.ndarray)
+             for k in ('images', TABLE, VOLUMES, NORM, 'depth_mask'))
+  xp = np if host else jnp
+  flat = lookup(batch['images'], batch[TABLE])  # [..., H, W, C]: the 2D slots' images
+  norm = batch[NORM]
+  mean, std = norm[..., 0, :], norm[..., 1, :]
+  is_3d = std[..., :1] > 0  # [..., 1]: config.data.image_std > 0, so only a 3D slot's
+  std = xp.where(is_3d, std, np.float32(1))  # no 0 / 0 in the branch not taken
+  at = lambda a: a[..., None, None, None, :]  # [..., C] -> [..., H, W, D, C]
+  vol = (batch[VOLUMES].astype(np.float32)[..., None] - at(mean)) / at(std)
+  x = xp.where(at(is_3d), vol, flat[..., :, :, None, :])
+  return xp.where(batch['depth_mask'][..., None, None, :, None], x, np.float32(0))
+
+
 def as_floats(batch: dict) -> dict:
-  """A batch (or a model's image inputs) with `images` as the tower's floats and no table;
-  one without a table (float32 pixels, volumes, text) as it is."""
+  """A batch (or a model's image inputs) with `images` as the tower's floats and no table
+  (compact volume slots: [..., H, W, D, C], `volume_floats`); one without a table
+  (float32 pixels or volumes, text) as it is."""
   if TABLE not in batch:
     return batch
-  out = {k: v for k, v in batch.items() if k != TABLE}
-  out['images'] = lookup(batch['images'], batch[TABLE])
+  out = {k: v for k, v in batch.items() if k not in (TABLE, VOLUMES, NORM)}
+  out['images'] = (volume_floats(batch) if VOLUMES in batch
+                   else lookup(batch['images'], batch[TABLE]))
   return out

@@ -120,8 +120,10 @@ def _checked_count(example: dict, max_images: int) -> list:
 @dataclasses.dataclass
 class VolumeSlots:
   """An Example's volumes (and 2D images, repeated to their depth) -> [max_images, H, W,
-  max_depth, C] with the real slices marked in a depth mask (radjax/data/volumes.py).
-  No augmentation: RadFM's volumes get none either."""
+  max_depth, C] with the real slices marked in a depth mask (radjax/data/volumes.py), as
+  `pixels` (config.data.pixels) sends them (radjax/data/pixels.py volume_fields): the
+  stored voxels and 8-bit images, which the device repeats and normalises, or ('float32')
+  the floats. No augmentation: RadFM's volumes get none either."""
   image_size: int
   num_channels: int
   max_images: int
@@ -129,21 +131,32 @@ class VolumeSlots:
   depth_patch: int
   mean: tuple
   std: tuple
+  pixels: str = 'float32'
 
   def __call__(self, example: dict, rng) -> dict:
-    """{'images' [M, H, W, D, C], 'image_mask' [M], 'depth_mask' [M, D]}."""
+    """{'images' [M, H, W, D, C] (float32; else 'volumes' [M, H, W, D], 'volume_norm'
+    [M, 2, C], 'images' [M, H, W, P] and 'pixel_table' [M, 256, C]), 'image_mask' [M],
+    'depth_mask' [M, D]}."""
     del rng
     imgs = _checked_count(example, self.max_images)
-    s, d = self.image_size, self.max_depth
-    out = np.zeros((self.max_images, s, s, d, self.num_channels), np.float32)
+    s, d, c = self.image_size, self.max_depth, self.num_channels
+    kw = dict(size=s, max_depth=d, depth_patch=self.depth_patch, num_channels=c,
+              mean=self.mean, std=self.std, record_id=example['id'])
+    out = pixels_lib.empty_volumes(self.pixels, (self.max_images,), s, d, c)
+    if self.pixels == 'float32':
+      xs, depth = volumes.sample_input(imgs, **kw)
+      for i, x in enumerate(xs):
+        out['images'][i, :, :, :depth] = x
+    else:
+      parts, depth = volumes.sample_parts(imgs, gray=self.pixels == 'gray8', **kw)
+      for i, x in enumerate(parts):
+        if isinstance(x, tuple):  # a 2D image's planes and table, once
+          pixels_lib.put(out, i, *x)
+        else:
+          pixels_lib.put_volume(out, i, x, self.mean, self.std)
     depth_mask = np.zeros((self.max_images, d), bool)
-    xs, depth = volumes.sample_input(imgs, size=s, max_depth=d, depth_patch=self.depth_patch,
-                                     num_channels=self.num_channels, mean=self.mean,
-                                     std=self.std, record_id=example['id'])
-    for i, x in enumerate(xs):
-      out[i, :, :, :depth] = x
-      depth_mask[i, :depth] = True
-    return {'images': out, 'image_mask': np.arange(self.max_images) < len(imgs),
+    depth_mask[:len(imgs), :depth] = True
+    return {**out, 'image_mask': np.arange(self.max_images) < len(imgs),
             'depth_mask': depth_mask}
 
 

@@ -11,14 +11,17 @@ batch of one, as inference runs (src/test.py's DataLoader has collate_fn=None, s
 collator is never called: inference gets stack_images' 512 x 512 x T, as here). Not
 modelled: src/train.py's collator, at a batch of one, also resizes in-plane to 256 when
 T > 4 and keeps T <= 32 for a sample of more than 6 images. Real slices are marked in the
-depth mask; a batch pads its samples to a common depth.
+depth mask; a batch pads its samples to a common depth. The slots travel to the device as
+the stored voxels and 8-bit images (`sample_parts`), which the device repeats and
+normalises (radjax/data/pixels.py volume_floats); with config.data.pixels='float32' the host
+does (`sample_input`).
 """
 import io
 
 import numpy as np
 
 from radjax.data import images as images_lib
-from radjax.data import schema
+from radjax.data import pixels, schema
 
 
 def decode_volume(image: dict, record_id: str) -> np.ndarray:
@@ -76,22 +79,41 @@ def resize_volume(vol: np.ndarray, size: int, depth: int) -> np.ndarray:
                     nearest_indices(slices, depth))]
 
 
-def sample_input(entries: list[dict], *, size: int, max_depth: int, depth_patch: int,
-                 num_channels: int, mean, std, record_id: str) -> tuple[list[np.ndarray], int]:
-  """One sample's image entries (3D, or 2D) -> ([size, size, depth, C] normalised each,
-  depth): all at the depth its deepest scan is resized to (a 2D image counts as one slice)."""
+def sample_parts(entries: list[dict], *, size: int, max_depth: int, depth_patch: int,
+                 num_channels: int, mean, std, record_id: str,
+                 gray: bool = False) -> tuple[list, int]:
+  """One sample's image entries (3D, or 2D) -> (per entry: a 2D image's (8-bit planes
+  [size, size, 1 or 3], pixel table [256, C]) as images.preprocess_pixels gives them, or
+  a scan resized to [size, size, depth] in its stored dtype; depth): the depth its
+  deepest scan is resized to (a 2D image counts as one slice). `gray`: a colour 2D image
+  is an error (config.data.pixels='gray8')."""
   flat = [e.get('kind', '2d') == '2d' for e in entries]
-  decoded = [images_lib.preprocess(e, size=size, num_channels=num_channels, mean=mean,
-                                   std=std, record_id=record_id)
+  decoded = [images_lib.preprocess_pixels(e, size=size, num_channels=num_channels, mean=mean,
+                                          std=std, record_id=record_id, gray=gray)
              if is_2d else decode_volume(e, record_id) for e, is_2d in zip(entries, flat)]
   deepest = max([x.shape[2] for x, is_2d in zip(decoded, flat) if not is_2d] or [1])
   depth = target_depth(deepest, depth_patch, max_depth)
+  return [x if is_2d else resize_volume(x, size, depth)
+          for x, is_2d in zip(decoded, flat)], depth
+
+
+def sample_input(entries: list[dict], *, size: int, max_depth: int, depth_patch: int,
+                 num_channels: int, mean, std, record_id: str) -> tuple[list[np.ndarray], int]:
+  """One sample's image entries (3D, or 2D) -> ([size, size, depth, C] normalised each,
+  depth): all at the depth of `sample_parts`, a 2D image repeated to it. The host's side
+  of config.data.pixels='float32'; radjax/data/pixels.py volume_floats is the device's."""
+  parts, depth = sample_parts(entries, size=size, max_depth=max_depth, depth_patch=depth_patch,
+                              num_channels=num_channels, mean=mean, std=std,
+                              record_id=record_id)
   out = []
-  for x, is_2d in zip(decoded, flat):
-    if is_2d:
+  for x in parts:
+    if isinstance(x, tuple):  # a 2D image: its planes looked up, repeated along depth
+      planes, table = x
+      x = images_lib.lookup_pixels(planes[..., 0] if planes.shape[-1] == 1 else planes, table,
+                                   gray=planes.shape[-1] == 1)
       out.append(np.repeat(x[:, :, None, :], depth, axis=2))
     else:
-      vol = resize_volume(x, size, depth).astype(np.float32)
+      vol = x.astype(np.float32)
       out.append(images_lib.normalise(vol[..., None].repeat(num_channels, -1), mean, std,
                                       num_channels))
   return out, depth
@@ -103,8 +125,12 @@ def bucket(depth: int, buckets: tuple[int, ...], max_depth: int) -> int:
 
 
 def trim_depth(batch: dict, buckets: tuple[int, ...], max_depth: int) -> dict:
-  """A volume batch padded to max_depth -> padded to the bucket of its deepest volume."""
+  """A volume batch padded to max_depth -> padded to the bucket of its deepest volume
+  (its compact `volumes` [..., D], or float32 `images` [..., D, C]: radjax/data/pixels.py)."""
   real = np.nonzero(batch['depth_mask'].any(axis=(0, 1)))[0]
   depth = bucket(int(real[-1]) + 1 if real.size else 1, buckets, max_depth)
-  return {**batch, 'images': batch['images'][..., :depth, :],
-          'depth_mask': batch['depth_mask'][..., :depth]}
+  if pixels.VOLUMES in batch:
+    trimmed = {pixels.VOLUMES: batch[pixels.VOLUMES][..., :depth]}
+  else:
+    trimmed = {'images': batch['images'][..., :depth, :]}
+  return {**batch, **trimmed, 'depth_mask': batch['depth_mask'][..., :depth]}

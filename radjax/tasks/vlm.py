@@ -61,8 +61,7 @@ class ImageTextToText(base.Task):
       self.slots['volume'] = processors.VolumeSlots(
           image_size=v.image_size, num_channels=v.num_channels, max_images=c.max_images,
           max_depth=pipeline.max_slices(config), depth_patch=v.depth_patch_size,
-          mean=tuple(c.image_mean),
-          std=tuple(c.image_std))
+          mean=tuple(c.image_mean), std=tuple(c.image_std), pixels=mode)
     eval_kind = mixture.eval_kind(config)
     if eval_kind not in self.slots:
       raise ValueError(f"the eval dataset holds volumes (its mixture component's kind is "
@@ -109,9 +108,9 @@ class ImageTextToText(base.Task):
   def batch_spec(self, kind: str = '') -> dict:
     """The batch fields. kind 'image': images [M, H, W, P] and their pixel_table as
     config.data.pixels sends them (radjax/data/pixels.py); 'volume' (a 'vit3d' tower):
-    float32 images [M, H, W, D, C] and a depth_mask [M, D] (each kind compiles its own
-    step); '': every field of either kind, images 2D (what the batch shardings are made
-    from)."""
+    volume slots [M, H, W, D, C] as it sends them (pixels.volume_fields: float16 voxels,
+    8-bit 2D images, ...) and a depth_mask [M, D] (each kind compiles its own step); '':
+    every field of either kind, images 2D (what the batch shardings are made from)."""
     self._check_kind(kind)
     c, v = self.config.data, self.model_cfg.vision
     seq = base.BatchField((c.max_len,), np.int32)
@@ -119,18 +118,17 @@ class ImageTextToText(base.Task):
     # A volume batch is as deep as its slots make it (config.data.max_slices, else the
     # tower's max_depth): what training feeds, so the dry run compiles the same step.
     max_depth = self.slots['volume'].max_depth if 'volume' in self.slots else 0
-    depth = (max_depth,) if kind == 'volume' else ()
     tiles, plans = (), {}
     if self.anyres:  # AnyRes: tile slots per image, and each image's plan
       tiles = (self.anyres.slots,)
       plan = (m, self.anyres.max_tokens, 4)
       plans = {'tile_index': base.BatchField(plan, np.int32),
                'tile_weight': base.BatchField(plan, np.float32)}
-    if kind == 'volume':
-      images = {'images': base.BatchField((m, v.image_size, v.image_size, *depth,
-                                           v.num_channels), np.float32)}
-    else:
-      images = base.image_fields(self.config, (m, *tiles), v.image_size, v.num_channels)
+    images = base.image_fields(self.config, (m, *tiles), v.image_size, v.num_channels)
+    if max_depth and kind != 'image':  # '': the volume-only fields beside the 2D images
+      volume = {k: base.BatchField(*f) for k, f in pixels.volume_fields(
+          pixels.mode_of(self.config), (m,), v.image_size, max_depth, v.num_channels).items()}
+      images = volume if kind == 'volume' else {**volume, **images}
     return {'tokens': seq, 'targets': seq, 'loss_mask': base.BatchField((c.max_len,), np.float32),
             **images,
             **plans,

@@ -244,7 +244,7 @@ def generate(model, params, prompt_tokens, prompt_mask, images, gen_cfg: Generat
 
   prompt_tokens / prompt_mask [B, P]; images [B, M, H, W, C] for a VLM (or a dict of the
   VLM's image arguments: images [B, M, H, W, D, C] and depth_mask [B, M, D]; 8-bit images
-  with their pixel_table, radjax/data/pixels.py), None for a
+  with their pixel_table, or compact volume slots, radjax/data/pixels.py), None for a
   bare Decoder; rng: needed when sampling, a PRNG key per row [B] (row r's step i draws
   with fold_in(rng[r], i), whatever else is in the batch) or one key (row r's is
   fold_in(rng, r)).
