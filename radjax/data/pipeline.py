@@ -121,6 +121,13 @@ def _batches(config, ds: grain.MapDataset, kind: str, process_index: int, proces
                        f'config.model.vision.depth_patch_size={patch}')
     if process_count == 1:  # several: each sees only its share of the batch
       ds = ds.map(functools.partial(volumes.trim_depth, buckets=buckets, max_depth=max_depth))
+    plane = volume_image_size(config)
+    if plane != config.model.vision.image_size:
+      if process_count > 1:  # the processes would have to agree on each batch's depth
+        raise ValueError(f'config.data.volume_image_size={plane} resizes a volume batch by '
+                         'its depth on the host, which on several processes sees only its '
+                         f'share of the batch ({process_count} processes); set it to 0')
+      ds = ds.map(functools.partial(volumes.shrink_plane, size=plane, depth_patch=patch))
   return ds
 
 
@@ -142,6 +149,33 @@ def max_slices(config) -> int:
     raise ValueError(f'config.data.max_slices={cap}: at most config.model.vision.max_depth='
                      f'{tower} and a multiple of its depth_patch_size '
                      f"{v.get('depth_patch_size', 1)}")
+  return cap
+
+
+def volume_image_size(config) -> int:
+  """The in-plane size of a training volume batch deeper than one depth patch:
+  config.data.volume_image_size, else the tower's image_size."""
+  v, size = config.model.vision, config.data.get('volume_image_size', 0)
+  if not size:
+    return v.image_size
+  if size > v.image_size or size % v.patch_size:
+    raise ValueError(f'config.data.volume_image_size={size}: at most config.model.vision.'
+                     f'image_size={v.image_size} and a multiple of its patch_size '
+                     f'{v.patch_size}')
+  return size
+
+
+def many_images_slices(config) -> int:
+  """The slices a training sample of more than config.data.many_images images keeps at
+  most: config.data.many_images_max_slices, else max_slices(config)."""
+  cap, most = config.data.get('many_images_max_slices', 0), max_slices(config)
+  if not cap:
+    return most
+  patch = config.model.vision.get('depth_patch_size', 1)
+  if cap > most or cap % patch:
+    raise ValueError(f'config.data.many_images_max_slices={cap}: at most {most} '
+                     '(config.data.max_slices, else config.model.vision.max_depth) and a '
+                     f'multiple of config.model.vision.depth_patch_size={patch}')
   return cap
 
 

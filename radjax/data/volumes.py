@@ -134,3 +134,19 @@ def trim_depth(batch: dict, buckets: tuple[int, ...], max_depth: int) -> dict:
   else:
     trimmed = {'images': batch['images'][..., :depth, :]}
   return {**batch, **trimmed, 'depth_mask': batch['depth_mask'][..., :depth]}
+
+
+def shrink_plane(batch: dict, size: int, depth_patch: int) -> dict:
+  """A volume batch (as trim_depth leaves it) padded deeper than one depth patch -> its
+  slots resized in-plane to size x size by nearest voxel (`nearest_indices`, as RadFM's
+  collator's F.interpolate reads its 512 x 512 inputs), the 2D slots' 8-bit planes too;
+  a batch one depth patch deep (2D images, scans of <= depth_patch slices) as it is."""
+  if batch['depth_mask'].shape[-1] <= depth_patch:
+    return batch
+  out = dict(batch)
+  for key in ('images', pixels.VOLUMES):  # [B, M, H, W, ...] both
+    if key in batch:
+      x = batch[key]
+      rows, cols = nearest_indices(x.shape[2], size), nearest_indices(x.shape[3], size)
+      out[key] = np.ascontiguousarray(x[:, :, rows][:, :, :, cols])
+  return out
