@@ -8,10 +8,15 @@ nearest the sample's deepest scan (a tie goes to the smaller; at least one patch
 max_depth: RadFM's 4..64), and a 2D image, or a scan of one slice (RadFM stores 2D images
 as z = 1), is repeated to T. RadFM picks T per batch, radjax per sample: the same for a
 batch of one, as inference runs (src/test.py's DataLoader has collate_fn=None, so its
-collator is never called: inference gets stack_images' 512 x 512 x T, as here). Not
-modelled: src/train.py's collator, at a batch of one, also resizes in-plane to 256 when
-T > 4 and keeps T <= 32 for a sample of more than 6 images. Real slices are marked in the
-depth mask; a batch pads its samples to a common depth. The slots travel to the device as
+collator is never called: inference gets stack_images' 512 x 512 x T, as here). Training
+only, as src/train.py's collator does at a batch of one (its code default for volumes):
+a sample of more than 6 images keeps T <= 32 (config.data.many_images,
+many_images_max_slices; radjax/data/processors.py VolumeSlots), and a batch deeper than 4
+slices is resized in-plane to 256 (config.data.volume_image_size, `shrink_plane`): radjax
+decides per batch from the depth the batch is padded to (its bucket; one in-plane size
+per compiled shape), on one process, resizing the image_size slots by nearest voxel as
+F.interpolate resizes RadFM's 512 x 512 inputs. Real slices are marked in the depth
+mask; a batch pads its samples to a common depth. The slots travel to the device as
 the stored voxels and 8-bit images (`sample_parts`), which the device repeats and
 normalises (radjax/data/pixels.py volume_floats); with config.data.pixels='float32' the host
 does (`sample_input`).
