@@ -44,10 +44,14 @@ def train_dataset(config, make_processor, split: str,
     ds = _stream(config, records, config.seed, processor, 0, log)
     return _batches(config, ds, 'image', process_index, process_count, _image_id(processor))
   batched = {}
-  for kind, items in mixture.by_kind(comps).items():
+  kinds = mixture.by_kind(comps)
+  for kind, items in kinds.items():
     records = [_capped(_training_records(c, split), c) for _, c in items]
     weights = mixture.weights([c for _, c in items], [len(r) for r in records])
-    make = make_processor if kind == 'image' else functools.partial(make_processor, kind=kind)
+    # Both kinds: each named (a processor's default is the eval dataset's kind, which
+    # processed the 2D components of a mixture evaluated on volumes as volumes).
+    make = (make_processor if len(kinds) == 1 and kind == 'image'
+            else functools.partial(make_processor, kind=kind))
     processors = [make(c.tasks) for _, c in items]
     for (_, c), p in zip(items, processors):
       _check_tasks(p, f'{c.knob}.tasks')
