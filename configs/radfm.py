@@ -143,6 +143,7 @@ def get_config(arg: str = ''):
   else:
     c.data.max_slices = 0
     tiny_model(c.model, micro=args.size == 'micro')
+    c.data.volume_image_size = c.model.vision.image_size // 2  # as 256 of 512
     c.data.image_mean, c.data.image_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     if args.task != 'lm':
       tiny_data(c, micro=args.size == 'micro')

@@ -445,13 +445,21 @@ def test_compact_volume_slots_shrink_in_plane_alike_and_one_patch_deep_stays_who
   assert volumes.shrink_plane(shallow, 6, PATCH)['volumes'].shape[2:4] == (16, 16)
 
 
-def test_volume_image_size_is_refused_on_several_processes_and_checked(config):
+def test_several_processes_leave_the_in_plane_size_to_the_model(config, monkeypatch):
   """Each process sees its share of a volume batch only, so the shares could disagree on
-  the batch's in-plane size: refused, naming the knob; a size off the patch grid or past
-  the tower's image_size is an error naming it too."""
+  the batch's in-plane size: their volume batches stay whole (the model resizes them,
+  tests/test_vit3d_perceiver.py), with the slot switch only; a size off the patch grid or
+  past the tower's image_size is an error naming the knob."""
   c = _planar(config, 8)
-  with pytest.raises(ValueError, match=r'config.data.volume_image_size=8 .*2 processes'):
-    pipeline.train_dataset(c, make_processor, 'train', 0, 2)
+  ds = pipeline.train_dataset(c, make_processor, 'train', 0, 2)
+  shapes = {ds[i]['images'].shape[2:4] for i in range(12) if 'depth_mask' in ds[i]}
+  assert shapes == {(16, 16)}
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  c.runtime.volume_slot_switch = False
+  with pytest.raises(ValueError, match=r'volume_image_size=8 on several processes needs '
+                                       r'config.runtime.volume_slot_switch'):
+    pipeline.volume_image_size(c)
+  c.runtime.volume_slot_switch = True
   for bad in (6, 32):
     c.data.volume_image_size = bad
     with pytest.raises(ValueError, match=f'config.data.volume_image_size={bad}: at most'):

@@ -227,7 +227,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # target depth is > 4; its code default is one volume a device, so its 3D training ran
   # there). Decided per batch from the depth it is padded to (its bucket: one shape per
   # batch; with a bucket of one depth patch, as RadFM's recipe has, the same batches as
-  # RadFM's rule), on one process only (on several each sees only its share of a batch).
+  # RadFM's rule). Several processes (each host sees a share of a batch) leave it to the
+  # training step, which resizes from the whole batch's depth mask (VLM._volume_slots).
   # 2D batches, evaluation and generation stay at image_size (RadFM's inference path).
   c.data.volume_image_size = 0
   # Training samples of more than many_images images keep at most many_images_max_slices

@@ -123,14 +123,12 @@ def _batches(config, ds: grain.MapDataset, kind: str, process_index: int, proces
                        f'{max_depth}] (config.data.max_slices, else '
                        'config.model.vision.max_depth) and a multiple of '
                        f'config.model.vision.depth_patch_size={patch}')
-    if process_count == 1:  # several: each sees only its share of the batch
+    # Several processes: each sees only its share of the batch, so the model picks the
+    # depth and the in-plane size from the whole batch (VLM._volume_slots).
+    if process_count == 1:
       ds = ds.map(functools.partial(volumes.trim_depth, buckets=buckets, max_depth=max_depth))
     plane = volume_image_size(config)
-    if plane != config.model.vision.image_size:
-      if process_count > 1:  # the processes would have to agree on each batch's depth
-        raise ValueError(f'config.data.volume_image_size={plane} resizes a volume batch by '
-                         'its depth on the host, which on several processes sees only its '
-                         f'share of the batch ({process_count} processes); set it to 0')
+    if process_count == 1 and plane != config.model.vision.image_size:
       ds = ds.map(functools.partial(volumes.shrink_plane, size=plane, depth_patch=patch))
   return ds
 
@@ -166,6 +164,10 @@ def volume_image_size(config) -> int:
     raise ValueError(f'config.data.volume_image_size={size}: at most config.model.vision.'
                      f'image_size={v.image_size} and a multiple of its patch_size '
                      f'{v.patch_size}')
+  if size < v.image_size and jax.process_count() > 1 and not config.runtime.get(
+      'volume_slot_switch', True):
+    raise ValueError(f'config.data.volume_image_size={size} on several processes needs '
+                     'config.runtime.volume_slot_switch=True (the model resizes there)')
   return size
 
 

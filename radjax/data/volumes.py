@@ -14,8 +14,9 @@ a sample of more than 6 images keeps T <= 32 (config.data.many_images,
 many_images_max_slices; radjax/data/processors.py VolumeSlots), and a batch deeper than 4
 slices is resized in-plane to 256 (config.data.volume_image_size, `shrink_plane`): radjax
 decides per batch from the depth the batch is padded to (its bucket; one in-plane size
-per compiled shape), on one process, resizing the image_size slots by nearest voxel as
-F.interpolate resizes RadFM's 512 x 512 inputs. Real slices are marked in the depth
+per compiled shape), resizing the image_size slots by nearest voxel as F.interpolate
+resizes RadFM's 512 x 512 inputs (on several processes the training step does, the same
+rows and columns: radjax/models/vlm.py _volume_slots). Real slices are marked in the depth
 mask; a batch pads its samples to a common depth. The slots travel to the device as
 the stored voxels and 8-bit images (`sample_parts`), which the device repeats and
 normalises (radjax/data/pixels.py volume_floats); with config.data.pixels='float32' the host

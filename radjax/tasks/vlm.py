@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from radjax.data import anyres, chat, mixture, pipeline, pixels, processors
+from radjax.data import anyres, chat, mixture, pipeline, pixels, processors, volumes
 from radjax.models import factory, vlm
 from radjax.tasks import base
 from radjax.train import loss as loss_lib
@@ -60,6 +60,7 @@ class ImageTextToText(base.Task):
           mean=tuple(c.image_mean), std=tuple(c.image_std), crop_scale=tuple(c.crop_scale),
           augment=c.augment, jitter=c.get('intensity_jitter', True), pixels=mode)}
     eval_slots = dict(self.slots)
+    self.volume_plane, self.model_plane = v.image_size, ()
     if v.kind == 'vit3d':  # volumes too, in batches of their own
       eval_slots['volume'] = processors.VolumeSlots(
           image_size=v.image_size, num_channels=v.num_channels, max_images=c.max_images,
@@ -71,6 +72,10 @@ class ImageTextToText(base.Task):
           eval_slots['volume'], many_images=c.get('many_images', 0),
           many_images_depth=pipeline.many_images_slices(config))
       self.volume_plane = pipeline.volume_image_size(config)
+      # Several processes: the training step's model resizes (a host sees a share).
+      if jax.process_count() > 1 and self.volume_plane < v.image_size:
+        self.model_plane = tuple(int(i) for i in volumes.nearest_indices(v.image_size,
+                                                                         self.volume_plane))
     eval_kind = mixture.eval_kind(config)
     if eval_kind not in self.slots:
       raise ValueError(f"the eval dataset holds volumes (its mixture component's kind is "
@@ -139,7 +144,7 @@ class ImageTextToText(base.Task):
       # A volume batch that deep is at config.data.volume_image_size in-plane (one depth
       # patch deep, at image_size: fewer tokens than a deeper one at RadFM's sizes).
       size = (self.volume_plane if kind == 'volume' and max_depth > v.depth_patch_size
-              else v.image_size)
+              and not self.model_plane else v.image_size)
       volume = {k: base.BatchField(*f) for k, f in pixels.volume_fields(
           pixels.mode_of(self.config), (m,), size, max_depth, v.num_channels).items()}
       images = volume if kind == 'volume' else {**volume, **images}
@@ -220,6 +225,8 @@ class ImageTextToText(base.Task):
   def train_loss(self, model, params, batch, rng):
     """The report loss, plus label_loss_weight x the label head's mean cross-entropy per
     labelled example (scaled by tokens per example, as the step divides by tokens)."""
+    if self.model_plane:  # several processes: the model resizes in-plane
+      model = model.clone(rt=dataclasses.replace(model.rt, volume_plane=self.model_plane))
     if not self.label_weight:
       return self.loss(model, params, batch, rng)
     batch = pixels.as_floats(batch)
