@@ -15,7 +15,8 @@ fsdp=n and the report gives
     per device; the table gives the largest. A step per kind of batch the data gives
     (radjax/data/mixture.py train_kinds): 2D images (and text) in batches of
     train.batch_size; a mixture's 'volume' components (a 'vit3d' tower) in batches of
-    data.volume_batch_size, as deep as the deepest bucket. With
+    data.volume_batch_size, as deep as the deepest bucket (and at
+    data.volume_image_size in-plane, as training resizes such a batch). With
     --compile_llm_layers k the step is compiled with the decoder cut to k layers (scanned
     layers compile alike at any depth, but a CPU compile of 40 takes long); parameter and
     optimizer bytes above are still the full model's.

@@ -88,7 +88,8 @@ def main(argv):
   config = FLAGS.config
   rows = {t: spec_bytes(with_pixels(config, t)) for t in TRANSPORTS}
   v, c = config.model.vision, config.data
-  print(f'volume batch of {c.max_images} slots of {v.image_size} x {v.image_size} x '
+  size = pipeline.volume_image_size(config)  # the deepest batch's in-plane size
+  print(f'volume batch of {c.max_images} slots of {size} x {size} x '
         f'{pipeline.max_slices(config)}, C = {v.num_channels}; bytes per example:')
   for t, fields in rows.items():
     parts = ', '.join(f'{k} {b / 1e6:.2f}' for k, b in fields.items() if b >= 1e5)

@@ -24,6 +24,11 @@ features are compared.
 slots) with the mask the task makes from their image mask (radjax/tasks/vlm.py
 depth_mask), two rows: before session 41, every slot in one call (as the switch off
 runs them; the mask only zeroes the empty slots' features); now, empty slots skipped.
+
+--plane: the host's batch (rows 2-3) also resized in-plane to config.data.volume_image_size
+as one process's training does for a batch deeper than one depth patch (volumes.py
+shrink_plane); rows 1 and 4 stay whole (several processes refuse the knob); features
+then differ from theirs.
 """
 import os
 import sys
@@ -54,12 +59,14 @@ def define_flags():
   flags.DEFINE_integer('batch', 2, 'Examples in the batch.')
   flags.DEFINE_integer('steps', 10, 'Timed calls per row after one warm-up.')
   flags.DEFINE_bool('image2d', False, "2D images (a 2D batch's slots), not volumes.")
+  flags.DEFINE_bool('plane', False, 'Rows 2-3: the host batch at config.data.'
+                    'volume_image_size in-plane (module doc).')
 
 
-def tower_flops(v, depths, batch: int) -> float:
-  """Analytic forward + backward FLOPs of the tower over slots `depths` deep (6 x params x
-  tokens + attention, each of `batch` rows)."""
-  side = v.image_size // v.patch_size
+def tower_flops(v, depths, batch: int, size: int = 0) -> float:
+  """Analytic forward + backward FLOPs of the tower over slots `depths` deep and `size`
+  (default image_size) wide (6 x params x tokens + attention, each of `batch` rows)."""
+  side = (size or v.image_size) // v.patch_size
   hd = v.head_dim or v.embed_dim // v.num_heads
   per_token = (4 * v.embed_dim * v.num_heads * hd + 2 * v.embed_dim * v.mlp_dim) * v.num_layers
   total = 0.0
@@ -102,7 +109,9 @@ def main(argv):
                     rng.random((b, m, v.image_size, v.image_size, depth, v.num_channels)),
                     0).astype(np.float32)
   trimmed = volumes.trim_depth({'images': images, 'depth_mask': mask}, buckets, depth)
-  host_depth = trimmed['images'].shape[-2]
+  if FLAGS.plane:
+    trimmed = volumes.shrink_plane(trimmed, pipeline.volume_image_size(c), v.depth_patch_size)
+  host_depth, host_size = trimmed['images'].shape[-2], trimmed['images'].shape[2]
   params = jax.jit(batched.init)(jax.random.key(0), jnp.ones((1, 4), jnp.int32),
                                  images[:1, :1], depth_mask=mask[:1, :1])
   if FLAGS.image2d:  # one slice of each, as a 2D batch holds it
@@ -115,7 +124,7 @@ def main(argv):
     return jax.jit(jax.value_and_grad(f))
 
   print(f'{b} examples x {m} slots of {v.image_size}^2 x {depth} slices (host-trimmed: '
-        f'{host_depth}); used slots {real} slices deep; buckets {buckets}; tower '
+        f'{host_size}^2 x {host_depth}); used slots {real} slices deep; buckets {buckets}; tower '
         f'{v.num_layers} layers x {v.embed_dim}')
   bucketed = [volumes.bucket(d, buckets, depth) for d in real]
   full, host = (images, mask), (trimmed['images'], trimmed['depth_mask'])
@@ -131,6 +140,7 @@ def main(argv):
       ('4. several processes, now: empty slots skipped, buckets in the program', in_program,
        full, bucketed))
   for name, model, batch, slots in programs:
+    size = batch[0].shape[2]
     fn = loss(model)
     compiled = fn.lower(params, *batch).compile()
     xla = compiled.cost_analysis()
@@ -138,7 +148,7 @@ def main(argv):
     temp = compiled.memory_analysis().temp_size_in_bytes
     value = float(fn(params, *batch)[0])
     rows.append((name, _time(fn, (params, *batch), FLAGS.steps), xla, temp,
-                 tower_flops(v, slots, b), value))
+                 tower_flops(v, slots, b, size), value))
   print('\n| program | step (median) | XLA GFLOPs | temp MiB | analytic GFLOPs run | speed-up |')
   print('|---|---|---|---|---|---|')
   for i, (name, t, xla, temp, flops, _) in enumerate(rows):

@@ -134,9 +134,16 @@ def get_config(arg: str = ''):
     # RadFM's collator resizes each batch to its own depth (a multiple of 4): buckets keep a
     # shallow batch (a 2D image is one slice, repeated to 4) from running the tower at 64.
     c.data.depth_buckets = (4, 8, 16, 32)
+    # Its training collator, at its default of one volume a device: a batch deeper than 4
+    # slices at 256 x 256 in-plane (a quarter of the tower's tokens), and a sample of more
+    # than 6 images at most 32 slices deep. Evaluation and generation stay at 512 x 512 x
+    # up to 64, as its inference path (src/test.py calls no collator) reads scans.
+    c.data.volume_image_size = 256
+    c.data.many_images, c.data.many_images_max_slices = 6, 32
   else:
     c.data.max_slices = 0
     tiny_model(c.model, micro=args.size == 'micro')
+    c.data.volume_image_size = c.model.vision.image_size // 2  # as 256 of 512
     c.data.image_mean, c.data.image_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     if args.task != 'lm':
       tiny_data(c, micro=args.size == 'micro')

@@ -94,6 +94,27 @@ def test_two_processes_with_depth_buckets_log_the_losses_of_one(radfm_run, demo_
   assert abs(mp._eval_loss(wd) - want_eval) < 2e-4
 
 
+def test_the_2d_components_train_as_2d_batches(radfm_run, demo_data):
+  """The mixture's X-rays were processed by the eval dataset's slots, the CT volumes':
+  each X-ray a volume of max_depth 48 (4 real slices) left untrimmed, so the 2D step ran
+  the tower 48 deep, 12x its tokens, without RadFM's random resized crop, and not the
+  step that batch_spec('image') (the dry run) describes. Now each kind's own slots."""
+  from radjax.data import pipeline
+  c, _, ct, _ = radfm_run
+  task = run_lib.make_task(c)
+  ds = pipeline.train_dataset(c, task.processor, c.data.train_split, 0, 1)
+  spec = {k: f.shape for k, f in task.batch_spec('image').items()}
+  kinds = set()
+  for i in range(6):
+    batch = ds[i]
+    kind = 'image' if int(batch['source'][0]) == 1 else 'volume'  # cxr, ct
+    kinds.add(kind)
+    if kind == 'image':
+      assert 'depth_mask' not in batch and 'volumes' not in batch
+      assert {k: v.shape[1:] for k, v in batch.items() if k in spec} == spec
+  assert kinds == {'image', 'volume'}
+
+
 def test_full_recipe_uses_hf_trainer_adamw_defaults():
   """RadFM's train.py hands HF Trainer its defaults: AdamW betas (0.9, 0.999), eps 1e-8,
   no weight decay, gradients clipped at norm 1."""
@@ -117,3 +138,28 @@ def test_full_recipe_runs_a_batch_of_2d_images_at_depth_4_not_64():
   assert volumes.trim_depth(batch, buckets, max_depth)['images'].shape[-2] == 4
   depth_mask[1, 3, :40] = True  # a 40-slice scan in the batch: the 64 bucket
   assert volumes.trim_depth(batch, buckets, max_depth)['depth_mask'].shape[-1] == 64
+
+
+def test_micro_trains_with_its_volume_batches_at_half_size(radfm_run, demo_data, tmp_path):
+  """config.data.volume_image_size at half the micro tower's image_size (RadFM's 256 of
+  512): the volume batches reach the step 16 x 16 in-plane (2 x 2 patches, the strided
+  position rows), the 2D batches 32 x 32, and it trains."""
+  from radjax.data import pipeline
+  _, _, ct, _ = radfm_run
+  c = radfm.get_config('size=micro')
+  c.data.mixture.ct.dir, c.data.mixture.cxr.dir = ct, demo_data
+  c.data.keyword_terms = os.path.join(ct, 'terms.txt')
+  c.data.volume_image_size = c.model.vision.image_size // 2
+  steps = 6
+  c.train.num_steps, c.train.checkpoint_every, c.train.eval_every = steps, steps, 0
+  c.train.async_checkpoint = False
+  task = run_lib.make_task(c)
+  ds = pipeline.train_dataset(c, task.processor, c.data.train_split, 0, 1)
+  sizes = {('depth_mask' in ds[i], ds[i]['images'].shape[2]) for i in range(steps)}
+  assert sizes == {(True, 16), (False, 32)}
+  wd = str(tmp_path / 'wd')
+  run_lib.main(c, wd, 'train')
+  with open(os.path.join(wd, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f if 'train/loss' in line]
+  assert len(rows) == steps and all(np.isfinite(r['train/loss']) for r in rows)
+  assert any(r['data/examples/ct'] > 0 for r in rows)

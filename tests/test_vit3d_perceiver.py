@@ -1,6 +1,7 @@
 """RadFM's vision parts: the 3D ViT (volumes, 2D images, padded depth) and the Perceiver
 resampler (masking, an independent numpy forward), composed in the VLM and sharded."""
 import dataclasses
+import functools
 import math
 
 import einops
@@ -467,3 +468,36 @@ def test_a_depth_patch_with_any_real_slice_is_real():
   tokens = aux['token_mask'].reshape(2, 2, 3)
   assert bool(tokens[:, :, :2].all()) and not bool(tokens[:, :, 2].any())
   assert float(jnp.abs(feats.reshape(2, 2, 3, 24)[:, :, 1]).min()) > 0
+
+
+@pytest.mark.parametrize('deepest', [8, 2])
+def test_the_model_resizes_in_plane_as_one_process_host_does(deepest):
+  """config.data.volume_image_size on several processes: the host leaves volume batches
+  whole, and the training model resizes every slot of a batch whose bucket is deeper than
+  one depth patch, inside the program: the projected features of one process's host path
+  (trim_depth, shrink_plane, then the tower), and the full-size ones for a shallow batch."""
+  from radjax.data import volumes
+  c = _radfm_like_config()
+  cfg = factory.vlm_config(c.model)
+  buckets, b, m, d, patch = (2, 4, 8), 2, 3, 12, 2
+  real = np.array([[deepest, 1, 0], [2, 0, 0]])  # slot 2: nobody's
+  depth_mask = np.arange(d)[None, None] < real[..., None]
+  rng = np.random.default_rng(0)
+  images = np.where(depth_mask[:, :, None, None, :, None],
+                    rng.normal(size=(b, m, 16, 16, d, 2)), 0).astype(np.float32)
+  rows = tuple(int(i) for i in volumes.nearest_indices(16, 8))
+  rt = dataclasses.replace(factory.vlm_runtime(c), depth_buckets=buckets, volume_plane=rows)
+  model, host_model = vlm.VLM(cfg, rt), vlm.VLM(cfg, factory.vlm_runtime(c))
+  params = _perturb(model.init(jax.random.key(0), jnp.ones((b, 4), jnp.int32),
+                               images[:, :1, ..., :4, :], depth_mask=depth_mask[:, :1, :4]),
+                    scale=0.2)
+  encode = lambda mdl, x, mask: jax.jit(functools.partial(  # noqa: E731
+      mdl.apply, method=vlm.VLM.encode_images))(params, x, mask)
+  got = encode(model, images, depth_mask)
+  host = volumes.trim_depth({'images': images, 'depth_mask': depth_mask}, buckets, d)
+  host = volumes.shrink_plane(host, 8, patch)
+  assert host['images'].shape[2] == (8 if deepest > patch else 16)
+  np.testing.assert_allclose(got, encode(host_model, host['images'], host['depth_mask']),
+                             atol=2e-5)
+  full = encode(host_model, images, depth_mask)
+  assert (float(jnp.abs(got - full).max()) > 1e-3) == (deepest > patch)

@@ -388,3 +388,127 @@ def test_the_longest_term_wins_whatever_the_list_order():
   text = 'Small pleural effusion.'
   for terms in (('pleural', 'pleural effusion'), ('pleural effusion', 'pleural')):
     assert keywords.KeywordWeights(terms).spans(text) == [(6, 22)]
+
+
+def _planar(config, size: int):
+  """The fixture's mixture with the slots' 16 x 16 as the tower's image_size and
+  config.data.volume_image_size = size."""
+  c = config.copy_and_resolve_references()
+  c.model.vision.image_size, c.model.vision.patch_size = 16, 4
+  c.data.volume_image_size = size
+  return c
+
+
+def test_a_deep_volume_batch_is_resized_in_plane_as_radfms_collator_does(config):
+  """RadFM's training collator, at its default batch of one volume, resizes a batch deeper
+  than 4 slices to 256 x 256 in-plane, F.interpolate (nearest) from its 512 x 512: with
+  config.data.volume_image_size the host resizes a volume batch padded deeper than one
+  depth patch the same way, torch itself the reference; 2D batches stay whole."""
+  import torch
+  full = pipeline.train_dataset(_planar(config, 0), make_processor, 'train', 0, 1)
+  half = pipeline.train_dataset(_planar(config, 8), make_processor, 'train', 0, 1)
+  kinds = set()
+  for i in range(40):
+    want, got = full[i], half[i]
+    if 'depth_mask' not in want:  # a 2D batch: untouched
+      assert got['images'].shape == want['images'].shape == (4, 1, 16, 16, 3)
+      np.testing.assert_array_equal(got['images'], want['images'])
+      kinds.add('image')
+      continue
+    depth = want['depth_mask'].shape[-1]
+    assert depth > PATCH and got['images'].shape == (2, 1, 8, 8, depth, 3)
+    np.testing.assert_array_equal(got['depth_mask'], want['depth_mask'])
+    x = torch.from_numpy(want['images'][:, 0]).permute(0, 4, 1, 2, 3)  # [B, C, H, W, D]
+    ref = torch.nn.functional.interpolate(x, size=(8, 8, depth)).permute(0, 2, 3, 4, 1)
+    np.testing.assert_array_equal(got['images'][:, 0], ref.numpy())
+    kinds.add('volume')
+  assert kinds == {'image', 'volume'}
+
+
+def test_compact_volume_slots_shrink_in_plane_alike_and_one_patch_deep_stays_whole():
+  """The compact transport's voxels and 2D planes take the same rows and columns (the
+  device's floats are then the shrunk float32 batch's); a batch one depth patch deep (2D
+  images, scans of <= 4 slices: RadFM's target depth 4) keeps the full size."""
+  rng = np.random.default_rng(0)
+  mask = np.zeros((2, 3, 12), bool)
+  mask[:, :, :8] = True
+  compact = {'volumes': rng.random((2, 3, 16, 16, 12)).astype(np.float16),
+             'images': rng.integers(0, 255, (2, 3, 16, 16, 3), dtype=np.uint8),
+             'pixel_table': np.zeros((2, 3, 256, 3), np.float32), 'depth_mask': mask}
+  out = volumes.shrink_plane(compact, 6, PATCH)
+  rows = volumes.nearest_indices(16, 6)
+  np.testing.assert_array_equal(out['volumes'], compact['volumes'][:, :, rows][:, :, :, rows])
+  np.testing.assert_array_equal(out['images'], compact['images'][:, :, rows][:, :, :, rows])
+  assert out['pixel_table'] is compact['pixel_table']
+  shallow = {**compact, 'depth_mask': mask[..., :PATCH],
+             'volumes': compact['volumes'][..., :PATCH]}
+  assert volumes.shrink_plane(shallow, 6, PATCH)['volumes'].shape[2:4] == (16, 16)
+
+
+def test_several_processes_leave_the_in_plane_size_to_the_model(config, monkeypatch):
+  """Each process sees its share of a volume batch only, so the shares could disagree on
+  the batch's in-plane size: their volume batches stay whole (the model resizes them,
+  tests/test_vit3d_perceiver.py), with the slot switch only; a size off the patch grid or
+  past the tower's image_size is an error naming the knob."""
+  c = _planar(config, 8)
+  ds = pipeline.train_dataset(c, make_processor, 'train', 0, 2)
+  shapes = {ds[i]['images'].shape[2:4] for i in range(12) if 'depth_mask' in ds[i]}
+  assert shapes == {(16, 16)}
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  c.runtime.volume_slot_switch = False
+  with pytest.raises(ValueError, match=r'volume_image_size=8 on several processes needs '
+                                       r'config.runtime.volume_slot_switch'):
+    pipeline.volume_image_size(c)
+  c.runtime.volume_slot_switch = True
+  for bad in (6, 32):
+    c.data.volume_image_size = bad
+    with pytest.raises(ValueError, match=f'config.data.volume_image_size={bad}: at most'):
+      pipeline.volume_image_size(c)
+
+
+def _radfm_collator_depth(scans: list, d_max: int = 64) -> int:
+  """RadFM's src/train.py DataCollator at a batch of one sample (vision_x [S, 3, H, W, D]),
+  as written: [4..32] for more than 6 images, else [4..d_max]; the strictly nearest."""
+  d_list = list(range(4, 33 if len(scans) > 6 else d_max + 1, 4))
+  target, max_d = 4, max(s.shape[-1] for s in scans)
+  for d in d_list:
+    if abs(d - max_d) < abs(target - max_d):
+      target = d
+  return target
+
+
+@pytest.mark.parametrize('count', [1, 6, 7, 10])
+def test_a_training_sample_of_more_than_6_images_is_at_most_32_deep(count):
+  """RadFM's training collator resizes a sample of > 6 images to at most 32 slices (50 ->
+  32, where 6 images go to 48); config.data.many_images / many_images_max_slices."""
+  entries = [_volume_entry(50, i) for i in range(count)]
+  slots = processors.VolumeSlots(16, 3, 10, 64, PATCH, MEAN, STD, pixels='uint8',
+                                 many_images=6, many_images_depth=32)
+  out = slots(schema.make_example(id='many', images=entries), None)
+  depth = int(out['depth_mask'].sum(-1).max())
+  scans = [np.zeros((1, 1, 50))] * count
+  assert depth == _radfm_collator_depth(scans) == (32 if count > 6 else 48)
+  assert out['volumes'].shape[-1] == 64  # the slot is as deep as ever; the mask says 32
+
+
+def test_the_full_recipe_caps_training_not_inference():
+  """configs/radfm.py sets RadFM's values; evaluation and generation (RadFM's src/test.py
+  runs no collator) read volumes at 512 x 512, up to 64 slices, whatever the count."""
+  from configs import radfm
+  from radjax import tasks
+  c = radfm.get_config('data=radiopaedia')
+  c.model.image_token_id = 4  # no tokenizer
+  assert (c.data.volume_image_size, c.data.many_images, c.data.many_images_max_slices) == (
+      256, 6, 32)
+  task = tasks.make(c, None)
+  assert (task.slots['volume'].many_images, task.slots['volume'].many_images_depth) == (6, 32)
+  assert task.image_slots.many_images_depth == 0 and task.image_slots.image_size == 512
+  seven = [{'images': [{'kind': '3d'}] * 7}]
+  assert task.slots_for(seven) is task.image_slots
+  spec = task.batch_spec('volume')  # the deepest bucket's: what the dry run compiles
+  assert spec['volumes'].shape == (10, 256, 256, 64)
+  assert spec['images'].shape == (10, 256, 256, 3)
+  assert task.batch_spec('')['volumes'].shape == (10, 512, 512, 64)
+  c.data.many_images_max_slices = 30
+  with pytest.raises(ValueError, match='config.data.many_images_max_slices=30'):
+    tasks.make(c, None)

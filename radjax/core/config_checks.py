@@ -17,6 +17,7 @@ MINIMUMS = {
     'eval.max_new_tokens': 1, 'eval.num_beams': 1, 'eval.top_k': 0,
     'data.max_len': 1, 'data.max_images': 1, 'data.worker_threads': 0,
     'data.worker_processes': 0, 'data.max_slices': 0, 'data.pack_shards': 0,
+    'data.volume_image_size': 0, 'data.many_images': 0, 'data.many_images_max_slices': 0,
     'data.pack_max_examples': 1, 'data.max_target_tokens': 0, 'data.codes_per_image': 0,
     'model.vision.image_size': 1, 'model.vision.patch_size': 1,
     'model.vision.max_depth': 1, 'model.vision.depth_patch_size': 1,

@@ -221,6 +221,20 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # tower's max_depth. RadFM trains on at most 64 of its 512-slice tables' reach, so its
   # stretched depth rows past that were never trained: configs/radfm.py sets 64.
   c.data.max_slices = 0
+  # In-plane size of a training volume batch padded deeper than one depth patch (0: the
+  # tower's image_size): its slots, built at image_size, are resized by nearest voxel on
+  # the host, as RadFM's training collator does at a batch of one volume (256 when the
+  # target depth is > 4; its code default is one volume a device, so its 3D training ran
+  # there). Decided per batch from the depth it is padded to (its bucket: one shape per
+  # batch; with a bucket of one depth patch, as RadFM's recipe has, the same batches as
+  # RadFM's rule). Several processes (each host sees a share of a batch) leave it to the
+  # training step, which resizes from the whole batch's depth mask (VLM._volume_slots).
+  # 2D batches, evaluation and generation stay at image_size (RadFM's inference path).
+  c.data.volume_image_size = 0
+  # Training samples of more than many_images images keep at most many_images_max_slices
+  # slices (0: max_slices), RadFM's collator's [4..32] for a sample of > 6 images.
+  c.data.many_images = 6
+  c.data.many_images_max_slices = 0
   c.data.volume_batch_share = 0.5
   c.data.depth_buckets = ()
   c.data.image_mean = (0.48145466, 0.4578275, 0.40821073)  # CLIP; SigLIP uses 0.5

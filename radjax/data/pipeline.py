@@ -44,10 +44,14 @@ def train_dataset(config, make_processor, split: str,
     ds = _stream(config, records, config.seed, processor, 0, log)
     return _batches(config, ds, 'image', process_index, process_count, _image_id(processor))
   batched = {}
-  for kind, items in mixture.by_kind(comps).items():
+  kinds = mixture.by_kind(comps)
+  for kind, items in kinds.items():
     records = [_capped(_training_records(c, split), c) for _, c in items]
     weights = mixture.weights([c for _, c in items], [len(r) for r in records])
-    make = make_processor if kind == 'image' else functools.partial(make_processor, kind=kind)
+    # Both kinds: each named (a processor's default is the eval dataset's kind, which
+    # processed the 2D components of a mixture evaluated on volumes as volumes).
+    make = (make_processor if len(kinds) == 1 and kind == 'image'
+            else functools.partial(make_processor, kind=kind))
     processors = [make(c.tasks) for _, c in items]
     for (_, c), p in zip(items, processors):
       _check_tasks(p, f'{c.knob}.tasks')
@@ -119,8 +123,13 @@ def _batches(config, ds: grain.MapDataset, kind: str, process_index: int, proces
                        f'{max_depth}] (config.data.max_slices, else '
                        'config.model.vision.max_depth) and a multiple of '
                        f'config.model.vision.depth_patch_size={patch}')
-    if process_count == 1:  # several: each sees only its share of the batch
+    # Several processes: each sees only its share of the batch, so the model picks the
+    # depth and the in-plane size from the whole batch (VLM._volume_slots).
+    if process_count == 1:
       ds = ds.map(functools.partial(volumes.trim_depth, buckets=buckets, max_depth=max_depth))
+    plane = volume_image_size(config)
+    if process_count == 1 and plane != config.model.vision.image_size:
+      ds = ds.map(functools.partial(volumes.shrink_plane, size=plane, depth_patch=patch))
   return ds
 
 
@@ -142,6 +151,37 @@ def max_slices(config) -> int:
     raise ValueError(f'config.data.max_slices={cap}: at most config.model.vision.max_depth='
                      f'{tower} and a multiple of its depth_patch_size '
                      f"{v.get('depth_patch_size', 1)}")
+  return cap
+
+
+def volume_image_size(config) -> int:
+  """The in-plane size of a training volume batch deeper than one depth patch:
+  config.data.volume_image_size, else the tower's image_size."""
+  v, size = config.model.vision, config.data.get('volume_image_size', 0)
+  if not size:
+    return v.image_size
+  if size > v.image_size or size % v.patch_size:
+    raise ValueError(f'config.data.volume_image_size={size}: at most config.model.vision.'
+                     f'image_size={v.image_size} and a multiple of its patch_size '
+                     f'{v.patch_size}')
+  if size < v.image_size and jax.process_count() > 1 and not config.runtime.get(
+      'volume_slot_switch', True):
+    raise ValueError(f'config.data.volume_image_size={size} on several processes needs '
+                     'config.runtime.volume_slot_switch=True (the model resizes there)')
+  return size
+
+
+def many_images_slices(config) -> int:
+  """The slices a training sample of more than config.data.many_images images keeps at
+  most: config.data.many_images_max_slices, else max_slices(config)."""
+  cap, most = config.data.get('many_images_max_slices', 0), max_slices(config)
+  if not cap:
+    return most
+  patch = config.model.vision.get('depth_patch_size', 1)
+  if cap > most or cap % patch:
+    raise ValueError(f'config.data.many_images_max_slices={cap}: at most {most} '
+                     '(config.data.max_slices, else config.model.vision.max_depth) and a '
+                     f'multiple of config.model.vision.depth_patch_size={patch}')
   return cap
 
 

@@ -132,6 +132,10 @@ class VolumeSlots:
   mean: tuple
   std: tuple
   pixels: str = 'float32'
+  # Training: a sample of more than many_images images is resized to at most
+  # many_images_depth slices (0: max_depth), RadFM's collator's 32 for > 6 images.
+  many_images: int = 0
+  many_images_depth: int = 0
 
   def __call__(self, example: dict, rng) -> dict:
     """{'images' [M, H, W, D, C] (float32; else 'volumes' [M, H, W, D], 'volume_norm'
@@ -140,7 +144,9 @@ class VolumeSlots:
     del rng
     imgs = _checked_count(example, self.max_images)
     s, d, c = self.image_size, self.max_depth, self.num_channels
-    kw = dict(size=s, max_depth=d, depth_patch=self.depth_patch, num_channels=c,
+    most = (self.many_images_depth if self.many_images_depth and len(imgs) > self.many_images
+            else d)
+    kw = dict(size=s, max_depth=most, depth_patch=self.depth_patch, num_channels=c,
               mean=self.mean, std=self.std, record_id=example['id'])
     out = pixels_lib.empty_volumes(self.pixels, (self.max_images,), s, d, c)
     if self.pixels == 'float32':

@@ -8,10 +8,16 @@ nearest the sample's deepest scan (a tie goes to the smaller; at least one patch
 max_depth: RadFM's 4..64), and a 2D image, or a scan of one slice (RadFM stores 2D images
 as z = 1), is repeated to T. RadFM picks T per batch, radjax per sample: the same for a
 batch of one, as inference runs (src/test.py's DataLoader has collate_fn=None, so its
-collator is never called: inference gets stack_images' 512 x 512 x T, as here). Not
-modelled: src/train.py's collator, at a batch of one, also resizes in-plane to 256 when
-T > 4 and keeps T <= 32 for a sample of more than 6 images. Real slices are marked in the
-depth mask; a batch pads its samples to a common depth. The slots travel to the device as
+collator is never called: inference gets stack_images' 512 x 512 x T, as here). Training
+only, as src/train.py's collator does at a batch of one (its code default for volumes):
+a sample of more than 6 images keeps T <= 32 (config.data.many_images,
+many_images_max_slices; radjax/data/processors.py VolumeSlots), and a batch deeper than 4
+slices is resized in-plane to 256 (config.data.volume_image_size, `shrink_plane`): radjax
+decides per batch from the depth the batch is padded to (its bucket; one in-plane size
+per compiled shape), resizing the image_size slots by nearest voxel as F.interpolate
+resizes RadFM's 512 x 512 inputs (on several processes the training step does, the same
+rows and columns: radjax/models/vlm.py _volume_slots). Real slices are marked in the depth
+mask; a batch pads its samples to a common depth. The slots travel to the device as
 the stored voxels and 8-bit images (`sample_parts`), which the device repeats and
 normalises (radjax/data/pixels.py volume_floats); with config.data.pixels='float32' the host
 does (`sample_input`).
@@ -134,3 +140,19 @@ def trim_depth(batch: dict, buckets: tuple[int, ...], max_depth: int) -> dict:
   else:
     trimmed = {'images': batch['images'][..., :depth, :]}
   return {**batch, **trimmed, 'depth_mask': batch['depth_mask'][..., :depth]}
+
+
+def shrink_plane(batch: dict, size: int, depth_patch: int) -> dict:
+  """A volume batch (as trim_depth leaves it) padded deeper than one depth patch -> its
+  slots resized in-plane to size x size by nearest voxel (`nearest_indices`, as RadFM's
+  collator's F.interpolate reads its 512 x 512 inputs), the 2D slots' 8-bit planes too;
+  a batch one depth patch deep (2D images, scans of <= depth_patch slices) as it is."""
+  if batch['depth_mask'].shape[-1] <= depth_patch:
+    return batch
+  out = dict(batch)
+  for key in ('images', pixels.VOLUMES):  # [B, M, H, W, ...] both
+    if key in batch:
+      x = batch[key]
+      rows, cols = nearest_indices(x.shape[2], size), nearest_indices(x.shape[3], size)
+      out[key] = np.ascontiguousarray(x[:, :, rows][:, :, :, cols])
+  return out

@@ -53,6 +53,10 @@ class VLMRuntime:
   # only: one process trims its batches on the host (factory.vlm_runtime).
   volume_slot_switch: bool = True
   depth_buckets: tuple = ()
+  # Training on several processes (config.data.volume_image_size; one process resizes on
+  # the host): a volume batch whose bucket is deeper than one depth patch runs every slot
+  # resized in-plane to these source rows and columns (nearest voxel; (): off).
+  volume_plane: tuple = ()
 
 
 def splice(text_embeds, image_features, tokens, image_token_id, counts=None):
@@ -92,7 +96,8 @@ class VLM(nn.Module):
     """images [B, M, ...] -> tower features [B * M, T, D] and their token mask."""
     b, m = images.shape[:2]
     if (depth_mask is not None and self.rt.volume_slot_switch and not self.is_initializing()
-        and (m > 1 or any(d < depth_mask.shape[-1] for d in self.rt.depth_buckets))):
+        and (m > 1 or any(d < depth_mask.shape[-1] for d in self.rt.depth_buckets)
+             or 0 < len(self.rt.volume_plane) < images.shape[2])):
       feats, token_mask = self._volume_slots(images, depth_mask)
       return _maybe_frozen(feats, self.rt.vision), token_mask
     flat = images.reshape(b * m, *images.shape[2:])
@@ -109,19 +114,26 @@ class VLM(nn.Module):
     (RadFM's recipe pads every example to 10 slots). Features of the depth not run are
     zeros with token_mask False, as vit3d gives padding. Chosen in the program, the depth
     is the global batch's on any number of processes. 2D images [B, M, H, W, C] come with
-    a mask one depth patch deep (each slot runs whole or not at all).
+    a mask one depth patch deep (each slot runs whole or not at all). With
+    rt.volume_plane, a batch whose deepest volume's bucket is deeper than one depth patch
+    runs every slot at that in-plane size (as one process's host resizes it,
+    radjax/data/volumes.py shrink_plane), its tokens padded to the full size's, masked.
     -> ([B * M, T, D], [B * M, T])."""
     b, m, depth = images.shape[0], images.shape[1], depth_mask.shape[-1]
     cfg, dtype = self.cfg.vision, self.rt.vision.dtype
     patch = cfg.depth_patch_size
     depths = sorted({d for d in self.rt.depth_buckets if d < depth} | {depth})
     grid = (images.shape[2] // cfg.patch_size) * (images.shape[3] // cfg.patch_size)
+    plane = self.rt.volume_plane if 0 < len(self.rt.volume_plane) < images.shape[2] else ()
 
-    def run_at(d):
+    def run_at(d, rows=()):
       def branch(mdl, x, mask):
+        if rows:  # nearest voxel in-plane, the host's rows and columns
+          x = jnp.take(jnp.take(x, jnp.asarray(rows), axis=1), jnp.asarray(rows), axis=2)
         feats, aux = mdl.vision(x if d == depth else x[..., :d, :], mask[:, :d])
-        pad = lambda a: jnp.pad(a.reshape(b, grid, d // patch, *a.shape[2:]),
-                                [(0, 0), (0, 0), (0, (depth - d) // patch)]
+        g = (len(rows) // cfg.patch_size) ** 2 if rows else grid
+        pad = lambda a: jnp.pad(a.reshape(b, g, d // patch, *a.shape[2:]),
+                                [(0, 0), (0, grid - g), (0, (depth - d) // patch)]
                                 + [(0, 0)] * (a.ndim - 2)).reshape(b, -1, *a.shape[2:])
         return pad(feats), pad(aux['token_mask'])
       return branch
@@ -131,11 +143,19 @@ class VLM(nn.Module):
       tokens = grid * (depth // patch)
       return jnp.zeros((b, tokens, cfg.embed_dim), dtype), jnp.zeros((b, tokens), bool)
 
+    def bucket(deepest):  # the index in `depths` of the smallest holding `deepest`
+      return jnp.searchsorted(jnp.asarray(depths), deepest, side='left')
+
+    branches = [empty] + [run_at(d) for d in depths]
+    shrink = False
+    if plane:  # the whole batch's bucket, as the host's trim_depth picks it
+      shrink = jnp.asarray(depths)[bucket(jnp.max(jnp.sum(depth_mask, axis=-1)))] > patch
+      branches += [run_at(d, plane) for d in depths]
+
     def slot(mdl, carry, x, mask):
       deepest = jnp.max(jnp.sum(mask, axis=-1))  # real slices come first
-      index = jnp.where(deepest > 0,
-                        1 + jnp.searchsorted(jnp.asarray(depths), deepest, side='left'), 0)
-      out = nn.switch(index, [empty] + [run_at(d) for d in depths], mdl, x, mask)
+      index = jnp.where(deepest > 0, 1 + bucket(deepest) + shrink * len(depths), 0)
+      out = nn.switch(index, branches, mdl, x, mask)
       return carry, out
 
     # Each slot rematerialised whole: a switch's backward keeps the residuals of every

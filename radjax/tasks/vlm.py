@@ -1,10 +1,12 @@
 """Image(s) + text -> text: the VLM trained on conversations drawn from instruction tasks
 (report generation, classification, grounding, ...), loss on the answers."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from radjax.data import anyres, chat, mixture, pipeline, pixels, processors
+from radjax.data import anyres, chat, mixture, pipeline, pixels, processors, volumes
 from radjax.models import factory, vlm
 from radjax.tasks import base
 from radjax.train import loss as loss_lib
@@ -57,17 +59,30 @@ class ImageTextToText(base.Task):
           image_size=v.image_size, num_channels=v.num_channels, max_images=c.max_images,
           mean=tuple(c.image_mean), std=tuple(c.image_std), crop_scale=tuple(c.crop_scale),
           augment=c.augment, jitter=c.get('intensity_jitter', True), pixels=mode)}
+    eval_slots = dict(self.slots)
+    self.volume_plane, self.model_plane = v.image_size, ()
     if v.kind == 'vit3d':  # volumes too, in batches of their own
-      self.slots['volume'] = processors.VolumeSlots(
+      eval_slots['volume'] = processors.VolumeSlots(
           image_size=v.image_size, num_channels=v.num_channels, max_images=c.max_images,
           max_depth=pipeline.max_slices(config), depth_patch=v.depth_patch_size,
           mean=tuple(c.image_mean), std=tuple(c.image_std), pixels=mode)
+      # Training's: a sample of many images capped in depth (RadFM's training collator;
+      # its inference path, src/test.py, calls no collator).
+      self.slots['volume'] = dataclasses.replace(
+          eval_slots['volume'], many_images=c.get('many_images', 0),
+          many_images_depth=pipeline.many_images_slices(config))
+      self.volume_plane = pipeline.volume_image_size(config)
+      # Several processes: the training step's model resizes (a host sees a share).
+      if jax.process_count() > 1 and self.volume_plane < v.image_size:
+        self.model_plane = tuple(int(i) for i in volumes.nearest_indices(v.image_size,
+                                                                         self.volume_plane))
     eval_kind = mixture.eval_kind(config)
     if eval_kind not in self.slots:
       raise ValueError(f"the eval dataset holds volumes (its mixture component's kind is "
                        f"'volume') but config.model.vision.kind={v.kind!r} reads 2D images "
                        "only; use 'vit3d'")
-    self.image_slots = self.slots[eval_kind]  # evaluation and generation
+    self.eval_slots = eval_slots
+    self.image_slots = eval_slots[eval_kind]  # evaluation and generation
 
   def _anyres(self, config) -> anyres.AnyRes | None:
     cfg = self.model_cfg
@@ -126,8 +141,12 @@ class ImageTextToText(base.Task):
                'tile_weight': base.BatchField(plan, np.float32)}
     images = base.image_fields(self.config, (m, *tiles), v.image_size, v.num_channels)
     if max_depth and kind != 'image':  # '': the volume-only fields beside the 2D images
+      # A volume batch that deep is at config.data.volume_image_size in-plane (one depth
+      # patch deep, at image_size: fewer tokens than a deeper one at RadFM's sizes).
+      size = (self.volume_plane if kind == 'volume' and max_depth > v.depth_patch_size
+              and not self.model_plane else v.image_size)
       volume = {k: base.BatchField(*f) for k, f in pixels.volume_fields(
-          pixels.mode_of(self.config), (m,), v.image_size, max_depth, v.num_channels).items()}
+          pixels.mode_of(self.config), (m,), size, max_depth, v.num_channels).items()}
       images = volume if kind == 'volume' else {**volume, **images}
     return {'tokens': seq, 'targets': seq, 'loss_mask': base.BatchField((c.max_len,), np.float32),
             **images,
@@ -142,7 +161,7 @@ class ImageTextToText(base.Task):
     """The eval kind's slots, or the volume slots when an example holds a volume (they take
     2D images too, repeated in depth, as RadFM reads them): an imported 'vit3d' workdir
     has no dataset to say which."""
-    volume = self.slots.get('volume')
+    volume = self.eval_slots.get('volume')
     if volume is not None and any(im.get('kind') == '3d' for ex in examples
                                   for im in ex.get('images') or []):
       return volume
@@ -206,6 +225,8 @@ class ImageTextToText(base.Task):
   def train_loss(self, model, params, batch, rng):
     """The report loss, plus label_loss_weight x the label head's mean cross-entropy per
     labelled example (scaled by tokens per example, as the step divides by tokens)."""
+    if self.model_plane:  # several processes: the model resizes in-plane
+      model = model.clone(rt=dataclasses.replace(model.rt, volume_plane=self.model_plane))
     if not self.label_weight:
       return self.loss(model, params, batch, rng)
     batch = pixels.as_floats(batch)
