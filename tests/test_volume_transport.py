@@ -117,6 +117,7 @@ def test_the_volume_batch_spec_is_what_the_slots_send():
   from radjax import tasks
   c = radfm.get_config('size=micro')
   c.model.image_token_id = 4  # no tokenizer
+  c.data.volume_image_size = 0  # the slots' own size (the pipeline resizes after them)
   for mode in ('uint8', 'gray8', 'float32'):
     c.data.pixels = mode
     task = tasks.make(c, None)
