@@ -88,11 +88,9 @@ def test_a_volume_tower_compiles_its_image_and_its_volume_step():
   assert volume['volumes'].shape[-1] == config.model.vision.max_depth
   batches = memory.step_batches(exp)
   assert batches['image']['images'].shape == (8, 1, 32, 32, 3)
-  # float16 voxels [.., D] and a 2D slot's 8-bit planes (radjax/data/pixels.py), the
-  # deepest bucket at data.volume_image_size in-plane (half the micro tower's 32)
-  assert config.data.volume_image_size == 16
-  assert batches['volume']['volumes'].shape == (2, 1, 16, 16, 48)
-  assert batches['volume']['images'].shape == (2, 1, 16, 16, 3)
+  # float16 voxels [.., D] and a 2D slot's 8-bit planes (radjax/data/pixels.py)
+  assert batches['volume']['volumes'].shape == (2, 1, 32, 32, 48)
+  assert batches['volume']['images'].shape == (2, 1, 32, 32, 3)
   assert batches['volume']['depth_mask'].shape == (2, 1, 48)
   steps, _ = memory.compiled_steps(exp)
   assert {k: m['batch'] for k, m in steps.items()} == {'image': 8, 'volume': 2}
