@@ -144,7 +144,7 @@ def get_config(arg: str = ''):
     c.data.max_slices = 0
     # volume_image_size stays 0: at 64 px half the size is a 2 x 2 patch grid, and the
     # evaluation's 4 x 4 reads a grid the volumes never trained at (1,500 steps at 32:
-    # val loss 0.183 at step 500, then 0.247, 0.303; 0.148 at 64). The full recipe's
+    # val loss 0.183 at step 500, then 0.247, 0.303; 0.150 at 64). The full recipe's
     # 256 of 512 keeps RadFM's 8 x 8.
     tiny_model(c.model, micro=args.size == 'micro')
     c.data.image_mean, c.data.image_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
