@@ -376,13 +376,8 @@ def test_greedy_scores_count_tokens_up_to_the_stop_token_only(lm):
   assert np.all(np.isfinite(long_scores)) and np.all(long_scores < 0)
 
 
-def test_the_token_loop_ends_once_every_row_has_stopped(lm):
-  """Decoding ran all max_new_tokens steps whatever the rows did (XrayGPT's eval: ~300
-  steps where its reports end near 60); it ends when every row has stopped, with the same
-  ids: each row's stop token, then the fill."""
-  first = lm['greedy'][:, 0]
-  cfg = gen.GenerationConfig(max_new_tokens=NEW, stop_ids=tuple(sorted({int(t) for t in first})),
-                             pad_id=PAD)
+def _counted_token_loop(lm, cfg, stop_table=None) -> tuple:
+  """(greedy ids, decode steps the token loop ran) for the fixture's prompts."""
   decode, calls = gen._decoder(lm['model'], lm['params']), []
 
   def counted(*args):
@@ -392,9 +387,20 @@ def test_the_token_loop_ends_once_every_row_has_stopped(lm):
   logits, cache, key_mask, positions = gen._prefill(lm['model'], lm['params'], lm['tokens'],
                                                     lm['mask'], None, NEW)
   ids, _ = gen._token_loop(counted, logits, cache, key_mask, positions, PROMPT_LEN, cfg, None,
-                           jnp.int32(PAD), sampling.knobs(1.0, 1.0, 1.0))
+                           jnp.int32(PAD), sampling.knobs(1.0, 1.0, 1.0), stop_table=stop_table)
   jax.effects_barrier()
-  assert len(calls) == 1, len(calls)  # the first token's step, not NEW
+  return ids, len(calls)
+
+
+def test_the_token_loop_ends_once_every_row_has_stopped(lm):
+  """Decoding ran all max_new_tokens steps whatever the rows did (XrayGPT's eval: ~300
+  steps where its reports end near 60); it ends when every row has stopped, with the same
+  ids: each row's stop token, then the fill."""
+  first = lm['greedy'][:, 0]
+  cfg = gen.GenerationConfig(max_new_tokens=NEW, stop_ids=tuple(sorted({int(t) for t in first})),
+                             pad_id=PAD)
+  ids, steps = _counted_token_loop(lm, cfg)
+  assert steps == 1, steps  # the first token's step, not NEW
   np.testing.assert_array_equal(np.asarray(ids)[:, 0], first)
   assert (np.asarray(ids)[:, 1:] == PAD).all()
   np.testing.assert_array_equal(ids, _run(lm, cfg)[0])
@@ -417,19 +423,8 @@ def test_the_token_loop_ends_once_every_row_has_met_a_stop_string(lm):
   ends = [gen.stop_string_length(row, decode, stops) for row in lm['greedy']]
   assert None not in ends and max(ends) < NEW, ends
   cfg = gen.GenerationConfig(max_new_tokens=NEW, pad_id=PAD, stop_strings=stops)
-  decoder, calls = gen._decoder(lm['model'], lm['params']), []
-
-  def counted(*args):
-    jax.debug.callback(lambda: calls.append(1))
-    return decoder(*args)
-
-  logits, cache, key_mask, positions = gen._prefill(lm['model'], lm['params'], lm['tokens'],
-                                                    lm['mask'], None, NEW)
-  ids, _ = gen._token_loop(counted, logits, cache, key_mask, positions, PROMPT_LEN, cfg, None,
-                           jnp.int32(PAD), sampling.knobs(1.0, 1.0, 1.0),
-                           stop_table=jnp.asarray(stop_strings.table(hf_tok, stops, 300)))
-  jax.effects_barrier()
-  assert len(calls) == max(ends), (len(calls), ends)
+  ids, steps = _counted_token_loop(lm, cfg, jnp.asarray(stop_strings.table(hf_tok, stops, 300)))
+  assert steps == max(ends), (steps, ends)
   np.testing.assert_array_equal(ids, gen.apply_stop_strings(lm['greedy'], decode, stops, PAD))
 
 
