@@ -20,6 +20,11 @@ fsdp=n and the report gives
     --compile_llm_layers k the step is compiled with the decoder cut to k layers (scanned
     layers compile alike at any depth, but a CPU compile of 40 takes long); parameter and
     optimizer bytes above are still the full model's.
+With --processes N the steps are built as on N processes (jax.process_count() reads N
+while the script runs; one process compiles): what differs is a volume batch, which stays
+at the tower's full size and depth, the step's model choosing its depth bucket and
+resizing it in-plane (radjax/models/vlm.py _volume_slots), where one process's host trims
+and resizes it.
 """
 import os
 import sys
@@ -54,6 +59,8 @@ def define_flags():
   flags.DEFINE_integer('compile_llm_layers', 0, 'Decoder layers in the compiled step (0: the '
                        "config's); parameter/optimizer bytes always use the config's.")
   flags.DEFINE_bool('compile', True, 'Also compile the train step for memory_analysis.')
+  flags.DEFINE_integer('processes', 1, 'Build the steps as a run on this many processes '
+                       'does (module doc).')
 GIB = 2 ** 30
 
 
@@ -178,6 +185,8 @@ def dry_run(config) -> dict:
 def main(argv):
   del argv
   config = FLAGS.config
+  if FLAGS.processes > 1:  # every process compiles the same program: emulate their count
+    jax.process_count = lambda: FLAGS.processes
   cpu = platform.processor() or platform.machine()
   print(f'machine: {cpu}, {os.cpu_count()} cores, jax {jax.__version__}, '
         f'{jax.device_count()} emulated {jax.devices()[0].platform} devices')
@@ -187,7 +196,8 @@ def main(argv):
   print(f'model: vision {c.model.vision.kind} {c.model.vision.num_layers}L, projector '
         f'{c.model.projector.kind}, llm {c.model.llm.embed_dim}x{c.model.llm.num_layers}L; '
         f'{batches} x {c.data.max_len} tokens, {c.data.max_images} images; '
-        f'dtype {c.runtime.dtype}, remat {c.runtime.remat.llm}')
+        f'dtype {c.runtime.dtype}, remat {c.runtime.remat.llm}'
+        + (f'; as on {FLAGS.processes} processes' if FLAGS.processes > 1 else ''))
   rows = []
   for n in (int(x) for x in FLAGS.devices.split(',')):
     exp = experiment(config, n)

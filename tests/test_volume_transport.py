@@ -7,6 +7,7 @@ import dataclasses
 import io
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -142,3 +143,64 @@ def test_the_full_recipes_volume_example_shrinks_as_benchmarks_md_says():
   assert got['float32'] - got['compact'] == (voxels * 12 - voxels * 2 - plane * 3
                                              - 10 * 256 * 3 * 4 - 10 * 2 * 3 * 4)
   assert (round(got['float32'] / 1e6, 1), round(got['compact'] / 1e6, 1)) == (2013.3, 343.5)
+
+
+def test_the_tower_expands_compact_volume_slots_one_at_a_time():
+  """With VLMRuntime.volume_floats (what the VLM task gives a vit3d model) the step hands
+  the tower its compact slots, and each slot's floats are built inside the slot scan:
+  features and parameter gradients are those of the floats built up front (the step
+  before), and the program's temporaries no longer hold every slot's floats (RadFM's
+  full recipe: 10 slots of 256 x 256 x 64 x 3 floats, 0.5 GB an example)."""
+  from configs import radfm
+  from radjax.models import factory, vlm
+  c = radfm.get_config('size=micro')
+  v = c.model.vision
+  v.max_depth, v.num_layers = 24, 1
+  cfg = factory.vlm_config(c.model, image_token_id=4)
+  rt = factory.vlm_runtime(c)
+  slots = processors.VolumeSlots(v.image_size, 3, SLOTS, 24, v.depth_patch_size, MEAN, STD,
+                                 pixels='uint8')
+  rows = [slots(_mixed(), None), slots(schema.make_example(
+      id='deep', images=[_volume_entry(20, 7)]), None)]
+  batch = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k != 'image_mask'}
+  compact = {k: batch[k] for k in ('images', pixels.TABLE, pixels.VOLUMES, pixels.NORM)}
+  up_front = vlm.VLM(cfg, rt)
+  per_slot = vlm.VLM(cfg, dataclasses.replace(rt, volume_floats=pixels.volume_floats))
+  depth_mask = batch['depth_mask']
+  params = up_front.init(jax.random.key(0), np.ones((1, 4), np.int32),
+                         pixels.as_floats(batch)['images'][:1, :1], depth_mask=depth_mask[:1, :1])
+
+  def compiled(model, inputs):
+    def f(p, x, dm):
+      feats, mask = model.apply(p, inputs(x, dm), dm, method=vlm.VLM._tower)
+      return jnp.sum(jnp.where(mask[..., None], feats, 0) ** 2), mask
+    return jax.jit(jax.value_and_grad(f, has_aux=True)).lower(params, compact,
+                                                               depth_mask).compile()
+
+  before = compiled(up_front, lambda x, dm: pixels.volume_floats({**x, 'depth_mask': dm}))
+  now = compiled(per_slot, lambda x, dm: x)
+  (want, want_mask), want_grad = before(params, compact, depth_mask)
+  (got, got_mask), got_grad = now(params, compact, depth_mask)
+  np.testing.assert_array_equal(got_mask, want_mask)
+  assert got_mask.sum() > 0 and float(want) > 0
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
+               got_grad, want_grad)
+  temp = lambda fn: fn.memory_analysis().temp_size_in_bytes
+  slot_floats = 2 * v.image_size ** 2 * 24 * 3 * 4  # one slot of the batch, float32
+  assert temp(now) <= temp(before) - (SLOTS - 1) * slot_floats
+
+
+def test_rows_picked_before_the_floats_are_the_floats_resized_after():
+  """volume_floats(..., rows) (the model's in-plane resize of compact slots, on several
+  processes) picks rows and columns of the voxels and 8-bit planes first: the floats are
+  those of the whole slots, resized after (on the host and on the device)."""
+  ex = _mixed()
+  sent = {k: v[None] for k, v in _slots('uint8')(ex, None).items() if k != 'image_mask'}
+  rows = np.array([0, 2, 5, 7, 9, 12, 13, 15])  # nearest_indices-like, uneven steps
+  whole = pixels.volume_floats(sent)
+  want = whole[:, :, rows][:, :, :, rows]  # [B, M, H, W, D, C]
+  assert want[0, :3].std() > 0.1  # a scan, a grey film and a colour image
+  np.testing.assert_array_equal(pixels.volume_floats(sent, rows), want)
+  got = jax.jit(pixels.volume_floats)(sent, rows)
+  np.testing.assert_array_max_ulp(np.asarray(got), want, maxulp=1)

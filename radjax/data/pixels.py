@@ -21,7 +21,9 @@ voxels as stored (float16 in [0, 1], one channel) in `volumes` [..., H, W, D] wi
 per-channel mean and std in `volume_norm` [..., 2, C] (zeros in any other slot: so it
 marks the 3D slots); a 2D slot's image once, as 8-bit planes and a table (`images`,
 `pixel_table`, as above), not repeated along depth. The device repeats and normalises
-(`volume_floats`) as the host's float32 path does: 2 bytes per voxel instead of 4 x C
+(`volume_floats`; in training slot by slot inside the tower's slot scan, radjax/models/
+vlm.py, so that one slot's floats are live at a time) as the host's float32 path does:
+2 bytes per voxel instead of 4 x C
 (RadFM's full recipe, 10 slots of 512 x 512 x 64: 0.34 GB an example instead of 2.0 GB;
 BENCHMARKS.md). A 2D slot's floats are the host's bits; a scan's are within 1 ulp, as XLA
 computes x / std as x * (1 / std) (exact for RadFM's mean 0, std 1). A float32 `npy`
@@ -124,25 +126,43 @@ def put_volume(slots: dict, at, vol: np.ndarray, mean, std) -> None:
   slots[NORM][at] = (np.asarray(mean[:c], np.float32), np.asarray(std[:c], np.float32))
 
 
-def volume_floats(batch: dict):
+def volume_floats(batch: dict, rows=()):
   """Compact volume slots -> the tower's float32 volumes [..., H, W, D, C], as the host's
   float32 path (radjax/data/volumes.py sample_input) builds them: a 3D slot's voxels
   to float32, repeated to C channels, (x - mean) / std; a 2D slot's looked-up image
   repeated along depth; zero past each slot's depth_mask. numpy arrays on the host (the
   same bits), jax arrays (or tracers) on the device (a scan's within 1 ulp: XLA divides
-  by a broadcast std as a multiply by its reciprocal)."""
+  by a broadcast std as a multiply by its reciprocal). rows: the in-plane rows and
+  columns to keep (nearest voxel; the model's resize, radjax/models/vlm.py), picked
+  before the floats are built."""
   host = all(isinstance(batch[k], np.ndarray)
              for k in ('images', TABLE, VOLUMES, NORM, 'depth_mask'))
   xp = np if host else jnp
-  flat = lookup(batch['images'], batch[TABLE])  # [..., H, W, C]: the 2D slots' images
+  planes, voxels = batch['images'], batch[VOLUMES]  # [..., H, W, P], [..., H, W, D]
+  if len(rows):
+    pick = lambda a: xp.take(xp.take(a, xp.asarray(rows), axis=-3), xp.asarray(rows), axis=-2)
+    planes, voxels = pick(planes), pick(voxels)
+  flat = lookup(planes, batch[TABLE])  # [..., H, W, C]: the 2D slots' images
   norm = batch[NORM]
   mean, std = norm[..., 0, :], norm[..., 1, :]
   is_3d = std[..., :1] > 0  # [..., 1]: config.data.image_std > 0, so only a 3D slot's
   std = xp.where(is_3d, std, np.float32(1))  # no 0 / 0 in the branch not taken
   at = lambda a: a[..., None, None, None, :]  # [..., C] -> [..., H, W, D, C]
-  vol = (batch[VOLUMES].astype(np.float32)[..., None] - at(mean)) / at(std)
+  vol = (voxels.astype(np.float32)[..., None] - at(mean)) / at(std)
   x = xp.where(at(is_3d), vol, flat[..., :, :, None, :])
   return xp.where(batch['depth_mask'][..., None, None, :, None], x, np.float32(0))
+
+
+def model_inputs(batch: dict, compact_volumes: bool) -> dict:
+  """`as_floats`, but with compact_volumes (a model that expands volume slots one at a
+  time, radjax/models/vlm.py VLMRuntime.volume_floats) compact volume slots stay as they
+  came: `images` is then the dict of their fields, which `volume_floats` takes (with the
+  depth_mask)."""
+  if compact_volumes and VOLUMES in batch:
+    out = {k: v for k, v in batch.items() if k not in (TABLE, VOLUMES, NORM)}
+    out['images'] = {k: batch[k] for k in ('images', TABLE, VOLUMES, NORM)}
+    return out
+  return as_floats(batch)
 
 
 def as_floats(batch: dict) -> dict:

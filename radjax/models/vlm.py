@@ -57,6 +57,10 @@ class VLMRuntime:
   # the host): a volume batch whose bucket is deeper than one depth patch runs every slot
   # resized in-plane to these source rows and columns (nearest voxel; (): off).
   volume_plane: tuple = ()
+  # Compact volume slots (a dict, radjax/data/pixels.py) -> the tower's float32 volumes:
+  # the data layer's function, given by the task. With it the images may come compact and
+  # each slot is expanded inside the slot scan, so that only one slot's floats are live.
+  volume_floats: Any = None
 
 
 def splice(text_embeds, image_features, tokens, image_token_id, counts=None):
@@ -77,6 +81,12 @@ def splice(text_embeds, image_features, tokens, image_token_id, counts=None):
   return jnp.where(is_image[..., None], gathered.astype(text_embeds.dtype), text_embeds)
 
 
+def _shape(images) -> tuple:
+  """[B, M, H, W, ...] of image slots given as floats or compactly (a dict whose 'images'
+  holds the 2D slots' 8-bit planes [B, M, H, W, P])."""
+  return (images['images'] if isinstance(images, dict) else images).shape
+
+
 def _maybe_frozen(x, rt: Runtime):
   return jax.lax.stop_gradient(x) if rt.frozen else x
 
@@ -92,14 +102,26 @@ class VLM(nn.Module):
     if self.cfg.num_labels:
       self.label_head = classifier.LabelHead(self.cfg.num_labels, self.rt.vision)
 
+  def _floats(self, images, depth_mask, rows=()):
+    """Slots as floats or compact (a dict, rt.volume_floats) -> the tower's floats; with
+    `rows` (one slot, [B, H, W, ...]) resized in-plane to those rows and columns (nearest
+    voxel, as the host resizes; compact slots before their floats are built)."""
+    if isinstance(images, dict):
+      return self.rt.volume_floats({**images, 'depth_mask': depth_mask}, rows)
+    if rows:
+      images = jnp.take(jnp.take(images, jnp.asarray(rows), axis=1), jnp.asarray(rows), axis=2)
+    return images
+
   def _tower(self, images, depth_mask=None):
-    """images [B, M, ...] -> tower features [B * M, T, D] and their token mask."""
-    b, m = images.shape[:2]
+    """images [B, M, ...] (or compact volume slots, VLMRuntime.volume_floats) -> tower
+    features [B * M, T, D] and their token mask."""
+    b, m = _shape(images)[:2]
     if (depth_mask is not None and self.rt.volume_slot_switch and not self.is_initializing()
         and (m > 1 or any(d < depth_mask.shape[-1] for d in self.rt.depth_buckets)
-             or 0 < len(self.rt.volume_plane) < images.shape[2])):
+             or 0 < len(self.rt.volume_plane) < _shape(images)[2])):
       feats, token_mask = self._volume_slots(images, depth_mask)
       return _maybe_frozen(feats, self.rt.vision), token_mask
+    images = self._floats(images, depth_mask)
     flat = images.reshape(b * m, *images.shape[2:])
     if depth_mask is None:
       feats, aux = self.vision(flat)
@@ -118,18 +140,18 @@ class VLM(nn.Module):
     rt.volume_plane, a batch whose deepest volume's bucket is deeper than one depth patch
     runs every slot at that in-plane size (as one process's host resizes it,
     radjax/data/volumes.py shrink_plane), its tokens padded to the full size's, masked.
+    Compact slots are expanded to floats one slot at a time, in the branch that runs it.
     -> ([B * M, T, D], [B * M, T])."""
-    b, m, depth = images.shape[0], images.shape[1], depth_mask.shape[-1]
+    (b, m, h, w), depth = _shape(images)[:4], depth_mask.shape[-1]
     cfg, dtype = self.cfg.vision, self.rt.vision.dtype
     patch = cfg.depth_patch_size
     depths = sorted({d for d in self.rt.depth_buckets if d < depth} | {depth})
-    grid = (images.shape[2] // cfg.patch_size) * (images.shape[3] // cfg.patch_size)
-    plane = self.rt.volume_plane if 0 < len(self.rt.volume_plane) < images.shape[2] else ()
+    grid = (h // cfg.patch_size) * (w // cfg.patch_size)
+    plane = self.rt.volume_plane if 0 < len(self.rt.volume_plane) < h else ()
 
     def run_at(d, rows=()):
       def branch(mdl, x, mask):
-        if rows:  # nearest voxel in-plane, the host's rows and columns
-          x = jnp.take(jnp.take(x, jnp.asarray(rows), axis=1), jnp.asarray(rows), axis=2)
+        x = mdl._floats(x, mask, rows)
         feats, aux = mdl.vision(x if d == depth else x[..., :d, :], mask[:, :d])
         g = (len(rows) // cfg.patch_size) ** 2 if rows else grid
         pad = lambda a: jnp.pad(a.reshape(b, g, d // patch, *a.shape[2:]),
@@ -178,7 +200,7 @@ class VLM(nn.Module):
     patch and all False an empty slot, which the slot switch skips) -> projected features
     [B, M * tokens, E_llm]. A tower that pads (vit3d) returns `token_mask` in its aux
     and the projector leaves those tokens out."""
-    return self._project(*self._tower(images, depth_mask), images.shape[0])
+    return self._project(*self._tower(images, depth_mask), _shape(images)[0])
 
   def encode_tiles(self, images, tile_index, tile_weight):
     """AnyRes: images [B, M, K, H, W, C]; tile_index / tile_weight [B, M, N, 4] (module
@@ -214,7 +236,7 @@ class VLM(nn.Module):
     """(logits [B, T, V], (label logits [B, L], token scores [B, T_img, L]) of each
     example's first image): the forward pass of training with the auxiliary label loss,
     the tower run once."""
-    b, m = images.shape[:2]
+    b, m = _shape(images)[:2]
     feats, token_mask = self._tower(images, depth_mask)
     first = lambda x: None if x is None else x.reshape(b, m, *x.shape[1:])[:, 0]
     label_logits, _, scores = self.label_head(first(feats), first(token_mask))
@@ -229,7 +251,8 @@ class VLM(nn.Module):
                tile_index=None, tile_weight=None):
     """tokens [B, T]; images [B, M, H, W, C] or [B, M, H, W, D, C] with depth_mask
     [B, M, D], or AnyRes tiles [B, M, K, H, W, C] with their tile_index / tile_weight
-    [B, M, N, 4]; segment_ids [B, T] for packed rows (radjax/data/packing.py: M is then
+    [B, M, N, 4]; volumes may come compact (VLMRuntime.volume_floats); segment_ids [B, T]
+    for packed rows (radjax/data/packing.py: M is then
     pack_max_examples x max_images, the row's images in order); logits_at [B, K]: logits at
     those positions only (see llm.Decoder). Returns (logits [B, T, V], aux)."""
     if self.cfg.num_labels and self.is_initializing():  # creates the label head too

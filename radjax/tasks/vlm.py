@@ -174,7 +174,10 @@ class ImageTextToText(base.Task):
     return base.conversation_processor(self.config, self.encoder, tasks, slots, self.targets)
 
   def model(self, frozen=()) -> vlm.VLM:
-    return vlm.VLM(self.model_cfg, factory.vlm_runtime(self.config, frozen))
+    rt = factory.vlm_runtime(self.config, frozen)
+    if 'volume' in self.slots:  # each volume slot's floats built as the tower runs it
+      rt = dataclasses.replace(rt, volume_floats=pixels.volume_floats)
+    return vlm.VLM(self.model_cfg, rt)
 
   def init_inputs(self) -> tuple:
     spec = self.batch_spec()
@@ -194,7 +197,8 @@ class ImageTextToText(base.Task):
     return jnp.broadcast_to(batch['image_mask'][..., None], shape)
 
   def loss(self, model, params, batch, rng):
-    batch = pixels.as_floats(batch)  # the step's first op: 8-bit pixels -> the tower's floats
+    # The step's first op: 8-bit pixels -> the tower's floats (volumes: slot by slot)
+    batch = pixels.model_inputs(batch, model.rt.volume_floats is not None)
     at = base.logits_at(self.config, batch)
     logits, _ = model.apply({'params': params}, batch['tokens'], batch['images'],
                             positions=batch.get('positions'), depth_mask=self.depth_mask(batch),
@@ -229,7 +233,7 @@ class ImageTextToText(base.Task):
       model = model.clone(rt=dataclasses.replace(model.rt, volume_plane=self.model_plane))
     if not self.label_weight:
       return self.loss(model, params, batch, rng)
-    batch = pixels.as_floats(batch)
+    batch = pixels.model_inputs(batch, model.rt.volume_floats is not None)
     at = base.logits_at(self.config, batch)
     logits, (label_logits, scores) = model.apply(
         {'params': params}, batch['tokens'], batch['images'], depth_mask=self.depth_mask(batch),
