@@ -13,6 +13,7 @@ transformers = pytest.importorskip('transformers')
 
 from data_prep import tokenizer as tokenizer_lib  # noqa: E402
 from radjax.core import sharding  # noqa: E402
+from radjax.eval.decoding import beam_search as beam_lib  # noqa: E402
 from radjax.eval.decoding import generate as gen  # noqa: E402
 from radjax.eval.decoding import sampling, stop_strings  # noqa: E402
 from radjax.models import factory, vlm  # noqa: E402
@@ -377,7 +378,8 @@ def test_greedy_scores_count_tokens_up_to_the_stop_token_only(lm):
 
 
 def _counted_token_loop(lm, cfg, stop_table=None) -> tuple:
-  """(greedy ids, decode steps the token loop ran) for the fixture's prompts."""
+  """(ids, decode steps the loop ran) for the fixture's prompts: greedy, or beam search
+  when cfg's strategy is beam (then the best hypotheses)."""
   decode, calls = gen._decoder(lm['model'], lm['params']), []
 
   def counted(*args):
@@ -386,8 +388,13 @@ def _counted_token_loop(lm, cfg, stop_table=None) -> tuple:
 
   logits, cache, key_mask, positions = gen._prefill(lm['model'], lm['params'], lm['tokens'],
                                                     lm['mask'], None, NEW)
-  ids, _ = gen._token_loop(counted, logits, cache, key_mask, positions, PROMPT_LEN, cfg, None,
-                           jnp.int32(PAD), sampling.knobs(1.0, 1.0, 1.0), stop_table=stop_table)
+  if cfg.strategy == 'beam':
+    ids, _ = beam_lib.beam_search(counted, logits, cache, key_mask, positions, PROMPT_LEN, NEW,
+                                  cfg.num_beams, cfg.length_penalty, cfg.early_stopping,
+                                  cfg.stop_ids, PAD, stop_table=stop_table)
+  else:
+    ids, _ = gen._token_loop(counted, logits, cache, key_mask, positions, PROMPT_LEN, cfg, None,
+                             jnp.int32(PAD), sampling.knobs(1.0, 1.0, 1.0), stop_table=stop_table)
   jax.effects_barrier()
   return ids, len(calls)
 
@@ -426,6 +433,57 @@ def test_the_token_loop_ends_once_every_row_has_met_a_stop_string(lm):
   ids, steps = _counted_token_loop(lm, cfg, jnp.asarray(stop_strings.table(hf_tok, stops, 300)))
   assert steps == max(ends), (steps, ends)
   np.testing.assert_array_equal(ids, gen.apply_stop_strings(lm['greedy'], decode, stops, PAD))
+
+
+def _pairs_across_tokens(row, decode) -> list[str]:
+  """The two printable ASCII characters on each side of a boundary between two tokens
+  that decode to text alone (a random model mostly emits stray bytes, which do not)."""
+  return [decode([a])[-1] + decode([b])[0] for a, b in zip(row[:-1], row[1:])
+          if (decode([a]) + decode([b])).isascii() and decode([a]).strip()
+          and decode([b]).strip()]
+
+
+@pytest.mark.parametrize('with_letters', [False, True])
+def test_beam_search_stops_at_stop_strings_as_hf(lm, with_letters):
+  """Beam search ignored the stop strings' table (XrayGPT's answers, closed by '###', ran
+  all max_new_tokens and were cut after). As HF's StopStringCriteria in beam search, a
+  candidate that completes one finishes its hypothesis as a stop id does, and the search
+  ends when HF's does. Strings across two tokens late in the rows need each beam's matcher
+  state to follow it through the reordering; with every ASCII letter of the rows too,
+  every prompt fills its finished set early and the loop ends before max_new_tokens."""
+  hf_tok = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tokenizer_lib.train_tokenizer(300, TEXTS), pad_token='<pad>')
+
+  def decode(ids):
+    return hf_tok.decode(ids, skip_special_tokens=True)
+
+  cfg = gen.GenerationConfig(max_new_tokens=NEW, decoding='beam', num_beams=3,
+                             early_stopping=True, pad_id=PAD)
+  free = _run(lm, cfg)[0]
+  pairs = [_pairs_across_tokens(row, decode) for row in free]
+  if with_letters:  # a character of several byte tokens is a string the table misses
+    stops = [p[0] for p in pairs] + sorted({c for row in free for c in decode(row)
+                                            if c.isascii() and c.isalpha()})
+  else:  # each row's second pair (its first if it has one): the beams have diverged
+    stops = [p[min(1, len(p) - 1)] for p in pairs]
+  stops = tuple(dict.fromkeys(stops))
+  table = jnp.asarray(stop_strings.table(hf_tok, stops, 300))
+  ids, scores = gen.generate(lm['model'], lm['params'], lm['tokens'], lm['mask'], None,
+                             dataclasses.replace(cfg, stop_strings=stops), None, table)
+  out = hf_models.hf_generate(lm['hf'], lm['tokens'], lm['mask'], do_sample=False,
+                              num_beams=3, max_new_tokens=NEW, pad_token_id=PAD,
+                              early_stopping=True, stop_strings=list(stops),
+                              tokenizer=hf_tok, output_scores=True)
+  want = _hf_new_tokens(out)
+  np.testing.assert_array_equal(ids, np.where(want < 0, PAD, want))  # HF fills -1 without eos
+  np.testing.assert_allclose(scores, out.sequences_scores.numpy(), atol=1e-4)
+  assert all(gen.stop_string_length(row, decode, stops) for row in np.asarray(ids))
+  assert (np.asarray(ids) != free).any()
+  counted, steps = _counted_token_loop(lm, cfg, table)
+  np.testing.assert_array_equal(counted, ids)
+  assert steps == len(out.scores), (steps, len(out.scores))
+  if with_letters:
+    assert steps < NEW, steps
 
 
 def test_top_p_boundary_and_the_most_likely_token_are_hfs():

@@ -3,11 +3,11 @@
 
 Per prompt it keeps `num_beams` running beams and `num_beams` finished hypotheses. Each
 step takes the top `beams_to_keep` continuations over all beams; the best ones that hit a
-stop token (or the length limit) may enter the finished set with score
-sum(log p) / generated_length ** length_penalty (generated_length counts the stop token),
-and the best ones that did not become the next running beams. HF's loop exits early;
-here the scan always runs `max_new_tokens` steps, which changes nothing because a prompt
-whose search HF would have ended accepts no further hypotheses.
+stop token, complete a stop string (HF's StopStringCriteria) or reach the length limit
+may enter the finished set with score sum(log p) / generated_length ** length_penalty
+(generated_length counts the token that stopped it), and the best ones that did not
+become the next running beams. The loop ends when HF's does: no prompt's finished set can
+improve, every one is full (early_stopping=True), or every candidate of the batch stopped.
 
 Rows are batch-major (row = b * num_beams + beam) so the leading axis stays shardable
 on the batch mesh axes; cache reordering is a gather within each prompt's beams.
@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from radjax.eval.decoding import repetition
+from radjax.eval.decoding import stop_strings as stop_strings_lib
 
 NEG = -1.0e9  # HF's "impossible" score; added, not assigned, as HF does
 
@@ -45,7 +46,7 @@ def beam_search(decode: Callable, logits, cache, key_mask, positions, prompt_len
                 max_new_tokens: int, num_beams: int, length_penalty: float,
                 early_stopping, stop_ids: tuple[int, ...], pad_id: int,
                 process: Optional[Callable] = None, seen=None,
-                repetition_penalty: float = 1.0):
+                repetition_penalty: float = 1.0, stop_table=None):
   """Beam search from a prefilled prompt.
 
   decode(tokens [R], positions [R], cache, cache_index, key_mask) -> (logits [R, V], cache)
@@ -55,6 +56,8 @@ def beam_search(decode: Callable, logits, cache, key_mask, positions, prompt_len
   -inf, applied after the softmax as HF applies its logits processors in beam search.
   seen [B, V]: the prompt ids the repetition penalty starts from (None: no penalty); each
   beam's mask follows it through the reordering, as HF penalises its running sequences.
+  stop_table: the stop strings' matcher (stop_strings.table), or None; each beam carries
+  its state, and a candidate takes the state of the beam it extends.
   Returns (ids [B, max_new_tokens] of the best finished hypothesis, pad after its stop
   token; its length-penalised score [B]).
   """
@@ -80,9 +83,13 @@ def beam_search(decode: Callable, logits, cache, key_mask, positions, prompt_len
       fin=jnp.zeros((b, k), bool),
       improvable=jnp.ones((b,), bool),
       seen=None if seen is None else jnp.repeat(seen, k, axis=0),
+      matched=None if stop_table is None else jnp.full((b, k), stop_strings_lib.START, jnp.int32),
+      i=jnp.int32(0),
+      going=jnp.bool_(True),
   )
 
-  def step(s, i):
+  def step(s):
+    i = s['i']
     logp = jax.nn.log_softmax(s['logits'].astype(jnp.float32), axis=-1)
     if s['seen'] is not None:  # HF's first processor, on the log-probs in beam search
       logp = repetition.penalize(logp, s['seen'], repetition_penalty)
@@ -95,12 +102,18 @@ def beam_search(decode: Callable, logits, cache, key_mask, positions, prompt_len
     cand = _gather(s['run_ids'], origin)
     cand = jax.lax.dynamic_update_slice_in_dim(cand, tokens[..., None], i, axis=2)
     hits = jnp.isin(tokens, stops) | (i == n - 1)
+    matched = None
+    if stop_table is not None:
+      matched = stop_table[_gather(s['matched'], origin), tokens]  # [B, C]
+      hits = hits | (matched == stop_strings_lib.MATCHED)
 
     # Next running beams: the best candidates that did not finish.
     run_cand = top_scores + hits.astype(jnp.float32) * NEG
     sel = jax.lax.top_k(run_cand, k)[1]
     run_ids, run_scores = _gather(cand, sel), _gather(run_cand, sel)
     run_origin = _gather(origin, sel)
+    if matched is not None:
+      matched = _gather(matched, sel)
 
     # Finished set: merge the just-finished among the top k candidates, keep the best k.
     just = hits & top_k_mask[None]
@@ -120,6 +133,10 @@ def beam_search(decode: Callable, logits, cache, key_mask, positions, prompt_len
     best = run_scores[:, :1] / penalty[i if best_len is None else best_len]
     worst = jnp.where(fin, jnp.min(fin_scores, axis=1, keepdims=True), NEG)
     improvable = s['improvable'] & jnp.any(best > worst, axis=1)
+    # HF's _beam_search_has_unfinished_sequences, over the whole batch
+    going = jnp.any(improvable) & ~jnp.all(hits)
+    if early_stopping is True:
+      going = going & ~jnp.all(fin)
 
     cache = reorder_cache(s['cache'], run_origin)
     key_mask = s['key_mask'].at[:, prompt_len + i].set(True)
@@ -131,7 +148,8 @@ def beam_search(decode: Callable, logits, cache, key_mask, positions, prompt_len
     logits, cache = decode(next_tokens, s['positions'], cache, prompt_len + i, key_mask)
     return dict(cache=cache, logits=logits, key_mask=key_mask, positions=s['positions'] + 1,
                 run_ids=run_ids, run_scores=run_scores, fin_ids=fin_ids,
-                fin_scores=fin_scores, fin=fin, improvable=improvable, seen=seen), None
+                fin_scores=fin_scores, fin=fin, improvable=improvable, seen=seen,
+                matched=matched, i=i + 1, going=going)
 
-  state, _ = jax.lax.scan(step, state, jnp.arange(n))
+  state = jax.lax.while_loop(lambda s: s['going'] & (s['i'] < n), step, state)
   return state['fin_ids'][:, 0], state['fin_scores'][:, 0]

@@ -36,8 +36,8 @@ and repetition_penalty only as whether they apply: their values are arguments).
   before everything else (radjax/eval/decoding/repetition.py); 1.0 is off.
   length_penalty / early_stopping: as HF (early_stopping True | False | 'never').
   pad_id: what finished rows emit; None keeps the old behaviour of repeating stop_ids[0].
-  stop_strings end a row inside greedy and sampling decoding when `generate` is given
-  their table (radjax/eval/decoding/stop_strings.py); beam search only truncates after.
+  stop_strings end a row (a beam: a hypothesis, as EOS does) inside the loop when
+  `generate` is given their table (radjax/eval/decoding/stop_strings.py).
   suppress_ids: ids never generated (their logits are -inf, as HF's `suppress_tokens`):
   image placeholders and delimiters, vocabulary padding past the tokenizer.
   image_span: (first_code, end_code, length, close_id), or () for none: the first
@@ -251,17 +251,15 @@ def generate(model, params, prompt_tokens, prompt_mask, images, gen_cfg: Generat
   Returns (ids [B, max_new_tokens], scores [B]): for beam search (two or more beams) the
   best finished hypothesis and its HF `sequences_scores`; otherwise summed token log-probs.
   stop_table: the stop strings' table (stop_strings.table: the chat format's and
-  gen_cfg.stop_strings) for greedy and sampling rows to stop at them, as HF's
-  StopStringCriteria (the token completing one is kept); without it, or in beam search,
-  they are left to `apply_stop_strings` / the text's cut.
+  gen_cfg.stop_strings) for rows to stop at them, as HF's StopStringCriteria (the token
+  completing one is kept; in beam search it finishes a hypothesis, as a stop id does);
+  without it they are left to `apply_stop_strings` / the text's cut.
   """
   if gen_cfg.strategy == 'sample' and rng is None:
     raise ValueError("decoding='sample' needs an rng key")
   # Values a strategy ignores go in too: only the static config decides what applies.
   values = sampling.knobs(gen_cfg.temperature, gen_cfg.top_p, gen_cfg.repetition_penalty)
   keys = sampling.row_keys(rng, prompt_tokens.shape[0]) if gen_cfg.strategy == 'sample' else None
-  if gen_cfg.strategy == 'beam':
-    stop_table = None
   return _generate(model, params, prompt_tokens, prompt_mask, images, _canonical(gen_cfg), keys,
                    jnp.int32(gen_cfg.fill_id), values, stop_table)
 
@@ -296,7 +294,7 @@ def _generate(model, params, prompt_tokens, prompt_mask, images, cfg: Generation
     return beam_lib.beam_search(decode, logits, cache, key_mask, positions, p,
                                 cfg.max_new_tokens, cfg.num_beams, cfg.length_penalty,
                                 cfg.early_stopping, cfg.stop_ids, fill, process, seen,
-                                values['repetition_penalty'])
+                                values['repetition_penalty'], stop_table)
   return _token_loop(decode, logits, cache, key_mask, positions, p, cfg, rng, fill, values,
                      process, seen, stop_table)
 
@@ -328,8 +326,8 @@ def apply_stop_strings(ids, decode: Callable[[list[int]], str], stop_strings: tu
   one that completes a stop string and is padded after, which is what HF's greedy and
   sampling output holds (earlier tokens never depend on later ones). HF also matches
   across the prompt/answer boundary; here only the generated tokens are searched. Beam
-  search would rank hypotheses differently had they stopped early, so there it is only
-  a truncation."""
+  search ranks hypotheses differently when they stop early, so there it is only a
+  truncation: `generate`'s stop_table stops them inside the search."""
   out = np.array(ids, copy=True)
   for row in out:
     t = stop_string_length(row, decode, stop_strings)

@@ -92,10 +92,11 @@ class Answerer:
             for row in self.answer_ids(params, items, gen_cfg, seed)]
 
   def _stop_table(self, gen_cfg):
-    """The table that ends a row at the chat format's or config.eval's stop strings inside
-    the token loop (both are cut from the text after), built once per set of strings."""
+    """The table that ends a row (in beam search, a hypothesis) at the chat format's or
+    config.eval's stop strings inside the decoding loop (both are cut from the text
+    after), built once per set of strings."""
     strings = tuple(dict.fromkeys((*self.encoder.fmt.stop_strings, *gen_cfg.stop_strings)))
-    if gen_cfg.strategy == 'beam' or not strings:
+    if not strings:
       return None
     if strings not in self._stop_tables:
       table = stop_strings.table(self.encoder.tokenizer, strings,
