@@ -565,3 +565,40 @@ def test_every_process_meets_the_data_barrier_whatever_it_finds(demo_data, tmp_p
   for p, out in zip(procs, outs):
     assert p.returncode == 0 and 'ready\n' in out, out[-2000:]
   assert os.path.exists(os.path.join(dirs[0], 'manifest.json'))
+
+
+_MIXED_PACKED = """from configs import demo
+
+
+def get_config(arg=''):
+  c = demo.get_config('size=micro,task=lm')
+  c.data.dir = ''
+  for name, weight in (('a', 0.7), ('b', 0.3)):
+    c.data.mixture[name] = dict(dir={data!r}, tasks=tuple(c.data.tasks), weight=weight)
+  # About 4 reports a row; 2 shards: one stream on 1 or 2 processes.
+  c.data.pack, c.data.pack_shards, c.data.max_len = True, 2, 256
+  return c
+"""
+
+
+@pytest.mark.slow  # two runs of 3 steps: ~2 minutes on a busy 2-core machine
+def test_two_processes_log_the_examples_one_process_counts(demo_data, tmp_path):
+  """A packed mixture: the processes' rows hold different numbers of examples (16 and 15)
+  and of each component (13 and 9 of a), so data/examples/<name> (and examples/s) must
+  count every process's rows, not process 0's (times 2). Fast check of the counting:
+  tests/test_loop_throughput.py."""
+  config = tmp_path / 'mixed_packed.py'
+  config.write_text(_MIXED_PACKED.format(data=demo_data))
+  counts = {}
+  for n in (1, 2):
+    wd = str(tmp_path / f'p{n}')
+    argv = [sys.executable, 'main.py', '--config', str(config), '--workdir', wd,
+            '--config.train.num_steps=3', '--config.train.log_every=1',
+            '--config.train.checkpoint_every=3', '--config.train.eval_every=0',
+            '--config.train.async_checkpoint=False']
+    _finish(_start(demo_data, wd, n, argv=argv))
+    counts[n] = {r['step']: (r['data/examples/a'], r['data/examples/b'])
+                 for r in _rows(wd) if 'data/examples/a' in r}
+  assert sorted(counts[1]) == [1, 2, 3] and counts[2] == counts[1]
+  batch = demo.get_config('size=micro').train.batch_size
+  assert all(a + b > batch and a and b for a, b in counts[1].values()), counts  # packed

@@ -484,8 +484,7 @@ def test_radvlm_tower_takes_siglip_so400m_and_reads_its_26th_layer():
                           num_attention_heads=16, image_size=384, patch_size=14)
   source = vit_convert.vit_config_from_hf(hf, select_layer=target.select_layer,
                                           keep_class_token=target.keep_class_token)
-  parts._check_same(parts.codec('vision', 'vit'), source, target, 'config.model.vision',
-                    True, '')  # init_from=SIGLIP_DIR fits
+  parts.check_same('vision', source, target, True)  # init_from=SIGLIP_DIR fits
   assert target.layers_run == 26 and (target.image_size // target.patch_size) ** 2 == 729
   assert c.model.projector.kind == 'mlp' and c.model.llm.embed_dim == 3584
 

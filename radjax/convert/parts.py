@@ -9,16 +9,15 @@ an HF equivalent is one entry here plus its table module.
 import dataclasses
 import functools
 import re
-from typing import Callable, Optional
+from typing import Callable
 
-import jax.numpy as jnp
-
-from radjax.convert import common, llama, llm_families, qformer, vit
+from radjax.convert import common, llm_families, qformer, vit
 from radjax.convert import hf_config as llm_hf_config
 from radjax.convert import vocab as vocab_lib
 from radjax.convert.common import ConversionError, Rule
 from radjax.convert.hf_config import UnsupportedConfig
-from radjax.models import projector as projector_lib
+from radjax.models import registry
+from radjax.models.runtime import Runtime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +33,6 @@ class Codec:
   # Fields that describe the model but not its weights (the decoder's context length): a
   # source and a target may differ in them, and the weights carry over unchanged.
   meta: tuple[str, ...] = ()
-  # (cfg, scan) -> flat {our path: shape}: which params a config field shapes.
-  shapes: Optional[Callable] = None
 
   def same_weights(self, source, target) -> bool:
     """Whether two configs of this part hold the same weights (they differ at most in `meta`)."""
@@ -68,16 +65,14 @@ def _llm_part(hf, state_dict):
 CODECS = {
     ('llm', 'decoder'): Codec(llm_hf_config.llm_config_from_hf, _llm_params, _llm_to_hf,
                               part_of=_llm_part, free=('vocab_size',),
-                              meta=('max_position_embeddings',), shapes=llama.param_shapes),
+                              meta=('max_position_embeddings',)),
     ('vision', 'vit'): Codec(vit.vit_config_from_hf, vit.params_from_hf,
                              lambda cfg, params, **_: (vit.hf_config_from_vit(cfg),
                                                        vit.hf_from_params(params, cfg)),
-                             part_of=vit.vision_part, keep=('select_layer', 'keep_class_token'),
-                             shapes=vit.param_shapes),
+                             part_of=vit.vision_part, keep=('select_layer', 'keep_class_token')),
     ('projector', 'qformer'): Codec(qformer.config_from_hf, qformer.params_from_hf,
                                     lambda cfg, params, **_: (qformer.hf_config(cfg),
-                                                              qformer.hf_from_params(params, cfg)),
-                                    shapes=lambda cfg, scan: qformer.param_shapes(cfg)),
+                                                              qformer.hf_from_params(params, cfg))),
 }
 
 
@@ -101,38 +96,47 @@ def import_part(part: str, kind: str, hf_cfg, state_dict, scan: bool):
   return cfg, c.params_from_hf(state_dict, cfg, scan)
 
 
-def _reshaped(c: Codec, target, field: str, value, scan: bool) -> dict:
+@functools.lru_cache(maxsize=32)
+def part_shapes(part: str, cfg, scan: bool) -> dict:
+  """Flat {our path: shape} of a part's params in the given layer layout, from the model's
+  own abstract init (nothing allocated): every kind has it, an HF conversion or not."""
+  return common.shapes_of(registry.module(part, cfg, Runtime(scan_layers=scan)),
+                          *registry.example_inputs(part, cfg))
+
+
+def _reshaped(part: str, target, field: str, value, scan: bool) -> dict:
   """{path: (shape with `field`=value, shape in target)} of the params that field shapes
-  (None: absent); {} where it shapes none or the codec cannot say."""
-  if c.shapes is None:
-    return {}
+  (None: absent); {} where it shapes none."""
   try:
-    there = c.shapes(dataclasses.replace(target, **{field: value}), scan)
+    there = part_shapes(part, dataclasses.replace(target, **{field: value}), scan)
   except ValueError:  # the value alone is not a valid config (e.g. width vs heads)
     return {}
-  here = c.shapes(target, scan)
+  here = part_shapes(part, target, scan)
   return {p: (there.get(p), here.get(p)) for p in sorted(set(there) | set(here))
           if there.get(p) != here.get(p)}
 
 
-def _check_same(c: Codec, source, target, section: str, scan: bool, fresh: str) -> None:
-  """Every field equal, bar `free` and `meta` ones and those that shape only params
-  `fresh` (init_fresh) names; an error names the field and a param it reshapes."""
+def check_same(part: str, source, target, scan: bool, fresh: str = '') -> None:
+  """Two configs of a part (a pretrained one, the run's) have every field equal, bar the
+  HF codec's `free` and `meta` ones and those that shape only params `fresh` (init_fresh)
+  names; an error names the field and a param it reshapes."""
+  c = CODECS.get((part, target.kind))
+  excused = c.free + c.meta if c else ()
   for field in dataclasses.fields(target):
-    if field.name in c.free + c.meta or not field.init:
+    if field.name in excused or not field.init:
       continue
     want, have = getattr(target, field.name), getattr(source, field.name)
     if want == have:
       continue
-    reshaped = _reshaped(c, target, field.name, have, scan)
+    reshaped = _reshaped(part, target, field.name, have, scan)
     if fresh and reshaped and all(re.fullmatch(fresh, p) for p in reshaped):
       continue
     shapes = ''
     if reshaped:
       path, (there, here) = next(iter(reshaped.items()))
       shapes = f': {path} has shape {there} there, {here} here'
-    raise ConversionError(f'{section}.{field.name}={want!r} but the pretrained model has '
-                          f'{have!r}{shapes}')
+    raise ConversionError(f'config.model.{part}.{field.name}={want!r} but the pretrained '
+                          f'model has {have!r}{shapes}')
 
 
 def params_for(part: str, hf_cfg, state_dict, target, scan: bool, fresh: str = ''):
@@ -145,7 +149,7 @@ def params_for(part: str, hf_cfg, state_dict, target, scan: bool, fresh: str = '
   source = c.config_from_hf(hf_cfg)
   if c.keep:
     source = dataclasses.replace(source, **{k: getattr(target, k) for k in c.keep})
-  _check_same(c, source, target, f'config.model.{part}', scan, fresh)
+  check_same(part, source, target, scan, fresh)
   params = c.params_from_hf(state_dict, source, scan)
   if part == 'llm':
     params = vocab_lib.grow_vocab(params, target.vocab_size)
@@ -156,11 +160,6 @@ def params_for(part: str, hf_cfg, state_dict, target, scan: bool, fresh: str = '
 # (radjax.convert.lavis renames it) is BLIP-2's language projection.
 _LINEAR_RULES = (Rule('fc/kernel', 'language_projection.weight', 'linear'),
                  Rule('fc/bias', 'language_projection.bias', 'identity'))
-
-
-@functools.lru_cache(maxsize=16)
-def _linear_shapes(cfg: projector_lib.ProjectorConfig) -> dict:
-  return common.shapes_of(projector_lib.LinearProjector(cfg), jnp.zeros((1, 1, cfg.in_dim)))
 
 
 def params_from_tensors(part: str, state_dict: dict, target, scan: bool,
@@ -185,8 +184,8 @@ def params_from_tensors(part: str, state_dict: dict, target, scan: bool,
   if (part, kind) == ('projector', 'linear'):
     flat = common.to_ours(state_dict, _LINEAR_RULES,
                           {'linear': common.LINEAR, 'identity': common.IDENTITY},
-                          _linear_shapes(target), 0, scan=False, ignore=r'^vision_model\.',
-                          skip=skip)
+                          part_shapes(part, target, False), 0, scan=False,
+                          ignore=r'^vision_model\.', skip=skip)
     return common.unflatten(flat)
   raise UnsupportedConfig(f'config.model.{part}.kind={kind!r} cannot start from a single '
                           f'weights file ({source}); use an HF directory or a workdir')

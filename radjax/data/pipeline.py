@@ -252,12 +252,12 @@ def _unweight_padding(batch: dict) -> dict:
   return batch
 
 
-def host_scalars(batch: dict, ds: grain.MapDataset | None, names: tuple[str, ...] = ()) -> dict:
-  """What the loop logs about the data, read from the host batch (never sent to devices):
-  the fraction of examples truncated, too-long records dropped so far in this process
-  (when `ds` was read here) and, with a mixture, examples per component in this batch. A
-  packed batch's host keys hold -1 in the example slots its rows leave empty; it adds
-  examples per row and padding."""
+def host_scalars(batch: dict, ds: grain.MapDataset | None) -> dict:
+  """What the loop logs about the data, read from this process's host batch (never sent
+  to devices): the fraction of examples truncated and too-long records dropped so far in
+  this process (when `ds` was read here). A packed batch's host keys hold -1 in the
+  example slots its rows leave empty; it adds examples per row and padding. (Examples per
+  mixture component are the whole batch's: radjax/train/examples_seen.py.)"""
   truncated = np.asarray(batch.get('truncated', 0))
   packed = 'segment_ids' in batch
   if packed:
@@ -269,10 +269,6 @@ def host_scalars(batch: dict, ds: grain.MapDataset | None, names: tuple[str, ...
   if log is not None:
     for reason in ('too_long', 'no_task'):
       out[f'data/dropped_{reason}'] = float(len(log.dropped.get(reason, {})))
-  if names and 'source' in batch:
-    sources = np.asarray(batch['source'])
-    counts = np.bincount(sources[sources >= 0], minlength=len(names))
-    out.update({f'data/examples/{n}': float(c) for n, c in zip(names, counts)})
   return out
 
 

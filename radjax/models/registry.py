@@ -2,8 +2,10 @@
 its Linen module. Adding a kind is a module plus one entry here (and, where HF has
 the class, a conversion table in radjax/convert/parts.py)."""
 import dataclasses
+from typing import Callable
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from radjax.models import llm, perceiver, projector, qformer, vit, vit3d, vqgan
 from radjax.models.runtime import Runtime
@@ -13,18 +15,40 @@ from radjax.models.runtime import Runtime
 class Kind:
   config: type  # frozen dataclass of what the part is (exported)
   module: type  # nn.Module taking (config, Runtime)
+  # config -> the smallest inputs the module's init takes (its params' shapes depend on
+  # the config alone).
+  example_inputs: Callable[..., tuple]
+
+
+def _images(cfg) -> tuple:
+  return (jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels)),)
+
+
+def _volume(cfg) -> tuple:  # one patch
+  return (jnp.zeros((1, cfg.patch_size, cfg.patch_size, cfg.depth_patch_size,
+                     cfg.num_channels)),)
+
+
+def _features(cfg) -> tuple:
+  return (jnp.zeros((1, 1, cfg.in_dim)),)
+
+
+def _embeddings(cfg) -> tuple:  # and their positions
+  return jnp.zeros((1, 1, cfg.embed_dim)), jnp.zeros((1, 1), jnp.int32)
 
 
 PARTS = {
-    'vision': {'vit': Kind(vit.ViTConfig, vit.ViT),
-               'vit3d': Kind(vit3d.ViT3DConfig, vit3d.ViT3D)},
-    'projector': {'linear': Kind(projector.ProjectorConfig, projector.LinearProjector),
-                  'mlp': Kind(projector.ProjectorConfig, projector.MlpProjector),
-                  'qformer': Kind(qformer.QFormerConfig, qformer.QFormerProjector),
-                  'perceiver': Kind(perceiver.PerceiverConfig, perceiver.PerceiverProjector)},
-    'llm': {'decoder': Kind(llm.LLMConfig, llm.Decoder)},
+    'vision': {'vit': Kind(vit.ViTConfig, vit.ViT, _images),
+               'vit3d': Kind(vit3d.ViT3DConfig, vit3d.ViT3D, _volume)},
+    'projector': {'linear': Kind(projector.ProjectorConfig, projector.LinearProjector,
+                                 _features),
+                  'mlp': Kind(projector.ProjectorConfig, projector.MlpProjector, _features),
+                  'qformer': Kind(qformer.QFormerConfig, qformer.QFormerProjector, _features),
+                  'perceiver': Kind(perceiver.PerceiverConfig, perceiver.PerceiverProjector,
+                                    _features)},
+    'llm': {'decoder': Kind(llm.LLMConfig, llm.Decoder, _embeddings)},
     # The image codec is a model of its own (config.model.kind='vqgan'), never in a VLM.
-    'vqgan': {'vqgan': Kind(vqgan.VQGANConfig, vqgan.VQGAN)},
+    'vqgan': {'vqgan': Kind(vqgan.VQGANConfig, vqgan.VQGAN, _images)},
 }
 
 
@@ -38,3 +62,7 @@ def kind(part: str, name: str) -> Kind:
 
 def module(part: str, cfg, rt: Runtime = Runtime(), name: str | None = None) -> nn.Module:
   return kind(part, cfg.kind).module(cfg, rt, name=name)
+
+
+def example_inputs(part: str, cfg) -> tuple:
+  return kind(part, cfg.kind).example_inputs(cfg)

@@ -1,5 +1,4 @@
 """The training loop: resume, step, log one step late, checkpoint, evaluate."""
-import collections
 import json
 import os
 import time
@@ -11,9 +10,9 @@ from clu import periodic_actions
 
 from radjax.core import checkpoint as checkpoint_lib
 from radjax.core import workdir as workdir_lib
-from radjax.data import mixture, packing, pipeline
+from radjax.data import mixture, pipeline
 from radjax.eval import evaluators as evaluators_lib
-from radjax.train import setup, writers
+from radjax.train import examples_seen, setup, writers
 from radjax.train import state as state_lib
 
 
@@ -107,9 +106,9 @@ def _train(config, workdir: str, task, devices=None) -> dict:
   with exp.context():
     train_step = setup.jit_train_step(exp)
 
-  pending = None  # (step, device metrics, host extras) of the previous step
+  pending = None  # (step, device metrics, host extras, logged?, seen's reader) of a step
   last_eval = {}
-  seen = collections.Counter()  # examples and token slots since the last log
+  seen = examples_seen.Seen(exp.mesh, exp.rules, sources)  # since the last log
   try:
     if _eval_lost(tc, workdir, start, config.eval.split):  # to a kill: redo it
       last_eval = _evaluate(evaluators, writer, state, start, {}, config.eval.split)
@@ -117,22 +116,22 @@ def _train(config, workdir: str, task, devices=None) -> dict:
     for step in range(start + 1, tc.num_steps + 1):
       host_batch = next(data_iter)
       # Host-only keys (source, truncated) are read here; to_global sends only the task's.
-      extras = pipeline.host_scalars(host_batch, counted_ds, sources)
+      extras = pipeline.host_scalars(host_batch, counted_ds)
       batch = pipeline.to_global(host_batch, exp.batch_shardings)
       with exp.context():
         state, metrics = train_step(state, batch)
       steps_since_log += 1
-      seen.update(_examples_and_tokens(host_batch))
+      seen.add(host_batch, batch)
       # Read the previous step's metrics now: the device is busy with this one.
       if pending is not None:
         _log(writer, pending[0], _read(pending, ckpt, state, workdir))
-      if step % tc.log_every == 0 or step == tc.num_steps:
-        dt = time.time() - t_log
-        extras.update({f'train/{k}_per_sec': v / max(dt, 1e-9) for k, v in seen.items()})
-        extras['train/steps_per_sec'] = steps_since_log / max(dt, 1e-9)
+      logged, seen_read = step % tc.log_every == 0 or step == tc.num_steps, None
+      if logged:
+        dt = max(time.time() - t_log, 1e-9)
+        seen_read = seen.take(dt)
+        extras['train/steps_per_sec'] = steps_since_log / dt
         t_log, steps_since_log = time.time(), 0
-        seen.clear()
-      pending = (step, metrics, extras, step % tc.log_every == 0 or step == tc.num_steps)
+      pending = (step, metrics, extras, logged, seen_read)
       progress(step)
       profile(step)
 
@@ -173,21 +172,6 @@ def _eval_lost(tc, workdir: str, step: int, split: str) -> bool:
   """The restored step was due an eval that its metrics do not hold (killed in it)."""
   return bool(step) and _eval_due(tc, step) and not writers.eval_logged(
       writer_path(workdir), step, split)
-
-
-def _examples_and_tokens(host_batch: dict) -> dict:
-  """Global examples and token slots of one step's batch, read from the batch itself: a
-  mixture's volume batches have config.data.volume_batch_size rows, a packed row several
-  examples, a classifier no text."""
-  procs = jax.process_count()
-  if 'segment_ids' in host_batch:
-    examples = int(np.sum(packing.examples_per_row(host_batch)))
-  else:
-    examples = len(next(v for v in host_batch.values() if np.ndim(v)))
-  out = {'examples': examples * procs}
-  if 'tokens' in host_batch:
-    out['tokens'] = int(np.size(host_batch['tokens'])) * procs
-  return out
 
 
 class _Trace:
@@ -248,7 +232,7 @@ def _log(writer, step, scalars):
 
 def _read(pending, ckpt, state, workdir) -> dict:
   """Checks the loss of a finished step; returns its scalars if it is a logged step."""
-  step, metrics, extras, log = pending
+  step, metrics, extras, log, seen_read = pending
   loss = float(metrics['loss'])
   if not np.isfinite(loss) or not np.isfinite(float(metrics['grad_norm'])):
     _stop_nonfinite(f'non-finite loss ({loss}) or grad norm at step {step}', ckpt, state,
@@ -256,7 +240,8 @@ def _read(pending, ckpt, state, workdir) -> dict:
   if not log:
     return {}
   scalars = {f'train/{k}': float(v) for k, v in jax.device_get(metrics).items()}
-  return {**scalars, **extras}  # extras carry their own prefix (train/, data/)
+  # extras carry their own prefix (train/, data/)
+  return {**scalars, **extras, **(seen_read() if seen_read else {})}
 
 
 def _stop_nonfinite(what: str, ckpt, state, workdir: str):

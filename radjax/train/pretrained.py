@@ -12,8 +12,9 @@ is taken as given and every tensor's shape checked.
 Each part becomes a loader for `create_train_state`, which hands it the part's
 sharded abstract target. A workdir whose part has exactly the target's architecture
 and layer layout is restored straight into the shards; anything else (an HF
-directory, another layer layout, a smaller vocabulary) goes through the part's HF
-state dict on the host.
+directory, another layer layout, a smaller vocabulary) goes through the host: through
+the part's HF state dict, or, for a part with no HF conversion (vit3d, the perceiver),
+as the workdir's own arrays restacked.
 
 Params the part's `init_fresh` names keep their initialisation (create_train_state's
 `fresh`), so the loaders leave them out: the source need not hold them, at any shape
@@ -50,13 +51,11 @@ def _from_workdir(part: str, path: str, target_cfg, target, scan: bool, fresh: s
           if has_codec else source_cfg == target_cfg)
   if same and source.runtime.scan_layers == scan:
     return _restored(workdir_lib.load_params(path, path=sub, target=target), part, path)
-  if not has_codec:  # no HF layout to convert through
-    diffs = [f'{k}={getattr(target_cfg, k)!r} (the workdir has {getattr(source_cfg, k)!r})'
-             for k in vars(target_cfg) if getattr(target_cfg, k) != getattr(source_cfg, k)]
-    if not diffs:  # only runtime.scan_layers differs
-      return _relayout(workdir_lib.load_params(path, path=sub), scan)
-    raise ValueError(f'config.model.{part}.init_from={path!r} does not fit: '
-                     f'config.model.{part}.' + ', '.join(diffs))
+  if not has_codec:  # no HF layout to convert through: the workdir's arrays as they are
+    # Another layer layout, or fields that shape only `fresh` params (which leave before
+    # create_train_state checks every other shape).
+    parts.check_same(part, source_cfg, target_cfg, scan, fresh)
+    return _relayout(workdir_lib.load_params(path, path=sub), scan)
   hf_cfg, state_dict = parts.to_hf(part, source_cfg, workdir_lib.load_params(path, path=sub))
   return parts.params_for(part, hf_cfg, state_dict, target_cfg, scan, fresh)
 
