@@ -156,6 +156,9 @@ def test_resize_crop_is_refused_where_it_would_be_ignored(task):
     ('eval.top_k', -1, 'config.eval.top_k=-1 must be >= 0'),
     ('optim.lr', 1e39, 'config.optim.lr=1e+39 is not a finite float32'),
     ('eval.stop_strings', ('###', ''), "config.eval.stop_strings: '' cuts every answer"),
+    # --config.eval.stop_strings=5 parses to (5,): the first evaluation failed unnamed
+    ('eval.stop_strings', (5,), 'config.eval.stop_strings=(5,): a tuple of strings'),
+    ('eval.stop_strings', ('###', None), "config.eval.stop_strings=('###', None): a tuple"),
     # a negative loss weight trains that loss upwards, silently
     ('data.label_loss_weight', -1.0, 'config.data.label_loss_weight=-1.0 must be >= 0'),
     ('data.keyword_weight', -3.0, 'config.data.keyword_weight=-3.0 must be >= 0'),

@@ -486,6 +486,22 @@ def test_beam_search_stops_at_stop_strings_as_hf(lm, with_letters):
     assert steps < NEW, steps
 
 
+def test_a_rows_first_token_is_matched_from_the_stop_tables_start_row(lm):
+  """Each row starts at the table's START row, which reads the answer's first token as
+  decoding writes it (sentencepiece drops its word-start space: a first ' left' is
+  'left'), not at the matcher's empty state: a table whose START row alone completes a
+  stop at each row's first token ends the loop after that token."""
+  first = np.asarray(lm['greedy'][:, 0])
+  table = np.full((stop_strings._STATES + 1, 300), stop_strings._STATES, np.int32)
+  table[stop_strings.MATCHED] = stop_strings.MATCHED
+  table[stop_strings.START, first] = stop_strings.MATCHED
+  cfg = gen.GenerationConfig(max_new_tokens=NEW, pad_id=PAD)
+  ids, steps = _counted_token_loop(lm, cfg, jnp.asarray(table))
+  assert steps == 1, steps
+  np.testing.assert_array_equal(np.asarray(ids)[:, 0], first)
+  assert (np.asarray(ids)[:, 1:] == PAD).all()
+
+
 def test_top_p_boundary_and_the_most_likely_token_are_hfs():
   """HF's TopPLogitsWarper drops the tokens whose cumulative probability is <= 1 - top_p
   (a token exactly at the boundary goes) and always keeps the most likely one (a top_p

@@ -167,3 +167,30 @@ def test_a_llava_projector_into_one_with_an_image_newline(tmp_path):
   with pytest.raises(common.ConversionError, match='has an image_newline .* the HF model has '
                                                    'none'):
     pretrained._from_hf_dir('projector', str(tmp_path / 'llava'), target, scan=True)
+
+
+def test_a_field_may_differ_only_where_it_reshapes_fresh_params_alone():
+  """Field by field, without loading: out_dim reshapes only out/* (let differ under
+  init_fresh='out/.*'; not under 'out/kernel', which leaves out/bias loaded); norm_eps
+  reshapes nothing, so no init_fresh lets it differ (the loaded Q-Former would run at
+  another epsilon)."""
+  import dataclasses
+
+  from radjax.convert import parts
+  from radjax.models import qformer
+  target = qformer.QFormerConfig(in_dim=16, out_dim=32, num_queries=4, hidden_dim=16,
+                                 num_layers=2, num_heads=2, mlp_dim=32)
+  codec = parts.codec('projector', 'qformer')
+
+  def check(source, fresh):
+    parts._check_same(codec, source, target, 'config.model.projector', False, fresh)
+
+  wider = dataclasses.replace(target, out_dim=24)
+  check(wider, 'out/.*')
+  with pytest.raises(common.ConversionError, match=re.escape(
+      'config.model.projector.out_dim=32 but the pretrained model has 24: out/bias has '
+      'shape (24,) there, (32,) here')):
+    check(wider, 'out/kernel')
+  with pytest.raises(common.ConversionError, match=re.escape(
+      'config.model.projector.norm_eps=1e-12 but the pretrained model has 1e-06')):
+    check(dataclasses.replace(target, norm_eps=1e-6), '.*')

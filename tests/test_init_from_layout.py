@@ -149,3 +149,24 @@ def test_a_perceiver_change_init_fresh_does_not_cover_is_named(demo_data, percei
   config = _projector_from(demo_data, wd, fresh, **fields)
   with pytest.raises(common.ConversionError, match=message):
     _loaded(config)
+
+
+def test_relayout_keeps_the_layer_order_past_ten_and_is_undone_by_its_inverse():
+  """'layers_10' sorts before 'layers_2' as text: a 12-layer tower's stack must follow
+  the layer numbers. Restacking then splitting gives the params back; a part already in
+  the asked layout, or without a layer stack, is left as it is."""
+  n = 12
+  unscanned = {f'layers_{i}': {'mlp': {'kernel': np.full((2, 3), i, np.float32)}}
+               for i in range(n)}
+  unscanned['norm'] = {'scale': np.ones((3,), np.float32)}
+  scanned = pretrained._relayout(unscanned, scan=True)
+  assert sorted(scanned) == ['layers', 'norm']
+  np.testing.assert_array_equal(scanned['layers']['mlp']['kernel'][:, 0, 0], np.arange(n))
+  back = pretrained._relayout(scanned, scan=False)
+  assert sorted(common.flatten(back)) == sorted(common.flatten(unscanned))
+  for name, x in common.flatten(unscanned).items():
+    np.testing.assert_array_equal(common.flatten(back)[name], x, err_msg=name)
+  assert pretrained._relayout(scanned, scan=True) is scanned
+  assert pretrained._relayout(unscanned, scan=False) is unscanned
+  flat = {'norm': unscanned['norm']}
+  assert pretrained._relayout(flat, scan=True) is flat

@@ -512,3 +512,29 @@ def test_the_full_recipe_caps_training_not_inference():
   c.data.many_images_max_slices = 30
   with pytest.raises(ValueError, match='config.data.many_images_max_slices=30'):
     tasks.make(c, None)
+
+
+def test_on_several_processes_the_training_loss_alone_runs_the_resizing_model(monkeypatch):
+  """config.data.volume_image_size on several processes: train_loss hands the loss a model
+  whose runtime resizes in-plane to the host's nearest rows and columns (the hosts leave
+  the batches whole; the evaluation calls task.loss with the model as it is). One process,
+  whose host resizes, keeps the model as it is, so nothing is resized twice."""
+  from configs import radfm
+  from radjax import tasks
+  from radjax.models import factory, vlm
+  c = radfm.get_config('size=micro')
+  c.model.image_token_id = 4  # no tokenizer
+  size = c.model.vision.image_size
+  c.data.volume_image_size = size // 2
+  model = vlm.VLM(factory.vlm_config(c.model), factory.vlm_runtime(c))
+
+  def plane(task):  # the in-plane rows of the model train_loss runs the loss with
+    seen = []
+    monkeypatch.setattr(task, 'loss', lambda mdl, *_: seen.append(mdl.rt.volume_plane))
+    task.train_loss(model, None, {}, None)
+    return seen
+
+  assert plane(tasks.make(c, None)) == [()]
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  rows = tuple(int(i) for i in volumes.nearest_indices(size, size // 2))
+  assert plane(tasks.make(c, None)) == [rows]

@@ -86,7 +86,12 @@ def errors(config) -> list[str]:
     if bad:
       out.append(f'config.{knob}: expected (key, value) pairs, got {bad[0]!r}')
   out += _param_group_errors(_get(config, 'optim.param_groups') or ())
-  if '' in (_get(config, 'eval.stop_strings') or ()):
+  stops = _get(config, 'eval.stop_strings')
+  if stops is not None and (not isinstance(stops, (tuple, list))
+                            or not all(isinstance(s, str) for s in stops)):
+    # --config.eval.stop_strings=5 parses to (5,): a TypeError at the first evaluation
+    out.append(f"config.eval.stop_strings={stops!r}: a tuple of strings, e.g. ('###',)")
+  elif '' in (stops or ()):
     out.append("config.eval.stop_strings: '' cuts every answer to nothing")
   for knob in ('optim.b1', 'optim.b2'):  # 1 divides Adam's bias correction by zero: NaN
     beta = _get(config, knob)
