@@ -526,9 +526,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval.num_beams = 4  # beam: beams per prompt
   c.eval.length_penalty = 1.0  # beam: score = sum(log p) / generated_length ** length_penalty
   c.eval.early_stopping = 'false'  # beam: 'false' | 'true' | 'never' (HF's False/True/'never')
-  # Besides the chat format's (vicuna: '###'): greedy and sampling end a row at the token
-  # that completes one (radjax/eval/decoding/stop_strings.py); beam search does not. The
-  # text is cut before the first of these either way.
+  # Besides the chat format's (vicuna: '###'): a row ends at the token that completes one
+  # (radjax/eval/decoding/stop_strings.py; beam search closes that hypothesis, as HF's
+  # StopStringCriteria does). The text is cut before the first of these.
   c.eval.stop_strings = ()
   # Vocabulary entries that end a generation besides EOS and the chat format's end of turn
   # (from-hf takes them from generation_config.json's eos_token_id; to-hf writes them there).
